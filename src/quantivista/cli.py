@@ -1,0 +1,501 @@
+"""`qv`: the command line over the library (a thin shell: every command calls `Platform`)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import date, timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import polars as pl
+import typer
+from rich.console import Console
+from rich.panel import Panel
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from quantivista.config import Settings
+from quantivista.errors import QuantiVistaError
+from quantivista.model.flags import QualityFlag
+from quantivista.model.jobs import IngestionJob
+from quantivista.platform import Platform
+
+app = typer.Typer(
+    name="qv",
+    help="QuantiVista market-data platform: ingest, validate, store and query bars.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+_state: dict[str, Any] = {}
+
+
+class OutputFormat(StrEnum):
+    """How `qv bars` prints."""
+
+    table = "table"
+    csv = "csv"
+    parquet = "parquet"
+    chart = "chart"
+
+
+@app.callback()
+def _main(
+    data_dir: Annotated[
+        Path | None, typer.Option("--data-dir", "-d", help="Data directory (QV_DATA_DIR).")
+    ] = None,
+) -> None:
+    settings = Settings()
+    if data_dir is not None:
+        settings = settings.with_data_dir(data_dir)
+    _state["settings"] = settings
+
+
+def _settings() -> Settings:
+    settings = _state.get("settings")
+    return settings if isinstance(settings, Settings) else Settings()
+
+
+@contextmanager
+def _platform(settings: Settings | None = None) -> Iterator[Platform]:
+    try:
+        with Platform.from_settings(settings or _settings()) as platform:
+            yield platform
+    except QuantiVistaError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(code=2) from exc
+
+
+def _progress() -> Progress:
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[symbol]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def _run_ingest(
+    p: Platform,
+    symbols: Sequence[str],
+    start: str | date,
+    end: str | date,
+    timeframe: str,
+    providers: Sequence[str] | None,
+    label: str,
+) -> IngestionJob:
+    with _progress() as bar:
+        task = bar.add_task(label, total=len(symbols), symbol="")
+
+        def tick(symbol: str, done: int, total: int) -> None:
+            bar.update(task, completed=done, symbol=symbol)
+
+        return p.ingest(
+            symbols, start=start, end=end, timeframe=timeframe, providers=providers, progress=tick
+        )
+
+
+# -- commands ------------------------------------------------------------------------------
+@app.command()
+def ingest(
+    symbols: Annotated[list[str], typer.Argument(help="Symbols to ingest.")],
+    start: Annotated[str, typer.Option(help="First date (YYYY-MM-DD).")],
+    end: Annotated[str, typer.Option(help="Last date, inclusive (YYYY-MM-DD).")],
+    timeframe: Annotated[str, typer.Option("--timeframe", "-t", help="1m, 5m, 1h, 1d...")] = "1d",
+    provider: Annotated[
+        list[str] | None,
+        typer.Option("--provider", "-p", help="Provider, repeat for failover order."),
+    ] = None,
+) -> None:
+    """Fetch bars from providers, validate them and store them."""
+    with _platform() as p:
+        job = _run_ingest(p, symbols, start, end, timeframe, provider, "ingesting")
+        _print_job(job)
+        if job.status.value == "failed":
+            raise typer.Exit(code=1)
+
+
+@app.command()
+def bars(
+    symbol: Annotated[str, typer.Argument(help="Symbol to read.")],
+    start: Annotated[str | None, typer.Option(help="First date (inclusive).")] = None,
+    end: Annotated[str | None, typer.Option(help="Last date (inclusive).")] = None,
+    timeframe: Annotated[str, typer.Option("--timeframe", "-t")] = "1d",
+    fmt: Annotated[OutputFormat, typer.Option("--format", "-f")] = OutputFormat.table,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to a file.")] = None,
+    limit: Annotated[int, typer.Option(help="Rows shown in table format (head and tail).")] = 20,
+) -> None:
+    """Print stored bars of one symbol as a table, a chart, CSV or Parquet."""
+    with _platform() as p:
+        df = p.bars(symbol, start=start, end=end, timeframe=timeframe)
+    if df.is_empty():
+        err_console.print(f"no {timeframe} bars stored for {symbol} in that range")
+        raise typer.Exit(code=1)
+    if fmt is OutputFormat.parquet:
+        if output is None:
+            err_console.print("--format parquet needs --output FILE")
+            raise typer.Exit(code=2)
+        df.write_parquet(output, compression="zstd")
+        console.print(f"wrote {df.height:,} bars to {output}")
+    elif fmt is OutputFormat.csv:
+        text = df.write_csv()
+        if output is None:
+            sys.stdout.write(text)
+        else:
+            output.write_text(text)
+    elif fmt is OutputFormat.chart:
+        console.print(_chart_panel(df, symbol, timeframe))
+    else:
+        console.print(_bars_table(df, symbol, timeframe, limit))
+
+
+@app.command()
+def status() -> None:
+    """Show what the store holds, the recent jobs and the quarantine."""
+    with _platform() as p:
+        stats = p.status()
+        jobs = p.jobs(limit=5)
+        quarantined = p.quarantine_store.count()
+        actions = p.actions()
+    console.print(f"[bold]data directory:[/] {_settings().data_dir.resolve()}")
+    if stats.is_empty():
+        console.print("the store is empty: try [bold]qv demo[/] or [bold]qv ingest[/]")
+        return
+    console.print(_store_table(stats))
+    console.print(
+        f"corporate actions stored: {actions.height:,}    rows in quarantine: {quarantined:,}"
+    )
+    if jobs:
+        console.print(_jobs_table(jobs))
+
+
+@app.command()
+def jobs(limit: Annotated[int, typer.Option(help="How many jobs.")] = 20) -> None:
+    """List recent ingestion jobs."""
+    with _platform() as p:
+        console.print(_jobs_table(p.jobs(limit=limit)))
+
+
+@app.command()
+def quarantine(
+    symbols: Annotated[list[str] | None, typer.Argument(help="Only these symbols.")] = None,
+    job: Annotated[str | None, typer.Option(help="Only rows of this job.")] = None,
+    limit: Annotated[int, typer.Option(help="Rows to show.")] = 30,
+) -> None:
+    """Show rows that failed validation, with the rule and the reason."""
+    with _platform() as p:
+        df = p.quarantine(symbols or None, job_id=job)
+    if df.is_empty():
+        console.print("quarantine is empty")
+        return
+    table = Table(title=f"quarantine: {df.height:,} rows", header_style="bold")
+    for col in (
+        "symbol",
+        "timeframe",
+        "ts",
+        "open",
+        "high",
+        "low",
+        "close",
+        "volume",
+        "rule",
+        "job_id",
+    ):
+        table.add_column(col, justify="right" if col in _NUMERIC else "left")
+    for row in df.head(limit).iter_rows(named=True):
+        table.add_row(
+            *[
+                _fmt(row[c])
+                for c in (
+                    "symbol",
+                    "timeframe",
+                    "ts",
+                    "open",
+                    "high",
+                    "low",
+                    "close",
+                    "volume",
+                    "rule",
+                    "job_id",
+                )
+            ]
+        )
+    console.print(table)
+
+
+@app.command()
+def demo(
+    symbols: Annotated[int, typer.Option(help="How many simulated symbols.")] = 50,
+    years: Annotated[int, typer.Option(help="Years of daily bars.")] = 5,
+    sessions: Annotated[int, typer.Option(help="Sessions of 1-minute bars.")] = 5,
+) -> None:
+    """Ingest a simulated universe (daily and 1-minute bars) and show what landed."""
+    settings = _settings()
+    started = time.perf_counter()
+    with _platform(settings) as p:
+        market = _market_of(p)
+        cal = p.calendar()
+        today = p.clock.now().date()
+        last = cal.sessions(today - timedelta(days=10), today)[-1]
+        first = date(last.year - years, last.month, min(last.day, 28)) + timedelta(days=1)
+        universe = _demo_universe(market, first, last, symbols)
+        recent = cal.sessions(last - timedelta(days=sessions * 2 + 10), last)[-sessions:]
+        console.print(
+            Panel.fit(
+                f"[bold]QuantiVista demo[/]: {len(universe)} simulated symbols, daily bars "
+                f"{first} .. {last}, 1-minute bars for {len(recent)} sessions "
+                f"{recent[0]} .. {recent[-1]}\n"
+                f"data directory: {settings.data_dir.resolve()}\n"
+                "[dim]tickers are fictional (six letters); prices come from a seeded market "
+                "model[/]"
+            )
+        )
+        daily = _run_ingest(p, universe, first, last, "1d", None, "daily bars")
+        intraday = _run_ingest(p, universe, recent[0], recent[-1], "1m", None, "1-minute bars")
+        elapsed = time.perf_counter() - started
+        _print_job(daily)
+        _print_job(intraday)
+        stats = p.status()
+        console.print(_store_summary(stats))
+        console.print(_quality_panel([daily, intraday], p.quarantine().height))
+        actions = p.actions()
+        if actions.height:
+            console.print(_actions_table(actions))
+        console.print(_chart_panel(p.bars(universe[0], timeframe="1d"), universe[0], "1d"))
+    console.print(
+        f"\n[bold green]done[/] in {elapsed:.1f} s. Data lives in "
+        f"[bold]{settings.data_dir.resolve()}[/]. Try:\n"
+        f"  qv bars {universe[0]} --start {last - timedelta(days=30)}\n"
+        f"  qv bars {universe[0]} -t 1m --start {recent[-1]} --format chart\n"
+        f"  qv status\n  qv quarantine"
+    )
+
+
+def _market_of(p: Platform) -> Any:
+    provider = p.provider("synthetic")
+    market = getattr(provider, "market", None)
+    if market is None:
+        raise QuantiVistaError("the synthetic provider exposes no market model")
+    return market
+
+
+def _demo_universe(market: Any, first: date, last: date, size: int) -> list[str]:
+    """Pick `size` tickers trading in the window, always including renamed/merged ones."""
+    history: pl.DataFrame = market.ticker_history()
+    alive = history.filter(
+        (pl.col("valid_from") <= last)
+        & (pl.col("valid_to").is_null() | (pl.col("valid_to") >= first))
+    )
+    special = alive.filter(pl.col("valid_to").is_not_null() | (pl.col("valid_from") > first))
+    chosen = list(dict.fromkeys(special["symbol"].to_list()))
+    for sym in alive["symbol"].to_list():
+        if len(chosen) >= size:
+            break
+        if sym not in chosen:
+            chosen.append(sym)
+    return chosen
+
+
+# -- rendering -----------------------------------------------------------------------------
+_NUMERIC = {"open", "high", "low", "close", "volume", "vwap", "trades", "rows", "bytes"}
+_SPARKS = "▁▂▃▄▅▆▇█"
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 100_000 else f"{value:,.4f}".rstrip("0").rstrip(".")
+    return str(value)
+
+
+def _bars_table(df: pl.DataFrame, symbol: str, timeframe: str, limit: int) -> Table:
+    shown = df if df.height <= limit else pl.concat([df.head(limit // 2), df.tail(limit // 2)])
+    lo, hi = df["ts"].min(), df["ts"].max()
+    table = Table(
+        title=f"{symbol} {timeframe}: {df.height:,} bars {lo!s} .. {hi!s}",
+        header_style="bold",
+    )
+    cols = ["ts", "open", "high", "low", "close", "volume", "provider", "quality_flags"]
+    for col in cols:
+        table.add_column(
+            "flags" if col == "quality_flags" else col,
+            justify="right" if col in _NUMERIC else "left",
+        )
+    for i, row in enumerate(shown.iter_rows(named=True)):
+        if df.height > limit and i == limit // 2:
+            table.add_row(*["…"] * len(cols))
+        flags = ",".join(QualityFlag.names_of(row["quality_flags"])) or "-"
+        table.add_row(*[_fmt(row[c]) for c in cols[:-1]], flags)
+    return table
+
+
+def sparkline(values: Sequence[float], width: int = 60) -> str:
+    """Return a one-line unicode chart of `values`, resampled to `width` characters."""
+    clean = [v for v in values if v is not None]
+    if not clean:
+        return ""
+    step = max(1, len(clean) // width)
+    points = [clean[i] for i in range(0, len(clean), step)][-width:]
+    lo, hi = min(points), max(points)
+    span = hi - lo or 1.0
+    return "".join(_SPARKS[min(7, int((v - lo) / span * 7.999))] for v in points)
+
+
+def _day(value: Any) -> str:
+    return value.strftime("%Y-%m-%d") if hasattr(value, "strftime") else str(value)
+
+
+def _chart_panel(df: pl.DataFrame, symbol: str, timeframe: str) -> Panel:
+    closes = df["close"].to_list()
+    volumes = df["volume"].to_list()
+    body = (
+        f"close  {sparkline(closes, 72)}  {_fmt(closes[0])} → {_fmt(closes[-1])}\n"
+        f"volume {sparkline(volumes, 72)}  max {_fmt(max(v for v in volumes if v is not None))}"
+    )
+    return Panel(
+        body,
+        title=f"{symbol} {timeframe}  {_day(df['ts'].min())} .. {_day(df['ts'].max())}"
+        "  (raw prices)",
+        expand=False,
+    )
+
+
+def _store_table(stats: pl.DataFrame) -> Table:
+    table = Table(title="store", header_style="bold")
+    for col in ("timeframe", "symbols", "rows", "first", "last", "files", "MB"):
+        table.add_column(col, justify="right")
+    summary = (
+        stats.group_by("timeframe")
+        .agg(
+            symbols=pl.len(),
+            rows=pl.col("rows").sum(),
+            first=pl.col("first_ts").min(),
+            last=pl.col("last_ts").max(),
+            files=pl.col("files").sum(),
+            bytes=pl.col("bytes").sum(),
+        )
+        .sort("timeframe")
+    )
+    for r in summary.iter_rows(named=True):
+        table.add_row(
+            r["timeframe"],
+            f"{r['symbols']:,}",
+            f"{r['rows']:,}",
+            f"{r['first']:%Y-%m-%d %H:%M}",
+            f"{r['last']:%Y-%m-%d %H:%M}",
+            f"{r['files']:,}",
+            f"{r['bytes'] / 1e6:,.1f}",
+        )
+    return table
+
+
+def _store_summary(stats: pl.DataFrame) -> Table:
+    return _store_table(stats)
+
+
+def _jobs_table(jobs: list[IngestionJob]) -> Table:
+    table = Table(title="recent jobs", header_style="bold")
+    for col in ("job", "status", "timeframe", "symbols", "rows", "failed", "score", "seconds"):
+        table.add_column(col, justify="right" if col not in ("job", "status") else "left")
+    for job in jobs:
+        score = f"{job.quality.quality_score:.4f}" if job.quality else "-"
+        secs = f"{job.duration_s:.1f}" if job.duration_s is not None else "-"
+        table.add_row(
+            job.job_id,
+            job.status.value,
+            job.timeframe or "-",
+            f"{len(job.symbols):,}",
+            f"{job.records_processed:,}",
+            f"{job.records_failed:,}",
+            score,
+            secs,
+        )
+    return table
+
+
+def _print_job(job: IngestionJob) -> None:
+    colour = {"succeeded": "green", "partial": "yellow", "failed": "red"}.get(
+        job.status.value, "white"
+    )
+    score = f"{job.quality.quality_score:.4f}" if job.quality else "-"
+    console.print(
+        f"[{colour}]{job.status.value}[/] {job.job_id}: {job.records_processed:,} bars "
+        f"({job.timeframe}), {job.records_failed:,} rejected, quality score {score}, "
+        f"{job.duration_s or 0:.1f} s"
+    )
+    for detail in job.error_details[:5]:
+        console.print(
+            f"  [yellow]•[/] {detail.get('symbol', '')} {detail.get('kind')}: "
+            f"{detail.get('message')}"
+        )
+    if len(job.error_details) > 5:
+        console.print(f"  … and {len(job.error_details) - 5} more")
+
+
+def _quality_panel(jobs: list[IngestionJob], quarantined: int) -> Table:
+    table = Table(title="data quality", header_style="bold")
+    table.add_column("rule")
+    for job in jobs:
+        table.add_column(job.timeframe or "?", justify="right")
+    rules = sorted({r for j in jobs if j.quality for r in j.quality.rule_counts})
+    table.add_row(
+        "[bold]rows checked[/]",
+        *[f"{j.quality.total_records:,}" if j.quality else "-" for j in jobs],
+    )
+    table.add_row(
+        "[bold]rows stored[/]",
+        *[
+            f"{j.quality.total_records - j.quality.invalid_records:,}" if j.quality else "-"
+            for j in jobs
+        ],
+    )
+    for rule in rules:
+        table.add_row(
+            rule, *[f"{j.quality.rule_counts.get(rule, 0):,}" if j.quality else "-" for j in jobs]
+        )
+    table.add_row(
+        "[bold]quality score[/]",
+        *[f"{j.quality.quality_score:.4f}" if j.quality else "-" for j in jobs],
+    )
+    table.caption = f"{quarantined:,} rows in quarantine (qv quarantine)"
+    return table
+
+
+def _actions_table(actions: pl.DataFrame) -> Table:
+    table = Table(title=f"corporate actions: {actions.height:,}", header_style="bold")
+    for col in ("type", "count", "example"):
+        table.add_column(col)
+    for (kind,), part in actions.group_by("action_type", maintain_order=True):
+        ex = part.row(0, named=True)
+        detail = ex["new_symbol"] or (
+            f"ratio {ex['ratio']:g}" if ex["ratio"] else f"{ex['amount']:g} {ex['currency'] or ''}"
+        )
+        table.add_row(str(kind), f"{part.height:,}", f"{ex['symbol']} {ex['ex_date']} {detail}")
+    return table
+
+
+def main() -> None:
+    """Run the `qv` command line."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

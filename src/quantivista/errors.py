@@ -1,0 +1,179 @@
+"""One error hierarchy for the whole platform.
+
+    QuantiVistaError
+    ├── ConfigurationError          bad settings, unknown names, missing credentials
+    ├── InvalidInputError           a caller handed us something unusable
+    │   ├── SchemaError             a frame that does not fit the canonical schema
+    │   └── InvalidTimeframeError   a timeframe string we cannot parse
+    ├── NotFoundError               a provider, symbol, job or calendar we do not know
+    ├── ProviderError               anything that went wrong talking to a data vendor
+    │   ├── TransientProviderError  retryable: timeouts, 5xx, connection resets
+    │   ├── RateLimitedError        retryable after `retry_after_s` (window limits)
+    │   ├── QuotaExhaustedError     retryable only after the quota resets (daily caps)
+    │   ├── EntitlementError        permanent: premium endpoint, plan does not cover it
+    │   ├── SymbolNotFoundError     permanent: vendor does not know the symbol
+    │   ├── MalformedResponseError  the body cannot be parsed into what we expected
+    │   └── CircuitOpenError        the breaker refuses calls to this provider for now
+    ├── StorageError                the store could not read or write
+    ├── BusError                    publishing or consuming an event failed
+    └── CalendarError               a date outside a calendar's range, unknown MIC
+
+Transient versus permanent is one question: `is_retryable()`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "BusError",
+    "CalendarError",
+    "CircuitOpenError",
+    "ConfigurationError",
+    "EntitlementError",
+    "InvalidInputError",
+    "InvalidTimeframeError",
+    "MalformedResponseError",
+    "NotFoundError",
+    "ProviderError",
+    "QuantiVistaError",
+    "QuotaExhaustedError",
+    "RateLimitedError",
+    "SchemaError",
+    "StorageError",
+    "SymbolNotFoundError",
+    "TransientProviderError",
+]
+
+
+class QuantiVistaError(Exception):
+    """Root of every error the platform raises on purpose."""
+
+    retryable: bool = False
+
+    def __init__(self, message: str, **context: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.context = {k: v for k, v in context.items() if v is not None}
+
+    def is_retryable(self) -> bool:
+        """Say whether trying the same thing again later can succeed."""
+        return self.retryable
+
+    def __str__(self) -> str:
+        if not self.context:
+            return self.message
+        ctx = ", ".join(f"{k}={v!r}" for k, v in sorted(self.context.items()))
+        return f"{self.message} [{ctx}]"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # keep context when errors cross process boundaries (workers, pickled DLQ entries)
+        return (_rebuild, (type(self), self.message, self.context))
+
+
+def _rebuild(cls: type[QuantiVistaError], message: str, context: dict[str, Any]) -> Any:
+    err = cls.__new__(cls)
+    QuantiVistaError.__init__(err, message, **context)
+    for key, value in context.items():
+        if not hasattr(err, key):
+            setattr(err, key, value)
+    return err
+
+
+class ConfigurationError(QuantiVistaError):
+    """Settings are wrong or incomplete."""
+
+
+class InvalidInputError(QuantiVistaError):
+    """A caller passed something the platform cannot use."""
+
+
+class SchemaError(InvalidInputError):
+    """A frame does not fit the canonical schema (missing columns, wrong types)."""
+
+
+class InvalidTimeframeError(InvalidInputError):
+    """A timeframe string cannot be parsed."""
+
+
+class NotFoundError(QuantiVistaError):
+    """A named thing (provider, symbol, job, calendar) does not exist."""
+
+
+class ProviderError(QuantiVistaError):
+    """A data vendor call failed. Carries `provider`, `symbol` and a redacted `url`."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str | None = None,
+        symbol: str | None = None,
+        url: str | None = None,
+        status_code: int | None = None,
+        **context: Any,
+    ) -> None:
+        super().__init__(
+            message,
+            provider=provider,
+            symbol=symbol,
+            url=url,
+            status_code=status_code,
+            **context,
+        )
+        self.provider = provider
+        self.symbol = symbol
+        self.url = url
+        self.status_code = status_code
+
+
+class TransientProviderError(ProviderError):
+    """Timeouts, connection errors, 5xx: trying again soon may work."""
+
+    retryable = True
+
+
+class RateLimitedError(ProviderError):
+    """The vendor throttled us; `retry_after_s` says how long to wait when known."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None, **kw: Any) -> None:
+        super().__init__(message, retry_after_s=retry_after_s, **kw)
+        self.retry_after_s = retry_after_s
+
+
+class QuotaExhaustedError(ProviderError):
+    """A daily or monthly quota is used up; calls succeed again only after it resets."""
+
+    retryable = False
+
+
+class EntitlementError(ProviderError):
+    """The plan or key does not cover this endpoint or data set."""
+
+
+class SymbolNotFoundError(ProviderError):
+    """The vendor does not know this symbol."""
+
+
+class MalformedResponseError(ProviderError):
+    """The response body is not what the vendor's format promises."""
+
+
+class CircuitOpenError(ProviderError):
+    """The circuit breaker for this provider is open and refuses calls."""
+
+    retryable = True
+
+
+class StorageError(QuantiVistaError):
+    """The store could not complete a read or a write."""
+
+
+class BusError(QuantiVistaError):
+    """An event could not be published or consumed."""
+
+
+class CalendarError(QuantiVistaError):
+    """An unknown exchange calendar or a date outside its range."""

@@ -1,0 +1,109 @@
+"""Ingestion jobs and their data-quality reports."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+__all__ = ["DataQualityReport", "IngestionJob", "JobStatus", "Severity", "ValidationIssue"]
+
+
+class JobStatus(StrEnum):
+    """Lifecycle of an ingestion job."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    PARTIAL = "partial"  # finished, but some symbols or rows failed
+    FAILED = "failed"
+
+
+class Severity(StrEnum):
+    """How bad a rule finding is: errors are quarantined, warnings stay flagged on the row."""
+
+    ERROR = "error"
+    WARNING = "warning"
+    INFO = "info"
+
+
+class ValidationIssue(BaseModel):
+    """One finding of a validation rule, on a row (symbol, ts) or on a whole series."""
+
+    model_config = ConfigDict(frozen=True)
+
+    symbol: str | None = None
+    ts: datetime | None = None
+    rule: str
+    severity: Severity
+    message: str
+
+
+class DataQualityReport(BaseModel):
+    """What validation found in one batch or job."""
+
+    job_id: str
+    total_records: int = Field(ge=0)
+    valid_records: int = Field(ge=0)
+    invalid_records: int = Field(ge=0)
+    quality_score: float = Field(ge=0.0, le=1.0)
+    validation_errors: list[ValidationIssue] = Field(default_factory=list)
+    rule_counts: dict[str, int] = Field(default_factory=dict)
+    issue_count: int = Field(default=0, ge=0, description="issues found; the list may be capped")
+    data_profiling: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def merge(
+        cls, job_id: str, reports: list[DataQualityReport], max_issues: int = 1000
+    ) -> DataQualityReport:
+        """Combine batch reports into one job report (counts add, score is row-weighted)."""
+        total = sum(r.total_records for r in reports)
+        valid = sum(r.valid_records for r in reports)
+        counts: dict[str, int] = {}
+        for report in reports:
+            for rule, n in report.rule_counts.items():
+                counts[rule] = counts.get(rule, 0) + n
+        weight = sum(r.total_records for r in reports) or 1
+        score = sum(r.quality_score * r.total_records for r in reports) / weight if reports else 1.0
+        issues = [i for r in reports for i in r.validation_errors][:max_issues]
+        profile: dict[str, Any] = {"batches": len(reports)}
+        if reports:
+            profile["last_batch"] = reports[-1].data_profiling
+        return cls(
+            job_id=job_id,
+            total_records=total,
+            valid_records=valid,
+            invalid_records=total - valid,
+            quality_score=min(1.0, max(0.0, score)),
+            validation_errors=issues,
+            rule_counts=counts,
+            issue_count=sum(r.issue_count for r in reports),
+            data_profiling=profile,
+        )
+
+
+class IngestionJob(BaseModel):
+    """One run that pulled data from sources into the store."""
+
+    job_id: str
+    source_id: str
+    status: JobStatus = JobStatus.PENDING
+    records_processed: int = 0
+    records_failed: int = 0
+    start_time: AwareDatetime | None = None
+    end_time: AwareDatetime | None = None
+    error_details: list[dict[str, Any]] = Field(default_factory=list)
+    symbols: list[str] = Field(default_factory=list)
+    timeframe: str | None = None
+    request_start: AwareDatetime | None = None
+    request_end: AwareDatetime | None = None
+    quality: DataQualityReport | None = None
+
+    @property
+    def duration_s(self) -> float | None:
+        """Return the wall time of the job in seconds once it has ended."""
+        if self.start_time is None or self.end_time is None:
+            return None
+        return (self.end_time - self.start_time).total_seconds()

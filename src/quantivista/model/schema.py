@@ -1,0 +1,304 @@
+"""Canonical schemas (Arrow and Polars) and the conversion of user frames into them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+
+from quantivista.errors import SchemaError
+from quantivista.model.timeframe import Timeframe, TimeframeLike
+
+__all__ = [
+    "ACTION_COLUMNS",
+    "ACTION_POLARS_SCHEMA",
+    "ACTION_SCHEMA",
+    "ACTION_TYPES",
+    "BAR_COLUMNS",
+    "BAR_KEY",
+    "BAR_POLARS_SCHEMA",
+    "BAR_SCHEMA",
+    "BAR_VALUE_COLUMNS",
+    "FrameLike",
+    "QUARANTINE_POLARS_SCHEMA",
+    "coerce_actions",
+    "coerce_bars",
+    "empty_bars",
+    "to_polars",
+]
+
+UTC_TS = pa.timestamp("us", tz="UTC")
+PL_UTC_TS = pl.Datetime("us", "UTC")
+
+BAR_SCHEMA = pa.schema(
+    [
+        pa.field("symbol", pa.string(), nullable=False),
+        pa.field("timeframe", pa.string(), nullable=False),
+        pa.field("ts", UTC_TS, nullable=False),
+        pa.field("open", pa.float64()),
+        pa.field("high", pa.float64()),
+        pa.field("low", pa.float64()),
+        pa.field("close", pa.float64()),
+        pa.field("volume", pa.float64()),
+        pa.field("vwap", pa.float64()),
+        pa.field("trades", pa.int64()),
+        pa.field("provider", pa.string()),
+        pa.field("quality_flags", pa.uint32(), nullable=False),
+        pa.field("ingested_at", UTC_TS),
+        pa.field("job_id", pa.string()),
+    ]
+)
+
+BAR_POLARS_SCHEMA = pl.Schema(
+    {
+        "symbol": pl.String(),
+        "timeframe": pl.String(),
+        "ts": PL_UTC_TS,
+        "open": pl.Float64(),
+        "high": pl.Float64(),
+        "low": pl.Float64(),
+        "close": pl.Float64(),
+        "volume": pl.Float64(),
+        "vwap": pl.Float64(),
+        "trades": pl.Int64(),
+        "provider": pl.String(),
+        "quality_flags": pl.UInt32(),
+        "ingested_at": PL_UTC_TS,
+        "job_id": pl.String(),
+    }
+)
+
+BAR_COLUMNS: tuple[str, ...] = tuple(BAR_POLARS_SCHEMA.names())
+BAR_KEY: tuple[str, ...] = ("symbol", "timeframe", "ts")
+# the columns whose change makes a bar a different bar (knowledge-time bookkeeping excluded)
+BAR_VALUE_COLUMNS: tuple[str, ...] = (
+    "open", "high", "low", "close", "volume", "vwap", "trades", "provider", "quality_flags",
+)  # fmt: skip
+_REQUIRED_BAR = ("symbol", "ts", "open", "high", "low", "close", "volume")
+
+ACTION_TYPES: tuple[str, ...] = (
+    "split", "dividend", "special_dividend", "stock_dividend", "spinoff",
+    "merger", "symbol_change", "rights", "delisting",
+)  # fmt: skip
+
+ACTION_SCHEMA = pa.schema(
+    [
+        pa.field("symbol", pa.string(), nullable=False),
+        pa.field("action_type", pa.string(), nullable=False),
+        pa.field("ex_date", pa.date32(), nullable=False),
+        pa.field("ratio", pa.float64()),
+        pa.field("amount", pa.float64()),
+        pa.field("currency", pa.string()),
+        pa.field("new_symbol", pa.string()),
+        pa.field("provider", pa.string()),
+    ]
+)
+ACTION_POLARS_SCHEMA = pl.Schema(
+    {
+        "symbol": pl.String(),
+        "action_type": pl.String(),
+        "ex_date": pl.Date(),
+        "ratio": pl.Float64(),
+        "amount": pl.Float64(),
+        "currency": pl.String(),
+        "new_symbol": pl.String(),
+        "provider": pl.String(),
+    }
+)
+ACTION_COLUMNS: tuple[str, ...] = tuple(ACTION_POLARS_SCHEMA.names())
+
+QUARANTINE_POLARS_SCHEMA = pl.Schema(
+    {
+        **BAR_POLARS_SCHEMA,
+        "rule": pl.String(),
+        "severity": pl.String(),
+        "reason": pl.String(),
+        "quarantined_at": PL_UTC_TS,
+    }
+)
+
+FrameLike = Any  # polars.DataFrame | pandas.DataFrame | pyarrow.Table | Mapping of columns
+
+
+def to_polars(frame: FrameLike) -> pl.DataFrame:
+    """Turn a polars/pandas frame, an Arrow table or a mapping of columns into a polars frame."""
+    if isinstance(frame, pl.DataFrame):
+        return frame
+    if isinstance(frame, pl.LazyFrame):
+        return frame.collect()
+    if isinstance(frame, pa.Table | pa.RecordBatch):
+        out = pl.from_arrow(frame)
+        assert isinstance(out, pl.DataFrame)
+        return out
+    if isinstance(frame, Mapping):
+        return pl.DataFrame(dict(frame))
+    module = type(frame).__module__
+    if module.startswith("pandas"):
+        index = getattr(frame, "index", None)
+        keep_index = index is not None and type(index).__name__ != "RangeIndex"
+        try:
+            return pl.from_pandas(frame, include_index=keep_index)
+        except Exception as exc:  # pandas object columns of mixed types
+            raise SchemaError(f"cannot convert the pandas frame: {exc}") from exc
+    raise SchemaError(
+        "expected a polars or pandas DataFrame, a pyarrow Table or a dict of columns",
+        got=type(frame).__name__,
+    )
+
+
+def empty_bars() -> pl.DataFrame:
+    """Return an empty frame in the canonical bar schema."""
+    return pl.DataFrame(schema=BAR_POLARS_SCHEMA)
+
+
+def _as_utc(col: pl.Series, name: str) -> pl.Expr:
+    dtype = col.dtype
+    if dtype == pl.Date:
+        return pl.col(name).cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
+    if isinstance(dtype, pl.Datetime):
+        if dtype.time_zone is None:
+            raise SchemaError(
+                f"column {name!r} holds naive datetimes; timestamps must be timezone-aware "
+                f"(e.g. .dt.replace_time_zone('UTC') or tz_localize('America/New_York'))"
+            )
+        return pl.col(name).dt.convert_time_zone("UTC").dt.cast_time_unit("us")
+    raise SchemaError(f"column {name!r} must be a datetime or date column", dtype=str(dtype))
+
+
+def coerce_bars(
+    frame: FrameLike,
+    *,
+    timeframe: TimeframeLike | None = None,
+    provider: str | None = None,
+    job_id: str | None = None,
+    ingested_at: datetime | None = None,
+) -> pl.DataFrame:
+    """Return `frame` as a polars frame in the canonical bar schema, or raise `SchemaError`.
+
+    Missing optional columns are filled (`vwap`, `trades` null; `quality_flags` 0;
+    `provider`, `job_id`, `ingested_at` from the arguments). Integer prices and volumes are
+    widened to float64; strings where numbers belong, naive timestamps and unknown columns
+    are refused rather than guessed at.
+    """
+    df = to_polars(frame)
+    if "ts" not in df.columns:
+        for alt in ("timestamp", "date", "datetime", "time"):
+            if alt in df.columns:
+                df = df.rename({alt: "ts"})
+                break
+    missing = [c for c in _REQUIRED_BAR if c not in df.columns]
+    if "timeframe" not in df.columns and timeframe is None:
+        missing.append("timeframe")
+    if missing:
+        raise SchemaError(
+            f"bars frame lacks required columns: {', '.join(missing)}", columns=df.columns
+        )
+    unknown = [c for c in df.columns if c not in BAR_POLARS_SCHEMA]
+    if unknown:
+        raise SchemaError(
+            f"bars frame has columns outside the canonical schema: {', '.join(unknown)}",
+            allowed=list(BAR_COLUMNS),
+        )
+    exprs: list[pl.Expr] = []
+    for name in ("open", "high", "low", "close", "volume", "vwap"):
+        if name in df.columns:
+            dtype = df.schema[name]
+            if not (dtype.is_numeric() or dtype == pl.Null):
+                raise SchemaError(f"column {name!r} must be numeric", dtype=str(dtype))
+            exprs.append(pl.col(name).cast(pl.Float64))
+        else:
+            exprs.append(pl.lit(None, pl.Float64).alias(name))
+    if "trades" in df.columns:
+        dtype = df.schema["trades"]
+        if not (dtype.is_numeric() or dtype == pl.Null):
+            raise SchemaError("column 'trades' must be numeric", dtype=str(dtype))
+        exprs.append(pl.col("trades").cast(pl.Int64, strict=False))
+    else:
+        exprs.append(pl.lit(None, pl.Int64).alias("trades"))
+    for name in ("symbol", "provider", "job_id", "timeframe"):
+        if name in df.columns and df.schema[name] not in (pl.String, pl.Categorical, pl.Null):
+            raise SchemaError(f"column {name!r} must hold strings", dtype=str(df.schema[name]))
+    exprs.append(_as_utc(df["ts"], "ts"))
+    exprs.append(pl.col("symbol").cast(pl.String))
+    if "timeframe" in df.columns:
+        tf_values = df["timeframe"].cast(pl.String).unique().drop_nulls().to_list()
+        canonical = {v: str(Timeframe.parse(v)) for v in tf_values}
+        exprs.append(pl.col("timeframe").cast(pl.String).replace(canonical))
+    else:
+        assert timeframe is not None
+        exprs.append(pl.lit(str(Timeframe.parse(timeframe))).alias("timeframe"))
+    exprs.append(
+        pl.col("provider").cast(pl.String).fill_null(provider)
+        if "provider" in df.columns
+        else pl.lit(provider, pl.String).alias("provider")
+    )
+    exprs.append(
+        pl.col("job_id").cast(pl.String).fill_null(job_id)
+        if "job_id" in df.columns
+        else pl.lit(job_id, pl.String).alias("job_id")
+    )
+    if "quality_flags" in df.columns:
+        exprs.append(pl.col("quality_flags").fill_null(0).cast(pl.UInt32))
+    else:
+        exprs.append(pl.lit(0, pl.UInt32).alias("quality_flags"))
+    if "ingested_at" in df.columns:
+        ing = _as_utc(df["ingested_at"], "ingested_at")
+        exprs.append(ing.fill_null(ingested_at) if ingested_at is not None else ing)
+    else:
+        exprs.append(pl.lit(ingested_at, PL_UTC_TS).alias("ingested_at"))
+    try:
+        out = df.select(exprs)
+    except pl.exceptions.PolarsError as exc:
+        raise SchemaError(f"cannot convert bars to the canonical schema: {exc}") from exc
+    nulls = out.select(pl.col("symbol", "timeframe", "ts").null_count()).row(0)
+    if any(nulls):
+        raise SchemaError(
+            "symbol, timeframe and ts must not be null",
+            null_counts=dict(zip(("symbol", "timeframe", "ts"), nulls, strict=True)),
+        )
+    return out.select(BAR_COLUMNS)
+
+
+def coerce_actions(frame: FrameLike, *, provider: str | None = None) -> pl.DataFrame:
+    """Return corporate actions in the canonical action schema, or raise `SchemaError`."""
+    df = to_polars(frame)
+    missing = [c for c in ("symbol", "action_type", "ex_date") if c not in df.columns]
+    if missing:
+        raise SchemaError(f"actions frame lacks required columns: {', '.join(missing)}")
+    unknown = [c for c in df.columns if c not in ACTION_POLARS_SCHEMA]
+    if unknown:
+        raise SchemaError(
+            f"actions frame has unknown columns: {', '.join(unknown)}", allowed=list(ACTION_COLUMNS)
+        )
+    exprs: list[pl.Expr] = []
+    for name, dtype in ACTION_POLARS_SCHEMA.items():
+        if name not in df.columns:
+            value = provider if name == "provider" else None
+            exprs.append(pl.lit(value, dtype).alias(name))
+        elif name == "ex_date":
+            src = df.schema[name]
+            if isinstance(src, pl.Datetime):
+                exprs.append(pl.col(name).dt.date())
+            elif src == pl.String:
+                exprs.append(pl.col(name).str.to_date(strict=True))
+            else:
+                exprs.append(pl.col(name).cast(pl.Date))
+        else:
+            exprs.append(pl.col(name).cast(dtype))
+    try:
+        out = df.select(exprs)
+    except pl.exceptions.PolarsError as exc:
+        raise SchemaError(f"cannot convert actions to the canonical schema: {exc}") from exc
+    bad = out.filter(~pl.col("action_type").is_in(list(ACTION_TYPES)))
+    if bad.height:
+        raise SchemaError(
+            "unknown action_type values",
+            values=sorted(set(bad["action_type"].to_list()), key=str),
+            allowed=list(ACTION_TYPES),
+        )
+    if provider is not None:
+        out = out.with_columns(pl.col("provider").fill_null(provider))
+    return out

@@ -1,0 +1,103 @@
+"""The write path every batch takes: coerce -> validate -> store -> quarantine -> publish."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+
+from quantivista.bus.base import EventBus
+from quantivista.bus.events import BarsIngested, BarsQuarantined
+from quantivista.clock import Clock
+from quantivista.model.jobs import DataQualityReport
+from quantivista.model.schema import FrameLike, coerce_bars
+from quantivista.model.timeframe import TimeframeLike
+from quantivista.quality.validate import Validator
+from quantivista.storage.base import BarStore, UpsertStats
+from quantivista.storage.catalog import Catalog
+from quantivista.storage.quarantine import QuarantineStore
+
+__all__ = ["BarWriter", "WriteOutcome"]
+
+
+@dataclass(slots=True)
+class WriteOutcome:
+    """What one batch write did."""
+
+    report: DataQualityReport
+    stats: UpsertStats
+    quarantined: int
+
+
+class BarWriter:
+    """Write batches of bars through validation into the store, losing nothing."""
+
+    def __init__(
+        self,
+        store: BarStore,
+        quarantine: QuarantineStore,
+        catalog: Catalog,
+        bus: EventBus,
+        validator: Validator,
+        clock: Clock,
+    ) -> None:
+        self.store = store
+        self.quarantine = quarantine
+        self.catalog = catalog
+        self.bus = bus
+        self.validator = validator
+        self.clock = clock
+
+    def write(
+        self, frame: FrameLike, *, source: str, job_id: str, timeframe: TimeframeLike | None = None
+    ) -> WriteOutcome:
+        """Validate and store one batch; rejected rows go to quarantine with their reasons."""
+        now = self.clock.now()
+        bars = coerce_bars(
+            frame, timeframe=timeframe, provider=source, job_id=job_id, ingested_at=now
+        )
+        result = self.validator.validate(bars, job_id=job_id)
+        stats = self.store.upsert(result.clean)
+        quarantined = self.quarantine.add(result.rejected, job_id=job_id, at=now)
+        self.catalog.save_report(result.report, now)
+        if stats.written:
+            self._announce(result.clean, source, job_id, stats)
+        if quarantined:
+            self.bus.publish(
+                BarsQuarantined(
+                    occurred_at=now,
+                    job_id=job_id,
+                    source=source,
+                    rows=quarantined,
+                    rules=_rule_counts(result.rejected),
+                )
+            )
+        return WriteOutcome(result.report, stats, quarantined)
+
+    def _announce(self, clean: pl.DataFrame, source: str, job_id: str, stats: UpsertStats) -> None:
+        for (tf,), part in clean.group_by("timeframe", maintain_order=True):
+            span = part.select(lo=pl.col("ts").min(), hi=pl.col("ts").max()).row(0)
+            self.bus.publish(
+                BarsIngested(
+                    occurred_at=self.clock.now(),
+                    job_id=job_id,
+                    source=source,
+                    timeframe=str(tf),
+                    symbols=sorted(part["symbol"].unique().to_list()),
+                    rows_written=stats.written,
+                    rows_unchanged=stats.unchanged,
+                    first_ts=span[0],
+                    last_ts=span[1],
+                )
+            )
+
+
+def _rule_counts(rejected: pl.DataFrame) -> dict[str, int]:
+    counts = (
+        rejected.select(pl.col("rule").str.split(","))
+        .explode("rule")
+        .group_by("rule")
+        .len()
+        .sort("rule")
+    )
+    return {str(r): int(n) for r, n in counts.iter_rows()}

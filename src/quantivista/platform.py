@@ -1,0 +1,249 @@
+"""`Platform`: the public entry point tying providers, quality, storage and the bus together."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import polars as pl
+
+from quantivista.bus.events import ActionsIngested
+from quantivista.bus.memory import InMemoryBus
+from quantivista.clock import Clock, SystemClock
+from quantivista.config import Settings
+from quantivista.errors import InvalidInputError
+from quantivista.model.jobs import DataQualityReport, IngestionJob
+from quantivista.model.schema import FrameLike, coerce_actions
+from quantivista.model.timeframe import Timeframe, TimeframeLike
+from quantivista.pipeline.ingest import Ingestor, Progress, new_job_id
+from quantivista.pipeline.writer import BarWriter
+from quantivista.providers.base import Provider, request_range
+from quantivista.providers.registry import ProviderRegistry, default_registry
+from quantivista.providers.router import Router
+from quantivista.quality.validate import Validator
+from quantivista.reference.calendars import TradingCalendar, get_calendar
+from quantivista.storage.actions import ActionStore
+from quantivista.storage.bronze import BronzeStore
+from quantivista.storage.catalog import Catalog
+from quantivista.storage.lake import ParquetLake
+from quantivista.storage.quarantine import QuarantineStore
+from quantivista.timeutil import DateLike
+
+__all__ = ["Platform"]
+
+Symbols = str | Sequence[str]
+
+
+def _symbol_list(symbols: Symbols) -> list[str]:
+    items = [symbols] if isinstance(symbols, str) else list(symbols)
+    cleaned = [s.strip() for s in items if s and s.strip()]
+    if not cleaned:
+        raise InvalidInputError("no symbols given")
+    return list(dict.fromkeys(cleaned))
+
+
+class Platform:
+    """One embedded QuantiVista instance rooted at a data directory.
+
+    **Usage:**
+
+        import quantivista as qv
+        p = qv.Platform.open("./data")
+        job = p.ingest(["ARDENR"], start="2020-01-01", end="2024-12-31")
+        df = p.bars("ARDENR", start="2024-01-01")
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        registry: ProviderRegistry | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock: Clock = clock or SystemClock()
+        self.registry = registry or default_registry
+        root = settings.data_dir
+        root.mkdir(parents=True, exist_ok=True)
+        self.root = root
+        self.store = ParquetLake(root, settings.storage)
+        self.quarantine_store = QuarantineStore(root, settings.storage)
+        self.action_store = ActionStore(root, settings.storage)
+        self.bronze = BronzeStore(root, settings.storage)
+        self.catalog = Catalog(root / "catalog.sqlite")
+        self.bus = InMemoryBus(dead_letters=self._dead_letter)
+        self._providers: dict[str, Provider] = {}
+        self._lock = threading.Lock()
+        self._writer: BarWriter | None = None
+
+    # -- construction ----------------------------------------------------------------------
+    @classmethod
+    def open(
+        cls, path: str | Path | None = None, *, clock: Clock | None = None, **overrides: Any
+    ) -> Platform:
+        """Open (or create) an embedded platform in `path` with default settings."""
+        settings = Settings(**overrides)
+        if path is not None:
+            settings = settings.with_data_dir(path)
+        return cls(settings, clock=clock)
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        registry: ProviderRegistry | None = None,
+    ) -> Platform:
+        """Build a platform from explicit settings."""
+        return cls(settings, clock=clock, registry=registry)
+
+    def close(self) -> None:
+        """Release providers and the catalog connection."""
+        for provider in self._providers.values():
+            provider.close()
+        self._providers.clear()
+        self.catalog.close()
+
+    def __enter__(self) -> Platform:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Platform({str(self.root)!r})"
+
+    # -- parts -----------------------------------------------------------------------------
+    def calendar(self, mic: str | None = None) -> TradingCalendar:
+        """Return the trading calendar of an exchange (default: the ingest calendar)."""
+        return get_calendar(mic or self.settings.ingest.calendar)
+
+    def provider(self, name: str) -> Provider:
+        """Return the (cached) provider instance registered as `name`."""
+        key = name.lower()
+        with self._lock:
+            if key not in self._providers:
+                self._providers[key] = self.registry.create(key, self.settings, self.clock)
+            return self._providers[key]
+
+    @property
+    def writer(self) -> BarWriter:
+        """Return the write path (built on first use: loading the calendar takes a moment)."""
+        if self._writer is None:
+            validator = Validator(self.calendar())
+            self._writer = BarWriter(
+                self.store, self.quarantine_store, self.catalog, self.bus, validator, self.clock
+            )
+        return self._writer
+
+    def _dead_letter(
+        self, topic: str, payload: dict[str, Any], error: str, handler: str | None
+    ) -> None:
+        self.catalog.add_dead_letter(topic, payload, error, handler, self.clock.now())
+
+    # -- ingestion and writes --------------------------------------------------------------
+    def ingest(
+        self,
+        symbols: Symbols,
+        start: DateLike,
+        end: DateLike,
+        timeframe: TimeframeLike = "1d",
+        providers: Sequence[str] | None = None,
+        *,
+        progress: Progress | None = None,
+    ) -> IngestionJob:
+        """Pull bars from providers, validate and store them; return the finished job.
+
+        `end` is inclusive (a date includes that whole day). Providers are tried in the
+        given order per symbol, failing over on errors; the default is the configured one.
+        """
+        names = list(providers) if providers else [self.settings.ingest.default_provider]
+        router = Router([self.provider(n) for n in names])
+        lo, hi = request_range(start, end)
+        ingestor = Ingestor(
+            self.writer,
+            self.action_store,
+            self.bronze,
+            self.catalog,
+            self.bus,
+            self.clock,
+            symbols_per_batch=self.settings.ingest.symbols_per_batch,
+            fetch_concurrency=self.settings.ingest.fetch_concurrency,
+        )
+        return ingestor.run(
+            router, _symbol_list(symbols), lo, hi, Timeframe.parse(timeframe), progress=progress
+        )
+
+    def write_bars(
+        self, frame: FrameLike, source: str = "user", timeframe: TimeframeLike | None = None
+    ) -> DataQualityReport:
+        """Validate and store bars in the canonical schema; return the quality report.
+
+        Rows that fail validation are quarantined with their reason (see `quarantine()`).
+        A frame that does not fit the schema raises `SchemaError` and stores nothing.
+        """
+        job_id = new_job_id(self.clock.now())
+        return self.writer.write(frame, source=source, job_id=job_id, timeframe=timeframe).report
+
+    def write_actions(self, frame: FrameLike, provider: str | None = None) -> int:
+        """Store corporate actions (canonical action schema); return how many were new."""
+        actions = coerce_actions(frame, provider=provider)
+        fresh = self.action_store.upsert(actions)
+        if fresh.height:
+            self.bus.publish(
+                ActionsIngested(
+                    occurred_at=self.clock.now(),
+                    source=provider or "user",
+                    symbols=sorted(fresh["symbol"].unique().to_list()),
+                    rows=fresh.height,
+                )
+            )
+        return fresh.height
+
+    # -- reads -----------------------------------------------------------------------------
+    def bars(
+        self,
+        symbols: Symbols,
+        start: DateLike | None = None,
+        end: DateLike | None = None,
+        timeframe: TimeframeLike = "1d",
+        *,
+        columns: Sequence[str] | None = None,
+    ) -> pl.DataFrame:
+        """Return stored bars (raw prices) in the canonical schema, sorted by symbol and ts.
+
+        `start` and `end` are inclusive; either may be omitted for an open range.
+        """
+        lo = request_range(start, start)[0] if start is not None else None
+        hi = request_range(end, end)[1] if end is not None else None
+        return self.store.read(_symbol_list(symbols), Timeframe.parse(timeframe), lo, hi, columns)
+
+    def actions(self, symbols: Symbols | None = None) -> pl.DataFrame:
+        """Return stored corporate actions (of some symbols, or all) by ex-date."""
+        return self.action_store.for_symbols(None if symbols is None else _symbol_list(symbols))
+
+    def quarantine(self, symbols: Symbols | None = None, job_id: str | None = None) -> pl.DataFrame:
+        """Return rejected rows with their rule, severity and reason."""
+        syms = None if symbols is None else _symbol_list(symbols)
+        return self.quarantine_store.list(syms, job_id)
+
+    def jobs(self, limit: int = 50) -> list[IngestionJob]:
+        """Return recent ingestion jobs, newest first."""
+        return self.catalog.jobs(limit)
+
+    def job(self, job_id: str) -> IngestionJob:
+        """Return one ingestion job by id."""
+        return self.catalog.job(job_id)
+
+    def status(self) -> pl.DataFrame:
+        """Return what the store holds: rows, time span and bytes per (timeframe, symbol)."""
+        return self.store.stats()

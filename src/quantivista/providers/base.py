@@ -1,0 +1,167 @@
+"""The provider contract: what a data source declares and how it answers a request.
+
+A provider turns a `BarRequest` into bars in the canonical schema (polars), plus corporate
+actions where the vendor gives them, plus the raw payloads it received (the bronze layer).
+Building requests and parsing responses are pure functions in each provider module; the
+I/O (HTTP client, clock) is injected, so parsers are tested offline on recorded responses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import polars as pl
+
+from quantivista.model.instruments import AssetClass
+from quantivista.model.schema import ACTION_POLARS_SCHEMA
+from quantivista.model.timeframe import Timeframe, TimeframeLike
+from quantivista.timeutil import DateLike, to_date, to_utc
+
+if TYPE_CHECKING:
+    from quantivista.clock import Clock
+    from quantivista.config import Settings
+
+__all__ = [
+    "AdjustmentBasis",
+    "BarRequest",
+    "FetchResult",
+    "Provider",
+    "ProviderCapabilities",
+    "RawPayload",
+    "request_range",
+]
+
+
+class AdjustmentBasis(StrEnum):
+    """How a vendor's prices are adjusted: normalization turns all of them into raw prices."""
+
+    RAW = "raw"
+    SPLITS = "splits"
+    SPLITS_AND_DIVIDENDS = "splits_and_dividends"
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderCapabilities:
+    """What a provider can deliver and at what cost; the router chooses providers by these."""
+
+    asset_classes: frozenset[AssetClass]
+    timeframes: frozenset[str]
+    adjustment: AdjustmentBasis = AdjustmentBasis.RAW
+    history_start: date | None = None
+    intraday_lookback_days: int | None = None
+    realtime: bool = False
+    corporate_actions: bool = False
+    requires_key: bool = False
+    cost_per_call: float = 0.0
+    priority: int = 100
+    timestamp_convention: str = "bar start, UTC; daily bars at 00:00 UTC of the session date"
+    notes: str = ""
+
+    def supports(self, timeframe: TimeframeLike, asset_class: AssetClass | None = None) -> bool:
+        """Say whether this provider serves `timeframe` bars (and the asset class if given)."""
+        tf = str(Timeframe.parse(timeframe))
+        if tf not in self.timeframes:
+            return False
+        return asset_class is None or asset_class in self.asset_classes
+
+
+@dataclass(frozen=True, slots=True)
+class BarRequest:
+    """Bars of one symbol over `[start, end)` in UTC."""
+
+    symbol: str
+    timeframe: Timeframe
+    start: datetime
+    end: datetime
+
+    def __post_init__(self) -> None:
+        if self.start.tzinfo is None or self.end.tzinfo is None:
+            raise ValueError("BarRequest bounds must be timezone-aware")
+        if self.end <= self.start:
+            raise ValueError(f"empty request range {self.start} .. {self.end}")
+
+    @classmethod
+    def of(
+        cls, symbol: str, start: DateLike, end: DateLike, timeframe: TimeframeLike = "1d"
+    ) -> BarRequest:
+        """Build a request from user-style bounds (`end` inclusive, see `request_range`)."""
+        lo, hi = request_range(start, end)
+        return cls(symbol, Timeframe.parse(timeframe), lo, hi)
+
+    @property
+    def start_date(self) -> date:
+        """Return the first calendar date (UTC) the request covers."""
+        return self.start.date()
+
+    @property
+    def last_date(self) -> date:
+        """Return the last calendar date (UTC) the request covers."""
+        return (self.end - timedelta(microseconds=1)).date()
+
+
+def request_range(start: DateLike, end: DateLike) -> tuple[datetime, datetime]:
+    """Turn user bounds into a half-open UTC range `[start, end)`.
+
+    A date (or date string) as `end` includes that whole day; a datetime as `end` includes
+    that instant.
+    """
+    lo = to_utc(start)
+    if isinstance(end, datetime) or (isinstance(end, str) and len(end.strip()) > 10):
+        hi = to_utc(end) + timedelta(microseconds=1)
+    else:
+        day = to_date(end)
+        hi = datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=1)
+    return lo, hi
+
+
+@dataclass(frozen=True, slots=True)
+class RawPayload:
+    """One response exactly as received, with what is needed to replay or audit it."""
+
+    provider: str
+    url: str  # redacted: no keys
+    status_code: int
+    body: bytes
+    received_at: datetime
+    content_type: str = ""
+    request_params: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class FetchResult:
+    """What a provider returns for one request."""
+
+    bars: pl.DataFrame
+    actions: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=ACTION_POLARS_SCHEMA))
+    raw: list[RawPayload] = field(default_factory=list)
+    provider: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+class Provider:
+    """Base class of every data source. Subclasses set `name` and `capabilities`.
+
+    Register a subclass under its name with `quantivista.providers.register` or through the
+    `quantivista.providers` entry-point group; the router never names providers itself.
+    """
+
+    name: ClassVar[str] = ""
+    capabilities: ClassVar[ProviderCapabilities]
+
+    @classmethod
+    def from_settings(cls, settings: Settings, clock: Clock) -> Provider:
+        """Build the provider from platform settings (override to read keys and URLs)."""
+        return cls()
+
+    def fetch_bars(self, request: BarRequest) -> FetchResult:
+        """Return the bars (and actions, and raw payloads) answering `request`."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release connections; the default has nothing to release."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"

@@ -1,0 +1,102 @@
+"""Validation rules: small declarative objects evaluated as Polars expressions over a batch.
+
+Each rule names the rows it objects to with a boolean expression, sets one `QualityFlag`
+bit and carries a severity: ERROR rows go to quarantine, WARNING rows are stored flagged.
+Rules that need context (the exchange calendar, the rest of the batch) see it through
+the columns the validator adds before evaluating them (`_session_ok`, `_aligned`, ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import polars as pl
+
+from quantivista.model.flags import QualityFlag
+from quantivista.model.jobs import Severity
+
+__all__ = ["DEFAULT_RULES", "ROW_RULES", "Rule"]
+
+_PRICES = ("open", "high", "low", "close")
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One check: `violation()` is true on the rows that break it."""
+
+    name: str
+    flag: QualityFlag
+    severity: Severity
+    message: str
+    violation: Callable[[], pl.Expr]
+    needs: tuple[str, ...] = ()  # helper columns the validator must add first
+
+    def expr(self) -> pl.Expr:
+        """Return the violation expression, null-safe (null counts as no violation)."""
+        return self.violation().fill_null(False).alias(self.name)
+
+
+def _any(exprs: list[pl.Expr]) -> pl.Expr:
+    return pl.any_horizontal(exprs)
+
+
+def _missing() -> pl.Expr:
+    return _any([pl.col(c).is_null() for c in _PRICES])
+
+
+def _non_finite() -> pl.Expr:
+    return _any([~pl.col(c).is_finite() for c in (*_PRICES, "volume", "vwap")])
+
+
+def _non_positive() -> pl.Expr:
+    return _any([pl.col(c) <= 0 for c in _PRICES])
+
+
+def _negative_volume() -> pl.Expr:
+    return pl.col("volume") < 0
+
+
+def _ohlc_inconsistent() -> pl.Expr:
+    # relative tolerance absorbs float noise from vendors that send 4-decimal strings
+    tol = 1e-9
+    hi = pl.max_horizontal("open", "close", "low") * (1 - tol)
+    lo = pl.min_horizontal("open", "close", "high") * (1 + tol)
+    return (pl.col("high") < hi) | (pl.col("low") > lo)
+
+
+def _zero_volume() -> pl.Expr:
+    return pl.col("volume") == 0
+
+
+ROW_RULES: tuple[Rule, ...] = (
+    Rule("missing_value", QualityFlag.MISSING_VALUE, Severity.ERROR,
+         "open, high, low or close is missing", _missing),
+    Rule("non_finite", QualityFlag.NON_FINITE, Severity.ERROR,
+         "a price, volume or vwap is NaN or infinite", _non_finite),
+    Rule("non_positive_price", QualityFlag.NON_POSITIVE_PRICE, Severity.ERROR,
+         "a price is zero or negative", _non_positive),
+    Rule("negative_volume", QualityFlag.NEGATIVE_VOLUME, Severity.ERROR,
+         "volume is negative", _negative_volume),
+    Rule("ohlc_inconsistent", QualityFlag.OHLC_INCONSISTENT, Severity.ERROR,
+         "high is below open/close/low or low is above open/close/high", _ohlc_inconsistent),
+    Rule("zero_volume", QualityFlag.ZERO_VOLUME, Severity.WARNING,
+         "no volume traded in the bar", _zero_volume),
+)  # fmt: skip
+
+CONTEXT_RULES: tuple[Rule, ...] = (
+    Rule("duplicate_conflict", QualityFlag.DUPLICATE_CONFLICT, Severity.ERROR,
+         "several different bars share (symbol, timeframe, ts)",
+         lambda: pl.col("_dup_conflict"), ("_dup_conflict",)),
+    Rule("misaligned_ts", QualityFlag.MISALIGNED_TS, Severity.ERROR,
+         "ts is not on the timeframe's grid (daily bars at 00:00 UTC, intraday on the "
+         "session grid)", lambda: ~pl.col("_aligned"), ("_aligned",)),
+    Rule("not_a_session", QualityFlag.NOT_A_SESSION, Severity.ERROR,
+         "the exchange does not trade on this date", lambda: ~pl.col("_is_session"),
+         ("_is_session",)),
+    Rule("outside_session", QualityFlag.OUTSIDE_SESSION, Severity.WARNING,
+         "intraday bar outside the regular session (pre/post market)",
+         lambda: ~pl.col("_in_hours"), ("_in_hours",)),
+)  # fmt: skip
+
+DEFAULT_RULES: tuple[Rule, ...] = ROW_RULES + CONTEXT_RULES

@@ -1,0 +1,84 @@
+"""Bronze: raw provider payloads exactly as received, content-addressed, with a manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from uuid import uuid4
+
+import polars as pl
+
+from quantivista.config import StorageSettings
+from quantivista.providers.base import RawPayload
+from quantivista.storage.lake import atomic_write_parquet
+
+__all__ = ["BronzeStore"]
+
+_MANIFEST_SCHEMA = pl.Schema(
+    {
+        "job_id": pl.String(),
+        "provider": pl.String(),
+        "url": pl.String(),
+        "status_code": pl.Int32(),
+        "content_type": pl.String(),
+        "received_at": pl.Datetime("us", "UTC"),
+        "sha256": pl.String(),
+        "bytes": pl.Int64(),
+        "path": pl.String(),
+    }
+)
+
+
+class BronzeStore:
+    """Keep every payload once (`bronze/<provider>/<sha[:2]>/<sha>`) and list it per job."""
+
+    def __init__(self, root: Path, settings: StorageSettings | None = None) -> None:
+        self.root = Path(root) / "bronze"
+        self.settings = settings or StorageSettings()
+
+    def save(self, job_id: str, payloads: Sequence[RawPayload]) -> int:
+        """Store payloads of a job; return how many new bodies were written."""
+        if not payloads:
+            return 0
+        rows, written = [], 0
+        for p in payloads:
+            digest = hashlib.sha256(p.body).hexdigest()
+            rel = Path(p.provider) / digest[:2] / digest
+            path = self.root / rel
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.parent / f".tmp-{uuid4().hex}"
+                tmp.write_bytes(p.body)
+                os.replace(tmp, path)
+                written += 1
+            rows.append(
+                {
+                    "job_id": job_id,
+                    "provider": p.provider,
+                    "url": p.url,
+                    "status_code": p.status_code,
+                    "content_type": p.content_type,
+                    "received_at": p.received_at,
+                    "sha256": digest,
+                    "bytes": len(p.body),
+                    "path": str(rel),
+                }
+            )
+        manifest = pl.DataFrame(rows, schema=_MANIFEST_SCHEMA)
+        target = self.root / "_manifest" / f"job_id={job_id}" / f"{uuid4().hex}.parquet"
+        atomic_write_parquet(manifest, target, self.settings)
+        return written
+
+    def manifest(self, job_id: str | None = None) -> pl.DataFrame:
+        """Return the manifest rows (of one job, or all)."""
+        pattern = f"job_id={job_id}/*.parquet" if job_id else "job_id=*/*.parquet"
+        files = sorted((self.root / "_manifest").glob(pattern))
+        if not files:
+            return pl.DataFrame(schema=_MANIFEST_SCHEMA)
+        return pl.read_parquet(files, hive_partitioning=False)
+
+    def body(self, sha256: str, provider: str) -> bytes:
+        """Return a stored payload body."""
+        return (self.root / provider / sha256[:2] / sha256).read_bytes()
