@@ -245,15 +245,22 @@ def demo(
     symbols: Annotated[int, typer.Option(help="How many simulated symbols.")] = 50,
     years: Annotated[int, typer.Option(help="Years of daily bars.")] = 5,
     sessions: Annotated[int, typer.Option(help="Sessions of 1-minute bars.")] = 5,
+    fault_rate: Annotated[
+        float, typer.Option(help="Share of bars the simulator damages, to show quarantine.")
+    ] = 0.0005,
 ) -> None:
     """Ingest a simulated universe (daily and 1-minute bars) and show what landed."""
     settings = _settings()
+    settings = settings.model_copy(
+        update={"simulator": settings.simulator.model_copy(update={"fault_rate": fault_rate})}
+    )
     started = time.perf_counter()
     with _platform(settings) as p:
         market = _market_of(p)
         cal = p.calendar()
         today = p.clock.now().date()
-        last = cal.sessions(today - timedelta(days=10), today)[-1]
+        # the simulated market has closed through yesterday
+        last = cal.sessions(today - timedelta(days=10), today - timedelta(days=1))[-1]
         first = date(last.year - years, last.month, min(last.day, 28)) + timedelta(days=1)
         universe = _demo_universe(market, first, last, symbols)
         recent = cal.sessions(last - timedelta(days=sessions * 2 + 10), last)[-sessions:]
@@ -264,7 +271,7 @@ def demo(
                 f"{recent[0]} .. {recent[-1]}\n"
                 f"data directory: {settings.data_dir.resolve()}\n"
                 "[dim]tickers are fictional (six letters); prices come from a seeded market "
-                "model[/]"
+                f"model; {fault_rate:.2%} of bars are damaged on purpose to show quarantine[/]"
             )
         )
         daily = _run_ingest(p, universe, first, last, "1d", None, "daily bars")
@@ -278,12 +285,13 @@ def demo(
         actions = p.actions()
         if actions.height:
             console.print(_actions_table(actions))
-        console.print(_chart_panel(p.bars(universe[0], timeframe="1d"), universe[0], "1d"))
+        shown = universe[-1]  # an ordinary name: the list starts with renamed and merged ones
+        console.print(_chart_panel(p.bars(shown, timeframe="1d"), shown, "1d"))
     console.print(
         f"\n[bold green]done[/] in {elapsed:.1f} s. Data lives in "
         f"[bold]{settings.data_dir.resolve()}[/]. Try:\n"
-        f"  qv bars {universe[0]} --start {last - timedelta(days=30)}\n"
-        f"  qv bars {universe[0]} -t 1m --start {recent[-1]} --format chart\n"
+        f"  qv bars {shown} --start {last - timedelta(days=30)}\n"
+        f"  qv bars {shown} -t 1m --start {recent[-1]} --format chart\n"
         f"  qv status\n  qv quarantine"
     )
 
@@ -485,9 +493,14 @@ def _actions_table(actions: pl.DataFrame) -> Table:
         table.add_column(col)
     for (kind,), part in actions.group_by("action_type", maintain_order=True):
         ex = part.row(0, named=True)
-        detail = ex["new_symbol"] or (
-            f"ratio {ex['ratio']:g}" if ex["ratio"] else f"{ex['amount']:g} {ex['currency'] or ''}"
-        )
+        if ex["new_symbol"]:
+            detail = f"-> {ex['new_symbol']}"
+        elif ex["ratio"] is not None:
+            detail = f"ratio {ex['ratio']:g}"
+        elif ex["amount"] is not None:
+            detail = f"{ex['amount']:g} {ex['currency'] or ''}"
+        else:
+            detail = ""
         table.add_row(str(kind), f"{part.height:,}", f"{ex['symbol']} {ex['ex_date']} {detail}")
     return table
 

@@ -61,7 +61,10 @@ class SimulatorSettings(_Section):
     """The seeded market model behind the `synthetic` provider."""
 
     seed: int = 42
-    universe_size: int = Field(default=60, ge=1, le=5000)
+    universe_size: int = Field(default=60, ge=2, le=5000)
+    fault_rate: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="share of bars the synthetic provider damages"
+    )
 
 
 class ServiceSettings(_Section):

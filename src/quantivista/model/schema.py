@@ -231,12 +231,12 @@ def coerce_bars(
         assert timeframe is not None
         exprs.append(pl.lit(str(Timeframe.parse(timeframe))).alias("timeframe"))
     exprs.append(
-        pl.col("provider").cast(pl.String).fill_null(provider)
+        pl.col("provider").cast(pl.String).fill_null(pl.lit(provider, pl.String))
         if "provider" in df.columns
         else pl.lit(provider, pl.String).alias("provider")
     )
     exprs.append(
-        pl.col("job_id").cast(pl.String).fill_null(job_id)
+        pl.col("job_id").cast(pl.String).fill_null(pl.lit(job_id, pl.String))
         if "job_id" in df.columns
         else pl.lit(job_id, pl.String).alias("job_id")
     )

@@ -1,0 +1,156 @@
+"""Shared fixtures: temporary lakes, canonical bar frames and access to the real servers.
+
+Servers (PostgreSQL, Redis, NATS) are reached at the addresses in `Settings().services`
+(override with `QV_SERVICES__POSTGRES_DSN`, `QV_SERVICES__REDIS_URL`, ...). A test that needs
+an unreachable server is skipped, or fails when `QV_REQUIRE_SERVICES=1` (CI).
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Sequence
+from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+import polars as pl
+import pytest
+
+from quantivista.config import Settings, StorageSettings
+from quantivista.model.schema import coerce_bars
+from quantivista.reference.calendars import TradingCalendar, get_calendar
+from quantivista.storage.lake import ParquetLake
+
+INGESTED_AT = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
+
+MakeBars = Callable[..., pl.DataFrame]
+
+
+# -- servers ---------------------------------------------------------------------------------
+@lru_cache(maxsize=1)
+def _settings() -> Settings:
+    # the one place tests look at the environment: through Settings, like the platform does
+    return Settings()
+
+
+def services_required() -> bool:
+    """Say whether an unreachable server fails the test instead of skipping it."""
+    return _settings().require_services
+
+
+def require_service(
+    name: str, host: str, port: int, *, timeout_s: float = 1.0, required: bool | None = None
+) -> None:
+    """Skip (or fail, when services are required) unless `host:port` accepts TCP connections."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return
+    except OSError as exc:
+        reason = f"{name} is not reachable at {host}:{port} ({exc})"
+    must = services_required() if required is None else required
+    if must:
+        pytest.fail(f"{reason}; QV_REQUIRE_SERVICES=1 makes this a failure", pytrace=False)
+    pytest.skip(f"{reason}; start it or set QV_REQUIRE_SERVICES=1 to fail instead")
+
+
+def _host_port(url: str, default_port: int) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or default_port
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn() -> str:
+    """Return the DSN of the test PostgreSQL database (trust auth on 127.0.0.1:5432/test)."""
+    dsn = _settings().services.postgres_dsn.get_secret_value()
+    require_service("PostgreSQL", *_host_port(dsn, 5432))
+    return dsn
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """Return the URL of the test Redis server."""
+    url = _settings().services.redis_url
+    require_service("Redis", *_host_port(url, 6379))
+    return url
+
+
+@pytest.fixture(scope="session")
+def nats_url() -> str:
+    """Return the URL of the test NATS (JetStream) server."""
+    url = _settings().services.nats_url
+    require_service("NATS", *_host_port(url, 4222))
+    return url
+
+
+# -- storage ---------------------------------------------------------------------------------
+@pytest.fixture
+def tmp_lake(tmp_path: Path) -> ParquetLake:
+    """Return an empty lake in a temporary directory (single writer thread, no fsync)."""
+    return ParquetLake(tmp_path / "lake", StorageSettings(write_threads=1))
+
+
+# -- calendars and bars ----------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def xnys() -> TradingCalendar:
+    """Return the NYSE calendar (cached; loading it takes about a second)."""
+    return get_calendar("XNYS")
+
+
+def _first_sessions(cal: TradingCalendar, start: date, count: int) -> list[date]:
+    # about 252 sessions in 365 days: ask for twice the span and cut
+    end = min(start + timedelta(days=2 * count + 10), cal.last_session)
+    sessions = cal.sessions(start, end).head(count).to_list()
+    if len(sessions) < count:
+        raise ValueError(f"the calendar has only {len(sessions)} sessions from {start}")
+    return sessions
+
+
+@pytest.fixture
+def make_bars(xnys: TradingCalendar) -> MakeBars:
+    """Return a builder of canonical daily bars: n symbols x m consecutive XNYS sessions.
+
+    `make_bars(2, 5)` gives symbols SYM0, SYM1 over the first five sessions from 2024-01-02,
+    ordered by symbol then ts, with `low <= min(open, close) <= max(open, close) <= high`,
+    positive prices and volumes, vwap inside the range and integer trade counts.
+    """
+
+    def build(
+        symbols: int | Sequence[str] = 2,
+        sessions: int = 5,
+        *,
+        start: str | date = "2024-01-02",
+        provider: str | None = "test",
+        job_id: str | None = "job-test",
+        ingested_at: datetime | None = INGESTED_AT,
+        seed: int = 7,
+    ) -> pl.DataFrame:
+        names = [f"SYM{i}" for i in range(symbols)] if isinstance(symbols, int) else list(symbols)
+        first = date.fromisoformat(start) if isinstance(start, str) else start
+        days = _first_sessions(xnys, first, sessions)
+        rng = np.random.default_rng(seed)
+        n = len(names) * len(days)
+        base = np.repeat(rng.uniform(20.0, 500.0, len(names)), len(days))
+        open_ = base * rng.uniform(0.97, 1.03, n)
+        close = base * rng.uniform(0.97, 1.03, n)
+        high = np.maximum(open_, close) * rng.uniform(1.0, 1.02, n)
+        low = np.minimum(open_, close) * rng.uniform(0.98, 1.0, n)
+        frame = pl.DataFrame(
+            {
+                "symbol": np.repeat(names, len(days)).tolist(),
+                "ts": [datetime(d.year, d.month, d.day, tzinfo=UTC) for d in days] * len(names),
+                "open": open_,
+                "high": high,
+                "low": low,
+                "close": close,
+                "volume": rng.integers(1_000, 1_000_000, n).astype(np.float64),
+                "vwap": (low + high) / 2,
+                "trades": rng.integers(1, 10_000, n),
+            }
+        )
+        return coerce_bars(
+            frame, timeframe="1d", provider=provider, job_id=job_id, ingested_at=ingested_at
+        )
+
+    return build
