@@ -72,6 +72,10 @@ class QuantiVistaError(Exception):
 
 
 def _rebuild(cls: type[QuantiVistaError], message: str, context: dict[str, Any]) -> Any:
+    try:  # every error of this module takes its context as keywords
+        return cls(message, **context)
+    except TypeError:  # a subclass with its own signature: restore the fields by hand
+        pass
     err = cls.__new__(cls)
     QuantiVistaError.__init__(err, message, **context)
     for key, value in context.items():
