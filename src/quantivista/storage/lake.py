@@ -246,7 +246,7 @@ class ParquetLake:
             raise StorageError("unknown columns requested", columns=unknown)
         read_cols = cols if "ts" in cols else [*cols, "ts"]
         frames = []
-        for symbol in dict.fromkeys(symbols):  # keep order, drop repeats
+        for symbol in sorted(set(symbols)):  # files are sorted by ts: sorted symbols keep order
             for path in self._files(str(timeframe), symbol, start, end):
                 frames.append(self._read_file(path, read_cols))
         if not frames:
