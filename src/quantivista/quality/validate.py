@@ -47,11 +47,16 @@ class Validator:
     def validate(self, bars: pl.DataFrame, *, job_id: str) -> ValidationResult:
         """Check `bars` (canonical schema) and return clean rows, rejected rows and a report."""
         total = bars.height
-        # identical repeated rows carry no information: keep one and count the rest
-        deduped = bars.unique(
-            subset=[*BAR_KEY, *BAR_VALUE_COLUMNS], keep="first", maintain_order=True
-        )
-        exact_dupes = total - deduped.height
+        if _keys_strictly_increasing(bars):
+            # the usual case (one provider, sorted series): no key repeats, skip hashing
+            deduped, exact_dupes = bars.with_columns(_dup_conflict=pl.lit(False)), 0
+        else:
+            # identical repeated rows carry no information: keep one and count the rest
+            deduped = bars.unique(
+                subset=[*BAR_KEY, *BAR_VALUE_COLUMNS], keep="first", maintain_order=True
+            )
+            exact_dupes = total - deduped.height
+            deduped = deduped.with_columns(_dup_conflict=pl.len().over(BAR_KEY) > 1)
         ctx = self._with_context(deduped)
         rules = [r for r in self.rules if all(n in ctx.columns for n in r.needs)]
         checked = ctx.with_columns([r.expr() for r in rules])
@@ -107,9 +112,11 @@ class Validator:
 
     # -- context columns -------------------------------------------------------------------
     def _with_context(self, df: pl.DataFrame) -> pl.DataFrame:
-        df = df.with_columns(_dup_conflict=pl.len().over(BAR_KEY) > 1)
         if df.is_empty():
             return df
+        first_tf = df["timeframe"][0]
+        if df.select((pl.col("timeframe") == first_tf).all()).item():
+            return self._grid_context(df, Timeframe.parse(str(first_tf)))
         parts = []
         for (tf_text,), part in df.group_by("timeframe", maintain_order=True):
             parts.append(self._grid_context(part, Timeframe.parse(str(tf_text))))
@@ -280,3 +287,19 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float) and not np.isfinite(value):
         return None
     return value
+
+
+def _keys_strictly_increasing(bars: pl.DataFrame) -> bool:
+    """Say whether no (symbol, timeframe, ts) key can repeat, without hashing every row.
+
+    True when each (symbol, timeframe) series is one contiguous block with rising ts, the
+    shape in which providers deliver bars (blocks in any order).
+    """
+    if bars.height < 2:
+        return True
+    sym, tf, ts = pl.col("symbol"), pl.col("timeframe"), pl.col("ts")
+    same = ((sym == sym.shift()) & (tf == tf.shift())).fill_null(False)
+    if not bars.select((~same | (ts > ts.shift())).all()).item():
+        return False
+    starts = bars.filter(~same).select("symbol", "timeframe")
+    return not starts.is_duplicated().any()
