@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -53,6 +54,12 @@ def require_service(
     if must:
         pytest.fail(f"{reason}; QV_REQUIRE_SERVICES=1 makes this a failure", pytrace=False)
     pytest.skip(f"{reason}; start it or set QV_REQUIRE_SERVICES=1 to fail instead")
+
+
+@pytest.fixture(scope="session")
+def services() -> Callable[..., None]:
+    """Return `require_service` for tests below the rootdir (they cannot import conftest)."""
+    return require_service
 
 
 def _host_port(url: str, default_port: int) -> tuple[str, int]:
@@ -107,50 +114,57 @@ def _first_sessions(cal: TradingCalendar, start: date, count: int) -> list[date]
     return sessions
 
 
+def build_bars(
+    cal: TradingCalendar,
+    symbols: int | Sequence[str] = 2,
+    sessions: int = 5,
+    *,
+    start: str | date = "2024-01-02",
+    provider: str | None = "test",
+    job_id: str | None = "job-test",
+    ingested_at: datetime | None = INGESTED_AT,
+    seed: int = 7,
+) -> pl.DataFrame:
+    """Return canonical daily bars of `symbols` over `sessions` consecutive sessions of `cal`."""
+    names = [f"SYM{i}" for i in range(symbols)] if isinstance(symbols, int) else list(symbols)
+    first = date.fromisoformat(start) if isinstance(start, str) else start
+    days = _first_sessions(cal, first, sessions)
+    rng = np.random.default_rng(seed)
+    n = len(names) * len(days)
+    base = np.repeat(rng.uniform(20.0, 500.0, len(names)), len(days))
+    open_ = base * rng.uniform(0.97, 1.03, n)
+    close = base * rng.uniform(0.97, 1.03, n)
+    high = np.maximum(open_, close) * rng.uniform(1.0, 1.02, n)
+    low = np.minimum(open_, close) * rng.uniform(0.98, 1.0, n)
+    frame = pl.DataFrame(
+        {
+            "symbol": np.repeat(names, len(days)).tolist(),
+            "ts": [datetime(d.year, d.month, d.day, tzinfo=UTC) for d in days] * len(names),
+            "open": open_,
+            "high": high,
+            "low": low,
+            "close": close,
+            "volume": rng.integers(1_000, 1_000_000, n).astype(np.float64),
+            "vwap": (low + high) / 2,
+            "trades": rng.integers(1, 10_000, n),
+        }
+    )
+    return coerce_bars(
+        frame, timeframe="1d", provider=provider, job_id=job_id, ingested_at=ingested_at
+    )
+
+
 @pytest.fixture
 def make_bars(xnys: TradingCalendar) -> MakeBars:
     """Return a builder of canonical daily bars: n symbols x m consecutive XNYS sessions.
 
     `make_bars(2, 5)` gives symbols SYM0, SYM1 over the first five sessions from 2024-01-02,
     ordered by symbol then ts, with `low <= min(open, close) <= max(open, close) <= high`,
-    positive prices and volumes, vwap inside the range and integer trade counts.
+    positive prices and volumes, vwap inside the range and integer trade counts. Keywords:
+    `start`, `provider`, `job_id`, `ingested_at`, `seed` (see `build_bars`).
     """
 
-    def build(
-        symbols: int | Sequence[str] = 2,
-        sessions: int = 5,
-        *,
-        start: str | date = "2024-01-02",
-        provider: str | None = "test",
-        job_id: str | None = "job-test",
-        ingested_at: datetime | None = INGESTED_AT,
-        seed: int = 7,
-    ) -> pl.DataFrame:
-        names = [f"SYM{i}" for i in range(symbols)] if isinstance(symbols, int) else list(symbols)
-        first = date.fromisoformat(start) if isinstance(start, str) else start
-        days = _first_sessions(xnys, first, sessions)
-        rng = np.random.default_rng(seed)
-        n = len(names) * len(days)
-        base = np.repeat(rng.uniform(20.0, 500.0, len(names)), len(days))
-        open_ = base * rng.uniform(0.97, 1.03, n)
-        close = base * rng.uniform(0.97, 1.03, n)
-        high = np.maximum(open_, close) * rng.uniform(1.0, 1.02, n)
-        low = np.minimum(open_, close) * rng.uniform(0.98, 1.0, n)
-        frame = pl.DataFrame(
-            {
-                "symbol": np.repeat(names, len(days)).tolist(),
-                "ts": [datetime(d.year, d.month, d.day, tzinfo=UTC) for d in days] * len(names),
-                "open": open_,
-                "high": high,
-                "low": low,
-                "close": close,
-                "volume": rng.integers(1_000, 1_000_000, n).astype(np.float64),
-                "vwap": (low + high) / 2,
-                "trades": rng.integers(1, 10_000, n),
-            }
-        )
-        return coerce_bars(
-            frame, timeframe="1d", provider=provider, job_id=job_id, ingested_at=ingested_at
-        )
+    def build(symbols: int | Sequence[str] = 2, sessions: int = 5, **kw: Any) -> pl.DataFrame:
+        return build_bars(xnys, symbols, sessions, **kw)
 
     return build

@@ -20,6 +20,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from quantivista.errors import ConfigurationError
+
 __all__ = [
     "IngestSettings",
     "ServiceSettings",
@@ -114,7 +116,10 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        toml_path = Path(os.environ.get("QV_CONFIG_FILE", "qv.toml"))
+        named = os.environ.get("QV_CONFIG_FILE")
+        toml_path = Path(named or "qv.toml")
+        if named and not toml_path.is_file():  # a file asked for by name must exist
+            raise ConfigurationError("QV_CONFIG_FILE names no file", path=named)
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         if toml_path.is_file():
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))

@@ -65,8 +65,8 @@ class DataQualityReport(BaseModel):
         for report in reports:
             for rule, n in report.rule_counts.items():
                 counts[rule] = counts.get(rule, 0) + n
-        weight = sum(r.total_records for r in reports) or 1
-        score = sum(r.quality_score * r.total_records for r in reports) / weight if reports else 1.0
+        # row-weighted; batches without rows carry no evidence against the data
+        score = sum(r.quality_score * r.total_records for r in reports) / total if total else 1.0
         issues = [i for r in reports for i in r.validation_errors][:max_issues]
         profile: dict[str, Any] = {"batches": len(reports)}
         if reports:

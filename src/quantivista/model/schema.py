@@ -142,7 +142,16 @@ def to_polars(frame: FrameLike) -> pl.DataFrame:
         try:
             return pl.from_pandas(frame, include_index=keep_index)
         except Exception as exc:  # pandas object columns of mixed types
-            raise SchemaError(f"cannot convert the pandas frame: {exc}") from exc
+            bad = []
+            for col in frame.columns:
+                try:
+                    pl.from_pandas(frame[[col]])
+                except Exception:
+                    bad.append(str(col))
+            raise SchemaError(
+                f"cannot convert the pandas frame: columns {', '.join(bad) or '?'} mix types",
+                columns=bad,
+            ) from exc
     raise SchemaError(
         "expected a polars or pandas DataFrame, a pyarrow Table or a dict of columns",
         got=type(frame).__name__,
@@ -283,7 +292,7 @@ def coerce_actions(frame: FrameLike, *, provider: str | None = None) -> pl.DataF
             if isinstance(src, pl.Datetime):
                 exprs.append(pl.col(name).dt.date())
             elif src == pl.String:
-                exprs.append(pl.col(name).str.to_date(strict=True))
+                exprs.append(pl.col(name).str.to_date("%Y-%m-%d", strict=True))
             else:
                 exprs.append(pl.col(name).cast(pl.Date))
         else:

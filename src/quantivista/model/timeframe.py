@@ -13,7 +13,9 @@ from quantivista.errors import InvalidTimeframeError
 __all__ = ["Timeframe", "TimeframeLike"]
 
 Unit = Literal["s", "m", "h", "d", "w", "mo"]
-_PATTERN = re.compile(r"^\s*(\d+)\s*(s|sec|m|min|h|hour|d|day|w|wk|week|mo|mon|month)s?\s*$", re.I)
+_PATTERN = re.compile(
+    r"^\s*(\d+)\s*(s|secs?|m|mins?|h|hours?|d|days?|w|wks?|weeks?|mo|mons?|months?)\s*$", re.I
+)
 _ALIASES: dict[str, Unit] = {
     "s": "s", "sec": "s",
     "m": "m", "min": "m",
@@ -87,7 +89,7 @@ class Timeframe:
     def sort_key(self) -> tuple[int, int]:
         """Order timeframes from finest to coarsest."""
         secs = self.seconds
-        return (_ORDER[self.unit], secs if secs is not None else self.multiple * 31 * 86400)
+        return (secs if secs is not None else self.multiple * 31 * 86400, _ORDER[self.unit])
 
 
 TimeframeLike = Timeframe | str
@@ -108,4 +110,4 @@ def _parse(text: str) -> Timeframe:
         raise InvalidTimeframeError(
             "ambiguous unit 'M'; write 'm' for minutes or 'mo' for months", value=text
         )
-    return Timeframe(int(multiple), _ALIASES[unit_key])
+    return Timeframe(int(multiple), _ALIASES[unit_key.removesuffix("s") or "s"])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -81,7 +81,8 @@ class Validator:
         rejected = self._rejected_rows(checked, errors)
         clean = checked.filter(~pl.col("_rejected")).select(BAR_COLUMNS)
         issues = self._row_issues(checked, rules)
-        missing = self._missing_bars(clean)
+        # a rejected bar did arrive: only bars that never came count as missing
+        missing = self._missing_bars(deduped)
         if missing.height:
             rule_counts["missing_bar"] = missing.height
             issues.extend(
@@ -95,7 +96,7 @@ class Validator:
                 for s, t in missing.head(MAX_ISSUES_PER_RULE * 4).iter_rows()
             )
         soft = clean.filter(pl.col("quality_flags") != 0).height
-        denominator = total + missing.height
+        denominator = total - exact_dupes + missing.height
         score = 1.0 if denominator == 0 else (clean.height - 0.5 * soft) / denominator
         report = DataQualityReport(
             job_id=job_id,
@@ -219,16 +220,20 @@ class Validator:
 
     @staticmethod
     def _missing_for(part: pl.DataFrame, tf: Timeframe, cal: TradingCalendar) -> pl.DataFrame:
-        spans = part.group_by("symbol").agg(
+        none = pl.DataFrame(schema={"symbol": pl.String, "ts": pl.Datetime("us", "UTC")})
+        bounds = part.select(lo=pl.col("ts").min(), hi=pl.col("ts").max()).row(0)
+        lo_d = max(bounds[0].date(), cal.first_session)
+        hi_d = min(bounds[1].date(), cal.last_session)
+        if hi_d < lo_d:
+            return none
+        grid = cal.bar_starts(lo_d, hi_d, tf)
+        # bars off the session grid (pre/post market) must not make up for missing ones
+        on_grid = part.join(grid.to_frame(), on="ts", how="semi")
+        if on_grid.is_empty():
+            return none
+        spans = on_grid.group_by("symbol").agg(
             first=pl.col("ts").min(), last=pl.col("ts").max(), n=pl.col("ts").n_unique()
         )
-        lo: date = spans["first"].min().date()  # type: ignore[union-attr]
-        hi: date = spans["last"].max().date()  # type: ignore[union-attr]
-        lo_d = max(lo, cal.first_session)
-        hi_d = min(hi, cal.last_session)
-        if hi_d < lo_d:
-            return pl.DataFrame(schema={"symbol": pl.String, "ts": pl.Datetime("us", "UTC")})
-        grid = cal.bar_starts(lo_d, hi_d, tf)
         grid_us = grid.dt.epoch("us").to_numpy()
         first_us = spans["first"].dt.epoch("us").to_numpy()
         last_us = spans["last"].dt.epoch("us").to_numpy()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from uuid import uuid4
@@ -11,6 +12,7 @@ from uuid import uuid4
 import polars as pl
 
 from quantivista.config import StorageSettings
+from quantivista.errors import NotFoundError
 from quantivista.providers.base import RawPayload
 from quantivista.storage.lake import atomic_write_parquet
 
@@ -81,4 +83,9 @@ class BronzeStore:
 
     def body(self, sha256: str, provider: str) -> bytes:
         """Return a stored payload body."""
-        return (self.root / provider / sha256[:2] / sha256).read_bytes()
+        if not re.fullmatch(r"[0-9a-f]{64}", sha256):  # also keeps paths inside the store
+            raise NotFoundError("not a payload digest", provider=provider, sha256=sha256)
+        try:
+            return (self.root / provider / sha256[:2] / sha256).read_bytes()
+        except FileNotFoundError:
+            raise NotFoundError("unknown payload", provider=provider, sha256=sha256) from None

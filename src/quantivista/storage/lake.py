@@ -200,6 +200,7 @@ class ParquetLake:
                 keep = df if before is None else df.filter(pl.col("ts") >= before)
                 if before is None or keep.is_empty():
                     path.unlink()
+                    _prune_empty_dirs(path.parent, self.bars_root)
                 else:
                     atomic_write_parquet(keep, path, self.settings)
                 removed += df.height - (0 if before is None else keep.height)
@@ -359,3 +360,14 @@ def _merge(existing: pl.DataFrame, new: pl.DataFrame) -> tuple[pl.DataFrame | No
     ).select(BAR_COLUMNS)
     kept = existing.join(new.select("ts"), on="ts", how="anti")
     return pl.concat([kept, incoming]).sort("ts"), stats
+
+
+def _prune_empty_dirs(start: Path, stop: Path) -> None:
+    """Remove empty partition folders from `start` up to (not including) `stop`."""
+    here = start
+    while here != stop and here.is_relative_to(stop):
+        try:
+            here.rmdir()
+        except OSError:  # not empty (or already gone): stop climbing
+            return
+        here = here.parent
