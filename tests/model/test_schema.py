@@ -415,3 +415,19 @@ def test_coerce_actions_refuses_ex_dates_that_are_not_iso(text: str) -> None:
     base = {"symbol": ["A"], "action_type": ["split"], "ratio": [2.0]}
     with pytest.raises(SchemaError):
         coerce_actions({**base, "ex_date": [text]})
+
+
+def test_series_in_blocks_accepts_provider_order_and_refuses_repeats() -> None:
+    from datetime import UTC, datetime
+
+    from quantivista.model.schema import series_in_blocks
+
+    t = [datetime(2024, 1, d, tzinfo=UTC) for d in (2, 3, 4)]
+    blocks = pl.DataFrame({"symbol": ["ZZZ"] * 3 + ["AAA"] * 3, "ts": t + t})
+    assert series_in_blocks(blocks)  # blocks need not be in alphabetical order
+    split_block = pl.DataFrame({"symbol": ["AAA", "ZZZ", "AAA"], "ts": t})
+    assert not series_in_blocks(split_block)
+    repeated = pl.DataFrame({"symbol": ["AAA"] * 3, "ts": [t[0], t[1], t[1]]})
+    assert not series_in_blocks(repeated)
+    backwards = pl.DataFrame({"symbol": ["AAA"] * 3, "ts": t[::-1]})
+    assert not series_in_blocks(backwards)

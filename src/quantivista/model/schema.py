@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -27,6 +27,7 @@ __all__ = [
     "coerce_actions",
     "coerce_bars",
     "empty_bars",
+    "series_in_blocks",
     "to_polars",
 ]
 
@@ -311,3 +312,18 @@ def coerce_actions(frame: FrameLike, *, provider: str | None = None) -> pl.DataF
     if provider is not None:
         out = out.with_columns(pl.col("provider").fill_null(provider))
     return out
+
+
+def series_in_blocks(df: pl.DataFrame, by: Sequence[str] = ("symbol",)) -> bool:
+    """Say whether each `by` series is one contiguous block of strictly rising `ts`.
+
+    That is the shape in which providers deliver bars (blocks in any order); it proves no
+    (by..., ts) key repeats without hashing or sorting every row.
+    """
+    if df.height < 2:
+        return True
+    same = pl.all_horizontal([pl.col(c) == pl.col(c).shift() for c in by]).fill_null(False)
+    ts = pl.col("ts")
+    if not df.select((~same | (ts > ts.shift())).all()).item():
+        return False
+    return not df.filter(~same).select(*by).is_duplicated().any()

@@ -10,7 +10,7 @@ import numpy as np
 import polars as pl
 
 from quantivista.model.jobs import DataQualityReport, Severity, ValidationIssue
-from quantivista.model.schema import BAR_COLUMNS, BAR_KEY, BAR_VALUE_COLUMNS
+from quantivista.model.schema import BAR_COLUMNS, BAR_KEY, BAR_VALUE_COLUMNS, series_in_blocks
 from quantivista.model.timeframe import Timeframe
 from quantivista.quality.rules import DEFAULT_RULES, Rule
 from quantivista.reference.calendars import TradingCalendar
@@ -47,7 +47,7 @@ class Validator:
     def validate(self, bars: pl.DataFrame, *, job_id: str) -> ValidationResult:
         """Check `bars` (canonical schema) and return clean rows, rejected rows and a report."""
         total = bars.height
-        if _keys_strictly_increasing(bars):
+        if series_in_blocks(bars, ("symbol", "timeframe")):
             # the usual case (one provider, sorted series): no key repeats, skip hashing
             deduped, exact_dupes = bars.with_columns(_dup_conflict=pl.lit(False)), 0
         else:
@@ -292,19 +292,3 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float) and not np.isfinite(value):
         return None
     return value
-
-
-def _keys_strictly_increasing(bars: pl.DataFrame) -> bool:
-    """Say whether no (symbol, timeframe, ts) key can repeat, without hashing every row.
-
-    True when each (symbol, timeframe) series is one contiguous block with rising ts, the
-    shape in which providers deliver bars (blocks in any order).
-    """
-    if bars.height < 2:
-        return True
-    sym, tf, ts = pl.col("symbol"), pl.col("timeframe"), pl.col("ts")
-    same = ((sym == sym.shift()) & (tf == tf.shift())).fill_null(False)
-    if not bars.select((~same | (ts > ts.shift())).all()).item():
-        return False
-    starts = bars.filter(~same).select("symbol", "timeframe")
-    return not starts.is_duplicated().any()

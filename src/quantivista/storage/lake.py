@@ -30,7 +30,12 @@ import pyarrow.parquet as pq
 
 from quantivista.config import StorageSettings
 from quantivista.errors import StorageError
-from quantivista.model.schema import BAR_COLUMNS, BAR_POLARS_SCHEMA, BAR_VALUE_COLUMNS
+from quantivista.model.schema import (
+    BAR_COLUMNS,
+    BAR_POLARS_SCHEMA,
+    BAR_VALUE_COLUMNS,
+    series_in_blocks,
+)
 from quantivista.model.timeframe import Timeframe
 from quantivista.storage.base import UpsertStats
 
@@ -323,10 +328,8 @@ class ParquetLake:
 
 
 def _sorted_unique(df: pl.DataFrame) -> pl.DataFrame:
-    """Return `df` sorted by (symbol, ts) with one row per key, the last given winning."""
-    sym, ts = pl.col("symbol"), pl.col("ts")
-    out_of_order = (sym < sym.shift()) | ((sym == sym.shift()) & (ts <= ts.shift()))
-    if not df.select(out_of_order.any()).item():
+    """Return `df` with each symbol one block sorted by ts, one row per key, the last winning."""
+    if series_in_blocks(df):
         return df  # the common case: providers deliver series in order, without repeats
     df = df.with_row_index("_pos").sort("symbol", "ts", "_pos")
     return df.unique(subset=["symbol", "ts"], keep="last", maintain_order=True).drop("_pos")
