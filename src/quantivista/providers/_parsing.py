@@ -44,6 +44,7 @@ _PARSE_FAILURES = (
     IndexError,
     AttributeError,
     OverflowError,
+    OSError,  # datetime.fromtimestamp on absurd epochs
     ArithmeticError,
     RecursionError,
     UnicodeError,
