@@ -25,6 +25,7 @@ import email.utils
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+from urllib.parse import quote
 
 import httpx
 from pydantic import SecretStr
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
     from quantivista.clock import Clock
     from quantivista.config import Settings
 
-__all__ = ["CallGate", "HttpProvider", "parse_retry_after", "redact"]
+__all__ = ["CallGate", "HttpProvider", "parse_retry_after", "path_part", "redact"]
 
 REDACTED = "***"
 
@@ -83,6 +84,11 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     if seconds != seconds or seconds < 0 or seconds == float("inf"):  # NaN, negative, inf
         return None
     return seconds
+
+
+def path_part(value: str) -> str:
+    """Percent-encode `value` for one URL path segment (`^GSPC` -> `%5EGSPC`, `/` escaped)."""
+    return quote(value, safe="-._~")
 
 
 def redact(text: str, secret: str | None) -> str:

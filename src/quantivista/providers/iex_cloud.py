@@ -44,7 +44,7 @@ from quantivista.providers.base import (
     ProviderCapabilities,
     RawPayload,
 )
-from quantivista.providers.http import HttpProvider
+from quantivista.providers.http import HttpProvider, path_part
 
 __all__ = ["IexCloudProvider", "classify_text", "parse_chart", "parse_quote"]
 
@@ -176,7 +176,7 @@ class IexCloudProvider(HttpProvider):
         if request.timeframe.is_intraday:
             day = request.start_date
             while day <= request.last_date:
-                path = f"/stable/stock/{sym}/chart/date/{day:%Y%m%d}"
+                path = f"/stable/stock/{path_part(sym)}/chart/date/{day:%Y%m%d}"
                 _, payload = self.get(self.url(path), symbol=sym)
                 raw.append(payload)
                 parts.append(parse_chart(payload.body, sym))
@@ -184,7 +184,9 @@ class IexCloudProvider(HttpProvider):
         else:
             age = (self.clock.now().date() - request.start_date).days
             rng = next((name for name, days in _RANGES if age <= days), "max")
-            _, payload = self.get(self.url(f"/stable/stock/{sym}/chart/{rng}"), symbol=sym)
+            _, payload = self.get(
+                self.url(f"/stable/stock/{path_part(sym)}/chart/{rng}"), symbol=sym
+            )
             raw.append(payload)
             parts.append(parse_chart(payload.body, sym))
         bars = pl.concat(parts).unique("ts", keep="last").sort("ts")
@@ -201,5 +203,5 @@ class IexCloudProvider(HttpProvider):
     def fetch_quote(self, symbol: str) -> Quote:
         """Return the latest quote of `symbol`."""
         self.require_key()
-        _, payload = self.get(self.url(f"/stable/stock/{symbol}/quote"), symbol=symbol)
+        _, payload = self.get(self.url(f"/stable/stock/{path_part(symbol)}/quote"), symbol=symbol)
         return parse_quote(payload.body, symbol)

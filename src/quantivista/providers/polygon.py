@@ -39,7 +39,7 @@ from quantivista.providers.base import (
     ProviderCapabilities,
     RawPayload,
 )
-from quantivista.providers.http import HttpProvider
+from quantivista.providers.http import HttpProvider, path_part
 
 __all__ = ["PolygonProvider", "parse_aggs", "parse_dividends", "parse_splits"]
 
@@ -187,7 +187,7 @@ class PolygonProvider(HttpProvider):
         tf = request.timeframe
         sym = request.symbol
         path = (
-            f"/v2/aggs/ticker/{sym}/range/{tf.multiple}/{_TIMESPAN[tf.unit]}"
+            f"/v2/aggs/ticker/{path_part(sym)}/range/{tf.multiple}/{_TIMESPAN[tf.unit]}"
             f"/{request.start_date.isoformat()}/{request.last_date.isoformat()}"
         )
         params: dict[str, str] | None = {

@@ -40,7 +40,7 @@ from quantivista.providers.base import (
     FetchResult,
     ProviderCapabilities,
 )
-from quantivista.providers.http import HttpProvider
+from quantivista.providers.http import HttpProvider, path_part
 
 __all__ = ["TiingoProvider", "parse_daily", "parse_daily_csv", "parse_intraday"]
 
@@ -188,11 +188,13 @@ class TiingoProvider(HttpProvider):
         }
         if tf == "1d":
             params["resampleFreq"] = "daily"
-            _, payload = self.get(self.url(f"/tiingo/daily/{sym}/prices"), params, symbol=sym)
+            _, payload = self.get(
+                self.url(f"/tiingo/daily/{path_part(sym)}/prices"), params, symbol=sym
+            )
             bars, actions = parse_daily(payload.body, sym)
         elif tf in _RESAMPLE:
             params |= {"resampleFreq": _RESAMPLE[tf], "columns": "open,high,low,close,volume"}
-            _, payload = self.get(self.url(f"/iex/{sym}/prices"), params, symbol=sym)
+            _, payload = self.get(self.url(f"/iex/{path_part(sym)}/prices"), params, symbol=sym)
             bars, actions = parse_intraday(payload.body, sym, tf), empty_actions()
         else:
             raise EntitlementError(f"Tiingo has no {tf} bars", provider=NAME, symbol=sym)

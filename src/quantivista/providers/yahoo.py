@@ -53,7 +53,7 @@ from quantivista.providers.base import (
     ProviderCapabilities,
     RawPayload,
 )
-from quantivista.providers.http import HttpProvider
+from quantivista.providers.http import HttpProvider, path_part
 
 __all__ = ["YahooProvider", "parse_chart", "parse_splits", "raise_chart_error"]
 
@@ -279,7 +279,7 @@ class YahooProvider(HttpProvider):
         tf = str(request.timeframe)
         if tf not in _INTERVALS:
             raise EntitlementError(f"Yahoo has no {tf} bars", provider=NAME, symbol=request.symbol)
-        path = f"/v8/finance/chart/{httpx.URL(request.symbol).raw_path.decode()}"
+        path = f"/v8/finance/chart/{path_part(request.symbol)}"
         step = timedelta(days=_WINDOW_DAYS.get(tf, 365 * 100))
         bars_parts: list[pl.DataFrame] = []
         action_parts: list[pl.DataFrame] = []
