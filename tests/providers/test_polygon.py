@@ -185,3 +185,19 @@ def test_client_fetches_actions_when_asked(local_server: LocalServer) -> None:
         ("GOOGL", "split", date(2022, 7, 18), 20.0, None, None, None, P)
     ]
     assert local_server.requests[1].query["execution_date.gte"] == ["2022-07-01"]
+
+
+def test_real_host_next_url_is_kept_on_the_overridden_base(local_server: LocalServer) -> None:
+    data = json.loads(fixture_bytes(P, "aggs_AAPL_1day_2023-01-01_2023-01-10.json"))
+    real_next = "https://api.polygon.io/v2/aggs/ticker/AAPL/range/1/day/1672894800001/2023-01-10"
+    first = dict(data, results=data["results"][:3], next_url=real_next + "?cursor=xyz")
+    local_server.routes["/p/v2/aggs/ticker/AAPL/range/1/day/2023-01-01/2023-01-10"] = Route(
+        200, json.dumps(first).encode()
+    )
+    local_server.routes["/p/v2/aggs/ticker/AAPL/range/1/day/1672894800001/2023-01-10"] = Route(
+        200, json.dumps(dict(data, results=data["results"][3:])).encode()
+    )
+    client = PolygonProvider(api_key="K", base_url=local_server.url + "/p")
+    result = client.fetch_bars(BarRequest.of("AAPL", "2023-01-01", "2023-01-10"))
+    assert result.bars.height == 6
+    assert local_server.requests[1].query["cursor"] == ["xyz"]

@@ -179,7 +179,11 @@ class PolygonProvider(HttpProvider):
         self.include_actions = include_actions
 
     def _follow(self, url: str, symbol: str) -> str:
-        # next_url is absolute on the real API; a relative one is taken against base_url
+        # next_url is absolute on the real API; a relative one is taken against base_url, and
+        # a real-host one is re-pointed at an overridden base_url (never leave the simulator)
+        for real in (self.default_base_url, "https://api.massive.com"):
+            if url.startswith(real + "/") and self.base_url != self.default_base_url:
+                return self.base_url + url[len(real) :]
         return url if httpx.URL(url).is_absolute_url else self.url(url)
 
     def fetch_bars(self, request: BarRequest) -> FetchResult:
