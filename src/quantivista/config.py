@@ -24,6 +24,8 @@ from quantivista.errors import ConfigurationError
 
 __all__ = [
     "IngestSettings",
+    "ProviderEndpointSettings",
+    "ProviderSettings",
     "ServiceSettings",
     "Settings",
     "SimulatorSettings",
@@ -81,6 +83,28 @@ class ServiceSettings(_Section):
     pulsar_url: str | None = None
 
 
+class ProviderEndpointSettings(_Section):
+    """How to reach one vendor: key, base URL (None = the vendor's real URL) and timeout."""
+
+    api_key: SecretStr | None = None
+    base_url: str | None = Field(
+        default=None, description="override the vendor URL, e.g. the provider simulator's"
+    )
+    timeout_s: float = Field(default=10.0, gt=0, le=300, description="per-request timeout")
+
+
+class ProviderSettings(_Section):
+    """Per-vendor connection settings (`QV_PROVIDERS__POLYGON__API_KEY=...`)."""
+
+    alpha_vantage: ProviderEndpointSettings = ProviderEndpointSettings()
+    yahoo: ProviderEndpointSettings = ProviderEndpointSettings()
+    finnhub: ProviderEndpointSettings = ProviderEndpointSettings()
+    iex_cloud: ProviderEndpointSettings = ProviderEndpointSettings()
+    polygon: ProviderEndpointSettings = ProviderEndpointSettings()
+    tiingo: ProviderEndpointSettings = ProviderEndpointSettings()
+    stooq: ProviderEndpointSettings = ProviderEndpointSettings()
+
+
 class Settings(BaseSettings):
     """All configuration of a platform instance (frozen once built)."""
 
@@ -101,6 +125,7 @@ class Settings(BaseSettings):
     ingest: IngestSettings = IngestSettings()
     simulator: SimulatorSettings = SimulatorSettings()
     services: ServiceSettings = ServiceSettings()
+    providers: ProviderSettings = ProviderSettings()
 
     @field_validator("data_dir")
     @classmethod
