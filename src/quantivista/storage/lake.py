@@ -19,12 +19,13 @@ import zlib
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 from uuid import uuid4
 
+import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
@@ -42,6 +43,7 @@ from quantivista.storage.base import UpsertStats
 __all__ = ["ParquetLake", "atomic_write_parquet"]
 
 DATA_FILE = "data.parquet"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _LOCK_STRIPES = 64
 _MONTH = "_month"
 
@@ -250,22 +252,17 @@ class ParquetLake:
         unknown = [c for c in cols if c not in BAR_POLARS_SCHEMA]
         if unknown:
             raise StorageError("unknown columns requested", columns=unknown)
-        read_cols = cols if "ts" in cols else [*cols, "ts"]
+        whole = cols == list(BAR_COLUMNS)
+        read_cols = None if whole else (cols if "ts" in cols else [*cols, "ts"])
         frames = []
+        tf_text = str(timeframe)
         for symbol in sorted(set(symbols)):  # files are sorted by ts: sorted symbols keep order
-            for path in self._files(str(timeframe), symbol, start, end):
-                frames.append(self._read_file(path, read_cols))
+            for path in self._files(tf_text, symbol, start, end):
+                frames.append(_ts_slice(self._read_file(path, read_cols), start, end))
         if not frames:
             return pl.DataFrame(schema={c: BAR_POLARS_SCHEMA[c] for c in cols})
         df = pl.concat(frames) if len(frames) > 1 else frames[0]
-        if start is not None or end is not None:
-            cond = pl.lit(True)
-            if start is not None:
-                cond = cond & (pl.col("ts") >= start)
-            if end is not None:
-                cond = cond & (pl.col("ts") < end)
-            df = df.filter(cond)
-        return df.select(cols)
+        return df if whole or df.columns == cols else df.select(cols)
 
     def symbols(self, timeframe: Timeframe | None = None) -> list[str]:
         """Return the stored symbols, sorted."""
@@ -374,3 +371,19 @@ def _prune_empty_dirs(start: Path, stop: Path) -> None:
         except OSError:  # not empty (or already gone): stop climbing
             return
         here = here.parent
+
+
+def _ts_slice(df: pl.DataFrame, start: datetime | None, end: datetime | None) -> pl.DataFrame:
+    """Return the rows with `start <= ts < end` of a file sorted by ts (a zero-copy slice)."""
+    if start is None and end is None:
+        return df
+    # numpy on the physical microseconds: polars' search_sorted builds a frame per call
+    ts = df["ts"].to_physical().to_numpy()
+    lo = int(np.searchsorted(ts, _epoch_us(start))) if start is not None else 0
+    hi = int(np.searchsorted(ts, _epoch_us(end))) if end is not None else df.height
+    return df.slice(lo, max(hi - lo, 0))
+
+
+def _epoch_us(moment: datetime) -> int:
+    delta = moment - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
