@@ -10,6 +10,8 @@ from typing import Any
 
 import polars as pl
 
+from quantivista.actions.adjust import Adjust, DividendConvention
+from quantivista.actions.view import AdjustedReader
 from quantivista.bus.events import ActionsIngested
 from quantivista.bus.memory import InMemoryBus
 from quantivista.clock import Clock, SystemClock
@@ -78,6 +80,9 @@ class Platform:
         self._providers: dict[str, Provider] = {}
         self._lock = threading.Lock()
         self._writer: BarWriter | None = None
+        self.reader = AdjustedReader(self.store, self.action_store)
+        self.bus.subscribe("bars.ingested", self.reader.invalidate, name="adjusted-cache")
+        self.bus.subscribe("actions.ingested", self.reader.invalidate, name="adjusted-cache")
 
     # -- construction ----------------------------------------------------------------------
     @classmethod
@@ -218,14 +223,33 @@ class Platform:
         timeframe: TimeframeLike = "1d",
         *,
         columns: Sequence[str] | None = None,
+        adjust: Adjust = "none",
+        dividend_convention: DividendConvention = "crsp",
+        as_of: DateLike | None = None,
+        follow_renames: bool = True,
     ) -> pl.DataFrame:
-        """Return stored bars (raw prices) in the canonical schema, sorted by symbol and ts.
+        """Return stored bars in the canonical schema, sorted by symbol and ts.
 
         `start` and `end` are inclusive; either may be omitted for an open range.
+        `adjust` is "none" (raw prices), "splits" or "all" (splits and cash dividends);
+        `dividend_convention` "crsp" (Yahoo Adj Close / Lean: 1 - D/C_prev) or
+        "alpha_vantage" (C_e/(C_e + D)); `as_of` counts only actions with ex-dates up to
+        that day. A ticker renamed by a symbol_change action (FB -> META) reads as one
+        series under the requested ticker unless `follow_renames` is False.
         """
         lo = request_range(start, start)[0] if start is not None else None
         hi = request_range(end, end)[1] if end is not None else None
-        return self.store.read(_symbol_list(symbols), Timeframe.parse(timeframe), lo, hi, columns)
+        return self.reader.read(
+            _symbol_list(symbols),
+            Timeframe.parse(timeframe),
+            lo,
+            hi,
+            columns,
+            adjust=adjust,
+            dividend_convention=dividend_convention,
+            as_of=as_of,
+            follow_renames=follow_renames,
+        )
 
     def actions(self, symbols: Symbols | None = None) -> pl.DataFrame:
         """Return stored corporate actions (of some symbols, or all) by ex-date."""
