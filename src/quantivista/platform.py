@@ -27,6 +27,7 @@ from quantivista.providers.registry import ProviderRegistry, default_registry
 from quantivista.providers.router import Router
 from quantivista.quality.validate import Validator
 from quantivista.reference.calendars import TradingCalendar, get_calendar
+from quantivista.reference.instruments import InstrumentMaster
 from quantivista.storage.actions import ActionStore
 from quantivista.storage.bronze import BronzeStore
 from quantivista.storage.catalog import Catalog
@@ -81,6 +82,7 @@ class Platform:
         self._lock = threading.Lock()
         self._writer: BarWriter | None = None
         self.reader = AdjustedReader(self.store, self.action_store)
+        self.instruments = InstrumentMaster(root, settings.storage)
         self.bus.subscribe("bars.ingested", self.reader.invalidate, name="adjusted-cache")
         self.bus.subscribe("actions.ingested", self.reader.invalidate, name="adjusted-cache")
 
