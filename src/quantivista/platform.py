@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -11,6 +11,7 @@ from typing import Any
 import polars as pl
 
 from quantivista.actions.adjust import Adjust, DividendConvention
+from quantivista.actions.reconcile import ReconcileReport, ingest_actions
 from quantivista.actions.view import AdjustedReader
 from quantivista.bus.events import ActionsIngested
 from quantivista.bus.memory import InMemoryBus
@@ -215,6 +216,28 @@ class Platform:
                 )
             )
         return fresh.height
+
+    def ingest_actions(
+        self,
+        sources: Mapping[str, FrameLike] | Sequence[FrameLike],
+        *,
+        priority: Sequence[str] | None = None,
+        date_tolerance_days: int = 3,
+        value_tolerance: float = 1e-3,
+    ) -> ReconcileReport:
+        """Reconcile actions from several sources, store the new events, report conflicts.
+
+        Publishes `ActionsIngested` only when some events were new (see actions/reconcile.py).
+        """
+        return ingest_actions(
+            self.action_store,
+            self.bus,
+            self.clock,
+            sources,
+            priority=priority,
+            date_tolerance_days=date_tolerance_days,
+            value_tolerance=value_tolerance,
+        )
 
     # -- reads -----------------------------------------------------------------------------
     def bars(
