@@ -17,7 +17,7 @@ from typing import Literal
 
 import polars as pl
 
-from quantivista.actions.adjust import adjust_bars
+from quantivista.actions.adjust import Adjust, adjust_bars
 from quantivista.errors import InvalidInputError
 
 __all__ = ["Rebalance", "Weighting", "custom_benchmark"]
@@ -61,7 +61,7 @@ def custom_benchmark(
     if actions is not None and actions.height:
         # C_e/(C_e + D) makes the ex-day return exactly (C_e + D)/C_prev: the dividend
         # reinvested at the ex-date close, the usual total-return definition
-        mode = "all" if total_return else "splits"
+        mode: Adjust = "all" if total_return else "splits"
         px = adjust_bars(px, actions, adjust=mode, dividend_convention="alpha_vantage")
     symbols = px["symbol"].unique().sort().to_list()
     if isinstance(weights, Mapping):
