@@ -259,8 +259,9 @@ class Platform:
         `adjust` is "none" (raw prices), "splits" or "all" (splits and cash dividends);
         `dividend_convention` "crsp" (Yahoo Adj Close / Lean: 1 - D/C_prev) or
         "alpha_vantage" (C_e/(C_e + D)); `as_of` counts only actions with ex-dates up to
-        that day. A ticker renamed by a symbol_change action (FB -> META) reads as one
-        series under the requested ticker unless `follow_renames` is False.
+        that day. A ticker names the instrument using it today (or on `as_of`): renamed by
+        symbol_change actions (FB -> META), its history reads as one series under the
+        requested ticker unless `follow_renames` is False.
         """
         lo = request_range(start, start)[0] if start is not None else None
         hi = request_range(end, end)[1] if end is not None else None

@@ -138,3 +138,27 @@ def test_factor_file_round_trip_rebuilds_the_factors(steps: list[tuple[float, fl
     divs = events.filter(pl.col("action_type") == "dividend")
     assert divs.height == sum(1 for r, _ in steps if abs(r - 1.0) > 1e-12)
     assert (divs["amount"] >= 0).all()
+
+
+def test_as_of_resolves_a_recycled_ticker_to_its_user_then(platform: Platform) -> None:
+    for ticker in ("wmi", "wm"):
+        platform.write_bars(read_lean_daily(LEAN / "daily" / f"{ticker}.zip", ticker), "lean")
+    platform.write_actions(map_file_actions(read_map_file(LEAN / "map_files" / "wm.csv")))
+    waste = platform.bars("WM", start="2005-01-01", end="2005-12-31")
+    mutual = platform.bars("WM", start="2005-01-01", end="2005-12-31", as_of="2005-12-31")
+    wmi = platform.bars("WMI", start="2005-01-01", end="2005-12-31", follow_renames=False)
+    assert waste["close"].to_list() == wmi["close"].to_list()  # Waste Management, as WMI
+    assert mutual.height == waste.height
+    assert mutual["close"].to_list() != waste["close"].to_list()  # Washington Mutual
+
+
+def test_import_lean_equity_loads_bars_actions_and_history(platform: Platform) -> None:
+    from quantivista.actions.lean_import import import_lean_equity
+
+    done = import_lean_equity(platform, LEAN, "wm")
+    assert done.tickers == ["UW", "WMI", "WM"]
+    assert done.bars > 5000 and done.actions > 70
+    found = platform.instruments.lookup("WMI", on="2005-01-03")
+    assert found is not None and found.instrument_id == "WM"
+    series = platform.bars("WM", end="1998-12-31")
+    assert series["ts"][0].date() == date(1998, 1, 2)  # UW's first bar

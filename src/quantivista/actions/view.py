@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from typing import Any
 
 import polars as pl
@@ -81,9 +81,9 @@ class AdjustedReader:
         as_of_day = to_date(as_of) if as_of is not None else None
         actions = self.actions()
         renames = actions.filter(pl.col("action_type") == "symbol_change")
-        on = (end - timedelta(microseconds=1)).date() if end is not None else None
+        # a ticker means the instrument using it today, or on `as_of` for a historical view
         segments = {
-            s: ticker_segments(s, renames, on) if follow_renames and renames.height else []
+            s: ticker_segments(s, renames, as_of_day) if follow_renames and renames.height else []
             for s in symbols
         }
         plain = all(len(seg) <= 1 and _unbounded(seg) for seg in segments.values())
