@@ -60,7 +60,7 @@ def _universe(p: Platform) -> list[str]:
     return names
 
 
-def _best(fn: object, repeat: int = 3) -> float:
+def _best(fn: object, repeat: int = 5) -> float:
     times = []
     for _ in range(repeat):
         t0 = time.perf_counter()

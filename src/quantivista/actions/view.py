@@ -82,8 +82,9 @@ class AdjustedReader:
         actions = self.actions()
         renames = actions.filter(pl.col("action_type") == "symbol_change")
         # a ticker means the instrument using it today, or on `as_of` for a historical view
+        renamed = set(renames["new_symbol"].to_list()) | set(renames["symbol"].to_list())
         segments = {
-            s: ticker_segments(s, renames, as_of_day) if follow_renames and renames.height else []
+            s: ticker_segments(s, renames, as_of_day) if follow_renames and s in renamed else []
             for s in symbols
         }
         plain = all(len(seg) <= 1 and _unbounded(seg) for seg in segments.values())
