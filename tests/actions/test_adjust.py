@@ -6,6 +6,8 @@ from datetime import date
 
 import polars as pl
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from conftest import LEAN, alpha_vantage_frame
 from quantivista import Platform
@@ -168,3 +170,25 @@ def test_adjust_bars_keeps_the_callers_row_order_for_interleaved_symbols() -> No
     out = adjust_bars(bars, acts, adjust="splits")
     assert out["close"].to_list() == [30.0, 1.0, 5.0, 3.0, 10.0, 2.0]
     assert out["volume"].to_list() == [1.0, 1.0, 2.0, 1.0, 2.0, 1.0]
+
+
+@given(
+    closes=st.lists(st.floats(1.0, 1000.0), min_size=2, max_size=30),
+    ratios=st.lists(st.sampled_from([0.05, 0.5, 2.0, 3.0, 7.0]), min_size=1, max_size=3),
+    data=st.data(),
+)
+def test_split_adjustment_keeps_dollar_volume(
+    closes: list[float], ratios: list[float], data: st.DataObject
+) -> None:
+    """Splits scale prices by 1/S and volumes by S: price x volume never changes."""
+    days = pl.date_range(date(2024, 1, 1), date(2024, 3, 1), eager=True)[: len(closes)]
+    bars = pl.DataFrame(
+        {"symbol": "A", "ts": days, "close": closes, "volume": [100.0] * len(closes)}
+    ).with_columns(pl.col("ts").cast(pl.Datetime("us", "UTC")))
+    ex = [data.draw(st.sampled_from(days.to_list())) for _ in ratios]
+    acts = pl.DataFrame({"symbol": "A", "action_type": "split", "ex_date": ex, "ratio": ratios})
+    out = adjust_bars(bars, acts, adjust="splits")
+    before = (bars["close"] * bars["volume"]).to_list()
+    assert (out["close"] * out["volume"]).to_list() == pytest.approx(before, rel=1e-12)
+    # the last bar is never adjusted (no ex-date after it)
+    assert out["close"][-1] == bars["close"][-1]
