@@ -47,6 +47,7 @@ from quantivista.model import (
     ValidationIssue,
 )
 from quantivista.platform import Platform
+from quantivista.reference.instruments import InstrumentMaster
 
 __all__ = [
     "ACTION_POLARS_SCHEMA",
@@ -64,6 +65,7 @@ __all__ = [
     "EntitlementError",
     "IngestionJob",
     "Instrument",
+    "InstrumentMaster",
     "InvalidInputError",
     "InvalidTimeframeError",
     "JobStatus",

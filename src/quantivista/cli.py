@@ -141,10 +141,21 @@ def bars(
     fmt: Annotated[OutputFormat, typer.Option("--format", "-f")] = OutputFormat.table,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to a file.")] = None,
     limit: Annotated[int, typer.Option(help="Rows shown in table format (head and tail).")] = 20,
+    adjust: Annotated[str, typer.Option(help="none, splits or all.")] = "none",
+    dividend_convention: Annotated[
+        str, typer.Option(help="crsp (Yahoo/Lean) or alpha_vantage.")
+    ] = "crsp",
 ) -> None:
     """Print stored bars of one symbol as a table, a chart, CSV or Parquet."""
     with _platform() as p:
-        df = p.bars(symbol, start=start, end=end, timeframe=timeframe)
+        df = p.bars(
+            symbol,
+            start=start,
+            end=end,
+            timeframe=timeframe,
+            adjust=adjust,  # type: ignore[arg-type]  # checked by Platform.bars
+            dividend_convention=dividend_convention,  # type: ignore[arg-type]
+        )
     if df.is_empty():
         err_console.print(f"no {timeframe} bars stored for {symbol} in that range")
         raise typer.Exit(code=1)
@@ -503,6 +514,145 @@ def _actions_table(actions: pl.DataFrame) -> Table:
             detail = ""
         table.add_row(str(kind), f"{part.height:,}", f"{ex['symbol']} {ex['ex_date']} {detail}")
     return table
+
+
+# -- issue 6: reference data, corporate actions, benchmarks
+@app.command()
+def actions(
+    symbol: Annotated[str, typer.Argument(help="Symbol whose corporate actions to show.")],
+) -> None:
+    """Show the stored corporate actions of a symbol (splits, dividends, renames, ...)."""
+    with _platform() as p:
+        df = p.actions(symbol)
+    if df.is_empty():
+        err_console.print(f"no corporate actions stored for {symbol}")
+        raise typer.Exit(code=1)
+    table = Table(title=f"corporate actions of {symbol}: {df.height:,}", header_style="bold")
+    for col in ("ex_date", "symbol", "type", "ratio", "amount", "currency", "new symbol", "source"):
+        table.add_column(col, justify="right" if col in ("ratio", "amount") else "left")
+    for row in df.iter_rows(named=True):
+        table.add_row(
+            str(row["ex_date"]),
+            row["symbol"],
+            row["action_type"],
+            _fmt(row["ratio"]) if row["ratio"] is not None else "",
+            f"{row['amount']:.6g}" if row["amount"] is not None else "",
+            row["currency"] or "",
+            row["new_symbol"] or "",
+            row["provider"] or "",
+        )
+    console.print(table)
+
+
+@app.command()
+def instruments(
+    symbol: Annotated[str | None, typer.Argument(help="Ticker to look up.")] = None,
+    on: Annotated[str | None, typer.Option(help="Date of the lookup (default: latest).")] = None,
+    load: Annotated[
+        Path | None, typer.Option(help="Load instruments from a CSV or JSON file first.")
+    ] = None,
+    history: Annotated[Path | None, typer.Option(help="Symbol-history CSV for --load.")] = None,
+) -> None:
+    """List instruments, or look one up by ticker on a date (point in time)."""
+    with _platform() as p:
+        master = p.instruments
+        if load is not None:
+            report = (
+                master.load_json(load)
+                if load.suffix.lower() == ".json"
+                else master.load_csv(load, history=history)
+            )
+            console.print(
+                f"loaded {report.instruments:,} instruments, {report.history:,} ticker "
+                f"intervals, rejected {report.rejected.height:,}"
+            )
+            for row in report.rejected.iter_rows(named=True):
+                err_console.print(f"  [yellow]rejected[/] {row['instrument_id']}: {row['reason']}")
+        if symbol is None:
+            frame = master.instruments()
+            table = Table(title=f"instruments: {frame.height:,}", header_style="bold")
+            shown = ("instrument_id", "name", "asset_class", "currency", "exchange", "isin")
+            for col in shown:
+                table.add_column(col)
+            for row in frame.iter_rows(named=True):
+                table.add_row(*[str(row[c] or "") for c in shown])
+            console.print(table)
+            return
+        found = master.lookup(symbol, on=on)
+        if found is None:
+            err_console.print(f"no instrument used {symbol} {'on ' + on if on else ''}".strip())
+            raise typer.Exit(code=1)
+        table = Table(title=f"{symbol} {'on ' + on if on else ''}".strip(), header_style="bold")
+        table.add_column("field")
+        table.add_column("value")
+        for key, value in found.model_dump().items():
+            if value is not None:
+                table.add_row(key, str(value))
+        hist = master.history(found.instrument_id)
+        tickers = ", ".join(
+            f"{r['symbol']} {r['valid_from'] or '…'}..{r['valid_to'] or ''}"
+            for r in hist.iter_rows(named=True)
+        )
+        table.add_row("tickers", tickers)
+        console.print(table)
+
+
+@app.command()
+def benchmark(
+    symbols: Annotated[list[str], typer.Argument(help="Constituents of the custom benchmark.")],
+    against: Annotated[
+        str | None, typer.Option(help="Compare with this stored symbol (e.g. an index).")
+    ] = None,
+    weights: Annotated[
+        str, typer.Option(help="equal, or fixed weights like AAPL=0.6,MSFT=0.4.")
+    ] = "equal",
+    rebalance: Annotated[str, typer.Option(help="none, monthly, quarterly, annual.")] = "quarterly",
+    total_return: Annotated[bool, typer.Option(help="Reinvest dividends.")] = False,
+    start: Annotated[str | None, typer.Option(help="First date (inclusive).")] = None,
+    end: Annotated[str | None, typer.Option(help="Last date (inclusive).")] = None,
+) -> None:
+    """Build a custom benchmark from stored bars and show its analytics."""
+    from quantivista.benchmarks import compare, custom_benchmark, period_returns
+
+    chosen: Any = weights
+    if weights != "equal":
+        try:
+            chosen = {k: float(v) for k, v in (item.split("=") for item in weights.split(","))}
+        except ValueError:
+            err_console.print("--weights must be equal or SYMBOL=WEIGHT,...")
+            raise typer.Exit(code=2) from None
+    with _platform() as p:
+        raw = p.bars(symbols, start=start, end=end)
+        if raw.is_empty():
+            err_console.print("no bars stored for those symbols in that range")
+            raise typer.Exit(code=1)
+        levels = custom_benchmark(
+            raw,
+            chosen,
+            rebalance=rebalance,  # type: ignore[arg-type]  # checked by custom_benchmark
+            total_return=total_return,
+            actions=p.actions(symbols),
+        )
+        other = (
+            p.bars(against, start=start, end=end, adjust="all").select("ts", level="close")
+            if against
+            else None
+        )
+    yearly = period_returns(levels, "1y")
+    table = Table(title="custom benchmark: yearly returns", header_style="bold")
+    table.add_column("year")
+    table.add_column("return", justify="right")
+    for row in yearly.iter_rows(named=True):
+        table.add_row(str(row["period"].year), f"{row['ret']:+.2%}")
+    console.print(table)
+    if other is not None and other.height:
+        stats = compare(levels, other)
+        cmp_table = Table(title=f"against {against}", header_style="bold")
+        cmp_table.add_column("measure")
+        cmp_table.add_column("value", justify="right")
+        for key, value in stats.items():
+            cmp_table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+        console.print(cmp_table)
 
 
 def main() -> None:

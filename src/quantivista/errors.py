@@ -4,7 +4,8 @@
     ├── ConfigurationError          bad settings, unknown names, missing credentials
     ├── InvalidInputError           a caller handed us something unusable
     │   ├── SchemaError             a frame that does not fit the canonical schema
-    │   └── InvalidTimeframeError   a timeframe string we cannot parse
+    │   ├── InvalidTimeframeError   a timeframe string we cannot parse
+    │   └── InvalidIdentifierError  an ISIN, CUSIP, SEDOL or FIGI failing its check digit
     ├── NotFoundError               a provider, symbol, job or calendar we do not know
     ├── ProviderError               anything that went wrong talking to a data vendor
     │   ├── TransientProviderError  retryable: timeouts, 5xx, connection resets
@@ -31,6 +32,7 @@ __all__ = [
     "CircuitOpenError",
     "ConfigurationError",
     "EntitlementError",
+    "InvalidIdentifierError",
     "InvalidInputError",
     "InvalidTimeframeError",
     "MalformedResponseError",
@@ -98,6 +100,10 @@ class SchemaError(InvalidInputError):
 
 class InvalidTimeframeError(InvalidInputError):
     """A timeframe string cannot be parsed."""
+
+
+class InvalidIdentifierError(InvalidInputError):
+    """A security identifier (ISIN, CUSIP, SEDOL, FIGI) is malformed or fails its check digit."""
 
 
 class NotFoundError(QuantiVistaError):

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import polars as pl
 
+from quantivista.actions.adjust import Adjust, DividendConvention
+from quantivista.actions.reconcile import ReconcileReport, ingest_actions
+from quantivista.actions.view import AdjustedReader
 from quantivista.bus.events import ActionsIngested
 from quantivista.bus.memory import InMemoryBus
 from quantivista.clock import Clock, SystemClock
@@ -25,6 +28,7 @@ from quantivista.providers.registry import ProviderRegistry, default_registry
 from quantivista.providers.router import Router
 from quantivista.quality.validate import Validator
 from quantivista.reference.calendars import TradingCalendar, get_calendar
+from quantivista.reference.instruments import InstrumentMaster
 from quantivista.storage.actions import ActionStore
 from quantivista.storage.bronze import BronzeStore
 from quantivista.storage.catalog import Catalog
@@ -78,6 +82,10 @@ class Platform:
         self._providers: dict[str, Provider] = {}
         self._lock = threading.Lock()
         self._writer: BarWriter | None = None
+        self.reader = AdjustedReader(self.store, self.action_store)
+        self.instruments = InstrumentMaster(root, settings.storage)
+        self.bus.subscribe("bars.ingested", self.reader.invalidate, name="adjusted-cache")
+        self.bus.subscribe("actions.ingested", self.reader.invalidate, name="adjusted-cache")
 
     # -- construction ----------------------------------------------------------------------
     @classmethod
@@ -209,6 +217,28 @@ class Platform:
             )
         return fresh.height
 
+    def ingest_actions(
+        self,
+        sources: Mapping[str, FrameLike] | Sequence[FrameLike],
+        *,
+        priority: Sequence[str] | None = None,
+        date_tolerance_days: int = 3,
+        value_tolerance: float = 1e-3,
+    ) -> ReconcileReport:
+        """Reconcile actions from several sources, store the new events, report conflicts.
+
+        Publishes `ActionsIngested` only when some events were new (see actions/reconcile.py).
+        """
+        return ingest_actions(
+            self.action_store,
+            self.bus,
+            self.clock,
+            sources,
+            priority=priority,
+            date_tolerance_days=date_tolerance_days,
+            value_tolerance=value_tolerance,
+        )
+
     # -- reads -----------------------------------------------------------------------------
     def bars(
         self,
@@ -218,14 +248,34 @@ class Platform:
         timeframe: TimeframeLike = "1d",
         *,
         columns: Sequence[str] | None = None,
+        adjust: Adjust = "none",
+        dividend_convention: DividendConvention = "crsp",
+        as_of: DateLike | None = None,
+        follow_renames: bool = True,
     ) -> pl.DataFrame:
-        """Return stored bars (raw prices) in the canonical schema, sorted by symbol and ts.
+        """Return stored bars in the canonical schema, sorted by symbol and ts.
 
         `start` and `end` are inclusive; either may be omitted for an open range.
+        `adjust` is "none" (raw prices), "splits" or "all" (splits and cash dividends);
+        `dividend_convention` "crsp" (Yahoo Adj Close / Lean: 1 - D/C_prev) or
+        "alpha_vantage" (C_e/(C_e + D)); `as_of` counts only actions with ex-dates up to
+        that day. A ticker names the instrument using it today (or on `as_of`): renamed by
+        symbol_change actions (FB -> META), its history reads as one series under the
+        requested ticker unless `follow_renames` is False.
         """
         lo = request_range(start, start)[0] if start is not None else None
         hi = request_range(end, end)[1] if end is not None else None
-        return self.store.read(_symbol_list(symbols), Timeframe.parse(timeframe), lo, hi, columns)
+        return self.reader.read(
+            _symbol_list(symbols),
+            Timeframe.parse(timeframe),
+            lo,
+            hi,
+            columns,
+            adjust=adjust,
+            dividend_convention=dividend_convention,
+            as_of=as_of,
+            follow_renames=follow_renames,
+        )
 
     def actions(self, symbols: Symbols | None = None) -> pl.DataFrame:
         """Return stored corporate actions (of some symbols, or all) by ex-date."""
