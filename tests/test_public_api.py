@@ -24,6 +24,7 @@ EXPECTED_ALL = [
     "EntitlementError",
     "IngestionJob",
     "Instrument",
+    "InstrumentMaster",
     "InvalidInputError",
     "InvalidTimeframeError",
     "JobStatus",

@@ -9,12 +9,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import LEAN, alpha_vantage_frame
 from quantivista import Platform
 from quantivista.actions.adjust import adjust_bars, adjustment_factors
 from quantivista.actions.lean import factor_file_actions, read_factor_file, read_lean_daily
 from quantivista.actions.sources import alpha_vantage_actions
 from quantivista.errors import InvalidInputError
+
+from .conftest import LEAN, alpha_vantage_frame
 
 TOLERANCE = 1e-6
 

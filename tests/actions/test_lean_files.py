@@ -9,7 +9,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import LEAN
 from quantivista import Platform
 from quantivista.actions.lean import (
     factor_file_actions,
@@ -20,6 +19,8 @@ from quantivista.actions.lean import (
     read_map_file,
 )
 from quantivista.errors import SchemaError
+
+from .conftest import LEAN
 
 
 def test_factor_file_events_of_aapl_are_the_real_ones() -> None:

@@ -7,11 +7,12 @@ from datetime import date
 import polars as pl
 import pytest
 
-from conftest import alpha_vantage_frame
 from quantivista import Platform
 from quantivista.actions.reconcile import reconcile_actions
 from quantivista.actions.sources import alpha_vantage_actions, polygon_actions, yahoo_actions
 from quantivista.bus.events import Event
+
+from .conftest import alpha_vantage_frame
 
 
 def _yahoo_aapl() -> pl.DataFrame:
