@@ -14,7 +14,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import yaml
 
-FIXTURES = Path("/work/shared/fixtures/providers")
+# copies of ../shared/fixtures/providers, so a clone tests on its own
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "providers"
 
 
 def fixture_path(provider: str, name: str) -> Path:
