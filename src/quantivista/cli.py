@@ -555,24 +555,27 @@ def simulate_providers(
     if fault_rate is not None:
         fault_update["error_rate"] = fault_rate
     if rate_limit:
-        fault_update["rate_limits"] = _rate_windows(rate_limit)
+        fault_update["rate_limits"] = [w.model_dump() for w in _rate_windows(rate_limit)]
     providers = {}
     for name in PROVIDERS:
-        faults = config.faults_for(name).model_copy(update=fault_update)
+        fields = {**config.faults_for(name).model_dump(), **fault_update}
         if name in (down or []):
-            faults = faults.model_copy(update={"down": True})
-        providers[name] = faults
+            fields["down"] = True
+        providers[name] = fields  # validated below with the whole section
     unknown = sorted(set(down or []) - set(PROVIDERS))
     if unknown:
         raise typer.BadParameter(f"unknown providers {unknown}; known: {list(PROVIDERS)}")
     update["providers"] = providers
-    config = config.model_validate({**config.model_dump(), **update})
+    try:
+        config = config.model_validate({**config.model_dump(), **update})
+    except ValueError as exc:  # pydantic's ValidationError: show the reason, not a traceback
+        raise typer.BadParameter(str(exc)) from exc
     with run_simulator(config, port=port) as sim:
         console.print(f"[bold]provider simulator[/] on {sim.url}", soft_wrap=True)
         for name in PROVIDERS:
             shown = config.faults_for(name).model_dump(exclude_defaults=True)
-            faults = ", ".join(f"{k}={v}" for k, v in shown.items()) or "no faults"
-            console.print(f"  {name:<14} {sim.base_url(name)}  [dim]{faults}[/]", soft_wrap=True)
+            text = ", ".join(f"{k}={v}" for k, v in shown.items()) or "no faults"
+            console.print(f"  {name:<14} {sim.base_url(name)}  [dim]{text}[/]", soft_wrap=True)
         console.print(f"  {'finnhub ws':<14} {sim.ws_url()}", soft_wrap=True)
         console.print(f"  {'stats':<14} {sim.url}/_sim/stats  (POST /_sim/reset)", soft_wrap=True)
         console.print(f"symbols: {' '.join(sim.market.symbols()[:10])} ...  (Ctrl-C stops)")
