@@ -7,7 +7,7 @@ unless `adjusted=false`, keyed by bar start in US/Eastern; CSV is newest first w
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import date, timedelta
 
 import numpy as np
 import polars as pl
@@ -136,8 +136,8 @@ def _intraday(req: SimRequest, feed: Feed) -> Reply:
     last = feed.last_session
     if month:
         try:
-            first = pl.Series([month + "-01"]).str.to_date()[0]
-        except pl.exceptions.InvalidOperationError:
+            first = date.fromisoformat(month + "-01")
+        except ValueError:
             return _error("TIME_SERIES_INTRADAY")
         end = (first + timedelta(days=32)).replace(day=1) - timedelta(days=1)
         start = first

@@ -237,8 +237,9 @@ def parse_day(text: str) -> date:
 
 
 def epoch_to_date(seconds: float) -> date:
-    """Return the US/Eastern calendar date of epoch seconds."""
-    return datetime.fromtimestamp(seconds, tz=EASTERN_TZ).date()
+    """Return the US/Eastern calendar date of epoch seconds (clamped to 1970..2100)."""
+    clamped = min(max(seconds, 86_400.0), 4_102_444_800.0)
+    return datetime.fromtimestamp(clamped, tz=EASTERN_TZ).date()
 
 
 def request_id(req: SimRequest) -> str:

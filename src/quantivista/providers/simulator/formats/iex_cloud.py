@@ -120,10 +120,14 @@ def chart_date(req: SimRequest, feed: Feed) -> Reply:
     text = req.path_params["day"]
     if len(text) != 8 or not text.isdigit():
         return text_reply(_BAD_VALUES, 400)
-    day = date(int(text[:4]), int(text[4:6]), int(text[6:]))
+    try:
+        day = date(int(text[:4]), int(text[4:6]), int(text[6:]))
+        every = int(req.query.get("chartInterval", "1"))
+    except ValueError:
+        return text_reply(_BAD_VALUES, 400)
     if req.query.get("chartByDay", "false").lower() == "true":
         return json_reply(_daily_rows(feed, symbol, day, day))
-    return json_reply(_minute_rows(feed, symbol, day, int(req.query.get("chartInterval", "1"))))
+    return json_reply(_minute_rows(feed, symbol, day, every))
 
 
 def quote(req: SimRequest, feed: Feed) -> Reply:
