@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -62,8 +61,8 @@ HOSTILE = [
     ("yahoo", "/v8/finance/chart/{symbol}", {"symbol": "WUWCGE"}, {"period1": str(-(10**15))}),
     ("finnhub", "/api/v1/stock/candle", {},
      {"symbol": "WUWCGE", "resolution": "1", "from": "0", "to": str(10**12), "token": "t"}),
-    ("iex_cloud", "/stable/stock/{symbol}/chart/date/{day}", {"symbol": "WUWCGE", "day": "20241399"},
-     {"token": "t"}),
+    ("iex_cloud", "/stable/stock/{symbol}/chart/date/{day}",
+     {"symbol": "WUWCGE", "day": "20241399"}, {"token": "t"}),
     ("alpha_vantage", "/query", {},
      {"function": "TIME_SERIES_INTRADAY", "symbol": "WUWCGE", "interval": "5min", "month": "abc",
       "apikey": "k"}),
