@@ -157,6 +157,9 @@ class SimulatorServerSettings(_Section):
     ws_duplicate_rate: float = Field(
         default=0.0, ge=0.0, le=1.0, description="share of WS trade messages sent twice"
     )
+    ws_disconnect_after_s: float | None = Field(
+        default=None, gt=0.0, description="drop each WS connection after this long (reconnects)"
+    )
 
     def faults_for(self, provider: str) -> ProviderFaultSettings:
         """Return the fault settings of `provider` (its own section, else the defaults)."""

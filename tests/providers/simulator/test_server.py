@@ -329,3 +329,28 @@ def test_iex_chart_is_split_adjusted_and_u_fields_are_raw(sim: SimulatorHandle) 
     after = next(r for r in rows if r["date"] == "2021-11-09")
     assert before["close"] == pytest.approx(before["uClose"] / 2, abs=1e-4)
     assert after["close"] == after["uClose"]
+
+
+def test_polygon_reference_splits_and_dividends_page_newest_first(
+    sim: SimulatorHandle, market: SimulatedMarket
+) -> None:
+    base = sim.base_url("polygon") + "/v3/reference"
+    splits = get(base + "/splits", ticker=SPLITTER, apiKey="k").json()
+    ref = fixture_json("polygon", "v3_reference_splits.client_mock.json")
+    assert shape(splits) == shape(ref)
+    assert splits["results"] == [
+        {"execution_date": "2021-11-09", "split_from": 1, "split_to": 2, "ticker": SPLITTER}
+    ]
+    page = get(base + "/dividends", ticker=PAYER, apiKey="k", limit=5).json()
+    ref = fixture_json("polygon", "v3_reference_dividends.client_mock.json")
+    assert set(page) == set(ref) | {"next_url"}
+    assert set(page["results"][0]) == set(ref["results"][0])
+    seen = page["results"]
+    while "next_url" in page:
+        page = get(str(httpx.URL(page["next_url"]).copy_add_param("apiKey", "k"))).json()
+        seen += page["results"]
+    paid = market.actions(PAYER).filter(pl.col("action_type").str.contains("dividend"))
+    assert [r["ex_dividend_date"] for r in seen] == [
+        str(d) for d in paid["ex_date"].sort(descending=True)
+    ]
+    assert {r["dividend_type"] for r in seen} == {"CD", "SC"}

@@ -7,12 +7,13 @@ import time
 from typing import Any
 
 import pytest
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosedError, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from quantivista.providers.simulator.server import SimulatorHandle
+from quantivista.providers.simulator import SimulatedMarket
+from quantivista.providers.simulator.server import SimulatorHandle, run_simulator
 
-from .helpers import fixture_json, needs_fixtures, shape
+from .helpers import SETTINGS, fixture_json, needs_fixtures, shape
 
 PAYER, SPLITTER = "WUWCGE", "KNPGRA"
 
@@ -65,3 +66,14 @@ def test_connection_without_token_is_refused(sim: SimulatorHandle) -> None:
     with pytest.raises(InvalidStatus) as refused:
         connect(sim.ws_url())
     assert refused.value.response.status_code == 403
+
+
+def test_connections_drop_after_the_configured_time(market: SimulatedMarket) -> None:
+    settings = SETTINGS.model_copy(update={"ws_disconnect_after_s": 0.2})
+    with run_simulator(settings, market=market) as sim, connect(sim.ws_url() + "?token=t") as ws:
+        ws.send(json.dumps({"type": "subscribe", "symbol": PAYER}))
+        with pytest.raises(ConnectionClosedError) as closed:
+            while True:
+                ws.recv(timeout=3)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1011
+        assert sim.stats()["websocket"]["dropped"] == 1

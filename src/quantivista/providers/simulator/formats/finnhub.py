@@ -197,8 +197,14 @@ async def _send_loop(
     sim: SimulatorServer, ws: WebSocket, subscribed: dict[str, float], rng: np.random.Generator
 ) -> None:
     settings = sim.settings
-    next_ping = time.monotonic() + settings.ws_ping_interval_s
+    started = time.monotonic()
+    next_ping = started + settings.ws_ping_interval_s
+    drop_after = settings.ws_disconnect_after_s
     while not await sim.wait_stopping(settings.ws_trade_interval_s):
+        if drop_after is not None and time.monotonic() - started >= drop_after:
+            sim.ws_stats["dropped"] += 1
+            await ws.close(code=1011)  # an abrupt server-side drop: clients must reconnect
+            return
         if time.monotonic() >= next_ping:
             await ws.send_text('{"type":"ping"}')
             sim.ws_stats["pings"] += 1

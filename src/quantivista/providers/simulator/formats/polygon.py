@@ -4,6 +4,7 @@
 `adjusted=true` (the default) is split-adjusted only. `limit` counts base aggregates
 (minutes for minute/hour bars, days for day/week/month bars); a truncated answer carries
 `next_url` with the next bar's start as `from` and a `cursor`, and no API key.
+`/v3/reference/splits` and `/v3/reference/dividends` list one ticker's events, newest first.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 from datetime import date, timedelta
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -150,6 +152,73 @@ def aggregates(req: SimRequest, feed: Feed) -> Reply:
     return json_reply(out)
 
 
+def _reference(req: SimRequest, feed: Feed, kind: str) -> Reply:
+    """Answer `/v3/reference/splits|dividends` for one ticker, newest first, paged."""
+    if not req.query.get("apiKey") and not req.headers.get("authorization"):
+        return _error(req, 401, "API Key was not provided")
+    ticker = req.query.get("ticker", "").upper()
+    try:
+        limit = min(max(int(req.query.get("limit", "10")), 1), 1000)
+        offset = int(_uncursor(req.query["cursor"])["offset"]) if "cursor" in req.query else 0
+    except (ValueError, KeyError, TypeError):
+        return _error(req, 400, "Could not parse the request's parameters.")
+    results: list[dict[str, Any]] = []
+    if ticker and feed.knows(ticker):
+        acts = feed.market.actions(ticker).sort("ex_date", descending=True)
+        if kind == "splits":
+            for day, ratio, symbol in (
+                acts.filter(pl.col("action_type") == "split")
+                .select("ex_date", "ratio", "symbol")
+                .iter_rows()
+            ):
+                num, den = _fraction(ratio)
+                results.append(
+                    {"execution_date": str(day), "split_from": den, "split_to": num,
+                     "ticker": symbol}
+                )  # fmt: skip
+        else:
+            paid = acts.filter(pl.col("action_type").is_in(["dividend", "special_dividend"]))
+            for kind_name, day, amount, symbol in paid.select(
+                "action_type", "ex_date", "amount", "symbol"
+            ).iter_rows():
+                special = kind_name == "special_dividend"
+                results.append(
+                    {
+                        "cash_amount": amount,
+                        "declaration_date": str(day - timedelta(days=14)),
+                        "dividend_type": "SC" if special else "CD",
+                        "ex_dividend_date": str(day),
+                        "frequency": 0 if special else 4,
+                        "pay_date": str(day + timedelta(days=18)),
+                        "record_date": str(day + timedelta(days=1)),
+                        "ticker": symbol,
+                    }
+                )
+    page = results[offset : offset + limit]
+    out: dict[str, Any] = {"results": page, "status": "OK", "request_id": request_id(req)}
+    if offset + limit < len(results):
+        out["next_url"] = (
+            f"{req.base_url}/v3/reference/{kind}?cursor={_cursor({'offset': offset + limit})}"
+            f"&ticker={ticker}&limit={limit}"
+        )
+    return json_reply(out)
+
+
+def _fraction(ratio: float) -> tuple[int, int]:
+    frac = Fraction(ratio).limit_denominator(1000)
+    return frac.numerator, frac.denominator
+
+
+def splits(req: SimRequest, feed: Feed) -> Reply:
+    """Answer `/v3/reference/splits?ticker=...` (split_from old shares -> split_to new)."""
+    return _reference(req, feed, "splits")
+
+
+def dividends(req: SimRequest, feed: Feed) -> Reply:
+    """Answer `/v3/reference/dividends?ticker=...` (cash amounts as paid, unadjusted)."""
+    return _reference(req, feed, "dividends")
+
+
 def rate_limited(window: RateWindow, retry_after: int) -> Reply:
     """Polygon answers 429 with a JSON `status: ERROR` body."""
     reply = json_reply(
@@ -173,7 +242,11 @@ def error_body(req: SimRequest, rng: np.random.Generator) -> Reply:
 
 FORMAT = VendorFormat(
     name="polygon",
-    routes=(("/v2/aggs/ticker/{ticker}/range/{multiplier}/{timespan}/{from}/{to}", aggregates),),
+    routes=(
+        ("/v2/aggs/ticker/{ticker}/range/{multiplier}/{timespan}/{from}/{to}", aggregates),
+        ("/v3/reference/splits", splits),
+        ("/v3/reference/dividends", dividends),
+    ),
     rate_limited=rate_limited,
     error_body=error_body,
 )
