@@ -64,7 +64,7 @@ def _csv(df: pl.DataFrame, key: str, columns: dict[str, pl.Expr]) -> Reply:
     return text_reply(text, media_type="application/x-download")
 
 
-def _window(feed: Feed, req: SimRequest) -> tuple[str, object]:
+def _window(feed: Feed, req: SimRequest) -> tuple[str, str]:
     return req.query.get("outputsize", "compact"), req.query.get("datatype", "json")
 
 
