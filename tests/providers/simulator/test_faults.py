@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -182,3 +183,16 @@ def test_fault_settings_load_from_toml(tmp_path: Path, monkeypatch: pytest.Monke
 def test_per_call_rates_must_fit_in_one() -> None:
     with pytest.raises(ValueError, match="sum to"):
         ProviderFaultSettings(error_rate=0.7, timeout_rate=0.5)
+
+
+def test_concurrent_clients_are_counted_exactly(sim: SimulatorHandle) -> None:
+    sim.configure("finnhub", ProviderFaultSettings(rate_limits=(RateWindow(calls=10, seconds=60),)))
+
+    with httpx.Client(timeout=10) as client, ThreadPoolExecutor(max_workers=8) as pool:
+        params = {"symbol": PAYER, "token": "t"}
+        statuses = list(
+            pool.map(lambda _: client.get(quote_url(sim), params=params).status_code, range(40))
+        )
+    assert statuses.count(200) == 10 and statuses.count(429) == 30
+    stats = sim.stats()["providers"]["finnhub"]
+    assert (stats["calls"], stats["served"], stats["violations"]) == (40, 10, 30)
