@@ -534,6 +534,9 @@ def simulate_providers(
     down: Annotated[
         list[str] | None, typer.Option(help="A provider that answers 503 to all (repeatable).")
     ] = None,
+    free_tier_limits: Annotated[
+        bool, typer.Option(help="Enforce each vendor's documented free-tier rate limits.")
+    ] = False,
     seed: Annotated[int | None, typer.Option(help="Seed of the market and the faults.")] = None,
     universe_size: Annotated[int | None, typer.Option(help="Simulated instruments.")] = None,
 ) -> None:
@@ -544,7 +547,11 @@ def simulate_providers(
     """
     import threading
 
-    from quantivista.providers.simulator.server import PROVIDERS, run_simulator
+    from quantivista.providers.simulator.server import (
+        FREE_TIER_LIMITS,
+        PROVIDERS,
+        run_simulator,
+    )
 
     config = _settings().simulator_server
     update: dict[str, Any] = {}
@@ -559,6 +566,8 @@ def simulate_providers(
     providers = {}
     for name in PROVIDERS:
         fields = {**config.faults_for(name).model_dump(), **fault_update}
+        if free_tier_limits and not rate_limit:
+            fields["rate_limits"] = [w.model_dump() for w in FREE_TIER_LIMITS[name]]
         if name in (down or []):
             fields["down"] = True
         providers[name] = fields  # validated below with the whole section

@@ -17,7 +17,17 @@ from quantivista.config import RateWindow
 def test_simulate_providers_prints_urls_that_answer(tmp_path: Path) -> None:
     qv = Path(sys.executable).parent / "qv"
     proc = subprocess.Popen(
-        [str(qv), "simulate-providers", "--port", "0", "--universe-size", "3", "--down", "yahoo"],
+        [
+            str(qv),
+            "simulate-providers",
+            "--port",
+            "0",
+            "--universe-size",
+            "3",
+            "--down",
+            "yahoo",
+            "--free-tier-limits",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -33,8 +43,14 @@ def test_simulate_providers_prints_urls_that_answer(tmp_path: Path) -> None:
         urls = {p.split()[0]: p.split()[1] for p in lines[1:] if p.startswith("  ")}
         assert set(urls) >= {"alpha_vantage", "yahoo", "finnhub", "iex_cloud", "polygon"}
         assert httpx.get(urls["yahoo"] + "/v8/finance/chart/ANY", timeout=5).status_code == 503
+        polygon = urls["polygon"] + "/v2/aggs/ticker/ANY/range/1/day/2024-01-01/2024-01-31"
+        codes = [
+            httpx.get(polygon, params={"apiKey": "k"}, timeout=5).status_code for _ in range(6)
+        ]
+        assert codes == [200] * 5 + [429]  # Polygon's free tier: 5 calls a minute
         stats = httpx.get(urls["stats"], timeout=5).json()
         assert stats["providers"]["yahoo"]["faults"] == {"down": 1}
+        assert stats["providers"]["polygon"]["violations"] == 1
     finally:
         proc.terminate()
         proc.wait(timeout=10)

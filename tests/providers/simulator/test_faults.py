@@ -55,12 +55,15 @@ def test_per_call_fault_occurs_at_configured_rate(
     elif kind == "error_body":
         hits = sum(r.status_code == 200 and r.json()["t"] == 0 for r in responses)
     else:
-        hits = 0
+        hits, variants = 0, set()
         for r in responses:
             try:
                 r.json()
             except ValueError:
                 hits += 1
+                text = r.text
+                variants.add("empty" if not text else "html" if "<html>" in text else "cut")
+        assert variants == {"empty", "html", "cut"}
     assert within(hits, N, 0.25), hits
     stats = sim.stats()["providers"]["finnhub"]
     assert stats["faults"] == {kind: hits}

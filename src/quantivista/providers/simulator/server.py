@@ -50,7 +50,13 @@ from quantivista.providers.simulator.formats.common import (
 )
 from quantivista.providers.simulator.market import SimulatedMarket
 
-__all__ = ["PROVIDERS", "SimulatorHandle", "SimulatorServer", "run_simulator"]
+__all__ = [
+    "FREE_TIER_LIMITS",
+    "PROVIDERS",
+    "SimulatorHandle",
+    "SimulatorServer",
+    "run_simulator",
+]
 
 FORMATS: dict[str, VendorFormat] = {
     f.name: f
@@ -63,6 +69,14 @@ FORMATS: dict[str, VendorFormat] = {
     )
 }
 PROVIDERS: tuple[str, ...] = tuple(FORMATS)
+# the vendors' documented free-tier limits (research/providers.md), for realistic runs
+FREE_TIER_LIMITS: dict[str, tuple[RateWindow, ...]] = {
+    "alpha_vantage": (RateWindow(calls=1, seconds=1), RateWindow(calls=25, seconds=86_400)),
+    "yahoo": (RateWindow(calls=2000, seconds=3600),),  # undocumented; IP-based in reality
+    "finnhub": (RateWindow(calls=30, seconds=1), RateWindow(calls=60, seconds=60)),
+    "iex_cloud": (RateWindow(calls=100, seconds=1),),
+    "polygon": (RateWindow(calls=5, seconds=60),),
+}
 # per-call fault kinds in the order their shares are laid out on [0, 1)
 _CALL_FAULTS = ("timeout", "server_error", "error_body", "malformed")
 
@@ -273,12 +287,28 @@ class SimulatorServer:
             reply = await run_in_threadpool(handler, req, feed)
             if kind == "malformed":
                 self.count_fault(name, "malformed")
-                reply = Reply(reply.status, reply.body[: len(reply.body) // 2], reply.media_type)
+                reply = _malform(reply, status_draw)
             with self._lock:
                 state.served += 1
             return _response(reply)
 
         return endpoint
+
+
+# what broken answers look like in the wild: a cut connection, an outage page, nothing
+_OUTAGE_PAGE = (
+    b"<!DOCTYPE html><html><head><title>Yahoo</title></head><body><p>Will be right back..."
+    b"</p><p>Thank you for your patience.</p></body></html>"
+)
+
+
+def _malform(reply: Reply, variant: int) -> Reply:
+    """Break a reply one of three ways, keeping its status and declared media type."""
+    if variant == 0:
+        return Reply(reply.status, reply.body[: len(reply.body) // 2], reply.media_type)
+    if variant == 1:
+        return Reply(reply.status, _OUTAGE_PAGE, reply.media_type)
+    return Reply(reply.status, b"", reply.media_type)
 
 
 def _response(reply: Reply) -> Response:
