@@ -655,6 +655,95 @@ def benchmark(
         console.print(cmp_table)
 
 
+# -- issue 3: provider simulator ----------------------------------------------------------
+def _rate_windows(specs: list[str]) -> tuple[Any, ...]:
+    """Parse "5/60" (5 calls per 60 s) into rate windows."""
+    from quantivista.config import RateWindow
+
+    windows = []
+    for spec in specs:
+        calls, _, seconds = spec.partition("/")
+        try:
+            windows.append(RateWindow(calls=int(calls), seconds=float(seconds)))
+        except ValueError as exc:
+            raise typer.BadParameter(f"rate limit {spec!r} is not CALLS/SECONDS") from exc
+    return tuple(windows)
+
+
+@app.command("simulate-providers")
+def simulate_providers(
+    port: Annotated[int | None, typer.Option(help="Port (default: settings, 8765).")] = None,
+    host: Annotated[str | None, typer.Option(help="Interface to listen on.")] = None,
+    fault_rate: Annotated[
+        float | None, typer.Option(help="Share of calls answered with a 5xx, every provider.")
+    ] = None,
+    rate_limit: Annotated[
+        list[str] | None,
+        typer.Option(help="Window CALLS/SECONDS for every provider (repeatable), e.g. 5/60."),
+    ] = None,
+    down: Annotated[
+        list[str] | None, typer.Option(help="A provider that answers 503 to all (repeatable).")
+    ] = None,
+    free_tier_limits: Annotated[
+        bool, typer.Option(help="Enforce each vendor's documented free-tier rate limits.")
+    ] = False,
+    seed: Annotated[int | None, typer.Option(help="Seed of the market and the faults.")] = None,
+    universe_size: Annotated[int | None, typer.Option(help="Simulated instruments.")] = None,
+) -> None:
+    """Serve the simulated market in five vendors' wire formats until Ctrl-C.
+
+    Faults per provider come from the `[simulator_server]` settings section (qv.toml);
+    the options here override them for every provider.
+    """
+    import threading
+
+    from quantivista.providers.simulator.server import (
+        FREE_TIER_LIMITS,
+        PROVIDERS,
+        run_simulator,
+    )
+
+    config = _settings().simulator_server
+    update: dict[str, Any] = {}
+    for key, value in (("host", host), ("seed", seed), ("universe_size", universe_size)):
+        if value is not None:
+            update[key] = value
+    fault_update: dict[str, Any] = {}
+    if fault_rate is not None:
+        fault_update["error_rate"] = fault_rate
+    if rate_limit:
+        fault_update["rate_limits"] = [w.model_dump() for w in _rate_windows(rate_limit)]
+    providers = {}
+    for name in PROVIDERS:
+        fields = {**config.faults_for(name).model_dump(), **fault_update}
+        if free_tier_limits and not rate_limit:
+            fields["rate_limits"] = [w.model_dump() for w in FREE_TIER_LIMITS[name]]
+        if name in (down or []):
+            fields["down"] = True
+        providers[name] = fields  # validated below with the whole section
+    unknown = sorted(set(down or []) - set(PROVIDERS))
+    if unknown:
+        raise typer.BadParameter(f"unknown providers {unknown}; known: {list(PROVIDERS)}")
+    update["providers"] = providers
+    try:
+        config = config.model_validate({**config.model_dump(), **update})
+    except ValueError as exc:  # pydantic's ValidationError: show the reason, not a traceback
+        raise typer.BadParameter(str(exc)) from exc
+    with run_simulator(config, port=port) as sim:
+        console.print(f"[bold]provider simulator[/] on {sim.url}", soft_wrap=True)
+        for name in PROVIDERS:
+            shown = config.faults_for(name).model_dump(exclude_defaults=True)
+            text = ", ".join(f"{k}={v}" for k, v in shown.items()) or "no faults"
+            console.print(f"  {name:<14} {sim.base_url(name)}  [dim]{text}[/]", soft_wrap=True)
+        console.print(f"  {'finnhub ws':<14} {sim.ws_url()}", soft_wrap=True)
+        console.print(f"  {'stats':<14} {sim.url}/_sim/stats  (POST /_sim/reset)", soft_wrap=True)
+        console.print(f"symbols: {' '.join(sim.market.symbols()[:10])} ...  (Ctrl-C stops)")
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            console.print(sim.stats())
+
+
 def main() -> None:
     """Run the `qv` command line."""
     app()

@@ -9,10 +9,11 @@ No other module reads the environment.
 from __future__ import annotations
 
 import os
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -25,9 +26,12 @@ from quantivista.errors import ConfigurationError
 __all__ = [
     "IngestSettings",
     "ProviderEndpointSettings",
+    "ProviderFaultSettings",
     "ProviderSettings",
+    "RateWindow",
     "ServiceSettings",
     "Settings",
+    "SimulatorServerSettings",
     "SimulatorSettings",
     "StorageSettings",
 ]
@@ -105,6 +109,89 @@ class ProviderSettings(_Section):
     stooq: ProviderEndpointSettings = ProviderEndpointSettings()
 
 
+# -- issue 3: provider simulator server -------------------------------------------------
+class RateWindow(_Section):
+    """One rate-limit window: at most `calls` accepted calls in any `seconds`-long span."""
+
+    calls: int = Field(ge=1)
+    seconds: float = Field(gt=0.0)
+
+
+class ProviderFaultSettings(_Section):
+    """Faults the provider simulator injects for one provider (all rates are in [0, 1]).
+
+    Per-call faults (`timeout_rate`, `error_rate`, `error_body_rate`, `malformed_rate`) are
+    drawn from one uniform number per call, so each occurs at exactly its configured rate
+    and their sum must not exceed 1. Bar faults (`outlier_rate`, `missing_bar_rate`) hit the
+    same bars on every request (a bad feed is consistently bad). Deterministic for a seed.
+    """
+
+    down: bool = Field(default=False, description="answer every call with 503")
+    error_rate: float = Field(default=0.0, ge=0.0, le=1.0, description="share of calls -> 5xx")
+    timeout_rate: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="share of calls that hang for hang_s"
+    )
+    hang_s: float = Field(default=30.0, ge=0.0, description="how long a timed-out call hangs")
+    error_body_rate: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="share of calls -> HTTP 200 vendor error body"
+    )
+    malformed_rate: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="share of calls -> truncated body"
+    )
+    outlier_rate: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="share of bars with prices scaled by a factor"
+    )
+    outlier_factor: float = Field(default=10.0, gt=1.0, description="outlier price multiplier")
+    missing_bar_rate: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="share of bars left out of responses"
+    )
+    latency_ms: float = Field(default=0.0, ge=0.0, description="fixed delay of every call")
+    latency_jitter_ms: float = Field(
+        default=0.0, ge=0.0, description="extra uniform random delay in [0, jitter]"
+    )
+    rate_limits: tuple[RateWindow, ...] = Field(
+        default=(), description="windows; a call beyond any of them is a counted violation"
+    )
+    rate_limit_slack_s: float = Field(
+        default=0.05,
+        ge=0.0,
+        description="windows are measured this much shorter, to absorb network jitter",
+    )
+
+    @model_validator(mode="after")
+    def _per_call_rates_fit(self) -> ProviderFaultSettings:
+        total = self.timeout_rate + self.error_rate + self.error_body_rate + self.malformed_rate
+        if total > 1.0 + 1e-9:
+            raise ValueError(f"per-call fault rates sum to {total:.3f} > 1")
+        return self
+
+
+class SimulatorServerSettings(_Section):
+    """The local HTTP/WebSocket server speaking real providers' wire formats."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8765, ge=0, le=65535, description="0 picks a free port")
+    seed: int = 42
+    universe_size: int = Field(default=60, ge=2, le=5000)
+    as_of: date | None = Field(default=None, description="first day without bars (None: today)")
+    defaults: ProviderFaultSettings = ProviderFaultSettings()
+    providers: dict[str, ProviderFaultSettings] = Field(
+        default_factory=dict, description="per-provider faults; others use `defaults`"
+    )
+    ws_trade_interval_s: float = Field(default=0.2, gt=0.0, description="Finnhub WS trade pace")
+    ws_ping_interval_s: float = Field(default=30.0, gt=0.0, description="Finnhub WS ping pace")
+    ws_duplicate_rate: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="share of WS trade messages sent twice"
+    )
+    ws_disconnect_after_s: float | None = Field(
+        default=None, gt=0.0, description="drop each WS connection after this long (reconnects)"
+    )
+
+    def faults_for(self, provider: str) -> ProviderFaultSettings:
+        """Return the fault settings of `provider` (its own section, else the defaults)."""
+        return self.providers.get(provider, self.defaults)
+
+
 class Settings(BaseSettings):
     """All configuration of a platform instance (frozen once built)."""
 
@@ -126,6 +213,7 @@ class Settings(BaseSettings):
     simulator: SimulatorSettings = SimulatorSettings()
     services: ServiceSettings = ServiceSettings()
     providers: ProviderSettings = ProviderSettings()
+    simulator_server: SimulatorServerSettings = SimulatorServerSettings()
 
     @field_validator("data_dir")
     @classmethod

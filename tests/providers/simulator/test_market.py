@@ -13,6 +13,12 @@ from quantivista.providers.simulator import SimulatedMarket
 from quantivista.reference.calendars import get_calendar
 
 
+@pytest.fixture(scope="module")
+def market() -> SimulatedMarket:
+    """A 12-instrument market that has closed through 2026-11-20 (overrides the shared one)."""
+    return SimulatedMarket(seed=7, universe_size=12, as_of="2026-11-23")
+
+
 def _ordinary(market: SimulatedMarket) -> str:
     inst = next(i for i in market.instruments if not (i.former_symbol or i.delisted_on))
     return inst.symbol
