@@ -145,7 +145,7 @@ def test_permanent_answers_do_not_open_the_breaker() -> None:
 def test_call_timeout_counts_as_failure() -> None:
     breaker = CircuitBreaker("slow", clock=TestClock(), failure_threshold=1)
     release = threading.Event()
-    with pytest.raises(TransientProviderError, match="did not answer within 0.05 s"):
+    with pytest.raises(TransientProviderError, match=r"did not answer within 0\.05 s"):
         breaker.call(release.wait, timeout_s=0.05)
     release.set()
     assert breaker.state is BreakerState.OPEN

@@ -12,6 +12,7 @@ A quota spent on our side (`QuotaExhaustedError`) leaves the breaker as it is.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+_log = logging.getLogger(__name__)
 
 
 class BreakerState(StrEnum):
@@ -255,8 +257,8 @@ class CircuitBreaker:
         for listener in self.listeners:
             try:
                 listener(transition)
-            except Exception:  # an observer must not break the breaker
-                pass
+            except Exception:  # an observer must not break the breaker; say so in the log
+                _log.warning("breaker listener %r failed", listener, exc_info=True)
 
     def __repr__(self) -> str:
         return f"<CircuitBreaker {self.provider!r} {self._state.value}>"
