@@ -505,6 +505,108 @@ def _actions_table(actions: pl.DataFrame) -> Table:
     return table
 
 
+# -- issue 3: provider resilience and analytics ------------------------------------------------
+@app.command()
+def providers() -> None:
+    """List registered providers, their capabilities and limits, and the latest call stats."""
+    from quantivista.platform import PROVIDER_STATS_FILE
+    from quantivista.providers.analytics import ProviderAnalytics
+
+    with _platform() as p:
+        console.print(_providers_table(p))
+        if p.registry.load_errors:
+            for name, error in sorted(p.registry.load_errors.items()):
+                err_console.print(f"[yellow]plug-in {name!r} failed to load:[/] {error}")
+        live = p.analytics.has_data
+        stats = (
+            p.analytics.as_dict() if live else ProviderAnalytics.load(p.root / PROVIDER_STATS_FILE)
+        )
+    if not stats or not stats.get("providers"):
+        console.print("no provider calls recorded yet: run [bold]qv ingest[/] or [bold]qv demo[/]")
+        return
+    console.print(_provider_stats_table(stats, "live" if live else "last ingestion"))
+    if stats.get("transitions"):
+        console.print(_transitions_table(stats["transitions"]))
+
+
+def _providers_table(p: Platform) -> Table:
+    table = Table(title="registered providers", title_justify="left")
+    for col in ("provider", "timeframes", "assets", "prices", "realtime", "key", "cost/call"):
+        table.add_column(col)
+    table.add_column("priority", justify="right")
+    table.add_column("rate limits")
+    limits = p.settings.resilience.limits
+    for name in p.registry.names():
+        caps = p.registry.get(name).capabilities
+        table.add_row(
+            name,
+            " ".join(sorted(caps.timeframes, key=_timeframe_order)),
+            " ".join(sorted(a.value for a in caps.asset_classes)),
+            caps.adjustment.value,
+            "yes" if caps.realtime else "",
+            "needed" if caps.requires_key else "",
+            f"{caps.cost_per_call:g}" if caps.cost_per_call else "free",
+            str(caps.priority),
+            ", ".join(limits.get(name, [])) or "none",
+        )
+    return table
+
+
+def _timeframe_order(tf: str) -> tuple[int, int]:
+    from quantivista.model.timeframe import Timeframe
+
+    try:
+        return Timeframe.parse(tf).sort_key()
+    except QuantiVistaError:  # an odd timeframe string of a plug-in sorts last
+        return (1 << 30, 0)
+
+
+def _provider_stats_table(stats: dict[str, Any], label: str) -> Table:
+    table = Table(title=f"provider calls ({label})", title_justify="left")
+    table.add_column("provider")
+    for col in ("calls", "ok", "errors", "p50 ms", "p95 ms"):
+        table.add_column(col, justify="right")
+    for col in ("errors by kind", "breaker", "quota"):
+        table.add_column(col)
+
+    def ms(value: Any) -> str:
+        return "" if value is None else f"{1000 * float(value):,.1f}"
+
+    for row in stats["providers"]:
+        state = str(row["breaker"])
+        color = {"open": "red", "half_open": "yellow"}.get(state, "green")
+        table.add_row(
+            str(row["provider"]),
+            f"{row['calls']:,}",
+            f"{row['ok']:,}",
+            f"{row['errors']:,}",
+            ms(row["latency_p50_s"]),
+            ms(row["latency_p95_s"]),
+            str(row["errors_by_kind"]),
+            f"[{color}]{state}[/] ({row['transitions']} transitions)",
+            str(row["quota"]),
+        )
+    requests = stats.get("requests") or {}
+    if requests:
+        table.caption = "requests: " + ", ".join(f"{k} {v:,}" for k, v in sorted(requests.items()))
+    return table
+
+
+def _transitions_table(transitions: list[dict[str, Any]], limit: int = 20) -> Table:
+    table = Table(title="circuit breaker transitions (latest)", title_justify="left")
+    for col in ("at", "provider", "from", "to", "reason"):
+        table.add_column(col)
+    for t in transitions[-limit:]:
+        table.add_row(
+            str(t["at"])[:23],
+            str(t["provider"]),
+            str(t["from_state"]),
+            str(t["to_state"]),
+            str(t["reason"]),
+        )
+    return table
+
+
 def main() -> None:
     """Run the `qv` command line."""
     app()

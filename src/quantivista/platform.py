@@ -6,7 +6,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import polars as pl
 
@@ -20,8 +20,14 @@ from quantivista.model.schema import FrameLike, coerce_actions
 from quantivista.model.timeframe import Timeframe, TimeframeLike
 from quantivista.pipeline.ingest import Ingestor, Progress, new_job_id
 from quantivista.pipeline.writer import BarWriter
+from quantivista.providers.analytics import ProviderAnalytics
 from quantivista.providers.base import Provider, request_range
+from quantivista.providers.breaker import Breakers
+from quantivista.providers.cache import ResponseCache
+from quantivista.providers.health import HealthMonitor
+from quantivista.providers.limits import RateLimiter
 from quantivista.providers.registry import ProviderRegistry, default_registry
+from quantivista.providers.retry import RetryPolicy
 from quantivista.providers.router import Router
 from quantivista.quality.validate import Validator
 from quantivista.reference.calendars import TradingCalendar, get_calendar
@@ -32,7 +38,9 @@ from quantivista.storage.lake import ParquetLake
 from quantivista.storage.quarantine import QuarantineStore
 from quantivista.timeutil import DateLike
 
-__all__ = ["Platform"]
+__all__ = ["PROVIDER_STATS_FILE", "Platform"]
+
+PROVIDER_STATS_FILE = "provider-stats.json"
 
 Symbols = str | Sequence[str]
 
@@ -78,6 +86,15 @@ class Platform:
         self._providers: dict[str, Provider] = {}
         self._lock = threading.Lock()
         self._writer: BarWriter | None = None
+        # resilience around provider calls: one of each per platform, shared by its routers
+        res = settings.resilience
+        self.limiter = RateLimiter.from_settings(
+            res, self.clock, redis_url=settings.services.redis_url
+        )
+        self.breakers = Breakers.from_settings(res.breaker, self.clock)
+        self.analytics = ProviderAnalytics(limiter=self.limiter, breakers=self.breakers)
+        self.health = HealthMonitor()
+        self.response_cache = ResponseCache.from_settings(res.cache) if res.cache.enabled else None
 
     # -- construction ----------------------------------------------------------------------
     @classmethod
@@ -132,8 +149,30 @@ class Platform:
         key = name.lower()
         with self._lock:
             if key not in self._providers:
-                self._providers[key] = self.registry.create(key, self.settings, self.clock)
+                provider = self.registry.create(key, self.settings, self.clock)
+                if hasattr(provider, "gate") and provider.gate is None:
+                    provider.gate = self.limiter  # HTTP clients pass every request through it
+                self._providers[key] = provider
             return self._providers[key]
+
+    def router(
+        self, names: Sequence[str], *, ordering: Literal["auto", "given"] = "auto"
+    ) -> Router:
+        """Return a router over the named providers with this platform's resilience parts.
+
+        Limits, breakers, cache, health and analytics are shared by every router it builds.
+        """
+        return Router(
+            [self.provider(n) for n in names],
+            limiter=self.limiter,
+            breakers=self.breakers,
+            retry=RetryPolicy.from_settings(self.settings.resilience.retry),
+            cache=self.response_cache,
+            analytics=self.analytics,
+            health=self.health,
+            clock=self.clock,
+            ordering=ordering,
+        )
 
     @property
     def writer(self) -> BarWriter:
@@ -167,7 +206,7 @@ class Platform:
         given order per symbol, failing over on errors; the default is the configured one.
         """
         names = list(providers) if providers else [self.settings.ingest.default_provider]
-        router = Router([self.provider(n) for n in names])
+        router = self.router(names, ordering="given" if providers else "auto")
         lo, hi = request_range(start, end)
         ingestor = Ingestor(
             self.writer,
@@ -179,9 +218,12 @@ class Platform:
             symbols_per_batch=self.settings.ingest.symbols_per_batch,
             fetch_concurrency=self.settings.ingest.fetch_concurrency,
         )
-        return ingestor.run(
-            router, _symbol_list(symbols), lo, hi, Timeframe.parse(timeframe), progress=progress
-        )
+        try:
+            return ingestor.run(
+                router, _symbol_list(symbols), lo, hi, Timeframe.parse(timeframe), progress=progress
+            )
+        finally:  # `qv providers` shows the last stats from another process
+            self.analytics.save(self.root / PROVIDER_STATS_FILE)
 
     def write_bars(
         self, frame: FrameLike, source: str = "user", timeframe: TimeframeLike | None = None

@@ -7,10 +7,12 @@ same numbers are kept as plain data for `snapshot()` (a polars frame) and `as_di
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import Counter as Tally
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
@@ -152,17 +154,24 @@ class ProviderAnalytics:
             self._quota_used.labels(u.provider, str(u.rate)).set(u.used)
             self._quota_left.labels(u.provider, str(u.rate)).set(u.left)
 
-    def _quota_text(self) -> dict[str, str]:
+    def _quota_text(self) -> tuple[dict[str, str], set[str]]:
         out: dict[str, list[str]] = {}
+        busy: set[str] = set()
         if self.limiter is not None:
             for u in self.limiter.usage():
                 out.setdefault(u.provider, []).append(f"{u.rate}: {u.used} used, {u.left} left")
-        return {k: "; ".join(v) for k, v in out.items()}
+                if u.used:
+                    busy.add(u.provider)
+        return {k: "; ".join(v) for k, v in out.items()}, busy
 
     def snapshot(self) -> pl.DataFrame:
-        """Return one row per provider seen: calls, errors, latency quantiles, breaker, quota."""
+        """Return one row per provider in use: calls, errors, latency quantiles, breaker, quota.
+
+        A provider is in use once the router called it, its breaker exists or it used quota
+        (an HTTP client gating itself through the limiter counts there even without router).
+        """
         self.refresh_quota()
-        quota = self._quota_text()
+        quota, busy = self._quota_text()
         states = {n: b.state.value for n, b in self.breakers.all().items()} if self.breakers else {}
         with self._lock:
             stats = {
@@ -170,7 +179,7 @@ class ProviderAnalytics:
                 for k, v in self._stats.items()
             }
             moves = Tally(t.provider for t in self.transitions)
-        names = sorted(set(stats) | set(states) | set(quota))
+        names = sorted(set(stats) | set(states) | busy)  # providers with nothing to say stay out
         rows: list[dict[str, Any]] = []
         for name in names:
             calls, ok, errors, lat = stats.get(name, (0, 0, {}, []))
@@ -212,6 +221,21 @@ class ProviderAnalytics:
                 "reason": pl.String,
             },
         )
+
+    def save(self, path: Path) -> None:
+        """Write `as_dict()` as JSON (atomically), for readers in other processes."""
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.as_dict(), default=str, indent=1))
+        tmp.replace(path)
+
+    @staticmethod
+    def load(path: Path) -> dict[str, Any] | None:
+        """Read what `save` wrote; None when there is nothing (or nothing readable)."""
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
 
     def as_dict(self) -> dict[str, Any]:
         """Return the snapshot, transitions and request counts as plain data."""
