@@ -150,6 +150,11 @@ class ResilienceSettings(_Section):
         ge=0,
         description="a call queues this long for a token at most, then QuotaExhaustedError",
     )
+    margin_s: float = Field(
+        default=0.1,
+        ge=0,
+        description="added to every window: calls reach the vendor a moment after the grant",
+    )
     breaker: BreakerSettings = BreakerSettings()
     retry: RetrySettings = RetrySettings()
     cache: CacheSettings = CacheSettings()

@@ -262,3 +262,13 @@ def test_two_processes_never_exceed_one_shared_quota(redis_url: str, redis_prefi
     assert len(times) == 16
     assert _max_in_window(times, 0.5) <= 4
     assert max(times) - min(times) >= 1.5  # 16 calls at 4 per half second need >= 1.5 s
+
+
+def test_margin_lengthens_every_window_but_reports_the_vendor_rate() -> None:
+    clock = TestClock()
+    limiter = RateLimiter({"polygon": ["5/minute"]}, clock=clock, margin_s=0.1)
+    for _ in range(6):
+        limiter.acquire("polygon")
+    assert clock.monotonic() == pytest.approx(60.1, abs=1e-5)
+    (usage,) = limiter.usage("polygon")
+    assert (str(usage.rate), usage.used, usage.left) == ("5/minute", 1, 4)

@@ -278,11 +278,14 @@ class RateLimiter:
         clock: Clock,
         backend: LimiterBackend | None = None,
         max_wait_s: float = 120.0,
+        margin_s: float = 0.0,
     ) -> None:
         self.clock = clock
         self.backend: LimiterBackend = backend or MemoryBackend()
         self.max_wait_s = max_wait_s
+        self.margin_s = margin_s
         self._rates: dict[str, tuple[Rate, ...]] = {}
+        self._windows: dict[str, tuple[Rate, ...]] = {}
         for provider, rates in limits.items():
             self.set_limits(provider, rates)
 
@@ -298,12 +301,24 @@ class RateLimiter:
             backend = RedisBackend(redis_url, prefix=settings.redis_prefix)
         else:
             backend = MemoryBackend()
-        return cls(settings.limits, clock=clock, backend=backend, max_wait_s=settings.max_wait_s)
+        return cls(
+            settings.limits,
+            clock=clock,
+            backend=backend,
+            max_wait_s=settings.max_wait_s,
+            margin_s=settings.margin_s,
+        )
 
     def set_limits(self, provider: str, rates: Iterable[str | Rate]) -> None:
         """Replace the windows of `provider` (an empty list means unlimited)."""
         parsed = [r if isinstance(r, Rate) else Rate.parse(r) for r in rates]
-        self._rates[provider.lower()] = tuple(sorted(parsed, key=lambda r: r.period_s))
+        ordered = tuple(sorted(parsed, key=lambda r: r.period_s))
+        self._rates[provider.lower()] = ordered
+        # the windows enforced are a little longer than the vendor's: a granted call reaches
+        # the vendor a moment later, and that moment varies (threads, connection set-up)
+        self._windows[provider.lower()] = tuple(
+            Rate(r.limit, r.period_s + self.margin_s) for r in ordered
+        )
 
     def rates(self, provider: str) -> tuple[Rate, ...]:
         """Return the windows of `provider` (empty: unlimited)."""
@@ -320,7 +335,7 @@ class RateLimiter:
 
     def try_acquire(self, provider: str, cost: int = 1) -> float:
         """Take `cost` calls now if allowed and return 0; else return the wait in seconds."""
-        rates = self.rates(provider)
+        rates = self._windows.get(provider.lower(), ())
         if not rates:
             return 0.0
         if cost < 1:
@@ -362,8 +377,9 @@ class RateLimiter:
         now = self._now()
         for name in names:
             rates = self.rates(name)
+            windows = self._windows.get(name, ())
             for rate, (used, resets) in zip(
-                rates, self.backend.usage(name, rates, now), strict=True
+                rates, self.backend.usage(name, windows, now), strict=True
             ):
                 out.append(WindowUsage(name, rate, used, max(rate.limit - used, 0), resets))
         return out
