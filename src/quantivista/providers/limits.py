@@ -37,7 +37,6 @@ __all__ = [
     "RateLimiter",
     "RedisBackend",
     "WindowUsage",
-    "parse_rates",
 ]
 
 _UNITS = {
@@ -87,11 +86,6 @@ class Rate:
             if self.period_s == _UNITS[name]:
                 return f"{self.limit}/{name}"
         return f"{self.limit}/{self.period_s:g}s"
-
-
-def parse_rates(texts: Iterable[str]) -> tuple[Rate, ...]:
-    """Parse several rate strings; the result is sorted from the shortest window."""
-    return tuple(sorted((Rate.parse(t) for t in texts), key=lambda r: r.period_s))
 
 
 @dataclass(frozen=True, slots=True)

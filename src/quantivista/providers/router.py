@@ -170,7 +170,8 @@ class Router:
             if result is not None:
                 result.provider = result.provider or provider.name
                 result.metadata["attempts"] = tried
-                if self.cache is not None:
+                if self.cache is not None and not result.bars.is_empty():
+                    # an empty answer may be a vendor's hiccup: do not pin it for days
                     self.cache.put(request, result, self.clock.now())
                 return result
             last = error
