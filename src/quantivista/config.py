@@ -159,6 +159,20 @@ class ResilienceSettings(_Section):
     retry: RetrySettings = RetrySettings()
     cache: CacheSettings = CacheSettings()
 
+    @field_validator("limits")
+    @classmethod
+    def _check_limits(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        from quantivista.errors import ConfigurationError
+        from quantivista.providers.limits import Rate  # lazy: keeps config free of cycles
+
+        for rates in value.values():
+            for text in rates:
+                try:
+                    Rate.parse(text)
+                except ConfigurationError as exc:
+                    raise ValueError(str(exc)) from None
+        return {name.lower(): rates for name, rates in value.items()}
+
 
 class Settings(BaseSettings):
     """All configuration of a platform instance (frozen once built)."""

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from prometheus_client import generate_latest
 from typer.testing import CliRunner
 
 from quantivista.cli import app
@@ -55,6 +56,8 @@ def test_records_calls_errors_and_latency() -> None:
         reg.get_sample_value("qv_provider_latency_seconds_bucket", {"provider": "av", "le": "0.25"})
         == 1
     )
+    exposition = generate_latest(reg).decode()  # what a /metrics endpoint would serve
+    assert 'qv_provider_calls_total{outcome="error",provider="av"} 1.0' in exposition
 
 
 def test_breaker_transitions_and_quota_show_up() -> None:

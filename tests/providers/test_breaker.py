@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from quantivista.clock import TestClock
 from quantivista.config import BreakerSettings
@@ -178,3 +180,41 @@ def test_breakers_from_settings_share_listeners_and_report_transitions() -> None
     assert [t.provider for t in breakers.transitions()] == ["a", "b"]
     a.reset()
     assert a.state is BreakerState.CLOSED
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    ops=st.lists(
+        st.one_of(st.just("ok"), st.just("fail"), st.floats(min_value=0.5, max_value=40.0)),
+        max_size=60,
+    ),
+    threshold=st.integers(min_value=1, max_value=6),
+)
+def test_breaker_follows_its_state_machine(ops: list[str | float], threshold: int) -> None:
+    clock = TestClock()
+    breaker = CircuitBreaker("p", clock=clock, failure_threshold=threshold, reset_timeout_s=30)
+    streak = 0  # consecutive failures seen while calls were admitted
+    for op in ops:
+        if isinstance(op, float):
+            clock.advance(op)
+            continue
+        before = breaker.state
+        try:
+            breaker.call(_fail if op == "fail" else (lambda: None))
+        except CircuitOpenError:
+            assert before is BreakerState.OPEN  # refused only while open
+            continue
+        except TransientProviderError:
+            pass
+        assert before is not BreakerState.OPEN  # an open breaker never lets a call through
+        if op == "ok":
+            streak = 0
+            assert breaker.state is BreakerState.CLOSED
+        else:
+            streak += 1
+            opened = before is BreakerState.HALF_OPEN or streak >= threshold
+            assert breaker.state is (BreakerState.OPEN if opened else BreakerState.CLOSED)
+    opened_at = [t.at for t in breaker.transitions if t.to_state is BreakerState.OPEN]
+    half_at = [t.at for t in breaker.transitions if t.to_state is BreakerState.HALF_OPEN]
+    for opened, half in zip(opened_at, half_at, strict=False):
+        assert (half - opened).total_seconds() >= 30 - 1e-6  # never probes before the cool-down

@@ -272,3 +272,11 @@ def test_margin_lengthens_every_window_but_reports_the_vendor_rate() -> None:
     assert clock.monotonic() == pytest.approx(60.1, abs=1e-5)
     (usage,) = limiter.usage("polygon")
     assert (str(usage.rate), usage.used, usage.left) == ("5/minute", 1, 4)
+
+
+def test_settings_reject_a_bad_limit_string_up_front() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="5/fortnight"):
+        ResilienceSettings(limits={"polygon": ["5/fortnight"]})
+    assert ResilienceSettings(limits={"Polygon": ["5/minute"]}).limits == {"polygon": ["5/minute"]}
