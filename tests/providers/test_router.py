@@ -350,3 +350,18 @@ def router_health(provider: FakeProvider, clock: TestClock) -> float:
     router = Router([provider], clock=clock)
     router.fetch(_req("X"))
     return router.health.get("slow").latency_ewma_s
+
+
+def test_vendor_quota_exhaustion_suspends_the_provider_until_reset(
+    fake: MakeFake, clock: TestClock
+) -> None:
+    spent = fake("spent", QuotaExhaustedError("25 requests per day", retry_after_s=100.0), None)
+    backup = fake("backup")
+    router = Router([spent, backup], clock=clock, ordering="given")
+    assert router.fetch(_req("A")).provider == "backup"
+    result = router.fetch(_req("B"))
+    assert result.provider == "backup"
+    assert len(spent.calls) == 1  # suspended: not asked again
+    assert [p.name for p in router.candidates(OLD)] == ["backup", "spent"]
+    clock.advance(100)
+    assert router.fetch(_req("C")).provider == "spent"

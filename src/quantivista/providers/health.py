@@ -37,6 +37,7 @@ class HealthMonitor:
             raise ValueError("alpha must be in (0, 1]")
         self.alpha = alpha
         self._health: dict[str, ProviderHealth] = {}
+        self._suspended: dict[str, float] = {}  # provider -> monotonic time it may be used again
         self._lock = threading.Lock()
 
     def record(self, provider: str, ok: bool, latency_s: float, error: str | None = None) -> None:
@@ -60,6 +61,16 @@ class HealthMonitor:
             return ProviderHealth(
                 h.calls, h.failures, h.success_ewma, h.latency_ewma_s, h.last_error
             )
+
+    def suspend(self, provider: str, until: float) -> None:
+        """Keep `provider` out of rotation until monotonic time `until` (a spent quota)."""
+        with self._lock:
+            self._suspended[provider] = max(until, self._suspended.get(provider, 0.0))
+
+    def suspended_for(self, provider: str, now: float) -> float:
+        """Return the seconds `provider` stays suspended (0 when usable)."""
+        with self._lock:
+            return max(self._suspended.get(provider, 0.0) - now, 0.0)
 
     def score(self, provider: str) -> float:
         """Return the health score of `provider` in [0, 1]."""

@@ -4,7 +4,8 @@ For each request the router
 
 1. answers from the response cache when it can (keyed by the request, not the provider);
 2. joins an identical request already in flight instead of making a second call;
-3. orders the capable providers: healthy before open breakers, free before paid, by
+3. orders the capable providers: usable before those with an open breaker or a spent
+   quota (kept aside until it resets), then free before paid, by
    `capabilities.priority`, by health score, rotating among equals to spread the load
    (`ordering="given"` keeps the caller's order instead);
 4. calls each in turn through its rate limit and circuit breaker, retrying retryable errors
@@ -92,6 +93,7 @@ class Router:
         clock: Clock | None = None,
         ordering: Ordering = "auto",
         single_flight: bool = True,
+        quota_suspend_s: float = 3600.0,
         rng: random.Random | None = None,
     ) -> None:
         self.providers = list(providers)
@@ -103,13 +105,17 @@ class Router:
         self.health = health or HealthMonitor()
         self.clock: Clock = clock or (breakers.clock if breakers else SystemClock())
         self.ordering = ordering
+        self.quota_suspend_s = quota_suspend_s  # when a spent quota does not say until when
         self._flight = SingleFlight() if single_flight else None
         self._rng = rng or random.Random()
         self._rotation = itertools.count()
         self._rng_lock = threading.Lock()
 
     # -- choosing --------------------------------------------------------------------------
-    def _is_open(self, provider: Provider) -> bool:
+    def _unusable(self, provider: Provider, now: float) -> bool:
+        """Say whether the provider's breaker is open or its quota is known to be spent."""
+        if self.health.suspended_for(provider.name, now) > 0:
+            return True
         return (
             self.breakers is not None
             and self.breakers.get(provider.name).state is BreakerState.OPEN
@@ -118,13 +124,14 @@ class Router:
     def candidates(self, request: BarRequest) -> list[Provider]:
         """Return the providers able to serve `request`, in the order they will be tried."""
         able = [p for p in self.providers if p.capabilities.supports(request.timeframe)]
-        if self.ordering == "given":
-            return sorted(able, key=self._is_open)  # stable: open breakers go last
+        now = self.clock.monotonic()
+        if self.ordering == "given":  # stable sort: unusable providers go last
+            return sorted(able, key=lambda p: self._unusable(p, now))
 
         def rank(p: Provider) -> tuple[bool, float, int, float]:
             caps = p.capabilities
             score = round(self.health.score(p.name) * 4) / 4  # close scores count as equal
-            return (self._is_open(p), caps.cost_per_call, caps.priority, -score)
+            return (self._unusable(p, now), caps.cost_per_call, caps.priority, -score)
 
         ranked = sorted(able, key=rank)
         turn = next(self._rotation)
@@ -185,9 +192,18 @@ class Router:
         """Call one provider with retries; return its result or the error that ended it."""
         name = provider.name
         breaker = self.breakers.get(name) if self.breakers is not None else None
+        suspended = self.health.suspended_for(name, self.clock.monotonic())
+        if suspended > 0:
+            error: ProviderError = QuotaExhaustedError(
+                "quota spent: provider suspended until it resets",
+                provider=name,
+                retry_after_s=round(suspended, 3),
+            )
+            self._skip(tried, name, error, 1)
+            return None, error
         for number in itertools.count(1):
             if breaker is not None and breaker.state is BreakerState.OPEN:
-                error: ProviderError = CircuitOpenError(
+                error = CircuitOpenError(
                     "circuit breaker is open", provider=name, retry_in_s=breaker.retry_in_s()
                 )
                 self._skip(tried, name, error, number)
@@ -201,6 +217,10 @@ class Router:
             except (CircuitOpenError, QuotaExhaustedError) as exc:
                 # refused on our side (or a spent vendor quota): no retry, next provider
                 self._skip(tried, name, exc, number)
+                if isinstance(exc, QuotaExhaustedError):
+                    # asking again before the reset only burns time (and vendor goodwill)
+                    wait = exc.context.get("retry_after_s") or self.quota_suspend_s
+                    self.health.suspend(name, self.clock.monotonic() + float(wait))
                 return None, exc
             except ProviderError as exc:
                 latency = self.clock.monotonic() - start
