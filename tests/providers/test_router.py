@@ -365,3 +365,18 @@ def test_vendor_quota_exhaustion_suspends_the_provider_until_reset(
     assert [p.name for p in router.candidates(OLD)] == ["backup", "spent"]
     clock.advance(100)
     assert router.fetch(_req("C")).provider == "spent"
+
+
+def test_a_provider_bug_fails_over_instead_of_crashing_the_worker(
+    fake: MakeFake, clock: TestClock
+) -> None:
+    buggy, backup = fake("buggy", KeyError("close")), fake("backup")
+    breakers = Breakers(clock, failure_threshold=1)
+    result = Router([buggy, backup], clock=clock, breakers=breakers, ordering="given").fetch(OLD)
+    assert result.provider == "backup"
+    first = result.metadata["attempts"][0]
+    assert (first.kind, first.error) == (
+        "ProviderError",
+        "buggy failed unexpectedly: KeyError: 'close' [provider='buggy', symbol='AAPL']",
+    )
+    assert breakers.get("buggy").state is BreakerState.OPEN  # a bug counts against health

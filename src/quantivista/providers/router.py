@@ -19,6 +19,7 @@ failure in `error.context["attempts"]` of the error raised (the last one).
 from __future__ import annotations
 
 import itertools
+import logging
 import random
 import threading
 from collections.abc import Sequence
@@ -30,6 +31,7 @@ from quantivista.errors import (
     CircuitOpenError,
     NotFoundError,
     ProviderError,
+    QuantiVistaError,
     QuotaExhaustedError,
 )
 from quantivista.providers.analytics import ProviderAnalytics
@@ -48,6 +50,7 @@ from quantivista.providers.retry import RetryPolicy
 __all__ = ["Attempt", "Router"]
 
 Ordering = Literal["auto", "given"]
+_log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -213,7 +216,7 @@ class Router:
                 if self.limiter is not None and not _gates_itself(provider):
                     self.limiter.acquire(name)
                     start = self.clock.monotonic()  # queueing is not the provider's latency
-                result = self._call(provider, request, breaker)
+                result = self._call_guarded(provider, request, breaker)
             except (CircuitOpenError, QuotaExhaustedError) as exc:
                 # refused on our side (or a spent vendor quota): no retry, next provider
                 self._skip(tried, name, exc, number)
@@ -239,6 +242,22 @@ class Router:
             self._observe(name, None, latency)
             return result, None
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _call_guarded(
+        self, provider: Provider, request: BarRequest, breaker: CircuitBreaker | None
+    ) -> FetchResult:
+        """Call the provider; a bug in it becomes a `ProviderError`, so the next one is tried."""
+        try:
+            return self._call(provider, request, breaker)
+        except QuantiVistaError:
+            raise
+        except Exception as exc:
+            _log.warning("provider %s raised an unexpected error", provider.name, exc_info=True)
+            raise ProviderError(
+                f"{provider.name} failed unexpectedly: {type(exc).__name__}: {exc}",
+                provider=provider.name,
+                symbol=request.symbol,
+            ) from exc
 
     def _call(
         self, provider: Provider, request: BarRequest, breaker: CircuitBreaker | None
