@@ -71,18 +71,6 @@ class SimulatorSettings(_Section):
     )
 
 
-class ServiceSettings(_Section):
-    """Addresses of external servers, used when a component runs on real engines."""
-
-    postgres_dsn: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/test")
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    nats_url: str = "nats://127.0.0.1:4222"
-    rabbitmq_url: str = "amqp://guest:guest@127.0.0.1:5672/"
-    mqtt_url: str = "mqtt://127.0.0.1:1883"
-    kafka_bootstrap: str | None = None
-    pulsar_url: str | None = None
-
-
 def _default_limits() -> dict[str, list[str]]:
     # free tiers from shared/research/providers.md; unknown limits get a conservative 1/second
     return {
@@ -150,6 +138,11 @@ class ResilienceSettings(_Section):
         ge=0,
         description="a call queues this long for a token at most, then QuotaExhaustedError",
     )
+    ordering: Literal["given", "auto"] = Field(
+        default="given",
+        description="given: providers named for a job are tried in that order; auto: free "
+        "before paid, by priority and health, load balanced among equals",
+    )
     margin_s: float = Field(
         default=0.1,
         ge=0,
@@ -174,6 +167,18 @@ class ResilienceSettings(_Section):
         return {name.lower(): rates for name, rates in value.items()}
 
 
+class ServiceSettings(_Section):
+    """Addresses of external servers, used when a component runs on real engines."""
+
+    postgres_dsn: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/test")
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    nats_url: str = "nats://127.0.0.1:4222"
+    rabbitmq_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    mqtt_url: str = "mqtt://127.0.0.1:1883"
+    kafka_bootstrap: str | None = None
+    pulsar_url: str | None = None
+
+
 class Settings(BaseSettings):
     """All configuration of a platform instance (frozen once built)."""
 
@@ -193,8 +198,8 @@ class Settings(BaseSettings):
     storage: StorageSettings = StorageSettings()
     ingest: IngestSettings = IngestSettings()
     simulator: SimulatorSettings = SimulatorSettings()
-    services: ServiceSettings = ServiceSettings()
     resilience: ResilienceSettings = ResilienceSettings()
+    services: ServiceSettings = ServiceSettings()
 
     @field_validator("data_dir")
     @classmethod

@@ -206,7 +206,7 @@ class Platform:
         given order per symbol, failing over on errors; the default is the configured one.
         """
         names = list(providers) if providers else [self.settings.ingest.default_provider]
-        router = self.router(names, ordering="given" if providers else "auto")
+        router = self.router(names, ordering=self.settings.resilience.ordering)
         lo, hi = request_range(start, end)
         ingestor = Ingestor(
             self.writer,

@@ -5,13 +5,15 @@ For each request the router
 1. answers from the response cache when it can (keyed by the request, not the provider);
 2. joins an identical request already in flight instead of making a second call;
 3. orders the capable providers: usable before those with an open breaker or a spent
-   quota (kept aside until it resets), then free before paid, by
+   quota (kept aside until it resets); then, with `ordering="auto"`, free before paid, by
    `capabilities.priority`, by health score, rotating among equals to spread the load
-   (`ordering="given"` keeps the caller's order instead);
+   (the default `ordering="given"` keeps the caller's order: it is the preference);
 4. calls each in turn through its rate limit and circuit breaker, retrying retryable errors
    with exponential backoff and jitter (a vendor's Retry-After wins), and moves on to the
    next provider on a permanent error, an open breaker, a spent quota or exhausted retries.
 
+Each part is optional: `Router(providers)` alone behaves like the plain failover router
+(given order, one call per provider, bugs that are not `ProviderError`s propagate).
 Every call is recorded as an `Attempt`: on success in `result.metadata["attempts"]`, on
 failure in `error.context["attempts"]` of the error raised (the last one).
 """
@@ -19,11 +21,10 @@ failure in `error.context["attempts"]` of the error raised (the last one).
 from __future__ import annotations
 
 import itertools
-import logging
 import random
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from quantivista.clock import Clock, SystemClock
@@ -31,7 +32,6 @@ from quantivista.errors import (
     CircuitOpenError,
     NotFoundError,
     ProviderError,
-    QuantiVistaError,
     QuotaExhaustedError,
 )
 from quantivista.providers.analytics import ProviderAnalytics
@@ -50,7 +50,6 @@ from quantivista.providers.retry import RetryPolicy
 __all__ = ["Attempt", "Router"]
 
 Ordering = Literal["auto", "given"]
-_log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -62,8 +61,8 @@ class Attempt:
     error: str | None = None
     kind: str | None = None
     attempt: int = 1
-    latency_s: float = 0.0
-    waited_s: float = 0.0  # backoff slept after this attempt before the next one
+    latency_s: float = field(default=0.0, compare=False)
+    waited_s: float = field(default=0.0, compare=False)  # backoff slept before the next try
 
     def __str__(self) -> str:
         return f"{self.provider}: {self.kind or 'ok'}"
@@ -94,7 +93,7 @@ class Router:
         analytics: ProviderAnalytics | None = None,
         health: HealthMonitor | None = None,
         clock: Clock | None = None,
-        ordering: Ordering = "auto",
+        ordering: Ordering = "given",
         single_flight: bool = True,
         quota_suspend_s: float = 3600.0,
         rng: random.Random | None = None,
@@ -102,7 +101,7 @@ class Router:
         self.providers = list(providers)
         self.limiter = limiter
         self.breakers = breakers
-        self.retry = retry or RetryPolicy()
+        self.retry = retry or RetryPolicy(max_attempts=1)  # bare router: no retries
         self.cache = cache
         self.analytics = analytics
         self.health = health or HealthMonitor()
@@ -216,7 +215,7 @@ class Router:
                 if self.limiter is not None and not _gates_itself(provider):
                     self.limiter.acquire(name)
                     start = self.clock.monotonic()  # queueing is not the provider's latency
-                result = self._call_guarded(provider, request, breaker)
+                result = self._call(provider, request, breaker)
             except (CircuitOpenError, QuotaExhaustedError) as exc:
                 # refused on our side (or a spent vendor quota): no retry, next provider
                 self._skip(tried, name, exc, number)
@@ -242,22 +241,6 @@ class Router:
             self._observe(name, None, latency)
             return result, None
         raise AssertionError("unreachable")  # pragma: no cover
-
-    def _call_guarded(
-        self, provider: Provider, request: BarRequest, breaker: CircuitBreaker | None
-    ) -> FetchResult:
-        """Call the provider; a bug in it becomes a `ProviderError`, so the next one is tried."""
-        try:
-            return self._call(provider, request, breaker)
-        except QuantiVistaError:
-            raise
-        except Exception as exc:
-            _log.warning("provider %s raised an unexpected error", provider.name, exc_info=True)
-            raise ProviderError(
-                f"{provider.name} failed unexpectedly: {type(exc).__name__}: {exc}",
-                provider=provider.name,
-                symbol=request.symbol,
-            ) from exc
 
     def _call(
         self, provider: Provider, request: BarRequest, breaker: CircuitBreaker | None
