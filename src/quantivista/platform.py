@@ -204,6 +204,8 @@ class Platform:
 
         `end` is inclusive (a date includes that whole day). Providers are tried in the
         given order per symbol, failing over on errors; the default is the configured one.
+        Calls go through the platform's rate limits, breakers, retries and response cache
+        (`settings.resilience`; `ordering="auto"` there ranks providers by cost and health).
         """
         names = list(providers) if providers else [self.settings.ingest.default_provider]
         router = self.router(names, ordering=self.settings.resilience.ordering)
