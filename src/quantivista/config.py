@@ -131,7 +131,8 @@ class ResilienceSettings(_Section):
     redis_prefix: str = "qv:ratelimit"
     limits: dict[str, list[str]] = Field(
         default_factory=_default_limits,
-        description='per provider, windows like "5/minute", "25/day", "1/second"',
+        description='per provider, windows like "5/minute", "25/day", "1/second"; merged '
+        "over the vendor defaults ([] = unlimited)",
     )
     max_wait_s: float = Field(
         default=120.0,
@@ -164,7 +165,8 @@ class ResilienceSettings(_Section):
                     Rate.parse(text)
                 except ConfigurationError as exc:
                     raise ValueError(str(exc)) from None
-        return {name.lower(): rates for name, rates in value.items()}
+        # vendors not named keep their defaults: an empty list lifts a limit on purpose
+        return {**_default_limits(), **{name.lower(): rates for name, rates in value.items()}}
 
 
 class ServiceSettings(_Section):

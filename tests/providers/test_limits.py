@@ -320,7 +320,10 @@ def test_settings_reject_a_bad_limit_string_up_front() -> None:
 
     with pytest.raises(ValidationError, match="5/fortnight"):
         ResilienceSettings(limits={"polygon": ["5/fortnight"]})
-    assert ResilienceSettings(limits={"Polygon": ["5/minute"]}).limits == {"polygon": ["5/minute"]}
+    limits = ResilienceSettings(limits={"Polygon": ["100/minute"], "stooq": []}).limits
+    assert limits["polygon"] == ["100/minute"]
+    assert limits["stooq"] == []  # lifted on purpose
+    assert limits["alpha_vantage"] == ["1/second", "5/minute", "25/day"]  # default kept
 
 
 @pytest.mark.redis
