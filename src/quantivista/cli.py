@@ -521,6 +521,11 @@ def providers() -> None:
         stats = (
             p.analytics.as_dict() if live else ProviderAnalytics.load(p.root / PROVIDER_STATS_FILE)
         )
+        if p.settings.resilience.backend == "redis":  # shared quota: live from any process
+            try:
+                console.print(_quota_table(p.limiter.usage_frame()))
+            except Exception as exc:  # Redis down must not hide the rest of the report
+                err_console.print(f"[yellow]cannot read the shared quota:[/] {exc}")
     if not stats or not stats.get("providers"):
         console.print("no provider calls recorded yet: run [bold]qv ingest[/] or [bold]qv demo[/]")
         return
@@ -549,6 +554,15 @@ def _providers_table(p: Platform) -> Table:
             str(caps.priority),
             ", ".join(limits.get(name, [])) or "none",
         )
+    return table
+
+
+def _quota_table(usage: pl.DataFrame) -> Table:
+    table = Table(title="shared rate-limit quota (live, Redis)", title_justify="left")
+    for col in usage.columns:
+        table.add_column(col, justify="right" if usage[col].dtype.is_numeric() else "left")
+    for row in usage.iter_rows():
+        table.add_row(*(f"{v:,.1f}" if isinstance(v, float) else str(v) for v in row))
     return table
 
 

@@ -180,3 +180,35 @@ def test_qv_providers_lists_capabilities_and_the_last_stats(
     assert out.exit_code == 0, out.output
     assert "last ingestion" in out.output
     assert "TransientProviderError=1" in out.output
+
+
+@pytest.mark.redis
+def test_qv_providers_shows_the_shared_quota_live_from_redis(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import uuid
+
+    from quantivista.clock import SystemClock
+    from quantivista.providers.limits import RedisBackend
+
+    prefix = f"qv-test:{uuid.uuid4().hex[:8]}"
+    worker = RateLimiter(
+        {"polygon": ["5/minute"]},
+        clock=SystemClock(),
+        backend=RedisBackend(redis_url, prefix=prefix),
+    )
+    worker.acquire("polygon")
+    worker.acquire("polygon")  # another process used two of polygon's five calls
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.setenv("QV_RESILIENCE__BACKEND", "redis")
+    monkeypatch.setenv("QV_RESILIENCE__REDIS_PREFIX", prefix)
+    monkeypatch.setenv("QV_RESILIENCE__MARGIN_S", "0")
+    try:
+        out = CliRunner().invoke(app, ["--data-dir", str(tmp_path / "d"), "providers"])
+    finally:
+        worker.reset()
+    assert out.exit_code == 0, out.output
+    assert "shared rate-limit quota" in out.output
+    line = next(x for x in out.output.splitlines() if "polygon" in x and "5/minute" in x)
+    cells = [c.strip() for c in line.split("│")[1:-1]]
+    assert cells[:5] == ["polygon", "5/minute", "5", "2", "3"]  # limit, used, left
