@@ -124,6 +124,7 @@ class Platform:
             provider.close()
         self._providers.clear()
         self.catalog.close()
+        self.limiter.close()
 
     def __enter__(self) -> Platform:
         return self

@@ -341,5 +341,6 @@ def test_redis_limiter_never_exceeds_any_window(
         grants = _run_schedule(limiter, clock, steps)
     finally:
         backend.reset()
+        limiter.close()
     for rate in windows:
         assert _max_in_window(grants, rate.period_s - 2e-6) <= rate.limit

@@ -249,6 +249,10 @@ class RedisBackend:
             out.append((int(count), max(float(resets), 0.0)))
         return out
 
+    def close(self) -> None:
+        """Release the connection pool."""
+        self._redis.close()
+
     def reset(self, provider: str | None = None) -> None:
         pattern = f"{self.prefix}:{provider or '*'}:*"
         keys = list(self._redis.scan_iter(match=pattern))
@@ -403,3 +407,9 @@ class RateLimiter:
     def reset(self, provider: str | None = None) -> None:
         """Forget recorded calls (of one provider, or all)."""
         self.backend.reset(provider.lower() if provider else None)
+
+    def close(self) -> None:
+        """Release the backend's connections (the memory backend has none)."""
+        close = getattr(self.backend, "close", None)
+        if callable(close):
+            close()
