@@ -83,9 +83,6 @@ class Platform:
         self.bronze = BronzeStore(root, settings.storage)
         self.catalog = Catalog(root / "catalog.sqlite")
         self.bus = InMemoryBus(dead_letters=self._dead_letter)
-        self._providers: dict[str, Provider] = {}
-        self._lock = threading.Lock()
-        self._writer: BarWriter | None = None
         # resilience around provider calls: one of each per platform, shared by its routers
         res = settings.resilience
         self.limiter = RateLimiter.from_settings(
@@ -95,6 +92,9 @@ class Platform:
         self.analytics = ProviderAnalytics(limiter=self.limiter, breakers=self.breakers)
         self.health = HealthMonitor()
         self.response_cache = ResponseCache.from_settings(res.cache) if res.cache.enabled else None
+        self._providers: dict[str, Provider] = {}
+        self._lock = threading.Lock()
+        self._writer: BarWriter | None = None
 
     # -- construction ----------------------------------------------------------------------
     @classmethod
