@@ -156,7 +156,10 @@ class MemoryBackend:
             if wait > 0:
                 return wait
             for log in logs:
-                log.extend([now] * cost)
+                # threads read the clock before taking the lock, so a later caller can carry
+                # an earlier `now`: keep each log sorted (the later stamp is the safe one)
+                stamp = max(now, log[-1]) if log else now
+                log.extend([stamp] * cost)
             return 0.0
 
     def usage(self, provider: str, rates: Sequence[Rate], now: float) -> list[tuple[int, float]]:
