@@ -744,6 +744,122 @@ def simulate_providers(
             console.print(sim.stats())
 
 
+# -- issue 3: provider resilience and analytics ------------------------------------------------
+@app.command()
+def providers() -> None:
+    """List registered providers, their capabilities and limits, and the latest call stats."""
+    from quantivista.platform import PROVIDER_STATS_FILE
+    from quantivista.providers.analytics import ProviderAnalytics
+
+    with _platform() as p:
+        console.print(_providers_table(p))
+        if p.registry.load_errors:
+            for name, error in sorted(p.registry.load_errors.items()):
+                err_console.print(f"[yellow]plug-in {name!r} failed to load:[/] {error}")
+        live = p.analytics.has_data
+        stats = (
+            p.analytics.as_dict() if live else ProviderAnalytics.load(p.root / PROVIDER_STATS_FILE)
+        )
+        if p.settings.resilience.backend == "redis":  # shared quota: live from any process
+            try:
+                console.print(_quota_table(p.limiter.usage_frame()))
+            except Exception as exc:  # Redis down must not hide the rest of the report
+                err_console.print(f"[yellow]cannot read the shared quota:[/] {exc}")
+    if not stats or not stats.get("providers"):
+        console.print("no provider calls recorded yet: run [bold]qv ingest[/] or [bold]qv demo[/]")
+        return
+    console.print(_provider_stats_table(stats, "live" if live else "last ingestion"))
+    if stats.get("transitions"):
+        console.print(_transitions_table(stats["transitions"]))
+
+
+def _providers_table(p: Platform) -> Table:
+    table = Table(title="registered providers", title_justify="left")
+    for col in ("provider", "timeframes", "assets", "prices", "realtime", "key", "cost/call"):
+        table.add_column(col)
+    table.add_column("priority", justify="right")
+    table.add_column("rate limits")
+    limits = p.settings.resilience.limits
+    for name in p.registry.names():
+        caps = p.registry.get(name).capabilities
+        table.add_row(
+            name,
+            " ".join(sorted(caps.timeframes, key=_timeframe_order)),
+            " ".join(sorted(a.value for a in caps.asset_classes)),
+            caps.adjustment.value,
+            "yes" if caps.realtime else "",
+            "needed" if caps.requires_key else "",
+            f"{caps.cost_per_call:g}" if caps.cost_per_call else "free",
+            str(caps.priority),
+            ", ".join(limits.get(name, [])) or "none",
+        )
+    return table
+
+
+def _quota_table(usage: pl.DataFrame) -> Table:
+    table = Table(title="shared rate-limit quota (live, Redis)", title_justify="left")
+    for col in usage.columns:
+        table.add_column(col, justify="right" if usage[col].dtype.is_numeric() else "left")
+    for row in usage.iter_rows():
+        table.add_row(*(f"{v:,.1f}" if isinstance(v, float) else str(v) for v in row))
+    return table
+
+
+def _timeframe_order(tf: str) -> tuple[int, int]:
+    from quantivista.model.timeframe import Timeframe
+
+    try:
+        return Timeframe.parse(tf).sort_key()
+    except QuantiVistaError:  # an odd timeframe string of a plug-in sorts last
+        return (1 << 30, 0)
+
+
+def _provider_stats_table(stats: dict[str, Any], label: str) -> Table:
+    table = Table(title=f"provider calls ({label})", title_justify="left")
+    table.add_column("provider")
+    for col in ("calls", "ok", "errors", "p50 ms", "p95 ms"):
+        table.add_column(col, justify="right")
+    for col in ("errors by kind", "breaker", "quota"):
+        table.add_column(col)
+
+    def ms(value: Any) -> str:
+        return "" if value is None else f"{1000 * float(value):,.1f}"
+
+    for row in stats["providers"]:
+        state = str(row["breaker"])
+        color = {"open": "red", "half_open": "yellow"}.get(state, "green")
+        table.add_row(
+            str(row["provider"]),
+            f"{row['calls']:,}",
+            f"{row['ok']:,}",
+            f"{row['errors']:,}",
+            ms(row["latency_p50_s"]),
+            ms(row["latency_p95_s"]),
+            str(row["errors_by_kind"]),
+            f"[{color}]{state}[/] ({row['transitions']} transitions)",
+            str(row["quota"]),
+        )
+    requests = stats.get("requests") or {}
+    if requests:
+        table.caption = "requests: " + ", ".join(f"{k} {v:,}" for k, v in sorted(requests.items()))
+    return table
+
+
+def _transitions_table(transitions: list[dict[str, Any]], limit: int = 20) -> Table:
+    table = Table(title="circuit breaker transitions (latest)", title_justify="left")
+    for col in ("at", "provider", "from", "to", "reason"):
+        table.add_column(col)
+    for t in transitions[-limit:]:
+        table.add_row(
+            str(t["at"])[:23],
+            str(t["provider"]),
+            str(t["from_state"]),
+            str(t["to_state"]),
+            str(t["reason"]),
+        )
+    return table
+
+
 def main() -> None:
     """Run the `qv` command line."""
     app()

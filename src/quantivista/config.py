@@ -24,11 +24,15 @@ from pydantic_settings import (
 from quantivista.errors import ConfigurationError
 
 __all__ = [
+    "BreakerSettings",
+    "CacheSettings",
     "IngestSettings",
     "ProviderEndpointSettings",
     "ProviderFaultSettings",
     "ProviderSettings",
     "RateWindow",
+    "ResilienceSettings",
+    "RetrySettings",
     "ServiceSettings",
     "Settings",
     "SimulatorServerSettings",
@@ -73,6 +77,104 @@ class SimulatorSettings(_Section):
     fault_rate: float = Field(
         default=0.0, ge=0.0, le=1.0, description="share of bars the synthetic provider damages"
     )
+
+
+def _default_limits() -> dict[str, list[str]]:
+    # free tiers from shared/research/providers.md; unknown limits get a conservative 1/second
+    return {
+        "alpha_vantage": ["1/second", "5/minute", "25/day"],
+        "finnhub": ["30/second", "60/minute"],
+        "polygon": ["5/minute"],
+        "tiingo": ["50/hour", "1000/day"],
+        "twelve_data": ["8/minute", "800/day"],
+        "iex_cloud": ["10/second"],
+        "fred": ["120/minute"],
+        "yahoo": ["1/second"],
+        "stooq": ["1/second"],
+    }
+
+
+class BreakerSettings(_Section):
+    """Circuit breaker per provider."""
+
+    failure_threshold: int = Field(default=5, ge=1, description="consecutive failures to open")
+    call_timeout_s: float = Field(default=10.0, gt=0, description="a call slower than this fails")
+    reset_timeout_s: float = Field(
+        default=30.0, ge=0, description="seconds open before one half-open probe is let through"
+    )
+
+
+class RetrySettings(_Section):
+    """Retries of one provider before the router fails over to the next."""
+
+    max_attempts: int = Field(
+        default=3, ge=1, le=20, description="calls per provider, first included"
+    )
+    base_delay_s: float = Field(default=0.5, ge=0, description="backoff before the 2nd call")
+    max_delay_s: float = Field(default=30.0, ge=0, description="cap of one backoff")
+    jitter: float = Field(default=0.5, ge=0, le=1, description="share of the delay randomized")
+    max_retry_after_s: float = Field(
+        default=60.0, ge=0, description="a longer Retry-After fails over instead of waiting"
+    )
+
+
+class CacheSettings(_Section):
+    """Response cache of the router, keyed by the provider-independent request."""
+
+    enabled: bool = True
+    max_entries: int = Field(default=1024, ge=0)
+    recent_ttl_s: float = Field(default=300.0, ge=0, description="TTL of recent data")
+    history_ttl_s: float = Field(default=7 * 86400.0, ge=0, description="TTL of settled history")
+    settled_after_days: int = Field(
+        default=3, ge=0, description="history ending this many days ago cannot change any more"
+    )
+
+
+class ResilienceSettings(_Section):
+    """Rate limits, circuit breakers, retries and caching around provider calls."""
+
+    backend: Literal["memory", "redis"] = Field(
+        default="memory", description="where rate-limit state lives (redis: shared by workers)"
+    )
+    redis_prefix: str = "qv:ratelimit"
+    limits: dict[str, list[str]] = Field(
+        default_factory=_default_limits,
+        description='per provider, windows like "5/minute", "25/day", "1/second"; merged '
+        "over the vendor defaults ([] = unlimited)",
+    )
+    max_wait_s: float = Field(
+        default=120.0,
+        ge=0,
+        description="a call queues this long for a token at most, then QuotaExhaustedError",
+    )
+    ordering: Literal["given", "auto"] = Field(
+        default="given",
+        description="given: providers named for a job are tried in that order; auto: free "
+        "before paid, by priority and health, load balanced among equals",
+    )
+    margin_s: float = Field(
+        default=0.1,
+        ge=0,
+        description="added to every window: calls reach the vendor a moment after the grant",
+    )
+    breaker: BreakerSettings = BreakerSettings()
+    retry: RetrySettings = RetrySettings()
+    cache: CacheSettings = CacheSettings()
+
+    @field_validator("limits")
+    @classmethod
+    def _check_limits(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        from quantivista.errors import ConfigurationError
+        from quantivista.providers.limits import Rate  # lazy: keeps config free of cycles
+
+        for rates in value.values():
+            for text in rates:
+                try:
+                    Rate.parse(text)
+                except ConfigurationError as exc:
+                    raise ValueError(str(exc)) from None
+        # vendors not named keep their defaults: an empty list lifts a limit on purpose
+        return {**_default_limits(), **{name.lower(): rates for name, rates in value.items()}}
 
 
 class ServiceSettings(_Section):
@@ -211,6 +313,7 @@ class Settings(BaseSettings):
     storage: StorageSettings = StorageSettings()
     ingest: IngestSettings = IngestSettings()
     simulator: SimulatorSettings = SimulatorSettings()
+    resilience: ResilienceSettings = ResilienceSettings()
     services: ServiceSettings = ServiceSettings()
     providers: ProviderSettings = ProviderSettings()
     simulator_server: SimulatorServerSettings = SimulatorServerSettings()

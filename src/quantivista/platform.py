@@ -6,7 +6,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import polars as pl
 
@@ -23,8 +23,14 @@ from quantivista.model.schema import FrameLike, coerce_actions
 from quantivista.model.timeframe import Timeframe, TimeframeLike
 from quantivista.pipeline.ingest import Ingestor, Progress, new_job_id
 from quantivista.pipeline.writer import BarWriter
+from quantivista.providers.analytics import ProviderAnalytics
 from quantivista.providers.base import Provider, request_range
+from quantivista.providers.breaker import Breakers
+from quantivista.providers.cache import ResponseCache
+from quantivista.providers.health import HealthMonitor
+from quantivista.providers.limits import RateLimiter
 from quantivista.providers.registry import ProviderRegistry, default_registry
+from quantivista.providers.retry import RetryPolicy
 from quantivista.providers.router import Router
 from quantivista.quality.validate import Validator
 from quantivista.reference.calendars import TradingCalendar, get_calendar
@@ -36,7 +42,9 @@ from quantivista.storage.lake import ParquetLake
 from quantivista.storage.quarantine import QuarantineStore
 from quantivista.timeutil import DateLike
 
-__all__ = ["Platform"]
+__all__ = ["PROVIDER_STATS_FILE", "Platform"]
+
+PROVIDER_STATS_FILE = "provider-stats.json"
 
 Symbols = str | Sequence[str]
 
@@ -79,6 +87,15 @@ class Platform:
         self.bronze = BronzeStore(root, settings.storage)
         self.catalog = Catalog(root / "catalog.sqlite")
         self.bus = InMemoryBus(dead_letters=self._dead_letter)
+        # resilience around provider calls: one of each per platform, shared by its routers
+        res = settings.resilience
+        self.limiter = RateLimiter.from_settings(
+            res, self.clock, redis_url=settings.services.redis_url
+        )
+        self.breakers = Breakers.from_settings(res.breaker, self.clock)
+        self.analytics = ProviderAnalytics(limiter=self.limiter, breakers=self.breakers)
+        self.health = HealthMonitor()
+        self.response_cache = ResponseCache.from_settings(res.cache) if res.cache.enabled else None
         self._providers: dict[str, Provider] = {}
         self._lock = threading.Lock()
         self._writer: BarWriter | None = None
@@ -115,6 +132,7 @@ class Platform:
             provider.close()
         self._providers.clear()
         self.catalog.close()
+        self.limiter.close()
 
     def __enter__(self) -> Platform:
         return self
@@ -140,8 +158,30 @@ class Platform:
         key = name.lower()
         with self._lock:
             if key not in self._providers:
-                self._providers[key] = self.registry.create(key, self.settings, self.clock)
+                provider = self.registry.create(key, self.settings, self.clock)
+                if hasattr(provider, "gate") and provider.gate is None:
+                    provider.gate = self.limiter  # HTTP clients pass every request through it
+                self._providers[key] = provider
             return self._providers[key]
+
+    def router(
+        self, names: Sequence[str], *, ordering: Literal["auto", "given"] = "auto"
+    ) -> Router:
+        """Return a router over the named providers with this platform's resilience parts.
+
+        Limits, breakers, cache, health and analytics are shared by every router it builds.
+        """
+        return Router(
+            [self.provider(n) for n in names],
+            limiter=self.limiter,
+            breakers=self.breakers,
+            retry=RetryPolicy.from_settings(self.settings.resilience.retry),
+            cache=self.response_cache,
+            analytics=self.analytics,
+            health=self.health,
+            clock=self.clock,
+            ordering=ordering,
+        )
 
     @property
     def writer(self) -> BarWriter:
@@ -173,9 +213,11 @@ class Platform:
 
         `end` is inclusive (a date includes that whole day). Providers are tried in the
         given order per symbol, failing over on errors; the default is the configured one.
+        Calls go through the platform's rate limits, breakers, retries and response cache
+        (`settings.resilience`; `ordering="auto"` there ranks providers by cost and health).
         """
         names = list(providers) if providers else [self.settings.ingest.default_provider]
-        router = Router([self.provider(n) for n in names])
+        router = self.router(names, ordering=self.settings.resilience.ordering)
         lo, hi = request_range(start, end)
         ingestor = Ingestor(
             self.writer,
@@ -187,9 +229,12 @@ class Platform:
             symbols_per_batch=self.settings.ingest.symbols_per_batch,
             fetch_concurrency=self.settings.ingest.fetch_concurrency,
         )
-        return ingestor.run(
-            router, _symbol_list(symbols), lo, hi, Timeframe.parse(timeframe), progress=progress
-        )
+        try:
+            return ingestor.run(
+                router, _symbol_list(symbols), lo, hi, Timeframe.parse(timeframe), progress=progress
+            )
+        finally:  # `qv providers` shows the last stats from another process
+            self.analytics.save(self.root / PROVIDER_STATS_FILE)
 
     def write_bars(
         self, frame: FrameLike, source: str = "user", timeframe: TimeframeLike | None = None

@@ -1,0 +1,418 @@
+"""Rate limits per provider: several windows at once, callers queue instead of failing.
+
+A `RateLimiter` holds, per provider, a list of `Rate`s ("5/minute", "25/day", "1/second").
+`acquire(provider)` blocks (sleeping through the injected `Clock`) until every window has
+room, and raises `QuotaExhaustedError` only when the wait would exceed `max_wait_s` (a spent
+daily quota). Windows are sliding logs: at no instant does any window of length `period`
+hold more than `limit` calls, which is the strictest reading of a vendor's limit (a token
+bucket or GCRA would let up to twice the limit through across a window edge).
+
+State lives in a backend: `MemoryBackend` (one process, thread-safe) or `RedisBackend` (one
+atomic Lua script, so several worker processes share one quota).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+import uuid
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import polars as pl
+
+from quantivista.errors import ConfigurationError, InvalidInputError, QuotaExhaustedError
+
+if TYPE_CHECKING:
+    from quantivista.clock import Clock
+    from quantivista.config import ResilienceSettings
+
+__all__ = [
+    "LimiterBackend",
+    "MemoryBackend",
+    "Rate",
+    "RateLimiter",
+    "RedisBackend",
+    "WindowUsage",
+]
+
+_UNITS = {
+    "s": 1.0,
+    "sec": 1.0,
+    "second": 1.0,
+    "m": 60.0,
+    "min": 60.0,
+    "minute": 60.0,
+    "h": 3600.0,
+    "hour": 3600.0,
+    "d": 86400.0,
+    "day": 86400.0,
+    "w": 604800.0,
+    "week": 604800.0,
+}
+_RATE_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d*\.?\d*)\s*([a-z]+?)s?\s*$")
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """At most `limit` calls in any window of `period_s` seconds."""
+
+    limit: int
+    period_s: float
+
+    def __post_init__(self) -> None:
+        if self.limit < 1 or self.period_s <= 0:
+            raise ConfigurationError(
+                "a rate needs limit >= 1 and a positive period", rate=str(self)
+            )
+
+    @classmethod
+    def parse(cls, text: str) -> Rate:
+        """Parse "N/period": "5/minute", "25/day", "1/second", "50/hour", "100/10s"."""
+        match = _RATE_RE.match(text.lower())
+        unit = _UNITS.get(match.group(3)) if match else None
+        if match is None or unit is None:
+            raise ConfigurationError(
+                'cannot parse rate limit, expected "N/period" like "5/minute"', rate=text
+            )
+        multiple = float(match.group(2)) if match.group(2) else 1.0
+        return cls(int(match.group(1)), multiple * unit)
+
+    def __str__(self) -> str:
+        for name in ("week", "day", "hour", "minute", "second"):
+            if self.period_s == _UNITS[name]:
+                return f"{self.limit}/{name}"
+        return f"{self.limit}/{self.period_s:g}s"
+
+
+@dataclass(frozen=True, slots=True)
+class WindowUsage:
+    """How much of one window is used right now."""
+
+    provider: str
+    rate: Rate
+    used: int
+    left: int
+    resets_in_s: float  # until the oldest call in the window leaves it (0 when empty)
+
+
+class LimiterBackend(Protocol):
+    """Where the sliding logs live. `now` is seconds on the backend's time line."""
+
+    shared: bool  # True: state is shared across processes, so `now` must be wall-clock time
+
+    def try_acquire(self, provider: str, rates: Sequence[Rate], now: float, cost: int) -> float:
+        """Record `cost` calls if every window has room and return 0, else the wait in s."""
+        ...
+
+    def usage(self, provider: str, rates: Sequence[Rate], now: float) -> list[tuple[int, float]]:
+        """Return (used, seconds until the oldest entry expires) per rate."""
+        ...
+
+    def reset(self, provider: str | None = None) -> None:
+        """Forget recorded calls (of one provider, or all)."""
+        ...
+
+
+def _wait_for(log: Sequence[float], rate: Rate, now: float, cost: int) -> float:
+    """Seconds until `cost` more calls fit in `log` (sorted, already pruned)."""
+    excess = len(log) + cost - rate.limit
+    if excess <= 0:
+        return 0.0
+    # the call at index excess-1 must leave the window before there is room; float rounding
+    # can make that difference 0 while the call is still inside, hence the floor
+    return max(log[excess - 1] + rate.period_s - now, _MIN_WAIT_S)
+
+
+_MIN_WAIT_S = 1e-6
+
+
+class MemoryBackend:
+    """Sliding logs in this process; a lock makes check-and-record atomic across threads."""
+
+    shared = False
+
+    def __init__(self) -> None:
+        self._logs: dict[tuple[str, Rate], deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def _log(self, provider: str, rate: Rate, now: float) -> deque[float]:
+        log = self._logs.setdefault((provider, rate), deque())
+        horizon = now - rate.period_s
+        while log and log[0] <= horizon:
+            log.popleft()
+        return log
+
+    def try_acquire(self, provider: str, rates: Sequence[Rate], now: float, cost: int) -> float:
+        with self._lock:
+            logs = [self._log(provider, r, now) for r in rates]
+            wait = max(
+                (_wait_for(log, r, now, cost) for log, r in zip(logs, rates, strict=True)),
+                default=0.0,
+            )
+            if wait > 0:
+                return wait
+            for log in logs:
+                # threads read the clock before taking the lock, so a later caller can carry
+                # an earlier `now`: keep each log sorted (the later stamp is the safe one)
+                stamp = max(now, log[-1]) if log else now
+                log.extend([stamp] * cost)
+            return 0.0
+
+    def usage(self, provider: str, rates: Sequence[Rate], now: float) -> list[tuple[int, float]]:
+        with self._lock:
+            out = []
+            for rate in rates:
+                log = self._log(provider, rate, now)
+                out.append((len(log), log[0] + rate.period_s - now if log else 0.0))
+            return out
+
+    def reset(self, provider: str | None = None) -> None:
+        with self._lock:
+            for key in [k for k in self._logs if provider is None or k[0] == provider]:
+                del self._logs[key]
+
+
+# KEYS: one sorted set per window. ARGV: now, cost, member prefix, then (limit, period) pairs.
+# Returns "0" when recorded, else the wait in seconds as a string (Lua numbers become ints).
+_ACQUIRE_LUA = """
+local now = tonumber(ARGV[1])
+local cost = tonumber(ARGV[2])
+local wait = 0
+for i, key in ipairs(KEYS) do
+  local limit = tonumber(ARGV[2 + 2 * i])
+  local period = tonumber(ARGV[3 + 2 * i])
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - period)
+  local excess = redis.call('ZCARD', key) + cost - limit
+  if excess > 0 then
+    local entry = redis.call('ZRANGE', key, excess - 1, excess - 1, 'WITHSCORES')
+    local w = math.max(tonumber(entry[2]) + period - now, 0.000001)
+    if w > wait then wait = w end
+  end
+end
+if wait > 0 then return tostring(wait) end
+for i, key in ipairs(KEYS) do
+  local period = tonumber(ARGV[3 + 2 * i])
+  for j = 1, cost do
+    redis.call('ZADD', key, now, ARGV[3] .. ':' .. j)
+  end
+  redis.call('PEXPIRE', key, math.ceil(period * 1000) + 1000)
+end
+return '0'
+"""
+
+
+class RedisBackend:
+    """Sliding logs in Redis sorted sets, checked and recorded by one Lua script (atomic).
+
+    Time comes from the callers' clocks (wall time), so workers need synchronized clocks
+    (NTP); a skew of a few milliseconds only shifts a window edge by as much.
+    """
+
+    shared = True
+
+    def __init__(self, url: str, *, prefix: str = "qv:ratelimit", client: Any = None) -> None:
+        if client is None:
+            try:
+                import redis
+            except ImportError as exc:  # pragma: no cover - depends on the install
+                raise ConfigurationError(
+                    "the redis rate-limit backend needs the redis client: "
+                    "pip install 'quantivista[redis]'"
+                ) from exc
+            client = redis.Redis.from_url(url)
+        self._redis = client
+        self.prefix = prefix
+        self._script = client.register_script(_ACQUIRE_LUA)
+
+    def _key(self, provider: str, rate: Rate) -> str:
+        return f"{self.prefix}:{provider}:{rate.limit}/{rate.period_s:g}"
+
+    def try_acquire(self, provider: str, rates: Sequence[Rate], now: float, cost: int) -> float:
+        if not rates:
+            return 0.0
+        args: list[Any] = [repr(now), cost, uuid.uuid4().hex]
+        for rate in rates:
+            args += [rate.limit, repr(rate.period_s)]
+        result = self._script(keys=[self._key(provider, r) for r in rates], args=args)
+        return float(result)
+
+    def usage(self, provider: str, rates: Sequence[Rate], now: float) -> list[tuple[int, float]]:
+        out = []
+        for rate in rates:
+            key = self._key(provider, rate)
+            pipe = self._redis.pipeline()
+            pipe.zcount(key, f"({now - rate.period_s!r}", "+inf")
+            pipe.zrangebyscore(key, f"({now - rate.period_s!r}", "+inf", 0, 1, withscores=True)
+            count, oldest = pipe.execute()
+            resets = oldest[0][1] + rate.period_s - now if oldest else 0.0
+            out.append((int(count), max(float(resets), 0.0)))
+        return out
+
+    def close(self) -> None:
+        """Release the connection pool."""
+        self._redis.close()
+
+    def reset(self, provider: str | None = None) -> None:
+        pattern = f"{self.prefix}:{provider or '*'}:*"
+        keys = list(self._redis.scan_iter(match=pattern))
+        if keys:
+            self._redis.delete(*keys)
+
+
+class RateLimiter:
+    """Per-provider multi-window rate limiting; `acquire` is the `CallGate` contract.
+
+    **Usage:**
+
+        limiter = RateLimiter({"alpha_vantage": ["5/minute", "25/day"]}, clock=SystemClock())
+        limiter.acquire("alpha_vantage")   # sleeps until a call is allowed
+    """
+
+    def __init__(
+        self,
+        limits: Mapping[str, Iterable[str | Rate]],
+        *,
+        clock: Clock,
+        backend: LimiterBackend | None = None,
+        max_wait_s: float = 120.0,
+        margin_s: float = 0.0,
+    ) -> None:
+        self.clock = clock
+        self.backend: LimiterBackend = backend or MemoryBackend()
+        self.max_wait_s = max_wait_s
+        self.margin_s = margin_s
+        self._rates: dict[str, tuple[Rate, ...]] = {}
+        self._windows: dict[str, tuple[Rate, ...]] = {}
+        for provider, rates in limits.items():
+            self.set_limits(provider, rates)
+
+    @classmethod
+    def from_settings(
+        cls, settings: ResilienceSettings, clock: Clock, *, redis_url: str | None = None
+    ) -> RateLimiter:
+        """Build the limiter (and its backend) from `settings.resilience`."""
+        backend: LimiterBackend
+        if settings.backend == "redis":
+            if not redis_url:
+                raise ConfigurationError("the redis rate-limit backend needs a redis URL")
+            backend = RedisBackend(redis_url, prefix=settings.redis_prefix)
+        else:
+            backend = MemoryBackend()
+        return cls(
+            settings.limits,
+            clock=clock,
+            backend=backend,
+            max_wait_s=settings.max_wait_s,
+            margin_s=settings.margin_s,
+        )
+
+    def set_limits(self, provider: str, rates: Iterable[str | Rate]) -> None:
+        """Replace the windows of `provider` (an empty list means unlimited)."""
+        parsed = [r if isinstance(r, Rate) else Rate.parse(r) for r in rates]
+        ordered = tuple(sorted(parsed, key=lambda r: r.period_s))
+        self._rates[provider.lower()] = ordered
+        # the windows enforced are a little longer than the vendor's: a granted call reaches
+        # the vendor a moment later, and that moment varies (threads, connection set-up)
+        self._windows[provider.lower()] = tuple(
+            Rate(r.limit, r.period_s + self.margin_s) for r in ordered
+        )
+
+    def rates(self, provider: str) -> tuple[Rate, ...]:
+        """Return the windows of `provider` (empty: unlimited)."""
+        return self._rates.get(provider.lower(), ())
+
+    @property
+    def providers(self) -> list[str]:
+        """Return the providers that have limits, sorted."""
+        return sorted(p for p, r in self._rates.items() if r)
+
+    def _now(self) -> float:
+        # a shared backend compares times across processes: only wall time works there
+        return self.clock.now().timestamp() if self.backend.shared else self.clock.monotonic()
+
+    def try_acquire(self, provider: str, cost: int = 1) -> float:
+        """Take `cost` calls now if allowed and return 0; else return the wait in seconds."""
+        rates = self._windows.get(provider.lower(), ())
+        if not rates:
+            return 0.0
+        if cost < 1:
+            raise InvalidInputError("cost must be at least 1", cost=cost)
+        too_big = [str(r) for r in rates if cost > r.limit]
+        if too_big:
+            raise InvalidInputError(
+                "a call costs more than a whole window allows", provider=provider, rates=too_big
+            )
+        return self.backend.try_acquire(provider.lower(), rates, self._now(), cost)
+
+    def acquire(self, provider: str, cost: int = 1) -> None:
+        """Block until `cost` calls to `provider` are allowed, then record them.
+
+        Raises `QuotaExhaustedError` (with `retry_after_s`) without waiting when the next
+        free slot is further away than `max_wait_s`, e.g. a spent daily quota.
+        """
+        waited = 0.0
+        while True:
+            wait = self.try_acquire(provider, cost)
+            if wait <= 0:
+                return
+            if waited + wait > self.max_wait_s:
+                raise QuotaExhaustedError(
+                    "rate-limit quota used up; the next call is allowed later than max_wait_s",
+                    provider=provider,
+                    retry_after_s=round(wait, 3),
+                    max_wait_s=self.max_wait_s,
+                )
+            # round up to whole microseconds: clocks built on datetime cannot sleep less
+            step = max(math.ceil(wait * 1e6) / 1e6, 1e-6)
+            self.clock.sleep(step)
+            waited += step
+
+    def usage(self, provider: str | None = None) -> list[WindowUsage]:
+        """Return used and left calls per window (of one provider, or all with limits)."""
+        names = [provider.lower()] if provider else self.providers
+        out: list[WindowUsage] = []
+        now = self._now()
+        for name in names:
+            rates = self.rates(name)
+            windows = self._windows.get(name, ())
+            for rate, (used, resets) in zip(
+                rates, self.backend.usage(name, windows, now), strict=True
+            ):
+                out.append(WindowUsage(name, rate, used, max(rate.limit - used, 0), resets))
+        return out
+
+    def usage_frame(self) -> pl.DataFrame:
+        """Return `usage()` as a frame: provider, window, limit, used, left, resets_in_s."""
+        rows = self.usage()
+        return pl.DataFrame(
+            {
+                "provider": [u.provider for u in rows],
+                "window": [str(u.rate) for u in rows],
+                "limit": [u.rate.limit for u in rows],
+                "used": [u.used for u in rows],
+                "left": [u.left for u in rows],
+                "resets_in_s": [u.resets_in_s for u in rows],
+            },
+            schema={
+                "provider": pl.String,
+                "window": pl.String,
+                "limit": pl.Int64,
+                "used": pl.Int64,
+                "left": pl.Int64,
+                "resets_in_s": pl.Float64,
+            },
+        )
+
+    def reset(self, provider: str | None = None) -> None:
+        """Forget recorded calls (of one provider, or all)."""
+        self.backend.reset(provider.lower() if provider else None)
+
+    def close(self) -> None:
+        """Release the backend's connections (the memory backend has none)."""
+        close = getattr(self.backend, "close", None)
+        if callable(close):
+            close()

@@ -1,0 +1,346 @@
+"""Rate limiter: window parsing, queueing through the clock, quotas, in-memory and Redis."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import uuid
+from bisect import bisect_right
+from collections.abc import Sequence
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from quantivista.clock import SystemClock, TestClock
+from quantivista.config import ResilienceSettings
+from quantivista.errors import ConfigurationError, InvalidInputError, QuotaExhaustedError
+from quantivista.providers.limits import MemoryBackend, Rate, RateLimiter, RedisBackend
+
+
+def _max_in_window(times: list[float], period: float) -> int:
+    """Return the largest number of times inside any half-open window (t - period, t]."""
+    times = sorted(times)
+    best = 0
+    for t in times:  # the fullest window ends at some grant time
+        best = max(best, bisect_right(times, t) - bisect_right(times, t - period))
+    return best
+
+
+# -- parsing -----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("text", "limit", "period"),
+    [
+        ("5/minute", 5, 60.0),
+        ("25/day", 25, 86400.0),
+        ("1/second", 1, 1.0),
+        ("50/hour", 50, 3600.0),
+        ("100/10s", 100, 10.0),
+        ("8 / minutes", 8, 60.0),
+        ("4/0.5s", 4, 0.5),
+    ],
+)
+def test_rate_parse_reads_count_and_period(text: str, limit: int, period: float) -> None:
+    assert Rate.parse(text) == Rate(limit, period)
+
+
+@pytest.mark.parametrize("text", ["", "5", "5/fortnight", "x/minute", "0/minute", "5/0s"])
+def test_rate_parse_rejects_garbage(text: str) -> None:
+    with pytest.raises(ConfigurationError):
+        Rate.parse(text)
+
+
+def test_rate_str_round_trips() -> None:
+    for text in ["5/minute", "25/day", "1/second", "50/hour", "100/10s"]:
+        assert str(Rate.parse(text)) == text
+
+
+# -- in-memory behaviour ---------------------------------------------------------------------
+def test_acquire_queues_until_the_minute_window_has_room() -> None:
+    clock = TestClock()
+    limiter = RateLimiter({"polygon": ["5/minute"]}, clock=clock)
+    start = clock.monotonic()
+    for _ in range(5):
+        limiter.acquire("polygon")
+    assert clock.monotonic() == start  # the first five go through at once
+    limiter.acquire("polygon")
+    assert clock.monotonic() - start == pytest.approx(60.0, abs=1e-5)
+
+
+def test_burst_window_spaces_calls_one_second_apart() -> None:
+    clock = TestClock()
+    limiter = RateLimiter({"av": ["1/second", "5/minute"]}, clock=clock)
+    times = []
+    for _ in range(6):
+        limiter.acquire("av")
+        times.append(clock.monotonic())
+    assert times[:5] == pytest.approx([0, 1, 2, 3, 4], abs=1e-5)
+    assert times[5] == pytest.approx(60.0, abs=1e-5)
+
+
+def test_spent_daily_quota_raises_without_sleeping() -> None:
+    clock = TestClock()
+    limiter = RateLimiter({"av": ["25/day"]}, clock=clock, max_wait_s=120)
+    for _ in range(25):
+        limiter.acquire("av")
+    before = clock.monotonic()
+    with pytest.raises(QuotaExhaustedError) as info:
+        limiter.acquire("av")
+    assert clock.monotonic() == before
+    assert info.value.provider == "av"
+    assert info.value.context["retry_after_s"] == pytest.approx(86400.0, abs=1e-3)
+    clock.advance(86400)
+    limiter.acquire("av")  # the day has passed: the window has room again
+
+
+def test_unlimited_provider_never_waits() -> None:
+    clock = TestClock()
+    limiter = RateLimiter({"polygon": ["5/minute"]}, clock=clock)
+    for _ in range(1000):
+        limiter.acquire("synthetic")
+    assert clock.monotonic() == 0
+
+
+def test_cost_counts_several_calls_and_too_big_cost_is_rejected() -> None:
+    clock = TestClock()
+    limiter = RateLimiter({"finnhub": ["60/minute"]}, clock=clock)
+    limiter.acquire("finnhub", cost=10)
+    assert limiter.usage("finnhub")[0].used == 10
+    with pytest.raises(InvalidInputError):
+        limiter.acquire("finnhub", cost=61)
+    with pytest.raises(InvalidInputError):
+        limiter.acquire("finnhub", cost=0)
+
+
+def test_usage_reports_used_left_and_reset_per_window() -> None:
+    clock = TestClock()
+    limiter = RateLimiter({"av": ["5/minute", "25/day"]}, clock=clock)
+    for _ in range(3):
+        limiter.acquire("av")
+    clock.advance(10)
+    minute, day = limiter.usage("av")
+    assert (minute.used, minute.left, minute.resets_in_s) == (3, 2, pytest.approx(50.0))
+    assert (day.used, day.left) == (3, 22)
+    frame = limiter.usage_frame()
+    assert frame.columns == ["provider", "window", "limit", "used", "left", "resets_in_s"]
+    assert frame.filter(frame["window"] == "25/day")["left"].to_list() == [22]
+    limiter.reset("av")
+    assert limiter.usage("av")[0].used == 0
+
+
+def test_from_settings_uses_vendor_defaults() -> None:
+    limiter = RateLimiter.from_settings(ResilienceSettings(), TestClock())
+    assert [str(r) for r in limiter.rates("alpha_vantage")] == ["1/second", "5/minute", "25/day"]
+    assert [str(r) for r in limiter.rates("polygon")] == ["5/minute"]
+    assert isinstance(limiter.backend, MemoryBackend)
+
+
+def test_threads_share_one_quota_without_exceeding_it() -> None:
+    clock = TestClock()
+    limiter = RateLimiter({"p": ["3/second", "10/minute"]}, clock=clock)
+    grants: list[float] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        for _ in range(5):
+            limiter.acquire("p")
+            with lock:
+                grants.append(clock.monotonic())
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(grants) == 20
+    # 20 calls at 10 per minute: the last ten had to wait for the first minute to pass
+    assert clock.monotonic() >= 60.0
+    assert limiter.usage("p")[1].used <= 10
+
+
+SCHEDULES = st.lists(
+    st.tuples(st.floats(min_value=0, max_value=30), st.integers(min_value=1, max_value=3)),
+    min_size=1,
+    max_size=60,
+)
+WINDOWS = st.lists(
+    st.tuples(st.integers(3, 6), st.sampled_from([1.0, 2.5, 10.0, 60.0])),
+    min_size=1,
+    max_size=3,
+)
+
+
+def _run_schedule(
+    limiter: RateLimiter, clock: TestClock, steps: list[tuple[float, int]]
+) -> list[float]:
+    grants: list[float] = []
+    for gap, cost in steps:
+        clock.advance(gap)
+        limiter.acquire("p", cost)
+        grants.extend([clock.now().timestamp()] * cost)
+    return grants
+
+
+@settings(max_examples=60, deadline=None)
+@given(steps=SCHEDULES, rates=WINDOWS)
+def test_limiter_never_exceeds_any_window(
+    steps: list[tuple[float, int]], rates: list[tuple[int, float]]
+) -> None:
+    clock = TestClock()
+    windows = [Rate(limit, period) for limit, period in rates]
+    limiter = RateLimiter({"p": windows}, clock=clock, max_wait_s=1e9)
+    grants = _run_schedule(limiter, clock, steps)
+    for rate in windows:
+        # datetimes carry microseconds: allow that much rounding at the window edge
+        assert _max_in_window(grants, rate.period_s - 2e-6) <= rate.limit
+
+
+class _RecordingBackend(MemoryBackend):
+    """Remembers the time of every granted call, as the backend saw it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.granted: list[float] = []
+
+    def try_acquire(self, provider: str, rates: Sequence[Rate], now: float, cost: int) -> float:
+        wait = super().try_acquire(provider, rates, now, cost)
+        if wait == 0:
+            self.granted.extend([now] * cost)
+        return wait
+
+
+def test_real_threads_on_the_real_clock_never_exceed_the_window() -> None:
+    backend = _RecordingBackend()
+    limiter = RateLimiter({"p": ["5/0.2s"]}, clock=SystemClock(), backend=backend)
+
+    def worker() -> None:
+        for _ in range(6):
+            limiter.acquire("p")
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(backend.granted) == 24
+    assert _max_in_window(backend.granted, 0.2) <= 5
+
+
+# -- Redis -------------------------------------------------------------------------------------
+@pytest.fixture
+def redis_prefix(redis_url: str) -> str:
+    import redis
+
+    prefix = f"qv-test:{uuid.uuid4().hex[:8]}"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(match=f"{prefix}:*"))
+    if keys:
+        client.delete(*keys)
+
+
+@pytest.mark.redis
+def test_redis_backend_queues_and_reports_like_memory(redis_url: str, redis_prefix: str) -> None:
+    clock = TestClock()
+    backend = RedisBackend(redis_url, prefix=redis_prefix)
+    limiter = RateLimiter({"polygon": ["5/minute", "7/day"]}, clock=clock, backend=backend)
+    for _ in range(5):
+        limiter.acquire("polygon")
+    assert clock.monotonic() == 0
+    limiter.acquire("polygon")
+    assert clock.monotonic() == pytest.approx(60.0, abs=1e-3)
+    minute, day = limiter.usage("polygon")
+    assert (minute.used, minute.left, day.used, day.left) == (1, 4, 6, 1)
+    limiter.acquire("polygon")
+    with pytest.raises(QuotaExhaustedError):
+        limiter.acquire("polygon")
+    limiter.reset("polygon")
+    assert limiter.usage("polygon")[1].used == 0
+
+
+@pytest.mark.redis
+def test_redis_limiters_in_one_process_share_the_quota(redis_url: str, redis_prefix: str) -> None:
+    clock = TestClock()
+    a = RateLimiter(
+        {"p": ["3/day"]}, clock=clock, backend=RedisBackend(redis_url, prefix=redis_prefix)
+    )
+    b = RateLimiter(
+        {"p": ["3/day"]}, clock=clock, backend=RedisBackend(redis_url, prefix=redis_prefix)
+    )
+    a.acquire("p")
+    b.acquire("p")
+    a.acquire("p")
+    with pytest.raises(QuotaExhaustedError):
+        b.acquire("p")
+
+
+def _redis_worker(url: str, prefix: str, calls: int) -> None:
+    limiter = RateLimiter(
+        {"p": ["4/0.5s", "1000/hour"]},
+        clock=SystemClock(),
+        backend=RedisBackend(url, prefix=prefix),
+        max_wait_s=30,
+    )
+    for _ in range(calls):
+        limiter.acquire("p")
+
+
+@pytest.mark.redis
+def test_two_processes_never_exceed_one_shared_quota(redis_url: str, redis_prefix: str) -> None:
+    import redis
+
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_redis_worker, args=(redis_url, redis_prefix, 8)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=30)
+        assert p.exitcode == 0
+    # the hour window keeps every grant's timestamp: check the half-second window on them
+    client = redis.Redis.from_url(redis_url)
+    hour_key = f"{redis_prefix}:p:1000/3600"
+    times = [score for _, score in client.zrange(hour_key, 0, -1, withscores=True)]
+    assert len(times) == 16
+    assert _max_in_window(times, 0.5) <= 4
+    assert max(times) - min(times) >= 1.5  # 16 calls at 4 per half second need >= 1.5 s
+
+
+def test_margin_lengthens_every_window_but_reports_the_vendor_rate() -> None:
+    clock = TestClock()
+    limiter = RateLimiter({"polygon": ["5/minute"]}, clock=clock, margin_s=0.1)
+    for _ in range(6):
+        limiter.acquire("polygon")
+    assert clock.monotonic() == pytest.approx(60.1, abs=1e-5)
+    (usage,) = limiter.usage("polygon")
+    assert (str(usage.rate), usage.used, usage.left) == ("5/minute", 1, 4)
+
+
+def test_settings_reject_a_bad_limit_string_up_front() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="5/fortnight"):
+        ResilienceSettings(limits={"polygon": ["5/fortnight"]})
+    limits = ResilienceSettings(limits={"Polygon": ["100/minute"], "stooq": []}).limits
+    assert limits["polygon"] == ["100/minute"]
+    assert limits["stooq"] == []  # lifted on purpose
+    assert limits["alpha_vantage"] == ["1/second", "5/minute", "25/day"]  # default kept
+
+
+@pytest.mark.redis
+@settings(max_examples=15, deadline=None)
+@given(steps=SCHEDULES, rates=WINDOWS)
+def test_redis_limiter_never_exceeds_any_window(
+    redis_url: str, steps: list[tuple[float, int]], rates: list[tuple[int, float]]
+) -> None:
+    prefix = f"qv-test:{uuid.uuid4().hex[:8]}"
+    backend = RedisBackend(redis_url, prefix=prefix)
+    clock = TestClock()
+    windows = [Rate(limit, period) for limit, period in rates]
+    limiter = RateLimiter({"p": windows}, clock=clock, backend=backend, max_wait_s=1e9)
+    try:
+        grants = _run_schedule(limiter, clock, steps)
+    finally:
+        backend.reset()
+        limiter.close()
+    for rate in windows:
+        assert _max_in_window(grants, rate.period_s - 2e-6) <= rate.limit
