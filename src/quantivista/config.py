@@ -36,7 +36,7 @@ class _Section(BaseModel):
 class StorageSettings(_Section):
     """Where and how bars are kept."""
 
-    backend: Literal["lake"] = "lake"
+    backend: Literal["lake", "postgres"] = "lake"
     compression: Literal["zstd", "snappy", "lz4", "gzip", "none"] = "zstd"
     compression_level: int = Field(default=3, ge=1, le=22)
     fsync: bool = Field(
@@ -46,6 +46,12 @@ class StorageSettings(_Section):
     write_threads: int | None = Field(
         default=None, ge=1, le=64, description="parallel partition writers (default: CPU count)"
     )
+    postgres_schema: str = Field(
+        default="quantivista",
+        pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+        description="schema of the PostgreSQL backend (DSN: services.postgres_dsn)",
+    )
+    postgres_pool_size: int = Field(default=4, ge=1, le=64, description="pooled connections")
 
 
 class IngestSettings(_Section):

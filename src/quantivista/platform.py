@@ -26,11 +26,12 @@ from quantivista.providers.router import Router
 from quantivista.quality.validate import Validator
 from quantivista.reference.calendars import TradingCalendar, get_calendar
 from quantivista.storage.actions import ActionStore
+from quantivista.storage.base import BarStore
 from quantivista.storage.bronze import BronzeStore
 from quantivista.storage.catalog import Catalog
-from quantivista.storage.lake import ParquetLake
+from quantivista.storage.factory import open_store
 from quantivista.storage.quarantine import QuarantineStore
-from quantivista.timeutil import DateLike
+from quantivista.timeutil import DateLike, to_utc
 
 __all__ = ["Platform"]
 
@@ -69,7 +70,7 @@ class Platform:
         root = settings.data_dir
         root.mkdir(parents=True, exist_ok=True)
         self.root = root
-        self.store = ParquetLake(root, settings.storage)
+        self.store: BarStore = open_store(settings)
         self.quarantine_store = QuarantineStore(root, settings.storage)
         self.action_store = ActionStore(root, settings.storage)
         self.bronze = BronzeStore(root, settings.storage)
@@ -107,6 +108,7 @@ class Platform:
             provider.close()
         self._providers.clear()
         self.catalog.close()
+        self.store.close()
 
     def __enter__(self) -> Platform:
         return self
@@ -218,14 +220,20 @@ class Platform:
         timeframe: TimeframeLike = "1d",
         *,
         columns: Sequence[str] | None = None,
+        as_of: DateLike | None = None,
     ) -> pl.DataFrame:
         """Return stored bars (raw prices) in the canonical schema, sorted by symbol and ts.
 
         `start` and `end` are inclusive; either may be omitted for an open range.
+        `as_of` (an instant; a date means its midnight UTC) returns the bars exactly as the
+        store knew them then: later corrections, inserts and deletes are not visible.
         """
         lo = request_range(start, start)[0] if start is not None else None
         hi = request_range(end, end)[1] if end is not None else None
-        return self.store.read(_symbol_list(symbols), Timeframe.parse(timeframe), lo, hi, columns)
+        known = to_utc(as_of) if as_of is not None else None
+        return self.store.read(
+            _symbol_list(symbols), Timeframe.parse(timeframe), lo, hi, columns, as_of=known
+        )
 
     def actions(self, symbols: Symbols | None = None) -> pl.DataFrame:
         """Return stored corporate actions (of some symbols, or all) by ex-date."""

@@ -9,6 +9,10 @@ Every write replaces whole partition files atomically (write a hidden temporary 
 `os.replace`), under a lock striped over partitions, so readers never see half a file and
 concurrent writers of one partition never lose each other's rows. A write that changes
 nothing leaves the file untouched: ingesting the same bars twice is a no-op.
+
+Superseded versions (replaced or deleted bars) go to `<root>/history/bars/timeframe=X/
+symbol=S/<uuid>.parquet` with `superseded_at`, written before the data file is replaced,
+so as-of reads are exact even across a crash between the two renames.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import zlib
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
@@ -30,9 +34,14 @@ import pyarrow.parquet as pq
 
 from quantivista.config import StorageSettings
 from quantivista.errors import StorageError
-from quantivista.model.schema import BAR_COLUMNS, BAR_POLARS_SCHEMA, BAR_VALUE_COLUMNS
+from quantivista.model.schema import BAR_COLUMNS, BAR_POLARS_SCHEMA, BAR_VALUE_COLUMNS, PL_UTC_TS
 from quantivista.model.timeframe import Timeframe
-from quantivista.storage.base import UpsertStats
+from quantivista.storage.base import (
+    HISTORY_POLARS_SCHEMA,
+    STATS_SCHEMA,
+    UpsertStats,
+    pick_as_of,
+)
 
 __all__ = ["ParquetLake", "atomic_write_parquet"]
 
@@ -104,6 +113,7 @@ class ParquetLake:
         self.root = Path(root)
         self.settings = settings or StorageSettings()
         self.bars_root = self.root / "silver" / "bars"
+        self.history_root = self.root / "history" / "bars"
         self._lock_dir = self.root / ".locks"
         self.bars_root.mkdir(parents=True, exist_ok=True)
         self._lock_dir.mkdir(parents=True, exist_ok=True)
@@ -113,6 +123,15 @@ class ParquetLake:
         """Return the directory of one partition."""
         base = self.bars_root / f"timeframe={timeframe}" / _symbol_dir(symbol)
         return base / f"month={month}" if month else base
+
+    def history_dir(self, timeframe: str, symbol: str) -> Path:
+        """Return the directory of one symbol's superseded versions."""
+        return self.history_root / f"timeframe={timeframe}" / _symbol_dir(symbol)
+
+    def _write_history(self, key: tuple[str, str, str | None], old: pl.DataFrame) -> None:
+        if old.height:
+            path = self.history_dir(key[0], key[1]) / f"{uuid4().hex}.parquet"
+            atomic_write_parquet(old.select(HISTORY_POLARS_SCHEMA.names()), path, self.settings)
 
     @contextmanager
     def _locked(self, directory: Path) -> Iterator[None]:
@@ -175,9 +194,11 @@ class ParquetLake:
         with self._locked(directory):
             self._sweep_temporaries(directory)
             if path.exists():
-                merged, stats = _merge(self._read_file(path), new)
+                merged, stats, superseded = _merge(self._read_file(path), new)
                 if merged is None:
                     return stats
+                # history first: a crash between the two renames leaves a harmless copy
+                self._write_history(key, superseded)
             else:
                 merged, stats = new, UpsertStats(inserted=new.height)
             atomic_write_parquet(merged, path, self.settings)
@@ -191,18 +212,65 @@ class ParquetLake:
             for tmp in directory.glob(".tmp-*"):
                 tmp.unlink(missing_ok=True)
 
-    def delete(self, timeframe: Timeframe, symbol: str, before: datetime | None = None) -> int:
-        """Delete a symbol's bars of one timeframe (all, or those with ts < `before`)."""
+    def delete(
+        self,
+        timeframe: Timeframe,
+        symbols: Sequence[str] | None = None,
+        before: datetime | None = None,
+        *,
+        at: datetime | None = None,
+    ) -> int:
+        """Delete bars of one timeframe (some symbols or all; ts < `before` or all).
+
+        The deleted versions go to history with `superseded_at = at` (default now), so
+        as-of reads before `at` still see them. Return the rows deleted.
+        """
+        when = at or datetime.now(UTC)
+        return self._remove(str(timeframe), symbols, before, keep_history=True, at=when)
+
+    def expire(self, timeframe: Timeframe, before: datetime) -> int:
+        """Drop bars with ts < `before` and their history (retention); return current rows."""
+        tf = str(timeframe)
+        removed = self._remove(tf, None, before, keep_history=False, at=before)
+        for sym_dir in self.history_root.glob(f"timeframe={tf}/symbol=*"):
+            with self._locked(sym_dir):
+                for path in sym_dir.glob("*.parquet"):
+                    old = self._read_file(path)
+                    keep = old.filter(pl.col("ts") >= before)
+                    if keep.is_empty():
+                        path.unlink()
+                    elif keep.height < old.height:
+                        atomic_write_parquet(keep, path, self.settings)
+        return removed
+
+    def _remove(
+        self,
+        tf: str,
+        symbols: Sequence[str] | None,
+        before: datetime | None,
+        *,
+        keep_history: bool,
+        at: datetime,
+    ) -> int:
         removed = 0
-        for path in self._files(str(timeframe), symbol, None, None):
-            with self._locked(path.parent):
-                df = self._read_file(path)
-                keep = df if before is None else df.filter(pl.col("ts") >= before)
-                if before is None or keep.is_empty():
-                    path.unlink()
-                else:
-                    atomic_write_parquet(keep, path, self.settings)
-                removed += df.height - (0 if before is None else keep.height)
+        names = self.symbols(Timeframe.parse(tf)) if symbols is None else list(symbols)
+        for symbol in names:
+            for path in self._files(tf, symbol, None, before):
+                with self._locked(path.parent):
+                    df = self._read_file(path)
+                    mask = pl.lit(True) if before is None else pl.col("ts") < before
+                    gone = df.filter(mask)
+                    if gone.is_empty():
+                        continue
+                    if keep_history:
+                        hist = gone.with_columns(superseded_at=pl.lit(at, PL_UTC_TS))
+                        self._write_history((tf, symbol, None), hist)
+                    keep = df.filter(~mask)
+                    if keep.is_empty():
+                        path.unlink()
+                    else:
+                        atomic_write_parquet(keep, path, self.settings)
+                    removed += gone.height
         return removed
 
     # -- reads -----------------------------------------------------------------------------
@@ -238,17 +306,27 @@ class ParquetLake:
         start: datetime | None = None,
         end: datetime | None = None,
         columns: Sequence[str] | None = None,
+        as_of: datetime | None = None,
     ) -> pl.DataFrame:
-        """Return bars with `start <= ts < end` for the symbols, sorted by symbol and ts."""
+        """Return bars with `start <= ts < end` for the symbols, sorted by symbol and ts.
+
+        With `as_of`, return the versions the lake held at that instant (see `BarStore`).
+        """
         cols = list(columns) if columns else list(BAR_COLUMNS)
         unknown = [c for c in cols if c not in BAR_POLARS_SCHEMA]
         if unknown:
             raise StorageError("unknown columns requested", columns=unknown)
         read_cols = cols if "ts" in cols else [*cols, "ts"]
+        if as_of is not None:
+            read_cols = list(BAR_COLUMNS)
         frames = []
         for symbol in dict.fromkeys(symbols):  # keep order, drop repeats
             for path in self._files(str(timeframe), symbol, start, end):
                 frames.append(self._read_file(path, read_cols))
+        if as_of is not None:
+            current = pl.concat(frames) if frames else pl.DataFrame(schema=BAR_POLARS_SCHEMA)
+            history = self._history(str(timeframe), symbols, start, end)
+            frames = [pick_as_of(current, history, as_of)]
         if not frames:
             return pl.DataFrame(schema={c: BAR_POLARS_SCHEMA[c] for c in cols})
         df = pl.concat(frames) if len(frames) > 1 else frames[0]
@@ -261,11 +339,36 @@ class ParquetLake:
             df = df.filter(cond)
         return df.select(cols)
 
+    def _history(
+        self, tf: str, symbols: Sequence[str], start: datetime | None, end: datetime | None
+    ) -> pl.DataFrame:
+        files = [
+            str(path)
+            for symbol in dict.fromkeys(symbols)
+            for path in sorted(self.history_dir(tf, symbol).glob("*.parquet"))
+        ]
+        if not files:
+            return pl.DataFrame(schema=HISTORY_POLARS_SCHEMA)
+        cond = pl.lit(True)
+        if start is not None:
+            cond = cond & (pl.col("ts") >= start)
+        if end is not None:
+            cond = cond & (pl.col("ts") < end)
+        try:
+            return pl.scan_parquet(files).filter(cond).collect()
+        except (OSError, pl.exceptions.ComputeError) as exc:
+            raise StorageError("cannot read history files", files=len(files)) from exc
+
+    def close(self) -> None:
+        """Nothing to release: files are opened per call."""
+
     def symbols(self, timeframe: Timeframe | None = None) -> list[str]:
         """Return the stored symbols, sorted."""
         pattern = f"timeframe={timeframe}" if timeframe else "timeframe=*"
+        # from data files, not directories: deletes leave empty partition directories behind
         found = {
-            unquote(p.name[len("symbol=") :]) for p in self.bars_root.glob(f"{pattern}/symbol=*")
+            unquote(p.relative_to(self.bars_root).parts[1][len("symbol=") :])
+            for p in self.bars_root.glob(f"{pattern}/symbol=*/**/{DATA_FILE}")
         }
         return sorted(found)
 
@@ -297,16 +400,9 @@ class ParquetLake:
                     "bytes": path.stat().st_size,
                 }
             )
-        schema: dict[str, pl.DataType] = {
-            "timeframe": pl.String(),
-            "symbol": pl.String(),
-            "rows": pl.Int64(),
-            "first_ts": pl.Datetime("us", "UTC"),
-            "last_ts": pl.Datetime("us", "UTC"),
-            "bytes": pl.Int64(),
-        }
+        schema = {k: v for k, v in STATS_SCHEMA.items() if k != "files"}
         if not rows:
-            return pl.DataFrame(schema={**schema, "files": pl.UInt32()})
+            return pl.DataFrame(schema=STATS_SCHEMA)
         df = pl.DataFrame(rows, schema_overrides=schema, orient="row")
         return (
             df.group_by("timeframe", "symbol")
@@ -331,8 +427,13 @@ def _sorted_unique(df: pl.DataFrame) -> pl.DataFrame:
     return df.unique(subset=["symbol", "ts"], keep="last", maintain_order=True).drop("_pos")
 
 
-def _merge(existing: pl.DataFrame, new: pl.DataFrame) -> tuple[pl.DataFrame | None, UpsertStats]:
-    """Merge `new` into `existing` by ts; unchanged rows keep their original knowledge time."""
+def _merge(
+    existing: pl.DataFrame, new: pl.DataFrame
+) -> tuple[pl.DataFrame | None, UpsertStats, pl.DataFrame]:
+    """Merge `new` into `existing` by ts; unchanged rows keep their original knowledge time.
+
+    Also return the replaced versions of `existing`, stamped with `superseded_at`.
+    """
     old = existing.select("ts", *BAR_VALUE_COLUMNS, "ingested_at", "job_id").with_columns(
         _present=pl.lit(True)
     )
@@ -352,10 +453,14 @@ def _merge(existing: pl.DataFrame, new: pl.DataFrame) -> tuple[pl.DataFrame | No
         updated=new.height - int(counts["inserted"]) - int(counts["unchanged"]),
     )
     if stats.written == 0:
-        return None, stats
+        return None, stats, existing.clear()
+    replaced = marked.filter(pl.col("_present") & ~pl.col("_same")).select(
+        "ts", superseded_at=pl.col("ingested_at").fill_null(datetime.now(UTC))
+    )
+    superseded = existing.join(replaced, on="ts", how="inner")
     incoming = marked.with_columns(
         ingested_at=pl.when("_same").then("ingested_at_old").otherwise("ingested_at"),
         job_id=pl.when("_same").then("job_id_old").otherwise("job_id"),
     ).select(BAR_COLUMNS)
     kept = existing.join(new.select("ts"), on="ts", how="anti")
-    return pl.concat([kept, incoming]).sort("ts"), stats
+    return pl.concat([kept, incoming]).sort("ts"), stats, superseded
