@@ -52,6 +52,10 @@ class StorageSettings(_Section):
         description="schema of the PostgreSQL backend (DSN: services.postgres_dsn)",
     )
     postgres_pool_size: int = Field(default=4, ge=1, le=64, description="pooled connections")
+    rollups: tuple[str, ...] = Field(
+        default=(),
+        description='timeframes kept rolled up from 1m bars on every write, e.g. ["5m", "1d"]',
+    )
 
 
 class IngestSettings(_Section):

@@ -31,6 +31,7 @@ from quantivista.storage.bronze import BronzeStore
 from quantivista.storage.catalog import Catalog
 from quantivista.storage.factory import open_store
 from quantivista.storage.quarantine import QuarantineStore
+from quantivista.storage.rollup import Rollup
 from quantivista.timeutil import DateLike, to_utc
 
 __all__ = ["Platform"]
@@ -142,8 +143,16 @@ class Platform:
         """Return the write path (built on first use: loading the calendar takes a moment)."""
         if self._writer is None:
             validator = Validator(self.calendar())
+            targets = self.settings.storage.rollups
+            rollup = Rollup(self.store, self.calendar(), targets) if targets else None
             self._writer = BarWriter(
-                self.store, self.quarantine_store, self.catalog, self.bus, validator, self.clock
+                self.store,
+                self.quarantine_store,
+                self.catalog,
+                self.bus,
+                validator,
+                self.clock,
+                rollup=rollup,
             )
         return self._writer
 
