@@ -505,6 +505,28 @@ def _actions_table(actions: pl.DataFrame) -> Table:
     return table
 
 
+# -- issue 5: storage
+@app.command()
+def sql(
+    query: Annotated[str, typer.Argument(help="SQL over views bars, actions, quarantine.")],
+    limit: Annotated[int, typer.Option(help="Rows to show.")] = 50,
+) -> None:
+    """Run SQL (DuckDB) over the lake and print the result as a table."""
+    from quantivista.storage.sql import sql_query
+
+    try:
+        df = sql_query(_settings().data_dir, query)
+    except QuantiVistaError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(code=2) from exc
+    table = Table(header_style="bold", caption=f"{df.height:,} rows")
+    for name in df.columns:
+        table.add_column(name, justify="right" if df.schema[name].is_numeric() else "left")
+    for row in df.head(limit).iter_rows():
+        table.add_row(*["" if v is None else str(v) for v in row])
+    console.print(table)
+
+
 def main() -> None:
     """Run the `qv` command line."""
     app()
