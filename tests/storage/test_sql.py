@@ -28,7 +28,7 @@ def test_sql_over_bars_actions_and_quarantine(tmp_path: Path, make_bars: MakeBar
                     "ex_date": ["2024-01-04"],
                     "ratio": [2.0],
                 }
-            )  # fmt: skip
+            )
         )
     counts = sql_query(tmp_path, "SELECT symbol, count(*) AS n FROM bars GROUP BY 1 ORDER BY 1")
     assert counts.rows() == [("AAA", 5), ("BBB", 5)]
