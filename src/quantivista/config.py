@@ -52,6 +52,9 @@ class StorageSettings(_Section):
         description="schema of the PostgreSQL backend (DSN: services.postgres_dsn)",
     )
     postgres_pool_size: int = Field(default=4, ge=1, le=64, description="pooled connections")
+    cache_mb: int = Field(
+        default=256, ge=0, description="in-process cache of hot lake partitions (0: off)"
+    )
     rollups: tuple[str, ...] = Field(
         default=(),
         description='timeframes kept rolled up from 1m bars on every write, e.g. ["5m", "1d"]',

@@ -53,7 +53,7 @@ def _universe(symbols: int, days: int, version: float, at: datetime) -> pl.DataF
     return coerce_bars(frame, timeframe="1d", provider="t", job_id=f"v{version}", ingested_at=at)
 
 
-def _kill_mid_write(root: Path, batch_path: Path, delay_s: float) -> None:
+def _kill_mid_write(root: Path, batch_path: Path) -> None:
     child = subprocess.Popen(
         [sys.executable, "-c", _CHILD, str(root), str(batch_path)],
         stdout=subprocess.PIPE,
@@ -61,7 +61,10 @@ def _kill_mid_write(root: Path, batch_path: Path, delay_s: float) -> None:
     )
     assert child.stdout is not None
     assert child.stdout.readline().strip() == "writing"
-    time.sleep(delay_s)
+    # wait until the child is a few partitions into the correction, whatever the load
+    deadline = time.monotonic() + 30
+    while len(list((root / "history").rglob("*.parquet"))) < 5 and time.monotonic() < deadline:
+        time.sleep(0.005)
     os.kill(child.pid, signal.SIGKILL)
     child.wait(timeout=10)
     child.stdout.close()
@@ -70,7 +73,7 @@ def _kill_mid_write(root: Path, batch_path: Path, delay_s: float) -> None:
 
 def test_kill_9_during_a_correction_leaves_the_lake_readable(tmp_path: Path) -> None:
     root = tmp_path / "lake"
-    symbols, days = 150, 400  # the correction takes about 1.5 s: the kill lands mid-write
+    symbols, days = 150, 400
     lake = ParquetLake(root, StorageSettings(write_threads=1))
     v1 = _universe(symbols, days, 0.0, T1)
     lake.upsert(v1)
@@ -78,7 +81,7 @@ def test_kill_9_during_a_correction_leaves_the_lake_readable(tmp_path: Path) -> 
     batch = tmp_path / "v2.parquet"
     v2.write_parquet(batch)
 
-    _kill_mid_write(root, batch, 0.3)
+    _kill_mid_write(root, batch)
 
     names = [f"S{i:03d}" for i in range(symbols)]
     seen = lake.read(names, D1, columns=["symbol", "ts", "close"])

@@ -42,6 +42,7 @@ from quantivista.storage.base import (
     UpsertStats,
     pick_as_of,
 )
+from quantivista.storage.cache import FileCache
 
 __all__ = ["ParquetLake", "atomic_write_parquet"]
 
@@ -115,6 +116,7 @@ class ParquetLake:
         self.bars_root = self.root / "silver" / "bars"
         self.history_root = self.root / "history" / "bars"
         self._lock_dir = self.root / ".locks"
+        self.cache = FileCache(self.settings.cache_mb * 1024 * 1024)
         self.bars_root.mkdir(parents=True, exist_ok=True)
         self._lock_dir.mkdir(parents=True, exist_ok=True)
 
@@ -125,12 +127,16 @@ class ParquetLake:
         return base / f"month={month}" if month else base
 
     def history_dir(self, timeframe: str, symbol: str) -> Path:
-        """Return the directory of one symbol's superseded versions."""
+        """Return the directory of one symbol's superseded versions (month subfolders inside)."""
         return self.history_root / f"timeframe={timeframe}" / _symbol_dir(symbol)
 
-    def _write_history(self, key: tuple[str, str, str | None], old: pl.DataFrame) -> None:
+    def _history_of(self, partition: Path) -> Path:
+        # history mirrors the partition layout, so one partition lock guards both
+        return self.history_root / partition.relative_to(self.bars_root)
+
+    def _write_history(self, partition: Path, old: pl.DataFrame) -> None:
         if old.height:
-            path = self.history_dir(key[0], key[1]) / f"{uuid4().hex}.parquet"
+            path = self._history_of(partition) / f"{uuid4().hex}.parquet"
             atomic_write_parquet(old.select(HISTORY_POLARS_SCHEMA.names()), path, self.settings)
 
     @contextmanager
@@ -193,12 +199,13 @@ class ParquetLake:
         path = directory / DATA_FILE
         with self._locked(directory):
             self._sweep_temporaries(directory)
+            self._sweep_temporaries(self._history_of(directory))
             if path.exists():
                 merged, stats, superseded = _merge(self._read_file(path), new)
                 if merged is None:
                     return stats
                 # history first: a crash between the two renames leaves a harmless copy
-                self._write_history(key, superseded)
+                self._write_history(directory, superseded)
             else:
                 merged, stats = new, UpsertStats(inserted=new.height)
             atomic_write_parquet(merged, path, self.settings)
@@ -232,15 +239,19 @@ class ParquetLake:
         """Drop bars with ts < `before` and their history (retention); return current rows."""
         tf = str(timeframe)
         removed = self._remove(tf, None, before, keep_history=False, at=before)
-        for sym_dir in self.history_root.glob(f"timeframe={tf}/symbol=*"):
-            with self._locked(sym_dir):
-                for path in sym_dir.glob("*.parquet"):
-                    old = self._read_file(path)
-                    keep = old.filter(pl.col("ts") >= before)
-                    if keep.is_empty():
-                        path.unlink()
-                    elif keep.height < old.height:
-                        atomic_write_parquet(keep, path, self.settings)
+        for hist_file in list(self.history_root.glob(f"timeframe={tf}/symbol=*/**/*.parquet")):
+            if hist_file.name.startswith(".tmp-"):
+                continue
+            partition = self.bars_root / hist_file.parent.relative_to(self.history_root)
+            with self._locked(partition):
+                if not hist_file.exists():
+                    continue
+                old = self._read_file(hist_file)
+                keep = old.filter(pl.col("ts") >= before)
+                if keep.is_empty():
+                    hist_file.unlink()
+                elif keep.height < old.height:
+                    atomic_write_parquet(keep, hist_file, self.settings)
         return removed
 
     def _remove(
@@ -264,7 +275,7 @@ class ParquetLake:
                         continue
                     if keep_history:
                         hist = gone.with_columns(superseded_at=pl.lit(at, PL_UTC_TS))
-                        self._write_history((tf, symbol, None), hist)
+                        self._write_history(path.parent, hist)
                     keep = df.filter(~mask)
                     if keep.is_empty():
                         path.unlink()
@@ -322,7 +333,7 @@ class ParquetLake:
         frames = []
         for symbol in dict.fromkeys(symbols):  # keep order, drop repeats
             for path in self._files(str(timeframe), symbol, start, end):
-                frames.append(self._read_file(path, read_cols))
+                frames.append(self.cache.get(path, self._read_file).select(read_cols))
         if as_of is not None:
             current = pl.concat(frames) if frames else pl.DataFrame(schema=BAR_POLARS_SCHEMA)
             history = self._history(str(timeframe), symbols, start, end)
@@ -345,7 +356,8 @@ class ParquetLake:
         files = [
             str(path)
             for symbol in dict.fromkeys(symbols)
-            for path in sorted(self.history_dir(tf, symbol).glob("*.parquet"))
+            for path in sorted(self.history_dir(tf, symbol).rglob("*.parquet"))
+            if not path.name.startswith(".tmp-")  # a writer's unfinished file
         ]
         if not files:
             return pl.DataFrame(schema=HISTORY_POLARS_SCHEMA)
