@@ -527,6 +527,33 @@ def sql(
     console.print(table)
 
 
+@app.command()
+def backup(dest: Annotated[Path, typer.Argument(help="New, empty backup directory.")]) -> None:
+    """Snapshot the data directory into DEST with a checksummed manifest."""
+    from quantivista.storage.backup import backup as run_backup
+
+    try:
+        manifest = run_backup(_settings().data_dir, dest)
+    except QuantiVistaError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(code=2) from exc
+    size = sum(f["bytes"] for f in manifest["files"].values())
+    console.print(f"backed up {len(manifest['files']):,} files ({size:,} bytes) to {dest}")
+
+
+@app.command()
+def restore(src: Annotated[Path, typer.Argument(help="A directory made by `qv backup`.")]) -> None:
+    """Verify the backup SRC and restore it into the (empty) data directory."""
+    from quantivista.storage.backup import restore as run_restore
+
+    try:
+        manifest = run_restore(src, _settings().data_dir)
+    except QuantiVistaError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(code=2) from exc
+    console.print(f"restored {len(manifest['files']):,} verified files into {_settings().data_dir}")
+
+
 def main() -> None:
     """Run the `qv` command line."""
     app()

@@ -149,6 +149,24 @@ class ParquetLake:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    @contextmanager
+    def frozen(self) -> Iterator[None]:
+        """Hold every lock stripe: no partition changes until the block ends (for snapshots).
+
+        Writers hold one stripe at a time, so taking all of them in order cannot deadlock.
+        """
+        handles = []
+        try:
+            for stripe in range(_LOCK_STRIPES):
+                handle = open(self._lock_dir / f"{stripe:02d}.lock", "a+b")  # noqa: SIM115
+                handles.append(handle)
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+        finally:
+            for handle in reversed(handles):
+                fcntl.flock(handle, fcntl.LOCK_UN)
+                handle.close()
+
     # -- writes ----------------------------------------------------------------------------
     def upsert(self, bars: pl.DataFrame) -> UpsertStats:
         """Insert new bars and replace changed ones, partition by partition."""
