@@ -554,6 +554,21 @@ def restore(src: Annotated[Path, typer.Argument(help="A directory made by `qv ba
     console.print(f"restored {len(manifest['files']):,} verified files into {_settings().data_dir}")
 
 
+@app.command("storage-report")
+def storage_report_cmd() -> None:
+    """Print rows, bytes and compression ratio per storage tier of the lake."""
+    from quantivista.storage.lake import ParquetLake, storage_report
+
+    report = storage_report(ParquetLake(_settings().data_dir, _settings().storage))
+    table = Table(title="storage", header_style="bold")
+    for name in report.columns:
+        table.add_column(name, justify="left" if name == "tier" else "right")
+    for tier, files, rows, size, raw, ratio in report.iter_rows():
+        ratio_text = "-" if ratio is None else f"{ratio:.2f}x"
+        table.add_row(tier, f"{files:,}", f"{rows:,}", f"{size:,}", f"{raw:,}", ratio_text)
+    console.print(table)
+
+
 def main() -> None:
     """Run the `qv` command line."""
     app()

@@ -6,6 +6,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import polars as pl
+import pytest
 
 from conftest import INGESTED_AT, MakeBars
 from quantivista.config import StorageSettings
@@ -34,3 +35,23 @@ def test_cache_serves_repeats_and_any_write_invalidates(
     off = ParquetLake(tmp_path, StorageSettings(cache_mb=0))
     off.read(["AAA"], D1)
     assert off.cache.hits == 0 and off.cache.misses == 0
+
+
+def test_storage_report_counts_hot_and_history_tiers(tmp_path: Path, make_bars: MakeBars) -> None:
+    from typer.testing import CliRunner
+
+    from quantivista.cli import app
+    from quantivista.storage.lake import storage_report
+
+    lake = ParquetLake(tmp_path, StorageSettings(write_threads=1))
+    bars = make_bars(["AAA", "BBB"], 50)
+    lake.upsert(bars)
+    later = INGESTED_AT + timedelta(hours=1)
+    lake.upsert(bars.head(3).with_columns(close=pl.lit(1.0), ingested_at=pl.lit(later)))
+    report = storage_report(lake)
+    assert report.select("tier", "files", "rows").rows() == [("hot", 2, 100), ("history", 1, 3)]
+    hot = report.row(0, named=True)
+    assert hot["bytes"] > 0 and hot["raw_bytes"] > 0
+    assert hot["compression_ratio"] == pytest.approx(hot["raw_bytes"] / hot["bytes"])
+    out = CliRunner().invoke(app, ["--data-dir", str(tmp_path), "storage-report"])
+    assert out.exit_code == 0 and "history" in out.output

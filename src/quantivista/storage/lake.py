@@ -44,7 +44,7 @@ from quantivista.storage.base import (
 )
 from quantivista.storage.cache import FileCache
 
-__all__ = ["ParquetLake", "atomic_write_parquet"]
+__all__ = ["ParquetLake", "atomic_write_parquet", "storage_report"]
 
 DATA_FILE = "data.parquet"
 _LOCK_STRIPES = 64
@@ -445,6 +445,35 @@ class ParquetLake:
             )
             .sort("timeframe", "symbol")
         )
+
+
+def storage_report(lake: ParquetLake) -> pl.DataFrame:
+    """Return files, rows, bytes on disk, raw (uncompressed) bytes and ratio per tier."""
+    tiers = {
+        "hot": list(lake.bars_root.rglob(DATA_FILE)),
+        "history": [p for p in lake.history_root.rglob("*.parquet") if p.name[0] != "."],
+    }
+    rows = []
+    for tier, files in tiers.items():
+        n_rows = disk = raw = 0
+        for path in files:
+            meta = pq.read_metadata(path)
+            n_rows += meta.num_rows
+            raw += sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+            disk += path.stat().st_size
+        rows.append((tier, len(files), n_rows, disk, raw, raw / disk if disk else None))
+    return pl.DataFrame(
+        rows,
+        schema={
+            "tier": pl.String(),
+            "files": pl.Int64(),
+            "rows": pl.Int64(),
+            "bytes": pl.Int64(),
+            "raw_bytes": pl.Int64(),
+            "compression_ratio": pl.Float64(),
+        },
+        orient="row",
+    )
 
 
 def _sorted_unique(df: pl.DataFrame) -> pl.DataFrame:
