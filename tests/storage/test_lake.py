@@ -1,4 +1,4 @@
-"""The lake's in-process cache of hot partitions: served from memory, never stale."""
+"""Lake extras: hot-partition cache, storage report per tier, history compaction."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import polars as pl
+import polars.testing
 import pytest
 
 from conftest import INGESTED_AT, MakeBars
@@ -55,3 +56,21 @@ def test_storage_report_counts_hot_and_history_tiers(tmp_path: Path, make_bars: 
     assert hot["compression_ratio"] == pytest.approx(hot["raw_bytes"] / hot["bytes"])
     out = CliRunner().invoke(app, ["--data-dir", str(tmp_path), "storage-report"])
     assert out.exit_code == 0 and "history" in out.output
+
+
+def test_compaction_merges_history_files_and_keeps_as_of_reads(
+    tmp_path: Path, make_bars: MakeBars
+) -> None:
+    lake = ParquetLake(tmp_path, StorageSettings(write_threads=1))
+    bars = make_bars(["AAA"], 20)
+    lake.upsert(bars)
+    for k in range(1, 5):
+        at = INGESTED_AT + timedelta(hours=k)
+        lake.upsert(bars.head(k).with_columns(close=pl.lit(float(k)), ingested_at=pl.lit(at)))
+    moments = [INGESTED_AT + timedelta(hours=k, minutes=30) for k in range(5)]
+    before = [lake.read(["AAA"], D1, as_of=t) for t in moments]
+    assert lake.compact() == 3
+    assert len(list(lake.history_root.rglob("*.parquet"))) == 1
+    for t, want in zip(moments, before, strict=True):
+        pl.testing.assert_frame_equal(lake.read(["AAA"], D1, as_of=t), want)
+    assert lake.compact() == 0
