@@ -55,6 +55,12 @@ class StorageSettings(_Section):
     cache_mb: int = Field(
         default=256, ge=0, description="in-process cache of hot lake partitions (0: off)"
     )
+    archive_url: str | None = Field(
+        default=None, description="cold tier for archived bars: any fsspec URL (file://, s3://)"
+    )
+    hot_days: dict[str, int] = Field(
+        default_factory=dict, description='days each timeframe stays hot, e.g. {"1m": 730}'
+    )
     rollups: tuple[str, ...] = Field(
         default=(),
         description='timeframes kept rolled up from 1m bars on every write, e.g. ["5m", "1d"]',

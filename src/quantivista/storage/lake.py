@@ -36,6 +36,7 @@ from quantivista.config import StorageSettings
 from quantivista.errors import StorageError
 from quantivista.model.schema import BAR_COLUMNS, BAR_POLARS_SCHEMA, BAR_VALUE_COLUMNS, PL_UTC_TS
 from quantivista.model.timeframe import Timeframe
+from quantivista.storage.archive import ColdTier
 from quantivista.storage.base import (
     HISTORY_POLARS_SCHEMA,
     STATS_SCHEMA,
@@ -110,9 +111,13 @@ def _fsync(path: Path) -> None:
 class ParquetLake:
     """Silver bars in a directory of Parquet partitions (the default `BarStore`)."""
 
-    def __init__(self, root: Path, settings: StorageSettings | None = None) -> None:
+    def __init__(
+        self, root: Path, settings: StorageSettings | None = None, cold: ColdTier | None = None
+    ) -> None:
         self.root = Path(root)
         self.settings = settings or StorageSettings()
+        url = self.settings.archive_url
+        self.cold = cold if cold is not None else (ColdTier(url) if url else None)
         self.bars_root = self.root / "silver" / "bars"
         self.history_root = self.root / "history" / "bars"
         self._lock_dir = self.root / ".locks"
@@ -350,8 +355,17 @@ class ParquetLake:
             read_cols = list(BAR_COLUMNS)
         frames = []
         for symbol in dict.fromkeys(symbols):  # keep order, drop repeats
-            for path in self._files(str(timeframe), symbol, start, end):
-                frames.append(self.cache.get(path, self._read_file).select(read_cols))
+            cold = self._cold_frames(str(timeframe), symbol, start, end)
+            hot = [
+                self.cache.get(path, self._read_file).select(read_cols)
+                for path in self._files(str(timeframe), symbol, start, end)
+            ]
+            if cold:
+                # rows caught in both tiers by an interrupted archival: the hot copy wins
+                both = pl.concat([f.select(read_cols) for f in cold] + hot)
+                frames.append(both.unique(subset=["ts"], keep="last", maintain_order=True))
+            else:
+                frames.extend(hot)
         if as_of is not None:
             current = pl.concat(frames) if frames else pl.DataFrame(schema=BAR_POLARS_SCHEMA)
             history = self._history(str(timeframe), symbols, start, end)
@@ -367,6 +381,24 @@ class ParquetLake:
                 cond = cond & (pl.col("ts") < end)
             df = df.filter(cond)
         return df.select(cols)
+
+    def _cold_frames(
+        self, tf: str, symbol: str, start: datetime | None, end: datetime | None
+    ) -> list[pl.DataFrame]:
+        if self.cold is None:
+            return []
+        rel_dir = self.partition_dir(tf, symbol).relative_to(self.root).as_posix()
+        lo = f"month={start.year:04d}-{start.month:02d}" if start else ""
+        hi = f"month={end.year:04d}-{end.month:02d}" if end else "month=9999-99"
+        frames = []
+        for rel in self.cold.files(rel_dir):
+            month = rel.rsplit("/", 2)[-2]
+            if month.startswith("month=") and not lo <= month <= hi:
+                continue
+            frame = self.cold.read(rel)
+            if frame is not None:
+                frames.append(frame)
+        return frames
 
     def _history(
         self, tf: str, symbols: Sequence[str], start: datetime | None, end: datetime | None
