@@ -100,3 +100,68 @@ def test_kill_9_during_a_correction_leaves_the_lake_readable(tmp_path: Path) -> 
     before = lake.read(names, D1, as_of=T1, columns=["symbol", "ts", "close"])
     assert before.height == symbols * days
     assert before["close"].unique().to_list() == [100.0]
+
+
+_PG_CHILD = """
+import sys, polars as pl
+from quantivista.storage.postgres import PostgresStore
+store = PostgresStore(sys.argv[1], sys.argv[2], pool_size=1)
+batch = pl.read_parquet(sys.argv[3])
+print("writing", flush=True)
+store.upsert(batch)
+print("done", flush=True)
+"""
+
+
+def test_kill_9_during_a_postgres_upsert_rolls_back_whole(
+    tmp_path: Path, postgres_dsn: str, pg_schema: str
+) -> None:
+    import psycopg
+
+    from quantivista.storage.postgres import PostgresStore
+
+    schema = pg_schema + "_crash"
+    store = PostgresStore(postgres_dsn, schema, pool_size=1)
+    try:
+        symbols, days = 100, 400
+        v1 = _universe(symbols, days, 0.0, T1)
+        store.upsert(v1)
+        v2 = _universe(symbols, days, 5.0, T2)
+        batch = tmp_path / "v2.parquet"
+        v2.write_parquet(batch)
+        child = subprocess.Popen(
+            [sys.executable, "-c", _PG_CHILD, postgres_dsn, schema, str(batch)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "writing"
+        busy = (
+            "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+            "AND (query LIKE 'COPY qv_stage%%' OR query LIKE '%%INSERT INTO bars_history%%') "
+            "AND pid <> pg_backend_pid()"
+        )
+        with psycopg.connect(postgres_dsn, autocommit=True) as watch:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                row = watch.execute(busy).fetchone()
+                if row and row[0]:
+                    break
+                time.sleep(0.002)
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=10)
+        child.stdout.close()
+        assert child.returncode == -signal.SIGKILL, "the upsert finished before the kill"
+
+        names = [f"S{i:03d}" for i in range(symbols)]
+        seen = store.read(names, D1, columns=["symbol", "ts", "close"])
+        assert seen.height == symbols * days
+        assert seen["close"].unique().to_list() == [100.0]  # all or nothing: nothing
+        stats = store.upsert(v2)  # waits for the dead session's rollback, then completes
+        assert (stats.inserted, stats.updated) == (0, symbols * days)
+        done = store.read(names, D1, columns=["symbol", "ts", "close"])
+        assert done.height == symbols * days
+        assert done["close"].unique().to_list() == [105.0]
+        assert store.read(names, D1, as_of=T1)["close"].unique().to_list() == [100.0]
+    finally:
+        store.close()
