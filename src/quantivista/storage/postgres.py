@@ -281,7 +281,7 @@ class PostgresStore:
                         SELECT {all} FROM bars_history WHERE {w}
                             AND ingested_at <= %(as_of)s AND superseded_at > %(as_of)s
                     ) v ORDER BY symbol, ts, ingested_at DESC
-                ) k
+                ) k ORDER BY k.symbol, k.ts
                 """
             ).format(sel=_select_list(cols), all=_COLS, w=where)
         data = self._copy_out(query, params)
