@@ -569,6 +569,33 @@ def storage_report_cmd() -> None:
     console.print(table)
 
 
+@app.command()
+def retention() -> None:
+    """Apply storage.hot_days: archive older bars to storage.archive_url, or drop them."""
+    from datetime import UTC, datetime, timedelta
+
+    from quantivista.storage.archive import archive_expired
+    from quantivista.storage.base import RetentionPolicy, apply_retention
+    from quantivista.storage.lake import ParquetLake
+
+    settings = _settings()
+    hot_days = settings.storage.hot_days
+    if not hot_days:
+        console.print("no retention configured (storage.hot_days)")
+        return
+    lake = ParquetLake(settings.data_dir, settings.storage)
+    now = datetime.now(UTC)
+    if lake.cold is not None:
+        moved = archive_expired(lake, hot_days, now)
+        verb = f"archived to {settings.storage.archive_url}"
+    else:
+        policy = RetentionPolicy({tf: timedelta(days=d) for tf, d in hot_days.items()})
+        moved = apply_retention(lake, policy, now)
+        verb = "deleted"
+    for tf, rows in moved.items():
+        console.print(f"{tf}: {rows:,} bars {verb}")
+
+
 def main() -> None:
     """Run the `qv` command line."""
     app()

@@ -65,3 +65,29 @@ def test_archived_bars_move_to_the_cold_tier_and_stay_readable(tmp_path: Path) -
     assert archive_expired(lake, {"1m": 3}, now) == {"1m": 0}  # nothing left to move
     with pytest.raises(StorageError):
         archive_expired(ParquetLake(tmp_path / "other"), {"1m": 3}, now)
+
+
+def test_qv_retention_archives_or_deletes_by_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from quantivista.cli import app
+    from quantivista.model.schema import coerce_bars
+
+    bars = coerce_bars(_minutes(3), provider="t", job_id="j", ingested_at=datetime.now(UTC))
+    for name, archive in (("cold", True), ("gone", False)):
+        root = tmp_path / name
+        ParquetLake(root).upsert(bars)
+        monkeypatch.setenv("QV_STORAGE__HOT_DAYS", '{"1m": 1}')
+        if archive:
+            monkeypatch.setenv("QV_STORAGE__ARCHIVE_URL", (tmp_path / "cold-tier").as_uri())
+        else:
+            monkeypatch.delenv("QV_STORAGE__ARCHIVE_URL", raising=False)
+        out = CliRunner().invoke(app, ["--data-dir", str(root), "retention"])
+        assert out.exit_code == 0, out.output
+        assert f"1m: {bars.height:,} bars" in out.output  # all of it is older than a day
+        assert ParquetLake(root, StorageSettings(cache_mb=0)).stats().is_empty()
+        cold_url = (tmp_path / "cold-tier").as_uri() if archive else None
+        left = ParquetLake(root, StorageSettings(archive_url=cold_url))
+        assert left.read(["AAA"], M1).height == (bars.height if archive else 0)
