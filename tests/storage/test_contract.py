@@ -119,7 +119,7 @@ def test_delete_and_retention(store: BarStore, make_bars: MakeBars) -> None:
     hourly = make_bars(["AAA"], 4).with_columns(timeframe=pl.lit("1h"))
     store.upsert(pl.concat([bars, hourly]))
     cut = _day("2024-01-08")  # sessions 2..5 and 8.. of January 2024
-    removed = store.delete(D1, ["AAA"], before=cut, at=INGESTED_AT + timedelta(days=1))
+    removed = store.delete(D1, "AAA", before=cut, at=INGESTED_AT + timedelta(days=1))
     assert removed == 4
     left = store.read(["AAA", "BBB"], D1)
     assert left.filter(pl.col("symbol") == "AAA")["ts"].min() == cut

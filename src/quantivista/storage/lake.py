@@ -255,6 +255,8 @@ class ParquetLake:
         The deleted versions go to history with `superseded_at = at` (default now), so
         as-of reads before `at` still see them. Return the rows deleted.
         """
+        if isinstance(symbols, str):  # one symbol given bare (the old lake signature)
+            symbols = [symbols]
         when = at or datetime.now(UTC)
         return self._remove(str(timeframe), symbols, before, keep_history=True, at=when)
 

@@ -225,6 +225,8 @@ class PostgresStore:
         at: datetime | None = None,
     ) -> int:
         """Delete bars, moving them to history with `superseded_at = at` (default now)."""
+        if isinstance(symbols, str):  # one symbol given bare (the old lake signature)
+            symbols = [symbols]
         where, params = _where(timeframe, symbols, None, before)
         statement = sql.SQL(
             "WITH gone AS (DELETE FROM bars WHERE {w} RETURNING *) "
