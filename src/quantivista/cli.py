@@ -860,6 +860,97 @@ def _transitions_table(transitions: list[dict[str, Any]], limit: int = 20) -> Ta
     return table
 
 
+# -- issue 5: storage
+@app.command()
+def sql(
+    query: Annotated[str, typer.Argument(help="SQL over views bars, actions, quarantine.")],
+    limit: Annotated[int, typer.Option(help="Rows to show.")] = 50,
+) -> None:
+    """Run SQL (DuckDB) over the lake and print the result as a table."""
+    from quantivista.storage.sql import sql_query
+
+    try:
+        df = sql_query(_settings().data_dir, query)
+    except QuantiVistaError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(code=2) from exc
+    table = Table(header_style="bold", caption=f"{df.height:,} rows")
+    for name in df.columns:
+        table.add_column(name, justify="right" if df.schema[name].is_numeric() else "left")
+    for row in df.head(limit).iter_rows():
+        table.add_row(*["" if v is None else str(v) for v in row])
+    console.print(table)
+
+
+@app.command()
+def backup(dest: Annotated[Path, typer.Argument(help="New, empty backup directory.")]) -> None:
+    """Snapshot the data directory into DEST with a checksummed manifest."""
+    from quantivista.storage.backup import backup as run_backup
+
+    try:
+        manifest = run_backup(_settings().data_dir, dest)
+    except QuantiVistaError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(code=2) from exc
+    size = sum(f["bytes"] for f in manifest["files"].values())
+    console.print(f"backed up {len(manifest['files']):,} files ({size:,} bytes) to {dest}")
+
+
+@app.command()
+def restore(src: Annotated[Path, typer.Argument(help="A directory made by `qv backup`.")]) -> None:
+    """Verify the backup SRC and restore it into the (empty) data directory."""
+    from quantivista.storage.backup import restore as run_restore
+
+    try:
+        manifest = run_restore(src, _settings().data_dir)
+    except QuantiVistaError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(code=2) from exc
+    console.print(f"restored {len(manifest['files']):,} verified files into {_settings().data_dir}")
+
+
+@app.command("storage-report")
+def storage_report_cmd() -> None:
+    """Print rows, bytes and compression ratio per storage tier of the lake."""
+    from quantivista.storage.lake import ParquetLake, storage_report
+
+    report = storage_report(ParquetLake(_settings().data_dir, _settings().storage))
+    table = Table(title="storage", header_style="bold")
+    for name in report.columns:
+        table.add_column(name, justify="left" if name == "tier" else "right")
+    for tier, files, rows, size, raw, ratio in report.iter_rows():
+        ratio_text = "-" if ratio is None else f"{ratio:.2f}x"
+        table.add_row(tier, f"{files:,}", f"{rows:,}", f"{size:,}", f"{raw:,}", ratio_text)
+    console.print(table)
+
+
+@app.command()
+def retention() -> None:
+    """Apply storage.hot_days: archive older bars to storage.archive_url, or drop them."""
+    from datetime import UTC, datetime, timedelta
+
+    from quantivista.storage.archive import archive_expired
+    from quantivista.storage.base import RetentionPolicy, apply_retention
+    from quantivista.storage.lake import ParquetLake
+
+    settings = _settings()
+    hot_days = settings.storage.hot_days
+    if not hot_days:
+        console.print("no retention configured (storage.hot_days)")
+        return
+    lake = ParquetLake(settings.data_dir, settings.storage)
+    now = datetime.now(UTC)
+    if lake.cold is not None:
+        moved = archive_expired(lake, hot_days, now)
+        verb = f"archived to {settings.storage.archive_url}"
+    else:
+        policy = RetentionPolicy({tf: timedelta(days=d) for tf, d in hot_days.items()})
+        moved = apply_retention(lake, policy, now)
+        verb = "deleted"
+    for tf, rows in moved.items():
+        console.print(f"{tf}: {rows:,} bars {verb}")
+
+
 def main() -> None:
     """Run the `qv` command line."""
     app()

@@ -48,7 +48,7 @@ class _Section(BaseModel):
 class StorageSettings(_Section):
     """Where and how bars are kept."""
 
-    backend: Literal["lake"] = "lake"
+    backend: Literal["lake", "postgres"] = "lake"
     compression: Literal["zstd", "snappy", "lz4", "gzip", "none"] = "zstd"
     compression_level: int = Field(default=3, ge=1, le=22)
     fsync: bool = Field(
@@ -57,6 +57,25 @@ class StorageSettings(_Section):
     )
     write_threads: int | None = Field(
         default=None, ge=1, le=64, description="parallel partition writers (default: CPU count)"
+    )
+    postgres_schema: str = Field(
+        default="quantivista",
+        pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+        description="schema of the PostgreSQL backend (DSN: services.postgres_dsn)",
+    )
+    postgres_pool_size: int = Field(default=4, ge=1, le=64, description="pooled connections")
+    cache_mb: int = Field(
+        default=256, ge=0, description="in-process cache of hot lake partitions (0: off)"
+    )
+    archive_url: str | None = Field(
+        default=None, description="cold tier for archived bars: any fsspec URL (file://, s3://)"
+    )
+    hot_days: dict[str, int] = Field(
+        default_factory=dict, description='days each timeframe stays hot, e.g. {"1m": 730}'
+    )
+    rollups: tuple[str, ...] = Field(
+        default=(),
+        description='timeframes kept rolled up from 1m bars on every write, e.g. ["5m", "1d"]',
     )
 
 

@@ -36,11 +36,13 @@ from quantivista.quality.validate import Validator
 from quantivista.reference.calendars import TradingCalendar, get_calendar
 from quantivista.reference.instruments import InstrumentMaster
 from quantivista.storage.actions import ActionStore
+from quantivista.storage.base import BarStore
 from quantivista.storage.bronze import BronzeStore
 from quantivista.storage.catalog import Catalog
-from quantivista.storage.lake import ParquetLake
+from quantivista.storage.factory import open_store
 from quantivista.storage.quarantine import QuarantineStore
-from quantivista.timeutil import DateLike
+from quantivista.storage.rollup import Rollup
+from quantivista.timeutil import DateLike, to_utc
 
 __all__ = ["PROVIDER_STATS_FILE", "Platform"]
 
@@ -81,7 +83,7 @@ class Platform:
         root = settings.data_dir
         root.mkdir(parents=True, exist_ok=True)
         self.root = root
-        self.store = ParquetLake(root, settings.storage)
+        self.store: BarStore = open_store(settings)
         self.quarantine_store = QuarantineStore(root, settings.storage)
         self.action_store = ActionStore(root, settings.storage)
         self.bronze = BronzeStore(root, settings.storage)
@@ -133,6 +135,7 @@ class Platform:
         self._providers.clear()
         self.catalog.close()
         self.limiter.close()
+        self.store.close()
 
     def __enter__(self) -> Platform:
         return self
@@ -188,8 +191,16 @@ class Platform:
         """Return the write path (built on first use: loading the calendar takes a moment)."""
         if self._writer is None:
             validator = Validator(self.calendar())
+            targets = self.settings.storage.rollups
+            rollup = Rollup(self.store, self.calendar(), targets) if targets else None
             self._writer = BarWriter(
-                self.store, self.quarantine_store, self.catalog, self.bus, validator, self.clock
+                self.store,
+                self.quarantine_store,
+                self.catalog,
+                self.bus,
+                validator,
+                self.clock,
+                rollup=rollup,
             )
         return self._writer
 
@@ -297,19 +308,27 @@ class Platform:
         dividend_convention: DividendConvention = "crsp",
         as_of: DateLike | None = None,
         follow_renames: bool = True,
+        published: DateLike | None = None,
     ) -> pl.DataFrame:
         """Return stored bars in the canonical schema, sorted by symbol and ts.
 
         `start` and `end` are inclusive; either may be omitted for an open range.
         `adjust` is "none" (raw prices), "splits" or "all" (splits and cash dividends);
         `dividend_convention` "crsp" (Yahoo Adj Close / Lean: 1 - D/C_prev) or
-        "alpha_vantage" (C_e/(C_e + D)); `as_of` counts only actions with ex-dates up to
-        that day. A ticker names the instrument using it today (or on `as_of`): renamed by
-        symbol_change actions (FB -> META), its history reads as one series under the
+        "alpha_vantage" (C_e/(C_e + D)).
+
+        `as_of` (an instant; a date means its midnight UTC) is knowledge time: the bars
+        exactly as the store knew them then (later corrections, inserts and deletes are not
+        visible), adjusted with the actions whose ex-date had come by then. `published`
+        (a date) asks only for the second part: today's bars, adjusted and named as they
+        would have been shown on that day (actions up to it; a recycled ticker means its
+        user then). A ticker names the instrument using it today (or on that day): renamed
+        by symbol_change actions (FB -> META), its history reads as one series under the
         requested ticker unless `follow_renames` is False.
         """
         lo = request_range(start, start)[0] if start is not None else None
         hi = request_range(end, end)[1] if end is not None else None
+        known = to_utc(as_of) if as_of is not None else None
         return self.reader.read(
             _symbol_list(symbols),
             Timeframe.parse(timeframe),
@@ -318,8 +337,9 @@ class Platform:
             columns,
             adjust=adjust,
             dividend_convention=dividend_convention,
-            as_of=as_of,
+            as_of=published if published is not None else as_of,
             follow_renames=follow_renames,
+            known=known,
         )
 
     def actions(self, symbols: Symbols | None = None) -> pl.DataFrame:

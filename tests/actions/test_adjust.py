@@ -88,7 +88,7 @@ def test_crsp_convention_matches_lean_factor_files_every_day(
 def test_as_of_ignores_actions_after_that_day(platform: Platform) -> None:
     av = _store_alpha_vantage(platform, "AAPL")
     view = platform.bars(
-        "AAPL", end="2014-06-06", adjust="splits", as_of="2014-06-30"
+        "AAPL", end="2014-06-06", adjust="splits", published="2014-06-30"
     )  # sees 2000, 2005 and 2014 splits, not 2020
     raw = av.filter(pl.col("ts") <= pl.datetime(2014, 6, 6, time_zone="UTC"))
     last = raw["close"][-1] / 7.00000700001

@@ -146,7 +146,7 @@ def test_as_of_resolves_a_recycled_ticker_to_its_user_then(platform: Platform) -
         platform.write_bars(read_lean_daily(LEAN / "daily" / f"{ticker}.zip", ticker), "lean")
     platform.write_actions(map_file_actions(read_map_file(LEAN / "map_files" / "wm.csv")))
     waste = platform.bars("WM", start="2005-01-01", end="2005-12-31")
-    mutual = platform.bars("WM", start="2005-01-01", end="2005-12-31", as_of="2005-12-31")
+    mutual = platform.bars("WM", start="2005-01-01", end="2005-12-31", published="2005-12-31")
     wmi = platform.bars("WMI", start="2005-01-01", end="2005-12-31", follow_renames=False)
     assert waste["close"].to_list() == wmi["close"].to_list()  # Waste Management, as WMI
     assert mutual.height == waste.height

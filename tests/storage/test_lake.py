@@ -56,7 +56,7 @@ def data_files(lake: ParquetLake) -> list[Path]:
 
 
 def temporaries(lake: ParquetLake) -> list[Path]:
-    return sorted(lake.bars_root.rglob(".tmp-*"))
+    return sorted(lake.root.rglob(".tmp-*"))  # data and history partitions
 
 
 def everything(lake: ParquetLake, timeframe: Timeframe = D1) -> pl.DataFrame:

@@ -20,7 +20,7 @@ from quantivista.actions.history import Segment, relabel, ticker_segments
 from quantivista.model.schema import BAR_COLUMNS
 from quantivista.model.timeframe import Timeframe
 from quantivista.storage.actions import ActionStore
-from quantivista.storage.lake import ParquetLake
+from quantivista.storage.base import BarStore
 from quantivista.timeutil import DateLike, to_date
 
 __all__ = ["AdjustedReader"]
@@ -31,7 +31,7 @@ _NEEDED = ("symbol", "ts", "close")
 class AdjustedReader:
     """Read bars raw or adjusted, following ticker renames, caching adjusted views."""
 
-    def __init__(self, store: ParquetLake, actions: ActionStore, cache_size: int = 32) -> None:
+    def __init__(self, store: BarStore, actions: ActionStore, cache_size: int = 32) -> None:
         self.store = store
         self.action_store = actions
         self.cache_size = cache_size
@@ -75,8 +75,13 @@ class AdjustedReader:
         dividend_convention: DividendConvention = "crsp",
         as_of: DateLike | None = None,
         follow_renames: bool = True,
+        known: datetime | None = None,
     ) -> pl.DataFrame:
-        """Return bars of `symbols` with `start <= ts < end`, adjusted as asked."""
+        """Return bars of `symbols` with `start <= ts < end`, adjusted as asked.
+
+        `as_of` picks the actions (ex-dates up to that day) and what a ticker meant then;
+        `known` is the knowledge time of the bars themselves (see `BarStore.read`).
+        """
         check_adjust_args(adjust, dividend_convention)
         as_of_day = to_date(as_of) if as_of is not None else None
         actions = self.actions()
@@ -89,10 +94,10 @@ class AdjustedReader:
         }
         plain = all(len(seg) <= 1 and _unbounded(seg) for seg in segments.values())
         if adjust == "none" and plain:
-            return self.store.read(symbols, timeframe, start, end, columns)
+            return self.store.read(symbols, timeframe, start, end, columns, as_of=known)
         key = (
             tuple(symbols), str(timeframe), start, end, tuple(columns or ()),
-            adjust, dividend_convention, as_of_day, follow_renames, self._action_version(),
+            adjust, dividend_convention, as_of_day, follow_renames, self._action_version(), known,
         )  # fmt: skip
         with self._lock:
             if key in self._cache:
@@ -100,7 +105,7 @@ class AdjustedReader:
                 return self._cache[key]
         out = self._compute(
             symbols, segments, actions, timeframe, start, end, columns, adjust,
-            dividend_convention, as_of_day,
+            dividend_convention, as_of_day, known,
         )  # fmt: skip
         with self._lock:
             self._cache[key] = out
@@ -120,6 +125,7 @@ class AdjustedReader:
         adjust: Adjust,
         convention: DividendConvention,
         as_of: date | None,
+        known: datetime | None,
     ) -> pl.DataFrame:
         cols = list(columns) if columns else list(BAR_COLUMNS)
         read_cols = list(dict.fromkeys([*_NEEDED, *cols]))
@@ -129,14 +135,16 @@ class AdjustedReader:
         frames: list[pl.DataFrame] = []
         acts: list[pl.DataFrame] = []
         if plain:
-            frames.append(self.store.read(plain, timeframe, start, read_end, read_cols))
+            frames.append(
+                self.store.read(plain, timeframe, start, read_end, read_cols, as_of=known)
+            )
             acts.append(actions.filter(pl.col("symbol").is_in(plain)))
         for sym in symbols:
             if sym in plain:
                 continue
             segs = segments[sym]
             tickers = [seg.ticker for seg in segs]
-            raw = self.store.read(tickers, timeframe, start, read_end, read_cols)
+            raw = self.store.read(tickers, timeframe, start, read_end, read_cols, as_of=known)
             frames.append(relabel(raw, segs, sym, "ts").sort("ts"))
             acts.append(
                 relabel(actions.filter(pl.col("symbol").is_in(tickers)), segs, sym, "ex_date")

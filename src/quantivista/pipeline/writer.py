@@ -16,6 +16,7 @@ from quantivista.quality.validate import Validator
 from quantivista.storage.base import BarStore, UpsertStats
 from quantivista.storage.catalog import Catalog
 from quantivista.storage.quarantine import QuarantineStore
+from quantivista.storage.rollup import Rollup
 
 __all__ = ["BarWriter", "WriteOutcome"]
 
@@ -40,6 +41,7 @@ class BarWriter:
         bus: EventBus,
         validator: Validator,
         clock: Clock,
+        rollup: Rollup | None = None,
     ) -> None:
         self.store = store
         self.quarantine = quarantine
@@ -47,6 +49,7 @@ class BarWriter:
         self.bus = bus
         self.validator = validator
         self.clock = clock
+        self.rollup = rollup
 
     def write(
         self, frame: FrameLike, *, source: str, job_id: str, timeframe: TimeframeLike | None = None
@@ -58,6 +61,8 @@ class BarWriter:
         )
         result = self.validator.validate(bars, job_id=job_id)
         stats = self.store.upsert(result.clean)
+        if stats.written and self.rollup is not None:
+            self.rollup.refresh(result.clean)  # derived timeframes follow their 1m bars
         quarantined = self.quarantine.add(result.rejected, job_id=job_id, at=now)
         self.catalog.save_report(result.report, now)
         if stats.written:

@@ -1,17 +1,47 @@
-"""The store contract every backend fulfils (embedded lake now; PostgreSQL later)."""
+"""The store contract every backend fulfils (the embedded lake and PostgreSQL).
+
+Knowledge time: every bar carries `ingested_at`, the instant the store learned its current
+values. A backend keeps each superseded version (replaced by an upsert or removed by a
+delete) with `superseded_at`, so `read(..., as_of=T)` can return exactly what the store
+held at T: for each key the version with `ingested_at <= T < superseded_at`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Protocol
 
 import polars as pl
 
-from quantivista.model.timeframe import Timeframe
+from quantivista.model.schema import BAR_POLARS_SCHEMA, PL_UTC_TS
+from quantivista.model.timeframe import Timeframe, TimeframeLike
 
-__all__ = ["BarStore", "UpsertStats"]
+__all__ = [
+    "HISTORY_POLARS_SCHEMA",
+    "STATS_SCHEMA",
+    "BarStore",
+    "RetentionPolicy",
+    "UpsertStats",
+    "apply_retention",
+    "pick_as_of",
+]
+
+# a superseded bar version: the bar as it was, plus when it stopped being current
+HISTORY_POLARS_SCHEMA = pl.Schema({**BAR_POLARS_SCHEMA, "superseded_at": PL_UTC_TS})
+
+STATS_SCHEMA = pl.Schema(
+    {
+        "timeframe": pl.String(),
+        "symbol": pl.String(),
+        "rows": pl.Int64(),
+        "first_ts": PL_UTC_TS,
+        "last_ts": PL_UTC_TS,
+        "bytes": pl.Int64(),
+        "files": pl.UInt32(),
+    }
+)
 
 
 @dataclass(slots=True)
@@ -40,7 +70,11 @@ class BarStore(Protocol):
     """Bars keyed by (symbol, timeframe, ts); writes are idempotent upserts."""
 
     def upsert(self, bars: pl.DataFrame) -> UpsertStats:
-        """Insert new bars and replace changed ones; identical bars are left untouched."""
+        """Insert new bars and replace changed ones; identical bars are left untouched.
+
+        A replaced bar's old version goes to history with `superseded_at` set to the new
+        version's `ingested_at`; unchanged bars keep their `ingested_at` and `job_id`.
+        """
         ...
 
     def read(
@@ -50,14 +84,80 @@ class BarStore(Protocol):
         start: datetime | None = None,
         end: datetime | None = None,
         columns: Sequence[str] | None = None,
+        as_of: datetime | None = None,
     ) -> pl.DataFrame:
-        """Return bars of `symbols` with `start <= ts < end`, sorted by symbol and ts."""
+        """Return bars of `symbols` with `start <= ts < end`, sorted by symbol and ts.
+
+        With `as_of`, return the versions the store held at that instant instead.
+        """
+        ...
+
+    def delete(
+        self,
+        timeframe: Timeframe,
+        symbols: Sequence[str] | None = None,
+        before: datetime | None = None,
+        *,
+        at: datetime,
+    ) -> int:
+        """Delete bars (of some symbols or all, those with ts < `before` or all) at time `at`.
+
+        Deleted bars stay visible to as-of reads before `at`. Return the rows deleted.
+        """
+        ...
+
+    def expire(self, timeframe: Timeframe, before: datetime) -> int:
+        """Drop bars with ts < `before`, history included (retention); return current rows."""
         ...
 
     def symbols(self, timeframe: Timeframe | None = None) -> list[str]:
-        """Return the symbols stored (for one timeframe, or any)."""
+        """Return the symbols stored (for one timeframe, or any), sorted."""
         ...
 
     def stats(self) -> pl.DataFrame:
-        """Return one row per (timeframe, symbol): rows, first and last ts, bytes, files."""
+        """Return one row per (timeframe, symbol) in `STATS_SCHEMA`."""
         ...
+
+    def close(self) -> None:
+        """Release connections and threads."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionPolicy:
+    """How long bars of each timeframe stay in the store, e.g. `{"1m": 730 days}`."""
+
+    keep: Mapping[str, timedelta] = field(default_factory=dict)
+
+    def cutoff(self, timeframe: TimeframeLike, now: datetime) -> datetime | None:
+        """Return the oldest ts kept for `timeframe` at `now` (None: keep everything)."""
+        span = self.keep.get(str(Timeframe.parse(timeframe)))
+        return None if span is None else now - span
+
+
+def apply_retention(store: BarStore, policy: RetentionPolicy, now: datetime) -> dict[str, int]:
+    """Expire bars older than each timeframe's retention; return the rows dropped per timeframe."""
+    dropped: dict[str, int] = {}
+    for name in policy.keep:
+        tf = Timeframe.parse(name)
+        cutoff = policy.cutoff(tf, now)
+        if cutoff is not None:
+            dropped[str(tf)] = store.expire(tf, cutoff)
+    return dropped
+
+
+def pick_as_of(current: pl.DataFrame, history: pl.DataFrame, as_of: datetime) -> pl.DataFrame:
+    """Return, per (symbol, ts), the version valid at `as_of` from current rows and history.
+
+    Both frames hold full bar columns (history also `superseded_at`). A history row left by
+    a writer that crashed after writing history but before replacing the data file is a copy
+    of a still-current row; taking the newest `ingested_at` per key makes it harmless.
+    """
+    cur = current.filter(pl.col("ingested_at") <= as_of)
+    old = history.filter((pl.col("ingested_at") <= as_of) & (pl.col("superseded_at") > as_of)).drop(
+        "superseded_at"
+    )
+    both = pl.concat([cur, old.select(cur.columns)])
+    return both.sort("symbol", "ts", "ingested_at").unique(
+        subset=["symbol", "ts"], keep="last", maintain_order=True
+    )

@@ -9,6 +9,10 @@ Every write replaces whole partition files atomically (write a hidden temporary 
 `os.replace`), under a lock striped over partitions, so readers never see half a file and
 concurrent writers of one partition never lose each other's rows. A write that changes
 nothing leaves the file untouched: ingesting the same bars twice is a no-op.
+
+Superseded versions (replaced or deleted bars) go to `<root>/history/bars/timeframe=X/
+symbol=S/<uuid>.parquet` with `superseded_at`, written before the data file is replaced,
+so as-of reads are exact even across a crash between the two renames.
 """
 
 from __future__ import annotations
@@ -35,12 +39,20 @@ from quantivista.model.schema import (
     BAR_COLUMNS,
     BAR_POLARS_SCHEMA,
     BAR_VALUE_COLUMNS,
+    PL_UTC_TS,
     series_in_blocks,
 )
 from quantivista.model.timeframe import Timeframe
-from quantivista.storage.base import UpsertStats
+from quantivista.storage.archive import ColdTier
+from quantivista.storage.base import (
+    HISTORY_POLARS_SCHEMA,
+    STATS_SCHEMA,
+    UpsertStats,
+    pick_as_of,
+)
+from quantivista.storage.cache import FileCache
 
-__all__ = ["ParquetLake", "atomic_write_parquet"]
+__all__ = ["ParquetLake", "atomic_write_parquet", "storage_report"]
 
 DATA_FILE = "data.parquet"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -107,11 +119,17 @@ def _fsync(path: Path) -> None:
 class ParquetLake:
     """Silver bars in a directory of Parquet partitions (the default `BarStore`)."""
 
-    def __init__(self, root: Path, settings: StorageSettings | None = None) -> None:
+    def __init__(
+        self, root: Path, settings: StorageSettings | None = None, cold: ColdTier | None = None
+    ) -> None:
         self.root = Path(root)
         self.settings = settings or StorageSettings()
+        url = self.settings.archive_url
+        self.cold = cold if cold is not None else (ColdTier(url) if url else None)
         self.bars_root = self.root / "silver" / "bars"
+        self.history_root = self.root / "history" / "bars"
         self._lock_dir = self.root / ".locks"
+        self.cache = FileCache(self.settings.cache_mb * 1024 * 1024)
         self.bars_root.mkdir(parents=True, exist_ok=True)
         self._lock_dir.mkdir(parents=True, exist_ok=True)
 
@@ -120,6 +138,19 @@ class ParquetLake:
         """Return the directory of one partition."""
         base = self.bars_root / f"timeframe={timeframe}" / _symbol_dir(symbol)
         return base / f"month={month}" if month else base
+
+    def history_dir(self, timeframe: str, symbol: str) -> Path:
+        """Return the directory of one symbol's superseded versions (month subfolders inside)."""
+        return self.history_root / f"timeframe={timeframe}" / _symbol_dir(symbol)
+
+    def _history_of(self, partition: Path) -> Path:
+        # history mirrors the partition layout, so one partition lock guards both
+        return self.history_root / partition.relative_to(self.bars_root)
+
+    def _write_history(self, partition: Path, old: pl.DataFrame) -> None:
+        if old.height:
+            path = self._history_of(partition) / f"{uuid4().hex}.parquet"
+            atomic_write_parquet(old.select(HISTORY_POLARS_SCHEMA.names()), path, self.settings)
 
     @contextmanager
     def _locked(self, directory: Path) -> Iterator[None]:
@@ -130,6 +161,24 @@ class ParquetLake:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+    @contextmanager
+    def frozen(self) -> Iterator[None]:
+        """Hold every lock stripe: no partition changes until the block ends (for snapshots).
+
+        Writers hold one stripe at a time, so taking all of them in order cannot deadlock.
+        """
+        handles = []
+        try:
+            for stripe in range(_LOCK_STRIPES):
+                handle = open(self._lock_dir / f"{stripe:02d}.lock", "a+b")  # noqa: SIM115
+                handles.append(handle)
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+        finally:
+            for handle in reversed(handles):
+                fcntl.flock(handle, fcntl.LOCK_UN)
+                handle.close()
 
     # -- writes ----------------------------------------------------------------------------
     def upsert(self, bars: pl.DataFrame) -> UpsertStats:
@@ -181,10 +230,13 @@ class ParquetLake:
         path = directory / DATA_FILE
         with self._locked(directory):
             self._sweep_temporaries(directory)
+            self._sweep_temporaries(self._history_of(directory))
             if path.exists():
-                merged, stats = _merge(self._read_file(path), new)
+                merged, stats, superseded = _merge(self._read_file(path), new)
                 if merged is None:
                     return stats
+                # history first: a crash between the two renames leaves a harmless copy
+                self._write_history(directory, superseded)
             else:
                 merged, stats = new, UpsertStats(inserted=new.height)
             atomic_write_parquet(merged, path, self.settings)
@@ -198,19 +250,72 @@ class ParquetLake:
             for tmp in directory.glob(".tmp-*"):
                 tmp.unlink(missing_ok=True)
 
-    def delete(self, timeframe: Timeframe, symbol: str, before: datetime | None = None) -> int:
-        """Delete a symbol's bars of one timeframe (all, or those with ts < `before`)."""
+    def delete(
+        self,
+        timeframe: Timeframe,
+        symbols: Sequence[str] | None = None,
+        before: datetime | None = None,
+        *,
+        at: datetime | None = None,
+    ) -> int:
+        """Delete bars of one timeframe (some symbols or all; ts < `before` or all).
+
+        The deleted versions go to history with `superseded_at = at` (default now), so
+        as-of reads before `at` still see them. Return the rows deleted.
+        """
+        if isinstance(symbols, str):  # one symbol given bare (the old lake signature)
+            symbols = [symbols]
+        when = at or datetime.now(UTC)
+        return self._remove(str(timeframe), symbols, before, keep_history=True, at=when)
+
+    def expire(self, timeframe: Timeframe, before: datetime) -> int:
+        """Drop bars with ts < `before` and their history (retention); return current rows."""
+        tf = str(timeframe)
+        removed = self._remove(tf, None, before, keep_history=False, at=before)
+        for hist_file in list(self.history_root.glob(f"timeframe={tf}/symbol=*/**/*.parquet")):
+            if hist_file.name.startswith(".tmp-"):
+                continue
+            partition = self.bars_root / hist_file.parent.relative_to(self.history_root)
+            with self._locked(partition):
+                if not hist_file.exists():
+                    continue
+                old = self._read_file(hist_file)
+                keep = old.filter(pl.col("ts") >= before)
+                if keep.is_empty():
+                    hist_file.unlink()
+                elif keep.height < old.height:
+                    atomic_write_parquet(keep, hist_file, self.settings)
+        return removed
+
+    def _remove(
+        self,
+        tf: str,
+        symbols: Sequence[str] | None,
+        before: datetime | None,
+        *,
+        keep_history: bool,
+        at: datetime,
+    ) -> int:
         removed = 0
-        for path in self._files(str(timeframe), symbol, None, None):
-            with self._locked(path.parent):
-                df = self._read_file(path)
-                keep = df if before is None else df.filter(pl.col("ts") >= before)
-                if before is None or keep.is_empty():
-                    path.unlink()
-                    _prune_empty_dirs(path.parent, self.bars_root)
-                else:
-                    atomic_write_parquet(keep, path, self.settings)
-                removed += df.height - (0 if before is None else keep.height)
+        names = self.symbols(Timeframe.parse(tf)) if symbols is None else list(symbols)
+        for symbol in names:
+            for path in self._files(tf, symbol, None, before):
+                with self._locked(path.parent):
+                    df = self._read_file(path)
+                    mask = pl.lit(True) if before is None else pl.col("ts") < before
+                    gone = df.filter(mask)
+                    if gone.is_empty():
+                        continue
+                    if keep_history:
+                        hist = gone.with_columns(superseded_at=pl.lit(at, PL_UTC_TS))
+                        self._write_history(path.parent, hist)
+                    keep = df.filter(~mask)
+                    if keep.is_empty():
+                        path.unlink()
+                        _prune_empty_dirs(path.parent, self.bars_root)
+                    else:
+                        atomic_write_parquet(keep, path, self.settings)
+                    removed += gone.height
         return removed
 
     # -- reads -----------------------------------------------------------------------------
@@ -246,29 +351,116 @@ class ParquetLake:
         start: datetime | None = None,
         end: datetime | None = None,
         columns: Sequence[str] | None = None,
+        as_of: datetime | None = None,
     ) -> pl.DataFrame:
-        """Return bars with `start <= ts < end` for the symbols, sorted by symbol and ts."""
+        """Return bars with `start <= ts < end` for the symbols, sorted by symbol and ts.
+
+        With `as_of`, return the versions the lake held at that instant (see `BarStore`).
+        """
         cols = list(columns) if columns else list(BAR_COLUMNS)
         unknown = [c for c in cols if c not in BAR_POLARS_SCHEMA]
         if unknown:
             raise StorageError("unknown columns requested", columns=unknown)
-        whole = cols == list(BAR_COLUMNS)
-        read_cols = None if whole else (cols if "ts" in cols else [*cols, "ts"])
+        whole = as_of is not None or cols == list(BAR_COLUMNS)
+        read_cols = list(BAR_COLUMNS) if whole else (cols if "ts" in cols else [*cols, "ts"])
         frames = []
         tf_text = str(timeframe)
         for symbol in sorted(set(symbols)):  # files are sorted by ts: sorted symbols keep order
-            for path in self._files(tf_text, symbol, start, end):
-                frames.append(_ts_slice(self._read_file(path, read_cols), start, end))
+            cold = self._cold_frames(tf_text, symbol, start, end)
+            hot = [
+                _ts_slice(self.cache.get(path, self._read_file), start, end)
+                for path in self._files(tf_text, symbol, start, end)
+            ]
+            if not whole:
+                hot = [h.select(read_cols) for h in hot]
+            if cold:
+                # rows caught in both tiers by an interrupted archival: the hot copy wins
+                cold = [_ts_slice(f.sort("ts"), start, end).select(read_cols) for f in cold]
+                both = pl.concat([*cold, *hot])
+                frames.append(both.unique(subset=["ts"], keep="last", maintain_order=True))
+            else:
+                frames.extend(hot)
+        if as_of is not None:
+            current = pl.concat(frames) if frames else pl.DataFrame(schema=BAR_POLARS_SCHEMA)
+            history = self._history(tf_text, symbols, start, end)
+            frames = [pick_as_of(current, history, as_of)]
         if not frames:
             return pl.DataFrame(schema={c: BAR_POLARS_SCHEMA[c] for c in cols})
         df = pl.concat(frames) if len(frames) > 1 else frames[0]
-        return df if whole or df.columns == cols else df.select(cols)
+        return df if df.columns == cols else df.select(cols)
+
+    def _cold_frames(
+        self, tf: str, symbol: str, start: datetime | None, end: datetime | None
+    ) -> list[pl.DataFrame]:
+        if self.cold is None:
+            return []
+        rel_dir = self.partition_dir(tf, symbol).relative_to(self.root).as_posix()
+        lo = f"month={start.year:04d}-{start.month:02d}" if start else ""
+        hi = f"month={end.year:04d}-{end.month:02d}" if end else "month=9999-99"
+        frames = []
+        for rel in self.cold.files(rel_dir):
+            month = rel.rsplit("/", 2)[-2]
+            if month.startswith("month=") and not lo <= month <= hi:
+                continue
+            frame = self.cold.read(rel)
+            if frame is not None:
+                frames.append(frame)
+        return frames
+
+    def _history(
+        self, tf: str, symbols: Sequence[str], start: datetime | None, end: datetime | None
+    ) -> pl.DataFrame:
+        files = [
+            str(path)
+            for symbol in dict.fromkeys(symbols)
+            for path in sorted(self.history_dir(tf, symbol).rglob("*.parquet"))
+            if not path.name.startswith(".tmp-")  # a writer's unfinished file
+        ]
+        if not files:
+            return pl.DataFrame(schema=HISTORY_POLARS_SCHEMA)
+        cond = pl.lit(True)
+        if start is not None:
+            cond = cond & (pl.col("ts") >= start)
+        if end is not None:
+            cond = cond & (pl.col("ts") < end)
+        try:
+            return pl.scan_parquet(files).filter(cond).collect()
+        except (OSError, pl.exceptions.ComputeError) as exc:
+            raise StorageError("cannot read history files", files=len(files)) from exc
+
+    def compact(self) -> int:
+        """Merge each partition's history files into one; return the files removed.
+
+        Every correction adds one small history file per partition it touches; as-of reads
+        scan them all, so periodic compaction keeps those reads fast.
+        """
+        removed = 0
+        dirs = {p.parent for p in self.history_root.rglob("*.parquet") if p.name[0] != "."}
+        for hist_dir in sorted(dirs):
+            partition = self.bars_root / hist_dir.relative_to(self.history_root)
+            with self._locked(partition):
+                files = sorted(p for p in hist_dir.glob("*.parquet") if p.name[0] != ".")
+                if len(files) < 2:
+                    continue
+                merged = pl.concat([self._read_file(p) for p in files]).sort("ts", "ingested_at")
+                # the merged file lands before the parts go: a crash leaves duplicates of
+                # identical versions, which as-of reads already tolerate
+                atomic_write_parquet(merged, hist_dir / f"{uuid4().hex}.parquet", self.settings)
+                for path in files:
+                    path.unlink()
+                removed += len(files) - 1
+        return removed
+
+    def close(self) -> None:
+        """Nothing to release: files are opened per call."""
 
     def symbols(self, timeframe: Timeframe | None = None) -> list[str]:
         """Return the stored symbols, sorted."""
         pattern = f"timeframe={timeframe}" if timeframe else "timeframe=*"
+        # from data files, not directories: deletes leave empty partition directories behind
         found = {
-            unquote(p.name[len("symbol=") :]) for p in self.bars_root.glob(f"{pattern}/symbol=*")
+            unquote(p.relative_to(self.bars_root).parts[1][len("symbol=") :])
+            for p in self.bars_root.glob(f"{pattern}/symbol=*/**/{DATA_FILE}")
         }
         return sorted(found)
 
@@ -300,16 +492,9 @@ class ParquetLake:
                     "bytes": path.stat().st_size,
                 }
             )
-        schema: dict[str, pl.DataType] = {
-            "timeframe": pl.String(),
-            "symbol": pl.String(),
-            "rows": pl.Int64(),
-            "first_ts": pl.Datetime("us", "UTC"),
-            "last_ts": pl.Datetime("us", "UTC"),
-            "bytes": pl.Int64(),
-        }
+        schema = {k: v for k, v in STATS_SCHEMA.items() if k != "files"}
         if not rows:
-            return pl.DataFrame(schema={**schema, "files": pl.UInt32()})
+            return pl.DataFrame(schema=STATS_SCHEMA)
         df = pl.DataFrame(rows, schema_overrides=schema, orient="row")
         return (
             df.group_by("timeframe", "symbol")
@@ -324,6 +509,35 @@ class ParquetLake:
         )
 
 
+def storage_report(lake: ParquetLake) -> pl.DataFrame:
+    """Return files, rows, bytes on disk, raw (uncompressed) bytes and ratio per tier."""
+    tiers = {
+        "hot": list(lake.bars_root.rglob(DATA_FILE)),
+        "history": [p for p in lake.history_root.rglob("*.parquet") if p.name[0] != "."],
+    }
+    rows = []
+    for tier, files in tiers.items():
+        n_rows = disk = raw = 0
+        for path in files:
+            meta = pq.read_metadata(path)
+            n_rows += meta.num_rows
+            raw += sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+            disk += path.stat().st_size
+        rows.append((tier, len(files), n_rows, disk, raw, raw / disk if disk else None))
+    return pl.DataFrame(
+        rows,
+        schema={
+            "tier": pl.String(),
+            "files": pl.Int64(),
+            "rows": pl.Int64(),
+            "bytes": pl.Int64(),
+            "raw_bytes": pl.Int64(),
+            "compression_ratio": pl.Float64(),
+        },
+        orient="row",
+    )
+
+
 def _sorted_unique(df: pl.DataFrame) -> pl.DataFrame:
     """Return `df` with each symbol one block sorted by ts, one row per key, the last winning."""
     if series_in_blocks(df):
@@ -332,8 +546,13 @@ def _sorted_unique(df: pl.DataFrame) -> pl.DataFrame:
     return df.unique(subset=["symbol", "ts"], keep="last", maintain_order=True).drop("_pos")
 
 
-def _merge(existing: pl.DataFrame, new: pl.DataFrame) -> tuple[pl.DataFrame | None, UpsertStats]:
-    """Merge `new` into `existing` by ts; unchanged rows keep their original knowledge time."""
+def _merge(
+    existing: pl.DataFrame, new: pl.DataFrame
+) -> tuple[pl.DataFrame | None, UpsertStats, pl.DataFrame]:
+    """Merge `new` into `existing` by ts; unchanged rows keep their original knowledge time.
+
+    Also return the replaced versions of `existing`, stamped with `superseded_at`.
+    """
     old = existing.select("ts", *BAR_VALUE_COLUMNS, "ingested_at", "job_id").with_columns(
         _present=pl.lit(True)
     )
@@ -353,13 +572,17 @@ def _merge(existing: pl.DataFrame, new: pl.DataFrame) -> tuple[pl.DataFrame | No
         updated=new.height - int(counts["inserted"]) - int(counts["unchanged"]),
     )
     if stats.written == 0:
-        return None, stats
+        return None, stats, existing.clear()
+    replaced = marked.filter(pl.col("_present") & ~pl.col("_same")).select(
+        "ts", superseded_at=pl.col("ingested_at").fill_null(datetime.now(UTC))
+    )
+    superseded = existing.join(replaced, on="ts", how="inner")
     incoming = marked.with_columns(
         ingested_at=pl.when("_same").then("ingested_at_old").otherwise("ingested_at"),
         job_id=pl.when("_same").then("job_id_old").otherwise("job_id"),
     ).select(BAR_COLUMNS)
     kept = existing.join(new.select("ts"), on="ts", how="anti")
-    return pl.concat([kept, incoming]).sort("ts"), stats
+    return pl.concat([kept, incoming]).sort("ts"), stats, superseded
 
 
 def _prune_empty_dirs(start: Path, stop: Path) -> None:

@@ -1,0 +1,157 @@
+"""Storage benchmark: our lake (validated write path) vs ArcticDB (LMDB), plus PostgreSQL.
+
+Workload: 10 years of daily bars for 500 symbols (about 1.26 M bars).
+- lake write: `Platform.write_bars` (coerce + validate + upsert), in bars/s
+- arcticdb write: `Library.write_batch` of one pandas frame per symbol (the pandas
+  conversion is done before the clock starts: generous to ArcticDB)
+- read: all 10 years of one symbol, warm, median of 7 runs
+- postgres: `PostgresStore.upsert` of the whole universe into an empty schema (binary COPY +
+  one upsert statement), then a range read of one symbol-year, warm, median of 20 runs
+Prints one JSON line. Usage: python perf/storage.py [--symbols 500] [--years 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+import numpy as np
+import polars as pl
+
+from quantivista.config import Settings
+from quantivista.model.schema import coerce_bars
+from quantivista.model.timeframe import Timeframe
+from quantivista.platform import Platform
+from quantivista.reference.calendars import get_calendar
+
+
+def universe(symbols: int, years: int) -> pl.DataFrame:
+    """Return `symbols` x `years` of valid daily bars on XNYS sessions."""
+    sessions = get_calendar("XNYS").sessions(date(2014, 1, 1), date(2014 + years - 1, 12, 31))
+    days = len(sessions)
+    rng = np.random.default_rng(1)
+    n = symbols * days
+    steps = rng.normal(0, 0.01, (symbols, days)).cumsum(axis=1)
+    close = (rng.uniform(20, 400, symbols)[:, None] * np.exp(steps)).ravel()
+    open_ = close * rng.uniform(0.99, 1.01, n)
+    high = np.maximum(open_, close) * rng.uniform(1.0, 1.01, n)
+    low = np.minimum(open_, close) * rng.uniform(0.99, 1.0, n)
+    ts = sessions.cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
+    frame = pl.DataFrame(
+        {
+            "symbol": np.repeat([f"S{i:04d}" for i in range(symbols)], days),
+            "ts": pl.concat([ts] * symbols),
+            "open": open_,
+            "high": high,
+            "low": low,
+            "close": close,
+            "volume": rng.integers(1_000, 5_000_000, n).astype(np.float64),
+        }
+    )
+    return frame
+
+
+def median_s(fn: Callable[[], Any], runs: int) -> float:
+    fn()  # warm
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench_lake(frame: pl.DataFrame, root: Path) -> dict[str, float]:
+    with Platform.open(root) as p:
+        t0 = time.perf_counter()
+        report = p.write_bars(frame, source="perf", timeframe="1d")
+        elapsed = time.perf_counter() - t0
+        assert report.invalid_records == 0, report
+        read = median_s(lambda: p.bars("S0000", timeframe="1d"), 7)
+        assert p.bars("S0000").height == frame.height // frame["symbol"].n_unique()
+    return {"lake_write_bars_per_s": frame.height / elapsed, "lake_read_symbol_ms": read * 1e3}
+
+
+def bench_arcticdb(frame: pl.DataFrame, root: Path) -> dict[str, Any]:
+    try:
+        import arcticdb as adb
+    except ImportError as exc:
+        return {"arcticdb": f"not installed: {exc}"}
+    ac = adb.Arctic(f"lmdb://{root}")
+    lib = ac.get_library("bars", create_if_missing=True)
+    cols = ["open", "high", "low", "close", "volume"]
+    payloads = []
+    for (sym,), part in frame.group_by("symbol", maintain_order=True):
+        pdf = part.select("ts", *cols).to_pandas().set_index("ts")
+        payloads.append(adb.WritePayload(str(sym), pdf))
+    t0 = time.perf_counter()
+    lib.write_batch(payloads)
+    elapsed = time.perf_counter() - t0
+    read = median_s(lambda: lib.read("S0000").data, 7)
+    return {
+        "arcticdb_version": adb.__version__,
+        "arcticdb_write_bars_per_s": frame.height / elapsed,
+        "arcticdb_read_symbol_ms": read * 1e3,
+    }
+
+
+def bench_postgres(frame: pl.DataFrame) -> dict[str, Any]:
+    try:
+        import psycopg
+
+        from quantivista.storage.postgres import PostgresStore
+    except ImportError as exc:
+        return {"postgres": f"not installed: {exc}"}
+    dsn = Settings().services.postgres_dsn.get_secret_value()
+    schema = f"qv_perf_{uuid4().hex[:8]}"
+    bars = coerce_bars(frame, timeframe="1d", provider="perf", job_id="perf",
+                       ingested_at=datetime.now(UTC))  # fmt: skip
+    store = PostgresStore(dsn, schema)
+    try:
+        t0 = time.perf_counter()
+        stats = store.upsert(bars)
+        elapsed = time.perf_counter() - t0
+        assert stats.inserted == bars.height
+        with store.pool.connection() as conn:
+            conn.execute("ANALYZE bars")
+        lo, hi = datetime(2020, 1, 1, tzinfo=UTC), datetime(2021, 1, 1, tzinfo=UTC)
+        d1 = Timeframe.parse("1d")
+        read = median_s(lambda: store.read(["S0000"], d1, lo, hi), 20)
+        assert store.read(["S0000"], d1, lo, hi).height == 253
+    finally:
+        store.close()
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    return {"postgres_load_bars_per_s": bars.height / elapsed, "postgres_read_year_ms": read * 1e3}
+
+
+def main() -> None:
+    """Run the benchmark and print one JSON line."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--symbols", type=int, default=500)
+    parser.add_argument("--years", type=int, default=10)
+    args = parser.parse_args()
+    frame = universe(args.symbols, args.years)
+    out: dict[str, Any] = {"bench": "storage", "bars": frame.height, "symbols": args.symbols}
+    with tempfile.TemporaryDirectory() as tmp:
+        out.update(bench_lake(frame, Path(tmp) / "lake"))
+        out.update(bench_arcticdb(frame, Path(tmp) / "arctic"))
+    out.update(bench_postgres(frame))
+    if "arcticdb_write_bars_per_s" in out:
+        out["write_ratio_vs_arcticdb"] = (
+            out["lake_write_bars_per_s"] / out["arcticdb_write_bars_per_s"]
+        )
+        out["read_ratio_vs_arcticdb"] = out["arcticdb_read_symbol_ms"] / out["lake_read_symbol_ms"]
+    print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in out.items()}))
+
+
+if __name__ == "__main__":
+    main()

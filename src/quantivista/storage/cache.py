@@ -1,0 +1,66 @@
+"""An in-process cache of hot partition files, keyed by file identity.
+
+Each entry remembers the file's (inode, mtime, size). Writers replace partition files by
+rename, which gives them a new inode, so any write, by this process or another, makes the
+stale entry miss on the next read: invalidation needs no messages.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+
+import polars as pl
+
+__all__ = ["FileCache"]
+
+_Key = tuple[int, int, int]
+
+
+class FileCache:
+    """A least-recently-used map from file path to its decoded frame, bounded in bytes."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[str, tuple[_Key, pl.DataFrame, int]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, path: Path, load: Callable[[Path], pl.DataFrame]) -> pl.DataFrame:
+        """Return the frame of `path`, loading it when absent or when the file changed."""
+        if self.max_bytes <= 0:
+            return load(path)
+        st = os.stat(path)
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        name = str(path)
+        with self._lock:
+            entry = self._entries.get(name)
+            if entry is not None and entry[0] == key:
+                self._entries.move_to_end(name)
+                self.hits += 1
+                return entry[1]
+        frame = load(path)
+        size = int(frame.estimated_size())
+        with self._lock:
+            self.misses += 1
+            old = self._entries.pop(name, None)
+            if old is not None:
+                self._bytes -= old[2]
+            if size <= self.max_bytes:
+                self._entries[name] = (key, frame, size)
+                self._bytes += size
+                while self._bytes > self.max_bytes:
+                    _, (_, _, dropped) = self._entries.popitem(last=False)
+                    self._bytes -= dropped
+        return frame
+
+    def clear(self) -> None:
+        """Forget every entry."""
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0

@@ -1,0 +1,1 @@
+"""Alembic migrations of the PostgreSQL store (run programmatically on open)."""

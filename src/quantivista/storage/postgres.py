@@ -1,0 +1,340 @@
+"""The PostgreSQL backend: bars in a year-partitioned table (or a TimescaleDB hypertable).
+
+Writes: the batch is encoded as binary COPY data (NumPy, no row loop), copied into a
+temporary staging table, then merged by one `INSERT ... ON CONFLICT DO UPDATE ... WHERE
+values differ` statement, so unchanged rows keep their `ingested_at`. A data-modifying CTE
+in the same statement copies the versions it replaces into `bars_history`.
+Reads: `COPY (SELECT ...) TO STDOUT` as CSV, parsed by Polars.
+The schema is created and upgraded by the Alembic migrations shipped in
+`quantivista/storage/migrations`, run on open under an advisory lock.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from psycopg import sql
+from psycopg_pool import ConnectionPool
+
+from quantivista.errors import StorageError
+from quantivista.model.schema import BAR_COLUMNS, BAR_POLARS_SCHEMA, BAR_VALUE_COLUMNS
+from quantivista.model.timeframe import Timeframe
+from quantivista.storage.base import STATS_SCHEMA, UpsertStats
+from quantivista.storage.lake import _sorted_unique
+from quantivista.storage.pgcopy import encode_binary_copy
+
+__all__ = ["PostgresStore", "migrate"]
+
+log = logging.getLogger(__name__)
+
+_MIGRATIONS = Path(__file__).parent / "migrations"
+_TS_COLUMNS = ("ts", "ingested_at")
+_COLS = sql.SQL(", ").join(sql.Identifier(c) for c in BAR_COLUMNS)
+
+
+def _sqlalchemy_url(dsn: str) -> str:
+    for prefix in ("postgresql://", "postgres://"):
+        if dsn.startswith(prefix):
+            return "postgresql+psycopg://" + dsn[len(prefix) :]
+    return dsn
+
+
+def migrate(dsn: str, schema: str) -> None:
+    """Create `schema` if needed and upgrade it to the newest migration (Alembic)."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.pool import NullPool
+
+    engine = create_engine(_sqlalchemy_url(dsn), poolclass=NullPool)
+    try:
+        with engine.begin() as conn:
+            # one migrator at a time per schema; others wait, then find nothing to do
+            conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:s))"), {"s": schema})
+            conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+            conn.execute(text(f'SET LOCAL search_path TO "{schema}"'))
+            cfg = Config()
+            cfg.set_main_option("script_location", str(_MIGRATIONS))
+            cfg.attributes["connection"] = conn
+            cfg.attributes["schema"] = schema
+            command.upgrade(cfg, "head")
+    finally:
+        engine.dispose()
+
+
+def _epoch_us(column: str) -> sql.Composable:
+    return sql.SQL("(extract(epoch from {c}) * 1000000)::int8 AS {c}").format(
+        c=sql.Identifier(column)
+    )
+
+
+def _select_list(columns: Sequence[str]) -> sql.Composable:
+    return sql.SQL(", ").join(
+        _epoch_us(c) if c in _TS_COLUMNS else sql.Identifier(c) for c in columns
+    )
+
+
+def _parse_csv(data: bytes, schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    """Parse CSV from COPY TO, timestamps given as Unix microseconds."""
+    raw_schema = {c: (pl.Int64() if isinstance(t, pl.Datetime) else t) for c, t in schema.items()}
+    raw_schema = {c: (pl.Int64() if t == pl.UInt32 else t) for c, t in raw_schema.items()}
+    if not data:
+        return pl.DataFrame(schema=schema)
+    df = pl.read_csv(io.BytesIO(data), schema=raw_schema, has_header=False)
+    return df.with_columns(
+        [
+            pl.from_epoch(pl.col(c), "us").dt.replace_time_zone("UTC").alias(c)
+            if isinstance(t, pl.Datetime)
+            else pl.col(c).cast(t)
+            for c, t in schema.items()
+        ]
+    )
+
+
+class PostgresStore:
+    """Bars in PostgreSQL, one schema per store; a `BarStore`."""
+
+    def __init__(self, dsn: str, schema: str = "quantivista", *, pool_size: int = 4) -> None:
+        self.schema = schema
+        try:
+            migrate(dsn, schema)
+        except Exception as exc:
+            raise StorageError("cannot migrate the PostgreSQL schema", schema=schema) from exc
+        self.pool = ConnectionPool(
+            dsn,
+            min_size=1,
+            max_size=pool_size,
+            kwargs={"options": f"-c search_path={schema} -c timezone=UTC"},
+            open=True,
+            name=f"qv-{schema}",
+        )
+        self.pool.wait()
+        with self.pool.connection() as conn:
+            row = conn.execute("SELECT value FROM qv_meta WHERE key = 'bars_layout'").fetchone()
+            self.layout = str(row[0]) if row else "partitioned"
+            parts = conn.execute(
+                "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                "WHERE i.inhparent = 'bars'::regclass"
+            ).fetchall()
+        self._years = {int(name[len("bars_y") :]) for (name,) in parts if name[6:].isdigit()}
+        log.info("opened PostgreSQL store %s (layout %s)", schema, self.layout)
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self.pool.close()
+
+    # -- writes ----------------------------------------------------------------------------
+    def _ensure_partitions(self, bars: pl.DataFrame) -> None:
+        if self.layout != "partitioned":
+            return  # hypertables make their chunks themselves
+        years = set(bars.select(pl.col("ts").dt.year().unique()).to_series().to_list())
+        missing = sorted(years - self._years)
+        if not missing:
+            return
+        with self.pool.connection() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self.schema + ".parts",))
+            for year in missing:
+                conn.execute(
+                    sql.SQL(
+                        "CREATE TABLE IF NOT EXISTS {t} PARTITION OF bars "
+                        "FOR VALUES FROM ({lo}) TO ({hi})"
+                    ).format(
+                        t=sql.Identifier(f"bars_y{year}"),
+                        lo=sql.Literal(f"{year}-01-01 00:00:00+00"),
+                        hi=sql.Literal(f"{year + 1}-01-01 00:00:00+00"),
+                    )
+                )
+        self._years.update(missing)
+
+    def upsert(self, bars: pl.DataFrame) -> UpsertStats:
+        """Insert new bars and replace changed ones in one statement; keep replaced versions."""
+        if bars.is_empty():
+            return UpsertStats()
+        bars = _sorted_by_key(bars.select(BAR_COLUMNS))
+        self._ensure_partitions(bars)
+        payload = encode_binary_copy(bars)
+        differ = sql.SQL("({a}) IS DISTINCT FROM ({b})")
+        b_vals = sql.SQL(", ").join(
+            sql.SQL("b.{}").format(sql.Identifier(c)) for c in BAR_VALUE_COLUMNS
+        )
+        s_vals = sql.SQL(", ").join(
+            sql.SQL("s.{}").format(sql.Identifier(c)) for c in BAR_VALUE_COLUMNS
+        )
+        x_vals = sql.SQL(", ").join(
+            sql.SQL("excluded.{}").format(sql.Identifier(c)) for c in BAR_VALUE_COLUMNS
+        )
+        updates = sql.SQL(", ").join(
+            sql.SQL("{c} = excluded.{c}").format(c=sql.Identifier(c))
+            for c in (*BAR_VALUE_COLUMNS, "ingested_at", "job_id")
+        )
+        statement = sql.SQL(
+            """
+            WITH replaced AS (
+                INSERT INTO bars_history
+                SELECT b.*, coalesce(s.ingested_at, now()) FROM bars b
+                JOIN qv_stage s USING (symbol, timeframe, ts)
+                WHERE {b_differs}
+                RETURNING 1
+            ), merged AS (
+                INSERT INTO bars AS b ({cols}) SELECT {cols} FROM qv_stage
+                ON CONFLICT (symbol, timeframe, ts) DO UPDATE SET {updates}
+                WHERE {x_differs}
+                RETURNING 1
+            )
+            -- both CTEs test the same "values differ" condition: replaced rows = updates
+            SELECT (SELECT count(*) FROM merged) - (SELECT count(*) FROM replaced),
+                   (SELECT count(*) FROM replaced)
+            """
+        ).format(
+            b_differs=differ.format(a=b_vals, b=s_vals),
+            x_differs=differ.format(a=b_vals, b=x_vals),
+            cols=_COLS,
+            updates=updates,
+        )
+        with self.pool.connection() as conn, conn.transaction():
+            conn.execute("CREATE TEMP TABLE qv_stage (LIKE bars INCLUDING DEFAULTS) ON COMMIT DROP")
+            with conn.cursor() as cur:
+                with cur.copy(
+                    sql.SQL("COPY qv_stage ({}) FROM STDIN (FORMAT BINARY)").format(_COLS)
+                ) as cp:
+                    cp.write(payload)
+                cur.execute("ANALYZE qv_stage")
+                cur.execute(statement)
+                row = cur.fetchone()
+        assert row is not None
+        inserted, updated = int(row[0]), int(row[1])
+        return UpsertStats(
+            inserted=inserted,
+            updated=updated,
+            unchanged=bars.height - inserted - updated,
+            partitions_written=1 if inserted + updated else 0,
+        )
+
+    def delete(
+        self,
+        timeframe: Timeframe,
+        symbols: Sequence[str] | None = None,
+        before: datetime | None = None,
+        *,
+        at: datetime | None = None,
+    ) -> int:
+        """Delete bars, moving them to history with `superseded_at = at` (default now)."""
+        if isinstance(symbols, str):  # one symbol given bare (the old lake signature)
+            symbols = [symbols]
+        where, params = _where(timeframe, symbols, None, before)
+        statement = sql.SQL(
+            "WITH gone AS (DELETE FROM bars WHERE {w} RETURNING *) "
+            "INSERT INTO bars_history SELECT gone.*, %(at)s FROM gone"
+        ).format(w=where)
+        params["at"] = at or datetime.now(UTC)
+        with self.pool.connection() as conn, conn.transaction():
+            cur = conn.execute(statement, params)
+            return max(cur.rowcount, 0)
+
+    def expire(self, timeframe: Timeframe, before: datetime) -> int:
+        """Drop bars with ts < `before` and their history (retention); return current rows."""
+        where, params = _where(timeframe, None, None, before)
+        with self.pool.connection() as conn, conn.transaction():
+            removed = conn.execute(sql.SQL("DELETE FROM bars WHERE {}").format(where), params)
+            conn.execute(sql.SQL("DELETE FROM bars_history WHERE {}").format(where), params)
+            return max(removed.rowcount, 0)
+
+    # -- reads -----------------------------------------------------------------------------
+    def _copy_out(self, query: sql.Composable, params: dict[str, Any]) -> bytes:
+        with self.pool.connection() as conn, conn.cursor() as cur:
+            copy_sql = sql.SQL("COPY ({}) TO STDOUT (FORMAT CSV)").format(query)
+            with cur.copy(copy_sql, params) as cp:
+                return b"".join(bytes(chunk) for chunk in cp)
+
+    def read(
+        self,
+        symbols: Sequence[str],
+        timeframe: Timeframe,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        columns: Sequence[str] | None = None,
+        as_of: datetime | None = None,
+    ) -> pl.DataFrame:
+        """Return bars with `start <= ts < end`, sorted by symbol and ts (as of `as_of`)."""
+        cols = list(columns) if columns else list(BAR_COLUMNS)
+        unknown = [c for c in cols if c not in BAR_POLARS_SCHEMA]
+        if unknown:
+            raise StorageError("unknown columns requested", columns=unknown)
+        names = list(dict.fromkeys(symbols))
+        where, params = _where(timeframe, names, start, end)
+        if as_of is None:
+            query = sql.SQL(
+                'SELECT {sel} FROM bars WHERE {w} ORDER BY symbol COLLATE "C", ts'
+            ).format(sel=_select_list(cols), w=where)
+        else:
+            params["as_of"] = as_of
+            query = sql.SQL(
+                """
+                SELECT {sel} FROM (
+                    SELECT DISTINCT ON (symbol, ts) {all} FROM (
+                        SELECT {all} FROM bars WHERE {w} AND ingested_at <= %(as_of)s
+                        UNION ALL
+                        SELECT {all} FROM bars_history WHERE {w}
+                            AND ingested_at <= %(as_of)s AND superseded_at > %(as_of)s
+                    ) v ORDER BY symbol, ts, ingested_at DESC
+                ) k ORDER BY k.symbol COLLATE "C", k.ts
+                """
+            ).format(sel=_select_list(cols), all=_COLS, w=where)
+        data = self._copy_out(query, params)
+        df = _parse_csv(data, {c: BAR_POLARS_SCHEMA[c] for c in cols})
+        return df
+
+    def symbols(self, timeframe: Timeframe | None = None) -> list[str]:
+        """Return the stored symbols, sorted."""
+        with self.pool.connection() as conn:
+            if timeframe is None:
+                rows = conn.execute("SELECT DISTINCT symbol FROM bars ORDER BY 1").fetchall()
+            else:
+                rows = conn.execute(
+                    "SELECT DISTINCT symbol FROM bars WHERE timeframe = %s ORDER BY 1",
+                    (str(timeframe),),
+                ).fetchall()
+        return [str(r[0]) for r in rows]
+
+    def stats(self) -> pl.DataFrame:
+        """Return rows, first/last ts, bytes (stored row sizes) and partitions per key."""
+        query = sql.SQL(
+            "SELECT timeframe, symbol, count(*), "
+            "(extract(epoch from min(ts)) * 1000000)::int8, "
+            "(extract(epoch from max(ts)) * 1000000)::int8, "
+            "sum(pg_column_size(b.*))::int8, count(DISTINCT tableoid) "
+            "FROM bars b GROUP BY 1, 2 ORDER BY 1, 2"
+        )
+        return _parse_csv(self._copy_out(query, {}), dict(STATS_SCHEMA))
+
+
+def _sorted_by_key(bars: pl.DataFrame) -> pl.DataFrame:
+    """Return one row per (symbol, timeframe, ts), the last given winning."""
+    parts = [_sorted_unique(part) for _, part in bars.group_by("timeframe", maintain_order=True)]
+    return pl.concat(parts) if len(parts) > 1 else parts[0]
+
+
+def _where(
+    timeframe: Timeframe,
+    symbols: Sequence[str] | None,
+    start: datetime | None,
+    end: datetime | None,
+) -> tuple[sql.Composable, dict[str, Any]]:
+    parts: list[sql.Composable] = [sql.SQL("timeframe = %(tf)s")]
+    params: dict[str, Any] = {"tf": str(timeframe)}
+    if symbols is not None:
+        parts.append(sql.SQL("symbol = ANY(%(symbols)s)"))
+        params["symbols"] = list(symbols)
+    if start is not None:
+        parts.append(sql.SQL("ts >= %(start)s"))
+        params["start"] = start
+    if end is not None:
+        parts.append(sql.SQL("ts < %(end)s"))
+        params["end"] = end
+    return sql.SQL(" AND ").join(parts), params

@@ -1,0 +1,53 @@
+"""Storage fixtures: one PostgreSQL schema per test session, and a store per backend."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from uuid import uuid4
+
+import psycopg
+import pytest
+
+from quantivista.config import StorageSettings
+from quantivista.storage.base import BarStore
+from quantivista.storage.lake import ParquetLake
+from quantivista.storage.postgres import PostgresStore
+
+
+@pytest.fixture(scope="session")
+def pg_schema(postgres_dsn: str) -> Iterator[str]:
+    """Return a schema name unique to this test session; drop it (and its kin) afterwards."""
+    name = f"qv_test_{uuid4().hex[:10]}"
+    yield name
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT nspname FROM pg_namespace WHERE nspname LIKE %s", (name + "%",)
+        ).fetchall()
+        for (schema,) in rows:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture(scope="session")
+def pg_store_session(postgres_dsn: str, pg_schema: str) -> Iterator[PostgresStore]:
+    """Return one migrated PostgreSQL store for the session."""
+    store = PostgresStore(postgres_dsn, pg_schema, pool_size=2)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def pg_store(pg_store_session: PostgresStore) -> PostgresStore:
+    """Return the session's PostgreSQL store, emptied."""
+    with pg_store_session.pool.connection() as conn:
+        conn.execute("TRUNCATE bars, bars_history")
+    return pg_store_session
+
+
+@pytest.fixture(params=["lake", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> BarStore:
+    """Return an empty store of each backend in turn."""
+    if request.param == "lake":
+        return ParquetLake(tmp_path / "lake", StorageSettings(write_threads=2))
+    pg: PostgresStore = request.getfixturevalue("pg_store")
+    return pg
