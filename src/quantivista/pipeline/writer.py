@@ -13,9 +13,11 @@ from quantivista.model.jobs import DataQualityReport
 from quantivista.model.schema import FrameLike, coerce_bars
 from quantivista.model.timeframe import TimeframeLike
 from quantivista.quality.validate import Validator
+from quantivista.storage.actions import ActionStore
 from quantivista.storage.base import BarStore, UpsertStats
 from quantivista.storage.catalog import Catalog
 from quantivista.storage.quarantine import QuarantineStore
+from quantivista.storage.scores import QualityScoreStore
 
 __all__ = ["BarWriter", "WriteOutcome"]
 
@@ -40,7 +42,11 @@ class BarWriter:
         bus: EventBus,
         validator: Validator,
         clock: Clock,
+        actions: ActionStore | None = None,
+        scores: QualityScoreStore | None = None,
     ) -> None:
+        self.actions = actions  # known corporate actions keep real splits from looking like spikes
+        self.scores = scores  # per symbol-day quality scores, kept for trends
         self.store = store
         self.quarantine = quarantine
         self.catalog = catalog
@@ -49,14 +55,29 @@ class BarWriter:
         self.clock = clock
 
     def write(
-        self, frame: FrameLike, *, source: str, job_id: str, timeframe: TimeframeLike | None = None
+        self,
+        frame: FrameLike,
+        *,
+        source: str,
+        job_id: str,
+        timeframe: TimeframeLike | None = None,
+        validator: Validator | None = None,
     ) -> WriteOutcome:
-        """Validate and store one batch; rejected rows go to quarantine with their reasons."""
+        """Validate and store one batch; rejected rows go to quarantine with their reasons.
+
+        `validator` overrides the writer's own for this batch (e.g. a quarantine release
+        with some rules demoted to warnings).
+        """
         now = self.clock.now()
         bars = coerce_bars(
             frame, timeframe=timeframe, provider=source, job_id=job_id, ingested_at=now
         )
-        result = self.validator.validate(bars, job_id=job_id)
+        actions = None
+        if self.actions is not None and bars.height:
+            actions = self.actions.for_symbols(bars["symbol"].unique().to_list())
+        result = (validator or self.validator).validate(bars, job_id=job_id, actions=actions)
+        if self.scores is not None:
+            self.scores.add(result.scores, now)
         stats = self.store.upsert(result.clean)
         quarantined = self.quarantine.add(result.rejected, job_id=job_id, at=now)
         self.catalog.save_report(result.report, now)
