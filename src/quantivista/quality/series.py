@@ -75,12 +75,17 @@ def _next_valid(ok: np.ndarray) -> np.ndarray:
     return out
 
 
-def _rolling_scale(a: np.ndarray, gid: np.ndarray, window: int, floor: float) -> np.ndarray:
-    """Scale of each row from the `window` |returns| before it in the same series."""
-    n = a.size
-    pos = np.arange(n) + gid * window  # `window` NaNs between series
-    padded = np.full(n + (int(gid[-1]) + 1) * window, np.nan)
+def _padded(a: np.ndarray, gid: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """Place each series' values `window` NaNs apart, so no window spans two series."""
+    pos = np.arange(a.size) + gid * window
+    padded = np.full(a.size + (int(gid[-1]) + 1) * window, np.nan)
     padded[pos] = a
+    return padded, pos
+
+
+def _rolling_scale(a: np.ndarray, gid: np.ndarray, window: int, floor: float) -> np.ndarray:
+    """1.4826 x the median of the `window` values before each row in the same series."""
+    padded, pos = _padded(a, gid, window)
     med: np.ndarray = bn.move_median(padded, window, min_count=max(3, window // 2))
     prev: np.ndarray = med[pos - 1]  # the window ending on the previous row
     out: np.ndarray = np.maximum(_MAD_TO_SIGMA * prev, floor)
@@ -89,19 +94,10 @@ def _rolling_scale(a: np.ndarray, gid: np.ndarray, window: int, floor: float) ->
 
 def _rolling_mean(a: np.ndarray, gid: np.ndarray, window: int, floor: float) -> np.ndarray:
     """Mean of the `window` values before each row in the same series (NaNs skipped)."""
-    n = a.size
-    pos = np.arange(n) + gid * window + 1
-    padded = np.zeros(n + (int(gid[-1]) + 1) * window + 1)
-    seen = np.zeros_like(padded)
-    finite = np.isfinite(a)
-    padded[pos] = np.where(finite, a, 0.0)
-    seen[pos] = finite
-    total = np.cumsum(padded)
-    count = np.cumsum(seen)
-    lo = np.maximum(pos - 1 - window, 0)
-    k = count[pos - 1] - count[lo]
-    mean = (total[pos - 1] - total[lo]) / np.maximum(k, 1)
-    return np.where(k >= max(3, window // 2), np.maximum(mean, floor), np.nan)
+    padded, pos = _padded(a, gid, window)
+    mean: np.ndarray = bn.move_mean(padded, window, min_count=max(3, window // 2))
+    out: np.ndarray = np.maximum(mean[pos - 1], floor)
+    return out
 
 
 def _f64(df: pl.DataFrame, name: str) -> np.ndarray:

@@ -1,0 +1,1 @@
+"""Processing: normalization of provider data and cross-provider reconciliation."""
