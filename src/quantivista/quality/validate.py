@@ -394,6 +394,10 @@ class Validator:
             )
         return issues
 
+    def missing(self, bars: pl.DataFrame) -> pl.DataFrame:
+        """Return (symbol, ts) of bars the calendar expects inside each series' span."""
+        return self._missing_bars(bars.sort("symbol", "timeframe", "ts"))
+
     def _missing_bars(self, clean: pl.DataFrame) -> pl.DataFrame:
         """Return (symbol, ts) of expected bars absent between each series' first and last bar.
 
