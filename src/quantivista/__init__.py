@@ -48,6 +48,13 @@ from quantivista.model import (
 )
 from quantivista.platform import Platform
 
+# -- issue 4: processing and quality
+from quantivista.processing.gaps import fill_gaps
+from quantivista.processing.reconcile import Consensus, reconcile
+from quantivista.quality.business import load_rules
+from quantivista.quality.rules import Rule
+from quantivista.quality.validate import Validator
+
 __all__ = [
     "ACTION_POLARS_SCHEMA",
     "ACTION_SCHEMA",
@@ -59,6 +66,7 @@ __all__ = [
     "CircuitOpenError",
     "Clock",
     "ConfigurationError",
+    "Consensus",
     "CorporateAction",
     "DataQualityReport",
     "EntitlementError",
@@ -76,6 +84,7 @@ __all__ = [
     "Quote",
     "QuotaExhaustedError",
     "RateLimitedError",
+    "Rule",
     "SchemaError",
     "Settings",
     "Severity",
@@ -87,5 +96,9 @@ __all__ = [
     "Trade",
     "TransientProviderError",
     "ValidationIssue",
+    "Validator",
     "__version__",
+    "fill_gaps",
+    "load_rules",
+    "reconcile",
 ]
