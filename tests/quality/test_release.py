@@ -108,3 +108,27 @@ def test_freshness_of_stored_series(platform: Platform, ibm: tuple[pl.DataFrame,
     assert fresh["last_ts"][0] == last
     assert fresh["bars_behind"][0] > 100  # the fixture ends in 2021, the clock is in 2024
     assert not fresh["fresh"][0]
+
+
+def test_small_batches_are_checked_with_stored_history(
+    platform: Platform, ibm: tuple[pl.DataFrame, ...]
+) -> None:
+    bars = _bars(ibm)
+    platform.write_bars(bars.head(60), source="lean", timeframe="1d")
+    nxt = (
+        bars.slice(60, 2)
+        .with_columns(
+            close=pl.when(pl.int_range(pl.len()) == 0)
+            .then(pl.col("close") * 1.3)
+            .otherwise("close")
+        )
+        .with_columns(high=pl.max_horizontal("high", "close"))
+    )
+    report = platform.write_bars(nxt, source="lean", timeframe="1d")
+    assert report.rule_counts.get("spike") == 1  # 2 bars alone have no rolling window
+    assert report.total_records == 2
+    stored = platform.bars("IBM")
+    assert stored.height == 62
+    assert stored.filter(pl.col("ts") == bars["ts"][60])["quality_flags"][0] & int(
+        QualityFlag.SPIKE
+    )

@@ -113,6 +113,33 @@ def _dedupe(df: pl.DataFrame) -> tuple[pl.DataFrame, int]:
     return out, drop.len()
 
 
+def _series_with_history(
+    checked: pl.DataFrame,
+    history: pl.DataFrame,
+    actions: pl.DataFrame | None,
+    settings: QualitySettings,
+) -> pl.DataFrame:
+    """Run the series context over stored history + batch, and keep the batch rows."""
+    first = checked.group_by("symbol", "timeframe").agg(_first=pl.col("ts").min())
+    hist = (
+        history.join(first, on=["symbol", "timeframe"])
+        .filter(pl.col("ts") < pl.col("_first"))
+        .select(BAR_COLUMNS)
+        .with_columns(_valid=pl.lit(True), _hist=pl.lit(True))
+    )
+    if hist.is_empty():
+        return series_context(checked, actions, settings)
+    batch = checked.with_columns(_hist=pl.lit(False), _batch_new=pl.col("_new"))
+    both = pl.concat([hist, batch], how="diagonal_relaxed").sort(
+        "symbol", "timeframe", "ts", maintain_order=True
+    )
+    sym, tf = pl.col("symbol"), pl.col("timeframe")
+    both = both.with_columns(_new=(~((sym == sym.shift(1)) & (tf == tf.shift(1)))).fill_null(True))
+    out = series_context(both, actions, settings).filter(~pl.col("_hist"))
+    # the batch keeps its own series starts (the spans of the missing-bar check)
+    return out.with_columns(_new=pl.col("_batch_new")).drop("_hist", "_batch_new")
+
+
 def _spans(part: pl.DataFrame) -> pl.DataFrame:
     """Return (symbol, first, last, n) per series; sorted frames use their `_new` marks."""
     if "_new" not in part.columns:
@@ -238,12 +265,20 @@ class Validator:
         return bars.select(_flag_expr(rules, hits).alias("quality_flags")).to_series()
 
     def validate(
-        self, bars: pl.DataFrame, *, job_id: str, actions: pl.DataFrame | None = None
+        self,
+        bars: pl.DataFrame,
+        *,
+        job_id: str,
+        actions: pl.DataFrame | None = None,
+        history: pl.DataFrame | None = None,
     ) -> ValidationResult:
         """Check `bars` (canonical schema) and return clean rows, rejected rows and a report.
 
         `actions` (canonical action schema) lets the series rules tell a real split or
         dividend from a spike; without it every unexplained split-sized jump is flagged.
+        `history` (already stored bars before the batch) gives the rolling statistics
+        their warm-up, so a small incremental batch is checked like a long one; history
+        rows are context only: they are neither checked nor returned.
         """
         total = bars.height
         ordered = _sorted(bars)
@@ -257,7 +292,11 @@ class Validator:
         ]
         if later:
             valid = ~pl.any_horizontal(first_errors) if first_errors else pl.lit(True)
-            checked = series_context(checked.with_columns(_valid=valid), actions, self.settings)
+            checked = checked.with_columns(_valid=valid)
+            if history is not None and history.height and checked.height:
+                checked = _series_with_history(checked, history, actions, self.settings)
+            else:
+                checked = series_context(checked, actions, self.settings)
             checked = checked.with_columns([r.expr() for r in later])
         rules = first + later
         errors = [r for r in rules if r.severity is Severity.ERROR]
