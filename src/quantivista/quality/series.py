@@ -147,41 +147,44 @@ def series_context(
     same_prev = (prev >= 0) & (gid[np.maximum(prev, 0)] == gid) & ok
     r = np.full(n, np.nan)
     r[same_prev] = logc[same_prev] - logc[prev[same_prev]]
-    # undo the mechanical move of a known action: (close + cash) x ratio against the previous
-    adj = np.log(ratio) + np.log1p(np.divide(cash, c, out=np.zeros(n), where=ok))
-    r_adj = r + adj
+    has_action = bool((ratio != 1.0).any() or (cash != 0.0).any())
+    if has_action:
+        # undo the mechanical move of a known action: (close + cash) x ratio vs the previous
+        adj = np.log(ratio) + np.log1p(np.divide(cash, c, out=np.zeros(n), where=ok))
+        r_adj = r + adj
+    else:
+        r_adj = r
 
     scale = _rolling_scale(np.abs(r_adj), gid, settings.spike_window, settings.min_scale)
-    z = r_adj / scale
-    nxt = _next_valid(ok)
-    same_next = (nxt < n) & (gid[np.minimum(nxt, n - 1)] == gid)
-    r_next = np.where(same_next, r_adj[np.minimum(nxt, n - 1)], np.nan)
-    z_next = r_next / scale
     k = settings.spike_z
+    spike = np.zeros(n, dtype=bool)
+    split_jump = np.zeros(n, dtype=bool)
+    split_mismatch = np.zeros(n, dtype=bool)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        spike = (
-            (np.abs(z) > k)
-            & (np.abs(z_next) > k)
-            & (np.sign(r_adj) != np.sign(r_next))
-            & (np.abs(r_adj + r_next) < 0.5 * np.minimum(np.abs(r_adj), np.abs(r_next)))
+        # the few rows with an outsized return: everything else is cheap to rule out
+        big = np.flatnonzero(np.abs(r_adj) > k * scale)
+        nxt = _next_valid(ok)[big]
+        same_next = (nxt < n) & (gid[np.minimum(nxt, n - 1)] == gid[big])
+        r_b = r_adj[big]
+        r_next = np.where(same_next, r_adj[np.minimum(nxt, n - 1)], np.nan)
+        spike[big] = (
+            (np.abs(r_next) > k * scale[big])
+            & (np.sign(r_b) != np.sign(r_next))
+            & (np.abs(r_b + r_next) < 0.5 * np.minimum(np.abs(r_b), np.abs(r_next)))
         )
-        body_lo = np.minimum(o, c)
-        body_hi = np.maximum(o, c)
-        wick = np.maximum(np.log(body_lo / lo), np.log(h / body_hi))
+        jump = big[~spike[big] & (ratio[big] == 1.0) & (cash[big] == 0.0)]
+        dist = np.abs(np.abs(r[jump])[:, None] - np.log(np.asarray(SPLIT_RATIOS))[None, :])
+        split_jump[jump] = dist.min(axis=1, initial=np.inf) < settings.split_tolerance
+        if has_action:
+            log_ratio = np.abs(np.log(ratio))
+            split_mismatch = (ratio != 1.0) & (np.abs(r_adj) > 0.5 * log_ratio)
+
+        wick = np.log(np.maximum(np.minimum(o, c) / lo, h / np.maximum(o, c)))
         wick_scale = _rolling_mean(
             np.where(ok, wick, np.nan), gid, settings.spike_window, settings.min_scale / 4
         )
         # far outside both the usual wick and the usual daily move
         wick_spike = ok & (wick > settings.wick_z * wick_scale) & (wick > k * scale)
-
-        has_split = ratio != 1.0
-        log_ratio = np.abs(np.log(ratio))
-        split_mismatch = has_split & (np.abs(r_adj) > 0.5 * log_ratio)
-        no_action = (~has_split) & (cash == 0.0)
-        split_jump = no_action & (np.abs(z) > k) & ~spike
-        cand = np.flatnonzero(split_jump)  # few rows: measure the distance to a ratio there
-        dist = np.abs(np.abs(r[cand])[:, None] - np.log(np.asarray(SPLIT_RATIOS))[None, :])
-        split_jump[cand] = dist.min(axis=1, initial=np.inf) < settings.split_tolerance
 
     same = np.zeros(n, dtype=bool)
     same[1:] = ~new[1:]
