@@ -170,16 +170,26 @@ def day_scores(checked: pl.DataFrame, missing: pl.DataFrame, job_id: str) -> pl.
     """Return a quality score per (symbol, timeframe, session date) of a checked batch."""
     if checked.is_empty():
         return pl.DataFrame(schema=SCORE_SCHEMA)
-    rows = checked.select(
-        "symbol",
-        "timeframe",
-        date=pl.col("ts").dt.date(),
-        rejected=pl.col("_rejected").cast(pl.UInt32),
-        flagged=(~pl.col("_rejected") & ((pl.col("quality_flags") & _SCORED_BITS) != 0)).cast(
-            pl.UInt32
-        ),
+    rejected = pl.col("_rejected").cast(pl.UInt32)
+    flagged = (~pl.col("_rejected") & ((pl.col("quality_flags") & _SCORED_BITS) != 0)).cast(
+        pl.UInt32
     )
-    one_per_day = checked["timeframe"].is_in(["1d", "1w", "1mo"]).all()
+    one_per_day = set(checked["timeframe"].unique().to_list()) <= {"1d", "1w", "1mo"}
+    if one_per_day and missing.is_empty():  # the common daily case: one select, no grouping
+        return checked.select(
+            "symbol",
+            "timeframe",
+            date=pl.col("ts").dt.date(),
+            job_id=pl.lit(job_id),
+            rows=pl.lit(1, pl.UInt32),
+            rejected=rejected,
+            flagged=flagged,
+            missing=pl.lit(0, pl.UInt32),
+            score=1.0 - rejected.cast(pl.Float64) - _SOFT_WEIGHT * flagged.cast(pl.Float64),
+        )
+    rows = checked.select(
+        "symbol", "timeframe", date=pl.col("ts").dt.date(), rejected=rejected, flagged=flagged
+    )
     if one_per_day:
         per_day = rows.with_columns(rows=pl.lit(1, pl.UInt32))
     else:
@@ -193,7 +203,7 @@ def day_scores(checked: pl.DataFrame, missing: pl.DataFrame, job_id: str) -> pl.
         out = per_day.with_columns(
             missing=pl.lit(0, pl.UInt32),
             job_id=pl.lit(job_id),
-            score=good.clip(0.0, 1.0) / pl.col("rows"),
+            score=(good / pl.col("rows")).clip(0.0, 1.0),
         )
         return out.select(SCORE_SCHEMA.names()).cast(SCORE_SCHEMA)
     gaps = (
