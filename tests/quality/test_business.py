@@ -129,3 +129,20 @@ def test_max_gap_durations_parse(n: int, unit: str) -> None:
     seconds = n * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit]
     df = pl.DataFrame({"_gap_s": [seconds, seconds + 1, None], "timeframe": "1d"})
     assert df.select(rule.expr())[rule.name].to_list() == [False, True, False]
+
+
+def test_platform_applies_the_configured_rules_file(
+    tmp_path: Path, ibm: tuple[pl.DataFrame, ...]
+) -> None:
+    from quantivista.config import Settings
+    from quantivista.platform import Platform
+
+    path = tmp_path / "rules.toml"
+    path.write_text('[allowed_symbols]\nsymbols = ["MSFT"]\nseverity = "error"\n')
+    settings = Settings(quality={"rules_file": path}).with_data_dir(tmp_path / "data")
+    bars, _ = ibm
+    with Platform.from_settings(settings) as p:
+        report = p.write_bars(bars.slice(0, 20).drop("quality_flags", "ingested_at", "job_id"),
+                              source="lean", timeframe="1d")  # fmt: skip
+        assert report.invalid_records == 20
+        assert set(p.quarantine()["rule"]) == {"allowed_symbols"}
