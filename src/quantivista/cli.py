@@ -516,7 +516,7 @@ def quality(
     with _platform() as p:
         if target.startswith("job-"):
             report = p.quality_report(target)
-            scores = p.quality_scores(job_id=target, timeframe=timeframe)
+            scores = p.quality_scores(job_id=target, timeframe=None)
             console.print(_report_table(report))
             console.print(_profile_table(report.data_profiling.get("last_batch", {})))
             if scores.height:

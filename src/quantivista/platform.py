@@ -263,11 +263,17 @@ class Platform:
 
     # -- issue 4: quality ------------------------------------------------------------------
     def quality_scores(
-        self, symbols: Symbols | None = None, job_id: str | None = None, timeframe: str = "1d"
+        self,
+        symbols: Symbols | None = None,
+        job_id: str | None = None,
+        timeframe: TimeframeLike | None = "1d",
     ) -> pl.DataFrame:
-        """Return quality scores per (symbol, session date): of one job, or the latest per day."""
+        """Return quality scores per (symbol, session date): of one job, or the latest per day.
+
+        `timeframe=None` returns every timeframe.
+        """
         syms = None if symbols is None else _symbol_list(symbols)
-        tf = str(Timeframe.parse(timeframe))
+        tf = None if timeframe is None else str(Timeframe.parse(timeframe))
         if job_id is not None:
             return self.score_store.read(syms, job_id, tf)
         return self.score_store.daily(syms, tf)
