@@ -143,10 +143,15 @@ def series_context(
             ratio[at] = rows["_ratio"].to_numpy()
             cash[at] = rows["_cash"].to_numpy()
 
-    prev = _prev_valid(ok)
-    same_prev = (prev >= 0) & (gid[np.maximum(prev, 0)] == gid) & ok
     r = np.full(n, np.nan)
-    r[same_prev] = logc[same_prev] - logc[prev[same_prev]]
+    if ok.all():  # the usual case: every row's previous valid row is the row before
+        r[1:] = logc[1:] - logc[:-1]
+        r[new] = np.nan
+    else:
+        start = np.maximum.accumulate(np.where(new, np.arange(n), 0))  # first row of the series
+        prev = _prev_valid(ok)
+        same_prev = ok & (prev >= start)
+        r[same_prev] = logc[same_prev] - logc[prev[same_prev]]
     has_action = bool((ratio != 1.0).any() or (cash != 0.0).any())
     if has_action:
         # undo the mechanical move of a known action: (close + cash) x ratio vs the previous

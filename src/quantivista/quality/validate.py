@@ -317,13 +317,23 @@ class Validator:
             if errors
             else pl.lit(False),
         )
-        counts_row = checked.select([pl.col(r.name).sum() for r in rules]).row(0) if rules else ()
+        totals = checked.select(
+            *[pl.col(r.name).sum() for r in rules],
+            _rejected=pl.col("_rejected").sum(),
+            _soft=(~pl.col("_rejected") & ((pl.col("quality_flags") & _SCORED_BITS) != 0)).sum(),
+        ).row(0)
+        counts_row, n_rejected, soft = totals[:-2], int(totals[-2]), int(totals[-1])
         rule_counts = {r.name: int(n) for r, n in zip(rules, counts_row, strict=True) if n}
         if exact_dupes:
             rule_counts["duplicate"] = exact_dupes
 
         rejected = self._rejected_rows(checked, errors)
-        clean = checked.filter(~pl.col("_rejected")).select(BAR_COLUMNS)
+        # the usual all-good batch needs no filtered copy
+        clean = (
+            checked.filter(~pl.col("_rejected")).select(BAR_COLUMNS)
+            if n_rejected
+            else checked.select(BAR_COLUMNS)
+        )
         hit = [r for r in rules if rule_counts.get(r.name)]
         issues = self._row_issues(checked, hit, self.settings.max_issues_per_rule)
         # a rejected bar arrived (it is in quarantine): only bars that never came are missing
@@ -340,7 +350,6 @@ class Validator:
                 )
                 for s, t in missing.head(self.settings.max_issues_per_rule * 4).iter_rows()
             )
-        soft = clean.filter((pl.col("quality_flags") & _SCORED_BITS) != 0).height
         score = batch_score(total, rejected.height, soft, missing.height)
         report = DataQualityReport(
             job_id=job_id,
