@@ -21,6 +21,9 @@ numpy over those sorted columns (no `.over()` groups, no Python loops over rows)
 
 from __future__ import annotations
 
+import itertools
+from concurrent.futures import ThreadPoolExecutor
+
 import bottleneck as bn  # type: ignore[import-untyped]
 import numpy as np
 import polars as pl
@@ -107,13 +110,36 @@ def _f64(df: pl.DataFrame, name: str) -> np.ndarray:
     return col.to_numpy()
 
 
+_PARALLEL_MIN_ROWS = 200_000
+
+
 def series_context(
     df: pl.DataFrame, actions: pl.DataFrame | None, settings: QualitySettings
 ) -> pl.DataFrame:
     """Add `_spike`, `_wick`, `_stale`, `_split_mismatch`, `_split_jump`, `_gap_s` to `df`.
 
-    `df` must be sorted by (symbol, timeframe, ts) and hold `_new` and `_valid`.
+    `df` must be sorted by (symbol, timeframe, ts) and hold `_new` and `_valid`. Large
+    frames are cut at series boundaries and the parts run on Polars' thread count
+    (numpy and bottleneck release the GIL), since series never interact.
     """
+    workers = pl.thread_pool_size()
+    if df.height < _PARALLEL_MIN_ROWS or workers < 2:
+        return _series_context(df, actions, settings)
+    starts = np.flatnonzero(df["_new"].to_numpy())
+    at = np.searchsorted(starts, np.linspace(0, df.height, workers + 1)[1:-1])
+    cuts = np.unique(starts[np.minimum(at, len(starts) - 1)])
+    bounds = [0, *[int(c) for c in cuts if 0 < c < df.height], df.height]
+    if len(bounds) < 3:
+        return _series_context(df, actions, settings)
+    parts = [df.slice(a, b - a) for a, b in itertools.pairwise(bounds)]
+    with ThreadPoolExecutor(max_workers=len(parts)) as pool:
+        done = list(pool.map(lambda part: _series_context(part, actions, settings), parts))
+    return pl.concat(done, rechunk=False)
+
+
+def _series_context(
+    df: pl.DataFrame, actions: pl.DataFrame | None, settings: QualitySettings
+) -> pl.DataFrame:
     n = df.height
     if n == 0:
         return df.with_columns(
