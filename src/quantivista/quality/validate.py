@@ -81,12 +81,34 @@ def _sorted(bars: pl.DataFrame) -> pl.DataFrame:
     in_order = (
         (sym > sym.shift(1)) | (same_sym & ((tf > tf.shift(1)) | (same_tf & (ts >= ts.shift(1)))))
     ).fill_null(True)
-    if bars.is_empty() or bool(bars.select(in_order.all()).item()):
+    if bars.is_empty() or _one_sorted_timeframe(bars) or bool(bars.select(in_order.all()).item()):
         df = bars.with_columns(_out_of_order=pl.lit(False))
     else:
         late = (ts < ts.cum_max().shift(1)).fill_null(False).over("symbol", "timeframe")
         df = bars.with_columns(_out_of_order=late).sort(list(BAR_KEY), maintain_order=True)
     return df.with_columns(_new=(~(same_sym & same_tf)).fill_null(True))
+
+
+def _known_shape(checked: pl.DataFrame) -> dict[str, Any]:
+    """Symbol count and timeframe of a sorted one-timeframe batch, from its series marks."""
+    if checked.is_empty() or "_new" not in checked.columns:
+        return {}
+    tf = checked["timeframe"][0]
+    if not bool(checked.select((pl.col("timeframe") == tf).all()).item()):
+        return {}
+    return {"symbols": int(checked["_new"].sum()), "timeframes": [str(tf)]}
+
+
+def _one_sorted_timeframe(bars: pl.DataFrame) -> bool:
+    """Cheap check for the usual batch: one timeframe, sorted by symbol, then by ts."""
+    sym, ts = pl.col("symbol"), pl.col("ts")
+    if not bars["symbol"].is_sorted():
+        return False
+    ok = bars.select(
+        one=(pl.col("timeframe") == pl.col("timeframe").first()).all(),
+        ts=((ts >= ts.shift(1)) | (sym != sym.shift(1))).fill_null(True).all(),
+    ).row(0)
+    return bool(ok[0] and ok[1])
 
 
 def _dedupe(df: pl.DataFrame) -> tuple[pl.DataFrame, int]:
@@ -360,7 +382,7 @@ class Validator:
             validation_errors=issues,
             rule_counts=rule_counts,
             issue_count=sum(rule_counts.values()),
-            data_profiling=profile(bars),
+            data_profiling=profile(bars, **_known_shape(checked)),
         )
         scores = day_scores(checked, missing, job_id)
         return ValidationResult(clean, rejected, report, exact_dupes, issues, scores)
@@ -511,8 +533,13 @@ class Validator:
         return wanted.join(have, on=["symbol", "ts"], how="anti").sort("symbol", "ts")
 
 
-def profile(df: pl.DataFrame) -> dict[str, Any]:
-    """Return a small profile of a bar batch: shape, time span and per-column statistics."""
+def profile(
+    df: pl.DataFrame, *, symbols: int | None = None, timeframes: list[str] | None = None
+) -> dict[str, Any]:
+    """Return a small profile of a bar batch: shape, time span and per-column statistics.
+
+    `symbols` and `timeframes` may be passed when the caller already knows them.
+    """
     if df.is_empty():
         return {"rows": 0}
     numeric = ["open", "high", "low", "close", "volume"]
@@ -523,7 +550,7 @@ def profile(df: pl.DataFrame) -> dict[str, Any]:
         *[pl.col(c).std().alias(f"{c}:std") for c in numeric],
         *[pl.col(c).is_nan().sum().alias(f"{c}:nan") for c in (*numeric, "vwap")],
         *[pl.col(c).null_count().alias(f"{c}:nulls") for c in (*numeric, "vwap", "trades")],
-        symbols=pl.col("symbol").n_unique(),
+        symbols=pl.col("symbol").n_unique() if symbols is None else pl.lit(symbols),
         first_ts=pl.col("ts").min(),
         last_ts=pl.col("ts").max(),
     ).row(0, named=True)
@@ -535,7 +562,7 @@ def profile(df: pl.DataFrame) -> dict[str, Any]:
     return {
         "rows": df.height,
         "symbols": stats["symbols"],
-        "timeframes": sorted(df["timeframe"].unique().to_list()),
+        "timeframes": sorted(timeframes or df["timeframe"].unique().to_list()),
         "first_ts": _plain(stats["first_ts"]),
         "last_ts": _plain(stats["last_ts"]),
         "columns": columns,
