@@ -1,7 +1,8 @@
 """Validation throughput on daily bars sorted by symbol and time; prints one JSON line.
 
 500 symbols x 10 years of XNYS sessions from a numpy generator (fat-tailed returns,
-consistent OHLC, a sprinkle of damaged rows). Reports bars/s, best of `REPEAT` runs, for:
+consistent OHLC, a sprinkle of damaged rows). Reports bars/s, best of `REPEAT` runs
+(the machine is shared), for:
 - row_local: the context-free rules as one select of flag bits (`Validator.flags`);
 - row_local_validate: `validate()` with those rules only (dedupe check, split, report);
 - full: `validate()` with every default rule on the calendar, incl. the rolling statistics.
@@ -24,7 +25,7 @@ from quantivista.quality.validate import Validator
 from quantivista.reference.calendars import get_calendar
 
 SYMBOLS = int(os.environ.get("QV_PERF_SYMBOLS", "500"))
-REPEAT = 3
+REPEAT = 5
 
 
 def make_bars(symbols: int, seed: int = 7) -> pl.DataFrame:

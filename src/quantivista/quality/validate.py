@@ -89,14 +89,19 @@ def _sorted(bars: pl.DataFrame) -> pl.DataFrame:
     return df.with_columns(_new=(~(same_sym & same_tf)).fill_null(True))
 
 
+def _single_timeframe(df: pl.DataFrame) -> bool:
+    """Say whether every row has the first row's timeframe (cheaper than n_unique)."""
+    tf = pl.col("timeframe")
+    return bool(df.select((tf == tf.first()).all()).item())
+
+
 def _known_shape(checked: pl.DataFrame) -> dict[str, Any]:
     """Symbol count and timeframe of a sorted one-timeframe batch, from its series marks."""
     if checked.is_empty() or "_new" not in checked.columns:
         return {}
-    tf = checked["timeframe"][0]
-    if not bool(checked.select((pl.col("timeframe") == tf).all()).item()):
+    if not _single_timeframe(checked):
         return {}
-    return {"symbols": int(checked["_new"].sum()), "timeframes": [str(tf)]}
+    return {"symbols": int(checked["_new"].sum()), "timeframes": [str(checked["timeframe"][0])]}
 
 
 def _one_sorted_timeframe(bars: pl.DataFrame) -> bool:
@@ -391,7 +396,7 @@ class Validator:
     def _with_context(self, df: pl.DataFrame) -> pl.DataFrame:
         if df.is_empty():
             return df
-        if df["timeframe"].n_unique() == 1:
+        if _single_timeframe(df):
             return self._grid_context(df, Timeframe.parse(str(df["timeframe"][0])))
         parts = []
         for (tf_text,), part in df.group_by("timeframe", maintain_order=True):
@@ -491,7 +496,7 @@ class Validator:
         out = [empty]
         groups = (
             [((clean["timeframe"][0],), clean)]
-            if clean["timeframe"].n_unique() == 1
+            if _single_timeframe(clean)
             else clean.group_by("timeframe", maintain_order=True)
         )
         for (tf_text,), part in groups:
