@@ -216,3 +216,21 @@ def test_align_to_grid_flags_or_snaps_explicitly() -> None:
     assert snapped["ts"][1] == datetime(2024, 1, 2, 14, 35, tzinfo=UTC)
     assert snapped["quality_flags"].to_list() == [0, int(QualityFlag.TS_SNAPPED)]
     assert date(2024, 1, 2) == snapped["ts"][1].date()
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    moment=st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2030, 12, 31)),
+    tz=st.sampled_from(["America/New_York", "Europe/London", "Asia/Tokyo"]),
+)
+def test_localize_round_trips_wall_time(moment: datetime, tz: str) -> None:
+    moment = moment.replace(microsecond=0)
+    df = pl.DataFrame({"ts": [moment]}, schema={"ts": pl.Datetime("us")})
+    try:
+        out = localize_ts(df, tz, "1m")
+    except SchemaError:
+        return  # a wall time skipped by a DST change: refused, never guessed
+    back = out.select(pl.col("ts").dt.convert_time_zone(tz).dt.replace_time_zone(None))
+    assert back["ts"][0] == moment
+    daily = localize_ts(df, tz, "1d")["ts"][0]
+    assert daily == datetime(moment.year, moment.month, moment.day, tzinfo=UTC)
