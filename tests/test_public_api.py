@@ -19,6 +19,7 @@ EXPECTED_ALL = [
     "CircuitOpenError",
     "Clock",
     "ConfigurationError",
+    "Consensus",
     "CorporateAction",
     "DataQualityReport",
     "EntitlementError",
@@ -37,6 +38,7 @@ EXPECTED_ALL = [
     "QuotaExhaustedError",
     "Quote",
     "RateLimitedError",
+    "Rule",
     "SchemaError",
     "Settings",
     "Severity",
@@ -48,7 +50,11 @@ EXPECTED_ALL = [
     "Trade",
     "TransientProviderError",
     "ValidationIssue",
+    "Validator",
     "__version__",
+    "fill_gaps",
+    "load_rules",
+    "reconcile",
 ]
 
 

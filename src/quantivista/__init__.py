@@ -47,6 +47,13 @@ from quantivista.model import (
     ValidationIssue,
 )
 from quantivista.platform import Platform
+
+# -- issue 4: processing and quality
+from quantivista.processing.gaps import fill_gaps
+from quantivista.processing.reconcile import Consensus, reconcile
+from quantivista.quality.business import load_rules
+from quantivista.quality.rules import Rule
+from quantivista.quality.validate import Validator
 from quantivista.reference.instruments import InstrumentMaster
 
 __all__ = [
@@ -60,6 +67,7 @@ __all__ = [
     "CircuitOpenError",
     "Clock",
     "ConfigurationError",
+    "Consensus",
     "CorporateAction",
     "DataQualityReport",
     "EntitlementError",
@@ -78,6 +86,7 @@ __all__ = [
     "QuotaExhaustedError",
     "Quote",
     "RateLimitedError",
+    "Rule",
     "SchemaError",
     "Settings",
     "Severity",
@@ -89,5 +98,9 @@ __all__ = [
     "Trade",
     "TransientProviderError",
     "ValidationIssue",
+    "Validator",
     "__version__",
+    "fill_gaps",
+    "load_rules",
+    "reconcile",
 ]

@@ -951,6 +951,120 @@ def retention() -> None:
         console.print(f"{tf}: {rows:,} bars {verb}")
 
 
+# -- issue 4: quality ----------------------------------------------------------------------
+@app.command()
+def quality(
+    target: Annotated[str, typer.Argument(help="A symbol, or a job id (job-...).")],
+    timeframe: Annotated[str, typer.Option("--timeframe", "-t")] = "1d",
+    limit: Annotated[int, typer.Option(help="Worst days / symbols shown.")] = 15,
+) -> None:
+    """Show data quality: a job's report, or a symbol's score trend and worst days."""
+    with _platform() as p:
+        if target.startswith("job-"):
+            report = p.quality_report(target)
+            scores = p.quality_scores(job_id=target, timeframe=None)
+            console.print(_report_table(report))
+            console.print(_profile_table(report.data_profiling.get("last_batch", {})))
+            if scores.height:
+                per_symbol = (
+                    scores.group_by("symbol")
+                    .agg(days=pl.len(), score=pl.col("score").mean(),
+                         rejected=pl.col("rejected").sum(), flagged=pl.col("flagged").sum(),
+                         missing=pl.col("missing").sum())
+                    .sort("score", "symbol")
+                )  # fmt: skip
+                console.print(_frame_table(per_symbol.head(limit), "worst symbols"))
+            return
+        scores = p.quality_scores(target, timeframe=timeframe)
+        fresh = p.freshness(target, timeframe)
+    if scores.is_empty():
+        console.print(f"no quality scores for {target} ({timeframe})")
+        raise typer.Exit(code=1)
+    weekly = (
+        scores.sort("date")
+        .with_columns(_week=pl.col("date").dt.truncate("1w"))
+        .group_by("_week", maintain_order=True)
+        .agg(pl.col("score").mean())
+    )
+    mean = float(scores.select(pl.col("score").mean()).item() or 0.0)
+    line = sparkline(weekly["score"].to_list())
+    first, last = scores.select(lo=pl.col("date").min(), hi=pl.col("date").max()).row(0)
+    console.print(
+        Panel(
+            f"{line}\n{first} .. {last}  "
+            f"days {scores.height:,}  mean score {mean:.4f}  "
+            f"rejected {int(scores['rejected'].sum()):,}  flagged {int(scores['flagged'].sum()):,}"
+            f"  missing {int(scores['missing'].sum()):,}",
+            title=f"{target} {timeframe}: quality score by week",
+        )
+    )
+    worst = scores.filter(pl.col("score") < 1).sort("score", "date").head(limit)
+    if worst.height:
+        console.print(_frame_table(worst.drop("timeframe", "job_id", "scored_at"), "worst days"))
+    if fresh.height:
+        row = fresh.row(0, named=True)
+        state = "[green]fresh[/]" if row["fresh"] else f"[red]{row['bars_behind']} bars behind[/]"
+        console.print(f"latest bar {_fmt(row['last_ts'])}: {state}")
+
+
+@app.command("quarantine-release")
+def quarantine_release(
+    job: Annotated[str | None, typer.Option(help="Only rows of this job.")] = None,
+    symbols: Annotated[list[str] | None, typer.Option("--symbol", "-s", help="Repeatable.")] = None,
+    rule: Annotated[str | None, typer.Option(help="Only rows rejected by this rule.")] = None,
+    corrected: Annotated[
+        Path | None, typer.Option(help="Parquet/CSV of fixed bars (symbol, timeframe, ts, ...).")
+    ] = None,
+    demote: Annotated[
+        list[str] | None, typer.Option(help="Rule that only flags these rows (repeatable).")
+    ] = None,
+) -> None:
+    """Send held quarantine rows back through validation into the store."""
+    fixed = None
+    if corrected is not None:
+        fixed = (
+            pl.read_parquet(corrected)
+            if corrected.suffix == ".parquet"
+            else pl.read_csv(corrected, try_parse_dates=True)
+        )
+    with _platform() as p:
+        report = p.release_quarantine(job, symbols or None, rule, corrected=fixed,
+                                      demote=demote or ())  # fmt: skip
+    console.print(_report_table(report))
+
+
+def _report_table(report: Any) -> Table:
+    table = Table(title=f"quality report {report.job_id}", header_style="bold")
+    table.add_column("rule")
+    table.add_column("count", justify="right")
+    table.add_row("[bold]rows checked[/]", f"{report.total_records:,}")
+    table.add_row("[bold]rows rejected[/]", f"{report.invalid_records:,}")
+    for rule, n in sorted(report.rule_counts.items()):
+        table.add_row(rule, f"{n:,}")
+    table.add_row("[bold]quality score[/]", f"{report.quality_score:.4f}")
+    return table
+
+
+def _profile_table(prof: dict[str, Any]) -> Table:
+    table = Table(title=f"column profile ({prof.get('rows', 0):,} rows)", header_style="bold")
+    stats = ("min", "max", "mean", "std", "nulls", "nan")
+    table.add_column("column")
+    for stat in stats:
+        table.add_column(stat, justify="right")
+    for col, values in prof.get("columns", {}).items():
+        table.add_row(col, *[_fmt(values.get(stat)) for stat in stats])
+    return table
+
+
+def _frame_table(df: pl.DataFrame, title: str) -> Table:
+    table = Table(title=title, header_style="bold")
+    for col in df.columns:
+        table.add_column(col, justify="right" if df.schema[col].is_numeric() else "left")
+    for row in df.iter_rows():
+        table.add_row(*[_fmt(v) for v in row])
+    return table
+
+
 def main() -> None:
     """Run the `qv` command line."""
     app()

@@ -33,6 +33,7 @@ __all__ = [
     "RateWindow",
     "ResilienceSettings",
     "RetrySettings",
+    "QualitySettings",
     "ServiceSettings",
     "Settings",
     "SimulatorServerSettings",
@@ -313,6 +314,20 @@ class SimulatorServerSettings(_Section):
         return self.providers.get(provider, self.defaults)
 
 
+class QualitySettings(_Section):
+    """Validation thresholds: spikes, stale runs, split matching, consensus (issue 4)."""
+
+    spike_window: int = Field(default=20, ge=5, description="bars in the rolling MAD window")
+    spike_z: float = Field(default=6.0, gt=0, description="robust z of a close spike")
+    wick_z: float = Field(default=10.0, gt=0, description="robust z of a high/low wick spike")
+    min_scale: float = Field(default=0.002, gt=0, description="floor of the return scale")
+    stale_run: int = Field(default=5, ge=2, description="identical bars in a row that are stale")
+    split_tolerance: float = Field(default=0.03, gt=0, description="log distance to a ratio")
+    consensus_tolerance: float = Field(default=0.005, ge=0, description="relative OHLC tolerance")
+    rules_file: Path | None = Field(default=None, description="TOML file of business rules")
+    max_issues_per_rule: int = Field(default=50, ge=0, description="issues listed per rule")
+
+
 class Settings(BaseSettings):
     """All configuration of a platform instance (frozen once built)."""
 
@@ -336,6 +351,7 @@ class Settings(BaseSettings):
     services: ServiceSettings = ServiceSettings()
     providers: ProviderSettings = ProviderSettings()
     simulator_server: SimulatorServerSettings = SimulatorServerSettings()
+    quality: QualitySettings = QualitySettings()
 
     @field_validator("data_dir")
     @classmethod

@@ -17,9 +17,9 @@ from quantivista.bus.events import ActionsIngested
 from quantivista.bus.memory import InMemoryBus
 from quantivista.clock import Clock, SystemClock
 from quantivista.config import Settings
-from quantivista.errors import InvalidInputError
+from quantivista.errors import InvalidInputError, NotFoundError
 from quantivista.model.jobs import DataQualityReport, IngestionJob
-from quantivista.model.schema import FrameLike, coerce_actions
+from quantivista.model.schema import BAR_COLUMNS, FrameLike, coerce_actions, coerce_bars
 from quantivista.model.timeframe import Timeframe, TimeframeLike
 from quantivista.pipeline.ingest import Ingestor, Progress, new_job_id
 from quantivista.pipeline.writer import BarWriter
@@ -32,6 +32,9 @@ from quantivista.providers.limits import RateLimiter
 from quantivista.providers.registry import ProviderRegistry, default_registry
 from quantivista.providers.retry import RetryPolicy
 from quantivista.providers.router import Router
+from quantivista.quality.business import load_rules
+from quantivista.quality.freshness import freshness
+from quantivista.quality.rules import DEFAULT_RULES, Rule
 from quantivista.quality.validate import Validator
 from quantivista.reference.calendars import TradingCalendar, get_calendar
 from quantivista.reference.instruments import InstrumentMaster
@@ -42,6 +45,7 @@ from quantivista.storage.catalog import Catalog
 from quantivista.storage.factory import open_store
 from quantivista.storage.quarantine import QuarantineStore
 from quantivista.storage.rollup import Rollup
+from quantivista.storage.scores import QualityScoreStore
 from quantivista.timeutil import DateLike, to_utc
 
 __all__ = ["PROVIDER_STATS_FILE", "Platform"]
@@ -85,6 +89,7 @@ class Platform:
         self.root = root
         self.store: BarStore = open_store(settings)
         self.quarantine_store = QuarantineStore(root, settings.storage)
+        self.score_store = QualityScoreStore(root, settings.storage)
         self.action_store = ActionStore(root, settings.storage)
         self.bronze = BronzeStore(root, settings.storage)
         self.catalog = Catalog(root / "catalog.sqlite")
@@ -190,18 +195,13 @@ class Platform:
     def writer(self) -> BarWriter:
         """Return the write path (built on first use: loading the calendar takes a moment)."""
         if self._writer is None:
-            validator = Validator(self.calendar())
+            validator = Validator(self.calendar(), _rules(self.settings), self.settings.quality)
             targets = self.settings.storage.rollups
             rollup = Rollup(self.store, self.calendar(), targets) if targets else None
             self._writer = BarWriter(
-                self.store,
-                self.quarantine_store,
-                self.catalog,
-                self.bus,
-                validator,
-                self.clock,
-                rollup=rollup,
-            )
+                self.store, self.quarantine_store, self.catalog, self.bus, validator, self.clock,
+                rollup=rollup, actions=self.action_store, scores=self.score_store,
+            )  # fmt: skip
         return self._writer
 
     def _dead_letter(
@@ -346,10 +346,17 @@ class Platform:
         """Return stored corporate actions (of some symbols, or all) by ex-date."""
         return self.action_store.for_symbols(None if symbols is None else _symbol_list(symbols))
 
-    def quarantine(self, symbols: Symbols | None = None, job_id: str | None = None) -> pl.DataFrame:
-        """Return rejected rows with their rule, severity and reason."""
+    def quarantine(
+        self,
+        symbols: Symbols | None = None,
+        job_id: str | None = None,
+        *,
+        rule: str | None = None,
+        include_released: bool = False,
+    ) -> pl.DataFrame:
+        """Return rejected rows with their rule, severity and reason (held rows by default)."""
         syms = None if symbols is None else _symbol_list(symbols)
-        return self.quarantine_store.list(syms, job_id)
+        return self.quarantine_store.list(syms, job_id, rule, include_released=include_released)
 
     def jobs(self, limit: int = 50) -> list[IngestionJob]:
         """Return recent ingestion jobs, newest first."""
@@ -362,3 +369,92 @@ class Platform:
     def status(self) -> pl.DataFrame:
         """Return what the store holds: rows, time span and bytes per (timeframe, symbol)."""
         return self.store.stats()
+
+    # -- issue 4: quality ------------------------------------------------------------------
+    def quality_scores(
+        self,
+        symbols: Symbols | None = None,
+        job_id: str | None = None,
+        timeframe: TimeframeLike | None = "1d",
+    ) -> pl.DataFrame:
+        """Return quality scores per (symbol, session date): of one job, or the latest per day.
+
+        `timeframe=None` returns every timeframe.
+        """
+        syms = None if symbols is None else _symbol_list(symbols)
+        tf = None if timeframe is None else str(Timeframe.parse(timeframe))
+        if job_id is not None:
+            return self.score_store.read(syms, job_id, tf)
+        return self.score_store.daily(syms, tf)
+
+    def quality_report(self, job_id: str) -> DataQualityReport:
+        """Return the quality report of a job (its batch reports merged)."""
+        reports = self.catalog.reports(job_id, limit=100_000)
+        if not reports:
+            raise NotFoundError("no quality report for this job", job_id=job_id)
+        return DataQualityReport.merge(job_id, list(reversed(reports)))
+
+    def freshness(
+        self, symbols: Symbols | None = None, timeframe: TimeframeLike = "1d", max_behind: int = 0
+    ) -> pl.DataFrame:
+        """Return per stored symbol its latest bar, the bar the calendar expects now, the lag."""
+        tf = str(Timeframe.parse(timeframe))
+        stats = self.store.stats().filter(pl.col("timeframe") == tf)
+        if symbols is not None:
+            stats = stats.filter(pl.col("symbol").is_in(_symbol_list(symbols)))
+        latest = stats.select("symbol", ts="last_ts")
+        return freshness(latest, self.calendar(), self.clock.now(), tf, max_behind)
+
+    def release_quarantine(
+        self,
+        job_id: str | None = None,
+        symbols: Symbols | None = None,
+        rule: str | None = None,
+        *,
+        corrected: FrameLike | None = None,
+        demote: Sequence[str] = (),
+    ) -> DataQualityReport:
+        """Send held quarantine rows back through the write path; return its quality report.
+
+        Rows are chosen by job, symbols and/or rule. `corrected` (bars in the canonical
+        schema, keyed by symbol, timeframe, ts) replaces the matching rows' values;
+        `demote` names rules that only flag these rows this time (after fixing a rule).
+        Rows that still fail go back to quarantine under the release job. Released rows
+        stay in quarantine, marked released (see `quarantine(include_released=True)`).
+        """
+        syms = None if symbols is None else _symbol_list(symbols)
+        held = self.quarantine_store.list(syms, job_id, rule)
+        if held.is_empty():
+            raise NotFoundError("no held quarantine rows match", job_id=job_id, rule=rule)
+        release_job = new_job_id(self.clock.now())
+        frame = held.select(BAR_COLUMNS).with_columns(
+            quality_flags=pl.lit(0, pl.UInt32),
+            ingested_at=pl.lit(None, held.schema["ingested_at"]),
+            job_id=pl.lit(release_job),
+        )
+        frame = frame.unique(list(BAR_COLUMNS), keep="first", maintain_order=True)
+        if corrected is not None:
+            fixed = coerce_bars(corrected, job_id=release_job)
+            key = ["symbol", "timeframe", "ts"]
+            stray = fixed.join(frame, on=key, how="anti")
+            if stray.height:
+                raise InvalidInputError(
+                    "corrected rows must match held quarantine rows by symbol, timeframe, ts",
+                    unmatched=stray.height,
+                )
+            fixed = fixed.with_columns(
+                pl.col("provider").fill_null(pl.lit("user")),
+                ingested_at=pl.lit(None, held.schema["ingested_at"]),
+            )
+            frame = pl.concat([frame.join(fixed, on=key, how="anti"), fixed.select(frame.columns)])
+        writer = self.writer
+        validator = writer.validator.demoted(demote) if demote else None
+        outcome = writer.write(frame, source="quarantine", job_id=release_job, validator=validator)
+        self.quarantine_store.mark_released(held, release_job_id=release_job, at=self.clock.now())
+        return outcome.report
+
+
+def _rules(settings: Settings) -> tuple[Rule, ...]:
+    """Return the default rules plus the business rules of the configured TOML file."""
+    path = settings.quality.rules_file
+    return DEFAULT_RULES if path is None else DEFAULT_RULES + load_rules(path)

@@ -29,6 +29,7 @@ STABLE_BITS = {
     "SPLIT_MISMATCH": 16,
     "BUSINESS_RULE": 17,
     "ZERO_VOLUME": 18,
+    "TS_SNAPPED": 19,
 }
 
 

@@ -30,6 +30,7 @@ class QualityFlag(IntFlag):
     SPLIT_MISMATCH = 1 << 16
     BUSINESS_RULE = 1 << 17
     ZERO_VOLUME = 1 << 18
+    TS_SNAPPED = 1 << 19  # an off-grid intraday bar moved to its grid slot on request
 
     @classmethod
     def names_of(cls, bits: int) -> list[str]:

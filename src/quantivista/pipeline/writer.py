@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 import polars as pl
 
@@ -11,12 +12,14 @@ from quantivista.bus.events import BarsIngested, BarsQuarantined
 from quantivista.clock import Clock
 from quantivista.model.jobs import DataQualityReport
 from quantivista.model.schema import FrameLike, coerce_bars
-from quantivista.model.timeframe import TimeframeLike
+from quantivista.model.timeframe import Timeframe, TimeframeLike
 from quantivista.quality.validate import Validator
+from quantivista.storage.actions import ActionStore
 from quantivista.storage.base import BarStore, UpsertStats
 from quantivista.storage.catalog import Catalog
 from quantivista.storage.quarantine import QuarantineStore
 from quantivista.storage.rollup import Rollup
+from quantivista.storage.scores import QualityScoreStore
 
 __all__ = ["BarWriter", "WriteOutcome"]
 
@@ -42,7 +45,11 @@ class BarWriter:
         validator: Validator,
         clock: Clock,
         rollup: Rollup | None = None,
+        actions: ActionStore | None = None,
+        scores: QualityScoreStore | None = None,
     ) -> None:
+        self.actions = actions  # known corporate actions keep real splits from looking like spikes
+        self.scores = scores  # per symbol-day quality scores, kept for trends
         self.store = store
         self.quarantine = quarantine
         self.catalog = catalog
@@ -52,14 +59,31 @@ class BarWriter:
         self.rollup = rollup
 
     def write(
-        self, frame: FrameLike, *, source: str, job_id: str, timeframe: TimeframeLike | None = None
+        self,
+        frame: FrameLike,
+        *,
+        source: str,
+        job_id: str,
+        timeframe: TimeframeLike | None = None,
+        validator: Validator | None = None,
     ) -> WriteOutcome:
-        """Validate and store one batch; rejected rows go to quarantine with their reasons."""
+        """Validate and store one batch; rejected rows go to quarantine with their reasons.
+
+        `validator` overrides the writer's own for this batch (e.g. a quarantine release
+        with some rules demoted to warnings).
+        """
         now = self.clock.now()
         bars = coerce_bars(
             frame, timeframe=timeframe, provider=source, job_id=job_id, ingested_at=now
         )
-        result = self.validator.validate(bars, job_id=job_id)
+        actions = None
+        if self.actions is not None and bars.height:
+            actions = self.actions.for_symbols(bars["symbol"].unique().to_list())
+        result = (validator or self.validator).validate(
+            bars, job_id=job_id, actions=actions, history=self._history(bars)
+        )
+        if self.scores is not None:
+            self.scores.add(result.scores, now)
         stats = self.store.upsert(result.clean)
         if stats.written and self.rollup is not None:
             self.rollup.refresh(result.clean)  # derived timeframes follow their 1m bars
@@ -78,6 +102,20 @@ class BarWriter:
                 )
             )
         return WriteOutcome(result.report, stats, quarantined)
+
+    def _history(self, bars: pl.DataFrame) -> pl.DataFrame | None:
+        """Return stored bars just before the batch: the warm-up of the rolling statistics."""
+        if bars.is_empty() or bars["timeframe"].n_unique() != 1:
+            return None
+        tf = Timeframe.parse(str(bars["timeframe"][0]))
+        first = bars["ts"].min()
+        assert isinstance(first, datetime)
+        # enough calendar time for the rolling window (trading days are ~5/7 of days)
+        span = tf.seconds * 3 * self.validator.settings.spike_window if tf.seconds else None
+        lookback = timedelta(seconds=span) if span else timedelta(days=45)
+        symbols = bars["symbol"].unique().sort().to_list()
+        history = self.store.read(symbols, tf, first - lookback, first)
+        return history if history.height else None
 
     def _announce(self, clean: pl.DataFrame, source: str, job_id: str, stats: UpsertStats) -> None:
         for (tf,), part in clean.group_by("timeframe", maintain_order=True):

@@ -16,7 +16,7 @@ import polars as pl
 from quantivista.model.flags import QualityFlag
 from quantivista.model.jobs import Severity
 
-__all__ = ["DEFAULT_RULES", "ROW_RULES", "Rule"]
+__all__ = ["CONTEXT_RULES", "DEFAULT_RULES", "ROW_RULES", "SERIES_COLUMNS", "SERIES_RULES", "Rule"]
 
 _PRICES = ("open", "high", "low", "close")
 
@@ -99,4 +99,28 @@ CONTEXT_RULES: tuple[Rule, ...] = (
          lambda: ~pl.col("_in_hours"), ("_in_hours",)),
 )  # fmt: skip
 
-DEFAULT_RULES: tuple[Rule, ...] = ROW_RULES + CONTEXT_RULES
+SERIES_RULES: tuple[Rule, ...] = (
+    Rule("out_of_order", QualityFlag.OUT_OF_ORDER, Severity.WARNING,
+         "the bar arrived after a later bar of the same series (the store sorts it)",
+         lambda: pl.col("_out_of_order"), ("_out_of_order",)),
+    Rule("stale", QualityFlag.STALE, Severity.WARNING,
+         "the bar repeats the previous bar exactly, in a run of identical bars",
+         lambda: pl.col("_stale"), ("_stale",)),
+    Rule("spike", QualityFlag.SPIKE, Severity.WARNING,
+         "the close jumps far outside the rolling MAD of returns and reverts on the next bar, "
+         "with no corporate action to explain it", lambda: pl.col("_spike"), ("_spike",)),
+    Rule("wick_spike", QualityFlag.SPIKE, Severity.WARNING,
+         "the high or low lies far outside the open..close body relative to the return scale",
+         lambda: pl.col("_wick"), ("_wick",)),
+    Rule("split_mismatch", QualityFlag.SPLIT_MISMATCH, Severity.WARNING,
+         "a split takes effect on this date but the price did not move by its ratio",
+         lambda: pl.col("_split_mismatch"), ("_split_mismatch",)),
+    Rule("split_jump", QualityFlag.SPLIT_MISMATCH, Severity.WARNING,
+         "the price moved by a common split ratio but no split is known on this date",
+         lambda: pl.col("_split_jump"), ("_split_jump",)),
+)  # fmt: skip
+
+DEFAULT_RULES: tuple[Rule, ...] = ROW_RULES + CONTEXT_RULES + SERIES_RULES
+SERIES_COLUMNS: frozenset[str] = frozenset(
+    ("_spike", "_wick", "_stale", "_split_mismatch", "_split_jump", "_gap_s")
+)

@@ -2,22 +2,252 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from datetime import datetime
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime
 from typing import Any
 
 import numpy as np
 import polars as pl
 
+from quantivista.config import QualitySettings
+from quantivista.model.flags import QualityFlag
 from quantivista.model.jobs import DataQualityReport, Severity, ValidationIssue
-from quantivista.model.schema import BAR_COLUMNS, BAR_KEY, BAR_VALUE_COLUMNS, series_in_blocks
+from quantivista.model.schema import BAR_COLUMNS, BAR_KEY, BAR_VALUE_COLUMNS
 from quantivista.model.timeframe import Timeframe
-from quantivista.quality.rules import DEFAULT_RULES, Rule
+from quantivista.quality.rules import DEFAULT_RULES, SERIES_COLUMNS, Rule
+from quantivista.quality.series import series_context
 from quantivista.reference.calendars import TradingCalendar
 
-__all__ = ["ValidationResult", "Validator"]
+__all__ = ["SCORE_SCHEMA", "ValidationResult", "Validator", "batch_score", "day_scores", "profile"]
 
 MAX_ISSUES_PER_RULE = 50
+# one row per (symbol, timeframe, session date, job): the quality trend kept with the data
+SCORE_SCHEMA = pl.Schema(
+    {
+        "symbol": pl.String(),
+        "timeframe": pl.String(),
+        "date": pl.Date(),
+        "job_id": pl.String(),
+        "rows": pl.UInt32(),
+        "rejected": pl.UInt32(),
+        "flagged": pl.UInt32(),
+        "missing": pl.UInt32(),
+        "score": pl.Float64(),
+    }
+)
+# arrival order says nothing about the bar itself: it does not lower the score
+_SCORED_BITS = 0xFFFFFFFF & ~int(QualityFlag.OUT_OF_ORDER)
+_SOFT_WEIGHT = 0.5  # a flagged row counts half: stored, but worth a look
+
+
+def batch_score(total: int, rejected: int, flagged: int, missing: int) -> float:
+    """Return the quality score of a batch in [0, 1]: clean rows over rows plus missing bars.
+
+    Rejected rows and missing bars count 0, flagged rows count half.
+    """
+    denominator = total + missing
+    if denominator == 0:
+        return 1.0
+    good = total - rejected - _SOFT_WEIGHT * flagged
+    return min(1.0, max(0.0, good / denominator))
+
+
+def _flag_expr(rules: list[Rule], hits: list[pl.Expr]) -> pl.Expr:
+    """OR the flag bits of the rules whose boolean is true (null counts as false)."""
+    if not rules:
+        return pl.lit(0, pl.UInt32)
+    zero = pl.lit(0, pl.UInt32)
+    bits = [
+        pl.when(h).then(pl.lit(int(r.flag), pl.UInt32)).otherwise(zero)
+        for r, h in zip(rules, hits, strict=True)
+    ]
+    # rules with distinct bits add up to their OR; shared bits need the OR
+    distinct = len({int(r.flag) for r in rules}) == len(rules)
+    if distinct:
+        return pl.sum_horizontal(bits).cast(pl.UInt32)
+    return pl.reduce(lambda a, b: a | b, bits).cast(pl.UInt32)
+
+
+def _sorted(bars: pl.DataFrame) -> pl.DataFrame:
+    """Return `bars` sorted by (symbol, timeframe, ts) with `_out_of_order` and `_new`.
+
+    A row is out of order when an earlier row of its series (in arrival order) has a later
+    ts. Data that arrives sorted (the usual case) skips both the group pass and the sort.
+    """
+    sym, tf, ts = pl.col("symbol"), pl.col("timeframe"), pl.col("ts")
+    same_sym = sym == sym.shift(1)
+    same_tf = tf == tf.shift(1)
+    in_order = (
+        (sym > sym.shift(1)) | (same_sym & ((tf > tf.shift(1)) | (same_tf & (ts >= ts.shift(1)))))
+    ).fill_null(True)
+    if bars.is_empty() or _one_sorted_timeframe(bars) or bool(bars.select(in_order.all()).item()):
+        df = bars.with_columns(_out_of_order=pl.lit(False))
+    else:
+        late = (ts < ts.cum_max().shift(1)).fill_null(False).over("symbol", "timeframe")
+        df = bars.with_columns(_out_of_order=late).sort(list(BAR_KEY), maintain_order=True)
+    return df.with_columns(_new=(~(same_sym & same_tf)).fill_null(True))
+
+
+def _single_timeframe(df: pl.DataFrame) -> bool:
+    """Say whether every row has the first row's timeframe (cheaper than n_unique)."""
+    tf = pl.col("timeframe")
+    return bool(df.select((tf == tf.first()).all()).item())
+
+
+def _known_shape(checked: pl.DataFrame) -> dict[str, Any]:
+    """Symbol count and timeframe of a sorted one-timeframe batch, from its series marks."""
+    if checked.is_empty() or "_new" not in checked.columns:
+        return {}
+    if not _single_timeframe(checked):
+        return {}
+    return {"symbols": int(checked["_new"].sum()), "timeframes": [str(checked["timeframe"][0])]}
+
+
+def _one_sorted_timeframe(bars: pl.DataFrame) -> bool:
+    """Cheap check for the usual batch: one timeframe, sorted by symbol, then by ts."""
+    sym, ts = pl.col("symbol"), pl.col("ts")
+    if not bars["symbol"].is_sorted():
+        return False
+    ok = bars.select(
+        one=(pl.col("timeframe") == pl.col("timeframe").first()).all(),
+        ts=((ts >= ts.shift(1)) | (sym != sym.shift(1))).fill_null(True).all(),
+    ).row(0)
+    return bool(ok[0] and ok[1])
+
+
+def _dedupe(df: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+    """Drop exact repeats of a row (counted) and mark keys with different bars as conflicts.
+
+    Works on the sorted frame: equal keys are neighbours, so a shifted comparison finds
+    them; the costlier value comparison runs only on the rows that share a key.
+    """
+    same_key = ~pl.col("_new") & (pl.col("ts") == pl.col("ts").shift(1)).fill_null(False)
+    marks = df.select(same_key.alias("k"))["k"]
+    if not marks.any():
+        return df.with_columns(_dup_conflict=pl.lit(False)), 0
+    involved = marks | marks.shift(-1, fill_value=False)
+    df = df.with_row_index("_i")
+    sub = df.filter(involved)
+    first = sub.select(pl.struct([*BAR_KEY, *BAR_VALUE_COLUMNS]).is_first_distinct()).to_series()
+    drop = sub.filter(~first)["_i"]
+    conflicts = sub.filter(first).filter(pl.len().over(list(BAR_KEY)) > 1)["_i"]
+    out = (
+        df.filter(~pl.col("_i").is_in(drop.implode()))
+        .with_columns(_dup_conflict=pl.col("_i").is_in(conflicts.implode()))
+        .drop("_i")
+    )
+    return out, drop.len()
+
+
+def _series_with_history(
+    checked: pl.DataFrame,
+    history: pl.DataFrame,
+    actions: pl.DataFrame | None,
+    settings: QualitySettings,
+) -> pl.DataFrame:
+    """Run the series context over stored history + batch, and keep the batch rows."""
+    first = checked.group_by("symbol", "timeframe").agg(_first=pl.col("ts").min())
+    hist = (
+        history.join(first, on=["symbol", "timeframe"])
+        .filter(pl.col("ts") < pl.col("_first"))
+        .select(BAR_COLUMNS)
+        .with_columns(_valid=pl.lit(True), _hist=pl.lit(True))
+    )
+    if hist.is_empty():
+        return series_context(checked, actions, settings)
+    batch = checked.with_columns(_hist=pl.lit(False), _batch_new=pl.col("_new"))
+    both = pl.concat([hist, batch], how="diagonal_relaxed").sort(
+        "symbol", "timeframe", "ts", maintain_order=True
+    )
+    sym, tf = pl.col("symbol"), pl.col("timeframe")
+    both = both.with_columns(_new=(~((sym == sym.shift(1)) & (tf == tf.shift(1)))).fill_null(True))
+    out = series_context(both, actions, settings).filter(~pl.col("_hist"))
+    # the batch keeps its own series starts (the spans of the missing-bar check)
+    return out.with_columns(_new=pl.col("_batch_new")).drop("_hist", "_batch_new")
+
+
+def _spans(part: pl.DataFrame) -> pl.DataFrame:
+    """Return (symbol, first, last, n) per series; sorted frames use their `_new` marks."""
+    if "_new" not in part.columns:
+        return part.group_by("symbol").agg(
+            first=pl.col("ts").min(), last=pl.col("ts").max(), n=pl.col("ts").n_unique()
+        )
+    new = part["_new"].to_numpy()
+    starts = np.flatnonzero(new)
+    ends = np.append(starts[1:], part.height) - 1
+    # rows sharing a key with the row before are one bar, not two
+    ts_us = part["ts"].dt.epoch("us").to_numpy()
+    repeat = np.zeros(part.height, dtype=bool)
+    repeat[1:] = ts_us[1:] == ts_us[:-1]
+    repeat &= ~new
+    repeats = np.add.reduceat(repeat.astype(np.int64), starts)
+    ts = part["ts"]
+    return pl.DataFrame(
+        {
+            "symbol": part["symbol"].gather(starts),
+            "first": ts.gather(starts),
+            "last": ts.gather(ends),
+            "n": ends - starts + 1 - repeats,
+        }
+    )
+
+
+def day_scores(checked: pl.DataFrame, missing: pl.DataFrame, job_id: str) -> pl.DataFrame:
+    """Return a quality score per (symbol, timeframe, session date) of a checked batch."""
+    if checked.is_empty():
+        return pl.DataFrame(schema=SCORE_SCHEMA)
+    rejected = pl.col("_rejected").cast(pl.UInt32)
+    flagged = (~pl.col("_rejected") & ((pl.col("quality_flags") & _SCORED_BITS) != 0)).cast(
+        pl.UInt32
+    )
+    one_per_day = set(checked["timeframe"].unique().to_list()) <= {"1d", "1w", "1mo"}
+    if one_per_day and missing.is_empty():  # the common daily case: one select, no grouping
+        return checked.select(
+            "symbol",
+            "timeframe",
+            date=pl.col("ts").dt.date(),
+            job_id=pl.lit(job_id),
+            rows=pl.lit(1, pl.UInt32),
+            rejected=rejected,
+            flagged=flagged,
+            missing=pl.lit(0, pl.UInt32),
+            score=1.0 - rejected.cast(pl.Float64) - _SOFT_WEIGHT * flagged.cast(pl.Float64),
+        )
+    rows = checked.select(
+        "symbol", "timeframe", date=pl.col("ts").dt.date(), rejected=rejected, flagged=flagged
+    )
+    if one_per_day:
+        per_day = rows.with_columns(rows=pl.lit(1, pl.UInt32))
+    else:
+        per_day = rows.group_by("symbol", "timeframe", "date").agg(
+            rows=pl.len().cast(pl.UInt32),
+            rejected=pl.col("rejected").sum(),
+            flagged=pl.col("flagged").sum(),
+        )
+    good = pl.col("rows") - pl.col("rejected") - _SOFT_WEIGHT * pl.col("flagged")
+    if missing.is_empty():
+        out = per_day.with_columns(
+            missing=pl.lit(0, pl.UInt32),
+            job_id=pl.lit(job_id),
+            score=(good / pl.col("rows")).clip(0.0, 1.0),
+        )
+        return out.select(SCORE_SCHEMA.names()).cast(SCORE_SCHEMA)
+    gaps = (
+        missing.join(checked.select("symbol", "timeframe").unique(), on="symbol")
+        .group_by("symbol", "timeframe", date=pl.col("ts").dt.date())
+        .agg(missing=pl.len().cast(pl.UInt32))
+    )
+    good = pl.col("rows") - pl.col("rejected") - _SOFT_WEIGHT * pl.col("flagged")
+    out = (
+        per_day.join(gaps, on=["symbol", "timeframe", "date"], how="full", coalesce=True)
+        .with_columns(pl.col("rows", "rejected", "flagged", "missing").fill_null(0))
+        .with_columns(
+            job_id=pl.lit(job_id),
+            score=(good / (pl.col("rows") + pl.col("missing"))).clip(0.0, 1.0),
+        )
+    )
+    return out.select(SCORE_SCHEMA.names()).cast(SCORE_SCHEMA)
 
 
 @dataclass(slots=True)
@@ -29,6 +259,7 @@ class ValidationResult:
     report: DataQualityReport
     exact_duplicates: int = 0
     issues: list[ValidationIssue] = field(default_factory=list)
+    scores: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=SCORE_SCHEMA))
 
 
 class Validator:
@@ -36,53 +267,104 @@ class Validator:
 
     With `calendar=None` the calendar rules (sessions, alignment to session grids,
     missing sessions) are skipped, for instruments that trade around the clock.
+    Rules run in two phases: row and calendar rules first (their hard errors mark rows
+    invalid), then the series rules (spikes, stale runs, split jumps, gaps), which look
+    along each series over the valid rows only.
     """
 
     def __init__(
-        self, calendar: TradingCalendar | None, rules: tuple[Rule, ...] = DEFAULT_RULES
+        self,
+        calendar: TradingCalendar | None,
+        rules: tuple[Rule, ...] = DEFAULT_RULES,
+        settings: QualitySettings | None = None,
     ) -> None:
         self.calendar = calendar
         self.rules = rules
+        self.settings = settings or QualitySettings()
 
-    def validate(self, bars: pl.DataFrame, *, job_id: str) -> ValidationResult:
-        """Check `bars` (canonical schema) and return clean rows, rejected rows and a report."""
-        total = bars.height
-        if series_in_blocks(bars, ("symbol", "timeframe")):
-            # the usual case (one provider, sorted series): no key repeats, skip hashing
-            deduped, exact_dupes = bars.with_columns(_dup_conflict=pl.lit(False)), 0
-        else:
-            # identical repeated rows carry no information: keep one and count the rest
-            deduped = bars.unique(
-                subset=[*BAR_KEY, *BAR_VALUE_COLUMNS], keep="first", maintain_order=True
+    def with_rules(self, rules: tuple[Rule, ...]) -> Validator:
+        """Return a validator with the same calendar and settings but other rules."""
+        return Validator(self.calendar, rules, self.settings)
+
+    def demoted(self, names: Sequence[str]) -> Validator:
+        """Return a validator where the named rules only flag rows (severity WARNING)."""
+        wanted = set(names)
+        return self.with_rules(
+            tuple(
+                replace(r, severity=Severity.WARNING) if r.name in wanted else r for r in self.rules
             )
-            exact_dupes = total - deduped.height
-            deduped = deduped.with_columns(_dup_conflict=pl.len().over(BAR_KEY) > 1)
+        )
+
+    def flags(self, bars: pl.DataFrame) -> pl.Series:
+        """Return the `quality_flags` bits of the rules that need no context (one select)."""
+        rules = [r for r in self.rules if not r.needs]
+        hits = [r.violation() for r in rules]
+        return bars.select(_flag_expr(rules, hits).alias("quality_flags")).to_series()
+
+    def validate(
+        self,
+        bars: pl.DataFrame,
+        *,
+        job_id: str,
+        actions: pl.DataFrame | None = None,
+        history: pl.DataFrame | None = None,
+    ) -> ValidationResult:
+        """Check `bars` (canonical schema) and return clean rows, rejected rows and a report.
+
+        `actions` (canonical action schema) lets the series rules tell a real split or
+        dividend from a spike; without it every unexplained split-sized jump is flagged.
+        `history` (already stored bars before the batch) gives the rolling statistics
+        their warm-up, so a small incremental batch is checked like a long one; history
+        rows are context only: they are neither checked nor returned.
+        """
+        total = bars.height
+        ordered = _sorted(bars)
+        deduped, exact_dupes = _dedupe(ordered)
         ctx = self._with_context(deduped)
-        rules = [r for r in self.rules if all(n in ctx.columns for n in r.needs)]
-        checked = ctx.with_columns([r.expr() for r in rules])
-        flag_bits = pl.sum_horizontal(
-            [
-                pl.when(pl.col(r.name)).then(pl.lit(int(r.flag), pl.UInt32)).otherwise(0)
-                for r in rules
-            ]
-        ).cast(pl.UInt32)
+        first = [r for r in self.rules if all(n in ctx.columns for n in r.needs)]
+        checked = ctx.with_columns([r.expr() for r in first])
+        first_errors = [r.name for r in first if r.severity is Severity.ERROR]
+        later = [
+            r for r in self.rules if r not in first and all(n in SERIES_COLUMNS for n in r.needs)
+        ]
+        if later:
+            valid = ~pl.any_horizontal(first_errors) if first_errors else pl.lit(True)
+            checked = checked.with_columns(_valid=valid)
+            if history is not None and history.height and checked.height:
+                checked = _series_with_history(checked, history, actions, self.settings)
+            else:
+                checked = series_context(checked, actions, self.settings)
+            checked = checked.with_columns([r.expr() for r in later])
+        rules = first + later
         errors = [r for r in rules if r.severity is Severity.ERROR]
         checked = checked.with_columns(
-            quality_flags=pl.col("quality_flags") | flag_bits,
+            quality_flags=pl.col("quality_flags")
+            | _flag_expr(rules, [pl.col(r.name) for r in rules]),
             _rejected=pl.any_horizontal([pl.col(r.name) for r in errors])
             if errors
             else pl.lit(False),
         )
-        counts_row = checked.select([pl.col(r.name).sum() for r in rules]).row(0)
+        totals = checked.select(
+            *[pl.col(r.name).sum() for r in rules],
+            _rejected=pl.col("_rejected").sum(),
+            _soft=(~pl.col("_rejected") & ((pl.col("quality_flags") & _SCORED_BITS) != 0)).sum(),
+        ).row(0)
+        counts_row, n_rejected, soft = totals[:-2], int(totals[-2]), int(totals[-1])
         rule_counts = {r.name: int(n) for r, n in zip(rules, counts_row, strict=True) if n}
         if exact_dupes:
             rule_counts["duplicate"] = exact_dupes
 
         rejected = self._rejected_rows(checked, errors)
-        clean = checked.filter(~pl.col("_rejected")).select(BAR_COLUMNS)
-        issues = self._row_issues(checked, rules)
-        # a rejected bar did arrive: only bars that never came count as missing
-        missing = self._missing_bars(deduped)
+        # the usual all-good batch needs no filtered copy
+        clean = (
+            checked.filter(~pl.col("_rejected")).select(BAR_COLUMNS)
+            if n_rejected
+            else checked.select(BAR_COLUMNS)
+        )
+        hit = [r for r in rules if rule_counts.get(r.name)]
+        issues = self._row_issues(checked, hit, self.settings.max_issues_per_rule)
+        # a rejected bar arrived (it is in quarantine): only bars that never came are missing
+        missing = self._missing_bars(checked)
         if missing.height:
             rule_counts["missing_bar"] = missing.height
             issues.extend(
@@ -93,31 +375,29 @@ class Validator:
                     severity=Severity.WARNING,
                     message="the calendar expects a bar here but none arrived",
                 )
-                for s, t in missing.head(MAX_ISSUES_PER_RULE * 4).iter_rows()
+                for s, t in missing.head(self.settings.max_issues_per_rule * 4).iter_rows()
             )
-        soft = clean.filter(pl.col("quality_flags") != 0).height
-        denominator = total - exact_dupes + missing.height
-        score = 1.0 if denominator == 0 else (clean.height - 0.5 * soft) / denominator
+        score = batch_score(total, rejected.height, soft, missing.height)
         report = DataQualityReport(
             job_id=job_id,
             total_records=total,
             valid_records=clean.height + exact_dupes,
             invalid_records=rejected.height,
-            quality_score=min(1.0, max(0.0, score)),
+            quality_score=score,
             validation_errors=issues,
             rule_counts=rule_counts,
             issue_count=sum(rule_counts.values()),
-            data_profiling=profile(bars),
+            data_profiling=profile(bars, **_known_shape(checked)),
         )
-        return ValidationResult(clean, rejected, report, exact_dupes, issues)
+        scores = day_scores(checked, missing, job_id)
+        return ValidationResult(clean, rejected, report, exact_dupes, issues, scores)
 
     # -- context columns -------------------------------------------------------------------
     def _with_context(self, df: pl.DataFrame) -> pl.DataFrame:
         if df.is_empty():
             return df
-        first_tf = df["timeframe"][0]
-        if df.select((pl.col("timeframe") == first_tf).all()).item():
-            return self._grid_context(df, Timeframe.parse(str(first_tf)))
+        if _single_timeframe(df):
+            return self._grid_context(df, Timeframe.parse(str(df["timeframe"][0])))
         parts = []
         for (tf_text,), part in df.group_by("timeframe", maintain_order=True):
             parts.append(self._grid_context(part, Timeframe.parse(str(tf_text))))
@@ -149,6 +429,7 @@ class Validator:
             ),
             on="_day",
             how="left",
+            maintain_order="left",
         )
         offset_s = (pl.col("ts") - pl.col("_open")).dt.total_seconds()
         return joined.with_columns(
@@ -186,12 +467,10 @@ class Validator:
         )
 
     @staticmethod
-    def _row_issues(checked: pl.DataFrame, rules: list[Rule]) -> list[ValidationIssue]:
+    def _row_issues(checked: pl.DataFrame, rules: list[Rule], limit: int) -> list[ValidationIssue]:
         issues: list[ValidationIssue] = []
         for rule in rules:
-            hits = (
-                checked.filter(pl.col(rule.name)).select("symbol", "ts").head(MAX_ISSUES_PER_RULE)
-            )
+            hits = checked.filter(pl.col(rule.name)).select("symbol", "ts").head(limit)
             issues.extend(
                 ValidationIssue(
                     symbol=s, ts=t, rule=rule.name, severity=rule.severity, message=rule.message
@@ -199,6 +478,10 @@ class Validator:
                 for s, t in hits.iter_rows()
             )
         return issues
+
+    def missing(self, bars: pl.DataFrame) -> pl.DataFrame:
+        """Return (symbol, ts) of bars the calendar expects inside each series' span."""
+        return self._missing_bars(bars.sort("symbol", "timeframe", "ts"))
 
     def _missing_bars(self, clean: pl.DataFrame) -> pl.DataFrame:
         """Return (symbol, ts) of expected bars absent between each series' first and last bar.
@@ -211,7 +494,12 @@ class Validator:
         if cal is None or clean.is_empty():
             return empty
         out = [empty]
-        for (tf_text,), part in clean.group_by("timeframe", maintain_order=True):
+        groups = (
+            [((clean["timeframe"][0],), clean)]
+            if _single_timeframe(clean)
+            else clean.group_by("timeframe", maintain_order=True)
+        )
+        for (tf_text,), part in groups:
             tf = Timeframe.parse(str(tf_text))
             if not (tf.is_intraday or str(tf) == "1d"):
                 continue
@@ -221,19 +509,20 @@ class Validator:
     @staticmethod
     def _missing_for(part: pl.DataFrame, tf: Timeframe, cal: TradingCalendar) -> pl.DataFrame:
         none = pl.DataFrame(schema={"symbol": pl.String, "ts": pl.Datetime("us", "UTC")})
-        bounds = part.select(lo=pl.col("ts").min(), hi=pl.col("ts").max()).row(0)
-        lo_d = max(bounds[0].date(), cal.first_session)
-        hi_d = min(bounds[1].date(), cal.last_session)
+        lo: date = part["ts"].min().date()  # type: ignore[union-attr]
+        hi: date = part["ts"].max().date()  # type: ignore[union-attr]
+        lo_d = max(lo, cal.first_session)
+        hi_d = min(hi, cal.last_session)
         if hi_d < lo_d:
             return none
         grid = cal.bar_starts(lo_d, hi_d, tf)
-        # bars off the session grid (pre/post market) must not make up for missing ones
-        on_grid = part.join(grid.to_frame(), on="ts", how="semi")
-        if on_grid.is_empty():
-            return none
-        spans = on_grid.group_by("symbol").agg(
-            first=pl.col("ts").min(), last=pl.col("ts").max(), n=pl.col("ts").n_unique()
-        )
+        # bars off the grid (pre/post market, weekends) must not make up for missing ones
+        on_grid = part.filter(pl.col("ts").is_in(grid.implode()))
+        if on_grid.height != part.height:
+            part = on_grid.drop("_new", strict=False)  # counted by group-by, not by marks
+            if part.is_empty():
+                return none
+        spans = _spans(part)
         grid_us = grid.dt.epoch("us").to_numpy()
         first_us = spans["first"].dt.epoch("us").to_numpy()
         last_us = spans["last"].dt.epoch("us").to_numpy()
@@ -252,13 +541,17 @@ class Validator:
             .filter(pl.col("ts").is_between(pl.col("first"), pl.col("last")))
             .select("symbol", "ts")
         )
-        return wanted.join(part.select("symbol", "ts"), on=["symbol", "ts"], how="anti").sort(
-            "symbol", "ts"
-        )
+        have = part.filter(pl.col("symbol").is_in(short["symbol"].implode())).select("symbol", "ts")
+        return wanted.join(have, on=["symbol", "ts"], how="anti").sort("symbol", "ts")
 
 
-def profile(df: pl.DataFrame) -> dict[str, Any]:
-    """Return a small profile of a bar batch: shape, time span and per-column statistics."""
+def profile(
+    df: pl.DataFrame, *, symbols: int | None = None, timeframes: list[str] | None = None
+) -> dict[str, Any]:
+    """Return a small profile of a bar batch: shape, time span and per-column statistics.
+
+    `symbols` and `timeframes` may be passed when the caller already knows them.
+    """
     if df.is_empty():
         return {"rows": 0}
     numeric = ["open", "high", "low", "close", "volume"]
@@ -266,8 +559,10 @@ def profile(df: pl.DataFrame) -> dict[str, Any]:
         *[pl.col(c).min().alias(f"{c}:min") for c in numeric],
         *[pl.col(c).max().alias(f"{c}:max") for c in numeric],
         *[pl.col(c).mean().alias(f"{c}:mean") for c in numeric],
+        *[pl.col(c).std().alias(f"{c}:std") for c in numeric],
+        *[pl.col(c).is_nan().sum().alias(f"{c}:nan") for c in (*numeric, "vwap")],
         *[pl.col(c).null_count().alias(f"{c}:nulls") for c in (*numeric, "vwap", "trades")],
-        symbols=pl.col("symbol").n_unique(),
+        symbols=pl.col("symbol").n_unique() if symbols is None else pl.lit(symbols),
         first_ts=pl.col("ts").min(),
         last_ts=pl.col("ts").max(),
     ).row(0, named=True)
@@ -279,7 +574,7 @@ def profile(df: pl.DataFrame) -> dict[str, Any]:
     return {
         "rows": df.height,
         "symbols": stats["symbols"],
-        "timeframes": sorted(df["timeframe"].unique().to_list()),
+        "timeframes": sorted(timeframes or df["timeframe"].unique().to_list()),
         "first_ts": _plain(stats["first_ts"]),
         "last_ts": _plain(stats["last_ts"]),
         "columns": columns,

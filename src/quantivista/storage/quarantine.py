@@ -13,14 +13,30 @@ from quantivista.config import StorageSettings
 from quantivista.model.schema import QUARANTINE_POLARS_SCHEMA
 from quantivista.storage.lake import atomic_write_parquet
 
-__all__ = ["QuarantineStore"]
+__all__ = ["RELEASE_SCHEMA", "ROW_ID", "QuarantineStore"]
+
+
+# what identifies one quarantined row (a conflicting duplicate may repeat the bar key)
+ROW_ID: tuple[str, ...] = ("job_id", "symbol", "timeframe", "ts", "quarantined_at", "rule")
+RELEASE_SCHEMA = pl.Schema(
+    {
+        **{c: QUARANTINE_POLARS_SCHEMA[c] for c in ROW_ID},
+        "released_at": QUARANTINE_POLARS_SCHEMA["quarantined_at"],
+        "release_job_id": pl.String(),
+    }
+)
 
 
 class QuarantineStore:
-    """Rejected bars as Parquet files, one per rejecting batch: `quarantine/bars/job_id=<id>/`."""
+    """Rejected bars as Parquet files, one per rejecting batch: `quarantine/bars/job_id=<id>/`.
+
+    Files are never rewritten: releasing rows appends a record to `quarantine/released/`,
+    and listings hide released rows unless asked for them.
+    """
 
     def __init__(self, root: Path, settings: StorageSettings | None = None) -> None:
         self.dir = Path(root) / "quarantine" / "bars"
+        self.released_dir = Path(root) / "quarantine" / "released"
         self.settings = settings or StorageSettings()
         self.dir.mkdir(parents=True, exist_ok=True)
 
@@ -40,22 +56,61 @@ class QuarantineStore:
         atomic_write_parquet(frame, path, self.settings)
         return frame.height
 
-    def list(self, symbols: Sequence[str] | None = None, job_id: str | None = None) -> pl.DataFrame:
-        """Return quarantined rows, optionally of some symbols or one job, oldest first."""
+    def list(
+        self,
+        symbols: Sequence[str] | None = None,
+        job_id: str | None = None,
+        rule: str | None = None,
+        *,
+        include_released: bool = False,
+    ) -> pl.DataFrame:
+        """Return quarantined rows, optionally of some symbols, one job or one rule.
+
+        Released rows are left out unless `include_released`, which adds `released_at`
+        and `release_job_id` (null while a row is still held).
+        """
         pattern = f"job_id={job_id}/*.parquet" if job_id else "job_id=*/*.parquet"
         files = sorted(self.dir.glob(pattern))
         if not files:
-            return pl.DataFrame(schema=QUARANTINE_POLARS_SCHEMA)
-        lf = pl.scan_parquet(files, hive_partitioning=False)
-        if symbols:
-            lf = lf.filter(pl.col("symbol").is_in(list(symbols)))
-        return lf.sort("quarantined_at", "symbol", "ts").collect()
+            df = pl.DataFrame(schema=QUARANTINE_POLARS_SCHEMA)
+        else:
+            lf = pl.scan_parquet(files, hive_partitioning=False)
+            if symbols:
+                lf = lf.filter(pl.col("symbol").is_in(list(symbols)))
+            if rule:
+                lf = lf.filter(pl.col("rule").str.split(",").list.contains(rule))
+            df = lf.sort("quarantined_at", "symbol", "ts").collect()
+        released = self.releases()
+        if include_released:
+            extra = released.select(*ROW_ID, "released_at", "release_job_id")
+            return df.join(extra, on=list(ROW_ID), how="left", nulls_equal=True)
+        return df.join(released, on=list(ROW_ID), how="anti", nulls_equal=True)
+
+    def releases(self) -> pl.DataFrame:
+        """Return every release record (which row, when, through which job)."""
+        files = sorted(self.released_dir.glob("*.parquet"))
+        if not files:
+            return pl.DataFrame(schema=RELEASE_SCHEMA)
+        return pl.read_parquet(files).unique(list(ROW_ID), keep="first", maintain_order=True)
+
+    def mark_released(self, rows: pl.DataFrame, *, release_job_id: str, at: datetime) -> int:
+        """Record that `rows` (quarantine rows) went back through the write path."""
+        if rows.is_empty():
+            return 0
+        frame = rows.select(ROW_ID).with_columns(
+            released_at=pl.lit(at, RELEASE_SCHEMA["released_at"]),
+            release_job_id=pl.lit(release_job_id),
+        )
+        path = self.released_dir / f"{uuid4().hex}.parquet"
+        atomic_write_parquet(frame.cast(RELEASE_SCHEMA), path, self.settings)
+        return frame.height
 
     def count(self) -> int:
-        """Return how many rows are in quarantine."""
+        """Return how many rows are held in quarantine (released rows not counted)."""
         files = list(self.dir.glob("job_id=*/*.parquet"))
         if not files:
             return 0
-        return int(
+        total = int(
             pl.scan_parquet(files, hive_partitioning=False).select(pl.len()).collect().item()
         )
+        return total - self.releases().height
