@@ -172,7 +172,8 @@ def bars(
         else:
             output.write_text(text)
     elif fmt is OutputFormat.chart:
-        console.print(_chart_panel(df, symbol, timeframe))
+        label = "raw prices" if adjust == "none" else f"adjusted: {adjust}"
+        console.print(_chart_panel(df, symbol, timeframe, label))
     else:
         console.print(_bars_table(df, symbol, timeframe, limit))
 
@@ -296,8 +297,10 @@ def demo(
         actions = p.actions()
         if actions.height:
             console.print(_actions_table(actions))
-        shown = universe[-1]  # an ordinary name: the list starts with renamed and merged ones
+        shown = _chart_symbol(p.actions(universe), universe, first)
         console.print(_chart_panel(p.bars(shown, timeframe="1d"), shown, "1d"))
+        adjusted = p.bars(shown, timeframe="1d", adjust="all")
+        console.print(_chart_panel(adjusted, shown, "1d", "adjusted for splits and dividends"))
     console.print(
         f"\n[bold green]done[/] in {elapsed:.1f} s. Data lives in "
         f"[bold]{settings.data_dir.resolve()}[/]. Try:\n"
@@ -305,6 +308,13 @@ def demo(
         f"  qv bars {shown} -t 1m --start {recent[-1]} --format chart\n"
         f"  qv status\n  qv quarantine"
     )
+
+
+def _chart_symbol(actions: pl.DataFrame, universe: list[str], first: date) -> str:
+    """Pick a name whose chart shows why adjustment matters: one with a split, if any."""
+    split = actions.filter((pl.col("action_type") == "split") & (pl.col("ex_date") > first))
+    names = [s for s in split["symbol"].to_list() if s in universe]
+    return names[0] if names else universe[-1]  # the list starts with renamed/merged ones
 
 
 def _market_of(p: Platform) -> Any:
@@ -382,7 +392,9 @@ def _day(value: Any) -> str:
     return value.strftime("%Y-%m-%d") if hasattr(value, "strftime") else str(value)
 
 
-def _chart_panel(df: pl.DataFrame, symbol: str, timeframe: str) -> Panel:
+def _chart_panel(
+    df: pl.DataFrame, symbol: str, timeframe: str, prices: str = "raw prices"
+) -> Panel:
     closes = df["close"].to_list()
     volumes = df["volume"].to_list()
     body = (
@@ -391,8 +403,7 @@ def _chart_panel(df: pl.DataFrame, symbol: str, timeframe: str) -> Panel:
     )
     return Panel(
         body,
-        title=f"{symbol} {timeframe}  {_day(df['ts'].min())} .. {_day(df['ts'].max())}"
-        "  (raw prices)",
+        title=f"{symbol} {timeframe}  {_day(df['ts'].min())} .. {_day(df['ts'].max())}  ({prices})",
         expand=False,
     )
 
