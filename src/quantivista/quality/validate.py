@@ -13,7 +13,7 @@ import polars as pl
 from quantivista.config import QualitySettings
 from quantivista.model.flags import QualityFlag
 from quantivista.model.jobs import DataQualityReport, Severity, ValidationIssue
-from quantivista.model.schema import BAR_COLUMNS, BAR_KEY, BAR_VALUE_COLUMNS
+from quantivista.model.schema import BAR_COLUMNS, BAR_KEY, BAR_VALUE_COLUMNS, series_in_blocks
 from quantivista.model.timeframe import Timeframe
 from quantivista.quality.rules import DEFAULT_RULES, SERIES_COLUMNS, Rule
 from quantivista.quality.series import series_context
@@ -81,7 +81,14 @@ def _sorted(bars: pl.DataFrame) -> pl.DataFrame:
     in_order = (
         (sym > sym.shift(1)) | (same_sym & ((tf > tf.shift(1)) | (same_tf & (ts >= ts.shift(1)))))
     ).fill_null(True)
-    if bars.is_empty() or _one_sorted_timeframe(bars) or bool(bars.select(in_order.all()).item()):
+    if (
+        bars.is_empty()
+        or _one_sorted_timeframe(bars)
+        or bool(bars.select(in_order.all()).item())
+        # series as contiguous rising blocks (provider order): equal keys cannot occur and
+        # every series is already in ts order, so the block order does not matter
+        or series_in_blocks(bars, ("symbol", "timeframe"))
+    ):
         df = bars.with_columns(_out_of_order=pl.lit(False))
     else:
         late = (ts < ts.cum_max().shift(1)).fill_null(False).over("symbol", "timeframe")
