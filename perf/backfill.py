@@ -6,7 +6,7 @@ clients, the rate limiter, the circuit breakers and the router. The primary (Yah
 20% of calls (5xx, HTTP-200 error bodies, malformed bodies, hangs past the client timeout),
 IEX Cloud is down, and every vendor's rate-limit windows (the free tiers, scaled down so the
 run takes about a minute) are enforced by the simulator and configured identically in our
-limiter. Prints one JSON line: expected bars (from the same `SimulatedMarket`), bars stored
+limiter. Usage: `python perf/backfill.py [SEED]`. Prints one JSON line: expected bars (from the same `SimulatedMarket`), bars stored
 and how many equal the market exactly, the share, violations counted by the simulator,
 breaker transitions and calls/errors per provider, elapsed time.
 """
@@ -84,7 +84,8 @@ def exact_matches(stored: pl.DataFrame, expected: pl.DataFrame) -> int:
 
 
 def main() -> None:
-    config = simulator_config()
+    seed = int(sys.argv[1]) if len(sys.argv) > 1 else 42
+    config = simulator_config(seed)
     with run_simulator(config) as sim, tempfile.TemporaryDirectory() as tmp:
         market = sim.market
         last = market.sessions[-1]
@@ -109,6 +110,11 @@ def main() -> None:
             stored = p.bars(symbols, first, last)
             snap = {r["provider"]: r for r in p.analytics.snapshot().to_dicts()}
             transitions = p.analytics.transitions_frame().to_dicts()
+            # every transition the breakers made, as the analytics saw it (none lost)
+            made = [
+                (t.provider, str(t.from_state), str(t.to_state)) for t in p.breakers.transitions()
+            ]
+            seen = [(t["provider"], t["from_state"], t["to_state"]) for t in transitions]
         served = sim.stats()["providers"]
     matched = exact_matches(stored, expected)
     report = {
@@ -130,10 +136,15 @@ def main() -> None:
         "breaker_transitions": [
             f"{t['provider']}:{t['from_state']}->{t['to_state']}" for t in transitions
         ],
+        "all_transitions_in_analytics": sorted(made) == sorted(seen),
         "elapsed_s": round(elapsed, 1),
     }
     print(json.dumps(report))
-    missed = report["retrieved_pct"] < 99.9 or any(report["violations"].values())
+    missed = (
+        report["retrieved_pct"] < 99.9
+        or any(report["violations"].values())
+        or not report["all_transitions_in_analytics"]
+    )
     sys.exit(1 if missed else 0)
 
 
