@@ -6,9 +6,10 @@ clients, the rate limiter, the circuit breakers and the router. The primary (Yah
 20% of calls (5xx, HTTP-200 error bodies, malformed bodies, hangs past the client timeout),
 IEX Cloud is down, and every vendor's rate-limit windows (the free tiers, scaled down so the
 run takes about a minute) are enforced by the simulator and configured identically in our
-limiter. Usage: `python perf/backfill.py [SEED]`. Prints one JSON line: expected bars (from the same `SimulatedMarket`), bars stored
-and how many equal the market exactly, the share, violations counted by the simulator,
-breaker transitions and calls/errors per provider, elapsed time.
+limiter. Usage: `python perf/backfill.py [SEED]`. Prints one JSON line: expected bars (from
+the same `SimulatedMarket`), bars stored and how many equal the market exactly, the share,
+violations counted by the simulator, breaker transitions (and whether the analytics saw
+every one) and calls/errors per provider, elapsed time. Exits 1 when a target is missed.
 """
 
 from __future__ import annotations
