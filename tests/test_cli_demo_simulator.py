@@ -21,7 +21,7 @@ def test_demo_via_simulator_ingests_through_vendors_and_shows_provider_stats(
     assert result.exit_code == 0, result.output
     out = result.output
     assert "provider simulator on http://127.0.0.1:" in out
-    assert "provider calls (live)" in out  # the `qv providers` table
+    assert "provider calls (this demo)" in out  # the `qv providers` table
     assert "circuit breaker transitions" in out and "iex_cloud" in out  # down: it opened
     assert "rate-limit violations counted: 0" in out
     with Platform.open(tmp_path) as p:

@@ -310,8 +310,6 @@ def demo(
             console.print(_actions_table(actions))
         shown = universe[-1]  # an ordinary name: the list starts with renamed and merged ones
         console.print(_chart_panel(p.bars(shown, timeframe="1d"), shown, "1d"))
-        if vendors:
-            _print_provider_stats(p)
     console.print(
         f"\n[bold green]done[/] in {elapsed:.1f} s. Data lives in "
         f"[bold]{settings.data_dir.resolve()}[/]. Try:\n"
@@ -892,6 +890,8 @@ def _demo_source(
         yield settings, None
         return
     from quantivista.config import ProviderFaultSettings, RateWindow, SimulatorServerSettings
+    from quantivista.platform import PROVIDER_STATS_FILE
+    from quantivista.providers.analytics import ProviderAnalytics
     from quantivista.providers.simulator import run_simulator
     from quantivista.providers.simulator.wiring import settings_for_simulator
 
@@ -909,18 +909,15 @@ def _demo_source(
     with run_simulator(config) as sim:
         console.print(f"[bold]provider simulator[/] on {sim.url}: {', '.join(DEMO_VENDORS)}")
         yield settings_for_simulator(settings, sim, DEMO_VENDORS, timeout_s=5.0), DEMO_VENDORS
-        stats = sim.stats()["providers"]
-        violations = sum(stats[name]["violations"] for name in DEMO_VENDORS)
+        # the platform saved its analytics after each ingest: show what `qv providers` shows
+        stats = ProviderAnalytics.load(settings.data_dir / PROVIDER_STATS_FILE) or {}
+        if stats.get("providers"):
+            console.print(_provider_stats_table(stats, "this demo"))
+        if stats.get("transitions"):
+            console.print(_transitions_table(stats["transitions"]))
+        served = sim.stats()["providers"]
+        violations = sum(served[name]["violations"] for name in DEMO_VENDORS)
         console.print(f"simulator: rate-limit violations counted: [bold]{violations}[/]")
-
-
-def _print_provider_stats(p: Platform) -> None:
-    """Print the live provider analytics (the tables `qv providers` shows)."""
-    stats = p.analytics.as_dict()
-    if stats.get("providers"):
-        console.print(_provider_stats_table(stats, "live"))
-    if stats.get("transitions"):
-        console.print(_transitions_table(stats["transitions"]))
 
 
 def main() -> None:
