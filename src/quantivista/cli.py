@@ -260,14 +260,26 @@ def demo(
     fault_rate: Annotated[
         float, typer.Option(help="Share of bars the simulator damages, to show quarantine.")
     ] = 0.0005,
+    via_simulator: Annotated[
+        bool,
+        typer.Option(
+            help="Serve the market from the provider simulator and ingest it through the "
+            "real vendor clients, limits, breakers and failover (over local sockets)."
+        ),
+    ] = False,
 ) -> None:
     """Ingest a simulated universe (daily and 1-minute bars) and show what landed."""
+    if via_simulator:  # vendors' faults are in their calls (shown in the provider table)
+        fault_rate = 0.0
     settings = _settings()
     settings = settings.model_copy(
         update={"simulator": settings.simulator.model_copy(update={"fault_rate": fault_rate})}
     )
     started = time.perf_counter()
-    with _platform(settings) as p:
+    with (
+        _demo_source(settings, via_simulator) as (settings, vendors),
+        _platform(settings) as p,
+    ):
         market = _market_of(p)
         cal = p.calendar()
         today = p.clock.now().date()
@@ -286,8 +298,8 @@ def demo(
                 f"model; {fault_rate:.2%} of bars are damaged on purpose to show quarantine[/]"
             )
         )
-        daily = _run_ingest(p, universe, first, last, "1d", None, "daily bars")
-        intraday = _run_ingest(p, universe, recent[0], recent[-1], "1m", None, "1-minute bars")
+        daily = _run_ingest(p, universe, first, last, "1d", vendors, "daily bars")
+        intraday = _run_ingest(p, universe, recent[0], recent[-1], "1m", vendors, "1-minute bars")
         elapsed = time.perf_counter() - started
         _print_job(daily)
         _print_job(intraday)
@@ -1074,6 +1086,54 @@ def _frame_table(df: pl.DataFrame, title: str) -> Table:
     for row in df.iter_rows():
         table.add_row(*[_fmt(v) for v in row])
     return table
+
+
+# -- issue 3: demo through the provider simulator ------------------------------------------
+DEMO_VENDORS = ["iex_cloud", "yahoo", "polygon"]  # first in line down, then primary, backup
+
+
+@contextmanager
+def _demo_source(
+    settings: Settings, via_simulator: bool
+) -> Iterator[tuple[Settings, list[str] | None]]:
+    """Yield the demo's settings and providers: the default, or vendors served by a simulator.
+
+    With the simulator, IEX Cloud (first in line) is down, so its breaker opens and Yahoo
+    serves; Yahoo fails 5% of calls, and Polygon takes over when its retries run out. The
+    simulator enforces rate limits and our limiter uses the same windows.
+    """
+    if not via_simulator:
+        yield settings, None
+        return
+    from quantivista.config import ProviderFaultSettings, RateWindow, SimulatorServerSettings
+    from quantivista.platform import PROVIDER_STATS_FILE
+    from quantivista.providers.analytics import ProviderAnalytics
+    from quantivista.providers.simulator import run_simulator
+    from quantivista.providers.simulator.wiring import settings_for_simulator
+
+    limits = (RateWindow(calls=20, seconds=1), RateWindow(calls=600, seconds=60))
+    limited = {"rate_limits": limits}
+    config = SimulatorServerSettings(
+        seed=settings.simulator.seed,  # the same market the demo picks its universe from
+        universe_size=settings.simulator.universe_size,
+        providers={
+            "yahoo": ProviderFaultSettings(error_rate=0.03, malformed_rate=0.02, **limited),
+            "iex_cloud": ProviderFaultSettings(down=True, **limited),
+            "polygon": ProviderFaultSettings(**limited),
+        },
+    )
+    with run_simulator(config) as sim:
+        console.print(f"[bold]provider simulator[/] on {sim.url}: {', '.join(DEMO_VENDORS)}")
+        yield settings_for_simulator(settings, sim, DEMO_VENDORS, timeout_s=5.0), DEMO_VENDORS
+        # the platform saved its analytics after each ingest: show what `qv providers` shows
+        stats = ProviderAnalytics.load(settings.data_dir / PROVIDER_STATS_FILE) or {}
+        if stats.get("providers"):
+            console.print(_provider_stats_table(stats, "this demo"))
+        if stats.get("transitions"):
+            console.print(_transitions_table(stats["transitions"]))
+        served = sim.stats()["providers"]
+        violations = sum(served[name]["violations"] for name in DEMO_VENDORS)
+        console.print(f"simulator: rate-limit violations counted: [bold]{violations}[/]")
 
 
 def main() -> None:

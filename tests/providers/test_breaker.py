@@ -218,3 +218,38 @@ def test_breaker_follows_its_state_machine(ops: list[str | float], threshold: in
     half_at = [t.at for t in breaker.transitions if t.to_state is BreakerState.HALF_OPEN]
     for opened, half in zip(opened_at, half_at, strict=False):
         assert (half - opened).total_seconds() >= 30 - 1e-6  # never probes before the cool-down
+
+
+def test_a_call_admitted_before_the_breaker_opened_does_not_close_it() -> None:
+    # concurrent fetches: one is in flight while five others fail and open the breaker
+    clock = TestClock()
+    breaker = CircuitBreaker("p", clock=clock)
+    started, finish = threading.Event(), threading.Event()
+
+    def slow() -> str:
+        started.set()
+        finish.wait(5)
+        return "late answer"
+
+    results: list[str] = []
+    worker = threading.Thread(target=lambda: results.append(breaker.call(slow)))
+    worker.start()
+    assert started.wait(5)
+    _trip(breaker, 5)
+    finish.set()
+    worker.join(5)
+    assert results == ["late answer"]
+    assert breaker.state is BreakerState.OPEN  # the cool-down still runs; no reclose
+    clock.advance(30)
+    probe = breaker.before_call()
+    assert probe is True
+    breaker.record_success(probe=False)  # another straggler: only the probe decides
+    assert breaker.state is BreakerState.HALF_OPEN
+    with pytest.raises(CircuitOpenError):
+        breaker.before_call()  # the probe slot is still taken
+    breaker.record_success(probe=probe)
+    assert [(str(t.from_state), str(t.to_state)) for t in breaker.transitions] == [
+        ("closed", "open"),
+        ("open", "half_open"),
+        ("half_open", "closed"),
+    ]

@@ -16,6 +16,7 @@ from quantivista.errors import (
     ProviderError,
     RateLimitedError,
     SymbolNotFoundError,
+    TransientProviderError,
 )
 from quantivista.providers.base import BarRequest
 from quantivista.providers.yahoo import YahooProvider, parse_chart, parse_splits
@@ -195,3 +196,33 @@ def test_client_404_and_429(local_server: LocalServer) -> None:
     with pytest.raises(RateLimitedError) as info:
         client.fetch_bars(BarRequest.of("BUSY", "2020-01-01", "2020-01-03"))
     assert info.value.retry_after_s == 30.0
+
+
+def _chart(volume: int, close: float) -> bytes:
+    quote = {"open": [close], "high": [close], "low": [close], "close": [close]}
+    result = {
+        "meta": {"dataGranularity": "1d", "exchangeTimezoneName": "America/New_York"},
+        "timestamp": [1577975400],  # 2020-01-02 09:30 New York
+        "indicators": {"quote": [{**quote, "volume": [volume]}]},
+    }
+    return json.dumps({"chart": {"result": [result], "error": None}}).encode()
+
+
+def test_recovered_volume_is_whole_shares_after_an_odd_split() -> None:
+    # 408903 shares traded; after a later 3:2 split Yahoo shows round(408903 * 1.5) = 613354
+    bars, _ = parse_chart(_chart(613354, 24.0), "ODD", [(1598880600, 1.5)])
+    assert bars["volume"].to_list() == [408903.0]
+    assert bars["close"][0] == pytest.approx(36.0)
+    bars, _ = parse_chart(_chart(613354, 24.0), "ODD")  # no split: untouched
+    assert bars["volume"].to_list() == [613354.0]
+
+
+def test_chart_error_of_a_backend_hiccup_is_transient() -> None:
+    hiccup = {"code": "Internal Server Error", "description": "Timeout, please retry"}
+    body = json.dumps({"chart": {"result": None, "error": hiccup}})
+    with pytest.raises(TransientProviderError, match="Internal Server Error"):
+        parse_chart(body, "AAPL")
+    odd = {"code": "Bad Request", "description": "Invalid input - interval=7d"}
+    with pytest.raises(ProviderError) as info:
+        parse_chart(json.dumps({"chart": {"result": None, "error": odd}}), "AAPL")
+    assert not isinstance(info.value, TransientProviderError)

@@ -167,38 +167,54 @@ class CircuitBreaker:
             }
 
     # -- the protocol ----------------------------------------------------------------------
-    def before_call(self) -> None:
-        """Admit a call or raise `CircuitOpenError`; half-open admits one probe at a time."""
+    def before_call(self) -> bool:
+        """Admit a call or raise `CircuitOpenError`; half-open admits one probe at a time.
+
+        Returns True when the call is the half-open probe (pass it on to `record_*`).
+        """
         with self._lock:
             self._maybe_half_open()
             if self._state is BreakerState.CLOSED:
                 self._counters.calls += 1
-                return
+                return False
             if self._state is BreakerState.HALF_OPEN and not self._probe_in_flight:
                 self._probe_in_flight = True
                 self._counters.calls += 1
-                return
+                return True
             self._counters.rejected += 1
             wait = max(self._opened_at + self.reset_timeout_s - self.clock.monotonic(), 0.0)
         raise CircuitOpenError(
             "circuit breaker is open", provider=self.provider, retry_in_s=round(wait, 3)
         )
 
-    def record_success(self) -> None:
-        """Count a call that succeeded (or got a permanent answer)."""
+    def record_success(self, *, probe: bool | None = None) -> None:
+        """Count a call that succeeded (or got a permanent answer).
+
+        `probe` says whether the call was the half-open probe (`before_call`'s answer). A call
+        admitted while closed that ends after the breaker opened (`probe=False`) does not
+        close it: only the probe, after the cool-down, decides. None: any success closes it.
+        """
         with self._lock:
             self._counters.successes += 1
             self._counters.consecutive_failures = 0
+            if probe is False and self._state is not BreakerState.CLOSED:
+                return  # a straggler: leave the state (and the probe slot) alone
             self._probe_in_flight = False
             if self._state is not BreakerState.CLOSED:
                 self._move(BreakerState.CLOSED, "probe succeeded")
 
-    def record_failure(self, error: BaseException | str) -> None:
-        """Count a failed call; open the breaker at the threshold or on a failed probe."""
+    def record_failure(self, error: BaseException | str, *, probe: bool | None = None) -> None:
+        """Count a failed call; open the breaker at the threshold or on a failed probe.
+
+        `probe` as in `record_success`: a straggler's failure does not reopen a half-open
+        breaker nor free its probe slot.
+        """
         reason = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
         with self._lock:
             self._counters.failures += 1
             self._counters.consecutive_failures += 1
+            if probe is False and self._state is not BreakerState.CLOSED:
+                return
             was_probe = self._probe_in_flight
             self._probe_in_flight = False
             if self._state is BreakerState.HALF_OPEN or was_probe:
@@ -209,25 +225,26 @@ class CircuitBreaker:
             ):
                 self._open(f"{self._counters.consecutive_failures} consecutive failures: {reason}")
 
-    def release(self) -> None:
+    def release(self, *, probe: bool | None = None) -> None:
         """End a call that said nothing about health (e.g. our own quota was spent)."""
         with self._lock:
-            self._probe_in_flight = False
+            if probe is not False:
+                self._probe_in_flight = False
 
     def call(self, fn: Callable[[], T], *, timeout_s: float | None = None) -> T:
         """Run `fn` through the breaker; `timeout_s` (if given) bounds it in real time."""
-        self.before_call()
+        probe = self.before_call()
         try:
             result = _run_with_timeout(fn, timeout_s, self.provider) if timeout_s else fn()
         except BaseException as exc:
             if counts_as_failure(exc):
-                self.record_failure(exc)
+                self.record_failure(exc, probe=probe)
             elif isinstance(exc, QuotaExhaustedError) or not isinstance(exc, QuantiVistaError):
-                self.release()
+                self.release(probe=probe)
             else:
-                self.record_success()
+                self.record_success(probe=probe)
             raise
-        self.record_success()
+        self.record_success(probe=probe)
         return result
 
     def reset(self) -> None:

@@ -66,6 +66,9 @@ _TF_OF_GRANULARITY = {v: k for k, v in _INTERVALS.items()} | {"1h": "1h"}
 _WINDOW_DAYS = {"1m": 7}  # Yahoo serves at most 7 days of 1m bars per request
 
 
+_TRANSIENT_WORDS = ("internal server error", "timeout", "timed out", "unavailable", "retry")
+
+
 def raise_chart_error(data: Any, symbol: str | None, status_code: int | None = None) -> None:
     """Raise the provider error a `chart.error` object means (no-op when there is none)."""
     if not isinstance(data, dict) or not isinstance(data.get("chart"), dict):
@@ -82,6 +85,9 @@ def raise_chart_error(data: Any, symbol: str | None, status_code: int | None = N
         raise SymbolNotFoundError(message, **ctx)
     if "unprocessable" in low or "not available" in low:
         raise EntitlementError(message, **ctx)  # outside the history Yahoo serves
+    if any(word in low for word in _TRANSIENT_WORDS):
+        # a backend hiccup passed through with HTTP 200: worth a retry, not a failover
+        raise TransientProviderError(message, **ctx)
     raise ProviderError(message, **ctx)
 
 
@@ -192,7 +198,11 @@ def parse_chart(
     df = df.with_columns(
         ts.alias("ts"),
         *(pl.col(c) * factor for c in ("open", "high", "low", "close")),
-        pl.col("volume") / factor,
+        # Yahoo rounds split-multiplied volumes to whole shares; dividing gives back the
+        # traded volume only up to that rounding, so round again (the identity when no split)
+        pl.when(factor == 1.0)
+        .then(pl.col("volume"))
+        .otherwise((pl.col("volume") / factor).round(0)),
     ).drop("epoch")
     # Yahoo may repeat the live bar; the later copy is the fresher one
     df = df.unique("ts", keep="last", maintain_order=True)
