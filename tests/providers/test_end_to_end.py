@@ -120,7 +120,20 @@ def test_backfill_through_faults_down_provider_and_limits(
     assert got.select("symbol", "ts", "volume").equals(want.select("symbol", "ts", "volume"))
     for c in ("open", "high", "low", "close"):
         assert (got[c] - want[c]).abs().max() <= 1e-9 * float(want[c].max())  # type: ignore[operator]
-    assert split_actions.height >= 1  # a split inside the window was recovered from
+    # Yahoo reports the split in the window alongside its bars; when faults made the split
+    # stock fail over to Polygon (asked for bars only), the raw prices above still hold
+    split_by_yahoo = stored.filter(
+        pl.col("symbol").is_in(
+            sim.market.actions()
+            .filter((pl.col("action_type") == "split") & pl.col("ex_date").is_between(FIRST, LAST))[
+                "symbol"
+            ]
+            .implode()
+        )
+        & (pl.col("provider") == "yahoo")
+    )
+    if split_by_yahoo.height:
+        assert split_actions.height >= 1
     assert set(stored["provider"].unique()) <= {"yahoo", "polygon"}
 
     # limits held: the simulator saw no call beyond any window
