@@ -49,7 +49,7 @@ PARENTS: dict[type[QuantiVistaError], type[Exception]] = {
     CalendarError: QuantiVistaError,
 }
 
-RETRYABLE = {TransientProviderError, RateLimitedError, CircuitOpenError}
+RETRYABLE = {TransientProviderError, RateLimitedError, CircuitOpenError, MalformedResponseError}
 
 
 def test_every_exported_error_has_a_place_in_the_tree() -> None:

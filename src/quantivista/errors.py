@@ -13,7 +13,7 @@
     │   ├── QuotaExhaustedError     retryable only after the quota resets (daily caps)
     │   ├── EntitlementError        permanent: premium endpoint, plan does not cover it
     │   ├── SymbolNotFoundError     permanent: vendor does not know the symbol
-    │   ├── MalformedResponseError  the body cannot be parsed into what we expected
+    │   ├── MalformedResponseError  retryable: the body cannot be parsed as promised
     │   └── CircuitOpenError        the breaker refuses calls to this provider for now
     ├── StorageError                the store could not read or write
     ├── BusError                    publishing or consuming an event failed
@@ -168,7 +168,13 @@ class SymbolNotFoundError(ProviderError):
 
 
 class MalformedResponseError(ProviderError):
-    """The response body is not what the vendor's format promises."""
+    """The response body is not what the vendor's format promises.
+
+    Retryable: a truncated transfer or an outage page in place of JSON usually passes; a
+    format the parser truly does not know fails every attempt and the router moves on.
+    """
+
+    retryable = True
 
 
 class CircuitOpenError(ProviderError):
