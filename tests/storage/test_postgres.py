@@ -92,3 +92,29 @@ def test_platform_picks_the_postgres_backend(
         out = p.bars("AAA", start="2024-01-01", end="2024-01-31")
         assert_frame_equal(out.select("ts", "close"), bars.select("ts", "close"))
         assert p.bars("AAA", as_of="2000-01-01").is_empty()
+
+
+def test_copy_stream_in_chunks_equals_one_piece() -> None:
+    from datetime import UTC, datetime
+
+    from quantivista.model.schema import coerce_bars
+    from quantivista.storage.pgcopy import binary_copy_chunks, encode_binary_copy
+
+    n = 7
+    bars = coerce_bars(
+        {
+            "symbol": ["AAA"] * n,
+            "ts": [datetime(2024, 1, d + 1, tzinfo=UTC) for d in range(n)],
+            "open": [1.0] * n,
+            "high": [2.0] * n,
+            "low": [0.5] * n,
+            "close": [1.5] * n,
+            "volume": [10.0] * n,
+        },
+        timeframe="1d",
+        provider="p",
+        job_id="j",
+    )
+    pieces = list(binary_copy_chunks(bars, rows=3))
+    assert len(pieces) == 2 + 3  # header, three chunks of at most 3 rows, trailer
+    assert b"".join(pieces) == encode_binary_copy(bars)

@@ -10,6 +10,8 @@ column by column. COPY does not care about row order.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import polars as pl
 import pyarrow as pa
@@ -76,14 +78,28 @@ def encode_binary_copy(df: pl.DataFrame) -> bytes:
     String columns become `text`, floats `float8`, integers `int8`, UTC datetimes
     `timestamptz`; the target columns must have those types, in the frame's order.
     """
+    return b"".join(binary_copy_chunks(df, max(df.height, 1)))
+
+
+def binary_copy_chunks(df: pl.DataFrame, rows: int = 50_000) -> Iterator[bytes]:
+    """Yield one binary COPY stream in pieces: header, rows in chunks of `rows`, trailer.
+
+    Writing a piece while the next one is encoded keeps both the client and the server busy.
+    """
+    yield _HEADER
+    for lo in range(0, df.height, rows):
+        yield _encode_rows(df.slice(lo, rows))
+    yield _TRAILER
+
+
+def _encode_rows(df: pl.DataFrame) -> bytes:
     df = df.rechunk()  # one chunk per column: per-chunk work would dominate
     columns = df.columns
     shapes = [_shape_expr(c, df.schema[c]) for c in columns]
     shape_cols = [f"_len{c}" for c in columns]
     keyed = df.with_columns(shapes)
-    parts = [_HEADER]
+    parts = []
     for key, part in keyed.group_by(shape_cols):
         lengths = tuple(int(k) for k in key)
         parts.append(_encode_group(part.select(columns), columns, lengths))
-    parts.append(_TRAILER)
     return b"".join(parts)

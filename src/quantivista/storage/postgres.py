@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from quantivista.model.schema import BAR_COLUMNS, BAR_POLARS_SCHEMA, BAR_VALUE_C
 from quantivista.model.timeframe import Timeframe
 from quantivista.storage.base import STATS_SCHEMA, UpsertStats
 from quantivista.storage.lake import _sorted_unique
-from quantivista.storage.pgcopy import encode_binary_copy
+from quantivista.storage.pgcopy import binary_copy_chunks
 
 __all__ = ["PostgresStore", "migrate"]
 
@@ -159,7 +160,6 @@ class PostgresStore:
             return UpsertStats()
         bars = _sorted_by_key(bars.select(BAR_COLUMNS))
         self._ensure_partitions(bars)
-        payload = encode_binary_copy(bars)
         differ = sql.SQL("({a}) IS DISTINCT FROM ({b})")
         b_vals = sql.SQL(", ").join(
             sql.SQL("b.{}").format(sql.Identifier(c)) for c in BAR_VALUE_COLUMNS
@@ -198,7 +198,7 @@ class PostgresStore:
             cols=_COLS,
             updates=updates,
         )
-        if self._append(bars, payload):
+        if self._append(bars):
             return UpsertStats(inserted=bars.height, partitions_written=1)
         with self.pool.connection() as conn, conn.transaction():
             conn.execute("CREATE TEMP TABLE qv_stage (LIKE bars INCLUDING DEFAULTS) ON COMMIT DROP")
@@ -206,7 +206,7 @@ class PostgresStore:
                 with cur.copy(
                     sql.SQL("COPY qv_stage ({}) FROM STDIN (FORMAT BINARY)").format(_COLS)
                 ) as cp:
-                    cp.write(payload)
+                    _write_pipelined(cp, bars)
                 cur.execute("ANALYZE qv_stage")
                 cur.execute(statement)
                 row = cur.fetchone()
@@ -219,7 +219,7 @@ class PostgresStore:
             partitions_written=1 if inserted + updated else 0,
         )
 
-    def _append(self, bars: pl.DataFrame, payload: bytes) -> bool:
+    def _append(self, bars: pl.DataFrame) -> bool:
         """COPY straight into `bars` when no stored row can share a key (a fresh backfill).
 
         Nothing to compare means nothing to merge: the staging table and the upsert are
@@ -244,7 +244,7 @@ class PostgresStore:
                 if row is None or row[0]:
                     return False
                 with conn.cursor() as cur, cur.copy(copy) as cp:
-                    cp.write(payload)
+                    _write_pipelined(cp, bars)
         except pg_errors.UniqueViolation:
             return False
         return True
@@ -371,3 +371,13 @@ def _where(
         parts.append(sql.SQL("ts < %(end)s"))
         params["end"] = end
     return sql.SQL(" AND ").join(parts), params
+
+
+def _write_pipelined(cp: Any, bars: pl.DataFrame) -> None:
+    """Stream `bars` into a COPY, encoding the next chunk while the server takes this one."""
+    chunks = binary_copy_chunks(bars)
+    with ThreadPoolExecutor(1, thread_name_prefix="qv-pgcopy") as pool:
+        pending = pool.submit(next, chunks, None)
+        while (data := pending.result()) is not None:
+            pending = pool.submit(next, chunks, None)
+            cp.write(data)
