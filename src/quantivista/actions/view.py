@@ -36,7 +36,9 @@ class AdjustedReader:
         self.action_store = actions
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple[Any, ...], pl.DataFrame] = OrderedDict()
-        self._actions: tuple[tuple[int, int], pl.DataFrame] | None = None
+        # (file version, all actions, the renames among them, every ticker a rename touches)
+        self._actions: tuple[tuple[int, int], pl.DataFrame, pl.DataFrame, frozenset[str]] | None
+        self._actions = None
         self._lock = threading.Lock()
 
     def invalidate(self, *_: object) -> None:
@@ -54,14 +56,22 @@ class AdjustedReader:
 
     def actions(self) -> pl.DataFrame:
         """Return all stored actions (re-read only when the file changed)."""
+        return self._loaded()[1]
+
+    def _loaded(self) -> tuple[tuple[int, int], pl.DataFrame, pl.DataFrame, frozenset[str]]:
         version = self._action_version()
         with self._lock:
             if self._actions is not None and self._actions[0] == version:
-                return self._actions[1]
+                return self._actions
         frame = self.action_store.all()
+        renames = frame.filter(pl.col("action_type") == "symbol_change")
+        touched = frozenset(renames["new_symbol"].to_list()) | frozenset(
+            renames["symbol"].to_list()
+        )
+        loaded = (version, frame, renames, touched)
         with self._lock:
-            self._actions = (version, frame)
-        return frame
+            self._actions = loaded
+        return loaded
 
     def read(
         self,
@@ -84,10 +94,8 @@ class AdjustedReader:
         """
         check_adjust_args(adjust, dividend_convention)
         as_of_day = to_date(as_of) if as_of is not None else None
-        actions = self.actions()
-        renames = actions.filter(pl.col("action_type") == "symbol_change")
         # a ticker means the instrument using it today, or on `as_of` for a historical view
-        renamed = set(renames["new_symbol"].to_list()) | set(renames["symbol"].to_list())
+        _, actions, renames, renamed = self._loaded()
         segments = {
             s: ticker_segments(s, renames, as_of_day) if follow_renames and s in renamed else []
             for s in symbols

@@ -314,16 +314,20 @@ def coerce_actions(frame: FrameLike, *, provider: str | None = None) -> pl.DataF
     return out
 
 
-def series_in_blocks(df: pl.DataFrame, by: Sequence[str] = ("symbol",)) -> bool:
-    """Say whether each `by` series is one contiguous block of strictly rising `ts`.
+def series_in_blocks(
+    df: pl.DataFrame, by: Sequence[str] = ("symbol",), *, strict: bool = True
+) -> bool:
+    """Say whether each `by` series is one contiguous block of rising `ts`.
 
-    That is the shape in which providers deliver bars (blocks in any order); it proves no
-    (by..., ts) key repeats without hashing or sorting every row.
+    That is the shape in which providers deliver bars (blocks in any order). With `strict`
+    it proves no (by..., ts) key repeats without hashing or sorting every row; without, ts
+    may repeat, so repeated keys are at least neighbours.
     """
     if df.height < 2:
         return True
     same = pl.all_horizontal([pl.col(c) == pl.col(c).shift() for c in by]).fill_null(False)
     ts = pl.col("ts")
-    if not df.select((~same | (ts > ts.shift())).all()).item():
+    rising = ts > ts.shift() if strict else ts >= ts.shift()
+    if not df.select((~same | rising).all()).item():
         return False
     return not df.filter(~same).select(*by).is_duplicated().any()

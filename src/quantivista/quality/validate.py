@@ -70,30 +70,21 @@ def _flag_expr(rules: list[Rule], hits: list[pl.Expr]) -> pl.Expr:
 
 
 def _sorted(bars: pl.DataFrame) -> pl.DataFrame:
-    """Return `bars` sorted by (symbol, timeframe, ts) with `_out_of_order` and `_new`.
+    """Return `bars` with each series in ts order, with `_out_of_order` and `_new` marks.
 
     A row is out of order when an earlier row of its series (in arrival order) has a later
-    ts. Data that arrives sorted (the usual case) skips both the group pass and the sort.
+    ts. Data that arrives with each (symbol, timeframe) series as one block in ts order
+    (sorted, or in provider order) skips both the group pass and the sort: equal keys are
+    then neighbours, which is all the duplicate and series checks need.
     """
     sym, tf, ts = pl.col("symbol"), pl.col("timeframe"), pl.col("ts")
-    same_sym = sym == sym.shift(1)
-    same_tf = tf == tf.shift(1)
-    in_order = (
-        (sym > sym.shift(1)) | (same_sym & ((tf > tf.shift(1)) | (same_tf & (ts >= ts.shift(1)))))
-    ).fill_null(True)
-    if (
-        bars.is_empty()
-        or _one_sorted_timeframe(bars)
-        or bool(bars.select(in_order.all()).item())
-        # series as contiguous rising blocks (provider order): equal keys cannot occur and
-        # every series is already in ts order, so the block order does not matter
-        or series_in_blocks(bars, ("symbol", "timeframe"))
-    ):
+    if series_in_blocks(bars, ("symbol", "timeframe"), strict=False):
         df = bars.with_columns(_out_of_order=pl.lit(False))
     else:
         late = (ts < ts.cum_max().shift(1)).fill_null(False).over("symbol", "timeframe")
         df = bars.with_columns(_out_of_order=late).sort(list(BAR_KEY), maintain_order=True)
-    return df.with_columns(_new=(~(same_sym & same_tf)).fill_null(True))
+    same_series = (sym == sym.shift(1)) & (tf == tf.shift(1))
+    return df.with_columns(_new=(~same_series).fill_null(True))
 
 
 def _single_timeframe(df: pl.DataFrame) -> bool:
@@ -109,18 +100,6 @@ def _known_shape(checked: pl.DataFrame) -> dict[str, Any]:
     if not _single_timeframe(checked):
         return {}
     return {"symbols": int(checked["_new"].sum()), "timeframes": [str(checked["timeframe"][0])]}
-
-
-def _one_sorted_timeframe(bars: pl.DataFrame) -> bool:
-    """Cheap check for the usual batch: one timeframe, sorted by symbol, then by ts."""
-    sym, ts = pl.col("symbol"), pl.col("ts")
-    if not bars["symbol"].is_sorted():
-        return False
-    ok = bars.select(
-        one=(pl.col("timeframe") == pl.col("timeframe").first()).all(),
-        ts=((ts >= ts.shift(1)) | (sym != sym.shift(1))).fill_null(True).all(),
-    ).row(0)
-    return bool(ok[0] and ok[1])
 
 
 def _dedupe(df: pl.DataFrame) -> tuple[pl.DataFrame, int]:

@@ -15,7 +15,7 @@ from typing import Protocol
 
 import polars as pl
 
-from quantivista.model.schema import BAR_POLARS_SCHEMA, PL_UTC_TS
+from quantivista.model.schema import BAR_POLARS_SCHEMA, PL_UTC_TS, series_in_blocks
 from quantivista.model.timeframe import Timeframe, TimeframeLike
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "RetentionPolicy",
     "UpsertStats",
     "apply_retention",
+    "latest_per_key",
     "pick_as_of",
 ]
 
@@ -161,3 +162,14 @@ def pick_as_of(current: pl.DataFrame, history: pl.DataFrame, as_of: datetime) ->
     return both.sort("symbol", "ts", "ingested_at").unique(
         subset=["symbol", "ts"], keep="last", maintain_order=True
     )
+
+
+def latest_per_key(df: pl.DataFrame) -> pl.DataFrame:
+    """Return `df` with each symbol one block sorted by ts, one row per key, the last winning.
+
+    Used by every backend on a batch of one timeframe before it is merged.
+    """
+    if series_in_blocks(df):
+        return df  # the common case: providers deliver series in order, without repeats
+    df = df.with_row_index("_pos").sort("symbol", "ts", "_pos")
+    return df.unique(subset=["symbol", "ts"], keep="last", maintain_order=True).drop("_pos")

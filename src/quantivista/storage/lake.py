@@ -40,7 +40,6 @@ from quantivista.model.schema import (
     BAR_POLARS_SCHEMA,
     BAR_VALUE_COLUMNS,
     PL_UTC_TS,
-    series_in_blocks,
 )
 from quantivista.model.timeframe import Timeframe
 from quantivista.storage.archive import ColdTier
@@ -48,6 +47,7 @@ from quantivista.storage.base import (
     HISTORY_POLARS_SCHEMA,
     STATS_SCHEMA,
     UpsertStats,
+    latest_per_key,
     pick_as_of,
 )
 from quantivista.storage.cache import FileCache
@@ -211,7 +211,7 @@ class ParquetLake:
                 if monthly
                 else pl.lit(0).alias(_MONTH)
             )
-            keyed = _sorted_unique(keyed)
+            keyed = latest_per_key(keyed)
             change = (pl.col("symbol") != pl.col("symbol").shift()) | (
                 pl.col(_MONTH) != pl.col(_MONTH).shift()
             )
@@ -536,14 +536,6 @@ def storage_report(lake: ParquetLake) -> pl.DataFrame:
         },
         orient="row",
     )
-
-
-def _sorted_unique(df: pl.DataFrame) -> pl.DataFrame:
-    """Return `df` with each symbol one block sorted by ts, one row per key, the last winning."""
-    if series_in_blocks(df):
-        return df  # the common case: providers deliver series in order, without repeats
-    df = df.with_row_index("_pos").sort("symbol", "ts", "_pos")
-    return df.unique(subset=["symbol", "ts"], keep="last", maintain_order=True).drop("_pos")
 
 
 def _merge(

@@ -27,8 +27,7 @@ from psycopg_pool import ConnectionPool
 from quantivista.errors import StorageError
 from quantivista.model.schema import BAR_COLUMNS, BAR_POLARS_SCHEMA, BAR_VALUE_COLUMNS
 from quantivista.model.timeframe import Timeframe
-from quantivista.storage.base import STATS_SCHEMA, UpsertStats
-from quantivista.storage.lake import _sorted_unique
+from quantivista.storage.base import STATS_SCHEMA, UpsertStats, latest_per_key
 from quantivista.storage.pgcopy import binary_copy_chunks
 
 __all__ = ["PostgresStore", "migrate"]
@@ -349,7 +348,7 @@ class PostgresStore:
 
 def _sorted_by_key(bars: pl.DataFrame) -> pl.DataFrame:
     """Return one row per (symbol, timeframe, ts), the last given winning."""
-    parts = [_sorted_unique(part) for _, part in bars.group_by("timeframe", maintain_order=True)]
+    parts = [latest_per_key(part) for _, part in bars.group_by("timeframe", maintain_order=True)]
     return pl.concat(parts) if len(parts) > 1 else parts[0]
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import polars as pl
 
 from quantivista.errors import SymbolNotFoundError
-from quantivista.model.schema import ACTION_POLARS_SCHEMA, BAR_POLARS_SCHEMA
+from quantivista.model.schema import ACTION_POLARS_SCHEMA, BAR_COLUMNS, BAR_POLARS_SCHEMA
 from quantivista.model.timeframe import Timeframe, TimeframeLike
 from quantivista.reference.calendars import TradingCalendar, get_calendar
 from quantivista.timeutil import DateLike, to_date
@@ -272,11 +272,15 @@ class SimulatedMarket:
             t = int(np.searchsorted(self._session_np, np.datetime64(special, "D")))
             div_yield[t, 0] = 0.05  # a 5% special dividend (instrument 0 is also the acquirer)
 
+    def _index_of(self, day: date) -> int:
+        """Return the index of the first session on or after `day`."""
+        return int(np.searchsorted(self._session_np, np.datetime64(day, "D")))
+
     def _slice(self, inst: SimInstrument, symbol: str) -> tuple[int, int]:
         """Return the session index range [lo, hi) in which `symbol` means `inst`."""
         lo, hi = 0, len(self._session_np)
         if inst.delisted_on is not None:
-            hi = int(np.searchsorted(self._session_np, np.datetime64(inst.delisted_on, "D")))
+            hi = self._index_of(inst.delisted_on)
         if inst.renamed_on is not None:
             cut = int(np.searchsorted(self._session_np, np.datetime64(inst.renamed_on, "D")))
             if symbol.upper() == inst.former_symbol:
@@ -434,7 +438,7 @@ class SimulatedMarket:
             rows: list[dict[str, object]] = []
             lo, hi = 0, len(self._session_np)
             if inst.delisted_on is not None:
-                hi = int(np.searchsorted(self._session_np, np.datetime64(inst.delisted_on, "D")))
+                hi = self._index_of(inst.delisted_on)
             for t in np.flatnonzero(p["split"][lo:hi, i] != 1.0):
                 rows.append(
                     {
@@ -547,19 +551,8 @@ def _aggregate(
     )
 
 
-_BAR_OUT = [
-    "symbol",
-    "timeframe",
-    "ts",
-    "open",
-    "high",
-    "low",
-    "close",
-    "volume",
-    "vwap",
-    "trades",
-    "provider",
-]
+# the canonical columns a vendor can know: quality flags and lineage are ours to add
+_BAR_OUT = [c for c in BAR_COLUMNS if c not in ("quality_flags", "ingested_at", "job_id")]
 
 
 def _empty_bars() -> pl.DataFrame:
