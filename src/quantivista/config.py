@@ -65,6 +65,13 @@ class StorageSettings(_Section):
         description="schema of the PostgreSQL backend (DSN: services.postgres_dsn)",
     )
     postgres_pool_size: int = Field(default=4, ge=1, le=64, description="pooled connections")
+    buckets: int = Field(
+        default=64,
+        ge=1,
+        le=4096,
+        description="lake files per timeframe (and month): symbols hash into this many buckets;"
+        " fixed when a lake is created",
+    )
     cache_mb: int = Field(
         default=256, ge=0, description="in-process cache of hot lake partitions (0: off)"
     )

@@ -18,13 +18,13 @@ from quantivista.storage.lake import ParquetLake, storage_report
 M1 = Timeframe.parse("1m")
 
 
-def _minutes(days: int) -> pl.DataFrame:
+def _minutes(days: int, symbol: str = "AAA") -> pl.DataFrame:
     start = datetime(2024, 1, 29, 14, 30, tzinfo=UTC)
     ts = pl.datetime_range(start, start + timedelta(days=days), "1h", eager=True)
     n = len(ts)
     return pl.DataFrame(
         {
-            "symbol": ["AAA"] * n,
+            "symbol": [symbol] * n,
             "timeframe": ["1m"] * n,
             "ts": ts,
             "open": [float(i) for i in range(n)],
@@ -40,27 +40,30 @@ def test_archived_bars_move_to_the_cold_tier_and_stay_readable(tmp_path: Path) -
     from quantivista.model.schema import coerce_bars
 
     cold_url = (tmp_path / "cold").as_uri()
-    lake = ParquetLake(tmp_path / "hot", StorageSettings(write_threads=1, archive_url=cold_url))
-    bars = coerce_bars(_minutes(10), provider="t", job_id="j", ingested_at=datetime.now(UTC))
+    # one bucket: both symbols share every hot and cold file, reads must still separate them
+    settings = StorageSettings(write_threads=1, archive_url=cold_url, buckets=1)
+    lake = ParquetLake(tmp_path / "hot", settings)
+    raw = pl.concat([_minutes(10), _minutes(10, "BBB").with_columns(pl.col("close") + 0.5)])
+    bars = coerce_bars(raw, provider="t", job_id="j", ingested_at=datetime.now(UTC))
     lake.upsert(bars)
-    everything = lake.read(["AAA"], M1)
+    everything = lake.read(["AAA", "BBB"], M1)
     now = datetime(2024, 2, 5, tzinfo=UTC)
     moved = archive_expired(lake, {"1m": 3}, now)  # keep 3 days hot: older than Feb 2 goes
     cut = now - timedelta(days=3)
     assert moved == {"1m": bars.filter(pl.col("ts") < cut).height}
     assert list((tmp_path / "cold").rglob("month=2024-01/data.parquet"))
-    assert (
-        not (tmp_path / "hot" / "silver" / "bars" / "timeframe=1m" / "symbol=AAA" / "month=2024-01")
-        .joinpath("data.parquet")
-        .exists()
-    )
+    assert not (lake.partition_dir("1m", "AAA", "2024-01") / "data.parquet").exists()
     hot_rows = storage_report(lake).row(0, named=True)["rows"]
     assert hot_rows == bars.height - moved["1m"]
-    assert_frame_equal(lake.read(["AAA"], M1), everything)  # transparent across tiers
+    assert_frame_equal(lake.read(["AAA", "BBB"], M1), everything)  # transparent across tiers
+    assert_frame_equal(lake.read(["BBB"], M1), everything.filter(pl.col("symbol") == "BBB"))
     jan = lake.read(["AAA"], M1, datetime(2024, 1, 30, tzinfo=UTC), cut)
+    aaa = bars.filter(pl.col("symbol") == "AAA")
     assert (
         jan.height
-        == moved["1m"] - bars.filter(pl.col("ts") < datetime(2024, 1, 30, tzinfo=UTC)).height
+        == aaa.filter(
+            (pl.col("ts") >= datetime(2024, 1, 30, tzinfo=UTC)) & (pl.col("ts") < cut)
+        ).height
     )
     assert archive_expired(lake, {"1m": 3}, now) == {"1m": 0}  # nothing left to move
     with pytest.raises(StorageError):

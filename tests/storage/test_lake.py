@@ -20,7 +20,7 @@ from quantivista.model.schema import BAR_POLARS_SCHEMA, coerce_bars
 from quantivista.model.timeframe import Timeframe
 from quantivista.storage import lake as lake_module
 from quantivista.storage.base import UpsertStats
-from quantivista.storage.lake import DATA_FILE, ParquetLake, atomic_write_parquet
+from quantivista.storage.lake import DATA_FILE, ParquetLake, atomic_write_parquet, bucket_of
 
 MakeBars = Callable[..., pl.DataFrame]
 D1 = Timeframe.parse("1d")
@@ -82,13 +82,47 @@ def test_read_is_sorted_by_symbol_and_ts_whatever_the_input_order(
     assert_frame_equal(out, bars.sort("symbol", "ts"))
 
 
-def test_layout_one_file_per_daily_symbol(tmp_lake: ParquetLake, make_bars: MakeBars) -> None:
+def test_layout_one_file_per_daily_bucket(tmp_lake: ParquetLake, make_bars: MakeBars) -> None:
     tmp_lake.upsert(make_bars(["AAA", "EUR/USD"], 3))
-    rel = [str(p.relative_to(tmp_lake.bars_root)) for p in data_files(tmp_lake)]
-    assert rel == [
-        "timeframe=1d/symbol=AAA/data.parquet",
-        "timeframe=1d/symbol=EUR%2FUSD/data.parquet",
-    ]
+    rel = sorted(str(p.relative_to(tmp_lake.bars_root)) for p in data_files(tmp_lake))
+    buckets = sorted({bucket_of("AAA", 64), bucket_of("EUR/USD", 64)})
+    assert rel == [f"timeframe=1d/bucket={b:03d}/data.parquet" for b in buckets]
+
+
+def test_symbols_of_one_bucket_share_a_file_sorted_by_symbol_and_ts(
+    tmp_path: Path, make_bars: MakeBars
+) -> None:
+    lake = ParquetLake(tmp_path / "lake", StorageSettings(buckets=1, write_threads=1))
+    bars = make_bars(["MSFT", "AAPL", "EUR/USD", "IBM"], 5)
+    stats = lake.upsert(bars.reverse())
+    assert stats == UpsertStats(inserted=20, partitions_written=1)
+    (path,) = data_files(lake)
+    assert path.relative_to(lake.bars_root).as_posix() == "timeframe=1d/bucket=000/data.parquet"
+    assert_frame_equal(pl.read_parquet(path), bars.sort("symbol", "ts"))
+    # a correction to one symbol keeps the others' rows and knowledge time
+    fix = (
+        bars.filter(pl.col("symbol") == "IBM")
+        .head(1)
+        .with_columns(close=pl.col("close") + 1, ingested_at=pl.lit(LATER))
+    )
+    assert lake.upsert(fix) == UpsertStats(updated=1, partitions_written=1)
+    out = lake.read(["AAPL", "IBM", "MSFT", "EUR/USD"], D1)
+    expected = pl.concat([bars.filter(pl.col("symbol") != "IBM"), fix])
+    expected = pl.concat([expected, bars.filter(pl.col("symbol") == "IBM").slice(1)])
+    assert_frame_equal(out, expected.sort("symbol", "ts"))
+    assert lake.symbols(D1) == ["AAPL", "EUR/USD", "IBM", "MSFT"]
+
+
+def test_bucket_count_is_fixed_when_the_lake_is_created(tmp_path: Path) -> None:
+    ParquetLake(tmp_path / "lake", StorageSettings(buckets=8))
+    reopened = ParquetLake(tmp_path / "lake", StorageSettings(buckets=64))
+    assert reopened.buckets == 8
+
+
+def test_a_lake_in_the_old_per_symbol_layout_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "lake" / "silver" / "bars" / "timeframe=1d" / "symbol=AAA").mkdir(parents=True)
+    with pytest.raises(StorageError, match="per-symbol layout"):
+        ParquetLake(tmp_path / "lake")
 
 
 def test_intraday_bars_are_partitioned_by_month(tmp_lake: ParquetLake) -> None:
@@ -98,9 +132,10 @@ def test_intraday_bars_are_partitioned_by_month(tmp_lake: ParquetLake) -> None:
     assert stats.inserted == 10
     assert stats.partitions_written == 2
     rel = [str(p.relative_to(tmp_lake.bars_root)) for p in data_files(tmp_lake)]
+    bucket = f"bucket={bucket_of('AAA', 64):03d}"
     assert rel == [
-        "timeframe=1m/symbol=AAA/month=2024-01/data.parquet",
-        "timeframe=1m/symbol=AAA/month=2024-02/data.parquet",
+        f"timeframe=1m/{bucket}/month=2024-01/data.parquet",
+        f"timeframe=1m/{bucket}/month=2024-02/data.parquet",
     ]
     assert_frame_equal(tmp_lake.read(["AAA"], M1), pl.concat([jan, feb]))
 

@@ -86,25 +86,26 @@ def archive_expired(
         tf = str(Timeframe.parse(name))
         before = now - timedelta(days=days)
         count = 0
-        for symbol in lake.symbols(Timeframe.parse(tf)):
-            for path in lake._files(tf, symbol, None, before):
-                with lake._locked(path.parent):
-                    hot = lake._read_file(path)
-                    old = hot.filter(pl.col("ts") < before)
-                    if old.is_empty():
-                        continue
-                    rel = path.relative_to(lake.root).as_posix()
-                    existing = lake.cold.read(rel)
-                    merged = old if existing is None else pl.concat([existing, old])
-                    merged = merged.unique(subset=["ts"], keep="last").sort("ts")
-                    lake.cold.write(rel, merged)
-                    keep = hot.filter(pl.col("ts") >= before)
-                    if keep.is_empty():
-                        path.unlink()
-                    else:
-                        from quantivista.storage.lake import atomic_write_parquet
+        for path in lake.data_files(tf, before=before):
+            with lake._locked(path.parent):
+                if not path.exists():
+                    continue
+                hot = lake._read_file(path)
+                old = hot.filter(pl.col("ts") < before)
+                if old.is_empty():
+                    continue
+                rel = path.relative_to(lake.root).as_posix()
+                existing = lake.cold.read(rel)
+                merged = old if existing is None else pl.concat([existing, old])
+                merged = merged.unique(subset=["symbol", "ts"], keep="last").sort("symbol", "ts")
+                lake.cold.write(rel, merged)
+                keep = hot.filter(pl.col("ts") >= before)
+                if keep.is_empty():
+                    path.unlink()
+                else:
+                    from quantivista.storage.lake import atomic_write_parquet
 
-                        atomic_write_parquet(keep, path, lake.settings)
-                    count += old.height
+                    atomic_write_parquet(keep, path, lake.settings)
+                count += old.height
         moved[tf] = count
     return moved

@@ -12,27 +12,33 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
-
-import polars as pl
+from typing import Generic, Protocol, TypeVar
 
 __all__ = ["FileCache"]
 
 _Key = tuple[int, int, int]
 
 
-class FileCache:
-    """A least-recently-used map from file path to its decoded frame, bounded in bytes."""
+class _Sized(Protocol):
+    def estimated_size(self) -> int | float: ...
+
+
+T = TypeVar("T", bound=_Sized)
+
+
+class FileCache(Generic[T]):
+    """A least-recently-used map from file path to its decoded contents, bounded in bytes."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self._entries: OrderedDict[str, tuple[_Key, pl.DataFrame, int]] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[_Key, T, int]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
-    def get(self, path: Path, load: Callable[[Path], pl.DataFrame]) -> pl.DataFrame:
-        """Return the frame of `path`, loading it when absent or when the file changed."""
+    def get(self, path: Path, load: Callable[[Path], T]) -> T:
+        """Return the contents of `path`, loading them when absent or when the file changed."""
         if self.max_bytes <= 0:
             return load(path)
         st = os.stat(path)

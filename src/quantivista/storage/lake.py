@@ -1,9 +1,16 @@
 """The embedded lake: silver bars as partitioned, sorted, zstd-compressed Parquet files.
 
-Layout under `<root>/silver/bars/`:
+Symbols hash into a fixed number of buckets (`storage.buckets`, written to
+`<root>/silver/bars/_layout.json` when the lake is created). A partition holds the bars of
+every symbol of one bucket, sorted by symbol and ts:
 
-    timeframe=1d/symbol=AAPL/data.parquet                 daily and longer: one file a symbol
-    timeframe=1m/symbol=AAPL/month=2024-01/data.parquet   intraday: one file a symbol-month
+    timeframe=1d/bucket=007/data.parquet                  daily and longer: one file a bucket
+    timeframe=1m/bucket=007/month=2024-01/data.parquet    intraday: one file a bucket-month
+
+Buckets keep the file count independent of the universe: a backfill of 500 symbols writes
+64 files, not 500, and per-file costs (file creation, rename, Parquet footer, one encoder
+per column) stop dominating the write. Readers cache each decoded file with an index of
+its symbols, so a warm read of one symbol is a dictionary lookup and a slice.
 
 Every write replaces whole partition files atomically (write a hidden temporary file, then
 `os.replace`), under a lock striped over partitions, so readers never see half a file and
@@ -11,13 +18,14 @@ concurrent writers of one partition never lose each other's rows. A write that c
 nothing leaves the file untouched: ingesting the same bars twice is a no-op.
 
 Superseded versions (replaced or deleted bars) go to `<root>/history/bars/timeframe=X/
-symbol=S/<uuid>.parquet` with `superseded_at`, written before the data file is replaced,
+bucket=B/<uuid>.parquet` with `superseded_at`, written before the data file is replaced,
 so as-of reads are exact even across a crash between the two renames.
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import zlib
 from collections.abc import Iterator, Sequence
@@ -26,7 +34,6 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote
 from uuid import uuid4
 
 import numpy as np
@@ -52,17 +59,23 @@ from quantivista.storage.base import (
 )
 from quantivista.storage.cache import FileCache
 
-__all__ = ["ParquetLake", "atomic_write_parquet", "storage_report"]
+__all__ = ["ParquetLake", "atomic_write_parquet", "bucket_of", "storage_report"]
 
 DATA_FILE = "data.parquet"
+LAYOUT_FILE = "_layout.json"
+_LAYOUT_VERSION = 2
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _LOCK_STRIPES = 64
-_MONTH = "_month"
+_Key = tuple[str, int, str | None]  # timeframe, bucket, month (intraday)
 
 
-def _symbol_dir(symbol: str) -> str:
-    # percent-encode everything but unreserved characters: "EUR/USD" -> "EUR%2FUSD"
-    return "symbol=" + quote(symbol, safe="")
+def bucket_of(symbol: str, buckets: int) -> int:
+    """Return the bucket of `symbol` (a stable hash: the same in every process and version)."""
+    return zlib.crc32(symbol.encode()) % buckets
+
+
+def _bucket_dir(bucket: int) -> str:
+    return f"bucket={bucket:03d}"
 
 
 # Encodings chosen for bars: byte-stream-split floats and delta-packed timestamps compress
@@ -116,6 +129,29 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+class _Indexed:
+    """A decoded partition file and where each of its symbols starts (it is sorted)."""
+
+    __slots__ = ("frame", "index")
+
+    def __init__(self, frame: pl.DataFrame) -> None:
+        self.frame = frame
+        sym = pl.col("symbol")
+        starts = frame.select((sym != sym.shift()).fill_null(True).arg_true()).to_series()
+        names = frame["symbol"].gather(starts).to_list()
+        bounds = [*starts.to_list(), frame.height]
+        self.index = {n: (bounds[i], bounds[i + 1] - bounds[i]) for i, n in enumerate(names)}
+
+    def rows_of(self, symbol: str) -> pl.DataFrame:
+        """Return the symbol's rows (a zero-copy slice; empty when it has none here)."""
+        span = self.index.get(symbol)
+        return self.frame.slice(*span) if span else self.frame.clear()
+
+    def estimated_size(self) -> int:
+        """Return the decoded size in bytes (what the cache budgets)."""
+        return int(self.frame.estimated_size())
+
+
 class ParquetLake:
     """Silver bars in a directory of Parquet partitions (the default `BarStore`)."""
 
@@ -129,19 +165,54 @@ class ParquetLake:
         self.bars_root = self.root / "silver" / "bars"
         self.history_root = self.root / "history" / "bars"
         self._lock_dir = self.root / ".locks"
-        self.cache = FileCache(self.settings.cache_mb * 1024 * 1024)
+        self.cache: FileCache[_Indexed] = FileCache(self.settings.cache_mb * 1024 * 1024)
         self.bars_root.mkdir(parents=True, exist_ok=True)
         self._lock_dir.mkdir(parents=True, exist_ok=True)
+        self.buckets = self._layout()
+
+    def _layout(self) -> int:
+        """Return the lake's bucket count, fixing it from the settings on first use."""
+        path = self.bars_root / LAYOUT_FILE
+        if not path.exists():
+            if any(self.bars_root.glob("timeframe=*/symbol=*")):
+                raise StorageError(
+                    "this lake has the per-symbol layout of an earlier version: back it up"
+                    " with that version, or re-ingest into a new data directory",
+                    root=str(self.root),
+                )
+            tmp = self.bars_root / f".tmp-{uuid4().hex}.json"
+            layout = {"layout": _LAYOUT_VERSION, "buckets": self.settings.buckets}
+            tmp.write_text(json.dumps(layout))
+            try:
+                os.link(tmp, path)  # fails if another process got there first: theirs wins
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink()
+        try:
+            layout = json.loads(path.read_text())
+            if layout["layout"] != _LAYOUT_VERSION:
+                raise StorageError("unknown lake layout", layout=layout["layout"])
+            return int(layout["buckets"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise StorageError("cannot read the lake layout", path=str(path)) from exc
 
     # -- paths and locks -------------------------------------------------------------------
-    def partition_dir(self, timeframe: str, symbol: str, month: str | None = None) -> Path:
-        """Return the directory of one partition."""
-        base = self.bars_root / f"timeframe={timeframe}" / _symbol_dir(symbol)
+    def bucket(self, symbol: str) -> int:
+        """Return the bucket holding `symbol`."""
+        return bucket_of(symbol, self.buckets)
+
+    def _dir(self, timeframe: str, bucket: int, month: str | None = None) -> Path:
+        base = self.bars_root / f"timeframe={timeframe}" / _bucket_dir(bucket)
         return base / f"month={month}" if month else base
 
+    def partition_dir(self, timeframe: str, symbol: str, month: str | None = None) -> Path:
+        """Return the directory of the partition holding `symbol` (and `month`, intraday)."""
+        return self._dir(timeframe, self.bucket(symbol), month)
+
     def history_dir(self, timeframe: str, symbol: str) -> Path:
-        """Return the directory of one symbol's superseded versions (month subfolders inside)."""
-        return self.history_root / f"timeframe={timeframe}" / _symbol_dir(symbol)
+        """Return the directory of the superseded versions of `symbol`'s bucket."""
+        return self.history_root / f"timeframe={timeframe}" / _bucket_dir(self.bucket(symbol))
 
     def _history_of(self, partition: Path) -> Path:
         # history mirrors the partition layout, so one partition lock guards both
@@ -198,40 +269,67 @@ class ParquetLake:
             total += stats
         return total
 
-    def _partitions(
-        self, bars: pl.DataFrame
-    ) -> list[tuple[tuple[str, str, str | None], pl.DataFrame]]:
-        """Split a batch into partitions: one sort, then zero-copy slices at key changes."""
-        out: list[tuple[tuple[str, str, str | None], pl.DataFrame]] = []
-        for (tf_text,), tf_part in bars.group_by("timeframe", maintain_order=True):
-            tf = Timeframe.parse(str(tf_text))
+    def _partitions(self, bars: pl.DataFrame) -> list[tuple[_Key, pl.DataFrame]]:
+        """Split a batch into partitions, each sorted by symbol and ts.
+
+        Works on runs (a symbol's rows of one month, already in ts order after
+        `latest_per_key`): the runs are ordered by partition and symbol in Python, one
+        gather puts the rows in that order, and partitions are zero-copy slices of it.
+        """
+        out: list[tuple[_Key, pl.DataFrame]] = []
+        tf_col = pl.col("timeframe")
+        if bars.select((tf_col == tf_col.first()).all()).item():
+            by_tf = [(str(bars["timeframe"][0]), bars)]
+        else:
+            by_tf = [(str(t), part) for (t,), part in bars.group_by(tf_col, maintain_order=True)]
+        for tf_text, tf_part in by_tf:
+            tf = Timeframe.parse(tf_text)
             monthly = tf.partition_period == "month"
-            keyed = tf_part.with_columns(
-                (pl.col("ts").dt.year() * 100 + pl.col("ts").dt.month()).alias(_MONTH)
-                if monthly
-                else pl.lit(0).alias(_MONTH)
-            )
-            keyed = latest_per_key(keyed)
-            change = (pl.col("symbol") != pl.col("symbol").shift()) | (
-                pl.col(_MONTH) != pl.col(_MONTH).shift()
-            )
-            starts = keyed.select(change.fill_null(True).arg_true()).to_series().to_list()
-            ends = [*starts[1:], keyed.height]
+            keyed = latest_per_key(tf_part)
+            month = (pl.col("ts").dt.year() * 100 + pl.col("ts").dt.month()) if monthly else None
+            sym = pl.col("symbol")
+            change = sym != sym.shift()
+            if month is not None:
+                change = change | (month != month.shift())
+            starts = keyed.select(change.fill_null(True).arg_true()).to_series().to_numpy()
+            ends = np.append(starts[1:], keyed.height)
             symbols = keyed["symbol"].gather(starts).to_list()
-            months = keyed[_MONTH].gather(starts).to_list()
-            data = keyed.drop(_MONTH)
-            for lo, hi, sym, ym in zip(starts, ends, symbols, months, strict=True):
-                month = f"{ym // 100:04d}-{ym % 100:02d}" if monthly else None
-                out.append(((str(tf), sym, month), data.slice(lo, hi - lo)))
+            months = (
+                keyed.select(month.gather(starts)).to_series().to_list()
+                if month is not None
+                else [0] * len(symbols)
+            )
+            runs = sorted(
+                range(len(starts)),
+                key=lambda i: (self.bucket(symbols[i]), months[i], symbols[i]),
+            )
+            if runs != list(range(len(starts))):
+                order = np.concatenate([np.arange(starts[i], ends[i]) for i in runs])
+                keyed = keyed[order]
+                lengths = (ends - starts)[runs]
+                starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+                ends = starts + lengths
+                symbols = [symbols[i] for i in runs]
+                months = [months[i] for i in runs]
+            lo = 0
+            for i in range(len(symbols)):
+                key = (self.bucket(symbols[i]), months[i])
+                last = i + 1 == len(symbols)
+                if last or key != (self.bucket(symbols[i + 1]), months[i + 1]):
+                    ym = months[i]
+                    month_text = f"{ym // 100:04d}-{ym % 100:02d}" if monthly else None
+                    hi = int(ends[i])
+                    out.append(((str(tf), key[0], month_text), keyed.slice(lo, hi - lo)))
+                    lo = hi
         return out
 
-    def _upsert_partition(self, key: tuple[str, str, str | None], new: pl.DataFrame) -> UpsertStats:
-        directory = self.partition_dir(*key)
+    def _upsert_partition(self, key: _Key, new: pl.DataFrame) -> UpsertStats:
+        directory = self._dir(*key)
         path = directory / DATA_FILE
         with self._locked(directory):
             self._sweep_temporaries(directory)
-            self._sweep_temporaries(self._history_of(directory))
             if path.exists():
+                self._sweep_temporaries(self._history_of(directory))
                 merged, stats, superseded = _merge(self._read_file(path), new)
                 if merged is None:
                     return stats
@@ -246,9 +344,13 @@ class ParquetLake:
     @staticmethod
     def _sweep_temporaries(directory: Path) -> None:
         # under the partition lock, any temporary file is a leftover of a crashed writer
-        if directory.is_dir():
-            for tmp in directory.glob(".tmp-*"):
-                tmp.unlink(missing_ok=True)
+        try:
+            names = os.listdir(directory)
+        except FileNotFoundError:
+            return
+        for name in names:
+            if name.startswith(".tmp-"):
+                (directory / name).unlink(missing_ok=True)
 
     def delete(
         self,
@@ -272,7 +374,7 @@ class ParquetLake:
         """Drop bars with ts < `before` and their history (retention); return current rows."""
         tf = str(timeframe)
         removed = self._remove(tf, None, before, keep_history=False, at=before)
-        for hist_file in list(self.history_root.glob(f"timeframe={tf}/symbol=*/**/*.parquet")):
+        for hist_file in list(self.history_root.glob(f"timeframe={tf}/**/*.parquet")):
             if hist_file.name.startswith(".tmp-"):
                 continue
             partition = self.bars_root / hist_file.parent.relative_to(self.history_root)
@@ -297,25 +399,31 @@ class ParquetLake:
         at: datetime,
     ) -> int:
         removed = 0
-        names = self.symbols(Timeframe.parse(tf)) if symbols is None else list(symbols)
-        for symbol in names:
-            for path in self._files(tf, symbol, None, before):
-                with self._locked(path.parent):
-                    df = self._read_file(path)
-                    mask = pl.lit(True) if before is None else pl.col("ts") < before
-                    gone = df.filter(mask)
-                    if gone.is_empty():
-                        continue
-                    if keep_history:
-                        hist = gone.with_columns(superseded_at=pl.lit(at, PL_UTC_TS))
-                        self._write_history(path.parent, hist)
-                    keep = df.filter(~mask)
-                    if keep.is_empty():
-                        path.unlink()
-                        _prune_empty_dirs(path.parent, self.bars_root)
-                    else:
-                        atomic_write_parquet(keep, path, self.settings)
-                    removed += gone.height
+        mask = pl.lit(True) if before is None else pl.col("ts") < before
+        if symbols is None:
+            paths = self.data_files(tf, before=before)
+        else:
+            mask = mask & pl.col("symbol").is_in(list(symbols))
+            found = (p for s in dict.fromkeys(symbols) for p in self._files(tf, s, None, before))
+            paths = sorted(set(found))
+        for path in paths:
+            with self._locked(path.parent):
+                if not path.exists():
+                    continue
+                df = self._read_file(path)
+                gone = df.filter(mask)
+                if gone.is_empty():
+                    continue
+                if keep_history:
+                    hist = gone.with_columns(superseded_at=pl.lit(at, PL_UTC_TS))
+                    self._write_history(path.parent, hist)
+                keep = df.filter(~mask)
+                if keep.is_empty():
+                    path.unlink()
+                    _prune_empty_dirs(path.parent, self.bars_root)
+                else:
+                    atomic_write_parquet(keep, path, self.settings)
+                removed += gone.height
         return removed
 
     # -- reads -----------------------------------------------------------------------------
@@ -326,15 +434,32 @@ class ParquetLake:
         except (OSError, pl.exceptions.ComputeError) as exc:
             raise StorageError("cannot read partition file", path=str(path)) from exc
 
+    def _read_indexed(self, path: Path) -> _Indexed:
+        return _Indexed(self._read_file(path))
+
+    def data_files(
+        self, timeframe: str | None = None, before: datetime | None = None
+    ) -> list[Path]:
+        """Return the data files (of one timeframe, or all), sorted.
+
+        With `before`, only the partitions that can hold bars with ts < `before`.
+        """
+        pattern = f"timeframe={timeframe}" if timeframe else "timeframe=*"
+        files = sorted(self.bars_root.glob(f"{pattern}/bucket=*/**/{DATA_FILE}"))
+        if before is None:
+            return files
+        hi = f"month={before.year:04d}-{before.month:02d}"
+        return [p for p in files if not p.parent.name.startswith("month=") or p.parent.name <= hi]
+
     def _files(
         self, timeframe: str, symbol: str, start: datetime | None, end: datetime | None
     ) -> list[Path]:
         base = self.partition_dir(timeframe, symbol)
-        if not base.is_dir():
-            return []
         if Timeframe.parse(timeframe).partition_period == "all":
             path = base / DATA_FILE
             return [path] if path.exists() else []
+        if not base.is_dir():
+            return []
         lo = f"{start.year:04d}-{start.month:02d}" if start else ""
         hi = f"{end.year:04d}-{end.month:02d}" if end else "9999-99"
         files = []
@@ -368,9 +493,10 @@ class ParquetLake:
         for symbol in sorted(set(symbols)):  # files are sorted by ts: sorted symbols keep order
             cold = self._cold_frames(tf_text, symbol, start, end)
             hot = [
-                _ts_slice(self.cache.get(path, self._read_file), start, end)
+                _ts_slice(self.cache.get(path, self._read_indexed).rows_of(symbol), start, end)
                 for path in self._files(tf_text, symbol, start, end)
             ]
+            hot = [h for h in hot if h.height]
             if not whole:
                 hot = [h.select(read_cols) for h in hot]
             if cold:
@@ -404,21 +530,24 @@ class ParquetLake:
                 continue
             frame = self.cold.read(rel)
             if frame is not None:
-                frames.append(frame)
+                mine = frame.filter(pl.col("symbol") == symbol)
+                if mine.height:
+                    frames.append(mine)
         return frames
 
     def _history(
         self, tf: str, symbols: Sequence[str], start: datetime | None, end: datetime | None
     ) -> pl.DataFrame:
+        dirs = dict.fromkeys(self.history_dir(tf, s) for s in symbols)
         files = [
             str(path)
-            for symbol in dict.fromkeys(symbols)
-            for path in sorted(self.history_dir(tf, symbol).rglob("*.parquet"))
+            for directory in dirs
+            for path in sorted(directory.rglob("*.parquet"))
             if not path.name.startswith(".tmp-")  # a writer's unfinished file
         ]
         if not files:
             return pl.DataFrame(schema=HISTORY_POLARS_SCHEMA)
-        cond = pl.lit(True)
+        cond = pl.col("symbol").is_in(list(symbols))
         if start is not None:
             cond = cond & (pl.col("ts") >= start)
         if end is not None:
@@ -442,7 +571,8 @@ class ParquetLake:
                 files = sorted(p for p in hist_dir.glob("*.parquet") if p.name[0] != ".")
                 if len(files) < 2:
                     continue
-                merged = pl.concat([self._read_file(p) for p in files]).sort("ts", "ingested_at")
+                merged = pl.concat([self._read_file(p) for p in files])
+                merged = merged.sort("symbol", "ts", "ingested_at")
                 # the merged file lands before the parts go: a crash leaves duplicates of
                 # identical versions, which as-of reads already tolerate
                 atomic_write_parquet(merged, hist_dir / f"{uuid4().hex}.parquet", self.settings)
@@ -456,13 +586,14 @@ class ParquetLake:
 
     def symbols(self, timeframe: Timeframe | None = None) -> list[str]:
         """Return the stored symbols, sorted."""
-        pattern = f"timeframe={timeframe}" if timeframe else "timeframe=*"
-        # from data files, not directories: deletes leave empty partition directories behind
-        found = {
-            unquote(p.relative_to(self.bars_root).parts[1][len("symbol=") :])
-            for p in self.bars_root.glob(f"{pattern}/symbol=*/**/{DATA_FILE}")
-        }
-        return sorted(found)
+        files = self.data_files(str(timeframe) if timeframe else None)
+        if not files:
+            return []
+        try:
+            found = pl.scan_parquet(files).select(pl.col("symbol").unique()).collect()
+        except (OSError, pl.exceptions.ComputeError) as exc:
+            raise StorageError("cannot read partition files", files=len(files)) from exc
+        return sorted(found["symbol"].to_list())
 
     def timeframes(self) -> list[str]:
         """Return the stored timeframes from finest to coarsest."""
@@ -470,34 +601,34 @@ class ParquetLake:
         return sorted(names, key=lambda t: Timeframe.parse(t).sort_key())
 
     def stats(self) -> pl.DataFrame:
-        """Return rows, first/last ts, bytes and files per (timeframe, symbol), from footers."""
-        rows: list[dict[str, Any]] = []
-        for path in self.bars_root.glob("timeframe=*/symbol=*/**/" + DATA_FILE):
-            rel = path.relative_to(self.bars_root).parts
-            meta = pq.read_metadata(path)
-            ts_idx = meta.schema.names.index("ts")
-            lo, hi = None, None
-            for i in range(meta.num_row_groups):
-                st = meta.row_group(i).column(ts_idx).statistics
-                if st is not None and st.has_min_max:
-                    lo = st.min if lo is None else min(lo, st.min)
-                    hi = st.max if hi is None else max(hi, st.max)
-            rows.append(
-                {
-                    "timeframe": rel[0][len("timeframe=") :],
-                    "symbol": unquote(rel[1][len("symbol=") :]),
-                    "rows": meta.num_rows,
-                    "first_ts": lo,
-                    "last_ts": hi,
-                    "bytes": path.stat().st_size,
-                }
-            )
-        schema = {k: v for k, v in STATS_SCHEMA.items() if k != "files"}
-        if not rows:
+        """Return rows, first/last ts, bytes and files per (timeframe, symbol).
+
+        A file's bytes are shared among its symbols in proportion to their rows.
+        """
+        files = self.data_files()
+        if not files:
             return pl.DataFrame(schema=STATS_SCHEMA)
-        df = pl.DataFrame(rows, schema_overrides=schema, orient="row")
-        return (
-            df.group_by("timeframe", "symbol")
+        sizes = pl.DataFrame(
+            {
+                "_file": [str(p) for p in files],
+                "timeframe": [p.relative_to(self.bars_root).parts[0][10:] for p in files],
+                "_bytes": [p.stat().st_size for p in files],
+            }
+        )
+        try:
+            per_file = (
+                pl.scan_parquet(files, include_file_paths="_file")
+                .group_by("_file", "symbol")
+                .agg(rows=pl.len(), first_ts=pl.col("ts").min(), last_ts=pl.col("ts").max())
+                .collect()
+            )
+        except (OSError, pl.exceptions.ComputeError) as exc:
+            raise StorageError("cannot read partition files", files=len(files)) from exc
+        per_file = per_file.join(sizes, on="_file")
+        share = pl.col("_bytes") * pl.col("rows") / pl.col("rows").sum().over("_file")
+        out = (
+            per_file.with_columns(bytes=share.round(0).cast(pl.Int64))
+            .group_by("timeframe", "symbol")
             .agg(
                 pl.col("rows").sum(),
                 pl.col("first_ts").min(),
@@ -507,6 +638,7 @@ class ParquetLake:
             )
             .sort("timeframe", "symbol")
         )
+        return out.cast(dict(STATS_SCHEMA)).select(STATS_SCHEMA.names())  # type: ignore[arg-type]
 
 
 def storage_report(lake: ParquetLake) -> pl.DataFrame:
@@ -541,14 +673,15 @@ def storage_report(lake: ParquetLake) -> pl.DataFrame:
 def _merge(
     existing: pl.DataFrame, new: pl.DataFrame
 ) -> tuple[pl.DataFrame | None, UpsertStats, pl.DataFrame]:
-    """Merge `new` into `existing` by ts; unchanged rows keep their original knowledge time.
+    """Merge `new` into `existing` by (symbol, ts); unchanged rows keep their knowledge time.
 
     Also return the replaced versions of `existing`, stamped with `superseded_at`.
     """
-    old = existing.select("ts", *BAR_VALUE_COLUMNS, "ingested_at", "job_id").with_columns(
+    key = ["symbol", "ts"]
+    old = existing.select(*key, *BAR_VALUE_COLUMNS, "ingested_at", "job_id").with_columns(
         _present=pl.lit(True)
     )
-    joined = new.join(old, on="ts", how="left", suffix="_old")
+    joined = new.join(old, on=key, how="left", suffix="_old")
     present = pl.col("_present").fill_null(False)
     same = present & pl.all_horizontal(
         [pl.col(c).eq_missing(pl.col(f"{c}_old")) for c in BAR_VALUE_COLUMNS]
@@ -566,15 +699,15 @@ def _merge(
     if stats.written == 0:
         return None, stats, existing.clear()
     replaced = marked.filter(pl.col("_present") & ~pl.col("_same")).select(
-        "ts", superseded_at=pl.col("ingested_at").fill_null(datetime.now(UTC))
+        *key, superseded_at=pl.col("ingested_at").fill_null(datetime.now(UTC))
     )
-    superseded = existing.join(replaced, on="ts", how="inner")
+    superseded = existing.join(replaced, on=key, how="inner")
     incoming = marked.with_columns(
         ingested_at=pl.when("_same").then("ingested_at_old").otherwise("ingested_at"),
         job_id=pl.when("_same").then("job_id_old").otherwise("job_id"),
     ).select(BAR_COLUMNS)
-    kept = existing.join(new.select("ts"), on="ts", how="anti")
-    return pl.concat([kept, incoming]).sort("ts"), stats, superseded
+    kept = existing.join(new.select(key), on=key, how="anti")
+    return pl.concat([kept, incoming]).sort(key), stats, superseded
 
 
 def _prune_empty_dirs(start: Path, stop: Path) -> None:
