@@ -36,7 +36,7 @@ def test_defaults_without_any_source() -> None:
     assert s.require_services is False
     assert s.log_level == "WARNING"
     assert s.storage.compression == "zstd"
-    assert s.storage.compression_level == 3
+    assert s.storage.compression_level == 1
     assert s.storage.fsync is False
     assert s.ingest.calendar == "XNYS"
     assert s.services.postgres_dsn.get_secret_value() == "postgresql://postgres@127.0.0.1:5432/test"
@@ -157,7 +157,7 @@ def test_settings_are_frozen() -> None:
     with pytest.raises(ValidationError, match="frozen"):
         s.storage.compression_level = 5  # type: ignore[misc]
     assert s.log_level == "WARNING"
-    assert s.storage.compression_level == 3
+    assert s.storage.compression_level == 1
 
 
 def test_secret_dsn_is_not_leaked_by_repr_str_or_summary(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -51,7 +51,13 @@ class StorageSettings(_Section):
 
     backend: Literal["lake", "postgres"] = "lake"
     compression: Literal["zstd", "snappy", "lz4", "gzip", "none"] = "zstd"
-    compression_level: int = Field(default=3, ge=1, le=22)
+    compression_level: int = Field(
+        default=1,
+        ge=1,
+        le=22,
+        description="zstd/gzip level of hot files; 1 writes byte-stream-split prices twice as"
+        " fast as 3 at the same size (the cold tier uses 9)",
+    )
     fsync: bool = Field(
         default=False,
         description="fsync each file before its atomic rename: survives power loss, costs speed",
