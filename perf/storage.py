@@ -5,6 +5,8 @@ Workload: 10 years of daily bars for 500 symbols (about 1.26 M bars).
 - arcticdb write: `Library.write_batch` of one pandas frame per symbol (the pandas
   conversion is done before the clock starts: generous to ArcticDB)
 - read: all 10 years of one symbol, warm, median of 7 runs
+- daily update: the next session's bar for every symbol, appended to the 10 years (the
+  nightly job): lake `write_bars` (validated, history-aware) vs ArcticDB `append_batch`
 - postgres: `PostgresStore.upsert` of the whole universe into an empty schema (binary COPY +
   one upsert statement), then a range read of one symbol-year, warm, median of 20 runs
 Prints one JSON line. Usage: python perf/storage.py [--symbols 500] [--years 10]
@@ -59,6 +61,14 @@ def universe(symbols: int, years: int) -> pl.DataFrame:
     return frame
 
 
+def next_day(frame: pl.DataFrame) -> pl.DataFrame:
+    """Return one bar per symbol on the session after the universe's last one."""
+    last = frame.group_by("symbol", maintain_order=True).last()
+    day = get_calendar("XNYS").sessions(date(2024, 1, 1), date(2024, 1, 10))[0]
+    ts = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    return last.with_columns(ts=pl.lit(ts).cast(pl.Datetime("us", "UTC")))
+
+
 def median_s(fn: Callable[[], Any], runs: int) -> float:
     fn()  # warm
     times = []
@@ -77,7 +87,16 @@ def bench_lake(frame: pl.DataFrame, root: Path) -> dict[str, float]:
         assert report.invalid_records == 0, report
         read = median_s(lambda: p.bars("S0000", timeframe="1d"), 7)
         assert p.bars("S0000").height == frame.height // frame["symbol"].n_unique()
-    return {"lake_write_bars_per_s": frame.height / elapsed, "lake_read_symbol_ms": read * 1e3}
+        t0 = time.perf_counter()
+        report = p.write_bars(next_day(frame), source="perf", timeframe="1d")
+        update = time.perf_counter() - t0
+        assert report.invalid_records == 0, report
+        assert p.bars("S0000").height == frame.height // frame["symbol"].n_unique() + 1
+    return {
+        "lake_write_bars_per_s": frame.height / elapsed,
+        "lake_read_symbol_ms": read * 1e3,
+        "lake_daily_update_s": update,
+    }
 
 
 def bench_arcticdb(frame: pl.DataFrame, root: Path) -> dict[str, Any]:
@@ -96,10 +115,19 @@ def bench_arcticdb(frame: pl.DataFrame, root: Path) -> dict[str, Any]:
     lib.write_batch(payloads)
     elapsed = time.perf_counter() - t0
     read = median_s(lambda: lib.read("S0000").data, 7)
+    update = [
+        adb.WritePayload(str(sym), part.select("ts", *cols).to_pandas().set_index("ts"))
+        for (sym,), part in next_day(frame).group_by("symbol", maintain_order=True)
+    ]
+    t0 = time.perf_counter()
+    lib.append_batch(update)
+    update_s = time.perf_counter() - t0
+    assert len(lib.read("S0000").data) == frame.height // frame["symbol"].n_unique() + 1
     return {
         "arcticdb_version": adb.__version__,
         "arcticdb_write_bars_per_s": frame.height / elapsed,
         "arcticdb_read_symbol_ms": read * 1e3,
+        "arcticdb_daily_update_s": update_s,
     }
 
 

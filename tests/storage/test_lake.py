@@ -325,7 +325,8 @@ def test_reading_one_symbol_opens_only_its_file(
         return real(path, columns)
 
     monkeypatch.setattr(ParquetLake, "_read_file", staticmethod(spy))
-    out = tmp_lake.read(["BBB"], D1)
+    reader = ParquetLake(tmp_lake.root, tmp_lake.settings)  # another process: a cold cache
+    out = reader.read(["BBB"], D1)
     assert set(out["symbol"]) == {"BBB"}
     assert opened == [tmp_lake.partition_dir("1d", "BBB") / DATA_FILE]
 
@@ -354,7 +355,8 @@ def test_reading_a_month_opens_only_that_months_file(
         "_read_file",
         staticmethod(lambda path, columns=None: opened.append(path) or real(path, columns)),
     )
-    out = tmp_lake.read(["AAA"], M1, start=utc(2024, 2, 1), end=utc(2024, 2, 2))
+    reader = ParquetLake(tmp_lake.root, tmp_lake.settings)  # another process: a cold cache
+    out = reader.read(["AAA"], M1, start=utc(2024, 2, 1), end=utc(2024, 2, 2))
     assert out["ts"].to_list() == [months[1] + timedelta(minutes=i) for i in range(3)]
     assert [p.parent.name for p in opened] == ["month=2024-02"]
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import polars as pl
 import polars.testing
 import pytest
+from polars.testing import assert_frame_equal
 
 from conftest import INGESTED_AT, MakeBars
 from quantivista.config import StorageSettings
@@ -23,16 +24,17 @@ def test_cache_serves_repeats_and_any_write_invalidates(
     reader = ParquetLake(tmp_path, StorageSettings(write_threads=1, cache_mb=16))
     other = ParquetLake(tmp_path, StorageSettings(write_threads=1, cache_mb=0))  # "another process"
     bars = make_bars(["AAA"], 10)
-    reader.upsert(bars)
+    reader.upsert(bars)  # write-through: the written file is cached as it lands
     first = reader.read(["AAA"], D1)
     again = reader.read(["AAA"], D1, columns=["close"])
-    assert reader.cache.hits == 1 and reader.cache.misses == 1
+    assert reader.cache.hits == 2 and reader.cache.misses == 0
+    assert_frame_equal(first, ParquetLake(tmp_path).read(["AAA"], D1))  # equal to the file
     assert again["close"].to_list() == first["close"].to_list()
     later = INGESTED_AT + timedelta(hours=1)
     other.upsert(bars.head(1).with_columns(close=pl.lit(1.0), ingested_at=pl.lit(later)))
     fresh = reader.read(["AAA"], D1)
     assert fresh["close"][0] == 1.0  # the other writer's rename made the entry miss
-    assert reader.cache.misses == 2
+    assert reader.cache.misses == 1
     off = ParquetLake(tmp_path, StorageSettings(cache_mb=0))
     off.read(["AAA"], D1)
     assert off.cache.hits == 0 and off.cache.misses == 0

@@ -50,20 +50,29 @@ class FileCache(Generic[T]):
                 self._entries.move_to_end(name)
                 self.hits += 1
                 return entry[1]
-        frame = load(path)
-        size = int(frame.estimated_size())
+        value = load(path)
+        self._store(name, key, value, miss=True)
+        return value
+
+    def put(self, path: Path, value: T) -> None:
+        """Remember `value` as the contents of `path` as it is now (after writing it)."""
+        if self.max_bytes > 0:
+            st = os.stat(path)
+            self._store(str(path), (st.st_ino, st.st_mtime_ns, st.st_size), value, miss=False)
+
+    def _store(self, name: str, key: _Key, value: T, *, miss: bool) -> None:
+        size = int(value.estimated_size())
         with self._lock:
-            self.misses += 1
+            self.misses += miss
             old = self._entries.pop(name, None)
             if old is not None:
                 self._bytes -= old[2]
             if size <= self.max_bytes:
-                self._entries[name] = (key, frame, size)
+                self._entries[name] = (key, value, size)
                 self._bytes += size
                 while self._bytes > self.max_bytes:
                     _, (_, _, dropped) = self._entries.popitem(last=False)
                     self._bytes -= dropped
-        return frame
 
     def clear(self) -> None:
         """Forget every entry."""

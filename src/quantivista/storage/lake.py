@@ -320,7 +320,9 @@ class ParquetLake:
             self._sweep_temporaries(directory)
             if path.exists():
                 self._sweep_temporaries(self._history_of(directory))
-                merged, stats, superseded = _merge(self._read_file(path), new)
+                # under the lock the cached copy, if its file identity matches, is current
+                existing = self.cache.get(path, self._read_indexed).frame
+                merged, stats, superseded = _merge(existing, new)
                 if merged is None:
                     return stats
                 # history first: a crash between the two renames leaves a harmless copy
@@ -328,6 +330,7 @@ class ParquetLake:
             else:
                 merged, stats = new, UpsertStats(inserted=new.height)
             atomic_write_parquet(merged, path, self.settings)
+            self.cache.put(path, _Indexed(merged))  # write-through: the next read is warm
             stats.partitions_written = 1
             return stats
 
