@@ -44,10 +44,16 @@ def pg_store(pg_store_session: PostgresStore) -> PostgresStore:
     return pg_store_session
 
 
-@pytest.fixture(params=["lake", "postgres"])
+@pytest.fixture(params=["lake", "lake-one-bucket", "postgres"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> BarStore:
-    """Return an empty store of each backend in turn."""
+    """Return an empty store of each backend in turn.
+
+    "lake-one-bucket" puts every symbol into one file per partition: merges, reads, deletes
+    and history must then keep symbols apart inside files.
+    """
     if request.param == "lake":
         return ParquetLake(tmp_path / "lake", StorageSettings(write_threads=2))
+    if request.param == "lake-one-bucket":
+        return ParquetLake(tmp_path / "lake", StorageSettings(write_threads=2, buckets=1))
     pg: PostgresStore = request.getfixturevalue("pg_store")
     return pg
