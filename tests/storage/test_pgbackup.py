@@ -179,6 +179,9 @@ def test_backends_must_match_between_backup_and_restore(
     with pytest.raises(StorageError, match="no PostgreSQL bars"):
         restore(tmp_path / "lake-snap", tmp_path / "back", target)
     assert not (tmp_path / "back").exists()
+    with pytest.raises(StorageError, match="no migrated PostgreSQL bar store"):
+        backup(tmp_path / "lake", tmp_path / "bad", PostgresBars(postgres_dsn, "qv_nowhere"))
+    assert not (tmp_path / "bad").exists()  # no partial backup left behind
 
 
 def test_a_backup_of_an_unknown_migration_is_refused(

@@ -76,9 +76,24 @@ def backup(root: Path, dest: Path, postgres: PostgresBars | None = None) -> dict
     With `postgres`, the bars and their history in that schema are part of the snapshot.
     """
     root, dest = Path(root), Path(dest)
-    if dest.exists() and any(dest.iterdir()):
+    existed = dest.exists()
+    if existed and any(dest.iterdir()):
         raise StorageError("backup destination is not empty", dest=str(dest))
     dest.mkdir(parents=True, exist_ok=True)
+    try:
+        return _snapshot(root, dest, postgres)
+    except Exception:
+        # everything in `dest` is ours (it was empty); a partial backup would only make the
+        # next attempt fail with "not empty"
+        for child in list(dest.iterdir()) if existed else [dest]:
+            if child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
+        raise
+
+
+def _snapshot(root: Path, dest: Path, postgres: PostgresBars | None) -> dict[str, Any]:
     lake = ParquetLake(root)
     entries: dict[str, dict[str, Any]] = {}
     with lake.frozen():
