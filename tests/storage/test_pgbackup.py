@@ -229,3 +229,36 @@ def test_stats_counts_partitions_per_key(pg_store: PostgresStore, make_bars: Mak
     # sums of it vary with the plan by up to 3 bytes a row
     assert row is not None
     assert 0 <= stats["bytes"].sum() - row[0] <= 3 * row[1]
+
+
+def test_a_write_during_the_backup_is_in_neither_table(
+    tmp_path: Path,
+    postgres_dsn: str,
+    pg_schema: str,
+    make_bars: MakeBars,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from quantivista.storage import pgbackup
+
+    src, dst = pg_schema + "_snap_src", pg_schema + "_snap_dst"
+    store = PostgresStore(postgres_dsn, src, pool_size=1)
+    bars = make_bars(2, 5)
+    store.upsert(bars)
+    copy_out = pgbackup._copy_out
+
+    def copy_then_write(conn: psycopg.Connection[object], query: object, path: Path) -> int:
+        rows = copy_out(conn, query, path)  # type: ignore[arg-type]
+        if path.name.startswith("bars."):  # between the two tables: revise every bar
+            store.upsert(bars.with_columns(volume=pl.col("volume") + 1, ingested_at=pl.lit(T0)))
+        return rows
+
+    monkeypatch.setattr(pgbackup, "_copy_out", copy_then_write)
+    try:
+        manifest = backup(tmp_path / "live", tmp_path / "snap", PostgresBars(postgres_dsn, src))
+    finally:
+        store.close()
+    assert _table(postgres_dsn, src, "bars_history").height == 10  # the write happened
+    assert manifest["postgres"]["tables"]["bars_history"]["rows"] == 0  # after the snapshot
+    restore(tmp_path / "snap", tmp_path / "back", PostgresBars(postgres_dsn, dst))
+    restored = _table(postgres_dsn, dst, "bars")
+    assert restored["volume"].to_list() == bars["volume"].to_list()
