@@ -907,38 +907,70 @@ def sql(
 
 @app.command()
 def backup(dest: Annotated[Path, typer.Argument(help="New, empty backup directory.")]) -> None:
-    """Snapshot the data directory into DEST with a checksummed manifest."""
+    """Snapshot the data directory (and PostgreSQL bars) into DEST with a checksummed manifest."""
+    from quantivista.storage.backup import PostgresBars
     from quantivista.storage.backup import backup as run_backup
 
+    settings = _settings()
     try:
-        manifest = run_backup(_settings().data_dir, dest)
+        manifest = run_backup(settings.data_dir, dest, PostgresBars.from_settings(settings))
     except QuantiVistaError as exc:
         err_console.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(code=2) from exc
     size = sum(f["bytes"] for f in manifest["files"].values())
     console.print(f"backed up {len(manifest['files']):,} files ({size:,} bytes) to {dest}")
+    if "postgres" in manifest:
+        pg = manifest["postgres"]
+        rows = ", ".join(f"{t} {info['rows']:,} rows" for t, info in pg["tables"].items())
+        console.print(f"PostgreSQL schema {pg['schema']} (migration {pg['revision']}): {rows}")
 
 
 @app.command()
 def restore(src: Annotated[Path, typer.Argument(help="A directory made by `qv backup`.")]) -> None:
-    """Verify the backup SRC and restore it into the (empty) data directory."""
+    """Verify the backup SRC and restore it into the (empty) data directory and schema."""
+    from quantivista.storage.backup import PostgresBars
     from quantivista.storage.backup import restore as run_restore
 
+    settings = _settings()
+    postgres = PostgresBars.from_settings(settings)
     try:
-        manifest = run_restore(src, _settings().data_dir)
+        manifest = run_restore(src, settings.data_dir, postgres)
     except QuantiVistaError as exc:
         err_console.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(code=2) from exc
-    console.print(f"restored {len(manifest['files']):,} verified files into {_settings().data_dir}")
+    console.print(f"restored {len(manifest['files']):,} verified files into {settings.data_dir}")
+    if postgres is not None:
+        rows = sum(info["rows"] for info in manifest["postgres"]["tables"].values())
+        console.print(f"loaded {rows:,} rows into PostgreSQL schema {postgres.schema}")
 
 
 @app.command("storage-report")
 def storage_report_cmd() -> None:
-    """Print rows, bytes and compression ratio per storage tier of the lake."""
+    """Print rows, bytes and compression ratio per storage tier (lake or PostgreSQL)."""
     from quantivista.storage.lake import ParquetLake, storage_report
 
-    report = storage_report(ParquetLake(_settings().data_dir, _settings().storage))
-    table = Table(title="storage", header_style="bold")
+    settings = _settings()
+    if settings.storage.backend == "postgres":
+        from quantivista.storage.postgres import PostgresStore
+
+        try:
+            store = PostgresStore(
+                settings.services.postgres_dsn.get_secret_value(),
+                settings.storage.postgres_schema,
+                pool_size=1,
+            )
+        except QuantiVistaError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}")
+            raise typer.Exit(code=2) from exc
+        try:
+            report = store.storage_report()
+        finally:
+            store.close()
+        title = f"storage (PostgreSQL schema {settings.storage.postgres_schema})"
+    else:
+        report = storage_report(ParquetLake(settings.data_dir, settings.storage))
+        title = "storage"
+    table = Table(title=title, header_style="bold")
     for name in report.columns:
         table.add_column(name, justify="left" if name == "tier" else "right")
     for tier, files, rows, size, raw, ratio in report.iter_rows():

@@ -1,10 +1,13 @@
-"""Backup and restore of an embedded data directory, verified by SHA-256 checksums.
+"""Backup and restore of a data directory (and its PostgreSQL bars), verified by SHA-256.
 
 A backup holds every lake file (silver bars and their history, actions, quarantine,
 bronze payloads) copied while all partition locks are held, a consistent copy of the
 SQLite catalog (its online backup API), and `manifest.json` listing each file's size and
-checksum, written last: a backup without a manifest is incomplete. Restore checks every
-checksum before copying anything, into an empty directory only.
+checksum, written last: a backup without a manifest is incomplete. When the bars live in
+PostgreSQL, the backup also holds `bars` and `bars_history` of the schema as one snapshot
+(see `storage.pgbackup`), listed in the manifest like every other file, with the migration
+revision. Restore checks every checksum before copying anything, into an empty directory
+(and an empty schema) only.
 """
 
 from __future__ import annotations
@@ -13,18 +16,38 @@ import hashlib
 import json
 import shutil
 import sqlite3
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from quantivista.errors import StorageError
 from quantivista.storage.lake import ParquetLake
 
-__all__ = ["MANIFEST", "backup", "restore", "verify"]
+if TYPE_CHECKING:
+    from quantivista.config import Settings
+
+__all__ = ["MANIFEST", "PostgresBars", "backup", "restore", "verify"]
 
 MANIFEST = "manifest.json"
 _CATALOG = "catalog.sqlite"
 _SKIP_DIRS = {".locks"}
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresBars:
+    """Where the bars live when the backend is PostgreSQL: a DSN and a schema."""
+
+    dsn: str = field(repr=False)  # may hold a password
+    schema: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PostgresBars | None:
+        """Return the PostgreSQL bar store of `settings`, or None for the lake backend."""
+        if settings.storage.backend != "postgres":
+            return None
+        dsn = settings.services.postgres_dsn.get_secret_value()
+        return cls(dsn, settings.storage.postgres_schema)
 
 
 def _sha256(path: Path) -> str:
@@ -47,12 +70,30 @@ def _lake_files(root: Path) -> list[Path]:
     return files
 
 
-def backup(root: Path, dest: Path) -> dict[str, Any]:
-    """Write a verified snapshot of the data directory `root` into the new directory `dest`."""
+def backup(root: Path, dest: Path, postgres: PostgresBars | None = None) -> dict[str, Any]:
+    """Write a verified snapshot of the data directory `root` into the new directory `dest`.
+
+    With `postgres`, the bars and their history in that schema are part of the snapshot.
+    """
     root, dest = Path(root), Path(dest)
-    if dest.exists() and any(dest.iterdir()):
+    existed = dest.exists()
+    if existed and any(dest.iterdir()):
         raise StorageError("backup destination is not empty", dest=str(dest))
     dest.mkdir(parents=True, exist_ok=True)
+    try:
+        return _snapshot(root, dest, postgres)
+    except Exception:
+        # everything in `dest` is ours (it was empty); a partial backup would only make the
+        # next attempt fail with "not empty"
+        for child in list(dest.iterdir()) if existed else [dest]:
+            if child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
+        raise
+
+
+def _snapshot(root: Path, dest: Path, postgres: PostgresBars | None) -> dict[str, Any]:
     lake = ParquetLake(root)
     entries: dict[str, dict[str, Any]] = {}
     with lake.frozen():
@@ -70,14 +111,22 @@ def backup(root: Path, dest: Path) -> dict[str, Any]:
             finally:
                 dst.close()
                 src.close()
+    pg_meta = None
+    if postgres is not None:
+        from quantivista.storage.pgbackup import dump
+
+        pg_meta = dump(postgres.dsn, postgres.schema, dest)
     for path in sorted(p for p in dest.rglob("*") if p.is_file()):
         rel = path.relative_to(dest).as_posix()
         entries[rel] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
-    manifest = {
+    manifest: dict[str, Any] = {
         "format": 1,
         "created_at": datetime.now(UTC).isoformat(),
+        "backend": "lake" if pg_meta is None else "postgres",
         "files": entries,
     }
+    if pg_meta is not None:
+        manifest["postgres"] = pg_meta
     (dest / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
     return manifest
 
@@ -103,13 +152,35 @@ def verify(src: Path) -> dict[str, Any]:
     return manifest
 
 
-def restore(src: Path, root: Path) -> dict[str, Any]:
-    """Restore the verified backup at `src` into the empty (or new) directory `root`."""
+def restore(src: Path, root: Path, postgres: PostgresBars | None = None) -> dict[str, Any]:
+    """Restore the verified backup at `src` into the empty (or new) directory `root`.
+
+    A backup of PostgreSQL bars needs `postgres`, an empty (or new) schema to load them
+    into; every check runs before anything is written.
+    """
     src, root = Path(src), Path(root)
     if root.exists() and any(root.iterdir()):
         raise StorageError("restore target is not empty", root=str(root))
     manifest = verify(src)
+    pg_meta = manifest.get("postgres")
+    if pg_meta is None and postgres is not None:
+        raise StorageError("the backup holds no PostgreSQL bars; restore it with the lake backend")
+    if pg_meta is not None and postgres is None:
+        raise StorageError("the backup holds PostgreSQL bars; restore it with backend postgres")
+    if pg_meta is not None and postgres is not None:
+        from quantivista.storage.pgbackup import check_target, load
+
+        missing = [
+            t["file"] for t in pg_meta["tables"].values() if t["file"] not in manifest["files"]
+        ]
+        if missing:
+            raise StorageError("backup manifest does not list its PostgreSQL files", files=missing)
+        check_target(postgres.dsn, postgres.schema, pg_meta)
+        load(postgres.dsn, postgres.schema, src, pg_meta)
+    pg_files = {t["file"] for t in pg_meta["tables"].values()} if pg_meta else set()
     for rel in manifest["files"]:
+        if rel in pg_files:
+            continue
         target = root / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src / rel, target)

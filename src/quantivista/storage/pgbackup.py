@@ -1,0 +1,243 @@
+"""Backup and restore of the PostgreSQL bar tables (`bars`, `bars_history`) for `backup`.
+
+Dump: both tables are copied out as binary COPY inside one REPEATABLE READ READ ONLY
+transaction. That is one MVCC snapshot, and every write commits its bars together with the
+versions they replace, so the two copies agree. SERIALIZABLE READ ONLY DEFERRABLE would only
+add a wait: the writers run READ COMMITTED, there is no serializable anomaly to avoid.
+
+Why COPY through psycopg and not pg_dump: no client binary whose version must match the
+server, the rows can go back into a schema of another name, the tables come from our own
+migrations (restore runs them up to the backup's revision, loads, then upgrades to the
+newest), and each table is one file, checksummed by the manifest like every lake file.
+The files are zstd-compressed binary COPY streams (`*.pgcopy.zst`).
+
+Restore: into a schema without bars or history only; the migrations run first, then every
+table is loaded in one transaction holding an exclusive lock, so a failed load leaves the
+schema empty and the restore can simply run again.
+"""
+
+from __future__ import annotations
+
+import re
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from quantivista.errors import StorageError
+
+if TYPE_CHECKING:
+    from psycopg import Connection
+
+__all__ = ["PG_DIR", "check_target", "dump", "load"]
+
+PG_DIR = "postgres"
+_TABLES = ("bars", "bars_history")
+_SUFFIX = ".pgcopy.zst"
+_BLOCK = 4 << 20  # COPY sends one message per row: hand the compressor 4 MiB at a time
+_YEAR_PARTITION = re.compile(r"^bars_y(\d{4})$")
+
+
+def _connect(dsn: str) -> Connection[Any]:
+    import psycopg
+
+    try:
+        return psycopg.connect(dsn, options="-c timezone=UTC")
+    except psycopg.Error as exc:
+        raise StorageError("cannot connect to PostgreSQL", error=str(exc)) from exc
+
+
+def _use_schema(conn: Connection[Any], schema: str) -> None:
+    from psycopg import sql
+
+    conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
+
+
+def _columns(conn: Connection[Any], table: str) -> list[str]:
+    rows = conn.execute(
+        "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
+        "AND NOT attisdropped ORDER BY attnum",
+        (table,),
+    ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def _years(conn: Connection[Any], layout: str) -> list[int]:
+    """Return the years `bars` holds: its partitions, or (hypertable) the years of its rows."""
+    if layout == "partitioned":
+        names = conn.execute(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "WHERE i.inhparent = 'bars'::regclass"
+        ).fetchall()
+        return sorted(int(m[1]) for (n,) in names if (m := _YEAR_PARTITION.match(str(n))))
+    rows = conn.execute("SELECT DISTINCT extract(year FROM ts)::int4 FROM bars").fetchall()
+    return sorted(int(r[0]) for r in rows)
+
+
+def dump(dsn: str, schema: str, dest: Path) -> dict[str, Any]:
+    """Copy `bars` and `bars_history` of `schema` into `dest/postgres`, one snapshot.
+
+    Return what restore needs: the migration revision, the layout, the years of `bars`,
+    and per table its file, columns and rows.
+    """
+    from psycopg import IsolationLevel, sql
+
+    folder = Path(dest) / PG_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    conn = _connect(dsn)
+    conn.isolation_level = IsolationLevel.REPEATABLE_READ
+    conn.read_only = True
+    try:
+        with conn, conn.transaction():
+            _use_schema(conn, schema)
+            found = conn.execute("SELECT to_regclass('alembic_version')").fetchone()
+            if found is None or found[0] is None:
+                raise StorageError("no migrated PostgreSQL bar store to back up", schema=schema)
+            revision = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+            layout = conn.execute("SELECT value FROM qv_meta WHERE key = 'bars_layout'").fetchone()
+            meta: dict[str, Any] = {
+                "schema": schema,
+                "revision": str(revision[0]) if revision else None,
+                "layout": str(layout[0]) if layout else "partitioned",
+                "tables": {},
+            }
+            meta["years"] = _years(conn, meta["layout"])
+            for table in _TABLES:
+                columns = _columns(conn, table)
+                query = sql.SQL("COPY (SELECT {c} FROM {t}) TO STDOUT (FORMAT BINARY)").format(
+                    c=sql.SQL(", ").join(sql.Identifier(c) for c in columns),
+                    t=sql.Identifier(table),
+                )
+                rel = f"{PG_DIR}/{table}{_SUFFIX}"
+                rows = _copy_out(conn, query, folder / f"{table}{_SUFFIX}")
+                meta["tables"][table] = {"file": rel, "columns": columns, "rows": rows}
+    except StorageError:
+        raise
+    except Exception as exc:
+        raise StorageError("PostgreSQL backup failed", schema=schema, error=str(exc)) from exc
+    return meta
+
+
+def _copy_out(conn: Connection[Any], query: Any, path: Path) -> int:
+    """Stream one COPY TO into a zstd file, compressing in a thread; return the rows."""
+    out = pa.CompressedOutputStream(str(path), "zstd")
+    pending: Future[Any] | None = None
+    with conn.cursor() as cur, ThreadPoolExecutor(1, thread_name_prefix="qv-pgdump") as pool:
+        try:
+            buf = bytearray()
+            with cur.copy(query) as cp:
+                for chunk in cp:
+                    buf += chunk
+                    if len(buf) >= _BLOCK:
+                        if pending is not None:
+                            pending.result()
+                        pending = pool.submit(out.write, buf)
+                        buf = bytearray()
+            if pending is not None:
+                pending.result()
+            out.write(buf)
+        finally:
+            out.close()
+        return cur.rowcount
+
+
+def check_target(dsn: str, schema: str, meta: dict[str, Any]) -> None:
+    """Refuse a target `schema` that holds bars or history, or sits at another migration."""
+    from psycopg import sql
+
+    from quantivista.storage.postgres import known_revision
+
+    revision = meta.get("revision")
+    if not revision or not known_revision(str(revision)):
+        raise StorageError(
+            "the backup's PostgreSQL migration is unknown to this version", revision=revision
+        )
+    with _connect(dsn) as conn, conn.transaction():
+        _use_schema(conn, schema)
+        for table in _TABLES:
+            found = conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()
+            if found is None or found[0] is None:
+                continue
+            row = conn.execute(
+                sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(sql.Identifier(table))
+            ).fetchone()
+            if row is not None and row[0]:
+                raise StorageError("restore target schema is not empty", schema=schema, table=table)
+        found = conn.execute("SELECT to_regclass('alembic_version')").fetchone()
+        if found is not None and found[0] is not None:
+            current = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+            if current is not None and str(current[0]) != revision:
+                raise StorageError(
+                    "restore target schema is at another migration than the backup",
+                    schema=schema,
+                    target=str(current[0]),
+                    backup=revision,
+                )
+
+
+def load(dsn: str, schema: str, src: Path, meta: dict[str, Any]) -> dict[str, int]:
+    """Load the tables dumped in `meta` from `src` into the empty `schema`; return rows per table.
+
+    Call `check_target` first (before touching anything else); this checks again under the lock.
+    """
+    from psycopg import sql
+
+    from quantivista.storage.postgres import create_year_partitions, migrate
+
+    try:
+        migrate(dsn, schema, str(meta["revision"]))
+    except Exception as exc:
+        raise StorageError("cannot migrate the restore target", schema=schema) from exc
+    loaded: dict[str, int] = {}
+    try:
+        with _connect(dsn) as conn, conn.transaction():
+            _use_schema(conn, schema)
+            conn.execute("LOCK TABLE bars, bars_history IN ACCESS EXCLUSIVE MODE")
+            for table in _TABLES:
+                row = conn.execute(
+                    sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(sql.Identifier(table))
+                ).fetchone()
+                if row is not None and row[0]:
+                    raise StorageError("restore target schema is not empty", schema=schema)
+            layout = conn.execute("SELECT value FROM qv_meta WHERE key = 'bars_layout'").fetchone()
+            if layout is None or layout[0] == "partitioned":
+                create_year_partitions(conn, schema, meta.get("years", []))
+            for table in _TABLES:
+                info = meta["tables"][table]
+                query = sql.SQL("COPY {t} ({c}) FROM STDIN (FORMAT BINARY)").format(
+                    t=sql.Identifier(table),
+                    c=sql.SQL(", ").join(sql.Identifier(c) for c in info["columns"]),
+                )
+                loaded[table] = _copy_in(conn, query, Path(src) / info["file"])
+                if loaded[table] != info["rows"]:
+                    raise StorageError(
+                        "restored rows differ from the backup's count",
+                        table=table,
+                        rows=loaded[table],
+                        expected=info["rows"],
+                    )
+    except StorageError:
+        raise
+    except Exception as exc:
+        raise StorageError("PostgreSQL restore failed", schema=schema, error=str(exc)) from exc
+    try:
+        migrate(dsn, schema)  # a backup of an older revision: upgrade it like any store
+    except Exception as exc:
+        raise StorageError("cannot upgrade the restored schema", schema=schema) from exc
+    return loaded
+
+
+def _copy_in(conn: Connection[Any], query: Any, path: Path) -> int:
+    """Stream one zstd COPY file into COPY FROM, reading ahead in a thread; return the rows."""
+    with (
+        pa.input_stream(str(path), compression="zstd") as stream,
+        conn.cursor() as cur,
+        ThreadPoolExecutor(1, thread_name_prefix="qv-pgload") as pool,
+    ):
+        with cur.copy(query) as cp:
+            pending = pool.submit(stream.read, _BLOCK)
+            while data := pending.result():
+                pending = pool.submit(stream.read, _BLOCK)
+                cp.write(data)
+        return cur.rowcount
