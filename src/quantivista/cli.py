@@ -893,7 +893,8 @@ def sql(
     from quantivista.storage.sql import sql_query
 
     try:
-        df = sql_query(_settings().data_dir, query)
+        settings = _settings()
+        df = sql_query(settings.data_dir, query, settings.storage)
     except QuantiVistaError as exc:
         err_console.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(code=2) from exc

@@ -1,8 +1,10 @@
-"""An in-process cache of hot partition files, keyed by file identity.
+"""An in-process cache of decoded lake files, keyed by file identity.
 
-Each entry remembers the file's (inode, mtime, size). Writers replace partition files by
-rename, which gives them a new inode, so any write, by this process or another, makes the
-stale entry miss on the next read: invalidation needs no messages.
+Each entry remembers the file's identity: (inode, mtime, size) for a hot partition file.
+Writers replace partition files by rename, which gives them a new inode, so any write, by
+this process or another, makes the stale entry miss on the next read: invalidation needs no
+messages. Cold files (on any fsspec filesystem) use their size and mtime or ETag instead,
+as the cold index recorded them (`lookup` takes the identity from the caller).
 """
 
 from __future__ import annotations
@@ -10,13 +12,13 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
 __all__ = ["FileCache"]
 
-_Key = tuple[int, int, int]
+_Key = Hashable
 
 
 class _Sized(Protocol):
@@ -41,24 +43,26 @@ class FileCache(Generic[T]):
         """Return the contents of `path`, loading them when absent or when the file changed."""
         if self.max_bytes <= 0:
             return load(path)
-        st = os.stat(path)
-        key = (st.st_ino, st.st_mtime_ns, st.st_size)
-        name = str(path)
+        return self.lookup(str(path), _stat_key(path), lambda: load(path))
+
+    def lookup(self, name: str, key: Hashable, load: Callable[[], T]) -> T:
+        """Return the entry `name` if it has identity `key`; else load, remember, return it."""
+        if self.max_bytes <= 0:
+            return load()
         with self._lock:
             entry = self._entries.get(name)
             if entry is not None and entry[0] == key:
                 self._entries.move_to_end(name)
                 self.hits += 1
                 return entry[1]
-        value = load(path)
+        value = load()
         self._store(name, key, value, miss=True)
         return value
 
     def put(self, path: Path, value: T) -> None:
         """Remember `value` as the contents of `path` as it is now (after writing it)."""
         if self.max_bytes > 0:
-            st = os.stat(path)
-            self._store(str(path), (st.st_ino, st.st_mtime_ns, st.st_size), value, miss=False)
+            self._store(str(path), _stat_key(path), value, miss=False)
 
     def _store(self, name: str, key: _Key, value: T, *, miss: bool) -> None:
         size = int(value.estimated_size())
@@ -79,3 +83,8 @@ class FileCache(Generic[T]):
         with self._lock:
             self._entries.clear()
             self._bytes = 0
+
+
+def _stat_key(path: Path) -> tuple[int, int, int]:
+    st = os.stat(path)
+    return (st.st_ino, st.st_mtime_ns, st.st_size)

@@ -20,6 +20,11 @@ nothing leaves the file untouched: ingesting the same bars twice is a no-op.
 Superseded versions (replaced or deleted bars) go to `<root>/history/bars/timeframe=X/
 bucket=B/<uuid>.parquet` with `superseded_at`, written before the data file is replaced,
 so as-of reads are exact even across a crash between the two renames.
+
+With a cold tier (`storage.archive_url`, see `storage.archive`), bars past their hot
+retention move to an archive with the same layout; `read`, `symbols`, `stats` and
+`timeframes` span both tiers (the hot copy wins where a bar is in both), guided by the cold
+index so the archive is opened only for the files a read needs.
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ from quantivista.model.schema import (
     PL_UTC_TS,
 )
 from quantivista.model.timeframe import Timeframe
-from quantivista.storage.archive import ColdTier
+from quantivista.storage.archive import ColdEntry, ColdIndex, ColdTier
 from quantivista.storage.base import (
     HISTORY_POLARS_SCHEMA,
     STATS_SCHEMA,
@@ -67,6 +72,18 @@ _LAYOUT_VERSION = 2
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _LOCK_STRIPES = 64
 _Key = tuple[str, int, str | None]  # timeframe, bucket, month (intraday)
+# what `stats` gathers per (file, symbol) before summing per (timeframe, symbol)
+_PER_FILE = pl.Schema(
+    {
+        "_file": pl.String(),
+        "timeframe": pl.String(),
+        "_bytes": pl.Int64(),
+        "symbol": pl.String(),
+        "rows": pl.Int64(),
+        "first_ts": PL_UTC_TS,
+        "last_ts": PL_UTC_TS,
+    }
+)
 
 
 def bucket_of(symbol: str, buckets: int) -> int:
@@ -166,9 +183,11 @@ class ParquetLake:
         self.bars_root = self.root / "silver" / "bars"
         self.history_root = self.root / "history" / "bars"
         self._lock_dir = self.root / ".locks"
+        # decoded partition files of both tiers (cold ones under the identity the index holds)
         self.cache: FileCache[_Indexed] = FileCache(self.settings.cache_mb * 1024 * 1024)
         self.bars_root.mkdir(parents=True, exist_ok=True)
         self._lock_dir.mkdir(parents=True, exist_ok=True)
+        self.cold_index = ColdIndex(self.root, self.cold, self._lock_dir) if self.cold else None
         self.buckets = self._layout()
 
     def _layout(self) -> int:
@@ -484,21 +503,19 @@ class ParquetLake:
         frames = []
         tf_text = str(timeframe)
         for symbol in sorted(set(symbols)):  # files are sorted by ts: sorted symbols keep order
-            cold = self._cold_frames(tf_text, symbol, start, end)
+            # hot before cold: archival records a cold file before it rewrites the hot one,
+            # so rows moving meanwhile are seen in one tier or both, never in neither
             hot = [
-                _ts_slice(self.cache.get(path, self._read_indexed).rows_of(symbol), start, end)
+                _ts_slice(rows, start, end)
                 for path in self._files(tf_text, symbol, start, end)
+                if (rows := self._hot_rows(path, symbol)) is not None
             ]
             hot = [h for h in hot if h.height]
+            cold = self._cold_frames(tf_text, symbol, start, end)
             if not whole:
                 hot = [h.select(read_cols) for h in hot]
-            if cold:
-                # rows caught in both tiers by an interrupted archival: the hot copy wins
-                cold = [_ts_slice(f.sort("ts"), start, end).select(read_cols) for f in cold]
-                both = pl.concat([*cold, *hot])
-                frames.append(both.unique(subset=["ts"], keep="last", maintain_order=True))
-            else:
-                frames.extend(hot)
+                cold = [c.select(read_cols) for c in cold]
+            frames.extend(_join_tiers(cold, hot))
         if as_of is not None:
             current = pl.concat(frames) if frames else pl.DataFrame(schema=BAR_POLARS_SCHEMA)
             history = self._history(tf_text, symbols, start, end)
@@ -508,25 +525,57 @@ class ParquetLake:
         df = pl.concat(frames) if len(frames) > 1 else frames[0]
         return df if df.columns == cols else df.select(cols)
 
+    def _hot_rows(self, path: Path, symbol: str) -> pl.DataFrame | None:
+        try:
+            return self.cache.get(path, self._read_indexed).rows_of(symbol)
+        except (FileNotFoundError, StorageError):
+            if path.exists():
+                raise
+            return None  # removed since listed (archived or expired)
+
     def _cold_frames(
         self, tf: str, symbol: str, start: datetime | None, end: datetime | None
     ) -> list[pl.DataFrame]:
-        if self.cold is None:
+        """Return the symbol's cold rows with `start <= ts < end`, one frame a file, by ts.
+
+        The cold index says which files hold the symbol and over which span, so files
+        without it (or outside the range) are never opened; opened ones are cached.
+        """
+        if self.cold_index is None:
             return []
-        rel_dir = self.partition_dir(tf, symbol).relative_to(self.root).as_posix()
-        lo = f"month={start.year:04d}-{start.month:02d}" if start else ""
-        hi = f"month={end.year:04d}-{end.month:02d}" if end else "month=9999-99"
+        lo = _epoch_us(start) if start is not None else None
+        hi = _epoch_us(end) if end is not None else None
         frames = []
-        for rel in self.cold.files(rel_dir):
-            month = rel.rsplit("/", 2)[-2]
-            if month.startswith("month=") and not lo <= month <= hi:
+        for entry in self.cold_index.bucket(tf, self.bucket(symbol)).values():
+            span = entry.symbols.get(symbol)
+            if (
+                span is None
+                or (lo is not None and span[2] < lo)
+                or (hi is not None and span[1] >= hi)
+            ):
                 continue
-            frame = self.cold.read(rel)
-            if frame is not None:
-                mine = frame.filter(pl.col("symbol") == symbol)
-                if mine.height:
-                    frames.append(mine)
+            rows = _ts_slice(self._cold_file(entry).rows_of(symbol), start, end)
+            if rows.height:
+                frames.append(rows)
         return frames
+
+    def _cold_name(self, rel: str) -> str:
+        assert self.cold is not None
+        return f"cold:{self.cold.url}/{rel}"
+
+    def _cold_file(self, entry: ColdEntry) -> _Indexed:
+        def load() -> _Indexed:
+            assert self.cold is not None
+            frame = self.cold.read(entry.rel)
+            if frame is None:
+                raise StorageError(
+                    "a cold file in the cold index is missing from the archive"
+                    " (rebuild the index: ParquetLake.cold_index.rebuild())",
+                    file=entry.rel,
+                )
+            return _Indexed(frame)
+
+        return self.cache.lookup(self._cold_name(entry.rel), entry.identity, load)
 
     def _history(
         self, tf: str, symbols: Sequence[str], start: datetime | None, end: datetime | None
@@ -578,46 +627,75 @@ class ParquetLake:
         """Nothing to release: files are opened per call."""
 
     def symbols(self, timeframe: Timeframe | None = None) -> list[str]:
-        """Return the stored symbols, sorted."""
-        files = self.data_files(str(timeframe) if timeframe else None)
-        if not files:
-            return []
-        try:
-            found = pl.scan_parquet(files).select(pl.col("symbol").unique()).collect()
-        except (OSError, pl.exceptions.ComputeError) as exc:
-            raise StorageError("cannot read partition files", files=len(files)) from exc
-        return sorted(found["symbol"].to_list())
+        """Return the stored symbols (hot or archived), sorted."""
+        tf = str(timeframe) if timeframe else None
+        files = self.data_files(tf)
+        found: set[str] = set()
+        if files:
+            try:
+                hot = pl.scan_parquet(files).select(pl.col("symbol").unique()).collect()
+            except (OSError, pl.exceptions.ComputeError) as exc:
+                raise StorageError("cannot read partition files", files=len(files)) from exc
+            found.update(hot["symbol"].to_list())
+        if self.cold_index is not None:
+            for entry in self.cold_index.entries(tf):
+                found.update(entry.symbols)
+        return sorted(found)
 
     def timeframes(self) -> list[str]:
-        """Return the stored timeframes from finest to coarsest."""
-        names = [p.name[len("timeframe=") :] for p in self.bars_root.glob("timeframe=*")]
+        """Return the stored timeframes (hot or archived) from finest to coarsest."""
+        names = {p.name[len("timeframe=") :] for p in self.bars_root.glob("timeframe=*")}
+        if self.cold_index is not None:
+            names.update(self.cold_index.timeframes())
         return sorted(names, key=lambda t: Timeframe.parse(t).sort_key())
 
     def stats(self) -> pl.DataFrame:
-        """Return rows, first/last ts, bytes and files per (timeframe, symbol).
+        """Return rows, first/last ts, bytes and files per (timeframe, symbol), both tiers.
 
-        A file's bytes are shared among its symbols in proportion to their rows.
+        Rows, first and last ts cover the hot and the cold tier; bytes and files count the
+        files of both tiers, a file's bytes shared among its symbols in proportion to their
+        rows. Hot files are scanned (symbol and ts columns); cold ones come from the cold
+        index, without touching the archive. Rows caught in both tiers by an interrupted
+        archival count twice until the archival is rerun.
         """
         files = self.data_files()
-        if not files:
-            return pl.DataFrame(schema=STATS_SCHEMA)
-        sizes = pl.DataFrame(
-            {
-                "_file": [str(p) for p in files],
-                "timeframe": [p.relative_to(self.bars_root).parts[0][10:] for p in files],
-                "_bytes": [p.stat().st_size for p in files],
-            }
-        )
-        try:
-            per_file = (
-                pl.scan_parquet(files, include_file_paths="_file")
-                .group_by("_file", "symbol")
-                .agg(rows=pl.len(), first_ts=pl.col("ts").min(), last_ts=pl.col("ts").max())
-                .collect()
+        parts = []
+        if files:
+            sizes = pl.DataFrame(
+                {
+                    "_file": [str(p) for p in files],
+                    "timeframe": [p.relative_to(self.bars_root).parts[0][10:] for p in files],
+                    "_bytes": [p.stat().st_size for p in files],
+                }
             )
-        except (OSError, pl.exceptions.ComputeError) as exc:
-            raise StorageError("cannot read partition files", files=len(files)) from exc
-        per_file = per_file.join(sizes, on="_file")
+            try:
+                hot = (
+                    pl.scan_parquet(files, include_file_paths="_file")
+                    .group_by("_file", "symbol")
+                    .agg(rows=pl.len(), first_ts=pl.col("ts").min(), last_ts=pl.col("ts").max())
+                    .collect()
+                )
+            except (OSError, pl.exceptions.ComputeError) as exc:
+                raise StorageError("cannot read partition files", files=len(files)) from exc
+            parts.append(hot.join(sizes, on="_file"))
+        if self.cold_index is not None:
+            cold = [
+                (f"cold:{e.rel}", e.timeframe, e.bytes, symbol, n, lo, hi)
+                for e in self.cold_index.entries()
+                for symbol, (n, lo, hi) in e.symbols.items()
+            ]
+            if cold:
+                names = ["_file", "timeframe", "_bytes", "symbol", "rows", "first_ts", "last_ts"]
+                frame = pl.DataFrame(cold, schema=names, orient="row")
+                ts = pl.col("first_ts", "last_ts")
+                parts.append(
+                    frame.with_columns(pl.from_epoch(ts, "us").dt.replace_time_zone("UTC"))
+                )
+        if not parts:
+            return pl.DataFrame(schema=STATS_SCHEMA)
+        per_file = pl.concat(
+            [p.select(_PER_FILE.names()).cast(dict(_PER_FILE)) for p in parts]  # type: ignore[arg-type]
+        )
         share = pl.col("_bytes") * pl.col("rows") / pl.col("rows").sum().over("_file")
         out = (
             per_file.with_columns(bytes=share.round(0).cast(pl.Int64))
@@ -635,7 +713,12 @@ class ParquetLake:
 
 
 def storage_report(lake: ParquetLake) -> pl.DataFrame:
-    """Return files, rows, bytes on disk, raw (uncompressed) bytes and ratio per tier."""
+    """Return files, rows, bytes on disk, raw (uncompressed) bytes and ratio per tier.
+
+    Tiers: "hot" (current bars), "history" (superseded versions) and, when a cold tier is
+    configured, "cold" (archived bars: the archive is listed and each file's Parquet footer
+    read through fsspec, so the row reflects what the archive holds, not the cold index).
+    """
     tiers = {
         "hot": list(lake.bars_root.rglob(DATA_FILE)),
         "history": [p for p in lake.history_root.rglob("*.parquet") if p.name[0] != "."],
@@ -646,9 +729,18 @@ def storage_report(lake: ParquetLake) -> pl.DataFrame:
         for path in files:
             meta = pq.read_metadata(path)
             n_rows += meta.num_rows
-            raw += sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+            raw += _raw_bytes(meta)
             disk += path.stat().st_size
         rows.append((tier, len(files), n_rows, disk, raw, raw / disk if disk else None))
+    if lake.cold is not None:
+        listing = lake.cold.listing()
+        n_rows = disk = raw = 0
+        for rel, info in listing.items():
+            meta = lake.cold.metadata(rel)
+            n_rows += meta.num_rows
+            raw += _raw_bytes(meta)
+            disk += int(info["size"])
+        rows.append(("cold", len(listing), n_rows, disk, raw, raw / disk if disk else None))
     return pl.DataFrame(
         rows,
         schema={
@@ -661,6 +753,23 @@ def storage_report(lake: ParquetLake) -> pl.DataFrame:
         },
         orient="row",
     )
+
+
+def _raw_bytes(meta: pq.FileMetaData) -> int:
+    """Return the uncompressed size of a Parquet file's data (from its footer)."""
+    return sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+
+
+def _join_tiers(cold: list[pl.DataFrame], hot: list[pl.DataFrame]) -> list[pl.DataFrame]:
+    """Return one symbol's cold and hot frames (each sorted by ts) as frames in ts order.
+
+    A bar in both tiers (an interrupted archival, or a bar ingested again after its month
+    was archived) appears once: the hot copy wins.
+    """
+    if not cold or not hot or cold[-1]["ts"][-1] < hot[0]["ts"][0]:
+        return [*cold, *hot]
+    both = pl.concat([*cold, *hot])
+    return [both.unique(subset=["ts"], keep="last").sort("ts")]
 
 
 def _merge(

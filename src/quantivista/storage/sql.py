@@ -1,4 +1,10 @@
-"""SQL over the embedded lake with DuckDB: views `bars`, `actions` and `quarantine`."""
+"""SQL over the embedded lake with DuckDB: views `bars`, `actions` and `quarantine`.
+
+With a cold tier configured (`storage.archive_url`), `bars` spans both tiers: the cold files
+come from the cold index (the archive is not listed); a local archive is read by path, any
+other fsspec filesystem is registered with DuckDB. A bar in both tiers (an interrupted
+archival) appears once, the hot copy winning, as in `ParquetLake.read`.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
+from quantivista.config import StorageSettings
 from quantivista.errors import InvalidInputError
 from quantivista.model.schema import (
     ACTION_POLARS_SCHEMA,
@@ -33,23 +40,58 @@ def _empty_view(schema: pl.Schema) -> str:
     return f"SELECT {', '.join(cols)} WHERE false"
 
 
+def _scan(files: list[Path] | list[str]) -> str:
+    listing = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
+    return f"read_parquet([{listing}], union_by_name = true)"
+
+
 def _view(con: duckdb.DuckDBPyConnection, name: str, files: list[Path], schema: pl.Schema) -> None:
-    if files:
-        listing = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
-        source = f"SELECT * FROM read_parquet([{listing}], union_by_name = true)"
-    else:
-        source = _empty_view(schema)
+    source = f"SELECT * FROM {_scan(files)}" if files else _empty_view(schema)
     con.execute(f"CREATE VIEW {name} AS {source}")
 
 
-def lake_connection(root: Path) -> duckdb.DuckDBPyConnection:
-    """Return an in-memory DuckDB connection with views over the lake at `root`."""
+def _bars_view(con: duckdb.DuckDBPyConnection, root: Path, storage: StorageSettings | None) -> None:
+    bars_root = root / "silver" / "bars"
+    # hot files listed before the cold index is read: see `ParquetLake.read`
+    hot = sorted(bars_root.glob("**/data.parquet"))
+    cold: list[str] = []
+    overlap: list[Path] = []
+    if storage is not None and storage.archive_url and (bars_root / "_layout.json").exists():
+        from quantivista.storage.lake import ParquetLake
+
+        lake = ParquetLake(root, storage)
+        assert lake.cold is not None and lake.cold_index is not None
+        entries = lake.cold_index.entries()
+        if entries and not lake.cold.is_local:
+            con.register_filesystem(lake.cold.fs)
+        cold = [lake.cold.location(e.rel) for e in entries]
+        # a bar can be in both tiers only in a hot file at the path of a cold one
+        hot_files = set(hot)
+        overlap = [p for p in (root / e.rel for e in entries) if p in hot_files]
+    if not cold:
+        _view(con, "bars", hot, BAR_POLARS_SCHEMA)
+        return
+    cold_rows = f"SELECT * FROM {_scan(cold)} AS c"
+    if overlap:
+        cold_rows += (
+            f" WHERE NOT EXISTS (SELECT 1 FROM {_scan(overlap)} AS h WHERE h.symbol = c.symbol"
+            " AND h.timeframe = c.timeframe AND h.ts = c.ts)"
+        )
+    source = f"SELECT * FROM {_scan(hot)} UNION ALL BY NAME {cold_rows}" if hot else cold_rows
+    con.execute(f"CREATE VIEW bars AS {source}")
+
+
+def lake_connection(
+    root: Path, storage: StorageSettings | None = None
+) -> duckdb.DuckDBPyConnection:
+    """Return an in-memory DuckDB connection with views over the lake at `root`.
+
+    With `storage.archive_url` set, the view `bars` spans the hot and the cold tier.
+    """
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     root = Path(root)
-    _view(
-        con, "bars", sorted((root / "silver" / "bars").glob("**/data.parquet")), BAR_POLARS_SCHEMA
-    )
+    _bars_view(con, root, storage)
     actions = root / "silver" / "actions" / "data.parquet"
     _view(con, "actions", [actions] if actions.exists() else [], ACTION_POLARS_SCHEMA)
     quarantine = sorted((root / "quarantine" / "bars").glob("**/*.parquet"))
@@ -57,9 +99,12 @@ def lake_connection(root: Path) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def sql_query(root: Path, query: str) -> pl.DataFrame:
-    """Run one SQL query over the lake and return the result as a Polars frame."""
-    con = lake_connection(root)
+def sql_query(root: Path, query: str, storage: StorageSettings | None = None) -> pl.DataFrame:
+    """Run one SQL query over the lake and return the result as a Polars frame.
+
+    With `storage.archive_url` set, the view `bars` spans the hot and the cold tier.
+    """
+    con = lake_connection(root, storage)
     try:
         relation = con.sql(query)
         if relation is None:  # a statement without a result
