@@ -230,6 +230,15 @@ def test_sql_spans_both_tiers_once_with_the_hot_copy_winning(
         assert sql_query(root, query).filter(pl.col("symbol") == "AAA")["n"].item() == again.height
         ts = sql_query(root, "SELECT min(ts) AS lo FROM bars WHERE symbol = 'AAA'", lake.settings)
         assert ts["lo"].item() == bars["ts"].min()
+    from typer.testing import CliRunner
+
+    from quantivista.cli import app
+
+    env = {"QV_STORAGE__ARCHIVE_URL": (tmp_path / "cold").as_uri()}
+    query = "SELECT count(*) AS n FROM bars WHERE symbol = 'AAA'"
+    out = CliRunner().invoke(app, ["--data-dir", str(tmp_path / "file"), "sql", query], env=env)
+    assert out.exit_code == 0, out.output
+    assert f"{bars.filter(pl.col('symbol') == 'AAA').height}" in out.output
     # a cold tier configured over a directory without a lake: no bars, no error
     empty = StorageSettings(archive_url=(tmp_path / "cold").as_uri())
     assert sql_query(tmp_path / "none", "SELECT count(*) FROM bars", empty).item() == 0
