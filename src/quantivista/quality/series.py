@@ -86,12 +86,97 @@ def _padded(a: np.ndarray, gid: np.ndarray, window: int) -> tuple[np.ndarray, np
     return padded, pos
 
 
-def _rolling_scale(a: np.ndarray, gid: np.ndarray, window: int, floor: float) -> np.ndarray:
-    """1.4826 x the median of the `window` values before each row in the same series."""
-    padded, pos = _padded(a, gid, window)
-    med: np.ndarray = bn.move_median(padded, window, min_count=max(3, window // 2))
-    prev: np.ndarray = med[pos - 1]  # the window ending on the previous row
-    out: np.ndarray = np.maximum(_MAD_TO_SIGMA * prev, floor)
+def _head_rows(new: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows less than `window` rows after their series' first row, and that first row."""
+    starts = np.flatnonzero(new)
+    lengths = np.diff(np.append(starts, new.size))
+    take = np.minimum(lengths, window)
+    first = np.repeat(starts, take)
+    return first + (np.arange(int(take.sum())) - np.repeat(np.cumsum(take) - take, take)), first
+
+
+def _rolling_scale(a: np.ndarray, new: np.ndarray, window: int, floor: float) -> np.ndarray:
+    """1.4826 x the median of the `window` values before each row in the same series.
+
+    The exact scale of every row (the reference for `_scale_where`, which the validator
+    uses). A moving median depends only on the values in its window, so one pass over
+    the unpadded array is exact for every row whose window lies inside its series; only
+    the first `window` rows of each series need the padded pass that keeps series apart.
+    """
+    min_count = max(3, window // 2)
+    med = np.empty(a.size)
+    med[0] = np.nan
+    med[1:] = bn.move_median(a, window, min_count=min_count)[:-1]  # window ending on row - 1
+    head, _ = _head_rows(new, window)
+    padded, pos = _padded(a[head], np.cumsum(new[head]) - 1, window)
+    med[head] = bn.move_median(padded, window, min_count=min_count)[pos - 1]
+    out: np.ndarray = np.maximum(_MAD_TO_SIGMA * med, floor)
+    return out
+
+
+def _scale_where(
+    a: np.ndarray, new: np.ndarray, window: int, floor: float, probe: np.ndarray, k: float
+) -> np.ndarray:
+    """`_rolling_scale` where `probe > k x scale` may hold, a lower bound of it elsewhere.
+
+    The moving median is most of the cost of the series checks, and almost every row is
+    ruled out without it. The scale is at least `floor`; beyond that, if more than half of
+    a window's values are >= T, its median is >= T (window counts are differences of
+    prefix sums), which bounds the scale by 1.4826 x T. Each series tries two levels of T
+    (a half, then a quarter of its mean |value|) on the rows not yet bounded; the rows
+    whose `probe` still exceeds k x their bound get the exact median of their window.
+    Rounding is monotone, so `probe <= k x bound` implies `probe <= k x scale` bit for bit.
+    """
+    n = a.size
+    starts = np.flatnonzero(new)
+    lengths = np.diff(np.append(starts, n))
+    out = np.full(n, floor)
+    with np.errstate(invalid="ignore"):
+        rows = np.flatnonzero(probe > k * floor)
+    series = np.searchsorted(starts, rows, side="right") - 1
+    lo = np.maximum(rows - window, starts[series])  # the window before each row, in its series
+    finite = ~np.isnan(a)
+    seen = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(finite, out=seen[1:])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.add.reduceat(np.where(finite, a, 0.0), starts) / np.diff(seen[[*starts, n]])
+    above = np.zeros(n + 1, dtype=np.int32)
+    exact = []
+    for fraction in (0.5, 0.25):  # a row bounded by the higher level gains nothing from the lower
+        level = fraction * mean
+        with np.errstate(invalid="ignore"):
+            np.cumsum(a >= np.repeat(level, lengths), out=above[1:])
+        passed = 2 * (above[rows] - above[lo]) > seen[rows] - seen[lo]
+        bounded = rows[passed]
+        bound = np.maximum(_MAD_TO_SIGMA * level, floor)[series[passed]]
+        out[bounded] = bound
+        exact.append(bounded[probe[bounded] > k * bound])
+        rows, series, lo = rows[~passed], series[~passed], lo[~passed]
+    rows = np.concatenate([*exact, rows])  # and the rows no level could bound
+    first = starts[np.searchsorted(starts, rows, side="right") - 1]
+    median = _median_before(a, rows, first, window, max(3, window // 2))
+    out[rows] = np.maximum(_MAD_TO_SIGMA * median, floor)
+    return out
+
+
+def _median_before(
+    a: np.ndarray, rows: np.ndarray, first: np.ndarray, window: int, min_count: int
+) -> np.ndarray:
+    """Median of the `window` values before each of `rows` in its series, as bottleneck's.
+
+    NaNs are skipped; fewer than `min_count` values give NaN; an even count averages the
+    two middle values as `(lo + hi) / 2.0`, the formula of `bn.move_median`.
+    """
+    padded = np.concatenate([np.full(window, np.nan), a])
+    values = np.lib.stride_tricks.sliding_window_view(padded, window)[rows]  # a[row - window:row]
+    values[np.arange(-window, 0)[None, :] < (first - rows)[:, None]] = np.nan  # other series
+    values.sort(axis=1)  # NaNs last
+    count = window - np.isnan(values).sum(axis=1)
+    at = np.arange(rows.size)
+    lo = values[at, np.maximum(count - 1, 0) // 2]
+    hi = values[at, count // 2]
+    med = np.where(count % 2 == 1, lo, (lo + hi) / 2.0)
+    out: np.ndarray = np.where(count >= min_count, med, np.nan)
     return out
 
 
@@ -111,6 +196,7 @@ def _f64(df: pl.DataFrame, name: str) -> np.ndarray:
 
 
 _PARALLEL_MIN_ROWS = 200_000
+_FLAGS = ("_spike", "_wick", "_stale", "_split_mismatch", "_split_jump")
 
 
 def series_context(
@@ -133,26 +219,74 @@ def series_context(
         return _series_context(df, actions, settings)
     parts = [df.slice(a, b - a) for a, b in itertools.pairwise(bounds)]
     with ThreadPoolExecutor(max_workers=len(parts)) as pool:
-        done = list(pool.map(lambda part: _series_context(part, actions, settings), parts))
-    return pl.concat(done, rechunk=False)
+        done = list(pool.map(lambda part: _series_arrays(part, actions, settings), parts))
+    # one chunk per new column, like the frame's own columns: misaligned chunks would
+    # make every later select copy the whole frame
+    joined = {k: np.concatenate([d[k] for d in done]) for k in done[0]}
+    return _attach(df, joined)
 
 
 def _series_context(
     df: pl.DataFrame, actions: pl.DataFrame | None, settings: QualitySettings
 ) -> pl.DataFrame:
+    return _attach(df, _series_arrays(df, actions, settings))
+
+
+def _attach(df: pl.DataFrame, arrays: dict[str, np.ndarray]) -> pl.DataFrame:
+    if df.height == 0:
+        return df.with_columns(
+            [pl.lit(False).alias(c) for c in _FLAGS] + [pl.lit(None, pl.Int64).alias("_gap_s")]
+        )
+    return df.with_columns(
+        *[pl.Series(k, arrays[k]) for k in _FLAGS],
+        _gap_s=pl.when(pl.col("_new")).then(None).otherwise(pl.Series(arrays["_gap_s"])),
+    )
+
+
+def _stale_rows(cols: tuple[np.ndarray, ...], new: np.ndarray, run_length: int) -> np.ndarray:
+    """Rows that repeat the previous row of their series exactly, in runs of `run_length`+.
+
+    Repeats are rare: the first column rules most rows out, the others are compared on
+    the few candidates only.
+    """
+    n = new.size
+    stale = np.zeros(n, dtype=bool)
+    first = cols[0]
+    same = np.zeros(n, dtype=bool)
+    same[1:] = (first[1:] == first[:-1]) & ~new[1:]
+    at = np.flatnonzero(same)
+    for col in cols[1:]:
+        if not at.size:
+            return stale
+        at = at[col[at] == col[at - 1]]
+    if not at.size:
+        return stale
+    same = np.zeros(n, dtype=bool)
+    same[at] = True
+    run = np.cumsum(~same)
+    lengths = np.bincount(run)
+    stale[:] = same & (lengths[run] >= run_length)
+    return stale
+
+
+def _series_arrays(
+    df: pl.DataFrame, actions: pl.DataFrame | None, settings: QualitySettings
+) -> dict[str, np.ndarray]:
+    """Return the series context of `df` as numpy arrays (see `series_context`)."""
     n = df.height
     if n == 0:
-        return df.with_columns(
-            [pl.lit(False).alias(c) for c in ("_spike", "_wick", "_stale")]
-            + [pl.lit(False).alias(c) for c in ("_split_mismatch", "_split_jump")]
-            + [pl.lit(None, pl.Int64).alias("_gap_s")]
-        )
+        return {k: np.zeros(0, dtype=bool) for k in _FLAGS} | {"_gap_s": np.zeros(0, np.int64)}
     new = df["_new"].to_numpy()
     gid = np.cumsum(new) - 1
     o, h, lo, c, v = (_f64(df, k) for k in ("open", "high", "low", "close", "volume"))
-    ok = df["_valid"].to_numpy() & (c > 0)  # NaN compares False
-    logc = np.full(n, np.nan)
-    logc[ok] = np.log(c[ok])
+    with np.errstate(invalid="ignore"):
+        ok = df["_valid"].to_numpy() & (c > 0)  # NaN compares False
+    all_ok = bool(ok.all())
+    if all_ok:
+        logc = np.log(c)
+    else:
+        logc = np.full(n, np.nan)
+        logc[ok] = np.log(c[ok])
 
     ratio = np.ones(n)
     cash = np.zeros(n)
@@ -169,11 +303,13 @@ def _series_context(
             ratio[at] = rows["_ratio"].to_numpy()
             cash[at] = rows["_cash"].to_numpy()
 
-    r = np.full(n, np.nan)
-    if ok.all():  # the usual case: every row's previous valid row is the row before
-        r[1:] = logc[1:] - logc[:-1]
+    r = np.empty(n)
+    r[0] = np.nan
+    if all_ok:  # the usual case: every row's previous valid row is the row before
+        np.subtract(logc[1:], logc[:-1], out=r[1:])
         r[new] = np.nan
     else:
+        r[1:] = np.nan
         start = np.maximum.accumulate(np.where(new, np.arange(n), 0))  # first row of the series
         prev = _prev_valid(ok)
         same_prev = ok & (prev >= start)
@@ -186,15 +322,30 @@ def _series_context(
     else:
         r_adj = r
 
-    scale = _rolling_scale(np.abs(r_adj), gid, settings.spike_window, settings.min_scale)
+    abs_r = np.abs(r_adj)
     k = settings.spike_z
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        wick = np.log(np.maximum(np.minimum(o, c) / lo, h / np.maximum(o, c)))
+        wick_scale = _rolling_mean(
+            wick if all_ok else np.where(ok, wick, np.nan),
+            gid,
+            settings.spike_window,
+            settings.min_scale / 4,
+        )
+        # a wick far outside the usual wick, still to be compared with the usual daily move
+        wide = np.flatnonzero(ok & (wick > settings.wick_z * wick_scale))
+    # the return scale matters only where |return| or a wide wick may exceed k x scale
+    probe = abs_r.copy()
+    probe[wide] = np.fmax(probe[wide], wick[wide])
+    scale = _scale_where(abs_r, new, settings.spike_window, settings.min_scale, probe, k)
     spike = np.zeros(n, dtype=bool)
     split_jump = np.zeros(n, dtype=bool)
     split_mismatch = np.zeros(n, dtype=bool)
+    wick_spike = np.zeros(n, dtype=bool)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         # the few rows with an outsized return: everything else is cheap to rule out
-        big = np.flatnonzero(np.abs(r_adj) > k * scale)
-        nxt = _next_valid(ok)[big]
+        big = np.flatnonzero(abs_r > k * scale)
+        nxt = np.minimum(big + 1, n) if all_ok else _next_valid(ok)[big]
         same_next = (nxt < n) & (gid[np.minimum(nxt, n - 1)] == gid[big])
         r_b = r_adj[big]
         r_next = np.where(same_next, r_adj[np.minimum(nxt, n - 1)], np.nan)
@@ -208,31 +359,20 @@ def _series_context(
         split_jump[jump] = dist.min(axis=1, initial=np.inf) < settings.split_tolerance
         if has_action:
             log_ratio = np.abs(np.log(ratio))
-            split_mismatch = (ratio != 1.0) & (np.abs(r_adj) > 0.5 * log_ratio)
-
-        wick = np.log(np.maximum(np.minimum(o, c) / lo, h / np.maximum(o, c)))
-        wick_scale = _rolling_mean(
-            np.where(ok, wick, np.nan), gid, settings.spike_window, settings.min_scale / 4
-        )
+            split_mismatch = (ratio != 1.0) & (abs_r > 0.5 * log_ratio)
         # far outside both the usual wick and the usual daily move
-        wick_spike = ok & (wick > settings.wick_z * wick_scale) & (wick > k * scale)
+        wick_spike[wide] = wick[wide] > k * scale[wide]
 
-    same = np.zeros(n, dtype=bool)
-    same[1:] = ~new[1:]
-    for col in (o, h, lo, c, v):
-        same[1:] &= col[1:] == col[:-1]
-    run = np.cumsum(~same)
-    lengths = np.bincount(run)
-    stale = same & (lengths[run] >= settings.stale_run)
+    stale = _stale_rows((c, o, h, lo, v), new, settings.stale_run)
 
     ts_us = df["ts"].dt.epoch("us").to_numpy()
     gap = np.zeros(n, dtype=np.int64)
     gap[1:] = (ts_us[1:] - ts_us[:-1]) // 1_000_000
-    return df.with_columns(
-        _spike=pl.Series(spike),
-        _wick=pl.Series(wick_spike),
-        _stale=pl.Series(stale),
-        _split_mismatch=pl.Series(split_mismatch),
-        _split_jump=pl.Series(split_jump),
-        _gap_s=pl.when(pl.Series(new)).then(None).otherwise(pl.Series(gap)),
-    )
+    return {
+        "_spike": spike,
+        "_wick": wick_spike,
+        "_stale": stale,
+        "_split_mismatch": split_mismatch,
+        "_split_jump": split_jump,
+        "_gap_s": gap,
+    }
