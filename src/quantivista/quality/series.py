@@ -22,6 +22,7 @@ numpy over those sorted columns (no `.over()` groups, no Python loops over rows)
 from __future__ import annotations
 
 import itertools
+import math
 from concurrent.futures import ThreadPoolExecutor
 
 import bottleneck as bn  # type: ignore[import-untyped]
@@ -153,10 +154,23 @@ def _scale_where(
         exact.append(bounded[probe[bounded] > k * bound])
         rows, series, lo = rows[~passed], series[~passed], lo[~passed]
     rows = np.concatenate([*exact, rows])  # and the rows no level could bound
-    first = starts[np.searchsorted(starts, rows, side="right") - 1]
-    median = _median_before(a, rows, first, window, max(3, window // 2))
+    median = _median_before(a, rows, _series_start(rows, new), window, max(3, window // 2))
     out[rows] = np.maximum(_MAD_TO_SIGMA * median, floor)
     return out
+
+
+def _series_start(rows: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """The first row of the series of each of `rows` (`new` marks series starts)."""
+    starts = np.flatnonzero(new)
+    out: np.ndarray = starts[np.searchsorted(starts, rows, side="right") - 1]
+    return out
+
+
+def _window(rows: np.ndarray, first: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """The `window` rows before each of `rows` (a matrix, clipped at 0) and which are in
+    the row's series (at or after its `first` row)."""
+    pos = rows[:, None] + np.arange(-window, 0)[None, :]
+    return np.maximum(pos, 0), pos >= first[:, None]
 
 
 def _median_before(
@@ -167,9 +181,8 @@ def _median_before(
     NaNs are skipped; fewer than `min_count` values give NaN; an even count averages the
     two middle values as `(lo + hi) / 2.0`, the formula of `bn.move_median`.
     """
-    padded = np.concatenate([np.full(window, np.nan), a])
-    values = np.lib.stride_tricks.sliding_window_view(padded, window)[rows]  # a[row - window:row]
-    values[np.arange(-window, 0)[None, :] < (first - rows)[:, None]] = np.nan  # other series
+    pos, inside = _window(rows, first, window)
+    values = np.where(inside, a[pos], np.nan)
     values.sort(axis=1)  # NaNs last
     count = window - np.isnan(values).sum(axis=1)
     at = np.arange(rows.size)
@@ -180,8 +193,30 @@ def _median_before(
     return out
 
 
+def _wick_before(
+    stretch: np.ndarray, ok: np.ndarray, rows: np.ndarray, first: np.ndarray, window: int
+) -> np.ndarray:
+    """Mean log wick of the valid rows among the `window` before each of `rows`.
+
+    NaN below max(3, window // 2) values. The numbers of `_rolling_mean` (bn.move_mean's
+    running sum may differ from this sum in the last bits).
+    """
+    pos, inside = _window(rows, first, window)
+    use = inside & ok[pos]
+    logs = np.log(np.where(use, stretch[pos], 1.0))  # log 1 = 0 adds nothing
+    count = use.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = logs.sum(axis=1) / count
+    out: np.ndarray = np.where(count >= max(3, window // 2), mean, np.nan)
+    return out
+
+
 def _rolling_mean(a: np.ndarray, gid: np.ndarray, window: int, floor: float) -> np.ndarray:
-    """Mean of the `window` values before each row in the same series (NaNs skipped)."""
+    """Mean of the `window` values before each row in the same series (NaNs skipped).
+
+    The whole-array reference of the wick scale, which the validator takes from
+    `_mean_before` on the few rows with a wick wide enough to matter.
+    """
     padded, pos = _padded(a, gid, window)
     mean: np.ndarray = bn.move_mean(padded, window, min_count=max(3, window // 2))
     out: np.ndarray = np.maximum(mean[pos - 1], floor)
@@ -196,6 +231,9 @@ def _f64(df: pl.DataFrame, name: str) -> np.ndarray:
 
 
 _PARALLEL_MIN_ROWS = 200_000
+# above this share of rows with a wick past k x min_scale, the usual wick of every row
+# (one rolling mean) is cheaper than the usual wick of each of those rows
+_WIDE_SHARE = 1 / 16
 _FLAGS = ("_spike", "_wick", "_stale", "_split_mismatch", "_split_jump")
 
 
@@ -324,20 +362,30 @@ def _series_arrays(
 
     abs_r = np.abs(r_adj)
     k = settings.spike_z
+    window = settings.spike_window
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        wick = np.log(np.maximum(np.minimum(o, c) / lo, h / np.maximum(o, c)))
-        wick_scale = _rolling_mean(
-            wick if all_ok else np.where(ok, wick, np.nan),
-            gid,
-            settings.spike_window,
-            settings.min_scale / 4,
-        )
-        # a wick far outside the usual wick, still to be compared with the usual daily move
-        wide = np.flatnonzero(ok & (wick > settings.wick_z * wick_scale))
+        # the wick: log of the high over the body top or of the body bottom over the low
+        stretch = np.maximum(np.minimum(o, c) / lo, h / np.maximum(o, c))
+        # a wick spike needs wick > k x scale >= k x min_scale: only rows past that can be
+        # one (the stretch test leaves room for the rounding of log and exp) ...
+        least = k * settings.min_scale
+        wide = np.flatnonzero(ok & (stretch > math.exp(least) * (1 - 1e-9)))
+        if wide.size > n * _WIDE_SHARE:  # wide wicks are common: one pass over all rows
+            wicks = np.where(ok, np.log(stretch), np.nan)
+            usual = _rolling_mean(wicks, gid, window, settings.min_scale / 4)
+            wide = wide[(wicks[wide] > least) & (wicks[wide] > settings.wick_z * usual[wide])]
+            wick = wicks[wide]
+        else:  # ... and far outside the usual (mean) wick of the bars before it
+            wick = np.log(stretch[wide])
+            keep = wick > least
+            wide, wick = wide[keep], wick[keep]
+            usual = _wick_before(stretch, ok, wide, _series_start(wide, new), window)
+            keep = wick > settings.wick_z * np.maximum(usual, settings.min_scale / 4)
+            wide, wick = wide[keep], wick[keep]
     # the return scale matters only where |return| or a wide wick may exceed k x scale
     probe = abs_r.copy()
-    probe[wide] = np.fmax(probe[wide], wick[wide])
-    scale = _scale_where(abs_r, new, settings.spike_window, settings.min_scale, probe, k)
+    probe[wide] = np.fmax(probe[wide], wick)
+    scale = _scale_where(abs_r, new, window, settings.min_scale, probe, k)
     spike = np.zeros(n, dtype=bool)
     split_jump = np.zeros(n, dtype=bool)
     split_mismatch = np.zeros(n, dtype=bool)
@@ -361,7 +409,7 @@ def _series_arrays(
             log_ratio = np.abs(np.log(ratio))
             split_mismatch = (ratio != 1.0) & (abs_r > 0.5 * log_ratio)
         # far outside both the usual wick and the usual daily move
-        wick_spike[wide] = wick[wide] > k * scale[wide]
+        wick_spike[wide] = wick > k * scale[wide]
 
     stale = _stale_rows((c, o, h, lo, v), new, settings.stale_run)
 
