@@ -117,9 +117,11 @@ def _rolling_scale(a: np.ndarray, new: np.ndarray, window: int, floor: float) ->
 
 def _scale_where(
     a: np.ndarray, new: np.ndarray, window: int, floor: float, probe: np.ndarray, k: float
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
     """`_rolling_scale` where `probe > k x scale` may hold, a lower bound of it elsewhere.
 
+    Returns the scale and the rows where it is exact (sorted): the only rows where
+    `probe > k x scale` can hold.
     The moving median is most of the cost of the series checks, and almost every row is
     ruled out without it. The scale is at least `floor`; beyond that, if more than half of
     a window's values are >= T, its median is >= T (window counts are differences of
@@ -136,11 +138,10 @@ def _scale_where(
         rows = np.flatnonzero(probe > k * floor)
     series = np.searchsorted(starts, rows, side="right") - 1
     lo = np.maximum(rows - window, starts[series])  # the window before each row, in its series
-    finite = ~np.isnan(a)
     seen = np.zeros(n + 1, dtype=np.int32)
-    np.cumsum(finite, out=seen[1:])
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.add.reduceat(np.where(finite, a, 0.0), starts) / np.diff(seen[[*starts, n]])
+    np.cumsum(a == a, out=seen[1:])  # values present (not NaN)
+    with np.errstate(invalid="ignore", divide="ignore"):  # fmax: NaN counts 0 (a >= 0)
+        mean = np.add.reduceat(np.fmax(a, 0.0), starts) / np.diff(seen[[*starts, n]])
     above = np.zeros(n + 1, dtype=np.int32)
     exact = []
     for fraction in (0.5, 0.25):  # a row bounded by the higher level gains nothing from the lower
@@ -153,10 +154,10 @@ def _scale_where(
         out[bounded] = bound
         exact.append(bounded[probe[bounded] > k * bound])
         rows, series, lo = rows[~passed], series[~passed], lo[~passed]
-    rows = np.concatenate([*exact, rows])  # and the rows no level could bound
+    rows = np.sort(np.concatenate([*exact, rows]))  # and the rows no level could bound
     median = _median_before(a, rows, _series_start(rows, new), window, max(3, window // 2))
     out[rows] = np.maximum(_MAD_TO_SIGMA * median, floor)
-    return out
+    return out, rows
 
 
 def _series_start(rows: np.ndarray, new: np.ndarray) -> np.ndarray:
@@ -230,7 +231,7 @@ def _f64(df: pl.DataFrame, name: str) -> np.ndarray:
     return col.to_numpy()
 
 
-_PARALLEL_MIN_ROWS = 200_000
+_PART_ROWS = 131_072
 # above this share of rows with a wick past k x min_scale, the usual wick of every row
 # (one rolling mean) is cheaper than the usual wick of each of those rows
 _WIDE_SHARE = 1 / 16
@@ -242,22 +243,23 @@ def series_context(
 ) -> pl.DataFrame:
     """Add `_spike`, `_wick`, `_stale`, `_split_mismatch`, `_split_jump`, `_gap_s` to `df`.
 
-    `df` must be sorted by (symbol, timeframe, ts) and hold `_new` and `_valid`. Large
-    frames are cut at series boundaries and the parts run on Polars' thread count
-    (numpy and bottleneck release the GIL), since series never interact.
+    `df` must be sorted by (symbol, timeframe, ts) and hold `_new` and `_valid`. Series
+    never interact, so large frames are cut at series boundaries into parts of about
+    `_PART_ROWS` rows that run on Polars' thread count (numpy and bottleneck release the
+    GIL): small parts keep each step's temporaries in cache and reuse their memory,
+    where whole-frame temporaries would be fresh pages every time.
     """
-    workers = pl.thread_pool_size()
-    if df.height < _PARALLEL_MIN_ROWS or workers < 2:
-        return _series_context(df, actions, settings)
+    adjustments = _adjustments(actions)
+    if df.height < 2 * _PART_ROWS:
+        return _attach(df, _series_arrays(df, adjustments, settings))
     starts = np.flatnonzero(df["_new"].to_numpy())
-    at = np.searchsorted(starts, np.linspace(0, df.height, workers + 1)[1:-1])
+    at = np.searchsorted(starts, np.arange(_PART_ROWS, df.height, _PART_ROWS))
     cuts = np.unique(starts[np.minimum(at, len(starts) - 1)])
     bounds = [0, *[int(c) for c in cuts if 0 < c < df.height], df.height]
-    if len(bounds) < 3:
-        return _series_context(df, actions, settings)
     parts = [df.slice(a, b - a) for a, b in itertools.pairwise(bounds)]
-    with ThreadPoolExecutor(max_workers=len(parts)) as pool:
-        done = list(pool.map(lambda part: _series_arrays(part, actions, settings), parts))
+    workers = min(max(1, pl.thread_pool_size()), len(parts))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        done = list(pool.map(lambda part: _series_arrays(part, adjustments, settings), parts))
     # one chunk per new column, like the frame's own columns: misaligned chunks would
     # make every later select copy the whole frame
     joined = {k: np.concatenate([d[k] for d in done]) for k in done[0]}
@@ -267,7 +269,12 @@ def series_context(
 def _series_context(
     df: pl.DataFrame, actions: pl.DataFrame | None, settings: QualitySettings
 ) -> pl.DataFrame:
-    return _attach(df, _series_arrays(df, actions, settings))
+    """`series_context` in one part (the reference of the cut-up run)."""
+    return _attach(df, _series_arrays(df, _adjustments(actions), settings))
+
+
+def _adjustments(actions: pl.DataFrame | None) -> pl.DataFrame | None:
+    return action_adjustments(actions) if actions is not None and actions.height else None
 
 
 def _attach(df: pl.DataFrame, arrays: dict[str, np.ndarray]) -> pl.DataFrame:
@@ -275,9 +282,11 @@ def _attach(df: pl.DataFrame, arrays: dict[str, np.ndarray]) -> pl.DataFrame:
         return df.with_columns(
             [pl.lit(False).alias(c) for c in _FLAGS] + [pl.lit(None, pl.Int64).alias("_gap_s")]
         )
+    # seconds since the previous bar of the series (floor division, as numpy's)
+    gap = pl.col("ts").dt.epoch("us").diff() // 1_000_000
     return df.with_columns(
         *[pl.Series(k, arrays[k]) for k in _FLAGS],
-        _gap_s=pl.when(pl.col("_new")).then(None).otherwise(pl.Series(arrays["_gap_s"])),
+        _gap_s=pl.when(pl.col("_new")).then(None).otherwise(gap),
     )
 
 
@@ -308,14 +317,13 @@ def _stale_rows(cols: tuple[np.ndarray, ...], new: np.ndarray, run_length: int) 
 
 
 def _series_arrays(
-    df: pl.DataFrame, actions: pl.DataFrame | None, settings: QualitySettings
+    df: pl.DataFrame, adjustments: pl.DataFrame | None, settings: QualitySettings
 ) -> dict[str, np.ndarray]:
     """Return the series context of `df` as numpy arrays (see `series_context`)."""
     n = df.height
     if n == 0:
-        return {k: np.zeros(0, dtype=bool) for k in _FLAGS} | {"_gap_s": np.zeros(0, np.int64)}
+        return {k: np.zeros(0, dtype=bool) for k in _FLAGS}
     new = df["_new"].to_numpy()
-    gid = np.cumsum(new) - 1
     o, h, lo, c, v = (_f64(df, k) for k in ("open", "high", "low", "close", "volume"))
     with np.errstate(invalid="ignore"):
         ok = df["_valid"].to_numpy() & (c > 0)  # NaN compares False
@@ -326,21 +334,8 @@ def _series_arrays(
         logc = np.full(n, np.nan)
         logc[ok] = np.log(c[ok])
 
-    ratio = np.ones(n)
-    cash = np.zeros(n)
-    if actions is not None and actions.height:
-        day = df.select(pl.col("symbol"), _date=pl.col("ts").dt.date())
-        first_of_day = new | (day["_date"] != day["_date"].shift(1)).fill_null(True).to_numpy()
-        rows = (
-            day.with_row_index("_i")
-            .filter(pl.Series(first_of_day))
-            .join(action_adjustments(actions), on=["symbol", "_date"], how="inner")
-        )
-        if rows.height:
-            at = rows["_i"].to_numpy().astype(np.int64)
-            ratio[at] = rows["_ratio"].to_numpy()
-            cash[at] = rows["_cash"].to_numpy()
-
+    # split ratio and cash per share on the ex-dates of known actions (else none)
+    ratio, cash = _on_ex_dates(df, new, adjustments)
     r = np.empty(n)
     r[0] = np.nan
     if all_ok:  # the usual case: every row's previous valid row is the row before
@@ -352,8 +347,7 @@ def _series_arrays(
         prev = _prev_valid(ok)
         same_prev = ok & (prev >= start)
         r[same_prev] = logc[same_prev] - logc[prev[same_prev]]
-    has_action = bool((ratio != 1.0).any() or (cash != 0.0).any())
-    if has_action:
+    if ratio is not None and cash is not None:
         # undo the mechanical move of a known action: (close + cash) x ratio vs the previous
         adj = np.log(ratio) + np.log1p(np.divide(cash, c, out=np.zeros(n), where=ok))
         r_adj = r + adj
@@ -372,7 +366,7 @@ def _series_arrays(
         wide = np.flatnonzero(ok & (stretch > math.exp(least) * (1 - 1e-9)))
         if wide.size > n * _WIDE_SHARE:  # wide wicks are common: one pass over all rows
             wicks = np.where(ok, np.log(stretch), np.nan)
-            usual = _rolling_mean(wicks, gid, window, settings.min_scale / 4)
+            usual = _rolling_mean(wicks, np.cumsum(new) - 1, window, settings.min_scale / 4)
             wide = wide[(wicks[wide] > least) & (wicks[wide] > settings.wick_z * usual[wide])]
             wick = wicks[wide]
         else:  # ... and far outside the usual (mean) wick of the bars before it
@@ -383,44 +377,78 @@ def _series_arrays(
             keep = wick > settings.wick_z * np.maximum(usual, settings.min_scale / 4)
             wide, wick = wide[keep], wick[keep]
     # the return scale matters only where |return| or a wide wick may exceed k x scale
-    probe = abs_r.copy()
-    probe[wide] = np.fmax(probe[wide], wick)
-    scale = _scale_where(abs_r, new, window, settings.min_scale, probe, k)
+    probe = abs_r
+    if wide.size:
+        probe = abs_r.copy()
+        probe[wide] = np.fmax(probe[wide], wick)
+    scale, exact = _scale_where(abs_r, new, window, settings.min_scale, probe, k)
     spike = np.zeros(n, dtype=bool)
     split_jump = np.zeros(n, dtype=bool)
     split_mismatch = np.zeros(n, dtype=bool)
     wick_spike = np.zeros(n, dtype=bool)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        # the few rows with an outsized return: everything else is cheap to rule out
-        big = np.flatnonzero(abs_r > k * scale)
-        nxt = np.minimum(big + 1, n) if all_ok else _next_valid(ok)[big]
-        same_next = (nxt < n) & (gid[np.minimum(nxt, n - 1)] == gid[big])
+        # the few rows with an outsized return (elsewhere the scale is a bound that rules
+        # it out): everything else is cheap to rule out
+        big = exact[abs_r[exact] > k * scale[exact]]
+        if all_ok:
+            nxt = big + 1
+            same_next = nxt < n
+            same_next[same_next] = ~new[nxt[same_next]]
+        else:
+            nxt = _next_valid(ok)[big]
+            same_next = nxt < n
+            inside = np.flatnonzero(same_next)
+            same_next[inside] = _series_start(nxt[inside], new) == _series_start(big[inside], new)
+        nxt = np.minimum(nxt, n - 1)
         r_b = r_adj[big]
-        r_next = np.where(same_next, r_adj[np.minimum(nxt, n - 1)], np.nan)
+        r_next = np.where(same_next, r_adj[nxt], np.nan)
         spike[big] = (
             (np.abs(r_next) > k * scale[big])
             & (np.sign(r_b) != np.sign(r_next))
             & (np.abs(r_b + r_next) < 0.5 * np.minimum(np.abs(r_b), np.abs(r_next)))
         )
-        jump = big[~spike[big] & (ratio[big] == 1.0) & (cash[big] == 0.0)]
-        dist = np.abs(np.abs(r[jump])[:, None] - np.log(np.asarray(SPLIT_RATIOS))[None, :])
-        split_jump[jump] = dist.min(axis=1, initial=np.inf) < settings.split_tolerance
-        if has_action:
+        jump = big[~spike[big]]
+        if ratio is not None and cash is not None:
+            jump = jump[(ratio[jump] == 1.0) & (cash[jump] == 0.0)]
             log_ratio = np.abs(np.log(ratio))
             split_mismatch = (ratio != 1.0) & (abs_r > 0.5 * log_ratio)
+        dist = np.abs(np.abs(r[jump])[:, None] - np.log(np.asarray(SPLIT_RATIOS))[None, :])
+        split_jump[jump] = dist.min(axis=1, initial=np.inf) < settings.split_tolerance
         # far outside both the usual wick and the usual daily move
         wick_spike[wide] = wick > k * scale[wide]
 
     stale = _stale_rows((c, o, h, lo, v), new, settings.stale_run)
-
-    ts_us = df["ts"].dt.epoch("us").to_numpy()
-    gap = np.zeros(n, dtype=np.int64)
-    gap[1:] = (ts_us[1:] - ts_us[:-1]) // 1_000_000
     return {
         "_spike": spike,
         "_wick": wick_spike,
         "_stale": stale,
         "_split_mismatch": split_mismatch,
         "_split_jump": split_jump,
-        "_gap_s": gap,
     }
+
+
+def _on_ex_dates(
+    df: pl.DataFrame, new: np.ndarray, adjustments: pl.DataFrame | None
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Split ratio and cash per share of each row (on the first row of an ex-date), or
+    (None, None) when no known action changes a price in `df`."""
+    if adjustments is None:
+        return None, None
+    n = df.height
+    day = df.select(pl.col("symbol"), _date=pl.col("ts").dt.date())
+    first_of_day = new | (day["_date"] != day["_date"].shift(1)).fill_null(True).to_numpy()
+    rows = (
+        day.with_row_index("_i")
+        .filter(pl.Series(first_of_day))
+        .join(adjustments, on=["symbol", "_date"], how="inner")
+    )
+    if not rows.height:
+        return None, None
+    ratio = np.ones(n)
+    cash = np.zeros(n)
+    at = rows["_i"].to_numpy().astype(np.int64)
+    ratio[at] = rows["_ratio"].to_numpy()
+    cash[at] = rows["_cash"].to_numpy()
+    if not ((ratio != 1.0).any() or (cash != 0.0).any()):
+        return None, None
+    return ratio, cash

@@ -121,6 +121,14 @@ def _daily_marks(ts: pl.Series, sessions: pl.Series) -> tuple[pl.Series, pl.Seri
     return pl.Series(day * _DAY_US == us), pl.Series(table[day - first])
 
 
+def _counts(checked: pl.DataFrame, rules: list[Rule]) -> dict[str, int]:
+    """How many rows each rule flags (one select)."""
+    if not rules:
+        return {}
+    row = checked.select([pl.col(r.name).sum() for r in rules]).row(0)
+    return {r.name: int(n) for r, n in zip(rules, row, strict=True)}
+
+
 def _single_timeframe(df: pl.DataFrame) -> bool:
     """Say whether every row has the first row's timeframe (cheaper than n_unique)."""
     tf = pl.col("timeframe")
@@ -223,9 +231,11 @@ def _day_scores(
     job_id: str,
     timeframes: list[str] | None = None,
     *,
-    all_good: bool = False,
+    any_rejected: bool = True,
+    any_flagged: bool = True,
 ) -> pl.DataFrame:
-    """`day_scores`, told the batch's timeframes and whether no row was rejected or flagged."""
+    """`day_scores`, told the batch's timeframes and whether any row is rejected or flagged
+    (when none is, those counts are constants, not columns to compute)."""
     if checked.is_empty():
         return pl.DataFrame(schema=SCORE_SCHEMA)
     rejected = pl.col("_rejected").cast(pl.UInt32)
@@ -237,18 +247,23 @@ def _day_scores(
     one_per_day = set(timeframes) <= {"1d", "1w", "1mo"}
     if one_per_day and missing.is_empty():  # the common daily case: one select, no grouping
         zero = pl.lit(0, pl.UInt32)
+        if not any_rejected:
+            flagged = ((pl.col("quality_flags") & _SCORED_BITS) != 0).cast(pl.UInt32)
+        score = pl.lit(1.0)
+        if any_rejected:
+            score = score - rejected.cast(pl.Float64)
+        if any_flagged:
+            score = score - _SOFT_WEIGHT * flagged.cast(pl.Float64)
         return checked.select(
             "symbol",
             "timeframe",
             date=pl.col("ts").dt.date(),
             job_id=pl.lit(job_id),
             rows=pl.lit(1, pl.UInt32),
-            rejected=zero if all_good else rejected,
-            flagged=zero if all_good else flagged,
+            rejected=rejected if any_rejected else zero,
+            flagged=flagged if any_flagged else zero,
             missing=zero,
-            score=pl.lit(1.0)
-            if all_good
-            else 1.0 - rejected.cast(pl.Float64) - _SOFT_WEIGHT * flagged.cast(pl.Float64),
+            score=score,
         )
     rows = checked.select(
         "symbol", "timeframe", date=pl.col("ts").dt.date(), rejected=rejected, flagged=flagged
@@ -361,11 +376,14 @@ class Validator:
         ctx = self._with_context(deduped)
         first = [r for r in self.rules if all(n in ctx.columns for n in r.needs)]
         checked = ctx.with_columns([r.expr() for r in first])
-        first_errors = [r.name for r in first if r.severity is Severity.ERROR]
+        counts = _counts(checked, first)
         later = [
             r for r in self.rules if r not in first and all(n in SERIES_COLUMNS for n in r.needs)
         ]
         if later:
+            # an error rule that never fired invalidates no row
+            fired = [r for r in first if counts[r.name]]
+            first_errors = [r.name for r in fired if r.severity is Severity.ERROR]
             valid = ~pl.any_horizontal(first_errors) if first_errors else pl.lit(True)
             checked = checked.with_columns(_valid=valid)
             if history is not None and history.height and checked.height:
@@ -373,16 +391,15 @@ class Validator:
             else:
                 checked = series_context(checked, actions, self.settings)
             checked = checked.with_columns([r.expr() for r in later])
+            counts |= _counts(checked, later)
         rules = first + later
-        counts_row = checked.select([pl.col(r.name).sum() for r in rules]).row(0) if rules else ()
-        rule_counts = {r.name: int(n) for r, n in zip(rules, counts_row, strict=True) if n}
+        rule_counts = {r.name: counts[r.name] for r in rules if counts[r.name]}
         # a rule that never fired adds no flag bit and rejects nothing: the usual clean
         # batch skips both passes
         hit = [r for r in rules if r.name in rule_counts]
         hit_errors = [r for r in hit if r.severity is Severity.ERROR]
         checked = checked.with_columns(
-            quality_flags=pl.col("quality_flags")
-            | _flag_expr(hit, [pl.col(r.name) for r in hit])
+            quality_flags=pl.col("quality_flags") | _flag_expr(hit, [pl.col(r.name) for r in hit])
             if hit
             else pl.col("quality_flags"),
             _rejected=pl.any_horizontal([pl.col(r.name) for r in hit_errors])
@@ -433,9 +450,14 @@ class Validator:
             issue_count=sum(rule_counts.values()),
             data_profiling=profile(bars, **shape),
         )
-        timeframes = shape.get("timeframes")
-        good = not n_rejected and not soft
-        scores = _day_scores(checked, missing, job_id, timeframes, all_good=good)
+        scores = _day_scores(
+            checked,
+            missing,
+            job_id,
+            shape.get("timeframes"),
+            any_rejected=n_rejected > 0,
+            any_flagged=soft > 0,
+        )
         return ValidationResult(clean, rejected, report, exact_dupes, issues, scores)
 
     # -- context columns -------------------------------------------------------------------
