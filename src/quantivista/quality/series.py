@@ -87,31 +87,14 @@ def _padded(a: np.ndarray, gid: np.ndarray, window: int) -> tuple[np.ndarray, np
     return padded, pos
 
 
-def _head_rows(new: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rows less than `window` rows after their series' first row, and that first row."""
-    starts = np.flatnonzero(new)
-    lengths = np.diff(np.append(starts, new.size))
-    take = np.minimum(lengths, window)
-    first = np.repeat(starts, take)
-    return first + (np.arange(int(take.sum())) - np.repeat(np.cumsum(take) - take, take)), first
-
-
 def _rolling_scale(a: np.ndarray, new: np.ndarray, window: int, floor: float) -> np.ndarray:
     """1.4826 x the median of the `window` values before each row in the same series.
 
-    The exact scale of every row (the reference for `_scale_where`, which the validator
-    uses). A moving median depends only on the values in its window, so one pass over
-    the unpadded array is exact for every row whose window lies inside its series; only
-    the first `window` rows of each series need the padded pass that keeps series apart.
+    The whole-array reference of `_scale_where`, which the validator uses.
     """
-    min_count = max(3, window // 2)
-    med = np.empty(a.size)
-    med[0] = np.nan
-    med[1:] = bn.move_median(a, window, min_count=min_count)[:-1]  # window ending on row - 1
-    head, _ = _head_rows(new, window)
-    padded, pos = _padded(a[head], np.cumsum(new[head]) - 1, window)
-    med[head] = bn.move_median(padded, window, min_count=min_count)[pos - 1]
-    out: np.ndarray = np.maximum(_MAD_TO_SIGMA * med, floor)
+    padded, pos = _padded(a, np.cumsum(new) - 1, window)
+    med: np.ndarray = bn.move_median(padded, window, min_count=max(3, window // 2))
+    out: np.ndarray = np.maximum(_MAD_TO_SIGMA * med[pos - 1], floor)  # window ends on row - 1
     return out
 
 
