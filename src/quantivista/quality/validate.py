@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from typing import Any
@@ -372,6 +373,11 @@ class Validator:
         # one chunk per column: on a frame whose columns are chunked differently (a concat
         # of per-symbol frames) every later select would first copy the whole frame
         ordered = _sorted(bars.rechunk())
+        shape = _known_shape(ordered)  # dedupe keeps every series' first row
+        # the profile of the input needs nothing else: it runs while the rules do
+        pool = ThreadPoolExecutor(max_workers=1)
+        profiled = pool.submit(profile, bars, **shape)
+        pool.shutdown(wait=False)
         deduped, exact_dupes = _dedupe(ordered)
         ctx = self._with_context(deduped)
         first = [r for r in self.rules if all(n in ctx.columns for n in r.needs)]
@@ -438,7 +444,6 @@ class Validator:
                 for s, t in missing.head(self.settings.max_issues_per_rule * 4).iter_rows()
             )
         score = batch_score(total, rejected.height, soft, missing.height)
-        shape = _known_shape(checked)
         report = DataQualityReport(
             job_id=job_id,
             total_records=total,
@@ -448,7 +453,7 @@ class Validator:
             validation_errors=issues,
             rule_counts=rule_counts,
             issue_count=sum(rule_counts.values()),
-            data_profiling=profile(bars, **shape),
+            data_profiling=profiled.result(),
         )
         scores = _day_scores(
             checked,
