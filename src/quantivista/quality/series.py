@@ -9,14 +9,16 @@ numpy over those sorted columns (no `.over()` groups, no Python loops over rows)
   dividend is not a jump;
 - the scale is 1.4826 x the rolling median of |return| over the previous `window` returns
   of the same series (a median absolute deviation around zero; daily median returns are ~0),
-  floored at `min_scale`; series are padded apart so a window never spans two series;
+  floored at `min_scale`. Only rows whose return could pass k x scale need it exactly:
+  window counts give every other row a lower bound that rules it out (`_scale_where`);
 - a close spike is an isolated outlier: |z| > k on the bar and on the next bar, with
   opposite signs, and the two returns mostly cancel. A level shift (a real jump) is not a
   spike; if its size matches a common split ratio and no action explains it, it is a
   split jump instead;
 - a wick spike is a high or low far outside the body (open..close): beyond `wick_z` x the
   rolling mean wick of the previous bars and beyond `spike_z` x the return scale (e.g. Lean's IBM
-  2000-07-20: low 88.00 against open 112.00 and close 117.00).
+  2000-07-20: low 88.00 against open 112.00 and close 117.00); only wicks past
+  `spike_z` x `min_scale` can be one, so the mean wick is taken where they are.
 """
 
 from __future__ import annotations
@@ -101,17 +103,17 @@ def _rolling_scale(a: np.ndarray, new: np.ndarray, window: int, floor: float) ->
 def _scale_where(
     a: np.ndarray, new: np.ndarray, window: int, floor: float, probe: np.ndarray, k: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """`_rolling_scale` where `probe > k x scale` may hold, a lower bound of it elsewhere.
+    """Return `_rolling_scale` where `probe > k x scale` may hold, a lower bound elsewhere.
 
-    Returns the scale and the rows where it is exact (sorted): the only rows where
-    `probe > k x scale` can hold.
-    The moving median is most of the cost of the series checks, and almost every row is
-    ruled out without it. The scale is at least `floor`; beyond that, if more than half of
-    a window's values are >= T, its median is >= T (window counts are differences of
-    prefix sums), which bounds the scale by 1.4826 x T. Each series tries two levels of T
-    (a half, then a quarter of its mean |value|) on the rows not yet bounded; the rows
-    whose `probe` still exceeds k x their bound get the exact median of their window.
-    Rounding is monotone, so `probe <= k x bound` implies `probe <= k x scale` bit for bit.
+    Also returns the rows where the scale is exact (sorted): the only rows where
+    `probe > k x scale` can hold. The moving median is most of the cost of the series
+    checks, and almost every row is ruled out without it. The scale is at least `floor`;
+    beyond that, if more than half of a window's values are >= T, its median is >= T
+    (window counts are differences of prefix sums), which bounds the scale by 1.4826 x T.
+    Each series tries two levels of T (a half, then a quarter of its mean |value|) on the
+    rows not yet bounded; the rows whose `probe` still exceeds k x their bound get the
+    exact median of their window. Rounding is monotone, so `probe <= k x bound` implies
+    `probe <= k x scale` bit for bit.
     """
     n = a.size
     starts = np.flatnonzero(new)
@@ -151,8 +153,8 @@ def _series_start(rows: np.ndarray, new: np.ndarray) -> np.ndarray:
 
 
 def _window(rows: np.ndarray, first: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
-    """The `window` rows before each of `rows` (a matrix, clipped at 0) and which are in
-    the row's series (at or after its `first` row)."""
+    """The `window` rows before each of `rows` (a matrix, clipped at 0), and which of them
+    are in the row's series (at or after its `first` row)."""
     pos = rows[:, None] + np.arange(-window, 0)[None, :]
     return np.maximum(pos, 0), pos >= first[:, None]
 
@@ -198,8 +200,8 @@ def _wick_before(
 def _rolling_mean(a: np.ndarray, gid: np.ndarray, window: int, floor: float) -> np.ndarray:
     """Mean of the `window` values before each row in the same series (NaNs skipped).
 
-    The whole-array reference of the wick scale, which the validator takes from
-    `_mean_before` on the few rows with a wick wide enough to matter.
+    The whole-array wick scale: the validator takes it from `_wick_before` on the rows
+    with a wick wide enough to matter, unless such rows are common.
     """
     padded, pos = _padded(a, gid, window)
     mean: np.ndarray = bn.move_mean(padded, window, min_count=max(3, window // 2))

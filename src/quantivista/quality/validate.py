@@ -235,8 +235,10 @@ def _day_scores(
     any_rejected: bool = True,
     any_flagged: bool = True,
 ) -> pl.DataFrame:
-    """`day_scores`, told the batch's timeframes and whether any row is rejected or flagged
-    (when none is, those counts are constants, not columns to compute)."""
+    """Return `day_scores`, told the timeframes and whether any row is rejected or flagged.
+
+    When no row is, those counts are constants rather than columns to compute.
+    """
     if checked.is_empty():
         return pl.DataFrame(schema=SCORE_SCHEMA)
     rejected = pl.col("_rejected").cast(pl.UInt32)

@@ -30,7 +30,11 @@ STORED_SCORE_SCHEMA = pl.Schema({**SCORE_SCHEMA, "scored_at": pl.Datetime("us", 
 
 
 class QualityScoreStore:
-    """Parquet files, one per validated batch: `quality/scores/job_id=<id>/<uuid>.parquet`."""
+    """Parquet files, one per validated batch: `quality/scores/job_id=<id>/<uuid>.parquet`.
+
+    A big batch's file is `<uuid>.runs.parquet`: one row per run of days with the same
+    score, the days as a list; `read` turns it back into one row per day.
+    """
 
     def __init__(self, root: Path, settings: StorageSettings | None = None) -> None:
         self.dir = Path(root) / "quality" / "scores"
