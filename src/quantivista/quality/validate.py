@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
@@ -120,6 +120,24 @@ def _daily_marks(ts: pl.Series, sessions: pl.Series) -> tuple[pl.Series, pl.Seri
     table = np.zeros(last - first + 1, dtype=bool)
     table[known - first] = True
     return pl.Series(day * _DAY_US == us), pl.Series(table[day - first])
+
+
+_PROFILE_THREAD_ROWS = 100_000
+
+
+def _profile_soon(bars: pl.DataFrame, shape: dict[str, Any]) -> Callable[[], dict[str, Any]]:
+    """Start the profile of a batch; return the call that waits for it.
+
+    It needs nothing but the input, so a big batch's profile runs on a thread while the
+    rules run (polars releases the GIL); a small one is done at once.
+    """
+    if bars.height < _PROFILE_THREAD_ROWS:
+        done = profile(bars, **shape)
+        return lambda: done
+    pool = ThreadPoolExecutor(max_workers=1)
+    future = pool.submit(profile, bars, **shape)
+    pool.shutdown(wait=False)
+    return future.result
 
 
 def _counts(checked: pl.DataFrame, rules: list[Rule]) -> dict[str, int]:
@@ -376,10 +394,7 @@ class Validator:
         # of per-symbol frames) every later select would first copy the whole frame
         ordered = _sorted(bars.rechunk())
         shape = _known_shape(ordered)  # dedupe keeps every series' first row
-        # the profile of the input needs nothing else: it runs while the rules do
-        pool = ThreadPoolExecutor(max_workers=1)
-        profiled = pool.submit(profile, bars, **shape)
-        pool.shutdown(wait=False)
+        profiled = _profile_soon(bars, shape)
         deduped, exact_dupes = _dedupe(ordered)
         ctx = self._with_context(deduped)
         first = [r for r in self.rules if all(n in ctx.columns for n in r.needs)]
@@ -455,7 +470,7 @@ class Validator:
             validation_errors=issues,
             rule_counts=rule_counts,
             issue_count=sum(rule_counts.values()),
-            data_profiling=profiled.result(),
+            data_profiling=profiled(),
         )
         scores = _day_scores(
             checked,
