@@ -76,11 +76,12 @@ class BarWriter:
         bars = coerce_bars(
             frame, timeframe=timeframe, provider=source, job_id=job_id, ingested_at=now
         )
+        symbols = _distinct(bars["symbol"]) if bars.height else []
         actions = None
         if self.actions is not None and bars.height:
-            actions = self.actions.for_symbols(bars["symbol"].unique().to_list())
+            actions = self.actions.for_symbols(symbols)
         result = (validator or self.validator).validate(
-            bars, job_id=job_id, actions=actions, history=self._history(bars)
+            bars, job_id=job_id, actions=actions, history=self._history(bars, symbols)
         )
         if self.scores is not None:
             self.scores.add(result.scores, now)
@@ -90,7 +91,9 @@ class BarWriter:
         quarantined = self.quarantine.add(result.rejected, job_id=job_id, at=now)
         self.catalog.save_report(result.report, now)
         if stats.written:
-            self._announce(result.clean, source, job_id, stats)
+            # nothing rejected: the stored rows hold every symbol of the batch
+            known = symbols if result.rejected.is_empty() else None
+            self._announce(result.clean, source, job_id, stats, known)
         if quarantined:
             self.bus.publish(
                 BarsQuarantined(
@@ -103,9 +106,9 @@ class BarWriter:
             )
         return WriteOutcome(result.report, stats, quarantined)
 
-    def _history(self, bars: pl.DataFrame) -> pl.DataFrame | None:
+    def _history(self, bars: pl.DataFrame, symbols: list[str]) -> pl.DataFrame | None:
         """Return stored bars just before the batch: the warm-up of the rolling statistics."""
-        if bars.is_empty() or bars["timeframe"].n_unique() != 1:
+        if bars.is_empty() or _one_timeframe(bars) is None:
             return None
         tf = Timeframe.parse(str(bars["timeframe"][0]))
         first = bars["ts"].min()
@@ -113,12 +116,25 @@ class BarWriter:
         # enough calendar time for the rolling window (trading days are ~5/7 of days)
         span = tf.seconds * 3 * self.validator.settings.spike_window if tf.seconds else None
         lookback = timedelta(seconds=span) if span else timedelta(days=45)
-        symbols = bars["symbol"].unique().sort().to_list()
         history = self.store.read(symbols, tf, first - lookback, first)
         return history if history.height else None
 
-    def _announce(self, clean: pl.DataFrame, source: str, job_id: str, stats: UpsertStats) -> None:
-        for (tf,), part in clean.group_by("timeframe", maintain_order=True):
+    def _announce(
+        self,
+        clean: pl.DataFrame,
+        source: str,
+        job_id: str,
+        stats: UpsertStats,
+        symbols: list[str] | None = None,
+    ) -> None:
+        """Publish one `BarsIngested` per timeframe; `symbols` are clean's, when known."""
+        one = _one_timeframe(clean)
+        parts = (
+            [((one,), clean)]
+            if one is not None
+            else clean.group_by("timeframe", maintain_order=True)
+        )
+        for (tf,), part in parts:
             span = part.select(lo=pl.col("ts").min(), hi=pl.col("ts").max()).row(0)
             self.bus.publish(
                 BarsIngested(
@@ -126,13 +142,35 @@ class BarWriter:
                     job_id=job_id,
                     source=source,
                     timeframe=str(tf),
-                    symbols=sorted(part["symbol"].unique().to_list()),
+                    symbols=symbols
+                    if one is not None and symbols is not None
+                    else _distinct(part["symbol"]),
                     rows_written=stats.written,
                     rows_unchanged=stats.unchanged,
                     first_ts=span[0],
                     last_ts=span[1],
                 )
             )
+
+
+def _one_timeframe(bars: pl.DataFrame) -> str | None:
+    """Return the timeframe of a non-empty batch with one (non-null) timeframe, else None."""
+    tf = pl.col("timeframe")
+    if bars.is_empty() or not bars.select(tf.is_not_null().all() & (tf == tf.first()).all()).item():
+        return None
+    return str(bars["timeframe"][0])
+
+
+def _distinct(column: pl.Series) -> list[str]:
+    """Return the sorted distinct values of a column whose rows mostly come in runs.
+
+    Only the first row of each run is hashed (a batch holds each symbol as a block).
+    """
+    if column.is_empty():
+        return []
+    heads = column.ne_missing(column.shift(1)).to_numpy()
+    heads[0] = True
+    return column.filter(pl.Series(heads)).unique().sort().to_list()
 
 
 def _rule_counts(rejected: pl.DataFrame) -> dict[str, int]:

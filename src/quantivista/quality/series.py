@@ -9,19 +9,22 @@ numpy over those sorted columns (no `.over()` groups, no Python loops over rows)
   dividend is not a jump;
 - the scale is 1.4826 x the rolling median of |return| over the previous `window` returns
   of the same series (a median absolute deviation around zero; daily median returns are ~0),
-  floored at `min_scale`; series are padded apart so a window never spans two series;
+  floored at `min_scale`. Only rows whose return could pass k x scale need it exactly:
+  window counts give every other row a lower bound that rules it out (`_scale_where`);
 - a close spike is an isolated outlier: |z| > k on the bar and on the next bar, with
   opposite signs, and the two returns mostly cancel. A level shift (a real jump) is not a
   spike; if its size matches a common split ratio and no action explains it, it is a
   split jump instead;
 - a wick spike is a high or low far outside the body (open..close): beyond `wick_z` x the
   rolling mean wick of the previous bars and beyond `spike_z` x the return scale (e.g. Lean's IBM
-  2000-07-20: low 88.00 against open 112.00 and close 117.00).
+  2000-07-20: low 88.00 against open 112.00 and close 117.00); only wicks past
+  `spike_z` x `min_scale` can be one, so the mean wick is taken where they are.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from concurrent.futures import ThreadPoolExecutor
 
 import bottleneck as bn  # type: ignore[import-untyped]
@@ -86,17 +89,120 @@ def _padded(a: np.ndarray, gid: np.ndarray, window: int) -> tuple[np.ndarray, np
     return padded, pos
 
 
-def _rolling_scale(a: np.ndarray, gid: np.ndarray, window: int, floor: float) -> np.ndarray:
-    """1.4826 x the median of the `window` values before each row in the same series."""
-    padded, pos = _padded(a, gid, window)
+def _rolling_scale(a: np.ndarray, new: np.ndarray, window: int, floor: float) -> np.ndarray:
+    """1.4826 x the median of the `window` values before each row in the same series.
+
+    The whole-array reference of `_scale_where`, which the validator uses.
+    """
+    padded, pos = _padded(a, np.cumsum(new) - 1, window)
     med: np.ndarray = bn.move_median(padded, window, min_count=max(3, window // 2))
-    prev: np.ndarray = med[pos - 1]  # the window ending on the previous row
-    out: np.ndarray = np.maximum(_MAD_TO_SIGMA * prev, floor)
+    out: np.ndarray = np.maximum(_MAD_TO_SIGMA * med[pos - 1], floor)  # window ends on row - 1
+    return out
+
+
+def _scale_where(
+    a: np.ndarray, new: np.ndarray, window: int, floor: float, probe: np.ndarray, k: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return `_rolling_scale` where `probe > k x scale` may hold, a lower bound elsewhere.
+
+    Also returns the rows where the scale is exact (sorted): the only rows where
+    `probe > k x scale` can hold. The moving median is most of the cost of the series
+    checks, and almost every row is ruled out without it. The scale is at least `floor`;
+    beyond that, if more than half of a window's values are >= T, its median is >= T
+    (window counts are differences of prefix sums), which bounds the scale by 1.4826 x T.
+    Each series tries two levels of T (a half, then a quarter of its mean |value|) on the
+    rows not yet bounded; the rows whose `probe` still exceeds k x their bound get the
+    exact median of their window. Rounding is monotone, so `probe <= k x bound` implies
+    `probe <= k x scale` bit for bit.
+    """
+    n = a.size
+    starts = np.flatnonzero(new)
+    lengths = np.diff(np.append(starts, n))
+    out = np.full(n, floor)
+    with np.errstate(invalid="ignore"):
+        rows = np.flatnonzero(probe > k * floor)
+    series = np.searchsorted(starts, rows, side="right") - 1
+    lo = np.maximum(rows - window, starts[series])  # the window before each row, in its series
+    seen = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(a == a, out=seen[1:])  # values present (not NaN)
+    with np.errstate(invalid="ignore", divide="ignore"):  # fmax: NaN counts 0 (a >= 0)
+        mean = np.add.reduceat(np.fmax(a, 0.0), starts) / np.diff(seen[[*starts, n]])
+    above = np.zeros(n + 1, dtype=np.int32)
+    exact = []
+    for fraction in (0.5, 0.25):  # a row bounded by the higher level gains nothing from the lower
+        level = fraction * mean
+        with np.errstate(invalid="ignore"):
+            np.cumsum(a >= np.repeat(level, lengths), out=above[1:])
+        passed = 2 * (above[rows] - above[lo]) > seen[rows] - seen[lo]
+        bounded = rows[passed]
+        bound = np.maximum(_MAD_TO_SIGMA * level, floor)[series[passed]]
+        out[bounded] = bound
+        exact.append(bounded[probe[bounded] > k * bound])
+        rows, series, lo = rows[~passed], series[~passed], lo[~passed]
+    rows = np.sort(np.concatenate([*exact, rows]))  # and the rows no level could bound
+    median = _median_before(a, rows, _series_start(rows, new), window, max(3, window // 2))
+    out[rows] = np.maximum(_MAD_TO_SIGMA * median, floor)
+    return out, rows
+
+
+def _series_start(rows: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """The first row of the series of each of `rows` (`new` marks series starts)."""
+    starts = np.flatnonzero(new)
+    out: np.ndarray = starts[np.searchsorted(starts, rows, side="right") - 1]
+    return out
+
+
+def _window(rows: np.ndarray, first: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """The `window` rows before each of `rows` (a matrix, clipped at 0), and which of them
+    are in the row's series (at or after its `first` row)."""
+    pos = rows[:, None] + np.arange(-window, 0)[None, :]
+    return np.maximum(pos, 0), pos >= first[:, None]
+
+
+def _median_before(
+    a: np.ndarray, rows: np.ndarray, first: np.ndarray, window: int, min_count: int
+) -> np.ndarray:
+    """Median of the `window` values before each of `rows` in its series, as bottleneck's.
+
+    NaNs are skipped; fewer than `min_count` values give NaN; an even count averages the
+    two middle values as `(lo + hi) / 2.0`, the formula of `bn.move_median`.
+    """
+    pos, inside = _window(rows, first, window)
+    values = np.where(inside, a[pos], np.nan)
+    values.sort(axis=1)  # NaNs last
+    count = window - np.isnan(values).sum(axis=1)
+    at = np.arange(rows.size)
+    lo = values[at, np.maximum(count - 1, 0) // 2]
+    hi = values[at, count // 2]
+    med = np.where(count % 2 == 1, lo, (lo + hi) / 2.0)
+    out: np.ndarray = np.where(count >= min_count, med, np.nan)
+    return out
+
+
+def _wick_before(
+    stretch: np.ndarray, ok: np.ndarray, rows: np.ndarray, first: np.ndarray, window: int
+) -> np.ndarray:
+    """Mean log wick of the valid rows among the `window` before each of `rows`.
+
+    NaN below max(3, window // 2) values. The numbers of `_rolling_mean` (bn.move_mean's
+    running sum may differ from this sum in the last bits).
+    """
+    pos, inside = _window(rows, first, window)
+    use = inside & ok[pos]
+    logs = np.log(np.where(use, stretch[pos], 1.0))  # log 1 = 0 adds nothing
+    count = use.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = logs.sum(axis=1) / count
+    out: np.ndarray = np.where(count >= max(3, window // 2), mean, np.nan)
     return out
 
 
 def _rolling_mean(a: np.ndarray, gid: np.ndarray, window: int, floor: float) -> np.ndarray:
-    """Mean of the `window` values before each row in the same series (NaNs skipped)."""
+    """Mean of the `window` values before each row in the same series (NaNs skipped).
+
+    The whole-array wick scale: the validator takes it from `_wick_before` on the rows
+    with a wick wide enough to matter, unless such rows are common.
+    """
     padded, pos = _padded(a, gid, window)
     mean: np.ndarray = bn.move_mean(padded, window, min_count=max(3, window // 2))
     out: np.ndarray = np.maximum(mean[pos - 1], floor)
@@ -110,7 +216,11 @@ def _f64(df: pl.DataFrame, name: str) -> np.ndarray:
     return col.to_numpy()
 
 
-_PARALLEL_MIN_ROWS = 200_000
+_PART_ROWS = 131_072
+# above this share of rows with a wick past k x min_scale, the usual wick of every row
+# (one rolling mean) is cheaper than the usual wick of each of those rows
+_WIDE_SHARE = 1 / 16
+_FLAGS = ("_spike", "_wick", "_stale", "_split_mismatch", "_split_jump")
 
 
 def series_context(
@@ -118,121 +228,212 @@ def series_context(
 ) -> pl.DataFrame:
     """Add `_spike`, `_wick`, `_stale`, `_split_mismatch`, `_split_jump`, `_gap_s` to `df`.
 
-    `df` must be sorted by (symbol, timeframe, ts) and hold `_new` and `_valid`. Large
-    frames are cut at series boundaries and the parts run on Polars' thread count
-    (numpy and bottleneck release the GIL), since series never interact.
+    `df` must be sorted by (symbol, timeframe, ts) and hold `_new` and `_valid`. Series
+    never interact, so large frames are cut at series boundaries into parts of about
+    `_PART_ROWS` rows that run on Polars' thread count (numpy and bottleneck release the
+    GIL): small parts keep each step's temporaries in cache and reuse their memory,
+    where whole-frame temporaries would be fresh pages every time.
     """
-    workers = pl.thread_pool_size()
-    if df.height < _PARALLEL_MIN_ROWS or workers < 2:
-        return _series_context(df, actions, settings)
+    adjustments = _adjustments(actions)
+    if df.height < 2 * _PART_ROWS:
+        return _attach(df, _series_arrays(df, adjustments, settings))
     starts = np.flatnonzero(df["_new"].to_numpy())
-    at = np.searchsorted(starts, np.linspace(0, df.height, workers + 1)[1:-1])
+    at = np.searchsorted(starts, np.arange(_PART_ROWS, df.height, _PART_ROWS))
     cuts = np.unique(starts[np.minimum(at, len(starts) - 1)])
     bounds = [0, *[int(c) for c in cuts if 0 < c < df.height], df.height]
-    if len(bounds) < 3:
-        return _series_context(df, actions, settings)
     parts = [df.slice(a, b - a) for a, b in itertools.pairwise(bounds)]
-    with ThreadPoolExecutor(max_workers=len(parts)) as pool:
-        done = list(pool.map(lambda part: _series_context(part, actions, settings), parts))
-    return pl.concat(done, rechunk=False)
+    workers = min(max(1, pl.thread_pool_size()), len(parts))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        done = list(pool.map(lambda part: _series_arrays(part, adjustments, settings), parts))
+    # one chunk per new column, like the frame's own columns: misaligned chunks would
+    # make every later select copy the whole frame
+    joined = {k: np.concatenate([d[k] for d in done]) for k in done[0]}
+    return _attach(df, joined)
 
 
 def _series_context(
     df: pl.DataFrame, actions: pl.DataFrame | None, settings: QualitySettings
 ) -> pl.DataFrame:
+    """`series_context` in one part (the reference of the cut-up run)."""
+    return _attach(df, _series_arrays(df, _adjustments(actions), settings))
+
+
+def _adjustments(actions: pl.DataFrame | None) -> pl.DataFrame | None:
+    return action_adjustments(actions) if actions is not None and actions.height else None
+
+
+def _attach(df: pl.DataFrame, arrays: dict[str, np.ndarray]) -> pl.DataFrame:
+    if df.height == 0:
+        return df.with_columns(
+            [pl.lit(False).alias(c) for c in _FLAGS] + [pl.lit(None, pl.Int64).alias("_gap_s")]
+        )
+    # seconds since the previous bar of the series (floor division, as numpy's)
+    gap = pl.col("ts").dt.epoch("us").diff() // 1_000_000
+    return df.with_columns(
+        *[pl.Series(k, arrays[k]) for k in _FLAGS],
+        _gap_s=pl.when(pl.col("_new")).then(None).otherwise(gap),
+    )
+
+
+def _stale_rows(cols: tuple[np.ndarray, ...], new: np.ndarray, run_length: int) -> np.ndarray:
+    """Rows that repeat the previous row of their series exactly, in runs of `run_length`+.
+
+    Repeats are rare: the first column rules most rows out, the others are compared on
+    the few candidates only.
+    """
+    n = new.size
+    stale = np.zeros(n, dtype=bool)
+    first = cols[0]
+    same = np.zeros(n, dtype=bool)
+    same[1:] = (first[1:] == first[:-1]) & ~new[1:]
+    at = np.flatnonzero(same)
+    for col in cols[1:]:
+        if not at.size:
+            return stale
+        at = at[col[at] == col[at - 1]]
+    if not at.size:
+        return stale
+    same = np.zeros(n, dtype=bool)
+    same[at] = True
+    run = np.cumsum(~same)
+    lengths = np.bincount(run)
+    stale[:] = same & (lengths[run] >= run_length)
+    return stale
+
+
+def _series_arrays(
+    df: pl.DataFrame, adjustments: pl.DataFrame | None, settings: QualitySettings
+) -> dict[str, np.ndarray]:
+    """Return the series context of `df` as numpy arrays (see `series_context`)."""
     n = df.height
     if n == 0:
-        return df.with_columns(
-            [pl.lit(False).alias(c) for c in ("_spike", "_wick", "_stale")]
-            + [pl.lit(False).alias(c) for c in ("_split_mismatch", "_split_jump")]
-            + [pl.lit(None, pl.Int64).alias("_gap_s")]
-        )
+        return {k: np.zeros(0, dtype=bool) for k in _FLAGS}
     new = df["_new"].to_numpy()
-    gid = np.cumsum(new) - 1
     o, h, lo, c, v = (_f64(df, k) for k in ("open", "high", "low", "close", "volume"))
-    ok = df["_valid"].to_numpy() & (c > 0)  # NaN compares False
-    logc = np.full(n, np.nan)
-    logc[ok] = np.log(c[ok])
+    with np.errstate(invalid="ignore"):
+        ok = df["_valid"].to_numpy() & (c > 0)  # NaN compares False
+    all_ok = bool(ok.all())
+    if all_ok:
+        logc = np.log(c)
+    else:
+        logc = np.full(n, np.nan)
+        logc[ok] = np.log(c[ok])
 
-    ratio = np.ones(n)
-    cash = np.zeros(n)
-    if actions is not None and actions.height:
-        day = df.select(pl.col("symbol"), _date=pl.col("ts").dt.date())
-        first_of_day = new | (day["_date"] != day["_date"].shift(1)).fill_null(True).to_numpy()
-        rows = (
-            day.with_row_index("_i")
-            .filter(pl.Series(first_of_day))
-            .join(action_adjustments(actions), on=["symbol", "_date"], how="inner")
-        )
-        if rows.height:
-            at = rows["_i"].to_numpy().astype(np.int64)
-            ratio[at] = rows["_ratio"].to_numpy()
-            cash[at] = rows["_cash"].to_numpy()
-
-    r = np.full(n, np.nan)
-    if ok.all():  # the usual case: every row's previous valid row is the row before
-        r[1:] = logc[1:] - logc[:-1]
+    # split ratio and cash per share on the ex-dates of known actions (else none)
+    ratio, cash = _on_ex_dates(df, new, adjustments)
+    r = np.empty(n)
+    r[0] = np.nan
+    if all_ok:  # the usual case: every row's previous valid row is the row before
+        np.subtract(logc[1:], logc[:-1], out=r[1:])
         r[new] = np.nan
     else:
+        r[1:] = np.nan
         start = np.maximum.accumulate(np.where(new, np.arange(n), 0))  # first row of the series
         prev = _prev_valid(ok)
         same_prev = ok & (prev >= start)
         r[same_prev] = logc[same_prev] - logc[prev[same_prev]]
-    has_action = bool((ratio != 1.0).any() or (cash != 0.0).any())
-    if has_action:
+    if ratio is not None and cash is not None:
         # undo the mechanical move of a known action: (close + cash) x ratio vs the previous
         adj = np.log(ratio) + np.log1p(np.divide(cash, c, out=np.zeros(n), where=ok))
         r_adj = r + adj
     else:
         r_adj = r
 
-    scale = _rolling_scale(np.abs(r_adj), gid, settings.spike_window, settings.min_scale)
+    abs_r = np.abs(r_adj)
     k = settings.spike_z
+    window = settings.spike_window
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        # the wick: log of the high over the body top or of the body bottom over the low
+        stretch = np.maximum(np.minimum(o, c) / lo, h / np.maximum(o, c))
+        # a wick spike needs wick > k x scale >= k x min_scale: only rows past that can be
+        # one (the stretch test leaves room for the rounding of log and exp) ...
+        least = k * settings.min_scale
+        wide = np.flatnonzero(ok & (stretch > math.exp(least) * (1 - 1e-9)))
+        if wide.size > n * _WIDE_SHARE:  # wide wicks are common: one pass over all rows
+            wicks = np.where(ok, np.log(stretch), np.nan)
+            usual = _rolling_mean(wicks, np.cumsum(new) - 1, window, settings.min_scale / 4)
+            wide = wide[(wicks[wide] > least) & (wicks[wide] > settings.wick_z * usual[wide])]
+            wick = wicks[wide]
+        else:  # ... and far outside the usual (mean) wick of the bars before it
+            wick = np.log(stretch[wide])
+            keep = wick > least
+            wide, wick = wide[keep], wick[keep]
+            usual = _wick_before(stretch, ok, wide, _series_start(wide, new), window)
+            keep = wick > settings.wick_z * np.maximum(usual, settings.min_scale / 4)
+            wide, wick = wide[keep], wick[keep]
+    # the return scale matters only where |return| or a wide wick may exceed k x scale
+    probe = abs_r
+    if wide.size:
+        probe = abs_r.copy()
+        probe[wide] = np.fmax(probe[wide], wick)
+    scale, exact = _scale_where(abs_r, new, window, settings.min_scale, probe, k)
     spike = np.zeros(n, dtype=bool)
     split_jump = np.zeros(n, dtype=bool)
     split_mismatch = np.zeros(n, dtype=bool)
+    wick_spike = np.zeros(n, dtype=bool)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        # the few rows with an outsized return: everything else is cheap to rule out
-        big = np.flatnonzero(np.abs(r_adj) > k * scale)
-        nxt = _next_valid(ok)[big]
-        same_next = (nxt < n) & (gid[np.minimum(nxt, n - 1)] == gid[big])
+        # the few rows with an outsized return (elsewhere the scale is a bound that rules
+        # it out): everything else is cheap to rule out
+        big = exact[abs_r[exact] > k * scale[exact]]
+        if all_ok:
+            nxt = big + 1
+            same_next = nxt < n
+            same_next[same_next] = ~new[nxt[same_next]]
+        else:
+            nxt = _next_valid(ok)[big]
+            same_next = nxt < n
+            inside = np.flatnonzero(same_next)
+            same_next[inside] = _series_start(nxt[inside], new) == _series_start(big[inside], new)
+        nxt = np.minimum(nxt, n - 1)
         r_b = r_adj[big]
-        r_next = np.where(same_next, r_adj[np.minimum(nxt, n - 1)], np.nan)
+        r_next = np.where(same_next, r_adj[nxt], np.nan)
         spike[big] = (
             (np.abs(r_next) > k * scale[big])
             & (np.sign(r_b) != np.sign(r_next))
             & (np.abs(r_b + r_next) < 0.5 * np.minimum(np.abs(r_b), np.abs(r_next)))
         )
-        jump = big[~spike[big] & (ratio[big] == 1.0) & (cash[big] == 0.0)]
+        jump = big[~spike[big]]
+        if ratio is not None and cash is not None:
+            jump = jump[(ratio[jump] == 1.0) & (cash[jump] == 0.0)]
+            log_ratio = np.abs(np.log(ratio))
+            split_mismatch = (ratio != 1.0) & (abs_r > 0.5 * log_ratio)
         dist = np.abs(np.abs(r[jump])[:, None] - np.log(np.asarray(SPLIT_RATIOS))[None, :])
         split_jump[jump] = dist.min(axis=1, initial=np.inf) < settings.split_tolerance
-        if has_action:
-            log_ratio = np.abs(np.log(ratio))
-            split_mismatch = (ratio != 1.0) & (np.abs(r_adj) > 0.5 * log_ratio)
-
-        wick = np.log(np.maximum(np.minimum(o, c) / lo, h / np.maximum(o, c)))
-        wick_scale = _rolling_mean(
-            np.where(ok, wick, np.nan), gid, settings.spike_window, settings.min_scale / 4
-        )
         # far outside both the usual wick and the usual daily move
-        wick_spike = ok & (wick > settings.wick_z * wick_scale) & (wick > k * scale)
+        wick_spike[wide] = wick > k * scale[wide]
 
-    same = np.zeros(n, dtype=bool)
-    same[1:] = ~new[1:]
-    for col in (o, h, lo, c, v):
-        same[1:] &= col[1:] == col[:-1]
-    run = np.cumsum(~same)
-    lengths = np.bincount(run)
-    stale = same & (lengths[run] >= settings.stale_run)
+    stale = _stale_rows((c, o, h, lo, v), new, settings.stale_run)
+    return {
+        "_spike": spike,
+        "_wick": wick_spike,
+        "_stale": stale,
+        "_split_mismatch": split_mismatch,
+        "_split_jump": split_jump,
+    }
 
-    ts_us = df["ts"].dt.epoch("us").to_numpy()
-    gap = np.zeros(n, dtype=np.int64)
-    gap[1:] = (ts_us[1:] - ts_us[:-1]) // 1_000_000
-    return df.with_columns(
-        _spike=pl.Series(spike),
-        _wick=pl.Series(wick_spike),
-        _stale=pl.Series(stale),
-        _split_mismatch=pl.Series(split_mismatch),
-        _split_jump=pl.Series(split_jump),
-        _gap_s=pl.when(pl.Series(new)).then(None).otherwise(pl.Series(gap)),
+
+def _on_ex_dates(
+    df: pl.DataFrame, new: np.ndarray, adjustments: pl.DataFrame | None
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Split ratio and cash per share of each row (on the first row of an ex-date), or
+    (None, None) when no known action changes a price in `df`."""
+    if adjustments is None:
+        return None, None
+    n = df.height
+    day = df.select(pl.col("symbol"), _date=pl.col("ts").dt.date())
+    first_of_day = new | (day["_date"] != day["_date"].shift(1)).fill_null(True).to_numpy()
+    rows = (
+        day.with_row_index("_i")
+        .filter(pl.Series(first_of_day))
+        .join(adjustments, on=["symbol", "_date"], how="inner")
     )
+    if not rows.height:
+        return None, None
+    ratio = np.ones(n)
+    cash = np.zeros(n)
+    at = rows["_i"].to_numpy().astype(np.int64)
+    ratio[at] = rows["_ratio"].to_numpy()
+    cash[at] = rows["_cash"].to_numpy()
+    if not ((ratio != 1.0).any() or (cash != 0.0).any()):
+        return None, None
+    return ratio, cash

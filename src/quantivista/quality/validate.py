@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from typing import Any
@@ -13,7 +14,7 @@ import polars as pl
 from quantivista.config import QualitySettings
 from quantivista.model.flags import QualityFlag
 from quantivista.model.jobs import DataQualityReport, Severity, ValidationIssue
-from quantivista.model.schema import BAR_COLUMNS, BAR_KEY, BAR_VALUE_COLUMNS, series_in_blocks
+from quantivista.model.schema import BAR_COLUMNS, BAR_KEY, BAR_VALUE_COLUMNS
 from quantivista.model.timeframe import Timeframe
 from quantivista.quality.rules import DEFAULT_RULES, SERIES_COLUMNS, Rule
 from quantivista.quality.series import series_context
@@ -75,16 +76,76 @@ def _sorted(bars: pl.DataFrame) -> pl.DataFrame:
     A row is out of order when an earlier row of its series (in arrival order) has a later
     ts. Data that arrives with each (symbol, timeframe) series as one block in ts order
     (sorted, or in provider order) skips both the group pass and the sort: equal keys are
-    then neighbours, which is all the duplicate and series checks need.
+    then neighbours, which is all the duplicate and series checks need. The series marks
+    of the arrival order decide that (the test of `series_in_blocks(strict=False)`).
     """
     sym, tf, ts = pl.col("symbol"), pl.col("timeframe"), pl.col("ts")
-    if series_in_blocks(bars, ("symbol", "timeframe"), strict=False):
-        df = bars.with_columns(_out_of_order=pl.lit(False))
-    else:
-        late = (ts < ts.cum_max().shift(1)).fill_null(False).over("symbol", "timeframe")
-        df = bars.with_columns(_out_of_order=late).sort(list(BAR_KEY), maintain_order=True)
-    same_series = (sym == sym.shift(1)) & (tf == tf.shift(1))
-    return df.with_columns(_new=(~same_series).fill_null(True))
+    same = sym == sym.shift(1)
+    if not bars.select(tf.is_not_null().all() & (tf == tf.first()).all()).item():
+        same = same & (tf == tf.shift(1))  # with one timeframe the symbol decides alone
+    new = bars.select((~same).fill_null(True)).to_series()
+    starts = bars.select("symbol", "timeframe").filter(new)
+    if _rising_within(bars["ts"], new) and not starts.is_duplicated().any():
+        return bars.with_columns(_out_of_order=pl.lit(False), _new=new.alias("_new"))
+    late = (ts < ts.cum_max().shift(1)).fill_null(False).over("symbol", "timeframe")
+    df = bars.with_columns(_out_of_order=late).sort(list(BAR_KEY), maintain_order=True)
+    same = (sym == sym.shift(1)) & (tf == tf.shift(1))
+    return df.with_columns(_new=(~same).fill_null(True))
+
+
+def _rising_within(ts: pl.Series, new: pl.Series) -> bool:
+    """Say whether ts never falls from one row to the next inside a series (nulls pass)."""
+    if ts.null_count():
+        return bool((new | (ts >= ts.shift(1))).all())
+    us = ts.to_physical().to_numpy()
+    return bool(np.all(new.to_numpy()[1:] | (us[1:] >= us[:-1])))
+
+
+_DAY_US = 86_400_000_000
+
+
+def _daily_marks(ts: pl.Series, sessions: pl.Series) -> tuple[pl.Series, pl.Series] | None:
+    """Return `_aligned` (00:00 UTC) and `_is_session` of daily bars, or None to use exprs.
+
+    Day numbers index a table of the sessions: a gather instead of hashing every row's
+    date. Only for the canonical null-free UTC microsecond timestamps.
+    """
+    if ts.dtype != pl.Datetime("us", "UTC") or ts.null_count() or ts.is_empty():
+        return None
+    us = ts.to_physical().to_numpy()
+    day = us // _DAY_US
+    first, last = int(day.min()), int(day.max())
+    known = sessions.cast(pl.Int32).to_numpy().astype(np.int64)
+    known = known[(known >= first) & (known <= last)]
+    table = np.zeros(last - first + 1, dtype=bool)
+    table[known - first] = True
+    return pl.Series(day * _DAY_US == us), pl.Series(table[day - first])
+
+
+_PROFILE_THREAD_ROWS = 100_000
+
+
+def _profile_soon(bars: pl.DataFrame, shape: dict[str, Any]) -> Callable[[], dict[str, Any]]:
+    """Start the profile of a batch; return the call that waits for it.
+
+    It needs nothing but the input, so a big batch's profile runs on a thread while the
+    rules run (polars releases the GIL); a small one is done at once.
+    """
+    if bars.height < _PROFILE_THREAD_ROWS:
+        done = profile(bars, **shape)
+        return lambda: done
+    pool = ThreadPoolExecutor(max_workers=1)
+    future = pool.submit(profile, bars, **shape)
+    pool.shutdown(wait=False)
+    return future.result
+
+
+def _counts(checked: pl.DataFrame, rules: list[Rule]) -> dict[str, int]:
+    """How many rows each rule flags (one select)."""
+    if not rules:
+        return {}
+    row = checked.select([pl.col(r.name).sum() for r in rules]).row(0)
+    return {r.name: int(n) for r, n in zip(rules, row, strict=True)}
 
 
 def _single_timeframe(df: pl.DataFrame) -> bool:
@@ -162,13 +223,12 @@ def _spans(part: pl.DataFrame) -> pl.DataFrame:
     new = part["_new"].to_numpy()
     starts = np.flatnonzero(new)
     ends = np.append(starts[1:], part.height) - 1
-    # rows sharing a key with the row before are one bar, not two
-    ts_us = part["ts"].dt.epoch("us").to_numpy()
-    repeat = np.zeros(part.height, dtype=bool)
-    repeat[1:] = ts_us[1:] == ts_us[:-1]
-    repeat &= ~new
-    repeats = np.add.reduceat(repeat.astype(np.int64), starts)
+    # rows sharing a key with the row before are one bar, not two (after dedupe: conflicts)
     ts = part["ts"]
+    ts_us = ts.to_physical().to_numpy() if not ts.null_count() else ts.dt.epoch("us").to_numpy()
+    again = np.flatnonzero(ts_us[1:] == ts_us[:-1]) + 1
+    again = again[~new[again]]
+    repeats = np.bincount(np.searchsorted(starts, again, side="right") - 1, minlength=starts.size)
     return pl.DataFrame(
         {
             "symbol": part["symbol"].gather(starts),
@@ -181,24 +241,50 @@ def _spans(part: pl.DataFrame) -> pl.DataFrame:
 
 def day_scores(checked: pl.DataFrame, missing: pl.DataFrame, job_id: str) -> pl.DataFrame:
     """Return a quality score per (symbol, timeframe, session date) of a checked batch."""
+    return _day_scores(checked, missing, job_id)
+
+
+def _day_scores(
+    checked: pl.DataFrame,
+    missing: pl.DataFrame,
+    job_id: str,
+    timeframes: list[str] | None = None,
+    *,
+    any_rejected: bool = True,
+    any_flagged: bool = True,
+) -> pl.DataFrame:
+    """Return `day_scores`, told the timeframes and whether any row is rejected or flagged.
+
+    When no row is, those counts are constants rather than columns to compute.
+    """
     if checked.is_empty():
         return pl.DataFrame(schema=SCORE_SCHEMA)
     rejected = pl.col("_rejected").cast(pl.UInt32)
     flagged = (~pl.col("_rejected") & ((pl.col("quality_flags") & _SCORED_BITS) != 0)).cast(
         pl.UInt32
     )
-    one_per_day = set(checked["timeframe"].unique().to_list()) <= {"1d", "1w", "1mo"}
+    if timeframes is None:
+        timeframes = checked["timeframe"].unique().to_list()
+    one_per_day = set(timeframes) <= {"1d", "1w", "1mo"}
     if one_per_day and missing.is_empty():  # the common daily case: one select, no grouping
+        zero = pl.lit(0, pl.UInt32)
+        if not any_rejected:
+            flagged = ((pl.col("quality_flags") & _SCORED_BITS) != 0).cast(pl.UInt32)
+        score = pl.lit(1.0)
+        if any_rejected:
+            score = score - rejected.cast(pl.Float64)
+        if any_flagged:
+            score = score - _SOFT_WEIGHT * flagged.cast(pl.Float64)
         return checked.select(
             "symbol",
             "timeframe",
             date=pl.col("ts").dt.date(),
             job_id=pl.lit(job_id),
             rows=pl.lit(1, pl.UInt32),
-            rejected=rejected,
-            flagged=flagged,
-            missing=pl.lit(0, pl.UInt32),
-            score=1.0 - rejected.cast(pl.Float64) - _SOFT_WEIGHT * flagged.cast(pl.Float64),
+            rejected=rejected if any_rejected else zero,
+            flagged=flagged if any_flagged else zero,
+            missing=zero,
+            score=score,
         )
     rows = checked.select(
         "symbol", "timeframe", date=pl.col("ts").dt.date(), rejected=rejected, flagged=flagged
@@ -304,16 +390,23 @@ class Validator:
         rows are context only: they are neither checked nor returned.
         """
         total = bars.height
-        ordered = _sorted(bars)
+        # one chunk per column: on a frame whose columns are chunked differently (a concat
+        # of per-symbol frames) every later select would first copy the whole frame
+        ordered = _sorted(bars.rechunk())
+        shape = _known_shape(ordered)  # dedupe keeps every series' first row
+        profiled = _profile_soon(bars, shape)
         deduped, exact_dupes = _dedupe(ordered)
         ctx = self._with_context(deduped)
         first = [r for r in self.rules if all(n in ctx.columns for n in r.needs)]
         checked = ctx.with_columns([r.expr() for r in first])
-        first_errors = [r.name for r in first if r.severity is Severity.ERROR]
+        counts = _counts(checked, first)
         later = [
             r for r in self.rules if r not in first and all(n in SERIES_COLUMNS for n in r.needs)
         ]
         if later:
+            # an error rule that never fired invalidates no row
+            fired = [r for r in first if counts[r.name]]
+            first_errors = [r.name for r in fired if r.severity is Severity.ERROR]
             valid = ~pl.any_horizontal(first_errors) if first_errors else pl.lit(True)
             checked = checked.with_columns(_valid=valid)
             if history is not None and history.height and checked.height:
@@ -321,33 +414,37 @@ class Validator:
             else:
                 checked = series_context(checked, actions, self.settings)
             checked = checked.with_columns([r.expr() for r in later])
+            counts |= _counts(checked, later)
         rules = first + later
-        errors = [r for r in rules if r.severity is Severity.ERROR]
+        rule_counts = {r.name: counts[r.name] for r in rules if counts[r.name]}
+        # a rule that never fired adds no flag bit and rejects nothing: the usual clean
+        # batch skips both passes
+        hit = [r for r in rules if r.name in rule_counts]
+        hit_errors = [r for r in hit if r.severity is Severity.ERROR]
         checked = checked.with_columns(
-            quality_flags=pl.col("quality_flags")
-            | _flag_expr(rules, [pl.col(r.name) for r in rules]),
-            _rejected=pl.any_horizontal([pl.col(r.name) for r in errors])
-            if errors
+            quality_flags=pl.col("quality_flags") | _flag_expr(hit, [pl.col(r.name) for r in hit])
+            if hit
+            else pl.col("quality_flags"),
+            _rejected=pl.any_horizontal([pl.col(r.name) for r in hit_errors])
+            if hit_errors
             else pl.lit(False),
         )
-        totals = checked.select(
-            *[pl.col(r.name).sum() for r in rules],
-            _rejected=pl.col("_rejected").sum(),
-            _soft=(~pl.col("_rejected") & ((pl.col("quality_flags") & _SCORED_BITS) != 0)).sum(),
-        ).row(0)
-        counts_row, n_rejected, soft = totals[:-2], int(totals[-2]), int(totals[-1])
-        rule_counts = {r.name: int(n) for r, n in zip(rules, counts_row, strict=True) if n}
+        n_rejected = sum(rule_counts[r.name] for r in hit_errors)  # an upper bound: 0 is exact
+        if n_rejected:
+            n_rejected = int(checked["_rejected"].sum())
+        soft_row = ~pl.col("_rejected") & ((pl.col("quality_flags") & _SCORED_BITS) != 0)
+        soft = int(checked.select(soft_row.sum()).item())
         if exact_dupes:
             rule_counts["duplicate"] = exact_dupes
 
-        rejected = self._rejected_rows(checked, errors)
+        errors = [r for r in rules if r.severity is Severity.ERROR]
+        rejected = self._rejected_rows(checked if n_rejected else checked.clear(), errors)
         # the usual all-good batch needs no filtered copy
         clean = (
             checked.filter(~pl.col("_rejected")).select(BAR_COLUMNS)
             if n_rejected
             else checked.select(BAR_COLUMNS)
         )
-        hit = [r for r in rules if rule_counts.get(r.name)]
         issues = self._row_issues(checked, hit, self.settings.max_issues_per_rule)
         # a rejected bar arrived (it is in quarantine): only bars that never came are missing
         missing = self._missing_bars(checked)
@@ -373,9 +470,16 @@ class Validator:
             validation_errors=issues,
             rule_counts=rule_counts,
             issue_count=sum(rule_counts.values()),
-            data_profiling=profile(bars, **_known_shape(checked)),
+            data_profiling=profiled(),
         )
-        scores = day_scores(checked, missing, job_id)
+        scores = _day_scores(
+            checked,
+            missing,
+            job_id,
+            shape.get("timeframes"),
+            any_rejected=n_rejected > 0,
+            any_flagged=soft > 0,
+        )
         return ValidationResult(clean, rejected, report, exact_dupes, issues, scores)
 
     # -- context columns -------------------------------------------------------------------
@@ -396,6 +500,9 @@ class Validator:
             if cal is None or str(tf) != "1d":
                 return df.with_columns(_aligned=aligned)
             sessions = cal.schedule["session"]
+            marks = _daily_marks(df["ts"], sessions)
+            if marks is not None:
+                return df.with_columns(_aligned=marks[0], _is_session=marks[1])
             return df.with_columns(
                 _aligned=aligned,
                 _is_session=pl.col("ts").dt.date().is_in(sessions.implode()),
@@ -503,9 +610,13 @@ class Validator:
             return none
         grid = cal.bar_starts(lo_d, hi_d, tf)
         # bars off the grid (pre/post market, weekends) must not make up for missing ones
-        on_grid = part.filter(pl.col("ts").is_in(grid.implode()))
-        if on_grid.height != part.height:
-            part = on_grid.drop("_new", strict=False)  # counted by group-by, not by marks
+        if str(tf) == "1d" and {"_aligned", "_is_session"} <= set(part.columns):
+            # the daily grid is the sessions at 00:00 UTC: the context marks say it already
+            on = (part["_aligned"] & part["_is_session"]).fill_null(False)
+        else:
+            on = part.select(pl.col("ts").is_in(grid.implode()).fill_null(False)).to_series()
+        if not on.all():
+            part = part.filter(on).drop("_new", strict=False)  # counted by group-by, not marks
             if part.is_empty():
                 return none
         spans = _spans(part)

@@ -1,0 +1,94 @@
+"""Quality scores: big batches are stored as runs of days and read back row for row."""
+
+from __future__ import annotations
+
+import tempfile
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import polars as pl
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from quantivista.quality.validate import SCORE_SCHEMA
+from quantivista.storage import scores
+from quantivista.storage.scores import STORED_SCORE_SCHEMA, QualityScoreStore
+
+AT = datetime(2024, 3, 1, 12, tzinfo=UTC)
+
+
+def _scores(
+    job: str, symbols: list[str], days: int, bad: frozenset[int] | set[int] = frozenset()
+) -> pl.DataFrame:
+    """One row per symbol-day; the rows at the positions in `bad` are flagged or rejected."""
+    rows = []
+    for symbol in symbols:
+        for i in range(days):
+            k = len(rows)
+            rejected, flagged = (1, 0) if k in bad and k % 2 else (0, 1) if k in bad else (0, 0)
+            rows.append(
+                {
+                    "symbol": symbol, "timeframe": "1d", "date": date(2024, 1, 1) + timedelta(i),
+                    "job_id": job, "rows": 1, "rejected": rejected, "flagged": flagged,
+                    "missing": 1 if k in bad and k % 3 == 0 else 0,
+                    "score": 1.0 - rejected - 0.5 * flagged,
+                }
+            )  # fmt: skip
+    return pl.DataFrame(rows, schema=SCORE_SCHEMA)
+
+
+def _stored(df: pl.DataFrame) -> pl.DataFrame:
+    out = df.with_columns(scored_at=pl.lit(AT)).select(STORED_SCORE_SCHEMA.names())
+    return out.cast(STORED_SCORE_SCHEMA).sort("symbol", "timeframe", "date", "scored_at")
+
+
+@pytest.fixture
+def small_big(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scores, "_BIG", 10)  # the runs layout for any batch of 10+ rows
+
+
+@pytest.mark.usefixtures("small_big")
+def test_a_clean_batch_is_one_run_per_series(tmp_path: Path) -> None:
+    store = QualityScoreStore(tmp_path)
+    batch = _scores("job-1", ["CCC", "AAA", "BBB"], 40)
+    assert store.add(batch, AT) == 120
+    files = list((tmp_path / "quality" / "scores").rglob("*.parquet"))
+    assert len(files) == 1 and files[0].name.endswith(".runs.parquet")
+    assert pl.read_parquet(files[0]).height == 3
+    assert store.read().equals(_stored(batch))
+
+
+@pytest.mark.usefixtures("small_big")
+@settings(max_examples=40, deadline=None)
+@given(st.sets(st.integers(0, 89)), st.permutations(["AAA", "BBB", "CCC"]))
+def test_runs_read_back_row_for_row(bad: set[int], symbols: list[str]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        store = QualityScoreStore(Path(tmp))
+        batch = _scores("job-1", symbols, 30, bad)
+        store.add(batch, AT)
+        assert store.read().equals(_stored(batch))
+        assert store.read(["BBB"]).equals(_stored(batch.filter(pl.col("symbol") == "BBB")))
+        assert store.read(job_id="job-1", timeframe="1h").is_empty()
+
+
+def test_runs_and_row_files_are_read_together(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = QualityScoreStore(tmp_path)
+    first = _scores("job-1", ["AAA", "BBB"], 5, {2})
+    store.add(first, AT)  # small: one row per day
+    monkeypatch.setattr(scores, "_BIG", 10)
+    later = _scores("job-2", ["AAA", "BBB"], 5).with_columns(
+        timeframe=pl.when(pl.col("symbol") == "BBB").then(pl.lit("1h")).otherwise("timeframe"),
+        rows=pl.when(pl.col("symbol") == "BBB").then(7).otherwise("rows").cast(pl.UInt32),
+    )
+    store.add(later, AT + timedelta(hours=1))
+    names = sorted(p.name.endswith(".runs.parquet") for p in tmp_path.rglob("*.parquet"))
+    assert names == [False, True]
+    both = store.read()
+    assert both.height == 20
+    assert both.filter(pl.col("job_id") == "job-2")["rows"].to_list() == [1] * 5 + [7] * 5
+    daily = store.daily(timeframe="1d")
+    assert daily.height == 10  # AAA's re-scored days come from the later job
+    assert daily.filter(pl.col("symbol") == "AAA")["job_id"].unique().to_list() == ["job-2"]
