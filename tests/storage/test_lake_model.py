@@ -93,6 +93,12 @@ def test_random_upserts_read_back_like_the_model_now_and_as_of(
         assert _as_rows(lake.read(SYMBOLS, D1)) == _expected(model)
         # another process (cold cache) reads the same
         assert _as_rows(ParquetLake(Path(tmp)).read(SYMBOLS, D1)) == _expected(model)
+        # without a cache, files are read filtered to the wanted symbols
+        uncached = ParquetLake(Path(tmp), StorageSettings(cache_mb=0))
+        assert _as_rows(uncached.read(SYMBOLS, D1)) == _expected(model)
+        for symbol in SYMBOLS[:3]:
+            one = {k: v for k, v in model.items() if k[0] == symbol}
+            assert _as_rows(uncached.read([symbol], D1)) == _expected(one)
         for at, snapshot in snapshots:
             assert _as_rows(lake.read(SYMBOLS, D1, as_of=at)) == _expected(snapshot)
         assert lake.symbols(D1) == sorted({s for s, _ in model})
