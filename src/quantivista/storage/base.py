@@ -20,6 +20,7 @@ from quantivista.model.timeframe import Timeframe, TimeframeLike
 
 __all__ = [
     "HISTORY_POLARS_SCHEMA",
+    "REPORT_SCHEMA",
     "STATS_SCHEMA",
     "BarStore",
     "RetentionPolicy",
@@ -41,6 +42,18 @@ STATS_SCHEMA = pl.Schema(
         "last_ts": PL_UTC_TS,
         "bytes": pl.Int64(),
         "files": pl.UInt32(),
+    }
+)
+
+# one row per storage tier (hot, history, cold): what `qv storage-report` shows
+REPORT_SCHEMA = pl.Schema(
+    {
+        "tier": pl.String(),
+        "files": pl.Int64(),
+        "rows": pl.Int64(),
+        "bytes": pl.Int64(),
+        "raw_bytes": pl.Int64(),
+        "compression_ratio": pl.Float64(),
     }
 )
 

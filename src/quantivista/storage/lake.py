@@ -57,6 +57,7 @@ from quantivista.model.timeframe import Timeframe
 from quantivista.storage.archive import ColdEntry, ColdIndex, ColdTier
 from quantivista.storage.base import (
     HISTORY_POLARS_SCHEMA,
+    REPORT_SCHEMA,
     STATS_SCHEMA,
     UpsertStats,
     latest_per_key,
@@ -767,18 +768,7 @@ def storage_report(lake: ParquetLake) -> pl.DataFrame:
             raw += _raw_bytes(meta)
             disk += int(info["size"])
         rows.append(("cold", len(listing), n_rows, disk, raw, raw / disk if disk else None))
-    return pl.DataFrame(
-        rows,
-        schema={
-            "tier": pl.String(),
-            "files": pl.Int64(),
-            "rows": pl.Int64(),
-            "bytes": pl.Int64(),
-            "raw_bytes": pl.Int64(),
-            "compression_ratio": pl.Float64(),
-        },
-        orient="row",
-    )
+    return pl.DataFrame(rows, schema=REPORT_SCHEMA, orient="row")
 
 
 def _raw_bytes(meta: pq.FileMetaData) -> int:

@@ -27,7 +27,7 @@ from psycopg_pool import ConnectionPool
 from quantivista.errors import StorageError
 from quantivista.model.schema import BAR_COLUMNS, BAR_POLARS_SCHEMA, BAR_VALUE_COLUMNS
 from quantivista.model.timeframe import Timeframe
-from quantivista.storage.base import STATS_SCHEMA, UpsertStats, latest_per_key
+from quantivista.storage.base import REPORT_SCHEMA, STATS_SCHEMA, UpsertStats, latest_per_key
 from quantivista.storage.pgcopy import binary_copy_chunks
 
 __all__ = ["PostgresStore", "create_year_partitions", "known_revision", "migrate"]
@@ -397,7 +397,7 @@ class PostgresStore:
                 n_rows = int(count_row[0]) if count_row else 0
                 raw = round(_mean_row_bytes(conn, table) * n_rows)
                 rows.append((tier, files, n_rows, disk, raw, raw / disk if disk else None))
-        return pl.DataFrame(rows, schema=_REPORT_SCHEMA, orient="row")
+        return pl.DataFrame(rows, schema=REPORT_SCHEMA, orient="row")
 
 
 def create_year_partitions(conn: Connection[Any], schema: str, years: Iterable[int]) -> None:
@@ -418,14 +418,6 @@ def create_year_partitions(conn: Connection[Any], schema: str, years: Iterable[i
         )
 
 
-_REPORT_SCHEMA = {
-    "tier": pl.String(),
-    "files": pl.Int64(),
-    "rows": pl.Int64(),
-    "bytes": pl.Int64(),
-    "raw_bytes": pl.Int64(),
-    "compression_ratio": pl.Float64(),
-}
 _SAMPLE_PAGES = 500
 
 
