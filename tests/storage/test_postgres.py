@@ -46,6 +46,40 @@ def test_year_partitions_are_created_on_demand(
     assert pg_store.read(["SYM0"], Timeframe.parse("1d")).height == 6
 
 
+def test_a_load_into_new_years_builds_keyed_partitions_in_one_transaction(
+    postgres_dsn: str, pg_schema: str, make_bars: MakeBars
+) -> None:
+    store = PostgresStore(postgres_dsn, f"{pg_schema}_fresh", pool_size=1)
+    try:
+        first = make_bars(2, 3, start="2016-03-01")
+        store.upsert(first)  # 2016 is new: loaded into a new table, keyed, attached
+        # one batch over a year that exists and two that do not
+        mixed = pl.concat(
+            [make_bars(2, 3, start="2016-06-01"), make_bars(2, 3, start="2017-12-28")]
+        ).sort("symbol", "ts")
+        assert store.upsert(mixed).inserted == 12
+        d1 = Timeframe.parse("1d")
+        assert_frame_equal(
+            store.read(["SYM0", "SYM1"], d1), pl.concat([first, mixed]).sort("symbol", "ts")
+        )
+        with store.pool.connection() as conn:
+            keyed = conn.execute(
+                "SELECT c.relname FROM pg_index x JOIN pg_class c ON c.oid = x.indrelid"
+                " WHERE x.indisprimary AND c.relname LIKE 'bars_y%'"
+                " AND c.relnamespace = current_schema()::regnamespace ORDER BY 1"
+            ).fetchall()
+        assert [r[0] for r in keyed] == ["bars_y2016", "bars_y2017", "bars_y2018"]
+        assert store.upsert(mixed).unchanged == 12  # the key is there: an idempotent upsert
+        # a repeated key in a new year fails the fast path, and the merge keeps the last
+        late = make_bars(1, 2, start="2020-03-02")
+        twice = pl.concat([late, late.with_columns(close=pl.col("close") + 1)])
+        assert store.upsert(twice).inserted == 2
+        got = store.read(["SYM0"], d1, start=datetime(2020, 1, 1, tzinfo=UTC))
+        assert got["close"].to_list() == (late["close"] + 1).to_list()
+    finally:
+        store.close()
+
+
 _text = st.one_of(  # what a polars string can hold: UTF-8, and PostgreSQL text: no NUL
     st.none(), st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=6)
 )
