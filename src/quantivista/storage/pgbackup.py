@@ -18,7 +18,6 @@ schema empty and the restore can simply run again.
 
 from __future__ import annotations
 
-import re
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,7 +35,6 @@ PG_DIR = "postgres"
 _TABLES = ("bars", "bars_history")
 _SUFFIX = ".pgcopy.zst"
 _BLOCK = 4 << 20  # COPY sends one message per row: hand the compressor 4 MiB at a time
-_YEAR_PARTITION = re.compile(r"^bars_y(\d{4})$")
 
 
 def _connect(dsn: str) -> Connection[Any]:
@@ -54,23 +52,12 @@ def _use_schema(conn: Connection[Any], schema: str) -> None:
     conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
 
 
-def _columns(conn: Connection[Any], table: str) -> list[str]:
-    rows = conn.execute(
-        "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
-        "AND NOT attisdropped ORDER BY attnum",
-        (table,),
-    ).fetchall()
-    return [str(r[0]) for r in rows]
-
-
 def _years(conn: Connection[Any], layout: str) -> list[int]:
     """Return the years `bars` holds: its partitions, or (hypertable) the years of its rows."""
     if layout == "partitioned":
-        names = conn.execute(
-            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-            "WHERE i.inhparent = 'bars'::regclass"
-        ).fetchall()
-        return sorted(int(m[1]) for (n,) in names if (m := _YEAR_PARTITION.match(str(n))))
+        from quantivista.storage.postgres import partition_years
+
+        return sorted(partition_years(conn))
     rows = conn.execute("SELECT DISTINCT extract(year FROM ts)::int4 FROM bars").fetchall()
     return sorted(int(r[0]) for r in rows)
 
@@ -82,6 +69,8 @@ def dump(dsn: str, schema: str, dest: Path) -> dict[str, Any]:
     and per table its file, columns and rows.
     """
     from psycopg import IsolationLevel, sql
+
+    from quantivista.storage.postgres import table_columns
 
     folder = Path(dest) / PG_DIR
     folder.mkdir(parents=True, exist_ok=True)
@@ -104,7 +93,7 @@ def dump(dsn: str, schema: str, dest: Path) -> dict[str, Any]:
             }
             meta["years"] = _years(conn, meta["layout"])
             for table in _TABLES:
-                columns = _columns(conn, table)
+                columns = table_columns(conn, table)
                 query = sql.SQL("COPY (SELECT {c} FROM {t}) TO STDOUT (FORMAT BINARY)").format(
                     c=sql.SQL(", ").join(sql.Identifier(c) for c in columns),
                     t=sql.Identifier(table),

@@ -30,7 +30,14 @@ from quantivista.model.timeframe import Timeframe
 from quantivista.storage.base import REPORT_SCHEMA, STATS_SCHEMA, UpsertStats, latest_per_key
 from quantivista.storage.pgcopy import binary_copy_chunks
 
-__all__ = ["PostgresStore", "create_year_partitions", "known_revision", "migrate"]
+__all__ = [
+    "PostgresStore",
+    "create_year_partitions",
+    "known_revision",
+    "migrate",
+    "partition_years",
+    "table_columns",
+]
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +143,7 @@ class PostgresStore:
         with self.pool.connection() as conn:
             row = conn.execute("SELECT value FROM qv_meta WHERE key = 'bars_layout'").fetchone()
             self.layout = str(row[0]) if row else "partitioned"
-            self._years = _partition_years(conn)
+            self._years = partition_years(conn)
         log.info("opened PostgreSQL store %s (layout %s)", schema, self.layout)
 
     def close(self) -> None:
@@ -248,11 +255,9 @@ class PostgresStore:
             with self.pool.connection() as conn, conn.transaction():
                 if self.layout == "partitioned":
                     # the partition creators' lock: no one adds a year while we decide
-                    conn.execute(
-                        "SELECT pg_advisory_xact_lock(hashtext(%s))", (self.schema + ".parts",)
-                    )
+                    _lock_partitions(conn, self.schema)
                     wanted = set(bars.select(year.unique()).to_series().to_list())
-                    fresh = sorted(wanted - _partition_years(conn))
+                    fresh = sorted(wanted - partition_years(conn))
                 row = conn.execute(probe, params).fetchone()
                 if row is None or row[0]:
                     return False
@@ -297,11 +302,17 @@ class PostgresStore:
             return max(removed.rowcount, 0)
 
     # -- reads -----------------------------------------------------------------------------
-    def _copy_out(self, query: sql.Composable, params: dict[str, Any]) -> bytes:
-        with self.pool.connection() as conn, conn.cursor() as cur:
-            copy_sql = sql.SQL("COPY ({}) TO STDOUT (FORMAT CSV)").format(query)
-            with cur.copy(copy_sql, params) as cp:
-                return b"".join(bytes(chunk) for chunk in cp)
+    def _copy_out(
+        self, query: sql.Composable, params: dict[str, Any], tuning: Sequence[str] = ()
+    ) -> bytes:
+        """Return the CSV of `query`; `tuning` are SET LOCAL statements run before it."""
+        with self.pool.connection() as conn, conn.transaction():
+            for statement in tuning:
+                conn.execute(statement)
+            with conn.cursor() as cur:
+                copy_sql = sql.SQL("COPY ({}) TO STDOUT (FORMAT CSV)").format(query)
+                with cur.copy(copy_sql, params) as cp:
+                    return b"".join(bytes(chunk) for chunk in cp)
 
     def read(
         self,
@@ -369,14 +380,8 @@ class PostgresStore:
             "  sum(pg_column_size(b.*)) AS size FROM bars b GROUP BY 1, 2, 3"
             ") p GROUP BY 1, 2 ORDER BY 1, 2"
         )
-        with self.pool.connection() as conn, conn.transaction():
-            conn.execute("SET LOCAL work_mem = '64MB'")
-            conn.execute("SET LOCAL jit = off")
-            with conn.cursor() as cur:
-                copy_sql = sql.SQL("COPY ({}) TO STDOUT (FORMAT CSV)").format(query)
-                with cur.copy(copy_sql) as cp:
-                    data = b"".join(bytes(chunk) for chunk in cp)
-        return _parse_csv(data, dict(STATS_SCHEMA))
+        tuning = ("SET LOCAL work_mem = '64MB'", "SET LOCAL jit = off")
+        return _parse_csv(self._copy_out(query, {}, tuning), dict(STATS_SCHEMA))
 
     def storage_report(self) -> pl.DataFrame:
         """Return relations, rows, bytes on disk, raw bytes and ratio per tier (lake's columns).
@@ -413,13 +418,28 @@ class PostgresStore:
         return pl.DataFrame(rows, schema=REPORT_SCHEMA, orient="row")
 
 
-def _partition_years(conn: Connection[Any]) -> set[int]:
+def table_columns(conn: Connection[Any], table: str) -> list[str]:
+    """Return the column names of `table` in their order (search_path names the schema)."""
+    rows = conn.execute(
+        "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
+        "AND NOT attisdropped ORDER BY attnum",
+        (table,),
+    ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def partition_years(conn: Connection[Any]) -> set[int]:
     """Return the years that have a partition of `bars` (search_path names the schema)."""
     rows = conn.execute(
         "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
         "WHERE i.inhparent = 'bars'::regclass"
     ).fetchall()
     return {int(name[len("bars_y") :]) for (name,) in rows if name[6:].isdigit()}
+
+
+def _lock_partitions(conn: Connection[Any], schema: str) -> None:
+    """Serialize the creators of `schema`'s partitions until the transaction ends."""
+    conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (schema + ".parts",))
 
 
 def _year_bounds(year: int) -> tuple[sql.Literal, sql.Literal]:
@@ -449,7 +469,7 @@ def create_year_partitions(conn: Connection[Any], schema: str, years: Iterable[i
 
     The connection's search_path must name `schema`; the advisory lock serializes creators.
     """
-    conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (schema + ".parts",))
+    _lock_partitions(conn, schema)
     for year in years:
         lo, hi = _year_bounds(year)
         conn.execute(
@@ -464,14 +484,7 @@ _SAMPLE_PAGES = 500
 
 def _mean_row_bytes(conn: Connection[Any], table: str) -> float:
     """Return the mean bytes of a row's values in `table`, from a sample of its pages."""
-    columns = [
-        str(r[0])
-        for r in conn.execute(
-            "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
-            "AND NOT attisdropped ORDER BY attnum",
-            (table,),
-        ).fetchall()
-    ]
+    columns = table_columns(conn, table)
     width = sql.SQL(" + ").join(
         sql.SQL("coalesce(pg_column_size({}), 0)").format(sql.Identifier(c)) for c in columns
     )
