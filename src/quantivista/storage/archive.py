@@ -23,7 +23,6 @@ the archive was changed by other means).
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 from collections.abc import Iterator, Mapping
@@ -40,6 +39,7 @@ import pyarrow.parquet as pq
 
 from quantivista.errors import StorageError
 from quantivista.model.timeframe import Timeframe
+from quantivista.storage.fileops import file_identity, flocked
 
 if TYPE_CHECKING:
     from quantivista.storage.lake import ParquetLake
@@ -203,12 +203,8 @@ class ColdIndex:
     def _locked(self) -> Iterator[None]:
         # taken innermost (inside a partition lock, never around one): cannot deadlock
         self._lock_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(self._lock_file, "a+b") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with flocked(self._lock_file):
+            yield
 
     def _describes_tier(self) -> bool:
         try:
@@ -273,10 +269,9 @@ class ColdIndex:
 
     def _load(self, path: Path) -> dict[str, ColdEntry]:
         try:
-            st = os.stat(path)
+            key = file_identity(path)
         except FileNotFoundError:
             return {}
-        key = (st.st_ino, st.st_mtime_ns, st.st_size)
         cached = self._loaded.get(path)
         if cached is not None and cached[0] == key:
             return cached[1]
@@ -360,7 +355,7 @@ def _archive_bucket(lake: ParquetLake, paths: list[Path], before: datetime) -> i
     for path in paths:
         with lake._locked(path.parent):
             try:
-                seen = _stat_key(path)
+                seen = file_identity(path)
             except FileNotFoundError:
                 continue
             hot = lake._read_file(path)
@@ -380,7 +375,7 @@ def _archive_bucket(lake: ParquetLake, paths: list[Path], before: datetime) -> i
     for path, seen, keep, archived in written:
         with lake._locked(path.parent):
             try:
-                if _stat_key(path) != seen:
+                if file_identity(path) != seen:
                     continue  # changed meanwhile: the next run archives its old rows
             except FileNotFoundError:
                 continue
@@ -390,8 +385,3 @@ def _archive_bucket(lake: ParquetLake, paths: list[Path], before: datetime) -> i
                 atomic_write_parquet(keep, path, lake.settings)
             count += archived
     return count
-
-
-def _stat_key(path: Path) -> tuple[int, int, int]:
-    st = os.stat(path)
-    return (st.st_ino, st.st_mtime_ns, st.st_size)

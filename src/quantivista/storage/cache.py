@@ -9,12 +9,13 @@ as the cold index recorded them (`lookup` takes the identity from the caller).
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar
+
+from quantivista.storage.fileops import file_identity
 
 __all__ = ["FileCache"]
 
@@ -43,7 +44,7 @@ class FileCache(Generic[T]):
         """Return the contents of `path`, loading them when absent or when the file changed."""
         if self.max_bytes <= 0:
             return load(path)
-        return self.lookup(str(path), _stat_key(path), lambda: load(path))
+        return self.lookup(str(path), file_identity(path), lambda: load(path))
 
     def lookup(self, name: str, key: Hashable, load: Callable[[], T]) -> T:
         """Return the entry `name` if it has identity `key`; else load, remember, return it."""
@@ -62,7 +63,7 @@ class FileCache(Generic[T]):
     def put(self, path: Path, value: T) -> None:
         """Remember `value` as the contents of `path` as it is now (after writing it)."""
         if self.max_bytes > 0:
-            self._store(str(path), _stat_key(path), value, miss=False)
+            self._store(str(path), file_identity(path), value, miss=False)
 
     def _store(self, name: str, key: _Key, value: T, *, miss: bool) -> None:
         size = int(value.estimated_size())
@@ -83,8 +84,3 @@ class FileCache(Generic[T]):
         with self._lock:
             self._entries.clear()
             self._bytes = 0
-
-
-def _stat_key(path: Path) -> tuple[int, int, int]:
-    st = os.stat(path)
-    return (st.st_ino, st.st_mtime_ns, st.st_size)

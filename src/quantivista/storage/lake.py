@@ -29,13 +29,12 @@ index so the archive is opened only for the files a read needs.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import zlib
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -64,6 +63,7 @@ from quantivista.storage.base import (
     pick_as_of,
 )
 from quantivista.storage.cache import FileCache
+from quantivista.storage.fileops import flocked
 
 __all__ = ["ParquetLake", "atomic_write_parquet", "bucket_of", "storage_report"]
 
@@ -247,12 +247,8 @@ class ParquetLake:
     @contextmanager
     def _locked(self, directory: Path) -> Iterator[None]:
         stripe = zlib.crc32(str(directory).encode()) % _LOCK_STRIPES
-        with open(self._lock_dir / f"{stripe:02d}.lock", "a+b") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with flocked(self._lock_dir / f"{stripe:02d}.lock"):
+            yield
 
     @contextmanager
     def frozen(self) -> Iterator[None]:
@@ -260,17 +256,10 @@ class ParquetLake:
 
         Writers hold one stripe at a time, so taking all of them in order cannot deadlock.
         """
-        handles = []
-        try:
+        with ExitStack() as stack:
             for stripe in range(_LOCK_STRIPES):
-                handle = open(self._lock_dir / f"{stripe:02d}.lock", "a+b")  # noqa: SIM115
-                handles.append(handle)
-                fcntl.flock(handle, fcntl.LOCK_EX)
+                stack.enter_context(flocked(self._lock_dir / f"{stripe:02d}.lock"))
             yield
-        finally:
-            for handle in reversed(handles):
-                fcntl.flock(handle, fcntl.LOCK_UN)
-                handle.close()
 
     # -- writes ----------------------------------------------------------------------------
     def upsert(self, bars: pl.DataFrame) -> UpsertStats:
@@ -549,8 +538,8 @@ class ParquetLake:
         try:
             if self.cache.max_bytes > 0:
                 return self.cache.get(path, self._read_indexed)
-            mine = [s for s in wanted if path.is_relative_to(self.partition_dir(_tf_of(path), s))]
-            lf = pl.scan_parquet(path).filter(pl.col("symbol").is_in(mine))
+            # the file holds only its bucket's symbols: filtering by all wanted is exact
+            lf = pl.scan_parquet(path).filter(pl.col("symbol").is_in(wanted))
             try:
                 return _Indexed(lf.collect())
             except (OSError, pl.exceptions.ComputeError) as exc:
@@ -837,11 +826,6 @@ def _prune_empty_dirs(start: Path, stop: Path) -> None:
         except OSError:  # not empty (or already gone): stop climbing
             return
         here = here.parent
-
-
-def _tf_of(path: Path) -> str:
-    """Return the timeframe of a partition file from its `timeframe=X` folder."""
-    return next(p[len("timeframe=") :] for p in path.parts if p.startswith("timeframe="))
 
 
 def _ts_slice(df: pl.DataFrame, start: datetime | None, end: datetime | None) -> pl.DataFrame:
