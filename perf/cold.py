@@ -30,8 +30,8 @@ import polars as pl
 from quantivista.config import StorageSettings
 from quantivista.model.schema import coerce_bars
 from quantivista.model.timeframe import Timeframe
-from quantivista.storage.archive import archive_expired
-from quantivista.storage.lake import ParquetLake
+from quantivista.storage.lake.bars import ParquetLake
+from quantivista.storage.lake.retention import archive_expired
 
 SYMBOLS = [f"S{i:03d}" for i in range(20)]
 

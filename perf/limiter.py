@@ -6,9 +6,9 @@ import json
 import time
 import uuid
 
+from quantivista.acquisition.limits import MemoryBackend, RateLimiter, RedisBackend
 from quantivista.clock import SystemClock
 from quantivista.config import Settings
-from quantivista.providers.limits import MemoryBackend, RateLimiter, RedisBackend
 
 N = 20_000
 RATES = ["1000000/second", "10000000/day"]  # never binding: measures bookkeeping only

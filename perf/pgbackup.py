@@ -27,8 +27,8 @@ import psycopg
 
 from quantivista.config import Settings
 from quantivista.model.schema import coerce_bars
-from quantivista.storage.backup import PostgresBars, backup, restore
-from quantivista.storage.postgres import PostgresStore
+from quantivista.storage.lake.backup import PostgresBars, backup, restore
+from quantivista.storage.postgres.bars import PostgresStore
 from storage import universe
 
 OLD_STATS = (

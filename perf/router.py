@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import time
 
+from quantivista.acquisition.breaker import Breakers
+from quantivista.acquisition.cache import ResponseCache
+from quantivista.acquisition.limits import RateLimiter
+from quantivista.acquisition.router import Router
 from quantivista.clock import SystemClock
 from quantivista.providers.base import BarRequest, FetchResult
-from quantivista.providers.breaker import Breakers
-from quantivista.providers.cache import ResponseCache
-from quantivista.providers.limits import RateLimiter
-from quantivista.providers.router import Router
 from quantivista.testing.fake_providers import FakeProvider
 
 

@@ -135,7 +135,7 @@ def bench_postgres(frame: pl.DataFrame) -> dict[str, Any]:
     try:
         import psycopg
 
-        from quantivista.storage.postgres import PostgresStore
+        from quantivista.storage.postgres.bars import PostgresStore
     except ImportError as exc:
         return {"postgres": f"not installed: {exc}"}
     dsn = Settings().services.postgres_dsn.get_secret_value()

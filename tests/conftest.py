@@ -22,7 +22,7 @@ import pytest
 from quantivista.config import Settings, StorageSettings
 from quantivista.model.schema import coerce_bars
 from quantivista.reference.calendars import TradingCalendar, get_calendar
-from quantivista.storage.lake import ParquetLake
+from quantivista.storage.lake.bars import ParquetLake
 
 INGESTED_AT = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
 

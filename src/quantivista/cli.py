@@ -771,8 +771,8 @@ def simulate_providers(
 @app.command()
 def providers() -> None:
     """List registered providers, their capabilities and limits, and the latest call stats."""
+    from quantivista.acquisition.analytics import ProviderAnalytics
     from quantivista.platform import PROVIDER_STATS_FILE
-    from quantivista.providers.analytics import ProviderAnalytics
 
     with _platform() as p:
         console.print(_providers_table(p))
@@ -890,7 +890,7 @@ def sql(
     limit: Annotated[int, typer.Option(help="Rows to show.")] = 50,
 ) -> None:
     """Run SQL (DuckDB) over the lake and print the result as a table."""
-    from quantivista.storage.sql import sql_query
+    from quantivista.storage.lake.sql import sql_query
 
     try:
         settings = _settings()
@@ -909,8 +909,8 @@ def sql(
 @app.command()
 def backup(dest: Annotated[Path, typer.Argument(help="New, empty backup directory.")]) -> None:
     """Snapshot the data directory (and PostgreSQL bars) into DEST with a checksummed manifest."""
-    from quantivista.storage.backup import PostgresBars
-    from quantivista.storage.backup import backup as run_backup
+    from quantivista.storage.lake.backup import PostgresBars
+    from quantivista.storage.lake.backup import backup as run_backup
 
     settings = _settings()
     try:
@@ -929,8 +929,8 @@ def backup(dest: Annotated[Path, typer.Argument(help="New, empty backup director
 @app.command()
 def restore(src: Annotated[Path, typer.Argument(help="A directory made by `qv backup`.")]) -> None:
     """Verify the backup SRC and restore it into the (empty) data directory and schema."""
-    from quantivista.storage.backup import PostgresBars
-    from quantivista.storage.backup import restore as run_restore
+    from quantivista.storage.lake.backup import PostgresBars
+    from quantivista.storage.lake.backup import restore as run_restore
 
     settings = _settings()
     postgres = PostgresBars.from_settings(settings)
@@ -948,11 +948,11 @@ def restore(src: Annotated[Path, typer.Argument(help="A directory made by `qv ba
 @app.command("storage-report")
 def storage_report_cmd() -> None:
     """Print rows, bytes and compression ratio per storage tier (lake or PostgreSQL)."""
-    from quantivista.storage.lake import ParquetLake, storage_report
+    from quantivista.storage.lake.bars import ParquetLake, storage_report
 
     settings = _settings()
     if settings.storage.backend == "postgres":
-        from quantivista.storage.postgres import PostgresStore
+        from quantivista.storage.postgres.bars import PostgresStore
 
         try:
             store = PostgresStore(
@@ -985,9 +985,9 @@ def retention() -> None:
     """Apply storage.hot_days: archive older bars to storage.archive_url, or drop them."""
     from datetime import UTC, datetime, timedelta
 
-    from quantivista.storage.archive import archive_expired
     from quantivista.storage.base import RetentionPolicy, apply_retention
-    from quantivista.storage.lake import ParquetLake
+    from quantivista.storage.lake.bars import ParquetLake
+    from quantivista.storage.lake.retention import archive_expired
 
     settings = _settings()
     hot_days = settings.storage.hot_days
@@ -1138,9 +1138,9 @@ def _demo_source(
     if not via_simulator:
         yield settings, None
         return
+    from quantivista.acquisition.analytics import ProviderAnalytics
     from quantivista.config import ProviderFaultSettings, RateWindow, SimulatorServerSettings
     from quantivista.platform import PROVIDER_STATS_FILE
-    from quantivista.providers.analytics import ProviderAnalytics
     from quantivista.providers.simulator import run_simulator
     from quantivista.providers.simulator.wiring import settings_for_simulator
 

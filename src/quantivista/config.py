@@ -22,6 +22,7 @@ from pydantic_settings import (
 )
 
 from quantivista.errors import ConfigurationError
+from quantivista.model.rates import Rate
 
 __all__ = [
     "BreakerSettings",
@@ -197,9 +198,6 @@ class ResilienceSettings(_Section):
     @field_validator("limits")
     @classmethod
     def _check_limits(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
-        from quantivista.errors import ConfigurationError
-        from quantivista.providers.limits import Rate  # lazy: keeps config free of cycles
-
         for rates in value.values():
             for text in rates:
                 try:

@@ -10,6 +10,13 @@ from typing import Any, Literal
 
 import polars as pl
 
+from quantivista.acquisition.analytics import ProviderAnalytics
+from quantivista.acquisition.breaker import Breakers
+from quantivista.acquisition.cache import ResponseCache
+from quantivista.acquisition.health import HealthMonitor
+from quantivista.acquisition.limits import RateLimiter
+from quantivista.acquisition.retry import RetryPolicy
+from quantivista.acquisition.router import Router
 from quantivista.actions.adjust import Adjust, DividendConvention
 from quantivista.actions.reconcile import ReconcileReport, ingest_actions
 from quantivista.actions.view import AdjustedReader
@@ -23,29 +30,16 @@ from quantivista.model.schema import BAR_COLUMNS, FrameLike, coerce_actions, coe
 from quantivista.model.timeframe import Timeframe, TimeframeLike
 from quantivista.pipeline.ingest import Ingestor, Progress, new_job_id
 from quantivista.pipeline.writer import BarWriter
-from quantivista.providers.analytics import ProviderAnalytics
+from quantivista.processing.rollup import Rollup
 from quantivista.providers.base import Provider, request_range
-from quantivista.providers.breaker import Breakers
-from quantivista.providers.cache import ResponseCache
-from quantivista.providers.health import HealthMonitor
-from quantivista.providers.limits import RateLimiter
 from quantivista.providers.registry import ProviderRegistry, default_registry
-from quantivista.providers.retry import RetryPolicy
-from quantivista.providers.router import Router
 from quantivista.quality.business import load_rules
 from quantivista.quality.freshness import freshness
 from quantivista.quality.rules import DEFAULT_RULES, Rule
 from quantivista.quality.validate import Validator
 from quantivista.reference.calendars import TradingCalendar, get_calendar
 from quantivista.reference.instruments import InstrumentMaster
-from quantivista.storage.actions import ActionStore
-from quantivista.storage.base import BarStore
-from quantivista.storage.bronze import BronzeStore
-from quantivista.storage.catalog import Catalog
-from quantivista.storage.factory import open_store
-from quantivista.storage.quarantine import QuarantineStore
-from quantivista.storage.rollup import Rollup
-from quantivista.storage.scores import QualityScoreStore
+from quantivista.storage import open_backend
 from quantivista.timeutil import DateLike, to_utc
 
 __all__ = ["PROVIDER_STATS_FILE", "Platform"]
@@ -87,12 +81,13 @@ class Platform:
         root = settings.data_dir
         root.mkdir(parents=True, exist_ok=True)
         self.root = root
-        self.store: BarStore = open_store(settings)
-        self.quarantine_store = QuarantineStore(root, settings.storage)
-        self.score_store = QualityScoreStore(root, settings.storage)
-        self.action_store = ActionStore(root, settings.storage)
-        self.bronze = BronzeStore(root, settings.storage)
-        self.catalog = Catalog(root / "catalog.sqlite")
+        self.backend = open_backend(settings)
+        self.store = self.backend.bars
+        self.quarantine_store = self.backend.quarantine
+        self.score_store = self.backend.scores
+        self.action_store = self.backend.actions
+        self.bronze = self.backend.raw
+        self.catalog = self.backend.catalog
         self.bus = InMemoryBus(dead_letters=self._dead_letter)
         # resilience around provider calls: one of each per platform, shared by its routers
         res = settings.resilience
@@ -107,7 +102,7 @@ class Platform:
         self._lock = threading.Lock()
         self._writer: BarWriter | None = None
         self.reader = AdjustedReader(self.store, self.action_store)
-        self.instruments = InstrumentMaster(root, settings.storage)
+        self.instruments = InstrumentMaster(self.backend.instruments)
         self.bus.subscribe("bars.ingested", self.reader.invalidate, name="adjusted-cache")
         self.bus.subscribe("actions.ingested", self.reader.invalidate, name="adjusted-cache")
 
@@ -138,9 +133,8 @@ class Platform:
         for provider in self._providers.values():
             provider.close()
         self._providers.clear()
-        self.catalog.close()
         self.limiter.close()
-        self.store.close()
+        self.backend.close()
 
     def __enter__(self) -> Platform:
         return self

@@ -11,6 +11,9 @@ import pytest
 from prometheus_client import generate_latest
 from typer.testing import CliRunner
 
+from quantivista.acquisition.analytics import ProviderAnalytics
+from quantivista.acquisition.breaker import Breakers
+from quantivista.acquisition.limits import RateLimiter
 from quantivista.cli import app
 from quantivista.clock import TestClock
 from quantivista.config import (
@@ -22,10 +25,7 @@ from quantivista.config import (
 )
 from quantivista.errors import TransientProviderError
 from quantivista.platform import PROVIDER_STATS_FILE, Platform
-from quantivista.providers.analytics import ProviderAnalytics
 from quantivista.providers.base import BarRequest, FetchResult, Provider
-from quantivista.providers.breaker import Breakers
-from quantivista.providers.limits import RateLimiter
 from quantivista.providers.registry import ProviderRegistry
 from quantivista.providers.synthetic import SyntheticProvider
 from quantivista.testing.fake_providers import capabilities
@@ -188,8 +188,8 @@ def test_qv_providers_shows_the_shared_quota_live_from_redis(
 ) -> None:
     import uuid
 
+    from quantivista.acquisition.limits import RedisBackend
     from quantivista.clock import SystemClock
-    from quantivista.providers.limits import RedisBackend
 
     prefix = f"qv-test:{uuid.uuid4().hex[:8]}"
     worker = RateLimiter(

@@ -8,6 +8,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from quantivista.acquisition.breaker import (
+    Breakers,
+    BreakerState,
+    CircuitBreaker,
+    Transition,
+    counts_as_failure,
+)
 from quantivista.clock import TestClock
 from quantivista.config import BreakerSettings
 from quantivista.errors import (
@@ -18,13 +25,6 @@ from quantivista.errors import (
     RateLimitedError,
     SymbolNotFoundError,
     TransientProviderError,
-)
-from quantivista.providers.breaker import (
-    Breakers,
-    BreakerState,
-    CircuitBreaker,
-    Transition,
-    counts_as_failure,
 )
 
 

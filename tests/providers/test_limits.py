@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from quantivista.acquisition.limits import MemoryBackend, Rate, RateLimiter, RedisBackend
 from quantivista.clock import SystemClock, TestClock
 from quantivista.config import ResilienceSettings
 from quantivista.errors import ConfigurationError, InvalidInputError, QuotaExhaustedError
-from quantivista.providers.limits import MemoryBackend, Rate, RateLimiter, RedisBackend
 
 
 def _max_in_window(times: list[float], period: float) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
+from quantivista.acquisition.router import Attempt, Router
 from quantivista.errors import (
     EntitlementError,
     NotFoundError,
@@ -14,7 +15,6 @@ from quantivista.errors import (
 )
 from quantivista.model.instruments import AssetClass
 from quantivista.providers.base import BarRequest, FetchResult, Provider, ProviderCapabilities
-from quantivista.providers.router import Attempt, Router
 
 DAILY = BarRequest.of("AAA", "2024-01-02", "2024-01-05", "1d")
 MINUTE = BarRequest.of("AAA", "2024-01-02", "2024-01-02", "1m")

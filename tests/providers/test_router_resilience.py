@@ -13,6 +13,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from quantivista.acquisition.breaker import Breakers, BreakerState
+from quantivista.acquisition.cache import ResponseCache
+from quantivista.acquisition.limits import RateLimiter
+from quantivista.acquisition.retry import RetryPolicy
+from quantivista.acquisition.router import Attempt, Router
 from quantivista.clock import TestClock
 from quantivista.errors import (
     CircuitOpenError,
@@ -24,11 +29,6 @@ from quantivista.errors import (
     TransientProviderError,
 )
 from quantivista.providers.base import BarRequest
-from quantivista.providers.breaker import Breakers, BreakerState
-from quantivista.providers.cache import ResponseCache
-from quantivista.providers.limits import RateLimiter
-from quantivista.providers.retry import RetryPolicy
-from quantivista.providers.router import Attempt, Router
 from quantivista.testing.fake_providers import FakeProvider, Outcome, capabilities
 
 MakeFake = Callable[..., FakeProvider]

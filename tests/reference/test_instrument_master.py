@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from quantivista import Platform
-from quantivista.actions.lean import read_map_file
+from quantivista.actions.lean import map_file_history, read_map_file
 from quantivista.errors import InvalidIdentifierError
 from quantivista.providers.simulator.market import SimulatedMarket
 from quantivista.reference.identifiers import validate_identifier
@@ -140,7 +140,9 @@ def test_json_load_with_nested_history_and_map_file(tmp_path: Path) -> None:
     assert master.load_json(path).instruments == 2
     spx = master.lookup("^GSPC", on="2020-01-02")
     assert spx is not None and spx.asset_class == "index"
-    master.load_map_file("GOOGL", read_map_file(LEAN / "map_files" / "googl.csv"))
+    master.load_ticker_history(
+        "GOOGL", map_file_history(read_map_file(LEAN / "map_files" / "googl.csv"))
+    )
     assert master.history("GOOGL")["symbol"].to_list() == ["GOOG", "GOOGL"]
     googl = master.lookup("GOOG", on="2010-01-04")
     assert googl is not None and googl.instrument_id == "GOOGL"

@@ -11,8 +11,8 @@ import pytest
 
 from quantivista.config import StorageSettings
 from quantivista.storage.base import BarStore
-from quantivista.storage.lake import ParquetLake
-from quantivista.storage.postgres import PostgresStore
+from quantivista.storage.lake.bars import ParquetLake
+from quantivista.storage.postgres.bars import PostgresStore
 
 
 @pytest.fixture(scope="session")

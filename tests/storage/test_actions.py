@@ -10,12 +10,12 @@ import polars as pl
 import pytest
 
 from quantivista.model.schema import ACTION_POLARS_SCHEMA, coerce_actions
-from quantivista.storage.actions import ActionStore
+from quantivista.storage.lake.actions import ParquetActionStore
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> ActionStore:
-    return ActionStore(tmp_path)
+def store(tmp_path: Path) -> ParquetActionStore:
+    return ParquetActionStore(tmp_path)
 
 
 def actions(rows: list[dict[str, Any]]) -> pl.DataFrame:
@@ -30,14 +30,14 @@ RENAME = {"symbol": "OLD", "action_type": "symbol_change", "ex_date": date(2024,
           "new_symbol": "NEW", "provider": None}  # fmt: skip
 
 
-def test_empty_store(store: ActionStore) -> None:
+def test_empty_store(store: ParquetActionStore) -> None:
     df = store.all()
     assert df.is_empty()
     assert df.schema == ACTION_POLARS_SCHEMA
     assert store.for_symbols(None).is_empty()
 
 
-def test_upsert_new_actions_returns_them_and_stores_them(store: ActionStore) -> None:
+def test_upsert_new_actions_returns_them_and_stores_them(store: ParquetActionStore) -> None:
     fresh = store.upsert(actions([SPLIT, DIVIDEND, RENAME]))
     assert fresh.height == 3
     stored = store.all()
@@ -49,7 +49,7 @@ def test_upsert_new_actions_returns_them_and_stores_them(store: ActionStore) -> 
     assert store.path.is_file()
 
 
-def test_upserting_the_same_actions_again_is_a_no_op(store: ActionStore) -> None:
+def test_upserting_the_same_actions_again_is_a_no_op(store: ParquetActionStore) -> None:
     batch = actions([SPLIT, DIVIDEND, RENAME])
     store.upsert(batch)
     before = (store.path.stat().st_mtime_ns, store.path.read_bytes())
@@ -58,7 +58,7 @@ def test_upserting_the_same_actions_again_is_a_no_op(store: ActionStore) -> None
     assert (store.path.stat().st_mtime_ns, store.path.read_bytes()) == before
 
 
-def test_changed_action_replaces_the_old_one(store: ActionStore) -> None:
+def test_changed_action_replaces_the_old_one(store: ParquetActionStore) -> None:
     store.upsert(actions([SPLIT, DIVIDEND]))
     corrected = {**DIVIDEND, "amount": 0.26}
     fresh = store.upsert(actions([corrected, SPLIT]))
@@ -69,14 +69,14 @@ def test_changed_action_replaces_the_old_one(store: ActionStore) -> None:
     assert stored.filter(pl.col("action_type") == "dividend")["amount"].to_list() == [0.26]
 
 
-def test_same_event_from_another_provider_is_kept_separately(store: ActionStore) -> None:
+def test_same_event_from_another_provider_is_kept_separately(store: ParquetActionStore) -> None:
     store.upsert(actions([SPLIT]))
     fresh = store.upsert(actions([{**SPLIT, "provider": "v2"}]))
     assert fresh.height == 1
     assert sorted(store.all()["provider"].to_list()) == ["v1", "v2"]
 
 
-def test_null_provider_is_a_key_like_any_other(store: ActionStore) -> None:
+def test_null_provider_is_a_key_like_any_other(store: ParquetActionStore) -> None:
     store.upsert(actions([RENAME]))
     assert store.upsert(actions([RENAME])).is_empty()
     renamed = {**RENAME, "new_symbol": "NEWER"}
@@ -84,17 +84,17 @@ def test_null_provider_is_a_key_like_any_other(store: ActionStore) -> None:
     assert store.all()["new_symbol"].to_list() == ["NEWER"]
 
 
-def test_within_a_batch_the_last_row_of_a_key_wins(store: ActionStore) -> None:
+def test_within_a_batch_the_last_row_of_a_key_wins(store: ParquetActionStore) -> None:
     store.upsert(actions([DIVIDEND, {**DIVIDEND, "amount": 0.3}]))
     assert store.all()["amount"].to_list() == [0.3]
 
 
-def test_empty_upsert_writes_nothing(store: ActionStore) -> None:
+def test_empty_upsert_writes_nothing(store: ParquetActionStore) -> None:
     assert store.upsert(pl.DataFrame(schema=ACTION_POLARS_SCHEMA)).is_empty()
     assert not store.path.exists()
 
 
-def test_for_symbols_matches_old_and_new_symbols_by_ex_date(store: ActionStore) -> None:
+def test_for_symbols_matches_old_and_new_symbols_by_ex_date(store: ParquetActionStore) -> None:
     other = {"symbol": "BBB", "action_type": "split", "ex_date": date(2024, 2, 1), "ratio": 2.0}
     store.upsert(actions([SPLIT, DIVIDEND, RENAME, other]))
     assert store.for_symbols(["AAA"])["ex_date"].to_list() == [date(2024, 3, 1), date(2024, 6, 10)]

@@ -15,8 +15,8 @@ from polars.testing import assert_frame_equal
 from quantivista.config import StorageSettings
 from quantivista.errors import StorageError
 from quantivista.model.timeframe import Timeframe
-from quantivista.storage.archive import archive_expired
-from quantivista.storage.lake import ParquetLake, storage_report
+from quantivista.storage.lake.bars import ParquetLake, storage_report
+from quantivista.storage.lake.retention import archive_expired
 
 M1 = Timeframe.parse("1m")
 
@@ -206,7 +206,7 @@ def test_symbols_and_stats_include_archived_bars(
 def test_sql_spans_both_tiers_once_with_the_hot_copy_winning(
     tmp_path: Path, memory_url: str
 ) -> None:
-    from quantivista.storage.sql import sql_query
+    from quantivista.storage.lake.sql import sql_query
 
     for url in ((tmp_path / "cold").as_uri(), memory_url):
         root = tmp_path / url.split(":")[0]
@@ -327,7 +327,7 @@ def test_a_hot_file_changed_during_archival_keeps_its_rows_until_the_next_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from quantivista.model.schema import coerce_bars
-    from quantivista.storage.archive import ColdIndex
+    from quantivista.storage.lake.cold import ColdIndex
 
     settings = StorageSettings(write_threads=1, archive_url=(tmp_path / "cold").as_uri())
     lake = ParquetLake(tmp_path / "hot", settings)

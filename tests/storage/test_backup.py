@@ -16,7 +16,7 @@ from quantivista.clock import TestClock
 from quantivista.config import Settings
 from quantivista.errors import StorageError
 from quantivista.platform import Platform
-from quantivista.storage.backup import backup, restore, verify
+from quantivista.storage.lake.backup import backup, restore, verify
 
 
 def test_backup_and_restore_round_trip(tmp_path: Path, make_bars: MakeBars) -> None:

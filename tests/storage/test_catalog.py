@@ -17,14 +17,14 @@ from quantivista.model.jobs import (
     Severity,
     ValidationIssue,
 )
-from quantivista.storage.catalog import Catalog
+from quantivista.storage.lake.catalog import SqliteCatalog
 
 T0 = datetime(2024, 1, 2, 14, 30, tzinfo=UTC)
 
 
 @pytest.fixture
-def catalog(tmp_path: Path) -> Iterator[Catalog]:
-    cat = Catalog(tmp_path / "meta" / "catalog.sqlite")
+def catalog(tmp_path: Path) -> Iterator[SqliteCatalog]:
+    cat = SqliteCatalog(tmp_path / "meta" / "catalog.sqlite")
     yield cat
     cat.close()
 
@@ -52,11 +52,11 @@ def report(job_id: str, score: float = 0.9) -> DataQualityReport:
 
 def test_creates_its_directory_and_file(tmp_path: Path) -> None:
     path = tmp_path / "a" / "b" / "catalog.sqlite"
-    Catalog(path).close()
+    SqliteCatalog(path).close()
     assert path.is_file()
 
 
-def test_job_round_trip(catalog: Catalog) -> None:
+def test_job_round_trip(catalog: SqliteCatalog) -> None:
     saved = job(
         "job-1",
         symbols=["AAA", "BBB"],
@@ -70,7 +70,7 @@ def test_job_round_trip(catalog: Catalog) -> None:
     assert catalog.job("job-1") == saved
 
 
-def test_saving_a_job_again_updates_it(catalog: Catalog) -> None:
+def test_saving_a_job_again_updates_it(catalog: SqliteCatalog) -> None:
     catalog.save_job(job("job-1", status=JobStatus.RUNNING))
     catalog.save_job(
         job("job-1", status=JobStatus.PARTIAL, records_processed=5, end_time=T0 + timedelta(1))
@@ -81,26 +81,26 @@ def test_saving_a_job_again_updates_it(catalog: Catalog) -> None:
     assert len(catalog.jobs()) == 1
 
 
-def test_unknown_job_raises_not_found(catalog: Catalog) -> None:
+def test_unknown_job_raises_not_found(catalog: SqliteCatalog) -> None:
     with pytest.raises(NotFoundError, match="unknown job") as info:
         catalog.job("nope")
     assert info.value.context["job_id"] == "nope"
 
 
-def test_jobs_newest_first_with_a_limit(catalog: Catalog) -> None:
+def test_jobs_newest_first_with_a_limit(catalog: SqliteCatalog) -> None:
     for i in (2, 0, 3, 1):
         catalog.save_job(job(f"job-{i}", start=T0 + timedelta(minutes=i)))
     assert [j.job_id for j in catalog.jobs()] == ["job-3", "job-2", "job-1", "job-0"]
     assert [j.job_id for j in catalog.jobs(limit=2)] == ["job-3", "job-2"]
 
 
-def test_jobs_with_the_same_start_are_newest_saved_first(catalog: Catalog) -> None:
+def test_jobs_with_the_same_start_are_newest_saved_first(catalog: SqliteCatalog) -> None:
     for name in ("a", "b", "c"):
         catalog.save_job(job(name))
     assert [j.job_id for j in catalog.jobs()] == ["c", "b", "a"]
 
 
-def test_reports_per_job_newest_first(catalog: Catalog) -> None:
+def test_reports_per_job_newest_first(catalog: SqliteCatalog) -> None:
     catalog.save_report(report("job-1", 0.5), created_at=T0)
     catalog.save_report(report("job-2", 0.7), created_at=T0)
     catalog.save_report(report("job-1", 0.9), created_at=T0 + timedelta(1))
@@ -111,7 +111,7 @@ def test_reports_per_job_newest_first(catalog: Catalog) -> None:
     assert catalog.reports("job-1")[0] == report("job-1", 0.9)
 
 
-def test_dead_letters_round_trip_newest_first(catalog: Catalog) -> None:
+def test_dead_letters_round_trip_newest_first(catalog: SqliteCatalog) -> None:
     first = catalog.add_dead_letter(
         "bars.ingested", {"job_id": "j", "when": T0}, "ValueError: boom", "consumer.a", T0
     )
@@ -131,11 +131,11 @@ def test_dead_letters_round_trip_newest_first(catalog: Catalog) -> None:
 
 def test_catalog_persists_across_reopening(tmp_path: Path) -> None:
     path = tmp_path / "catalog.sqlite"
-    first = Catalog(path)
+    first = SqliteCatalog(path)
     first.save_job(job("job-1"))
     first.save_report(report("job-1"), created_at=T0)
     first.close()
-    second = Catalog(path)
+    second = SqliteCatalog(path)
     try:
         assert second.job("job-1").job_id == "job-1"
         assert len(second.reports("job-1")) == 1
@@ -143,7 +143,7 @@ def test_catalog_persists_across_reopening(tmp_path: Path) -> None:
         second.close()
 
 
-def test_concurrent_writers_from_threads(catalog: Catalog) -> None:
+def test_concurrent_writers_from_threads(catalog: SqliteCatalog) -> None:
     def work(i: int) -> None:
         catalog.save_job(job(f"job-{i:03d}", start=T0 + timedelta(seconds=i)))
         catalog.save_report(report(f"job-{i:03d}"), created_at=T0)
@@ -157,7 +157,7 @@ def test_concurrent_writers_from_threads(catalog: Catalog) -> None:
 
 
 def test_use_after_close_is_a_storage_error(tmp_path: Path) -> None:
-    cat = Catalog(tmp_path / "c.sqlite")
+    cat = SqliteCatalog(tmp_path / "c.sqlite")
     cat.close()
     with pytest.raises(StorageError, match="catalog operation failed") as info:
         cat.jobs()

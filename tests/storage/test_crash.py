@@ -16,7 +16,7 @@ import polars as pl
 from quantivista.config import StorageSettings
 from quantivista.model.schema import coerce_bars
 from quantivista.model.timeframe import Timeframe
-from quantivista.storage.lake import ParquetLake
+from quantivista.storage.lake.bars import ParquetLake
 
 T1 = datetime(2024, 1, 1, tzinfo=UTC)
 T2 = T1 + timedelta(days=1)
@@ -25,7 +25,7 @@ D1 = Timeframe.parse("1d")
 _CHILD = """
 import sys, polars as pl
 from quantivista.config import StorageSettings
-from quantivista.storage.lake import ParquetLake
+from quantivista.storage.lake.bars import ParquetLake
 lake = ParquetLake(sys.argv[1], StorageSettings(write_threads=1))
 batch = pl.read_parquet(sys.argv[2])
 print("writing", flush=True)
@@ -104,7 +104,7 @@ def test_kill_9_during_a_correction_leaves_the_lake_readable(tmp_path: Path) -> 
 
 _PG_CHILD = """
 import sys, polars as pl
-from quantivista.storage.postgres import PostgresStore
+from quantivista.storage.postgres.bars import PostgresStore
 store = PostgresStore(sys.argv[1], sys.argv[2], pool_size=1)
 batch = pl.read_parquet(sys.argv[3])
 print("writing", flush=True)
@@ -118,7 +118,7 @@ def test_kill_9_during_a_postgres_upsert_rolls_back_whole(
 ) -> None:
     import psycopg
 
-    from quantivista.storage.postgres import PostgresStore
+    from quantivista.storage.postgres.bars import PostgresStore
 
     schema = pg_schema + "_crash"
     store = PostgresStore(postgres_dsn, schema, pool_size=1)

@@ -18,9 +18,10 @@ from quantivista.config import StorageSettings
 from quantivista.errors import StorageError
 from quantivista.model.schema import BAR_POLARS_SCHEMA, coerce_bars
 from quantivista.model.timeframe import Timeframe
-from quantivista.storage import lake as lake_module
 from quantivista.storage.base import UpsertStats
-from quantivista.storage.lake import DATA_FILE, ParquetLake, atomic_write_parquet, bucket_of
+from quantivista.storage.lake import bars as lake_module
+from quantivista.storage.lake.bars import DATA_FILE, ParquetLake, bucket_of
+from quantivista.storage.lake.files import atomic_write_parquet
 
 MakeBars = Callable[..., pl.DataFrame]
 D1 = Timeframe.parse("1d")
@@ -318,13 +319,13 @@ def test_reading_one_symbol_opens_only_its_file(
 ) -> None:
     tmp_lake.upsert(make_bars(["AAA", "BBB", "CCC"], 5))
     opened: list[Path] = []
-    real = ParquetLake._read_file
+    real = ParquetLake.read_file
 
     def spy(path: Path, columns: Any = None) -> pl.DataFrame:
         opened.append(path)
         return real(path, columns)
 
-    monkeypatch.setattr(ParquetLake, "_read_file", staticmethod(spy))
+    monkeypatch.setattr(ParquetLake, "read_file", staticmethod(spy))
     reader = ParquetLake(tmp_lake.root, tmp_lake.settings)  # another process: a cold cache
     out = reader.read(["BBB"], D1)
     assert set(out["symbol"]) == {"BBB"}
@@ -349,10 +350,10 @@ def test_reading_a_month_opens_only_that_months_file(
     months = [utc(2024, 1, 2, 14, 30), utc(2024, 2, 1, 14, 30), utc(2024, 3, 1, 14, 30)]
     tmp_lake.upsert(pl.concat([minute_bars("AAA", m, 3) for m in months]))
     opened: list[Path] = []
-    real = ParquetLake._read_file
+    real = ParquetLake.read_file
     monkeypatch.setattr(
         ParquetLake,
-        "_read_file",
+        "read_file",
         staticmethod(lambda path, columns=None: opened.append(path) or real(path, columns)),
     )
     reader = ParquetLake(tmp_lake.root, tmp_lake.settings)  # another process: a cold cache

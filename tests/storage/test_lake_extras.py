@@ -13,7 +13,7 @@ from polars.testing import assert_frame_equal
 from conftest import INGESTED_AT, MakeBars
 from quantivista.config import StorageSettings
 from quantivista.model.timeframe import Timeframe
-from quantivista.storage.lake import ParquetLake
+from quantivista.storage.lake.bars import ParquetLake
 
 D1 = Timeframe.parse("1d")
 
@@ -44,7 +44,7 @@ def test_storage_report_counts_hot_and_history_tiers(tmp_path: Path, make_bars: 
     from typer.testing import CliRunner
 
     from quantivista.cli import app
-    from quantivista.storage.lake import storage_report
+    from quantivista.storage.lake.bars import storage_report
 
     lake = ParquetLake(tmp_path, StorageSettings(write_threads=1))
     bars = make_bars(["AAA", "BBB"], 50)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from quantivista.config import StorageSettings
 from quantivista.model.schema import coerce_bars
 from quantivista.model.timeframe import Timeframe
-from quantivista.storage.lake import ParquetLake
+from quantivista.storage.lake.bars import ParquetLake
 
 D1 = Timeframe.parse("1d")
 SYMBOLS = ["A", "B/C", "Ä", "BRK.B", "x y", "AAPL"]

@@ -19,8 +19,8 @@ from quantivista.config import Settings
 from quantivista.errors import StorageError
 from quantivista.model.timeframe import Timeframe
 from quantivista.platform import Platform
-from quantivista.storage.backup import PostgresBars, backup, restore, verify
-from quantivista.storage.postgres import PostgresStore
+from quantivista.storage.lake.backup import PostgresBars, backup, restore, verify
+from quantivista.storage.postgres.bars import PostgresStore
 
 T0 = datetime(2024, 2, 1, tzinfo=UTC)
 D1 = Timeframe.parse("1d")
@@ -238,7 +238,7 @@ def test_a_write_during_the_backup_is_in_neither_table(
     make_bars: MakeBars,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from quantivista.storage import pgbackup
+    from quantivista.storage.postgres import backup as pgbackup
 
     src, dst = pg_schema + "_snap_src", pg_schema + "_snap_dst"
     store = PostgresStore(postgres_dsn, src, pool_size=1)

@@ -15,8 +15,8 @@ from conftest import MakeBars
 from quantivista.config import Settings
 from quantivista.model.timeframe import Timeframe
 from quantivista.platform import Platform
-from quantivista.storage.pgcopy import encode_binary_copy
-from quantivista.storage.postgres import PostgresStore
+from quantivista.storage.postgres.bars import PostgresStore
+from quantivista.storage.postgres.copy import encode_binary_copy
 
 
 def test_migrations_run_once_and_reopening_is_a_no_op(
@@ -134,7 +134,7 @@ def test_copy_stream_in_chunks_equals_one_piece() -> None:
     from datetime import UTC, datetime
 
     from quantivista.model.schema import coerce_bars
-    from quantivista.storage.pgcopy import binary_copy_chunks, encode_binary_copy
+    from quantivista.storage.postgres.copy import binary_copy_chunks, encode_binary_copy
 
     n = 7
     bars = coerce_bars(

@@ -12,15 +12,15 @@ import pytest
 from quantivista.model.schema import QUARANTINE_POLARS_SCHEMA
 from quantivista.quality.validate import Validator
 from quantivista.reference.calendars import TradingCalendar
-from quantivista.storage.quarantine import QuarantineStore
+from quantivista.storage.lake.quarantine import ParquetQuarantineStore
 
 MakeBars = Callable[..., pl.DataFrame]
 AT = datetime(2024, 6, 1, 12, tzinfo=UTC)
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> QuarantineStore:
-    return QuarantineStore(tmp_path)
+def store(tmp_path: Path) -> ParquetQuarantineStore:
+    return ParquetQuarantineStore(tmp_path)
 
 
 def rejected_rows(
@@ -33,7 +33,7 @@ def rejected_rows(
     return Validator(cal).validate(bad, job_id="v").rejected
 
 
-def test_empty_store(store: QuarantineStore) -> None:
+def test_empty_store(store: ParquetQuarantineStore) -> None:
     assert store.count() == 0
     listed = store.list()
     assert listed.is_empty()
@@ -41,7 +41,7 @@ def test_empty_store(store: QuarantineStore) -> None:
 
 
 def test_add_and_list_keep_rows_with_their_reasons(
-    store: QuarantineStore, make_bars: MakeBars, xnys: TradingCalendar
+    store: ParquetQuarantineStore, make_bars: MakeBars, xnys: TradingCalendar
 ) -> None:
     rejected = rejected_rows(make_bars, xnys, ["AAA", "BBB"])
     assert store.add(rejected, job_id="job-1", at=AT) == 2
@@ -57,14 +57,14 @@ def test_add_and_list_keep_rows_with_their_reasons(
     assert store.count() == 2
 
 
-def test_adding_nothing_writes_nothing(store: QuarantineStore) -> None:
+def test_adding_nothing_writes_nothing(store: ParquetQuarantineStore) -> None:
     empty = pl.DataFrame(schema=QUARANTINE_POLARS_SCHEMA).drop("quarantined_at")
     assert store.add(empty, job_id="job-1", at=AT) == 0
     assert list(store.dir.rglob("*.parquet")) == []
 
 
 def test_missing_job_ids_are_filled_from_the_batch(
-    store: QuarantineStore, make_bars: MakeBars, xnys: TradingCalendar
+    store: ParquetQuarantineStore, make_bars: MakeBars, xnys: TradingCalendar
 ) -> None:
     rejected = rejected_rows(make_bars, xnys, ["AAA"], job_id=None)
     store.add(rejected, job_id="job-9", at=AT)
@@ -72,7 +72,7 @@ def test_missing_job_ids_are_filled_from_the_batch(
 
 
 def test_filter_by_job_and_symbol(
-    store: QuarantineStore, make_bars: MakeBars, xnys: TradingCalendar
+    store: ParquetQuarantineStore, make_bars: MakeBars, xnys: TradingCalendar
 ) -> None:
     store.add(rejected_rows(make_bars, xnys, ["AAA", "BBB"]), job_id="job-1", at=AT)
     store.add(
@@ -91,7 +91,7 @@ def test_filter_by_job_and_symbol(
 
 
 def test_batches_of_one_job_accumulate(
-    store: QuarantineStore, make_bars: MakeBars, xnys: TradingCalendar
+    store: ParquetQuarantineStore, make_bars: MakeBars, xnys: TradingCalendar
 ) -> None:
     rows = rejected_rows(make_bars, xnys, ["AAA"])
     store.add(rows, job_id="job-1", at=AT)
@@ -104,5 +104,5 @@ def test_batches_of_one_job_accumulate(
 def test_quarantine_survives_reopening(
     tmp_path: Path, make_bars: MakeBars, xnys: TradingCalendar
 ) -> None:
-    QuarantineStore(tmp_path).add(rejected_rows(make_bars, xnys, ["AAA"]), job_id="j", at=AT)
-    assert QuarantineStore(tmp_path).count() == 1
+    ParquetQuarantineStore(tmp_path).add(rejected_rows(make_bars, xnys, ["AAA"]), job_id="j", at=AT)
+    assert ParquetQuarantineStore(tmp_path).count() == 1

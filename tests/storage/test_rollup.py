@@ -13,8 +13,8 @@ from quantivista.clock import TestClock
 from quantivista.config import Settings
 from quantivista.model.schema import coerce_bars
 from quantivista.platform import Platform
+from quantivista.processing.rollup import rollup
 from quantivista.providers.simulator.market import SimulatedMarket
-from quantivista.storage.rollup import rollup
 
 OHLCV = ["symbol", "ts", "open", "high", "low", "close", "volume", "trades"]
 

@@ -11,9 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from quantivista.model.schema import STORED_SCORE_SCHEMA
 from quantivista.quality.validate import SCORE_SCHEMA
-from quantivista.storage import scores
-from quantivista.storage.scores import STORED_SCORE_SCHEMA, QualityScoreStore
+from quantivista.storage.lake import scores
+from quantivista.storage.lake.scores import ParquetScoreStore
 
 AT = datetime(2024, 3, 1, 12, tzinfo=UTC)
 
@@ -50,7 +51,7 @@ def small_big(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.usefixtures("small_big")
 def test_a_clean_batch_is_one_run_per_series(tmp_path: Path) -> None:
-    store = QualityScoreStore(tmp_path)
+    store = ParquetScoreStore(tmp_path)
     batch = _scores("job-1", ["CCC", "AAA", "BBB"], 40)
     assert store.add(batch, AT) == 120
     files = list((tmp_path / "quality" / "scores").rglob("*.parquet"))
@@ -64,7 +65,7 @@ def test_a_clean_batch_is_one_run_per_series(tmp_path: Path) -> None:
 @given(st.sets(st.integers(0, 89)), st.permutations(["AAA", "BBB", "CCC"]))
 def test_runs_read_back_row_for_row(bad: set[int], symbols: list[str]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        store = QualityScoreStore(Path(tmp))
+        store = ParquetScoreStore(Path(tmp))
         batch = _scores("job-1", symbols, 30, bad)
         store.add(batch, AT)
         assert store.read().equals(_stored(batch))
@@ -75,7 +76,7 @@ def test_runs_read_back_row_for_row(bad: set[int], symbols: list[str]) -> None:
 def test_runs_and_row_files_are_read_together(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = QualityScoreStore(tmp_path)
+    store = ParquetScoreStore(tmp_path)
     first = _scores("job-1", ["AAA", "BBB"], 5, {2})
     store.add(first, AT)  # small: one row per day
     monkeypatch.setattr(scores, "_BIG", 10)

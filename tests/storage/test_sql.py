@@ -12,7 +12,7 @@ from conftest import MakeBars
 from quantivista.cli import app
 from quantivista.errors import InvalidInputError
 from quantivista.platform import Platform
-from quantivista.storage.sql import sql_query
+from quantivista.storage.lake.sql import sql_query
 
 
 def test_sql_over_bars_actions_and_quarantine(tmp_path: Path, make_bars: MakeBars) -> None:

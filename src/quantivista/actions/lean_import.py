@@ -47,7 +47,7 @@ def import_lean_equity(p: Platform, root: str | Path, symbol: str) -> LeanImport
         rows = read_map_file(map_path)
         history = map_file_history(rows)
         actions = map_file_actions(rows)
-        p.instruments.load_map_file(symbol.upper(), rows)
+        p.instruments.load_ticker_history(symbol.upper(), history)
     else:
         history = None
         actions = pl.DataFrame()

@@ -19,7 +19,7 @@ from quantivista.bus.base import EventBus
 from quantivista.bus.events import ActionsIngested
 from quantivista.clock import Clock
 from quantivista.model.schema import ACTION_COLUMNS, ACTION_POLARS_SCHEMA, FrameLike, coerce_actions
-from quantivista.storage.actions import ActionStore
+from quantivista.storage.contracts import ActionStore
 
 __all__ = ["ReconcileReport", "ingest_actions", "reconcile_actions"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from datetime import date, datetime
 from typing import Any
 
@@ -19,8 +19,8 @@ from quantivista.actions.adjust import Adjust, DividendConvention, adjust_bars, 
 from quantivista.actions.history import Segment, relabel, ticker_segments
 from quantivista.model.schema import BAR_COLUMNS
 from quantivista.model.timeframe import Timeframe
-from quantivista.storage.actions import ActionStore
 from quantivista.storage.base import BarStore
+from quantivista.storage.contracts import ActionStore
 from quantivista.timeutil import DateLike, to_date
 
 __all__ = ["AdjustedReader"]
@@ -37,7 +37,7 @@ class AdjustedReader:
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple[Any, ...], pl.DataFrame] = OrderedDict()
         # (file version, all actions, the renames among them, every ticker a rename touches)
-        self._actions: tuple[tuple[int, int], pl.DataFrame, pl.DataFrame, frozenset[str]] | None
+        self._actions: tuple[Hashable, pl.DataFrame, pl.DataFrame, frozenset[str]] | None
         self._actions = None
         self._lock = threading.Lock()
 
@@ -47,18 +47,14 @@ class AdjustedReader:
             self._cache.clear()
             self._actions = None
 
-    def _action_version(self) -> tuple[int, int]:
-        path = self.action_store.path
-        if not path.exists():
-            return (0, 0)
-        st = path.stat()
-        return (st.st_mtime_ns, st.st_size)
+    def _action_version(self) -> Hashable:
+        return self.action_store.version()
 
     def actions(self) -> pl.DataFrame:
         """Return all stored actions (re-read only when the file changed)."""
         return self._loaded()[1]
 
-    def _loaded(self) -> tuple[tuple[int, int], pl.DataFrame, pl.DataFrame, frozenset[str]]:
+    def _loaded(self) -> tuple[Hashable, pl.DataFrame, pl.DataFrame, frozenset[str]]:
         version = self._action_version()
         with self._lock:
             if self._actions is not None and self._actions[0] == version:

@@ -5,11 +5,39 @@ from __future__ import annotations
 from datetime import date
 from enum import StrEnum
 
+import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from quantivista.model.schema import ACTION_TYPES
 
-__all__ = ["AssetClass", "CorporateAction", "Instrument"]
+__all__ = ["HISTORY_SCHEMA", "INSTRUMENT_SCHEMA", "AssetClass", "CorporateAction", "Instrument"]
+
+# the instrument master's two tables: instruments by id, and their tickers over time
+INSTRUMENT_SCHEMA = pl.Schema(
+    {
+        "instrument_id": pl.String(),
+        "name": pl.String(),
+        "asset_class": pl.String(),
+        "currency": pl.String(),
+        "exchange": pl.String(),
+        "isin": pl.String(),
+        "cusip": pl.String(),
+        "sedol": pl.String(),
+        "figi": pl.String(),
+        "sector": pl.String(),
+        "industry": pl.String(),
+        "listed": pl.Date(),
+        "delisted": pl.Date(),
+    }
+)
+HISTORY_SCHEMA = pl.Schema(
+    {
+        "instrument_id": pl.String(),
+        "symbol": pl.String(),
+        "valid_from": pl.Date(),
+        "valid_to": pl.Date(),
+    }
+)
 
 
 class AssetClass(StrEnum):

@@ -8,7 +8,15 @@ from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-__all__ = ["DataQualityReport", "IngestionJob", "JobStatus", "Severity", "ValidationIssue"]
+__all__ = [
+    "DataQualityReport",
+    "IngestionJob",
+    "JobStatus",
+    "JobTask",
+    "Severity",
+    "TaskStatus",
+    "ValidationIssue",
+]
 
 
 class JobStatus(StrEnum):
@@ -100,6 +108,8 @@ class IngestionJob(BaseModel):
     request_start: AwareDatetime | None = None
     request_end: AwareDatetime | None = None
     quality: DataQualityReport | None = None
+    providers: list[str] = Field(default_factory=list, description="tried in this order")
+    tasks: int = Field(default=0, ge=0, description="units of work the job was split into")
 
     @property
     def duration_s(self) -> float | None:
@@ -107,3 +117,36 @@ class IngestionJob(BaseModel):
         if self.start_time is None or self.end_time is None:
             return None
         return (self.end_time - self.start_time).total_seconds()
+
+
+class TaskStatus(StrEnum):
+    """Lifecycle of one unit of a job."""
+
+    PENDING = "pending"  # waiting for a worker (new, or its last worker's lease lapsed)
+    RUNNING = "running"  # leased by a worker that heartbeats
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # gave up (a permanent error); recovery may run it again
+
+
+class JobTask(BaseModel):
+    """A unit of an ingestion job: some symbols of the job's range, run under a lease.
+
+    A running task belongs to `worker` until `lease_expires_at`; the worker extends the
+    lease by heartbeats. A lapsed lease means the worker died: the task goes back to
+    pending and its job to failed ("lease expired") until it is recovered.
+    """
+
+    task_id: str
+    job_id: str
+    seq: int = Field(ge=0)
+    symbols: list[str]
+    status: TaskStatus = TaskStatus.PENDING
+    attempts: int = Field(default=0, ge=0, description="claims so far")
+    worker: str | None = None
+    lease_expires_at: AwareDatetime | None = None
+    heartbeat_at: AwareDatetime | None = None
+    started_at: AwareDatetime | None = None
+    finished_at: AwareDatetime | None = None
+    records_processed: int = Field(default=0, ge=0)
+    records_failed: int = Field(default=0, ge=0)
+    error_details: list[dict[str, Any]] = Field(default_factory=list)

@@ -24,6 +24,11 @@ __all__ = [
     "BAR_VALUE_COLUMNS",
     "FrameLike",
     "QUARANTINE_POLARS_SCHEMA",
+    "QUARANTINE_ROW_ID",
+    "RAW_MANIFEST_SCHEMA",
+    "RELEASE_POLARS_SCHEMA",
+    "SCORE_SCHEMA",
+    "STORED_SCORE_SCHEMA",
     "coerce_actions",
     "coerce_bars",
     "empty_bars",
@@ -118,6 +123,38 @@ QUARANTINE_POLARS_SCHEMA = pl.Schema(
         "severity": pl.String(),
         "reason": pl.String(),
         "quarantined_at": PL_UTC_TS,
+    }
+)
+
+# what identifies one quarantined row (a conflicting duplicate may repeat the bar key)
+QUARANTINE_ROW_ID: tuple[str, ...] = (
+    "job_id",
+    "symbol",
+    "timeframe",
+    "ts",
+    "quarantined_at",
+    "rule",
+)
+# one record per released quarantine row: which row, when, through which job
+RELEASE_POLARS_SCHEMA = pl.Schema(
+    {
+        **{c: QUARANTINE_POLARS_SCHEMA[c] for c in QUARANTINE_ROW_ID},
+        "released_at": PL_UTC_TS,
+        "release_job_id": pl.String(),
+    }
+)
+# one row per raw payload kept in bronze
+RAW_MANIFEST_SCHEMA = pl.Schema(
+    {
+        "job_id": pl.String(),
+        "provider": pl.String(),
+        "url": pl.String(),
+        "status_code": pl.Int32(),
+        "content_type": pl.String(),
+        "received_at": PL_UTC_TS,
+        "sha256": pl.String(),
+        "bytes": pl.Int64(),
+        "path": pl.String(),
     }
 )
 
@@ -331,3 +368,20 @@ def series_in_blocks(
     if not df.select((~same | rising).all()).item():
         return False
     return not df.filter(~same).select(*by).is_duplicated().any()
+
+
+# one row per (symbol, timeframe, session date, job): the quality trend kept with the data
+SCORE_SCHEMA = pl.Schema(
+    {
+        "symbol": pl.String(),
+        "timeframe": pl.String(),
+        "date": pl.Date(),
+        "job_id": pl.String(),
+        "rows": pl.UInt32(),
+        "rejected": pl.UInt32(),
+        "flagged": pl.UInt32(),
+        "missing": pl.UInt32(),
+        "score": pl.Float64(),
+    }
+)
+STORED_SCORE_SCHEMA = pl.Schema({**SCORE_SCHEMA, "scored_at": PL_UTC_TS})

@@ -10,6 +10,7 @@ from uuid import uuid4
 
 import polars as pl
 
+from quantivista.acquisition.router import Router
 from quantivista.bus.base import EventBus
 from quantivista.bus.events import ActionsIngested
 from quantivista.clock import Clock
@@ -18,10 +19,7 @@ from quantivista.model.jobs import DataQualityReport, IngestionJob, JobStatus
 from quantivista.model.timeframe import Timeframe
 from quantivista.pipeline.writer import BarWriter
 from quantivista.providers.base import BarRequest, FetchResult
-from quantivista.providers.router import Router
-from quantivista.storage.actions import ActionStore
-from quantivista.storage.bronze import BronzeStore
-from quantivista.storage.catalog import Catalog
+from quantivista.storage.contracts import ActionStore, JobCatalog, RawStore
 
 __all__ = ["Ingestor", "Progress", "new_job_id"]
 
@@ -48,8 +46,8 @@ class Ingestor:
         self,
         writer: BarWriter,
         actions: ActionStore,
-        bronze: BronzeStore,
-        catalog: Catalog,
+        bronze: RawStore,
+        catalog: JobCatalog,
         bus: EventBus,
         clock: Clock,
         *,

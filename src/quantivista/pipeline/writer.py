@@ -13,13 +13,10 @@ from quantivista.clock import Clock
 from quantivista.model.jobs import DataQualityReport
 from quantivista.model.schema import FrameLike, coerce_bars
 from quantivista.model.timeframe import Timeframe, TimeframeLike
+from quantivista.processing.rollup import Rollup
 from quantivista.quality.validate import Validator
-from quantivista.storage.actions import ActionStore
 from quantivista.storage.base import BarStore, UpsertStats
-from quantivista.storage.catalog import Catalog
-from quantivista.storage.quarantine import QuarantineStore
-from quantivista.storage.rollup import Rollup
-from quantivista.storage.scores import QualityScoreStore
+from quantivista.storage.contracts import ActionStore, JobCatalog, QuarantineStore, ScoreStore
 
 __all__ = ["BarWriter", "WriteOutcome"]
 
@@ -40,13 +37,13 @@ class BarWriter:
         self,
         store: BarStore,
         quarantine: QuarantineStore,
-        catalog: Catalog,
+        catalog: JobCatalog,
         bus: EventBus,
         validator: Validator,
         clock: Clock,
         rollup: Rollup | None = None,
         actions: ActionStore | None = None,
-        scores: QualityScoreStore | None = None,
+        scores: ScoreStore | None = None,
     ) -> None:
         self.actions = actions  # known corporate actions keep real splits from looking like spikes
         self.scores = scores  # per symbol-day quality scores, kept for trends

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import polars as pl
 
 from quantivista.model.instruments import AssetClass
+from quantivista.model.payloads import RawPayload
 from quantivista.model.schema import ACTION_POLARS_SCHEMA
 from quantivista.model.timeframe import Timeframe, TimeframeLike
 from quantivista.timeutil import DateLike, to_date, to_utc
@@ -115,19 +116,6 @@ def request_range(start: DateLike, end: DateLike) -> tuple[datetime, datetime]:
         day = to_date(end)
         hi = datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=1)
     return lo, hi
-
-
-@dataclass(frozen=True, slots=True)
-class RawPayload:
-    """One response exactly as received, with what is needed to replay or audit it."""
-
-    provider: str
-    url: str  # redacted: no keys
-    status_code: int
-    body: bytes
-    received_at: datetime
-    content_type: str = ""
-    request_params: dict[str, str] = field(default_factory=dict)
 
 
 # building an empty frame costs ~0.7 ms; frames are immutable, so one can be shared

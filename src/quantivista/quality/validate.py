@@ -14,7 +14,7 @@ import polars as pl
 from quantivista.config import QualitySettings
 from quantivista.model.flags import QualityFlag
 from quantivista.model.jobs import DataQualityReport, Severity, ValidationIssue
-from quantivista.model.schema import BAR_COLUMNS, BAR_KEY, BAR_VALUE_COLUMNS
+from quantivista.model.schema import BAR_COLUMNS, BAR_KEY, BAR_VALUE_COLUMNS, SCORE_SCHEMA
 from quantivista.model.timeframe import Timeframe
 from quantivista.quality.rules import DEFAULT_RULES, SERIES_COLUMNS, Rule
 from quantivista.quality.series import series_context
@@ -23,20 +23,6 @@ from quantivista.reference.calendars import TradingCalendar
 __all__ = ["SCORE_SCHEMA", "ValidationResult", "Validator", "batch_score", "day_scores", "profile"]
 
 MAX_ISSUES_PER_RULE = 50
-# one row per (symbol, timeframe, session date, job): the quality trend kept with the data
-SCORE_SCHEMA = pl.Schema(
-    {
-        "symbol": pl.String(),
-        "timeframe": pl.String(),
-        "date": pl.Date(),
-        "job_id": pl.String(),
-        "rows": pl.UInt32(),
-        "rejected": pl.UInt32(),
-        "flagged": pl.UInt32(),
-        "missing": pl.UInt32(),
-        "score": pl.Float64(),
-    }
-)
 # arrival order says nothing about the bar itself: it does not lower the score
 _SCORED_BITS = 0xFFFFFFFF & ~int(QualityFlag.OUT_OF_ORDER)
 _SOFT_WEIGHT = 0.5  # a flagged row counts half: stored, but worth a look

@@ -15,7 +15,7 @@ import polars as pl
 from quantivista.errors import InvalidInputError, NotFoundError
 from quantivista.model.timeframe import Timeframe
 from quantivista.reference.currencies import CURRENCIES
-from quantivista.storage.lake import ParquetLake
+from quantivista.storage.lake.bars import ParquetLake
 
 __all__ = ["FxRates", "is_pair"]
 

@@ -5,7 +5,7 @@ intervals (inclusive dates, null = open). FB (2012-05-18 .. 2022-06-08) and META
 2022-06-09) belong to one instrument; WM of Washington Mutual (until 2008) and WM of Waste
 Management (from 2009) are two. Lookups by (ticker, date) are `join_asof` joins.
 
-Stored in the lake as `<root>/reference/instruments.parquet` and `symbol_history.parquet`.
+Kept by the backend's `InstrumentStore` (lake: two Parquet files; PostgreSQL: two tables).
 """
 
 from __future__ import annotations
@@ -18,17 +18,16 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from quantivista.config import StorageSettings
 from quantivista.errors import SchemaError
-from quantivista.model.instruments import AssetClass, Instrument
+from quantivista.model.instruments import HISTORY_SCHEMA, INSTRUMENT_SCHEMA, AssetClass, Instrument
 from quantivista.model.schema import FrameLike, to_polars
 from quantivista.reference.currencies import CURRENCIES
 from quantivista.reference.identifiers import identifier_problems
-from quantivista.storage.lake import atomic_write_parquet
 from quantivista.timeutil import DateLike, to_date
 
 if TYPE_CHECKING:
     from quantivista.providers.simulator.market import SimulatedMarket
+    from quantivista.storage.contracts import InstrumentStore
 
 __all__ = [
     "HISTORY_SCHEMA",
@@ -38,31 +37,6 @@ __all__ = [
     "LoadReport",
 ]
 
-INSTRUMENT_SCHEMA = pl.Schema(
-    {
-        "instrument_id": pl.String(),
-        "name": pl.String(),
-        "asset_class": pl.String(),
-        "currency": pl.String(),
-        "exchange": pl.String(),
-        "isin": pl.String(),
-        "cusip": pl.String(),
-        "sedol": pl.String(),
-        "figi": pl.String(),
-        "sector": pl.String(),
-        "industry": pl.String(),
-        "listed": pl.Date(),
-        "delisted": pl.Date(),
-    }
-)
-HISTORY_SCHEMA = pl.Schema(
-    {
-        "instrument_id": pl.String(),
-        "symbol": pl.String(),
-        "valid_from": pl.Date(),
-        "valid_to": pl.Date(),
-    }
-)
 _FAR_PAST = date(1, 1, 1)
 _ASSET_CLASSES = [a.value for a in AssetClass]
 
@@ -141,24 +115,21 @@ class InstrumentMaster:
         p.instruments.lookup("WM", on="2010-01-04")   # Waste Management
     """
 
-    def __init__(self, root: Path, settings: StorageSettings | None = None) -> None:
-        base = Path(root) / "reference"
-        self.instruments_path = base / "instruments.parquet"
-        self.history_path = base / "symbol_history.parquet"
-        self.settings = settings or StorageSettings()
+    def __init__(self, store: InstrumentStore | Path | str) -> None:
+        if isinstance(store, (str, Path)):  # a data directory: its embedded store
+            from quantivista.storage.lake.instruments import ParquetInstrumentStore
+
+            store = ParquetInstrumentStore(Path(store))
+        self.store = store
 
     # -- reads ---------------------------------------------------------------------------
     def instruments(self) -> pl.DataFrame:
         """Return every stored instrument."""
-        if not self.instruments_path.exists():
-            return pl.DataFrame(schema=INSTRUMENT_SCHEMA)
-        return pl.read_parquet(self.instruments_path)
+        return self.store.instruments()
 
     def symbol_history(self) -> pl.DataFrame:
         """Return every ticker interval (instrument_id, symbol, valid_from, valid_to)."""
-        if not self.history_path.exists():
-            return pl.DataFrame(schema=HISTORY_SCHEMA)
-        return pl.read_parquet(self.history_path)
+        return self.store.symbol_history()
 
     def history(self, instrument_id: str) -> pl.DataFrame:
         """Return the tickers one instrument used, oldest first."""
@@ -257,21 +228,7 @@ class InstrumentMaster:
         hist = hist.with_columns(pl.col("symbol").str.strip_chars().str.to_uppercase()).filter(
             ~pl.col("instrument_id").is_in(rejected["instrument_id"].implode())
         )
-        merged = pl.concat(
-            [
-                self.instruments().join(
-                    good.select("instrument_id"), on="instrument_id", how="anti"
-                ),
-                good,
-            ]
-        ).sort("instrument_id")
-        atomic_write_parquet(merged, self.instruments_path, self.settings)
-        if hist.height:
-            kept = self.symbol_history().join(
-                hist.select("instrument_id").unique(), on="instrument_id", how="anti"
-            )
-            all_hist = pl.concat([kept, hist]).sort("symbol", "valid_from", nulls_last=False)
-            atomic_write_parquet(all_hist, self.history_path, self.settings)
+        self.store.merge(good, hist)
         return LoadReport(good.height, hist.height, rejected)
 
     def load_csv(self, path: str | Path, history: str | Path | None = None) -> LoadReport:
@@ -315,11 +272,12 @@ class InstrumentMaster:
         )
         return self.upsert(frame, market.ticker_history())
 
-    def load_map_file(self, instrument_id: str, map_rows: pl.DataFrame) -> LoadReport:
-        """Attach the ticker history of a Lean map file (from `read_map_file`) to an instrument."""
-        from quantivista.actions.lean import map_file_history
+    def load_ticker_history(self, instrument_id: str, tickers: pl.DataFrame) -> LoadReport:
+        """Attach ticker intervals (ticker, valid_from, valid_to) to an instrument.
 
-        hist = map_file_history(map_rows).select(
+        A Lean map file gives them through `actions.lean.map_file_history`.
+        """
+        hist = tickers.select(
             pl.lit(instrument_id).alias("instrument_id"),
             pl.col("ticker").alias("symbol"),
             "valid_from",

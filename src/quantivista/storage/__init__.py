@@ -1,30 +1,42 @@
-"""Storage: the store contract, the embedded lake and the PostgreSQL backend.
+"""Storage: one contract per kind of state (`contracts`), and the backends that keep them all.
 
-`PostgresStore` lives in `quantivista.storage.postgres` (needs the `postgres` extra).
+    backend = open_backend(settings)      # lake (embedded) or PostgreSQL, from the settings
+    backend.bars.read([...], Timeframe.parse("1d"))
+
+`lake/` keeps everything under the data directory (Parquet files and a SQLite catalog);
+`postgres/` keeps everything in one PostgreSQL schema (extra `postgres`), so a second host
+sees the same platform. Importing this package does not import psycopg.
 """
 
-from quantivista.storage.actions import ActionStore
-from quantivista.storage.archive import ColdTier, archive_expired
-from quantivista.storage.base import BarStore, RetentionPolicy, UpsertStats, apply_retention
-from quantivista.storage.catalog import Catalog
-from quantivista.storage.factory import open_store
-from quantivista.storage.lake import ParquetLake, storage_report
-from quantivista.storage.quarantine import QuarantineStore
-from quantivista.storage.rollup import Rollup, rollup
+from __future__ import annotations
+
+from quantivista.storage.backend import Backend, open_backend
+from quantivista.storage.base import (
+    BarStore,
+    RetentionPolicy,
+    UpsertStats,
+    apply_retention,
+)
+from quantivista.storage.contracts import (
+    ActionStore,
+    InstrumentStore,
+    JobCatalog,
+    QuarantineStore,
+    RawStore,
+    ScoreStore,
+)
 
 __all__ = [
     "ActionStore",
+    "Backend",
     "BarStore",
-    "Catalog",
-    "ColdTier",
-    "ParquetLake",
+    "InstrumentStore",
+    "JobCatalog",
     "QuarantineStore",
+    "RawStore",
     "RetentionPolicy",
-    "Rollup",
+    "ScoreStore",
     "UpsertStats",
     "apply_retention",
-    "archive_expired",
-    "open_store",
-    "rollup",
-    "storage_report",
+    "open_backend",
 ]

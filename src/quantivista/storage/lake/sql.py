@@ -57,7 +57,7 @@ def _bars_view(con: duckdb.DuckDBPyConnection, root: Path, storage: StorageSetti
     cold: list[str] = []
     overlap: list[Path] = []
     if storage is not None and storage.archive_url and (bars_root / "_layout.json").exists():
-        from quantivista.storage.lake import ParquetLake
+        from quantivista.storage.lake.bars import ParquetLake
 
         lake = ParquetLake(root, storage)
         assert lake.cold is not None and lake.cold_index is not None

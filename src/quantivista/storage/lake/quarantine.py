@@ -10,24 +10,21 @@ from uuid import uuid4
 import polars as pl
 
 from quantivista.config import StorageSettings
-from quantivista.model.schema import QUARANTINE_POLARS_SCHEMA
-from quantivista.storage.lake import atomic_write_parquet
-
-__all__ = ["RELEASE_SCHEMA", "ROW_ID", "QuarantineStore"]
-
-
-# what identifies one quarantined row (a conflicting duplicate may repeat the bar key)
-ROW_ID: tuple[str, ...] = ("job_id", "symbol", "timeframe", "ts", "quarantined_at", "rule")
-RELEASE_SCHEMA = pl.Schema(
-    {
-        **{c: QUARANTINE_POLARS_SCHEMA[c] for c in ROW_ID},
-        "released_at": QUARANTINE_POLARS_SCHEMA["quarantined_at"],
-        "release_job_id": pl.String(),
-    }
+from quantivista.model.schema import (
+    QUARANTINE_POLARS_SCHEMA,
+    QUARANTINE_ROW_ID,
+    RELEASE_POLARS_SCHEMA,
 )
+from quantivista.storage.lake.files import atomic_write_parquet
+from quantivista.storage.lake.layout import LakeLayout
+
+__all__ = ["ParquetQuarantineStore"]
+
+ROW_ID = QUARANTINE_ROW_ID
+RELEASE_SCHEMA = RELEASE_POLARS_SCHEMA
 
 
-class QuarantineStore:
+class ParquetQuarantineStore:
     """Rejected bars as Parquet files, one per rejecting batch: `quarantine/bars/job_id=<id>/`.
 
     Files are never rewritten: releasing rows appends a record to `quarantine/released/`,
@@ -35,8 +32,9 @@ class QuarantineStore:
     """
 
     def __init__(self, root: Path, settings: StorageSettings | None = None) -> None:
-        self.dir = Path(root) / "quarantine" / "bars"
-        self.released_dir = Path(root) / "quarantine" / "released"
+        layout = LakeLayout(Path(root))
+        self.dir = layout.quarantine
+        self.released_dir = layout.released
         self.settings = settings or StorageSettings()
         self.dir.mkdir(parents=True, exist_ok=True)
 

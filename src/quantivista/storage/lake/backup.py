@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from quantivista.errors import StorageError
-from quantivista.storage.lake import ParquetLake
+from quantivista.storage.lake.bars import ParquetLake
 
 if TYPE_CHECKING:
     from quantivista.config import Settings
@@ -113,7 +113,7 @@ def _snapshot(root: Path, dest: Path, postgres: PostgresBars | None) -> dict[str
                 src.close()
     pg_meta = None
     if postgres is not None:
-        from quantivista.storage.pgbackup import dump
+        from quantivista.storage.postgres.backup import dump
 
         pg_meta = dump(postgres.dsn, postgres.schema, dest)
     for path in sorted(p for p in dest.rglob("*") if p.is_file()):
@@ -168,7 +168,7 @@ def restore(src: Path, root: Path, postgres: PostgresBars | None = None) -> dict
     if pg_meta is not None and postgres is None:
         raise StorageError("the backup holds PostgreSQL bars; restore it with backend postgres")
     if pg_meta is not None and postgres is not None:
-        from quantivista.storage.pgbackup import check_target, load
+        from quantivista.storage.postgres.backup import check_target, load
 
         missing = [
             t["file"] for t in pg_meta["tables"].values() if t["file"] not in manifest["files"]

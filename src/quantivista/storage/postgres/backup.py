@@ -55,7 +55,7 @@ def _use_schema(conn: Connection[Any], schema: str) -> None:
 def _years(conn: Connection[Any], layout: str) -> list[int]:
     """Return the years `bars` holds: its partitions, or (hypertable) the years of its rows."""
     if layout == "partitioned":
-        from quantivista.storage.postgres import partition_years
+        from quantivista.storage.postgres.bars import partition_years
 
         return sorted(partition_years(conn))
     rows = conn.execute("SELECT DISTINCT extract(year FROM ts)::int4 FROM bars").fetchall()
@@ -70,7 +70,7 @@ def dump(dsn: str, schema: str, dest: Path) -> dict[str, Any]:
     """
     from psycopg import IsolationLevel, sql
 
-    from quantivista.storage.postgres import table_columns
+    from quantivista.storage.postgres.bars import table_columns
 
     folder = Path(dest) / PG_DIR
     folder.mkdir(parents=True, exist_ok=True)
@@ -135,7 +135,7 @@ def check_target(dsn: str, schema: str, meta: dict[str, Any]) -> None:
     """Refuse a target `schema` that holds bars or history, or sits at another migration."""
     from psycopg import sql
 
-    from quantivista.storage.postgres import known_revision
+    from quantivista.storage.postgres.bars import known_revision
 
     revision = meta.get("revision")
     if not revision or not known_revision(str(revision)):
@@ -172,7 +172,7 @@ def load(dsn: str, schema: str, src: Path, meta: dict[str, Any]) -> dict[str, in
     """
     from psycopg import sql
 
-    from quantivista.storage.postgres import create_year_partitions, migrate
+    from quantivista.storage.postgres.bars import create_year_partitions, migrate
 
     try:
         migrate(dsn, schema, str(meta["revision"]))

@@ -19,8 +19,8 @@ import polars as pl
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 if TYPE_CHECKING:
-    from quantivista.providers.breaker import Breakers, Transition
-    from quantivista.providers.limits import RateLimiter
+    from quantivista.acquisition.breaker import Breakers, Transition
+    from quantivista.acquisition.limits import RateLimiter
 
 __all__ = ["LATENCY_BUCKETS_S", "ProviderAnalytics", "ProviderStats"]
 

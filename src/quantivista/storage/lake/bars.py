@@ -37,7 +37,6 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 from uuid import uuid4
 
 import numpy as np
@@ -53,7 +52,6 @@ from quantivista.model.schema import (
     PL_UTC_TS,
 )
 from quantivista.model.timeframe import Timeframe
-from quantivista.storage.archive import ColdEntry, ColdIndex, ColdTier
 from quantivista.storage.base import (
     HISTORY_POLARS_SCHEMA,
     REPORT_SCHEMA,
@@ -62,13 +60,15 @@ from quantivista.storage.base import (
     latest_per_key,
     pick_as_of,
 )
-from quantivista.storage.cache import FileCache
-from quantivista.storage.fileops import flocked
+from quantivista.storage.lake.cache import FileCache
+from quantivista.storage.lake.cold import ColdEntry, ColdIndex, ColdTier
+from quantivista.storage.lake.files import atomic_write_parquet, flocked
+from quantivista.storage.lake.layout import BAR_DATA_FILE, BAR_LAYOUT_FILE, LakeLayout
 
-__all__ = ["ParquetLake", "atomic_write_parquet", "bucket_of", "storage_report"]
+__all__ = ["ParquetLake", "bucket_of", "storage_report"]
 
-DATA_FILE = "data.parquet"
-LAYOUT_FILE = "_layout.json"
+DATA_FILE = BAR_DATA_FILE
+LAYOUT_FILE = BAR_LAYOUT_FILE
 _LAYOUT_VERSION = 2
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _LOCK_STRIPES = 64
@@ -94,58 +94,6 @@ def bucket_of(symbol: str, buckets: int) -> int:
 
 def _bucket_dir(bucket: int) -> str:
     return f"bucket={bucket:03d}"
-
-
-# Encodings chosen for bars: byte-stream-split floats and delta-packed integers encode two to
-# four times as fast as the dictionary-first defaults (measured per column on simulated and
-# random bars); PLAIN compresses 2-decimal prices smaller, but at twice the cost.
-_FLOAT_COLUMNS = ("open", "high", "low", "close", "volume", "vwap")
-_DELTA_COLUMNS = ("ts", "ingested_at", "trades")
-_DICT_COLUMNS = ("symbol", "timeframe", "provider", "job_id")
-
-
-def _write_options(df: pl.DataFrame, settings: StorageSettings) -> dict[str, Any]:
-    encodings = {c: "BYTE_STREAM_SPLIT" for c in _FLOAT_COLUMNS if c in df.columns}
-    encodings.update({c: "DELTA_BINARY_PACKED" for c in _DELTA_COLUMNS if c in df.columns})
-    compression = "none" if settings.compression == "none" else settings.compression
-    return {
-        "compression": compression,
-        "compression_level": settings.compression_level
-        if settings.compression in ("zstd", "gzip")
-        else None,
-        "use_dictionary": [c for c in _DICT_COLUMNS if c in df.columns],
-        "column_encoding": encodings,
-        "write_statistics": ["ts"] if "ts" in df.columns else True,
-        # the Parquet logical types already say string / UTC timestamp / uint32; leaving the
-        # Arrow schema out keeps files readable by any engine and lets us hand over views
-        "store_schema": False,
-    }
-
-
-def atomic_write_parquet(df: pl.DataFrame, path: Path, settings: StorageSettings) -> int:
-    """Write `df` to `path` so that readers see either the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".tmp-{uuid4().hex}.parquet"
-    try:
-        table = df.to_arrow(compat_level=pl.CompatLevel.newest())
-        pq.write_table(table, tmp, **_write_options(df, settings))
-        if settings.fsync:
-            _fsync(tmp)
-        os.replace(tmp, path)
-        if settings.fsync:
-            _fsync(path.parent)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise StorageError("cannot write partition file", path=str(path), error=str(exc)) from exc
-    return path.stat().st_size
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class _Indexed:
@@ -181,9 +129,10 @@ class ParquetLake:
         self.settings = settings or StorageSettings()
         url = self.settings.archive_url
         self.cold = cold if cold is not None else (ColdTier(url) if url else None)
-        self.bars_root = self.root / "silver" / "bars"
-        self.history_root = self.root / "history" / "bars"
-        self._lock_dir = self.root / ".locks"
+        self.layout = LakeLayout(self.root)
+        self.bars_root = self.layout.bars
+        self.history_root = self.layout.bars_history
+        self._lock_dir = self.layout.locks
         # decoded partition files of both tiers (cold ones under the identity the index holds)
         self.cache: FileCache[_Indexed] = FileCache(self.settings.cache_mb * 1024 * 1024)
         self.bars_root.mkdir(parents=True, exist_ok=True)
@@ -245,7 +194,7 @@ class ParquetLake:
             atomic_write_parquet(old.select(HISTORY_POLARS_SCHEMA.names()), path, self.settings)
 
     @contextmanager
-    def _locked(self, directory: Path) -> Iterator[None]:
+    def locked(self, directory: Path) -> Iterator[None]:
         stripe = zlib.crc32(str(directory).encode()) % _LOCK_STRIPES
         with flocked(self._lock_dir / f"{stripe:02d}.lock"):
             yield
@@ -325,7 +274,7 @@ class ParquetLake:
         new = pl.concat(slices, rechunk=True) if len(slices) > 1 else slices[0].rechunk()
         directory = self._dir(*key)
         path = directory / DATA_FILE
-        with self._locked(directory):
+        with self.locked(directory):
             self._sweep_temporaries(directory)
             if path.exists():
                 self._sweep_temporaries(self._history_of(directory))
@@ -380,10 +329,10 @@ class ParquetLake:
             if hist_file.name.startswith(".tmp-"):
                 continue
             partition = self.bars_root / hist_file.parent.relative_to(self.history_root)
-            with self._locked(partition):
+            with self.locked(partition):
                 if not hist_file.exists():
                     continue
-                old = self._read_file(hist_file)
+                old = self.read_file(hist_file)
                 keep = old.filter(pl.col("ts") >= before)
                 if keep.is_empty():
                     hist_file.unlink()
@@ -409,10 +358,10 @@ class ParquetLake:
             found = (p for s in dict.fromkeys(symbols) for p in self._files(tf, s, None, before))
             paths = sorted(set(found))
         for path in paths:
-            with self._locked(path.parent):
+            with self.locked(path.parent):
                 if not path.exists():
                     continue
-                df = self._read_file(path)
+                df = self.read_file(path)
                 gone = df.filter(mask)
                 if gone.is_empty():
                     continue
@@ -430,14 +379,14 @@ class ParquetLake:
 
     # -- reads -----------------------------------------------------------------------------
     @staticmethod
-    def _read_file(path: Path, columns: Sequence[str] | None = None) -> pl.DataFrame:
+    def read_file(path: Path, columns: Sequence[str] | None = None) -> pl.DataFrame:
         try:
             return pl.read_parquet(path, columns=list(columns) if columns else None)
         except (OSError, pl.exceptions.ComputeError) as exc:
             raise StorageError("cannot read partition file", path=str(path)) from exc
 
     def _read_indexed(self, path: Path) -> _Indexed:
-        return _Indexed(self._read_file(path))
+        return _Indexed(self.read_file(path))
 
     def data_files(
         self, timeframe: str | None = None, before: datetime | None = None
@@ -625,11 +574,11 @@ class ParquetLake:
         dirs = {p.parent for p in self.history_root.rglob("*.parquet") if p.name[0] != "."}
         for hist_dir in sorted(dirs):
             partition = self.bars_root / hist_dir.relative_to(self.history_root)
-            with self._locked(partition):
+            with self.locked(partition):
                 files = sorted(p for p in hist_dir.glob("*.parquet") if p.name[0] != ".")
                 if len(files) < 2:
                     continue
-                merged = pl.concat([self._read_file(p) for p in files])
+                merged = pl.concat([self.read_file(p) for p in files])
                 merged = merged.sort("symbol", "ts", "ingested_at")
                 # the merged file lands before the parts go: a crash leaves duplicates of
                 # identical versions, which as-of reads already tolerate

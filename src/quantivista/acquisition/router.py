@@ -27,6 +27,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from quantivista.acquisition.analytics import ProviderAnalytics
+from quantivista.acquisition.breaker import (
+    Breakers,
+    BreakerState,
+    CircuitBreaker,
+    counts_as_failure,
+)
+from quantivista.acquisition.cache import ResponseCache, SingleFlight, copy_result, request_key
+from quantivista.acquisition.health import HealthMonitor
+from quantivista.acquisition.limits import RateLimiter
+from quantivista.acquisition.retry import RetryPolicy
 from quantivista.clock import Clock, SystemClock
 from quantivista.errors import (
     CircuitOpenError,
@@ -34,18 +45,7 @@ from quantivista.errors import (
     ProviderError,
     QuotaExhaustedError,
 )
-from quantivista.providers.analytics import ProviderAnalytics
 from quantivista.providers.base import BarRequest, FetchResult, Provider
-from quantivista.providers.breaker import (
-    Breakers,
-    BreakerState,
-    CircuitBreaker,
-    counts_as_failure,
-)
-from quantivista.providers.cache import ResponseCache, SingleFlight, copy_result, request_key
-from quantivista.providers.health import HealthMonitor
-from quantivista.providers.limits import RateLimiter
-from quantivista.providers.retry import RetryPolicy
 
 __all__ = ["Attempt", "Router"]
 

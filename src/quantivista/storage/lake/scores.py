@@ -14,10 +14,11 @@ import pyarrow as pa
 
 from quantivista.config import StorageSettings
 from quantivista.errors import StorageError
-from quantivista.quality.validate import SCORE_SCHEMA
-from quantivista.storage.lake import atomic_write_parquet
+from quantivista.model.schema import STORED_SCORE_SCHEMA
+from quantivista.storage.lake.files import atomic_write_parquet
+from quantivista.storage.lake.layout import LakeLayout
 
-__all__ = ["STORED_SCORE_SCHEMA", "QualityScoreStore"]
+__all__ = ["ParquetScoreStore"]
 
 # one file per batch. Big batches (daily bars score one row per bar) store runs of days
 # with the same score as one row with a list of dates (`<uuid>.runs.parquet`): a clean
@@ -26,10 +27,8 @@ _BIG = 100_000
 _RUNS = ".runs.parquet"
 _RUN_KEY = ("symbol", "timeframe", "job_id", "rows", "rejected", "flagged", "missing", "score")
 
-STORED_SCORE_SCHEMA = pl.Schema({**SCORE_SCHEMA, "scored_at": pl.Datetime("us", "UTC")})
 
-
-class QualityScoreStore:
+class ParquetScoreStore:
     """Parquet files, one per validated batch: `quality/scores/job_id=<id>/<uuid>.parquet`.
 
     A big batch's file is `<uuid>.runs.parquet`: one row per run of days with the same
@@ -37,7 +36,7 @@ class QualityScoreStore:
     """
 
     def __init__(self, root: Path, settings: StorageSettings | None = None) -> None:
-        self.dir = Path(root) / "quality" / "scores"
+        self.dir = LakeLayout(Path(root)).scores
         self.settings = settings or StorageSettings()
         self.dir.mkdir(parents=True, exist_ok=True)
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
-from quantivista.storage.fileops import file_identity
+from quantivista.storage.lake.files import file_identity
 
 __all__ = ["FileCache"]
 

@@ -28,9 +28,9 @@ import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from uuid import uuid4
 
 import fsspec  # type: ignore[import-untyped]
@@ -38,13 +38,9 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from quantivista.errors import StorageError
-from quantivista.model.timeframe import Timeframe
-from quantivista.storage.fileops import file_identity, flocked
+from quantivista.storage.lake.files import file_identity, flocked
 
-if TYPE_CHECKING:
-    from quantivista.storage.lake import ParquetLake
-
-__all__ = ["ColdEntry", "ColdIndex", "ColdTier", "archive_expired"]
+__all__ = ["ColdEntry", "ColdIndex", "ColdTier"]
 
 DATA_FILE = "data.parquet"
 INDEX_DIR = "cold_index"
@@ -315,73 +311,3 @@ def _write_json(path: Path, value: Any) -> None:
     tmp = path.parent / f".tmp-{uuid4().hex}.json"
     tmp.write_text(json.dumps(value, separators=(",", ":")))
     os.replace(tmp, path)
-
-
-def archive_expired(
-    lake: ParquetLake, hot_days: Mapping[str, int], now: datetime
-) -> dict[str, int]:
-    """Move bars older than each timeframe's hot retention to the lake's cold tier.
-
-    Return the rows moved per timeframe. Reads keep seeing the moved bars.
-
-    Works bucket by bucket: write the bucket's cold files, record them in the cold index
-    (one index write a bucket), then cut the archived rows from the hot files. A hot file
-    that changed in between (a late correction) keeps its rows until the next run, which
-    archives the corrected versions; until then reads take them from the hot tier.
-    """
-    if lake.cold is None or lake.cold_index is None:
-        raise StorageError("no cold tier configured (storage.archive_url)")
-    lake.cold_index.ensure()
-    moved: dict[str, int] = {}
-    for name, days in hot_days.items():
-        tf = str(Timeframe.parse(name))
-        before = now - timedelta(days=days)
-        buckets: dict[Path, list[Path]] = {}
-        for path in lake.data_files(tf, before=before):
-            buckets.setdefault(
-                lake.bars_root.joinpath(*path.relative_to(lake.bars_root).parts[:2]), []
-            ).append(path)
-        moved[tf] = sum(_archive_bucket(lake, paths, before) for paths in buckets.values())
-    return moved
-
-
-def _archive_bucket(lake: ParquetLake, paths: list[Path], before: datetime) -> int:
-    from quantivista.storage.lake import atomic_write_parquet
-
-    assert lake.cold is not None and lake.cold_index is not None
-    written = []  # (hot path, its identity when read, rows kept hot, rows archived)
-    entries = []
-    is_old = pl.col("ts") < pl.lit(before, pl.Datetime("us", "UTC"))  # built once: not cheap
-    for path in paths:
-        with lake._locked(path.parent):
-            try:
-                seen = file_identity(path)
-            except FileNotFoundError:
-                continue
-            hot = lake._read_file(path)
-            old = hot.filter(is_old)
-            if old.is_empty():
-                continue
-            rel = path.relative_to(lake.root).as_posix()
-            existing = lake.cold.read(rel)  # indexed, or left by an interrupted run, or none
-            merged = old if existing is None else pl.concat([existing, old])
-            merged = merged.unique(subset=["symbol", "ts"], keep="last").sort("symbol", "ts")
-            entries.append(ColdEntry.of(rel, lake.cold.write(rel, merged), merged))
-            written.append((path, seen, hot.filter(~is_old), old.height))
-    if not entries:
-        return 0
-    lake.cold_index.record(entries)  # before any hot file loses rows: reads see one or both
-    count = 0
-    for path, seen, keep, archived in written:
-        with lake._locked(path.parent):
-            try:
-                if file_identity(path) != seen:
-                    continue  # changed meanwhile: the next run archives its old rows
-            except FileNotFoundError:
-                continue
-            if keep.is_empty():
-                path.unlink()
-            else:
-                atomic_write_parquet(keep, path, lake.settings)
-            count += archived
-    return count

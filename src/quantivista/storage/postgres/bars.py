@@ -28,7 +28,7 @@ from quantivista.errors import StorageError
 from quantivista.model.schema import BAR_COLUMNS, BAR_POLARS_SCHEMA, BAR_VALUE_COLUMNS
 from quantivista.model.timeframe import Timeframe
 from quantivista.storage.base import REPORT_SCHEMA, STATS_SCHEMA, UpsertStats, latest_per_key
-from quantivista.storage.pgcopy import binary_copy_chunks
+from quantivista.storage.postgres.copy import binary_copy_chunks
 
 __all__ = [
     "PostgresStore",

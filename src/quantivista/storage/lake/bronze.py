@@ -13,31 +13,19 @@ import polars as pl
 
 from quantivista.config import StorageSettings
 from quantivista.errors import NotFoundError
-from quantivista.providers.base import RawPayload
-from quantivista.storage.lake import atomic_write_parquet
+from quantivista.model.payloads import RawPayload
+from quantivista.model.schema import RAW_MANIFEST_SCHEMA
+from quantivista.storage.lake.files import atomic_write_parquet
+from quantivista.storage.lake.layout import LakeLayout
 
-__all__ = ["BronzeStore"]
-
-_MANIFEST_SCHEMA = pl.Schema(
-    {
-        "job_id": pl.String(),
-        "provider": pl.String(),
-        "url": pl.String(),
-        "status_code": pl.Int32(),
-        "content_type": pl.String(),
-        "received_at": pl.Datetime("us", "UTC"),
-        "sha256": pl.String(),
-        "bytes": pl.Int64(),
-        "path": pl.String(),
-    }
-)
+__all__ = ["FileRawStore"]
 
 
-class BronzeStore:
+class FileRawStore:
     """Keep every payload once (`bronze/<provider>/<sha[:2]>/<sha>`) and list it per job."""
 
     def __init__(self, root: Path, settings: StorageSettings | None = None) -> None:
-        self.root = Path(root) / "bronze"
+        self.root = LakeLayout(Path(root)).bronze
         self.settings = settings or StorageSettings()
 
     def save(self, job_id: str, payloads: Sequence[RawPayload]) -> int:
@@ -68,7 +56,7 @@ class BronzeStore:
                     "path": str(rel),
                 }
             )
-        manifest = pl.DataFrame(rows, schema=_MANIFEST_SCHEMA)
+        manifest = pl.DataFrame(rows, schema=RAW_MANIFEST_SCHEMA)
         target = self.root / "_manifest" / f"job_id={job_id}" / f"{uuid4().hex}.parquet"
         atomic_write_parquet(manifest, target, self.settings)
         return written
@@ -78,7 +66,7 @@ class BronzeStore:
         pattern = f"job_id={job_id}/*.parquet" if job_id else "job_id=*/*.parquet"
         files = sorted((self.root / "_manifest").glob(pattern))
         if not files:
-            return pl.DataFrame(schema=_MANIFEST_SCHEMA)
+            return pl.DataFrame(schema=RAW_MANIFEST_SCHEMA)
         return pl.read_parquet(files, hive_partitioning=False)
 
     def body(self, sha256: str, provider: str) -> bytes:

@@ -16,7 +16,7 @@ down_revision: str | None = None
 branch_labels: str | None = None
 depends_on: str | None = None
 
-log = logging.getLogger("quantivista.storage.postgres")
+log = logging.getLogger("quantivista.storage.postgres.bars")
 
 _COLUMNS = """
     symbol        text        NOT NULL,

@@ -1,0 +1,1 @@
+"""Acquisition policy around provider calls: rate limits, breakers, retries, cache, router."""

@@ -1,0 +1,259 @@
+"""One storage contract per kind of state; every backend implements all of them.
+
+| contract | what it keeps | lake (embedded) | PostgreSQL |
+|---|---|---|---|
+| `BarStore` | silver bars with knowledge-time history | bucketed Parquet | partitioned tables |
+| `ActionStore` | corporate actions | one Parquet file | `actions` |
+| `QuarantineStore` | rejected rows, their release records | Parquet per batch | `quarantine` |
+| `ScoreStore` | quality score per symbol-day and job | Parquet per batch | `quality_scores` |
+| `RawStore` | bronze payloads, content-addressed | files + manifest | `raw_payloads` |
+| `InstrumentStore` | instruments and ticker history | two Parquet files | two tables |
+| `JobCatalog` | jobs, tasks with leases, reports, dead letters, small state | SQLite | tables |
+
+Rules every backend keeps (the contract suites in `tests/storage/` check them):
+
+- writes are idempotent: writing the same rows twice stores them once;
+- a read-modify-write (actions, instruments, task claims) is atomic against other
+  processes on the same store: two writers never lose each other's rows;
+- `version()` changes whenever the stored data changes (in any process), so readers can
+  key caches by it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from datetime import datetime
+from typing import Any, Protocol
+
+import polars as pl
+
+from quantivista.model.jobs import DataQualityReport, IngestionJob, JobStatus, JobTask, TaskStatus
+from quantivista.model.payloads import RawPayload
+from quantivista.storage.base import BarStore
+
+__all__ = [
+    "ActionStore",
+    "BarStore",
+    "DeadLetter",
+    "InstrumentStore",
+    "JobCatalog",
+    "QuarantineStore",
+    "RawStore",
+    "ScoreStore",
+]
+
+
+class DeadLetter(dict[str, Any]):
+    """A message that a consumer failed to handle, kept for inspection and replay.
+
+    Keys: id, topic, payload (dict), error, handler, created_at (ISO text).
+    """
+
+
+class ActionStore(Protocol):
+    """Corporate actions keyed by (symbol, action_type, ex_date, provider)."""
+
+    def all(self) -> pl.DataFrame:
+        """Return every stored action (canonical action schema)."""
+        ...
+
+    def upsert(self, actions: pl.DataFrame) -> pl.DataFrame:
+        """Insert new actions, replace changed ones; return the rows that were new or changed."""
+        ...
+
+    def for_symbols(self, symbols: Sequence[str] | None) -> pl.DataFrame:
+        """Return actions naming some symbols (as symbol or new_symbol; None: all) by ex-date."""
+        ...
+
+    def version(self) -> Hashable:
+        """Return a token that changes whenever the stored actions change."""
+        ...
+
+
+class QuarantineStore(Protocol):
+    """Rejected bars with their rule, severity and reason; never rewritten, never dropped."""
+
+    def add(self, rejected: pl.DataFrame, *, job_id: str, at: datetime) -> int:
+        """Store rejected rows (canonical columns plus rule, severity, reason); return the count."""
+        ...
+
+    def list(
+        self,
+        symbols: Sequence[str] | None = None,
+        job_id: str | None = None,
+        rule: str | None = None,
+        *,
+        include_released: bool = False,
+    ) -> pl.DataFrame:
+        """Return held rows (sorted by quarantined_at, symbol, ts), optionally filtered.
+
+        With `include_released`, released rows too, with `released_at` and `release_job_id`.
+        """
+        ...
+
+    def releases(self) -> pl.DataFrame:
+        """Return every release record (`RELEASE_SCHEMA`)."""
+        ...
+
+    def mark_released(self, rows: pl.DataFrame, *, release_job_id: str, at: datetime) -> int:
+        """Record that `rows` (quarantine rows) went back through the write path."""
+        ...
+
+    def count(self) -> int:
+        """Return how many rows are held (released rows not counted)."""
+        ...
+
+
+class ScoreStore(Protocol):
+    """Quality scores per (symbol, timeframe, session date, job)."""
+
+    def add(self, scores: pl.DataFrame, at: datetime) -> int:
+        """Store the scores of one validated batch (`SCORE_SCHEMA`); return the rows stored."""
+        ...
+
+    def read(
+        self,
+        symbols: Sequence[str] | None = None,
+        job_id: str | None = None,
+        timeframe: str | None = None,
+    ) -> pl.DataFrame:
+        """Return stored scores with `scored_at`, sorted by symbol, timeframe, date, scored_at."""
+        ...
+
+    def daily(
+        self, symbols: Sequence[str] | None = None, timeframe: str | None = None
+    ) -> pl.DataFrame:
+        """Return one score per (symbol, timeframe, date): the latest job's."""
+        ...
+
+
+class RawStore(Protocol):
+    """Bronze: provider payloads exactly as received, stored once by content."""
+
+    def save(self, job_id: str, payloads: Sequence[RawPayload]) -> int:
+        """Store the payloads of a job; return how many new bodies were written."""
+        ...
+
+    def manifest(self, job_id: str | None = None) -> pl.DataFrame:
+        """Return one row per saved payload (of one job, or all)."""
+        ...
+
+    def body(self, sha256: str, provider: str) -> bytes:
+        """Return a stored body; `NotFoundError` for an unknown or malformed digest."""
+        ...
+
+
+class InstrumentStore(Protocol):
+    """Instruments (by `instrument_id`) and their ticker intervals."""
+
+    def instruments(self) -> pl.DataFrame:
+        """Return every instrument (`INSTRUMENT_SCHEMA`)."""
+        ...
+
+    def symbol_history(self) -> pl.DataFrame:
+        """Return every ticker interval (`HISTORY_SCHEMA`)."""
+        ...
+
+    def merge(self, instruments: pl.DataFrame, history: pl.DataFrame) -> None:
+        """Replace instruments by id and the ticker history of the ids in `history`, atomically."""
+        ...
+
+    def version(self) -> Hashable:
+        """Return a token that changes whenever instruments or history change."""
+        ...
+
+
+class JobCatalog(Protocol):
+    """Jobs and their tasks (with leases), quality reports, dead letters and small state."""
+
+    # -- jobs ------------------------------------------------------------------------------
+    def save_job(self, job: IngestionJob) -> None:
+        """Insert or replace a job."""
+        ...
+
+    def job(self, job_id: str) -> IngestionJob:
+        """Return a job; `NotFoundError` if unknown."""
+        ...
+
+    def jobs(self, limit: int = 50, status: JobStatus | None = None) -> list[IngestionJob]:
+        """Return jobs, newest first."""
+        ...
+
+    # -- tasks and leases ------------------------------------------------------------------
+    def add_tasks(self, tasks: Sequence[JobTask]) -> None:
+        """Add the tasks of a job (pending)."""
+        ...
+
+    def tasks(self, job_id: str) -> list[JobTask]:
+        """Return the tasks of a job in order."""
+        ...
+
+    def claim_task(
+        self, worker: str, lease_s: float, now: datetime, job_id: str | None = None
+    ) -> JobTask | None:
+        """Lease the oldest pending task (of one job, or any) to `worker`; None if none is left.
+
+        Atomic across processes: two workers never hold the same task.
+        """
+        ...
+
+    def heartbeat(self, task_id: str, worker: str, lease_s: float, now: datetime) -> bool:
+        """Extend `worker`'s lease; False when the worker no longer holds the task."""
+        ...
+
+    def finish_task(self, task: JobTask, worker: str, now: datetime) -> bool:
+        """Store a task's outcome (status, counts, errors) if `worker` still holds it.
+
+        Return False (and store nothing) when the lease was lost to another worker.
+        """
+        ...
+
+    def expire_leases(self, now: datetime) -> list[str]:
+        """Return running tasks whose lease lapsed to pending; fail their jobs.
+
+        Each such job becomes `failed` with an error detail of kind `lease_expired`.
+        Return the ids of the jobs affected.
+        """
+        ...
+
+    def reset_tasks(self, job_id: str, statuses: Sequence[TaskStatus]) -> int:
+        """Put a job's tasks in `statuses` back to pending (for recovery); return how many."""
+        ...
+
+    # -- quality reports -------------------------------------------------------------------
+    def save_report(self, report: DataQualityReport, created_at: datetime) -> None:
+        """Store one batch report."""
+        ...
+
+    def reports(self, job_id: str | None = None, limit: int = 100) -> list[DataQualityReport]:
+        """Return batch reports (of one job, or the latest of all), newest first."""
+        ...
+
+    # -- dead letters ----------------------------------------------------------------------
+    def add_dead_letter(
+        self,
+        topic: str,
+        payload: dict[str, Any],
+        error: str,
+        handler: str | None,
+        created_at: datetime,
+    ) -> int:
+        """Keep a message a consumer could not handle; return its id."""
+        ...
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """Return dead letters, newest first."""
+        ...
+
+    # -- small state (provider statistics, settings remembered by the store) ---------------
+    def put_state(self, key: str, value: dict[str, Any]) -> None:
+        """Keep a small JSON document under `key` (replacing the previous one)."""
+        ...
+
+    def get_state(self, key: str) -> dict[str, Any] | None:
+        """Return the document kept under `key`, or None."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...

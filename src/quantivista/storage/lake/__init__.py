@@ -1,0 +1,1 @@
+"""The embedded backend: Parquet files for bars and side data, SQLite for the job catalog."""

@@ -1,0 +1,32 @@
+"""The embedded backend: every store under the data directory."""
+
+from __future__ import annotations
+
+from quantivista.config import Settings
+from quantivista.storage.backend import Backend
+from quantivista.storage.lake.actions import ParquetActionStore
+from quantivista.storage.lake.bars import ParquetLake
+from quantivista.storage.lake.bronze import FileRawStore
+from quantivista.storage.lake.catalog import SqliteCatalog
+from quantivista.storage.lake.instruments import ParquetInstrumentStore
+from quantivista.storage.lake.layout import LakeLayout
+from quantivista.storage.lake.quarantine import ParquetQuarantineStore
+from quantivista.storage.lake.scores import ParquetScoreStore
+
+__all__ = ["open_lake"]
+
+
+def open_lake(settings: Settings) -> Backend:
+    """Open (or create) the lake at `settings.data_dir`."""
+    root, storage = settings.data_dir, settings.storage
+    root.mkdir(parents=True, exist_ok=True)
+    return Backend(
+        kind="lake",
+        bars=ParquetLake(root, storage),
+        actions=ParquetActionStore(root, storage),
+        quarantine=ParquetQuarantineStore(root, storage),
+        scores=ParquetScoreStore(root, storage),
+        raw=FileRawStore(root, storage),
+        instruments=ParquetInstrumentStore(root, storage),
+        catalog=SqliteCatalog(LakeLayout(root).catalog),
+    )

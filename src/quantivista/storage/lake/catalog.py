@@ -1,0 +1,390 @@
+"""The embedded job catalog: jobs, tasks with leases, reports, dead letters and state in SQLite.
+
+Several processes may share one catalog file: every write is one transaction, and a task
+claim runs under `BEGIN IMMEDIATE` (SQLite's write lock), so two workers never lease the
+same task. WAL mode lets readers go on while a writer commits.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from quantivista.errors import NotFoundError, StorageError
+from quantivista.model.jobs import DataQualityReport, IngestionJob, JobStatus, JobTask, TaskStatus
+from quantivista.storage.contracts import DeadLetter
+
+__all__ = ["DeadLetter", "SqliteCatalog", "lease_expired_detail"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id      TEXT PRIMARY KEY,
+    source_id   TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    start_time  TEXT,
+    end_time    TEXT,
+    body        TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_start ON jobs(start_time);
+CREATE TABLE IF NOT EXISTS job_tasks (
+    task_id           TEXT PRIMARY KEY,
+    job_id            TEXT NOT NULL,
+    seq               INTEGER NOT NULL,
+    status            TEXT NOT NULL,
+    worker            TEXT,
+    lease_expires_at  TEXT,
+    body              TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS job_tasks_job ON job_tasks(job_id, seq);
+CREATE INDEX IF NOT EXISTS job_tasks_status ON job_tasks(status, lease_expires_at);
+CREATE TABLE IF NOT EXISTS quality_reports (
+    report_id   INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id      TEXT NOT NULL,
+    created_at  TEXT NOT NULL,
+    quality_score REAL NOT NULL,
+    body        TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS reports_job ON quality_reports(job_id);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic       TEXT NOT NULL,
+    payload     TEXT NOT NULL,
+    error       TEXT NOT NULL,
+    handler     TEXT,
+    created_at  TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS state (
+    key         TEXT PRIMARY KEY,
+    value       TEXT NOT NULL
+);
+"""
+
+
+def lease_expired_detail(task: JobTask, now: datetime) -> dict[str, Any]:
+    """Return the job error detail recorded when a task's worker stopped heartbeating."""
+    return {
+        "kind": "lease_expired",
+        "message": f"worker {task.worker} stopped heartbeating; its lease lapsed",
+        "task_id": task.task_id,
+        "worker": task.worker,
+        "at": now.isoformat(),
+    }
+
+
+class SqliteCatalog:
+    """The `JobCatalog` of the embedded platform, in one SQLite file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        try:
+            self._conn = sqlite3.connect(
+                self.path, check_same_thread=False, timeout=30.0, isolation_level=None
+            )
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise StorageError("cannot open the catalog", path=str(self.path)) from exc
+
+    @contextmanager
+    def _tx(self, immediate: bool = False) -> Iterator[sqlite3.Connection]:
+        """Run the block in one transaction (IMMEDIATE: take the write lock up front)."""
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+                try:
+                    yield self._conn
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
+                self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StorageError("catalog operation failed", path=str(self.path)) from exc
+
+    def close(self) -> None:
+        """Close the database connection."""
+        with self._lock:
+            self._conn.close()
+
+    # -- jobs ------------------------------------------------------------------------------
+    def save_job(self, job: IngestionJob) -> None:
+        """Insert or update a job."""
+        with self._tx() as db:
+            _save_job(db, job)
+
+    def job(self, job_id: str) -> IngestionJob:
+        """Return a job by id."""
+        with self._tx() as db:
+            row = db.execute("SELECT body FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+        if row is None:
+            raise NotFoundError("unknown job", job_id=job_id)
+        return IngestionJob.model_validate_json(row[0])
+
+    def jobs(self, limit: int = 50, status: JobStatus | None = None) -> list[IngestionJob]:
+        """Return the most recent jobs first."""
+        where, args = ("WHERE status=?", (status.value,)) if status else ("", ())
+        with self._tx() as db:
+            rows = db.execute(
+                f"SELECT body FROM jobs {where} ORDER BY start_time DESC, rowid DESC LIMIT ?",
+                (*args, limit),
+            ).fetchall()
+        return [IngestionJob.model_validate_json(r[0]) for r in rows]
+
+    # -- tasks and leases ------------------------------------------------------------------
+    def add_tasks(self, tasks: Sequence[JobTask]) -> None:
+        """Add tasks (replacing any with the same id)."""
+        with self._tx() as db:
+            for task in tasks:  # a job has tens of tasks, not millions
+                _save_task(db, task)
+
+    def tasks(self, job_id: str) -> list[JobTask]:
+        """Return the tasks of a job in order."""
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT body FROM job_tasks WHERE job_id=? ORDER BY seq", (job_id,)
+            ).fetchall()
+        return [JobTask.model_validate_json(r[0]) for r in rows]
+
+    def claim_task(
+        self, worker: str, lease_s: float, now: datetime, job_id: str | None = None
+    ) -> JobTask | None:
+        """Lease the oldest pending task (of one job, or any) of a pending or running job."""
+        where = " AND t.job_id=?" if job_id else ""
+        args: tuple[str, ...] = (job_id,) if job_id else ()
+        with self._tx(immediate=True) as db:
+            row = db.execute(
+                "SELECT t.body FROM job_tasks t JOIN jobs j ON j.job_id = t.job_id"
+                f" WHERE t.status='pending' AND j.status IN ('pending', 'running'){where}"
+                " ORDER BY j.start_time, t.job_id, t.seq LIMIT 1",
+                args,
+            ).fetchone()
+            if row is None:
+                return None
+            task = JobTask.model_validate_json(row[0])
+            task = task.model_copy(
+                update={
+                    "status": TaskStatus.RUNNING,
+                    "worker": worker,
+                    "attempts": task.attempts + 1,
+                    "lease_expires_at": now + timedelta(seconds=lease_s),
+                    "heartbeat_at": now,
+                    "started_at": now,
+                    "finished_at": None,
+                }
+            )
+            _save_task(db, task)
+        return task
+
+    def heartbeat(self, task_id: str, worker: str, lease_s: float, now: datetime) -> bool:
+        """Extend `worker`'s lease on a running task; False when it no longer holds it."""
+        with self._tx(immediate=True) as db:
+            task = _held(db, task_id, worker)
+            if task is None:
+                return False
+            task = task.model_copy(
+                update={"lease_expires_at": now + timedelta(seconds=lease_s), "heartbeat_at": now}
+            )
+            _save_task(db, task)
+        return True
+
+    def finish_task(self, task: JobTask, worker: str, now: datetime) -> bool:
+        """Store a finished task if `worker` still holds its lease."""
+        with self._tx(immediate=True) as db:
+            if _held(db, task.task_id, worker) is None:
+                return False
+            done = task.model_copy(
+                update={"worker": worker, "finished_at": now, "lease_expires_at": None}
+            )
+            _save_task(db, done)
+        return True
+
+    def expire_leases(self, now: datetime) -> list[str]:
+        """Return lapsed running tasks to pending and fail their jobs; return those jobs."""
+        with self._tx(immediate=True) as db:
+            rows = db.execute(
+                "SELECT body FROM job_tasks WHERE status=? AND lease_expires_at < ?",
+                (TaskStatus.RUNNING.value, _iso(now)),
+            ).fetchall()
+            lapsed = [JobTask.model_validate_json(r[0]) for r in rows]
+            jobs: dict[str, list[JobTask]] = {}
+            for task in lapsed:
+                jobs.setdefault(task.job_id, []).append(task)
+                _save_task(
+                    db,
+                    task.model_copy(
+                        update={"status": TaskStatus.PENDING, "lease_expires_at": None}
+                    ),
+                )
+            for job_id, tasks in jobs.items():
+                row = db.execute("SELECT body FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+                if row is None:
+                    continue
+                job = IngestionJob.model_validate_json(row[0])
+                job.status = JobStatus.FAILED
+                job.end_time = now
+                job.error_details.extend(lease_expired_detail(t, now) for t in tasks)
+                _save_job(db, job)
+        return sorted(jobs)
+
+    def reset_tasks(self, job_id: str, statuses: Sequence[TaskStatus]) -> int:
+        """Put the job's tasks in `statuses` back to pending."""
+        count = 0
+        with self._tx(immediate=True) as db:
+            rows = db.execute(
+                "SELECT body FROM job_tasks WHERE job_id=? ORDER BY seq", (job_id,)
+            ).fetchall()
+            for r in rows:
+                task = JobTask.model_validate_json(r[0])
+                if task.status in statuses:
+                    _save_task(
+                        db,
+                        task.model_copy(
+                            update={
+                                "status": TaskStatus.PENDING,
+                                "lease_expires_at": None,
+                                "worker": None,
+                            }
+                        ),
+                    )
+                    count += 1
+        return count
+
+    # -- quality reports -------------------------------------------------------------------
+    def save_report(self, report: DataQualityReport, created_at: datetime) -> None:
+        """Store one batch report."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO quality_reports(job_id, created_at, quality_score, body) "
+                "VALUES (?,?,?,?)",
+                (
+                    report.job_id,
+                    created_at.isoformat(),
+                    report.quality_score,
+                    report.model_dump_json(),
+                ),
+            )
+
+    def reports(self, job_id: str | None = None, limit: int = 100) -> list[DataQualityReport]:
+        """Return batch reports (of one job, or the latest of all), newest first."""
+        with self._tx() as db:
+            if job_id is None:
+                rows = db.execute(
+                    "SELECT body FROM quality_reports ORDER BY report_id DESC LIMIT ?", (limit,)
+                ).fetchall()
+            else:
+                rows = db.execute(
+                    "SELECT body FROM quality_reports WHERE job_id=? ORDER BY report_id DESC "
+                    "LIMIT ?",
+                    (job_id, limit),
+                ).fetchall()
+        return [DataQualityReport.model_validate_json(r[0]) for r in rows]
+
+    # -- dead letters ----------------------------------------------------------------------
+    def add_dead_letter(
+        self,
+        topic: str,
+        payload: dict[str, Any],
+        error: str,
+        handler: str | None,
+        created_at: datetime,
+    ) -> int:
+        """Keep a message a consumer could not handle; return its id."""
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO dead_letters(topic, payload, error, handler, created_at) "
+                "VALUES (?,?,?,?,?)",
+                (topic, json.dumps(payload, default=str), error, handler, created_at.isoformat()),
+            )
+            return int(cur.lastrowid or 0)
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """Return dead letters, newest first."""
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT id, topic, payload, error, handler, created_at FROM dead_letters "
+                "ORDER BY id DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [
+            DeadLetter(
+                id=r[0],
+                topic=r[1],
+                payload=json.loads(r[2]),
+                error=r[3],
+                handler=r[4],
+                created_at=r[5],
+            )
+            for r in rows
+        ]
+
+    # -- small state -----------------------------------------------------------------------
+    def put_state(self, key: str, value: dict[str, Any]) -> None:
+        """Keep a small JSON document under `key`."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO state(key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                (key, json.dumps(value, default=str)),
+            )
+
+    def get_state(self, key: str) -> dict[str, Any] | None:
+        """Return the document kept under `key`, or None."""
+        with self._tx() as db:
+            row = db.execute("SELECT value FROM state WHERE key=?", (key,)).fetchone()
+        return None if row is None else dict(json.loads(row[0]))
+
+
+def _save_job(db: sqlite3.Connection, job: IngestionJob) -> None:
+    db.execute(
+        "INSERT INTO jobs(job_id, source_id, status, start_time, end_time, body) "
+        "VALUES (?,?,?,?,?,?) ON CONFLICT(job_id) DO UPDATE SET status=excluded.status,"
+        " start_time=excluded.start_time, end_time=excluded.end_time, body=excluded.body",
+        (
+            job.job_id,
+            job.source_id,
+            job.status.value,
+            _iso(job.start_time),
+            _iso(job.end_time),
+            job.model_dump_json(),
+        ),
+    )
+
+
+def _save_task(db: sqlite3.Connection, task: JobTask) -> None:
+    db.execute(
+        "INSERT INTO job_tasks(task_id, job_id, seq, status, worker, lease_expires_at, body) "
+        "VALUES (?,?,?,?,?,?,?) ON CONFLICT(task_id) DO UPDATE SET status=excluded.status,"
+        " worker=excluded.worker, lease_expires_at=excluded.lease_expires_at,"
+        " body=excluded.body",
+        (
+            task.task_id,
+            task.job_id,
+            task.seq,
+            task.status.value,
+            task.worker,
+            _iso(task.lease_expires_at),
+            task.model_dump_json(),
+        ),
+    )
+
+
+def _held(db: sqlite3.Connection, task_id: str, worker: str) -> JobTask | None:
+    """Return the task if it is running under `worker`'s lease, else None."""
+    row = db.execute(
+        "SELECT body FROM job_tasks WHERE task_id=? AND status=? AND worker=?",
+        (task_id, TaskStatus.RUNNING.value, worker),
+    ).fetchone()
+    return None if row is None else JobTask.model_validate_json(row[0])
+
+
+def _iso(value: datetime | None) -> str | None:
+    """Return a UTC instant as fixed-width text: comparing the texts compares the instants."""
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00") if value else None

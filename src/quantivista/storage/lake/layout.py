@@ -1,0 +1,93 @@
+"""The one place the embedded data directory's tree is spelled out.
+
+<root>/
+  silver/bars/_layout.json, timeframe=X/bucket=B[/month=M]/data.parquet   bars
+  history/bars/timeframe=X/bucket=B[/month=M]/<uuid>.parquet               superseded bars
+  silver/actions/data.parquet                                              corporate actions
+  quarantine/bars/job_id=<id>/<uuid>.parquet, quarantine/released/         quarantine
+  quality/scores/job_id=<id>/<uuid>[.runs].parquet                         quality scores
+  bronze/<provider>/<sha[:2]>/<sha>, bronze/_manifest/job_id=<id>/         raw payloads
+  reference/instruments.parquet, reference/symbol_history.parquet          instrument master
+  catalog.sqlite                                                           jobs, tasks, reports
+  cold_index/                                                              cold tier index
+  .locks/                                                                  flock files
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["BAR_DATA_FILE", "BAR_LAYOUT_FILE", "CATALOG_FILE", "LakeLayout"]
+
+BAR_DATA_FILE = "data.parquet"
+BAR_LAYOUT_FILE = "_layout.json"
+CATALOG_FILE = "catalog.sqlite"
+
+
+@dataclass(frozen=True, slots=True)
+class LakeLayout:
+    """Paths of every store in a data directory."""
+
+    root: Path
+
+    @property
+    def bars(self) -> Path:
+        return self.root / "silver" / "bars"
+
+    @property
+    def bars_layout(self) -> Path:
+        return self.bars / BAR_LAYOUT_FILE
+
+    @property
+    def bars_history(self) -> Path:
+        return self.root / "history" / "bars"
+
+    @property
+    def actions(self) -> Path:
+        return self.root / "silver" / "actions" / "data.parquet"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.root / "quarantine" / "bars"
+
+    @property
+    def released(self) -> Path:
+        return self.root / "quarantine" / "released"
+
+    @property
+    def scores(self) -> Path:
+        return self.root / "quality" / "scores"
+
+    @property
+    def bronze(self) -> Path:
+        return self.root / "bronze"
+
+    @property
+    def instruments(self) -> Path:
+        return self.root / "reference" / "instruments.parquet"
+
+    @property
+    def symbol_history(self) -> Path:
+        return self.root / "reference" / "symbol_history.parquet"
+
+    @property
+    def catalog(self) -> Path:
+        return self.root / CATALOG_FILE
+
+    @property
+    def cold_index(self) -> Path:
+        return self.root / "cold_index"
+
+    @property
+    def locks(self) -> Path:
+        return self.root / ".locks"
+
+    def lock_file(self, name: str) -> Path:
+        """Return the flock file guarding one read-modify-write store (created on demand)."""
+        self.locks.mkdir(parents=True, exist_ok=True)
+        return self.locks / f"{name}.lock"
+
+    def is_store(self) -> bool:
+        """Say whether the directory holds a QuantiVista store (not just any folder)."""
+        return self.bars_layout.exists() or self.catalog.exists()
