@@ -10,7 +10,7 @@ sees the same platform. Importing this package does not import psycopg.
 
 from __future__ import annotations
 
-from quantivista.storage.backend import Backend, open_backend
+from quantivista.storage.backend import open_backend
 from quantivista.storage.base import (
     BarStore,
     RetentionPolicy,
@@ -19,6 +19,7 @@ from quantivista.storage.base import (
 )
 from quantivista.storage.contracts import (
     ActionStore,
+    Backend,
     InstrumentStore,
     JobCatalog,
     QuarantineStore,

@@ -1,41 +1,11 @@
-"""A backend: one complete set of stores, built from the settings."""
+"""Open the backend named by the settings."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 from quantivista.config import Settings
-from quantivista.storage.base import BarStore
-from quantivista.storage.contracts import (
-    ActionStore,
-    InstrumentStore,
-    JobCatalog,
-    QuarantineStore,
-    RawStore,
-    ScoreStore,
-)
+from quantivista.storage.contracts import Backend
 
 __all__ = ["Backend", "open_backend"]
-
-
-@dataclass(frozen=True)
-class Backend:
-    """Every store of one platform; `kind` says where they live."""
-
-    kind: Literal["lake", "postgres"]
-    bars: BarStore
-    actions: ActionStore
-    quarantine: QuarantineStore
-    scores: ScoreStore
-    raw: RawStore
-    instruments: InstrumentStore
-    catalog: JobCatalog
-
-    def close(self) -> None:
-        """Release connections, threads and file handles."""
-        self.catalog.close()
-        self.bars.close()
 
 
 def open_backend(settings: Settings) -> Backend:

@@ -22,8 +22,9 @@ Rules every backend keeps (the contract suites in `tests/storage/` check them):
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import polars as pl
 
@@ -33,6 +34,7 @@ from quantivista.storage.base import BarStore
 
 __all__ = [
     "ActionStore",
+    "Backend",
     "BarStore",
     "DeadLetter",
     "InstrumentStore",
@@ -257,3 +259,22 @@ class JobCatalog(Protocol):
     def close(self) -> None:
         """Release connections."""
         ...
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Every store of one platform; `kind` says where they live."""
+
+    kind: Literal["lake", "postgres"]
+    bars: BarStore
+    actions: ActionStore
+    quarantine: QuarantineStore
+    scores: ScoreStore
+    raw: RawStore
+    instruments: InstrumentStore
+    catalog: JobCatalog
+
+    def close(self) -> None:
+        """Release connections, threads and file handles."""
+        self.catalog.close()
+        self.bars.close()

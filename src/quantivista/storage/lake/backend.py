@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from quantivista.config import Settings
-from quantivista.storage.backend import Backend
+from quantivista.storage.contracts import Backend
 from quantivista.storage.lake.actions import ParquetActionStore
 from quantivista.storage.lake.bars import ParquetLake
 from quantivista.storage.lake.bronze import FileRawStore

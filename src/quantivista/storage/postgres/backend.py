@@ -6,7 +6,7 @@ Side stores still live under the data directory until their PostgreSQL tables ex
 from __future__ import annotations
 
 from quantivista.config import Settings
-from quantivista.storage.backend import Backend
+from quantivista.storage.contracts import Backend
 from quantivista.storage.lake.actions import ParquetActionStore
 from quantivista.storage.lake.bronze import FileRawStore
 from quantivista.storage.lake.catalog import SqliteCatalog
