@@ -101,6 +101,20 @@ class IngestSettings(_Section):
     calendar: str = Field(default="XNYS", description="ISO 10383 MIC of the default calendar")
     symbols_per_batch: int = Field(default=100, ge=1, description="symbols written per batch")
     fetch_concurrency: int = Field(default=4, ge=1, le=64, description="parallel fetches")
+    lease_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="a running task's lease: a worker silent this long is taken for dead",
+    )
+    heartbeat_s: float = Field(
+        default=10.0, gt=0, description="how often a running task renews its lease"
+    )
+
+    @model_validator(mode="after")
+    def _heartbeat_within_lease(self) -> IngestSettings:
+        if self.heartbeat_s >= self.lease_s:
+            raise ValueError("ingest.heartbeat_s must be shorter than ingest.lease_s")
+        return self
 
 
 class SimulatorSettings(_Section):

@@ -107,8 +107,8 @@ def test_backfill_through_faults_down_provider_and_limits(
     with _platform(sim, tmp_path) as p:
         job = p.ingest([*symbols, unknown], FIRST, LAST, providers=PROVIDERS)
         stored = p.bars(symbols, FIRST, LAST)
-        snap = {r["provider"]: r for r in p.analytics.snapshot().to_dicts()}
-        transitions = p.analytics.transitions_frame()
+        snap = {r["provider"]: r for r in p.runtime.acquisition.analytics.snapshot().to_dicts()}
+        transitions = p.runtime.acquisition.analytics.transitions_frame()
         split_actions = p.actions(symbols).filter(pl.col("action_type") == "split")
     stats = sim.stats()["providers"]
 

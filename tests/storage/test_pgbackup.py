@@ -52,7 +52,7 @@ def _fill(root: Path, dsn: str, schema: str, make_bars: MakeBars) -> None:
         clock.advance(60)
         p.write_bars(bars.head(2).with_columns(volume=pl.col("volume") + 1), source="v")
         clock.advance(60)
-        p.store.delete(D1, ["CCC"], at=clock.now())
+        p.runtime.backend.bars.delete(D1, ["CCC"], at=clock.now())
         bad = bars.head(1).with_columns(symbol=pl.lit("DDD"), high=pl.col("low") - 1)
         p.write_bars(bad, source="v")
 
@@ -113,7 +113,7 @@ def test_postgres_backup_restores_bars_and_history_into_an_empty_schema(
         assert_frame_equal(b.status(), a.status())
         assert b.quarantine().height == 1  # the lake side of the data directory came along
         assert [j.job_id for j in b.jobs()] == [j.job_id for j in a.jobs()]
-        assert isinstance(b.store, PostgresStore)
+        assert isinstance(b.runtime.backend.bars, PostgresStore)
         b.write_bars(make_bars(["EEE"], 2).drop("ingested_at", "job_id"), source="v")  # usable
     report = runner.invoke(
         app, ["--data-dir", str(back), "storage-report"], env=_env(postgres_dsn, dst)

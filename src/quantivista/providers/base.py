@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import polars as pl
 
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AdjustmentBasis",
     "BarRequest",
+    "CallGate",
     "FetchResult",
     "Provider",
     "ProviderCapabilities",
@@ -133,15 +134,40 @@ class FetchResult:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
+@runtime_checkable
+class CallGate(Protocol):
+    """Admits calls to a provider: blocks (throttles) until the call may go.
+
+    Rate limiters implement this; `cost` is how many units of quota the call uses.
+    """
+
+    def acquire(self, provider: str, cost: int = 1) -> None:
+        """Return once a call of `cost` units to `provider` may be made."""
+        ...
+
+
 class Provider:
     """Base class of every data source. Subclasses set `name` and `capabilities`.
 
     Register a subclass under its name with `quantivista.providers.register` or through the
     `quantivista.providers` entry-point group; the router never names providers itself.
+
+    | part | required | meaning |
+    |---|---|---|
+    | `name`, `capabilities` | yes | registry key; what it serves, its price basis, cost |
+    | `fetch_bars(request)` | yes | bars (+ actions, raw payloads) of one request |
+    | `from_settings(settings, clock)` | no | build from keys, URLs and timeouts in settings |
+    | `gates_requests` | no | True: each HTTP request (pages too) passes `gate`, which the |
+    |  |  | runtime sets to the rate limiter; False: the router gates each fetch |
+    | `timeout_s` | no | its own per-request timeout; None: the breaker times the call |
+    | `close()` | no | release connections |
     """
 
     name: ClassVar[str] = ""
     capabilities: ClassVar[ProviderCapabilities]
+    gates_requests: ClassVar[bool] = False
+    gate: CallGate | None = None
+    timeout_s: float | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, clock: Clock) -> Provider:

@@ -564,6 +564,10 @@ class ParquetLake:
         except (OSError, pl.exceptions.ComputeError) as exc:
             raise StorageError("cannot read history files", files=len(files)) from exc
 
+    def storage_report(self) -> pl.DataFrame:
+        """Return files, rows, bytes and compression per tier (see `storage_report`)."""
+        return storage_report(self)
+
     def compact(self) -> int:
         """Merge each partition's history files into one; return the files removed.
 

@@ -69,6 +69,7 @@ CREATE TABLE IF NOT EXISTS state (
 def lease_expired_detail(task: JobTask, now: datetime) -> dict[str, Any]:
     """Return the job error detail recorded when a task's worker stopped heartbeating."""
     return {
+        "scope": "job",
         "kind": "lease_expired",
         "message": f"worker {task.worker} stopped heartbeating; its lease lapsed",
         "task_id": task.task_id,

@@ -1,0 +1,100 @@
+"""`qv bars` and `qv actions`: stored bars (raw or adjusted) and corporate actions."""
+
+from __future__ import annotations
+
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from quantivista.cli.app import app, console, fail, session
+from quantivista.cli.render import bars_table, chart_panel, fmt
+from quantivista.services.queries import BarQuery
+
+__all__ = ["OutputFormat", "actions", "bars"]
+
+
+class OutputFormat(StrEnum):
+    """How `qv bars` prints."""
+
+    table = "table"
+    csv = "csv"
+    parquet = "parquet"
+    chart = "chart"
+
+
+@app.command()
+def bars(
+    symbol: Annotated[str, typer.Argument(help="Symbol to read.")],
+    start: Annotated[str | None, typer.Option(help="First date (inclusive).")] = None,
+    end: Annotated[str | None, typer.Option(help="Last date (inclusive).")] = None,
+    timeframe: Annotated[str, typer.Option("--timeframe", "-t")] = "1d",
+    fmt_: Annotated[OutputFormat, typer.Option("--format", "-f")] = OutputFormat.table,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to a file.")] = None,
+    limit: Annotated[int, typer.Option(help="Rows shown in table format (head and tail).")] = 20,
+    adjust: Annotated[str, typer.Option(help="none, splits or all.")] = "none",
+    dividend_convention: Annotated[
+        str, typer.Option(help="crsp (Yahoo/Lean) or alpha_vantage.")
+    ] = "crsp",
+) -> None:
+    """Print stored bars of one symbol as a table, a chart, CSV or Parquet."""
+    with session() as rt:
+        query = BarQuery.of(
+            symbol,
+            start,
+            end,
+            timeframe,
+            adjust=adjust,  # type: ignore[arg-type]  # checked by the reader
+            dividend_convention=dividend_convention,  # type: ignore[arg-type]
+        )
+        df = rt.queries.bars(query)
+    if df.is_empty():
+        fail(f"no {timeframe} bars stored for {symbol} in that range")
+    if fmt_ is OutputFormat.parquet:
+        if output is None:
+            fail("--format parquet needs --output FILE", code=2)
+        df.write_parquet(output, compression="zstd")
+        console.print(f"wrote {df.height:,} bars to {escape(str(output))}")
+    elif fmt_ is OutputFormat.csv:
+        text = df.write_csv()
+        if output is None:
+            sys.stdout.write(text)
+        else:
+            output.write_text(text)
+    elif fmt_ is OutputFormat.chart:
+        label = "raw prices" if adjust == "none" else f"adjusted: {adjust}"
+        console.print(chart_panel(df, symbol, timeframe, label))
+    else:
+        console.print(bars_table(df, symbol, timeframe, limit))
+
+
+@app.command()
+def actions(
+    symbol: Annotated[str, typer.Argument(help="Symbol whose corporate actions to show.")],
+) -> None:
+    """Show the stored corporate actions of a symbol (splits, dividends, renames, ...)."""
+    with session() as rt:
+        df = rt.queries.actions(symbol)
+    if df.is_empty():
+        fail(f"no corporate actions stored for {symbol}")
+    table = Table(
+        title=escape(f"corporate actions of {symbol}: {df.height:,}"), header_style="bold"
+    )
+    for col in ("ex_date", "symbol", "type", "ratio", "amount", "currency", "new symbol", "source"):
+        table.add_column(col, justify="right" if col in ("ratio", "amount") else "left")
+    for row in df.iter_rows(named=True):  # a symbol has tens of actions
+        table.add_row(
+            str(row["ex_date"]),
+            escape(row["symbol"]),
+            row["action_type"],
+            fmt(row["ratio"]) if row["ratio"] is not None else "",
+            f"{row['amount']:.6g}" if row["amount"] is not None else "",
+            row["currency"] or "",
+            escape(row["new_symbol"] or ""),
+            escape(row["provider"] or ""),
+        )
+    console.print(table)

@@ -1,0 +1,353 @@
+"""Pipeline stages as plain functions over typed batches.
+
+    acquire -> normalize -> validate -> store -> announce
+
+Each stage takes a batch and the parts it needs and returns the next batch; none keeps
+state between calls. `runner.py` calls them in order in one process; a broker-backed
+runner can connect the same functions through topics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Protocol
+
+import polars as pl
+
+from quantivista.acquisition.router import Router
+from quantivista.bus.base import EventBus
+from quantivista.bus.events import ActionsIngested, BarsIngested, BarsQuarantined
+from quantivista.clock import Clock
+from quantivista.errors import QuantiVistaError
+from quantivista.model.schema import ACTION_POLARS_SCHEMA, FrameLike, coerce_bars, empty_bars
+from quantivista.model.timeframe import Timeframe, TimeframeLike
+from quantivista.pipeline.messages import (
+    Batch,
+    BatchId,
+    FetchFailure,
+    RawBatch,
+    StoredBatch,
+    ValidatedBatch,
+)
+from quantivista.processing.normalize import to_raw_prices
+from quantivista.providers.base import AdjustmentBasis, BarRequest, FetchResult
+from quantivista.quality.validate import Validator
+from quantivista.storage.base import BarStore
+from quantivista.storage.contracts import ActionStore, JobCatalog, QuarantineStore, ScoreStore
+
+__all__ = [
+    "Progress",
+    "Sinks",
+    "acquire",
+    "announce",
+    "coerce",
+    "history_for",
+    "normalize",
+    "store",
+    "store_actions",
+    "validate",
+]
+
+Progress = Callable[[str, int, int], None]
+"""Called as progress(symbol, done, total) after each symbol is fetched."""
+
+
+class Refresher(Protocol):
+    """Keeps derived bars (rollups) in step with changed base bars."""
+
+    def refresh(self, changed: pl.DataFrame) -> object:
+        """Recompute what `changed` affects."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Sinks:
+    """The stores the store stage writes to."""
+
+    bars: BarStore
+    quarantine: QuarantineStore
+    scores: ScoreStore
+    catalog: JobCatalog
+    rollup: Refresher | None = None
+
+
+# -- acquire -------------------------------------------------------------------------------
+def acquire(
+    router: Router,
+    symbols: Sequence[str],
+    start: datetime,
+    end: datetime,
+    timeframe: Timeframe,
+    batch_id: BatchId,
+    clock: Clock,
+    *,
+    concurrency: int = 4,
+    progress: Callable[[str], None] | None = None,
+) -> RawBatch:
+    """Fetch `symbols` over `[start, end)` through the router, several at a time.
+
+    A symbol that fails on every provider becomes a `FetchFailure`; errors outside the
+    platform's error tree (bugs) propagate.
+    """
+
+    def one(symbol: str) -> tuple[str, FetchResult | QuantiVistaError]:
+        try:
+            return symbol, router.fetch(BarRequest(symbol, timeframe, start, end))
+        except QuantiVistaError as exc:
+            return symbol, exc
+
+    if concurrency <= 1 or len(symbols) == 1:
+        results = [one(s) for s in symbols]
+    else:
+        with ThreadPoolExecutor(concurrency, thread_name_prefix="qv-fetch") as pool:
+            results = list(pool.map(one, symbols))
+    declared = {p.name: p.capabilities.adjustment.value for p in router.providers}
+    frames, actions, payloads = [], [], []
+    basis: dict[str, str] = {}
+    failures: list[FetchFailure] = []
+    empty: list[str] = []
+    for symbol, outcome in results:  # one entry per symbol, not per bar
+        if progress is not None:
+            progress(symbol)
+        if isinstance(outcome, QuantiVistaError):
+            failures.append(FetchFailure(symbol, outcome))
+            continue
+        payloads.extend(outcome.raw)
+        if not outcome.actions.is_empty():
+            actions.append(outcome.actions)
+        if outcome.bars.is_empty():
+            empty.append(symbol)
+            continue
+        frames.append(outcome.bars)
+        if outcome.provider in declared:
+            basis[outcome.provider] = declared[outcome.provider]
+    return RawBatch(
+        id=batch_id,
+        timeframe=str(timeframe),
+        bars=pl.concat(frames, how="vertical_relaxed") if frames else pl.DataFrame(),
+        actions=(
+            pl.concat(actions, how="vertical_relaxed")
+            if actions
+            else pl.DataFrame(schema=ACTION_POLARS_SCHEMA)
+        ),
+        payloads=payloads,
+        basis=basis,
+        received_at=clock.now(),
+        failures=failures,
+        empty=empty,
+        source=",".join(p.name for p in router.providers),
+    )
+
+
+# -- normalize -----------------------------------------------------------------------------
+def coerce(
+    frame: FrameLike,
+    batch_id: BatchId,
+    source: str,
+    now: datetime,
+    timeframe: TimeframeLike | None = None,
+) -> Batch:
+    """Turn a user's frame (raw prices in the canonical schema) into a batch."""
+    bars = coerce_bars(
+        frame, timeframe=timeframe, provider=source, job_id=batch_id.job_id, ingested_at=now
+    )
+    return Batch(batch_id, bars, source, now)
+
+
+def normalize(raw: RawBatch, known_actions: pl.DataFrame, now: datetime) -> Batch:
+    """Turn what providers sent into canonical bars with raw prices.
+
+    Bars of a provider that delivers adjusted prices are turned back into traded prices
+    with the actions whose ex-date had come when the answer was received (a vendor's
+    adjusted history reflects only those): the batch's own actions and `known_actions`.
+    """
+    if raw.bars.is_empty():
+        return Batch(raw.id, empty_bars(), raw.source, now)
+    bars = coerce_bars(
+        raw.bars,
+        timeframe=raw.timeframe,
+        provider=raw.source,
+        job_id=raw.id.job_id,
+        ingested_at=now,
+    )
+    adjusted = {p: b for p, b in raw.basis.items() if b != AdjustmentBasis.RAW.value}
+    converted = 0
+    if adjusted:
+        day = (raw.received_at or now).date()
+        actions = _actions_until(known_actions, raw.actions, day)
+        parts = []
+        for provider, part in bars.group_by("provider", maintain_order=True):
+            name = str(provider[0])
+            if name in adjusted and part.height:
+                part = to_raw_prices(part, AdjustmentBasis(adjusted[name]), actions)
+                converted += part.height
+            parts.append(part)
+        bars = pl.concat(parts) if len(parts) > 1 else parts[0]
+    return Batch(raw.id, bars, raw.source, now, converted)
+
+
+def _actions_until(known: pl.DataFrame, fresh: pl.DataFrame, day: date) -> pl.DataFrame:
+    both = pl.concat([known, fresh], how="vertical_relaxed") if fresh.height else known
+    return both.filter(pl.col("ex_date") <= day).unique(
+        ["symbol", "action_type", "ex_date"], keep="first", maintain_order=True
+    )
+
+
+# -- validate ------------------------------------------------------------------------------
+def history_for(bars: pl.DataFrame, store: BarStore, validator: Validator) -> pl.DataFrame | None:
+    """Return stored bars just before the batch: the warm-up of the rolling statistics."""
+    if bars.is_empty() or one_timeframe(bars) is None:
+        return None
+    tf = Timeframe.parse(str(bars["timeframe"][0]))
+    first = bars["ts"].min()
+    assert isinstance(first, datetime)
+    # enough calendar time for the rolling window (trading days are ~5/7 of days)
+    span = tf.seconds * 3 * validator.settings.spike_window if tf.seconds else None
+    lookback = timedelta(seconds=span) if span else timedelta(days=45)
+    history = store.read(distinct(bars["symbol"]), tf, first - lookback, first)
+    return history if history.height else None
+
+
+def validate(
+    batch: Batch,
+    validator: Validator,
+    *,
+    actions: pl.DataFrame | None,
+    history: pl.DataFrame | None,
+) -> ValidatedBatch:
+    """Split a batch into clean and rejected rows, with scores and a quality report.
+
+    Known corporate actions (`actions`) keep real splits from looking like spikes;
+    `history` warms up the rolling statistics.
+    """
+    result = validator.validate(
+        batch.bars, job_id=batch.id.job_id, actions=actions, history=history
+    )
+    symbols = distinct(batch.bars["symbol"]) if batch.bars.height else []
+    return ValidatedBatch(
+        batch.id, batch.source, result.clean, result.rejected, result.scores, result.report,
+        symbols,
+    )  # fmt: skip
+
+
+# -- store ---------------------------------------------------------------------------------
+def store(validated: ValidatedBatch, sinks: Sinks, at: datetime) -> StoredBatch:
+    """Store clean rows, quarantine rejected ones, keep scores and the report.
+
+    Derived timeframes (rollups) follow their 1-minute bars. Idempotent: storing the same
+    batch twice changes nothing the second time.
+    """
+    sinks.scores.add(validated.scores, at)
+    stats = sinks.bars.upsert(validated.clean)
+    if stats.written and sinks.rollup is not None:
+        sinks.rollup.refresh(validated.clean)
+    quarantined = sinks.quarantine.add(validated.rejected, job_id=validated.id.job_id, at=at)
+    sinks.catalog.save_report(validated.report, at)
+    # nothing rejected: the stored rows hold every symbol of the batch
+    known = validated.symbols if validated.rejected.is_empty() else None
+    return StoredBatch(
+        validated.id,
+        validated.source,
+        validated.clean,
+        stats,
+        quarantined,
+        _rule_counts(validated.rejected) if quarantined else {},
+        validated.report,
+        known,
+    )
+
+
+def store_actions(actions: pl.DataFrame, store: ActionStore) -> pl.DataFrame:
+    """Upsert corporate actions; return the rows that were new or changed."""
+    return store.upsert(actions) if actions.height else actions
+
+
+# -- announce ------------------------------------------------------------------------------
+def announce(stored: StoredBatch, bus: EventBus, clock: Clock) -> None:
+    """Publish `BarsIngested` per timeframe of what changed, and `BarsQuarantined`."""
+    if stored.stats.written:
+        clean = stored.clean
+        one = one_timeframe(clean)
+        parts = (
+            [((one,), clean)]
+            if one is not None
+            else clean.group_by("timeframe", maintain_order=True)
+        )
+        for (tf,), part in parts:
+            span = part.select(lo=pl.col("ts").min(), hi=pl.col("ts").max()).row(0)
+            symbols = (
+                stored.symbols
+                if one is not None and stored.symbols is not None
+                else distinct(part["symbol"])
+            )
+            bus.publish(
+                BarsIngested(
+                    occurred_at=clock.now(),
+                    job_id=stored.id.job_id,
+                    source=stored.source,
+                    timeframe=str(tf),
+                    symbols=symbols,
+                    rows_written=stored.stats.written,
+                    rows_unchanged=stored.stats.unchanged,
+                    first_ts=span[0],
+                    last_ts=span[1],
+                )
+            )
+    if stored.quarantined:
+        bus.publish(
+            BarsQuarantined(
+                occurred_at=clock.now(),
+                job_id=stored.id.job_id,
+                source=stored.source,
+                rows=stored.quarantined,
+                rules=stored.rules,
+            )
+        )
+
+
+def announce_actions(fresh: pl.DataFrame, source: str, bus: EventBus, clock: Clock) -> None:
+    """Publish `ActionsIngested` for new or changed corporate actions."""
+    if fresh.height:
+        bus.publish(
+            ActionsIngested(
+                occurred_at=clock.now(),
+                source=source,
+                symbols=sorted(fresh["symbol"].unique().to_list()),
+                rows=fresh.height,
+            )
+        )
+
+
+# -- helpers -------------------------------------------------------------------------------
+def one_timeframe(bars: pl.DataFrame) -> str | None:
+    """Return the timeframe of a non-empty batch with one (non-null) timeframe, else None."""
+    tf = pl.col("timeframe")
+    if bars.is_empty() or not bars.select(tf.is_not_null().all() & (tf == tf.first()).all()).item():
+        return None
+    return str(bars["timeframe"][0])
+
+
+def distinct(column: pl.Series) -> list[str]:
+    """Return the sorted distinct values of a column whose rows mostly come in runs.
+
+    Only the first row of each run is hashed (a batch holds each symbol as a block).
+    """
+    if column.is_empty():
+        return []
+    heads = column.ne_missing(column.shift(1)).to_numpy()
+    heads[0] = True
+    return column.filter(pl.Series(heads)).unique().sort().to_list()
+
+
+def _rule_counts(rejected: pl.DataFrame) -> dict[str, int]:
+    counts = (
+        rejected.select(pl.col("rule").str.split(","))
+        .explode("rule")
+        .group_by("rule")
+        .len()
+        .sort("rule")
+    )
+    return {str(r): int(n) for r, n in counts.iter_rows()}
