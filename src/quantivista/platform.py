@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any
 
 import polars as pl
 
-from quantivista.acquisition.router import Router
 from quantivista.actions.adjust import Adjust, DividendConvention
 from quantivista.actions.reconcile import ReconcileReport
 from quantivista.clock import Clock
@@ -41,8 +40,7 @@ class Platform:
         job = p.ingest(["ARDENR"], start="2020-01-01", end="2024-12-31")
         df = p.bars("ARDENR", start="2024-01-01")
 
-    Every method delegates to a use-case service of `p.runtime` (ingestion, writes,
-    queries, quality, providers, reference, maintenance), which the CLI and the API call too.
+    Every method delegates to a use-case service of `p.runtime`, as the CLI and API do.
     """
 
     def __init__(
@@ -110,12 +108,6 @@ class Platform:
         """Return the (cached) provider instance registered as `name`."""
         return self.runtime.acquisition.provider(name)
 
-    def router(
-        self, names: Sequence[str], *, ordering: Literal["auto", "given"] = "auto"
-    ) -> Router:
-        """Return a router over the named providers sharing this platform's limits and breakers."""
-        return self.runtime.acquisition.router(names, ordering=ordering)
-
     # -- ingestion and writes --------------------------------------------------------------
     def ingest(
         self,
@@ -129,9 +121,8 @@ class Platform:
     ) -> IngestionJob:
         """Pull bars from providers, validate and store them; return the finished job.
 
-        `end` is inclusive (a date includes that whole day). Providers are tried in the
-        given order per symbol, failing over on errors; the default is the configured one.
-        The job runs as tasks under leases (see `qv jobs --recover` after a crash).
+        `end` is inclusive (a date includes that whole day). Providers are tried in order
+        per symbol, failing over on errors. The job runs as tasks under leases.
         """
         return self.runtime.ingestion.ingest(
             symbols, start, end, timeframe, providers, progress=progress
@@ -142,8 +133,8 @@ class Platform:
     ) -> DataQualityReport:
         """Validate and store bars in the canonical schema; return the quality report.
 
-        Rows that fail validation are quarantined with their reason (see `quarantine()`).
-        A frame that does not fit the schema raises `SchemaError` and stores nothing.
+        Rows failing validation go to quarantine with their reason; a frame that does not
+        fit the schema raises `SchemaError` and stores nothing.
         """
         return self.runtime.writes.write_bars(frame, source, timeframe)
 
@@ -177,9 +168,8 @@ class Platform:
         demote: Sequence[str] = (),
     ) -> DataQualityReport:
         """Send held quarantine rows back through the write path; return its quality report."""
-        syms = [symbols] if isinstance(symbols, str) else symbols
         return self.runtime.writes.release_quarantine(
-            job_id, syms, rule, corrected=corrected, demote=demote
+            job_id, symbols, rule, corrected=corrected, demote=demote
         )
 
     # -- reads -----------------------------------------------------------------------------
@@ -199,12 +189,10 @@ class Platform:
     ) -> pl.DataFrame:
         """Return stored bars in the canonical schema, sorted by symbol and ts.
 
-        `start` and `end` are inclusive. `adjust` is "none" (raw prices), "splits" or "all";
-        `dividend_convention` "crsp" (Yahoo Adj Close / Lean) or "alpha_vantage".
-        `as_of` (an instant) is knowledge time: the bars exactly as the store knew them then,
-        adjusted with the actions whose ex-date had come by then. `published` (a day) asks
-        for today's bars adjusted and named as they were shown on that day. A renamed
-        ticker reads as one series under the requested name unless `follow_renames` is False.
+        `start`/`end` are inclusive; `adjust` "none", "splits" or "all"; `dividend_convention`
+        "crsp" (Yahoo/Lean) or "alpha_vantage". `as_of` (an instant) is knowledge time: the
+        bars as the store knew them then. `published` (a day): today's bars adjusted and named
+        as shown that day. Renamed tickers read as one series unless `follow_renames=False`.
         """
         query = BarQuery.of(
             symbols, start, end, timeframe, columns=columns, adjust=adjust,

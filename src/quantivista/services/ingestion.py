@@ -35,7 +35,7 @@ from quantivista.services.writes import new_job_id
 from quantivista.storage.contracts import JobCatalog
 from quantivista.timeutil import DateLike
 
-__all__ = ["IngestionService", "worker_id"]
+__all__ = ["IngestionService", "Progress", "worker_id"]
 
 log = logging.getLogger(__name__)
 
@@ -289,7 +289,8 @@ class IngestionService:
     def jobs(self, limit: int = 50, status: JobStatus | None = None) -> list[IngestionJob]:
         """Return recent jobs, newest first (a job whose worker died shows as failed)."""
         listed = self.catalog.jobs(limit, status)
-        if any(j.status is JobStatus.RUNNING for j in listed) and self.expire_leases():
+        active = (JobStatus.PENDING, JobStatus.RUNNING)
+        if any(j.status in active for j in listed) and self.expire_leases():
             listed = self.catalog.jobs(limit, status)
         return listed
 

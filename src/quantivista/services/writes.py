@@ -18,6 +18,7 @@ from quantivista.model.timeframe import TimeframeLike
 from quantivista.pipeline.messages import BatchId
 from quantivista.pipeline.runner import InProcessRunner
 from quantivista.pipeline.stages import announce_actions, store_actions
+from quantivista.services.queries import symbol_list
 from quantivista.storage.contracts import ActionStore, QuarantineStore
 
 __all__ = ["WriteService", "new_job_id"]
@@ -85,7 +86,7 @@ class WriteService:
     def release_quarantine(
         self,
         job_id: str | None = None,
-        symbols: Sequence[str] | None = None,
+        symbols: str | Sequence[str] | None = None,
         rule: str | None = None,
         *,
         corrected: FrameLike | None = None,
@@ -98,7 +99,8 @@ class WriteService:
         only flag these rows this time. Rows that still fail go back to quarantine under
         the release job; released rows stay on record, marked released.
         """
-        held = self.quarantine.list(symbols, job_id, rule)
+        syms = None if symbols is None else symbol_list(symbols)
+        held = self.quarantine.list(syms, job_id, rule)
         if held.is_empty():
             raise NotFoundError("no held quarantine rows match", job_id=job_id, rule=rule)
         release_job = new_job_id(self.clock.now())

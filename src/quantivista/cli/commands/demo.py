@@ -25,7 +25,7 @@ from quantivista.cli.render import (
 )
 from quantivista.config import ProviderFaultSettings, RateWindow, Settings, SimulatorServerSettings
 from quantivista.runtime import Runtime
-from quantivista.services.providers import PROVIDER_STATS_KEY
+from quantivista.services.queries import BarQuery
 from quantivista.services.simulation import serve_simulator
 
 __all__ = ["DEMO_VENDORS", "demo"]
@@ -96,8 +96,6 @@ def demo(
 
 def _show_actions_and_chart(rt: Runtime, universe: list[str], first: date) -> str:
     """Print the actions and a raw vs adjusted chart of a name with a split; return it."""
-    from quantivista.services.queries import BarQuery
-
     actions = rt.queries.actions()
     if actions.height:
         console.print(actions_summary(actions))
@@ -116,7 +114,7 @@ def _chart_symbol(actions: pl.DataFrame, universe: list[str], first: date) -> st
 
 
 def _provider_report(rt: Runtime) -> None:
-    stats = rt.backend.catalog.get_state(PROVIDER_STATS_KEY) or {}
+    stats = rt.providers.stats()[0] or {}
     if stats.get("providers"):
         console.print(provider_stats_table(stats, "this demo"))
     if stats.get("transitions"):

@@ -13,8 +13,8 @@ from rich.progress import Progress
 from quantivista.cli.app import app, console, session
 from quantivista.cli.render import job_line, jobs_table, progress_bar, store_table
 from quantivista.model.jobs import IngestionJob, JobStatus
-from quantivista.pipeline.stages import Progress as ProgressFn
 from quantivista.runtime import Runtime
+from quantivista.services.ingestion import Progress as ProgressFn
 
 __all__ = ["ingest", "jobs", "run_ingest", "status"]
 
