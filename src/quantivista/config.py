@@ -9,11 +9,20 @@ No other module reads the environment.
 from __future__ import annotations
 
 import os
+import tomllib
 from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -378,6 +387,15 @@ class Settings(BaseSettings):
     simulator_server: SimulatorServerSettings = SimulatorServerSettings()
     quality: QualitySettings = QualitySettings()
 
+    def __init__(self, **values: Any) -> None:
+        """Load settings; a wrong value or file raises one-line `ConfigurationError`s."""
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise ConfigurationError(_describe(exc), source=_config_source()) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigurationError(f"{_config_source()} is not valid TOML: {exc}") from None
+
     @field_validator("data_dir")
     @classmethod
     def _expand(cls, value: Path) -> Path:
@@ -408,3 +426,20 @@ class Settings(BaseSettings):
     def summary(self) -> dict[str, Any]:
         """Return the settings as plain data with secrets masked (safe to print or log)."""
         return self.model_dump(mode="json")
+
+
+def _config_source() -> str:
+    """Return the TOML file settings are read from, or where else they come from."""
+    named = os.environ.get("QV_CONFIG_FILE")
+    if named:
+        return named
+    return "qv.toml" if Path("qv.toml").is_file() else "QV_* environment variables"
+
+
+def _describe(exc: ValidationError) -> str:
+    """Return pydantic's errors as one line: `storage.backend: Input should be ...`."""
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]) or "settings"
+        parts.append(f"{where}: {error['msg']}")
+    return "invalid settings: " + "; ".join(parts)
