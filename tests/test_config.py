@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from quantivista.errors import ConfigurationError
 from quantivista.config import Settings, StorageSettings
+from quantivista.errors import ConfigurationError
 
 SECRET = "s3cr3t-pa55word"
 
@@ -70,7 +70,7 @@ def test_double_underscore_nests_into_sections(monkeypatch: pytest.MonkeyPatch) 
 
 def test_env_values_are_validated(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("QV_STORAGE__COMPRESSION_LEVEL", "99")
-    with pytest.raises(ConfigurationError, match="storage.compression_level: Input should be"):
+    with pytest.raises(ConfigurationError, match=r"storage\.compression_level: Input should be"):
         Settings()
 
 
