@@ -53,10 +53,11 @@ class Runtime:
         *,
         clock: Clock | None = None,
         registry: ProviderRegistry | None = None,
+        create: bool = True,
     ) -> None:
         self.settings = settings
         self.clock: Clock = clock or SystemClock()
-        self.backend = open_backend(settings)
+        self.backend = open_backend(settings, create=create)
         self.bus = InMemoryBus(dead_letters=self._dead_letter)
         self.acquisition = Acquisition(settings, self.clock, registry or default_registry)
         self._lock = threading.Lock()
@@ -107,9 +108,10 @@ class Runtime:
         *,
         clock: Clock | None = None,
         registry: ProviderRegistry | None = None,
+        create: bool = True,
     ) -> Runtime:
-        """Build a runtime from explicit settings."""
-        return cls(settings, clock=clock, registry=registry)
+        """Build a runtime from explicit settings (`create=False`: the store must exist)."""
+        return cls(settings, clock=clock, registry=registry, create=create)
 
     def calendar(self, mic: str | None = None) -> TradingCalendar:
         """Return an exchange's trading calendar (default: the ingest calendar)."""

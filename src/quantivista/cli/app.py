@@ -63,7 +63,13 @@ def errors_to_exit() -> Iterator[None]:
 
 
 @contextmanager
-def session(config: Settings | None = None) -> Iterator[Runtime]:
-    """Yield a runtime for one command and close it; platform errors exit with code 2."""
-    with errors_to_exit(), Runtime.from_settings(config or settings()) as runtime:
+def session(config: Settings | None = None, *, create: bool = False) -> Iterator[Runtime]:
+    """Yield a runtime for one command and close it; platform errors exit with code 2.
+
+    Only commands that write (`create=True`) may start a new store in an empty directory.
+    """
+    with (
+        errors_to_exit(),
+        Runtime.from_settings(config or settings(), create=create) as runtime,
+    ):
         yield runtime

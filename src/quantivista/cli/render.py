@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Sequence
+from enum import StrEnum
 from typing import Any
 
 import polars as pl
@@ -23,7 +26,11 @@ from quantivista.model.flags import QualityFlag
 from quantivista.model.jobs import DataQualityReport, IngestionJob
 
 __all__ = [
+    "Format",
     "actions_summary",
+    "emit",
+    "job_score",
+    "jobs_frame",
     "bars_table",
     "chart_panel",
     "fmt",
@@ -152,7 +159,8 @@ def jobs_table(jobs: list[IngestionJob], title: str = "recent jobs") -> Table:
     for col in cols:
         table.add_column(col, justify="right" if col not in ("job", "status") else "left")
     for job in jobs:
-        score = f"{job.quality.quality_score:.4f}" if job.quality else "-"
+        value = job_score(job)
+        score = "-" if value is None else f"{value:.4f}"
         secs = f"{job.duration_s:.1f}" if job.duration_s is not None else "-"
         table.add_row(
             escape(job.job_id),
@@ -173,7 +181,8 @@ def job_line(job: IngestionJob) -> None:
     colour = {"succeeded": "green", "partial": "yellow", "failed": "red"}.get(
         job.status.value, "white"
     )
-    score = f"{job.quality.quality_score:.4f}" if job.quality else "-"
+    value = job_score(job)
+    score = "-" if value is None else f"{value:.4f}"
     console.print(
         f"[{colour}]{job.status.value}[/] {escape(job.job_id)}: {job.records_processed:,} bars "
         f"({job.timeframe}), {job.records_failed:,} rejected, quality score {score}, "
@@ -270,3 +279,52 @@ def frame_table(df: pl.DataFrame, title: str, caption: str | None = None) -> Tab
     for row in df.iter_rows():  # callers pass a head of the frame
         table.add_row(*[fmt(v) for v in row])
     return table
+
+
+class Format(StrEnum):
+    """How a listing command prints: a table for people, JSON or CSV for programs."""
+
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+def emit(df: pl.DataFrame, fmt: Format, title: str, caption: str | None = None) -> None:
+    """Print a frame as a table, JSON rows or CSV (machine formats go to stdout verbatim)."""
+    if fmt is Format.json:
+        sys.stdout.write(json.dumps(df.to_dicts(), default=str, indent=1) + "\n")
+    elif fmt is Format.csv:
+        sys.stdout.write(df.write_csv())
+    else:
+        console.print(frame_table(df, title, caption))
+
+
+def jobs_frame(jobs: list[IngestionJob]) -> pl.DataFrame:
+    """Return jobs as a frame (one row each) for JSON and CSV output."""
+    return pl.DataFrame(
+        [
+            {
+                "job_id": j.job_id,
+                "status": j.status.value,
+                "timeframe": j.timeframe,
+                "symbols": len(j.symbols),
+                "tasks": j.tasks,
+                "records_processed": j.records_processed,
+                "records_failed": j.records_failed,
+                "quality_score": job_score(j),
+                "start_time": j.start_time,
+                "end_time": j.end_time,
+                "duration_s": j.duration_s,
+                "providers": ",".join(j.providers) or j.source_id,
+            }
+            for j in jobs
+        ],
+        schema_overrides={"quality_score": pl.Float64, "duration_s": pl.Float64},
+    )
+
+
+def job_score(job: IngestionJob) -> float | None:
+    """Return a job's quality score, or None when nothing was checked (nothing to score)."""
+    if job.quality is None or job.quality.total_records == 0:
+        return None
+    return job.quality.quality_score

@@ -15,12 +15,13 @@ import polars as pl
 from quantivista.clock import Clock
 from quantivista.config import Settings
 from quantivista.errors import InvalidInputError
+from quantivista.storage import store_exists
 from quantivista.storage.base import RetentionPolicy, apply_retention
 from quantivista.storage.contracts import Backend
 from quantivista.storage.lake.backup import PostgresBars, backup, restore
 from quantivista.storage.lake.bars import ParquetLake
 
-__all__ = ["MaintenanceService", "RetentionOutcome", "restore_store"]
+__all__ = ["MaintenanceService", "RetentionOutcome", "restore_store", "store_exists"]
 
 
 @dataclass(frozen=True)

@@ -6,11 +6,21 @@ from typing import Any
 
 import polars as pl
 
+from quantivista.acquisition.limits import RateLimiter
 from quantivista.acquisition.wiring import Acquisition
+from quantivista.clock import SystemClock
+from quantivista.config import Settings
 from quantivista.model.timeframe import Timeframe
+from quantivista.providers.registry import ProviderRegistry, default_registry
 from quantivista.storage.contracts import JobCatalog
 
-__all__ = ["PROVIDER_STATS_KEY", "ProviderService"]
+__all__ = [
+    "PROVIDER_STATS_KEY",
+    "ProviderService",
+    "capability_table",
+    "default_registry",
+    "shared_quota",
+]
 
 PROVIDER_STATS_KEY = "provider_stats"
 
@@ -24,25 +34,7 @@ class ProviderService:
 
     def table(self) -> pl.DataFrame:
         """Return one row per registered provider: capabilities and configured limits."""
-        registry = self.acquisition.registry
-        limits = self.acquisition.settings.resilience.limits
-        rows = []
-        for name in registry.names():
-            caps = registry.get(name).capabilities
-            rows.append(
-                {
-                    "provider": name,
-                    "timeframes": " ".join(sorted(caps.timeframes, key=_timeframe_order)),
-                    "assets": " ".join(sorted(a.value for a in caps.asset_classes)),
-                    "prices": caps.adjustment.value,
-                    "realtime": caps.realtime,
-                    "requires_key": caps.requires_key,
-                    "cost_per_call": caps.cost_per_call,
-                    "priority": caps.priority,
-                    "rate_limits": ", ".join(limits.get(name, [])),
-                }
-            )
-        return pl.DataFrame(rows)
+        return capability_table(self.acquisition.registry, self.acquisition.settings)
 
     def load_errors(self) -> dict[str, str]:
         """Return plug-ins that failed to load, with the reason."""
@@ -59,11 +51,46 @@ class ProviderService:
         if self.acquisition.analytics.has_data:
             self.catalog.put_state(PROVIDER_STATS_KEY, self.acquisition.analytics.as_dict())
 
-    def shared_quota(self) -> pl.DataFrame | None:
-        """Return the live quota usage when it is shared through Redis, else None."""
-        if self.acquisition.settings.resilience.backend != "redis":
-            return None
-        return self.acquisition.limiter.usage_frame()
+
+def shared_quota(settings: Settings) -> pl.DataFrame | None:
+    """Return the live quota usage shared through Redis (None for the in-memory limiter).
+
+    Needs no store: the quota lives in Redis, whoever uses it.
+    """
+    if settings.resilience.backend != "redis":
+        return None
+    limiter = RateLimiter.from_settings(
+        settings.resilience, SystemClock(), redis_url=settings.services.redis_url
+    )
+    try:
+        return limiter.usage_frame()
+    finally:
+        limiter.close()
+
+
+def capability_table(registry: ProviderRegistry, settings: Settings) -> pl.DataFrame:
+    """Return one row per registered provider: capabilities and configured limits.
+
+    Needs no store: `qv providers` works before anything was ingested.
+    """
+    limits = settings.resilience.limits
+    rows = []
+    for name in registry.names():
+        caps = registry.get(name).capabilities
+        rows.append(
+            {
+                "provider": name,
+                "timeframes": " ".join(sorted(caps.timeframes, key=_timeframe_order)),
+                "assets": " ".join(sorted(a.value for a in caps.asset_classes)),
+                "prices": caps.adjustment.value,
+                "realtime": caps.realtime,
+                "requires_key": caps.requires_key,
+                "cost_per_call": caps.cost_per_call,
+                "priority": caps.priority,
+                "rate_limits": ", ".join(limits.get(name, [])),
+            }
+        )
+    return pl.DataFrame(rows)
 
 
 def _timeframe_order(tf: str) -> tuple[int, int]:

@@ -57,7 +57,7 @@ def demo(
         update={"simulator": base.simulator.model_copy(update={"fault_rate": fault_rate})}
     )
     started = time.perf_counter()
-    with _demo_source(base, via_simulator) as (config, vendors), session(config) as rt:
+    with _demo_source(base, via_simulator) as (config, vendors), session(config, create=True) as rt:
         cal = rt.calendar()
         today = rt.clock.now().date()
         # the simulated market has closed through yesterday

@@ -55,7 +55,7 @@ def ingest(
     ] = None,
 ) -> None:
     """Fetch bars from providers, validate them and store them."""
-    with session() as rt:
+    with session(create=True) as rt:
         job = run_ingest(rt, symbols, start, end, timeframe, provider, "ingesting")
         job_line(job)
         if job.status is JobStatus.FAILED:

@@ -10,8 +10,10 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from quantivista.cli.app import app, console, err_console, session, settings
+from quantivista.cli.app import app, console, err_console, errors_to_exit, session, settings
 from quantivista.config import RateWindow
+from quantivista.services.maintenance import store_exists
+from quantivista.services.providers import capability_table, default_registry, shared_quota
 from quantivista.services.simulation import free_tier_limits, serve_simulator, simulated_vendors
 
 __all__ = ["provider_stats_table", "providers", "simulate_providers", "transitions_table"]
@@ -20,18 +22,26 @@ __all__ = ["provider_stats_table", "providers", "simulate_providers", "transitio
 @app.command()
 def providers() -> None:
     """List registered providers, their capabilities and limits, and the latest call stats."""
-    with session() as rt:
-        console.print(_providers_table(rt.providers.table()))
-        for name, error in sorted(rt.providers.load_errors().items()):
-            err_console.print(
-                f"[yellow]plug-in {escape(name)!s} failed to load:[/] {escape(error)}"
-            )
-        stats, live = rt.providers.stats()
-        try:
-            quota = rt.providers.shared_quota()
-        except Exception as exc:  # Redis down must not hide the rest of the report
-            err_console.print(f"[yellow]cannot read the shared quota:[/] {escape(str(exc))}")
-            quota = None
+    config = settings()
+    stats: dict[str, Any] | None = None
+    live = False
+    with errors_to_exit():
+        if store_exists(config):  # capabilities need no store; statistics do
+            with session() as rt:
+                table = rt.providers.table()
+                errors = rt.providers.load_errors()
+                stats, live = rt.providers.stats()
+        else:
+            table = capability_table(default_registry, config)
+            errors = dict(default_registry.load_errors)
+    console.print(_providers_table(table))
+    for name, error in sorted(errors.items()):
+        err_console.print(f"[yellow]plug-in {escape(name)} failed to load:[/] {escape(error)}")
+    try:
+        quota = shared_quota(config)
+    except Exception as exc:  # Redis down must not hide the rest of the report
+        err_console.print(f"[yellow]cannot read the shared quota:[/] {escape(str(exc))}")
+        quota = None
     if quota is not None:
         console.print(_quota_table(quota))
     if not stats or not stats.get("providers"):

@@ -24,7 +24,7 @@ def instruments(
     history: Annotated[Path | None, typer.Option(help="Symbol-history CSV for --load.")] = None,
 ) -> None:
     """List instruments, or look one up by ticker on a date (point in time)."""
-    with session() as rt:
+    with session(create=load is not None) as rt:
         master = rt.reference.instruments
         if load is not None:
             report = (

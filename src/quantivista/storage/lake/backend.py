@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from quantivista.config import Settings
+from quantivista.errors import NotFoundError
 from quantivista.storage.contracts import Backend
 from quantivista.storage.lake.actions import ParquetActionStore
 from quantivista.storage.lake.bars import ParquetLake
@@ -16,10 +17,16 @@ from quantivista.storage.lake.scores import ParquetScoreStore
 __all__ = ["open_lake"]
 
 
-def open_lake(settings: Settings) -> Backend:
-    """Open (or create) the lake at `settings.data_dir`."""
+def open_lake(settings: Settings, *, create: bool = True) -> Backend:
+    """Open the lake at `settings.data_dir`; create it when `create` (else `NotFoundError`)."""
     root, storage = settings.data_dir, settings.storage
-    root.mkdir(parents=True, exist_ok=True)
+    if not create and not LakeLayout(root).is_store():
+        raise NotFoundError(
+            f"{root} holds no QuantiVista store (give -d DIR / QV_DATA_DIR, or create one"
+            " with qv ingest or qv demo)",
+        )
+    if not root.is_dir():
+        root.mkdir(parents=True, exist_ok=True)
     return Backend(
         kind="lake",
         bars=ParquetLake(root, storage),

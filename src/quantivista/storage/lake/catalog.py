@@ -8,6 +8,7 @@ same task. WAL mode lets readers go on while a writer commits.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -83,15 +84,24 @@ class SqliteCatalog:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # a catalog in a directory we may not write to (a read-only mount, a shared copy) is
+        # opened immutable: reads work, writes fail with a StorageError
+        self.read_only = self.path.exists() and not os.access(self.path.parent, os.W_OK)
         self._lock = threading.Lock()
         try:
-            self._conn = sqlite3.connect(
-                self.path, check_same_thread=False, timeout=30.0, isolation_level=None
-            )
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.executescript(_SCHEMA)
+            if self.read_only:
+                uri = f"file:{self.path}?immutable=1"
+                self._conn = sqlite3.connect(
+                    uri, uri=True, check_same_thread=False, isolation_level=None
+                )
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._conn = sqlite3.connect(
+                    self.path, check_same_thread=False, timeout=30.0, isolation_level=None
+                )
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute("PRAGMA synchronous=NORMAL")
+                self._conn.executescript(_SCHEMA)
         except sqlite3.Error as exc:
             raise StorageError("cannot open the catalog", path=str(self.path)) from exc
 
@@ -108,7 +118,9 @@ class SqliteCatalog:
                     raise
                 self._conn.execute("COMMIT")
             except sqlite3.Error as exc:
-                raise StorageError("catalog operation failed", path=str(self.path)) from exc
+                raise StorageError(
+                    "catalog operation failed", path=str(self.path), error=str(exc)
+                ) from exc
 
     def close(self) -> None:
         """Close the database connection."""
@@ -209,6 +221,8 @@ class SqliteCatalog:
 
     def expire_leases(self, now: datetime) -> list[str]:
         """Return lapsed running tasks to pending and fail their jobs; return those jobs."""
+        if self.read_only:  # nothing can be changed here; the jobs show as they were left
+            return []
         with self._tx(immediate=True) as db:
             rows = db.execute(
                 "SELECT body FROM job_tasks WHERE status=? AND lease_expires_at < ?",

@@ -36,7 +36,6 @@ class ParquetQuarantineStore:
         self.dir = layout.quarantine
         self.released_dir = layout.released
         self.settings = settings or StorageSettings()
-        self.dir.mkdir(parents=True, exist_ok=True)
 
     def add(self, rejected: pl.DataFrame, *, job_id: str, at: datetime) -> int:
         """Store rejected rows (canonical columns plus rule, severity, reason)."""
