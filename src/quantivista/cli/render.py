@@ -89,25 +89,42 @@ def _day(value: Any) -> str:
 
 
 def bars_table(df: pl.DataFrame, symbol: str, timeframe: str, limit: int) -> Table:
-    """Return the head and tail of a bar frame as a table."""
+    """Return the head and tail of one symbol's bars as a table.
+
+    Daily and longer bars show their session date, intraday bars date and time (UTC);
+    prices have one number of decimals per table (2, or 4 for sub-unit prices).
+    """
     shown = df if df.height <= limit else pl.concat([df.head(limit // 2), df.tail(limit // 2)])
+    daily = timeframe in ("1d", "1w", "1mo")
+    stamp = "%Y-%m-%d" if daily else "%Y-%m-%d %H:%M"
     lo, hi = df["ts"].min(), df["ts"].max()
-    table = Table(
-        title=escape(f"{symbol} {timeframe}: {df.height:,} bars {lo!s} .. {hi!s}"),
-        header_style="bold",
-    )
-    cols = ["ts", "open", "high", "low", "close", "volume", "provider", "quality_flags"]
-    for col in cols:
-        table.add_column(
-            "flags" if col == "quality_flags" else col,
-            justify="right" if col in NUMERIC else "left",
-        )
+    title = f"{symbol} {timeframe}: {df.height:,} bars {_stamp(lo, stamp)} .. {_stamp(hi, stamp)}"
+    table = Table(title=escape(title), header_style="bold")
+    low = df.select(pl.min_horizontal("low", "close").min()).item()
+    places = 4 if low is not None and low < 1 else 2
+    table.add_column("date" if daily else "ts (UTC)", no_wrap=True)
+    for col in ("open", "high", "low", "close", "volume"):
+        table.add_column(col, justify="right", no_wrap=True)
+    table.add_column("provider")
+    table.add_column("flags")
     for i, row in enumerate(shown.iter_rows(named=True)):  # at most `limit` rows
         if df.height > limit and i == limit // 2:
-            table.add_row(*["…"] * len(cols))
+            table.add_row(*["…"] * 8)
         flags = ",".join(QualityFlag.names_of(row["quality_flags"])) or "-"
-        table.add_row(*[fmt(row[c]) for c in cols[:-1]], flags)
+        prices = [_price(row[c], places) for c in ("open", "high", "low", "close")]
+        volume = "" if row["volume"] is None else f"{row['volume']:,.0f}"
+        table.add_row(
+            _stamp(row["ts"], stamp), *prices, volume, escape(row["provider"] or ""), flags
+        )
     return table
+
+
+def _stamp(value: Any, pattern: str) -> str:
+    return value.strftime(pattern) if hasattr(value, "strftime") else str(value)
+
+
+def _price(value: float | None, places: int) -> str:
+    return "" if value is None else f"{value:,.{places}f}"
 
 
 def chart_panel(df: pl.DataFrame, symbol: str, timeframe: str, prices: str = "raw prices") -> Panel:

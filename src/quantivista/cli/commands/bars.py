@@ -7,6 +7,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
+import polars as pl
 import typer
 from rich.markup import escape
 from rich.table import Table
@@ -23,28 +24,31 @@ class OutputFormat(StrEnum):
 
     table = "table"
     csv = "csv"
+    json = "json"
     parquet = "parquet"
     chart = "chart"
 
 
 @app.command()
 def bars(
-    symbol: Annotated[str, typer.Argument(help="Symbol to read.")],
+    symbols: Annotated[list[str], typer.Argument(help="Symbols to read (one or more).")],
     start: Annotated[str | None, typer.Option(help="First date (inclusive).")] = None,
     end: Annotated[str | None, typer.Option(help="Last date (inclusive).")] = None,
     timeframe: Annotated[str, typer.Option("--timeframe", "-t")] = "1d",
     fmt_: Annotated[OutputFormat, typer.Option("--format", "-f")] = OutputFormat.table,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to a file.")] = None,
-    limit: Annotated[int, typer.Option(help="Rows shown in table format (head and tail).")] = 20,
+    limit: Annotated[
+        int, typer.Option(min=1, help="Rows shown per symbol in table format (head and tail).")
+    ] = 20,
     adjust: Annotated[str, typer.Option(help="none, splits or all.")] = "none",
     dividend_convention: Annotated[
         str, typer.Option(help="crsp (Yahoo/Lean) or alpha_vantage.")
     ] = "crsp",
 ) -> None:
-    """Print stored bars of one symbol as a table, a chart, CSV or Parquet."""
+    """Print stored bars as tables, charts, CSV, JSON or Parquet."""
     with session() as rt:
         query = BarQuery.of(
-            symbol,
+            symbols,
             start,
             end,
             timeframe,
@@ -53,23 +57,36 @@ def bars(
         )
         df = rt.queries.bars(query)
     if df.is_empty():
-        fail(f"no {timeframe} bars stored for {symbol} in that range")
-    if fmt_ is OutputFormat.parquet:
-        if output is None:
-            fail("--format parquet needs --output FILE", code=2)
-        df.write_parquet(output, compression="zstd")
-        console.print(f"wrote {df.height:,} bars to {escape(str(output))}")
-    elif fmt_ is OutputFormat.csv:
-        text = df.write_csv()
-        if output is None:
-            sys.stdout.write(text)
+        fail(f"no {timeframe} bars stored for {', '.join(symbols)} in that range")
+    if fmt_ in (OutputFormat.parquet, OutputFormat.csv, OutputFormat.json):
+        _write(df, fmt_, output)
+        return
+    label = "raw prices" if adjust == "none" else f"adjusted: {adjust}"
+    for (symbol,), part in df.group_by("symbol", maintain_order=True):
+        if fmt_ is OutputFormat.chart:
+            console.print(chart_panel(part, str(symbol), timeframe, label))
         else:
-            output.write_text(text)
-    elif fmt_ is OutputFormat.chart:
-        label = "raw prices" if adjust == "none" else f"adjusted: {adjust}"
-        console.print(chart_panel(df, symbol, timeframe, label))
-    else:
-        console.print(bars_table(df, symbol, timeframe, limit))
+            console.print(bars_table(part, str(symbol), timeframe, limit))
+
+
+def _write(df: pl.DataFrame, fmt: OutputFormat, output: Path | None) -> None:
+    """Write bars to `output` (or CSV/JSON to stdout) and say what was written."""
+    if output is None:
+        if fmt is OutputFormat.parquet:
+            fail("--format parquet needs --output FILE", code=2)
+        text = df.write_csv() if fmt is OutputFormat.csv else df.write_json()
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        return
+    try:
+        if fmt is OutputFormat.parquet:
+            df.write_parquet(output, compression="zstd")
+        elif fmt is OutputFormat.csv:
+            df.write_csv(output)
+        else:
+            df.write_json(output)
+    except OSError as exc:
+        fail(f"cannot write {output}: {exc.strerror or exc}", code=2)
+    console.print(f"wrote {df.height:,} bars to {escape(str(output))} ({fmt.value})")
 
 
 @app.command()
