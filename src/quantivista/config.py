@@ -35,6 +35,7 @@ from quantivista.model.rates import Rate
 
 __all__ = [
     "BreakerSettings",
+    "config_source",
     "CacheSettings",
     "IngestSettings",
     "ProviderEndpointSettings",
@@ -392,9 +393,9 @@ class Settings(BaseSettings):
         try:
             super().__init__(**values)
         except ValidationError as exc:
-            raise ConfigurationError(_describe(exc), source=_config_source()) from None
+            raise ConfigurationError(_describe(exc), source=config_source()) from None
         except tomllib.TOMLDecodeError as exc:
-            raise ConfigurationError(f"{_config_source()} is not valid TOML: {exc}") from None
+            raise ConfigurationError(f"{config_source()} is not valid TOML: {exc}") from None
 
     @field_validator("data_dir")
     @classmethod
@@ -428,7 +429,7 @@ class Settings(BaseSettings):
         return self.model_dump(mode="json")
 
 
-def _config_source() -> str:
+def config_source() -> str:
     """Return the TOML file settings are read from, or where else they come from."""
     named = os.environ.get("QV_CONFIG_FILE")
     if named:

@@ -151,8 +151,9 @@ def test_backfill_through_faults_down_provider_and_limits(
     assert "SymbolNotFoundError=1" in snap["yahoo"]["errors_by_kind"]  # the unknown name
 
     # the job: Yahoo said the unknown name does not exist, Polygon answers such names with
-    # an empty list (as the real one does): the job records it as the one symbol without data
-    assert job.status is JobStatus.SUCCEEDED
+    # an empty list (as the real one does): the job records it as the one symbol without
+    # data, and is partial (a symbol asked for got nothing)
+    assert job.status is JobStatus.PARTIAL
     assert job.error_details == [
         {"symbol": unknown, "kind": "no_data", "message": "provider returned no bars"}
     ]

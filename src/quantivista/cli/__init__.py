@@ -5,12 +5,22 @@ options and the one mapping of platform errors to exit codes; `render.py` the ta
 """
 
 from quantivista.cli.app import app
-from quantivista.cli.commands import bars, demo, ingest, providers, quality, reference, storage
+from quantivista.cli.commands import (
+    bars,
+    config,
+    demo,
+    ingest,
+    providers,
+    quality,
+    reference,
+    storage,
+)
 from quantivista.cli.render import sparkline
 
 __all__ = ["app", "main", "sparkline"]
 
-_COMMAND_MODULES = (bars, demo, ingest, providers, quality, reference, storage)  # registered
+# imported for their commands, which they register on `app`
+_COMMAND_MODULES = (bars, config, demo, ingest, providers, quality, reference, storage)
 
 
 def main() -> None:

@@ -149,6 +149,8 @@ class JobTask(BaseModel):
     finished_at: AwareDatetime | None = None
     records_processed: int = Field(default=0, ge=0)
     records_failed: int = Field(default=0, ge=0)
-    symbols_failed: int = Field(default=0, ge=0, description="symbols no provider could serve")
+    symbols_failed: int = Field(
+        default=0, ge=0, description="symbols without bars: every provider failed, or none had any"
+    )
     error_details: list[dict[str, Any]] = Field(default_factory=list)
     quality: DataQualityReport | None = None

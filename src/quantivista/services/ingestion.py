@@ -241,7 +241,7 @@ class IngestionService:
                 "status": TaskStatus.SUCCEEDED,
                 "records_processed": report.total_records if report else 0,
                 "records_failed": report.invalid_records if report else 0,
-                "symbols_failed": len(raw.failures),
+                "symbols_failed": len(raw.failures) + len(raw.empty),
                 "error_details": _details(raw),
                 "quality": report,
             }

@@ -117,8 +117,11 @@ class ReferenceService:
     ) -> BenchmarkResult:
         """Build a custom benchmark from stored bars, with yearly returns and a comparison."""
         raw = self.queries.bars(BarQuery.of(symbols, start, end))
-        if raw.is_empty():
-            raise NotFoundError("no bars stored for those symbols in that range")
+        missing = sorted(set(symbols) - set(raw["symbol"].unique().to_list()))
+        if missing:
+            raise NotFoundError(
+                f"no bars stored in that range for {', '.join(missing)}", symbols=missing
+            )
         levels = custom_benchmark(
             raw,
             weights,
@@ -129,6 +132,7 @@ class ReferenceService:
         stats = None
         if against is not None:
             other = self.queries.bars(BarQuery.of(against, start, end, adjust="all"))
-            if other.height:
-                stats = compare(levels, other.select("ts", level="close"))
+            if other.is_empty():
+                raise NotFoundError(f"no bars stored in that range for {against}")
+            stats = compare(levels, other.select("ts", level="close"))
         return BenchmarkResult(levels, period_returns(levels, "1y"), stats)

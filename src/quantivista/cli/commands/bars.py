@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from quantivista.cli.app import app, console, fail, session
-from quantivista.cli.render import bars_table, chart_panel, fmt
+from quantivista.cli.render import Format, bars_table, chart_panel, emit, fmt
 from quantivista.services.queries import BarQuery
 
 __all__ = ["OutputFormat", "actions", "bars"]
@@ -92,12 +92,18 @@ def _write(df: pl.DataFrame, fmt: OutputFormat, output: Path | None) -> None:
 @app.command()
 def actions(
     symbol: Annotated[str, typer.Argument(help="Symbol whose corporate actions to show.")],
+    fmt_: Annotated[Format, typer.Option("--format", "-f", help="table, json or csv.")] = (
+        Format.table
+    ),
 ) -> None:
     """Show the stored corporate actions of a symbol (splits, dividends, renames, ...)."""
     with session() as rt:
         df = rt.queries.actions(symbol)
     if df.is_empty():
         fail(f"no corporate actions stored for {symbol}")
+    if fmt_ is not Format.table:
+        emit(df, fmt_, "actions")
+        return
     table = Table(
         title=escape(f"corporate actions of {symbol}: {df.height:,}"), header_style="bold"
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Sequence
 from datetime import date
 from typing import Annotated
@@ -11,7 +13,15 @@ from rich.markup import escape
 from rich.progress import Progress
 
 from quantivista.cli.app import app, console, session
-from quantivista.cli.render import job_line, jobs_table, progress_bar, store_table
+from quantivista.cli.render import (
+    Format,
+    emit,
+    job_line,
+    jobs_frame,
+    jobs_table,
+    progress_bar,
+    store_table,
+)
 from quantivista.model.jobs import IngestionJob, JobStatus
 from quantivista.runtime import Runtime
 from quantivista.services.ingestion import Progress as ProgressFn
@@ -64,7 +74,7 @@ def ingest(
 
 @app.command()
 def jobs(
-    limit: Annotated[int, typer.Option(help="How many jobs.")] = 20,
+    limit: Annotated[int, typer.Option(min=1, help="How many jobs.")] = 20,
     recover: Annotated[
         bool,
         typer.Option(
@@ -75,11 +85,18 @@ def jobs(
     job: Annotated[
         str | None, typer.Option("--job", help="Only this job (with --recover).")
     ] = None,
+    fmt_: Annotated[Format, typer.Option("--format", "-f", help="table, json or csv.")] = (
+        Format.table
+    ),
 ) -> None:
     """List recent ingestion jobs, or recover the ones a crash left unfinished."""
     with session() as rt:
         if not recover:
-            console.print(jobs_table(rt.ingestion.jobs(limit=limit)))
+            listed = rt.ingestion.jobs(limit=limit)
+            if fmt_ is Format.table:
+                console.print(jobs_table(listed))
+            else:
+                emit(jobs_frame(listed), fmt_, "jobs")
             return
         targets = [job] if job else [j.job_id for j in rt.ingestion.recoverable()]
         if not targets:
@@ -97,14 +114,34 @@ def jobs(
 
 
 @app.command()
-def status() -> None:
-    """Show what the store holds, the recent jobs and the quarantine."""
+def status(
+    fmt_: Annotated[Format, typer.Option("--format", "-f", help="table, json or csv.")] = (
+        Format.table
+    ),
+) -> None:
+    """Show what the store holds, the recent jobs and the quarantine.
+
+    `--format csv` prints one row per (timeframe, symbol); `json` adds totals and jobs.
+    """
     with session() as rt:
         stats = rt.queries.status()
         recent = rt.ingestion.jobs(limit=5)
         quarantined = rt.quality.quarantined()
         actions = rt.queries.actions()
         where = rt.maintenance.describes
+    if fmt_ is Format.csv:
+        emit(stats, fmt_, "store")
+        return
+    if fmt_ is Format.json:
+        document = {
+            "store": where,
+            "series": stats.to_dicts(),
+            "actions": actions.height,
+            "quarantined": quarantined,
+            "jobs": jobs_frame(recent).to_dicts(),
+        }
+        sys.stdout.write(json.dumps(document, default=str, indent=1) + "\n")
+        return
     console.print(f"[bold]store:[/] {escape(where)}")
     if stats.is_empty():
         console.print("the store is empty: try [bold]qv demo[/] or [bold]qv ingest[/]")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sys
 import threading
 from typing import Annotated, Any
 
@@ -11,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from quantivista.cli.app import app, console, err_console, errors_to_exit, session, settings
+from quantivista.cli.render import Format, emit
 from quantivista.config import RateWindow
 from quantivista.services.maintenance import store_exists
 from quantivista.services.providers import capability_table, default_registry, shared_quota
@@ -20,8 +23,15 @@ __all__ = ["provider_stats_table", "providers", "simulate_providers", "transitio
 
 
 @app.command()
-def providers() -> None:
-    """List registered providers, their capabilities and limits, and the latest call stats."""
+def providers(
+    fmt_: Annotated[Format, typer.Option("--format", "-f", help="table, json or csv.")] = (
+        Format.table
+    ),
+) -> None:
+    """List registered providers, their capabilities and limits, and the latest call stats.
+
+    `--format csv` prints the capability table; `json` adds the call statistics.
+    """
     config = settings()
     stats: dict[str, Any] | None = None
     live = False
@@ -34,6 +44,13 @@ def providers() -> None:
         else:
             table = capability_table(default_registry, config)
             errors = dict(default_registry.load_errors)
+    if fmt_ is Format.csv:
+        emit(table, fmt_, "providers")
+        return
+    if fmt_ is Format.json:
+        document = {"providers": table.to_dicts(), "load_errors": errors, "calls": stats}
+        sys.stdout.write(json.dumps(document, default=str, indent=1) + "\n")
+        return
     console.print(_providers_table(table))
     for name, error in sorted(errors.items()):
         err_console.print(f"[yellow]plug-in {escape(name)} failed to load:[/] {escape(error)}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -14,6 +15,8 @@ from rich.table import Table
 from quantivista.cli.app import app, console, fail, session
 from quantivista.cli.render import (
     NUMERIC,
+    Format,
+    emit,
     fmt,
     frame_table,
     profile_table,
@@ -24,25 +27,33 @@ from quantivista.cli.render import (
 __all__ = ["quality", "quarantine", "quarantine_release"]
 
 _QUARANTINE_COLUMNS = (
-    "symbol", "timeframe", "ts", "open", "high", "low", "close", "volume", "rule", "job_id",
+    "symbol", "timeframe", "ts", "open", "high", "low", "close", "volume", "rule", "reason",
+    "job_id",
 )  # fmt: skip
+FORMAT = Annotated[Format, typer.Option("--format", "-f", help="table, json or csv.")]
 
 
 @app.command()
 def quarantine(
     symbols: Annotated[list[str] | None, typer.Argument(help="Only these symbols.")] = None,
     job: Annotated[str | None, typer.Option(help="Only rows of this job.")] = None,
-    limit: Annotated[int, typer.Option(help="Rows to show.")] = 30,
+    limit: Annotated[int, typer.Option(min=1, help="Rows to show in a table.")] = 30,
+    fmt_: FORMAT = Format.table,
 ) -> None:
     """Show rows that failed validation, with the rule and the reason."""
     with session() as rt:
         df = rt.quality.quarantine(symbols or None, job_id=job)
+    if fmt_ is not Format.table:
+        emit(df, fmt_, "quarantine")
+        return
     if df.is_empty():
         console.print("quarantine is empty")
         return
     table = Table(title=f"quarantine: {df.height:,} rows", header_style="bold")
     for col in _QUARANTINE_COLUMNS:
-        table.add_column(col, justify="right" if col in NUMERIC else "left")
+        table.add_column(
+            col, justify="right" if col in NUMERIC else "left", overflow="fold", max_width=40
+        )
     for row in df.head(limit).iter_rows(named=True):
         table.add_row(*[fmt(row[c]) for c in _QUARANTINE_COLUMNS])
     console.print(table)
@@ -52,13 +63,24 @@ def quarantine(
 def quality(
     target: Annotated[str, typer.Argument(help="A symbol, or a job id (job-...).")],
     timeframe: Annotated[str, typer.Option("--timeframe", "-t")] = "1d",
-    limit: Annotated[int, typer.Option(help="Worst days / symbols shown.")] = 15,
+    limit: Annotated[int, typer.Option(min=1, help="Worst days / symbols shown.")] = 15,
+    fmt_: FORMAT = Format.table,
 ) -> None:
-    """Show data quality: a job's report, or a symbol's score trend and worst days."""
+    """Show data quality: a job's report, or a symbol's score trend and worst days.
+
+    With `--format json` a job prints its report and a symbol its scores per day; `csv`
+    prints scores per day.
+    """
     with session() as rt:
         if target.startswith("job-"):
             report = rt.quality.report(target)
             scores = rt.quality.scores(job_id=target, timeframe=None)
+            if fmt_ is Format.json:
+                sys.stdout.write(report.model_dump_json(indent=1) + "\n")
+                return
+            if fmt_ is Format.csv:
+                emit(scores, fmt_, "scores")
+                return
             console.print(report_table(report))
             console.print(profile_table(report.data_profiling.get("last_batch", {})))
             if scores.height:
@@ -75,6 +97,9 @@ def quality(
         fresh = rt.queries.freshness(target, timeframe)
     if scores.is_empty():
         fail(f"no quality scores for {target} ({timeframe})")
+    if fmt_ is not Format.table:
+        emit(scores, fmt_, "scores")
+        return
     weekly = (
         scores.sort("date")
         .with_columns(_week=pl.col("date").dt.truncate("1w"))
@@ -117,6 +142,8 @@ def quarantine_release(
     """Send held quarantine rows back through validation into the store."""
     fixed = None
     if corrected is not None:
+        if not corrected.is_file():
+            fail(f"no such file: {corrected}", code=2)
         fixed = (
             pl.read_parquet(corrected)
             if corrected.suffix == ".parquet"

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
+import polars as pl
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from quantivista.cli.app import app, console, err_console, fail, session
+from quantivista.cli.render import Format, emit
 
 __all__ = ["benchmark", "instruments"]
 
@@ -22,8 +26,14 @@ def instruments(
         Path | None, typer.Option(help="Load instruments from a CSV or JSON file first.")
     ] = None,
     history: Annotated[Path | None, typer.Option(help="Symbol-history CSV for --load.")] = None,
+    fmt_: Annotated[Format, typer.Option("--format", "-f", help="table, json or csv.")] = (
+        Format.table
+    ),
 ) -> None:
     """List instruments, or look one up by ticker on a date (point in time)."""
+    for path in (load, history):
+        if path is not None and not path.is_file():
+            fail(f"no such file: {path}", code=2)
     with session(create=load is not None) as rt:
         master = rt.reference.instruments
         if load is not None:
@@ -43,6 +53,9 @@ def instruments(
                 )
         if symbol is None:
             frame = master.instruments()
+            if fmt_ is not Format.table:
+                emit(frame, fmt_, "instruments")
+                return
             table = Table(title=f"instruments: {frame.height:,}", header_style="bold")
             shown = ("instrument_id", "name", "asset_class", "currency", "exchange", "isin")
             for col in shown:
@@ -55,6 +68,15 @@ def instruments(
         if found is None:
             fail(f"no instrument used {symbol} {'on ' + on if on else ''}".strip())
         hist = master.history(found.instrument_id)
+    if fmt_ is Format.json:
+        record = {**found.model_dump(mode="json"), "tickers": hist.to_dicts()}
+        sys.stdout.write(json.dumps(record, default=str, indent=1) + "\n")
+        return
+    if fmt_ is Format.csv:  # one row; the ticker history as one field
+        intervals = [f"{r['symbol']}:{r['valid_from']}..{r['valid_to']}" for r in hist.to_dicts()]
+        emit(pl.DataFrame([{**found.model_dump(mode="json"), "tickers": " ".join(intervals)}]),
+             fmt_, "")  # fmt: skip
+        return
     table = Table(title=escape(f"{symbol} {'on ' + on if on else ''}".strip()), header_style="bold")
     table.add_column("field")
     table.add_column("value")
@@ -100,7 +122,10 @@ def benchmark(
             end=end,
             against=against,
         )
-    table = Table(title="custom benchmark: yearly returns", header_style="bold")
+    console.print(
+        escape(f"custom benchmark of {', '.join(symbols)}: {weights} weights, {rebalance}")
+    )
+    table = Table(title="yearly returns", header_style="bold")
     table.add_column("year")
     table.add_column("return", justify="right")
     for row in result.yearly.iter_rows(named=True):
