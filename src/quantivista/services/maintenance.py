@@ -47,17 +47,19 @@ class MaintenanceService:
             return f"PostgreSQL schema {self.settings.storage.postgres_schema}"
         return str(self.settings.data_dir.resolve())
 
-    def sql(self, query: str) -> pl.DataFrame:
-        """Run one read-only SQL query over views `bars`, `actions` and `quarantine`."""
+    def sql(self, query: str, *, allow_writes: bool = False) -> pl.DataFrame:
+        """Run SQL over `bars`, `actions` and `quarantine`: read-only unless `allow_writes`."""
         if self.backend.kind == "postgres":
             from quantivista.storage.postgres.bars import PostgresStore
             from quantivista.storage.postgres.sql import sql_query as pg_query
 
             assert isinstance(self.backend.bars, PostgresStore)
-            return pg_query(self.backend.bars, query)
+            return pg_query(self.backend.bars, query, allow_writes=allow_writes)
         from quantivista.storage.lake.sql import sql_query
 
-        return sql_query(self.settings.data_dir, query, self.settings.storage)
+        return sql_query(
+            self.settings.data_dir, query, self.settings.storage, allow_writes=allow_writes
+        )
 
     def storage_report(self) -> pl.DataFrame:
         """Return rows, bytes and compression per storage tier."""

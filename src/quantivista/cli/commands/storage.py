@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from quantivista.cli.app import app, console, errors_to_exit, session, settings
-from quantivista.cli.render import frame_table
+from quantivista.cli.render import Format, emit, frame_table
 from quantivista.services.maintenance import restore_store
 
 __all__ = ["backup", "compact", "restore", "retention", "sql", "storage_report"]
@@ -19,11 +19,20 @@ __all__ = ["backup", "compact", "restore", "retention", "sql", "storage_report"]
 @app.command()
 def sql(
     query: Annotated[str, typer.Argument(help="SQL over views bars, actions, quarantine.")],
-    limit: Annotated[int, typer.Option(help="Rows to show.")] = 50,
+    limit: Annotated[int, typer.Option(min=1, help="Rows to show in a table.")] = 50,
+    fmt_: Annotated[Format, typer.Option("--format", "-f", help="table, json or csv.")] = (
+        Format.table
+    ),
+    allow_writes: Annotated[
+        bool, typer.Option(help="Also run statements that write (COPY ... TO, EXPORT, ...).")
+    ] = False,
 ) -> None:
-    """Run SQL over the store in use (DuckDB over the lake, or PostgreSQL) and print it."""
+    """Run SQL over the store in use (DuckDB over the lake, or PostgreSQL), read-only."""
     with session() as rt:
-        df = rt.maintenance.sql(query)
+        df = rt.maintenance.sql(query, allow_writes=allow_writes)
+    if fmt_ is not Format.table:
+        emit(df, fmt_, "")
+        return
     console.print(frame_table(df.head(limit), "", caption=f"{df.height:,} rows"))
 
 

@@ -14,12 +14,13 @@ __all__ = ["sql_query"]
 _TIMEOUT_MS = 60_000
 
 
-def sql_query(store: PostgresStore, query: str) -> pl.DataFrame:
-    """Run `query` in a READ ONLY transaction with the store's schema on the search path."""
+def sql_query(store: PostgresStore, query: str, *, allow_writes: bool = False) -> pl.DataFrame:
+    """Run `query` with the store's schema on the search path, READ ONLY unless asked."""
     with store.pool.connection() as conn:
         try:
             with conn.transaction():
-                conn.execute("SET TRANSACTION READ ONLY")
+                if not allow_writes:
+                    conn.execute("SET TRANSACTION READ ONLY")
                 conn.execute(
                     pg_sql.SQL("SET LOCAL search_path TO {}").format(
                         pg_sql.Identifier(store.schema)
