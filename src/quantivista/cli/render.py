@@ -139,10 +139,14 @@ def chart_panel(df: pl.DataFrame, symbol: str, timeframe: str, prices: str = "ra
     return Panel(body, title=escape(title), expand=False)
 
 
-def store_table(stats: pl.DataFrame) -> Table:
-    """Return what the store holds per timeframe."""
+def store_table(stats: pl.DataFrame, report: pl.DataFrame | None = None) -> Table:
+    """Return what the store holds per timeframe; files and bytes per tier as the caption.
+
+    A lake file holds several symbols, so files are counted per tier (`report`), not summed
+    over symbols.
+    """
     table = Table(title="store", header_style="bold")
-    for col in ("timeframe", "symbols", "rows", "first", "last", "files", "MB"):
+    for col in ("timeframe", "symbols", "rows", "first", "last", "MB"):
         table.add_column(col, justify="right")
     summary = (
         stats.group_by("timeframe")
@@ -151,7 +155,6 @@ def store_table(stats: pl.DataFrame) -> Table:
             rows=pl.col("rows").sum(),
             first=pl.col("first_ts").min(),
             last=pl.col("last_ts").max(),
-            files=pl.col("files").sum(),
             bytes=pl.col("bytes").sum(),
         )
         .sort("timeframe")
@@ -163,32 +166,34 @@ def store_table(stats: pl.DataFrame) -> Table:
             f"{r['rows']:,}",
             f"{r['first']:%Y-%m-%d %H:%M}",
             f"{r['last']:%Y-%m-%d %H:%M}",
-            f"{r['files']:,}",
             f"{r['bytes'] / 1e6:,.1f}",
+        )
+    if report is not None and report.height:
+        table.caption = ", ".join(
+            f"{tier}: {files:,} files, {size / 1e6:,.1f} MB"
+            for tier, files, size in report.select("tier", "files", "bytes").iter_rows()
         )
     return table
 
 
 def jobs_table(jobs: list[IngestionJob], title: str = "recent jobs") -> Table:
-    """Return one row per job."""
+    """Return one row per job (the job id is never wrapped: it is what you copy)."""
     table = Table(title=title, header_style="bold")
-    cols = ("job", "status", "timeframe", "symbols", "tasks", "rows", "failed", "score", "seconds")
-    for col in cols:
-        table.add_column(col, justify="right" if col not in ("job", "status") else "left")
+    table.add_column("job", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    for col in ("tf", "syms", "rows", "bad", "score"):
+        table.add_column(col, justify="right", no_wrap=True)
+    table.caption = "bad: rows quarantined; qv jobs --format json has every field"
     for job in jobs:
         value = job_score(job)
-        score = "-" if value is None else f"{value:.4f}"
-        secs = f"{job.duration_s:.1f}" if job.duration_s is not None else "-"
         table.add_row(
             escape(job.job_id),
             job.status.value,
             job.timeframe or "-",
             f"{len(job.symbols):,}",
-            f"{job.tasks:,}",
             f"{job.records_processed:,}",
             f"{job.records_failed:,}",
-            score,
-            secs,
+            "-" if value is None else f"{value:.3f}",
         )
     return table
 

@@ -80,7 +80,7 @@ def demo(
         elapsed = time.perf_counter() - started
         job_line(daily)
         job_line(intraday)
-        console.print(store_table(rt.queries.status()))
+        console.print(store_table(rt.queries.status(), rt.maintenance.storage_report()))
         console.print(quality_panel([daily, intraday], rt.quality.quarantined()))
         shown = _show_actions_and_chart(rt, universe, first)
         if via_simulator:

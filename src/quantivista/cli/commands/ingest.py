@@ -129,6 +129,7 @@ def status(
         quarantined = rt.quality.quarantined()
         actions = rt.queries.actions()
         where = rt.maintenance.describes
+        report = rt.maintenance.storage_report()
     if fmt_ is Format.csv:
         emit(stats, fmt_, "store")
         return
@@ -146,7 +147,7 @@ def status(
     if stats.is_empty():
         console.print("the store is empty: try [bold]qv demo[/] or [bold]qv ingest[/]")
         return
-    console.print(store_table(stats))
+    console.print(store_table(stats, report))
     console.print(
         f"corporate actions stored: {actions.height:,}    rows in quarantine: {quarantined:,}"
     )
