@@ -75,10 +75,14 @@ class MaintenanceService:
         now = self.clock.now()
         bars = self.backend.bars
         if isinstance(bars, ParquetLake) and bars.cold is not None:
+            from quantivista.storage.lake.backend import COLD_TIER_KEY
             from quantivista.storage.lake.retention import archive_expired
 
+            url = bars.cold.url
+            # remembered first: a read without the setting still finds what moved
+            self.backend.catalog.put_state(COLD_TIER_KEY, {"url": url})
             moved = archive_expired(bars, hot_days, now)
-            return RetentionOutcome(moved, self.settings.storage.archive_url)
+            return RetentionOutcome(moved, url)
         policy = RetentionPolicy({tf: timedelta(days=d) for tf, d in hot_days.items()})
         return RetentionOutcome(apply_retention(bars, policy, now), None)
 

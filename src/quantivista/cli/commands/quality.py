@@ -26,10 +26,8 @@ from quantivista.cli.render import (
 
 __all__ = ["quality", "quarantine", "quarantine_release"]
 
-_QUARANTINE_COLUMNS = (
-    "symbol", "timeframe", "ts", "open", "high", "low", "close", "volume", "rule", "reason",
-    "job_id",
-)  # fmt: skip
+# the table shows what a person scans for; every column is in --format json/csv
+_QUARANTINE_COLUMNS = ("symbol", "timeframe", "ts", "close", "volume", "rule", "reason")
 FORMAT = Annotated[Format, typer.Option("--format", "-f", help="table, json or csv.")]
 
 
@@ -49,10 +47,19 @@ def quarantine(
     if df.is_empty():
         console.print("quarantine is empty")
         return
-    table = Table(title=f"quarantine: {df.height:,} rows", header_style="bold")
+    table = Table(
+        title=f"quarantine: {df.height:,} rows",
+        header_style="bold",
+        caption="all columns (prices, job, time): qv quarantine --format csv",
+    )
     for col in _QUARANTINE_COLUMNS:
+        wraps = col in ("rule", "reason")
         table.add_column(
-            col, justify="right" if col in NUMERIC else "left", overflow="fold", max_width=40
+            "tf" if col == "timeframe" else col,
+            justify="right" if col in NUMERIC else "left",
+            no_wrap=not wraps,
+            overflow="fold",
+            ratio=2 if col == "reason" else None,
         )
     for row in df.head(limit).iter_rows(named=True):
         table.add_row(*[fmt(row[c]) for c in _QUARANTINE_COLUMNS])

@@ -14,7 +14,9 @@ from quantivista.storage.lake.layout import LakeLayout
 from quantivista.storage.lake.quarantine import ParquetQuarantineStore
 from quantivista.storage.lake.scores import ParquetScoreStore
 
-__all__ = ["open_lake"]
+__all__ = ["COLD_TIER_KEY", "open_lake"]
+
+COLD_TIER_KEY = "cold_tier"  # catalog state: where `qv retention` archived bars to
 
 
 def open_lake(settings: Settings, *, create: bool = True) -> Backend:
@@ -27,6 +29,11 @@ def open_lake(settings: Settings, *, create: bool = True) -> Backend:
         )
     if not root.is_dir():
         root.mkdir(parents=True, exist_ok=True)
+    catalog = SqliteCatalog(LakeLayout(root).catalog)
+    if storage.archive_url is None:  # archived bars stay visible without the setting
+        remembered = catalog.get_state(COLD_TIER_KEY)
+        if remembered is not None:
+            storage = storage.model_copy(update={"archive_url": remembered["url"]})
     return Backend(
         kind="lake",
         bars=ParquetLake(root, storage),
@@ -35,5 +42,5 @@ def open_lake(settings: Settings, *, create: bool = True) -> Backend:
         scores=ParquetScoreStore(root, storage),
         raw=FileRawStore(root, storage),
         instruments=ParquetInstrumentStore(root, storage),
-        catalog=SqliteCatalog(LakeLayout(root).catalog),
+        catalog=catalog,
     )
