@@ -38,9 +38,9 @@ from quantivista.providers._parsing import (
     text_of,
 )
 from quantivista.providers.base import (
-    AdjustmentBasis,
     BarRequest,
     FetchResult,
+    PriceBasis,
     ProviderCapabilities,
     RawPayload,
 )
@@ -146,7 +146,7 @@ class IexCloudProvider(HttpProvider):
     capabilities = ProviderCapabilities(
         asset_classes=frozenset({AssetClass.EQUITY}),
         timeframes=frozenset({"1m", "1d"}),
-        adjustment=AdjustmentBasis.RAW,
+        price_basis=PriceBasis.NONE,
         history_start=date(2004, 1, 1),
         intraday_lookback_days=30,
         realtime=False,
