@@ -79,6 +79,7 @@ class Runtime:
             bus=self.bus,
             clock=self.clock,
             validator=lambda: self.validator,
+            timezone=lambda: self.calendar().tz,
         )
         self.writes = WriteService(
             self.runner, self.backend.actions, self.backend.quarantine, self.bus, self.clock

@@ -50,9 +50,9 @@ class FetchFailure:
 class RawBatch:
     """What acquisition got for a batch of symbols, before normalization.
 
-    `bars` are in the vendor's price basis (`basis` per provider, see
-    `ProviderCapabilities.adjustment`); `received_at` is when the answers arrived, which
-    fixes the corporate actions an adjusted history already reflects.
+    `bars` are in the vendors' price basis (`basis` per symbol: the response's own, or the
+    provider's `ProviderCapabilities.basis_for(timeframe)`); `received_at` is when the
+    answers arrived, which fixes the corporate actions an adjusted history reflects.
     """
 
     id: BatchId
@@ -60,7 +60,9 @@ class RawBatch:
     bars: pl.DataFrame
     actions: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=ACTION_POLARS_SCHEMA))
     payloads: list[RawPayload] = field(default_factory=list)
-    basis: dict[str, str] = field(default_factory=dict)  # provider -> its price basis
+    # per symbol: the price basis of its bars and the vendor's dividend convention
+    basis: dict[str, str] = field(default_factory=dict)
+    conventions: dict[str, str] = field(default_factory=dict)
     received_at: datetime | None = None
     failures: list[FetchFailure] = field(default_factory=list)
     empty: list[str] = field(default_factory=list)  # symbols a provider had no bars for
@@ -76,6 +78,8 @@ class Batch:
     source: str
     at: datetime  # knowledge time: when the batch's rows became known
     converted: int = 0  # rows turned from an adjusted basis back into raw prices
+    # rows normalization could not make raw (with rule, severity, reason): to quarantine
+    held: pl.DataFrame | None = None
 
 
 @dataclass(slots=True)

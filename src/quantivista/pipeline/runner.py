@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
 
 import polars as pl
 
 from quantivista.bus.base import EventBus
 from quantivista.clock import Clock
 from quantivista.model.schema import FrameLike
-from quantivista.model.timeframe import TimeframeLike
+from quantivista.model.timeframe import Timeframe, TimeframeLike
 from quantivista.pipeline.messages import Batch, BatchId, RawBatch, StoredBatch
 from quantivista.pipeline.stages import (
     Sinks,
@@ -42,6 +43,7 @@ class InProcessRunner:
     bus: EventBus
     clock: Clock
     validator: Callable[[], Validator]
+    timezone: Callable[[], str] = lambda: "America/New_York"  # the exchange's, for dates
 
     def write(
         self,
@@ -73,8 +75,19 @@ class InProcessRunner:
             return None
         symbols = raw.bars["symbol"].unique().to_list()
         known = self.actions.for_symbols(symbols)
-        batch = normalize(raw, known, self.clock.now())
+        batch = normalize(
+            raw, known, self.clock.now(), timezone=self.timezone(), reference=self._raw_daily
+        )
         return self.process(batch, actions=known)
+
+    def _raw_daily(self, symbols: list[str], first: date, last: date) -> pl.DataFrame:
+        """Return stored raw daily bars (what prices a later dividend for normalization)."""
+        return self.sinks.bars.read(
+            symbols,
+            Timeframe.parse("1d"),
+            datetime.combine(first, time(), UTC),
+            datetime.combine(last + timedelta(days=1), time(), UTC),
+        )
 
     def process(
         self,

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Protocol
+from zoneinfo import ZoneInfo
 
 import polars as pl
 
@@ -22,6 +23,7 @@ from quantivista.bus.base import EventBus
 from quantivista.bus.events import ActionsIngested, BarsIngested, BarsQuarantined
 from quantivista.clock import Clock
 from quantivista.errors import QuantiVistaError
+from quantivista.model.jobs import DataQualityReport, Severity
 from quantivista.model.schema import ACTION_POLARS_SCHEMA, FrameLike, coerce_bars, empty_bars
 from quantivista.model.timeframe import Timeframe, TimeframeLike
 from quantivista.pipeline.messages import (
@@ -32,8 +34,8 @@ from quantivista.pipeline.messages import (
     StoredBatch,
     ValidatedBatch,
 )
-from quantivista.processing.normalize import to_raw_prices
-from quantivista.providers.base import AdjustmentBasis, BarRequest, FetchResult
+from quantivista.processing.normalize import to_raw_basis
+from quantivista.providers.base import BarRequest, FetchResult, PriceBasis
 from quantivista.quality.validate import Validator
 from quantivista.storage.base import BarStore
 from quantivista.storage.contracts import ActionStore, JobCatalog, QuarantineStore, ScoreStore
@@ -104,9 +106,10 @@ def acquire(
     else:
         with ThreadPoolExecutor(concurrency, thread_name_prefix="qv-fetch") as pool:
             results = list(pool.map(one, symbols))
-    declared = {p.name: p.capabilities.adjustment.value for p in router.providers}
+    capabilities = {p.name: p.capabilities for p in router.providers}
     frames, actions, payloads = [], [], []
     basis: dict[str, str] = {}
+    conventions: dict[str, str] = {}
     failures: list[FetchFailure] = []
     empty: list[str] = []
     for symbol, outcome in results:  # one entry per symbol, not per bar
@@ -122,8 +125,11 @@ def acquire(
             empty.append(symbol)
             continue
         frames.append(outcome.bars)
-        if outcome.provider in declared:
-            basis[outcome.provider] = declared[outcome.provider]
+        caps = capabilities.get(outcome.provider)
+        if caps is not None:
+            declared = outcome.metadata.get("price_basis") or caps.basis_for(timeframe)
+            basis[symbol] = PriceBasis(declared).value
+            conventions[symbol] = caps.dividend_convention
     return RawBatch(
         id=batch_id,
         timeframe=str(timeframe),
@@ -135,6 +141,7 @@ def acquire(
         ),
         payloads=payloads,
         basis=basis,
+        conventions=conventions,
         received_at=clock.now(),
         failures=failures,
         empty=empty,
@@ -157,12 +164,22 @@ def coerce(
     return Batch(batch_id, bars, source, now)
 
 
-def normalize(raw: RawBatch, known_actions: pl.DataFrame, now: datetime) -> Batch:
+def normalize(
+    raw: RawBatch,
+    known_actions: pl.DataFrame,
+    now: datetime,
+    *,
+    timezone: str = "America/New_York",
+    reference: Callable[[list[str], date, date], pl.DataFrame] | None = None,
+) -> Batch:
     """Turn what providers sent into canonical bars with raw prices.
 
-    Bars of a provider that delivers adjusted prices are turned back into traded prices
-    with the actions whose ex-date had come when the answer was received (a vendor's
-    adjusted history reflects only those): the batch's own actions and `known_actions`.
+    Bars a vendor sent adjusted are turned back into traded prices with the actions
+    whose ex-date had come on the day the answer was received (in the exchange's
+    `timezone`): a vendor's adjusted history reflects only those. `known_actions` and the
+    batch's own actions count; `reference(symbols, first, last)` returns stored raw daily
+    bars, which price dividends whose ex-date lies after the batch. Rows that cannot be
+    made raw (a dividend without a close to price it) are held for quarantine.
     """
     if raw.bars.is_empty():
         return Batch(raw.id, empty_bars(), raw.source, now)
@@ -173,26 +190,59 @@ def normalize(raw: RawBatch, known_actions: pl.DataFrame, now: datetime) -> Batc
         job_id=raw.id.job_id,
         ingested_at=now,
     )
-    adjusted = {p: b for p, b in raw.basis.items() if b != AdjustmentBasis.RAW.value}
+    groups: dict[tuple[str, str], list[str]] = {}
+    for symbol, basis in raw.basis.items():  # one entry per symbol
+        if basis != PriceBasis.NONE.value:
+            convention = raw.conventions.get(symbol, "crsp")
+            groups.setdefault((basis, convention), []).append(symbol)
+    if not groups:
+        return Batch(raw.id, bars, raw.source, now)
+    day = (raw.received_at or now).astimezone(ZoneInfo(timezone)).date()
+    actions = (
+        pl.concat([known_actions, raw.actions], how="vertical_relaxed")
+        if raw.actions.height
+        else known_actions
+    ).unique(["symbol", "action_type", "ex_date"], keep="first", maintain_order=True)
+    adjusted = [s for symbols in groups.values() for s in symbols]
+    parts = [bars.filter(~pl.col("symbol").is_in(adjusted))]
+    held: list[pl.DataFrame] = []
     converted = 0
-    if adjusted:
-        day = (raw.received_at or now).date()
-        actions = _actions_until(known_actions, raw.actions, day)
-        parts = []
-        for provider, part in bars.group_by("provider", maintain_order=True):
-            name = str(provider[0])
-            if name in adjusted and part.height:
-                part = to_raw_prices(part, AdjustmentBasis(adjusted[name]), actions)
-                converted += part.height
-            parts.append(part)
-        bars = pl.concat(parts) if len(parts) > 1 else parts[0]
-    return Batch(raw.id, bars, raw.source, now, converted)
-
-
-def _actions_until(known: pl.DataFrame, fresh: pl.DataFrame, day: date) -> pl.DataFrame:
-    both = pl.concat([known, fresh], how="vertical_relaxed") if fresh.height else known
-    return both.filter(pl.col("ex_date") <= day).unique(
-        ["symbol", "action_type", "ex_date"], keep="first", maintain_order=True
+    for (basis, convention), symbols in groups.items():
+        part = bars.filter(pl.col("symbol").is_in(symbols))
+        ref = None
+        if reference is not None and basis == PriceBasis.SPLITS_AND_DIVIDENDS.value:
+            first = part["ts"].min()
+            assert isinstance(first, datetime)
+            ref = reference(symbols, first.date(), day)
+        out = to_raw_basis(
+            part,
+            basis,
+            actions,
+            as_of_day=day,
+            dividend_convention=convention,  # type: ignore[arg-type]  # from capabilities
+            reference=ref,
+        )
+        converted += out.converted
+        unresolved = out.factors["unresolved"]
+        parts.append(out.bars.filter(~unresolved))
+        if unresolved.any():
+            held.append(
+                out.bars.filter(unresolved).with_columns(
+                    rule=pl.lit("unresolved_adjustment"),
+                    severity=pl.lit(Severity.ERROR.value),
+                    reason=pl.lit(
+                        f"the vendor sent {basis}-adjusted prices and an action after this bar"
+                        " cannot be undone (no stored close to price a dividend)"
+                    ),
+                )
+            )
+    return Batch(
+        raw.id,
+        pl.concat(parts),
+        raw.source,
+        now,
+        converted,
+        pl.concat(held) if held else None,
     )
 
 
@@ -226,11 +276,34 @@ def validate(
     result = validator.validate(
         batch.bars, job_id=batch.id.job_id, actions=actions, history=history
     )
-    symbols = distinct(batch.bars["symbol"]) if batch.bars.height else []
+    rejected, report = result.rejected, result.report
+    if batch.held is not None and batch.held.height:
+        rejected = pl.concat([rejected, batch.held.select(rejected.columns)])
+        report = _with_held(report, batch.held)
+    names = batch.bars["symbol"]
+    if batch.held is not None:
+        names = pl.concat([names, batch.held["symbol"]])
+    symbols = distinct(names) if names.len() else []
     return ValidatedBatch(
-        batch.id, batch.source, result.clean, result.rejected, result.scores, result.report,
-        symbols,
-    )  # fmt: skip
+        batch.id, batch.source, result.clean, rejected, result.scores, report, symbols
+    )
+
+
+def _with_held(report: DataQualityReport, held: pl.DataFrame) -> DataQualityReport:
+    """Count rows normalization held back as rejected rows of the batch's report."""
+    n = held.height
+    total = report.total_records + n
+    counts = dict(report.rule_counts)
+    for rule in held["rule"].unique().to_list():
+        counts[rule] = counts.get(rule, 0) + int((held["rule"] == rule).sum())
+    return report.model_copy(
+        update={
+            "total_records": total,
+            "invalid_records": report.invalid_records + n,
+            "quality_score": report.quality_score * report.total_records / total,
+            "rule_counts": counts,
+        }
+    )
 
 
 # -- store ---------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from quantivista.acquisition.wiring import Acquisition
 from quantivista.clock import SystemClock
 from quantivista.config import Settings
 from quantivista.model.timeframe import Timeframe
+from quantivista.providers.base import PriceBasis
 from quantivista.providers.registry import ProviderRegistry, default_registry
 from quantivista.storage.contracts import JobCatalog
 
@@ -82,7 +83,7 @@ def capability_table(registry: ProviderRegistry, settings: Settings) -> pl.DataF
                 "provider": name,
                 "timeframes": " ".join(sorted(caps.timeframes, key=_timeframe_order)),
                 "assets": " ".join(sorted(a.value for a in caps.asset_classes)),
-                "prices": caps.adjustment.value,
+                "prices": _basis(caps.price_basis, caps.intraday_price_basis),
                 "realtime": caps.realtime,
                 "requires_key": caps.requires_key,
                 "cost_per_call": caps.cost_per_call,
@@ -91,6 +92,13 @@ def capability_table(registry: ProviderRegistry, settings: Settings) -> pl.DataF
             }
         )
     return pl.DataFrame(rows)
+
+
+def _basis(daily: PriceBasis, intraday: PriceBasis | None) -> str:
+    """Return the basis of a client's bars: one word, or daily/intraday when they differ."""
+    if intraday is None or intraday is daily:
+        return daily.value
+    return f"{daily.value} (intraday {intraday.value})"
 
 
 def _timeframe_order(tf: str) -> tuple[int, int]:
