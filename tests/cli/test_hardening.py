@@ -228,3 +228,13 @@ def test_qv_config_masks_secrets(tmp_path: Path) -> None:
     values = json.loads(qv(tmp_path, "config", "-f", "json", env=env))
     assert values["providers"]["polygon"]["api_key"] == "**********"
     assert values["storage"]["backend"] == "lake"
+
+
+def test_the_same_ingest_twice_does_not_double_the_quarantine(tmp_path: Path) -> None:
+    env = {"QV_SIMULATOR__FAULT_RATE": "0.02"}
+    args = ("ingest", *SYMBOLS, "--start", "2023-01-01", "--end", "2024-03-31")
+    qv(tmp_path, *args, env=env)
+    first = json.loads(qv(tmp_path, "quarantine", "-f", "json"))
+    qv(tmp_path, *args, env=env)
+    again = json.loads(qv(tmp_path, "quarantine", "-f", "json"))
+    assert len(first) > 5 and len(again) == len(first)

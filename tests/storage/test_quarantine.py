@@ -93,12 +93,23 @@ def test_filter_by_job_and_symbol(
 def test_batches_of_one_job_accumulate(
     store: ParquetQuarantineStore, make_bars: MakeBars, xnys: TradingCalendar
 ) -> None:
-    rows = rejected_rows(make_bars, xnys, ["AAA"])
-    store.add(rows, job_id="job-1", at=AT)
-    store.add(rows, job_id="job-1", at=AT + timedelta(minutes=1))
+    store.add(rejected_rows(make_bars, xnys, ["AAA"]), job_id="job-1", at=AT)
+    store.add(rejected_rows(make_bars, xnys, ["BBB"]), job_id="job-1", at=AT + timedelta(minutes=1))
     listed = store.list(job_id="job-1")
     assert listed.height == 2
     assert listed["quarantined_at"].to_list() == [AT, AT + timedelta(minutes=1)]
+
+
+def test_the_same_bad_bar_rejected_again_is_held_once(
+    store: ParquetQuarantineStore, make_bars: MakeBars, xnys: TradingCalendar
+) -> None:
+    rows = rejected_rows(make_bars, xnys, ["AAA"])
+    assert store.add(rows, job_id="job-1", at=AT) == 1
+    assert store.add(rows, job_id="job-2", at=AT + timedelta(minutes=1)) == 0  # a re-ingest
+    assert store.list()["job_id"].to_list() == ["job-1"]
+    changed = rows.with_columns(pl.col("close") + 1)
+    assert store.add(changed, job_id="job-3", at=AT) == 1  # another bad value is kept
+    assert store.add(rows, job_id="rel", at=AT, dedupe=False) == 1  # a release re-checks it
 
 
 def test_quarantine_survives_reopening(

@@ -53,14 +53,15 @@ class InProcessRunner:
         batch_id: BatchId,
         timeframe: TimeframeLike | None = None,
         validator: Validator | None = None,
+        release: bool = False,
     ) -> StoredBatch:
         """Validate and store a frame of raw bars in the canonical schema.
 
         `validator` overrides the runner's for this batch (a quarantine release with some
-        rules demoted to warnings).
+        rules demoted to warnings); a `release` re-quarantines rows still held.
         """
         batch = coerce(frame, batch_id, source, self.clock.now(), timeframe)
-        return self.process(batch, validator=validator)
+        return self.process(batch, validator=validator, release=release)
 
     def ingest(self, raw: RawBatch) -> StoredBatch | None:
         """Keep a provider batch's payloads and actions, then store its bars.
@@ -95,6 +96,7 @@ class InProcessRunner:
         *,
         validator: Validator | None = None,
         actions: pl.DataFrame | None = None,
+        release: bool = False,
     ) -> StoredBatch:
         """Validate, store and announce a canonical batch."""
         check = validator or self.validator()
@@ -103,7 +105,7 @@ class InProcessRunner:
         validated = validate(
             batch, check, actions=actions, history=history_for(batch.bars, self.sinks.bars, check)
         )
-        stored = store(validated, self.sinks, batch.at)
+        stored = store(validated, self.sinks, batch.at, dedupe_quarantine=not release)
         announce(stored, self.bus, self.clock)
         return stored
 

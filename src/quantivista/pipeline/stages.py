@@ -347,7 +347,9 @@ def _with_held(report: DataQualityReport, held: pl.DataFrame) -> DataQualityRepo
 
 
 # -- store ---------------------------------------------------------------------------------
-def store(validated: ValidatedBatch, sinks: Sinks, at: datetime) -> StoredBatch:
+def store(
+    validated: ValidatedBatch, sinks: Sinks, at: datetime, *, dedupe_quarantine: bool = True
+) -> StoredBatch:
     """Store clean rows, quarantine rejected ones, keep scores and the report.
 
     Derived timeframes (rollups) follow their 1-minute bars. Idempotent: storing the same
@@ -357,7 +359,9 @@ def store(validated: ValidatedBatch, sinks: Sinks, at: datetime) -> StoredBatch:
     stats = sinks.bars.upsert(validated.clean)
     if stats.written and sinks.rollup is not None:
         sinks.rollup.refresh(validated.clean)
-    quarantined = sinks.quarantine.add(validated.rejected, job_id=validated.id.job_id, at=at)
+    quarantined = sinks.quarantine.add(
+        validated.rejected, job_id=validated.id.job_id, at=at, dedupe=dedupe_quarantine
+    )
     sinks.catalog.save_report(validated.report, at)
     # nothing rejected: the stored rows hold every symbol of the batch
     known = validated.symbols if validated.rejected.is_empty() else None

@@ -126,7 +126,11 @@ class WriteService:
             frame = pl.concat([frame.join(fixed, on=key, how="anti"), fixed.select(frame.columns)])
         validator = self.runner.validator().demoted(demote) if demote else None
         outcome = self.runner.write(
-            frame, source="quarantine", batch_id=BatchId(release_job), validator=validator
+            frame,
+            source="quarantine",
+            batch_id=BatchId(release_job),
+            validator=validator,
+            release=True,
         )
         self.quarantine.mark_released(held, release_job_id=release_job, at=self.clock.now())
         return outcome.report

@@ -75,8 +75,13 @@ class ActionStore(Protocol):
 class QuarantineStore(Protocol):
     """Rejected bars with their rule, severity and reason; never rewritten, never dropped."""
 
-    def add(self, rejected: pl.DataFrame, *, job_id: str, at: datetime) -> int:
-        """Store rejected rows (canonical columns plus rule, severity, reason); return the count."""
+    def add(self, rejected: pl.DataFrame, *, job_id: str, at: datetime, dedupe: bool = True) -> int:
+        """Store rejected rows (canonical columns plus rule, severity, reason); return the count.
+
+        A row equal to a held row in `QUARANTINE_SAME` (the same bad bar, rejected again by
+        a re-ingest) is not stored twice, unless `dedupe` is False (a quarantine release
+        re-checks rows that are still held until it marks them released).
+        """
         ...
 
     def list(
