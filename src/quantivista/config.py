@@ -34,6 +34,7 @@ from quantivista.errors import ConfigurationError
 from quantivista.model.rates import Rate
 
 __all__ = [
+    "ApiSettings",
     "BreakerSettings",
     "config_source",
     "CacheSettings",
@@ -363,6 +364,42 @@ class QualitySettings(_Section):
     max_issues_per_rule: int = Field(default=50, ge=0, description="issues listed per rule")
 
 
+class ApiSettings(_Section):
+    """The Market Data API service (`qv serve`)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535, description="0 picks a free port")
+    workers: int = Field(default=1, ge=1, le=64, description="uvicorn worker processes")
+    jwt_secret: SecretStr | None = Field(
+        default=None,
+        description="HS256 signing key of access tokens; unset: one is generated and kept in"
+        " the store, so every API process of one platform shares it",
+    )
+    token_ttl_s: int = Field(default=3600, ge=60, description="access token lifetime")
+    rate_limits: list[str] = Field(
+        default_factory=lambda: ["50/second", "2000/minute"],
+        description="per client, e.g. 100/minute (shared through Redis with"
+        " resilience.backend = redis)",
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list, description="origins allowed by CORS (empty: none)"
+    )
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    page_size: int = Field(default=10_000, ge=1, description="bars per JSON page")
+    cache_mb: int = Field(default=128, ge=0, description="in-process response cache")
+
+    @field_validator("rate_limits")
+    @classmethod
+    def _check_rates(cls, value: list[str]) -> list[str]:
+        for text in value:
+            try:
+                Rate.parse(text)
+            except ConfigurationError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+
 class Settings(BaseSettings):
     """All configuration of a platform instance (frozen once built)."""
 
@@ -387,6 +424,7 @@ class Settings(BaseSettings):
     providers: ProviderSettings = ProviderSettings()
     simulator_server: SimulatorServerSettings = SimulatorServerSettings()
     quality: QualitySettings = QualitySettings()
+    api: ApiSettings = ApiSettings()
 
     def __init__(self, **values: Any) -> None:
         """Load settings; a wrong value or file raises one-line `ConfigurationError`s."""

@@ -31,6 +31,7 @@ from quantivista.quality.rules import DEFAULT_RULES
 from quantivista.quality.validate import Validator
 from quantivista.reference.calendars import TradingCalendar, get_calendar
 from quantivista.reference.instruments import InstrumentMaster
+from quantivista.services.auth import AuthService
 from quantivista.services.ingestion import IngestionService
 from quantivista.services.maintenance import MaintenanceService
 from quantivista.services.providers import ProviderService
@@ -82,7 +83,12 @@ class Runtime:
             timezone=lambda: self.calendar().tz,
         )
         self.writes = WriteService(
-            self.runner, self.backend.actions, self.backend.quarantine, self.bus, self.clock
+            self.runner,
+            self.backend.actions,
+            self.backend.quarantine,
+            self.bus,
+            self.clock,
+            self.backend.catalog,
         )
         self.providers = ProviderService(self.acquisition, self.backend.catalog)
         self.ingestion = IngestionService(
@@ -101,6 +107,9 @@ class Runtime:
         )
         self.maintenance = MaintenanceService(settings, self.backend, self.clock)
         self.simulation = SimulationService(self.acquisition)
+        self.auth = AuthService(
+            self.backend.clients, self.backend.catalog, settings.api, self.clock
+        )
 
     @classmethod
     def from_settings(

@@ -13,6 +13,7 @@ from quantivista.cli.commands import (
     providers,
     quality,
     reference,
+    serve,
     storage,
 )
 from quantivista.cli.render import sparkline
@@ -20,7 +21,7 @@ from quantivista.cli.render import sparkline
 __all__ = ["app", "main", "sparkline"]
 
 # imported for their commands, which they register on `app`
-_COMMAND_MODULES = (bars, config, demo, ingest, providers, quality, reference, storage)
+_COMMAND_MODULES = (bars, config, demo, ingest, providers, quality, reference, serve, storage)
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ from quantivista.pipeline.stages import (
     announce_actions,
     coerce,
     history_for,
+    mark_changed,
     normalize,
     store,
     store_actions,
@@ -71,6 +72,8 @@ class InProcessRunner:
         if raw.payloads:
             self.raw.save(raw.id.job_id, raw.payloads)
         fresh = store_actions(raw.actions, self.actions)
+        if fresh.height:
+            mark_changed(self.sinks.catalog, self.clock.now())
         announce_actions(fresh, _action_source(raw), self.bus, self.clock)
         if raw.bars.is_empty():
             return None

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Protocol
+from uuid import uuid4
 from zoneinfo import ZoneInfo
 
 import polars as pl
@@ -46,7 +47,9 @@ __all__ = [
     "acquire",
     "announce",
     "coerce",
+    "data_epoch",
     "history_for",
+    "mark_changed",
     "normalize",
     "store",
     "store_actions",
@@ -363,6 +366,8 @@ def store(
         validated.rejected, job_id=validated.id.job_id, at=at, dedupe=dedupe_quarantine
     )
     sinks.catalog.save_report(validated.report, at)
+    if stats.written or quarantined:
+        mark_changed(sinks.catalog, at)
     # nothing rejected: the stored rows hold every symbol of the batch
     known = validated.symbols if validated.rejected.is_empty() else None
     return StoredBatch(
@@ -380,6 +385,20 @@ def store(
 def store_actions(actions: pl.DataFrame, store: ActionStore) -> pl.DataFrame:
     """Upsert corporate actions; return the rows that were new or changed."""
     return store.upsert(actions) if actions.height else actions
+
+
+DATA_EPOCH_KEY = "data_epoch"
+
+
+def mark_changed(catalog: JobCatalog, at: datetime) -> None:
+    """Replace the store's data epoch: caches keyed by it (in any process) miss from now on."""
+    catalog.put_state(DATA_EPOCH_KEY, {"token": uuid4().hex, "at": at.isoformat()})
+
+
+def data_epoch(catalog: JobCatalog) -> str:
+    """Return the store's data epoch (changes with every write of bars, quarantine or actions)."""
+    state = catalog.get_state(DATA_EPOCH_KEY)
+    return str(state["token"]) if state else "empty"
 
 
 # -- announce ------------------------------------------------------------------------------

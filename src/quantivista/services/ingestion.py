@@ -108,6 +108,8 @@ class IngestionService:
         end: DateLike,
         timeframe: TimeframeLike = "1d",
         providers: Sequence[str] | None = None,
+        *,
+        tenant: str | None = None,
     ) -> IngestionJob:
         """Record a pending job and its tasks; return it (nothing is fetched yet)."""
         names = [n.lower() for n in providers] if providers else [self.settings.default_provider]
@@ -133,6 +135,7 @@ class IngestionService:
             request_end=hi,
             providers=names,
             tasks=len(chunks),
+            tenant=tenant,
         )
         tasks = [
             JobTask(task_id=f"{job_id}/{i:04d}", job_id=job_id, seq=i, symbols=chunk)
@@ -286,13 +289,21 @@ class IngestionService:
         """Fail the jobs whose running tasks' leases lapsed; return their ids."""
         return self.catalog.expire_leases(self.clock.now())
 
-    def jobs(self, limit: int = 50, status: JobStatus | None = None) -> list[IngestionJob]:
-        """Return recent jobs, newest first (a job whose worker died shows as failed)."""
-        listed = self.catalog.jobs(limit, status)
+    def jobs(
+        self, limit: int = 50, status: JobStatus | None = None, *, tenant: str | None = None
+    ) -> list[IngestionJob]:
+        """Return recent jobs, newest first (a job whose worker died shows as failed).
+
+        With `tenant`, only that tenant's jobs.
+        """
+        wanted = limit if tenant is None else max(limit * 20, 1000)
+        listed = self.catalog.jobs(wanted, status)
         active = (JobStatus.PENDING, JobStatus.RUNNING)
         if any(j.status in active for j in listed) and self.expire_leases():
-            listed = self.catalog.jobs(limit, status)
-        return listed
+            listed = self.catalog.jobs(wanted, status)
+        if tenant is not None:
+            listed = [j for j in listed if j.tenant == tenant]
+        return listed[:limit]
 
     def job(self, job_id: str) -> IngestionJob:
         """Return one job."""

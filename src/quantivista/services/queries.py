@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
+from typing import Any
 
 import polars as pl
 
@@ -125,6 +126,18 @@ class QueryService:
             follow_renames=query.follow_renames,
             known_at=query.known_at,
         )
+
+    def latest(self, symbol: str, timeframe: TimeframeLike = "1d") -> dict[str, Any] | None:
+        """Return the newest stored bar of `symbol` as JSON-ready data, or None."""
+        tf = Timeframe.parse(timeframe)
+        recent = self.clock.now() - timedelta(days=14 if tf.seconds is None or tf.seconds >=
+                                              86400 else 4)  # fmt: skip
+        for start in (recent, None):  # the usual case reads two weeks; the rest, everything
+            df = self.store.read([symbol.strip()], tf, start)
+            if df.height:
+                row = df.row(-1, named=True)
+                return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()}
+        return None
 
     def actions(self, symbols: str | Sequence[str] | None = None) -> pl.DataFrame:
         """Return stored corporate actions (of some symbols, or all) by ex-date."""

@@ -17,10 +17,11 @@ from quantivista.actions.lean import (
     read_lean_daily,
     read_map_file,
 )
-from quantivista.benchmarks import compare, custom_benchmark, period_returns
+from quantivista.benchmarks import INDICES, compare, custom_benchmark, period_returns
 from quantivista.benchmarks.custom import Rebalance, Weighting
 from quantivista.errors import NotFoundError
 from quantivista.reference.calendars import TradingCalendar
+from quantivista.reference.fx import FxRates
 from quantivista.reference.instruments import InstrumentMaster
 from quantivista.services.queries import BarQuery, QueryService
 from quantivista.services.writes import WriteService
@@ -103,6 +104,31 @@ class ReferenceService:
             raise NotFoundError(f"no Lean files for {symbol} under {base}")
         written = self.writes.write_actions(actions, provider="lean") if actions.height else 0
         return LeanImport(tickers, bars, written)
+
+    def fx_rates(
+        self, base: str, quote: str, start: DateLike | None = None, end: DateLike | None = None
+    ) -> pl.DataFrame:
+        """Return ts, rate of one `base` in `quote` from stored FX bars (via USD if needed)."""
+        rates = FxRates.from_store(self.queries.store).rate(base, quote)
+        lo = BarQuery.of("X", start, end)
+        if lo.start is not None:
+            rates = rates.filter(pl.col("ts") >= lo.start)
+        if lo.end is not None:
+            rates = rates.filter(pl.col("ts") < lo.end)
+        return rates
+
+    def index_levels(
+        self, name: str, start: DateLike | None = None, end: DateLike | None = None
+    ) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """Return a stored index's daily bars (by id like SPX, or ticker) and yearly returns."""
+        known = INDICES.filter(
+            (pl.col("instrument_id") == name.upper()) | (pl.col("symbol") == name.upper())
+        )
+        symbol = str(known["symbol"][0]) if known.height else name.upper()
+        bars = self.queries.bars(BarQuery.of(symbol, start, end))
+        if bars.is_empty():
+            raise NotFoundError(f"no bars stored for the benchmark {name} ({symbol})")
+        return bars, period_returns(bars.select("ts", level="close"), "1y")
 
     def benchmark(
         self,

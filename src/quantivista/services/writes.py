@@ -17,9 +17,9 @@ from quantivista.model.schema import BAR_COLUMNS, FrameLike, coerce_actions, coe
 from quantivista.model.timeframe import TimeframeLike
 from quantivista.pipeline.messages import BatchId
 from quantivista.pipeline.runner import InProcessRunner
-from quantivista.pipeline.stages import announce_actions, store_actions
+from quantivista.pipeline.stages import announce_actions, mark_changed, store_actions
 from quantivista.services.queries import symbol_list
-from quantivista.storage.contracts import ActionStore, QuarantineStore
+from quantivista.storage.contracts import ActionStore, JobCatalog, QuarantineStore
 
 __all__ = ["WriteService", "new_job_id"]
 
@@ -39,7 +39,9 @@ class WriteService:
         quarantine: QuarantineStore,
         bus: EventBus,
         clock: Clock,
+        catalog: JobCatalog,
     ) -> None:
+        self.catalog = catalog
         self.runner = runner
         self.actions = actions
         self.quarantine = quarantine
@@ -58,6 +60,8 @@ class WriteService:
     def write_actions(self, frame: FrameLike, provider: str | None = None) -> int:
         """Store corporate actions (canonical action schema); return how many were new."""
         fresh = store_actions(coerce_actions(frame, provider=provider), self.actions)
+        if fresh.height:
+            mark_changed(self.catalog, self.clock.now())
         announce_actions(fresh, provider or "user", self.bus, self.clock)
         return fresh.height
 
@@ -79,6 +83,7 @@ class WriteService:
         )
         written = store_actions(plan.fresh, self.actions)
         if written.height:
+            mark_changed(self.catalog, self.clock.now())
             source = "+".join(sorted(written["provider"].unique().to_list()))
             announce_actions(written, source, self.bus, self.clock)
         return plan.report(new=written.height)

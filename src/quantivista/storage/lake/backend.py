@@ -43,4 +43,5 @@ def open_lake(settings: Settings, *, create: bool = True) -> Backend:
         raw=FileRawStore(root, storage),
         instruments=ParquetInstrumentStore(root, storage),
         catalog=catalog,
+        clients=catalog,
     )

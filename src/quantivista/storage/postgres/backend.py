@@ -23,6 +23,7 @@ def open_postgres(settings: Settings) -> Backend:
     """Open the PostgreSQL schema of `settings` (migrated on open)."""
     root, storage = settings.data_dir, settings.storage
     root.mkdir(parents=True, exist_ok=True)
+    catalog = SqliteCatalog(LakeLayout(root).catalog)
     return Backend(
         kind="postgres",
         bars=PostgresStore(
@@ -35,5 +36,6 @@ def open_postgres(settings: Settings) -> Backend:
         scores=ParquetScoreStore(root, storage),
         raw=FileRawStore(root, storage),
         instruments=ParquetInstrumentStore(root, storage),
-        catalog=SqliteCatalog(LakeLayout(root).catalog),
+        catalog=catalog,
+        clients=catalog,
     )
