@@ -23,6 +23,7 @@ from quantivista._version import __version__
 from quantivista.acquisition.limits import MemoryBackend, RateLimiter, RedisBackend
 from quantivista.api import errors, stream
 from quantivista.api.cache import ResponseCache
+from quantivista.api.graphql import graphql_router
 from quantivista.api.metrics import ApiMetrics
 from quantivista.api.routes import market, operations
 from quantivista.api.state import ApiState
@@ -92,6 +93,7 @@ def create_app(
     app.include_router(market.router)
     app.include_router(operations.router)
     app.include_router(stream.router)
+    app.include_router(graphql_router(), prefix="")
     if settings.api.cors_origins:
         app.add_middleware(
             CORSMiddleware,
