@@ -384,6 +384,9 @@ class ApiSettings(_Section):
     cors_origins: list[str] = Field(
         default_factory=list, description="origins allowed by CORS (empty: none)"
     )
+    exports_dir: Path | None = Field(
+        default=None, description="where bulk exports are written (default: DATA_DIR/exports)"
+    )
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
     page_size: int = Field(default=10_000, ge=1, description="bars per JSON page")

@@ -25,7 +25,7 @@ from quantivista.api import errors, stream
 from quantivista.api.cache import ResponseCache
 from quantivista.api.graphql import graphql_router
 from quantivista.api.metrics import ApiMetrics
-from quantivista.api.routes import market, operations
+from quantivista.api.routes import exports, market, operations
 from quantivista.api.state import ApiState
 from quantivista.api.stream import StreamHub
 from quantivista.clock import Clock
@@ -92,6 +92,7 @@ def create_app(
     errors.install(app)
     app.include_router(market.router)
     app.include_router(operations.router)
+    app.include_router(exports.router)
     app.include_router(stream.router)
     app.include_router(graphql_router(), prefix="")
     if settings.api.cors_origins:
