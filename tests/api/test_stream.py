@@ -170,7 +170,8 @@ def test_a_slow_client_is_dropped_and_others_get_everything(store: Settings) -> 
 
     with live_api(settings) as running:
         stalled = asyncio.run(run(running))
-        metrics = running.client().get("/metrics").text
+        with running.client() as http:
+            metrics = http.get("/metrics").text
         state = running.server.config.app.state.qv
         assert state.metrics.ws_clients._value.get() == 0  # the stalled one is gone too
     stalled.close()

@@ -94,7 +94,7 @@ def create_app(
     app.include_router(operations.router)
     app.include_router(exports.router)
     app.include_router(stream.router)
-    app.include_router(graphql_router(), prefix="")
+    app.include_router(graphql_router(), include_in_schema=False)  # its own schema: GraphQL
     if settings.api.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 
 from quantivista.api.deps import Caller, State, require
 from quantivista.api.encode import MEDIA_TYPES, BodyFormat, encode
+from quantivista.api.errors import COMMON_RESPONSES
 from quantivista.api.state import ApiState
 from quantivista.errors import InvalidInputError, NotFoundError
 from quantivista.model.auth import Scope
@@ -21,7 +22,7 @@ from quantivista.services.queries import BarQuery
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/api/v1/exports", tags=["exports"])
+router = APIRouter(prefix="/api/v1/exports", tags=["exports"], responses=COMMON_RESPONSES)
 
 ReadBars = Annotated[Caller, Depends(require(Scope.READ_BARS))]
 _SUFFIX = {BodyFormat.parquet: "parquet", BodyFormat.arrow: "arrows", BodyFormat.csv: "csv"}
@@ -113,7 +114,11 @@ def status(state: State, who: ReadBars, export_id: str) -> Export:
     return _load(state, who, export_id)
 
 
-@router.get("/{export_id}/download", response_class=FileResponse)
+@router.get(
+    "/{export_id}/download",
+    response_class=FileResponse,
+    responses={200: {"content": {MEDIA_TYPES[f]: {} for f in _SUFFIX}, "description": "file"}},
+)
 def download(state: State, who: ReadBars, export_id: str) -> FileResponse:
     """Stream the export's file."""
     export = _load(state, who, export_id)
