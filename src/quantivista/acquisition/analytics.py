@@ -14,6 +14,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from uuid import uuid4
 
 import polars as pl
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -223,10 +224,17 @@ class ProviderAnalytics:
         )
 
     def save(self, path: Path) -> None:
-        """Write `as_dict()` as JSON (atomically), for readers in other processes."""
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.as_dict(), default=str, indent=1))
-        tmp.replace(path)
+        """Write `as_dict()` as JSON (atomically), for readers in other processes.
+
+        The temporary's name is unique: processes finishing at once (two `qv ingest` into
+        one data directory) would otherwise rename each other's file away. Last one wins.
+        """
+        tmp = path.with_name(f".{path.name}.{uuid4().hex}.tmp")
+        try:
+            tmp.write_text(json.dumps(self.as_dict(), default=str, indent=1))
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     @staticmethod
     def load(path: Path) -> dict[str, Any] | None:

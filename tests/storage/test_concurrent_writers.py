@@ -1,0 +1,500 @@
+"""Several writers on one data directory: real `qv ingest` processes, and threads of one Platform.
+
+Every scenario starts its processes at once on a fresh directory and compares what landed
+with a single-process ingest of the same requests into another directory: the same bars
+(no duplicate (symbol, timeframe, ts), equal values), the same corporate actions once
+each, per job the same quarantined rows, quality scores and counts, every job in the
+catalog, knowledge times that fit the jobs that wrote them.
+
+The processes make the races likely: two lake buckets (every writer contends for the same
+partition files), one symbol per batch (many read-modify-writes per process), the data
+directory named three ways (absolute, relative, through a symlink: the locks must not
+depend on the spelling) and a different bucket count asked for by each (the first one
+fixes the lake's layout; the others must follow it).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+import quantivista as qv
+from quantivista.acquisition.analytics import ProviderAnalytics
+from quantivista.config import StorageSettings
+from quantivista.model.jobs import IngestionJob
+from quantivista.model.schema import coerce_bars
+from quantivista.model.timeframe import Timeframe
+from quantivista.providers.simulator.market import SimulatedMarket
+from quantivista.storage.lake.bars import ParquetLake
+from quantivista.storage.lake.files import atomic_write_parquet
+
+BUCKETS = 2  # the reference lake's; each process asks for its own (see `_env`)
+VALUES = ["open", "high", "low", "close", "volume", "vwap", "trades", "quality_flags"]
+BAR_KEY = ["symbol", "timeframe", "ts"]
+ACTION_KEY = ["symbol", "action_type", "ex_date", "provider"]
+SCORE_COLUMNS = ["symbol", "timeframe", "date", "rows", "rejected", "flagged", "missing", "score"]
+DAILY = Timeframe.parse("1d")
+HELD_COLUMNS = ["symbol", "timeframe", "ts", "rule", "severity", "open", "high", "low", "close"]
+
+
+@dataclass(frozen=True)
+class Run:
+    """One `qv ingest` command."""
+
+    symbols: tuple[str, ...]
+    start: str
+    end: str
+    timeframe: str = "1d"
+
+    def key(self) -> tuple[tuple[str, ...], str]:
+        return self.symbols, self.timeframe
+
+    def args(self) -> list[str]:
+        return [*self.symbols, "--start", self.start, "--end", self.end, "-t", self.timeframe]
+
+
+@pytest.fixture(scope="module")
+def universe() -> list[str]:
+    """Return tickers of the simulated market, with the renamed and the merged company."""
+    market = SimulatedMarket()
+    renamed = next(i for i in market.instruments if i.former_symbol)
+    merged = next(i for i in market.instruments if i.delisted_on)
+    assert renamed.former_symbol is not None
+    plain = [s for s in market.symbols() if s not in (renamed.symbol, merged.symbol)]
+    # renames, a merger and a delisting land in the action file alongside splits/dividends
+    return [renamed.former_symbol, renamed.symbol, merged.symbol, *plain[:13]]
+
+
+def _qv() -> str:
+    script = Path(sys.executable).with_name("qv")
+    return str(script) if script.exists() else "qv"
+
+
+def _env(index: int, fault_rate: float) -> dict[str, str]:
+    return {
+        **os.environ,
+        "QV_STORAGE__BUCKETS": str(BUCKETS + index),  # only the first lake opener's counts
+        "QV_INGEST__SYMBOLS_PER_BATCH": "1",
+        "QV_SIMULATOR__FAULT_RATE": str(fault_rate),
+    }
+
+
+def _spellings(root: Path) -> Iterator[tuple[str, Path]]:
+    """Yield (how to name `root`, working directory) in turn: absolute, relative, symlink."""
+    link = root.parent / f"{root.name}-link"
+    link.symlink_to(root, target_is_directory=True)
+    while True:
+        yield str(root), root.parent
+        yield root.name, root.parent
+        yield str(link), Path("/")
+
+
+def ingest_concurrently(root: Path, runs: Sequence[Run], fault_rate: float = 0.0) -> None:
+    """Start one `qv -d root ingest ...` per run at once; assert that each exits 0."""
+    root.mkdir()
+    names = _spellings(root)
+    procs = []
+    for i, run in enumerate(runs):
+        name, cwd = next(names)
+        cmd = [_qv(), "-d", name, "ingest", *run.args(), "-p", "synthetic"]
+        procs.append(
+            subprocess.Popen(
+                cmd,
+                cwd=cwd,
+                env=_env(i, fault_rate),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    failed = [
+        (run, out[-2000:]) for p, run, out in zip(procs, runs, outputs, strict=True) if p.returncode
+    ]
+    assert not failed, f"{len(failed)} of {len(runs)} processes failed: {failed}"
+
+
+def ingest_sequentially(root: Path, runs: Sequence[Run], fault_rate: float = 0.0) -> None:
+    """Ingest the runs one after another in this process: the single-writer reference."""
+    with qv.Platform.open(
+        root,
+        storage={"buckets": BUCKETS},
+        ingest={"symbols_per_batch": 1},
+        simulator={"fault_rate": fault_rate},
+    ) as p:
+        for run in runs:
+            p.ingest(list(run.symbols), run.start, run.end, run.timeframe, ["synthetic"])
+
+
+def _sorted(df: pl.DataFrame, key: Sequence[str]) -> pl.DataFrame:
+    return df.sort(key, nulls_last=True)
+
+
+def _jobs_by_run(
+    p: qv.Platform, runs: Sequence[Run]
+) -> dict[tuple[tuple[str, ...], str], list[IngestionJob]]:
+    found: dict[tuple[tuple[str, ...], str], list[IngestionJob]] = {}
+    for job in p.jobs(limit=1000):
+        found.setdefault((tuple(job.symbols), str(job.timeframe)), []).append(job)
+    assert sorted(len(v) for v in found.values()) == sorted(
+        [sum(1 for r in runs if r.key() == k) for k in {r.key() for r in runs}]
+    ), "every run must have exactly one job in the catalog"
+    return found
+
+
+def assert_same_store(root: Path, reference: Path, runs: Sequence[Run]) -> None:
+    """Assert that `root` holds what the single-process `reference` holds (see the module)."""
+    with qv.Platform.open(root) as p, qv.Platform.open(reference) as ref:
+        # bars: the union of every request, once each, with the market's values
+        for tf in sorted({r.timeframe for r in runs}):
+            symbols = sorted({s for r in runs if r.timeframe == tf for s in r.symbols})
+            got = p.bars(symbols, timeframe=tf, follow_renames=False)
+            want = ref.bars(symbols, timeframe=tf, follow_renames=False)
+            assert got.height > 0
+            assert not got.select(BAR_KEY).is_duplicated().any(), f"duplicate {tf} bars"
+            assert_frame_equal(
+                _sorted(got.select(*BAR_KEY, *VALUES, "provider"), BAR_KEY),
+                _sorted(want.select(*BAR_KEY, *VALUES, "provider"), BAR_KEY),
+            )
+        # corporate actions: each kept once
+        got_actions, want_actions = p.actions(), ref.actions()
+        assert got_actions.height > 0
+        assert not got_actions.select(ACTION_KEY).is_duplicated().any()
+        assert_frame_equal(_sorted(got_actions, ACTION_KEY), _sorted(want_actions, ACTION_KEY))
+        # jobs, their counts, quarantine and scores: per run, as the reference job has them
+        jobs, ref_jobs = _jobs_by_run(p, runs), _jobs_by_run(ref, runs)
+        for key, mine in jobs.items():
+            theirs = ref_jobs[key][0]
+            for job in mine:
+                assert job.status == theirs.status, (job.job_id, job.error_details)
+                assert (job.records_processed, job.records_failed) == (
+                    theirs.records_processed,
+                    theirs.records_failed,
+                )
+                report, ref_report = p.quality_report(job.job_id), ref.quality_report(theirs.job_id)
+                assert (report.total_records, report.invalid_records) == (
+                    ref_report.total_records,
+                    ref_report.invalid_records,
+                )
+                held = p.quarantine(job_id=job.job_id).select(HELD_COLUMNS)
+                ref_held = ref.quarantine(job_id=theirs.job_id).select(HELD_COLUMNS)
+                assert held.height == job.records_failed
+                assert_frame_equal(_sorted(held, HELD_COLUMNS), _sorted(ref_held, HELD_COLUMNS))
+                scores = p.quality_scores(job_id=job.job_id, timeframe=None).select(SCORE_COLUMNS)
+                ref_scores = ref.quality_scores(job_id=theirs.job_id, timeframe=None)
+                assert scores.height > 0
+                assert_frame_equal(
+                    _sorted(scores, SCORE_COLUMNS[:3]),
+                    _sorted(ref_scores.select(SCORE_COLUMNS), SCORE_COLUMNS[:3]),
+                )
+        assert_as_of_consistent(p, runs, [j for js in jobs.values() for j in js])
+
+
+def assert_as_of_consistent(p: qv.Platform, runs: Sequence[Run], jobs: list[IngestionJob]) -> None:
+    """Assert that knowledge times fit the jobs, and as-of reads replay them exactly.
+
+    Every bar carries the id of a job in the catalog and was stored while that job ran;
+    as of any instant, the store knew exactly the bars stored by then (all writers agreed
+    on the values, so nothing was superseded: identical rewrites keep their first time).
+    """
+    spans = {j.job_id: (j.start_time, j.end_time) for j in jobs}
+    instants = sorted({t for j in jobs for t in (j.start_time, j.end_time) if t is not None})
+    for tf in sorted({r.timeframe for r in runs}):
+        symbols = sorted({s for r in runs if r.timeframe == tf for s in r.symbols})
+        now = p.bars(symbols, timeframe=tf, follow_renames=False)
+        bounds = pl.DataFrame(
+            [(k, lo, hi) for k, (lo, hi) in spans.items()],
+            schema={
+                "job_id": pl.String,
+                "lo": now["ingested_at"].dtype,
+                "hi": now["ingested_at"].dtype,
+            },
+            orient="row",
+        )
+        placed = now.join(bounds, on="job_id", how="left")
+        assert placed["lo"].null_count() == 0, "bars of a job the catalog does not know"
+        stray = placed.filter(
+            (pl.col("ingested_at") < pl.col("lo")) | (pl.col("ingested_at") > pl.col("hi"))
+        )
+        assert stray.is_empty(), "bars stored outside the run of the job they name"
+        before_all = min(instants).replace(microsecond=0)
+        assert p.bars(symbols, timeframe=tf, as_of=before_all, follow_renames=False).is_empty()
+        for t in instants:
+            seen = p.bars(symbols, timeframe=tf, as_of=t, follow_renames=False)
+            known = now.filter(pl.col("ingested_at") <= t)
+            assert_frame_equal(_sorted(seen, BAR_KEY), _sorted(known, BAR_KEY))
+
+
+def _scenario(runs: Sequence[Run], tmp_path: Path, fault_rate: float = 0.0) -> None:
+    ingest_sequentially(tmp_path / "reference", runs, fault_rate)
+    ingest_concurrently(tmp_path / "shared", runs, fault_rate)
+    assert_same_store(tmp_path / "shared", tmp_path / "reference", runs)
+
+
+# -- processes ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("processes", [2, 4])
+def test_ingest_disjoint_symbols_from_processes_loses_nothing(
+    processes: int, universe: list[str], tmp_path: Path
+) -> None:
+    runs = [
+        Run(tuple(universe[3 * i : 3 * i + 3]), "2022-01-01", "2024-12-31")
+        for i in range(processes)
+    ]
+    # with faults: every process quarantines rows and scores damaged days
+    _scenario(runs, tmp_path, fault_rate=0.02)
+
+
+@pytest.mark.parametrize("processes", [2, 4])
+def test_ingest_overlapping_symbols_and_ranges_from_processes_stores_each_bar_once(
+    processes: int, universe: list[str], tmp_path: Path
+) -> None:
+    both = tuple(universe[0:6])
+    runs = [
+        Run(both, "2022-01-01", "2023-12-31"),  # the same symbols and range ...
+        Run(tuple(universe[3:9]), "2023-01-01", "2024-12-31"),  # ... overlapping ones
+        Run(both, "2022-01-01", "2023-12-31"),
+        Run(tuple(universe[4:10]), "2022-07-01", "2024-06-30"),
+    ][:processes]
+    _scenario(runs, tmp_path)
+
+
+@pytest.mark.parametrize("processes", [2, 4])
+def test_ingest_daily_and_minute_bars_from_processes_at_once(
+    processes: int, universe: list[str], tmp_path: Path
+) -> None:
+    runs = [
+        Run(tuple(universe[0:6]), "2023-01-01", "2024-12-31", "1d"),
+        Run(tuple(universe[1:5]), "2024-11-25", "2024-12-06", "1m"),
+        Run(tuple(universe[3:9]), "2023-06-01", "2024-12-31", "1d"),
+        Run(tuple(universe[3:7]), "2024-11-29", "2024-12-11", "1m"),
+    ][:processes]
+    _scenario(runs, tmp_path)
+
+
+_UPSERTS = """
+import sys
+import polars as pl
+import quantivista as qv
+from quantivista.acquisition.analytics import ProviderAnalytics
+from datetime import date
+root, tag, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+with qv.Platform.open(root) as p:
+    for k in range(rounds):
+        ids = [f"{tag}{k:02d}{i}" for i in range(3)]
+        p.instruments.upsert(pl.DataFrame({
+            "instrument_id": ids, "name": ids, "symbol": [f"{tag}{k:02d}S{i}" for i in range(3)],
+        }))
+        p.write_actions(pl.DataFrame({
+            "symbol": [f"{tag}{k:02d}S{i}" for i in range(3)], "action_type": ["dividend"] * 3,
+            "ex_date": [date(2024, 1, 2 + i) for i in range(3)], "amount": [0.5] * 3,
+        }), provider="test")
+"""
+
+
+def test_instrument_and_action_upserts_from_processes_keep_every_row(tmp_path: Path) -> None:
+    writers, rounds = 4, 8
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _UPSERTS, str(tmp_path), f"W{w}", str(rounds)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for w in range(writers)
+    ]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * writers, outputs
+    with qv.Platform.open(tmp_path) as p:
+        assert p.instruments.instruments().height == writers * rounds * 3
+        assert p.instruments.symbol_history().height == writers * rounds * 3
+        actions = p.actions()
+        assert actions.height == writers * rounds * 3
+        assert not actions.select(ACTION_KEY).is_duplicated().any()
+
+
+# -- threads of one process ----------------------------------------------------------------------
+def _together(workers: Sequence[Callable[[], None]]) -> None:
+    """Run the workers on threads released at once; re-raise the first failure."""
+    barrier = threading.Barrier(len(workers))
+    errors: list[BaseException] = []
+
+    def run(work: Callable[[], None]) -> None:
+        barrier.wait()
+        try:
+            work()
+        except BaseException as exc:  # reported below, on the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(w,)) for w in workers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
+def test_threads_writing_through_one_platform_keep_every_row(
+    universe: list[str], tmp_path: Path
+) -> None:
+    market = SimulatedMarket()
+    days = [(f"{y}-01-01", f"{y}-12-31") for y in (2021, 2022, 2023, 2024)]
+    parts = {name: universe[2 * n : 2 * n + 2] for n, name in enumerate(("A", "B"))}
+
+    with qv.Platform.open(tmp_path, storage={"buckets": 1}) as p:  # one file for every symbol
+
+        def writer(name: str) -> Callable[[], None]:
+            def work() -> None:
+                for k, (lo, hi) in enumerate(days):
+                    for symbol in parts[name]:
+                        p.write_bars(market.bars(symbol, lo, hi, "1d"), source="synthetic")
+                    p.write_actions(
+                        pl.DataFrame(
+                            {
+                                "symbol": [f"{name}{k}"],
+                                "action_type": ["dividend"],
+                                "ex_date": [date(2024, 1, 2 + k)],
+                                "amount": [0.1],
+                            }
+                        ),
+                        provider="test",
+                    )
+                    p.instruments.upsert(
+                        pl.DataFrame(
+                            {
+                                "instrument_id": [f"{name}{k}"],
+                                "name": [f"{name}{k}"],
+                                "symbol": [f"{name}{k}"],
+                            }
+                        )
+                    )
+
+            return work
+
+        _together([writer("A"), writer("B")])
+        symbols = [s for v in parts.values() for s in v]
+        got = p.bars(symbols, timeframe="1d", follow_renames=False)
+        want = pl.concat([market.bars(s, days[0][0], days[-1][1], "1d") for s in symbols])
+        assert not got.select(BAR_KEY).is_duplicated().any()
+        assert_frame_equal(
+            _sorted(got.select(*BAR_KEY, "close"), BAR_KEY),
+            _sorted(want.select(*BAR_KEY, "close"), BAR_KEY),
+        )
+        assert p.actions().height == 2 * len(days)
+        assert p.instruments.instruments().height == 2 * len(days)
+        assert len(p.jobs()) == 0  # write_bars writes batches, not ingestion jobs
+
+
+def test_readers_see_whole_files_while_another_writer_replaces_them(tmp_path: Path) -> None:
+    """Uncached reads, as-of reads, stats and symbols open each file once: never two versions.
+
+    Reading a path twice (footer, then pages) while another writer replaces the file fails
+    with "invalid thrift" or a polars panic; the lake reads through one handle per file.
+    """
+    market = SimulatedMarket()
+    symbols = sorted(market.symbols()[:4])
+    first = datetime(2025, 1, 1, tzinfo=UTC)
+    bars = coerce_bars(
+        pl.concat([market.bars(s, "2020-01-01", "2024-12-31", "1d") for s in symbols]),
+        job_id="j0",
+        ingested_at=first,
+    )
+    settings = StorageSettings(buckets=1, cache_mb=0, write_threads=1)
+    writer, reader = ParquetLake(tmp_path, settings), ParquetLake(tmp_path, settings)
+    writer.upsert(bars)
+    stop = threading.Event()
+
+    def write() -> None:
+        k = 0
+        while not stop.is_set() and k < 200:  # each round replaces the file, adds history
+            k += 1
+            writer.upsert(
+                bars.with_columns(
+                    pl.col("volume") + k, ingested_at=pl.lit(first + timedelta(seconds=k))
+                )
+            )
+
+    def read() -> None:
+        try:
+            for _ in range(30):
+                assert reader.read(symbols, DAILY).height == bars.height
+                then = reader.read(symbols, DAILY, as_of=first + timedelta(microseconds=1))
+                assert_frame_equal(then, bars)
+                assert reader.stats()["rows"].sum() == bars.height
+                assert reader.symbols() == symbols
+        finally:
+            stop.set()
+
+    _together([write, read])
+
+
+def test_partition_folder_creation_survives_a_pruner_removing_its_new_parent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delete prunes empty partition folders: a writer creating one meanwhile still writes.
+
+    The pruner strikes between the two steps of `mkdir(parents=True)`: after the parent
+    was created, before the child (the window is microseconds wide; forced here).
+    """
+    leaf = tmp_path / "timeframe=1m" / "bucket=000" / "month=2024-01"
+    real_mkdir = os.mkdir
+    pruned: list[Path] = []
+
+    def mkdir_then_prune(path: Any, mode: int = 0o777) -> None:
+        real_mkdir(path, mode)
+        if Path(path) == leaf.parent and not pruned:
+            pruned.append(Path(path))
+            os.rmdir(path)  # the pruner finds the new parent still empty
+
+    monkeypatch.setattr(os, "mkdir", mkdir_then_prune)
+    atomic_write_parquet(pl.DataFrame({"x": [1]}), leaf / "data.parquet", StorageSettings())
+    assert pruned
+    assert pl.read_parquet(leaf / "data.parquet")["x"].to_list() == [1]
+
+
+def test_partition_folder_creation_survives_a_pruner_removing_it_after_exists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`mkdir(exist_ok=True)` raises FileExistsError when the folder vanished after EEXIST."""
+    leaf = tmp_path / "timeframe=1m" / "bucket=000" / "month=2024-01"
+    real_mkdir = os.mkdir
+    pruned: list[Path] = []
+
+    def exists_then_pruned(path: Any, mode: int = 0o777) -> None:
+        if Path(path) == leaf and not pruned:
+            real_mkdir(path, mode)  # another writer created it ...
+            pruned.append(Path(path))
+            os.rmdir(path)  # ... and a pruner removed it before this writer looked
+            raise FileExistsError(errno.EEXIST, "File exists", str(path))
+        real_mkdir(path, mode)
+
+    monkeypatch.setattr(os, "mkdir", exists_then_pruned)
+    atomic_write_parquet(pl.DataFrame({"x": [1]}), leaf / "data.parquet", StorageSettings())
+    assert pruned
+    assert pl.read_parquet(leaf / "data.parquet")["x"].to_list() == [1]
+
+
+def test_provider_stats_saved_by_writers_finishing_at_once(tmp_path: Path) -> None:
+    """Every `qv ingest` saves provider stats into the data directory when it ends."""
+    path = tmp_path / "provider-stats.json"
+
+    def save() -> None:
+        analytics = ProviderAnalytics()
+        for _ in range(200):
+            analytics.save(path)
+
+    _together([save, save, save])
+    assert ProviderAnalytics.load(path) is not None
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary left behind
