@@ -6,11 +6,16 @@ with a single-process ingest of the same requests into another directory: the sa
 each, per job the same quarantined rows, quality scores and counts, every job in the
 catalog, knowledge times that fit the jobs that wrote them.
 
-The processes make the races likely: two lake buckets (every writer contends for the same
-partition files), one symbol per batch (many read-modify-writes per process), the data
-directory named three ways (absolute, relative, through a symlink: the locks must not
-depend on the spelling) and a different bucket count asked for by each (the first one
-fixes the lake's layout; the others must follow it).
+The processes make the races likely:
+
+- a start gate: the test holds every partition lock of the new lake (`ParquetLake.frozen`)
+  until each process waits for one (seen in `/proc/locks`), so all first writes start
+  together instead of spread over the processes' start-up times;
+- few lake buckets (writers contend for the same partition files) and one symbol per
+  batch (many read-modify-writes per process);
+- the data directory named three ways (absolute, relative, through a symlink: the locks
+  must not depend on the spelling), and a different bucket count asked for by each
+  process (the lake's layout file decides; see also the layout test with threads).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -38,15 +44,18 @@ from quantivista.model.schema import coerce_bars
 from quantivista.model.timeframe import Timeframe
 from quantivista.providers.simulator.market import SimulatedMarket
 from quantivista.storage.lake.bars import ParquetLake
+from quantivista.storage.lake.catalog import SqliteCatalog
 from quantivista.storage.lake.files import atomic_write_parquet
 
-BUCKETS = 2  # the reference lake's; each process asks for its own (see `_env`)
+BUCKETS = 1  # the lake's: every writer contends for one file; each process asks for more
 VALUES = ["open", "high", "low", "close", "volume", "vwap", "trades", "quality_flags"]
 BAR_KEY = ["symbol", "timeframe", "ts"]
 ACTION_KEY = ["symbol", "action_type", "ex_date", "provider"]
 SCORE_COLUMNS = ["symbol", "timeframe", "date", "rows", "rejected", "flagged", "missing", "score"]
 DAILY = Timeframe.parse("1d")
 HELD_COLUMNS = ["symbol", "timeframe", "ts", "rule", "severity", "open", "high", "low", "close"]
+GATE_TIMEOUT_S = 120.0
+HALVES = [("01-01", "06-30"), ("07-01", "12-31")]
 
 
 @dataclass(frozen=True)
@@ -57,9 +66,6 @@ class Run:
     start: str
     end: str
     timeframe: str = "1d"
-
-    def key(self) -> tuple[tuple[str, ...], str]:
-        return self.symbols, self.timeframe
 
     def args(self) -> list[str]:
         return [*self.symbols, "--start", self.start, "--end", self.end, "-t", self.timeframe]
@@ -85,7 +91,7 @@ def _qv() -> str:
 def _env(index: int, fault_rate: float) -> dict[str, str]:
     return {
         **os.environ,
-        "QV_STORAGE__BUCKETS": str(BUCKETS + index),  # only the first lake opener's counts
+        "QV_STORAGE__BUCKETS": str(BUCKETS + 1 + index),  # the layout file overrides it
         "QV_INGEST__SYMBOLS_PER_BATCH": "1",
         "QV_SIMULATOR__FAULT_RATE": str(fault_rate),
     }
@@ -101,27 +107,58 @@ def _spellings(root: Path) -> Iterator[tuple[str, Path]]:
         yield str(link), Path("/")
 
 
+def _flock_waiters(lock_files: Sequence[Path]) -> set[int]:
+    """Return the ids of processes waiting for a `flock` on one of the files (Linux)."""
+    inodes = {os.stat(f).st_ino for f in lock_files}
+    waiting = set()
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()  # 1: -> FLOCK  ADVISORY  WRITE <pid> <major>:<minor>:<inode> ...
+        waits = len(fields) > 6 and fields[1] == "->" and fields[2] == "FLOCK"
+        if waits and int(fields[6].rsplit(":", 1)[1]) in inodes:
+            waiting.add(int(fields[5]))
+    return waiting
+
+
+def _await_gate(lake: ParquetLake, procs: Sequence[subprocess.Popen[bytes]]) -> None:
+    """Return once every process waits for a partition lock (or one has ended)."""
+    if not Path("/proc/locks").exists():
+        return  # elsewhere the processes start as they come: less overlap, same checks
+    locks = sorted(lake.layout.locks.glob("*.lock"))
+    pids = {p.pid for p in procs}
+    deadline = time.monotonic() + GATE_TIMEOUT_S
+    while time.monotonic() < deadline and all(p.poll() is None for p in procs):
+        if pids <= _flock_waiters(locks):
+            return
+        time.sleep(0.02)  # a test helper watching other processes: nothing to wait on
+
+
 def ingest_concurrently(root: Path, runs: Sequence[Run], fault_rate: float = 0.0) -> None:
-    """Start one `qv -d root ingest ...` per run at once; assert that each exits 0."""
+    """Run one `qv -d root ingest ...` per run at once; assert that each exits 0."""
     root.mkdir()
+    lake = ParquetLake(root, StorageSettings(buckets=BUCKETS))
     names = _spellings(root)
-    procs = []
-    for i, run in enumerate(runs):
-        name, cwd = next(names)
-        cmd = [_qv(), "-d", name, "ingest", *run.args(), "-p", "synthetic"]
-        procs.append(
-            subprocess.Popen(
-                cmd,
-                cwd=cwd,
-                env=_env(i, fault_rate),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        )
-    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    procs, logs = [], []
+    with lake.frozen():  # the start gate (see the module docstring)
+        for i, run in enumerate(runs):
+            name, cwd = next(names)
+            log = root.parent / f"{root.name}-{i}.log"
+            with open(log, "wb") as out:
+                procs.append(
+                    subprocess.Popen(
+                        [_qv(), "-d", name, "ingest", *run.args(), "-p", "synthetic"],
+                        cwd=cwd,
+                        env=_env(i, fault_rate),
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
+            logs.append(log)
+        _await_gate(lake, procs)
+    codes = [p.wait(timeout=300) for p in procs]
     failed = [
-        (run, out[-2000:]) for p, run, out in zip(procs, runs, outputs, strict=True) if p.returncode
+        (run, log.read_text()[-2000:])
+        for code, run, log in zip(codes, runs, logs, strict=True)
+        if code != 0
     ]
     assert not failed, f"{len(failed)} of {len(runs)} processes failed: {failed}"
 
@@ -142,15 +179,15 @@ def _sorted(df: pl.DataFrame, key: Sequence[str]) -> pl.DataFrame:
     return df.sort(key, nulls_last=True)
 
 
-def _jobs_by_run(
-    p: qv.Platform, runs: Sequence[Run]
-) -> dict[tuple[tuple[str, ...], str], list[IngestionJob]]:
-    found: dict[tuple[tuple[str, ...], str], list[IngestionJob]] = {}
+JobKey = tuple[tuple[str, ...], str, datetime | None, datetime | None]
+
+
+def _jobs_by_request(p: qv.Platform) -> dict[JobKey, list[IngestionJob]]:
+    """Return the catalog's jobs grouped by what they were asked for."""
+    found: dict[JobKey, list[IngestionJob]] = {}
     for job in p.jobs(limit=1000):
-        found.setdefault((tuple(job.symbols), str(job.timeframe)), []).append(job)
-    assert sorted(len(v) for v in found.values()) == sorted(
-        [sum(1 for r in runs if r.key() == k) for k in {r.key() for r in runs}]
-    ), "every run must have exactly one job in the catalog"
+        key = (tuple(job.symbols), str(job.timeframe), job.request_start, job.request_end)
+        found.setdefault(key, []).append(job)
     return found
 
 
@@ -174,7 +211,9 @@ def assert_same_store(root: Path, reference: Path, runs: Sequence[Run]) -> None:
         assert not got_actions.select(ACTION_KEY).is_duplicated().any()
         assert_frame_equal(_sorted(got_actions, ACTION_KEY), _sorted(want_actions, ACTION_KEY))
         # jobs, their counts, quarantine and scores: per run, as the reference job has them
-        jobs, ref_jobs = _jobs_by_run(p, runs), _jobs_by_run(ref, runs)
+        jobs, ref_jobs = _jobs_by_request(p), _jobs_by_request(ref)
+        assert {k: len(v) for k, v in jobs.items()} == {k: len(v) for k, v in ref_jobs.items()}
+        assert sum(len(v) for v in jobs.values()) == len(runs)
         for key, mine in jobs.items():
             theirs = ref_jobs[key][0]
             for job in mine:
@@ -229,7 +268,7 @@ def assert_as_of_consistent(p: qv.Platform, runs: Sequence[Run], jobs: list[Inge
             (pl.col("ingested_at") < pl.col("lo")) | (pl.col("ingested_at") > pl.col("hi"))
         )
         assert stray.is_empty(), "bars stored outside the run of the job they name"
-        before_all = min(instants).replace(microsecond=0)
+        before_all = min(instants) - timedelta(microseconds=1)
         assert p.bars(symbols, timeframe=tf, as_of=before_all, follow_renames=False).is_empty()
         for t in instants:
             seen = p.bars(symbols, timeframe=tf, as_of=t, follow_renames=False)
@@ -350,8 +389,8 @@ def test_threads_writing_through_one_platform_keep_every_row(
     universe: list[str], tmp_path: Path
 ) -> None:
     market = SimulatedMarket()
-    days = [(f"{y}-01-01", f"{y}-12-31") for y in (2021, 2022, 2023, 2024)]
-    parts = {name: universe[2 * n : 2 * n + 2] for n, name in enumerate(("A", "B"))}
+    days = [(f"{y}-{h}", f"{y}-{t}") for y in range(2021, 2025) for h, t in HALVES]
+    parts = {name: universe[3 * n : 3 * n + 3] for n, name in enumerate(("A", "B"))}
 
     with qv.Platform.open(tmp_path, storage={"buckets": 1}) as p:  # one file for every symbol
 
@@ -394,7 +433,6 @@ def test_threads_writing_through_one_platform_keep_every_row(
         )
         assert p.actions().height == 2 * len(days)
         assert p.instruments.instruments().height == 2 * len(days)
-        assert len(p.jobs()) == 0  # write_bars writes batches, not ingestion jobs
 
 
 def test_readers_see_whole_files_while_another_writer_replaces_them(tmp_path: Path) -> None:
@@ -404,40 +442,41 @@ def test_readers_see_whole_files_while_another_writer_replaces_them(tmp_path: Pa
     with "invalid thrift" or a polars panic; the lake reads through one handle per file.
     """
     market = SimulatedMarket()
-    symbols = sorted(market.symbols()[:4])
+    symbols = sorted(market.symbols()[:8])
     first = datetime(2025, 1, 1, tzinfo=UTC)
     bars = coerce_bars(
-        pl.concat([market.bars(s, "2020-01-01", "2024-12-31", "1d") for s in symbols]),
+        pl.concat([market.bars(s, "2015-01-01", "2024-12-31", "1d") for s in symbols]),
         job_id="j0",
         ingested_at=first,
     )
     settings = StorageSettings(buckets=1, cache_mb=0, write_threads=1)
-    writer, reader = ParquetLake(tmp_path, settings), ParquetLake(tmp_path, settings)
-    writer.upsert(bars)
+    lake = ParquetLake(tmp_path, settings)
+    lake.upsert(bars)
+    later = bars.with_columns(pl.col("volume") + 1, ingested_at=pl.lit(first + timedelta(days=1)))
+    lake.upsert(later)  # the first version goes to history
+    data = lake.partition_dir("1d", symbols[0]) / "data.parquet"
+    versions = [later, later.with_columns(pl.col("close") * 1.5)]  # same rows, other bytes
     stop = threading.Event()
 
-    def write() -> None:
+    def replace() -> None:  # what another process's writes do to the file, as fast as it can
         k = 0
-        while not stop.is_set() and k < 200:  # each round replaces the file, adds history
+        while not stop.is_set():
             k += 1
-            writer.upsert(
-                bars.with_columns(
-                    pl.col("volume") + k, ingested_at=pl.lit(first + timedelta(seconds=k))
-                )
-            )
+            atomic_write_parquet(versions[k % 2], data, settings)
 
     def read() -> None:
+        reader = ParquetLake(tmp_path, settings)
         try:
-            for _ in range(30):
+            for _ in range(60):
                 assert reader.read(symbols, DAILY).height == bars.height
-                then = reader.read(symbols, DAILY, as_of=first + timedelta(microseconds=1))
-                assert_frame_equal(then, bars)
+                then = reader.read(symbols, DAILY, as_of=first + timedelta(hours=1))
+                assert then.height == bars.height
                 assert reader.stats()["rows"].sum() == bars.height
                 assert reader.symbols() == symbols
         finally:
             stop.set()
 
-    _together([write, read])
+    _together([replace, read])
 
 
 def test_partition_folder_creation_survives_a_pruner_removing_its_new_parent(
@@ -498,3 +537,58 @@ def test_provider_stats_saved_by_writers_finishing_at_once(tmp_path: Path) -> No
     _together([save, save, save])
     assert ProviderAnalytics.load(path) is not None
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary left behind
+
+
+def test_a_new_lake_opened_at_once_with_different_bucket_counts_gets_one_layout(
+    tmp_path: Path,
+) -> None:
+    """The first opener fixes the bucket count; the others read it, never write their own."""
+    for attempt in range(20):
+        root = tmp_path / f"lake{attempt}"
+        seen: list[int] = []
+
+        def opener(buckets: int, root: Path = root, seen: list[int] = seen) -> Callable[[], None]:
+            return lambda: seen.append(ParquetLake(root, StorageSettings(buckets=buckets)).buckets)
+
+        _together([opener(b) for b in (1, 2, 3, 4)])
+        assert len(set(seen)) == 1, seen
+        assert ParquetLake(root).buckets == seen[0]
+
+
+def test_listings_skip_a_concurrent_writers_unfinished_files(tmp_path: Path) -> None:
+    """Quarantine, releases and the raw manifest never read another writer's temporary."""
+    p = qv.Platform.open(tmp_path)
+    try:
+        rows = SimulatedMarket().bars("QULGXK", "2024-01-02", "2024-01-05", "1d")
+        p.write_bars(rows.with_columns(pl.col("high") * 0.5))  # high below open: quarantined
+        held = p.quarantine()
+        assert held.height > 0
+        layout = p.store.layout
+        for folder in (
+            next(layout.quarantine.glob("job_id=*")),
+            layout.released,
+            layout.bronze / "_manifest" / "job_id=j",
+        ):
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / ".tmp-0123456789abcdef.parquet").write_bytes(b"PAR1 half-written")
+        assert_frame_equal(p.quarantine(), held)
+        assert p.quarantine_store.count() == held.height
+        assert p.quarantine_store.releases().is_empty()
+        assert p.bronze.manifest().is_empty()
+    finally:
+        p.close()
+
+
+def test_a_new_catalog_opened_at_once_by_several_writers_opens_for_each(tmp_path: Path) -> None:
+    """Turning a new SQLite file to WAL fails at once ("locked") while another does it too."""
+    for attempt in range(50):
+        path = tmp_path / f"lake{attempt}" / "catalog.sqlite"
+
+        def open_and_write(path: Path = path) -> None:
+            catalog = SqliteCatalog(path)
+            try:
+                catalog.put_state(f"{threading.get_ident()}", {"opened": True})
+            finally:
+                catalog.close()
+
+        _together([open_and_write] * 8)

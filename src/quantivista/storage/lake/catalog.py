@@ -7,6 +7,11 @@ deferred transaction that upgrades to writing gets `SQLITE_BUSY` at once, withou
 Waiting for the lock is bounded by the busy timeout (`_BUSY_TIMEOUT_S`). WAL mode lets
 readers go on while a writer commits. One connection per catalog object, shared by its
 threads under a lock.
+
+Opening runs under a file lock (`<folder>/.locks/<name>.lock`, the data directory's lock
+folder): turning a new database to WAL fails at once with "database is locked", without
+waiting, when another connection is doing the same (seen with `qv ingest` processes
+started together on a new data directory).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import Any
 from quantivista.errors import NotFoundError, StorageError
 from quantivista.model.jobs import DataQualityReport, IngestionJob, JobStatus, JobTask, TaskStatus
 from quantivista.storage.contracts import DeadLetter
+from quantivista.storage.lake.files import flocked
 
 __all__ = ["DeadLetter", "SqliteCatalog", "lease_expired_detail"]
 
@@ -90,17 +96,21 @@ class SqliteCatalog:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        locks = self.path.parent / ".locks"
+        locks.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         try:
             self._conn = sqlite3.connect(
                 self.path, check_same_thread=False, timeout=_BUSY_TIMEOUT_S, isolation_level=None
             )
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.executescript(_SCHEMA)
+            with flocked(locks / f"{self.path.stem}.lock"):
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute("PRAGMA synchronous=NORMAL")
+                self._conn.executescript(_SCHEMA)
         except sqlite3.Error as exc:
-            raise StorageError("cannot open the catalog", path=str(self.path)) from exc
+            raise StorageError(
+                "cannot open the catalog", path=str(self.path), error=str(exc)
+            ) from exc
 
     @contextmanager
     def _tx(self, immediate: bool = False) -> Iterator[sqlite3.Connection]:
@@ -118,7 +128,9 @@ class SqliteCatalog:
                     raise
                 self._conn.execute("COMMIT")
             except sqlite3.Error as exc:
-                raise StorageError("catalog operation failed", path=str(self.path)) from exc
+                raise StorageError(
+                    "catalog operation failed", path=str(self.path), error=str(exc)
+                ) from exc
 
     def close(self) -> None:
         """Close the database connection."""
