@@ -229,7 +229,7 @@ class ProviderAnalytics:
         The temporary's name is unique: processes finishing at once (two `qv ingest` into
         one data directory) would otherwise rename each other's file away. Last one wins.
         """
-        tmp = path.with_name(f".{path.name}.{uuid4().hex}.tmp")
+        tmp = path.with_name(f".tmp-{uuid4().hex}-{path.name}")  # hidden: backups skip it
         try:
             tmp.write_text(json.dumps(self.as_dict(), default=str, indent=1))
             tmp.replace(path)

@@ -571,7 +571,7 @@ class ParquetLake:
         if end is not None:
             cond = cond & (pl.col("ts") < end)
         # compaction and retention replace or remove history files: one handle each
-        found = read_parquet_files(files, predicate=cond, what="history files")
+        found = read_parquet_files(files, lambda lf: lf.filter(cond), what="history files")
         return pl.DataFrame(schema=HISTORY_POLARS_SCHEMA) if found is None else found
 
     def compact(self) -> int:
@@ -606,9 +606,10 @@ class ParquetLake:
         tf = str(timeframe) if timeframe else None
         files = self.data_files(tf)
         found: set[str] = set()
-        hot = read_parquet_files(files, ["symbol"], what="partition files")
+        unique = pl.col("symbol").unique()
+        hot = read_parquet_files(files, lambda lf: lf.select(unique), what="partition files")
         if hot is not None:
-            found.update(hot["symbol"].unique().to_list())
+            found.update(hot["symbol"].to_list())
         if self.cold_index is not None:
             for entry in self.cold_index.entries(tf):
                 found.update(entry.symbols)
@@ -632,10 +633,15 @@ class ParquetLake:
         """
         files = self.data_files()
         parts = []
-        hot = read_parquet_files(
-            files, ["symbol", "ts"], path_column="_file", what="partition files"
+        per_file = read_parquet_files(
+            files,
+            lambda lf: lf.group_by("_file", "symbol").agg(
+                rows=pl.len(), first_ts=pl.col("ts").min(), last_ts=pl.col("ts").max()
+            ),
+            path_column="_file",
+            what="partition files",
         )
-        if hot is not None:
+        if per_file is not None:
             sizes = []
             for path in files:
                 try:
@@ -643,9 +649,6 @@ class ParquetLake:
                 except FileNotFoundError:  # removed since listed (archived or expired)
                     continue
                 sizes.append((str(path), path.relative_to(self.bars_root).parts[0][10:], size))
-            per_file = hot.group_by("_file", "symbol").agg(
-                rows=pl.len(), first_ts=pl.col("ts").min(), last_ts=pl.col("ts").max()
-            )
             frame = pl.DataFrame(sizes, schema=["_file", "timeframe", "_bytes"], orient="row")
             parts.append(per_file.join(frame, on="_file"))
         if self.cold_index is not None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -51,6 +51,9 @@ Identity = tuple[int, int, int]
 _CREATE_ATTEMPTS = 64
 # handles `read_parquet_files` keeps open at once (well below the usual limit of 1024)
 _OPEN_AT_ONCE = 256
+# where a process finds its open files by descriptor (Linux): opening `<dir>/<fd>` opens
+# the file the descriptor holds, whatever its path names by now
+_PINNED_NAMES = Path("/proc/self/fd")
 
 
 def _identity(st: os.stat_result) -> Identity:
@@ -198,41 +201,57 @@ def read_parquet_once(
 
 def read_parquet_files(
     paths: Sequence[Path],
-    columns: Sequence[str] | None = None,
-    predicate: pl.Expr | None = None,
+    query: Callable[[pl.LazyFrame], pl.LazyFrame] | None = None,
     *,
     path_column: str | None = None,
     what: str = "files",
 ) -> pl.DataFrame | None:
-    """Read many Parquet files, each through one handle; None when none of them exists.
+    """Read many Parquet files, each exactly as one open handle sees it; None if none exists.
 
     Files that vanished since they were listed (expired, compacted, archived) are
-    skipped. `predicate` filters rows while reading; `path_column` names a column that
-    holds each row's file path. All files must share one schema.
+    skipped. `query` (filters, projections, aggregations per file) runs on the scan of up
+    to `_OPEN_AT_ONCE` files at a time, and the results are concatenated; `path_column`
+    names a column that holds each row's file path. All files must share one schema.
+
+    Each file is opened (pinned) first; on Linux polars then scans them all in parallel
+    by their `/proc/self/fd/N` names, which open the pinned file even after another writer
+    replaced the path. Elsewhere it scans the handles, which is correct but slower (a
+    multi-file scan of Python handles runs one file at a time).
     """
     frames: list[pl.DataFrame] = []
     for lo in range(0, len(paths), _OPEN_AT_ONCE):
         with ExitStack() as stack:
-            scans = []
+            pinned: list[tuple[Path, IO[bytes]]] = []
             for path in paths[lo : lo + _OPEN_AT_ONCE]:
                 try:
-                    handle = stack.enter_context(open(path, "rb"))
+                    pinned.append((path, stack.enter_context(open(path, "rb"))))
                 except FileNotFoundError:
                     continue
-                scan = pl.scan_parquet(handle)
-                if columns is not None:
-                    scan = scan.select(columns)
-                if predicate is not None:
-                    scan = scan.filter(predicate)
-                if path_column is not None:
-                    scan = scan.with_columns(pl.lit(str(path)).alias(path_column))
-                scans.append(scan)
-            if not scans:
+            if not pinned:
                 continue
+            lf = _scan_pinned(pinned, path_column)
+            if query is not None:
+                lf = query(lf)
             try:
-                frames.append(pl.concat(scans).collect())
+                frames.append(lf.collect())
             except (OSError, pl.exceptions.PolarsError) as exc:
-                raise StorageError(f"cannot read {what}", files=len(scans)) from exc
+                raise StorageError(f"cannot read {what}", files=len(pinned)) from exc
     if not frames:
         return None
     return pl.concat(frames) if len(frames) > 1 else frames[0]
+
+
+def _scan_pinned(pinned: list[tuple[Path, IO[bytes]]], path_column: str | None) -> pl.LazyFrame:
+    if _PINNED_NAMES.is_dir():
+        names = {f"{_PINNED_NAMES}/{handle.fileno()}": str(path) for path, handle in pinned}
+        if path_column is None:
+            return pl.scan_parquet(list(names))
+        lf = pl.scan_parquet(list(names), include_file_paths=path_column)
+        return lf.with_columns(pl.col(path_column).replace_strict(names))
+    scans = [pl.scan_parquet(handle) for _, handle in pinned]
+    if path_column is not None:
+        scans = [
+            scan.with_columns(pl.lit(str(path)).alias(path_column))
+            for scan, (path, _) in zip(scans, pinned, strict=True)
+        ]
+    return pl.concat(scans)
