@@ -138,24 +138,31 @@ def ingest_concurrently(root: Path, runs: Sequence[Run], fault_rate: float = 0.0
     root.mkdir()
     lake = ParquetLake(root, StorageSettings(buckets=BUCKETS))
     names = _spellings(root)
-    procs, logs = [], []
-    with lake.frozen():  # the start gate (see the module docstring)
-        for i, run in enumerate(runs):
-            name, cwd = next(names)
-            log = root.parent / f"{root.name}-{i}.log"
-            with open(log, "wb") as out:
-                procs.append(
-                    subprocess.Popen(
-                        [_qv(), "-d", name, "ingest", *run.args(), "-p", "synthetic"],
-                        cwd=cwd,
-                        env=_env(i, fault_rate),
-                        stdout=out,
-                        stderr=subprocess.STDOUT,
+    procs: list[subprocess.Popen[bytes]] = []
+    logs = []
+    try:
+        with lake.frozen():  # the start gate (see the module docstring)
+            for i, run in enumerate(runs):
+                name, cwd = next(names)
+                log = root.parent / f"{root.name}-{i}.log"
+                with open(log, "wb") as out:
+                    procs.append(
+                        subprocess.Popen(
+                            [_qv(), "-d", name, "ingest", *run.args(), "-p", "synthetic"],
+                            cwd=cwd,
+                            env=_env(i, fault_rate),
+                            stdout=out,
+                            stderr=subprocess.STDOUT,
+                        )
                     )
-                )
-            logs.append(log)
-        _await_gate(lake, procs)
-    codes = [p.wait(timeout=300) for p in procs]
+                logs.append(log)
+            _await_gate(lake, procs)
+        codes = [p.wait(timeout=300) for p in procs]
+    finally:
+        for p in procs:  # only after a failure of the test itself (a timeout, ...)
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     failed = [
         (run, log.read_text()[-2000:])
         for code, run, log in zip(codes, runs, logs, strict=True)
@@ -327,7 +334,6 @@ _UPSERTS = """
 import sys
 import polars as pl
 import quantivista as qv
-from quantivista.acquisition.analytics import ProviderAnalytics
 from datetime import date
 root, tag, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
 with qv.Platform.open(root) as p:
