@@ -8,7 +8,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import polars as pl
 import pytest
@@ -319,13 +319,13 @@ def test_reading_one_symbol_opens_only_its_file(
 ) -> None:
     tmp_lake.upsert(make_bars(["AAA", "BBB", "CCC"], 5))
     opened: list[Path] = []
-    real = ParquetLake.read_file
+    real = ParquetLake._read_indexed
 
-    def spy(path: Path, columns: Any = None) -> pl.DataFrame:
-        opened.append(path)
-        return real(path, columns)
+    def spy(self: ParquetLake, handle: IO[bytes]) -> Any:
+        opened.append(Path(handle.name))  # partition files are decoded from one handle
+        return real(self, handle)
 
-    monkeypatch.setattr(ParquetLake, "read_file", staticmethod(spy))
+    monkeypatch.setattr(ParquetLake, "_read_indexed", spy)
     reader = ParquetLake(tmp_lake.root, tmp_lake.settings)  # another process: a cold cache
     out = reader.read(["BBB"], D1)
     assert set(out["symbol"]) == {"BBB"}
@@ -350,11 +350,11 @@ def test_reading_a_month_opens_only_that_months_file(
     months = [utc(2024, 1, 2, 14, 30), utc(2024, 2, 1, 14, 30), utc(2024, 3, 1, 14, 30)]
     tmp_lake.upsert(pl.concat([minute_bars("AAA", m, 3) for m in months]))
     opened: list[Path] = []
-    real = ParquetLake.read_file
+    real = ParquetLake._read_indexed
     monkeypatch.setattr(
         ParquetLake,
-        "read_file",
-        staticmethod(lambda path, columns=None: opened.append(path) or real(path, columns)),
+        "_read_indexed",
+        lambda self, handle: opened.append(Path(handle.name)) or real(self, handle),
     )
     reader = ParquetLake(tmp_lake.root, tmp_lake.settings)  # another process: a cold cache
     out = reader.read(["AAA"], M1, start=utc(2024, 2, 1), end=utc(2024, 2, 2))

@@ -15,7 +15,10 @@ its symbols, so a warm read of one symbol is a dictionary lookup and a slice.
 Every write replaces whole partition files atomically (write a hidden temporary file, then
 `os.replace`), under a lock striped over partitions, so readers never see half a file and
 concurrent writers of one partition never lose each other's rows. A write that changes
-nothing leaves the file untouched: ingesting the same bars twice is a no-op.
+nothing leaves the file untouched: ingesting the same bars twice is a no-op. The stripe of
+a partition depends only on its path inside the lake, so processes that name the data
+directory differently (relative, absolute, through a symlink) still share its locks;
+readers open each file once (see `files.read_parquet_once`).
 
 Superseded versions (replaced or deleted bars) go to `<root>/history/bars/timeframe=X/
 bucket=B/<uuid>.parquet` with `superseded_at`, written before the data file is replaced,
@@ -37,6 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import IO
 from uuid import uuid4
 
 import numpy as np
@@ -62,7 +66,14 @@ from quantivista.storage.base import (
 )
 from quantivista.storage.lake.cache import FileCache
 from quantivista.storage.lake.cold import ColdEntry, ColdIndex, ColdTier
-from quantivista.storage.lake.files import atomic_write_parquet, flocked
+from quantivista.storage.lake.files import (
+    atomic_write_parquet,
+    flocked,
+    is_temporary,
+    read_parquet_files,
+    read_parquet_handle,
+    read_parquet_once,
+)
 from quantivista.storage.lake.layout import BAR_DATA_FILE, BAR_LAYOUT_FILE, LakeLayout
 
 __all__ = ["ParquetLake", "bucket_of", "storage_report"]
@@ -196,7 +207,10 @@ class ParquetLake:
 
     @contextmanager
     def locked(self, directory: Path) -> Iterator[None]:
-        stripe = zlib.crc32(str(directory).encode()) % _LOCK_STRIPES
+        """Hold the lock of the partition in `directory` (a path under `bars_root`)."""
+        # by the path inside the lake: every spelling of the root must pick the same stripe
+        rel = directory.relative_to(self.bars_root).as_posix()
+        stripe = zlib.crc32(rel.encode()) % _LOCK_STRIPES
         with flocked(self._lock_dir / f"{stripe:02d}.lock"):
             yield
 
@@ -381,13 +395,11 @@ class ParquetLake:
     # -- reads -----------------------------------------------------------------------------
     @staticmethod
     def read_file(path: Path, columns: Sequence[str] | None = None) -> pl.DataFrame:
-        try:
-            return pl.read_parquet(path, columns=list(columns) if columns else None)
-        except (OSError, pl.exceptions.ComputeError) as exc:
-            raise StorageError("cannot read partition file", path=str(path)) from exc
+        """Read a lake file through one handle (another process may be replacing it)."""
+        return read_parquet_once(path, columns, what="partition file")
 
-    def _read_indexed(self, path: Path) -> _Indexed:
-        return _Indexed(self.read_file(path))
+    def _read_indexed(self, handle: IO[bytes]) -> _Indexed:
+        return _Indexed(read_parquet_handle(handle, what="partition file"))
 
     def data_files(
         self, timeframe: str | None = None, before: datetime | None = None
@@ -489,11 +501,12 @@ class ParquetLake:
             if self.cache.max_bytes > 0:
                 return self.cache.get(path, self._read_indexed)
             # the file holds only its bucket's symbols: filtering by all wanted is exact
-            lf = pl.scan_parquet(path).filter(pl.col("symbol").is_in(wanted))
-            try:
-                return _Indexed(lf.collect())
-            except (OSError, pl.exceptions.ComputeError) as exc:
-                raise StorageError("cannot read partition file", path=str(path)) from exc
+            with open(path, "rb") as handle:
+                lf = pl.scan_parquet(handle).filter(pl.col("symbol").is_in(wanted))
+                try:
+                    return _Indexed(lf.collect())
+                except (OSError, pl.exceptions.PolarsError) as exc:
+                    raise StorageError("cannot read partition file", path=str(path)) from exc
         except (FileNotFoundError, StorageError):
             if path.exists():
                 raise
@@ -548,22 +561,19 @@ class ParquetLake:
     ) -> pl.DataFrame:
         dirs = dict.fromkeys(self.history_dir(tf, s) for s in symbols)
         files = [
-            str(path)
+            path
             for directory in dirs
             for path in sorted(directory.rglob("*.parquet"))
-            if not path.name.startswith(".tmp-")  # a writer's unfinished file
+            if not is_temporary(path)  # a writer's unfinished file
         ]
-        if not files:
-            return pl.DataFrame(schema=HISTORY_POLARS_SCHEMA)
         cond = pl.col("symbol").is_in(list(symbols))
         if start is not None:
             cond = cond & (pl.col("ts") >= start)
         if end is not None:
             cond = cond & (pl.col("ts") < end)
-        try:
-            return pl.scan_parquet(files).filter(cond).collect()
-        except (OSError, pl.exceptions.ComputeError) as exc:
-            raise StorageError("cannot read history files", files=len(files)) from exc
+        # compaction and retention replace or remove history files: one handle each
+        found = read_parquet_files(files, lambda lf: lf.filter(cond), what="history files")
+        return pl.DataFrame(schema=HISTORY_POLARS_SCHEMA) if found is None else found
 
     def storage_report(self) -> pl.DataFrame:
         """Return files, rows, bytes and compression per tier (see `storage_report`)."""
@@ -601,11 +611,9 @@ class ParquetLake:
         tf = str(timeframe) if timeframe else None
         files = self.data_files(tf)
         found: set[str] = set()
-        if files:
-            try:
-                hot = pl.scan_parquet(files).select(pl.col("symbol").unique()).collect()
-            except (OSError, pl.exceptions.ComputeError) as exc:
-                raise StorageError("cannot read partition files", files=len(files)) from exc
+        unique = pl.col("symbol").unique()
+        hot = read_parquet_files(files, lambda lf: lf.select(unique), what="partition files")
+        if hot is not None:
             found.update(hot["symbol"].to_list())
         if self.cold_index is not None:
             for entry in self.cold_index.entries(tf):
@@ -630,24 +638,24 @@ class ParquetLake:
         """
         files = self.data_files()
         parts = []
-        if files:
-            sizes = pl.DataFrame(
-                {
-                    "_file": [str(p) for p in files],
-                    "timeframe": [p.relative_to(self.bars_root).parts[0][10:] for p in files],
-                    "_bytes": [p.stat().st_size for p in files],
-                }
-            )
-            try:
-                hot = (
-                    pl.scan_parquet(files, include_file_paths="_file")
-                    .group_by("_file", "symbol")
-                    .agg(rows=pl.len(), first_ts=pl.col("ts").min(), last_ts=pl.col("ts").max())
-                    .collect()
-                )
-            except (OSError, pl.exceptions.ComputeError) as exc:
-                raise StorageError("cannot read partition files", files=len(files)) from exc
-            parts.append(hot.join(sizes, on="_file"))
+        per_file = read_parquet_files(
+            files,
+            lambda lf: lf.group_by("_file", "symbol").agg(
+                rows=pl.len(), first_ts=pl.col("ts").min(), last_ts=pl.col("ts").max()
+            ),
+            path_column="_file",
+            what="partition files",
+        )
+        if per_file is not None:
+            sizes = []
+            for path in files:
+                try:
+                    size = path.stat().st_size
+                except FileNotFoundError:  # removed since listed (archived or expired)
+                    continue
+                sizes.append((str(path), path.relative_to(self.bars_root).parts[0][10:], size))
+            frame = pl.DataFrame(sizes, schema=["_file", "timeframe", "_bytes"], orient="row")
+            parts.append(per_file.join(frame, on="_file"))
         if self.cold_index is not None:
             cold = [
                 (f"cold:{e.rel}", e.timeframe, e.bytes, symbol, n, lo, hi)

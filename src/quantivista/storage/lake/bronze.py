@@ -15,7 +15,7 @@ from quantivista.config import StorageSettings
 from quantivista.errors import NotFoundError
 from quantivista.model.payloads import RawPayload
 from quantivista.model.schema import RAW_MANIFEST_SCHEMA
-from quantivista.storage.lake.files import atomic_write_parquet
+from quantivista.storage.lake.files import atomic_write_parquet, ensure_dir, is_temporary
 from quantivista.storage.lake.layout import LakeLayout
 
 __all__ = ["FileRawStore"]
@@ -37,8 +37,8 @@ class FileRawStore:
             digest = hashlib.sha256(p.body).hexdigest()
             rel = Path(p.provider) / digest[:2] / digest
             path = self.root / rel
-            if not path.exists():
-                path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.exists():  # another writer may store the same body: same bytes
+                ensure_dir(path.parent)
                 tmp = path.parent / f".tmp-{uuid4().hex}"
                 tmp.write_bytes(p.body)
                 os.replace(tmp, path)
@@ -64,7 +64,7 @@ class FileRawStore:
     def manifest(self, job_id: str | None = None) -> pl.DataFrame:
         """Return the manifest rows (of one job, or all)."""
         pattern = f"job_id={job_id}/*.parquet" if job_id else "job_id=*/*.parquet"
-        files = sorted((self.root / "_manifest").glob(pattern))
+        files = sorted(p for p in (self.root / "_manifest").glob(pattern) if not is_temporary(p))
         if not files:
             return pl.DataFrame(schema=RAW_MANIFEST_SCHEMA)
         return pl.read_parquet(files, hive_partitioning=False)

@@ -5,6 +5,10 @@ Writers replace partition files by rename, which gives them a new inode, so any 
 this process or another, makes the stale entry miss on the next read: invalidation needs no
 messages. Cold files (on any fsspec filesystem) use their size and mtime or ETag instead,
 as the cold index recorded them (`lookup` takes the identity from the caller).
+
+A hot file is decoded from one open handle, and its entry keyed by that handle's identity
+(`fstat`), not by a `stat` of the path taken before or after: a file replaced by another
+process between the two would otherwise be remembered under the wrong identity.
 """
 
 from __future__ import annotations
@@ -13,9 +17,9 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from pathlib import Path
-from typing import Generic, Protocol, TypeVar
+from typing import IO, Generic, Protocol, TypeVar
 
-from quantivista.storage.lake.files import file_identity
+from quantivista.storage.lake.files import file_identity, handle_identity
 
 __all__ = ["FileCache"]
 
@@ -40,11 +44,27 @@ class FileCache(Generic[T]):
         self.hits = 0
         self.misses = 0
 
-    def get(self, path: Path, load: Callable[[Path], T]) -> T:
-        """Return the contents of `path`, loading them when absent or when the file changed."""
-        if self.max_bytes <= 0:
-            return load(path)
-        return self.lookup(str(path), file_identity(path), lambda: load(path))
+    def get(self, path: Path, decode: Callable[[IO[bytes]], T]) -> T:
+        """Return the contents of `path`, decoding them when absent or when the file changed.
+
+        `decode` reads the file from an open handle; a missing file raises
+        `FileNotFoundError`.
+        """
+        if self.max_bytes > 0:
+            name = str(path)
+            key = file_identity(path)
+            with self._lock:
+                entry = self._entries.get(name)
+                if entry is not None and entry[0] == key:
+                    self._entries.move_to_end(name)
+                    self.hits += 1
+                    return entry[1]
+        with open(path, "rb") as handle:
+            value = decode(handle)
+            key = handle_identity(handle)
+        if self.max_bytes > 0:
+            self._store(str(path), key, value, miss=True)
+        return value
 
     def lookup(self, name: str, key: Hashable, load: Callable[[], T]) -> T:
         """Return the entry `name` if it has identity `key`; else load, remember, return it."""

@@ -1,8 +1,17 @@
 """The embedded job catalog: jobs, tasks with leases, reports, dead letters and state in SQLite.
 
-Several processes may share one catalog file: every write is one transaction, and a task
-claim runs under `BEGIN IMMEDIATE` (SQLite's write lock), so two workers never lease the
-same task. WAL mode lets readers go on while a writer commits.
+Several processes may share one catalog file: every write is one transaction begun with
+`BEGIN IMMEDIATE` (SQLite's write lock, taken up front), so two workers never lease the
+same task and a read-then-write never fails on a snapshot another writer made stale (a
+deferred transaction that upgrades to writing gets `SQLITE_BUSY` at once, without waiting).
+Waiting for the lock is bounded by the busy timeout (`_BUSY_TIMEOUT_S`). WAL mode lets
+readers go on while a writer commits. One connection per catalog object, shared by its
+threads under a lock.
+
+Opening runs under a file lock (`<folder>/.locks/<name>.lock`, the data directory's lock
+folder): turning a new database to WAL fails at once with "database is locked", without
+waiting, when another connection is doing the same (seen with `qv ingest` processes
+started together on a new data directory).
 """
 
 from __future__ import annotations
@@ -21,8 +30,13 @@ from quantivista.errors import NotFoundError, StorageError
 from quantivista.model.auth import ApiClient, Tenant
 from quantivista.model.jobs import DataQualityReport, IngestionJob, JobStatus, JobTask, TaskStatus
 from quantivista.storage.contracts import DeadLetter
+from quantivista.storage.lake.files import flocked
 
 __all__ = ["DeadLetter", "SqliteCatalog", "lease_expired_detail"]
+
+# how long a writer waits for another process's write transaction before failing: commits
+# take milliseconds, so this only ends a wait on a process that hangs holding the lock
+_BUSY_TIMEOUT_S = 30.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -105,20 +119,29 @@ class SqliteCatalog:
                 self._conn = sqlite3.connect(
                     uri, uri=True, check_same_thread=False, isolation_level=None
                 )
-            else:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._conn = sqlite3.connect(
-                    self.path, check_same_thread=False, timeout=30.0, isolation_level=None
-                )
+                return
+            locks = self.path.parent / ".locks"
+            locks.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(
+                self.path, check_same_thread=False, timeout=_BUSY_TIMEOUT_S, isolation_level=None
+            )
+            # turning a new file to WAL fails at once ("database is locked") when two
+            # connections try together: one opener at a time
+            with flocked(locks / f"{self.path.stem}.lock"):
                 self._conn.execute("PRAGMA journal_mode=WAL")
                 self._conn.execute("PRAGMA synchronous=NORMAL")
                 self._conn.executescript(_SCHEMA)
         except sqlite3.Error as exc:
-            raise StorageError("cannot open the catalog", path=str(self.path)) from exc
+            raise StorageError(
+                "cannot open the catalog", path=str(self.path), error=str(exc)
+            ) from exc
 
     @contextmanager
     def _tx(self, immediate: bool = False) -> Iterator[sqlite3.Connection]:
-        """Run the block in one transaction (IMMEDIATE: take the write lock up front)."""
+        """Run the block in one transaction (IMMEDIATE: take the write lock up front).
+
+        Every transaction that writes must be IMMEDIATE (see the module docstring).
+        """
         with self._lock:
             try:
                 self._conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
@@ -141,7 +164,7 @@ class SqliteCatalog:
     # -- jobs ------------------------------------------------------------------------------
     def save_job(self, job: IngestionJob) -> None:
         """Insert or update a job."""
-        with self._tx() as db:
+        with self._tx(immediate=True) as db:
             _save_job(db, job)
 
     def job(self, job_id: str) -> IngestionJob:
@@ -165,7 +188,7 @@ class SqliteCatalog:
     # -- tasks and leases ------------------------------------------------------------------
     def add_tasks(self, tasks: Sequence[JobTask]) -> None:
         """Add tasks (replacing any with the same id)."""
-        with self._tx() as db:
+        with self._tx(immediate=True) as db:
             for task in tasks:  # a job has tens of tasks, not millions
                 _save_task(db, task)
 
@@ -286,7 +309,7 @@ class SqliteCatalog:
     # -- quality reports -------------------------------------------------------------------
     def save_report(self, report: DataQualityReport, created_at: datetime) -> None:
         """Store one batch report."""
-        with self._tx() as db:
+        with self._tx(immediate=True) as db:
             db.execute(
                 "INSERT INTO quality_reports(job_id, created_at, quality_score, body) "
                 "VALUES (?,?,?,?)",
@@ -323,7 +346,7 @@ class SqliteCatalog:
         created_at: datetime,
     ) -> int:
         """Keep a message a consumer could not handle; return its id."""
-        with self._tx() as db:
+        with self._tx(immediate=True) as db:
             cur = db.execute(
                 "INSERT INTO dead_letters(topic, payload, error, handler, created_at) "
                 "VALUES (?,?,?,?,?)",
@@ -354,7 +377,7 @@ class SqliteCatalog:
     # -- small state -----------------------------------------------------------------------
     def put_state(self, key: str, value: dict[str, Any]) -> None:
         """Keep a small JSON document under `key`."""
-        with self._tx() as db:
+        with self._tx(immediate=True) as db:
             db.execute(
                 "INSERT INTO state(key, value) VALUES (?, ?) "
                 "ON CONFLICT(key) DO UPDATE SET value=excluded.value",

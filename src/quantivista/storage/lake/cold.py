@@ -38,7 +38,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from quantivista.errors import StorageError
-from quantivista.storage.lake.files import file_identity, flocked
+from quantivista.storage.lake.files import file_identity, flocked, handle_identity
 
 __all__ = ["ColdEntry", "ColdIndex", "ColdTier"]
 
@@ -272,7 +272,10 @@ class ColdIndex:
         if cached is not None and cached[0] == key:
             return cached[1]
         try:
-            raw = json.loads(path.read_text())
+            # keyed by the identity of what was read: archival may replace it meanwhile
+            with open(path, "rb") as handle:
+                key = handle_identity(handle)
+                raw = json.loads(handle.read())
             entries = {rel: ColdEntry.from_json(rel, v) for rel, v in raw.items()}
         except FileNotFoundError:
             return {}

@@ -1,13 +1,27 @@
-"""File primitives the lake's stores share: atomic Parquet writes, file identity and locks."""
+"""File primitives the lake's stores share: atomic Parquet writes, file identity and locks.
+
+Several processes (and threads) may write into one data directory. The rules that keep
+them from losing each other's work:
+
+- a file that is ever replaced is replaced whole, by `os.replace` of a hidden temporary
+  (`.tmp-<uuid>...`) from the same directory; listings skip names starting with a dot;
+- a read-modify-write holds a `flocked` lock file for the whole cycle;
+- a file that may be replaced is read through one open handle (`read_parquet_once`): a
+  reader that opened the path twice (footer, then pages) could mix two versions and fail;
+- a cached decoding is keyed by the identity of the handle it was read from (`fstat`), so
+  the key always describes the bytes that were decoded;
+- directories are created with `ensure_dir`, which tolerates a concurrent pruner removing
+  an empty parent between the steps of the creation.
+"""
 
 from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from uuid import uuid4
 
 import polars as pl
@@ -16,18 +30,75 @@ import pyarrow.parquet as pq
 from quantivista.config import StorageSettings
 from quantivista.errors import StorageError
 
-__all__ = ["atomic_write_parquet", "file_identity", "flocked", "fsync_path", "read_parquet_once"]
+__all__ = [
+    "Identity",
+    "atomic_write_parquet",
+    "ensure_dir",
+    "file_identity",
+    "flocked",
+    "fsync_path",
+    "handle_identity",
+    "is_temporary",
+    "read_parquet_files",
+    "read_parquet_handle",
+    "read_parquet_once",
+]
+
+Identity = tuple[int, int, int]
+# how often a directory creation (or a temporary's creation in it) is retried when a
+# concurrent pruner removed a parent in between; each retry means another writer made
+# progress (pruned after a delete), so this bound is never reached in practice
+_CREATE_ATTEMPTS = 64
+# handles `read_parquet_files` keeps open at once (well below the usual limit of 1024)
+_OPEN_AT_ONCE = 256
+# where a process finds its open files by descriptor (Linux): opening `<dir>/<fd>` opens
+# the file the descriptor holds, whatever its path names by now
+_PINNED_NAMES = Path("/proc/self/fd")
 
 
-def file_identity(path: Path) -> tuple[int, int, int]:
-    """Return (inode, mtime ns, size): a file replaced by rename never keeps all three."""
-    st = os.stat(path)
+def _identity(st: os.stat_result) -> Identity:
     return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def file_identity(path: Path) -> Identity:
+    """Return (inode, mtime ns, size): a file replaced by rename never keeps all three."""
+    return _identity(os.stat(path))
+
+
+def handle_identity(handle: IO[bytes]) -> Identity:
+    """Return the identity of the file an open handle reads (whatever the path holds now)."""
+    return _identity(os.fstat(handle.fileno()))
+
+
+def is_temporary(path: Path) -> bool:
+    """Say whether `path` is a writer's unfinished file (hidden: `.tmp-...`), not data."""
+    return path.name.startswith(".")
+
+
+def ensure_dir(directory: Path) -> None:
+    """Create `directory` and its parents, even while another process prunes empty ones.
+
+    `Path.mkdir(parents=True, exist_ok=True)` creates a missing parent, then the child,
+    and fails if a pruner removes the (still empty) parent in between; it also raises
+    `FileExistsError` when the directory existed at `mkdir` but was gone when it checked.
+    Both mean another writer made progress: try again.
+    """
+    for _ in range(_CREATE_ATTEMPTS - 1):
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            return
+        except (FileNotFoundError, FileExistsError):
+            continue
+    directory.mkdir(parents=True, exist_ok=True)
 
 
 @contextmanager
 def flocked(lock_file: Path) -> Iterator[None]:
-    """Hold an exclusive `flock` on `lock_file` (created if missing) for the block."""
+    """Hold an exclusive `flock` on `lock_file` (created if missing) for the block.
+
+    Each call opens the file anew, so the lock also excludes other threads of this
+    process (a `flock` belongs to an open file description, not to the process).
+    """
     with open(lock_file, "a+b") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
@@ -63,21 +134,33 @@ def _write_options(df: pl.DataFrame, settings: StorageSettings) -> dict[str, Any
 
 
 def atomic_write_parquet(df: pl.DataFrame, path: Path, settings: StorageSettings) -> int:
-    """Write `df` to `path` so that readers see either the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write `df` to `path` so that readers see either the old file or the whole new one.
+
+    The temporary has a unique name: concurrent writers of one path never share one (the
+    last rename wins; callers that merge hold a lock around the whole cycle).
+    """
     tmp = path.parent / f".tmp-{uuid4().hex}.parquet"
     try:
         table = df.to_arrow(compat_level=pl.CompatLevel.newest())
-        pq.write_table(table, tmp, **_write_options(df, settings))
+        options = _write_options(df, settings)
+        for attempt in range(_CREATE_ATTEMPTS):
+            ensure_dir(path.parent)
+            try:
+                pq.write_table(table, tmp, **options)
+                break
+            except FileNotFoundError:  # a pruner removed the empty directory meanwhile
+                if attempt == _CREATE_ATTEMPTS - 1:
+                    raise
         if settings.fsync:
             fsync_path(tmp)
+        size = tmp.stat().st_size  # not the path's after the rename: another may replace it
         os.replace(tmp, path)
         if settings.fsync:
             fsync_path(path.parent)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise StorageError("cannot write partition file", path=str(path), error=str(exc)) from exc
-    return path.stat().st_size
+    return size
 
 
 def fsync_path(path: Path) -> None:
@@ -89,17 +172,86 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def read_parquet_once(path: Path) -> pl.DataFrame:
-    """Read a whole Parquet file through one open handle.
+def read_parquet_handle(
+    handle: IO[bytes], columns: Sequence[str] | None = None, *, what: str = "file"
+) -> pl.DataFrame:
+    """Decode a Parquet file (some columns, or all) from an open handle.
 
-    A reader that opened the path twice (footer, then pages) could mix two versions of a
-    file that another process replaced in between; one handle keeps one version. A missing
-    file raises `FileNotFoundError`; anything else unreadable, `StorageError`.
+    Anything unreadable raises `StorageError` naming `what` and the file.
     """
     try:
-        with open(path, "rb") as handle:
-            return pl.read_parquet(handle)
-    except FileNotFoundError:
-        raise
+        return pl.read_parquet(handle, columns=list(columns) if columns else None)
     except (OSError, pl.exceptions.PolarsError) as exc:
-        raise StorageError("cannot read file", path=str(path), error=str(exc)) from exc
+        raise StorageError(f"cannot read {what}", path=str(handle.name), error=str(exc)) from exc
+
+
+def read_parquet_once(
+    path: Path, columns: Sequence[str] | None = None, *, what: str = "file"
+) -> pl.DataFrame:
+    """Read a Parquet file (some columns, or all) through one open handle.
+
+    A reader that opened the path twice (footer, then pages) could mix two versions of a
+    file that another process replaced in between (polars then fails with "invalid
+    thrift", or panics); one handle keeps one version. A missing file raises
+    `FileNotFoundError`; anything else unreadable, `StorageError`.
+    """
+    with open(path, "rb") as handle:
+        return read_parquet_handle(handle, columns, what=what)
+
+
+def read_parquet_files(
+    paths: Sequence[Path],
+    query: Callable[[pl.LazyFrame], pl.LazyFrame] | None = None,
+    *,
+    path_column: str | None = None,
+    what: str = "files",
+) -> pl.DataFrame | None:
+    """Read many Parquet files, each exactly as one open handle sees it; None if none exists.
+
+    Files that vanished since they were listed (expired, compacted, archived) are
+    skipped. `query` (filters, projections, aggregations per file) runs on the scan of up
+    to `_OPEN_AT_ONCE` files at a time, and the results are concatenated; `path_column`
+    names a column that holds each row's file path. All files must share one schema.
+
+    Each file is opened (pinned) first; on Linux polars then scans them all in parallel
+    by their `/proc/self/fd/N` names, which open the pinned file even after another writer
+    replaced the path. Elsewhere it scans the handles, which is correct but slower (a
+    multi-file scan of Python handles runs one file at a time).
+    """
+    frames: list[pl.DataFrame] = []
+    for lo in range(0, len(paths), _OPEN_AT_ONCE):
+        with ExitStack() as stack:
+            pinned: list[tuple[Path, IO[bytes]]] = []
+            for path in paths[lo : lo + _OPEN_AT_ONCE]:
+                try:
+                    pinned.append((path, stack.enter_context(open(path, "rb"))))
+                except FileNotFoundError:
+                    continue
+            if not pinned:
+                continue
+            lf = _scan_pinned(pinned, path_column)
+            if query is not None:
+                lf = query(lf)
+            try:
+                frames.append(lf.collect())
+            except (OSError, pl.exceptions.PolarsError) as exc:
+                raise StorageError(f"cannot read {what}", files=len(pinned)) from exc
+    if not frames:
+        return None
+    return pl.concat(frames) if len(frames) > 1 else frames[0]
+
+
+def _scan_pinned(pinned: list[tuple[Path, IO[bytes]]], path_column: str | None) -> pl.LazyFrame:
+    if _PINNED_NAMES.is_dir():
+        names = {f"{_PINNED_NAMES}/{handle.fileno()}": str(path) for path, handle in pinned}
+        if path_column is None:
+            return pl.scan_parquet(list(names))
+        lf = pl.scan_parquet(list(names), include_file_paths=path_column)
+        return lf.with_columns(pl.col(path_column).replace_strict(names))
+    scans = [pl.scan_parquet(handle) for _, handle in pinned]
+    if path_column is not None:
+        scans = [
+            scan.with_columns(pl.lit(str(path)).alias(path_column))
+            for scan, (path, _) in zip(scans, pinned, strict=True)
+        ]
+    return pl.concat(scans)

@@ -11,6 +11,13 @@
   catalog.sqlite                                                           jobs, tasks, reports
   cold_index/                                                              cold tier index
   .locks/                                                                  flock files
+
+Several processes may write into one data directory. `.locks/` holds the `flock` files
+that make their read-modify-writes atomic: `00.lock`..`63.lock` (partition stripes, by
+the partition's path inside the lake), `actions`, `instruments`, `archive` (one archival
+at a time), `cold` (the cold index) and `catalog` (opening the SQLite catalog). Files
+that are ever replaced are replaced by renaming a hidden `.tmp-*` temporary; listings
+skip hidden names (see `files`).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from quantivista.model.schema import (
     QUARANTINE_SAME,
     RELEASE_POLARS_SCHEMA,
 )
-from quantivista.storage.lake.files import atomic_write_parquet, flocked
+from quantivista.storage.lake.files import atomic_write_parquet, flocked, is_temporary
 from quantivista.storage.lake.layout import LakeLayout
 
 __all__ = ["ParquetQuarantineStore"]
@@ -86,8 +86,7 @@ class ParquetQuarantineStore:
         Released rows are left out unless `include_released`, which adds `released_at`
         and `release_job_id` (null while a row is still held).
         """
-        pattern = f"job_id={job_id}/*.parquet" if job_id else "job_id=*/*.parquet"
-        files = sorted(self.dir.glob(pattern))
+        files = _finished(self.dir, job_id)
         if not files:
             df = pl.DataFrame(schema=QUARANTINE_POLARS_SCHEMA)
         else:
@@ -105,7 +104,7 @@ class ParquetQuarantineStore:
 
     def releases(self) -> pl.DataFrame:
         """Return every release record (which row, when, through which job)."""
-        files = sorted(self.released_dir.glob("*.parquet"))
+        files = sorted(p for p in self.released_dir.glob("*.parquet") if not is_temporary(p))
         if not files:
             return pl.DataFrame(schema=RELEASE_SCHEMA)
         return pl.read_parquet(files).unique(list(ROW_ID), keep="first", maintain_order=True)
@@ -124,10 +123,20 @@ class ParquetQuarantineStore:
 
     def count(self) -> int:
         """Return how many rows are held in quarantine (released rows not counted)."""
-        files = list(self.dir.glob("job_id=*/*.parquet"))
+        files = _finished(self.dir)
         if not files:
             return 0
         total = int(
             pl.scan_parquet(files, hive_partitioning=False).select(pl.len()).collect().item()
         )
         return total - self.releases().height
+
+
+def _finished(directory: Path, job_id: str | None = None) -> list[Path]:
+    """Return the finished quarantine files (of one job, or all), sorted.
+
+    A concurrent writer's unfinished temporary (hidden) is not one of them: reading it
+    would fail, and reading it after its rename too would count its rows twice.
+    """
+    pattern = f"job_id={job_id}/*.parquet" if job_id else "job_id=*/*.parquet"
+    return sorted(p for p in directory.glob(pattern) if not is_temporary(p))

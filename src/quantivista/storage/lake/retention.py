@@ -12,7 +12,7 @@ from quantivista.errors import StorageError
 from quantivista.model.timeframe import Timeframe
 from quantivista.storage.lake.bars import ParquetLake
 from quantivista.storage.lake.cold import ColdEntry
-from quantivista.storage.lake.files import atomic_write_parquet, file_identity
+from quantivista.storage.lake.files import atomic_write_parquet, file_identity, flocked
 
 __all__ = ["archive_expired"]
 
@@ -28,9 +28,20 @@ def archive_expired(
     (one index write a bucket), then cut the archived rows from the hot files. A hot file
     that changed in between (a late correction) keeps its rows until the next run, which
     archives the corrected versions; until then reads take them from the hot tier.
+
+    One archival runs at a time per lake (a lock file): two at once would each merge the
+    same rows into the cold files and could record their index entries in the opposite
+    order to their cold writes, leaving the index describing the older file. The lock is
+    taken before any partition lock and never inside one.
     """
     if lake.cold is None or lake.cold_index is None:
         raise StorageError("no cold tier configured (storage.archive_url)")
+    with flocked(lake.layout.lock_file("archive")):
+        return _archive_all(lake, hot_days, now)
+
+
+def _archive_all(lake: ParquetLake, hot_days: Mapping[str, int], now: datetime) -> dict[str, int]:
+    assert lake.cold_index is not None
     lake.cold_index.ensure()
     moved: dict[str, int] = {}
     for name, days in hot_days.items():

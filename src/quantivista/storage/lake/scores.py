@@ -15,7 +15,7 @@ import pyarrow as pa
 from quantivista.config import StorageSettings
 from quantivista.errors import StorageError
 from quantivista.model.schema import STORED_SCORE_SCHEMA
-from quantivista.storage.lake.files import atomic_write_parquet
+from quantivista.storage.lake.files import atomic_write_parquet, ensure_dir, is_temporary
 from quantivista.storage.lake.layout import LakeLayout
 
 __all__ = ["ParquetScoreStore"]
@@ -61,9 +61,7 @@ class ParquetScoreStore:
     ) -> pl.DataFrame:
         """Return stored scores, optionally of some symbols, one job or one timeframe."""
         pattern = f"job_id={job_id}/*.parquet" if job_id else "job_id=*/*.parquet"
-        files = sorted(
-            p for p in self.dir.glob(pattern) if not p.name.startswith(".")
-        )  # no temporaries
+        files = sorted(p for p in self.dir.glob(pattern) if not is_temporary(p))
         if not files:
             return pl.DataFrame(schema=STORED_SCORE_SCHEMA)
         rows = [p for p in files if not p.name.endswith(_RUNS)]
@@ -114,7 +112,7 @@ def _runs(frame: pl.DataFrame) -> pl.DataFrame:
 
 def _write_runs(runs: pl.DataFrame, path: Path) -> None:
     """Write a score file of runs with polars, committing it by atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(path.parent)
     tmp = path.parent / f".tmp-{uuid4().hex}.parquet"
     try:
         runs.write_parquet(tmp, compression="zstd", compression_level=1, statistics=False)
