@@ -21,7 +21,7 @@ from api.conftest import Credentials, LiveApi, live_api, make_client
 from conftest import MakeBars, services_required
 from quantivista.actions.adjust import adjust_bars
 from quantivista.api.page.svg import candle_geometry, candles_svg, nice_ticks, quality_svg
-from quantivista.config import Settings, SimulatorSettings
+from quantivista.config import ApiSettings, Settings, SimulatorSettings
 from quantivista.platform import Platform
 from quantivista.services.queries import BarQuery
 
@@ -118,6 +118,18 @@ def test_signing_in_sets_an_httponly_strict_cookie_and_signing_out_clears_it(
             out.headers["set-cookie"].lower()
         )
         assert http.get("/").status_code == 303
+
+
+def test_a_signed_in_client_skips_the_form_and_is_rate_limited_like_the_api(
+    page_store: PageStore, acme: Credentials
+) -> None:
+    settings = page_store.settings.model_copy(update={"api": ApiSettings(rate_limits=["2/minute"])})
+    with live_api(settings) as running, _signed_in(running, acme) as http:
+        assert http.get("/login").headers["location"] == "/"  # counts as one request
+        assert http.get("/").status_code == 200
+        limited = http.get("/")
+    assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
+    assert limited.headers["content-type"].startswith("text/html") and "429" in limited.text
 
 
 def test_a_wrong_secret_or_a_missing_scope_is_refused(
@@ -270,10 +282,19 @@ def test_quality_chart_draws_a_bar_per_day_and_marks_dips() -> None:
          "symbols": [3, 3, 2]},
         schema_overrides={"symbols": pl.UInt32},
     )  # fmt: skip
-    svg = quality_svg(daily)
-    assert svg.count('class="qbar ') == 3 and svg.count('class="qbar dip"') == 1
-    assert "2024-01-03: mean score 0.9500 over 3 symbols" in svg
-    ET.fromstring(svg)  # well-formed
+    svg = ET.fromstring(quality_svg(daily))
+    columns = [g for g in svg.iter(f"{SVG}g") if "qday" in g.get("class", "")]
+    assert [g.get("class") for g in columns] == ["qday ok", "qday dip", "qday ok"]
+    assert [g.findtext(f"{SVG}title") for g in columns][1] == (
+        "2024-01-03: mean score 0.9500 over 3 symbols"
+    )
+    heights = [
+        {r.get("class"): float(r.get("height", "nan")) for r in g.iter(f"{SVG}rect")}
+        for g in columns
+    ]
+    assert heights[0]["qgap"] == 0 and heights[1]["qgap"] > heights[2]["qgap"] > 0
+    whole = {round(h["qbar"] + h["qgap"], 1) for h in heights}
+    assert len(whole) == 1  # score + shortfall: every column is as tall as 1.0
 
 
 # -- the whole page in headless Chromium -----------------------------------------------------
@@ -335,7 +356,7 @@ def test_the_page_in_headless_chromium(
 
             candles = page.locator("svg.candles g.candle")
             assert candles.count() == expected.height
-            assert page.locator("svg.quality rect.qbar").count() > 0
+            assert page.locator("svg.quality g.qday").count() > 0
             assert page.locator(".split-label").text_content() == "split 1.5:1"
             raw = candles.locator("title").all_text_contents()
             page.screenshot(path=tmp_path / "status-raw.png", full_page=True)

@@ -37,7 +37,7 @@ __all__ = [
 
 JOBS_SHOWN = 15
 QUARANTINE_SHOWN = 20
-QUALITY_WEEKS = 8
+QUALITY_WEEKS = 13  # a quarter of sessions
 MAX_CANDLES = 400
 DAYS_RANGE = (5, 3650)
 ADJUST_MODES: tuple[Adjust, ...] = ("none", "splits", "all")
@@ -131,7 +131,7 @@ def load_chart(runtime: Runtime, who: Caller, request: ChartRequest, stats: pl.D
         [symbol], last - timedelta(days=request.days), last, request.timeframe,
         adjust=request.adjust,
     )  # fmt: skip
-    bars = runtime.queries.bars(query).filter(pl.col("symbol") == symbol).sort("ts")
+    bars = runtime.queries.bars(query).sort("ts")  # one symbol (its renamed past included)
     if bars.height == 0:
         return _empty_chart(request, f"no {request.timeframe} bars of {symbol} in the range")
     actions = runtime.queries.actions([symbol])

@@ -257,34 +257,36 @@ QUALITY_BOX = Box(width=480.0, height=160.0, left=8.0, right=48.0, top=10.0, bot
 
 
 def quality_svg(daily: pl.DataFrame, box: Box = QUALITY_BOX) -> str:
-    """Return a bar chart of daily mean quality scores (columns date, score, symbols).
+    """Return a column per day of daily mean quality scores (columns date, score, symbols).
 
-    The y axis starts at a round value below the lowest score (never above 0.95), so small
-    dips stay visible; a dip below 0.99 is drawn in the warning colour.
+    Each column is the score, topped by its shortfall from 1 in the warning colour, so a
+    dip shows as colour rather than as a slightly shorter bar. The y axis starts at a round
+    value below the lowest score, between 0.8 and 0.95: small dips stay visible, and a day
+    below 0.8 is a full warning column (its title gives the exact score).
     """
     if daily.height == 0:
         raise ValueError("no scores to draw")
     lowest = float(daily["score"].min() or 0.0)  # type: ignore[arg-type]
-    floor = min(0.95, math.floor(lowest * 20) / 20)
-    scale = box.price_height / (1.0 - floor) if floor < 1 else 0.0
+    floor = max(0.8, min(0.95, math.floor(lowest * 20) / 20))
+    scale = box.price_height / (1.0 - floor)
     step = box.plot_width / daily.height
     half = max(0.5, min(step * 0.4, 10.0))
-    top = box.top + (1.0 - pl.col("score").clip(floor, 1.0)) * scale
+    score_top = box.top + (1.0 - pl.col("score").clip(floor, 1.0)) * scale
     base = box.top + box.price_height
-    bars = daily.select(
-        pl.format(
-            '<rect class="qbar {}" x="{}" y="{}" width="{}" height="{}">'
-            "<title>{}: mean score {} over {} symbols</title></rect>",
-            pl.when(pl.col("score") < 0.99).then(pl.lit("dip")).otherwise(pl.lit("ok")),
-            (box.left + (pl.int_range(pl.len(), dtype=pl.Int64) + 0.5) * step - half).round(2),
-            top.round(2),
-            pl.lit(round(half * 2, 2)),
-            pl.max_horizontal(base - top, pl.lit(0.5)).round(2),
-            pl.col("date").dt.strftime("%Y-%m-%d"),
-            _fixed(pl.col("score"), 4),
-            pl.col("symbols"),
-        )
-    )
+    x = (box.left + (pl.int_range(pl.len(), dtype=pl.Int64) + 0.5) * step - half).round(2)
+    width = pl.lit(round(half * 2, 2))
+    markup = pl.format(
+        '<g class="qday {}"><title>{}: mean score {} over {} symbols</title>'
+        '<rect class="qbar" x="{}" y="{}" width="{}" height="{}"/>'
+        '<rect class="qgap" x="{}" y="{}" width="{}" height="{}"/></g>',
+        pl.when(pl.col("score") < 0.99).then(pl.lit("dip")).otherwise(pl.lit("ok")),
+        pl.col("date").dt.strftime("%Y-%m-%d"),
+        _fixed(pl.col("score"), 4),
+        pl.col("symbols"),
+        x, score_top.round(2), width, (base - score_top).round(2),
+        x, pl.lit(box.top), width, (score_top - box.top).round(2),
+    )  # fmt: skip
+    days = daily.select(markup)
     levels = [(t, round(box.top + (1.0 - t) * scale, 2)) for t in nice_ticks(floor, 1.0, 3)]
     ticks = "".join(
         f'<line class="grid" x1="{box.left}" x2="{box.width - box.right}" y1="{y}" y2="{y}"/>'
@@ -297,7 +299,7 @@ def quality_svg(daily: pl.DataFrame, box: Box = QUALITY_BOX) -> str:
         f'<svg class="chart quality" viewBox="0 0 {box.width:g} {box.height:g}" role="img" '
         f'aria-label="daily mean quality score" xmlns="http://www.w3.org/2000/svg">'
         + ticks
-        + "".join(bars.to_series().to_list())
+        + "".join(days.to_series().to_list())
         + f'<text class="axis" x="{box.left}" y="{box.height - 6}">{first:%Y-%m-%d}</text>'
         f'<text class="axis" x="{box.width - box.right}" y="{box.height - 6}" '
         f'text-anchor="end">{last:%Y-%m-%d}</text></svg>'

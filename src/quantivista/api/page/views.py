@@ -65,9 +65,11 @@ def login_form(request: Request, state: State, next: str | None = None) -> Respo
     """Show the sign-in form (or go straight to the page with a valid session)."""
     try:
         signed_in(state, request)
-        return _redirect(safe_next(next))
-    except (AuthenticationError, TooManyRequestsError):
+    except AuthenticationError:
         return _page(html.login_page(next_url=safe_next(next)))
+    except TooManyRequestsError:
+        pass  # signed in, but over its limit: the page says so
+    return _redirect(safe_next(next))
 
 
 @router.post("/login")
@@ -135,8 +137,8 @@ def status(
     if not who.principal.can(Scope.READ_BARS):
         page = html.error_page(403, "Forbidden", "the status page needs the read:bars scope")
         return _page(page, 403)
-    request_ = ChartRequest.parse(symbol, timeframe, adjust, days)
-    return _page(html.status_page(gather(state.runtime, who, request_)))
+    chart = ChartRequest.parse(symbol, timeframe, adjust, days)
+    return _page(html.status_page(gather(state.runtime, who, chart)))
 
 
 @cache
