@@ -25,6 +25,7 @@ from quantivista.api import errors, stream
 from quantivista.api.cache import ResponseCache
 from quantivista.api.graphql import graphql_router
 from quantivista.api.metrics import ApiMetrics
+from quantivista.api.page import router as status_page
 from quantivista.api.routes import exports, market, operations
 from quantivista.api.state import ApiState
 from quantivista.api.stream import StreamHub
@@ -95,6 +96,7 @@ def create_app(
     app.include_router(exports.router)
     app.include_router(stream.router)
     app.include_router(graphql_router(), include_in_schema=False)  # its own schema: GraphQL
+    app.include_router(status_page)
     if settings.api.cors_origins:
         app.add_middleware(
             CORSMiddleware,
