@@ -88,7 +88,7 @@ def test_postgres_backup_restores_bars_and_history_into_an_empty_schema(
     tables = manifest["postgres"]["tables"]
     assert (tables["bars"]["rows"], tables["bars_history"]["rows"]) == (10, 5)
     assert manifest["backend"] == "postgres"
-    assert manifest["postgres"]["revision"] == "0001"
+    assert manifest["postgres"]["revision"] == "0002"
     assert manifest["postgres"]["years"] == [2023, 2024]
     for info in manifest["postgres"]["tables"].values():
         assert info["file"] in manifest["files"]  # sized and checksummed like the lake files
@@ -111,7 +111,7 @@ def test_postgres_backup_restores_bars_and_history_into_an_empty_schema(
         assert b.bars(["CCC"], as_of=T0 + timedelta(seconds=90)).height == 3  # deleted later
         assert b.bars(["CCC"]).is_empty()
         assert_frame_equal(b.status(), a.status())
-        assert b.quarantine().height == 1  # the lake side of the data directory came along
+        assert b.quarantine().height == 1  # every table came along, not only the bars
         assert [j.job_id for j in b.jobs()] == [j.job_id for j in a.jobs()]
         assert isinstance(b.store, PostgresStore)
         b.write_bars(make_bars(["EEE"], 2).drop("ingested_at", "job_id"), source="v")  # usable
