@@ -143,7 +143,7 @@ def test_a_schema_at_revision_0001_is_upgraded_keeping_its_bars(
         store.close()
 
 
-def test_scores_of_a_clean_batch_are_one_row_per_series(pg_store: PostgresStore) -> None:
+def test_scores_are_one_row_per_series_with_runs_of_days(pg_store: PostgresStore) -> None:
     from quantivista.storage.postgres.scores import PgScoreStore
 
     with pg_store.pool.connection() as conn:
@@ -167,12 +167,22 @@ def test_scores_of_a_clean_batch_are_one_row_per_series(pg_store: PostgresStore)
     assert store.add(frame, T0) == 2 * days
     with pg_store.pool.connection() as conn:
         runs = conn.execute(
-            "SELECT symbol, cardinality(dates) FROM quality_scores ORDER BY symbol, dates[1]"
+            "SELECT symbol, cardinality(dates), run_days, flagged FROM quality_scores"
+            " ORDER BY symbol"
         ).fetchall()
         daily = conn.execute("SELECT count(*) FROM quality_scores_daily").fetchone()
-    assert runs == [("AAA", 1000), ("BBB", 500), ("BBB", 1), ("BBB", 499)]
+        bad_days = conn.execute(
+            "SELECT symbol, date, flagged FROM quality_scores_daily WHERE flagged > 0"
+        ).fetchall()
+        view = conn.execute(
+            "SELECT symbol, date, rows, flagged, score FROM quality_scores_daily"
+            " ORDER BY symbol, date"
+        ).fetchall()
+    assert runs == [("AAA", 1000, [1000], [0]), ("BBB", 1000, [500, 1, 499], [0, 1, 0])]
     assert daily == (2000,)
-    assert store.read().height == 2000
+    assert bad_days == [("BBB", date(2000, 1, 1) + timedelta(500), 1)]
+    read = store.read()
+    assert read.select("symbol", "date", "rows", "flagged", "score").rows() == view
 
 
 def test_a_body_is_kept_once_per_provider_and_digest(pg_store: PostgresStore) -> None:

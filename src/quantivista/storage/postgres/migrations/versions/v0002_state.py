@@ -10,8 +10,8 @@ Tables (and the lake's counterpart):
 - `actions`: one row per (symbol, action_type, ex_date, provider) (one Parquet file);
 - `quarantine_rows` (view `quarantine` with the lake's columns) and `quarantine_released`
   (a Parquet file per rejecting batch and per release);
-- `quality_scores`: runs of days with one score, the days in `dates date[]` (view
-  `quality_scores_daily`: one row per day) (runs files);
+- `quality_scores`: one row per series of a batch, its days in `dates date[]` and its
+  scores as runs of days (view `quality_scores_daily`: one row per day) (runs files);
 - `raw_payloads` (bodies once per provider and sha256) and `raw_manifest` (files);
 - `instruments` and `symbol_history` (two Parquet files);
 - `jobs`, `job_tasks`, `quality_reports`, `dead_letters`, `state` (the SQLite catalog).
@@ -24,6 +24,7 @@ letter payloads, state) are `json`, not `jsonb`: they come back exactly as writt
 
 from __future__ import annotations
 
+import sqlalchemy as sa
 from alembic import op
 
 revision = "0002"
@@ -98,26 +99,35 @@ _STATEMENTS = [
         released_at    timestamptz,
         release_job_id text
     )""",
-    # -- quality scores: one row per run of days with the same score -----------------------
+    # -- quality scores: one row per series of a batch, the scores as runs of days ----------
     """CREATE TABLE quality_scores (
-        batch_job_id text NOT NULL,
-        symbol       text,
-        timeframe    text,
+        batch_job_id text COLLATE "C" NOT NULL,
+        symbol       text COLLATE "C",
+        timeframe    text COLLATE "C",
         job_id       text,
-        rows         int8,
-        rejected     int8,
-        flagged      int8,
-        missing      int8,
-        score        float8,
         scored_at    timestamptz NOT NULL,
-        dates        date[] NOT NULL
+        dates        date[] NOT NULL,
+        run_days     int4[] NOT NULL,
+        rows         int8[] NOT NULL,
+        rejected     int8[] NOT NULL,
+        flagged      int8[] NOT NULL,
+        missing      int8[] NOT NULL,
+        score        float8[] NOT NULL
     )""",
-    "CREATE INDEX quality_scores_symbol ON quality_scores (symbol, timeframe)",
+    "CREATE INDEX quality_scores_series ON quality_scores (symbol, timeframe)",
     "CREATE INDEX quality_scores_batch ON quality_scores (batch_job_id)",
+    # run k covers the days `dates[end_k - days_k + 1 .. end_k]`, end_k the running total
     """CREATE VIEW quality_scores_daily AS
-        SELECT s.symbol, s.timeframe, d.date, s.job_id, s.rows, s.rejected, s.flagged,
-               s.missing, s.score, s.scored_at
-        FROM quality_scores s CROSS JOIN LATERAL unnest(s.dates) AS d(date)""",
+        SELECT s.symbol, s.timeframe, s.dates[(r.last_day - r.days + g.i)::int4] AS date,
+               s.job_id, r.rows, r.rejected, r.flagged, r.missing, r.score, s.scored_at
+        FROM quality_scores s
+        CROSS JOIN LATERAL (
+            SELECT u.days, u.rows, u.rejected, u.flagged, u.missing, u.score,
+                   sum(u.days) OVER (ORDER BY u.k) AS last_day
+            FROM unnest(s.run_days, s.rows, s.rejected, s.flagged, s.missing, s.score)
+                 WITH ORDINALITY AS u(days, rows, rejected, flagged, missing, score, k)
+        ) r
+        CROSS JOIN LATERAL generate_series(1, r.days) AS g(i)""",
     # -- bronze: bodies once per (provider, digest), a manifest row per saved payload ------
     """CREATE TABLE raw_payloads (
         provider text NOT NULL,
@@ -214,10 +224,31 @@ _TABLES = (
 )  # fmt: skip
 
 
+# large values that PostgreSQL compresses (TOAST): lz4 is several times faster than pglz
+_COMPRESSED = {
+    "quality_scores": ("dates", "run_days", "rows", "rejected", "flagged", "missing", "score"),
+    "raw_payloads": ("body",),
+}
+
+
 def upgrade() -> None:
     """Create the tables of every kind of state besides bars."""
     for statement in _STATEMENTS:
         op.execute(statement)
+    lz4 = (
+        op.get_bind()
+        .execute(
+            sa.text(
+                "SELECT 'lz4' = ANY(enumvals) FROM pg_settings"
+                " WHERE name = 'default_toast_compression'"
+            )
+        )
+        .scalar()
+    )
+    if lz4:  # servers built without lz4 keep pglz
+        for table, columns in _COMPRESSED.items():
+            for column in columns:
+                op.execute(f"ALTER TABLE {table} ALTER COLUMN {column} SET COMPRESSION lz4")
 
 
 def downgrade() -> None:
