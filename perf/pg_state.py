@@ -3,7 +3,8 @@
 Workloads (each measured `--runs` times on both backends; medians in seconds or per second):
 - scores: one validated batch of 500 symbols x 10 years of daily scores (1.26 M rows):
   clean (one run per series), 1 % of days flagged at random, and every other day flagged
-  (the worst case for runs: 630 k runs); `add`, then `read()` and `daily()` of everything
+  (the worst case for runs: every day is a run of its own); `add`, then `read()` and
+  `daily()` of everything
 - actions: one upsert of 5,000 new actions, the same batch again (no-op), then 200 upserts
   of one changed action each (each a read-modify-write under the writer lock)
 - claims: 1,000 tasks claimed and finished by 1 worker, then by 4 threads
