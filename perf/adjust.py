@@ -78,14 +78,16 @@ def main() -> None:
         # from the files, as a fresh process reads them: no partition cache on either side
         p = Platform.open(tmp, storage={"cache_mb": 0})
         raw = _best(lambda: p.bars(names))
-        cold = _best(lambda: (p.reader.invalidate(), p.bars(names, adjust="all")))
+        cold = _best(lambda: (p.runtime.queries.reader.invalidate(), p.bars(names, adjust="all")))
         warm = _best(lambda: p.bars(names, adjust="all"))
         rows = p.bars(names, adjust="all").height
         p.close()
         # with the lake's hot-partition cache: only the adjustment itself is left to pay for
         p = Platform.open(tmp)
         raw_cached = _best(lambda: p.bars(names))
-        cold_cached = _best(lambda: (p.reader.invalidate(), p.bars(names, adjust="all")))
+        cold_cached = _best(
+            lambda: (p.runtime.queries.reader.invalidate(), p.bars(names, adjust="all"))
+        )
         p.close()
     print(
         json.dumps(

@@ -109,11 +109,12 @@ def main() -> None:
             job = p.ingest(symbols, first, last, providers=PROVIDERS)
             elapsed = time.perf_counter() - t0
             stored = p.bars(symbols, first, last)
-            snap = {r["provider"]: r for r in p.analytics.snapshot().to_dicts()}
-            transitions = p.analytics.transitions_frame().to_dicts()
+            snap = {r["provider"]: r for r in p.runtime.acquisition.analytics.snapshot().to_dicts()}
+            transitions = p.runtime.acquisition.analytics.transitions_frame().to_dicts()
             # every transition the breakers made, as the analytics saw it (none lost)
             made = [
-                (t.provider, str(t.from_state), str(t.to_state)) for t in p.breakers.transitions()
+                (t.provider, str(t.from_state), str(t.to_state))
+                for t in p.runtime.acquisition.breakers.transitions()
             ]
             seen = [(t["provider"], t["from_state"], t["to_state"]) for t in transitions]
         served = sim.stats()["providers"]

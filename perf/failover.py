@@ -106,8 +106,8 @@ def main() -> None:
             job = p.ingest(symbols, first, last, providers=["dead", "flaky", "synthetic"])
             wall = time.perf_counter() - t0
             stored = p.bars(symbols, first, last).height
-            snap = {r["provider"]: r for r in p.analytics.snapshot().to_dicts()}
-            transitions = p.analytics.transitions_frame()
+            snap = {r["provider"]: r for r in p.runtime.acquisition.analytics.snapshot().to_dicts()}
+            transitions = p.runtime.acquisition.analytics.transitions_frame()
     print(
         json.dumps(
             {

@@ -1,6 +1,6 @@
 """Stage times of one `Platform.write_bars` of the storage benchmark's universe.
 
-Wraps each stage of `BarWriter.write` (coerce, history read, validate, scores, upsert,
+Wraps each pipeline stage the runner calls (coerce, history read, validate, scores, upsert,
 quarantine, catalog report, announce) with a timer, writes the universe of perf/storage.py
 (500 symbols x 10 years of daily bars, about 1.26 M bars) into a fresh lake, and prints one
 JSON line of seconds per stage. `--runs N` repeats with a fresh lake each time and reports
@@ -25,7 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import quantivista.pipeline.writer as writer_module
+import quantivista.pipeline.runner as runner_module
 from quantivista.platform import Platform
 from storage import universe
 
@@ -45,30 +45,32 @@ def _timed(fn: Callable[..., Any], name: str, times: dict[str, float]) -> Callab
 def one_write(frame: Any, root: Path) -> dict[str, float]:
     """Write `frame` into a fresh lake at `root`; return seconds per stage."""
     times: dict[str, float] = defaultdict(float)
-    coerce = writer_module.coerce_bars
-    writer_module.coerce_bars = _timed(coerce, "coerce", times)  # type: ignore[assignment]
+    # the runner calls the stages by these names; the stores are timed on the instances
+    stages = {"coerce": "coerce", "history_for": "history", "validate": "validate",
+              "announce": "announce"}  # fmt: skip
+    saved = {name: getattr(runner_module, name) for name in stages}
+    for name, label in stages.items():
+        setattr(runner_module, name, _timed(saved[name], label, times))
     try:
         with Platform.open(root) as p:
-            w = p.writer
-            w.validator.validate = _timed(w.validator.validate, "validate", times)  # type: ignore[method-assign]
-            w._history = _timed(w._history, "history", times)  # type: ignore[method-assign]
-            w._announce = _timed(w._announce, "announce", times)  # type: ignore[method-assign]
-            w.store.upsert = _timed(w.store.upsert, "upsert", times)  # type: ignore[method-assign]
-            w.quarantine.add = _timed(w.quarantine.add, "quarantine", times)  # type: ignore[method-assign]
-            w.catalog.save_report = _timed(w.catalog.save_report, "report", times)  # type: ignore[method-assign]
-            if w.scores is not None:
-                w.scores.add = _timed(w.scores.add, "scores_add", times)  # type: ignore[method-assign]
+            backend = p.runtime.backend
+            backend.bars.upsert = _timed(backend.bars.upsert, "upsert", times)  # type: ignore[method-assign]
+            backend.quarantine.add = _timed(backend.quarantine.add, "quarantine", times)  # type: ignore[method-assign]
+            backend.catalog.save_report = _timed(backend.catalog.save_report, "report", times)  # type: ignore[method-assign]
+            backend.scores.add = _timed(backend.scores.add, "scores_add", times)  # type: ignore[method-assign]
+            p.calendar()  # loaded before the clock starts, as in a running service
             t0, c0 = time.perf_counter(), time.process_time()
             report = p.write_bars(frame, source="perf", timeframe="1d")
             times["total"] = time.perf_counter() - t0
             times["cpu:total"] = time.process_time() - c0
             assert report.invalid_records == 0, report
     finally:
-        writer_module.coerce_bars = coerce
+        for name, fn in saved.items():
+            setattr(runner_module, name, fn)
     # stages are disjoint (history runs before validate starts): the rest is the writer's own
-    stages = [k for k in times if ":" not in k and k != "total"]
+    timed = [k for k in times if ":" not in k and k != "total"]
     for prefix in ("", "cpu:"):
-        times[f"{prefix}other"] = times[f"{prefix}total"] - sum(times[prefix + k] for k in stages)
+        times[f"{prefix}other"] = times[f"{prefix}total"] - sum(times[prefix + k] for k in timed)
     return dict(times)
 
 

@@ -8,6 +8,8 @@ import pytest
 
 from quantivista import errors
 from quantivista.errors import (
+    AccessError,
+    AuthenticationError,
     BusError,
     CalendarError,
     CircuitOpenError,
@@ -18,6 +20,7 @@ from quantivista.errors import (
     InvalidTimeframeError,
     MalformedResponseError,
     NotFoundError,
+    PermissionDeniedError,
     ProviderError,
     QuantiVistaError,
     QuotaExhaustedError,
@@ -25,6 +28,7 @@ from quantivista.errors import (
     SchemaError,
     StorageError,
     SymbolNotFoundError,
+    TooManyRequestsError,
     TransientProviderError,
 )
 
@@ -47,9 +51,19 @@ PARENTS: dict[type[QuantiVistaError], type[Exception]] = {
     StorageError: QuantiVistaError,
     BusError: QuantiVistaError,
     CalendarError: QuantiVistaError,
+    AccessError: QuantiVistaError,
+    AuthenticationError: AccessError,
+    PermissionDeniedError: AccessError,
+    TooManyRequestsError: AccessError,
 }
 
-RETRYABLE = {TransientProviderError, RateLimitedError, CircuitOpenError, MalformedResponseError}
+RETRYABLE = {
+    TransientProviderError,
+    RateLimitedError,
+    CircuitOpenError,
+    MalformedResponseError,
+    TooManyRequestsError,
+}
 
 
 def test_every_exported_error_has_a_place_in_the_tree() -> None:

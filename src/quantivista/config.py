@@ -9,11 +9,20 @@ No other module reads the environment.
 from __future__ import annotations
 
 import os
+import tomllib
 from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -25,7 +34,9 @@ from quantivista.errors import ConfigurationError
 from quantivista.model.rates import Rate
 
 __all__ = [
+    "ApiSettings",
     "BreakerSettings",
+    "config_source",
     "CacheSettings",
     "IngestSettings",
     "ProviderEndpointSettings",
@@ -101,6 +112,20 @@ class IngestSettings(_Section):
     calendar: str = Field(default="XNYS", description="ISO 10383 MIC of the default calendar")
     symbols_per_batch: int = Field(default=100, ge=1, description="symbols written per batch")
     fetch_concurrency: int = Field(default=4, ge=1, le=64, description="parallel fetches")
+    lease_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="a running task's lease: a worker silent this long is taken for dead",
+    )
+    heartbeat_s: float = Field(
+        default=10.0, gt=0, description="how often a running task renews its lease"
+    )
+
+    @model_validator(mode="after")
+    def _heartbeat_within_lease(self) -> IngestSettings:
+        if self.heartbeat_s >= self.lease_s:
+            raise ValueError("ingest.heartbeat_s must be shorter than ingest.lease_s")
+        return self
 
 
 class SimulatorSettings(_Section):
@@ -339,6 +364,42 @@ class QualitySettings(_Section):
     max_issues_per_rule: int = Field(default=50, ge=0, description="issues listed per rule")
 
 
+class ApiSettings(_Section):
+    """The Market Data API service (`qv serve`)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535, description="0 picks a free port")
+    workers: int = Field(default=1, ge=1, le=64, description="uvicorn worker processes")
+    jwt_secret: SecretStr | None = Field(
+        default=None,
+        description="HS256 signing key of access tokens; unset: one is generated and kept in"
+        " the store, so every API process of one platform shares it",
+    )
+    token_ttl_s: int = Field(default=3600, ge=60, description="access token lifetime")
+    rate_limits: list[str] = Field(
+        default_factory=lambda: ["50/second", "2000/minute"],
+        description="per client, e.g. 100/minute (shared through Redis with"
+        " resilience.backend = redis)",
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list, description="origins allowed by CORS (empty: none)"
+    )
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    page_size: int = Field(default=10_000, ge=1, description="bars per JSON page")
+    cache_mb: int = Field(default=128, ge=0, description="in-process response cache")
+
+    @field_validator("rate_limits")
+    @classmethod
+    def _check_rates(cls, value: list[str]) -> list[str]:
+        for text in value:
+            try:
+                Rate.parse(text)
+            except ConfigurationError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+
 class Settings(BaseSettings):
     """All configuration of a platform instance (frozen once built)."""
 
@@ -363,6 +424,16 @@ class Settings(BaseSettings):
     providers: ProviderSettings = ProviderSettings()
     simulator_server: SimulatorServerSettings = SimulatorServerSettings()
     quality: QualitySettings = QualitySettings()
+    api: ApiSettings = ApiSettings()
+
+    def __init__(self, **values: Any) -> None:
+        """Load settings; a wrong value or file raises one-line `ConfigurationError`s."""
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise ConfigurationError(_describe(exc), source=config_source()) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigurationError(f"{config_source()} is not valid TOML: {exc}") from None
 
     @field_validator("data_dir")
     @classmethod
@@ -394,3 +465,20 @@ class Settings(BaseSettings):
     def summary(self) -> dict[str, Any]:
         """Return the settings as plain data with secrets masked (safe to print or log)."""
         return self.model_dump(mode="json")
+
+
+def config_source() -> str:
+    """Return the TOML file settings are read from, or where else they come from."""
+    named = os.environ.get("QV_CONFIG_FILE")
+    if named:
+        return named
+    return "qv.toml" if Path("qv.toml").is_file() else "QV_* environment variables"
+
+
+def _describe(exc: ValidationError) -> str:
+    """Return pydantic's errors as one line: `storage.backend: Input should be ...`."""
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]) or "settings"
+        parts.append(f"{where}: {error['msg']}")
+    return "invalid settings: " + "; ".join(parts)

@@ -15,6 +15,10 @@
     │   ├── SymbolNotFoundError     permanent: vendor does not know the symbol
     │   ├── MalformedResponseError  retryable: the body cannot be parsed as promised
     │   └── CircuitOpenError        the breaker refuses calls to this provider for now
+    ├── AccessError                 an API caller may not do this
+    │   ├── AuthenticationError     missing, wrong, expired or revoked credentials (401)
+    │   ├── PermissionDeniedError   a scope or an entitlement the caller lacks (403)
+    │   └── TooManyRequestsError    the caller's rate limit is spent (429, `retry_after_s`)
     ├── StorageError                the store could not read or write
     ├── BusError                    publishing or consuming an event failed
     └── CalendarError               a date outside a calendar's range, unknown MIC
@@ -27,6 +31,8 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "AccessError",
+    "AuthenticationError",
     "BusError",
     "CalendarError",
     "CircuitOpenError",
@@ -37,6 +43,7 @@ __all__ = [
     "InvalidTimeframeError",
     "MalformedResponseError",
     "NotFoundError",
+    "PermissionDeniedError",
     "ProviderError",
     "QuantiVistaError",
     "QuotaExhaustedError",
@@ -44,6 +51,7 @@ __all__ = [
     "SchemaError",
     "StorageError",
     "SymbolNotFoundError",
+    "TooManyRequestsError",
     "TransientProviderError",
 ]
 
@@ -157,6 +165,29 @@ class QuotaExhaustedError(ProviderError):
     """A daily or monthly quota is used up; calls succeed again only after it resets."""
 
     retryable = False
+
+
+class AccessError(QuantiVistaError):
+    """An API caller may not do what it asked."""
+
+
+class AuthenticationError(AccessError):
+    """Credentials are missing, wrong, expired or revoked."""
+
+
+class PermissionDeniedError(AccessError):
+    """The caller's scopes or its tenant's entitlements do not cover the request."""
+
+
+class TooManyRequestsError(AccessError):
+    """The caller's rate limit is spent for now."""
+
+    retryable = True
+
+    @property
+    def retry_after_s(self) -> float:
+        """Return how long the caller should wait, in seconds."""
+        return float(self.context.get("retry_after_s", 1.0))
 
 
 class EntitlementError(ProviderError):

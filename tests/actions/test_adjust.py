@@ -10,10 +10,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from quantivista import Platform
-from quantivista.actions.adjust import adjust_bars, adjustment_factors
+from quantivista.actions.adjust import adjust_bars, adjustment_factors, price_events
 from quantivista.actions.lean import factor_file_actions, read_factor_file, read_lean_daily
 from quantivista.actions.sources import alpha_vantage_actions
 from quantivista.errors import InvalidInputError
+from quantivista.model.schema import coerce_actions
 
 from .conftest import LEAN, alpha_vantage_frame
 
@@ -193,3 +194,27 @@ def test_split_adjustment_keeps_dollar_volume(
     assert (out["close"] * out["volume"]).to_list() == pytest.approx(before, rel=1e-12)
     # the last bar is never adjusted (no ex-date after it)
     assert out["close"][-1] == bars["close"][-1]
+
+
+def test_price_events_are_the_actions_each_mode_counts() -> None:
+    actions = coerce_actions(
+        pl.DataFrame(
+            {
+                "symbol": ["A"] * 6,
+                "action_type": [
+                    "split", "stock_dividend", "dividend", "spinoff", "symbol_change", "split",
+                ],
+                "ex_date": [date(2024, 1, d) for d in (2, 3, 4, 5, 8, 9)],
+                "ratio": [2.0, 1.05, None, None, None, 0.0],
+                "amount": [None, None, 0.5, 3.0, None, None],
+            }
+        )
+    )  # fmt: skip
+    modes = ("none", "splits", "all")
+    kinds = {m: price_events(actions, adjust=m)["action_type"].to_list() for m in modes}  # type: ignore[arg-type]
+    assert kinds == {
+        "none": [],
+        "splits": ["split", "stock_dividend"],  # a ratio of 0 is no split
+        "all": ["split", "stock_dividend", "dividend", "spinoff"],
+    }
+    assert price_events(actions, as_of=date(2024, 1, 3))["ex_date"].max() == date(2024, 1, 3)

@@ -154,9 +154,7 @@ def test_as_of_resolves_a_recycled_ticker_to_its_user_then(platform: Platform) -
 
 
 def test_import_lean_equity_loads_bars_actions_and_history(platform: Platform) -> None:
-    from quantivista.actions.lean_import import import_lean_equity
-
-    done = import_lean_equity(platform, LEAN, "wm")
+    done = platform.runtime.reference.import_lean_equity(LEAN, "wm")
     assert done.tickers == ["UW", "WMI", "WM"]
     assert done.bars > 5000 and done.actions > 70
     found = platform.instruments.lookup("WMI", on="2005-01-03")

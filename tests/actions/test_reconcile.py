@@ -61,7 +61,7 @@ def test_same_event_from_three_sources_is_one_event_and_conflicts_are_reported()
 
 def test_only_new_events_are_stored_and_published(platform: Platform) -> None:
     seen: list[Event] = []
-    platform.bus.subscribe("actions.*", seen.append)
+    platform.runtime.bus.subscribe("actions.*", seen.append)
     first = pl.DataFrame(
         {"symbol": ["X", "X"], "action_type": ["dividend", "split"],
          "ex_date": [date(2024, 3, 1), date(2024, 6, 3)], "amount": [0.5, None],

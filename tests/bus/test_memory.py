@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from quantivista.bus.base import topic_matches
+from quantivista.bus.envelope import Envelope
 from quantivista.bus.events import ActionsIngested, BarsIngested, BarsQuarantined, Event
 from quantivista.bus.memory import InMemoryBus
 
@@ -135,10 +136,10 @@ def test_failing_subscriber_goes_to_dead_letters_and_others_still_get_the_event(
     assert letter["error"] == "RuntimeError: consumer bug"
     assert letter["handler"] == "broken-consumer"
     payload = letter["payload"]
-    assert payload["type"] == "BarsIngested"
+    assert (payload["type"], payload["version"]) == ("BarsIngested", 1)
     assert payload["event_id"] == event.event_id
-    assert payload["job_id"] == "job-1"
-    assert BarsIngested.model_validate({k: v for k, v in payload.items() if k != "type"}) == event
+    assert payload["payload"]["job_id"] == "job-1"
+    assert Envelope.model_validate(payload).open() == event  # a dead letter replays as is
 
 
 def test_dead_letters_go_to_the_sink_when_one_is_given() -> None:
@@ -154,7 +155,7 @@ def test_dead_letters_go_to_the_sink_when_one_is_given() -> None:
     assert len(sunk) == 1
     topic, payload, error, handler = sunk[0]
     assert topic == "bars.quarantined"
-    assert payload["rules"] == {"negative_volume": 2}
+    assert payload["payload"]["rules"] == {"negative_volume": 2}
     assert error == "KeyError: 'x'"
     assert handler is not None and handler.endswith("broken")
 

@@ -25,7 +25,7 @@ def _market(p: Platform) -> SyntheticProvider:
 def test_ingest_stores_every_bar_and_reports_a_clean_job(platform: Platform) -> None:
     syms = _market(platform).symbols()[:4]
     events: list[Event] = []
-    platform.bus.subscribe(">", events.append)
+    platform.runtime.bus.subscribe(">", events.append)
     job = platform.ingest(syms, "2024-01-01", "2024-12-31")
     assert job.status is JobStatus.SUCCEEDED
     sessions = platform.calendar().sessions("2024-01-01", "2024-12-31").len()
@@ -89,7 +89,7 @@ def test_unknown_symbols_fail_the_job_with_details(platform: Platform) -> None:
 
 def test_corporate_actions_arrive_with_the_bars_and_are_announced(platform: Platform) -> None:
     events: list[ActionsIngested] = []
-    platform.bus.subscribe("actions.*", lambda e: events.append(e))  # type: ignore[arg-type]
+    platform.runtime.bus.subscribe("actions.*", lambda e: events.append(e))  # type: ignore[arg-type]
     market = _market(platform).market
     payers = market.actions().filter(pl.col("action_type") == "dividend")["symbol"].unique()
     sym = payers.sort()[0]

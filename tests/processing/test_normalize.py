@@ -1,4 +1,4 @@
-"""Normalizers: symbols, time, numbers, units, adjustment basis, grid alignment."""
+"""Normalizers: symbols, time, numbers, units, grid alignment (the basis: test_raw_basis)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quality.conftest import FIXTURES, lean_actions, lean_daily
 from quantivista.errors import InvalidInputError, SchemaError
 from quantivista.model.flags import QualityFlag
-from quantivista.model.schema import coerce_actions, coerce_bars
+from quantivista.model.schema import coerce_bars
 from quantivista.processing.normalize import (
     SHARE_CLASS_SEPARATORS,
     align_to_grid,
@@ -22,9 +21,7 @@ from quantivista.processing.normalize import (
     normalize_units,
     parse_numbers,
     to_canonical_symbols,
-    to_raw_prices,
 )
-from quantivista.providers.base import AdjustmentBasis
 from quantivista.reference.calendars import get_calendar
 
 PROVIDERS = sorted(SHARE_CLASS_SEPARATORS)
@@ -121,62 +118,6 @@ def test_pence_become_pounds_and_volume_scales() -> None:
     assert out["volume"].to_list() == [3000.0, 4000.0]
     lit = normalize_units(df.drop("currency"), currency="GBX")
     assert lit["open"].to_list() == [2.5, 0.1]
-
-
-def test_alpha_vantage_adjusted_closes_back_to_raw() -> None:
-    raw = pl.read_csv(FIXTURES / "alpha_vantage" / "daily_adjusted_AAPL.csv")
-    raw = raw.with_columns(pl.col("timestamp").str.to_date(), symbol=pl.lit("AAPL"))
-    actions = coerce_actions(
-        pl.concat(
-            [
-                raw.filter(pl.col("split_coefficient") != 1).select(
-                    "symbol", ex_date="timestamp", action_type=pl.lit("split"),
-                    ratio="split_coefficient",
-                ),
-                raw.filter(pl.col("dividend_amount") > 0).select(
-                    "symbol", ex_date="timestamp", action_type=pl.lit("dividend"),
-                    amount="dividend_amount",
-                ),
-            ],
-            how="diagonal",
-        )
-    )  # fmt: skip
-    adjusted = coerce_bars(
-        raw.select("symbol", "volume", ts="timestamp", open="adjusted_close",
-                   high="adjusted_close", low="adjusted_close", close="adjusted_close"),
-        timeframe="1d",
-    )  # fmt: skip
-    back = to_raw_prices(adjusted, AdjustmentBasis.SPLITS_AND_DIVIDENDS, actions, "ex_close")
-    got = back.join(raw.select(ts=pl.col("timestamp").cast(pl.Datetime("us", "UTC")), want="close"),
-                    on="ts")  # fmt: skip
-    err = got.select(((pl.col("close") / pl.col("want")) - 1).abs().max()).item()
-    assert got.height == raw.height
-    assert err < 1e-6
-
-
-def test_lean_factor_adjusted_prices_back_to_raw() -> None:
-    bars = lean_daily("ibm")
-    actions = lean_actions("ibm", bars)
-    f = pl.read_csv(FIXTURES / "lean" / "factor_files" / "ibm.csv", has_header=False,
-                    new_columns=["d", "pf", "sf", "ref"])  # fmt: skip
-    f = f.with_columns(pl.col("d").cast(pl.String).str.to_date("%Y%m%d")).sort("d")
-    with_f = (
-        bars.with_columns(_d=pl.col("ts").dt.date())
-        .sort("_d")
-        .join_asof(f, left_on="_d", right_on="d", strategy="forward")
-    )
-    split_adj = with_f.with_columns(pl.col("open", "high", "low", "close") * pl.col("sf"),
-                                    volume=pl.col("volume") / pl.col("sf"))  # fmt: skip
-    full_adj = with_f.with_columns(
-        pl.col("open", "high", "low", "close") * pl.col("sf") * pl.col("pf")
-    )
-    s_back = to_raw_prices(split_adj.select(bars.columns), AdjustmentBasis.SPLITS, actions)
-    assert s_back["close"].to_list() == pytest.approx(bars["close"].to_list(), rel=1e-9)
-    assert s_back["volume"].to_list() == pytest.approx(bars["volume"].to_list(), rel=1e-9)
-    a_back = to_raw_prices(full_adj.select(bars.columns), AdjustmentBasis.SPLITS_AND_DIVIDENDS,
-                           actions)  # fmt: skip
-    rel = (a_back["close"] / bars["close"] - 1).abs().max()
-    assert rel < 1e-4  # factor files carry 7 digits
 
 
 def test_harmonize_a_vendor_csv() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import date
 from pathlib import Path
 
@@ -24,10 +23,11 @@ from quantivista.config import (
     Settings,
 )
 from quantivista.errors import TransientProviderError
-from quantivista.platform import PROVIDER_STATS_FILE, Platform
+from quantivista.platform import Platform
 from quantivista.providers.base import BarRequest, FetchResult, Provider
 from quantivista.providers.registry import ProviderRegistry
 from quantivista.providers.synthetic import SyntheticProvider
+from quantivista.services.providers import PROVIDER_STATS_KEY
 from quantivista.testing.fake_providers import capabilities
 
 
@@ -87,18 +87,12 @@ def test_breaker_transitions_and_quota_show_up() -> None:
     )
 
 
-def test_empty_analytics_has_an_empty_typed_snapshot(tmp_path: Path) -> None:
+def test_empty_analytics_has_an_empty_typed_snapshot() -> None:
     analytics = ProviderAnalytics()
     assert not analytics.has_data
     assert analytics.snapshot().is_empty()
     assert analytics.snapshot().schema["calls"] == pl.Int64
-    analytics.save(tmp_path / "s.json")
-    assert ProviderAnalytics.load(tmp_path / "s.json") == {
-        "providers": [],
-        "transitions": [],
-        "requests": {},
-    }
-    assert ProviderAnalytics.load(tmp_path / "missing.json") is None
+    assert analytics.as_dict() == {"providers": [], "transitions": [], "requests": {}}
 
 
 class DownProvider(Provider):
@@ -112,11 +106,11 @@ class DownProvider(Provider):
 
 
 class GatedProvider(Provider):
-    """Stands in for an HTTP client: it has a gate and calls it itself."""
+    """Stands in for an HTTP client: it declares that it calls its gate itself."""
 
     name = "gated"
     capabilities = capabilities()
-    gate = None
+    gates_requests = True
 
 
 @pytest.fixture
@@ -145,23 +139,31 @@ def test_platform_fails_over_and_records_everything(platform: Platform) -> None:
     symbols = sorted(trading)[:3]
     job = platform.ingest(symbols, "2023-01-02", "2023-01-31", providers=["down", "synthetic"])
     assert job.status.value == "succeeded"
-    snap = {r["provider"]: r for r in platform.analytics.snapshot().to_dicts()}
+    snap = {r["provider"]: r for r in platform.runtime.acquisition.analytics.snapshot().to_dicts()}
     # two failures open the breaker; the third symbol goes straight to the backup
     assert snap["down"]["errors_by_kind"] == "TransientProviderError=2"
     assert snap["down"]["breaker"] == "open"
     assert snap["synthetic"]["ok"] == 3
-    assert platform.analytics.transitions_frame()["to_state"].to_list() == ["open"]
-    saved = json.loads((platform.root / PROVIDER_STATS_FILE).read_text())
+    assert platform.runtime.acquisition.analytics.transitions_frame()["to_state"].to_list() == [
+        "open"
+    ]
+    saved = platform.runtime.backend.catalog.get_state(PROVIDER_STATS_KEY)
+    assert saved is not None
     assert {r["provider"] for r in saved["providers"]} == {"down", "synthetic"}
     # the same request again is answered from the cache: no provider call
     platform.ingest(symbols, "2023-01-02", "2023-01-31", providers=["down", "synthetic"])
-    assert platform.analytics.requests["cached"] == 3
-    assert platform.analytics.snapshot().filter(pl.col("provider") == "synthetic")["calls"][0] == 3
+    assert platform.runtime.acquisition.analytics.requests["cached"] == 3
+    assert (
+        platform.runtime.acquisition.analytics.snapshot().filter(pl.col("provider") == "synthetic")[
+            "calls"
+        ][0]
+        == 3
+    )
 
 
 def test_platform_hands_its_limiter_to_self_gating_providers(platform: Platform) -> None:
     provider = platform.provider("gated")
-    assert provider.gate is platform.limiter  # type: ignore[attr-defined]
+    assert provider.gate is platform.runtime.acquisition.limiter  # type: ignore[attr-defined]
     assert platform.provider("synthetic") is platform.provider("SYNTHETIC")
 
 

@@ -17,6 +17,7 @@ from quantivista.providers.base import (
     AdjustmentBasis,
     BarRequest,
     FetchResult,
+    PriceBasis,
     Provider,
     ProviderCapabilities,
     request_range,
@@ -138,10 +139,25 @@ def test_capabilities_supports(
 
 
 def test_capabilities_defaults() -> None:
-    assert CAPS.adjustment is AdjustmentBasis.RAW
+    assert CAPS.price_basis is PriceBasis.NONE and CAPS.basis_for("1m") is PriceBasis.NONE
+    assert CAPS.adjustment is AdjustmentBasis.RAW  # the former names still answer
+    assert AdjustmentBasis is PriceBasis and PriceBasis.RAW is PriceBasis.NONE
     assert CAPS.realtime is False
     assert CAPS.requires_key is False
     assert CAPS.priority == 100
+
+
+def test_the_price_basis_can_differ_between_daily_and_intraday_bars() -> None:
+    caps = ProviderCapabilities(
+        asset_classes=frozenset({AssetClass.EQUITY}),
+        timeframes=frozenset({"1d", "1w", "1m"}),
+        price_basis=PriceBasis.SPLITS,
+        intraday_price_basis=PriceBasis.NONE,
+    )
+    assert caps.basis_for("1d") is PriceBasis.SPLITS
+    assert caps.basis_for("1w") is PriceBasis.SPLITS
+    assert caps.basis_for(Timeframe(1, "m")) is PriceBasis.NONE
+    assert PriceBasis("splits_and_dividends") is PriceBasis.SPLITS_AND_DIVIDENDS
 
 
 # -- the base class and results --------------------------------------------------------------

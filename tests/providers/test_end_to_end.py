@@ -107,8 +107,8 @@ def test_backfill_through_faults_down_provider_and_limits(
     with _platform(sim, tmp_path) as p:
         job = p.ingest([*symbols, unknown], FIRST, LAST, providers=PROVIDERS)
         stored = p.bars(symbols, FIRST, LAST)
-        snap = {r["provider"]: r for r in p.analytics.snapshot().to_dicts()}
-        transitions = p.analytics.transitions_frame()
+        snap = {r["provider"]: r for r in p.runtime.acquisition.analytics.snapshot().to_dicts()}
+        transitions = p.runtime.acquisition.analytics.transitions_frame()
         split_actions = p.actions(symbols).filter(pl.col("action_type") == "split")
     stats = sim.stats()["providers"]
 
@@ -151,8 +151,9 @@ def test_backfill_through_faults_down_provider_and_limits(
     assert "SymbolNotFoundError=1" in snap["yahoo"]["errors_by_kind"]  # the unknown name
 
     # the job: Yahoo said the unknown name does not exist, Polygon answers such names with
-    # an empty list (as the real one does): the job records it as the one symbol without data
-    assert job.status is JobStatus.SUCCEEDED
+    # an empty list (as the real one does): the job records it as the one symbol without
+    # data, and is partial (a symbol asked for got nothing)
+    assert job.status is JobStatus.PARTIAL
     assert job.error_details == [
         {"symbol": unknown, "kind": "no_data", "message": "provider returned no bars"}
     ]

@@ -17,8 +17,13 @@ from quantivista.errors import (
     QuotaExhaustedError,
     SymbolNotFoundError,
 )
-from quantivista.providers.base import BarRequest
-from quantivista.providers.iex_cloud import IexCloudProvider, parse_chart, parse_quote
+from quantivista.providers.base import BarRequest, PriceBasis
+from quantivista.providers.iex_cloud import (
+    IexCloudProvider,
+    chart_basis,
+    parse_chart,
+    parse_quote,
+)
 
 from .conftest import LocalServer, Route, cassette
 
@@ -47,6 +52,15 @@ def test_five_day_and_chart_by_day() -> None:
         ("MSFT", "1d", datetime(2020, 11, 10, tzinfo=UTC), 214.5, 216.5, 209.72, 211.01,
          44045120.0, None, None, I, 0, None, None)
     ]  # fmt: skip
+
+
+def test_a_daily_chart_without_unadjusted_columns_is_split_adjusted() -> None:
+    assert chart_basis(body("chart_MSFT_5d.yml")) is PriceBasis.NONE
+    assert chart_basis(body("chart_MSFT_1d_intraday_chartInterval10.yml")) is PriceBasis.NONE
+    rows = json.loads(body("chart_MSFT_5d.yml"))
+    trimmed = json.dumps([{k: v for k, v in r.items() if not k.startswith("u")} for r in rows])
+    assert chart_basis(trimmed) is PriceBasis.SPLITS
+    assert parse_chart(trimmed, "MSFT")["close"].to_list() == [r["close"] for r in rows]
 
 
 def test_minute_rows_are_new_york_bar_starts() -> None:
@@ -118,6 +132,7 @@ def test_client_over_a_socket(local_server: LocalServer) -> None:
     )  # fmt: skip
     result = client.fetch_bars(BarRequest.of("MSFT", "2020-11-05", "2020-11-09"))
     assert result.bars["close"].to_list() == [223.29, 223.72, 218.39]
+    assert "price_basis" not in result.metadata  # raw, as the capabilities declare
     assert local_server.requests[0].query["token"] == ["pk_test"]
     with pytest.raises(SymbolNotFoundError):
         client.fetch_bars(BarRequest.of("NOPE", "2020-11-05", "2020-11-09"))

@@ -10,7 +10,7 @@ import pytest
 from quantivista.clock import TestClock
 from quantivista.config import Settings
 from quantivista.errors import ConfigurationError
-from quantivista.providers.base import AdjustmentBasis
+from quantivista.providers.base import AdjustmentBasis, PriceBasis
 from quantivista.providers.http import HttpProvider, path_part
 from quantivista.providers.registry import ProviderRegistry
 
@@ -53,9 +53,33 @@ def test_free_keyless_tiers_come_first_and_adjustments_are_declared() -> None:
     caps = {n: registry.get(n).capabilities for n in VENDORS}
     assert min(caps, key=lambda n: caps[n].priority) == "yahoo"
     assert caps["iex_cloud"].priority == max(c.priority for c in caps.values())
-    assert caps["stooq"].adjustment is AdjustmentBasis.SPLITS_AND_DIVIDENDS
+    assert caps["stooq"].adjustment is AdjustmentBasis.SPLITS_AND_DIVIDENDS  # the old names
     assert caps["polygon"].adjustment is AdjustmentBasis.RAW
     assert caps["finnhub"].realtime
+
+
+# the basis of the bars each client returns (after its parser), daily and intraday
+BASES = {
+    "alpha_vantage": (PriceBasis.NONE, PriceBasis.NONE),  # DAILY raw; intraday adjusted=false
+    "finnhub": (PriceBasis.SPLITS, PriceBasis.NONE),  # daily candles split-adjusted
+    "iex_cloud": (PriceBasis.NONE, PriceBasis.NONE),  # uOpen..uVolume; today's minutes
+    "polygon": (PriceBasis.NONE, PriceBasis.NONE),  # the client asks for adjusted=false
+    "stooq": (PriceBasis.SPLITS_AND_DIVIDENDS, None),  # no intraday bars
+    "tiingo": (PriceBasis.NONE, PriceBasis.NONE),  # raw columns; IEX intraday raw
+    "yahoo": (PriceBasis.NONE, PriceBasis.NONE),  # the parser multiplies the splits back
+}
+
+
+@pytest.mark.parametrize("name", VENDORS)
+def test_every_client_declares_the_basis_of_the_bars_it_returns(name: str) -> None:
+    caps = ProviderRegistry().get(name).capabilities
+    daily, intraday = BASES[name]
+    assert caps.basis_for("1d") is daily and caps.price_basis is daily
+    intraday_tf = next((tf for tf in ("1m", "5m", "1h") if caps.supports(tf)), None)
+    assert (intraday_tf is None) == (intraday is None)
+    if intraday_tf is not None:
+        assert caps.basis_for(intraday_tf) is intraday
+    assert caps.dividend_convention == "crsp"  # only Stooq adjusts for dividends: CRSP-style
 
 
 def test_missing_key_is_a_configuration_error() -> None:

@@ -1,4 +1,4 @@
-"""Real price series with known corporate actions (../shared/fixtures/corporate_actions)."""
+"""Real price series with known corporate actions (tests/fixtures/corporate_actions)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,8 @@ import pytest
 
 from quantivista.model.schema import coerce_actions, coerce_bars
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "corporate_actions"
-if not FIXTURES.exists():  # worktrees live next to the shared directory
-    FIXTURES = Path("/work/shared/fixtures/corporate_actions")
+# copies of ../shared/fixtures/corporate_actions kept in the repository: a clone tests on its own
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "corporate_actions"
 
 
 def lean_daily(symbol: str) -> pl.DataFrame:

@@ -39,7 +39,7 @@ def rates(tmp_path: Path) -> FxRates:
     # EURJPY: consistent on day 1 and 2 (1.1 x 140 = 154, 1.2 x 150 = 180), off on day 3
     p.write_bars(_series("EURJPY", [154.0, 180.0, 210.0]), source="fx", timeframe="1d")
     p.write_bars(_series("AAPL", [100.0, 101.0, 102.0]), source="x", timeframe="1d")
-    return FxRates.from_store(p.store)
+    return FxRates.from_store(p.runtime.backend.bars)
 
 
 def test_pairs_load_from_the_store_like_bars(rates: FxRates) -> None:

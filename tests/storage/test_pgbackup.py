@@ -17,6 +17,7 @@ from quantivista.cli import app
 from quantivista.clock import TestClock
 from quantivista.config import Settings
 from quantivista.errors import StorageError
+from quantivista.model.auth import ApiClient, Scope, Tenant
 from quantivista.model.jobs import IngestionJob, JobTask
 from quantivista.model.payloads import RawPayload
 from quantivista.model.schema import coerce_actions
@@ -57,10 +58,10 @@ def _fill(root: Path, dsn: str, schema: str, make_bars: MakeBars) -> None:
         clock.advance(60)
         p.write_bars(bars.head(2).with_columns(volume=pl.col("volume") + 1), source="v")
         clock.advance(60)
-        p.store.delete(D1, ["CCC"], at=clock.now())
+        p.runtime.backend.bars.delete(D1, ["CCC"], at=clock.now())
         bad = bars.head(1).with_columns(symbol=pl.lit("DDD"), high=pl.col("low") - 1)
         p.write_bars(bad, source="v")
-        _fill_side_state(p.backend)
+        _fill_side_state(p.runtime.backend)
 
 
 def _fill_side_state(backend: Backend) -> None:
@@ -86,6 +87,11 @@ def _fill_side_state(backend: Backend) -> None:
     assert catalog.claim_task("w", 30.0, T0) is not None
     catalog.add_dead_letter("bars.ingested", {"x": 1}, "boom", None, T0)
     catalog.put_state("providers", {"acme": {"calls": 2}})
+    backend.clients.save_client(
+        ApiClient(client_id="c1", tenant="acme", scopes=[Scope.READ_BARS], secret_hash="h",
+                  created_at=T0)
+    )  # fmt: skip
+    backend.clients.save_tenant(Tenant(name="acme", symbols=["AAA"]))
 
 
 # every table a PostgreSQL backup must hold, and a column that orders its rows
@@ -95,7 +101,7 @@ _ORDER = {
     "quality_scores": "symbol, timeframe, job_id, scored_at", "raw_payloads": "sha256",
     "raw_manifest": "seq", "instruments": "instrument_id", "symbol_history": "symbol",
     "jobs": "job_id", "job_tasks": "task_id", "quality_reports": "report_id",
-    "dead_letters": "id", "state": "key",
+    "dead_letters": "id", "state": "key", "api_clients": "client_id", "tenants": "name",
 }  # fmt: skip
 
 
@@ -164,21 +170,25 @@ def test_postgres_backup_restores_bars_and_history_into_an_empty_schema(
         assert_frame_equal(b.status(), a.status())
         assert b.quarantine().height == 1  # every table came along, not only the bars
         assert [j.job_id for j in b.jobs()] == [j.job_id for j in a.jobs()]
-        assert b.catalog.tasks("job-tasks") == a.catalog.tasks("job-tasks")
-        assert b.catalog.get_state("providers") == {"acme": {"calls": 2}}
+        assert b.runtime.backend.catalog.tasks("job-tasks") == a.runtime.backend.catalog.tasks(
+            "job-tasks"
+        )
+        assert b.runtime.backend.catalog.get_state("providers") == {"acme": {"calls": 2}}
         assert_frame_equal(b.actions("AAA"), a.actions("AAA"))
         assert_frame_equal(b.instruments.instruments(), a.instruments.instruments())
-        assert_frame_equal(b.backend.scores.read(), a.backend.scores.read())
-        digest = b.backend.raw.manifest()["sha256"][0]
-        assert b.backend.raw.body(digest, "acme") == b"\x00{}"
+        assert_frame_equal(b.runtime.backend.scores.read(), a.runtime.backend.scores.read())
+        digest = b.runtime.backend.raw.manifest()["sha256"][0]
+        assert b.runtime.backend.raw.body(digest, "acme") == b"\x00{}"
         # identities go on after the restored rows: new rows do not collide
-        old_ids = [d["id"] for d in b.catalog.dead_letters()]
-        assert b.catalog.add_dead_letter("t", {}, "e", None, T0) > max(old_ids)
+        old_ids = [d["id"] for d in b.runtime.backend.catalog.dead_letters()]
+        assert b.runtime.backend.catalog.add_dead_letter("t", {}, "e", None, T0) > max(old_ids)
         assert (
-            b.backend.quarantine.add(b.quarantine().drop("quarantined_at"), job_id="again", at=T0)
+            b.runtime.backend.quarantine.add(
+                b.quarantine().drop("quarantined_at"), job_id="again", at=T0, dedupe=False
+            )
             == 1
         )
-        assert isinstance(b.store, PostgresStore)
+        assert isinstance(b.runtime.backend.bars, PostgresStore)
         b.write_bars(make_bars(["EEE"], 2).drop("ingested_at", "job_id"), source="v")  # usable
     report = runner.invoke(
         app, ["--data-dir", str(back), "storage-report"], env=_env(postgres_dsn, dst)
@@ -336,7 +346,7 @@ def test_restore_refuses_a_schema_that_holds_any_state(
     _fill(tmp_path / "live", postgres_dsn, src, make_bars)
     backup(tmp_path / "live", tmp_path / "snap", PostgresBars(postgres_dsn, src))
     with Platform.from_settings(_settings(tmp_path / "other", postgres_dsn, busy)) as p:
-        p.catalog.put_state("only", {"this": 1})  # no bars at all
+        p.runtime.backend.catalog.put_state("only", {"this": 1})  # no bars at all
     with pytest.raises(StorageError, match="not empty") as info:
         restore(tmp_path / "snap", tmp_path / "back", PostgresBars(postgres_dsn, busy))
     assert info.value.context["table"] == "state"
@@ -349,10 +359,16 @@ def test_a_reader_of_the_target_sees_the_restored_state_as_new(
     _fill(tmp_path / "live", postgres_dsn, src, make_bars)
     backup(tmp_path / "live", tmp_path / "snap", PostgresBars(postgres_dsn, src))
     with Platform.from_settings(_settings(tmp_path / "reader", postgres_dsn, dst)) as reader:
-        before = (reader.action_store.version(), reader.backend.instruments.version())
+        before = (
+            reader.runtime.backend.actions.version(),
+            reader.runtime.backend.instruments.version(),
+        )
         assert reader.actions("AAA").is_empty()
         restore(tmp_path / "snap", tmp_path / "back", PostgresBars(postgres_dsn, dst))
-        after = (reader.action_store.version(), reader.backend.instruments.version())
+        after = (
+            reader.runtime.backend.actions.version(),
+            reader.runtime.backend.instruments.version(),
+        )
         assert after[0] != before[0] and after[1] != before[1]
         assert reader.actions("AAA").height == 1
 
@@ -377,5 +393,5 @@ def test_a_backup_made_at_revision_0001_restores_and_upgrades(
     restore(tmp_path / "snap", tmp_path / "back", PostgresBars(postgres_dsn, dst))
     with Platform.from_settings(_settings(tmp_path / "back", postgres_dsn, dst)) as p:
         assert p.bars(["AAA"])["close"].to_list() == [1.0]
-        p.catalog.put_state("k", {"v": 1})  # the tables of 0002 are there
-        assert p.catalog.get_state("k") == {"v": 1}
+        p.runtime.backend.catalog.put_state("k", {"v": 1})  # the tables of 0002 are there
+        assert p.runtime.backend.catalog.get_state("k") == {"v": 1}

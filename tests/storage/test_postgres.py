@@ -121,7 +121,7 @@ def test_platform_picks_the_postgres_backend(
         services={"postgres_dsn": postgres_dsn},
     )
     with Platform.from_settings(settings) as p:
-        assert isinstance(p.store, PostgresStore)
+        assert isinstance(p.runtime.backend.bars, PostgresStore)
         bars = make_bars(["AAA"], 5).drop("ingested_at", "job_id", "provider")
         report = p.write_bars(bars, source="vendor")
         assert report.invalid_records == 0

@@ -30,6 +30,6 @@ def test_each_batch_is_one_file_under_its_job(tmp_path: Path, make_bars: MakeBar
         rule=pl.lit("r"), severity=pl.lit("error"), reason=pl.lit("x")
     )
     store.add(rows, job_id="job-1", at=AT)
-    store.add(rows, job_id="job-1", at=AT)
+    store.add(rows, job_id="job-1", at=AT, dedupe=False)
     files = sorted(store.dir.rglob("*.parquet"))
     assert [f.parent.name for f in files] == ["job_id=job-1", "job_id=job-1"]

@@ -7,12 +7,10 @@ same numbers are kept as plain data for `snapshot()` (a polars frame) and `as_di
 
 from __future__ import annotations
 
-import json
 import threading
 from collections import Counter as Tally
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
@@ -221,21 +219,6 @@ class ProviderAnalytics:
                 "reason": pl.String,
             },
         )
-
-    def save(self, path: Path) -> None:
-        """Write `as_dict()` as JSON (atomically), for readers in other processes."""
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.as_dict(), default=str, indent=1))
-        tmp.replace(path)
-
-    @staticmethod
-    def load(path: Path) -> dict[str, Any] | None:
-        """Read what `save` wrote; None when there is nothing (or nothing readable)."""
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return None
-        return data if isinstance(data, dict) else None
 
     def as_dict(self) -> dict[str, Any]:
         """Return the snapshot, transitions and request counts as plain data."""

@@ -70,7 +70,7 @@ class Attempt:
 
 def _gates_itself(provider: Provider) -> bool:
     # HTTP clients call their gate before every request (pages included); others do not
-    return getattr(provider, "gate", None) is not None
+    return provider.gates_requests and provider.gate is not None
 
 
 class Router:
@@ -248,7 +248,7 @@ class Router:
         if breaker is None:
             return provider.fetch_bars(request)
         # a client with its own I/O timeout enforces it per request; others get the breaker's
-        timeout = None if hasattr(provider, "timeout_s") else breaker.call_timeout_s
+        timeout = None if provider.timeout_s is not None else breaker.call_timeout_s
         return breaker.call(lambda: provider.fetch_bars(request), timeout_s=timeout)
 
     def _skip(self, tried: list[Attempt], name: str, error: ProviderError, number: int) -> None:

@@ -29,12 +29,15 @@ from quantivista.timeutil import DateLike, to_date
 
 __all__ = [
     "ADJUST_MODES",
+    "CASH_ACTION_TYPES",
     "DIVIDEND_CONVENTIONS",
+    "SPLIT_ACTION_TYPES",
     "Adjust",
     "DividendConvention",
     "adjust_bars",
     "adjustment_factors",
     "check_adjust_args",
+    "price_events",
 ]
 
 Adjust = Literal["none", "splits", "all"]
@@ -44,8 +47,10 @@ DIVIDEND_CONVENTIONS: tuple[str, ...] = ("crsp", "alpha_vantage")
 
 # ratio-type events (new shares per old share) and cash-type events (cash per share);
 # a spin-off's `amount` is the value per share distributed, treated like cash (as CRSP does)
-_SPLIT_TYPES = ("split", "stock_dividend")
-_CASH_TYPES = ("dividend", "special_dividend", "spinoff")
+SPLIT_ACTION_TYPES: tuple[str, ...] = ("split", "stock_dividend")
+CASH_ACTION_TYPES: tuple[str, ...] = ("dividend", "special_dividend", "spinoff")
+_SPLIT_TYPES = SPLIT_ACTION_TYPES
+_CASH_TYPES = CASH_ACTION_TYPES
 _PRICE_COLUMNS = ("open", "high", "low", "close", "vwap")
 _EX = "_ex_ts"
 
@@ -112,20 +117,39 @@ _FACTOR_SCHEMA = pl.Schema(
 )
 
 
-def _factors(
-    keyed: _Keyed, actions: pl.DataFrame, adjust: str, convention: str, as_of: DateLike | None
+def price_events(
+    actions: pl.DataFrame, *, adjust: Adjust = "all", as_of: DateLike | None = None
 ) -> pl.DataFrame:
-    kinds = _SPLIT_TYPES + (_CASH_TYPES if adjust == "all" else ())
+    """Return the actions that move prices under `adjust`, known on `as_of` (all if None).
+
+    Splits and stock dividends need a positive `ratio`, cash events (dividends, special
+    dividends, spin-offs) a positive `amount`; other rows (symbol changes, delistings, bad
+    values) are left out. The adjustment here and its inverse in normalization
+    (`processing.normalize.to_raw_basis`) count the same events.
+    """
+    kinds: tuple[str, ...] = ()
+    if adjust != "none":
+        kinds = _SPLIT_TYPES + (_CASH_TYPES if adjust == "all" else ())
     missing = [c for c in ("ratio", "amount") if c not in actions.columns]
     actions = actions.with_columns(pl.lit(None, pl.Float64()).alias(c) for c in missing)
-    acts = actions.filter(pl.col("action_type").is_in(kinds))
+    is_split = pl.col("action_type").is_in(_SPLIT_TYPES)
+    acts = actions.filter(
+        pl.col("action_type").is_in(kinds)
+        & pl.when(is_split).then(pl.col("ratio") > 0).otherwise(pl.col("amount") > 0)
+    )
     if as_of is not None:
         acts = acts.filter(pl.col("ex_date") <= to_date(as_of))
-    acts = keyed.events(acts)
+    return acts
+
+
+def _factors(
+    keyed: _Keyed, actions: pl.DataFrame, adjust: Adjust, convention: str, as_of: DateLike | None
+) -> pl.DataFrame:
+    acts = keyed.events(price_events(actions, adjust=adjust, as_of=as_of))
     if acts.is_empty():
         return pl.DataFrame(schema=_FACTOR_SCHEMA)
     is_split = pl.col("action_type").is_in(_SPLIT_TYPES)
-    splits = acts.filter(is_split & (pl.col("ratio") > 0)).select(
+    splits = acts.filter(is_split).select(
         "symbol",
         "ex_date",
         "_ekey",
@@ -133,7 +157,7 @@ def _factors(
         volume_step=pl.col("ratio"),
     )
     steps = [splits]
-    cash = acts.filter(~is_split & (pl.col("amount") > 0))
+    cash = acts.filter(~is_split)
     if not cash.is_empty():
         steps.append(_dividend_steps(keyed, cash, convention))
     events = (

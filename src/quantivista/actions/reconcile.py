@@ -10,18 +10,14 @@ All of it is sorting, gap clustering (`cum_sum`) and group-bys, no row loops.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import polars as pl
 
-from quantivista.bus.base import EventBus
-from quantivista.bus.events import ActionsIngested
-from quantivista.clock import Clock
 from quantivista.model.schema import ACTION_COLUMNS, ACTION_POLARS_SCHEMA, FrameLike, coerce_actions
-from quantivista.storage.contracts import ActionStore
 
-__all__ = ["ReconcileReport", "ingest_actions", "reconcile_actions"]
+__all__ = ["ActionPlan", "ReconcileReport", "plan_action_ingest", "reconcile_actions"]
 
 _KIND = (
     pl.when(pl.col("action_type").is_in(["split", "stock_dividend"]))
@@ -144,21 +140,32 @@ def _no_conflicts() -> pl.DataFrame:
     )
 
 
-def ingest_actions(
-    store: ActionStore,
-    bus: EventBus,
-    clock: Clock,
+@dataclass(frozen=True)
+class ActionPlan:
+    """What an action ingest should store: the new events, with the reconciliation behind it."""
+
+    events: pl.DataFrame
+    conflicts: pl.DataFrame
+    fresh: pl.DataFrame
+
+    def report(self, new: int) -> ReconcileReport:
+        """Return the report once `new` events were stored."""
+        return ReconcileReport(self.events, self.conflicts, new=new)
+
+
+def plan_action_ingest(
+    stored_for: Callable[[list[str]], pl.DataFrame],
     sources: Mapping[str, FrameLike] | Sequence[FrameLike],
     *,
     priority: Sequence[str] | None = None,
     date_tolerance_days: int = 3,
     value_tolerance: float = 1e-3,
-) -> ReconcileReport:
-    """Reconcile `sources` with each other and with the stored events; store what is new.
+) -> ActionPlan:
+    """Reconcile `sources` with each other and with the stored events (`stored_for(symbols)`).
 
     An incoming event that matches a stored one (same symbol and kind, ex-date within the
     tolerance) is not new, whatever its source; if its value differs it is reported as a
-    conflict against the stored event. `ActionsIngested` is published only for new events.
+    conflict against the stored event. The caller stores `fresh` and announces it.
     """
     report = reconcile_actions(
         sources,
@@ -168,41 +175,28 @@ def ingest_actions(
     )
     incoming = report.events
     if incoming.is_empty():
-        return report
-    stored = store.for_symbols(incoming["symbol"].unique().to_list())
+        return ActionPlan(report.events, report.conflicts, incoming)
+    stored = stored_for(incoming["symbol"].unique().to_list())
     if stored.is_empty():
-        fresh = incoming
-        conflicts = report.conflicts
-    else:
-        # stored events rank first: they are what readers already see
-        both = reconcile_actions(
-            [
-                stored.with_columns(provider=pl.lit("~stored")),
-                incoming.with_columns(provider=pl.lit("~incoming")),
-            ],
-            priority=["~stored", "~incoming"],
-            date_tolerance_days=date_tolerance_days,
-            value_tolerance=value_tolerance,
-        )
-        fresh = incoming.join(
-            both.events.filter(pl.col("provider") == "~incoming").select(
-                "symbol", "action_type", "ex_date"
-            ),
-            on=["symbol", "action_type", "ex_date"],
-            how="semi",
-        )
-        against = both.conflicts.filter(pl.col("problem") == "value").with_columns(
-            provider=pl.lit("incoming"), chosen_provider=pl.lit("stored")
-        )
-        conflicts = pl.concat([report.conflicts, against])
-    written = store.upsert(fresh) if fresh.height else fresh
-    if written.height:
-        bus.publish(
-            ActionsIngested(
-                occurred_at=clock.now(),
-                source="+".join(sorted(written["provider"].unique().to_list())),
-                symbols=sorted(written["symbol"].unique().to_list()),
-                rows=written.height,
-            )
-        )
-    return ReconcileReport(report.events, conflicts, new=written.height)
+        return ActionPlan(report.events, report.conflicts, incoming)
+    # stored events rank first: they are what readers already see
+    both = reconcile_actions(
+        [
+            stored.with_columns(provider=pl.lit("~stored")),
+            incoming.with_columns(provider=pl.lit("~incoming")),
+        ],
+        priority=["~stored", "~incoming"],
+        date_tolerance_days=date_tolerance_days,
+        value_tolerance=value_tolerance,
+    )
+    fresh = incoming.join(
+        both.events.filter(pl.col("provider") == "~incoming").select(
+            "symbol", "action_type", "ex_date"
+        ),
+        on=["symbol", "action_type", "ex_date"],
+        how="semi",
+    )
+    against = both.conflicts.filter(pl.col("problem") == "value").with_columns(
+        provider=pl.lit("incoming"), chosen_provider=pl.lit("stored")
+    )
+    return ActionPlan(report.events, pl.concat([report.conflicts, against]), fresh)

@@ -1,8 +1,8 @@
 """Adjusted, rename-stitched reads of stored bars, with a small in-process cache.
 
-`Platform.bars` delegates here. The cache holds recent adjusted views; it is keyed by the
-request and by the version of the action file, and cleared whenever the platform
-publishes `bars.ingested` or `actions.ingested`, so a new action never serves a stale view.
+The query service reads through here. The cache holds recent adjusted views; it is keyed by
+the request and by the action store's version, and cleared whenever the platform publishes
+`bars.ingested` or `actions.ingested`, so a new action never serves a stale view.
 """
 
 from __future__ import annotations
@@ -79,29 +79,30 @@ class AdjustedReader:
         *,
         adjust: Adjust = "none",
         dividend_convention: DividendConvention = "crsp",
-        as_of: DateLike | None = None,
+        effective_on: DateLike | None = None,
         follow_renames: bool = True,
-        known: datetime | None = None,
+        known_at: datetime | None = None,
     ) -> pl.DataFrame:
         """Return bars of `symbols` with `start <= ts < end`, adjusted as asked.
 
-        `as_of` picks the actions (ex-dates up to that day) and what a ticker meant then;
-        `known` is the knowledge time of the bars themselves (see `BarStore.read`).
+        Two points in time, named apart: `effective_on` (a day) picks the actions (ex-dates
+        up to that day) and what a ticker meant then; `known_at` (an instant) is the
+        knowledge time of the bars themselves (`BarStore.read(as_of=...)`).
         """
         check_adjust_args(adjust, dividend_convention)
-        as_of_day = to_date(as_of) if as_of is not None else None
-        # a ticker means the instrument using it today, or on `as_of` for a historical view
+        day = to_date(effective_on) if effective_on is not None else None
+        # a ticker means the instrument using it today, or on `effective_on` for a past view
         _, actions, renames, renamed = self._loaded()
         segments = {
-            s: ticker_segments(s, renames, as_of_day) if follow_renames and s in renamed else []
+            s: ticker_segments(s, renames, day) if follow_renames and s in renamed else []
             for s in symbols
         }
         plain = all(len(seg) <= 1 and _unbounded(seg) for seg in segments.values())
         if adjust == "none" and plain:
-            return self.store.read(symbols, timeframe, start, end, columns, as_of=known)
+            return self.store.read(symbols, timeframe, start, end, columns, as_of=known_at)
         key = (
             tuple(symbols), str(timeframe), start, end, tuple(columns or ()),
-            adjust, dividend_convention, as_of_day, follow_renames, self._action_version(), known,
+            adjust, dividend_convention, day, follow_renames, self._action_version(), known_at,
         )  # fmt: skip
         with self._lock:
             if key in self._cache:
@@ -109,7 +110,7 @@ class AdjustedReader:
                 return self._cache[key]
         out = self._compute(
             symbols, segments, actions, timeframe, start, end, columns, adjust,
-            dividend_convention, as_of_day, known,
+            dividend_convention, day, known_at,
         )  # fmt: skip
         with self._lock:
             self._cache[key] = out
@@ -128,8 +129,8 @@ class AdjustedReader:
         columns: Sequence[str] | None,
         adjust: Adjust,
         convention: DividendConvention,
-        as_of: date | None,
-        known: datetime | None,
+        effective_on: date | None,
+        known_at: datetime | None,
     ) -> pl.DataFrame:
         cols = list(columns) if columns else list(BAR_COLUMNS)
         read_cols = list(dict.fromkeys([*_NEEDED, *cols]))
@@ -140,7 +141,7 @@ class AdjustedReader:
         acts: list[pl.DataFrame] = []
         if plain:
             frames.append(
-                self.store.read(plain, timeframe, start, read_end, read_cols, as_of=known)
+                self.store.read(plain, timeframe, start, read_end, read_cols, as_of=known_at)
             )
             acts.append(actions.filter(pl.col("symbol").is_in(plain)))
         for sym in symbols:
@@ -148,7 +149,7 @@ class AdjustedReader:
                 continue
             segs = segments[sym]
             tickers = [seg.ticker for seg in segs]
-            raw = self.store.read(tickers, timeframe, start, read_end, read_cols, as_of=known)
+            raw = self.store.read(tickers, timeframe, start, read_end, read_cols, as_of=known_at)
             frames.append(relabel(raw, segs, sym, "ts").sort("ts"))
             acts.append(
                 relabel(actions.filter(pl.col("symbol").is_in(tickers)), segs, sym, "ex_date")
@@ -156,7 +157,11 @@ class AdjustedReader:
         bars = pl.concat(frames) if len(frames) > 1 else frames[0]
         if adjust != "none":
             bars = adjust_bars(
-                bars, pl.concat(acts), adjust=adjust, dividend_convention=convention, as_of=as_of
+                bars,
+                pl.concat(acts),
+                adjust=adjust,
+                dividend_convention=convention,
+                as_of=effective_on,
             )
             if end is not None:
                 bars = bars.filter(pl.col("ts") < end)

@@ -8,14 +8,19 @@ from uuid import uuid4
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-__all__ = ["ActionsIngested", "BarsIngested", "BarsQuarantined", "Event"]
+__all__ = ["EVENT_TYPES", "ActionsIngested", "BarsIngested", "BarsQuarantined", "Event"]
 
 
 class Event(BaseModel):
-    """Base of every event: an id, when it happened, and its topic."""
+    """Base of every event: an id, when it happened, its topic and its schema version.
+
+    Raise `schema_version` when a field changes meaning or a required one is added;
+    consumers refuse versions newer than they know (see `bus.envelope`).
+    """
 
     model_config = ConfigDict(frozen=True)
     topic: ClassVar[str] = "event"
+    schema_version: ClassVar[int] = 1
 
     event_id: str = Field(default_factory=lambda: uuid4().hex)
     occurred_at: AwareDatetime
@@ -55,3 +60,9 @@ class ActionsIngested(Event):
     source: str
     symbols: list[str]
     rows: int
+
+
+# every event type by name, for decoding envelopes
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.__name__: cls for cls in (BarsIngested, BarsQuarantined, ActionsIngested)
+}

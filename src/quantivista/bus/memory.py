@@ -10,6 +10,7 @@ from typing import Any
 from uuid import uuid4
 
 from quantivista.bus.base import Handler, topic_matches
+from quantivista.bus.envelope import Envelope
 from quantivista.bus.events import Event
 
 __all__ = ["DeadLetterSink", "InMemoryBus"]
@@ -64,7 +65,7 @@ class InMemoryBus:
             except Exception as exc:  # a consumer's bug must not lose the event
                 self.failed += 1
                 log.warning("handler %s failed on %s: %s", sub.name, event.topic, exc)
-                payload = {"type": type(event).__name__, **event.model_dump(mode="json")}
+                payload = Envelope.of(event).model_dump(mode="json")  # replayable as is
                 error = f"{type(exc).__name__}: {exc}"
                 if self._dead_letters is not None:
                     self._dead_letters(event.topic, payload, error, sub.name)

@@ -109,6 +109,9 @@ class IngestionJob(BaseModel):
     request_end: AwareDatetime | None = None
     quality: DataQualityReport | None = None
     providers: list[str] = Field(default_factory=list, description="tried in this order")
+    tenant: str | None = Field(
+        default=None, description="the API tenant that submitted it (None: the platform's own)"
+    )
     tasks: int = Field(default=0, ge=0, description="units of work the job was split into")
 
     @property
@@ -149,4 +152,8 @@ class JobTask(BaseModel):
     finished_at: AwareDatetime | None = None
     records_processed: int = Field(default=0, ge=0)
     records_failed: int = Field(default=0, ge=0)
+    symbols_failed: int = Field(
+        default=0, ge=0, description="symbols without bars: every provider failed, or none had any"
+    )
     error_details: list[dict[str, Any]] = Field(default_factory=list)
+    quality: DataQualityReport | None = None

@@ -25,6 +25,7 @@ __all__ = [
     "FrameLike",
     "QUARANTINE_POLARS_SCHEMA",
     "QUARANTINE_ROW_ID",
+    "QUARANTINE_SAME",
     "RAW_MANIFEST_SCHEMA",
     "RELEASE_POLARS_SCHEMA",
     "SCORE_SCHEMA",
@@ -135,6 +136,11 @@ QUARANTINE_ROW_ID: tuple[str, ...] = (
     "quarantined_at",
     "rule",
 )
+# what makes two quarantine rows the same rejection (a re-ingest of the same bad bar)
+QUARANTINE_SAME: tuple[str, ...] = (
+    "symbol", "timeframe", "ts", "open", "high", "low", "close", "volume", "vwap", "trades",
+    "provider", "rule", "reason",
+)  # fmt: skip
 # one record per released quarantine row: which row, when, through which job
 RELEASE_POLARS_SCHEMA = pl.Schema(
     {

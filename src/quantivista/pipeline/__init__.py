@@ -1,6 +1,27 @@
-"""Ingestion jobs and the write path."""
+"""Pipeline stages over typed batches and the runner that calls them.
 
-from quantivista.pipeline.ingest import Ingestor, Progress, new_job_id
-from quantivista.pipeline.writer import BarWriter, WriteOutcome
+acquire -> normalize -> validate -> store -> announce   (stages.py, messages.py)
+"""
 
-__all__ = ["BarWriter", "Ingestor", "Progress", "WriteOutcome", "new_job_id"]
+from quantivista.pipeline.messages import (
+    Batch,
+    BatchId,
+    FetchFailure,
+    RawBatch,
+    StoredBatch,
+    ValidatedBatch,
+)
+from quantivista.pipeline.runner import InProcessRunner
+from quantivista.pipeline.stages import Progress, Sinks
+
+__all__ = [
+    "Batch",
+    "BatchId",
+    "FetchFailure",
+    "InProcessRunner",
+    "Progress",
+    "RawBatch",
+    "Sinks",
+    "StoredBatch",
+    "ValidatedBatch",
+]

@@ -4,26 +4,40 @@ All functions are vectorized Polars; none loops over rows. Canonical conventions
 - symbols are upper case and separate a share class with a dot (`BRK.B`);
 - `ts` is the bar start in UTC; daily (and coarser) bars are stamped 00:00 UTC of the
   exchange-local session date;
-- prices are raw (as traded) in the major currency unit (GBP, not pence); volume in shares.
+- prices are raw (as traded) in the major currency unit (GBP, not pence); volume in shares:
+  `to_raw_basis` undoes a vendor's split or split-and-dividend adjustment.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
 
 import polars as pl
 
+from quantivista.actions.adjust import (
+    SPLIT_ACTION_TYPES,
+    Adjust,
+    DividendConvention,
+    adjustment_factors,
+    check_adjust_args,
+    price_events,
+)
 from quantivista.errors import InvalidInputError, SchemaError
 from quantivista.model.flags import QualityFlag
 from quantivista.model.schema import FrameLike, coerce_bars, to_polars
 from quantivista.model.timeframe import Timeframe, TimeframeLike
-from quantivista.providers.base import AdjustmentBasis
+from quantivista.providers.base import PriceBasis
 from quantivista.reference.calendars import TradingCalendar
+from quantivista.timeutil import DateLike, to_date
 
 __all__ = [
     "MINOR_UNITS",
+    "REFERENCE_GAP",
     "SHARE_CLASS_SEPARATORS",
+    "RawBasis",
     "align_to_grid",
     "from_canonical_symbols",
     "harmonize",
@@ -31,7 +45,7 @@ __all__ = [
     "normalize_units",
     "parse_numbers",
     "to_canonical_symbols",
-    "to_raw_prices",
+    "to_raw_basis",
 ]
 
 # how each provider writes "Berkshire Hathaway class B"
@@ -180,77 +194,236 @@ def normalize_units(
     return out
 
 
-def to_raw_prices(
-    df: pl.DataFrame,
-    basis: AdjustmentBasis,
-    actions: pl.DataFrame,
-    dividend_convention: str = "prev_close",
-) -> pl.DataFrame:
-    """Undo a provider's adjustment: return raw (as traded) prices and volumes.
+@dataclass(frozen=True, slots=True)
+class RawBasis:
+    """What `to_raw_basis` returns: the raw bars and, row by row, what was done to them.
 
-    `actions` is in the canonical action schema (split ratio = new shares per old share,
-    cash dividend per share on the ex-date). Going back from the newest bar, the inverse
-    factor g steps at each ex-date as g_before = S x g_after + b, with b = D / A_prev for
-    the CRSP/Yahoo/Lean convention (`prev_close`: f = 1 - D / C_prev) and b = S x D / A_ex
-    for the Alpha Vantage/Quandl one (`ex_close`: f = C_ex / (C_ex + D)), A being the
-    adjusted close. The recurrence is solved with cumulative products, not a loop.
-    Prices are multiplied by g; volume is divided by the split factor only.
+    `bars` has the input's columns, dtypes and row order. `factors` has one row per bar in
+    the same order: `price_factor` (what the prices were multiplied by; 1.0 = untouched),
+    `volume_factor` (what the volume was divided by) and `unresolved` (True when an action
+    after the bar could not be undone, or falls inside a weekly/monthly bar: its prices
+    are not raw and should not be stored as such).
     """
-    if basis is AdjustmentBasis.RAW or df.is_empty():
-        return df
-    if dividend_convention not in ("prev_close", "ex_close"):
-        raise InvalidInputError("dividend_convention is prev_close or ex_close")
-    bars = df.with_columns(_date=pl.col("ts").dt.date()).sort("symbol", "_date")
-    kinds = ["split", "stock_dividend"]
-    if basis is AdjustmentBasis.SPLITS_AND_DIVIDENDS:
-        kinds += ["dividend", "special_dividend"]
-    ev = (
-        actions.filter(pl.col("action_type").is_in(kinds))
-        .group_by("symbol", "ex_date")
-        .agg(
-            S=pl.when(pl.col("action_type").is_in(["split", "stock_dividend"]))
-            .then(pl.col("ratio"))
-            .otherwise(1.0)
-            .product(),
-            D=pl.when(pl.col("action_type").is_in(["dividend", "special_dividend"]))
-            .then(pl.col("amount"))
-            .otherwise(0.0)
-            .sum(),
+
+    bars: pl.DataFrame
+    factors: pl.DataFrame
+
+    @property
+    def converted(self) -> int:
+        """Return how many bars changed (a price or volume factor other than 1)."""
+        f = self.factors
+        return (
+            f.height
+            - f.filter((pl.col("price_factor") == 1.0) & (pl.col("volume_factor") == 1.0)).height
         )
+
+    @property
+    def unresolved(self) -> int:
+        """Return how many bars still carry an adjustment that could not be undone."""
+        return int(self.factors["unresolved"].sum())
+
+
+# the farthest a dividend's reference close may lie from its ex-date: the longest market
+# closures (US 2001-09-11..17, Chinese Golden Week) stay within it; a close older than that
+# belongs to another session (a hole in the data), so the dividend is left unresolved
+REFERENCE_GAP = timedelta(days=10)
+
+_FACTOR_COLUMNS = pl.Schema(
+    {"price_factor": pl.Float64(), "volume_factor": pl.Float64(), "unresolved": pl.Boolean()}
+)
+
+
+def _untouched(bars: pl.DataFrame) -> RawBasis:
+    factors = pl.DataFrame(
+        {
+            "price_factor": pl.repeat(1.0, bars.height, eager=True, dtype=pl.Float64),
+            "volume_factor": pl.repeat(1.0, bars.height, eager=True, dtype=pl.Float64),
+            "unresolved": pl.repeat(False, bars.height, eager=True, dtype=pl.Boolean),
+        },
+        schema=_FACTOR_COLUMNS,
+    )
+    return RawBasis(bars, factors)
+
+
+def _period_end(bars: pl.DataFrame) -> pl.Expr:
+    """Return the first date after each bar's period (the next day for daily and intraday)."""
+    day = pl.col("ts").dt.date()
+    if "timeframe" not in bars.columns:
+        return day + pl.duration(days=1)
+    every: dict[str, str] = {}
+    for tf in bars["timeframe"].drop_nulls().unique().to_list():
+        parsed = Timeframe.parse(tf)
+        every[tf] = "1d" if parsed.is_intraday else parsed.polars_every
+    if set(every.values()) <= {"1d"}:
+        return day + pl.duration(days=1)
+    step = pl.col("timeframe").replace_strict(every, default="1d", return_dtype=pl.String)
+    return pl.col("ts").dt.offset_by(step).dt.date()
+
+
+def _closes_used(
+    events: pl.DataFrame, bars: pl.DataFrame, convention: DividendConvention, name: str
+) -> pl.DataFrame:
+    """Attach `name`: the close of the bar each event's dividend factor is computed from.
+
+    CRSP: the last bar strictly before the ex-date; Alpha Vantage: the bar of the ex-date or
+    the first one after it (the bars `actions.adjust` takes its closes from), at most
+    `REFERENCE_GAP` away from the ex-date: a close from further away is not that session's.
+    """
+    closes = (
+        bars.filter(pl.col("close") > 0)
+        .select("symbol", _ref=pl.col("ts").dt.date(), **{name: pl.col("close")})
+        .sort("symbol", "_ref")
+    )
+    crsp = convention == "crsp"
+    return (
+        events.sort("symbol", "ex_date")
+        .join_asof(
+            closes,
+            left_on="ex_date",
+            right_on="_ref",
+            by="symbol",
+            strategy="backward" if crsp else "forward",
+            allow_exact_matches=not crsp,
+            tolerance=REFERENCE_GAP,
+            check_sortedness=False,  # sorted by (symbol, date): sorted within each symbol
+        )
+        .drop("_ref")
+    )
+
+
+def _reference_steps(
+    events: pl.DataFrame,
+    cash: pl.DataFrame,
+    reference: pl.DataFrame | None,
+    convention: DividendConvention,
+) -> pl.DataFrame:
+    """Attach `f`: the dividend factor `actions.adjust` computes from raw reference closes."""
+    outside = events.filter(pl.col("cash") & ~pl.col("inside")).select("symbol", "ex_date")
+    if outside.is_empty() or reference is None or reference.is_empty():
+        return events.with_columns(f=pl.lit(None, pl.Float64()))
+    ref = reference.filter(pl.col("symbol").is_in(outside["symbol"].unique().implode()))
+    usable = _closes_used(outside, ref, convention, "_C").filter(pl.col("_C").is_not_null())
+    acts = cash.join(usable, on=["symbol", "ex_date"], how="semi")
+    steps = adjustment_factors(
+        ref.select("symbol", "ts", "close"), acts, adjust="all", dividend_convention=convention
+    ).select("symbol", "ex_date", f="price_step")
+    return events.join(steps, on=["symbol", "ex_date"], how="left")
+
+
+def to_raw_basis(
+    bars: pl.DataFrame,
+    basis: PriceBasis | str,
+    actions: pl.DataFrame,
+    *,
+    as_of_day: DateLike,
+    dividend_convention: DividendConvention = "crsp",
+    reference: pl.DataFrame | None = None,
+) -> RawBasis:
+    """Turn bars quoted on an adjusted `basis` back into raw (as traded) prices and volumes.
+
+    `bars` are canonical bars of one provider response (any symbols), adjusted the way the
+    provider's `ProviderCapabilities.basis_for(timeframe)` says, as of `as_of_day`: the day
+    the vendor produced the response (the payload's received date). Only actions with an
+    ex-date up to that day count: a history fetched before a split is raw for that split.
+    `actions` (canonical action schema) are the corporate actions known for the symbols,
+    `dividend_convention` the vendor's (`crsp`: f = 1 - D / C_prev; `alpha_vantage`:
+    f = C_ex / (C_ex + D)). The events counted are those `actions.adjust.price_events`
+    gives for `adjust="splits"` (basis SPLITS) or `"all"` (SPLITS_AND_DIVIDENDS).
+
+    A dividend factor needs the close it was computed from. When that bar is in `bars`
+    (the ex-date lies within the batch's span), the vendor's own adjusted closes give the
+    exact inverse: walking the ex-dates newest first, the price multiplier steps as
+    g_before = S x g_after + b with b = D / A_prev (CRSP) or S x D / A_ex (Alpha Vantage),
+    A the adjusted close, solved with cumulative products and sums. For an ex-date after
+    the batch, the raw closes in `reference` (raw bars of the same symbols, e.g. the silver
+    layer from the batch's start up to `as_of_day`) give the factor through
+    `actions.adjust.adjustment_factors`, the very function adjustment on read uses. Splits
+    need no close. Prices (open, high, low, close, vwap) are multiplied by g, volume is
+    divided by the product of the split ratios.
+
+    A bar with no counted action after it is returned as is (it is raw when nothing has
+    happened since). A dividend whose reference close is in neither frame is skipped and
+    every bar before it is marked `unresolved` (its prices stay off by that factor), and so
+    is a weekly or monthly bar whose period contains an ex-date (the vendor's bar mixes
+    bases). Actions the caller does not know about cannot be undone and are not detected
+    here: an unknown later split leaves a split-adjusted price (compare with stored raw
+    bars). Several cash events on one ex-date are undone as one of their summed amount.
+    """
+    basis = PriceBasis(basis)
+    check_adjust_args("all", dividend_convention)
+    if basis is PriceBasis.NONE or bars.is_empty():
+        return _untouched(bars)
+    as_of = to_date(as_of_day)
+    adjust: Adjust = "all" if basis is PriceBasis.SPLITS_AND_DIVIDENDS else "splits"
+    frame = bars.select(
+        pl.int_range(bars.height, dtype=pl.Int64).alias("_row"),
+        "symbol",
+        pl.col("ts").dt.date().alias("_date"),
+        _period_end(bars).alias("_end"),
+    )
+    span = frame.group_by("symbol").agg(_first=pl.col("_date").min(), _last=pl.col("_date").max())
+    acts = (
+        price_events(actions, adjust=adjust, as_of=as_of)
+        .join(span, on="symbol", how="inner")
+        .filter(pl.col("ex_date") > pl.col("_first"))  # only events after some bar matter
+    )
+    if acts.is_empty():
+        return _untouched(bars)
+    is_split = pl.col("action_type").is_in(SPLIT_ACTION_TYPES)
+    events = acts.group_by("symbol", "ex_date").agg(
+        S=pl.when(is_split).then(pl.col("ratio")).otherwise(1.0).product(),
+        D=pl.when(is_split).then(0.0).otherwise(pl.col("amount")).sum(),
+        cash=(~is_split).any(),
+        inside=(pl.col("ex_date") <= pl.col("_last")).first(),
+    )
+    events = _closes_used(events, bars, dividend_convention, "A")
+    events = _reference_steps(events, acts.filter(~is_split), reference, dividend_convention)
+    by_batch = pl.col("cash") & pl.col("inside") & pl.col("A").is_not_null()
+    by_reference = pl.col("cash") & ~pl.col("inside") & pl.col("f").is_not_null()
+    b = pl.col("D") / pl.col("A")
+    if dividend_convention == "alpha_vantage":
+        b = pl.col("S") * b
+    newest_first = events.sort("symbol", "ex_date", descending=[False, True]).with_columns(
+        a=pl.col("S") / pl.when(by_reference).then(pl.col("f")).otherwise(1.0),
+        b=pl.when(by_batch).then(b).otherwise(0.0),
+        skipped=(pl.col("cash") & ~by_batch & ~by_reference).cast(pl.Int32),
+    )
+    # g_k = P_k (1 + sum_{j<=k} b_j / P_j), P_k = prod_{j<=k} a_j, k counting from the newest
+    steps = (
+        newest_first.with_columns(
+            P=pl.col("a").cum_prod().over("symbol"),
+            V=pl.col("S").cum_prod().over("symbol"),
+            skipped=pl.col("skipped").cum_sum().over("symbol"),
+        )
+        .with_columns(g=pl.col("P") * (1.0 + (pl.col("b") / pl.col("P")).cum_sum().over("symbol")))
+        .select("symbol", "ex_date", "g", "V", "skipped")
         .sort("symbol", "ex_date")
     )
-    # adjusted closes the dividend term needs: on the ex-date, and on the bar before it
-    closes = bars.select("symbol", "_date", A="close")
-    ev = ev.join_asof(
-        closes.rename({"_date": "ex_date", "A": "A_ex"}), on="ex_date", by="symbol",
-        strategy="forward",
-    ).join_asof(
-        closes.rename({"_date": "prev", "A": "A_prev"}).with_columns(
-            ex_key=pl.col("prev")
-        ), left_on="ex_date", right_on="ex_key", by="symbol", strategy="backward",
-        allow_exact_matches=False,
-    )  # fmt: skip
-    b = (
-        pl.col("D") / pl.col("A_prev")
-        if dividend_convention == "prev_close"
-        else pl.col("S") * pl.col("D") / pl.col("A_ex")
+    # a bar takes the factor of the first event after its date (a bar on the ex-date is ex)
+    picked = (
+        frame.sort("symbol", "_date")
+        .join_asof(
+            steps,
+            left_on="_date",
+            right_on="ex_date",
+            by="symbol",
+            strategy="forward",
+            allow_exact_matches=False,
+            check_sortedness=False,  # sorted by (symbol, date): sorted within each symbol
+        )
+        .sort("_row")
+        .select(
+            price_factor=pl.col("g").fill_null(1.0),
+            volume_factor=pl.col("V").fill_null(1.0),
+            unresolved=(pl.col("skipped").fill_null(0) > 0)
+            | (pl.col("ex_date") < pl.col("_end")).fill_null(False),
+        )
     )
-    # newest event first: g_k = P_k (1 + sum_{j<=k} b_j / P_j), P_k = prod_{j<=k} S_j
-    ev = (
-        ev.sort("symbol", "ex_date", descending=[False, True])
-        .with_columns(b=b.fill_null(0.0))
-        .with_columns(P=pl.col("S").cum_prod().over("symbol"))
-        .with_columns(g=pl.col("P") * (1 + (pl.col("b") / pl.col("P")).cum_sum().over("symbol")))
-        .select("symbol", "ex_date", "g", "P")
-        .sort("symbol", "ex_date")
-    )
-    # a bar uses the factor of the first event after its date
-    joined = bars.join_asof(
-        ev, left_on="_date", right_on="ex_date", by="symbol", strategy="forward",
-        allow_exact_matches=False,
-    ).with_columns(pl.col("g", "P").fill_null(1.0))  # fmt: skip
-    prices = [pl.col(c) * pl.col("g") for c in _PRICES if c in df.columns]
-    return joined.with_columns(*prices, volume=pl.col("volume") / pl.col("P")).select(df.columns)
+    price_factor, volume_factor = picked["price_factor"], picked["volume_factor"]
+    updates = [(pl.col(c) * price_factor).alias(c) for c in _PRICES if c in bars.columns]
+    if "volume" in bars.columns:
+        updates.append((pl.col("volume") / volume_factor).alias("volume"))
+    return RawBasis(bars.with_columns(updates), picked)
 
 
 def harmonize(

@@ -42,9 +42,9 @@ from quantivista.providers._parsing import (
     text_of,
 )
 from quantivista.providers.base import (
-    AdjustmentBasis,
     BarRequest,
     FetchResult,
+    PriceBasis,
     ProviderCapabilities,
     RawPayload,
 )
@@ -284,7 +284,7 @@ class AlphaVantageProvider(HttpProvider):
     capabilities = ProviderCapabilities(
         asset_classes=frozenset({AssetClass.EQUITY}),
         timeframes=frozenset({"1m", "5m", "15m", "30m", "1h", "1d"}),
-        adjustment=AdjustmentBasis.RAW,
+        price_basis=PriceBasis.NONE,
         history_start=date(1999, 11, 1),
         intraday_lookback_days=365 * 20,
         realtime=False,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import polars as pl
 
@@ -22,13 +22,16 @@ from quantivista.model.timeframe import Timeframe, TimeframeLike
 from quantivista.timeutil import DateLike, to_date, to_utc
 
 if TYPE_CHECKING:
+    from quantivista.actions.adjust import DividendConvention
     from quantivista.clock import Clock
     from quantivista.config import Settings
 
 __all__ = [
     "AdjustmentBasis",
     "BarRequest",
+    "CallGate",
     "FetchResult",
+    "PriceBasis",
     "Provider",
     "ProviderCapabilities",
     "RawPayload",
@@ -36,21 +39,49 @@ __all__ = [
 ]
 
 
-class AdjustmentBasis(StrEnum):
-    """How a vendor's prices are adjusted: normalization turns all of them into raw prices."""
+class PriceBasis(StrEnum):
+    """Which corporate actions the bars a provider's client returns are adjusted for.
 
-    RAW = "raw"
+    This is the basis of the bars as they leave the client (after its parser), not of the
+    vendor's wire format: Yahoo's chart prices are split-adjusted on the wire, but the Yahoo
+    parser multiplies the splits back in, so its client returns raw bars (`NONE`).
+    Normalization (`processing.normalize.to_raw_basis`) turns every other basis into raw
+    prices before bars reach the silver layer, which stores raw prices only.
+
+    - `NONE`: raw, as traded.
+    - `SPLITS`: divided by the ratios of the splits (and stock dividends) with an ex-date
+      after the bar, up to the day the response was produced; volumes multiplied by them.
+    - `SPLITS_AND_DIVIDENDS`: also multiplied by a factor per cash dividend after the bar
+      (the provider's notes say which convention: CRSP `1 - D / C_prev` or Alpha Vantage
+      `C_ex / (C_ex + D)`); volumes as for `SPLITS`.
+    """
+
+    NONE = "none"
     SPLITS = "splits"
     SPLITS_AND_DIVIDENDS = "splits_and_dividends"
+    RAW = "none"  # an alias of NONE (the member's former name)
+
+
+AdjustmentBasis = PriceBasis  # the former name of PriceBasis, kept for callers
 
 
 @dataclass(frozen=True, slots=True)
 class ProviderCapabilities:
-    """What a provider can deliver and at what cost; the router chooses providers by these."""
+    """What a provider can deliver and at what cost; the router chooses providers by these.
+
+    `price_basis` is the basis (see `PriceBasis`) of the daily and coarser bars the client
+    returns, `intraday_price_basis` that of its intraday bars (None: the same as
+    `price_basis`); `basis_for(timeframe)` picks one. `dividend_convention` says how a
+    `SPLITS_AND_DIVIDENDS` basis accounts for dividends (`crsp` or `alpha_vantage`, the
+    names `actions.adjust` uses). A client that knows one response differs from its
+    declaration puts the response's basis in `FetchResult.metadata["price_basis"]`.
+    """
 
     asset_classes: frozenset[AssetClass]
     timeframes: frozenset[str]
-    adjustment: AdjustmentBasis = AdjustmentBasis.RAW
+    price_basis: PriceBasis = PriceBasis.NONE
+    intraday_price_basis: PriceBasis | None = None
+    dividend_convention: DividendConvention = "crsp"
     history_start: date | None = None
     intraday_lookback_days: int | None = None
     realtime: bool = False
@@ -67,6 +98,17 @@ class ProviderCapabilities:
         if tf not in self.timeframes:
             return False
         return asset_class is None or asset_class in self.asset_classes
+
+    def basis_for(self, timeframe: TimeframeLike) -> PriceBasis:
+        """Return the basis of the `timeframe` bars this provider's client returns."""
+        if Timeframe.parse(timeframe).is_intraday and self.intraday_price_basis is not None:
+            return self.intraday_price_basis
+        return self.price_basis
+
+    @property
+    def adjustment(self) -> PriceBasis:
+        """Return the basis of daily bars (the former name of `price_basis`)."""
+        return self.price_basis
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,15 +175,40 @@ class FetchResult:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
+@runtime_checkable
+class CallGate(Protocol):
+    """Admits calls to a provider: blocks (throttles) until the call may go.
+
+    Rate limiters implement this; `cost` is how many units of quota the call uses.
+    """
+
+    def acquire(self, provider: str, cost: int = 1) -> None:
+        """Return once a call of `cost` units to `provider` may be made."""
+        ...
+
+
 class Provider:
     """Base class of every data source. Subclasses set `name` and `capabilities`.
 
     Register a subclass under its name with `quantivista.providers.register` or through the
     `quantivista.providers` entry-point group; the router never names providers itself.
+
+    | part | required | meaning |
+    |---|---|---|
+    | `name`, `capabilities` | yes | registry key; what it serves, its price basis, cost |
+    | `fetch_bars(request)` | yes | bars (+ actions, raw payloads) of one request |
+    | `from_settings(settings, clock)` | no | build from keys, URLs and timeouts in settings |
+    | `gates_requests` | no | True: each HTTP request (pages too) passes `gate`, which the |
+    |  |  | runtime sets to the rate limiter; False: the router gates each fetch |
+    | `timeout_s` | no | its own per-request timeout; None: the breaker times the call |
+    | `close()` | no | release connections |
     """
 
     name: ClassVar[str] = ""
     capabilities: ClassVar[ProviderCapabilities]
+    gates_requests: ClassVar[bool] = False
+    gate: CallGate | None = None
+    timeout_s: float | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, clock: Clock) -> Provider:

@@ -4,7 +4,9 @@ REST (`/api/v1/stock/candle`, `/api/v1/quote`, key in the `X-Finnhub-Token` head
 are parallel arrays with epoch-second `t`; daily candles start 00:00 New York and are
 re-stamped 00:00 UTC of that date. An empty range is HTTP 200 `{"s":"no_data"}`; an unknown
 symbol's quote is HTTP 200 with all zeros; candles are premium (403 on free keys).
-Daily candles are split-adjusted per Finnhub's docs, intraday ones are not.
+Daily (and weekly, monthly) candles are split-adjusted as of the request per Finnhub's docs,
+intraday ones are not; the parser returns both as they are and the capabilities say so
+(`price_basis=SPLITS`, `intraday_price_basis=NONE`) for normalization to undo.
 
 WebSocket (`wss://ws.finnhub.io?token=...`): `FinnhubTradeStream` subscribes to symbols,
 yields `Trade`s, treats Finnhub's `{"type":"ping"}` messages as a heartbeat (reconnects when
@@ -42,9 +44,9 @@ from quantivista.providers._parsing import (
     require,
 )
 from quantivista.providers.base import (
-    AdjustmentBasis,
     BarRequest,
     FetchResult,
+    PriceBasis,
     ProviderCapabilities,
 )
 from quantivista.providers.http import HttpProvider
@@ -289,7 +291,8 @@ class FinnhubProvider(HttpProvider):
     capabilities = ProviderCapabilities(
         asset_classes=frozenset({AssetClass.EQUITY}),
         timeframes=frozenset(_RESOLUTION),
-        adjustment=AdjustmentBasis.SPLITS,
+        price_basis=PriceBasis.SPLITS,
+        intraday_price_basis=PriceBasis.NONE,
         history_start=date(1990, 1, 2),
         intraday_lookback_days=365,
         realtime=True,

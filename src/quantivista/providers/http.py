@@ -24,7 +24,7 @@ from __future__ import annotations
 import email.utils
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
 
 import httpx
@@ -39,7 +39,7 @@ from quantivista.errors import (
     SymbolNotFoundError,
     TransientProviderError,
 )
-from quantivista.providers.base import Provider, RawPayload
+from quantivista.providers.base import CallGate, Provider, RawPayload
 
 if TYPE_CHECKING:
     from quantivista.clock import Clock
@@ -48,18 +48,6 @@ if TYPE_CHECKING:
 __all__ = ["CallGate", "HttpProvider", "parse_retry_after", "path_part", "redact"]
 
 REDACTED = "***"
-
-
-@runtime_checkable
-class CallGate(Protocol):
-    """Admits calls to a provider: blocks (throttles) until the call may go.
-
-    Rate limiters implement this; `cost` is how many units of quota the call uses.
-    """
-
-    def acquire(self, provider: str, cost: int = 1) -> None:
-        """Return once a call of `cost` units to `provider` may be made."""
-        ...
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
@@ -110,6 +98,7 @@ class HttpProvider(Provider):
     key_header: ClassVar[str | None] = None
     key_header_prefix: ClassVar[str] = ""
     user_agent: ClassVar[str] = "quantivista/0.1 (+https://github.com/quantivista)"
+    gates_requests: ClassVar[bool] = True
 
     def __init__(
         self,

@@ -5,9 +5,11 @@ still speak its API (self-hosted replays, compatible vendors, the provider simul
 for re-parsing recorded history; point `base_url` at such a service.
 
 Daily rows carry split-adjusted `open..volume` and unadjusted `uOpen..uVolume`: the parser
-uses the unadjusted ones when present (raw prices). Minute rows carry `date` + `minute` in
-New York time (bar start), IEX-only volume, `average` (taken as VWAP) and `numberOfTrades`;
-with `chartInterval=N` IEX returns every Nth one-minute bar, so those rows stay `1m` bars.
+uses the unadjusted ones when present (raw prices); a daily response without them gives
+split-adjusted bars, and the client says so in `FetchResult.metadata["price_basis"]`.
+Minute rows carry `date` + `minute` in New York time (bar start), IEX-only volume, `average`
+(taken as VWAP) and `numberOfTrades`; with `chartInterval=N` IEX returns every Nth one-minute
+bar, so those rows stay `1m` bars.
 Errors are plain-text bodies with 4xx statuses (`Unknown symbol`, quota, bad key).
 """
 
@@ -38,15 +40,15 @@ from quantivista.providers._parsing import (
     text_of,
 )
 from quantivista.providers.base import (
-    AdjustmentBasis,
     BarRequest,
     FetchResult,
+    PriceBasis,
     ProviderCapabilities,
     RawPayload,
 )
 from quantivista.providers.http import HttpProvider, path_part
 
-__all__ = ["IexCloudProvider", "classify_text", "parse_chart", "parse_quote"]
+__all__ = ["IexCloudProvider", "chart_basis", "classify_text", "parse_chart", "parse_quote"]
 
 NAME = "iex_cloud"
 EXCHANGE_TZ = "America/New_York"
@@ -76,6 +78,19 @@ def _json_or_error(body: bytes | str, symbol: str) -> Any:
     if text and text[0] not in "[{":
         raise classify_text(text, symbol)
     return load_json(text, NAME, symbol)
+
+
+def chart_basis(body: bytes | str) -> PriceBasis:
+    """Return the basis of the bars `parse_chart` makes of a chart body.
+
+    Daily rows are raw when they carry `uClose` (the parser reads `uOpen..uVolume`); rows
+    without it (older or trimmed responses) are split-adjusted as of the response. Minute
+    rows are taken as raw.
+    """
+    raw = body if isinstance(body, bytes) else body.encode()
+    if b'"minute"' in raw or b'"uClose"' in raw or b'"date"' not in raw:
+        return PriceBasis.NONE
+    return PriceBasis.SPLITS
 
 
 @guarded(NAME)
@@ -146,7 +161,7 @@ class IexCloudProvider(HttpProvider):
     capabilities = ProviderCapabilities(
         asset_classes=frozenset({AssetClass.EQUITY}),
         timeframes=frozenset({"1m", "1d"}),
-        adjustment=AdjustmentBasis.RAW,
+        price_basis=PriceBasis.NONE,
         history_start=date(2004, 1, 1),
         intraday_lookback_days=30,
         realtime=False,
@@ -173,6 +188,7 @@ class IexCloudProvider(HttpProvider):
         sym = request.symbol
         raw: list[RawPayload] = []
         parts: list[pl.DataFrame] = []
+        metadata: dict[str, Any] = {}
         if request.timeframe.is_intraday:
             day = request.start_date
             while day <= request.last_date:
@@ -189,6 +205,9 @@ class IexCloudProvider(HttpProvider):
             )
             raw.append(payload)
             parts.append(parse_chart(payload.body, sym))
+            basis = chart_basis(payload.body)
+            if basis is not PriceBasis.NONE:  # the capabilities say NONE: say what this is
+                metadata["price_basis"] = basis
         bars = pl.concat(parts).unique("ts", keep="last").sort("ts")
         tf = str(request.timeframe)
         if bars.height and bars["timeframe"][0] != tf:
@@ -198,7 +217,7 @@ class IexCloudProvider(HttpProvider):
                 symbol=sym,
             )
         bars = bars.filter(pl.col("ts").is_between(request.start, request.end, closed="left"))
-        return FetchResult(bars=bars, raw=raw, provider=NAME)
+        return FetchResult(bars=bars, raw=raw, provider=NAME, metadata=metadata)
 
     def fetch_quote(self, symbol: str) -> Quote:
         """Return the latest quote of `symbol`."""

@@ -33,9 +33,9 @@ from quantivista.providers._parsing import (
     require,
 )
 from quantivista.providers.base import (
-    AdjustmentBasis,
     BarRequest,
     FetchResult,
+    PriceBasis,
     ProviderCapabilities,
     RawPayload,
 )
@@ -163,7 +163,7 @@ class PolygonProvider(HttpProvider):
     capabilities = ProviderCapabilities(
         asset_classes=frozenset({AssetClass.EQUITY}),
         timeframes=frozenset({"1m", "5m", "15m", "30m", "1h", "1d", "1w", "1mo"}),
-        adjustment=AdjustmentBasis.RAW,
+        price_basis=PriceBasis.NONE,
         history_start=date(2003, 9, 10),
         intraday_lookback_days=365 * 2,
         realtime=False,

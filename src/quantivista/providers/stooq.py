@@ -2,7 +2,12 @@
 as `apikey`, which Stooq started asking for in 2026).
 
 The CSV is `Date,Open,High,Low,Close[,Volume]`, ascending, date-only; prices are split- and
-dividend-adjusted as of the download (not comparable to raw closes without re-basing).
+dividend-adjusted as of the download (not comparable to raw closes without re-basing), and
+the parser returns them as they are: the capabilities declare `SPLITS_AND_DIVIDENDS` and
+normalization (`processing.normalize.to_raw_basis`) turns them into raw prices. The
+dividend factors are CRSP-style (`1 - D / C_prev`): on Stooq's SPY download of 2026-02-09
+the steps at the 2018-2021 ex-dates match that convention and not Alpha Vantage's
+(tests/processing/test_raw_basis.py). Stooq rounds prices to 3 decimals.
 Every failure is HTTP 200 plain text or HTML: `Exceeded the daily hits limit` (quota),
 `No data` (unknown symbol or empty range: Stooq does not say which), an API-key or
 browser-check page. The header is checked before anything is parsed.
@@ -25,9 +30,9 @@ from quantivista.errors import (
 from quantivista.model.instruments import AssetClass
 from quantivista.providers._parsing import finish_bars, float_column, guarded, text_of
 from quantivista.providers.base import (
-    AdjustmentBasis,
     BarRequest,
     FetchResult,
+    PriceBasis,
     ProviderCapabilities,
 )
 from quantivista.providers.http import HttpProvider
@@ -87,14 +92,16 @@ class StooqProvider(HttpProvider):
     capabilities = ProviderCapabilities(
         asset_classes=frozenset({AssetClass.EQUITY}),
         timeframes=frozenset(_INTERVAL),
-        adjustment=AdjustmentBasis.SPLITS_AND_DIVIDENDS,
+        price_basis=PriceBasis.SPLITS_AND_DIVIDENDS,
+        dividend_convention="crsp",
         history_start=date(1970, 1, 2),
         realtime=False,
         corporate_actions=False,
         requires_key=False,
         cost_per_call=0.0,
         priority=60,
-        notes="best effort: daily hit cap, HTML walls since 2026; prices adjusted",
+        notes="best effort: daily hit cap, HTML walls since 2026; prices split- and dividend-"
+        "adjusted (CRSP-style dividend factors) as of the download",
     )
 
     def fetch_bars(self, request: BarRequest) -> FetchResult:

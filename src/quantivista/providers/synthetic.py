@@ -10,9 +10,9 @@ import polars as pl
 
 from quantivista.model.instruments import AssetClass
 from quantivista.providers.base import (
-    AdjustmentBasis,
     BarRequest,
     FetchResult,
+    PriceBasis,
     Provider,
     ProviderCapabilities,
 )
@@ -38,7 +38,7 @@ class SyntheticProvider(Provider):
     capabilities = ProviderCapabilities(
         asset_classes=frozenset({AssetClass.EQUITY}),
         timeframes=frozenset({"1m", "5m", "15m", "30m", "1h", "1d", "1w", "1mo"}),
-        adjustment=AdjustmentBasis.RAW,
+        price_basis=PriceBasis.NONE,
         history_start=HISTORY_START,
         corporate_actions=True,
         priority=1000,  # last resort next to real vendors

@@ -35,9 +35,9 @@ from quantivista.providers._parsing import (
     text_of,
 )
 from quantivista.providers.base import (
-    AdjustmentBasis,
     BarRequest,
     FetchResult,
+    PriceBasis,
     ProviderCapabilities,
 )
 from quantivista.providers.http import HttpProvider, path_part
@@ -166,7 +166,7 @@ class TiingoProvider(HttpProvider):
     capabilities = ProviderCapabilities(
         asset_classes=frozenset({AssetClass.EQUITY}),
         timeframes=frozenset({"1d", *_RESAMPLE}),
-        adjustment=AdjustmentBasis.RAW,
+        price_basis=PriceBasis.NONE,
         history_start=date(1962, 1, 2),
         intraday_lookback_days=365 * 5,
         realtime=False,

@@ -47,9 +47,9 @@ from quantivista.providers._parsing import (
     text_of,
 )
 from quantivista.providers.base import (
-    AdjustmentBasis,
     BarRequest,
     FetchResult,
+    PriceBasis,
     ProviderCapabilities,
     RawPayload,
 )
@@ -261,7 +261,7 @@ class YahooProvider(HttpProvider):
     capabilities = ProviderCapabilities(
         asset_classes=frozenset({AssetClass.EQUITY}),
         timeframes=frozenset(_INTERVALS),
-        adjustment=AdjustmentBasis.SPLITS,
+        price_basis=PriceBasis.NONE,  # the parser undoes Yahoo's split adjustment
         history_start=date(1962, 1, 2),
         intraday_lookback_days=60,
         realtime=False,

@@ -15,7 +15,7 @@ import polars as pl
 from quantivista.errors import InvalidInputError, NotFoundError
 from quantivista.model.timeframe import Timeframe
 from quantivista.reference.currencies import CURRENCIES
-from quantivista.storage.lake.bars import ParquetLake
+from quantivista.storage.base import BarStore
 
 __all__ = ["FxRates", "is_pair"]
 
@@ -41,7 +41,7 @@ class FxRates:
         self.pairs = set(self.rates["symbol"].unique().to_list())
 
     @classmethod
-    def from_store(cls, store: ParquetLake, timeframe: str = "1d") -> FxRates:
+    def from_store(cls, store: BarStore, timeframe: str = "1d") -> FxRates:
         """Load every stored currency-pair series of a timeframe."""
         tf = Timeframe.parse(timeframe)
         pairs = [s for s in store.symbols(tf) if is_pair(s)]

@@ -10,7 +10,7 @@ sees the same platform. Importing this package does not import psycopg.
 
 from __future__ import annotations
 
-from quantivista.storage.backend import open_backend
+from quantivista.storage.backend import open_backend, store_exists
 from quantivista.storage.base import (
     BarStore,
     RetentionPolicy,
@@ -40,4 +40,5 @@ __all__ = [
     "UpsertStats",
     "apply_retention",
     "open_backend",
+    "store_exists",
 ]

@@ -132,6 +132,10 @@ class BarStore(Protocol):
         """Return one row per (timeframe, symbol) in `STATS_SCHEMA`."""
         ...
 
+    def storage_report(self) -> pl.DataFrame:
+        """Return one row per storage tier in `REPORT_SCHEMA` (rows, bytes, compression)."""
+        ...
+
     def close(self) -> None:
         """Release connections and threads."""
         ...

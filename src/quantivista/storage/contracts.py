@@ -9,6 +9,7 @@
 | `RawStore` | bronze payloads, content-addressed | files + manifest | `raw_payloads` |
 | `InstrumentStore` | instruments and ticker history | two Parquet files | two tables |
 | `JobCatalog` | jobs, tasks with leases, reports, dead letters, small state | SQLite | tables |
+| `ClientStore` | API clients (secret hashes) and tenants' entitlements | SQLite | tables |
 
 Rules every backend keeps (the contract suites in `tests/storage/` check them):
 
@@ -28,6 +29,7 @@ from typing import Any, Literal, Protocol
 
 import polars as pl
 
+from quantivista.model.auth import ApiClient, Tenant
 from quantivista.model.jobs import DataQualityReport, IngestionJob, JobStatus, JobTask, TaskStatus
 from quantivista.model.payloads import RawPayload
 from quantivista.storage.base import BarStore
@@ -36,6 +38,7 @@ __all__ = [
     "ActionStore",
     "Backend",
     "BarStore",
+    "ClientStore",
     "DeadLetter",
     "InstrumentStore",
     "JobCatalog",
@@ -75,8 +78,13 @@ class ActionStore(Protocol):
 class QuarantineStore(Protocol):
     """Rejected bars with their rule, severity and reason; never rewritten, never dropped."""
 
-    def add(self, rejected: pl.DataFrame, *, job_id: str, at: datetime) -> int:
-        """Store rejected rows (canonical columns plus rule, severity, reason); return the count."""
+    def add(self, rejected: pl.DataFrame, *, job_id: str, at: datetime, dedupe: bool = True) -> int:
+        """Store rejected rows (canonical columns plus rule, severity, reason); return the count.
+
+        A row equal to a held row in `QUARANTINE_SAME` (the same bad bar, rejected again by
+        a re-ingest) is not stored twice, unless `dedupe` is False (a quarantine release
+        re-checks rows that are still held until it marks them released).
+        """
         ...
 
     def list(
@@ -162,6 +170,30 @@ class InstrumentStore(Protocol):
 
     def version(self) -> Hashable:
         """Return a token that changes whenever instruments or history change."""
+        ...
+
+
+class ClientStore(Protocol):
+    """API clients (credentials by hash) and tenants with their entitlements."""
+
+    def save_client(self, client: ApiClient) -> None:
+        """Insert or replace a client."""
+        ...
+
+    def client(self, client_id: str) -> ApiClient:
+        """Return a client; `NotFoundError` if unknown."""
+        ...
+
+    def clients(self, tenant: str | None = None) -> list[ApiClient]:
+        """Return the clients (of one tenant, or all) by creation time."""
+        ...
+
+    def save_tenant(self, tenant: Tenant) -> None:
+        """Insert or replace a tenant and its entitlements."""
+        ...
+
+    def tenant(self, name: str) -> Tenant | None:
+        """Return a tenant, or None when it has no record (no restrictions)."""
         ...
 
 
@@ -256,6 +288,13 @@ class JobCatalog(Protocol):
         """Return the document kept under `key`, or None."""
         ...
 
+    def setdefault_state(self, key: str, value: dict[str, Any]) -> dict[str, Any]:
+        """Keep `value` under `key` unless a document is there; return the one kept.
+
+        Atomic: of several processes racing, all get the first one's document.
+        """
+        ...
+
     def close(self) -> None:
         """Release connections."""
         ...
@@ -273,6 +312,7 @@ class Backend:
     raw: RawStore
     instruments: InstrumentStore
     catalog: JobCatalog
+    clients: ClientStore
 
     def close(self) -> None:
         """Release connections, threads and file handles."""

@@ -1,8 +1,9 @@
-"""Fake providers that answer from a schedule of outcomes (router and breaker tests)."""
+"""Fake providers: scheduled outcomes (router and breaker tests), a slow simulated market."""
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 
 import polars as pl
@@ -11,8 +12,9 @@ from quantivista.clock import TestClock
 from quantivista.model.instruments import AssetClass
 from quantivista.model.schema import BAR_POLARS_SCHEMA
 from quantivista.providers.base import BarRequest, FetchResult, Provider, ProviderCapabilities
+from quantivista.providers.synthetic import SyntheticProvider
 
-__all__ = ["FakeProvider", "Outcome", "capabilities"]
+__all__ = ["FakeProvider", "Outcome", "SlowSyntheticProvider", "capabilities"]
 
 Outcome = Exception | None  # None: answer with bars
 
@@ -73,3 +75,20 @@ class FakeProvider(Provider):
             {"symbol": [request.symbol], "ts": [request.start], "close": [1.0]}
         ).with_columns(pl.col("ts").cast(BAR_POLARS_SCHEMA["ts"]))
         return FetchResult(bars=bars, provider=self.name)
+
+
+class SlowSyntheticProvider(SyntheticProvider):
+    """The simulated market, answering each request after `delay_s` seconds.
+
+    Registered as "slow" by tests that need an ingestion in flight long enough to stop it
+    (e.g. `kill -9` a process mid-job).
+    """
+
+    name = "slow"
+    delay_s = 0.2
+
+    def fetch_bars(self, request: BarRequest) -> FetchResult:
+        time.sleep(self.delay_s)
+        result = super().fetch_bars(request)
+        result.provider = self.name
+        return result

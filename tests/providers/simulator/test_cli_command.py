@@ -10,7 +10,7 @@ import httpx
 import pytest
 import typer
 
-from quantivista.cli import _rate_windows
+from quantivista.cli.commands.providers import rate_windows as _rate_windows
 from quantivista.config import RateWindow
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from quantivista.errors import NotFoundError
+from quantivista.model.auth import ApiClient, Scope, Tenant
 from quantivista.model.jobs import (
     DataQualityReport,
     IngestionJob,
@@ -354,6 +355,20 @@ def test_state_keeps_one_document_per_key(catalog: JobCatalog) -> None:
     assert catalog.get_state("other") == {}
 
 
+def test_setdefault_keeps_the_first_document(catalog: JobCatalog) -> None:
+    assert catalog.setdefault_state("key", {"secret": "first"}) == {"secret": "first"}
+    assert catalog.setdefault_state("key", {"secret": "second"}) == {"secret": "first"}
+    assert catalog.get_state("key") == {"secret": "first"}
+
+    def race(i: int) -> dict[str, Any]:
+        return catalog.setdefault_state("raced", {"who": i})
+
+    with ThreadPoolExecutor(4) as pool:
+        kept = list(pool.map(race, range(16)))
+    assert len({k["who"] for k in kept}) == 1
+    assert catalog.get_state("raced") == kept[0]
+
+
 def test_concurrent_writers_from_threads(catalog: JobCatalog) -> None:
     def work(i: int) -> None:
         catalog.save_job(job(f"job-{i:03d}", start=T0 + timedelta(seconds=i)))
@@ -386,3 +401,47 @@ def test_lake_and_postgres_agree_on_a_job_run(twins: tuple[Backend, Backend]) ->
         seen.append([c.reports(), c.dead_letters()])
         outcomes.append(seen)
     assert outcomes[0] == outcomes[1]
+
+
+# -- API clients and tenants (the ClientStore, kept by the catalog) --------------------------
+def client(client_id: str, tenant: str = "acme", minutes: int = 0, **kw: Any) -> ApiClient:
+    return ApiClient(
+        client_id=client_id,
+        tenant=tenant,
+        scopes=[Scope.READ_BARS],
+        secret_hash="scrypt$salt$hash",
+        created_at=T0 + timedelta(minutes=minutes),
+        **kw,
+    )
+
+
+def test_clients_round_trip_and_list_by_creation(backend: Backend) -> None:
+    store = backend.clients
+    store.save_client(client("c-2", minutes=2))
+    store.save_client(client("c-1", minutes=1, name="first"))
+    store.save_client(client("b-0", tenant="other", minutes=1))
+    assert store.client("c-1") == client("c-1", minutes=1, name="first")
+    assert [c.client_id for c in store.clients()] == ["b-0", "c-1", "c-2"]
+    assert [c.client_id for c in store.clients("acme")] == ["c-1", "c-2"]
+    assert store.clients("nobody") == []
+    revoked = client("c-1", minutes=1, revoked_at=T0 + timedelta(hours=1))
+    store.save_client(revoked)
+    assert store.client("c-1") == revoked
+    assert len(store.clients()) == 3
+    with pytest.raises(NotFoundError, match="unknown API client"):
+        store.client("nope")
+
+
+def test_tenants_round_trip(backend: Backend) -> None:
+    store = backend.clients
+    assert store.tenant("acme") is None  # no record: no restrictions
+    acme = Tenant(name="acme", datasets=["bars"], symbols=["AAPL", "BRK.*"], timeframes=None)
+    store.save_tenant(acme)
+    assert store.tenant("acme") == acme
+    store.save_tenant(Tenant(name="acme"))
+    assert store.tenant("acme") == Tenant(name="acme")
+
+
+def test_clients_are_seen_by_another_instance(site: Site) -> None:
+    site.open().clients.save_client(client("c-1"))
+    assert site.open().clients.client("c-1") == client("c-1")

@@ -123,12 +123,32 @@ def test_filter_by_one_rule_of_a_rule_list(backend: Backend, make_bars: MakeBars
 def test_batches_of_one_job_accumulate(
     backend: Backend, make_bars: MakeBars, xnys: TradingCalendar
 ) -> None:
-    rows = rejected_rows(make_bars, xnys, ["AAA"])
-    backend.quarantine.add(rows, job_id="job-1", at=AT)
-    backend.quarantine.add(rows, job_id="job-1", at=AT + timedelta(minutes=1))
+    backend.quarantine.add(rejected_rows(make_bars, xnys, ["AAA"]), job_id="job-1", at=AT)
+    later = AT + timedelta(minutes=1)
+    backend.quarantine.add(rejected_rows(make_bars, xnys, ["BBB"]), job_id="job-1", at=later)
     listed = backend.quarantine.list(job_id="job-1")
     assert listed.height == 2
     assert listed["quarantined_at"].to_list() == [AT, AT + timedelta(minutes=1)]
+
+
+def test_the_same_bad_bar_rejected_again_is_held_once(
+    backend: Backend, make_bars: MakeBars, xnys: TradingCalendar
+) -> None:
+    store = backend.quarantine
+    rows = rejected_rows(make_bars, xnys, ["AAA"])
+    assert store.add(rows, job_id="job-1", at=AT) == 1
+    assert store.add(rows, job_id="job-2", at=AT + timedelta(minutes=1)) == 0  # a re-ingest
+    assert store.list()["job_id"].to_list() == ["job-1"]
+    changed = rows.with_columns(pl.col("close") + 1)
+    later = AT + timedelta(minutes=2)
+    assert store.add(changed, job_id="job-3", at=later) == 1  # another bad value is kept
+    recheck = AT + timedelta(minutes=5)
+    assert store.add(rows, job_id="rel", at=recheck, dedupe=False) == 1  # a release re-checks
+    assert store.count() == 3
+    # a released row is no longer held: the same bad bar coming back is held again
+    store.mark_released(store.list(), release_job_id="r", at=AT + timedelta(hours=1))
+    assert store.count() == 0
+    assert store.add(rows, job_id="job-4", at=AT + timedelta(hours=2)) == 1
 
 
 def test_released_rows_are_hidden_but_kept_on_record(
@@ -168,15 +188,27 @@ def test_quarantine_is_seen_by_another_instance(
 def test_concurrent_adds_from_threads_keep_every_row(
     backend: Backend, make_bars: MakeBars, xnys: TradingCalendar
 ) -> None:
-    rows = rejected_rows(make_bars, xnys, ["AAA", "BBB"])
-
     def add(i: int) -> int:
+        rows = rejected_rows(make_bars, xnys, [f"S{i:02d}", f"T{i:02d}"])
         return backend.quarantine.add(rows, job_id=f"job-{i}", at=AT + timedelta(seconds=i))
 
     with ThreadPoolExecutor(4) as pool:
         assert sum(pool.map(add, range(12))) == 24
     assert backend.quarantine.count() == 24
     assert backend.quarantine.list(job_id="job-7").height == 2
+
+
+def test_concurrent_adds_of_the_same_rows_hold_them_once(
+    backend: Backend, make_bars: MakeBars, xnys: TradingCalendar
+) -> None:
+    rows = rejected_rows(make_bars, xnys, ["AAA", "BBB"])
+
+    def add(i: int) -> int:
+        return backend.quarantine.add(rows, job_id=f"job-{i}", at=AT + timedelta(seconds=i))
+
+    with ThreadPoolExecutor(4) as pool:
+        assert sum(pool.map(add, range(8))) == 2
+    assert backend.quarantine.count() == 2
 
 
 def test_lake_and_postgres_return_the_same_frames(

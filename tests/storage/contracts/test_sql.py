@@ -110,3 +110,11 @@ def test_errors_are_invalid_input_with_the_databases_message(pg: PostgresStore) 
         sql_query(pg, "SELECT pg_sleep(5)", timeout_s=0.2)
     assert sql_query(pg, "-- a comment\n/* another */ (SELECT 1 AS one)").item() == 1
     assert sql_query(pg, "SELECT count(*) FROM bars").item() == 0  # the pool still works
+
+
+def test_allow_writes_runs_and_commits_one_statement(pg: PostgresStore) -> None:
+    sql_query(pg, "INSERT INTO state (key, value) VALUES ('k', '{}')", allow_writes=True)
+    assert sql_query(pg, "SELECT key FROM state").item() == "k"
+    with pytest.raises(InvalidInputError, match="multiple commands"):
+        sql_query(pg, "DELETE FROM state; DELETE FROM bars", allow_writes=True)
+    assert sql_query(pg, "SELECT count(*) FROM state").item() == 1

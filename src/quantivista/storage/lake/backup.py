@@ -77,6 +77,8 @@ def backup(root: Path, dest: Path, postgres: PostgresBars | None = None) -> dict
     """
     root, dest = Path(root), Path(dest)
     existed = dest.exists()
+    if existed and not dest.is_dir():
+        raise StorageError("backup destination is a file, not a directory", dest=str(dest))
     if existed and any(dest.iterdir()):
         raise StorageError("backup destination is not empty", dest=str(dest))
     dest.mkdir(parents=True, exist_ok=True)
@@ -165,6 +167,10 @@ def restore(src: Path, root: Path, postgres: PostgresBars | None = None) -> dict
     into; every check runs before anything is written.
     """
     src, root = Path(src), Path(root)
+    if not src.is_dir():
+        raise StorageError("no backup directory there", src=str(src))
+    if root.exists() and not root.is_dir():
+        raise StorageError("restore target is a file, not a directory", root=str(root))
     if root.exists() and any(root.iterdir()):
         raise StorageError("restore target is not empty", root=str(root))
     manifest = verify(src)

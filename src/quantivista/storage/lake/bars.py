@@ -135,8 +135,9 @@ class ParquetLake:
         self._lock_dir = self.layout.locks
         # decoded partition files of both tiers (cold ones under the identity the index holds)
         self.cache: FileCache[_Indexed] = FileCache(self.settings.cache_mb * 1024 * 1024)
-        self.bars_root.mkdir(parents=True, exist_ok=True)
-        self._lock_dir.mkdir(parents=True, exist_ok=True)
+        for directory in (self.bars_root, self._lock_dir):  # a read-only store has them
+            if not directory.is_dir():
+                directory.mkdir(parents=True, exist_ok=True)
         self.cold_index = ColdIndex(self.root, self.cold, self._lock_dir) if self.cold else None
         self.buckets = self._layout()
 
@@ -563,6 +564,10 @@ class ParquetLake:
             return pl.scan_parquet(files).filter(cond).collect()
         except (OSError, pl.exceptions.ComputeError) as exc:
             raise StorageError("cannot read history files", files=len(files)) from exc
+
+    def storage_report(self) -> pl.DataFrame:
+        """Return files, rows, bytes and compression per tier (see `storage_report`)."""
+        return storage_report(self)
 
     def compact(self) -> int:
         """Merge each partition's history files into one; return the files removed.

@@ -8,6 +8,7 @@ same task. WAL mode lets readers go on while a writer commits.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from quantivista.errors import NotFoundError, StorageError
+from quantivista.model.auth import ApiClient, Tenant
 from quantivista.model.jobs import DataQualityReport, IngestionJob, JobStatus, JobTask, TaskStatus
 from quantivista.storage.contracts import DeadLetter
 
@@ -63,12 +65,23 @@ CREATE TABLE IF NOT EXISTS state (
     key         TEXT PRIMARY KEY,
     value       TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS api_clients (
+    client_id   TEXT PRIMARY KEY,
+    tenant      TEXT NOT NULL,
+    created_at  TEXT NOT NULL,
+    body        TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tenants (
+    name        TEXT PRIMARY KEY,
+    body        TEXT NOT NULL
+);
 """
 
 
 def lease_expired_detail(task: JobTask, now: datetime) -> dict[str, Any]:
     """Return the job error detail recorded when a task's worker stopped heartbeating."""
     return {
+        "scope": "job",
         "kind": "lease_expired",
         "message": f"worker {task.worker} stopped heartbeating; its lease lapsed",
         "task_id": task.task_id,
@@ -78,19 +91,28 @@ def lease_expired_detail(task: JobTask, now: datetime) -> dict[str, Any]:
 
 
 class SqliteCatalog:
-    """The `JobCatalog` of the embedded platform, in one SQLite file."""
+    """The `JobCatalog` (and `ClientStore`) of the embedded platform, in one SQLite file."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # a catalog in a directory we may not write to (a read-only mount, a shared copy) is
+        # opened immutable: reads work, writes fail with a StorageError
+        self.read_only = self.path.exists() and not os.access(self.path.parent, os.W_OK)
         self._lock = threading.Lock()
         try:
-            self._conn = sqlite3.connect(
-                self.path, check_same_thread=False, timeout=30.0, isolation_level=None
-            )
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.executescript(_SCHEMA)
+            if self.read_only:
+                uri = f"file:{self.path}?immutable=1"
+                self._conn = sqlite3.connect(
+                    uri, uri=True, check_same_thread=False, isolation_level=None
+                )
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._conn = sqlite3.connect(
+                    self.path, check_same_thread=False, timeout=30.0, isolation_level=None
+                )
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute("PRAGMA synchronous=NORMAL")
+                self._conn.executescript(_SCHEMA)
         except sqlite3.Error as exc:
             raise StorageError("cannot open the catalog", path=str(self.path)) from exc
 
@@ -107,7 +129,9 @@ class SqliteCatalog:
                     raise
                 self._conn.execute("COMMIT")
             except sqlite3.Error as exc:
-                raise StorageError("catalog operation failed", path=str(self.path)) from exc
+                raise StorageError(
+                    "catalog operation failed", path=str(self.path), error=str(exc)
+                ) from exc
 
     def close(self) -> None:
         """Close the database connection."""
@@ -208,6 +232,8 @@ class SqliteCatalog:
 
     def expire_leases(self, now: datetime) -> list[str]:
         """Return lapsed running tasks to pending and fail their jobs; return those jobs."""
+        if self.read_only:  # nothing can be changed here; the jobs show as they were left
+            return []
         with self._tx(immediate=True) as db:
             rows = db.execute(
                 "SELECT body FROM job_tasks WHERE status=? AND lease_expires_at < ?"
@@ -341,6 +367,61 @@ class SqliteCatalog:
         with self._tx() as db:
             row = db.execute("SELECT value FROM state WHERE key=?", (key,)).fetchone()
         return None if row is None else dict(json.loads(row[0]))
+
+    def setdefault_state(self, key: str, value: dict[str, Any]) -> dict[str, Any]:
+        """Keep `value` under `key` unless one is there; return the document kept."""
+        with self._tx(immediate=True) as db:
+            db.execute(
+                "INSERT INTO state(key, value) VALUES (?, ?) ON CONFLICT(key) DO NOTHING",
+                (key, json.dumps(value, default=str)),
+            )
+            row = db.execute("SELECT value FROM state WHERE key=?", (key,)).fetchone()
+        return dict(json.loads(row[0]))
+
+    # -- API clients and tenants ------------------------------------------------------------
+    def save_client(self, client: ApiClient) -> None:
+        """Insert or replace a client."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO api_clients(client_id, tenant, created_at, body) VALUES (?,?,?,?) "
+                "ON CONFLICT(client_id) DO UPDATE SET tenant=excluded.tenant, body=excluded.body",
+                (client.client_id, client.tenant, _iso(client.created_at),
+                 client.model_dump_json()),
+            )  # fmt: skip
+
+    def client(self, client_id: str) -> ApiClient:
+        """Return a client by id."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT body FROM api_clients WHERE client_id=?", (client_id,)
+            ).fetchone()
+        if row is None:
+            raise NotFoundError("unknown API client", client_id=client_id)
+        return ApiClient.model_validate_json(row[0])
+
+    def clients(self, tenant: str | None = None) -> list[ApiClient]:
+        """Return clients (of one tenant, or all), oldest first."""
+        where, args = ("WHERE tenant=?", (tenant,)) if tenant else ("", ())
+        with self._tx() as db:
+            rows = db.execute(
+                f"SELECT body FROM api_clients {where} ORDER BY created_at, client_id", args
+            ).fetchall()
+        return [ApiClient.model_validate_json(r[0]) for r in rows]
+
+    def save_tenant(self, tenant: Tenant) -> None:
+        """Insert or replace a tenant."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO tenants(name, body) VALUES (?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET body=excluded.body",
+                (tenant.name, tenant.model_dump_json()),
+            )
+
+    def tenant(self, name: str) -> Tenant | None:
+        """Return a tenant's record, or None."""
+        with self._tx() as db:
+            row = db.execute("SELECT body FROM tenants WHERE name=?", (name,)).fetchone()
+        return None if row is None else Tenant.model_validate_json(row[0])
 
 
 def _save_job(db: sqlite3.Connection, job: IngestionJob) -> None:

@@ -14,9 +14,10 @@ from quantivista.config import StorageSettings
 from quantivista.model.schema import (
     QUARANTINE_POLARS_SCHEMA,
     QUARANTINE_ROW_ID,
+    QUARANTINE_SAME,
     RELEASE_POLARS_SCHEMA,
 )
-from quantivista.storage.lake.files import atomic_write_parquet
+from quantivista.storage.lake.files import atomic_write_parquet, flocked
 from quantivista.storage.lake.layout import LakeLayout
 
 __all__ = ["ParquetQuarantineStore"]
@@ -37,12 +38,30 @@ class ParquetQuarantineStore:
         self.dir = layout.quarantine
         self.released_dir = layout.released
         self.settings = settings or StorageSettings()
-        self.dir.mkdir(parents=True, exist_ok=True)
 
-    def add(self, rejected: pl.DataFrame, *, job_id: str, at: datetime) -> int:
-        """Store rejected rows (canonical columns plus rule, severity, reason)."""
+    def add(self, rejected: pl.DataFrame, *, job_id: str, at: datetime, dedupe: bool = True) -> int:
+        """Store rejected rows (canonical columns plus rule, severity, reason).
+
+        A row already held with the same bar values, rule and reason (the same bad bar
+        ingested again) is not stored twice, unless `dedupe` is False (a release re-checks
+        rows that are still held). Return the rows stored.
+        """
         if rejected.is_empty():
             return 0
+        with flocked(LakeLayout(self.dir.parents[1]).lock_file("quarantine")):
+            return self._add(rejected, job_id=job_id, at=at, dedupe=dedupe)
+
+    def _add(self, rejected: pl.DataFrame, *, job_id: str, at: datetime, dedupe: bool) -> int:
+        held = self.list(rejected["symbol"].unique().to_list()) if dedupe else None
+        if held is not None and held.height:
+            rejected = rejected.join(
+                held.select(QUARANTINE_SAME).unique(),
+                on=list(QUARANTINE_SAME),
+                how="anti",
+                nulls_equal=True,
+            )
+            if rejected.is_empty():
+                return 0
         frame = (
             rejected.with_columns(
                 job_id=pl.col("job_id").fill_null(job_id),

@@ -38,7 +38,6 @@ class ParquetScoreStore:
     def __init__(self, root: Path, settings: StorageSettings | None = None) -> None:
         self.dir = LakeLayout(Path(root)).scores
         self.settings = settings or StorageSettings()
-        self.dir.mkdir(parents=True, exist_ok=True)
 
     def add(self, scores: pl.DataFrame, at: datetime) -> int:
         """Store the scores of one batch, validated at `at`; return how many rows were written."""

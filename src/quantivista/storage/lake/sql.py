@@ -101,13 +101,27 @@ def lake_connection(
     return con
 
 
-def sql_query(root: Path, query: str, storage: StorageSettings | None = None) -> pl.DataFrame:
-    """Run one SQL query over the lake and return the result as a Polars frame.
+_READ_ONLY = {"SELECT", "EXPLAIN"}
 
-    With `storage.archive_url` set, the view `bars` spans the hot and the cold tier.
+
+def sql_query(
+    root: Path, query: str, storage: StorageSettings | None = None, *, allow_writes: bool = False
+) -> pl.DataFrame:
+    """Run SQL over the lake and return the last statement's result as a Polars frame.
+
+    Only queries (SELECT, WITH, DESCRIBE, SHOW, EXPLAIN) run unless `allow_writes`: COPY,
+    EXPORT, ATTACH, INSTALL and the like could write files. With `storage.archive_url`
+    set, the view `bars` spans the hot and the cold tier.
     """
     con = lake_connection(root, storage)
     try:
+        if not allow_writes:
+            kinds = {s.type.name for s in con.extract_statements(query)}
+            if not kinds <= _READ_ONLY:
+                raise InvalidInputError(
+                    "qv sql runs read-only queries; pass --allow-writes for "
+                    + ", ".join(sorted(kinds - _READ_ONLY)),
+                )
         relation = con.sql(query)
         if relation is None:  # a statement without a result
             return pl.DataFrame()

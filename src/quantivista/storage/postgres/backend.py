@@ -2,7 +2,8 @@
 
 All stores share the bar store's connection pool; `Backend.close` closes it once (the
 catalog does not own it). A second host opening the same DSN and schema sees the same
-platform: bars, actions, quarantine, scores, bronze, instruments and the job catalog.
+platform: bars, actions, quarantine, scores, bronze, instruments, the job catalog and the
+API clients and tenants (kept by the catalog, as in the lake).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def open_postgres(settings: Settings) -> Backend:
         pool_size=storage.postgres_pool_size,
     )
     pool = bars.pool
+    catalog = PgCatalog(pool)
     return Backend(
         kind="postgres",
         bars=bars,
@@ -37,5 +39,6 @@ def open_postgres(settings: Settings) -> Backend:
         scores=PgScoreStore(pool),
         raw=PgRawStore(pool),
         instruments=PgInstrumentStore(pool),
-        catalog=PgCatalog(pool),
+        catalog=catalog,
+        clients=catalog,
     )

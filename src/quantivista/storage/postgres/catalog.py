@@ -17,6 +17,7 @@ from psycopg import Connection
 from psycopg_pool import ConnectionPool
 
 from quantivista.errors import NotFoundError
+from quantivista.model.auth import ApiClient, Tenant
 from quantivista.model.jobs import DataQualityReport, IngestionJob, JobStatus, JobTask, TaskStatus
 from quantivista.storage.contracts import DeadLetter
 from quantivista.storage.lake.catalog import lease_expired_detail
@@ -28,7 +29,7 @@ _WHAT = "catalog operation"
 
 
 class PgCatalog:
-    """The `JobCatalog` of the PostgreSQL backend.
+    """The `JobCatalog` (and `ClientStore`) of the PostgreSQL backend.
 
     It shares the backend's connection pool; `close` closes the pool only when the catalog
     was given `owns_pool=True` (the backend closes its one pool once).
@@ -283,6 +284,68 @@ class PgCatalog:
         with transaction(self.pool, _WHAT) as conn:
             row = conn.execute("SELECT value::text FROM state WHERE key = %s", (key,)).fetchone()
         return None if row is None else dict(json.loads(row[0]))
+
+    def setdefault_state(self, key: str, value: dict[str, Any]) -> dict[str, Any]:
+        """Keep `value` under `key` unless a document is there; return the one kept.
+
+        Of several processes racing, the first insert wins; the others wait for its commit
+        (the key's unique index) and read its document.
+        """
+        with transaction(self.pool, _WHAT) as conn:
+            conn.execute(
+                "INSERT INTO state (key, value) VALUES (%s, %s::json) ON CONFLICT (key) DO NOTHING",
+                (key, json.dumps(value, default=str)),
+            )
+            row = conn.execute("SELECT value::text FROM state WHERE key = %s", (key,)).fetchone()
+        assert row is not None
+        return dict(json.loads(row[0]))
+
+    # -- API clients and tenants (the `ClientStore`) ---------------------------------------
+    def save_client(self, client: ApiClient) -> None:
+        """Insert or replace a client."""
+        with transaction(self.pool, _WHAT) as conn:
+            conn.execute(
+                "INSERT INTO api_clients (client_id, tenant, created_at, body)"
+                " VALUES (%s, %s, %s, %s::json) ON CONFLICT (client_id) DO UPDATE SET"
+                " tenant = excluded.tenant, body = excluded.body",
+                (client.client_id, client.tenant, client.created_at, client.model_dump_json()),
+            )
+
+    def client(self, client_id: str) -> ApiClient:
+        """Return a client; `NotFoundError` if unknown."""
+        with transaction(self.pool, _WHAT) as conn:
+            row = conn.execute(
+                "SELECT body::text FROM api_clients WHERE client_id = %s", (client_id,)
+            ).fetchone()
+        if row is None:
+            raise NotFoundError("unknown API client", client_id=client_id)
+        return ApiClient.model_validate_json(row[0])
+
+    def clients(self, tenant: str | None = None) -> list[ApiClient]:
+        """Return the clients (of one tenant, or all) by creation time."""
+        where, args = ("WHERE tenant = %s", [tenant]) if tenant else ("", [])
+        with transaction(self.pool, _WHAT) as conn:
+            rows = conn.execute(
+                f"SELECT body::text FROM api_clients {where}"
+                ' ORDER BY created_at, client_id COLLATE "C"',
+                args,
+            ).fetchall()
+        return [ApiClient.model_validate_json(r[0]) for r in rows]
+
+    def save_tenant(self, tenant: Tenant) -> None:
+        """Insert or replace a tenant and its entitlements."""
+        with transaction(self.pool, _WHAT) as conn:
+            conn.execute(
+                "INSERT INTO tenants (name, body) VALUES (%s, %s::json)"
+                " ON CONFLICT (name) DO UPDATE SET body = excluded.body",
+                (tenant.name, tenant.model_dump_json()),
+            )
+
+    def tenant(self, name: str) -> Tenant | None:
+        """Return a tenant, or None when it has no record (no restrictions)."""
+        with transaction(self.pool, _WHAT) as conn:
+            row = conn.execute("SELECT body::text FROM tenants WHERE name = %s", (name,)).fetchone()
+        return None if row is None else Tenant.model_validate_json(row[0])
 
 
 def _save_job(conn: Connection[Any], job: IngestionJob) -> None:

@@ -7,15 +7,22 @@ from datetime import datetime
 from typing import Any
 
 import polars as pl
-from psycopg import sql
+from psycopg import Connection, sql
 from psycopg_pool import ConnectionPool
 
 from quantivista.model.schema import (
     QUARANTINE_POLARS_SCHEMA,
     QUARANTINE_ROW_ID,
+    QUARANTINE_SAME,
     RELEASE_POLARS_SCHEMA,
 )
-from quantivista.storage.postgres.db import copy_frame, read_frame, transaction, wire_columns
+from quantivista.storage.postgres.db import (
+    copy_frame,
+    lock_version,
+    read_frame,
+    transaction,
+    wire_columns,
+)
 
 __all__ = ["PgQuarantineStore"]
 
@@ -35,11 +42,36 @@ class PgQuarantineStore:
     def __init__(self, pool: ConnectionPool[Any]) -> None:
         self.pool = pool
 
-    def add(self, rejected: pl.DataFrame, *, job_id: str, at: datetime) -> int:
-        """Store rejected rows (canonical columns plus rule, severity, reason); return the count."""
+    def add(self, rejected: pl.DataFrame, *, job_id: str, at: datetime, dedupe: bool = True) -> int:
+        """Store rejected rows (canonical columns plus rule, severity, reason); return the count.
+
+        A row equal to a held row in `QUARANTINE_SAME` (the same bad bar, rejected again by
+        a re-ingest) is not stored twice, unless `dedupe` is False (a quarantine release
+        re-checks rows that are still held until it marks them released). The check and
+        the insert are one transaction under the quarantine writer lock.
+        """
         if rejected.is_empty():
             return 0
-        frame = (
+        with transaction(self.pool, "writing quarantined rows") as conn:
+            if dedupe:
+                lock_version(conn, "quarantine")
+                held = _held(conn, rejected["symbol"].unique().to_list())
+                if held.height:
+                    rejected = rejected.join(
+                        held.select(QUARANTINE_SAME).unique(),
+                        on=list(QUARANTINE_SAME),
+                        how="anti",
+                        nulls_equal=True,
+                    )
+                    if rejected.is_empty():
+                        return 0
+            frame = self._frame(rejected, job_id, at)
+            copy_frame(conn, "quarantine_rows", frame.with_columns(batch_job_id=pl.lit(job_id)))
+        return frame.height
+
+    @staticmethod
+    def _frame(rejected: pl.DataFrame, job_id: str, at: datetime) -> pl.DataFrame:
+        return (
             rejected.with_columns(
                 job_id=pl.col("job_id").fill_null(job_id),
                 quarantined_at=pl.lit(at, QUARANTINE_POLARS_SCHEMA["quarantined_at"]),
@@ -47,9 +79,6 @@ class PgQuarantineStore:
             .select(QUARANTINE_POLARS_SCHEMA.names())
             .cast(QUARANTINE_POLARS_SCHEMA)
         )
-        with transaction(self.pool, "writing quarantined rows") as conn:
-            copy_frame(conn, "quarantine_rows", frame.with_columns(batch_job_id=pl.lit(job_id)))
-        return frame.height
 
     def list(
         self,
@@ -74,14 +103,9 @@ class PgQuarantineStore:
         if rule:
             where.append(sql.SQL("%(rule)s = ANY(string_to_array(rule, ','))"))
             params["rule"] = rule
-        query = sql.SQL("SELECT {cols} FROM quarantine_rows {where} ORDER BY seq").format(
-            cols=wire_columns(QUARANTINE_POLARS_SCHEMA),
-            where=sql.SQL("WHERE ") + sql.SQL(" AND ").join(where) if where else sql.SQL(""),
-        )
         with transaction(self.pool, "reading quarantined rows") as conn:
-            df = read_frame(conn, query, params, QUARANTINE_POLARS_SCHEMA)
+            df = _rows(conn, where, params)
             released = _releases(conn)
-        df = df.sort("quarantined_at", "symbol", "ts", maintain_order=True)
         if include_released:
             extra = released.select(*ROW_ID, "released_at", "release_job_id")
             return df.join(extra, on=list(ROW_ID), how="left", nulls_equal=True)
@@ -115,7 +139,25 @@ class PgQuarantineStore:
         return int(row[0]) if row else 0
 
 
-def _releases(conn: Any) -> pl.DataFrame:
+def _rows(
+    conn: Connection[Any], where: list[sql.Composable], params: dict[str, Any]
+) -> pl.DataFrame:
+    """Return quarantined rows matching `where`, released or not, in the listing order."""
+    query = sql.SQL("SELECT {cols} FROM quarantine_rows {where} ORDER BY seq").format(
+        cols=wire_columns(QUARANTINE_POLARS_SCHEMA),
+        where=sql.SQL("WHERE ") + sql.SQL(" AND ").join(where) if where else sql.SQL(""),
+    )
+    df = read_frame(conn, query, params, QUARANTINE_POLARS_SCHEMA)
+    return df.sort("quarantined_at", "symbol", "ts", maintain_order=True)
+
+
+def _held(conn: Connection[Any], symbols: list[str]) -> pl.DataFrame:
+    """Return the rows of `symbols` still held (not released)."""
+    rows = _rows(conn, [sql.SQL("symbol = ANY(%(symbols)s)")], {"symbols": symbols})
+    return rows.join(_releases(conn), on=list(ROW_ID), how="anti", nulls_equal=True)
+
+
+def _releases(conn: Connection[Any]) -> pl.DataFrame:
     query = sql.SQL("SELECT {} FROM quarantine_released ORDER BY seq").format(
         wire_columns(RELEASE_POLARS_SCHEMA)
     )

@@ -5,8 +5,9 @@ The relations `bars`, `actions` and `quarantine` have the columns of the lake's 
 `quality_scores_daily`, ...). The query runs in PostgreSQL's own dialect.
 
 Guards: one statement only (sent with the extended protocol, which refuses a second), and
-it must read (SELECT, WITH, VALUES, TABLE, EXPLAIN or SHOW: no COPY to a server file); it
-runs in a READ ONLY transaction with a statement timeout and is rolled back. These keep
+unless `allow_writes` it must read (SELECT, WITH, VALUES, TABLE, EXPLAIN or SHOW: no COPY to
+a server file) and runs in a READ ONLY transaction that is rolled back; always with a
+statement timeout. These keep
 mistakes harmless; a user who must not reach server functions needs a role without them.
 """
 
@@ -69,27 +70,33 @@ def _unique(names: list[str]) -> list[str]:
 
 
 def sql_query(
-    pool_or_store: ConnectionPool[Any] | PostgresStore, query: str, *, timeout_s: float = 30.0
+    pool_or_store: ConnectionPool[Any] | PostgresStore,
+    query: str,
+    *,
+    allow_writes: bool = False,
+    timeout_s: float = 60.0,
 ) -> pl.DataFrame:
-    """Run one read-only SQL query in the backend's schema; return the result as a frame.
+    """Run one SQL statement in the backend's schema; return its result as a frame.
 
-    Errors (syntax, unknown relation, timeout, a write) become `InvalidInputError` with the
-    database's message.
+    Read-only (and rolled back) unless `allow_writes`, which runs any one statement and
+    commits it. Errors (syntax, unknown relation, timeout, a write) become
+    `InvalidInputError` with the database's message.
     """
     if isinstance(pool_or_store, PostgresStore):
         pool, schema = pool_or_store.pool, pool_or_store.schema
     else:
         pool, schema = pool_or_store, None
-    if _first_word(query) not in _READS:
+    if not allow_writes and _first_word(query) not in _READS:
         raise InvalidInputError(
             "SQL failed: only one reading statement (SELECT, WITH, VALUES, TABLE, EXPLAIN,"
-            " SHOW) is allowed",
+            " SHOW) is allowed without allow_writes",
             query=query[:200],
         )
     try:
         with pool.connection() as conn:
             try:
-                conn.execute("SET TRANSACTION READ ONLY")  # first in psycopg's transaction
+                if not allow_writes:
+                    conn.execute("SET TRANSACTION READ ONLY")  # first in psycopg's transaction
                 if schema is None:
                     row = conn.execute("SELECT current_schema()").fetchone()
                     schema = str(row[0]) if row and row[0] else "public"
@@ -101,13 +108,17 @@ def sql_query(
                 with conn.cursor(binary=True) as cur:  # binary: the extended protocol
                     set_json_loads(_as_text, cur)  # JSON as text, as DuckDB gives it
                     cur.execute(query)
-                    if cur.description is None:
+                    if cur.description is None:  # a statement without rows
+                        if allow_writes:
+                            conn.commit()
                         return pl.DataFrame()
                     names = _unique([d.name for d in cur.description])
                     oids = [d.type_code for d in cur.description]
                     rows = cur.fetchall()
+                if allow_writes:
+                    conn.commit()
             finally:
-                conn.rollback()
+                conn.rollback()  # a no-op after the commit
     except psycopg.Error as exc:
         message = str(exc).strip()
         raise InvalidInputError(f"SQL failed: {message}", query=query[:200]) from exc

@@ -14,7 +14,8 @@ Tables (and the lake's counterpart):
   scores as runs of days (view `quality_scores_daily`: one row per day) (runs files);
 - `raw_payloads` (bodies once per provider and sha256) and `raw_manifest` (files);
 - `instruments` and `symbol_history` (two Parquet files);
-- `jobs`, `job_tasks`, `quality_reports`, `dead_letters`, `state` (the SQLite catalog).
+- `jobs`, `job_tasks`, `quality_reports`, `dead_letters`, `state`, `api_clients`,
+  `tenants` (the SQLite catalog).
 
 Identity columns (`seq`, `ins`, `report_id`, `id`) keep the order of arrival, which the
 lake keeps by file order or SQLite rowid. Documents (job and task bodies, reports, dead
@@ -57,7 +58,8 @@ _QUARANTINE_COLUMNS = (
 _STATEMENTS = [
     # -- versions ---------------------------------------------------------------------------
     "CREATE TABLE versions (kind text PRIMARY KEY, version int8 NOT NULL DEFAULT 0)",
-    "INSERT INTO versions (kind) VALUES ('actions'), ('instruments')",
+    # `quarantine` is only a writer lock (a re-ingested bad bar is held once)
+    "INSERT INTO versions (kind) VALUES ('actions'), ('instruments'), ('quarantine')",
     # -- corporate actions -----------------------------------------------------------------
     """CREATE TABLE actions (
         symbol      text NOT NULL,
@@ -215,12 +217,21 @@ _STATEMENTS = [
         created_at text NOT NULL
     )""",
     "CREATE TABLE state (key text PRIMARY KEY, value json NOT NULL)",
+    # -- API clients (secret hashes) and tenants with their entitlements -------------------
+    """CREATE TABLE api_clients (
+        client_id  text PRIMARY KEY,
+        tenant     text NOT NULL,
+        created_at timestamptz NOT NULL,
+        body       json NOT NULL
+    )""",
+    "CREATE INDEX api_clients_tenant ON api_clients (tenant, created_at)",
+    "CREATE TABLE tenants (name text PRIMARY KEY, body json NOT NULL)",
 ]
 
 _TABLES = (
-    "state", "dead_letters", "quality_reports", "job_tasks", "jobs", "symbol_history",
-    "instruments", "raw_manifest", "raw_payloads", "quality_scores", "quarantine_released",
-    "quarantine_rows", "actions", "versions",
+    "tenants", "api_clients", "state", "dead_letters", "quality_reports", "job_tasks", "jobs",
+    "symbol_history", "instruments", "raw_manifest", "raw_payloads", "quality_scores",
+    "quarantine_released", "quarantine_rows", "actions", "versions",
 )  # fmt: skip
 
 

@@ -1,4 +1,4 @@
-"""The write path's announcement: one event per timeframe, naming the symbols it stored."""
+"""The announce stage: one event per timeframe, naming the symbols it stored."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from quantivista.bus.events import BarsIngested, Event
-from quantivista.pipeline.writer import _distinct
+from quantivista.pipeline.stages import distinct
 from quantivista.platform import Platform
 
 
@@ -40,7 +40,7 @@ def _bars(p: Platform, symbols: list[str], timeframe: str = "1d") -> pl.DataFram
 
 def _ingested(p: Platform) -> list[BarsIngested]:
     events: list[Event] = []
-    p.bus.subscribe("bars.>", events.append)
+    p.runtime.bus.subscribe("bars.>", events.append)
     return events  # type: ignore[return-value]
 
 
@@ -83,4 +83,4 @@ def test_each_timeframe_of_a_batch_is_announced_with_its_own_span(platform: Plat
 @given(st.lists(st.sampled_from(["A", "B", "C", None]), min_size=1, max_size=30))
 def test_distinct_of_runs_is_the_sorted_unique(values: list[str | None]) -> None:
     column = pl.Series("symbol", values, dtype=pl.String)
-    assert _distinct(column) == column.unique().sort().to_list()
+    assert distinct(column) == column.unique().sort().to_list()

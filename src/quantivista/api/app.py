@@ -1,0 +1,156 @@
+"""The Market Data API as one FastAPI app: REST under /api/v1, probes, metrics, docs.
+
+    app = create_app(Settings())        # what `qv serve` runs under uvicorn
+
+Versioning: every route lives under /api/v1. A route that will go away first answers with
+`Deprecation` and `Sunset` headers (RFC 9745, RFC 8594) for at least 90 days; v1 changes
+only by adding optional parameters and fields.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.middleware.cors import CORSMiddleware
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from quantivista._version import __version__
+from quantivista.acquisition.limits import MemoryBackend, RateLimiter, RedisBackend
+from quantivista.api import errors
+from quantivista.api.cache import ResponseCache
+from quantivista.api.metrics import ApiMetrics
+from quantivista.api.routes import market, operations
+from quantivista.api.state import ApiState
+from quantivista.clock import Clock
+from quantivista.config import Settings
+from quantivista.pipeline.stages import data_epoch
+from quantivista.providers.registry import ProviderRegistry
+from quantivista.runtime import Runtime
+
+__all__ = ["DEPRECATED", "create_app"]
+
+# path -> (deprecation date, sunset date) of routes on their way out (none yet)
+DEPRECATED: dict[str, tuple[str, str]] = {}
+
+
+def _state(settings: Settings, runtime: Runtime) -> ApiState:
+    shared = settings.resilience.backend == "redis"
+    redis_url = settings.services.redis_url if shared else None
+    backend = RedisBackend(redis_url, prefix="qv:api-limit") if redis_url else MemoryBackend()
+    metrics = ApiMetrics()
+    return ApiState(
+        runtime=runtime,
+        auth=runtime.auth,
+        limiter=RateLimiter({}, clock=runtime.clock, backend=backend),
+        cache=ResponseCache(
+            settings.api.cache_mb * 1024 * 1024,
+            lambda: data_epoch(runtime.backend.catalog),
+            metrics,
+            redis_url,
+        ),
+        metrics=metrics,
+    )
+
+
+def create_app(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    registry: ProviderRegistry | None = None,
+) -> FastAPI:
+    """Return the API app; the platform's runtime opens when the app starts."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = Runtime(settings, clock=clock, registry=registry)
+        state = _state(settings, runtime)
+        app.state.qv = state
+        try:
+            yield
+        finally:
+            state.cache.close()
+            state.limiter.close()
+            runtime.close()
+
+    app = FastAPI(
+        title="QuantiVista Market Data API",
+        version=__version__,
+        summary="Bars, corporate actions, reference data and data quality over HTTP.",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    app.include_router(market.router)
+    app.include_router(operations.router)
+    if settings.api.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.api.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "If-None-Match"],
+            expose_headers=["ETag", "X-RateLimit-Limit", "X-RateLimit-Remaining", "Retry-After"],
+        )
+
+    @app.middleware("http")
+    async def measure(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        state: ApiState | None = getattr(request.app.state, "qv", None)
+        if state is not None:
+            state.metrics.requests.labels(path, str(response.status_code)).inc()
+            state.metrics.latency.labels(path).observe(time.perf_counter() - started)
+        response.headers.update(getattr(request.state, "rate_limit", {}))
+        if path in DEPRECATED:
+            deprecated, sunset = DEPRECATED[path]
+            response.headers["Deprecation"] = deprecated
+            response.headers["Sunset"] = sunset
+        return response
+
+    @app.get("/healthz", tags=["operations"], include_in_schema=True)
+    def healthz() -> dict[str, str]:
+        """Say the process is alive."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["operations"])
+    def readyz(request: Request) -> Response:
+        """Say whether the store answers (503 when it does not)."""
+        state: ApiState = request.app.state.qv
+        try:
+            state.runtime.backend.catalog.get_state("readyz")
+        except Exception as exc:  # any failure means "not ready"; the reason is in the body
+            return errors.problem(503, "NotReady", f"the store does not answer: {exc}")
+        return Response('{"status":"ready"}', media_type="application/json")
+
+    @app.get("/metrics", tags=["operations"], response_class=Response)
+    def metrics(request: Request) -> Response:
+        """Prometheus metrics: API requests, latency, cache; provider calls and breakers."""
+        state: ApiState = request.app.state.qv
+        body = generate_latest(state.metrics.registry) + generate_latest(
+            state.runtime.acquisition.analytics.registry
+        )
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def uvicorn_config(settings: Settings) -> dict[str, Any]:
+    """Return uvicorn's keyword arguments for `settings.api` (host, port, workers, TLS)."""
+    api = settings.api
+    config: dict[str, Any] = {
+        "host": api.host,
+        "port": api.port,
+        "workers": api.workers,
+        "log_level": settings.log_level.lower(),
+        "timeout_graceful_shutdown": 10,
+    }
+    if api.ssl_certfile is not None:
+        config["ssl_certfile"] = str(api.ssl_certfile)
+        config["ssl_keyfile"] = str(api.ssl_keyfile) if api.ssl_keyfile else None
+    return config

@@ -1,0 +1,130 @@
+"""Response cache for settled history: L1 in this process, L2 in Redis for every API process.
+
+Keys carry the store's data epoch (a token every write replaces, kept in the job catalog),
+so a write anywhere invalidates every cached response at once without listing them.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from quantivista.api.metrics import ApiMetrics
+
+__all__ = ["CachedResponse", "ResponseCache"]
+
+_EPOCH_TTL_S = 0.5  # how stale the epoch may be: a write elsewhere shows within this
+_L2_TTL_S = 3600
+
+
+@dataclass(frozen=True, slots=True)
+class CachedResponse:
+    """A response body with its media type and entity tag."""
+
+    body: bytes
+    media_type: str
+    etag: str
+
+
+class ResponseCache:
+    """Two-level cache of encoded responses; `epoch()` reads the store's data epoch."""
+
+    def __init__(
+        self,
+        max_bytes: int,
+        epoch: Callable[[], str],
+        metrics: ApiMetrics,
+        redis_url: str | None = None,
+        prefix: str = "qv:api",
+    ) -> None:
+        self.max_bytes = max_bytes
+        self._epoch = epoch
+        self._epoch_seen: tuple[float, str] | None = None
+        self.metrics = metrics
+        self._l1: OrderedDict[str, CachedResponse] = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+        self._redis: Any = None
+        self.prefix = prefix
+        if redis_url:
+            import redis  # the `redis` extra
+
+            self._redis = redis.Redis.from_url(redis_url, socket_timeout=0.5)
+
+    def epoch(self) -> str:
+        """Return the store's data epoch (read at most every half second)."""
+        now = time.monotonic()
+        seen = self._epoch_seen
+        if seen is None or now - seen[0] > _EPOCH_TTL_S:
+            seen = (now, self._epoch())
+            self._epoch_seen = seen
+        return seen[1]
+
+    def get(self, key: str) -> CachedResponse | None:
+        """Return a cached response for `key` under the current epoch."""
+        full = f"{self.epoch()}:{key}"
+        with self._lock:
+            hit = self._l1.get(full)
+            if hit is not None:
+                self._l1.move_to_end(full)
+        if hit is not None:
+            self.metrics.cache.labels("hit_l1").inc()
+            return hit
+        if self._redis is not None:
+            try:
+                raw = self._redis.hgetall(f"{self.prefix}:{full}")
+            except Exception:  # a cache outage must not fail requests
+                raw = None
+            if raw:
+                found = CachedResponse(raw[b"body"], raw[b"type"].decode(), raw[b"etag"].decode())
+                self._keep(full, found)
+                self.metrics.cache.labels("hit_l2").inc()
+                return found
+        self.metrics.cache.labels("miss").inc()
+        return None
+
+    def put(self, key: str, response: CachedResponse) -> None:
+        """Cache a response under the current epoch (both levels)."""
+        full = f"{self.epoch()}:{key}"
+        self._keep(full, response)
+        if self._redis is not None:
+            name = f"{self.prefix}:{full}"
+            try:
+                pipe = self._redis.pipeline()
+                mapping = {"body": response.body, "type": response.media_type,
+                           "etag": response.etag}  # fmt: skip
+                pipe.hset(name, mapping=mapping)
+                pipe.expire(name, _L2_TTL_S)
+                pipe.execute()
+            except Exception:  # best effort: L1 still holds it
+                pass
+
+    def _keep(self, full: str, response: CachedResponse) -> None:
+        size = len(response.body)
+        if size > self.max_bytes // 4:
+            return  # one huge response would evict everything else
+        with self._lock:
+            old = self._l1.pop(full, None)
+            if old is not None:
+                self._size -= len(old.body)
+            self._l1[full] = response
+            self._size += size
+            while self._size > self.max_bytes and self._l1:
+                _, evicted = self._l1.popitem(last=False)
+                self._size -= len(evicted.body)
+
+    def hit_ratio(self) -> float:
+        """Return hits / lookups so far (for people; /metrics has the counters)."""
+        samples = {s.labels["outcome"]: s.value for m in self.metrics.cache.collect()
+                   for s in m.samples if s.name.endswith("_total")}  # fmt: skip
+        total = sum(samples.values())
+        return (samples.get("hit_l1", 0) + samples.get("hit_l2", 0)) / total if total else 0.0
+
+    def close(self) -> None:
+        """Close the Redis connection."""
+        if self._redis is not None:
+            self._redis.close()

@@ -1,0 +1,79 @@
+"""Request dependencies: who is calling (token or API key), what they may do, rate limits."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from quantivista.api.state import ApiState
+from quantivista.errors import AuthenticationError, PermissionDeniedError
+from quantivista.model.auth import Principal, Scope, Tenant
+
+__all__ = ["Caller", "api_state", "caller", "require"]
+
+
+def api_state(request: Request) -> ApiState:
+    """Return the API process's shared state."""
+    state = request.app.state.qv
+    assert isinstance(state, ApiState)
+    return state
+
+
+State = Annotated[ApiState, Depends(api_state)]
+
+
+class Caller:
+    """The authenticated principal of a request and its tenant's entitlements."""
+
+    def __init__(self, principal: Principal, tenant: Tenant) -> None:
+        self.principal = principal
+        self.tenant = tenant
+
+    @property
+    def client_id(self) -> str:
+        """Return the calling client's id."""
+        return self.principal.client_id
+
+
+def authenticate(state: ApiState, authorization: str | None, api_key: str | None) -> Principal:
+    """Return the principal of a bearer token or an API key; `AuthenticationError` if none."""
+    if authorization:
+        kind, _, token = authorization.partition(" ")
+        if kind.lower() != "bearer" or not token:
+            raise AuthenticationError("Authorization must be 'Bearer <token>'")
+        return state.auth.from_token(token.strip())
+    if api_key:
+        return state.auth.from_api_key(api_key.strip())
+    raise AuthenticationError("credentials required: a bearer token or an X-API-Key header")
+
+
+def caller(request: Request, state: State) -> Caller:
+    """Authenticate the request and count it against the client's rate limit.
+
+    The limit's usage goes into `X-RateLimit-*` headers (added by the app's middleware).
+    """
+    principal = authenticate(
+        state, request.headers.get("authorization"), request.headers.get("x-api-key")
+    )
+    usage = state.admit(principal.client_id)
+    if usage is not None:
+        request.state.rate_limit = {
+            "X-RateLimit-Limit": str(usage.rate.limit),
+            "X-RateLimit-Remaining": str(usage.left),
+            "X-RateLimit-Reset": f"{usage.resets_in_s:.0f}",
+        }
+    request.state.client_id = principal.client_id
+    return Caller(principal, state.auth.tenant(principal.tenant))
+
+
+def require(scope: Scope) -> Callable[..., Caller]:
+    """Return a dependency that admits callers holding `scope`."""
+
+    def check(who: Annotated[Caller, Depends(caller)]) -> Caller:
+        if not who.principal.can(scope):
+            raise PermissionDeniedError(f"this needs the {scope.value} scope", scope=scope.value)
+        return who
+
+    return check

@@ -1,0 +1,87 @@
+"""The one mapping of the platform's errors to HTTP: RFC 9457 problem+json bodies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from quantivista.errors import (
+    AuthenticationError,
+    CalendarError,
+    ConfigurationError,
+    InvalidInputError,
+    NotFoundError,
+    PermissionDeniedError,
+    ProviderError,
+    QuantiVistaError,
+    StorageError,
+    TooManyRequestsError,
+)
+
+__all__ = ["install", "problem", "status_of"]
+
+PROBLEM = "application/problem+json"
+
+_STATUS: tuple[tuple[type[QuantiVistaError], int], ...] = (
+    (AuthenticationError, 401),
+    (PermissionDeniedError, 403),
+    (TooManyRequestsError, 429),
+    (NotFoundError, 404),
+    (InvalidInputError, 422),
+    (CalendarError, 422),
+    (ProviderError, 502),
+    (StorageError, 503),
+    (ConfigurationError, 500),
+)
+
+
+def status_of(exc: QuantiVistaError) -> int:
+    """Return the HTTP status of a platform error (the most specific class wins)."""
+    for cls, status in _STATUS:
+        if isinstance(exc, cls):
+            return status
+    return 500
+
+
+def problem(
+    status: int, title: str, detail: str, *, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    """Return a problem+json response."""
+    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
+    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers: platform errors, bad parameters and unknown routes."""
+
+    @app.exception_handler(QuantiVistaError)
+    async def platform_error(request: Request, exc: QuantiVistaError) -> JSONResponse:
+        status = status_of(exc)
+        headers = {}
+        if isinstance(exc, AuthenticationError):
+            headers["WWW-Authenticate"] = "Bearer"
+        if isinstance(exc, TooManyRequestsError):
+            headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
+        context = {k: v for k, v in exc.context.items() if isinstance(v, str | int | float)}
+        return problem(
+            status, type(exc).__name__, exc.message, headers=headers or None, context=context
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_parameters(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"parameter": ".".join(str(p) for p in e["loc"][1:]) or str(e["loc"][0]),
+             "in": str(e["loc"][0]), "message": e["msg"]}
+            for e in exc.errors()
+        ]  # fmt: skip
+        names = ", ".join(e["parameter"] for e in errors)
+        return problem(422, "InvalidParameters", f"invalid parameters: {names}", errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = dict(exc.headers) if exc.headers else None
+        return problem(exc.status_code, "HTTPError", str(exc.detail), headers=headers)

@@ -1,0 +1,216 @@
+"""Market data: bars (paged JSON, CSV, Arrow, Parquet), latest bar, actions, reference data."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import date, datetime, timedelta
+from typing import Annotated, Any, Literal
+
+import polars as pl
+from fastapi import APIRouter, Depends, Query, Request, Response
+
+from quantivista.api.cache import CachedResponse
+from quantivista.api.deps import Caller, State, require
+from quantivista.api.encode import MEDIA_TYPES, BodyFormat, encode, etag_of
+from quantivista.errors import InvalidInputError, NotFoundError
+from quantivista.model.auth import Scope
+from quantivista.services.queries import BarQuery
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/api/v1", tags=["market data"])
+
+ReadBars = Annotated[Caller, Depends(require(Scope.READ_BARS))]
+ReadReference = Annotated[Caller, Depends(require(Scope.READ_REFERENCE))]
+_SETTLED_DAYS = 3  # history ending this long ago no longer changes (but for corrections)
+
+
+def _symbols(text: str) -> list[str]:
+    items = [s.strip() for s in text.split(",") if s.strip()]
+    if not items:
+        raise InvalidInputError("symbols: give one or more, comma-separated")
+    if len(items) > 5000:
+        raise InvalidInputError("symbols: at most 5000 per request")
+    return list(dict.fromkeys(items))
+
+
+def _cursor(token: str | None) -> tuple[str, datetime] | None:
+    """Decode a page token: the last (symbol, ts) of the previous page."""
+    if token is None:
+        return None
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token.encode()))
+        return str(data["s"]), datetime.fromisoformat(data["t"])
+    except (ValueError, KeyError, TypeError):
+        raise InvalidInputError("page_token: not a token this API issued") from None
+
+
+def _token(symbol: str, ts: datetime) -> str:
+    raw = json.dumps({"s": symbol, "t": ts.isoformat()}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def _page(df: pl.DataFrame, after: tuple[str, datetime] | None, size: int) -> pl.DataFrame:
+    if after is not None:
+        symbol, ts = after
+        df = df.filter((pl.col("symbol") > symbol) | ((pl.col("symbol") == symbol) &
+                                                       (pl.col("ts") > ts)))  # fmt: skip
+    return df.head(size + 1)
+
+
+def _settled(end: datetime | None, known_at: datetime | None, now: datetime) -> bool:
+    """Say whether a response can be cached by clients: past history, or an as-of view."""
+    if known_at is not None and known_at <= now:
+        return True
+    return end is not None and end <= now - timedelta(days=_SETTLED_DAYS)
+
+
+def _respond(
+    request: Request,
+    cached: CachedResponse,
+    *,
+    public: bool,
+    extra: dict[str, str] | None = None,
+) -> Response:
+    headers = {"ETag": cached.etag, **(extra or {})}
+    headers["Cache-Control"] = "private, max-age=3600" if public else "private, no-cache"
+    if request.headers.get("if-none-match") == cached.etag:
+        return Response(status_code=304, headers=headers)
+    return Response(cached.body, media_type=cached.media_type, headers=headers)
+
+
+@router.get("/bars", summary="Stored bars, raw or adjusted, now or as of a time")
+def bars(
+    request: Request,
+    state: State,
+    who: ReadBars,
+    symbols: Annotated[str, Query(description="Comma-separated symbols.", min_length=1)],
+    timeframe: Annotated[str, Query(pattern=r"^\d+(m|h|d|w|mo)$")] = "1d",
+    start: date | datetime | None = None,
+    end: date | datetime | None = None,
+    adjust: Literal["none", "splits", "all"] = "none",
+    dividend_convention: Literal["crsp", "alpha_vantage"] = "crsp",
+    as_of: Annotated[
+        datetime | None, Query(description="Knowledge time: the bars as the store knew them.")
+    ] = None,
+    limit: Annotated[int | None, Query(ge=1, le=1_000_000)] = None,
+    page_token: str | None = None,
+    format: BodyFormat = BodyFormat.json,  # the API's public parameter name
+) -> Response:
+    """Return bars in the canonical schema, sorted by symbol and ts.
+
+    JSON is paged (`next_page_token`); CSV, Arrow IPC and Parquet return the whole range
+    (bulk), capped by `limit` when given.
+    """
+    names = _symbols(symbols)
+    state.auth.entitled(who.tenant, dataset="bars", symbols=names, timeframe=timeframe)
+    query = BarQuery.of(
+        names, start, end, timeframe, adjust=adjust, dividend_convention=dividend_convention,
+        known_at=as_of,
+    )  # fmt: skip
+    size = min(limit or state.runtime.settings.api.page_size, state.runtime.settings.api.page_size)
+    after = _cursor(page_token)
+    key = f"bars|{request.url.query}"
+    public = _settled(query.end, query.known_at, state.runtime.clock.now())
+    hit = state.cache.get(key) if public else None
+    if hit is not None:
+        return _respond(request, hit, public=True)
+    df = state.runtime.queries.bars(query)
+    if format is BodyFormat.json:
+        page = _page(df, after, size)
+        more = page.height > size
+        page = page.head(size)
+        next_token = None
+        if more:
+            last = page.row(-1, named=True)
+            next_token = _token(str(last["symbol"]), last["ts"])
+        token_json = json.dumps(next_token).encode()
+        body = b'{"bars":' + encode(page, format) + b',"next_page_token":' + token_json + b"}"
+    else:
+        body = encode(df.head(limit) if limit else df, format)
+    cached = CachedResponse(body, MEDIA_TYPES[format], etag_of(body))
+    if public:
+        state.cache.put(key, cached)
+    return _respond(request, cached, public=public, extra={"X-Total-Count": str(df.height)})
+
+
+@router.get("/bars/{symbol}/latest", summary="The latest stored bar of a symbol")
+def latest(state: State, who: ReadBars, symbol: str, timeframe: str = "1d") -> dict[str, Any]:
+    """Return the newest bar of `symbol` (404 when none is stored)."""
+    state.auth.entitled(who.tenant, dataset="bars", symbols=[symbol], timeframe=timeframe)
+    row = state.runtime.queries.latest(symbol, timeframe)
+    if row is None:
+        raise NotFoundError(f"no {timeframe} bars stored for {symbol}", symbol=symbol)
+    return row
+
+
+@router.get("/actions", summary="Corporate actions")
+def actions(state: State, who: ReadReference, symbols: str | None = None) -> Response:
+    """Return corporate actions of some symbols (or all), by ex-date."""
+    names = _symbols(symbols) if symbols else None
+    state.auth.entitled(who.tenant, dataset="actions", symbols=names or [])
+    df = state.runtime.queries.actions(names)
+    return Response(encode(df, BodyFormat.json), media_type="application/json")
+
+
+@router.get("/instruments", summary="The instrument master")
+def instruments(state: State, who: ReadReference) -> Response:
+    """Return every instrument."""
+    state.auth.entitled(who.tenant, dataset="instruments")
+    df = state.runtime.reference.instruments.instruments()
+    return Response(encode(df, BodyFormat.json), media_type="application/json")
+
+
+@router.get("/instruments/{symbol}", summary="The instrument using a ticker (on a date)")
+def instrument(
+    state: State, who: ReadReference, symbol: str, on: date | None = None
+) -> dict[str, Any]:
+    """Return the instrument that used `symbol` on `on` (default: its latest user)."""
+    state.auth.entitled(who.tenant, dataset="instruments")
+    master = state.runtime.reference.instruments
+    found = master.lookup(symbol, on=on)
+    if found is None:
+        raise NotFoundError(f"no instrument used {symbol}", symbol=symbol)
+    tickers = master.history(found.instrument_id).to_dicts()
+    return {
+        **found.model_dump(mode="json"),
+        "tickers": json.loads(json.dumps(tickers, default=str)),
+    }
+
+
+@router.get("/calendars/{mic}/sessions", summary="Trading sessions of an exchange")
+def sessions(state: State, who: ReadReference, mic: str, start: date, end: date) -> Response:
+    """Return the sessions in [start, end] with their open and close (UTC)."""
+    if end < start:
+        raise InvalidInputError("end is before start", start=str(start), end=str(end))
+    table = state.runtime.calendar(mic.upper()).session_table(start, end)
+    return Response(encode(table, BodyFormat.json), media_type="application/json")
+
+
+@router.get("/fx/{pair}", summary="An FX rate series (direct, inverted or via USD)")
+def fx(
+    state: State, who: ReadReference, pair: str, start: date | None = None,
+    end: date | None = None,
+) -> Response:  # fmt: skip
+    """Return ts, rate: the price of one base currency unit in the quote currency."""
+    text = pair.upper().replace("/", "")
+    if len(text) != 6:
+        raise InvalidInputError("pair: six letters, base then quote (EURUSD)", pair=pair)
+    rates = state.runtime.reference.fx_rates(text[:3], text[3:], start, end)
+    return Response(encode(rates, BodyFormat.json), media_type="application/json")
+
+
+@router.get("/benchmarks/{name}", summary="An index benchmark's levels and yearly returns")
+def benchmark(
+    state: State, who: ReadBars, name: str, start: date | None = None, end: date | None = None
+) -> dict[str, Any]:
+    """Return a stored index (by id, e.g. SPX, or ticker, e.g. ^GSPC): levels and returns."""
+    levels, yearly = state.runtime.reference.index_levels(name, start, end)
+    state.auth.entitled(who.tenant, dataset="bars", symbols=[str(levels["symbol"][0])])
+    return {
+        "name": name,
+        "levels": json.loads(levels.select("ts", level="close").write_json()),
+        "yearly_returns": json.loads(yearly.write_json()),
+        "as_of": state.runtime.clock.now().isoformat(),
+    }

@@ -1,0 +1,29 @@
+"""`qv`: the command line, a thin shell over the runtime's services.
+
+One module per command group in `commands/`; `app.py` holds the application, its global
+options and the one mapping of platform errors to exit codes; `render.py` the tables.
+"""
+
+from quantivista.cli.app import app
+from quantivista.cli.commands import (
+    bars,
+    config,
+    demo,
+    ingest,
+    providers,
+    quality,
+    reference,
+    serve,
+    storage,
+)
+from quantivista.cli.render import sparkline
+
+__all__ = ["app", "main", "sparkline"]
+
+# imported for their commands, which they register on `app`
+_COMMAND_MODULES = (bars, config, demo, ingest, providers, quality, reference, serve, storage)
+
+
+def main() -> None:
+    """Run the `qv` command line."""
+    app()

@@ -1,0 +1,5 @@
+"""`python -m quantivista.cli`: the same as the `qv` script."""
+
+from quantivista.cli import main
+
+main()

@@ -1,0 +1,120 @@
+"""The in-process runner: calls the pipeline stages in order, in the caller's thread."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+
+import polars as pl
+
+from quantivista.bus.base import EventBus
+from quantivista.clock import Clock
+from quantivista.model.schema import FrameLike
+from quantivista.model.timeframe import Timeframe, TimeframeLike
+from quantivista.pipeline.messages import Batch, BatchId, RawBatch, StoredBatch
+from quantivista.pipeline.stages import (
+    Sinks,
+    announce,
+    announce_actions,
+    coerce,
+    history_for,
+    mark_changed,
+    normalize,
+    store,
+    store_actions,
+    validate,
+)
+from quantivista.quality.validate import Validator
+from quantivista.storage.contracts import ActionStore, RawStore
+
+__all__ = ["InProcessRunner"]
+
+
+@dataclass
+class InProcessRunner:
+    """Run batches through normalize -> validate -> store -> announce, losing nothing.
+
+    `validator` is a callable so that the exchange calendar behind it loads on first use.
+    """
+
+    sinks: Sinks
+    actions: ActionStore
+    raw: RawStore
+    bus: EventBus
+    clock: Clock
+    validator: Callable[[], Validator]
+    timezone: Callable[[], str] = lambda: "America/New_York"  # the exchange's, for dates
+
+    def write(
+        self,
+        frame: FrameLike,
+        *,
+        source: str,
+        batch_id: BatchId,
+        timeframe: TimeframeLike | None = None,
+        validator: Validator | None = None,
+        release: bool = False,
+    ) -> StoredBatch:
+        """Validate and store a frame of raw bars in the canonical schema.
+
+        `validator` overrides the runner's for this batch (a quarantine release with some
+        rules demoted to warnings); a `release` re-quarantines rows still held.
+        """
+        batch = coerce(frame, batch_id, source, self.clock.now(), timeframe)
+        return self.process(batch, validator=validator, release=release)
+
+    def ingest(self, raw: RawBatch) -> StoredBatch | None:
+        """Keep a provider batch's payloads and actions, then store its bars.
+
+        Returns None when the batch has no bars (every symbol failed or was empty).
+        """
+        if raw.payloads:
+            self.raw.save(raw.id.job_id, raw.payloads)
+        fresh = store_actions(raw.actions, self.actions)
+        if fresh.height:
+            mark_changed(self.sinks.catalog, self.clock.now())
+        announce_actions(fresh, _action_source(raw), self.bus, self.clock)
+        if raw.bars.is_empty():
+            return None
+        symbols = raw.bars["symbol"].unique().to_list()
+        known = self.actions.for_symbols(symbols)
+        batch = normalize(
+            raw, known, self.clock.now(), timezone=self.timezone(), reference=self._raw_daily
+        )
+        return self.process(batch, actions=known)
+
+    def _raw_daily(self, symbols: list[str], first: date, last: date) -> pl.DataFrame:
+        """Return stored raw daily bars (what prices a later dividend for normalization)."""
+        return self.sinks.bars.read(
+            symbols,
+            Timeframe.parse("1d"),
+            datetime.combine(first, time(), UTC),
+            datetime.combine(last + timedelta(days=1), time(), UTC),
+        )
+
+    def process(
+        self,
+        batch: Batch,
+        *,
+        validator: Validator | None = None,
+        actions: pl.DataFrame | None = None,
+        release: bool = False,
+    ) -> StoredBatch:
+        """Validate, store and announce a canonical batch."""
+        check = validator or self.validator()
+        if actions is None and batch.bars.height:
+            actions = self.actions.for_symbols(batch.bars["symbol"].unique().to_list())
+        validated = validate(
+            batch, check, actions=actions, history=history_for(batch.bars, self.sinks.bars, check)
+        )
+        stored = store(validated, self.sinks, batch.at, dedupe_quarantine=not release)
+        announce(stored, self.bus, self.clock)
+        return stored
+
+
+def _action_source(raw: RawBatch) -> str:
+    if raw.actions.is_empty() or "provider" not in raw.actions.columns:
+        return raw.source
+    names = raw.actions["provider"].drop_nulls().unique().sort().to_list()
+    return "+".join(names) or raw.source

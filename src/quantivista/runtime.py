@@ -1,0 +1,173 @@
+"""The composition root: builds every part of a platform from `Settings`, and nothing else.
+
+    runtime = Runtime.from_settings(settings)
+    runtime.ingestion.ingest(["AAPL"], "2024-01-01", "2024-12-31")
+    runtime.queries.bars(BarQuery.of("AAPL", "2024-06-01"))
+
+Parts: the backend (every store, from `storage.backend`), the bus, acquisition (providers,
+limits, breakers, cache, analytics), the in-process pipeline runner, and the use-case
+services that the Python facade (`Platform`), the CLI, the API and workers all call.
+"""
+
+from __future__ import annotations
+
+import threading
+from functools import cached_property
+from types import TracebackType
+from typing import Any
+
+import polars as pl
+
+from quantivista.acquisition.wiring import Acquisition
+from quantivista.bus.memory import InMemoryBus
+from quantivista.clock import Clock, SystemClock
+from quantivista.config import Settings
+from quantivista.pipeline.runner import InProcessRunner
+from quantivista.pipeline.stages import Sinks
+from quantivista.processing.rollup import Rollup
+from quantivista.providers.registry import ProviderRegistry, default_registry
+from quantivista.quality.business import load_rules
+from quantivista.quality.rules import DEFAULT_RULES
+from quantivista.quality.validate import Validator
+from quantivista.reference.calendars import TradingCalendar, get_calendar
+from quantivista.reference.instruments import InstrumentMaster
+from quantivista.services.auth import AuthService
+from quantivista.services.ingestion import IngestionService
+from quantivista.services.maintenance import MaintenanceService
+from quantivista.services.providers import ProviderService
+from quantivista.services.quality import QualityService
+from quantivista.services.queries import QueryService
+from quantivista.services.reference import ReferenceService
+from quantivista.services.simulation import SimulationService
+from quantivista.services.writes import WriteService
+from quantivista.storage import open_backend
+
+__all__ = ["Runtime"]
+
+
+class Runtime:
+    """Every part of one platform instance, wired from settings; `close()` releases them."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        registry: ProviderRegistry | None = None,
+        create: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.clock: Clock = clock or SystemClock()
+        self.backend = open_backend(settings, create=create)
+        self.bus = InMemoryBus(dead_letters=self._dead_letter)
+        self.acquisition = Acquisition(settings, self.clock, registry or default_registry)
+        self._lock = threading.Lock()
+        self.queries = QueryService(
+            self.backend.bars, self.backend.actions, self.calendar, self.clock
+        )
+        self.bus.subscribe("bars.ingested", self.queries.invalidate, name="adjusted-cache")
+        self.bus.subscribe("actions.ingested", self.queries.invalidate, name="adjusted-cache")
+        self.runner = InProcessRunner(
+            sinks=Sinks(
+                self.backend.bars,
+                self.backend.quarantine,
+                self.backend.scores,
+                self.backend.catalog,
+                _LazyRollup(self) if settings.storage.rollups else None,
+            ),
+            actions=self.backend.actions,
+            raw=self.backend.raw,
+            bus=self.bus,
+            clock=self.clock,
+            validator=lambda: self.validator,
+            timezone=lambda: self.calendar().tz,
+        )
+        self.writes = WriteService(
+            self.runner,
+            self.backend.actions,
+            self.backend.quarantine,
+            self.bus,
+            self.clock,
+            self.backend.catalog,
+        )
+        self.providers = ProviderService(self.acquisition, self.backend.catalog)
+        self.ingestion = IngestionService(
+            self.runner,
+            self.acquisition,
+            self.backend.catalog,
+            self.clock,
+            settings.ingest,
+            after_run=self.providers.save_stats,
+        )
+        self.quality = QualityService(
+            self.backend.quarantine, self.backend.scores, self.backend.catalog
+        )
+        self.reference = ReferenceService(
+            InstrumentMaster(self.backend.instruments), self.calendar, self.queries, self.writes
+        )
+        self.maintenance = MaintenanceService(settings, self.backend, self.clock)
+        self.simulation = SimulationService(self.acquisition)
+        self.auth = AuthService(
+            self.backend.clients, self.backend.catalog, settings.api, self.clock
+        )
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        registry: ProviderRegistry | None = None,
+        create: bool = True,
+    ) -> Runtime:
+        """Build a runtime from explicit settings (`create=False`: the store must exist)."""
+        return cls(settings, clock=clock, registry=registry, create=create)
+
+    def calendar(self, mic: str | None = None) -> TradingCalendar:
+        """Return an exchange's trading calendar (default: the ingest calendar)."""
+        return get_calendar(mic or self.settings.ingest.calendar)
+
+    @cached_property
+    def validator(self) -> Validator:
+        """Return the validator: default rules plus the business rules file, if any."""
+        quality = self.settings.quality
+        rules = DEFAULT_RULES + load_rules(quality.rules_file) if quality.rules_file else None
+        return Validator(self.calendar(), rules or DEFAULT_RULES, quality)
+
+    @cached_property
+    def rollup(self) -> Rollup | None:
+        """Return the rollup keeping derived timeframes, when `storage.rollups` names any."""
+        targets = self.settings.storage.rollups
+        return Rollup(self.backend.bars, self.calendar(), targets) if targets else None
+
+    def _dead_letter(
+        self, topic: str, payload: dict[str, Any], error: str, handler: str | None
+    ) -> None:
+        self.backend.catalog.add_dead_letter(topic, payload, error, handler, self.clock.now())
+
+    def close(self) -> None:
+        """Release providers, connections and file handles."""
+        self.acquisition.close()
+        self.backend.close()
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class _LazyRollup:
+    """Builds the rollup on the first write that needs it (the calendar loads slowly)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+
+    def refresh(self, changed: pl.DataFrame) -> object:
+        rollup = self._runtime.rollup
+        return rollup.refresh(changed) if rollup is not None else None

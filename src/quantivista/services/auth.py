@@ -1,0 +1,265 @@
+"""API authentication: clients with secrets, OAuth 2.0 client-credentials tokens, API keys.
+
+A client belongs to a tenant and holds scopes. Its secret is shown once, at creation, and
+kept only as an scrypt hash. It can be exchanged for a short-lived JWT (`token`), or sent
+as an API key (`qv_<client_id>_<secret>`) by scripts. Tokens are HS256-signed with
+`api.jwt_secret`, or with a key generated once and kept in the store so that every API
+process of a platform accepts every other's tokens. Revoking a client rejects its API key
+and every token issued to it at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from uuid import uuid4
+
+import jwt
+
+from quantivista.clock import Clock
+from quantivista.config import ApiSettings
+from quantivista.errors import (
+    AuthenticationError,
+    InvalidInputError,
+    NotFoundError,
+    PermissionDeniedError,
+)
+from quantivista.model.auth import ApiClient, Principal, Scope, Tenant
+from quantivista.storage.contracts import ClientStore, JobCatalog
+
+__all__ = ["AuthService", "IssuedClient", "Token"]
+
+_KEY_STATE = "api_signing_key"
+_ALGORITHM = "HS256"
+_SCRYPT = {"n": 2**14, "r": 8, "p": 1}
+_CACHE_S = 5.0  # a revocation reaches every API process within this long
+
+
+@dataclass(frozen=True)
+class IssuedClient:
+    """A new client's credentials: the only time the secret is shown."""
+
+    client_id: str
+    client_secret: str
+    tenant: str
+    scopes: list[str]
+
+    @property
+    def api_key(self) -> str:
+        """Return the API key form of the credentials (for `X-API-Key`)."""
+        return f"qv_{self.client_id}_{self.client_secret}"
+
+
+@dataclass(frozen=True)
+class Token:
+    """An OAuth 2.0 access token response."""
+
+    access_token: str
+    expires_in: int
+    scope: str
+    token_type: str = "bearer"
+
+
+def _hash(secret: str, salt: bytes | None = None) -> str:
+    salt = salt or secrets.token_bytes(16)
+    digest = hashlib.scrypt(secret.encode(), salt=salt, **_SCRYPT)
+    return f"scrypt${salt.hex()}${digest.hex()}"
+
+
+def _matches(secret: str, stored: str) -> bool:
+    try:
+        _, salt, digest = stored.split("$")
+        expected = _hash(secret, bytes.fromhex(salt)).split("$")[2]
+    except ValueError:
+        return False
+    return hmac.compare_digest(expected, digest)
+
+
+class AuthService:
+    """Create and revoke clients; turn credentials and tokens into principals."""
+
+    def __init__(
+        self, clients: ClientStore, catalog: JobCatalog, settings: ApiSettings, clock: Clock
+    ) -> None:
+        self.clients = clients
+        self.catalog = catalog
+        self.settings = settings
+        self.clock = clock
+        self._key: bytes | None = None
+        self._lock = threading.Lock()
+        self._seen: dict[str, tuple[float, ApiClient]] = {}  # client_id -> (when, record)
+
+    # -- clients ---------------------------------------------------------------------------
+    def create_client(self, tenant: str, scopes: Iterable[str], *, name: str = "") -> IssuedClient:
+        """Create a client of `tenant` with `scopes`; return its credentials (shown once)."""
+        try:
+            granted = sorted({Scope(s.strip()) for s in scopes if s.strip()})
+        except ValueError as exc:
+            known = ", ".join(s.value for s in Scope)
+            raise InvalidInputError(f"unknown scope ({exc}); known: {known}") from None
+        if not granted:
+            raise InvalidInputError("a client needs at least one scope")
+        Tenant(name=tenant)  # validates the name
+        client_id = uuid4().hex[:16]
+        secret = secrets.token_urlsafe(32)
+        self.clients.save_client(
+            ApiClient(
+                client_id=client_id,
+                tenant=tenant,
+                scopes=granted,
+                secret_hash=_hash(secret),
+                name=name,
+                created_at=self.clock.now(),
+            )
+        )
+        return IssuedClient(client_id, secret, tenant, [s.value for s in granted])
+
+    def revoke(self, client_id: str) -> ApiClient:
+        """Revoke a client: its key and every token issued to it stop working."""
+        client = self.clients.client(client_id)
+        revoked = client.model_copy(update={"revoked_at": self.clock.now()})
+        self.clients.save_client(revoked)
+        with self._lock:
+            self._seen.pop(client_id, None)
+        return revoked
+
+    def set_tenant(
+        self,
+        name: str,
+        *,
+        datasets: Sequence[str] | None = None,
+        symbols: Sequence[str] | None = None,
+        timeframes: Sequence[str] | None = None,
+    ) -> Tenant:
+        """Record a tenant's entitlements (None: unrestricted)."""
+        tenant = Tenant(
+            name=name,
+            datasets=list(datasets) if datasets is not None else None,
+            symbols=list(symbols) if symbols is not None else None,
+            timeframes=list(timeframes) if timeframes is not None else None,
+        )
+        self.clients.save_tenant(tenant)
+        return tenant
+
+    # -- credentials -> principals ---------------------------------------------------------
+    def token(self, client_id: str, client_secret: str, scope: str | None = None) -> Token:
+        """Exchange client credentials for an access token (OAuth 2.0 client credentials)."""
+        client = self._verified(client_id, client_secret)
+        granted = {s.value for s in client.scopes}
+        asked = set(scope.split()) if scope else granted
+        if not asked <= granted:
+            raise PermissionDeniedError(
+                "the client does not hold the scopes it asked for",
+                asked=sorted(asked - granted),
+            )
+        now = int(self.clock.now().timestamp())
+        scope_text = " ".join(sorted(asked))
+        claims: dict[str, str | int] = {
+            "sub": client.client_id,
+            "tenant": client.tenant,
+            "scope": scope_text,
+            "iat": now,
+            "exp": now + self.settings.token_ttl_s,
+            "jti": uuid4().hex,
+        }
+        encoded = jwt.encode(claims, self._signing_key(), algorithm=_ALGORITHM)
+        return Token(encoded, self.settings.token_ttl_s, scope_text)
+
+    def from_token(self, token: str) -> Principal:
+        """Return the principal of a bearer token; `AuthenticationError` when it is not valid."""
+        try:
+            claims = jwt.decode(
+                token,
+                self._signing_key(),
+                algorithms=[_ALGORITHM],
+                # expiry is checked below against the platform's clock, not the wall clock
+                options={
+                    "require": ["exp", "iat", "sub", "jti"],
+                    "verify_exp": False,
+                    "verify_iat": False,
+                },
+            )
+        except jwt.PyJWTError as exc:
+            raise AuthenticationError(f"not a valid access token ({exc})") from None
+        if int(claims["exp"]) <= int(self.clock.now().timestamp()):
+            raise AuthenticationError("the access token has expired")
+        client = self._active(str(claims["sub"]))
+        scopes = frozenset(Scope(s) for s in str(claims.get("scope", "")).split() if s)
+        return Principal(client_id=client.client_id, tenant=client.tenant, scopes=scopes)
+
+    def from_api_key(self, key: str) -> Principal:
+        """Return the principal of an API key (`qv_<client_id>_<secret>`)."""
+        prefix, _, rest = key.partition("_")
+        client_id, _, secret = rest.partition("_")
+        if prefix != "qv" or not client_id or not secret:
+            raise AuthenticationError("not a QuantiVista API key")
+        client = self._verified(client_id, secret)
+        return Principal(
+            client_id=client.client_id, tenant=client.tenant, scopes=frozenset(client.scopes)
+        )
+
+    def tenant(self, name: str) -> Tenant:
+        """Return a tenant's entitlements (unrestricted when it has no record)."""
+        return self.clients.tenant(name) or Tenant(name=name)
+
+    @staticmethod
+    def entitled(tenant: Tenant, *, dataset: str, symbols: Iterable[str] = (),
+                 timeframe: str | None = None) -> None:  # fmt: skip
+        """Raise `PermissionDeniedError` unless the tenant may read these data."""
+        if tenant.datasets is not None and dataset not in tenant.datasets:
+            raise PermissionDeniedError(f"tenant {tenant.name} is not entitled to {dataset}")
+        if (
+            timeframe is not None
+            and tenant.timeframes is not None
+            and timeframe not in tenant.timeframes
+        ):
+            raise PermissionDeniedError(f"tenant {tenant.name} is not entitled to {timeframe} bars")
+        if tenant.symbols is not None:
+            denied = [s for s in symbols if not any(fnmatchcase(s, p) for p in tenant.symbols)]
+            if denied:
+                raise PermissionDeniedError(
+                    f"tenant {tenant.name} is not entitled to {', '.join(denied[:5])}",
+                    symbols=denied[:20],
+                )
+
+    # -- internals -------------------------------------------------------------------------
+    def _verified(self, client_id: str, secret: str) -> ApiClient:
+        client = self._active(client_id, fresh=True)
+        if not _matches(secret, client.secret_hash):
+            raise AuthenticationError("wrong client credentials")
+        return client
+
+    def _active(self, client_id: str, *, fresh: bool = False) -> ApiClient:
+        """Return the client record (cached a few seconds); refuse unknown and revoked ones."""
+        now = time.monotonic()
+        with self._lock:
+            seen = self._seen.get(client_id)
+        if seen is None or fresh or now - seen[0] > _CACHE_S:
+            try:
+                client = self.clients.client(client_id)
+            except NotFoundError:
+                raise AuthenticationError("unknown client") from None
+            with self._lock:
+                self._seen[client_id] = (now, client)
+        else:
+            client = seen[1]
+        if client.revoked_at is not None:
+            raise AuthenticationError("the client was revoked")
+        return client
+
+    def _signing_key(self) -> bytes:
+        if self._key is None:
+            configured = self.settings.jwt_secret
+            if configured is not None:
+                self._key = configured.get_secret_value().encode()
+            else:
+                # the first API process makes it; every other one reads the same key
+                kept = self.catalog.setdefault_state(_KEY_STATE, {"key": secrets.token_hex(32)})
+                self._key = str(kept["key"]).encode()
+        return self._key

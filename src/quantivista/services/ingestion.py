@@ -1,0 +1,377 @@
+"""Ingestion jobs: submitted as tasks, run under leases, recoverable after a crash.
+
+A job is split into tasks (batches of symbols over the job's range). Whoever runs a job
+(the submitting process, or a worker) claims one task at a time with a lease in the job
+catalog and renews it by heartbeats while it fetches, validates and stores. A process that
+dies stops heartbeating: once its lease lapses the task goes back to pending and the job
+becomes `failed` (kind `lease_expired`), until `recover()` resumes its unfinished tasks.
+Writes are idempotent, so a task that ran halfway runs again without duplicates, and the
+job's counts are the sum of its tasks' last runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from uuid import uuid4
+
+from quantivista.acquisition.router import Router
+from quantivista.acquisition.wiring import Acquisition
+from quantivista.clock import Clock
+from quantivista.config import IngestSettings
+from quantivista.errors import InvalidInputError, ProviderError, QuantiVistaError
+from quantivista.model.jobs import DataQualityReport, IngestionJob, JobStatus, JobTask, TaskStatus
+from quantivista.model.timeframe import Timeframe, TimeframeLike
+from quantivista.pipeline.messages import BatchId, RawBatch
+from quantivista.pipeline.runner import InProcessRunner
+from quantivista.pipeline.stages import Progress, acquire
+from quantivista.providers.base import request_range
+from quantivista.services.queries import symbol_list
+from quantivista.services.writes import new_job_id
+from quantivista.storage.contracts import JobCatalog
+from quantivista.timeutil import DateLike
+
+__all__ = ["IngestionService", "Progress", "worker_id"]
+
+log = logging.getLogger(__name__)
+
+_DONE = (TaskStatus.SUCCEEDED, TaskStatus.FAILED)
+
+
+def worker_id() -> str:
+    """Return a name for this process as a task holder: host, pid and a random suffix."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid4().hex[:6]}"
+
+
+class _Heartbeat:
+    """Renew a task's lease on a background thread until the block ends."""
+
+    def __init__(self, beat: Callable[[], bool], every_s: float) -> None:
+        self._beat = beat
+        self._every_s = every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="qv-heartbeat", daemon=True)
+        self.lost = False
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._every_s):
+            try:
+                if not self._beat():
+                    self.lost = True
+                    return
+            except QuantiVistaError as exc:  # a catalog hiccup: the next beat may pass
+                log.warning("heartbeat failed: %s", exc)
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class IngestionService:
+    """Submit, run, follow and recover ingestion jobs."""
+
+    def __init__(
+        self,
+        runner: InProcessRunner,
+        acquisition: Acquisition,
+        catalog: JobCatalog,
+        clock: Clock,
+        settings: IngestSettings,
+        *,
+        after_run: Callable[[], None] | None = None,
+    ) -> None:
+        self.runner = runner
+        self.acquisition = acquisition
+        self.catalog = catalog
+        self.clock = clock
+        self.settings = settings
+        self.after_run = after_run  # e.g. keep provider statistics for other processes
+
+    # -- submit ----------------------------------------------------------------------------
+    def submit(
+        self,
+        symbols: str | Sequence[str],
+        start: DateLike,
+        end: DateLike,
+        timeframe: TimeframeLike = "1d",
+        providers: Sequence[str] | None = None,
+        *,
+        tenant: str | None = None,
+    ) -> IngestionJob:
+        """Record a pending job and its tasks; return it (nothing is fetched yet)."""
+        names = [n.lower() for n in providers] if providers else [self.settings.default_provider]
+        for name in names:
+            self.acquisition.registry.get(name)  # NotFoundError for an unknown provider
+        wanted = symbol_list(symbols)
+        lo, hi = request_range(start, end)
+        if hi <= lo:
+            raise InvalidInputError("end is before start", start=str(start), end=str(end))
+        tf = Timeframe.parse(timeframe)
+        now = self.clock.now()
+        job_id = new_job_id(now)
+        size = self.settings.symbols_per_batch
+        chunks = [wanted[i : i + size] for i in range(0, len(wanted), size)]
+        job = IngestionJob(
+            job_id=job_id,
+            source_id=",".join(names),
+            status=JobStatus.PENDING,
+            start_time=now,
+            symbols=wanted,
+            timeframe=str(tf),
+            request_start=lo,
+            request_end=hi,
+            providers=names,
+            tasks=len(chunks),
+            tenant=tenant,
+        )
+        tasks = [
+            JobTask(task_id=f"{job_id}/{i:04d}", job_id=job_id, seq=i, symbols=chunk)
+            for i, chunk in enumerate(chunks)
+        ]
+        self.catalog.save_job(job)
+        self.catalog.add_tasks(tasks)
+        return job
+
+    def ingest(
+        self,
+        symbols: str | Sequence[str],
+        start: DateLike,
+        end: DateLike,
+        timeframe: TimeframeLike = "1d",
+        providers: Sequence[str] | None = None,
+        *,
+        progress: Progress | None = None,
+    ) -> IngestionJob:
+        """Submit a job and run it here; return the finished job."""
+        job = self.submit(symbols, start, end, timeframe, providers)
+        return self.run(job.job_id, progress=progress)
+
+    # -- run -------------------------------------------------------------------------------
+    def run(
+        self, job_id: str, *, progress: Progress | None = None, worker: str | None = None
+    ) -> IngestionJob:
+        """Run the job's pending tasks in this process, one lease at a time; return the job.
+
+        Tasks that other workers hold are left to them: the job is finished by whoever
+        completes its last task.
+        """
+        self.expire_leases()
+        job = self.catalog.job(job_id)
+        if job.status is JobStatus.PENDING:
+            job.status = JobStatus.RUNNING
+            self.catalog.save_job(job)
+        holder = worker or worker_id()
+        tasks = self.catalog.tasks(job_id)
+        done = sum(len(t.symbols) for t in tasks if t.status in _DONE)
+        total = len(job.symbols)
+
+        def tick(symbol: str) -> None:
+            nonlocal done
+            done += 1
+            if progress is not None:
+                progress(symbol, done, total)
+
+        router = self.acquisition.router(job.providers or job.source_id.split(","))
+        try:
+            while True:
+                task = self.catalog.claim_task(
+                    holder, self.settings.lease_s, self.clock.now(), job_id
+                )
+                if task is None:
+                    break
+                self._run_task(job, task, holder, router, tick)
+        finally:
+            if self.after_run is not None:
+                self.after_run()
+        return self._finish(job_id)
+
+    def _run_task(
+        self,
+        job: IngestionJob,
+        task: JobTask,
+        worker: str,
+        router: Router,
+        tick: Callable[[str], None],
+    ) -> None:
+        assert job.request_start is not None and job.request_end is not None
+        tf = Timeframe.parse(job.timeframe or "1d")
+
+        def beat() -> bool:
+            return self.catalog.heartbeat(
+                task.task_id, worker, self.settings.lease_s, self.clock.now()
+            )
+
+        with _Heartbeat(beat, self.settings.heartbeat_s):
+            try:
+                raw = acquire(
+                    router,
+                    task.symbols,
+                    job.request_start,
+                    job.request_end,
+                    tf,
+                    BatchId(job.job_id, task.task_id, task.attempts),
+                    self.clock,
+                    concurrency=self.settings.fetch_concurrency,
+                    progress=tick,
+                )
+                stored = self.runner.ingest(raw)
+            except Exception as exc:  # recorded on the task and the job, then raised
+                failed = task.model_copy(
+                    update={
+                        "status": TaskStatus.FAILED,
+                        "error_details": [{"kind": type(exc).__name__, "message": str(exc)}],
+                    }
+                )
+                self.catalog.finish_task(failed, worker, self.clock.now())
+                self._fail(job.job_id, exc)
+                raise
+        report = stored.report if stored is not None else None
+        finished = task.model_copy(
+            update={
+                "status": TaskStatus.SUCCEEDED,
+                "records_processed": report.total_records if report else 0,
+                "records_failed": report.invalid_records if report else 0,
+                "symbols_failed": len(raw.failures) + len(raw.empty),
+                "error_details": _details(raw),
+                "quality": report,
+            }
+        )
+        if not self.catalog.finish_task(finished, worker, self.clock.now()):
+            log.warning("lost the lease of %s: another worker runs it again", task.task_id)
+
+    def _fail(self, job_id: str, exc: BaseException) -> None:
+        job = self.catalog.job(job_id)
+        job.status = JobStatus.FAILED
+        job.end_time = self.clock.now()
+        job.error_details.append({"scope": "job", "kind": type(exc).__name__, "message": str(exc)})
+        self.catalog.save_job(job)
+
+    def _finish(self, job_id: str) -> IngestionJob:
+        """Roll the tasks' outcomes up into the job once none is left to run."""
+        job = self.catalog.job(job_id)
+        tasks = self.catalog.tasks(job_id)
+        if not tasks or any(t.status not in _DONE for t in tasks):
+            return job  # others still run tasks, or the job failed and waits for recovery
+        if job.status in (JobStatus.SUCCEEDED, JobStatus.PARTIAL):
+            return job
+        job.records_processed = sum(t.records_processed for t in tasks)
+        job.records_failed = sum(t.records_failed for t in tasks)
+        reports = [t.quality for t in tasks if t.quality is not None]
+        job.quality = DataQualityReport.merge(job.job_id, reports)
+        own = [d for d in job.error_details if d.get("scope") == "job"]
+        job.error_details = own + [d for t in tasks for d in t.error_details]
+        failed_symbols = sum(t.symbols_failed for t in tasks)
+        if any(t.status is TaskStatus.FAILED for t in tasks) or failed_symbols == len(job.symbols):
+            job.status = JobStatus.FAILED
+        elif failed_symbols or job.records_failed:
+            job.status = JobStatus.PARTIAL
+        else:
+            job.status = JobStatus.SUCCEEDED
+        job.end_time = self.clock.now()
+        self.catalog.save_job(job)
+        return job
+
+    # -- follow and recover ----------------------------------------------------------------
+    def expire_leases(self) -> list[str]:
+        """Fail the jobs whose running tasks' leases lapsed; return their ids."""
+        return self.catalog.expire_leases(self.clock.now())
+
+    def jobs(
+        self, limit: int = 50, status: JobStatus | None = None, *, tenant: str | None = None
+    ) -> list[IngestionJob]:
+        """Return recent jobs, newest first (a job whose worker died shows as failed).
+
+        With `tenant`, only that tenant's jobs.
+        """
+        wanted = limit if tenant is None else max(limit * 20, 1000)
+        listed = self.catalog.jobs(wanted, status)
+        active = (JobStatus.PENDING, JobStatus.RUNNING)
+        if any(j.status in active for j in listed) and self.expire_leases():
+            listed = self.catalog.jobs(wanted, status)
+        if tenant is not None:
+            listed = [j for j in listed if j.tenant == tenant]
+        return listed[:limit]
+
+    def job(self, job_id: str) -> IngestionJob:
+        """Return one job."""
+        return self.catalog.job(job_id)
+
+    def tasks(self, job_id: str) -> list[JobTask]:
+        """Return the tasks of a job."""
+        return self.catalog.tasks(job_id)
+
+    def recoverable(self) -> list[IngestionJob]:
+        """Return failed jobs that still have tasks to run (their worker died, or a bug)."""
+        self.expire_leases()
+        return [
+            j
+            for j in self.catalog.jobs(10_000, JobStatus.FAILED)
+            if any(t.status is not TaskStatus.SUCCEEDED for t in self.catalog.tasks(j.job_id))
+        ]
+
+    def recover(
+        self, job_id: str | None = None, *, progress: Progress | None = None
+    ) -> list[IngestionJob]:
+        """Resume failed jobs' unfinished tasks (one job, or every recoverable one)."""
+        if job_id is None:
+            targets = [j.job_id for j in self.recoverable()]
+        else:
+            self.expire_leases()
+            job = self.catalog.job(job_id)
+            unfinished = [
+                t for t in self.catalog.tasks(job_id) if t.status is not TaskStatus.SUCCEEDED
+            ]
+            if job.status is not JobStatus.FAILED or not unfinished:
+                raise InvalidInputError(
+                    "only a failed job with unfinished tasks can be recovered",
+                    job_id=job_id,
+                    status=job.status.value,
+                )
+            targets = [job_id]
+        recovered = []
+        for target in targets:
+            self.catalog.reset_tasks(target, [TaskStatus.FAILED])
+            job = self.catalog.job(target)
+            job.status = JobStatus.RUNNING
+            job.end_time = None
+            job.error_details.append(
+                {"scope": "job", "kind": "recovered", "at": self.clock.now().isoformat()}
+            )
+            self.catalog.save_job(job)
+            recovered.append(self.run(target, progress=progress))
+        return recovered
+
+
+def _details(raw: RawBatch) -> list[dict[str, object]]:
+    """Return the per-symbol problems of a batch: failures, then empty answers."""
+    out: list[dict[str, object]] = []
+    for failure in raw.failures:  # one entry per failed symbol
+        error = failure.error
+        detail: dict[str, object] = {
+            "symbol": failure.symbol,
+            "kind": type(error).__name__,
+            "message": error.message,
+            "retryable": error.is_retryable(),
+        }
+        if isinstance(error, ProviderError) and error.provider:
+            detail["provider"] = error.provider
+        if "attempts" in error.context:
+            detail["attempts"] = error.context["attempts"]
+        out.append(detail)
+    out.extend(
+        {"symbol": s, "kind": "no_data", "message": "provider returned no bars"} for s in raw.empty
+    )
+    return out

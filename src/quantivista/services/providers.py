@@ -1,0 +1,110 @@
+"""Providers: what is registered, their limits, and how their calls went."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+
+from quantivista.acquisition.limits import RateLimiter
+from quantivista.acquisition.wiring import Acquisition
+from quantivista.clock import SystemClock
+from quantivista.config import Settings
+from quantivista.model.timeframe import Timeframe
+from quantivista.providers.base import PriceBasis
+from quantivista.providers.registry import ProviderRegistry, default_registry
+from quantivista.storage.contracts import JobCatalog
+
+__all__ = [
+    "PROVIDER_STATS_KEY",
+    "ProviderService",
+    "capability_table",
+    "default_registry",
+    "shared_quota",
+]
+
+PROVIDER_STATS_KEY = "provider_stats"
+
+
+class ProviderService:
+    """Capabilities, limits, quotas and call statistics of the registered providers."""
+
+    def __init__(self, acquisition: Acquisition, catalog: JobCatalog) -> None:
+        self.acquisition = acquisition
+        self.catalog = catalog
+
+    def table(self) -> pl.DataFrame:
+        """Return one row per registered provider: capabilities and configured limits."""
+        return capability_table(self.acquisition.registry, self.acquisition.settings)
+
+    def load_errors(self) -> dict[str, str]:
+        """Return plug-ins that failed to load, with the reason."""
+        return dict(self.acquisition.registry.load_errors)
+
+    def stats(self) -> tuple[dict[str, Any] | None, bool]:
+        """Return call statistics and whether they are live (this process) or the last saved."""
+        if self.acquisition.analytics.has_data:
+            return self.acquisition.analytics.as_dict(), True
+        return self.catalog.get_state(PROVIDER_STATS_KEY), False
+
+    def save_stats(self) -> None:
+        """Keep this process's statistics in the catalog for readers in other processes."""
+        if self.acquisition.analytics.has_data:
+            self.catalog.put_state(PROVIDER_STATS_KEY, self.acquisition.analytics.as_dict())
+
+
+def shared_quota(settings: Settings) -> pl.DataFrame | None:
+    """Return the live quota usage shared through Redis (None for the in-memory limiter).
+
+    Needs no store: the quota lives in Redis, whoever uses it.
+    """
+    if settings.resilience.backend != "redis":
+        return None
+    limiter = RateLimiter.from_settings(
+        settings.resilience, SystemClock(), redis_url=settings.services.redis_url
+    )
+    try:
+        return limiter.usage_frame()
+    finally:
+        limiter.close()
+
+
+def capability_table(registry: ProviderRegistry, settings: Settings) -> pl.DataFrame:
+    """Return one row per registered provider: capabilities and configured limits.
+
+    Needs no store: `qv providers` works before anything was ingested.
+    """
+    limits = settings.resilience.limits
+    rows = []
+    for name in registry.names():
+        caps = registry.get(name).capabilities
+        rows.append(
+            {
+                "provider": name,
+                "timeframes": " ".join(sorted(caps.timeframes, key=_timeframe_order)),
+                "assets": " ".join(sorted(a.value for a in caps.asset_classes)),
+                "prices": _basis(caps.price_basis, caps.intraday_price_basis),
+                "realtime": caps.realtime,
+                "requires_key": caps.requires_key,
+                "cost_per_call": caps.cost_per_call,
+                "priority": caps.priority,
+                "rate_limits": ", ".join(limits.get(name, [])),
+            }
+        )
+    return pl.DataFrame(rows)
+
+
+def _basis(daily: PriceBasis, intraday: PriceBasis | None) -> str:
+    """Return the basis of a client's bars: one word, or daily/intraday when they differ."""
+    if intraday is None or intraday is daily:
+        return daily.value
+    return f"{daily.value} (intraday {intraday.value})"
+
+
+def _timeframe_order(tf: str) -> tuple[int, int]:
+    from quantivista.errors import QuantiVistaError
+
+    try:
+        return Timeframe.parse(tf).sort_key()
+    except QuantiVistaError:  # an odd timeframe string of a plug-in sorts last
+        return (1 << 30, 0)

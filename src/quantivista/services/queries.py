@@ -1,0 +1,162 @@
+"""Queries: bars (raw or adjusted, now or as of a time), actions, what the store holds."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any
+
+import polars as pl
+
+from quantivista.actions.adjust import Adjust, DividendConvention
+from quantivista.actions.view import AdjustedReader
+from quantivista.clock import Clock
+from quantivista.errors import InvalidInputError
+from quantivista.model.timeframe import Timeframe, TimeframeLike
+from quantivista.providers.base import request_range
+from quantivista.quality.freshness import freshness
+from quantivista.reference.calendars import TradingCalendar
+from quantivista.storage.base import BarStore
+from quantivista.storage.contracts import ActionStore
+from quantivista.timeutil import DateLike, to_date, to_utc
+
+__all__ = ["BarQuery", "QueryService", "symbol_list"]
+
+
+def symbol_list(symbols: str | Sequence[str]) -> list[str]:
+    """Return the distinct, stripped symbols of a string or a list; refuse none."""
+    items = [symbols] if isinstance(symbols, str) else list(symbols)
+    cleaned = [s.strip() for s in items if s and s.strip()]
+    if not cleaned:
+        raise InvalidInputError("no symbols given")
+    return list(dict.fromkeys(cleaned))
+
+
+@dataclass(frozen=True, slots=True)
+class BarQuery:
+    """A read of stored bars.
+
+    `start` and `end` are inclusive user bounds (a date as `end` includes that whole day).
+    Two points in time, named apart: `known_at` is knowledge time (the bars exactly as the
+    store knew them then); `effective_on` is the day whose corporate actions adjust the
+    bars and whose meaning of each ticker applies (default: today).
+    """
+
+    symbols: list[str]
+    timeframe: Timeframe = field(default_factory=lambda: Timeframe.parse("1d"))
+    start: datetime | None = None
+    end: datetime | None = None
+    columns: tuple[str, ...] | None = None
+    adjust: Adjust = "none"
+    dividend_convention: DividendConvention = "crsp"
+    known_at: datetime | None = None
+    effective_on: date | None = None
+    follow_renames: bool = True
+
+    @classmethod
+    def of(
+        cls,
+        symbols: str | Sequence[str],
+        start: DateLike | None = None,
+        end: DateLike | None = None,
+        timeframe: TimeframeLike = "1d",
+        *,
+        columns: Sequence[str] | None = None,
+        adjust: Adjust = "none",
+        dividend_convention: DividendConvention = "crsp",
+        known_at: DateLike | None = None,
+        effective_on: DateLike | None = None,
+        follow_renames: bool = True,
+    ) -> BarQuery:
+        """Build a query from user-style arguments (strings, dates, datetimes)."""
+        lo = request_range(start, start)[0] if start is not None else None
+        hi = request_range(end, end)[1] if end is not None else None
+        if lo is not None and hi is not None and hi <= lo:
+            raise InvalidInputError("end is before start", start=str(start), end=str(end))
+        return cls(
+            symbols=symbol_list(symbols),
+            timeframe=Timeframe.parse(timeframe),
+            start=lo,
+            end=hi,
+            columns=tuple(columns) if columns else None,
+            adjust=adjust,
+            dividend_convention=dividend_convention,
+            known_at=to_utc(known_at) if known_at is not None else None,
+            effective_on=to_date(effective_on) if effective_on is not None else None,
+            follow_renames=follow_renames,
+        )
+
+
+class QueryService:
+    """Read bars and actions; owns the adjusted-view cache (invalidated by store events)."""
+
+    def __init__(
+        self,
+        bars: BarStore,
+        actions: ActionStore,
+        calendar: Callable[[], TradingCalendar],
+        clock: Clock,
+    ) -> None:
+        self.store = bars
+        self.action_store = actions
+        self.calendar = calendar
+        self.clock = clock
+        self.reader = AdjustedReader(bars, actions)
+
+    def invalidate(self, *_: object) -> None:
+        """Drop cached adjusted views (subscribed to the store's ingest events)."""
+        self.reader.invalidate()
+
+    def bars(self, query: BarQuery) -> pl.DataFrame:
+        """Return stored bars in the canonical schema, sorted by symbol and ts."""
+        # actions whose ex-date had come by the knowledge time adjust an as-of read
+        effective = query.effective_on
+        if effective is None and query.known_at is not None:
+            effective = query.known_at.date()
+        return self.reader.read(
+            query.symbols,
+            query.timeframe,
+            query.start,
+            query.end,
+            query.columns,
+            adjust=query.adjust,
+            dividend_convention=query.dividend_convention,
+            effective_on=effective,
+            follow_renames=query.follow_renames,
+            known_at=query.known_at,
+        )
+
+    def latest(self, symbol: str, timeframe: TimeframeLike = "1d") -> dict[str, Any] | None:
+        """Return the newest stored bar of `symbol` as JSON-ready data, or None."""
+        tf = Timeframe.parse(timeframe)
+        recent = self.clock.now() - timedelta(days=14 if tf.seconds is None or tf.seconds >=
+                                              86400 else 4)  # fmt: skip
+        for start in (recent, None):  # the usual case reads two weeks; the rest, everything
+            df = self.store.read([symbol.strip()], tf, start)
+            if df.height:
+                row = df.row(-1, named=True)
+                return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()}
+        return None
+
+    def actions(self, symbols: str | Sequence[str] | None = None) -> pl.DataFrame:
+        """Return stored corporate actions (of some symbols, or all) by ex-date."""
+        return self.action_store.for_symbols(None if symbols is None else symbol_list(symbols))
+
+    def status(self) -> pl.DataFrame:
+        """Return rows, time span and bytes per (timeframe, symbol)."""
+        return self.store.stats()
+
+    def freshness(
+        self,
+        symbols: str | Sequence[str] | None = None,
+        timeframe: TimeframeLike = "1d",
+        max_behind: int = 0,
+    ) -> pl.DataFrame:
+        """Return per stored symbol its latest bar, the bar the calendar expects now, the lag."""
+        tf = str(Timeframe.parse(timeframe))
+        stats = self.store.stats().filter(pl.col("timeframe") == tf)
+        if symbols is not None:
+            stats = stats.filter(pl.col("symbol").is_in(symbol_list(symbols)))
+        latest = stats.select("symbol", ts="last_ts")
+        return freshness(latest, self.calendar(), self.clock.now(), tf, max_behind)

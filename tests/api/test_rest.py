@@ -1,0 +1,221 @@
+"""The REST API over a real socket: auth, bars in every format, caching, errors, tenants."""
+
+from __future__ import annotations
+
+import io
+import time
+from datetime import UTC, datetime
+
+import jwt
+import polars as pl
+import pyarrow as pa
+import pytest
+
+from api.conftest import SYMBOLS, Credentials, LiveApi, bearer, live_api, make_client
+from quantivista.clock import TestClock
+from quantivista.config import ApiSettings, Settings
+from quantivista.platform import Platform
+
+
+@pytest.fixture(scope="module")
+def reader(store: Settings) -> Credentials:
+    return make_client(store, "acme", "read:bars,read:reference")
+
+
+def test_probes_and_metrics_answer_without_credentials(api: LiveApi) -> None:
+    with api.client() as http:
+        assert http.get("/healthz").json() == {"status": "ok"}
+        assert http.get("/readyz").json() == {"status": "ready"}
+        http.get("/api/v1/bars", params={"symbols": SYMBOLS[0]})
+        metrics = http.get("/metrics").text
+    assert 'qv_api_requests_total{route="/api/v1/bars",status="401"}' in metrics
+    assert "qv_api_request_seconds_bucket" in metrics
+
+
+def test_no_credentials_is_401_and_a_wrong_scope_is_403(
+    api: LiveApi, store: Settings, reader: Credentials
+) -> None:
+    with api.client() as http:
+        bare = http.get("/api/v1/bars", params={"symbols": SYMBOLS[0]})
+        assert bare.status_code == 401 and bare.headers["www-authenticate"] == "Bearer"
+        assert bare.headers["content-type"] == "application/problem+json"
+        wrong = http.post("/api/v1/auth/token", data={"grant_type": "client_credentials",
+                          "client_id": reader.client_id, "client_secret": "nope"})  # fmt: skip
+        assert wrong.status_code == 401
+        submit = http.post("/api/v1/jobs", headers=bearer(api, reader), json={
+            "symbols": ["X"], "start": "2024-01-01", "end": "2024-01-31"})  # fmt: skip
+        assert submit.status_code == 403 and "write:ingest" in submit.json()["detail"]
+        over = http.post("/api/v1/auth/token", data={"grant_type": "client_credentials",
+                         "client_id": reader.client_id, "client_secret": reader.client_secret,
+                         "scope": "admin"})  # fmt: skip
+        assert over.status_code == 403
+
+
+def test_a_token_carries_the_claims_and_expires(store: Settings, reader: Credentials) -> None:
+    clock = TestClock(datetime(2026, 11, 23, 15, 0, tzinfo=UTC))
+    with Platform.from_settings(store, clock=clock) as p:
+        issued = p.runtime.auth.token(reader.client_id, reader.client_secret)
+        claims = jwt.decode(issued.access_token, options={"verify_signature": False})
+        assert {"sub", "tenant", "scope", "exp", "iat", "jti"} <= set(claims)
+        assert claims["tenant"] == "acme" and claims["sub"] == reader.client_id
+        assert p.runtime.auth.from_token(issued.access_token).tenant == "acme"
+        clock.advance(issued.expires_in + 1)
+        with pytest.raises(Exception, match="expired"):
+            p.runtime.auth.from_token(issued.access_token)
+
+
+def test_bars_as_json_pages_through_with_cursors(api: LiveApi, reader: Credentials) -> None:
+    params: dict[str, str | int] = {"symbols": ",".join(SYMBOLS[:2]), "start": "2024-01-01",
+                                    "end": "2024-06-30", "limit": 50}  # fmt: skip
+    rows: list[dict[str, object]] = []
+    with api.client(headers=bearer(api, reader)) as http:
+        while True:
+            reply = http.get("/api/v1/bars", params=params)
+            assert reply.status_code == 200, reply.text
+            body = reply.json()
+            rows.extend(body["bars"])
+            if body["next_page_token"] is None:
+                break
+            params["page_token"] = body["next_page_token"]
+    whole = pl.DataFrame(rows)
+    assert (
+        whole.height == 2 * 124 and whole.select(pl.struct("symbol", "ts").is_unique().all()).item()
+    )
+    assert sorted(whole["symbol"].unique().to_list()) == sorted(SYMBOLS[:2])
+
+
+def test_bulk_formats_hold_the_same_bars(api: LiveApi, reader: Credentials) -> None:
+    base = {"symbols": ",".join(SYMBOLS), "start": "2023-01-01", "end": "2024-12-31"}
+    with api.client(headers=bearer(api, reader)) as http:
+        arrow = http.get("/api/v1/bars", params={**base, "format": "arrow"})
+        parquet = http.get("/api/v1/bars", params={**base, "format": "parquet"})
+        csv = http.get("/api/v1/bars", params={**base, "format": "csv"})
+    assert arrow.headers["content-type"] == "application/vnd.apache.arrow.stream"
+    table = pl.from_arrow(pa.ipc.open_stream(arrow.content).read_all())
+    assert isinstance(table, pl.DataFrame)
+    from_parquet = pl.read_parquet(io.BytesIO(parquet.content))
+    from_csv = pl.read_csv(io.StringIO(csv.text))
+    assert table.height == from_parquet.height == from_csv.height == 3 * 502
+    assert table.equals(from_parquet)
+    assert table.schema["ts"] == pl.Datetime("us", "UTC")
+
+
+def test_settled_history_has_an_etag_and_304s(api: LiveApi, reader: Credentials) -> None:
+    params = {"symbols": SYMBOLS[0], "start": "2024-01-01", "end": "2024-03-31"}
+    with api.client(headers=bearer(api, reader)) as http:
+        first = http.get("/api/v1/bars", params=params)
+        etag = first.headers["etag"]
+        assert "max-age" in first.headers["cache-control"]
+        again = http.get("/api/v1/bars", params=params, headers={"If-None-Match": etag})
+        assert again.status_code == 304 and again.content == b""
+        metrics = http.get("/metrics").text
+    assert 'qv_api_cache_total{outcome="hit_l1"}' in metrics
+
+
+def test_a_write_invalidates_cached_responses(store: Settings, tmp_path: object) -> None:
+    settings = Settings(data_dir=store.data_dir)
+    creds = make_client(settings, "acme", "read:bars")
+    with live_api(settings) as running, running.client(headers=bearer(running, creds)) as http:
+        params = {"symbols": SYMBOLS[2], "start": "2023-01-03", "end": "2023-01-05"}
+        before = http.get("/api/v1/bars", params=params).json()["bars"]
+        with Platform.from_settings(settings) as p:  # another process writes a correction
+            bars = p.bars(SYMBOLS[2], "2023-01-03", "2023-01-03")
+            p.write_bars(bars.with_columns(volume=pl.col("volume") + 1).drop("ingested_at"),
+                         source="fix")  # fmt: skip
+        time.sleep(0.6)  # the epoch is read at most every half second
+        after = http.get("/api/v1/bars", params=params).json()["bars"]
+    assert after[0]["volume"] == before[0]["volume"] + 1
+
+
+def test_bad_parameters_are_422_problems_naming_the_parameter(
+    api: LiveApi, reader: Credentials
+) -> None:
+    with api.client(headers=bearer(api, reader)) as http:
+        cases = {
+            "adjust": {"symbols": "A", "adjust": "dividends"},
+            "start": {"symbols": "A", "start": "not-a-date"},
+            "page_token": {"symbols": "A", "page_token": "garbage"},
+            "limit": {"symbols": "A", "limit": "-1"},
+        }
+        for name, params in cases.items():
+            reply = http.get("/api/v1/bars", params=params)
+            assert reply.status_code == 422, reply.text
+            assert name in reply.json()["detail"], reply.json()
+        backwards = http.get("/api/v1/bars", params={"symbols": "A", "start": "2024-06-01",
+                                                     "end": "2024-01-01"})  # fmt: skip
+        assert backwards.status_code == 422 and "end is before start" in backwards.text
+        missing = http.get(f"/api/v1/bars/{SYMBOLS[0]}/latest", params={"timeframe": "1m"})
+        assert missing.status_code == 404
+
+
+def test_latest_actions_reference_and_status(api: LiveApi, reader: Credentials) -> None:
+    with api.client(headers=bearer(api, reader)) as http:
+        latest = http.get(f"/api/v1/bars/{SYMBOLS[0]}/latest").json()
+        assert latest["symbol"] == SYMBOLS[0] and latest["ts"].startswith("2024-12-31")
+        assert http.get("/api/v1/actions", params={"symbols": ",".join(SYMBOLS)}).status_code == 200
+        sessions = http.get("/api/v1/calendars/XNYS/sessions",
+                            params={"start": "2024-12-23", "end": "2024-12-31"}).json()  # fmt: skip
+        assert len(sessions) == 6  # Christmas is closed
+        status = http.get("/api/v1/status").json()
+        assert status["timeframes"][0]["rows"] == 3 * 502
+        assert http.get("/api/v1/providers").json()["providers"]
+
+
+def test_tenants_see_their_own_jobs_only(api: LiveApi, store: Settings) -> None:
+    acme = make_client(store, "acme", "read:bars,write:ingest")
+    other = make_client(store, "globex", "read:bars,write:ingest")
+    with api.client(headers=bearer(api, acme)) as http:
+        submitted = http.post("/api/v1/jobs", json={"symbols": [SYMBOLS[0]],
+                              "start": "2022-01-01", "end": "2022-01-31"})  # fmt: skip
+        assert submitted.status_code == 202, submitted.text
+        job_id = submitted.json()["job_id"]
+        deadline = time.monotonic() + 30
+        while http.get(f"/api/v1/jobs/{job_id}").json()["status"] in ("pending", "running"):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert http.get(f"/api/v1/jobs/{job_id}").json()["status"] == "succeeded"
+        assert http.get(f"/api/v1/quality/jobs/{job_id}").json()["total_records"] == 20
+    with api.client(headers=bearer(api, other)) as http:
+        assert http.get(f"/api/v1/jobs/{job_id}").status_code == 404
+        assert http.get(f"/api/v1/quality/jobs/{job_id}").status_code == 404
+        assert http.get("/api/v1/quarantine", params={"job_id": job_id}).status_code == 404
+        assert job_id not in {j["job_id"] for j in http.get("/api/v1/jobs").json()}
+
+
+def test_entitlements_limit_symbols_and_timeframes(api: LiveApi, store: Settings) -> None:
+    creds = make_client(store, "narrow", "read:bars")
+    with Platform.from_settings(store) as p:
+        p.runtime.auth.set_tenant("narrow", symbols=[SYMBOLS[0]], timeframes=["1d"])
+    with api.client(headers=bearer(api, creds)) as http:
+        assert http.get("/api/v1/bars", params={"symbols": SYMBOLS[0]}).status_code == 200
+        denied = http.get("/api/v1/bars", params={"symbols": ",".join(SYMBOLS[:2])})
+        assert denied.status_code == 403 and SYMBOLS[1] in denied.json()["detail"]
+        minute = http.get("/api/v1/bars", params={"symbols": SYMBOLS[0], "timeframe": "1m"})
+        assert minute.status_code == 403
+
+
+def test_api_keys_work_and_revocation_stops_key_and_tokens(api: LiveApi, store: Settings) -> None:
+    creds = make_client(store, "acme", "read:bars")
+    headers = bearer(api, creds)
+    with api.client() as http:
+        assert http.get("/api/v1/status", headers={"X-API-Key": creds.api_key}).status_code == 200
+        assert http.get("/api/v1/status", headers=headers).status_code == 200
+        with Platform.from_settings(store) as p:
+            p.runtime.auth.revoke(creds.client_id)
+        time.sleep(5.1)  # a revocation reaches every API process within five seconds
+        assert http.get("/api/v1/status", headers={"X-API-Key": creds.api_key}).status_code == 401
+        assert http.get("/api/v1/status", headers=headers).status_code == 401
+
+
+def test_rate_limits_answer_429_with_retry_after(store: Settings) -> None:
+    settings = store.model_copy(update={"api": ApiSettings(rate_limits=["3/minute"])})
+    creds = make_client(settings, "acme", "read:bars")
+    with (
+        live_api(settings) as running,
+        running.client(headers={"X-API-Key": creds.api_key}) as http,
+    ):
+        replies = [http.get("/api/v1/status") for _ in range(4)]
+    assert [r.status_code for r in replies] == [200, 200, 200, 429]
+    assert replies[0].headers["x-ratelimit-limit"] == "3"
+    assert replies[2].headers["x-ratelimit-remaining"] == "0"
+    assert int(replies[3].headers["retry-after"]) >= 1

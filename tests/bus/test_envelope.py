@@ -1,0 +1,63 @@
+"""The versioned envelope: every event type round-trips; unknown or newer schemas are refused."""
+
+from __future__ import annotations
+
+import contextlib
+from datetime import UTC, datetime
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from quantivista.bus.envelope import Envelope
+from quantivista.bus.events import (
+    EVENT_TYPES,
+    ActionsIngested,
+    BarsIngested,
+    BarsQuarantined,
+    Event,
+)
+from quantivista.errors import BusError
+
+AT = datetime(2026, 11, 23, 15, 0, tzinfo=UTC)
+EVENTS: list[Event] = [
+    BarsIngested(
+        occurred_at=AT, job_id="job-1", source="yahoo", timeframe="1d", symbols=["A", "B"],
+        rows_written=10, rows_unchanged=2, first_ts=AT, last_ts=AT,
+    ),
+    BarsQuarantined(occurred_at=AT, job_id="job-1", source="yahoo", rows=3, rules={"x": 3}),
+    ActionsIngested(occurred_at=AT, source="lean", symbols=["AAPL"], rows=4),
+]  # fmt: skip
+
+
+def test_every_event_type_is_registered_for_decoding() -> None:
+    assert set(EVENT_TYPES) == {type(e).__name__ for e in EVENTS}
+
+
+@pytest.mark.parametrize("event", EVENTS, ids=lambda e: type(e).__name__)
+def test_an_event_round_trips_through_json(event: Event) -> None:
+    envelope = Envelope.of(event, key="A", headers={"traceparent": "00-ab-cd-01"})
+    back = Envelope.from_json(envelope.to_json())
+    assert back == envelope
+    assert back.open() == event
+    assert (back.type, back.version, back.topic) == (type(event).__name__, 1, event.topic)
+
+
+def test_a_newer_schema_is_refused_not_misread() -> None:
+    envelope = Envelope.of(EVENTS[0]).model_copy(update={"version": 2})
+    with pytest.raises(BusError, match="newer"):
+        envelope.open()
+
+
+def test_unknown_types_and_bad_payloads_are_bus_errors() -> None:
+    base = Envelope.of(EVENTS[2])
+    with pytest.raises(BusError, match="unknown event type"):
+        base.model_copy(update={"type": "Nope"}).open()
+    with pytest.raises(BusError, match="does not fit"):
+        base.model_copy(update={"payload": {"rows": "many"}}).open()
+
+
+@given(st.binary(max_size=200))
+def test_arbitrary_bytes_never_escape_as_anything_but_bus_error(data: bytes) -> None:
+    with contextlib.suppress(BusError):
+        Envelope.from_json(data).open()
