@@ -213,3 +213,50 @@ def test_database_errors_become_storage_errors(
         backend.catalog.jobs()
     with pytest.raises(StorageError, match="reading corporate actions failed"):
         backend.actions.all()
+
+
+def test_a_platform_on_postgres_leaves_the_data_directory_alone(
+    tmp_path: Path, postgres_dsn: str, pg_schema: str, make_bars: MakeBars
+) -> None:
+    from quantivista.platform import Platform
+
+    root = tmp_path / "never-made"
+    with Platform.from_settings(_settings(root, postgres_dsn, pg_schema + "_platform")) as p:
+        bars = make_bars(["AAA", "BBB"], 5).drop("ingested_at", "job_id")
+        bad = bars.head(1).with_columns(symbol=pl.lit("CCC"), high=pl.col("low") - 1)
+        report = p.write_bars(pl.concat([bars, bad]), source="vendor")
+        assert report.invalid_records == 1
+        assert p.bars(["AAA", "BBB"]).height == 10
+        assert p.quarantine().height == 1
+        assert p.quality_scores(["AAA"]).height == 5
+    assert not root.exists()
+
+
+def test_an_ingest_on_postgres_keeps_its_job_and_tasks_there(
+    tmp_path: Path, postgres_dsn: str, pg_schema: str
+) -> None:
+    from quantivista.clock import TestClock
+    from quantivista.platform import Platform
+    from quantivista.providers.synthetic import SyntheticProvider
+
+    root = tmp_path / "never-made"
+    settings = Settings(
+        data_dir=root,
+        storage={"backend": "postgres", "postgres_schema": pg_schema + "_ingest"},
+        services={"postgres_dsn": postgres_dsn},
+        simulator={"seed": 3, "universe_size": 12},
+        ingest={"symbols_per_batch": 2},
+    )
+    clock = TestClock(datetime(2026, 11, 23, 15, tzinfo=UTC))
+    with Platform.from_settings(settings, clock=clock) as p:
+        provider = p.provider("synthetic")
+        assert isinstance(provider, SyntheticProvider)
+        symbols = sorted(provider.symbols())[:3]
+        job = p.ingest(symbols, "2024-01-01", "2024-02-29")
+        assert job.tasks == 2
+        assert p.bars(symbols, "2024-01-01", "2024-02-29").height > 0
+    with Platform.from_settings(settings, clock=clock) as again:  # another process, later
+        assert again.job(job.job_id).status == job.status
+        tasks = again.runtime.backend.catalog.tasks(job.job_id)
+        assert [t.symbols for t in tasks] == [symbols[:2], symbols[2:]]
+    assert not root.exists()
