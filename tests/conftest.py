@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import numpy as np
 import polars as pl
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from quantivista.config import Settings, StorageSettings
 from quantivista.model.schema import coerce_bars
@@ -25,6 +26,10 @@ from quantivista.reference.calendars import TradingCalendar, get_calendar
 from quantivista.storage.lake.bars import ParquetLake
 
 INGESTED_AT = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
+
+# the test machine is shared: a per-example deadline would fail on load, not on bugs
+hypothesis_settings.register_profile("qv", deadline=None)
+hypothesis_settings.load_profile("qv")
 
 MakeBars = Callable[..., pl.DataFrame]
 

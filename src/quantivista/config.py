@@ -384,10 +384,19 @@ class ApiSettings(_Section):
     cors_origins: list[str] = Field(
         default_factory=list, description="origins allowed by CORS (empty: none)"
     )
+    exports_dir: Path | None = Field(
+        default=None, description="where bulk exports are written (default: DATA_DIR/exports)"
+    )
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
     page_size: int = Field(default=10_000, ge=1, description="bars per JSON page")
     cache_mb: int = Field(default=128, ge=0, description="in-process response cache")
+    ws_heartbeat_s: float = Field(
+        default=15.0, gt=0, description="a quiet WebSocket gets a heartbeat this often"
+    )
+    ws_queue_size: int = Field(
+        default=4096, ge=1, description="messages a WebSocket client may lag before it is dropped"
+    )
 
     @field_validator("rate_limits")
     @classmethod

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import io
+import ssl
+import subprocess
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
+import httpx
 import jwt
 import polars as pl
 import pyarrow as pa
@@ -219,3 +223,19 @@ def test_rate_limits_answer_429_with_retry_after(store: Settings) -> None:
     assert replies[0].headers["x-ratelimit-limit"] == "3"
     assert replies[2].headers["x-ratelimit-remaining"] == "0"
     assert int(replies[3].headers["retry-after"]) >= 1
+
+
+def test_tls_with_a_generated_certificate(store: Settings, tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    with live_api(store, ssl_certfile=str(cert), ssl_keyfile=str(key)) as running:
+        assert running.url.startswith("https://")
+        with running.client(verify=ssl.create_default_context(cafile=str(cert))) as http:
+            assert http.get("/healthz").json() == {"status": "ok"}
+        with running.client() as untrusting, pytest.raises(httpx.ConnectError):
+            untrusting.get("/healthz")  # the system trust store does not know this cert

@@ -15,6 +15,7 @@ from quantivista.bus.events import (
     ActionsIngested,
     BarsIngested,
     BarsQuarantined,
+    BarsStreamed,
     Event,
 )
 from quantivista.errors import BusError
@@ -27,6 +28,8 @@ EVENTS: list[Event] = [
     ),
     BarsQuarantined(occurred_at=AT, job_id="job-1", source="yahoo", rows=3, rules={"x": 3}),
     ActionsIngested(occurred_at=AT, source="lean", symbols=["AAPL"], rows=4),
+    BarsStreamed(occurred_at=AT, source="finnhub", timeframe="1m", correction=True,
+                 rows=[{"symbol": "A", "ts": "2026-11-23T15:00:00+00:00", "close": 1.5}]),
 ]  # fmt: skip
 
 

@@ -9,6 +9,7 @@ only by adding optional parameters and fields.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -20,11 +21,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from quantivista._version import __version__
 from quantivista.acquisition.limits import MemoryBackend, RateLimiter, RedisBackend
-from quantivista.api import errors
+from quantivista.api import errors, stream
 from quantivista.api.cache import ResponseCache
+from quantivista.api.graphql import graphql_router
 from quantivista.api.metrics import ApiMetrics
-from quantivista.api.routes import market, operations
+from quantivista.api.routes import exports, market, operations
 from quantivista.api.state import ApiState
+from quantivista.api.stream import StreamHub
 from quantivista.clock import Clock
 from quantivista.config import Settings
 from quantivista.pipeline.stages import data_epoch
@@ -68,10 +71,14 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = Runtime(settings, clock=clock, registry=registry)
         state = _state(settings, runtime)
+        hub = StreamHub(state, heartbeat_s=settings.api.ws_heartbeat_s)
+        hub.start(asyncio.get_running_loop())
         app.state.qv = state
+        app.state.hub = hub
         try:
             yield
         finally:
+            hub.stop()
             state.cache.close()
             state.limiter.close()
             runtime.close()
@@ -85,6 +92,9 @@ def create_app(
     errors.install(app)
     app.include_router(market.router)
     app.include_router(operations.router)
+    app.include_router(exports.router)
+    app.include_router(stream.router)
+    app.include_router(graphql_router(), include_in_schema=False)  # its own schema: GraphQL
     if settings.api.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from quantivista.api.state import ApiState
 from quantivista.errors import AuthenticationError, PermissionDeniedError
@@ -49,11 +50,21 @@ def authenticate(state: ApiState, authorization: str | None, api_key: str | None
     raise AuthenticationError("credentials required: a bearer token or an X-API-Key header")
 
 
-def caller(request: Request, state: State) -> Caller:
+_BEARER = HTTPBearer(auto_error=False, description="an access token from /api/v1/auth/token")
+_KEY = APIKeyHeader(name="X-API-Key", auto_error=False, description="qv_<client_id>_<secret>")
+
+
+def caller(
+    request: Request,
+    state: State,
+    token: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)] = None,
+    api_key: Annotated[str | None, Depends(_KEY)] = None,
+) -> Caller:
     """Authenticate the request and count it against the client's rate limit.
 
     The limit's usage goes into `X-RateLimit-*` headers (added by the app's middleware).
     """
+    del token, api_key  # declared for the OpenAPI security schemes; read from the headers
     principal = authenticate(
         state, request.headers.get("authorization"), request.headers.get("x-api-key")
     )

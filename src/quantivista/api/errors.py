@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from quantivista.errors import (
@@ -22,9 +23,37 @@ from quantivista.errors import (
     TooManyRequestsError,
 )
 
-__all__ = ["install", "problem", "status_of"]
+__all__ = ["COMMON_RESPONSES", "Problem", "install", "problem", "status_of"]
 
 PROBLEM = "application/problem+json"
+
+
+class Problem(BaseModel):
+    """An error answer (RFC 9457)."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    context: dict[str, Any] | None = None
+    errors: list[dict[str, str]] | None = None
+
+
+def _documented(description: str) -> dict[str, Any]:
+    return {"model": Problem, "description": description,
+            "content": {PROBLEM: {"schema": {"$ref": "#/components/schemas/Problem"}}}}  # fmt: skip
+
+
+# what every authenticated route may answer besides its own result
+COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: _documented("missing, wrong, expired or revoked credentials"),
+    403: _documented("a scope or an entitlement the caller lacks"),
+    404: _documented("not found (or not the caller's tenant's)"),
+    422: _documented("invalid parameters, each named"),
+    429: _documented("the client's rate limit is spent; see Retry-After"),
+    502: _documented("a data vendor failed"),
+    503: _documented("the store does not answer"),
+}
 
 _STATUS: tuple[tuple[type[QuantiVistaError], int], ...] = (
     (AuthenticationError, 401),

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import ClassVar
+from typing import Any, ClassVar
 from uuid import uuid4
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-__all__ = ["EVENT_TYPES", "ActionsIngested", "BarsIngested", "BarsQuarantined", "Event"]
+__all__ = [
+    "EVENT_TYPES",
+    "ActionsIngested",
+    "BarsIngested",
+    "BarsQuarantined",
+    "BarsStreamed",
+    "Event",
+]
 
 
 class Event(BaseModel):
@@ -62,7 +69,22 @@ class ActionsIngested(Event):
     rows: int
 
 
+class BarsStreamed(Event):
+    """Bars of a live feed (a micro-batch), carried in the event itself.
+
+    `rows` hold canonical bar fields as JSON-ready values (ts as ISO text); `correction`
+    marks bars that replace ones already sent (a late trade amended its minute).
+    """
+
+    topic: ClassVar[str] = "bars.streamed"
+
+    source: str
+    timeframe: str
+    rows: list[dict[str, Any]]
+    correction: bool = False
+
+
 # every event type by name, for decoding envelopes
 EVENT_TYPES: dict[str, type[Event]] = {
-    cls.__name__: cls for cls in (BarsIngested, BarsQuarantined, ActionsIngested)
+    cls.__name__: cls for cls in (BarsIngested, BarsQuarantined, ActionsIngested, BarsStreamed)
 }

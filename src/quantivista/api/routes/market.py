@@ -13,13 +13,14 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from quantivista.api.cache import CachedResponse
 from quantivista.api.deps import Caller, State, require
 from quantivista.api.encode import MEDIA_TYPES, BodyFormat, encode, etag_of
+from quantivista.api.errors import COMMON_RESPONSES
 from quantivista.errors import InvalidInputError, NotFoundError
 from quantivista.model.auth import Scope
 from quantivista.services.queries import BarQuery
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/api/v1", tags=["market data"])
+router = APIRouter(prefix="/api/v1", tags=["market data"], responses=COMMON_RESPONSES)
 
 ReadBars = Annotated[Caller, Depends(require(Scope.READ_BARS))]
 ReadReference = Annotated[Caller, Depends(require(Scope.READ_REFERENCE))]
@@ -80,7 +81,20 @@ def _respond(
     return Response(cached.body, media_type=cached.media_type, headers=headers)
 
 
-@router.get("/bars", summary="Stored bars, raw or adjusted, now or as of a time")
+_BARS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "bars: JSON pages, or the whole range as CSV, Arrow IPC or Parquet",
+        "content": {media: {} for media in MEDIA_TYPES.values()},
+    },
+    304: {"description": "not modified since the ETag given in If-None-Match"},
+}
+
+
+@router.get(
+    "/bars",
+    summary="Stored bars, raw or adjusted, now or as of a time",
+    responses=_BARS_RESPONSES,
+)
 def bars(
     request: Request,
     state: State,

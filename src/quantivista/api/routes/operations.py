@@ -13,13 +13,14 @@ from pydantic import BaseModel, Field
 
 from quantivista.api.deps import Caller, State, require
 from quantivista.api.encode import BodyFormat, encode
+from quantivista.api.errors import COMMON_RESPONSES
 from quantivista.errors import NotFoundError
 from quantivista.model.auth import Scope
 from quantivista.model.jobs import DataQualityReport, IngestionJob
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/api/v1")
+router = APIRouter(prefix="/api/v1", responses=COMMON_RESPONSES)
 
 ReadBars = Annotated[Caller, Depends(require(Scope.READ_BARS))]
 Ingest = Annotated[Caller, Depends(require(Scope.WRITE_INGEST))]
