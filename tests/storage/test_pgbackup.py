@@ -17,8 +17,14 @@ from quantivista.cli import app
 from quantivista.clock import TestClock
 from quantivista.config import Settings
 from quantivista.errors import StorageError
+from quantivista.model.auth import ApiClient, Scope, Tenant
+from quantivista.model.jobs import IngestionJob, JobTask
+from quantivista.model.payloads import RawPayload
+from quantivista.model.schema import coerce_actions
 from quantivista.model.timeframe import Timeframe
 from quantivista.platform import Platform
+from quantivista.reference.instruments import InstrumentMaster
+from quantivista.storage.contracts import Backend
 from quantivista.storage.lake.backup import PostgresBars, backup, restore, verify
 from quantivista.storage.postgres.bars import PostgresStore
 
@@ -55,6 +61,48 @@ def _fill(root: Path, dsn: str, schema: str, make_bars: MakeBars) -> None:
         p.runtime.backend.bars.delete(D1, ["CCC"], at=clock.now())
         bad = bars.head(1).with_columns(symbol=pl.lit("DDD"), high=pl.col("low") - 1)
         p.write_bars(bad, source="v")
+        _fill_side_state(p.runtime.backend)
+
+
+def _fill_side_state(backend: Backend) -> None:
+    """Write every other kind of state: actions, a release, bronze, instruments, the catalog."""
+    backend.actions.upsert(
+        coerce_actions(pl.DataFrame({"symbol": ["AAA"], "action_type": ["split"],
+                                     "ex_date": ["2024-01-03"], "ratio": [2.0]}))
+    )  # fmt: skip
+    held = backend.quarantine.list()
+    backend.quarantine.add(
+        held.with_columns(symbol=pl.lit("EEE")).drop("quarantined_at"), job_id="job-e", at=T0
+    )
+    backend.quarantine.mark_released(
+        backend.quarantine.list(symbols=["EEE"]), release_job_id="job-fix", at=T0
+    )
+    backend.raw.save("job-raw", [RawPayload("acme", "https://acme/x", 200, b"\x00{}", T0)])
+    master = InstrumentMaster(backend.instruments)
+    master.upsert(pl.DataFrame({"instrument_id": ["AAA"], "symbol": ["AAA"]}))
+    catalog = backend.catalog
+    catalog.save_job(IngestionJob(job_id="job-tasks", source_id="s", start_time=T0))
+    catalog.add_tasks([JobTask(task_id=f"t{i}", job_id="job-tasks", seq=i, symbols=["AAA"])
+                       for i in range(3)])  # fmt: skip
+    assert catalog.claim_task("w", 30.0, T0) is not None
+    catalog.add_dead_letter("bars.ingested", {"x": 1}, "boom", None, T0)
+    catalog.put_state("providers", {"acme": {"calls": 2}})
+    backend.clients.save_client(
+        ApiClient(client_id="c1", tenant="acme", scopes=[Scope.READ_BARS], secret_hash="h",
+                  created_at=T0)
+    )  # fmt: skip
+    backend.clients.save_tenant(Tenant(name="acme", symbols=["AAA"]))
+
+
+# every table a PostgreSQL backup must hold, and a column that orders its rows
+_ORDER = {
+    "bars": "symbol, timeframe, ts", "bars_history": "symbol, timeframe, ts, ingested_at",
+    "actions": "symbol, ex_date", "quarantine_rows": "seq", "quarantine_released": "seq",
+    "quality_scores": "symbol, timeframe, job_id, scored_at", "raw_payloads": "sha256",
+    "raw_manifest": "seq", "instruments": "instrument_id", "symbol_history": "symbol",
+    "jobs": "job_id", "job_tasks": "task_id", "quality_reports": "report_id",
+    "dead_letters": "id", "state": "key", "api_clients": "client_id", "tenants": "name",
+}  # fmt: skip
 
 
 def _table(dsn: str, schema: str, table: str) -> pl.DataFrame:
@@ -64,6 +112,13 @@ def _table(dsn: str, schema: str, table: str) -> pl.DataFrame:
         )
         names = [d.name for d in rows.description or []]
         return pl.DataFrame(rows.fetchall(), schema=names, orient="row")
+
+
+def _rows(dsn: str, schema: str, table: str) -> pl.DataFrame:
+    """Return every row of `table` as text: json, arrays and bytea compare as stored."""
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(f'SELECT t::text FROM "{schema}".{table} t ORDER BY {_ORDER[table]}')
+        return pl.DataFrame({"row": [r[0] for r in rows.fetchall()]}, schema={"row": pl.String})
 
 
 def _schema_exists(dsn: str, schema: str) -> bool:
@@ -88,7 +143,7 @@ def test_postgres_backup_restores_bars_and_history_into_an_empty_schema(
     tables = manifest["postgres"]["tables"]
     assert (tables["bars"]["rows"], tables["bars_history"]["rows"]) == (10, 5)
     assert manifest["backend"] == "postgres"
-    assert manifest["postgres"]["revision"] == "0001"
+    assert manifest["postgres"]["revision"] == "0002"
     assert manifest["postgres"]["years"] == [2023, 2024]
     for info in manifest["postgres"]["tables"].values():
         assert info["file"] in manifest["files"]  # sized and checksummed like the lake files
@@ -96,10 +151,12 @@ def test_postgres_backup_restores_bars_and_history_into_an_empty_schema(
         app, ["--data-dir", str(back), "restore", str(snap)], env=_env(postgres_dsn, dst)
     )
     assert done.exit_code == 0, done.output
-    for table in ("bars", "bars_history"):
-        assert_frame_equal(
-            _table(postgres_dsn, dst, table), _table(postgres_dsn, src, table), check_exact=True
-        )
+    assert sorted(manifest["postgres"]["tables"]) == sorted(_ORDER)
+    for table in _ORDER:
+        restored = _rows(postgres_dsn, dst, table)
+        assert restored.height == manifest["postgres"]["tables"][table]["rows"] > 0
+        assert_frame_equal(restored, _rows(postgres_dsn, src, table), check_exact=True)
+    assert not back.exists()  # the PostgreSQL backend keeps nothing in the data directory
     with (
         Platform.from_settings(_settings(live, postgres_dsn, src)) as a,
         Platform.from_settings(_settings(back, postgres_dsn, dst)) as b,
@@ -111,8 +168,26 @@ def test_postgres_backup_restores_bars_and_history_into_an_empty_schema(
         assert b.bars(["CCC"], as_of=T0 + timedelta(seconds=90)).height == 3  # deleted later
         assert b.bars(["CCC"]).is_empty()
         assert_frame_equal(b.status(), a.status())
-        assert b.quarantine().height == 1  # the lake side of the data directory came along
+        assert b.quarantine().height == 1  # every table came along, not only the bars
         assert [j.job_id for j in b.jobs()] == [j.job_id for j in a.jobs()]
+        assert b.runtime.backend.catalog.tasks("job-tasks") == a.runtime.backend.catalog.tasks(
+            "job-tasks"
+        )
+        assert b.runtime.backend.catalog.get_state("providers") == {"acme": {"calls": 2}}
+        assert_frame_equal(b.actions("AAA"), a.actions("AAA"))
+        assert_frame_equal(b.instruments.instruments(), a.instruments.instruments())
+        assert_frame_equal(b.runtime.backend.scores.read(), a.runtime.backend.scores.read())
+        digest = b.runtime.backend.raw.manifest()["sha256"][0]
+        assert b.runtime.backend.raw.body(digest, "acme") == b"\x00{}"
+        # identities go on after the restored rows: new rows do not collide
+        old_ids = [d["id"] for d in b.runtime.backend.catalog.dead_letters()]
+        assert b.runtime.backend.catalog.add_dead_letter("t", {}, "e", None, T0) > max(old_ids)
+        assert (
+            b.runtime.backend.quarantine.add(
+                b.quarantine().drop("quarantined_at"), job_id="again", at=T0, dedupe=False
+            )
+            == 1
+        )
         assert isinstance(b.runtime.backend.bars, PostgresStore)
         b.write_bars(make_bars(["EEE"], 2).drop("ingested_at", "job_id"), source="v")  # usable
     report = runner.invoke(
@@ -262,3 +337,61 @@ def test_a_write_during_the_backup_is_in_neither_table(
     restore(tmp_path / "snap", tmp_path / "back", PostgresBars(postgres_dsn, dst))
     restored = _table(postgres_dsn, dst, "bars")
     assert restored["volume"].to_list() == bars["volume"].to_list()
+
+
+def test_restore_refuses_a_schema_that_holds_any_state(
+    tmp_path: Path, postgres_dsn: str, pg_schema: str, make_bars: MakeBars
+) -> None:
+    src, busy = pg_schema + "_st_src", pg_schema + "_st_busy"
+    _fill(tmp_path / "live", postgres_dsn, src, make_bars)
+    backup(tmp_path / "live", tmp_path / "snap", PostgresBars(postgres_dsn, src))
+    with Platform.from_settings(_settings(tmp_path / "other", postgres_dsn, busy)) as p:
+        p.runtime.backend.catalog.put_state("only", {"this": 1})  # no bars at all
+    with pytest.raises(StorageError, match="not empty") as info:
+        restore(tmp_path / "snap", tmp_path / "back", PostgresBars(postgres_dsn, busy))
+    assert info.value.context["table"] == "state"
+
+
+def test_a_reader_of_the_target_sees_the_restored_state_as_new(
+    tmp_path: Path, postgres_dsn: str, pg_schema: str, make_bars: MakeBars
+) -> None:
+    src, dst = pg_schema + "_ver_src", pg_schema + "_ver_dst"
+    _fill(tmp_path / "live", postgres_dsn, src, make_bars)
+    backup(tmp_path / "live", tmp_path / "snap", PostgresBars(postgres_dsn, src))
+    with Platform.from_settings(_settings(tmp_path / "reader", postgres_dsn, dst)) as reader:
+        before = (
+            reader.runtime.backend.actions.version(),
+            reader.runtime.backend.instruments.version(),
+        )
+        assert reader.actions("AAA").is_empty()
+        restore(tmp_path / "snap", tmp_path / "back", PostgresBars(postgres_dsn, dst))
+        after = (
+            reader.runtime.backend.actions.version(),
+            reader.runtime.backend.instruments.version(),
+        )
+        assert after[0] != before[0] and after[1] != before[1]
+        assert reader.actions("AAA").height == 1
+
+
+def test_a_backup_made_at_revision_0001_restores_and_upgrades(
+    tmp_path: Path, postgres_dsn: str, pg_schema: str, make_bars: MakeBars
+) -> None:
+    from quantivista.storage.postgres.bars import migrate
+
+    src, dst = pg_schema + "_old_src", pg_schema + "_old_dst"
+    migrate(postgres_dsn, src, "0001")
+    with psycopg.connect(postgres_dsn) as conn:
+        conn.execute(f'CREATE TABLE "{src}".bars_y2024 PARTITION OF "{src}".bars '
+                     "FOR VALUES FROM ('2024-01-01') TO ('2025-01-01')")  # fmt: skip
+        conn.execute(
+            f'INSERT INTO "{src}".bars (symbol, timeframe, ts, close) VALUES (%s, %s, %s, %s)',
+            ("AAA", "1d", T0, 1.0),
+        )
+    manifest = backup(tmp_path / "live", tmp_path / "snap", PostgresBars(postgres_dsn, src))
+    assert manifest["postgres"]["revision"] == "0001"
+    assert sorted(manifest["postgres"]["tables"]) == ["bars", "bars_history"]
+    restore(tmp_path / "snap", tmp_path / "back", PostgresBars(postgres_dsn, dst))
+    with Platform.from_settings(_settings(tmp_path / "back", postgres_dsn, dst)) as p:
+        assert p.bars(["AAA"])["close"].to_list() == [1.0]
+        p.runtime.backend.catalog.put_state("k", {"v": 1})  # the tables of 0002 are there
+        assert p.runtime.backend.catalog.get_state("k") == {"v": 1}

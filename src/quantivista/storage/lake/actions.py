@@ -17,9 +17,17 @@ from quantivista.storage.lake.files import (
 )
 from quantivista.storage.lake.layout import LakeLayout
 
-__all__ = ["ACTION_KEY", "ParquetActionStore", "merge_actions"]
+__all__ = ["ACTION_KEY", "ParquetActionStore", "merge_actions", "sort_actions"]
 
 ACTION_KEY = ["symbol", "action_type", "ex_date", "provider"]
+
+
+def sort_actions(df: pl.DataFrame) -> pl.DataFrame:
+    """Return actions in the stored order: symbol, ex-date, type, provider (NULL first).
+
+    Sorting by the whole key gives every backend the same order, ties included.
+    """
+    return df.sort("symbol", "ex_date", "action_type", "provider", nulls_last=False)
 
 
 def merge_actions(
@@ -33,7 +41,7 @@ def merge_actions(
     if fresh.is_empty():
         return current, fresh
     kept = current.join(fresh.select(ACTION_KEY), on=ACTION_KEY, how="anti", nulls_equal=True)
-    return pl.concat([kept, fresh]).sort("symbol", "ex_date", "action_type"), fresh
+    return sort_actions(pl.concat([kept, fresh])), fresh
 
 
 class ParquetActionStore:
@@ -71,7 +79,7 @@ class ParquetActionStore:
         if symbols:
             wanted = list(symbols)
             df = df.filter(pl.col("symbol").is_in(wanted) | pl.col("new_symbol").is_in(wanted))
-        return df.sort("ex_date", "symbol")
+        return df.sort("ex_date", "symbol", maintain_order=True)
 
     def version(self) -> Hashable:
         """Return the action file's identity (changes with every replacement)."""

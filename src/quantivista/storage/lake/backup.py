@@ -3,11 +3,11 @@
 A backup holds every lake file (silver bars and their history, actions, quarantine,
 bronze payloads) copied while all partition locks are held, a consistent copy of the
 SQLite catalog (its online backup API), and `manifest.json` listing each file's size and
-checksum, written last: a backup without a manifest is incomplete. When the bars live in
-PostgreSQL, the backup also holds `bars` and `bars_history` of the schema as one snapshot
-(see `storage.pgbackup`), listed in the manifest like every other file, with the migration
-revision. Restore checks every checksum before copying anything, into an empty directory
-(and an empty schema) only.
+checksum, written last: a backup without a manifest is incomplete. With the PostgreSQL
+backend no state lives in the data directory: the backup holds every table of the schema
+instead, as one snapshot (see `storage.postgres.backup`), listed in the manifest like any
+file, with the migration revision. Restore checks every checksum before copying anything,
+into an empty directory (and an empty schema) only.
 """
 
 from __future__ import annotations
@@ -96,23 +96,9 @@ def backup(root: Path, dest: Path, postgres: PostgresBars | None = None) -> dict
 
 
 def _snapshot(root: Path, dest: Path, postgres: PostgresBars | None) -> dict[str, Any]:
-    lake = ParquetLake(root)
     entries: dict[str, dict[str, Any]] = {}
-    with lake.frozen():
-        for path in _lake_files(root):
-            rel = path.relative_to(root).as_posix()
-            target = dest / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, target)
-        catalog = root / _CATALOG
-        if catalog.exists():
-            src = sqlite3.connect(catalog)
-            dst = sqlite3.connect(dest / _CATALOG)
-            try:
-                src.backup(dst)
-            finally:
-                dst.close()
-                src.close()
+    if postgres is None:
+        _copy_lake(root, dest)
     pg_meta = None
     if postgres is not None:
         from quantivista.storage.postgres.backup import dump
@@ -131,6 +117,26 @@ def _snapshot(root: Path, dest: Path, postgres: PostgresBars | None) -> dict[str
         manifest["postgres"] = pg_meta
     (dest / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
     return manifest
+
+
+def _copy_lake(root: Path, dest: Path) -> None:
+    """Copy the lake's files (under all partition locks) and its SQLite catalog into `dest`."""
+    lake = ParquetLake(root)
+    with lake.frozen():
+        for path in _lake_files(root):
+            rel = path.relative_to(root).as_posix()
+            target = dest / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+        catalog = root / _CATALOG
+        if catalog.exists():
+            src = sqlite3.connect(catalog)
+            dst = sqlite3.connect(dest / _CATALOG)
+            try:
+                src.backup(dst)
+            finally:
+                dst.close()
+                src.close()
 
 
 def verify(src: Path) -> dict[str, Any]:

@@ -41,8 +41,13 @@ class FileRawStore:
                 ensure_dir(path.parent)
                 tmp = path.parent / f".tmp-{uuid4().hex}"
                 tmp.write_bytes(p.body)
-                os.replace(tmp, path)
-                written += 1
+                try:  # a link appears whole, and only once: a concurrent saver counts it
+                    os.link(tmp, path)
+                    written += 1
+                except FileExistsError:
+                    pass
+                finally:
+                    tmp.unlink(missing_ok=True)
             rows.append(
                 {
                     "job_id": job_id,

@@ -259,7 +259,8 @@ class SqliteCatalog:
             return []
         with self._tx(immediate=True) as db:
             rows = db.execute(
-                "SELECT body FROM job_tasks WHERE status=? AND lease_expires_at < ?",
+                "SELECT body FROM job_tasks WHERE status=? AND lease_expires_at < ?"
+                " ORDER BY job_id, seq, rowid",
                 (TaskStatus.RUNNING.value, _iso(now)),
             ).fetchall()
             lapsed = [JobTask.model_validate_json(r[0]) for r in rows]

@@ -25,8 +25,10 @@ def merge_instruments(
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Return instruments with `new` replacing by id, and history with `new_history`'s ids replaced.
 
-    Both stores (lake and PostgreSQL) merge this way.
+    Both stores (lake and PostgreSQL) merge this way. An id given twice in `new` is
+    stored once, the last row winning.
     """
+    new = new.unique("instrument_id", keep="last", maintain_order=True)
     merged = pl.concat(
         [current.join(new.select("instrument_id"), on="instrument_id", how="anti"), new]
     ).sort("instrument_id")

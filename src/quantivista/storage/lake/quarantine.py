@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -103,7 +104,7 @@ class ParquetQuarantineStore:
         return df.join(released, on=list(ROW_ID), how="anti", nulls_equal=True)
 
     def releases(self) -> pl.DataFrame:
-        """Return every release record (which row, when, through which job)."""
+        """Return every release record (which row, when, through which job), first per row."""
         files = sorted(p for p in self.released_dir.glob("*.parquet") if not is_temporary(p))
         if not files:
             return pl.DataFrame(schema=RELEASE_SCHEMA)
@@ -117,7 +118,8 @@ class ParquetQuarantineStore:
             released_at=pl.lit(at, RELEASE_SCHEMA["released_at"]),
             release_job_id=pl.lit(release_job_id),
         )
-        path = self.released_dir / f"{uuid4().hex}.parquet"
+        # named by arrival, so that listing the files in order keeps a row's first release
+        path = self.released_dir / f"{time.time_ns():020d}-{uuid4().hex}.parquet"
         atomic_write_parquet(frame.cast(RELEASE_SCHEMA), path, self.settings)
         return frame.height
 

@@ -18,7 +18,7 @@ from quantivista.model.schema import STORED_SCORE_SCHEMA
 from quantivista.storage.lake.files import atomic_write_parquet, ensure_dir, is_temporary
 from quantivista.storage.lake.layout import LakeLayout
 
-__all__ = ["ParquetScoreStore"]
+__all__ = ["ParquetScoreStore", "latest_scores", "score_runs"]
 
 # one file per batch. Big batches (daily bars score one row per bar) store runs of days
 # with the same score as one row with a list of dates (`<uuid>.runs.parquet`): a clean
@@ -47,7 +47,7 @@ class ParquetScoreStore:
         frame = scores.with_columns(scored_at=pl.lit(at)).select(STORED_SCORE_SCHEMA.names())
         frame = frame.cast(STORED_SCORE_SCHEMA)
         if frame.height >= _BIG:
-            _write_runs(_runs(frame), self.dir / f"job_id={job}" / f"{uuid4().hex}{_RUNS}")
+            _write_runs(score_runs(frame), self.dir / f"job_id={job}" / f"{uuid4().hex}{_RUNS}")
         else:
             path = self.dir / f"job_id={job}" / f"{uuid4().hex}.parquet"
             atomic_write_parquet(frame, path, self.settings)
@@ -81,16 +81,20 @@ class ParquetScoreStore:
         self, symbols: Sequence[str] | None = None, timeframe: str | None = None
     ) -> pl.DataFrame:
         """Return one score per (symbol, timeframe, date): the latest job's (re-ingests win)."""
-        df = self.read(symbols, None, timeframe)
-        return (
-            df.sort("scored_at", maintain_order=True)
-            .group_by("symbol", "timeframe", "date", maintain_order=True)
-            .last()
-            .sort("symbol", "timeframe", "date")
-        )
+        return latest_scores(self.read(symbols, None, timeframe))
 
 
-def _runs(frame: pl.DataFrame) -> pl.DataFrame:
+def latest_scores(scores: pl.DataFrame) -> pl.DataFrame:
+    """Return one score per (symbol, timeframe, date) of `read`'s output: the latest one's."""
+    return (
+        scores.sort("scored_at", maintain_order=True)
+        .group_by("symbol", "timeframe", "date", maintain_order=True)
+        .last()
+        .sort("symbol", "timeframe", "date")
+    )
+
+
+def score_runs(frame: pl.DataFrame) -> pl.DataFrame:
     """Return `frame` as runs of consecutive rows that differ only in their date.
 
     One row per run with the dates as a list (exploding it gives `frame` back, in order).

@@ -42,7 +42,9 @@ def _empty_view(schema: pl.Schema) -> str:
 
 def _scan(files: list[Path] | list[str]) -> str:
     listing = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
-    return f"read_parquet([{listing}], union_by_name = true)"
+    # the folder names (timeframe=, bucket=, job_id=) are layout, not columns: DuckDB would
+    # add `bucket` and let the folder's job_id replace a quarantined row's own
+    return f"read_parquet([{listing}], union_by_name = true, hive_partitioning = false)"
 
 
 def _view(con: duckdb.DuckDBPyConnection, name: str, files: list[Path], schema: pl.Schema) -> None:

@@ -1,41 +1,44 @@
-"""The PostgreSQL backend: bars in PostgreSQL.
+"""The PostgreSQL backend: every kind of state in one schema, nothing in local files.
 
-Side stores still live under the data directory until their PostgreSQL tables exist.
+All stores share the bar store's connection pool; `Backend.close` closes it once (the
+catalog does not own it). A second host opening the same DSN and schema sees the same
+platform: bars, actions, quarantine, scores, bronze, instruments, the job catalog and the
+API clients and tenants (kept by the catalog, as in the lake).
 """
 
 from __future__ import annotations
 
 from quantivista.config import Settings
 from quantivista.storage.contracts import Backend
-from quantivista.storage.lake.actions import ParquetActionStore
-from quantivista.storage.lake.bronze import FileRawStore
-from quantivista.storage.lake.catalog import SqliteCatalog
-from quantivista.storage.lake.instruments import ParquetInstrumentStore
-from quantivista.storage.lake.layout import LakeLayout
-from quantivista.storage.lake.quarantine import ParquetQuarantineStore
-from quantivista.storage.lake.scores import ParquetScoreStore
+from quantivista.storage.postgres.actions import PgActionStore
 from quantivista.storage.postgres.bars import PostgresStore
+from quantivista.storage.postgres.catalog import PgCatalog
+from quantivista.storage.postgres.instruments import PgInstrumentStore
+from quantivista.storage.postgres.quarantine import PgQuarantineStore
+from quantivista.storage.postgres.raw import PgRawStore
+from quantivista.storage.postgres.scores import PgScoreStore
 
 __all__ = ["open_postgres"]
 
 
 def open_postgres(settings: Settings) -> Backend:
-    """Open the PostgreSQL schema of `settings` (migrated on open)."""
-    root, storage = settings.data_dir, settings.storage
-    root.mkdir(parents=True, exist_ok=True)
-    catalog = SqliteCatalog(LakeLayout(root).catalog)
+    """Open the PostgreSQL schema of `settings` (migrated on open); touch no local file."""
+    storage = settings.storage
+    bars = PostgresStore(
+        settings.services.postgres_dsn.get_secret_value(),
+        storage.postgres_schema,
+        pool_size=storage.postgres_pool_size,
+    )
+    pool = bars.pool
+    catalog = PgCatalog(pool)
     return Backend(
         kind="postgres",
-        bars=PostgresStore(
-            settings.services.postgres_dsn.get_secret_value(),
-            storage.postgres_schema,
-            pool_size=storage.postgres_pool_size,
-        ),
-        actions=ParquetActionStore(root, storage),
-        quarantine=ParquetQuarantineStore(root, storage),
-        scores=ParquetScoreStore(root, storage),
-        raw=FileRawStore(root, storage),
-        instruments=ParquetInstrumentStore(root, storage),
+        bars=bars,
+        actions=PgActionStore(pool),
+        quarantine=PgQuarantineStore(pool),
+        scores=PgScoreStore(pool),
+        raw=PgRawStore(pool),
+        instruments=PgInstrumentStore(pool),
         catalog=catalog,
         clients=catalog,
     )

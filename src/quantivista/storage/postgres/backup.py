@@ -1,9 +1,12 @@
-"""Backup and restore of the PostgreSQL bar tables (`bars`, `bars_history`) for `backup`.
+"""Backup and restore of the PostgreSQL backend: every table of its schema, for `backup`.
 
-Dump: both tables are copied out as binary COPY inside one REPEATABLE READ READ ONLY
-transaction. That is one MVCC snapshot, and every write commits its bars together with the
-versions they replace, so the two copies agree. SERIALIZABLE READ ONLY DEFERRABLE would only
-add a wait: the writers run READ COMMITTED, there is no serializable anomaly to avoid.
+Dump: every table of the schema (bars with their partitions, bar history, actions,
+quarantine, scores, bronze, instruments, the job catalog; not the migration bookkeeping
+`alembic_version`, `qv_meta` and `versions`) is copied out as binary COPY inside one
+REPEATABLE READ READ ONLY transaction. That is one MVCC snapshot, and every write commits
+all it changes in one transaction (bars with the versions they replace, a job with its
+tasks' leases), so the copies agree. SERIALIZABLE READ ONLY DEFERRABLE would only add a
+wait: the writers run READ COMMITTED, there is no serializable anomaly to avoid.
 
 Why COPY through psycopg and not pg_dump: no client binary whose version must match the
 server, the rows can go back into a schema of another name, the tables come from our own
@@ -11,9 +14,11 @@ migrations (restore runs them up to the backup's revision, loads, then upgrades 
 newest), and each table is one file, checksummed by the manifest like every lake file.
 The files are zstd-compressed binary COPY streams (`*.pgcopy.zst`).
 
-Restore: into a schema without bars or history only; the migrations run first, then every
-table is loaded in one transaction holding an exclusive lock, so a failed load leaves the
-schema empty and the restore can simply run again.
+Restore: into a schema whose tables are all empty only; the migrations run first, then
+every table is loaded in one transaction holding an exclusive lock on all of them, so a
+failed load leaves the schema empty and the restore can simply run again. The identity
+counters (arrival numbers, ids) then continue after the restored rows, and every
+`versions` counter is bumped so that caches keyed by it notice the new contents.
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ if TYPE_CHECKING:
 __all__ = ["PG_DIR", "check_target", "dump", "load"]
 
 PG_DIR = "postgres"
-_TABLES = ("bars", "bars_history")
+# migration bookkeeping: the migrations recreate it, restoring it would collide
+_NOT_DUMPED = ("alembic_version", "qv_meta", "versions")
 _SUFFIX = ".pgcopy.zst"
 _BLOCK = 4 << 20  # COPY sends one message per row: hand the compressor 4 MiB at a time
 
@@ -62,8 +68,23 @@ def _years(conn: Connection[Any], layout: str) -> list[int]:
     return sorted(int(r[0]) for r in rows)
 
 
+def backend_tables(conn: Connection[Any]) -> list[str]:
+    """Return the tables of the schema on the search_path that a backup holds, sorted.
+
+    Partitioned tables count once (their partitions are copied through them).
+    """
+    rows = conn.execute(
+        "SELECT c.relname FROM pg_class c"
+        " WHERE c.relnamespace = current_schema()::regnamespace"
+        " AND c.relkind IN ('r', 'p') AND NOT c.relispartition"
+        " AND c.relname <> ALL(%s) ORDER BY 1",
+        (list(_NOT_DUMPED),),
+    ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
 def dump(dsn: str, schema: str, dest: Path) -> dict[str, Any]:
-    """Copy `bars` and `bars_history` of `schema` into `dest/postgres`, one snapshot.
+    """Copy every table of `schema` into `dest/postgres`, all from one snapshot.
 
     Return what restore needs: the migration revision, the layout, the years of `bars`,
     and per table its file, columns and rows.
@@ -92,7 +113,7 @@ def dump(dsn: str, schema: str, dest: Path) -> dict[str, Any]:
                 "tables": {},
             }
             meta["years"] = _years(conn, meta["layout"])
-            for table in _TABLES:
+            for table in backend_tables(conn):
                 columns = table_columns(conn, table)
                 query = sql.SQL("COPY (SELECT {c} FROM {t}) TO STDOUT (FORMAT BINARY)").format(
                     c=sql.SQL(", ").join(sql.Identifier(c) for c in columns),
@@ -132,9 +153,7 @@ def _copy_out(conn: Connection[Any], query: Any, path: Path) -> int:
 
 
 def check_target(dsn: str, schema: str, meta: dict[str, Any]) -> None:
-    """Refuse a target `schema` that holds bars or history, or sits at another migration."""
-    from psycopg import sql
-
+    """Refuse a target `schema` that holds any row, or sits at another migration."""
     from quantivista.storage.postgres.bars import known_revision
 
     revision = meta.get("revision")
@@ -144,15 +163,9 @@ def check_target(dsn: str, schema: str, meta: dict[str, Any]) -> None:
         )
     with _connect(dsn) as conn, conn.transaction():
         _use_schema(conn, schema)
-        for table in _TABLES:
-            found = conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()
-            if found is None or found[0] is None:
-                continue
-            row = conn.execute(
-                sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(sql.Identifier(table))
-            ).fetchone()
-            if row is not None and row[0]:
-                raise StorageError("restore target schema is not empty", schema=schema, table=table)
+        found = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone()
+        if found is not None:
+            _refuse_rows(conn, schema, backend_tables(conn))
         found = conn.execute("SELECT to_regclass('alembic_version')").fetchone()
         if found is not None and found[0] is not None:
             current = conn.execute("SELECT version_num FROM alembic_version").fetchone()
@@ -174,6 +187,7 @@ def load(dsn: str, schema: str, src: Path, meta: dict[str, Any]) -> dict[str, in
 
     from quantivista.storage.postgres.bars import create_year_partitions, migrate
 
+    tables = list(meta["tables"])
     try:
         migrate(dsn, schema, str(meta["revision"]))
     except Exception as exc:
@@ -182,17 +196,17 @@ def load(dsn: str, schema: str, src: Path, meta: dict[str, Any]) -> dict[str, in
     try:
         with _connect(dsn) as conn, conn.transaction():
             _use_schema(conn, schema)
-            conn.execute("LOCK TABLE bars, bars_history IN ACCESS EXCLUSIVE MODE")
-            for table in _TABLES:
-                row = conn.execute(
-                    sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(sql.Identifier(table))
-                ).fetchone()
-                if row is not None and row[0]:
-                    raise StorageError("restore target schema is not empty", schema=schema)
+            every = backend_tables(conn)
+            conn.execute(
+                sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
+                    sql.SQL(", ").join(sql.Identifier(t) for t in every)
+                )
+            )
+            _refuse_rows(conn, schema, every)
             layout = conn.execute("SELECT value FROM qv_meta WHERE key = 'bars_layout'").fetchone()
             if layout is None or layout[0] == "partitioned":
                 create_year_partitions(conn, schema, meta.get("years", []))
-            for table in _TABLES:
+            for table in tables:
                 info = meta["tables"][table]
                 query = sql.SQL("COPY {t} ({c}) FROM STDIN (FORMAT BINARY)").format(
                     t=sql.Identifier(table),
@@ -206,6 +220,10 @@ def load(dsn: str, schema: str, src: Path, meta: dict[str, Any]) -> dict[str, in
                         rows=loaded[table],
                         expected=info["rows"],
                     )
+            _continue_identities(conn, tables)
+            found = conn.execute("SELECT to_regclass('versions')").fetchone()
+            if found is not None and found[0] is not None:  # revision 0002 and later
+                conn.execute("UPDATE versions SET version = version + 1")
     except StorageError:
         raise
     except Exception as exc:
@@ -215,6 +233,38 @@ def load(dsn: str, schema: str, src: Path, meta: dict[str, Any]) -> dict[str, in
     except Exception as exc:
         raise StorageError("cannot upgrade the restored schema", schema=schema) from exc
     return loaded
+
+
+def _refuse_rows(conn: Connection[Any], schema: str, tables: list[str]) -> None:
+    """Raise `StorageError` if any of `tables` holds a row."""
+    from psycopg import sql
+
+    for table in tables:
+        row = conn.execute(
+            sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(sql.Identifier(table))
+        ).fetchone()
+        if row is not None and row[0]:
+            raise StorageError("restore target schema is not empty", schema=schema, table=table)
+
+
+def _continue_identities(conn: Connection[Any], tables: list[str]) -> None:
+    """Set each identity counter of `tables` past the largest restored value."""
+    from psycopg import sql
+
+    rows = conn.execute(
+        "SELECT c.relname, a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid"
+        " WHERE c.relnamespace = current_schema()::regnamespace AND a.attidentity <> ''"
+        " AND NOT a.attisdropped AND c.relname = ANY(%s)",
+        (tables,),
+    ).fetchall()
+    for table, column in rows:
+        conn.execute(
+            sql.SQL(
+                "SELECT setval(pg_get_serial_sequence(%s, %s), coalesce(max({c}), 0) + 1, false)"
+                " FROM {t}"
+            ).format(c=sql.Identifier(column), t=sql.Identifier(table)),
+            (sql.Identifier(table).as_string(conn), column),
+        )
 
 
 def _copy_in(conn: Connection[Any], query: Any, path: Path) -> int:
