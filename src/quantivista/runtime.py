@@ -23,7 +23,7 @@ from quantivista.bus.memory import InMemoryBus
 from quantivista.clock import Clock, SystemClock
 from quantivista.config import Settings
 from quantivista.pipeline.runner import InProcessRunner
-from quantivista.pipeline.stages import Sinks
+from quantivista.pipeline.stages import EpochCache, Sinks, data_epoch
 from quantivista.processing.rollup import Rollup
 from quantivista.providers.registry import ProviderRegistry, default_registry
 from quantivista.quality.business import load_rules
@@ -62,8 +62,10 @@ class Runtime:
         self.bus = InMemoryBus(dead_letters=self._dead_letter)
         self.acquisition = Acquisition(settings, self.clock, registry or default_registry)
         self._lock = threading.Lock()
+        # the store's data epoch, read at most twice a second: what cache keys hang on
+        self.epoch = EpochCache(lambda: data_epoch(self.backend.catalog))
         self.queries = QueryService(
-            self.backend.bars, self.backend.actions, self.calendar, self.clock
+            self.backend.bars, self.backend.actions, self.calendar, self.clock, epoch=self.epoch
         )
         self.bus.subscribe("bars.ingested", self.queries.invalidate, name="adjusted-cache")
         self.bus.subscribe("actions.ingested", self.queries.invalidate, name="adjusted-cache")

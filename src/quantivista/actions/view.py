@@ -1,15 +1,16 @@
 """Adjusted, rename-stitched reads of stored bars, with a small in-process cache.
 
 The query service reads through here. The cache holds recent adjusted views; it is keyed by
-the request and by the action store's version, and cleared whenever the platform publishes
-`bars.ingested` or `actions.ingested`, so a new action never serves a stale view.
+the request, the action store's version and the store's data epoch (which any write, in any
+process, replaces), and cleared whenever this process publishes `bars.ingested` or
+`actions.ingested`, so new bars or actions never serve a stale view.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from datetime import date, datetime
 from typing import Any
 
@@ -31,10 +32,18 @@ _NEEDED = ("symbol", "ts", "close")
 class AdjustedReader:
     """Read bars raw or adjusted, following ticker renames, caching adjusted views."""
 
-    def __init__(self, store: BarStore, actions: ActionStore, cache_size: int = 32) -> None:
+    def __init__(
+        self,
+        store: BarStore,
+        actions: ActionStore,
+        cache_size: int = 32,
+        epoch: Callable[[], Hashable] | None = None,
+    ) -> None:
         self.store = store
         self.action_store = actions
         self.cache_size = cache_size
+        # the store's data epoch: changes with any write, in any process (see pipeline.stages)
+        self.epoch = epoch or (lambda: None)
         self._cache: OrderedDict[tuple[Any, ...], pl.DataFrame] = OrderedDict()
         # (file version, all actions, the renames among them, every ticker a rename touches)
         self._actions: tuple[Hashable, pl.DataFrame, pl.DataFrame, frozenset[str]] | None
@@ -103,6 +112,7 @@ class AdjustedReader:
         key = (
             tuple(symbols), str(timeframe), start, end, tuple(columns or ()),
             adjust, dividend_convention, day, follow_renames, self._action_version(), known_at,
+            self.epoch(),
         )  # fmt: skip
         with self._lock:
             if key in self._cache:

@@ -31,7 +31,6 @@ from quantivista.api.state import ApiState
 from quantivista.api.stream import StreamHub
 from quantivista.clock import Clock
 from quantivista.config import Settings
-from quantivista.pipeline.stages import data_epoch
 from quantivista.providers.registry import ProviderRegistry
 from quantivista.runtime import Runtime
 
@@ -52,7 +51,7 @@ def _state(settings: Settings, runtime: Runtime) -> ApiState:
         limiter=RateLimiter({}, clock=runtime.clock, backend=backend),
         cache=ResponseCache(
             settings.api.cache_mb * 1024 * 1024,
-            lambda: data_epoch(runtime.backend.catalog),
+            runtime.epoch,
             metrics,
             redis_url,
         ),

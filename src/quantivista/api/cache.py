@@ -7,7 +7,6 @@ so a write anywhere invalidates every cached response at once without listing th
 from __future__ import annotations
 
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +16,6 @@ from quantivista.api.metrics import ApiMetrics
 
 __all__ = ["CachedResponse", "ResponseCache"]
 
-_EPOCH_TTL_S = 0.5  # how stale the epoch may be: a write elsewhere shows within this
 _L2_TTL_S = 3600
 
 
@@ -43,7 +41,6 @@ class ResponseCache:
     ) -> None:
         self.max_bytes = max_bytes
         self._epoch = epoch
-        self._epoch_seen: tuple[float, str] | None = None
         self.metrics = metrics
         self._l1: OrderedDict[str, CachedResponse] = OrderedDict()
         self._size = 0
@@ -56,13 +53,8 @@ class ResponseCache:
             self._redis = redis.Redis.from_url(redis_url, socket_timeout=0.5)
 
     def epoch(self) -> str:
-        """Return the store's data epoch (read at most every half second)."""
-        now = time.monotonic()
-        seen = self._epoch_seen
-        if seen is None or now - seen[0] > _EPOCH_TTL_S:
-            seen = (now, self._epoch())
-            self._epoch_seen = seen
-        return seen[1]
+        """Return the store's data epoch (the runtime reads it at most twice a second)."""
+        return self._epoch()
 
     def get(self, key: str) -> CachedResponse | None:
         """Return a cached response for `key` under the current epoch."""

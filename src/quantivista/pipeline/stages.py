@@ -9,6 +9,7 @@ runner can connect the same functions through topics.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from quantivista.storage.base import BarStore
 from quantivista.storage.contracts import ActionStore, JobCatalog, QuarantineStore, ScoreStore
 
 __all__ = [
+    "EpochCache",
     "Progress",
     "Sinks",
     "acquire",
@@ -487,3 +489,20 @@ def _rule_counts(rejected: pl.DataFrame) -> dict[str, int]:
         .sort("rule")
     )
     return {str(r): int(n) for r, n in counts.iter_rows()}
+
+
+class EpochCache:
+    """The data epoch, read at most every `ttl_s`: a write in another process shows within it."""
+
+    def __init__(self, read: Callable[[], str], ttl_s: float = 0.5) -> None:
+        self._read = read
+        self.ttl_s = ttl_s
+        self._seen: tuple[float, str] | None = None
+
+    def __call__(self) -> str:
+        now = time.monotonic()
+        seen = self._seen
+        if seen is None or now - seen[0] > self.ttl_s:
+            seen = (now, self._read())
+            self._seen = seen
+        return seen[1]

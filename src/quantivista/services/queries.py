@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -97,12 +97,13 @@ class QueryService:
         actions: ActionStore,
         calendar: Callable[[], TradingCalendar],
         clock: Clock,
+        epoch: Callable[[], Hashable] | None = None,
     ) -> None:
         self.store = bars
         self.action_store = actions
         self.calendar = calendar
         self.clock = clock
-        self.reader = AdjustedReader(bars, actions)
+        self.reader = AdjustedReader(bars, actions, epoch=epoch)
 
     def invalidate(self, *_: object) -> None:
         """Drop cached adjusted views (subscribed to the store's ingest events)."""
