@@ -10,8 +10,7 @@ only by adding optional parameters and fields.
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -23,8 +22,10 @@ from quantivista._version import __version__
 from quantivista.acquisition.limits import MemoryBackend, RateLimiter, RedisBackend
 from quantivista.api import errors, stream
 from quantivista.api.cache import ResponseCache
+from quantivista.api.fastpath import FastPathMiddleware
 from quantivista.api.graphql import graphql_router
 from quantivista.api.metrics import ApiMetrics
+from quantivista.api.middleware import MeasureMiddleware
 from quantivista.api.page import router as status_page
 from quantivista.api.routes import exports, market, operations
 from quantivista.api.state import ApiState
@@ -105,24 +106,8 @@ def create_app(
             expose_headers=["ETag", "X-RateLimit-Limit", "X-RateLimit-Remaining", "Retry-After"],
         )
 
-    @app.middleware("http")
-    async def measure(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        state: ApiState | None = getattr(request.app.state, "qv", None)
-        if state is not None:
-            state.metrics.requests.labels(path, str(response.status_code)).inc()
-            state.metrics.latency.labels(path).observe(time.perf_counter() - started)
-        response.headers.update(getattr(request.state, "rate_limit", {}))
-        if path in DEPRECATED:
-            deprecated, sunset = DEPRECATED[path]
-            response.headers["Deprecation"] = deprecated
-            response.headers["Sunset"] = sunset
-        return response
+    app.add_middleware(MeasureMiddleware, deprecated=DEPRECATED)
+    app.add_middleware(FastPathMiddleware)  # outermost: a cached answer skips the rest
 
     @app.get("/healthz", tags=["operations"], include_in_schema=True)
     def healthz() -> dict[str, str]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -15,7 +15,7 @@ from quantivista.model.auth import Principal, Scope, Tenant
 __all__ = ["Caller", "api_state", "caller", "require"]
 
 
-def api_state(request: Request) -> ApiState:
+async def api_state(request: Request) -> ApiState:
     """Return the API process's shared state."""
     state = request.app.state.qv
     assert isinstance(state, ApiState)
@@ -54,7 +54,7 @@ _BEARER = HTTPBearer(auto_error=False, description="an access token from /api/v1
 _KEY = APIKeyHeader(name="X-API-Key", auto_error=False, description="qv_<client_id>_<secret>")
 
 
-def caller(
+async def caller(
     request: Request,
     state: State,
     token: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)] = None,
@@ -63,6 +63,8 @@ def caller(
     """Authenticate the request and count it against the client's rate limit.
 
     The limit's usage goes into `X-RateLimit-*` headers (added by the app's middleware).
+    Runs on the event loop: every step is in memory (a proven key, a cached client and
+    tenant, an in-process limiter) or one Redis round trip.
     """
     del token, api_key  # declared for the OpenAPI security schemes; read from the headers
     principal = authenticate(
@@ -79,10 +81,10 @@ def caller(
     return Caller(principal, state.auth.tenant(principal.tenant))
 
 
-def require(scope: Scope) -> Callable[..., Caller]:
+def require(scope: Scope) -> Callable[..., Awaitable[Caller]]:
     """Return a dependency that admits callers holding `scope`."""
 
-    def check(who: Annotated[Caller, Depends(caller)]) -> Caller:
+    async def check(who: Annotated[Caller, Depends(caller)]) -> Caller:
         if not who.principal.can(scope):
             raise PermissionDeniedError(f"this needs the {scope.value} scope", scope=scope.value)
         return who

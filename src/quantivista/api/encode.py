@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Iterator
 from enum import StrEnum
+from typing import Any
 
 import polars as pl
 import pyarrow as pa
@@ -44,6 +46,45 @@ def encode(df: pl.DataFrame, fmt: BodyFormat) -> bytes:
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table, max_chunksize=1 << 16)
     return bytes(sink.getvalue())
+
+
+_DICTIONARY = ("symbol", "timeframe", "provider", "job_id")  # few distinct values, many rows
+
+
+def arrow_table(df: pl.DataFrame) -> pa.Table:
+    """Return the frame as Arrow with its repetitive text columns dictionary-encoded."""
+    repeated = [c for c in _DICTIONARY if c in df.columns]
+    return df.with_columns(pl.col(repeated).cast(pl.Categorical)).to_arrow()
+
+
+class _Chunks(io.RawIOBase):
+    """A write-only file that keeps what is written until it is taken."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.parts.append(bytes(data))
+        return len(self.parts[-1])
+
+    def take(self) -> bytes:
+        out = b"".join(self.parts)
+        self.parts.clear()
+        return out
+
+
+def arrow_stream(df: pl.DataFrame, rows: int = 1 << 17) -> Iterator[bytes]:
+    """Yield an Arrow IPC stream of the frame, one record batch at a time (as encoded)."""
+    table = arrow_table(df)
+    chunks = _Chunks()
+    with pa.ipc.new_stream(pa.PythonFile(chunks, mode="w"), table.schema) as writer:
+        for batch in table.to_batches(max_chunksize=rows):
+            writer.write_batch(batch)
+            yield chunks.take()
+    yield chunks.take()  # the end-of-stream marker
 
 
 def etag_of(body: bytes) -> str:

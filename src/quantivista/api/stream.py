@@ -11,6 +11,9 @@ Protocol (JSON text frames):
     <- {"type": "heartbeat", "ts"}   every `heartbeat_s`
     <- {"type": "error", "message"}
 
+A frame carries one message, or a JSON array of messages (the bars of one micro-batch a
+client subscribed to travel together).
+
 The hub subscribes once to the platform's bus; each message is encoded once and queued to
 every client that wants it. A client whose queue fills (it reads slower than data arrives)
 is closed with code 1013 and the reason, never slowing the others.
@@ -137,14 +140,20 @@ class StreamHub:
             kind, rows = "bar", self._stored_rows(event)
         else:
             return
-        batch: list[tuple[_Client, str]] = []
+        per_client: dict[_Client, list[str]] = defaultdict(list)
         with self._lock:
             for symbol, row in rows:  # rows of one micro-batch, each encoded once
                 targets = self._by_symbol.get(symbol, set()) | self._wildcard
                 if not targets:
                     continue
                 text = json.dumps({"type": kind, **row}, default=str)
-                batch.extend((c, text) for c in targets)
+                for client in targets:
+                    per_client[client].append(text)
+        # one frame per client and micro-batch: a message, or an array of them
+        batch = [
+            (c, texts[0] if len(texts) == 1 else "[" + ",".join(texts) + "]")
+            for c, texts in per_client.items()
+        ]
         if batch:
             self.loop.call_soon_threadsafe(self._deliver, batch)
 

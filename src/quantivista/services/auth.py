@@ -96,6 +96,7 @@ class AuthService:
         self._seen: dict[str, tuple[float, ApiClient]] = {}  # client_id -> (when, record)
         # API keys proven recently, by a fast digest: scrypt costs ~50 ms, too much per request
         self._keys: dict[bytes, tuple[float, str]] = {}
+        self._tenants: dict[str, tuple[float, Tenant]] = {}
 
     # -- clients ---------------------------------------------------------------------------
     def create_client(self, tenant: str, scopes: Iterable[str], *, name: str = "") -> IssuedClient:
@@ -148,6 +149,8 @@ class AuthService:
             timeframes=list(timeframes) if timeframes is not None else None,
         )
         self.clients.save_tenant(tenant)
+        with self._lock:
+            self._tenants.pop(name, None)
         return tenant
 
     # -- credentials -> principals ---------------------------------------------------------
@@ -219,8 +222,19 @@ class AuthService:
         )
 
     def tenant(self, name: str) -> Tenant:
-        """Return a tenant's entitlements (unrestricted when it has no record)."""
-        return self.clients.tenant(name) or Tenant(name=name)
+        """Return a tenant's entitlements (unrestricted when it has no record).
+
+        Cached a few seconds, like clients: a change reaches every API process within that.
+        """
+        now = time.monotonic()
+        with self._lock:
+            seen = self._tenants.get(name)
+        if seen is not None and now - seen[0] <= _CACHE_S:
+            return seen[1]
+        tenant = self.clients.tenant(name) or Tenant(name=name)
+        with self._lock:
+            self._tenants[name] = (now, tenant)
+        return tenant
 
     @staticmethod
     def entitled(tenant: Tenant, *, dataset: str, symbols: Iterable[str] = (),

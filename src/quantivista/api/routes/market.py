@@ -9,11 +9,15 @@ from typing import Annotated, Any, Literal
 
 import polars as pl
 from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from quantivista.api.cache import CachedResponse
 from quantivista.api.deps import Caller, State, require
-from quantivista.api.encode import MEDIA_TYPES, BodyFormat, encode, etag_of
+from quantivista.api.encode import MEDIA_TYPES, BodyFormat, arrow_stream, encode, etag_of
 from quantivista.api.errors import COMMON_RESPONSES
+from quantivista.api.fastpath import bars_cache_key
+from quantivista.api.state import ApiState
 from quantivista.errors import InvalidInputError, NotFoundError
 from quantivista.model.auth import Scope
 from quantivista.services.queries import BarQuery
@@ -95,7 +99,7 @@ _BARS_RESPONSES: dict[int | str, dict[str, Any]] = {
     summary="Stored bars, raw or adjusted, now or as of a time",
     responses=_BARS_RESPONSES,
 )
-def bars(
+async def bars(
     request: Request,
     state: State,
     who: ReadBars,
@@ -125,11 +129,28 @@ def bars(
     )  # fmt: skip
     size = min(limit or state.runtime.settings.api.page_size, state.runtime.settings.api.page_size)
     after = _cursor(page_token)
-    key = f"bars|{request.url.query}"
+    key = bars_cache_key(request.url.query)
     public = _settled(query.end, query.known_at, state.runtime.clock.now())
     hit = state.cache.get(key) if public else None
-    if hit is not None:
+    if hit is not None:  # answered on the event loop: no thread hop for a cached response
         return _respond(request, hit, public=True)
+    if format is BodyFormat.arrow:  # bulk: streamed as it is encoded, never held whole
+        return await _stream_arrow(request, state, query, key, public, limit)
+    cached, total = await run_in_threadpool(_encode_bars, state, query, format, after, size, limit)
+    if public:
+        state.cache.put(key, cached)
+    return _respond(request, cached, public=public, extra={"X-Total-Count": str(total)})
+
+
+def _encode_bars(
+    state: ApiState,
+    query: BarQuery,
+    format: BodyFormat,
+    after: tuple[str, datetime] | None,
+    size: int,
+    limit: int | None,
+) -> tuple[CachedResponse, int]:
+    """Read and encode bars (in a worker thread); return the response and the total rows."""
     df = state.runtime.queries.bars(query)
     if format is BodyFormat.json:
         page = _page(df, after, size)
@@ -143,10 +164,34 @@ def bars(
         body = b'{"bars":' + encode(page, format) + b',"next_page_token":' + token_json + b"}"
     else:
         body = encode(df.head(limit) if limit else df, format)
-    cached = CachedResponse(body, MEDIA_TYPES[format], etag_of(body))
-    if public:
-        state.cache.put(key, cached)
-    return _respond(request, cached, public=public, extra={"X-Total-Count": str(df.height)})
+    return CachedResponse(body, MEDIA_TYPES[format], etag_of(body)), df.height
+
+
+async def _stream_arrow(
+    request: Request,
+    state: ApiState,
+    query: BarQuery,
+    key: str,
+    public: bool,
+    limit: int | None,
+) -> Response:
+    """Answer an Arrow IPC stream, record batch by record batch.
+
+    The entity tag names the query and the store's data epoch (what decides the content),
+    so a 304 needs no body and a large body needs no hashing.
+    """
+    etag = etag_of(f"{state.cache.epoch()}|{key}".encode())
+    headers = {"ETag": etag, "Cache-Control": "private, max-age=3600" if public else
+               "private, no-cache"}  # fmt: skip
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers=headers)
+    frame = await run_in_threadpool(state.runtime.queries.bars, query)
+    if limit:
+        frame = frame.head(limit)
+    headers["X-Total-Count"] = str(frame.height)
+    return StreamingResponse(
+        arrow_stream(frame), media_type=MEDIA_TYPES[BodyFormat.arrow], headers=headers
+    )
 
 
 @router.get("/bars/{symbol}/latest", summary="The latest stored bar of a symbol")

@@ -1,0 +1,280 @@
+"""API benchmarks (not tests): latency and throughput of `qv serve`, with the stack's limit.
+
+- json: 1 symbol x 1 year of daily bars as JSON at 32 concurrent connections (wrk, 2 threads),
+  against a bare uvicorn app returning the same pre-serialized bytes in the same run (the
+  physical limit of the stack on this machine): p50/p95/p99 and requests/s of both;
+- bulk: 500 symbols x 10 years (1.26 M bars) as one Arrow IPC stream over loopback,
+  read and decoded by the client (httpx): bars/s per request, min and max;
+- ws: 100 WebSocket clients x 50 symbols each, bars published at 5,000/s into the server's
+  bus (a publisher thread in the server process): publish -> receive latency p50/p99 and
+  the number of bars lost.
+
+Each server is its own process (uvicorn, 1 worker). Needs `wrk` (Debian package). Prints one
+JSON line. Usage: python perf/api.py [--runs 3] [--seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pyarrow as pa
+import websockets
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from quantivista.config import Settings
+from quantivista.platform import Platform
+from storage import universe
+
+_WRK_LUA = """
+done = function(summary, latency, requests)
+  io.write(string.format("RESULT %d %f %f %f %f\\n", summary.requests,
+    latency:percentile(50) / 1000, latency:percentile(95) / 1000,
+    latency:percentile(99) / 1000, summary.duration / 1e6))
+end
+"""
+
+_BARE = """
+import sys, uvicorn
+body = open(sys.argv[1], "rb").read()
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
+"""
+
+_WS_SERVER = """
+import sys, threading, time, json
+from datetime import UTC, datetime
+import uvicorn
+from quantivista.api.app import create_app
+from quantivista.bus.events import BarsStreamed
+from quantivista.config import Settings
+
+rate, symbols, port = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+app = create_app(Settings())
+
+def publish():
+    while not getattr(app.state, "qv", None):
+        time.sleep(0.05)
+    bus = app.state.qv.runtime.bus
+    time.sleep(float(sys.argv[4]))  # clients connect and subscribe first
+    tick, sent, start = 0.01, 0, time.perf_counter()
+    per_tick = max(1, int(rate * tick))
+    for n in range(int(float(sys.argv[5]) / tick)):
+        rows = [{"symbol": f"S{(sent + i) % symbols:04d}", "timeframe": "1m",
+                 "ts": "2026-11-23T15:00:00+00:00", "close": 1.0,
+                 "sent_at": time.time()} for i in range(per_tick)]
+        bus.publish(BarsStreamed(occurred_at=datetime.now(UTC), source="perf",
+                                 timeframe="1m", rows=rows))
+        sent += per_tick
+        delay = start + (n + 1) * tick - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+    print(json.dumps({"published": sent}), flush=True)
+
+threading.Thread(target=publish, daemon=True).start()
+uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer")
+
+
+def _serve(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "quantivista.cli", "serve", "--port", str(port)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _wait(f"http://127.0.0.1:{port}/healthz")
+    return proc
+
+
+def _wrk(url: str, headers: dict[str, str], seconds: int, lua: Path) -> dict[str, float]:
+    cmd = ["wrk", "-t2", "-c32", f"-d{seconds}s", "--timeout", "5s", "-s", str(lua), url]
+    for name, value in headers.items():
+        cmd[1:1] = ["-H", f"{name}: {value}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    match = re.search(r"RESULT (\d+) ([\d.]+) ([\d.]+) ([\d.]+) ([\d.]+)", out)
+    assert match, out
+    requests, p50, p95, p99, duration = (float(g) for g in match.groups())
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"rps": requests / duration, "p50_ms": p50, "p95_ms": p95, "p99_ms": p99,
+            "non_2xx": float(errors.group(1)) if errors else 0.0}  # fmt: skip
+
+
+def bench_json(base: str, key: str, symbol: str, seconds: int, tmp: Path) -> dict[str, Any]:
+    lua = tmp / "report.lua"
+    lua.write_text(_WRK_LUA)
+    path = f"/api/v1/bars?symbols={symbol}&start=2019-01-01&end=2019-12-31"
+    body = httpx.get(base + path, headers={"X-API-Key": key}).content
+    (tmp / "body.json").write_bytes(body)
+    port = _free_port()
+    bare = subprocess.Popen([sys.executable, "-c", _BARE, str(tmp / "body.json"), str(port)])
+    try:
+        _wait(f"http://127.0.0.1:{port}/")
+        limit = _wrk(f"http://127.0.0.1:{port}/", {}, seconds, lua)
+    finally:
+        bare.terminate()
+        bare.wait()
+    api = _wrk(base + path, {"X-API-Key": key}, seconds, lua)
+    return {"bytes": len(body), "api": api, "bare_uvicorn": limit,
+            "ratio_to_bare": api["rps"] / limit["rps"]}  # fmt: skip
+
+
+def bench_bulk(base: str, key: str, symbols: list[str], runs: int) -> dict[str, Any]:
+    url = f"{base}/api/v1/bars"
+    params = {"symbols": ",".join(symbols), "start": "2014-01-01", "end": "2023-12-31",
+              "format": "arrow"}  # fmt: skip
+    timings, rows = [], 0
+    with httpx.Client(headers={"X-API-Key": key}, timeout=120) as http:
+        for _ in range(runs):
+            started = time.perf_counter()
+            with http.stream("GET", url, params=params) as reply:
+                body = b"".join(reply.iter_bytes(1 << 20))
+            table = pa.ipc.open_stream(body).read_all()
+            timings.append(time.perf_counter() - started)
+            rows = table.num_rows
+    return {
+        "bars": rows,
+        "bytes": len(body),
+        "seconds": [round(t, 3) for t in timings],
+        "bars_per_s_min": rows / max(timings),
+        "bars_per_s_max": rows / min(timings),
+    }
+
+
+async def _ws_clients(url: str, key: str, clients: int, symbols: int, per: int,
+                      duration: float) -> tuple[list[float], int]:  # fmt: skip
+    latencies: list[float] = []
+    received = 0
+
+    async def one(k: int) -> None:
+        nonlocal received
+        mine = [f"S{(k * per + i) % symbols:04d}" for i in range(per)]
+        async with websockets.connect(url, max_queue=None) as ws:
+            await ws.send(json.dumps({"action": "auth", "api_key": key}))
+            await ws.send(json.dumps({"action": "subscribe", "bars": mine}))
+            end = time.monotonic() + duration
+            while time.monotonic() < end:
+                try:
+                    text = await asyncio.wait_for(ws.recv(), 1.0)
+                except TimeoutError:
+                    continue
+                frame = json.loads(text)
+                now = time.time()
+                for message in frame if isinstance(frame, list) else [frame]:
+                    if message["type"] == "bar":
+                        latencies.append(now - message["sent_at"])
+                        received += 1
+
+    await asyncio.gather(*(one(k) for k in range(clients)))
+    return latencies, received
+
+
+def bench_ws(env: dict[str, str], key: str, clients: int = 100, per: int = 50,
+             rate: int = 5000, seconds: float = 10.0) -> dict[str, Any]:  # fmt: skip
+    symbols = 500
+    port = _free_port()
+    warmup = 3.0
+    server = subprocess.Popen(
+        [sys.executable, "-c", _WS_SERVER, str(rate), str(symbols), str(port), str(warmup),
+         str(seconds)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        _wait(f"http://127.0.0.1:{port}/healthz")
+        latencies, received = asyncio.run(
+            _ws_clients(
+                f"ws://127.0.0.1:{port}/api/v1/stream",
+                key,
+                clients,
+                symbols,
+                per,
+                warmup + seconds + 3.0,
+            )
+        )
+        assert server.stdout is not None
+        published = json.loads(server.stdout.readline())["published"]
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait()
+    # each symbol is watched by clients * per / symbols clients
+    expected = published * clients * per // symbols
+    q = statistics.quantiles(latencies, n=100) if len(latencies) > 100 else [float("nan")] * 99
+    return {
+        "clients": clients, "symbols_each": per, "bars_per_s": rate, "published": published,
+        "deliveries_expected": expected, "received": received, "lost": expected - received,
+        "p50_ms": q[49] * 1000, "p99_ms": q[98] * 1000,
+    }  # fmt: skip
+
+
+def main() -> None:
+    """Run the API benchmarks and print one JSON line."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--skip", nargs="*", default=[], choices=["json", "bulk", "ws"])
+    args = parser.parse_args()
+    out: dict[str, Any] = {"bench": "api", "load_avg_1m": round(os.getloadavg()[0], 2)}
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        settings = Settings(data_dir=tmp / "qv")
+        frame = universe(500, 10)
+        with Platform.from_settings(settings) as p:
+            p.write_bars(frame, source="perf", timeframe="1d")
+            key = p.runtime.auth.create_client("perf", ["read:bars"]).api_key
+        symbols = frame["symbol"].unique(maintain_order=True).to_list()
+        env = {**os.environ, "QV_DATA_DIR": str(settings.data_dir),
+               "QV_API__RATE_LIMITS": '["1000000/second"]', "QV_LOG_LEVEL": "WARNING"}  # fmt: skip
+        port = _free_port()
+        server = _serve(env, port)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            if "json" not in args.skip:
+                out["json"] = [bench_json(base, key, symbols[7], args.seconds, tmp)
+                               for _ in range(args.runs)]  # fmt: skip
+            if "bulk" not in args.skip:
+                out["bulk"] = bench_bulk(base, key, symbols, args.runs)
+        finally:
+            server.terminate()
+            server.wait()
+        if "ws" not in args.skip:
+            out["ws"] = [bench_ws(env, key) for _ in range(args.runs)]
+    out["frame_bars"] = frame.height
+    print(json.dumps(out, default=lambda v: round(v, 4) if isinstance(v, float) else str(v)))
+
+
+if __name__ == "__main__":
+    main()
