@@ -4,7 +4,8 @@
   against a bare uvicorn app returning the same pre-serialized bytes in the same run (the
   physical limit of the stack on this machine): p50/p95/p99 and requests/s of both;
 - bulk: 500 symbols x 10 years (1.26 M bars) as one Arrow IPC stream over loopback,
-  read and decoded by the client (httpx): bars/s per request, min and max;
+  read and decoded by the client (httpx): bars/s of the first request (read from the store
+  and encoded while streamed) and of the repeats (settled history, from the cache);
 - ws: 100 WebSocket clients x 50 symbols each, bars published at 5,000/s into the server's
   bus (a publisher thread in the server process): publish -> receive latency p50/p99 and
   the number of bars lost.

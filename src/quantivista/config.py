@@ -390,7 +390,12 @@ class ApiSettings(_Section):
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
     page_size: int = Field(default=10_000, ge=1, description="bars per JSON page")
-    cache_mb: int = Field(default=128, ge=0, description="in-process response cache")
+    cache_mb: int = Field(
+        default=512,
+        ge=0,
+        description="in-process response cache (an answer up to half of it is kept: a"
+        " 500-symbol x 10-year Arrow export is ~120 MB)",
+    )
     ws_heartbeat_s: float = Field(
         default=15.0, gt=0, description="a quiet WebSocket gets a heartbeat this often"
     )

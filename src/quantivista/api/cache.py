@@ -97,7 +97,7 @@ class ResponseCache:
 
     def _keep(self, full: str, response: CachedResponse) -> None:
         size = len(response.body)
-        if size > self.max_bytes // 4:
+        if size > self.max_bytes // 2:
             return  # one huge response would evict everything else
         with self._lock:
             old = self._l1.pop(full, None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Iterator
 from datetime import date, datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -189,9 +190,18 @@ async def _stream_arrow(
     if limit:
         frame = frame.head(limit)
     headers["X-Total-Count"] = str(frame.height)
-    return StreamingResponse(
-        arrow_stream(frame), media_type=MEDIA_TYPES[BodyFormat.arrow], headers=headers
-    )
+    media = MEDIA_TYPES[BodyFormat.arrow]
+
+    def chunks() -> Iterator[bytes]:
+        kept: list[bytes] = []
+        for chunk in arrow_stream(frame):
+            kept.append(chunk)
+            yield chunk
+        if public:  # settled history: the next ask is served whole from the cache
+            body = b"".join(kept)
+            state.cache.put(key, CachedResponse(body, media, etag))
+
+    return StreamingResponse(chunks(), media_type=media, headers=headers)
 
 
 @router.get("/bars/{symbol}/latest", summary="The latest stored bar of a symbol")
