@@ -8,6 +8,7 @@ import subprocess
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from uuid import uuid4
 
 import httpx
 import jwt
@@ -239,3 +240,35 @@ def test_tls_with_a_generated_certificate(store: Settings, tmp_path: Path) -> No
             assert http.get("/healthz").json() == {"status": "ok"}
         with running.client() as untrusting, pytest.raises(httpx.ConnectError):
             untrusting.get("/healthz")  # the system trust store does not know this cert
+
+
+@pytest.mark.redis
+def test_two_api_processes_share_limits_and_cache_through_redis(
+    store: Settings, redis_url: str
+) -> None:
+    prefix = f"qv-test:{uuid4().hex[:8]}"
+    settings = store.model_copy(
+        update={
+            "api": ApiSettings(rate_limits=["4/minute"]),
+            "resilience": store.resilience.model_copy(
+                update={"backend": "redis", "redis_prefix": prefix}
+            ),
+            "services": store.services.model_copy(update={"redis_url": redis_url}),
+        }
+    )
+    creds = make_client(settings, "acme", "read:bars")
+    key = {"X-API-Key": creds.api_key}
+    params = {"symbols": SYMBOLS[0], "start": "2023-01-01", "end": "2023-03-31"}
+    with (
+        live_api(settings) as one,
+        live_api(settings) as two,
+        one.client(headers=key) as a,
+        two.client(headers=key) as b,
+    ):
+        replies = [a.get("/api/v1/bars", params=params), b.get("/api/v1/bars", params=params),
+                   a.get("/api/v1/bars", params=params), b.get("/api/v1/bars", params=params),
+                   a.get("/api/v1/bars", params=params)]  # fmt: skip
+        metrics = b.get("/metrics").text
+    assert [r.status_code for r in replies] == [200, 200, 200, 200, 429]  # one shared quota
+    assert replies[1].content == replies[0].content
+    assert 'qv_api_cache_total{outcome="hit_l2"}' in metrics  # the second found the first's

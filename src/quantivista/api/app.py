@@ -44,7 +44,8 @@ DEPRECATED: dict[str, tuple[str, str]] = {}
 def _state(settings: Settings, runtime: Runtime) -> ApiState:
     shared = settings.resilience.backend == "redis"
     redis_url = settings.services.redis_url if shared else None
-    backend = RedisBackend(redis_url, prefix="qv:api-limit") if redis_url else MemoryBackend()
+    prefix = f"{settings.resilience.redis_prefix}:api"
+    backend = RedisBackend(redis_url, prefix=prefix) if redis_url else MemoryBackend()
     metrics = ApiMetrics()
     return ApiState(
         runtime=runtime,
@@ -55,6 +56,7 @@ def _state(settings: Settings, runtime: Runtime) -> ApiState:
             runtime.epoch,
             metrics,
             redis_url,
+            prefix=f"{settings.resilience.redis_prefix}:api-cache",
         ),
         metrics=metrics,
     )
