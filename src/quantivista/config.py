@@ -41,6 +41,7 @@ __all__ = [
     "IngestSettings",
     "ProviderEndpointSettings",
     "ProviderFaultSettings",
+    "ProbeSettings",
     "ProviderSettings",
     "RateWindow",
     "ResilienceSettings",
@@ -414,6 +415,28 @@ class ApiSettings(_Section):
         return value
 
 
+class ProbeSettings(_Section):
+    """Health, readiness and metrics listeners of `qv stream`, `qv integrate`, `qv worker`
+    and `qv scheduler` (the API serves its own on `api.port`)."""
+
+    host: str = "127.0.0.1"
+    ports: dict[str, int] = Field(
+        default_factory=lambda: {
+            "stream": 9101,
+            "integrate": 9102,
+            "worker": 9103,
+            "scheduler": 9104,
+        },
+        description="probe port per service (0 picks a free port)",
+    )
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+
+    def port_of(self, service: str) -> int:
+        """Return the probe port of `service` (0, a free port, when none is configured)."""
+        return self.ports.get(service, 0)
+
+
 class Settings(BaseSettings):
     """All configuration of a platform instance (frozen once built)."""
 
@@ -439,6 +462,7 @@ class Settings(BaseSettings):
     simulator_server: SimulatorServerSettings = SimulatorServerSettings()
     quality: QualitySettings = QualitySettings()
     api: ApiSettings = ApiSettings()
+    probes: ProbeSettings = ProbeSettings()
 
     def __init__(self, **values: Any) -> None:
         """Load settings; a wrong value or file raises one-line `ConfigurationError`s."""

@@ -1,0 +1,1 @@
+"""Operations: probes, metrics, alerts, tracing and scheduling of the long-running services."""
