@@ -84,3 +84,26 @@ def test_each_timeframe_of_a_batch_is_announced_with_its_own_span(platform: Plat
 def test_distinct_of_runs_is_the_sorted_unique(values: list[str | None]) -> None:
     column = pl.Series("symbol", values, dtype=pl.String)
     assert distinct(column) == column.unique().sort().to_list()
+
+
+def test_one_symbol_rule_at_coercion_bad_rows_to_quarantine(platform: Platform) -> None:
+    bars = pl.concat(
+        [
+            _bars(platform, [" aaa "]),
+            _bars(platform, ["X\nY"]),
+            _bars(platform, ["B" * 40]),
+            _bars(platform, [""]),
+        ]
+    )
+    n = bars.height // 4
+    report = platform.write_bars(bars, source="test")
+    assert (report.valid_records, report.invalid_records) == (n, 3 * n)
+    assert report.rule_counts == {"invalid_symbol": 3 * n}
+    assert platform.bars("AAA", start="2024-02-01", end="2024-02-29").height == n
+    assert platform.bars(" aaa", start="2024-02-01", end="2024-02-29").height == n  # reads too
+    held = platform.quarantine()
+    assert held.filter(pl.col("rule") == "invalid_symbol").height == 3 * n
+    reasons = set(held["reason"].to_list())
+    assert "empty symbol" in reasons
+    assert any("'\\n'" in r for r in reasons)
+    assert any("longer than 32" in r for r in reasons)

@@ -16,7 +16,7 @@ from quantivista.model.timeframe import Timeframe
 from quantivista.storage.lake.bars import ParquetLake
 
 D1 = Timeframe.parse("1d")
-SYMBOLS = ["A", "B/C", "Ä", "BRK.B", "x y", "AAPL"]
+SYMBOLS = ["A", "B/C", "Ä", "BRK.B", "X Y", "AAPL"]  # the lake stores any string
 DAY0 = datetime(2024, 1, 1, tzinfo=UTC)
 T0 = datetime(2024, 6, 1, tzinfo=UTC)
 

@@ -10,6 +10,7 @@ import polars as pl
 import pyarrow as pa
 
 from quantivista.errors import SchemaError
+from quantivista.model.symbols import canonical_symbols
 from quantivista.model.timeframe import Timeframe, TimeframeLike
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "STORED_SCORE_SCHEMA",
     "coerce_actions",
     "coerce_bars",
+    "coerce_bars_checked",
     "empty_bars",
     "series_in_blocks",
     "to_polars",
@@ -234,8 +236,25 @@ def coerce_bars(
     Missing optional columns are filled (`vwap`, `trades` null; `quality_flags` 0;
     `provider`, `job_id`, `ingested_at` from the arguments). Integer prices and volumes are
     widened to float64; strings where numbers belong, naive timestamps and unknown columns
-    are refused rather than guessed at.
+    are refused rather than guessed at. Symbols follow the one symbol rule
+    (`model.symbols`): stripped and upper-cased; `coerce_bars_checked` also says which
+    rows' symbols are still invalid.
     """
+    return coerce_bars_checked(
+        frame, timeframe=timeframe, provider=provider, job_id=job_id, ingested_at=ingested_at
+    )[0]
+
+
+def coerce_bars_checked(
+    frame: FrameLike,
+    *,
+    timeframe: TimeframeLike | None = None,
+    provider: str | None = None,
+    job_id: str | None = None,
+    ingested_at: datetime | None = None,
+) -> tuple[pl.DataFrame, pl.Series | None]:
+    """Return `coerce_bars(frame)` and each row's symbol problem (None when every symbol is
+    valid): the pipeline holds those rows for quarantine instead of failing the batch."""
     df = to_polars(frame)
     if "ts" not in df.columns:
         for alt in ("timestamp", "date", "datetime", "time"):
@@ -275,7 +294,9 @@ def coerce_bars(
         if name in df.columns and df.schema[name] not in (pl.String, pl.Categorical, pl.Null):
             raise SchemaError(f"column {name!r} must hold strings", dtype=str(df.schema[name]))
     exprs.append(_as_utc(df["ts"], "ts"))
-    exprs.append(pl.col("symbol").cast(pl.String))
+    symbols, problems = canonical_symbols(df["symbol"])
+    df = df.with_columns(symbols.alias("symbol"))
+    exprs.append(pl.col("symbol"))
     if "timeframe" in df.columns:
         tf_values = df["timeframe"].cast(pl.String).unique().drop_nulls().to_list()
         canonical = {v: str(Timeframe.parse(v)) for v in tf_values}
@@ -312,7 +333,7 @@ def coerce_bars(
             "symbol, timeframe and ts must not be null",
             null_counts=dict(zip(("symbol", "timeframe", "ts"), nulls, strict=True)),
         )
-    return out.select(BAR_COLUMNS)
+    return out.select(BAR_COLUMNS), problems
 
 
 def coerce_actions(frame: FrameLike, *, provider: str | None = None) -> pl.DataFrame:

@@ -26,7 +26,12 @@ from quantivista.bus.events import ActionsIngested, BarsIngested, BarsQuarantine
 from quantivista.clock import Clock
 from quantivista.errors import QuantiVistaError
 from quantivista.model.jobs import DataQualityReport, Severity
-from quantivista.model.schema import ACTION_POLARS_SCHEMA, FrameLike, coerce_bars, empty_bars
+from quantivista.model.schema import (
+    ACTION_POLARS_SCHEMA,
+    FrameLike,
+    coerce_bars_checked,
+    empty_bars,
+)
 from quantivista.model.timeframe import Timeframe, TimeframeLike
 from quantivista.pipeline.messages import (
     Batch,
@@ -162,11 +167,30 @@ def coerce(
     now: datetime,
     timeframe: TimeframeLike | None = None,
 ) -> Batch:
-    """Turn a user's frame (raw prices in the canonical schema) into a batch."""
-    bars = coerce_bars(
+    """Turn a user's frame (raw prices in the canonical schema) into a batch.
+
+    Rows whose symbol breaks the symbol rule are held for quarantine (`invalid_symbol`).
+    """
+    bars, problems = coerce_bars_checked(
         frame, timeframe=timeframe, provider=source, job_id=batch_id.job_id, ingested_at=now
     )
-    return Batch(batch_id, bars, source, now)
+    bars, held = _hold_bad_symbols(bars, problems)
+    return Batch(batch_id, bars, source, now, held=held)
+
+
+def _hold_bad_symbols(
+    bars: pl.DataFrame, problems: pl.Series | None
+) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+    """Split off rows whose symbol is invalid, with the quarantine columns and the reason."""
+    if problems is None:
+        return bars, None
+    bad = problems.is_not_null()
+    held = bars.filter(bad).with_columns(
+        rule=pl.lit("invalid_symbol"),
+        severity=pl.lit(Severity.ERROR.value),
+        reason=problems.filter(bad),
+    )
+    return bars.filter(~bad), held
 
 
 def normalize(
@@ -190,20 +214,22 @@ def normalize(
     """
     if raw.bars.is_empty():
         return Batch(raw.id, empty_bars(), raw.source, now)
-    bars = coerce_bars(
+    bars, problems = coerce_bars_checked(
         raw.bars,
         timeframe=raw.timeframe,
         provider=raw.source,
         job_id=raw.id.job_id,
         ingested_at=now,
     )
+    bars, bad_symbols = _hold_bad_symbols(bars, problems)
+    held: list[pl.DataFrame] = [] if bad_symbols is None else [bad_symbols]
     groups: dict[tuple[str, str], list[str]] = {}
     for symbol, basis in raw.basis.items():  # one entry per symbol
         if basis != PriceBasis.NONE.value:
             convention = raw.conventions.get(symbol, "crsp")
             groups.setdefault((basis, convention), []).append(symbol)
     if not groups:
-        return Batch(raw.id, bars, raw.source, now)
+        return Batch(raw.id, bars, raw.source, now, held=bad_symbols)
     day = (raw.received_at or now).astimezone(ZoneInfo(timezone)).date()
     actions = (
         pl.concat([known_actions, raw.actions], how="vertical_relaxed")
@@ -212,7 +238,6 @@ def normalize(
     ).unique(["symbol", "action_type", "ex_date"], keep="first", maintain_order=True)
     adjusted = [s for symbols in groups.values() for s in symbols]
     parts = [bars.filter(~pl.col("symbol").is_in(adjusted))]
-    held: list[pl.DataFrame] = []
     converted = 0
     for (basis, convention), symbols in groups.items():
         part = bars.filter(pl.col("symbol").is_in(symbols))

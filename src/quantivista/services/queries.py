@@ -13,6 +13,7 @@ from quantivista.actions.adjust import Adjust, DividendConvention
 from quantivista.actions.view import AdjustedReader
 from quantivista.clock import Clock
 from quantivista.errors import InvalidInputError
+from quantivista.model.symbols import canonical_symbol
 from quantivista.model.timeframe import Timeframe, TimeframeLike
 from quantivista.providers.base import request_range
 from quantivista.quality.freshness import freshness
@@ -25,9 +26,12 @@ __all__ = ["BarQuery", "QueryService", "symbol_list"]
 
 
 def symbol_list(symbols: str | Sequence[str]) -> list[str]:
-    """Return the distinct, stripped symbols of a string or a list; refuse none."""
+    """Return the distinct canonical symbols (`model.symbols`) of a string or a list.
+
+    Refuse none given, and any that breaks the symbol rule (`InvalidInputError`).
+    """
     items = [symbols] if isinstance(symbols, str) else list(symbols)
-    cleaned = [s.strip() for s in items if s and s.strip()]
+    cleaned = [canonical_symbol(s) for s in items if s and s.strip()]
     if not cleaned:
         raise InvalidInputError("no symbols given")
     return list(dict.fromkeys(cleaned))
