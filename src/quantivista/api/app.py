@@ -10,6 +10,7 @@ only by adding optional parameters and fields.
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -22,7 +23,7 @@ from quantivista._version import __version__
 from quantivista.acquisition.limits import MemoryBackend, RateLimiter, RedisBackend
 from quantivista.api import errors, stream
 from quantivista.api.cache import ResponseCache
-from quantivista.api.fastpath import FastPathMiddleware
+from quantivista.api.fastpath import FastPath, Receive, Scope_, Send
 from quantivista.api.graphql import graphql_router
 from quantivista.api.metrics import ApiMetrics
 from quantivista.api.middleware import MeasureMiddleware
@@ -35,7 +36,7 @@ from quantivista.config import Settings
 from quantivista.providers.registry import ProviderRegistry
 from quantivista.runtime import Runtime
 
-__all__ = ["DEPRECATED", "create_app"]
+__all__ = ["DEPRECATED", "QuantiVistaApi", "create_app"]
 
 # path -> (deprecation date, sunset date) of routes on their way out (none yet)
 DEPRECATED: dict[str, tuple[str, str]] = {}
@@ -62,6 +63,20 @@ def _state(settings: Settings, runtime: Runtime) -> ApiState:
     )
 
 
+class QuantiVistaApi(FastAPI):
+    """FastAPI with the fast path in front: a cached bars answer skips the framework whole
+    (its per-request set-up and middleware stack cost more than serving the answer)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.fast_path = FastPath()
+
+    async def __call__(self, scope: Scope_, receive: Receive, send: Send) -> None:
+        state = getattr(self.state, "qv", None) if scope["type"] == "http" else None
+        if not await self.fast_path.served(state, scope, send):
+            await super().__call__(scope, receive, send)
+
+
 def create_app(
     settings: Settings,
     *,
@@ -78,6 +93,9 @@ def create_app(
         hub.start(asyncio.get_running_loop())
         app.state.qv = state
         app.state.hub = hub
+        # the start-up heap (libraries, settings, the runtime) lives as long as the process:
+        # kept out of the collector, a full collection no longer stalls requests scanning it
+        gc.freeze()
         try:
             yield
         finally:
@@ -86,7 +104,7 @@ def create_app(
             state.limiter.close()
             runtime.close()
 
-    app = FastAPI(
+    app = QuantiVistaApi(
         title="QuantiVista Market Data API",
         version=__version__,
         summary="Bars, corporate actions, reference data and data quality over HTTP.",
@@ -109,7 +127,6 @@ def create_app(
         )
 
     app.add_middleware(MeasureMiddleware, deprecated=DEPRECATED)
-    app.add_middleware(FastPathMiddleware)  # outermost: a cached answer skips the rest
 
     @app.get("/healthz", tags=["operations"], include_in_schema=True)
     def healthz() -> dict[str, str]:

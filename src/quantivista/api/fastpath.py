@@ -19,7 +19,7 @@ from quantivista.api.state import ApiState
 from quantivista.errors import QuantiVistaError
 from quantivista.model.auth import Scope
 
-__all__ = ["BARS_PATH", "FastPathMiddleware", "bars_cache_key"]
+__all__ = ["BARS_PATH", "FastPath", "bars_cache_key"]
 
 Scope_ = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -48,28 +48,23 @@ def _entitlement_params(query: str) -> tuple[list[str], str]:
     return symbols, timeframe
 
 
-class FastPathMiddleware:
-    """Serve cached bars responses without the framework; everything else passes through."""
+class FastPath:
+    """Serve cached bars responses without the framework (the app calls it first)."""
 
-    def __init__(self, app: App) -> None:
-        self.app = app
+    def __init__(self) -> None:
         self._counters: dict[int, Any] = {}
         self._latency: Any = None
 
-    async def __call__(self, scope: Scope_, receive: Receive, send: Send) -> None:
+    async def served(self, state: ApiState | None, scope: Scope_, send: Send) -> bool:
+        """Answer `scope` from the cache and return True, or return False to pass it on."""
         if (
-            scope["type"] != "http"
+            state is None
+            or scope["type"] != "http"
             or scope["method"] != "GET"
             or scope["path"] != BARS_PATH
-            or not await self._served(scope, send)
         ):
-            await self.app(scope, receive, send)
-
-    async def _served(self, scope: Scope_, send: Send) -> bool:
-        started = time.perf_counter()
-        state: ApiState | None = getattr(scope["app"].state, "qv", None)
-        if state is None:
             return False
+        started = time.perf_counter()
         query = scope["query_string"].decode("latin-1")
         hit = state.cache.get(bars_cache_key(query))
         if hit is None:

@@ -94,8 +94,9 @@ class AuthService:
         self._key: bytes | None = None
         self._lock = threading.Lock()
         self._seen: dict[str, tuple[float, ApiClient]] = {}  # client_id -> (when, record)
-        # API keys proven recently, by a fast digest: scrypt costs ~50 ms, too much per request
-        self._keys: dict[bytes, tuple[float, str]] = {}
+        # API keys proven once, by a fast digest -> (client_id, the hash they matched):
+        # scrypt costs tens of ms, too much per request
+        self._keys: dict[bytes, tuple[str, str]] = {}
         self._tenants: dict[str, tuple[float, Tenant]] = {}
 
     # -- clients ---------------------------------------------------------------------------
@@ -130,7 +131,7 @@ class AuthService:
         self.clients.save_client(revoked)
         with self._lock:
             self._seen.pop(client_id, None)
-            self._keys = {k: v for k, v in self._keys.items() if v[1] != client_id}
+            self._keys = {k: v for k, v in self._keys.items() if v[0] != client_id}
         return revoked
 
     def set_tenant(
@@ -206,17 +207,18 @@ class AuthService:
         if prefix != "qv" or not client_id or not secret:
             raise AuthenticationError("not a QuantiVista API key")
         digest = hashlib.sha256(key.encode()).digest()
-        now = time.monotonic()
         with self._lock:
             proven = self._keys.get(digest)
-        if proven is not None and now - proven[0] <= _CACHE_S:
-            client = self._active(proven[1])  # revocation still counts, within _CACHE_S
-        else:
+        # a key proven once is not hashed again (scrypt is meant to be slow: tens of ms on
+        # the event loop) while the client's stored hash is the one it was proven against;
+        # the record is re-read every _CACHE_S, so revocation and rotation still count
+        client = self._active(proven[0]) if proven is not None else None
+        if client is None or proven is None or client.secret_hash != proven[1]:
             client = self._verified(client_id, secret)
             with self._lock:
                 if len(self._keys) > 10_000:
                     self._keys.clear()
-                self._keys[digest] = (now, client.client_id)
+                self._keys[digest] = (client.client_id, client.secret_hash)
         return Principal(
             client_id=client.client_id, tenant=client.tenant, scopes=frozenset(client.scopes)
         )
