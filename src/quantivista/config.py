@@ -365,6 +365,28 @@ class QualitySettings(_Section):
     max_issues_per_rule: int = Field(default=50, ge=0, description="issues listed per rule")
 
 
+class IntradaySettings(_Section):
+    """Intraday sessions and the 1-minute bad-print rule (issue 19)."""
+
+    rollup_session: Literal["regular", "extended"] = Field(
+        default="regular",
+        description='"extended": storage rollups add pre/post-market bars (flagged'
+        " outside_session) beside the regular-session ones",
+    )
+    bad_print_window: int = Field(
+        default=5, ge=2, le=30, description="neighbour minutes on each side of a 1m bar"
+    )
+    bad_print_z: float = Field(
+        default=12.0, gt=0, description="robust z of a print against its neighbours"
+    )
+    bad_print_min_move: float = Field(
+        default=0.005, gt=0, description="least relative distance from the neighbours"
+    )
+    auction_factor: float = Field(
+        default=3.0, ge=1, description="thresholds x this on the session's first/last minute"
+    )
+
+
 class ApiSettings(_Section):
     """The Market Data API service (`qv serve`)."""
 
@@ -461,6 +483,7 @@ class Settings(BaseSettings):
     providers: ProviderSettings = ProviderSettings()
     simulator_server: SimulatorServerSettings = SimulatorServerSettings()
     quality: QualitySettings = QualitySettings()
+    intraday: IntradaySettings = IntradaySettings()
     api: ApiSettings = ApiSettings()
     probes: ProbeSettings = ProbeSettings()
 

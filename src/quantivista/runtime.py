@@ -140,7 +140,10 @@ class Runtime:
     def rollup(self) -> Rollup | None:
         """Return the rollup keeping derived timeframes, when `storage.rollups` names any."""
         targets = self.settings.storage.rollups
-        return Rollup(self.backend.bars, self.calendar(), targets) if targets else None
+        if not targets:
+            return None
+        session = self.settings.intraday.rollup_session
+        return Rollup(self.backend.bars, self.calendar(), targets, session=session)
 
     def _dead_letter(
         self, topic: str, payload: dict[str, Any], error: str, handler: str | None
