@@ -134,7 +134,7 @@ class Runtime:
         """Return the validator: default rules plus the business rules file, if any."""
         quality = self.settings.quality
         rules = DEFAULT_RULES + load_rules(quality.rules_file) if quality.rules_file else None
-        return Validator(self.calendar(), rules or DEFAULT_RULES, quality)
+        return Validator(self.calendar(), rules or DEFAULT_RULES, quality, self.settings.intraday)
 
     @cached_property
     def rollup(self) -> Rollup | None:

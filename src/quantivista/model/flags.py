@@ -31,6 +31,7 @@ class QualityFlag(IntFlag):
     BUSINESS_RULE = 1 << 17
     ZERO_VOLUME = 1 << 18
     TS_SNAPPED = 1 << 19  # an off-grid intraday bar moved to its grid slot on request
+    BAD_PRINT = 1 << 20  # a 1-minute high/low/close far from its neighbours that reverts
 
     @classmethod
     def names_of(cls, bits: int) -> list[str]:

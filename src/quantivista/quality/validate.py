@@ -11,11 +11,12 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from quantivista.config import QualitySettings
+from quantivista.config import IntradaySettings, QualitySettings
 from quantivista.model.flags import QualityFlag
 from quantivista.model.jobs import DataQualityReport, Severity, ValidationIssue
 from quantivista.model.schema import BAR_COLUMNS, BAR_KEY, BAR_VALUE_COLUMNS, SCORE_SCHEMA
 from quantivista.model.timeframe import Timeframe
+from quantivista.quality.intraday import with_bad_prints
 from quantivista.quality.rules import DEFAULT_RULES, SERIES_COLUMNS, Rule
 from quantivista.quality.series import series_context
 from quantivista.reference.calendars import TradingCalendar
@@ -335,14 +336,16 @@ class Validator:
         calendar: TradingCalendar | None,
         rules: tuple[Rule, ...] = DEFAULT_RULES,
         settings: QualitySettings | None = None,
+        intraday: IntradaySettings | None = None,
     ) -> None:
         self.calendar = calendar
         self.rules = rules
         self.settings = settings or QualitySettings()
+        self.intraday = intraday or IntradaySettings()
 
     def with_rules(self, rules: tuple[Rule, ...]) -> Validator:
         """Return a validator with the same calendar and settings but other rules."""
-        return Validator(self.calendar, rules, self.settings)
+        return Validator(self.calendar, rules, self.settings, self.intraday)
 
     def demoted(self, names: Sequence[str]) -> Validator:
         """Return a validator where the named rules only flag rows (severity WARNING)."""
@@ -399,6 +402,8 @@ class Validator:
                 checked = _series_with_history(checked, history, actions, self.settings)
             else:
                 checked = series_context(checked, actions, self.settings)
+            if any("_bad_print" in r.needs for r in later):
+                checked = with_bad_prints(checked, self.intraday)
             checked = checked.with_columns([r.expr() for r in later])
             counts |= _counts(checked, later)
         rules = first + later
