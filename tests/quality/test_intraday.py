@@ -150,3 +150,19 @@ def test_recall_precision_and_clean_rate_on_synthetic_minutes(cal: TradingCalend
     precision = (flagged & hit).sum() / flagged.sum()
     assert recall > 0.8
     assert precision > 0.55
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.lists(
+        st.lists(st.one_of(st.none(), st.floats(-1e6, 1e6)), min_size=1, max_size=12),
+        min_size=1,
+        max_size=8,
+    ).filter(lambda rows: len({len(r) for r in rows}) == 1)
+)
+def test_row_median_is_numpys_nanmedian(rows: list[list[float | None]]) -> None:
+    from quantivista.quality.intraday import _row_median
+
+    a = np.array([[np.nan if x is None else x for x in r] for r in rows], dtype=float)
+    want = np.array([np.median(r[~np.isnan(r)]) if (~np.isnan(r)).any() else np.nan for r in a])
+    np.testing.assert_allclose(_row_median(a), want, equal_nan=True)

@@ -25,8 +25,6 @@ comparisons finds the few candidates (a price outside both neighbouring closes b
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import polars as pl
 
@@ -84,43 +82,52 @@ def bad_print_marks(
     """Return the bad-print mark of every row (see the module doc); rows not in `use` are
     neither judged nor neighbours."""
     out = np.zeros(ts_us.size, dtype=bool)
-    rows = np.flatnonzero(use)
-    if rows.size < 3:
-        return out
-    t, h, lo, c, v = ts_us[rows], high[rows], low[rows], close[rows], volume[rows]
+    every = bool(use.all())  # the usual regular-hours batch: no gathers
+    rows = np.arange(use.size) if every else np.flatnonzero(use)
     n = rows.size
+    if n < 3:
+        return out
+    if every:
+        t, h, lo, c, v = ts_us, high, low, close, volume
+        breaks = new.copy()
+    else:
+        t, h, lo, c, v = ts_us[rows], high[rows], low[rows], close[rows], volume[rows]
+        breaks = new[rows]
+        breaks[1:] |= np.diff(rows) != 1
     # runs of consecutive judged rows of one series: a session's regular hours
-    start = np.ones(n, dtype=bool)
-    start[1:] = (np.diff(rows) != 1) | new[rows[1:]] | (np.diff(t) > _GAP_US)
-    seg = np.cumsum(start) - 1
-    first = np.flatnonzero(start)
+    breaks[0] = True
+    breaks[1:] |= np.diff(t) > _GAP_US
+    first = np.flatnonzero(breaks)
     last = np.append(first[1:], n) - 1
-    edge = np.zeros(n, dtype=bool)
-    edge[first] = True
-    edge[last] = True
-    # candidates: a price outside both neighbouring closes by more than min_move
-    prev_c = np.empty(n)
-    next_c = np.empty(n)
-    prev_c[0], next_c[-1] = np.nan, np.nan
-    prev_c[1:], next_c[:-1] = c[:-1], c[1:]
-    prev_c[first] = np.nan
-    next_c[last] = np.nan
-    m = settings.bad_print_min_move
-    with np.errstate(invalid="ignore"):
-        up = h > np.fmax(prev_c, next_c) * (1 + m)
-        down = lo < np.fmin(prev_c, next_c) * (1 - m)
-    cand = np.flatnonzero(up | down)
+    # candidates: a price outside both neighbouring closes by more than min_move. Inside
+    # runs on whole arrays (a neighbour across a run's edge only adds or hides a candidate
+    # at that edge); the edge rows get their own test against their one neighbour.
+    up_by, down_by = 1 + settings.bad_print_min_move, 1 - settings.bad_print_min_move
+    side = np.maximum(c[:-2], c[2:])
+    up = h[1:-1] > side * up_by
+    np.minimum(c[:-2], c[2:], out=side)
+    up |= lo[1:-1] < side * down_by
+    inner = np.flatnonzero(up) + 1
+    edges = np.concatenate([first, last])
+    nb = np.concatenate([np.minimum(first + 1, n - 1), np.maximum(last - 1, 0)])
+    edge_hit = (h[edges] > c[nb] * up_by) | (lo[edges] < c[nb] * down_by)
+    edge_rows = np.zeros(n, dtype=bool)
+    edge_rows[edges] = True
+    inner = inner[~edge_rows[inner]]
+    cand = np.unique(np.concatenate([inner, edges[edge_hit]]))
     if not cand.size:
         return out
-    hit = _judge(cand, seg, edge, h, lo, c, v, settings)
+    seg_first = first[np.searchsorted(first, cand, side="right") - 1]
+    seg_last = last[np.searchsorted(first, cand, side="right") - 1]
+    hit = _judge(cand, seg_first, seg_last, h, lo, c, v, settings)
     out[rows[cand[hit]]] = True
     return out
 
 
 def _judge(
     cand: np.ndarray,
-    seg: np.ndarray,
-    edge: np.ndarray,
+    seg_first: np.ndarray,
+    seg_last: np.ndarray,
     h: np.ndarray,
     lo: np.ndarray,
     c: np.ndarray,
@@ -132,20 +139,19 @@ def _judge(
     n = c.size
     offsets = np.concatenate([np.arange(-k, 0), np.arange(1, k + 1)])
     pos = cand[:, None] + offsets[None, :]
-    inside = (pos >= 0) & (pos < n)
+    inside = (pos >= seg_first[:, None]) & (pos <= seg_last[:, None])
     pos = np.clip(pos, 0, n - 1)
-    inside &= seg[pos] == seg[cand][:, None]
-    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a lone bar: all-NaN medians
+    edge = (cand == seg_first) | (cand == seg_last)
+    with np.errstate(invalid="ignore", divide="ignore"):
         logc = np.where(inside, np.log(c[pos]), np.nan)
-        ref = np.nanmedian(logc, axis=1)
+        ref = _row_median(logc)
         # returns between neighbours that are next to each other (none touches the bar)
         steps = np.abs(np.diff(logc, axis=1))
         steps[:, k - 1] = np.nan  # the step from the last bar before to the first after
-        scale = _MAD_TO_SIGMA * np.nanmedian(steps, axis=1)
-        vol_ref = np.nanmedian(np.where(inside, v[pos], np.nan), axis=1)
+        scale = _MAD_TO_SIGMA * _row_median(steps)
+        vol_ref = _row_median(np.where(inside, v[pos], np.nan))
     threshold = np.fmax(settings.bad_print_min_move, settings.bad_print_z * scale)
-    threshold = np.where(edge[cand], threshold * settings.auction_factor, threshold)
+    threshold = np.where(edge, threshold * settings.auction_factor, threshold)
     with np.errstate(invalid="ignore", divide="ignore"):
         x_h = np.log(h[cand]) - ref
         x_l = ref - np.log(lo[cand])
@@ -169,6 +175,18 @@ def _judge(
         surge = v[cand] > _SURGE * vol_ref
     hit: np.ndarray = (high_print | low_print | close_print) & ~surge & np.isfinite(ref)
     return hit
+
+
+def _row_median(values: np.ndarray) -> np.ndarray:
+    """Median of each row, NaNs skipped (NaN for a row of NaNs): a sort, not numpy's masked
+    nanmedian, which is slow on many short rows."""
+    values = np.sort(values, axis=1)  # NaNs last
+    count = values.shape[1] - np.isnan(values).sum(axis=1)
+    at = np.arange(values.shape[0])
+    lo = values[at, np.maximum(count - 1, 0) // 2]
+    hi = values[at, np.maximum(count, 1) // 2 - (count == 0)]
+    out: np.ndarray = np.where(count % 2 == 1, lo, (lo + hi) / 2.0)
+    return np.where(count > 0, out, np.nan)
 
 
 def _calm_close(
