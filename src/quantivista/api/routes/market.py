@@ -116,6 +116,10 @@ async def bars(
     limit: Annotated[int | None, Query(ge=1, le=1_000_000)] = None,
     page_token: str | None = None,
     format: BodyFormat = BodyFormat.json,  # the API's public parameter name
+    session: Annotated[
+        Literal["regular", "extended"],
+        Query(description="Intraday: the regular session, or with pre/post market too."),
+    ] = "regular",
 ) -> Response:
     """Return bars in the canonical schema, sorted by symbol and ts.
 
@@ -126,7 +130,7 @@ async def bars(
     state.auth.entitled(who.tenant, dataset="bars", symbols=names, timeframe=timeframe)
     query = BarQuery.of(
         names, start, end, timeframe, adjust=adjust, dividend_convention=dividend_convention,
-        known_at=as_of,
+        known_at=as_of, session=session,
     )  # fmt: skip
     size = min(limit or state.runtime.settings.api.page_size, state.runtime.settings.api.page_size)
     after = _cursor(page_token)
