@@ -55,7 +55,7 @@ def _with_sessions(base: pl.DataFrame, calendar: TradingCalendar) -> pl.DataFram
         pl.col("open").alias("_open"),
         pl.col("close").alias("_close"),
     )
-    return base.with_columns(_session=calendar.session_of(pl.col("ts"))).join(
+    return base.with_columns(calendar.local_dates(base["ts"]).alias("_session")).join(
         table, on="_session", how="left", maintain_order="left"
     )
 

@@ -504,7 +504,7 @@ class Validator:
             return df.with_columns(
                 _aligned=pl.col("ts").dt.truncate(tf.polars_every) == pl.col("ts")
             )
-        local_day = cal.session_of(pl.col("ts")).alias("_day")
+        local_day = cal.local_dates(df["ts"]).alias("_day")
         joined = df.with_columns(local_day).join(
             cal.schedule.select(
                 pl.col("session").alias("_day"),
