@@ -9,6 +9,7 @@ No other module reads the environment.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from datetime import date
 from pathlib import Path
@@ -437,6 +438,28 @@ class ProbeSettings(_Section):
         return self.ports.get(service, 0)
 
 
+class OpsSettings(_Section):
+    """Operations: metric groups, the scheduler, alerting and tracing (issue 16)."""
+
+    symbol_groups: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="freshness groups: name -> regular expressions of symbols (none: 'all')",
+    )
+
+    @field_validator("symbol_groups")
+    @classmethod
+    def _check_groups(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for name, patterns in value.items():
+            for pattern in patterns:
+                try:
+                    re.compile(pattern)
+                except re.error as exc:
+                    raise ValueError(
+                        f"group {name}: {pattern!r} is no regular expression: {exc}"
+                    ) from None
+        return value
+
+
 class Settings(BaseSettings):
     """All configuration of a platform instance (frozen once built)."""
 
@@ -463,6 +486,7 @@ class Settings(BaseSettings):
     quality: QualitySettings = QualitySettings()
     api: ApiSettings = ApiSettings()
     probes: ProbeSettings = ProbeSettings()
+    ops: OpsSettings = OpsSettings()
 
     def __init__(self, **values: Any) -> None:
         """Load settings; a wrong value or file raises one-line `ConfigurationError`s."""
