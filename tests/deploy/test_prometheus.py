@@ -4,7 +4,6 @@ real Prometheus on 127.0.0.1 scrapes a real `qv serve` and answers a query for i
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import signal
 import socket
@@ -19,21 +18,8 @@ import pytest
 import yaml
 
 from conftest import services_required
-from quantivista.acquisition.analytics import ProviderAnalytics
-from quantivista.api.metrics import ApiMetrics
-from quantivista.ops.metrics import exported_names
-
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
-PROMETHEUS = DEPLOY / "prometheus"
-# PromQL functions, keywords and Prometheus' own series: not names the code must export
-PROMQL_WORDS = {
-    "sum", "min", "max", "avg", "count", "rate", "increase", "by", "on", "and", "or", "unless",
-    "without", "time", "histogram_quantile", "irate", "le", "up", "absent", "topk", "bottomk",
-    "max_over_time", "min_over_time", "avg_over_time", "ignoring", "group_left", "bool",
-    "clamp_min", "clamp_max", "vector", "scalar", "label_replace", "offset", "delta", "deriv",
-    "quantile_over_time", "sort", "sort_desc", "abs", "round", "changes", "resets",
-    "count_over_time",
-}  # fmt: skip
+from deploy_files import PROMETHEUS, alert_expressions, code_exports, dashboard_expressions
+from quantivista.ops.promql import metric_names
 
 
 def _binary(name: str) -> str:
@@ -78,26 +64,6 @@ def test_a_broken_expectation_fails_the_rule_tests(tmp_path: Path) -> None:
     assert "QvQualityScoreLow" in result.stdout + result.stderr
 
 
-def alert_expressions() -> list[str]:
-    """Return every PromQL expression of the alert rules."""
-    rules = yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())
-    return [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
-
-
-def metric_names(expr: str) -> set[str]:
-    """Return the metric names a PromQL expression uses (strings and label sets removed)."""
-    bare = re.sub(r'"[^"]*"', "", expr)
-    bare = re.sub(r"\{[^}]*\}", "", bare)
-    bare = re.sub(r"\[[^\]]*\]", "", bare)
-    bare = re.sub(r"\b(by|without|on|ignoring|group_left)\s*\([^)]*\)", "", bare)
-    words = set(re.findall(r"\b[a-zA-Z_:][a-zA-Z0-9_:]*\b", bare))
-    return {w for w in words if w not in PROMQL_WORDS and not re.fullmatch(r"\d+[smhdwy]?", w)}
-
-
-def code_exports() -> set[str]:
-    return exported_names(ProviderAnalytics().registry, ApiMetrics().registry)
-
-
 def test_every_metric_the_alert_rules_use_is_exported() -> None:
     exported = code_exports()
     used = set().union(*(metric_names(e) for e in alert_expressions()))
@@ -107,8 +73,8 @@ def test_every_metric_the_alert_rules_use_is_exported() -> None:
 
 
 def test_the_name_parser_sees_through_promql() -> None:
-    expr = 'sum by (provider) (rate(qv_a_total{x="b c"}[5m])) / on () qv_b > 0.5 and up == 0'
-    assert metric_names(expr) == {"qv_a_total", "qv_b"}
+    expr = 'sum by (provider) (rate(qv_a_total{x="b c"}[5m])) / on (x) qv_b > 0.5 and up == 0'
+    assert metric_names(expr) == {"qv_a_total", "qv_b", "up"}
     assert "qv_not_a_metric" not in code_exports()
 
 
@@ -203,5 +169,8 @@ def test_prometheus_scrapes_qv_serve_and_answers_a_query(tmp_path: Path, qv_serv
         assert requests and float(requests[0]["value"][1]) >= 1
         rules = httpx.get(f"{base}/api/v1/rules").json()["data"]["groups"]
         assert sum(len(g["rules"]) for g in rules) == 12  # the shipped rules load
+        for expr in dashboard_expressions() + alert_expressions():  # Prometheus runs each one
+            answer = httpx.get(f"{base}/api/v1/query", params={"query": expr}).json()
+            assert answer["status"] == "success", (expr, answer)
     finally:
         _stop(proc)
