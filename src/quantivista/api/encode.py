@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from enum import StrEnum
 from typing import Any
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 
@@ -54,7 +55,30 @@ _DICTIONARY = ("symbol", "timeframe", "provider", "job_id")  # few distinct valu
 def arrow_table(df: pl.DataFrame) -> pa.Table:
     """Return the frame as Arrow with its repetitive text columns dictionary-encoded."""
     repeated = [c for c in _DICTIONARY if c in df.columns]
-    return df.with_columns(pl.col(repeated).cast(pl.Categorical)).to_arrow()
+    table = df.drop(repeated).to_arrow()
+    for name in repeated:
+        at = df.get_column_index(name)
+        table = table.add_column(at, name, _dictionary(df.get_column(name)))
+    return table
+
+
+def _dictionary(col: pl.Series) -> pa.DictionaryArray:
+    """Dictionary-encode a text column from its runs (store reads are sorted by symbol).
+
+    Run ids are one pass with no hashing; when a value comes back in a later run (an
+    unsorted frame) the runs would repeat dictionary entries, so the column is hashed
+    instead.
+    """
+    runs = col.rle_id().to_numpy()  # uint32 run ids, 0.. in order
+    starts = np.flatnonzero(np.diff(runs, prepend=np.uint32(1)))  # row 0 always starts one
+    values = col.gather(starts)
+    if values.n_unique() != values.len():
+        hashed = col.cast(pl.Categorical).to_arrow()
+        assert isinstance(hashed, pa.DictionaryArray)
+        return hashed
+    return pa.DictionaryArray.from_arrays(
+        pa.array(runs.view(np.int32)), values.cast(pl.String).to_arrow()
+    )
 
 
 class _Chunks(io.RawIOBase):
