@@ -22,6 +22,7 @@ from quantivista.acquisition.wiring import Acquisition
 from quantivista.bus.memory import InMemoryBus
 from quantivista.clock import Clock, SystemClock
 from quantivista.config import Settings
+from quantivista.ops.metrics import SymbolGroups
 from quantivista.pipeline.runner import InProcessRunner
 from quantivista.pipeline.stages import EpochCache, Sinks, data_epoch
 from quantivista.processing.rollup import Rollup
@@ -83,6 +84,7 @@ class Runtime:
             clock=self.clock,
             validator=lambda: self.validator,
             timezone=lambda: self.calendar().tz,
+            groups=SymbolGroups(settings.ops.symbol_groups),
         )
         self.writes = WriteService(
             self.runner,

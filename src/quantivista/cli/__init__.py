@@ -10,6 +10,7 @@ from quantivista.cli.commands import (
     config,
     demo,
     ingest,
+    operations,
     providers,
     quality,
     reference,
@@ -21,7 +22,9 @@ from quantivista.cli.render import sparkline
 __all__ = ["app", "main", "sparkline"]
 
 # imported for their commands, which they register on `app`
-_COMMAND_MODULES = (bars, config, demo, ingest, providers, quality, reference, serve, storage)
+_COMMAND_MODULES = (
+    bars, config, demo, ingest, operations, providers, quality, reference, serve, storage,
+)  # fmt: skip
 
 
 def main() -> None:

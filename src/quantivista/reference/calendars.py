@@ -85,6 +85,14 @@ class TradingCalendar:
         d = to_date(day)
         return bool(self.schedule["session"].is_in([d]).any())
 
+    def is_open(self, at: datetime) -> bool:
+        """Say whether the regular session is open at `at` (aware; open <= at < close)."""
+        if at.tzinfo is None:
+            raise CalendarError("is_open needs an aware datetime", at=str(at))
+        at = at.astimezone(UTC)
+        hit = self.schedule.filter((pl.col("open") <= at) & (pl.col("close") > at))
+        return hit.height > 0
+
     def early_closes(self, start: DateLike, end: DateLike) -> pl.DataFrame:
         """Return the sessions that close before the regular time (half days)."""
         return self.session_table(start, end).filter(pl.col("minutes") < self.regular_minutes)
