@@ -11,13 +11,19 @@ from __future__ import annotations
 import json
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
+import numpy as np
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
 from quantivista.errors import InvalidInputError
 from quantivista.model.flags import QualityFlag
+from quantivista.model.schema import coerce_bars
+from quantivista.model.timeframe import Timeframe
 from quantivista.processing.rollup import rollup
 from quantivista.providers import alpha_vantage, polygon, yahoo
 from quantivista.quality.validate import Validator
@@ -199,3 +205,39 @@ def test_recorded_alpha_vantage_15min_rolls_up_to_session_hours(cal: TradingCale
     assert last["open"] == pytest.approx(142.322)
     assert last["close"] == pytest.approx(143.32)
     assert hours["volume"].sum() == bars["volume"].sum()
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    day=st.sampled_from([date(2023, 11, 24), date(2023, 11, 27), date(2024, 3, 11)]),
+    picks=st.lists(st.integers(0, 16 * 60 - 1), min_size=1, max_size=200, unique=True),
+    seed=st.integers(0, 2**16),
+)
+def test_extended_minutes_never_change_the_regular_rollups(
+    day: date, picks: list[int], seed: int
+) -> None:
+    # 2023-11-24 closes at 13:00; 2024-03-11 is the first session after the DST change
+    cal = get_calendar("XNYS")
+    four_am = datetime(day.year, day.month, day.day, 4, tzinfo=ZoneInfo("America/New_York"))
+    stamps = sorted(four_am.astimezone(UTC) + timedelta(minutes=m) for m in picks)
+    rng = np.random.default_rng(seed)
+    close = 50 * np.exp(np.cumsum(rng.normal(0, 0.002, len(stamps))))
+    frame = pl.DataFrame(
+        {"symbol": "HYP", "ts": stamps, "open": close, "high": close * 1.001,
+         "low": close * 0.999, "close": close, "volume": rng.integers(1, 1000, len(stamps))}
+    )  # fmt: skip
+    bars = coerce_bars(frame, timeframe="1m", provider="t")
+    regular = _regular_only(bars, cal)
+    for timeframe in ("5m", "15m", "1h", "1d"):
+        assert_frame_equal(rollup(bars, cal, timeframe), rollup(regular, cal, timeframe))
+        if timeframe == "1d":
+            continue
+        extended = rollup(bars, cal, timeframe, session="extended")
+        assert extended["volume"].sum() == bars["volume"].sum()
+        inside = extended.filter((pl.col("quality_flags") & OUTSIDE) == 0)
+        assert_frame_equal(inside, rollup(bars, cal, timeframe))
+        # a pre/post bar ends by the open or starts at or after the close
+        step = timedelta(seconds=Timeframe.parse(timeframe).seconds or 0)
+        row = cal.session_table(day, day).row(0, named=True)
+        for ts in extended.filter((pl.col("quality_flags") & OUTSIDE) != 0)["ts"]:
+            assert ts + step <= row["open"] or ts >= row["close"]
