@@ -27,7 +27,7 @@ from quantivista.model.workflow import (
     Severity,
     ValidationError,
 )
-from quantivista.reporting.transform import REJECTED_SCHEMA, Reference
+from quantivista.reporting.transform import REJECTED_SCHEMA, Reference, reject
 
 __all__ = ["CheckResult", "profile", "run_checks", "validate_checks"]
 
@@ -239,12 +239,11 @@ def run_checks(
             ignore_nulls=True,
         )
         marks = masks.select(bad=bad, reason=pl.lit("failed checks: ") + reason)
-        keep = ~marks.get_column("bad")
-        rejected_rows = frame.filter(marks.get_column("bad"))
-        rejected = rejected_rows.select(
-            record=pl.struct(pl.all()).struct.json_encode(), stage=pl.lit("checks")
-        ).with_columns(reason=marks.get_column("reason").filter(marks.get_column("bad")))
-        valid = frame.filter(keep)
+        failing = marks.get_column("bad")
+        rejected = reject(
+            frame.filter(failing), "checks", marks.get_column("reason").filter(failing)
+        )
+        valid = frame.filter(~failing)
     else:
         rejected = pl.DataFrame(schema=REJECTED_SCHEMA)
         valid = frame
@@ -257,6 +256,6 @@ def run_checks(
         invalid_records=invalid,
         quality_score=valid.height / total if total else 1.0,
         validation_errors=errors,
-        data_profiling=profile(frame),
+        data_profiling=profile(frame.drop([c for c in frame.columns if c.startswith("_qv_")])),
     )
     return CheckResult(valid, rejected, report)

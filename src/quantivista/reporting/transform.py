@@ -32,6 +32,7 @@ from quantivista.reference.fx import FxRates
 __all__ = [
     "DTYPES",
     "REJECTED_SCHEMA",
+    "ROW_COLUMN",
     "Reference",
     "Transformed",
     "apply_rules",
@@ -53,7 +54,12 @@ DTYPES: dict[str, pl.DataType] = {
     "json": pl.String(),  # JSON text (a flatten rule decodes it)
 }
 
-REJECTED_SCHEMA = pl.Schema({"record": pl.String(), "stage": pl.String(), "reason": pl.String()})
+REJECTED_SCHEMA = pl.Schema(
+    {"record": pl.String(), "stage": pl.String(), "reason": pl.String(), "row": pl.Int64()}
+)
+# a column the job engine adds: each input row's number, so a rejected row can be sent to the
+# dead letters as it was read (not as the rules left it) and replayed through them again
+ROW_COLUMN = "_qv_row"
 
 # JSON text is decoded with a type inferred from this many values
 _JSON_SAMPLE = 1000
@@ -220,15 +226,19 @@ def _first_line(exc: Exception) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def reject(rows: pl.DataFrame, stage: str, reason: str | pl.Expr) -> pl.DataFrame:
-    """Return rows as dead-letter records: the row as JSON text, the stage and the reason."""
+def reject(rows: pl.DataFrame, stage: str, reason: str | pl.Series) -> pl.DataFrame:
+    """Return rows as dead-letter records: the row as JSON text, the stage, the reason and
+    the input row number (when the rows carry `ROW_COLUMN`)."""
     if rows.is_empty():
         return pl.DataFrame(schema=REJECTED_SCHEMA)
-    why = pl.lit(reason) if isinstance(reason, str) else reason
+    why = pl.lit(reason)
+    row = pl.col(ROW_COLUMN) if ROW_COLUMN in rows.columns else pl.lit(None)
+    own = [c for c in rows.columns if not c.startswith("_qv_")]
     return rows.select(
-        record=pl.struct(pl.all()).struct.json_encode(),
+        record=pl.struct(own).struct.json_encode() if own else pl.lit("{}"),
         stage=pl.lit(stage),
         reason=why.cast(pl.String),
+        row=row.cast(pl.Int64),
     )
 
 
