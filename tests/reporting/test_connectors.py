@@ -9,7 +9,7 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlparse
 from uuid import uuid4
 
@@ -126,8 +126,8 @@ def test_postgres_incremental_sync_resumes_after_its_cursor(
 
 
 class _Api(BaseHTTPRequestHandler):
-    rows: list[dict[str, Any]] = [{"id": i, "v": i * 10} for i in range(7)]
-    seen_auth: list[str | None] = []
+    rows: ClassVar[list[dict[str, Any]]] = [{"id": i, "v": i * 10} for i in range(7)]
+    seen_auth: ClassVar[list[str | None]] = []
 
     def log_message(self, *args: Any) -> None:
         pass
