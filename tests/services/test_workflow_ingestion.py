@@ -301,3 +301,30 @@ def test_scheduled_sources_are_due_once_per_cron_tick(runtime: Runtime, workflow
     runtime.workflows.set_enabled("acme", "e", False)
     clock.advance(15 * 60)
     assert runtime.workflows.due_sources(clock.now()) == []
+
+
+def test_a_job_whose_rules_do_not_fit_the_data_fails_with_the_reason_and_is_announced(
+    runtime: Runtime, workflows: Path
+) -> None:
+    seen = events(runtime)
+    runtime.workflows.save_rule(
+        "acme",
+        TransformationRule(
+            rule_id="gone",
+            rule_type="scale",
+            source_field="no_such_column",
+            transformation_logic="2",
+        ),
+    )
+    runtime.workflows.register_source("acme", DataSource(
+        source_id="risk", source_type="PORTFOLIO_MANAGEMENT", ingestion_mode="ON_DEMAND",
+        data_format="PARQUET", location=str(workflows / "risk.parquet"),
+        target_table="risk_metrics", transformation_rules=["gone"]))  # fmt: skip
+    job = runtime.workflows.sync("acme", "risk")
+    assert job.status is JobStatus.FAILED
+    assert job.error_details is not None
+    assert job.error_details[0]["kind"] == "RuleValidationError"
+    assert job.error_details[0]["reason"] == "unknown field 'no_such_column'"
+    assert [e.data_ingested.records_processed for e in seen] == [0]
+    with pytest.raises(NotFoundError):
+        runtime.workflows.lake_rows("acme", "risk_metrics")

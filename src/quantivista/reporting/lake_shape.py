@@ -88,7 +88,10 @@ def shape(
     if table == "execution_data_lake":
         when = pl.col("execution_date") if "execution_date" in own else None
         if when is None and "execution_time" in own:
-            when = pl.col("execution_time").dt.date()
+            stamp = pl.col("execution_time")
+            if frame.schema["execution_time"] == pl.String():
+                stamp = stamp.str.to_datetime(strict=False)
+            when = stamp.dt.date()
         if when is None or "trade_id" not in own:
             raise InvalidInputError(
                 "execution_data_lake rows need trade_id and execution_date (or execution_time)"

@@ -21,6 +21,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
@@ -45,6 +46,7 @@ from quantivista.reference.fx import FxRates
 from quantivista.reporting.checks import run_checks, validate_checks
 from quantivista.reporting.connectors import Batch, read_files, read_http, read_postgres
 from quantivista.reporting.lake_shape import INPUT_COLUMN, OFFSET_COLUMN, shape
+from quantivista.reporting.simulate import simulate_workflows
 from quantivista.reporting.transform import (
     REJECTED_SCHEMA,
     ROW_COLUMN,
@@ -56,7 +58,7 @@ from quantivista.storage.base import BarStore
 from quantivista.storage.contracts import InstrumentStore, WorkflowCatalog
 from quantivista.storage.lake.workflow_lake import WorkflowLake
 
-__all__ = ["BarsReader", "WorkflowIngestionService", "platform_reference"]
+__all__ = ["BarsReader", "WorkflowIngestionService", "platform_reference", "simulate"]
 
 BarsReader = Callable[[list[str], str | None, str | None, str], pl.DataFrame]
 
@@ -68,6 +70,11 @@ _CATEGORIES = {
     "market_intelligence": "market_intelligence",
     "instrument_analytics": "instrument_analytics",
 }
+
+
+def simulate(out: Path, *, seed: int, rows: int, error_rate: float) -> list[Path]:
+    """Write simulated workflow sources (every dataset in every format) under `out`."""
+    return simulate_workflows(out, seed=seed, rows=rows, error_rate=error_rate)
 
 
 def platform_reference(instruments: InstrumentStore, bars: BarStore) -> Reference:
@@ -196,9 +203,10 @@ class WorkflowIngestionService:
             tenant_id=tenant,
         )
         self.register_source(tenant, source)
-        return self._new_job(tenant, request.source_id)
+        return self.new_job(tenant, request.source_id)
 
-    def _new_job(self, tenant: str, source_id: str) -> IngestionJob:
+    def new_job(self, tenant: str, source_id: str) -> IngestionJob:
+        """Create a pending job of an enabled source (run it with `run_job`)."""
         source = self.catalog.source(tenant, source_id)
         if not source.enabled:
             raise InvalidInputError("the source is disabled", source_id=source_id)
@@ -214,7 +222,7 @@ class WorkflowIngestionService:
 
     def sync(self, tenant: str, source_id: str) -> IngestionJob:
         """Run a source now and return its finished job."""
-        job = self._new_job(tenant, source_id)
+        job = self.new_job(tenant, source_id)
         return self.run_job(tenant, job.job_id)
 
     def job(self, tenant: str, job_id: str) -> IngestionJob:
@@ -286,17 +294,21 @@ class WorkflowIngestionService:
         report: DataQualityReport | None = None
         try:
             job, report = self._run(tenant, job, source, replay)
-        except QuantiVistaError as exc:
+        except Exception as exc:  # a job ends failed with the reason, whatever broke it
+            context = exc.context if isinstance(exc, QuantiVistaError) else {}
             job = job.model_copy(
                 update={
                     "status": JobStatus.FAILED,
                     "end_time": self.clock.now(),
                     "error_details": [
-                        {"kind": type(exc).__name__, "message": str(exc), **exc.context}
+                        {"kind": type(exc).__name__, "message": str(exc).strip(), **context}
                     ],
                 }
             )
             self.catalog.save_job(job)
+            if not isinstance(exc, QuantiVistaError | pl.exceptions.PolarsError):
+                self._announce(source, job, report, (time.perf_counter() - started) * 1000)
+                raise  # a bug, not bad data: recorded, announced, and not hidden
         self._announce(source, job, report, (time.perf_counter() - started) * 1000)
         return job
 
@@ -422,7 +434,7 @@ class WorkflowIngestionService:
         if held.is_empty():
             raise NotFoundError("no dead letters to replay", source_id=source_id, job_id=job_id)
         frame = pl.from_dicts([json.loads(r) for r in held["record"]], infer_schema_length=None)
-        job = self._new_job(tenant, source_id)
+        job = self.new_job(tenant, source_id)
         done = self.run_job(tenant, job.job_id, replay=frame)
         if done.status is not JobStatus.FAILED:
             self.catalog.mark_replayed(tenant, held["id"].to_list(), done.job_id)
