@@ -119,15 +119,16 @@ def test_a_csv_source_lands_in_the_lake_with_dead_letters_lineage_and_an_event(
     first = lake.sort("input_offset").row(0, named=True)
     source_row = raw.row(first["input_offset"], named=True)
     assert first["trade_id"] == source_row["trade_id"]
-    assert json.loads(first["order_data"])["order_side"] == source_row["order_side"]
-    execution = json.loads(first["execution_data"])
+    assert first["order_data"]["order_side"] == source_row["order_side"]
+    execution = first["execution_data"]
     assert execution["execution_notional"] == pytest.approx(
         float(source_row["execution_price"]) * int(source_row["execution_qty"])
     )
     ny = datetime.strptime(source_row["execution_time"], "%Y-%m-%d %H:%M:%S").replace(
         tzinfo=ZoneInfo("America/New_York")
     )
-    assert datetime.fromisoformat(execution["execution_time"]) == ny  # stored in UTC
+    assert execution["execution_time"] == ny
+    assert execution["execution_time"].utcoffset() == timedelta(0)  # stored in UTC
     # the lake is visible to SQL (`qv sql`) with its partition folders as columns
     counted = sql_query(runtime.settings.data_dir, "SELECT count(*) AS n, count(DISTINCT"
                         " execution_date) AS days FROM execution_data_lake")  # fmt: skip
@@ -270,7 +271,7 @@ def test_portfolio_rows_are_partitioned_by_date_and_portfolio(
     ]
     folders = {p.parent.name for p in runtime.workflows.lake.files("portfolio_data_lake", "acme")}
     assert folders == {f"portfolio_id={p}" for p in lake["portfolio_id"].unique().to_list()}
-    assert json.loads(lake["data_payload"][0]).keys() >= {"symbol", "quantity", "market_value"}
+    assert lake["data_payload"][0].keys() >= {"symbol", "quantity", "market_value"}
 
 
 def test_scheduled_sources_are_due_once_per_cron_tick(runtime: Runtime, workflows: Path) -> None:

@@ -248,7 +248,7 @@ class ColumnProfile(BaseModel):
 
     dtype: str
     null_count: int
-    distinct_count: int
+    distinct_count: int = Field(description="approximate (HyperLogLog)")
     min: Any = None
     max: Any = None
     mean: float | None = None

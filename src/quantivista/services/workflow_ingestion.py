@@ -418,7 +418,8 @@ class WorkflowIngestionService:
         if rejected.is_empty():
             return 0
         own = [c for c in raw.columns if not c.startswith("_qv_")]
-        originals = raw.select(
+        wanted = rejected.get_column("row").drop_nulls().implode()
+        originals = raw.filter(pl.col(ROW_COLUMN).is_in(wanted)).select(
             pl.col(ROW_COLUMN).alias("row"), pl.struct(own).struct.json_encode().alias("_orig")
         )
         records = (

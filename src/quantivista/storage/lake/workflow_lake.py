@@ -81,7 +81,7 @@ class WorkflowLake:
             raise InvalidInputError(f"{table} rows need {', '.join(missing)}")
         name = f"part-{_value(job_id)}.parquet"
         written: list[str] = []
-        parts = frame.partition_by(list(keys), as_dict=True, maintain_order=True)
+        parts = frame.partition_by(list(keys), as_dict=True, maintain_order=False)
         for values, part in parts.items():  # a loop over partitions, not rows
             folder = base.joinpath(*(f"{k}={_value(v)}" for k, v in zip(keys, values, strict=True)))
             folder.mkdir(parents=True, exist_ok=True)
