@@ -8,9 +8,11 @@ import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from uuid import uuid4
 from zoneinfo import ZoneInfo
 
 import polars as pl
+import psycopg
 import pytest
 
 from quantivista.bus.events import DataIngestedEvent, Event
@@ -329,3 +331,78 @@ def test_a_job_whose_rules_do_not_fit_the_data_fails_with_the_reason_and_is_anno
     assert [e.data_ingested.records_processed for e in seen] == [0]
     with pytest.raises(NotFoundError):
         runtime.workflows.lake_rows("acme", "risk_metrics")
+
+
+@pytest.fixture
+def pg_runtime(tmp_path: Path, postgres_dsn: str) -> Iterator[Runtime]:
+    schema = f"qv_wf_{uuid4().hex[:10]}"
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        storage={"backend": "postgres", "postgres_schema": schema, "postgres_pool_size": 2},
+        services={"postgres_dsn": postgres_dsn},
+    )
+    try:
+        with Runtime(settings, clock=TestClock(T0)) as rt:
+            yield rt
+    finally:
+        with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def test_on_postgres_an_incremental_source_resumes_and_tenants_stay_apart(
+    pg_runtime: Runtime, postgres_dsn: str
+) -> None:
+    schema = pg_runtime.settings.storage.postgres_schema
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE TABLE "{schema}".oms_positions (seq int8, portfolio_id text,'
+                     " symbol text, quantity float8)")  # fmt: skip
+        conn.execute(f'INSERT INTO "{schema}".oms_positions SELECT i, \'PF\' || (i % 3),'
+                     " 'AAPL', i FROM generate_series(1, 25) i")  # fmt: skip
+    wf = pg_runtime.workflows
+    wf.register_source("acme", DataSource(
+        source_id="oms", source_type="PORTFOLIO_MANAGEMENT", ingestion_mode="INCREMENTAL_SYNC",
+        data_format="JSON", location=postgres_dsn, target_table="portfolio_data_lake",
+        connection_config={"table": f"{schema}.oms_positions", "cursor_column": "seq",
+                           "batch_rows": 10}))  # fmt: skip
+    first = wf.sync("acme", "oms")
+    assert (first.status, first.records_processed) == (JobStatus.SUCCEEDED, 25)
+    assert [i["cursor"]["value"] for i in wf.lineage("acme", first.job_id)["inputs"]] == [
+        10,
+        20,
+        25,
+    ]
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute(f'INSERT INTO "{schema}".oms_positions SELECT i, \'PF1\', \'MSFT\', i'
+                     " FROM generate_series(26, 30) i")  # fmt: skip
+    second = wf.sync("acme", "oms")
+    assert second.records_processed == 5  # only the rows after the cursor
+    lake = wf.lake_rows("acme", "portfolio_data_lake")
+    assert sorted(lake["data_payload"].struct.field("seq").to_list()) == list(range(1, 31))
+    for call in (
+        lambda: wf.sync("globex", "oms"),
+        lambda: wf.job("globex", first.job_id),
+        lambda: wf.report("globex", first.job_id),
+    ):
+        with pytest.raises(NotFoundError):
+            call()
+    assert wf.sources("globex") == [] and wf.jobs("globex") == []
+
+
+def test_market_data_sources_read_the_platforms_own_bars(runtime: Runtime) -> None:
+    from quantivista.model.schema import coerce_bars
+
+    bars = coerce_bars(pl.DataFrame({
+        "symbol": ["AAPL"] * 3, "timeframe": ["1d"] * 3,
+        "ts": [datetime(2026, 11, d, tzinfo=UTC) for d in (2, 3, 4)],
+        "open": [1.0, 2.0, 3.0], "high": [1.0, 2.0, 3.0], "low": [1.0, 2.0, 3.0],
+        "close": [1.0, 2.0, 3.0], "volume": [10.0, 20.0, 30.0],
+    }))  # fmt: skip
+    runtime.writes.write_bars(bars, source="test")
+    runtime.workflows.register_source("acme", DataSource(
+        source_id="bars", source_type="MARKET_DATA", ingestion_mode="ON_DEMAND",
+        data_format="PARQUET", location="bars:AAPL", target_table="instrument_analytics",
+        connection_config={"start": "2026-11-01", "end": "2026-11-30"}))  # fmt: skip
+    job = runtime.workflows.sync("acme", "bars")
+    assert job.records_processed == 3
+    lake = runtime.workflows.lake_rows("acme", "instrument_analytics")
+    assert lake.sort("ts")["close"].to_list() == [1.0, 2.0, 3.0]
