@@ -37,11 +37,13 @@ from quantivista.services.ingestion import IngestionService
 from quantivista.services.maintenance import MaintenanceService
 from quantivista.services.providers import ProviderService
 from quantivista.services.quality import QualityService
-from quantivista.services.queries import QueryService
+from quantivista.services.queries import BarQuery, QueryService
 from quantivista.services.reference import ReferenceService
 from quantivista.services.simulation import SimulationService
+from quantivista.services.workflow_ingestion import WorkflowIngestionService, platform_reference
 from quantivista.services.writes import WriteService
 from quantivista.storage import open_backend
+from quantivista.storage.lake.workflow_lake import WorkflowLake
 
 __all__ = ["Runtime"]
 
@@ -113,6 +115,16 @@ class Runtime:
         self.simulation = SimulationService(self.acquisition)
         self.auth = AuthService(
             self.backend.clients, self.backend.catalog, settings.api, self.clock
+        )
+        self.workflows = WorkflowIngestionService(
+            self.backend.workflows,
+            WorkflowLake(settings.data_dir),
+            self.bus,
+            self.clock,
+            reference=lambda: platform_reference(self.backend.instruments, self.backend.bars),
+            bars=lambda symbols, start, end, tf: self.queries.bars(
+                BarQuery.of(symbols, start, end, timeframe=tf)
+            ),
         )
 
     @classmethod

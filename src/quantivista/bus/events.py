@@ -8,12 +8,15 @@ from uuid import uuid4
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from quantivista.model.workflow import DataIngestedPayload
+
 __all__ = [
     "EVENT_TYPES",
     "ActionsIngested",
     "BarsIngested",
     "BarsQuarantined",
     "BarsStreamed",
+    "DataIngestedEvent",
     "Event",
 ]
 
@@ -84,7 +87,23 @@ class BarsStreamed(Event):
     correction: bool = False
 
 
+class DataIngestedEvent(Event):
+    """A reporting-side ingestion job finished (succeeded, partial or failed)."""
+
+    topic: ClassVar[str] = "data.ingested"
+
+    timestamp: AwareDatetime
+    data_ingested: DataIngestedPayload
+
+
 # every event type by name, for decoding envelopes
 EVENT_TYPES: dict[str, type[Event]] = {
-    cls.__name__: cls for cls in (BarsIngested, BarsQuarantined, ActionsIngested, BarsStreamed)
+    cls.__name__: cls
+    for cls in (
+        BarsIngested,
+        BarsQuarantined,
+        ActionsIngested,
+        BarsStreamed,
+        DataIngestedEvent,
+    )
 }
