@@ -12,11 +12,14 @@ from hypothesis import strategies as st
 from quantivista.bus.envelope import Envelope
 from quantivista.bus.events import (
     EVENT_TYPES,
+    ActionsBatch,
     ActionsIngested,
+    BarBatch,
     BarsIngested,
     BarsQuarantined,
     BarsStreamed,
     Event,
+    TradesBatch,
 )
 from quantivista.errors import BusError
 
@@ -30,6 +33,10 @@ EVENTS: list[Event] = [
     ActionsIngested(occurred_at=AT, source="lean", symbols=["AAPL"], rows=4),
     BarsStreamed(occurred_at=AT, source="finnhub", timeframe="1m", correction=True,
                  rows=[{"symbol": "A", "ts": "2026-11-23T15:00:00+00:00", "close": 1.5}]),
+    TradesBatch(occurred_at=AT, source="finnhub", rows=1, symbols=["A"], trades=b"\x00\xff"),
+    BarBatch(occurred_at=AT, source="stream", stage="raw", timeframe="1m", rows=0, symbols=[],
+             bars=b"\x01\x02\xfe", offsets="trades.finnhub:1-2"),
+    ActionsBatch(occurred_at=AT, source="lean", rows=0, symbols=[], actions=b""),
 ]  # fmt: skip
 
 

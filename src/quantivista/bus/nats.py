@@ -18,6 +18,7 @@ import contextlib
 import re
 import threading
 from collections.abc import Coroutine, Iterator, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
@@ -251,7 +252,7 @@ class NatsBroker:
             while True:
                 try:
                     batch = self._run(sub.fetch(500, timeout=2.0))
-                except NatsTimeout:
+                except TimeoutError:
                     return
                 for msg in batch:
                     message = _message(topic, msg)
@@ -335,6 +336,7 @@ class _NatsSubscription:
         self._broker = broker
         self._subs = subs
         self._inflight: dict[int, Msg] = {}
+        self._counts: dict[int, int] = {}  # offset -> deliveries seen here, until acked
 
     def fetch(self, max_messages: int = 100, timeout_s: float = 1.0) -> list[Message]:
         if not self._subs:
@@ -342,7 +344,15 @@ class _NatsSubscription:
         msgs = self._broker._run(self._fetch(max_messages, timeout_s), timeout_s + 30)
         out = []
         for msg in msgs:
+            held = self._inflight.get(int(msg.metadata.sequence.stream))
+            if held is not None and held.reply == msg.reply:
+                continue  # the same delivery seen twice (a pull that outlived its fetch)
             message = _message(self.topic, msg)
+            # the server may count a redelivery after an expired pull as a first delivery
+            count = max(message.deliveries, self._counts.get(message.offset, 0) + 1)
+            self._counts[message.offset] = count
+            if count != message.deliveries:
+                message = replace(message, deliveries=count)
             self._inflight[message.offset] = msg
             out.append(message)
         out.sort(key=lambda m: m.offset)
@@ -352,7 +362,7 @@ class _NatsSubscription:
         if len(self._subs) == 1:
             try:
                 return list(await self._subs[0].fetch(max_messages, timeout=timeout_s))
-            except NatsTimeout:
+            except TimeoutError:
                 return []
         # several partitions: short pulls on all of them until one has messages (a pull is
         # never cancelled half-way: that would drop the messages it already took)
@@ -366,13 +376,14 @@ class _NatsSubscription:
             )
             out = [m for r in results if isinstance(r, list) for m in r]
             for r in results:
-                if isinstance(r, BaseException) and not isinstance(r, NatsTimeout):
+                if isinstance(r, BaseException) and not isinstance(r, (NatsTimeout, TimeoutError)):
                     raise BusError(f"fetch from {self.topic} failed: {r}", topic=self.topic)
             if out or loop.time() >= deadline:
                 return out
 
     def ack(self, message: Message) -> None:
         msg = self._inflight.pop(message.offset, None)
+        self._counts.pop(message.offset, None)
         if msg is not None:
             self._broker._run(msg.ack())
 
