@@ -12,12 +12,15 @@ from hypothesis import strategies as st
 from quantivista.bus.envelope import Envelope
 from quantivista.bus.events import (
     EVENT_TYPES,
+    ActionsBatch,
     ActionsIngested,
+    BarBatch,
     BarsIngested,
     BarsQuarantined,
     BarsStreamed,
     DataIngestedEvent,
     Event,
+    TradesBatch,
 )
 from quantivista.errors import BusError
 from quantivista.model.workflow import DataIngestedPayload, DataSourceType, IngestionMode
@@ -36,6 +39,10 @@ EVENTS: list[Event] = [
         job_id="j", source_id="positions", source_type=DataSourceType.PORTFOLIO_MANAGEMENT,
         ingestion_mode=IngestionMode.ON_DEMAND, records_processed=9, records_failed=1,
         quality_score=0.9, processing_time_ms=12.5, data_categories=["positions"])),
+    TradesBatch(occurred_at=AT, source="finnhub", rows=1, symbols=["A"], trades=b"\x00\xff"),
+    BarBatch(occurred_at=AT, source="stream", stage="raw", timeframe="1m", rows=0, symbols=[],
+             bars=b"\x01\x02\xfe", offsets="trades.finnhub:1-2"),
+    ActionsBatch(occurred_at=AT, source="lean", rows=0, symbols=[], actions=b""),
 ]  # fmt: skip
 
 

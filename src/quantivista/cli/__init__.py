@@ -16,6 +16,7 @@ from quantivista.cli.commands import (
     reference,
     serve,
     storage,
+    stream,
     workflows,
 )
 from quantivista.cli.render import sparkline
@@ -25,7 +26,7 @@ __all__ = ["app", "main", "sparkline"]
 # imported for their commands, which they register on `app`
 _COMMAND_MODULES = (
     bars, config, demo, ingest, operations, providers, quality, reference, serve, storage,
-    workflows,
+    stream, workflows,
 )  # fmt: skip
 
 
