@@ -5,10 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import polars as pl
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from quantivista.bus.events import BarsIngested, Event
+from quantivista.pipeline import stages
 from quantivista.pipeline.stages import distinct
 from quantivista.platform import Platform
 
@@ -107,3 +109,16 @@ def test_one_symbol_rule_at_coercion_bad_rows_to_quarantine(platform: Platform) 
     assert "empty symbol" in reasons
     assert any("'\\n'" in r for r in reasons)
     assert any("longer than 32" in r for r in reasons)
+
+
+def test_scores_kept_on_a_thread_beside_the_bars(
+    platform: Platform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(stages, "_OVERLAP_ROWS", 1)  # every batch takes the threaded path
+    frame = _bars(platform, ["AAA", "BBB"])
+    report = platform.write_bars(frame, source="t")
+    assert report.invalid_records == 0
+    assert platform.bars("AAA").height == frame.height // 2
+    scores = platform.runtime.backend.scores.read()
+    assert sorted(scores["symbol"].unique().to_list()) == ["AAA", "BBB"]
+    assert scores.height == frame.height  # one score per symbol-day

@@ -377,6 +377,9 @@ def _with_held(report: DataQualityReport, held: pl.DataFrame) -> DataQualityRepo
 
 
 # -- store ---------------------------------------------------------------------------------
+_OVERLAP_ROWS = 100_000  # below this, a thread costs more than the overlap saves
+
+
 def store(
     validated: ValidatedBatch, sinks: Sinks, at: datetime, *, dedupe_quarantine: bool = True
 ) -> StoredBatch:
@@ -385,8 +388,15 @@ def store(
     Derived timeframes (rollups) follow their 1-minute bars. Idempotent: storing the same
     batch twice changes nothing the second time.
     """
-    sinks.scores.add(validated.scores, at)
-    stats = sinks.bars.upsert(validated.clean)
+    if validated.clean.height >= _OVERLAP_ROWS:
+        # the day scores are a separate store: kept on a thread while the bars are written
+        with ThreadPoolExecutor(1, thread_name_prefix="qv-scores") as pool:
+            scored = pool.submit(sinks.scores.add, validated.scores, at)
+            stats = sinks.bars.upsert(validated.clean)
+            scored.result()
+    else:
+        sinks.scores.add(validated.scores, at)
+        stats = sinks.bars.upsert(validated.clean)
     if stats.written and sinks.rollup is not None:
         sinks.rollup.refresh(validated.clean)
     quarantined = sinks.quarantine.add(
