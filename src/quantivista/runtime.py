@@ -39,6 +39,7 @@ from quantivista.services.quality import QualityService
 from quantivista.services.queries import QueryService
 from quantivista.services.reference import ReferenceService
 from quantivista.services.simulation import SimulationService
+from quantivista.services.workers import WorkerMetrics, WorkerService
 from quantivista.services.writes import WriteService
 from quantivista.storage import open_backend
 
@@ -100,6 +101,7 @@ class Runtime:
             self.clock,
             settings.ingest,
             after_run=self.providers.save_stats,
+            workers=settings.workers,
         )
         self.quality = QualityService(
             self.backend.quarantine, self.backend.scores, self.backend.catalog
@@ -124,6 +126,26 @@ class Runtime:
     ) -> Runtime:
         """Build a runtime from explicit settings (`create=False`: the store must exist)."""
         return cls(settings, clock=clock, registry=registry, create=create)
+
+    def worker(
+        self,
+        queue: str | None = None,
+        concurrency: int | None = None,
+        *,
+        probe_port: int | None = None,
+    ) -> WorkerService:
+        """Return a worker serving `queue` (default: `workers.queue`) of this job catalog."""
+        metrics = WorkerMetrics()
+        self.ingestion.events = metrics.event
+        return WorkerService(
+            self.ingestion,
+            self.settings.workers,
+            self.settings.probes,
+            metrics=metrics,
+            queue=queue,
+            concurrency=concurrency,
+            probe_port=probe_port,
+        )
 
     def calendar(self, mic: str | None = None) -> TradingCalendar:
         """Return an exchange's trading calendar (default: the ingest calendar)."""

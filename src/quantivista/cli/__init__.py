@@ -15,13 +15,16 @@ from quantivista.cli.commands import (
     reference,
     serve,
     storage,
+    worker,
 )
 from quantivista.cli.render import sparkline
 
 __all__ = ["app", "main", "sparkline"]
 
 # imported for their commands, which they register on `app`
-_COMMAND_MODULES = (bars, config, demo, ingest, providers, quality, reference, serve, storage)
+_COMMAND_MODULES = (
+    bars, config, demo, ingest, providers, quality, reference, serve, storage, worker,
+)  # fmt: skip
 
 
 def main() -> None:
