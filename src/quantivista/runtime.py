@@ -32,6 +32,7 @@ from quantivista.quality.validate import Validator
 from quantivista.reference.calendars import TradingCalendar, get_calendar
 from quantivista.reference.instruments import InstrumentMaster
 from quantivista.services.auth import AuthService
+from quantivista.services.backfill import BackfillService
 from quantivista.services.ingestion import IngestionService
 from quantivista.services.maintenance import MaintenanceService
 from quantivista.services.providers import ProviderService
@@ -102,6 +103,14 @@ class Runtime:
             settings.ingest,
             after_run=self.providers.save_stats,
             workers=settings.workers,
+        )
+        self.backfill = BackfillService(
+            self.backend.bars,
+            self.calendar,
+            self.acquisition.registry,
+            settings,
+            self.ingestion,
+            self.clock.now,
         )
         self.quality = QualityService(
             self.backend.quarantine, self.backend.scores, self.backend.catalog

@@ -6,6 +6,7 @@ options and the one mapping of platform errors to exit codes; `render.py` the ta
 
 from quantivista.cli.app import app
 from quantivista.cli.commands import (
+    backfill,
     bars,
     config,
     demo,
@@ -23,7 +24,7 @@ __all__ = ["app", "main", "sparkline"]
 
 # imported for their commands, which they register on `app`
 _COMMAND_MODULES = (
-    bars, config, demo, ingest, providers, quality, reference, serve, storage, worker,
+    backfill, bars, config, demo, ingest, providers, quality, reference, serve, storage, worker,
 )  # fmt: skip
 
 
