@@ -22,6 +22,7 @@ from quantivista.acquisition.wiring import Acquisition
 from quantivista.bus.memory import InMemoryBus
 from quantivista.clock import Clock, SystemClock
 from quantivista.config import Settings
+from quantivista.ops.metrics import SymbolGroups
 from quantivista.pipeline.runner import InProcessRunner
 from quantivista.pipeline.stages import EpochCache, Sinks, data_epoch
 from quantivista.processing.rollup import Rollup
@@ -85,6 +86,7 @@ class Runtime:
             clock=self.clock,
             validator=lambda: self.validator,
             timezone=lambda: self.calendar().tz,
+            groups=SymbolGroups(settings.ops.symbol_groups),
         )
         self.writes = WriteService(
             self.runner,
@@ -165,13 +167,16 @@ class Runtime:
         """Return the validator: default rules plus the business rules file, if any."""
         quality = self.settings.quality
         rules = DEFAULT_RULES + load_rules(quality.rules_file) if quality.rules_file else None
-        return Validator(self.calendar(), rules or DEFAULT_RULES, quality)
+        return Validator(self.calendar(), rules or DEFAULT_RULES, quality, self.settings.intraday)
 
     @cached_property
     def rollup(self) -> Rollup | None:
         """Return the rollup keeping derived timeframes, when `storage.rollups` names any."""
         targets = self.settings.storage.rollups
-        return Rollup(self.backend.bars, self.calendar(), targets) if targets else None
+        if not targets:
+            return None
+        session = self.settings.intraday.rollup_session
+        return Rollup(self.backend.bars, self.calendar(), targets, session=session)
 
     def _dead_letter(
         self, topic: str, payload: dict[str, Any], error: str, handler: str | None

@@ -11,6 +11,7 @@ from quantivista.cli.commands import (
     config,
     demo,
     ingest,
+    operations,
     providers,
     quality,
     reference,
@@ -24,7 +25,8 @@ __all__ = ["app", "main", "sparkline"]
 
 # imported for their commands, which they register on `app`
 _COMMAND_MODULES = (
-    backfill, bars, config, demo, ingest, providers, quality, reference, serve, storage, worker,
+    backfill, bars, config, demo, ingest, operations, providers, quality, reference, serve,
+    storage, worker,
 )  # fmt: skip
 
 
