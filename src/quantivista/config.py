@@ -56,6 +56,7 @@ __all__ = [
     "SimulatorSettings",
     "StorageSettings",
     "StreamSettings",
+    "WorkerSettings",
 ]
 
 
@@ -571,6 +572,32 @@ class IntegrateSettings(_Section):
     max_deliver: int = Field(default=5, ge=1)
 
 
+class WorkerSettings(_Section):
+    """`qv worker` processes sharing the job catalog's queue (issue 17)."""
+
+    enabled: bool = Field(
+        default=False,
+        description="jobs posted to the API are queued for workers instead of run in the API",
+    )
+    queue: str = Field(default="default", min_length=1, description="the queue workers serve")
+    concurrency: int = Field(default=2, ge=1, le=64, description="tasks one worker runs at once")
+    max_attempts: int = Field(
+        default=3, ge=1, le=100, description="claims of one task before it fails with the reason"
+    )
+    poll_s: float = Field(
+        default=0.5, gt=0, description="an idle worker looks for new tasks this often"
+    )
+    reap_s: float = Field(
+        default=5.0, gt=0, description="how often a worker returns lapsed leases to the queue"
+    )
+    drain_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="on SIGTERM, running tasks get this long to finish, then their leases are"
+        " released for other workers",
+    )
+
+
 class Settings(BaseSettings):
     """All configuration of a platform instance (frozen once built)."""
 
@@ -598,6 +625,7 @@ class Settings(BaseSettings):
     intraday: IntradaySettings = IntradaySettings()
     api: ApiSettings = ApiSettings()
     probes: ProbeSettings = ProbeSettings()
+    workers: WorkerSettings = WorkerSettings()
     ops: OpsSettings = OpsSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
     bus: BusSettings = BusSettings()
