@@ -9,6 +9,7 @@ No other module reads the environment.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from datetime import date
 from pathlib import Path
@@ -368,6 +369,28 @@ class QualitySettings(_Section):
     max_issues_per_rule: int = Field(default=50, ge=0, description="issues listed per rule")
 
 
+class IntradaySettings(_Section):
+    """Intraday sessions and the 1-minute bad-print rule (issue 19)."""
+
+    rollup_session: Literal["regular", "extended"] = Field(
+        default="regular",
+        description='"extended": storage rollups add pre/post-market bars (flagged'
+        " outside_session) beside the regular-session ones",
+    )
+    bad_print_window: int = Field(
+        default=5, ge=2, le=30, description="neighbour minutes on each side of a 1m bar"
+    )
+    bad_print_z: float = Field(
+        default=12.0, gt=0, description="robust z of a print against its neighbours"
+    )
+    bad_print_min_move: float = Field(
+        default=0.005, gt=0, description="least relative distance from the neighbours"
+    )
+    auction_factor: float = Field(
+        default=3.0, ge=1, description="thresholds x this on the session's first/last minute"
+    )
+
+
 class ApiSettings(_Section):
     """The Market Data API service (`qv serve`)."""
 
@@ -479,6 +502,75 @@ class IntegrateSettings(_Section):
     max_deliver: int = Field(default=5, ge=1)
 
 
+class OpsSettings(_Section):
+    """Operations: metric groups, the scheduler, alerting and tracing (issue 16)."""
+
+    symbol_groups: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="freshness groups: name -> regular expressions of symbols (none: 'all')",
+    )
+
+    @field_validator("symbol_groups")
+    @classmethod
+    def _check_groups(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for name, patterns in value.items():
+            for pattern in patterns:
+                try:
+                    re.compile(pattern)
+                except re.error as exc:
+                    raise ValueError(
+                        f"group {name}: {pattern!r} is no regular expression: {exc}"
+                    ) from None
+        return value
+
+
+class ScheduleEntry(_Section):
+    """One entry of `qv scheduler`: a registered job on a cron line or after exchanges' closes."""
+
+    job: str = Field(description="a registered job: retention, backup, compaction, "
+                     "universe_update, or one a plug-in registered")  # fmt: skip
+    cron: str | None = Field(
+        default=None, description="cron line in UTC (5 fields; a 6th is seconds)"
+    )
+    after_close: list[str] = Field(
+        default_factory=list, description="MICs: run after each session close of each exchange"
+    )
+    offset_minutes: float = Field(default=30.0, ge=0, description="minutes after the close")
+    args: dict[str, Any] = Field(default_factory=dict, description="passed to the job")
+    enabled: bool = True
+
+    @model_validator(mode="after")
+    def _one_trigger(self) -> ScheduleEntry:
+        if (self.cron is None) == (not self.after_close):
+            raise ValueError("a schedule entry needs either cron or after_close, not both")
+        if self.cron is not None:
+            from croniter import croniter
+
+            if not croniter.is_valid(self.cron):
+                raise ValueError(f"{self.cron!r} is not a cron line")
+        return self
+
+
+def _default_entries() -> dict[str, ScheduleEntry]:
+    return {
+        "universe-update": ScheduleEntry(job="universe_update", after_close=["XNYS"]),
+        "retention": ScheduleEntry(job="retention", cron="15 2 * * *"),
+        "backup": ScheduleEntry(job="backup", cron="30 2 * * *"),
+        "compaction": ScheduleEntry(job="compaction", cron="0 3 * * 0"),
+    }
+
+
+class SchedulerSettings(_Section):
+    """`qv scheduler`: what runs when; one active scheduler per store (a lease)."""
+
+    entries: dict[str, ScheduleEntry] = Field(default_factory=_default_entries)
+    tick_s: float = Field(default=5.0, gt=0, description="how often due entries are checked")
+    backup_dir: Path | None = Field(
+        default=None, description="where scheduled backups go (default: DATA_DIR/../backups)"
+    )
+    keep_backups: int = Field(default=7, ge=1, description="scheduled backups kept")
+
+
 class Settings(BaseSettings):
     """All configuration of a platform instance (frozen once built)."""
 
@@ -503,11 +595,14 @@ class Settings(BaseSettings):
     providers: ProviderSettings = ProviderSettings()
     simulator_server: SimulatorServerSettings = SimulatorServerSettings()
     quality: QualitySettings = QualitySettings()
+    intraday: IntradaySettings = IntradaySettings()
     api: ApiSettings = ApiSettings()
     probes: ProbeSettings = ProbeSettings()
     bus: BusSettings = BusSettings()
     stream: StreamSettings = StreamSettings()
     integrate: IntegrateSettings = IntegrateSettings()
+    ops: OpsSettings = OpsSettings()
+    scheduler: SchedulerSettings = SchedulerSettings()
 
     def __init__(self, **values: Any) -> None:
         """Load settings; a wrong value or file raises one-line `ConfigurationError`s."""

@@ -26,6 +26,7 @@ from quantivista.bus.memory import InMemoryBus
 from quantivista.bus.registry import SchemaRegistry
 from quantivista.clock import Clock, SystemClock
 from quantivista.config import Settings
+from quantivista.ops.metrics import SymbolGroups
 from quantivista.pipeline.runner import InProcessRunner
 from quantivista.pipeline.stages import EpochCache, Sinks, data_epoch
 from quantivista.processing.rollup import Rollup
@@ -88,6 +89,7 @@ class Runtime:
             clock=self.clock,
             validator=lambda: self.validator,
             timezone=lambda: self.calendar().tz,
+            groups=SymbolGroups(settings.ops.symbol_groups),
         )
         self.writes = WriteService(
             self.runner,
@@ -139,13 +141,16 @@ class Runtime:
         """Return the validator: default rules plus the business rules file, if any."""
         quality = self.settings.quality
         rules = DEFAULT_RULES + load_rules(quality.rules_file) if quality.rules_file else None
-        return Validator(self.calendar(), rules or DEFAULT_RULES, quality)
+        return Validator(self.calendar(), rules or DEFAULT_RULES, quality, self.settings.intraday)
 
     @cached_property
     def rollup(self) -> Rollup | None:
         """Return the rollup keeping derived timeframes, when `storage.rollups` names any."""
         targets = self.settings.storage.rollups
-        return Rollup(self.backend.bars, self.calendar(), targets) if targets else None
+        if not targets:
+            return None
+        session = self.settings.intraday.rollup_session
+        return Rollup(self.backend.bars, self.calendar(), targets, session=session)
 
     @cached_property
     def broker(self) -> Broker:

@@ -10,6 +10,7 @@ from quantivista.cli.commands import (
     config,
     demo,
     ingest,
+    operations,
     providers,
     quality,
     reference,
@@ -23,17 +24,9 @@ __all__ = ["app", "main", "sparkline"]
 
 # imported for their commands, which they register on `app`
 _COMMAND_MODULES = (
-    bars,
-    config,
-    demo,
-    ingest,
-    providers,
-    quality,
-    reference,
-    serve,
-    storage,
+    bars, config, demo, ingest, operations, providers, quality, reference, serve, storage,
     stream,
-)
+)  # fmt: skip
 
 
 def main() -> None:

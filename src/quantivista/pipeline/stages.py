@@ -355,7 +355,14 @@ def validate(
         names = pl.concat([names, batch.held["symbol"]])
     symbols = distinct(names) if names.len() else []
     return ValidatedBatch(
-        batch.id, batch.source, result.clean, rejected, result.scores, report, symbols
+        batch.id,
+        batch.source,
+        result.clean,
+        rejected,
+        result.scores,
+        report,
+        symbols,
+        result.decided if result.decided.height else None,
     )
 
 
@@ -386,9 +393,12 @@ def store(
     batch twice changes nothing the second time.
     """
     sinks.scores.add(validated.scores, at)
-    stats = sinks.bars.upsert(validated.clean)
+    rows = validated.clean
+    if validated.decided is not None:  # earlier bars whose pending spike is now decided
+        rows = pl.concat([rows, validated.decided.select(rows.columns)], how="vertical_relaxed")
+    stats = sinks.bars.upsert(rows)
     if stats.written and sinks.rollup is not None:
-        sinks.rollup.refresh(validated.clean)
+        sinks.rollup.refresh(rows)
     quarantined = sinks.quarantine.add(
         validated.rejected, job_id=validated.id.job_id, at=at, dedupe=dedupe_quarantine
     )

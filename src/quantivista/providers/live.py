@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Sequence
 
@@ -65,12 +66,14 @@ async def synthetic_trades(
 
 
 async def finnhub_trades(
-    stream: FinnhubTradeStream, *, max_wait_s: float = 0.05
+    stream: FinnhubTradeStream, *, max_wait_s: float = 0.02, max_trades: int = 10_000
 ) -> AsyncIterator[pl.DataFrame]:
     """Yield the stream's trades as frames: what arrived within `max_wait_s` of the first."""
     trades = stream.trades()
+    loop = asyncio.get_running_loop()
     pending: asyncio.Future[Trade] | None = None
     batch: list[Trade] = []
+    deadline = 0.0
     try:
         while True:
             if pending is None:
@@ -78,15 +81,20 @@ async def finnhub_trades(
             if not batch:
                 batch.append(await pending)
                 pending = None
+                deadline = loop.time() + max_wait_s
                 continue
-            done, _ = await asyncio.wait({pending}, timeout=max_wait_s)
-            if done:
-                batch.append(pending.result())
-                pending = None
-                continue
+            wait = deadline - loop.time()
+            if wait > 0 and len(batch) < max_trades:
+                done, _ = await asyncio.wait({pending}, timeout=wait)
+                if done:
+                    batch.append(pending.result())
+                    pending = None
+                    continue
             yield trades_frame(batch)
             batch = []
     finally:
         if pending is not None:
             pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pending
         await trades.aclose()  # type: ignore[attr-defined]

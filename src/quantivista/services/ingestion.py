@@ -26,6 +26,7 @@ from quantivista.config import IngestSettings
 from quantivista.errors import InvalidInputError, ProviderError, QuantiVistaError
 from quantivista.model.jobs import DataQualityReport, IngestionJob, JobStatus, JobTask, TaskStatus
 from quantivista.model.timeframe import Timeframe, TimeframeLike
+from quantivista.ops.metrics import record_job, stage
 from quantivista.pipeline.messages import BatchId, RawBatch
 from quantivista.pipeline.runner import InProcessRunner
 from quantivista.pipeline.stages import Progress, acquire
@@ -216,17 +217,18 @@ class IngestionService:
 
         with _Heartbeat(beat, self.settings.heartbeat_s):
             try:
-                raw = acquire(
-                    router,
-                    task.symbols,
-                    job.request_start,
-                    job.request_end,
-                    tf,
-                    BatchId(job.job_id, task.task_id, task.attempts),
-                    self.clock,
-                    concurrency=self.settings.fetch_concurrency,
-                    progress=tick,
-                )
+                with stage("acquire"):
+                    raw = acquire(
+                        router,
+                        task.symbols,
+                        job.request_start,
+                        job.request_end,
+                        tf,
+                        BatchId(job.job_id, task.task_id, task.attempts),
+                        self.clock,
+                        concurrency=self.settings.fetch_concurrency,
+                        progress=tick,
+                    )
                 stored = self.runner.ingest(raw)
             except Exception as exc:  # recorded on the task and the job, then raised
                 failed = task.model_copy(
@@ -258,6 +260,7 @@ class IngestionService:
         job.end_time = self.clock.now()
         job.error_details.append({"scope": "job", "kind": type(exc).__name__, "message": str(exc)})
         self.catalog.save_job(job)
+        record_job("ingest", JobStatus.FAILED.value)
 
     def _finish(self, job_id: str) -> IngestionJob:
         """Roll the tasks' outcomes up into the job once none is left to run."""
@@ -282,6 +285,7 @@ class IngestionService:
             job.status = JobStatus.SUCCEEDED
         job.end_time = self.clock.now()
         self.catalog.save_job(job)
+        record_job("ingest", job.status.value)
         return job
 
     # -- follow and recover ----------------------------------------------------------------
