@@ -7,6 +7,7 @@ options and the one mapping of platform errors to exit codes; `render.py` the ta
 from quantivista.cli.app import app
 from quantivista.cli.commands import (
     bars,
+    bus,
     config,
     demo,
     ingest,
@@ -24,7 +25,7 @@ __all__ = ["app", "main", "sparkline"]
 
 # imported for their commands, which they register on `app`
 _COMMAND_MODULES = (
-    bars, config, demo, ingest, operations, providers, quality, reference, serve, storage,
+    bars, bus, config, demo, ingest, operations, providers, quality, reference, serve, storage,
     stream,
 )  # fmt: skip
 
