@@ -176,6 +176,8 @@ def test_kill_9_and_a_broker_restart_lose_and_double_nothing(
         second = integrate(env, "--idle-exit", "6")
         out, err = second.communicate(timeout=180)
         assert second.returncode == 0, err
+        stats = json.loads(out.strip().splitlines()[-1])
+        assert stats["dead_lettered"] == 0 and stats["messages"] >= MESSAGES // 2
     finally:
         for proc in (first,):
             if proc.poll() is None:
