@@ -415,6 +415,16 @@ class ApiSettings(_Section):
     exports_dir: Path | None = Field(
         default=None, description="where bulk exports are written (default: DATA_DIR/exports)"
     )
+    relay: bool | None = Field(
+        default=None,
+        description="feed WebSocket clients from the broker's bar and trade topics (None: when "
+        "bus.url is a real broker, not memory://)",
+    )
+    relay_topics: list[str] = Field(
+        default_factory=lambda: ["bars.raw.1m", "bars.enriched", "trades.finnhub",
+                                 "trades.synthetic"],
+        description="broker topics relayed to WebSocket clients",
+    )  # fmt: skip
     exports_url: str | None = Field(
         default=None,
         description="an fsspec URL for bulk exports (s3://bucket/exports) shared by every API "
