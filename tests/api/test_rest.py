@@ -324,3 +324,26 @@ def test_intraday_bars_are_the_regular_session_unless_extended_is_asked(
         == extended.filter((pl.col("quality_flags") & (1 << 15)) == 0)["ts"].to_list()
     )
     assert bogus.status_code == 422 and "session" in bogus.text
+
+
+def test_with_workers_enabled_a_posted_job_is_queued_for_a_worker(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "qv", workers={"enabled": True, "poll_s": 0.05})
+    creds = make_client(settings, "acme", "read:bars,write:ingest")
+    with live_api(settings) as api, api.client(headers=bearer(api, creds)) as http:
+        body = {"symbols": SYMBOLS[:2], "start": "2022-01-03", "end": "2022-01-31"}
+        submitted = http.post("/api/v1/jobs", json=body)
+        assert submitted.status_code == 202, submitted.text
+        job_id = submitted.json()["job_id"]
+        assert submitted.json()["queue"] == "default"
+        time.sleep(0.5)
+        assert http.get(f"/api/v1/jobs/{job_id}").json()["status"] == "pending"  # not run here
+        with Platform.from_settings(settings) as p:
+            worker = p.runtime.worker(probe_port=0).start()
+            try:
+                done = p.runtime.ingestion.wait(job_id, timeout_s=30, poll_s=0.05)
+            finally:
+                worker.stop()
+                worker.wait()
+        assert done.status.value == "succeeded"
+        seen = http.get(f"/api/v1/jobs/{job_id}").json()
+        assert seen["status"] == "succeeded" and seen["records_processed"] == 2 * 20
