@@ -10,7 +10,8 @@ the neighbours, never to a fixed band:
   the print itself), so quiet and busy stocks get their own thresholds;
 - a bar is a bad print when its high (low, close) lies more than T = max(min_move, z x scale)
   beyond the reference while the minute before and the minute after stay within T / 2 of
-  it: isolated and reverting. A level shift (news) moves the next minutes too: not flagged;
+  the reference: isolated and reverting. A level shift (news) moves the next minutes too:
+  not flagged;
 - the opening and closing auction minutes (the first and last minute of each regular-hours
   run) print away from continuous trading by design: their T is multiplied by
   `auction_factor`; a missing neighbour there counts as within. A run that ends before
