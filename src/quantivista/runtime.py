@@ -37,18 +37,22 @@ from quantivista.quality.validate import Validator
 from quantivista.reference.calendars import TradingCalendar, get_calendar
 from quantivista.reference.instruments import InstrumentMaster
 from quantivista.services.auth import AuthService
+from quantivista.services.backfill import BackfillService
 from quantivista.services.distribution import DistributionService
 from quantivista.services.ingestion import IngestionService
 from quantivista.services.integration import IntegrationService
 from quantivista.services.maintenance import MaintenanceService
 from quantivista.services.providers import ProviderService
 from quantivista.services.quality import QualityService
-from quantivista.services.queries import QueryService
+from quantivista.services.queries import BarQuery, QueryService
 from quantivista.services.reference import ReferenceService
 from quantivista.services.simulation import SimulationService
 from quantivista.services.streaming import StreamService
+from quantivista.services.workers import WorkerMetrics, WorkerService
+from quantivista.services.workflow_ingestion import WorkflowIngestionService, platform_reference
 from quantivista.services.writes import WriteService
 from quantivista.storage import open_backend
+from quantivista.storage.lake.workflow_lake import WorkflowLake
 
 __all__ = ["Runtime"]
 
@@ -109,6 +113,15 @@ class Runtime:
             self.clock,
             settings.ingest,
             after_run=self.providers.save_stats,
+            workers=settings.workers,
+        )
+        self.backfill = BackfillService(
+            self.backend.bars,
+            self.calendar,
+            self.acquisition.registry,
+            settings,
+            self.ingestion,
+            self.clock.now,
         )
         self.quality = QualityService(
             self.backend.quarantine, self.backend.scores, self.backend.catalog
@@ -120,6 +133,16 @@ class Runtime:
         self.simulation = SimulationService(self.acquisition)
         self.auth = AuthService(
             self.backend.clients, self.backend.catalog, settings.api, self.clock
+        )
+        self.workflows = WorkflowIngestionService(
+            self.backend.workflows,
+            WorkflowLake(settings.data_dir),
+            self.bus,
+            self.clock,
+            reference=lambda: platform_reference(self.backend.instruments, self.backend.bars),
+            bars=lambda symbols, start, end, tf: self.queries.bars(
+                BarQuery.of(symbols, start, end, timeframe=tf)
+            ),
         )
 
     @classmethod
@@ -133,6 +156,26 @@ class Runtime:
     ) -> Runtime:
         """Build a runtime from explicit settings (`create=False`: the store must exist)."""
         return cls(settings, clock=clock, registry=registry, create=create)
+
+    def worker(
+        self,
+        queue: str | None = None,
+        concurrency: int | None = None,
+        *,
+        probe_port: int | None = None,
+    ) -> WorkerService:
+        """Return a worker serving `queue` (default: `workers.queue`) of this job catalog."""
+        metrics = WorkerMetrics()
+        self.ingestion.events = metrics.event
+        return WorkerService(
+            self.ingestion,
+            self.settings.workers,
+            self.settings.probes,
+            metrics=metrics,
+            queue=queue,
+            concurrency=concurrency,
+            probe_port=probe_port,
+        )
 
     def calendar(self, mic: str | None = None) -> TradingCalendar:
         """Return an exchange's trading calendar (default: the ingest calendar)."""

@@ -295,3 +295,26 @@ def test_a_bulk_arrow_read_in_symbol_groups_is_the_whole_read(
         assert table.equals(expected)
     assert "x-total-count" not in first.headers  # a grouped stream's total comes at its end
     assert first.content == again.content  # the repeat is the cached stream, byte for byte
+
+
+def test_with_workers_enabled_a_posted_job_is_queued_for_a_worker(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "qv", workers={"enabled": True, "poll_s": 0.05})
+    creds = make_client(settings, "acme", "read:bars,write:ingest")
+    with live_api(settings) as api, api.client(headers=bearer(api, creds)) as http:
+        body = {"symbols": SYMBOLS[:2], "start": "2022-01-03", "end": "2022-01-31"}
+        submitted = http.post("/api/v1/jobs", json=body)
+        assert submitted.status_code == 202, submitted.text
+        job_id = submitted.json()["job_id"]
+        assert submitted.json()["queue"] == "default"
+        time.sleep(0.5)
+        assert http.get(f"/api/v1/jobs/{job_id}").json()["status"] == "pending"  # not run here
+        with Platform.from_settings(settings) as p:
+            worker = p.runtime.worker(probe_port=0).start()
+            try:
+                done = p.runtime.ingestion.wait(job_id, timeout_s=30, poll_s=0.05)
+            finally:
+                worker.stop()
+                worker.wait()
+        assert done.status.value == "succeeded"
+        seen = http.get(f"/api/v1/jobs/{job_id}").json()
+        assert seen["status"] == "succeeded" and seen["records_processed"] == 2 * 20

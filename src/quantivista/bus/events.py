@@ -9,6 +9,8 @@ from uuid import uuid4
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
+from quantivista.model.workflow import DataIngestedPayload
+
 __all__ = [
     "EVENT_TYPES",
     "ActionsBatch",
@@ -17,6 +19,7 @@ __all__ = [
     "BarsIngested",
     "BarsQuarantined",
     "BarsStreamed",
+    "DataIngestedEvent",
     "Event",
     "TradesBatch",
 ]
@@ -105,6 +108,15 @@ class BarsStreamed(Event):
     correction: bool = False
 
 
+class DataIngestedEvent(Event):
+    """A reporting-side ingestion job finished (succeeded, partial or failed)."""
+
+    topic: ClassVar[str] = "data.ingested"
+
+    timestamp: AwareDatetime
+    data_ingested: DataIngestedPayload
+
+
 class TradesBatch(Event):
     """Trades of a live feed (a micro-batch) as one Arrow IPC stream (`bus.frames`)."""
 
@@ -157,6 +169,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         BarsQuarantined,
         ActionsIngested,
         BarsStreamed,
+        DataIngestedEvent,
         TradesBatch,
         BarBatch,
         ActionsBatch,

@@ -6,6 +6,7 @@ options and the one mapping of platform errors to exit codes; `render.py` the ta
 
 from quantivista.cli.app import app
 from quantivista.cli.commands import (
+    backfill,
     bars,
     bus,
     config,
@@ -18,6 +19,8 @@ from quantivista.cli.commands import (
     serve,
     storage,
     stream,
+    worker,
+    workflows,
 )
 from quantivista.cli.render import sparkline
 
@@ -25,8 +28,8 @@ __all__ = ["app", "main", "sparkline"]
 
 # imported for their commands, which they register on `app`
 _COMMAND_MODULES = (
-    bars, bus, config, demo, ingest, operations, providers, quality, reference, serve, storage,
-    stream,
+    backfill, bars, bus, config, demo, ingest, operations, providers, quality, reference,
+    serve, storage, stream, worker, workflows,
 )  # fmt: skip
 
 
