@@ -36,6 +36,7 @@ from quantivista.config import Settings
 from quantivista.ops.metrics import REGISTRY, watch_process
 from quantivista.providers.registry import ProviderRegistry
 from quantivista.runtime import Runtime
+from quantivista.services.bridge import BrokerBridge
 
 __all__ = ["DEPRECATED", "QuantiVistaApi", "create_app"]
 
@@ -92,6 +93,9 @@ def create_app(
         state = _state(settings, runtime)
         hub = StreamHub(state, heartbeat_s=settings.api.ws_heartbeat_s)
         hub.start(asyncio.get_running_loop())
+        bridge = None  # `qv stream` in another process reaches this one's sockets
+        if not settings.bus.url.startswith("memory:"):
+            bridge = BrokerBridge(runtime.broker, runtime.codecs, runtime.bus).start()
         app.state.qv = state
         app.state.hub = hub
         watch_process(
@@ -107,6 +111,8 @@ def create_app(
         try:
             yield
         finally:
+            if bridge is not None:
+                bridge.stop()
             hub.stop()
             state.cache.close()
             state.limiter.close()
