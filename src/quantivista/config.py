@@ -422,7 +422,7 @@ class ApiSettings(_Section):
     )
     relay_topics: list[str] = Field(
         default_factory=lambda: ["bars.raw.1m", "bars.enriched", "trades.finnhub",
-                                 "trades.synthetic"],
+                                 "trades.synthetic", "quality.alerts"],
         description="broker topics relayed to WebSocket clients",
     )  # fmt: skip
     exports_url: str | None = Field(

@@ -47,7 +47,7 @@ from quantivista.services.quality import QualityService
 from quantivista.services.queries import BarQuery, QueryService
 from quantivista.services.reference import ReferenceService
 from quantivista.services.simulation import SimulationService
-from quantivista.services.streaming import StreamService
+from quantivista.services.streaming import RestBackfill, StreamService
 from quantivista.services.workers import WorkerMetrics, WorkerService
 from quantivista.services.workflow_ingestion import WorkflowIngestionService, platform_reference
 from quantivista.services.writes import WriteService
@@ -209,19 +209,16 @@ class Runtime:
 
     def stream_service(self, provider: str) -> StreamService:
         """Return the real-time pipeline for a live feed of `provider`."""
-        base = self.validator
-        return StreamService(
-            self.runner,
-            self.bus,
-            self.broker,
-            self.codecs,
-            self.settings.stream,
-            # live bars include extended hours: the session calendar does not judge them
-            Validator(None, base.rules, base.settings),
-            self.clock,
-            codec=self.settings.bus.codec,
-            provider=provider,
-        )
+        vendor = [provider] if provider in self.acquisition.registry else None
+        fill = RestBackfill(self.ingestion, self.backend.bars, vendor)
+        return StreamService(self.runner, self.bus, self.broker, self.codecs,
+                             self.settings.stream, self._live_validator(), self.clock,
+                             codec=self.settings.bus.codec, provider=provider,
+                             calendar=self.calendar(), backfill=fill)  # fmt: skip
+
+    def _live_validator(self) -> Validator:
+        """Live and broker-fed bars include extended hours: no session calendar judges them."""
+        return Validator(None, self.validator.rules, self.validator.settings)
 
     @cached_property
     def distribution(self) -> DistributionService:
@@ -230,19 +227,10 @@ class Runtime:
 
     def integration_service(self) -> IntegrationService:
         """Return the integration consumer (raw bars -> store -> enriched bars)."""
-        base = self.validator
-        return IntegrationService(
-            self.runner,
-            self.broker,
-            self.codecs,
-            self.backend.actions,
-            InstrumentMaster(self.backend.instruments),
-            self.backend.bars,
-            self.settings.integrate,
-            Validator(None, base.rules, base.settings),
-            self.clock,
-            codec=self.settings.bus.codec,
-        )
+        return IntegrationService(self.runner, self.broker, self.codecs, self.backend.actions,
+                                  InstrumentMaster(self.backend.instruments), self.backend.bars,
+                                  self.settings.integrate, self._live_validator(), self.clock,
+                                  codec=self.settings.bus.codec)  # fmt: skip
 
     def _dead_letter(
         self, topic: str, payload: dict[str, Any], error: str, handler: str | None
