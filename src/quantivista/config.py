@@ -507,6 +507,25 @@ class SchedulerSettings(_Section):
     keep_backups: int = Field(default=7, ge=1, description="scheduled backups kept")
 
 
+class AlertingSettings(_Section):
+    """In-process alerting of the embedded default (a deployment uses Prometheus instead)."""
+
+    enabled: bool = False
+    rules_file: Path | None = Field(
+        default=None, description="Prometheus rule file (default: the packaged ops/alerts.yml)"
+    )
+    interval_s: float = Field(default=15.0, gt=0, description="sample and evaluate this often")
+    repeat_s: float = Field(default=4 * 3600.0, gt=0, description="re-notify a firing alert")
+    webhook_urls: list[str] = Field(default_factory=list, description="Alertmanager-style JSON")
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=25, ge=1, le=65535)
+    smtp_starttls: bool = False
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    email_from: str = "quantivista@localhost"
+    email_to: list[str] = Field(default_factory=list)
+
+
 class Settings(BaseSettings):
     """All configuration of a platform instance (frozen once built)."""
 
@@ -535,6 +554,7 @@ class Settings(BaseSettings):
     probes: ProbeSettings = ProbeSettings()
     ops: OpsSettings = OpsSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
+    alerting: AlertingSettings = AlertingSettings()
 
     def __init__(self, **values: Any) -> None:
         """Load settings; a wrong value or file raises one-line `ConfigurationError`s."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -33,6 +34,7 @@ from quantivista.api.state import ApiState
 from quantivista.api.stream import StreamHub
 from quantivista.clock import Clock
 from quantivista.config import Settings
+from quantivista.ops.alerting import start_alerting
 from quantivista.ops.metrics import REGISTRY, watch_process
 from quantivista.providers.registry import ProviderRegistry
 from quantivista.runtime import Runtime
@@ -94,6 +96,12 @@ def create_app(
         hub.start(asyncio.get_running_loop())
         app.state.qv = state
         app.state.hub = hub
+        alerting = threading.Event()
+        start_alerting(
+            settings.alerting,
+            [state.metrics.registry, runtime.acquisition.analytics.registry],
+            service="api", stop=alerting, clock=runtime.clock,
+        )  # fmt: skip
         watch_process(
             "api",
             data_dir=settings.data_dir,
@@ -107,6 +115,7 @@ def create_app(
         try:
             yield
         finally:
+            alerting.set()
             hub.stop()
             state.cache.close()
             state.limiter.close()

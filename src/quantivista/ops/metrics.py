@@ -25,6 +25,8 @@ services (stream, integrate, worker, scheduler) record into the same names.
 | qv_market_open | gauge | exchange | 1 while the exchange's regular session is open |
 | qv_disk_free_bytes, qv_disk_total_bytes | gauge | path | the data directory's file system |
 | qv_build_info | gauge | version, service | 1, with the version and service as labels |
+| qv_alerts_firing | gauge | alertname | alerts firing in the in-process alerting |
+| qv_alert_notifications_total | counter | notifier, outcome | notifications sent or failed |
 
 Provider metrics (qv_provider_*, qv_breaker_*, qv_router_requests_total) live in each
 acquisition's `ProviderAnalytics.registry`; the API's own (qv_api_*) in `ApiMetrics`.
@@ -46,6 +48,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 __all__ = [
+    "ALERTS_FIRING",
+    "ALERT_NOTIFICATIONS",
     "CONSUMER_LAG",
     "INGEST_BATCHES",
     "INGEST_ROWS",
@@ -116,6 +120,15 @@ SCHEDULER_LEADER = Gauge(
 SCHEDULER_LAST_RUN = Gauge(
     "qv_scheduler_last_run_timestamp_seconds", "Last run of a schedule entry by outcome (Unix s)",
     ["entry", "outcome"], registry=r,
+)  # fmt: skip
+
+ALERTS_FIRING = Gauge(
+    "qv_alerts_firing", "Alerts firing in the in-process alerting, by rule", ["alertname"],
+    registry=r,
+)  # fmt: skip
+ALERT_NOTIFICATIONS = Counter(
+    "qv_alert_notifications", "Alert notifications by notifier and outcome",
+    ["notifier", "outcome"], registry=r,
 )  # fmt: skip
 
 

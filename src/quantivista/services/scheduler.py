@@ -34,6 +34,7 @@ from quantivista.config import ScheduleEntry, SchedulerSettings, Settings
 from quantivista.errors import ConfigurationError, InvalidInputError
 from quantivista.model.jobs import JobStatus
 from quantivista.ops import metrics
+from quantivista.ops.alerting import start_alerting
 from quantivista.ops.probes import ProbeServer
 from quantivista.reference.calendars import TradingCalendar
 from quantivista.storage.contracts import JobCatalog
@@ -383,6 +384,10 @@ def run_scheduler(runtime: Runtime, *, stop: threading.Event | None = None) -> N
     probes.add_check("loop", looping)
     with probes:
         log.info("scheduler probes on %s", probes.url)
+        start_alerting(
+            settings.alerting, [runtime.acquisition.analytics.registry],
+            service="scheduler", stop=stop, clock=runtime.clock,
+        )  # fmt: skip
         scheduler.run_forever(stop)
         probes.draining()
 
