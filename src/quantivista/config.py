@@ -526,6 +526,21 @@ class AlertingSettings(_Section):
     email_to: list[str] = Field(default_factory=list)
 
 
+class TracingSettings(_Section):
+    """OpenTelemetry traces: exported by OTLP/HTTP when an endpoint is set."""
+
+    otlp_endpoint: str | None = Field(
+        default=None, description="e.g. http://tempo:4318/v1/traces (none: tracing is a no-op)"
+    )
+    otlp_headers: dict[str, SecretStr] = Field(
+        default_factory=dict, description="sent with each export (an API key of a vendor)"
+    )
+    sample_ratio: float = Field(default=1.0, ge=0, le=1, description="share of new traces kept")
+    service_prefix: str = "quantivista-"
+    resource: dict[str, str] = Field(default_factory=dict, description="extra resource attrs")
+    timeout_s: float = Field(default=10.0, gt=0)
+
+
 class Settings(BaseSettings):
     """All configuration of a platform instance (frozen once built)."""
 
@@ -555,6 +570,7 @@ class Settings(BaseSettings):
     ops: OpsSettings = OpsSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
     alerting: AlertingSettings = AlertingSettings()
+    tracing: TracingSettings = TracingSettings()
 
     def __init__(self, **values: Any) -> None:
         """Load settings; a wrong value or file raises one-line `ConfigurationError`s."""

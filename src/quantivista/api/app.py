@@ -36,6 +36,7 @@ from quantivista.clock import Clock
 from quantivista.config import Settings
 from quantivista.ops.alerting import start_alerting
 from quantivista.ops.metrics import REGISTRY, watch_process
+from quantivista.ops.tracing import configure as configure_tracing
 from quantivista.providers.registry import ProviderRegistry
 from quantivista.runtime import Runtime
 
@@ -96,6 +97,7 @@ def create_app(
         hub.start(asyncio.get_running_loop())
         app.state.qv = state
         app.state.hub = hub
+        configure_tracing(settings.tracing, "api")
         alerting = threading.Event()
         start_alerting(
             settings.alerting,

@@ -10,7 +10,7 @@ services (stream, integrate, worker, scheduler) record into the same names.
 | --- | --- | --- | --- |
 | qv_ingest_rows_total | counter | source, outcome | rows: written, unchanged, quarantined |
 | qv_ingest_batches_total | counter | source | batches through the pipeline |
-| qv_stage_seconds | histogram | stage | acquire, normalize, validate, store, announce |
+| qv_stage_seconds | histogram | stage | acquire, normalize, validate, store, publish |
 | qv_quality_score | gauge | source | quality score (0-1) of the last batch |
 | qv_quarantine_ratio | gauge | source | share of the last batch's rows quarantined |
 | qv_freshness_last_bar_timestamp_seconds | gauge | group, timeframe | newest bar per group |
@@ -41,11 +41,14 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from quantivista.ops.tracing import span
 
 __all__ = [
     "ALERTS_FIRING",
@@ -76,7 +79,7 @@ __all__ = [
 REGISTRY = CollectorRegistry()
 r = REGISTRY
 
-STAGE_NAMES = ("acquire", "normalize", "validate", "store", "announce")
+STAGE_NAMES = ("acquire", "normalize", "validate", "store", "publish")
 STAGE_BUCKETS_S = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 INGEST_ROWS = Counter(
@@ -133,11 +136,12 @@ ALERT_NOTIFICATIONS = Counter(
 
 
 @contextmanager
-def stage(name: str) -> Iterator[None]:
-    """Time a pipeline stage into `qv_stage_seconds{stage=name}`."""
+def stage(name: str, **attributes: Any) -> Iterator[None]:
+    """Time a pipeline stage into `qv_stage_seconds{stage=name}`, in a span of that name."""
     started = time.perf_counter()
     try:
-        yield
+        with span(name, **attributes):
+            yield
     finally:
         STAGE_SECONDS.labels(name).observe(time.perf_counter() - started)
 

@@ -36,6 +36,7 @@ from quantivista.model.jobs import JobStatus
 from quantivista.ops import metrics
 from quantivista.ops.alerting import start_alerting
 from quantivista.ops.probes import ProbeServer
+from quantivista.ops.tracing import configure as configure_tracing
 from quantivista.reference.calendars import TradingCalendar
 from quantivista.storage.contracts import JobCatalog
 
@@ -357,6 +358,7 @@ def leader_lease(settings: Settings, backend_kind: str, name: str = "scheduler")
 
 def run_scheduler(runtime: Runtime, *, stop: threading.Event | None = None) -> None:
     """Serve `qv scheduler`: probes on `probes.ports.scheduler`, ticks until SIGTERM/SIGINT."""
+    configure_tracing(runtime.settings.tracing, "scheduler")
     scheduler = Scheduler.from_runtime(runtime)
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
