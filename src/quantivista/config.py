@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from datetime import date
+from datetime import date, time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -493,6 +493,7 @@ def _default_entries() -> dict[str, ScheduleEntry]:
         "retention": ScheduleEntry(job="retention", cron="15 2 * * *"),
         "backup": ScheduleEntry(job="backup", cron="30 2 * * *"),
         "compaction": ScheduleEntry(job="compaction", cron="0 3 * * 0"),
+        "sla-probe": ScheduleEntry(job="sla_probe", cron="* * * * *"),
     }
 
 
@@ -541,6 +542,22 @@ class TracingSettings(_Section):
     timeout_s: float = Field(default=10.0, gt=0)
 
 
+class SlaSettings(_Section):
+    """`qv sla`: market hours, targets, and the API the `sla_probe` job requests."""
+
+    exchange: str | None = Field(default=None, description="MIC (default: ingest.calendar)")
+    timezone: str = "America/New_York"
+    market_open: time = time(6, 30)
+    market_close: time = time(20, 0)
+    api_url: str | None = Field(default=None, description="default: from api.host and api.port")
+    probe_timeout_s: float = Field(default=5.0, gt=0)
+    uptime_target: float = Field(default=0.999, ge=0, le=1)
+    freshness_p95_target_s: float = Field(default=4 * 3600.0, gt=0)
+    retrieval_target: float = Field(default=0.99, ge=0, le=1)
+    api_p99_target_s: float = Field(default=0.5, gt=0)
+    quality_target: float = Field(default=0.95, ge=0, le=1)
+
+
 class Settings(BaseSettings):
     """All configuration of a platform instance (frozen once built)."""
 
@@ -571,6 +588,7 @@ class Settings(BaseSettings):
     scheduler: SchedulerSettings = SchedulerSettings()
     alerting: AlertingSettings = AlertingSettings()
     tracing: TracingSettings = TracingSettings()
+    sla: SlaSettings = SlaSettings()
 
     def __init__(self, **values: Any) -> None:
         """Load settings; a wrong value or file raises one-line `ConfigurationError`s."""

@@ -32,6 +32,7 @@ from quantivista.quality.rules import DEFAULT_RULES
 from quantivista.quality.validate import Validator
 from quantivista.reference.calendars import TradingCalendar, get_calendar
 from quantivista.reference.instruments import InstrumentMaster
+from quantivista.services.audit import AuditService, open_opslog
 from quantivista.services.auth import AuthService
 from quantivista.services.ingestion import IngestionService
 from quantivista.services.maintenance import MaintenanceService
@@ -111,6 +112,10 @@ class Runtime:
         )
         self.maintenance = MaintenanceService(settings, self.backend, self.clock)
         self.simulation = SimulationService(self.acquisition)
+        self.opslog = open_opslog(settings, self.backend)
+        self.audit = AuditService(self.opslog, self.clock)
+        for topic in ("bars.ingested", "bars.quarantined", "actions.ingested"):
+            self.bus.subscribe(topic, self.audit.on_event, name="audit")
         self.auth = AuthService(
             self.backend.clients, self.backend.catalog, settings.api, self.clock
         )
@@ -152,6 +157,7 @@ class Runtime:
     def close(self) -> None:
         """Release providers, connections and file handles."""
         self.acquisition.close()
+        self.opslog.close()
         self.backend.close()
 
     def __enter__(self) -> Runtime:

@@ -29,7 +29,7 @@ from quantivista.api.graphql import graphql_router
 from quantivista.api.metrics import ApiMetrics
 from quantivista.api.middleware import MeasureMiddleware
 from quantivista.api.page import router as status_page
-from quantivista.api.routes import exports, market, operations
+from quantivista.api.routes import audit, exports, market, operations
 from quantivista.api.state import ApiState
 from quantivista.api.stream import StreamHub
 from quantivista.clock import Clock
@@ -132,6 +132,7 @@ def create_app(
     errors.install(app)
     app.include_router(market.router)
     app.include_router(operations.router)
+    app.include_router(audit.router)
     app.include_router(exports.router)
     app.include_router(stream.router)
     app.include_router(graphql_router(), include_in_schema=False)  # its own schema: GraphQL

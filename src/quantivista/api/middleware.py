@@ -6,14 +6,17 @@ tasks and streams): it only watches the response start message go by.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+import anyio.to_thread
 from opentelemetry.trace import SpanKind
 
 from quantivista.api.state import ApiState
 from quantivista.ops import tracing
+from quantivista.services.audit import Actor
 
 __all__ = ["MeasureMiddleware"]
 
@@ -25,6 +28,7 @@ App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 _W3C = (b"traceparent", b"tracestate")
+_READS = ("GET", "HEAD", "OPTIONS")
 
 
 class MeasureMiddleware:
@@ -72,6 +76,29 @@ class MeasureMiddleware:
                 span.set_attribute("http.route", route)
                 span.set_attribute("http.response.status_code", status)
                 self._count(scope, status, started)
+        if method not in _READS:
+            await self._audit(scope, method, status)
+
+    @staticmethod
+    async def _audit(scope: Scope, method: str, status: int) -> None:
+        """Record who changed what (off the event loop: the log is a database write)."""
+        app = scope.get("app")
+        state: ApiState | None = getattr(getattr(app, "state", None), "qv", None)
+        if state is None:
+            return
+        seen = scope.get("state", {})
+        client = seen.get("client_id")
+        route = getattr(scope.get("route"), "path", scope.get("path", ""))
+        actor = Actor(f"api:{client}" if client else "api:anonymous", seen.get("tenant"))
+        await anyio.to_thread.run_sync(
+            functools.partial(
+                state.runtime.audit.record,
+                f"{method} {route}",
+                scope.get("path", ""),
+                outcome="ok" if status < 400 else f"http_{status}",
+                actor=actor,
+            )
+        )
 
     @staticmethod
     def _count(scope: Scope, status: int, started: float) -> None:

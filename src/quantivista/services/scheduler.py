@@ -468,3 +468,10 @@ def _universe_update(ctx: JobContext) -> dict[str, Any]:
         raise RuntimeError(f"ingestion job {job.job_id} failed: {job.error_details[:1]}")
     return {"job_id": job.job_id, "status": job.status.value, "session": str(session),
             "symbols": len(symbols)}  # fmt: skip
+
+
+@register_job("sla_probe")
+def _sla_probe(ctx: JobContext) -> dict[str, Any]:
+    from quantivista.services.sla import SlaService
+
+    return SlaService.from_runtime(ctx.runtime).probe()

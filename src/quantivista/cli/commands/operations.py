@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
@@ -12,7 +13,7 @@ from quantivista.cli.app import app, console, session
 from quantivista.cli.render import Format, emit, frame_table
 from quantivista.services.scheduler import Scheduler, run_scheduler
 
-__all__ = ["scheduler"]
+__all__ = ["audit", "scheduler"]
 
 
 @app.command()
@@ -48,3 +49,29 @@ def scheduler(
                 emit(table, fmt_, "")
             return
         run_scheduler(rt)
+
+
+@app.command()
+def audit(
+    since: Annotated[datetime | None, typer.Option(help="From (ISO time, UTC).")] = None,
+    until: Annotated[datetime | None, typer.Option(help="Before (ISO time, UTC).")] = None,
+    actor: Annotated[
+        str | None, typer.Option(help="Only this actor (api:<client>, cli:<user>).")
+    ] = None,
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant.")] = None,
+    action: Annotated[str | None, typer.Option(help="Only this action.")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="The latest this many.")] = 100,
+    fmt_: Annotated[
+        Format, typer.Option("--format", "-f", help="table, json or csv.")
+    ] = Format.table,
+) -> None:
+    """Show the audit trail: who (API client, tenant, CLI user) did what, oldest first."""
+    as_utc = [t.replace(tzinfo=t.tzinfo or UTC) if t else None for t in (since, until)]
+    with session() as rt:
+        frame = rt.audit.query(
+            as_utc[0], as_utc[1], actor=actor, tenant=tenant, action=action, limit=limit
+        )
+    if fmt_ is Format.table:
+        console.print(frame_table(frame.drop("details"), "Audit trail"))
+    else:
+        emit(frame, fmt_, "")
