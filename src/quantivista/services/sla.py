@@ -34,7 +34,7 @@ from quantivista.storage.contracts import Backend
 if TYPE_CHECKING:
     from quantivista.runtime import Runtime
 
-__all__ = ["SlaReport", "SlaService"]
+__all__ = ["SlaReport", "SlaService", "day_range"]
 
 PROBE = "api"
 

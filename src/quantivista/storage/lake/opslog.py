@@ -58,13 +58,23 @@ class SqliteOpsLog:
     """Audit records and SLA samples of the embedded store."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(
-            path, check_same_thread=False, timeout=30, isolation_level=None
-        )
-        self._lock = threading.Lock()
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.executescript(_DDL + "\n".join(_GUARDS))
+        self.path = path
+        self._db: sqlite3.Connection | None = None
+        self._lock = threading.RLock()
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        """Open on first use: a read-only command on a read-only store never creates it."""
+        with self._lock:
+            if self._db is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                db = sqlite3.connect(
+                    self.path, check_same_thread=False, timeout=30, isolation_level=None
+                )
+                db.execute("PRAGMA journal_mode=WAL")
+                db.executescript(_DDL + "\n".join(_GUARDS))
+                self._db = db
+            return self._db
 
     def add_audit(
         self, at: datetime, actor: str, tenant: str | None, action: str, target: str,
@@ -141,4 +151,6 @@ class SqliteOpsLog:
 
     def close(self) -> None:
         with self._lock:
-            self._conn.close()
+            if self._db is not None:
+                self._db.close()
+                self._db = None
