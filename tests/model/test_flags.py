@@ -31,6 +31,7 @@ STABLE_BITS = {
     "ZERO_VOLUME": 18,
     "TS_SNAPPED": 19,
     "SPIKE_PENDING": 20,
+    "BAD_PRINT": 21,
 }
 
 

@@ -100,15 +100,43 @@ class _Chunks(io.RawIOBase):
         return out
 
 
+class ArrowStreamEncoder:
+    """An Arrow IPC stream written frame by frame: each `feed` returns the bytes it encoded.
+
+    Frames must share one schema; their dictionaries may differ (the stream format
+    replaces a dictionary when a batch brings another one).
+    """
+
+    def __init__(self, rows: int = 1 << 17) -> None:
+        self.rows = rows
+        self._chunks = _Chunks()
+        self._writer: pa.ipc.RecordBatchStreamWriter | None = None
+
+    def feed(self, df: pl.DataFrame) -> list[bytes]:
+        """Encode `df` (record batches of at most `rows` rows) and return its bytes."""
+        table = arrow_table(df)
+        if self._writer is None:
+            self._writer = pa.ipc.new_stream(pa.PythonFile(self._chunks, mode="w"), table.schema)
+        out = []
+        for batch in table.to_batches(max_chunksize=self.rows):
+            self._writer.write_batch(batch)
+            out.append(self._chunks.take())
+        return out
+
+    def finish(self, empty: pl.DataFrame) -> bytes:
+        """End the stream (`empty` gives the schema when nothing was fed)."""
+        if self._writer is None:
+            self.feed(empty.clear())
+        assert self._writer is not None
+        self._writer.close()
+        return self._chunks.take()
+
+
 def arrow_stream(df: pl.DataFrame, rows: int = 1 << 17) -> Iterator[bytes]:
     """Yield an Arrow IPC stream of the frame, one record batch at a time (as encoded)."""
-    table = arrow_table(df)
-    chunks = _Chunks()
-    with pa.ipc.new_stream(pa.PythonFile(chunks, mode="w"), table.schema) as writer:
-        for batch in table.to_batches(max_chunksize=rows):
-            writer.write_batch(batch)
-            yield chunks.take()
-    yield chunks.take()  # the end-of-stream marker
+    encoder = ArrowStreamEncoder(rows)
+    yield from encoder.feed(df)
+    yield encoder.finish(df)  # the end-of-stream marker
 
 
 def etag_of(body: bytes) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from quantivista.config import QualitySettings
+from quantivista.config import IntradaySettings, QualitySettings
 from quantivista.model.flags import QualityFlag
 from quantivista.model.jobs import DataQualityReport, Severity, ValidationIssue
 from quantivista.model.schema import (
@@ -22,6 +22,7 @@ from quantivista.model.schema import (
     SCORE_SCHEMA,
 )
 from quantivista.model.timeframe import Timeframe
+from quantivista.quality.intraday import with_bad_prints
 from quantivista.quality.rules import DEFAULT_RULES, SERIES_COLUMNS, Rule
 from quantivista.quality.series import series_context
 from quantivista.reference.calendars import TradingCalendar
@@ -184,6 +185,8 @@ def _series_with_history(
     history: pl.DataFrame,
     actions: pl.DataFrame | None,
     settings: QualitySettings,
+    *,
+    gap: bool,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Run the series context over stored history + batch, and keep the batch rows.
 
@@ -198,14 +201,14 @@ def _series_with_history(
         .with_columns(_valid=pl.lit(True), _hist=pl.lit(True))
     )
     if hist.is_empty():
-        return series_context(checked, actions, settings), _no_bars()
+        return series_context(checked, actions, settings, gap=gap), _no_bars()
     batch = checked.with_columns(_hist=pl.lit(False), _batch_new=pl.col("_new"))
     both = pl.concat([hist, batch], how="diagonal_relaxed").sort(
         "symbol", "timeframe", "ts", maintain_order=True
     )
     sym, tf = pl.col("symbol"), pl.col("timeframe")
     both = both.with_columns(_new=(~((sym == sym.shift(1)) & (tf == tf.shift(1)))).fill_null(True))
-    both = series_context(both, actions, settings)
+    both = series_context(both, actions, settings, gap=gap)
     out = both.filter(~pl.col("_hist"))
     # the batch keeps its own series starts (the spans of the missing-bar check)
     out = out.with_columns(_new=pl.col("_batch_new")).drop("_hist", "_batch_new")
@@ -386,14 +389,16 @@ class Validator:
         calendar: TradingCalendar | None,
         rules: tuple[Rule, ...] = DEFAULT_RULES,
         settings: QualitySettings | None = None,
+        intraday: IntradaySettings | None = None,
     ) -> None:
         self.calendar = calendar
         self.rules = rules
         self.settings = settings or QualitySettings()
+        self.intraday = intraday or IntradaySettings()
 
     def with_rules(self, rules: tuple[Rule, ...]) -> Validator:
         """Return a validator with the same calendar and settings but other rules."""
-        return Validator(self.calendar, rules, self.settings)
+        return Validator(self.calendar, rules, self.settings, self.intraday)
 
     def demoted(self, names: Sequence[str]) -> Validator:
         """Return a validator where the named rules only flag rows (severity WARNING)."""
@@ -447,10 +452,15 @@ class Validator:
             first_errors = [r.name for r in fired if r.severity is Severity.ERROR]
             valid = ~pl.any_horizontal(first_errors) if first_errors else pl.lit(True)
             checked = checked.with_columns(_valid=valid)
+            gap = any("_gap_s" in r.needs for r in later)  # only a business rule reads it
             if history is not None and history.height and checked.height:
-                checked, decided = _series_with_history(checked, history, actions, self.settings)
+                checked, decided = _series_with_history(
+                    checked, history, actions, self.settings, gap=gap
+                )
             else:
-                checked = series_context(checked, actions, self.settings)
+                checked = series_context(checked, actions, self.settings, gap=gap)
+            if any("_bad_print" in r.needs for r in later):
+                checked = with_bad_prints(checked, self.intraday)
             checked = checked.with_columns([r.expr() for r in later])
             counts |= _counts(checked, later)
         rules = first + later
@@ -565,7 +575,7 @@ class Validator:
             return df.with_columns(
                 _aligned=pl.col("ts").dt.truncate(tf.polars_every) == pl.col("ts")
             )
-        local_day = cal.session_of(pl.col("ts")).alias("_day")
+        local_day = cal.local_dates(df["ts"]).alias("_day")
         joined = df.with_columns(local_day).join(
             cal.schedule.select(
                 pl.col("session").alias("_day"),
