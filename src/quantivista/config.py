@@ -415,6 +415,15 @@ class ApiSettings(_Section):
     exports_dir: Path | None = Field(
         default=None, description="where bulk exports are written (default: DATA_DIR/exports)"
     )
+    exports_url: str | None = Field(
+        default=None,
+        description="an fsspec URL for bulk exports (s3://bucket/exports) shared by every API "
+        "host; overrides exports_dir",
+    )
+    exports_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="fsspec storage options of exports_url (endpoint, region; keys from env)",
+    )
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
     page_size: int = Field(default=10_000, ge=1, description="bars per JSON page")
@@ -462,6 +471,45 @@ class ProbeSettings(_Section):
     def port_of(self, service: str) -> int:
         """Return the probe port of `service` (0, a free port, when none is configured)."""
         return self.ports.get(service, 0)
+
+
+# -- issue 14: streaming and distribution -------------------------------------------------
+class BusSettings(_Section):
+    """The message broker `qv stream`, `qv integrate`, `qv replay` and `qv dlq` use."""
+
+    url: str = Field(
+        default="memory://",
+        description="memory:// (in-process) or nats://host:port[?prefix=qv] (JetStream)",
+    )
+    codec: Literal["json", "avro", "protobuf"] = "avro"
+    pulsar_url: str | None = None
+
+
+class StreamSettings(_Section):
+    """`qv stream`: live trades -> 1-minute bars -> validate -> store -> publish."""
+
+    batch_ms: int = Field(default=100, ge=1, le=60_000, description="micro-batch length")
+    lateness_s: float = Field(default=2.0, ge=0, description="watermark behind the last trade")
+    idle_s: float = Field(default=5.0, ge=0, description="the clock closes quiet minutes")
+    retention_s: float = Field(
+        default=3600.0, gt=0, description="how late a trade may still amend its bar"
+    )
+    queue_size: int = Field(default=10_000, ge=1, description="micro-batches waiting, at most")
+    publish_trades: bool = True
+    synthetic_rate: float = Field(
+        default=1000.0, gt=0, description="trades/s of --source synthetic"
+    )
+    late_fraction: float = Field(default=0.0, ge=0, le=1, description="synthetic late trades")
+
+
+class IntegrateSettings(_Section):
+    """`qv integrate`: raw bars -> validate -> adjust -> enrich -> enriched bars."""
+
+    group: str = "integrate"
+    batch: int = Field(default=200, ge=1, description="messages per fetch")
+    reporting_currency: str = "USD"
+    ack_wait_s: float = Field(default=30.0, gt=0)
+    max_deliver: int = Field(default=5, ge=1)
 
 
 class OpsSettings(_Section):
@@ -582,45 +630,6 @@ class SlaSettings(_Section):
     retrieval_target: float = Field(default=0.99, ge=0, le=1)
     api_p99_target_s: float = Field(default=0.5, gt=0)
     quality_target: float = Field(default=0.95, ge=0, le=1)
-
-
-# -- issue 14: streaming and distribution -------------------------------------------------
-class BusSettings(_Section):
-    """The message broker `qv stream`, `qv integrate`, `qv replay` and `qv dlq` use."""
-
-    url: str = Field(
-        default="memory://",
-        description="memory:// (in-process) or nats://host:port[?prefix=qv] (JetStream)",
-    )
-    codec: Literal["json", "avro", "protobuf"] = "avro"
-    pulsar_url: str | None = None
-
-
-class StreamSettings(_Section):
-    """`qv stream`: live trades -> 1-minute bars -> validate -> store -> publish."""
-
-    batch_ms: int = Field(default=100, ge=1, le=60_000, description="micro-batch length")
-    lateness_s: float = Field(default=2.0, ge=0, description="watermark behind the last trade")
-    idle_s: float = Field(default=5.0, ge=0, description="the clock closes quiet minutes")
-    retention_s: float = Field(
-        default=3600.0, gt=0, description="how late a trade may still amend its bar"
-    )
-    queue_size: int = Field(default=10_000, ge=1, description="micro-batches waiting, at most")
-    publish_trades: bool = True
-    synthetic_rate: float = Field(
-        default=1000.0, gt=0, description="trades/s of --source synthetic"
-    )
-    late_fraction: float = Field(default=0.0, ge=0, le=1, description="synthetic late trades")
-
-
-class IntegrateSettings(_Section):
-    """`qv integrate`: raw bars -> validate -> adjust -> enrich -> enriched bars."""
-
-    group: str = "integrate"
-    batch: int = Field(default=200, ge=1, description="messages per fetch")
-    reporting_currency: str = "USD"
-    ack_wait_s: float = Field(default=30.0, gt=0)
-    max_deliver: int = Field(default=5, ge=1)
 
 
 class WorkerSettings(_Section):

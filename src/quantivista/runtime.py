@@ -39,7 +39,9 @@ from quantivista.reference.instruments import InstrumentMaster
 from quantivista.services.audit import AuditService, open_opslog
 from quantivista.services.auth import AuthService
 from quantivista.services.backfill import BackfillService
+from quantivista.services.distribution import DistributionService
 from quantivista.services.ingestion import IngestionService
+from quantivista.services.integration import IntegrationService
 from quantivista.services.maintenance import MaintenanceService
 from quantivista.services.providers import ProviderService
 from quantivista.services.quality import QualityService
@@ -224,6 +226,27 @@ class Runtime:
             self.clock,
             codec=self.settings.bus.codec,
             provider=provider,
+        )
+
+    @cached_property
+    def distribution(self) -> DistributionService:
+        """Return replays and dead letters over the broker."""
+        return DistributionService(self.broker, self.codecs)
+
+    def integration_service(self) -> IntegrationService:
+        """Return the integration consumer (raw bars -> store -> enriched bars)."""
+        base = self.validator
+        return IntegrationService(
+            self.runner,
+            self.broker,
+            self.codecs,
+            self.backend.actions,
+            InstrumentMaster(self.backend.instruments),
+            self.backend.bars,
+            self.settings.integrate,
+            Validator(None, base.rules, base.settings),
+            self.clock,
+            codec=self.settings.bus.codec,
         )
 
     def _dead_letter(

@@ -18,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
@@ -106,6 +108,10 @@ class StreamService:
         self.publisher = Publisher(broker, codecs, codec)
         self.metrics = StreamMetrics()
         self.stats = StreamStats()
+        # arrival -> stored and published, in seconds: every micro-batch, and those that
+        # released bars (what perf/stream.py reports percentiles of)
+        self.latencies: deque[float] = deque(maxlen=200_000)
+        self.bar_latencies: deque[float] = deque(maxlen=200_000)
         self.bars = MinuteBars(
             lateness=timedelta(seconds=settings.lateness_s),
             retention=timedelta(seconds=settings.retention_s),
@@ -138,6 +144,12 @@ class StreamService:
     # -- one micro-batch ---------------------------------------------------------------------
     def process(self, batch: pl.DataFrame, *, arrived: float | None = None) -> Released:
         """Publish the trades, fold them into bars, store and publish what was released."""
+        released = self.aggregate(batch)
+        self.emit(released, arrived if batch.height else None)
+        return released
+
+    def aggregate(self, batch: pl.DataFrame) -> Released:
+        """Publish a micro-batch of trades and fold it into bars; return what it released."""
         now = self.clock.now()
         if batch.height:
             self.stats.trades += batch.height
@@ -146,12 +158,18 @@ class StreamService:
             if isinstance(newest, datetime):
                 self.metrics.lag.set((now - newest).total_seconds())
             if self.settings.publish_trades:
-                self.publisher.per_symbol(self.trades_topic, batch, self._trades_event)
-        released = self.bars.add(batch, now=now)
+                self.publisher.per_partition(self.trades_topic, batch, self._trades_event)
+        return self.bars.add(batch, now=now)
+
+    def emit(self, released: Released, arrived: float | None = None) -> None:
+        """Store and publish released bars; record the latency from `arrived`."""
         self._emit(released)
-        if arrived is not None and batch.height:
-            self.metrics.latency.observe(time.monotonic() - arrived)
-        return released
+        if arrived is not None:
+            took = time.monotonic() - arrived
+            self.metrics.latency.observe(took)
+            self.latencies.append(took)
+            if not released.empty:
+                self.bar_latencies.append(took)
 
     def flush(self) -> Released:
         """Store and publish every open bar (at shutdown)."""
@@ -185,9 +203,9 @@ class StreamService:
             make = partial(self._bars_event, correction=correction)
             self.stats.published += len(self.publisher.per_symbol(self.topic, clean, make))
 
-    def _trades_event(self, symbol: str, part: pl.DataFrame) -> Event:
+    def _trades_event(self, symbols: list[str], part: pl.DataFrame) -> Event:
         return TradesBatch(occurred_at=self.clock.now(), source=self.provider, rows=part.height,
-                           symbols=[symbol], trades=to_ipc(part))  # fmt: skip
+                           symbols=symbols, trades=to_ipc(part))  # fmt: skip
 
     def _bars_event(self, symbol: str, part: pl.DataFrame, correction: bool) -> Event:
         first, last = part["ts"].min(), part["ts"].max()
@@ -249,41 +267,74 @@ class StreamService:
 
         reader = asyncio.create_task(read())
         window = self.settings.batch_ms / 1000
+        loop = asyncio.get_running_loop()
+        # storing bars takes longer than folding trades: it runs on its own thread, in
+        # order, while the next micro-batches are folded (at most a few batches behind)
+        store = ThreadPoolExecutor(1, thread_name_prefix="qv-stream-store")
+        behind: deque[asyncio.Future[None]] = deque()
         done = False
         try:
             while not done:
                 frames: list[pl.DataFrame] = []
                 arrived: float | None = None
-                deadline = time.monotonic() + window
-                while True:
-                    timeout = deadline - time.monotonic()
-                    if stop.is_set() and queue.empty():
-                        done = True
-                        break
-                    try:
-                        item = await asyncio.wait_for(queue.get(), max(timeout, 0.0005))
-                    except TimeoutError:
-                        break
-                    if item is None:
-                        done = True
-                        break
-                    arrived = item[0] if arrived is None else arrived
-                    frames.append(item[1])
-                    if timeout <= 0:
-                        break
+                try:  # the first frame, or a tick of the clock (quiet minutes close)
+                    first = await asyncio.wait_for(queue.get(), window)
+                except TimeoutError:
+                    first = None
+                    done = stop.is_set()
+                if first is None and not done and reader.done() and queue.empty():
+                    done = True
+                if first is not None:
+                    arrived = first[0]
+                    frames.append(first[1])
+                    deadline = arrived + window  # a micro-batch spans `window` of arrivals
+                    while True:
+                        while not queue.empty():
+                            item = queue.get_nowait()
+                            if item is None:
+                                done = True
+                                break
+                            frames.append(item[1])
+                        remaining = deadline - time.monotonic()
+                        if done or remaining <= 0:
+                            break
+                        try:
+                            item = await asyncio.wait_for(queue.get(), remaining)
+                        except TimeoutError:
+                            break
+                        if item is None:
+                            done = True
+                            break
+                        frames.append(item[1])
+                elif stop.is_set():
+                    done = True
                 self.metrics.queue.set(queue.qsize())
                 batch = (
                     pl.concat(frames, how="vertical_relaxed")
                     if frames
                     else pl.DataFrame(schema=TRADE_SCHEMA)
                 )
-                await asyncio.to_thread(self.process, batch, arrived=arrived)
+                released = await asyncio.to_thread(self.aggregate, batch)
                 self.stats.batches += 1
+                if released.empty:
+                    if arrived is not None:
+                        self.emit(released, arrived)  # records the latency only
+                    continue
+                behind.append(loop.run_in_executor(store, self.emit, released, arrived))
+                while behind and (behind[0].done() or len(behind) > 4):
+                    await behind.popleft()
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
-            await asyncio.to_thread(self.flush)
+            close = getattr(source, "aclose", None)
+            if close is not None:  # the feed's connection closes now, not when collected
+                with contextlib.suppress(Exception):
+                    await close()
+            while behind:
+                await behind.popleft()
+            await loop.run_in_executor(store, self.flush)
+            store.shutdown()
         return self.stats
 
 
