@@ -45,7 +45,7 @@ def _audited_writes_and_append_only(runtime: Runtime, make_bars: Any) -> None:
     assert runtime.audit.query(tenant="other").is_empty()
     for statement in ("UPDATE audit_log SET actor = 'nobody'", "DELETE FROM audit_log"):
         with pytest.raises(StorageError, match="append-only"):
-            runtime.opslog.execute(statement)
+            runtime.audit.log.execute(statement)
     assert runtime.audit.query()["actor"].to_list() == ["api:client-1"] * 2
 
 

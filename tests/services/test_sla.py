@@ -33,7 +33,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     with Platform.from_settings(settings, clock=clock) as p:
         job = p.ingest(SimulatedMarket().symbols("2024-06-03")[:2], "2024-05-27", "2024-05-31")
         assert job.status.value == "succeeded"
-        log = p.runtime.opslog
+        log = p.runtime.audit.log
         log.add_sla(NOW - timedelta(hours=5), "api", False, None, "down at night")  # not counted
         for i in range(10):  # 11:00-11:09 UTC = 07:00 New York: in market hours
             ok = i not in (3, 7)
@@ -98,7 +98,7 @@ def test_the_probe_requests_the_api_over_a_socket(tmp_path: Path) -> None:
             service = SlaService.from_runtime(rt)
             service.api_url = f"http://127.0.0.1:{closed}"
             down = service.probe()
-            samples = rt.opslog.sla(NOW.replace(year=2000), datetime.now(UTC) + timedelta(1))
+            samples = rt.audit.log.sla(NOW.replace(year=2000), datetime.now(UTC) + timedelta(1))
     finally:
         server.should_exit = True
         thread.join(timeout=15)

@@ -64,7 +64,7 @@ def _fill(root: Path, dsn: str, schema: str, make_bars: MakeBars) -> None:
         bad = bars.head(1).with_columns(symbol=pl.lit("DDD"), high=pl.col("low") - 1)
         p.write_bars(bad, source="v")
         _fill_side_state(p.runtime.backend)
-        p.runtime.opslog.add_sla(T0, "api", True, 0.004)  # the audit log has the writes above
+        p.runtime.audit.log.add_sla(T0, "api", True, 0.004)  # the audit log has the writes above
 
 
 def _fill_side_state(backend: Backend) -> None:

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import polars as pl
 
+from quantivista.bus.base import EventBus
 from quantivista.bus.events import ActionsIngested, BarsIngested, BarsQuarantined, Event
 from quantivista.clock import Clock
 from quantivista.config import Settings
@@ -98,6 +99,20 @@ class AuditService:
     def __init__(self, log: OpsLog, clock: Clock) -> None:
         self.log = log
         self.clock = clock
+
+    @classmethod
+    def attach(
+        cls, settings: Settings, backend: Backend, clock: Clock, bus: EventBus
+    ) -> AuditService:
+        """Open the store's operations log and record the pipeline's events from `bus`."""
+        service = cls(open_opslog(settings, backend), clock)
+        for topic in ("bars.ingested", "bars.quarantined", "actions.ingested"):
+            bus.subscribe(topic, service.on_event, name="audit")
+        return service
+
+    def close(self) -> None:
+        """Close the operations log."""
+        self.log.close()
 
     def record(
         self,

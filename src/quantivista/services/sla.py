@@ -84,7 +84,7 @@ class SlaService:
             or f"{'https' if s.api.ssl_certfile else 'http'}://{s.api.host}:{s.api.port}"
         )
         calendar = runtime.calendar(s.sla.exchange or s.ingest.calendar)
-        return cls(s.sla, runtime.opslog, runtime.backend, calendar, runtime.clock, api)
+        return cls(s.sla, runtime.audit.log, runtime.backend, calendar, runtime.clock, api)
 
     # -- sampling ------------------------------------------------------------------------------
     def probe(self) -> dict[str, Any]:
