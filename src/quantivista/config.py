@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from datetime import date
+from datetime import date, time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -577,6 +577,7 @@ def _default_entries() -> dict[str, ScheduleEntry]:
         "retention": ScheduleEntry(job="retention", cron="15 2 * * *"),
         "backup": ScheduleEntry(job="backup", cron="30 2 * * *"),
         "compaction": ScheduleEntry(job="compaction", cron="0 3 * * 0"),
+        "sla-probe": ScheduleEntry(job="sla_probe", cron="* * * * *"),
     }
 
 
@@ -589,6 +590,56 @@ class SchedulerSettings(_Section):
         default=None, description="where scheduled backups go (default: DATA_DIR/../backups)"
     )
     keep_backups: int = Field(default=7, ge=1, description="scheduled backups kept")
+
+
+class AlertingSettings(_Section):
+    """In-process alerting of the embedded default (a deployment uses Prometheus instead)."""
+
+    enabled: bool = False
+    rules_file: Path | None = Field(
+        default=None, description="Prometheus rule file (default: the packaged ops/alerts.yml)"
+    )
+    interval_s: float = Field(default=15.0, gt=0, description="sample and evaluate this often")
+    repeat_s: float = Field(default=4 * 3600.0, gt=0, description="re-notify a firing alert")
+    webhook_urls: list[str] = Field(default_factory=list, description="Alertmanager-style JSON")
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=25, ge=1, le=65535)
+    smtp_starttls: bool = False
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    email_from: str = "quantivista@localhost"
+    email_to: list[str] = Field(default_factory=list)
+
+
+class TracingSettings(_Section):
+    """OpenTelemetry traces: exported by OTLP/HTTP when an endpoint is set."""
+
+    otlp_endpoint: str | None = Field(
+        default=None, description="e.g. http://tempo:4318/v1/traces (none: tracing is a no-op)"
+    )
+    otlp_headers: dict[str, SecretStr] = Field(
+        default_factory=dict, description="sent with each export (an API key of a vendor)"
+    )
+    sample_ratio: float = Field(default=1.0, ge=0, le=1, description="share of new traces kept")
+    service_prefix: str = "quantivista-"
+    resource: dict[str, str] = Field(default_factory=dict, description="extra resource attrs")
+    timeout_s: float = Field(default=10.0, gt=0)
+
+
+class SlaSettings(_Section):
+    """`qv sla`: market hours, targets, and the API the `sla_probe` job requests."""
+
+    exchange: str | None = Field(default=None, description="MIC (default: ingest.calendar)")
+    timezone: str = "America/New_York"
+    market_open: time = time(6, 30)
+    market_close: time = time(20, 0)
+    api_url: str | None = Field(default=None, description="default: from api.host and api.port")
+    probe_timeout_s: float = Field(default=5.0, gt=0)
+    uptime_target: float = Field(default=0.999, ge=0, le=1)
+    freshness_p95_target_s: float = Field(default=4 * 3600.0, gt=0)
+    retrieval_target: float = Field(default=0.99, ge=0, le=1)
+    api_p99_target_s: float = Field(default=0.5, gt=0)
+    quality_target: float = Field(default=0.95, ge=0, le=1)
 
 
 class WorkerSettings(_Section):
@@ -647,6 +698,9 @@ class Settings(BaseSettings):
     workers: WorkerSettings = WorkerSettings()
     ops: OpsSettings = OpsSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
+    alerting: AlertingSettings = AlertingSettings()
+    tracing: TracingSettings = TracingSettings()
+    sla: SlaSettings = SlaSettings()
     bus: BusSettings = BusSettings()
     stream: StreamSettings = StreamSettings()
     integrate: IntegrateSettings = IntegrateSettings()

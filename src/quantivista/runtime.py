@@ -36,6 +36,7 @@ from quantivista.quality.rules import DEFAULT_RULES
 from quantivista.quality.validate import Validator
 from quantivista.reference.calendars import TradingCalendar, get_calendar
 from quantivista.reference.instruments import InstrumentMaster
+from quantivista.services.audit import AuditService
 from quantivista.services.auth import AuthService
 from quantivista.services.backfill import BackfillService
 from quantivista.services.distribution import DistributionService
@@ -97,32 +98,19 @@ class Runtime:
             timezone=lambda: self.calendar().tz,
             groups=SymbolGroups(settings.ops.symbol_groups),
         )
+        backend = self.backend
         self.writes = WriteService(
-            self.runner,
-            self.backend.actions,
-            self.backend.quarantine,
-            self.bus,
-            self.clock,
-            self.backend.catalog,
+            self.runner, backend.actions, backend.quarantine, self.bus, self.clock, backend.catalog
         )
         self.providers = ProviderService(self.acquisition, self.backend.catalog)
         self.ingestion = IngestionService(
-            self.runner,
-            self.acquisition,
-            self.backend.catalog,
-            self.clock,
-            settings.ingest,
-            after_run=self.providers.save_stats,
-            workers=settings.workers,
-        )
+            self.runner, self.acquisition, backend.catalog, self.clock, settings.ingest,
+            after_run=self.providers.save_stats, workers=settings.workers,
+        )  # fmt: skip
         self.backfill = BackfillService(
-            self.backend.bars,
-            self.calendar,
-            self.acquisition.registry,
-            settings,
-            self.ingestion,
+            backend.bars, self.calendar, self.acquisition.registry, settings, self.ingestion,
             self.clock.now,
-        )
+        )  # fmt: skip
         self.quality = QualityService(
             self.backend.quarantine, self.backend.scores, self.backend.catalog
         )
@@ -131,6 +119,7 @@ class Runtime:
         )
         self.maintenance = MaintenanceService(settings, self.backend, self.clock)
         self.simulation = SimulationService(self.acquisition)
+        self.audit = AuditService.attach(settings, self.backend, self.clock, self.bus)
         self.auth = AuthService(
             self.backend.clients, self.backend.catalog, settings.api, self.clock
         )
@@ -242,6 +231,7 @@ class Runtime:
         if "broker" in self.__dict__:
             self.broker.close()
         self.acquisition.close()
+        self.audit.close()
         self.backend.close()
 
     def __enter__(self) -> Runtime:

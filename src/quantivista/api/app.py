@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -29,12 +30,14 @@ from quantivista.api.metrics import ApiMetrics
 from quantivista.api.middleware import MeasureMiddleware
 from quantivista.api.page import router as status_page
 from quantivista.api.relay import BrokerRelay
-from quantivista.api.routes import exports, ingestion, market, operations
+from quantivista.api.routes import audit, exports, ingestion, market, operations
 from quantivista.api.state import ApiState
 from quantivista.api.stream import StreamHub
 from quantivista.clock import Clock
 from quantivista.config import Settings
+from quantivista.ops.alerting import start_alerting
 from quantivista.ops.metrics import REGISTRY, watch_process
+from quantivista.ops.tracing import configure as configure_tracing
 from quantivista.providers.registry import ProviderRegistry
 from quantivista.runtime import Runtime
 
@@ -109,6 +112,13 @@ def create_app(
         app.state.qv = state
         app.state.hub = hub
         app.state.relay = relay
+        configure_tracing(settings.tracing, "api")
+        alerting = threading.Event()
+        start_alerting(
+            settings.alerting,
+            [state.metrics.registry, runtime.acquisition.analytics.registry],
+            service="api", stop=alerting, clock=runtime.clock,
+        )  # fmt: skip
         watch_process(
             "api",
             data_dir=settings.data_dir,
@@ -124,6 +134,7 @@ def create_app(
         finally:
             if relay is not None:
                 relay.stop()
+            alerting.set()
             hub.stop()
             state.cache.close()
             state.limiter.close()
@@ -138,6 +149,7 @@ def create_app(
     errors.install(app)
     app.include_router(market.router)
     app.include_router(operations.router)
+    app.include_router(audit.router)
     app.include_router(exports.router)
     app.include_router(ingestion.router)
     app.include_router(stream.router)
