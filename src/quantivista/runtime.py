@@ -27,8 +27,6 @@ from quantivista.pipeline.runner import InProcessRunner
 from quantivista.pipeline.stages import EpochCache, Sinks, data_epoch
 from quantivista.processing.rollup import Rollup
 from quantivista.providers.registry import ProviderRegistry, default_registry
-from quantivista.quality.business import load_rules
-from quantivista.quality.rules import DEFAULT_RULES
 from quantivista.quality.validate import Validator
 from quantivista.reference.calendars import TradingCalendar, get_calendar
 from quantivista.reference.instruments import InstrumentMaster
@@ -40,6 +38,7 @@ from quantivista.services.providers import ProviderService
 from quantivista.services.quality import QualityService
 from quantivista.services.queries import QueryService
 from quantivista.services.reference import ReferenceService
+from quantivista.services.revalidation import build_validator
 from quantivista.services.simulation import SimulationService
 from quantivista.services.workers import WorkerMetrics, WorkerService
 from quantivista.services.writes import WriteService
@@ -165,9 +164,7 @@ class Runtime:
     @cached_property
     def validator(self) -> Validator:
         """Return the validator: default rules plus the business rules file, if any."""
-        quality = self.settings.quality
-        rules = DEFAULT_RULES + load_rules(quality.rules_file) if quality.rules_file else None
-        return Validator(self.calendar(), rules or DEFAULT_RULES, quality, self.settings.intraday)
+        return build_validator(self.settings)
 
     @cached_property
     def rollup(self) -> Rollup | None:
