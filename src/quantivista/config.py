@@ -37,10 +37,12 @@ from quantivista.model.rates import Rate
 __all__ = [
     "ApiSettings",
     "BreakerSettings",
+    "BusSettings",
     "config_source",
     "CacheSettings",
     "DaskSettings",
     "IngestSettings",
+    "IntegrateSettings",
     "ProviderEndpointSettings",
     "ProviderFaultSettings",
     "ProbeSettings",
@@ -54,6 +56,7 @@ __all__ = [
     "SimulatorServerSettings",
     "SimulatorSettings",
     "StorageSettings",
+    "StreamSettings",
     "WorkerSettings",
 ]
 
@@ -531,6 +534,45 @@ class SchedulerSettings(_Section):
     keep_backups: int = Field(default=7, ge=1, description="scheduled backups kept")
 
 
+# -- issue 14: streaming and distribution -------------------------------------------------
+class BusSettings(_Section):
+    """The message broker `qv stream`, `qv integrate`, `qv replay` and `qv dlq` use."""
+
+    url: str = Field(
+        default="memory://",
+        description="memory:// (in-process) or nats://host:port[?prefix=qv] (JetStream)",
+    )
+    codec: Literal["json", "avro", "protobuf"] = "avro"
+    pulsar_url: str | None = None
+
+
+class StreamSettings(_Section):
+    """`qv stream`: live trades -> 1-minute bars -> validate -> store -> publish."""
+
+    batch_ms: int = Field(default=100, ge=1, le=60_000, description="micro-batch length")
+    lateness_s: float = Field(default=2.0, ge=0, description="watermark behind the last trade")
+    idle_s: float = Field(default=5.0, ge=0, description="the clock closes quiet minutes")
+    retention_s: float = Field(
+        default=3600.0, gt=0, description="how late a trade may still amend its bar"
+    )
+    queue_size: int = Field(default=10_000, ge=1, description="micro-batches waiting, at most")
+    publish_trades: bool = True
+    synthetic_rate: float = Field(
+        default=1000.0, gt=0, description="trades/s of --source synthetic"
+    )
+    late_fraction: float = Field(default=0.0, ge=0, le=1, description="synthetic late trades")
+
+
+class IntegrateSettings(_Section):
+    """`qv integrate`: raw bars -> validate -> adjust -> enrich -> enriched bars."""
+
+    group: str = "integrate"
+    batch: int = Field(default=200, ge=1, description="messages per fetch")
+    reporting_currency: str = "USD"
+    ack_wait_s: float = Field(default=30.0, gt=0)
+    max_deliver: int = Field(default=5, ge=1)
+
+
 class WorkerSettings(_Section):
     """`qv worker` processes sharing the job catalog's queue (issue 17)."""
 
@@ -600,6 +642,9 @@ class Settings(BaseSettings):
     dask: DaskSettings = DaskSettings()
     ops: OpsSettings = OpsSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
+    bus: BusSettings = BusSettings()
+    stream: StreamSettings = StreamSettings()
+    integrate: IntegrateSettings = IntegrateSettings()
 
     def __init__(self, **values: Any) -> None:
         """Load settings; a wrong value or file raises one-line `ConfigurationError`s."""

@@ -19,7 +19,11 @@ from typing import Any
 import polars as pl
 
 from quantivista.acquisition.wiring import Acquisition
+from quantivista.bus.base import Broker
+from quantivista.bus.codecs import Codecs
+from quantivista.bus.connect import open_broker
 from quantivista.bus.memory import InMemoryBus
+from quantivista.bus.registry import SchemaRegistry
 from quantivista.clock import Clock, SystemClock
 from quantivista.config import Settings
 from quantivista.ops.metrics import SymbolGroups
@@ -36,13 +40,16 @@ from quantivista.services.ingestion import IngestionService
 from quantivista.services.maintenance import MaintenanceService
 from quantivista.services.providers import ProviderService
 from quantivista.services.quality import QualityService
-from quantivista.services.queries import QueryService
+from quantivista.services.queries import BarQuery, QueryService
 from quantivista.services.reference import ReferenceService
 from quantivista.services.revalidation import build_validator
 from quantivista.services.simulation import SimulationService
+from quantivista.services.streaming import StreamService
 from quantivista.services.workers import WorkerMetrics, WorkerService
+from quantivista.services.workflow_ingestion import WorkflowIngestionService, platform_reference
 from quantivista.services.writes import WriteService
 from quantivista.storage import open_backend
+from quantivista.storage.lake.workflow_lake import WorkflowLake
 
 __all__ = ["Runtime"]
 
@@ -124,6 +131,16 @@ class Runtime:
         self.auth = AuthService(
             self.backend.clients, self.backend.catalog, settings.api, self.clock
         )
+        self.workflows = WorkflowIngestionService(
+            self.backend.workflows,
+            WorkflowLake(settings.data_dir),
+            self.bus,
+            self.clock,
+            reference=lambda: platform_reference(self.backend.instruments, self.backend.bars),
+            bars=lambda symbols, start, end, tf: self.queries.bars(
+                BarQuery.of(symbols, start, end, timeframe=tf)
+            ),
+        )
 
     @classmethod
     def from_settings(
@@ -175,6 +192,32 @@ class Runtime:
         session = self.settings.intraday.rollup_session
         return Rollup(self.backend.bars, self.calendar(), targets, session=session)
 
+    @cached_property
+    def broker(self) -> Broker:
+        """Return the message broker of `bus.url` (connected on first use)."""
+        return open_broker(self.settings.bus.url)
+
+    @cached_property
+    def codecs(self) -> Codecs:
+        """Return the codecs, with the schema registry kept in the catalog."""
+        return Codecs(SchemaRegistry(self.backend.catalog))
+
+    def stream_service(self, provider: str) -> StreamService:
+        """Return the real-time pipeline for a live feed of `provider`."""
+        base = self.validator
+        return StreamService(
+            self.runner,
+            self.bus,
+            self.broker,
+            self.codecs,
+            self.settings.stream,
+            # live bars include extended hours: the session calendar does not judge them
+            Validator(None, base.rules, base.settings),
+            self.clock,
+            codec=self.settings.bus.codec,
+            provider=provider,
+        )
+
     def _dead_letter(
         self, topic: str, payload: dict[str, Any], error: str, handler: str | None
     ) -> None:
@@ -182,6 +225,8 @@ class Runtime:
 
     def close(self) -> None:
         """Release providers, connections and file handles."""
+        if "broker" in self.__dict__:
+            self.broker.close()
         self.acquisition.close()
         self.backend.close()
 

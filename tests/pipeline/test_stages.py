@@ -5,11 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import polars as pl
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from quantivista.bus.events import BarsIngested, Event
 from quantivista.model.flags import QualityFlag
+from quantivista.pipeline import stages
 from quantivista.pipeline.stages import distinct
 from quantivista.platform import Platform
 
@@ -177,3 +179,16 @@ def test_a_pending_spike_is_cleared_when_the_next_bar_stays_at_the_new_level(
     )
     platform.write_bars(both, source="test")
     assert _flags_on(platform, "2024-04-30") & QualityFlag.SPIKE
+
+
+def test_scores_kept_on_a_thread_beside_the_bars(
+    platform: Platform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(stages, "_OVERLAP_ROWS", 1)  # every batch takes the threaded path
+    frame = _bars(platform, ["AAA", "BBB"])
+    report = platform.write_bars(frame, source="t")
+    assert report.invalid_records == 0
+    assert platform.bars("AAA").height == frame.height // 2
+    scores = platform.runtime.backend.scores.read()
+    assert sorted(scores["symbol"].unique().to_list()) == ["AAA", "BBB"]
+    assert scores.height == frame.height  # one score per symbol-day

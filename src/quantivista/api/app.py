@@ -28,7 +28,7 @@ from quantivista.api.graphql import graphql_router
 from quantivista.api.metrics import ApiMetrics
 from quantivista.api.middleware import MeasureMiddleware
 from quantivista.api.page import router as status_page
-from quantivista.api.routes import exports, market, operations
+from quantivista.api.routes import exports, ingestion, market, operations
 from quantivista.api.state import ApiState
 from quantivista.api.stream import StreamHub
 from quantivista.clock import Clock
@@ -122,6 +122,7 @@ def create_app(
     app.include_router(market.router)
     app.include_router(operations.router)
     app.include_router(exports.router)
+    app.include_router(ingestion.router)
     app.include_router(stream.router)
     app.include_router(graphql_router(), include_in_schema=False)  # its own schema: GraphQL
     app.include_router(status_page)
@@ -129,7 +130,7 @@ def create_app(
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.api.cors_origins,
-            allow_methods=["GET", "POST"],
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
             allow_headers=["Authorization", "X-API-Key", "Content-Type", "If-None-Match"],
             expose_headers=["ETag", "X-RateLimit-Limit", "X-RateLimit-Remaining", "Retry-After"],
         )

@@ -17,7 +17,9 @@ from quantivista.cli.commands import (
     reference,
     serve,
     storage,
+    stream,
     worker,
+    workflows,
 )
 from quantivista.cli.render import sparkline
 
@@ -26,7 +28,7 @@ __all__ = ["app", "main", "sparkline"]
 # imported for their commands, which they register on `app`
 _COMMAND_MODULES = (
     backfill, bars, config, demo, ingest, operations, providers, quality, reference, serve,
-    storage, worker,
+    storage, stream, worker, workflows,
 )  # fmt: skip
 
 

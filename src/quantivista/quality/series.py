@@ -226,10 +226,16 @@ _FLAGS = ("_spike", "_spike_pending", "_wick", "_stale", "_split_mismatch", "_sp
 
 
 def series_context(
-    df: pl.DataFrame, actions: pl.DataFrame | None, settings: QualitySettings
+    df: pl.DataFrame,
+    actions: pl.DataFrame | None,
+    settings: QualitySettings,
+    *,
+    gap: bool = True,
 ) -> pl.DataFrame:
     """Add `_spike`, `_spike_pending`, `_wick`, `_stale`, `_split_mismatch`, `_split_jump`
     and `_gap_s` to `df`.
+
+    `gap=False` leaves `_gap_s` out (only a business rule on gaps reads it).
 
     `df` must be sorted by (symbol, timeframe, ts) and hold `_new` and `_valid`. Series
     never interact, so large frames are cut at series boundaries into parts of about
@@ -239,7 +245,7 @@ def series_context(
     """
     adjustments = _adjustments(actions)
     if df.height < 2 * _PART_ROWS:
-        return _attach(df, _series_arrays(df, adjustments, settings))
+        return _attach(df, _series_arrays(df, adjustments, settings), gap=gap)
     starts = np.flatnonzero(df["_new"].to_numpy())
     at = np.searchsorted(starts, np.arange(_PART_ROWS, df.height, _PART_ROWS))
     cuts = np.unique(starts[np.minimum(at, len(starts) - 1)])
@@ -251,7 +257,7 @@ def series_context(
     # one chunk per new column, like the frame's own columns: misaligned chunks would
     # make every later select copy the whole frame
     joined = {k: np.concatenate([d[k] for d in done]) for k in done[0]}
-    return _attach(df, joined)
+    return _attach(df, joined, gap=gap)
 
 
 def _series_context(
@@ -265,17 +271,16 @@ def _adjustments(actions: pl.DataFrame | None) -> pl.DataFrame | None:
     return action_adjustments(actions) if actions is not None and actions.height else None
 
 
-def _attach(df: pl.DataFrame, arrays: dict[str, np.ndarray]) -> pl.DataFrame:
+def _attach(df: pl.DataFrame, arrays: dict[str, np.ndarray], *, gap: bool = True) -> pl.DataFrame:
     if df.height == 0:
-        return df.with_columns(
-            [pl.lit(False).alias(c) for c in _FLAGS] + [pl.lit(None, pl.Int64).alias("_gap_s")]
-        )
+        empty = [pl.lit(None, pl.Int64).alias("_gap_s")] if gap else []
+        return df.with_columns([pl.lit(False).alias(c) for c in _FLAGS] + empty)
+    flags = [pl.Series(k, arrays[k]) for k in _FLAGS]
+    if not gap:
+        return df.with_columns(flags)
     # seconds since the previous bar of the series (floor division, as numpy's)
-    gap = pl.col("ts").dt.epoch("us").diff() // 1_000_000
-    return df.with_columns(
-        *[pl.Series(k, arrays[k]) for k in _FLAGS],
-        _gap_s=pl.when(pl.col("_new")).then(None).otherwise(gap),
-    )
+    seconds = pl.col("ts").dt.epoch("us").diff() // 1_000_000
+    return df.with_columns(*flags, _gap_s=pl.when(pl.col("_new")).then(None).otherwise(seconds))
 
 
 def _stale_rows(cols: tuple[np.ndarray, ...], new: np.ndarray, run_length: int) -> np.ndarray:

@@ -185,6 +185,8 @@ def _series_with_history(
     history: pl.DataFrame,
     actions: pl.DataFrame | None,
     settings: QualitySettings,
+    *,
+    gap: bool,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Run the series context over stored history + batch, and keep the batch rows.
 
@@ -199,14 +201,14 @@ def _series_with_history(
         .with_columns(_valid=pl.lit(True), _hist=pl.lit(True))
     )
     if hist.is_empty():
-        return series_context(checked, actions, settings), _no_bars()
+        return series_context(checked, actions, settings, gap=gap), _no_bars()
     batch = checked.with_columns(_hist=pl.lit(False), _batch_new=pl.col("_new"))
     both = pl.concat([hist, batch], how="diagonal_relaxed").sort(
         "symbol", "timeframe", "ts", maintain_order=True
     )
     sym, tf = pl.col("symbol"), pl.col("timeframe")
     both = both.with_columns(_new=(~((sym == sym.shift(1)) & (tf == tf.shift(1)))).fill_null(True))
-    both = series_context(both, actions, settings)
+    both = series_context(both, actions, settings, gap=gap)
     out = both.filter(~pl.col("_hist"))
     # the batch keeps its own series starts (the spans of the missing-bar check)
     out = out.with_columns(_new=pl.col("_batch_new")).drop("_hist", "_batch_new")
@@ -450,10 +452,13 @@ class Validator:
             first_errors = [r.name for r in fired if r.severity is Severity.ERROR]
             valid = ~pl.any_horizontal(first_errors) if first_errors else pl.lit(True)
             checked = checked.with_columns(_valid=valid)
+            gap = any("_gap_s" in r.needs for r in later)  # only a business rule reads it
             if history is not None and history.height and checked.height:
-                checked, decided = _series_with_history(checked, history, actions, self.settings)
+                checked, decided = _series_with_history(
+                    checked, history, actions, self.settings, gap=gap
+                )
             else:
-                checked = series_context(checked, actions, self.settings)
+                checked = series_context(checked, actions, self.settings, gap=gap)
             if any("_bad_print" in r.needs for r in later):
                 checked = with_bad_prints(checked, self.intraday)
             checked = checked.with_columns([r.expr() for r in later])
