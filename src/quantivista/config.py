@@ -416,6 +416,15 @@ class ApiSettings(_Section):
     exports_dir: Path | None = Field(
         default=None, description="where bulk exports are written (default: DATA_DIR/exports)"
     )
+    exports_url: str | None = Field(
+        default=None,
+        description="an fsspec URL for bulk exports (s3://bucket/exports) shared by every API "
+        "host; overrides exports_dir",
+    )
+    exports_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="fsspec storage options of exports_url (endpoint, region; keys from env)",
+    )
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
     page_size: int = Field(default=10_000, ge=1, description="bars per JSON page")
