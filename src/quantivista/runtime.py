@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 from functools import cached_property
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import polars as pl
 
@@ -42,7 +42,7 @@ from quantivista.services.providers import ProviderService
 from quantivista.services.quality import QualityService
 from quantivista.services.queries import BarQuery, QueryService
 from quantivista.services.reference import ReferenceService
-from quantivista.services.revalidation import build_validator
+from quantivista.services.revalidation import RevalidationReport, build_validator, revalidate
 from quantivista.services.simulation import SimulationService
 from quantivista.services.streaming import StreamService
 from quantivista.services.workers import WorkerMetrics, WorkerService
@@ -173,6 +173,21 @@ class Runtime:
             concurrency=concurrency,
             probe_port=probe_port,
         )
+
+    def revalidate(
+        self,
+        timeframe: str = "1d",
+        *,
+        engine: Literal["local", "dask"] = "local",
+        scheduler: str | None = None,
+        workers: int | None = None,
+    ) -> RevalidationReport:
+        """Check every stored bar of `timeframe` with the current rules (see `revalidation`)."""
+        dask = self.settings.dask
+        update = {k: v for k, v in (("scheduler_address", scheduler), ("workers", workers))
+                  if v is not None}  # fmt: skip
+        settings = self.settings.model_copy(update={"dask": dask.model_copy(update=update)})
+        return revalidate(settings, timeframe, engine=engine)
 
     def calendar(self, mic: str | None = None) -> TradingCalendar:
         """Return an exchange's trading calendar (default: the ingest calendar)."""

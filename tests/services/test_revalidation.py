@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pytest
+from typer.testing import CliRunner
 
+from quantivista.cli import app
 from quantivista.config import Settings
 from quantivista.services.revalidation import partitions, revalidate
 from quantivista.storage import open_backend
@@ -53,3 +56,18 @@ def test_dask_finds_what_the_single_process_validator_finds(
     assert dask.engine == "dask" and dask.partitions > 1
     assert dask.per_symbol.equals(local.per_symbol)
     assert dask.rule_counts == local.rule_counts
+
+
+def test_qv_revalidate_prints_the_rules_findings(damaged_store: tuple[Settings, int]) -> None:
+    settings, broken = damaged_store
+    runner = CliRunner()
+    base = ["--data-dir", str(settings.data_dir), "revalidate"]
+    env = {"QV_STORAGE__BUCKETS": "8", "COLUMNS": "200"}
+    shown = runner.invoke(app, base, env=env)
+    assert shown.exit_code == 0, shown.output
+    assert "ohlc_inconsistent" in shown.output and f"{broken} rejected" in shown.output
+    local = runner.invoke(app, [*base, "--format", "json"], env=env)
+    on_dask = runner.invoke(app, [*base, "--dask", "--workers", "1", "--format", "json"], env=env)
+    assert on_dask.exit_code == 0, on_dask.output
+    assert json.loads(on_dask.output) == json.loads(local.output)
+    assert sum(r["rejected"] for r in json.loads(local.output)) == broken
