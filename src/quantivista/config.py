@@ -40,6 +40,7 @@ __all__ = [
     "BusSettings",
     "config_source",
     "CacheSettings",
+    "DaskSettings",
     "IngestSettings",
     "IntegrateSettings",
     "ProviderEndpointSettings",
@@ -668,6 +669,18 @@ class WorkerSettings(_Section):
     )
 
 
+class DaskSettings(_Section):
+    """Universe-wide computations on Dask distributed (issue 17)."""
+
+    scheduler_address: str | None = Field(
+        default=None,
+        description="a running scheduler, e.g. tcp://10.0.0.5:8786 (None: a LocalCluster)",
+    )
+    workers: int = Field(default=2, ge=1, le=256, description="LocalCluster worker processes")
+    threads_per_worker: int = Field(default=1, ge=1, le=64)
+    host: str = Field(default="127.0.0.1", description="where a LocalCluster listens")
+
+
 class Settings(BaseSettings):
     """All configuration of a platform instance (frozen once built)."""
 
@@ -696,6 +709,7 @@ class Settings(BaseSettings):
     api: ApiSettings = ApiSettings()
     probes: ProbeSettings = ProbeSettings()
     workers: WorkerSettings = WorkerSettings()
+    dask: DaskSettings = DaskSettings()
     ops: OpsSettings = OpsSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
     alerting: AlertingSettings = AlertingSettings()

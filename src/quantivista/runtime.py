@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 from functools import cached_property
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import polars as pl
 
@@ -31,8 +31,6 @@ from quantivista.pipeline.runner import InProcessRunner
 from quantivista.pipeline.stages import EpochCache, Sinks, data_epoch
 from quantivista.processing.rollup import Rollup
 from quantivista.providers.registry import ProviderRegistry, default_registry
-from quantivista.quality.business import load_rules
-from quantivista.quality.rules import DEFAULT_RULES
 from quantivista.quality.validate import Validator
 from quantivista.reference.calendars import TradingCalendar, get_calendar
 from quantivista.reference.instruments import InstrumentMaster
@@ -47,6 +45,7 @@ from quantivista.services.providers import ProviderService
 from quantivista.services.quality import QualityService
 from quantivista.services.queries import BarQuery, QueryService
 from quantivista.services.reference import ReferenceService
+from quantivista.services.revalidation import RevalidationReport, build_validator, revalidate
 from quantivista.services.simulation import SimulationService
 from quantivista.services.streaming import RestBackfill, StreamService
 from quantivista.services.workers import WorkerMetrics, WorkerService
@@ -166,6 +165,21 @@ class Runtime:
             probe_port=probe_port,
         )
 
+    def revalidate(
+        self,
+        timeframe: str = "1d",
+        *,
+        engine: Literal["local", "dask"] = "local",
+        scheduler: str | None = None,
+        workers: int | None = None,
+    ) -> RevalidationReport:
+        """Check every stored bar of `timeframe` with the current rules (see `revalidation`)."""
+        dask = self.settings.dask
+        update = {k: v for k, v in (("scheduler_address", scheduler), ("workers", workers))
+                  if v is not None}  # fmt: skip
+        settings = self.settings.model_copy(update={"dask": dask.model_copy(update=update)})
+        return revalidate(settings, timeframe, engine=engine)
+
     def calendar(self, mic: str | None = None) -> TradingCalendar:
         """Return an exchange's trading calendar (default: the ingest calendar)."""
         return get_calendar(mic or self.settings.ingest.calendar)
@@ -173,9 +187,7 @@ class Runtime:
     @cached_property
     def validator(self) -> Validator:
         """Return the validator: default rules plus the business rules file, if any."""
-        quality = self.settings.quality
-        rules = DEFAULT_RULES + load_rules(quality.rules_file) if quality.rules_file else None
-        return Validator(self.calendar(), rules or DEFAULT_RULES, quality, self.settings.intraday)
+        return build_validator(self.settings)
 
     @cached_property
     def rollup(self) -> Rollup | None:

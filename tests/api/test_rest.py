@@ -337,6 +337,12 @@ def test_with_workers_enabled_a_posted_job_is_queued_for_a_worker(tmp_path: Path
         assert submitted.json()["queue"] == "default"
         time.sleep(0.5)
         assert http.get(f"/api/v1/jobs/{job_id}").json()["status"] == "pending"  # not run here
+        with api.client() as browser:  # the status page shows the queued job's task progress
+            form = {"client_id": creds.client_id, "client_secret": creds.client_secret}
+            assert browser.post("/login", data=form).status_code == 303
+            page = browser.get("/").text
+            row = page[page.index(job_id) :].split("</tr>")[0]
+            assert ">0/1<" in row and "pending" in row
         with Platform.from_settings(settings) as p:
             worker = p.runtime.worker(probe_port=0).start()
             try:
