@@ -18,6 +18,7 @@ __all__ = [
     "BarsStreamed",
     "DataIngestedEvent",
     "Event",
+    "WorkflowRecords",
 ]
 
 
@@ -96,6 +97,20 @@ class DataIngestedEvent(Event):
     data_ingested: DataIngestedPayload
 
 
+class WorkflowRecords(Event):
+    """Records a workflow publishes for a REAL_TIME_STREAM source (one micro-batch).
+
+    `offset` is the producer's sequence number of the first record: the lake rows' lineage.
+    """
+
+    topic: ClassVar[str] = "workflow.records"
+
+    tenant_id: str
+    source_id: str
+    records: list[dict[str, Any]]
+    offset: int = Field(default=0, ge=0)
+
+
 # every event type by name, for decoding envelopes
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__name__: cls
@@ -105,5 +120,6 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ActionsIngested,
         BarsStreamed,
         DataIngestedEvent,
+        WorkflowRecords,
     )
 }

@@ -283,9 +283,13 @@ class WorkflowIngestionService:
         yield from read_files(source.location, source.data_format, config)
 
     def run_job(
-        self, tenant: str, job_id: str, *, replay: pl.DataFrame | None = None
+        self, tenant: str, job_id: str, *, given: Batch | None = None
     ) -> IngestionJob:
-        """Run a pending job to the end; return it finished (never raises for bad data)."""
+        """Run a pending job to the end; return it finished (never raises for bad data).
+
+        `given`: records to ingest instead of reading the source (dead letters being
+        replayed, a micro-batch of a stream).
+        """
         started = time.perf_counter()
         job = self.catalog.job(tenant, job_id)
         source = self.catalog.source(tenant, job.source_id)
@@ -293,7 +297,7 @@ class WorkflowIngestionService:
         self.catalog.save_job(job)
         report: DataQualityReport | None = None
         try:
-            job, report = self._run(tenant, job, source, replay)
+            job, report = self._run(tenant, job, source, given)
         except Exception as exc:  # a job ends failed with the reason, whatever broke it
             context = exc.context if isinstance(exc, QuantiVistaError) else {}
             job = job.model_copy(
@@ -317,7 +321,7 @@ class WorkflowIngestionService:
         tenant: str,
         job: IngestionJob,
         source: DataSource,
-        replay: pl.DataFrame | None,
+        given: Batch | None,
     ) -> tuple[IngestionJob, DataQualityReport]:
         now = self.clock.now()
         rules = [self.catalog.rule(tenant, r) for r in source.transformation_rules]
@@ -325,9 +329,7 @@ class WorkflowIngestionService:
         frames: list[pl.DataFrame] = []
         cursor: dict[str, Any] | None = None
         batches = (
-            iter([Batch(replay, f"dead-letters:{source.source_id}")])
-            if replay is not None
-            else self._batches(tenant, source)
+            iter([given]) if given is not None else self._batches(tenant, source)
         )
         for batch in batches:
             n = batch.frame.height
@@ -378,7 +380,7 @@ class WorkflowIngestionService:
         rejected = pl.concat([transformed.rejected, checked.rejected, misplaced])
         failed = self._dead_letter(tenant, job, raw, rejected, now)
         self.catalog.add_lineage(tenant, inputs, now)
-        if cursor is not None and replay is None:
+        if cursor is not None and given is None:
             state = self.catalog.sync_state(tenant, source.source_id) or {}
             self.catalog.set_sync_state(tenant, source.source_id, state | {"cursor": cursor})
         report = checked.report
@@ -436,7 +438,9 @@ class WorkflowIngestionService:
             raise NotFoundError("no dead letters to replay", source_id=source_id, job_id=job_id)
         frame = pl.from_dicts([json.loads(r) for r in held["record"]], infer_schema_length=None)
         job = self.new_job(tenant, source_id)
-        done = self.run_job(tenant, job.job_id, replay=frame)
+        done = self.run_job(
+            tenant, job.job_id, given=Batch(frame, f"dead-letters:{source_id}")
+        )
         if done.status is not JobStatus.FAILED:
             self.catalog.mark_replayed(tenant, held["id"].to_list(), done.job_id)
         return done
