@@ -12,12 +12,15 @@ from hypothesis import strategies as st
 from quantivista.bus.envelope import Envelope
 from quantivista.bus.events import (
     EVENT_TYPES,
+    ActionsBatch,
     ActionsIngested,
+    BarBatch,
     BarsIngested,
     BarsQuarantined,
     BarsStreamed,
     DataIngestedEvent,
     Event,
+    TradesBatch,
     WorkflowRecords,
 )
 from quantivista.errors import BusError
@@ -39,6 +42,10 @@ EVENTS: list[Event] = [
         quality_score=0.9, processing_time_ms=12.5, data_categories=["positions"])),
     WorkflowRecords(occurred_at=AT, tenant_id="acme", source_id="fills", offset=7,
                     records=[{"trade_id": "T1", "qty": 5}]),
+    TradesBatch(occurred_at=AT, source="finnhub", rows=1, symbols=["A"], trades=b"\x00\xff"),
+    BarBatch(occurred_at=AT, source="stream", stage="raw", timeframe="1m", rows=0, symbols=[],
+             bars=b"\x01\x02\xfe", offsets="trades.finnhub:1-2"),
+    ActionsBatch(occurred_at=AT, source="lean", rows=0, symbols=[], actions=b""),
 ]  # fmt: skip
 
 

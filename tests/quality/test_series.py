@@ -139,3 +139,15 @@ def test_both_wick_paths_flag_the_same_bars(monkeypatch: pytest.MonkeyPatch) -> 
     where_needed = _series_context(df, None, settings)
     assert everywhere.equals(where_needed)
     assert everywhere["_wick"].sum() > 100
+
+
+def test_gap_seconds_only_when_asked() -> None:
+    df = _copies(2)
+    settings = QualitySettings()
+    with_gap = series_context(df, None, settings)
+    without = series_context(df, None, settings, gap=False)
+    assert "_gap_s" not in without.columns
+    assert with_gap.drop("_gap_s").equals(without)
+    # a series' first bar has no gap; the others count seconds since the previous bar
+    assert with_gap.filter(pl.col("_new"))["_gap_s"].null_count() == 2
+    assert with_gap.filter(~pl.col("_new"))["_gap_s"].min() == 86_400

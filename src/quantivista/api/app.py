@@ -33,6 +33,7 @@ from quantivista.api.state import ApiState
 from quantivista.api.stream import StreamHub
 from quantivista.clock import Clock
 from quantivista.config import Settings
+from quantivista.ops.metrics import REGISTRY, watch_process
 from quantivista.providers.registry import ProviderRegistry
 from quantivista.runtime import Runtime
 
@@ -93,6 +94,13 @@ def create_app(
         hub.start(asyncio.get_running_loop())
         app.state.qv = state
         app.state.hub = hub
+        watch_process(
+            "api",
+            data_dir=settings.data_dir,
+            markets={
+                settings.ingest.calendar: lambda: runtime.calendar().is_open(runtime.clock.now())
+            },
+        )
         # the start-up heap (libraries, settings, the runtime) lives as long as the process:
         # kept out of the collector, a full collection no longer stalls requests scanning it
         gc.freeze()
@@ -146,10 +154,15 @@ def create_app(
 
     @app.get("/metrics", tags=["operations"], response_class=Response)
     def metrics(request: Request) -> Response:
-        """Prometheus metrics: API requests, latency, cache; provider calls and breakers."""
+        """Prometheus metrics: the platform's (ops.metrics), the API's, providers' and breakers'."""
         state: ApiState = request.app.state.qv
-        body = generate_latest(state.metrics.registry) + generate_latest(
-            state.runtime.acquisition.analytics.registry
+        body = b"".join(
+            generate_latest(r)
+            for r in (
+                REGISTRY,
+                state.metrics.registry,
+                state.runtime.acquisition.analytics.registry,
+            )
         )
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 

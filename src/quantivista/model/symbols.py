@@ -64,7 +64,10 @@ def canonical_symbols(symbols: pl.Series) -> tuple[pl.Series, pl.Series | None]:
     out = symbols.cast(pl.String)
     mapping: dict[str, str] = {}
     problems: dict[str, str] = {}
-    for value in out.unique().drop_nulls().to_list():
+    # every distinct value starts a run: hashing the run starts (one per series in the usual
+    # batch) costs a tenth of hashing every row
+    starts = out.filter(out.ne_missing(out.shift()))
+    for value in starts.unique().drop_nulls().to_list():
         symbol = value.strip().upper()
         if symbol != value:
             mapping[value] = symbol

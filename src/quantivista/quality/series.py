@@ -12,9 +12,11 @@ numpy over those sorted columns (no `.over()` groups, no Python loops over rows)
   floored at `min_scale`. Only rows whose return could pass k x scale need it exactly:
   window counts give every other row a lower bound that rules it out (`_scale_where`);
 - a close spike is an isolated outlier: |z| > k on the bar and on the next bar, with
-  opposite signs, and the two returns mostly cancel. A level shift (a real jump) is not a
-  spike; if its size matches a common split ratio and no action explains it, it is a
-  split jump instead;
+  opposite signs, and the two returns mostly cancel. The newest bar of a series has no
+  next bar: |z| > k there is a pending spike, decided when the next bar arrives (the
+  validator re-checks it as history). A level shift (a real jump) is not a spike; if
+  its size matches a common split ratio and no action explains it, it is a split jump
+  instead;
 - a wick spike is a high or low far outside the body (open..close): beyond `wick_z` x the
   rolling mean wick of the previous bars and beyond `spike_z` x the return scale (e.g. Lean's IBM
   2000-07-20: low 88.00 against open 112.00 and close 117.00); only wicks past
@@ -220,13 +222,20 @@ _PART_ROWS = 131_072
 # above this share of rows with a wick past k x min_scale, the usual wick of every row
 # (one rolling mean) is cheaper than the usual wick of each of those rows
 _WIDE_SHARE = 1 / 16
-_FLAGS = ("_spike", "_wick", "_stale", "_split_mismatch", "_split_jump")
+_FLAGS = ("_spike", "_spike_pending", "_wick", "_stale", "_split_mismatch", "_split_jump")
 
 
 def series_context(
-    df: pl.DataFrame, actions: pl.DataFrame | None, settings: QualitySettings
+    df: pl.DataFrame,
+    actions: pl.DataFrame | None,
+    settings: QualitySettings,
+    *,
+    gap: bool = True,
 ) -> pl.DataFrame:
-    """Add `_spike`, `_wick`, `_stale`, `_split_mismatch`, `_split_jump`, `_gap_s` to `df`.
+    """Add `_spike`, `_spike_pending`, `_wick`, `_stale`, `_split_mismatch`, `_split_jump`
+    and `_gap_s` to `df`.
+
+    `gap=False` leaves `_gap_s` out (only a business rule on gaps reads it).
 
     `df` must be sorted by (symbol, timeframe, ts) and hold `_new` and `_valid`. Series
     never interact, so large frames are cut at series boundaries into parts of about
@@ -236,7 +245,7 @@ def series_context(
     """
     adjustments = _adjustments(actions)
     if df.height < 2 * _PART_ROWS:
-        return _attach(df, _series_arrays(df, adjustments, settings))
+        return _attach(df, _series_arrays(df, adjustments, settings), gap=gap)
     starts = np.flatnonzero(df["_new"].to_numpy())
     at = np.searchsorted(starts, np.arange(_PART_ROWS, df.height, _PART_ROWS))
     cuts = np.unique(starts[np.minimum(at, len(starts) - 1)])
@@ -248,7 +257,7 @@ def series_context(
     # one chunk per new column, like the frame's own columns: misaligned chunks would
     # make every later select copy the whole frame
     joined = {k: np.concatenate([d[k] for d in done]) for k in done[0]}
-    return _attach(df, joined)
+    return _attach(df, joined, gap=gap)
 
 
 def _series_context(
@@ -262,17 +271,16 @@ def _adjustments(actions: pl.DataFrame | None) -> pl.DataFrame | None:
     return action_adjustments(actions) if actions is not None and actions.height else None
 
 
-def _attach(df: pl.DataFrame, arrays: dict[str, np.ndarray]) -> pl.DataFrame:
+def _attach(df: pl.DataFrame, arrays: dict[str, np.ndarray], *, gap: bool = True) -> pl.DataFrame:
     if df.height == 0:
-        return df.with_columns(
-            [pl.lit(False).alias(c) for c in _FLAGS] + [pl.lit(None, pl.Int64).alias("_gap_s")]
-        )
+        empty = [pl.lit(None, pl.Int64).alias("_gap_s")] if gap else []
+        return df.with_columns([pl.lit(False).alias(c) for c in _FLAGS] + empty)
+    flags = [pl.Series(k, arrays[k]) for k in _FLAGS]
+    if not gap:
+        return df.with_columns(flags)
     # seconds since the previous bar of the series (floor division, as numpy's)
-    gap = pl.col("ts").dt.epoch("us").diff() // 1_000_000
-    return df.with_columns(
-        *[pl.Series(k, arrays[k]) for k in _FLAGS],
-        _gap_s=pl.when(pl.col("_new")).then(None).otherwise(gap),
-    )
+    seconds = pl.col("ts").dt.epoch("us").diff() // 1_000_000
+    return df.with_columns(*flags, _gap_s=pl.when(pl.col("_new")).then(None).otherwise(seconds))
 
 
 def _stale_rows(cols: tuple[np.ndarray, ...], new: np.ndarray, run_length: int) -> np.ndarray:
@@ -368,6 +376,7 @@ def _series_arrays(
         probe[wide] = np.fmax(probe[wide], wick)
     scale, exact = _scale_where(abs_r, new, window, settings.min_scale, probe, k)
     spike = np.zeros(n, dtype=bool)
+    pending = np.zeros(n, dtype=bool)
     split_jump = np.zeros(n, dtype=bool)
     split_mismatch = np.zeros(n, dtype=bool)
     wick_spike = np.zeros(n, dtype=bool)
@@ -392,6 +401,12 @@ def _series_arrays(
             & (np.sign(r_b) != np.sign(r_next))
             & (np.abs(r_b + r_next) < 0.5 * np.minimum(np.abs(r_b), np.abs(r_next)))
         )
+        # an outsized move with no next bar yet: a spike or a real move, undecided (unless
+        # it is the way back from a spike on the bar before)
+        last = big[~same_next]
+        before = last - 1 if all_ok else _prev_valid(ok)[last]
+        back = (before >= _series_start(last, new)) & spike[np.maximum(before, 0)]
+        pending[last[~back]] = True
         jump = big[~spike[big]]
         if ratio is not None and cash is not None:
             jump = jump[(ratio[jump] == 1.0) & (cash[jump] == 0.0)]
@@ -399,12 +414,14 @@ def _series_arrays(
             split_mismatch = (ratio != 1.0) & (abs_r > 0.5 * log_ratio)
         dist = np.abs(np.abs(r[jump])[:, None] - np.log(np.asarray(SPLIT_RATIOS))[None, :])
         split_jump[jump] = dist.min(axis=1, initial=np.inf) < settings.split_tolerance
+        pending &= ~split_jump  # a split-sized level shift is flagged as such already
         # far outside both the usual wick and the usual daily move
         wick_spike[wide] = wick > k * scale[wide]
 
     stale = _stale_rows((c, o, h, lo, v), new, settings.stale_run)
     return {
         "_spike": spike,
+        "_spike_pending": pending,
         "_wick": wick_spike,
         "_stale": stale,
         "_split_mismatch": split_mismatch,

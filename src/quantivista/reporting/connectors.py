@@ -53,29 +53,51 @@ class Batch:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def _varint(value: int) -> bytes:
+    """The protobuf base-128 varint of a message length (the public API has none)."""
+    out = bytearray()
+    while True:
+        low, value = value & 0x7F, value >> 7
+        out.append(low | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    """Return (value, next position) of the varint at `pos`."""
+    value = shift = 0
+    while True:
+        if pos >= len(data):
+            raise ValueError("truncated protobuf length prefix")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+
+
 def encode_protobuf(records: list[dict[str, Any]]) -> bytes:
     """Return records as length-delimited `google.protobuf.Struct` messages."""
     from google.protobuf import struct_pb2
-    from google.protobuf.internal.encoder import _VarintBytes
 
     out = io.BytesIO()
     for record in records:
         message = struct_pb2.Struct()
         message.update(record)
         body = message.SerializeToString()
-        out.write(_VarintBytes(len(body)))
+        out.write(_varint(len(body)))
         out.write(body)
     return out.getvalue()
 
 
 def _decode_protobuf(data: bytes) -> pl.DataFrame:
     from google.protobuf import json_format, struct_pb2
-    from google.protobuf.internal.decoder import _DecodeVarint32
 
     rows = []
     pos = 0
     while pos < len(data):  # one message per record: the wire format is per record
-        size, pos = _DecodeVarint32(data, pos)
+        size, pos = _read_varint(data, pos)
         message = struct_pb2.Struct()
         message.ParseFromString(data[pos : pos + size])
         pos += size

@@ -282,9 +282,7 @@ class WorkflowIngestionService:
             return
         yield from read_files(source.location, source.data_format, config)
 
-    def run_job(
-        self, tenant: str, job_id: str, *, given: Batch | None = None
-    ) -> IngestionJob:
+    def run_job(self, tenant: str, job_id: str, *, given: Batch | None = None) -> IngestionJob:
         """Run a pending job to the end; return it finished (never raises for bad data).
 
         `given`: records to ingest instead of reading the source (dead letters being
@@ -328,9 +326,7 @@ class WorkflowIngestionService:
         inputs: list[dict[str, Any]] = []
         frames: list[pl.DataFrame] = []
         cursor: dict[str, Any] | None = None
-        batches = (
-            iter([given]) if given is not None else self._batches(tenant, source)
-        )
+        batches = iter([given]) if given is not None else self._batches(tenant, source)
         for batch in batches:
             n = batch.frame.height
             frames.append(
@@ -438,9 +434,7 @@ class WorkflowIngestionService:
             raise NotFoundError("no dead letters to replay", source_id=source_id, job_id=job_id)
         frame = pl.from_dicts([json.loads(r) for r in held["record"]], infer_schema_length=None)
         job = self.new_job(tenant, source_id)
-        done = self.run_job(
-            tenant, job.job_id, given=Batch(frame, f"dead-letters:{source_id}")
-        )
+        done = self.run_job(tenant, job.job_id, given=Batch(frame, f"dead-letters:{source_id}"))
         if done.status is not JobStatus.FAILED:
             self.catalog.mark_replayed(tenant, held["id"].to_list(), done.job_id)
         return done

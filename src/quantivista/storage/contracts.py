@@ -228,11 +228,18 @@ class JobCatalog(Protocol):
         ...
 
     def claim_task(
-        self, worker: str, lease_s: float, now: datetime, job_id: str | None = None
+        self,
+        worker: str,
+        lease_s: float,
+        now: datetime,
+        job_id: str | None = None,
+        *,
+        queue: str | None = None,
     ) -> JobTask | None:
-        """Lease the oldest pending task (of one job, or any) to `worker`; None if none is left.
+        """Lease the oldest pending task to `worker`; None if none is left.
 
-        Atomic across processes: two workers never hold the same task.
+        Of one job, of the jobs queued on `queue`, or of any job. Atomic across processes:
+        two workers never hold the same task.
         """
         ...
 
@@ -250,7 +257,9 @@ class JobCatalog(Protocol):
     def expire_leases(self, now: datetime) -> list[str]:
         """Return running tasks whose lease lapsed to pending; fail their jobs.
 
-        Each such job becomes `failed` with an error detail of kind `lease_expired`.
+        Each such job becomes `failed` with an error detail of kind `lease_expired`,
+        except a queued job (`job.queue`): it stays, its tasks go back to the queue, and a
+        task that used the job's `max_attempts` fails with the reason.
         Return the ids of the jobs affected.
         """
         ...

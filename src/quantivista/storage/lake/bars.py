@@ -40,7 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, NamedTuple
 from uuid import uuid4
 
 import numpy as np
@@ -66,6 +66,7 @@ from quantivista.storage.base import (
 )
 from quantivista.storage.lake.cache import FileCache
 from quantivista.storage.lake.cold import ColdEntry, ColdIndex, ColdTier
+from quantivista.storage.lake.encoding import ArrowBatch, Run
 from quantivista.storage.lake.files import (
     atomic_write_parquet,
     flocked,
@@ -112,8 +113,15 @@ class _Indexed:
 
     __slots__ = ("frame", "index")
 
-    def __init__(self, frame: pl.DataFrame) -> None:
+    def __init__(self, frame: pl.DataFrame, runs: Sequence[tuple[str, int]] | None = None) -> None:
         self.frame = frame
+        if runs is not None:  # (symbol, rows) in row order, known to the writer
+            self.index = {}
+            start = 0
+            for name, rows in runs:
+                self.index[name] = (start, rows)
+                start += rows
+            return
         sym = pl.col("symbol")
         starts = frame.select((sym != sym.shift()).fill_null(True).arg_true()).to_series()
         names = frame["symbol"].gather(starts).to_list()
@@ -128,6 +136,15 @@ class _Indexed:
     def estimated_size(self) -> int:
         """Return the decoded size in bytes (what the cache budgets)."""
         return int(self.frame.estimated_size())
+
+
+class _Partition(NamedTuple):
+    """One partition's share of a write: its key, rows (one slice per symbol) and runs."""
+
+    key: _Key
+    slices: list[pl.DataFrame]
+    runs: list[Run]  # (symbol, first, end) rows of the batch, in file order
+    arrow: ArrowBatch  # the batch as Arrow, to cut the partition's table from
 
 
 class ParquetLake:
@@ -232,27 +249,27 @@ class ParquetLake:
         if bars.is_empty():
             return total
         bars = bars.select(BAR_COLUMNS)
-        groups = self._partitions(bars)
-        threads = min(self.settings.write_threads or os.cpu_count() or 1, len(groups))
+        parts = self._partitions(bars)
+        threads = min(self.settings.write_threads or os.cpu_count() or 1, len(parts))
         if threads <= 1:
-            results = [self._upsert_partition(key, part) for key, part in groups]
+            results = [self._upsert_partition(part) for part in parts]
         else:
             with ThreadPoolExecutor(threads, thread_name_prefix="qv-lake") as pool:
-                results = list(pool.map(lambda kv: self._upsert_partition(*kv), groups))
+                results = list(pool.map(self._upsert_partition, parts))
         for stats in results:
             total += stats
         return total
 
-    def _partitions(self, bars: pl.DataFrame) -> list[tuple[_Key, list[pl.DataFrame]]]:
+    def _partitions(self, bars: pl.DataFrame) -> list[_Partition]:
         """Split a batch into partitions, each sorted by symbol and ts.
 
         Works on runs (a symbol's rows of one month, already in ts order after
         `latest_per_key`): runs are grouped by partition and ordered by symbol, and each
         partition is the concatenation of its runs' zero-copy slices (no gather: batches
         arrive as many chunks, and a gather over them costs more than the encoding). The
-        writer threads join the slices into one chunk: Parquet encodes one chunk fastest.
+        batch is converted to Arrow once; each partition's table is cut from it.
         """
-        out: list[tuple[_Key, list[pl.DataFrame]]] = []
+        out: list[_Partition] = []
         tf_col = pl.col("timeframe")
         if bars.select((tf_col == tf_col.first()).all()).item():
             by_tf = [(str(bars["timeframe"][0]), bars)]
@@ -262,6 +279,7 @@ class ParquetLake:
             tf = Timeframe.parse(tf_text)
             monthly = tf.partition_period == "month"
             keyed = latest_per_key(tf_part)
+            arrow = ArrowBatch(keyed)
             month = (pl.col("ts").dt.year() * 100 + pl.col("ts").dt.month()) if monthly else None
             sym = pl.col("symbol")
             change = sym != sym.shift()
@@ -275,19 +293,21 @@ class ParquetLake:
                 if month is not None
                 else [0] * len(symbols)
             )
-            runs: dict[tuple[int, int], list[tuple[str, int, int]]] = {}
+            runs: dict[tuple[int, int], list[Run]] = {}
             for symbol, ym, lo, hi in zip(symbols, months, starts, ends, strict=True):
                 runs.setdefault((self.bucket(symbol), ym), []).append((symbol, lo, hi))
             for (bucket, ym), parts in sorted(runs.items()):
                 parts.sort()  # by symbol; a symbol has one run per partition
                 slices = [keyed.slice(lo, hi - lo) for _, lo, hi in parts]
                 month_text = f"{ym // 100:04d}-{ym % 100:02d}" if monthly else None
-                out.append(((str(tf), bucket, month_text), slices))
+                out.append(_Partition((str(tf), bucket, month_text), slices, parts, arrow))
         return out
 
-    def _upsert_partition(self, key: _Key, slices: list[pl.DataFrame]) -> UpsertStats:
-        new = pl.concat(slices, rechunk=True) if len(slices) > 1 else slices[0].rechunk()
-        directory = self._dir(*key)
+    def _upsert_partition(self, part: _Partition) -> UpsertStats:
+        # not joined into one chunk (a copy of every column): the cache takes chunked frames
+        slices = part.slices
+        new = pl.concat(slices, rechunk=False) if len(slices) > 1 else slices[0]
+        directory = self._dir(*part.key)
         path = directory / DATA_FILE
         with self.locked(directory):
             self._sweep_temporaries(directory)
@@ -300,10 +320,13 @@ class ParquetLake:
                     return stats
                 # history first: a crash between the two renames leaves a harmless copy
                 self._write_history(directory, superseded)
+                atomic_write_parquet(merged, path, self.settings)
+                self.cache.put(path, _Indexed(merged))  # write-through: the next read is warm
             else:
-                merged, stats = new, UpsertStats(inserted=new.height)
-            atomic_write_parquet(merged, path, self.settings)
-            self.cache.put(path, _Indexed(merged))  # write-through: the next read is warm
+                stats = UpsertStats(inserted=new.height)
+                atomic_write_parquet(part.arrow.partition(part.runs), path, self.settings)
+                runs = [(symbol, hi - lo) for symbol, lo, hi in part.runs]
+                self.cache.put(path, _Indexed(new, runs))
             stats.partitions_written = 1
             return stats
 

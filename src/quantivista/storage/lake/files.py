@@ -25,10 +25,12 @@ from typing import IO, Any
 from uuid import uuid4
 
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from quantivista.config import StorageSettings
 from quantivista.errors import StorageError
+from quantivista.storage.lake.encoding import DICT_COLUMNS, to_arrow
 
 __all__ = [
     "Identity",
@@ -112,37 +114,55 @@ def flocked(lock_file: Path) -> Iterator[None]:
 # random bars); PLAIN compresses 2-decimal prices smaller, but at twice the cost.
 _FLOAT_COLUMNS = ("open", "high", "low", "close", "volume", "vwap")
 _DELTA_COLUMNS = ("ts", "ingested_at", "trades")
-_DICT_COLUMNS = ("symbol", "timeframe", "provider", "job_id")
 
 
-def _write_options(df: pl.DataFrame, settings: StorageSettings) -> dict[str, Any]:
-    encodings = {c: "BYTE_STREAM_SPLIT" for c in _FLOAT_COLUMNS if c in df.columns}
-    encodings.update({c: "DELTA_BINARY_PACKED" for c in _DELTA_COLUMNS if c in df.columns})
-    compression = "none" if settings.compression == "none" else settings.compression
+# Columns whose pages are a few bytes once encoded (dictionary indices in runs, a knowledge
+# time in runs, flags mostly 0) are stored uncompressed: compressing them saves nothing and
+# costs a codec set-up per page, a fifth of a daily-bar file's encoding time.
+_LIGHT_COLUMNS = (*DICT_COLUMNS, "quality_flags", "ingested_at")
+
+
+def _write_options(table: pa.Table, settings: StorageSettings) -> dict[str, Any]:
+    columns = table.column_names
+    encodings = {c: "BYTE_STREAM_SPLIT" for c in _FLOAT_COLUMNS if c in columns}
+    encodings.update({c: "DELTA_BINARY_PACKED" for c in _DELTA_COLUMNS if c in columns})
+    codec = settings.compression
+    compression = {
+        c: "none"
+        if codec == "none" or c in _LIGHT_COLUMNS or table[c].null_count == table.num_rows
+        else codec
+        for c in columns
+    }
     return {
         "compression": compression,
-        "compression_level": settings.compression_level
-        if settings.compression in ("zstd", "gzip")
+        "compression_level": {
+            c: settings.compression_level for c, how in compression.items() if how != "none"
+        }
+        if codec in ("zstd", "gzip")
         else None,
-        "use_dictionary": [c for c in _DICT_COLUMNS if c in df.columns],
+        "use_dictionary": [c for c in (*DICT_COLUMNS, "quality_flags") if c in columns],
         "column_encoding": encodings,
-        "write_statistics": ["ts"] if "ts" in df.columns else True,
+        "write_statistics": ["ts"] if "ts" in columns else True,
         # the Parquet logical types already say string / UTC timestamp / uint32; leaving the
         # Arrow schema out keeps files readable by any engine and lets us hand over views
         "store_schema": False,
     }
 
 
-def atomic_write_parquet(df: pl.DataFrame, path: Path, settings: StorageSettings) -> int:
+def atomic_write_parquet(df: pl.DataFrame | pa.Table, path: Path, settings: StorageSettings) -> int:
     """Write `df` to `path` so that readers see either the old file or the whole new one.
+
+    A polars frame goes through `encoding.to_arrow` (repeated strings dictionary-encoded);
+    a caller that knows more about its rows (the symbol runs of a partition) passes the
+    Arrow table it built.
 
     The temporary has a unique name: concurrent writers of one path never share one (the
     last rename wins; callers that merge hold a lock around the whole cycle).
     """
     tmp = path.parent / f".tmp-{uuid4().hex}.parquet"
     try:
-        table = df.to_arrow(compat_level=pl.CompatLevel.newest())
-        options = _write_options(df, settings)
+        table = to_arrow(df) if isinstance(df, pl.DataFrame) else df
+        options = _write_options(table, settings)
         for attempt in range(_CREATE_ATTEMPTS):
             ensure_dir(path.parent)
             try:
