@@ -27,7 +27,7 @@ def test_migrations_run_once_and_reopening_is_a_no_op(
     with psycopg.connect(postgres_dsn) as conn:
         version = conn.execute(f'SELECT version_num FROM "{pg_schema}".alembic_version').fetchall()
         layout = conn.execute(f'SELECT value FROM "{pg_schema}".qv_meta').fetchone()
-    assert version == [("0002",)]
+    assert version == [("0003",)]
     assert pg_store.layout == "partitioned" and layout == ("partitioned",)  # no TimescaleDB here
 
 
