@@ -519,6 +519,8 @@ def _default_entries() -> dict[str, ScheduleEntry]:
         "retention": ScheduleEntry(job="retention", cron="15 2 * * *"),
         "backup": ScheduleEntry(job="backup", cron="30 2 * * *"),
         "compaction": ScheduleEntry(job="compaction", cron="0 3 * * 0"),
+        # reporting-side sources carry their own cron lines: check them every minute
+        "workflow-sources": ScheduleEntry(job="workflow_sources", cron="* * * * *"),
     }
 
 
