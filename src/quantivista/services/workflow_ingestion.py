@@ -26,6 +26,7 @@ from typing import Any
 from uuid import uuid4
 
 import polars as pl
+from pydantic import ValidationError
 
 from quantivista.bus.base import EventBus
 from quantivista.bus.events import DataIngestedEvent
@@ -137,9 +138,15 @@ class WorkflowIngestionService:
     def update_source(self, tenant: str, source_id: str, changes: dict[str, Any]) -> DataSource:
         """Change some fields of a source (checked like a new one)."""
         current = self.catalog.source(tenant, source_id)
-        merged = DataSource.model_validate(
-            current.model_dump() | changes | {"source_id": source_id, "tenant_id": tenant}
-        )
+        try:
+            merged = DataSource.model_validate(
+                current.model_dump() | changes | {"source_id": source_id, "tenant_id": tenant}
+            )
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+            )
+            raise InvalidInputError(f"invalid source fields: {problems}") from None
         return self.register_source(tenant, merged)
 
     def set_enabled(self, tenant: str, source_id: str, enabled: bool) -> DataSource:
