@@ -579,6 +579,8 @@ def _default_entries() -> dict[str, ScheduleEntry]:
         "backup": ScheduleEntry(job="backup", cron="30 2 * * *"),
         "compaction": ScheduleEntry(job="compaction", cron="0 3 * * 0"),
         "sla-probe": ScheduleEntry(job="sla_probe", cron="* * * * *"),
+        # reporting-side sources carry their own cron lines: check them every minute
+        "workflow-sources": ScheduleEntry(job="workflow_sources", cron="* * * * *"),
     }
 
 
