@@ -5,7 +5,10 @@ consistent OHLC, a sprinkle of damaged rows). Reports bars/s, best of `REPEAT` r
 (the machine is shared), for:
 - row_local: the context-free rules as one select of flag bits (`Validator.flags`);
 - row_local_validate: `validate()` with those rules only (dedupe check, split, report);
-- full: `validate()` with every default rule on the calendar, incl. the rolling statistics.
+- full: `validate()` with every default rule on the calendar, incl. the rolling statistics;
+- minute_full: the same on regular-session 1-minute bars (`QV_PERF_MINUTE_SYMBOLS` symbols
+  x the full sessions of 2024-01..03, `quantivista.testing.minutes`), incl. the bad-print
+  rule; minute_without_bad_print: the same without it (the rule's cost).
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ import numpy as np
 import polars as pl
 
 from quantivista.model.schema import coerce_bars
-from quantivista.quality.rules import ROW_RULES
+from quantivista.quality.rules import DEFAULT_RULES, ROW_RULES
 from quantivista.quality.validate import Validator
 from quantivista.reference.calendars import get_calendar
+from quantivista.testing.minutes import session_minutes
 
 SYMBOLS = int(os.environ.get("QV_PERF_SYMBOLS", "500"))
+MINUTE_SYMBOLS = int(os.environ.get("QV_PERF_MINUTE_SYMBOLS", "100"))
 REPEAT = 5
 
 
@@ -85,6 +90,11 @@ def main() -> None:
     t_row, c_row = best(lambda: row.validate(bars, job_id="perf"))
     t_full, c_full = best(lambda: full.validate(bars, job_id="perf"))
     n = bars.height
+    minutes = session_minutes(cal, "2024-01-02", "2024-03-28", MINUTE_SYMBOLS)
+    m = minutes.height
+    t_min, c_min = best(lambda: full.validate(minutes, job_id="perf"))
+    plain = full.with_rules(tuple(r for r in DEFAULT_RULES if r.name != "bad_print"))
+    t_plain, _ = best(lambda: plain.validate(minutes, job_id="perf"))
     cores = min(2, os.cpu_count() or 1)
     print(
         json.dumps(
@@ -97,13 +107,17 @@ def main() -> None:
                 "row_local_validate_bars_per_s": round(n / t_row),
                 "full_bars_per_s": round(n / t_full),
                 "full_seconds": round(t_full, 3),
+                "minute_bars": m,
+                "minute_full_bars_per_s": round(m / t_min),
+                "minute_without_bad_print_bars_per_s": round(m / t_plain),
                 "cpu_bound_bars_per_s": {
                     "row_local": round(n * cores / c_flags),
                     "row_local_validate": round(n * cores / c_row),
                     "full": round(n * cores / c_full),
+                    "minute_full": round(m * cores / c_min),
                 },
                 "load_avg_1m": round(os.getloadavg()[0], 2),
-                "targets": {"row_local": 20_000_000, "full": 3_000_000},
+                "targets": {"row_local": 20_000_000, "full": 3_000_000, "minute_full": 3_000_000},
             }
         )
     )

@@ -13,16 +13,19 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "quantivista"
 FORBIDDEN = {
     "model": {"storage", "providers", "acquisition", "quality", "processing", "actions",
               "reference", "pipeline", "services", "runtime", "platform", "cli", "bus",
-              "benchmarks"},
+              "benchmarks", "reporting"},
     "bus": {"storage", "providers", "acquisition", "pipeline", "services", "runtime", "cli"},
     "storage": {"providers", "acquisition", "quality", "processing", "reference", "actions",
-                "pipeline", "services", "runtime", "platform", "cli", "benchmarks", "bus"},
+                "pipeline", "services", "runtime", "platform", "cli", "benchmarks", "bus",
+                "reporting"},
     "providers": {"storage", "acquisition", "pipeline", "services", "runtime", "platform",
                   "cli"},
     "acquisition": {"storage", "pipeline", "services", "runtime", "platform", "cli"},
     "quality": {"storage", "providers", "acquisition", "pipeline", "services", "runtime",
                 "platform", "cli"},
     "pipeline": {"services", "runtime", "platform", "cli"},
+    "reporting": {"storage", "providers", "acquisition", "pipeline", "services", "runtime",
+                  "platform", "cli", "api"},
     "services": {"runtime", "platform", "cli"},
 }  # fmt: skip
 # the shells talk to the services only (plus the types they carry)

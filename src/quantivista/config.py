@@ -9,6 +9,7 @@ No other module reads the environment.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from datetime import date
 from pathlib import Path
@@ -36,9 +37,11 @@ from quantivista.model.rates import Rate
 __all__ = [
     "ApiSettings",
     "BreakerSettings",
+    "BusSettings",
     "config_source",
     "CacheSettings",
     "IngestSettings",
+    "IntegrateSettings",
     "ProviderEndpointSettings",
     "ProviderFaultSettings",
     "ProbeSettings",
@@ -52,6 +55,8 @@ __all__ = [
     "SimulatorServerSettings",
     "SimulatorSettings",
     "StorageSettings",
+    "StreamSettings",
+    "WorkerSettings",
 ]
 
 
@@ -371,6 +376,28 @@ class QualitySettings(_Section):
     max_issues_per_rule: int = Field(default=50, ge=0, description="issues listed per rule")
 
 
+class IntradaySettings(_Section):
+    """Intraday sessions and the 1-minute bad-print rule (issue 19)."""
+
+    rollup_session: Literal["regular", "extended"] = Field(
+        default="regular",
+        description='"extended": storage rollups add pre/post-market bars (flagged'
+        " outside_session) beside the regular-session ones",
+    )
+    bad_print_window: int = Field(
+        default=5, ge=2, le=30, description="neighbour minutes on each side of a 1m bar"
+    )
+    bad_print_z: float = Field(
+        default=12.0, gt=0, description="robust z of a print against its neighbours"
+    )
+    bad_print_min_move: float = Field(
+        default=0.005, gt=0, description="least relative distance from the neighbours"
+    )
+    auction_factor: float = Field(
+        default=3.0, ge=1, description="thresholds x this on the session's first/last minute"
+    )
+
+
 class ApiSettings(_Section):
     """The Market Data API service (`qv serve`)."""
 
@@ -443,6 +470,140 @@ class ProbeSettings(_Section):
         return self.ports.get(service, 0)
 
 
+class OpsSettings(_Section):
+    """Operations: metric groups, the scheduler, alerting and tracing (issue 16)."""
+
+    symbol_groups: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="freshness groups: name -> regular expressions of symbols (none: 'all')",
+    )
+
+    @field_validator("symbol_groups")
+    @classmethod
+    def _check_groups(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for name, patterns in value.items():
+            for pattern in patterns:
+                try:
+                    re.compile(pattern)
+                except re.error as exc:
+                    raise ValueError(
+                        f"group {name}: {pattern!r} is no regular expression: {exc}"
+                    ) from None
+        return value
+
+
+class ScheduleEntry(_Section):
+    """One entry of `qv scheduler`: a registered job on a cron line or after exchanges' closes."""
+
+    job: str = Field(description="a registered job: retention, backup, compaction, "
+                     "universe_update, or one a plug-in registered")  # fmt: skip
+    cron: str | None = Field(
+        default=None, description="cron line in UTC (5 fields; a 6th is seconds)"
+    )
+    after_close: list[str] = Field(
+        default_factory=list, description="MICs: run after each session close of each exchange"
+    )
+    offset_minutes: float = Field(default=30.0, ge=0, description="minutes after the close")
+    args: dict[str, Any] = Field(default_factory=dict, description="passed to the job")
+    enabled: bool = True
+
+    @model_validator(mode="after")
+    def _one_trigger(self) -> ScheduleEntry:
+        if (self.cron is None) == (not self.after_close):
+            raise ValueError("a schedule entry needs either cron or after_close, not both")
+        if self.cron is not None:
+            from croniter import croniter
+
+            if not croniter.is_valid(self.cron):
+                raise ValueError(f"{self.cron!r} is not a cron line")
+        return self
+
+
+def _default_entries() -> dict[str, ScheduleEntry]:
+    return {
+        "universe-update": ScheduleEntry(job="universe_update", after_close=["XNYS"]),
+        "retention": ScheduleEntry(job="retention", cron="15 2 * * *"),
+        "backup": ScheduleEntry(job="backup", cron="30 2 * * *"),
+        "compaction": ScheduleEntry(job="compaction", cron="0 3 * * 0"),
+    }
+
+
+class SchedulerSettings(_Section):
+    """`qv scheduler`: what runs when; one active scheduler per store (a lease)."""
+
+    entries: dict[str, ScheduleEntry] = Field(default_factory=_default_entries)
+    tick_s: float = Field(default=5.0, gt=0, description="how often due entries are checked")
+    backup_dir: Path | None = Field(
+        default=None, description="where scheduled backups go (default: DATA_DIR/../backups)"
+    )
+    keep_backups: int = Field(default=7, ge=1, description="scheduled backups kept")
+
+
+# -- issue 14: streaming and distribution -------------------------------------------------
+class BusSettings(_Section):
+    """The message broker `qv stream`, `qv integrate`, `qv replay` and `qv dlq` use."""
+
+    url: str = Field(
+        default="memory://",
+        description="memory:// (in-process) or nats://host:port[?prefix=qv] (JetStream)",
+    )
+    codec: Literal["json", "avro", "protobuf"] = "avro"
+    pulsar_url: str | None = None
+
+
+class StreamSettings(_Section):
+    """`qv stream`: live trades -> 1-minute bars -> validate -> store -> publish."""
+
+    batch_ms: int = Field(default=100, ge=1, le=60_000, description="micro-batch length")
+    lateness_s: float = Field(default=2.0, ge=0, description="watermark behind the last trade")
+    idle_s: float = Field(default=5.0, ge=0, description="the clock closes quiet minutes")
+    retention_s: float = Field(
+        default=3600.0, gt=0, description="how late a trade may still amend its bar"
+    )
+    queue_size: int = Field(default=10_000, ge=1, description="micro-batches waiting, at most")
+    publish_trades: bool = True
+    synthetic_rate: float = Field(
+        default=1000.0, gt=0, description="trades/s of --source synthetic"
+    )
+    late_fraction: float = Field(default=0.0, ge=0, le=1, description="synthetic late trades")
+
+
+class IntegrateSettings(_Section):
+    """`qv integrate`: raw bars -> validate -> adjust -> enrich -> enriched bars."""
+
+    group: str = "integrate"
+    batch: int = Field(default=200, ge=1, description="messages per fetch")
+    reporting_currency: str = "USD"
+    ack_wait_s: float = Field(default=30.0, gt=0)
+    max_deliver: int = Field(default=5, ge=1)
+
+
+class WorkerSettings(_Section):
+    """`qv worker` processes sharing the job catalog's queue (issue 17)."""
+
+    enabled: bool = Field(
+        default=False,
+        description="jobs posted to the API are queued for workers instead of run in the API",
+    )
+    queue: str = Field(default="default", min_length=1, description="the queue workers serve")
+    concurrency: int = Field(default=2, ge=1, le=64, description="tasks one worker runs at once")
+    max_attempts: int = Field(
+        default=3, ge=1, le=100, description="claims of one task before it fails with the reason"
+    )
+    poll_s: float = Field(
+        default=0.5, gt=0, description="an idle worker looks for new tasks this often"
+    )
+    reap_s: float = Field(
+        default=5.0, gt=0, description="how often a worker returns lapsed leases to the queue"
+    )
+    drain_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="on SIGTERM, running tasks get this long to finish, then their leases are"
+        " released for other workers",
+    )
+
+
 class Settings(BaseSettings):
     """All configuration of a platform instance (frozen once built)."""
 
@@ -467,8 +628,15 @@ class Settings(BaseSettings):
     providers: ProviderSettings = ProviderSettings()
     simulator_server: SimulatorServerSettings = SimulatorServerSettings()
     quality: QualitySettings = QualitySettings()
+    intraday: IntradaySettings = IntradaySettings()
     api: ApiSettings = ApiSettings()
     probes: ProbeSettings = ProbeSettings()
+    workers: WorkerSettings = WorkerSettings()
+    ops: OpsSettings = OpsSettings()
+    scheduler: SchedulerSettings = SchedulerSettings()
+    bus: BusSettings = BusSettings()
+    stream: StreamSettings = StreamSettings()
+    integrate: IntegrateSettings = IntegrateSettings()
 
     def __init__(self, **values: Any) -> None:
         """Load settings; a wrong value or file raises one-line `ConfigurationError`s."""

@@ -5,7 +5,8 @@
     ├── InvalidInputError           a caller handed us something unusable
     │   ├── SchemaError             a frame that does not fit the canonical schema
     │   ├── InvalidTimeframeError   a timeframe string we cannot parse
-    │   └── InvalidIdentifierError  an ISIN, CUSIP, SEDOL or FIGI failing its check digit
+    │   ├── InvalidIdentifierError  an ISIN, CUSIP, SEDOL or FIGI failing its check digit
+    │   └── RuleValidationError     a transformation rule or quality check that cannot run
     ├── NotFoundError               a provider, symbol, job or calendar we do not know
     ├── ProviderError               anything that went wrong talking to a data vendor
     │   ├── TransientProviderError  retryable: timeouts, 5xx, connection resets
@@ -48,6 +49,7 @@ __all__ = [
     "QuantiVistaError",
     "QuotaExhaustedError",
     "RateLimitedError",
+    "RuleValidationError",
     "SchemaError",
     "StorageError",
     "SymbolNotFoundError",
@@ -112,6 +114,13 @@ class InvalidTimeframeError(InvalidInputError):
 
 class InvalidIdentifierError(InvalidInputError):
     """A security identifier (ISIN, CUSIP, SEDOL, FIGI) is malformed or fails its check digit."""
+
+
+class RuleValidationError(InvalidInputError):
+    """A transformation rule or quality check names an unknown field or a bad expression.
+
+    Carries `rule_id` (or the check's id) and `reason`.
+    """
 
 
 class NotFoundError(QuantiVistaError):

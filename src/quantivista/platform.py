@@ -186,6 +186,7 @@ class Platform:
         as_of: DateLike | None = None,
         follow_renames: bool = True,
         published: DateLike | None = None,
+        session: str = "regular",
     ) -> pl.DataFrame:
         """Return stored bars in the canonical schema, sorted by symbol and ts.
 
@@ -193,11 +194,13 @@ class Platform:
         "crsp" (Yahoo/Lean) or "alpha_vantage". `as_of` (an instant) is knowledge time: the
         bars as the store knew them then. `published` (a day): today's bars adjusted and named
         as shown that day. Renamed tickers read as one series unless `follow_renames=False`.
+        Intraday reads hold the regular session; `session="extended"` adds the pre/post-market
+        bars (flagged `outside_session`).
         """
         query = BarQuery.of(
             symbols, start, end, timeframe, columns=columns, adjust=adjust,
             dividend_convention=dividend_convention, known_at=as_of,
-            effective_on=published, follow_renames=follow_renames,
+            effective_on=published, follow_renames=follow_renames, session=session,
         )  # fmt: skip
         return self.runtime.queries.bars(query)
 

@@ -19,9 +19,14 @@ from typing import Any
 import polars as pl
 
 from quantivista.acquisition.wiring import Acquisition
+from quantivista.bus.base import Broker
+from quantivista.bus.codecs import Codecs
+from quantivista.bus.connect import open_broker
 from quantivista.bus.memory import InMemoryBus
+from quantivista.bus.registry import SchemaRegistry
 from quantivista.clock import Clock, SystemClock
 from quantivista.config import Settings
+from quantivista.ops.metrics import SymbolGroups
 from quantivista.pipeline.runner import InProcessRunner
 from quantivista.pipeline.stages import EpochCache, Sinks, data_epoch
 from quantivista.processing.rollup import Rollup
@@ -32,15 +37,20 @@ from quantivista.quality.validate import Validator
 from quantivista.reference.calendars import TradingCalendar, get_calendar
 from quantivista.reference.instruments import InstrumentMaster
 from quantivista.services.auth import AuthService
+from quantivista.services.backfill import BackfillService
 from quantivista.services.ingestion import IngestionService
 from quantivista.services.maintenance import MaintenanceService
 from quantivista.services.providers import ProviderService
 from quantivista.services.quality import QualityService
-from quantivista.services.queries import QueryService
+from quantivista.services.queries import BarQuery, QueryService
 from quantivista.services.reference import ReferenceService
 from quantivista.services.simulation import SimulationService
+from quantivista.services.streaming import StreamService
+from quantivista.services.workers import WorkerMetrics, WorkerService
+from quantivista.services.workflow_ingestion import WorkflowIngestionService, platform_reference
 from quantivista.services.writes import WriteService
 from quantivista.storage import open_backend
+from quantivista.storage.lake.workflow_lake import WorkflowLake
 
 __all__ = ["Runtime"]
 
@@ -83,6 +93,7 @@ class Runtime:
             clock=self.clock,
             validator=lambda: self.validator,
             timezone=lambda: self.calendar().tz,
+            groups=SymbolGroups(settings.ops.symbol_groups),
         )
         self.writes = WriteService(
             self.runner,
@@ -100,6 +111,15 @@ class Runtime:
             self.clock,
             settings.ingest,
             after_run=self.providers.save_stats,
+            workers=settings.workers,
+        )
+        self.backfill = BackfillService(
+            self.backend.bars,
+            self.calendar,
+            self.acquisition.registry,
+            settings,
+            self.ingestion,
+            self.clock.now,
         )
         self.quality = QualityService(
             self.backend.quarantine, self.backend.scores, self.backend.catalog
@@ -111,6 +131,16 @@ class Runtime:
         self.simulation = SimulationService(self.acquisition)
         self.auth = AuthService(
             self.backend.clients, self.backend.catalog, settings.api, self.clock
+        )
+        self.workflows = WorkflowIngestionService(
+            self.backend.workflows,
+            WorkflowLake(settings.data_dir),
+            self.bus,
+            self.clock,
+            reference=lambda: platform_reference(self.backend.instruments, self.backend.bars),
+            bars=lambda symbols, start, end, tf: self.queries.bars(
+                BarQuery.of(symbols, start, end, timeframe=tf)
+            ),
         )
 
     @classmethod
@@ -125,6 +155,26 @@ class Runtime:
         """Build a runtime from explicit settings (`create=False`: the store must exist)."""
         return cls(settings, clock=clock, registry=registry, create=create)
 
+    def worker(
+        self,
+        queue: str | None = None,
+        concurrency: int | None = None,
+        *,
+        probe_port: int | None = None,
+    ) -> WorkerService:
+        """Return a worker serving `queue` (default: `workers.queue`) of this job catalog."""
+        metrics = WorkerMetrics()
+        self.ingestion.events = metrics.event
+        return WorkerService(
+            self.ingestion,
+            self.settings.workers,
+            self.settings.probes,
+            metrics=metrics,
+            queue=queue,
+            concurrency=concurrency,
+            probe_port=probe_port,
+        )
+
     def calendar(self, mic: str | None = None) -> TradingCalendar:
         """Return an exchange's trading calendar (default: the ingest calendar)."""
         return get_calendar(mic or self.settings.ingest.calendar)
@@ -134,13 +184,42 @@ class Runtime:
         """Return the validator: default rules plus the business rules file, if any."""
         quality = self.settings.quality
         rules = DEFAULT_RULES + load_rules(quality.rules_file) if quality.rules_file else None
-        return Validator(self.calendar(), rules or DEFAULT_RULES, quality)
+        return Validator(self.calendar(), rules or DEFAULT_RULES, quality, self.settings.intraday)
 
     @cached_property
     def rollup(self) -> Rollup | None:
         """Return the rollup keeping derived timeframes, when `storage.rollups` names any."""
         targets = self.settings.storage.rollups
-        return Rollup(self.backend.bars, self.calendar(), targets) if targets else None
+        if not targets:
+            return None
+        session = self.settings.intraday.rollup_session
+        return Rollup(self.backend.bars, self.calendar(), targets, session=session)
+
+    @cached_property
+    def broker(self) -> Broker:
+        """Return the message broker of `bus.url` (connected on first use)."""
+        return open_broker(self.settings.bus.url)
+
+    @cached_property
+    def codecs(self) -> Codecs:
+        """Return the codecs, with the schema registry kept in the catalog."""
+        return Codecs(SchemaRegistry(self.backend.catalog))
+
+    def stream_service(self, provider: str) -> StreamService:
+        """Return the real-time pipeline for a live feed of `provider`."""
+        base = self.validator
+        return StreamService(
+            self.runner,
+            self.bus,
+            self.broker,
+            self.codecs,
+            self.settings.stream,
+            # live bars include extended hours: the session calendar does not judge them
+            Validator(None, base.rules, base.settings),
+            self.clock,
+            codec=self.settings.bus.codec,
+            provider=provider,
+        )
 
     def _dead_letter(
         self, topic: str, payload: dict[str, Any], error: str, handler: str | None
@@ -149,6 +228,8 @@ class Runtime:
 
     def close(self) -> None:
         """Release providers, connections and file handles."""
+        if "broker" in self.__dict__:
+            self.broker.close()
         self.acquisition.close()
         self.backend.close()
 

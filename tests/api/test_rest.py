@@ -272,3 +272,49 @@ def test_two_api_processes_share_limits_and_cache_through_redis(
     assert [r.status_code for r in replies] == [200, 200, 200, 200, 429]  # one shared quota
     assert replies[1].content == replies[0].content
     assert 'qv_api_cache_total{outcome="hit_l2"}' in metrics  # the second found the first's
+
+
+def test_a_bulk_arrow_read_in_symbol_groups_is_the_whole_read(
+    api: LiveApi, reader: Credentials, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from quantivista.api.routes import market
+
+    monkeypatch.setattr(market, "_PIECE_SYMBOLS", 1)  # 3 symbols + one without bars: 4 groups
+    names = [*SYMBOLS, "NOBARS"]
+    base = {"symbols": ",".join(reversed(names)), "start": "2023-06-01", "end": "2024-06-30"}
+    with api.client(headers=bearer(api, reader)) as http:
+        whole = http.get("/api/v1/bars", params={**base, "format": "parquet"})
+        first = http.get("/api/v1/bars", params={**base, "format": "arrow"})
+        again = http.get("/api/v1/bars", params={**base, "format": "arrow"})
+    expected = pl.read_parquet(io.BytesIO(whole.content))
+    assert expected.height > 3 * 200 and expected["symbol"].n_unique() == 3
+    for reply in (first, again):
+        assert reply.status_code == 200
+        table = pl.from_arrow(pa.ipc.open_stream(reply.content).read_all())
+        assert isinstance(table, pl.DataFrame)
+        assert table.equals(expected)
+    assert "x-total-count" not in first.headers  # a grouped stream's total comes at its end
+    assert first.content == again.content  # the repeat is the cached stream, byte for byte
+
+
+def test_with_workers_enabled_a_posted_job_is_queued_for_a_worker(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "qv", workers={"enabled": True, "poll_s": 0.05})
+    creds = make_client(settings, "acme", "read:bars,write:ingest")
+    with live_api(settings) as api, api.client(headers=bearer(api, creds)) as http:
+        body = {"symbols": SYMBOLS[:2], "start": "2022-01-03", "end": "2022-01-31"}
+        submitted = http.post("/api/v1/jobs", json=body)
+        assert submitted.status_code == 202, submitted.text
+        job_id = submitted.json()["job_id"]
+        assert submitted.json()["queue"] == "default"
+        time.sleep(0.5)
+        assert http.get(f"/api/v1/jobs/{job_id}").json()["status"] == "pending"  # not run here
+        with Platform.from_settings(settings) as p:
+            worker = p.runtime.worker(probe_port=0).start()
+            try:
+                done = p.runtime.ingestion.wait(job_id, timeout_s=30, poll_s=0.05)
+            finally:
+                worker.stop()
+                worker.wait()
+        assert done.status.value == "succeeded"
+        seen = http.get(f"/api/v1/jobs/{job_id}").json()
+        assert seen["status"] == "succeeded" and seen["records_processed"] == 2 * 20

@@ -12,13 +12,18 @@ from hypothesis import strategies as st
 from quantivista.bus.envelope import Envelope
 from quantivista.bus.events import (
     EVENT_TYPES,
+    ActionsBatch,
     ActionsIngested,
+    BarBatch,
     BarsIngested,
     BarsQuarantined,
     BarsStreamed,
+    DataIngestedEvent,
     Event,
+    TradesBatch,
 )
 from quantivista.errors import BusError
+from quantivista.model.workflow import DataIngestedPayload, DataSourceType, IngestionMode
 
 AT = datetime(2026, 11, 23, 15, 0, tzinfo=UTC)
 EVENTS: list[Event] = [
@@ -30,6 +35,14 @@ EVENTS: list[Event] = [
     ActionsIngested(occurred_at=AT, source="lean", symbols=["AAPL"], rows=4),
     BarsStreamed(occurred_at=AT, source="finnhub", timeframe="1m", correction=True,
                  rows=[{"symbol": "A", "ts": "2026-11-23T15:00:00+00:00", "close": 1.5}]),
+    DataIngestedEvent(occurred_at=AT, timestamp=AT, data_ingested=DataIngestedPayload(
+        job_id="j", source_id="positions", source_type=DataSourceType.PORTFOLIO_MANAGEMENT,
+        ingestion_mode=IngestionMode.ON_DEMAND, records_processed=9, records_failed=1,
+        quality_score=0.9, processing_time_ms=12.5, data_categories=["positions"])),
+    TradesBatch(occurred_at=AT, source="finnhub", rows=1, symbols=["A"], trades=b"\x00\xff"),
+    BarBatch(occurred_at=AT, source="stream", stage="raw", timeframe="1m", rows=0, symbols=[],
+             bars=b"\x01\x02\xfe", offsets="trades.finnhub:1-2"),
+    ActionsBatch(occurred_at=AT, source="lean", rows=0, symbols=[], actions=b""),
 ]  # fmt: skip
 
 

@@ -30,6 +30,8 @@ STABLE_BITS = {
     "BUSINESS_RULE": 17,
     "ZERO_VOLUME": 18,
     "TS_SNAPPED": 19,
+    "SPIKE_PENDING": 20,
+    "BAD_PRINT": 21,
 }
 
 

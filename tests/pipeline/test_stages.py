@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from quantivista.bus.events import BarsIngested, Event
+from quantivista.model.flags import QualityFlag
 from quantivista.pipeline import stages
 from quantivista.pipeline.stages import distinct
 from quantivista.platform import Platform
@@ -109,6 +110,75 @@ def test_one_symbol_rule_at_coercion_bad_rows_to_quarantine(platform: Platform) 
     assert "empty symbol" in reasons
     assert any("'\\n'" in r for r in reasons)
     assert any("longer than 32" in r for r in reasons)
+
+
+def _walk(p: Platform, start: str, end: str, jump_at_end: float = 1.0) -> pl.DataFrame:
+    """Daily bars of SPK with small alternating moves; the last close times `jump_at_end`."""
+    ts = p.calendar().bar_starts(start, end, "1d")
+    n = ts.len()
+    close = [100.0 * (1.0 + 0.004 * ((i * 7) % 5 - 2)) for i in range(n)]
+    close[-1] *= jump_at_end
+    return pl.DataFrame(
+        {
+            "symbol": "SPK",
+            "timeframe": "1d",
+            "ts": ts,
+            "open": close,
+            "high": [c * 1.001 for c in close],
+            "low": [c * 0.999 for c in close],
+            "close": close,
+            "volume": [1000.0] * n,
+        }
+    )
+
+
+def _flags_on(p: Platform, day: str, **read: object) -> int:
+    bars = p.bars("SPK", "2024-01-01", "2024-12-31", **read)  # type: ignore[arg-type]
+    row = bars.filter(pl.col("ts").dt.date() == datetime.fromisoformat(day).date())
+    return int(row["quality_flags"].item())
+
+
+def test_a_spike_on_the_newest_bar_is_pending_then_confirmed_by_the_next_bar(
+    platform: Platform,
+) -> None:
+    platform.write_bars(_walk(platform, "2024-01-02", "2024-02-29", 50.0), source="test")
+    pending = _flags_on(platform, "2024-02-29")
+    assert pending & QualityFlag.SPIKE_PENDING and not pending & QualityFlag.SPIKE
+    before = platform.runtime.clock.now()
+    platform.runtime.clock.advance(3600)  # type: ignore[attr-defined]
+
+    # the next bar returns to the usual level: the 50x close was a bad print
+    report = platform.write_bars(_walk(platform, "2024-03-01", "2024-03-01"), source="test")
+    confirmed = _flags_on(platform, "2024-02-29")
+    assert confirmed & QualityFlag.SPIKE and not confirmed & QualityFlag.SPIKE_PENDING
+    assert report.rule_counts.get("spike_confirmed") == 1
+    assert _flags_on(platform, "2024-03-01") & (QualityFlag.SPIKE | QualityFlag.SPIKE_PENDING) == 0
+    # the pending version stays readable as of before the decision
+    assert _flags_on(platform, "2024-02-29", as_of=before) & QualityFlag.SPIKE_PENDING
+
+
+def test_a_pending_spike_is_cleared_when_the_next_bar_stays_at_the_new_level(
+    platform: Platform,
+) -> None:
+    platform.write_bars(_walk(platform, "2024-01-02", "2024-02-29", 3.3), source="test")
+    assert _flags_on(platform, "2024-02-29") & QualityFlag.SPIKE_PENDING
+    # the next bar stays at the new level: a real move, not a bad print
+    level = _walk(platform, "2024-03-01", "2024-03-01").with_columns(
+        pl.col("open", "high", "low", "close") * 3.3
+    )
+    report = platform.write_bars(level, source="test")
+    cleared = _flags_on(platform, "2024-02-29")
+    assert cleared & (QualityFlag.SPIKE | QualityFlag.SPIKE_PENDING) == 0
+    assert report.rule_counts.get("spike_cleared") == 1
+    # the same spike in the middle of one batch is flagged at once
+    both = pl.concat(
+        [
+            _walk(platform, "2024-04-01", "2024-04-30", 50.0),
+            _walk(platform, "2024-05-01", "2024-05-03"),
+        ]
+    )
+    platform.write_bars(both, source="test")
+    assert _flags_on(platform, "2024-04-30") & QualityFlag.SPIKE
 
 
 def test_scores_kept_on_a_thread_beside_the_bars(

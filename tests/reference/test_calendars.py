@@ -157,3 +157,27 @@ def test_session_of_maps_utc_instants_to_the_new_york_date(xnys: TradingCalendar
 
 def test_repr_names_the_range(xnys: TradingCalendar) -> None:
     assert repr(xnys).startswith("TradingCalendar('XNYS', 1990-01-02..")
+
+
+@pytest.mark.parametrize(
+    "tz",
+    ["America/New_York", "Europe/London", "Asia/Kolkata", "Australia/Lord_Howe", "Asia/Tokyo"],
+)
+def test_local_dates_equal_the_per_row_conversion(xnys: TradingCalendar, tz: str) -> None:
+    import copy
+
+    import numpy as np
+
+    cal = copy.copy(xnys)
+    cal.tz = tz  # Lord Howe moves its clocks by 30 minutes, Kolkata is UTC+05:30
+    rng = np.random.default_rng(5)
+    us = rng.integers(1_577_836_800_000_000, 1_735_689_600_000_000, 200_000)  # 2020-2024
+    us[:100] = us[:100] // 900_000_000 * 900_000_000  # exactly on quarter hours (transitions)
+    ts = pl.Series("ts", us).cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
+    want = pl.select(cal.session_of(pl.lit(ts))).to_series()
+    got = cal.local_dates(ts)
+    assert got.dtype == pl.Date
+    assert (got == want).all()
+    with_null = pl.concat([ts.head(3), pl.Series("ts", [None], dtype=ts.dtype)])
+    assert cal.local_dates(with_null).to_list()[:3] == want.head(3).to_list()
+    assert cal.local_dates(with_null).null_count() == 1

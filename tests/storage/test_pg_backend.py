@@ -136,7 +136,7 @@ def test_a_schema_at_revision_0001_is_upgraded_keeping_its_bars(
         with store.pool.connection() as conn:
             version = conn.execute("SELECT version_num FROM alembic_version").fetchone()
             kinds = conn.execute("SELECT kind FROM versions ORDER BY 1").fetchall()
-        assert version == ("0002",)
+        assert version == ("0003",)
         assert kinds == [("actions",), ("instruments",), ("quarantine",)]
         assert store.read(["AAA"], Timeframe.parse("1d"))["close"].to_list() == [1.0]
     finally:

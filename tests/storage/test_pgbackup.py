@@ -22,6 +22,8 @@ from quantivista.model.jobs import IngestionJob, JobTask
 from quantivista.model.payloads import RawPayload
 from quantivista.model.schema import coerce_actions
 from quantivista.model.timeframe import Timeframe
+from quantivista.model.workflow import DataSource, TransformationRule
+from quantivista.model.workflow import IngestionJob as WorkflowJob
 from quantivista.platform import Platform
 from quantivista.reference.instruments import InstrumentMaster
 from quantivista.storage.contracts import Backend
@@ -92,6 +94,25 @@ def _fill_side_state(backend: Backend) -> None:
                   created_at=T0)
     )  # fmt: skip
     backend.clients.save_tenant(Tenant(name="acme", symbols=["AAA"]))
+    _fill_workflows(backend)
+
+
+def _fill_workflows(backend: Backend) -> None:
+    """Write the reporting-side catalog: a source, a rule, a job, a dead letter, lineage."""
+    wf = backend.workflows
+    wf.save_source(
+        DataSource(source_id="execs", tenant_id="acme", source_type="TRADE_EXECUTION",
+                   ingestion_mode="ON_DEMAND", data_format="CSV"), T0,
+    )  # fmt: skip
+    wf.save_rule("acme", TransformationRule(rule_id="r", rule_type="rename", source_field="a",
+                                            target_field="b"), T0)  # fmt: skip
+    wf.save_job(WorkflowJob(job_id="wj", source_id="execs", start_time=T0, tenant_id="acme"))
+    wf.add_dead_letters(
+        "acme", "wj", "execs",
+        pl.DataFrame({"record": ["{}"], "stage": ["checks"], "reason": ["x"]}), T0,
+    )  # fmt: skip
+    wf.add_lineage("acme", [{"job_id": "wj", "source_id": "execs", "input_uri": "f", "rows": 1}],
+                   T0)  # fmt: skip
 
 
 # every table a PostgreSQL backup must hold, and a column that orders its rows
@@ -102,6 +123,8 @@ _ORDER = {
     "raw_manifest": "seq", "instruments": "instrument_id", "symbol_history": "symbol",
     "jobs": "job_id", "job_tasks": "task_id", "quality_reports": "report_id",
     "dead_letters": "id", "state": "key", "api_clients": "client_id", "tenants": "name",
+    "data_sources": "tenant_id, source_id", "transformation_rules": "tenant_id, rule_id, version",
+    "ingestion_jobs": "job_id", "ingestion_dead_letters": "id", "ingestion_lineage": "id",
 }  # fmt: skip
 
 
@@ -143,7 +166,7 @@ def test_postgres_backup_restores_bars_and_history_into_an_empty_schema(
     tables = manifest["postgres"]["tables"]
     assert (tables["bars"]["rows"], tables["bars_history"]["rows"]) == (10, 5)
     assert manifest["backend"] == "postgres"
-    assert manifest["postgres"]["revision"] == "0002"
+    assert manifest["postgres"]["revision"] == "0003"
     assert manifest["postgres"]["years"] == [2023, 2024]
     for info in manifest["postgres"]["tables"].values():
         assert info["file"] in manifest["files"]  # sized and checksummed like the lake files

@@ -11,6 +11,7 @@ from polars.testing import assert_frame_equal
 
 from quantivista.clock import TestClock
 from quantivista.config import Settings
+from quantivista.errors import InvalidInputError
 from quantivista.model.schema import coerce_bars
 from quantivista.platform import Platform
 from quantivista.processing.rollup import rollup
@@ -80,3 +81,49 @@ def test_rollups_follow_corrections_of_their_sessions_only(
             symbol, "2024-01-08", "2024-01-09", "1d", as_of=t_fix - timedelta(seconds=1)
         )
         assert_frame_equal(before, first)
+
+
+INTRADAY = Path(__file__).parents[1] / "fixtures" / "intraday"
+
+
+@pytest.mark.parametrize("rollup_session", ["regular", "extended"])
+def test_stored_rollups_and_reads_follow_the_session(tmp_path: Path, rollup_session: str) -> None:
+    from quantivista.model.flags import QualityFlag
+    from quantivista.providers import alpha_vantage, polygon, yahoo
+
+    body = (INTRADAY / "polygon_aggs_QVX_1minute_extended.json").read_bytes()
+    minutes = polygon.parse_aggs(body, "QVX", "1m")[0]
+    daily = alpha_vantage.parse_time_series(
+        (INTRADAY / "alpha_vantage_daily_QVX.json").read_bytes(), "QVX"
+    )[0]
+    hourly = yahoo.parse_chart((INTRADAY / "yahoo_chart_QVX_60m_regular.json").read_bytes(), "QVX")[
+        0
+    ]
+    settings = Settings(
+        data_dir=tmp_path,
+        storage={"rollups": ("1h", "1d")},
+        intraday={"rollup_session": rollup_session},
+    )
+    clock = TestClock(datetime(2021, 1, 4, tzinfo=UTC))
+    cols = ["ts", "open", "high", "low", "close", "volume"]
+    outside = int(QualityFlag.OUTSIDE_SESSION)
+    with Platform.from_settings(settings, clock=clock) as p:
+        p.write_bars(minutes.drop("ingested_at", "job_id"), source="polygon")
+        span = ("QVX", "2020-08-28", "2020-11-27")
+        assert p.bars(*span, "1m").height == 390 + 390 + 210  # regular by default
+        every = p.bars(*span, "1m", session="extended")
+        assert every.height == minutes.height
+        assert every.filter((pl.col("quality_flags") & outside) != 0).height == minutes.height - 990
+        assert_frame_equal(p.bars(*span, "1d").select(cols), daily.select(cols))
+        assert_frame_equal(p.bars(*span, "1h").select(cols), hourly.select(cols))
+        narrow = p.bars(*span, "1h", columns=["symbol", "ts", "close"])
+        assert narrow.columns == ["symbol", "ts", "close"]
+        assert narrow["close"].to_list() == hourly["close"].to_list()
+        extended = p.bars(*span, "1h", session="extended")
+        if rollup_session == "regular":
+            assert_frame_equal(extended, p.bars(*span, "1h"))
+        else:
+            assert extended.height > hourly.height
+            assert extended["volume"].sum() == minutes["volume"].sum()
+        with pytest.raises(InvalidInputError):
+            p.bars(*span, "1h", session="overnight")

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from quantivista.acquisition.breaker import Breakers, Transition
@@ -63,6 +65,7 @@ class ProviderAnalytics:
         self.breakers = breakers
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        r.register(_ScrapeCollector(self))  # first: quota gauges are fresh in the same scrape
         self._calls = Counter(
             "qv_provider_calls", "Provider calls by outcome", ["provider", "outcome"], registry=r
         )
@@ -229,3 +232,30 @@ class ProviderAnalytics:
             "transitions": self.transitions_frame().to_dicts(),
             "requests": requests,
         }
+
+
+class _ScrapeCollector(Collector):
+    """Per scrape: refresh the quota gauges and export each breaker's current state.
+
+    `qv_breaker_state{provider, state}` is 1 for the state the breaker is in (an open breaker
+    whose cool-down is over reads as half_open); alerts use it for "open for 5 minutes".
+    """
+
+    def __init__(self, analytics: ProviderAnalytics) -> None:
+        self.analytics = analytics
+
+    def collect(self) -> list[Metric]:
+        self.analytics.refresh_quota()
+        family = GaugeMetricFamily(
+            "qv_breaker_state", "1 for the state each provider's breaker is in",
+            labels=["provider", "state"],
+        )  # fmt: skip
+        breakers = self.analytics.breakers
+        if breakers is not None:
+            from quantivista.acquisition.breaker import BreakerState
+
+            for name, breaker in sorted(breakers.all().items()):
+                current = breaker.state
+                for state in BreakerState:
+                    family.add_metric([name, state.value], 1.0 if state is current else 0.0)
+        return [family]

@@ -8,6 +8,9 @@ Only failures that say something about the provider's health count: transient er
 throttling, malformed bodies, timeouts and unexpected exceptions. Permanent answers
 (unknown symbol, plan does not cover it) mean the provider is up; they count as success.
 A quota spent on our side (`QuotaExhaustedError`) leaves the breaker as it is.
+
+With a `shared` state (Redis), every process sees a breaker that any of them opened, and
+only one process at a time sends the half-open probe (see `acquisition.shared`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, TypeVar
 
+from quantivista.acquisition.shared import BreakerRecord
 from quantivista.errors import (
     CircuitOpenError,
     MalformedResponseError,
@@ -30,6 +34,7 @@ from quantivista.errors import (
 )
 
 if TYPE_CHECKING:
+    from quantivista.acquisition.shared import RedisBreakerState
     from quantivista.clock import Clock
     from quantivista.config import BreakerSettings
 
@@ -125,8 +130,11 @@ class CircuitBreaker:
         call_timeout_s: float | None = 10.0,
         reset_timeout_s: float = 30.0,
         listener: TransitionListener | None = None,
+        shared: RedisBreakerState | None = None,
     ) -> None:
         self.provider = provider
+        self.shared = shared
+        self._seen_at = 0.0  # wall time of the last shared change adopted or published
         self.clock = clock
         self.failure_threshold = failure_threshold
         self.call_timeout_s = call_timeout_s
@@ -144,12 +152,14 @@ class CircuitBreaker:
     def state(self) -> BreakerState:
         """Return the current state (an open breaker past its cool-down reads half-open)."""
         with self._lock:
+            self._sync()
             self._maybe_half_open()
             return self._state
 
     def retry_in_s(self) -> float:
         """Return seconds until an open breaker lets a probe through (0 when not open)."""
         with self._lock:
+            self._sync()
             if self._state is not BreakerState.OPEN:
                 return 0.0
             return max(self._opened_at + self.reset_timeout_s - self.clock.monotonic(), 0.0)
@@ -173,11 +183,16 @@ class CircuitBreaker:
         Returns True when the call is the half-open probe (pass it on to `record_*`).
         """
         with self._lock:
+            self._sync()
             self._maybe_half_open()
             if self._state is BreakerState.CLOSED:
                 self._counters.calls += 1
                 return False
-            if self._state is BreakerState.HALF_OPEN and not self._probe_in_flight:
+            if (
+                self._state is BreakerState.HALF_OPEN
+                and not self._probe_in_flight
+                and self._claim_probe()
+            ):
                 self._probe_in_flight = True
                 self._counters.calls += 1
                 return True
@@ -199,7 +214,7 @@ class CircuitBreaker:
             self._counters.consecutive_failures = 0
             if probe is False and self._state is not BreakerState.CLOSED:
                 return  # a straggler: leave the state (and the probe slot) alone
-            self._probe_in_flight = False
+            self._end_probe()
             if self._state is not BreakerState.CLOSED:
                 self._move(BreakerState.CLOSED, "probe succeeded")
 
@@ -216,7 +231,7 @@ class CircuitBreaker:
             if probe is False and self._state is not BreakerState.CLOSED:
                 return
             was_probe = self._probe_in_flight
-            self._probe_in_flight = False
+            self._end_probe()
             if self._state is BreakerState.HALF_OPEN or was_probe:
                 self._open(f"probe failed: {reason}")
             elif (
@@ -229,7 +244,7 @@ class CircuitBreaker:
         """End a call that said nothing about health (e.g. our own quota was spent)."""
         with self._lock:
             if probe is not False:
-                self._probe_in_flight = False
+                self._end_probe()
 
     def call(self, fn: Callable[[], T], *, timeout_s: float | None = None) -> T:
         """Run `fn` through the breaker; `timeout_s` (if given) bounds it in real time."""
@@ -251,7 +266,7 @@ class CircuitBreaker:
         """Close the breaker by hand (operator action)."""
         with self._lock:
             self._counters.consecutive_failures = 0
-            self._probe_in_flight = False
+            self._end_probe()
             if self._state is not BreakerState.CLOSED:
                 self._move(BreakerState.CLOSED, "reset by hand")
 
@@ -267,15 +282,72 @@ class CircuitBreaker:
         self._opened_at = self.clock.monotonic()
         self._move(BreakerState.OPEN, reason)
 
-    def _move(self, to: BreakerState, reason: str) -> None:
+    def _move(self, to: BreakerState, reason: str, *, publish: bool = True) -> None:
         transition = Transition(self.provider, self._state, to, self.clock.now(), reason)
         self._state = to
         self.transitions.append(transition)
+        if publish and to is not BreakerState.HALF_OPEN:  # half-open follows from the time
+            self._publish(to.value, transition.at.timestamp(), reason)
         for listener in self.listeners:
             try:
                 listener(transition)
             except Exception:  # an observer must not break the breaker; say so in the log
                 _log.warning("breaker listener %r failed", listener, exc_info=True)
+
+    # -- shared state (lock held; a Redis outage leaves the local breaker working) --------
+    def _sync(self) -> None:
+        """Adopt a change another process published since the last one seen here."""
+        if self.shared is None:
+            return
+        try:
+            record = self.shared.read(self.provider)
+        except Exception as exc:
+            _log.warning("shared breaker state unreadable: %s", exc)
+            return
+        if record is None or record.at <= self._seen_at:
+            return
+        self._adopt(record)
+
+    def _adopt(self, record: BreakerRecord) -> None:
+        self._seen_at = record.at
+        if record.state == BreakerState.OPEN.value:
+            # its age on the wall clock, carried over to this process's monotonic clock
+            age = max(self.clock.now().timestamp() - record.at, 0.0)
+            self._opened_at = self.clock.monotonic() - age
+            if self._state is BreakerState.CLOSED:
+                self._move(BreakerState.OPEN, f"opened elsewhere: {record.reason}", publish=False)
+            elif self._state is BreakerState.HALF_OPEN and not self._probe_in_flight:
+                self._state = BreakerState.OPEN  # back to the cool-down of the newer opening
+        elif self._state is not BreakerState.CLOSED:
+            self._counters.consecutive_failures = 0
+            self._move(BreakerState.CLOSED, f"closed elsewhere: {record.reason}", publish=False)
+
+    def _publish(self, state: str, at: float, reason: str) -> None:
+        if self.shared is None:
+            return
+        self._seen_at = max(self._seen_at, at)
+        try:
+            self.shared.publish(self.provider, BreakerRecord(state, at, reason))
+        except Exception as exc:
+            _log.warning("shared breaker state not published: %s", exc)
+
+    def _claim_probe(self) -> bool:
+        if self.shared is None:
+            return True
+        ttl = self.call_timeout_s or self.reset_timeout_s or 10.0
+        try:
+            return self.shared.claim_probe(self.provider, ttl)
+        except Exception as exc:
+            _log.warning("shared probe slot unreachable, probing from here: %s", exc)
+            return True
+
+    def _end_probe(self) -> None:
+        if self._probe_in_flight and self.shared is not None:
+            try:
+                self.shared.release_probe(self.provider)
+            except Exception as exc:  # the slot expires by itself
+                _log.warning("shared probe slot not released: %s", exc)
+        self._probe_in_flight = False
 
     def __repr__(self) -> str:
         return f"<CircuitBreaker {self.provider!r} {self._state.value}>"
@@ -290,17 +362,21 @@ class Breakers:
     call_timeout_s: float | None = 10.0
     reset_timeout_s: float = 30.0
     listeners: list[TransitionListener] = field(default_factory=list)
+    shared: RedisBreakerState | None = None
     _breakers: dict[str, CircuitBreaker] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
-    def from_settings(cls, settings: BreakerSettings, clock: Clock) -> Breakers:
-        """Build the set from `settings.resilience.breaker`."""
+    def from_settings(
+        cls, settings: BreakerSettings, clock: Clock, shared: RedisBreakerState | None = None
+    ) -> Breakers:
+        """Build the set from `settings.resilience.breaker` (shared: state in Redis)."""
         return cls(
             clock,
             failure_threshold=settings.failure_threshold,
             call_timeout_s=settings.call_timeout_s,
             reset_timeout_s=settings.reset_timeout_s,
+            shared=shared,
         )
 
     def get(self, provider: str) -> CircuitBreaker:
@@ -316,6 +392,7 @@ class Breakers:
                     call_timeout_s=self.call_timeout_s,
                     reset_timeout_s=self.reset_timeout_s,
                     listener=self._notify,
+                    shared=self.shared,
                 )
                 self._breakers[key] = breaker
             return breaker

@@ -1,13 +1,24 @@
-"""Provider health: success rate and latency as moving averages, folded into one score."""
+"""Provider health: success rate and latency as moving averages, folded into one score.
+
+With a shared `store` (Redis) the averages are those of every process's calls; a store
+that cannot be reached leaves this process with its own.
+"""
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from quantivista.acquisition.shared import RedisHealthStore
 
 __all__ = ["LATENCY_REFERENCE_S", "HealthMonitor", "ProviderHealth"]
 
 LATENCY_REFERENCE_S = 2.0
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -32,16 +43,22 @@ class ProviderHealth:
 class HealthMonitor:
     """Health per provider, updated by the router after every call."""
 
-    def __init__(self, alpha: float = 0.2) -> None:
+    def __init__(self, alpha: float = 0.2, *, store: RedisHealthStore | None = None) -> None:
         if not 0 < alpha <= 1:
             raise ValueError("alpha must be in (0, 1]")
         self.alpha = alpha
+        self.store = store
         self._health: dict[str, ProviderHealth] = {}
         self._suspended: dict[str, float] = {}  # provider -> monotonic time it may be used again
         self._lock = threading.Lock()
 
     def record(self, provider: str, ok: bool, latency_s: float, error: str | None = None) -> None:
         """Fold one call's outcome into the provider's health."""
+        if self.store is not None:
+            try:
+                self.store.record(provider, self.alpha, ok, latency_s, error)
+            except Exception as exc:
+                _log.warning("shared health not updated: %s", exc)
         with self._lock:
             h = self._health.setdefault(provider, ProviderHealth())
             a = self.alpha
@@ -56,6 +73,14 @@ class HealthMonitor:
 
     def get(self, provider: str) -> ProviderHealth:
         """Return a copy of the health of `provider` (a fresh record if never called)."""
+        if self.store is not None:
+            try:
+                shared = self.store.read(provider)
+            except Exception as exc:
+                _log.warning("shared health unreadable: %s", exc)
+            else:
+                if shared is not None:
+                    return ProviderHealth(**shared)
         with self._lock:
             h = self._health.get(provider, ProviderHealth())
             return ProviderHealth(

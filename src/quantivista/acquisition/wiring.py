@@ -13,6 +13,13 @@ from quantivista.acquisition.health import HealthMonitor
 from quantivista.acquisition.limits import RateLimiter
 from quantivista.acquisition.retry import RetryPolicy
 from quantivista.acquisition.router import Router
+from quantivista.acquisition.shared import (
+    RedisBreakerState,
+    RedisHealthStore,
+    RedisResultCache,
+    redis_client,
+    state_prefix,
+)
 from quantivista.clock import Clock
 from quantivista.config import Settings
 from quantivista.providers.base import Provider
@@ -30,10 +37,17 @@ class Acquisition:
         self.clock = clock
         self.registry = registry
         self.limiter = RateLimiter.from_settings(res, clock, redis_url=settings.services.redis_url)
-        self.breakers = Breakers.from_settings(res.breaker, clock)
+        # with the redis backend, breakers, health and cached answers are shared too
+        self._redis = redis_client(settings.services.redis_url) if res.backend == "redis" else None
+        prefix = state_prefix(res.redis_prefix)
+        shared = self._redis is not None
+        self.breakers = Breakers.from_settings(
+            res.breaker, clock, RedisBreakerState(self._redis, prefix) if shared else None
+        )
         self.analytics = ProviderAnalytics(limiter=self.limiter, breakers=self.breakers)
-        self.health = HealthMonitor()
-        self.cache = ResponseCache.from_settings(res.cache) if res.cache.enabled else None
+        self.health = HealthMonitor(store=RedisHealthStore(self._redis, prefix) if shared else None)
+        l2 = RedisResultCache(self._redis, prefix) if shared else None
+        self.cache = ResponseCache.from_settings(res.cache, l2) if res.cache.enabled else None
         self._providers: dict[str, Provider] = {}
         self._lock = threading.Lock()
 
@@ -74,3 +88,5 @@ class Acquisition:
         for provider in providers:
             provider.close()
         self.limiter.close()
+        if self._redis is not None:
+            self._redis.close()

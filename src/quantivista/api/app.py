@@ -28,11 +28,12 @@ from quantivista.api.graphql import graphql_router
 from quantivista.api.metrics import ApiMetrics
 from quantivista.api.middleware import MeasureMiddleware
 from quantivista.api.page import router as status_page
-from quantivista.api.routes import exports, market, operations
+from quantivista.api.routes import exports, ingestion, market, operations
 from quantivista.api.state import ApiState
 from quantivista.api.stream import StreamHub
 from quantivista.clock import Clock
 from quantivista.config import Settings
+from quantivista.ops.metrics import REGISTRY, watch_process
 from quantivista.providers.registry import ProviderRegistry
 from quantivista.runtime import Runtime
 
@@ -93,6 +94,13 @@ def create_app(
         hub.start(asyncio.get_running_loop())
         app.state.qv = state
         app.state.hub = hub
+        watch_process(
+            "api",
+            data_dir=settings.data_dir,
+            markets={
+                settings.ingest.calendar: lambda: runtime.calendar().is_open(runtime.clock.now())
+            },
+        )
         # the start-up heap (libraries, settings, the runtime) lives as long as the process:
         # kept out of the collector, a full collection no longer stalls requests scanning it
         gc.freeze()
@@ -114,6 +122,7 @@ def create_app(
     app.include_router(market.router)
     app.include_router(operations.router)
     app.include_router(exports.router)
+    app.include_router(ingestion.router)
     app.include_router(stream.router)
     app.include_router(graphql_router(), include_in_schema=False)  # its own schema: GraphQL
     app.include_router(status_page)
@@ -121,7 +130,7 @@ def create_app(
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.api.cors_origins,
-            allow_methods=["GET", "POST"],
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
             allow_headers=["Authorization", "X-API-Key", "Content-Type", "If-None-Match"],
             expose_headers=["ETag", "X-RateLimit-Limit", "X-RateLimit-Remaining", "Retry-After"],
         )
@@ -145,10 +154,15 @@ def create_app(
 
     @app.get("/metrics", tags=["operations"], response_class=Response)
     def metrics(request: Request) -> Response:
-        """Prometheus metrics: API requests, latency, cache; provider calls and breakers."""
+        """Prometheus metrics: the platform's (ops.metrics), the API's, providers' and breakers'."""
         state: ApiState = request.app.state.qv
-        body = generate_latest(state.metrics.registry) + generate_latest(
-            state.runtime.acquisition.analytics.registry
+        body = b"".join(
+            generate_latest(r)
+            for r in (
+                REGISTRY,
+                state.metrics.registry,
+                state.runtime.acquisition.analytics.registry,
+            )
         )
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from enum import StrEnum
 from typing import Any
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 
@@ -54,7 +55,30 @@ _DICTIONARY = ("symbol", "timeframe", "provider", "job_id")  # few distinct valu
 def arrow_table(df: pl.DataFrame) -> pa.Table:
     """Return the frame as Arrow with its repetitive text columns dictionary-encoded."""
     repeated = [c for c in _DICTIONARY if c in df.columns]
-    return df.with_columns(pl.col(repeated).cast(pl.Categorical)).to_arrow()
+    table = df.drop(repeated).to_arrow()
+    for name in repeated:
+        at = df.get_column_index(name)
+        table = table.add_column(at, name, _dictionary(df.get_column(name)))
+    return table
+
+
+def _dictionary(col: pl.Series) -> pa.DictionaryArray:
+    """Dictionary-encode a text column from its runs (store reads are sorted by symbol).
+
+    Run ids are one pass with no hashing; when a value comes back in a later run (an
+    unsorted frame) the runs would repeat dictionary entries, so the column is hashed
+    instead.
+    """
+    runs = col.rle_id().to_numpy()  # uint32 run ids, 0.. in order
+    starts = np.flatnonzero(np.diff(runs, prepend=np.uint32(1)))  # row 0 always starts one
+    values = col.gather(starts)
+    if values.n_unique() != values.len():
+        hashed = col.cast(pl.Categorical).to_arrow()
+        assert isinstance(hashed, pa.DictionaryArray)
+        return hashed
+    return pa.DictionaryArray.from_arrays(
+        pa.array(runs.view(np.int32)), values.cast(pl.String).to_arrow()
+    )
 
 
 class _Chunks(io.RawIOBase):
@@ -76,15 +100,43 @@ class _Chunks(io.RawIOBase):
         return out
 
 
+class ArrowStreamEncoder:
+    """An Arrow IPC stream written frame by frame: each `feed` returns the bytes it encoded.
+
+    Frames must share one schema; their dictionaries may differ (the stream format
+    replaces a dictionary when a batch brings another one).
+    """
+
+    def __init__(self, rows: int = 1 << 17) -> None:
+        self.rows = rows
+        self._chunks = _Chunks()
+        self._writer: pa.ipc.RecordBatchStreamWriter | None = None
+
+    def feed(self, df: pl.DataFrame) -> list[bytes]:
+        """Encode `df` (record batches of at most `rows` rows) and return its bytes."""
+        table = arrow_table(df)
+        if self._writer is None:
+            self._writer = pa.ipc.new_stream(pa.PythonFile(self._chunks, mode="w"), table.schema)
+        out = []
+        for batch in table.to_batches(max_chunksize=self.rows):
+            self._writer.write_batch(batch)
+            out.append(self._chunks.take())
+        return out
+
+    def finish(self, empty: pl.DataFrame) -> bytes:
+        """End the stream (`empty` gives the schema when nothing was fed)."""
+        if self._writer is None:
+            self.feed(empty.clear())
+        assert self._writer is not None
+        self._writer.close()
+        return self._chunks.take()
+
+
 def arrow_stream(df: pl.DataFrame, rows: int = 1 << 17) -> Iterator[bytes]:
     """Yield an Arrow IPC stream of the frame, one record batch at a time (as encoded)."""
-    table = arrow_table(df)
-    chunks = _Chunks()
-    with pa.ipc.new_stream(pa.PythonFile(chunks, mode="w"), table.schema) as writer:
-        for batch in table.to_batches(max_chunksize=rows):
-            writer.write_batch(batch)
-            yield chunks.take()
-    yield chunks.take()  # the end-of-stream marker
+    encoder = ArrowStreamEncoder(rows)
+    yield from encoder.feed(df)
+    yield encoder.finish(df)  # the end-of-stream marker
 
 
 def etag_of(body: bytes) -> str:

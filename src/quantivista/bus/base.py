@@ -1,15 +1,45 @@
-"""The event-bus contract shared by the in-memory, NATS and Kafka backends."""
+"""The bus contracts shared by the in-memory, NATS and Kafka backends.
+
+Two levels:
+
+- `EventBus`: publish an event, every subscriber in this process gets it (the in-process
+  notifications the runtime wires: cache invalidation, the API's fan-out).
+- `Broker` (contract v2): durable topics of encoded messages. A message is published with a
+  key (a symbol) that picks its partition, so one key's messages keep their order. Consumers
+  join a group; each message is delivered to one member of the group until acked; a nack (or
+  an ack deadline passing) redelivers it, and after `max_deliver` attempts it goes to the
+  topic's dead-letter topic with the error. `read` replays a topic from an offset or a time.
+
+Offsets are per topic, from 1, in publish order (NATS stream sequences; in memory, the log
+index). Every backend passes the same contract suite (tests/bus/test_broker_contract.py).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol
 
 from quantivista.bus.events import Event
 
-__all__ = ["EventBus", "Handler", "topic_matches"]
+__all__ = [
+    "DLQ_PREFIX",
+    "Broker",
+    "EventBus",
+    "Handler",
+    "Message",
+    "StartAt",
+    "Subscription",
+    "dead_letter_topic",
+    "partition_of",
+    "topic_matches",
+]
 
 Handler = Callable[[Event], None]
+
+DLQ_PREFIX = "dlq."
 
 
 def topic_matches(pattern: str, topic: str) -> bool:
@@ -21,6 +51,18 @@ def topic_matches(pattern: str, topic: str) -> bool:
         if i >= len(t_parts) or (part != "*" and part != t_parts[i]):
             return False
     return len(p_parts) == len(t_parts)
+
+
+def partition_of(key: str | None, partitions: int) -> int:
+    """Return the partition of `key`: stable across processes and runs (CRC-32)."""
+    if partitions <= 1 or key is None:
+        return 0
+    return zlib.crc32(key.encode()) % partitions
+
+
+def dead_letter_topic(topic: str) -> str:
+    """Return the dead-letter topic of `topic` (`dlq.bars.raw.1m`)."""
+    return topic if topic.startswith(DLQ_PREFIX) else DLQ_PREFIX + topic
 
 
 class EventBus(Protocol):
@@ -36,4 +78,124 @@ class EventBus(Protocol):
 
     def unsubscribe(self, subscription_id: str) -> None:
         """Stop a subscription."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One message of a durable topic, as a consumer or a replay sees it."""
+
+    topic: str
+    offset: int  # position in the topic, from 1
+    value: bytes
+    key: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    timestamp: datetime | None = None  # when the broker stored it (UTC)
+    deliveries: int = 1  # 1 on first delivery, more on redelivery
+    partition: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StartAt:
+    """Where a new consumer group (or a replay) starts: the first offset, a later one, a time,
+    or only new messages (`latest`)."""
+
+    offset: int | None = None
+    time: datetime | None = None
+    latest: bool = False
+
+    @classmethod
+    def earliest(cls) -> StartAt:
+        return cls()
+
+
+class Subscription(Protocol):
+    """One member of a consumer group on one topic."""
+
+    topic: str
+    group: str
+
+    def fetch(self, max_messages: int = 100, timeout_s: float = 1.0) -> list[Message]:
+        """Return up to `max_messages` (waits at most `timeout_s` for the first)."""
+        ...
+
+    def ack(self, message: Message) -> None:
+        """Mark `message` processed by the group: it is not delivered again."""
+        ...
+
+    def nack(self, message: Message, error: str = "", *, delay_s: float = 0.0) -> None:
+        """Give `message` back for redelivery after `delay_s`; after the subscription's
+        `max_deliver` attempts it goes to the dead-letter topic with `error` instead."""
+        ...
+
+    def close(self) -> None:
+        """Leave the group (unacked messages are redelivered to other members)."""
+        ...
+
+
+class Broker(Protocol):
+    """Durable, partitioned topics with consumer groups, redelivery, replay and dead letters."""
+
+    url: str
+
+    def create_topic(self, topic: str, *, partitions: int = 1) -> None:
+        """Create `topic` (and its dead-letter topic) unless it exists."""
+        ...
+
+    def topics(self) -> list[str]:
+        """Return the topics that exist, sorted."""
+        ...
+
+    def publish(
+        self,
+        topic: str,
+        value: bytes,
+        *,
+        key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> int:
+        """Store a message durably; return its offset. One key's messages keep their order."""
+        ...
+
+    def publish_many(
+        self, topic: str, items: Sequence[tuple[str | None, bytes, Mapping[str, str] | None]]
+    ) -> list[int]:
+        """Publish (key, value, headers) items in order; return their offsets."""
+        ...
+
+    def subscribe(
+        self,
+        topic: str,
+        group: str,
+        *,
+        start: StartAt | None = None,
+        member: int = 0,
+        members: int = 1,
+        ack_wait_s: float = 30.0,
+        max_deliver: int = 5,
+    ) -> Subscription:
+        """Join `group` on `topic` as member `member` of `members`: the member gets the
+        partitions p with p % members == member. A new group starts at `start` (earliest);
+        an existing one goes on after its last acked message."""
+        ...
+
+    def read(
+        self,
+        topic: str,
+        start: StartAt | None = None,
+        *,
+        until_offset: int | None = None,
+        until_time: datetime | None = None,
+        limit: int | None = None,
+    ) -> Iterator[Message]:
+        """Replay stored messages from `start` (earliest) to the end as it is now, or to
+        `until_offset`/`until_time` (inclusive); no group, no acks."""
+        ...
+
+    def last_offset(self, topic: str) -> int:
+        """Return the offset of the topic's last message (0 when empty)."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
         ...

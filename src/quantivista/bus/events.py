@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import base64
 from datetime import datetime
 from typing import Any, ClassVar
 from uuid import uuid4
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+
+from quantivista.model.workflow import DataIngestedPayload
 
 __all__ = [
     "EVENT_TYPES",
+    "ActionsBatch",
     "ActionsIngested",
+    "BarBatch",
     "BarsIngested",
     "BarsQuarantined",
     "BarsStreamed",
+    "DataIngestedEvent",
     "Event",
+    "TradesBatch",
 ]
 
 
@@ -25,12 +32,29 @@ class Event(BaseModel):
     consumers refuse versions newer than they know (see `bus.envelope`).
     """
 
-    model_config = ConfigDict(frozen=True)
+    # bytes fields (Arrow IPC batches) travel in JSON as base64 text
+    model_config = ConfigDict(frozen=True, ser_json_bytes="base64")
     topic: ClassVar[str] = "event"
     schema_version: ClassVar[int] = 1
 
     event_id: str = Field(default_factory=lambda: uuid4().hex)
     occurred_at: AwareDatetime
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bytes_from_base64(cls, data: Any) -> Any:
+        """Take base64 text for bytes fields (what the JSON form of an event carries)."""
+        if not isinstance(data, dict):
+            return data
+        names = [n for n, f in cls.model_fields.items() if f.annotation is bytes]
+        texts = {n: data[n] for n in names if isinstance(data.get(n), str)}
+        if not texts:
+            return data
+        # pydantic writes URL-safe base64 without padding; standard base64 is read too
+        return {
+            **data,
+            **{n: base64.urlsafe_b64decode(t + "=" * (-len(t) % 4)) for n, t in texts.items()},
+        }
 
 
 class BarsIngested(Event):
@@ -84,7 +108,70 @@ class BarsStreamed(Event):
     correction: bool = False
 
 
+class DataIngestedEvent(Event):
+    """A reporting-side ingestion job finished (succeeded, partial or failed)."""
+
+    topic: ClassVar[str] = "data.ingested"
+
+    timestamp: AwareDatetime
+    data_ingested: DataIngestedPayload
+
+
+class TradesBatch(Event):
+    """Trades of a live feed (a micro-batch) as one Arrow IPC stream (`bus.frames`)."""
+
+    topic: ClassVar[str] = "trades"
+
+    source: str
+    rows: int
+    symbols: list[str]
+    trades: bytes  # Arrow IPC: symbol, ts, price, size, provider
+
+
+class BarBatch(Event):
+    """Bars of one stage (raw, normalized, enriched) as one Arrow IPC stream.
+
+    `correction` marks bars that replace ones already sent (a late trade amended its
+    minute); `offsets` names the input messages the batch came from (for idempotent
+    consumers and lineage), as `topic:first-last`.
+    """
+
+    topic: ClassVar[str] = "bars"
+
+    source: str
+    stage: str
+    timeframe: str
+    rows: int
+    symbols: list[str]
+    bars: bytes  # Arrow IPC in the canonical bar schema (+ enrichment columns)
+    correction: bool = False
+    first_ts: datetime | None = None
+    last_ts: datetime | None = None
+    offsets: str | None = None
+
+
+class ActionsBatch(Event):
+    """Corporate actions as one Arrow IPC stream in the canonical action schema."""
+
+    topic: ClassVar[str] = "actions"
+
+    source: str
+    rows: int
+    symbols: list[str]
+    actions: bytes
+
+
 # every event type by name, for decoding envelopes
 EVENT_TYPES: dict[str, type[Event]] = {
-    cls.__name__: cls for cls in (BarsIngested, BarsQuarantined, ActionsIngested, BarsStreamed)
+    cls.__name__: cls
+    for cls in (
+        BarsIngested,
+        BarsQuarantined,
+        ActionsIngested,
+        BarsStreamed,
+        DataIngestedEvent,
+        TradesBatch,
+        BarBatch,
+        ActionsBatch,
+    )
 }

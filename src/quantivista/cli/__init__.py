@@ -6,22 +6,30 @@ options and the one mapping of platform errors to exit codes; `render.py` the ta
 
 from quantivista.cli.app import app
 from quantivista.cli.commands import (
+    backfill,
     bars,
     config,
     demo,
     ingest,
+    operations,
     providers,
     quality,
     reference,
     serve,
     storage,
+    stream,
+    worker,
+    workflows,
 )
 from quantivista.cli.render import sparkline
 
 __all__ = ["app", "main", "sparkline"]
 
 # imported for their commands, which they register on `app`
-_COMMAND_MODULES = (bars, config, demo, ingest, providers, quality, reference, serve, storage)
+_COMMAND_MODULES = (
+    backfill, bars, config, demo, ingest, operations, providers, quality, reference, serve,
+    storage, stream, worker, workflows,
+)  # fmt: skip
 
 
 def main() -> None:

@@ -176,19 +176,35 @@ def store_table(stats: pl.DataFrame, report: pl.DataFrame | None = None) -> Tabl
     return table
 
 
-def jobs_table(jobs: list[IngestionJob], title: str = "recent jobs") -> Table:
-    """Return one row per job (the job id is never wrapped: it is what you copy)."""
+def jobs_table(
+    jobs: list[IngestionJob],
+    title: str = "recent jobs",
+    *,
+    progress: dict[str, tuple[int, int]] | None = None,
+) -> Table:
+    """Return one row per job (the job id is never wrapped: it is what you copy).
+
+    `progress` (finished tasks, tasks) per job adds a tasks column.
+    """
     table = Table(title=title, header_style="bold")
     table.add_column("job", no_wrap=True)
     table.add_column("status", no_wrap=True)
-    for col in ("tf", "syms", "rows", "bad", "score"):
+    cols = ("tasks", "tf", "syms", "rows", "bad", "score") if progress is not None else (
+        "tf", "syms", "rows", "bad", "score")  # fmt: skip
+    for col in cols:
         table.add_column(col, justify="right", no_wrap=True)
     table.caption = "bad: rows quarantined; qv jobs --format json has every field"
     for job in jobs:
         value = job_score(job)
+        extra = []
+        if progress is not None:
+            done, total = progress.get(job.job_id, (0, job.tasks))
+            where = f" {job.queue}" if job.queue else ""
+            extra.append(f"{done}/{total}{escape(where)}")
         table.add_row(
             escape(job.job_id),
             job.status.value,
+            *extra,
             job.timeframe or "-",
             f"{len(job.symbols):,}",
             f"{job.records_processed:,}",
@@ -321,8 +337,11 @@ def emit(df: pl.DataFrame, fmt: Format, title: str, caption: str | None = None) 
         console.print(frame_table(df, title, caption))
 
 
-def jobs_frame(jobs: list[IngestionJob]) -> pl.DataFrame:
+def jobs_frame(
+    jobs: list[IngestionJob], progress: dict[str, tuple[int, int]] | None = None
+) -> pl.DataFrame:
     """Return jobs as a frame (one row each) for JSON and CSV output."""
+    done = {k: v[0] for k, v in (progress or {}).items()}
     return pl.DataFrame(
         [
             {
@@ -331,6 +350,8 @@ def jobs_frame(jobs: list[IngestionJob]) -> pl.DataFrame:
                 "timeframe": j.timeframe,
                 "symbols": len(j.symbols),
                 "tasks": j.tasks,
+                "tasks_done": done.get(j.job_id),
+                "queue": j.queue,
                 "records_processed": j.records_processed,
                 "records_failed": j.records_failed,
                 "quality_score": job_score(j),
@@ -341,7 +362,12 @@ def jobs_frame(jobs: list[IngestionJob]) -> pl.DataFrame:
             }
             for j in jobs
         ],
-        schema_overrides={"quality_score": pl.Float64, "duration_s": pl.Float64},
+        schema_overrides={
+            "quality_score": pl.Float64,
+            "duration_s": pl.Float64,
+            "tasks_done": pl.Int64,
+            "queue": pl.String,
+        },
     )
 
 

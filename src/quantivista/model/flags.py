@@ -31,6 +31,9 @@ class QualityFlag(IntFlag):
     BUSINESS_RULE = 1 << 17
     ZERO_VOLUME = 1 << 18
     TS_SNAPPED = 1 << 19  # an off-grid intraday bar moved to its grid slot on request
+    # the newest bar of its series moved like a spike; the next bar confirms (SPIKE) or clears it
+    SPIKE_PENDING = 1 << 20
+    BAD_PRINT = 1 << 21  # a 1-minute high/low/close far from its neighbours that reverts
 
     @classmethod
     def names_of(cls, bits: int) -> list[str]:

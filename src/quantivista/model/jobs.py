@@ -113,6 +113,14 @@ class IngestionJob(BaseModel):
         default=None, description="the API tenant that submitted it (None: the platform's own)"
     )
     tasks: int = Field(default=0, ge=0, description="units of work the job was split into")
+    queue: str | None = Field(
+        default=None,
+        description="run by `qv worker`s of this queue (None: by the process that submitted"
+        " it); a queued job's lapsed lease puts the task back for another worker",
+    )
+    max_attempts: int = Field(
+        default=0, ge=0, description="claims of one task before it fails (0: no limit)"
+    )
 
     @property
     def duration_s(self) -> float | None:

@@ -7,8 +7,9 @@
 
 `/healthz` says the process is alive (200 while it is not shutting down), `/readyz` runs the
 readiness checks (503 with each failing check's reason), `/metrics` is the Prometheus text of
-every registry given. A thread-per-request server from the standard library is enough here:
-probes are scraped a few times a minute, and it keeps the service's event loop free.
+the shared `ops.metrics.REGISTRY` and every registry given. A thread-per-request server from
+the standard library is enough here: probes are scraped a few times a minute, and it keeps
+the service's event loop free.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from quantivista.config import ProbeSettings
 from quantivista.errors import ConfigurationError
+from quantivista.ops.metrics import REGISTRY
 
 __all__ = ["Check", "ProbeServer"]
 
@@ -46,7 +48,7 @@ class ProbeServer:
     ) -> None:
         self.service = service
         self._settings = settings
-        self._registries = list(registries)
+        self._registries = [REGISTRY, *(r for r in registries if r is not REGISTRY)]
         self._checks: dict[str, Check] = {}
         self._port = settings.port_of(service) if port is None else port
         self._started = time.monotonic()

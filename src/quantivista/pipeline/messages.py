@@ -93,6 +93,8 @@ class ValidatedBatch:
     scores: pl.DataFrame
     report: DataQualityReport
     symbols: list[str]  # distinct symbols of the batch, sorted
+    # stored bars whose pending spike this batch decided: new versions, stored with `clean`
+    decided: pl.DataFrame | None = None
 
 
 @dataclass(slots=True)

@@ -12,6 +12,7 @@ from quantivista.bus.base import EventBus
 from quantivista.clock import Clock
 from quantivista.model.schema import FrameLike
 from quantivista.model.timeframe import Timeframe, TimeframeLike
+from quantivista.ops.metrics import SymbolGroups, observe_stored, stage
 from quantivista.pipeline.messages import Batch, BatchId, RawBatch, StoredBatch
 from quantivista.pipeline.stages import (
     Sinks,
@@ -45,6 +46,7 @@ class InProcessRunner:
     clock: Clock
     validator: Callable[[], Validator]
     timezone: Callable[[], str] = lambda: "America/New_York"  # the exchange's, for dates
+    groups: SymbolGroups | None = None  # symbol groups of the freshness metrics
 
     def write(
         self,
@@ -79,9 +81,10 @@ class InProcessRunner:
             return None
         symbols = raw.bars["symbol"].unique().to_list()
         known = self.actions.for_symbols(symbols)
-        batch = normalize(
-            raw, known, self.clock.now(), timezone=self.timezone(), reference=self._raw_daily
-        )
+        with stage("normalize"):
+            batch = normalize(
+                raw, known, self.clock.now(), timezone=self.timezone(), reference=self._raw_daily
+            )
         return self.process(batch, actions=known)
 
     def _raw_daily(self, symbols: list[str], first: date, last: date) -> pl.DataFrame:
@@ -105,11 +108,23 @@ class InProcessRunner:
         check = validator or self.validator()
         if actions is None and batch.bars.height:
             actions = self.actions.for_symbols(batch.bars["symbol"].unique().to_list())
-        validated = validate(
-            batch, check, actions=actions, history=history_for(batch.bars, self.sinks.bars, check)
+        with stage("validate"):
+            history = history_for(batch.bars, self.sinks.bars, check)
+            validated = validate(batch, check, actions=actions, history=history)
+        with stage("store"):
+            stored = store(validated, self.sinks, batch.at, dedupe_quarantine=not release)
+        with stage("announce"):
+            announce(stored, self.bus, self.clock)
+        observe_stored(
+            stored.source,
+            written=stored.stats.written,
+            unchanged=stored.stats.unchanged,
+            quarantined=stored.quarantined,
+            score=stored.report.quality_score,
+            clean=stored.clean,
+            now=self.clock.now(),
+            groups=self.groups,
         )
-        stored = store(validated, self.sinks, batch.at, dedupe_quarantine=not release)
-        announce(stored, self.bus, self.clock)
         return stored
 
 

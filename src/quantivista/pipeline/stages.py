@@ -355,7 +355,14 @@ def validate(
         names = pl.concat([names, batch.held["symbol"]])
     symbols = distinct(names) if names.len() else []
     return ValidatedBatch(
-        batch.id, batch.source, result.clean, rejected, result.scores, report, symbols
+        batch.id,
+        batch.source,
+        result.clean,
+        rejected,
+        result.scores,
+        report,
+        symbols,
+        result.decided if result.decided.height else None,
     )
 
 
@@ -388,17 +395,20 @@ def store(
     Derived timeframes (rollups) follow their 1-minute bars. Idempotent: storing the same
     batch twice changes nothing the second time.
     """
-    if validated.clean.height >= _OVERLAP_ROWS:
+    rows = validated.clean
+    if validated.decided is not None:  # earlier bars whose pending spike is now decided
+        rows = pl.concat([rows, validated.decided.select(rows.columns)], how="vertical_relaxed")
+    if rows.height >= _OVERLAP_ROWS:
         # the day scores are a separate store: kept on a thread while the bars are written
         with ThreadPoolExecutor(1, thread_name_prefix="qv-scores") as pool:
             scored = pool.submit(sinks.scores.add, validated.scores, at)
-            stats = sinks.bars.upsert(validated.clean)
+            stats = sinks.bars.upsert(rows)
             scored.result()
     else:
         sinks.scores.add(validated.scores, at)
-        stats = sinks.bars.upsert(validated.clean)
+        stats = sinks.bars.upsert(rows)
     if stats.written and sinks.rollup is not None:
-        sinks.rollup.refresh(validated.clean)
+        sinks.rollup.refresh(rows)
     quarantined = sinks.quarantine.add(
         validated.rejected, job_id=validated.id.job_id, at=at, dedupe=dedupe_quarantine
     )

@@ -306,6 +306,13 @@ class AlphaVantageProvider(HttpProvider):
         _, payload = self.get(self.url("/query"), params, symbol=symbol)
         return payload
 
+    @classmethod
+    def planned_calls(cls, request: BarRequest, bars: int, now: datetime) -> int:
+        """Intraday: one call per month; daily: one call returns the whole history."""
+        if request.timeframe.is_intraday:
+            return len(_months(request.start, request.end))
+        return 1
+
     def fetch_bars(self, request: BarRequest) -> FetchResult:
         tf = str(request.timeframe)
         if not self.capabilities.supports(tf):

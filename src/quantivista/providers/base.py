@@ -219,6 +219,15 @@ class Provider:
         """Return the bars (and actions, and raw payloads) answering `request`."""
         raise NotImplementedError
 
+    @classmethod
+    def planned_calls(cls, request: BarRequest, bars: int, now: datetime) -> int:
+        """Return how many vendor calls (pages included) `fetch_bars(request)` makes.
+
+        `bars` is how many bars the calendar expects. The backfill planner sizes requests
+        and quotas by this; a client that pages or slices its requests overrides it.
+        """
+        return 1
+
     def close(self) -> None:
         """Release connections; the default has nothing to release."""
 

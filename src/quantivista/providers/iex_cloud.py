@@ -183,6 +183,13 @@ class IexCloudProvider(HttpProvider):
             return error
         return super().classify_status(response, payload, symbol)
 
+    @classmethod
+    def planned_calls(cls, request: BarRequest, bars: int, now: datetime) -> int:
+        """Intraday: one call per calendar day; daily: one range call."""
+        if request.timeframe.is_intraday:
+            return (request.last_date - request.start_date).days + 1
+        return 1
+
     def fetch_bars(self, request: BarRequest) -> FetchResult:
         self.require_key()
         sym = request.symbol

@@ -9,7 +9,8 @@ Splits and dividends come from `/v3/reference/splits` and `/v3/reference/dividen
 
 from __future__ import annotations
 
-from datetime import date
+import math
+from datetime import date, datetime
 from typing import Any
 
 import httpx
@@ -47,6 +48,7 @@ NAME = "polygon"
 EXCHANGE_TZ = "America/New_York"
 _TIMESPAN = {"s": "second", "m": "minute", "h": "hour", "d": "day", "w": "week", "mo": "month"}
 MAX_PAGES = 1000
+PAGE_BARS = 50_000  # the aggregates endpoint's largest `limit`
 
 
 def _check_status(data: dict[str, Any], symbol: str | None) -> None:
@@ -186,6 +188,11 @@ class PolygonProvider(HttpProvider):
                 return self.base_url + url[len(real) :]
         return url if httpx.URL(url).is_absolute_url else self.url(url)
 
+    @classmethod
+    def planned_calls(cls, request: BarRequest, bars: int, now: datetime) -> int:
+        """One aggregates page per `PAGE_BARS` bars (next_url pages count as calls)."""
+        return max(1, math.ceil(bars / PAGE_BARS))
+
     def fetch_bars(self, request: BarRequest) -> FetchResult:
         self.require_key()
         tf = request.timeframe
@@ -195,7 +202,7 @@ class PolygonProvider(HttpProvider):
             f"/{request.start_date.isoformat()}/{request.last_date.isoformat()}"
         )
         params: dict[str, str] | None = {
-            "adjusted": "false", "sort": "asc", "limit": "50000"
+            "adjusted": "false", "sort": "asc", "limit": str(PAGE_BARS)
         }  # fmt: skip
         url: str | None = self.url(path)
         seen: set[str] = set()

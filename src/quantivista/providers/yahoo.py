@@ -18,7 +18,8 @@ Empty windows (weekends) come as HTTP 200 without `timestamp`; errors as `chart.
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+import math
+from datetime import date, datetime, timedelta
 from functools import reduce
 from typing import Any
 
@@ -284,6 +285,13 @@ class YahooProvider(HttpProvider):
                 exc.context["url"] = payload.url
                 return exc
         return super().classify_status(response, payload, symbol)
+
+    @classmethod
+    def planned_calls(cls, request: BarRequest, bars: int, now: datetime) -> int:
+        """One call per window of the timeframe, and one for later splits of old windows."""
+        step = timedelta(days=_WINDOW_DAYS.get(str(request.timeframe), 365 * 100))
+        windows = math.ceil((request.end - request.start) / step)
+        return windows + (1 if request.end < now - timedelta(days=1) else 0)
 
     def fetch_bars(self, request: BarRequest) -> FetchResult:
         tf = str(request.timeframe)

@@ -16,7 +16,15 @@ import polars as pl
 from quantivista.model.flags import QualityFlag
 from quantivista.model.jobs import Severity
 
-__all__ = ["CONTEXT_RULES", "DEFAULT_RULES", "ROW_RULES", "SERIES_COLUMNS", "SERIES_RULES", "Rule"]
+__all__ = [
+    "CONTEXT_RULES",
+    "DEFAULT_RULES",
+    "INTRADAY_RULES",
+    "ROW_RULES",
+    "SERIES_COLUMNS",
+    "SERIES_RULES",
+    "Rule",
+]
 
 _PRICES = ("open", "high", "low", "close")
 
@@ -109,6 +117,10 @@ SERIES_RULES: tuple[Rule, ...] = (
     Rule("spike", QualityFlag.SPIKE, Severity.WARNING,
          "the close jumps far outside the rolling MAD of returns and reverts on the next bar, "
          "with no corporate action to explain it", lambda: pl.col("_spike"), ("_spike",)),
+    Rule("provisional_spike", QualityFlag.SPIKE_PENDING, Severity.WARNING,
+         "the newest bar of its series moves far outside the rolling MAD of returns: with no "
+         "next bar yet it may be a spike or a real move; the next batch confirms or clears it",
+         lambda: pl.col("_spike_pending"), ("_spike_pending",)),
     Rule("wick_spike", QualityFlag.SPIKE, Severity.WARNING,
          "the high or low lies far outside the open..close body relative to the return scale",
          lambda: pl.col("_wick"), ("_wick",)),
@@ -120,7 +132,22 @@ SERIES_RULES: tuple[Rule, ...] = (
          lambda: pl.col("_split_jump"), ("_split_jump",)),
 )  # fmt: skip
 
-DEFAULT_RULES: tuple[Rule, ...] = ROW_RULES + CONTEXT_RULES + SERIES_RULES
+INTRADAY_RULES: tuple[Rule, ...] = (
+    Rule("bad_print", QualityFlag.BAD_PRINT, Severity.WARNING,
+         "a 1-minute high, low or close far from its neighbours' closes that reverts the next "
+         "minute (quality.intraday)", lambda: pl.col("_bad_print"), ("_bad_print",)),
+)  # fmt: skip
+
+DEFAULT_RULES: tuple[Rule, ...] = ROW_RULES + CONTEXT_RULES + SERIES_RULES + INTRADAY_RULES
 SERIES_COLUMNS: frozenset[str] = frozenset(
-    ("_spike", "_wick", "_stale", "_split_mismatch", "_split_jump", "_gap_s")
+    (
+        "_spike",
+        "_spike_pending",
+        "_wick",
+        "_stale",
+        "_split_mismatch",
+        "_split_jump",
+        "_gap_s",
+        "_bad_print",
+    )
 )

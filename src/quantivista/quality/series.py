@@ -12,9 +12,11 @@ numpy over those sorted columns (no `.over()` groups, no Python loops over rows)
   floored at `min_scale`. Only rows whose return could pass k x scale need it exactly:
   window counts give every other row a lower bound that rules it out (`_scale_where`);
 - a close spike is an isolated outlier: |z| > k on the bar and on the next bar, with
-  opposite signs, and the two returns mostly cancel. A level shift (a real jump) is not a
-  spike; if its size matches a common split ratio and no action explains it, it is a
-  split jump instead;
+  opposite signs, and the two returns mostly cancel. The newest bar of a series has no
+  next bar: |z| > k there is a pending spike, decided when the next bar arrives (the
+  validator re-checks it as history). A level shift (a real jump) is not a spike; if
+  its size matches a common split ratio and no action explains it, it is a split jump
+  instead;
 - a wick spike is a high or low far outside the body (open..close): beyond `wick_z` x the
   rolling mean wick of the previous bars and beyond `spike_z` x the return scale (e.g. Lean's IBM
   2000-07-20: low 88.00 against open 112.00 and close 117.00); only wicks past
@@ -220,7 +222,7 @@ _PART_ROWS = 131_072
 # above this share of rows with a wick past k x min_scale, the usual wick of every row
 # (one rolling mean) is cheaper than the usual wick of each of those rows
 _WIDE_SHARE = 1 / 16
-_FLAGS = ("_spike", "_wick", "_stale", "_split_mismatch", "_split_jump")
+_FLAGS = ("_spike", "_spike_pending", "_wick", "_stale", "_split_mismatch", "_split_jump")
 
 
 def series_context(
@@ -230,7 +232,8 @@ def series_context(
     *,
     gap: bool = True,
 ) -> pl.DataFrame:
-    """Add `_spike`, `_wick`, `_stale`, `_split_mismatch`, `_split_jump`, `_gap_s` to `df`.
+    """Add `_spike`, `_spike_pending`, `_wick`, `_stale`, `_split_mismatch`, `_split_jump`
+    and `_gap_s` to `df`.
 
     `gap=False` leaves `_gap_s` out (only a business rule on gaps reads it).
 
@@ -373,6 +376,7 @@ def _series_arrays(
         probe[wide] = np.fmax(probe[wide], wick)
     scale, exact = _scale_where(abs_r, new, window, settings.min_scale, probe, k)
     spike = np.zeros(n, dtype=bool)
+    pending = np.zeros(n, dtype=bool)
     split_jump = np.zeros(n, dtype=bool)
     split_mismatch = np.zeros(n, dtype=bool)
     wick_spike = np.zeros(n, dtype=bool)
@@ -397,6 +401,12 @@ def _series_arrays(
             & (np.sign(r_b) != np.sign(r_next))
             & (np.abs(r_b + r_next) < 0.5 * np.minimum(np.abs(r_b), np.abs(r_next)))
         )
+        # an outsized move with no next bar yet: a spike or a real move, undecided (unless
+        # it is the way back from a spike on the bar before)
+        last = big[~same_next]
+        before = last - 1 if all_ok else _prev_valid(ok)[last]
+        back = (before >= _series_start(last, new)) & spike[np.maximum(before, 0)]
+        pending[last[~back]] = True
         jump = big[~spike[big]]
         if ratio is not None and cash is not None:
             jump = jump[(ratio[jump] == 1.0) & (cash[jump] == 0.0)]
@@ -404,12 +414,14 @@ def _series_arrays(
             split_mismatch = (ratio != 1.0) & (abs_r > 0.5 * log_ratio)
         dist = np.abs(np.abs(r[jump])[:, None] - np.log(np.asarray(SPLIT_RATIOS))[None, :])
         split_jump[jump] = dist.min(axis=1, initial=np.inf) < settings.split_tolerance
+        pending &= ~split_jump  # a split-sized level shift is flagged as such already
         # far outside both the usual wick and the usual daily move
         wick_spike[wide] = wick > k * scale[wide]
 
     stale = _stale_rows((c, o, h, lo, v), new, settings.stale_run)
     return {
         "_spike": spike,
+        "_spike_pending": pending,
         "_wick": wick_spike,
         "_stale": stale,
         "_split_mismatch": split_mismatch,

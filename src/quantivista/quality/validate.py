@@ -11,11 +11,18 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from quantivista.config import QualitySettings
+from quantivista.config import IntradaySettings, QualitySettings
 from quantivista.model.flags import QualityFlag
 from quantivista.model.jobs import DataQualityReport, Severity, ValidationIssue
-from quantivista.model.schema import BAR_COLUMNS, BAR_KEY, BAR_VALUE_COLUMNS, SCORE_SCHEMA
+from quantivista.model.schema import (
+    BAR_COLUMNS,
+    BAR_KEY,
+    BAR_POLARS_SCHEMA,
+    BAR_VALUE_COLUMNS,
+    SCORE_SCHEMA,
+)
 from quantivista.model.timeframe import Timeframe
+from quantivista.quality.intraday import with_bad_prints
 from quantivista.quality.rules import DEFAULT_RULES, SERIES_COLUMNS, Rule
 from quantivista.quality.series import series_context
 from quantivista.reference.calendars import TradingCalendar
@@ -180,8 +187,12 @@ def _series_with_history(
     settings: QualitySettings,
     *,
     gap: bool,
-) -> pl.DataFrame:
-    """Run the series context over stored history + batch, and keep the batch rows."""
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Run the series context over stored history + batch, and keep the batch rows.
+
+    Also returns the stored bars whose pending spike the batch decides (canonical columns,
+    new `quality_flags`): the next bar confirms it as a spike or clears it.
+    """
     first = checked.group_by("symbol", "timeframe").agg(_first=pl.col("ts").min())
     hist = (
         history.join(first, on=["symbol", "timeframe"])
@@ -190,16 +201,50 @@ def _series_with_history(
         .with_columns(_valid=pl.lit(True), _hist=pl.lit(True))
     )
     if hist.is_empty():
-        return series_context(checked, actions, settings, gap=gap)
+        return series_context(checked, actions, settings, gap=gap), _no_bars()
     batch = checked.with_columns(_hist=pl.lit(False), _batch_new=pl.col("_new"))
     both = pl.concat([hist, batch], how="diagonal_relaxed").sort(
         "symbol", "timeframe", "ts", maintain_order=True
     )
     sym, tf = pl.col("symbol"), pl.col("timeframe")
     both = both.with_columns(_new=(~((sym == sym.shift(1)) & (tf == tf.shift(1)))).fill_null(True))
-    out = series_context(both, actions, settings, gap=gap).filter(~pl.col("_hist"))
+    both = series_context(both, actions, settings, gap=gap)
+    out = both.filter(~pl.col("_hist"))
     # the batch keeps its own series starts (the spans of the missing-bar check)
-    return out.with_columns(_new=pl.col("_batch_new")).drop("_hist", "_batch_new")
+    out = out.with_columns(_new=pl.col("_batch_new")).drop("_hist", "_batch_new")
+    return out, _decided(both.filter(pl.col("_hist")), checked)
+
+
+_PENDING = int(QualityFlag.SPIKE_PENDING)
+
+
+def _decided(hist: pl.DataFrame, checked: pl.DataFrame) -> pl.DataFrame:
+    """Stored bars with a pending spike whose flags the batch's bars now decide.
+
+    Confirmed: the pending bit becomes SPIKE; cleared: it is dropped; still without a next
+    valid bar: unchanged. A decided bar is a new version of the stored bar (its flags
+    changed), known from the batch's knowledge time.
+    """
+    pending = hist.filter((pl.col("quality_flags") & _PENDING) != 0)
+    if pending.is_empty():
+        return _no_bars()
+    flags = (
+        (pl.col("quality_flags") & (0xFFFFFFFF ^ _PENDING))
+        | pl.when(pl.col("_spike")).then(int(QualityFlag.SPIKE)).otherwise(0)
+        | pl.when(pl.col("_spike_pending")).then(_PENDING).otherwise(0)
+    ).cast(pl.UInt32)
+    at = checked["ingested_at"].max() if "ingested_at" in checked.columns else None
+    job = checked["job_id"].drop_nulls().first() if "job_id" in checked.columns else None
+    return (
+        pending.with_columns(_flags=flags)
+        .filter(pl.col("_flags") != pl.col("quality_flags"))
+        .with_columns(
+            quality_flags=pl.col("_flags"),
+            ingested_at=pl.lit(at, dtype=BAR_POLARS_SCHEMA["ingested_at"]),
+            job_id=pl.lit(job, dtype=pl.String),
+        )
+        .select(BAR_COLUMNS)
+    )
 
 
 def _spans(part: pl.DataFrame) -> pl.DataFrame:
@@ -320,6 +365,13 @@ class ValidationResult:
     exact_duplicates: int = 0
     issues: list[ValidationIssue] = field(default_factory=list)
     scores: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=SCORE_SCHEMA))
+    # stored bars (before the batch) whose pending spike the batch confirmed or cleared:
+    # new versions to store with the clean rows
+    decided: pl.DataFrame = field(default_factory=lambda: _no_bars())
+
+
+def _no_bars() -> pl.DataFrame:
+    return pl.DataFrame(schema=BAR_POLARS_SCHEMA)
 
 
 class Validator:
@@ -337,14 +389,16 @@ class Validator:
         calendar: TradingCalendar | None,
         rules: tuple[Rule, ...] = DEFAULT_RULES,
         settings: QualitySettings | None = None,
+        intraday: IntradaySettings | None = None,
     ) -> None:
         self.calendar = calendar
         self.rules = rules
         self.settings = settings or QualitySettings()
+        self.intraday = intraday or IntradaySettings()
 
     def with_rules(self, rules: tuple[Rule, ...]) -> Validator:
         """Return a validator with the same calendar and settings but other rules."""
-        return Validator(self.calendar, rules, self.settings)
+        return Validator(self.calendar, rules, self.settings, self.intraday)
 
     def demoted(self, names: Sequence[str]) -> Validator:
         """Return a validator where the named rules only flag rows (severity WARNING)."""
@@ -391,6 +445,7 @@ class Validator:
         later = [
             r for r in self.rules if r not in first and all(n in SERIES_COLUMNS for n in r.needs)
         ]
+        decided: pl.DataFrame | None = None
         if later:
             # an error rule that never fired invalidates no row
             fired = [r for r in first if counts[r.name]]
@@ -399,9 +454,13 @@ class Validator:
             checked = checked.with_columns(_valid=valid)
             gap = any("_gap_s" in r.needs for r in later)  # only a business rule reads it
             if history is not None and history.height and checked.height:
-                checked = _series_with_history(checked, history, actions, self.settings, gap=gap)
+                checked, decided = _series_with_history(
+                    checked, history, actions, self.settings, gap=gap
+                )
             else:
                 checked = series_context(checked, actions, self.settings, gap=gap)
+            if any("_bad_print" in r.needs for r in later):
+                checked = with_bad_prints(checked, self.intraday)
             checked = checked.with_columns([r.expr() for r in later])
             counts |= _counts(checked, later)
         rules = first + later
@@ -425,6 +484,12 @@ class Validator:
         soft = int(checked.select(soft_row.sum()).item())
         if exact_dupes:
             rule_counts["duplicate"] = exact_dupes
+        if decided is not None and decided.height:
+            confirmed = int(((decided["quality_flags"] & int(QualityFlag.SPIKE)) != 0).sum())
+            if confirmed:
+                rule_counts["spike_confirmed"] = confirmed
+            if decided.height - confirmed:
+                rule_counts["spike_cleared"] = decided.height - confirmed
 
         errors = [r for r in rules if r.severity is Severity.ERROR]
         rejected = self._rejected_rows(checked if n_rejected else checked.clear(), errors)
@@ -469,7 +534,15 @@ class Validator:
             any_rejected=n_rejected > 0,
             any_flagged=soft > 0,
         )
-        return ValidationResult(clean, rejected, report, exact_dupes, issues, scores)
+        return ValidationResult(
+            clean,
+            rejected,
+            report,
+            exact_dupes,
+            issues,
+            scores,
+            decided if decided is not None else _no_bars(),
+        )
 
     # -- context columns -------------------------------------------------------------------
     def _with_context(self, df: pl.DataFrame) -> pl.DataFrame:
@@ -502,7 +575,7 @@ class Validator:
             return df.with_columns(
                 _aligned=pl.col("ts").dt.truncate(tf.polars_every) == pl.col("ts")
             )
-        local_day = cal.session_of(pl.col("ts")).alias("_day")
+        local_day = cal.local_dates(df["ts"]).alias("_day")
         joined = df.with_columns(local_day).join(
             cal.schedule.select(
                 pl.col("session").alias("_day"),

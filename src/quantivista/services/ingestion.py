@@ -7,6 +7,10 @@ dies stops heartbeating: once its lease lapses the task goes back to pending and
 becomes `failed` (kind `lease_expired`), until `recover()` resumes its unfinished tasks.
 Writes are idempotent, so a task that ran halfway runs again without duplicates, and the
 job's counts are the sum of its tasks' last runs.
+
+A job submitted with a `queue` is run by `qv worker`s instead (`run_next`): a lapsed lease
+puts its task back on the queue for another worker, and a task that fails or lapses
+`max_attempts` times fails with the reason.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
 from uuid import uuid4
@@ -22,10 +27,11 @@ from uuid import uuid4
 from quantivista.acquisition.router import Router
 from quantivista.acquisition.wiring import Acquisition
 from quantivista.clock import Clock
-from quantivista.config import IngestSettings
+from quantivista.config import IngestSettings, WorkerSettings
 from quantivista.errors import InvalidInputError, ProviderError, QuantiVistaError
 from quantivista.model.jobs import DataQualityReport, IngestionJob, JobStatus, JobTask, TaskStatus
 from quantivista.model.timeframe import Timeframe, TimeframeLike
+from quantivista.ops.metrics import record_job, stage
 from quantivista.pipeline.messages import BatchId, RawBatch
 from quantivista.pipeline.runner import InProcessRunner
 from quantivista.pipeline.stages import Progress, acquire
@@ -35,11 +41,15 @@ from quantivista.services.writes import new_job_id
 from quantivista.storage.contracts import JobCatalog
 from quantivista.timeutil import DateLike
 
-__all__ = ["IngestionService", "Progress", "worker_id"]
+__all__ = ["IngestionService", "Progress", "TaskEvent", "worker_id"]
 
 log = logging.getLogger(__name__)
 
 _DONE = (TaskStatus.SUCCEEDED, TaskStatus.FAILED)
+_ENDED = (JobStatus.SUCCEEDED, JobStatus.PARTIAL, JobStatus.FAILED)
+
+TaskEvent = Callable[[str], None]
+"""Told what happened to a task: claimed, succeeded, failed, released, renewed, reaped."""
 
 
 def worker_id() -> str:
@@ -50,8 +60,11 @@ def worker_id() -> str:
 class _Heartbeat:
     """Renew a task's lease on a background thread until the block ends."""
 
-    def __init__(self, beat: Callable[[], bool], every_s: float) -> None:
+    def __init__(
+        self, beat: Callable[[], bool], every_s: float, events: TaskEvent | None = None
+    ) -> None:
         self._beat = beat
+        self._events = events
         self._every_s = every_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="qv-heartbeat", daemon=True)
@@ -63,6 +76,8 @@ class _Heartbeat:
                 if not self._beat():
                     self.lost = True
                     return
+                if self._events is not None:
+                    self._events("renewed")
             except QuantiVistaError as exc:  # a catalog hiccup: the next beat may pass
                 log.warning("heartbeat failed: %s", exc)
 
@@ -92,6 +107,8 @@ class IngestionService:
         settings: IngestSettings,
         *,
         after_run: Callable[[], None] | None = None,
+        events: TaskEvent | None = None,
+        workers: WorkerSettings | None = None,
     ) -> None:
         self.runner = runner
         self.acquisition = acquisition
@@ -99,6 +116,8 @@ class IngestionService:
         self.clock = clock
         self.settings = settings
         self.after_run = after_run  # e.g. keep provider statistics for other processes
+        self.events = events  # e.g. a worker's metrics
+        self.workers = workers or WorkerSettings()
 
     # -- submit ----------------------------------------------------------------------------
     def submit(
@@ -110,8 +129,14 @@ class IngestionService:
         providers: Sequence[str] | None = None,
         *,
         tenant: str | None = None,
+        queue: str | None = None,
+        max_attempts: int = 0,
+        symbols_per_task: int | None = None,
     ) -> IngestionJob:
-        """Record a pending job and its tasks; return it (nothing is fetched yet)."""
+        """Record a pending job and its tasks; return it (nothing is fetched yet).
+
+        With `queue`, workers of that queue run it (`qv worker`); else the caller does.
+        """
         names = [n.lower() for n in providers] if providers else [self.settings.default_provider]
         for name in names:
             self.acquisition.registry.get(name)  # NotFoundError for an unknown provider
@@ -122,7 +147,7 @@ class IngestionService:
         tf = Timeframe.parse(timeframe)
         now = self.clock.now()
         job_id = new_job_id(now)
-        size = self.settings.symbols_per_batch
+        size = symbols_per_task or self.settings.symbols_per_batch
         chunks = [wanted[i : i + size] for i in range(0, len(wanted), size)]
         job = IngestionJob(
             job_id=job_id,
@@ -136,6 +161,8 @@ class IngestionService:
             providers=names,
             tasks=len(chunks),
             tenant=tenant,
+            queue=queue,
+            max_attempts=max_attempts,
         )
         tasks = [
             JobTask(task_id=f"{job_id}/{i:04d}", job_id=job_id, seq=i, symbols=chunk)
@@ -144,6 +171,31 @@ class IngestionService:
         self.catalog.save_job(job)
         self.catalog.add_tasks(tasks)
         return job
+
+    def enqueue(
+        self,
+        symbols: str | Sequence[str],
+        start: DateLike,
+        end: DateLike,
+        timeframe: TimeframeLike = "1d",
+        providers: Sequence[str] | None = None,
+        *,
+        queue: str | None = None,
+        tenant: str | None = None,
+        symbols_per_task: int | None = None,
+    ) -> IngestionJob:
+        """Submit a job for `qv worker`s (default queue and attempts from `workers`)."""
+        return self.submit(
+            symbols,
+            start,
+            end,
+            timeframe,
+            providers,
+            tenant=tenant,
+            queue=queue or self.workers.queue,
+            max_attempts=self.workers.max_attempts,
+            symbols_per_task=symbols_per_task,
+        )
 
     def ingest(
         self,
@@ -214,21 +266,25 @@ class IngestionService:
                 task.task_id, worker, self.settings.lease_s, self.clock.now()
             )
 
-        with _Heartbeat(beat, self.settings.heartbeat_s):
+        with _Heartbeat(beat, self.settings.heartbeat_s, self.events):
             try:
-                raw = acquire(
-                    router,
-                    task.symbols,
-                    job.request_start,
-                    job.request_end,
-                    tf,
-                    BatchId(job.job_id, task.task_id, task.attempts),
-                    self.clock,
-                    concurrency=self.settings.fetch_concurrency,
-                    progress=tick,
-                )
+                with stage("acquire"):
+                    raw = acquire(
+                        router,
+                        task.symbols,
+                        job.request_start,
+                        job.request_end,
+                        tf,
+                        BatchId(job.job_id, task.task_id, task.attempts),
+                        self.clock,
+                        concurrency=self.settings.fetch_concurrency,
+                        progress=tick,
+                    )
                 stored = self.runner.ingest(raw)
             except Exception as exc:  # recorded on the task and the job, then raised
+                if job.queue is not None:  # a worker's task: retried, the job goes on
+                    self._task_failed(task, worker, exc)
+                    return
                 failed = task.model_copy(
                     update={
                         "status": TaskStatus.FAILED,
@@ -251,6 +307,92 @@ class IngestionService:
         )
         if not self.catalog.finish_task(finished, worker, self.clock.now()):
             log.warning("lost the lease of %s: another worker runs it again", task.task_id)
+        elif self.events is not None:
+            self.events("succeeded")
+
+    def _task_failed(self, task: JobTask, worker: str, exc: BaseException) -> None:
+        """Put a queued task back on its queue, or fail it once its attempts are spent."""
+        job = self.catalog.job(task.job_id)
+        detail = {"kind": type(exc).__name__, "message": str(exc), "attempt": task.attempts}
+        spent = job.max_attempts > 0 and task.attempts >= job.max_attempts
+        if spent:
+            detail["message"] = f"gave up after {task.attempts} attempts: {exc}"
+        update: dict[str, object] = {
+            "status": TaskStatus.FAILED if spent else TaskStatus.PENDING,
+            "error_details": [*task.error_details, detail],
+        }
+        log.warning("task %s failed (attempt %d): %s", task.task_id, task.attempts, exc)
+        stored = self.catalog.finish_task(task.model_copy(update=update), worker, self.clock.now())
+        if stored and self.events is not None:
+            self.events("failed" if spent else "released")
+
+    # -- workers ---------------------------------------------------------------------------
+    def run_next(self, worker: str, queue: str) -> JobTask | None:
+        """Claim one task of `queue` and run it; None when the queue has nothing pending."""
+        task = self.claim_next(worker, queue)
+        if task is not None:
+            self.execute(task, worker)
+        return task
+
+    def claim_next(self, worker: str, queue: str) -> JobTask | None:
+        """Lease the next pending task of `queue` to `worker`, or return None."""
+        task = self.catalog.claim_task(worker, self.settings.lease_s, self.clock.now(), queue=queue)
+        if task is not None and self.events is not None:
+            self.events("claimed")
+        return task
+
+    def execute(self, task: JobTask, worker: str) -> None:
+        """Run a claimed task, then finish its job if it was the last one."""
+        job = self.catalog.job(task.job_id)
+        if job.status is JobStatus.PENDING:
+            job.status = JobStatus.RUNNING
+            self.catalog.save_job(job)
+        router = self.acquisition.router(job.providers or job.source_id.split(","))
+        try:
+            self._run_task(job, task, worker, router, lambda _symbol: None)
+        finally:
+            if self.after_run is not None:
+                self.after_run()
+        self._finish(task.job_id)
+
+    def release(self, task: JobTask, worker: str) -> bool:
+        """Give a held task back to its queue unrun (a worker shutting down); not an attempt."""
+        back = task.model_copy(
+            update={"status": TaskStatus.PENDING, "attempts": max(task.attempts - 1, 0)}
+        )
+        released = self.catalog.finish_task(back, worker, self.clock.now())
+        if released and self.events is not None:
+            self.events("released")
+        return released
+
+    def progress(self, job_id: str) -> tuple[int, int]:
+        """Return (finished tasks, tasks) of a job."""
+        tasks = self.catalog.tasks(job_id)
+        return sum(t.status in _DONE for t in tasks), len(tasks)
+
+    def wait(
+        self,
+        job_id: str,
+        *,
+        timeout_s: float | None = None,
+        poll_s: float = 0.5,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> IngestionJob:
+        """Block until the job has ended (workers run it elsewhere); return it.
+
+        Raises `TimeoutError` after `timeout_s` (None: wait for ever).
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            self.expire_leases()
+            job = self.catalog.job(job_id)
+            if progress is not None:
+                progress(*self.progress(job_id))
+            if job.status in _ENDED:
+                return job
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"job {job_id} still {job.status.value} after {timeout_s} s")
+            time.sleep(poll_s)
 
     def _fail(self, job_id: str, exc: BaseException) -> None:
         job = self.catalog.job(job_id)
@@ -258,6 +400,7 @@ class IngestionService:
         job.end_time = self.clock.now()
         job.error_details.append({"scope": "job", "kind": type(exc).__name__, "message": str(exc)})
         self.catalog.save_job(job)
+        record_job("ingest", JobStatus.FAILED.value)
 
     def _finish(self, job_id: str) -> IngestionJob:
         """Roll the tasks' outcomes up into the job once none is left to run."""
@@ -282,12 +425,19 @@ class IngestionService:
             job.status = JobStatus.SUCCEEDED
         job.end_time = self.clock.now()
         self.catalog.save_job(job)
+        record_job("ingest", job.status.value)
         return job
 
     # -- follow and recover ----------------------------------------------------------------
     def expire_leases(self) -> list[str]:
-        """Fail the jobs whose running tasks' leases lapsed; return their ids."""
-        return self.catalog.expire_leases(self.clock.now())
+        """Apply lapsed leases: fail the submitters' jobs, requeue workers'; return the jobs."""
+        affected = self.catalog.expire_leases(self.clock.now())
+        for job_id in affected:
+            if self.events is not None:
+                self.events("reaped")
+            if self.catalog.job(job_id).queue is not None:
+                self._finish(job_id)  # its last task may have just spent its attempts
+        return affected
 
     def jobs(
         self, limit: int = 50, status: JobStatus | None = None, *, tenant: str | None = None

@@ -13,8 +13,10 @@ from quantivista.actions.adjust import Adjust, DividendConvention
 from quantivista.actions.view import AdjustedReader
 from quantivista.clock import Clock
 from quantivista.errors import InvalidInputError
+from quantivista.model.flags import QualityFlag
 from quantivista.model.symbols import canonical_symbol
 from quantivista.model.timeframe import Timeframe, TimeframeLike
+from quantivista.processing.rollup import Session, check_session
 from quantivista.providers.base import request_range
 from quantivista.quality.freshness import freshness
 from quantivista.reference.calendars import TradingCalendar
@@ -23,6 +25,8 @@ from quantivista.storage.contracts import ActionStore
 from quantivista.timeutil import DateLike, to_date, to_utc
 
 __all__ = ["BarQuery", "QueryService", "symbol_list"]
+
+_OUTSIDE = int(QualityFlag.OUTSIDE_SESSION)
 
 
 def symbol_list(symbols: str | Sequence[str]) -> list[str]:
@@ -57,6 +61,7 @@ class BarQuery:
     known_at: datetime | None = None
     effective_on: date | None = None
     follow_renames: bool = True
+    session: Session = "regular"
 
     @classmethod
     def of(
@@ -72,6 +77,7 @@ class BarQuery:
         known_at: DateLike | None = None,
         effective_on: DateLike | None = None,
         follow_renames: bool = True,
+        session: str = "regular",
     ) -> BarQuery:
         """Build a query from user-style arguments (strings, dates, datetimes)."""
         lo = request_range(start, start)[0] if start is not None else None
@@ -89,6 +95,7 @@ class BarQuery:
             known_at=to_utc(known_at) if known_at is not None else None,
             effective_on=to_date(effective_on) if effective_on is not None else None,
             follow_renames=follow_renames,
+            session=check_session(session),
         )
 
 
@@ -119,18 +126,28 @@ class QueryService:
         effective = query.effective_on
         if effective is None and query.known_at is not None:
             effective = query.known_at.date()
-        return self.reader.read(
+        columns = query.columns
+        regular = query.session == "regular" and query.timeframe.is_intraday
+        if regular and columns is not None and "quality_flags" not in columns:
+            columns = (*columns, "quality_flags")
+        out = self.reader.read(
             query.symbols,
             query.timeframe,
             query.start,
             query.end,
-            query.columns,
+            columns,
             adjust=query.adjust,
             dividend_convention=query.dividend_convention,
             effective_on=effective,
             follow_renames=query.follow_renames,
             known_at=query.known_at,
         )
+        if not regular:
+            return out
+        outside = (out["quality_flags"] & _OUTSIDE) != 0
+        if outside.any():  # the usual regular-hours read needs no filtered copy
+            out = out.filter(~outside)
+        return out if columns == query.columns else out.drop("quality_flags")
 
     def latest(self, symbol: str, timeframe: TimeframeLike = "1d") -> dict[str, Any] | None:
         """Return the newest stored bar of `symbol` as JSON-ready data, or None."""

@@ -10,6 +10,7 @@
 | `InstrumentStore` | instruments and ticker history | two Parquet files | two tables |
 | `JobCatalog` | jobs, tasks with leases, reports, dead letters, small state | SQLite | tables |
 | `ClientStore` | API clients (secret hashes) and tenants' entitlements | SQLite | tables |
+| `WorkflowCatalog` | reporting-side sources, rules, jobs, dead letters | SQLite | tables (RLS) |
 
 Rules every backend keeps (the contract suites in `tests/storage/` check them):
 
@@ -32,6 +33,9 @@ import polars as pl
 from quantivista.model.auth import ApiClient, Tenant
 from quantivista.model.jobs import DataQualityReport, IngestionJob, JobStatus, JobTask, TaskStatus
 from quantivista.model.payloads import RawPayload
+from quantivista.model.workflow import DataQualityReport as WorkflowReport
+from quantivista.model.workflow import DataSource, TransformationRule
+from quantivista.model.workflow import IngestionJob as WorkflowJob
 from quantivista.storage.base import BarStore
 
 __all__ = [
@@ -45,6 +49,7 @@ __all__ = [
     "QuarantineStore",
     "RawStore",
     "ScoreStore",
+    "WorkflowCatalog",
 ]
 
 
@@ -223,11 +228,18 @@ class JobCatalog(Protocol):
         ...
 
     def claim_task(
-        self, worker: str, lease_s: float, now: datetime, job_id: str | None = None
+        self,
+        worker: str,
+        lease_s: float,
+        now: datetime,
+        job_id: str | None = None,
+        *,
+        queue: str | None = None,
     ) -> JobTask | None:
-        """Lease the oldest pending task (of one job, or any) to `worker`; None if none is left.
+        """Lease the oldest pending task to `worker`; None if none is left.
 
-        Atomic across processes: two workers never hold the same task.
+        Of one job, of the jobs queued on `queue`, or of any job. Atomic across processes:
+        two workers never hold the same task.
         """
         ...
 
@@ -245,7 +257,9 @@ class JobCatalog(Protocol):
     def expire_leases(self, now: datetime) -> list[str]:
         """Return running tasks whose lease lapsed to pending; fail their jobs.
 
-        Each such job becomes `failed` with an error detail of kind `lease_expired`.
+        Each such job becomes `failed` with an error detail of kind `lease_expired`,
+        except a queued job (`job.queue`): it stays, its tasks go back to the queue, and a
+        task that used the job's `max_attempts` fails with the reason.
         Return the ids of the jobs affected.
         """
         ...
@@ -300,6 +314,103 @@ class JobCatalog(Protocol):
         ...
 
 
+class WorkflowCatalog(Protocol):
+    """The reporting-side ingestion catalog; every call is scoped to one tenant.
+
+    A tenant never sees, changes or runs another tenant's sources, rules, jobs, reports,
+    dead letters or lineage: a lookup of another tenant's id is `NotFoundError`.
+    """
+
+    def save_source(self, source: DataSource, now: datetime) -> DataSource:
+        """Insert or update a source (by tenant and source_id); return it as stored."""
+        ...
+
+    def source(self, tenant: str, source_id: str) -> DataSource:
+        """Return a tenant's source; `NotFoundError` if it has none by that id."""
+        ...
+
+    def sources(self, tenant: str | None, include_disabled: bool = True) -> list[DataSource]:
+        """Return a tenant's sources by id (`None`: every tenant's, for the scheduler)."""
+        ...
+
+    def set_enabled(self, tenant: str, source_id: str, enabled: bool) -> DataSource:
+        """Enable or disable a source."""
+        ...
+
+    def sync_state(self, tenant: str, source_id: str) -> dict[str, Any] | None:
+        """Return a source's sync state (an incremental source's cursor), or None."""
+        ...
+
+    def set_sync_state(self, tenant: str, source_id: str, state: dict[str, Any]) -> None:
+        """Keep a source's sync state."""
+        ...
+
+    def save_rule(self, tenant: str, rule: TransformationRule, now: datetime) -> TransformationRule:
+        """Store a rule: new ids as version 1, changes as the next version; return it."""
+        ...
+
+    def rule(self, tenant: str, rule_id: str, version: int | None = None) -> TransformationRule:
+        """Return a rule's latest (or given) version."""
+        ...
+
+    def rules(self, tenant: str) -> list[TransformationRule]:
+        """Return the latest version of each rule."""
+        ...
+
+    def rule_history(self, tenant: str, rule_id: str) -> list[TransformationRule]:
+        """Return every version of a rule, oldest first."""
+        ...
+
+    def save_job(self, job: WorkflowJob, report: WorkflowReport | None = None) -> None:
+        """Insert or update a job (and its quality report)."""
+        ...
+
+    def job(self, tenant: str, job_id: str) -> WorkflowJob:
+        """Return a tenant's job."""
+        ...
+
+    def jobs(self, tenant: str, source_id: str | None = None, limit: int = 50) -> list[WorkflowJob]:
+        """Return a tenant's jobs, newest first."""
+        ...
+
+    def report(self, tenant: str, job_id: str) -> WorkflowReport:
+        """Return a job's quality report."""
+        ...
+
+    def add_dead_letters(
+        self, tenant: str, job_id: str, source_id: str, rejected: pl.DataFrame, now: datetime
+    ) -> int:
+        """Keep rejected records (record, stage, reason); return how many."""
+        ...
+
+    def dead_letters(
+        self,
+        tenant: str,
+        job_id: str | None = None,
+        source_id: str | None = None,
+        include_replayed: bool = False,
+        limit: int = 1_000_000,
+    ) -> pl.DataFrame:
+        """Return dead letters in arrival order (`storage.workflows.DEAD_LETTER_SCHEMA`)."""
+        ...
+
+    def mark_replayed(self, tenant: str, ids: Sequence[int], job_id: str) -> int:
+        """Record that dead letters went through again in `job_id`."""
+        ...
+
+    def add_lineage(self, tenant: str, entries: Sequence[dict[str, Any]], now: datetime) -> None:
+        """Record what a job read and where it wrote."""
+        ...
+
+    def lineage(self, tenant: str, job_id: str) -> list[dict[str, Any]]:
+        """Return a job's lineage entries in order."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...
+
+
 @dataclass(frozen=True)
 class Backend:
     """Every store of one platform; `kind` says where they live."""
@@ -313,8 +424,10 @@ class Backend:
     instruments: InstrumentStore
     catalog: JobCatalog
     clients: ClientStore
+    workflows: WorkflowCatalog
 
     def close(self) -> None:
         """Release connections, threads and file handles."""
+        self.workflows.close()
         self.catalog.close()
         self.bars.close()

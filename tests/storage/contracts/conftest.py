@@ -29,6 +29,8 @@ PG_TABLES = (
     "bars", "bars_history", "actions", "quarantine_rows", "quarantine_released",
     "quality_scores", "raw_payloads", "raw_manifest", "instruments", "symbol_history",
     "jobs", "job_tasks", "quality_reports", "dead_letters", "state",
+    "data_sources", "transformation_rules", "ingestion_jobs", "ingestion_dead_letters",
+    "ingestion_lineage",
 )  # fmt: skip
 
 

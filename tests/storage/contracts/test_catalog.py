@@ -241,6 +241,41 @@ def test_a_lapsed_lease_fails_the_job_and_frees_the_task(catalog: JobCatalog) ->
     assert catalog.claim_task("w9", LEASE, now) is None
 
 
+def test_claims_by_queue_take_only_that_queues_jobs(catalog: JobCatalog) -> None:
+    with_tasks(catalog, "mine", 1)  # run by its submitter: no worker takes it
+    with_tasks(catalog, "q-a", 2, queue="a", start=T0 + timedelta(minutes=1))
+    with_tasks(catalog, "q-b", 1, queue="b")
+    got = [catalog.claim_task("w", LEASE, T0, queue="a") for _ in range(3)]
+    assert [t.task_id if t else None for t in got] == ["q-a/0", "q-a/1", None]
+    b = catalog.claim_task("w", LEASE, T0, queue="b")
+    assert b is not None and b.task_id == "q-b/0"
+    assert catalog.claim_task("w", LEASE, T0, queue="c") is None
+    mine = catalog.claim_task("w", LEASE, T0, job_id="mine")
+    assert mine is not None and mine.task_id == "mine/0"
+
+
+def test_a_lapsed_lease_of_a_queued_job_goes_back_to_the_queue(catalog: JobCatalog) -> None:
+    with_tasks(catalog, "q", 2, queue="default", max_attempts=2, status=JobStatus.RUNNING)
+    first = catalog.claim_task("dead", LEASE, T0, queue="default")
+    assert first is not None
+    later = T0 + timedelta(seconds=LEASE + 1)
+    assert catalog.expire_leases(later) == ["q"]
+    job_now = catalog.job("q")
+    assert job_now.status is JobStatus.RUNNING and job_now.end_time is None  # not failed
+    assert [d["kind"] for d in job_now.error_details] == ["lease_expired"]
+    again = catalog.claim_task("alive", LEASE, later, queue="default")
+    assert again is not None and again.task_id == first.task_id and again.attempts == 2
+    # its second lapse spends the job's max_attempts: the task fails with the reason
+    last = later + timedelta(seconds=LEASE + 1)
+    assert catalog.expire_leases(last) == ["q"]
+    failed = catalog.tasks("q")[0]
+    assert failed.status is TaskStatus.FAILED and failed.finished_at == last
+    assert failed.error_details[-1]["kind"] == "max_attempts"
+    assert "gave up after 2 attempts" in failed.error_details[-1]["message"]
+    assert catalog.tasks("q")[1].status is TaskStatus.PENDING
+    assert catalog.job("q").status is JobStatus.RUNNING
+
+
 def test_a_worker_that_lost_its_lease_cannot_finish(catalog: JobCatalog) -> None:
     with_tasks(catalog, "job-1", 1, status=JobStatus.RUNNING)
     task = catalog.claim_task("slow", LEASE, T0)

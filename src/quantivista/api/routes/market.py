@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import date, datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -15,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from quantivista.api.cache import CachedResponse
 from quantivista.api.deps import Caller, State, require
-from quantivista.api.encode import MEDIA_TYPES, BodyFormat, arrow_stream, encode, etag_of
+from quantivista.api.encode import MEDIA_TYPES, ArrowStreamEncoder, BodyFormat, encode, etag_of
 from quantivista.api.errors import COMMON_RESPONSES
 from quantivista.api.fastpath import bars_cache_key
 from quantivista.api.state import ApiState
@@ -116,6 +118,10 @@ async def bars(
     limit: Annotated[int | None, Query(ge=1, le=1_000_000)] = None,
     page_token: str | None = None,
     format: BodyFormat = BodyFormat.json,  # the API's public parameter name
+    session: Annotated[
+        Literal["regular", "extended"],
+        Query(description="Intraday: the regular session, or with pre/post market too."),
+    ] = "regular",
 ) -> Response:
     """Return bars in the canonical schema, sorted by symbol and ts.
 
@@ -126,7 +132,7 @@ async def bars(
     state.auth.entitled(who.tenant, dataset="bars", symbols=names, timeframe=timeframe)
     query = BarQuery.of(
         names, start, end, timeframe, adjust=adjust, dividend_convention=dividend_convention,
-        known_at=as_of,
+        known_at=as_of, session=session,
     )  # fmt: skip
     size = min(limit or state.runtime.settings.api.page_size, state.runtime.settings.api.page_size)
     after = _cursor(page_token)
@@ -168,6 +174,21 @@ def _encode_bars(
     return CachedResponse(body, MEDIA_TYPES[format], etag_of(body)), df.height
 
 
+_PIECES = 8  # a bulk read in up to this many symbol groups, the next read while one is sent
+_PIECE_SYMBOLS = 16  # no group smaller than this: each read has a fixed cost
+
+
+def _pieces(query: BarQuery) -> list[BarQuery]:
+    """Split a query into groups of symbols whose bars, one after the other, are the whole.
+
+    Reads are sorted by symbol, and one symbol's bars never depend on another's: the
+    groups of the sorted symbols give the same rows in the same order.
+    """
+    names = sorted(set(query.symbols))
+    size = max(_PIECE_SYMBOLS, -(-len(names) // _PIECES))
+    return [replace(query, symbols=names[i : i + size]) for i in range(0, len(names), size)]
+
+
 async def _stream_arrow(
     request: Request,
     state: ApiState,
@@ -178,28 +199,50 @@ async def _stream_arrow(
 ) -> Response:
     """Answer an Arrow IPC stream, record batch by record batch.
 
-    The entity tag names the query and the store's data epoch (what decides the content),
-    so a 304 needs no body and a large body needs no hashing.
+    A large request is read in groups of symbols: the next group is read and encoded on a
+    worker thread while the previous one is sent, so the first bytes leave after one
+    group's read and the reads hide behind the transfer. Such a stream carries no
+    X-Total-Count (the total is known only at its end). The entity tag names the query
+    and the store's data epoch (what decides the content), so a 304 needs no body and a
+    large body needs no hashing.
     """
     etag = etag_of(f"{state.cache.epoch()}|{key}".encode())
     headers = {"ETag": etag, "Cache-Control": "private, max-age=3600" if public else
                "private, no-cache"}  # fmt: skip
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers=headers)
-    frame = await run_in_threadpool(state.runtime.queries.bars, query)
-    if limit:
-        frame = frame.head(limit)
-    headers["X-Total-Count"] = str(frame.height)
     media = MEDIA_TYPES[BodyFormat.arrow]
+    encoder = ArrowStreamEncoder()
+    pieces = [query] if limit else _pieces(query)
+    read = state.runtime.queries.bars
 
-    def chunks() -> Iterator[bytes]:
+    def encoded(piece: BarQuery) -> tuple[list[bytes], pl.DataFrame]:
+        frame = read(piece)
+        frame = frame.head(limit) if limit else frame
+        return (encoder.feed(frame) if frame.height else []), frame
+
+    first, frame = await run_in_threadpool(encoded, pieces[0])
+    if len(pieces) == 1:
+        headers["X-Total-Count"] = str(frame.height)
+
+    async def chunks() -> AsyncIterator[bytes]:
         kept: list[bytes] = []
-        for chunk in arrow_stream(frame):
+        done, last = first, frame
+        for piece in pieces[1:]:
+            ahead = asyncio.ensure_future(run_in_threadpool(encoded, piece))
+            try:
+                for chunk in done:
+                    kept.append(chunk)
+                    yield chunk
+            finally:
+                if not ahead.done():  # the client left: let the read finish, then drop it
+                    await asyncio.wait([ahead])
+            done, last = await ahead
+        for chunk in [*done, encoder.finish(last)]:
             kept.append(chunk)
             yield chunk
         if public:  # settled history: the next ask is served whole from the cache
-            body = b"".join(kept)
-            state.cache.put(key, CachedResponse(body, media, etag))
+            state.cache.put(key, CachedResponse(b"".join(kept), media, etag))
 
     return StreamingResponse(chunks(), media_type=media, headers=headers)
 

@@ -77,16 +77,16 @@ def _own_job(state: State, who: Caller, job_id: str) -> IngestionJob:
 
 @router.post("/jobs", tags=["jobs"], status_code=202, response_model=IngestionJob)
 def submit(state: State, who: Ingest, request: IngestRequest) -> IngestionJob:
-    """Submit an ingestion job; it runs in the background (poll `GET /jobs/{id}`)."""
+    """Submit an ingestion job; it runs in the background (poll `GET /jobs/{id}`).
+
+    With `workers.enabled` it is queued for `qv worker`s (its `queue` says which queue);
+    otherwise this API process runs it.
+    """
     service = state.runtime.ingestion
-    job = service.submit(
-        request.symbols,
-        request.start,
-        request.end,
-        request.timeframe,
-        request.providers,
-        tenant=who.principal.tenant,
-    )
+    args = (request.symbols, request.start, request.end, request.timeframe, request.providers)
+    if state.runtime.settings.workers.enabled:
+        return service.enqueue(*args, tenant=who.principal.tenant)
+    job = service.submit(*args, tenant=who.principal.tenant)
     runner = threading.Thread(
         target=service.run, args=(job.job_id,), name=f"qv-job-{job.job_id}", daemon=True
     )

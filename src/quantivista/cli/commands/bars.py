@@ -44,6 +44,9 @@ def bars(
     dividend_convention: Annotated[
         str, typer.Option(help="crsp (Yahoo/Lean) or alpha_vantage.")
     ] = "crsp",
+    session_: Annotated[
+        str, typer.Option("--session", help="regular, or extended (with pre/post market).")
+    ] = "regular",
 ) -> None:
     """Print stored bars as tables, charts, CSV, JSON or Parquet."""
     with session() as rt:
@@ -54,6 +57,7 @@ def bars(
             timeframe,
             adjust=adjust,  # type: ignore[arg-type]  # checked by the reader
             dividend_convention=dividend_convention,  # type: ignore[arg-type]
+            session=session_,
         )
         df = rt.queries.bars(query)
     if df.is_empty():

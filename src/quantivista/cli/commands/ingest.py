@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 from rich.progress import Progress
 
-from quantivista.cli.app import app, console, session
+from quantivista.cli.app import app, console, fail, session
 from quantivista.cli.render import (
     Format,
     emit,
@@ -26,7 +26,7 @@ from quantivista.model.jobs import IngestionJob, JobStatus
 from quantivista.runtime import Runtime
 from quantivista.services.ingestion import Progress as ProgressFn
 
-__all__ = ["ingest", "jobs", "run_ingest", "status"]
+__all__ = ["ingest", "jobs", "run_ingest", "status", "wait_for"]
 
 
 def run_ingest(
@@ -63,13 +63,45 @@ def ingest(
         list[str] | None,
         typer.Option("--provider", "-p", help="Provider, repeat for failover order."),
     ] = None,
+    submit: Annotated[
+        bool, typer.Option("--submit", help="Queue the job for `qv worker`s; print its id.")
+    ] = False,
+    queue: Annotated[
+        str | None, typer.Option("--queue", "-q", help="With --submit: the queue (workers.queue).")
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="With --submit: follow the job until workers end it.")
+    ] = False,
 ) -> None:
-    """Fetch bars from providers, validate them and store them."""
+    """Fetch bars from providers, validate them and store them (here, or by workers)."""
+    if (queue or wait) and not submit:
+        fail("--queue and --wait go with --submit", code=2)
     with session(create=True) as rt:
-        job = run_ingest(rt, symbols, start, end, timeframe, provider, "ingesting")
+        if submit:
+            job = rt.ingestion.enqueue(symbols, start, end, timeframe, provider, queue=queue)
+            console.print(
+                f"queued {escape(job.job_id)}: {len(job.symbols):,} symbols in {job.tasks} tasks"
+                f" on queue {escape(job.queue or '')!r}"
+            )
+            if not wait:
+                return
+            job = wait_for(rt, job)
+        else:
+            job = run_ingest(rt, symbols, start, end, timeframe, provider, "ingesting")
         job_line(job)
         if job.status is JobStatus.FAILED:
             raise typer.Exit(code=1)
+
+
+def wait_for(rt: Runtime, job: IngestionJob) -> IngestionJob:
+    """Follow a queued job with a progress bar of its tasks until it ends."""
+    with progress_bar() as bar:
+        task = bar.add_task(f"waiting for {job.job_id}", total=job.tasks, symbol="")
+
+        def tick(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        return rt.ingestion.wait(job.job_id, progress=tick)
 
 
 @app.command()
@@ -93,10 +125,11 @@ def jobs(
     with session() as rt:
         if not recover:
             listed = rt.ingestion.jobs(limit=limit)
+            progress = {j.job_id: rt.ingestion.progress(j.job_id) for j in listed}
             if fmt_ is Format.table:
-                console.print(jobs_table(listed))
+                console.print(jobs_table(listed, progress=progress))
             else:
-                emit(jobs_frame(listed), fmt_, "jobs")
+                emit(jobs_frame(listed, progress), fmt_, "jobs")
             return
         targets = [job] if job else [j.job_id for j in rt.ingestion.recoverable()]
         if not targets:

@@ -13,6 +13,7 @@ from quantivista.storage.lake.instruments import ParquetInstrumentStore
 from quantivista.storage.lake.layout import LakeLayout
 from quantivista.storage.lake.quarantine import ParquetQuarantineStore
 from quantivista.storage.lake.scores import ParquetScoreStore
+from quantivista.storage.lake.workflow_catalog import SqliteWorkflowCatalog
 
 __all__ = ["COLD_TIER_KEY", "open_lake"]
 
@@ -44,4 +45,5 @@ def open_lake(settings: Settings, *, create: bool = True) -> Backend:
         instruments=ParquetInstrumentStore(root, storage),
         catalog=catalog,
         clients=catalog,
+        workflows=SqliteWorkflowCatalog(LakeLayout(root).workflows),
     )

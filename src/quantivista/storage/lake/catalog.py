@@ -32,7 +32,7 @@ from quantivista.model.jobs import DataQualityReport, IngestionJob, JobStatus, J
 from quantivista.storage.contracts import DeadLetter
 from quantivista.storage.lake.files import flocked
 
-__all__ = ["DeadLetter", "SqliteCatalog", "lease_expired_detail"]
+__all__ = ["DeadLetter", "SqliteCatalog", "lapse", "lease_expired_detail"]
 
 # how long a writer waits for another process's write transaction before failing: commits
 # take milliseconds, so this only ends a wait on a process that hangs holding the lock
@@ -102,6 +102,49 @@ def lease_expired_detail(task: JobTask, now: datetime) -> dict[str, Any]:
         "worker": task.worker,
         "at": now.isoformat(),
     }
+
+
+def lapse(job: IngestionJob | None, tasks: Sequence[JobTask], now: datetime) -> list[JobTask]:
+    """Apply lapsed leases to `job` (in place) and return its tasks as they are to be saved.
+
+    A job run by the process that submitted it fails (`recover` resumes it). A queued job
+    stays as it is and its tasks go back to the queue for another worker, unless a task
+    has used the job's `max_attempts`: then that task fails with the reason.
+    """
+    out = []
+    for task in tasks:
+        spent = (
+            job is not None
+            and job.queue is not None
+            and job.max_attempts > 0
+            and task.attempts >= job.max_attempts
+        )
+        if spent:
+            reason = {
+                "kind": "max_attempts",
+                "message": f"gave up after {task.attempts} attempts: the last worker"
+                f" ({task.worker}) stopped heartbeating",
+            }
+            out.append(
+                task.model_copy(
+                    update={
+                        "status": TaskStatus.FAILED,
+                        "lease_expires_at": None,
+                        "finished_at": now,
+                        "error_details": [*task.error_details, reason],
+                    }
+                )
+            )
+        else:
+            out.append(
+                task.model_copy(update={"status": TaskStatus.PENDING, "lease_expires_at": None})
+            )
+    if job is not None:
+        if job.queue is None:
+            job.status = JobStatus.FAILED
+            job.end_time = now
+        job.error_details.extend(lease_expired_detail(t, now) for t in tasks)
+    return out
 
 
 class SqliteCatalog:
@@ -201,11 +244,21 @@ class SqliteCatalog:
         return [JobTask.model_validate_json(r[0]) for r in rows]
 
     def claim_task(
-        self, worker: str, lease_s: float, now: datetime, job_id: str | None = None
+        self,
+        worker: str,
+        lease_s: float,
+        now: datetime,
+        job_id: str | None = None,
+        *,
+        queue: str | None = None,
     ) -> JobTask | None:
-        """Lease the oldest pending task (of one job, or any) of a pending or running job."""
-        where = " AND t.job_id=?" if job_id else ""
-        args: tuple[str, ...] = (job_id,) if job_id else ()
+        """Lease the oldest pending task (of one job, a queue, or any) of a live job."""
+        where = ""
+        args: tuple[str, ...] = ()
+        if job_id:
+            where, args = where + " AND t.job_id=?", (*args, job_id)
+        if queue is not None:
+            where, args = where + " AND json_extract(j.body, '$.queue')=?", (*args, queue)
         with self._tx(immediate=True) as db:
             row = db.execute(
                 "SELECT t.body FROM job_tasks t JOIN jobs j ON j.job_id = t.job_id"
@@ -254,7 +307,7 @@ class SqliteCatalog:
         return True
 
     def expire_leases(self, now: datetime) -> list[str]:
-        """Return lapsed running tasks to pending and fail their jobs; return those jobs."""
+        """Apply lapsed leases (see `lapse`); return the jobs affected."""
         if self.read_only:  # nothing can be changed here; the jobs show as they were left
             return []
         with self._tx(immediate=True) as db:
@@ -267,21 +320,13 @@ class SqliteCatalog:
             jobs: dict[str, list[JobTask]] = {}
             for task in lapsed:
                 jobs.setdefault(task.job_id, []).append(task)
-                _save_task(
-                    db,
-                    task.model_copy(
-                        update={"status": TaskStatus.PENDING, "lease_expires_at": None}
-                    ),
-                )
             for job_id, tasks in jobs.items():
                 row = db.execute("SELECT body FROM jobs WHERE job_id=?", (job_id,)).fetchone()
-                if row is None:
-                    continue
-                job = IngestionJob.model_validate_json(row[0])
-                job.status = JobStatus.FAILED
-                job.end_time = now
-                job.error_details.extend(lease_expired_detail(t, now) for t in tasks)
-                _save_job(db, job)
+                job = None if row is None else IngestionJob.model_validate_json(row[0])
+                for task in lapse(job, tasks, now):
+                    _save_task(db, task)
+                if job is not None:
+                    _save_job(db, job)
         return sorted(jobs)
 
     def reset_tasks(self, job_id: str, statuses: Sequence[TaskStatus]) -> int:

@@ -9,6 +9,8 @@
   bronze/<provider>/<sha[:2]>/<sha>, bronze/_manifest/job_id=<id>/         raw payloads
   reference/instruments.parquet, reference/symbol_history.parquet          instrument master
   catalog.sqlite                                                           jobs, tasks, reports
+  workflows.sqlite                                                         reporting-side catalog
+  reporting/<table>/tenant_id=<t>/<partition>=<v>/<job_id>.parquet        reporting data lake
   cold_index/                                                              cold tier index
   .locks/                                                                  flock files
 
@@ -81,6 +83,14 @@ class LakeLayout:
     @property
     def catalog(self) -> Path:
         return self.root / CATALOG_FILE
+
+    @property
+    def workflows(self) -> Path:
+        return self.root / "workflows.sqlite"
+
+    @property
+    def reporting(self) -> Path:
+        return self.root / "reporting"
 
     @property
     def cold_index(self) -> Path:

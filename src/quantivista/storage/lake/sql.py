@@ -1,4 +1,6 @@
-"""SQL over the embedded lake with DuckDB: views `bars`, `actions` and `quarantine`.
+"""SQL over the embedded lake with DuckDB: views `bars`, `actions` and `quarantine`, and
+the reporting data lake's tables that hold rows (`portfolio_data_lake`, `execution_data_lake`,
+...; partition folders are columns there).
 
 With a cold tier configured (`storage.archive_url`), `bars` spans both tiers: the cold files
 come from the cold index (the archive is not listed); a local archive is read by path, any
@@ -20,6 +22,7 @@ from quantivista.model.schema import (
     BAR_POLARS_SCHEMA,
     QUARANTINE_POLARS_SCHEMA,
 )
+from quantivista.storage.lake.workflow_lake import WorkflowLake
 
 __all__ = ["lake_connection", "sql_query"]
 
@@ -98,6 +101,12 @@ def lake_connection(
     _view(con, "actions", [actions] if actions.exists() else [], ACTION_POLARS_SCHEMA)
     quarantine = sorted((root / "quarantine" / "bars").glob("**/*.parquet"))
     _view(con, "quarantine", quarantine, QUARANTINE_POLARS_SCHEMA)
+    for table, files in WorkflowLake(root).sources().items():
+        listing = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
+        con.execute(
+            f"CREATE VIEW {table} AS SELECT * FROM read_parquet([{listing}],"
+            " hive_partitioning = true, union_by_name = true)"
+        )
     return con
 
 

@@ -17,6 +17,7 @@ from quantivista.storage.postgres.instruments import PgInstrumentStore
 from quantivista.storage.postgres.quarantine import PgQuarantineStore
 from quantivista.storage.postgres.raw import PgRawStore
 from quantivista.storage.postgres.scores import PgScoreStore
+from quantivista.storage.postgres.workflow_catalog import PgWorkflowCatalog
 
 __all__ = ["open_postgres"]
 
@@ -41,4 +42,5 @@ def open_postgres(settings: Settings) -> Backend:
         instruments=PgInstrumentStore(pool),
         catalog=catalog,
         clients=catalog,
+        workflows=PgWorkflowCatalog(pool),
     )

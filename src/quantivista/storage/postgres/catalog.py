@@ -20,7 +20,7 @@ from quantivista.errors import NotFoundError
 from quantivista.model.auth import ApiClient, Tenant
 from quantivista.model.jobs import DataQualityReport, IngestionJob, JobStatus, JobTask, TaskStatus
 from quantivista.storage.contracts import DeadLetter
-from quantivista.storage.lake.catalog import lease_expired_detail
+from quantivista.storage.lake.catalog import lapse
 from quantivista.storage.postgres.db import transaction
 
 __all__ = ["PgCatalog"]
@@ -87,14 +87,26 @@ class PgCatalog:
         return [JobTask.model_validate_json(r[0]) for r in rows]
 
     def claim_task(
-        self, worker: str, lease_s: float, now: datetime, job_id: str | None = None
+        self,
+        worker: str,
+        lease_s: float,
+        now: datetime,
+        job_id: str | None = None,
+        *,
+        queue: str | None = None,
     ) -> JobTask | None:
-        """Lease the oldest pending task (of one job, or any) of a pending or running job.
+        """Lease the oldest pending task (of one job, a queue, or any) of a live job.
 
         Tasks locked by a concurrent claim are skipped, not waited for.
         """
-        where = " AND t.job_id = %s" if job_id else ""
-        args = [job_id] if job_id else []
+        where = ""
+        args: list[str] = []
+        if job_id:
+            where += " AND t.job_id = %s"
+            args.append(job_id)
+        if queue is not None:
+            where += " AND j.body->>'queue' = %s"
+            args.append(queue)
         with transaction(self.pool, _WHAT) as conn:
             row = conn.execute(
                 "SELECT t.body::text FROM job_tasks t JOIN jobs j ON j.job_id = t.job_id"
@@ -145,10 +157,10 @@ class PgCatalog:
         return True
 
     def expire_leases(self, now: datetime) -> list[str]:
-        """Return running tasks whose lease lapsed to pending and fail their jobs, at once.
+        """Apply lapsed leases at once (see `lapse`); return the ids of the jobs affected.
 
-        Each such job becomes `failed` with an error detail of kind `lease_expired` per
-        task. Return the ids of the jobs affected.
+        A job run by its submitter becomes `failed` with an error detail of kind
+        `lease_expired` per task; a queued job's tasks go back to its queue.
         """
         with transaction(self.pool, _WHAT) as conn:
             rows = conn.execute(
@@ -160,23 +172,15 @@ class PgCatalog:
             for r in rows:
                 task = JobTask.model_validate_json(r[0])
                 jobs.setdefault(task.job_id, []).append(task)
-                _save_task(
-                    conn,
-                    task.model_copy(
-                        update={"status": TaskStatus.PENDING, "lease_expires_at": None}
-                    ),
-                )
             for job_id, tasks in jobs.items():
                 found = conn.execute(
                     "SELECT body::text FROM jobs WHERE job_id = %s FOR UPDATE", (job_id,)
                 ).fetchone()
-                if found is None:
-                    continue
-                job = IngestionJob.model_validate_json(found[0])
-                job.status = JobStatus.FAILED
-                job.end_time = now
-                job.error_details.extend(lease_expired_detail(t, now) for t in tasks)
-                _save_job(conn, job)
+                job = None if found is None else IngestionJob.model_validate_json(found[0])
+                for task in lapse(job, tasks, now):
+                    _save_task(conn, task)
+                if job is not None:
+                    _save_job(conn, job)
         return sorted(jobs)
 
     def reset_tasks(self, job_id: str, statuses: Sequence[TaskStatus]) -> int:

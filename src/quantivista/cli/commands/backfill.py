@@ -1,0 +1,102 @@
+"""`qv backfill`: plan a backfill (gaps, calls per provider, time under the quotas), queue it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from quantivista.cli.app import app, console, fail, session
+from quantivista.services.backfill import BackfillPlan
+
+__all__ = ["backfill", "plan_table"]
+
+
+def plan_table(plan: BackfillPlan) -> Table:
+    """Return one row per provider: requests, symbols, calls, windows, predicted time."""
+    table = Table(
+        title=f"backfill plan {plan.timeframe} {plan.start} .. {plan.end}", header_style="bold"
+    )
+    table.add_column("provider", no_wrap=True)
+    for col in ("requests", "symbols", "calls"):
+        table.add_column(col, justify="right")
+    table.add_column("windows")
+    table.add_column("predicted", justify="right")
+    for row in plan.providers.iter_rows(named=True):
+        table.add_row(
+            escape(row["provider"]),
+            f"{row['requests']:,}",
+            f"{row['symbols']:,}",
+            f"{row['calls']:,}",
+            escape(row["windows"]),
+            _duration(row["predicted_s"]),
+        )
+    gaps = plan.gaps
+    table.caption = (
+        f"{gaps['symbol'].n_unique():,} symbols with {gaps.height:,} gaps"
+        f" ({int(gaps['sessions'].sum() or 0):,} sessions); {plan.calls:,} calls;"
+        f" predicted {_duration(plan.predicted_s)}; unservable runs: {plan.unservable.height:,}"
+    )
+    return table
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+@app.command()
+def backfill(
+    symbols: Annotated[
+        list[str] | None, typer.Argument(help="Symbols (or --symbols-file).")
+    ] = None,
+    start: Annotated[str, typer.Option(help="First date (YYYY-MM-DD).")] = "",
+    end: Annotated[str, typer.Option(help="Last date, inclusive (YYYY-MM-DD).")] = "",
+    timeframe: Annotated[str, typer.Option("--timeframe", "-t", help="1m, 1h, 1d...")] = "1d",
+    provider: Annotated[
+        list[str] | None,
+        typer.Option("--provider", "-p", help="Providers that may serve it (repeat)."),
+    ] = None,
+    symbols_file: Annotated[
+        Path | None, typer.Option(help="A file with one symbol per line.")
+    ] = None,
+    plan_only: Annotated[
+        bool, typer.Option("--plan", help="Print the plan; queue nothing.")
+    ] = False,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes the time assumes.")] = 1,
+    latency_ms: Annotated[
+        float, typer.Option(min=0, help="A call's round trip the time assumes.")
+    ] = 0.0,
+    queue: Annotated[str | None, typer.Option("--queue", "-q", help="Queue of the jobs.")] = None,
+) -> None:
+    """Fill what the store lacks: the gap map against the exchange calendar, the fewest
+    provider calls (look-back, pages, free tiers first), the time under the quotas.
+
+    Without --plan the requests are queued as jobs for `qv worker`s.
+    """
+    names = list(symbols or [])
+    if symbols_file is not None:
+        names += [s.strip() for s in symbols_file.read_text().splitlines() if s.strip()]
+    if not names:
+        fail("name symbols or give --symbols-file", code=2)
+    if not start or not end:
+        fail("--start and --end are required", code=2)
+    with session(create=True) as rt:  # a plan against an empty store is a full one
+        plan = rt.backfill.plan(
+            names, start, end, timeframe, provider, workers=workers, latency_s=latency_ms / 1000
+        )
+        console.print(plan_table(plan))
+        if plan_only or plan.requests.is_empty():
+            return
+        jobs = rt.backfill.submit(plan, queue=queue)
+        for job in jobs:
+            console.print(
+                f"queued {escape(job.job_id)}: {len(job.symbols):,} symbols via"
+                f" {escape(job.source_id)} in {job.tasks} tasks"
+            )

@@ -1,0 +1,92 @@
+"""Live trade feeds as async iterators of trade frames (symbol, ts, price, size, provider).
+
+- `synthetic_trades`: a seeded random walk per symbol at a given rate, stamped with the clock;
+  a fraction of trades arrives late (stamped up to 90 s in the past) to exercise corrections.
+- `finnhub_trades`: the Finnhub WebSocket client's trades, one frame per arrival burst.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+
+import numpy as np
+import polars as pl
+
+from quantivista.model.ticks import Trade
+from quantivista.providers.finnhub import FinnhubTradeStream, trades_frame
+
+__all__ = ["TRADE_COLUMNS", "finnhub_trades", "synthetic_trades"]
+
+TRADE_COLUMNS = ("symbol", "ts", "price", "size", "provider")
+
+
+async def synthetic_trades(
+    symbols: Sequence[str],
+    *,
+    rate: float,
+    seed: int = 7,
+    late_fraction: float = 0.0,
+    tick_s: float = 0.01,
+    limit: int | None = None,
+) -> AsyncIterator[pl.DataFrame]:
+    """Yield about `rate` trades a second in frames of one tick (`tick_s`), until `limit`."""
+    rng = np.random.default_rng(seed)
+    names = np.array(list(symbols), dtype=object)
+    prices = rng.uniform(20, 500, len(names))
+    sent = 0
+    started = time.monotonic()
+    while limit is None or sent < limit:
+        due = int(rate * (time.monotonic() - started)) - sent
+        if limit is not None:
+            due = min(due, limit - sent)
+        if due <= 0:
+            await asyncio.sleep(tick_s)
+            continue
+        which = rng.integers(0, len(names), due)
+        prices *= np.exp(rng.normal(0, 2e-4, len(names)))
+        now_us = int(time.time() * 1e6)
+        stamps = np.full(due, now_us, dtype=np.int64)
+        if late_fraction:
+            late = rng.random(due) < late_fraction
+            stamps[late] -= rng.integers(1_000_000, 90_000_000, int(late.sum()))
+        yield pl.DataFrame(
+            {
+                "symbol": names[which].astype(str),
+                "ts": pl.Series(stamps).cast(pl.Datetime("us", "UTC")),
+                "price": np.round(prices[which] * np.exp(rng.normal(0, 1e-4, due)), 4),
+                "size": rng.integers(1, 500, due).astype(np.float64),
+                "provider": np.full(due, "synthetic", dtype=object).astype(str),
+            }
+        )
+        sent += due
+        await asyncio.sleep(0)
+
+
+async def finnhub_trades(
+    stream: FinnhubTradeStream, *, max_wait_s: float = 0.05
+) -> AsyncIterator[pl.DataFrame]:
+    """Yield the stream's trades as frames: what arrived within `max_wait_s` of the first."""
+    trades = stream.trades()
+    pending: asyncio.Future[Trade] | None = None
+    batch: list[Trade] = []
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(anext(trades))
+            if not batch:
+                batch.append(await pending)
+                pending = None
+                continue
+            done, _ = await asyncio.wait({pending}, timeout=max_wait_s)
+            if done:
+                batch.append(pending.result())
+                pending = None
+                continue
+            yield trades_frame(batch)
+            batch = []
+    finally:
+        if pending is not None:
+            pending.cancel()
+        await trades.aclose()  # type: ignore[attr-defined]

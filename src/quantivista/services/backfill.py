@@ -1,0 +1,323 @@
+"""Backfill planning: what is missing, the fewest provider calls that fetch it, how long.
+
+1. The gap map: every session of the exchange calendar in the range that a symbol has no
+   bar for in the store, as runs of consecutive sessions (`gap_map`).
+2. Requests: per symbol and provider, gap runs are merged into one request whenever that
+   costs no more calls than fetching them apart (each client says how many calls a
+   request takes: `Provider.planned_calls`, pages and slices included). A daily history
+   is one call at most vendors, so a symbol's gaps usually become one request.
+3. Providers: only those whose look-back covers a run may serve it (`history_start`,
+   `intraday_lookback_days`); free tiers first (`cost_per_call`), and among equals the
+   calls go where the quota finishes them soonest. Runs nobody can serve are listed.
+4. Time: the calls of each provider under its rate-limit windows (the limiter's sliding
+   logs: `limit` calls per `period + margin`), providers in parallel.
+
+`submit` queues the plan as jobs for `qv worker`s (one per provider and range).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+
+import numpy as np
+import polars as pl
+
+from quantivista.config import Settings
+from quantivista.errors import InvalidInputError
+from quantivista.model.jobs import IngestionJob
+from quantivista.model.rates import Rate
+from quantivista.model.timeframe import Timeframe, TimeframeLike
+from quantivista.providers.base import BarRequest, Provider
+from quantivista.providers.registry import ProviderRegistry
+from quantivista.reference.calendars import TradingCalendar
+from quantivista.services.ingestion import IngestionService
+from quantivista.services.queries import symbol_list
+from quantivista.storage.base import BarStore
+from quantivista.timeutil import DateLike, to_date
+
+__all__ = ["BackfillPlan", "BackfillService", "predicted_seconds"]
+
+_GAPS = {"symbol": pl.String, "first": pl.Date, "last": pl.Date, "first_idx": pl.Int64,
+         "last_idx": pl.Int64, "sessions": pl.Int64, "bars": pl.Int64}  # fmt: skip
+_UNSERVABLE = {"symbol": pl.String, "first": pl.Date, "last": pl.Date, "sessions": pl.Int64,
+               "reason": pl.String}  # fmt: skip
+_REQUESTS = {"symbol": pl.String, "provider": pl.String, "first": pl.Date, "last": pl.Date,
+             "sessions": pl.Int64, "bars": pl.Int64, "calls": pl.Int64}  # fmt: skip
+
+
+def predicted_seconds(
+    calls: int,
+    rates: Sequence[Rate],
+    *,
+    margin_s: float = 0.0,
+    latency_s: float = 0.0,
+    concurrency: int = 1,
+) -> float:
+    """Return the time `calls` take under sliding windows, `concurrency` at a time.
+
+    A call goes once every window has room: when the call `limit` places before it has
+    left that window (`period + margin` later), and not before the call before it. This is
+    the limiter's own rule, so the prediction is exact for it; latency adds the last
+    call's round trip, or decides when the quota allows more than `concurrency` at once.
+    """
+    if calls <= 0:
+        return 0.0
+    windows = [(r.limit, r.period_s + margin_s) for r in rates]
+    grants = np.zeros(calls)
+    for k in range(1, calls):  # calls, not bars: thousands for a large backfill
+        at = grants[k - 1]
+        for limit, period in windows:
+            if k >= limit:
+                at = max(at, grants[k - limit] + period)
+        grants[k] = at
+    quota = float(grants[-1])
+    return max(quota + latency_s, math.ceil(calls / max(concurrency, 1)) * latency_s)
+
+
+@dataclass(frozen=True)
+class BackfillPlan:
+    """A backfill's gap map, its requests per provider and the time they take."""
+
+    timeframe: str
+    start: date
+    end: date
+    gaps: pl.DataFrame
+    requests: pl.DataFrame
+    unservable: pl.DataFrame
+    providers: pl.DataFrame  # provider, requests, symbols, calls, windows, predicted_s
+    predicted_s: float
+
+    @property
+    def calls(self) -> int:
+        """Return the calls of every request."""
+        return int(self.requests["calls"].sum()) if self.requests.height else 0
+
+
+class BackfillService:
+    """Plan backfills against the store and the calendar; queue them for workers."""
+
+    def __init__(
+        self,
+        bars: BarStore,
+        calendar: Callable[[], TradingCalendar],
+        registry: ProviderRegistry,
+        settings: Settings,
+        ingestion: IngestionService,
+        now: Callable[[], datetime],
+    ) -> None:
+        self.bars = bars
+        self.calendar = calendar
+        self.registry = registry
+        self.settings = settings
+        self.ingestion = ingestion
+        self.now = now
+
+    # -- 1. the gap map --------------------------------------------------------------------
+    def gap_map(
+        self, symbols: str | Sequence[str], start: DateLike, end: DateLike, timeframe: TimeframeLike
+    ) -> pl.DataFrame:
+        """Return runs of sessions without bars: symbol, first, last, sessions, bars."""
+        wanted = symbol_list(symbols)
+        tf = Timeframe.parse(timeframe)
+        sessions = self._sessions(start, end, tf)
+        if not wanted or sessions.is_empty():
+            return pl.DataFrame(schema=_GAPS)
+        lo = datetime.combine(to_date(start), datetime.min.time(), UTC)
+        hi = datetime.combine(to_date(end), datetime.min.time(), UTC) + timedelta(days=1)
+        stored = self.bars.read(wanted, tf, lo, hi, columns=["symbol", "ts"])
+        day = self.calendar().session_of(pl.col("ts")) if tf.is_intraday else pl.col("ts").dt.date()
+        have = stored.select("symbol", session=day).unique()
+        want = pl.DataFrame({"symbol": wanted}).join(sessions, how="cross")
+        missing = want.join(have, on=["symbol", "session"], how="anti").sort("symbol", "idx")
+        runs = missing.with_columns(
+            run=pl.col("idx") - pl.int_range(pl.len()).over("symbol")
+        )  # consecutive sessions share idx - position
+        return (
+            runs.group_by("symbol", "run")
+            .agg(
+                first=pl.col("session").min(),
+                last=pl.col("session").max(),
+                first_idx=pl.col("idx").min(),
+                last_idx=pl.col("idx").max(),
+                sessions=pl.len().cast(pl.Int64),
+                bars=pl.col("bars").sum(),
+            )
+            .sort("symbol", "first")
+            .select(list(_GAPS))
+            .cast(_GAPS)  # type: ignore[arg-type]
+        )
+
+    def _sessions(self, start: DateLike, end: DateLike, tf: Timeframe) -> pl.DataFrame:
+        """Return the range's sessions with their index and expected bars."""
+        if to_date(end) < to_date(start):
+            raise InvalidInputError("end is before start", start=str(start), end=str(end))
+        table = self.calendar().session_table(start, end)
+        if tf.is_intraday:
+            step = tf.seconds or 60
+            bars = (pl.col("minutes") * 60 / step).ceil().cast(pl.Int64)
+        else:
+            bars = pl.lit(1, pl.Int64)
+        return (
+            table.select("session", bars=bars)
+            .with_row_index("idx")
+            .with_columns(pl.col("idx").cast(pl.Int64))
+        )
+
+    # -- 2-4. the plan ---------------------------------------------------------------------
+    def plan(
+        self,
+        symbols: str | Sequence[str],
+        start: DateLike,
+        end: DateLike,
+        timeframe: TimeframeLike = "1d",
+        providers: Sequence[str] | None = None,
+        *,
+        workers: int = 1,
+        latency_s: float = 0.0,
+    ) -> BackfillPlan:
+        """Return the plan of a backfill: gaps, requests per provider, predicted time.
+
+        `workers` x `workers.concurrency` x `ingest.fetch_concurrency` calls run at once;
+        `latency_s` is a call's expected round trip.
+        """
+        tf = Timeframe.parse(timeframe)
+        names = [n.lower() for n in providers] if providers else [
+            self.settings.ingest.default_provider]  # fmt: skip
+        classes = {name: self.registry.get(name) for name in names}
+        gaps = self.gap_map(symbols, start, end, tf)
+        sessions = self._sessions(start, end, tf)
+        prefix = [0, *sessions["bars"].cum_sum().to_list()]  # bars before each session
+        days = sessions["session"].to_list()
+        now = self.now()
+        concurrency = (
+            max(workers, 1) * self.settings.workers.concurrency
+            * self.settings.ingest.fetch_concurrency
+        )  # fmt: skip
+        res = self.settings.resilience
+        rates = {n: [Rate.parse(r) for r in res.limits.get(n, [])] for n in names}
+        spent: dict[str, int] = dict.fromkeys(names, 0)
+
+        def finish(name: str, calls: int) -> float:
+            return predicted_seconds(calls, rates[name], margin_s=res.margin_s,
+                                     latency_s=latency_s, concurrency=concurrency)  # fmt: skip
+
+        requests: list[dict[str, object]] = []
+        unservable: list[dict[str, object]] = []
+        for (symbol,), runs in gaps.group_by("symbol", maintain_order=True):
+            spans = list(zip(runs["first_idx"].to_list(), runs["last_idx"].to_list(), strict=True))
+            able = {n: [_serves(classes[n], tf, days[a], now) for a, _ in spans] for n in names}
+            whole = [n for n in names if all(able[n])]
+            groups = [(whole, spans)] if whole else [
+                ([n for n in names if able[n][i]], [span]) for i, span in enumerate(spans)
+            ]  # fmt: skip
+            for candidates, part in groups:
+                if not candidates:
+                    (a, b) = part[0]
+                    unservable.append({"symbol": symbol, "first": days[a], "last": days[b],
+                                       "sessions": b - a + 1,
+                                       "reason": "before every provider's look-back"})  # fmt: skip
+                    continue
+                options = {
+                    n: _merge(classes[n], symbol, tf, part, days, prefix, now) for n in candidates
+                }
+                cheapest = min(classes[n].capabilities.cost_per_call for n in candidates)
+                tier = [n for n in candidates if classes[n].capabilities.cost_per_call == cheapest]
+                best = min(
+                    tier,
+                    key=lambda n: (
+                        finish(n, spent[n] + sum(r[2] for r in options[n])),
+                        classes[n].capabilities.priority,
+                    ),
+                )
+                for a, b, calls in options[best]:
+                    spent[best] += calls
+                    row = {"symbol": symbol, "provider": best, "first": days[a], "last": days[b]}
+                    row.update(sessions=b - a + 1, bars=prefix[b + 1] - prefix[a], calls=calls)
+                    requests.append(row)
+        req = pl.DataFrame(requests, schema=_REQUESTS)
+        summary = pl.DataFrame(
+            [
+                {
+                    "provider": n,
+                    "requests": req.filter(pl.col("provider") == n).height,
+                    "symbols": req.filter(pl.col("provider") == n)["symbol"].n_unique(),
+                    "calls": spent[n],
+                    "windows": " ".join(str(r) for r in rates[n]) or "unlimited",
+                    "predicted_s": finish(n, spent[n]),
+                }
+                for n in names
+            ],
+            schema={"provider": pl.String, "requests": pl.Int64, "symbols": pl.Int64,
+                    "calls": pl.Int64, "windows": pl.String, "predicted_s": pl.Float64},
+        )  # fmt: skip
+        return BackfillPlan(
+            timeframe=str(tf),
+            start=to_date(start),
+            end=to_date(end),
+            gaps=gaps.drop("first_idx", "last_idx"),
+            requests=req,
+            unservable=pl.DataFrame(unservable, schema=_UNSERVABLE),
+            providers=summary,
+            predicted_s=float(summary["predicted_s"].max() or 0.0),  # type: ignore[arg-type]
+        )
+
+    def submit(self, plan: BackfillPlan, *, queue: str | None = None) -> list[IngestionJob]:
+        """Queue the plan's requests for workers: one job per provider and range."""
+        jobs = []
+        grouped = plan.requests.group_by("provider", "first", "last", maintain_order=True)
+        for provider, first, last, part in grouped.agg(pl.col("symbol")).iter_rows():
+            jobs.append(
+                self.ingestion.enqueue(part, first, last, plan.timeframe, [provider], queue=queue)
+            )
+        return jobs
+
+
+def _serves(cls: type[Provider], tf: Timeframe, first: date, now: datetime) -> bool:
+    """Say whether a provider's look-back reaches back to `first` for `tf` bars."""
+    caps = cls.capabilities
+    if not caps.supports(tf):
+        return False
+    if caps.history_start is not None and first < caps.history_start:
+        return False
+    lookback = caps.intraday_lookback_days
+    return not (
+        tf.is_intraday and lookback is not None and first < (now.date() - timedelta(days=lookback))
+    )
+
+
+def _merge(
+    cls: type[Provider],
+    symbol: str,
+    tf: Timeframe,
+    spans: list[tuple[int, int]],
+    days: list[date],
+    prefix: list[int],
+    now: datetime,
+) -> list[tuple[int, int, int]]:
+    """Return (first, last, calls) requests covering `spans` with the fewest calls.
+
+    Neighbouring runs are merged while one request over both costs no more calls than two
+    (greedy, left to right: calls never shrink when a span grows).
+    """
+
+    def calls(a: int, b: int) -> int:
+        lo = datetime.combine(days[a], datetime.min.time(), UTC)
+        hi = datetime.combine(days[b], datetime.min.time(), UTC) + timedelta(days=1)
+        return cls.planned_calls(BarRequest(symbol, tf, lo, hi), prefix[b + 1] - prefix[a], now)
+
+    out: list[tuple[int, int, int]] = []
+    a, b = spans[0]
+    cost = calls(a, b)
+    for c, d in spans[1:]:
+        alone = calls(c, d)
+        together = calls(a, d)
+        if together <= cost + alone:
+            b, cost = d, together
+        else:
+            out.append((a, b, cost))
+            a, b, cost = c, d, alone
+    out.append((a, b, cost))
+    return out

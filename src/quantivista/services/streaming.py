@@ -1,0 +1,317 @@
+"""The real-time pipeline of `qv stream`: live trades -> 1-minute bars -> validate -> store ->
+publish.
+
+    source (WebSocket / synthetic) --bounded queue--> micro-batches of `batch_ms`
+        -> trades.<provider>                  (the trades, per symbol, as Arrow)
+        -> MinuteBars (event time, watermark; late trades amend bars: corrections)
+        -> the pipeline's validate + store stages (InProcessRunner.write, idempotent upserts)
+        -> bars.raw.1m                        (stored bars per symbol; corrections flagged)
+        -> ingestion.events / quality.alerts  (what the store stage announced)
+
+Backpressure: the source waits when the queue is full (a WebSocket stops being read, the
+vendor's buffer fills). Lag is measured and exported: queue depth, event-time lag of the
+newest trade, and trade arrival -> stored and published latency per micro-batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import partial
+
+import polars as pl
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from quantivista.bus.base import Broker, EventBus
+from quantivista.bus.codecs import CodecName, Codecs
+from quantivista.bus.events import BarBatch, BarsIngested, BarsQuarantined, Event, TradesBatch
+from quantivista.bus.frames import to_ipc
+from quantivista.bus.publisher import Publisher
+from quantivista.bus.topics import INGESTION_EVENTS, QUALITY_ALERTS, raw_bars, trades
+from quantivista.clock import Clock
+from quantivista.config import ProbeSettings, StreamSettings
+from quantivista.errors import ConfigurationError
+from quantivista.pipeline.messages import BatchId
+from quantivista.pipeline.runner import InProcessRunner
+from quantivista.processing.trade_bars import TRADE_SCHEMA, MinuteBars, Released
+from quantivista.providers.finnhub import FinnhubTradeStream
+from quantivista.providers.live import finnhub_trades, synthetic_trades
+from quantivista.quality.validate import Validator
+from quantivista.services.daemon import run_daemon
+
+__all__ = ["StreamMetrics", "StreamService", "StreamStats", "open_feed"]
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+class StreamMetrics:
+    """Prometheus metrics of one stream process (its own registry, served by the probes)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.trades = Counter("qv_stream_trades", "trades taken", registry=r)
+        self.bars = Counter("qv_stream_bars", "bars stored and published", ["kind"], registry=r)
+        self.too_late = Counter("qv_stream_too_late_trades", "trades past retention", registry=r)
+        self.quarantined = Counter("qv_stream_quarantined_bars", "bars held", registry=r)
+        self.queue = Gauge("qv_stream_queue_depth", "micro-batches waiting", registry=r)
+        self.lag = Gauge("qv_stream_event_lag_seconds", "now - newest trade time", registry=r)
+        self.latency = Histogram(
+            "qv_stream_latency_seconds",
+            "trade arrival -> bars stored and published, per micro-batch",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+
+
+@dataclass
+class StreamStats:
+    """What a stream run did."""
+
+    trades: int = 0
+    batches: int = 0
+    bars: int = 0
+    corrections: int = 0
+    too_late: int = 0
+    quarantined: int = 0
+    published: int = 0
+
+
+class StreamService:
+    """Turn a live trade feed into stored and published 1-minute bars."""
+
+    def __init__(
+        self,
+        runner: InProcessRunner,
+        bus: EventBus,
+        broker: Broker,
+        codecs: Codecs,
+        settings: StreamSettings,
+        validator: Validator,
+        clock: Clock,
+        *,
+        codec: CodecName = "avro",
+        provider: str = "synthetic",
+    ) -> None:
+        self.runner = runner
+        self.broker = broker
+        self.settings = settings
+        self.validator = validator
+        self.clock = clock
+        self.provider = provider
+        self.publisher = Publisher(broker, codecs, codec)
+        self.metrics = StreamMetrics()
+        self.stats = StreamStats()
+        self.bars = MinuteBars(
+            lateness=timedelta(seconds=settings.lateness_s),
+            retention=timedelta(seconds=settings.retention_s),
+            idle=timedelta(seconds=settings.idle_s),
+        )
+        self.job_id = f"stream-{provider}-{clock.now():%Y%m%dT%H%M%S}"
+        self._batch_no = 0
+        self._subs = [
+            bus.subscribe(BarsIngested.topic, self._forward, name="stream-forward"),
+            bus.subscribe(BarsQuarantined.topic, self._forward, name="stream-forward"),
+        ]
+        self._bus = bus
+        self.topic = raw_bars("1m")
+        self.trades_topic = trades(provider)
+        for topic in (self.topic, self.trades_topic, INGESTION_EVENTS, QUALITY_ALERTS):
+            self.publisher.ensure(topic)
+
+    def _forward(self, event: Event) -> None:
+        """Send what the store stage announced to the ingestion and quality topics."""
+        if isinstance(event, BarsIngested) and event.job_id == self.job_id:
+            self.publisher.event(INGESTION_EVENTS, event, key=event.job_id)
+        elif isinstance(event, BarsQuarantined) and event.job_id == self.job_id:
+            self.publisher.event(QUALITY_ALERTS, event, key=event.job_id)
+
+    def close(self) -> None:
+        """Leave the in-process bus."""
+        for sid in self._subs:
+            self._bus.unsubscribe(sid)
+
+    # -- one micro-batch ---------------------------------------------------------------------
+    def process(self, batch: pl.DataFrame, *, arrived: float | None = None) -> Released:
+        """Publish the trades, fold them into bars, store and publish what was released."""
+        now = self.clock.now()
+        if batch.height:
+            self.stats.trades += batch.height
+            self.metrics.trades.inc(batch.height)
+            newest = batch["ts"].max()
+            if isinstance(newest, datetime):
+                self.metrics.lag.set((now - newest).total_seconds())
+            if self.settings.publish_trades:
+                self.publisher.per_symbol(self.trades_topic, batch, self._trades_event)
+        released = self.bars.add(batch, now=now)
+        self._emit(released)
+        if arrived is not None and batch.height:
+            self.metrics.latency.observe(time.monotonic() - arrived)
+        return released
+
+    def flush(self) -> Released:
+        """Store and publish every open bar (at shutdown)."""
+        released = self.bars.flush()
+        self._emit(released)
+        return released
+
+    def _emit(self, released: Released) -> None:
+        self.stats.too_late += released.too_late
+        self.metrics.too_late.inc(released.too_late)
+        for frame, correction in ((released.bars, False), (released.corrections, True)):
+            if frame.is_empty():
+                continue
+            self._batch_no += 1
+            stored = self.runner.write(
+                frame.with_columns(timeframe=pl.lit("1m")),
+                source=self.provider,
+                batch_id=BatchId(self.job_id, batch_no=self._batch_no),
+                timeframe="1m",
+                validator=self.validator,
+            )
+            clean = stored.clean
+            kind = "correction" if correction else "bar"
+            self.metrics.bars.labels(kind).inc(clean.height)
+            self.metrics.quarantined.inc(stored.quarantined)
+            self.stats.quarantined += stored.quarantined
+            if correction:
+                self.stats.corrections += clean.height
+            else:
+                self.stats.bars += clean.height
+            make = partial(self._bars_event, correction=correction)
+            self.stats.published += len(self.publisher.per_symbol(self.topic, clean, make))
+
+    def _trades_event(self, symbol: str, part: pl.DataFrame) -> Event:
+        return TradesBatch(occurred_at=self.clock.now(), source=self.provider, rows=part.height,
+                           symbols=[symbol], trades=to_ipc(part))  # fmt: skip
+
+    def _bars_event(self, symbol: str, part: pl.DataFrame, correction: bool) -> Event:
+        first, last = part["ts"].min(), part["ts"].max()
+        return BarBatch(
+            occurred_at=self.clock.now(),
+            source=self.provider,
+            stage="raw",
+            timeframe="1m",
+            rows=part.height,
+            symbols=[symbol],
+            bars=to_ipc(part),
+            correction=correction,
+            first_ts=first if isinstance(first, datetime) else None,
+            last_ts=last if isinstance(last, datetime) else None,
+        )
+
+    def serve(
+        self,
+        feed: AsyncIterator[pl.DataFrame],
+        probes: ProbeSettings,
+        *,
+        duration_s: float | None = None,
+        on_ready: Callable[[str], None] | None = None,
+    ) -> StreamStats:
+        """Run with probes until the feed ends, `duration_s` passes or SIGTERM arrives."""
+
+        async def main(stop: asyncio.Event) -> StreamStats:
+            if duration_s is not None:
+                asyncio.get_running_loop().call_later(duration_s, stop.set)
+            return await self.run(feed, stop)
+
+        def broker_ready() -> bool | str:
+            return bool(getattr(self.broker, "connected", True)) or "broker disconnected"
+
+        return run_daemon(
+            "stream",
+            probes,
+            main,
+            registries=[self.metrics.registry],
+            checks={"broker": broker_ready},
+            on_ready=on_ready,
+        )
+
+    # -- the loop ------------------------------------------------------------------------------
+    async def run(self, source: AsyncIterator[pl.DataFrame], stop: asyncio.Event) -> StreamStats:
+        """Consume `source` until it ends or `stop` is set; flush open bars; return stats."""
+        queue: asyncio.Queue[tuple[float, pl.DataFrame] | None] = asyncio.Queue(
+            self.settings.queue_size
+        )
+
+        async def read() -> None:
+            try:
+                async for frame in source:
+                    await queue.put((time.monotonic(), frame))  # waits when full: backpressure
+                    if stop.is_set():
+                        break
+            finally:
+                await queue.put(None)
+
+        reader = asyncio.create_task(read())
+        window = self.settings.batch_ms / 1000
+        done = False
+        try:
+            while not done:
+                frames: list[pl.DataFrame] = []
+                arrived: float | None = None
+                deadline = time.monotonic() + window
+                while True:
+                    timeout = deadline - time.monotonic()
+                    if stop.is_set() and queue.empty():
+                        done = True
+                        break
+                    try:
+                        item = await asyncio.wait_for(queue.get(), max(timeout, 0.0005))
+                    except TimeoutError:
+                        break
+                    if item is None:
+                        done = True
+                        break
+                    arrived = item[0] if arrived is None else arrived
+                    frames.append(item[1])
+                    if timeout <= 0:
+                        break
+                self.metrics.queue.set(queue.qsize())
+                batch = (
+                    pl.concat(frames, how="vertical_relaxed")
+                    if frames
+                    else pl.DataFrame(schema=TRADE_SCHEMA)
+                )
+                await asyncio.to_thread(self.process, batch, arrived=arrived)
+                self.stats.batches += 1
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+            await asyncio.to_thread(self.flush)
+        return self.stats
+
+
+def open_feed(
+    source: str,
+    symbols: list[str],
+    settings: StreamSettings,
+    *,
+    ws_url: str | None = None,
+    api_key: str | None = None,
+    rate: float | None = None,
+    limit: int | None = None,
+    seed: int = 7,
+) -> AsyncIterator[pl.DataFrame]:
+    """Return the trade feed `source` names: `synthetic` or `finnhub` (WebSocket)."""
+    if source == "synthetic":
+        return synthetic_trades(
+            symbols,
+            rate=rate or settings.synthetic_rate,
+            seed=seed,
+            late_fraction=settings.late_fraction,
+            limit=limit,
+        )
+    if source == "finnhub":
+        if not ws_url:
+            raise ConfigurationError(
+                "the finnhub source needs a WebSocket URL (--ws-url, or"
+                " providers.finnhub.base_url of the simulator)"
+            )
+        return finnhub_trades(FinnhubTradeStream(symbols, api_key=api_key, url=ws_url))
+    raise ConfigurationError("unknown trade source (synthetic, finnhub)", source=source)

@@ -1,0 +1,127 @@
+"""The reporting data lake: hive-partitioned Parquet per table, tenant and partition.
+
+    reporting/<table>/tenant_id=<t>/<key>=<value>[/<key>=<value>]/part-<job_id>.parquet
+
+One file per (job, partition): writing a job again replaces its files (idempotent), and
+readers (Polars, DuckDB, `qv sql`) see each partition key as a column. Files appear by an
+atomic rename, so a reader never sees half a file. Every row carries its lineage:
+`ingestion_job_id`, `source_id`, `input_uri` and `input_offset` (the row's place in its
+input file or stream); the job's catalog entries add the input's sha256 or cursor.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+import polars as pl
+
+from quantivista.errors import InvalidInputError, NotFoundError
+
+__all__ = ["LAKE_PARTITIONS", "WorkflowLake"]
+
+# each table's partition columns (after tenant_id)
+LAKE_PARTITIONS: Mapping[str, tuple[str, ...]] = {
+    "portfolio_data_lake": ("ingestion_date", "portfolio_id"),
+    "execution_data_lake": ("execution_date",),
+    "risk_metrics": ("ingestion_date",),
+    "performance_metrics": ("ingestion_date",),
+    "market_intelligence": ("ingestion_date",),
+    "instrument_analytics": ("ingestion_date",),
+}
+
+_HIVE_TYPES: Mapping[str, pl.DataType] = {
+    "ingestion_date": pl.Date(),
+    "execution_date": pl.Date(),
+    "portfolio_id": pl.String(),
+}
+_SAFE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+
+
+def _value(value: Any) -> str:
+    text = value.isoformat() if hasattr(value, "isoformat") else str(value)
+    if not _SAFE.match(text):
+        raise InvalidInputError(
+            "a partition value must be 1-128 of A-Z a-z 0-9 _ . : -", value=text
+        )
+    return text
+
+
+class WorkflowLake:
+    """The reporting tables under `<root>/reporting`."""
+
+    def __init__(self, root: Path, *, compression_level: int = 1) -> None:
+        self.root = Path(root) / "reporting"
+        self.compression_level = compression_level
+
+    def table_dir(self, table: str) -> Path:
+        """Return a table's folder; `InvalidInputError` for a table the lake does not have."""
+        if table not in LAKE_PARTITIONS:
+            raise InvalidInputError(
+                f"unknown lake table {table!r}", known=", ".join(sorted(LAKE_PARTITIONS))
+            )
+        return self.root / table
+
+    def write(self, table: str, frame: pl.DataFrame, *, tenant: str, job_id: str) -> list[str]:
+        """Write a job's rows of one table; return the files written (relative paths).
+
+        The frame holds the partition columns; rows of other values stay out of it (the
+        caller rejects them with a reason beforehand: see `reporting.lake_shape`).
+        """
+        base = self.table_dir(table) / f"tenant_id={_value(tenant)}"
+        keys = LAKE_PARTITIONS[table]
+        if frame.is_empty():
+            return []
+        missing = [k for k in keys if k not in frame.columns]
+        if missing:
+            raise InvalidInputError(f"{table} rows need {', '.join(missing)}")
+        name = f"part-{_value(job_id)}.parquet"
+        written: list[str] = []
+        parts = frame.partition_by(list(keys), as_dict=True, maintain_order=False)
+        for values, part in parts.items():  # a loop over partitions, not rows
+            folder = base.joinpath(*(f"{k}={_value(v)}" for k, v in zip(keys, values, strict=True)))
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = folder / f".tmp-{uuid4().hex}"
+            part.drop(list(keys)).write_parquet(
+                tmp, compression="zstd", compression_level=self.compression_level
+            )
+            os.replace(tmp, folder / name)
+            written.append(str((folder / name).relative_to(self.root)))
+        return written
+
+    def files(self, table: str, tenant: str | None = None) -> list[Path]:
+        """Return a table's data files (of one tenant, or all)."""
+        folder = self.table_dir(table)
+        if tenant is not None:
+            folder = folder / f"tenant_id={_value(tenant)}"
+        return sorted(p for p in folder.glob("**/part-*.parquet") if not p.name.startswith("."))
+
+    def scan(self, table: str, tenant: str | None = None) -> pl.LazyFrame:
+        """Return a lazy scan of a table (of one tenant, or all) with its partition columns."""
+        files = self.files(table, tenant)
+        if not files:
+            raise NotFoundError(f"the lake table {table} has no rows yet", tenant=tenant)
+        return pl.scan_parquet(
+            [str(f) for f in files],
+            hive_partitioning=True,
+            hive_schema={"tenant_id": pl.String()}
+            | {key: _HIVE_TYPES[key] for key in LAKE_PARTITIONS[table]},
+        )
+
+    def read(self, table: str, tenant: str | None = None) -> pl.DataFrame:
+        """Return a table's rows (of one tenant, or all)."""
+        return self.scan(table, tenant).collect()
+
+    def sources(self) -> dict[str, list[Path]]:
+        """Return the tables that hold files, with their files (for SQL views)."""
+        out = {}
+        for table in LAKE_PARTITIONS:
+            if (self.root / table).is_dir():
+                files = self.files(table)
+                if files:
+                    out[table] = files
+        return out

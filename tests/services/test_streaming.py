@@ -1,0 +1,137 @@
+"""The real-time pipeline: trades -> bars -> validate -> store -> topics, in one process."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from quantivista.bus.events import BarBatch, BarsIngested, TradesBatch
+from quantivista.bus.frames import from_ipc
+from quantivista.bus.topics import INGESTION_EVENTS, raw_bars, trades
+from quantivista.clock import TestClock
+from quantivista.config import Settings, SimulatorServerSettings, StorageSettings
+from quantivista.model.timeframe import Timeframe
+from quantivista.processing.trade_bars import TRADE_SCHEMA
+from quantivista.providers.simulator.server import run_simulator
+from quantivista.runtime import Runtime
+from quantivista.services.streaming import open_feed
+
+T0 = datetime(2026, 12, 1, 14, 30, tzinfo=UTC)
+
+
+@pytest.fixture
+def runtime(tmp_path: Path) -> Iterator[Runtime]:
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        storage=StorageSettings(write_threads=1),
+        bus={"url": "memory://", "codec": "avro"},
+        stream={"lateness_s": 1.0, "idle_s": 3600.0},
+    )
+    with Runtime.from_settings(settings, clock=TestClock(T0)) as rt:
+        yield rt
+
+
+def trade_frame(rows: list[tuple[str, float, float, float]]) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "symbol": [r[0] for r in rows],
+            "ts": [T0 + timedelta(seconds=r[1]) for r in rows],
+            "price": [r[2] for r in rows],
+            "size": [r[3] for r in rows],
+            "provider": ["finnhub"] * len(rows),
+        },
+        schema=TRADE_SCHEMA,
+    )
+
+
+def published_bars(runtime: Runtime) -> list[BarBatch]:
+    out = []
+    for message in runtime.broker.read(raw_bars("1m")):
+        event = runtime.codecs.decode(message.value)
+        assert isinstance(event, BarBatch)
+        assert message.key == event.symbols[0] == message.headers["qv-symbol"]
+        out.append(event)
+    return out
+
+
+def stored(runtime: Runtime, symbols: list[str]) -> pl.DataFrame:
+    return runtime.backend.bars.read(
+        symbols, Timeframe.parse("1m"), T0 - timedelta(hours=1), T0 + timedelta(hours=1)
+    ).sort("symbol", "ts")
+
+
+def test_trades_become_stored_and_published_bars_and_late_trades_corrections(
+    runtime: Runtime,
+) -> None:
+    service = runtime.stream_service("finnhub")
+    service.process(trade_frame([("AAPL", 1, 100.0, 10), ("MSFT", 2, 400.0, 5),
+                                 ("AAPL", 40, 101.0, 10)]))  # fmt: skip
+    assert published_bars(runtime) == [] and stored(runtime, ["AAPL"]).is_empty()
+    out = service.process(trade_frame([("AAPL", 62, 102.0, 1)]))  # watermark 61 s: minute 0 ends
+    assert out.bars["symbol"].to_list() == ["AAPL", "MSFT"]
+    first = stored(runtime, ["AAPL", "MSFT"])
+    assert first.select("symbol", "open", "high", "low", "close", "volume").rows() == [
+        ("AAPL", 100.0, 101.0, 100.0, 101.0, 20.0),
+        ("MSFT", 400.0, 400.0, 400.0, 400.0, 5.0),
+    ]
+    sent = published_bars(runtime)
+    assert [(e.symbols, e.correction, e.stage) for e in sent] == [
+        (["AAPL"], False, "raw"), (["MSFT"], False, "raw"),
+    ]  # fmt: skip
+    assert from_ipc(sent[0].bars)["close"].to_list() == [101.0]
+
+    # a late AAPL trade in minute 0: the stored bar is amended and a correction goes out
+    service.process(trade_frame([("AAPL", 50, 99.0, 4)]))
+    amended = stored(runtime, ["AAPL"]).row(0, named=True)
+    assert (amended["low"], amended["close"], amended["volume"]) == (99.0, 99.0, 24.0)
+    last = published_bars(runtime)[-1]
+    assert last.correction and last.symbols == ["AAPL"]
+    assert from_ipc(last.bars).select("low", "close", "volume").row(0) == (99.0, 99.0, 24.0)
+    assert service.stats.corrections == 1
+
+    # the trades went out per symbol, and the store stage's announcements too
+    sent_trades = [runtime.codecs.decode(m.value) for m in runtime.broker.read(trades("finnhub"))]
+    assert all(isinstance(e, TradesBatch) for e in sent_trades)
+    assert sum(e.rows for e in sent_trades if isinstance(e, TradesBatch)) == 5
+    ingested = [runtime.codecs.decode(m.value) for m in runtime.broker.read(INGESTION_EVENTS)]
+    assert ingested and all(isinstance(e, BarsIngested) for e in ingested)
+    service.close()
+
+
+def test_a_bad_bar_is_quarantined_not_published(runtime: Runtime) -> None:
+    service = runtime.stream_service("finnhub")
+    service.process(trade_frame([("AAPL", 1, 100.0, 10), ("BAD", 2, -5.0, 1)]))
+    service.flush()
+    assert [e.symbols for e in published_bars(runtime)] == [["AAPL"]]
+    assert service.stats.quarantined == 1
+    assert runtime.backend.quarantine.list()["symbol"].to_list() == ["BAD"]
+
+
+def test_the_loop_runs_a_finnhub_feed_from_the_simulator(runtime: Runtime) -> None:
+    config = SimulatorServerSettings(ws_trade_interval_s=0.01)
+    with run_simulator(config) as sim:
+        names = sim.market.symbols()[:2]
+        feed = open_feed(
+            "finnhub", names, runtime.settings.stream, ws_url=sim.ws_url(), api_key="k"
+        )
+        service = runtime.stream_service("finnhub")
+
+        async def main() -> None:
+            stop = asyncio.Event()
+            asyncio.get_running_loop().call_later(1.5, stop.set)
+            await service.run(feed, stop)
+
+        asyncio.run(main())
+    assert service.stats.trades > 20
+    # at shutdown the open minute(s) were flushed: stored and published
+    sent = published_bars(runtime)
+    assert {s for e in sent for s in e.symbols} == set(names)
+    now = datetime.now(UTC)
+    got = runtime.backend.bars.read(names, Timeframe.parse("1m"), now - timedelta(minutes=5), now)
+    assert got["trades"].sum() == service.stats.trades
+    assert service.metrics.latency.collect()[0].samples  # latency observed per micro-batch
