@@ -100,6 +100,12 @@ class StorageSettings(_Section):
     cache_mb: int = Field(
         default=256, ge=0, description="in-process cache of hot lake partitions (0: off)"
     )
+    delta_files: int = Field(
+        default=16,
+        ge=0,
+        description="appends after a partition's last bars land as delta files; this many in"
+        " one partition start a background fold into it (0: appends rewrite the partition)",
+    )
     archive_url: str | None = Field(
         default=None, description="cold tier for archived bars: any fsspec URL (file://, s3://)"
     )
