@@ -474,6 +474,14 @@ class WorkflowIngestionService:
         )
 
     # -- scheduling ----------------------------------------------------------------------------
+    def scheduled_sources(self, tenant: str | None = None) -> list[DataSource]:
+        """Return the enabled BATCH_SCHEDULED sources (of one tenant, or of every tenant)."""
+        return [
+            s
+            for s in self.catalog.sources(tenant, include_disabled=False)
+            if s.ingestion_mode is IngestionMode.BATCH_SCHEDULED and s.schedule
+        ]
+
     def due_sources(self, now: datetime) -> list[tuple[str, str, datetime]]:
         """Return (tenant, source_id, fire time) of scheduled sources due at `now`.
 
@@ -483,9 +491,8 @@ class WorkflowIngestionService:
         from croniter import croniter
 
         due = []
-        for source in self.catalog.sources(None, include_disabled=False):
-            if source.ingestion_mode is not IngestionMode.BATCH_SCHEDULED or not source.schedule:
-                continue
+        for source in self.scheduled_sources():
+            assert source.schedule is not None
             fired: datetime = croniter(source.schedule, now).get_prev(datetime)
             state = self.catalog.sync_state(source.tenant_id, source.source_id) or {}
             last = state.get("last_fire")
