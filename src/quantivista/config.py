@@ -40,6 +40,7 @@ __all__ = [
     "BusSettings",
     "config_source",
     "CacheSettings",
+    "DaskSettings",
     "IngestSettings",
     "IntegrateSettings",
     "ProviderEndpointSettings",
@@ -98,6 +99,12 @@ class StorageSettings(_Section):
     )
     cache_mb: int = Field(
         default=256, ge=0, description="in-process cache of hot lake partitions (0: off)"
+    )
+    delta_files: int = Field(
+        default=16,
+        ge=0,
+        description="appends after a partition's last bars land as delta files; this many in"
+        " one partition start a background fold into it (0: appends rewrite the partition)",
     )
     archive_url: str | None = Field(
         default=None, description="cold tier for archived bars: any fsspec URL (file://, s3://)"
@@ -415,6 +422,16 @@ class ApiSettings(_Section):
     exports_dir: Path | None = Field(
         default=None, description="where bulk exports are written (default: DATA_DIR/exports)"
     )
+    relay: bool | None = Field(
+        default=None,
+        description="feed WebSocket clients from the broker's bar and trade topics (None: when "
+        "bus.url is a real broker, not memory://)",
+    )
+    relay_topics: list[str] = Field(
+        default_factory=lambda: ["bars.raw.1m", "bars.enriched", "trades.finnhub",
+                                 "trades.synthetic", "quality.alerts"],
+        description="broker topics relayed to WebSocket clients",
+    )  # fmt: skip
     exports_url: str | None = Field(
         default=None,
         description="an fsspec URL for bulk exports (s3://bucket/exports) shared by every API "
@@ -568,6 +585,8 @@ def _default_entries() -> dict[str, ScheduleEntry]:
         "backup": ScheduleEntry(job="backup", cron="30 2 * * *"),
         "compaction": ScheduleEntry(job="compaction", cron="0 3 * * 0"),
         "sla-probe": ScheduleEntry(job="sla_probe", cron="* * * * *"),
+        # reporting-side sources carry their own cron lines: check them every minute
+        "workflow-sources": ScheduleEntry(job="workflow_sources", cron="* * * * *"),
     }
 
 
@@ -658,6 +677,18 @@ class WorkerSettings(_Section):
     )
 
 
+class DaskSettings(_Section):
+    """Universe-wide computations on Dask distributed (issue 17)."""
+
+    scheduler_address: str | None = Field(
+        default=None,
+        description="a running scheduler, e.g. tcp://10.0.0.5:8786 (None: a LocalCluster)",
+    )
+    workers: int = Field(default=2, ge=1, le=256, description="LocalCluster worker processes")
+    threads_per_worker: int = Field(default=1, ge=1, le=64)
+    host: str = Field(default="127.0.0.1", description="where a LocalCluster listens")
+
+
 class Settings(BaseSettings):
     """All configuration of a platform instance (frozen once built)."""
 
@@ -686,6 +717,7 @@ class Settings(BaseSettings):
     api: ApiSettings = ApiSettings()
     probes: ProbeSettings = ProbeSettings()
     workers: WorkerSettings = WorkerSettings()
+    dask: DaskSettings = DaskSettings()
     ops: OpsSettings = OpsSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
     alerting: AlertingSettings = AlertingSettings()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 from functools import cached_property
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import polars as pl
 
@@ -31,8 +31,6 @@ from quantivista.pipeline.runner import InProcessRunner
 from quantivista.pipeline.stages import EpochCache, Sinks, data_epoch
 from quantivista.processing.rollup import Rollup
 from quantivista.providers.registry import ProviderRegistry, default_registry
-from quantivista.quality.business import load_rules
-from quantivista.quality.rules import DEFAULT_RULES
 from quantivista.quality.validate import Validator
 from quantivista.reference.calendars import TradingCalendar, get_calendar
 from quantivista.reference.instruments import InstrumentMaster
@@ -47,8 +45,9 @@ from quantivista.services.providers import ProviderService
 from quantivista.services.quality import QualityService
 from quantivista.services.queries import BarQuery, QueryService
 from quantivista.services.reference import ReferenceService
+from quantivista.services.revalidation import RevalidationReport, build_validator, revalidate
 from quantivista.services.simulation import SimulationService
-from quantivista.services.streaming import StreamService
+from quantivista.services.streaming import RestBackfill, StreamService
 from quantivista.services.workers import WorkerMetrics, WorkerService
 from quantivista.services.workflow_ingestion import WorkflowIngestionService, platform_reference
 from quantivista.services.writes import WriteService
@@ -166,6 +165,21 @@ class Runtime:
             probe_port=probe_port,
         )
 
+    def revalidate(
+        self,
+        timeframe: str = "1d",
+        *,
+        engine: Literal["local", "dask"] = "local",
+        scheduler: str | None = None,
+        workers: int | None = None,
+    ) -> RevalidationReport:
+        """Check every stored bar of `timeframe` with the current rules (see `revalidation`)."""
+        dask = self.settings.dask
+        update = {k: v for k, v in (("scheduler_address", scheduler), ("workers", workers))
+                  if v is not None}  # fmt: skip
+        settings = self.settings.model_copy(update={"dask": dask.model_copy(update=update)})
+        return revalidate(settings, timeframe, engine=engine)
+
     def calendar(self, mic: str | None = None) -> TradingCalendar:
         """Return an exchange's trading calendar (default: the ingest calendar)."""
         return get_calendar(mic or self.settings.ingest.calendar)
@@ -173,9 +187,7 @@ class Runtime:
     @cached_property
     def validator(self) -> Validator:
         """Return the validator: default rules plus the business rules file, if any."""
-        quality = self.settings.quality
-        rules = DEFAULT_RULES + load_rules(quality.rules_file) if quality.rules_file else None
-        return Validator(self.calendar(), rules or DEFAULT_RULES, quality, self.settings.intraday)
+        return build_validator(self.settings)
 
     @cached_property
     def rollup(self) -> Rollup | None:
@@ -198,19 +210,16 @@ class Runtime:
 
     def stream_service(self, provider: str) -> StreamService:
         """Return the real-time pipeline for a live feed of `provider`."""
-        base = self.validator
-        return StreamService(
-            self.runner,
-            self.bus,
-            self.broker,
-            self.codecs,
-            self.settings.stream,
-            # live bars include extended hours: the session calendar does not judge them
-            Validator(None, base.rules, base.settings),
-            self.clock,
-            codec=self.settings.bus.codec,
-            provider=provider,
-        )
+        vendor = [provider] if provider in self.acquisition.registry else None
+        fill = RestBackfill(self.ingestion, self.backend.bars, vendor)
+        return StreamService(self.runner, self.bus, self.broker, self.codecs,
+                             self.settings.stream, self._live_validator(), self.clock,
+                             codec=self.settings.bus.codec, provider=provider,
+                             calendar=self.calendar(), backfill=fill)  # fmt: skip
+
+    def _live_validator(self) -> Validator:
+        """Live and broker-fed bars include extended hours: no session calendar judges them."""
+        return Validator(None, self.validator.rules, self.validator.settings)
 
     @cached_property
     def distribution(self) -> DistributionService:
@@ -219,19 +228,10 @@ class Runtime:
 
     def integration_service(self) -> IntegrationService:
         """Return the integration consumer (raw bars -> store -> enriched bars)."""
-        base = self.validator
-        return IntegrationService(
-            self.runner,
-            self.broker,
-            self.codecs,
-            self.backend.actions,
-            InstrumentMaster(self.backend.instruments),
-            self.backend.bars,
-            self.settings.integrate,
-            Validator(None, base.rules, base.settings),
-            self.clock,
-            codec=self.settings.bus.codec,
-        )
+        return IntegrationService(self.runner, self.broker, self.codecs, self.backend.actions,
+                                  InstrumentMaster(self.backend.instruments), self.backend.bars,
+                                  self.settings.integrate, self._live_validator(), self.clock,
+                                  codec=self.settings.bus.codec)  # fmt: skip
 
     def _dead_letter(
         self, topic: str, payload: dict[str, Any], error: str, handler: str | None

@@ -29,6 +29,7 @@ from quantivista.api.graphql import graphql_router
 from quantivista.api.metrics import ApiMetrics
 from quantivista.api.middleware import MeasureMiddleware
 from quantivista.api.page import router as status_page
+from quantivista.api.relay import BrokerRelay
 from quantivista.api.routes import audit, exports, ingestion, market, operations
 from quantivista.api.state import ApiState
 from quantivista.api.stream import StreamHub
@@ -67,6 +68,18 @@ def _state(settings: Settings, runtime: Runtime) -> ApiState:
     )
 
 
+def _relay(settings: Settings, runtime: Runtime, hub: StreamHub) -> BrokerRelay | None:
+    """Follow the broker's bar and trade topics for the WebSocket clients, when asked to."""
+    wanted = settings.api.relay
+    if wanted is None:  # by default: when another process can publish to the broker
+        wanted = not settings.bus.url.startswith("memory:")
+    if not wanted:
+        return None
+    relay = BrokerRelay(runtime.broker, runtime.codecs, hub.relay, settings.api.relay_topics)
+    relay.start()
+    return relay
+
+
 class QuantiVistaApi(FastAPI):
     """FastAPI with the fast path in front: a cached bars answer skips the framework whole
     (its per-request set-up and middleware stack cost more than serving the answer)."""
@@ -95,8 +108,10 @@ def create_app(
         state = _state(settings, runtime)
         hub = StreamHub(state, heartbeat_s=settings.api.ws_heartbeat_s)
         hub.start(asyncio.get_running_loop())
+        relay = _relay(settings, runtime, hub)
         app.state.qv = state
         app.state.hub = hub
+        app.state.relay = relay
         configure_tracing(settings.tracing, "api")
         alerting = threading.Event()
         start_alerting(
@@ -117,6 +132,8 @@ def create_app(
         try:
             yield
         finally:
+            if relay is not None:
+                relay.stop()
             alerting.set()
             hub.stop()
             state.cache.close()

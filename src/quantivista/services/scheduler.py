@@ -430,6 +430,18 @@ def _backup(ctx: JobContext) -> dict[str, Any]:
     return {"dest": str(dest), "pruned": [p.name for p in old]}
 
 
+@register_job("workflow_sources")
+def _workflow_sources(ctx: JobContext) -> dict[str, Any]:
+    """Run the reporting-side BATCH_SCHEDULED sources whose cron schedule fired."""
+    jobs = ctx.runtime.workflows.run_due(ctx.scheduled_for)
+    if not jobs:
+        raise Skipped("no scheduled source is due")
+    return {
+        "jobs": {f"{j.tenant_id}/{j.source_id}": j.job_id for j in jobs},
+        "failed": [j.job_id for j in jobs if j.status.value == "failed"],
+    }
+
+
 def universe(runtime: Runtime, exchange: str, on: date) -> list[str]:
     """Return the symbols of the instruments listed on `exchange` on `on` (instrument master)."""
     master = runtime.reference.instruments

@@ -37,15 +37,19 @@ from quantivista.bus.topics import INGESTION_EVENTS, QUALITY_ALERTS, raw_bars, t
 from quantivista.clock import Clock
 from quantivista.config import ProbeSettings, StreamSettings
 from quantivista.errors import ConfigurationError
+from quantivista.model.timeframe import Timeframe
 from quantivista.pipeline.messages import BatchId
 from quantivista.pipeline.runner import InProcessRunner
 from quantivista.processing.trade_bars import TRADE_SCHEMA, MinuteBars, Released
 from quantivista.providers.finnhub import FinnhubTradeStream
 from quantivista.providers.live import finnhub_trades, synthetic_trades
 from quantivista.quality.validate import Validator
+from quantivista.reference.calendars import TradingCalendar
 from quantivista.services.daemon import run_daemon
+from quantivista.services.ingestion import IngestionService
+from quantivista.storage.base import BarStore
 
-__all__ = ["StreamMetrics", "StreamService", "StreamStats", "open_feed"]
+__all__ = ["RestBackfill", "StreamMetrics", "StreamService", "StreamStats", "open_feed"]
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
@@ -70,10 +74,36 @@ class StreamMetrics:
         )
 
 
+Backfill = Callable[[list[str], datetime, datetime], pl.DataFrame]
+"""backfill(symbols, start, end): fetch 1-minute bars over [start, end) from a REST provider,
+store them, and return the stored bars of that span."""
+
+
+class RestBackfill:
+    """Back-fill through the REST providers: an ingestion job for the span (the streamed vendor
+    first when it serves REST bars), then the stored bars of the span."""
+
+    def __init__(
+        self, ingestion: IngestionService, bars: BarStore, providers: list[str] | None
+    ) -> None:
+        self.ingestion = ingestion
+        self.bars = bars
+        self.providers = providers
+
+    def __call__(self, symbols: list[str], start: datetime, end: datetime) -> pl.DataFrame:
+        self.ingestion.ingest(symbols, start, end, "1m", self.providers)
+        return self.bars.read(symbols, Timeframe.parse("1m"), start, end)
+
+
+# a silence of the whole feed this long (in event time) is taken for a disconnect
+_GAP = timedelta(seconds=60)
+
+
 @dataclass
 class StreamStats:
     """What a stream run did."""
 
+    backfilled: int = 0
     trades: int = 0
     batches: int = 0
     bars: int = 0
@@ -98,8 +128,15 @@ class StreamService:
         *,
         codec: CodecName = "avro",
         provider: str = "synthetic",
+        calendar: TradingCalendar | None = None,
+        backfill: Backfill | None = None,
     ) -> None:
         self.runner = runner
+        self.calendar = calendar
+        self.backfill = backfill
+        self.gaps: list[tuple[datetime, datetime]] = []  # feed silences to back-fill
+        self._newest: datetime | None = None
+        self._symbols: set[str] = set()
         self.broker = broker
         self.settings = settings
         self.validator = validator
@@ -146,6 +183,8 @@ class StreamService:
         """Publish the trades, fold them into bars, store and publish what was released."""
         released = self.aggregate(batch)
         self.emit(released, arrived if batch.height else None)
+        if self.gaps:
+            self.fill_gaps()
         return released
 
     def aggregate(self, batch: pl.DataFrame) -> Released:
@@ -159,7 +198,49 @@ class StreamService:
                 self.metrics.lag.set((now - newest).total_seconds())
             if self.settings.publish_trades:
                 self.publisher.per_partition(self.trades_topic, batch, self._trades_event)
+            self._note_gap(batch)
         return self.bars.add(batch, now=now)
+
+    # -- gaps after a disconnect -------------------------------------------------------------
+    def _note_gap(self, batch: pl.DataFrame) -> None:
+        """Remember a silence of the whole feed (the first trade after it, the last before)."""
+        self._symbols.update(batch["symbol"].unique().to_list())
+        newest = batch["ts"].max()
+        assert isinstance(newest, datetime)
+        if self._newest is not None:
+            after = batch.filter(pl.col("ts") > self._newest)["ts"].min()
+            if isinstance(after, datetime) and after - self._newest > _GAP:
+                self.gaps.append((self._newest, after))
+        self._newest = newest if self._newest is None else max(self._newest, newest)
+
+    def missing_minutes(self, after: datetime, before: datetime) -> pl.Series:
+        """Return the session minutes between the minutes of `after` and `before` (exclusive)."""
+        lo = _floor_minute(after) + timedelta(minutes=1)
+        hi = _floor_minute(before)
+        if self.calendar is None or hi <= lo:
+            return pl.Series("ts", [], dtype=pl.Datetime("us", "UTC"))
+        starts = self.calendar.bar_starts(lo.date() - timedelta(days=1), hi.date(), "1m")
+        return starts.filter(starts.is_between(lo, hi, closed="left"))
+
+    def fill_gaps(self) -> int:
+        """Back-fill the session minutes of every silence seen; store and publish them."""
+        filled = 0
+        while self.gaps:
+            after, before = self.gaps.pop(0)
+            minutes = self.missing_minutes(after, before)
+            if self.backfill is None or minutes.is_empty() or not self._symbols:
+                continue
+            first, last = minutes.min(), minutes.max()
+            assert isinstance(first, datetime) and isinstance(last, datetime)
+            bars = self.backfill(sorted(self._symbols), first, last + timedelta(minutes=1))
+            bars = bars.filter(pl.col("ts").is_in(minutes.implode()))
+            if bars.is_empty():
+                continue
+            make = partial(self._bars_event, correction=False, source=f"{self.provider}-rest")
+            self.publisher.per_symbol(self.topic, bars, make)
+            filled += bars.height
+        self.stats.backfilled += filled
+        return filled
 
     def emit(self, released: Released, arrived: float | None = None) -> None:
         """Store and publish released bars; record the latency from `arrived`."""
@@ -207,11 +288,13 @@ class StreamService:
         return TradesBatch(occurred_at=self.clock.now(), source=self.provider, rows=part.height,
                            symbols=symbols, trades=to_ipc(part))  # fmt: skip
 
-    def _bars_event(self, symbol: str, part: pl.DataFrame, correction: bool) -> Event:
+    def _bars_event(
+        self, symbol: str, part: pl.DataFrame, correction: bool, source: str | None = None
+    ) -> Event:
         first, last = part["ts"].min(), part["ts"].max()
         return BarBatch(
             occurred_at=self.clock.now(),
-            source=self.provider,
+            source=source or self.provider,
             stage="raw",
             timeframe="1m",
             rows=part.height,
@@ -271,7 +354,7 @@ class StreamService:
         # storing bars takes longer than folding trades: it runs on its own thread, in
         # order, while the next micro-batches are folded (at most a few batches behind)
         store = ThreadPoolExecutor(1, thread_name_prefix="qv-stream-store")
-        behind: deque[asyncio.Future[None]] = deque()
+        behind: deque[asyncio.Future[object]] = deque()
         done = False
         try:
             while not done:
@@ -316,6 +399,8 @@ class StreamService:
                 )
                 released = await asyncio.to_thread(self.aggregate, batch)
                 self.stats.batches += 1
+                if self.gaps:  # after the bars before it, on the store thread
+                    behind.append(loop.run_in_executor(store, self.fill_gaps))
                 if released.empty:
                     if arrived is not None:
                         self.emit(released, arrived)  # records the latency only
@@ -366,3 +451,7 @@ def open_feed(
             )
         return finnhub_trades(FinnhubTradeStream(symbols, api_key=api_key, url=ws_url))
     raise ConfigurationError("unknown trade source (synthetic, finnhub)", source=source)
+
+
+def _floor_minute(ts: datetime) -> datetime:
+    return ts.replace(second=0, microsecond=0)

@@ -29,36 +29,36 @@ class SqliteWorkflowCatalog(SqlWorkflowCatalog):
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
-        # opened on first use: a store whose reporting side is never used gets no file, and
-        # commands on a read-only mount never touch it
-        self._conn: sqlite3.Connection | None = None
-
-    def _connection(self) -> sqlite3.Connection:
-        """Open the database (under `_lock`) the first time it is needed."""
-        if self._conn is not None:
-            return self._conn
+        parent = self.path.parent
+        # a data directory we may not write to (a read-only mount, a shared copy): reads
+        # work, writes fail with a StorageError (see storage.lake.catalog)
+        self.read_only = parent.exists() and not os.access(parent, os.W_OK)
         try:
-            if self.path.exists() and not os.access(self.path.parent, os.W_OK):
-                self._conn = sqlite3.connect(  # a read-only mount: reads work, writes fail
-                    f"file:{self.path}?immutable=1", uri=True, check_same_thread=False,
-                    isolation_level=None,
-                )  # fmt: skip
-                return self._conn
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.read_only:
+                self._conn = self._read_only()
+                return
+            parent.mkdir(parents=True, exist_ok=True)
             locks = self.path.parent / ".locks"
             locks.mkdir(exist_ok=True)
-            conn = sqlite3.connect(
+            self._conn = sqlite3.connect(
                 self.path, check_same_thread=False, timeout=_BUSY_TIMEOUT_S, isolation_level=None
             )
             with flocked(locks / f"{self.path.stem}.lock"):  # see storage.lake.catalog
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=NORMAL")
-                conn.executescript(SQLITE_SCHEMA)
-        except (OSError, sqlite3.Error) as exc:
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute("PRAGMA synchronous=NORMAL")
+                self._conn.executescript(SQLITE_SCHEMA)
+        except sqlite3.Error as exc:
             raise StorageError(
                 "cannot open the ingestion catalog", path=str(self.path), error=str(exc)
             ) from exc
-        self._conn = conn
+
+    def _read_only(self) -> sqlite3.Connection:
+        if self.path.exists():
+            uri = f"file:{self.path}?immutable=1"
+            return sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
+        conn = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+        conn.executescript(SQLITE_SCHEMA)  # nothing was ever ingested here: empty tables
+        conn.execute("PRAGMA query_only = ON")
         return conn
 
     def _new_id(self) -> str:
@@ -68,15 +68,14 @@ class SqliteWorkflowCatalog(SqlWorkflowCatalog):
     def _tx(self, tenant: str | None) -> Iterator[Cursor]:
         del tenant  # every query filters by tenant itself; SQLite has no row policies
         with self._lock:
-            conn = self._connection()
             try:
-                conn.execute("BEGIN IMMEDIATE")
+                self._conn.execute("BEGIN" if self.read_only else "BEGIN IMMEDIATE")
                 try:
-                    yield conn.cursor()
+                    yield self._conn.cursor()
                 except BaseException:
-                    conn.execute("ROLLBACK")
+                    self._conn.execute("ROLLBACK")
                     raise
-                conn.execute("COMMIT")
+                self._conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 raise StorageError(
                     "ingestion catalog operation failed", path=str(self.path), error=str(exc)
@@ -85,6 +84,4 @@ class SqliteWorkflowCatalog(SqlWorkflowCatalog):
     def close(self) -> None:
         """Close the database connection."""
         with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+            self._conn.close()
