@@ -22,13 +22,16 @@ from quantivista.bus.events import (
     BarsIngested,
     BarsQuarantined,
     BarsStreamed,
+    DataIngestedEvent,
     Event,
     TradesBatch,
+    WorkflowRecords,
 )
 from quantivista.bus.frames import from_ipc, to_ipc
 from quantivista.bus.registry import SchemaCompatibilityError, SchemaRegistry
 from quantivista.bus.schemas import avro_schema
 from quantivista.errors import BusError
+from quantivista.model.workflow import DataIngestedPayload, DataSourceType, IngestionMode
 
 AT = datetime(2026, 11, 23, 15, 0, 0, 123456, tzinfo=UTC)
 BARS = pl.DataFrame(
@@ -53,6 +56,12 @@ EVENTS: list[Event] = [
              symbols=["AAPL", "MSFT"], bars=to_ipc(BARS), correction=True, first_ts=AT,
              last_ts=AT, offsets="trades.finnhub:1-9"),
     ActionsBatch(occurred_at=AT, source="lean", rows=0, symbols=[], actions=b""),
+    DataIngestedEvent(occurred_at=AT, timestamp=AT, data_ingested=DataIngestedPayload(
+        job_id="j", source_id="positions", source_type=DataSourceType.PORTFOLIO_MANAGEMENT,
+        ingestion_mode=IngestionMode.ON_DEMAND, records_processed=9, records_failed=1,
+        quality_score=0.9, processing_time_ms=12.5, data_categories=["positions"])),
+    WorkflowRecords(occurred_at=AT, tenant_id="acme", source_id="fills", offset=7,
+                    records=[{"trade_id": "T1", "qty": 5}]),
 ]  # fmt: skip
 
 

@@ -135,3 +135,42 @@ def test_the_loop_runs_a_finnhub_feed_from_the_simulator(runtime: Runtime) -> No
     got = runtime.backend.bars.read(names, Timeframe.parse("1m"), now - timedelta(minutes=5), now)
     assert got["trades"].sum() == service.stats.trades
     assert service.metrics.latency.collect()[0].samples  # latency observed per micro-batch
+
+
+def test_minutes_missed_in_a_silence_are_back_filled_from_rest(tmp_path: Path) -> None:
+    with run_simulator(SimulatorServerSettings()) as sim:
+        settings = Settings(
+            data_dir=tmp_path / "data",
+            storage=StorageSettings(write_threads=1),
+            bus={"url": "memory://", "codec": "json"},
+            stream={"lateness_s": 1.0, "idle_s": 3600.0},
+            providers={"finnhub": {"base_url": sim.base_url("finnhub"), "api_key": "k"}},
+        )
+        with Runtime.from_settings(settings) as runtime:
+            day = sim.market.sessions[-1]
+            opened = runtime.calendar().session_table(day, day)["open"][0]
+            symbol = sim.market.symbols()[0]
+            service = runtime.stream_service("finnhub")
+
+            def at(minutes: float, price: float) -> pl.DataFrame:
+                ts = opened + timedelta(minutes=minutes)
+                return pl.DataFrame({"symbol": [symbol], "ts": [ts], "price": [price],
+                                     "size": [1.0], "provider": ["finnhub"]},
+                                    schema=TRADE_SCHEMA)  # fmt: skip
+
+            service.process(at(0.5, 10.0))
+            service.process(at(1.5, 10.0))
+            # the feed goes quiet for 8 minutes (a disconnect), then trades again
+            service.process(at(10.2, 10.0))
+            assert service.stats.backfilled == 8
+            expected = [opened + timedelta(minutes=m) for m in range(2, 10)]
+            stored = runtime.backend.bars.read(
+                [symbol], Timeframe.parse("1m"), expected[0], expected[-1] + timedelta(minutes=1)
+            )
+            assert stored["ts"].to_list() == expected
+            rest = [e for e in published_bars(runtime) if e.source == "finnhub-rest"]
+            assert sum(e.rows for e in rest) == 8
+            # outside the session nothing is missing
+            closed = runtime.calendar().session_table(day, day)["close"][0]
+            assert service.missing_minutes(closed, closed + timedelta(hours=3)).is_empty()
+            service.close()

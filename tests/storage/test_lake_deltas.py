@@ -220,8 +220,11 @@ def test_kill_9_during_appends_and_folds_loses_no_committed_bar(tmp_path: Path) 
     time.sleep(np.random.default_rng().uniform(0, 0.05))  # somewhere in the next write
     os.kill(child.pid, signal.SIGKILL)
     child.wait(timeout=10)
-    child.stdout.close()
     assert len(done) == 12
+    # on a loaded machine the child runs ahead of this reader: every write it reported
+    # before the kill counts as committed
+    done.extend(int(line) for line in child.stdout.read().split())
+    child.stdout.close()
     lake = ParquetLake(root, _settings())
     got = lake.read(SYMBOLS, D1)
     assert not got.select("symbol", "ts").is_duplicated().any()

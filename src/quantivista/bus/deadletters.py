@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from quantivista.bus.base import Message
+from quantivista.bus.base import Broker, Message, dead_letter_topic
 
-__all__ = ["DLQ_HEADERS", "dead_letter_headers"]
+__all__ = ["DLQ_HEADERS", "dead_letter_headers", "send_to_dead_letters"]
 
 DLQ_HEADERS = ("qv-dlq-topic", "qv-dlq-offset", "qv-dlq-group", "qv-dlq-error")
 
@@ -19,3 +19,14 @@ def dead_letter_headers(message: Message, group: str, error: str) -> dict[str, s
         "qv-dlq-error": (error or "no error given")[:2000],
         "qv-dlq-deliveries": str(message.deliveries),
     }
+
+
+def send_to_dead_letters(broker: Broker, message: Message, group: str, error: str) -> int:
+    """Put `message` on its topic's dead-letter topic at once (a permanent failure, such as
+    bytes no codec reads); return its offset there. The caller acks the original."""
+    return broker.publish(
+        dead_letter_topic(message.topic),
+        message.value,
+        key=message.key,
+        headers=dead_letter_headers(message, group, error),
+    )

@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 
 import polars as pl
 
-from quantivista.bus.base import Broker
+from quantivista.bus.base import Broker, partition_of
 from quantivista.bus.codecs import CodecName, Codecs
 from quantivista.bus.events import Event
 from quantivista.bus.topics import Route, partitions_of
@@ -58,6 +58,31 @@ class Publisher:
             route = (routes or {}).get(name) or Route(symbol=name)
             headers.update(route.headers())
             items.append((name, value, headers))
+        offsets = self.broker.publish_many(topic, items)
+        self.published += len(offsets)
+        return offsets
+
+    def per_partition(
+        self, topic: str, frame: pl.DataFrame, make: Callable[[list[str], pl.DataFrame], Event]
+    ) -> list[int]:
+        """Publish one event per partition of `frame`'s symbols (fewer, larger messages; each
+        symbol still lands in its own partition, in order). Keyed by the partition's first
+        symbol; `qv-symbols` lists them all."""
+        if frame.is_empty():
+            return []
+        self.ensure(topic)
+        n = partitions_of(topic)
+        names = frame["symbol"].unique().to_list()
+        parts: dict[int, list[str]] = {}
+        for name in names:  # one entry per symbol, not per row
+            parts.setdefault(partition_of(name, n), []).append(name)
+        items: list[tuple[str | None, bytes, Mapping[str, str] | None]] = []
+        for symbols in parts.values():
+            symbols.sort()
+            rows = frame.filter(pl.col("symbol").is_in(symbols)) if len(parts) > 1 else frame
+            value, headers = self.codecs.encode(make(symbols, rows), self.codec, key=symbols[0])
+            headers["qv-symbols"] = ",".join(symbols)
+            items.append((symbols[0], value, headers))
         offsets = self.broker.publish_many(topic, items)
         self.published += len(offsets)
         return offsets

@@ -5,7 +5,9 @@ One source of truth: an event class. Its fields map to
     str -> string      int -> long          float -> double     bool -> boolean
     bytes -> bytes     datetime -> long (timestamp-micros)       list[str] -> array<string>
     dict[str, int] -> map<long>             list[dict] -> array<string> (JSON objects)
+    a nested pydantic model -> string (its JSON)
     X | None -> union [null, X] with default null (proto2 `optional`: presence is kept)
+    a nested pydantic model -> string (its JSON; the model validates it on the way in)
 
 Protobuf classes are built at run time from a descriptor (no generated code to keep in
 step); field numbers follow declaration order, so a new field goes last.
@@ -22,7 +24,7 @@ from typing import Any, Union, get_args, get_origin
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import Message as ProtoMessage
-from pydantic import AwareDatetime
+from pydantic import AwareDatetime, BaseModel
 
 from quantivista.bus.events import Event
 from quantivista.errors import BusError
@@ -47,7 +49,7 @@ class FieldSpec:
     """One event field: its name, kind (see the module docstring) and nullability."""
 
     name: str
-    kind: str  # string long double boolean bytes timestamp strings map_long json_list
+    kind: str  # string long double boolean bytes timestamp strings map_long json_list model
     optional: bool
 
 
@@ -63,6 +65,8 @@ def _kind(annotation: Any) -> tuple[str, bool]:
         return simple[annotation], False
     if annotation in (datetime, AwareDatetime) or get_args(annotation)[:1] == (datetime,):
         return "timestamp", False
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "model", False
     args = get_args(annotation)
     if origin is list and args == (str,):
         return "strings", False
@@ -94,6 +98,7 @@ _AVRO_TYPES: dict[str, Any] = {
     "strings": {"type": "array", "items": "string"},
     "map_long": {"type": "map", "values": "long"},
     "json_list": {"type": "array", "items": "string"},
+    "model": "string",
 }
 
 
@@ -139,6 +144,8 @@ def to_avro_record(event: Event) -> dict[str, Any]:
             value = _micros(value)
         elif value is not None and spec.kind == "json_list":
             value = [json.dumps(v, default=str) for v in value]
+        elif value is not None and spec.kind == "model":
+            value = value.model_dump_json()
         out[spec.name] = value
     return out
 
@@ -158,6 +165,8 @@ def from_avro_record(cls: type[Event], record: dict[str, Any]) -> Event:
             )
         elif value is not None and spec.kind == "json_list":
             value = [json.loads(v) for v in value]
+        elif value is not None and spec.kind == "model":
+            value = json.loads(value)
         values[spec.name] = value
     return cls.model_validate(values)
 
@@ -173,6 +182,7 @@ _PROTO_TYPES = {
     "timestamp": _F.TYPE_INT64,
     "strings": _F.TYPE_STRING,
     "json_list": _F.TYPE_STRING,
+    "model": _F.TYPE_STRING,
 }
 
 
@@ -244,6 +254,8 @@ def to_proto(event: Event) -> bytes:
             getattr(message, spec.name).extend(json.dumps(v, default=str) for v in value)
         elif spec.kind == "map_long":
             getattr(message, spec.name).update(value)
+        elif spec.kind == "model":
+            setattr(message, spec.name, value.model_dump_json())
         else:
             setattr(message, spec.name, value)
     data: bytes = message.SerializeToString()
@@ -271,6 +283,8 @@ def from_proto(cls: type[Event], data: bytes) -> Event:
             value = getattr(message, spec.name)
             if spec.kind == "timestamp":
                 value = _EPOCH + timedelta(microseconds=value)
+            elif spec.kind == "model":
+                value = json.loads(value)
         else:
             continue
         values[spec.name] = value

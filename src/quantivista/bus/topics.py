@@ -12,7 +12,9 @@
 | `dlq.<topic>`          | (as the topic)  | (same) | 1     | messages a group gave up on |
 
 Every message carries routing headers (`qv-symbol`, `qv-asset-class`, `qv-exchange`) so a
-consumer filters without decoding (`Route`, `RouteFilter`).
+consumer filters without decoding (`Route`, `RouteFilter`). Trades go one message per
+partition and micro-batch (`qv-symbols` lists its symbols; each symbol stays in one
+partition, in order): fewer, larger messages at tens of thousands of trades a second.
 """
 
 from __future__ import annotations
@@ -137,8 +139,13 @@ class RouteFilter:
     def wants(self, message: Message) -> bool:
         """Say whether `message` passes (a header the filter asks about must be present)."""
         h = message.headers
+        if self.symbols is not None and "qv-symbols" in h:  # a message of several symbols
+            if not self.symbols & set(h["qv-symbols"].split(",")):
+                return False
+        elif not _ok(self.symbols, h.get("qv-symbol") or message.key):
+            return False
         return (
-            _ok(self.symbols, h.get("qv-symbol") or message.key)
+            True
             and _ok(self.asset_classes, h.get("qv-asset-class"))
             and _ok(self.exchanges, h.get("qv-exchange"))
         )

@@ -8,6 +8,7 @@ from quantivista.cli.app import app
 from quantivista.cli.commands import (
     backfill,
     bars,
+    bus,
     config,
     demo,
     ingest,
@@ -27,8 +28,8 @@ __all__ = ["app", "main", "sparkline"]
 
 # imported for their commands, which they register on `app`
 _COMMAND_MODULES = (
-    backfill, bars, config, demo, ingest, operations, providers, quality, reference, serve,
-    storage, stream, worker, workflows,
+    backfill, bars, bus, config, demo, ingest, operations, providers, quality, reference,
+    serve, storage, stream, worker, workflows,
 )  # fmt: skip
 
 

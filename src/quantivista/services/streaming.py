@@ -18,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
@@ -35,15 +37,19 @@ from quantivista.bus.topics import INGESTION_EVENTS, QUALITY_ALERTS, raw_bars, t
 from quantivista.clock import Clock
 from quantivista.config import ProbeSettings, StreamSettings
 from quantivista.errors import ConfigurationError
+from quantivista.model.timeframe import Timeframe
 from quantivista.pipeline.messages import BatchId
 from quantivista.pipeline.runner import InProcessRunner
 from quantivista.processing.trade_bars import TRADE_SCHEMA, MinuteBars, Released
 from quantivista.providers.finnhub import FinnhubTradeStream
 from quantivista.providers.live import finnhub_trades, synthetic_trades
 from quantivista.quality.validate import Validator
+from quantivista.reference.calendars import TradingCalendar
 from quantivista.services.daemon import run_daemon
+from quantivista.services.ingestion import IngestionService
+from quantivista.storage.base import BarStore
 
-__all__ = ["StreamMetrics", "StreamService", "StreamStats", "open_feed"]
+__all__ = ["RestBackfill", "StreamMetrics", "StreamService", "StreamStats", "open_feed"]
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
@@ -68,10 +74,36 @@ class StreamMetrics:
         )
 
 
+Backfill = Callable[[list[str], datetime, datetime], pl.DataFrame]
+"""backfill(symbols, start, end): fetch 1-minute bars over [start, end) from a REST provider,
+store them, and return the stored bars of that span."""
+
+
+class RestBackfill:
+    """Back-fill through the REST providers: an ingestion job for the span (the streamed vendor
+    first when it serves REST bars), then the stored bars of the span."""
+
+    def __init__(
+        self, ingestion: IngestionService, bars: BarStore, providers: list[str] | None
+    ) -> None:
+        self.ingestion = ingestion
+        self.bars = bars
+        self.providers = providers
+
+    def __call__(self, symbols: list[str], start: datetime, end: datetime) -> pl.DataFrame:
+        self.ingestion.ingest(symbols, start, end, "1m", self.providers)
+        return self.bars.read(symbols, Timeframe.parse("1m"), start, end)
+
+
+# a silence of the whole feed this long (in event time) is taken for a disconnect
+_GAP = timedelta(seconds=60)
+
+
 @dataclass
 class StreamStats:
     """What a stream run did."""
 
+    backfilled: int = 0
     trades: int = 0
     batches: int = 0
     bars: int = 0
@@ -96,8 +128,15 @@ class StreamService:
         *,
         codec: CodecName = "avro",
         provider: str = "synthetic",
+        calendar: TradingCalendar | None = None,
+        backfill: Backfill | None = None,
     ) -> None:
         self.runner = runner
+        self.calendar = calendar
+        self.backfill = backfill
+        self.gaps: list[tuple[datetime, datetime]] = []  # feed silences to back-fill
+        self._newest: datetime | None = None
+        self._symbols: set[str] = set()
         self.broker = broker
         self.settings = settings
         self.validator = validator
@@ -106,6 +145,10 @@ class StreamService:
         self.publisher = Publisher(broker, codecs, codec)
         self.metrics = StreamMetrics()
         self.stats = StreamStats()
+        # arrival -> stored and published, in seconds: every micro-batch, and those that
+        # released bars (what perf/stream.py reports percentiles of)
+        self.latencies: deque[float] = deque(maxlen=200_000)
+        self.bar_latencies: deque[float] = deque(maxlen=200_000)
         self.bars = MinuteBars(
             lateness=timedelta(seconds=settings.lateness_s),
             retention=timedelta(seconds=settings.retention_s),
@@ -138,6 +181,14 @@ class StreamService:
     # -- one micro-batch ---------------------------------------------------------------------
     def process(self, batch: pl.DataFrame, *, arrived: float | None = None) -> Released:
         """Publish the trades, fold them into bars, store and publish what was released."""
+        released = self.aggregate(batch)
+        self.emit(released, arrived if batch.height else None)
+        if self.gaps:
+            self.fill_gaps()
+        return released
+
+    def aggregate(self, batch: pl.DataFrame) -> Released:
+        """Publish a micro-batch of trades and fold it into bars; return what it released."""
         now = self.clock.now()
         if batch.height:
             self.stats.trades += batch.height
@@ -146,12 +197,60 @@ class StreamService:
             if isinstance(newest, datetime):
                 self.metrics.lag.set((now - newest).total_seconds())
             if self.settings.publish_trades:
-                self.publisher.per_symbol(self.trades_topic, batch, self._trades_event)
-        released = self.bars.add(batch, now=now)
+                self.publisher.per_partition(self.trades_topic, batch, self._trades_event)
+            self._note_gap(batch)
+        return self.bars.add(batch, now=now)
+
+    # -- gaps after a disconnect -------------------------------------------------------------
+    def _note_gap(self, batch: pl.DataFrame) -> None:
+        """Remember a silence of the whole feed (the first trade after it, the last before)."""
+        self._symbols.update(batch["symbol"].unique().to_list())
+        newest = batch["ts"].max()
+        assert isinstance(newest, datetime)
+        if self._newest is not None:
+            after = batch.filter(pl.col("ts") > self._newest)["ts"].min()
+            if isinstance(after, datetime) and after - self._newest > _GAP:
+                self.gaps.append((self._newest, after))
+        self._newest = newest if self._newest is None else max(self._newest, newest)
+
+    def missing_minutes(self, after: datetime, before: datetime) -> pl.Series:
+        """Return the session minutes between the minutes of `after` and `before` (exclusive)."""
+        lo = _floor_minute(after) + timedelta(minutes=1)
+        hi = _floor_minute(before)
+        if self.calendar is None or hi <= lo:
+            return pl.Series("ts", [], dtype=pl.Datetime("us", "UTC"))
+        starts = self.calendar.bar_starts(lo.date() - timedelta(days=1), hi.date(), "1m")
+        return starts.filter(starts.is_between(lo, hi, closed="left"))
+
+    def fill_gaps(self) -> int:
+        """Back-fill the session minutes of every silence seen; store and publish them."""
+        filled = 0
+        while self.gaps:
+            after, before = self.gaps.pop(0)
+            minutes = self.missing_minutes(after, before)
+            if self.backfill is None or minutes.is_empty() or not self._symbols:
+                continue
+            first, last = minutes.min(), minutes.max()
+            assert isinstance(first, datetime) and isinstance(last, datetime)
+            bars = self.backfill(sorted(self._symbols), first, last + timedelta(minutes=1))
+            bars = bars.filter(pl.col("ts").is_in(minutes.implode()))
+            if bars.is_empty():
+                continue
+            make = partial(self._bars_event, correction=False, source=f"{self.provider}-rest")
+            self.publisher.per_symbol(self.topic, bars, make)
+            filled += bars.height
+        self.stats.backfilled += filled
+        return filled
+
+    def emit(self, released: Released, arrived: float | None = None) -> None:
+        """Store and publish released bars; record the latency from `arrived`."""
         self._emit(released)
-        if arrived is not None and batch.height:
-            self.metrics.latency.observe(time.monotonic() - arrived)
-        return released
+        if arrived is not None:
+            took = time.monotonic() - arrived
+            self.metrics.latency.observe(took)
+            self.latencies.append(took)
+            if not released.empty:
+                self.bar_latencies.append(took)
 
     def flush(self) -> Released:
         """Store and publish every open bar (at shutdown)."""
@@ -185,15 +284,17 @@ class StreamService:
             make = partial(self._bars_event, correction=correction)
             self.stats.published += len(self.publisher.per_symbol(self.topic, clean, make))
 
-    def _trades_event(self, symbol: str, part: pl.DataFrame) -> Event:
+    def _trades_event(self, symbols: list[str], part: pl.DataFrame) -> Event:
         return TradesBatch(occurred_at=self.clock.now(), source=self.provider, rows=part.height,
-                           symbols=[symbol], trades=to_ipc(part))  # fmt: skip
+                           symbols=symbols, trades=to_ipc(part))  # fmt: skip
 
-    def _bars_event(self, symbol: str, part: pl.DataFrame, correction: bool) -> Event:
+    def _bars_event(
+        self, symbol: str, part: pl.DataFrame, correction: bool, source: str | None = None
+    ) -> Event:
         first, last = part["ts"].min(), part["ts"].max()
         return BarBatch(
             occurred_at=self.clock.now(),
-            source=self.provider,
+            source=source or self.provider,
             stage="raw",
             timeframe="1m",
             rows=part.height,
@@ -249,41 +350,76 @@ class StreamService:
 
         reader = asyncio.create_task(read())
         window = self.settings.batch_ms / 1000
+        loop = asyncio.get_running_loop()
+        # storing bars takes longer than folding trades: it runs on its own thread, in
+        # order, while the next micro-batches are folded (at most a few batches behind)
+        store = ThreadPoolExecutor(1, thread_name_prefix="qv-stream-store")
+        behind: deque[asyncio.Future[object]] = deque()
         done = False
         try:
             while not done:
                 frames: list[pl.DataFrame] = []
                 arrived: float | None = None
-                deadline = time.monotonic() + window
-                while True:
-                    timeout = deadline - time.monotonic()
-                    if stop.is_set() and queue.empty():
-                        done = True
-                        break
-                    try:
-                        item = await asyncio.wait_for(queue.get(), max(timeout, 0.0005))
-                    except TimeoutError:
-                        break
-                    if item is None:
-                        done = True
-                        break
-                    arrived = item[0] if arrived is None else arrived
-                    frames.append(item[1])
-                    if timeout <= 0:
-                        break
+                try:  # the first frame, or a tick of the clock (quiet minutes close)
+                    first = await asyncio.wait_for(queue.get(), window)
+                except TimeoutError:
+                    first = None
+                    done = stop.is_set()
+                if first is None and not done and reader.done() and queue.empty():
+                    done = True
+                if first is not None:
+                    arrived = first[0]
+                    frames.append(first[1])
+                    deadline = arrived + window  # a micro-batch spans `window` of arrivals
+                    while True:
+                        while not queue.empty():
+                            item = queue.get_nowait()
+                            if item is None:
+                                done = True
+                                break
+                            frames.append(item[1])
+                        remaining = deadline - time.monotonic()
+                        if done or remaining <= 0:
+                            break
+                        try:
+                            item = await asyncio.wait_for(queue.get(), remaining)
+                        except TimeoutError:
+                            break
+                        if item is None:
+                            done = True
+                            break
+                        frames.append(item[1])
+                elif stop.is_set():
+                    done = True
                 self.metrics.queue.set(queue.qsize())
                 batch = (
                     pl.concat(frames, how="vertical_relaxed")
                     if frames
                     else pl.DataFrame(schema=TRADE_SCHEMA)
                 )
-                await asyncio.to_thread(self.process, batch, arrived=arrived)
+                released = await asyncio.to_thread(self.aggregate, batch)
                 self.stats.batches += 1
+                if self.gaps:  # after the bars before it, on the store thread
+                    behind.append(loop.run_in_executor(store, self.fill_gaps))
+                if released.empty:
+                    if arrived is not None:
+                        self.emit(released, arrived)  # records the latency only
+                    continue
+                behind.append(loop.run_in_executor(store, self.emit, released, arrived))
+                while behind and (behind[0].done() or len(behind) > 4):
+                    await behind.popleft()
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
-            await asyncio.to_thread(self.flush)
+            close = getattr(source, "aclose", None)
+            if close is not None:  # the feed's connection closes now, not when collected
+                with contextlib.suppress(Exception):
+                    await close()
+            while behind:
+                await behind.popleft()
+            await loop.run_in_executor(store, self.flush)
+            store.shutdown()
         return self.stats
 
 
@@ -315,3 +451,7 @@ def open_feed(
             )
         return finnhub_trades(FinnhubTradeStream(symbols, api_key=api_key, url=ws_url))
     raise ConfigurationError("unknown trade source (synthetic, finnhub)", source=source)
+
+
+def _floor_minute(ts: datetime) -> datetime:
+    return ts.replace(second=0, microsecond=0)

@@ -62,3 +62,32 @@ def stream(
             )
         service.close()
     console.print(json.dumps(stats.__dict__), soft_wrap=True, markup=False)
+
+
+@app.command()
+def integrate(
+    group: Annotated[str | None, typer.Option(help="Consumer group (integrate.group).")] = None,
+    topic: Annotated[str, typer.Option(help="Raw bars topic to consume.")] = "bars.raw.1m",
+    member: Annotated[int, typer.Option(help="This member's number, from 0.")] = 0,
+    members: Annotated[int, typer.Option(help="Members of the group.")] = 1,
+    bus: Annotated[str | None, typer.Option(help="Broker URL (default: bus.url).")] = None,
+    codec: Annotated[str | None, typer.Option(help="Codec of enriched bars.")] = None,
+    idle_exit: Annotated[
+        float | None, typer.Option(help="Exit after this many idle seconds.")
+    ] = None,
+) -> None:
+    """Raw bars -> validate -> store (idempotent) -> adjust -> enrich -> bars.enriched."""
+    config = _with_bus(bus, codec)
+    with session(config, create=True) as runtime:
+        service = runtime.integration_service()
+        with errors_to_exit():
+            stats = service.serve(
+                topic,
+                config.probes,
+                group=group,
+                member=member,
+                members=members,
+                idle_exit_s=idle_exit,
+                on_ready=lambda u: console.print(f"integrate: probes on {u}", soft_wrap=True),
+            )
+    console.print(json.dumps(stats.__dict__), soft_wrap=True, markup=False)

@@ -1,0 +1,199 @@
+"""`qv integrate` under faults: kill -9 mid-stream and a NATS restart lose and double nothing.
+
+The test starts its own NATS server (JetStream, file storage) on a free port, so restarting
+it disturbs no one else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from uuid import uuid4
+
+import polars as pl
+import pytest
+
+from quantivista.bus.codecs import Codecs
+from quantivista.bus.events import BarBatch
+from quantivista.bus.frames import from_ipc, to_ipc
+from quantivista.bus.nats import NatsBroker
+from quantivista.bus.registry import SchemaRegistry
+from quantivista.config import Settings
+from quantivista.errors import BusError
+from quantivista.model.schema import coerce_bars
+from quantivista.model.timeframe import Timeframe
+from quantivista.runtime import Runtime
+
+pytestmark = [pytest.mark.nats, pytest.mark.slow]
+
+NATS_SERVER = "/usr/sbin/nats-server"
+T0 = datetime(2026, 12, 1, 14, 30, tzinfo=UTC)
+SYMBOLS = ["AAA", "BBB", "CCC", "DDD", "EEE"]
+MESSAGES = 200
+PER_MESSAGE = 5
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class NatsServer:
+    """A JetStream server of this test's own, restartable on the same port and storage."""
+
+    def __init__(self, store: Path) -> None:
+        self.port = free_port()
+        self.store = store
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [NATS_SERVER, "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("nats-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=15)
+            self.proc = None
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    if not os.path.exists(NATS_SERVER):
+        pytest.skip("nats-server is not installed")
+    server = NatsServer(tmp_path / "nats")
+    server.start()
+    yield server
+    server.stop()
+
+
+def message_bars(k: int) -> pl.DataFrame:
+    """The bars of message k: one symbol, five consecutive minutes, prices that encode k."""
+    symbol = SYMBOLS[k % len(SYMBOLS)]
+    first = (k // len(SYMBOLS)) * PER_MESSAGE
+    ts = [T0 + timedelta(minutes=first + i) for i in range(PER_MESSAGE)]
+    close = [100.0 + 0.01 * (first + i) for i in range(PER_MESSAGE)]
+    return coerce_bars(
+        pl.DataFrame({"symbol": symbol, "ts": ts, "open": close, "high": [c + 0.05 for c in close],
+                      "low": [c - 0.05 for c in close], "close": close,
+                      "volume": [100.0 + i for i in range(PER_MESSAGE)], "provider": "finnhub"}),
+        timeframe="1m",
+    )  # fmt: skip
+
+
+def publish(broker: NatsBroker, codecs: Codecs, ks: range) -> None:
+    for k in ks:
+        frame = message_bars(k)
+        symbol = str(frame["symbol"][0])
+        event = BarBatch(occurred_at=T0, source="finnhub", stage="raw", timeframe="1m",
+                         rows=frame.height, symbols=[symbol], bars=to_ipc(frame))  # fmt: skip
+        value, headers = codecs.encode(event, "avro", key=symbol)
+        for _ in range(100):  # the server may still be coming back
+            try:
+                broker.publish("bars.raw.1m", value, key=symbol, headers=headers)
+                break
+            except (BusError, TimeoutError):
+                time.sleep(0.2)
+        else:
+            raise AssertionError("could not publish after the restart")
+
+
+def integrate(env: dict[str, str], *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "quantivista.cli", "integrate", "--group", "g", *extra],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def enriched_keys(broker: NatsBroker, codecs: Codecs) -> pl.DataFrame:
+    frames = []
+    for message in broker.read("bars.enriched"):
+        event = codecs.decode(message.value)
+        assert isinstance(event, BarBatch)
+        frames.append(from_ipc(event.bars).select("symbol", "ts", "close", "sector"))
+    return pl.concat(frames) if frames else pl.DataFrame()
+
+
+def test_kill_9_and_a_broker_restart_lose_and_double_nothing(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    url = f"nats://127.0.0.1:{nats_server.port}?prefix=t{uuid4().hex[:8]}"
+    data = tmp_path / "data"
+    env = {
+        "QV_DATA_DIR": str(data),
+        "QV_BUS__URL": url,
+        "QV_PROBES__PORTS": json.dumps({"integrate": 0}),
+        "QV_INTEGRATE__BATCH": "4",
+        "QV_INTEGRATE__ACK_WAIT_S": "3",
+    }
+    with Runtime.from_settings(Settings(data_dir=data), create=True) as runtime:
+        codecs = Codecs(SchemaRegistry(runtime.backend.catalog))  # schemas in the shared catalog
+        broker = NatsBroker(url)
+        broker.create_topic("bars.raw.1m", partitions=4)
+        publish(broker, codecs, range(MESSAGES // 2))
+
+    first = integrate(env)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # wait until it is part-way through
+            try:
+                done = broker.last_offset("bars.enriched")
+            except BusError:
+                done = 0
+            if done >= 10:
+                break
+            time.sleep(0.05)
+        first.kill()  # kill -9: no flush, no ack of the batch in hand
+        first.communicate(timeout=10)
+        assert 10 <= done < MESSAGES // 2, done
+
+        nats_server.stop()  # the broker goes away mid-stream and comes back
+        nats_server.start()
+        publish(broker, codecs, range(MESSAGES // 2, MESSAGES))
+
+        second = integrate(env, "--idle-exit", "6")
+        out, err = second.communicate(timeout=180)
+        assert second.returncode == 0, err
+        stats = json.loads(out.strip().splitlines()[-1])
+        assert stats["dead_lettered"] == 0 and stats["messages"] >= MESSAGES // 2
+    finally:
+        for proc in (first,):
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+
+    expected = pl.concat([message_bars(k) for k in range(MESSAGES)]).select("symbol", "ts", "close")
+    with Runtime.from_settings(Settings(data_dir=data), create=False) as runtime:
+        stored = runtime.backend.bars.read(
+            SYMBOLS, Timeframe.parse("1m"), T0, T0 + timedelta(days=2)
+        ).select("symbol", "ts", "close")
+    # 0 lost, 0 doubled: the store holds every bar exactly once, with its value
+    assert stored.height == MESSAGES * PER_MESSAGE
+    assert stored.sort("symbol", "ts").equals(expected.sort("symbol", "ts"))
+    # every bar reached the enriched topic at least once
+    sent = enriched_keys(broker, codecs)
+    assert sent.select("symbol", "ts").unique().height == MESSAGES * PER_MESSAGE
+    assert sent.join(expected, on=["symbol", "ts"], how="anti").is_empty()
+    broker.close()
