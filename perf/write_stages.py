@@ -67,8 +67,9 @@ def one_write(frame: Any, root: Path) -> dict[str, float]:
     finally:
         for name, fn in saved.items():
             setattr(runner_module, name, fn)
-    # stages are disjoint (history runs before validate starts): the rest is the writer's own
-    timed = [k for k in times if ":" not in k and k != "total"]
+    # stages are disjoint (history runs before validate starts), except the scores, which a
+    # big batch stores on a thread while the bars are written: the rest is the writer's own
+    timed = [k for k in times if ":" not in k and k not in ("total", "scores_add")]
     for prefix in ("", "cpu:"):
         times[f"{prefix}other"] = times[f"{prefix}total"] - sum(times[prefix + k] for k in timed)
     return dict(times)

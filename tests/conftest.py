@@ -8,7 +8,7 @@ an unreachable server is skipped, or fails when `QV_REQUIRE_SERVICES=1` (CI).
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -97,6 +97,32 @@ def nats_url() -> str:
 
 
 # -- storage ---------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A local S3 (moto's server) on a free port of 127.0.0.1."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+def s3_bucket(endpoint: str) -> str:
+    """Create a fresh bucket on the local S3 and return its name."""
+    from uuid import uuid4
+
+    import boto3
+
+    bucket = f"qv-{uuid4().hex[:8]}"
+    boto3.client(
+        "s3", endpoint_url=endpoint, aws_access_key_id="test", aws_secret_access_key="test",
+        region_name="us-east-1",
+    ).create_bucket(Bucket=bucket)  # fmt: skip
+    return bucket
+
+
 @pytest.fixture
 def tmp_lake(tmp_path: Path) -> ParquetLake:
     """Return an empty lake in a temporary directory (single writer thread, no fsync)."""

@@ -76,3 +76,21 @@ def test_demo_ingests_daily_and_minute_bars_and_leaves_data(tmp_path: Path) -> N
 def test_sparkline_scales_between_min_and_max() -> None:
     line = sparkline([1.0, 2.0, 3.0, 4.0], width=4)
     assert line[0] == "▁" and line[-1] == "█" and len(line) == 4
+
+
+def test_bars_session_option_adds_the_pre_and_post_market(tmp_path: Path) -> None:
+    from quantivista.config import Settings
+    from quantivista.platform import Platform
+    from quantivista.providers import polygon
+
+    fixture = Path(__file__).parent / "fixtures" / "intraday"
+    body = (fixture / "polygon_aggs_QVX_1minute_extended.json").read_bytes()
+    minutes = polygon.parse_aggs(body, "QVX", "1m")[0]
+    with Platform.from_settings(Settings(data_dir=tmp_path)) as p:
+        p.write_bars(minutes.drop("ingested_at", "job_id"), source="polygon")
+    day = ["QVX", "--start", "2020-08-31", "--end", "2020-08-31", "-t", "1m", "-f", "csv"]
+    regular = pl.read_csv(io.StringIO(_qv(tmp_path, "bars", *day)))
+    extended = pl.read_csv(io.StringIO(_qv(tmp_path, "bars", *day, "--session", "extended")))
+    assert regular.height == 390 < extended.height
+    bad = runner.invoke(app, ["--data-dir", str(tmp_path), "bars", *day, "--session", "pre"])
+    assert bad.exit_code != 0 and "session must be" in bad.output

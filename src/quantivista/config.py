@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from datetime import date
+from datetime import date, time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,6 +40,7 @@ __all__ = [
     "BusSettings",
     "config_source",
     "CacheSettings",
+    "DaskSettings",
     "IngestSettings",
     "IntegrateSettings",
     "ProviderEndpointSettings",
@@ -98,6 +99,12 @@ class StorageSettings(_Section):
     )
     cache_mb: int = Field(
         default=256, ge=0, description="in-process cache of hot lake partitions (0: off)"
+    )
+    delta_files: int = Field(
+        default=16,
+        ge=0,
+        description="appends after a partition's last bars land as delta files; this many in"
+        " one partition start a background fold into it (0: appends rewrite the partition)",
     )
     archive_url: str | None = Field(
         default=None, description="cold tier for archived bars: any fsspec URL (file://, s3://)"
@@ -415,6 +422,25 @@ class ApiSettings(_Section):
     exports_dir: Path | None = Field(
         default=None, description="where bulk exports are written (default: DATA_DIR/exports)"
     )
+    relay: bool | None = Field(
+        default=None,
+        description="feed WebSocket clients from the broker's bar and trade topics (None: when "
+        "bus.url is a real broker, not memory://)",
+    )
+    relay_topics: list[str] = Field(
+        default_factory=lambda: ["bars.raw.1m", "bars.enriched", "trades.finnhub",
+                                 "trades.synthetic", "quality.alerts"],
+        description="broker topics relayed to WebSocket clients",
+    )  # fmt: skip
+    exports_url: str | None = Field(
+        default=None,
+        description="an fsspec URL for bulk exports (s3://bucket/exports) shared by every API "
+        "host; overrides exports_dir",
+    )
+    exports_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="fsspec storage options of exports_url (endpoint, region; keys from env)",
+    )
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
     page_size: int = Field(default=10_000, ge=1, description="bars per JSON page")
@@ -462,6 +488,45 @@ class ProbeSettings(_Section):
     def port_of(self, service: str) -> int:
         """Return the probe port of `service` (0, a free port, when none is configured)."""
         return self.ports.get(service, 0)
+
+
+# -- issue 14: streaming and distribution -------------------------------------------------
+class BusSettings(_Section):
+    """The message broker `qv stream`, `qv integrate`, `qv replay` and `qv dlq` use."""
+
+    url: str = Field(
+        default="memory://",
+        description="memory:// (in-process) or nats://host:port[?prefix=qv] (JetStream)",
+    )
+    codec: Literal["json", "avro", "protobuf"] = "avro"
+    pulsar_url: str | None = None
+
+
+class StreamSettings(_Section):
+    """`qv stream`: live trades -> 1-minute bars -> validate -> store -> publish."""
+
+    batch_ms: int = Field(default=100, ge=1, le=60_000, description="micro-batch length")
+    lateness_s: float = Field(default=2.0, ge=0, description="watermark behind the last trade")
+    idle_s: float = Field(default=5.0, ge=0, description="the clock closes quiet minutes")
+    retention_s: float = Field(
+        default=3600.0, gt=0, description="how late a trade may still amend its bar"
+    )
+    queue_size: int = Field(default=10_000, ge=1, description="micro-batches waiting, at most")
+    publish_trades: bool = True
+    synthetic_rate: float = Field(
+        default=1000.0, gt=0, description="trades/s of --source synthetic"
+    )
+    late_fraction: float = Field(default=0.0, ge=0, le=1, description="synthetic late trades")
+
+
+class IntegrateSettings(_Section):
+    """`qv integrate`: raw bars -> validate -> adjust -> enrich -> enriched bars."""
+
+    group: str = "integrate"
+    batch: int = Field(default=200, ge=1, description="messages per fetch")
+    reporting_currency: str = "USD"
+    ack_wait_s: float = Field(default=30.0, gt=0)
+    max_deliver: int = Field(default=5, ge=1)
 
 
 class OpsSettings(_Section):
@@ -519,6 +584,9 @@ def _default_entries() -> dict[str, ScheduleEntry]:
         "retention": ScheduleEntry(job="retention", cron="15 2 * * *"),
         "backup": ScheduleEntry(job="backup", cron="30 2 * * *"),
         "compaction": ScheduleEntry(job="compaction", cron="0 3 * * 0"),
+        "sla-probe": ScheduleEntry(job="sla_probe", cron="* * * * *"),
+        # reporting-side sources carry their own cron lines: check them every minute
+        "workflow-sources": ScheduleEntry(job="workflow_sources", cron="* * * * *"),
     }
 
 
@@ -533,43 +601,54 @@ class SchedulerSettings(_Section):
     keep_backups: int = Field(default=7, ge=1, description="scheduled backups kept")
 
 
-# -- issue 14: streaming and distribution -------------------------------------------------
-class BusSettings(_Section):
-    """The message broker `qv stream`, `qv integrate`, `qv replay` and `qv dlq` use."""
+class AlertingSettings(_Section):
+    """In-process alerting of the embedded default (a deployment uses Prometheus instead)."""
 
-    url: str = Field(
-        default="memory://",
-        description="memory:// (in-process) or nats://host:port[?prefix=qv] (JetStream)",
+    enabled: bool = False
+    rules_file: Path | None = Field(
+        default=None, description="Prometheus rule file (default: the packaged ops/alerts.yml)"
     )
-    codec: Literal["json", "avro", "protobuf"] = "avro"
-    pulsar_url: str | None = None
+    interval_s: float = Field(default=15.0, gt=0, description="sample and evaluate this often")
+    repeat_s: float = Field(default=4 * 3600.0, gt=0, description="re-notify a firing alert")
+    webhook_urls: list[str] = Field(default_factory=list, description="Alertmanager-style JSON")
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=25, ge=1, le=65535)
+    smtp_starttls: bool = False
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    email_from: str = "quantivista@localhost"
+    email_to: list[str] = Field(default_factory=list)
 
 
-class StreamSettings(_Section):
-    """`qv stream`: live trades -> 1-minute bars -> validate -> store -> publish."""
+class TracingSettings(_Section):
+    """OpenTelemetry traces: exported by OTLP/HTTP when an endpoint is set."""
 
-    batch_ms: int = Field(default=100, ge=1, le=60_000, description="micro-batch length")
-    lateness_s: float = Field(default=2.0, ge=0, description="watermark behind the last trade")
-    idle_s: float = Field(default=5.0, ge=0, description="the clock closes quiet minutes")
-    retention_s: float = Field(
-        default=3600.0, gt=0, description="how late a trade may still amend its bar"
+    otlp_endpoint: str | None = Field(
+        default=None, description="e.g. http://tempo:4318/v1/traces (none: tracing is a no-op)"
     )
-    queue_size: int = Field(default=10_000, ge=1, description="micro-batches waiting, at most")
-    publish_trades: bool = True
-    synthetic_rate: float = Field(
-        default=1000.0, gt=0, description="trades/s of --source synthetic"
+    otlp_headers: dict[str, SecretStr] = Field(
+        default_factory=dict, description="sent with each export (an API key of a vendor)"
     )
-    late_fraction: float = Field(default=0.0, ge=0, le=1, description="synthetic late trades")
+    sample_ratio: float = Field(default=1.0, ge=0, le=1, description="share of new traces kept")
+    service_prefix: str = "quantivista-"
+    resource: dict[str, str] = Field(default_factory=dict, description="extra resource attrs")
+    timeout_s: float = Field(default=10.0, gt=0)
 
 
-class IntegrateSettings(_Section):
-    """`qv integrate`: raw bars -> validate -> adjust -> enrich -> enriched bars."""
+class SlaSettings(_Section):
+    """`qv sla`: market hours, targets, and the API the `sla_probe` job requests."""
 
-    group: str = "integrate"
-    batch: int = Field(default=200, ge=1, description="messages per fetch")
-    reporting_currency: str = "USD"
-    ack_wait_s: float = Field(default=30.0, gt=0)
-    max_deliver: int = Field(default=5, ge=1)
+    exchange: str | None = Field(default=None, description="MIC (default: ingest.calendar)")
+    timezone: str = "America/New_York"
+    market_open: time = time(6, 30)
+    market_close: time = time(20, 0)
+    api_url: str | None = Field(default=None, description="default: from api.host and api.port")
+    probe_timeout_s: float = Field(default=5.0, gt=0)
+    uptime_target: float = Field(default=0.999, ge=0, le=1)
+    freshness_p95_target_s: float = Field(default=4 * 3600.0, gt=0)
+    retrieval_target: float = Field(default=0.99, ge=0, le=1)
+    api_p99_target_s: float = Field(default=0.5, gt=0)
+    quality_target: float = Field(default=0.95, ge=0, le=1)
 
 
 class WorkerSettings(_Section):
@@ -596,6 +675,18 @@ class WorkerSettings(_Section):
         description="on SIGTERM, running tasks get this long to finish, then their leases are"
         " released for other workers",
     )
+
+
+class DaskSettings(_Section):
+    """Universe-wide computations on Dask distributed (issue 17)."""
+
+    scheduler_address: str | None = Field(
+        default=None,
+        description="a running scheduler, e.g. tcp://10.0.0.5:8786 (None: a LocalCluster)",
+    )
+    workers: int = Field(default=2, ge=1, le=256, description="LocalCluster worker processes")
+    threads_per_worker: int = Field(default=1, ge=1, le=64)
+    host: str = Field(default="127.0.0.1", description="where a LocalCluster listens")
 
 
 class Settings(BaseSettings):
@@ -626,8 +717,12 @@ class Settings(BaseSettings):
     api: ApiSettings = ApiSettings()
     probes: ProbeSettings = ProbeSettings()
     workers: WorkerSettings = WorkerSettings()
+    dask: DaskSettings = DaskSettings()
     ops: OpsSettings = OpsSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
+    alerting: AlertingSettings = AlertingSettings()
+    tracing: TracingSettings = TracingSettings()
+    sla: SlaSettings = SlaSettings()
     bus: BusSettings = BusSettings()
     stream: StreamSettings = StreamSettings()
     integrate: IntegrateSettings = IntegrateSettings()

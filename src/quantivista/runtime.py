@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 from functools import cached_property
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import polars as pl
 
@@ -31,11 +31,10 @@ from quantivista.pipeline.runner import InProcessRunner
 from quantivista.pipeline.stages import EpochCache, Sinks, data_epoch
 from quantivista.processing.rollup import Rollup
 from quantivista.providers.registry import ProviderRegistry, default_registry
-from quantivista.quality.business import load_rules
-from quantivista.quality.rules import DEFAULT_RULES
 from quantivista.quality.validate import Validator
 from quantivista.reference.calendars import TradingCalendar, get_calendar
 from quantivista.reference.instruments import InstrumentMaster
+from quantivista.services.audit import AuditService
 from quantivista.services.auth import AuthService
 from quantivista.services.backfill import BackfillService
 from quantivista.services.distribution import DistributionService
@@ -46,6 +45,7 @@ from quantivista.services.providers import ProviderService
 from quantivista.services.quality import QualityService
 from quantivista.services.queries import BarQuery, QueryService
 from quantivista.services.reference import ReferenceService
+from quantivista.services.revalidation import RevalidationReport, build_validator, revalidate
 from quantivista.services.simulation import SimulationService
 from quantivista.services.streaming import RestBackfill, StreamService
 from quantivista.services.workers import WorkerMetrics, WorkerService
@@ -97,32 +97,19 @@ class Runtime:
             timezone=lambda: self.calendar().tz,
             groups=SymbolGroups(settings.ops.symbol_groups),
         )
+        backend = self.backend
         self.writes = WriteService(
-            self.runner,
-            self.backend.actions,
-            self.backend.quarantine,
-            self.bus,
-            self.clock,
-            self.backend.catalog,
+            self.runner, backend.actions, backend.quarantine, self.bus, self.clock, backend.catalog
         )
         self.providers = ProviderService(self.acquisition, self.backend.catalog)
         self.ingestion = IngestionService(
-            self.runner,
-            self.acquisition,
-            self.backend.catalog,
-            self.clock,
-            settings.ingest,
-            after_run=self.providers.save_stats,
-            workers=settings.workers,
-        )
+            self.runner, self.acquisition, backend.catalog, self.clock, settings.ingest,
+            after_run=self.providers.save_stats, workers=settings.workers,
+        )  # fmt: skip
         self.backfill = BackfillService(
-            self.backend.bars,
-            self.calendar,
-            self.acquisition.registry,
-            settings,
-            self.ingestion,
+            backend.bars, self.calendar, self.acquisition.registry, settings, self.ingestion,
             self.clock.now,
-        )
+        )  # fmt: skip
         self.quality = QualityService(
             self.backend.quarantine, self.backend.scores, self.backend.catalog
         )
@@ -131,6 +118,7 @@ class Runtime:
         )
         self.maintenance = MaintenanceService(settings, self.backend, self.clock)
         self.simulation = SimulationService(self.acquisition)
+        self.audit = AuditService.attach(settings, self.backend, self.clock, self.bus)
         self.auth = AuthService(
             self.backend.clients, self.backend.catalog, settings.api, self.clock
         )
@@ -177,6 +165,21 @@ class Runtime:
             probe_port=probe_port,
         )
 
+    def revalidate(
+        self,
+        timeframe: str = "1d",
+        *,
+        engine: Literal["local", "dask"] = "local",
+        scheduler: str | None = None,
+        workers: int | None = None,
+    ) -> RevalidationReport:
+        """Check every stored bar of `timeframe` with the current rules (see `revalidation`)."""
+        dask = self.settings.dask
+        update = {k: v for k, v in (("scheduler_address", scheduler), ("workers", workers))
+                  if v is not None}  # fmt: skip
+        settings = self.settings.model_copy(update={"dask": dask.model_copy(update=update)})
+        return revalidate(settings, timeframe, engine=engine)
+
     def calendar(self, mic: str | None = None) -> TradingCalendar:
         """Return an exchange's trading calendar (default: the ingest calendar)."""
         return get_calendar(mic or self.settings.ingest.calendar)
@@ -184,9 +187,7 @@ class Runtime:
     @cached_property
     def validator(self) -> Validator:
         """Return the validator: default rules plus the business rules file, if any."""
-        quality = self.settings.quality
-        rules = DEFAULT_RULES + load_rules(quality.rules_file) if quality.rules_file else None
-        return Validator(self.calendar(), rules or DEFAULT_RULES, quality, self.settings.intraday)
+        return build_validator(self.settings)
 
     @cached_property
     def rollup(self) -> Rollup | None:
@@ -242,6 +243,7 @@ class Runtime:
         if "broker" in self.__dict__:
             self.broker.close()
         self.acquisition.close()
+        self.audit.close()
         self.backend.close()
 
     def __enter__(self) -> Runtime:

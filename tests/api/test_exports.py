@@ -52,3 +52,39 @@ def test_another_tenant_cannot_see_or_download_an_export(api: LiveApi, store: Se
     with api.client(headers=bearer(api, other)) as http:
         assert http.get(f"/api/v1/exports/{export_id}").status_code == 404
         assert http.get(f"/api/v1/exports/{export_id}/download").status_code == 404
+
+
+def test_exports_go_to_an_object_store_any_api_host_can_serve(
+    store: Settings, s3_endpoint: str
+) -> None:
+    import boto3
+
+    from api.conftest import live_api
+    from conftest import s3_bucket
+
+    bucket = s3_bucket(s3_endpoint)
+    client = {"endpoint_url": s3_endpoint, "region_name": "us-east-1"}
+    options = {"key": "test", "secret": "test", "client_kwargs": client}
+    api = store.api.model_copy(
+        update={"exports_url": f"s3://{bucket}/exports", "exports_options": options}
+    )
+    shared = store.model_copy(update={"api": api})
+    creds = make_client(store, "acme", "read:bars")
+    with live_api(shared) as one, live_api(shared) as two:
+        with one.client(headers=bearer(one, creds)) as http:
+            made = http.post("/api/v1/exports", json={"symbols": SYMBOLS[:2], "format": "parquet"})
+            done = _finished(http, made.json()["export_id"])
+        assert done["status"] == "succeeded", done
+        with two.client(headers=bearer(two, creds)) as http:  # another host serves the file
+            body = http.get(f"/api/v1/exports/{done['export_id']}/download")
+    assert body.status_code == 200 and int(body.headers["content-length"]) == done["bytes"]
+    frame = pl.read_parquet(io.BytesIO(body.content))
+    assert frame.height == done["rows"] == 2 * 502
+    keys = [
+        o["Key"]
+        for o in boto3.client("s3", endpoint_url=s3_endpoint, aws_access_key_id="test",
+                              aws_secret_access_key="test", region_name="us-east-1")
+        .list_objects_v2(Bucket=bucket)["Contents"]
+    ]  # fmt: skip
+    assert keys == [f"exports/{done['export_id']}.parquet"]
+    assert not (store.data_dir / "exports" / f"{done['export_id']}.parquet").exists()

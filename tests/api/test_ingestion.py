@@ -150,6 +150,9 @@ def test_bad_rules_are_refused_with_the_reason_and_rules_are_versioned(
         assert refused.status_code == 422 and "cron" in refused.text
         made = http.post("/api/v1/ingestion/sources", json=source | {"schedule": "0 6 * * 1-5"})
         assert made.status_code == 201 and made.json()["tenant_id"] == "initech"
+        wrong = http.put("/api/v1/ingestion/sources/s", json={"enabled": "maybe", "data_format": 3})
+        assert wrong.status_code == 422
+        assert "enabled" in wrong.json()["detail"] and "data_format" in wrong.json()["detail"]
         updated = http.put("/api/v1/ingestion/sources/s", json={"schedule": "30 6 * * 1-5"})
         assert updated.json()["schedule"] == "30 6 * * 1-5"
         assert http.post("/api/v1/ingestion/sources/s/disable").json()["enabled"] is False

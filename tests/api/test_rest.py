@@ -297,6 +297,35 @@ def test_a_bulk_arrow_read_in_symbol_groups_is_the_whole_read(
     assert first.content == again.content  # the repeat is the cached stream, byte for byte
 
 
+def test_intraday_bars_are_the_regular_session_unless_extended_is_asked(
+    tmp_path: Path,
+) -> None:
+    from quantivista.providers import polygon
+
+    fixture = Path(__file__).parents[1] / "fixtures" / "intraday"
+    body = (fixture / "polygon_aggs_QVX_1minute_extended.json").read_bytes()
+    minutes = polygon.parse_aggs(body, "QVX", "1m")[0]
+    settings = Settings(data_dir=tmp_path / "qv")
+    with Platform.from_settings(settings) as p:
+        p.write_bars(minutes.drop("ingested_at", "job_id"), source="polygon")
+    creds = make_client(settings, "acme", "read:bars")
+    params = {"symbols": "QVX", "timeframe": "1m", "start": "2020-08-28", "end": "2020-08-28",
+              "format": "csv"}  # fmt: skip
+    with live_api(settings) as running, running.client(headers=bearer(running, creds)) as http:
+        regular = pl.read_csv(io.StringIO(http.get("/api/v1/bars", params=params).text))
+        extended = pl.read_csv(
+            io.StringIO(http.get("/api/v1/bars", params={**params, "session": "extended"}).text)
+        )
+        bogus = http.get("/api/v1/bars", params={**params, "session": "overnight"})
+    assert regular.height == 390
+    assert extended.height > 390
+    assert (
+        regular["ts"].to_list()
+        == extended.filter((pl.col("quality_flags") & (1 << 15)) == 0)["ts"].to_list()
+    )
+    assert bogus.status_code == 422 and "session" in bogus.text
+
+
 def test_with_workers_enabled_a_posted_job_is_queued_for_a_worker(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path / "qv", workers={"enabled": True, "poll_s": 0.05})
     creds = make_client(settings, "acme", "read:bars,write:ingest")
@@ -308,6 +337,12 @@ def test_with_workers_enabled_a_posted_job_is_queued_for_a_worker(tmp_path: Path
         assert submitted.json()["queue"] == "default"
         time.sleep(0.5)
         assert http.get(f"/api/v1/jobs/{job_id}").json()["status"] == "pending"  # not run here
+        with api.client() as browser:  # the status page shows the queued job's task progress
+            form = {"client_id": creds.client_id, "client_secret": creds.client_secret}
+            assert browser.post("/login", data=form).status_code == 303
+            page = browser.get("/").text
+            row = page[page.index(job_id) :].split("</tr>")[0]
+            assert ">0/1<" in row and "pending" in row
         with Platform.from_settings(settings) as p:
             worker = p.runtime.worker(probe_port=0).start()
             try:

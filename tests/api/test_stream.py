@@ -188,3 +188,80 @@ def test_a_slow_client_is_dropped_and_others_get_everything(store: Settings) -> 
         assert state.metrics.ws_clients._value.get() == 0  # the stalled one is gone too
     stalled.close()
     assert 'qv_api_websocket_dropped_total{reason="slow"} 1.0' in metrics
+
+
+def test_bars_and_trades_from_the_broker_reach_subscribers(store: Settings, nats_url: str) -> None:
+    """`qv stream` in another process publishes to NATS; the API relays to its clients."""
+    from uuid import uuid4
+
+    import polars as pl
+
+    from quantivista.bus.codecs import Codecs
+    from quantivista.bus.events import BarBatch, TradesBatch
+    from quantivista.bus.frames import to_ipc
+    from quantivista.bus.nats import NatsBroker
+    from quantivista.bus.registry import SchemaRegistry
+    from quantivista.config import BusSettings
+    from quantivista.storage.lake.catalog import SqliteCatalog
+
+    url = f"{nats_url}?prefix=t{uuid4().hex[:10]}"
+    settings = store.model_copy(update={"bus": BusSettings(url=url, codec="avro")})
+    creds = make_client(store, "acme", "read:bars")
+    publisher = NatsBroker(url)  # its own connection, as another process has
+    codecs = Codecs(SchemaRegistry(SqliteCatalog(store.data_dir / "catalog.sqlite")))
+    bars = pl.DataFrame(
+        {
+            "symbol": [SYMBOLS[0], SYMBOLS[1]],
+            "timeframe": "1m",
+            "ts": [AT, AT],
+            "open": [1.0, 2.0],
+            "high": [1.5, 2.5],
+            "low": [0.5, 1.5],
+            "close": [1.25, 2.25],
+            "volume": [10.0, 20.0],
+        }
+    )
+    trades = pl.DataFrame({"symbol": [SYMBOLS[0], SYMBOLS[1], SYMBOLS[0]],
+                           "ts": [AT, AT, AT], "price": [1.1, 2.2, 1.2],
+                           "size": [5.0, 6.0, 7.0], "provider": "finnhub"})  # fmt: skip
+
+    def send(topic: str, event: Any) -> None:
+        value, headers = codecs.encode(event, "avro")
+        publisher.publish(topic, value, headers=headers)
+
+    async def run(api: LiveApi) -> None:
+        async with websockets.connect(_ws(api)) as ws:
+            await ws.send(json.dumps({"action": "auth", "api_key": creds.api_key}))
+            await ws.send(json.dumps({"action": "subscribe", "bars": [SYMBOLS[0]],
+                                      "trades": [SYMBOLS[0]]}))  # fmt: skip
+            assert (await _recv(ws, "subscribed"))["trades"] == [SYMBOLS[0]]
+            send("bars.raw.1m", BarBatch(occurred_at=AT, source="stream", stage="raw",
+                                          timeframe="1m", rows=2, symbols=[SYMBOLS[0],
+                                          SYMBOLS[1]], bars=to_ipc(bars)))  # fmt: skip
+            send("trades.finnhub", TradesBatch(occurred_at=AT, source="finnhub", rows=3,
+                                               symbols=[SYMBOLS[0], SYMBOLS[1]],
+                                               trades=to_ipc(trades)))  # fmt: skip
+            publisher.publish("bars.raw.1m", b"\x00not an event")  # skipped, never fatal
+            bar = await _recv(ws, "bar")
+            assert bar["symbol"] == SYMBOLS[0] and bar["close"] == 1.25
+            assert bar["ts"].startswith("2026-11-23T15:00:00")
+            got = [await _recv(ws, "trade") for _ in range(2)]
+            assert [(t["symbol"], t["price"]) for t in got] == [
+                (SYMBOLS[0], 1.1),
+                (SYMBOLS[0], 1.2),
+            ]
+            send("bars.raw.1m", BarBatch(occurred_at=AT, source="stream", stage="raw",
+                                          timeframe="1m", rows=1, symbols=[SYMBOLS[0]],
+                                          bars=to_ipc(bars.head(1).with_columns(close=pl.lit(1.3))),
+                                          correction=True))  # fmt: skip
+            assert (await _recv(ws, "correction"))["close"] == 1.3
+
+    try:
+        with live_api(settings) as api:
+            asyncio.run(run(api))
+            relay = api.server.config.app.state.relay
+            assert relay is not None and relay.undecodable == 1
+    finally:
+        for topic in publisher.topics():
+            publisher.delete_topic(topic)
+        publisher.close()

@@ -25,6 +25,7 @@ from quantivista.bus.events import (
     DataIngestedEvent,
     Event,
     TradesBatch,
+    WorkflowRecords,
 )
 from quantivista.bus.frames import from_ipc, to_ipc
 from quantivista.bus.registry import SchemaCompatibilityError, SchemaRegistry
@@ -59,6 +60,8 @@ EVENTS: list[Event] = [
         job_id="j", source_id="positions", source_type=DataSourceType.PORTFOLIO_MANAGEMENT,
         ingestion_mode=IngestionMode.ON_DEMAND, records_processed=9, records_failed=1,
         quality_score=0.9, processing_time_ms=12.5, data_categories=["positions"])),
+    WorkflowRecords(occurred_at=AT, tenant_id="acme", source_id="fills", offset=7,
+                    records=[{"trade_id": "T1", "qty": 5}]),
 ]  # fmt: skip
 
 

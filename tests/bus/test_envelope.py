@@ -21,6 +21,7 @@ from quantivista.bus.events import (
     DataIngestedEvent,
     Event,
     TradesBatch,
+    WorkflowRecords,
 )
 from quantivista.errors import BusError
 from quantivista.model.workflow import DataIngestedPayload, DataSourceType, IngestionMode
@@ -39,6 +40,8 @@ EVENTS: list[Event] = [
         job_id="j", source_id="positions", source_type=DataSourceType.PORTFOLIO_MANAGEMENT,
         ingestion_mode=IngestionMode.ON_DEMAND, records_processed=9, records_failed=1,
         quality_score=0.9, processing_time_ms=12.5, data_categories=["positions"])),
+    WorkflowRecords(occurred_at=AT, tenant_id="acme", source_id="fills", offset=7,
+                    records=[{"trade_id": "T1", "qty": 5}]),
     TradesBatch(occurred_at=AT, source="finnhub", rows=1, symbols=["A"], trades=b"\x00\xff"),
     BarBatch(occurred_at=AT, source="stream", stage="raw", timeframe="1m", rows=0, symbols=[],
              bars=b"\x01\x02\xfe", offsets="trades.finnhub:1-2"),

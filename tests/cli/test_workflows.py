@@ -49,6 +49,11 @@ def test_simulate_add_sync_and_inspect_a_source(tmp_path: Path) -> None:
     assert "version 1" in qv(data, "rules", "add", "px", "--type", "cast",
                              "--source-field", "execution_price", "--logic", "float64",
                              "--tenant", "acme")  # fmt: skip
+    bad_checks = tmp_path / "bad.json"
+    bad_checks.write_text(json.dumps([{"check_id": "x", "check_type": "sometimes"}]))
+    refused = qv(data, "sources", "add", "s", "--location", "x", "--type", "TRADE_EXECUTION",
+                 "--format", "CSV", "--checks", str(bad_checks), code=2)  # fmt: skip
+    assert "check_type" in refused
     checks = tmp_path / "checks.json"
     checks.write_text(
         json.dumps([{"check_id": "id", "check_type": "not_null", "field": "trade_id"}])

@@ -166,3 +166,32 @@ def test_row_median_is_numpys_nanmedian(rows: list[list[float | None]]) -> None:
     a = np.array([[np.nan if x is None else x for x in r] for r in rows], dtype=float)
     want = np.array([np.median(r[~np.isnan(r)]) if (~np.isnan(r)).any() else np.nan for r in a])
     np.testing.assert_allclose(_row_median(a), want, equal_nan=True)
+
+
+def test_the_newest_minute_of_a_batch_that_stops_mid_session_is_not_judged(
+    cal: TradingCalendar,
+) -> None:
+    cols = {k: v[:200] for k, v in _calm().items()}  # 09:30-12:49: the session goes on
+    _print(cols, 199, "high", 0.1)
+    _print(cols, 150, "high", 0.05)
+    assert _flagged(cal, _bars(cols)) == [150]  # 199 may be a move: its next minute decides
+    full = _calm()
+    _print(full, 389, "high", 0.1)  # 15:59, the session's last minute: judged (x auction)
+    assert _flagged(cal, _bars(full)) == [389]
+
+
+def test_stored_minutes_before_a_batch_are_its_first_minutes_neighbours(
+    cal: TradingCalendar,
+) -> None:
+    cols = _calm()
+    _print(cols, 150, "low", 0.012)
+    bars = _bars(cols)
+    history, batch = bars.head(150), bars.slice(150)
+    # alone, the batch's first minute (12:00) has no minute before it: judged one-sided
+    # against the auction threshold (1.5%), a 1.2% print passes
+    alone = Validator(cal).validate(batch, job_id="t")
+    assert alone.report.rule_counts.get("bad_print") is None
+    told = Validator(cal).validate(batch, job_id="t", history=history)
+    assert told.report.rule_counts["bad_print"] == 1
+    assert told.clean["quality_flags"][0] & BIT
+    assert told.clean.height == batch.height  # history rows are context, not returned

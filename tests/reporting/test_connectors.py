@@ -48,17 +48,6 @@ def test_malformed_input_is_a_typed_error(fmt: DataFormat) -> None:
         decode(garbage, fmt)
 
 
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 def test_files_are_read_from_s3_by_glob_with_checksums(s3_endpoint: str, tmp_path: Path) -> None:
     import s3fs
 

@@ -322,3 +322,30 @@ def test_two_processes_one_leader_and_a_graceful_handover(spawn: Any) -> None:
     assert _until(lambda: _metric(port_b, ran))
     b.send_signal(signal.SIGTERM)
     assert b.wait(timeout=20) == 0
+
+
+def test_the_scheduler_runs_due_reporting_sources_once_per_tick(tmp_path: Path) -> None:
+    from quantivista.model.workflow import DataSource
+    from quantivista.reporting.simulate import simulate_workflows
+
+    clock = TestClock(datetime(2026, 12, 4, 13, 0, tzinfo=UTC))
+    simulate_workflows(tmp_path / "wf", rows=50, datasets=("risk",))
+    settings = Settings(
+        data_dir=tmp_path / "qv",
+        scheduler={"entries": {"sources": {"job": "workflow_sources", "cron": "* * * * *"}}},
+    )  # type: ignore[arg-type]
+    with Runtime(settings, clock=clock) as rt:
+        rt.workflows.register_source("acme", DataSource(
+            source_id="risk", source_type="PORTFOLIO_MANAGEMENT",
+            ingestion_mode="BATCH_SCHEDULED", schedule="*/5 * * * *", data_format="PARQUET",
+            location=str(tmp_path / "wf" / "risk.parquet"),
+            target_table="risk_metrics"))  # fmt: skip
+        scheduler = Scheduler.from_runtime(rt)
+        [trigger] = scheduler.triggers
+        assert scheduler.run(trigger, clock.now()).outcome == "skipped"  # no tick since creation
+        clock.advance(6 * 60)
+        ran = scheduler.run(trigger, clock.now())
+        assert ran.outcome == "succeeded", ran.detail
+        [job_id] = ran.detail["jobs"].values()
+        assert rt.workflows.job("acme", job_id).records_processed == 50
+        assert scheduler.run(trigger, clock.now()).outcome == "skipped"  # that tick is done

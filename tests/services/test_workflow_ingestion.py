@@ -406,3 +406,20 @@ def test_market_data_sources_read_the_platforms_own_bars(runtime: Runtime) -> No
     assert job.records_processed == 3
     lake = runtime.workflows.lake_rows("acme", "instrument_analytics")
     assert lake.sort("ts")["close"].to_list() == [1.0, 2.0, 3.0]
+
+
+def test_a_lake_backup_keeps_the_ingestion_catalog_and_the_reporting_lake(
+    runtime: Runtime, workflows: Path, tmp_path: Path
+) -> None:
+    from quantivista.storage.lake.backup import backup, restore
+
+    executions(runtime, workflows / "executions.parquet", DataFormat.PARQUET)
+    job = runtime.workflows.sync("acme", "executions")
+    backup(runtime.settings.data_dir, tmp_path / "snap")
+    restore(tmp_path / "snap", tmp_path / "back")
+    with Runtime(Settings(data_dir=tmp_path / "back"), clock=TestClock(T0)) as back:
+        assert back.workflows.job("acme", job.job_id) == job
+        assert back.workflows.lake_rows("acme", "execution_data_lake").height == (
+            job.records_processed
+        )
+        assert back.workflows.dead_letters("acme").height == job.records_failed

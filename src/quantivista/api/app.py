@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -28,15 +29,17 @@ from quantivista.api.graphql import graphql_router
 from quantivista.api.metrics import ApiMetrics
 from quantivista.api.middleware import MeasureMiddleware
 from quantivista.api.page import router as status_page
-from quantivista.api.routes import exports, ingestion, market, operations
+from quantivista.api.relay import BrokerRelay
+from quantivista.api.routes import audit, exports, ingestion, market, operations
 from quantivista.api.state import ApiState
 from quantivista.api.stream import StreamHub
 from quantivista.clock import Clock
 from quantivista.config import Settings
+from quantivista.ops.alerting import start_alerting
 from quantivista.ops.metrics import REGISTRY, watch_process
+from quantivista.ops.tracing import configure as configure_tracing
 from quantivista.providers.registry import ProviderRegistry
 from quantivista.runtime import Runtime
-from quantivista.services.bridge import BrokerBridge
 
 __all__ = ["DEPRECATED", "QuantiVistaApi", "create_app"]
 
@@ -63,6 +66,18 @@ def _state(settings: Settings, runtime: Runtime) -> ApiState:
         ),
         metrics=metrics,
     )
+
+
+def _relay(settings: Settings, runtime: Runtime, hub: StreamHub) -> BrokerRelay | None:
+    """Follow the broker's bar and trade topics for the WebSocket clients, when asked to."""
+    wanted = settings.api.relay
+    if wanted is None:  # by default: when another process can publish to the broker
+        wanted = not settings.bus.url.startswith("memory:")
+    if not wanted:
+        return None
+    relay = BrokerRelay(runtime.broker, runtime.codecs, hub.relay, settings.api.relay_topics)
+    relay.start()
+    return relay
 
 
 class QuantiVistaApi(FastAPI):
@@ -93,11 +108,17 @@ def create_app(
         state = _state(settings, runtime)
         hub = StreamHub(state, heartbeat_s=settings.api.ws_heartbeat_s)
         hub.start(asyncio.get_running_loop())
-        bridge = None  # `qv stream` in another process reaches this one's sockets
-        if not settings.bus.url.startswith("memory:"):
-            bridge = BrokerBridge(runtime.broker, runtime.codecs, runtime.bus).start()
+        relay = _relay(settings, runtime, hub)
         app.state.qv = state
         app.state.hub = hub
+        app.state.relay = relay
+        configure_tracing(settings.tracing, "api")
+        alerting = threading.Event()
+        start_alerting(
+            settings.alerting,
+            [state.metrics.registry, runtime.acquisition.analytics.registry],
+            service="api", stop=alerting, clock=runtime.clock,
+        )  # fmt: skip
         watch_process(
             "api",
             data_dir=settings.data_dir,
@@ -111,8 +132,9 @@ def create_app(
         try:
             yield
         finally:
-            if bridge is not None:
-                bridge.stop()
+            if relay is not None:
+                relay.stop()
+            alerting.set()
             hub.stop()
             state.cache.close()
             state.limiter.close()
@@ -127,6 +149,7 @@ def create_app(
     errors.install(app)
     app.include_router(market.router)
     app.include_router(operations.router)
+    app.include_router(audit.router)
     app.include_router(exports.router)
     app.include_router(ingestion.router)
     app.include_router(stream.router)

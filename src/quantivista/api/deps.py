@@ -78,6 +78,7 @@ async def caller(
             "X-RateLimit-Reset": f"{usage.resets_in_s:.0f}",
         }
     request.state.client_id = principal.client_id
+    request.state.tenant = principal.tenant  # for the audit trail
     return Caller(principal, state.auth.tenant(principal.tenant))
 
 

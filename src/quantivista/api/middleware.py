@@ -1,4 +1,4 @@
-"""A pure ASGI middleware: request metrics, rate-limit and deprecation headers.
+"""A pure ASGI middleware: request metrics and spans, rate-limit and deprecation headers.
 
 Pure ASGI (not Starlette's BaseHTTPMiddleware, which runs every request through extra
 tasks and streams): it only watches the response start message go by.
@@ -6,11 +6,17 @@ tasks and streams): it only watches the response start message go by.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+import anyio.to_thread
+from opentelemetry.trace import SpanKind
+
 from quantivista.api.state import ApiState
+from quantivista.ops import tracing
+from quantivista.services.audit import Actor
 
 __all__ = ["MeasureMiddleware"]
 
@@ -19,6 +25,10 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+_W3C = (b"traceparent", b"tracestate")
+_READS = ("GET", "HEAD", "OPTIONS")
 
 
 class MeasureMiddleware:
@@ -50,12 +60,51 @@ class MeasureMiddleware:
                 message["headers"] = headers
             await send(message)
 
-        try:
-            await self.app(scope, receive, watched)
-        finally:
-            app = scope.get("app")
-            state: ApiState | None = getattr(getattr(app, "state", None), "qv", None)
-            if state is not None:
-                path = getattr(scope.get("route"), "path", "unmatched")
-                state.metrics.requests.labels(path, str(status)).inc()
-                state.metrics.latency.labels(path).observe(time.perf_counter() - started)
+        # only the W3C headers matter to the propagator: skip decoding the others
+        carried = {k.decode(): v.decode() for k, v in scope.get("headers", []) if k in _W3C}
+        method = scope.get("method", "GET")
+        with tracing.tracer().start_as_current_span(
+            f"HTTP {method}", context=tracing.extract(carried) if carried else None,
+            kind=SpanKind.SERVER,
+            attributes={"http.request.method": method, "url.path": scope.get("path", "")},
+        ) as span:  # fmt: skip
+            try:
+                await self.app(scope, receive, watched)
+            finally:
+                route = getattr(scope.get("route"), "path", "unmatched")
+                span.update_name(f"HTTP {method} {route}")
+                span.set_attribute("http.route", route)
+                span.set_attribute("http.response.status_code", status)
+                self._count(scope, status, started)
+        if method not in _READS:
+            await self._audit(scope, method, status)
+
+    @staticmethod
+    async def _audit(scope: Scope, method: str, status: int) -> None:
+        """Record who changed what (off the event loop: the log is a database write)."""
+        app = scope.get("app")
+        state: ApiState | None = getattr(getattr(app, "state", None), "qv", None)
+        if state is None:
+            return
+        seen = scope.get("state", {})
+        client = seen.get("client_id")
+        route = getattr(scope.get("route"), "path", scope.get("path", ""))
+        actor = Actor(f"api:{client}" if client else "api:anonymous", seen.get("tenant"))
+        await anyio.to_thread.run_sync(
+            functools.partial(
+                state.runtime.audit.record,
+                f"{method} {route}",
+                scope.get("path", ""),
+                outcome="ok" if status < 400 else f"http_{status}",
+                actor=actor,
+            )
+        )
+
+    @staticmethod
+    def _count(scope: Scope, status: int, started: float) -> None:
+        app = scope.get("app")
+        state: ApiState | None = getattr(getattr(app, "state", None), "qv", None)
+        if state is not None:
+            path = getattr(scope.get("route"), "path", "unmatched")
+            state.metrics.requests.labels(path, str(status)).inc()
+            state.metrics.latency.labels(path).observe(time.perf_counter() - started)

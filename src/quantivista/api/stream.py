@@ -7,6 +7,7 @@ Protocol (JSON text frames):
     -> {"action": "unsubscribe", "bars": ["AAPL"]}
     <- {"type": "subscribed", "bars": [...], "trades": [...], "quality": [...]}
     <- {"type": "bar" | "correction", "symbol", "timeframe", "ts", "open", ..., "volume"}
+    <- {"type": "trade", "symbol", "ts", "price", "size", "provider"}
     <- {"type": "quality_alert", "job_id", "rows", "rules"}
     <- {"type": "heartbeat", "ts"}   every `heartbeat_s`
     <- {"type": "error", "message"}
@@ -14,9 +15,11 @@ Protocol (JSON text frames):
 A frame carries one message, or a JSON array of messages (the bars of one micro-batch a
 client subscribed to travel together).
 
-The hub subscribes once to the platform's bus; each message is encoded once and queued to
-every client that wants it. A client whose queue fills (it reads slower than data arrives)
-is closed with code 1013 and the reason, never slowing the others.
+The hub subscribes once to the platform's bus, and (`api.relay`) follows the broker's bar
+and trade topics that `qv stream` / `qv integrate` publish from other processes; each
+message is encoded once and queued to every client that wants it. A client whose queue
+fills (it reads slower than data arrives) is closed with code 1013 and the reason, never
+slowing the others.
 """
 
 from __future__ import annotations
@@ -34,7 +37,15 @@ import polars as pl
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from quantivista.api.state import ApiState
-from quantivista.bus.events import BarsIngested, BarsQuarantined, BarsStreamed, Event
+from quantivista.bus.events import (
+    BarBatch,
+    BarsIngested,
+    BarsQuarantined,
+    BarsStreamed,
+    Event,
+    TradesBatch,
+)
+from quantivista.bus.frames import from_ipc
 from quantivista.errors import QuantiVistaError
 from quantivista.model.auth import Principal, Scope
 from quantivista.model.timeframe import Timeframe
@@ -71,6 +82,7 @@ class StreamHub:
         self._by_symbol: dict[str, set[_Client]] = defaultdict(set)
         self._wildcard: set[_Client] = set()  # subscribed to every symbol ("*")
         self._quality: set[_Client] = set()
+        self._trades: set[_Client] = set()  # clients that asked for some symbol's trades
         self._subs: list[str] = []
         self.sent = 0
 
@@ -99,7 +111,14 @@ class StreamHub:
                 self._by_symbol[symbol].discard(client)
             self._wildcard.discard(client)
             self._quality.discard(client)
+            self._trades.discard(client)
         self.state.metrics.ws_clients.dec()
+
+    def trades(self, client: _Client, add: list[str], drop: list[str]) -> None:
+        """Change which symbols' trades `client` gets."""
+        with self._lock:
+            client.trades = (client.trades | set(add)) - set(drop)
+            (self._trades.add if client.trades else self._trades.discard)(client)
 
     def subscribe(self, client: _Client, bars: list[str], quality: list[str]) -> None:
         with self._lock:
@@ -157,6 +176,47 @@ class StreamHub:
         if batch:
             self.loop.call_soon_threadsafe(self._deliver, batch)
 
+    def relay(self, event: Event) -> None:
+        """Deliver a batch from the broker (any thread): bars, corrections and trades."""
+        if isinstance(event, BarBatch):
+            frame = from_ipc(event.bars)
+            wanted = [c for c in _BAR_FIELDS if c in frame.columns]
+            frame = frame.select(wanted).with_columns(_iso(pl.col("ts")))
+            streamed = BarsStreamed(
+                occurred_at=event.occurred_at, source=event.source, timeframe=event.timeframe,
+                correction=event.correction, rows=frame.to_dicts(),
+            )  # fmt: skip
+            self._on_event(streamed)
+        elif isinstance(event, TradesBatch):
+            self._on_trades(from_ipc(event.trades))
+        else:
+            self._on_event(event)
+
+    def _on_trades(self, trades: pl.DataFrame) -> None:
+        """Queue `trade` messages to the clients that asked for the trades of a symbol."""
+        if self.loop is None or trades.is_empty():
+            return
+        with self._lock:
+            watchers = [c for c in self._trades if c.dropped is None]
+        if not watchers:
+            return
+        wanted = {s for c in watchers for s in c.trades}
+        if "*" not in wanted:
+            trades = trades.filter(pl.col("symbol").is_in(sorted(wanted)))
+        trades = trades.with_columns(_iso(pl.col("ts")))
+        per_client: dict[_Client, list[str]] = defaultdict(list)
+        for row in trades.to_dicts():
+            text = json.dumps({"type": "trade", **row}, default=str)
+            for client in watchers:
+                if row["symbol"] in client.trades or "*" in client.trades:
+                    per_client[client].append(text)
+        batch = [
+            (c, texts[0] if len(texts) == 1 else "[" + ",".join(texts) + "]")
+            for c, texts in per_client.items()
+        ]
+        if batch:
+            self.loop.call_soon_threadsafe(self._deliver, batch)
+
     def _stored_rows(self, event: BarsIngested) -> list[tuple[str, dict[str, Any]]]:
         """Read the bars a store write announced, for the symbols someone subscribed to."""
         with self._lock:
@@ -187,6 +247,10 @@ class StreamHub:
                 self.state.metrics.ws_dropped.labels("slow").inc()
                 if client.writer is not None:  # it may be stuck sending to the stalled peer
                     client.writer.cancel()
+
+
+def _iso(ts: pl.Expr) -> pl.Expr:
+    return ts.dt.to_string("%Y-%m-%dT%H:%M:%S%.f%z")
 
 
 def _message(text: str) -> dict[str, Any]:
@@ -266,13 +330,13 @@ async def stream(ws: WebSocket) -> None:
                 if action == "subscribe":
                     concrete = [s for s in bars + trades if s != "*"]
                     state.auth.entitled(tenant, dataset="bars", symbols=concrete)
-                    if "*" in bars and tenant.symbols is not None:
+                    if "*" in bars + trades and tenant.symbols is not None:
                         raise QuantiVistaError("this tenant may not subscribe to every symbol")
                     hub.subscribe(client, bars, quality)
-                    client.trades |= set(trades)
+                    hub.trades(client, trades, [])
                 elif action == "unsubscribe":
                     hub.unsubscribe(client, bars, quality)
-                    client.trades -= set(trades)
+                    hub.trades(client, [], trades)
                 else:
                     raise QuantiVistaError("action is subscribe or unsubscribe")
                 reply = {

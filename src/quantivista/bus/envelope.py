@@ -17,6 +17,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 
 from quantivista.bus.events import EVENT_TYPES, Event
 from quantivista.errors import BusError
+from quantivista.ops.tracing import inject
 
 __all__ = ["Envelope"]
 
@@ -52,7 +53,7 @@ class Envelope(BaseModel):
             key=key,
             event_id=event.event_id,
             produced_at=produced_at or event.occurred_at,
-            headers=headers or {},
+            headers=inject(headers),  # the publisher's trace context travels along
             payload=event.model_dump(mode="json"),
         )
 

@@ -21,6 +21,7 @@ __all__ = [
     "BarsStreamed",
     "DataIngestedEvent",
     "Event",
+    "WorkflowRecords",
     "TradesBatch",
 ]
 
@@ -117,6 +118,20 @@ class DataIngestedEvent(Event):
     data_ingested: DataIngestedPayload
 
 
+class WorkflowRecords(Event):
+    """Records a workflow publishes for a REAL_TIME_STREAM source (one micro-batch).
+
+    `offset` is the producer's sequence number of the first record: the lake rows' lineage.
+    """
+
+    topic: ClassVar[str] = "workflow.records"
+
+    tenant_id: str
+    source_id: str
+    records: list[dict[str, Any]]
+    offset: int = Field(default=0, ge=0)
+
+
 class TradesBatch(Event):
     """Trades of a live feed (a micro-batch) as one Arrow IPC stream (`bus.frames`)."""
 
@@ -170,6 +185,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ActionsIngested,
         BarsStreamed,
         DataIngestedEvent,
+        WorkflowRecords,
         TradesBatch,
         BarBatch,
         ActionsBatch,

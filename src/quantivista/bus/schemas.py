@@ -5,6 +5,7 @@ One source of truth: an event class. Its fields map to
     str -> string      int -> long          float -> double     bool -> boolean
     bytes -> bytes     datetime -> long (timestamp-micros)       list[str] -> array<string>
     dict[str, int] -> map<long>             list[dict] -> array<string> (JSON objects)
+    a nested pydantic model -> string (its JSON)
     X | None -> union [null, X] with default null (proto2 `optional`: presence is kept)
     a nested pydantic model -> string (its JSON; the model validates it on the way in)
 

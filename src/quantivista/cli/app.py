@@ -14,6 +14,7 @@ from rich.markup import escape
 from quantivista.config import Settings
 from quantivista.errors import QuantiVistaError
 from quantivista.runtime import Runtime
+from quantivista.services.audit import acting_as, cli_actor
 
 __all__ = ["app", "console", "err_console", "fail", "session", "settings"]
 
@@ -71,5 +72,6 @@ def session(config: Settings | None = None, *, create: bool = False) -> Iterator
     with (
         errors_to_exit(),
         Runtime.from_settings(config or settings(), create=create) as runtime,
+        acting_as(cli_actor()),  # what the command changes is audited as this user's
     ):
         yield runtime

@@ -10,7 +10,7 @@ services (stream, integrate, worker, scheduler) record into the same names.
 | --- | --- | --- | --- |
 | qv_ingest_rows_total | counter | source, outcome | rows: written, unchanged, quarantined |
 | qv_ingest_batches_total | counter | source | batches through the pipeline |
-| qv_stage_seconds | histogram | stage | acquire, normalize, validate, store, announce |
+| qv_stage_seconds | histogram | stage | acquire, normalize, validate, store, publish |
 | qv_quality_score | gauge | source | quality score (0-1) of the last batch |
 | qv_quarantine_ratio | gauge | source | share of the last batch's rows quarantined |
 | qv_freshness_last_bar_timestamp_seconds | gauge | group, timeframe | newest bar per group |
@@ -25,6 +25,8 @@ services (stream, integrate, worker, scheduler) record into the same names.
 | qv_market_open | gauge | exchange | 1 while the exchange's regular session is open |
 | qv_disk_free_bytes, qv_disk_total_bytes | gauge | path | the data directory's file system |
 | qv_build_info | gauge | version, service | 1, with the version and service as labels |
+| qv_alerts_firing | gauge | alertname | alerts firing in the in-process alerting |
+| qv_alert_notifications_total | counter | notifier, outcome | notifications sent or failed |
 
 Provider metrics (qv_provider_*, qv_breaker_*, qv_router_requests_total) live in each
 acquisition's `ProviderAnalytics.registry`; the API's own (qv_api_*) in `ApiMetrics`.
@@ -39,13 +41,18 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from quantivista.ops.tracing import span
+
 __all__ = [
+    "ALERTS_FIRING",
+    "ALERT_NOTIFICATIONS",
     "CONSUMER_LAG",
     "INGEST_BATCHES",
     "INGEST_ROWS",
@@ -72,7 +79,7 @@ __all__ = [
 REGISTRY = CollectorRegistry()
 r = REGISTRY
 
-STAGE_NAMES = ("acquire", "normalize", "validate", "store", "announce")
+STAGE_NAMES = ("acquire", "normalize", "validate", "store", "publish")
 STAGE_BUCKETS_S = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 INGEST_ROWS = Counter(
@@ -118,13 +125,23 @@ SCHEDULER_LAST_RUN = Gauge(
     ["entry", "outcome"], registry=r,
 )  # fmt: skip
 
+ALERTS_FIRING = Gauge(
+    "qv_alerts_firing", "Alerts firing in the in-process alerting, by rule", ["alertname"],
+    registry=r,
+)  # fmt: skip
+ALERT_NOTIFICATIONS = Counter(
+    "qv_alert_notifications", "Alert notifications by notifier and outcome",
+    ["notifier", "outcome"], registry=r,
+)  # fmt: skip
+
 
 @contextmanager
-def stage(name: str) -> Iterator[None]:
-    """Time a pipeline stage into `qv_stage_seconds{stage=name}`."""
+def stage(name: str, **attributes: Any) -> Iterator[None]:
+    """Time a pipeline stage into `qv_stage_seconds{stage=name}`, in a span of that name."""
     started = time.perf_counter()
     try:
-        yield
+        with span(name, **attributes):
+            yield
     finally:
         STAGE_SECONDS.labels(name).observe(time.perf_counter() - started)
 

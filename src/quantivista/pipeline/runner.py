@@ -13,6 +13,7 @@ from quantivista.clock import Clock
 from quantivista.model.schema import FrameLike
 from quantivista.model.timeframe import Timeframe, TimeframeLike
 from quantivista.ops.metrics import SymbolGroups, observe_stored, stage
+from quantivista.ops.tracing import span
 from quantivista.pipeline.messages import Batch, BatchId, RawBatch, StoredBatch
 from quantivista.pipeline.stages import (
     Sinks,
@@ -63,8 +64,9 @@ class InProcessRunner:
         `validator` overrides the runner's for this batch (a quarantine release with some
         rules demoted to warnings); a `release` re-quarantines rows still held.
         """
-        batch = coerce(frame, batch_id, source, self.clock.now(), timeframe)
-        return self.process(batch, validator=validator, release=release)
+        with span("pipeline.write", source=source, job_id=batch_id.job_id):
+            batch = coerce(frame, batch_id, source, self.clock.now(), timeframe)
+            return self.process(batch, validator=validator, release=release)
 
     def ingest(self, raw: RawBatch) -> StoredBatch | None:
         """Keep a provider batch's payloads and actions, then store its bars.
@@ -113,7 +115,7 @@ class InProcessRunner:
             validated = validate(batch, check, actions=actions, history=history)
         with stage("store"):
             stored = store(validated, self.sinks, batch.at, dedupe_quarantine=not release)
-        with stage("announce"):
+        with stage("publish"):
             announce(stored, self.bus, self.clock)
         observe_stored(
             stored.source,

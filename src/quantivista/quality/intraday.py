@@ -10,10 +10,13 @@ the neighbours, never to a fixed band:
   the print itself), so quiet and busy stocks get their own thresholds;
 - a bar is a bad print when its high (low, close) lies more than T = max(min_move, z x scale)
   beyond the reference while the minute before and the minute after stay within T / 2 of
-  it: isolated and reverting. A level shift (news) moves the next minutes too: not flagged;
+  the reference: isolated and reverting. A level shift (news) moves the next minutes too:
+  not flagged;
 - the opening and closing auction minutes (the first and last minute of each regular-hours
   run) print away from continuous trading by design: their T is multiplied by
-  `auction_factor`; a missing neighbour there counts as within;
+  `auction_factor`; a missing neighbour there counts as within. A run that ends before
+  its session's close (a batch that stops mid-session) leaves its last minute unjudged:
+  the minute that would show the revert has not come yet;
 - a print on a volume surge (more than `_SURGE` x the neighbours' median volume) is a real
   sweep through the book, not a stray trade: not flagged.
 
@@ -29,17 +32,26 @@ import numpy as np
 import polars as pl
 
 from quantivista.config import IntradaySettings
+from quantivista.reference.calendars import TradingCalendar
 
 __all__ = ["bad_print_marks", "with_bad_prints"]
 
 _MAD_TO_SIGMA = 1.4826
 _SURGE = 3.0  # volume over the neighbours' median that makes a wide print a real trade
 _GAP_US = 3_600_000_000  # minutes further apart than this are not neighbours
+_MINUTE_US = 60_000_000
 
 
-def with_bad_prints(df: pl.DataFrame, settings: IntradaySettings) -> pl.DataFrame:
+def with_bad_prints(
+    df: pl.DataFrame, settings: IntradaySettings, calendar: TradingCalendar | None = None
+) -> pl.DataFrame:
     """Add `_bad_print` to a frame sorted by (symbol, timeframe, ts) holding `_new`, `_valid`
-    and (for intraday rows with a calendar) `_in_hours`; false where it does not apply."""
+    and (for intraday rows with a calendar) `_in_hours`; false where it does not apply.
+
+    With the `calendar`, a run of minutes that ends before its session's last minute (a
+    batch that stops mid-session) leaves that last minute unjudged: whether it reverts is
+    not known yet.
+    """
     if df.is_empty() or "_in_hours" not in df.columns:
         return df.with_columns(_bad_print=pl.lit(False))
     use = df.select(
@@ -58,6 +70,7 @@ def with_bad_prints(df: pl.DataFrame, settings: IntradaySettings) -> pl.DataFram
         df["_new"].to_numpy(),
         use,
         settings,
+        calendar.schedule["close"].dt.epoch("us").to_numpy() if calendar is not None else None,
     )
     return df.with_columns(_bad_print=pl.Series(marks))
 
@@ -78,9 +91,11 @@ def bad_print_marks(
     new: np.ndarray,
     use: np.ndarray,
     settings: IntradaySettings,
+    closes_us: np.ndarray | None = None,
 ) -> np.ndarray:
     """Return the bad-print mark of every row (see the module doc); rows not in `use` are
-    neither judged nor neighbours."""
+    neither judged nor neighbours. With the sessions' sorted closes (`closes_us`), the
+    last minute of a run that is not its session's last minute is not judged."""
     out = np.zeros(ts_us.size, dtype=bool)
     every = bool(use.all())  # the usual regular-hours batch: no gathers
     rows = np.arange(use.size) if every else np.flatnonzero(use)
@@ -117,6 +132,11 @@ def bad_print_marks(
     cand = np.unique(np.concatenate([inner, edges[edge_hit]]))
     if not cand.size:
         return out
+    if closes_us is not None:  # the next minute is still to come: no revert to see yet
+        ends = cand[np.isin(cand, last)]
+        after = np.searchsorted(closes_us, t[ends], side="right")
+        close = closes_us[np.minimum(after, closes_us.size - 1)]
+        cand = np.setdiff1d(cand, ends[t[ends] + _MINUTE_US != close], assume_unique=True)
     seg_first = first[np.searchsorted(first, cand, side="right") - 1]
     seg_last = last[np.searchsorted(first, cand, side="right") - 1]
     hit = _judge(cand, seg_first, seg_last, h, lo, c, v, settings)

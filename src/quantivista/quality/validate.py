@@ -460,7 +460,7 @@ class Validator:
             else:
                 checked = series_context(checked, actions, self.settings, gap=gap)
             if any("_bad_print" in r.needs for r in later):
-                checked = with_bad_prints(checked, self.intraday)
+                checked = self._bad_prints(checked, history)
             checked = checked.with_columns([r.expr() for r in later])
             counts |= _counts(checked, later)
         rules = first + later
@@ -545,6 +545,36 @@ class Validator:
         )
 
     # -- context columns -------------------------------------------------------------------
+    def _bad_prints(self, checked: pl.DataFrame, history: pl.DataFrame | None) -> pl.DataFrame:
+        """Add `_bad_print`; the stored minutes just before the batch are its first
+        minutes' neighbours (context only: they are not judged again)."""
+        settings, cal = self.intraday, self.calendar
+        minutes = pl.col("timeframe") == "1m"
+        if history is None or cal is None or not history.filter(minutes).height:
+            return with_bad_prints(checked, settings, cal)
+        first = checked.group_by("symbol", "timeframe").agg(_first=pl.col("ts").min())
+        hist = (
+            history.filter(minutes)
+            .join(first, on=["symbol", "timeframe"])
+            .filter(pl.col("ts") < pl.col("_first"))
+            .sort("symbol", "ts")
+            .group_by("symbol", maintain_order=True)
+            .tail(settings.bad_print_window)
+            .select(BAR_COLUMNS)
+        )
+        if hist.is_empty():
+            return with_bad_prints(checked, settings, cal)
+        hist = self._with_context(hist).with_columns(_valid=pl.lit(True), _i=pl.lit(-1, pl.Int32))
+        sym, tf = pl.col("symbol"), pl.col("timeframe")
+        batch = checked.with_row_index("_i").with_columns(pl.col("_i").cast(pl.Int32))
+        both = (
+            pl.concat([hist, batch], how="diagonal_relaxed")
+            .sort("symbol", "timeframe", "ts", maintain_order=True)
+            .with_columns(_new=(~((sym == sym.shift(1)) & (tf == tf.shift(1)))).fill_null(True))
+        )
+        marks = with_bad_prints(both, settings, cal).filter(pl.col("_i") >= 0).sort("_i")
+        return checked.with_columns(_bad_print=marks["_bad_print"])
+
     def _with_context(self, df: pl.DataFrame) -> pl.DataFrame:
         if df.is_empty():
             return df

@@ -145,7 +145,8 @@ class TradingCalendar:
         us = ts.dt.epoch("us").to_numpy()
         quarter = us // _QUARTER_US
         lo, hi = int(quarter.min()), int(quarter.max())
-        if hi - lo > _MAX_QUARTERS or hi - lo > us.size:
+        # before 1970 some zones still changed offset off the quarter hour (local mean time)
+        if lo < 0 or hi - lo > _MAX_QUARTERS or hi - lo > us.size:
             return pl.select(self.session_of(pl.lit(ts))).to_series().alias(ts.name)
         grid = pl.Series(np.arange(lo, hi + 1, dtype=np.int64) * _QUARTER_US)
         stamps = grid.cast(pl.Datetime("us")).dt.replace_time_zone("UTC")

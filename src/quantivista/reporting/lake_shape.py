@@ -100,6 +100,8 @@ def shape(
             raise InvalidInputError(
                 "execution_data_lake rows need trade_id and execution_date (or execution_time)"
             )
+        if "execution_date" in own and frame.schema["execution_date"] == pl.String():
+            when = pl.col("execution_date").str.to_date(strict=False)
         frame = frame.with_columns(when.cast(pl.Date).alias("execution_date"))
         frame, rejected = _split_bad(
             frame,

@@ -64,6 +64,7 @@ ROW_COLUMN = "_qv_row"
 # JSON text is decoded with a type inferred from this many values
 _JSON_SAMPLE = 1000
 
+_BOOLEANS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
 _ERRORS = (pl.exceptions.PolarsError, InvalidInputError, NotFoundError, ValueError)
 
 
@@ -264,6 +265,13 @@ def _cast(frame: pl.DataFrame, rule: TransformationRule) -> tuple[pl.Expr, pl.Ex
         out = col.str.to_date(strict=False)
     elif frame.schema[src] == pl.String() and isinstance(dtype, pl.Datetime):
         out = col.str.to_datetime(strict=False, time_zone="UTC")
+    elif frame.schema[src] == pl.String() and dtype == pl.Boolean:
+        # Polars has no text -> bool cast (it fails on data, not on an empty frame)
+        out = (
+            col.str.strip_chars()
+            .str.to_lowercase()
+            .replace_strict(_BOOLEANS, default=None, return_dtype=pl.Boolean)
+        )
     else:
         out = col.cast(dtype, strict=False)
     # a value that was there and is gone after the cast could not be converted

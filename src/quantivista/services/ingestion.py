@@ -32,6 +32,7 @@ from quantivista.errors import InvalidInputError, ProviderError, QuantiVistaErro
 from quantivista.model.jobs import DataQualityReport, IngestionJob, JobStatus, JobTask, TaskStatus
 from quantivista.model.timeframe import Timeframe, TimeframeLike
 from quantivista.ops.metrics import record_job, stage
+from quantivista.ops.tracing import span
 from quantivista.pipeline.messages import BatchId, RawBatch
 from quantivista.pipeline.runner import InProcessRunner
 from quantivista.pipeline.stages import Progress, acquire
@@ -266,7 +267,11 @@ class IngestionService:
                 task.task_id, worker, self.settings.lease_s, self.clock.now()
             )
 
-        with _Heartbeat(beat, self.settings.heartbeat_s, self.events):
+        with (
+            _Heartbeat(beat, self.settings.heartbeat_s, self.events),
+            span("ingest.batch", job_id=job.job_id, task_id=task.task_id,
+                 symbols=len(task.symbols), timeframe=str(tf)),
+        ):  # fmt: skip
             try:
                 with stage("acquire"):
                     raw = acquire(

@@ -34,7 +34,9 @@ from quantivista.config import ScheduleEntry, SchedulerSettings, Settings
 from quantivista.errors import ConfigurationError, InvalidInputError
 from quantivista.model.jobs import JobStatus
 from quantivista.ops import metrics
+from quantivista.ops.alerting import start_alerting
 from quantivista.ops.probes import ProbeServer
+from quantivista.ops.tracing import configure as configure_tracing
 from quantivista.reference.calendars import TradingCalendar
 from quantivista.storage.contracts import JobCatalog
 
@@ -356,6 +358,7 @@ def leader_lease(settings: Settings, backend_kind: str, name: str = "scheduler")
 
 def run_scheduler(runtime: Runtime, *, stop: threading.Event | None = None) -> None:
     """Serve `qv scheduler`: probes on `probes.ports.scheduler`, ticks until SIGTERM/SIGINT."""
+    configure_tracing(runtime.settings.tracing, "scheduler")
     scheduler = Scheduler.from_runtime(runtime)
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
@@ -383,6 +386,10 @@ def run_scheduler(runtime: Runtime, *, stop: threading.Event | None = None) -> N
     probes.add_check("loop", looping)
     with probes:
         log.info("scheduler probes on %s", probes.url)
+        start_alerting(
+            settings.alerting, [runtime.acquisition.analytics.registry],
+            service="scheduler", stop=stop, clock=runtime.clock,
+        )  # fmt: skip
         scheduler.run_forever(stop)
         probes.draining()
 
@@ -423,6 +430,18 @@ def _backup(ctx: JobContext) -> dict[str, Any]:
     return {"dest": str(dest), "pruned": [p.name for p in old]}
 
 
+@register_job("workflow_sources")
+def _workflow_sources(ctx: JobContext) -> dict[str, Any]:
+    """Run the reporting-side BATCH_SCHEDULED sources whose cron schedule fired."""
+    jobs = ctx.runtime.workflows.run_due(ctx.scheduled_for)
+    if not jobs:
+        raise Skipped("no scheduled source is due")
+    return {
+        "jobs": {f"{j.tenant_id}/{j.source_id}": j.job_id for j in jobs},
+        "failed": [j.job_id for j in jobs if j.status.value == "failed"],
+    }
+
+
 def universe(runtime: Runtime, exchange: str, on: date) -> list[str]:
     """Return the symbols of the instruments listed on `exchange` on `on` (instrument master)."""
     master = runtime.reference.instruments
@@ -461,3 +480,10 @@ def _universe_update(ctx: JobContext) -> dict[str, Any]:
         raise RuntimeError(f"ingestion job {job.job_id} failed: {job.error_details[:1]}")
     return {"job_id": job.job_id, "status": job.status.value, "session": str(session),
             "symbols": len(symbols)}  # fmt: skip
+
+
+@register_job("sla_probe")
+def _sla_probe(ctx: JobContext) -> dict[str, Any]:
+    from quantivista.services.sla import SlaService
+
+    return SlaService.from_runtime(ctx.runtime).probe()

@@ -26,6 +26,7 @@ from typing import Any
 from uuid import uuid4
 
 import polars as pl
+from pydantic import ValidationError
 
 from quantivista.bus.base import EventBus
 from quantivista.bus.events import DataIngestedEvent
@@ -137,9 +138,15 @@ class WorkflowIngestionService:
     def update_source(self, tenant: str, source_id: str, changes: dict[str, Any]) -> DataSource:
         """Change some fields of a source (checked like a new one)."""
         current = self.catalog.source(tenant, source_id)
-        merged = DataSource.model_validate(
-            current.model_dump() | changes | {"source_id": source_id, "tenant_id": tenant}
-        )
+        try:
+            merged = DataSource.model_validate(
+                current.model_dump() | changes | {"source_id": source_id, "tenant_id": tenant}
+            )
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+            )
+            raise InvalidInputError(f"invalid source fields: {problems}") from None
         return self.register_source(tenant, merged)
 
     def set_enabled(self, tenant: str, source_id: str, enabled: bool) -> DataSource:
@@ -282,10 +289,12 @@ class WorkflowIngestionService:
             return
         yield from read_files(source.location, source.data_format, config)
 
-    def run_job(
-        self, tenant: str, job_id: str, *, replay: pl.DataFrame | None = None
-    ) -> IngestionJob:
-        """Run a pending job to the end; return it finished (never raises for bad data)."""
+    def run_job(self, tenant: str, job_id: str, *, given: Batch | None = None) -> IngestionJob:
+        """Run a pending job to the end; return it finished (never raises for bad data).
+
+        `given`: records to ingest instead of reading the source (dead letters being
+        replayed, a micro-batch of a stream).
+        """
         started = time.perf_counter()
         job = self.catalog.job(tenant, job_id)
         source = self.catalog.source(tenant, job.source_id)
@@ -293,7 +302,7 @@ class WorkflowIngestionService:
         self.catalog.save_job(job)
         report: DataQualityReport | None = None
         try:
-            job, report = self._run(tenant, job, source, replay)
+            job, report = self._run(tenant, job, source, given)
         except Exception as exc:  # a job ends failed with the reason, whatever broke it
             context = exc.context if isinstance(exc, QuantiVistaError) else {}
             job = job.model_copy(
@@ -317,18 +326,14 @@ class WorkflowIngestionService:
         tenant: str,
         job: IngestionJob,
         source: DataSource,
-        replay: pl.DataFrame | None,
+        given: Batch | None,
     ) -> tuple[IngestionJob, DataQualityReport]:
         now = self.clock.now()
         rules = [self.catalog.rule(tenant, r) for r in source.transformation_rules]
         inputs: list[dict[str, Any]] = []
         frames: list[pl.DataFrame] = []
         cursor: dict[str, Any] | None = None
-        batches = (
-            iter([Batch(replay, f"dead-letters:{source.source_id}")])
-            if replay is not None
-            else self._batches(tenant, source)
-        )
+        batches = iter([given]) if given is not None else self._batches(tenant, source)
         for batch in batches:
             n = batch.frame.height
             frames.append(
@@ -378,7 +383,7 @@ class WorkflowIngestionService:
         rejected = pl.concat([transformed.rejected, checked.rejected, misplaced])
         failed = self._dead_letter(tenant, job, raw, rejected, now)
         self.catalog.add_lineage(tenant, inputs, now)
-        if cursor is not None and replay is None:
+        if cursor is not None and given is None:
             state = self.catalog.sync_state(tenant, source.source_id) or {}
             self.catalog.set_sync_state(tenant, source.source_id, state | {"cursor": cursor})
         report = checked.report
@@ -436,7 +441,7 @@ class WorkflowIngestionService:
             raise NotFoundError("no dead letters to replay", source_id=source_id, job_id=job_id)
         frame = pl.from_dicts([json.loads(r) for r in held["record"]], infer_schema_length=None)
         job = self.new_job(tenant, source_id)
-        done = self.run_job(tenant, job.job_id, replay=frame)
+        done = self.run_job(tenant, job.job_id, given=Batch(frame, f"dead-letters:{source_id}"))
         if done.status is not JobStatus.FAILED:
             self.catalog.mark_replayed(tenant, held["id"].to_list(), done.job_id)
         return done

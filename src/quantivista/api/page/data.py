@@ -20,7 +20,7 @@ from quantivista.api.deps import Caller
 from quantivista.api.routes.operations import _visible
 from quantivista.errors import PermissionDeniedError, QuantiVistaError
 from quantivista.model.auth import Tenant
-from quantivista.model.jobs import IngestionJob
+from quantivista.model.jobs import IngestionJob, JobStatus
 from quantivista.model.timeframe import Timeframe
 from quantivista.runtime import Runtime
 from quantivista.services.queries import BarQuery
@@ -192,6 +192,8 @@ class StatusView:
     quarantined: int  # held rows the caller may see
     symbols: list[str]  # stored symbols in the chart's timeframe the caller may read
     chart: Chart
+    # (finished tasks, tasks) of the shown jobs still pending or running (workers' progress)
+    progress: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
 
 
 def gather(runtime: Runtime, who: Caller, request: ChartRequest) -> StatusView:
@@ -230,4 +232,9 @@ def gather(runtime: Runtime, who: Caller, request: ChartRequest) -> StatusView:
         quarantined=held.height,
         symbols=symbols,
         chart=load_chart(runtime, who, request, stats),
+        progress={
+            j.job_id: runtime.ingestion.progress(j.job_id)
+            for j in jobs[:JOBS_SHOWN]
+            if j.status in (JobStatus.PENDING, JobStatus.RUNNING)
+        },
     )

@@ -225,7 +225,9 @@ def _quality(view: StatusView) -> str:
     return _section("quality", "Quality by day", inner)
 
 
-def _job_row(job: IngestionJob, admin: bool) -> tuple[str, ...]:
+def _job_row(
+    job: IngestionJob, admin: bool, progress: tuple[int, int] | None = None
+) -> tuple[str, ...]:
     kind = {"succeeded": "ok", "partial": "warn", "failed": "bad"}.get(job.status.value, "muted")
     score = job.quality.quality_score if job.quality and job.quality.total_records else None
     more = len(job.symbols) - 3
@@ -233,6 +235,8 @@ def _job_row(job: IngestionJob, admin: bool) -> tuple[str, ...]:
     cells = (
         f"<code>{esc(job.job_id)}</code>",
         _badge(job.status.value, kind),
+        # a live job shows finished tasks of all (its workers' progress); an ended one its tasks
+        f"{progress[0]:,}/{progress[1]:,}" if progress else f"{job.tasks:,}",
         esc(job.timeframe or ""),
         esc(shown),
         _count(job.records_processed),
@@ -245,10 +249,11 @@ def _job_row(job: IngestionJob, admin: bool) -> tuple[str, ...]:
 
 def _jobs(view: StatusView) -> str:
     admin = view.who.principal.can(Scope.ADMIN)
-    columns = ["job", "status", "tf", "symbols", "rows", "rejected", "score", "started (UTC)"]
-    rows = [_job_row(j, admin) for j in view.jobs]
+    columns = ["job", "status", "tasks", "tf", "symbols", "rows", "rejected", "score",
+               "started (UTC)"]  # fmt: skip
+    rows = [_job_row(j, admin, view.progress.get(j.job_id)) for j in view.jobs]
     inner = table(
-        [*columns, "tenant"] if admin else columns, rows, numeric=(4, 5, 6),
+        [*columns, "tenant"] if admin else columns, rows, numeric=(2, 5, 6, 7),
         empty="no jobs of this tenant yet",
     )  # fmt: skip
     return _section("jobs", "Recent jobs", inner, "wide")

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from datetime import date
-from pathlib import Path
 from typing import Annotated, Any, Literal
 from uuid import uuid4
 
 from fastapi import APIRouter, Depends
-from fastapi.responses import FileResponse
+from fastapi.responses import StreamingResponse
+from fsspec.core import url_to_fs  # type: ignore[import-untyped]
+from fsspec.implementations.local import LocalFileSystem  # type: ignore[import-untyped]
 from pydantic import BaseModel, Field
 
 from quantivista.api.deps import Caller, State, require
@@ -25,6 +27,7 @@ __all__ = ["router"]
 router = APIRouter(prefix="/api/v1/exports", tags=["exports"], responses=COMMON_RESPONSES)
 
 ReadBars = Annotated[Caller, Depends(require(Scope.READ_BARS))]
+_BLOCK = 1 << 20  # bytes per read of a download
 _SUFFIX = {BodyFormat.parquet: "parquet", BodyFormat.arrow: "arrows", BodyFormat.csv: "csv"}
 
 
@@ -55,9 +58,13 @@ def _key(export_id: str) -> str:
     return f"export:{export_id}"
 
 
-def _path(state: ApiState, export: Export) -> Path:
-    folder = state.runtime.settings.api.exports_dir or state.runtime.settings.data_dir / "exports"
-    return Path(folder) / f"{export.export_id}.{_SUFFIX[BodyFormat(export.request.format)]}"
+def _location(state: ApiState, export: Export) -> tuple[Any, str]:
+    """The file system and path of an export's file (local, or any fsspec URL)."""
+    api = state.runtime.settings.api
+    base = api.exports_url or str(api.exports_dir or state.runtime.settings.data_dir / "exports")
+    name = f"{export.export_id}.{_SUFFIX[BodyFormat(export.request.format)]}"
+    fs, root = url_to_fs(base, **api.exports_options)
+    return fs, f"{root.rstrip('/')}/{name}"
 
 
 def _save(state: ApiState, export: Export) -> None:
@@ -79,13 +86,16 @@ def _run(state: ApiState, export: Export, symbols: list[str]) -> None:
         query = BarQuery.of(symbols, request.start, request.end, request.timeframe,
                             adjust=request.adjust)  # fmt: skip
         frame = state.runtime.queries.bars(query)
-        path = _path(state, export)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".part")
-        tmp.write_bytes(encode(frame, BodyFormat(request.format)))
-        tmp.replace(path)
+        fs, path = _location(state, export)
+        body = encode(frame, BodyFormat(request.format))
+        if isinstance(fs, LocalFileSystem):  # a reader never sees half a file
+            fs.makedirs(fs._parent(path), exist_ok=True)
+            fs.pipe_file(path + ".part", body)
+            fs.mv(path + ".part", path)
+        else:  # an object store's put is atomic
+            fs.pipe_file(path, body)
         done = export.model_copy(
-            update={"status": "succeeded", "rows": frame.height, "bytes": path.stat().st_size}
+            update={"status": "succeeded", "rows": frame.height, "bytes": len(body)}
         )
     except Exception as exc:  # recorded on the export: the caller polls for it
         done = export.model_copy(update={"status": "failed", "error": str(exc)})
@@ -116,14 +126,28 @@ def status(state: State, who: ReadBars, export_id: str) -> Export:
 
 @router.get(
     "/{export_id}/download",
-    response_class=FileResponse,
+    response_class=StreamingResponse,
     responses={200: {"content": {MEDIA_TYPES[f]: {} for f in _SUFFIX}, "description": "file"}},
 )
-def download(state: State, who: ReadBars, export_id: str) -> FileResponse:
-    """Stream the export's file."""
+def download(state: State, who: ReadBars, export_id: str) -> StreamingResponse:
+    """Stream the export's file (from local disk or the object store of `exports_url`)."""
     export = _load(state, who, export_id)
     if export.status != "succeeded":
         raise NotFoundError(f"the export is {export.status}", export_id=export_id)
     fmt = BodyFormat(export.request.format)
-    path = _path(state, export)
-    return FileResponse(path, media_type=MEDIA_TYPES[fmt], filename=path.name)
+    fs, path = _location(state, export)
+    try:
+        handle = fs.open(path, "rb")
+    except FileNotFoundError:
+        raise NotFoundError("the export's file is gone", export_id=export_id) from None
+
+    def chunks() -> Iterator[bytes]:
+        with handle:
+            while block := handle.read(_BLOCK):
+                yield block
+
+    name = path.rsplit("/", 1)[-1]
+    headers = {"Content-Disposition": f'attachment; filename="{name}"'}
+    if export.bytes is not None:
+        headers["Content-Length"] = str(export.bytes)
+    return StreamingResponse(chunks(), media_type=MEDIA_TYPES[fmt], headers=headers)

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import UTC, date, datetime
 from typing import Annotated
 
 import typer
+from rich.markup import escape
+from rich.table import Table
 
 from quantivista.cli.app import app, console, session
 from quantivista.cli.render import Format, emit, frame_table
 from quantivista.services.scheduler import Scheduler, run_scheduler
+from quantivista.services.sla import SlaService, day_range
 
-__all__ = ["scheduler"]
+__all__ = ["audit", "scheduler", "sla"]
 
 
 @app.command()
@@ -48,3 +52,73 @@ def scheduler(
                 emit(table, fmt_, "")
             return
         run_scheduler(rt)
+
+
+@app.command()
+def audit(
+    since: Annotated[datetime | None, typer.Option(help="From (ISO time, UTC).")] = None,
+    until: Annotated[datetime | None, typer.Option(help="Before (ISO time, UTC).")] = None,
+    actor: Annotated[
+        str | None, typer.Option(help="Only this actor (api:<client>, cli:<user>).")
+    ] = None,
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant.")] = None,
+    action: Annotated[str | None, typer.Option(help="Only this action.")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="The latest this many.")] = 100,
+    fmt_: Annotated[
+        Format, typer.Option("--format", "-f", help="table, json or csv.")
+    ] = Format.table,
+) -> None:
+    """Show the audit trail: who (API client, tenant, CLI user) did what, oldest first."""
+    as_utc = [t.replace(tzinfo=t.tzinfo or UTC) if t else None for t in (since, until)]
+    with session() as rt:
+        frame = rt.audit.query(
+            as_utc[0], as_utc[1], actor=actor, tenant=tenant, action=action, limit=limit
+        )
+    if fmt_ is Format.table:
+        console.print(frame_table(frame.drop("details"), "Audit trail"))
+    else:
+        emit(frame, fmt_, "")
+
+
+@app.command()
+def sla(
+    from_: Annotated[date, typer.Option("--from", help="First day (UTC).", formats=["%Y-%m-%d"])],
+    to: Annotated[date, typer.Option("--to", help="Last day, included.", formats=["%Y-%m-%d"])],
+    fmt_: Annotated[Format, typer.Option("--format", "-f", help="table or json.")] = Format.table,
+) -> None:
+    """SLA of a period: uptime in market hours, freshness, retrieval success, API latency,
+    quality score, against the targets in settings.sla; with uptime per session day."""
+    with session() as rt:
+        report = SlaService.from_runtime(rt).report(*day_range(from_, to))
+    if fmt_ is not Format.table:
+        sys.stdout.write(json.dumps(report.as_dict(), default=str) + "\n")
+        return
+    table = Table(title=f"SLA {from_} .. {to}", header_style="bold")
+    for column in ("measure", "value", "target", "met", "detail"):
+        table.add_column(column, justify="right" if column in ("value", "target") else "left")
+    for row in report.measures.iter_rows(named=True):
+        ratio = not row["measure"].endswith("(s)")
+        met = {True: "[green]yes[/]", False: "[red]no[/]"}.get(row["met"], "-")
+        table.add_row(row["measure"], _fmt(row["value"], ratio), _fmt(row["target"], ratio), met,
+                      escape(row["detail"]))  # fmt: skip
+    console.print(table)
+    chart = Table(title="Uptime per session (market hours)", header_style="bold", box=None)
+    for column in ("session", "uptime", "", "probes"):
+        chart.add_column(column)
+    for day in report.daily.iter_rows(named=True):
+        up = day["uptime"]
+        bar = (
+            ""
+            if up is None
+            else "█" * round(up * 40) + "[dim]" + "·" * (40 - round(up * 40)) + "[/]"
+        )
+        colour = "green" if up is not None and up >= rt.settings.sla.uptime_target else "red"
+        chart.add_row(str(day["session"]), _fmt(up, True), f"[{colour}]{bar}[/]",
+                      f"{day['ok']}/{day['probes']}")  # fmt: skip
+    console.print(chart)
+
+
+def _fmt(value: float | None, ratio: bool) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.1%}" if ratio else f"{value:,.3f}"

@@ -24,7 +24,7 @@ from quantivista.cli.render import (
     sparkline,
 )
 
-__all__ = ["quality", "quarantine", "quarantine_release"]
+__all__ = ["quality", "quarantine", "quarantine_release", "revalidate"]
 
 # the table shows what a person scans for; every column is in --format json/csv
 _QUARANTINE_COLUMNS = ("symbol", "timeframe", "ts", "close", "volume", "rule", "reason")
@@ -161,3 +161,43 @@ def quarantine_release(
             job, symbols or None, rule, corrected=fixed, demote=demote or ()
         )
     console.print(report_table(report))
+
+
+@app.command()
+def revalidate(
+    timeframe: Annotated[str, typer.Option("--timeframe", "-t", help="1d, 1m, ...")] = "1d",
+    dask: Annotated[
+        bool, typer.Option("--dask", help="On Dask: one task per lake bucket.")
+    ] = False,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(help="Dask scheduler address (default: dask.scheduler_address)."),
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="LocalCluster worker processes (dask.workers).")
+    ] = None,
+    fmt_: FORMAT = Format.table,
+) -> None:
+    """Check every stored bar against the current rules (after a rule change); store nothing.
+
+    With --dask the universe is split by the lake's buckets over a Dask cluster: a
+    LocalCluster on 127.0.0.1, or the scheduler given.
+    """
+    with session() as rt:
+        report = rt.revalidate(
+            timeframe, engine="dask" if dask else "local", scheduler=scheduler, workers=workers
+        )
+    if fmt_ is not Format.table:
+        emit(report.per_symbol, fmt_, "revalidation")
+        return
+    table = Table(title=f"re-validation of {report.timeframe} bars", header_style="bold")
+    table.add_column("rule")
+    table.add_column("rows", justify="right")
+    for rule, n in sorted(report.rule_counts.items(), key=lambda kv: -kv[1]):
+        table.add_row(escape(rule), f"{n:,}")
+    table.caption = (
+        f"{report.bars:,} bars of {report.per_symbol.height:,} symbols checked,"
+        f" {report.rejected:,} rejected by today's rules; {report.engine},"
+        f" {report.partitions} partitions, {report.elapsed_s:.1f} s"
+    )
+    console.print(table)

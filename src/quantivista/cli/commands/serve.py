@@ -80,6 +80,7 @@ def create_client(
     """Create an API client; its secret is shown once."""
     with session(create=True) as rt:
         issued = rt.auth.create_client(tenant, scopes.split(","), name=name)
+        rt.audit.record("auth.create_client", issued.client_id, details={"tenant": tenant})
     if fmt_ is Format.json:
         document = {"client_id": issued.client_id, "client_secret": issued.client_secret,
                     "api_key": issued.api_key, "tenant": issued.tenant,
@@ -98,6 +99,7 @@ def revoke(client_id: Annotated[str, typer.Argument(help="The client to revoke."
     """Revoke a client: its API key and every token issued to it stop working."""
     with session() as rt:
         rt.auth.revoke(client_id)
+        rt.audit.record("auth.revoke", client_id)
     console.print(f"revoked {escape(client_id)}")
 
 
@@ -138,4 +140,5 @@ def tenant(
         saved = rt.auth.set_tenant(
             name, symbols=split(symbols), timeframes=split(timeframes), datasets=split(datasets)
         )
+        rt.audit.record("auth.tenant", name, details=saved.model_dump(mode="json"))
     console.print(escape(saved.model_dump_json()))

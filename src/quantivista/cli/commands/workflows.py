@@ -106,14 +106,17 @@ def sources_add(
     tenant: TENANT = "default",
 ) -> None:
     """Add (or replace) a source; its schedule, rules and checks are validated."""
-    quality = (
-        [QualityCheck.model_validate(c) for c in json.loads(checks.read_text())] if checks else []
-    )
+    try:
+        loaded = json.loads(checks.read_text()) if checks else []
+        quality = [QualityCheck.model_validate(c) for c in loaded]
+        options = json.loads(config) if config else {}
+    except (OSError, ValueError) as exc:  # a missing file, bad JSON, a check that is not one
+        fail(f"error: --checks or --config: {exc}", code=2)
     source = DataSource(
         source_id=source_id, source_type=source_type, ingestion_mode=mode,
         data_format=data_format, location=location, target_table=table, schedule=schedule,
         transformation_rules=rule or [], quality_checks=quality,
-        connection_config=json.loads(config) if config else {},
+        connection_config=options,
     )  # fmt: skip
     with session(create=True) as rt:
         saved = rt.workflows.register_source(tenant, source)

@@ -31,6 +31,8 @@ __all__ = ["MANIFEST", "PostgresBars", "backup", "restore", "verify"]
 
 MANIFEST = "manifest.json"
 _CATALOG = "catalog.sqlite"
+# SQLite files copied through the online backup API (a plain copy may miss the WAL's pages)
+_SQLITE = (_CATALOG, "workflows.sqlite")
 _SKIP_DIRS = {".locks"}
 
 
@@ -64,7 +66,7 @@ def _lake_files(root: Path) -> list[Path]:
         rel = path.relative_to(root)
         if not path.is_file() or rel.parts[0] in _SKIP_DIRS or path.name.startswith(".tmp-"):
             continue
-        if rel.parts[0].startswith(_CATALOG):  # the catalog and its WAL: copied by sqlite
+        if rel.parts[0].startswith(_SQLITE):  # the catalogs and their WALs: copied by sqlite
             continue
         files.append(path)
     return files
@@ -128,10 +130,12 @@ def _copy_lake(root: Path, dest: Path) -> None:
             target = dest / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, target)
-        catalog = root / _CATALOG
-        if catalog.exists():
+        for name in _SQLITE:
+            catalog = root / name
+            if not catalog.exists():
+                continue
             src = sqlite3.connect(catalog)
-            dst = sqlite3.connect(dest / _CATALOG)
+            dst = sqlite3.connect(dest / name)
             try:
                 src.backup(dst)
             finally:

@@ -39,6 +39,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import IO, NamedTuple
 from uuid import uuid4
@@ -66,9 +67,17 @@ from quantivista.storage.base import (
 )
 from quantivista.storage.lake.cache import FileCache
 from quantivista.storage.lake.cold import ColdEntry, ColdIndex, ColdTier
+from quantivista.storage.lake.deltas import (
+    DELTA_PREFIX,
+    Folder,
+    PartitionView,
+    delta_name,
+    delta_names,
+)
 from quantivista.storage.lake.encoding import ArrowBatch, Run
 from quantivista.storage.lake.files import (
     atomic_write_parquet,
+    file_identity,
     flocked,
     is_temporary,
     read_parquet_files,
@@ -84,6 +93,8 @@ LAYOUT_FILE = BAR_LAYOUT_FILE
 _LAYOUT_VERSION = 2
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _LOCK_STRIPES = 64
+_BULK_READ = 16  # symbols above which a read cuts ranges and columns once, not per symbol
+_VIEW_ATTEMPTS = 16  # reads of a partition that a fold or delete changed meanwhile
 _Key = tuple[str, int, str | None]  # timeframe, bucket, month (intraday)
 # what `stats` gathers per (file, symbol) before summing per (timeframe, symbol)
 _PER_FILE = pl.Schema(
@@ -111,10 +122,13 @@ def _bucket_dir(bucket: int) -> str:
 class _Indexed:
     """A decoded partition file and where each of its symbols starts (it is sorted)."""
 
-    __slots__ = ("frame", "index")
+    __slots__ = ("_first", "_last", "_ts", "frame", "index")
 
     def __init__(self, frame: pl.DataFrame, runs: Sequence[tuple[str, int]] | None = None) -> None:
         self.frame = frame
+        self._last: dict[str, int] | None = None
+        self._first: tuple[str, int] | None = None
+        self._ts: np.ndarray | None = None
         if runs is not None:  # (symbol, rows) in row order, known to the writer
             self.index = {}
             start = 0
@@ -133,6 +147,43 @@ class _Indexed:
         span = self.index.get(symbol)
         return self.frame.slice(*span) if span else self.frame.clear()
 
+    def positions(self, symbols: Sequence[str], lo: int | None, hi: int | None) -> np.ndarray:
+        """Return the row numbers of `symbols` with `lo <= ts < hi` (epoch microseconds)."""
+        if self._ts is None:
+            self._ts = self.frame["ts"].to_physical().to_numpy()
+        ts = self._ts
+        parts = []
+        for symbol in symbols:
+            span = self.index.get(symbol)
+            if span is None:
+                continue
+            first, end = span[0], span[0] + span[1]
+            a = first + int(np.searchsorted(ts[first:end], lo)) if lo is not None else first
+            b = first + int(np.searchsorted(ts[first:end], hi)) if hi is not None else end
+            if b > a:
+                parts.append(np.arange(a, b))
+        return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+
+    def pieces_of(self, symbol: str) -> list[pl.DataFrame]:
+        """Return the symbol's rows as a list of one slice (none: no rows here)."""
+        span = self.index.get(symbol)
+        return [self.frame.slice(*span)] if span else []
+
+    def last_us(self, symbol: str) -> int | None:
+        """Return the symbol's last ts in epoch microseconds (None if it has no rows here)."""
+        if self._last is None:
+            ends = [start + rows - 1 for start, rows in self.index.values()]
+            last = self.frame["ts"].gather(ends).to_physical().to_list()
+            self._last = dict(zip(self.index, last, strict=True))
+        return self._last.get(symbol)
+
+    def first_us(self) -> tuple[str, int] | None:
+        """Return the first row's symbol and ts (epoch microseconds); None if empty."""
+        if self._first is None and self.frame.height:
+            ts = self.frame["ts"][:1].to_physical().item()
+            self._first = (str(self.frame["symbol"][0]), int(ts))
+        return self._first
+
     def estimated_size(self) -> int:
         """Return the decoded size in bytes (what the cache budgets)."""
         return int(self.frame.estimated_size())
@@ -145,6 +196,7 @@ class _Partition(NamedTuple):
     slices: list[pl.DataFrame]
     runs: list[Run]  # (symbol, first, end) rows of the batch, in file order
     arrow: ArrowBatch  # the batch as Arrow, to cut the partition's table from
+    firsts: list[int]  # each run's first ts, epoch microseconds
 
 
 class ParquetLake:
@@ -163,11 +215,14 @@ class ParquetLake:
         self._lock_dir = self.layout.locks
         # decoded partition files of both tiers (cold ones under the identity the index holds)
         self.cache: FileCache[_Indexed] = FileCache(self.settings.cache_mb * 1024 * 1024)
+        # partitions with deltas: the views (their files are in `cache`)
+        self.views: FileCache[PartitionView] = FileCache(self.cache.max_bytes)
         for directory in (self.bars_root, self._lock_dir):  # a read-only store has them
             if not directory.is_dir():
                 directory.mkdir(parents=True, exist_ok=True)
         self.cold_index = ColdIndex(self.root, self.cold, self._lock_dir) if self.cold else None
         self.buckets = self._layout()
+        self._folder = Folder(self.fold)
 
     def _layout(self) -> int:
         """Return the lake's bucket count, fixing it from the settings on first use."""
@@ -293,42 +348,134 @@ class ParquetLake:
                 if month is not None
                 else [0] * len(symbols)
             )
+            first_us = keyed["ts"].gather(starts).to_physical().to_list()
             runs: dict[tuple[int, int], list[Run]] = {}
+            first_of: dict[int, int] = dict(zip(starts, first_us, strict=True))
             for symbol, ym, lo, hi in zip(symbols, months, starts, ends, strict=True):
                 runs.setdefault((self.bucket(symbol), ym), []).append((symbol, lo, hi))
             for (bucket, ym), parts in sorted(runs.items()):
                 parts.sort()  # by symbol; a symbol has one run per partition
                 slices = [keyed.slice(lo, hi - lo) for _, lo, hi in parts]
                 month_text = f"{ym // 100:04d}-{ym % 100:02d}" if monthly else None
-                out.append(_Partition((str(tf), bucket, month_text), slices, parts, arrow))
+                firsts = [first_of[lo] for _, lo, _ in parts]
+                key = (str(tf), bucket, month_text)
+                out.append(_Partition(key, slices, parts, arrow, firsts))
         return out
 
     def _upsert_partition(self, part: _Partition) -> UpsertStats:
         # not joined into one chunk (a copy of every column): the cache takes chunked frames
-        slices = part.slices
-        new = pl.concat(slices, rechunk=False) if len(slices) > 1 else slices[0]
+        new = _stack(part.slices)
         directory = self._dir(*part.key)
         path = directory / DATA_FILE
+        runs = [(symbol, hi - lo) for symbol, lo, hi in part.runs]
         with self.locked(directory):
             self._sweep_temporaries(directory)
-            if path.exists():
+            if not path.exists() and not delta_names(directory):
+                stats = UpsertStats(inserted=new.height)
+                atomic_write_parquet(part.arrow.partition(part.runs), path, self.settings)
+                self.cache.put(path, _Indexed(new, runs))
+            else:
                 self._sweep_temporaries(self._history_of(directory))
                 # under the lock the cached copy, if its file identity matches, is current
-                existing = self.cache.get(path, self._read_indexed).frame
-                merged, stats, superseded = _merge(existing, new)
+                existing = self._partition(directory)
+                if existing is not None and self._appends(existing, part):
+                    return self._append(directory, existing, part, new, runs)
+                old = existing.frame if existing is not None else new.clear()
+                merged, stats, superseded = _merge(old, new)
                 if merged is None:
                     return stats
                 # history first: a crash between the two renames leaves a harmless copy
                 self._write_history(directory, superseded)
                 atomic_write_parquet(merged, path, self.settings)
                 self.cache.put(path, _Indexed(merged))  # write-through: the next read is warm
-            else:
-                stats = UpsertStats(inserted=new.height)
-                atomic_write_parquet(part.arrow.partition(part.runs), path, self.settings)
-                runs = [(symbol, hi - lo) for symbol, lo, hi in part.runs]
-                self.cache.put(path, _Indexed(new, runs))
+                self._drop_deltas(directory)  # the base holds their rows now
             stats.partitions_written = 1
             return stats
+
+    # -- appends (see `deltas`) --------------------------------------------------------------
+    def _appends(self, existing: _Indexed | PartitionView, part: _Partition) -> bool:
+        """Say whether every run of `part` starts after its symbol's last stored bar."""
+        if self.settings.delta_files <= 0:
+            return False
+        for (symbol, _, _), first in zip(part.runs, part.firsts, strict=True):
+            last = existing.last_us(symbol)
+            if last is not None and first <= last:
+                return False
+        return True
+
+    def _append(
+        self,
+        directory: Path,
+        existing: _Indexed | PartitionView,
+        part: _Partition,
+        new: pl.DataFrame,
+        runs: list[tuple[str, int]],
+    ) -> UpsertStats:
+        """Write `part` (after every stored bar) as a delta file of the partition."""
+        name = delta_name()
+        atomic_write_parquet(part.arrow.partition(part.runs), directory / name, self.settings)
+        self.cache.put(directory / name, _Indexed(new, runs))
+        names = delta_names(directory)
+        if len(names) >= self.settings.delta_files:
+            self._folder.submit(directory)
+        return UpsertStats(inserted=new.height, partitions_written=1)
+
+    def _partition(self, directory: Path) -> _Indexed | PartitionView | None:
+        """Return a partition (base file and deltas) through the cache; None if it is gone."""
+        path = directory / DATA_FILE
+        for _ in range(_VIEW_ATTEMPTS):
+            names = delta_names(directory)
+            try:
+                if not names:
+                    return self.cache.get(path, self._read_indexed)
+                try:
+                    identity: tuple[int, int, int] | None = file_identity(path)
+                except FileNotFoundError:  # deltas whose base an archival emptied
+                    identity = None
+                load = partial(self._load_view, directory, names, identity is not None)
+                return self.views.lookup(str(directory), (identity, tuple(names)), load)
+            except FileNotFoundError:
+                # a fold removed a delta (or a delete the base) since the listing: look again
+                if not path.exists() and not delta_names(directory):
+                    return None
+        raise StorageError("a partition kept changing while it was read", path=str(directory))
+
+    def _load_view(self, directory: Path, names: list[str], has_base: bool) -> PartitionView:
+        path = directory / DATA_FILE
+        base = self.cache.get(path, self._read_indexed) if has_base else None
+        deltas = [(n, self.cache.get(directory / n, self._read_indexed)) for n in names]
+        return PartitionView(base, deltas)
+
+    def _drop_deltas(self, directory: Path) -> int:
+        names = delta_names(directory)
+        for name in names:
+            (directory / name).unlink(missing_ok=True)
+        return len(names)
+
+    def fold_locked(self, directory: Path) -> int:
+        """Fold a partition's deltas into its base file; return the deltas removed.
+
+        The caller holds the partition's lock. The new base lands before the deltas go (a
+        crash in between leaves deltas that reads recognise as folded).
+        """
+        if not delta_names(directory):
+            return 0
+        found = self._partition(directory)
+        if isinstance(found, PartitionView) and found.deltas:
+            frame = found.frame
+            atomic_write_parquet(frame, directory / DATA_FILE, self.settings)
+            self.cache.put(directory / DATA_FILE, _Indexed(frame))
+        return self._drop_deltas(directory)
+
+    def fold(self, directory: Path) -> int:
+        """Fold a partition's deltas into its base file under its lock; return the deltas."""
+        with self.locked(directory):
+            return self.fold_locked(directory)
+
+    def delta_files(self, timeframe: str | None = None) -> list[Path]:
+        """Return the delta files (of one timeframe, or all), sorted."""
+        pattern = f"timeframe={timeframe}" if timeframe else "timeframe=*"
+        return sorted(self.bars_root.glob(f"{pattern}/bucket=*/**/{DELTA_PREFIX}*.parquet"))
 
     @staticmethod
     def _sweep_temporaries(directory: Path) -> None:
@@ -397,6 +544,7 @@ class ParquetLake:
             paths = sorted(set(found))
         for path in paths:
             with self.locked(path.parent):
+                self.fold_locked(path.parent)  # one file to work on
                 if not path.exists():
                     continue
                 df = self.read_file(path)
@@ -432,7 +580,10 @@ class ParquetLake:
         With `before`, only the partitions that can hold bars with ts < `before`.
         """
         pattern = f"timeframe={timeframe}" if timeframe else "timeframe=*"
-        files = sorted(self.bars_root.glob(f"{pattern}/bucket=*/**/{DATA_FILE}"))
+        found = self.bars_root.glob(f"{pattern}/bucket=*/**/{DATA_FILE}")
+        # a partition whose base an archival emptied while deltas were added has only those
+        dirs = {p.parent for p in found} | {p.parent for p in self.delta_files(timeframe)}
+        files = sorted(d / DATA_FILE for d in dirs)
         if before is None:
             return files
         hi = f"month={before.year:04d}-{before.month:02d}"
@@ -444,7 +595,7 @@ class ParquetLake:
         base = self.partition_dir(timeframe, symbol)
         if Timeframe.parse(timeframe).partition_period == "all":
             path = base / DATA_FILE
-            return [path] if path.exists() else []
+            return [path] if path.exists() or delta_names(base) else []
         if not base.is_dir():
             return []
         lo = f"{start.year:04d}-{start.month:02d}" if start else ""
@@ -452,7 +603,7 @@ class ParquetLake:
         files = []
         for month_dir in sorted(base.glob("month=*")):
             month = month_dir.name[len("month=") :]
-            if lo <= month <= hi and (month_dir / DATA_FILE).exists():
+            if lo <= month <= hi and ((month_dir / DATA_FILE).exists() or delta_names(month_dir)):
                 files.append(month_dir / DATA_FILE)
         return files
 
@@ -478,14 +629,23 @@ class ParquetLake:
         frames = []
         tf_text = str(timeframe)
         wanted = sorted(set(symbols))  # files are sorted by ts: sorted symbols keep order
-        opened: dict[Path, _Indexed | None] = {}  # each file once per call, shared by symbols
-        for symbol in wanted:
+        # each file once per call, shared by symbols; each bucket's file list once
+        opened: dict[Path, _Indexed | PartitionView | None] = {}
+        listed: dict[int, list[Path]] = {}
+        bulk = len(wanted) > _BULK_READ and self.cold_index is None
+        if bulk:
+            found = self._read_bulk(tf_text, wanted, start, end)
+            frames = [] if found is None else [found if whole else found.select(read_cols)]
+        for symbol in wanted if not bulk else ():
+            bucket = self.bucket(symbol)
+            if bucket not in listed:
+                listed[bucket] = self._files(tf_text, symbol, start, end)
             # hot before cold: archival records a cold file before it rewrites the hot one,
             # so rows moving meanwhile are seen in one tier or both, never in neither
             hot = [
-                _ts_slice(rows, start, end)
-                for path in self._files(tf_text, symbol, start, end)
-                if (rows := self._hot_rows(path, symbol, wanted, opened)) is not None
+                _ts_slice(piece, start, end)
+                for path in listed[bucket]
+                for piece in self._hot_rows(path, symbol, wanted, opened)
             ]
             hot = [h for h in hot if h.height]
             cold = self._cold_frames(tf_text, symbol, start, end)
@@ -502,27 +662,57 @@ class ParquetLake:
         df = pl.concat(frames) if len(frames) > 1 else frames[0]
         return df if df.columns == cols else df.select(cols)
 
+    def _read_bulk(
+        self, tf: str, wanted: list[str], start: datetime | None, end: datetime | None
+    ) -> pl.DataFrame | None:
+        """Return the hot rows of many symbols: one gather per file, one filter per file's
+        deltas, one sort (slicing and joining per symbol costs more than the rows)."""
+        by_bucket: dict[int, list[str]] = {}
+        for symbol in wanted:
+            by_bucket.setdefault(self.bucket(symbol), []).append(symbol)
+        lo = _epoch_us(start) if start is not None else None
+        hi = _epoch_us(end) if end is not None else None
+        frames = []
+        in_range = _in_range(start, end)
+        for names in by_bucket.values():
+            for path in self._files(tf, names[0], start, end):
+                found = self._open(path, names)
+                if found is None:
+                    continue
+                view = found if isinstance(found, PartitionView) else None
+                base = found if view is None else view.base
+                if isinstance(base, _Indexed):
+                    rows = base.positions(names, lo, hi)
+                    if rows.size:
+                        frames.append(base.frame[rows])
+                if view is not None and view.deltas:
+                    cond = pl.col("symbol").is_in(names) & in_range
+                    frames.append(view.added.filter(cond))
+        if not frames:
+            return None
+        return pl.concat(frames).sort("symbol", "ts")
+
     def _hot_rows(
         self,
         path: Path,
         symbol: str,
         wanted: list[str],
-        opened: dict[Path, _Indexed | None],
-    ) -> pl.DataFrame | None:
+        opened: dict[Path, _Indexed | PartitionView | None],
+    ) -> list[pl.DataFrame]:
         if path not in opened:
             opened[path] = self._open(path, wanted)
         found = opened[path]
-        return None if found is None else found.rows_of(symbol)
+        return [] if found is None else found.pieces_of(symbol)
 
-    def _open(self, path: Path, wanted: list[str]) -> _Indexed | None:
+    def _open(self, path: Path, wanted: list[str]) -> _Indexed | PartitionView | None:
         """Return a hot file through the cache; without a cache, only the wanted symbols.
 
         Decoding a bucket file costs about 3x decoding one symbol's rows of it, so an
         uncached read filters on the sorted symbol column instead.
         """
         try:
-            if self.cache.max_bytes > 0:
-                return self.cache.get(path, self._read_indexed)
+            if self.cache.max_bytes > 0 or delta_names(path.parent):
+                return self._partition(path.parent)
             # the file holds only its bucket's symbols: filtering by all wanted is exact
             with open(path, "rb") as handle:
                 lf = pl.scan_parquet(handle).filter(pl.col("symbol").is_in(wanted))
@@ -603,12 +793,13 @@ class ParquetLake:
         return storage_report(self)
 
     def compact(self) -> int:
-        """Merge each partition's history files into one; return the files removed.
+        """Fold delta files into their partitions and merge each partition's history files
+        into one; return the files removed.
 
-        Every correction adds one small history file per partition it touches; as-of reads
-        scan them all, so periodic compaction keeps those reads fast.
+        Every correction adds one small history file per partition it touches, every append
+        one delta file; reads scan them all, so periodic compaction keeps reads fast.
         """
-        removed = 0
+        removed = sum(self.fold(p) for p in sorted({d.parent for d in self.delta_files()}))
         dirs = {p.parent for p in self.history_root.rglob("*.parquet") if p.name[0] != "."}
         for hist_dir in sorted(dirs):
             partition = self.bars_root / hist_dir.relative_to(self.history_root)
@@ -627,12 +818,13 @@ class ParquetLake:
         return removed
 
     def close(self) -> None:
-        """Nothing to release: files are opened per call."""
+        """Let background folds finish (files are opened per call)."""
+        self._folder.wait()
 
     def symbols(self, timeframe: Timeframe | None = None) -> list[str]:
         """Return the stored symbols (hot or archived), sorted."""
         tf = str(timeframe) if timeframe else None
-        files = self.data_files(tf)
+        files = self.data_files(tf) + self.delta_files(tf)
         found: set[str] = set()
         unique = pl.col("symbol").unique()
         hot = read_parquet_files(files, lambda lf: lf.select(unique), what="partition files")
@@ -659,7 +851,7 @@ class ParquetLake:
         index, without touching the archive. Rows caught in both tiers by an interrupted
         archival count twice until the archival is rerun.
         """
-        files = self.data_files()
+        files = self.data_files() + self.delta_files()
         parts = []
         per_file = read_parquet_files(
             files,
@@ -721,7 +913,7 @@ def storage_report(lake: ParquetLake) -> pl.DataFrame:
     read through fsspec, so the row reflects what the archive holds, not the cold index).
     """
     tiers = {
-        "hot": list(lake.bars_root.rglob(DATA_FILE)),
+        "hot": list(lake.bars_root.rglob(DATA_FILE)) + lake.delta_files(),
         "history": [p for p in lake.history_root.rglob("*.parquet") if p.name[0] != "."],
     }
     rows = []
@@ -811,6 +1003,27 @@ def _prune_empty_dirs(start: Path, stop: Path) -> None:
         except OSError:  # not empty (or already gone): stop climbing
             return
         here = here.parent
+
+
+def _stack(frames: list[pl.DataFrame]) -> pl.DataFrame:
+    """Return the frames one after another, as chunks (`pl.concat` costs several times
+    more for a few small frames: it hands the columns to the thread pool)."""
+    out = frames[0]
+    if len(frames) > 1:
+        out = out.clone()
+        for frame in frames[1:]:
+            out.vstack(frame, in_place=True)
+    return out
+
+
+def _in_range(start: datetime | None, end: datetime | None) -> pl.Expr:
+    ts = pl.col("ts")
+    cond = pl.lit(True)
+    if start is not None:
+        cond = cond & (ts >= pl.lit(start, PL_UTC_TS))
+    if end is not None:
+        cond = cond & (ts < pl.lit(end, PL_UTC_TS))
+    return cond
 
 
 def _ts_slice(df: pl.DataFrame, start: datetime | None, end: datetime | None) -> pl.DataFrame:

@@ -63,6 +63,7 @@ def _archive_bucket(lake: ParquetLake, paths: list[Path], before: datetime) -> i
     is_old = pl.col("ts") < pl.lit(before, pl.Datetime("us", "UTC"))  # built once: not cheap
     for path in paths:
         with lake.locked(path.parent):
+            lake.fold_locked(path.parent)  # one file to archive from
             try:
                 seen = file_identity(path)
             except FileNotFoundError:

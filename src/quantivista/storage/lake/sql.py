@@ -58,7 +58,7 @@ def _view(con: duckdb.DuckDBPyConnection, name: str, files: list[Path], schema: 
 def _bars_view(con: duckdb.DuckDBPyConnection, root: Path, storage: StorageSettings | None) -> None:
     bars_root = root / "silver" / "bars"
     # hot files listed before the cold index is read: see `ParquetLake.read`
-    hot = sorted(bars_root.glob("**/data.parquet"))
+    hot = sorted([*bars_root.glob("**/data.parquet"), *bars_root.glob("**/delta-*.parquet")])
     cold: list[str] = []
     overlap: list[Path] = []
     if storage is not None and storage.archive_url and (bars_root / "_layout.json").exists():

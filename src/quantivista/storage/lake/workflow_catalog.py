@@ -6,6 +6,7 @@ transaction, so processes sharing the file never lose each other's rows.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -28,8 +29,15 @@ class SqliteWorkflowCatalog(SqlWorkflowCatalog):
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
+        parent = self.path.parent
+        # a data directory we may not write to (a read-only mount, a shared copy): reads
+        # work, writes fail with a StorageError (see storage.lake.catalog)
+        self.read_only = parent.exists() and not os.access(parent, os.W_OK)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.read_only:
+                self._conn = self._read_only()
+                return
+            parent.mkdir(parents=True, exist_ok=True)
             locks = self.path.parent / ".locks"
             locks.mkdir(exist_ok=True)
             self._conn = sqlite3.connect(
@@ -44,6 +52,15 @@ class SqliteWorkflowCatalog(SqlWorkflowCatalog):
                 "cannot open the ingestion catalog", path=str(self.path), error=str(exc)
             ) from exc
 
+    def _read_only(self) -> sqlite3.Connection:
+        if self.path.exists():
+            uri = f"file:{self.path}?immutable=1"
+            return sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
+        conn = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+        conn.executescript(SQLITE_SCHEMA)  # nothing was ever ingested here: empty tables
+        conn.execute("PRAGMA query_only = ON")
+        return conn
+
     def _new_id(self) -> str:
         return str(uuid4())
 
@@ -52,7 +69,7 @@ class SqliteWorkflowCatalog(SqlWorkflowCatalog):
         del tenant  # every query filters by tenant itself; SQLite has no row policies
         with self._lock:
             try:
-                self._conn.execute("BEGIN IMMEDIATE")
+                self._conn.execute("BEGIN" if self.read_only else "BEGIN IMMEDIATE")
                 try:
                     yield self._conn.cursor()
                 except BaseException:

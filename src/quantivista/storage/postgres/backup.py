@@ -186,6 +186,7 @@ def load(dsn: str, schema: str, src: Path, meta: dict[str, Any]) -> dict[str, in
     from psycopg import sql
 
     from quantivista.storage.postgres.bars import create_year_partitions, migrate
+    from quantivista.storage.postgres.opslog import create_tables
 
     tables = list(meta["tables"])
     try:
@@ -196,6 +197,7 @@ def load(dsn: str, schema: str, src: Path, meta: dict[str, Any]) -> dict[str, in
     try:
         with _connect(dsn) as conn, conn.transaction():
             _use_schema(conn, schema)
+            create_tables(conn)  # the operations log lives outside the migrations
             every = backend_tables(conn)
             conn.execute(
                 sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(

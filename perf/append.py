@@ -1,0 +1,218 @@
+"""Append benchmark: the nightly update and streaming micro-batches, lake vs ArcticDB.
+
+- nightly: a store of N symbols x Y years of daily bars (perf/storage.py's universe, written
+  before the clock starts), then the next session's bar for every symbol: lake
+  `Platform.write_bars` (validated, history-aware, in the process that holds the store, as
+  a service would) vs ArcticDB `Library.append_batch` of the same rows (pandas conversion
+  outside the clock), in the same run; `--symbols 500,2000,5000`, `--years 10,20`.
+- postgres: the same nightly update by `PostgresStore.upsert` into a store of the first
+  universe (`--postgres`).
+- stream: 500 symbols, one session of 1-minute bars stored, then `--batches` micro-batches
+  of one new 1-minute bar per symbol (what lands in one second when every symbol's minute
+  closes), each through `Platform.write_bars`: latency p50/p95/max; a warm read of one
+  symbol's session and of all 500 symbols' last hour before and after (background folds
+  running), and after `compact()`.
+Prints one JSON line. Usage: python perf/append.py [--symbols 500,2000] [--years 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+import numpy as np
+import polars as pl
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from quantivista.model.schema import coerce_bars
+from quantivista.model.timeframe import Timeframe
+from quantivista.platform import Platform
+from storage import median_s, next_day, universe
+
+
+def nightly_lake(frame: pl.DataFrame, root: Path) -> dict[str, float]:
+    """Return the seconds of the nightly update of a lake holding `frame`."""
+    per_symbol = frame.height // frame["symbol"].n_unique()
+    with Platform.open(root) as p:
+        p.write_bars(frame, source="perf", timeframe="1d")
+        p.calendar()  # loaded before the clock, as in a running service
+        update = next_day(frame)
+        t0 = time.perf_counter()
+        report = p.write_bars(update, source="perf", timeframe="1d")
+        elapsed = time.perf_counter() - t0
+        assert report.invalid_records == 0, report
+        assert p.bars("S0000").height == per_symbol + 1
+        read = median_s(lambda: p.bars("S0001", timeframe="1d"), 7)
+    return {"lake_s": elapsed, "lake_read_symbol_ms": read * 1e3}
+
+
+def nightly_arcticdb(frame: pl.DataFrame, root: Path) -> dict[str, Any]:
+    """Return the seconds of ArcticDB's `append_batch` of the next session."""
+    import arcticdb as adb
+
+    lib = adb.Arctic(f"lmdb://{root}").get_library("bars", create_if_missing=True)
+    cols = ["open", "high", "low", "close", "volume"]
+
+    def payloads(df: pl.DataFrame) -> list[Any]:
+        return [
+            adb.WritePayload(str(sym), part.select("ts", *cols).to_pandas().set_index("ts"))
+            for (sym,), part in df.group_by("symbol", maintain_order=True)
+        ]
+
+    lib.write_batch(payloads(frame))
+    update = payloads(next_day(frame))
+    t0 = time.perf_counter()
+    lib.append_batch(update)
+    elapsed = time.perf_counter() - t0
+    assert len(lib.read("S0000").data) == frame.height // frame["symbol"].n_unique() + 1
+    return {"arcticdb_s": elapsed, "arcticdb_version": adb.__version__}
+
+
+def nightly_postgres(frame: pl.DataFrame) -> dict[str, Any]:
+    """Return the seconds of `PostgresStore.upsert` of the next session."""
+    import psycopg
+
+    from quantivista.config import Settings
+    from quantivista.storage.postgres.bars import PostgresStore
+
+    dsn = Settings().services.postgres_dsn.get_secret_value()
+    schema = f"qv_perf_{uuid4().hex[:8]}"
+    now = datetime.now(UTC)
+    store = PostgresStore(dsn, schema)
+    try:
+        store.upsert(coerce_bars(frame, timeframe="1d", provider="perf", job_id="a",
+                                 ingested_at=now))  # fmt: skip
+        update = coerce_bars(next_day(frame), timeframe="1d", provider="perf", job_id="b",
+                             ingested_at=now + timedelta(seconds=1))  # fmt: skip
+        t0 = time.perf_counter()
+        stats = store.upsert(update)
+        elapsed = time.perf_counter() - t0
+        assert stats.inserted == update.height
+    finally:
+        store.close()
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    return {"postgres_s": elapsed}
+
+
+def minute_bars(symbols: list[str], ts: list[datetime], seed: int) -> pl.DataFrame:
+    """Return one 1-minute bar per symbol and timestamp (valid OHLC)."""
+    rng = np.random.default_rng(seed)
+    n = len(symbols) * len(ts)
+    close = rng.uniform(50, 60, n)
+    return pl.DataFrame(
+        {
+            "symbol": np.repeat(symbols, len(ts)),
+            "ts": pl.Series(ts * len(symbols)).cast(pl.Datetime("us", "UTC")),
+            "open": close,
+            "high": close * 1.001,
+            "low": close * 0.999,
+            "close": close,
+            "volume": np.full(n, 100.0),
+        }
+    )
+
+
+def stream(root: Path, batches: int) -> dict[str, Any]:
+    """Return micro-batch latencies and read times of the streaming run."""
+    symbols = [f"S{i:04d}" for i in range(500)]
+    open_ = datetime(2024, 3, 4, 14, 30, tzinfo=UTC)
+    minute = timedelta(minutes=1)
+    m1 = Timeframe.parse("1m")
+    out: dict[str, Any] = {}
+    with Platform.open(root) as p:
+        session = [open_ + minute * k for k in range(390)]
+        p.write_bars(minute_bars(symbols, session, 0), source="perf", timeframe="1m")
+        lake = p.runtime.backend.bars
+
+        def reads(label: str) -> None:
+            day = (open_, open_ + timedelta(days=1))
+            out[f"read_symbol_{label}_ms"] = 1e3 * median_s(
+                lambda: lake.read(["S0007"], m1, *day), 7
+            )
+            hour = (open_ + minute * (390 + batches - 60), open_ + timedelta(days=2))
+            out[f"read_500_last_hour_{label}_ms"] = 1e3 * median_s(
+                lambda: lake.read(symbols, m1, *hour), 3
+            )
+
+        reads("before")
+        times = []
+        for k in range(batches):
+            batch = minute_bars(symbols, [open_ + minute * (390 + k)], k + 1)
+            t0 = time.perf_counter()
+            p.write_bars(batch, source="perf", timeframe="1m")
+            times.append(time.perf_counter() - t0)
+        out["deltas_after"] = len(lake.delta_files())
+        reads("after")
+        assert lake.read(["S0007"], m1).height == 390 + batches
+        t0 = time.perf_counter()
+        lake.compact()
+        out["compact_s"] = time.perf_counter() - t0
+        reads("compacted")
+    times.sort()
+    out.update(
+        batches=batches,
+        p50_ms=1e3 * statistics.median(times),
+        p95_ms=1e3 * times[int(0.95 * (len(times) - 1))],
+        max_ms=1e3 * times[-1],
+        within_50ms=sum(t <= 0.05 for t in times) / len(times),
+    )
+    return out
+
+
+def main() -> None:
+    """Run the benchmark and print one JSON line."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--symbols", default="500,2000,5000")
+    parser.add_argument("--years", default="10")
+    parser.add_argument("--batches", type=int, default=1000)
+    parser.add_argument("--postgres", action="store_true")
+    parser.add_argument("--no-stream", action="store_true")
+    args = parser.parse_args()
+    out: dict[str, Any] = {"bench": "append", "load_avg_1m": round(os.getloadavg()[0], 2)}
+    nightly = []
+    for years in [int(y) for y in args.years.split(",")]:
+        for symbols in [int(s) for s in args.symbols.split(",")]:
+            frame = universe(symbols, years)
+            row: dict[str, Any] = {"symbols": symbols, "years": years, "bars": frame.height}
+            with tempfile.TemporaryDirectory() as tmp:
+                row.update(nightly_lake(frame, Path(tmp) / "lake"))
+                try:
+                    row.update(nightly_arcticdb(frame, Path(tmp) / "arctic"))
+                    row["lake_vs_arcticdb"] = row["lake_s"] / row["arcticdb_s"]
+                except ImportError as exc:
+                    row["arcticdb"] = f"not installed: {exc}"
+            if args.postgres and symbols == 500 and years == 10:
+                row.update(nightly_postgres(frame))
+            nightly.append(row)
+            del frame
+    out["nightly"] = nightly
+    if not args.no_stream:
+        with tempfile.TemporaryDirectory() as tmp:
+            out["stream"] = stream(Path(tmp) / "lake", args.batches)
+    out["load_avg_1m_end"] = round(os.getloadavg()[0], 2)
+    print(json.dumps(_rounded(out)))
+
+
+def _rounded(value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, 4)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
+
+
+if __name__ == "__main__":
+    main()

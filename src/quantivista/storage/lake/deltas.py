@@ -1,0 +1,176 @@
+"""Delta files: appends that cost what they add, folded into the partition file later.
+
+A write whose every row comes after the last stored bar of its symbol (the nightly session,
+a streaming micro-batch, a new symbol) changes no stored bar, so it needs neither the merge
+nor a rewrite of the partition file: it lands beside it as a small delta file,
+
+    timeframe=1d/bucket=007/data.parquet                      the partition (base) file
+    timeframe=1d/bucket=007/delta-<time ns>-<uuid>.parquet    appended since, sorted rows
+
+written atomically under the partition lock like any lake file. A partition is its base file
+plus its deltas; reads join them per symbol (a delta's rows of a symbol follow every earlier
+row of it, so the pieces concatenate in ts order without a sort or a dedupe). Appends make no
+history: no version is superseded, so as-of reads stay exact.
+
+A fold writes base + deltas as the new base file, then removes the deltas. A crash between
+the two leaves deltas whose rows the base already holds; such a delta is recognised by its
+first row (not after the base's last bar of that symbol, which a live delta always is) and
+is ignored, then removed by the next fold. Every write that is not a pure append (a
+correction, a delete, retention, archival) folds the partition first, so it works on one file
+as before. Folds run on `compact()` (`qv compact`) and, once a partition holds
+`storage.delta_files` deltas, on a background thread of the writing process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Protocol
+from uuid import uuid4
+
+import polars as pl
+
+__all__ = ["DELTA_PREFIX", "Folder", "PartitionView", "delta_name", "delta_names"]
+
+DELTA_PREFIX = "delta-"
+_log = logging.getLogger(__name__)
+
+
+class Rows(Protocol):
+    """A decoded, sorted lake file (the lake's `_Indexed`)."""
+
+    frame: pl.DataFrame
+    index: dict[str, tuple[int, int]]
+
+    def rows_of(self, symbol: str) -> pl.DataFrame: ...
+
+    def last_us(self, symbol: str) -> int | None: ...
+
+    def first_us(self) -> tuple[str, int] | None: ...
+
+    def estimated_size(self) -> int: ...
+
+
+def delta_name() -> str:
+    """Return a new delta file name (sorts by creation time; unique across processes)."""
+    return f"{DELTA_PREFIX}{time.time_ns():020d}-{uuid4().hex[:12]}.parquet"
+
+
+def delta_names(directory: Path) -> list[str]:
+    """Return the delta files of a partition directory, oldest first (none if it is gone)."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    return sorted(n for n in names if n.startswith(DELTA_PREFIX))
+
+
+class PartitionView:
+    """A partition as readers see it: the base file and its live deltas."""
+
+    __slots__ = ("_added", "base", "deltas", "stale")
+
+    def __init__(self, base: Rows | None, deltas: Sequence[tuple[str, Rows]]) -> None:
+        self.base = base
+        self.deltas: list[Rows] = []
+        self.stale: list[str] = []  # folded already (a crash kept them): ignored
+        self._added: pl.DataFrame | None = None
+        for name, delta in deltas:
+            if self._folded(delta):
+                self.stale.append(name)
+            else:
+                self.deltas.append(delta)
+
+    def _folded(self, delta: Rows) -> bool:
+        head = delta.first_us()
+        if self.base is None or head is None:
+            return self.base is not None
+        last = self.base.last_us(head[0])
+        return last is not None and head[1] <= last
+
+    @property
+    def added(self) -> pl.DataFrame:
+        """Return the rows of the live deltas (one frame, in the order they were written)."""
+        if self._added is None:
+            frames = [d.frame for d in self.deltas]
+            self._added = pl.concat(frames, rechunk=True) if len(frames) > 1 else frames[0]
+        return self._added
+
+    @property
+    def frame(self) -> pl.DataFrame:
+        """Return every row of the partition, sorted by symbol and ts."""
+        parts = [p.frame for p in ([self.base] if self.base else []) + self.deltas]
+        if len(parts) == 1:
+            return parts[0]
+        return pl.concat(parts, how="vertical_relaxed").sort("symbol", "ts")
+
+    def pieces_of(self, symbol: str) -> list[pl.DataFrame]:
+        """Return the symbol's rows as zero-copy slices in ts order (none: no rows here).
+
+        Deltas are written one at a time under the partition lock, each after every row
+        before it, and their names sort in that order: the pieces join without a sort.
+        """
+        pieces = [self.base.rows_of(symbol)] if self.base and symbol in self.base.index else []
+        pieces.extend(d.rows_of(symbol) for d in self.deltas if symbol in d.index)
+        return pieces
+
+    def rows_of(self, symbol: str) -> pl.DataFrame:
+        """Return the symbol's rows in ts order."""
+        pieces = self.pieces_of(symbol)
+        if not pieces:
+            return (self.base or self.deltas[0]).frame.clear()
+        return pieces[0] if len(pieces) == 1 else pl.concat(pieces)
+
+    def last_us(self, symbol: str) -> int | None:
+        """Return the symbol's last ts (epoch microseconds), None if it has no rows here."""
+        found = [r.last_us(symbol) for r in ([self.base] if self.base else []) + self.deltas]
+        known = [x for x in found if x is not None]
+        return max(known) if known else None
+
+    def estimated_size(self) -> int:
+        """Return the decoded size of the deltas (the base is cached on its own)."""
+        return sum(d.estimated_size() for d in self.deltas) + 1
+
+
+class Folder:
+    """A background thread that folds the partitions it is given, one at a time."""
+
+    def __init__(self, fold: Callable[[Path], object]) -> None:
+        self._fold = fold
+        self._queue: queue.Queue[Path | None] = queue.Queue()
+        self._pending: set[Path] = set()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, directory: Path) -> None:
+        """Fold `directory` soon (once, however often it is submitted meanwhile)."""
+        with self._lock:
+            if directory in self._pending:
+                return
+            self._pending.add(directory)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="qv-fold", daemon=True)
+                self._thread.start()
+        self._queue.put(directory)
+
+    def _run(self) -> None:
+        while (directory := self._queue.get()) is not None:
+            with self._lock:
+                self._pending.discard(directory)
+            try:
+                self._fold(directory)
+            except Exception:  # a background fold is an optimisation: the next one retries
+                _log.warning("background fold of %s failed", directory, exc_info=True)
+
+    def wait(self) -> None:
+        """Return once every submitted fold is done, and stop the thread."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._queue.put(None)
+            thread.join()

@@ -1,0 +1,244 @@
+"""Appends as delta files: exact reads (also as-of) before and after folds, crash-left
+deltas, kill -9 during appends and folds, and concurrent appenders."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from polars.testing import assert_frame_equal
+
+from quantivista.config import StorageSettings
+from quantivista.model.schema import coerce_bars
+from quantivista.model.timeframe import Timeframe
+from quantivista.storage.lake.bars import ParquetLake
+
+D1 = Timeframe.parse("1d")
+M1 = Timeframe.parse("1m")
+DAY0 = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+def _bars(symbols: list[str], first: int, days: int, at: datetime, price: float = 100.0,
+          tf: str = "1d") -> pl.DataFrame:  # fmt: skip
+    step = timedelta(days=1) if tf == "1d" else timedelta(minutes=1)
+    ts = [DAY0 + step * (first + d) for d in range(days)]
+    n = len(symbols) * days
+    close = np.full(n, price) + np.tile(np.arange(days, dtype=float), len(symbols))
+    frame = pl.DataFrame(
+        {
+            "symbol": np.repeat(symbols, days),
+            "ts": ts * len(symbols),
+            "open": close,
+            "high": close + 1,
+            "low": close - 1,
+            "close": close,
+            "volume": np.full(n, 10.0),
+        }
+    )
+    return coerce_bars(frame, timeframe=tf, provider="t", job_id=f"j{at:%H%M%S%f}",
+                       ingested_at=at)  # fmt: skip
+
+
+def _key_sorted(df: pl.DataFrame) -> pl.DataFrame:
+    return df.sort("symbol", "ts")
+
+
+def _settings(**kw: object) -> StorageSettings:
+    return StorageSettings(buckets=4, write_threads=1, **kw)  # type: ignore[arg-type]
+
+
+SYMBOLS = [f"S{i:02d}" for i in range(20)]  # > 16: reads of all of them take the bulk path
+
+
+def test_appends_are_deltas_and_reads_are_exact_before_and_after_a_fold(tmp_path: Path) -> None:
+    lake = ParquetLake(tmp_path, _settings(delta_files=100))
+    at = [DAY0 + timedelta(days=400, seconds=i) for i in range(6)]
+    base = _bars(SYMBOLS, 0, 30, at[0])
+    assert lake.upsert(base).inserted == base.height
+    nightly = [_bars(SYMBOLS, 30 + k, 1, at[1 + k]) for k in range(3)]
+    newcomer = _bars(["NEW"], 10, 5, at[4])  # a new symbol: after its (absent) history
+    for batch in [*nightly, newcomer]:
+        stats = lake.upsert(batch)
+        assert stats.inserted == batch.height and stats.updated == 0
+    deltas = lake.delta_files("1d")
+    assert deltas  # nothing was rewritten: the appends sit beside the partition files
+    assert not list((tmp_path / "history").rglob("*.parquet"))  # and superseded nothing
+    want = _key_sorted(pl.concat([base, *nightly, newcomer]))
+    everyone = [*SYMBOLS, "NEW"]
+    assert_frame_equal(lake.read(everyone, D1), want)  # bulk path
+    for symbol in ["S03", "NEW"]:  # one symbol at a time
+        assert_frame_equal(lake.read([symbol], D1), want.filter(pl.col("symbol") == symbol))
+    lo, hi = DAY0 + timedelta(days=29), DAY0 + timedelta(days=32)
+    in_range = want.filter((pl.col("ts") >= lo) & (pl.col("ts") < hi))
+    assert_frame_equal(lake.read(everyone, D1, lo, hi), in_range)
+    assert_frame_equal(lake.read(["S07"], D1, lo, hi), in_range.filter(pl.col("symbol") == "S07"))
+    # as-of: what the lake held after the second night
+    then = lake.read(everyone, D1, as_of=at[2])
+    assert_frame_equal(_key_sorted(then), _key_sorted(pl.concat([base, *nightly[:2]])))
+    assert sorted(lake.symbols(D1)) == sorted(everyone)
+    assert lake.stats()["rows"].sum() == want.height
+    # a fresh process (no cache) sees the same; a fold leaves the same rows in fewer files
+    assert_frame_equal(ParquetLake(tmp_path, _settings()).read(everyone, D1), want)
+    assert lake.compact() >= len(deltas)
+    assert not lake.delta_files()
+    assert_frame_equal(lake.read(everyone, D1), want)
+    assert_frame_equal(ParquetLake(tmp_path, _settings()).read(everyone, D1, as_of=at[2]), then)
+
+
+def test_a_correction_after_appends_keeps_exact_history(tmp_path: Path) -> None:
+    lake = ParquetLake(tmp_path, _settings())
+    t0, t1, t2 = (DAY0 + timedelta(days=400, hours=h) for h in range(3))
+    lake.upsert(_bars(SYMBOLS, 0, 10, t0))
+    appended = _bars(SYMBOLS, 10, 1, t1)
+    lake.upsert(appended)
+    assert lake.delta_files()
+    fixed = _bars(["S05"], 10, 1, t2, price=500.0)  # corrects the appended bar
+    stats = lake.upsert(fixed)
+    assert stats.updated == 1
+    last = DAY0 + timedelta(days=10)
+    assert lake.read(["S05"], D1, start=last)["close"].to_list() == [500.0]
+    assert lake.read(["S05"], D1, start=last, as_of=t1 + timedelta(minutes=1))[
+        "close"
+    ].to_list() == [100.0]
+    assert lake.read(["S05"], D1, start=last, as_of=t0 + timedelta(minutes=1)).is_empty()
+    # the same bar again changes nothing
+    assert lake.upsert(appended.filter(pl.col("symbol") == "S06")).unchanged == 1
+
+
+def test_a_delta_left_by_a_crash_after_its_fold_is_ignored_then_removed(tmp_path: Path) -> None:
+    lake = ParquetLake(tmp_path, _settings())
+    t0, t1 = DAY0 + timedelta(days=400), DAY0 + timedelta(days=401)
+    base, added = _bars(SYMBOLS, 0, 10, t0), _bars(SYMBOLS, 10, 2, t1)
+    lake.upsert(base)
+    lake.upsert(added)
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    copies = {}
+    for path in lake.delta_files():
+        copies[path] = kept / f"{len(copies)}"
+        shutil.copy(path, copies[path])
+    lake.compact()
+    for path, copy in copies.items():  # as if the fold died before removing its deltas
+        shutil.copy(copy, path)
+    want = _key_sorted(pl.concat([base, added]))
+    for reader in (lake, ParquetLake(tmp_path, _settings())):
+        got = reader.read(SYMBOLS, D1)
+        assert not got.select("symbol", "ts").is_duplicated().any()
+        assert_frame_equal(got, want)
+    assert lake.stats()["rows"].sum() >= want.height  # stats count files as they are
+    assert lake.compact() == len(copies)
+    assert not lake.delta_files()
+    assert_frame_equal(lake.read(SYMBOLS, D1), want)
+
+
+def test_background_folds_keep_the_delta_count_bounded(tmp_path: Path) -> None:
+    lake = ParquetLake(tmp_path, _settings(delta_files=3))
+    lake.upsert(_bars(SYMBOLS, 0, 5, DAY0 + timedelta(days=400), tf="1m"))
+    batches = [_bars(SYMBOLS, 5 + k, 1, DAY0 + timedelta(days=401, seconds=k), tf="1m")
+               for k in range(30)]  # fmt: skip
+    for batch in batches:
+        lake.upsert(batch)
+    lake.close()  # waits for the folds under way
+    assert len(lake.delta_files()) <= 4 * 3  # 4 partitions, each folded at 3 deltas
+    want = _key_sorted(pl.concat([_bars(SYMBOLS, 0, 5, DAY0, tf="1m"), *batches]))
+    got = ParquetLake(tmp_path, _settings()).read(SYMBOLS, M1)
+    assert_frame_equal(got.select("symbol", "ts", "close"), want.select("symbol", "ts", "close"))
+
+
+def test_concurrent_appenders_into_shared_partitions_lose_nothing(tmp_path: Path) -> None:
+    settings = StorageSettings(buckets=1, write_threads=1, delta_files=4)
+    ParquetLake(tmp_path, settings).upsert(_bars(["A00", "B00"], 0, 5, DAY0))
+    groups = [[f"A{i:02d}" for i in range(6)], [f"B{i:02d}" for i in range(6)]]
+    written: list[pl.DataFrame] = []
+    barrier = threading.Barrier(len(groups))
+    errors: list[BaseException] = []
+
+    def append(symbols: list[str]) -> None:
+        lake = ParquetLake(tmp_path, settings)  # a writer of its own, like another process
+        barrier.wait()
+        try:
+            for day in range(5, 25):
+                batch = _bars(symbols, day, 1, DAY0 + timedelta(days=400, seconds=day))
+                lake.upsert(batch)
+                written.append(batch)
+            lake.close()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=append, args=(g,)) for g in groups]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    everyone = groups[0] + groups[1]
+    got = ParquetLake(tmp_path, settings).read(everyone, D1)
+    assert not got.select("symbol", "ts").is_duplicated().any()
+    first = _bars(["A00", "B00"], 0, 5, DAY0)
+    assert_frame_equal(
+        got.select("symbol", "ts"), _key_sorted(pl.concat([first, *written])).select("symbol", "ts")
+    )
+
+
+_CHILD = """
+import sys
+from datetime import UTC, datetime, timedelta
+sys.path.insert(0, sys.argv[2])
+from test_lake_deltas import DAY0, _bars, _settings, SYMBOLS
+from quantivista.storage.lake.bars import ParquetLake
+lake = ParquetLake(sys.argv[1], _settings(delta_files=2))
+day = 5
+while True:
+    lake.upsert(_bars(SYMBOLS, day, 1, DAY0 + timedelta(days=400, seconds=day)))
+    print(day, flush=True)
+    day += 1
+"""
+
+
+def test_kill_9_during_appends_and_folds_loses_no_committed_bar(tmp_path: Path) -> None:
+    root = tmp_path / "lake"
+    first = _bars(SYMBOLS, 0, 5, DAY0)
+    ParquetLake(root, _settings()).upsert(first)
+    here = str(Path(__file__).parent)
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(root), here], stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdout is not None
+    done = []
+    deadline = time.monotonic() + 60
+    while len(done) < 12 and time.monotonic() < deadline:  # appends and background folds
+        done.append(int(child.stdout.readline()))
+    time.sleep(np.random.default_rng().uniform(0, 0.05))  # somewhere in the next write
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait(timeout=10)
+    assert len(done) == 12
+    # on a loaded machine the child runs ahead of this reader: every write it reported
+    # before the kill counts as committed
+    done.extend(int(line) for line in child.stdout.read().split())
+    child.stdout.close()
+    lake = ParquetLake(root, _settings())
+    got = lake.read(SYMBOLS, D1)
+    assert not got.select("symbol", "ts").is_duplicated().any()
+    days = got.group_by("symbol").agg(pl.col("ts").max()).sort("symbol")
+    committed = DAY0 + timedelta(days=done[-1])
+    # every reported write is there whole; the one killed is there in some partitions only
+    assert (days["ts"] >= committed).all()
+    assert (days["ts"] <= committed + timedelta(days=1)).all()
+    assert got.filter(pl.col("ts") <= committed).height == len(SYMBOLS) * (done[-1] + 1)
+    # the next write completes it; a fold keeps every row
+    lake.upsert(_bars(SYMBOLS, done[-1] + 1, 1, DAY0 + timedelta(days=500)))
+    before = lake.read(SYMBOLS, D1).select("symbol", "ts")
+    lake.compact()
+    assert not lake.delta_files()
+    after = ParquetLake(root, _settings()).read(SYMBOLS, D1).select("symbol", "ts")
+    assert_frame_equal(after, before)
+    assert after.height == len(SYMBOLS) * (done[-1] + 2)
