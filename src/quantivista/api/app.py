@@ -24,6 +24,7 @@ from quantivista._version import __version__
 from quantivista.acquisition.limits import MemoryBackend, RateLimiter, RedisBackend
 from quantivista.api import errors, stream
 from quantivista.api.cache import ResponseCache
+from quantivista.api.encode import warm_up
 from quantivista.api.fastpath import FastPath, Receive, Scope_, Send
 from quantivista.api.graphql import graphql_router
 from quantivista.api.metrics import ApiMetrics
@@ -106,6 +107,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = Runtime(settings, clock=clock, registry=registry)
         state = _state(settings, runtime)
+        warm_up()
         hub = StreamHub(state, heartbeat_s=settings.api.ws_heartbeat_s)
         hub.start(asyncio.get_running_loop())
         relay = _relay(settings, runtime, hub)

@@ -139,6 +139,16 @@ def arrow_stream(df: pl.DataFrame, rows: int = 1 << 17) -> Iterator[bytes]:
     yield encoder.finish(df)  # the end-of-stream marker
 
 
+def warm_up() -> None:
+    """Encode a one-row frame in every bulk format, so the libraries these paths import on
+    first use (pandas under polars' numpy export, pyarrow's IPC writer) are loaded at
+    start-up rather than on a client's first bulk request (0.2 s of it, measured)."""
+    frame = pl.DataFrame({"symbol": ["A"], "timeframe": ["1d"], "close": [1.0]})
+    b"".join(arrow_stream(frame))
+    for fmt in BodyFormat:
+        encode(frame, fmt)
+
+
 def etag_of(body: bytes) -> str:
     """Return a strong entity tag of a body."""
     return '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
