@@ -14,7 +14,7 @@ clock starts after the imports (reported apart as `import_ms`):
 - minute: a fresh process, open + one symbol x 1 month of 1-minute bars
 Each figure: median and range (ms) of wall time, and the median process CPU time (all
 threads), which the machine's load disturbs less. Prints one JSON line with `uptime`'s load.
-Usage: python perf/cold_read.py [--runs 5] [--symbols 500] [--years 10]
+Usage: python perf/cold_read.py [--runs 5] [--symbols 500] [--years 10] [--row-group-rows N]
 """
 
 from __future__ import annotations
@@ -158,20 +158,25 @@ def _minute(symbols: int) -> Any:
     )
 
 
-def build(root: Path, symbols: int, years: int) -> dict[str, Any]:
+def build(root: Path, symbols: int, years: int, group_rows: int | None) -> dict[str, Any]:
     """Write the daily and minute stores of both engines; return their sizes."""
     import arcticdb as adb
     import polars as pl
 
+    from quantivista.config import StorageSettings
     from quantivista.model.schema import coerce_bars
     from quantivista.storage.lake.bars import ParquetLake
+
+    settings = StorageSettings()
+    if group_rows is not None:
+        settings = StorageSettings(row_group_rows=group_rows)
 
     out: dict[str, Any] = {"arcticdb_version": adb.__version__}
     for name, frame, tf in (
         ("daily", _daily(symbols, years), "1d"),
         ("minute", _minute(200), "1m"),
     ):
-        lake = ParquetLake(root / name / "lake")
+        lake = ParquetLake(root / name / "lake", settings)
         assert name != "daily" or lake.bucket(FIRST) != lake.bucket(SECOND)
         at = datetime(2029, 1, 1, tzinfo=UTC)
         lake.upsert(coerce_bars(frame, timeframe=tf, provider="perf", job_id="b", ingested_at=at))
@@ -222,6 +227,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--symbols", type=int, default=500)
     parser.add_argument("--years", type=int, default=10)
+    parser.add_argument("--row-group-rows", type=int, help="storage.row_group_rows to write")
     parser.add_argument("--child", choices=["lake", "arcticdb"])
     parser.add_argument("--root")
     parser.add_argument("--mode", default="daily")
@@ -233,7 +239,7 @@ def main() -> None:
     out: dict[str, Any] = {"bench": "cold_read", "runs": args.runs, "symbols": args.symbols}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        out.update(build(root, args.symbols, args.years))
+        out.update(build(root, args.symbols, args.years, args.row_group_rows))
         got: dict[str, dict[str, list[dict[str, float]]]] = {"lake": {}, "arcticdb": {}}
         rows: dict[str, set[int]] = {}
         for _ in range(args.runs):

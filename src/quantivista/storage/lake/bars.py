@@ -734,9 +734,12 @@ class ParquetLake:
         sym = pl.col("symbol")
         cond = sym == wanted[0] if len(wanted) == 1 else sym.is_in(wanted)
         try:
-            return _Indexed(pl.scan_parquet(handle).filter(cond).collect())
+            frame = pl.scan_parquet(handle).filter(cond).collect()
         except (OSError, pl.exceptions.PolarsError) as exc:
             raise StorageError("cannot read partition file", path=str(handle.name)) from exc
+        if len(wanted) == 1:  # one symbol: its index needs no scan
+            return _Indexed(frame, [(wanted[0], frame.height)] if frame.height else [])
+        return _Indexed(frame)
 
     def _cold_frames(
         self, tf: str, symbol: str, start: datetime | None, end: datetime | None
