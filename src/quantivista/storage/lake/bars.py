@@ -10,7 +10,9 @@ every symbol of one bucket, sorted by symbol and ts:
 Buckets keep the file count independent of the universe: a backfill of 500 symbols writes
 64 files, not 500, and per-file costs (file creation, rename, Parquet footer, one encoder
 per column) stop dominating the write. Readers cache each decoded file with an index of
-its symbols, so a warm read of one symbol is a dictionary lookup and a slice.
+its symbols, so a warm read of one symbol is a dictionary lookup and a slice. Files are cut
+into row groups of whole symbols (`storage.row_group_rows`, `files.symbol_groups`), so a
+process that has not decoded a file reads a few symbols from their row groups only.
 
 Every write replaces whole partition files atomically (write a hidden temporary file, then
 `os.replace`), under a lock striped over partitions, so readers never see half a file and
