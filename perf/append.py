@@ -7,6 +7,7 @@
   outside the clock), in the same run; `--symbols 500,2000,5000`, `--years 10,20`.
 - postgres: the same nightly update by `PostgresStore.upsert` into a store of the first
   universe (`--postgres`).
+  `--cache-mb` sizes the lake's partition cache (a service holding the store sizes it so).
 - stream: 500 symbols, one session of 1-minute bars stored, then `--batches` micro-batches
   of one new 1-minute bar per symbol (what lands in one second when every symbol's minute
   closes), each through `Platform.write_bars`: latency p50/p95/max; a warm read of one
@@ -34,16 +35,18 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from quantivista.config import StorageSettings
 from quantivista.model.schema import coerce_bars
 from quantivista.model.timeframe import Timeframe
 from quantivista.platform import Platform
 from storage import median_s, next_day, universe
 
 
-def nightly_lake(frame: pl.DataFrame, root: Path) -> dict[str, float]:
+def nightly_lake(frame: pl.DataFrame, root: Path, cache_mb: int | None) -> dict[str, float]:
     """Return the seconds of the nightly update of a lake holding `frame`."""
     per_symbol = frame.height // frame["symbol"].n_unique()
-    with Platform.open(root) as p:
+    storage = {} if cache_mb is None else {"storage": StorageSettings(cache_mb=cache_mb)}
+    with Platform.open(root, **storage) as p:
         p.write_bars(frame, source="perf", timeframe="1d")
         p.calendar()  # loaded before the clock, as in a running service
         update = next_day(frame)
@@ -177,16 +180,20 @@ def main() -> None:
     parser.add_argument("--years", default="10")
     parser.add_argument("--batches", type=int, default=1000)
     parser.add_argument("--postgres", action="store_true")
+    # a process that holds the store (a service) sizes its cache to it; the default 256 MB
+    # holds 500 symbols x 10 years of daily bars, not 2,000
+    parser.add_argument("--cache-mb", type=int, default=None)
     parser.add_argument("--no-stream", action="store_true")
     args = parser.parse_args()
     out: dict[str, Any] = {"bench": "append", "load_avg_1m": round(os.getloadavg()[0], 2)}
+    out["cache_mb"] = args.cache_mb or StorageSettings().cache_mb
     nightly = []
     for years in [int(y) for y in args.years.split(",")]:
         for symbols in [int(s) for s in args.symbols.split(",")]:
             frame = universe(symbols, years)
             row: dict[str, Any] = {"symbols": symbols, "years": years, "bars": frame.height}
             with tempfile.TemporaryDirectory() as tmp:
-                row.update(nightly_lake(frame, Path(tmp) / "lake"))
+                row.update(nightly_lake(frame, Path(tmp) / "lake", args.cache_mb))
                 try:
                     row.update(nightly_arcticdb(frame, Path(tmp) / "arctic"))
                     row["lake_vs_arcticdb"] = row["lake_s"] / row["arcticdb_s"]

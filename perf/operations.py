@@ -46,18 +46,17 @@ def main() -> None:
     registry, series = _registry()
     alerter = Alerter(load_rules(), [registry], [])
     start = datetime(2026, 1, 5, 14, tzinfo=UTC)
-    scrape = []
-    for i in range(240):  # an hour of 15-second scrapes
+    scrape, evals = [], []
+    for i in range(240 + REPEAT):  # an hour of 15-second scrapes, then REPEAT evaluated ones
         began = time.perf_counter()
         samples = alerter.scrape()
         scrape.append(time.perf_counter() - began)
-        alerter.add_samples(start + timedelta(seconds=15 * i), samples)
-    now = start + timedelta(seconds=15 * 239)
-    evals = []
-    for _ in range(REPEAT):
-        began = time.perf_counter()
-        alerter.evaluate(now)
-        evals.append(time.perf_counter() - began)
+        now = start + timedelta(seconds=15 * i)
+        alerter.add_samples(now, samples)
+        if i >= 240:  # each evaluation after a new scrape, as the alerting thread runs them
+            began = time.perf_counter()
+            alerter.evaluate(now)
+            evals.append(time.perf_counter() - began)
 
     def per_stage() -> float:
         n = 20_000

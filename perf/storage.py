@@ -37,7 +37,8 @@ from quantivista.reference.calendars import get_calendar
 
 def universe(symbols: int, years: int) -> pl.DataFrame:
     """Return `symbols` x `years` of valid daily bars on XNYS sessions."""
-    sessions = get_calendar("XNYS").sessions(date(2014, 1, 1), date(2014 + years - 1, 12, 31))
+    # the years up to 2023 (`next_day` is the first session of 2024)
+    sessions = get_calendar("XNYS").sessions(date(2024 - years, 1, 1), date(2023, 12, 31))
     days = len(sessions)
     rng = np.random.default_rng(1)
     n = symbols * days

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import sys
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -36,7 +37,7 @@ from quantivista.providers.live import synthetic_trades
 from quantivista.runtime import Runtime
 
 SYMBOLS = [f"S{i:03d}" for i in range(50)]
-RATE = 20_000
+RATE = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000  # `python perf/stream.py 2000`
 SECONDS = 20.0
 NATS = "nats://127.0.0.1:4222"
 
@@ -175,6 +176,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         result: dict[str, object] = {
+            "rate": RATE,
             "inproc_trades_per_s": round(inproc_pipeline(root)),
             "inproc_bus_events_per_s": round(inproc_bus()),
             "memory_broker_msgs_per_s": round(memory_broker()),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -33,7 +34,10 @@ from quantivista.runtime import Runtime
 
 pytestmark = [pytest.mark.nats, pytest.mark.slow]
 
-NATS_SERVER = "/usr/sbin/nats-server"
+# Debian's package puts it in sbin, which a user's PATH may lack
+NATS_SERVER = shutil.which("nats-server") or shutil.which(
+    "nats-server", path="/usr/sbin:/usr/local/sbin"
+)
 T0 = datetime(2026, 12, 1, 14, 30, tzinfo=UTC)
 SYMBOLS = ["AAA", "BBB", "CCC", "DDD", "EEE"]
 MESSAGES = 200
@@ -56,7 +60,16 @@ class NatsServer:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [NATS_SERVER, "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store)],
+            [
+                str(NATS_SERVER),
+                "-a",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-js",
+                "-sd",
+                str(self.store),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -78,7 +91,7 @@ class NatsServer:
 
 @pytest.fixture
 def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
-    if not os.path.exists(NATS_SERVER):
+    if NATS_SERVER is None:
         pytest.skip("nats-server is not installed")
     server = NatsServer(tmp_path / "nats")
     server.start()

@@ -3,6 +3,7 @@ manifest validated against Kubernetes' schemas with kubernetes-validate."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -111,3 +112,17 @@ def test_values_switch_parts_off() -> None:
     deployment = next(d for d in docs if d["kind"] == "Deployment")
     refs = deployment["spec"]["template"]["spec"]["containers"][0]["envFrom"]
     assert {"secretRef": {"name": "qv-made-elsewhere"}} in refs
+
+
+def test_the_dashboards_ship_as_a_configmap_for_grafanas_sidecar() -> None:
+    [board_map] = [
+        d
+        for d in render()
+        if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-dashboards")
+    ]
+    assert board_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    shipped = {
+        p.name: json.loads(p.read_text())
+        for p in (DEPLOY / "grafana" / "dashboards").glob("*.json")
+    }
+    assert {k: json.loads(v) for k, v in board_map["data"].items()} == shipped

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 import polars as pl
 import pytest
+from typer.testing import CliRunner
 
 from quantivista.acquisition.breaker import Breakers, BreakerState
 from quantivista.acquisition.cache import ResponseCache
@@ -23,12 +24,14 @@ from quantivista.acquisition.shared import (
     redis_client,
 )
 from quantivista.acquisition.wiring import Acquisition
+from quantivista.cli import app
 from quantivista.clock import SystemClock
 from quantivista.config import Settings
 from quantivista.errors import CircuitOpenError, TransientProviderError
 from quantivista.model.payloads import RawPayload
 from quantivista.providers.base import BarRequest, FetchResult
 from quantivista.providers.registry import default_registry
+from quantivista.services.providers import shared_state
 
 pytestmark = pytest.mark.redis
 
@@ -213,3 +216,31 @@ def test_the_redis_backend_wires_shared_parts(redis_url: str, prefix: str) -> No
     local = Acquisition(Settings(), SystemClock(), default_registry)
     assert local.breakers.shared is None and local.health.store is None
     local.close()
+
+
+def test_qv_providers_shows_the_state_every_process_shares(redis_url: str, prefix: str) -> None:
+    settings = Settings(
+        resilience={"backend": "redis", "redis_prefix": prefix}, services={"redis_url": redis_url}
+    )
+    one = Acquisition(settings, SystemClock(), default_registry)
+    try:
+        for _ in range(settings.resilience.breaker.failure_threshold):
+            one.breakers.get("polygon").record_failure("HTTP 503")
+        one.health.record("polygon", False, 0.4, "HTTP 503")
+    finally:
+        one.close()
+    frame = shared_state(settings, ["polygon", "yahoo"])
+    assert frame is not None
+    (row,) = frame.rows(named=True)  # yahoo has no record anywhere
+    assert (row["provider"], row["breaker"], row["calls"], row["failures"]) == (
+        "polygon", "open", 1, 1,
+    )  # fmt: skip
+    assert "5 consecutive failures" in row["reason"] and row["health"] < 1
+    assert shared_state(Settings(), ["polygon"]) is None  # the memory backend shares nothing
+    env = {"QV_RESILIENCE__BACKEND": "redis", "QV_RESILIENCE__REDIS_PREFIX": prefix,
+           "QV_SERVICES__REDIS_URL": redis_url, "COLUMNS": "200"}  # fmt: skip
+    shown = CliRunner().invoke(app, ["providers"], env=env)
+    assert shown.exit_code == 0, shown.output
+    assert "shared by every process" in shown.output
+    line = next(s for s in shown.output.splitlines() if "polygon" in s and "open" in s)
+    assert "5 consecutive failures" in line

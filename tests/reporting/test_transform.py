@@ -202,3 +202,10 @@ def test_validator_raises_only_rule_errors_and_passed_rules_run_on_data(
     out = apply_rules(data, chain)  # a chain the validator passed never fails on its schema
     assert out.frame.height + out.rejected.height + out.filtered == 3
     assert out.frame.schema == schema
+
+
+def test_a_cast_polars_refuses_only_on_values_is_refused_on_create() -> None:
+    # Polars casts an empty Date column to Boolean, but not a Date value: found by hypothesis
+    chain = [rule("cast", "c", "c", "date"), rule("cast", "c", "c", "bool")]
+    with pytest.raises(RuleValidationError, match="Date to Boolean"):
+        validate_rules(chain, {"c": "string"})

@@ -16,6 +16,7 @@ from quantivista.clock import TestClock
 from quantivista.config import Settings, StorageSettings
 from quantivista.model.schema import coerce_bars
 from quantivista.model.timeframe import Timeframe
+from quantivista.ops.metrics import REGISTRY
 from quantivista.reference.instruments import InstrumentMaster
 from quantivista.runtime import Runtime
 
@@ -123,6 +124,10 @@ def test_raw_bars_are_stored_once_and_published_enriched(runtime: Runtime) -> No
     assert len(dead) == 1
     assert "unknown schema id" in dead[0].headers["qv-dlq-error"]
     assert dead[0].headers["qv-dlq-offset"] == "4"
+    lag = REGISTRY.get_sample_value(  # the shared name the QvConsumerLag alert reads
+        "qv_consumer_lag_messages", {"consumer": runtime.settings.integrate.group, "topic": TOPIC}
+    )
+    assert lag == 0  # drained
 
     # the same messages again (a new group replays the topic): the store does not change
     before = stored(runtime)

@@ -80,15 +80,27 @@ class History:
     def __init__(self, keep_s: float = 3600.0) -> None:
         self.keep_s = keep_s
         self.snapshots: list[tuple[float, Vector]] = []
+        # the rules of one evaluation select from the same instants and windows: kept until
+        # the next scrape
+        self._instants: dict[float, Vector] = {}
+        self._windows: dict[tuple[float, float], dict[Labels, list[tuple[float, float]]]] = {}
 
     def add(self, t: float, samples: Vector) -> None:
         """Append one scrape at `t` (Unix seconds, not earlier than the last)."""
         self.snapshots.append((t, samples))
         while self.snapshots and self.snapshots[0][0] < t - self.keep_s:
             self.snapshots.pop(0)
+        self._instants.clear()
+        self._windows.clear()
 
     def instant(self, t: float) -> Vector:
         """Return each series' latest value within the lookback before `t`."""
+        kept = self._instants.get(t)
+        if kept is None:
+            kept = self._instants[t] = self._instant(t)
+        return kept
+
+    def _instant(self, t: float) -> Vector:
         out: Vector = {}
         for at, samples in reversed(self.snapshots):
             if at > t:
@@ -101,6 +113,12 @@ class History:
 
     def window(self, t: float, range_s: float) -> dict[Labels, list[tuple[float, float]]]:
         """Return each series' points in (t - range_s, t], oldest first."""
+        kept = self._windows.get((t, range_s))
+        if kept is None:
+            kept = self._windows[t, range_s] = self._window(t, range_s)
+        return kept
+
+    def _window(self, t: float, range_s: float) -> dict[Labels, list[tuple[float, float]]]:
         out: dict[Labels, list[tuple[float, float]]] = {}
         for at, samples in self.snapshots:
             if t - range_s < at <= t:

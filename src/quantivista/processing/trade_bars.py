@@ -117,7 +117,8 @@ class MinuteBars:
     def _merge(self, trades: pl.DataFrame) -> pl.DataFrame:
         """Fold trades into state; return the already released bars they changed."""
         part = (
-            trades.sort("ts")
+            trades.lazy()
+            .sort("ts")
             .with_columns(_t=pl.col("ts"))
             .group_by_dynamic("ts", every=self.every, group_by="symbol", closed="left")
             .agg(
@@ -132,12 +133,13 @@ class MinuteBars:
                 last_ts=pl.col("_t").max(),
                 provider=pl.col("provider").last(),
             )
-            .with_columns(emitted=pl.lit(False))
+            .with_columns(emitted=False)
             .select(_STATE.names())
         )
-        touched = self._state.join(part.select(_KEY), on=_KEY, how="semi")
+        state = self._state.lazy()
+        keys = part.select(_KEY)
         merged = (
-            pl.concat([touched, part])
+            pl.concat([state.join(keys, on=_KEY, how="semi"), part])
             .group_by(_KEY)
             .agg(
                 open=pl.col("open").sort_by("first_ts").first(),
@@ -154,9 +156,10 @@ class MinuteBars:
             )
             .select(_STATE.names())
         )
-        rest = self._state.join(part.select(_KEY), on=_KEY, how="anti")
-        self._state = pl.concat([rest, merged])
-        changed = merged.filter(pl.col("emitted"))
+        # one plan: the state without the touched bars, plus them merged; and the merged
+        rest = state.join(keys, on=_KEY, how="anti")
+        self._state, changed = pl.collect_all([pl.concat([rest, merged]), merged])
+        changed = changed.filter(pl.col("emitted"))
         self.corrected += changed.height
         return changed
 
@@ -172,14 +175,18 @@ class MinuteBars:
     def _release(self, corrections: pl.DataFrame, too_late: int) -> Released:
         if self.watermark is None:
             return Released(_bars(self._state.head(0)), _bars(corrections), too_late)
-        closes = pl.col("ts") + self.every <= self.watermark
-        ready = self._state.filter(closes & ~pl.col("emitted"))
-        if ready.height:
-            self._state = self._state.with_columns(emitted=pl.col("emitted") | closes)
-        horizon = self.watermark - self.retention
-        old = pl.col("emitted") & (pl.col("ts") + self.every < horizon)
-        self._state = self._state.filter(~old)
-        return Released(_bars(ready), _bars(corrections), too_late)
+        # a bar is over when its end is at or before the watermark; kept `retention` longer
+        last_start = pl.lit(self.watermark - self.every, pl.Datetime("us", "UTC"))
+        horizon = pl.lit(self.watermark - self.retention - self.every, pl.Datetime("us", "UTC"))
+        state = self._state.lazy().with_columns(_over=pl.col("ts") <= last_start)
+        ready = state.filter(pl.col("_over") & ~pl.col("emitted")).drop("_over")
+        kept = (
+            state.with_columns(emitted=pl.col("emitted") | pl.col("_over"))
+            .filter(~(pl.col("emitted") & (pl.col("ts") < horizon)))
+            .drop("_over")
+        )
+        released, self._state = pl.collect_all([ready, kept])
+        return Released(_bars(released), _bars(corrections), too_late)
 
 
 def _bars(state: pl.DataFrame) -> pl.DataFrame:

@@ -20,7 +20,9 @@ import io
 import zoneinfo
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
 from functools import lru_cache
+from typing import Any
 
 import polars as pl
 
@@ -208,6 +210,9 @@ def validate_rules(
     if fields is None:
         return None
     frame = pl.DataFrame(schema=input_schema(fields))
+    # an empty frame checks names and types, but Polars refuses some casts (Date -> Boolean)
+    # only when a value is there: one row of ordinary values runs the chain for real
+    probe = _probe_row(frame.schema)
     for rule in rules:
         if not rule.enabled:
             continue
@@ -217,9 +222,26 @@ def validate_rules(
             return None  # JSON text: its fields are known only from data
         try:
             frame, _, _ = _apply_one(frame, rule, reference, dry=True)
+            probe, _, _ = _apply_one(probe, rule, reference, dry=True)
+            if probe.is_empty():  # the row was rejected or filtered: each rule sees a value
+                probe = _probe_row(probe.schema)
         except _ERRORS as exc:
             raise _fail(rule, _first_line(exc)) from exc
     return frame.schema
+
+
+_PROBE_VALUES: dict[type[pl.DataType], Any] = {
+    pl.Float64: 1.5, pl.Float32: 1.5, pl.Int64: 1, pl.Int32: 1, pl.Boolean: True,
+    pl.String: "1", pl.Date: date(2026, 1, 2), pl.Datetime: datetime(2026, 1, 2, tzinfo=UTC),
+}  # fmt: skip
+
+
+def _probe_row(schema: pl.Schema) -> pl.DataFrame:
+    """One row of an ordinary value per column (null where no value is known)."""
+    return pl.DataFrame(
+        {name: [_PROBE_VALUES.get(type(dtype))] for name, dtype in schema.items()},
+        schema=schema,
+    )
 
 
 def _first_line(exc: Exception) -> str:

@@ -32,6 +32,7 @@ from quantivista.bus.topics import ENRICHED_BARS, Route
 from quantivista.clock import Clock
 from quantivista.config import IntegrateSettings, ProbeSettings
 from quantivista.errors import BusError, QuantiVistaError
+from quantivista.ops.metrics import CONSUMER_LAG
 from quantivista.pipeline.messages import BatchId
 from quantivista.pipeline.runner import InProcessRunner
 from quantivista.processing.enrich import enrich, fx_rates
@@ -135,7 +136,9 @@ class IntegrationService:
         for message in messages:  # offsets committed after the store and the publish
             sub.ack(message)
         last = messages[-1]
-        self._lag.set(max(self.broker.last_offset(last.topic) - last.offset, 0))
+        lag = max(self.broker.last_offset(last.topic) - last.offset, 0)
+        self._lag.set(lag)
+        CONSUMER_LAG.labels(self.settings.group, last.topic).set(lag)  # what QvConsumerLag reads
         return len(messages)
 
     def apply(self, messages: list[Message], sub: Subscription) -> None:

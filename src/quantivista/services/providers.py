@@ -6,7 +6,14 @@ from typing import Any
 
 import polars as pl
 
+from quantivista.acquisition.health import ProviderHealth
 from quantivista.acquisition.limits import RateLimiter
+from quantivista.acquisition.shared import (
+    RedisBreakerState,
+    RedisHealthStore,
+    redis_client,
+    state_prefix,
+)
 from quantivista.acquisition.wiring import Acquisition
 from quantivista.clock import SystemClock
 from quantivista.config import Settings
@@ -21,6 +28,7 @@ __all__ = [
     "capability_table",
     "default_registry",
     "shared_quota",
+    "shared_state",
 ]
 
 PROVIDER_STATS_KEY = "provider_stats"
@@ -108,3 +116,44 @@ def _timeframe_order(tf: str) -> tuple[int, int]:
         return Timeframe.parse(tf).sort_key()
     except QuantiVistaError:  # an odd timeframe string of a plug-in sorts last
         return (1 << 30, 0)
+
+
+def shared_state(settings: Settings, providers: list[str]) -> pl.DataFrame | None:
+    """Return the breakers and health every process shares through Redis (None: memory).
+
+    One row per provider with a record: the breaker's last change in any process (state,
+    when, why) and the health averaged over every process's calls.
+    """
+    if settings.resilience.backend != "redis":
+        return None
+    client = redis_client(settings.services.redis_url)
+    prefix = state_prefix(settings.resilience.redis_prefix)
+    breakers, health = RedisBreakerState(client, prefix), RedisHealthStore(client, prefix)
+    rows = []
+    try:
+        for name in providers:
+            record, seen = breakers.read(name), health.read(name)
+            if record is None and seen is None:
+                continue
+            score = None if seen is None else ProviderHealth(**seen).score
+            rows.append(
+                {
+                    "provider": name,
+                    "breaker": record.state if record else None,
+                    "changed_at": record.at if record else None,
+                    "reason": record.reason if record else None,
+                    "health": score,
+                    "calls": seen["calls"] if seen else None,
+                    "failures": seen["failures"] if seen else None,
+                }
+            )
+    finally:
+        client.close()
+    return pl.DataFrame(
+        rows,
+        schema={"provider": pl.String, "breaker": pl.String, "changed_at": pl.Float64,
+                "reason": pl.String, "health": pl.Float64, "calls": pl.Int64,
+                "failures": pl.Int64},
+    ).with_columns(
+        pl.from_epoch(pl.col("changed_at"), time_unit="s").dt.replace_time_zone("UTC")
+    )  # fmt: skip

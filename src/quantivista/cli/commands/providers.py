@@ -16,7 +16,12 @@ from quantivista.cli.app import app, console, err_console, errors_to_exit, sessi
 from quantivista.cli.render import Format, emit
 from quantivista.config import RateWindow
 from quantivista.services.maintenance import store_exists
-from quantivista.services.providers import capability_table, default_registry, shared_quota
+from quantivista.services.providers import (
+    capability_table,
+    default_registry,
+    shared_quota,
+    shared_state,
+)
 from quantivista.services.simulation import free_tier_limits, serve_simulator, simulated_vendors
 
 __all__ = ["provider_stats_table", "providers", "simulate_providers", "transitions_table"]
@@ -61,12 +66,38 @@ def providers(
         quota = None
     if quota is not None:
         console.print(_quota_table(quota))
+    try:
+        state = shared_state(config, default_registry.names())
+    except Exception as exc:  # as above: report what can be read
+        err_console.print(f"[yellow]cannot read the shared provider state:[/] {escape(str(exc))}")
+        state = None
+    if state is not None and not state.is_empty():
+        console.print(_shared_table(state))
     if not stats or not stats.get("providers"):
         console.print("no provider calls recorded yet: run [bold]qv ingest[/] or [bold]qv demo[/]")
         return
     console.print(provider_stats_table(stats, "live" if live else "last ingestion"))
     if stats.get("transitions"):
         console.print(transitions_table(stats["transitions"]))
+
+
+def _shared_table(frame: pl.DataFrame) -> Table:
+    table = Table(title="shared by every process (Redis)", title_justify="left")
+    for col in ("provider", "breaker", "since (UTC)", "health", "calls", "failures", "reason"):
+        table.add_column(col, justify="right" if col in ("health", "calls", "failures") else
+                         "left")  # fmt: skip
+    for row in frame.iter_rows(named=True):
+        since = row["changed_at"]
+        table.add_row(
+            escape(row["provider"]),
+            escape(row["breaker"] or "-"),
+            since.strftime("%Y-%m-%d %H:%M:%S") if since else "-",
+            "-" if row["health"] is None else f"{row['health']:.3f}",
+            "-" if row["calls"] is None else f"{row['calls']:,}",
+            "-" if row["failures"] is None else f"{row['failures']:,}",
+            escape(row["reason"] or ""),
+        )
+    return table
 
 
 def _providers_table(frame: pl.DataFrame) -> Table:

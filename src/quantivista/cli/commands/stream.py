@@ -52,7 +52,7 @@ def stream(
         with errors_to_exit():
             feed = open_feed(
                 source, names, config.stream, ws_url=url,
-                api_key=key.get_secret_value() if key else "qv", rate=rate, limit=limit,
+                api_key=key.get_secret_value() if key else None, rate=rate, limit=limit,
             )  # fmt: skip
             stats = service.serve(
                 feed,
