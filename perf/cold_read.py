@@ -12,6 +12,8 @@ clock starts after the imports (reported apart as `import_ms`):
 - warm: read the first symbol again (the lake's partition cache holds it now)
 - as_of: a fresh process, open + as-of read of the first symbol before its correction
 - minute: a fresh process, open + one symbol x 1 month of 1-minute bars
+Then `qv serve`-style: a `--wide` (2,000) symbol x 10 year daily store, `--processes` (4)
+fresh processes at once per engine, each reading 100 random symbols; p50 / p95 per read.
 Each figure: median and range (ms) of wall time, and the median process CPU time (all
 threads), which the machine's load disturbs less. Prints one JSON line with `uptime`'s load.
 Usage: python perf/cold_read.py [--runs 5] [--symbols 500] [--years 10] [--row-group-rows N]
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 FIRST, SECOND = "S0000", "S0001"  # different buckets of 64 (checked when building)
+READS = 100  # random symbols each parallel reader reads
 AS_OF = datetime(2030, 1, 1, tzinfo=UTC)  # the correction is stamped later than this
 
 
@@ -44,12 +47,29 @@ def _since(start: tuple[float, float]) -> dict[str, float]:
     return {"ms": (wall - start[0]) * 1e3, "cpu_ms": (cpu - start[1]) * 1e3}
 
 
+def _random_symbols(mode: str) -> list[str]:
+    """Return the symbols a `random-<seed>-<symbols>` child reads, in order."""
+    import numpy as np
+
+    _, seed, universe = mode.split("-")
+    picks = np.random.default_rng(int(seed)).integers(0, int(universe), READS)
+    return [f"S{i:04d}" for i in picks]
+
+
 def child_lake(root: str, mode: str) -> dict[str, Any]:
     """Run one fresh-process lake read and return its timings."""
     t = _clock()
     from quantivista.model.timeframe import Timeframe
     from quantivista.storage.lake.bars import ParquetLake
 
+    if mode.startswith("random"):
+        lake = ParquetLake(Path(root) / "wide" / "lake")
+        d1, times = Timeframe.parse("1d"), []
+        for symbol in _random_symbols(mode):
+            t = _clock()
+            assert lake.read([symbol], d1).height
+            times.append(_since(t)["ms"])
+        return {"times": times}
     out: dict[str, Any] = {"import": _since(t)}
     t = _clock()
     lake = ParquetLake(Path(root) / ("minute" if mode == "minute" else "daily") / "lake")
@@ -81,6 +101,14 @@ def child_arctic(root: str, mode: str) -> dict[str, Any]:
     t = _clock()
     import arcticdb as adb
 
+    if mode.startswith("random"):
+        lib = adb.Arctic(f"lmdb://{Path(root) / 'wide' / 'arctic'}").get_library("bars")
+        times = []
+        for symbol in _random_symbols(mode):
+            t = _clock()
+            assert len(lib.read(symbol).data)
+            times.append(_since(t)["ms"])
+        return {"times": times}
     out: dict[str, Any] = {"import": _since(t)}
     t = _clock()
     name = "minute" if mode == "minute" else "daily"
@@ -205,6 +233,52 @@ def build(root: Path, symbols: int, years: int, group_rows: int | None) -> dict[
     return out
 
 
+def build_wide(root: Path, symbols: int, years: int) -> None:
+    """Write the `qv serve`-style store: `symbols` x `years` of daily bars, both engines."""
+    import arcticdb as adb
+
+    from quantivista.model.schema import coerce_bars
+    from quantivista.storage.lake.bars import ParquetLake
+
+    frame = _daily(symbols, years)
+    at = datetime(2029, 1, 1, tzinfo=UTC)
+    lake = ParquetLake(root / "wide" / "lake")
+    lake.upsert(coerce_bars(frame, timeframe="1d", provider="perf", job_id="b", ingested_at=at))
+    lake.close()
+    lib = adb.Arctic(f"lmdb://{root / 'wide' / 'arctic'}").get_library(
+        "bars", create_if_missing=True
+    )
+    cols = ["open", "high", "low", "close", "volume"]
+    lib.write_batch(
+        [
+            adb.WritePayload(str(sym), part.select("ts", *cols).to_pandas().set_index("ts"))
+            for (sym,), part in frame.group_by("symbol", maintain_order=True)
+        ]
+    )
+
+
+def parallel_reads(root: Path, engine: str, processes: int, universe: int) -> dict[str, Any]:
+    """Run `processes` fresh processes at once, each reading READS random symbols."""
+    cmds = [
+        [sys.executable, __file__, "--child", engine, "--root", str(root),
+         "--mode", f"random-{seed}-{universe}"]
+        for seed in range(processes)
+    ]  # fmt: skip
+    procs = [subprocess.Popen(c, stdout=subprocess.PIPE, text=True) for c in cmds]
+    times: list[float] = []
+    for proc in procs:
+        out, _ = proc.communicate()
+        assert proc.returncode == 0
+        times.extend(json.loads(out.strip().splitlines()[-1])["times"])
+    ordered = sorted(times)
+    return {
+        "reads": len(times),
+        "p50_ms": round(ordered[len(ordered) // 2], 2),
+        "p95_ms": round(ordered[int(len(ordered) * 0.95)], 2),
+        "max_ms": round(ordered[-1], 2),
+    }
+
+
 def run_child(engine: str, root: Path, mode: str) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--child", engine, "--root", str(root), "--mode", mode]
     done = subprocess.run(cmd, capture_output=True, text=True, check=True)
@@ -228,6 +302,8 @@ def main() -> None:
     parser.add_argument("--symbols", type=int, default=500)
     parser.add_argument("--years", type=int, default=10)
     parser.add_argument("--row-group-rows", type=int, help="storage.row_group_rows to write")
+    parser.add_argument("--wide", type=int, default=2000, help="symbols of the parallel store")
+    parser.add_argument("--processes", type=int, default=4)
     parser.add_argument("--child", choices=["lake", "arcticdb"])
     parser.add_argument("--root")
     parser.add_argument("--mode", default="daily")
@@ -249,6 +325,10 @@ def main() -> None:
                     rows.setdefault(f"{engine}_{mode}", set()).add(int(res.pop("rows")))
                     for key, value in res.items():
                         got[engine].setdefault(key, []).append(value)
+        build_wide(root, args.wide, args.years)
+        for engine in ("lake", "arcticdb"):
+            found = parallel_reads(root, engine, args.processes, args.wide)
+            out[f"{engine}_parallel_random"] = found
     for engine, figures in got.items():
         for key, samples in figures.items():
             out[f"{engine}_{key}"] = summary(samples)
