@@ -81,6 +81,12 @@ class StorageSettings(_Section):
         default=False,
         description="fsync each file before its atomic rename: survives power loss, costs speed",
     )
+    row_group_rows: int = Field(
+        default=4096,
+        ge=0,
+        description="lake files are cut into row groups of whole symbols, each at least this"
+        " many rows: a read of one symbol decodes only its groups (0: one group a file)",
+    )
     write_threads: int | None = Field(
         default=None, ge=1, le=64, description="parallel partition writers (default: CPU count)"
     )

@@ -44,16 +44,20 @@ def pg_store(pg_store_session: PostgresStore) -> PostgresStore:
     return pg_store_session
 
 
-@pytest.fixture(params=["lake", "lake-one-bucket", "postgres"])
+@pytest.fixture(params=["lake", "lake-one-bucket", "lake-row-groups", "postgres"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> BarStore:
     """Return an empty store of each backend in turn.
 
     "lake-one-bucket" puts every symbol into one file per partition: merges, reads, deletes
-    and history must then keep symbols apart inside files.
+    and history must then keep symbols apart inside files; "lake-row-groups" also cuts
+    those files into one row group a symbol, and reads (no cache) decode only their groups.
     """
     if request.param == "lake":
         return ParquetLake(tmp_path / "lake", StorageSettings(write_threads=2))
     if request.param == "lake-one-bucket":
         return ParquetLake(tmp_path / "lake", StorageSettings(write_threads=2, buckets=1))
+    if request.param == "lake-row-groups":  # one row group a symbol: reads pick groups
+        settings = StorageSettings(write_threads=2, buckets=1, row_group_rows=1, cache_mb=0)
+        return ParquetLake(tmp_path / "lake", settings)
     pg: PostgresStore = request.getfixturevalue("pg_store")
     return pg

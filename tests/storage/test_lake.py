@@ -326,6 +326,13 @@ def test_reading_one_symbol_opens_only_its_file(
         return real(self, handle)
 
     monkeypatch.setattr(ParquetLake, "_read_indexed", spy)
+    part = ParquetLake._read_symbols  # a cold read decodes only the symbol's row groups
+
+    def spy_part(self: ParquetLake, handle: IO[bytes], wanted: list[str]) -> Any:
+        opened.append(Path(handle.name))
+        return part(self, handle, wanted)
+
+    monkeypatch.setattr(ParquetLake, "_read_symbols", spy_part)
     reader = ParquetLake(tmp_lake.root, tmp_lake.settings)  # another process: a cold cache
     out = reader.read(["BBB"], D1)
     assert set(out["symbol"]) == {"BBB"}
@@ -355,6 +362,12 @@ def test_reading_a_month_opens_only_that_months_file(
         ParquetLake,
         "_read_indexed",
         lambda self, handle: opened.append(Path(handle.name)) or real(self, handle),
+    )
+    part = ParquetLake._read_symbols
+    monkeypatch.setattr(
+        ParquetLake,
+        "_read_symbols",
+        lambda self, handle, wanted: opened.append(Path(handle.name)) or part(self, handle, wanted),
     )
     reader = ParquetLake(tmp_lake.root, tmp_lake.settings)  # another process: a cold cache
     out = reader.read(["AAA"], M1, start=utc(2024, 2, 1), end=utc(2024, 2, 2))

@@ -10,7 +10,9 @@ every symbol of one bucket, sorted by symbol and ts:
 Buckets keep the file count independent of the universe: a backfill of 500 symbols writes
 64 files, not 500, and per-file costs (file creation, rename, Parquet footer, one encoder
 per column) stop dominating the write. Readers cache each decoded file with an index of
-its symbols, so a warm read of one symbol is a dictionary lookup and a slice.
+its symbols, so a warm read of one symbol is a dictionary lookup and a slice. Files are cut
+into row groups of whole symbols (`storage.row_group_rows`, `files.symbol_groups`), so a
+process that has not decoded a file reads a few symbols from their row groups only.
 
 Every write replaces whole partition files atomically (write a hidden temporary file, then
 `os.replace`), under a lock striped over partitions, so readers never see half a file and
@@ -676,7 +678,7 @@ class ParquetLake:
         in_range = _in_range(start, end)
         for names in by_bucket.values():
             for path in self._files(tf, names[0], start, end):
-                found = self._open(path, names)
+                found = self._open(path, names, whole=True)
                 if found is None:
                     continue
                 view = found if isinstance(found, PartitionView) else None
@@ -700,30 +702,46 @@ class ParquetLake:
         opened: dict[Path, _Indexed | PartitionView | None],
     ) -> list[pl.DataFrame]:
         if path not in opened:
-            opened[path] = self._open(path, wanted)
+            mine = [s for s in wanted if self.bucket(s) == self.bucket(symbol)]
+            opened[path] = self._open(path, mine)
         found = opened[path]
         return [] if found is None else found.pieces_of(symbol)
 
-    def _open(self, path: Path, wanted: list[str]) -> _Indexed | PartitionView | None:
-        """Return a hot file through the cache; without a cache, only the wanted symbols.
+    def _open(
+        self, path: Path, wanted: list[str], *, whole: bool = False
+    ) -> _Indexed | PartitionView | None:
+        """Return a hot file, or only the rows of `wanted` (symbols of its bucket) in it.
 
-        Decoding a bucket file costs about 3x decoding one symbol's rows of it, so an
-        uncached read filters on the sorted symbol column instead.
+        A partition with deltas, a file already decoded whole in the cache, or a `whole`
+        read (many symbols) goes through the partition cache. Otherwise only the row
+        groups holding `wanted` are decoded (files are cut into groups of whole symbols,
+        found by the footer's symbol statistics), and remembered apart: a fresh process
+        reading one symbol decodes a fraction of its bucket file.
         """
         try:
-            if self.cache.max_bytes > 0 or delta_names(path.parent):
+            if delta_names(path.parent) or (whole and self.cache.max_bytes > 0):
                 return self._partition(path.parent)
-            # the file holds only its bucket's symbols: filtering by all wanted is exact
-            with open(path, "rb") as handle:
-                lf = pl.scan_parquet(handle).filter(pl.col("symbol").is_in(wanted))
-                try:
-                    return _Indexed(lf.collect())
-                except (OSError, pl.exceptions.PolarsError) as exc:
-                    raise StorageError("cannot read partition file", path=str(path)) from exc
+            cached = self.cache.peek(path)
+            if cached is not None:
+                return cached
+            decode = partial(self._read_symbols, wanted=wanted)
+            return self.cache.get(path, decode, part=",".join(wanted))
         except (FileNotFoundError, StorageError):
             if path.exists():
                 raise
             return None  # removed since listed (archived or expired)
+
+    def _read_symbols(self, handle: IO[bytes], wanted: list[str]) -> _Indexed:
+        """Decode the rows of `wanted` from a file sorted by symbol (their row groups)."""
+        sym = pl.col("symbol")
+        cond = sym == wanted[0] if len(wanted) == 1 else sym.is_in(wanted)
+        try:
+            frame = pl.scan_parquet(handle).filter(cond).collect()
+        except (OSError, pl.exceptions.PolarsError) as exc:
+            raise StorageError("cannot read partition file", path=str(handle.name)) from exc
+        if len(wanted) == 1:  # one symbol: its index needs no scan
+            return _Indexed(frame, [(wanted[0], frame.height)] if frame.height else [])
+        return _Indexed(frame)
 
     def _cold_frames(
         self, tf: str, symbol: str, start: datetime | None, end: datetime | None

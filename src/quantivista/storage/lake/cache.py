@@ -44,14 +44,15 @@ class FileCache(Generic[T]):
         self.hits = 0
         self.misses = 0
 
-    def get(self, path: Path, decode: Callable[[IO[bytes]], T]) -> T:
+    def get(self, path: Path, decode: Callable[[IO[bytes]], T], part: str = "") -> T:
         """Return the contents of `path`, decoding them when absent or when the file changed.
 
         `decode` reads the file from an open handle; a missing file raises
-        `FileNotFoundError`.
+        `FileNotFoundError`. `part` names a part of the file that `decode` reads (some
+        symbols): it is remembered apart from the whole file and from other parts.
         """
+        name = f"{path}#{part}" if part else str(path)
         if self.max_bytes > 0:
-            name = str(path)
             key = file_identity(path)
             with self._lock:
                 entry = self._entries.get(name)
@@ -63,8 +64,23 @@ class FileCache(Generic[T]):
             value = decode(handle)
             key = handle_identity(handle)
         if self.max_bytes > 0:
-            self._store(str(path), key, value, miss=True)
+            self._store(name, key, value, miss=True)
         return value
+
+    def peek(self, path: Path) -> T | None:
+        """Return the decoded contents of `path` if remembered and the file is unchanged."""
+        if self.max_bytes <= 0:
+            return None
+        name = str(path)
+        with self._lock:
+            entry = self._entries.get(name)
+        if entry is None or entry[0] != file_identity(path):
+            return None
+        with self._lock:
+            if name in self._entries:
+                self._entries.move_to_end(name)
+            self.hits += 1
+        return entry[1]
 
     def lookup(self, name: str, key: Hashable, load: Callable[[], T]) -> T:
         """Return the entry `name` if it has identity `key`; else load, remember, return it."""

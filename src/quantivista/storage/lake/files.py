@@ -17,6 +17,7 @@ them from losing each other's work:
 from __future__ import annotations
 
 import fcntl
+import itertools
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -24,8 +25,10 @@ from pathlib import Path
 from typing import IO, Any
 from uuid import uuid4
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from quantivista.config import StorageSettings
@@ -44,6 +47,7 @@ __all__ = [
     "read_parquet_files",
     "read_parquet_handle",
     "read_parquet_once",
+    "symbol_groups",
 ]
 
 Identity = tuple[int, int, int]
@@ -142,7 +146,8 @@ def _write_options(table: pa.Table, settings: StorageSettings) -> dict[str, Any]
         else None,
         "use_dictionary": [c for c in (*DICT_COLUMNS, "quality_flags") if c in columns],
         "column_encoding": encodings,
-        "write_statistics": ["ts"] if "ts" in columns else True,
+        # min/max of symbol let a reader pick a symbol's row groups from the footer
+        "write_statistics": [c for c in ("symbol", "ts") if c in columns] or True,
         # the Parquet logical types already say string / UTC timestamp / uint32; leaving the
         # Arrow schema out keeps files readable by any engine and lets us hand over views
         "store_schema": False,
@@ -166,7 +171,7 @@ def atomic_write_parquet(df: pl.DataFrame | pa.Table, path: Path, settings: Stor
         for attempt in range(_CREATE_ATTEMPTS):
             ensure_dir(path.parent)
             try:
-                pq.write_table(table, tmp, **options)
+                _write_groups(table, tmp, options, settings.row_group_rows)
                 break
             except FileNotFoundError:  # a pruner removed the empty directory meanwhile
                 if attempt == _CREATE_ATTEMPTS - 1:
@@ -181,6 +186,45 @@ def atomic_write_parquet(df: pl.DataFrame | pa.Table, path: Path, settings: Stor
         tmp.unlink(missing_ok=True)
         raise StorageError("cannot write partition file", path=str(path), error=str(exc)) from exc
     return size
+
+
+def _write_groups(table: pa.Table, path: Path, options: dict[str, Any], min_rows: int) -> None:
+    """Write `table` as row groups of whole symbols, each of at least `min_rows` rows."""
+    cuts = symbol_groups(table, min_rows)
+    if len(cuts) <= 2:
+        pq.write_table(table, path, **options)
+        return
+    with pq.ParquetWriter(path, table.schema, **options) as writer:
+        for lo, hi in itertools.pairwise(cuts):
+            writer.write_table(table.slice(lo, hi - lo), row_group_size=hi - lo)
+
+
+def symbol_groups(table: pa.Table, min_rows: int) -> list[int]:
+    """Return the row-group bounds [0, ..., rows]: cuts where the symbol changes, once a
+    group holds at least `min_rows` rows (a tail shorter than that joins the last group).
+
+    A table not sorted by symbol still gets exact groups: readers prune by each group's
+    min/max statistics, which then merely overlap more.
+    """
+    n = table.num_rows
+    if min_rows <= 0 or n < 2 * min_rows or "symbol" not in table.column_names:
+        return [0, n]
+    column = table["symbol"].combine_chunks()
+    if pa.types.is_dictionary(column.type) and len(column.dictionary) == len(
+        pc.unique(column.dictionary)
+    ):
+        keys = column.indices.to_numpy(zero_copy_only=False)
+    else:  # strings (or a dictionary with repeated values): compare the decoded values
+        keys = pc.dictionary_encode(column.cast(pa.string())).indices.to_numpy()
+    changes = np.flatnonzero(keys[1:] != keys[:-1]) + 1
+    cuts, last = [0], 0
+    for at in changes.tolist():
+        if at - last >= min_rows:
+            cuts.append(at)
+            last = at
+    if n - last < min_rows and len(cuts) > 1:
+        cuts.pop()
+    return [*cuts, n]
 
 
 def fsync_path(path: Path) -> None:
