@@ -27,12 +27,15 @@ def test_migrations_run_once_and_reopening_is_a_no_op(
     with psycopg.connect(postgres_dsn) as conn:
         version = conn.execute(f'SELECT version_num FROM "{pg_schema}".alembic_version').fetchall()
         layout = conn.execute(f'SELECT value FROM "{pg_schema}".qv_meta').fetchone()
+        # migration 0004: the operations log exists before anything opens it
+        opslog = conn.execute(f"SELECT to_regclass('\"{pg_schema}\".audit_log')").fetchone()
     from alembic.script import ScriptDirectory
 
     from quantivista.storage.postgres.bars import _alembic_config
 
     head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
     assert head is not None and version == [(head,)]  # every shipped migration ran, once
+    assert opslog is not None and opslog[0] is not None
     assert pg_store.layout == "partitioned" and layout == ("partitioned",)  # no TimescaleDB here
 
 

@@ -1,8 +1,7 @@
 """The PostgreSQL operations log: `audit_log` and `sla_samples` in the backend's schema.
 
-The tables are created on open (`IF NOT EXISTS`) and before a restore loads a backup,
-outside the Alembic chain: they belong to operations, not to the market-data schema's
-versions (and several branches adding migrations at once would fork the chain). A trigger refuses
+The tables are created by migration 0004 (and, idempotently, on open and before a restore
+loads a backup of an older revision, which has no such tables yet). A trigger refuses
 UPDATE and DELETE on both, so the log is append-only for every role but the table owner
 dropping the trigger.
 """
