@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -165,3 +165,36 @@ class JobTask(BaseModel):
     )
     error_details: list[dict[str, Any]] = Field(default_factory=list)
     quality: DataQualityReport | None = None
+
+    # the lease transitions every job catalog applies (lake and PostgreSQL alike)
+    def claimed(self, worker: str, now: datetime, lease_s: float) -> JobTask:
+        """This task running under `worker`'s new lease (one more attempt)."""
+        return self.model_copy(
+            update={
+                "status": TaskStatus.RUNNING,
+                "worker": worker,
+                "attempts": self.attempts + 1,
+                "lease_expires_at": now + timedelta(seconds=lease_s),
+                "heartbeat_at": now,
+                "started_at": now,
+                "finished_at": None,
+            }
+        )
+
+    def renewed(self, now: datetime, lease_s: float) -> JobTask:
+        """This task with its lease extended by a heartbeat at `now`."""
+        return self.model_copy(
+            update={"lease_expires_at": now + timedelta(seconds=lease_s), "heartbeat_at": now}
+        )
+
+    def finished(self, worker: str, now: datetime) -> JobTask:
+        """This task's outcome as stored by `worker` at `now` (lease released)."""
+        return self.model_copy(
+            update={"worker": worker, "finished_at": now, "lease_expires_at": None}
+        )
+
+    def reset(self) -> JobTask:
+        """This task back to pending, with no lease and no worker (recovery)."""
+        return self.model_copy(
+            update={"status": TaskStatus.PENDING, "lease_expires_at": None, "worker": None}
+        )

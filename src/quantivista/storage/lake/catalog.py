@@ -22,7 +22,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -269,17 +269,7 @@ class SqliteCatalog:
             if row is None:
                 return None
             task = JobTask.model_validate_json(row[0])
-            task = task.model_copy(
-                update={
-                    "status": TaskStatus.RUNNING,
-                    "worker": worker,
-                    "attempts": task.attempts + 1,
-                    "lease_expires_at": now + timedelta(seconds=lease_s),
-                    "heartbeat_at": now,
-                    "started_at": now,
-                    "finished_at": None,
-                }
-            )
+            task = task.claimed(worker, now, lease_s)
             _save_task(db, task)
         return task
 
@@ -289,9 +279,7 @@ class SqliteCatalog:
             task = _held(db, task_id, worker)
             if task is None:
                 return False
-            task = task.model_copy(
-                update={"lease_expires_at": now + timedelta(seconds=lease_s), "heartbeat_at": now}
-            )
+            task = task.renewed(now, lease_s)
             _save_task(db, task)
         return True
 
@@ -300,9 +288,7 @@ class SqliteCatalog:
         with self._tx(immediate=True) as db:
             if _held(db, task.task_id, worker) is None:
                 return False
-            done = task.model_copy(
-                update={"worker": worker, "finished_at": now, "lease_expires_at": None}
-            )
+            done = task.finished(worker, now)
             _save_task(db, done)
         return True
 
@@ -339,16 +325,7 @@ class SqliteCatalog:
             for r in rows:
                 task = JobTask.model_validate_json(r[0])
                 if task.status in statuses:
-                    _save_task(
-                        db,
-                        task.model_copy(
-                            update={
-                                "status": TaskStatus.PENDING,
-                                "lease_expires_at": None,
-                                "worker": None,
-                            }
-                        ),
-                    )
+                    _save_task(db, task.reset())
                     count += 1
         return count
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from psycopg import Connection
@@ -119,17 +119,7 @@ class PgCatalog:
             if row is None:
                 return None
             task = JobTask.model_validate_json(row[0])
-            task = task.model_copy(
-                update={
-                    "status": TaskStatus.RUNNING,
-                    "worker": worker,
-                    "attempts": task.attempts + 1,
-                    "lease_expires_at": now + timedelta(seconds=lease_s),
-                    "heartbeat_at": now,
-                    "started_at": now,
-                    "finished_at": None,
-                }
-            )
+            task = task.claimed(worker, now, lease_s)
             _save_task(conn, task)
         return task
 
@@ -139,9 +129,7 @@ class PgCatalog:
             task = _held(conn, task_id, worker)
             if task is None:
                 return False
-            task = task.model_copy(
-                update={"lease_expires_at": now + timedelta(seconds=lease_s), "heartbeat_at": now}
-            )
+            task = task.renewed(now, lease_s)
             _save_task(conn, task)
         return True
 
@@ -150,9 +138,7 @@ class PgCatalog:
         with transaction(self.pool, _WHAT) as conn:
             if _held(conn, task.task_id, worker) is None:
                 return False
-            done = task.model_copy(
-                update={"worker": worker, "finished_at": now, "lease_expires_at": None}
-            )
+            done = task.finished(worker, now)
             _save_task(conn, done)
         return True
 
@@ -195,16 +181,7 @@ class PgCatalog:
             ).fetchall()
             for r in rows:
                 task = JobTask.model_validate_json(r[0])
-                _save_task(
-                    conn,
-                    task.model_copy(
-                        update={
-                            "status": TaskStatus.PENDING,
-                            "lease_expires_at": None,
-                            "worker": None,
-                        }
-                    ),
-                )
+                _save_task(conn, task.reset())
                 count += 1
         return count
 
