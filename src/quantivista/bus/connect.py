@@ -1,4 +1,5 @@
-"""Open a broker from its URL: `memory://` (embedded), `nats://host:port[?prefix=qv]`."""
+"""Open a broker from its URL: `memory://` (embedded), `nats://host:port[?prefix=qv]`,
+`kafka://host:port[,host:port][?prefix=qv]`."""
 
 from __future__ import annotations
 
@@ -21,4 +22,10 @@ def open_broker(url: str | None) -> Broker:
         from quantivista.bus.nats import NatsBroker
 
         return NatsBroker(url or "")
-    raise ConfigurationError("unknown bus URL scheme (memory://, nats://)", url=url, scheme=scheme)
+    if scheme == "kafka":
+        from quantivista.bus.kafka import KafkaBroker
+
+        return KafkaBroker(url or "")
+    raise ConfigurationError(
+        "unknown bus URL scheme (memory://, nats://, kafka://)", url=url, scheme=scheme
+    )
