@@ -95,6 +95,7 @@ class KafkaBroker(BrokerBase):
         )
         self._partitions: dict[str, int] = {}
         self._lock = threading.Lock()
+        self._probe: Consumer | None = None
         # (group, topic, offset) -> deliveries so far, for messages not yet acked
         self.deliveries: dict[tuple[str, str, int], int] = {}
         try:
@@ -154,30 +155,34 @@ class KafkaBroker(BrokerBase):
     def ends(self, topic: str) -> list[int]:
         """Return each partition's end (the next offset to be written), read from a fetch."""
         n = self.partitions(topic, create=False)
-        consumer = self.consumer(extra={"enable.partition.eof": True})
-        try:
+        with self._lock:  # one long-lived probe consumer: a new one per call costs a connect
+            if self._probe is None:
+                self._probe = self.consumer(extra={"enable.partition.eof": True})
+            probe = self._probe
             name = self.name(topic)
             tps = []
             for p in range(n):  # ListOffsets may be low (never high): fetch from there to EOF
-                low, high = consumer.get_watermark_offsets(
+                low, high = probe.get_watermark_offsets(
                     TopicPartition(name, p), timeout=self.timeout_s
                 )
                 tps.append(TopicPartition(name, p, max(high - 1, low, 0)))
-            consumer.assign(tps)
-            ends: dict[int, int] = {}
-            deadline = time.monotonic() + self.timeout_s
-            while len(ends) < n:
-                if time.monotonic() > deadline:
-                    raise BusError("no end of partition seen in time", topic=topic)
-                for msg in consumer.consume(500, 0.2):
-                    err = msg.error()
-                    if err is not None and err.code() == KafkaError._PARTITION_EOF:
-                        ends[int(msg.partition() or 0)] = int(msg.offset() or 0)
-                    elif err is not None:
-                        raise BusError(f"fetch from {topic} failed: {err}", topic=topic)
-            return [ends[p] for p in range(n)]
-        finally:
-            consumer.close()
+            probe.assign(tps)
+            try:
+                ends: dict[int, int] = {}
+                deadline = time.monotonic() + self.timeout_s
+                while len(ends) < n:
+                    if time.monotonic() > deadline:
+                        raise BusError("no end of partition seen in time", topic=topic)
+                    for msg in probe.consume(500, 0.2):
+                        err = msg.error()
+                        if err is not None and err.code() == KafkaError._PARTITION_EOF:
+                            if msg.topic() == name:
+                                ends[int(msg.partition() or 0)] = int(msg.offset() or 0)
+                        elif err is not None:
+                            raise BusError(f"fetch from {topic} failed: {err}", topic=topic)
+                return [ends[p] for p in range(n)]
+            finally:
+                probe.unassign()
 
     def last_offset(self, topic: str) -> int:
         ends = self.ends(topic)
@@ -347,6 +352,10 @@ class KafkaBroker(BrokerBase):
 
     def close(self) -> None:
         self._producer.flush(self.timeout_s)
+        with self._lock:
+            if self._probe is not None:
+                self._probe.close()
+                self._probe = None
 
 
 def _scan_to_time(

@@ -50,7 +50,14 @@ _BAD = re.compile(r"[^A-Za-z0-9_-]")
 class NatsBroker(BrokerBase):
     """Durable topics on NATS JetStream."""
 
-    def __init__(self, url: str, *, prefix: str | None = None, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str | None = None,
+        timeout_s: float = 10.0,
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
         parts = urlsplit(url)
         query = parse_qs(parts.query)
         self.prefix = prefix or query.get("prefix", ["qv"])[0]
@@ -69,6 +76,7 @@ class NatsBroker(BrokerBase):
                     max_reconnect_attempts=-1,  # a restarted server is found again
                     reconnect_time_wait=0.25,
                     allow_reconnect=True,
+                    **(options or {}),  # TLS, user or creds (bus/security.py)
                 )
             )
         except Exception as exc:
