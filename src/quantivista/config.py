@@ -506,6 +506,15 @@ class BusSettings(_Section):
     )
     codec: Literal["json", "avro", "protobuf"] = "avro"
     pulsar_url: str | None = None
+    # broker TLS and auth, passed by bus/connect.py to every backend (bus/security.py)
+    tls: bool | None = Field(default=None, description="TLS (None: on when a CA or cert is set)")
+    ca_file: Path | None = Field(default=None, description="CA bundle that signs the broker")
+    cert_file: Path | None = Field(default=None, description="client certificate (mutual TLS)")
+    key_file: Path | None = None
+    username: str | None = Field(default=None, description="Kafka SASL / NATS / Pulsar user")
+    password: SecretStr | None = None
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    nats_creds: Path | None = Field(default=None, description="NATS .creds file (JWT + nkey)")
 
 
 class StreamSettings(_Section):

@@ -201,7 +201,7 @@ class Runtime:
     @cached_property
     def broker(self) -> Broker:
         """Return the message broker of `bus.url` (connected on first use)."""
-        return open_broker(self.settings.bus.url)
+        return open_broker(self.settings.bus.url, self.settings.bus)
 
     @cached_property
     def codecs(self) -> Codecs:
