@@ -426,6 +426,7 @@ def store(
         _rule_counts(validated.rejected) if quarantined else {},
         validated.report,
         known,
+        validated.decided,
     )
 
 
