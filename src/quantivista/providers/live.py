@@ -38,7 +38,7 @@ async def synthetic_trades(
     faster than the clock from the start (minutes close sooner: for benchmarks and demos).
     """
     rng = np.random.default_rng(seed)
-    names = np.array(list(symbols), dtype=object)
+    names = pl.Series("symbol", list(symbols), dtype=pl.String)
     prices = rng.uniform(20, 500, len(names))
     sent = 0
     started = time.monotonic()
@@ -57,13 +57,13 @@ async def synthetic_trades(
         if late_fraction:
             late = rng.random(due) < late_fraction
             stamps[late] -= rng.integers(1_000_000, 90_000_000, int(late.sum()))
-        yield pl.DataFrame(
+        yield pl.DataFrame(  # columns built in numpy / polars: no Python object per trade
             {
-                "symbol": names[which].astype(str),
+                "symbol": names.gather(which),
                 "ts": pl.Series(stamps).cast(pl.Datetime("us", "UTC")),
                 "price": np.round(prices[which] * np.exp(rng.normal(0, 1e-4, due)), 4),
                 "size": rng.integers(1, 500, due).astype(np.float64),
-                "provider": np.full(due, "synthetic", dtype=object).astype(str),
+                "provider": pl.repeat("synthetic", due, eager=True, dtype=pl.String),
             }
         )
         sent += due
