@@ -189,3 +189,37 @@ def test_minutes_missed_in_a_silence_are_back_filled_from_rest(tmp_path: Path) -
             closed = runtime.calendar().session_table(day, day)["close"][0]
             assert service.missing_minutes(closed, closed + timedelta(hours=3)).is_empty()
             service.close()
+
+
+def test_the_kept_history_validates_like_a_store_read(tmp_path: Path) -> None:
+    """Validation with the stream's own recent bars equals validation with a store read, for
+    a series with a spike (its pending flag is decided by the next bar: a new version)."""
+    prices = [100.0 + 0.1 * (m % 3) for m in range(30)]
+    prices[24] = 160.0  # a spike
+    minutes = [
+        trade_frame([(s, 60 * m + 5, p * (1 + i), 10.0) for i, s in enumerate(["AAA", "BBB"])])
+        for m, p in enumerate(prices)
+    ]
+    results = []
+    for reads in (False, True):
+        settings = Settings(
+            data_dir=tmp_path / f"data{reads}",
+            storage=StorageSettings(write_threads=1),
+            bus={"url": "memory://", "codec": "json"},
+            stream={"lateness_s": 1.0, "idle_s": 3600.0},
+        )
+        with Runtime.from_settings(settings, clock=TestClock(T0)) as rt:
+            service = rt.stream_service("finnhub")
+            if reads:  # every release reads its history from the store, as before
+                read = service.recent.read
+                service.recent.history = lambda bars: (  # type: ignore[method-assign]
+                    pl.DataFrame() if (h := read(bars)) is None else h
+                )
+            for frame in minutes:
+                service.process(frame)
+            service.flush()
+            results.append(stored(rt, ["AAA", "BBB"]).drop("ingested_at", "job_id"))
+    kept, read_back = results
+    assert kept.height == 60
+    assert (kept["quality_flags"] != 0).any()  # the spike rule fired and was decided
+    assert kept.equals(read_back)
