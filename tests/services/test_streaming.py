@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import polars as pl
@@ -191,6 +192,13 @@ def test_minutes_missed_in_a_silence_are_back_filled_from_rest(tmp_path: Path) -
             service.close()
 
 
+def _read_each_time(
+    read: Callable[[pl.DataFrame], pl.DataFrame | None], bars: pl.DataFrame
+) -> pl.DataFrame:
+    history = read(bars)
+    return pl.DataFrame() if history is None else history
+
+
 def test_the_kept_history_validates_like_a_store_read(tmp_path: Path) -> None:
     """Validation with the stream's own recent bars equals validation with a store read, for
     a series with a spike (its pending flag is decided by the next bar: a new version)."""
@@ -211,10 +219,7 @@ def test_the_kept_history_validates_like_a_store_read(tmp_path: Path) -> None:
         with Runtime.from_settings(settings, clock=TestClock(T0)) as rt:
             service = rt.stream_service("finnhub")
             if reads:  # every release reads its history from the store, as before
-                read = service.recent.read
-                service.recent.history = lambda bars: (  # type: ignore[method-assign]
-                    pl.DataFrame() if (h := read(bars)) is None else h
-                )
+                service.recent.history = partial(_read_each_time, service.recent.read)  # type: ignore[method-assign]
             for frame in minutes:
                 service.process(frame)
             service.flush()
