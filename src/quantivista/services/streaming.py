@@ -228,6 +228,7 @@ class StreamService:
         self.bar_latencies: deque[float] = deque(maxlen=200_000)
         # seconds per stage and micro-batch (the latency budget)
         self.stage_times: dict[str, deque[float]] = {s: deque(maxlen=200_000) for s in STAGES}
+        self._published_at: float | None = None  # when the last stored bars went out
         window = 3 * validator.settings.spike_window  # the span `history_for` reads
         self.recent = RecentBars(
             timedelta(minutes=window),
@@ -342,10 +343,12 @@ class StreamService:
         return filled
 
     def emit(self, released: Released, arrived: float | None = None) -> None:
-        """Store and publish released bars; record the latency from `arrived`."""
+        """Store and publish released bars; record the latency from `arrived` to the last
+        publish of stored bars (or to now, when nothing was stored)."""
+        self._published_at = None
         self._emit(released)
         if arrived is not None:
-            took = time.monotonic() - arrived
+            took = (self._published_at or time.monotonic()) - arrived
             self.metrics.latency.observe(took)
             self.latencies.append(took)
             if not released.empty:
@@ -370,6 +373,7 @@ class StreamService:
             self._timed("publish_raw", began)
             began = time.perf_counter()
             self._batch_no += 1
+            published = partial(self._publish_normalized, correction=correction, began=began)
             stored = self.runner.write(
                 bars,
                 source=self.provider,
@@ -377,10 +381,9 @@ class StreamService:
                 timeframe="1m",
                 validator=self.validator,
                 history=self.recent.history(bars),
+                on_bars=published,
             )
             self.recent.add(stored)
-            self._timed("store", began)
-            began = time.perf_counter()
             clean = stored.clean
             kind = "correction" if correction else "bar"
             self.metrics.bars.labels(kind).inc(clean.height)
@@ -390,9 +393,15 @@ class StreamService:
                 self.stats.corrections += clean.height
             else:
                 self.stats.bars += clean.height
-            make = partial(self._bars_event, correction=correction, stage="normalized")
-            self.stats.published += len(self.publisher.per_partition(NORMALIZED_BARS, clean, make))
-            self._timed("publish", began)
+
+    def _publish_normalized(self, clean: pl.DataFrame, *, correction: bool, began: float) -> None:
+        """Publish bars as soon as they are stored (the store's bookkeeping follows)."""
+        self._timed("store", began)
+        began = time.perf_counter()
+        make = partial(self._bars_event, correction=correction, stage="normalized")
+        self.stats.published += len(self.publisher.per_partition(NORMALIZED_BARS, clean, make))
+        self._timed("publish", began)
+        self._published_at = time.monotonic()
 
     def _trades_event(self, symbols: list[str], part: pl.DataFrame) -> Event:
         return TradesBatch(occurred_at=self.clock.now(), source=self.provider, rows=part.height,
