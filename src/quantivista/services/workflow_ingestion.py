@@ -44,7 +44,7 @@ from quantivista.model.workflow import (
     TransformationRule,
 )
 from quantivista.reference.fx import FxRates
-from quantivista.reporting.checks import run_checks, validate_checks
+from quantivista.reporting.checks import judge, plan_checks, validate_checks
 from quantivista.reporting.connectors import Batch, read_files, read_http, read_postgres
 from quantivista.reporting.lake_shape import INPUT_COLUMN, OFFSET_COLUMN, shape
 from quantivista.reporting.simulate import simulate_workflows
@@ -52,7 +52,11 @@ from quantivista.reporting.transform import (
     REJECTED_SCHEMA,
     ROW_COLUMN,
     Reference,
-    apply_rules,
+    collect,
+    encode_rows,
+    filtered_count,
+    plan_rules,
+    rule_rejects,
     validate_rules,
 )
 from quantivista.storage.base import BarStore
@@ -356,43 +360,44 @@ class WorkflowIngestionService:
                 }
             )
             cursor = batch.cursor or cursor
-        raw = (
-            pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
-        ).with_row_index(ROW_COLUMN)
-        raw = raw.with_columns(pl.col(ROW_COLUMN).cast(pl.Int64))
+        # every batch of the job is one frame: rules and checks (`unique` too) see them all
+        raw = pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
+        numbered = raw.lazy().with_row_index(ROW_COLUMN)
+        numbered = numbered.with_columns(pl.col(ROW_COLUMN).cast(pl.Int64))
         reference = self.reference()
-        transformed = apply_rules(raw, rules, reference)
-        checked = run_checks(
-            transformed.frame,
-            source.quality_checks,
-            job_id=job.job_id,
-            now=now,
-            reference=reference,
-            prior_invalid=transformed.rejected.height,
+        # rules and checks are one lazy plan, run once; rejected rows keep their place
+        # (flagged) until the end, where the lake and dead letters take their share
+        plan = plan_rules(numbered, rules, reference)
+        checks = plan_checks(plan.frame, source.quality_checks, reference)
+        done = collect(checks.frame)
+        rule_rejected = rule_rejects(done, plan)
+        keep, check_rejected, report = judge(
+            done, checks, job_id=job.job_id, now=now, prior_invalid=rule_rejected.height
         )
         rows, misplaced = shape(
-            checked.valid,
+            done,
             source.target_table,
             job_id=job.job_id,
             source_id=source.source_id,
             ingestion_date=now.date(),
-            quality_score=checked.report.quality_score,
+            quality_score=report.quality_score,
             data_type=_CATEGORIES[source.target_table],
+            keep=keep,
         )
         self.lake.write(source.target_table, rows, tenant=tenant, job_id=job.job_id)
-        rejected = pl.concat([transformed.rejected, checked.rejected, misplaced])
+        rejected = pl.concat([rule_rejected, check_rejected, misplaced])
         failed = self._dead_letter(tenant, job, raw, rejected, now)
+        lake_rows = report.valid_records - misplaced.height
         self.catalog.add_lineage(tenant, inputs, now)
         if cursor is not None and given is None:
             state = self.catalog.sync_state(tenant, source.source_id) or {}
             self.catalog.set_sync_state(tenant, source.source_id, state | {"cursor": cursor})
-        report = checked.report
         if misplaced.height:
             report = report.model_copy(
                 update={
-                    "valid_records": rows.height,
+                    "valid_records": lake_rows,
                     "invalid_records": report.invalid_records + misplaced.height,
-                    "quality_score": rows.height / report.total_records
+                    "quality_score": lake_rows / report.total_records
                     if report.total_records
                     else 1.0,
                 }
@@ -400,9 +405,9 @@ class WorkflowIngestionService:
         job = job.model_copy(
             update={
                 "status": JobStatus.PARTIAL if failed else JobStatus.SUCCEEDED,
-                "records_processed": rows.height,
+                "records_processed": lake_rows,
                 "records_failed": failed,
-                "records_filtered": transformed.filtered,
+                "records_filtered": filtered_count(done, plan),
                 "end_time": self.clock.now(),
                 "rule_versions": {r.rule_id: r.version for r in rules},
                 "inputs": [{k: v for k, v in i.items() if k != "job_id"} for i in inputs],
@@ -422,10 +427,10 @@ class WorkflowIngestionService:
         """Keep rejected rows as they were read (by input row number) with their reasons."""
         if rejected.is_empty():
             return 0
-        own = [c for c in raw.columns if not c.startswith("_qv_")]
-        wanted = rejected.get_column("row").drop_nulls().implode()
-        originals = raw.filter(pl.col(ROW_COLUMN).is_in(wanted)).select(
-            pl.col(ROW_COLUMN).alias("row"), pl.struct(own).struct.json_encode().alias("_orig")
+        # the rows as they were read: input row numbers are positions in `raw`
+        numbered = rejected.filter(pl.col("row").is_not_null())
+        originals = numbered.select("row").with_columns(
+            encode_rows(raw, numbered.get_column("row")).alias("_orig")
         )
         records = (
             rejected.join(originals, on="row", how="left")
