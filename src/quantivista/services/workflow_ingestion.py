@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import uuid4
 
 import polars as pl
@@ -62,6 +62,10 @@ from quantivista.reporting.transform import (
 from quantivista.storage.base import BarStore
 from quantivista.storage.contracts import InstrumentStore, WorkflowCatalog
 from quantivista.storage.lake.workflow_lake import WorkflowLake
+
+if TYPE_CHECKING:
+    from quantivista.acquisition.breaker import Breakers
+    from quantivista.acquisition.limits import RateLimiter
 
 __all__ = ["BarsReader", "WorkflowIngestionService", "platform_reference", "simulate"]
 
@@ -112,6 +116,8 @@ class WorkflowIngestionService:
         *,
         reference: Callable[[], Reference] | None = None,
         bars: BarsReader | None = None,
+        limiter: RateLimiter | None = None,
+        breakers: Breakers | None = None,
     ) -> None:
         self.catalog = catalog
         self.lake = lake
@@ -119,6 +125,9 @@ class WorkflowIngestionService:
         self.clock = clock
         self._reference = reference or Reference
         self._bars = bars
+        # HTTP sources go through the platform's provider rate limiter and breakers
+        self.limiter = limiter
+        self.breakers = breakers
 
     def reference(self) -> Reference:
         """Return the reference tables and FX rates rules and checks may use."""
@@ -289,7 +298,9 @@ class WorkflowIngestionService:
             yield from read_postgres(source.location, config, (state or {}).get("cursor"))
             return
         if source.location.startswith(("http://", "https://")):
-            yield from read_http(source.location, config)
+            yield from read_http(
+                source.location, config, limiter=self.limiter, breakers=self.breakers
+            )
             return
         yield from read_files(source.location, source.data_format, config)
 
