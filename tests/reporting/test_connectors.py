@@ -39,6 +39,7 @@ def test_every_format_round_trips_the_same_records(tmp_path: Path, fmt: DataForm
     path = tmp_path / f"x.{EXTENSIONS[fmt]}"
     write_frame(FRAME, path, fmt)
     (batch,) = read_files(str(path), fmt)
+    assert batch.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     got = batch.frame
     if fmt is DataFormat.CSV:  # CSV columns are text until a cast rule types them
         got = got.with_columns(pl.col("id").cast(pl.Int64), pl.col("px").cast(pl.Float64))
