@@ -16,7 +16,7 @@ import re
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from uuid import uuid4
 
 import polars as pl
@@ -57,9 +57,16 @@ def _value(value: Any) -> str:
 class WorkflowLake:
     """The reporting tables under `<root>/reporting`."""
 
-    def __init__(self, root: Path, *, compression_level: int = 1) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        compression: Literal["zstd", "lz4", "snappy"] = "zstd",
+        compression_level: int | None = 1,
+    ) -> None:
         self.root = Path(root) / "reporting"
-        self.compression_level = compression_level
+        self.compression = compression
+        self.compression_level = compression_level if compression == "zstd" else None
 
     def table_dir(self, table: str) -> Path:
         """Return a table's folder; `InvalidInputError` for a table the lake does not have."""
@@ -99,7 +106,7 @@ class WorkflowLake:
             tmp = folder / f".tmp-{uuid4().hex}"
             parts[values].drop(keys).write_parquet(
                 tmp,
-                compression="zstd",
+                compression=self.compression,
                 compression_level=self.compression_level,
                 row_group_size=_ROW_GROUP,
             )
