@@ -131,6 +131,8 @@ class Runtime:
             bars=lambda symbols, start, end, tf: self.queries.bars(
                 BarQuery.of(symbols, start, end, timeframe=tf)
             ),
+            limiter=self.acquisition.limiter,
+            breakers=self.acquisition.breakers,
         )
 
     @classmethod
