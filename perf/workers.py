@@ -58,6 +58,7 @@ def _env(sim_url: str, schema: str, prefix: str, quota: int, tmp: str) -> dict[s
         "QV_INGEST__SYMBOLS_PER_BATCH": "10",
         "QV_INGEST__FETCH_CONCURRENCY": "1",
         "QV_WORKERS__CONCURRENCY": "1",
+        "QV_INGEST__DEFAULT_PROVIDER": "polygon",
         "QV_WORKERS__POLL_S": "0.05",
     }
 
