@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import psycopg
@@ -34,6 +34,8 @@ import redis
 
 from quantivista.config import ProviderFaultSettings, RateWindow, Settings, SimulatorServerSettings
 from quantivista.model.rates import Rate
+from quantivista.model.timeframe import Timeframe
+from quantivista.providers.base import BarRequest
 from quantivista.providers.simulator import run_simulator
 from quantivista.providers.simulator.wiring import SIMULATOR_API_KEY
 from quantivista.runtime import Runtime
@@ -94,17 +96,36 @@ def _spin(seconds: float) -> None:
         pass
 
 
-def cpus_available(n: int, seconds: float = 1.0) -> float:
-    """Return the CPUs `n` busy processes get now: their CPU seconds over the wall time."""
+def cpus_available(n: int, seconds: float = 1.5) -> float:
+    """Return the CPUs `n` busy processes get now: their CPU seconds over the wall time.
+
+    Sampled between two reads once every process runs, so a slow fork does not count.
+    """
     ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=_spin, args=(seconds,)) for _ in range(n)]
+    procs = [ctx.Process(target=_spin, args=(seconds + 1.0,)) for _ in range(n)]
     for p in procs:
         p.start()
-    time.sleep(seconds * 0.9)
-    used = sum(_cpu_s(p.pid) for p in procs if p.pid is not None)
+    time.sleep(0.5)
+    pids = [p.pid for p in procs if p.pid is not None]
+    t0, used0 = time.perf_counter(), sum(_cpu_s(p) for p in pids)
+    time.sleep(seconds)
+    used = sum(_cpu_s(p) for p in pids) - used0
+    wall = time.perf_counter() - t0
     for p in procs:
         p.join()
-    return max(used / (seconds * 0.9), 0.05)
+    return max(used / wall, 0.05)
+
+
+def round_trip_s(rt: Runtime, symbol: str, calls: int = 10) -> float:
+    """Return the mean time of one call now, through our client and the shared limiter."""
+    client = rt.acquisition.provider("polygon")
+    day = datetime.combine(FIRST, datetime.min.time(), UTC)
+    request = BarRequest(symbol, Timeframe.parse("1d"), day, day + timedelta(days=1))
+    client.fetch_bars(request)  # the connection is open before timing
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        client.fetch_bars(request)
+    return (time.perf_counter() - t0) / calls
 
 
 def run(
@@ -128,9 +149,10 @@ def run(
                 WorkerProcesses(n_workers, env, concurrency=CONCURRENCY) as procs,
             ):
                 cpus = cpus_available(n_workers)
+                latency = round_trip_s(rt, symbols[0])
                 plan = rt.backfill.plan(
                     symbols, FIRST, LAST, "1d", ["polygon"], workers=n_workers,
-                    latency_s=LATENCY_MS / 1000, task_cost_s=task_cost_s or 0.0, cpus=cpus,
+                    latency_s=latency, task_cost_s=task_cost_s or 0.0, cpus=cpus,
                 )  # fmt: skip
                 pids = [w.pid for w in procs.workers]
                 cpu0 = sum(_cpu_s(p) for p in pids)
@@ -146,7 +168,7 @@ def run(
     settings = Settings()
     tasks = job.tasks
     quota_s = predicted_seconds(
-        plan.calls, [Rate.parse(r) for r in env_limits(quota)], latency_s=LATENCY_MS / 1000,
+        plan.calls, [Rate.parse(r) for r in env_limits(quota)], latency_s=latency,
         concurrency=n_workers * CONCURRENCY * settings.ingest.fetch_concurrency,
     )  # fmt: skip
     return {
@@ -159,6 +181,7 @@ def run(
         "measured_s": round(elapsed, 2),
         "calls_per_s": round(plan.calls / elapsed, 1),
         "cpus_probed": round(cpus, 2),
+        "latency_probed_ms": round(latency * 1000, 1),
         "worker_cpu_s_per_task": round(cpu / max(tasks, 1), 3),
         "bound_quota_s": round(quota_s, 2),
         "predicted_s": round(plan.predicted_s, 2),

@@ -17,6 +17,7 @@
      a task being its calls (`fetch_concurrency` at a time) plus the task's own cost
      (parse, validate, store: `workers.task_cost_s`, measured by perf/workers.py);
    - the CPU: every task's cost spread over the CPUs the workers have.
+   The quota's bound ends with the last task's own work (at a worker's share of the CPUs).
 
 `submit` queues the plan as jobs for `qv worker`s (one per provider and range).
 """
@@ -284,15 +285,19 @@ class BackfillService:
         )
         per = {r["provider"]: (r["tasks"], r["calls"]) for r in tasks.iter_rows(named=True)}
 
+        share = cpus if cpus is not None else max(workers, 1)
+
         def bound(name: str) -> float:
             n, calls = per.get(name, (0, 0))
             quota = finish(name, spent[name])
             if not n:
                 return quota
+            # after the quota's last call, its task still has its own work to do, at the
+            # CPU share one worker gets
+            tail = cost * max(1.0, max(workers, 1) / share)
             work = task_seconds(n, calls / n, slots=slots, fetch_concurrency=fetch,
-                                latency_s=latency_s, task_cost_s=cost,
-                                cpus=cpus if cpus is not None else max(workers, 1))  # fmt: skip
-            return max(quota, work)
+                                latency_s=latency_s, task_cost_s=cost, cpus=share)  # fmt: skip
+            return max(quota + tail, work)
 
         summary = pl.DataFrame(
             [
