@@ -690,6 +690,12 @@ class WorkerSettings(_Section):
         description="on SIGTERM, running tasks get this long to finish, then their leases are"
         " released for other workers",
     )
+    task_cost_s: float = Field(
+        default=0.15,
+        ge=0,
+        description="CPU seconds of one task's own work (parse, validate, store a batch); the"
+        " backfill plan's time uses it (measure it with perf/workers.py)",
+    )
 
 
 class DaskSettings(_Section):

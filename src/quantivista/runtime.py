@@ -165,7 +165,14 @@ class Runtime:
             queue=queue,
             concurrency=concurrency,
             probe_port=probe_port,
+            warm_up=self._warm_up,
         )
+
+    def _warm_up(self) -> None:
+        # what a first task would load lazily, paid before the worker says it serves
+        self.calendar()
+        _ = self.validator
+        self.acquisition.router([self.settings.ingest.default_provider])
 
     def revalidate(
         self,

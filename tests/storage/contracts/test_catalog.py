@@ -190,6 +190,19 @@ def test_finishing_stores_the_outcome(catalog: JobCatalog) -> None:
     assert catalog.claim_task("w2", LEASE, end) is None  # finished tasks are not claimed
 
 
+def test_open_tasks_counts_pending_and_running_not_finished(catalog: JobCatalog) -> None:
+    with_tasks(catalog, "job-1", 3)
+    assert catalog.open_tasks("job-1") == 3
+    first = catalog.claim_task("w1", LEASE, T0)
+    assert first is not None and catalog.open_tasks("job-1") == 3  # running is open
+    assert catalog.finish_task(first.model_copy(update={"status": TaskStatus.SUCCEEDED}), "w1", T0)
+    second = catalog.claim_task("w1", LEASE, T0)
+    assert second is not None
+    assert catalog.finish_task(second.model_copy(update={"status": TaskStatus.FAILED}), "w1", T0)
+    assert catalog.open_tasks("job-1") == 1
+    assert catalog.open_tasks("no-such-job") == 0
+
+
 def test_a_lapsed_lease_fails_the_job_and_frees_the_task(catalog: JobCatalog) -> None:
     with_tasks(catalog, "job-1", 2, status=JobStatus.RUNNING)
     with_tasks(catalog, "job-2", 1, status=JobStatus.RUNNING)
