@@ -76,4 +76,3 @@ def nats_options(bus: BusSettings) -> dict[str, Any]:
         options["user"] = bus.username
         options["password"] = _password(bus) or ""
     return options
-
