@@ -506,6 +506,15 @@ class BusSettings(_Section):
     )
     codec: Literal["json", "avro", "protobuf"] = "avro"
     pulsar_url: str | None = None
+    # broker TLS and auth, passed by bus/connect.py to every backend (bus/security.py)
+    tls: bool | None = Field(default=None, description="TLS (None: on when a CA or cert is set)")
+    ca_file: Path | None = Field(default=None, description="CA bundle that signs the broker")
+    cert_file: Path | None = Field(default=None, description="client certificate (mutual TLS)")
+    key_file: Path | None = None
+    username: str | None = Field(default=None, description="Kafka SASL / NATS / Pulsar user")
+    password: SecretStr | None = None
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    nats_creds: Path | None = Field(default=None, description="NATS .creds file (JWT + nkey)")
 
 
 class StreamSettings(_Section):
@@ -680,6 +689,12 @@ class WorkerSettings(_Section):
         ge=0,
         description="on SIGTERM, running tasks get this long to finish, then their leases are"
         " released for other workers",
+    )
+    task_cost_s: float = Field(
+        default=0.15,
+        ge=0,
+        description="CPU seconds of one task's own work (parse, validate, store a batch); the"
+        " backfill plan's time uses it (measure it with perf/workers.py)",
     )
 
 
