@@ -252,6 +252,7 @@ class ParquetLake:
         # decoded delta files by path: never rewritten (only removed), so no identity check
         self._deltas: dict[str, dict[str, _Indexed]] = {}
         self._deltas_lock = threading.Lock()
+        self._places: dict[Path, tuple[Path, str]] = {}
 
     def _layout(self) -> int:
         """Return the lake's bucket count, fixing it from the settings on first use."""
@@ -515,24 +516,33 @@ class ParquetLake:
             self._folder.submit(folder.parent)
         return UpsertStats(inserted=whole.height, partitions_written=len(appended))
 
+    def _where(self, directory: Path) -> tuple[Path, str]:
+        """Return a partition's delta folder and its name in there (its folder inside its
+        timeframe's); remembered, as every append and read asks for each partition."""
+        found = self._places.get(directory)
+        if found is None:
+            parts = directory.relative_to(self.bars_root).parts
+            found = (self.bars_root / parts[0] / DELTA_DIR, "/".join(parts[1:]))
+            self._places[directory] = found
+        return found
+
     def _rel(self, directory: Path) -> str:
-        """Return a partition's folder inside its timeframe's (how deltas name it)."""
-        return "/".join(directory.relative_to(self.bars_root).parts[1:])
+        return self._where(directory)[1]
 
     def _delta_folder(self, directory: Path) -> Path:
-        return self.bars_root / directory.relative_to(self.bars_root).parts[0] / DELTA_DIR
+        return self._where(directory)[0]
 
     def _newest_delta(self, directory: Path) -> str | None:
         names = delta_names(self._delta_folder(directory))
         return names[-1] if names else None
 
-    def _delta(self, path: Path) -> dict[str, _Indexed]:
+    def _delta(self, path: Path | str) -> dict[str, _Indexed]:
         """Return a delta file's rows per partition (decoded once; it is never rewritten)."""
         key = str(path)
-        with self._deltas_lock:
-            found = self._deltas.get(key)
+        found = self._deltas.get(key)  # a dict read is atomic; writers hold the lock
         if found is not None:
             return found
+        path = Path(path)
         with open(path, "rb") as handle:
             frame = read_parquet_handle(handle, what="delta file")
             handle.seek(0)
@@ -548,14 +558,14 @@ class ParquetLake:
 
     def _held(self, directory: Path) -> list[tuple[str, _Indexed]]:
         """Return the parts of `directory`'s partition in the delta files, oldest first."""
-        folder = self._delta_folder(directory)
+        folder, rel = self._where(directory)
         names = delta_names(folder)
         if not names:
             return []
-        rel = self._rel(directory)
         out = []
+        prefix = f"{folder}{os.sep}"
         for name in names:
-            part = self._delta(folder / name).get(rel)
+            part = self._delta(prefix + name).get(rel)
             if part is not None:
                 out.append((name, part))
         return out
