@@ -204,7 +204,7 @@ def main() -> None:
     out["cache_mb"] = args.cache_mb or StorageSettings().cache_mb
     nightly = []
     for years in [int(y) for y in args.years.split(",")]:
-        for symbols in [int(s) for s in args.symbols.split(",")]:
+        for symbols in [int(s) for s in args.symbols.split(",") if s]:  # "": stream only
             frame = universe(symbols, years)
             row: dict[str, Any] = {"symbols": symbols, "years": years, "bars": frame.height}
             with tempfile.TemporaryDirectory() as tmp:
