@@ -511,6 +511,7 @@ class ParquetLake:
             rows._last = {s: last for (s, _, _), last in zip(part.runs, part.lasts, strict=True)}
             rows._span = (min(part.firsts), max(part.lasts))
         with self._deltas_lock:
+            self._forget_deltas(folder, names)
             self._deltas[str(folder / name)] = decoded
         if len(names) + 1 >= self.settings.delta_files:
             self._folder.submit(folder.parent)
@@ -549,12 +550,16 @@ class ParquetLake:
             index = json.loads(footer_metadata(handle)[PARTS_KEY])
         decoded = _delta_parts(frame, index)
         with self._deltas_lock:
-            live = set(delta_names(path.parent))
-            for old in [k for k in self._deltas if k.startswith(str(path.parent))]:
-                if Path(old).name not in live:
-                    del self._deltas[old]
+            self._forget_deltas(path.parent, delta_names(path.parent))
             self._deltas[key] = decoded
         return decoded
+
+    def _forget_deltas(self, folder: Path, live: list[str]) -> None:
+        """Drop the decoded delta files of `folder` that are gone (folded); under the lock."""
+        keep = {f"{folder}{os.sep}{name}" for name in live}
+        prefix = f"{folder}{os.sep}"
+        for old in [k for k in self._deltas if k.startswith(prefix) and k not in keep]:
+            del self._deltas[old]
 
     def _held(self, directory: Path) -> list[tuple[str, _Indexed]]:
         """Return the parts of `directory`'s partition in the delta files, oldest first."""
