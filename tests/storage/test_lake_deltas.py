@@ -272,3 +272,14 @@ def test_a_delete_after_a_fold_does_not_bring_back_crash_left_deltas(tmp_path: P
     assert lake.read(SYMBOLS, D1).is_empty()
     lake.upsert(_bars(SYMBOLS, 9, 1, t1))
     assert lake.read(SYMBOLS, D1).height == len(SYMBOLS)
+
+
+def test_a_writer_forgets_the_deltas_folded_away(tmp_path: Path) -> None:
+    lake = ParquetLake(tmp_path, _settings(delta_files=4))
+    lake.upsert(_bars(SYMBOLS, 0, 5, DAY0 + timedelta(days=400), tf="1m"))
+    for k in range(40):
+        lake.upsert(_bars(SYMBOLS, 5 + k, 1, DAY0 + timedelta(days=401, seconds=k), tf="1m"))
+    lake.close()
+    lake.upsert(_bars(SYMBOLS, 45, 1, DAY0 + timedelta(days=402), tf="1m"))
+    assert len(lake._deltas) == len(lake.delta_files()) <= 5  # a stream holds no more
+    assert lake.read(SYMBOLS, M1).height == len(SYMBOLS) * 46

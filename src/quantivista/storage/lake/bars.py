@@ -44,7 +44,7 @@ from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import IO, NamedTuple
+from typing import IO, Any, NamedTuple
 from uuid import uuid4
 
 import numpy as np
@@ -131,7 +131,7 @@ def _bucket_dir(bucket: int) -> str:
 class _Indexed:
     """A decoded partition file and where each of its symbols starts (it is sorted)."""
 
-    __slots__ = ("_first", "_last", "_ts", "frame", "index", "through")
+    __slots__ = ("_first", "_last", "_span", "_ts", "frame", "index", "source", "through")
 
     def __init__(
         self,
@@ -141,6 +141,8 @@ class _Indexed:
     ) -> None:
         self.frame = frame
         self.through = through  # a base file's newest accounted-for delta (see `deltas`)
+        self.source: tuple[pl.DataFrame, int] | None = None  # a delta file's frame, offset
+        self._span: tuple[int, int] | None = None
         self._last: dict[str, int] | None = None
         self._first: tuple[str, int] | None = None
         self._ts: np.ndarray | None = None
@@ -179,6 +181,14 @@ class _Indexed:
                 parts.append(np.arange(a, b))
         return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
 
+    def span_us(self) -> tuple[int, int]:
+        """Return the first and last ts of any row (epoch microseconds; rows exist)."""
+        if self._span is None:
+            if self._ts is None:
+                self._ts = self.frame["ts"].to_physical().to_numpy()
+            self._span = (int(self._ts.min()), int(self._ts.max()))
+        return self._span
+
     def pieces_of(self, symbol: str) -> list[pl.DataFrame]:
         """Return the symbol's rows as a list of one slice (none: no rows here)."""
         span = self.index.get(symbol)
@@ -212,6 +222,7 @@ class _Partition(NamedTuple):
     runs: list[Run]  # (symbol, first, end) rows of the batch, in file order
     arrow: ArrowBatch  # the batch as Arrow, to cut the partition's table from
     firsts: list[int]  # each run's first ts, epoch microseconds
+    lasts: list[int]  # and last
 
 
 class ParquetLake:
@@ -241,6 +252,7 @@ class ParquetLake:
         # decoded delta files by path: never rewritten (only removed), so no identity check
         self._deltas: dict[str, dict[str, _Indexed]] = {}
         self._deltas_lock = threading.Lock()
+        self._places: dict[Path, tuple[Path, str]] = {}
 
     def _layout(self) -> int:
         """Return the lake's bucket count, fixing it from the settings on first use."""
@@ -372,8 +384,10 @@ class ParquetLake:
                 else [0] * len(symbols)
             )
             first_us = keyed["ts"].gather(starts).to_physical().to_list()
+            last_us = keyed["ts"].gather([e - 1 for e in ends]).to_physical().to_list()
             runs: dict[tuple[int, int], list[Run]] = {}
             first_of: dict[int, int] = dict(zip(starts, first_us, strict=True))
+            last_of: dict[int, int] = dict(zip(starts, last_us, strict=True))
             for symbol, ym, lo, hi in zip(symbols, months, starts, ends, strict=True):
                 runs.setdefault((self.bucket(symbol), ym), []).append((symbol, lo, hi))
             for (bucket, ym), parts in sorted(runs.items()):
@@ -381,8 +395,9 @@ class ParquetLake:
                 slices = [keyed.slice(lo, hi - lo) for _, lo, hi in parts]
                 month_text = f"{ym // 100:04d}-{ym % 100:02d}" if monthly else None
                 firsts = [first_of[lo] for _, lo, _ in parts]
+                lasts = [last_of[lo] for _, lo, _ in parts]
                 key = (str(tf), bucket, month_text)
-                out.append(_Partition(key, slices, parts, arrow, firsts))
+                out.append(_Partition(key, slices, parts, arrow, firsts, lasts))
         return out
 
     def _upsert_partition(self, part: _Partition) -> UpsertStats:
@@ -488,64 +503,74 @@ class ParquetLake:
         ]
         table = appended[0][0].arrow.partition(runs)
         atomic_write_parquet(table, folder / name, self.settings, {PARTS_KEY: json.dumps(index)})
-        decoded = {
-            self._rel(directory): _Indexed(
-                _stack(part.slices), [(s, hi - lo) for s, lo, hi in part.runs]
-            )
-            for part, directory in appended
-        }
+        whole = _stack([piece for part, _ in appended for piece in part.slices])
+        decoded = _delta_parts(whole, index)
+        for part, directory in appended:  # known to the writer: no scan when checked
+            rows = decoded[self._rel(directory)]
+            rows._first = (part.runs[0][0], part.firsts[0])
+            rows._last = {s: last for (s, _, _), last in zip(part.runs, part.lasts, strict=True)}
+            rows._span = (min(part.firsts), max(part.lasts))
         with self._deltas_lock:
+            self._forget_deltas(folder, names)
             self._deltas[str(folder / name)] = decoded
         if len(names) + 1 >= self.settings.delta_files:
             self._folder.submit(folder.parent)
-        rows = sum(len(ix.frame) for ix in decoded.values())
-        return UpsertStats(inserted=rows, partitions_written=len(appended))
+        return UpsertStats(inserted=whole.height, partitions_written=len(appended))
+
+    def _where(self, directory: Path) -> tuple[Path, str]:
+        """Return a partition's delta folder and its name in there (its folder inside its
+        timeframe's); remembered, as every append and read asks for each partition."""
+        found = self._places.get(directory)
+        if found is None:
+            parts = directory.relative_to(self.bars_root).parts
+            found = (self.bars_root / parts[0] / DELTA_DIR, "/".join(parts[1:]))
+            self._places[directory] = found
+        return found
 
     def _rel(self, directory: Path) -> str:
-        """Return a partition's folder inside its timeframe's (how deltas name it)."""
-        return "/".join(directory.relative_to(self.bars_root).parts[1:])
+        return self._where(directory)[1]
 
     def _delta_folder(self, directory: Path) -> Path:
-        return self.bars_root / directory.relative_to(self.bars_root).parts[0] / DELTA_DIR
+        return self._where(directory)[0]
 
     def _newest_delta(self, directory: Path) -> str | None:
         names = delta_names(self._delta_folder(directory))
         return names[-1] if names else None
 
-    def _delta(self, path: Path) -> dict[str, _Indexed]:
+    def _delta(self, path: Path | str) -> dict[str, _Indexed]:
         """Return a delta file's rows per partition (decoded once; it is never rewritten)."""
         key = str(path)
-        with self._deltas_lock:
-            found = self._deltas.get(key)
+        found = self._deltas.get(key)  # a dict read is atomic; writers hold the lock
         if found is not None:
             return found
+        path = Path(path)
         with open(path, "rb") as handle:
             frame = read_parquet_handle(handle, what="delta file")
             handle.seek(0)
             index = json.loads(footer_metadata(handle)[PARTS_KEY])
-        decoded, start = {}, 0
-        for rel, runs in index:
-            rows = sum(n for _, n in runs)
-            decoded[rel] = _Indexed(frame.slice(start, rows), [(s, n) for s, n in runs])
-            start += rows
+        decoded = _delta_parts(frame, index)
         with self._deltas_lock:
-            live = set(delta_names(path.parent))
-            for old in [k for k in self._deltas if k.startswith(str(path.parent))]:
-                if Path(old).name not in live:
-                    del self._deltas[old]
+            self._forget_deltas(path.parent, delta_names(path.parent))
             self._deltas[key] = decoded
         return decoded
 
+    def _forget_deltas(self, folder: Path, live: list[str]) -> None:
+        """Drop the decoded delta files of `folder` that are gone (folded); under the lock."""
+        keep = {f"{folder}{os.sep}{name}" for name in live}
+        prefix = f"{folder}{os.sep}"
+        for old in [k for k in self._deltas if k.startswith(prefix) and k not in keep]:
+            del self._deltas[old]
+
     def _held(self, directory: Path) -> list[tuple[str, _Indexed]]:
         """Return the parts of `directory`'s partition in the delta files, oldest first."""
-        folder = self._delta_folder(directory)
+        folder, rel = self._where(directory)
         names = delta_names(folder)
         if not names:
             return []
-        rel = self._rel(directory)
         out = []
+        prefix = f"{folder}{os.sep}"
         for name in names:
-            part = self._delta(folder / name).get(rel)
+            part = self._delta(prefix + name).get(rel)
             if part is not None:
                 out.append((name, part))
         return out
@@ -807,8 +832,9 @@ class ParquetLake:
         lo = _epoch_us(start) if start is not None else None
         hi = _epoch_us(end) if end is not None else None
         frames = []
-        in_range = _in_range(start, end)
+        gathers: dict[int, tuple[pl.DataFrame, list[np.ndarray]]] = {}  # per delta file
         for names in by_bucket.values():
+            names_set = set(names)
             for path in self._files(tf, names[0], start, end):
                 found = self._open(path, names, whole=True)
                 if found is None:
@@ -819,9 +845,21 @@ class ParquetLake:
                     rows = base.positions(names, lo, hi)
                     if rows.size:
                         frames.append(base.frame[rows])
-                if view is not None and view.deltas:
-                    cond = pl.col("symbol").is_in(names) & in_range
-                    frames.append(view.added.filter(cond))
+                for delta in view.deltas if view is not None else ():
+                    assert isinstance(delta, _Indexed) and delta.source is not None
+                    source, offset = delta.source
+                    first, last = delta.span_us()
+                    if (
+                        (lo is None or lo <= first)
+                        and (hi is None or last < hi)
+                        and all(s in names_set for s in delta.index)
+                    ):  # the common case (the latest rows of every symbol): no search
+                        rows = np.arange(offset, offset + delta.frame.height)
+                    else:
+                        rows = delta.positions(names, lo, hi) + offset
+                    gathers.setdefault(id(source), (source, []))[1].append(rows)
+        for source, picks in gathers.values():
+            frames.append(source[np.concatenate(picks)])
         if not frames:
             return None
         return pl.concat(frames).sort("symbol", "ts")
@@ -1093,6 +1131,19 @@ def _raw_bytes(meta: pq.FileMetaData) -> int:
     return sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
 
 
+def _delta_parts(frame: pl.DataFrame, index: list[list[Any]]) -> dict[str, _Indexed]:
+    """Return a delta file's rows per partition: slices of `frame`, which they remember
+    (with their offset) so that a read of many partitions gathers from the file once."""
+    parts, start = {}, 0
+    for rel, runs in index:
+        rows = sum(n for _, n in runs)
+        part = _Indexed(frame.slice(start, rows), [(s, n) for s, n in runs])
+        part.source = (frame, start)
+        parts[rel] = part
+        start += rows
+    return parts
+
+
 def _join_tiers(cold: list[pl.DataFrame], hot: list[pl.DataFrame]) -> list[pl.DataFrame]:
     """Return one symbol's cold and hot frames (each sorted by ts) as frames in ts order.
 
@@ -1165,16 +1216,6 @@ def _stack(frames: list[pl.DataFrame]) -> pl.DataFrame:
         for frame in frames[1:]:
             out.vstack(frame, in_place=True)
     return out
-
-
-def _in_range(start: datetime | None, end: datetime | None) -> pl.Expr:
-    ts = pl.col("ts")
-    cond = pl.lit(True)
-    if start is not None:
-        cond = cond & (ts >= pl.lit(start, PL_UTC_TS))
-    if end is not None:
-        cond = cond & (ts < pl.lit(end, PL_UTC_TS))
-    return cond
 
 
 def _ts_slice(df: pl.DataFrame, start: datetime | None, end: datetime | None) -> pl.DataFrame:

@@ -93,14 +93,13 @@ def delta_names(directory: Path) -> list[str]:
 class PartitionView:
     """A partition as readers see it: the base file and its live deltas."""
 
-    __slots__ = ("_added", "base", "deltas", "stale", "through")
+    __slots__ = ("base", "deltas", "stale", "through")
 
     def __init__(self, base: Rows, deltas: Sequence[tuple[str, Rows]], through: str | None) -> None:
         self.base = base
         self.through = through
         self.deltas: list[Rows] = []
         self.stale: list[str] = []  # in the base already (folded): ignored
-        self._added: pl.DataFrame | None = None
         for name, delta in deltas:
             if (through is not None and name <= through) or self._folded(delta):
                 self.stale.append(name)
@@ -114,14 +113,6 @@ class PartitionView:
             return True
         last = self.base.last_us(head[0])
         return last is not None and head[1] <= last
-
-    @property
-    def added(self) -> pl.DataFrame:
-        """Return the rows of the live deltas (one frame, in the order they were written)."""
-        if self._added is None:
-            frames = [d.frame for d in self.deltas]
-            self._added = pl.concat(frames, rechunk=True) if len(frames) > 1 else frames[0]
-        return self._added
 
     @property
     def frame(self) -> pl.DataFrame:

@@ -25,6 +25,7 @@ __all__ = ["DICT_COLUMNS", "ArrowBatch", "to_arrow"]
 # string columns that repeat per row in the lake's files
 DICT_COLUMNS = ("symbol", "timeframe", "provider", "job_id")
 Run = tuple[str, int, int]  # symbol, first row, end row (exclusive) in a batch
+_SLICED_RUNS = 32  # above this many runs, a partition's rows are taken, not sliced
 
 
 class ArrowBatch:
@@ -42,8 +43,12 @@ class ArrowBatch:
 
     def partition(self, runs: Sequence[Run]) -> pa.Table:
         """Return the rows of `runs` (one per symbol, in file order) as one table."""
-        pieces = [self.table.slice(lo, hi - lo) for _, lo, hi in runs]
-        rows = pa.concat_tables(pieces) if len(pieces) > 1 else pieces[0]
+        if len(runs) > _SLICED_RUNS:  # many short runs (a delta): one take, not a concat
+            bounds = np.array([(lo, hi) for _, lo, hi in runs], dtype=np.int64)
+            rows = self.table.take(_ranges(bounds[:, 0], bounds[:, 1]))
+        else:
+            pieces = [self.table.slice(lo, hi - lo) for _, lo, hi in runs]
+            rows = pa.concat_tables(pieces) if len(pieces) > 1 else pieces[0]
         n = rows.num_rows
         arrays: list[pa.Array | pa.ChunkedArray] = []
         for name in self.columns:
@@ -54,6 +59,14 @@ class ArrowBatch:
             else:
                 arrays.append(rows[name])
         return pa.Table.from_arrays(arrays, names=self.columns)
+
+
+def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Return the row numbers of [start, end) ranges, one after another."""
+    lengths = ends - starts
+    offsets = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+    out: np.ndarray = np.arange(int(lengths.sum()), dtype=np.int64) + offsets
+    return out
 
 
 def to_arrow(df: pl.DataFrame, runs: Sequence[tuple[str, int]] | None = None) -> pa.Table:
