@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -395,9 +396,13 @@ class WorkflowIngestionService:
             data_type=_CATEGORIES[source.target_table],
             keep=keep,
         )
-        self.lake.write(source.target_table, rows, tenant=tenant, job_id=job.job_id)
         rejected = pl.concat([rule_rejected, check_rejected, misplaced])
-        failed = self._dead_letter(tenant, job, raw, rejected, now)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            # the dead letters (a catalog transaction: mostly Python and the disk) are kept
+            # while Polars encodes the lake files without the GIL
+            letters = pool.submit(self._dead_letter, tenant, job, raw, rejected, now)
+            self.lake.write(source.target_table, rows, tenant=tenant, job_id=job.job_id)
+            failed = letters.result()
         lake_rows = report.valid_records - misplaced.height
         self.catalog.add_lineage(tenant, inputs, now)
         if cursor is not None and given is None:
