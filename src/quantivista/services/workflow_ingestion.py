@@ -72,6 +72,10 @@ __all__ = ["BarsReader", "WorkflowIngestionService", "platform_reference", "simu
 
 BarsReader = Callable[[list[str], str | None, str | None, str], pl.DataFrame]
 
+# jobs of at least this many rows keep their dead letters while the lake is written (below,
+# a thread costs more than it saves: stream micro-batches)
+_OVERLAP_ROWS = 200_000
+
 _CATEGORIES = {
     "portfolio_data_lake": "portfolio",
     "execution_data_lake": "execution",
@@ -397,12 +401,16 @@ class WorkflowIngestionService:
             keep=keep,
         )
         rejected = pl.concat([rule_rejected, check_rejected, misplaced])
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            # the dead letters (a catalog transaction: mostly Python and the disk) are kept
-            # while Polars encodes the lake files without the GIL
-            letters = pool.submit(self._dead_letter, tenant, job, raw, rejected, now)
+        if raw.height < _OVERLAP_ROWS or rejected.is_empty():
             self.lake.write(source.target_table, rows, tenant=tenant, job_id=job.job_id)
-            failed = letters.result()
+            failed = self._dead_letter(tenant, job, raw, rejected, now)
+        else:
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                # the dead letters (a catalog transaction: mostly Python and the disk) are
+                # kept while Polars encodes the lake files without the GIL
+                letters = pool.submit(self._dead_letter, tenant, job, raw, rejected, now)
+                self.lake.write(source.target_table, rows, tenant=tenant, job_id=job.job_id)
+                failed = letters.result()
         lake_rows = report.valid_records - misplaced.height
         self.catalog.add_lineage(tenant, inputs, now)
         if cursor is not None and given is None:
