@@ -154,3 +154,15 @@ def test_a_row_rules_rejected_fails_no_check_and_does_not_claim_a_unique_value()
     assert done.filter(valid)["trade_id"].to_list() == ["t2"]
     assert (report.total_records, report.valid_records, report.invalid_records) == (3, 1, 2)
     assert report.data_profiling.row_count == 2
+
+
+def test_a_sampled_profile_keeps_exact_row_and_null_counts() -> None:
+    frame = pl.DataFrame({"v": [None, 1.0, None, 3.0, 4.0, None, 6.0, 7.0]})
+    plan = plan_checks(frame.lazy(), [check("range", "v", "warning", min=0)])
+    _, _, report = judge(collect(plan.frame), plan, job_id="j", now=NOW, sample=3)
+    found = report.data_profiling
+    assert found.row_count == 8 and found.columns["v"].null_count == 3
+    assert found.sampled_rows is not None and found.sampled_rows < 8
+    whole = judge(collect(plan.frame), plan, job_id="j", now=NOW, sample=None)[2]
+    assert whole.data_profiling.sampled_rows is None
+    assert whole.data_profiling.columns["v"].max == 7.0
