@@ -18,8 +18,7 @@ import threading
 import uuid
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import polars as pl
 
@@ -40,9 +39,8 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class WindowUsage:
-    """How much of one window is used right now."""
+class WindowUsage(NamedTuple):
+    """How much of one window is used right now (a tuple: made per API request)."""
 
     provider: str
     rate: Rate
@@ -62,6 +60,12 @@ class LimiterBackend(Protocol):
 
     def usage(self, provider: str, rates: Sequence[Rate], now: float) -> list[tuple[int, float]]:
         """Return (used, seconds until the oldest entry expires) per rate."""
+        ...
+
+    def take(
+        self, provider: str, rates: Sequence[Rate], now: float, cost: int
+    ) -> tuple[float, list[tuple[int, float]]]:
+        """`try_acquire` and then `usage`, in one step (one lock, one round trip)."""
         ...
 
     def reset(self, provider: str | None = None) -> None:
@@ -88,11 +92,17 @@ class MemoryBackend:
     shared = False
 
     def __init__(self) -> None:
-        self._logs: dict[tuple[str, Rate], deque[float]] = {}
+        # keyed by the rate's fields: hashing the frozen dataclass costs more than the log
+        self._logs: dict[tuple[str, int, float], deque[float]] = {}
+        # provider -> (the rates `take` last saw, their logs): `take` runs per API request
+        self._held: dict[str, tuple[Sequence[Rate], list[deque[float]]]] = {}
         self._lock = threading.Lock()
 
     def _log(self, provider: str, rate: Rate, now: float) -> deque[float]:
-        log = self._logs.setdefault((provider, rate), deque())
+        key = (provider, rate.limit, rate.period_s)
+        log = self._logs.get(key)
+        if log is None:
+            log = self._logs[key] = deque()
         horizon = now - rate.period_s
         while log and log[0] <= horizon:
             log.popleft()
@@ -122,14 +132,43 @@ class MemoryBackend:
                 out.append((len(log), log[0] + rate.period_s - now if log else 0.0))
             return out
 
+    def take(
+        self, provider: str, rates: Sequence[Rate], now: float, cost: int
+    ) -> tuple[float, list[tuple[int, float]]]:
+        # `try_acquire` and `usage` in one pass, without helper calls (per API request)
+        with self._lock:
+            held = self._held.get(provider)
+            if held is None or held[0] is not rates:
+                held = self._held[provider] = (rates, [self._log(provider, r, now) for r in rates])
+            logs = held[1]
+            wait = 0.0
+            for rate, log in zip(rates, logs, strict=True):
+                horizon = now - rate.period_s
+                while log and log[0] <= horizon:
+                    log.popleft()
+                excess = len(log) + cost - rate.limit
+                if excess > 0:
+                    wait = max(wait, log[excess - 1] + rate.period_s - now, _MIN_WAIT_S)
+            if wait == 0.0:
+                for log in logs:
+                    stamp = max(now, log[-1]) if log else now  # sorted, as in try_acquire
+                    log.extend([stamp] * cost)
+            return wait, [
+                (len(log), log[0] + rate.period_s - now if log else 0.0)
+                for rate, log in zip(rates, logs, strict=True)
+            ]
+
     def reset(self, provider: str | None = None) -> None:
         with self._lock:
             for key in [k for k in self._logs if provider is None or k[0] == provider]:
                 del self._logs[key]
+            for name in [p for p in self._held if provider is None or p == provider]:
+                del self._held[name]
 
 
 # KEYS: one sorted set per window. ARGV: now, cost, member prefix, then (limit, period) pairs.
-# Returns "0" when recorded, else the wait in seconds as a string (Lua numbers become ints).
+# Returns the wait in seconds ("0" when recorded), then per window the calls in it and the
+# score of its oldest ("" when empty), all as strings (Lua numbers become ints).
 _ACQUIRE_LUA = """
 local now = tonumber(ARGV[1])
 local cost = tonumber(ARGV[2])
@@ -145,15 +184,22 @@ for i, key in ipairs(KEYS) do
     if w > wait then wait = w end
   end
 end
-if wait > 0 then return tostring(wait) end
-for i, key in ipairs(KEYS) do
-  local period = tonumber(ARGV[3 + 2 * i])
-  for j = 1, cost do
-    redis.call('ZADD', key, now, ARGV[3] .. ':' .. j)
+if wait == 0 then
+  for i, key in ipairs(KEYS) do
+    local period = tonumber(ARGV[3 + 2 * i])
+    for j = 1, cost do
+      redis.call('ZADD', key, now, ARGV[3] .. ':' .. j)
+    end
+    redis.call('PEXPIRE', key, math.ceil(period * 1000) + 1000)
   end
-  redis.call('PEXPIRE', key, math.ceil(period * 1000) + 1000)
 end
-return '0'
+local out = {tostring(wait)}
+for i, key in ipairs(KEYS) do
+  local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  out[#out + 1] = tostring(redis.call('ZCARD', key))
+  out[#out + 1] = oldest[2] or ''
+end
+return out
 """
 
 
@@ -184,13 +230,22 @@ class RedisBackend:
         return f"{self.prefix}:{provider}:{rate.limit}/{rate.period_s:g}"
 
     def try_acquire(self, provider: str, rates: Sequence[Rate], now: float, cost: int) -> float:
+        return self.take(provider, rates, now, cost)[0]
+
+    def take(
+        self, provider: str, rates: Sequence[Rate], now: float, cost: int
+    ) -> tuple[float, list[tuple[int, float]]]:
         if not rates:
-            return 0.0
+            return 0.0, []
         args: list[Any] = [repr(now), cost, uuid.uuid4().hex]
         for rate in rates:
             args += [rate.limit, repr(rate.period_s)]
-        result = self._script(keys=[self._key(provider, r) for r in rates], args=args)
-        return float(result)
+        wait, *seen = self._script(keys=[self._key(provider, r) for r in rates], args=args)
+        usage = []
+        for rate, count, oldest in zip(rates, seen[::2], seen[1::2], strict=True):
+            resets = float(oldest) + rate.period_s - now if oldest else 0.0
+            usage.append((int(count), max(resets, 0.0)))
+        return float(wait), usage
 
     def usage(self, provider: str, rates: Sequence[Rate], now: float) -> list[tuple[int, float]]:
         out = []
@@ -286,19 +341,42 @@ class RateLimiter:
         # a shared backend compares times across processes: only wall time works there
         return self.clock.now().timestamp() if self.backend.shared else self.clock.monotonic()
 
-    def try_acquire(self, provider: str, cost: int = 1) -> float:
-        """Take `cost` calls now if allowed and return 0; else return the wait in seconds."""
+    def _checked(self, provider: str, cost: int) -> tuple[Rate, ...]:
         rates = self._windows.get(provider.lower(), ())
-        if not rates:
-            return 0.0
-        if cost < 1:
+        if rates and cost < 1:
             raise InvalidInputError("cost must be at least 1", cost=cost)
         too_big = [str(r) for r in rates if cost > r.limit]
         if too_big:
             raise InvalidInputError(
                 "a call costs more than a whole window allows", provider=provider, rates=too_big
             )
+        return rates
+
+    def try_acquire(self, provider: str, cost: int = 1) -> float:
+        """Take `cost` calls now if allowed and return 0; else return the wait in seconds."""
+        rates = self._checked(provider, cost)
+        if not rates:
+            return 0.0
         return self.backend.try_acquire(provider.lower(), rates, self._now(), cost)
+
+    def take(self, provider: str, cost: int = 1) -> tuple[float, WindowUsage | None]:
+        """`try_acquire`, and the usage of the tightest window after it (fewest calls left;
+        None without limits), in one backend call.
+
+        What a server answering with X-RateLimit-* headers needs per request: one lock
+        (memory) or one Lua call (Redis) instead of one for each step.
+        """
+        name = provider.lower()
+        rates = self._windows.get(name, ()) if cost == 1 else self._checked(name, cost)
+        if not rates:
+            return 0.0, None
+        wait, seen = self.backend.take(name, rates, self._now(), cost)
+        tightest = None
+        for rate, (used, resets) in zip(self._rates[name], seen, strict=True):
+            left = max(rate.limit - used, 0)
+            if tightest is None or left < tightest.left:
+                tightest = WindowUsage(name, rate, used, left, resets)
+        return wait, tightest
 
     def acquire(self, provider: str, cost: int = 1) -> None:
         """Block until `cost` calls to `provider` are allowed, then record them.
