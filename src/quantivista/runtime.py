@@ -131,6 +131,8 @@ class Runtime:
             bars=lambda symbols, start, end, tf: self.queries.bars(
                 BarQuery.of(symbols, start, end, timeframe=tf)
             ),
+            limiter=self.acquisition.limiter,
+            breakers=self.acquisition.breakers,
         )
 
     @classmethod
@@ -163,7 +165,14 @@ class Runtime:
             queue=queue,
             concurrency=concurrency,
             probe_port=probe_port,
+            warm_up=self._warm_up,
         )
+
+    def _warm_up(self) -> None:
+        # what a first task would load lazily, paid before the worker says it serves
+        self.calendar()
+        _ = self.validator
+        self.acquisition.router([self.settings.ingest.default_provider])
 
     def revalidate(
         self,
@@ -201,7 +210,7 @@ class Runtime:
     @cached_property
     def broker(self) -> Broker:
         """Return the message broker of `bus.url` (connected on first use)."""
-        return open_broker(self.settings.bus.url)
+        return open_broker(self.settings.bus.url, self.settings.bus)
 
     @cached_property
     def codecs(self) -> Codecs:

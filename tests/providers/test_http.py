@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import httpx
@@ -33,6 +35,11 @@ class Gate:
 
     def acquire(self, provider: str, cost: int = 1) -> None:
         self.calls.append((provider, cost))
+
+    @contextmanager
+    def call(self, provider: str, cost: int = 1, *, hold_s: float = 60.0) -> Iterator[None]:
+        self.acquire(provider, cost)
+        yield
 
 
 def test_gate_protocol_is_satisfied_by_a_plain_class() -> None:

@@ -202,8 +202,17 @@ class _RecordingBackend(MemoryBackend):
         super().__init__()
         self.granted: list[float] = []
 
-    def try_acquire(self, provider: str, rates: Sequence[Rate], now: float, cost: int) -> float:
-        wait = super().try_acquire(provider, rates, now, cost)
+    def try_acquire(
+        self,
+        provider: str,
+        rates: Sequence[Rate],
+        now: float,
+        cost: int,
+        *,
+        token: str = "",
+        hold_s: float = 0.0,
+    ) -> float:
+        wait = super().try_acquire(provider, rates, now, cost, token=token, hold_s=hold_s)
         if wait == 0:
             self.granted.extend([now] * cost)
         return wait
@@ -415,3 +424,82 @@ def test_redis_take_is_try_acquire_then_the_tightest_usage(
             keys = list(client.scan_iter(match=f"{prefix}:*"))
             if keys:
                 client.delete(*keys)
+
+
+# -- calls in flight: the vendor counts arrivals, not grants ----------------------------------
+def _delayed_arrivals(limiter: RateLimiter, clock: TestClock, *, hold: bool) -> list[float]:
+    """Two 1/1s calls; the first waits 0.9 s between grant and arrival (a loaded machine).
+
+    Return the arrival times the vendor sees. With `hold` the calls go through `call()`.
+    """
+    arrivals: list[float] = []
+    token = "first"
+    if hold:
+        limiter.acquire("p", token=token, hold_s=30.0)
+    else:
+        limiter.acquire("p")
+    clock.advance(0.9)
+    arrivals.append(clock.monotonic())  # the first call reaches the vendor late
+    clock.advance(0.1)  # its answer comes back at 1.0
+    if hold:
+        limiter.settle("p", token)
+        with limiter.call("p", hold_s=30.0):
+            arrivals.append(clock.monotonic())
+    else:
+        limiter.acquire("p")
+        arrivals.append(clock.monotonic())
+    return arrivals
+
+
+def test_a_call_granted_before_a_late_arrival_would_break_the_window_without_holding() -> None:
+    clock = TestClock()
+    limiter = RateLimiter({"p": ["1/second"]}, clock=clock)
+    first, second = _delayed_arrivals(limiter, clock, hold=False)
+    assert second - first < 1.0  # the vendor would count a violation: why calls are held
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+def test_held_calls_space_arrivals_by_the_answer_time_whatever_the_delay(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
+    clock = TestClock()
+    store: MemoryBackend | RedisBackend = MemoryBackend()
+    if backend == "redis":
+        store = RedisBackend(
+            request.getfixturevalue("redis_url"), prefix=f"qv-test:{uuid.uuid4().hex[:8]}"
+        )
+    limiter = RateLimiter({"p": ["1/second"]}, clock=clock, backend=store)
+    try:
+        first, second = _delayed_arrivals(limiter, clock, hold=True)
+    finally:
+        limiter.reset()
+        limiter.close()
+    assert second - first >= 1.0  # granted a window after the first answer (1.0 -> 2.0)
+    assert clock.monotonic() == pytest.approx(2.0, abs=0.02)
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+def test_a_call_in_flight_blocks_its_window_until_settled(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
+    clock = TestClock()
+    store: MemoryBackend | RedisBackend = MemoryBackend()
+    if backend == "redis":
+        store = RedisBackend(
+            request.getfixturevalue("redis_url"), prefix=f"qv-test:{uuid.uuid4().hex[:8]}"
+        )
+    limiter = RateLimiter({"p": ["2/second"]}, clock=clock, backend=store)
+    try:
+        assert limiter.try_acquire("p", token="a", hold_s=60.0) == 0
+        assert limiter.try_acquire("p", token="b", hold_s=60.0) == 0
+        clock.advance(5.0)  # long past the window: still in flight, so still inside it
+        assert 0 < limiter.try_acquire("p") <= 0.01  # look again shortly, not in 60 s
+        limiter.settle("p", "a")
+        assert limiter.try_acquire("p") > 0.9  # a left the window only by its answer (t=5)
+        clock.advance(1.0)
+        assert limiter.try_acquire("p") == 0
+        (usage,) = limiter.usage("p")
+        assert usage.used == 2  # b (in flight) and the new call
+    finally:
+        limiter.reset()
+        limiter.close()

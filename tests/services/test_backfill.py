@@ -27,7 +27,7 @@ from quantivista.providers.registry import ProviderRegistry
 from quantivista.providers.yahoo import YahooProvider
 from quantivista.reference.calendars import TradingCalendar
 from quantivista.runtime import Runtime
-from quantivista.services.backfill import _merge, predicted_seconds
+from quantivista.services.backfill import _merge, predicted_seconds, task_seconds
 
 NOW = datetime(2024, 6, 3, 12, tzinfo=UTC)
 
@@ -90,17 +90,20 @@ def rt(tmp_path: Path) -> Iterator[Runtime]:
         unique=True,  # the limiter keeps one log per distinct window
     ),
     margin=st.sampled_from([0.0, 0.1]),
+    latency=st.sampled_from([0.0, 0.05, 0.3]),
 )
 def test_predicted_time_is_what_the_limiter_takes(
-    calls: int, windows: list[tuple[int, float]], margin: float
+    calls: int, windows: list[tuple[int, float]], margin: float, latency: float
 ) -> None:
     rates = [Rate(limit, period) for limit, period in windows]
     clock = TestClock()
     limiter = RateLimiter({"p": rates}, clock=clock, max_wait_s=1e9, margin_s=margin)
     for _ in range(calls):
-        limiter.acquire("p")
-    want = predicted_seconds(calls, rates, margin_s=margin)
-    assert clock.monotonic() == pytest.approx(want, abs=calls * 2e-6)  # waits round up to 1 µs
+        with limiter.call("p"):  # held in its windows until the answer, `latency` later
+            clock.advance(latency)
+    want = predicted_seconds(calls, rates, margin_s=margin, latency_s=latency)
+    # waits round up to 1 µs, and a call in flight is looked at again every 10 ms at most
+    assert clock.monotonic() == pytest.approx(want, abs=calls * 2e-6)
 
 
 def test_predicted_time_of_vendor_tiers_and_of_latency() -> None:
@@ -111,7 +114,20 @@ def test_predicted_time_of_vendor_tiers_and_of_latency() -> None:
     assert predicted_seconds(26, [Rate.parse("1/second"), Rate.parse("25/day")]) == 86400
     # no quota: latency and concurrency decide; with a quota the last call still takes it
     assert predicted_seconds(10, [], latency_s=0.05, concurrency=4) == pytest.approx(0.15)
-    assert predicted_seconds(6, five_a_minute, latency_s=0.05) == pytest.approx(60.05)
+    # a call holds its place until answered: the sixth waits for the first answer + 60 s
+    assert predicted_seconds(6, five_a_minute, latency_s=0.05) == pytest.approx(60.1)
+
+
+def test_task_time_is_the_slots_rounds_or_the_cpus_work() -> None:
+    # 10 tasks of 10 calls at 50 ms, one call at a time, 0.1 s of own work each
+    one = 10 * 0.05 + 0.1
+    assert task_seconds(10, 10, slots=1, latency_s=0.05, task_cost_s=0.1) == pytest.approx(10 * one)
+    assert task_seconds(10, 10, slots=4, latency_s=0.05, task_cost_s=0.1) == pytest.approx(3 * one)
+    # 4 slots on one CPU: the work (10 x 0.1 s) no longer fits in 3 rounds of 0.6 s
+    assert task_seconds(10, 10, slots=4, latency_s=0.05, task_cost_s=0.25, cpus=1) == 2.5
+    # fetching 5 calls at a time halves a task's waiting
+    assert task_seconds(1, 10, slots=1, fetch_concurrency=5, latency_s=0.05) == pytest.approx(0.1)
+    assert task_seconds(0, 10, slots=1) == 0
 
 
 # -- the gap map -----------------------------------------------------------------------------
@@ -178,7 +194,8 @@ def test_free_tiers_first_and_calls_balanced_by_quota(rt: Runtime) -> None:
     assert per["paid"] == 0  # the paid vendor only serves what the free ones cannot
     assert per["free_a"] + per["free_b"] == 30
     assert (per["free_a"], per["free_b"]) == (10, 20)  # 1/s and 2/s finish together
-    assert plan.predicted_s == pytest.approx(9.0)  # 10 calls at 1/s; 20 at 2/s
+    # 10 calls at 1/s; 20 at 2/s; then the last task's own work (workers.task_cost_s)
+    assert plan.predicted_s == pytest.approx(9.0 + rt.settings.workers.task_cost_s)
     hourly = rt.backfill.plan(symbols[:2], "2024-01-02", "2024-01-03", "1h", ["free_a", "paid"])
     assert set(hourly.requests["provider"]) == {"paid"}  # free_a has no hourly bars
 

@@ -9,15 +9,23 @@ bucket or GCRA would let up to twice the limit through across a window edge).
 
 State lives in a backend: `MemoryBackend` (one process, thread-safe) or `RedisBackend` (one
 atomic Lua script, so several worker processes share one quota).
+
+A vendor counts a call when it arrives, some time after our grant: on a loaded machine a
+granted call can wait in a thread or a socket longer than any fixed margin, and arrive just
+behind calls granted after it. `call()` therefore holds its entry in the window while the
+call is in flight (scored `hold_s` ahead) and, once the answer is back, stamps it with the
+time the answer came. Arrival lies between grant and answer, so the next call granted a
+window after that stamp arrives a full window after it, whatever the delays.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 import threading
 import uuid
-from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import polars as pl
@@ -54,8 +62,24 @@ class LimiterBackend(Protocol):
 
     shared: bool  # True: state is shared across processes, so `now` must be wall-clock time
 
-    def try_acquire(self, provider: str, rates: Sequence[Rate], now: float, cost: int) -> float:
-        """Record `cost` calls if every window has room and return 0, else the wait in s."""
+    def try_acquire(
+        self,
+        provider: str,
+        rates: Sequence[Rate],
+        now: float,
+        cost: int,
+        *,
+        token: str = "",
+        hold_s: float = 0.0,
+    ) -> float:
+        """Record `cost` calls if every window has room and return 0, else the wait in s.
+
+        With `hold_s`, the calls are in flight: scored at `now + hold_s` until `settle`.
+        """
+        ...
+
+    def settle(self, provider: str, rates: Sequence[Rate], token: str, now: float) -> None:
+        """Stamp the in-flight calls recorded under `token` with `now` (their answer came)."""
         ...
 
     def usage(self, provider: str, rates: Sequence[Rate], now: float) -> list[tuple[int, float]]:
@@ -73,17 +97,24 @@ class LimiterBackend(Protocol):
         ...
 
 
-def _wait_for(log: Sequence[float], rate: Rate, now: float, cost: int) -> float:
-    """Seconds until `cost` more calls fit in `log` (sorted, already pruned)."""
-    excess = len(log) + cost - rate.limit
+def _wait_for(scores: Sequence[float], rate: Rate, now: float, cost: int) -> float:
+    """Seconds until `cost` more calls fit in the window (scores sorted, already pruned).
+
+    The score at index excess-1 must leave the window first. A score after `now` is a call
+    still in flight: it leaves when its answer comes, so look again shortly.
+    """
+    excess = len(scores) + cost - rate.limit
     if excess <= 0:
         return 0.0
-    # the call at index excess-1 must leave the window before there is room; float rounding
-    # can make that difference 0 while the call is still inside, hence the floor
-    return max(log[excess - 1] + rate.period_s - now, _MIN_WAIT_S)
+    blocking = scores[excess - 1]
+    if blocking > now:
+        return _IN_FLIGHT_POLL_S
+    # float rounding can make the difference 0 while the call is still inside, hence the floor
+    return max(blocking + rate.period_s - now, _MIN_WAIT_S)
 
 
 _MIN_WAIT_S = 1e-6
+_IN_FLIGHT_POLL_S = 0.01
 
 
 class MemoryBackend:
@@ -92,50 +123,75 @@ class MemoryBackend:
     shared = False
 
     def __init__(self) -> None:
-        # keyed by the rate's fields: hashing the frozen dataclass costs more than the log
-        self._logs: dict[tuple[str, int, float], deque[float]] = {}
-        # provider -> (the rates `take` last saw, their logs): `take` runs per API request
-        self._held: dict[str, tuple[Sequence[Rate], list[deque[float]]]] = {}
+        # per window, sorted (score, token) pairs; a token names one call's entries
+        self._logs: dict[tuple[str, Rate], list[tuple[float, str]]] = {}
+        # provider -> (the windows `take` last saw, their logs): `take` runs per API request
+        self._held: dict[str, tuple[Sequence[Rate], list[list[tuple[float, str]]]]] = {}
         self._lock = threading.Lock()
 
-    def _log(self, provider: str, rate: Rate, now: float) -> deque[float]:
-        key = (provider, rate.limit, rate.period_s)
-        log = self._logs.get(key)
-        if log is None:
-            log = self._logs[key] = deque()
+    def _log(self, provider: str, rate: Rate, now: float) -> list[tuple[float, str]]:
+        log = self._logs.setdefault((provider, rate), [])
         horizon = now - rate.period_s
-        while log and log[0] <= horizon:
-            log.popleft()
+        cut = 0
+        while cut < len(log) and log[cut][0] <= horizon:
+            cut += 1
+        del log[:cut]
         return log
 
-    def try_acquire(self, provider: str, rates: Sequence[Rate], now: float, cost: int) -> float:
+    def try_acquire(
+        self,
+        provider: str,
+        rates: Sequence[Rate],
+        now: float,
+        cost: int,
+        *,
+        token: str = "",
+        hold_s: float = 0.0,
+    ) -> float:
         with self._lock:
             logs = [self._log(provider, r, now) for r in rates]
             wait = max(
-                (_wait_for(log, r, now, cost) for log, r in zip(logs, rates, strict=True)),
+                (
+                    _wait_for([e[0] for e in log], r, now, cost)
+                    for log, r in zip(logs, rates, strict=True)
+                ),
                 default=0.0,
             )
             if wait > 0:
                 return wait
             for log in logs:
                 # threads read the clock before taking the lock, so a later caller can carry
-                # an earlier `now`: keep each log sorted (the later stamp is the safe one)
-                stamp = max(now, log[-1]) if log else now
-                log.extend([stamp] * cost)
+                # an earlier `now`: never stamp before the newest settled entry
+                settled = [e[0] for e in log if e[0] <= now]
+                stamp = max(now, settled[-1]) if settled else now
+                for _ in range(cost):
+                    bisect.insort(log, (stamp + hold_s, token))
             return 0.0
+
+    def settle(self, provider: str, rates: Sequence[Rate], token: str, now: float) -> None:
+        with self._lock:
+            for rate in rates:
+                log = self._logs.get((provider, rate))
+                if not log:
+                    continue
+                mine = sum(1 for e in log if e[1] == token)
+                log[:] = [e for e in log if e[1] != token]
+                for _ in range(mine):
+                    bisect.insort(log, (now, token))
 
     def usage(self, provider: str, rates: Sequence[Rate], now: float) -> list[tuple[int, float]]:
         with self._lock:
             out = []
             for rate in rates:
                 log = self._log(provider, rate, now)
-                out.append((len(log), log[0] + rate.period_s - now if log else 0.0))
+                out.append((len(log), max(log[0][0] + rate.period_s - now, 0.0) if log else 0.0))
             return out
 
     def take(
         self, provider: str, rates: Sequence[Rate], now: float, cost: int
     ) -> tuple[float, list[tuple[int, float]]]:
-        # `try_acquire` and `usage` in one pass, without helper calls (per API request)
+        # `try_acquire` and `usage` in one pass without copying the logs: an API client's
+        # windows can hold thousands of entries, and this runs per request
         with self._lock:
             held = self._held.get(provider)
             if held is None or held[0] is not rates:
@@ -144,17 +200,24 @@ class MemoryBackend:
             wait = 0.0
             for rate, log in zip(rates, logs, strict=True):
                 horizon = now - rate.period_s
-                while log and log[0] <= horizon:
-                    log.popleft()
+                cut = 0
+                while cut < len(log) and log[cut][0] <= horizon:
+                    cut += 1
+                if cut:
+                    del log[:cut]
                 excess = len(log) + cost - rate.limit
                 if excess > 0:
-                    wait = max(wait, log[excess - 1] + rate.period_s - now, _MIN_WAIT_S)
+                    blocking = log[excess - 1][0]
+                    if blocking > now:
+                        wait = max(wait, _IN_FLIGHT_POLL_S)
+                    else:
+                        wait = max(wait, blocking + rate.period_s - now, _MIN_WAIT_S)
             if wait == 0.0:
                 for log in logs:
-                    stamp = max(now, log[-1]) if log else now  # sorted, as in try_acquire
-                    log.extend([stamp] * cost)
+                    for _ in range(cost):  # at the end unless calls are in flight
+                        bisect.insort(log, (now, ""))
             return wait, [
-                (len(log), log[0] + rate.period_s - now if log else 0.0)
+                (len(log), max(log[0][0] + rate.period_s - now, 0.0) if log else 0.0)
                 for rate, log in zip(rates, logs, strict=True)
             ]
 
@@ -166,31 +229,35 @@ class MemoryBackend:
                 del self._held[name]
 
 
-# KEYS: one sorted set per window. ARGV: now, cost, member prefix, then (limit, period) pairs.
-# Returns the wait in seconds ("0" when recorded), then per window the calls in it and the
-# score of its oldest ("" when empty), all as strings (Lua numbers become ints).
+# KEYS: one sorted set per window. ARGV: now, cost, token, hold, poll, then (limit, period)
+# pairs. Returns the wait in seconds ("0" when recorded), then per window the calls in it and
+# the score of its oldest ("" when empty), all as strings (Lua numbers become ints). An entry
+# scored after `now` is in flight: wait `poll`, it may settle soon.
 _ACQUIRE_LUA = """
 local now = tonumber(ARGV[1])
 local cost = tonumber(ARGV[2])
+local hold = tonumber(ARGV[4])
 local wait = 0
 for i, key in ipairs(KEYS) do
-  local limit = tonumber(ARGV[2 + 2 * i])
-  local period = tonumber(ARGV[3 + 2 * i])
+  local limit = tonumber(ARGV[4 + 2 * i])
+  local period = tonumber(ARGV[5 + 2 * i])
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now - period)
   local excess = redis.call('ZCARD', key) + cost - limit
   if excess > 0 then
     local entry = redis.call('ZRANGE', key, excess - 1, excess - 1, 'WITHSCORES')
-    local w = math.max(tonumber(entry[2]) + period - now, 0.000001)
+    local score = tonumber(entry[2])
+    local w = tonumber(ARGV[5])
+    if score <= now then w = math.max(score + period - now, 0.000001) end
     if w > wait then wait = w end
   end
 end
 if wait == 0 then
   for i, key in ipairs(KEYS) do
-    local period = tonumber(ARGV[3 + 2 * i])
+    local period = tonumber(ARGV[5 + 2 * i])
     for j = 1, cost do
-      redis.call('ZADD', key, now, ARGV[3] .. ':' .. j)
+      redis.call('ZADD', key, now + hold, ARGV[3] .. ':' .. j)
     end
-    redis.call('PEXPIRE', key, math.ceil(period * 1000) + 1000)
+    redis.call('PEXPIRE', key, math.ceil((period + hold) * 1000) + 1000)
   end
 end
 local out = {tostring(wait)}
@@ -200,6 +267,16 @@ for i, key in ipairs(KEYS) do
   out[#out + 1] = oldest[2] or ''
 end
 return out
+"""
+
+# KEYS: the windows. ARGV: now, cost, token. Restamps the token's entries that still exist.
+_SETTLE_LUA = """
+for _, key in ipairs(KEYS) do
+  for j = 1, tonumber(ARGV[2]) do
+    redis.call('ZADD', key, 'XX', tonumber(ARGV[1]), ARGV[3] .. ':' .. j)
+  end
+end
+return 0
 """
 
 
@@ -225,19 +302,39 @@ class RedisBackend:
         self._redis = client
         self.prefix = prefix
         self._script = client.register_script(_ACQUIRE_LUA)
+        self._settle = client.register_script(_SETTLE_LUA)
+        self._costs: dict[str, int] = {}  # token -> cost, until settled
 
     def _key(self, provider: str, rate: Rate) -> str:
         return f"{self.prefix}:{provider}:{rate.limit}/{rate.period_s:g}"
 
-    def try_acquire(self, provider: str, rates: Sequence[Rate], now: float, cost: int) -> float:
-        return self.take(provider, rates, now, cost)[0]
+    def try_acquire(
+        self,
+        provider: str,
+        rates: Sequence[Rate],
+        now: float,
+        cost: int,
+        *,
+        token: str = "",
+        hold_s: float = 0.0,
+    ) -> float:
+        if not rates:
+            return 0.0
+        name = token or uuid.uuid4().hex
+        args: list[Any] = [repr(now), cost, name, repr(hold_s), repr(_IN_FLIGHT_POLL_S)]
+        for rate in rates:
+            args += [rate.limit, repr(rate.period_s)]
+        wait = float(self._script(keys=[self._key(provider, r) for r in rates], args=args)[0])
+        if wait <= 0 and token:
+            self._costs[token] = cost
+        return wait
 
     def take(
         self, provider: str, rates: Sequence[Rate], now: float, cost: int
     ) -> tuple[float, list[tuple[int, float]]]:
         if not rates:
             return 0.0, []
-        args: list[Any] = [repr(now), cost, uuid.uuid4().hex]
+        args: list[Any] = [repr(now), cost, uuid.uuid4().hex, "0", repr(_IN_FLIGHT_POLL_S)]
         for rate in rates:
             args += [rate.limit, repr(rate.period_s)]
         wait, *seen = self._script(keys=[self._key(provider, r) for r in rates], args=args)
@@ -246,6 +343,13 @@ class RedisBackend:
             resets = float(oldest) + rate.period_s - now if oldest else 0.0
             usage.append((int(count), max(resets, 0.0)))
         return float(wait), usage
+
+    def settle(self, provider: str, rates: Sequence[Rate], token: str, now: float) -> None:
+        cost = self._costs.pop(token, 0)
+        if rates and cost:
+            self._settle(
+                keys=[self._key(provider, r) for r in rates], args=[repr(now), cost, token]
+            )
 
     def usage(self, provider: str, rates: Sequence[Rate], now: float) -> list[tuple[int, float]]:
         out = []
@@ -268,6 +372,16 @@ class RedisBackend:
         keys = list(self._redis.scan_iter(match=pattern))
         if keys:
             self._redis.delete(*keys)
+
+
+def _check_cost(provider: str, rates: Sequence[Rate], cost: int) -> None:
+    if cost < 1:
+        raise InvalidInputError("cost must be at least 1", cost=cost)
+    too_big = [str(r) for r in rates if cost > r.limit]
+    if too_big:
+        raise InvalidInputError(
+            "a call costs more than a whole window allows", provider=provider, rates=too_big
+        )
 
 
 class RateLimiter:
@@ -341,23 +455,40 @@ class RateLimiter:
         # a shared backend compares times across processes: only wall time works there
         return self.clock.now().timestamp() if self.backend.shared else self.clock.monotonic()
 
-    def _checked(self, provider: str, cost: int) -> tuple[Rate, ...]:
-        rates = self._windows.get(provider.lower(), ())
-        if rates and cost < 1:
-            raise InvalidInputError("cost must be at least 1", cost=cost)
-        too_big = [str(r) for r in rates if cost > r.limit]
-        if too_big:
-            raise InvalidInputError(
-                "a call costs more than a whole window allows", provider=provider, rates=too_big
-            )
-        return rates
+    def try_acquire(
+        self, provider: str, cost: int = 1, *, token: str = "", hold_s: float = 0.0
+    ) -> float:
+        """Take `cost` calls now if allowed and return 0; else return the wait in seconds.
 
-    def try_acquire(self, provider: str, cost: int = 1) -> float:
-        """Take `cost` calls now if allowed and return 0; else return the wait in seconds."""
-        rates = self._checked(provider, cost)
+        With `token` and `hold_s` the calls stay in flight until `settle(provider, token)`.
+        """
+        rates = self._windows.get(provider.lower(), ())
         if not rates:
             return 0.0
-        return self.backend.try_acquire(provider.lower(), rates, self._now(), cost)
+        _check_cost(provider, rates, cost)
+        return self.backend.try_acquire(
+            provider.lower(), rates, self._now(), cost, token=token, hold_s=hold_s
+        )
+
+    @contextmanager
+    def call(self, provider: str, cost: int = 1, *, hold_s: float = 60.0) -> Iterator[None]:
+        """Wait for room, then hold the calls in the windows until the block ends.
+
+        `hold_s` bounds how long the call may take (the client's timeout): entries of a
+        process that dies mid-call leave the window that long after the grant.
+        """
+        token = uuid.uuid4().hex
+        self.acquire(provider, cost, token=token, hold_s=hold_s)
+        try:
+            yield
+        finally:
+            self.settle(provider, token)
+
+    def settle(self, provider: str, token: str) -> None:
+        """Stamp the in-flight calls of `token` with now: their answer is back."""
+        rates = self._windows.get(provider.lower(), ())
+        if rates:
+            self.backend.settle(provider.lower(), rates, token, self._now())
 
     def take(self, provider: str, cost: int = 1) -> tuple[float, WindowUsage | None]:
         """`try_acquire`, and the usage of the tightest window after it (fewest calls left;
@@ -367,9 +498,11 @@ class RateLimiter:
         (memory) or one Lua call (Redis) instead of one for each step.
         """
         name = provider.lower()
-        rates = self._windows.get(name, ()) if cost == 1 else self._checked(name, cost)
+        rates = self._windows.get(name, ())
         if not rates:
             return 0.0, None
+        if cost != 1:  # one call always fits (every limit is at least 1)
+            _check_cost(provider, rates, cost)
         wait, seen = self.backend.take(name, rates, self._now(), cost)
         tightest = None
         for rate, (used, resets) in zip(self._rates[name], seen, strict=True):
@@ -378,7 +511,9 @@ class RateLimiter:
                 tightest = WindowUsage(name, rate, used, left, resets)
         return wait, tightest
 
-    def acquire(self, provider: str, cost: int = 1) -> None:
+    def acquire(
+        self, provider: str, cost: int = 1, *, token: str = "", hold_s: float = 0.0
+    ) -> None:
         """Block until `cost` calls to `provider` are allowed, then record them.
 
         Raises `QuotaExhaustedError` (with `retry_after_s`) without waiting when the next
@@ -386,7 +521,7 @@ class RateLimiter:
         """
         waited = 0.0
         while True:
-            wait = self.try_acquire(provider, cost)
+            wait = self.try_acquire(provider, cost, token=token, hold_s=hold_s)
             if wait <= 0:
                 return
             if waited + wait > self.max_wait_s:

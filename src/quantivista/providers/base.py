@@ -8,6 +8,7 @@ I/O (HTTP client, clock) is injected, so parsers are tested offline on recorded 
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
@@ -184,6 +185,16 @@ class CallGate(Protocol):
 
     def acquire(self, provider: str, cost: int = 1) -> None:
         """Return once a call of `cost` units to `provider` may be made."""
+        ...
+
+    def call(
+        self, provider: str, cost: int = 1, *, hold_s: float = 60.0
+    ) -> AbstractContextManager[None]:
+        """Admit a call like `acquire` and count it as in flight until the block ends.
+
+        The vendor counts the call when it arrives, between the grant and the answer: a
+        limiter that knows when the answer came can space calls by that instead.
+        """
         ...
 
 

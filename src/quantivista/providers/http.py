@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import email.utils
 from collections.abc import Mapping
+from contextlib import nullcontext
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
@@ -192,11 +193,16 @@ class HttpProvider(Provider):
                 url=self.redact(url),
             ) from None
         safe_url = self._safe_url(request.url)
-        if self.gate is not None:
-            self.gate.acquire(self.name, cost)
+        # httpx's timeout is per phase (connect, write, read): a call ends within three
+        admitted = (
+            self.gate.call(self.name, cost, hold_s=3 * (self.timeout_s or 20.0) + 1.0)
+            if self.gate is not None
+            else nullcontext()
+        )
         try:
-            response = self._client.send(request)
-            body = response.read()
+            with admitted:
+                response = self._client.send(request)
+                body = response.read()
         except httpx.TimeoutException as exc:
             raise TransientProviderError(
                 f"{self.name} timed out after {self.timeout_s:g} s ({type(exc).__name__})",

@@ -9,8 +9,15 @@
 3. Providers: only those whose look-back covers a run may serve it (`history_start`,
    `intraday_lookback_days`); free tiers first (`cost_per_call`), and among equals the
    calls go where the quota finishes them soonest. Runs nobody can serve are listed.
-4. Time: the calls of each provider under its rate-limit windows (the limiter's sliding
-   logs: `limit` calls per `period + margin`), providers in parallel.
+4. Time: the largest of three bounds (`predicted_seconds`, `task_seconds`):
+   - the quota: the limiter's sliding logs, where a call holds its place from its grant
+     until its answer (`limit` calls per `latency + period + margin`), at most `slots x
+     fetch_concurrency` in flight; providers in parallel;
+   - the slots: each of `workers x concurrency` slots runs its tasks one after the other,
+     a task being its calls (`fetch_concurrency` at a time) plus the task's own cost
+     (parse, validate, store: `workers.task_cost_s`, measured by perf/workers.py);
+   - the CPU: every task's cost spread over the CPUs the workers have.
+   The quota's bound ends with the last task's own work (at a worker's share of the CPUs).
 
 `submit` queues the plan as jobs for `qv worker`s (one per provider and range).
 """
@@ -38,7 +45,7 @@ from quantivista.services.queries import symbol_list
 from quantivista.storage.base import BarStore
 from quantivista.timeutil import DateLike, to_date
 
-__all__ = ["BackfillPlan", "BackfillService", "predicted_seconds"]
+__all__ = ["BackfillPlan", "BackfillService", "predicted_seconds", "task_seconds"]
 
 _GAPS = {"symbol": pl.String, "first": pl.Date, "last": pl.Date, "first_idx": pl.Int64,
          "last_idx": pl.Int64, "sessions": pl.Int64, "bars": pl.Int64}  # fmt: skip
@@ -56,25 +63,51 @@ def predicted_seconds(
     latency_s: float = 0.0,
     concurrency: int = 1,
 ) -> float:
-    """Return the time `calls` take under sliding windows, `concurrency` at a time.
+    """Return the time `calls` of `latency_s` each take under sliding windows.
 
-    A call goes once every window has room: when the call `limit` places before it has
-    left that window (`period + margin` later), and not before the call before it. This is
-    the limiter's own rule, so the prediction is exact for it; latency adds the last
-    call's round trip, or decides when the quota allows more than `concurrency` at once.
+    Call k is granted once the call `limit` places before it has answered and left that
+    window (`latency + period + margin` after its grant: the limiter holds a call until its
+    answer), once the call `concurrency` places before it has answered, and not before the
+    call before it. This is the limiter's own rule, so for equal latencies it is exact.
     """
     if calls <= 0:
         return 0.0
-    windows = [(r.limit, r.period_s + margin_s) for r in rates]
+    windows = [(r.limit, latency_s + r.period_s + margin_s) for r in rates]
+    width = max(concurrency, 1)
     grants = np.zeros(calls)
     for k in range(1, calls):  # calls, not bars: thousands for a large backfill
         at = grants[k - 1]
+        if k >= width:
+            at = max(at, grants[k - width] + latency_s)
         for limit, period in windows:
             if k >= limit:
                 at = max(at, grants[k - limit] + period)
         grants[k] = at
-    quota = float(grants[-1])
-    return max(quota + latency_s, math.ceil(calls / max(concurrency, 1)) * latency_s)
+    return float(grants[-1]) + latency_s
+
+
+def task_seconds(
+    tasks: int,
+    calls_per_task: float,
+    *,
+    slots: int,
+    fetch_concurrency: int = 1,
+    latency_s: float = 0.0,
+    task_cost_s: float = 0.0,
+    cpus: float | None = None,
+) -> float:
+    """Return the time `tasks` take on `slots` ignoring quotas: the slots' or the CPUs' bound.
+
+    A slot runs its tasks one after the other, each `calls_per_task` calls
+    (`fetch_concurrency` at a time) plus `task_cost_s` of its own work; that work, summed
+    over all tasks, also has to fit on `cpus` (default: one per slot).
+    """
+    if tasks <= 0:
+        return 0.0
+    rounds = math.ceil(tasks / max(slots, 1))
+    one = math.ceil(calls_per_task / max(fetch_concurrency, 1)) * latency_s + task_cost_s
+    cpu = tasks * task_cost_s / max(cpus if cpus is not None else slots, 1e-9)
+    return max(rounds * one, cpu)
 
 
 @dataclass(frozen=True)
@@ -87,7 +120,7 @@ class BackfillPlan:
     gaps: pl.DataFrame
     requests: pl.DataFrame
     unservable: pl.DataFrame
-    providers: pl.DataFrame  # provider, requests, symbols, calls, windows, predicted_s
+    providers: pl.DataFrame  # provider, requests, symbols, calls, windows, tasks, predicted_s
     predicted_s: float
 
     @property
@@ -177,11 +210,15 @@ class BackfillService:
         *,
         workers: int = 1,
         latency_s: float = 0.0,
+        task_cost_s: float | None = None,
+        cpus: float | None = None,
     ) -> BackfillPlan:
         """Return the plan of a backfill: gaps, requests per provider, predicted time.
 
-        `workers` x `workers.concurrency` x `ingest.fetch_concurrency` calls run at once;
-        `latency_s` is a call's expected round trip.
+        `workers` x `workers.concurrency` slots run tasks of `ingest.symbols_per_batch`
+        symbols, `ingest.fetch_concurrency` calls at a time; `latency_s` is a call's round
+        trip, `task_cost_s` a task's own work (default `workers.task_cost_s`) and `cpus` the
+        CPUs the workers share (default one per worker).
         """
         tf = Timeframe.parse(timeframe)
         names = [n.lower() for n in providers] if providers else [
@@ -192,10 +229,10 @@ class BackfillService:
         prefix = [0, *sessions["bars"].cum_sum().to_list()]  # bars before each session
         days = sessions["session"].to_list()
         now = self.now()
-        concurrency = (
-            max(workers, 1) * self.settings.workers.concurrency
-            * self.settings.ingest.fetch_concurrency
-        )  # fmt: skip
+        slots = max(workers, 1) * self.settings.workers.concurrency
+        fetch = self.settings.ingest.fetch_concurrency
+        concurrency = slots * fetch
+        cost = self.settings.workers.task_cost_s if task_cost_s is None else task_cost_s
         res = self.settings.resilience
         rates = {n: [Rate.parse(r) for r in res.limits.get(n, [])] for n in names}
         spent: dict[str, int] = dict.fromkeys(names, 0)
@@ -238,6 +275,30 @@ class BackfillService:
                     row.update(sessions=b - a + 1, bars=prefix[b + 1] - prefix[a], calls=calls)
                     requests.append(row)
         req = pl.DataFrame(requests, schema=_REQUESTS)
+        # tasks as `submit` queues them: per provider and range, batches of symbols
+        batch = self.settings.ingest.symbols_per_batch
+        tasks = (
+            req.group_by("provider", "first", "last")
+            .agg(tasks=(pl.len() / batch).ceil().cast(pl.Int64), calls=pl.col("calls").sum())
+            .group_by("provider")
+            .agg(pl.col("tasks").sum(), pl.col("calls").sum())
+        )
+        per = {r["provider"]: (r["tasks"], r["calls"]) for r in tasks.iter_rows(named=True)}
+
+        share = cpus if cpus is not None else max(workers, 1)
+
+        def bound(name: str) -> float:
+            n, calls = per.get(name, (0, 0))
+            quota = finish(name, spent[name])
+            if not n:
+                return quota
+            # after the quota's last call, its task still has its own work to do, at the
+            # CPU share one worker gets
+            tail = cost * max(1.0, max(workers, 1) / share)
+            work = task_seconds(n, calls / n, slots=slots, fetch_concurrency=fetch,
+                                latency_s=latency_s, task_cost_s=cost, cpus=share)  # fmt: skip
+            return max(quota + tail, work)
+
         summary = pl.DataFrame(
             [
                 {
@@ -246,12 +307,14 @@ class BackfillService:
                     "symbols": req.filter(pl.col("provider") == n)["symbol"].n_unique(),
                     "calls": spent[n],
                     "windows": " ".join(str(r) for r in rates[n]) or "unlimited",
-                    "predicted_s": finish(n, spent[n]),
+                    "tasks": per.get(n, (0, 0))[0],
+                    "predicted_s": bound(n),
                 }
                 for n in names
             ],
             schema={"provider": pl.String, "requests": pl.Int64, "symbols": pl.Int64,
-                    "calls": pl.Int64, "windows": pl.String, "predicted_s": pl.Float64},
+                    "calls": pl.Int64, "windows": pl.String, "tasks": pl.Int64,
+                    "predicted_s": pl.Float64},
         )  # fmt: skip
         return BackfillPlan(
             timeframe=str(tf),

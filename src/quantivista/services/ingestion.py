@@ -47,6 +47,7 @@ __all__ = ["IngestionService", "Progress", "TaskEvent", "worker_id"]
 log = logging.getLogger(__name__)
 
 _DONE = (TaskStatus.SUCCEEDED, TaskStatus.FAILED)
+_STATS_S = 2.0
 _ENDED = (JobStatus.SUCCEEDED, JobStatus.PARTIAL, JobStatus.FAILED)
 
 TaskEvent = Callable[[str], None]
@@ -119,6 +120,9 @@ class IngestionService:
         self.after_run = after_run  # e.g. keep provider statistics for other processes
         self.events = events  # e.g. a worker's metrics
         self.workers = workers or WorkerSettings()
+        # a worker's view of the jobs it runs tasks of: the fields a task needs never change
+        self._jobs: dict[str, tuple[IngestionJob, Router]] = {}
+        self._stats_at = 0.0
 
     # -- submit ----------------------------------------------------------------------------
     def submit(
@@ -348,17 +352,30 @@ class IngestionService:
 
     def execute(self, task: JobTask, worker: str) -> None:
         """Run a claimed task, then finish its job if it was the last one."""
-        job = self.catalog.job(task.job_id)
-        if job.status is JobStatus.PENDING:
-            job.status = JobStatus.RUNNING
-            self.catalog.save_job(job)
-        router = self.acquisition.router(job.providers or job.source_id.split(","))
+        job, router = self._job_of(task.job_id)
         try:
             self._run_task(job, task, worker, router, lambda _symbol: None)
         finally:
-            if self.after_run is not None:
+            # provider statistics for other processes: every few seconds, not every task
+            if self.after_run is not None and time.monotonic() - self._stats_at >= _STATS_S:
+                self._stats_at = time.monotonic()
                 self.after_run()
         self._finish(task.job_id)
+
+    def _job_of(self, job_id: str) -> tuple[IngestionJob, Router]:
+        """Return a job (marked running) and its router, read once per job and process."""
+        known = self._jobs.get(job_id)
+        if known is not None:
+            return known
+        job = self.catalog.job(job_id)
+        if job.status is JobStatus.PENDING:
+            job.status = JobStatus.RUNNING
+            self.catalog.save_job(job)
+        known = (job, self.acquisition.router(job.providers or job.source_id.split(",")))
+        if len(self._jobs) >= 64:  # a long-lived worker sees many jobs: keep the recent ones
+            self._jobs.pop(next(iter(self._jobs)))
+        self._jobs[job_id] = known
+        return known
 
     def release(self, task: JobTask, worker: str) -> bool:
         """Give a held task back to its queue unrun (a worker shutting down); not an attempt."""
@@ -409,6 +426,8 @@ class IngestionService:
 
     def _finish(self, job_id: str) -> IngestionJob:
         """Roll the tasks' outcomes up into the job once none is left to run."""
+        if self.catalog.open_tasks(job_id):  # one count, not every task read per task
+            return self.catalog.job(job_id)
         job = self.catalog.job(job_id)
         tasks = self.catalog.tasks(job_id)
         if not tasks or any(t.status not in _DONE for t in tasks):

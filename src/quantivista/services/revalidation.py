@@ -21,14 +21,10 @@ from typing import Any, Literal
 import polars as pl
 
 from quantivista.config import Settings
-from quantivista.errors import ConfigurationError
 from quantivista.model.timeframe import Timeframe, TimeframeLike
-from quantivista.quality.business import load_rules
-from quantivista.quality.rules import DEFAULT_RULES
 from quantivista.quality.validate import Validator
-from quantivista.reference.calendars import get_calendar
+from quantivista.services.universe import build_validator, dask_client, partitions
 from quantivista.storage import open_backend
-from quantivista.storage.lake.bars import bucket_of
 
 __all__ = [
     "RevalidationReport",
@@ -39,14 +35,6 @@ __all__ = [
 ]
 
 _PER_SYMBOL = {"symbol": pl.String, "bars": pl.Int64, "rejected": pl.Int64, "flagged": pl.Int64}
-
-
-def build_validator(settings: Settings) -> Validator:
-    """Return the platform's validator: default rules plus the business rules file, if any."""
-    quality = settings.quality
-    rules = DEFAULT_RULES + load_rules(quality.rules_file) if quality.rules_file else None
-    calendar = get_calendar(settings.ingest.calendar)
-    return Validator(calendar, rules or DEFAULT_RULES, quality, settings.intraday)
 
 
 @dataclass(frozen=True)
@@ -69,14 +57,6 @@ class RevalidationReport:
     def rejected(self) -> int:
         """Return the bars the rules reject now."""
         return int(self.per_symbol["rejected"].sum())
-
-
-def partitions(symbols: Sequence[str], buckets: int) -> list[list[str]]:
-    """Group symbols by the lake bucket they hash into (one group per non-empty bucket)."""
-    groups: dict[int, list[str]] = {}
-    for symbol in sorted(symbols):
-        groups.setdefault(bucket_of(symbol, buckets), []).append(symbol)
-    return [groups[b] for b in sorted(groups)]
 
 
 def check_partition(
@@ -150,7 +130,7 @@ def revalidate(
         per_symbol, counts = _check(build_validator(settings), bars, actions)
         return RevalidationReport(tf, "local", 1, per_symbol, counts, time.perf_counter() - t0)
     groups = partitions(symbols, settings.storage.buckets)
-    with _client(settings, client) as dask:
+    with dask_client(settings, client) as dask:
         futures = dask.map(check_partition, [settings] * len(groups), groups, [tf] * len(groups))
         results = dask.gather(futures)
     frames = [frame for frame, _ in results if not frame.is_empty()]
@@ -160,41 +140,3 @@ def revalidate(
         for rule, n in part.items():
             totals[rule] = totals.get(rule, 0) + n
     return RevalidationReport(tf, "dask", len(groups), per_symbol, totals, time.perf_counter() - t0)
-
-
-class _client:
-    """A Dask client: the one given (left open), or one on `settings.dask` (closed after)."""
-
-    def __init__(self, settings: Settings, given: Any) -> None:
-        self.settings = settings
-        self.given = given
-        self._made: list[Any] = []
-
-    def __enter__(self) -> Any:
-        if self.given is not None:
-            return self.given
-        try:
-            from distributed import Client, LocalCluster
-        except ImportError as exc:  # pragma: no cover - depends on the install
-            raise ConfigurationError(
-                "Dask needs the dask extra: pip install 'quantivista[dask]'"
-            ) from exc
-        cfg = self.settings.dask
-        if cfg.scheduler_address:
-            client = Client(cfg.scheduler_address)  # type: ignore[no-untyped-call]
-        else:
-            cluster = LocalCluster(  # type: ignore[no-untyped-call]
-                n_workers=cfg.workers,
-                threads_per_worker=cfg.threads_per_worker,
-                host=cfg.host,
-                dashboard_address=None,
-                processes=True,
-            )
-            self._made.append(cluster)
-            client = Client(cluster)  # type: ignore[no-untyped-call]
-        self._made.insert(0, client)
-        return client
-
-    def __exit__(self, *exc: object) -> None:
-        for item in self._made:
-            item.close()

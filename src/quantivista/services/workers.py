@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -82,6 +83,7 @@ class WorkerService:
         queue: str | None = None,
         concurrency: int | None = None,
         probe_port: int | None = None,
+        warm_up: Callable[[], None] | None = None,
     ) -> None:
         self.ingestion = ingestion
         self.settings = settings
@@ -94,6 +96,7 @@ class WorkerService:
         self._stop = threading.Event()
         self._slots = [_Slot() for _ in range(self.concurrency)]
         self._reaper: threading.Thread | None = None
+        self._warm_up = warm_up
 
     def _catalog_ready(self) -> bool | str:
         self.ingestion.catalog.get_state("worker.ready")  # one round trip to the catalog
@@ -109,7 +112,9 @@ class WorkerService:
         self.wait()
 
     def start(self) -> WorkerService:
-        """Start the probes, the slots and the reaper; return self."""
+        """Warm up (calendar, validator, clients), start the probes, slots and reaper."""
+        if self._warm_up is not None:
+            self._warm_up()
         self.probes.start()
         log.info("worker %s serves queue %r with %d slots", self.name, self.queue,
                  self.concurrency)  # fmt: skip
@@ -133,6 +138,8 @@ class WorkerService:
             self._drain()
             if self._reaper is not None:
                 self._reaper.join(timeout=5)
+            if self.ingestion.after_run is not None:  # the statistics since the last save
+                self.ingestion.after_run()
             self.probes.stop()
 
     def _serve(self, slot: _Slot) -> None:

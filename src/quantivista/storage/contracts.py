@@ -227,6 +227,10 @@ class JobCatalog(Protocol):
         """Return the tasks of a job in order."""
         ...
 
+    def open_tasks(self, job_id: str) -> int:
+        """Return how many tasks of a job are neither succeeded nor failed (one count)."""
+        ...
+
     def claim_task(
         self,
         worker: str,

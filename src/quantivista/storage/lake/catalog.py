@@ -243,6 +243,16 @@ class SqliteCatalog:
             ).fetchall()
         return [JobTask.model_validate_json(r[0]) for r in rows]
 
+    def open_tasks(self, job_id: str) -> int:
+        """Return how many tasks of a job are neither succeeded nor failed."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT count(*) FROM job_tasks WHERE job_id=?"
+                " AND status NOT IN ('succeeded', 'failed')",
+                (job_id,),
+            ).fetchone()
+        return int(row[0]) if row else 0
+
     def claim_task(
         self,
         worker: str,

@@ -86,6 +86,16 @@ class PgCatalog:
             ).fetchall()
         return [JobTask.model_validate_json(r[0]) for r in rows]
 
+    def open_tasks(self, job_id: str) -> int:
+        """Return how many tasks of a job are neither succeeded nor failed."""
+        with transaction(self.pool, _WHAT) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM job_tasks WHERE job_id = %s"
+                " AND status NOT IN ('succeeded', 'failed')",
+                (job_id,),
+            ).fetchone()
+        return int(row[0]) if row else 0
+
     def claim_task(
         self,
         worker: str,
