@@ -24,7 +24,6 @@ from quantivista._version import __version__
 from quantivista.acquisition.limits import MemoryBackend, RateLimiter, RedisBackend
 from quantivista.api import errors, stream
 from quantivista.api.cache import ResponseCache
-from quantivista.api.encode import warm_up
 from quantivista.api.fastpath import FastPath, Receive, Scope_, Send
 from quantivista.api.graphql import graphql_router
 from quantivista.api.metrics import ApiMetrics
@@ -41,6 +40,7 @@ from quantivista.ops.metrics import REGISTRY, watch_process
 from quantivista.ops.tracing import configure as configure_tracing
 from quantivista.providers.registry import ProviderRegistry
 from quantivista.runtime import Runtime
+from quantivista.services.encode import warm_up
 
 __all__ = ["DEPRECATED", "QuantiVistaApi", "create_app"]
 
