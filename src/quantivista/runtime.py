@@ -38,6 +38,7 @@ from quantivista.services.audit import AuditService
 from quantivista.services.auth import AuthService
 from quantivista.services.backfill import BackfillService
 from quantivista.services.distribution import DistributionService
+from quantivista.services.exports import ExportService
 from quantivista.services.ingestion import IngestionService
 from quantivista.services.integration import IntegrationService
 from quantivista.services.maintenance import MaintenanceService
@@ -106,6 +107,7 @@ class Runtime:
             self.runner, self.acquisition, backend.catalog, self.clock, settings.ingest,
             after_run=self.providers.save_stats, workers=settings.workers,
         )  # fmt: skip
+        self.exports = ExportService(settings, backend.catalog, self.queries, self.ingestion)
         self.backfill = BackfillService(
             backend.bars, self.calendar, self.acquisition.registry, settings, self.ingestion,
             self.clock.now,

@@ -28,7 +28,12 @@ from quantivista.acquisition.router import Router
 from quantivista.acquisition.wiring import Acquisition
 from quantivista.clock import Clock
 from quantivista.config import IngestSettings, WorkerSettings
-from quantivista.errors import InvalidInputError, ProviderError, QuantiVistaError
+from quantivista.errors import (
+    ConfigurationError,
+    InvalidInputError,
+    ProviderError,
+    QuantiVistaError,
+)
 from quantivista.model.jobs import DataQualityReport, IngestionJob, JobStatus, JobTask, TaskStatus
 from quantivista.model.timeframe import Timeframe, TimeframeLike
 from quantivista.ops.metrics import record_job, stage
@@ -42,13 +47,16 @@ from quantivista.services.writes import new_job_id
 from quantivista.storage.contracts import JobCatalog
 from quantivista.timeutil import DateLike
 
-__all__ = ["IngestionService", "Progress", "TaskEvent", "worker_id"]
+__all__ = ["IngestionService", "Progress", "TaskEvent", "TaskHandler", "worker_id"]
 
 log = logging.getLogger(__name__)
 
 _DONE = (TaskStatus.SUCCEEDED, TaskStatus.FAILED)
 _STATS_S = 2.0
 _ENDED = (JobStatus.SUCCEEDED, JobStatus.PARTIAL, JobStatus.FAILED)
+
+TaskHandler = Callable[[IngestionJob, JobTask], JobTask]
+"""Runs one claimed task of a job of another kind than ingest; returns it succeeded."""
 
 TaskEvent = Callable[[str], None]
 """Told what happened to a task: claimed, succeeded, failed, released, renewed, reaped."""
@@ -120,8 +128,10 @@ class IngestionService:
         self.after_run = after_run  # e.g. keep provider statistics for other processes
         self.events = events  # e.g. a worker's metrics
         self.workers = workers or WorkerSettings()
+        # job kind -> what runs its tasks (services register theirs: exports, ...)
+        self.handlers: dict[str, TaskHandler] = {}
         # a worker's view of the jobs it runs tasks of: the fields a task needs never change
-        self._jobs: dict[str, tuple[IngestionJob, Router]] = {}
+        self._jobs: dict[str, tuple[IngestionJob, Router | None]] = {}
         self._stats_at = 0.0
 
     # -- submit ----------------------------------------------------------------------------
@@ -202,6 +212,40 @@ class IngestionService:
             symbols_per_task=symbols_per_task,
         )
 
+    def submit_kind(
+        self,
+        kind: str,
+        symbols: Sequence[str],
+        params: dict[str, object],
+        *,
+        tenant: str | None = None,
+        queued: bool = False,
+    ) -> IngestionJob:
+        """Record a pending job of `kind` with one task (its handler runs it); return it.
+
+        `queued`: for `qv worker`s of the default queue; else the caller runs it (`run`).
+        """
+        if kind not in self.handlers:
+            raise ConfigurationError(f"no service runs jobs of kind {kind!r}")
+        now = self.clock.now()
+        job = IngestionJob(
+            job_id=new_job_id(now),
+            source_id=kind,
+            kind=kind,
+            params=params,
+            start_time=now,
+            symbols=list(symbols),
+            tasks=1,
+            tenant=tenant,
+            queue=self.workers.queue if queued else None,
+            max_attempts=self.workers.max_attempts if queued else 0,
+        )
+        self.catalog.save_job(job)
+        self.catalog.add_tasks(
+            [JobTask(task_id=f"{job.job_id}/0000", job_id=job.job_id, seq=0, symbols=job.symbols)]
+        )
+        return job
+
     def ingest(
         self,
         symbols: str | Sequence[str],
@@ -241,7 +285,7 @@ class IngestionService:
             if progress is not None:
                 progress(symbol, done, total)
 
-        router = self.acquisition.router(job.providers or job.source_id.split(","))
+        router = self._router(job)
         try:
             while True:
                 task = self.catalog.claim_task(
@@ -260,12 +304,9 @@ class IngestionService:
         job: IngestionJob,
         task: JobTask,
         worker: str,
-        router: Router,
+        router: Router | None,
         tick: Callable[[str], None],
     ) -> None:
-        assert job.request_start is not None and job.request_end is not None
-        tf = Timeframe.parse(job.timeframe or "1d")
-
         def beat() -> bool:
             return self.catalog.heartbeat(
                 task.task_id, worker, self.settings.lease_s, self.clock.now()
@@ -273,23 +314,18 @@ class IngestionService:
 
         with (
             _Heartbeat(beat, self.settings.heartbeat_s, self.events),
-            span("ingest.batch", job_id=job.job_id, task_id=task.task_id,
-                 symbols=len(task.symbols), timeframe=str(tf)),
+            span(f"{job.kind}.batch", job_id=job.job_id, task_id=task.task_id,
+                 symbols=len(task.symbols), timeframe=str(job.timeframe)),
         ):  # fmt: skip
             try:
-                with stage("acquire"):
-                    raw = acquire(
-                        router,
-                        task.symbols,
-                        job.request_start,
-                        job.request_end,
-                        tf,
-                        BatchId(job.job_id, task.task_id, task.attempts),
-                        self.clock,
-                        concurrency=self.settings.fetch_concurrency,
-                        progress=tick,
-                    )
-                stored = self.runner.ingest(raw)
+                if job.kind == "ingest":
+                    assert router is not None
+                    finished = self._ingest_task(job, task, router, tick)
+                else:
+                    handler = self.handlers.get(job.kind)
+                    if handler is None:
+                        raise ConfigurationError(f"no service runs jobs of kind {job.kind!r}")
+                    finished = handler(job, task)
             except Exception as exc:  # recorded on the task and the job, then raised
                 if job.queue is not None:  # a worker's task: retried, the job goes on
                     self._task_failed(task, worker, exc)
@@ -303,8 +339,32 @@ class IngestionService:
                 self.catalog.finish_task(failed, worker, self.clock.now())
                 self._fail(job.job_id, exc)
                 raise
+        if not self.catalog.finish_task(finished, worker, self.clock.now()):
+            log.warning("lost the lease of %s: another worker runs it again", task.task_id)
+        elif self.events is not None:
+            self.events("succeeded")
+
+    def _ingest_task(
+        self, job: IngestionJob, task: JobTask, router: Router, tick: Callable[[str], None]
+    ) -> JobTask:
+        """Fetch, validate and store a task's symbols; return the task, succeeded."""
+        assert job.request_start is not None and job.request_end is not None
+        tf = Timeframe.parse(job.timeframe or "1d")
+        with stage("acquire"):
+            raw = acquire(
+                router,
+                task.symbols,
+                job.request_start,
+                job.request_end,
+                tf,
+                BatchId(job.job_id, task.task_id, task.attempts),
+                self.clock,
+                concurrency=self.settings.fetch_concurrency,
+                progress=tick,
+            )
+        stored = self.runner.ingest(raw)
         report = stored.report if stored is not None else None
-        finished = task.model_copy(
+        return task.model_copy(
             update={
                 "status": TaskStatus.SUCCEEDED,
                 "records_processed": report.total_records if report else 0,
@@ -314,10 +374,6 @@ class IngestionService:
                 "quality": report,
             }
         )
-        if not self.catalog.finish_task(finished, worker, self.clock.now()):
-            log.warning("lost the lease of %s: another worker runs it again", task.task_id)
-        elif self.events is not None:
-            self.events("succeeded")
 
     def _task_failed(self, task: JobTask, worker: str, exc: BaseException) -> None:
         """Put a queued task back on its queue, or fail it once its attempts are spent."""
@@ -362,7 +418,13 @@ class IngestionService:
                 self.after_run()
         self._finish(task.job_id)
 
-    def _job_of(self, job_id: str) -> tuple[IngestionJob, Router]:
+    def _router(self, job: IngestionJob) -> Router | None:
+        """The providers' router of an ingest job (other kinds fetch nothing)."""
+        if job.kind != "ingest":
+            return None
+        return self.acquisition.router(job.providers or job.source_id.split(","))
+
+    def _job_of(self, job_id: str) -> tuple[IngestionJob, Router | None]:
         """Return a job (marked running) and its router, read once per job and process."""
         known = self._jobs.get(job_id)
         if known is not None:
@@ -371,7 +433,7 @@ class IngestionService:
         if job.status is JobStatus.PENDING:
             job.status = JobStatus.RUNNING
             self.catalog.save_job(job)
-        known = (job, self.acquisition.router(job.providers or job.source_id.split(",")))
+        known = (job, self._router(job))
         if len(self._jobs) >= 64:  # a long-lived worker sees many jobs: keep the recent ones
             self._jobs.pop(next(iter(self._jobs)))
         self._jobs[job_id] = known
@@ -422,7 +484,7 @@ class IngestionService:
         job.end_time = self.clock.now()
         job.error_details.append({"scope": "job", "kind": type(exc).__name__, "message": str(exc)})
         self.catalog.save_job(job)
-        record_job("ingest", JobStatus.FAILED.value)
+        record_job(job.kind, JobStatus.FAILED.value)
 
     def _finish(self, job_id: str) -> IngestionJob:
         """Roll the tasks' outcomes up into the job once none is left to run."""
@@ -449,7 +511,7 @@ class IngestionService:
             job.status = JobStatus.SUCCEEDED
         job.end_time = self.clock.now()
         self.catalog.save_job(job)
-        record_job("ingest", job.status.value)
+        record_job(job.kind, job.status.value)
         return job
 
     # -- follow and recover ----------------------------------------------------------------
