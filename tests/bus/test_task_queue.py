@@ -67,3 +67,35 @@ def test_an_unacked_task_comes_back_after_the_lease_and_touch_keeps_it(queue: ob
     third.ack()
     time.sleep(0.1)
     assert queue.pending() == 0
+
+
+def test_a_worker_given_a_nats_url_serves_that_stream_and_jobs_are_published(
+    nats_url: str, tmp_path: object
+) -> None:
+    from pathlib import Path
+
+    from quantivista.bus.task_queue import NatsTaskQueue
+    from quantivista.config import Settings
+    from quantivista.runtime import Runtime
+
+    assert isinstance(tmp_path, Path)
+    url = f"{nats_url}?prefix=qvt{uuid.uuid4().hex[:8]}"
+    settings = Settings(data_dir=tmp_path / "qv", workers={"queue_url": url})
+    with Runtime.from_settings(settings) as rt:
+        service = rt.worker(f"{url.replace('?', '/backfill?')}", 1, probe_port=0)
+        assert service.queue == "backfill" and service.tasks is not None
+        job = rt.ingestion.enqueue(["AAA", "BBB", "CCC"], "2024-01-02", "2024-01-05",
+                                   queue="backfill", symbols_per_task=2)  # fmt: skip
+        delivery = service.tasks.next(timeout_s=2.0)
+        assert delivery is not None and delivery.task_id == f"{job.job_id}/0000"
+        task = rt.ingestion.claim_task(delivery.task_id, "w1")
+        assert task is not None and task.worker == "w1"  # the catalog leases what NATS named
+        assert rt.ingestion.claim_task(delivery.task_id, "w2") is None  # held: not twice
+        assert rt.ingestion.task_open(delivery.task_id)
+        delivery.ack()
+    stream = NatsTaskQueue(url, "backfill")
+    try:
+        assert stream.pending() == 1  # the second task is still queued
+    finally:
+        stream.delete()
+        stream.close()
