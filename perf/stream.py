@@ -10,6 +10,12 @@ Prints one JSON line:
   to its micro-batch's bars stored and published (`nats_batch_*`: every micro-batch;
   `nats_bar_*`: micro-batches that released bars). Event time runs 30x faster than the clock
   so that minutes close every two seconds (many bar releases in a short run).
+  `nats_stage_p50_ms` / `nats_stage_p99_ms`: the budget per stage (fold = trades published
+  and folded into bars; publish_raw; store = validate + store write; publish = normalized
+  bars), so the store's share shows on its own;
+- `nats_peer_p99_ms`: the physical limit in the same run: a bare JetStream publish of 4
+  messages of the same size, waiting for the acks (what one release's publish cannot beat);
+- `load`: the 1-minute load average before and after (the machine is shared).
 Targets: p99 < 50 ms at 20,000 trades/s over NATS; in-process >= 200,000 events/s.
 """
 
@@ -17,10 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from uuid import uuid4
@@ -28,6 +36,7 @@ from uuid import uuid4
 import numpy as np
 import polars as pl
 
+from quantivista.bus.base import Broker
 from quantivista.bus.events import BarsIngested
 from quantivista.bus.memory import InMemoryBus
 from quantivista.bus.memory_broker import MemoryBroker
@@ -154,6 +163,9 @@ def nats_latency(root: Path, backend: str) -> dict[str, float]:
             "nats_bar_p99_ms": round(float(np.percentile(bars, 99)), 2) if bars.size else None,
             "nats_bar_max_ms": round(float(bars.max()), 2) if bars.size else None,
             "nats_bar_batches": int(bars.size),
+            "nats_stage_p50_ms": _percentiles(service.stage_times, 50),
+            "nats_stage_p99_ms": _percentiles(service.stage_times, 99),
+            "nats_peer_p99_ms": _bare_publish_p99(rt.broker, prefix),
         }
         service.close()
         broker = rt.broker
@@ -162,6 +174,29 @@ def nats_latency(root: Path, backend: str) -> dict[str, float]:
         if backend == "postgres":
             _drop_schema(settings)
     return {k.replace("nats", tag, 1): v for k, v in out.items()}  # type: ignore[misc]
+
+
+def _percentiles(times: dict[str, Iterable[float]], q: float) -> dict[str, float]:
+    out = {}
+    for stage, values in times.items():
+        ms = np.array(list(values)) * 1000
+        if ms.size:
+            out[stage] = round(float(np.percentile(ms, q)), 2)
+    return out
+
+
+def _bare_publish_p99(broker: Broker, prefix: str, n: int = 300) -> float:
+    """p99 of publishing 4 messages of one release's size and waiting for the acks."""
+    topic = f"peer{prefix}"
+    broker.create_topic(topic, partitions=4)
+    items = [(SYMBOLS[i], b"x" * 4_000, {"qv-symbols": SYMBOLS[i]}) for i in range(4)]
+    took = []
+    for _ in range(n):
+        began = time.perf_counter()
+        broker.publish_many(topic, items)
+        took.append(time.perf_counter() - began)
+    broker.delete_topic(topic)  # type: ignore[attr-defined]
+    return round(float(np.percentile(np.array(took) * 1000, 99)), 2)
 
 
 def _drop_schema(settings: Settings) -> None:
@@ -177,6 +212,7 @@ def main() -> None:
         root = Path(tmp)
         result: dict[str, object] = {
             "rate": RATE,
+            "load_before": round(os.getloadavg()[0], 2),
             "inproc_trades_per_s": round(inproc_pipeline(root)),
             "inproc_bus_events_per_s": round(inproc_bus()),
             "memory_broker_msgs_per_s": round(memory_broker()),
@@ -185,6 +221,7 @@ def main() -> None:
             result.update(nats_latency(root, "lake"))
             if _reachable("postgres", 5432):
                 result.update(nats_latency(root, "postgres"))
+        result["load_after"] = round(os.getloadavg()[0], 2)
         print(json.dumps(result))
 
 

@@ -4,7 +4,9 @@ transformation rules and quality checks into `execution_data_lake`, and dlt on t
 Prints one JSON line: records per second of each of our runs (whole jobs: read, rules,
 checks, dead letters, lake write, catalog), of a plain job (no rules or checks: dlt's work
 plus lineage columns and partitions) and of dlt (filesystem destination, Parquet),
-loading the same records from the same files in the same process; the ratios. Targets:
+loading the same records from the same files in the same process; the ratios (of wall
+time, and of CPU seconds of every thread, which other work on the machine moves less).
+Targets:
 >= 1 M records/s, >= 3x dlt. Usage: `python perf/workflow_ingest.py [--rows N] [--runs R]`.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -71,7 +74,16 @@ def executions(n: int) -> pl.DataFrame:
     return frame.with_columns(pl.format("S{}", pl.col("symbol")).alias("symbol"))
 
 
-def ours(root: Path, path: Path, fmt: str, plain: bool = False) -> tuple[float, int, int]:
+def cpu_s() -> float:
+    """CPU seconds of this process and its children so far (every thread)."""
+    own, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def ours(root: Path, path: Path, fmt: str, plain: bool = False) -> tuple[float, float, int, int]:
     """Run one job; `plain`: no rules or checks, into a typed table (dlt's work plus lineage)."""
     settings = Settings(data_dir=root)
     with Runtime(settings, clock=TestClock(datetime(2026, 12, 4, tzinfo=UTC))) as rt:
@@ -83,14 +95,14 @@ def ours(root: Path, path: Path, fmt: str, plain: bool = False) -> tuple[float, 
             target_table="risk_metrics" if plain else "execution_data_lake",
             transformation_rules=[] if plain else [r.rule_id for r in RULES],
             quality_checks=[] if plain else CHECKS))  # fmt: skip
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), cpu_s()
         job = rt.workflows.sync("perf", "execs")
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, cpu_s() - cpu
         assert job.status.value == ("succeeded" if plain else "partial"), job
-    return elapsed, job.records_processed, job.records_failed
+    return elapsed, cpu, job.records_processed, job.records_failed
 
 
-def with_dlt(root: Path, path: Path, fmt: str) -> float:
+def with_dlt(root: Path, path: Path, fmt: str) -> tuple[float, float]:
     import dlt
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
@@ -111,9 +123,9 @@ def with_dlt(root: Path, path: Path, fmt: str) -> float:
         dataset_name="reporting",
         pipelines_dir=str(root / "dlt-pipelines"),
     )
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), cpu_s()
     pipeline.run(rows(), loader_file_format="parquet")
-    return time.perf_counter() - started
+    return time.perf_counter() - started, cpu_s() - cpu
 
 
 def main() -> None:
@@ -130,24 +142,27 @@ def main() -> None:
         frame.write_csv(files["CSV"])
         del frame
         for fmt, path in files.items():
-            rates, dlt_rates, plain_rates = [], [], []
+            rates, dlt_rates, plain_rates, cpu_ratios = [], [], [], []
             for run in range(args.runs):
-                secs, processed, failed = ours(root / f"qv-{fmt}-{run}", path, fmt)
+                secs, cpu, processed, failed = ours(root / f"qv-{fmt}-{run}", path, fmt)
                 rates.append(args.rows / secs)
-                plain, _, _ = ours(root / f"plain-{fmt}-{run}", path, fmt, plain=True)
+                plain, _, _, _ = ours(root / f"plain-{fmt}-{run}", path, fmt, plain=True)
                 plain_rates.append(args.rows / plain)
                 out[f"{fmt.lower()}_failed"] = failed
                 out[f"{fmt.lower()}_processed"] = processed
-                dlt_secs = with_dlt(root / f"dlt-{fmt}-{run}", path, fmt)
+                dlt_secs, dlt_cpu = with_dlt(root / f"dlt-{fmt}-{run}", path, fmt)
                 dlt_rates.append(args.rows / dlt_secs)
-            out[f"{fmt.lower()}_records_per_s"] = [round(min(rates)), round(max(rates))]
-            out[f"{fmt.lower()}_plain_records_per_s"] = [round(min(plain_rates)),
-                                                          round(max(plain_rates))]  # fmt: skip
-            out[f"{fmt.lower()}_dlt_records_per_s"] = [round(min(dlt_rates)), round(max(dlt_rates))]
-            out[f"{fmt.lower()}_vs_dlt"] = [
-                round(min(r / d for r, d in zip(rates, dlt_rates, strict=True)), 2),
-                round(max(r / d for r, d in zip(rates, dlt_rates, strict=True)), 2),
-            ]
+                cpu_ratios.append(dlt_cpu / cpu)
+                out.setdefault(f"{fmt.lower()}_cpu_s", []).append(round(cpu, 2))
+                out.setdefault(f"{fmt.lower()}_dlt_cpu_s", []).append(round(dlt_cpu, 2))
+            key = fmt.lower()
+            out[f"{key}_records_per_s"] = [round(min(rates)), round(max(rates))]
+            out[f"{key}_plain_records_per_s"] = [round(min(plain_rates)), round(max(plain_rates))]
+            out[f"{key}_dlt_records_per_s"] = [round(min(dlt_rates)), round(max(dlt_rates))]
+            ratios = [r / d for r, d in zip(rates, dlt_rates, strict=True)]
+            out[f"{key}_vs_dlt"] = [round(min(ratios), 2), round(max(ratios), 2)]
+            # dlt's CPU seconds over ours on the same records: less sensitive to the load
+            out[f"{key}_vs_dlt_cpu"] = [round(min(cpu_ratios), 2), round(max(cpu_ratios), 2)]
     out["load1_after"] = os.getloadavg()[0]
     print(json.dumps(out))
 

@@ -434,7 +434,7 @@ class ApiSettings(_Section):
         "bus.url is a real broker, not memory://)",
     )
     relay_topics: list[str] = Field(
-        default_factory=lambda: ["bars.raw.1m", "bars.enriched", "trades.finnhub",
+        default_factory=lambda: ["bars.normalized", "bars.enriched", "trades.finnhub",
                                  "trades.synthetic", "quality.alerts"],
         description="broker topics relayed to WebSocket clients",
     )  # fmt: skip
@@ -506,6 +506,15 @@ class BusSettings(_Section):
     )
     codec: Literal["json", "avro", "protobuf"] = "avro"
     pulsar_url: str | None = None
+    # broker TLS and auth, passed by bus/connect.py to every backend (bus/security.py)
+    tls: bool | None = Field(default=None, description="TLS (None: on when a CA or cert is set)")
+    ca_file: Path | None = Field(default=None, description="CA bundle that signs the broker")
+    cert_file: Path | None = Field(default=None, description="client certificate (mutual TLS)")
+    key_file: Path | None = None
+    username: str | None = Field(default=None, description="Kafka SASL / NATS / Pulsar user")
+    password: SecretStr | None = None
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    nats_creds: Path | None = Field(default=None, description="NATS .creds file (JWT + nkey)")
 
 
 class StreamSettings(_Section):
@@ -517,7 +526,7 @@ class StreamSettings(_Section):
     retention_s: float = Field(
         default=3600.0, gt=0, description="how late a trade may still amend its bar"
     )
-    queue_size: int = Field(default=10_000, ge=1, description="micro-batches waiting, at most")
+    queue_size: int = Field(default=1_000, ge=1, description="feed frames waiting, at most")
     publish_trades: bool = True
     synthetic_rate: float = Field(
         default=1000.0, gt=0, description="trades/s of --source synthetic"

@@ -135,6 +135,8 @@ class Runtime:
             bars=lambda symbols, start, end, tf: self.queries.bars(
                 BarQuery.of(symbols, start, end, timeframe=tf)
             ),
+            limiter=self.acquisition.limiter,
+            breakers=self.acquisition.breakers,
         )
 
     @classmethod
@@ -234,7 +236,7 @@ class Runtime:
     @cached_property
     def broker(self) -> Broker:
         """Return the message broker of `bus.url` (connected on first use)."""
-        return open_broker(self.settings.bus.url)
+        return open_broker(self.settings.bus.url, self.settings.bus)
 
     @cached_property
     def codecs(self) -> Codecs:

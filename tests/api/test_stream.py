@@ -235,13 +235,13 @@ def test_bars_and_trades_from_the_broker_reach_subscribers(store: Settings, nats
             await ws.send(json.dumps({"action": "subscribe", "bars": [SYMBOLS[0]],
                                       "trades": [SYMBOLS[0]]}))  # fmt: skip
             assert (await _recv(ws, "subscribed"))["trades"] == [SYMBOLS[0]]
-            send("bars.raw.1m", BarBatch(occurred_at=AT, source="stream", stage="raw",
+            send("bars.normalized", BarBatch(occurred_at=AT, source="stream", stage="normalized",
                                           timeframe="1m", rows=2, symbols=[SYMBOLS[0],
                                           SYMBOLS[1]], bars=to_ipc(bars)))  # fmt: skip
             send("trades.finnhub", TradesBatch(occurred_at=AT, source="finnhub", rows=3,
                                                symbols=[SYMBOLS[0], SYMBOLS[1]],
                                                trades=to_ipc(trades)))  # fmt: skip
-            publisher.publish("bars.raw.1m", b"\x00not an event")  # skipped, never fatal
+            publisher.publish("bars.normalized", b"\x00not an event")  # skipped, never fatal
             bar = await _recv(ws, "bar")
             assert bar["symbol"] == SYMBOLS[0] and bar["close"] == 1.25
             assert bar["ts"].startswith("2026-11-23T15:00:00")
@@ -250,7 +250,7 @@ def test_bars_and_trades_from_the_broker_reach_subscribers(store: Settings, nats
                 (SYMBOLS[0], 1.1),
                 (SYMBOLS[0], 1.2),
             ]
-            send("bars.raw.1m", BarBatch(occurred_at=AT, source="stream", stage="raw",
+            send("bars.normalized", BarBatch(occurred_at=AT, source="stream", stage="normalized",
                                           timeframe="1m", rows=1, symbols=[SYMBOLS[0]],
                                           bars=to_ipc(bars.head(1).with_columns(close=pl.lit(1.3))),
                                           correction=True))  # fmt: skip

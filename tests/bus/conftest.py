@@ -1,4 +1,4 @@
-"""Fixtures of the bus tests: brokers for the contract suites (memory, NATS JetStream)."""
+"""Fixtures of the bus tests: brokers for the contract suites (memory, NATS JetStream, Kafka)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from uuid import uuid4
 
 import pytest
 
+from brokers import Tansu
 from quantivista.bus.base import Broker
 from quantivista.bus.memory_broker import MemoryBroker
 
@@ -24,9 +25,32 @@ def nats_broker(url: str) -> Iterator[Broker]:
         broker.close()
 
 
-@pytest.fixture(params=["memory", "nats"])
+@pytest.fixture(scope="session")
+def tansu() -> Iterator[Tansu]:
+    """One Tansu broker (memory storage) for the session; tests use their own topic prefix."""
+    server = Tansu()
+    server.start()
+    yield server
+    server.stop()
+
+
+def kafka_broker(url: str) -> Iterator[Broker]:
+    """Yield a Kafka broker whose topics and groups are this test's own."""
+    from quantivista.bus.kafka import KafkaBroker
+
+    broker = KafkaBroker(f"{url}?prefix=t{uuid4().hex[:10]}")
+    try:
+        yield broker
+    finally:
+        broker.close()
+
+
+@pytest.fixture(params=["memory", "nats", "kafka"])
 def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
     if request.param == "memory":
         yield MemoryBroker()
+        return
+    if request.param == "kafka":
+        yield from kafka_broker(request.getfixturevalue("tansu").url)
         return
     yield from nats_broker(request.getfixturevalue("nats_url"))

@@ -1,7 +1,8 @@
-"""`qv integrate` under faults: kill -9 mid-stream and a NATS restart lose and double nothing.
+"""`qv integrate` under faults: kill -9 mid-stream and a broker restart lose and double nothing.
 
-The test starts its own NATS server (JetStream, file storage) on a free port, so restarting
-it disturbs no one else.
+The test starts its own broker on a free port, so restarting it disturbs no one else: a NATS
+server (JetStream, file storage), or Tansu (Kafka protocol) keeping its data in S3 on a local
+moto server.
 """
 
 from __future__ import annotations
@@ -21,10 +22,14 @@ from uuid import uuid4
 import polars as pl
 import pytest
 
+from brokers import Tansu
+from conftest import s3_bucket
+from quantivista.bus.base import Broker
 from quantivista.bus.codecs import Codecs
+from quantivista.bus.connect import open_broker
 from quantivista.bus.events import BarBatch
 from quantivista.bus.frames import from_ipc, to_ipc
-from quantivista.bus.nats import NatsBroker
+from quantivista.bus.kafka import KafkaBroker
 from quantivista.bus.registry import SchemaRegistry
 from quantivista.config import Settings
 from quantivista.errors import BusError
@@ -89,14 +94,34 @@ class NatsServer:
             self.proc = None
 
 
-@pytest.fixture
-def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
-    if NATS_SERVER is None:
-        pytest.skip("nats-server is not installed")
-    server = NatsServer(tmp_path / "nats")
-    server.start()
-    yield server
-    server.stop()
+@pytest.fixture(params=["nats", "kafka"])
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[NatsServer | Tansu]:
+    """A broker of the test's own that keeps its data over a restart."""
+    found: NatsServer | Tansu
+    if request.param == "kafka":
+        endpoint = request.getfixturevalue("s3_endpoint")
+        found = Tansu(s3_endpoint=endpoint, bucket=s3_bucket(endpoint))
+    else:
+        if NATS_SERVER is None:
+            pytest.skip("nats-server is not installed")
+        found = NatsServer(tmp_path / "nats")
+    found.start()
+    yield found
+    found.stop()
+
+
+def broker_url(server: NatsServer | Tansu) -> str:
+    prefix = f"t{uuid4().hex[:8]}"
+    if isinstance(server, Tansu):
+        return f"{server.url}?prefix={prefix}"
+    return f"nats://127.0.0.1:{server.port}?prefix={prefix}"
+
+
+def messages_in(broker: Broker, topic: str) -> int:
+    """Return how many messages `topic` holds (Kafka's offsets interleave partitions)."""
+    if isinstance(broker, KafkaBroker):
+        return sum(broker.ends(topic))
+    return broker.last_offset(topic)
 
 
 def message_bars(k: int) -> pl.DataFrame:
@@ -113,7 +138,7 @@ def message_bars(k: int) -> pl.DataFrame:
     )  # fmt: skip
 
 
-def publish(broker: NatsBroker, codecs: Codecs, ks: range) -> None:
+def publish(broker: Broker, codecs: Codecs, ks: range) -> None:
     for k in ks:
         frame = message_bars(k)
         symbol = str(frame["symbol"][0])
@@ -140,7 +165,7 @@ def integrate(env: dict[str, str], *extra: str) -> subprocess.Popen[str]:
     )
 
 
-def enriched_keys(broker: NatsBroker, codecs: Codecs) -> pl.DataFrame:
+def enriched_keys(broker: Broker, codecs: Codecs) -> pl.DataFrame:
     frames = []
     for message in broker.read("bars.enriched"):
         event = codecs.decode(message.value)
@@ -150,9 +175,9 @@ def enriched_keys(broker: NatsBroker, codecs: Codecs) -> pl.DataFrame:
 
 
 def test_kill_9_and_a_broker_restart_lose_and_double_nothing(
-    tmp_path: Path, nats_server: NatsServer
+    tmp_path: Path, server: NatsServer | Tansu
 ) -> None:
-    url = f"nats://127.0.0.1:{nats_server.port}?prefix=t{uuid4().hex[:8]}"
+    url = broker_url(server)
     data = tmp_path / "data"
     env = {
         "QV_DATA_DIR": str(data),
@@ -163,7 +188,7 @@ def test_kill_9_and_a_broker_restart_lose_and_double_nothing(
     }
     with Runtime.from_settings(Settings(data_dir=data), create=True) as runtime:
         codecs = Codecs(SchemaRegistry(runtime.backend.catalog))  # schemas in the shared catalog
-        broker = NatsBroker(url)
+        broker = open_broker(url)
         broker.create_topic("bars.raw.1m", partitions=4)
         publish(broker, codecs, range(MESSAGES // 2))
 
@@ -172,7 +197,7 @@ def test_kill_9_and_a_broker_restart_lose_and_double_nothing(
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:  # wait until it is part-way through
             try:
-                done = broker.last_offset("bars.enriched")
+                done = messages_in(broker, "bars.enriched")
             except BusError:
                 done = 0
             if done >= 10:
@@ -182,8 +207,8 @@ def test_kill_9_and_a_broker_restart_lose_and_double_nothing(
         first.communicate(timeout=10)
         assert 10 <= done < MESSAGES // 2, done
 
-        nats_server.stop()  # the broker goes away mid-stream and comes back
-        nats_server.start()
+        server.stop()  # the broker goes away mid-stream and comes back
+        server.start()
         publish(broker, codecs, range(MESSAGES // 2, MESSAGES))
 
         second = integrate(env, "--idle-exit", "6")

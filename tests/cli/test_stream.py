@@ -82,7 +82,8 @@ def test_qv_stream_over_nats_serves_probes_and_stops_cleanly(tmp_path: Path, nat
         settings = Settings(data_dir=tmp_path / "data")
         with Runtime.from_settings(settings, create=False) as runtime:
             codecs = Codecs(SchemaRegistry(runtime.backend.catalog))
-            sent = [codecs.decode(m.value) for m in broker.read("bars.raw.1m")]
+            sent = [codecs.decode(m.value) for m in broker.read("bars.normalized")]
+            raw = [codecs.decode(m.value) for m in broker.read("bars.raw.1m")]
             now = datetime.now(UTC)
             stored = runtime.backend.bars.read(
                 ["AAA", "BBB", "CCC"], Timeframe.parse("1m"), now - timedelta(minutes=10), now
@@ -93,6 +94,12 @@ def test_qv_stream_over_nats_serves_probes_and_stops_cleanly(tmp_path: Path, nat
             stats["bars"] + stats["corrections"]
         )
         assert int(stored["trades"].sum()) == stats["trades"]
+        assert "qv_stream_stage_seconds_bucket" in metrics  # the per-stage budget
+        # nothing was quarantined: the raw topic holds the same bars, as built
+        assert stats["quarantined"] == 0
+        assert sum(from_ipc(e.bars).height for e in raw if isinstance(e, BarBatch)) == (
+            stats["bars"] + stats["corrections"]
+        )
     finally:
         if proc.poll() is None:
             proc.kill()

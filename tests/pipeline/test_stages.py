@@ -192,3 +192,26 @@ def test_scores_kept_on_a_thread_beside_the_bars(
     scores = platform.runtime.backend.scores.read()
     assert sorted(scores["symbol"].unique().to_list()) == ["AAA", "BBB"]
     assert scores.height == frame.height  # one score per symbol-day
+
+
+def test_on_bars_sees_the_bars_stored_before_the_bookkeeping(platform: Platform) -> None:
+    bars = _bars(platform, ["AAA", "BBB"])
+    bars = bars.with_columns(
+        low=pl.when(pl.col("symbol") == "BBB").then(-1.0).otherwise(pl.col("low"))
+    )
+    runtime = platform.runtime
+    seen: list[tuple[int, int, int]] = []
+
+    def on_bars(clean: pl.DataFrame) -> None:
+        first, last = bars["ts"].min(), bars["ts"].max()
+        assert isinstance(first, datetime) and isinstance(last, datetime)
+        stored = runtime.backend.bars.read(["AAA", "BBB"], "1d", first, last + (last - first))
+        seen.append((clean.height, stored.height, runtime.backend.quarantine.list().height))
+
+    stored = runtime.runner.write(
+        bars, source="test", batch_id=stages.BatchId("j"), timeframe="1d", on_bars=on_bars
+    )
+    half = bars.height // 2
+    # the clean bars were readable when the hook ran; the quarantine was written after it
+    assert seen == [(half, half, 0)]
+    assert stored.quarantined == half and runtime.backend.quarantine.list().height == half

@@ -137,3 +137,18 @@ def test_any_split_into_micro_batches_gives_the_bars_of_the_whole(
     assert np.allclose(final["open"].to_numpy(), want["open"].to_numpy())
     assert np.allclose(final["close"].to_numpy(), want["close"].to_numpy())
     assert bars.open_bars == 0
+
+
+def test_a_late_trade_of_a_new_bar_is_released_though_the_watermark_stays() -> None:
+    bars = MinuteBars(lateness=timedelta(seconds=2))
+    bars.add(trades([("A", 1, 10.0, 1)]))
+    out = bars.add(trades([("A", 70, 11.0, 1)]))  # watermark 68 s: minute 0 of A is over
+    assert out.bars["symbol"].to_list() == ["A"]
+    out = bars.add(trades([("A", 71, 11.0, 1)]))  # nothing new is over: nothing released
+    assert out.bars.is_empty() and out.corrections.is_empty()
+    # B trades late in minute 0, which is over: its bar goes out at once, not as a correction
+    out = bars.add(trades([("B", 30, 5.0, 2)]))
+    assert out.bars.select("symbol", "close", "volume").rows() == [("B", 5.0, 2.0)]
+    assert out.corrections.is_empty()
+    out = bars.add(trades([("B", 40, 6.0, 1)]))  # and a later one amends it
+    assert out.corrections.select("symbol", "close", "volume").rows() == [("B", 6.0, 3.0)]

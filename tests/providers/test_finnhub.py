@@ -25,6 +25,7 @@ from quantivista.providers.finnhub import (
     FinnhubTradeStream,
     parse_candles,
     parse_quote,
+    parse_trade_frame,
     parse_trade_message,
     trades_frame,
 )
@@ -112,9 +113,46 @@ ws_like = st.fixed_dictionaries(
 @settings(max_examples=150, deadline=None)
 @given(body=st.binary(max_size=200) | (json_values | candle_like | ws_like).map(json.dumps))
 def test_fuzzed_bodies_raise_only_provider_errors(body: bytes | str) -> None:
-    for parse in (parse_candles, parse_quote, parse_trade_message):
+    for parse in (parse_candles, parse_quote, parse_trade_message, parse_trade_frame):
         with contextlib.suppress(ProviderError):
             parse(body, "AAPL")
+
+
+good_trade = st.fixed_dictionaries(
+    {
+        "s": st.text(min_size=1, max_size=6),
+        "p": st.floats(0.0001, 1e6) | st.integers(1, 10**6),
+        "t": st.integers(0, 4_102_444_800_000),
+        "v": st.floats(0, 1e6) | st.integers(0, 10**6),
+    },
+    optional={"c": st.lists(st.sampled_from(["1", "12"]), max_size=2)},
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(items=st.lists(good_trade, max_size=6))
+def test_the_columnar_parser_agrees_with_the_trade_objects(items: list[dict[str, object]]) -> None:
+    body = json.dumps({"type": "trade", "data": items})
+    assert parse_trade_frame(body).equals(trades_frame(parse_trade_message(body)))
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        {"s": 5, "p": 1, "t": 1, "v": 1},  # a symbol that is not a string
+        {"s": "A", "p": 1, "t": 1.5, "v": 1},  # a time that is not an integer
+        {"s": "A", "p": "1", "t": 1, "v": 1},  # a price that is a string
+        {"s": "A", "p": 1, "v": 1},  # no time
+        {"s": "A", "p": 1, "t": 2**70, "v": 1},  # a time past any calendar
+    ],
+)
+def test_the_columnar_parser_refuses_what_the_object_parser_refuses(
+    item: dict[str, object],
+) -> None:
+    body = json.dumps({"type": "trade", "data": [{"s": "B", "p": 2, "t": 2, "v": 2}, item]})
+    for parse in (parse_trade_message, parse_trade_frame):
+        with pytest.raises(ProviderError):
+            parse(body)
 
 
 def test_client_over_a_socket(local_server: LocalServer) -> None:
@@ -165,6 +203,7 @@ def test_websocket_reconnects_resubscribes_and_dedupes() -> None:
             await ws.close()
             return
         await ws.send(fixture_bytes(F, "ws_ping.json").decode())
+        await ws.send('{"type": "trade", "data": [{"s": 5}]}')  # counted and skipped
         await ws.send(lines[4])  # AMZN again after the reconnect: still a duplicate
         await ws.send(fresh)
         await ws.wait_closed()
@@ -185,7 +224,7 @@ def test_websocket_reconnects_resubscribes_and_dedupes() -> None:
     ]  # fmt: skip
     assert stream.reconnects == 1
     assert subscriptions == [["AAPL", "AMZN"], ["AAPL", "AMZN"]]
-    assert stream.duplicates == 3 and stream.pings == 1
+    assert stream.duplicates == 3 and stream.pings == 1 and stream.malformed == 1
     assert tokens[0] == "/?token=WSKEY"
 
 

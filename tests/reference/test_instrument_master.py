@@ -17,23 +17,7 @@ from quantivista import Platform
 from quantivista.errors import InvalidIdentifierError
 from quantivista.reference.identifiers import validate_identifier
 from quantivista.reference.instruments import InstrumentMaster
-
-INSTRUMENTS = """\
-instrument_id,name,asset_class,currency,exchange,isin,cusip,figi,sector,listed,delisted
-META,Meta Platforms,equity,USD,XNAS,US30303M1027,30303M102,BBG000MM2P62,Communication Services,2012-05-18,
-WAMU,Washington Mutual,equity,USD,XNYS,,,,Financials,1990-01-02,2008-09-26
-WMGT,Waste Management,equity,USD,XNYS,US94106L1098,94106L109,,Industrials,1998-01-02,
-AAPL,Apple,equity,USD,XNAS,US0378331005,037833100,BBG000B9XRY4,Technology,1980-12-12,
-"""  # noqa: E501 (CSV rows)
-HISTORY = """instrument_id,symbol,valid_from,valid_to
-META,FB,2012-05-18,2022-06-08
-META,META,2022-06-09,
-WAMU,WM,1990-01-02,2008-09-26
-WMGT,UW,1998-01-02,1998-07-16
-WMGT,WMI,1998-07-17,2009-08-04
-WMGT,WM,2009-08-05,
-AAPL,AAPL,1980-12-12,
-"""
+from samples import HISTORY, INSTRUMENTS
 
 
 @pytest.fixture

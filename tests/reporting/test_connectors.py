@@ -18,7 +18,15 @@ import psycopg
 import pytest
 from polars.testing import assert_frame_equal
 
-from quantivista.errors import InvalidInputError, ProviderError
+from quantivista.acquisition.breaker import Breakers, BreakerState
+from quantivista.acquisition.limits import RateLimiter, RedisBackend
+from quantivista.clock import TestClock
+from quantivista.errors import (
+    CircuitOpenError,
+    InvalidInputError,
+    ProviderError,
+    TransientProviderError,
+)
 from quantivista.model.workflow import DataFormat
 from quantivista.reporting.connectors import decode, read_files, read_http, read_postgres
 from quantivista.reporting.simulate import EXTENSIONS, write_frame
@@ -31,6 +39,7 @@ def test_every_format_round_trips_the_same_records(tmp_path: Path, fmt: DataForm
     path = tmp_path / f"x.{EXTENSIONS[fmt]}"
     write_frame(FRAME, path, fmt)
     (batch,) = read_files(str(path), fmt)
+    assert batch.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     got = batch.frame
     if fmt is DataFormat.CSV:  # CSV columns are text until a cast rule types them
         got = got.with_columns(pl.col("id").cast(pl.Int64), pl.col("px").cast(pl.Float64))
@@ -117,6 +126,7 @@ def test_postgres_incremental_sync_resumes_after_its_cursor(
 class _Api(BaseHTTPRequestHandler):
     rows: ClassVar[list[dict[str, Any]]] = [{"id": i, "v": i * 10} for i in range(7)]
     seen_auth: ClassVar[list[str | None]] = []
+    hits: ClassVar[list[str]] = []
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -125,6 +135,7 @@ class _Api(BaseHTTPRequestHandler):
         url = urlparse(self.path)
         query = parse_qs(url.query)
         _Api.seen_auth.append(self.headers.get("Authorization"))
+        _Api.hits.append(url.path)
         if url.path == "/broken":
             self.send_response(503)
             self.end_headers()
@@ -164,3 +175,37 @@ def test_http_pages_are_followed_to_the_end(api: str, style: str) -> None:
     with pytest.raises(ProviderError) as caught:
         list(read_http(f"{api}/broken", {}))
     assert caught.value.status_code == 503
+
+
+def test_http_pages_wait_for_the_shared_rate_limiter(api: str, redis_url: str) -> None:
+    clock = TestClock()
+    prefix = f"qv:test:{uuid4().hex}"
+    # two limiters on one Redis: the windows are the platform's, shared by every process
+    first, second = (
+        RateLimiter({}, clock=clock, backend=RedisBackend(redis_url, prefix=prefix))
+        for _ in range(2)
+    )
+    config = {"page_param": "page", "provider": "reports-api", "rate_limits": ["2/minute"]}
+    started = clock.monotonic()
+    assert len(list(read_http(f"{api}/numbered", config, limiter=first))) == 3
+    # 3 pages plus the empty one that ends the loop: 4 calls at 2 a minute
+    assert clock.monotonic() - started >= 60
+    second.set_limits("reports-api", ["2/minute"])
+    assert [u.used for u in second.usage("reports-api")] == [2]
+    first.close()
+    second.close()
+
+
+def test_a_failing_http_source_opens_its_breaker_and_is_then_not_called(api: str) -> None:
+    breakers = Breakers(TestClock(), failure_threshold=2, call_timeout_s=None)
+    config = {"provider": "flaky-api"}
+    for _ in range(2):
+        with pytest.raises(TransientProviderError):
+            list(read_http(f"{api}/broken", config, breakers=breakers))
+    assert breakers.get("flaky-api").state is BreakerState.OPEN
+    calls = _Api.hits.count("/broken")
+    with pytest.raises(CircuitOpenError):
+        list(read_http(f"{api}/broken", config, breakers=breakers))
+    assert _Api.hits.count("/broken") == calls  # refused without a request
+    # another source (another provider name) is not affected
+    assert len(list(read_http(f"{api}/linked", {}, breakers=breakers))) == 3

@@ -53,7 +53,7 @@ def test_rename_cast_derive_scale_chain_rejects_uncastable_rows_with_reason() ->
     assert out.frame["notional_k"].to_list() == pytest.approx([1.05, 0.9])
     assert out.rejected.height == 1
     record = json.loads(out.rejected["record"][0])
-    assert record["px"] == "oops" and record["quantity"] == 200
+    assert record["px"] == "oops" and record["qty"] == 200  # the row as it came in
     assert out.rejected["reason"][0] == "px: value cannot be cast"
     assert out.rejected["stage"][0] == "rule:r-cast"
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import polars as pl
@@ -12,7 +13,7 @@ import pytest
 
 from quantivista.bus.events import BarBatch, BarsIngested, TradesBatch
 from quantivista.bus.frames import from_ipc
-from quantivista.bus.topics import INGESTION_EVENTS, raw_bars, trades
+from quantivista.bus.topics import INGESTION_EVENTS, NORMALIZED_BARS, raw_bars, trades
 from quantivista.clock import TestClock
 from quantivista.config import Settings, SimulatorServerSettings, StorageSettings
 from quantivista.model.timeframe import Timeframe
@@ -49,14 +50,24 @@ def trade_frame(rows: list[tuple[str, float, float, float]]) -> pl.DataFrame:
     )
 
 
-def published_bars(runtime: Runtime) -> list[BarBatch]:
+def published_bars(runtime: Runtime, topic: str = NORMALIZED_BARS) -> list[BarBatch]:
+    """The bar batches on `topic`: one per partition and release, keyed by its first symbol."""
     out = []
-    for message in runtime.broker.read(raw_bars("1m")):
+    for message in runtime.broker.read(topic):
         event = runtime.codecs.decode(message.value)
         assert isinstance(event, BarBatch)
-        assert message.key == event.symbols[0] == message.headers["qv-symbol"]
+        assert message.key == event.symbols[0] and message.headers["qv-symbols"] == ",".join(
+            event.symbols
+        )
+        assert sorted(from_ipc(event.bars)["symbol"].unique()) == event.symbols
         out.append(event)
     return out
+
+
+def published_rows(runtime: Runtime, topic: str = NORMALIZED_BARS) -> pl.DataFrame:
+    frames = [from_ipc(e.bars).with_columns(correction=e.correction, stage=pl.lit(e.stage))
+              for e in published_bars(runtime, topic)]  # fmt: skip
+    return pl.concat(frames, how="diagonal_relaxed").sort("symbol", "ts", "correction")
 
 
 def stored(runtime: Runtime, symbols: list[str]) -> pl.DataFrame:
@@ -79,19 +90,23 @@ def test_trades_become_stored_and_published_bars_and_late_trades_corrections(
         ("AAPL", 100.0, 101.0, 100.0, 101.0, 20.0),
         ("MSFT", 400.0, 400.0, 400.0, 400.0, 5.0),
     ]
-    sent = published_bars(runtime)
-    assert [(e.symbols, e.correction, e.stage) for e in sent] == [
-        (["AAPL"], False, "raw"), (["MSFT"], False, "raw"),
-    ]  # fmt: skip
-    assert from_ipc(sent[0].bars)["close"].to_list() == [101.0]
+    # as built on bars.raw.1m, validated and stored on bars.normalized: the same bars
+    for topic, stage in ((raw_bars("1m"), "raw"), (NORMALIZED_BARS, "normalized")):
+        rows = published_rows(runtime, topic)
+        assert rows.select("symbol", "close", "correction", "stage").rows() == [
+            ("AAPL", 101.0, False, stage), ("MSFT", 400.0, False, stage),
+        ]  # fmt: skip
+    normalized = published_rows(runtime).drop("correction", "stage")
+    assert normalized.equals(first.select(normalized.columns))  # the topic holds the store
 
     # a late AAPL trade in minute 0: the stored bar is amended and a correction goes out
     service.process(trade_frame([("AAPL", 50, 99.0, 4)]))
     amended = stored(runtime, ["AAPL"]).row(0, named=True)
     assert (amended["low"], amended["close"], amended["volume"]) == (99.0, 99.0, 24.0)
-    last = published_bars(runtime)[-1]
-    assert last.correction and last.symbols == ["AAPL"]
-    assert from_ipc(last.bars).select("low", "close", "volume").row(0) == (99.0, 99.0, 24.0)
+    for topic in (raw_bars("1m"), NORMALIZED_BARS):
+        last = published_bars(runtime, topic)[-1]
+        assert last.correction and last.symbols == ["AAPL"]
+        assert from_ipc(last.bars).select("low", "close", "volume").row(0) == (99.0, 99.0, 24.0)
     assert service.stats.corrections == 1
 
     # the trades went out per symbol, and the store stage's announcements too
@@ -103,11 +118,12 @@ def test_trades_become_stored_and_published_bars_and_late_trades_corrections(
     service.close()
 
 
-def test_a_bad_bar_is_quarantined_not_published(runtime: Runtime) -> None:
+def test_a_bad_bar_is_raw_but_quarantined_not_normalized(runtime: Runtime) -> None:
     service = runtime.stream_service("finnhub")
     service.process(trade_frame([("AAPL", 1, 100.0, 10), ("BAD", 2, -5.0, 1)]))
     service.flush()
-    assert [e.symbols for e in published_bars(runtime)] == [["AAPL"]]
+    assert sorted(published_rows(runtime, raw_bars("1m"))["symbol"]) == ["AAPL", "BAD"]
+    assert published_rows(runtime)["symbol"].to_list() == ["AAPL"]
     assert service.stats.quarantined == 1
     assert runtime.backend.quarantine.list()["symbol"].to_list() == ["BAD"]
 
@@ -174,3 +190,41 @@ def test_minutes_missed_in_a_silence_are_back_filled_from_rest(tmp_path: Path) -
             closed = runtime.calendar().session_table(day, day)["close"][0]
             assert service.missing_minutes(closed, closed + timedelta(hours=3)).is_empty()
             service.close()
+
+
+def _read_each_time(
+    read: Callable[[pl.DataFrame], pl.DataFrame | None], bars: pl.DataFrame
+) -> pl.DataFrame:
+    history = read(bars)
+    return pl.DataFrame() if history is None else history
+
+
+def test_the_kept_history_validates_like_a_store_read(tmp_path: Path) -> None:
+    """Validation with the stream's own recent bars equals validation with a store read, for
+    a series with a spike (its pending flag is decided by the next bar: a new version)."""
+    prices = [100.0 + 0.1 * (m % 3) for m in range(30)]
+    prices[24] = 160.0  # a spike
+    minutes = [
+        trade_frame([(s, 60 * m + 5, p * (1 + i), 10.0) for i, s in enumerate(["AAA", "BBB"])])
+        for m, p in enumerate(prices)
+    ]
+    results = []
+    for reads in (False, True):
+        settings = Settings(
+            data_dir=tmp_path / f"data{reads}",
+            storage=StorageSettings(write_threads=1),
+            bus={"url": "memory://", "codec": "json"},
+            stream={"lateness_s": 1.0, "idle_s": 3600.0},
+        )
+        with Runtime.from_settings(settings, clock=TestClock(T0)) as rt:
+            service = rt.stream_service("finnhub")
+            if reads:  # every release reads its history from the store, as before
+                service.recent.history = partial(_read_each_time, service.recent.read)  # type: ignore[method-assign]
+            for frame in minutes:
+                service.process(frame)
+            service.flush()
+            results.append(stored(rt, ["AAA", "BBB"]).drop("ingested_at", "job_id"))
+    kept, read_back = results
+    assert kept.height == 60
+    assert (kept["quality_flags"] != 0).any()  # the spike rule fired and was decided
+    assert kept.equals(read_back)

@@ -423,3 +423,30 @@ def test_a_lake_backup_keeps_the_ingestion_catalog_and_the_reporting_lake(
             job.records_processed
         )
         assert back.workflows.dead_letters("acme").height == job.records_failed
+
+
+def test_unique_holds_across_the_batches_of_one_job_not_across_jobs(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    folder = tmp_path / "two-files"
+    folder.mkdir()
+    first = pl.DataFrame({"trade_id": ["t1", "t2"], "execution_date": ["2026-12-01"] * 2})
+    second = pl.DataFrame({"trade_id": ["t3", "t1"], "execution_date": ["2026-12-02"] * 2})
+    first.write_csv(folder / "a.csv")
+    second.write_csv(folder / "b.csv")
+    once = QualityCheck(check_id="once", check_type="unique", field="trade_id")
+    runtime.workflows.register_source("acme", DataSource(
+        source_id="two", source_type="TRADE_EXECUTION", ingestion_mode="ON_DEMAND",
+        data_format="CSV", location=str(folder / "*.csv"), target_table="execution_data_lake",
+        quality_checks=[once]))  # fmt: skip
+    job = runtime.workflows.sync("acme", "two")
+    assert (job.records_processed, job.records_failed) == (3, 1)
+    (letter,) = runtime.workflows.dead_letters("acme", job.job_id).iter_rows(named=True)
+    assert json.loads(letter["record"])["trade_id"] == "t1"
+    assert letter["reason"] == "failed checks: once"
+    lake = runtime.workflows.lake_rows("acme", "execution_data_lake")
+    t1 = lake.filter(pl.col("trade_id") == "t1")
+    assert t1["input_uri"].to_list() == [(folder / "a.csv").as_uri()]  # the first one kept
+    # a second job is checked on its own rows: the lake already holding t1 does not count
+    again = runtime.workflows.sync("acme", "two")
+    assert (again.records_processed, again.records_failed) == (3, 1)

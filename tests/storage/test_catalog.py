@@ -5,42 +5,13 @@ The behaviour every backend shares is in `contracts/test_catalog.py`.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from quantivista.errors import StorageError
-from quantivista.model.jobs import (
-    DataQualityReport,
-    IngestionJob,
-    Severity,
-    ValidationIssue,
-)
 from quantivista.storage.lake.catalog import SqliteCatalog
-
-T0 = datetime(2024, 1, 2, 14, 30, tzinfo=UTC)
-
-
-def job(job_id: str, start: datetime | None = T0, **kw: object) -> IngestionJob:
-    return IngestionJob(job_id=job_id, source_id="synthetic", start_time=start, **kw)
-
-
-def report(job_id: str, score: float = 0.9) -> DataQualityReport:
-    return DataQualityReport(
-        job_id=job_id,
-        total_records=10,
-        valid_records=9,
-        invalid_records=1,
-        quality_score=score,
-        validation_errors=[
-            ValidationIssue(
-                symbol="AAA", ts=T0, rule="negative_volume", severity=Severity.ERROR, message="m"
-            )
-        ],
-        rule_counts={"negative_volume": 1},
-        issue_count=1,
-    )
+from samples import T0, job, report
 
 
 def test_creates_its_directory_and_file(tmp_path: Path) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tempfile
-from datetime import UTC, date, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import polars as pl
@@ -11,53 +11,25 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quantivista.model.schema import STORED_SCORE_SCHEMA
-from quantivista.quality.validate import SCORE_SCHEMA
-from quantivista.storage.lake import scores
+from quantivista.storage.lake import scores as lake_scores
 from quantivista.storage.lake.scores import ParquetScoreStore
-
-AT = datetime(2024, 3, 1, 12, tzinfo=UTC)
-
-
-def _scores(
-    job: str, symbols: list[str], days: int, bad: frozenset[int] | set[int] = frozenset()
-) -> pl.DataFrame:
-    """One row per symbol-day; the rows at the positions in `bad` are flagged or rejected."""
-    rows = []
-    for symbol in symbols:
-        for i in range(days):
-            k = len(rows)
-            rejected, flagged = (1, 0) if k in bad and k % 2 else (0, 1) if k in bad else (0, 0)
-            rows.append(
-                {
-                    "symbol": symbol, "timeframe": "1d", "date": date(2024, 1, 1) + timedelta(i),
-                    "job_id": job, "rows": 1, "rejected": rejected, "flagged": flagged,
-                    "missing": 1 if k in bad and k % 3 == 0 else 0,
-                    "score": 1.0 - rejected - 0.5 * flagged,
-                }
-            )  # fmt: skip
-    return pl.DataFrame(rows, schema=SCORE_SCHEMA)
-
-
-def _stored(df: pl.DataFrame) -> pl.DataFrame:
-    out = df.with_columns(scored_at=pl.lit(AT)).select(STORED_SCORE_SCHEMA.names())
-    return out.cast(STORED_SCORE_SCHEMA).sort("symbol", "timeframe", "date", "scored_at")
+from samples import AT, scores, stored_scores
 
 
 @pytest.fixture
 def small_big(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(scores, "_BIG", 10)  # the runs layout for any batch of 10+ rows
+    monkeypatch.setattr(lake_scores, "_BIG", 10)  # the runs layout for any batch of 10+ rows
 
 
 @pytest.mark.usefixtures("small_big")
 def test_a_clean_batch_is_one_run_per_series(tmp_path: Path) -> None:
     store = ParquetScoreStore(tmp_path)
-    batch = _scores("job-1", ["CCC", "AAA", "BBB"], 40)
+    batch = scores("job-1", ["CCC", "AAA", "BBB"], 40)
     assert store.add(batch, AT) == 120
     files = list((tmp_path / "quality" / "scores").rglob("*.parquet"))
     assert len(files) == 1 and files[0].name.endswith(".runs.parquet")
     assert pl.read_parquet(files[0]).height == 3
-    assert store.read().equals(_stored(batch))
+    assert store.read().equals(stored_scores(batch))
 
 
 @pytest.mark.usefixtures("small_big")
@@ -66,10 +38,10 @@ def test_a_clean_batch_is_one_run_per_series(tmp_path: Path) -> None:
 def test_runs_read_back_row_for_row(bad: set[int], symbols: list[str]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         store = ParquetScoreStore(Path(tmp))
-        batch = _scores("job-1", symbols, 30, bad)
+        batch = scores("job-1", symbols, 30, bad)
         store.add(batch, AT)
-        assert store.read().equals(_stored(batch))
-        assert store.read(["BBB"]).equals(_stored(batch.filter(pl.col("symbol") == "BBB")))
+        assert store.read().equals(stored_scores(batch))
+        assert store.read(["BBB"]).equals(stored_scores(batch.filter(pl.col("symbol") == "BBB")))
         assert store.read(job_id="job-1", timeframe="1h").is_empty()
 
 
@@ -77,10 +49,10 @@ def test_runs_and_row_files_are_read_together(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = ParquetScoreStore(tmp_path)
-    first = _scores("job-1", ["AAA", "BBB"], 5, {2})
+    first = scores("job-1", ["AAA", "BBB"], 5, {2})
     store.add(first, AT)  # small: one row per day
-    monkeypatch.setattr(scores, "_BIG", 10)
-    later = _scores("job-2", ["AAA", "BBB"], 5).with_columns(
+    monkeypatch.setattr(lake_scores, "_BIG", 10)
+    later = scores("job-2", ["AAA", "BBB"], 5).with_columns(
         timeframe=pl.when(pl.col("symbol") == "BBB").then(pl.lit("1h")).otherwise("timeframe"),
         rows=pl.when(pl.col("symbol") == "BBB").then(7).otherwise("rows").cast(pl.UInt32),
     )

@@ -10,8 +10,11 @@ Two levels:
   an ack deadline passing) redelivers it, and after `max_deliver` attempts it goes to the
   topic's dead-letter topic with the error. `read` replays a topic from an offset or a time.
 
-Offsets are per topic, from 1, in publish order (NATS stream sequences; in memory, the log
-index). Every backend passes the same contract suite (tests/bus/test_broker_contract.py).
+Offsets are per topic, from 1, increasing in publish order within a partition. In memory and
+on NATS they number the whole topic densely (the log index, the stream sequence); Kafka
+numbers each partition on its own, so its backend interleaves them (`interleave`): dense on a
+one-partition topic, unique and per-partition ordered on more. Every backend passes the same
+contract suite (tests/bus/test_broker_contract.py).
 """
 
 from __future__ import annotations
@@ -20,9 +23,10 @@ import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from quantivista.bus.events import Event
+from quantivista.errors import BusError
 
 __all__ = [
     "DLQ_PREFIX",
@@ -32,7 +36,13 @@ __all__ = [
     "Message",
     "StartAt",
     "Subscription",
+    "BrokerBase",
+    "SubscriptionBase",
+    "check_member",
+    "dead_letter_headers",
     "dead_letter_topic",
+    "deinterleave",
+    "interleave",
     "partition_of",
     "topic_matches",
 ]
@@ -63,6 +73,36 @@ def partition_of(key: str | None, partitions: int) -> int:
 def dead_letter_topic(topic: str) -> str:
     """Return the dead-letter topic of `topic` (`dlq.bars.raw.1m`)."""
     return topic if topic.startswith(DLQ_PREFIX) else DLQ_PREFIX + topic
+
+
+def interleave(position: int, partition: int, partitions: int) -> int:
+    """Return the topic offset of a partition's `position` (from 0) when partitions number
+    their messages on their own (Kafka): unique, and dense when there is one partition."""
+    return position * max(partitions, 1) + partition + 1
+
+
+def deinterleave(offset: int, partition: int, partitions: int) -> int:
+    """Return the first position of `partition` whose topic offset is at least `offset`."""
+    n = max(partitions, 1)
+    return max(-((partition + 1 - offset) // n), 0)  # ceil((offset - 1 - partition) / n)
+
+
+def check_member(member: int, members: int) -> None:
+    """Refuse a member index outside [0, members)."""
+    if not 0 <= member < members:
+        raise BusError("member must be in [0, members)", member=member, members=members)
+
+
+def dead_letter_headers(message: Message, group: str, error: str) -> dict[str, str]:
+    """Return the message's headers plus its origin, the failing group and the error."""
+    return {
+        **message.headers,
+        "qv-dlq-topic": message.topic,
+        "qv-dlq-offset": str(message.offset),
+        "qv-dlq-group": group,
+        "qv-dlq-error": (error or "no error given")[:2000],
+        "qv-dlq-deliveries": str(message.deliveries),
+    }
 
 
 class EventBus(Protocol):
@@ -199,3 +239,54 @@ class Broker(Protocol):
     def close(self) -> None:
         """Release connections."""
         ...
+
+
+class BrokerBase:
+    """What every backend does the same way: `publish` is a one-item `publish_many`."""
+
+    dense_offsets = True  # offsets 1, 2, 3... over the whole topic (False: `interleave`)
+
+    def publish_many(
+        self, topic: str, items: Sequence[tuple[str | None, bytes, Mapping[str, str] | None]]
+    ) -> list[int]:
+        raise NotImplementedError
+
+    def publish(
+        self,
+        topic: str,
+        value: bytes,
+        *,
+        key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> int:
+        return self.publish_many(topic, [(key, value, headers)])[0]
+
+
+B = TypeVar("B", bound=BrokerBase)
+
+
+class SubscriptionBase(Generic[B]):
+    """What every backend's subscription does the same way: a nack of a message that has had
+    its `max_deliver` attempts dead-letters it (client-side, so the letter holds the error)."""
+
+    topic: str
+    group: str
+    max_deliver: int
+    _broker: B
+
+    def ack(self, message: Message) -> None:
+        raise NotImplementedError
+
+    def _requeue(self, message: Message, delay_s: float) -> None:
+        """Give `message` back for redelivery after `delay_s`."""
+        raise NotImplementedError
+
+    def nack(self, message: Message, error: str = "", *, delay_s: float = 0.0) -> None:
+        if message.deliveries >= self.max_deliver:
+            headers = dead_letter_headers(message, self.group, error)
+            self._broker.publish(
+                dead_letter_topic(self.topic), message.value, key=message.key, headers=headers
+            )
+            self.ack(message)
+            return
+        self._requeue(message, delay_s)

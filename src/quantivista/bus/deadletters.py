@@ -2,23 +2,11 @@
 
 from __future__ import annotations
 
-from quantivista.bus.base import Broker, Message, dead_letter_topic
+from quantivista.bus.base import Broker, Message, dead_letter_headers, dead_letter_topic
 
 __all__ = ["DLQ_HEADERS", "dead_letter_headers", "send_to_dead_letters"]
 
 DLQ_HEADERS = ("qv-dlq-topic", "qv-dlq-offset", "qv-dlq-group", "qv-dlq-error")
-
-
-def dead_letter_headers(message: Message, group: str, error: str) -> dict[str, str]:
-    """Return the message's headers plus its origin, the failing group and the error."""
-    return {
-        **message.headers,
-        "qv-dlq-topic": message.topic,
-        "qv-dlq-offset": str(message.offset),
-        "qv-dlq-group": group,
-        "qv-dlq-error": (error or "no error given")[:2000],
-        "qv-dlq-deliveries": str(message.deliveries),
-    }
 
 
 def send_to_dead_letters(broker: Broker, message: Message, group: str, error: str) -> int:

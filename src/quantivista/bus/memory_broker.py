@@ -15,8 +15,15 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from uuid import uuid4
 
-from quantivista.bus.base import Message, StartAt, dead_letter_topic, partition_of
-from quantivista.bus.deadletters import dead_letter_headers
+from quantivista.bus.base import (
+    BrokerBase,
+    Message,
+    StartAt,
+    SubscriptionBase,
+    check_member,
+    dead_letter_topic,
+    partition_of,
+)
 from quantivista.errors import BusError
 
 __all__ = ["MemoryBroker"]
@@ -38,7 +45,7 @@ class _Group:
     deliveries: dict[int, int] = field(default_factory=dict)  # offset -> attempts so far
 
 
-class MemoryBroker:
+class MemoryBroker(BrokerBase):
     """Topics, groups, redelivery, replay and dead letters in this process's memory."""
 
     def __init__(self, url: str = "memory://") -> None:
@@ -70,16 +77,6 @@ class MemoryBroker:
             return len(self._topic(topic).log)
 
     # -- publish -----------------------------------------------------------------------------
-    def publish(
-        self,
-        topic: str,
-        value: bytes,
-        *,
-        key: str | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> int:
-        return self.publish_many(topic, [(key, value, headers)])[0]
-
     def publish_many(
         self, topic: str, items: Sequence[tuple[str | None, bytes, Mapping[str, str] | None]]
     ) -> list[int]:
@@ -113,8 +110,7 @@ class MemoryBroker:
         ack_wait_s: float = 30.0,
         max_deliver: int = 5,
     ) -> _MemorySubscription:
-        if not 0 <= member < members:
-            raise BusError("member must be in [0, members)", member=member, members=members)
+        check_member(member, members)
         with self._cond:
             if topic not in self._topics:
                 self.create_topic(topic)
@@ -166,7 +162,7 @@ class MemoryBroker:
             self._cond.notify_all()
 
 
-class _MemorySubscription:
+class _MemorySubscription(SubscriptionBase[MemoryBroker]):
     def __init__(
         self,
         broker: MemoryBroker,
@@ -242,14 +238,7 @@ class _MemorySubscription:
             self._state.pending.pop(message.offset, None)
             self._state.deliveries.pop(message.offset, None)
 
-    def nack(self, message: Message, error: str = "", *, delay_s: float = 0.0) -> None:
-        if message.deliveries >= self.max_deliver:
-            headers = dead_letter_headers(message, self.group, error)
-            self._broker.publish(
-                dead_letter_topic(self.topic), message.value, key=message.key, headers=headers
-            )
-            self.ack(message)
-            return
+    def _requeue(self, message: Message, delay_s: float) -> None:
         cond = self._broker._cond
         with cond:
             if self._state.pending.pop(message.offset, None) is not None:

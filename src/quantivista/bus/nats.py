@@ -29,8 +29,15 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
 
-from quantivista.bus.base import Message, StartAt, dead_letter_topic, partition_of
-from quantivista.bus.deadletters import dead_letter_headers
+from quantivista.bus.base import (
+    BrokerBase,
+    Message,
+    StartAt,
+    SubscriptionBase,
+    check_member,
+    dead_letter_topic,
+    partition_of,
+)
 from quantivista.errors import BusError
 
 __all__ = ["NatsBroker"]
@@ -40,10 +47,17 @@ _KEY = "qv-key"
 _BAD = re.compile(r"[^A-Za-z0-9_-]")
 
 
-class NatsBroker:
+class NatsBroker(BrokerBase):
     """Durable topics on NATS JetStream."""
 
-    def __init__(self, url: str, *, prefix: str | None = None, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str | None = None,
+        timeout_s: float = 10.0,
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
         parts = urlsplit(url)
         query = parse_qs(parts.query)
         self.prefix = prefix or query.get("prefix", ["qv"])[0]
@@ -62,6 +76,7 @@ class NatsBroker:
                     max_reconnect_attempts=-1,  # a restarted server is found again
                     reconnect_time_wait=0.25,
                     allow_reconnect=True,
+                    **(options or {}),  # TLS, user or creds (bus/security.py)
                 )
             )
         except Exception as exc:
@@ -150,16 +165,6 @@ class NatsBroker:
         self._run(delete())
 
     # -- publish -----------------------------------------------------------------------------
-    def publish(
-        self,
-        topic: str,
-        value: bytes,
-        *,
-        key: str | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> int:
-        return self.publish_many(topic, [(key, value, headers)])[0]
-
     def publish_many(
         self, topic: str, items: Sequence[tuple[str | None, bytes, Mapping[str, str] | None]]
     ) -> list[int]:
@@ -197,8 +202,7 @@ class NatsBroker:
         ack_wait_s: float = 30.0,
         max_deliver: int = 5,
     ) -> _NatsSubscription:
-        if not 0 <= member < members:
-            raise BusError("member must be in [0, members)", member=member, members=members)
+        check_member(member, members)
 
         async def join() -> list[Any]:
             n = await self._partitions_of(topic)
@@ -327,7 +331,7 @@ def _message(topic: str, msg: Msg) -> Message:
     )
 
 
-class _NatsSubscription:
+class _NatsSubscription(SubscriptionBase[NatsBroker]):
     def __init__(
         self, broker: NatsBroker, topic: str, group: str, subs: list[Any], max_deliver: int
     ) -> None:
@@ -387,14 +391,7 @@ class _NatsSubscription:
         if msg is not None:
             self._broker._run(msg.ack())
 
-    def nack(self, message: Message, error: str = "", *, delay_s: float = 0.0) -> None:
-        if message.deliveries >= self.max_deliver:
-            headers = dead_letter_headers(message, self.group, error)
-            self._broker.publish(
-                dead_letter_topic(self.topic), message.value, key=message.key, headers=headers
-            )
-            self.ack(message)
-            return
+    def _requeue(self, message: Message, delay_s: float) -> None:
         msg = self._inflight.pop(message.offset, None)
         if msg is not None:
             self._broker._run(msg.nak(delay=delay_s or None))

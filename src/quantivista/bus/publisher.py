@@ -72,15 +72,25 @@ class Publisher:
             return []
         self.ensure(topic)
         n = partitions_of(topic)
-        names = frame["symbol"].unique().to_list()
         parts: dict[int, list[str]] = {}
-        for name in names:  # one entry per symbol, not per row
+        for name in frame["symbol"].unique().to_list():  # one entry per symbol, not per row
             parts.setdefault(partition_of(name, n), []).append(name)
+        if len(parts) == 1:
+            rows_of = {next(iter(parts)): frame}
+        else:  # one pass over the rows, not one filter per partition
+            which = {s: p for p, names in parts.items() for s in names}
+            tagged = frame.with_columns(
+                _p=pl.col("symbol").replace_strict(which, return_dtype=pl.Int32)
+            )
+            rows_of = {
+                int(k[0]): v.drop("_p") for k, v in tagged.partition_by("_p", as_dict=True).items()
+            }
         items: list[tuple[str | None, bytes, Mapping[str, str] | None]] = []
-        for symbols in parts.values():
+        for p, symbols in parts.items():
             symbols.sort()
-            rows = frame.filter(pl.col("symbol").is_in(symbols)) if len(parts) > 1 else frame
-            value, headers = self.codecs.encode(make(symbols, rows), self.codec, key=symbols[0])
+            value, headers = self.codecs.encode(
+                make(symbols, rows_of[p]), self.codec, key=symbols[0]
+            )
             headers["qv-symbols"] = ",".join(symbols)
             items.append((symbols[0], value, headers))
         offsets = self.broker.publish_many(topic, items)

@@ -4,7 +4,7 @@
 |------------------------|-----------------|--------|-------|-----------------------------|
 | `trades.<provider>`    | TradesBatch     | symbol | 4     | live trades of one vendor   |
 | `bars.raw.<timeframe>` | BarBatch        | symbol | 4     | bars as built or fetched    |
-| `bars.normalized`      | BarBatch        | symbol | 4     | validated, raw-price bars   |
+| `bars.normalized`      | BarBatch        | symbol | 4     | validated, stored bars      |
 | `bars.enriched`        | BarBatch        | symbol | 4     | adjusted + reference + FX   |
 | `actions`              | ActionsBatch    | symbol | 1     | corporate actions           |
 | `quality.alerts`       | BarsQuarantined | job    | 1     | rows that failed validation |
@@ -15,6 +15,9 @@ Every message carries routing headers (`qv-symbol`, `qv-asset-class`, `qv-exchan
 consumer filters without decoding (`Route`, `RouteFilter`). Trades go one message per
 partition and micro-batch (`qv-symbols` lists its symbols; each symbol stays in one
 partition, in order): fewer, larger messages at tens of thousands of trades a second.
+`qv stream` sends its bars the same way (one message per partition and release): as built
+to `bars.raw.1m`, validated and stored (canonical columns) to `bars.normalized`. `qv
+integrate` consumes `bars.raw.<timeframe>`; the API relays `bars.normalized`.
 """
 
 from __future__ import annotations
@@ -78,7 +81,7 @@ class TopicSpec:
 TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec("trades.<provider>", TradesBatch, "symbol", 4, "live trades of one vendor"),
     TopicSpec("bars.raw.<timeframe>", BarBatch, "symbol", 4, "bars as built or fetched"),
-    TopicSpec(NORMALIZED_BARS, BarBatch, "symbol", 4, "validated bars, raw prices"),
+    TopicSpec(NORMALIZED_BARS, BarBatch, "symbol", 4, "validated, stored bars, raw prices"),
     TopicSpec(ENRICHED_BARS, BarBatch, "symbol", 4, "adjusted, reference data, FX"),
     TopicSpec(ACTIONS, ActionsBatch, "symbol", 1, "corporate actions"),
     TopicSpec(QUALITY_ALERTS, BarsQuarantined, "job", 1, "rows that failed validation"),

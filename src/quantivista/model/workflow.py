@@ -259,6 +259,11 @@ class DataProfile(BaseModel):
 
     row_count: int
     columns: dict[str, ColumnProfile] = Field(default_factory=dict)
+    sampled_rows: int | None = Field(
+        default=None,
+        description="when set, distinct counts, min, max and mean are over this many rows"
+        " spread evenly over the job (row and null counts are exact)",
+    )
 
 
 class DataQualityReport(BaseModel):

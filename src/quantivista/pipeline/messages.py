@@ -109,3 +109,5 @@ class StoredBatch:
     rules: dict[str, int]  # quarantined rows per rule
     report: DataQualityReport
     symbols: list[str] | None  # the stored rows' symbols when known without a scan
+    # earlier stored bars this batch gave new versions (a pending spike decided), as stored
+    decided: pl.DataFrame | None = None

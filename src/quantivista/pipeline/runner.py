@@ -58,15 +58,22 @@ class InProcessRunner:
         timeframe: TimeframeLike | None = None,
         validator: Validator | None = None,
         release: bool = False,
+        history: pl.DataFrame | None = None,
+        on_bars: Callable[[pl.DataFrame], None] | None = None,
     ) -> StoredBatch:
         """Validate and store a frame of raw bars in the canonical schema.
 
         `validator` overrides the runner's for this batch (a quarantine release with some
-        rules demoted to warnings); a `release` re-quarantines rows still held.
+        rules demoted to warnings); a `release` re-quarantines rows still held. `history`
+        is the stored bars before the batch when the caller keeps them (a live stream),
+        instead of reading them from the store; `on_bars(clean)` runs as soon as the bars
+        are stored (see `stages.store`).
         """
         with span("pipeline.write", source=source, job_id=batch_id.job_id):
             batch = coerce(frame, batch_id, source, self.clock.now(), timeframe)
-            return self.process(batch, validator=validator, release=release)
+            return self.process(
+                batch, validator=validator, release=release, history=history, on_bars=on_bars
+            )
 
     def ingest(self, raw: RawBatch) -> StoredBatch | None:
         """Keep a provider batch's payloads and actions, then store its bars.
@@ -105,16 +112,22 @@ class InProcessRunner:
         validator: Validator | None = None,
         actions: pl.DataFrame | None = None,
         release: bool = False,
+        history: pl.DataFrame | None = None,
+        on_bars: Callable[[pl.DataFrame], None] | None = None,
     ) -> StoredBatch:
-        """Validate, store and announce a canonical batch."""
+        """Validate, store and announce a canonical batch (`history`, `on_bars`: see
+        `write`)."""
         check = validator or self.validator()
         if actions is None and batch.bars.height:
             actions = self.actions.for_symbols(batch.bars["symbol"].unique().to_list())
         with stage("validate"):
-            history = history_for(batch.bars, self.sinks.bars, check)
+            if history is None:
+                history = history_for(batch.bars, self.sinks.bars, check)
             validated = validate(batch, check, actions=actions, history=history)
         with stage("store"):
-            stored = store(validated, self.sinks, batch.at, dedupe_quarantine=not release)
+            stored = store(
+                validated, self.sinks, batch.at, dedupe_quarantine=not release, on_bars=on_bars
+            )
         with stage("publish"):
             announce(stored, self.bus, self.clock)
         observe_stored(

@@ -388,17 +388,32 @@ _OVERLAP_ROWS = 100_000  # below this, a thread costs more than the overlap save
 
 
 def store(
-    validated: ValidatedBatch, sinks: Sinks, at: datetime, *, dedupe_quarantine: bool = True
+    validated: ValidatedBatch,
+    sinks: Sinks,
+    at: datetime,
+    *,
+    dedupe_quarantine: bool = True,
+    on_bars: Callable[[pl.DataFrame], None] | None = None,
 ) -> StoredBatch:
     """Store clean rows, quarantine rejected ones, keep scores and the report.
 
     Derived timeframes (rollups) follow their 1-minute bars. Idempotent: storing the same
-    batch twice changes nothing the second time.
+    batch twice changes nothing the second time. `on_bars(clean)` is called as soon as the
+    bars are stored and the data epoch moved, before the bookkeeping (scores, rollups,
+    quarantine, report): a live stream publishes them there.
     """
     rows = validated.clean
     if validated.decided is not None:  # earlier bars whose pending spike is now decided
         rows = pl.concat([rows, validated.decided.select(rows.columns)], how="vertical_relaxed")
-    if rows.height >= _OVERLAP_ROWS:
+    marked = False
+    if on_bars is not None:
+        stats = sinks.bars.upsert(rows)
+        if stats.written:
+            mark_changed(sinks.catalog, at)
+            marked = True
+        on_bars(validated.clean)
+        sinks.scores.add(validated.scores, at)
+    elif rows.height >= _OVERLAP_ROWS:
         # the day scores are a separate store: kept on a thread while the bars are written
         with ThreadPoolExecutor(1, thread_name_prefix="qv-scores") as pool:
             scored = pool.submit(sinks.scores.add, validated.scores, at)
@@ -413,7 +428,7 @@ def store(
         validated.rejected, job_id=validated.id.job_id, at=at, dedupe=dedupe_quarantine
     )
     sinks.catalog.save_report(validated.report, at)
-    if stats.written or quarantined:
+    if quarantined or (stats.written and not marked):
         mark_changed(sinks.catalog, at)
     # nothing rejected: the stored rows hold every symbol of the batch
     known = validated.symbols if validated.rejected.is_empty() else None
@@ -426,6 +441,7 @@ def store(
         _rule_counts(validated.rejected) if quarantined else {},
         validated.report,
         known,
+        validated.decided,
     )
 
 

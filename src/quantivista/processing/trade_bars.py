@@ -84,6 +84,10 @@ class MinuteBars:
         self._state = pl.DataFrame(schema=_STATE)
         self.too_late = 0
         self.corrected = 0
+        # the minute edges of the last release: until they move, a batch of trades in open
+        # minutes releases nothing (the common case: no pass over the state)
+        self._edges: tuple[int, int] | None = None
+        self._every_us = int(every.total_seconds() * 1_000_000)
 
     @property
     def open_bars(self) -> int:
@@ -93,18 +97,25 @@ class MinuteBars:
     def add(self, trades: pl.DataFrame, now: datetime | None = None) -> Released:
         """Take a micro-batch of trades; return what the advanced watermark releases."""
         too_late = 0
+        earliest: datetime | None = None
         if trades.height:
-            trades = trades.select(TRADE_SCHEMA.names()).cast(TRADE_SCHEMA)
-            if self.watermark is not None:
+            if trades.schema != TRADE_SCHEMA:
+                trades = trades.select(TRADE_SCHEMA.names()).cast(TRADE_SCHEMA)
+            first = trades["ts"].min()
+            earliest = first if isinstance(first, datetime) else None
+            if self.watermark is not None and earliest is not None:
                 floor = self.watermark - self.retention
-                late = pl.col("ts") < floor
-                too_late = int(trades.select(late.sum()).item())
-                trades = trades.filter(~late)
+                if earliest < floor:
+                    late = pl.col("ts") < floor
+                    too_late = int(trades.select(late.sum()).item())
+                    trades = trades.filter(~late)
+                    first = trades["ts"].min()
+                    earliest = first if isinstance(first, datetime) else None
             self.too_late += too_late
         corrections = self._merge(trades) if trades.height else self._state.head(0)
         latest = trades["ts"].max() if trades.height else None
         self._advance(latest if isinstance(latest, datetime) else None, now)
-        return self._release(corrections, too_late)
+        return self._release(corrections, too_late, earliest)
 
     def flush(self) -> Released:
         """Release every open bar as it is (at shutdown)."""
@@ -112,7 +123,7 @@ class MinuteBars:
             last = self._state["ts"].max()
             assert isinstance(last, datetime)
             self.watermark = max(self.watermark or last, last + self.every)
-        return self._release(self._state.head(0), 0)
+        return self._release(self._state.head(0), 0, None)
 
     def _merge(self, trades: pl.DataFrame) -> pl.DataFrame:
         """Fold trades into state; return the already released bars they changed."""
@@ -172,12 +183,24 @@ class MinuteBars:
         if candidates:
             self.watermark = max(candidates)
 
-    def _release(self, corrections: pl.DataFrame, too_late: int) -> Released:
+    def _release(
+        self, corrections: pl.DataFrame, too_late: int, earliest: datetime | None
+    ) -> Released:
         if self.watermark is None:
             return Released(_bars(self._state.head(0)), _bars(corrections), too_late)
         # a bar is over when its end is at or before the watermark; kept `retention` longer
-        last_start = pl.lit(self.watermark - self.every, pl.Datetime("us", "UTC"))
-        horizon = pl.lit(self.watermark - self.retention - self.every, pl.Datetime("us", "UTC"))
+        over = self.watermark - self.every
+        gone = self.watermark - self.retention - self.every
+        # bar starts are multiples of `every`: which bars `ts <= over` and `ts < gone` select
+        # only changes when these edges move, or when a trade lands in a bar at or before
+        # `over` (a late trade may start a bar that is over at once)
+        edges = (_floor_us(over, self._every_us), _floor_us(gone, -self._every_us))
+        late = earliest is not None and _floor_us(earliest, self._every_us) <= edges[0]
+        if edges == self._edges and not late:
+            return Released(_NO_BARS, _bars(corrections), too_late)
+        self._edges = edges
+        last_start = pl.lit(over, pl.Datetime("us", "UTC"))
+        horizon = pl.lit(gone, pl.Datetime("us", "UTC"))
         state = self._state.lazy().with_columns(_over=pl.col("ts") <= last_start)
         ready = state.filter(pl.col("_over") & ~pl.col("emitted")).drop("_over")
         kept = (
@@ -189,8 +212,21 @@ class MinuteBars:
         return Released(_bars(released), _bars(corrections), too_late)
 
 
+def _floor_us(ts: datetime, every_us: int) -> int:
+    """Return `ts` in epoch microseconds, floored to a multiple of `every_us` (a negative
+    `every_us` ceils: floor(-x) = -ceil(x))."""
+    us = (ts - _EPOCH) // timedelta(microseconds=1)
+    return us // every_us * every_us
+
+
 def _bars(state: pl.DataFrame) -> pl.DataFrame:
     """Return partial-bar state rows as bars (vwap from price*volume), by symbol and time."""
+    if state.is_empty():
+        return _NO_BARS
+    return _to_bars(state)
+
+
+def _to_bars(state: pl.DataFrame) -> pl.DataFrame:
     return state.sort(_KEY).select(
         "symbol",
         "ts",
@@ -203,3 +239,7 @@ def _bars(state: pl.DataFrame) -> pl.DataFrame:
         trades="trades",
         provider="provider",
     )
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NO_BARS = _to_bars(pl.DataFrame(schema=_STATE))

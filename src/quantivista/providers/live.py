@@ -15,8 +15,7 @@ from collections.abc import AsyncIterator, Sequence
 import numpy as np
 import polars as pl
 
-from quantivista.model.ticks import Trade
-from quantivista.providers.finnhub import FinnhubTradeStream, trades_frame
+from quantivista.providers.finnhub import FinnhubTradeStream
 
 __all__ = ["TRADE_COLUMNS", "finnhub_trades", "synthetic_trades"]
 
@@ -39,7 +38,7 @@ async def synthetic_trades(
     faster than the clock from the start (minutes close sooner: for benchmarks and demos).
     """
     rng = np.random.default_rng(seed)
-    names = np.array(list(symbols), dtype=object)
+    names = pl.Series("symbol", list(symbols), dtype=pl.String)
     prices = rng.uniform(20, 500, len(names))
     sent = 0
     started = time.monotonic()
@@ -58,13 +57,13 @@ async def synthetic_trades(
         if late_fraction:
             late = rng.random(due) < late_fraction
             stamps[late] -= rng.integers(1_000_000, 90_000_000, int(late.sum()))
-        yield pl.DataFrame(
+        yield pl.DataFrame(  # columns built in numpy / polars: no Python object per trade
             {
-                "symbol": names[which].astype(str),
+                "symbol": names.gather(which),
                 "ts": pl.Series(stamps).cast(pl.Datetime("us", "UTC")),
                 "price": np.round(prices[which] * np.exp(rng.normal(0, 1e-4, due)), 4),
                 "size": rng.integers(1, 500, due).astype(np.float64),
-                "provider": np.full(due, "synthetic", dtype=object).astype(str),
+                "provider": pl.repeat("synthetic", due, eager=True, dtype=pl.String),
             }
         )
         sent += due
@@ -75,32 +74,34 @@ async def finnhub_trades(
     stream: FinnhubTradeStream, *, max_wait_s: float = 0.02, max_trades: int = 10_000
 ) -> AsyncIterator[pl.DataFrame]:
     """Yield the stream's trades as frames: what arrived within `max_wait_s` of the first."""
-    trades = stream.trades()
+    frames = stream.frames()
     loop = asyncio.get_running_loop()
-    pending: asyncio.Future[Trade] | None = None
-    batch: list[Trade] = []
+    pending: asyncio.Future[pl.DataFrame] | None = None
+    batch: list[pl.DataFrame] = []
+    rows = 0
     deadline = 0.0
     try:
         while True:
             if pending is None:
-                pending = asyncio.ensure_future(anext(trades))
+                pending = asyncio.ensure_future(anext(frames))
             if not batch:
                 batch.append(await pending)
-                pending = None
+                rows, pending = batch[0].height, None
                 deadline = loop.time() + max_wait_s
                 continue
             wait = deadline - loop.time()
-            if wait > 0 and len(batch) < max_trades:
+            if wait > 0 and rows < max_trades:
                 done, _ = await asyncio.wait({pending}, timeout=wait)
                 if done:
                     batch.append(pending.result())
+                    rows += batch[-1].height
                     pending = None
                     continue
-            yield trades_frame(batch)
+            yield batch[0] if len(batch) == 1 else pl.concat(batch, rechunk=False)
             batch = []
     finally:
         if pending is not None:
             pending.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await pending
-        await trades.aclose()  # type: ignore[attr-defined]
+        await frames.aclose()  # type: ignore[attr-defined]

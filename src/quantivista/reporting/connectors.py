@@ -10,24 +10,38 @@
 `connection_config` keys: `storage_options` (fsspec, e.g. `{"endpoint_url": ...}` for S3),
 `csv` (Polars `read_csv` options; by default every CSV column is text, typed by cast
 rules); `table`, `cursor_column`, `batch_rows` (PostgreSQL);
-`headers`, `params`, `items_key`, `next_key`, `page_param`, `max_pages` (HTTP).
+`headers`, `params`, `items_key`, `next_key`, `page_param`, `max_pages`, `provider`,
+`rate_limits` (HTTP).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import fsspec  # type: ignore[import-untyped]
 import httpx
 import polars as pl
 
-from quantivista.errors import InvalidInputError, NotFoundError, ProviderError
+from quantivista.errors import (
+    InvalidInputError,
+    NotFoundError,
+    ProviderError,
+    RateLimitedError,
+    TransientProviderError,
+)
 from quantivista.model.workflow import DataFormat
+
+if TYPE_CHECKING:
+    from quantivista.acquisition.breaker import Breakers
+    from quantivista.acquisition.limits import RateLimiter
 
 __all__ = [
     "Batch",
@@ -105,8 +119,11 @@ def _decode_protobuf(data: bytes) -> pl.DataFrame:
     return pl.from_dicts(rows, infer_schema_length=None) if rows else pl.DataFrame()
 
 
-def decode(data: bytes, fmt: DataFormat, options: Mapping[str, Any] | None = None) -> pl.DataFrame:
-    """Return the records of one input's bytes; `InvalidInputError` when they do not parse."""
+def decode(
+    data: bytes | str, fmt: DataFormat, options: Mapping[str, Any] | None = None
+) -> pl.DataFrame:
+    """Return the records of one input's bytes (or a local CSV or Parquet file's path);
+    `InvalidInputError` when they do not parse."""
     options = options or {}
     try:
         if fmt is DataFormat.CSV:
@@ -115,6 +132,8 @@ def decode(data: bytes, fmt: DataFormat, options: Mapping[str, Any] | None = Non
             return pl.read_csv(data, **csv)
         if fmt is DataFormat.PARQUET:
             return pl.read_parquet(data)
+        if isinstance(data, str):
+            data = Path(data).read_bytes()
         if fmt is DataFormat.JSON:
             head = data.lstrip()[:1]
             if head == b"[":
@@ -142,16 +161,32 @@ def read_files(
     )
     if not paths:
         raise NotFoundError("no input file matches the source's location", location=location)
+    local = "file" in fs.protocol if isinstance(fs.protocol, tuple) else fs.protocol == "file"
     for path in sorted(paths):
-        digest = hashlib.sha256()
+        uri = fs.unstrip_protocol(path)
+        if local and fmt in (DataFormat.CSV, DataFormat.PARQUET):
+            # Polars maps the file and parses it on every core while a thread hashes it
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                digest = pool.submit(_sha256, fs, path)
+                frame = decode(path, fmt, config)
+                yield Batch(frame, uri, sha256=digest.result())
+            continue
+        hasher = hashlib.sha256()
         buffer = io.BytesIO()
         with fs.open(path, "rb") as handle:
             while chunk := handle.read(_CHUNK):
-                digest.update(chunk)
+                hasher.update(chunk)
                 buffer.write(chunk)
-        uri = fs.unstrip_protocol(path)
         frame = decode(buffer.getvalue(), fmt, config)
-        yield Batch(frame, uri, sha256=digest.hexdigest())
+        yield Batch(frame, uri, sha256=hasher.hexdigest())
+
+
+def _sha256(fs: Any, path: str) -> str:
+    hasher = hashlib.sha256()
+    with fs.open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            hasher.update(chunk)  # hashlib lets go of the GIL on large chunks
+    return hasher.hexdigest()
 
 
 def read_postgres(
@@ -199,10 +234,55 @@ def _plain(value: Any) -> Any:
     return value.isoformat() if hasattr(value, "isoformat") else value
 
 
+def _get(
+    http: httpx.Client, url: str, params: dict[str, Any], headers: dict[str, str], name: str
+) -> httpx.Response:
+    """One page; errors typed as the breaker judges them (5xx, 429, transport: failures)."""
+    try:
+        response = http.get(url, params=params or None, headers=headers)
+    except httpx.HTTPError as exc:
+        raise TransientProviderError(
+            "the HTTP source could not be reached", provider=name, error=str(exc)
+        ) from exc
+    where = str(response.url.copy_with(query=None))
+    if response.status_code == 429:
+        after = response.headers.get("Retry-After", "")
+        raise RateLimitedError(
+            "the HTTP source throttled us", provider=name, url=where, status_code=429,
+            retry_after_s=float(after) if after.isdigit() else None,
+        )  # fmt: skip
+    if response.status_code >= 500:
+        raise TransientProviderError(
+            "the HTTP source answered with an error",
+            provider=name, url=where, status_code=response.status_code,
+        )  # fmt: skip
+    if response.status_code >= 400:
+        raise ProviderError(
+            "the HTTP source answered with an error",
+            provider=name, url=where, status_code=response.status_code,
+        )  # fmt: skip
+    return response
+
+
 def read_http(
-    url: str, config: Mapping[str, Any], client: httpx.Client | None = None
+    url: str,
+    config: Mapping[str, Any],
+    client: httpx.Client | None = None,
+    *,
+    limiter: RateLimiter | None = None,
+    breakers: Breakers | None = None,
 ) -> Iterator[Batch]:
-    """Yield one batch per page of a JSON API (`next` links or page numbers)."""
+    """Yield one batch per page of a JSON API (`next` links or page numbers).
+
+    Every page goes through the platform's rate limiter and circuit breaker (in Redis when
+    `resilience.backend` is redis), as the provider `config['provider']` (default
+    `http:<host>`): its limits are the settings' `resilience.limits` of that name, or the
+    source's own `rate_limits` (e.g. `["5/second"]`).
+    """
+    name = str(config.get("provider") or f"http:{httpx.URL(url).host}").lower()
+    if limiter is not None and config.get("rate_limits"):
+        limiter.set_limits(name, [str(r) for r in config["rate_limits"]])
+    breaker = breakers.get(name) if breakers is not None else None
     own = client is None
     http = client or httpx.Client(timeout=30.0)
     items_key = config.get("items_key", "data")
@@ -219,13 +299,11 @@ def read_http(
                 return
             if page_param:
                 params[page_param] = page
-            response = http.get(next_url, params=params or None, headers=headers)
-            if response.status_code >= 400:
-                raise ProviderError(
-                    "the HTTP source answered with an error",
-                    url=str(response.url.copy_with(query=None)),
-                    status_code=response.status_code,
-                )
+            if limiter is not None:
+                limiter.acquire(name)
+            target, query = next_url, dict(params)
+            fetch = functools.partial(_get, http, target, query, headers, name)
+            response = breaker.call(fetch) if breaker is not None else fetch()
             body = response.json()
             items = body.get(items_key, []) if isinstance(body, dict) else body
             if not items:
@@ -239,8 +317,6 @@ def read_http(
             else:
                 next_url = body.get(next_key) if isinstance(body, dict) else None
                 params = {}  # a next link carries its own query
-    except httpx.HTTPError as exc:
-        raise ProviderError("the HTTP source could not be reached", error=str(exc)) from exc
     finally:
         if own:
             http.close()

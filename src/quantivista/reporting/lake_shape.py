@@ -32,7 +32,6 @@ __all__ = ["INPUT_COLUMN", "OFFSET_COLUMN", "shape"]
 # columns the job engine adds to every input row (the row's place in its input)
 INPUT_COLUMN = "_qv_input"
 OFFSET_COLUMN = "_qv_offset"
-_LINEAGE = (INPUT_COLUMN, OFFSET_COLUMN)
 _SAFE = r"^[A-Za-z0-9_.:-]{1,128}$"
 
 
@@ -42,12 +41,15 @@ def _document(columns: list[str]) -> pl.Expr:
     return pl.struct(columns)
 
 
-def _split_bad(frame: pl.DataFrame, bad: pl.Expr, reason: str) -> tuple[pl.DataFrame, pl.DataFrame]:
-    mask = frame.select(bad.fill_null(True).alias("_bad"))["_bad"]
-    if not mask.any():
-        return frame, pl.DataFrame(schema=REJECTED_SCHEMA)
-    rows = frame.filter(mask).drop([c for c in _LINEAGE if c in frame.columns])
-    return frame.filter(~mask), reject(rows, "lake", reason)
+def _misplaced(
+    frame: pl.DataFrame, keep: pl.Expr, bad: pl.Expr, reason: str
+) -> tuple[pl.Expr, pl.DataFrame]:
+    """Return the rows to write (an expression) and the kept rows `bad` rejects."""
+    bad = bad.fill_null(True)
+    rows = frame.filter(keep & bad)
+    if rows.is_empty():
+        return keep, pl.DataFrame(schema=REJECTED_SCHEMA)
+    return keep & ~bad, reject(rows, "lake", reason)
 
 
 def shape(
@@ -59,34 +61,43 @@ def shape(
     ingestion_date: date,
     quality_score: float,
     data_type: str,
-) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Return the rows in `table`'s columns, and the rows that could not be placed."""
+    keep: pl.Expr | None = None,
+) -> tuple[pl.LazyFrame, pl.DataFrame]:
+    """Return the kept rows (`keep`: all) in `table`'s columns, as a plan the lake writer
+    runs (the rows are copied once, into their partitions), and the rows that could not
+    be placed."""
     if table not in LAKE_TABLES:
         raise InvalidInputError(f"unknown lake table {table!r}", known=", ".join(LAKE_TABLES))
+    keep = pl.lit(True) if keep is None else keep
     lineage = [
         pl.lit(job_id).alias("ingestion_job_id"),
         pl.lit(source_id).alias("source_id"),
         pl.col(INPUT_COLUMN).alias("input_uri"),
         pl.col(OFFSET_COLUMN).alias("input_offset"),
     ]
-    own = [c for c in frame.columns if c not in _LINEAGE]
+    own = [c for c in frame.columns if not c.startswith("_qv_")]
     if table == "portfolio_data_lake":
         if "portfolio_id" not in frame.columns:
             raise InvalidInputError("portfolio_data_lake rows need a portfolio_id column")
-        frame, rejected = _split_bad(
+        keep, rejected = _misplaced(
             frame,
+            keep,
             ~pl.col("portfolio_id").cast(pl.String).str.contains(_SAFE),
             "portfolio_id missing, or not 1-128 of A-Z a-z 0-9 _ . : -",
         )
         payload = [c for c in own if c not in ("portfolio_id", "data_type")]
         kind = pl.col("data_type").cast(pl.String) if "data_type" in own else pl.lit(data_type)
-        out = frame.select(
-            pl.lit(ingestion_date).alias("ingestion_date"),
-            pl.col("portfolio_id").cast(pl.String),
-            kind.alias("data_type"),
-            _document(payload).alias("data_payload"),
-            *lineage,
-            pl.lit(quality_score).alias("quality_score"),
+        out = (
+            frame.lazy()
+            .filter(keep)
+            .select(
+                pl.lit(ingestion_date).alias("ingestion_date"),
+                pl.col("portfolio_id").cast(pl.String),
+                kind.alias("data_type"),
+                _document(payload).alias("data_payload"),
+                *lineage,
+                pl.lit(quality_score).alias("quality_score"),
+            )
         )
         return out, rejected
     if table == "execution_data_lake":
@@ -102,10 +113,11 @@ def shape(
             )
         if "execution_date" in own and frame.schema["execution_date"] == pl.String():
             when = pl.col("execution_date").str.to_date(strict=False)
-        frame = frame.with_columns(when.cast(pl.Date).alias("execution_date"))
-        frame, rejected = _split_bad(
+        when = when.cast(pl.Date)
+        keep, rejected = _misplaced(
             frame,
-            pl.col("trade_id").is_null() | pl.col("execution_date").is_null(),
+            keep,
+            pl.col("trade_id").is_null() | when.is_null(),
             "trade_id or execution_date missing",
         )
         order = [c for c in own if c.startswith("order_")]
@@ -115,18 +127,26 @@ def shape(
             for c in own
             if c not in order and c not in settlement and c not in ("trade_id", "execution_date")
         ]
-        out = frame.select(
-            pl.col("execution_date"),
-            pl.col("trade_id").cast(pl.String),
-            _document(order).alias("order_data"),
-            _document(rest).alias("execution_data"),
-            _document(settlement).alias("settlement_data"),
-            *lineage,
+        out = (
+            frame.lazy()
+            .filter(keep)
+            .select(
+                when.alias("execution_date"),
+                pl.col("trade_id").cast(pl.String),
+                _document(order).alias("order_data"),
+                _document(rest).alias("execution_data"),
+                _document(settlement).alias("settlement_data"),
+                *lineage,
+            )
         )
         return out, rejected
-    out = frame.select(
-        pl.lit(ingestion_date).alias("ingestion_date"),
-        *(pl.col(c) for c in own if c != "ingestion_date"),
-        *lineage,
+    out = (
+        frame.lazy()
+        .filter(keep)
+        .select(
+            pl.lit(ingestion_date).alias("ingestion_date"),
+            *(pl.col(c) for c in own if c != "ingestion_date"),
+            *lineage,
+        )
     )
     return out, pl.DataFrame(schema=REJECTED_SCHEMA)

@@ -36,8 +36,16 @@ __all__ = [
     "REJECTED_SCHEMA",
     "ROW_COLUMN",
     "Reference",
+    "ALIVE_COLUMN",
+    "RulePlan",
     "Transformed",
     "apply_rules",
+    "collect",
+    "encode_rows",
+    "filtered_count",
+    "plan_rules",
+    "rule_rejects",
+    "start_plan",
     "input_schema",
     "parse_dtype",
     "reject",
@@ -209,25 +217,27 @@ def validate_rules(
             raise _fail(rule, str(exc)) from exc
     if fields is None:
         return None
-    frame = pl.DataFrame(schema=input_schema(fields))
+    empty = pl.DataFrame(schema=input_schema(fields))
+    plan = start_plan(empty.lazy())
     # an empty frame checks names and types, but Polars refuses some casts (Date -> Boolean)
     # only when a value is there: one row of ordinary values runs the chain for real
-    probe = _probe_row(frame.schema)
-    for rule in rules:
+    probe = start_plan(_probe_row(empty.schema).lazy())
+    for n, rule in enumerate(rules):
         if not rule.enabled:
             continue
-        if rule.rule_type is RuleType.FLATTEN and frame.schema.get(rule.source_field or "") == (
+        if rule.rule_type is RuleType.FLATTEN and plan.schema.get(rule.source_field or "") == (
             pl.String()
         ):
             return None  # JSON text: its fields are known only from data
         try:
-            frame, _, _ = _apply_one(frame, rule, reference, dry=True)
-            probe, _, _ = _apply_one(probe, rule, reference, dry=True)
-            if probe.is_empty():  # the row was rejected or filtered: each rule sees a value
-                probe = _probe_row(probe.schema)
+            _plan_one(plan, rule, n, reference, dry=True)
+            _plan_one(probe, rule, n, reference, dry=True)
+            row = probe.frame.collect()
+            if not row.get_column(ALIVE_COLUMN)[0]:  # rejected or filtered: each rule sees a value
+                probe = start_plan(_probe_row(probe.output_schema()).lazy())
         except _ERRORS as exc:
             raise _fail(rule, _first_line(exc)) from exc
-    return frame.schema
+    return plan.output_schema()
 
 
 _PROBE_VALUES: dict[type[pl.DataType], Any] = {
@@ -249,62 +259,94 @@ def _first_line(exc: Exception) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def reject(rows: pl.DataFrame, stage: str, reason: str | pl.Series) -> pl.DataFrame:
+def reject(
+    rows: pl.DataFrame, stage: str | pl.Expr, reason: str | pl.Series | pl.Expr
+) -> pl.DataFrame:
     """Return rows as dead-letter records: the row as JSON text, the stage, the reason and
     the input row number (when the rows carry `ROW_COLUMN`)."""
     if rows.is_empty():
         return pl.DataFrame(schema=REJECTED_SCHEMA)
-    why = pl.lit(reason)
+    why = reason if isinstance(reason, pl.Expr) else pl.lit(reason)
+    where = stage if isinstance(stage, pl.Expr) else pl.lit(stage)
     row = pl.col(ROW_COLUMN) if ROW_COLUMN in rows.columns else pl.lit(None)
     own = [c for c in rows.columns if not c.startswith("_qv_")]
     return rows.select(
         record=pl.struct(own).struct.json_encode() if own else pl.lit("{}"),
-        stage=pl.lit(stage),
+        stage=where.cast(pl.String),
         reason=why.cast(pl.String),
         row=row.cast(pl.Int64),
     )
 
 
-def _split(
-    frame: pl.DataFrame, bad: pl.Expr, rule: TransformationRule, reason: str
-) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Split rows where `bad` holds off the frame, as rejected records."""
-    mask = frame.select(bad.fill_null(False).alias("_bad"))["_bad"]
-    if not mask.any():
-        return frame, pl.DataFrame(schema=REJECTED_SCHEMA)
-    return frame.filter(~mask), reject(frame.filter(mask), f"rule:{rule.rule_id}", reason)
+def encode_rows(frame: pl.DataFrame, rows: pl.Series) -> pl.Series:
+    """Return the rows of `frame` at positions `rows` as JSON text (its own columns)."""
+    own = [c for c in frame.columns if not c.startswith("_qv_")]
+    picked = frame.select(own)[rows]
+    if not own:
+        return pl.Series("record", ["{}"] * rows.len(), dtype=pl.String)
+    return picked.select(pl.struct(own).struct.json_encode().alias("record")).to_series()
 
 
-def _cast(frame: pl.DataFrame, rule: TransformationRule) -> tuple[pl.Expr, pl.Expr]:
+# A plan keeps every row: a rule that rejects a row sets its flag column and clears
+# ALIVE_COLUMN, so later rules and checks skip it, and the frame is copied once (at the
+# end) instead of once per rule that filters rows out.
+ALIVE_COLUMN = "_qv_alive"
+_TMP = "_qv_tmp"
+
+
+@dataclass
+class RulePlan:
+    """Rules as one lazy plan: the frame, and the flag columns it gains (true on the rows
+    a rule rejected, with the stage and reason, or a filter left out)."""
+
+    frame: pl.LazyFrame
+    schema: pl.Schema
+    rejects: list[tuple[str, str, str]] = field(default_factory=list)
+    filters: list[str] = field(default_factory=list)
+
+    def flags(self) -> list[str]:
+        """Return the columns the plan added (flags and ALIVE_COLUMN)."""
+        return [ALIVE_COLUMN, *(f for f, _, _ in self.rejects), *self.filters]
+
+    def output_schema(self) -> pl.Schema:
+        """Return the schema of the rows without the plan's own columns."""
+        added = set(self.flags())
+        return pl.Schema({k: v for k, v in self.schema.items() if k not in added})
+
+
+def start_plan(frame: pl.LazyFrame) -> RulePlan:
+    """Return an empty plan over `frame` (every row alive)."""
+    lazy = frame.with_columns(pl.lit(True).alias(ALIVE_COLUMN))
+    return RulePlan(lazy, lazy.collect_schema())
+
+
+def _cast(schema: pl.Schema, rule: TransformationRule) -> pl.Expr:
     src = rule.source_field or ""
     dtype, fmt = parse_dtype(rule.transformation_logic)
     col = pl.col(src)
     if fmt and dtype == pl.Date:
-        out = col.cast(pl.String).str.to_date(fmt, strict=False)
-    elif fmt:
-        out = col.cast(pl.String).str.to_datetime(fmt, strict=False, time_zone="UTC")
-    elif frame.schema[src] == pl.String() and dtype == pl.Date:
-        out = col.str.to_date(strict=False)
-    elif frame.schema[src] == pl.String() and isinstance(dtype, pl.Datetime):
-        out = col.str.to_datetime(strict=False, time_zone="UTC")
-    elif frame.schema[src] == pl.String() and dtype == pl.Boolean:
+        return col.cast(pl.String).str.to_date(fmt, strict=False)
+    if fmt:
+        return col.cast(pl.String).str.to_datetime(fmt, strict=False, time_zone="UTC")
+    if schema[src] == pl.String() and dtype == pl.Date:
+        return col.str.to_date(strict=False)
+    if schema[src] == pl.String() and isinstance(dtype, pl.Datetime):
+        return col.str.to_datetime(strict=False, time_zone="UTC")
+    if schema[src] == pl.String() and dtype == pl.Boolean:
         # Polars has no text -> bool cast (it fails on data, not on an empty frame)
-        out = (
+        return (
             col.str.strip_chars()
             .str.to_lowercase()
             .replace_strict(_BOOLEANS, default=None, return_dtype=pl.Boolean)
         )
-    else:
-        out = col.cast(dtype, strict=False)
-    # a value that was there and is gone after the cast could not be converted
-    return out, col.is_not_null() & out.is_null()
+    return col.cast(dtype, strict=False)
 
 
-def _timezone(frame: pl.DataFrame, rule: TransformationRule) -> tuple[pl.Expr, pl.Expr]:
+def _timezone(schema: pl.Schema, rule: TransformationRule) -> pl.Expr:
     src = rule.source_field or ""
     zone = _zone(rule.transformation_logic)
     col = pl.col(src)
-    dtype = frame.schema[src]
+    dtype = schema[src]
     if dtype == pl.String():
         col = col.str.to_datetime(strict=False)
         dtype = pl.Datetime("us")
@@ -312,32 +354,39 @@ def _timezone(frame: pl.DataFrame, rule: TransformationRule) -> tuple[pl.Expr, p
         raise InvalidInputError(f"{src} is {dtype}, not a timestamp")
     if dtype.time_zone is None:
         col = col.dt.replace_time_zone(zone, ambiguous="earliest", non_existent="null")
-    out = col.dt.convert_time_zone("UTC")
-    return out, pl.col(src).is_not_null() & out.is_null()
+    return col.dt.convert_time_zone("UTC")
 
 
-def _flatten(frame: pl.DataFrame, rule: TransformationRule) -> pl.DataFrame:
+def _flatten(plan: RulePlan, rule: TransformationRule) -> pl.LazyFrame:
     src = rule.source_field or ""
     sep = rule.transformation_logic or "_"
-    if frame.schema[src] == pl.String():
-        sample = frame.get_column(src).drop_nulls().head(_JSON_SAMPLE)
+    lazy, schema = plan.frame, plan.schema
+    if schema[src] == pl.String():
+        # the JSON's type is inferred from a sample of the values (the plan runs that far)
+        sample = (
+            lazy.select(pl.col(src).filter(pl.col(ALIVE_COLUMN)).drop_nulls().head(_JSON_SAMPLE))
+            .collect()
+            .to_series()
+        )
         if sample.is_empty():
-            return frame.drop(src)
+            return lazy.drop(src)
         dtype = pl.read_ndjson(io.BytesIO("\n".join(sample.to_list()).encode())).to_struct().dtype
-        frame = frame.with_columns(pl.col(src).str.json_decode(dtype))
+        lazy = lazy.with_columns(pl.col(src).str.json_decode(dtype))
+        schema = lazy.collect_schema()
     # nested structs: unnest level by level (columns, not rows)
     pending = [src]
     while pending:
         name = pending.pop()
-        dtype = frame.schema[name]
+        dtype = schema[name]
         if not isinstance(dtype, pl.Struct):
             continue
-        frame = frame.unnest(name, separator=sep)
+        lazy = lazy.unnest(name, separator=sep)
+        schema = lazy.collect_schema()
         pending += [f"{name}{sep}{f.name}" for f in dtype.fields]
-    return frame
+    return lazy
 
 
-def _lookup(frame: pl.DataFrame, rule: TransformationRule, reference: Reference) -> pl.DataFrame:
+def _lookup(plan: RulePlan, rule: TransformationRule, reference: Reference) -> pl.LazyFrame:
     table, key = _lookup_logic(rule.transformation_logic, reference)
     if table not in reference.tables:
         raise NotFoundError(f"unknown reference table {table!r}")
@@ -345,22 +394,27 @@ def _lookup(frame: pl.DataFrame, rule: TransformationRule, reference: Reference)
     src = rule.source_field or ""
     if key not in ref.columns:
         raise InvalidInputError(f"reference table {table} has no column {key!r}")
-    renames = {c: f"{c}_ref" for c in ref.columns if c != key and c in frame.columns}
-    ref = ref.rename(renames).with_columns(pl.col(key).cast(frame.schema[src]))
-    return frame.join(ref, left_on=src, right_on=key, how="left", coalesce=True)
+    renames = {c: f"{c}_ref" for c in ref.columns if c != key and c in plan.schema}
+    ref = ref.rename(renames).with_columns(pl.col(key).cast(plan.schema[src]))
+    return plan.frame.join(
+        ref.lazy(), left_on=src, right_on=key, how="left", coalesce=True, maintain_order="left"
+    )
 
 
-def _currency(
-    frame: pl.DataFrame, rule: TransformationRule, reference: Reference, dry: bool
-) -> tuple[pl.Expr, pl.Expr]:
+def _currency(plan: RulePlan, rule: TransformationRule, reference: Reference, dry: bool) -> pl.Expr:
     source, to = _currency_logic(rule.transformation_logic)
     src = rule.source_field or ""
-    ccy = pl.col(source) if source in frame.columns else pl.lit(source.upper())
+    column = source in plan.schema
+    ccy = pl.col(source) if column else pl.lit(source.upper())
     rates: dict[str, float] = {}
     if not dry:
         if reference.fx is None:
             raise NotFoundError("no FX rates loaded for a currency rule")
-        codes = frame.select(ccy.unique().alias("c"))["c"].drop_nulls().to_list()
+        codes = [source.upper()]
+        if column:  # the rates of the currencies present (the plan runs that far)
+            alive = pl.col(source).filter(pl.col(ALIVE_COLUMN))
+            found = plan.frame.select(alive.unique().alias("c")).collect()["c"]
+            codes = [str(c) for c in found.drop_nulls()]
         for code in codes:  # a loop over currencies, not rows
             code = str(code).upper()
             if code == to:
@@ -377,8 +431,7 @@ def _currency(
         .str.to_uppercase()
         .replace_strict(rates, default=None, return_dtype=pl.Float64)
     )
-    out = pl.col(src).cast(pl.Float64) * rate
-    return out, pl.col(src).is_not_null() & out.is_null()
+    return pl.col(src).cast(pl.Float64) * rate
 
 
 def _reason(kind: RuleType, src: str | None) -> str:
@@ -389,51 +442,110 @@ def _reason(kind: RuleType, src: str | None) -> str:
     return f"{src}: no FX rate for the row's currency"
 
 
-def _apply_one(
-    frame: pl.DataFrame, rule: TransformationRule, reference: Reference, *, dry: bool = False
-) -> tuple[pl.DataFrame, pl.DataFrame, int]:
-    """Apply one rule; return the frame, rejected rows and the count filtered out."""
+def _drop_rows(plan: RulePlan, flag: str, bad: pl.Expr) -> None:
+    """Flag the alive rows where `bad` holds, and clear their ALIVE_COLUMN."""
+    alive = pl.col(ALIVE_COLUMN)
+    plan.frame = plan.frame.with_columns((alive & bad.fill_null(False)).alias(flag)).with_columns(
+        (alive & ~pl.col(flag)).alias(ALIVE_COLUMN)
+    )
+
+
+def _plan_one(
+    plan: RulePlan, rule: TransformationRule, n: int, reference: Reference, *, dry: bool = False
+) -> None:
+    """Add rule number `n` to the plan (its schema checked at once)."""
     kind = rule.rule_type
     src, target = rule.source_field, rule.target_field
-    rejected = pl.DataFrame(schema=REJECTED_SCHEMA)
-    filtered = 0
-    if src and kind is not RuleType.DERIVE and src not in frame.columns:
+    if src and kind is not RuleType.DERIVE and src not in plan.schema:
         raise InvalidInputError(f"unknown field {src!r}")
     if kind is RuleType.RENAME:
-        frame = frame.rename({src or "": target or ""})
+        plan.frame = plan.frame.rename({src or "": target or ""})
     elif kind in (RuleType.CAST, RuleType.TIMEZONE, RuleType.CURRENCY):
         if kind is RuleType.CAST:
-            out, bad = _cast(frame, rule)
+            out = _cast(plan.schema, rule)
         elif kind is RuleType.TIMEZONE:
-            out, bad = _timezone(frame, rule)
+            out = _timezone(plan.schema, rule)
         else:
-            out, bad = _currency(frame, rule, reference, dry)
-        cols = frame.select(_bad=bad.fill_null(False), _out=out)
-        mask, values = cols["_bad"], cols["_out"]
-        if mask.any():
-            rejected = reject(frame.filter(mask), f"rule:{rule.rule_id}", _reason(kind, src))
-            frame, values = frame.filter(~mask), values.filter(~mask)
-        frame = frame.with_columns(values.alias(target or src or ""))
+            out = _currency(plan, rule, reference, dry)
+        flag = f"_qv_rule{n}"
+        plan.frame = plan.frame.with_columns(out.alias(_TMP))
+        # a value that was there and is gone after the conversion could not be converted
+        _drop_rows(plan, flag, pl.col(src or "").is_not_null() & pl.col(_TMP).is_null())
+        plan.frame = plan.frame.with_columns(pl.col(_TMP).alias(target or src or "")).drop(_TMP)
+        plan.rejects.append((flag, f"rule:{rule.rule_id}", _reason(kind, src)))
     elif kind is RuleType.DERIVE:
-        frame = frame.with_columns(_sql(rule.transformation_logic).alias(target or ""))
+        plan.frame = plan.frame.with_columns(_sql(rule.transformation_logic).alias(target or ""))
     elif kind is RuleType.SCALE:
         factor = float(rule.transformation_logic)
-        frame = frame.with_columns((pl.col(src or "") * factor).alias(target or src or ""))
-    elif kind is RuleType.FILTER:
-        before = frame.height
-        frame = frame.filter(_sql(rule.transformation_logic).fill_null(False))
-        filtered = before - frame.height
-    elif kind is RuleType.FLATTEN:
-        frame = _flatten(frame, rule)
-    elif kind is RuleType.LOOKUP:
-        frame = _lookup(frame, rule, reference)
-    if rule.validation_criteria is not None:
-        cond = _sql(rule.validation_criteria).fill_null(False)
-        frame, failed = _split(
-            frame, ~cond, rule, f"fails the rule's criteria: {rule.validation_criteria}"
+        plan.frame = plan.frame.with_columns(
+            (pl.col(src or "") * factor).alias(target or src or "")
         )
-        rejected = pl.concat([rejected, failed])
-    return frame, rejected, filtered
+    elif kind is RuleType.FILTER:
+        flag = f"_qv_filter{n}"
+        _drop_rows(plan, flag, ~_sql(rule.transformation_logic).fill_null(False))
+        plan.filters.append(flag)
+    elif kind is RuleType.FLATTEN:
+        plan.frame = _flatten(plan, rule)
+    elif kind is RuleType.LOOKUP:
+        plan.frame = _lookup(plan, rule, reference)
+    if rule.validation_criteria is not None:
+        flag = f"_qv_criteria{n}"
+        _drop_rows(plan, flag, ~_sql(rule.validation_criteria).fill_null(False))
+        reason = f"fails the rule's criteria: {rule.validation_criteria}"
+        plan.rejects.append((flag, f"rule:{rule.rule_id}", reason))
+    plan.schema = plan.frame.collect_schema()
+
+
+def plan_rules(
+    frame: pl.LazyFrame,
+    rules: Sequence[TransformationRule],
+    reference: Reference | None = None,
+) -> RulePlan:
+    """Plan the enabled rules in order over `frame` (nothing runs until it is collected,
+    except what a currency or JSON flatten rule must see of the data first)."""
+    reference = reference or Reference()
+    plan = start_plan(frame)
+    for n, rule in enumerate(rules):
+        if not rule.enabled:
+            continue
+        try:
+            _plan_one(plan, rule, n, reference)
+        except RuleValidationError:
+            raise
+        except _ERRORS as exc:
+            raise _fail(rule, _first_line(exc)) from exc
+    return plan
+
+
+def collect(frame: pl.LazyFrame) -> pl.DataFrame:
+    """Run a plan; a failure on the data is a `RuleValidationError` with the reason."""
+    try:
+        return frame.collect()
+    except _ERRORS as exc:
+        raise RuleValidationError(
+            f"the rules and checks failed on the data: {_first_line(exc)}",
+            reason=_first_line(exc),
+        ) from exc
+
+
+def rule_rejects(frame: pl.DataFrame, plan: RulePlan) -> pl.DataFrame:
+    """Return the rows of a collected plan that rules rejected (`REJECTED_SCHEMA`; the
+    record as the rules left it: the job replaces it with the row as read)."""
+    flags = [f for f, _, _ in plan.rejects]
+    if not flags:
+        return pl.DataFrame(schema=REJECTED_SCHEMA)
+    bad = frame.filter(pl.any_horizontal(flags))
+    # a row has one flag at most: a rejected row is not alive for the next rules
+    stage = pl.coalesce([pl.when(pl.col(f)).then(pl.lit(s)) for f, s, _ in plan.rejects])
+    reason = pl.coalesce([pl.when(pl.col(f)).then(pl.lit(r)) for f, _, r in plan.rejects])
+    return reject(bad, stage, reason)
+
+
+def filtered_count(frame: pl.DataFrame, plan: RulePlan) -> int:
+    """Return how many rows of a collected plan the filter rules left out."""
+    if not plan.filters:
+        return 0
+    return int(frame.select(pl.sum_horizontal(pl.col(plan.filters).sum())).item())
 
 
 def apply_rules(
@@ -441,21 +553,21 @@ def apply_rules(
     rules: Sequence[TransformationRule],
     reference: Reference | None = None,
 ) -> Transformed:
-    """Apply enabled rules in order; `RuleValidationError` when a rule does not fit the data."""
-    reference = reference or Reference()
-    rejected: list[pl.DataFrame] = []
-    filtered = 0
-    for rule in rules:
-        if not rule.enabled:
-            continue
-        try:
-            frame, bad, n = _apply_one(frame, rule, reference)
-        except RuleValidationError:
-            raise
-        except _ERRORS as exc:
-            raise _fail(rule, _first_line(exc)) from exc
-        filtered += n
-        if not bad.is_empty():
-            rejected.append(bad)
-    out = pl.concat(rejected) if rejected else pl.DataFrame(schema=REJECTED_SCHEMA)
-    return Transformed(frame, out, filtered)
+    """Apply enabled rules in order; `RuleValidationError` when a rule does not fit the data.
+
+    Rejected records are the rows as they came in.
+    """
+    numbered = ROW_COLUMN in frame.columns
+    if not numbered:
+        frame = frame.with_row_index(ROW_COLUMN).with_columns(pl.col(ROW_COLUMN).cast(pl.Int64))
+    plan = plan_rules(frame.lazy(), rules, reference)
+    out = collect(plan.frame)
+    rejected = rule_rejects(out, plan)
+    if not rejected.is_empty():
+        originals = encode_rows(frame, rejected.get_column("row"))
+        rejected = rejected.with_columns(originals.alias("record"))
+    kept = out.filter(pl.col(ALIVE_COLUMN)).drop(plan.flags())
+    if not numbered:
+        kept = kept.drop(ROW_COLUMN)
+        rejected = rejected.with_columns(pl.lit(None, dtype=pl.Int64).alias("row"))
+    return Transformed(kept, rejected, filtered_count(out, plan))

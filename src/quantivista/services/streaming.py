@@ -2,15 +2,20 @@
 publish.
 
     source (WebSocket / synthetic) --bounded queue--> micro-batches of `batch_ms`
-        -> trades.<provider>                  (the trades, per symbol, as Arrow)
+        -> trades.<provider>                  (the trades, one message per partition, Arrow)
         -> MinuteBars (event time, watermark; late trades amend bars: corrections)
-        -> the pipeline's validate + store stages (InProcessRunner.write, idempotent upserts)
-        -> bars.raw.1m                        (stored bars per symbol; corrections flagged)
+        -> bars.raw.1m                        (bars as built, before validation)
+        -> the pipeline's validate + store stages (InProcessRunner.write, idempotent upserts;
+           the validation history is the stream's own recent stored bars, not a store read)
+        -> bars.normalized                    (validated, stored canonical bars)
         -> ingestion.events / quality.alerts  (what the store stage announced)
 
-Backpressure: the source waits when the queue is full (a WebSocket stops being read, the
-vendor's buffer fills). Lag is measured and exported: queue depth, event-time lag of the
-newest trade, and trade arrival -> stored and published latency per micro-batch.
+Bars and corrections travel one message per partition and release (`qv-symbols` lists the
+symbols; a symbol stays in its partition, in order). Backpressure: the source waits when the
+queue is full (a WebSocket stops being read, the vendor's buffer fills). Lag is measured and
+exported: queue depth, event-time lag of the newest trade, trade arrival -> stored and
+published latency per micro-batch, and the time of each stage (fold, publish raw, store,
+publish normalized) so the latency budget shows where it goes.
 """
 
 from __future__ import annotations
@@ -33,13 +38,21 @@ from quantivista.bus.codecs import CodecName, Codecs
 from quantivista.bus.events import BarBatch, BarsIngested, BarsQuarantined, Event, TradesBatch
 from quantivista.bus.frames import to_ipc
 from quantivista.bus.publisher import Publisher
-from quantivista.bus.topics import INGESTION_EVENTS, QUALITY_ALERTS, raw_bars, trades
+from quantivista.bus.topics import (
+    INGESTION_EVENTS,
+    NORMALIZED_BARS,
+    QUALITY_ALERTS,
+    raw_bars,
+    trades,
+)
 from quantivista.clock import Clock
 from quantivista.config import ProbeSettings, StreamSettings
 from quantivista.errors import ConfigurationError
+from quantivista.model.schema import BAR_COLUMNS
 from quantivista.model.timeframe import Timeframe
-from quantivista.pipeline.messages import BatchId
+from quantivista.pipeline.messages import BatchId, StoredBatch
 from quantivista.pipeline.runner import InProcessRunner
+from quantivista.pipeline.stages import history_for
 from quantivista.processing.trade_bars import TRADE_SCHEMA, MinuteBars, Released
 from quantivista.providers.finnhub import FinnhubTradeStream
 from quantivista.providers.live import finnhub_trades, synthetic_trades
@@ -49,7 +62,18 @@ from quantivista.services.daemon import run_daemon
 from quantivista.services.ingestion import IngestionService
 from quantivista.storage.base import BarStore
 
-__all__ = ["RestBackfill", "StreamMetrics", "StreamService", "StreamStats", "open_feed"]
+__all__ = [
+    "RecentBars",
+    "RestBackfill",
+    "StreamMetrics",
+    "StreamService",
+    "StreamStats",
+    "open_feed",
+]
+
+STAGES = ("fold", "publish_raw", "store", "publish")
+"""The stages of a micro-batch whose time is measured: fold trades into bars (and publish
+the trades), publish raw bars, validate + store, publish normalized bars."""
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
@@ -72,6 +96,59 @@ class StreamMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.stage = Histogram(
+            "qv_stream_stage_seconds",
+            "time of one stage of a micro-batch (fold, publish_raw, store, publish)",
+            ["stage"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+
+
+class RecentBars:
+    """The bars the stream stored over the last `span`, as stored (clean rows and decided
+    spikes): the validation history of the next release, without reading the store back.
+
+    A symbol seen for the first time is read from the store once (`read`)."""
+
+    def __init__(
+        self, span: timedelta, read: Callable[[pl.DataFrame], pl.DataFrame | None]
+    ) -> None:
+        self.span = span
+        self.read = read
+        self.frame: pl.DataFrame | None = None
+        self.known: set[str] = set()
+
+    def history(self, bars: pl.DataFrame) -> pl.DataFrame:
+        """Return the kept bars (the validator takes those before each symbol's first)."""
+        names = bars["symbol"].unique().to_list()
+        new = [s for s in names if s not in self.known]  # one entry per symbol
+        if new:
+            stored = self.read(bars.filter(pl.col("symbol").is_in(new)))
+            self.known.update(new)
+            if stored is not None and stored.height:
+                self._keep([stored])
+        return self.frame if self.frame is not None else pl.DataFrame()
+
+    def add(self, stored: StoredBatch) -> None:
+        """Keep what a write stored."""
+        rows = [stored.clean]
+        if stored.decided is not None and stored.decided.height:
+            rows.append(stored.decided)
+        self._keep(rows)
+
+    def _keep(self, rows: list[pl.DataFrame]) -> None:
+        parts = [r.select(BAR_COLUMNS) for r in rows if r.height]
+        if not parts:
+            return
+        if self.frame is not None:
+            parts.insert(0, self.frame)
+        frame = pl.concat(parts, how="vertical_relaxed").unique(
+            ["symbol", "timeframe", "ts"], keep="last", maintain_order=True
+        )
+        newest = frame["ts"].max()
+        assert isinstance(newest, datetime)
+        self.frame = frame.filter(pl.col("ts") >= newest - self.span)
 
 
 Backfill = Callable[[list[str], datetime, datetime], pl.DataFrame]
@@ -149,6 +226,14 @@ class StreamService:
         # released bars (what perf/stream.py reports percentiles of)
         self.latencies: deque[float] = deque(maxlen=200_000)
         self.bar_latencies: deque[float] = deque(maxlen=200_000)
+        # seconds per stage and micro-batch (the latency budget)
+        self.stage_times: dict[str, deque[float]] = {s: deque(maxlen=200_000) for s in STAGES}
+        self._published_at: float | None = None  # when the last stored bars went out
+        window = 3 * validator.settings.spike_window  # the span `history_for` reads
+        self.recent = RecentBars(
+            timedelta(minutes=window),
+            lambda bars: history_for(bars, runner.sinks.bars, validator),
+        )
         self.bars = MinuteBars(
             lateness=timedelta(seconds=settings.lateness_s),
             retention=timedelta(seconds=settings.retention_s),
@@ -163,7 +248,8 @@ class StreamService:
         self._bus = bus
         self.topic = raw_bars("1m")
         self.trades_topic = trades(provider)
-        for topic in (self.topic, self.trades_topic, INGESTION_EVENTS, QUALITY_ALERTS):
+        topics = (self.topic, NORMALIZED_BARS, self.trades_topic, INGESTION_EVENTS, QUALITY_ALERTS)
+        for topic in topics:
             self.publisher.ensure(topic)
 
     def _forward(self, event: Event) -> None:
@@ -187,8 +273,20 @@ class StreamService:
             self.fill_gaps()
         return released
 
+    def _timed(self, stage: str, began: float) -> None:
+        took = time.perf_counter() - began
+        self.stage_times[stage].append(took)
+        self.metrics.stage.labels(stage).observe(took)
+
     def aggregate(self, batch: pl.DataFrame) -> Released:
         """Publish a micro-batch of trades and fold it into bars; return what it released."""
+        began = time.perf_counter()
+        try:
+            return self._aggregate(batch)
+        finally:
+            self._timed("fold", began)
+
+    def _aggregate(self, batch: pl.DataFrame) -> Released:
         now = self.clock.now()
         if batch.height:
             self.stats.trades += batch.height
@@ -236,17 +334,21 @@ class StreamService:
             bars = bars.filter(pl.col("ts").is_in(minutes.implode()))
             if bars.is_empty():
                 continue
-            make = partial(self._bars_event, correction=False, source=f"{self.provider}-rest")
-            self.publisher.per_symbol(self.topic, bars, make)
+            for topic, stage in ((self.topic, "raw"), (NORMALIZED_BARS, "normalized")):
+                make = partial(self._bars_event, correction=False, stage=stage,
+                               source=f"{self.provider}-rest")  # fmt: skip
+                self.publisher.per_partition(topic, bars, make)
             filled += bars.height
         self.stats.backfilled += filled
         return filled
 
     def emit(self, released: Released, arrived: float | None = None) -> None:
-        """Store and publish released bars; record the latency from `arrived`."""
+        """Store and publish released bars; record the latency from `arrived` to the last
+        publish of stored bars (or to now, when nothing was stored)."""
+        self._published_at = None
         self._emit(released)
         if arrived is not None:
-            took = time.monotonic() - arrived
+            took = (self._published_at or time.monotonic()) - arrived
             self.metrics.latency.observe(took)
             self.latencies.append(took)
             if not released.empty:
@@ -264,14 +366,24 @@ class StreamService:
         for frame, correction in ((released.bars, False), (released.corrections, True)):
             if frame.is_empty():
                 continue
+            bars = frame.with_columns(timeframe=pl.lit("1m"))
+            began = time.perf_counter()
+            raw = partial(self._bars_event, correction=correction, stage="raw")
+            self.publisher.per_partition(self.topic, bars, raw)
+            self._timed("publish_raw", began)
+            began = time.perf_counter()
             self._batch_no += 1
+            published = partial(self._publish_normalized, correction=correction, began=began)
             stored = self.runner.write(
-                frame.with_columns(timeframe=pl.lit("1m")),
+                bars,
                 source=self.provider,
                 batch_id=BatchId(self.job_id, batch_no=self._batch_no),
                 timeframe="1m",
                 validator=self.validator,
+                history=self.recent.history(bars),
+                on_bars=published,
             )
+            self.recent.add(stored)
             clean = stored.clean
             kind = "correction" if correction else "bar"
             self.metrics.bars.labels(kind).inc(clean.height)
@@ -281,24 +393,36 @@ class StreamService:
                 self.stats.corrections += clean.height
             else:
                 self.stats.bars += clean.height
-            make = partial(self._bars_event, correction=correction)
-            self.stats.published += len(self.publisher.per_symbol(self.topic, clean, make))
+
+    def _publish_normalized(self, clean: pl.DataFrame, *, correction: bool, began: float) -> None:
+        """Publish bars as soon as they are stored (the store's bookkeeping follows)."""
+        self._timed("store", began)
+        began = time.perf_counter()
+        make = partial(self._bars_event, correction=correction, stage="normalized")
+        self.stats.published += len(self.publisher.per_partition(NORMALIZED_BARS, clean, make))
+        self._timed("publish", began)
+        self._published_at = time.monotonic()
 
     def _trades_event(self, symbols: list[str], part: pl.DataFrame) -> Event:
         return TradesBatch(occurred_at=self.clock.now(), source=self.provider, rows=part.height,
                            symbols=symbols, trades=to_ipc(part))  # fmt: skip
 
     def _bars_event(
-        self, symbol: str, part: pl.DataFrame, correction: bool, source: str | None = None
+        self,
+        symbols: list[str],
+        part: pl.DataFrame,
+        correction: bool,
+        stage: str,
+        source: str | None = None,
     ) -> Event:
         first, last = part["ts"].min(), part["ts"].max()
         return BarBatch(
             occurred_at=self.clock.now(),
             source=source or self.provider,
-            stage="raw",
+            stage=stage,
             timeframe="1m",
             rows=part.height,
-            symbols=[symbol],
+            symbols=symbols,
             bars=to_ipc(part),
             correction=correction,
             first_ts=first if isinstance(first, datetime) else None,

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import uuid4
 
 import polars as pl
@@ -44,7 +44,7 @@ from quantivista.model.workflow import (
     TransformationRule,
 )
 from quantivista.reference.fx import FxRates
-from quantivista.reporting.checks import run_checks, validate_checks
+from quantivista.reporting.checks import judge, plan_checks, validate_checks
 from quantivista.reporting.connectors import Batch, read_files, read_http, read_postgres
 from quantivista.reporting.lake_shape import INPUT_COLUMN, OFFSET_COLUMN, shape
 from quantivista.reporting.simulate import simulate_workflows
@@ -52,12 +52,20 @@ from quantivista.reporting.transform import (
     REJECTED_SCHEMA,
     ROW_COLUMN,
     Reference,
-    apply_rules,
+    collect,
+    encode_rows,
+    filtered_count,
+    plan_rules,
+    rule_rejects,
     validate_rules,
 )
 from quantivista.storage.base import BarStore
 from quantivista.storage.contracts import InstrumentStore, WorkflowCatalog
 from quantivista.storage.lake.workflow_lake import WorkflowLake
+
+if TYPE_CHECKING:
+    from quantivista.acquisition.breaker import Breakers
+    from quantivista.acquisition.limits import RateLimiter
 
 __all__ = ["BarsReader", "WorkflowIngestionService", "platform_reference", "simulate"]
 
@@ -108,6 +116,8 @@ class WorkflowIngestionService:
         *,
         reference: Callable[[], Reference] | None = None,
         bars: BarsReader | None = None,
+        limiter: RateLimiter | None = None,
+        breakers: Breakers | None = None,
     ) -> None:
         self.catalog = catalog
         self.lake = lake
@@ -115,6 +125,9 @@ class WorkflowIngestionService:
         self.clock = clock
         self._reference = reference or Reference
         self._bars = bars
+        # HTTP sources go through the platform's provider rate limiter and breakers
+        self.limiter = limiter
+        self.breakers = breakers
 
     def reference(self) -> Reference:
         """Return the reference tables and FX rates rules and checks may use."""
@@ -285,7 +298,9 @@ class WorkflowIngestionService:
             yield from read_postgres(source.location, config, (state or {}).get("cursor"))
             return
         if source.location.startswith(("http://", "https://")):
-            yield from read_http(source.location, config)
+            yield from read_http(
+                source.location, config, limiter=self.limiter, breakers=self.breakers
+            )
             return
         yield from read_files(source.location, source.data_format, config)
 
@@ -356,43 +371,44 @@ class WorkflowIngestionService:
                 }
             )
             cursor = batch.cursor or cursor
-        raw = (
-            pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
-        ).with_row_index(ROW_COLUMN)
-        raw = raw.with_columns(pl.col(ROW_COLUMN).cast(pl.Int64))
+        # every batch of the job is one frame: rules and checks (`unique` too) see them all
+        raw = pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
+        numbered = raw.lazy().with_row_index(ROW_COLUMN)
+        numbered = numbered.with_columns(pl.col(ROW_COLUMN).cast(pl.Int64))
         reference = self.reference()
-        transformed = apply_rules(raw, rules, reference)
-        checked = run_checks(
-            transformed.frame,
-            source.quality_checks,
-            job_id=job.job_id,
-            now=now,
-            reference=reference,
-            prior_invalid=transformed.rejected.height,
+        # rules and checks are one lazy plan, run once; rejected rows keep their place
+        # (flagged) until the end, where the lake and dead letters take their share
+        plan = plan_rules(numbered, rules, reference)
+        checks = plan_checks(plan.frame, source.quality_checks, reference)
+        done = collect(checks.frame)
+        rule_rejected = rule_rejects(done, plan)
+        keep, check_rejected, report = judge(
+            done, checks, job_id=job.job_id, now=now, prior_invalid=rule_rejected.height
         )
         rows, misplaced = shape(
-            checked.valid,
+            done,
             source.target_table,
             job_id=job.job_id,
             source_id=source.source_id,
             ingestion_date=now.date(),
-            quality_score=checked.report.quality_score,
+            quality_score=report.quality_score,
             data_type=_CATEGORIES[source.target_table],
+            keep=keep,
         )
         self.lake.write(source.target_table, rows, tenant=tenant, job_id=job.job_id)
-        rejected = pl.concat([transformed.rejected, checked.rejected, misplaced])
+        rejected = pl.concat([rule_rejected, check_rejected, misplaced])
         failed = self._dead_letter(tenant, job, raw, rejected, now)
+        lake_rows = report.valid_records - misplaced.height
         self.catalog.add_lineage(tenant, inputs, now)
         if cursor is not None and given is None:
             state = self.catalog.sync_state(tenant, source.source_id) or {}
             self.catalog.set_sync_state(tenant, source.source_id, state | {"cursor": cursor})
-        report = checked.report
         if misplaced.height:
             report = report.model_copy(
                 update={
-                    "valid_records": rows.height,
+                    "valid_records": lake_rows,
                     "invalid_records": report.invalid_records + misplaced.height,
-                    "quality_score": rows.height / report.total_records
+                    "quality_score": lake_rows / report.total_records
                     if report.total_records
                     else 1.0,
                 }
@@ -400,9 +416,9 @@ class WorkflowIngestionService:
         job = job.model_copy(
             update={
                 "status": JobStatus.PARTIAL if failed else JobStatus.SUCCEEDED,
-                "records_processed": rows.height,
+                "records_processed": lake_rows,
                 "records_failed": failed,
-                "records_filtered": transformed.filtered,
+                "records_filtered": filtered_count(done, plan),
                 "end_time": self.clock.now(),
                 "rule_versions": {r.rule_id: r.version for r in rules},
                 "inputs": [{k: v for k, v in i.items() if k != "job_id"} for i in inputs],
@@ -422,10 +438,10 @@ class WorkflowIngestionService:
         """Keep rejected rows as they were read (by input row number) with their reasons."""
         if rejected.is_empty():
             return 0
-        own = [c for c in raw.columns if not c.startswith("_qv_")]
-        wanted = rejected.get_column("row").drop_nulls().implode()
-        originals = raw.filter(pl.col(ROW_COLUMN).is_in(wanted)).select(
-            pl.col(ROW_COLUMN).alias("row"), pl.struct(own).struct.json_encode().alias("_orig")
+        # the rows as they were read: input row numbers are positions in `raw`
+        numbered = rejected.filter(pl.col("row").is_not_null())
+        originals = numbered.select("row").with_columns(
+            encode_rows(raw, numbered.get_column("row")).alias("_orig")
         )
         records = (
             rejected.join(originals, on="row", how="left")

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
+import numpy as np
 import polars as pl
 
 from quantivista.model.schema import BAR_POLARS_SCHEMA, PL_UTC_TS, series_in_blocks
@@ -30,6 +31,8 @@ __all__ = [
     "pick_as_of",
 ]
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_SLICE_RUNS = 64  # row runs above which one gather beats stacking slices
 # a superseded bar version: the bar as it was, plus when it stopped being current
 HISTORY_POLARS_SCHEMA = pl.Schema({**BAR_POLARS_SCHEMA, "superseded_at": PL_UTC_TS})
 
@@ -167,18 +170,96 @@ def apply_retention(store: BarStore, policy: RetentionPolicy, now: datetime) -> 
 def pick_as_of(current: pl.DataFrame, history: pl.DataFrame, as_of: datetime) -> pl.DataFrame:
     """Return, per (symbol, ts), the version valid at `as_of` from current rows and history.
 
-    Both frames hold full bar columns (history also `superseded_at`). A history row left by
-    a writer that crashed after writing history but before replacing the data file is a copy
+    `current` holds one row per key, sorted by symbol and ts (as a store holds it); both
+    frames hold full bar columns (history also `superseded_at`). A history row left by a
+    writer that crashed after writing history but before replacing the data file is a copy
     of a still-current row; taking the newest `ingested_at` per key makes it harmless.
+
+    The choice is numpy on the microseconds and the result a few zero-copy slices: each
+    polars filter, gather, sort or `unique` of a few thousand rows costs more than all of
+    it (a thread-pool hand-off per call).
     """
-    cur = current.filter(pl.col("ingested_at") <= as_of)
-    old = history.filter((pl.col("ingested_at") <= as_of) & (pl.col("superseded_at") > as_of)).drop(
-        "superseded_at"
+    at = _micros(as_of)
+    cing = _us(current["ingested_at"])
+    cur_ok = cing <= at
+    old_ok = (_us(history["ingested_at"]) <= at) & (_us(history["superseded_at"]) > at)
+    if not old_ok.any():  # nothing valid then was superseded since
+        return current if cur_ok.all() else _take(current, np.flatnonzero(cur_ok))
+    old = _take(history, np.flatnonzero(old_ok)).select(current.columns)
+    if _one_symbol(current, old):
+        return _merge_versions(current, cing, cur_ok, old)
+    cur = _take(current, np.flatnonzero(cur_ok))
+    return (
+        pl.concat([cur, old])
+        .sort("symbol", "ts", "ingested_at")
+        .unique(subset=["symbol", "ts"], keep="last", maintain_order=True)
     )
-    both = pl.concat([cur, old.select(cur.columns)])
-    return both.sort("symbol", "ts", "ingested_at").unique(
-        subset=["symbol", "ts"], keep="last", maintain_order=True
-    )
+
+
+def _micros(moment: datetime) -> int:
+    aware = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    delta = aware - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _us(stamps: pl.Series) -> np.ndarray:
+    """Return timestamps as epoch microseconds (numpy int64)."""
+    dtype = stamps.dtype
+    if isinstance(dtype, pl.Datetime) and dtype.time_unit != "us":
+        stamps = stamps.dt.cast_time_unit("us")
+    return stamps.to_physical().to_numpy()
+
+
+def _take(frame: pl.DataFrame, rows: np.ndarray) -> pl.DataFrame:
+    """Return `frame[rows]`; rows in a few ascending runs are stacked zero-copy slices."""
+    if rows.size == 0:
+        return frame.clear()
+    cuts = np.flatnonzero(np.diff(rows) != 1) + 1
+    if cuts.size >= _SLICE_RUNS:
+        return frame[rows]
+    starts = rows[np.concatenate(([0], cuts))].tolist()
+    ends = rows[np.concatenate((cuts - 1, [rows.size - 1]))].tolist()
+    out = frame.slice(starts[0], ends[0] - starts[0] + 1)
+    if len(starts) > 1:
+        out = out.clone()
+        for lo, hi in zip(starts[1:], ends[1:], strict=True):
+            out.vstack(frame.slice(lo, hi - lo + 1), in_place=True)
+    return out
+
+
+def _one_symbol(cur: pl.DataFrame, old: pl.DataFrame) -> bool:
+    if cur.is_empty():
+        return bool(old["symbol"].n_unique() == 1)
+    name = cur["symbol"][0]
+    return bool(cur["symbol"][-1] == name and (old["symbol"] == name).all())
+
+
+def _merge_versions(
+    cur: pl.DataFrame, cing: np.ndarray, cur_ok: np.ndarray, old: pl.DataFrame
+) -> pl.DataFrame:
+    """Merge one symbol's old versions into its current rows (sorted by ts, one a ts).
+
+    `cing` is the current rows' `ingested_at` in microseconds, `cur_ok` which of them are
+    valid at the instant. The old versions are few (the keys corrected since then).
+    """
+    ots, oing = _us(old["ts"]), _us(old["ingested_at"])
+    order = np.lexsort((oing, ots))  # by ts, the newest version of a ts last
+    newest = order[np.append(ots[order][1:] != ots[order][:-1], True)]
+    if cur.is_empty():
+        return _take(old, newest)
+    cts = _us(cur["ts"])
+    at = np.searchsorted(cts, ots[newest])
+    near = np.minimum(at, cts.size - 1)
+    # a key in both (a crash's copy): the newer version wins, the current one on a tie
+    hit = (cts[near] == ots[newest]) & cur_ok[near]
+    old_wins = hit & (oing[newest] > cing[near])
+    keep_cur = cur_ok.copy()
+    keep_cur[near[old_wins]] = False
+    keep_old = newest[~hit | old_wins]
+    both = cur.vstack(old)
+    rows = np.concatenate([np.flatnonzero(keep_cur), cur.height + keep_old])
+    stamps = np.concatenate([cts, ots])[rows]
+    return _take(both, rows[np.argsort(stamps, kind="stable")])
 
 
 def latest_per_key(df: pl.DataFrame) -> pl.DataFrame:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -11,41 +11,16 @@ import pytest
 from quantivista.errors import NotFoundError
 from quantivista.model.auth import ApiClient, Scope, Tenant
 from quantivista.model.jobs import (
-    DataQualityReport,
-    IngestionJob,
     JobStatus,
     JobTask,
-    Severity,
     TaskStatus,
-    ValidationIssue,
 )
 from quantivista.storage.contracts import Backend, JobCatalog
+from samples import T0, job, report
 
 from .conftest import Site, run_together
 
-T0 = datetime(2024, 1, 2, 14, 30, tzinfo=UTC)
 LEASE = 30.0
-
-
-def job(job_id: str, start: datetime | None = T0, **kw: Any) -> IngestionJob:
-    return IngestionJob(job_id=job_id, source_id="synthetic", start_time=start, **kw)
-
-
-def report(job_id: str, score: float = 0.9) -> DataQualityReport:
-    return DataQualityReport(
-        job_id=job_id,
-        total_records=10,
-        valid_records=9,
-        invalid_records=1,
-        quality_score=score,
-        validation_errors=[
-            ValidationIssue(
-                symbol="AAA", ts=T0, rule="negative_volume", severity=Severity.ERROR, message="m"
-            )
-        ],
-        rule_counts={"negative_volume": 1},
-        issue_count=1,
-    )
 
 
 def tasks(job_id: str, n: int) -> list[JobTask]:

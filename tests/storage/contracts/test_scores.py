@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, date, datetime, timedelta
+from datetime import timedelta
 
 import polars as pl
 from hypothesis import HealthCheck, given, settings
@@ -12,35 +12,9 @@ from polars.testing import assert_frame_equal
 
 from quantivista.model.schema import SCORE_SCHEMA, STORED_SCORE_SCHEMA
 from quantivista.storage.contracts import Backend
+from samples import AT, scores, stored_scores
 
 from .conftest import Site
-
-AT = datetime(2024, 3, 1, 12, tzinfo=UTC)
-
-
-def scores(
-    job: str, symbols: list[str], days: int, bad: frozenset[int] | set[int] = frozenset()
-) -> pl.DataFrame:
-    """One row per symbol-day; the rows at the positions in `bad` are flagged or rejected."""
-    rows = []
-    for symbol in symbols:
-        for i in range(days):
-            k = len(rows)
-            rejected, flagged = (1, 0) if k in bad and k % 2 else (0, 1) if k in bad else (0, 0)
-            rows.append(
-                {
-                    "symbol": symbol, "timeframe": "1d", "date": date(2024, 1, 1) + timedelta(i),
-                    "job_id": job, "rows": 1, "rejected": rejected, "flagged": flagged,
-                    "missing": 1 if k in bad and k % 3 == 0 else 0,
-                    "score": 1.0 - rejected - 0.5 * flagged,
-                }
-            )  # fmt: skip
-    return pl.DataFrame(rows, schema=SCORE_SCHEMA)
-
-
-def stored(df: pl.DataFrame, at: datetime = AT) -> pl.DataFrame:
-    out = df.with_columns(scored_at=pl.lit(at)).select(STORED_SCORE_SCHEMA.names())
-    return out.cast(STORED_SCORE_SCHEMA).sort("symbol", "timeframe", "date", "scored_at")
 
 
 def test_empty_store(backend: Backend) -> None:
@@ -53,11 +27,11 @@ def test_empty_store(backend: Backend) -> None:
 def test_a_batch_reads_back_row_for_row(backend: Backend) -> None:
     batch = scores("job-1", ["CCC", "AAA", "BBB"], 40, {3, 4, 50, 119})
     assert backend.scores.add(batch, AT) == 120
-    assert_frame_equal(backend.scores.read(), stored(batch))
+    assert_frame_equal(backend.scores.read(), stored_scores(batch))
     assert_frame_equal(
-        backend.scores.read(["BBB"]), stored(batch.filter(pl.col("symbol") == "BBB"))
+        backend.scores.read(["BBB"]), stored_scores(batch.filter(pl.col("symbol") == "BBB"))
     )
-    assert_frame_equal(backend.scores.read([]), stored(batch))  # an empty filter: all
+    assert_frame_equal(backend.scores.read([]), stored_scores(batch))  # an empty filter: all
     assert backend.scores.read(job_id="job-1", timeframe="1h").is_empty()
     assert backend.scores.read(job_id="job-2").is_empty()
 
@@ -72,8 +46,8 @@ def test_any_pattern_of_bad_days_reads_back_row_for_row(
     store = site.fresh("quality_scores").scores
     batch = scores("job-1", symbols, 30, bad)
     store.add(batch, AT)
-    assert_frame_equal(store.read(), stored(batch))
-    assert_frame_equal(store.read(["BBB"]), stored(batch.filter(pl.col("symbol") == "BBB")))
+    assert_frame_equal(store.read(), stored_scores(batch))
+    assert_frame_equal(store.read(["BBB"]), stored_scores(batch.filter(pl.col("symbol") == "BBB")))
 
 
 def test_the_job_filter_is_the_job_of_the_batch(backend: Backend) -> None:

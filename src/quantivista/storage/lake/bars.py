@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import zlib
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -48,6 +49,7 @@ from uuid import uuid4
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from quantivista.config import StorageSettings
@@ -70,7 +72,10 @@ from quantivista.storage.base import (
 from quantivista.storage.lake.cache import FileCache
 from quantivista.storage.lake.cold import ColdEntry, ColdIndex, ColdTier
 from quantivista.storage.lake.deltas import (
+    DELTA_DIR,
     DELTA_PREFIX,
+    PARTS_KEY,
+    THROUGH_KEY,
     Folder,
     PartitionView,
     delta_name,
@@ -81,6 +86,7 @@ from quantivista.storage.lake.files import (
     atomic_write_parquet,
     file_identity,
     flocked,
+    footer_metadata,
     is_temporary,
     read_parquet_files,
     read_parquet_handle,
@@ -97,6 +103,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _LOCK_STRIPES = 64
 _BULK_READ = 16  # symbols above which a read cuts ranges and columns once, not per symbol
 _VIEW_ATTEMPTS = 16  # reads of a partition that a fold or delete changed meanwhile
+_DELTA_ROWS = 200_000  # writes up to this many rows may append as one delta file
 _Key = tuple[str, int, str | None]  # timeframe, bucket, month (intraday)
 # what `stats` gathers per (file, symbol) before summing per (timeframe, symbol)
 _PER_FILE = pl.Schema(
@@ -124,10 +131,16 @@ def _bucket_dir(bucket: int) -> str:
 class _Indexed:
     """A decoded partition file and where each of its symbols starts (it is sorted)."""
 
-    __slots__ = ("_first", "_last", "_ts", "frame", "index")
+    __slots__ = ("_first", "_last", "_ts", "frame", "index", "through")
 
-    def __init__(self, frame: pl.DataFrame, runs: Sequence[tuple[str, int]] | None = None) -> None:
+    def __init__(
+        self,
+        frame: pl.DataFrame,
+        runs: Sequence[tuple[str, int]] | None = None,
+        through: str | None = None,
+    ) -> None:
         self.frame = frame
+        self.through = through  # a base file's newest accounted-for delta (see `deltas`)
         self._last: dict[str, int] | None = None
         self._first: tuple[str, int] | None = None
         self._ts: np.ndarray | None = None
@@ -224,7 +237,10 @@ class ParquetLake:
                 directory.mkdir(parents=True, exist_ok=True)
         self.cold_index = ColdIndex(self.root, self.cold, self._lock_dir) if self.cold else None
         self.buckets = self._layout()
-        self._folder = Folder(self.fold)
+        self._folder = Folder(self.fold_timeframe)
+        # decoded delta files by path: never rewritten (only removed), so no identity check
+        self._deltas: dict[str, dict[str, _Indexed]] = {}
+        self._deltas_lock = threading.Lock()
 
     def _layout(self) -> int:
         """Return the lake's bucket count, fixing it from the settings on first use."""
@@ -283,10 +299,13 @@ class ParquetLake:
     def locked(self, directory: Path) -> Iterator[None]:
         """Hold the lock of the partition in `directory` (a path under `bars_root`)."""
         # by the path inside the lake: every spelling of the root must pick the same stripe
-        rel = directory.relative_to(self.bars_root).as_posix()
-        stripe = zlib.crc32(rel.encode()) % _LOCK_STRIPES
-        with flocked(self._lock_dir / f"{stripe:02d}.lock"):
+        with flocked(self._lock_dir / f"{self._stripe(directory):02d}.lock"):
             yield
+
+    def _stripe(self, directory: Path) -> int:
+        # by the path inside the lake: every spelling of the root must pick the same stripe
+        rel = directory.relative_to(self.bars_root).as_posix()
+        return zlib.crc32(rel.encode()) % _LOCK_STRIPES
 
     @contextmanager
     def frozen(self) -> Iterator[None]:
@@ -307,6 +326,8 @@ class ParquetLake:
             return total
         bars = bars.select(BAR_COLUMNS)
         parts = self._partitions(bars)
+        if self.settings.delta_files > 0 and bars.height <= _DELTA_ROWS:
+            return self._upsert_small(parts)
         threads = min(self.settings.write_threads or os.cpu_count() or 1, len(parts))
         if threads <= 1:
             results = [self._upsert_partition(part) for part in parts]
@@ -365,119 +386,233 @@ class ParquetLake:
         return out
 
     def _upsert_partition(self, part: _Partition) -> UpsertStats:
+        directory = self._dir(*part.key)
+        with self.locked(directory):
+            return self._upsert_locked(part, directory)
+
+    def _upsert_locked(self, part: _Partition, directory: Path) -> UpsertStats:
+        """Merge `part` into its partition (the caller holds its lock)."""
         # not joined into one chunk (a copy of every column): the cache takes chunked frames
         new = _stack(part.slices)
-        directory = self._dir(*part.key)
         path = directory / DATA_FILE
         runs = [(symbol, hi - lo) for symbol, lo, hi in part.runs]
-        with self.locked(directory):
-            self._sweep_temporaries(directory)
-            if not path.exists() and not delta_names(directory):
-                stats = UpsertStats(inserted=new.height)
-                atomic_write_parquet(part.arrow.partition(part.runs), path, self.settings)
-                self.cache.put(path, _Indexed(new, runs))
-            else:
-                self._sweep_temporaries(self._history_of(directory))
-                # under the lock the cached copy, if its file identity matches, is current
-                existing = self._partition(directory)
-                if existing is not None and self._appends(existing, part):
-                    return self._append(directory, existing, part, new, runs)
-                old = existing.frame if existing is not None else new.clear()
-                merged, stats, superseded = _merge(old, new)
-                if merged is None:
-                    return stats
-                # history first: a crash between the two renames leaves a harmless copy
-                self._write_history(directory, superseded)
-                atomic_write_parquet(merged, path, self.settings)
-                self.cache.put(path, _Indexed(merged))  # write-through: the next read is warm
-                self._drop_deltas(directory)  # the base holds their rows now
-            stats.partitions_written = 1
-            return stats
+        self._sweep_temporaries(directory)
+        if not path.exists():  # deltas never hold live rows of a partition without a base
+            stats = UpsertStats(inserted=new.height)
+            through = self._newest_delta(directory)
+            self._write_base(path, part.arrow.partition(part.runs), through)
+            self.cache.put(path, _Indexed(new, runs, through))
+        else:
+            self._sweep_temporaries(self._history_of(directory))
+            # under the lock the cached copy, if its file identity matches, is current
+            existing = self._partition(directory)
+            old = existing.frame if existing is not None else new.clear()
+            merged, stats, superseded = _merge(old, new)
+            if merged is None:
+                return stats
+            # history first: a crash between the two renames leaves a harmless copy
+            self._write_history(directory, superseded)
+            through = self._newest_delta(directory)
+            self._write_base(path, merged, through)
+            self.cache.put(path, _Indexed(merged, through=through))  # the next read is warm
+        stats.partitions_written = 1
+        return stats
+
+    def _write_base(self, path: Path, rows: pl.DataFrame | pa.Table, through: str | None) -> None:
+        """Write a partition's base file, recording the newest delta it accounts for."""
+        meta = {THROUGH_KEY: through} if through else None
+        atomic_write_parquet(rows, path, self.settings, meta)
+
+    def rewrite_base(self, path: Path, rows: pl.DataFrame) -> None:
+        """Replace a base file with some of its rows (retention, archival); the caller holds
+        the partition lock. An empty base is removed, unless deltas appended since the fold
+        hold rows of the partition: they live only beside a base."""
+        if rows.is_empty() and not self._held(path.parent):
+            path.unlink()
+            return
+        through = footer_metadata(path).get(THROUGH_KEY)
+        self._write_base(path, rows, through)
 
     # -- appends (see `deltas`) --------------------------------------------------------------
+    def _upsert_small(self, parts: list[_Partition]) -> UpsertStats:
+        """Write a small batch: its appends as one delta file per timeframe, the rest merged.
+
+        Holds the locks of every partition of a timeframe at once (in stripe order, as
+        `frozen` does, so writers never deadlock).
+        """
+        total = UpsertStats()
+        by_tf: dict[str, list[_Partition]] = {}
+        for part in parts:
+            by_tf.setdefault(part.key[0], []).append(part)
+        for tf, group in by_tf.items():
+            dirs = [self._dir(*part.key) for part in group]
+            with self._locked_all(dirs):
+                appended = []
+                for part, directory in zip(group, dirs, strict=True):
+                    existing = None
+                    if (directory / DATA_FILE).exists():
+                        existing = self._partition(directory)
+                    if existing is not None and self._appends(existing, part):
+                        appended.append((part, directory))
+                    else:
+                        total += self._upsert_locked(part, directory)
+                if appended:
+                    total += self._write_delta(tf, appended)
+        return total
+
+    @contextmanager
+    def _locked_all(self, directories: Sequence[Path]) -> Iterator[None]:
+        stripes = sorted({self._stripe(d) for d in directories})
+        with ExitStack() as stack:
+            for stripe in stripes:
+                stack.enter_context(flocked(self._lock_dir / f"{stripe:02d}.lock"))
+            yield
+
     def _appends(self, existing: _Indexed | PartitionView, part: _Partition) -> bool:
         """Say whether every run of `part` starts after its symbol's last stored bar."""
-        if self.settings.delta_files <= 0:
-            return False
         for (symbol, _, _), first in zip(part.runs, part.firsts, strict=True):
             last = existing.last_us(symbol)
             if last is not None and first <= last:
                 return False
         return True
 
-    def _append(
-        self,
-        directory: Path,
-        existing: _Indexed | PartitionView,
-        part: _Partition,
-        new: pl.DataFrame,
-        runs: list[tuple[str, int]],
-    ) -> UpsertStats:
-        """Write `part` (after every stored bar) as a delta file of the partition."""
-        name = delta_name()
-        atomic_write_parquet(part.arrow.partition(part.runs), directory / name, self.settings)
-        self.cache.put(directory / name, _Indexed(new, runs))
-        names = delta_names(directory)
-        if len(names) >= self.settings.delta_files:
-            self._folder.submit(directory)
-        return UpsertStats(inserted=new.height, partitions_written=1)
+    def _write_delta(self, tf: str, appended: list[tuple[_Partition, Path]]) -> UpsertStats:
+        """Write the appended partitions' rows as one delta file of the timeframe."""
+        folder = self.bars_root / f"timeframe={tf}" / DELTA_DIR
+        names = delta_names(folder)
+        name = delta_name(names[-1] if names else None)
+        runs = [run for part, _ in appended for run in part.runs]
+        index = [
+            [self._rel(directory), [[s, hi - lo] for s, lo, hi in part.runs]]
+            for part, directory in appended
+        ]
+        table = appended[0][0].arrow.partition(runs)
+        atomic_write_parquet(table, folder / name, self.settings, {PARTS_KEY: json.dumps(index)})
+        decoded = {
+            self._rel(directory): _Indexed(
+                _stack(part.slices), [(s, hi - lo) for s, lo, hi in part.runs]
+            )
+            for part, directory in appended
+        }
+        with self._deltas_lock:
+            self._deltas[str(folder / name)] = decoded
+        if len(names) + 1 >= self.settings.delta_files:
+            self._folder.submit(folder.parent)
+        rows = sum(len(ix.frame) for ix in decoded.values())
+        return UpsertStats(inserted=rows, partitions_written=len(appended))
+
+    def _rel(self, directory: Path) -> str:
+        """Return a partition's folder inside its timeframe's (how deltas name it)."""
+        return "/".join(directory.relative_to(self.bars_root).parts[1:])
+
+    def _delta_folder(self, directory: Path) -> Path:
+        return self.bars_root / directory.relative_to(self.bars_root).parts[0] / DELTA_DIR
+
+    def _newest_delta(self, directory: Path) -> str | None:
+        names = delta_names(self._delta_folder(directory))
+        return names[-1] if names else None
+
+    def _delta(self, path: Path) -> dict[str, _Indexed]:
+        """Return a delta file's rows per partition (decoded once; it is never rewritten)."""
+        key = str(path)
+        with self._deltas_lock:
+            found = self._deltas.get(key)
+        if found is not None:
+            return found
+        with open(path, "rb") as handle:
+            frame = read_parquet_handle(handle, what="delta file")
+            handle.seek(0)
+            index = json.loads(footer_metadata(handle)[PARTS_KEY])
+        decoded, start = {}, 0
+        for rel, runs in index:
+            rows = sum(n for _, n in runs)
+            decoded[rel] = _Indexed(frame.slice(start, rows), [(s, n) for s, n in runs])
+            start += rows
+        with self._deltas_lock:
+            live = set(delta_names(path.parent))
+            for old in [k for k in self._deltas if k.startswith(str(path.parent))]:
+                if Path(old).name not in live:
+                    del self._deltas[old]
+            self._deltas[key] = decoded
+        return decoded
+
+    def _held(self, directory: Path) -> list[tuple[str, _Indexed]]:
+        """Return the parts of `directory`'s partition in the delta files, oldest first."""
+        folder = self._delta_folder(directory)
+        names = delta_names(folder)
+        if not names:
+            return []
+        rel = self._rel(directory)
+        out = []
+        for name in names:
+            part = self._delta(folder / name).get(rel)
+            if part is not None:
+                out.append((name, part))
+        return out
 
     def _partition(self, directory: Path) -> _Indexed | PartitionView | None:
         """Return a partition (base file and deltas) through the cache; None if it is gone."""
         path = directory / DATA_FILE
         for _ in range(_VIEW_ATTEMPTS):
-            names = delta_names(directory)
             try:
-                if not names:
+                held = self._held(directory)
+                if not held:
                     return self.cache.get(path, self._read_indexed)
-                try:
-                    identity: tuple[int, int, int] | None = file_identity(path)
-                except FileNotFoundError:  # deltas whose base an archival emptied
-                    identity = None
-                load = partial(self._load_view, directory, names, identity is not None)
-                return self.views.lookup(str(directory), (identity, tuple(names)), load)
+                identity = file_identity(path)
+                load = partial(self._load_view, path, held)
+                return self.views.lookup(
+                    str(directory), (identity, tuple(n for n, _ in held)), load
+                )
             except FileNotFoundError:
                 # a fold removed a delta (or a delete the base) since the listing: look again
-                if not path.exists() and not delta_names(directory):
+                if not path.exists():
                     return None
         raise StorageError("a partition kept changing while it was read", path=str(directory))
 
-    def _load_view(self, directory: Path, names: list[str], has_base: bool) -> PartitionView:
-        path = directory / DATA_FILE
-        base = self.cache.get(path, self._read_indexed) if has_base else None
-        deltas = [(n, self.cache.get(directory / n, self._read_indexed)) for n in names]
-        return PartitionView(base, deltas)
-
-    def _drop_deltas(self, directory: Path) -> int:
-        names = delta_names(directory)
-        for name in names:
-            (directory / name).unlink(missing_ok=True)
-        return len(names)
+    def _load_view(self, path: Path, held: list[tuple[str, _Indexed]]) -> PartitionView:
+        base = self.cache.get(path, self._read_indexed)
+        return PartitionView(base, held, base.through)
 
     def fold_locked(self, directory: Path) -> int:
-        """Fold a partition's deltas into its base file; return the deltas removed.
-
-        The caller holds the partition's lock. The new base lands before the deltas go (a
-        crash in between leaves deltas that reads recognise as folded).
-        """
-        if not delta_names(directory):
+        """Fold the live deltas of a partition into its base file; return the deltas that
+        held it. The caller holds the partition's lock."""
+        held = self._held(directory)
+        if not held:
             return 0
         found = self._partition(directory)
-        if isinstance(found, PartitionView) and found.deltas:
+        newest = held[-1][0]
+        if isinstance(found, PartitionView) and (found.through or "") < newest:
             frame = found.frame
-            atomic_write_parquet(frame, directory / DATA_FILE, self.settings)
-            self.cache.put(directory / DATA_FILE, _Indexed(frame))
-        return self._drop_deltas(directory)
+            self._write_base(directory / DATA_FILE, frame, newest)
+            self.cache.put(directory / DATA_FILE, _Indexed(frame, through=newest))
+        return len(held)
 
     def fold(self, directory: Path) -> int:
-        """Fold a partition's deltas into its base file under its lock; return the deltas."""
+        """Fold a partition's deltas into its base file under its lock."""
         with self.locked(directory):
             return self.fold_locked(directory)
+
+    def fold_timeframe(self, timeframe_dir: Path) -> int:
+        """Fold every partition a timeframe's delta files touch, then remove those files;
+        return how many were removed."""
+        folder = timeframe_dir / DELTA_DIR
+        names = delta_names(folder)
+        rels: set[str] = set()
+        for name in names:
+            try:
+                rels.update(self._delta(folder / name))
+            except FileNotFoundError:  # another process's fold removed it
+                continue
+        for rel in sorted(rels):
+            self.fold(timeframe_dir / rel)
+        for name in names:  # every partition they touch accounts for them now
+            (folder / name).unlink(missing_ok=True)
+        return len(names)
 
     def delta_files(self, timeframe: str | None = None) -> list[Path]:
         """Return the delta files (of one timeframe, or all), sorted."""
         pattern = f"timeframe={timeframe}" if timeframe else "timeframe=*"
-        return sorted(self.bars_root.glob(f"{pattern}/bucket=*/**/{DELTA_PREFIX}*.parquet"))
+        return sorted(self.bars_root.glob(f"{pattern}/{DELTA_DIR}/{DELTA_PREFIX}*.parquet"))
 
     @staticmethod
     def _sweep_temporaries(directory: Path) -> None:
@@ -557,11 +692,9 @@ class ParquetLake:
                     hist = gone.with_columns(superseded_at=pl.lit(at, PL_UTC_TS))
                     self._write_history(path.parent, hist)
                 keep = df.filter(~mask)
+                self.rewrite_base(path, keep)
                 if keep.is_empty():
-                    path.unlink()
                     _prune_empty_dirs(path.parent, self.bars_root)
-                else:
-                    atomic_write_parquet(keep, path, self.settings)
                 removed += gone.height
         return removed
 
@@ -572,7 +705,9 @@ class ParquetLake:
         return read_parquet_once(path, columns, what="partition file")
 
     def _read_indexed(self, handle: IO[bytes]) -> _Indexed:
-        return _Indexed(read_parquet_handle(handle, what="partition file"))
+        frame = read_parquet_handle(handle, what="partition file")
+        handle.seek(0)
+        return _Indexed(frame, through=footer_metadata(handle).get(THROUGH_KEY))
 
     def data_files(
         self, timeframe: str | None = None, before: datetime | None = None
@@ -582,10 +717,7 @@ class ParquetLake:
         With `before`, only the partitions that can hold bars with ts < `before`.
         """
         pattern = f"timeframe={timeframe}" if timeframe else "timeframe=*"
-        found = self.bars_root.glob(f"{pattern}/bucket=*/**/{DATA_FILE}")
-        # a partition whose base an archival emptied while deltas were added has only those
-        dirs = {p.parent for p in found} | {p.parent for p in self.delta_files(timeframe)}
-        files = sorted(d / DATA_FILE for d in dirs)
+        files = sorted(self.bars_root.glob(f"{pattern}/bucket=*/**/{DATA_FILE}"))
         if before is None:
             return files
         hi = f"month={before.year:04d}-{before.month:02d}"
@@ -597,7 +729,7 @@ class ParquetLake:
         base = self.partition_dir(timeframe, symbol)
         if Timeframe.parse(timeframe).partition_period == "all":
             path = base / DATA_FILE
-            return [path] if path.exists() or delta_names(base) else []
+            return [path] if path.exists() else []
         if not base.is_dir():
             return []
         lo = f"{start.year:04d}-{start.month:02d}" if start else ""
@@ -605,7 +737,7 @@ class ParquetLake:
         files = []
         for month_dir in sorted(base.glob("month=*")):
             month = month_dir.name[len("month=") :]
-            if lo <= month <= hi and ((month_dir / DATA_FILE).exists() or delta_names(month_dir)):
+            if lo <= month <= hi and (month_dir / DATA_FILE).exists():
                 files.append(month_dir / DATA_FILE)
         return files
 
@@ -719,7 +851,7 @@ class ParquetLake:
         reading one symbol decodes a fraction of its bucket file.
         """
         try:
-            if delta_names(path.parent) or (whole and self.cache.max_bytes > 0):
+            if (whole and self.cache.max_bytes > 0) or self._held(path.parent):
                 return self._partition(path.parent)
             cached = self.cache.peek(path)
             if cached is not None:
@@ -817,7 +949,8 @@ class ParquetLake:
         Every correction adds one small history file per partition it touches, every append
         one delta file; reads scan them all, so periodic compaction keeps reads fast.
         """
-        removed = sum(self.fold(p) for p in sorted({d.parent for d in self.delta_files()}))
+        folders = sorted({p.parent.parent for p in self.delta_files()})
+        removed = sum(self.fold_timeframe(folder) for folder in folders)
         dirs = {p.parent for p in self.history_root.rglob("*.parquet") if p.name[0] != "."}
         for hist_dir in sorted(dirs):
             partition = self.bars_root / hist_dir.relative_to(self.history_root)

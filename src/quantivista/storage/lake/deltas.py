@@ -1,24 +1,28 @@
-"""Delta files: appends that cost what they add, folded into the partition file later.
+"""Delta files: appends that cost what they add, folded into the partition files later.
 
 A write whose every row comes after the last stored bar of its symbol (the nightly session,
-a streaming micro-batch, a new symbol) changes no stored bar, so it needs neither the merge
-nor a rewrite of the partition file: it lands beside it as a small delta file,
+a streaming micro-batch, a new symbol of an existing partition) changes no stored bar, so it
+needs neither the merge nor a rewrite of partition files: the whole batch lands as one delta
+file of its timeframe, whatever the partitions it touches,
 
-    timeframe=1d/bucket=007/data.parquet                      the partition (base) file
-    timeframe=1d/bucket=007/delta-<time ns>-<uuid>.parquet    appended since, sorted rows
+    timeframe=1m/bucket=007/month=2024-03/data.parquet         a partition (base) file
+    timeframe=1m/_deltas/delta-<time ns>-<uuid>.parquet        one appended batch
 
-written atomically under the partition lock like any lake file. A partition is its base file
-plus its deltas; reads join them per symbol (a delta's rows of a symbol follow every earlier
-row of it, so the pieces concatenate in ts order without a sort or a dedupe). Appends make no
-history: no version is superseded, so as-of reads stay exact.
+its rows sorted by partition, symbol and ts, its footer saying which rows belong to which
+partition (`PARTS_KEY`). It is written atomically under the locks of every partition it
+touches, so writers of one partition still take turns. A partition is its base file plus
+its parts of the live deltas; reads join them per symbol (a delta's rows of a symbol follow
+every earlier row of it, so the pieces concatenate in ts order without a sort or a dedupe).
+Appends make no history: no version is superseded, so as-of reads stay exact.
 
-A fold writes base + deltas as the new base file, then removes the deltas. A crash between
-the two leaves deltas whose rows the base already holds; such a delta is recognised by its
-first row (not after the base's last bar of that symbol, which a live delta always is) and
-is ignored, then removed by the next fold. Every write that is not a pure append (a
-correction, a delete, retention, archival) folds the partition first, so it works on one file
-as before. Folds run on `compact()` (`qv compact`) and, once a partition holds
-`storage.delta_files` deltas, on a background thread of the writing process.
+Every write of a base file records, in its footer (`THROUGH_KEY`), the newest delta listed
+while it held the partition's lock: deltas up to that one are in the base (folded, or
+older than the partition) and are ignored for it. A fold writes base + live parts as the
+new base; a timeframe's deltas are removed once every partition they touch is folded. A
+crash anywhere in between leaves deltas that the bases already account for. Every write that
+is not a pure append (a correction, a delete, retention, archival) works on the folded base.
+Folds run on `compact()` (`qv compact`) and, once a timeframe holds `storage.delta_files`
+deltas, on a background thread of the writing process.
 """
 
 from __future__ import annotations
@@ -35,9 +39,21 @@ from uuid import uuid4
 
 import polars as pl
 
-__all__ = ["DELTA_PREFIX", "Folder", "PartitionView", "delta_name", "delta_names"]
+__all__ = [
+    "DELTA_DIR",
+    "DELTA_PREFIX",
+    "PARTS_KEY",
+    "THROUGH_KEY",
+    "Folder",
+    "PartitionView",
+    "delta_name",
+    "delta_names",
+]
 
+DELTA_DIR = "_deltas"
 DELTA_PREFIX = "delta-"
+PARTS_KEY = "qv.parts"  # a delta's footer: [[partition, [[symbol, rows], ...]], ...]
+THROUGH_KEY = "qv.through"  # a base's footer: the newest delta it accounts for
 _log = logging.getLogger(__name__)
 
 
@@ -56,9 +72,13 @@ class Rows(Protocol):
     def estimated_size(self) -> int: ...
 
 
-def delta_name() -> str:
-    """Return a new delta file name (sorts by creation time; unique across processes)."""
-    return f"{DELTA_PREFIX}{time.time_ns():020d}-{uuid4().hex[:12]}.parquet"
+def delta_name(after: str | None = None) -> str:
+    """Return a new delta file name (sorts by creation time; unique across processes),
+    sorting after `after` (the newest listed) even if the clock stepped back."""
+    now = time.time_ns()
+    if after is not None:
+        now = max(now, int(after[len(DELTA_PREFIX) :].split("-", 1)[0]) + 1)
+    return f"{DELTA_PREFIX}{now:020d}-{uuid4().hex[:12]}.parquet"
 
 
 def delta_names(directory: Path) -> list[str]:
@@ -67,29 +87,31 @@ def delta_names(directory: Path) -> list[str]:
         names = os.listdir(directory)
     except FileNotFoundError:
         return []
-    return sorted(n for n in names if n.startswith(DELTA_PREFIX))
+    return sorted(n for n in names if n.startswith(DELTA_PREFIX) and n.endswith(".parquet"))
 
 
 class PartitionView:
     """A partition as readers see it: the base file and its live deltas."""
 
-    __slots__ = ("_added", "base", "deltas", "stale")
+    __slots__ = ("_added", "base", "deltas", "stale", "through")
 
-    def __init__(self, base: Rows | None, deltas: Sequence[tuple[str, Rows]]) -> None:
+    def __init__(self, base: Rows, deltas: Sequence[tuple[str, Rows]], through: str | None) -> None:
         self.base = base
+        self.through = through
         self.deltas: list[Rows] = []
-        self.stale: list[str] = []  # folded already (a crash kept them): ignored
+        self.stale: list[str] = []  # in the base already (folded): ignored
         self._added: pl.DataFrame | None = None
         for name, delta in deltas:
-            if self._folded(delta):
+            if (through is not None and name <= through) or self._folded(delta):
                 self.stale.append(name)
             else:
                 self.deltas.append(delta)
 
     def _folded(self, delta: Rows) -> bool:
+        # a second guard: a live part always starts after the base's last bar of its symbol
         head = delta.first_us()
-        if self.base is None or head is None:
-            return self.base is not None
+        if head is None:
+            return True
         last = self.base.last_us(head[0])
         return last is not None and head[1] <= last
 
@@ -104,7 +126,7 @@ class PartitionView:
     @property
     def frame(self) -> pl.DataFrame:
         """Return every row of the partition, sorted by symbol and ts."""
-        parts = [p.frame for p in ([self.base] if self.base else []) + self.deltas]
+        parts = [p.frame for p in [self.base, *self.deltas]]
         if len(parts) == 1:
             return parts[0]
         return pl.concat(parts, how="vertical_relaxed").sort("symbol", "ts")
@@ -115,7 +137,7 @@ class PartitionView:
         Deltas are written one at a time under the partition lock, each after every row
         before it, and their names sort in that order: the pieces join without a sort.
         """
-        pieces = [self.base.rows_of(symbol)] if self.base and symbol in self.base.index else []
+        pieces = [self.base.rows_of(symbol)] if symbol in self.base.index else []
         pieces.extend(d.rows_of(symbol) for d in self.deltas if symbol in d.index)
         return pieces
 
@@ -123,12 +145,12 @@ class PartitionView:
         """Return the symbol's rows in ts order."""
         pieces = self.pieces_of(symbol)
         if not pieces:
-            return (self.base or self.deltas[0]).frame.clear()
+            return self.base.frame.clear()
         return pieces[0] if len(pieces) == 1 else pl.concat(pieces)
 
     def last_us(self, symbol: str) -> int | None:
         """Return the symbol's last ts (epoch microseconds), None if it has no rows here."""
-        found = [r.last_us(symbol) for r in ([self.base] if self.base else []) + self.deltas]
+        found = [r.last_us(symbol) for r in [self.base, *self.deltas]]
         known = [x for x in found if x is not None]
         return max(known) if known else None
 
@@ -140,7 +162,7 @@ class PartitionView:
 class Folder:
     """A background thread that folds the partitions it is given, one at a time."""
 
-    def __init__(self, fold: Callable[[Path], object]) -> None:
+    def __init__(self, fold: Callable[[Path], object]) -> None:  # fold(a timeframe's folder)
         self._fold = fold
         self._queue: queue.Queue[Path | None] = queue.Queue()
         self._pending: set[Path] = set()

@@ -41,6 +41,7 @@ __all__ = [
     "ensure_dir",
     "file_identity",
     "flocked",
+    "footer_metadata",
     "fsync_path",
     "handle_identity",
     "is_temporary",
@@ -154,8 +155,15 @@ def _write_options(table: pa.Table, settings: StorageSettings) -> dict[str, Any]
     }
 
 
-def atomic_write_parquet(df: pl.DataFrame | pa.Table, path: Path, settings: StorageSettings) -> int:
+def atomic_write_parquet(
+    df: pl.DataFrame | pa.Table,
+    path: Path,
+    settings: StorageSettings,
+    metadata: dict[str, str] | None = None,
+) -> int:
     """Write `df` to `path` so that readers see either the old file or the whole new one.
+
+    `metadata` goes into the file's footer (key-value metadata, read by `footer_metadata`).
 
     A polars frame goes through `encoding.to_arrow` (repeated strings dictionary-encoded);
     a caller that knows more about its rows (the symbol runs of a partition) passes the
@@ -171,7 +179,7 @@ def atomic_write_parquet(df: pl.DataFrame | pa.Table, path: Path, settings: Stor
         for attempt in range(_CREATE_ATTEMPTS):
             ensure_dir(path.parent)
             try:
-                _write_groups(table, tmp, options, settings.row_group_rows)
+                _write_groups(table, tmp, options, settings.row_group_rows, metadata)
                 break
             except FileNotFoundError:  # a pruner removed the empty directory meanwhile
                 if attempt == _CREATE_ATTEMPTS - 1:
@@ -188,15 +196,30 @@ def atomic_write_parquet(df: pl.DataFrame | pa.Table, path: Path, settings: Stor
     return size
 
 
-def _write_groups(table: pa.Table, path: Path, options: dict[str, Any], min_rows: int) -> None:
+def _write_groups(
+    table: pa.Table,
+    path: Path,
+    options: dict[str, Any],
+    min_rows: int,
+    metadata: dict[str, str] | None = None,
+) -> None:
     """Write `table` as row groups of whole symbols, each of at least `min_rows` rows."""
     cuts = symbol_groups(table, min_rows)
-    if len(cuts) <= 2:
+    if len(cuts) <= 2 and not metadata:
         pq.write_table(table, path, **options)
         return
     with pq.ParquetWriter(path, table.schema, **options) as writer:
         for lo, hi in itertools.pairwise(cuts):
-            writer.write_table(table.slice(lo, hi - lo), row_group_size=hi - lo)
+            if hi > lo:  # an empty file has no row group
+                writer.write_table(table.slice(lo, hi - lo), row_group_size=hi - lo)
+        if metadata:  # in the footer whatever `store_schema` says
+            writer.add_key_value_metadata(metadata)
+
+
+def footer_metadata(source: Path | IO[bytes]) -> dict[str, str]:
+    """Return a Parquet file's key-value metadata (what `atomic_write_parquet` was given)."""
+    found = pq.read_metadata(source).metadata or {}
+    return {k.decode(): v.decode() for k, v in found.items()}
 
 
 def symbol_groups(table: pa.Table, min_rows: int) -> list[int]:

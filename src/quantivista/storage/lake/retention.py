@@ -12,7 +12,7 @@ from quantivista.errors import StorageError
 from quantivista.model.timeframe import Timeframe
 from quantivista.storage.lake.bars import ParquetLake
 from quantivista.storage.lake.cold import ColdEntry
-from quantivista.storage.lake.files import atomic_write_parquet, file_identity, flocked
+from quantivista.storage.lake.files import file_identity, flocked
 
 __all__ = ["archive_expired"]
 
@@ -89,9 +89,6 @@ def _archive_bucket(lake: ParquetLake, paths: list[Path], before: datetime) -> i
                     continue  # changed meanwhile: the next run archives its old rows
             except FileNotFoundError:
                 continue
-            if keep.is_empty():
-                path.unlink()
-            else:
-                atomic_write_parquet(keep, path, lake.settings)
+            lake.rewrite_base(path, keep)  # keeps the deltas it accounts for
             count += archived
     return count

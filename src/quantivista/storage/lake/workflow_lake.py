@@ -14,8 +14,9 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from uuid import uuid4
 
 import polars as pl
@@ -39,6 +40,8 @@ _HIVE_TYPES: Mapping[str, pl.DataType] = {
     "execution_date": pl.Date(),
     "portfolio_id": pl.String(),
 }
+# rows per row group: a partition of a large job is a few big groups, not many small ones
+_ROW_GROUP = 1 << 20
 _SAFE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 
 
@@ -54,9 +57,16 @@ def _value(value: Any) -> str:
 class WorkflowLake:
     """The reporting tables under `<root>/reporting`."""
 
-    def __init__(self, root: Path, *, compression_level: int = 1) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        compression: Literal["zstd", "lz4", "snappy"] = "zstd",
+        compression_level: int | None = 1,
+    ) -> None:
         self.root = Path(root) / "reporting"
-        self.compression_level = compression_level
+        self.compression = compression
+        self.compression_level = compression_level if compression == "zstd" else None
 
     def table_dir(self, table: str) -> Path:
         """Return a table's folder; `InvalidInputError` for a table the lake does not have."""
@@ -66,32 +76,47 @@ class WorkflowLake:
             )
         return self.root / table
 
-    def write(self, table: str, frame: pl.DataFrame, *, tenant: str, job_id: str) -> list[str]:
+    def write(
+        self, table: str, frame: pl.DataFrame | pl.LazyFrame, *, tenant: str, job_id: str
+    ) -> list[str]:
         """Write a job's rows of one table; return the files written (relative paths).
 
-        The frame holds the partition columns; rows of other values stay out of it (the
-        caller rejects them with a reason beforehand: see `reporting.lake_shape`).
+        The frame (or a plan of it) holds the partition columns; rows of other values stay
+        out of it (the caller rejects them with a reason beforehand: see
+        `reporting.lake_shape`).
         """
         base = self.table_dir(table) / f"tenant_id={_value(tenant)}"
-        keys = LAKE_PARTITIONS[table]
+        keys = list(LAKE_PARTITIONS[table])
+        frame = frame.collect() if isinstance(frame, pl.LazyFrame) else frame
         if frame.is_empty():
             return []
         missing = [k for k in keys if k not in frame.columns]
         if missing:
             raise InvalidInputError(f"{table} rows need {', '.join(missing)}")
         name = f"part-{_value(job_id)}.parquet"
-        written: list[str] = []
-        parts = frame.partition_by(list(keys), as_dict=True, maintain_order=False)
-        for values, part in parts.items():  # a loop over partitions, not rows
-            folder = base.joinpath(*(f"{k}={_value(v)}" for k, v in zip(keys, values, strict=True)))
+        parts = frame.partition_by(keys, as_dict=True, maintain_order=False)
+        folders = {
+            values: base.joinpath(*(f"{k}={_value(v)}" for k, v in zip(keys, values, strict=True)))
+            for values in parts
+        }
+
+        def put(values: tuple[Any, ...]) -> str:
+            folder = folders[values]
             folder.mkdir(parents=True, exist_ok=True)
             tmp = folder / f".tmp-{uuid4().hex}"
-            part.drop(list(keys)).write_parquet(
-                tmp, compression="zstd", compression_level=self.compression_level
+            parts[values].drop(keys).write_parquet(
+                tmp,
+                compression=self.compression,
+                compression_level=self.compression_level,
+                row_group_size=_ROW_GROUP,
             )
             os.replace(tmp, folder / name)
-            written.append(str((folder / name).relative_to(self.root)))
-        return written
+            return str((folder / name).relative_to(self.root))
+
+        # a loop over partitions, not rows; Polars encodes without the GIL, so partitions
+        # are written side by side
+        with ThreadPoolExecutor(max_workers=min(len(parts), os.cpu_count() or 1)) as pool:
+            return list(pool.map(put, folders))
 
     def files(self, table: str, tenant: str | None = None) -> list[Path]:
         """Return a table's data files (of one tenant, or all)."""
