@@ -274,7 +274,10 @@ class IngestionService:
 
         def beat() -> bool:
             if touch is not None:  # a task queue outside the catalog holds its delivery too
-                touch()
+                try:
+                    touch()
+                except Exception as exc:  # a broker hiccup must not stop the lease's renewal
+                    log.warning("task queue heartbeat failed: %s", exc)
             return self.catalog.heartbeat(
                 task.task_id, worker, self.settings.lease_s, self.clock.now()
             )

@@ -187,22 +187,23 @@ class WorkerService:
 
     def _execute(self, slot: _Slot, task: JobTask, delivery: Delivery | None = None) -> None:
         self.metrics.in_flight.inc()
+        status = None
         try:
             status = self.ingestion.execute(
                 task, self.name, touch=delivery.touch if delivery else None
             )
         finally:
             self.metrics.in_flight.dec()
-        with slot.lock:
-            slot.task = slot.delivery = None
-            if delivery is None or status is None:
-                # lease lost (released on stop, or reaped): the delivery lapses and comes
-                # back to whoever may run it; acking it could drop another worker's task
-                return
-            if status is TaskStatus.PENDING:  # failed, attempts left: deliver it again
-                delivery.retry()
-            else:  # succeeded, or failed for good
-                delivery.ack()
+            with slot.lock:
+                slot.task = slot.delivery = None
+        if delivery is None or status is None:
+            # lease lost (released on stop, or reaped), or an error: the delivery lapses and
+            # comes back to whoever may run it; acking it could drop another worker's task
+            return
+        if status is TaskStatus.PENDING:  # failed, attempts left: deliver it again
+            delivery.retry()
+        else:  # succeeded, or failed for good
+            delivery.ack()
 
     def _serve_delivery(self, slot: _Slot) -> None:
         """Take the next task id from the task queue, lease it in the catalog, run it."""
