@@ -691,6 +691,11 @@ class WorkerSettings(_Section):
         description="on SIGTERM, running tasks get this long to finish, then their leases are"
         " released for other workers",
     )
+    queue_url: str | None = Field(
+        default=None,
+        description="a NATS JetStream server (nats://host:4222?prefix=qv): queued task ids go"
+        " to a work-queue stream per queue, workers pull them (None: the job catalog)",
+    )
     task_cost_s: float = Field(
         default=0.15,
         ge=0,

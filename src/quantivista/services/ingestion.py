@@ -119,8 +119,10 @@ class IngestionService:
         after_run: Callable[[], None] | None = None,
         events: TaskEvent | None = None,
         workers: WorkerSettings | None = None,
+        publish: Callable[[str, list[str]], None] | None = None,
     ) -> None:
         self.runner = runner
+        self.publish = publish  # queued task ids go to a task queue outside the catalog too
         self.acquisition = acquisition
         self.catalog = catalog
         self.clock = clock
@@ -185,6 +187,8 @@ class IngestionService:
         ]
         self.catalog.save_job(job)
         self.catalog.add_tasks(tasks)
+        if queue is not None and self.publish is not None:
+            self.publish(queue, [t.task_id for t in tasks])
         return job
 
     def enqueue(
@@ -306,8 +310,16 @@ class IngestionService:
         worker: str,
         router: Router | None,
         tick: Callable[[str], None],
-    ) -> None:
+        touch: Callable[[], None] | None = None,
+    ) -> TaskStatus | None:
+        """Run one leased task; return the status stored (None: the lease was lost)."""
+
         def beat() -> bool:
+            if touch is not None:  # a task queue outside the catalog holds its delivery too
+                try:
+                    touch()
+                except Exception as exc:  # a broker hiccup must not stop the lease's renewal
+                    log.warning("task queue heartbeat failed: %s", exc)
             return self.catalog.heartbeat(
                 task.task_id, worker, self.settings.lease_s, self.clock.now()
             )
@@ -328,8 +340,7 @@ class IngestionService:
                     finished = handler(job, task)
             except Exception as exc:  # recorded on the task and the job, then raised
                 if job.queue is not None:  # a worker's task: retried, the job goes on
-                    self._task_failed(task, worker, exc)
-                    return
+                    return self._task_failed(task, worker, exc)
                 failed = task.model_copy(
                     update={
                         "status": TaskStatus.FAILED,
@@ -341,8 +352,10 @@ class IngestionService:
                 raise
         if not self.catalog.finish_task(finished, worker, self.clock.now()):
             log.warning("lost the lease of %s: another worker runs it again", task.task_id)
-        elif self.events is not None:
+            return None
+        if self.events is not None:
             self.events("succeeded")
+        return TaskStatus.SUCCEEDED
 
     def _ingest_task(
         self, job: IngestionJob, task: JobTask, router: Router, tick: Callable[[str], None]
@@ -375,7 +388,7 @@ class IngestionService:
             }
         )
 
-    def _task_failed(self, task: JobTask, worker: str, exc: BaseException) -> None:
+    def _task_failed(self, task: JobTask, worker: str, exc: BaseException) -> TaskStatus | None:
         """Put a queued task back on its queue, or fail it once its attempts are spent."""
         job = self.catalog.job(task.job_id)
         detail = {"kind": type(exc).__name__, "message": str(exc), "attempt": task.attempts}
@@ -390,6 +403,9 @@ class IngestionService:
         stored = self.catalog.finish_task(task.model_copy(update=update), worker, self.clock.now())
         if stored and self.events is not None:
             self.events("failed" if spent else "released")
+        if not stored:
+            return None
+        return TaskStatus.FAILED if spent else TaskStatus.PENDING
 
     # -- workers ---------------------------------------------------------------------------
     def run_next(self, worker: str, queue: str) -> JobTask | None:
@@ -406,17 +422,48 @@ class IngestionService:
             self.events("claimed")
         return task
 
-    def execute(self, task: JobTask, worker: str) -> None:
-        """Run a claimed task, then finish its job if it was the last one."""
+    def claim_task(self, task_id: str, worker: str) -> JobTask | None:
+        """Lease one named task (a task queue delivered it), or None if it is not pending.
+
+        A task whose holder died is still `running` until its lease is reaped: reap, retry.
+        """
+        task = self.catalog.claim_task(
+            worker, self.settings.lease_s, self.clock.now(), task_id=task_id
+        )
+        if task is None and self.expire_leases():
+            task = self.catalog.claim_task(
+                worker, self.settings.lease_s, self.clock.now(), task_id=task_id
+            )
+        if task is not None and self.events is not None:
+            self.events("claimed")
+        return task
+
+    def task_open(self, task_id: str) -> bool:
+        """Say whether a task is still to run or running (not finished, and known)."""
+        job_id = task_id.rsplit("/", 1)[0]
+        try:
+            tasks = self.catalog.tasks(job_id)
+        except QuantiVistaError:
+            return False
+        return any(t.task_id == task_id and t.status not in _DONE for t in tasks)
+
+    def execute(
+        self, task: JobTask, worker: str, *, touch: Callable[[], None] | None = None
+    ) -> TaskStatus | None:
+        """Run a claimed task, then finish its job if it was the last one; return its status.
+
+        `touch` is called with every heartbeat (a task queue's delivery kept alive).
+        """
         job, router = self._job_of(task.job_id)
         try:
-            self._run_task(job, task, worker, router, lambda _symbol: None)
+            status = self._run_task(job, task, worker, router, lambda _symbol: None, touch)
         finally:
             # provider statistics for other processes: every few seconds, not every task
             if self.after_run is not None and time.monotonic() - self._stats_at >= _STATS_S:
                 self._stats_at = time.monotonic()
                 self.after_run()
         self._finish(task.job_id)
+        return status
 
     def _router(self, job: IngestionJob) -> Router | None:
         """The providers' router of an ingest job (other kinds fetch nothing)."""
