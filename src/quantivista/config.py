@@ -502,7 +502,8 @@ class BusSettings(_Section):
 
     url: str = Field(
         default="memory://",
-        description="memory:// (in-process) or nats://host:port[?prefix=qv] (JetStream)",
+        description="memory:// (in-process), nats://host:port[?prefix=qv] (JetStream), "
+        "kafka://host:port[?prefix=qv] or pulsar://host:port[?prefix=qv]",
     )
     codec: Literal["json", "avro", "protobuf"] = "avro"
     pulsar_url: str | None = None
@@ -689,6 +690,11 @@ class WorkerSettings(_Section):
         ge=0,
         description="on SIGTERM, running tasks get this long to finish, then their leases are"
         " released for other workers",
+    )
+    queue_url: str | None = Field(
+        default=None,
+        description="a NATS JetStream server (nats://host:4222?prefix=qv): queued task ids go"
+        " to a work-queue stream per queue, workers pull them (None: the job catalog)",
     )
     task_cost_s: float = Field(
         default=0.15,

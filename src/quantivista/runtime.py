@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 from functools import cached_property
 from types import TracebackType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import polars as pl
 
@@ -38,6 +38,7 @@ from quantivista.services.audit import AuditService
 from quantivista.services.auth import AuthService
 from quantivista.services.backfill import BackfillService
 from quantivista.services.distribution import DistributionService
+from quantivista.services.exports import ExportService
 from quantivista.services.ingestion import IngestionService
 from quantivista.services.integration import IntegrationService
 from quantivista.services.maintenance import MaintenanceService
@@ -48,11 +49,14 @@ from quantivista.services.reference import ReferenceService
 from quantivista.services.revalidation import RevalidationReport, build_validator, revalidate
 from quantivista.services.simulation import SimulationService
 from quantivista.services.streaming import RestBackfill, StreamService
-from quantivista.services.workers import WorkerMetrics, WorkerService
+from quantivista.services.workers import WorkerMetrics, WorkerService, split_queue_url
 from quantivista.services.workflow_ingestion import WorkflowIngestionService, platform_reference
 from quantivista.services.writes import WriteService
 from quantivista.storage import open_backend
 from quantivista.storage.lake.workflow_lake import WorkflowLake
+
+if TYPE_CHECKING:
+    from quantivista.bus.task_queue import TaskQueues
 
 __all__ = ["Runtime"]
 
@@ -105,7 +109,9 @@ class Runtime:
         self.ingestion = IngestionService(
             self.runner, self.acquisition, backend.catalog, self.clock, settings.ingest,
             after_run=self.providers.save_stats, workers=settings.workers,
+            publish=self._publish if settings.workers.queue_url else None,
         )  # fmt: skip
+        self.exports = ExportService(settings, backend.catalog, self.queries, self.ingestion)
         self.backfill = BackfillService(
             backend.bars, self.calendar, self.acquisition.registry, settings, self.ingestion,
             self.clock.now,
@@ -154,19 +160,41 @@ class Runtime:
         *,
         probe_port: int | None = None,
     ) -> WorkerService:
-        """Return a worker serving `queue` (default: `workers.queue`) of this job catalog."""
+        """Return a worker serving `queue` (default: `workers.queue`) of this job catalog.
+
+        `queue` may be a NATS URL (`nats://host:4222/NAME`): tasks come from that stream.
+        """
         metrics = WorkerMetrics()
         self.ingestion.events = metrics.event
+        url, name = split_queue_url(queue) if queue else (None, None)
+        name = name or self.settings.workers.queue
+        if url is not None and url != self.settings.workers.queue_url:
+            from quantivista.bus.task_queue import TaskQueues
+
+            self.__dict__["task_queues"] = TaskQueues(url, lease_s=self.settings.ingest.lease_s)
+        tasks = self.task_queues.get(name) if url or self.settings.workers.queue_url else None
         return WorkerService(
             self.ingestion,
             self.settings.workers,
             self.settings.probes,
             metrics=metrics,
-            queue=queue,
+            tasks=tasks,
+            queue=name,
             concurrency=concurrency,
             probe_port=probe_port,
             warm_up=self._warm_up,
         )
+
+    @cached_property
+    def task_queues(self) -> TaskQueues:
+        """Return the NATS task queues of `workers.queue_url` (opened on first use)."""
+        from quantivista.bus.task_queue import TaskQueues
+
+        assert self.settings.workers.queue_url is not None
+        return TaskQueues(self.settings.workers.queue_url, lease_s=self.settings.ingest.lease_s)
+
+    def _publish(self, queue: str, task_ids: list[str]) -> None:
+        self.task_queues.publish(queue, task_ids)
 
     def _warm_up(self) -> None:
         # what a first task would load lazily, paid before the worker says it serves
@@ -251,6 +279,8 @@ class Runtime:
         """Release providers, connections and file handles."""
         if "broker" in self.__dict__:
             self.broker.close()
+        if "task_queues" in self.__dict__:
+            self.task_queues.close()
         self.acquisition.close()
         self.audit.close()
         self.backend.close()

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import io
 import time
+from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 import polars as pl
+import psycopg
 import pyarrow as pa
+import pytest
 
-from api.conftest import SYMBOLS, LiveApi, bearer, make_client
+from api.conftest import SYMBOLS, LiveApi, bearer, live_api, make_client
 from quantivista.config import Settings
+from quantivista.platform import Platform
 
 
 def _finished(http: Any, export_id: str) -> dict[str, Any]:
@@ -59,7 +64,6 @@ def test_exports_go_to_an_object_store_any_api_host_can_serve(
 ) -> None:
     import boto3
 
-    from api.conftest import live_api
     from conftest import s3_bucket
 
     bucket = s3_bucket(s3_endpoint)
@@ -88,3 +92,51 @@ def test_exports_go_to_an_object_store_any_api_host_can_serve(
     ]  # fmt: skip
     assert keys == [f"exports/{done['export_id']}.parquet"]
     assert not (store.data_dir / "exports" / f"{done['export_id']}.parquet").exists()
+
+
+@pytest.mark.postgres
+def test_with_workers_enabled_an_export_is_a_job_a_worker_runs(
+    tmp_path: Path, postgres_dsn: str
+) -> None:
+    schema = f"qv_test_exports_{uuid4().hex[:8]}"
+    settings = Settings(
+        data_dir=tmp_path / "qv",
+        storage={"backend": "postgres", "postgres_schema": schema, "postgres_pool_size": 3},
+        services={"postgres_dsn": postgres_dsn},
+        workers={"enabled": True, "poll_s": 0.05},
+    )
+    try:
+        with Platform.from_settings(settings) as p:
+            p.ingest(SYMBOLS[:2], "2024-01-01", "2024-03-31")
+            expected = p.bars(SYMBOLS[:2], "2024-01-01", "2024-03-31")
+        acme = make_client(settings, "acme", "read:bars")
+        other = make_client(settings, "initech", "read:bars")
+        with live_api(settings) as api, api.client(headers=bearer(api, acme)) as http:
+            request = {"symbols": SYMBOLS[:2], "start": "2024-01-01", "end": "2024-03-31"}
+            made = http.post("/api/v1/exports", json=request)
+            assert made.status_code == 202, made.text
+            export_id, job_id = made.json()["export_id"], made.json()["job_id"]
+            time.sleep(0.5)
+            assert http.get(f"/api/v1/exports/{export_id}").json()["status"] == "running"
+            job = http.get(f"/api/v1/jobs/{job_id}").json()  # queued, not run by the API
+            assert (job["kind"], job["queue"], job["status"]) == ("export", "default", "pending")
+            with Platform.from_settings(settings) as p:
+                worker = p.runtime.worker(probe_port=0).start()
+                try:
+                    done = p.runtime.ingestion.wait(job_id, timeout_s=60, poll_s=0.05)
+                finally:
+                    worker.stop()
+                    worker.wait()
+            assert done.status.value == "succeeded" and done.records_processed == expected.height
+            state = http.get(f"/api/v1/exports/{export_id}").json()
+            assert state["status"] == "succeeded" and state["rows"] == expected.height
+            body = http.get(f"/api/v1/exports/{export_id}/download")
+            assert body.status_code == 200
+            frame = pl.read_parquet(io.BytesIO(body.content))
+            assert frame.select(expected.columns).equals(expected)
+            with api.client(headers=bearer(api, other)) as stranger:
+                assert stranger.get(f"/api/v1/exports/{export_id}").status_code == 404
+                assert stranger.get(f"/api/v1/exports/{export_id}/download").status_code == 404
+    finally:
+        with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

@@ -117,6 +117,29 @@ def test_settled_history_has_an_etag_and_304s(api: LiveApi, reader: Credentials)
     assert 'qv_api_cache_total{outcome="hit_l1"}' in metrics
 
 
+def test_cached_answers_are_counted_exactly_by_the_next_scrape(
+    store: Settings, reader: Credentials
+) -> None:
+    def count(metrics: str, sample: str) -> float:
+        line = next((x for x in metrics.splitlines() if x.startswith(sample)), f"{sample} 0")
+        return float(line.rsplit(" ", 1)[1])
+
+    ok = 'qv_api_requests_total{route="/api/v1/bars",status="200"}'
+    hits = 'qv_api_cache_total{outcome="hit_l1"}'
+    params = {"symbols": SYMBOLS[1], "start": "2024-02-01", "end": "2024-02-29"}
+    with live_api(store) as running, running.client(headers=bearer(running, reader)) as http:
+        before = http.get("/metrics").text
+        replies = [http.get("/api/v1/bars", params=params) for _ in range(7)]
+        assert {r.status_code for r in replies} == {200}
+        left = [int(r.headers["x-ratelimit-remaining"]) for r in replies]
+        assert left == sorted(left, reverse=True) and left[0] > left[-1]
+        after = http.get("/metrics").text
+    # counted in batches by the fast path, and all of them by the time anyone reads
+    assert count(after, ok) - count(before, ok) == 7
+    assert count(after, hits) - count(before, hits) == 6  # the first one filled the cache
+    assert count(after, 'qv_api_request_seconds_count{route="/api/v1/bars"}') == count(after, ok)
+
+
 def test_a_write_invalidates_cached_responses(store: Settings, tmp_path: object) -> None:
     settings = Settings(data_dir=store.data_dir)
     creds = make_client(settings, "acme", "read:bars")

@@ -265,3 +265,26 @@ def test_bars_and_trades_from_the_broker_reach_subscribers(store: Settings, nats
         for topic in publisher.topics():
             publisher.delete_topic(topic)
         publisher.close()
+
+
+def test_rows_become_one_json_message_each_encoded_by_polars() -> None:
+    import polars as pl
+
+    from quantivista.api.stream import _messages
+
+    frame = pl.DataFrame(
+        {
+            "symbol": ["A", "B"],
+            "ts": [AT, AT],
+            "close": [1.25, None],
+            "volume": [10.0, 3.0],
+        }
+    )
+    got = _messages("bar", frame)
+    assert [s for s, _ in got] == ["A", "B"]
+    rows = [json.loads(text) for _, text in got]
+    assert rows[0] == {"type": "bar", "symbol": "A", "ts": rows[0]["ts"], "close": 1.25,
+                       "volume": 10.0}  # fmt: skip
+    assert rows[0]["ts"].startswith(AT.strftime("%Y-%m-%dT%H:%M:%S"))
+    assert rows[1]["close"] is None
+    assert _messages("bar", frame.head(0)) == []

@@ -7,7 +7,7 @@ from uuid import uuid4
 
 import pytest
 
-from brokers import Tansu
+from brokers import PulsarLite, Tansu
 from quantivista.bus.base import Broker
 from quantivista.bus.memory_broker import MemoryBroker
 
@@ -45,12 +45,41 @@ def kafka_broker(url: str) -> Iterator[Broker]:
         broker.close()
 
 
-@pytest.fixture(params=["memory", "nats", "kafka"])
+@pytest.fixture(scope="session")
+def pulsar_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Pulsar broker when QV_BUS__PULSAR_URL is set, else a pulsar-lite of our own."""
+    from conftest import _settings
+
+    real = _settings().bus.pulsar_url
+    if real:
+        yield real
+        return
+    server = PulsarLite(tmp_path_factory.mktemp("pulsar"))
+    server.start()
+    yield server.url
+    server.stop()
+
+
+def pulsar_broker(url: str) -> Iterator[Broker]:
+    """Yield a Pulsar broker whose topics and groups are this test's own."""
+    from quantivista.bus.pulsar import PulsarBroker
+
+    broker = PulsarBroker(f"{url}?prefix=t{uuid4().hex[:10]}")
+    try:
+        yield broker
+    finally:
+        broker.close()
+
+
+@pytest.fixture(params=["memory", "nats", "kafka", "pulsar"])
 def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
     if request.param == "memory":
         yield MemoryBroker()
         return
     if request.param == "kafka":
         yield from kafka_broker(request.getfixturevalue("tansu").url)
+        return
+    if request.param == "pulsar":
+        yield from pulsar_broker(request.getfixturevalue("pulsar_url"))
         return
     yield from nats_broker(request.getfixturevalue("nats_url"))

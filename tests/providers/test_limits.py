@@ -355,6 +355,77 @@ def test_redis_limiter_never_exceeds_any_window(
         assert _max_in_window(grants, rate.period_s - 2e-6) <= rate.limit
 
 
+# -- take: acquire and report in one step (the API's per-request call) -------------------------
+def _take_matches_acquire_then_usage(backend_a: object, backend_b: object, steps: list[float],
+                                     costs: list[int]) -> None:  # fmt: skip
+    clock = TestClock()
+    rates = ["3/second", "5/10s", "8/minute"]
+    taking = RateLimiter({"p": rates}, clock=clock, backend=backend_a)  # type: ignore[arg-type]
+    stepping = RateLimiter({"p": rates}, clock=clock, backend=backend_b)  # type: ignore[arg-type]
+    for step, cost in zip(steps, costs, strict=False):
+        clock.advance(step)
+        wait, tightest = taking.take("P", cost)
+        assert wait == pytest.approx(stepping.try_acquire("p", cost), abs=1e-9)
+        usage = stepping.usage("p")
+        assert tightest is not None
+        fewest = min(u.left for u in usage)
+        assert tightest.left == fewest
+        expected = next(u for u in usage if u.left == fewest)
+        assert tightest[:4] == expected[:4]  # provider, rate, used, left
+        assert tightest.resets_in_s == pytest.approx(expected.resets_in_s, abs=1e-6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.floats(min_value=0, max_value=4), min_size=1, max_size=40),
+    st.lists(st.integers(min_value=1, max_value=3), min_size=40, max_size=40),
+)
+def test_take_is_try_acquire_then_the_tightest_usage(steps: list[float], costs: list[int]) -> None:
+    _take_matches_acquire_then_usage(MemoryBackend(), MemoryBackend(), steps, costs)
+
+
+def test_take_without_limits_and_after_a_reset() -> None:
+    clock = TestClock()
+    limiter = RateLimiter({"p": ["2/minute"]}, clock=clock)
+    assert limiter.take("free") == (0.0, None)
+    limiter.take("p")
+    wait, usage = limiter.take("p")
+    assert wait == 0 and usage is not None and (usage.used, usage.left) == (2, 0)
+    assert limiter.take("p")[0] == pytest.approx(60.0)
+    limiter.reset("p")  # forgets the logs `take` holds on to as well
+    assert limiter.take("p")[1] == limiter.usage("p")[0]
+    assert limiter.usage("p")[0].used == 1
+    limiter.set_limits("p", ["1/minute"])  # new windows: new logs
+    assert limiter.take("p")[0] == 0 and limiter.take("p")[0] > 0
+
+
+@pytest.mark.redis
+@settings(max_examples=10, deadline=None)
+@given(
+    st.lists(st.floats(min_value=0, max_value=4), min_size=1, max_size=25),
+    st.lists(st.integers(min_value=1, max_value=3), min_size=25, max_size=25),
+)
+def test_redis_take_is_try_acquire_then_the_tightest_usage(
+    redis_url: str, steps: list[float], costs: list[int]
+) -> None:
+    import redis
+
+    prefixes = [f"qv-test:{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    try:
+        _take_matches_acquire_then_usage(
+            RedisBackend(redis_url, prefix=prefixes[0]),
+            RedisBackend(redis_url, prefix=prefixes[1]),
+            steps,
+            costs,
+        )
+    finally:
+        client = redis.Redis.from_url(redis_url)
+        for prefix in prefixes:
+            keys = list(client.scan_iter(match=f"{prefix}:*"))
+            if keys:
+                client.delete(*keys)
+
+
 # -- calls in flight: the vendor counts arrivals, not grants ----------------------------------
 def _delayed_arrivals(limiter: RateLimiter, clock: TestClock, *, hold: bool) -> list[float]:
     """Two 1/1s calls; the first waits 0.9 s between grant and arrival (a loaded machine).

@@ -12,9 +12,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quantivista.errors import RuleValidationError
-from quantivista.model.workflow import CheckType, QualityCheck, Severity
-from quantivista.reporting.checks import profile, run_checks, validate_checks
-from quantivista.reporting.transform import Reference
+from quantivista.model.workflow import (
+    CheckType,
+    QualityCheck,
+    RuleType,
+    Severity,
+    TransformationRule,
+)
+from quantivista.reporting.checks import judge, plan_checks, profile, run_checks, validate_checks
+from quantivista.reporting.transform import Reference, collect, plan_rules, rule_rejects
 
 NOW = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
 FRAME = pl.DataFrame(
@@ -131,3 +137,32 @@ def test_valid_plus_rejected_is_every_row_and_valid_rows_pass(
     assert result.valid["v"].null_count() == 0
     assert (result.valid["v"] >= low).all()
     assert profile(frame).columns["v"].null_count == values.count(None)
+
+
+def test_a_row_rules_rejected_fails_no_check_and_does_not_claim_a_unique_value() -> None:
+    frame = pl.DataFrame({"trade_id": ["t1", "t1", "t2"], "px": ["bad", "1.5", "2.0"]})
+    cast = TransformationRule(
+        rule_id="px", rule_type=RuleType.CAST, source_field="px", transformation_logic="float64"
+    )
+    rules = plan_rules(frame.lazy(), [cast])
+    checks = plan_checks(rules.frame, [check("unique", "trade_id"), check("range", "px", min=2)])
+    done = collect(checks.frame)
+    assert rule_rejects(done, rules)["reason"].to_list() == ["px: value cannot be cast"]
+    valid, rejected, report = judge(done, checks, job_id="j", now=NOW, prior_invalid=1)
+    # the second t1 is the first alive one: kept by unique, rejected by range only
+    assert rejected["reason"].to_list() == ["failed checks: c-range"]
+    assert done.filter(valid)["trade_id"].to_list() == ["t2"]
+    assert (report.total_records, report.valid_records, report.invalid_records) == (3, 1, 2)
+    assert report.data_profiling.row_count == 2
+
+
+def test_a_sampled_profile_keeps_exact_row_and_null_counts() -> None:
+    frame = pl.DataFrame({"v": [None, 1.0, None, 3.0, 4.0, None, 6.0, 7.0]})
+    plan = plan_checks(frame.lazy(), [check("range", "v", "warning", min=0)])
+    _, _, report = judge(collect(plan.frame), plan, job_id="j", now=NOW, sample=3)
+    found = report.data_profiling
+    assert found.row_count == 8 and found.columns["v"].null_count == 3
+    assert found.sampled_rows is not None and found.sampled_rows < 8
+    whole = judge(collect(plan.frame), plan, job_id="j", now=NOW, sample=None)[2]
+    assert whole.data_profiling.sampled_rows is None
+    assert whole.data_profiling.columns["v"].max == 7.0

@@ -59,3 +59,48 @@ def test_revocation_stops_a_proven_key(runtime: Runtime) -> None:
     runtime.auth.revoke(issued.client_id)
     with pytest.raises(AuthenticationError):
         runtime.auth.from_api_key(issued.api_key)
+
+
+def test_a_proven_token_is_checked_once_and_still_expires(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datetime import UTC, datetime
+
+    import jwt
+
+    from quantivista.clock import TestClock
+
+    clock = TestClock(datetime(2026, 11, 23, 15, 0, tzinfo=UTC))
+    with Runtime(Settings(data_dir=tmp_path / "qv"), clock=clock) as runtime:
+        issued = runtime.auth.create_client("acme", ["read:bars"])
+        token = runtime.auth.token(issued.client_id, issued.client_secret)
+        decoded: list[str] = []
+        real = jwt.decode
+
+        def counting(*args: object, **kwargs: object) -> object:
+            decoded.append("x")
+            return real(*args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(jwt, "decode", counting)
+        for _ in range(20):
+            assert runtime.auth.from_token(token.access_token).tenant == "acme"
+        assert len(decoded) == 1  # then remembered, like a proven API key
+        clock.advance(token.expires_in)
+        with pytest.raises(AuthenticationError, match="expired"):
+            runtime.auth.from_token(token.access_token)
+
+
+def test_a_remembered_key_lasts_no_longer_than_its_client_record(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    issued = runtime.auth.create_client("acme", ["read:bars"])
+    assert runtime.auth.from_api_key(issued.api_key).client_id == issued.client_id
+    # another process revokes it (straight in the store: this process's caches do not know)
+    record = runtime.backend.clients.client(issued.client_id)
+    runtime.backend.clients.save_client(
+        record.model_copy(update={"revoked_at": runtime.clock.now()})
+    )
+    assert runtime.auth.from_api_key(issued.api_key).client_id == issued.client_id  # < 5 s
+    monkeypatch.setattr(auth, "_CACHE_S", 0.0)  # the record is due now
+    with pytest.raises(AuthenticationError, match="revoked"):
+        runtime.auth.from_api_key(issued.api_key)

@@ -1,5 +1,8 @@
 """The scale-out test of record: 3 `qv worker` processes on one PostgreSQL + Redis.
 
+Run against both task queues: the job catalog's (`FOR UPDATE SKIP LOCKED`) and a NATS
+JetStream work-queue stream (`workers.queue_url`, a stream of its own per run).
+
 A 300-symbol backfill is queued; the workers fetch it through the provider simulator (real
 sockets, vendor wire formats, injected faults, rate limits it counts violations of), one
 worker is killed with SIGKILL in the middle of a task; its tasks are re-leased by the others,
@@ -53,8 +56,9 @@ def sim() -> Iterator[SimulatorHandle]:
         yield handle
 
 
-@pytest.fixture
+@pytest.fixture(params=["catalog", pytest.param("nats", marks=pytest.mark.nats)])
 def cluster_env(
+    request: pytest.FixtureRequest,
     sim: SimulatorHandle,
     postgres_dsn: str,
     redis_url: str,
@@ -64,6 +68,9 @@ def cluster_env(
     """Settings of every process of the run, as QV_* variables (also set for this one)."""
     schema = f"qv_test_scale_{uuid.uuid4().hex[:8]}"
     prefix = f"qv-test-scale:{uuid.uuid4().hex[:8]}"
+    queue_url = None
+    if request.param == "nats":
+        queue_url = f"{request.getfixturevalue('nats_url')}?prefix=qvt{uuid.uuid4().hex[:8]}"
     env = {
         "QV_DATA_DIR": str(tmp_path / "qv"),
         "QV_STORAGE__BACKEND": "postgres",
@@ -91,9 +98,18 @@ def cluster_env(
         env[section + "BASE_URL"] = sim.base_url(vendor)
         env[section + "API_KEY"] = SIMULATOR_API_KEY
         env[section + "TIMEOUT_S"] = "2"
+    if queue_url is not None:
+        env["QV_WORKERS__QUEUE_URL"] = queue_url
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     yield env
+    if queue_url is not None:
+        from quantivista.bus.task_queue import NatsTaskQueue
+
+        stream = NatsTaskQueue(queue_url, "default")
+        assert stream.pending() == 0  # every task message was acked: none left behind
+        stream.delete()
+        stream.close()
     with psycopg.connect(postgres_dsn, autocommit=True) as conn:
         conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     import redis

@@ -26,8 +26,7 @@ import threading
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import polars as pl
 
@@ -48,9 +47,8 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class WindowUsage:
-    """How much of one window is used right now."""
+class WindowUsage(NamedTuple):
+    """How much of one window is used right now (a tuple: made per API request)."""
 
     provider: str
     rate: Rate
@@ -88,6 +86,12 @@ class LimiterBackend(Protocol):
         """Return (used, seconds until the oldest entry expires) per rate."""
         ...
 
+    def take(
+        self, provider: str, rates: Sequence[Rate], now: float, cost: int
+    ) -> tuple[float, list[tuple[int, float]]]:
+        """`try_acquire` and then `usage`, in one step (one lock, one round trip)."""
+        ...
+
     def reset(self, provider: str | None = None) -> None:
         """Forget recorded calls (of one provider, or all)."""
         ...
@@ -121,6 +125,8 @@ class MemoryBackend:
     def __init__(self) -> None:
         # per window, sorted (score, token) pairs; a token names one call's entries
         self._logs: dict[tuple[str, Rate], list[tuple[float, str]]] = {}
+        # provider -> (the windows `take` last saw, their logs): `take` runs per API request
+        self._held: dict[str, tuple[Sequence[Rate], list[list[tuple[float, str]]]]] = {}
         self._lock = threading.Lock()
 
     def _log(self, provider: str, rate: Rate, now: float) -> list[tuple[float, str]]:
@@ -181,15 +187,52 @@ class MemoryBackend:
                 out.append((len(log), max(log[0][0] + rate.period_s - now, 0.0) if log else 0.0))
             return out
 
+    def take(
+        self, provider: str, rates: Sequence[Rate], now: float, cost: int
+    ) -> tuple[float, list[tuple[int, float]]]:
+        # `try_acquire` and `usage` in one pass without copying the logs: an API client's
+        # windows can hold thousands of entries, and this runs per request
+        with self._lock:
+            held = self._held.get(provider)
+            if held is None or held[0] is not rates:
+                held = self._held[provider] = (rates, [self._log(provider, r, now) for r in rates])
+            logs = held[1]
+            wait = 0.0
+            for rate, log in zip(rates, logs, strict=True):
+                horizon = now - rate.period_s
+                cut = 0
+                while cut < len(log) and log[cut][0] <= horizon:
+                    cut += 1
+                if cut:
+                    del log[:cut]
+                excess = len(log) + cost - rate.limit
+                if excess > 0:
+                    blocking = log[excess - 1][0]
+                    if blocking > now:
+                        wait = max(wait, _IN_FLIGHT_POLL_S)
+                    else:
+                        wait = max(wait, blocking + rate.period_s - now, _MIN_WAIT_S)
+            if wait == 0.0:
+                for log in logs:
+                    for _ in range(cost):  # at the end unless calls are in flight
+                        bisect.insort(log, (now, ""))
+            return wait, [
+                (len(log), max(log[0][0] + rate.period_s - now, 0.0) if log else 0.0)
+                for rate, log in zip(rates, logs, strict=True)
+            ]
+
     def reset(self, provider: str | None = None) -> None:
         with self._lock:
             for key in [k for k in self._logs if provider is None or k[0] == provider]:
                 del self._logs[key]
+            for name in [p for p in self._held if provider is None or p == provider]:
+                del self._held[name]
 
 
 # KEYS: one sorted set per window. ARGV: now, cost, token, hold, poll, then (limit, period)
-# pairs. Returns "0" when recorded, else the wait in seconds as a string (Lua numbers become
-# ints). An entry scored after `now` is in flight: wait `poll`, it may settle soon.
+# pairs. Returns the wait in seconds ("0" when recorded), then per window the calls in it and
+# the score of its oldest ("" when empty), all as strings (Lua numbers become ints). An entry
+# scored after `now` is in flight: wait `poll`, it may settle soon.
 _ACQUIRE_LUA = """
 local now = tonumber(ARGV[1])
 local cost = tonumber(ARGV[2])
@@ -208,15 +251,22 @@ for i, key in ipairs(KEYS) do
     if w > wait then wait = w end
   end
 end
-if wait > 0 then return tostring(wait) end
-for i, key in ipairs(KEYS) do
-  local period = tonumber(ARGV[5 + 2 * i])
-  for j = 1, cost do
-    redis.call('ZADD', key, now + hold, ARGV[3] .. ':' .. j)
+if wait == 0 then
+  for i, key in ipairs(KEYS) do
+    local period = tonumber(ARGV[5 + 2 * i])
+    for j = 1, cost do
+      redis.call('ZADD', key, now + hold, ARGV[3] .. ':' .. j)
+    end
+    redis.call('PEXPIRE', key, math.ceil((period + hold) * 1000) + 1000)
   end
-  redis.call('PEXPIRE', key, math.ceil((period + hold) * 1000) + 1000)
 end
-return '0'
+local out = {tostring(wait)}
+for i, key in ipairs(KEYS) do
+  local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  out[#out + 1] = tostring(redis.call('ZCARD', key))
+  out[#out + 1] = oldest[2] or ''
+end
+return out
 """
 
 # KEYS: the windows. ARGV: now, cost, token. Restamps the token's entries that still exist.
@@ -274,10 +324,25 @@ class RedisBackend:
         args: list[Any] = [repr(now), cost, name, repr(hold_s), repr(_IN_FLIGHT_POLL_S)]
         for rate in rates:
             args += [rate.limit, repr(rate.period_s)]
-        wait = float(self._script(keys=[self._key(provider, r) for r in rates], args=args))
+        wait = float(self._script(keys=[self._key(provider, r) for r in rates], args=args)[0])
         if wait <= 0 and token:
             self._costs[token] = cost
         return wait
+
+    def take(
+        self, provider: str, rates: Sequence[Rate], now: float, cost: int
+    ) -> tuple[float, list[tuple[int, float]]]:
+        if not rates:
+            return 0.0, []
+        args: list[Any] = [repr(now), cost, uuid.uuid4().hex, "0", repr(_IN_FLIGHT_POLL_S)]
+        for rate in rates:
+            args += [rate.limit, repr(rate.period_s)]
+        wait, *seen = self._script(keys=[self._key(provider, r) for r in rates], args=args)
+        usage = []
+        for rate, count, oldest in zip(rates, seen[::2], seen[1::2], strict=True):
+            resets = float(oldest) + rate.period_s - now if oldest else 0.0
+            usage.append((int(count), max(resets, 0.0)))
+        return float(wait), usage
 
     def settle(self, provider: str, rates: Sequence[Rate], token: str, now: float) -> None:
         cost = self._costs.pop(token, 0)
@@ -307,6 +372,16 @@ class RedisBackend:
         keys = list(self._redis.scan_iter(match=pattern))
         if keys:
             self._redis.delete(*keys)
+
+
+def _check_cost(provider: str, rates: Sequence[Rate], cost: int) -> None:
+    if cost < 1:
+        raise InvalidInputError("cost must be at least 1", cost=cost)
+    too_big = [str(r) for r in rates if cost > r.limit]
+    if too_big:
+        raise InvalidInputError(
+            "a call costs more than a whole window allows", provider=provider, rates=too_big
+        )
 
 
 class RateLimiter:
@@ -390,13 +465,7 @@ class RateLimiter:
         rates = self._windows.get(provider.lower(), ())
         if not rates:
             return 0.0
-        if cost < 1:
-            raise InvalidInputError("cost must be at least 1", cost=cost)
-        too_big = [str(r) for r in rates if cost > r.limit]
-        if too_big:
-            raise InvalidInputError(
-                "a call costs more than a whole window allows", provider=provider, rates=too_big
-            )
+        _check_cost(provider, rates, cost)
         return self.backend.try_acquire(
             provider.lower(), rates, self._now(), cost, token=token, hold_s=hold_s
         )
@@ -420,6 +489,27 @@ class RateLimiter:
         rates = self._windows.get(provider.lower(), ())
         if rates:
             self.backend.settle(provider.lower(), rates, token, self._now())
+
+    def take(self, provider: str, cost: int = 1) -> tuple[float, WindowUsage | None]:
+        """`try_acquire`, and the usage of the tightest window after it (fewest calls left;
+        None without limits), in one backend call.
+
+        What a server answering with X-RateLimit-* headers needs per request: one lock
+        (memory) or one Lua call (Redis) instead of one for each step.
+        """
+        name = provider.lower()
+        rates = self._windows.get(name, ())
+        if not rates:
+            return 0.0, None
+        if cost != 1:  # one call always fits (every limit is at least 1)
+            _check_cost(provider, rates, cost)
+        wait, seen = self.backend.take(name, rates, self._now(), cost)
+        tightest = None
+        for rate, (used, resets) in zip(self._rates[name], seen, strict=True):
+            left = max(rate.limit - used, 0)
+            if tightest is None or left < tightest.left:
+                tightest = WindowUsage(name, rate, used, left, resets)
+        return wait, tightest
 
     def acquire(
         self, provider: str, cost: int = 1, *, token: str = "", hold_s: float = 0.0

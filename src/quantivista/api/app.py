@@ -24,7 +24,6 @@ from quantivista._version import __version__
 from quantivista.acquisition.limits import MemoryBackend, RateLimiter, RedisBackend
 from quantivista.api import errors, stream
 from quantivista.api.cache import ResponseCache
-from quantivista.api.encode import warm_up
 from quantivista.api.fastpath import FastPath, Receive, Scope_, Send
 from quantivista.api.graphql import graphql_router
 from quantivista.api.metrics import ApiMetrics
@@ -41,6 +40,7 @@ from quantivista.ops.metrics import REGISTRY, watch_process
 from quantivista.ops.tracing import configure as configure_tracing
 from quantivista.providers.registry import ProviderRegistry
 from quantivista.runtime import Runtime
+from quantivista.services.encode import warm_up
 
 __all__ = ["DEPRECATED", "QuantiVistaApi", "create_app"]
 
@@ -90,8 +90,7 @@ class QuantiVistaApi(FastAPI):
         self.fast_path = FastPath()
 
     async def __call__(self, scope: Scope_, receive: Receive, send: Send) -> None:
-        state = getattr(self.state, "qv", None) if scope["type"] == "http" else None
-        if not await self.fast_path.served(state, scope, send):
+        if not await self.fast_path.served(scope, send):
             await super().__call__(scope, receive, send)
 
 
@@ -112,6 +111,8 @@ def create_app(
         hub.start(asyncio.get_running_loop())
         relay = _relay(settings, runtime, hub)
         app.state.qv = state
+        if isinstance(app, QuantiVistaApi):
+            app.fast_path.state = state
         app.state.hub = hub
         app.state.relay = relay
         configure_tracing(settings.tracing, "api")
@@ -134,6 +135,8 @@ def create_app(
         try:
             yield
         finally:
+            if isinstance(app, QuantiVistaApi):
+                app.fast_path.state = None
             if relay is not None:
                 relay.stop()
             alerting.set()

@@ -64,7 +64,7 @@ class ResponseCache:
             if hit is not None:
                 self._l1.move_to_end(full)
         if hit is not None:
-            self.metrics.cache.labels("hit_l1").inc()
+            self.metrics.hit()  # counted in a batch
             return hit
         if self._redis is not None:
             try:
@@ -111,6 +111,7 @@ class ResponseCache:
 
     def hit_ratio(self) -> float:
         """Return hits / lookups so far (for people; /metrics has the counters)."""
+        self.metrics.flush()
         samples = {s.labels["outcome"]: s.value for m in self.metrics.cache.collect()
                    for s in m.samples if s.name.endswith("_total")}  # fmt: skip
         total = sum(samples.values())

@@ -17,7 +17,7 @@ from urllib.parse import unquote_plus
 from quantivista.api.deps import authenticate
 from quantivista.api.state import ApiState
 from quantivista.errors import QuantiVistaError
-from quantivista.model.auth import Scope
+from quantivista.model.auth import Scope, Tenant
 
 __all__ = ["BARS_PATH", "FastPath", "bars_cache_key"]
 
@@ -49,19 +49,25 @@ def _entitlement_params(query: str) -> tuple[list[str], str]:
 
 
 class FastPath:
-    """Serve cached bars responses without the framework (the app calls it first)."""
+    """Serve cached bars responses without the framework (the app calls it first).
+
+    `state` is the API process's state while the app runs (None before start-up).
+    """
 
     def __init__(self) -> None:
-        self._counters: dict[int, Any] = {}
-        self._latency: Any = None
+        self.state: ApiState | None = None
+        # (tenant, query) -> the tenant record the query was found entitled under: the same
+        # record (auth caches it a few seconds) means the same answer
+        self._entitled: dict[tuple[str, str], Tenant] = {}
 
-    async def served(self, state: ApiState | None, scope: Scope_, send: Send) -> bool:
+    async def served(self, scope: Scope_, send: Send) -> bool:
         """Answer `scope` from the cache and return True, or return False to pass it on."""
+        state = self.state
         if (
             state is None
             or scope["type"] != "http"
-            or scope["method"] != "GET"
             or scope["path"] != BARS_PATH
+            or scope["method"] != "GET"
         ):
             return False
         started = time.perf_counter()
@@ -69,32 +75,30 @@ class FastPath:
         hit = state.cache.get(bars_cache_key(query))
         if hit is None:
             return False
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        authorization = api_key = if_none_match = None
+        for name, value in scope["headers"]:  # names come lower-cased
+            if name == b"authorization":
+                authorization = value.decode("latin-1")
+            elif name == b"x-api-key":
+                api_key = value.decode("latin-1")
+            elif name == b"if-none-match":
+                if_none_match = value.decode("latin-1")
         try:
-            principal = authenticate(state, headers.get("authorization"), headers.get("x-api-key"))
+            principal = authenticate(state, authorization, api_key)
             if not principal.can(Scope.READ_BARS):
                 return False
-            symbols, timeframe = _entitlement_params(query)
-            state.auth.entitled(
-                state.auth.tenant(principal.tenant),
-                dataset="bars",
-                symbols=symbols,
-                timeframe=timeframe,
-            )
+            self._check_entitled(state, principal.tenant, query)
             usage = state.admit(principal.client_id)
         except QuantiVistaError:
             return False  # the route answers refusals, with their problem documents
-        out = [
-            (b"etag", hit.etag.encode()),
-            (b"cache-control", b"private, max-age=3600"),
-        ]
+        out = [(b"etag", hit.etag.encode()), (b"cache-control", b"private, max-age=3600")]
         if usage is not None:
             out += [
                 (b"x-ratelimit-limit", str(usage.rate.limit).encode()),
                 (b"x-ratelimit-remaining", str(usage.left).encode()),
                 (b"x-ratelimit-reset", f"{usage.resets_in_s:.0f}".encode()),
             ]
-        if headers.get("if-none-match") == hit.etag:
+        if if_none_match == hit.etag:
             status, body = 304, b""
         else:
             status, body = 200, hit.body
@@ -104,11 +108,18 @@ class FastPath:
             ]
         await send({"type": "http.response.start", "status": status, "headers": out})
         await send({"type": "http.response.body", "body": body})
-        counted = self._counters.get(status)
-        if counted is None:  # label lookups cost more than the rest of a hit: keep them
-            counted = self._counters[status] = state.metrics.requests.labels(BARS_PATH, str(status))
-        counted.inc()
-        if self._latency is None:
-            self._latency = state.metrics.latency.labels(BARS_PATH)
-        self._latency.observe(time.perf_counter() - started)
+        now = time.perf_counter()
+        state.metrics.served(BARS_PATH, status, now - started, now)
         return True
+
+    def _check_entitled(self, state: ApiState, tenant_name: str, query: str) -> None:
+        """Raise `PermissionDeniedError` unless the tenant may read what `query` asks for."""
+        tenant = state.auth.tenant(tenant_name)
+        key = (tenant_name, query)
+        if self._entitled.get(key) is tenant:
+            return
+        symbols, timeframe = _entitlement_params(query)
+        state.auth.entitled(tenant, dataset="bars", symbols=symbols, timeframe=timeframe)
+        if len(self._entitled) > 10_000:
+            self._entitled.clear()
+        self._entitled[key] = tenant

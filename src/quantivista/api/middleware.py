@@ -106,5 +106,5 @@ class MeasureMiddleware:
         state: ApiState | None = getattr(getattr(app, "state", None), "qv", None)
         if state is not None:
             path = getattr(scope.get("route"), "path", "unmatched")
-            state.metrics.requests.labels(path, str(status)).inc()
-            state.metrics.latency.labels(path).observe(time.perf_counter() - started)
+            now = time.perf_counter()
+            state.metrics.served(path, status, now - started, now)

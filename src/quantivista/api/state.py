@@ -24,7 +24,7 @@ class ApiState:
     limiter: RateLimiter
     cache: ResponseCache
     metrics: ApiMetrics
-    _limited: set[str] = field(default_factory=set)
+    _limited: dict[str, str] = field(default_factory=dict)  # client -> its limiter key
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def admit(self, client_id: str) -> WindowUsage | None:
@@ -32,15 +32,15 @@ class ApiState:
 
         Return the tightest window's usage after the request (for X-RateLimit-* headers).
         """
-        key = f"api:{client_id}"
-        with self._lock:
-            if key not in self._limited:
+        key = self._limited.get(client_id)
+        if key is None:  # a client's first request: give it the API's limits
+            with self._lock:
+                key = f"api:{client_id}"
                 self.limiter.set_limits(key, self.runtime.settings.api.rate_limits)
-                self._limited.add(key)
-        wait = self.limiter.try_acquire(key)
+                self._limited[client_id] = key
+        wait, usage = self.limiter.take(key)
         if wait > 0:
             raise TooManyRequestsError(
                 "rate limit of this client reached", client_id=client_id, retry_after_s=wait
             )
-        usage = self.limiter.usage(key)
-        return min(usage, key=lambda u: u.left) if usage else None
+        return usage

@@ -29,6 +29,7 @@ import contextlib
 import json
 import threading
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -154,43 +155,31 @@ class StreamHub:
             return
         if isinstance(event, BarsStreamed):
             kind = "correction" if event.correction else "bar"
-            rows = [(str(r["symbol"]), r) for r in event.rows]
+            self._on_bars(kind, pl.from_dicts(event.rows) if event.rows else pl.DataFrame())
         elif isinstance(event, BarsIngested):
-            kind, rows = "bar", self._stored_rows(event)
-        else:
-            return
-        per_client: dict[_Client, list[str]] = defaultdict(list)
-        with self._lock:
-            for symbol, row in rows:  # rows of one micro-batch, each encoded once
-                targets = self._by_symbol.get(symbol, set()) | self._wildcard
-                if not targets:
-                    continue
-                text = json.dumps({"type": kind, **row}, default=str)
-                for client in targets:
-                    per_client[client].append(text)
-        # one frame per client and micro-batch: a message, or an array of them
-        batch = [
-            (c, texts[0] if len(texts) == 1 else "[" + ",".join(texts) + "]")
-            for c, texts in per_client.items()
-        ]
-        if batch:
-            self.loop.call_soon_threadsafe(self._deliver, batch)
+            self._on_bars("bar", self._stored_bars(event))
 
     def relay(self, event: Event) -> None:
         """Deliver a batch from the broker (any thread): bars, corrections and trades."""
         if isinstance(event, BarBatch):
             frame = from_ipc(event.bars)
             wanted = [c for c in _BAR_FIELDS if c in frame.columns]
-            frame = frame.select(wanted).with_columns(_iso(pl.col("ts")))
-            streamed = BarsStreamed(
-                occurred_at=event.occurred_at, source=event.source, timeframe=event.timeframe,
-                correction=event.correction, rows=frame.to_dicts(),
-            )  # fmt: skip
-            self._on_event(streamed)
+            self._on_bars("correction" if event.correction else "bar", frame.select(wanted))
         elif isinstance(event, TradesBatch):
             self._on_trades(from_ipc(event.trades))
         else:
             self._on_event(event)
+
+    def _on_bars(self, kind: str, bars: pl.DataFrame) -> None:
+        """Queue the bars of a micro-batch to the clients subscribed to their symbols."""
+        if self.loop is None or bars.is_empty():
+            return
+        with self._lock:
+            wildcard = set(self._wildcard)
+            targets = {s: c | wildcard for s, c in self._by_symbol.items() if c}
+        if not wildcard:  # encode only the rows someone wants
+            bars = bars.filter(pl.col("symbol").is_in(list(targets)))
+        self._fan_out(_messages(kind, bars), lambda symbol: targets.get(symbol, wildcard))
 
     def _on_trades(self, trades: pl.DataFrame) -> None:
         """Queue `trade` messages to the clients that asked for the trades of a symbol."""
@@ -200,16 +189,25 @@ class StreamHub:
             watchers = [c for c in self._trades if c.dropped is None]
         if not watchers:
             return
-        wanted = {s for c in watchers for s in c.trades}
-        if "*" not in wanted:
-            trades = trades.filter(pl.col("symbol").is_in(sorted(wanted)))
-        trades = trades.with_columns(_iso(pl.col("ts")))
+        every = {c for c in watchers if "*" in c.trades}
+        by_symbol: dict[str, set[_Client]] = defaultdict(lambda: set(every))
+        for client in watchers:  # one entry per client and symbol, not per row
+            for symbol in client.trades - {"*"}:
+                by_symbol[symbol].add(client)
+        if not every:
+            trades = trades.filter(pl.col("symbol").is_in(list(by_symbol)))
+        self._fan_out(_messages("trade", trades), lambda symbol: by_symbol.get(symbol, every))
+
+    def _fan_out(
+        self, messages: list[tuple[str, str]], targets: Callable[[str], set[_Client]]
+    ) -> None:
+        """Hand each client one frame per micro-batch: a message, or an array of them."""
+        if self.loop is None or not messages:
+            return
         per_client: dict[_Client, list[str]] = defaultdict(list)
-        for row in trades.to_dicts():
-            text = json.dumps({"type": "trade", **row}, default=str)
-            for client in watchers:
-                if row["symbol"] in client.trades or "*" in client.trades:
-                    per_client[client].append(text)
+        for symbol, text in messages:  # each message encoded once, for every client
+            for client in targets(symbol):
+                per_client[client].append(text)
         batch = [
             (c, texts[0] if len(texts) == 1 else "[" + ",".join(texts) + "]")
             for c, texts in per_client.items()
@@ -217,7 +215,7 @@ class StreamHub:
         if batch:
             self.loop.call_soon_threadsafe(self._deliver, batch)
 
-    def _stored_rows(self, event: BarsIngested) -> list[tuple[str, dict[str, Any]]]:
+    def _stored_bars(self, event: BarsIngested) -> pl.DataFrame:
         """Read the bars a store write announced, for the symbols someone subscribed to."""
         with self._lock:
             wanted = (
@@ -226,13 +224,11 @@ class StreamHub:
                 else [s for s in event.symbols if self._by_symbol.get(s)]
             )
         if not wanted or event.first_ts is None or event.last_ts is None:
-            return []
-        frame = self.state.runtime.backend.bars.read(
+            return pl.DataFrame()
+        return self.state.runtime.backend.bars.read(
             wanted, Timeframe.parse(event.timeframe), event.first_ts,
             event.last_ts + timedelta(microseconds=1), columns=list(_BAR_FIELDS),
         )  # fmt: skip
-        frame = frame.with_columns(pl.col("ts").dt.to_string("%Y-%m-%dT%H:%M:%S%z"))
-        return [(str(r["symbol"]), r) for r in frame.to_dicts()]
 
     def _deliver(self, batch: list[tuple[_Client, str]]) -> None:
         """On the event loop: queue each message; drop clients that cannot keep up."""
@@ -251,6 +247,17 @@ class StreamHub:
 
 def _iso(ts: pl.Expr) -> pl.Expr:
     return ts.dt.to_string("%Y-%m-%dT%H:%M:%S%.f%z")
+
+
+def _messages(kind: str, frame: pl.DataFrame) -> list[tuple[str, str]]:
+    """Return (symbol, JSON text) per row: `{"type": kind, ...the row}`, encoded by polars
+    in one pass (no Python dict per row)."""
+    if frame.is_empty():
+        return []
+    if isinstance(frame.schema.get("ts"), pl.Datetime):
+        frame = frame.with_columns(_iso(pl.col("ts")))
+    lines = frame.select(pl.lit(kind).alias("type"), *frame.columns).write_ndjson().splitlines()
+    return list(zip(frame["symbol"].cast(pl.String).to_list(), lines, strict=True))
 
 
 def _message(text: str) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """Open a broker from its URL: `memory://` (embedded), `nats://host:port[?prefix=qv]`,
-`kafka://host:port[,host:port][?prefix=qv]`."""
+`kafka://host:port[,host:port][?prefix=qv]`, `pulsar://host:port[?prefix=qv]` (or pulsar+ssl)."""
 
 from __future__ import annotations
 
@@ -30,6 +30,11 @@ def open_broker(url: str | None, bus: BusSettings | None = None) -> Broker:
         from quantivista.bus.security import kafka_config
 
         return KafkaBroker(url or "", config=kafka_config(bus) if bus else None)
+    if scheme in ("pulsar", "pulsar+ssl"):
+        from quantivista.bus.pulsar import PulsarBroker
+        from quantivista.bus.security import pulsar_options
+
+        return PulsarBroker(url or "", options=pulsar_options(bus) if bus else None)
     raise ConfigurationError(
-        "unknown bus URL scheme (memory://, nats://, kafka://)", url=url, scheme=scheme
+        "unknown bus URL scheme (memory://, nats://, kafka://, pulsar://)", url=url, scheme=scheme
     )

@@ -21,7 +21,6 @@ Kafka-protocol brokers (Tansu) answer wrongly.
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -94,8 +93,6 @@ class KafkaBroker(BrokerBase):
             {**self._common, "acks": "all", "enable.idempotence": True, "linger.ms": 2}
         )
         self._partitions: dict[str, int] = {}
-        self._lock = threading.Lock()
-        self._probe: Consumer | None = None
         # (group, topic, offset) -> deliveries so far, for messages not yet acked
         self.deliveries: dict[tuple[str, str, int], int] = {}
         try:
@@ -155,10 +152,9 @@ class KafkaBroker(BrokerBase):
     def ends(self, topic: str) -> list[int]:
         """Return each partition's end (the next offset to be written), read from a fetch."""
         n = self.partitions(topic, create=False)
-        with self._lock:  # one long-lived probe consumer: a new one per call costs a connect
-            if self._probe is None:
-                self._probe = self.consumer(extra={"enable.partition.eof": True})
-            probe = self._probe
+        # a fresh consumer each time: librdkafka reports a partition's EOF once per consumer
+        probe = self.consumer(extra={"enable.partition.eof": True})
+        try:
             name = self.name(topic)
             tps = []
             for p in range(n):  # ListOffsets may be low (never high): fetch from there to EOF
@@ -167,22 +163,20 @@ class KafkaBroker(BrokerBase):
                 )
                 tps.append(TopicPartition(name, p, max(high - 1, low, 0)))
             probe.assign(tps)
-            try:
-                ends: dict[int, int] = {}
-                deadline = time.monotonic() + self.timeout_s
-                while len(ends) < n:
-                    if time.monotonic() > deadline:
-                        raise BusError("no end of partition seen in time", topic=topic)
-                    for msg in probe.consume(500, 0.2):
-                        err = msg.error()
-                        if err is not None and err.code() == KafkaError._PARTITION_EOF:
-                            if msg.topic() == name:
-                                ends[int(msg.partition() or 0)] = int(msg.offset() or 0)
-                        elif err is not None:
-                            raise BusError(f"fetch from {topic} failed: {err}", topic=topic)
-                return [ends[p] for p in range(n)]
-            finally:
-                probe.unassign()
+            ends: dict[int, int] = {}
+            deadline = time.monotonic() + self.timeout_s
+            while len(ends) < n:
+                if time.monotonic() > deadline:
+                    raise BusError("no end of partition seen in time", topic=topic)
+                for msg in probe.consume(500, 0.2):
+                    err = msg.error()
+                    if err is not None and err.code() == KafkaError._PARTITION_EOF:
+                        ends[int(msg.partition() or 0)] = int(msg.offset() or 0)
+                    elif err is not None:
+                        raise BusError(f"fetch from {topic} failed: {err}", topic=topic)
+            return [ends[p] for p in range(n)]
+        finally:
+            probe.close()
 
     def last_offset(self, topic: str) -> int:
         ends = self.ends(topic)
@@ -352,10 +346,6 @@ class KafkaBroker(BrokerBase):
 
     def close(self) -> None:
         self._producer.flush(self.timeout_s)
-        with self._lock:
-            if self._probe is not None:
-                self._probe.close()
-                self._probe = None
 
 
 def _scan_to_time(

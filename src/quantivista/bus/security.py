@@ -2,7 +2,7 @@
 
 `connect.open_broker` passes them to every backend: Kafka gets librdkafka properties
 (`security.protocol`, `ssl.*`, `sasl.*`), NATS an `ssl.SSLContext` plus user or creds
-options.
+options, Pulsar its TLS and basic-auth options.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 from quantivista.config import BusSettings
 
-__all__ = ["kafka_config", "nats_options", "ssl_context", "tls_enabled"]
+__all__ = ["kafka_config", "nats_options", "pulsar_options", "ssl_context", "tls_enabled"]
 
 
 def tls_enabled(bus: BusSettings) -> bool:
@@ -75,4 +75,18 @@ def nats_options(bus: BusSettings) -> dict[str, Any]:
     elif bus.username is not None:
         options["user"] = bus.username
         options["password"] = _password(bus) or ""
+    return options
+
+
+def pulsar_options(bus: BusSettings) -> dict[str, Any]:
+    """Return the `pulsar.Client` keyword arguments of the settings (`basic_auth` is a
+    (user, password) pair the backend turns into pulsar's AuthenticationBasic)."""
+    options: dict[str, Any] = {}
+    if bus.ca_file is not None:
+        options["tls_trust_certs_file_path"] = str(bus.ca_file)
+    if bus.cert_file is not None and bus.key_file is not None:
+        options["tls_certificate_file_path"] = str(bus.cert_file)
+        options["tls_private_key_file_path"] = str(bus.key_file)
+    if bus.username is not None:
+        options["basic_auth"] = (bus.username, _password(bus) or "")
     return options

@@ -121,6 +121,12 @@ class IngestionJob(BaseModel):
     max_attempts: int = Field(
         default=0, ge=0, description="claims of one task before it fails (0: no limit)"
     )
+    kind: str = Field(
+        default="ingest",
+        description="what its tasks do: ingest (fetch, validate, store) or another kind a"
+        " service registered with the ingestion service, e.g. export (write a file of bars)",
+    )
+    params: dict[str, Any] = Field(default_factory=dict, description="the kind's own parameters")
 
     @property
     def duration_s(self) -> float | None:

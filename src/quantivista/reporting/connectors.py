@@ -16,6 +16,7 @@ rules); `table`, `cursor_column`, `batch_rows` (PostgreSQL);
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
@@ -53,6 +54,7 @@ __all__ = [
 ]
 
 _CHUNK = 8 << 20
+_TIMEOUT_S = 30.0
 
 
 @dataclass
@@ -284,7 +286,7 @@ def read_http(
         limiter.set_limits(name, [str(r) for r in config["rate_limits"]])
     breaker = breakers.get(name) if breakers is not None else None
     own = client is None
-    http = client or httpx.Client(timeout=30.0)
+    http = client or httpx.Client(timeout=_TIMEOUT_S)
     items_key = config.get("items_key", "data")
     next_key = config.get("next_key", "next")
     page_param = config.get("page_param")
@@ -299,11 +301,11 @@ def read_http(
                 return
             if page_param:
                 params[page_param] = page
-            if limiter is not None:
-                limiter.acquire(name)
             target, query = next_url, dict(params)
             fetch = functools.partial(_get, http, target, query, headers, name)
-            response = breaker.call(fetch) if breaker is not None else fetch()
+            # the call stays in the limiter's windows until its answer is back
+            with limiter.call(name, hold_s=_TIMEOUT_S) if limiter else contextlib.nullcontext():
+                response = breaker.call(fetch) if breaker is not None else fetch()
             body = response.json()
             items = body.get(items_key, []) if isinstance(body, dict) else body
             if not items:

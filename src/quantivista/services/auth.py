@@ -98,6 +98,11 @@ class AuthService:
         # scrypt costs tens of ms, too much per request
         self._keys: dict[bytes, tuple[str, str]] = {}
         self._tenants: dict[str, tuple[float, Tenant]] = {}
+        # credentials (an API key, a token) already turned into a principal -> (when the client
+        # record they were checked against was read, the principal, the token's exp): good
+        # as long as that record, so a request costs a dict lookup, not a digest, a JWT
+        # signature check and a model
+        self._proven: dict[str, tuple[float, Principal, int | None]] = {}
 
     # -- clients ---------------------------------------------------------------------------
     def create_client(self, tenant: str, scopes: Iterable[str], *, name: str = "") -> IssuedClient:
@@ -132,6 +137,7 @@ class AuthService:
         with self._lock:
             self._seen.pop(client_id, None)
             self._keys = {k: v for k, v in self._keys.items() if v[0] != client_id}
+            self._proven = {k: v for k, v in self._proven.items() if v[1].client_id != client_id}
         return revoked
 
     def set_tenant(
@@ -180,6 +186,9 @@ class AuthService:
 
     def from_token(self, token: str) -> Principal:
         """Return the principal of a bearer token; `AuthenticationError` when it is not valid."""
+        known = self._recalled(token)
+        if known is not None:
+            return known
         try:
             claims = jwt.decode(
                 token,
@@ -198,10 +207,14 @@ class AuthService:
             raise AuthenticationError("the access token has expired")
         client = self._active(str(claims["sub"]))
         scopes = frozenset(Scope(s) for s in str(claims.get("scope", "")).split() if s)
-        return Principal(client_id=client.client_id, tenant=client.tenant, scopes=scopes)
+        principal = Principal(client_id=client.client_id, tenant=client.tenant, scopes=scopes)
+        return self._remember(token, principal, int(claims["exp"]))
 
     def from_api_key(self, key: str) -> Principal:
         """Return the principal of an API key (`qv_<client_id>_<secret>`)."""
+        known = self._recalled(key)
+        if known is not None:
+            return known
         prefix, _, rest = key.partition("_")
         client_id, _, secret = rest.partition("_")
         if prefix != "qv" or not client_id or not secret:
@@ -219,9 +232,10 @@ class AuthService:
                 if len(self._keys) > 10_000:
                     self._keys.clear()
                 self._keys[digest] = (client.client_id, client.secret_hash)
-        return Principal(
+        principal = Principal(
             client_id=client.client_id, tenant=client.tenant, scopes=frozenset(client.scopes)
         )
+        return self._remember(key, principal, None)
 
     def tenant(self, name: str) -> Tenant:
         """Return a tenant's entitlements (unrestricted when it has no record).
@@ -259,6 +273,24 @@ class AuthService:
                 )
 
     # -- internals -------------------------------------------------------------------------
+    def _recalled(self, credential: str) -> Principal | None:
+        """Return the principal `credential` was proven to be, while that still holds."""
+        known = self._proven.get(credential)
+        if known is None or time.monotonic() - known[0] > _CACHE_S:
+            return None
+        if known[2] is not None and known[2] <= int(self.clock.now().timestamp()):
+            return None  # an expired token: the full check says so
+        return known[1]
+
+    def _remember(self, credential: str, principal: Principal, exp: int | None) -> Principal:
+        seen = self._seen.get(principal.client_id)
+        if seen is not None:  # good until its client record is due to be read again
+            with self._lock:
+                if len(self._proven) > 10_000:
+                    self._proven.clear()
+                self._proven[credential] = (seen[0], principal, exp)
+        return principal
+
     def _verified(self, client_id: str, secret: str) -> ApiClient:
         client = self._active(client_id, fresh=True)
         if not _matches(secret, client.secret_hash):

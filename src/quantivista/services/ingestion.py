@@ -28,7 +28,12 @@ from quantivista.acquisition.router import Router
 from quantivista.acquisition.wiring import Acquisition
 from quantivista.clock import Clock
 from quantivista.config import IngestSettings, WorkerSettings
-from quantivista.errors import InvalidInputError, ProviderError, QuantiVistaError
+from quantivista.errors import (
+    ConfigurationError,
+    InvalidInputError,
+    ProviderError,
+    QuantiVistaError,
+)
 from quantivista.model.jobs import DataQualityReport, IngestionJob, JobStatus, JobTask, TaskStatus
 from quantivista.model.timeframe import Timeframe, TimeframeLike
 from quantivista.ops.metrics import record_job, stage
@@ -42,13 +47,16 @@ from quantivista.services.writes import new_job_id
 from quantivista.storage.contracts import JobCatalog
 from quantivista.timeutil import DateLike
 
-__all__ = ["IngestionService", "Progress", "TaskEvent", "worker_id"]
+__all__ = ["IngestionService", "Progress", "TaskEvent", "TaskHandler", "worker_id"]
 
 log = logging.getLogger(__name__)
 
 _DONE = (TaskStatus.SUCCEEDED, TaskStatus.FAILED)
 _STATS_S = 2.0
 _ENDED = (JobStatus.SUCCEEDED, JobStatus.PARTIAL, JobStatus.FAILED)
+
+TaskHandler = Callable[[IngestionJob, JobTask], JobTask]
+"""Runs one claimed task of a job of another kind than ingest; returns it succeeded."""
 
 TaskEvent = Callable[[str], None]
 """Told what happened to a task: claimed, succeeded, failed, released, renewed, reaped."""
@@ -111,8 +119,10 @@ class IngestionService:
         after_run: Callable[[], None] | None = None,
         events: TaskEvent | None = None,
         workers: WorkerSettings | None = None,
+        publish: Callable[[str, list[str]], None] | None = None,
     ) -> None:
         self.runner = runner
+        self.publish = publish  # queued task ids go to a task queue outside the catalog too
         self.acquisition = acquisition
         self.catalog = catalog
         self.clock = clock
@@ -120,8 +130,10 @@ class IngestionService:
         self.after_run = after_run  # e.g. keep provider statistics for other processes
         self.events = events  # e.g. a worker's metrics
         self.workers = workers or WorkerSettings()
+        # job kind -> what runs its tasks (services register theirs: exports, ...)
+        self.handlers: dict[str, TaskHandler] = {}
         # a worker's view of the jobs it runs tasks of: the fields a task needs never change
-        self._jobs: dict[str, tuple[IngestionJob, Router]] = {}
+        self._jobs: dict[str, tuple[IngestionJob, Router | None]] = {}
         self._stats_at = 0.0
 
     # -- submit ----------------------------------------------------------------------------
@@ -175,6 +187,8 @@ class IngestionService:
         ]
         self.catalog.save_job(job)
         self.catalog.add_tasks(tasks)
+        if queue is not None and self.publish is not None:
+            self.publish(queue, [t.task_id for t in tasks])
         return job
 
     def enqueue(
@@ -201,6 +215,40 @@ class IngestionService:
             max_attempts=self.workers.max_attempts,
             symbols_per_task=symbols_per_task,
         )
+
+    def submit_kind(
+        self,
+        kind: str,
+        symbols: Sequence[str],
+        params: dict[str, object],
+        *,
+        tenant: str | None = None,
+        queued: bool = False,
+    ) -> IngestionJob:
+        """Record a pending job of `kind` with one task (its handler runs it); return it.
+
+        `queued`: for `qv worker`s of the default queue; else the caller runs it (`run`).
+        """
+        if kind not in self.handlers:
+            raise ConfigurationError(f"no service runs jobs of kind {kind!r}")
+        now = self.clock.now()
+        job = IngestionJob(
+            job_id=new_job_id(now),
+            source_id=kind,
+            kind=kind,
+            params=params,
+            start_time=now,
+            symbols=list(symbols),
+            tasks=1,
+            tenant=tenant,
+            queue=self.workers.queue if queued else None,
+            max_attempts=self.workers.max_attempts if queued else 0,
+        )
+        self.catalog.save_job(job)
+        self.catalog.add_tasks(
+            [JobTask(task_id=f"{job.job_id}/0000", job_id=job.job_id, seq=0, symbols=job.symbols)]
+        )
+        return job
 
     def ingest(
         self,
@@ -241,7 +289,7 @@ class IngestionService:
             if progress is not None:
                 progress(symbol, done, total)
 
-        router = self.acquisition.router(job.providers or job.source_id.split(","))
+        router = self._router(job)
         try:
             while True:
                 task = self.catalog.claim_task(
@@ -260,40 +308,39 @@ class IngestionService:
         job: IngestionJob,
         task: JobTask,
         worker: str,
-        router: Router,
+        router: Router | None,
         tick: Callable[[str], None],
-    ) -> None:
-        assert job.request_start is not None and job.request_end is not None
-        tf = Timeframe.parse(job.timeframe or "1d")
+        touch: Callable[[], None] | None = None,
+    ) -> TaskStatus | None:
+        """Run one leased task; return the status stored (None: the lease was lost)."""
 
         def beat() -> bool:
+            if touch is not None:  # a task queue outside the catalog holds its delivery too
+                try:
+                    touch()
+                except Exception as exc:  # a broker hiccup must not stop the lease's renewal
+                    log.warning("task queue heartbeat failed: %s", exc)
             return self.catalog.heartbeat(
                 task.task_id, worker, self.settings.lease_s, self.clock.now()
             )
 
         with (
             _Heartbeat(beat, self.settings.heartbeat_s, self.events),
-            span("ingest.batch", job_id=job.job_id, task_id=task.task_id,
-                 symbols=len(task.symbols), timeframe=str(tf)),
+            span(f"{job.kind}.batch", job_id=job.job_id, task_id=task.task_id,
+                 symbols=len(task.symbols), timeframe=str(job.timeframe)),
         ):  # fmt: skip
             try:
-                with stage("acquire"):
-                    raw = acquire(
-                        router,
-                        task.symbols,
-                        job.request_start,
-                        job.request_end,
-                        tf,
-                        BatchId(job.job_id, task.task_id, task.attempts),
-                        self.clock,
-                        concurrency=self.settings.fetch_concurrency,
-                        progress=tick,
-                    )
-                stored = self.runner.ingest(raw)
+                if job.kind == "ingest":
+                    assert router is not None
+                    finished = self._ingest_task(job, task, router, tick)
+                else:
+                    handler = self.handlers.get(job.kind)
+                    if handler is None:
+                        raise ConfigurationError(f"no service runs jobs of kind {job.kind!r}")
+                    finished = handler(job, task)
             except Exception as exc:  # recorded on the task and the job, then raised
                 if job.queue is not None:  # a worker's task: retried, the job goes on
-                    self._task_failed(task, worker, exc)
-                    return
+                    return self._task_failed(task, worker, exc)
                 failed = task.model_copy(
                     update={
                         "status": TaskStatus.FAILED,
@@ -303,8 +350,34 @@ class IngestionService:
                 self.catalog.finish_task(failed, worker, self.clock.now())
                 self._fail(job.job_id, exc)
                 raise
+        if not self.catalog.finish_task(finished, worker, self.clock.now()):
+            log.warning("lost the lease of %s: another worker runs it again", task.task_id)
+            return None
+        if self.events is not None:
+            self.events("succeeded")
+        return TaskStatus.SUCCEEDED
+
+    def _ingest_task(
+        self, job: IngestionJob, task: JobTask, router: Router, tick: Callable[[str], None]
+    ) -> JobTask:
+        """Fetch, validate and store a task's symbols; return the task, succeeded."""
+        assert job.request_start is not None and job.request_end is not None
+        tf = Timeframe.parse(job.timeframe or "1d")
+        with stage("acquire"):
+            raw = acquire(
+                router,
+                task.symbols,
+                job.request_start,
+                job.request_end,
+                tf,
+                BatchId(job.job_id, task.task_id, task.attempts),
+                self.clock,
+                concurrency=self.settings.fetch_concurrency,
+                progress=tick,
+            )
+        stored = self.runner.ingest(raw)
         report = stored.report if stored is not None else None
-        finished = task.model_copy(
+        return task.model_copy(
             update={
                 "status": TaskStatus.SUCCEEDED,
                 "records_processed": report.total_records if report else 0,
@@ -314,12 +387,8 @@ class IngestionService:
                 "quality": report,
             }
         )
-        if not self.catalog.finish_task(finished, worker, self.clock.now()):
-            log.warning("lost the lease of %s: another worker runs it again", task.task_id)
-        elif self.events is not None:
-            self.events("succeeded")
 
-    def _task_failed(self, task: JobTask, worker: str, exc: BaseException) -> None:
+    def _task_failed(self, task: JobTask, worker: str, exc: BaseException) -> TaskStatus | None:
         """Put a queued task back on its queue, or fail it once its attempts are spent."""
         job = self.catalog.job(task.job_id)
         detail = {"kind": type(exc).__name__, "message": str(exc), "attempt": task.attempts}
@@ -334,6 +403,9 @@ class IngestionService:
         stored = self.catalog.finish_task(task.model_copy(update=update), worker, self.clock.now())
         if stored and self.events is not None:
             self.events("failed" if spent else "released")
+        if not stored:
+            return None
+        return TaskStatus.FAILED if spent else TaskStatus.PENDING
 
     # -- workers ---------------------------------------------------------------------------
     def run_next(self, worker: str, queue: str) -> JobTask | None:
@@ -350,19 +422,56 @@ class IngestionService:
             self.events("claimed")
         return task
 
-    def execute(self, task: JobTask, worker: str) -> None:
-        """Run a claimed task, then finish its job if it was the last one."""
+    def claim_task(self, task_id: str, worker: str) -> JobTask | None:
+        """Lease one named task (a task queue delivered it), or None if it is not pending.
+
+        A task whose holder died is still `running` until its lease is reaped: reap, retry.
+        """
+        task = self.catalog.claim_task(
+            worker, self.settings.lease_s, self.clock.now(), task_id=task_id
+        )
+        if task is None and self.expire_leases():
+            task = self.catalog.claim_task(
+                worker, self.settings.lease_s, self.clock.now(), task_id=task_id
+            )
+        if task is not None and self.events is not None:
+            self.events("claimed")
+        return task
+
+    def task_open(self, task_id: str) -> bool:
+        """Say whether a task is still to run or running (not finished, and known)."""
+        job_id = task_id.rsplit("/", 1)[0]
+        try:
+            tasks = self.catalog.tasks(job_id)
+        except QuantiVistaError:
+            return False
+        return any(t.task_id == task_id and t.status not in _DONE for t in tasks)
+
+    def execute(
+        self, task: JobTask, worker: str, *, touch: Callable[[], None] | None = None
+    ) -> TaskStatus | None:
+        """Run a claimed task, then finish its job if it was the last one; return its status.
+
+        `touch` is called with every heartbeat (a task queue's delivery kept alive).
+        """
         job, router = self._job_of(task.job_id)
         try:
-            self._run_task(job, task, worker, router, lambda _symbol: None)
+            status = self._run_task(job, task, worker, router, lambda _symbol: None, touch)
         finally:
             # provider statistics for other processes: every few seconds, not every task
             if self.after_run is not None and time.monotonic() - self._stats_at >= _STATS_S:
                 self._stats_at = time.monotonic()
                 self.after_run()
         self._finish(task.job_id)
+        return status
 
-    def _job_of(self, job_id: str) -> tuple[IngestionJob, Router]:
+    def _router(self, job: IngestionJob) -> Router | None:
+        """The providers' router of an ingest job (other kinds fetch nothing)."""
+        if job.kind != "ingest":
+            return None
+        return self.acquisition.router(job.providers or job.source_id.split(","))
+
+    def _job_of(self, job_id: str) -> tuple[IngestionJob, Router | None]:
         """Return a job (marked running) and its router, read once per job and process."""
         known = self._jobs.get(job_id)
         if known is not None:
@@ -371,7 +480,7 @@ class IngestionService:
         if job.status is JobStatus.PENDING:
             job.status = JobStatus.RUNNING
             self.catalog.save_job(job)
-        known = (job, self.acquisition.router(job.providers or job.source_id.split(",")))
+        known = (job, self._router(job))
         if len(self._jobs) >= 64:  # a long-lived worker sees many jobs: keep the recent ones
             self._jobs.pop(next(iter(self._jobs)))
         self._jobs[job_id] = known
@@ -422,7 +531,7 @@ class IngestionService:
         job.end_time = self.clock.now()
         job.error_details.append({"scope": "job", "kind": type(exc).__name__, "message": str(exc)})
         self.catalog.save_job(job)
-        record_job("ingest", JobStatus.FAILED.value)
+        record_job(job.kind, JobStatus.FAILED.value)
 
     def _finish(self, job_id: str) -> IngestionJob:
         """Roll the tasks' outcomes up into the job once none is left to run."""
@@ -449,7 +558,7 @@ class IngestionService:
             job.status = JobStatus.SUCCEEDED
         job.end_time = self.clock.now()
         self.catalog.save_job(job)
-        record_job("ingest", job.status.value)
+        record_job(job.kind, job.status.value)
         return job
 
     # -- follow and recover ----------------------------------------------------------------

@@ -1,7 +1,10 @@
 """`qv worker`: run queued ingestion tasks from the job catalog, with probes and metrics.
 
 Any number of workers on any number of hosts share one job catalog (PostgreSQL claims with
-`FOR UPDATE SKIP LOCKED`, the embedded SQLite catalog with its write lock). Each worker
+`FOR UPDATE SKIP LOCKED`, the embedded SQLite catalog with its write lock). With a NATS
+task queue (`--queue nats://host:4222/NAME`, or `workers.queue_url`) the next task comes
+from a JetStream work-queue stream instead (see `bus.task_queue`); the catalog still
+leases it, so progress, attempts and counts are the same. Each worker
 runs `concurrency` tasks at once under leases it renews by heartbeats, and returns lapsed
 leases of dead workers to the queue. On stop (SIGTERM) it claims nothing more, gives its
 running tasks `drain_s` to finish, then releases the leases of those still running so
@@ -15,17 +18,35 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from quantivista.config import ProbeSettings, WorkerSettings
-from quantivista.model.jobs import JobTask
+from quantivista.model.jobs import JobTask, TaskStatus
 from quantivista.ops.probes import ProbeServer
 from quantivista.services.ingestion import IngestionService, worker_id
 
-__all__ = ["WorkerMetrics", "WorkerService"]
+if TYPE_CHECKING:
+    from quantivista.bus.task_queue import Delivery, NatsTaskQueue
+
+__all__ = ["WorkerMetrics", "WorkerService", "split_queue_url"]
 
 log = logging.getLogger(__name__)
+
+
+def split_queue_url(value: str) -> tuple[str | None, str | None]:
+    """Split `--queue`: `nats://host:port/NAME?prefix=p` -> (url without NAME, NAME).
+
+    A plain name is the catalog queue of that name: (None, value).
+    """
+    if not value.startswith("nats://"):
+        return None, value
+    parts = urlsplit(value)
+    name = parts.path.strip("/") or None
+    query = f"?{parts.query}" if parts.query else ""
+    return f"nats://{parts.netloc}{query}", name
 
 
 class WorkerMetrics:
@@ -67,6 +88,7 @@ class WorkerMetrics:
 class _Slot:
     thread: threading.Thread | None = None
     task: JobTask | None = None
+    delivery: Delivery | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -80,6 +102,7 @@ class WorkerService:
         probes: ProbeSettings,
         *,
         metrics: WorkerMetrics,
+        tasks: NatsTaskQueue | None = None,
         queue: str | None = None,
         concurrency: int | None = None,
         probe_port: int | None = None,
@@ -87,6 +110,7 @@ class WorkerService:
     ) -> None:
         self.ingestion = ingestion
         self.settings = settings
+        self.tasks = tasks
         self.metrics = metrics
         self.queue = queue or settings.queue
         self.concurrency = concurrency or settings.concurrency
@@ -145,6 +169,9 @@ class WorkerService:
     def _serve(self, slot: _Slot) -> None:
         while not self._stop.is_set():
             try:
+                if self.tasks is not None:
+                    self._serve_delivery(slot)
+                    continue
                 with slot.lock:
                     if self._stop.is_set():
                         return
@@ -153,16 +180,53 @@ class WorkerService:
                 if task is None:
                     self._stop.wait(self.settings.poll_s)
                     continue
-                self.metrics.in_flight.inc()
-                try:
-                    self.ingestion.execute(task, self.name)
-                finally:
-                    self.metrics.in_flight.dec()
-                    with slot.lock:
-                        slot.task = None
+                self._execute(slot, task)
             except Exception:  # a catalog outage or a bug: log it, keep serving
                 log.exception("worker slot failed; going on")
                 self._stop.wait(self.settings.poll_s)
+
+    def _execute(self, slot: _Slot, task: JobTask, delivery: Delivery | None = None) -> None:
+        self.metrics.in_flight.inc()
+        status = None
+        try:
+            status = self.ingestion.execute(
+                task, self.name, touch=delivery.touch if delivery else None
+            )
+        finally:
+            self.metrics.in_flight.dec()
+            with slot.lock:
+                slot.task = slot.delivery = None
+        if delivery is None or status is None:
+            # lease lost (released on stop, or reaped), or an error: the delivery lapses and
+            # comes back to whoever may run it; acking it could drop another worker's task
+            return
+        if status is TaskStatus.PENDING:  # failed, attempts left: deliver it again
+            delivery.retry()
+        else:  # succeeded, or failed for good
+            delivery.ack()
+
+    def _serve_delivery(self, slot: _Slot) -> None:
+        """Take the next task id from the task queue, lease it in the catalog, run it."""
+        assert self.tasks is not None
+        delivery = self.tasks.next(timeout_s=max(self.settings.poll_s, 0.2))
+        if delivery is None:
+            return
+        with slot.lock:
+            task = None if self._stop.is_set() else self.ingestion.claim_task(
+                delivery.task_id, self.name)  # fmt: skip
+            slot.task, slot.delivery = task, delivery
+        if task is not None:
+            self._execute(slot, task, delivery)
+            return
+        with slot.lock:
+            slot.delivery = None
+        if self._stop.is_set():
+            delivery.retry()  # unrun: to another worker at once
+        elif self.ingestion.task_open(delivery.task_id):
+            # running elsewhere under a live lease (a redelivery that came too soon)
+            delivery.retry(delay_s=self.ingestion.settings.heartbeat_s)
+        else:
+            delivery.ack()  # finished already, or its job is gone
 
     def _reap(self) -> None:
         while not self._stop.wait(self.settings.reap_s):
@@ -179,6 +243,8 @@ class WorkerService:
                 slot.thread.join(timeout=max(deadline - time.monotonic(), 0.0))
         for slot in self._slots:
             with slot.lock:
-                task = slot.task
+                task, delivery = slot.task, slot.delivery
             if task is not None and self.ingestion.release(task, self.name):
                 log.warning("released %s unfinished: another worker runs it", task.task_id)
+                if delivery is not None:
+                    delivery.retry()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -70,6 +71,10 @@ if TYPE_CHECKING:
 __all__ = ["BarsReader", "WorkflowIngestionService", "platform_reference", "simulate"]
 
 BarsReader = Callable[[list[str], str | None, str | None, str], pl.DataFrame]
+
+# jobs of at least this many rows keep their dead letters while the lake is written (below,
+# a thread costs more than it saves: stream micro-batches)
+_OVERLAP_ROWS = 200_000
 
 _CATEGORIES = {
     "portfolio_data_lake": "portfolio",
@@ -395,9 +400,17 @@ class WorkflowIngestionService:
             data_type=_CATEGORIES[source.target_table],
             keep=keep,
         )
-        self.lake.write(source.target_table, rows, tenant=tenant, job_id=job.job_id)
         rejected = pl.concat([rule_rejected, check_rejected, misplaced])
-        failed = self._dead_letter(tenant, job, raw, rejected, now)
+        if raw.height < _OVERLAP_ROWS or rejected.is_empty():
+            self.lake.write(source.target_table, rows, tenant=tenant, job_id=job.job_id)
+            failed = self._dead_letter(tenant, job, raw, rejected, now)
+        else:
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                # the dead letters (a catalog transaction: mostly Python and the disk) are
+                # kept while Polars encodes the lake files without the GIL
+                letters = pool.submit(self._dead_letter, tenant, job, raw, rejected, now)
+                self.lake.write(source.target_table, rows, tenant=tenant, job_id=job.job_id)
+                failed = letters.result()
         lake_rows = report.valid_records - misplaced.height
         self.catalog.add_lineage(tenant, inputs, now)
         if cursor is not None and given is None:

@@ -185,7 +185,7 @@ def pick_as_of(current: pl.DataFrame, history: pl.DataFrame, as_of: datetime) ->
     old_ok = (_us(history["ingested_at"]) <= at) & (_us(history["superseded_at"]) > at)
     if not old_ok.any():  # nothing valid then was superseded since
         return current if cur_ok.all() else _take(current, np.flatnonzero(cur_ok))
-    old = _take(history, np.flatnonzero(old_ok)).select(current.columns)
+    old = _columns(_take(history, np.flatnonzero(old_ok)), current.columns)
     if _one_symbol(current, old):
         return _merge_versions(current, cing, cur_ok, old)
     cur = _take(current, np.flatnonzero(cur_ok))
@@ -224,6 +224,17 @@ def _take(frame: pl.DataFrame, rows: np.ndarray) -> pl.DataFrame:
         out = out.clone()
         for lo, hi in zip(starts[1:], ends[1:], strict=True):
             out.vstack(frame.slice(lo, hi - lo + 1), in_place=True)
+    return out
+
+
+def _columns(frame: pl.DataFrame, names: list[str]) -> pl.DataFrame:
+    """Return `frame` with just the columns `names` (in place when it only has extra ones
+    at the end: `select` goes through the query engine, a first use of which costs ms)."""
+    if frame.columns[: len(names)] != names:
+        return frame.select(names)
+    out = frame.clone()  # a shallow copy: columns are shared, not copied
+    for name in frame.columns[len(names) :]:
+        out.drop_in_place(name)
     return out
 
 

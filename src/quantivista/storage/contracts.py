@@ -239,8 +239,11 @@ class JobCatalog(Protocol):
         job_id: str | None = None,
         *,
         queue: str | None = None,
+        task_id: str | None = None,
     ) -> JobTask | None:
         """Lease the oldest pending task to `worker`; None if none is left.
+
+        With `task_id`, that task only (a task queue outside the catalog named it).
 
         Of one job, of the jobs queued on `queue`, or of any job. Atomic across processes:
         two workers never hold the same task.

@@ -17,12 +17,12 @@ from starlette.concurrency import run_in_threadpool
 
 from quantivista.api.cache import CachedResponse
 from quantivista.api.deps import Caller, State, require
-from quantivista.api.encode import MEDIA_TYPES, ArrowStreamEncoder, BodyFormat, encode, etag_of
 from quantivista.api.errors import COMMON_RESPONSES
 from quantivista.api.fastpath import bars_cache_key
 from quantivista.api.state import ApiState
 from quantivista.errors import InvalidInputError, NotFoundError
 from quantivista.model.auth import Scope
+from quantivista.services.encode import MEDIA_TYPES, ArrowStreamEncoder, BodyFormat, encode, etag_of
 from quantivista.services.queries import BarQuery
 
 __all__ = ["router"]

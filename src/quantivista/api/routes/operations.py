@@ -12,11 +12,11 @@ from fastapi import APIRouter, Depends, Form, Response
 from pydantic import BaseModel, Field
 
 from quantivista.api.deps import Caller, State, require
-from quantivista.api.encode import BodyFormat, encode
 from quantivista.api.errors import COMMON_RESPONSES
 from quantivista.errors import NotFoundError
 from quantivista.model.auth import Scope
 from quantivista.model.jobs import DataQualityReport, IngestionJob
+from quantivista.services.encode import BodyFormat, encode
 
 __all__ = ["router"]
 

@@ -261,10 +261,13 @@ class SqliteCatalog:
         job_id: str | None = None,
         *,
         queue: str | None = None,
+        task_id: str | None = None,
     ) -> JobTask | None:
-        """Lease the oldest pending task (of one job, a queue, or any) of a live job."""
+        """Lease the oldest pending task (of one job, a queue, one task, or any) of a live job."""
         where = ""
         args: tuple[str, ...] = ()
+        if task_id:
+            where, args = where + " AND t.task_id=?", (*args, task_id)
         if job_id:
             where, args = where + " AND t.job_id=?", (*args, job_id)
         if queue is not None:

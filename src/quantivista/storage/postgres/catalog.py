@@ -104,13 +104,17 @@ class PgCatalog:
         job_id: str | None = None,
         *,
         queue: str | None = None,
+        task_id: str | None = None,
     ) -> JobTask | None:
-        """Lease the oldest pending task (of one job, a queue, or any) of a live job.
+        """Lease the oldest pending task (of one job, a queue, one task, or any) of a live job.
 
         Tasks locked by a concurrent claim are skipped, not waited for.
         """
         where = ""
         args: list[str] = []
+        if task_id:
+            where += " AND t.task_id = %s"
+            args.append(task_id)
         if job_id:
             where += " AND t.job_id = %s"
             args.append(job_id)

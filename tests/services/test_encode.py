@@ -7,7 +7,7 @@ import pyarrow as pa
 from hypothesis import given
 from hypothesis import strategies as st
 
-from quantivista.api.encode import arrow_stream, arrow_table
+from quantivista.services.encode import arrow_stream, arrow_table
 
 
 def _frame(symbols: list[str]) -> pl.DataFrame:
