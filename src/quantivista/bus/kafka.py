@@ -21,6 +21,7 @@ Kafka-protocol brokers (Tansu) answer wrongly.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -64,6 +65,8 @@ _CONSUMER = {
     "fetch.wait.max.ms": 50,
 }
 
+_LOG = logging.getLogger("quantivista.bus.kafka")
+
 
 class KafkaBroker(BrokerBase):
     """Durable topics on a Kafka-protocol broker."""
@@ -86,6 +89,7 @@ class KafkaBroker(BrokerBase):
         self._common: dict[str, Any] = {
             "bootstrap.servers": servers,
             "log.connection.close": False,  # a broker closing idle connections is no news
+            "logger": _LOG,  # librdkafka's lines go to logging, not raw to stderr
             **(config or {}),
         }
         self._admin = AdminClient(self._common)
