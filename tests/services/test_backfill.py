@@ -194,8 +194,10 @@ def test_free_tiers_first_and_calls_balanced_by_quota(rt: Runtime) -> None:
     assert per["paid"] == 0  # the paid vendor only serves what the free ones cannot
     assert per["free_a"] + per["free_b"] == 30
     assert (per["free_a"], per["free_b"]) == (10, 20)  # 1/s and 2/s finish together
-    # 10 calls at 1/s; 20 at 2/s; then the last task's own work (workers.task_cost_s)
-    assert plan.predicted_s == pytest.approx(9.0 + rt.settings.workers.task_cost_s)
+    # an idle worker's poll (workers.poll_s); 10 calls at 1/s and 20 at 2/s; then the last
+    # task's own work (workers.task_cost_s)
+    workers = rt.settings.workers
+    assert plan.predicted_s == pytest.approx(workers.poll_s + 9.0 + workers.task_cost_s)
     hourly = rt.backfill.plan(symbols[:2], "2024-01-02", "2024-01-03", "1h", ["free_a", "paid"])
     assert set(hourly.requests["provider"]) == {"paid"}  # free_a has no hourly bars
 

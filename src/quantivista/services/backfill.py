@@ -218,7 +218,8 @@ class BackfillService:
         `workers` x `workers.concurrency` slots run tasks of `ingest.symbols_per_batch`
         symbols, `ingest.fetch_concurrency` calls at a time; `latency_s` is a call's round
         trip, `task_cost_s` a task's own work (default `workers.task_cost_s`) and `cpus` the
-        CPUs the workers share (default one per worker).
+        CPUs the workers share (default one per worker); plus `workers.poll_s`, how late an
+        idle worker sees the first task.
         """
         tf = Timeframe.parse(timeframe)
         names = [n.lower() for n in providers] if providers else [
@@ -286,6 +287,8 @@ class BackfillService:
         per = {r["provider"]: (r["tasks"], r["calls"]) for r in tasks.iter_rows(named=True)}
 
         share = cpus if cpus is not None else max(workers, 1)
+        # idle workers look for tasks every `workers.poll_s`: the first task starts that late
+        pickup = self.settings.workers.poll_s
 
         def bound(name: str) -> float:
             n, calls = per.get(name, (0, 0))
@@ -297,7 +300,7 @@ class BackfillService:
             tail = cost * max(1.0, max(workers, 1) / share)
             work = task_seconds(n, calls / n, slots=slots, fetch_concurrency=fetch,
                                 latency_s=latency_s, task_cost_s=cost, cpus=share)  # fmt: skip
-            return max(quota + tail, work)
+            return pickup + max(quota + tail, work)
 
         summary = pl.DataFrame(
             [
