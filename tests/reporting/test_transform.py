@@ -204,6 +204,15 @@ def test_validator_raises_only_rule_errors_and_passed_rules_run_on_data(
     assert out.frame.schema == schema
 
 
+def test_the_validator_reports_the_types_a_run_gives() -> None:
+    # Polars types `NULL / a` as Null lazily but Float64 when run: found by hypothesis
+    chain = [rule("rename", "a", "a"), rule("derive", None, "a", "NULL / a")]
+    schema = validate_rules(chain, {"a": "float64"})
+    data = pl.DataFrame({"a": [1.5, None]}, schema={"a": pl.Float64})
+    assert schema == apply_rules(data, chain).frame.schema
+    assert schema is not None and schema["a"] == pl.Float64
+
+
 def test_a_cast_polars_refuses_only_on_values_is_refused_on_create() -> None:
     # Polars casts an empty Date column to Boolean, but not a Date value: found by hypothesis
     chain = [rule("cast", "c", "c", "date"), rule("cast", "c", "c", "bool")]

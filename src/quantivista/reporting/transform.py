@@ -237,7 +237,10 @@ def validate_rules(
                 probe = start_plan(_probe_row(probe.output_schema()).lazy())
         except _ERRORS as exc:
             raise _fail(rule, _first_line(exc)) from exc
-    return plan.output_schema()
+    # Polars' lazy types can differ from what running gives (`NULL / a`: Null lazily, Float64
+    # when run); the probe ran the chain for real, so its types win
+    ran = probe.frame.collect().schema
+    return pl.Schema({name: ran.get(name, dtype) for name, dtype in plan.output_schema().items()})
 
 
 _PROBE_VALUES: dict[type[pl.DataType], Any] = {
