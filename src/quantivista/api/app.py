@@ -26,6 +26,7 @@ from quantivista.api import errors, stream
 from quantivista.api.cache import ResponseCache
 from quantivista.api.fastpath import FastPath, Receive, Scope_, Send
 from quantivista.api.graphql import graphql_router
+from quantivista.api.lease import LeasedLimiter
 from quantivista.api.metrics import ApiMetrics
 from quantivista.api.middleware import MeasureMiddleware
 from quantivista.api.page import router as status_page
@@ -52,12 +53,16 @@ def _state(settings: Settings, runtime: Runtime) -> ApiState:
     shared = settings.resilience.backend == "redis"
     redis_url = settings.services.redis_url if shared else None
     prefix = f"{settings.resilience.redis_prefix}:api"
-    backend = RedisBackend(redis_url, prefix=prefix) if redis_url else MemoryBackend()
+    limiter: RateLimiter | LeasedLimiter
+    if redis_url:  # shared by every API process: tokens leased a block per Redis call
+        limiter = LeasedLimiter(RedisBackend(redis_url, prefix=prefix), runtime.clock)
+    else:
+        limiter = RateLimiter({}, clock=runtime.clock, backend=MemoryBackend())
     metrics = ApiMetrics()
     return ApiState(
         runtime=runtime,
         auth=runtime.auth,
-        limiter=RateLimiter({}, clock=runtime.clock, backend=backend),
+        limiter=limiter,
         cache=ResponseCache(
             settings.api.cache_mb * 1024 * 1024,
             runtime.epoch,

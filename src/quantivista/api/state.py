@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from quantivista.acquisition.limits import RateLimiter, WindowUsage
 from quantivista.api.cache import ResponseCache
+from quantivista.api.lease import LeasedLimiter
 from quantivista.api.metrics import ApiMetrics
 from quantivista.errors import TooManyRequestsError
 from quantivista.runtime import Runtime
@@ -21,7 +22,7 @@ class ApiState:
 
     runtime: Runtime
     auth: AuthService
-    limiter: RateLimiter
+    limiter: RateLimiter | LeasedLimiter  # leased: over Redis
     cache: ResponseCache
     metrics: ApiMetrics
     _limited: dict[str, str] = field(default_factory=dict)  # client -> its limiter key
