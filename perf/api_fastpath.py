@@ -8,7 +8,8 @@ between; without that the hot loop hides most of the cost. Reports the median an
 of process CPU time per call and the fast path's extra over the bare app: a measure of our
 own per-request work that other processes on the machine sway much less than requests/s.
 
-Usage: python perf/api_fastpath.py [--calls 4000] [--runs 3]; prints one JSON line.
+Usage: python perf/api_fastpath.py [--calls 4000] [--runs 3] [--limiter redis|memory];
+prints one JSON line.
 """
 
 from __future__ import annotations
@@ -92,13 +93,20 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=4000)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--limiter", choices=["redis", "memory"], default="redis")
     args = parser.parse_args()
-    out: dict[str, Any] = {"bench": "api_fastpath", "load_avg_1m": round(os.getloadavg()[0], 2)}
+    out: dict[str, Any] = {"bench": "api_fastpath", "load_avg_1m": round(os.getloadavg()[0], 2),
+                           "limiter": args.limiter}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(data_dir=Path(tmp) / "qv", log_level="WARNING")
         settings = settings.model_copy(
             update={"api": settings.api.model_copy(update={"rate_limits": ["1000000/second"]})}
         )
+        if args.limiter == "redis":  # shared limits, leased a block per Redis call
+            resilience = settings.resilience.model_copy(
+                update={"backend": "redis", "redis_prefix": f"qv-perf:apiperf:{os.getpid()}"}
+            )
+            settings = settings.model_copy(update={"resilience": resilience})
         with Platform.from_settings(settings) as p:
             p.write_bars(universe(1, 1), source="perf", timeframe="1d")
             key = p.runtime.auth.create_client("perf", ["read:bars"]).api_key

@@ -21,11 +21,12 @@ _L2_TTL_S = 3600
 
 @dataclass(frozen=True, slots=True)
 class CachedResponse:
-    """A response body with its media type and entity tag."""
+    """A response body with its media type, entity tag and row count (X-Total-Count)."""
 
     body: bytes
     media_type: str
     etag: str
+    total: int | None = None
 
 
 class ResponseCache:
@@ -72,7 +73,9 @@ class ResponseCache:
             except Exception:  # a cache outage must not fail requests
                 raw = None
             if raw:
-                found = CachedResponse(raw[b"body"], raw[b"type"].decode(), raw[b"etag"].decode())
+                total = raw.get(b"total")
+                found = CachedResponse(raw[b"body"], raw[b"type"].decode(), raw[b"etag"].decode(),
+                                       int(total) if total else None)  # fmt: skip
                 self._keep(full, found)
                 self.metrics.cache.labels("hit_l2").inc()
                 return found
@@ -89,6 +92,8 @@ class ResponseCache:
                 pipe = self._redis.pipeline()
                 mapping = {"body": response.body, "type": response.media_type,
                            "etag": response.etag}  # fmt: skip
+                if response.total is not None:
+                    mapping["total"] = str(response.total)
                 pipe.hset(name, mapping=mapping)
                 pipe.expire(name, _L2_TTL_S)
                 pipe.execute()

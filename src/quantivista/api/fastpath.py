@@ -92,6 +92,8 @@ class FastPath:
         except QuantiVistaError:
             return False  # the route answers refusals, with their problem documents
         out = [(b"etag", hit.etag.encode()), (b"cache-control", b"private, max-age=3600")]
+        if hit.total is not None:
+            out.append((b"x-total-count", str(hit.total).encode()))
         if usage is not None:
             out += [
                 (b"x-ratelimit-limit", str(usage.rate.limit).encode()),

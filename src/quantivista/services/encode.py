@@ -123,6 +123,19 @@ class ArrowStreamEncoder:
             out.append(self._chunks.take())
         return out
 
+    def feed_table(self, table: pa.Table, schema: pa.Schema) -> list[bytes]:
+        """Encode an Arrow table as read (its record batches, dictionaries kept), cast to
+        `schema` (a cast of dictionary values or nullability, no re-encoding)."""
+        if table.schema != schema:
+            table = table.cast(schema)
+        if self._writer is None:
+            self._writer = pa.ipc.new_stream(pa.PythonFile(self._chunks, mode="w"), schema)
+        out = []
+        for batch in table.to_batches(max_chunksize=self.rows):
+            self._writer.write_batch(batch)
+            out.append(self._chunks.take())
+        return out
+
     def finish(self, empty: pl.DataFrame) -> bytes:
         """End the stream (`empty` gives the schema when nothing was fed)."""
         if self._writer is None:
@@ -130,6 +143,11 @@ class ArrowStreamEncoder:
         assert self._writer is not None
         self._writer.close()
         return self._chunks.take()
+
+
+def arrow_schema(empty: pl.DataFrame) -> pa.Schema:
+    """Return the Arrow schema `ArrowStreamEncoder.feed` gives frames shaped like `empty`."""
+    return arrow_table(empty.clear()).schema
 
 
 def arrow_stream(df: pl.DataFrame, rows: int = 1 << 17) -> Iterator[bytes]:

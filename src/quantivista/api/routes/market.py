@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
 from datetime import date, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import polars as pl
+import pyarrow as pa
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
@@ -22,8 +23,19 @@ from quantivista.api.fastpath import bars_cache_key
 from quantivista.api.state import ApiState
 from quantivista.errors import InvalidInputError, NotFoundError
 from quantivista.model.auth import Scope
-from quantivista.services.encode import MEDIA_TYPES, ArrowStreamEncoder, BodyFormat, encode, etag_of
+from quantivista.model.schema import BAR_POLARS_SCHEMA
+from quantivista.services.encode import (
+    MEDIA_TYPES,
+    ArrowStreamEncoder,
+    BodyFormat,
+    arrow_schema,
+    arrow_table,
+    encode,
+    etag_of,
+)
 from quantivista.services.queries import BarQuery
+from quantivista.storage.lake.bars import ParquetLake
+from quantivista.storage.lake.bulk import stored_tables
 
 __all__ = ["router"]
 
@@ -82,6 +94,8 @@ def _respond(
     extra: dict[str, str] | None = None,
 ) -> Response:
     headers = {"ETag": cached.etag, **(extra or {})}
+    if cached.total is not None:
+        headers["X-Total-Count"] = str(cached.total)
     headers["Cache-Control"] = "private, max-age=3600" if public else "private, no-cache"
     if request.headers.get("if-none-match") == cached.etag:
         return Response(status_code=304, headers=headers)
@@ -143,10 +157,10 @@ async def bars(
         return _respond(request, hit, public=True)
     if format is BodyFormat.arrow:  # bulk: streamed as it is encoded, never held whole
         return await _stream_arrow(request, state, query, key, public, limit)
-    cached, total = await run_in_threadpool(_encode_bars, state, query, format, after, size, limit)
+    cached = await run_in_threadpool(_encode_bars, state, query, format, after, size, limit)
     if public:
         state.cache.put(key, cached)
-    return _respond(request, cached, public=public, extra={"X-Total-Count": str(total)})
+    return _respond(request, cached, public=public)
 
 
 def _encode_bars(
@@ -156,8 +170,8 @@ def _encode_bars(
     after: tuple[str, datetime] | None,
     size: int,
     limit: int | None,
-) -> tuple[CachedResponse, int]:
-    """Read and encode bars (in a worker thread); return the response and the total rows."""
+) -> CachedResponse:
+    """Read and encode bars (in a worker thread); the response knows the total rows."""
     df = state.runtime.queries.bars(query)
     if format is BodyFormat.json:
         page = _page(df, after, size)
@@ -171,7 +185,7 @@ def _encode_bars(
         body = b'{"bars":' + encode(page, format) + b',"next_page_token":' + token_json + b"}"
     else:
         body = encode(df.head(limit) if limit else df, format)
-    return CachedResponse(body, MEDIA_TYPES[format], etag_of(body)), df.height
+    return CachedResponse(body, MEDIA_TYPES[format], etag_of(body), df.height)
 
 
 _PIECES = 8  # a bulk read in up to this many symbol groups, the next read while one is sent
@@ -199,12 +213,14 @@ async def _stream_arrow(
 ) -> Response:
     """Answer an Arrow IPC stream, record batch by record batch.
 
-    A large request is read in groups of symbols: the next group is read and encoded on a
-    worker thread while the previous one is sent, so the first bytes leave after one
-    group's read and the reads hide behind the transfer. Such a stream carries no
-    X-Total-Count (the total is known only at its end). The entity tag names the query
-    and the store's data epoch (what decides the content), so a 304 needs no body and a
-    large body needs no hashing.
+    A plain bulk read (no limit, raw bars as they are now, daily or longer) streams each
+    bucket file's record batches as the lake stores them (`lake.bulk`), read a few files
+    ahead on worker threads: symbols come bucket by bucket (each symbol's bars together, by
+    ts), not sorted across buckets. Any other read goes in groups of symbols, sorted: the
+    next group is read and encoded on a worker thread while the previous one is sent.
+    A stream of several parts carries no X-Total-Count (known only at its end; a repeat,
+    from the cache, has it). The entity tag names the query and the store's data epoch
+    (what decides the content), so a 304 needs no body and a large body needs no hashing.
     """
     etag = etag_of(f"{state.cache.epoch()}|{key}".encode())
     headers = {"ETag": etag, "Cache-Control": "private, max-age=3600" if public else
@@ -213,38 +229,104 @@ async def _stream_arrow(
         return Response(status_code=304, headers=headers)
     media = MEDIA_TYPES[BodyFormat.arrow]
     encoder = ArrowStreamEncoder()
-    pieces = [query] if limit else _pieces(query)
-    read = state.runtime.queries.bars
-
-    def encoded(piece: BarQuery) -> tuple[list[bytes], pl.DataFrame]:
-        frame = read(piece)
-        frame = frame.head(limit) if limit else frame
-        return (encoder.feed(frame) if frame.height else []), frame
-
-    first, frame = await run_in_threadpool(encoded, pieces[0])
-    if len(pieces) == 1:
-        headers["X-Total-Count"] = str(frame.height)
+    empty = pl.DataFrame(schema=BAR_POLARS_SCHEMA)
+    stored = None if limit else _stored_tables(state, query)
+    if stored is not None:
+        parts: Iterator[Callable[[], tuple[list[bytes], int]]] = _stored_parts(
+            stored, encoder, empty
+        )
+    else:
+        parts = _group_parts(state, query, encoder, limit)
+    first = next(parts, None)
+    done, total = await run_in_threadpool(first) if first is not None else ([], 0)
+    following = next(parts, None)
+    if following is None:
+        headers["X-Total-Count"] = str(total)
 
     async def chunks() -> AsyncIterator[bytes]:
         kept: list[bytes] = []
-        done, last = first, frame
-        for piece in pieces[1:]:
-            ahead = asyncio.ensure_future(run_in_threadpool(encoded, piece))
+        count = total
+        pending, current = following, done
+        while pending is not None:
+            ahead = asyncio.ensure_future(run_in_threadpool(pending))
             try:
-                for chunk in done:
+                for chunk in current:
                     kept.append(chunk)
                     yield chunk
             finally:
                 if not ahead.done():  # the client left: let the read finish, then drop it
                     await asyncio.wait([ahead])
-            done, last = await ahead
-        for chunk in [*done, encoder.finish(last)]:
+            current, rows = await ahead
+            count += rows
+            pending = next(parts, None)
+        for chunk in [*current, encoder.finish(empty)]:
             kept.append(chunk)
             yield chunk
         if public:  # settled history: the next ask is served whole from the cache
-            state.cache.put(key, CachedResponse(b"".join(kept), media, etag))
+            state.cache.put(key, CachedResponse(b"".join(kept), media, etag, count))
 
     return StreamingResponse(chunks(), media_type=media, headers=headers)
+
+
+def _stored_tables(state: ApiState, query: BarQuery) -> Iterator[pa.Table] | None:
+    """Return the bucket tables of a plain bulk read from the lake, or None (not plain)."""
+    store = state.runtime.queries.store
+    if (
+        not isinstance(store, ParquetLake)
+        or query.adjust != "none"
+        or query.known_at is not None
+        or query.columns is not None
+    ):
+        return None
+    if query.follow_renames:  # a renamed ticker reads segments of two names: the exact path
+        actions = state.runtime.queries.reader.actions()
+        renames = actions.filter(pl.col("action_type") == "symbol_change")
+        touched = set(renames["symbol"].to_list()) | set(renames["new_symbol"].to_list())
+        if touched.intersection(query.symbols):
+            return None
+
+    def regular(names: list[str]) -> pa.Table:  # a partition with deltas
+        return arrow_table(state.runtime.queries.bars(replace(query, symbols=names)))
+
+    return stored_tables(
+        store, query.symbols, query.timeframe, query.start, query.end, fallback=regular
+    )
+
+
+def _stored_parts(
+    tables: Iterator[pa.Table], encoder: ArrowStreamEncoder, empty: pl.DataFrame
+) -> Iterator[Callable[[], tuple[list[bytes], int]]]:
+    """Yield steps that each take the next bucket table (read ahead) and encode it; the
+    number of tables is not known ahead, so steps come until one finds none."""
+    schema = arrow_schema(empty)
+    while True:
+        found: list[bool] = []
+
+        def step(found: list[bool] = found) -> tuple[list[bytes], int]:
+            table = next(tables, None)
+            found.append(table is not None)
+            if table is None:
+                return [], 0
+            return encoder.feed_table(table, schema), table.num_rows
+
+        yield step
+        if found != [True]:  # the last step found none (or never ran: the client left)
+            return
+
+
+def _group_parts(
+    state: ApiState, query: BarQuery, encoder: ArrowStreamEncoder, limit: int | None
+) -> Iterator[Callable[[], tuple[list[bytes], int]]]:
+    """Yield steps that each read and encode one group of symbols (sorted, in order)."""
+    read = state.runtime.queries.bars
+    for piece in [query] if limit else _pieces(query):
+
+        def encoded(piece: BarQuery = piece) -> tuple[list[bytes], int]:
+            frame = read(piece)
+            frame = frame.head(limit) if limit else frame
+            return (encoder.feed(frame) if frame.height else []), frame.height
+
+        yield encoded
 
 
 @router.get("/bars/{symbol}/latest", summary="The latest stored bar of a symbol")

@@ -1,0 +1,152 @@
+"""Bulk reads of many symbols as Arrow tables, one bucket file at a time, as stored.
+
+What a bulk download needs from the lake: the bars of hundreds of symbols, soon, without a
+sort or a re-encoding. `stored_tables` reads each bucket's file with pyarrow (text columns
+stay the dictionaries Parquet stored them as), on a few threads ahead of the consumer,
+and yields them in bucket order: the first table can be sent while the next are read.
+
+Order: each symbol's bars are contiguous and by ts (files are sorted by symbol and ts);
+symbols come bucket by bucket, sorted within a bucket, not across buckets.
+
+Exactness: the same rows `ParquetLake.read` returns. A bucket whose partition has delta
+files (appends not folded yet) is read through `ParquetLake.read` instead (exact, slower).
+Only for timeframes with one file per bucket (daily and longer) and lakes without a cold
+tier: `stored_tables` returns None otherwise (the caller uses `ParquetLake.read`).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from quantivista.errors import StorageError
+from quantivista.model.timeframe import Timeframe
+from quantivista.storage.lake.bars import ParquetLake
+from quantivista.storage.lake.layout import BAR_DATA_FILE
+
+__all__ = ["DICTIONARY_COLUMNS", "stored_tables"]
+
+DICTIONARY_COLUMNS = ["symbol", "timeframe", "provider", "job_id"]  # few values, many rows
+_AHEAD = 4  # bucket files read ahead of the consumer
+_THREADS = 2
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _executor() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(_THREADS, thread_name_prefix="qv-bulk-read")
+        return _pool
+
+
+def stored_tables(
+    lake: ParquetLake,
+    symbols: Sequence[str],
+    timeframe: Timeframe,
+    start: datetime | None,
+    end: datetime | None,
+    *,
+    fallback: Callable[[list[str]], pa.Table],
+) -> Iterator[pa.Table] | None:
+    """Yield the bars of `symbols` with `start <= ts < end`, a table per bucket file.
+
+    `fallback(symbols)` reads a bucket's symbols the regular way (a partition with deltas).
+    Return None when this read does not apply (see the module's doc).
+    """
+    if lake.cold_index is not None or timeframe.partition_period != "all":
+        return None
+    by_bucket: dict[int, list[str]] = {}
+    for symbol in sorted(set(symbols)):
+        by_bucket.setdefault(lake.bucket(symbol), []).append(symbol)
+    tf = str(timeframe)
+    lo = pa.scalar(start, pa.timestamp("us", "UTC")) if start is not None else None
+    hi = pa.scalar(end, pa.timestamp("us", "UTC")) if end is not None else None
+
+    def read(names: list[str]) -> pa.Table | None:
+        path = lake.partition_dir(tf, names[0]) / BAR_DATA_FILE
+        if lake._held(path.parent):  # appends not folded into the file yet
+            return fallback(names)
+        try:
+            return _read_file(path, names, lo, hi)
+        except FileNotFoundError:
+            return None  # no bars of this bucket (or removed since)
+
+    def tables() -> Iterator[pa.Table]:
+        pool = _executor()
+        pending: deque[Future[pa.Table | None]] = deque()
+        buckets = iter(sorted(by_bucket))
+        try:
+            while True:
+                while len(pending) < _AHEAD:
+                    bucket = next(buckets, None)
+                    if bucket is None:
+                        break
+                    pending.append(pool.submit(read, by_bucket[bucket]))
+                if not pending:
+                    return
+                table = pending.popleft().result()
+                if table is not None and table.num_rows:
+                    yield table
+        finally:
+            for future in pending:
+                future.cancel()
+
+    return tables()
+
+
+def _read_file(path: Path, names: list[str], lo: pa.Scalar | None,
+               hi: pa.Scalar | None) -> pa.Table:  # fmt: skip
+    """Read the rows of `names` in [lo, hi) from one bucket file, through one handle."""
+    with open(path, "rb") as handle:
+        try:
+            file = pq.ParquetFile(handle, read_dictionary=DICTIONARY_COLUMNS)
+            groups = _row_groups(file.metadata, names[0], names[-1])
+            table = file.read_row_groups(groups, use_threads=False)
+        except (OSError, pa.ArrowException) as exc:
+            raise StorageError("cannot read partition file", path=str(path)) from exc
+    return _rows(table, names, lo, hi)
+
+
+def _row_groups(meta: pq.FileMetaData, first: str, last: str) -> list[int]:
+    """Return the row groups whose symbol range meets [first, last] (all without stats)."""
+    column = meta.schema.names.index("symbol")
+    out = []
+    for i in range(meta.num_row_groups):
+        stats = meta.row_group(i).column(column).statistics
+        if stats is not None and stats.has_min_max and (stats.max < first or stats.min > last):
+            continue
+        out.append(i)
+    return out
+
+
+def _rows(table: pa.Table, names: list[str], lo: pa.Scalar | None,
+          hi: pa.Scalar | None) -> pa.Table:  # fmt: skip
+    """Keep the rows of `names` in [lo, hi); the usual bulk read (every symbol of the
+    file, every bar) keeps the table as read, without a filtered copy."""
+    wanted = set(names)
+    symbol = table.column("symbol")
+    stored = {v for chunk in symbol.chunks for v in chunk.dictionary.to_pylist()}
+    ts = table.column("ts")
+    bounds = pc.min_max(ts)
+    low, high = bounds["min"], bounds["max"]
+    inside = (lo is None or not low.is_valid or low.as_py() >= lo.as_py()) and (
+        hi is None or not high.is_valid or high.as_py() < hi.as_py()
+    )
+    if stored <= wanted and inside:
+        return table
+    keep = pc.is_in(symbol, value_set=pa.array(names))
+    if lo is not None:
+        keep = pc.and_(keep, pc.greater_equal(ts, lo))
+    if hi is not None:
+        keep = pc.and_(keep, pc.less(ts, hi))
+    return table.filter(keep)
