@@ -102,6 +102,7 @@ def test_bulk_formats_hold_the_same_bars(api: LiveApi, reader: Credentials) -> N
     base = {"symbols": ",".join(SYMBOLS), "start": "2023-01-01", "end": "2024-12-31"}
     with api.client(headers=bearer(api, reader)) as http:
         arrow = http.get("/api/v1/bars", params={**base, "format": "arrow"})
+        again = http.get("/api/v1/bars", params={**base, "format": "arrow"})  # from the cache
         parquet = http.get("/api/v1/bars", params={**base, "format": "parquet"})
         csv = http.get("/api/v1/bars", params={**base, "format": "csv"})
     assert arrow.headers["content-type"] == "application/vnd.apache.arrow.stream"
@@ -111,6 +112,8 @@ def test_bulk_formats_hold_the_same_bars(api: LiveApi, reader: Credentials) -> N
     from_csv = pl.read_csv(io.StringIO(csv.text))
     assert table.height == from_parquet.height == from_csv.height == 3 * 502
     assert _in_storage_order(table).equals(from_parquet)
+    assert again.content == arrow.content and again.headers["x-total-count"] == str(3 * 502)
+    assert again.headers["content-length"] == str(len(arrow.content))
     assert table.schema["ts"] == pl.Datetime("us", "UTC")
 
 

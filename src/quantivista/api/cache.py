@@ -17,16 +17,27 @@ from quantivista.api.metrics import ApiMetrics
 __all__ = ["CachedResponse", "ResponseCache"]
 
 _L2_TTL_S = 3600
+_L2_MAX_BYTES = 16 << 20  # larger answers (bulk downloads) stay in this process only
 
 
 @dataclass(frozen=True, slots=True)
 class CachedResponse:
-    """A response body with its media type, entity tag and row count (X-Total-Count)."""
+    """A response body with its media type, entity tag and row count (X-Total-Count).
+
+    A large streamed body is kept as the `parts` it was sent in, `body` empty: joining
+    100 MB into one buffer costs more than sending it.
+    """
 
     body: bytes
     media_type: str
     etag: str
     total: int | None = None
+    parts: tuple[bytes, ...] = ()
+
+    @property
+    def size(self) -> int:
+        """Return the body's length in bytes."""
+        return len(self.body) + sum(len(p) for p in self.parts)
 
 
 class ResponseCache:
@@ -86,7 +97,7 @@ class ResponseCache:
         """Cache a response under the current epoch (both levels)."""
         full = f"{self.epoch()}:{key}"
         self._keep(full, response)
-        if self._redis is not None:
+        if self._redis is not None and not response.parts and response.size <= _L2_MAX_BYTES:
             name = f"{self.prefix}:{full}"
             try:
                 pipe = self._redis.pipeline()
@@ -101,18 +112,18 @@ class ResponseCache:
                 pass
 
     def _keep(self, full: str, response: CachedResponse) -> None:
-        size = len(response.body)
+        size = response.size
         if size > self.max_bytes // 2:
             return  # one huge response would evict everything else
         with self._lock:
             old = self._l1.pop(full, None)
             if old is not None:
-                self._size -= len(old.body)
+                self._size -= old.size
             self._l1[full] = response
             self._size += size
             while self._size > self.max_bytes and self._l1:
                 _, evicted = self._l1.popitem(last=False)
-                self._size -= len(evicted.body)
+                self._size -= evicted.size
 
     def hit_ratio(self) -> float:
         """Return hits / lookups so far (for people; /metrics has the counters)."""

@@ -100,15 +100,18 @@ class FastPath:
                 (b"x-ratelimit-remaining", str(usage.left).encode()),
                 (b"x-ratelimit-reset", f"{usage.resets_in_s:.0f}".encode()),
             ]
+        parts: tuple[bytes, ...] = ()
         if if_none_match == hit.etag:
             status, body = 304, b""
         else:
-            status, body = 200, hit.body
+            status, body, parts = 200, hit.body, hit.parts
             out += [
                 (b"content-type", hit.media_type.encode()),
-                (b"content-length", str(len(body)).encode()),
+                (b"content-length", str(hit.size).encode()),
             ]
         await send({"type": "http.response.start", "status": status, "headers": out})
+        for part in parts:  # a bulk answer, as it was streamed
+            await send({"type": "http.response.body", "body": part, "more_body": True})
         await send({"type": "http.response.body", "body": body})
         now = time.perf_counter()
         state.metrics.served(BARS_PATH, status, now - started, now)

@@ -28,14 +28,13 @@ from quantivista.services.encode import (
     MEDIA_TYPES,
     ArrowStreamEncoder,
     BodyFormat,
-    arrow_schema,
     arrow_table,
     encode,
     etag_of,
 )
 from quantivista.services.queries import BarQuery
 from quantivista.storage.lake.bars import ParquetLake
-from quantivista.storage.lake.bulk import stored_tables
+from quantivista.storage.lake.bulk import stored_schema, stored_tables
 
 __all__ = ["router"]
 
@@ -99,6 +98,10 @@ def _respond(
     headers["Cache-Control"] = "private, max-age=3600" if public else "private, no-cache"
     if request.headers.get("if-none-match") == cached.etag:
         return Response(status_code=304, headers=headers)
+    if cached.parts:  # a bulk answer kept as it was streamed
+        headers["Content-Length"] = str(cached.size)
+        return StreamingResponse(iter(cached.parts), media_type=cached.media_type,
+                                 headers=headers)  # fmt: skip
     return Response(cached.body, media_type=cached.media_type, headers=headers)
 
 
@@ -232,9 +235,7 @@ async def _stream_arrow(
     empty = pl.DataFrame(schema=BAR_POLARS_SCHEMA)
     stored = None if limit else _stored_tables(state, query)
     if stored is not None:
-        parts: Iterator[Callable[[], tuple[list[bytes], int]]] = _stored_parts(
-            stored, encoder, empty
-        )
+        parts: Iterator[Callable[[], tuple[list[bytes], int]]] = _stored_parts(stored, encoder)
     else:
         parts = _group_parts(state, query, encoder, limit)
     first = next(parts, None)
@@ -263,7 +264,7 @@ async def _stream_arrow(
             kept.append(chunk)
             yield chunk
         if public:  # settled history: the next ask is served whole from the cache
-            state.cache.put(key, CachedResponse(b"".join(kept), media, etag, count))
+            state.cache.put(key, CachedResponse(b"", media, etag, count, tuple(kept)))
 
     return StreamingResponse(chunks(), media_type=media, headers=headers)
 
@@ -294,11 +295,11 @@ def _stored_tables(state: ApiState, query: BarQuery) -> Iterator[pa.Table] | Non
 
 
 def _stored_parts(
-    tables: Iterator[pa.Table], encoder: ArrowStreamEncoder, empty: pl.DataFrame
+    tables: Iterator[pa.Table], encoder: ArrowStreamEncoder
 ) -> Iterator[Callable[[], tuple[list[bytes], int]]]:
     """Yield steps that each take the next bucket table (read ahead) and encode it; the
     number of tables is not known ahead, so steps come until one finds none."""
-    schema = arrow_schema(empty)
+    schema = stored_schema()
     while True:
         found: list[bool] = []
 

@@ -23,16 +23,18 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from quantivista.errors import StorageError
+from quantivista.model.schema import BAR_POLARS_SCHEMA
 from quantivista.model.timeframe import Timeframe
 from quantivista.storage.lake.bars import ParquetLake
 from quantivista.storage.lake.layout import BAR_DATA_FILE
 
-__all__ = ["DICTIONARY_COLUMNS", "stored_tables"]
+__all__ = ["DICTIONARY_COLUMNS", "stored_schema", "stored_tables"]
 
 DICTIONARY_COLUMNS = ["symbol", "timeframe", "provider", "job_id"]  # few values, many rows
 _AHEAD = 4  # bucket files read ahead of the consumer
@@ -49,6 +51,18 @@ def _executor() -> ThreadPoolExecutor:
         return _pool
 
 
+def stored_schema() -> pa.Schema:
+    """Return the schema of the tables `stored_tables` yields (text columns as dictionaries
+    of strings, as Parquet stores them); a fallback table is cast to it."""
+    fields = []
+    for name, dtype in BAR_POLARS_SCHEMA.items():
+        if name in DICTIONARY_COLUMNS:
+            fields.append(pa.field(name, pa.dictionary(pa.int32(), pa.string())))
+        else:
+            fields.append(pa.field(name, pl.Series(name, [], dtype).to_arrow().type))
+    return pa.schema(fields)
+
+
 def stored_tables(
     lake: ParquetLake,
     symbols: Sequence[str],
@@ -61,6 +75,7 @@ def stored_tables(
     """Yield the bars of `symbols` with `start <= ts < end`, a table per bucket file.
 
     `fallback(symbols)` reads a bucket's symbols the regular way (a partition with deltas).
+    Tables have the file's schema (`stored_schema()` for files the lake wrote).
     Return None when this read does not apply (see the module's doc).
     """
     if lake.cold_index is not None or timeframe.partition_period != "all":
@@ -106,14 +121,19 @@ def stored_tables(
 
 def _read_file(path: Path, names: list[str], lo: pa.Scalar | None,
                hi: pa.Scalar | None) -> pa.Table:  # fmt: skip
-    """Read the rows of `names` in [lo, hi) from one bucket file, through one handle."""
-    with open(path, "rb") as handle:
-        try:
-            file = pq.ParquetFile(handle, read_dictionary=DICTIONARY_COLUMNS)
+    """Read the rows of `names` in [lo, hi) from one bucket file, through one mapping
+    (one version of a file another process may replace; native reads, no GIL)."""
+    try:
+        with pa.memory_map(str(path), "r") as source:
+            file = pq.ParquetFile(source, read_dictionary=DICTIONARY_COLUMNS)
             groups = _row_groups(file.metadata, names[0], names[-1])
             table = file.read_row_groups(groups, use_threads=False)
-        except (OSError, pa.ArrowException) as exc:
-            raise StorageError("cannot read partition file", path=str(path)) from exc
+    except FileNotFoundError:
+        raise
+    except (OSError, pa.ArrowException) as exc:
+        if not path.exists():
+            raise FileNotFoundError(str(path)) from exc
+        raise StorageError("cannot read partition file", path=str(path)) from exc
     return _rows(table, names, lo, hi)
 
 
