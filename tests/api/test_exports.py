@@ -140,3 +140,21 @@ def test_with_workers_enabled_an_export_is_a_job_a_worker_runs(
     finally:
         with psycopg.connect(postgres_dsn, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def test_the_jobs_list_keeps_exports_apart_by_kind(api: LiveApi, store: Settings) -> None:
+    admin = make_client(store, "acme", "read:bars,admin")
+    with api.client(headers=bearer(api, admin)) as http:
+        made = http.post("/api/v1/exports", json={"symbols": [SYMBOLS[0]]}).json()
+        _finished(http, made["export_id"])
+        listed = {kind: http.get("/api/v1/jobs", params={"kind": kind} if kind else {}).json()
+                  for kind in (None, "export", "all")}  # fmt: skip
+        bad = http.get("/api/v1/jobs", params={"kind": "no such!"})
+    default, exports, every = (listed[k] for k in (None, "export", "all"))
+    assert default and {j["kind"] for j in default} == {"ingest"}  # the store's own ingestion
+    assert made["job_id"] in {j["job_id"] for j in exports} - {j["job_id"] for j in default}
+    assert {j["kind"] for j in exports} == {"export"}
+    assert {j["job_id"] for j in default} | {j["job_id"] for j in exports} <= {
+        j["job_id"] for j in every
+    }
+    assert bad.status_code == 422

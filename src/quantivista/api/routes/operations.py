@@ -8,7 +8,7 @@ from datetime import date
 from typing import Annotated, Any
 
 import polars as pl
-from fastapi import APIRouter, Depends, Form, Response
+from fastapi import APIRouter, Depends, Form, Query, Response
 from pydantic import BaseModel, Field
 
 from quantivista.api.deps import Caller, State, require
@@ -95,10 +95,23 @@ def submit(state: State, who: Ingest, request: IngestRequest) -> IngestionJob:
 
 
 @router.get("/jobs", tags=["jobs"], response_model=list[IngestionJob])
-def jobs(state: State, who: ReadBars, limit: int = 50) -> list[IngestionJob]:
-    """Return the caller's tenant's recent jobs (an admin also sees the platform's own)."""
+def jobs(
+    state: State,
+    who: ReadBars,
+    limit: int = 50,
+    kind: Annotated[
+        str,
+        Query(
+            pattern=r"^[a-z_]+$",
+            description="Jobs of this kind: ingest (the default), export (also listed by"
+            " /api/v1/exports), or all.",
+        ),
+    ] = "ingest",
+) -> list[IngestionJob]:
+    """Return the caller's tenant's recent jobs of one kind (an admin also sees the
+    platform's own); ingestion jobs unless `kind` says otherwise."""
     listed = state.runtime.ingestion.jobs(max(1, min(limit, 1000)) * 5)
-    return [j for j in listed if _visible(who, j)][:limit]
+    return [j for j in listed if _visible(who, j) and kind in ("all", j.kind)][:limit]
 
 
 @router.get("/jobs/{job_id}", tags=["jobs"], response_model=IngestionJob)
