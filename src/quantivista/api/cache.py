@@ -14,7 +14,9 @@ from typing import Any
 
 from quantivista.api.metrics import ApiMetrics
 
-__all__ = ["CachedResponse", "ResponseCache"]
+__all__ = ["CachedResponse", "Chunk", "ResponseCache"]
+
+Chunk = bytes | memoryview  # a piece of a streamed body (a view of an Arrow buffer)
 
 _L2_TTL_S = 3600
 _L2_MAX_BYTES = 16 << 20  # larger answers (bulk downloads) stay in this process only
@@ -32,7 +34,7 @@ class CachedResponse:
     media_type: str
     etag: str
     total: int | None = None
-    parts: tuple[bytes, ...] = ()
+    parts: tuple[Chunk, ...] = ()
 
     @property
     def size(self) -> int:

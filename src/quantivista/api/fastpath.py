@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import unquote_plus
 
+from quantivista.api.cache import Chunk
 from quantivista.api.deps import authenticate
 from quantivista.api.state import ApiState
 from quantivista.errors import QuantiVistaError
@@ -100,7 +101,7 @@ class FastPath:
                 (b"x-ratelimit-remaining", str(usage.left).encode()),
                 (b"x-ratelimit-reset", f"{usage.resets_in_s:.0f}".encode()),
             ]
-        parts: tuple[bytes, ...] = ()
+        parts: tuple[Chunk, ...] = ()
         if if_none_match == hit.etag:
             status, body = 304, b""
         else:

@@ -123,19 +123,6 @@ class ArrowStreamEncoder:
             out.append(self._chunks.take())
         return out
 
-    def feed_table(self, table: pa.Table, schema: pa.Schema) -> list[bytes]:
-        """Encode an Arrow table as read (its record batches, dictionaries kept), cast to
-        `schema` (a cast of dictionary values or nullability, no re-encoding)."""
-        if table.schema != schema:
-            table = table.cast(schema)
-        if self._writer is None:
-            self._writer = pa.ipc.new_stream(pa.PythonFile(self._chunks, mode="w"), schema)
-        out = []
-        for batch in table.to_batches(max_chunksize=self.rows):
-            self._writer.write_batch(batch)
-            out.append(self._chunks.take())
-        return out
-
     def finish(self, empty: pl.DataFrame) -> bytes:
         """End the stream (`empty` gives the schema when nothing was fed)."""
         if self._writer is None:
@@ -143,6 +130,47 @@ class ArrowStreamEncoder:
         assert self._writer is not None
         self._writer.close()
         return self._chunks.take()
+
+
+_EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"  # an IPC stream's end marker
+
+
+class TableStream:
+    """An Arrow IPC stream of whole tables, each encoded into one buffer as it comes.
+
+    Each table is written by its own stream writer into one Arrow buffer (no Python call
+    per written piece, no join); the pieces are that buffer without the repeated schema
+    message and end marker: the dictionaries each writer emits first replace the previous
+    table's (the stream format allows it). Tables are cast to `schema` when they differ.
+    """
+
+    def __init__(self, schema: pa.Schema) -> None:
+        self.schema = schema
+        empty = self._encode(None)
+        if bytes(empty[-8:]) != _EOS:  # pragma: no cover - a pyarrow that ends streams otherwise
+            raise RuntimeError("unexpected Arrow IPC stream end marker")
+        self._schema_bytes = bytes(empty[:-8])
+        self._started = False
+
+    def _encode(self, table: pa.Table | None) -> memoryview:
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, self.schema) as writer:
+            if table is not None:
+                writer.write_table(table, max_chunksize=1 << 17)
+        return memoryview(sink.getvalue())
+
+    def feed(self, table: pa.Table) -> memoryview:
+        """Return the stream's bytes for `table` (the schema first, once)."""
+        if table.schema != self.schema:
+            table = table.cast(self.schema)
+        encoded = self._encode(table)
+        start = 0 if not self._started else len(self._schema_bytes)
+        self._started = True
+        return encoded[start : len(encoded) - len(_EOS)]
+
+    def finish(self) -> bytes:
+        """Return the stream's last bytes (its schema too when no table came)."""
+        return (b"" if self._started else self._schema_bytes) + _EOS
 
 
 def arrow_schema(empty: pl.DataFrame) -> pa.Schema:

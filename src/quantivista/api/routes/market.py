@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
@@ -16,7 +17,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from quantivista.api.cache import CachedResponse
+from quantivista.api.cache import CachedResponse, Chunk
 from quantivista.api.deps import Caller, State, require
 from quantivista.api.errors import COMMON_RESPONSES
 from quantivista.api.fastpath import bars_cache_key
@@ -28,6 +29,7 @@ from quantivista.services.encode import (
     MEDIA_TYPES,
     ArrowStreamEncoder,
     BodyFormat,
+    TableStream,
     arrow_table,
     encode,
     etag_of,
@@ -231,21 +233,25 @@ async def _stream_arrow(
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers=headers)
     media = MEDIA_TYPES[BodyFormat.arrow]
-    encoder = ArrowStreamEncoder()
     empty = pl.DataFrame(schema=BAR_POLARS_SCHEMA)
     stored = None if limit else _stored_tables(state, query)
+    parts: Iterator[Callable[[], tuple[list[Chunk], int]]]
+    finish: Callable[[], bytes]
     if stored is not None:
-        parts: Iterator[Callable[[], tuple[list[bytes], int]]] = _stored_parts(stored, encoder)
+        stream = TableStream(stored_schema())
+        parts, finish = _stored_parts(stored, stream), stream.finish
     else:
+        encoder = ArrowStreamEncoder()
         parts = _group_parts(state, query, encoder, limit)
+        finish = functools.partial(encoder.finish, empty)
     first = next(parts, None)
     done, total = await run_in_threadpool(first) if first is not None else ([], 0)
     following = next(parts, None)
     if following is None:
         headers["X-Total-Count"] = str(total)
 
-    async def chunks() -> AsyncIterator[bytes]:
-        kept: list[bytes] = []
+    async def chunks() -> AsyncIterator[Chunk]:
+        kept: list[Chunk] = []
         count = total
         pending, current = following, done
         while pending is not None:
@@ -260,7 +266,7 @@ async def _stream_arrow(
             current, rows = await ahead
             count += rows
             pending = next(parts, None)
-        for chunk in [*current, encoder.finish(empty)]:
+        for chunk in [*current, finish()]:
             kept.append(chunk)
             yield chunk
         if public:  # settled history: the next ask is served whole from the cache
@@ -295,20 +301,19 @@ def _stored_tables(state: ApiState, query: BarQuery) -> Iterator[pa.Table] | Non
 
 
 def _stored_parts(
-    tables: Iterator[pa.Table], encoder: ArrowStreamEncoder
-) -> Iterator[Callable[[], tuple[list[bytes], int]]]:
+    tables: Iterator[pa.Table], stream: TableStream
+) -> Iterator[Callable[[], tuple[list[Chunk], int]]]:
     """Yield steps that each take the next bucket table (read ahead) and encode it; the
     number of tables is not known ahead, so steps come until one finds none."""
-    schema = stored_schema()
     while True:
         found: list[bool] = []
 
-        def step(found: list[bool] = found) -> tuple[list[bytes], int]:
+        def step(found: list[bool] = found) -> tuple[list[Chunk], int]:
             table = next(tables, None)
             found.append(table is not None)
             if table is None:
                 return [], 0
-            return encoder.feed_table(table, schema), table.num_rows
+            return [stream.feed(table)], table.num_rows
 
         yield step
         if found != [True]:  # the last step found none (or never ran: the client left)
@@ -317,15 +322,15 @@ def _stored_parts(
 
 def _group_parts(
     state: ApiState, query: BarQuery, encoder: ArrowStreamEncoder, limit: int | None
-) -> Iterator[Callable[[], tuple[list[bytes], int]]]:
+) -> Iterator[Callable[[], tuple[list[Chunk], int]]]:
     """Yield steps that each read and encode one group of symbols (sorted, in order)."""
     read = state.runtime.queries.bars
     for piece in [query] if limit else _pieces(query):
 
-        def encoded(piece: BarQuery = piece) -> tuple[list[bytes], int]:
+        def encoded(piece: BarQuery = piece) -> tuple[list[Chunk], int]:
             frame = read(piece)
             frame = frame.head(limit) if limit else frame
-            return (encoder.feed(frame) if frame.height else []), frame.height
+            return list(encoder.feed(frame) if frame.height else []), frame.height
 
         yield encoded
 
