@@ -38,7 +38,7 @@ import json
 import os
 import threading
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
@@ -78,6 +78,7 @@ from quantivista.storage.lake.deltas import (
     THROUGH_KEY,
     Folder,
     PartitionView,
+    Rows,
     delta_name,
     delta_names,
 )
@@ -257,6 +258,7 @@ class ParquetLake:
         self.views: FileCache[PartitionView] = FileCache(self.cache.max_bytes)
         # partitions' tails (see `tails`), by base file: apart, so bases do not evict them
         self.tails: FileCache[Tail] = FileCache(self.cache.max_bytes // 2)
+        self._stitch: dict[str, tuple[tuple[Tail, ...], pl.DataFrame]] = {}
         for directory in (self.bars_root, self._lock_dir):  # a read-only store has them
             if not directory.is_dir():
                 directory.mkdir(parents=True, exist_ok=True)
@@ -523,17 +525,17 @@ class ParquetLake:
             existing = self._partition(directory)
             return existing is not None and self._appends(existing, part)
         rel = self._rel(directory)
-        newer = [
-            found[rel]
-            for name, found in live
-            if (tail.through is None or name > tail.through) and rel in found
-        ]
+        through = tail.through or ""
+        # newest first: a symbol's rows in a delta follow its rows in older ones and the base
+        newer = [found[rel] for name, found in reversed(live) if name > through and rel in found]
         for (symbol, _, _), first in zip(part.runs, part.firsts, strict=True):
-            last = tail.rows.last_us(symbol)
+            last = None
             for delta in newer:
-                in_delta = delta.last_us(symbol)
-                if in_delta is not None and (last is None or in_delta > last):
-                    last = in_delta
+                if symbol in delta.index:
+                    last = delta.last_us(symbol)
+                    break
+            else:
+                last = tail.rows.last_us(symbol)
             if last is not None and first <= last:
                 return False
         return True
@@ -574,42 +576,60 @@ class ParquetLake:
         if self.cold_index is not None:  # tails are hot: archived rows need the read
             return self.read(symbols, timeframe, start, end)
         tf = str(timeframe)
-        lo, hi = _epoch_us(start), _epoch_us(end)
+        lo = _epoch_us(start)
         by_bucket: dict[int, list[str]] = {}
         for symbol in sorted(set(symbols)):
             by_bucket.setdefault(self.bucket(symbol), []).append(symbol)
         live = self._live_deltas(tf)
-        frames: list[pl.DataFrame] = []
+        months: list[str | None] = [None]
+        if timeframe.partition_period == "month":
+            months = _months(start, end)
+        tails: list[Tail] = []
         rest: list[str] = []  # symbols of buckets read the usual way
         throughs: dict[str, str | None] = {}  # partitions answered from tails
-        for names in by_bucket.values():
+        for bucket, names in by_bucket.items():
             mine, seen = [], {}
-            for path in self._files(tf, names[0], start, end):
+            for month in months:
+                directory = self._dir(tf, bucket, month)
                 try:
-                    tail = self._tail(path)
+                    tail = self._tail(directory / DATA_FILE)
                 except FileNotFoundError:
-                    tail = None
+                    continue  # no rows there (deltas hold rows only beside a base)
                 if tail is None or not tail.covers(lo):
+                    rest.extend(names)
                     break
-                rows = tail.rows.positions(names, lo, hi)
-                if rows.size:
-                    mine.append(tail.rows.frame[rows])
-                seen[self._rel(path.parent)] = tail.through
+                mine.append(tail)
+                seen[self._rel(directory)] = tail.through
             else:
-                frames.extend(mine)
+                tails.extend(mine)
                 throughs.update(seen)
-                continue
-            rest.extend(names)
-        keep = pl.col("symbol").is_in(sorted(set(symbols) - set(rest)))
-        keep = keep & (pl.col("ts") >= start) & (pl.col("ts") < end)
+        ok = set(symbols) - set(rest)
+        in_window = (pl.col("ts") >= start) & (pl.col("ts") < end)
+        keep = pl.col("symbol").is_in(sorted(ok)) & in_window
+
+        def pick(frame: pl.DataFrame, indexed: Iterable[Rows]) -> pl.DataFrame:
+            # `is_in` costs more than the rows: left out when every symbol is wanted
+            every = all(ok.issuperset(i.index) for i in indexed)
+            return frame.filter(in_window if every else keep)
+
+        frames = []
+        if tails:
+            frames.append(pick(self._stitched(tf, tails), [t.rows for t in tails]))
         for name, parts in live:
-            stale = {r for r in parts if (throughs.get(r) or "") >= name}
+            source = next(iter(parts.values())).source
+            assert source is not None
+            stale = [p for r, p in parts.items() if (throughs.get(r) or "") >= name]
             if not stale:  # the common case: one filter over the whole file
-                source = next(iter(parts.values())).source
-                assert source is not None
-                frames.append(source[0].filter(keep))
+                frames.append(pick(source[0], parts.values()))
                 continue
-            frames.extend(p.frame.filter(keep) for r, p in parts.items() if r not in stale)
+            # parts of partitions folded already (a fold under way): left out
+            rows = [
+                np.arange(p.source[1], p.source[1] + p.frame.height)
+                for r, p in parts.items()
+                if (throughs.get(r) or "") < name and p.source is not None
+            ]
+            if rows:
+                frames.append(source[0][np.concatenate(rows)].filter(keep))
         if rest:
             frames.append(self.read(rest, timeframe, start, end))
         frames = [f for f in frames if f.height]
@@ -621,6 +641,16 @@ class ParquetLake:
             # a delta folded into a base that does not say so (a second guard, as in reads)
             out = out.unique(["symbol", "ts"], keep="first", maintain_order=True)
         return out
+
+    def _stitched(self, tf: str, tails: list[Tail]) -> pl.DataFrame:
+        """Return the rows of `tails` as one frame, remembered per timeframe until a tail
+        changes (a micro-batch after a micro-batch finds the same tails: one filter)."""
+        key = tuple(tails)
+        found = self._stitch.get(tf)
+        if found is None or found[0] != key:
+            found = (key, pl.concat([t.rows.frame for t in tails], rechunk=False))
+            self._stitch[tf] = found
+        return found[1]
 
     def _appends(self, existing: _Indexed | PartitionView, part: _Partition) -> bool:
         """Say whether every run of `part` starts after its symbol's last stored bar."""
@@ -642,7 +672,8 @@ class ParquetLake:
         ]
         table = appended[0][0].arrow.partition(runs)
         atomic_write_parquet(table, folder / name, self.settings, {PARTS_KEY: json.dumps(index)})
-        whole = _stack([piece for part, _ in appended for piece in part.slices])
+        # one chunk: reads filter and gather whole delta files (per chunk, slices cost more)
+        whole = _stack([piece for part, _ in appended for piece in part.slices]).rechunk()
         decoded = _delta_parts(whole, index)
         for part, directory in appended:  # known to the writer: no scan when checked
             rows = decoded[self._rel(directory)]
@@ -1366,6 +1397,15 @@ def _ts_slice(df: pl.DataFrame, start: datetime | None, end: datetime | None) ->
     lo = int(np.searchsorted(ts, _epoch_us(start))) if start is not None else 0
     hi = int(np.searchsorted(ts, _epoch_us(end))) if end is not None else df.height
     return df.slice(lo, max(hi - lo, 0))
+
+
+def _months(start: datetime, end: datetime) -> list[str]:
+    """Return the month partitions ("YYYY-MM") from `start`'s to `end`'s, both included."""
+    out, year, month = [], start.year, start.month
+    while (year, month) <= (end.year, end.month):
+        out.append(f"{year:04d}-{month:02d}")
+        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+    return out
 
 
 def _epoch_us(moment: datetime) -> int:
