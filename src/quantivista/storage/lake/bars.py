@@ -581,7 +581,7 @@ class ParquetLake:
         for symbol in sorted(set(symbols)):
             by_bucket.setdefault(self.bucket(symbol), []).append(symbol)
         live = self._live_deltas(tf)
-        months: list[str | None] = [None]
+        months: Sequence[str | None] = [None]
         if timeframe.partition_period == "month":
             months = _months(start, end)
         tails: list[Tail] = []
