@@ -82,7 +82,7 @@ from quantivista.storage.lake.deltas import (
     delta_name,
     delta_names,
 )
-from quantivista.storage.lake.encoding import ArrowBatch, Run
+from quantivista.storage.lake.encoding import ArrowBatch, Run, _ranges
 from quantivista.storage.lake.files import (
     atomic_write_parquet,
     file_identity,
@@ -231,11 +231,16 @@ class _Partition(NamedTuple):
     """One partition's share of a write: its key, rows (one slice per symbol) and runs."""
 
     key: _Key
-    slices: list[pl.DataFrame]
+    frame: pl.DataFrame  # the batch (of one timeframe) that `runs` index
     runs: list[Run]  # (symbol, first, end) rows of the batch, in file order
     arrow: ArrowBatch  # the batch as Arrow, to cut the partition's table from
     firsts: list[int]  # each run's first ts, epoch microseconds
     lasts: list[int]  # and last
+
+    @property
+    def slices(self) -> list[pl.DataFrame]:
+        """Return the partition's rows, one zero-copy slice per run."""
+        return [self.frame.slice(lo, hi - lo) for _, lo, hi in self.runs]
 
 
 class ParquetLake:
@@ -269,6 +274,8 @@ class ParquetLake:
         self._deltas: dict[str, dict[str, _Indexed]] = {}
         self._deltas_lock = threading.Lock()
         self._places: dict[Path, tuple[Path, str]] = {}
+        self._dirs: dict[_Key, Path] = {}
+        self._stripes: dict[Path, int] = {}
 
     def _layout(self) -> int:
         """Return the lake's bucket count, fixing it from the settings on first use."""
@@ -303,8 +310,12 @@ class ParquetLake:
         return bucket_of(symbol, self.buckets)
 
     def _dir(self, timeframe: str, bucket: int, month: str | None = None) -> Path:
-        base = self.bars_root / f"timeframe={timeframe}" / _bucket_dir(bucket)
-        return base / f"month={month}" if month else base
+        key = (timeframe, bucket, month)
+        found = self._dirs.get(key)  # remembered: every append asks for each partition
+        if found is None:
+            base = self.bars_root / f"timeframe={timeframe}" / _bucket_dir(bucket)
+            found = self._dirs[key] = base / f"month={month}" if month else base
+        return found
 
     def partition_dir(self, timeframe: str, symbol: str, month: str | None = None) -> Path:
         """Return the directory of the partition holding `symbol` (and `month`, intraday)."""
@@ -332,8 +343,11 @@ class ParquetLake:
 
     def _stripe(self, directory: Path) -> int:
         # by the path inside the lake: every spelling of the root must pick the same stripe
-        rel = directory.relative_to(self.bars_root).as_posix()
-        return zlib.crc32(rel.encode()) % _LOCK_STRIPES
+        found = self._stripes.get(directory)
+        if found is None:
+            rel = directory.relative_to(self.bars_root).as_posix()
+            found = self._stripes[directory] = zlib.crc32(rel.encode()) % _LOCK_STRIPES
+        return found
 
     @contextmanager
     def frozen(self) -> Iterator[None]:
@@ -408,12 +422,11 @@ class ParquetLake:
                 runs.setdefault((self.bucket(symbol), ym), []).append((symbol, lo, hi))
             for (bucket, ym), parts in sorted(runs.items()):
                 parts.sort()  # by symbol; a symbol has one run per partition
-                slices = [keyed.slice(lo, hi - lo) for _, lo, hi in parts]
                 month_text = f"{ym // 100:04d}-{ym % 100:02d}" if monthly else None
                 firsts = [first_of[lo] for _, lo, _ in parts]
                 lasts = [last_of[lo] for _, lo, _ in parts]
                 key = (str(tf), bucket, month_text)
-                out.append(_Partition(key, slices, parts, arrow, firsts, lasts))
+                out.append(_Partition(key, keyed, parts, arrow, firsts, lasts))
         return out
 
     def _upsert_partition(self, part: _Partition) -> UpsertStats:
@@ -672,8 +685,9 @@ class ParquetLake:
         ]
         table = appended[0][0].arrow.partition(runs)
         atomic_write_parquet(table, folder / name, self.settings, {PARTS_KEY: json.dumps(index)})
-        # one chunk: reads filter and gather whole delta files (per chunk, slices cost more)
-        whole = _stack([piece for part, _ in appended for piece in part.slices]).rechunk()
+        # one gather, one chunk: reads filter and gather whole delta files
+        bounds = np.array([(lo, hi) for _, lo, hi in runs], dtype=np.int64)
+        whole = appended[0][0].frame[_ranges(bounds[:, 0], bounds[:, 1])]
         decoded = _delta_parts(whole, index)
         for part, directory in appended:  # known to the writer: no scan when checked
             rows = decoded[self._rel(directory)]
