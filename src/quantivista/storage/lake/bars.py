@@ -1036,7 +1036,7 @@ class ParquetLake:
                     if (
                         (lo is None or lo <= first)
                         and (hi is None or last < hi)
-                        and all(s in names_set for s in delta.index)
+                        and names_set.issuperset(delta.index)
                     ):  # the common case (the latest rows of every symbol): no search
                         rows = np.arange(offset, offset + delta.frame.height)
                     else:
