@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -283,6 +283,41 @@ class NatsBroker(BrokerBase):
                         return
         finally:
             self._run(sub.unsubscribe())
+
+    def follow(
+        self, topic: str, start: StartAt, handler: Callable[[Message], None]
+    ) -> Callable[[], None]:
+        """Push `topic`'s messages from `start` on to `handler`, in order, as they arrive
+        (an ordered push consumer: no group, nothing left on the server, no polling; the
+        client re-creates it after a gap or a restart). `handler` runs on the client's loop
+        thread and must not block. Return a function that stops following."""
+
+        async def deliver(msg: Msg) -> None:
+            handler(_message(topic, msg))
+
+        async def join() -> Any:
+            await self._partitions_of(topic)
+            base = _consumer_config(start, 30.0)
+            config = ConsumerConfig(
+                deliver_policy=base.deliver_policy,
+                opt_start_seq=base.opt_start_seq,
+                opt_start_time=base.opt_start_time,
+            )
+            return await self._js.subscribe(
+                f"{self.prefix}.{topic}.*",
+                stream=self._stream(topic),
+                cb=deliver,
+                ordered_consumer=True,
+                config=config,
+            )
+
+        sub = self._run(join())
+
+        def stop() -> None:
+            with contextlib.suppress(Exception):  # closed already, or the server is away
+                self._run(sub.unsubscribe(), timeout=self.timeout_s)
+
+        return stop
 
     def close(self) -> None:
         if self._loop.closed:
