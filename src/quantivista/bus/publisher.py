@@ -44,6 +44,15 @@ class Publisher:
         self.published += 1
         return self.broker.publish(topic, value, key=key, headers=headers)
 
+    def submit_event(
+        self, topic: str, event: Event, *, key: str | None = None
+    ) -> Future[list[int]]:
+        """`event` without waiting for the broker: return the future of its offset."""
+        self.ensure(topic)
+        value, headers = self.codecs.encode(event, self.codec, key=key)
+        self.published += 1
+        return self.broker.publish_async(topic, [(key, value, headers)])
+
     def per_symbol(
         self,
         topic: str,

@@ -90,7 +90,7 @@ STAGES = ("fold", "publish_raw", "validate", "store", "publish")
 publishing the trades), publish raw bars (start to ack), validate, store (validated to
 stored), publish normalized bars (start to ack, overlapping the store)."""
 
-_TRADES_IN_FLIGHT = 64  # trade publishes not acked yet, at most (then the loop waits)
+_IN_FLIGHT = 64  # publishes of one kind not acked yet, at most (then the caller waits)
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
@@ -275,7 +275,9 @@ class StreamService:
         # machine's wall times hide
         self.stage_cpu: dict[str, deque[float]] = {s: deque(maxlen=200_000) for s in STAGES}
         self._published_at: float | None = None  # when the last stored bars went out
-        self._trades_out: deque[Future[list[int]]] = deque()  # trade publishes in flight
+        # publishes in flight: trades (the loop's), store events (the store thread's)
+        self._trades_out: deque[Future[list[int]]] = deque()
+        self._events_out: deque[Future[list[int]]] = deque()
         self.fresh: list[tuple[list[str], datetime]] = []  # symbols first seen, and when
         window = 3 * validator.settings.spike_window  # the span `history_for` reads
         self.recent = RecentBars(
@@ -302,10 +304,13 @@ class StreamService:
 
     def _forward(self, event: Event) -> None:
         """Send what the store stage announced to the ingestion and quality topics."""
+        # not waited for here: the next release need not wait for these acks
         if isinstance(event, BarsIngested) and event.job_id == self.job_id:
-            self.publisher.event(INGESTION_EVENTS, event, key=event.job_id)
+            future = self.publisher.submit_event(INGESTION_EVENTS, event, key=event.job_id)
+            _in_flight(self._events_out, future)
         elif isinstance(event, BarsQuarantined) and event.job_id == self.job_id:
-            self.publisher.event(QUALITY_ALERTS, event, key=event.job_id)
+            future = self.publisher.submit_event(QUALITY_ALERTS, event, key=event.job_id)
+            _in_flight(self._events_out, future)
 
     def close(self) -> None:
         """Leave the in-process bus."""
@@ -358,17 +363,13 @@ class StreamService:
         return self.bars.add(batch, now=now)
 
     def _track(self, future: Future[list[int]]) -> None:
-        """Keep a trade publish until acked; raise a failed one; wait when too many fly."""
-        self._trades_out.append(future)
-        while self._trades_out and (
-            self._trades_out[0].done() or len(self._trades_out) > _TRADES_IN_FLIGHT
-        ):
-            self._trades_out.popleft().result(timeout=60)
+        _in_flight(self._trades_out, future)
 
     def drain(self) -> None:
-        """Wait for the trade publishes in flight."""
-        while self._trades_out:
-            self._trades_out.popleft().result(timeout=60)
+        """Wait for the publishes in flight."""
+        for pending in (self._trades_out, self._events_out):
+            while pending:
+                pending.popleft().result(timeout=60)
 
     # -- gaps after a disconnect -------------------------------------------------------------
     def _note_gap(self, batch: pl.DataFrame) -> None:
@@ -657,6 +658,13 @@ class StreamService:
             rows += item[1].height
             closes = close_at is not None and _reaches(item[1], close_at)
         return frames, arrived, False
+
+
+def _in_flight(pending: deque[Future[list[int]]], future: Future[list[int]]) -> None:
+    """Keep a publish until acked; raise a failed one; wait when too many are in flight."""
+    pending.append(future)
+    while pending and (pending[0].done() or len(pending) > _IN_FLIGHT):
+        pending.popleft().result(timeout=60)
 
 
 def _reaches(frame: pl.DataFrame, at: datetime) -> bool:
