@@ -99,7 +99,7 @@ def follow(futures: list[Any], progress: Progress | None) -> None:
     from distributed import as_completed
 
     progress(0, len(futures))
-    for done, _ in enumerate(as_completed(futures), start=1):
+    for done, _ in enumerate(as_completed(futures), start=1):  # type: ignore[no-untyped-call]
         progress(done, len(futures))
 
 
