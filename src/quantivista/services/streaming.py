@@ -172,14 +172,19 @@ class RecentBars:
         parts = [r.select(BAR_COLUMNS) for r in rows if r.height]
         if not parts:
             return
-        if self.frame is not None:
-            parts.insert(0, self.frame)
-        frame = pl.concat(parts, how="vertical_relaxed").unique(
-            ["symbol", "timeframe", "ts"], keep="last", maintain_order=True
-        )
-        newest = frame["ts"].max()
-        assert isinstance(newest, datetime)
-        self.frame = frame.filter(pl.col("ts") >= newest - self.span)
+        first = min(p["ts"].min() for p in parts)  # type: ignore[type-var]
+        kept = self.frame
+        if kept is not None:
+            parts.insert(0, kept)
+        frame = pl.concat(parts, how="vertical_relaxed")
+        # new minutes after every kept one (the usual release) replace nothing
+        if len(parts) > 2 or kept is None or not first > kept["ts"].max():  # type: ignore[operator]
+            frame = frame.unique(["symbol", "timeframe", "ts"], keep="last", maintain_order=True)
+        newest, oldest = frame["ts"].max(), frame["ts"].min()
+        assert isinstance(newest, datetime) and isinstance(oldest, datetime)
+        if oldest < newest - self.span:
+            frame = frame.filter(pl.col("ts") >= newest - self.span)
+        self.frame = frame
 
 
 Backfill = Callable[[list[str], datetime, datetime], pl.DataFrame]
