@@ -228,3 +228,48 @@ def test_the_kept_history_validates_like_a_store_read(tmp_path: Path) -> None:
     assert kept.height == 60
     assert (kept["quality_flags"] != 0).any()  # the spike rule fired and was decided
     assert kept.equals(read_back)
+
+
+def _timed_run(tmp_path: Path, stream: dict[str, object], frames: list[pl.DataFrame]) -> Runtime:
+    """Run the loop over `frames` (50 ms apart, then 2 s of silence) with a 3 s timer."""
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        storage=StorageSettings(write_threads=1),
+        bus={"url": "memory://", "codec": "avro"},
+        stream={"lateness_s": 1.0, "idle_s": 3600.0, "batch_ms": 3000, **stream},
+    )
+    runtime = Runtime.from_settings(settings, clock=TestClock(T0))
+    service = runtime.stream_service("finnhub")
+
+    async def feed():  # type: ignore[no-untyped-def]
+        for frame in frames:
+            yield frame
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(2.0)
+
+    asyncio.run(service.run(feed(), asyncio.Event()))
+    runtime.service = service  # type: ignore[attr-defined]
+    return runtime
+
+
+def test_a_trade_that_closes_a_minute_ends_its_micro_batch_at_once(tmp_path: Path) -> None:
+    frames = [
+        trade_frame([("AAA", 5, 10.0, 1), ("BBB", 6, 20.0, 1)]),
+        trade_frame([("AAA", 30, 11.0, 1)]),
+        trade_frame([("AAA", 62, 12.0, 1)]),  # the watermark 61 s: minute 0 is over
+    ]
+    with _timed_run(tmp_path, {}, frames) as runtime:
+        service = runtime.service  # type: ignore[attr-defined]
+        # minute 0 went out with the third frame, not 3 s (batch_ms) after the first
+        assert len(service.bar_latencies) >= 1 and service.bar_latencies[0] < 1.0
+        first = published_rows(runtime).filter(pl.col("ts") == T0)
+        assert first.select("symbol", "close").rows() == [("AAA", 11.0), ("BBB", 20.0)]
+
+
+def test_a_micro_batch_closes_at_batch_rows(tmp_path: Path) -> None:
+    frames = [trade_frame([("AAA", 5 + i, 10.0, 1)] * 3) for i in range(4)]
+    with _timed_run(tmp_path, {"batch_rows": 3}, frames) as runtime:
+        service = runtime.service  # type: ignore[attr-defined]
+        # every frame is a micro-batch of its own: none waited for the 3 s timer
+        assert service.stats.batches >= 4 and max(service.latencies) < 1.0
+        assert service.stats.trades == 12

@@ -100,14 +100,20 @@ class MinuteBars:
         """Return how many bars are still open (not yet released)."""
         return self._open.height
 
-    def next_close(self) -> datetime | None:
+    def next_close(self, trades: pl.DataFrame | None = None) -> datetime | None:
         """Return the event time a trade must reach to close the oldest open bar (the
-        watermark passes its end), or None when no bar is open."""
+        watermark passes its end), or None when no bar is open. With no bar open, the
+        oldest bar `trades` would open counts."""
         if self._open.is_empty():
-            return None
-        first = self._open["ts"].min()
-        assert isinstance(first, datetime)
-        return first + self.every + self.lateness
+            first = trades["ts"].min() if trades is not None and trades.height else None
+            if not isinstance(first, datetime):
+                return None
+            start = _from_us(_floor_us(first, self._every_us))
+        else:
+            oldest = self._open["ts"].min()
+            assert isinstance(oldest, datetime)
+            start = oldest
+        return start + self.every + self.lateness
 
     def add(self, trades: pl.DataFrame, now: datetime | None = None) -> Released:
         """Take a micro-batch of trades; return what the advanced watermark releases."""

@@ -644,7 +644,7 @@ class StreamService:
         arrived, frame = first
         frames, rows = [frame], frame.height
         deadline = arrived + window
-        close_at = self.bars.next_close()
+        close_at = self.bars.next_close(frame)
         closes = close_at is not None and _reaches(frame, close_at)
         while rows < self.settings.batch_rows and not closes:
             if queue.empty():
