@@ -11,8 +11,10 @@
 - stream: 500 symbols, one session of 1-minute bars stored, then `--batches` micro-batches
   of one new 1-minute bar per symbol (what lands in one second when every symbol's minute
   closes), each through `Platform.write_bars`: latency p50/p95/max and the writing thread's
-  CPU time (what a loaded machine does not inflate), then up to 200 more straight into
-  `ParquetLake.upsert` (the store's share, CPU time); a warm read of one
+  CPU time (what a loaded machine does not inflate) and the mean wall time of each pipeline
+  stage (`qv_stage_seconds`: validate includes the history read), then up to 200 more
+  straight into `ParquetLake.upsert` (the store's share, CPU time) and the validation's
+  history read alone (`ParquetLake.recent`, from tails and deltas); a warm read of one
   symbol's session and of all 500 symbols' last hour before and after (background folds
   running), and after `compact()`.
 Prints one JSON line. Usage: python perf/append.py [--symbols 500,2000] [--years 10]
@@ -151,18 +153,27 @@ def stream(root: Path, batches: int) -> dict[str, Any]:
             )
 
         reads("before")
-        times, cpu, store = [], [], []
+        stages = ("validate", "store", "publish")
+        seen = {s: _stage_totals(s) for s in stages}
+        times, cpu, store, history = [], [], [], []
         for k in range(batches):
             batch = minute_bars(symbols, [open_ + minute * (390 + k)], k + 1)
             t0, c0 = time.perf_counter(), time.thread_time()
             p.write_bars(batch, source="perf", timeframe="1m")
             times.append(time.perf_counter() - t0)
             cpu.append(time.thread_time() - c0)  # this thread's CPU: the load does not add
+        for name in stages:
+            total, count = _stage_totals(name)
+            out[f"stage_{name}_mean_ms"] = 1e3 * (total - seen[name][0]) / (count - seen[name][1])
         # the store's share: the lake append alone, on rows the pipeline has coerced
         for k in range(batches, batches + min(batches, 200)):
             batch = minute_bars(symbols, [open_ + minute * (390 + k)], k + 1)
             rows = coerce_bars(batch, timeframe="1m", provider="perf", job_id="s",
                                ingested_at=datetime.now(UTC))  # fmt: skip
+            first = open_ + minute * (390 + k)
+            c0 = time.thread_time()
+            lake.recent(symbols, m1, first - timedelta(hours=1), first)
+            history.append(time.thread_time() - c0)
             c0 = time.thread_time()
             lake.upsert(rows)
             store.append(time.thread_time() - c0)
@@ -184,8 +195,18 @@ def stream(root: Path, batches: int) -> dict[str, Any]:
         cpu_p95_ms=1e3 * sorted(cpu)[int(0.95 * (len(cpu) - 1))],
         store_cpu_p50_ms=1e3 * statistics.median(store),
         store_cpu_p95_ms=1e3 * sorted(store)[int(0.95 * (len(store) - 1))],
+        history_cpu_p50_ms=1e3 * statistics.median(history),
     )
     return out
+
+
+def _stage_totals(name: str) -> tuple[float, float]:
+    """Return the seconds and count `qv_stage_seconds` holds for a pipeline stage."""
+    from quantivista.ops.metrics import REGISTRY
+
+    labels = {"stage": name}
+    total = REGISTRY.get_sample_value("qv_stage_seconds_sum", labels) or 0.0
+    return total, REGISTRY.get_sample_value("qv_stage_seconds_count", labels) or 0.0
 
 
 def main() -> None:

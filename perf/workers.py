@@ -1,20 +1,27 @@
 """Worker scale-out: throughput of 1, 2 and 4 `qv worker` processes, and the plan's prediction.
 
 One PostgreSQL schema and one Redis prefix (made for the run, dropped after), the provider
-simulator answering Polygon's wire format after 50 ms per call under a rate limit it
-counts violations of (our limiter, shared through Redis, enforces the same window and holds
-each call until its answer). Each worker runs CONCURRENCY tasks at once, one fetch at a time.
+simulator (its own process, as a vendor would be) answering Polygon's wire format after
+50 ms per call under a rate limit it counts violations of (our limiter, shared through
+Redis, enforces the same window and holds each call until its answer). Each worker runs
+CONCURRENCY tasks at once, one fetch at a time.
 
-What bounds a run, and what the plan models (`BackfillService.plan`): the quota, the slots
-(latency x calls per task + a task's own cost, one task after another) and the CPU (every
-task's own cost over the CPUs the workers get). Two inputs are measured in the same run:
-- task cost: CPU seconds per task of one worker on a calibration job (/proc, user + system);
-- CPUs: before each run, as many spinning processes as workers for 1 s; the CPU seconds
-  they got is what the workers will get on this (shared, loaded) machine.
-For each worker count: a fresh store, the workers started (not timed), the CPU probe, the
-plan, then a backfill of SYMBOLS daily histories queued and timed from submission to the
-job's end. Prints one JSON line: per run calls, tasks, measured and predicted seconds, the
-bounds and the ratio. Usage: `python perf/workers.py [SYMBOLS] [QUOTA_PER_S]` (200, 60).
+The plan (`BackfillService.plan` with `host`: `services.host_model`) plays the backfill out
+on the host's CPUs: the quota, the slots, and the CPU that every task costs, shared by the
+workers, the simulator and the database (processor sharing; a process's threads share one
+CPU at most). Its inputs are measured in the same run, none assumed:
+- the costs, on a calibration job of one worker: CPU seconds (/proc, user + system) per
+  task of the worker, per call of the simulator's process, per task of PostgreSQL's backends
+  serving the run (tagged by application_name) and of Redis;
+- the latency: a call's round trip on the idle system, less the CPU it took (that CPU is
+  modelled, under contention);
+- the CPUs: before each run, as many spinning processes as the run has (workers, simulator,
+  database) for 1.5 s; the CPU seconds they got is what the run will get on this machine.
+For each worker count: a fresh store, the workers started (not timed), the probes, the plan,
+then a backfill of SYMBOLS daily histories queued and timed from submission to the job's
+end (its end_time). Prints one JSON line: per run the measured and predicted seconds, the
+costs seen in that run and the ratio. Usage: `python perf/workers.py [SYMBOLS] [QUOTA_PER_S]
+[REPEATS]` (200, 60, 1); with REPEATS > 1 the report gives each row's range of ratios.
 """
 
 from __future__ import annotations
@@ -26,8 +33,12 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
+from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import redis
@@ -40,6 +51,7 @@ from quantivista.providers.simulator import run_simulator
 from quantivista.providers.simulator.wiring import SIMULATOR_API_KEY
 from quantivista.runtime import Runtime
 from quantivista.services.backfill import predicted_seconds
+from quantivista.services.host_model import HostCosts
 from quantivista.testing.workers import WorkerProcesses
 
 FIRST, LAST = date(2023, 1, 3), date(2023, 12, 29)
@@ -51,12 +63,14 @@ CALIBRATION_SYMBOLS = 60
 
 def _env(sim_url: str, schema: str, prefix: str, quota: int, tmp: str) -> dict[str, str]:
     base = Settings()
+    dsn = base.services.postgres_dsn.get_secret_value()
+    tagged = f"{dsn}{'&' if '?' in dsn else '?'}application_name={schema}"  # its backends
     return {
         "QV_DATA_DIR": str(Path(tmp) / "qv"),
         "QV_STORAGE__BACKEND": "postgres",
         "QV_STORAGE__POSTGRES_SCHEMA": schema,
         "QV_STORAGE__POSTGRES_POOL_SIZE": "2",
-        "QV_SERVICES__POSTGRES_DSN": base.services.postgres_dsn.get_secret_value(),
+        "QV_SERVICES__POSTGRES_DSN": tagged,
         "QV_SERVICES__REDIS_URL": base.services.redis_url,
         "QV_RESILIENCE__BACKEND": "redis",
         "QV_RESILIENCE__REDIS_PREFIX": prefix,
@@ -85,8 +99,11 @@ def _drop(schema: str, prefix: str) -> None:
 
 
 def _cpu_s(pid: int) -> float:
-    """Return a process's CPU seconds so far (user + system, from /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    """Return a process's CPU seconds so far (user + system, from /proc; 0 once gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -116,63 +133,195 @@ def cpus_available(n: int, seconds: float = 1.5) -> float:
     return max(used / wall, 0.05)
 
 
-def round_trip_s(rt: Runtime, symbol: str, calls: int = 10) -> float:
-    """Return the mean time of one call now, through our client and the shared limiter."""
+def _bursts(seconds: float, conn: Connection) -> None:
+    wall = cpu = 0.0
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        time.sleep(0.02)
+        t0, c0 = time.perf_counter(), time.thread_time()
+        while time.thread_time() - c0 < 0.005:
+            pass
+        wall += time.perf_counter() - t0
+        cpu += time.thread_time() - c0
+    conn.send(wall / max(cpu, 1e-9))
+
+
+def slowdown_now(seconds: float = 1.5) -> float:
+    """Return the wall seconds a CPU second takes now: a process of 5 ms bursts between
+    20 ms waits, as a task's calls are; the scheduler favours such a process over busy
+    ones, so spinning processes would say the machine has less to give than it has."""
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_bursts, args=(seconds, child))
+    proc.start()
+    value = float(parent.recv())
+    proc.join()
+    return max(value, 1.0)
+
+
+def cpus_of_host() -> float:
+    """Return the CPUs this process may run on (its affinity)."""
+    return float(len(os.sched_getaffinity(0)))
+
+
+# -- the simulator in its own process ------------------------------------------------------
+def _serve_simulator(config: SimulatorServerSettings, conn: Connection) -> None:
+    with run_simulator(config) as sim:
+        alive = sorted(set(sim.market.symbols(FIRST)) & set(sim.market.symbols(LAST)))
+        conn.send((sim.url, alive))
+        while True:
+            command, arg = conn.recv()
+            if command == "stop":
+                return
+            if command == "configure":
+                sim.configure("polygon", arg)
+                conn.send(None)
+            elif command == "stats":
+                conn.send(sim.stats())
+
+
+class Simulator:
+    """The provider simulator in a child process: its URL, symbols, pid, and commands."""
+
+    def __init__(self, config: SimulatorServerSettings) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_serve_simulator, args=(config, child), daemon=True)
+        self.proc.start()
+        self.url, self.symbols = self._conn.recv()
+
+    @property
+    def pid(self) -> int:
+        assert self.proc.pid is not None
+        return self.proc.pid
+
+    def configure(self, faults: ProviderFaultSettings) -> None:
+        self._conn.send(("configure", faults))
+        self._conn.recv()
+
+    def stats(self) -> dict[str, Any]:
+        self._conn.send(("stats", None))
+        return self._conn.recv()  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self._conn.send(("stop", None))
+        self.proc.join(timeout=20)
+
+
+# -- who spends the CPU --------------------------------------------------------------------
+class Meter:
+    """CPU seconds of the run's processes: workers, simulator, PostgreSQL backends, Redis."""
+
+    def __init__(self, workers: list[int], simulator: int, schema: str) -> None:
+        self.workers = workers
+        self.simulator = simulator
+        self.schema = schema
+        base = Settings()
+        self._pg = psycopg.connect(base.services.postgres_dsn.get_secret_value(), autocommit=True)
+        client = redis.Redis.from_url(base.services.redis_url)
+        self._redis_pid = int(client.info("server")["process_id"])
+        client.close()
+        self._backends: dict[int, float] = {}
+
+    def _store(self) -> float:
+        """CPU of the backends tagged with the run's schema (gone ones keep their last)."""
+        rows = self._pg.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (self.schema,)
+        ).fetchall()
+        for (pid,) in rows:
+            self._backends[pid] = max(self._backends.get(pid, 0.0), _cpu_s(pid))
+        return sum(self._backends.values()) + _cpu_s(self._redis_pid)
+
+    def read(self) -> dict[str, float]:
+        return {
+            "worker": sum(_cpu_s(p) for p in self.workers),
+            "provider": _cpu_s(self.simulator),
+            "store": self._store(),
+        }
+
+    def close(self) -> None:
+        self._pg.close()
+
+
+@contextmanager
+def _settings_env(env: dict[str, str]) -> Iterator[None]:
+    saved = dict(os.environ)
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def round_trip(rt: Runtime, symbol: str, sim: Simulator, calls: int = 10) -> tuple[float, float]:
+    """Return a call's mean round trip now and the CPU it took (ours and the simulator's)."""
     client = rt.acquisition.provider("polygon")
     day = datetime.combine(FIRST, datetime.min.time(), UTC)
     request = BarRequest(symbol, Timeframe.parse("1d"), day, day + timedelta(days=1))
     client.fetch_bars(request)  # the connection is open before timing
-    t0 = time.perf_counter()
+    t0, own0, sim0 = time.perf_counter(), time.thread_time(), _cpu_s(sim.pid)
     for _ in range(calls):
         client.fetch_bars(request)
-    return (time.perf_counter() - t0) / calls
+    wall = (time.perf_counter() - t0) / calls
+    cpu = (time.thread_time() - own0 + _cpu_s(sim.pid) - sim0) / calls
+    return wall, cpu
 
 
 def run(
     n_workers: int,
     symbols: list[str],
-    sim_url: str,
+    sim: Simulator,
     quota: int,
     label: str,
-    task_cost_s: float | None = None,
-) -> dict[str, object]:
-    """Backfill `symbols` with `n_workers` processes; return calls, times and the plan."""
-    schema = f"qv_perf_workers_{uuid.uuid4().hex[:8]}"
-    prefix = f"qv-perf-workers:{uuid.uuid4().hex[:8]}"
+    costs: HostCosts | None = None,
+) -> dict[str, Any]:
+    """Backfill `symbols` with `n_workers` processes; return calls, times, costs and the plan."""
+    schema = f"qv_perf_workers_scaleout_{uuid.uuid4().hex[:8]}"
+    prefix = f"qv-perf-workers-scaleout:{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory() as tmp:
-        env = _env(sim_url, schema, prefix, quota, tmp)
-        saved = dict(os.environ)
-        os.environ.update(env)
+        env = _env(sim.url, schema, prefix, quota, tmp)
         try:
             with (
+                _settings_env(env),
                 Runtime.from_settings(Settings()) as rt,
                 WorkerProcesses(n_workers, env, concurrency=CONCURRENCY) as procs,
             ):
-                cpus = cpus_available(n_workers)
-                latency = round_trip_s(rt, symbols[0])
+                # the run's processes: the workers, the simulator, PostgreSQL (Redis is light)
+                spun = cpus_available(n_workers + 2)
+                cpus, slowdown = cpus_of_host(), slowdown_now()
+                rtt, rtt_cpu = round_trip(rt, symbols[0], sim)
+                # the CPU part is modelled (at the slowdown), the rest is waiting
+                latency = max(rtt - rtt_cpu * slowdown, LATENCY_MS / 1000)
+                host = None if costs is None else HostCosts(
+                    costs.worker_s_per_task, costs.provider_s_per_call, costs.store_s_per_task,
+                    cpus=cpus, slowdown=slowdown)  # fmt: skip
                 plan = rt.backfill.plan(
                     symbols, FIRST, LAST, "1d", ["polygon"], workers=n_workers,
-                    latency_s=latency, task_cost_s=task_cost_s or 0.0, cpus=cpus,
+                    latency_s=latency if host else rtt, host=host,
+                    task_cost_s=0.0, cpus=spun,
                 )  # fmt: skip
-                pids = [w.pid for w in procs.workers]
-                cpu0 = sum(_cpu_s(p) for p in pids)
+                meter = Meter([w.pid for w in procs.workers], sim.pid, schema)
+                before = meter.read()
                 t0, at0 = time.perf_counter(), datetime.now(UTC)
                 (job,) = rt.backfill.submit(plan)
-                done = rt.ingestion.wait(job.job_id, timeout_s=600, poll_s=0.02)
-                elapsed = time.perf_counter() - t0
-                # where a job's fixed cost goes: until the first task starts, after the last
+                done = rt.ingestion.wait(job.job_id, timeout_s=600, poll_s=0.2)
+                polled = time.perf_counter() - t0
+                after = meter.read()
+                meter.close()
+                # the job's own end, not the poll's: polling often costs CPU the run needs
+                ended = done.end_time or datetime.now(UTC)
+                elapsed = (ended - at0).total_seconds()
                 ran = rt.ingestion.tasks(job.job_id)
                 first = min(t.started_at or at0 for t in ran) - at0
                 last = max(t.finished_at or at0 for t in ran) - at0
-                cpu = sum(_cpu_s(p) for p in pids) - cpu0
         finally:
-            os.environ.clear()
-            os.environ.update(saved)
             _drop(schema, prefix)
     settings = Settings()
     tasks = job.tasks
+    used = {k: after[k] - before[k] for k in after}
     quota_s = predicted_seconds(
-        plan.calls, [Rate.parse(r) for r in env_limits(quota)], latency_s=latency,
+        plan.calls, [Rate.parse(r) for r in env_limits(quota)], latency_s=rtt,
         concurrency=n_workers * CONCURRENCY * settings.ingest.fetch_concurrency,
     )  # fmt: skip
     return {
@@ -183,15 +332,22 @@ def run(
         "tasks": tasks,
         "bars": done.records_processed,
         "measured_s": round(elapsed, 2),
+        "polled_s": round(polled, 2),
         "calls_per_s": round(plan.calls / elapsed, 1),
-        "cpus_probed": round(cpus, 2),
-        "latency_probed_ms": round(latency * 1000, 1),
-        "worker_cpu_s_per_task": round(cpu / max(tasks, 1), 3),
+        "cpus": cpus,
+        "cpus_spinning": round(spun, 2),
+        "slowdown": round(slowdown, 2),
+        "round_trip_ms": round(rtt * 1000, 1),
+        "round_trip_cpu_ms": round(rtt_cpu * 1000, 1),
+        "worker_cpu_s_per_task": round(used["worker"] / max(tasks, 1), 4),
+        "provider_cpu_s_per_call": round(used["provider"] / max(plan.calls, 1), 5),
+        "store_cpu_s_per_task": round(used["store"] / max(tasks, 1), 4),
         "bound_quota_s": round(quota_s, 2),
         "predicted_s": round(plan.predicted_s, 2),
         "measured_over_predicted": round(elapsed / plan.predicted_s, 3),
         "first_task_started_s": round(first.total_seconds(), 3),
         "after_last_task_s": round(elapsed - last.total_seconds(), 3),
+        "load": round(os.getloadavg()[0], 1),
     }
 
 
@@ -200,53 +356,69 @@ def env_limits(quota: int) -> list[str]:
     return [f"{quota}/1s"]
 
 
+def _faults(quota: int) -> ProviderFaultSettings:
+    return ProviderFaultSettings(
+        latency_ms=LATENCY_MS, rate_limits=(RateWindow(calls=quota, seconds=1),)
+    )
+
+
+def one_round(sim: Simulator, symbols: list[str], quota: int) -> dict[str, Any]:
+    """Calibrate, then 1, 2 and 4 workers, then a tight quota; return the round's runs."""
+    sim.configure(_faults(quota))
+    # the costs, measured: CPU per task and call of a small job of one worker
+    calibration = run(1, symbols[:CALIBRATION_SYMBOLS], sim, quota, "calibration")
+    costs = HostCosts(
+        worker_s_per_task=calibration["worker_cpu_s_per_task"],
+        provider_s_per_call=calibration["provider_cpu_s_per_call"],
+        store_s_per_task=calibration["store_cpu_s_per_task"],
+    )
+    runs = [run(n, symbols, sim, quota, "scaling", costs) for n in (1, 2, 4)]
+    # a tight quota: the time is the quota's, whatever the workers could do
+    tight = max(quota // 6, 1)
+    sim.configure(_faults(tight))
+    quota_bound = run(2, symbols[: tight * 10], sim, tight, f"quota {tight}/s", costs)
+    return {"calibration": calibration, "runs": runs, "quota_bound": quota_bound}
+
+
 def main() -> None:
     n_symbols = int(sys.argv[1]) if len(sys.argv) > 1 else 200
     quota = int(sys.argv[2]) if len(sys.argv) > 2 else 60
+    repeats = int(sys.argv[3]) if len(sys.argv) > 3 else 1
     config = SimulatorServerSettings(
         seed=5,
         universe_size=n_symbols + 40,
         as_of=date(2024, 6, 3),
-        providers={
-            "polygon": ProviderFaultSettings(
-                latency_ms=LATENCY_MS, rate_limits=(RateWindow(calls=quota, seconds=1),)
-            )
-        },
+        providers={"polygon": _faults(quota)},
     )
-    runs = []
-    with run_simulator(config) as sim:
-        alive = set(sim.market.symbols(FIRST)) & set(sim.market.symbols(LAST))
-        symbols = sorted(alive)[:n_symbols]
-        # the task cost, measured: one worker's CPU seconds per task of a small job
-        calibration = run(1, symbols[:CALIBRATION_SYMBOLS], sim.url, quota, "calibration")
-        cost = float(calibration["worker_cpu_s_per_task"])  # type: ignore[arg-type]
-        for n in (1, 2, 4):
-            runs.append(run(n, symbols, sim.url, quota, "scaling", cost))
-        # a tight quota: the time is the quota's, whatever the workers could do
-        tight = max(quota // 6, 1)
-        sim.configure(
-            "polygon",
-            ProviderFaultSettings(
-                latency_ms=LATENCY_MS, rate_limits=(RateWindow(calls=tight, seconds=1),)
-            ),
-        )
-        quota_bound = run(2, symbols[: tight * 10], sim.url, tight, f"quota {tight}/s", cost)
+    sim = Simulator(config)
+    try:
+        symbols = sim.symbols[:n_symbols]
+        rounds = [one_round(sim, symbols, quota) for _ in range(repeats)]
         violations = sim.stats()["providers"]["polygon"]["violations"]
-    one = runs[0]["measured_s"]
-    ratios = [r["measured_over_predicted"] for r in [*runs, quota_bound]]
+    finally:
+        sim.close()
+    rows: dict[str, list[float]] = {}
+    speedups: dict[str, list[float]] = {}
+    for r in rounds:
+        one = r["runs"][0]["measured_s"]
+        for x in [*r["runs"], r["quota_bound"]]:
+            key = f"{x['workers']} workers" if x["run"] == "scaling" else x["run"]
+            rows.setdefault(key, []).append(x["measured_over_predicted"])
+            if x["run"] == "scaling":
+                speedups.setdefault(str(x["workers"]), []).append(round(one / x["measured_s"], 2))
+    ratios = [v for vs in rows.values() for v in vs]
     report = {
         "bench": "workers",
         "symbols": len(symbols),
         "latency_ms": LATENCY_MS,
         "quota_per_s": quota,
         "concurrency": CONCURRENCY,
-        "task_cost_s": cost,
-        "calibration": calibration,
-        "runs": runs,
-        "speedup": {str(r["workers"]): round(one / r["measured_s"], 2) for r in runs},  # type: ignore[operator]
-        "quota_bound": quota_bound,
-        "within_20pct": all(0.8 <= float(r) <= 1.2 for r in ratios),  # type: ignore[arg-type]
+        "repeats": repeats,
+        "ratio_range": {k: [min(v), max(v)] for k, v in rows.items()},
+        "speedup_range": {k: [min(v), max(v)] for k, v in speedups.items()},
+        "within_20pct": all(0.8 <= r <= 1.2 for r in ratios),
         "violations": violations,
+        "rounds": rounds,
         "load": os.getloadavg()[0],
     }
     print(json.dumps(report))

@@ -522,6 +522,9 @@ class StreamSettings(_Section):
     """`qv stream`: live trades -> 1-minute bars -> validate -> store -> publish."""
 
     batch_ms: int = Field(default=100, ge=1, le=60_000, description="micro-batch length")
+    batch_rows: int = Field(
+        default=20_000, ge=1, description="a micro-batch closes at this many trades, if sooner"
+    )
     lateness_s: float = Field(default=2.0, ge=0, description="watermark behind the last trade")
     idle_s: float = Field(default=5.0, ge=0, description="the clock closes quiet minutes")
     retention_s: float = Field(

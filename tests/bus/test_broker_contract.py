@@ -67,6 +67,20 @@ def test_publish_many_keeps_order_and_one_key_stays_in_one_partition(broker: Bro
         assert len({m.partition for m in got if m.key == key}) == 1
 
 
+def test_publishes_started_without_waiting_keep_their_order(broker: Broker) -> None:
+    broker.create_topic("bars", partitions=2)
+    futures = [
+        broker.publish_async("bars", [(f"S{i % 3}", f"{i}.{j}".encode(), None) for j in range(5)])
+        for i in range(20)
+    ]
+    offsets = [o for f in futures for o in f.result(timeout=30)]
+    check_offsets(broker, offsets, [f"S{i % 3}" for i in range(20) for _ in range(5)])
+    assert offsets == sorted(offsets) or not getattr(broker, "dense_offsets", True)
+    got = {m.offset: m.value for m in broker.read("bars")}
+    want = [f"{i}.{j}".encode() for i in range(20) for j in range(5)]
+    assert [got[o] for o in offsets] == want
+
+
 def test_each_group_gets_everything_and_members_split_partitions(broker: Broker) -> None:
     broker.create_topic("t", partitions=4)
     broker.publish_many("t", [(f"S{i}", str(i).encode(), None) for i in range(40)])

@@ -19,7 +19,14 @@ from quantivista.model.workflow import (
     Severity,
     TransformationRule,
 )
-from quantivista.reporting.checks import judge, plan_checks, profile, run_checks, validate_checks
+from quantivista.reporting.checks import (
+    judge,
+    plan_checks,
+    profile,
+    repeated,
+    run_checks,
+    validate_checks,
+)
 from quantivista.reporting.transform import Reference, collect, plan_rules, rule_rejects
 
 NOW = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
@@ -166,3 +173,28 @@ def test_a_sampled_profile_keeps_exact_row_and_null_counts() -> None:
     whole = judge(collect(plan.frame), plan, job_id="j", now=NOW, sample=None)[2]
     assert whole.data_profiling.sampled_rows is None
     assert whole.data_profiling.columns["v"].max == 7.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.one_of(st.none(), st.integers(0, 6)), max_size=40),
+    st.sampled_from([pl.String, pl.Int64, pl.Float64, pl.Date]),
+    st.integers(1, 3),
+)
+def test_repeated_values_are_those_is_first_distinct_finds(
+    values: list[int | None], dtype: Any, chunks: int
+) -> None:
+    # the sorted-hash path (strings, integers, dates) and the plain one (floats) agree with
+    # Polars' own definition, on a series of several chunks too
+    series = pl.Series("v", values, dtype=pl.Int64)
+    if dtype == pl.String:
+        series = series.cast(pl.String)
+    elif dtype == pl.Date:
+        series = series.cast(pl.Date)
+    elif dtype == pl.Float64:
+        series = series.cast(pl.Float64) * 0.5
+    step = -(-len(values) // chunks) or 1
+    cut = [series.slice(i, step) for i in range(0, len(values), step)]
+    pieces = pl.concat(cut, rechunk=False) if cut else series
+    expected = series.is_not_null() & ~series.is_first_distinct()
+    assert repeated(pieces).to_list() == expected.to_list()

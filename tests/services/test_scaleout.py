@@ -66,8 +66,8 @@ def cluster_env(
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[dict[str, str]]:
     """Settings of every process of the run, as QV_* variables (also set for this one)."""
-    schema = f"qv_test_scale_{uuid.uuid4().hex[:8]}"
-    prefix = f"qv-test-scale:{uuid.uuid4().hex[:8]}"
+    schema = f"qv_test_scaleout_{uuid.uuid4().hex[:8]}"
+    prefix = f"qv-test-scaleout:{uuid.uuid4().hex[:8]}"
     queue_url = None
     if request.param == "nats":
         queue_url = f"{request.getfixturevalue('nats_url')}?prefix=qvt{uuid.uuid4().hex[:8]}"

@@ -229,12 +229,29 @@ class MemoryBackend:
                 del self._held[name]
 
 
+# The clock of the scripts (issue 17: hosts' clocks differ by seconds unless NTP keeps them
+# close, and a window compares entries stamped by different hosts). ARGV[1] is the caller's
+# time; when the argument after the windows' pairs (FLAG) is '1', `now` is Redis's own TIME,
+# one clock for every host, and `shift` turns the scores the script returns back into the
+# caller's time, so resets computed against the caller's clock stay right.
+_CLOCK_LUA = """
+local now = tonumber(ARGV[1])
+local shift = 0
+if ARGV[FLAG] == '1' then
+  local t = redis.call('TIME')
+  local server = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  shift = now - server
+  now = server
+end
+"""
+
 # KEYS: one sorted set per window. ARGV: now, cost, token, hold, poll, then (limit, period)
 # pairs. Returns the wait in seconds ("0" when recorded), then per window the calls in it and
 # the score of its oldest ("" when empty), all as strings (Lua numbers become ints). An entry
 # scored after `now` is in flight: wait `poll`, it may settle soon.
-_ACQUIRE_LUA = """
-local now = tonumber(ARGV[1])
+_ACQUIRE_LUA = (
+    _CLOCK_LUA.replace("FLAG", "6 + 2 * #KEYS")
+    + """
 local cost = tonumber(ARGV[2])
 local hold = tonumber(ARGV[4])
 local wait = 0
@@ -264,32 +281,48 @@ local out = {tostring(wait)}
 for i, key in ipairs(KEYS) do
   local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
   out[#out + 1] = tostring(redis.call('ZCARD', key))
-  out[#out + 1] = oldest[2] or ''
+  local first = oldest[2] or ''
+  if first ~= '' and shift ~= 0 then first = string.format('%.6f', tonumber(first) + shift) end
+  out[#out + 1] = first
 end
 return out
 """
+)
 
 # KEYS: the windows. ARGV: now, cost, token. Restamps the token's entries that still exist.
-_SETTLE_LUA = """
+_SETTLE_LUA = (
+    _CLOCK_LUA.replace("FLAG", "4")
+    + """
 for _, key in ipairs(KEYS) do
   for j = 1, tonumber(ARGV[2]) do
-    redis.call('ZADD', key, 'XX', tonumber(ARGV[1]), ARGV[3] .. ':' .. j)
+    redis.call('ZADD', key, 'XX', now, ARGV[3] .. ':' .. j)
   end
 end
 return 0
 """
+)
 
 
 class RedisBackend:
     """Sliding logs in Redis sorted sets, checked and recorded by one Lua script (atomic).
 
     Time comes from the callers' clocks (wall time), so workers need synchronized clocks
-    (NTP); a skew of a few milliseconds only shifts a window edge by as much.
+    (NTP); a skew of a few milliseconds only shifts a window edge by as much. With
+    `server_clock` (what `RateLimiter.from_settings` builds) the scripts take Redis's own
+    TIME instead: one clock for all hosts, whatever their skew (the caller's clock then only
+    serves to report resets in its own time).
     """
 
     shared = True
 
-    def __init__(self, url: str, *, prefix: str = "qv:ratelimit", client: Any = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "qv:ratelimit",
+        client: Any = None,
+        server_clock: bool = False,
+    ) -> None:
         if client is None:
             try:
                 import redis
@@ -304,6 +337,7 @@ class RedisBackend:
         self._script = client.register_script(_ACQUIRE_LUA)
         self._settle = client.register_script(_SETTLE_LUA)
         self._costs: dict[str, int] = {}  # token -> cost, until settled
+        self._clock_flag = ["1"] if server_clock else []  # read by the scripts' _CLOCK_LUA
 
     def _key(self, provider: str, rate: Rate) -> str:
         return f"{self.prefix}:{provider}:{rate.limit}/{rate.period_s:g}"
@@ -324,6 +358,7 @@ class RedisBackend:
         args: list[Any] = [repr(now), cost, name, repr(hold_s), repr(_IN_FLIGHT_POLL_S)]
         for rate in rates:
             args += [rate.limit, repr(rate.period_s)]
+        args += self._clock_flag
         wait = float(self._script(keys=[self._key(provider, r) for r in rates], args=args)[0])
         if wait <= 0 and token:
             self._costs[token] = cost
@@ -337,6 +372,7 @@ class RedisBackend:
         args: list[Any] = [repr(now), cost, uuid.uuid4().hex, "0", repr(_IN_FLIGHT_POLL_S)]
         for rate in rates:
             args += [rate.limit, repr(rate.period_s)]
+        args += self._clock_flag
         wait, *seen = self._script(keys=[self._key(provider, r) for r in rates], args=args)
         usage = []
         for rate, count, oldest in zip(rates, seen[::2], seen[1::2], strict=True):
@@ -348,10 +384,14 @@ class RedisBackend:
         cost = self._costs.pop(token, 0)
         if rates and cost:
             self._settle(
-                keys=[self._key(provider, r) for r in rates], args=[repr(now), cost, token]
+                keys=[self._key(provider, r) for r in rates],
+                args=[repr(now), cost, token, *self._clock_flag],
             )
 
     def usage(self, provider: str, rates: Sequence[Rate], now: float) -> list[tuple[int, float]]:
+        if self._clock_flag:  # the windows' clock is Redis's: count against it
+            seconds, micros = self._redis.time()
+            now = seconds + micros / 1e6
         out = []
         for rate in rates:
             key = self._key(provider, rate)
@@ -420,7 +460,7 @@ class RateLimiter:
         if settings.backend == "redis":
             if not redis_url:
                 raise ConfigurationError("the redis rate-limit backend needs a redis URL")
-            backend = RedisBackend(redis_url, prefix=settings.redis_prefix)
+            backend = RedisBackend(redis_url, prefix=settings.redis_prefix, server_clock=True)
         else:
             backend = MemoryBackend()
         return cls(

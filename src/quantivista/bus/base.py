@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Generic, Protocol, TypeVar
@@ -203,6 +204,13 @@ class Broker(Protocol):
         """Publish (key, value, headers) items in order; return their offsets."""
         ...
 
+    def publish_async(
+        self, topic: str, items: Sequence[tuple[str | None, bytes, Mapping[str, str] | None]]
+    ) -> Future[list[int]]:
+        """Start publishing items (in order after every earlier publish of this broker);
+        return a future of their offsets, done when the broker has them durably."""
+        ...
+
     def subscribe(
         self,
         topic: str,
@@ -250,6 +258,17 @@ class BrokerBase:
         self, topic: str, items: Sequence[tuple[str | None, bytes, Mapping[str, str] | None]]
     ) -> list[int]:
         raise NotImplementedError
+
+    def publish_async(
+        self, topic: str, items: Sequence[tuple[str | None, bytes, Mapping[str, str] | None]]
+    ) -> Future[list[int]]:
+        """Publish now, in the caller's thread (a backend that can pipeline overrides it)."""
+        future: Future[list[int]] = Future()
+        try:
+            future.set_result(self.publish_many(topic, items))
+        except Exception as exc:
+            future.set_exception(exc)
+        return future
 
     def publish(
         self,

@@ -28,7 +28,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 from confluent_kafka import (
     Consumer,
@@ -52,6 +52,7 @@ from quantivista.bus.base import (
     interleave,
     partition_of,
 )
+from quantivista.bus.plumbing import url_prefix
 from quantivista.errors import BusError
 
 __all__ = ["KafkaBroker"]
@@ -82,7 +83,7 @@ class KafkaBroker(BrokerBase):
         config: Mapping[str, Any] | None = None,
     ) -> None:
         parts = urlsplit(url)
-        self.prefix = prefix or parse_qs(parts.query).get("prefix", ["qv"])[0]
+        self.prefix = prefix or url_prefix(url)
         self.url = url
         self.timeout_s = timeout_s
         servers = parts.netloc.rsplit("@", 1)[-1] or "127.0.0.1:9092"

@@ -16,12 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import threading
-from collections.abc import Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 import nats
 from nats.aio.msg import Msg
@@ -38,6 +38,7 @@ from quantivista.bus.base import (
     dead_letter_topic,
     partition_of,
 )
+from quantivista.bus.plumbing import LoopThread, url_prefix
 from quantivista.errors import BusError
 
 __all__ = ["NatsBroker"]
@@ -59,14 +60,14 @@ class NatsBroker(BrokerBase):
         options: Mapping[str, Any] | None = None,
     ) -> None:
         parts = urlsplit(url)
-        query = parse_qs(parts.query)
-        self.prefix = prefix or query.get("prefix", ["qv"])[0]
+        self.prefix = prefix or url_prefix(url)
         self.url = url
         self.timeout_s = timeout_s
         self._partitions: dict[str, int] = {}
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="qv-nats", daemon=True)
-        self._thread.start()
+        self._loop = LoopThread("qv-nats", timeout_s)
+        # publishes go out in the order they were started (a key's messages keep their order
+        # even when a caller does not wait for one publish before starting the next)
+        self._send: asyncio.Lock | None = None
         server = f"nats://{parts.hostname or '127.0.0.1'}:{parts.port or 4222}"
         try:
             self._nc = self._run(
@@ -80,14 +81,13 @@ class NatsBroker(BrokerBase):
                 )
             )
         except Exception as exc:
-            self._stop_loop()
+            self._loop.stop()
             raise BusError(f"cannot connect to NATS at {server}: {exc}") from None
         self._js = self._nc.jetstream(timeout=timeout_s)
 
     # -- plumbing ----------------------------------------------------------------------------
     def _run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        return future.result(timeout if timeout is not None else self.timeout_s * 3)
+        return self._loop.run(coro, timeout)
 
     def _stream(self, topic: str) -> str:
         return f"{_BAD.sub('_', self.prefix.upper())}_{_BAD.sub('_', topic)}"
@@ -170,20 +170,29 @@ class NatsBroker(BrokerBase):
     ) -> list[int]:
         return self._run(self._publish_many(topic, items))
 
+    def publish_async(
+        self, topic: str, items: Sequence[tuple[str | None, bytes, Mapping[str, str] | None]]
+    ) -> Future[list[int]]:
+        """Send on the loop thread without waiting (JetStream acks come back pipelined)."""
+        return self._loop.submit(self._publish_many(topic, items))
+
     async def _publish_many(
         self, topic: str, items: Sequence[tuple[str | None, bytes, Mapping[str, str] | None]]
     ) -> list[int]:
-        n = await self._partitions_of(topic)
-        stream = self._stream(topic)
-        futures = []
-        for key, value, headers in items:  # sent in order on one connection: order is kept
-            h = dict(headers or {})
-            if key is not None:
-                h[_KEY] = key
-            subject = self._subject(topic, partition_of(key, n))
-            futures.append(
-                await self._js.publish_async(subject, value, stream=stream, headers=h or None)
-            )
+        if self._send is None:
+            self._send = asyncio.Lock()  # on the loop thread (FIFO: calls keep their order)
+        async with self._send:
+            n = await self._partitions_of(topic)
+            stream = self._stream(topic)
+            futures = []
+            for key, value, headers in items:  # sent in order on one connection
+                h = dict(headers or {})
+                if key is not None:
+                    h[_KEY] = key
+                subject = self._subject(topic, partition_of(key, n))
+                futures.append(
+                    await self._js.publish_async(subject, value, stream=stream, headers=h or None)
+                )
         try:
             acks = await asyncio.gather(*futures)
         except Exception as exc:
@@ -275,27 +284,48 @@ class NatsBroker(BrokerBase):
         finally:
             self._run(sub.unsubscribe())
 
+    def follow(
+        self, topic: str, start: StartAt, handler: Callable[[Message], None]
+    ) -> Callable[[], None]:
+        """Push `topic`'s messages from `start` on to `handler`, in order, as they arrive
+        (an ordered push consumer: no group, nothing left on the server, no polling; the
+        client re-creates it after a gap or a restart). `handler` runs on the client's loop
+        thread and must not block. Return a function that stops following."""
+
+        async def deliver(msg: Msg) -> None:
+            handler(_message(topic, msg))
+
+        async def join() -> Any:
+            await self._partitions_of(topic)
+            base = _consumer_config(start, 30.0)
+            config = ConsumerConfig(
+                deliver_policy=base.deliver_policy,
+                opt_start_seq=base.opt_start_seq,
+                opt_start_time=base.opt_start_time,
+            )
+            return await self._js.subscribe(
+                f"{self.prefix}.{topic}.*",
+                stream=self._stream(topic),
+                cb=deliver,
+                ordered_consumer=True,
+                config=config,
+            )
+
+        sub = self._run(join())
+
+        def stop() -> None:
+            with contextlib.suppress(Exception):  # closed already, or the server is away
+                self._run(sub.unsubscribe(), timeout=self.timeout_s)
+
+        return stop
+
     def close(self) -> None:
-        if self._loop.is_closed():
+        if self._loop.closed:
             return
         # acks are sent as they happen: nothing to drain; a dead server: nothing to say
         with contextlib.suppress(Exception):
             self._run(self._nc.close(), timeout=self.timeout_s)
-        self._stop_loop()
-
-    def _stop_loop(self) -> None:
-        async def cancel_rest() -> None:
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-        with contextlib.suppress(Exception):
-            self._run(cancel_rest(), timeout=5)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=5)
-        if not self._loop.is_running():
-            self._loop.close()
+        self._loop.stop()
 
 
 def _consumer_config(start: StartAt, ack_wait_s: float) -> ConsumerConfig:

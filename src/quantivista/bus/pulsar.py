@@ -25,7 +25,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 import pulsar
 
@@ -40,6 +40,7 @@ from quantivista.bus.base import (
     interleave,
     partition_of,
 )
+from quantivista.bus.plumbing import url_prefix
 from quantivista.errors import BusError
 
 __all__ = ["PulsarBroker"]
@@ -70,7 +71,7 @@ class PulsarBroker(BrokerBase):
         options: Mapping[str, Any] | None = None,
     ) -> None:
         parts = urlsplit(url)
-        self.prefix = prefix or parse_qs(parts.query).get("prefix", ["qv"])[0]
+        self.prefix = prefix or url_prefix(url)
         self.url = url
         self.timeout_s = timeout_s
         scheme = "pulsar+ssl" if parts.scheme == "pulsar+ssl" else "pulsar"

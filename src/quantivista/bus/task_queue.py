@@ -16,14 +16,13 @@ which leases the task in the catalog as usual (lapsed leases are reaped first).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import re
 import threading
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 import nats
 from nats.aio.msg import Msg
@@ -31,6 +30,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError
 
+from quantivista.bus.plumbing import LoopThread, url_prefix
 from quantivista.errors import BusError
 
 __all__ = ["Delivery", "NatsTaskQueue", "TaskQueues"]
@@ -68,17 +68,13 @@ class NatsTaskQueue:
         self, url: str, queue: str, *, lease_s: float = 60.0, timeout_s: float = 10.0
     ) -> None:
         parts = urlsplit(url)
-        prefix = parse_qs(parts.query).get("prefix", ["qv"])[0]
+        prefix = url_prefix(url)
         self.queue = queue
         self.stream = f"{_BAD.sub('_', prefix.upper())}_TASKS_{_BAD.sub('_', queue)}"
         self.subject = f"{prefix}.tasks.{_BAD.sub('_', queue)}"
         self.lease_s = lease_s
         self.timeout_s = timeout_s
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="qv-task-queue", daemon=True
-        )
-        self._thread.start()
+        self._loop = LoopThread("qv-task-queue", timeout_s)
         server = f"nats://{parts.hostname or '127.0.0.1'}:{parts.port or 4222}"
         try:
             self._nc = self._run(
@@ -92,14 +88,13 @@ class NatsTaskQueue:
             self._js = self._nc.jetstream(timeout=timeout_s)
             self._run(self._declare())
         except Exception as exc:
-            self._stop_loop()
+            self._loop.stop()
             raise BusError(f"cannot open the task queue {self.stream} at {server}: {exc}") from None
         self._sub: Any = None
         self._sub_lock = threading.Lock()
 
     def _run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        return future.result(timeout if timeout is not None else self.timeout_s * 3)
+        return self._loop.run(coro, timeout)
 
     async def _declare(self) -> None:
         config = StreamConfig(
@@ -183,25 +178,11 @@ class NatsTaskQueue:
 
     def close(self) -> None:
         """Close the connection and stop the loop thread (acks went out as they happened)."""
-        if self._loop.is_closed():
+        if self._loop.closed:
             return
         with contextlib.suppress(Exception):  # a dead server: nothing to say
             self._run(self._nc.close(), timeout=self.timeout_s)
-        self._stop_loop()
-
-    def _stop_loop(self) -> None:
-        async def cancel_rest() -> None:
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-        with contextlib.suppress(Exception):
-            self._run(cancel_rest(), timeout=5)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=5)
-        if not self._loop.is_running():
-            self._loop.close()
+        self._loop.stop()
 
 
 class TaskQueues:

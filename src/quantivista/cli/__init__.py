@@ -19,6 +19,7 @@ from quantivista.cli.commands import (
     serve,
     storage,
     stream,
+    universe,
     worker,
     workflows,
 )
@@ -29,7 +30,7 @@ __all__ = ["app", "main", "sparkline"]
 # imported for their commands, which they register on `app`
 _COMMAND_MODULES = (
     backfill, bars, bus, config, demo, ingest, operations, providers, quality, reference,
-    serve, storage, stream, worker, workflows,
+    serve, storage, stream, worker, workflows, universe,
 )  # fmt: skip
 
 

@@ -60,6 +60,7 @@ class InProcessRunner:
         release: bool = False,
         history: pl.DataFrame | None = None,
         on_bars: Callable[[pl.DataFrame], None] | None = None,
+        on_validated: Callable[[pl.DataFrame], None] | None = None,
     ) -> StoredBatch:
         """Validate and store a frame of raw bars in the canonical schema.
 
@@ -67,12 +68,18 @@ class InProcessRunner:
         rules demoted to warnings); a `release` re-quarantines rows still held. `history`
         is the stored bars before the batch when the caller keeps them (a live stream),
         instead of reading them from the store; `on_bars(clean)` runs as soon as the bars
-        are stored (see `stages.store`).
+        are stored (see `stages.store`); `on_validated(clean)` as soon as they are validated,
+        before the store (a live stream starts publishing them there).
         """
         with span("pipeline.write", source=source, job_id=batch_id.job_id):
             batch = coerce(frame, batch_id, source, self.clock.now(), timeframe)
             return self.process(
-                batch, validator=validator, release=release, history=history, on_bars=on_bars
+                batch,
+                validator=validator,
+                release=release,
+                history=history,
+                on_bars=on_bars,
+                on_validated=on_validated,
             )
 
     def ingest(self, raw: RawBatch) -> StoredBatch | None:
@@ -114,9 +121,10 @@ class InProcessRunner:
         release: bool = False,
         history: pl.DataFrame | None = None,
         on_bars: Callable[[pl.DataFrame], None] | None = None,
+        on_validated: Callable[[pl.DataFrame], None] | None = None,
     ) -> StoredBatch:
-        """Validate, store and announce a canonical batch (`history`, `on_bars`: see
-        `write`)."""
+        """Validate, store and announce a canonical batch (`history`, `on_bars`,
+        `on_validated`: see `write`)."""
         check = validator or self.validator()
         if actions is None and batch.bars.height:
             actions = self.actions.for_symbols(batch.bars["symbol"].unique().to_list())
@@ -124,6 +132,8 @@ class InProcessRunner:
             if history is None:
                 history = history_for(batch.bars, self.sinks.bars, check)
             validated = validate(batch, check, actions=actions, history=history)
+        if on_validated is not None:
+            on_validated(validated.clean)
         with stage("store"):
             stored = store(
                 validated, self.sinks, batch.at, dedupe_quarantine=not release, on_bars=on_bars

@@ -327,7 +327,9 @@ def history_for(bars: pl.DataFrame, store: BarStore, validator: Validator) -> pl
     # enough calendar time for the rolling window (trading days are ~5/7 of days)
     span = tf.seconds * 3 * validator.settings.spike_window if tf.seconds else None
     lookback = timedelta(seconds=span) if span else timedelta(days=45)
-    history = store.read(distinct(bars["symbol"]), tf, first - lookback, first)
+    # a store that answers it without decoding history (the lake's tails) does so
+    read = getattr(store, "recent", store.read)
+    history = read(distinct(bars["symbol"]), tf, first - lookback, first)
     return history if history.height else None
 
 

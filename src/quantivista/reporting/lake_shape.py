@@ -19,6 +19,7 @@ come back as rejected records with the reason.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import date
 
 import polars as pl
@@ -27,18 +28,22 @@ from quantivista.errors import InvalidInputError
 from quantivista.model.workflow import LAKE_TABLES
 from quantivista.reporting.transform import REJECTED_SCHEMA, reject
 
-__all__ = ["INPUT_COLUMN", "OFFSET_COLUMN", "shape"]
+__all__ = ["INPUT_COLUMN", "KEEP_COLUMN", "OFFSET_COLUMN", "LakeRows", "shape"]
 
 # columns the job engine adds to every input row (the row's place in its input)
 INPUT_COLUMN = "_qv_input"
 OFFSET_COLUMN = "_qv_offset"
+# the flat rows' flag of the rows to write, and the prefix of their payload columns
+KEEP_COLUMN = "_qv_keep"
+_PAYLOAD = "_qv_p."
 _SAFE = r"^[A-Za-z0-9_.:-]{1,128}$"
 
 
 def _document(columns: list[str]) -> pl.Expr:
+    """A struct of payload columns of the flat rows (named back to the input's names)."""
     if not columns:
         return pl.struct(pl.lit(None, dtype=pl.Boolean).alias("none"))
-    return pl.struct(columns)
+    return pl.struct([pl.col(_PAYLOAD + c).alias(c) for c in columns])
 
 
 def _misplaced(
@@ -52,6 +57,21 @@ def _misplaced(
     return keep & ~bad, reject(rows, "lake", reason)
 
 
+@dataclass
+class LakeRows:
+    """A job's rows for one lake table, as the lake writer takes them.
+
+    `frame`: flat rows (a plan): the partition keys, `KEEP_COLUMN` (false on rows left
+    out) and the columns the file's columns are made of; `columns`: a partition's file
+    columns (None: every column but the keys). Nested documents are built per partition,
+    after the split: a struct of a partition's columns costs nothing, while splitting
+    struct columns costs twice what splitting their flat fields does.
+    """
+
+    frame: pl.LazyFrame
+    columns: list[pl.Expr] | None = None
+
+
 def shape(
     frame: pl.DataFrame,
     table: str,
@@ -62,10 +82,9 @@ def shape(
     quality_score: float,
     data_type: str,
     keep: pl.Expr | None = None,
-) -> tuple[pl.LazyFrame, pl.DataFrame]:
-    """Return the kept rows (`keep`: all) in `table`'s columns, as a plan the lake writer
-    runs (the rows are copied once, into their partitions), and the rows that could not
-    be placed."""
+) -> tuple[LakeRows, pl.DataFrame]:
+    """Return the kept rows (`keep`: all) for `table`, as a plan the lake writer runs (the
+    rows are copied once, into their partitions), and the rows that could not be placed."""
     if table not in LAKE_TABLES:
         raise InvalidInputError(f"unknown lake table {table!r}", known=", ".join(LAKE_TABLES))
     keep = pl.lit(True) if keep is None else keep
@@ -75,6 +94,7 @@ def shape(
         pl.col(INPUT_COLUMN).alias("input_uri"),
         pl.col(OFFSET_COLUMN).alias("input_offset"),
     ]
+    after = [pl.col("ingestion_job_id", "source_id", "input_uri", "input_offset")]
     own = [c for c in frame.columns if not c.startswith("_qv_")]
     if table == "portfolio_data_lake":
         if "portfolio_id" not in frame.columns:
@@ -87,19 +107,22 @@ def shape(
         )
         payload = [c for c in own if c not in ("portfolio_id", "data_type")]
         kind = pl.col("data_type").cast(pl.String) if "data_type" in own else pl.lit(data_type)
-        out = (
-            frame.lazy()
-            .filter(keep)
-            .select(
-                pl.lit(ingestion_date).alias("ingestion_date"),
-                pl.col("portfolio_id").cast(pl.String),
-                kind.alias("data_type"),
-                _document(payload).alias("data_payload"),
-                *lineage,
-                pl.lit(quality_score).alias("quality_score"),
-            )
+        flat = frame.lazy().select(
+            pl.lit(ingestion_date).alias("ingestion_date"),
+            pl.col("portfolio_id").cast(pl.String),
+            kind.alias("data_type"),
+            *(pl.col(c).alias(_PAYLOAD + c) for c in payload),
+            *lineage,
+            pl.lit(quality_score).alias("quality_score"),
+            keep.alias(KEEP_COLUMN),
         )
-        return out, rejected
+        columns = [
+            pl.col("data_type"),
+            _document(payload).alias("data_payload"),
+            *after,
+            pl.col("quality_score"),
+        ]
+        return LakeRows(flat, columns), rejected
     if table == "execution_data_lake":
         when = pl.col("execution_date") if "execution_date" in own else None
         if when is None and "execution_time" in own:
@@ -127,26 +150,25 @@ def shape(
             for c in own
             if c not in order and c not in settlement and c not in ("trade_id", "execution_date")
         ]
-        out = (
-            frame.lazy()
-            .filter(keep)
-            .select(
-                when.alias("execution_date"),
-                pl.col("trade_id").cast(pl.String),
-                _document(order).alias("order_data"),
-                _document(rest).alias("execution_data"),
-                _document(settlement).alias("settlement_data"),
-                *lineage,
-            )
-        )
-        return out, rejected
-    out = (
-        frame.lazy()
-        .filter(keep)
-        .select(
-            pl.lit(ingestion_date).alias("ingestion_date"),
-            *(pl.col(c) for c in own if c != "ingestion_date"),
+        flat = frame.lazy().select(
+            when.alias("execution_date"),
+            pl.col("trade_id").cast(pl.String),
+            *(pl.col(c).alias(_PAYLOAD + c) for c in (*order, *rest, *settlement)),
             *lineage,
+            keep.alias(KEEP_COLUMN),
         )
+        columns = [
+            pl.col("trade_id"),
+            _document(order).alias("order_data"),
+            _document(rest).alias("execution_data"),
+            _document(settlement).alias("settlement_data"),
+            *after,
+        ]
+        return LakeRows(flat, columns), rejected
+    flat = frame.lazy().select(
+        pl.lit(ingestion_date).alias("ingestion_date"),
+        *(pl.col(c) for c in own if c != "ingestion_date"),
+        *lineage,
+        keep.alias(KEEP_COLUMN),
     )
-    return out, pl.DataFrame(schema=REJECTED_SCHEMA)
+    return LakeRows(flat), pl.DataFrame(schema=REJECTED_SCHEMA)

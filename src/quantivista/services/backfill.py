@@ -18,6 +18,9 @@
      (parse, validate, store: `workers.task_cost_s`, measured by perf/workers.py);
    - the CPU: every task's cost spread over the CPUs the workers have.
    The quota's bound ends with the last task's own work (at a worker's share of the CPUs).
+   With the host's costs measured (`host`: the workers', a provider's on the same host and
+   the database's CPU, the CPUs they share) the plan plays the backfill out instead
+   (`host_model.simulate`): the bounds where they meet, and CPU contention, included.
 
 `submit` queues the plan as jobs for `qv worker`s (one per provider and range).
 """
@@ -40,6 +43,7 @@ from quantivista.model.timeframe import Timeframe, TimeframeLike
 from quantivista.providers.base import BarRequest, Provider
 from quantivista.providers.registry import ProviderRegistry
 from quantivista.reference.calendars import TradingCalendar
+from quantivista.services.host_model import HostCosts, simulate
 from quantivista.services.ingestion import IngestionService
 from quantivista.services.queries import symbol_list
 from quantivista.storage.base import BarStore
@@ -47,6 +51,7 @@ from quantivista.timeutil import DateLike, to_date
 
 __all__ = ["BackfillPlan", "BackfillService", "predicted_seconds", "task_seconds"]
 
+_SIMULATED_CALLS = 50_000  # larger plans take the closed bounds (the model walks every call)
 _GAPS = {"symbol": pl.String, "first": pl.Date, "last": pl.Date, "first_idx": pl.Int64,
          "last_idx": pl.Int64, "sessions": pl.Int64, "bars": pl.Int64}  # fmt: skip
 _UNSERVABLE = {"symbol": pl.String, "first": pl.Date, "last": pl.Date, "sessions": pl.Int64,
@@ -212,6 +217,7 @@ class BackfillService:
         latency_s: float = 0.0,
         task_cost_s: float | None = None,
         cpus: float | None = None,
+        host: HostCosts | None = None,
     ) -> BackfillPlan:
         """Return the plan of a backfill: gaps, requests per provider, predicted time.
 
@@ -219,7 +225,8 @@ class BackfillService:
         symbols, `ingest.fetch_concurrency` calls at a time; `latency_s` is a call's round
         trip, `task_cost_s` a task's own work (default `workers.task_cost_s`) and `cpus` the
         CPUs the workers share (default one per worker); plus `workers.poll_s`, how late an
-        idle worker sees the first task.
+        idle worker sees the first task. `host` (measured costs, see `host_model`) replaces
+        `task_cost_s` and `cpus` with the backfill played out on the host's CPUs.
         """
         tf = Timeframe.parse(timeframe)
         names = [n.lower() for n in providers] if providers else [
@@ -292,6 +299,12 @@ class BackfillService:
 
         def bound(name: str) -> float:
             n, calls = per.get(name, (0, 0))
+            if host is not None and n and fetch == 1 and calls <= _SIMULATED_CALLS:
+                windows = [(r.limit, r.period_s + res.margin_s) for r in rates[name]]
+                return pickup + simulate(n, calls, workers=max(workers, 1),
+                                         concurrency=self.settings.workers.concurrency,
+                                         latency_s=latency_s, costs=host,
+                                         windows=windows)  # fmt: skip
             quota = finish(name, spent[name])
             if not n:
                 return quota

@@ -462,7 +462,8 @@ class IngestionService:
             if self.after_run is not None and time.monotonic() - self._stats_at >= _STATS_S:
                 self._stats_at = time.monotonic()
                 self.after_run()
-        self._finish(task.job_id)
+        if not self.catalog.open_tasks(task.job_id):  # one count per task; the job is read
+            self._finish(task.job_id)  # (all its symbols, a model) only once none is left
         return status
 
     def _router(self, job: IngestionJob) -> Router | None:

@@ -23,7 +23,13 @@ import polars as pl
 from quantivista.config import Settings
 from quantivista.model.timeframe import Timeframe, TimeframeLike
 from quantivista.quality.validate import Validator
-from quantivista.services.universe import build_validator, dask_client, partitions
+from quantivista.services.universe import (
+    Progress,
+    build_validator,
+    dask_client,
+    follow,
+    partitions,
+)
 from quantivista.storage import open_backend
 
 __all__ = [
@@ -109,6 +115,7 @@ def revalidate(
     *,
     engine: Literal["local", "dask"] = "local",
     client: Any = None,
+    progress: Progress | None = None,
 ) -> RevalidationReport:
     """Check every stored bar of `timeframe` with the current rules.
 
@@ -128,10 +135,13 @@ def revalidate(
         backend.close()
     if engine == "local":
         per_symbol, counts = _check(build_validator(settings), bars, actions)
+        if progress is not None:
+            progress(1, 1)
         return RevalidationReport(tf, "local", 1, per_symbol, counts, time.perf_counter() - t0)
     groups = partitions(symbols, settings.storage.buckets)
     with dask_client(settings, client) as dask:
         futures = dask.map(check_partition, [settings] * len(groups), groups, [tf] * len(groups))
+        follow(futures, progress)
         results = dask.gather(futures)
     frames = [frame for frame, _ in results if not frame.is_empty()]
     per_symbol = pl.concat(frames).sort("symbol") if frames else pl.DataFrame(schema=_PER_SYMBOL)

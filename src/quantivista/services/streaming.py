@@ -1,14 +1,28 @@
 """The real-time pipeline of `qv stream`: live trades -> 1-minute bars -> validate -> store ->
 publish.
 
-    source (WebSocket / synthetic) --bounded queue--> micro-batches of `batch_ms`
+    source (WebSocket / synthetic) --bounded queue--> micro-batches (adaptive, see below)
         -> trades.<provider>                  (the trades, one message per partition, Arrow)
         -> MinuteBars (event time, watermark; late trades amend bars: corrections)
         -> bars.raw.1m                        (bars as built, before validation)
         -> the pipeline's validate + store stages (InProcessRunner.write, idempotent upserts;
            the validation history is the stream's own recent stored bars, not a store read)
-        -> bars.normalized                    (validated, stored canonical bars)
+        -> bars.normalized                    (validated canonical bars, sent while stored)
         -> ingestion.events / quality.alerts  (what the store stage announced)
+
+Stages overlap where the order of the data allows: publishes are started without waiting
+for the broker (`Broker.publish_async`; a topic's messages keep their order) and their acks
+are awaited where the micro-batch ends. Raw bars go out while they are validated and
+stored; normalized bars go out as soon as they are validated, while the store writes them:
+a micro-batch of bars is done when they are stored and both publishes are acked. (A failed
+write stops the stream; the normalized bars it sent are bars that passed validation, and
+`ingestion.events` says what landed.) Folding runs on the loop; the store stage on a thread
+of its own, in order, a few releases behind at most.
+
+A micro-batch closes `batch_ms` after its first trade arrived, at `batch_rows` trades, or
+at once when a trade passes the time that closes the oldest open minute (bars to release:
+waiting would only add latency). The history a symbol's first bars are validated with is
+read when its first trade arrives, on the store thread, not when its first bar closes.
 
 Bars and corrections travel one message per partition and release (`qv-symbols` lists the
 symbols; a symbol stays in its partition, in order). Backpressure: the source waits when the
@@ -25,7 +39,7 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
@@ -71,9 +85,12 @@ __all__ = [
     "open_feed",
 ]
 
-STAGES = ("fold", "publish_raw", "store", "publish")
-"""The stages of a micro-batch whose time is measured: fold trades into bars (and publish
-the trades), publish raw bars, validate + store, publish normalized bars."""
+STAGES = ("fold", "publish_raw", "validate", "store", "publish")
+"""The stages of a micro-batch whose time is measured: fold trades into bars (and start
+publishing the trades), publish raw bars (start to ack), validate, store (validated to
+stored), publish normalized bars (start to ack, overlapping the store)."""
+
+_IN_FLIGHT = 64  # publishes of one kind not acked yet, at most (then the caller waits)
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
@@ -130,6 +147,20 @@ class RecentBars:
                 self._keep([stored])
         return self.frame if self.frame is not None else pl.DataFrame()
 
+    def preload(self, symbols: list[str], at: datetime) -> None:
+        """Read the history of symbols not seen yet, before their first bar at `at`."""
+        new = [s for s in symbols if s not in self.known]
+        if not new:
+            return
+        probe = pl.DataFrame(
+            {"symbol": new, "ts": [at] * len(new), "timeframe": ["1m"] * len(new)},
+            schema={"symbol": pl.String, "ts": pl.Datetime("us", "UTC"), "timeframe": pl.String},
+        )
+        stored = self.read(probe)
+        self.known.update(new)
+        if stored is not None and stored.height:
+            self._keep([stored])
+
     def add(self, stored: StoredBatch) -> None:
         """Keep what a write stored."""
         rows = [stored.clean]
@@ -174,6 +205,18 @@ class RestBackfill:
 
 # a silence of the whole feed this long (in event time) is taken for a disconnect
 _GAP = timedelta(seconds=60)
+
+
+class _Sent:
+    """A publish started at `began` (perf_counter); `acked` is set when the broker has it."""
+
+    def __init__(self, stage: str, began: float, future: Future[list[int]]) -> None:
+        self.stage, self.began, self.future = stage, began, future
+        self.acked: float | None = None
+        future.add_done_callback(self._done)
+
+    def _done(self, _: Future[list[int]]) -> None:
+        self.acked = time.perf_counter()
 
 
 @dataclass
@@ -228,7 +271,14 @@ class StreamService:
         self.bar_latencies: deque[float] = deque(maxlen=200_000)
         # seconds per stage and micro-batch (the latency budget)
         self.stage_times: dict[str, deque[float]] = {s: deque(maxlen=200_000) for s in STAGES}
+        # CPU seconds of the stages run by one thread (fold, validate, store): what a loaded
+        # machine's wall times hide
+        self.stage_cpu: dict[str, deque[float]] = {s: deque(maxlen=200_000) for s in STAGES}
         self._published_at: float | None = None  # when the last stored bars went out
+        # publishes in flight: trades (the loop's), store events (the store thread's)
+        self._trades_out: deque[Future[list[int]]] = deque()
+        self._events_out: deque[Future[list[int]]] = deque()
+        self.fresh: list[tuple[list[str], datetime]] = []  # symbols first seen, and when
         window = 3 * validator.settings.spike_window  # the span `history_for` reads
         self.recent = RecentBars(
             timedelta(minutes=window),
@@ -254,10 +304,13 @@ class StreamService:
 
     def _forward(self, event: Event) -> None:
         """Send what the store stage announced to the ingestion and quality topics."""
+        # not waited for here: the next release need not wait for these acks
         if isinstance(event, BarsIngested) and event.job_id == self.job_id:
-            self.publisher.event(INGESTION_EVENTS, event, key=event.job_id)
+            future = self.publisher.submit_event(INGESTION_EVENTS, event, key=event.job_id)
+            _in_flight(self._events_out, future)
         elif isinstance(event, BarsQuarantined) and event.job_id == self.job_id:
-            self.publisher.event(QUALITY_ALERTS, event, key=event.job_id)
+            future = self.publisher.submit_event(QUALITY_ALERTS, event, key=event.job_id)
+            _in_flight(self._events_out, future)
 
     def close(self) -> None:
         """Leave the in-process bus."""
@@ -268,23 +321,29 @@ class StreamService:
     def process(self, batch: pl.DataFrame, *, arrived: float | None = None) -> Released:
         """Publish the trades, fold them into bars, store and publish what was released."""
         released = self.aggregate(batch)
+        while self.fresh:
+            self.recent.preload(*self.fresh.pop(0))
         self.emit(released, arrived if batch.height else None)
         if self.gaps:
             self.fill_gaps()
         return released
 
-    def _timed(self, stage: str, began: float) -> None:
-        took = time.perf_counter() - began
+    def _timed(
+        self, stage: str, began: float, end: float | None = None, cpu: float | None = None
+    ) -> None:
+        took = (end if end is not None else time.perf_counter()) - began
         self.stage_times[stage].append(took)
         self.metrics.stage.labels(stage).observe(took)
+        if cpu is not None:
+            self.stage_cpu[stage].append(time.thread_time() - cpu)
 
     def aggregate(self, batch: pl.DataFrame) -> Released:
         """Publish a micro-batch of trades and fold it into bars; return what it released."""
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), time.thread_time()
         try:
             return self._aggregate(batch)
         finally:
-            self._timed("fold", began)
+            self._timed("fold", began, cpu=cpu)
 
     def _aggregate(self, batch: pl.DataFrame) -> Released:
         now = self.clock.now()
@@ -295,17 +354,38 @@ class StreamService:
             if isinstance(newest, datetime):
                 self.metrics.lag.set((now - newest).total_seconds())
             if self.settings.publish_trades:
-                self.publisher.per_partition(self.trades_topic, batch, self._trades_event)
+                self._track(
+                    self.publisher.submit_per_partition(
+                        self.trades_topic, batch, self._trades_event
+                    )
+                )
             self._note_gap(batch)
         return self.bars.add(batch, now=now)
 
+    def _track(self, future: Future[list[int]]) -> None:
+        _in_flight(self._trades_out, future)
+
+    def drain(self) -> None:
+        """Wait for the publishes in flight."""
+        for pending in (self._trades_out, self._events_out):
+            while pending:
+                pending.popleft().result(timeout=60)
+
     # -- gaps after a disconnect -------------------------------------------------------------
     def _note_gap(self, batch: pl.DataFrame) -> None:
-        """Remember a silence of the whole feed (the first trade after it, the last before)."""
-        self._symbols.update(batch["symbol"].unique().to_list())
+        """Remember a silence of the whole feed (the first trade after it, the last before),
+        and the symbols seen for the first time."""
+        names = batch["symbol"].unique().to_list()
+        new = [n for n in names if n not in self._symbols]
         newest = batch["ts"].max()
         assert isinstance(newest, datetime)
-        if self._newest is not None:
+        if new:
+            self._symbols.update(new)
+            first = batch["ts"].min()
+            assert isinstance(first, datetime)
+            self.fresh.append((new, _floor_minute(first)))
+        # a silence ends in this batch only if its newest trade is that far past the last
+        if self._newest is not None and newest - self._newest > _GAP:
             after = batch.filter(pl.col("ts") > self._newest)["ts"].min()
             if isinstance(after, datetime) and after - self._newest > _GAP:
                 self.gaps.append((self._newest, after))
@@ -344,7 +424,7 @@ class StreamService:
 
     def emit(self, released: Released, arrived: float | None = None) -> None:
         """Store and publish released bars; record the latency from `arrived` to the last
-        publish of stored bars (or to now, when nothing was stored)."""
+        of: stored, raw and normalized bars acked (or to now, when nothing was stored)."""
         self._published_at = None
         self._emit(released)
         if arrived is not None:
@@ -358,6 +438,7 @@ class StreamService:
         """Store and publish every open bar (at shutdown)."""
         released = self.bars.flush()
         self._emit(released)
+        self.drain()
         return released
 
     def _emit(self, released: Released) -> None:
@@ -367,22 +448,7 @@ class StreamService:
             if frame.is_empty():
                 continue
             bars = frame.with_columns(timeframe=pl.lit("1m"))
-            began = time.perf_counter()
-            raw = partial(self._bars_event, correction=correction, stage="raw")
-            self.publisher.per_partition(self.topic, bars, raw)
-            self._timed("publish_raw", began)
-            began = time.perf_counter()
-            self._batch_no += 1
-            published = partial(self._publish_normalized, correction=correction, began=began)
-            stored = self.runner.write(
-                bars,
-                source=self.provider,
-                batch_id=BatchId(self.job_id, batch_no=self._batch_no),
-                timeframe="1m",
-                validator=self.validator,
-                history=self.recent.history(bars),
-                on_bars=published,
-            )
+            stored = self._store(bars, correction)
             self.recent.add(stored)
             clean = stored.clean
             kind = "correction" if correction else "bar"
@@ -394,14 +460,47 @@ class StreamService:
             else:
                 self.stats.bars += clean.height
 
-    def _publish_normalized(self, clean: pl.DataFrame, *, correction: bool, began: float) -> None:
-        """Publish bars as soon as they are stored (the store's bookkeeping follows)."""
-        self._timed("store", began)
-        began = time.perf_counter()
-        make = partial(self._bars_event, correction=correction, stage="normalized")
-        self.stats.published += len(self.publisher.per_partition(NORMALIZED_BARS, clean, make))
-        self._timed("publish", began)
-        self._published_at = time.monotonic()
+    def _store(self, bars: pl.DataFrame, correction: bool) -> StoredBatch:
+        """Publish raw bars, validate, publish the clean ones while storing them; when
+        stored, wait for both publishes (the micro-batch's bars are out)."""
+        began, cpu = time.perf_counter(), time.thread_time()
+        sent = [_Sent("publish_raw", began, self._submit(self.topic, bars, correction, "raw"))]
+        validated_at, validated_cpu = began, cpu
+
+        def validated(clean: pl.DataFrame) -> None:
+            nonlocal validated_at, validated_cpu
+            validated_at = time.perf_counter()
+            self._timed("validate", began, cpu=cpu)
+            validated_cpu = time.thread_time()
+            future = self._submit(NORMALIZED_BARS, clean, correction, "normalized")
+            sent.append(_Sent("publish", validated_at, future))
+
+        def stored(clean: pl.DataFrame) -> None:
+            self._timed("store", validated_at, cpu=validated_cpu)
+            for one in sent:
+                offsets = one.future.result(timeout=60)
+                self._timed(one.stage, one.began, one.acked)
+                if one.stage == "publish":
+                    self.stats.published += len(offsets)
+            self._published_at = time.monotonic()
+
+        self._batch_no += 1
+        return self.runner.write(
+            bars,
+            source=self.provider,
+            batch_id=BatchId(self.job_id, batch_no=self._batch_no),
+            timeframe="1m",
+            validator=self.validator,
+            history=self.recent.history(bars),
+            on_validated=validated,
+            on_bars=stored,
+        )
+
+    def _submit(
+        self, topic: str, bars: pl.DataFrame, correction: bool, stage: str
+    ) -> Future[list[int]]:
+        make = partial(self._bars_event, correction=correction, stage=stage)
+        return self.publisher.submit_per_partition(topic, bars, make)
 
     def _trades_event(self, symbols: list[str], part: pl.DataFrame) -> Event:
         return TradesBatch(occurred_at=self.clock.now(), source=self.provider, rows=part.height,
@@ -473,63 +572,36 @@ class StreamService:
                 await queue.put(None)
 
         reader = asyncio.create_task(read())
-        window = self.settings.batch_ms / 1000
         loop = asyncio.get_running_loop()
         # storing bars takes longer than folding trades: it runs on its own thread, in
-        # order, while the next micro-batches are folded (at most a few batches behind)
+        # order, while the next micro-batches are folded (at most a few releases behind)
         store = ThreadPoolExecutor(1, thread_name_prefix="qv-stream-store")
         behind: deque[asyncio.Future[object]] = deque()
         done = False
         try:
             while not done:
-                frames: list[pl.DataFrame] = []
-                arrived: float | None = None
-                try:  # the first frame, or a tick of the clock (quiet minutes close)
-                    first = await asyncio.wait_for(queue.get(), window)
-                except TimeoutError:
-                    first = None
-                    done = stop.is_set()
-                if first is None and not done and reader.done() and queue.empty():
-                    done = True
-                if first is not None:
-                    arrived = first[0]
-                    frames.append(first[1])
-                    deadline = arrived + window  # a micro-batch spans `window` of arrivals
-                    while True:
-                        while not queue.empty():
-                            item = queue.get_nowait()
-                            if item is None:
-                                done = True
-                                break
-                            frames.append(item[1])
-                        remaining = deadline - time.monotonic()
-                        if done or remaining <= 0:
-                            break
-                        try:
-                            item = await asyncio.wait_for(queue.get(), remaining)
-                        except TimeoutError:
-                            break
-                        if item is None:
-                            done = True
-                            break
-                        frames.append(item[1])
-                elif stop.is_set():
-                    done = True
+                frames, arrived, done = await self._next_batch(queue, reader, stop)
                 self.metrics.queue.set(queue.qsize())
                 batch = (
                     pl.concat(frames, how="vertical_relaxed")
+                    if len(frames) > 1
+                    else frames[0]
                     if frames
-                    else pl.DataFrame(schema=TRADE_SCHEMA)
+                    else _NO_TRADES
                 )
-                released = await asyncio.to_thread(self.aggregate, batch)
+                # folding takes a millisecond or two: on the loop, no thread hand-over
+                released = self.aggregate(batch)
                 self.stats.batches += 1
+                while self.fresh:  # history of new symbols, read before their first bars
+                    symbols, at = self.fresh.pop(0)
+                    behind.append(loop.run_in_executor(store, self.recent.preload, symbols, at))
                 if self.gaps:  # after the bars before it, on the store thread
                     behind.append(loop.run_in_executor(store, self.fill_gaps))
                 if released.empty:
                     if arrived is not None:
                         self.emit(released, arrived)  # records the latency only
-                    continue
-                behind.append(loop.run_in_executor(store, self.emit, released, arrived))
+                else:
+                    behind.append(loop.run_in_executor(store, self.emit, released, arrived))
                 while behind and (behind[0].done() or len(behind) > 4):
                     await behind.popleft()
         finally:
@@ -545,6 +617,63 @@ class StreamService:
             await loop.run_in_executor(store, self.flush)
             store.shutdown()
         return self.stats
+
+    async def _next_batch(
+        self,
+        queue: asyncio.Queue[tuple[float, pl.DataFrame] | None],
+        reader: asyncio.Task[None],
+        stop: asyncio.Event,
+    ) -> tuple[list[pl.DataFrame], float | None, bool]:
+        """Return the next micro-batch's frames, when its first arrived, and whether the feed
+        is over. It closes `batch_ms` after its first frame, at `batch_rows` trades, or at
+        once when a frame reaches the time that closes an open minute (bars to release);
+        with no frame for `batch_ms`, it is empty (the clock may close quiet minutes)."""
+        window = self.settings.batch_ms / 1000
+        try:
+            first = await asyncio.wait_for(queue.get(), window)
+        except TimeoutError:
+            over = stop.is_set() or (reader.done() and queue.empty())
+            return [], None, over
+        if first is None:
+            return [], None, True
+        arrived, frame = first
+        frames, rows = [frame], frame.height
+        deadline = arrived + window
+        close_at = self.bars.next_close()
+        closes = close_at is not None and _reaches(frame, close_at)
+        while rows < self.settings.batch_rows and not closes:
+            if queue.empty():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(queue.get(), remaining)
+                except TimeoutError:
+                    break
+            else:
+                item = queue.get_nowait()
+            if item is None:
+                return frames, arrived, True
+            frames.append(item[1])
+            rows += item[1].height
+            closes = close_at is not None and _reaches(item[1], close_at)
+        return frames, arrived, False
+
+
+def _in_flight(pending: deque[Future[list[int]]], future: Future[list[int]]) -> None:
+    """Keep a publish until acked; raise a failed one; wait when too many are in flight."""
+    pending.append(future)
+    while pending and (pending[0].done() or len(pending) > _IN_FLIGHT):
+        pending.popleft().result(timeout=60)
+
+
+def _reaches(frame: pl.DataFrame, at: datetime) -> bool:
+    """Say whether `frame` has a trade at or after `at`."""
+    newest = frame["ts"].max() if frame.height else None
+    return isinstance(newest, datetime) and newest >= at
+
+
+_NO_TRADES = pl.DataFrame(schema=TRADE_SCHEMA)
 
 
 def open_feed(

@@ -43,6 +43,7 @@ __all__ = [
     "build_validator",
     "dask_client",
     "export_adjusted",
+    "follow",
     "map_partitions",
     "partitions",
     "rescore",
@@ -50,6 +51,8 @@ __all__ = [
 ]
 
 Engine = Literal["local", "dask"]
+Progress = Callable[[int, int], None]
+"""Told (partitions done, partitions) as a universe-wide computation goes."""
 _BASE = Timeframe.parse("1m")
 
 
@@ -68,19 +71,36 @@ def map_partitions(
     *args: Any,
     engine: Engine = "local",
     client: Any = None,
+    progress: Progress | None = None,
 ) -> list[Any]:
     """Return `func(settings, part, number, *args)` for every partition of `symbols`.
 
     `local`: one call over every symbol (number 0). `dask`: one task per lake bucket.
+    `progress(done, total)` is told of every partition finished.
     """
     if engine == "local":
-        return [func(settings, sorted(symbols), 0, *args)]
+        out = [func(settings, sorted(symbols), 0, *args)]
+        if progress is not None:
+            progress(1, 1)
+        return out
     groups = partitions(symbols, settings.storage.buckets)
     n = len(groups)
     with dask_client(settings, client) as dask:
         extra = [[a] * n for a in args]
         futures = dask.map(func, [settings] * n, groups, list(range(n)), *extra, pure=False)
+        follow(futures, progress)
         return list(dask.gather(futures))
+
+
+def follow(futures: list[Any], progress: Progress | None) -> None:
+    """Tell `progress` of each Dask future as it finishes (nothing without `progress`)."""
+    if progress is None:
+        return
+    from distributed import as_completed
+
+    progress(0, len(futures))
+    for done, _ in enumerate(as_completed(futures), start=1):  # type: ignore[no-untyped-call]
+        progress(done, len(futures))
 
 
 def _symbols(settings: Settings, timeframe: Timeframe) -> list[str]:
@@ -122,6 +142,7 @@ def rollups(
     engine: Engine = "local",
     client: Any = None,
     write: bool = True,
+    progress: Progress | None = None,
 ) -> pl.DataFrame:
     """Rebuild `targets` from every stored 1-minute bar; store them unless `write=False`.
 
@@ -130,7 +151,7 @@ def rollups(
     names = [str(Timeframe.parse(t)) for t in targets]
     parts = map_partitions(
         settings, _rollup_part, _symbols(settings, _BASE), names, session,
-        engine=engine, client=client,
+        engine=engine, client=client, progress=progress,
     )  # fmt: skip
     frames: list[pl.DataFrame] = [p for p in parts if not p.is_empty()]
     derived = pl.concat(frames) if frames else pl.DataFrame(schema=BAR_POLARS_SCHEMA)
@@ -180,6 +201,7 @@ def export_adjusted(
     symbols: Sequence[str] | None = None,
     engine: Engine = "local",
     client: Any = None,
+    progress: Progress | None = None,
 ) -> list[tuple[str, int]]:
     """Write the adjusted bars of `symbols` (default: all) as Parquet parts under `directory`.
 
@@ -191,7 +213,7 @@ def export_adjusted(
     names = list(symbols) if symbols is not None else _symbols(settings, tf)
     return map_partitions(
         settings, _export_part, names, str(out), start, end, str(tf), adjust,
-        engine=engine, client=client,
+        engine=engine, client=client, progress=progress,
     )  # fmt: skip
 
 
@@ -217,6 +239,7 @@ def rescore(
     engine: Engine = "local",
     client: Any = None,
     write: bool = True,
+    progress: Progress | None = None,
 ) -> pl.DataFrame:
     """Recompute the day quality scores of every stored bar under the current rules.
 
@@ -225,8 +248,9 @@ def rescore(
     """
     tf = Timeframe.parse(timeframe)
     parts = map_partitions(
-        settings, _score_part, _symbols(settings, tf), str(tf), engine=engine, client=client
-    )
+        settings, _score_part, _symbols(settings, tf), str(tf), engine=engine, client=client,
+        progress=progress,
+    )  # fmt: skip
     frames: list[pl.DataFrame] = [p for p in parts if not p.is_empty()]
     scores = pl.concat(frames) if frames else pl.DataFrame(schema=SCORE_SCHEMA)
     scores = scores.sort(scores.columns[:3])
@@ -264,7 +288,9 @@ class dask_client:  # a context manager used like a function: `with dask_client(
                 n_workers=cfg.workers,
                 threads_per_worker=cfg.threads_per_worker,
                 host=cfg.host,
-                dashboard_address=None,
+                # its HTTP endpoint (metrics) on the cluster's host too, on a free port:
+                # None would still listen on 0.0.0.0:8787, taken by any other cluster
+                dashboard_address=f"{cfg.host}:0",
                 processes=True,
             )
             self._made.append(cluster)

@@ -17,6 +17,7 @@ This is market-data ingestion's reporting twin: `services.ingestion` loads bars.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -47,7 +48,7 @@ from quantivista.model.workflow import (
 from quantivista.reference.fx import FxRates
 from quantivista.reporting.checks import judge, plan_checks, validate_checks
 from quantivista.reporting.connectors import Batch, read_files, read_http, read_postgres
-from quantivista.reporting.lake_shape import INPUT_COLUMN, OFFSET_COLUMN, shape
+from quantivista.reporting.lake_shape import INPUT_COLUMN, KEEP_COLUMN, OFFSET_COLUMN, shape
 from quantivista.reporting.simulate import simulate_workflows
 from quantivista.reporting.transform import (
     REJECTED_SCHEMA,
@@ -401,15 +402,19 @@ class WorkflowIngestionService:
             keep=keep,
         )
         rejected = pl.concat([rule_rejected, check_rejected, misplaced])
+        write = functools.partial(
+            self.lake.write, source.target_table, rows.frame, tenant=tenant, job_id=job.job_id,
+            columns=rows.columns, keep=KEEP_COLUMN,
+        )  # fmt: skip
         if raw.height < _OVERLAP_ROWS or rejected.is_empty():
-            self.lake.write(source.target_table, rows, tenant=tenant, job_id=job.job_id)
+            write()
             failed = self._dead_letter(tenant, job, raw, rejected, now)
         else:
             with ThreadPoolExecutor(max_workers=1) as pool:
                 # the dead letters (a catalog transaction: mostly Python and the disk) are
                 # kept while Polars encodes the lake files without the GIL
                 letters = pool.submit(self._dead_letter, tenant, job, raw, rejected, now)
-                self.lake.write(source.target_table, rows, tenant=tenant, job_id=job.job_id)
+                write()
                 failed = letters.result()
         lake_rows = report.valid_records - misplaced.height
         self.catalog.add_lineage(tenant, inputs, now)

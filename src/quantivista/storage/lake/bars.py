@@ -38,7 +38,7 @@ import json
 import os
 import threading
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
@@ -78,10 +78,11 @@ from quantivista.storage.lake.deltas import (
     THROUGH_KEY,
     Folder,
     PartitionView,
+    Rows,
     delta_name,
     delta_names,
 )
-from quantivista.storage.lake.encoding import ArrowBatch, Run
+from quantivista.storage.lake.encoding import ArrowBatch, Run, _ranges
 from quantivista.storage.lake.files import (
     atomic_write_parquet,
     file_identity,
@@ -93,6 +94,14 @@ from quantivista.storage.lake.files import (
     read_parquet_once,
 )
 from quantivista.storage.lake.layout import BAR_DATA_FILE, BAR_LAYOUT_FILE, LakeLayout
+from quantivista.storage.lake.tails import (
+    TAIL_FILE,
+    TAIL_KEY,
+    Tail,
+    load_tail,
+    new_token,
+    tail_rows,
+)
 
 __all__ = ["ParquetLake", "bucket_of", "storage_report"]
 
@@ -117,6 +126,10 @@ _PER_FILE = pl.Schema(
         "last_ts": PL_UTC_TS,
     }
 )
+
+
+class _Untrusted(Exception):
+    """A base file's tail is missing or belongs to another write of the base."""
 
 
 def bucket_of(symbol: str, buckets: int) -> int:
@@ -218,11 +231,16 @@ class _Partition(NamedTuple):
     """One partition's share of a write: its key, rows (one slice per symbol) and runs."""
 
     key: _Key
-    slices: list[pl.DataFrame]
+    frame: pl.DataFrame  # the batch (of one timeframe) that `runs` index
     runs: list[Run]  # (symbol, first, end) rows of the batch, in file order
     arrow: ArrowBatch  # the batch as Arrow, to cut the partition's table from
     firsts: list[int]  # each run's first ts, epoch microseconds
     lasts: list[int]  # and last
+
+    @property
+    def slices(self) -> list[pl.DataFrame]:
+        """Return the partition's rows, one zero-copy slice per run."""
+        return [self.frame.slice(lo, hi - lo) for _, lo, hi in self.runs]
 
 
 class ParquetLake:
@@ -243,6 +261,9 @@ class ParquetLake:
         self.cache: FileCache[_Indexed] = FileCache(self.settings.cache_mb * 1024 * 1024)
         # partitions with deltas: the views (their files are in `cache`)
         self.views: FileCache[PartitionView] = FileCache(self.cache.max_bytes)
+        # partitions' tails (see `tails`), by base file: apart, so bases do not evict them
+        self.tails: FileCache[Tail] = FileCache(self.cache.max_bytes // 2)
+        self._stitch: dict[str, tuple[tuple[Tail, ...], pl.DataFrame]] = {}
         for directory in (self.bars_root, self._lock_dir):  # a read-only store has them
             if not directory.is_dir():
                 directory.mkdir(parents=True, exist_ok=True)
@@ -253,6 +274,8 @@ class ParquetLake:
         self._deltas: dict[str, dict[str, _Indexed]] = {}
         self._deltas_lock = threading.Lock()
         self._places: dict[Path, tuple[Path, str]] = {}
+        self._dirs: dict[_Key, Path] = {}
+        self._stripes: dict[Path, int] = {}
 
     def _layout(self) -> int:
         """Return the lake's bucket count, fixing it from the settings on first use."""
@@ -287,8 +310,12 @@ class ParquetLake:
         return bucket_of(symbol, self.buckets)
 
     def _dir(self, timeframe: str, bucket: int, month: str | None = None) -> Path:
-        base = self.bars_root / f"timeframe={timeframe}" / _bucket_dir(bucket)
-        return base / f"month={month}" if month else base
+        key = (timeframe, bucket, month)
+        found = self._dirs.get(key)  # remembered: every append asks for each partition
+        if found is None:
+            base = self.bars_root / f"timeframe={timeframe}" / _bucket_dir(bucket)
+            found = self._dirs[key] = base / f"month={month}" if month else base
+        return found
 
     def partition_dir(self, timeframe: str, symbol: str, month: str | None = None) -> Path:
         """Return the directory of the partition holding `symbol` (and `month`, intraday)."""
@@ -316,8 +343,11 @@ class ParquetLake:
 
     def _stripe(self, directory: Path) -> int:
         # by the path inside the lake: every spelling of the root must pick the same stripe
-        rel = directory.relative_to(self.bars_root).as_posix()
-        return zlib.crc32(rel.encode()) % _LOCK_STRIPES
+        found = self._stripes.get(directory)
+        if found is None:
+            rel = directory.relative_to(self.bars_root).as_posix()
+            found = self._stripes[directory] = zlib.crc32(rel.encode()) % _LOCK_STRIPES
+        return found
 
     @contextmanager
     def frozen(self) -> Iterator[None]:
@@ -392,12 +422,11 @@ class ParquetLake:
                 runs.setdefault((self.bucket(symbol), ym), []).append((symbol, lo, hi))
             for (bucket, ym), parts in sorted(runs.items()):
                 parts.sort()  # by symbol; a symbol has one run per partition
-                slices = [keyed.slice(lo, hi - lo) for _, lo, hi in parts]
                 month_text = f"{ym // 100:04d}-{ym % 100:02d}" if monthly else None
                 firsts = [first_of[lo] for _, lo, _ in parts]
                 lasts = [last_of[lo] for _, lo, _ in parts]
                 key = (str(tf), bucket, month_text)
-                out.append(_Partition(key, slices, parts, arrow, firsts, lasts))
+                out.append(_Partition(key, keyed, parts, arrow, firsts, lasts))
         return out
 
     def _upsert_partition(self, part: _Partition) -> UpsertStats:
@@ -415,7 +444,7 @@ class ParquetLake:
         if not path.exists():  # deltas never hold live rows of a partition without a base
             stats = UpsertStats(inserted=new.height)
             through = self._newest_delta(directory)
-            self._write_base(path, part.arrow.partition(part.runs), through)
+            self._write_base(path, part.arrow.partition(part.runs), through, new)
             self.cache.put(path, _Indexed(new, runs, through))
         else:
             self._sweep_temporaries(self._history_of(directory))
@@ -433,10 +462,23 @@ class ParquetLake:
         stats.partitions_written = 1
         return stats
 
-    def _write_base(self, path: Path, rows: pl.DataFrame | pa.Table, through: str | None) -> None:
-        """Write a partition's base file, recording the newest delta it accounts for."""
-        meta = {THROUGH_KEY: through} if through else None
+    def _write_base(
+        self,
+        path: Path,
+        rows: pl.DataFrame | pa.Table,
+        through: str | None,
+        frame: pl.DataFrame | None = None,  # `rows` as polars, when they are Arrow
+    ) -> None:
+        """Write a partition's base file, recording the newest delta it accounts for, and
+        its tail first (see `tails`)."""
+        rows_pl = frame if frame is not None else rows
+        assert isinstance(rows_pl, pl.DataFrame)
+        token = new_token()
+        tail = tail_rows(rows_pl)
+        atomic_write_parquet(tail, path.parent / TAIL_FILE, self.settings, {TAIL_KEY: token})
+        meta = {TAIL_KEY: token, THROUGH_KEY: through} if through else {TAIL_KEY: token}
         atomic_write_parquet(rows, path, self.settings, meta)
+        self.tails.put(path, Tail(_Indexed(tail), through))
 
     def rewrite_base(self, path: Path, rows: pl.DataFrame) -> None:
         """Replace a base file with some of its rows (retention, archival); the caller holds
@@ -444,6 +486,7 @@ class ParquetLake:
         hold rows of the partition: they live only beside a base."""
         if rows.is_empty() and not self._held(path.parent):
             path.unlink()
+            (path.parent / TAIL_FILE).unlink(missing_ok=True)
             return
         through = footer_metadata(path).get(THROUGH_KEY)
         self._write_base(path, rows, through)
@@ -462,12 +505,10 @@ class ParquetLake:
         for tf, group in by_tf.items():
             dirs = [self._dir(*part.key) for part in group]
             with self._locked_all(dirs):
+                live = self._live_deltas(tf)
                 appended = []
                 for part, directory in zip(group, dirs, strict=True):
-                    existing = None
-                    if (directory / DATA_FILE).exists():
-                        existing = self._partition(directory)
-                    if existing is not None and self._appends(existing, part):
+                    if self._appends_to(directory, part, live):
                         appended.append((part, directory))
                     else:
                         total += self._upsert_locked(part, directory)
@@ -482,6 +523,147 @@ class ParquetLake:
             for stripe in stripes:
                 stack.enter_context(flocked(self._lock_dir / f"{stripe:02d}.lock"))
             yield
+
+    def _appends_to(
+        self, directory: Path, part: _Partition, live: list[tuple[str, dict[str, _Indexed]]]
+    ) -> bool:
+        """Say whether `part` appends to its partition (False: no base yet), from its tail
+        and `live` deltas (see `tails`): the base is decoded only if its tail is not trusted.
+        The caller holds the partition's lock."""
+        try:
+            tail = self._tail(directory / DATA_FILE)
+        except FileNotFoundError:
+            return False
+        if tail is None:
+            existing = self._partition(directory)
+            return existing is not None and self._appends(existing, part)
+        rel = self._rel(directory)
+        through = tail.through or ""
+        # newest first: a symbol's rows in a delta follow its rows in older ones and the base
+        newer = [found[rel] for name, found in reversed(live) if name > through and rel in found]
+        for (symbol, _, _), first in zip(part.runs, part.firsts, strict=True):
+            last = None
+            for delta in newer:
+                if symbol in delta.index:
+                    last = delta.last_us(symbol)
+                    break
+            else:
+                last = tail.rows.last_us(symbol)
+            if last is not None and first <= last:
+                return False
+        return True
+
+    def _tail(self, base: Path) -> Tail | None:
+        """Return a base file's trusted tail (None: none); `FileNotFoundError` if no base."""
+
+        def load() -> Tail:
+            tail = load_tail(base, _Indexed)[1]
+            if tail is None:
+                raise _Untrusted
+            return tail
+
+        try:
+            return self.tails.lookup(str(base), file_identity(base), load)
+        except _Untrusted:
+            return None
+
+    def _live_deltas(self, tf: str) -> list[tuple[str, dict[str, _Indexed]]]:
+        """Return a timeframe's delta files (decoded, by partition), oldest first; one that a
+        fold removed since the listing is in every base it touches already."""
+        folder = self.bars_root / f"timeframe={tf}" / DELTA_DIR
+        out = []
+        for name in delta_names(folder):
+            try:
+                out.append((name, self._delta(folder / name)))
+            except FileNotFoundError:
+                continue
+        return out
+
+    def recent(
+        self, symbols: Sequence[str], timeframe: Timeframe, start: datetime, end: datetime
+    ) -> pl.DataFrame:
+        """Return what `read(symbols, timeframe, start, end)` returns, from the partitions'
+        tails and the live deltas (see `tails`): the bars just before an append (the
+        validation's warm-up) without decoding bases. Partitions whose tails do not reach
+        back to `start` (or are not trusted) are read."""
+        if self.cold_index is not None:  # tails are hot: archived rows need the read
+            return self.read(symbols, timeframe, start, end)
+        tf = str(timeframe)
+        lo = _epoch_us(start)
+        by_bucket: dict[int, list[str]] = {}
+        for symbol in sorted(set(symbols)):
+            by_bucket.setdefault(self.bucket(symbol), []).append(symbol)
+        live = self._live_deltas(tf)
+        months: Sequence[str | None] = [None]
+        if timeframe.partition_period == "month":
+            months = _months(start, end)
+        tails: list[Tail] = []
+        rest: list[str] = []  # symbols of buckets read the usual way
+        throughs: dict[str, str | None] = {}  # partitions answered from tails
+        for bucket, names in by_bucket.items():
+            mine, seen = [], {}
+            for month in months:
+                directory = self._dir(tf, bucket, month)
+                try:
+                    tail = self._tail(directory / DATA_FILE)
+                except FileNotFoundError:
+                    continue  # no rows there (deltas hold rows only beside a base)
+                if tail is None or not tail.covers(lo):
+                    rest.extend(names)
+                    break
+                mine.append(tail)
+                seen[self._rel(directory)] = tail.through
+            else:
+                tails.extend(mine)
+                throughs.update(seen)
+        ok = set(symbols) - set(rest)
+        in_window = (pl.col("ts") >= start) & (pl.col("ts") < end)
+        keep = pl.col("symbol").is_in(sorted(ok)) & in_window
+
+        def pick(frame: pl.DataFrame, indexed: Iterable[Rows]) -> pl.DataFrame:
+            # `is_in` costs more than the rows: left out when every symbol is wanted
+            every = all(ok.issuperset(i.index) for i in indexed)
+            return frame.filter(in_window if every else keep)
+
+        frames = []
+        if tails:
+            frames.append(pick(self._stitched(tf, tails), [t.rows for t in tails]))
+        for name, parts in live:
+            source = next(iter(parts.values())).source
+            assert source is not None
+            stale = [p for r, p in parts.items() if (throughs.get(r) or "") >= name]
+            if not stale:  # the common case: one filter over the whole file
+                frames.append(pick(source[0], parts.values()))
+                continue
+            # parts of partitions folded already (a fold under way): left out
+            rows = [
+                np.arange(p.source[1], p.source[1] + p.frame.height)
+                for r, p in parts.items()
+                if (throughs.get(r) or "") < name and p.source is not None
+            ]
+            if rows:
+                frames.append(source[0][np.concatenate(rows)].filter(keep))
+        if rest:
+            frames.append(self.read(rest, timeframe, start, end))
+        frames = [f for f in frames if f.height]
+        if not frames:
+            return pl.DataFrame(schema=BAR_POLARS_SCHEMA)
+        out = pl.concat(frames).sort("symbol", "ts")
+        sym, ts = pl.col("symbol"), pl.col("ts")
+        if out.select(((sym == sym.shift()) & (ts == ts.shift())).any()).item():
+            # a delta folded into a base that does not say so (a second guard, as in reads)
+            out = out.unique(["symbol", "ts"], keep="first", maintain_order=True)
+        return out
+
+    def _stitched(self, tf: str, tails: list[Tail]) -> pl.DataFrame:
+        """Return the rows of `tails` as one frame, remembered per timeframe until a tail
+        changes (a micro-batch after a micro-batch finds the same tails: one filter)."""
+        key = tuple(tails)
+        found = self._stitch.get(tf)
+        if found is None or found[0] != key:
+            found = (key, pl.concat([t.rows.frame for t in tails], rechunk=False))
+            self._stitch[tf] = found
+        return found[1]
 
     def _appends(self, existing: _Indexed | PartitionView, part: _Partition) -> bool:
         """Say whether every run of `part` starts after its symbol's last stored bar."""
@@ -503,7 +685,9 @@ class ParquetLake:
         ]
         table = appended[0][0].arrow.partition(runs)
         atomic_write_parquet(table, folder / name, self.settings, {PARTS_KEY: json.dumps(index)})
-        whole = _stack([piece for part, _ in appended for piece in part.slices])
+        # one gather, one chunk: reads filter and gather whole delta files
+        bounds = np.array([(lo, hi) for _, lo, hi in runs], dtype=np.int64)
+        whole = appended[0][0].frame[_ranges(bounds[:, 0], bounds[:, 1])]
         decoded = _delta_parts(whole, index)
         for part, directory in appended:  # known to the writer: no scan when checked
             rows = decoded[self._rel(directory)]
@@ -852,7 +1036,7 @@ class ParquetLake:
                     if (
                         (lo is None or lo <= first)
                         and (hi is None or last < hi)
-                        and all(s in names_set for s in delta.index)
+                        and names_set.issuperset(delta.index)
                     ):  # the common case (the latest rows of every symbol): no search
                         rows = np.arange(offset, offset + delta.frame.height)
                     else:
@@ -1227,6 +1411,15 @@ def _ts_slice(df: pl.DataFrame, start: datetime | None, end: datetime | None) ->
     lo = int(np.searchsorted(ts, _epoch_us(start))) if start is not None else 0
     hi = int(np.searchsorted(ts, _epoch_us(end))) if end is not None else df.height
     return df.slice(lo, max(hi - lo, 0))
+
+
+def _months(start: datetime, end: datetime) -> list[str]:
+    """Return the month partitions ("YYYY-MM") from `start`'s to `end`'s, both included."""
+    out, year, month = [], start.year, start.month
+    while (year, month) <= (end.year, end.month):
+        out.append(f"{year:04d}-{month:02d}")
+        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+    return out
 
 
 def _epoch_us(moment: datetime) -> int:

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Protocol
 from uuid import uuid4
 
+import numpy as np
 import polars as pl
 
 __all__ = [
@@ -64,6 +65,8 @@ class Rows(Protocol):
     index: dict[str, tuple[int, int]]
 
     def rows_of(self, symbol: str) -> pl.DataFrame: ...
+
+    def positions(self, symbols: Sequence[str], lo: int | None, hi: int | None) -> np.ndarray: ...
 
     def last_us(self, symbol: str) -> int | None: ...
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
@@ -77,13 +77,23 @@ class WorkflowLake:
         return self.root / table
 
     def write(
-        self, table: str, frame: pl.DataFrame | pl.LazyFrame, *, tenant: str, job_id: str
+        self,
+        table: str,
+        frame: pl.DataFrame | pl.LazyFrame,
+        *,
+        tenant: str,
+        job_id: str,
+        columns: Sequence[pl.Expr] | None = None,
+        keep: str | None = None,
     ) -> list[str]:
         """Write a job's rows of one table; return the files written (relative paths).
 
         The frame (or a plan of it) holds the partition columns; rows of other values stay
         out of it (the caller rejects them with a reason beforehand: see
-        `reporting.lake_shape`).
+        `reporting.lake_shape`). `columns`: each file's columns, computed from its
+        partition's rows (default: every column but the partition keys); `keep`: a boolean
+        column, false on rows to leave out (split off with the partitions: the rows are
+        copied once, not filtered first and copied again).
         """
         base = self.table_dir(table) / f"tenant_id={_value(tenant)}"
         keys = list(LAKE_PARTITIONS[table])
@@ -94,17 +104,27 @@ class WorkflowLake:
         if missing:
             raise InvalidInputError(f"{table} rows need {', '.join(missing)}")
         name = f"part-{_value(job_id)}.parquet"
-        parts = frame.partition_by(keys, as_dict=True, maintain_order=False)
+        split = [*keys, keep] if keep is not None else keys
+        parts = {
+            values[: len(keys)]: part
+            for values, part in frame.partition_by(
+                split, as_dict=True, maintain_order=False
+            ).items()
+            if keep is None or values[-1]
+        }
         folders = {
             values: base.joinpath(*(f"{k}={_value(v)}" for k, v in zip(keys, values, strict=True)))
             for values in parts
         }
+        dropped = [*keys, keep] if keep is not None else keys
 
         def put(values: tuple[Any, ...]) -> str:
             folder = folders[values]
             folder.mkdir(parents=True, exist_ok=True)
             tmp = folder / f".tmp-{uuid4().hex}"
-            parts[values].drop(keys).write_parquet(
+            part = parts[values]
+            rows = part.select(columns) if columns is not None else part.drop(dropped)
+            rows.write_parquet(
                 tmp,
                 compression=self.compression,
                 compression_level=self.compression_level,

@@ -1,0 +1,195 @@
+"""How long a backfill takes when workers, the provider and the database share the CPUs.
+
+The planner's closed bounds (quota, slots, CPU: `backfill.task_seconds`) are each right alone
+but optimistic where two meet, and they leave out CPU that is not the workers': a provider
+on the same host (the simulator) and the database answer every call and every task too.
+`simulate` plays a backfill out event by event instead:
+
+- `workers` processes of `concurrency` slots; a slot runs its tasks one after another, each
+  task its calls one after another: wait for the quota (the limiter's sliding logs, a call
+  holding its place from its grant until its answer), the call's latency (pure waiting),
+  the provider's CPU for the answer, the worker's CPU for the call's share of the task;
+  then the database's CPU for the task (claim, store, finish);
+- the CPUs are shared by the runnable processes (processor sharing): each of the `cpus`
+  goes to one process at a time, and a process's threads share one CPU at most (the GIL:
+  a worker's slots, the provider's handlers); each database burst is its own backend;
+  other work on the machine slows every burst by `slowdown` (measured, 1 when quiet).
+
+The costs are measured (perf/workers.py calibrates them: CPU seconds per task of the
+workers, of the provider per call, of PostgreSQL and Redis per task); with none given the
+model is the slots' and the quota's bound.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = ["HostCosts", "simulate"]
+
+_EPS = 1e-12
+
+
+@dataclass(frozen=True)
+class HostCosts:
+    """CPU seconds a backfill costs besides waiting, and the CPUs it gets."""
+
+    worker_s_per_task: float = 0.0  # a worker's own CPU per task (fetch, parse, validate)
+    provider_s_per_call: float = 0.0  # a provider on the same host: its CPU per answer
+    store_s_per_task: float = 0.0  # the database's (and Redis's) CPU per task
+    cpus: float = 1.0  # the CPUs the workers, the provider and the database share
+    # wall seconds a CPU second takes a lone process that waits between short bursts, as
+    # tasks do (1 on a quiet host; more when other work shares the machine)
+    slowdown: float = 1.0
+
+
+@dataclass
+class _Burst:
+    owner: object  # the process it runs in: ("worker", i), "provider", or a unique backend
+    left: float
+    slot: int
+
+
+def simulate(
+    tasks: int,
+    calls: int,
+    *,
+    workers: int,
+    concurrency: int,
+    latency_s: float,
+    costs: HostCosts,
+    windows: Sequence[tuple[int, float]] = (),
+) -> float:
+    """Return the seconds from the first claim until the last task ends.
+
+    `calls` are spread over `tasks` evenly; `windows` are the quota's (limit, period + margin).
+    """
+    if tasks <= 0:
+        return 0.0
+    per_task = [calls // tasks + (1 if i < calls % tasks else 0) for i in range(tasks)]
+    queue = list(reversed(per_task))  # pop() takes the next task
+    slots = max(workers, 1) * max(concurrency, 1)
+    worker_of = [s // max(concurrency, 1) for s in range(slots)]
+    worker_per_call = [costs.worker_s_per_task / max(n, 1) for n in per_task]
+    # per slot: calls left in its task, the task's index, its stage
+    left = [0] * slots
+    task_of = [-1] * slots
+    stage = ["idle"] * slots
+    timers: list[tuple[float, int, int]] = []  # (at, seq, slot): latencies ending
+    seq = itertools.count()
+    bursts: list[_Burst] = []
+    grants: dict[int, list[float]] = {}  # live calls: [granted, answered (inf in flight)]
+    calls_made = itertools.count()
+    longest = max((period for _, period in windows), default=0.0)
+    waiting: list[int] = []  # slots waiting for the quota, in arrival order
+    backends = itertools.count()
+    now = 0.0
+    done = 0
+
+    def start_next(slot: int) -> None:
+        if not queue:
+            stage[slot] = "idle"
+            return
+        n = queue.pop()
+        task_of[slot] = tasks - len(queue) - 1
+        left[slot] = n
+        next_call(slot)
+
+    def next_call(slot: int) -> None:
+        if left[slot] <= 0:
+            stage[slot] = "store"
+            if costs.store_s_per_task > 0:
+                bursts.append(_Burst(("store", next(backends)), costs.store_s_per_task, slot))
+            else:
+                finish(slot)
+            return
+        stage[slot] = "quota"
+        waiting.append(slot)
+
+    def finish(slot: int) -> None:
+        nonlocal done
+        done += 1
+        start_next(slot)
+
+    def quota_free_at(t: float) -> float:
+        """Return when the next call may be granted (t if now; inf: wait for an answer)."""
+        at = t
+        for limit, period in windows:
+            live = sorted(a + period for _, a in grants.values() if a + period > t)
+            if len(live) >= limit:
+                at = max(at, live[len(live) - limit])
+        return at
+
+    def grant_waiting() -> None:
+        for key in [k for k, (_, a) in grants.items() if a + longest <= now]:
+            del grants[key]  # out of every window: forget it
+        while waiting and (not windows or quota_free_at(now) <= now + _EPS):
+            slot = waiting.pop(0)
+            call_of[slot] = next(calls_made)
+            grants[call_of[slot]] = [now, float("inf")]
+            stage[slot] = "latency"
+            heapq.heappush(timers, (now + latency_s, next(seq), slot))
+
+    call_of = [-1] * slots
+    for slot in range(slots):
+        start_next(slot)
+    grant_waiting()
+    while done < tasks:
+        # the rates now: each runnable process gets min(1, cpus / runnable), its bursts share it
+        owners: dict[object, list[_Burst]] = {}
+        for b in bursts:
+            owners.setdefault(b.owner, []).append(b)
+        share = min(1.0, costs.cpus / len(owners)) / costs.slowdown if owners else 0.0
+        rates = {id(b): share / len(group) for group in owners.values() for b in group}
+        nxt = float("inf")
+        for b in bursts:
+            nxt = min(nxt, now + b.left / rates[id(b)])
+        if timers:
+            nxt = min(nxt, timers[0][0])
+        if waiting and windows:
+            free = quota_free_at(now)
+            if free > now:
+                nxt = min(nxt, free)
+        if nxt == float("inf"):
+            raise RuntimeError("backfill model stalled")  # pragma: no cover - a bug
+        dt = nxt - now
+        for b in bursts:
+            b.left -= rates[id(b)] * dt
+        now = nxt
+        # what ended: bursts, then latencies
+        ended = [b for b in bursts if b.left <= _EPS * 10]
+        bursts[:] = [b for b in bursts if b.left > _EPS * 10]
+        for b in ended:
+            slot = b.slot
+            if stage[slot] == "provider":
+                grants[call_of[slot]][1] = now  # the answer is back: the call settles
+                stage[slot] = "parse"
+                if worker_per_call[task_of[slot]] > 0:
+                    bursts.append(_Burst(("worker", worker_of[slot]),
+                                         worker_per_call[task_of[slot]], slot))  # fmt: skip
+                    continue
+                left[slot] -= 1
+                next_call(slot)
+            elif stage[slot] == "parse":
+                left[slot] -= 1
+                next_call(slot)
+            elif stage[slot] == "store":
+                finish(slot)
+        while timers and timers[0][0] <= now + _EPS:
+            _, _, slot = heapq.heappop(timers)
+            stage[slot] = "provider"
+            if costs.provider_s_per_call > 0:
+                bursts.append(_Burst("provider", costs.provider_s_per_call, slot))
+                continue
+            grants[call_of[slot]][1] = now
+            stage[slot] = "parse"
+            if worker_per_call[task_of[slot]] > 0:
+                bursts.append(_Burst(("worker", worker_of[slot]),
+                                     worker_per_call[task_of[slot]], slot))  # fmt: skip
+            else:
+                left[slot] -= 1
+                next_call(slot)
+        grant_waiting()
+    return now

@@ -1,0 +1,57 @@
+"""The backfill model: slots, quota and CPU contention played out event by event."""
+
+from __future__ import annotations
+
+import pytest
+
+from quantivista.model.rates import Rate
+from quantivista.services.backfill import predicted_seconds
+from quantivista.services.host_model import HostCosts, simulate
+
+
+def test_without_costs_or_quota_slots_run_their_tasks_call_after_call() -> None:
+    # 20 tasks of 10 calls on 2 slots: 10 rounds of 10 x 50 ms
+    assert simulate(20, 200, workers=1, concurrency=2, latency_s=0.05,
+                    costs=HostCosts()) == pytest.approx(5.0)  # fmt: skip
+    # on 8 slots: 3 rounds (8, 8, 4)
+    assert simulate(20, 200, workers=4, concurrency=2, latency_s=0.05,
+                    costs=HostCosts()) == pytest.approx(1.5)  # fmt: skip
+
+
+def test_a_tight_quota_gives_the_limiters_time() -> None:
+    got = simulate(10, 100, workers=2, concurrency=2, latency_s=0.05, costs=HostCosts(),
+                   windows=[(10, 1.0)])  # fmt: skip
+    want = predicted_seconds(100, [Rate.parse("10/1s")], latency_s=0.05, concurrency=4)
+    assert got == pytest.approx(want, rel=0.02)
+
+
+def test_one_worker_uses_one_cpu_at_most_whatever_the_host_has() -> None:
+    # CPU-bound tasks (1 s each, no waiting): its two slots share the GIL
+    costs = HostCosts(worker_s_per_task=1.0, cpus=4)
+    assert simulate(4, 4, workers=1, concurrency=2, latency_s=0.0,
+                    costs=costs) == pytest.approx(4.0)  # fmt: skip
+    # two workers use two of the CPUs
+    assert simulate(4, 4, workers=2, concurrency=2, latency_s=0.0,
+                    costs=costs) == pytest.approx(2.0)  # fmt: skip
+
+
+def test_a_provider_and_a_database_on_the_host_take_cpu_from_the_workers() -> None:
+    alone = HostCosts(worker_s_per_task=0.1, cpus=2)
+    shared = HostCosts(worker_s_per_task=0.1, provider_s_per_call=0.01, store_s_per_task=0.05,
+                       cpus=2)  # fmt: skip
+    args = {"workers": 4, "concurrency": 2, "latency_s": 0.05}
+    t_alone = simulate(40, 400, costs=alone, **args)  # type: ignore[arg-type]
+    t_shared = simulate(40, 400, costs=shared, **args)  # type: ignore[arg-type]
+    # 4 CPU seconds of workers + 4 of the simulator (one process: one CPU at most) + 2 of
+    # the database on 2 CPUs: 5 s at least, and the simulator's share is less than a CPU
+    assert t_shared >= 5.0
+    assert t_shared > 1.8 * t_alone
+
+
+def test_a_slower_host_stretches_the_cpu_not_the_waiting() -> None:
+    costs = HostCosts(worker_s_per_task=0.1, cpus=2)
+    slow = HostCosts(worker_s_per_task=0.1, cpus=2, slowdown=2.0)
+    quick = simulate(2, 20, workers=1, concurrency=2, latency_s=0.05, costs=costs)
+    slowed = simulate(2, 20, workers=1, concurrency=2, latency_s=0.05, costs=slow)
+    # 10 calls of 50 ms + 0.1 s (two slots on one GIL: 0.2 s) -> + 0.2 s when twice as slow
+    assert slowed - quick == pytest.approx(0.2, abs=0.02)
