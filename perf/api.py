@@ -12,7 +12,12 @@
   bus (a publisher thread in the server process): publish -> receive latency p50/p99 and
   the number of bars lost.
 
-Each server is its own process (uvicorn, 1 worker). Needs `wrk` (Debian package). Prints one
+Each server is its own process (uvicorn, 1 worker); the API's per-client rate limits live in
+Redis (`--limiter redis`, the default: shared by API processes, tokens leased a block per
+call) or in the process (`--limiter memory`). `json_summary` holds the done-criteria over the
+runs (throughput ratio range, worst p95, CPU per request of both servers); the bulk's first
+request is the first bulk read of the server (after the JSON runs). Needs `wrk` (Debian
+package) and, with `--limiter redis`, Redis at QV_SERVICES__REDIS_URL. Prints one
 JSON line. Usage: python perf/api.py [--runs 3] [--seconds 10] [--limiter redis|memory]
 """
 
@@ -189,6 +194,9 @@ def bench_bulk(base: str, key: str, symbols: list[str], runs: int) -> dict[str, 
         "seconds": [round(t, 3) for t in timings],
         "bars_per_s_min": rows / max(timings),
         "bars_per_s_max": rows / min(timings),
+        # the first read streams from the store; repeats of settled history, from the cache
+        "first_request_bars_per_s": rows / timings[0],
+        "repeat_bars_per_s": [rows / t for t in timings[1:]],
     }
 
 

@@ -7,9 +7,11 @@ from uuid import uuid4
 import pytest
 import redis
 
+from api.conftest import SYMBOLS, live_api, make_client
 from quantivista.acquisition.limits import RedisBackend
 from quantivista.api.lease import LeasedLimiter
 from quantivista.clock import SystemClock
+from quantivista.config import ApiSettings, Settings
 
 pytestmark = pytest.mark.redis
 
@@ -69,3 +71,31 @@ def test_a_low_limit_is_exact_one_token_per_call(redis_url: str) -> None:
     one.close()
     two.close()
     redis.Redis.from_url(redis_url).delete(f"{prefix}:api:c1:5/60")
+
+
+def test_an_api_process_leasing_from_redis_admits_exactly_its_limit(
+    store: Settings, redis_url: str
+) -> None:
+    prefix = f"qv-test:apiperf:{uuid4().hex[:8]}"
+    settings = store.model_copy(
+        update={
+            "api": ApiSettings(rate_limits=["100/minute"]),
+            "resilience": store.resilience.model_copy(
+                update={"backend": "redis", "redis_prefix": prefix}
+            ),
+            "services": store.services.model_copy(update={"redis_url": redis_url}),
+        }
+    )
+    creds = make_client(settings, "acme", "read:bars")
+    params = {"symbols": SYMBOLS[0], "start": "2023-01-01", "end": "2023-03-31"}
+    with live_api(settings) as api, api.client(headers={"X-API-Key": creds.api_key}) as http:
+        replies = [http.get("/api/v1/bars", params=params) for _ in range(110)]
+    codes = [r.status_code for r in replies]
+    assert codes == [200] * 100 + [429] * 10  # one process: its leases take what is left
+    assert [int(r.headers["x-ratelimit-remaining"]) for r in replies[:100]] == list(
+        range(99, -1, -1)
+    )
+    assert all(int(r.headers["retry-after"]) >= 1 for r in replies[100:])
+    client = redis.Redis.from_url(redis_url)
+    for key in client.scan_iter(match=f"{prefix}*"):
+        client.delete(key)

@@ -64,7 +64,8 @@ async def caller(
 
     The limit's usage goes into `X-RateLimit-*` headers (added by the app's middleware).
     Runs on the event loop: every step is in memory (a proven key, a cached client and
-    tenant, an in-process limiter) or one Redis round trip.
+    tenant, an in-process limiter or a token of this process's Redis lease; a round trip
+    only per block of tokens, see `api.lease`).
     """
     del token, api_key  # declared for the OpenAPI security schemes; read from the headers
     principal = authenticate(

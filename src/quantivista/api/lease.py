@@ -114,7 +114,7 @@ class LeasedLimiter:
     """`RateLimiter.take` for API clients over a Redis backend, a block of tokens per call."""
 
     def __init__(
-        self, backend: RedisBackend, clock: Clock, *, ttl_s: float = 0.25, max_block: int = 64
+        self, backend: RedisBackend, clock: Clock, *, ttl_s: float = 0.25, max_block: int = 256
     ) -> None:
         self.backend = backend
         self.clock = clock
