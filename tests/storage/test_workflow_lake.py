@@ -39,3 +39,10 @@ def test_a_write_splits_partitions_leaves_out_unkept_rows_and_builds_file_column
     lake.write("execution_data_lake", flat.drop("keep"), tenant="u", job_id="j2")
     assert lake.read("execution_data_lake", "u").height == 5
     assert "px" in lake.read("execution_data_lake", "u").columns
+
+
+def test_a_write_whose_rows_are_all_left_out_writes_nothing(tmp_path: Path) -> None:
+    lake = WorkflowLake(tmp_path)
+    flat = pl.DataFrame({"ingestion_date": [date(2026, 12, 1)] * 2, "v": [1, 2], "k": [False] * 2})
+    assert lake.write("risk_metrics", flat, tenant="t", job_id="j", keep="k") == []
+    assert lake.files("risk_metrics") == []

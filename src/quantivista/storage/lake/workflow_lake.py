@@ -135,7 +135,7 @@ class WorkflowLake:
 
         # a loop over partitions, not rows; Polars encodes without the GIL, so partitions
         # are written side by side
-        if len(folders) == 1:
+        if len(folders) <= 1:
             return [put(values) for values in folders]
         with ThreadPoolExecutor(max_workers=min(len(parts), os.cpu_count() or 1)) as pool:
             return list(pool.map(put, folders))
