@@ -28,6 +28,7 @@ from quantivista.providers.yahoo import YahooProvider
 from quantivista.reference.calendars import TradingCalendar
 from quantivista.runtime import Runtime
 from quantivista.services.backfill import _merge, predicted_seconds, task_seconds
+from quantivista.services.host_model import HostCosts, simulate
 
 NOW = datetime(2024, 6, 3, 12, tzinfo=UTC)
 
@@ -224,3 +225,29 @@ def test_qv_backfill_prints_the_plan_and_queues_it(tmp_path: Path) -> None:
     assert "queued" in queued.output
     refused = runner.invoke(app, ["--data-dir", str(tmp_path / "qv"), "backfill", "--plan"])
     assert refused.exit_code == 2
+
+
+def test_with_the_hosts_costs_the_plan_plays_the_backfill_out(tmp_path: Path) -> None:
+    quota: Any = {"limits": {"paid": ["100/second"]}, "margin_s": 0.0}
+    one: Any = {"fetch_concurrency": 1}
+    settings = Settings(data_dir=tmp_path / "qv", ingest=one, resilience=quota)
+    with Runtime.from_settings(settings, clock=TestClock(NOW), registry=_registry()) as rt:
+        _plays_out(rt)
+
+
+def _plays_out(rt: Runtime) -> None:
+    # one fetch at a time per slot: what the model plays (more falls back to the bounds)
+    symbols = [f"S{i:02d}" for i in range(30)]
+    args = ("2024-01-02", "2024-01-31", "1d", ["paid"])
+    bounds = rt.backfill.plan(symbols, *args, workers=2, latency_s=0.05, task_cost_s=0.1)
+    host = HostCosts(worker_s_per_task=0.1, provider_s_per_call=0.01, store_s_per_task=0.03,
+                     cpus=2)  # fmt: skip
+    played = rt.backfill.plan(symbols, *args, workers=2, latency_s=0.05, host=host)
+    (tasks,) = played.providers["tasks"].to_list()
+    want = rt.settings.workers.poll_s + simulate(
+        tasks, played.calls, workers=2, concurrency=rt.settings.workers.concurrency,
+        latency_s=0.05, costs=host, windows=[(100, 1.0)],
+    )  # fmt: skip
+    assert played.predicted_s == pytest.approx(want)
+    # the simulator's and the database's CPU, and the slots' GIL, cost time the bounds miss
+    assert played.predicted_s > bounds.predicted_s
