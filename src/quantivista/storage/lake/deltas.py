@@ -44,6 +44,7 @@ __all__ = [
     "DELTA_DIR",
     "DELTA_PREFIX",
     "PARTS_KEY",
+    "REPLACES_KEY",
     "THROUGH_KEY",
     "Folder",
     "PartitionView",
@@ -55,6 +56,7 @@ DELTA_DIR = "_deltas"
 DELTA_PREFIX = "delta-"
 PARTS_KEY = "qv.parts"  # a delta's footer: [[partition, [[symbol, rows], ...]], ...]
 THROUGH_KEY = "qv.through"  # a base's footer: the newest delta it accounts for
+REPLACES_KEY = "qv.replaces"  # a merged delta's footer: the deltas it holds the rows of
 _log = logging.getLogger(__name__)
 
 
