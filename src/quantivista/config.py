@@ -110,7 +110,8 @@ class StorageSettings(_Section):
         default=16,
         ge=0,
         description="appends after a partition's last bars land as delta files; this many in"
-        " one partition start a background fold into it (0: appends rewrite the partition)",
+        " one timeframe start a background merge of them (a fold into the partitions once"
+        " they hold 100,000 rows; 0: appends rewrite the partition)",
     )
     archive_url: str | None = Field(
         default=None, description="cold tier for archived bars: any fsspec URL (file://, s3://)"

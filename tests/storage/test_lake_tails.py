@@ -7,6 +7,7 @@ import shutil
 from datetime import timedelta
 from pathlib import Path
 
+import polars as pl
 from polars.testing import assert_frame_equal
 from tests.storage.test_lake_deltas import D1, DAY0, M1, SYMBOLS, _bars, _settings
 
@@ -96,3 +97,60 @@ def test_intraday_recent_spans_months(tmp_path: Path) -> None:
     assert want["ts"].dt.month().n_unique() == 2
     assert_frame_equal(lake.recent(SYMBOLS, M1, start, end), want)
     assert_frame_equal(lake.recent(["S00"], M1, start, end), want.head(41))
+
+
+def test_merged_deltas_read_exactly_and_crash_left_sources_are_ignored(tmp_path: Path) -> None:
+    lake = ParquetLake(tmp_path, _settings(delta_files=1000))
+    base = _bars(SYMBOLS, 0, 30, AT)
+    lake.upsert(base)
+    batches = [_bars(SYMBOLS, 30 + k, 1, AT + timedelta(seconds=1 + k)) for k in range(4)]
+    batches.append(_bars(["NEW"], 10, 3, AT + timedelta(seconds=9)))
+    for batch in batches[:3]:
+        lake.upsert(batch)
+    lake.fold(lake.partition_dir("1d", "S03"))  # a partition folded, its deltas listed
+    for batch in batches[3:]:
+        lake.upsert(batch)
+    sources = lake.delta_files("1d")
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    copies = [shutil.copy(path, kept / path.name) for path in sources]
+    assert lake.merge_deltas(tmp_path / "silver" / "bars" / "timeframe=1d") == len(sources) - 1
+    assert len(lake.delta_files("1d")) == 1
+    want = pl.concat([base, *batches]).sort("symbol", "ts")
+    everyone = [*SYMBOLS, "NEW"]
+    for reader in (lake, ParquetLake(tmp_path, _settings())):
+        assert_frame_equal(reader.read(everyone, D1), want)
+        assert_frame_equal(reader.read(["S03"], D1), want.filter(pl.col("symbol") == "S03"))
+        _same_as_read(reader, everyone, 20, 40)
+    # as if the merge died before removing its sources: they are listed, and ignored
+    for copy, path in zip(copies, sources, strict=True):
+        shutil.copy(copy, path)
+    fresh = ParquetLake(tmp_path, _settings())
+    assert_frame_equal(fresh.read(everyone, D1), want)
+    _same_as_read(fresh, everyone, 20, 40)
+    assert fresh.upsert(_bars(["S01"], 34, 1, AT + timedelta(seconds=20))).inserted == 1
+    assert fresh.upsert(_bars(["S01"], 33, 1, AT + timedelta(seconds=21), 5.0)).updated == 1
+    assert fresh.merge_deltas(tmp_path / "silver" / "bars" / "timeframe=1d") > 0
+    assert len(fresh.delta_files("1d")) == 1  # the crash-left sources went with it
+    fresh.compact()
+    assert not fresh.delta_files()
+    got = ParquetLake(tmp_path, _settings()).read(everyone, D1)
+    assert got.height == want.height + 1
+    s01 = got.filter(pl.col("symbol") == "S01")
+    assert s01["close"].to_list()[-2] == 5.0
+    as_of = fresh.read(["S01"], D1, as_of=AT + timedelta(seconds=20, milliseconds=500))
+    assert as_of.height == 35 and as_of["close"].to_list()[-2] != 5.0
+
+
+def test_background_tidying_merges_small_deltas_and_folds_big_ones(tmp_path: Path) -> None:
+    lake = ParquetLake(tmp_path, _settings(delta_files=3))
+    lake.upsert(_bars(SYMBOLS, 0, 5, AT, tf="1m"))
+    batches = [_bars(SYMBOLS, 5 + k, 1, AT + timedelta(seconds=1 + k), tf="1m") for k in range(20)]
+    for batch in batches:
+        lake.upsert(batch)
+    lake.close()
+    assert len(lake.delta_files()) <= 3  # merged as they came (20 x 20 rows: no fold)
+    bases = list((tmp_path / "silver" / "bars").rglob("data.parquet"))
+    assert max(ParquetLake.read_file(p).height for p in bases) <= 5 * len(SYMBOLS)
+    want = pl.concat([_bars(SYMBOLS, 0, 5, AT, tf="1m"), *batches]).sort("symbol", "ts")
+    assert_frame_equal(ParquetLake(tmp_path, _settings()).read(SYMBOLS, M1), want)

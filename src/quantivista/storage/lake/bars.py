@@ -75,6 +75,7 @@ from quantivista.storage.lake.deltas import (
     DELTA_DIR,
     DELTA_PREFIX,
     PARTS_KEY,
+    REPLACES_KEY,
     THROUGH_KEY,
     Folder,
     PartitionView,
@@ -113,6 +114,7 @@ _LOCK_STRIPES = 64
 _BULK_READ = 16  # symbols above which a read cuts ranges and columns once, not per symbol
 _VIEW_ATTEMPTS = 16  # reads of a partition that a fold or delete changed meanwhile
 _DELTA_ROWS = 200_000  # writes up to this many rows may append as one delta file
+_FOLD_ROWS = 100_000  # a timeframe's deltas are merged into one below this, folded above
 _Key = tuple[str, int, str | None]  # timeframe, bucket, month (intraday)
 # what `stats` gathers per (file, symbol) before summing per (timeframe, symbol)
 _PER_FILE = pl.Schema(
@@ -269,11 +271,12 @@ class ParquetLake:
                 directory.mkdir(parents=True, exist_ok=True)
         self.cold_index = ColdIndex(self.root, self.cold, self._lock_dir) if self.cold else None
         self.buckets = self._layout()
-        self._folder = Folder(self.fold_timeframe)
+        self._folder = Folder(self.tidy)
         # decoded delta files by path: never rewritten (only removed), so no identity check
         self._deltas: dict[str, dict[str, _Indexed]] = {}
         self._deltas_lock = threading.Lock()
         self._places: dict[Path, tuple[Path, str]] = {}
+        self._replaces: dict[str, tuple[str, ...]] = {}  # a merged delta's sources, by path
         self._dirs: dict[_Key, Path] = {}
         self._stripes: dict[Path, int] = {}
 
@@ -571,13 +574,12 @@ class ParquetLake:
         """Return a timeframe's delta files (decoded, by partition), oldest first; one that a
         fold removed since the listing is in every base it touches already."""
         folder = self.bars_root / f"timeframe={tf}" / DELTA_DIR
-        out = []
-        for name in delta_names(folder):
+        for _ in range(_VIEW_ATTEMPTS):
             try:
-                out.append((name, self._delta(folder / name)))
-            except FileNotFoundError:
+                return self._live(folder)
+            except FileNotFoundError:  # folded or merged meanwhile: list again
                 continue
-        return out
+        raise StorageError("a timeframe's deltas kept changing while read", folder=str(folder))
 
     def recent(
         self, symbols: Sequence[str], timeframe: Timeframe, start: datetime, end: datetime
@@ -731,11 +733,13 @@ class ParquetLake:
         with open(path, "rb") as handle:
             frame = read_parquet_handle(handle, what="delta file")
             handle.seek(0)
-            index = json.loads(footer_metadata(handle)[PARTS_KEY])
-        decoded = _delta_parts(frame, index)
+            meta = footer_metadata(handle)
+        decoded = _delta_parts(frame, json.loads(meta[PARTS_KEY]))
         with self._deltas_lock:
             self._forget_deltas(path.parent, delta_names(path.parent))
             self._deltas[key] = decoded
+            if REPLACES_KEY in meta:
+                self._replaces[key] = tuple(json.loads(meta[REPLACES_KEY]))
         return decoded
 
     def _forget_deltas(self, folder: Path, live: list[str]) -> None:
@@ -744,20 +748,24 @@ class ParquetLake:
         prefix = f"{folder}{os.sep}"
         for old in [k for k in self._deltas if k.startswith(prefix) and k not in keep]:
             del self._deltas[old]
+            self._replaces.pop(old, None)
 
     def _held(self, directory: Path) -> list[tuple[str, _Indexed]]:
         """Return the parts of `directory`'s partition in the delta files, oldest first."""
         folder, rel = self._where(directory)
+        return [(name, found[rel]) for name, found in self._live(folder) if rel in found]
+
+    def _live(self, folder: Path) -> list[tuple[str, dict[str, _Indexed]]]:
+        """Return a delta folder's live deltas (decoded), oldest first: the sources of a
+        merged delta still listed (a merge under way, or a crash) are left out. Raises
+        `FileNotFoundError` when a listed delta is removed meanwhile."""
         names = delta_names(folder)
         if not names:
             return []
-        out = []
         prefix = f"{folder}{os.sep}"
-        for name in names:
-            part = self._delta(prefix + name).get(rel)
-            if part is not None:
-                out.append((name, part))
-        return out
+        loaded = [(name, self._delta(prefix + name)) for name in names]
+        gone = {r for name, _ in loaded for r in self._replaces.get(prefix + name, ())}
+        return [(name, found) for name, found in loaded if name not in gone] if gone else loaded
 
     def _partition(self, directory: Path) -> _Indexed | PartitionView | None:
         """Return a partition (base file and deltas) through the cache; None if it is gone."""
@@ -800,6 +808,72 @@ class ParquetLake:
         """Fold a partition's deltas into its base file under its lock."""
         with self.locked(directory):
             return self.fold_locked(directory)
+
+    def tidy(self, timeframe_dir: Path) -> int:
+        """Keep a timeframe's deltas few (the background job): merge them into one while
+        they hold fewer than `_FOLD_ROWS` rows (cost: their rows), else fold them into the
+        bases (cost: the partitions'); return the files removed."""
+        try:
+            live = self._live(timeframe_dir / DELTA_DIR)
+        except FileNotFoundError:
+            return 0  # a fold under way
+        rows = sum(part.frame.height for _, found in live for part in found.values())
+        if rows >= _FOLD_ROWS:
+            return self.fold_timeframe(timeframe_dir)
+        return self.merge_deltas(timeframe_dir)
+
+    def merge_deltas(self, timeframe_dir: Path) -> int:
+        """Merge a timeframe's live deltas into one delta file; return the files removed.
+
+        Under the locks of every partition they touch: a delta of one of them written
+        meanwhile is listed again under the locks and merged too, so the merged file (named
+        after every listed one) follows every row of its partitions. Its footer names its
+        sources: a crash before they are removed leaves them listed but ignored.
+        """
+        folder = timeframe_dir / DELTA_DIR
+        try:
+            rels = sorted({r for _, found in self._live(folder) for r in found})
+        except FileNotFoundError:
+            return 0
+        with self._locked_all([timeframe_dir / r for r in rels]):
+            names = delta_names(folder)
+            try:
+                live = self._live(folder)
+            except FileNotFoundError:
+                return 0
+            if len(live) < 2 or any(r not in rels for _, found in live for r in found):
+                return 0  # one delta, or deltas of partitions not locked: next time
+            frames, index = [], []
+            for rel in rels:
+                through = self._through(timeframe_dir / rel / DATA_FILE) or ""
+                pieces = [found[rel].frame for n, found in live if rel in found and n > through]
+                if pieces:
+                    rows = pl.concat(pieces).sort("symbol", "ts", maintain_order=True)
+                    runs = _Indexed(rows).index
+                    frames.append(rows)
+                    index.append([rel, [[s, n] for s, (_, n) in runs.items()]])
+            merged = [n for n, _ in live]
+            name = delta_name(names[-1])
+            whole = pl.concat(frames) if frames else None
+            if whole is not None:
+                meta = {PARTS_KEY: json.dumps(index), REPLACES_KEY: json.dumps(merged)}
+                atomic_write_parquet(whole, folder / name, self.settings, meta)
+            for old in names:  # the merged ones and any sources of theirs still listed
+                (folder / old).unlink(missing_ok=True)
+            with self._deltas_lock:
+                self._forget_deltas(folder, delta_names(folder))
+                if whole is not None:
+                    self._deltas[str(folder / name)] = _delta_parts(whole, index)
+                    self._replaces[str(folder / name)] = tuple(merged)
+        return len(names) - (whole is not None)
+
+    def _through(self, base: Path) -> str | None:
+        """Return the newest delta a base file accounts for (None: none, or no base)."""
+        try:
+            tail = self._tail(base)
+            return tail.through if tail is not None else footer_metadata(base).get(THROUGH_KEY)
+        except FileNotFoundError:
+            return None
 
     def fold_timeframe(self, timeframe_dir: Path) -> int:
         """Fold every partition a timeframe's delta files touch, then remove those files;

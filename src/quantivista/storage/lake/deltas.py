@@ -21,8 +21,14 @@ older than the partition) and are ignored for it. A fold writes base + live part
 new base; a timeframe's deltas are removed once every partition they touch is folded. A
 crash anywhere in between leaves deltas that the bases already account for. Every write that
 is not a pure append (a correction, a delete, retention, archival) works on the folded base.
-Folds run on `compact()` (`qv compact`) and, once a timeframe holds `storage.delta_files`
-deltas, on a background thread of the writing process.
+Folds run on `compact()` (`qv compact`). Once a timeframe holds `storage.delta_files`
+deltas, a background thread of the writing process tidies them: while they hold few rows it
+merges them into one delta file (cost: their rows, not the partitions'), under the locks of
+every partition they touch, named after all of them, its footer naming its sources
+(`REPLACES_KEY`: a crash before they are removed leaves them listed but ignored); past that
+it folds them. So reads find few deltas however long a stream runs, and a stream does not
+rewrite the month files every few seconds. Every base write also writes the base's tail
+(see `tails`), from which appends are checked and the validation's warm-up read.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ __all__ = [
     "DELTA_DIR",
     "DELTA_PREFIX",
     "PARTS_KEY",
+    "REPLACES_KEY",
     "THROUGH_KEY",
     "Folder",
     "PartitionView",
@@ -55,6 +62,7 @@ DELTA_DIR = "_deltas"
 DELTA_PREFIX = "delta-"
 PARTS_KEY = "qv.parts"  # a delta's footer: [[partition, [[symbol, rows], ...]], ...]
 THROUGH_KEY = "qv.through"  # a base's footer: the newest delta it accounts for
+REPLACES_KEY = "qv.replaces"  # a merged delta's footer: the deltas it holds the rows of
 _log = logging.getLogger(__name__)
 
 
