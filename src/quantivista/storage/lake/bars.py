@@ -436,7 +436,19 @@ class ParquetLake:
     def _write_base(self, path: Path, rows: pl.DataFrame | pa.Table, through: str | None) -> None:
         """Write a partition's base file, recording the newest delta it accounts for."""
         meta = {THROUGH_KEY: through} if through else None
-        atomic_write_parquet(rows, path, self.settings, meta)
+        atomic_write_parquet(rows, path, self._settings_of(path), meta)
+
+    def _settings_of(self, path: Path) -> StorageSettings:
+        """Return the write settings of a base file: daily-and-longer ones (no month
+        directory) take `storage.daily_compression` (cold reads decode them faster)."""
+        codec = self.settings.daily_compression
+        if (
+            codec is None
+            or codec == self.settings.compression
+            or path.parent.name.startswith("month=")
+        ):
+            return self.settings
+        return self.settings.model_copy(update={"compression": codec})
 
     def rewrite_base(self, path: Path, rows: pl.DataFrame) -> None:
         """Replace a base file with some of its rows (retention, archival); the caller holds
