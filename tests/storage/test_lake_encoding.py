@@ -5,10 +5,12 @@ from __future__ import annotations
 import random
 from pathlib import Path
 from tempfile import TemporaryDirectory
+from typing import Any
 
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -110,3 +112,17 @@ def test_a_partition_of_many_runs_holds_their_rows_in_run_order(
     want = [float(x) for _, lo, hi in runs for x in range(lo, hi)]
     assert table["close"].to_pylist() == want
     assert table["symbol"].to_pylist() == [s for s, lo, hi in runs for _ in range(lo, hi)]
+
+
+@pytest.mark.parametrize(("codec", "split"), [("zstd", True), ("lz4", True), ("none", False)])
+def test_floats_are_byte_stream_split_only_under_a_codec(
+    tmp_path: Path, codec: Any, split: bool
+) -> None:
+    """Uncompressed, PLAIN floats are as small and decode as a copy (cold reads)."""
+    df = _frame(["A"] * 3 + ["B"] * 2, ["p"] * 5)
+    path = tmp_path / "f.parquet"
+    atomic_write_parquet(df, path, StorageSettings(compression=codec))
+    meta = pq.read_metadata(path).row_group(0)
+    cols = {meta.column(i).path_in_schema: meta.column(i) for i in range(meta.num_columns)}
+    assert ("BYTE_STREAM_SPLIT" in cols["close"].encodings) == split
+    assert pl.read_parquet(path).equals(df)

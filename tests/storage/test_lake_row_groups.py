@@ -151,3 +151,30 @@ def test_a_part_is_cached_apart_and_another_writer_invalidates_it(tmp_path: Path
     fresh = reader.read(["S04"], D1)
     assert fresh["close"][0] == 107.0 and fresh["ingested_at"][0] == later
     assert reader.cache.misses == 3  # the rename gave the file a new identity
+
+
+def _codecs(path: Path) -> dict[str, str]:
+    group = pq.read_metadata(path).row_group(0)
+    return {group.column(i).path_in_schema: group.column(i).compression for i in range(14)}
+
+
+def test_daily_files_take_the_daily_codec_and_intraday_ones_the_hot_codec(tmp_path: Path) -> None:
+    """Daily base files are uncompressed PLAIN floats by default (cold reads decode them
+    fastest); intraday month files keep `compression`; reads are the same either way."""
+    lake = _lake(tmp_path, buckets=1)
+    daily, minute = _bars(SYMBOLS, 30, DAY0), _bars(SYMBOLS, 30, DAY0, "1m")
+    lake.upsert(daily)
+    lake.upsert(minute)
+    day_file = lake.partition_dir("1d", "S00") / DATA_FILE
+    assert _codecs(day_file)["close"] == "UNCOMPRESSED"
+    assert "BYTE_STREAM_SPLIT" not in pq.read_metadata(day_file).row_group(0).column(3).encodings
+    month_file = lake.partition_dir("1m", "S00", "2024-01") / DATA_FILE
+    assert _codecs(month_file)["close"] == "ZSTD"
+    zstd = _lake(tmp_path / "zstd", buckets=1, daily_compression=None)
+    zstd.upsert(daily)
+    assert _codecs(zstd.partition_dir("1d", "S00") / DATA_FILE)["close"] == "ZSTD"
+    for other in (ParquetLake(tmp_path, lake.settings), zstd):  # fresh: no cache
+        assert_frame_equal(other.read(SYMBOLS[3:5], D1), lake.read(SYMBOLS[3:5], D1))
+    fresh = ParquetLake(tmp_path, lake.settings)
+    assert_frame_equal(fresh.read([SYMBOLS[4]], M1), lake.read([SYMBOLS[4]], M1))
+    assert fresh.read([SYMBOLS[4]], D1).height == 30

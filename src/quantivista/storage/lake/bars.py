@@ -476,12 +476,25 @@ class ParquetLake:
         its tail first (see `tails`)."""
         rows_pl = frame if frame is not None else rows
         assert isinstance(rows_pl, pl.DataFrame)
+        settings = self._settings_of(path)
         token = new_token()
         tail = tail_rows(rows_pl)
-        atomic_write_parquet(tail, path.parent / TAIL_FILE, self.settings, {TAIL_KEY: token})
+        atomic_write_parquet(tail, path.parent / TAIL_FILE, settings, {TAIL_KEY: token})
         meta = {TAIL_KEY: token, THROUGH_KEY: through} if through else {TAIL_KEY: token}
-        atomic_write_parquet(rows, path, self.settings, meta)
+        atomic_write_parquet(rows, path, settings, meta)
         self.tails.put(path, Tail(_Indexed(tail), through))
+
+    def _settings_of(self, path: Path) -> StorageSettings:
+        """Return the write settings of a base file: daily-and-longer ones (no month
+        directory) take `storage.daily_compression` (cold reads decode them faster)."""
+        codec = self.settings.daily_compression
+        if (
+            codec is None
+            or codec == self.settings.compression
+            or path.parent.name.startswith("month=")
+        ):
+            return self.settings
+        return self.settings.model_copy(update={"compression": codec})
 
     def rewrite_base(self, path: Path, rows: pl.DataFrame) -> None:
         """Replace a base file with some of its rows (retention, archival); the caller holds

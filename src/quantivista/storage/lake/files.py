@@ -133,8 +133,6 @@ _LIGHT_COLUMNS = (*DICT_COLUMNS, "quality_flags", "ingested_at")
 
 def _write_options(table: pa.Table, settings: StorageSettings) -> dict[str, Any]:
     columns = table.column_names
-    encodings = {c: "BYTE_STREAM_SPLIT" for c in _FLOAT_COLUMNS if c in columns}
-    encodings.update({c: "DELTA_BINARY_PACKED" for c in _DELTA_COLUMNS if c in columns})
     codec = settings.compression
     compression = {
         c: "none"
@@ -142,6 +140,12 @@ def _write_options(table: pa.Table, settings: StorageSettings) -> dict[str, Any]
         else codec
         for c in columns
     }
+    # byte-stream-split only helps a codec; uncompressed, PLAIN floats are as small and a
+    # reader copies them instead of re-interleaving bytes (polars: 3x fewer instructions)
+    encodings = {
+        c: "BYTE_STREAM_SPLIT" for c in _FLOAT_COLUMNS if c in columns and compression[c] != "none"
+    }
+    encodings.update({c: "DELTA_BINARY_PACKED" for c in _DELTA_COLUMNS if c in columns})
     return {
         "compression": compression,
         "compression_level": {
