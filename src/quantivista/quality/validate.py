@@ -218,6 +218,42 @@ def _series_with_history(
 _PENDING = int(QualityFlag.SPIKE_PENDING)
 
 
+def _recent(history: pl.DataFrame, checked: pl.DataFrame, rows: int) -> pl.DataFrame:
+    """The history the batch's results depend on: per series, the last `rows` stored bars
+    before its first batch bar, and `rows` before its oldest pending spike (the batch
+    decides it). Within a series the rows are in (ts, arrival) order, the order the
+    series checks sort them into; series are not in symbol order.
+
+    The stream passes its last hour of every symbol (3 x the rolling window), in arrival
+    order: the rest would only be sorted and scanned to be thrown away. The cut is found
+    on three integer columns (a numpy sort), then only the kept rows are gathered.
+    """
+    first = checked.group_by("symbol", "timeframe").agg(_first=pl.col("ts").min())
+    keys = (
+        history.select("symbol", "timeframe", "ts", pl.col("quality_flags").fill_null(0))
+        .with_row_index("_r")
+        .join(first.with_row_index("_g"), on=["symbol", "timeframe"])
+        .filter(pl.col("ts") < pl.col("_first"))
+    )
+    n = keys.height
+    r = keys["_r"].to_numpy()
+    order = np.lexsort((r, keys["ts"].to_physical().to_numpy(), keys["_g"].to_numpy()))
+    r = r[order]
+    if n > rows:
+        g = keys["_g"].to_numpy()[order]
+        new = np.ones(n, dtype=bool)
+        new[1:] = g[1:] != g[:-1]
+        starts = np.flatnonzero(new)
+        sizes = np.diff(np.append(starts, n))
+        at = np.arange(n)
+        pending = (keys["quality_flags"].to_numpy()[order] & _PENDING) != 0
+        oldest = np.minimum.reduceat(np.where(pending, at, n), starts)
+        # rows after the cut: the last `rows` of the series and `rows` before a pending spike
+        cut = np.minimum(starts + sizes - rows, oldest - rows)
+        r = r[at >= np.repeat(cut, sizes)]
+    return history.select(BAR_COLUMNS)[r]
+
+
 def _decided(hist: pl.DataFrame, checked: pl.DataFrame) -> pl.DataFrame:
     """Stored bars with a pending spike whose flags the batch's bars now decide.
 
@@ -454,6 +490,8 @@ class Validator:
             checked = checked.with_columns(_valid=valid)
             gap = any("_gap_s" in r.needs for r in later)  # only a business rule reads it
             if history is not None and history.height and checked.height:
+                history = _recent(history, checked, self._history_rows())
+            if history is not None and history.height and checked.height:
                 checked, decided = _series_with_history(
                     checked, history, actions, self.settings, gap=gap
                 )
@@ -543,6 +581,16 @@ class Validator:
             scores,
             decided if decided is not None else _no_bars(),
         )
+
+    def _history_rows(self) -> int:
+        """Stored bars before a series' first batch bar that can change a batch result.
+
+        A row's spike needs the `spike_window` returns before it (one more close), and
+        the spike test of the row before it (`back`); stale runs and bad-print
+        neighbours look back `stale_run` and `bad_print_window` bars. One spare row.
+        """
+        s = self.settings
+        return max(s.spike_window + 3, s.stale_run, self.intraday.bad_print_window) + 1
 
     # -- context columns -------------------------------------------------------------------
     def _bad_prints(self, checked: pl.DataFrame, history: pl.DataFrame | None) -> pl.DataFrame:
