@@ -22,6 +22,9 @@ class _WholeHistory(Validator):
     def _history_rows(self) -> int:
         return 10**9
 
+    def _neighbour_rows(self) -> int:
+        return 10**9
+
 
 def _damaged(bars: pl.DataFrame, seed: int) -> pl.DataFrame:
     """Spikes, flat runs, bad rows, repeats and arrival disorder, at random."""

@@ -218,11 +218,14 @@ def _series_with_history(
 _PENDING = int(QualityFlag.SPIKE_PENDING)
 
 
-def _recent(history: pl.DataFrame, checked: pl.DataFrame, rows: int) -> pl.DataFrame:
+def _recent(
+    history: pl.DataFrame, checked: pl.DataFrame, rows: int, tail: int
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The history the batch's results depend on: per series, the last `rows` stored bars
     before its first batch bar, and `rows` before its oldest pending spike (the batch
     decides it). Within a series the rows are in (ts, arrival) order, the order the
-    series checks sort them into; series are not in symbol order.
+    series checks sort them into; series are not in symbol order. Also returns the
+    last `tail` (<= `rows`) bars of each series: all the bad-print check reads.
 
     The stream passes its last hour of every symbol (3 x the rolling window), in arrival
     order: the rest would only be sorted and scanned to be thrown away. The cut is found
@@ -239,7 +242,8 @@ def _recent(history: pl.DataFrame, checked: pl.DataFrame, rows: int) -> pl.DataF
     r = keys["_r"].to_numpy()
     order = np.lexsort((r, keys["ts"].to_physical().to_numpy(), keys["_g"].to_numpy()))
     r = r[order]
-    if n > rows:
+    bars = history.select(BAR_COLUMNS)
+    if n > tail:
         g = keys["_g"].to_numpy()[order]
         new = np.ones(n, dtype=bool)
         new[1:] = g[1:] != g[:-1]
@@ -250,8 +254,9 @@ def _recent(history: pl.DataFrame, checked: pl.DataFrame, rows: int) -> pl.DataF
         oldest = np.minimum.reduceat(np.where(pending, at, n), starts)
         # rows after the cut: the last `rows` of the series and `rows` before a pending spike
         cut = np.minimum(starts + sizes - rows, oldest - rows)
-        r = r[at >= np.repeat(cut, sizes)]
-    return history.select(BAR_COLUMNS)[r]
+        last = np.repeat(starts + sizes - tail, sizes)
+        return bars[r[at >= np.repeat(cut, sizes)]], bars[r[at >= last]]
+    return bars[r], bars[r]
 
 
 def _decided(hist: pl.DataFrame, checked: pl.DataFrame) -> pl.DataFrame:
@@ -489,16 +494,18 @@ class Validator:
             valid = ~pl.any_horizontal(first_errors) if first_errors else pl.lit(True)
             checked = checked.with_columns(_valid=valid)
             gap = any("_gap_s" in r.needs for r in later)  # only a business rule reads it
+            recent = neighbours = None
             if history is not None and history.height and checked.height:
-                history = _recent(history, checked, self._history_rows())
-            if history is not None and history.height and checked.height:
+                rows, tail = self._history_rows(), self._neighbour_rows()
+                recent, neighbours = _recent(history, checked, rows, min(tail, rows))
+            if recent is not None and recent.height:
                 checked, decided = _series_with_history(
-                    checked, history, actions, self.settings, gap=gap
+                    checked, recent, actions, self.settings, gap=gap
                 )
             else:
                 checked = series_context(checked, actions, self.settings, gap=gap)
             if any("_bad_print" in r.needs for r in later):
-                checked = self._bad_prints(checked, history)
+                checked = self._bad_prints(checked, neighbours)
             checked = checked.with_columns([r.expr() for r in later])
             counts |= _counts(checked, later)
         rules = first + later
@@ -591,6 +598,10 @@ class Validator:
         """
         s = self.settings
         return max(s.spike_window + 3, s.stale_run, self.intraday.bad_print_window) + 1
+
+    def _neighbour_rows(self) -> int:
+        """Stored minutes before a series' first batch bar the bad-print check reads."""
+        return self.intraday.bad_print_window
 
     # -- context columns -------------------------------------------------------------------
     def _bad_prints(self, checked: pl.DataFrame, history: pl.DataFrame | None) -> pl.DataFrame:
