@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quantivista.model.flags import QualityFlag
-from quantivista.quality.validate import ValidationResult, Validator
+from quantivista.quality.validate import ValidationResult, Validator, _with_sessions
 from quantivista.reference.calendars import get_calendar
 from quantivista.testing.minutes import session_minutes
 
@@ -105,3 +105,21 @@ def test_long_history_is_cut_but_pending_spikes_are_still_decided() -> None:
     _same(fast, whole)
     assert fast.decided.height == 1  # the old pending bar: confirmed as a spike
     assert fast.decided["quality_flags"][0] & int(QualityFlag.SPIKE)
+
+
+@settings(max_examples=30, deadline=None)
+@given(days=st.lists(st.integers(-40_000, 40_000), min_size=1, max_size=50))
+def test_sessions_by_search_match_the_schedule_join(days: list[int]) -> None:
+    day = pl.Series("_day", days, dtype=pl.Int32).cast(pl.Date)
+    df = pl.DataFrame({"x": range(len(days))})
+    joined = df.with_columns(day).join(
+        _CAL.schedule.select(
+            pl.col("session").alias("_day"),
+            pl.col("open").alias("_open"),
+            pl.col("close").alias("_close"),
+        ),
+        on="_day",
+        how="left",
+        maintain_order="left",
+    )
+    assert _with_sessions(df, day, _CAL.schedule).equals(joined)

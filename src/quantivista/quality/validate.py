@@ -665,16 +665,7 @@ class Validator:
                 _aligned=pl.col("ts").dt.truncate(tf.polars_every) == pl.col("ts")
             )
         local_day = cal.local_dates(df["ts"]).alias("_day")
-        joined = df.with_columns(local_day).join(
-            cal.schedule.select(
-                pl.col("session").alias("_day"),
-                pl.col("open").alias("_open"),
-                pl.col("close").alias("_close"),
-            ),
-            on="_day",
-            how="left",
-            maintain_order="left",
-        )
+        joined = _with_sessions(df, local_day, cal.schedule)
         offset_s = (pl.col("ts") - pl.col("_open")).dt.total_seconds()
         return joined.with_columns(
             _is_session=pl.col("_open").is_not_null(),
@@ -791,6 +782,35 @@ class Validator:
         )
         have = part.filter(pl.col("symbol").is_in(short["symbol"].implode())).select("symbol", "ts")
         return wanted.join(have, on=["symbol", "ts"], how="anti").sort("symbol", "ts")
+
+
+def _with_sessions(df: pl.DataFrame, day: pl.Series, schedule: pl.DataFrame) -> pl.DataFrame:
+    """Add `_day`, `_open` and `_close` (null off-session) of each row's local date.
+
+    A binary search of the sorted session dates: a join would hash the whole schedule
+    (decades of sessions) on every call, the main cost for a small streaming batch.
+    """
+    sessions = schedule["session"]
+    if day.null_count() or not sessions.is_sorted() or sessions.is_empty():
+        return df.with_columns(day).join(
+            schedule.select(
+                pl.col("session").alias("_day"),
+                pl.col("open").alias("_open"),
+                pl.col("close").alias("_close"),
+            ),
+            on="_day",
+            how="left",
+            maintain_order="left",
+        )
+    known = sessions.cast(pl.Int32).to_numpy()
+    days = day.cast(pl.Int32).to_numpy()
+    at = np.minimum(np.searchsorted(known, days), known.size - 1)
+    hit = pl.Series(known[at] == days)
+    return df.with_columns(
+        day,
+        _open=pl.when(hit).then(schedule["open"].gather(at)),
+        _close=pl.when(hit).then(schedule["close"].gather(at)),
+    )
 
 
 def profile(
