@@ -123,3 +123,11 @@ def test_sessions_by_search_match_the_schedule_join(days: list[int]) -> None:
         maintain_order="left",
     )
     assert _with_sessions(df, day, _CAL.schedule).equals(joined)
+
+
+def test_history_at_or_after_the_batch_is_ignored() -> None:
+    batch = _MINUTES.head(120)
+    told = Validator(_CAL).validate(batch, job_id="t", history=batch)
+    alone = Validator(_CAL).validate(batch, job_id="t")
+    _same(told, alone)
+    assert told.decided.is_empty()
