@@ -218,6 +218,47 @@ def _series_with_history(
 _PENDING = int(QualityFlag.SPIKE_PENDING)
 
 
+def _recent(
+    history: pl.DataFrame, checked: pl.DataFrame, rows: int, tail: int
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The history the batch's results depend on: per series, the last `rows` stored bars
+    before its first batch bar, and `rows` before its oldest pending spike (the batch
+    decides it). Within a series the rows are in (ts, arrival) order, the order the
+    series checks sort them into; series are not in symbol order. Also returns the
+    last `tail` (<= `rows`) bars of each series: all the bad-print check reads.
+
+    The stream passes its last hour of every symbol (3 x the rolling window), in arrival
+    order: the rest would only be sorted and scanned to be thrown away. The cut is found
+    on three integer columns (a numpy sort), then only the kept rows are gathered.
+    """
+    first = checked.group_by("symbol", "timeframe").agg(_first=pl.col("ts").min())
+    keys = (
+        history.select("symbol", "timeframe", "ts", pl.col("quality_flags").fill_null(0))
+        .with_row_index("_r")
+        .join(first.with_row_index("_g"), on=["symbol", "timeframe"])
+        .filter(pl.col("ts") < pl.col("_first"))
+    )
+    n = keys.height
+    r = keys["_r"].to_numpy()
+    order = np.lexsort((r, keys["ts"].to_physical().to_numpy(), keys["_g"].to_numpy()))
+    r = r[order]
+    bars = history.select(BAR_COLUMNS)
+    if n > tail:
+        g = keys["_g"].to_numpy()[order]
+        new = np.ones(n, dtype=bool)
+        new[1:] = g[1:] != g[:-1]
+        starts = np.flatnonzero(new)
+        sizes = np.diff(np.append(starts, n))
+        at = np.arange(n)
+        pending = (keys["quality_flags"].to_numpy()[order] & _PENDING) != 0
+        oldest = np.minimum.reduceat(np.where(pending, at, n), starts)
+        # rows after the cut: the last `rows` of the series and `rows` before a pending spike
+        cut = np.minimum(starts + sizes - rows, oldest - rows)
+        last = np.repeat(starts + sizes - tail, sizes)
+        return bars[r[at >= np.repeat(cut, sizes)]], bars[r[at >= last]]
+    return bars[r], bars[r]
+
+
 def _decided(hist: pl.DataFrame, checked: pl.DataFrame) -> pl.DataFrame:
     """Stored bars with a pending spike whose flags the batch's bars now decide.
 
@@ -453,14 +494,18 @@ class Validator:
             valid = ~pl.any_horizontal(first_errors) if first_errors else pl.lit(True)
             checked = checked.with_columns(_valid=valid)
             gap = any("_gap_s" in r.needs for r in later)  # only a business rule reads it
+            recent = neighbours = None
             if history is not None and history.height and checked.height:
+                rows, tail = self._history_rows(), self._neighbour_rows()
+                recent, neighbours = _recent(history, checked, rows, min(tail, rows))
+            if recent is not None and recent.height:
                 checked, decided = _series_with_history(
-                    checked, history, actions, self.settings, gap=gap
+                    checked, recent, actions, self.settings, gap=gap
                 )
             else:
                 checked = series_context(checked, actions, self.settings, gap=gap)
             if any("_bad_print" in r.needs for r in later):
-                checked = self._bad_prints(checked, history)
+                checked = self._bad_prints(checked, neighbours)
             checked = checked.with_columns([r.expr() for r in later])
             counts |= _counts(checked, later)
         rules = first + later
@@ -544,6 +589,20 @@ class Validator:
             decided if decided is not None else _no_bars(),
         )
 
+    def _history_rows(self) -> int:
+        """Stored bars before a series' first batch bar that can change a batch result.
+
+        A row's spike needs the `spike_window` returns before it (one more close), and
+        the spike test of the row before it (`back`); stale runs and bad-print
+        neighbours look back `stale_run` and `bad_print_window` bars. One spare row.
+        """
+        s = self.settings
+        return max(s.spike_window + 3, s.stale_run, self.intraday.bad_print_window) + 1
+
+    def _neighbour_rows(self) -> int:
+        """Stored minutes before a series' first batch bar the bad-print check reads."""
+        return self.intraday.bad_print_window
+
     # -- context columns -------------------------------------------------------------------
     def _bad_prints(self, checked: pl.DataFrame, history: pl.DataFrame | None) -> pl.DataFrame:
         """Add `_bad_print`; the stored minutes just before the batch are its first
@@ -606,16 +665,7 @@ class Validator:
                 _aligned=pl.col("ts").dt.truncate(tf.polars_every) == pl.col("ts")
             )
         local_day = cal.local_dates(df["ts"]).alias("_day")
-        joined = df.with_columns(local_day).join(
-            cal.schedule.select(
-                pl.col("session").alias("_day"),
-                pl.col("open").alias("_open"),
-                pl.col("close").alias("_close"),
-            ),
-            on="_day",
-            how="left",
-            maintain_order="left",
-        )
+        joined = _with_sessions(df, local_day, cal.schedule)
         offset_s = (pl.col("ts") - pl.col("_open")).dt.total_seconds()
         return joined.with_columns(
             _is_session=pl.col("_open").is_not_null(),
@@ -732,6 +782,35 @@ class Validator:
         )
         have = part.filter(pl.col("symbol").is_in(short["symbol"].implode())).select("symbol", "ts")
         return wanted.join(have, on=["symbol", "ts"], how="anti").sort("symbol", "ts")
+
+
+def _with_sessions(df: pl.DataFrame, day: pl.Series, schedule: pl.DataFrame) -> pl.DataFrame:
+    """Add `_day`, `_open` and `_close` (null off-session) of each row's local date.
+
+    A binary search of the sorted session dates: a join would hash the whole schedule
+    (decades of sessions) on every call, the main cost for a small streaming batch.
+    """
+    sessions = schedule["session"]
+    if day.null_count() or not sessions.is_sorted() or sessions.is_empty():
+        return df.with_columns(day).join(
+            schedule.select(
+                pl.col("session").alias("_day"),
+                pl.col("open").alias("_open"),
+                pl.col("close").alias("_close"),
+            ),
+            on="_day",
+            how="left",
+            maintain_order="left",
+        )
+    known = sessions.cast(pl.Int32).to_numpy()
+    days = day.cast(pl.Int32).to_numpy()
+    at = np.minimum(np.searchsorted(known, days), known.size - 1)
+    hit = pl.Series(known[at] == days)
+    return df.with_columns(
+        day,
+        _open=pl.when(hit).then(schedule["open"].gather(at)),
+        _close=pl.when(hit).then(schedule["close"].gather(at)),
+    )
 
 
 def profile(
