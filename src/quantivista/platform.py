@@ -80,7 +80,6 @@ class Platform(Closing):
         """Release providers, connections and file handles."""
         self.runtime.close()
 
-
     def __repr__(self) -> str:
         return f"Platform({str(self.root)!r}, backend={self.runtime.backend.kind!r})"
 

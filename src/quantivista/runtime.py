@@ -286,7 +286,6 @@ class Runtime(Closing):
         self.backend.close()
 
 
-
 class _LazyRollup:
     """Builds the rollup on the first write that needs it (the calendar loads slowly)."""
 
