@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -166,6 +167,15 @@ def enriched_keys(broker: Broker, codecs: Codecs) -> pl.DataFrame:
     return pl.concat(frames) if frames else pl.DataFrame()
 
 
+def enriched_count(broker: Broker, codecs: Codecs) -> int:
+    """Return how many distinct bars the enriched topic holds (0 while the broker is away)."""
+    try:
+        sent = enriched_keys(broker, codecs)
+    except BusError:
+        return 0
+    return sent.select("symbol", "ts").unique().height if sent.height else 0
+
+
 def test_kill_9_and_a_broker_restart_lose_and_double_nothing(
     tmp_path: Path, server: NatsServer | Tansu
 ) -> None:
@@ -198,8 +208,14 @@ def test_kill_9_and_a_broker_restart_lose_and_double_nothing(
     server.start()
     publish(broker, codecs, range(MESSAGES // 2, MESSAGES))
 
-    with reaped(integrate(env, "--idle-exit", "6")) as second:
-        out, err = second.communicate(timeout=300)
+    with reaped(integrate(env)) as second:  # until every bar is on the enriched topic
+        deadline = time.monotonic() + 300
+        while enriched_count(broker, codecs) < MESSAGES * PER_MESSAGE:
+            assert second.poll() is None, second.communicate()[1]
+            assert time.monotonic() < deadline, "the second run did not catch up in 300 s"
+            time.sleep(0.5)
+        second.send_signal(signal.SIGTERM)  # a graceful stop: prints its stats
+        out, err = second.communicate(timeout=60)
     assert second.returncode == 0, err
     stats = json.loads(out.strip().splitlines()[-1])
     assert stats["dead_lettered"] == 0 and stats["messages"] >= MESSAGES // 2
