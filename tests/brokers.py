@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import services_required
+from procs import terminate
 
 
 def free_port() -> int:
@@ -97,8 +98,7 @@ class Tansu:
 
     def stop(self) -> None:
         if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(timeout=15)
+            terminate(self.proc)
             self.proc = None
 
 
@@ -137,6 +137,5 @@ class PulsarLite:
 
     def stop(self) -> None:
         if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(timeout=15)
+            terminate(self.proc)
             self.proc = None

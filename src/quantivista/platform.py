@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import polars as pl
@@ -12,6 +11,7 @@ import polars as pl
 from quantivista.actions.adjust import Adjust, DividendConvention
 from quantivista.actions.reconcile import ReconcileReport
 from quantivista.clock import Clock
+from quantivista.closing import Closing
 from quantivista.config import Settings
 from quantivista.model.jobs import DataQualityReport, IngestionJob
 from quantivista.model.schema import FrameLike
@@ -30,7 +30,7 @@ __all__ = ["Platform"]
 Symbols = str | Sequence[str]
 
 
-class Platform:
+class Platform(Closing):
     """One QuantiVista instance: the embedded store in a data directory, or shared engines.
 
     **Usage:**
@@ -79,17 +79,6 @@ class Platform:
     def close(self) -> None:
         """Release providers, connections and file handles."""
         self.runtime.close()
-
-    def __enter__(self) -> Platform:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"Platform({str(self.root)!r}, backend={self.runtime.backend.kind!r})"

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import threading
 from functools import cached_property
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
 import polars as pl
@@ -25,6 +24,7 @@ from quantivista.bus.connect import open_broker
 from quantivista.bus.memory import InMemoryBus
 from quantivista.bus.registry import SchemaRegistry
 from quantivista.clock import Clock, SystemClock
+from quantivista.closing import Closing
 from quantivista.config import Settings
 from quantivista.ops.metrics import SymbolGroups
 from quantivista.pipeline.runner import InProcessRunner
@@ -61,7 +61,7 @@ if TYPE_CHECKING:
 __all__ = ["Runtime"]
 
 
-class Runtime:
+class Runtime(Closing):
     """Every part of one platform instance, wired from settings; `close()` releases them."""
 
     def __init__(
@@ -284,17 +284,6 @@ class Runtime:
         self.acquisition.close()
         self.audit.close()
         self.backend.close()
-
-    def __enter__(self) -> Runtime:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 class _LazyRollup:

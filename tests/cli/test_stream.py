@@ -1,4 +1,5 @@
-"""`qv stream` as a process over NATS: probes answer, SIGTERM flushes, store and topic agree."""
+"""`qv stream` as a process over NATS and over Kafka (a Tansu of the test's own): probes
+answer, SIGTERM flushes, store and topics agree."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import uuid4
@@ -15,10 +17,12 @@ from uuid import uuid4
 import httpx
 import pytest
 
+from brokers import Tansu
+from procs import metric, probe_url, reap
 from quantivista.bus.codecs import Codecs
+from quantivista.bus.connect import open_broker
 from quantivista.bus.events import BarBatch
 from quantivista.bus.frames import from_ipc
-from quantivista.bus.nats import NatsBroker
 from quantivista.bus.registry import SchemaRegistry
 from quantivista.config import Settings
 from quantivista.model.timeframe import Timeframe
@@ -37,21 +41,24 @@ def qv(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
     )
 
 
-def probe_url(proc: subprocess.Popen[str], timeout_s: float = 30.0) -> str:
-    assert proc.stdout is not None
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if "probes on" in line:
-            return line.rsplit(" ", 1)[-1].strip()
-        if proc.poll() is not None:
-            break
-    pytest.fail(f"qv stream did not start: {proc.stderr.read() if proc.stderr else ''}")
-
-
-def test_qv_stream_over_nats_serves_probes_and_stops_cleanly(tmp_path: Path, nats_url: str) -> None:
+@pytest.fixture(params=["nats", "kafka"])
+def bus(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A broker URL with a prefix of the test's own: the NATS server, or a Tansu of its own."""
     prefix = f"t{uuid4().hex[:10]}"
-    bus = f"{nats_url}?prefix={prefix}"
+    if request.param == "nats":
+        yield f"{request.getfixturevalue('nats_url')}?prefix={prefix}"
+        return
+    tansu = Tansu()  # memory storage
+    tansu.start()
+    try:
+        yield f"{tansu.url}?prefix={prefix}"
+    finally:
+        tansu.stop()
+
+
+def test_qv_stream_serves_probes_stops_cleanly_and_stores_what_it_publishes(
+    tmp_path: Path, bus: str
+) -> None:
     env = {
         "QV_DATA_DIR": str(tmp_path / "data"),
         "QV_BUS__URL": bus,
@@ -60,17 +67,18 @@ def test_qv_stream_over_nats_serves_probes_and_stops_cleanly(tmp_path: Path, nat
     }
     proc = qv("stream", "--source", "synthetic", "--symbols", "AAA,BBB,CCC", "--rate", "3000",
               env=env)  # fmt: skip
-    broker = NatsBroker(bus)
+    broker = open_broker(bus)
     try:
         url = probe_url(proc)
         assert httpx.get(f"{url}/healthz").status_code == 200
         ready = httpx.get(f"{url}/readyz")
         assert ready.status_code == 200, ready.text
         assert ready.json()["checks"] == {"broker": "ok"}
-        time.sleep(1.5)
+        deadline = time.monotonic() + 60  # 1,000 trades: 0.3 s alone, longer on a busy machine
+        while metric(url, "qv_stream_trades_total") <= 1000:
+            assert time.monotonic() < deadline, "fewer than 1,000 trades in 60 s"
+            time.sleep(0.1)
         metrics = httpx.get(f"{url}/metrics").text
-        taken = [ln for ln in metrics.splitlines() if ln.startswith("qv_stream_trades_total")]
-        assert taken and float(taken[0].split()[-1]) > 0
         assert "qv_stream_latency_seconds_bucket" in metrics
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
@@ -101,9 +109,7 @@ def test_qv_stream_over_nats_serves_probes_and_stops_cleanly(tmp_path: Path, nat
             stats["bars"] + stats["corrections"]
         )
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        reap(proc)
         for topic in broker.topics():
             broker.delete_topic(topic)
         broker.close()

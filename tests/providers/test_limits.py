@@ -503,3 +503,26 @@ def test_a_call_in_flight_blocks_its_window_until_settled(
     finally:
         limiter.reset()
         limiter.close()
+
+
+# (now, cost, hold_s, settle afterwards), in the order the callers take the lock
+_CALLS = st.tuples(st.floats(0, 100), st.integers(1, 3), st.sampled_from([0.0, 0.5]), st.booleans())
+
+
+@settings(max_examples=200)
+@given(calls=st.lists(_CALLS, min_size=1, max_size=40))
+def test_a_granted_call_is_stamped_at_its_own_now_even_when_it_is_earlier_than_others(
+    calls: list[tuple[float, int, float, bool]],
+) -> None:
+    """Callers read the clock before the lock, so their `now`s arrive out of order; each
+    granted call's entries stand at its own `now` (+ hold): no other entry moves them."""
+    backend, rates = MemoryBackend(), [Rate(5, 10.0), Rate(20, 60.0)]
+    for i, (now, cost, hold_s, settle) in enumerate(calls):
+        token = f"t{i}"
+        if backend.try_acquire("p", rates, now, cost, token=token, hold_s=hold_s) > 0:
+            continue
+        for rate in rates:
+            mine = [score for score, t in backend._logs[("p", rate)] if t == token]
+            assert mine == [now + hold_s] * cost
+        if settle:
+            backend.settle("p", rates, token, now)

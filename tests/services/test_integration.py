@@ -19,6 +19,7 @@ from quantivista.model.timeframe import Timeframe
 from quantivista.ops.metrics import REGISTRY
 from quantivista.reference.instruments import InstrumentMaster
 from quantivista.runtime import Runtime
+from quantivista.services import integration
 
 T0 = datetime(2026, 12, 1, 14, 30, tzinfo=UTC)
 TOPIC = raw_bars("1m")
@@ -162,3 +163,31 @@ def test_a_failing_store_redelivers_then_dead_letters(runtime: Runtime) -> None:
     while service.step(sub, timeout_s=0.3):
         pass
     assert stored(runtime).height == 2
+
+
+def test_the_lag_is_read_from_the_broker_at_most_every_few_seconds_and_once_caught_up(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A topic's end costs a round trip per partition: not one per batch of a busy consumer."""
+    for minute in range(9):  # 3 batches of 3
+        publish(runtime, minute_bars("AAA", minute, 1))
+    reads: list[str] = []
+    last_offset = runtime.broker.last_offset
+
+    def counted(topic: str) -> int:
+        reads.append(topic)
+        return last_offset(topic)
+
+    monkeypatch.setattr(runtime.broker, "last_offset", counted)
+    monkeypatch.setattr(integration, "LAG_EVERY_S", 600.0)  # however slow the machine
+    service = runtime.integration_service()
+    sub = service.subscribe(TOPIC, "lag")
+    assert [service.step(sub, timeout_s=0.2) for _ in range(3)] == [3, 3, 3]
+    assert reads == [TOPIC]  # the first batch only: the next ones came too soon
+    lag = {"consumer": runtime.settings.integrate.group, "topic": TOPIC}
+    assert REGISTRY.get_sample_value("qv_consumer_lag_messages", lag) == 6  # as read then
+    assert service.step(sub, timeout_s=0.2) == 0  # caught up: read once more, now 0
+    assert service.step(sub, timeout_s=0.2) == 0  # and not again while it stays 0
+    assert reads == [TOPIC, TOPIC]
+    assert REGISTRY.get_sample_value("qv_consumer_lag_messages", lag) == 0
+    sub.close()

@@ -18,6 +18,7 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
+from procs import reap
 from quantivista.cli import app
 from quantivista.config import IngestSettings, Settings, WorkerSettings
 from quantivista.model.jobs import JobStatus, TaskStatus
@@ -204,8 +205,6 @@ def test_qv_worker_serves_until_sigterm_and_qv_ingest_submit_waits(tmp_path: Pat
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=20)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        reap(proc)  # kills it if still running, closes its pipe
     assert proc.returncode == 0, out
     assert "stopped" in out

@@ -160,12 +160,8 @@ class MemoryBackend:
             if wait > 0:
                 return wait
             for log in logs:
-                # threads read the clock before taking the lock, so a later caller can carry
-                # an earlier `now`: never stamp before the newest settled entry
-                settled = [e[0] for e in log if e[0] <= now]
-                stamp = max(now, settled[-1]) if settled else now
                 for _ in range(cost):
-                    bisect.insort(log, (stamp + hold_s, token))
+                    bisect.insort(log, (now + hold_s, token))
             return 0.0
 
     def settle(self, provider: str, rates: Sequence[Rate], token: str, now: float) -> None:

@@ -46,6 +46,9 @@ from quantivista.storage.contracts import ActionStore
 __all__ = ["IntegrationService", "IntegrationStats"]
 
 log = logging.getLogger(__name__)
+# Reading a topic's end is a broker round trip per partition (seconds on Tansu over S3): the
+# lag gauges are refreshed at most this often, not after every batch.
+LAG_EVERY_S = 5.0
 
 
 @dataclass
@@ -103,6 +106,10 @@ class IntegrationService:
         )
         self._lag = Gauge("qv_integrate_lag_messages", "topic end - last applied offset",
                           registry=self.registry)  # fmt: skip
+        self._applied: dict[str, int] = {}  # topic -> the last offset applied
+        self._lag_seen = 0  # the lag last reported
+        self._lag_due = 0.0  # monotonic time of the next lag reading
+        self._lag_stale = False  # a batch was applied after the last reading
 
     def subscribe(
         self, topic: str, group: str | None = None, *, member: int = 0, members: int = 1
@@ -124,6 +131,7 @@ class IntegrationService:
         """Fetch and apply one batch; return how many messages it held."""
         messages = sub.fetch(self.settings.batch, timeout_s)
         if not messages:
+            self._report_lag(sub, idle=True)
             return 0
         try:
             self.apply(messages, sub)
@@ -135,11 +143,23 @@ class IntegrationService:
             return len(messages)
         for message in messages:  # offsets committed after the store and the publish
             sub.ack(message)
-        last = messages[-1]
-        lag = max(self.broker.last_offset(last.topic) - last.offset, 0)
-        self._lag.set(lag)
-        CONSUMER_LAG.labels(self.settings.group, last.topic).set(lag)  # what QvConsumerLag reads
+        self._applied[sub.topic] = messages[-1].offset
+        self._lag_stale = True
+        self._report_lag(sub, idle=False)
         return len(messages)
+
+    def _report_lag(self, sub: Subscription, *, idle: bool) -> None:
+        """Set the lag gauges from the topic's end: while busy at most every LAG_EVERY_S;
+        when a fetch finds nothing, once after the last batch, then while the lag is not 0."""
+        due = time.monotonic() >= self._lag_due
+        wanted = (self._lag_stale or (self._lag_seen > 0 and due)) if idle else due
+        if not wanted or sub.topic not in self._applied:
+            return
+        lag = max(self.broker.last_offset(sub.topic) - self._applied[sub.topic], 0)
+        self._lag_due, self._lag_seen = time.monotonic() + LAG_EVERY_S, lag
+        self._lag_stale = False
+        self._lag.set(lag)
+        CONSUMER_LAG.labels(self.settings.group, sub.topic).set(lag)  # what QvConsumerLag reads
 
     def apply(self, messages: list[Message], sub: Subscription) -> None:
         """Store and publish the bars of `messages` (idempotent)."""

@@ -10,6 +10,7 @@ import httpx
 import pytest
 import typer
 
+from procs import reap, terminate
 from quantivista.cli.commands.providers import rate_windows as _rate_windows
 from quantivista.config import RateWindow
 
@@ -52,10 +53,8 @@ def test_simulate_providers_prints_urls_that_answer(tmp_path: Path) -> None:
         assert stats["providers"]["yahoo"]["faults"] == {"down": 1}
         assert stats["providers"]["polygon"]["violations"] == 1
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        if proc.stdout is not None:
-            proc.stdout.close()
+        terminate(proc)
+        reap(proc)  # closes its pipe
 
 
 def test_rate_limit_option_parses_calls_per_seconds() -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from procs import reap
 from quantivista.config import Settings
 from quantivista.storage.contracts import Backend
 from quantivista.storage.lake.backend import open_lake
@@ -95,6 +96,14 @@ class Site:
 
 def run_together(*workers: subprocess.Popen[str]) -> list[Any]:
     """Let started workers go at once (each waits for a line on stdin); return their results."""
+    try:
+        return _run_together(workers)
+    finally:  # a failed one leaves the others running with open pipes otherwise
+        for w in workers:
+            reap(w)
+
+
+def _run_together(workers: tuple[subprocess.Popen[str], ...]) -> list[Any]:
     for w in workers:
         assert w.stdout is not None
         line = w.stdout.readline()  # "ready": imported and connected
