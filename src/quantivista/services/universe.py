@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import polars as pl
 
-from quantivista.actions.adjust import Adjust
+from quantivista.actions.adjust import ADJUST_MODES, Adjust
 from quantivista.clock import SystemClock
 from quantivista.config import Settings
 from quantivista.errors import ConfigurationError
@@ -39,6 +39,7 @@ from quantivista.storage import open_backend
 from quantivista.storage.lake.bars import bucket_of
 
 __all__ = [
+    "ADJUST_MODES",
     "Engine",
     "build_validator",
     "dask_client",

@@ -19,7 +19,6 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from quantivista.actions.adjust import ADJUST_MODES
 from quantivista.cli.app import app, console, errors_to_exit, fail, settings
 from quantivista.config import Settings
 from quantivista.services import universe as work
@@ -140,8 +139,8 @@ def export(
     local: LOCAL = False,
 ) -> None:
     """Write every symbol's adjusted bars as Parquet parts (one per partition)."""
-    if adjust not in ADJUST_MODES:
-        fail(f"--adjust must be one of {', '.join(ADJUST_MODES)}, not {adjust!r}", code=2)
+    if adjust not in work.ADJUST_MODES:
+        fail(f"--adjust must be one of {', '.join(work.ADJUST_MODES)}, not {adjust!r}", code=2)
     with errors_to_exit(), _progress("export") as tell:
         parts = work.export_adjusted(
             _settings(scheduler, workers), directory,
