@@ -85,6 +85,7 @@ from quantivista.storage.lake.deltas import (
 )
 from quantivista.storage.lake.encoding import ArrowBatch, Run, _ranges
 from quantivista.storage.lake.files import (
+    atomic_write_ipc,
     atomic_write_parquet,
     file_identity,
     flocked,
@@ -479,7 +480,7 @@ class ParquetLake:
         settings = self._settings_of(path)
         token = new_token()
         tail = tail_rows(rows_pl)
-        atomic_write_parquet(tail, path.parent / TAIL_FILE, settings, {TAIL_KEY: token})
+        atomic_write_ipc(tail, path.parent / TAIL_FILE, settings, {TAIL_KEY: token})
         meta = {TAIL_KEY: token, THROUGH_KEY: through} if through else {TAIL_KEY: token}
         atomic_write_parquet(rows, path, settings, meta)
         self.tails.put(path, Tail(_Indexed(tail), through))

@@ -3,7 +3,8 @@
 Every write of a partition's base file first writes its tail beside it,
 
     timeframe=1d/bucket=007/data.parquet      the base file (footer: qv.tail = <token>)
-    timeframe=1d/bucket=007/tail.parquet      its symbols' last `TAIL_ROWS` rows (same token)
+    timeframe=1d/bucket=007/tail.arrow        its symbols' last `TAIL_ROWS` rows (same token;
+                                              Arrow IPC: cheap to write and read whole)
 
 Two questions of every append are answered from the tails and the live deltas (which the
 writing process holds decoded) instead of the whole base, which for a 10-year daily bucket
@@ -25,11 +26,11 @@ from uuid import uuid4
 import polars as pl
 
 from quantivista.storage.lake.deltas import THROUGH_KEY, Rows
-from quantivista.storage.lake.files import footer_metadata, handle_identity, read_parquet_handle
+from quantivista.storage.lake.files import footer_metadata, handle_identity, read_ipc
 
 __all__ = ["TAIL_FILE", "TAIL_KEY", "TAIL_ROWS", "Tail", "load_tail", "new_token", "tail_rows"]
 
-TAIL_FILE = "tail.parquet"
+TAIL_FILE = "tail.arrow"
 TAIL_KEY = "qv.tail"  # a base's and its tail's footer: the write they belong to
 # rows per symbol: the validation's warm-up looks back 3 x spike_window bars (60 by default;
 # daily bars: 60 calendar days, ~42 sessions); a longer look back reads the base instead
@@ -83,11 +84,11 @@ def load_tail(base: Path, index: Callable[[pl.DataFrame], Rows]) -> tuple[object
     if token is None:
         return identity, None
     try:
-        with open(base.parent / TAIL_FILE, "rb") as handle:
-            if footer_metadata(handle).get(TAIL_KEY) != token:
-                return identity, None
-            handle.seek(0)
-            frame = read_parquet_handle(handle, what="tail file")
+        tail_meta, table = read_ipc(base.parent / TAIL_FILE)
     except FileNotFoundError:
         return identity, None
+    if tail_meta.get(TAIL_KEY) != token:
+        return identity, None
+    frame = pl.from_arrow(table)
+    assert isinstance(frame, pl.DataFrame)
     return identity, Tail(index(frame), meta.get(THROUGH_KEY))
