@@ -28,7 +28,9 @@ Prints one JSON line:
   (min, median, max); `kafka_cpu_ratio_*` the same from this process's CPU time (bare CPU /
   ours; the broker is another process), which a loaded machine disturbs less than wall time.
 Targets: p99 < 50 ms at 20,000 trades/s over NATS; in-process >= 200,000 events/s; Kafka
->= 0.5x the bare loop. `python perf/stream.py kafka` runs the Kafka part alone.
+>= 0.5x the bare loop. `python perf/stream.py kafka` runs the Kafka part alone, `nats` the
+NATS part alone (`nats lake`: without PostgreSQL); `QV_PERF_TAG=name` puts `name` in the
+NATS stream names.
 """
 
 from __future__ import annotations
@@ -60,6 +62,10 @@ from quantivista.runtime import Runtime
 SYMBOLS = [f"S{i:03d}" for i in range(50)]
 RATE = next((int(a) for a in sys.argv[1:] if a.isdigit()), 20_000)  # `perf/stream.py 2000`
 KAFKA_ONLY = "kafka" in sys.argv[1:]
+NATS_ONLY = "nats" in sys.argv[1:]  # `perf/stream.py nats`: the NATS part alone (lake, postgres)
+LAKE_ONLY = "lake" in sys.argv[1:]  # `perf/stream.py nats lake`: and the lake backend only
+# `QV_PERF_TAG=name`: put a name in the NATS stream names (machines shared by several runs)
+TAG = "".join(c for c in os.environ.get("QV_PERF_TAG", "") if c.isalnum())
 KAFKA_ROUNDS = 6
 KAFKA_BATCHES = 400  # messages per round, 500 bars each
 SECONDS = 20.0
@@ -152,7 +158,7 @@ def _reachable(name: str, port: int) -> bool:
 
 
 def nats_latency(root: Path, backend: str) -> dict[str, float]:
-    prefix = f"perf{uuid4().hex[:8]}"
+    prefix = f"perf{TAG}{uuid4().hex[:8]}"
     settings = _settings(root / backend, f"{NATS}?prefix={prefix}", 10, backend)
     with Runtime.from_settings(settings) as rt:
         service = rt.stream_service("synthetic")
@@ -364,18 +370,17 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        result: dict[str, object] = {
-            "rate": RATE,
-            "load_before": round(os.getloadavg()[0], 2),
-            "inproc_trades_per_s": round(inproc_pipeline(root)),
-            "inproc_bus_events_per_s": round(inproc_bus()),
-            "memory_broker_msgs_per_s": round(memory_broker()),
-        }
+        result: dict[str, object] = {"rate": RATE, "load_before": round(os.getloadavg()[0], 2)}
+        if not NATS_ONLY:
+            result["inproc_trades_per_s"] = round(inproc_pipeline(root))
+            result["inproc_bus_events_per_s"] = round(inproc_bus())
+            result["memory_broker_msgs_per_s"] = round(memory_broker())
         if _reachable(NATS, 4222):
             result.update(nats_latency(root, "lake"))
-            if _reachable("postgres", 5432):
+            if _reachable("postgres", 5432) and not LAKE_ONLY:
                 result.update(nats_latency(root, "postgres"))
-        result.update(kafka_throughput())
+        if not NATS_ONLY:
+            result.update(kafka_throughput())
         result["load_after"] = round(os.getloadavg()[0], 2)
         print(json.dumps(result))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -17,7 +18,7 @@ from quantivista.bus.topics import INGESTION_EVENTS, NORMALIZED_BARS, raw_bars, 
 from quantivista.clock import TestClock
 from quantivista.config import Settings, SimulatorServerSettings, StorageSettings
 from quantivista.model.timeframe import Timeframe
-from quantivista.processing.trade_bars import TRADE_SCHEMA
+from quantivista.processing.trade_bars import TRADE_SCHEMA, Released
 from quantivista.providers.simulator.server import run_simulator
 from quantivista.runtime import Runtime
 from quantivista.services.streaming import open_feed
@@ -273,3 +274,71 @@ def test_a_micro_batch_closes_at_batch_rows(tmp_path: Path) -> None:
         # every frame is a micro-batch of its own: none waited for the 3 s timer
         assert service.stats.batches >= 4 and max(service.latencies) < 1.0
         assert service.stats.trades == 12
+
+
+def test_a_new_symbols_first_bars_append_to_a_base_made_when_its_first_trade_came(
+    runtime: Runtime,
+) -> None:
+    service = runtime.stream_service("finnhub")
+    lake = runtime.backend.bars
+    service.process(trade_frame([("AAA", 5, 10.0, 1), ("BBB", 6, 20.0, 1)]))
+    # the first trades gave the symbols' partitions their (empty) base files already
+    bases = sorted((runtime.settings.data_dir / "silver").rglob("data.parquet"))
+    assert bases and all(lake.read_file(p).is_empty() for p in bases)
+    assert not lake.delta_files("1m")
+    service.process(trade_frame([("AAA", 62, 11.0, 1)]))  # minute 0 is released
+    assert service.stats.bars == 2
+    # ... and its bars were appended as a delta, not written into those bases
+    assert lake.delta_files("1m") and all(lake.read_file(p).is_empty() for p in bases)
+    assert stored(runtime, ["AAA", "BBB"]).select("symbol", "close").rows() == [
+        ("AAA", 10.0),
+        ("BBB", 20.0),
+    ]
+    service.close()
+
+
+def test_no_trade_is_folded_while_a_releases_bars_are_stored_and_published(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    frames = [
+        trade_frame([("AAA", 5, 10.0, 1)]),
+        trade_frame([("AAA", 62, 11.0, 1)]),  # releases minute 0
+        trade_frame([("AAA", 63, 12.0, 1)]),
+        trade_frame([("AAA", 64, 13.0, 1)]),
+    ]
+    folds: list[int] = []  # bar batches published when each micro-batch was folded
+    history = None
+
+    def slow_history(bars: pl.DataFrame) -> pl.DataFrame:
+        time.sleep(0.3)  # a slow store stage: the next frames arrive meanwhile
+        assert history is not None
+        return history(bars)
+
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        storage=StorageSettings(write_threads=1),
+        bus={"url": "memory://", "codec": "avro"},
+        stream={"lateness_s": 1.0, "idle_s": 3600.0, "batch_ms": 20, "batch_rows": 1},
+    )
+    with Runtime.from_settings(settings, clock=TestClock(T0)) as rt:
+        service = rt.stream_service("finnhub")
+        history = service.recent.history
+        service.recent.history = slow_history  # type: ignore[method-assign]
+        fold = service.aggregate
+
+        def counted(batch: pl.DataFrame) -> Released:
+            if batch.height:
+                folds.append(service.stats.published)
+            return fold(batch)
+
+        service.aggregate = counted  # type: ignore[method-assign]
+
+        async def feed():  # type: ignore[no-untyped-def]
+            for frame in frames:
+                yield frame
+                await asyncio.sleep(0.01)
+
+        asyncio.run(service.run(feed(), asyncio.Event()))
+        service.close()
+    # the frames after the release were folded once its bars were out, not meanwhile
+    assert folds[:2] == [0, 0] and all(n > 0 for n in folds[2:]) and len(folds) == 4

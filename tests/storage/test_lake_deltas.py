@@ -283,3 +283,27 @@ def test_a_writer_forgets_the_deltas_folded_away(tmp_path: Path) -> None:
     lake.upsert(_bars(SYMBOLS, 45, 1, DAY0 + timedelta(days=402), tf="1m"))
     assert len(lake._deltas) == len(lake.delta_files()) <= 5  # a stream holds no more
     assert lake.read(SYMBOLS, M1).height == len(SYMBOLS) * 46
+
+
+def test_a_prepared_partition_takes_its_first_bars_as_a_delta(tmp_path: Path) -> None:
+    lake = ParquetLake(tmp_path, _settings(delta_files=100))
+    at = DAY0 + timedelta(days=400)
+    symbols = ["AAA", "BBB", "CCC"]
+    written = lake.prepare(symbols, M1, DAY0)
+    buckets = {lake.bucket(s) for s in symbols}
+    assert written == len(buckets) and lake.prepare(symbols, M1, DAY0) == 0  # once
+    assert lake.read(symbols, M1).is_empty()  # an empty base holds no bars
+    first = _bars(symbols, 0, 5, at, tf="1m")
+    bases = sorted(tmp_path.rglob("data.parquet"))
+    stamps = [p.stat().st_mtime_ns for p in bases]
+    assert lake.upsert(first).inserted == first.height
+    # the first bars went into a delta: the (empty) bases were not rewritten
+    assert lake.delta_files("1m") and [p.stat().st_mtime_ns for p in bases] == stamps
+    assert_frame_equal(lake.read(symbols, M1), _key_sorted(first))
+    later = _bars(symbols, 5, 3, at + timedelta(seconds=1), tf="1m")
+    lake.upsert(later)
+    want = _key_sorted(pl.concat([first, later]))
+    assert_frame_equal(lake.recent(symbols, M1, DAY0, DAY0 + timedelta(days=1)), want)
+    lake.fold_timeframe(tmp_path / "silver" / "bars" / "timeframe=1m")
+    assert not lake.delta_files("1m")
+    assert_frame_equal(ParquetLake(tmp_path, _settings()).read(symbols, M1), want)

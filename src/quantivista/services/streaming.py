@@ -17,12 +17,17 @@ stored; normalized bars go out as soon as they are validated, while the store wr
 a micro-batch of bars is done when they are stored and both publishes are acked. (A failed
 write stops the stream; the normalized bars it sent are bars that passed validation, and
 `ingestion.events` says what landed.) Folding runs on the loop; the store stage on a thread
-of its own, in order, a few releases behind at most.
+of its own, in order, a few releases behind at most. Bars go first: while a release's bars
+are validated, stored and published, the loop folds no trades (they wait in the queue; one
+Python process runs one thread at a time, and the folds would stretch the release's path);
+it resumes when they are out, while the store thread does the bookkeeping (scores,
+quarantine, report, announcements).
 
 A micro-batch closes `batch_ms` after its first trade arrived, at `batch_rows` trades, or
 at once when a trade passes the time that closes the oldest open minute (bars to release:
 waiting would only add latency). The history a symbol's first bars are validated with is
-read when its first trade arrives, on the store thread, not when its first bar closes.
+read when its first trade arrives, on the store thread, not when its first bar closes; a
+lake gives its partitions an empty base file then, so that its first bars are an append.
 
 Bars and corrections travel one message per partition and release (`qv-symbols` lists the
 symbols; a symbol stays in its partition, in order). Backpressure: the source waits when the
@@ -327,11 +332,22 @@ class StreamService:
         """Publish the trades, fold them into bars, store and publish what was released."""
         released = self.aggregate(batch)
         while self.fresh:
-            self.recent.preload(*self.fresh.pop(0))
+            self.welcome(*self.fresh.pop(0))
         self.emit(released, arrived if batch.height else None)
         if self.gaps:
             self.fill_gaps()
         return released
+
+    def welcome(self, symbols: list[str], at: datetime) -> None:
+        """Make ready for the first bars of symbols first seen at `at`: read their history,
+        and give their store partitions a (empty) base file if they have none, so that their
+        first bars append like every later release instead of writing a base (a lake's
+        dearest write) on the latency path. A store of another month's partitions (a stream
+        running across the turn of a month) writes those bases with their first bars."""
+        self.recent.preload(symbols, at)
+        prepare = getattr(self.runner.sinks.bars, "prepare", None)
+        if prepare is not None:
+            prepare(symbols, Timeframe.parse("1m"), at)
 
     def _timed(
         self, stage: str, began: float, end: float | None = None, cpu: float | None = None
@@ -427,11 +443,18 @@ class StreamService:
         self.stats.backfilled += filled
         return filled
 
-    def emit(self, released: Released, arrived: float | None = None) -> None:
+    def emit(
+        self,
+        released: Released,
+        arrived: float | None = None,
+        out: Callable[[], None] | None = None,
+    ) -> None:
         """Store and publish released bars; record the latency from `arrived` to the last
-        of: stored, raw and normalized bars acked (or to now, when nothing was stored)."""
+        of: stored, raw and normalized bars acked (or to now, when nothing was stored).
+        `out()` is called as soon as every bar of the release is stored and published,
+        before the store's bookkeeping (scores, quarantine, report, announcements)."""
         self._published_at = None
-        self._emit(released)
+        self._emit(released, out)
         if arrived is not None:
             took = (self._published_at or time.monotonic()) - arrived
             self.metrics.latency.observe(took)
@@ -446,14 +469,14 @@ class StreamService:
         self.drain()
         return released
 
-    def _emit(self, released: Released) -> None:
+    def _emit(self, released: Released, out: Callable[[], None] | None = None) -> None:
         self.stats.too_late += released.too_late
         self.metrics.too_late.inc(released.too_late)
-        for frame, correction in ((released.bars, False), (released.corrections, True)):
-            if frame.is_empty():
-                continue
+        kinds = [(f, c) for f, c in ((released.bars, False), (released.corrections, True))
+                 if not f.is_empty()]  # fmt: skip
+        for i, (frame, correction) in enumerate(kinds):
             bars = frame.with_columns(timeframe=pl.lit("1m"))
-            stored = self._store(bars, correction)
+            stored = self._store(bars, correction, out if i == len(kinds) - 1 else None)
             self.recent.add(stored)
             clean = stored.clean
             kind = "correction" if correction else "bar"
@@ -465,9 +488,11 @@ class StreamService:
             else:
                 self.stats.bars += clean.height
 
-    def _store(self, bars: pl.DataFrame, correction: bool) -> StoredBatch:
+    def _store(
+        self, bars: pl.DataFrame, correction: bool, out: Callable[[], None] | None = None
+    ) -> StoredBatch:
         """Publish raw bars, validate, publish the clean ones while storing them; when
-        stored, wait for both publishes (the micro-batch's bars are out)."""
+        stored, wait for both publishes (the micro-batch's bars are out: `out()`)."""
         began, cpu = time.perf_counter(), time.thread_time()
         sent = [_Sent("publish_raw", began, self._submit(self.topic, bars, correction, "raw"))]
         validated_at, validated_cpu = began, cpu
@@ -488,6 +513,8 @@ class StreamService:
                 if one.stage == "publish":
                     self.stats.published += len(offsets)
             self._published_at = time.monotonic()
+            if out is not None:
+                out()
 
         self._batch_no += 1
         return self.runner.write(
@@ -597,16 +624,29 @@ class StreamService:
                 # folding takes a millisecond or two: on the loop, no thread hand-over
                 released = self.aggregate(batch)
                 self.stats.batches += 1
-                while self.fresh:  # history of new symbols, read before their first bars
+                while self.fresh:  # new symbols: history and bases before their first bars
                     symbols, at = self.fresh.pop(0)
-                    behind.append(loop.run_in_executor(store, self.recent.preload, symbols, at))
+                    behind.append(loop.run_in_executor(store, self.welcome, symbols, at))
                 if self.gaps:  # after the bars before it, on the store thread
                     behind.append(loop.run_in_executor(store, self.fill_gaps))
                 if released.empty:
                     if arrived is not None:
                         self.emit(released, arrived)  # records the latency only
                 else:
-                    behind.append(loop.run_in_executor(store, self.emit, released, arrived))
+                    out: asyncio.Future[None] = loop.create_future()
+
+                    def signal(out: asyncio.Future[None] = out) -> None:
+                        loop.call_soon_threadsafe(_settle, out)
+
+                    job: asyncio.Future[object] = loop.run_in_executor(
+                        store, self.emit, released, arrived, signal
+                    )
+                    behind.append(job)
+                    # bars first: no trade is folded (they wait in the queue) until the
+                    # release's bars are stored and published, so the loop's folding and
+                    # trade publishes do not compete with them for the GIL; the store's
+                    # bookkeeping after that overlaps the next folds
+                    await asyncio.wait((out, job), return_when=asyncio.FIRST_COMPLETED)
                 while behind and (behind[0].done() or len(behind) > 4):
                     await behind.popleft()
         finally:
@@ -663,6 +703,11 @@ class StreamService:
             rows += item[1].height
             closes = close_at is not None and _reaches(item[1], close_at)
         return frames, arrived, False
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _in_flight(pending: deque[Future[list[int]]], future: Future[list[int]]) -> None:

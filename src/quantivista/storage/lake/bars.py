@@ -485,6 +485,32 @@ class ParquetLake:
         atomic_write_parquet(rows, path, settings, meta)
         self.tails.put(path, Tail(_Indexed(tail), through))
 
+    def prepare(self, symbols: Sequence[str], timeframe: Timeframe, at: datetime) -> int:
+        """Give the partitions of `symbols` (of `at`'s month, intraday) that have no base
+        file an empty one; return how many were written.
+
+        A partition's first write is its base file, the dearest write there is; with an
+        empty base, the first bars append as a delta like every later small write. A live
+        stream calls this when a symbol's first trade arrives, long before its first bar.
+        """
+        tf = str(timeframe)
+        month = f"{at:%Y-%m}" if timeframe.partition_period == "month" else None
+        written = 0
+        for bucket in sorted({self.bucket(s) for s in symbols}):
+            directory = self._dir(tf, bucket, month)
+            path = directory / DATA_FILE
+            if path.exists():
+                continue
+            with self.locked(directory):
+                if path.exists():  # another writer was first
+                    continue
+                empty = pl.DataFrame(schema=BAR_POLARS_SCHEMA)
+                through = self._newest_delta(directory)
+                self._write_base(path, empty, through)
+                self.cache.put(path, _Indexed(empty, [], through))
+                written += 1
+        return written
+
     def _settings_of(self, path: Path) -> StorageSettings:
         """Return the write settings of a base file: daily-and-longer ones (no month
         directory) take `storage.daily_compression` (cold reads decode them faster)."""
