@@ -16,7 +16,10 @@ Prints one JSON line:
   bars and their publish started; publish_raw = start to ack; validate; store = the write;
   publish = normalized bars, start to ack, overlapping the write), so the store's share
   shows on its own; `nats_stage_cpu_p50_ms`: the thread CPU time of fold, validate and
-  store (what a loaded machine's wall times hide);
+  store (what a loaded machine's wall times hide); `nats_bar_cpu_*`: per release, the CPU
+  time along its path (its micro-batch's fold on the loop, then the store thread until its
+  bars are stored and published): what its latency would be with a core of its own and
+  instant broker round trips, the number a loaded machine stretches least;
 - `nats_peer_p99_ms`: the physical limit in the same run: a bare JetStream publish of 4
   messages of the same size, waiting for the acks (what one release's publish cannot beat);
 - `load`: the 1-minute load average before and after (the machine is shared).
@@ -187,6 +190,10 @@ def nats_latency(root: Path, backend: str) -> dict[str, float]:
                 round(float(np.percentile(bars[1:], 99)), 2) if bars.size > 1 else None
             ),
             "nats_bar_batches": int(bars.size),
+            # (none from code before `bar_cpu`: A/B runs against an older tree)
+            "nats_bar_cpu_p50_ms": _pct(getattr(service, "bar_cpu", []), 50),
+            "nats_bar_cpu_p99_ms": _pct(getattr(service, "bar_cpu", []), 99),
+            "nats_bar_cpu_warm_p99_ms": _pct(list(getattr(service, "bar_cpu", []))[1:], 99),
             "nats_bar_ms": [round(float(b)) for b in bars],  # each release, in order
             "nats_stage_p50_ms": _percentiles(service.stage_times, 50),
             "nats_stage_p99_ms": _percentiles(service.stage_times, 99),
@@ -200,6 +207,11 @@ def nats_latency(root: Path, backend: str) -> dict[str, float]:
         if backend == "postgres":
             _drop_schema(settings)
     return {k.replace("nats", tag, 1): v for k, v in out.items()}  # type: ignore[misc]
+
+
+def _pct(values: Iterable[float], q: float) -> float | None:
+    ms = np.array(list(values)) * 1000
+    return round(float(np.percentile(ms, q)), 2) if ms.size else None
 
 
 def _percentiles(times: dict[str, Iterable[float]], q: float) -> dict[str, float]:

@@ -342,3 +342,7 @@ def test_no_trade_is_folded_while_a_releases_bars_are_stored_and_published(
         service.close()
     # the frames after the release were folded once its bars were out, not meanwhile
     assert folds[:2] == [0, 0] and all(n > 0 for n in folds[2:]) and len(folds) == 4
+    # the release's path CPU (fold + store thread until out) is in its latency, without
+    # the store's 0.3 s of waiting
+    pairs = list(zip(service.bar_cpu, service.bar_latencies, strict=True))
+    assert len(pairs) == 1 and all(0 < cpu < wall - 0.25 for cpu, wall in pairs)

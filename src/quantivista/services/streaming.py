@@ -284,7 +284,12 @@ class StreamService:
         # CPU seconds of the stages run by one thread (fold, validate, store): what a loaded
         # machine's wall times hide
         self.stage_cpu: dict[str, deque[float]] = {s: deque(maxlen=200_000) for s in STAGES}
+        # thread CPU seconds along each release's path: its micro-batch's fold and the
+        # store thread's work until its bars are out (a lower bound of its latency that a
+        # loaded machine does not stretch; the broker's round trips are not in it)
+        self.bar_cpu: deque[float] = deque(maxlen=200_000)
         self._published_at: float | None = None  # when the last stored bars went out
+        self._published_cpu: float | None = None  # the store thread's CPU clock then
         # publishes in flight: trades (the loop's), store events (the store thread's)
         self._trades_out: deque[Future[list[int]]] = deque()
         self._events_out: deque[Future[list[int]]] = deque()
@@ -453,7 +458,8 @@ class StreamService:
         of: stored, raw and normalized bars acked (or to now, when nothing was stored).
         `out()` is called as soon as every bar of the release is stored and published,
         before the store's bookkeeping (scores, quarantine, report, announcements)."""
-        self._published_at = None
+        self._published_at = self._published_cpu = None
+        cpu = time.thread_time()
         self._emit(released, out)
         if arrived is not None:
             took = (self._published_at or time.monotonic()) - arrived
@@ -461,6 +467,9 @@ class StreamService:
             self.latencies.append(took)
             if not released.empty:
                 self.bar_latencies.append(took)
+                # bars first: the newest fold is this release's
+                fold = self.stage_cpu["fold"][-1] if self.stage_cpu["fold"] else 0.0
+                self.bar_cpu.append((self._published_cpu or time.thread_time()) - cpu + fold)
 
     def flush(self) -> Released:
         """Store and publish every open bar (at shutdown)."""
@@ -512,7 +521,7 @@ class StreamService:
                 self._timed(one.stage, one.began, one.acked)
                 if one.stage == "publish":
                     self.stats.published += len(offsets)
-            self._published_at = time.monotonic()
+            self._published_at, self._published_cpu = time.monotonic(), time.thread_time()
             if out is not None:
                 out()
 
