@@ -165,6 +165,7 @@ def nats_latency(root: Path, backend: str) -> dict[str, float]:
     settings = _settings(root / backend, f"{NATS}?prefix={prefix}", 10, backend)
     with Runtime.from_settings(settings) as rt:
         service = rt.stream_service("synthetic")
+        service.welcome(SYMBOLS, datetime.now(UTC))  # as `qv stream` does before its feed
         feed = synthetic_trades(SYMBOLS, rate=RATE, tick_s=0.002, time_scale=60.0)
 
         async def main() -> None:

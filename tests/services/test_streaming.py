@@ -346,3 +346,14 @@ def test_no_trade_is_folded_while_a_releases_bars_are_stored_and_published(
     # the store's 0.3 s of waiting
     pairs = list(zip(service.bar_cpu, service.bar_latencies, strict=True))
     assert len(pairs) == 1 and all(0 < cpu < wall - 0.25 for cpu, wall in pairs)
+
+
+def test_symbols_welcomed_at_the_start_are_not_welcomed_again_at_their_first_trade(
+    runtime: Runtime,
+) -> None:
+    service = runtime.stream_service("finnhub")
+    service.welcome(["AAA"], T0)  # what `qv stream` does for its symbols
+    assert sorted((runtime.settings.data_dir / "silver").rglob("data.parquet"))
+    service.aggregate(trade_frame([("AAA", 5, 10.0, 1), ("BBB", 6, 20.0, 1)]))
+    assert [symbols for symbols, _ in service.fresh] == [["BBB"]]
+    service.close()

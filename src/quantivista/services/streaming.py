@@ -348,7 +348,11 @@ class StreamService:
         and give their store partitions a (empty) base file if they have none, so that their
         first bars append like every later release instead of writing a base (a lake's
         dearest write) on the latency path. A store of another month's partitions (a stream
-        running across the turn of a month) writes those bases with their first bars."""
+        running across the turn of a month) writes those bases with their first bars.
+
+        Called for a symbol's first trade, and by `qv stream` for its symbols before the
+        feed starts (a first minute may close a moment after the start)."""
+        self._symbols.update(symbols)
         self.recent.preload(symbols, at)
         prepare = getattr(self.runner.sinks.bars, "prepare", None)
         if prepare is not None:

@@ -50,6 +50,7 @@ def stream(
     with session(config, create=True) as runtime:
         service = runtime.stream_service("synthetic" if source == "synthetic" else source)
         with errors_to_exit():
+            service.welcome(names, runtime.clock.now())  # history and store ready first
             feed = open_feed(
                 source, names, config.stream, ws_url=url,
                 api_key=key.get_secret_value() if key else None, rate=rate, limit=limit,
