@@ -71,7 +71,9 @@ LAKE_ONLY = "lake" in sys.argv[1:]  # `perf/stream.py nats lake`: and the lake b
 TAG = "".join(c for c in os.environ.get("QV_PERF_TAG", "") if c.isalnum())
 KAFKA_ROUNDS = 6
 KAFKA_BATCHES = 400  # messages per round, 500 bars each
-SECONDS = 20.0
+# `QV_PERF_SECONDS=60`: a longer NATS run (a release a second: 20 s give 20, whose p99 is
+# nearly the maximum)
+SECONDS = float(os.environ.get("QV_PERF_SECONDS", "20"))
 NATS = "nats://127.0.0.1:4222"
 
 

@@ -357,3 +357,46 @@ def test_symbols_welcomed_at_the_start_are_not_welcomed_again_at_their_first_tra
     service.aggregate(trade_frame([("AAA", 5, 10.0, 1), ("BBB", 6, 20.0, 1)]))
     assert [symbols for symbols, _ in service.fresh] == [["BBB"]]
     service.close()
+
+
+def test_each_releases_audit_record_is_written_before_the_next_release_is_stored(
+    tmp_path: Path,
+) -> None:
+    frames = [
+        trade_frame([("AAA", 5, 10.0, 1)]),
+        trade_frame([("AAA", 62, 11.0, 1)]),  # releases minute 0
+        trade_frame([("AAA", 125, 12.0, 1)]),  # releases minute 1
+    ]
+    order: list[str] = []
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        storage=StorageSettings(write_threads=1),
+        bus={"url": "memory://", "codec": "avro"},
+        stream={"lateness_s": 1.0, "idle_s": 3600.0, "batch_ms": 20, "batch_rows": 1},
+    )
+    with Runtime.from_settings(settings, clock=TestClock(T0)) as rt:
+        service = rt.stream_service("finnhub")
+        upsert, record = rt.backend.bars.upsert, rt.audit.record
+
+        def upserted(bars: pl.DataFrame) -> object:
+            order.append("store")
+            return upsert(bars)
+
+        def recorded(action: str, *args: object, **kwargs: object) -> None:
+            order.append(action)
+            record(action, *args, **kwargs)  # type: ignore[arg-type]
+
+        rt.backend.bars.upsert = upserted  # type: ignore[method-assign]
+        rt.audit.record = recorded  # type: ignore[method-assign]
+
+        async def feed():  # type: ignore[no-untyped-def]
+            for frame in frames:
+                yield frame
+                await asyncio.sleep(0.01)
+
+        asyncio.run(service.run(feed(), asyncio.Event()))
+        service.close()
+        # the loop folds on once a release's bars are out, but the store thread writes the
+        # release's audit record before it stores the next release (and at the flush)
+        assert order == ["store", "bars.ingest"] * 3
+        assert rt.audit.query(action="bars.ingest").height == 3
