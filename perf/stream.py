@@ -67,6 +67,8 @@ RATE = next((int(a) for a in sys.argv[1:] if a.isdigit()), 20_000)  # `perf/stre
 KAFKA_ONLY = "kafka" in sys.argv[1:]
 NATS_ONLY = "nats" in sys.argv[1:]  # `perf/stream.py nats`: the NATS part alone (lake, postgres)
 LAKE_ONLY = "lake" in sys.argv[1:]  # `perf/stream.py nats lake`: and the lake backend only
+# `perf/stream.py nats overlap`: folding overlaps releases (stream.bars_first off), for A/B
+BARS_FIRST = "overlap" not in sys.argv[1:]
 # `QV_PERF_TAG=name`: put a name in the NATS stream names (machines shared by several runs)
 TAG = "".join(c for c in os.environ.get("QV_PERF_TAG", "") if c.isalnum())
 KAFKA_ROUNDS = 6
@@ -85,7 +87,12 @@ def _settings(data: Path, bus: str, batch_ms: int, backend: str = "lake") -> Set
         data_dir=data,
         storage=storage,
         bus={"url": bus, "codec": "avro"},
-        stream={"batch_ms": batch_ms, "lateness_s": 1.0, "idle_s": 3600.0},
+        stream={
+            "batch_ms": batch_ms,
+            "lateness_s": 1.0,
+            "idle_s": 3600.0,
+            "bars_first": BARS_FIRST,
+        },
     )
 
 
@@ -385,7 +392,11 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        result: dict[str, object] = {"rate": RATE, "load_before": round(os.getloadavg()[0], 2)}
+        result: dict[str, object] = {
+            "rate": RATE,
+            "bars_first": BARS_FIRST,
+            "load_before": round(os.getloadavg()[0], 2),
+        }
         if not NATS_ONLY:
             result["inproc_trades_per_s"] = round(inproc_pipeline(root))
             result["inproc_bus_events_per_s"] = round(inproc_bus())

@@ -17,11 +17,13 @@ stored; normalized bars go out as soon as they are validated, while the store wr
 a micro-batch of bars is done when they are stored and both publishes are acked. (A failed
 write stops the stream; the normalized bars it sent are bars that passed validation, and
 `ingestion.events` says what landed.) Folding runs on the loop; the store stage on a thread
-of its own, in order, a few releases behind at most. Bars go first: while a release's bars
-are validated, stored and published, the loop folds no trades (they wait in the queue; one
-Python process runs one thread at a time, and the folds would stretch the release's path);
-it resumes when they are out, while the store thread does the bookkeeping (scores,
-quarantine, report, announcements).
+of its own, in order, a few releases behind at most. Bars go first (`stream.bars_first`,
+on by default): while a release's bars are validated, stored and published, the loop folds
+no trades (they wait in the queue; one Python process runs one thread at a time, and the
+folds would stretch the release's path); it resumes when they are out, while the store
+thread does the bookkeeping (scores, quarantine, report, the audit record, announcements),
+all of it before the next release is stored: a crash after the bars are out and before
+the bookkeeping loses no bars, only the records of a write that happened (as before).
 
 A micro-batch closes `batch_ms` after its first trade arrived, at `batch_rows` trades, or
 at once when a trade passes the time that closes the oldest open minute (bars to release:
@@ -659,7 +661,8 @@ class StreamService:
                     # release's bars are stored and published, so the loop's folding and
                     # trade publishes do not compete with them for the GIL; the store's
                     # bookkeeping after that overlaps the next folds
-                    await asyncio.wait((out, job), return_when=asyncio.FIRST_COMPLETED)
+                    if self.settings.bars_first:
+                        await asyncio.wait((out, job), return_when=asyncio.FIRST_COMPLETED)
                 while behind and (behind[0].done() or len(behind) > 4):
                     await behind.popleft()
         finally:
