@@ -32,8 +32,9 @@ Prints one JSON line:
   ours; the broker is another process), which a loaded machine disturbs less than wall time.
 Targets: p99 < 50 ms at 20,000 trades/s over NATS; in-process >= 200,000 events/s; Kafka
 >= 0.5x the bare loop. `python perf/stream.py kafka` runs the Kafka part alone, `nats` the
-NATS part alone (`nats lake`: without PostgreSQL); `QV_PERF_TAG=name` puts `name` in the
-NATS stream names.
+NATS part alone (`nats lake`: without PostgreSQL; `nats first`: with `stream.bars_first`);
+`QV_PERF_TAG=name` puts `name` in the NATS stream names; `QV_PERF_SECONDS` sets the NATS
+run's length (20 s).
 """
 
 from __future__ import annotations
@@ -67,8 +68,9 @@ RATE = next((int(a) for a in sys.argv[1:] if a.isdigit()), 20_000)  # `perf/stre
 KAFKA_ONLY = "kafka" in sys.argv[1:]
 NATS_ONLY = "nats" in sys.argv[1:]  # `perf/stream.py nats`: the NATS part alone (lake, postgres)
 LAKE_ONLY = "lake" in sys.argv[1:]  # `perf/stream.py nats lake`: and the lake backend only
-# `perf/stream.py nats overlap`: folding overlaps releases (stream.bars_first off), for A/B
-BARS_FIRST = "overlap" not in sys.argv[1:]
+# `perf/stream.py nats first`: bars first (stream.bars_first on: no fold while a release's
+# bars are stored and published), for an A/B against the default in one session
+BARS_FIRST = "first" in sys.argv[1:]
 # `QV_PERF_TAG=name`: put a name in the NATS stream names (machines shared by several runs)
 TAG = "".join(c for c in os.environ.get("QV_PERF_TAG", "") if c.isalnum())
 KAFKA_ROUNDS = 6

@@ -17,13 +17,15 @@ stored; normalized bars go out as soon as they are validated, while the store wr
 a micro-batch of bars is done when they are stored and both publishes are acked. (A failed
 write stops the stream; the normalized bars it sent are bars that passed validation, and
 `ingestion.events` says what landed.) Folding runs on the loop; the store stage on a thread
-of its own, in order, a few releases behind at most. Bars go first (`stream.bars_first`,
-on by default): while a release's bars are validated, stored and published, the loop folds
-no trades (they wait in the queue; one Python process runs one thread at a time, and the
-folds would stretch the release's path); it resumes when they are out, while the store
-thread does the bookkeeping (scores, quarantine, report, the audit record, announcements),
-all of it before the next release is stored: a crash after the bars are out and before
-the bookkeeping loses no bars, only the records of a write that happened (as before).
+of its own, in order, a few releases behind at most. With `stream.bars_first` (off by
+default) bars go first: while a release's bars are validated, stored and published, the
+loop folds no trades (they wait in the queue: the folds hold the GIL the release needs);
+it resumes when they are out. Off, folding overlaps the release, which on a loaded machine
+was faster (the process keeps two threads runnable; the OS shares CPU per thread). Either
+way the store thread does the bookkeeping after the bars are out (scores, quarantine,
+report, the audit record, announcements), all of it before the next release is stored: a
+crash after the bars are out and before the bookkeeping loses no bars, only the records of
+a write that happened.
 
 A micro-batch closes `batch_ms` after its first trade arrived, at `batch_rows` trades, or
 at once when a trade passes the time that closes the oldest open minute (bars to release:
@@ -459,11 +461,13 @@ class StreamService:
         released: Released,
         arrived: float | None = None,
         out: Callable[[], None] | None = None,
+        fold_cpu: float | None = None,
     ) -> None:
         """Store and publish released bars; record the latency from `arrived` to the last
         of: stored, raw and normalized bars acked (or to now, when nothing was stored).
         `out()` is called as soon as every bar of the release is stored and published,
-        before the store's bookkeeping (scores, quarantine, report, announcements)."""
+        before the store's bookkeeping (scores, quarantine, report, announcements).
+        `fold_cpu`: the CPU time of the release's fold (default: the newest fold's)."""
         self._published_at = self._published_cpu = None
         cpu = time.thread_time()
         self._emit(released, out)
@@ -473,8 +477,7 @@ class StreamService:
             self.latencies.append(took)
             if not released.empty:
                 self.bar_latencies.append(took)
-                # bars first: the newest fold is this release's
-                fold = self.stage_cpu["fold"][-1] if self.stage_cpu["fold"] else 0.0
+                fold = fold_cpu if fold_cpu is not None else _newest(self.stage_cpu["fold"])
                 self.bar_cpu.append((self._published_cpu or time.thread_time()) - cpu + fold)
 
     def flush(self) -> Released:
@@ -638,6 +641,7 @@ class StreamService:
                 )
                 # folding takes a millisecond or two: on the loop, no thread hand-over
                 released = self.aggregate(batch)
+                fold_cpu = _newest(self.stage_cpu["fold"])
                 self.stats.batches += 1
                 while self.fresh:  # new symbols: history and bases before their first bars
                     symbols, at = self.fresh.pop(0)
@@ -647,22 +651,24 @@ class StreamService:
                 if released.empty:
                     if arrived is not None:
                         self.emit(released, arrived)  # records the latency only
+                elif not self.settings.bars_first:
+                    behind.append(
+                        loop.run_in_executor(store, self.emit, released, arrived, None, fold_cpu)
+                    )
                 else:
+                    # bars first: no trade is folded (they wait in the queue) until the
+                    # release's bars are stored and published, so the loop's folding and
+                    # trade publishes do not compete with them for the GIL (see above)
                     out: asyncio.Future[None] = loop.create_future()
 
                     def signal(out: asyncio.Future[None] = out) -> None:
                         loop.call_soon_threadsafe(_settle, out)
 
                     job: asyncio.Future[object] = loop.run_in_executor(
-                        store, self.emit, released, arrived, signal
+                        store, self.emit, released, arrived, signal, fold_cpu
                     )
                     behind.append(job)
-                    # bars first: no trade is folded (they wait in the queue) until the
-                    # release's bars are stored and published, so the loop's folding and
-                    # trade publishes do not compete with them for the GIL; the store's
-                    # bookkeeping after that overlaps the next folds
-                    if self.settings.bars_first:
-                        await asyncio.wait((out, job), return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait((out, job), return_when=asyncio.FIRST_COMPLETED)
                 while behind and (behind[0].done() or len(behind) > 4):
                     await behind.popleft()
         finally:
@@ -719,6 +725,10 @@ class StreamService:
             rows += item[1].height
             closes = close_at is not None and _reaches(item[1], close_at)
         return frames, arrived, False
+
+
+def _newest(values: deque[float]) -> float:
+    return values[-1] if values else 0.0
 
 
 def _settle(future: asyncio.Future[None]) -> None:
