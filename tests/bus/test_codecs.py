@@ -203,8 +203,8 @@ class _State:
     def get_state(self, key: str) -> dict[str, Any] | None:
         return self.data.get(key)
 
-    def put_state(self, key: str, value: dict[str, Any]) -> None:
-        self.data[key] = value
+    def setdefault_state(self, key: str, value: dict[str, Any]) -> dict[str, Any]:
+        return self.data.setdefault(key, value)
 
 
 def test_a_registry_on_a_state_store_is_shared_between_instances() -> None:
