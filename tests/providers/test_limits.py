@@ -196,11 +196,16 @@ def test_limiter_never_exceeds_any_window(
 
 
 class _RecordingBackend(MemoryBackend):
-    """Remembers the time of every granted call, as the backend saw it."""
+    """Remembers the time of every granted call, as the backend saw it (inside its lock)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.granted: list[float] = []
+        self._seen = threading.local()
+
+    def _at(self, now: float) -> float:
+        self._seen.now = super()._at(now)
+        return float(self._seen.now)
 
     def try_acquire(
         self,
@@ -214,7 +219,7 @@ class _RecordingBackend(MemoryBackend):
     ) -> float:
         wait = super().try_acquire(provider, rates, now, cost, token=token, hold_s=hold_s)
         if wait == 0:
-            self.granted.extend([now] * cost)
+            self.granted.extend([self._seen.now] * cost)
         return wait
 
 
@@ -233,6 +238,49 @@ def test_real_threads_on_the_real_clock_never_exceed_the_window() -> None:
         t.join(10)
     assert len(backend.granted) == 24
     assert _max_in_window(backend.granted, 0.2) <= 5
+
+
+class _SignallingClock(TestClock):
+    """A test clock that says when it was read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.read = threading.Event()
+
+    def monotonic(self) -> float:
+        self.read.set()
+        return super().monotonic()
+
+
+def test_a_caller_that_waited_for_the_lock_is_stamped_when_it_gets_it() -> None:
+    """A thread reads the clock, then waits half a second for the lock another holds: its
+    call is granted at 1.5, so the window is full until 2.5, not until 2.0."""
+    clock = _SignallingClock()
+    backend = MemoryBackend()
+    limiter = RateLimiter({"p": ["1/second"]}, clock=clock, backend=backend)
+    limiter.acquire("p")  # at 0: the window is full until 1.0
+    clock.advance(1.0)
+    waits: list[float] = []
+    with backend._lock:  # another caller holds the lock...
+        clock.read.clear()
+        late = threading.Thread(target=lambda: waits.append(limiter.try_acquire("p")))
+        late.start()
+        assert clock.read.wait(10)  # ...while this one reads the clock (1.0) and queues
+        clock.advance(0.5)
+    late.join(10)
+    assert waits == [0.0]  # granted at 1.5
+    clock.advance(0.5)
+    assert limiter.try_acquire("p") == pytest.approx(0.5)
+    assert limiter.usage("p")[0].resets_in_s == pytest.approx(0.5)
+
+
+def test_one_in_memory_backend_reads_one_clock() -> None:
+    backend = MemoryBackend()
+    clock = TestClock()
+    RateLimiter({"p": ["1/second"]}, clock=clock, backend=backend)
+    RateLimiter({"q": ["1/second"]}, clock=clock, backend=backend)  # the same clock: fine
+    with pytest.raises(ConfigurationError, match="one clock"):
+        RateLimiter({"p": ["1/second"]}, clock=TestClock(), backend=backend)
 
 
 # -- Redis -------------------------------------------------------------------------------------
