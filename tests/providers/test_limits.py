@@ -17,6 +17,8 @@ from quantivista.clock import SystemClock, TestClock
 from quantivista.config import ResilienceSettings
 from quantivista.errors import ConfigurationError, InvalidInputError, QuotaExhaustedError
 
+from .conftest import drop_redis_keys
+
 
 def _max_in_window(times: list[float], period: float) -> int:
     """Return the largest number of times inside any half-open window (t - period, t]."""
@@ -284,18 +286,6 @@ def test_one_in_memory_backend_reads_one_clock() -> None:
 
 
 # -- Redis -------------------------------------------------------------------------------------
-@pytest.fixture
-def redis_prefix(redis_url: str) -> str:
-    import redis
-
-    prefix = f"qv-test:{uuid.uuid4().hex[:8]}"
-    yield prefix
-    client = redis.Redis.from_url(redis_url)
-    keys = list(client.scan_iter(match=f"{prefix}:*"))
-    if keys:
-        client.delete(*keys)
-
-
 @pytest.mark.redis
 def test_redis_backend_queues_and_reports_like_memory(redis_url: str, redis_prefix: str) -> None:
     clock = TestClock()
@@ -456,7 +446,6 @@ def test_take_without_limits_and_after_a_reset() -> None:
 def test_redis_take_is_try_acquire_then_the_tightest_usage(
     redis_url: str, steps: list[float], costs: list[int]
 ) -> None:
-    import redis
 
     prefixes = [f"qv-test:{uuid.uuid4().hex[:8]}" for _ in range(2)]
     try:
@@ -467,11 +456,8 @@ def test_redis_take_is_try_acquire_then_the_tightest_usage(
             costs,
         )
     finally:
-        client = redis.Redis.from_url(redis_url)
         for prefix in prefixes:
-            keys = list(client.scan_iter(match=f"{prefix}:*"))
-            if keys:
-                client.delete(*keys)
+            drop_redis_keys(redis_url, prefix)
 
 
 # -- calls in flight: the vendor counts arrivals, not grants ----------------------------------
