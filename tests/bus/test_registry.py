@@ -19,6 +19,8 @@ from quantivista.bus.registry import (
     schema_id_of,
 )
 
+from .conftest import MemoryState
+
 PROCESSES = 4
 ROUNDS = 6
 BASE: dict[str, Any] = {
@@ -125,21 +127,8 @@ def test_processes_registering_at_once_on_postgres_keep_every_version(
     closing.close()
 
 
-class _State:
-    """A state store in memory, as the catalogs keep one."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, dict[str, Any]] = {}
-
-    def get_state(self, key: str) -> dict[str, Any] | None:
-        return self.data.get(key)
-
-    def setdefault_state(self, key: str, value: dict[str, Any]) -> dict[str, Any]:
-        return self.data.setdefault(key, value)
-
-
 def test_a_version_another_instance_claimed_first_is_checked_and_the_next_is_taken() -> None:
-    state = _State()
+    state = MemoryState()
     stale = SchemaRegistry(state)
     fresh = SchemaRegistry(state)
     stale.register("Shared-avro", BASE, "AVRO")
@@ -154,7 +143,7 @@ def test_a_version_another_instance_claimed_first_is_checked_and_the_next_is_tak
 
 
 def test_the_one_entry_table_of_earlier_releases_is_read() -> None:
-    state = _State()
+    state = MemoryState()
     old = RegisteredSchema("Old-avro", 1, schema_id_of(BASE), "AVRO", BASE)
     state.data["schema_registry"] = {
         "subjects": {

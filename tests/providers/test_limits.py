@@ -6,7 +6,7 @@ import multiprocessing
 import threading
 import uuid
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import pytest
 from hypothesis import given, settings
@@ -461,6 +461,18 @@ def test_redis_take_is_try_acquire_then_the_tightest_usage(
 
 
 # -- calls in flight: the vendor counts arrivals, not grants ----------------------------------
+@pytest.fixture(params=["memory", "redis"])
+def limiter_backend(request: pytest.FixtureRequest) -> Iterator[MemoryBackend | RedisBackend]:
+    """Return an empty backend of each kind in turn (Redis: under the test's own prefix)."""
+    if request.param == "memory":
+        yield MemoryBackend()
+        return
+    url, prefix = request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
+    backend = RedisBackend(url, prefix=prefix)
+    yield backend
+    backend.close()
+
+
 def _delayed_arrivals(limiter: RateLimiter, clock: TestClock, *, hold: bool) -> list[float]:
     """Two 1/1s calls; the first waits 0.9 s between grant and arrival (a loaded machine).
 
@@ -492,51 +504,31 @@ def test_a_call_granted_before_a_late_arrival_would_break_the_window_without_hol
     assert second - first < 1.0  # the vendor would count a violation: why calls are held
 
 
-@pytest.mark.parametrize("backend", ["memory", "redis"])
 def test_held_calls_space_arrivals_by_the_answer_time_whatever_the_delay(
-    backend: str, request: pytest.FixtureRequest
+    limiter_backend: MemoryBackend | RedisBackend,
 ) -> None:
     clock = TestClock()
-    store: MemoryBackend | RedisBackend = MemoryBackend()
-    if backend == "redis":
-        store = RedisBackend(
-            request.getfixturevalue("redis_url"), prefix=f"qv-test:{uuid.uuid4().hex[:8]}"
-        )
-    limiter = RateLimiter({"p": ["1/second"]}, clock=clock, backend=store)
-    try:
-        first, second = _delayed_arrivals(limiter, clock, hold=True)
-    finally:
-        limiter.reset()
-        limiter.close()
+    limiter = RateLimiter({"p": ["1/second"]}, clock=clock, backend=limiter_backend)
+    first, second = _delayed_arrivals(limiter, clock, hold=True)
     assert second - first >= 1.0  # granted a window after the first answer (1.0 -> 2.0)
     assert clock.monotonic() == pytest.approx(2.0, abs=0.02)
 
 
-@pytest.mark.parametrize("backend", ["memory", "redis"])
 def test_a_call_in_flight_blocks_its_window_until_settled(
-    backend: str, request: pytest.FixtureRequest
+    limiter_backend: MemoryBackend | RedisBackend,
 ) -> None:
     clock = TestClock()
-    store: MemoryBackend | RedisBackend = MemoryBackend()
-    if backend == "redis":
-        store = RedisBackend(
-            request.getfixturevalue("redis_url"), prefix=f"qv-test:{uuid.uuid4().hex[:8]}"
-        )
-    limiter = RateLimiter({"p": ["2/second"]}, clock=clock, backend=store)
-    try:
-        assert limiter.try_acquire("p", token="a", hold_s=60.0) == 0
-        assert limiter.try_acquire("p", token="b", hold_s=60.0) == 0
-        clock.advance(5.0)  # long past the window: still in flight, so still inside it
-        assert 0 < limiter.try_acquire("p") <= 0.01  # look again shortly, not in 60 s
-        limiter.settle("p", "a")
-        assert limiter.try_acquire("p") > 0.9  # a left the window only by its answer (t=5)
-        clock.advance(1.0)
-        assert limiter.try_acquire("p") == 0
-        (usage,) = limiter.usage("p")
-        assert usage.used == 2  # b (in flight) and the new call
-    finally:
-        limiter.reset()
-        limiter.close()
+    limiter = RateLimiter({"p": ["2/second"]}, clock=clock, backend=limiter_backend)
+    assert limiter.try_acquire("p", token="a", hold_s=60.0) == 0
+    assert limiter.try_acquire("p", token="b", hold_s=60.0) == 0
+    clock.advance(5.0)  # long past the window: still in flight, so still inside it
+    assert 0 < limiter.try_acquire("p") <= 0.01  # look again shortly, not in 60 s
+    limiter.settle("p", "a")
+    assert limiter.try_acquire("p") > 0.9  # a left the window only by its answer (t=5)
+    clock.advance(1.0)
+    assert limiter.try_acquire("p") == 0
+    (usage,) = limiter.usage("p")
+    assert usage.used == 2  # b (in flight) and the new call
 
 
 # (now, cost, hold_s, settle afterwards), in the order the callers take the lock
