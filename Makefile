@@ -36,7 +36,7 @@ unit: $(STAMP) ## the test suite only
 test: lint typecheck unit ## lint, type-check and run the whole test suite
 
 perf: $(STAMP) ## run every benchmark in perf/ (each prints one JSON line)
-	@for script in perf/*.py; do echo "# $$script"; $(BIN)/python $$script || exit 1; done
+	@for script in perf/[!_]*.py; do echo "# $$script"; $(BIN)/python $$script || exit 1; done
 
 clean: ## remove the virtualenv, caches and demo data
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache qv-data

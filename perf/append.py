@@ -23,8 +23,6 @@ Prints one JSON line. Usage: python perf/append.py [--symbols 500,2000] [--years
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
 import tempfile
@@ -39,6 +37,7 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _common import load_avg_1m, print_json_line
 from quantivista.config import StorageSettings
 from quantivista.model.schema import coerce_bars
 from quantivista.model.timeframe import Timeframe
@@ -221,7 +220,7 @@ def main() -> None:
     parser.add_argument("--cache-mb", type=int, default=None)
     parser.add_argument("--no-stream", action="store_true")
     args = parser.parse_args()
-    out: dict[str, Any] = {"bench": "append", "load_avg_1m": round(os.getloadavg()[0], 2)}
+    out: dict[str, Any] = {"bench": "append", "load_avg_1m": load_avg_1m()}
     out["cache_mb"] = args.cache_mb or StorageSettings().cache_mb
     nightly = []
     for years in [int(y) for y in args.years.split(",")]:
@@ -243,18 +242,8 @@ def main() -> None:
     if not args.no_stream:
         with tempfile.TemporaryDirectory() as tmp:
             out["stream"] = stream(Path(tmp) / "lake", args.batches)
-    out["load_avg_1m_end"] = round(os.getloadavg()[0], 2)
-    print(json.dumps(_rounded(out)))
-
-
-def _rounded(value: Any) -> Any:
-    if isinstance(value, float):
-        return round(value, 4)
-    if isinstance(value, dict):
-        return {k: _rounded(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_rounded(v) for v in value]
-    return value
+    out["load_avg_1m_end"] = load_avg_1m()
+    print_json_line(out, digits=4)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ Usage: python perf/pgbackup.py [--symbols 500] [--years 10] [--runs 3]
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -25,6 +24,7 @@ from uuid import uuid4
 import polars as pl
 import psycopg
 
+from _common import print_json_line
 from quantivista.config import Settings
 from quantivista.model.schema import coerce_bars
 from quantivista.storage.lake.backup import PostgresBars, backup, restore
@@ -114,17 +114,7 @@ def main() -> None:
             ).fetchall():
                 conn.execute(f'DROP SCHEMA "{name}" CASCADE')
     out.update({k: _spread(v) for k, v in times.items()})
-    print(json.dumps(_rounded(out)))
-
-
-def _rounded(value: Any) -> Any:
-    if isinstance(value, float):
-        return round(value, 3)
-    if isinstance(value, dict):
-        return {k: _rounded(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_rounded(v) for v in value]
-    return value
+    print_json_line(out, digits=3)
 
 
 if __name__ == "__main__":

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import polars as pl
 
+from _common import load_avg_1m, wall_and_cpu
 from quantivista.model.schema import coerce_bars
 from quantivista.quality.rules import DEFAULT_RULES, ROW_RULES
 from quantivista.quality.validate import Validator
@@ -71,13 +71,7 @@ def best(fn: Callable[[], Any]) -> tuple[float, float]:
     On a shared machine the wall time swings with other load; CPU seconds / 2 cores is
     what the same run would take with both cores to itself.
     """
-    fn()
-    walls, cpus = [], []
-    for _ in range(REPEAT):
-        t0, c0 = time.perf_counter(), time.process_time()
-        fn()
-        walls.append(time.perf_counter() - t0)
-        cpus.append(time.process_time() - c0)
+    walls, cpus = wall_and_cpu(fn, REPEAT, warmup=1)
     return min(walls), min(cpus)
 
 
@@ -116,7 +110,7 @@ def main() -> None:
                     "full": round(n * cores / c_full),
                     "minute_full": round(m * cores / c_min),
                 },
-                "load_avg_1m": round(os.getloadavg()[0], 2),
+                "load_avg_1m": load_avg_1m(),
                 "targets": {"row_local": 20_000_000, "full": 3_000_000, "minute_full": 3_000_000},
             }
         )

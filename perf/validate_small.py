@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from _common import load_avg_1m, wall_and_cpu
 from quantivista.quality.validate import Validator
 from quantivista.reference.calendars import get_calendar
 from quantivista.testing.minutes import session_minutes
@@ -48,14 +48,7 @@ def micro_batch(minutes: pl.DataFrame, per_symbol: int, symbols: int) -> tuple[A
 
 def timed(fn: Callable[[], Any], repeat: int) -> dict[str, float]:
     """p50/p95 wall and CPU milliseconds of `repeat` calls after 5 warm-up calls."""
-    for _ in range(5):
-        fn()
-    walls, cpus = [], []
-    for _ in range(repeat):
-        t0, c0 = time.perf_counter(), time.process_time()
-        fn()
-        walls.append(time.perf_counter() - t0)
-        cpus.append(time.process_time() - c0)
+    walls, cpus = wall_and_cpu(fn, repeat, warmup=5)
     w, c = np.array(walls) * 1e3, np.array(cpus) * 1e3
     return {
         "wall_p50_ms": round(float(np.percentile(w, 50)), 3),
@@ -112,7 +105,7 @@ def main() -> None:
             "peer_flags_select": timed(partial(v.flags, batch), REPEAT),
         }
     out["threads"] = pl.thread_pool_size()
-    out["load_avg_1m"] = round(os.getloadavg()[0], 2)
+    out["load_avg_1m"] = load_avg_1m()
     out["target_cpu_p50_ms"] = 4.0
     print(json.dumps(out))
 

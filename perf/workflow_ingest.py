@@ -184,8 +184,9 @@ def main() -> None:
                 out.setdefault(f"{key}_load1", []).append(round(os.getloadavg()[0], 1))
                 secs, cpu, processed, failed = ours(root / f"qv-{fmt}-{run}", path, fmt)
                 rates.append(args.rows / secs)
-                plain, _, _, _ = ours(root / f"plain-{fmt}-{run}", path, fmt, plain=True)
+                plain, plain_cpu, _, _ = ours(root / f"plain-{fmt}-{run}", path, fmt, plain=True)
                 plain_rates.append(args.rows / plain)
+                out.setdefault(f"{key}_plain_cpu_s", []).append(round(plain_cpu, 2))
                 bare, bare_cpu = bare_copy(root / f"bare-{fmt}-{run}", path, fmt)
                 bare_rates.append(args.rows / bare)
                 out[f"{key}_failed"] = failed

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
@@ -46,7 +46,7 @@ from quantivista.services.providers import ProviderService
 from quantivista.services.quality import QualityService
 from quantivista.services.queries import BarQuery, QueryService
 from quantivista.services.reference import ReferenceService
-from quantivista.services.revalidation import RevalidationReport, build_validator, revalidate
+from quantivista.services.revalidation import build_validator
 from quantivista.services.simulation import SimulationService
 from quantivista.services.streaming import RestBackfill, StreamService
 from quantivista.services.workers import WorkerMetrics, WorkerService, split_queue_url
@@ -201,21 +201,6 @@ class Runtime(Closing):
         self.calendar()
         _ = self.validator
         self.acquisition.router([self.settings.ingest.default_provider])
-
-    def revalidate(
-        self,
-        timeframe: str = "1d",
-        *,
-        engine: Literal["local", "dask"] = "local",
-        scheduler: str | None = None,
-        workers: int | None = None,
-    ) -> RevalidationReport:
-        """Check every stored bar of `timeframe` with the current rules (see `revalidation`)."""
-        dask = self.settings.dask
-        update = {k: v for k, v in (("scheduler_address", scheduler), ("workers", workers))
-                  if v is not None}  # fmt: skip
-        settings = self.settings.model_copy(update={"dask": dask.model_copy(update=update)})
-        return revalidate(settings, timeframe, engine=engine)
 
     def calendar(self, mic: str | None = None) -> TradingCalendar:
         """Return an exchange's trading calendar (default: the ingest calendar)."""

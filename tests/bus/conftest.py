@@ -1,8 +1,10 @@
-"""Fixtures of the bus tests: brokers for the contract suites (memory, NATS JetStream, Kafka)."""
+"""Fixtures of the bus tests: brokers for the contract suites (memory, NATS JetStream, Kafka),
+and a state store in memory for the schema registry."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 from uuid import uuid4
 
 import pytest
@@ -83,3 +85,16 @@ def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
         yield from pulsar_broker(request.getfixturevalue("pulsar_url"))
         return
     yield from nats_broker(request.getfixturevalue("nats_url"))
+
+
+class MemoryState:
+    """A `StateStore` in memory, with the catalogs' atomic insert-if-absent."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, dict[str, Any]] = {}
+
+    def get_state(self, key: str) -> dict[str, Any] | None:
+        return self.data.get(key)
+
+    def setdefault_state(self, key: str, value: dict[str, Any]) -> dict[str, Any]:
+        return self.data.setdefault(key, value)

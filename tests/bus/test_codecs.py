@@ -33,6 +33,8 @@ from quantivista.bus.schemas import avro_schema
 from quantivista.errors import BusError
 from quantivista.model.workflow import DataIngestedPayload, DataSourceType, IngestionMode
 
+from .conftest import MemoryState
+
 AT = datetime(2026, 11, 23, 15, 0, 0, 123456, tzinfo=UTC)
 BARS = pl.DataFrame(
     {
@@ -196,19 +198,8 @@ def test_protobuf_field_numbers_may_not_change_meaning() -> None:
         registry.register("BarsIngested-protobuf", swapped, "PROTOBUF")
 
 
-class _State:
-    def __init__(self) -> None:
-        self.data: dict[str, dict[str, Any]] = {}
-
-    def get_state(self, key: str) -> dict[str, Any] | None:
-        return self.data.get(key)
-
-    def put_state(self, key: str, value: dict[str, Any]) -> None:
-        self.data[key] = value
-
-
 def test_a_registry_on_a_state_store_is_shared_between_instances() -> None:
-    state = _State()
+    state = MemoryState()
     writer = Codecs(SchemaRegistry(state))
     value, _ = writer.encode(EVENTS[1], "avro")
     reader = Codecs(SchemaRegistry(state))  # another process, same catalog

@@ -1,4 +1,5 @@
-"""Shared helpers for the provider tests: recorded fixtures and a real local HTTP server."""
+"""Shared helpers for the provider tests: recorded fixtures, a real local HTTP server, and a
+Redis key prefix of the test's own (limiter and shared-state tests)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+from uuid import uuid4
 
 import pytest
 import yaml
@@ -106,3 +108,24 @@ def local_server() -> Iterator[LocalServer]:
     server = LocalServer()
     yield server
     server.close()
+
+
+def drop_redis_keys(url: str, prefix: str) -> None:
+    """Delete every key under `prefix` (a test's own)."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*"))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def redis_prefix(redis_url: str) -> Iterator[str]:
+    """Return a Redis key prefix of this test's own; delete its keys afterwards."""
+    prefix = f"qv-test:{uuid4().hex[:8]}"
+    yield prefix
+    drop_redis_keys(redis_url, prefix)

@@ -6,7 +6,7 @@ import multiprocessing
 import threading
 import uuid
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import pytest
 from hypothesis import given, settings
@@ -16,6 +16,8 @@ from quantivista.acquisition.limits import MemoryBackend, Rate, RateLimiter, Red
 from quantivista.clock import SystemClock, TestClock
 from quantivista.config import ResilienceSettings
 from quantivista.errors import ConfigurationError, InvalidInputError, QuotaExhaustedError
+
+from .conftest import drop_redis_keys
 
 
 def _max_in_window(times: list[float], period: float) -> int:
@@ -196,11 +198,16 @@ def test_limiter_never_exceeds_any_window(
 
 
 class _RecordingBackend(MemoryBackend):
-    """Remembers the time of every granted call, as the backend saw it."""
+    """Remembers the time of every granted call, as the backend saw it (inside its lock)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.granted: list[float] = []
+        self._seen = threading.local()
+
+    def _at(self, now: float) -> float:
+        self._seen.now = super()._at(now)
+        return float(self._seen.now)
 
     def try_acquire(
         self,
@@ -214,7 +221,7 @@ class _RecordingBackend(MemoryBackend):
     ) -> float:
         wait = super().try_acquire(provider, rates, now, cost, token=token, hold_s=hold_s)
         if wait == 0:
-            self.granted.extend([now] * cost)
+            self.granted.extend([self._seen.now] * cost)
         return wait
 
 
@@ -235,19 +242,50 @@ def test_real_threads_on_the_real_clock_never_exceed_the_window() -> None:
     assert _max_in_window(backend.granted, 0.2) <= 5
 
 
+class _SignallingClock(TestClock):
+    """A test clock that says when it was read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.read = threading.Event()
+
+    def monotonic(self) -> float:
+        self.read.set()
+        return super().monotonic()
+
+
+def test_a_caller_that_waited_for_the_lock_is_stamped_when_it_gets_it() -> None:
+    """A thread reads the clock, then waits half a second for the lock another holds: its
+    call is granted at 1.5, so the window is full until 2.5, not until 2.0."""
+    clock = _SignallingClock()
+    backend = MemoryBackend()
+    limiter = RateLimiter({"p": ["1/second"]}, clock=clock, backend=backend)
+    limiter.acquire("p")  # at 0: the window is full until 1.0
+    clock.advance(1.0)
+    waits: list[float] = []
+    with backend._lock:  # another caller holds the lock...
+        clock.read.clear()
+        late = threading.Thread(target=lambda: waits.append(limiter.try_acquire("p")))
+        late.start()
+        assert clock.read.wait(10)  # ...while this one reads the clock (1.0) and queues
+        clock.advance(0.5)
+    late.join(10)
+    assert waits == [0.0]  # granted at 1.5
+    clock.advance(0.5)
+    assert limiter.try_acquire("p") == pytest.approx(0.5)
+    assert limiter.usage("p")[0].resets_in_s == pytest.approx(0.5)
+
+
+def test_one_in_memory_backend_reads_one_clock() -> None:
+    backend = MemoryBackend()
+    clock = TestClock()
+    RateLimiter({"p": ["1/second"]}, clock=clock, backend=backend)
+    RateLimiter({"q": ["1/second"]}, clock=clock, backend=backend)  # the same clock: fine
+    with pytest.raises(ConfigurationError, match="one clock"):
+        RateLimiter({"p": ["1/second"]}, clock=TestClock(), backend=backend)
+
+
 # -- Redis -------------------------------------------------------------------------------------
-@pytest.fixture
-def redis_prefix(redis_url: str) -> str:
-    import redis
-
-    prefix = f"qv-test:{uuid.uuid4().hex[:8]}"
-    yield prefix
-    client = redis.Redis.from_url(redis_url)
-    keys = list(client.scan_iter(match=f"{prefix}:*"))
-    if keys:
-        client.delete(*keys)
-
-
 @pytest.mark.redis
 def test_redis_backend_queues_and_reports_like_memory(redis_url: str, redis_prefix: str) -> None:
     clock = TestClock()
@@ -408,7 +446,6 @@ def test_take_without_limits_and_after_a_reset() -> None:
 def test_redis_take_is_try_acquire_then_the_tightest_usage(
     redis_url: str, steps: list[float], costs: list[int]
 ) -> None:
-    import redis
 
     prefixes = [f"qv-test:{uuid.uuid4().hex[:8]}" for _ in range(2)]
     try:
@@ -419,14 +456,23 @@ def test_redis_take_is_try_acquire_then_the_tightest_usage(
             costs,
         )
     finally:
-        client = redis.Redis.from_url(redis_url)
         for prefix in prefixes:
-            keys = list(client.scan_iter(match=f"{prefix}:*"))
-            if keys:
-                client.delete(*keys)
+            drop_redis_keys(redis_url, prefix)
 
 
 # -- calls in flight: the vendor counts arrivals, not grants ----------------------------------
+@pytest.fixture(params=["memory", "redis"])
+def limiter_backend(request: pytest.FixtureRequest) -> Iterator[MemoryBackend | RedisBackend]:
+    """Return an empty backend of each kind in turn (Redis: under the test's own prefix)."""
+    if request.param == "memory":
+        yield MemoryBackend()
+        return
+    url, prefix = request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
+    backend = RedisBackend(url, prefix=prefix)
+    yield backend
+    backend.close()
+
+
 def _delayed_arrivals(limiter: RateLimiter, clock: TestClock, *, hold: bool) -> list[float]:
     """Two 1/1s calls; the first waits 0.9 s between grant and arrival (a loaded machine).
 
@@ -458,51 +504,31 @@ def test_a_call_granted_before_a_late_arrival_would_break_the_window_without_hol
     assert second - first < 1.0  # the vendor would count a violation: why calls are held
 
 
-@pytest.mark.parametrize("backend", ["memory", "redis"])
 def test_held_calls_space_arrivals_by_the_answer_time_whatever_the_delay(
-    backend: str, request: pytest.FixtureRequest
+    limiter_backend: MemoryBackend | RedisBackend,
 ) -> None:
     clock = TestClock()
-    store: MemoryBackend | RedisBackend = MemoryBackend()
-    if backend == "redis":
-        store = RedisBackend(
-            request.getfixturevalue("redis_url"), prefix=f"qv-test:{uuid.uuid4().hex[:8]}"
-        )
-    limiter = RateLimiter({"p": ["1/second"]}, clock=clock, backend=store)
-    try:
-        first, second = _delayed_arrivals(limiter, clock, hold=True)
-    finally:
-        limiter.reset()
-        limiter.close()
+    limiter = RateLimiter({"p": ["1/second"]}, clock=clock, backend=limiter_backend)
+    first, second = _delayed_arrivals(limiter, clock, hold=True)
     assert second - first >= 1.0  # granted a window after the first answer (1.0 -> 2.0)
     assert clock.monotonic() == pytest.approx(2.0, abs=0.02)
 
 
-@pytest.mark.parametrize("backend", ["memory", "redis"])
 def test_a_call_in_flight_blocks_its_window_until_settled(
-    backend: str, request: pytest.FixtureRequest
+    limiter_backend: MemoryBackend | RedisBackend,
 ) -> None:
     clock = TestClock()
-    store: MemoryBackend | RedisBackend = MemoryBackend()
-    if backend == "redis":
-        store = RedisBackend(
-            request.getfixturevalue("redis_url"), prefix=f"qv-test:{uuid.uuid4().hex[:8]}"
-        )
-    limiter = RateLimiter({"p": ["2/second"]}, clock=clock, backend=store)
-    try:
-        assert limiter.try_acquire("p", token="a", hold_s=60.0) == 0
-        assert limiter.try_acquire("p", token="b", hold_s=60.0) == 0
-        clock.advance(5.0)  # long past the window: still in flight, so still inside it
-        assert 0 < limiter.try_acquire("p") <= 0.01  # look again shortly, not in 60 s
-        limiter.settle("p", "a")
-        assert limiter.try_acquire("p") > 0.9  # a left the window only by its answer (t=5)
-        clock.advance(1.0)
-        assert limiter.try_acquire("p") == 0
-        (usage,) = limiter.usage("p")
-        assert usage.used == 2  # b (in flight) and the new call
-    finally:
-        limiter.reset()
-        limiter.close()
+    limiter = RateLimiter({"p": ["2/second"]}, clock=clock, backend=limiter_backend)
+    assert limiter.try_acquire("p", token="a", hold_s=60.0) == 0
+    assert limiter.try_acquire("p", token="b", hold_s=60.0) == 0
+    clock.advance(5.0)  # long past the window: still in flight, so still inside it
+    assert 0 < limiter.try_acquire("p") <= 0.01  # look again shortly, not in 60 s
+    limiter.settle("p", "a")
+    assert limiter.try_acquire("p") > 0.9  # a left the window only by its answer (t=5)
+    clock.advance(1.0)
+    assert limiter.try_acquire("p") == 0
+    (usage,) = limiter.usage("p")
+    assert usage.used == 2  # b (in flight) and the new call
 
 
 # (now, cost, hold_s, settle afterwards), in the order the callers take the lock

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import multiprocessing
 import time
-import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import polars as pl
@@ -38,24 +36,13 @@ pytestmark = pytest.mark.redis
 OLD = BarRequest.of("AAPL", "2020-01-02", "2020-01-31")
 
 
-@pytest.fixture
-def prefix(redis_url: str) -> Iterator[str]:
-    name = f"qv-test-shared:{uuid.uuid4().hex[:8]}"
-    yield name
-    client = redis_client(redis_url)
-    keys = list(client.scan_iter(match=f"{name}*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
-
-
-def _breakers(url: str, prefix: str, reset_s: float = 30.0) -> Breakers:
-    shared = RedisBreakerState(redis_client(url), prefix)
+def _breakers(url: str, redis_prefix: str, reset_s: float = 30.0) -> Breakers:
+    shared = RedisBreakerState(redis_client(url), redis_prefix)
     return Breakers(SystemClock(), failure_threshold=3, reset_timeout_s=reset_s, shared=shared)
 
 
-def _open_breaker(url: str, prefix: str) -> None:
-    breaker = _breakers(url, prefix).get("polygon")
+def _open_breaker(url: str, redis_prefix: str) -> None:
+    breaker = _breakers(url, redis_prefix).get("polygon")
     for _ in range(3):
         breaker.record_failure(TransientProviderError("503", provider="polygon"))
     assert breaker.state is BreakerState.OPEN
@@ -68,10 +55,12 @@ def _run(target: object, *args: object) -> None:
     assert proc.exitcode == 0
 
 
-def test_a_breaker_opened_in_one_process_is_open_in_another(redis_url: str, prefix: str) -> None:
-    here = _breakers(redis_url, prefix).get("polygon")
+def test_a_breaker_opened_in_one_process_is_open_in_another(
+    redis_url: str, redis_prefix: str
+) -> None:
+    here = _breakers(redis_url, redis_prefix).get("polygon")
     assert here.state is BreakerState.CLOSED
-    _run(_open_breaker, redis_url, prefix)
+    _run(_open_breaker, redis_url, redis_prefix)
     assert here.state is BreakerState.OPEN
     assert 25.0 < here.retry_in_s() <= 30.0  # the cool-down runs from when the other opened it
     with pytest.raises(CircuitOpenError):
@@ -83,10 +72,10 @@ def test_a_breaker_opened_in_one_process_is_open_in_another(redis_url: str, pref
 
 
 def test_one_probe_for_all_processes_and_its_success_closes_every_breaker(
-    redis_url: str, prefix: str
+    redis_url: str, redis_prefix: str
 ) -> None:
-    a = _breakers(redis_url, prefix, reset_s=0.2).get("p")
-    b = _breakers(redis_url, prefix, reset_s=0.2).get("p")
+    a = _breakers(redis_url, redis_prefix, reset_s=0.2).get("p")
+    b = _breakers(redis_url, redis_prefix, reset_s=0.2).get("p")
     for _ in range(3):
         a.record_failure("boom")
     assert b.state is BreakerState.OPEN
@@ -100,9 +89,9 @@ def test_one_probe_for_all_processes_and_its_success_closes_every_breaker(
     assert b.before_call() is False
 
 
-def test_a_failed_probe_reopens_the_breaker_everywhere(redis_url: str, prefix: str) -> None:
-    a = _breakers(redis_url, prefix, reset_s=0.2).get("p")
-    b = _breakers(redis_url, prefix, reset_s=0.2).get("p")
+def test_a_failed_probe_reopens_the_breaker_everywhere(redis_url: str, redis_prefix: str) -> None:
+    a = _breakers(redis_url, redis_prefix, reset_s=0.2).get("p")
+    b = _breakers(redis_url, redis_prefix, reset_s=0.2).get("p")
     for _ in range(3):
         b.record_failure("boom")
     time.sleep(0.3)
@@ -112,16 +101,16 @@ def test_a_failed_probe_reopens_the_breaker_everywhere(redis_url: str, prefix: s
     assert b.retry_in_s() > 0.1
 
 
-def _record_failures(url: str, prefix: str) -> None:
-    health = HealthMonitor(store=RedisHealthStore(redis_client(url), prefix))
+def _record_failures(url: str, redis_prefix: str) -> None:
+    health = HealthMonitor(store=RedisHealthStore(redis_client(url), redis_prefix))
     for _ in range(10):
         health.record("tiingo", False, 0.5, "HTTP 503")
 
 
-def test_health_scores_are_those_of_every_process(redis_url: str, prefix: str) -> None:
-    here = HealthMonitor(store=RedisHealthStore(redis_client(redis_url), prefix))
+def test_health_scores_are_those_of_every_process(redis_url: str, redis_prefix: str) -> None:
+    here = HealthMonitor(store=RedisHealthStore(redis_client(redis_url), redis_prefix))
     here.record("tiingo", True, 0.1)
-    _run(_record_failures, redis_url, prefix)
+    _run(_record_failures, redis_url, redis_prefix)
     seen = here.get("tiingo")
     assert seen.calls == 11 and seen.failures == 10
     assert seen.last_error == "HTTP 503"
@@ -156,16 +145,16 @@ def test_results_survive_the_trip_through_redis_fields() -> None:
     assert back.metadata == {"pages": 2}  # objects describe the call, not the answer
 
 
-def _fill_cache(url: str, prefix: str) -> None:
-    cache = ResponseCache(l2=RedisResultCache(redis_client(url), prefix))
+def _fill_cache(url: str, redis_prefix: str) -> None:
+    cache = ResponseCache(l2=RedisResultCache(redis_client(url), redis_prefix))
     cache.put(OLD, _result(), datetime.now(UTC))
 
 
-def test_an_answer_cached_by_one_process_serves_another(redis_url: str, prefix: str) -> None:
-    here = ResponseCache(l2=RedisResultCache(redis_client(redis_url), prefix))
+def test_an_answer_cached_by_one_process_serves_another(redis_url: str, redis_prefix: str) -> None:
+    here = ResponseCache(l2=RedisResultCache(redis_client(redis_url), redis_prefix))
     now = datetime.now(UTC)
     assert here.get(OLD, now) is None
-    _run(_fill_cache, redis_url, prefix)
+    _run(_fill_cache, redis_url, redis_prefix)
     hit = here.get(OLD, now)
     assert hit is not None
     assert hit.metadata["cache_level"] == "l2" and hit.metadata["cached"] is True
@@ -176,23 +165,25 @@ def test_an_answer_cached_by_one_process_serves_another(redis_url: str, prefix: 
     assert here.l2_hits == 1
 
 
-def test_a_redis_outage_leaves_each_part_working(prefix: str) -> None:
+def test_a_redis_outage_leaves_each_part_working(redis_prefix: str) -> None:
     dead = redis_client("redis://127.0.0.1:1/0")  # nothing listens there
-    breakers = Breakers(SystemClock(), failure_threshold=1, shared=RedisBreakerState(dead, prefix))
+    breakers = Breakers(
+        SystemClock(), failure_threshold=1, shared=RedisBreakerState(dead, redis_prefix)
+    )
     breaker = breakers.get("p")
     breaker.record_failure("boom")
     assert breaker.state is BreakerState.OPEN
-    health = HealthMonitor(store=RedisHealthStore(dead, prefix))
+    health = HealthMonitor(store=RedisHealthStore(dead, redis_prefix))
     health.record("p", False, 1.0, "x")
     assert health.get("p").failures == 1
-    cache = ResponseCache(l2=RedisResultCache(dead, prefix))
+    cache = ResponseCache(l2=RedisResultCache(dead, redis_prefix))
     cache.put(OLD, _result(), datetime.now(UTC))
     assert cache.get(OLD, datetime.now(UTC)) is not None
 
 
-def test_the_redis_backend_wires_shared_parts(redis_url: str, prefix: str) -> None:
+def test_the_redis_backend_wires_shared_parts(redis_url: str, redis_prefix: str) -> None:
     settings = Settings(
-        resilience={"backend": "redis", "redis_prefix": prefix},
+        resilience={"backend": "redis", "redis_prefix": redis_prefix},
         services={"redis_url": redis_url},
     )
     one = Acquisition(settings, SystemClock(), default_registry)
@@ -218,9 +209,12 @@ def test_the_redis_backend_wires_shared_parts(redis_url: str, prefix: str) -> No
     local.close()
 
 
-def test_qv_providers_shows_the_state_every_process_shares(redis_url: str, prefix: str) -> None:
+def test_qv_providers_shows_the_state_every_process_shares(
+    redis_url: str, redis_prefix: str
+) -> None:
     settings = Settings(
-        resilience={"backend": "redis", "redis_prefix": prefix}, services={"redis_url": redis_url}
+        resilience={"backend": "redis", "redis_prefix": redis_prefix},
+        services={"redis_url": redis_url},
     )
     one = Acquisition(settings, SystemClock(), default_registry)
     try:
@@ -237,7 +231,7 @@ def test_qv_providers_shows_the_state_every_process_shares(redis_url: str, prefi
     )  # fmt: skip
     assert "5 consecutive failures" in row["reason"] and row["health"] < 1
     assert shared_state(Settings(), ["polygon"]) is None  # the memory backend shares nothing
-    env = {"QV_RESILIENCE__BACKEND": "redis", "QV_RESILIENCE__REDIS_PREFIX": prefix,
+    env = {"QV_RESILIENCE__BACKEND": "redis", "QV_RESILIENCE__REDIS_PREFIX": redis_prefix,
            "QV_SERVICES__REDIS_URL": redis_url, "COLUMNS": "200"}  # fmt: skip
     shown = CliRunner().invoke(app, ["providers"], env=env)
     assert shown.exit_code == 0, shown.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -65,9 +66,22 @@ def test_qv_revalidate_prints_the_rules_findings(damaged_store: tuple[Settings, 
     env = {"QV_STORAGE__BUCKETS": "8", "COLUMNS": "200"}
     shown = runner.invoke(app, base, env=env)
     assert shown.exit_code == 0, shown.output
-    assert "ohlc_inconsistent" in shown.output and f"{broken} rejected" in shown.output
+    assert "ohlc_inconsistent" in shown.output and f"rejected {broken};" in shown.output
+    assert "revalidated 1d (local)" in shown.output
     local = runner.invoke(app, [*base, "--format", "json"], env=env)
     on_dask = runner.invoke(app, [*base, "--dask", "--workers", "1", "--format", "json"], env=env)
     assert on_dask.exit_code == 0, on_dask.output
     assert json.loads(on_dask.output) == json.loads(local.output)
     assert sum(r["rejected"] for r in json.loads(local.output)) == broken
+    # `qv universe revalidate` is the same command with Dask by default
+    universe = [*base[:-1], "universe", "revalidate"]
+    same = runner.invoke(app, [*universe, "--local", "--format", "json"], env=env)
+    assert same.exit_code == 0, same.output
+    assert json.loads(same.output) == json.loads(local.output)
+    shown_too = runner.invoke(app, [*universe, "--local"], env=env)
+
+    def summary(output: str) -> str:  # the last line, without the seconds it took
+        return re.sub(r"; [0-9.]+ s$", "", output.strip().splitlines()[-1])
+
+    assert summary(shown_too.output) == summary(shown.output)
+    assert summary(shown.output).endswith(f"rejected {broken}")

@@ -24,7 +24,7 @@ import bisect
 import math
 import threading
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
@@ -118,16 +118,32 @@ _IN_FLIGHT_POLL_S = 0.01
 
 
 class MemoryBackend:
-    """Sliding logs in this process; a lock makes check-and-record atomic across threads."""
+    """Sliding logs in this process; a lock makes check-and-record atomic across threads.
+
+    With a clock (`bind_clock`; a `RateLimiter` binds its own) the time is read inside the
+    lock and the `now` passed in is ignored: a caller's reading taken before it waited for the
+    lock is stale, and a call stamped earlier than it was granted leaves its window early.
+    """
 
     shared = False
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] | None = None) -> None:
+        self._clock = clock
         # per window, sorted (score, token) pairs; a token names one call's entries
         self._logs: dict[tuple[str, Rate], list[tuple[float, str]]] = {}
         # provider -> (the windows `take` last saw, their logs): `take` runs per API request
         self._held: dict[str, tuple[Sequence[Rate], list[list[tuple[float, str]]]]] = {}
         self._lock = threading.Lock()
+
+    def bind_clock(self, clock: Callable[[], float]) -> None:
+        """Read the time from `clock` inside the lock from now on (one clock per backend)."""
+        if self._clock is not None and self._clock != clock:
+            raise ConfigurationError("an in-memory limiter backend reads one clock")
+        self._clock = clock
+
+    def _at(self, now: float) -> float:
+        # called with the lock held
+        return now if self._clock is None else self._clock()
 
     def _log(self, provider: str, rate: Rate, now: float) -> list[tuple[float, str]]:
         log = self._logs.setdefault((provider, rate), [])
@@ -149,6 +165,7 @@ class MemoryBackend:
         hold_s: float = 0.0,
     ) -> float:
         with self._lock:
+            now = self._at(now)
             logs = [self._log(provider, r, now) for r in rates]
             wait = max(
                 (
@@ -166,6 +183,7 @@ class MemoryBackend:
 
     def settle(self, provider: str, rates: Sequence[Rate], token: str, now: float) -> None:
         with self._lock:
+            now = self._at(now)
             for rate in rates:
                 log = self._logs.get((provider, rate))
                 if not log:
@@ -177,6 +195,7 @@ class MemoryBackend:
 
     def usage(self, provider: str, rates: Sequence[Rate], now: float) -> list[tuple[int, float]]:
         with self._lock:
+            now = self._at(now)
             out = []
             for rate in rates:
                 log = self._log(provider, rate, now)
@@ -189,6 +208,7 @@ class MemoryBackend:
         # `try_acquire` and `usage` in one pass without copying the logs: an API client's
         # windows can hold thousands of entries, and this runs per request
         with self._lock:
+            now = self._at(now)
             held = self._held.get(provider)
             if held is None or held[0] is not rates:
                 held = self._held[provider] = (rates, [self._log(provider, r, now) for r in rates])
@@ -440,6 +460,8 @@ class RateLimiter:
     ) -> None:
         self.clock = clock
         self.backend: LimiterBackend = backend or MemoryBackend()
+        if isinstance(self.backend, MemoryBackend):
+            self.backend.bind_clock(clock.monotonic)  # the time of a grant is read in its lock
         self.max_wait_s = max_wait_s
         self.margin_s = margin_s
         self._rates: dict[str, tuple[Rate, ...]] = {}

@@ -10,6 +10,11 @@ one cannot be promoted to, and Protobuf field numbers reused with another name, 
 are refused with `SchemaCompatibilityError`, saying which field and why. Ids are derived from
 the canonical schema text (the first 31 bits of its SHA-256), so processes agree on them
 without a coordinator.
+
+In a store, each subject takes a numbered slot and each version its own entry, both claimed
+with the store's atomic insert-if-absent (`setdefault_state`: SQLite's write transaction, a
+unique key in PostgreSQL). Processes registering at once therefore never overwrite each
+other's versions, as they did when the whole table was one entry rewritten by each.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ __all__ = [
 
 Format = Literal["AVRO", "PROTOBUF"]
 _STATE_KEY = "schema_registry"
+_LEGACY_KEY = _STATE_KEY  # earlier releases kept the whole table in this one entry
 
 
 class SchemaCompatibilityError(BusError):
@@ -44,7 +50,9 @@ class StateStore(Protocol):
 
     def get_state(self, key: str) -> dict[str, Any] | None: ...
 
-    def put_state(self, key: str, value: dict[str, Any]) -> None: ...
+    def setdefault_state(self, key: str, value: dict[str, Any]) -> dict[str, Any]:
+        """Keep `value` under `key` unless one is there; return the one kept (atomic)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,75 +85,91 @@ class SchemaRegistry:
         self._lock = threading.Lock()
         self._subjects: dict[str, list[RegisteredSchema]] = {}
         self._by_id: dict[int, RegisteredSchema] = {}
-        self._load()
+        self._slots = 0  # how many subject slots of the store this instance has read
+        if state is not None:
+            with self._lock:
+                self._adopt_legacy(state)
+                self._refresh(state)
 
-    def _load(self) -> None:
-        data = self._state.get_state(_STATE_KEY) if self._state is not None else None
-        for subject, versions in (data or {}).get("subjects", {}).items():
-            self._subjects[subject] = [
-                RegisteredSchema(subject, v["version"], v["id"], v["format"], v["schema"])
-                for v in versions
-            ]
-        self._by_id = {s.schema_id: s for vs in self._subjects.values() for s in vs}
+    # -- the store: one entry per subject slot and per (subject, version) ------------------
+    def _refresh(self, state: StateStore) -> None:
+        """Read the subjects and versions other processes added since the last read."""
+        while (slot := state.get_state(_slot_key(self._slots))) is not None:
+            self._subjects.setdefault(slot["subject"], [])
+            self._slots += 1
+        for subject in self._subjects:
+            self._refresh_subject(state, subject)
 
-    def _save(self) -> None:
-        if self._state is None:
+    def _refresh_subject(self, state: StateStore, subject: str) -> None:
+        versions = self._subjects.setdefault(subject, [])
+        while (doc := state.get_state(_version_key(subject, len(versions) + 1))) is not None:
+            self._add(_entry(subject, doc))
+
+    def _add(self, entry: RegisteredSchema) -> None:
+        self._subjects.setdefault(entry.subject, []).append(entry)
+        self._by_id.setdefault(entry.schema_id, entry)
+
+    def _claim_subject(self, state: StateStore, subject: str) -> None:
+        """List `subject` in the first free slot unless a slot names it (atomic per slot)."""
+        while True:
+            kept = state.setdefault_state(_slot_key(self._slots), {"subject": subject})
+            self._subjects.setdefault(kept["subject"], [])
+            self._slots += 1
+            if kept["subject"] == subject:
+                return
+
+    def _adopt_legacy(self, state: StateStore) -> None:
+        """Move the one-document table of earlier releases into slots, once (idempotent)."""
+        legacy = state.get_state(_LEGACY_KEY)
+        if not legacy or state.get_state(_slot_key(0)) is not None:
             return
-        self._state.put_state(
-            _STATE_KEY,
-            {
-                "subjects": {
-                    subject: [
-                        {
-                            "version": s.version,
-                            "id": s.schema_id,
-                            "format": s.format,
-                            "schema": s.schema,
-                        }
-                        for s in versions
-                    ]
-                    for subject, versions in self._subjects.items()
-                }
-            },
-        )
+        for subject, versions in legacy.get("subjects", {}).items():
+            self._claim_subject(state, subject)
+            for v in versions:
+                state.setdefault_state(_version_key(subject, v["version"]), v)
+        self._subjects.clear()
+        self._slots = 0
 
     def register(self, subject: str, schema: dict[str, Any], fmt: Format) -> RegisteredSchema:
         """Add `schema` as the subject's next version (or return it if it is the latest).
 
         Raises `SchemaCompatibilityError` when it cannot read data of the latest version.
+        Safe across processes sharing a store: each version is claimed with an atomic
+        insert-if-absent; a process that loses a version to another checks its schema
+        against the winner's and tries the next one.
         """
         sid = schema_id_of(schema)
+        state = self._state
         with self._lock:
-            versions = self._subjects.setdefault(subject, [])
-            for known in versions:
-                if known.schema_id == sid:
-                    return known
-            if versions:
-                latest = versions[-1]
-                if latest.format != fmt:
-                    raise SchemaCompatibilityError(
-                        "a subject keeps one format", subject=subject, was=latest.format, now=fmt
-                    )
-                check = avro_problems if fmt == "AVRO" else protobuf_problems
-                problems = check(schema, latest.schema)
-                if problems:
-                    raise SchemaCompatibilityError(
-                        f"schema for {subject} is not backward compatible with version"
-                        f" {latest.version}: " + "; ".join(problems),
-                        subject=subject,
-                    )
-            entry = RegisteredSchema(subject, len(versions) + 1, sid, fmt, schema)
-            versions.append(entry)
-            self._by_id[sid] = entry
-            self._save()
-            return entry
+            if state is not None:
+                self._refresh_subject(state, subject)
+            while True:
+                versions = self._subjects.get(subject, [])
+                for known in versions:
+                    if known.schema_id == sid:
+                        return known
+                if versions:
+                    _check(subject, versions[-1], schema, fmt)
+                entry = RegisteredSchema(subject, len(versions) + 1, sid, fmt, schema)
+                if state is None:
+                    self._add(entry)
+                    return entry
+                if not versions:
+                    self._claim_subject(state, subject)
+                kept = _entry(
+                    subject,
+                    state.setdefault_state(_version_key(subject, entry.version), _doc(entry)),
+                )
+                self._add(kept)
+                if kept.schema_id == sid:
+                    return kept
 
     def by_id(self, schema_id: int) -> RegisteredSchema:
         """Return the schema with `schema_id`; `BusError` when unknown."""
         found = self._by_id.get(schema_id)
         if found is None and self._state is not None:  # another process may have added it
             with self._lock:
-                self._load()
+                self._refresh(self._state)
             found = self._by_id.get(schema_id)
         if found is None:
             raise BusError("unknown schema id", schema_id=schema_id)
@@ -157,7 +181,44 @@ class SchemaRegistry:
 
     def subjects(self) -> list[str]:
         """Return the subjects, sorted."""
-        return sorted(self._subjects)
+        return sorted(s for s, versions in self._subjects.items() if versions)
+
+
+def _slot_key(slot: int) -> str:
+    return f"{_STATE_KEY}.subject.{slot}"
+
+
+def _version_key(subject: str, version: int) -> str:
+    return f"{_STATE_KEY}.version.{version}.{subject}"
+
+
+def _doc(entry: RegisteredSchema) -> dict[str, Any]:
+    return {
+        "version": entry.version,
+        "id": entry.schema_id,
+        "format": entry.format,
+        "schema": entry.schema,
+    }
+
+
+def _entry(subject: str, doc: dict[str, Any]) -> RegisteredSchema:
+    return RegisteredSchema(subject, doc["version"], doc["id"], doc["format"], doc["schema"])
+
+
+def _check(subject: str, latest: RegisteredSchema, schema: dict[str, Any], fmt: str) -> None:
+    """Raise `SchemaCompatibilityError` unless `schema` can read data of `latest`."""
+    if latest.format != fmt:
+        raise SchemaCompatibilityError(
+            "a subject keeps one format", subject=subject, was=latest.format, now=fmt
+        )
+    check = avro_problems if fmt == "AVRO" else protobuf_problems
+    problems = check(schema, latest.schema)
+    if problems:
+        raise SchemaCompatibilityError(
+            f"schema for {subject} is not backward compatible with version"
+            f" {latest.version}: " + "; ".join(problems),
+            subject=subject,
+        )
 
 
 # -- compatibility -----------------------------------------------------------------------------

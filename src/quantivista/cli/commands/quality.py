@@ -13,6 +13,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from quantivista.cli.app import app, console, fail, session
+from quantivista.cli.commands.universe import show_revalidation
 from quantivista.cli.render import (
     NUMERIC,
     Format,
@@ -180,24 +181,8 @@ def revalidate(
 ) -> None:
     """Check every stored bar against the current rules (after a rule change); store nothing.
 
-    With --dask the universe is split by the lake's buckets over a Dask cluster: a
-    LocalCluster on 127.0.0.1, or the scheduler given.
+    `qv universe revalidate` in this process by default; with --dask the universe is split
+    by the lake's buckets over a Dask cluster: a LocalCluster on 127.0.0.1, or the scheduler
+    given.
     """
-    with session() as rt:
-        report = rt.revalidate(
-            timeframe, engine="dask" if dask else "local", scheduler=scheduler, workers=workers
-        )
-    if fmt_ is not Format.table:
-        emit(report.per_symbol, fmt_, "revalidation")
-        return
-    table = Table(title=f"re-validation of {report.timeframe} bars", header_style="bold")
-    table.add_column("rule")
-    table.add_column("rows", justify="right")
-    for rule, n in sorted(report.rule_counts.items(), key=lambda kv: -kv[1]):
-        table.add_row(escape(rule), f"{n:,}")
-    table.caption = (
-        f"{report.bars:,} bars of {report.per_symbol.height:,} symbols checked,"
-        f" {report.rejected:,} rejected by today's rules; {report.engine},"
-        f" {report.partitions} partitions, {report.elapsed_s:.1f} s"
-    )
-    console.print(table)
+    show_revalidation(timeframe, scheduler, workers, "dask" if dask else "local", fmt_)

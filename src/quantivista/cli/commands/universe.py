@@ -20,11 +20,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from quantivista.cli.app import app, console, errors_to_exit, fail, settings
+from quantivista.cli.render import Format, emit
 from quantivista.config import Settings
 from quantivista.services import universe as work
 from quantivista.services.revalidation import revalidate as revalidate_store
 
-__all__ = ["universe_app"]
+__all__ = ["show_revalidation", "universe_app"]
 
 universe_app = typer.Typer(
     help="Universe-wide work on Dask: revalidate, rollup, export, rescore.", no_args_is_help=True
@@ -40,6 +41,7 @@ WORKERS = Annotated[
 ]
 LOCAL = Annotated[bool, typer.Option("--local", help="Run in this process, without Dask.")]
 TIMEFRAME = Annotated[str, typer.Option("--timeframe", "-t", help="1d, 1h, 1m...")]
+FORMAT = Annotated[Format, typer.Option("--format", "-f", help="table, json or csv.")]
 
 
 def _settings(scheduler: str | None, workers: int | None) -> Settings:
@@ -79,12 +81,33 @@ def revalidate(
     scheduler: SCHEDULER = None,
     workers: WORKERS = None,
     local: LOCAL = False,
+    fmt_: FORMAT = Format.table,
 ) -> None:
     """Check every stored bar with the current rules (after a rule change); write nothing."""
-    with errors_to_exit(), _progress("revalidate") as tell:
-        report = revalidate_store(
-            _settings(scheduler, workers), timeframe, engine=_engine(local), progress=tell
-        )
+    show_revalidation(timeframe, scheduler, workers, _engine(local), fmt_)
+
+
+def show_revalidation(
+    timeframe: str,
+    scheduler: str | None,
+    workers: int | None,
+    engine: Literal["local", "dask"],
+    fmt_: Format,
+) -> None:
+    """Revalidate and print the findings: `qv universe revalidate` and `qv revalidate`.
+
+    A table shows the rule counts and a progress bar; json and csv print the per-symbol
+    counts alone (no bar: the output is for programs).
+    """
+    with errors_to_exit():
+        if fmt_ is not Format.table:
+            report = revalidate_store(_settings(scheduler, workers), timeframe, engine=engine)
+            emit(report.per_symbol, fmt_, "revalidation")
+            return
+        with _progress("revalidate") as tell:
+            report = revalidate_store(
+                _settings(scheduler, workers), timeframe, engine=engine, progress=tell
+            )
     table = Table(title=f"revalidation {report.timeframe} ({report.engine})", header_style="bold")
     table.add_column("rule")
     table.add_column("bars", justify="right")

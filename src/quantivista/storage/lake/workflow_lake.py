@@ -104,13 +104,18 @@ class WorkflowLake:
         if missing:
             raise InvalidInputError(f"{table} rows need {', '.join(missing)}")
         name = f"part-{_value(job_id)}.parquet"
-        split = [*keys, keep] if keep is not None else keys
+        # rows left out are split off by the keep flag; when every row is kept, the keys
+        # alone split them: a key that is one literal value (a job's ingestion date) splits
+        # nothing and polars hands the frame back uncopied, while the computed flag as a
+        # second key gathers every row (a plain job into risk_metrics took twice as long)
+        leave_out = keep is not None and frame.get_column(keep).all(ignore_nulls=False) is not True
+        split = [*keys, keep] if leave_out and keep is not None else keys
         parts = {
             values[: len(keys)]: part
             for values, part in frame.partition_by(
                 split, as_dict=True, maintain_order=False
             ).items()
-            if keep is None or values[-1]
+            if not leave_out or values[-1]
         }
         folders = {
             values: base.joinpath(*(f"{k}={_value(v)}" for k, v in zip(keys, values, strict=True)))

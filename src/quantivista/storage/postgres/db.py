@@ -24,10 +24,12 @@ from quantivista.storage.postgres.copy import frame_copy_chunks
 __all__ = [
     "bump_version",
     "copy_frame",
+    "listing_filters",
     "lock_version",
     "read_frame",
     "read_version",
     "transaction",
+    "where_all",
     "wire_columns",
 ]
 
@@ -74,6 +76,31 @@ def _wire(name: str, dtype: pl.DataType, alias: str | None) -> sql.Composable:
     else:
         return col
     return expr.format(c=col)
+
+
+def listing_filters(
+    symbols: Sequence[str] | None, job_id: str | None
+) -> tuple[list[sql.Composable], dict[str, Any]]:
+    """Return the conditions (and parameters) of the listings' symbol and batch-job filters.
+
+    None or empty: no condition. Callers add their own and join them with `where_all`.
+    """
+    where: list[sql.Composable] = []
+    params: dict[str, Any] = {}
+    if symbols:
+        where.append(sql.SQL("symbol = ANY(%(symbols)s)"))
+        params["symbols"] = list(symbols)
+    if job_id:
+        where.append(sql.SQL("batch_job_id = %(job)s"))
+        params["job"] = job_id
+    return where, params
+
+
+def where_all(conditions: Sequence[sql.Composable]) -> sql.Composable:
+    """Return `WHERE a AND b ...`, or nothing when there are no conditions."""
+    if not conditions:
+        return sql.SQL("")
+    return sql.SQL("WHERE ") + sql.SQL(" AND ").join(conditions)
 
 
 def wire_columns(schema: pl.Schema, alias: str | None = None) -> sql.Composable:

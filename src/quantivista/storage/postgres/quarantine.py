@@ -18,9 +18,11 @@ from quantivista.model.schema import (
 )
 from quantivista.storage.postgres.db import (
     copy_frame,
+    listing_filters,
     lock_version,
     read_frame,
     transaction,
+    where_all,
     wire_columns,
 )
 
@@ -92,14 +94,7 @@ class PgQuarantineStore:
 
         With `include_released`, released rows too, with `released_at` and `release_job_id`.
         """
-        where: list[sql.Composable] = []
-        params: dict[str, Any] = {}
-        if symbols:
-            where.append(sql.SQL("symbol = ANY(%(symbols)s)"))
-            params["symbols"] = list(symbols)
-        if job_id:
-            where.append(sql.SQL("batch_job_id = %(job)s"))
-            params["job"] = job_id
+        where, params = listing_filters(symbols, job_id)
         if rule:
             where.append(sql.SQL("%(rule)s = ANY(string_to_array(rule, ','))"))
             params["rule"] = rule
@@ -145,7 +140,7 @@ def _rows(
     """Return quarantined rows matching `where`, released or not, in the listing order."""
     query = sql.SQL("SELECT {cols} FROM quarantine_rows {where} ORDER BY seq").format(
         cols=wire_columns(QUARANTINE_POLARS_SCHEMA),
-        where=sql.SQL("WHERE ") + sql.SQL(" AND ").join(where) if where else sql.SQL(""),
+        where=where_all(where),
     )
     df = read_frame(conn, query, params, QUARANTINE_POLARS_SCHEMA)
     return df.sort("quarantined_at", "symbol", "ts", maintain_order=True)

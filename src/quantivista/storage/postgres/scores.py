@@ -27,7 +27,7 @@ from psycopg_pool import ConnectionPool
 
 from quantivista.model.schema import STORED_SCORE_SCHEMA
 from quantivista.storage.lake.scores import latest_scores, score_runs
-from quantivista.storage.postgres.db import copy_frame, transaction
+from quantivista.storage.postgres.db import copy_frame, listing_filters, transaction, where_all
 
 __all__ = ["PgScoreStore"]
 
@@ -110,20 +110,13 @@ class PgScoreStore:
         timeframe: str | None = None,
     ) -> pl.DataFrame:
         """Return stored scores with `scored_at`, sorted by symbol, timeframe, date, scored_at."""
-        where: list[sql.Composable] = []
-        params: dict[str, Any] = {}
-        if symbols:
-            where.append(sql.SQL("symbol = ANY(%(symbols)s)"))
-            params["symbols"] = list(symbols)
-        if job_id:
-            where.append(sql.SQL("batch_job_id = %(job)s"))
-            params["job"] = job_id
+        where, params = listing_filters(symbols, job_id)
         if timeframe:
             where.append(sql.SQL("timeframe = %(tf)s"))
             params["tf"] = timeframe
         query = sql.SQL("COPY ({select} {where}) TO STDOUT (FORMAT CSV)").format(
             select=_SELECT,
-            where=sql.SQL("WHERE ") + sql.SQL(" AND ").join(where) if where else sql.SQL(""),
+            where=where_all(where),
         )
         with transaction(self.pool, "reading quality scores") as conn:
             conn.execute("SET LOCAL datestyle = 'ISO, YMD'")  # dates in arrays as YYYY-MM-DD
