@@ -6,9 +6,9 @@ import io
 import ssl
 import subprocess
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from uuid import uuid4
 
 import httpx
 import jwt
@@ -294,18 +294,9 @@ def test_tls_with_a_generated_certificate(store: Settings, tmp_path: Path) -> No
 
 @pytest.mark.redis
 def test_two_api_processes_share_limits_and_cache_through_redis(
-    store: Settings, redis_url: str
+    shared_limits: Callable[[list[str]], Settings],
 ) -> None:
-    prefix = f"qv-test:{uuid4().hex[:8]}"
-    settings = store.model_copy(
-        update={
-            "api": ApiSettings(rate_limits=["4/minute"]),
-            "resilience": store.resilience.model_copy(
-                update={"backend": "redis", "redis_prefix": prefix}
-            ),
-            "services": store.services.model_copy(update={"redis_url": redis_url}),
-        }
-    )
+    settings = shared_limits(["4/minute"])
     creds = make_client(settings, "acme", "read:bars")
     key = {"X-API-Key": creds.api_key}
     params = {"symbols": SYMBOLS[0], "start": "2023-01-01", "end": "2023-03-31"}

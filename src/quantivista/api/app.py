@@ -55,7 +55,8 @@ def _state(settings: Settings, runtime: Runtime) -> ApiState:
     prefix = f"{settings.resilience.redis_prefix}:api"
     limiter: RateLimiter | LeasedLimiter
     if redis_url:  # shared by every API process: tokens leased a block per Redis call
-        limiter = LeasedLimiter(RedisBackend(redis_url, prefix=prefix), runtime.clock)
+        backend = RedisBackend(redis_url, prefix=prefix, server_clock=True)  # one clock: Redis
+        limiter = LeasedLimiter(backend, runtime.clock)
     else:
         limiter = RateLimiter({}, clock=runtime.clock, backend=MemoryBackend())
     metrics = ApiMetrics()
