@@ -133,7 +133,7 @@ class ArrowStreamEncoder:
 
 
 _EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"  # an IPC stream's end marker
-_JOINED = 64 << 10  # pieces smaller than this are joined with their neighbours (copied)
+_JOINED = 8 << 10  # pieces smaller than this are joined with their neighbours (copied)
 
 
 class _Pieces:
