@@ -133,3 +133,21 @@ def test_leases_are_scored_on_redis_time_whatever_the_api_clock(redis_url: str) 
     assert usage is not None and usage.left == 4 and 0 < usage.resets_in_s <= 61
     limiter.close()
     client.delete(f"{prefix}:api:c1:5/60")
+
+
+def test_blocks_that_ended_unspent_are_all_given_back_before_the_next(redis_url: str) -> None:
+    prefix = f"qv-test:apiperf:{uuid4().hex[:8]}"
+    clock = TestClock(datetime.now(UTC))
+    limiter = LeasedLimiter(RedisBackend(redis_url, prefix=prefix), clock, ttl_s=1.0, max_block=8)
+    limiter.set_limits("api:c1", ["1000/minute"])
+    # blocks of 1, 2 and 4 (each one half spent takes the next ahead): 2 of the 4 unspent,
+    # and a block of 8 taken ahead
+    assert all(limiter.take("api:c1")[0] == 0 for _ in range(5))
+    ahead = limiter._leases["api:c1"].ahead
+    assert ahead is not None and ahead.result().size == 8
+    clock.advance(2.0)  # both end unspent (a client slower than its leases)
+    wait, usage = limiter.take("api:c1")
+    # Redis counted, with the new block, only what was spent: the 2 and the 8 went back
+    assert wait == 0 and usage is not None and usage.left == 1000 - 6
+    limiter.close()
+    redis.Redis.from_url(redis_url).delete(f"{prefix}:api:c1:1000/60")

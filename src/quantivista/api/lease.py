@@ -116,7 +116,10 @@ class LeasedLimiter:
             if now < lease.refused_until:  # a client over its limit costs Redis nothing
                 return lease.free_at - now, self._usage(name, lease, now)
             self._size_next(lease)
-            block = self._lease(name, lease.rates, lease.block, self._retire(lease, ahead))
+            owed = self._owed(lease, ahead)
+            for extra in owed[1:]:  # rare: more than one block ended unspent
+                self.backend.give_back(name, lease.rates, *extra)
+            block = self._lease(name, lease.rates, lease.block, owed[0] if owed else None)
             self._install(lease, block)
             if block.wait > 0:
                 # look again after at most a lease's time: another process may give back
@@ -159,18 +162,22 @@ class LeasedLimiter:
         except Exception:  # Redis failed on the background thread: the caller's call retries
             return None
 
-    def _retire(self, lease: _Lease, unused: _Block | None) -> tuple[str, int, int] | None:
-        """Return the entries to give back with the next lease call: the current block's
-        unspent ones, and those of a block taken ahead that ended unused (or the older
-        retired ones, which otherwise leave their windows by themselves)."""
+    @staticmethod
+    def _owed(lease: _Lease, unused: _Block | None) -> list[tuple[str, int, int]]:
+        """Return the entries to give back before the next block is taken: those of a block
+        taken ahead that ended unused, the current block's unspent ones, and an earlier
+        block's that ended unspent (`retired`); all given back, so a refusal never comes
+        while tokens of this process wait to be given back."""
+        owed = []
         if unused is not None and unused.size:
-            return (unused.name, 1, unused.size)
+            owed.append((unused.name, 1, unused.size))
         if lease.name and lease.spent < lease.size:
-            unspent = (lease.name, lease.spent + 1, lease.size)
-            lease.size = lease.spent  # given back with this call
-            return unspent
-        retired, lease.retired = lease.retired, None
-        return retired
+            owed.append((lease.name, lease.spent + 1, lease.size))
+            lease.size = lease.spent  # given back now
+        if lease.retired is not None:
+            owed.append(lease.retired)
+            lease.retired = None
+        return owed
 
     def _install(self, lease: _Lease, block: _Block) -> None:
         if block.size and lease.name and lease.spent < lease.size:
