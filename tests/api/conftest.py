@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
+from uuid import uuid4
 
 import httpx
 import pytest
 import uvicorn
 
 from quantivista.api.app import create_app
-from quantivista.config import Settings
+from quantivista.config import ApiSettings, Settings
 from quantivista.platform import Platform
 from quantivista.providers.simulator import SimulatedMarket
 
@@ -94,3 +95,29 @@ def bearer(api: LiveApi, creds: Credentials, scope: str | None = None) -> dict[s
         reply = http.post("/api/v1/auth/token", data=data)
     assert reply.status_code == 200, reply.text
     return {"Authorization": f"Bearer {reply.json()['access_token']}"}
+
+
+@pytest.fixture
+def shared_limits(store: Settings, redis_url: str) -> Iterator[Callable[[list[str]], Settings]]:
+    """Return a maker of the store's settings with API rate limits kept in Redis (under a
+    prefix of this test's own); the test's keys are deleted afterwards."""
+    import redis
+
+    prefix = f"qv-test:apiperf:{uuid4().hex[:8]}"
+
+    def settings(rate_limits: list[str]) -> Settings:
+        return store.model_copy(
+            update={
+                "api": ApiSettings(rate_limits=rate_limits),
+                "resilience": store.resilience.model_copy(
+                    update={"backend": "redis", "redis_prefix": prefix}
+                ),
+                "services": store.services.model_copy(update={"redis_url": redis_url}),
+            }
+        )
+
+    yield settings
+    client = redis.Redis.from_url(redis_url)
+    for key in client.scan_iter(match=f"{prefix}*"):
+        client.delete(key)
+    client.close()

@@ -26,7 +26,7 @@ def test_tables_with_other_dictionaries_make_one_readable_stream() -> None:
     stream = TableStream(stored_schema())
     # one table as a lake file reads (dictionaries of strings), one from polars (cast)
     stored = arrow_table(first).cast(stored_schema())
-    body = b"".join([stream.feed(stored), stream.feed(arrow_table(second)), stream.finish()])
+    body = b"".join([*stream.feed(stored), *stream.feed(arrow_table(second)), stream.finish()])
     read = pa.ipc.open_stream(body).read_all()
     assert read.schema == stored_schema()
     got = pl.DataFrame(pl.from_arrow(read)).with_columns(pl.col(pl.Categorical).cast(pl.String))
@@ -37,3 +37,16 @@ def test_tables_with_other_dictionaries_make_one_readable_stream() -> None:
 def test_an_empty_stream_has_the_schema() -> None:
     read = pa.ipc.open_stream(TableStream(stored_schema()).finish()).read_all()
     assert read.num_rows == 0 and read.schema == stored_schema()
+
+
+def test_large_columns_are_sent_from_the_tables_memory() -> None:
+    frame = _bars([f"S{i:03d}" for i in range(3000)], "p1")  # 9,000 rows: 72 kB a column
+    table = arrow_table(frame).cast(stored_schema())
+    stream = TableStream(stored_schema())
+    pieces = stream.feed(table)
+    close = table.column("close").chunk(0).buffers()[1]
+    views = [p for p in pieces if isinstance(p, memoryview)]
+    assert any(pa.py_buffer(v).address == close.address for v in views)  # not a copy
+    body = b"".join([*pieces, *stream.feed(table.slice(5, 10)), stream.finish()])
+    read = pa.ipc.open_stream(body).read_all()
+    assert read.equals(pa.concat_tables([table, table.slice(5, 10)]))

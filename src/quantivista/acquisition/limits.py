@@ -261,39 +261,59 @@ if ARGV[FLAG] == '1' then
 end
 """
 
-# KEYS: one sorted set per window. ARGV: now, cost, token, hold, poll, then (limit, period)
-# pairs. Returns the wait in seconds ("0" when recorded), then per window the calls in it and
-# the score of its oldest ("" when empty), all as strings (Lua numbers become ints). An entry
-# scored after `now` is in flight: wait `poll`, it may settle soon.
+# KEYS: one sorted set per window. ARGV: now, cost, token, hold, poll, least, the name of
+# entries to give back, the first and last index of those, then (limit, period) pairs.
+# Gives back (removes) the named entries `give:first..give:last`, then records as many of
+# `cost` calls as every window has room for, scored now + hold, when that is at least
+# `least` (`cost` for a call; 1 for a lease of up to `cost` tokens). Returns the wait in
+# seconds for `least` calls ("0" when recorded), the calls recorded, then per window the
+# calls in it and the score of its oldest ("" when empty), all as strings (Lua numbers
+# become ints). An entry scored after `now` is in flight: wait `poll`, it may settle soon
+# (a negative `poll`: it never settles early, wait until it leaves the window).
 _ACQUIRE_LUA = (
-    _CLOCK_LUA.replace("FLAG", "6 + 2 * #KEYS")
+    _CLOCK_LUA.replace("FLAG", "10 + 2 * #KEYS")
     + """
 local cost = tonumber(ARGV[2])
 local hold = tonumber(ARGV[4])
-local wait = 0
+local poll = tonumber(ARGV[5])
+local least = tonumber(ARGV[6])
+local first, last = tonumber(ARGV[8]), tonumber(ARGV[9])
+local room = cost
 for i, key in ipairs(KEYS) do
-  local limit = tonumber(ARGV[4 + 2 * i])
-  local period = tonumber(ARGV[5 + 2 * i])
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - period)
-  local excess = redis.call('ZCARD', key) + cost - limit
-  if excess > 0 then
-    local entry = redis.call('ZRANGE', key, excess - 1, excess - 1, 'WITHSCORES')
-    local score = tonumber(entry[2])
-    local w = tonumber(ARGV[5])
-    if score <= now then w = math.max(score + period - now, 0.000001) end
-    if w > wait then wait = w end
+  for j = first, last do
+    redis.call('ZREM', key, ARGV[7] .. ':' .. j)
   end
+  local limit = tonumber(ARGV[8 + 2 * i])
+  local period = tonumber(ARGV[9 + 2 * i])
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - period)
+  local free = limit - redis.call('ZCARD', key)
+  if free < room then room = free end
 end
-if wait == 0 then
+local wait = 0
+if room < least then
+  room = 0
   for i, key in ipairs(KEYS) do
-    local period = tonumber(ARGV[5 + 2 * i])
-    for j = 1, cost do
+    local limit = tonumber(ARGV[8 + 2 * i])
+    local period = tonumber(ARGV[9 + 2 * i])
+    local excess = redis.call('ZCARD', key) + least - limit
+    if excess > 0 then
+      local entry = redis.call('ZRANGE', key, excess - 1, excess - 1, 'WITHSCORES')
+      local score = tonumber(entry[2])
+      local w = poll
+      if score <= now or poll < 0 then w = math.max(score + period - now, 0.000001) end
+      if w > wait then wait = w end
+    end
+  end
+else
+  for i, key in ipairs(KEYS) do
+    local period = tonumber(ARGV[9 + 2 * i])
+    for j = 1, room do
       redis.call('ZADD', key, now + hold, ARGV[3] .. ':' .. j)
     end
     redis.call('PEXPIRE', key, math.ceil((period + hold) * 1000) + 1000)
   end
 end
-local out = {tostring(wait)}
+local out = {tostring(wait), tostring(room)}
 for i, key in ipairs(KEYS) do
   local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
   out[#out + 1] = tostring(redis.call('ZCARD', key))
@@ -348,15 +368,75 @@ class RedisBackend:
                     "pip install 'quantivista[redis]'"
                 ) from exc
             client = redis.Redis.from_url(url)
-        self._redis = client
+        self.redis = client  # the client (for callers that pipeline their own commands)
         self.prefix = prefix
         self._script = client.register_script(_ACQUIRE_LUA)
         self._settle = client.register_script(_SETTLE_LUA)
         self._costs: dict[str, int] = {}  # token -> cost, until settled
         self._clock_flag = ["1"] if server_clock else []  # read by the scripts' _CLOCK_LUA
 
-    def _key(self, provider: str, rate: Rate) -> str:
+    def key(self, provider: str, rate: Rate) -> str:
+        """Return the Redis key of one window of `provider` (a sorted set of its calls)."""
         return f"{self.prefix}:{provider}:{rate.limit}/{rate.period_s:g}"
+
+    def _run(
+        self,
+        provider: str,
+        rates: Sequence[Rate],
+        now: float,
+        cost: int,
+        *,
+        token: str,
+        hold_s: float,
+        poll_s: float,
+        least: int,
+        give_back: tuple[str, int, int] = ("-", 1, 0),
+    ) -> tuple[float, int, list[tuple[int, str]]]:
+        """Run the script: (wait, calls recorded, per window its count and oldest score)."""
+        args: list[Any] = [repr(now), cost, token, repr(hold_s), repr(poll_s), least, *give_back]
+        for rate in rates:
+            args += [rate.limit, repr(rate.period_s)]
+        args += self._clock_flag
+        wait, taken, *seen = self._script(keys=[self.key(provider, r) for r in rates], args=args)
+        pairs = zip(seen[::2], seen[1::2], strict=True)
+        return float(wait), int(taken), [(int(c), o.decode() if isinstance(o, bytes) else str(o))
+                                         for c, o in pairs]  # fmt: skip
+
+    def lease(
+        self,
+        provider: str,
+        rates: Sequence[Rate],
+        now: float,
+        wanted: int,
+        *,
+        token: str,
+        ttl_s: float,
+        give_back: tuple[str, int, int] | None = None,
+    ) -> tuple[int, float, list[tuple[int, float]]]:
+        """Take up to `wanted` calls at once (as many as every window has room for), scored
+        `now + ttl_s`: a block the caller spends until then. One script call.
+
+        `give_back` (token, first, last) first removes that earlier lease's unspent entries
+        `token:first..token:last`. Entries are named `token:1..token:taken`. Return the calls
+        taken (0: none), the wait for one call when none, and per window the calls in it
+        and the score of its oldest entry (caller's time; 0.0 when empty).
+        """
+        wait, taken, seen = self._run(
+            provider, rates, now, wanted, token=token, hold_s=ttl_s, poll_s=-1.0, least=1,
+            give_back=give_back or ("-", 1, 0),
+        )  # fmt: skip
+        return taken, wait, [(count, float(oldest) if oldest else 0.0) for count, oldest in seen]
+
+    def give_back(self, provider: str, rates: Sequence[Rate], token: str, first: int,
+                  last: int) -> None:  # fmt: skip
+        """Remove a lease's unspent entries `token:first..token:last` from every window."""
+        if first > last:
+            return
+        names = [f"{token}:{j}" for j in range(first, last + 1)]
+        pipe = self.redis.pipeline()
+        for rate in rates:
+            pipe.zrem(self.key(provider, rate), *names)
+        pipe.execute()
 
     def try_acquire(
         self,
@@ -370,12 +450,10 @@ class RedisBackend:
     ) -> float:
         if not rates:
             return 0.0
-        name = token or uuid.uuid4().hex
-        args: list[Any] = [repr(now), cost, name, repr(hold_s), repr(_IN_FLIGHT_POLL_S)]
-        for rate in rates:
-            args += [rate.limit, repr(rate.period_s)]
-        args += self._clock_flag
-        wait = float(self._script(keys=[self._key(provider, r) for r in rates], args=args)[0])
+        wait, _, _ = self._run(
+            provider, rates, now, cost, token=token or uuid.uuid4().hex, hold_s=hold_s,
+            poll_s=_IN_FLIGHT_POLL_S, least=cost,
+        )  # fmt: skip
         if wait <= 0 and token:
             self._costs[token] = cost
         return wait
@@ -385,33 +463,32 @@ class RedisBackend:
     ) -> tuple[float, list[tuple[int, float]]]:
         if not rates:
             return 0.0, []
-        args: list[Any] = [repr(now), cost, uuid.uuid4().hex, "0", repr(_IN_FLIGHT_POLL_S)]
-        for rate in rates:
-            args += [rate.limit, repr(rate.period_s)]
-        args += self._clock_flag
-        wait, *seen = self._script(keys=[self._key(provider, r) for r in rates], args=args)
+        wait, _, seen = self._run(
+            provider, rates, now, cost, token=uuid.uuid4().hex, hold_s=0.0,
+            poll_s=_IN_FLIGHT_POLL_S, least=cost,
+        )  # fmt: skip
         usage = []
-        for rate, count, oldest in zip(rates, seen[::2], seen[1::2], strict=True):
+        for rate, (count, oldest) in zip(rates, seen, strict=True):
             resets = float(oldest) + rate.period_s - now if oldest else 0.0
-            usage.append((int(count), max(resets, 0.0)))
-        return float(wait), usage
+            usage.append((count, max(resets, 0.0)))
+        return wait, usage
 
     def settle(self, provider: str, rates: Sequence[Rate], token: str, now: float) -> None:
         cost = self._costs.pop(token, 0)
         if rates and cost:
             self._settle(
-                keys=[self._key(provider, r) for r in rates],
+                keys=[self.key(provider, r) for r in rates],
                 args=[repr(now), cost, token, *self._clock_flag],
             )
 
     def usage(self, provider: str, rates: Sequence[Rate], now: float) -> list[tuple[int, float]]:
         if self._clock_flag:  # the windows' clock is Redis's: count against it
-            seconds, micros = self._redis.time()
+            seconds, micros = self.redis.time()
             now = seconds + micros / 1e6
         out = []
         for rate in rates:
-            key = self._key(provider, rate)
-            pipe = self._redis.pipeline()
+            key = self.key(provider, rate)
+            pipe = self.redis.pipeline()
             pipe.zcount(key, f"({now - rate.period_s!r}", "+inf")
             pipe.zrangebyscore(key, f"({now - rate.period_s!r}", "+inf", 0, 1, withscores=True)
             count, oldest = pipe.execute()
@@ -421,13 +498,13 @@ class RedisBackend:
 
     def close(self) -> None:
         """Release the connection pool."""
-        self._redis.close()
+        self.redis.close()
 
     def reset(self, provider: str | None = None) -> None:
         pattern = f"{self.prefix}:{provider or '*'}:*"
-        keys = list(self._redis.scan_iter(match=pattern))
+        keys = list(self.redis.scan_iter(match=pattern))
         if keys:
-            self._redis.delete(*keys)
+            self.redis.delete(*keys)
 
 
 def _check_cost(provider: str, rates: Sequence[Rate], cost: int) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from quantivista.api.metrics import ApiMetrics
@@ -35,11 +35,20 @@ class CachedResponse:
     etag: str
     total: int | None = None
     parts: tuple[Chunk, ...] = ()
+    size: int = field(init=False, compare=False)  # the body's length in bytes
+    # the headers of a settled answer as the fast path sends them (ETag, Cache-Control,
+    # X-Total-Count, then Content-Type and Content-Length for a 200): made once, sent often
+    head: tuple[tuple[bytes, bytes], ...] = field(init=False, compare=False, repr=False)
 
-    @property
-    def size(self) -> int:
-        """Return the body's length in bytes."""
-        return len(self.body) + sum(len(p) for p in self.parts)
+    def __post_init__(self) -> None:
+        size = len(self.body) + sum(len(p) for p in self.parts)
+        head = [(b"etag", self.etag.encode()), (b"cache-control", b"private, max-age=3600")]
+        if self.total is not None:
+            head.append((b"x-total-count", str(self.total).encode()))
+        head += [(b"content-type", self.media_type.encode()),
+                 (b"content-length", str(size).encode())]  # fmt: skip
+        object.__setattr__(self, "size", size)
+        object.__setattr__(self, "head", tuple(head))
 
 
 class ResponseCache:

@@ -92,23 +92,16 @@ class FastPath:
             usage = state.admit(principal.client_id)
         except QuantiVistaError:
             return False  # the route answers refusals, with their problem documents
-        out = [(b"etag", hit.etag.encode()), (b"cache-control", b"private, max-age=3600")]
-        if hit.total is not None:
-            out.append((b"x-total-count", str(hit.total).encode()))
+        parts: tuple[Chunk, ...] = ()
+        if if_none_match == hit.etag:  # without Content-Type and Content-Length
+            status, body, out = 304, b"", list(hit.head[:-2])
+        else:
+            status, body, parts, out = 200, hit.body, hit.parts, list(hit.head)
         if usage is not None:
             out += [
                 (b"x-ratelimit-limit", str(usage.rate.limit).encode()),
                 (b"x-ratelimit-remaining", str(usage.left).encode()),
                 (b"x-ratelimit-reset", f"{usage.resets_in_s:.0f}".encode()),
-            ]
-        parts: tuple[Chunk, ...] = ()
-        if if_none_match == hit.etag:
-            status, body = 304, b""
-        else:
-            status, body, parts = 200, hit.body, hit.parts
-            out += [
-                (b"content-type", hit.media_type.encode()),
-                (b"content-length", str(hit.size).encode()),
             ]
         await send({"type": "http.response.start", "status": status, "headers": out})
         for part in parts:  # a bulk answer, as it was streamed

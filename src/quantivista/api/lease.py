@@ -1,9 +1,13 @@
 """Per-client API rate limits shared through Redis, with tokens leased in small blocks.
 
 A Redis-backed limit costs one blocking round trip per request when every request asks
-Redis. A busy client's API process instead leases a block of tokens in one Lua call and
-spends them locally; the block grows while the client keeps spending its leases (up to
-`max_block`, a tenth of the tightest limit) and shrinks when it does not.
+Redis. A busy client's API process instead leases a block of tokens in one Lua call
+(`RedisBackend.lease`: the limiter's own script, on Redis's clock) and spends them locally;
+the block grows while the client keeps spending its leases (up to `max_block`, a tenth of
+the tightest limit) and shrinks when it does not. Once half a block is spent, the next one
+is taken on a background thread: a steady client's requests never wait for Redis on the
+event loop (only a client's first request, one after a pause, or one whose next block is
+still on its way does).
 
 Exactness (documented in the README's API section):
 - The shared limit is never exceeded: leased tokens are entries in the same Redis sorted
@@ -12,7 +16,8 @@ Exactness (documented in the README's API section):
   its entry, whatever process served it.
 - Unspent tokens of an ended lease are given back (removed) by the next lease call of the
   same client in that process; a client that goes quiet leaves them counted until they
-  leave the window (at most `max_block` per API process).
+  leave the window (at most two blocks, 2 x `max_block`, per API process: the one spent
+  and the one taken ahead).
 - `X-RateLimit-Remaining` is the limit minus the calls Redis counted at the last lease
   plus this lease's unspent tokens (other processes' spending since then is not seen);
   `Retry-After` on a 429 is the exact wait for one token (an entry scored `ttl` ahead
@@ -29,8 +34,8 @@ import contextlib
 import threading
 import uuid
 from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
 from quantivista.acquisition.limits import RedisBackend, WindowUsage
 from quantivista.clock import Clock
@@ -38,59 +43,17 @@ from quantivista.model.rates import Rate
 
 __all__ = ["LeasedLimiter"]
 
-# KEYS: one sorted set per window (RedisBackend's keys). ARGV: now, wanted, lease name,
-# ttl, the previous lease's name, its first unspent index, its size, then (limit, period)
-# pairs. Gives back the previous lease's unspent entries, then takes as many of `wanted`
-# tokens as every window has room for (at least one), scored now + ttl. Returns the tokens
-# taken ("0": none), the wait for one token when none, then per window its count and the
-# score of its oldest entry ("" when empty).
-_LEASE_LUA = """
-local now = tonumber(ARGV[1])
-local wanted = tonumber(ARGV[2])
-local ttl = tonumber(ARGV[4])
-local first_unspent = tonumber(ARGV[6])
-local old_size = tonumber(ARGV[7])
-local room = wanted
-for i, key in ipairs(KEYS) do
-  for j = first_unspent, old_size do
-    redis.call('ZREM', key, ARGV[5] .. ':' .. j)
-  end
-  local limit = tonumber(ARGV[6 + 2 * i])
-  local period = tonumber(ARGV[7 + 2 * i])
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - period)
-  local free = limit - redis.call('ZCARD', key)
-  if free < room then room = free end
-end
-local wait = 0
-if room < 1 then
-  room = 0
-  for i, key in ipairs(KEYS) do
-    local limit = tonumber(ARGV[6 + 2 * i])
-    local period = tonumber(ARGV[7 + 2 * i])
-    local excess = redis.call('ZCARD', key) + 1 - limit
-    if excess > 0 then
-      local entry = redis.call('ZRANGE', key, excess - 1, excess - 1, 'WITHSCORES')
-      local w = math.max(tonumber(entry[2]) + period - now, 0.000001)
-      if w > wait then wait = w end
-    end
-  end
-else
-  for i, key in ipairs(KEYS) do
-    local period = tonumber(ARGV[7 + 2 * i])
-    for j = 1, room do
-      redis.call('ZADD', key, now + ttl, ARGV[3] .. ':' .. j)
-    end
-    redis.call('PEXPIRE', key, math.ceil((period + ttl) * 1000) + 1000)
-  end
-end
-local out = {tostring(room), tostring(wait)}
-for i, key in ipairs(KEYS) do
-  local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-  out[#out + 1] = tostring(redis.call('ZCARD', key))
-  out[#out + 1] = oldest[2] or ''
-end
-return out
-"""
+
+@dataclass(frozen=True)
+class _Block:
+    """Tokens taken by one lease call."""
+
+    name: str
+    size: int  # tokens taken (0: none, refused)
+    wait: float  # when refused: the wait for one token
+    ends: float  # spend only before this (backend time)
+    seen: list[tuple[int, float]]  # per window: count, oldest score
+    at: float  # when `seen` was read
 
 
 @dataclass
@@ -98,6 +61,7 @@ class _Lease:
     """One client's current block of tokens in this process."""
 
     rates: tuple[Rate, ...]
+    cap: int  # the largest block (a tenth of the tightest limit, at most `max_block`)
     name: str = ""
     size: int = 0  # tokens taken
     spent: int = 0
@@ -107,6 +71,8 @@ class _Lease:
     at: float = 0.0  # when `seen` was read
     refused_until: float = 0.0  # a refused client is refused here until then, no Redis call
     free_at: float = 0.0  # when the refusal's wait ends
+    ahead: Future[_Block] | None = None  # the next block, taken on the background thread
+    retired: tuple[str, int, int] | None = None  # an ended block's unspent entries, to give back
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -121,12 +87,15 @@ class LeasedLimiter:
         self.ttl_s = ttl_s
         self.max_block = max_block
         self._leases: dict[str, _Lease] = {}
-        self._script = backend._redis.register_script(_LEASE_LUA)
+        self._ahead = ThreadPoolExecutor(1, thread_name_prefix="qv-api-lease")
 
     def set_limits(self, provider: str, rates: Iterable[str | Rate]) -> None:
         """Set the windows of `provider` (a client's limiter key); empty: unlimited."""
         parsed = [r if isinstance(r, Rate) else Rate.parse(r) for r in rates]
-        self._leases[provider.lower()] = _Lease(tuple(sorted(parsed, key=lambda r: r.period_s)))
+        cap = max(1, min(self.max_block, min((r.limit for r in parsed), default=0) // 10))
+        self._leases[provider.lower()] = _Lease(
+            tuple(sorted(parsed, key=lambda r: r.period_s)), cap
+        )
 
     def take(self, provider: str, cost: int = 1) -> tuple[float, WindowUsage | None]:
         """Spend one token (from the lease, or a new lease); return the wait (0: admitted)
@@ -139,42 +108,92 @@ class LeasedLimiter:
         now = self.clock.now().timestamp()
         with lease.lock:
             if lease.spent < lease.size and now < lease.ends:
-                lease.spent += 1
-                return 0.0, self._usage(name, lease, now)
+                return 0.0, self._spend(name, lease, now)
+            ahead = self._next_block(lease)
+            if ahead is not None and ahead.size and now < ahead.ends:
+                self._install(lease, ahead)
+                return 0.0, self._spend(name, lease, now)
             if now < lease.refused_until:  # a client over its limit costs Redis nothing
                 return lease.free_at - now, self._usage(name, lease, now)
-            wait = self._renew(name, lease, now)
-            if wait > 0:
+            self._size_next(lease)
+            owed = self._owed(lease, ahead)
+            for extra in owed[1:]:  # rare: more than one block ended unspent
+                self.backend.give_back(name, lease.rates, *extra)
+            block = self._lease(name, lease.rates, lease.block, owed[0] if owed else None)
+            self._install(lease, block)
+            if block.wait > 0:
                 # look again after at most a lease's time: another process may give back
-                lease.refused_until = now + min(wait, self.ttl_s)
-                lease.free_at = now + wait
-                return wait, self._usage(name, lease, now)
-            lease.spent = 1
-            return 0.0, self._usage(name, lease, now)
+                lease.refused_until = now + min(block.wait, self.ttl_s)
+                lease.free_at = now + block.wait
+                return block.wait, self._usage(name, lease, now)
+            return 0.0, self._spend(name, lease, now)
 
-    def _renew(self, name: str, lease: _Lease, now: float) -> float:
-        """Give back the old lease's unspent tokens and take a new block: one Lua call."""
-        # the block follows demand: doubled when the last lease was spent before it ended,
-        # else the number spent (a client slowing down holds fewer tokens idle)
-        tightest = min(r.limit for r in lease.rates)
-        cap = max(1, min(self.max_block, tightest // 10))
+    def _spend(self, name: str, lease: _Lease, now: float) -> WindowUsage:
+        """Spend a token of the current block; once half of it is spent, take the next
+        block ahead (demand is high). Blocks of one (limits under 10) are never taken ahead:
+        their counts stay exact."""
+        lease.spent += 1
+        if lease.ahead is None and 2 * lease.spent >= lease.size and lease.cap > 1:
+            self._take_ahead(name, lease)
+        return self._usage(name, lease, now)
+
+    def _size_next(self, lease: _Lease) -> None:
+        """Size the next block after the current one: doubled when it was spent before it
+        ended, else the number spent (a client slowing down holds fewer tokens idle)."""
         if lease.size and lease.spent >= lease.size:
-            lease.block = min(cap, lease.block * 2)
+            lease.block = min(lease.cap, lease.block * 2)
         else:
-            lease.block = min(cap, max(1, lease.spent))
-        new = uuid.uuid4().hex
-        args: list[Any] = [repr(now), lease.block, new, repr(self.ttl_s), lease.name or "-",
-                           lease.spent + 1, lease.size]  # fmt: skip
-        for rate in lease.rates:
-            args += [rate.limit, repr(rate.period_s)]
-        keys = [self.backend._key(name, r) for r in lease.rates]
-        taken, wait, *seen = self._script(keys=keys, args=args)
-        lease.name, lease.size, lease.spent = new, int(taken), 0
-        lease.ends = now + self.ttl_s
-        pairs = zip(seen[::2], seen[1::2], strict=True)
-        lease.seen = [(int(c), float(o) if o else 0.0) for c, o in pairs]
-        lease.at = now
-        return float(wait)
+            lease.block = min(lease.cap, max(1, lease.spent))
+
+    def _take_ahead(self, name: str, lease: _Lease) -> None:
+        """Start taking the next block on the background thread (half the current is spent)."""
+        lease.block = min(lease.cap, 2 * lease.size)
+        give_back, lease.retired = lease.retired, None
+        lease.ahead = self._ahead.submit(self._lease, name, lease.rates, lease.block, give_back)
+
+    @staticmethod
+    def _next_block(lease: _Lease) -> _Block | None:
+        """Return the block taken ahead (waiting for it when still on its way), or None."""
+        ahead, lease.ahead = lease.ahead, None
+        if ahead is None:
+            return None
+        try:
+            return ahead.result()
+        except Exception:  # Redis failed on the background thread: the caller's call retries
+            return None
+
+    @staticmethod
+    def _owed(lease: _Lease, unused: _Block | None) -> list[tuple[str, int, int]]:
+        """Return the entries to give back before the next block is taken: those of a block
+        taken ahead that ended unused, the current block's unspent ones, and an earlier
+        block's that ended unspent (`retired`); all given back, so a refusal never comes
+        while tokens of this process wait to be given back."""
+        owed = []
+        if unused is not None and unused.size:
+            owed.append((unused.name, 1, unused.size))
+        if lease.name and lease.spent < lease.size:
+            owed.append((lease.name, lease.spent + 1, lease.size))
+            lease.size = lease.spent  # given back now
+        if lease.retired is not None:
+            owed.append(lease.retired)
+            lease.retired = None
+        return owed
+
+    def _install(self, lease: _Lease, block: _Block) -> None:
+        if block.size and lease.name and lease.spent < lease.size:
+            lease.retired = (lease.name, lease.spent + 1, lease.size)  # ended by time
+        lease.name, lease.size, lease.spent = block.name, block.size, 0
+        lease.ends, lease.seen, lease.at = block.ends, block.seen, block.at
+
+    def _lease(self, name: str, rates: Sequence[Rate], wanted: int,
+               give_back: tuple[str, int, int] | None) -> _Block:  # fmt: skip
+        """Take a block of up to `wanted` tokens: one Lua call."""
+        now = self.clock.now().timestamp()
+        token = uuid.uuid4().hex
+        taken, wait, seen = self.backend.lease(
+            name, rates, now, wanted, token=token, ttl_s=self.ttl_s, give_back=give_back
+        )
+        return _Block(token, taken, wait, now + self.ttl_s, seen, now)
 
     def _usage(self, name: str, lease: _Lease, now: float) -> WindowUsage:
         unspent = lease.size - lease.spent
@@ -196,19 +215,19 @@ class LeasedLimiter:
 
     def close(self) -> None:
         """Give back every lease's unspent tokens, then release the connection pool."""
-        now = self.clock.now().timestamp()
+        self._ahead.shutdown(wait=True)
         for name, lease in self._leases.items():
             with lease.lock:
-                if lease.rates and lease.spent < lease.size:
-                    self._give_back(name, lease, now)
+                if not lease.rates:
+                    continue
+                ahead = self._next_block(lease)
+                owed = [lease.retired]
+                if ahead is not None and ahead.size:
+                    owed.append((ahead.name, 1, ahead.size))
+                if lease.spent < lease.size:
+                    owed.append((lease.name, lease.spent + 1, lease.size))
+                    lease.size = lease.spent
+                for token, first, last in filter(None, owed):
+                    with contextlib.suppress(Exception):  # entries leave their windows anyway
+                        self.backend.give_back(name, lease.rates, token, first, last)
         self.backend.close()
-
-    def _give_back(self, name: str, lease: _Lease, now: float) -> None:
-        pipe = self.backend._redis.pipeline()
-        for rate in lease.rates:
-            key = self.backend._key(name, rate)
-            names = [f"{lease.name}:{j}" for j in range(lease.spent + 1, lease.size + 1)]
-            pipe.zrem(key, *names)
-        with contextlib.suppress(Exception):  # closing: entries leave their windows anyway
-            pipe.execute()
-        lease.size = lease.spent

@@ -133,40 +133,98 @@ class ArrowStreamEncoder:
 
 
 _EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"  # an IPC stream's end marker
+_JOINED = 8 << 10  # pieces smaller than this are joined with their neighbours (copied)
+
+
+class _Pieces:
+    """A write-only sink that keeps what an IPC writer writes, without copying the data.
+
+    The writer hands over the message headers as small bytes and each column buffer as a
+    `pyarrow.Buffer` (a view of the table's memory): large ones are kept as views, runs of
+    small ones joined, so a table becomes a few dozen pieces and no copy of its bytes.
+    """
+
+    closed = False
+
+    def __init__(self) -> None:
+        self.parts: list[bytes | memoryview] = []
+        self._small: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        size = len(data)
+        if size >= _JOINED:
+            self._join()
+            self.parts.append(memoryview(data).cast("B"))
+        elif size:
+            self._small.append(bytes(data))
+        return size
+
+    def _join(self) -> None:
+        if self._small:
+            self.parts.append(b"".join(self._small))
+            self._small.clear()
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def take(self) -> list[bytes | memoryview]:
+        self._join()
+        out, self.parts = self.parts, []
+        return out
+
+
+def _drop(parts: list[bytes | memoryview], head: int, tail: int) -> list[bytes | memoryview]:
+    """Return `parts` without their first `head` and last `tail` bytes (in small parts)."""
+    if head:
+        first = parts[0]
+        assert isinstance(first, bytes) and len(first) >= head, "a header is one small piece"
+        parts[0] = first[head:]
+    if tail:
+        last = parts[-1]
+        assert isinstance(last, bytes) and len(last) >= tail, "the end marker is a small piece"
+        parts[-1] = last[: len(last) - tail]
+    return [p for p in parts if len(p)]
 
 
 class TableStream:
-    """An Arrow IPC stream of whole tables, each encoded into one buffer as it comes.
+    """An Arrow IPC stream of whole tables, each encoded as it comes, without a copy.
 
-    Each table is written by its own stream writer into one Arrow buffer (no Python call
-    per written piece, no join); the pieces are that buffer without the repeated schema
-    message and end marker: the dictionaries each writer emits first replace the previous
-    table's (the stream format allows it). Tables are cast to `schema` when they differ.
+    Each table is written by its own stream writer into `_Pieces` (the column buffers stay
+    views of the table's memory: a response is sent from the memory the store's read
+    filled, not from a second copy); the pieces are that stream without its repeated
+    schema message and end marker: the dictionaries each writer emits first replace the
+    previous table's (the stream format allows it). Tables are cast to `schema` when they
+    differ. The pieces keep their tables alive.
     """
 
     def __init__(self, schema: pa.Schema) -> None:
         self.schema = schema
-        empty = self._encode(None)
-        if bytes(empty[-8:]) != _EOS:  # pragma: no cover - a pyarrow that ends streams otherwise
+        empty = b"".join(self._encode(None))
+        if empty[-8:] != _EOS:  # pragma: no cover - a pyarrow that ends streams otherwise
             raise RuntimeError("unexpected Arrow IPC stream end marker")
-        self._schema_bytes = bytes(empty[:-8])
+        self._schema_bytes = empty[:-8]
         self._started = False
 
-    def _encode(self, table: pa.Table | None) -> memoryview:
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, self.schema) as writer:
+    def _encode(self, table: pa.Table | None) -> list[bytes | memoryview]:
+        sink = _Pieces()
+        with pa.ipc.new_stream(pa.PythonFile(sink, mode="w"), self.schema) as writer:
             if table is not None:
                 writer.write_table(table, max_chunksize=1 << 17)
-        return memoryview(sink.getvalue())
+        return sink.take()
 
-    def feed(self, table: pa.Table) -> memoryview:
-        """Return the stream's bytes for `table` (the schema first, once)."""
+    def feed(self, table: pa.Table) -> list[bytes | memoryview]:
+        """Return the stream's pieces for `table` (the schema first, once)."""
         if table.schema != self.schema:
             table = table.cast(self.schema)
-        encoded = self._encode(table)
-        start = 0 if not self._started else len(self._schema_bytes)
+        head = len(self._schema_bytes) if self._started else 0
         self._started = True
-        return encoded[start : len(encoded) - len(_EOS)]
+        return _drop(self._encode(table), head, len(_EOS))
 
     def finish(self) -> bytes:
         """Return the stream's last bytes (its schema too when no table came)."""

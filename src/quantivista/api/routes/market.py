@@ -102,9 +102,27 @@ def _respond(
         return Response(status_code=304, headers=headers)
     if cached.parts:  # a bulk answer kept as it was streamed
         headers["Content-Length"] = str(cached.size)
-        return StreamingResponse(iter(cached.parts), media_type=cached.media_type,
-                                 headers=headers)  # fmt: skip
+        return _PartsResponse(cached.parts, cached.media_type, headers)
     return Response(cached.body, media_type=cached.media_type, headers=headers)
+
+
+class _PartsResponse(Response):
+    """A body of known length sent as the parts it is kept in, on the event loop.
+
+    Each part goes to the server as it is (views of Arrow buffers: no join, no copy); with
+    the length known the server writes them without chunk framing (which copies each).
+    """
+
+    def __init__(self, parts: tuple[Chunk, ...], media_type: str, headers: dict[str, str]):
+        super().__init__(None, media_type=media_type, headers=headers)
+        self.parts = parts
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        start = {"type": "http.response.start", "status": self.status_code}
+        await send({**start, "headers": self.raw_headers})
+        for part in self.parts:
+            await send({"type": "http.response.body", "body": part, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
 
 
 _BARS_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -193,6 +211,10 @@ def _encode_bars(
     return CachedResponse(body, MEDIA_TYPES[format], etag_of(body), df.height)
 
 
+# a bulk body up to this size is read whole before its first byte and sent with its length:
+# no chunk framing (uvicorn copies each chunk to frame it) and its row count in a header;
+# a larger one streams as it is read (a bounded amount of memory per request)
+_KNOWN_LENGTH_BYTES = 256 << 20
 _PIECES = 8  # a bulk read in up to this many symbol groups, the next read while one is sent
 _PIECE_SYMBOLS = 16  # no group smaller than this: each read has a fixed cost
 
@@ -223,8 +245,9 @@ async def _stream_arrow(
     ahead on worker threads: symbols come bucket by bucket (each symbol's bars together, by
     ts), not sorted across buckets. Any other read goes in groups of symbols, sorted: the
     next group is read and encoded on a worker thread while the previous one is sent.
-    A stream of several parts carries no X-Total-Count (known only at its end; a repeat,
-    from the cache, has it). The entity tag names the query and the store's data epoch
+    A body up to `_KNOWN_LENGTH_BYTES` is read whole first and sent with Content-Length and
+    X-Total-Count; a larger one streams as it is read, chunked, without X-Total-Count (a
+    repeat, from the cache, has both). The entity tag names the query and the store's data epoch
     (what decides the content), so a 304 needs no body and a large body needs no hashing.
     """
     etag = etag_of(f"{state.cache.epoch()}|{key}".encode())
@@ -244,11 +267,13 @@ async def _stream_arrow(
         encoder = ArrowStreamEncoder()
         parts = _group_parts(state, query, encoder, limit)
         finish = functools.partial(encoder.finish, empty)
-    first = next(parts, None)
-    done, total = await run_in_threadpool(first) if first is not None else ([], 0)
+    done, total, whole = await run_in_threadpool(_gather, parts, _KNOWN_LENGTH_BYTES)
+    if whole:  # sent with its length (no chunk framing) and its row count
+        cached = CachedResponse(b"", media, etag, total, (*done, finish()))
+        if public:  # settled history: the next ask is served whole from the cache
+            state.cache.put(key, cached)
+        return _respond(request, cached, public=public)
     following = next(parts, None)
-    if following is None:
-        headers["X-Total-Count"] = str(total)
 
     async def chunks() -> AsyncIterator[Chunk]:
         kept: list[Chunk] = []
@@ -273,6 +298,22 @@ async def _stream_arrow(
             state.cache.put(key, CachedResponse(b"", media, etag, count, tuple(kept)))
 
     return StreamingResponse(chunks(), media_type=media, headers=headers)
+
+
+def _gather(
+    parts: Iterator[Callable[[], tuple[list[Chunk], int]]], budget: int
+) -> tuple[list[Chunk], int, bool]:
+    """Run steps until none is left (True: the whole body) or `budget` bytes are done."""
+    chunks: list[Chunk] = []
+    rows = size = 0
+    for step in parts:
+        got, count = step()
+        chunks += got
+        rows += count
+        size += sum(len(c) for c in got)
+        if size > budget:
+            return chunks, rows, False
+    return chunks, rows, True
 
 
 def _stored_tables(state: ApiState, query: BarQuery) -> Iterator[pa.Table] | None:
@@ -313,7 +354,7 @@ def _stored_parts(
             found.append(table is not None)
             if table is None:
                 return [], 0
-            return [stream.feed(table)], table.num_rows
+            return stream.feed(table), table.num_rows
 
         yield step
         if found != [True]:  # the last step found none (or never ran: the client left)
