@@ -25,6 +25,7 @@ from quantivista.model.instruments import AssetClass
 from quantivista.model.timeframe import Timeframe, TimeframeLike
 from quantivista.providers._parsing import (
     actions_frame,
+    bars_of,
     empty_actions,
     finish_bars,
     float_column,
@@ -84,10 +85,54 @@ def parse_aggs(
     if results is None:  # Polygon omits `results` when there is no data
         return finish_bars({}, symbol=symbol, timeframe=tf, provider=NAME), nxt
     rows = require(results, list, "results", NAME, symbol)
-    for row in rows:
-        require(row, dict, "a result", NAME, symbol)
+    if not all(type(row) is dict for row in rows):
+        for row in rows:
+            require(row, dict, "a result", NAME, symbol)
     if not rows:
         return finish_bars({}, symbol=symbol, timeframe=tf, provider=NAME), nxt
+    fast = _typed_rows(rows)
+    if fast is None:  # strings, booleans, missing keys...: the checked path decides
+        return _checked_rows(rows, symbol, tf), nxt
+    ts = pl.from_epoch(pl.col("t"), time_unit="ms").dt.replace_time_zone("UTC")
+    if not tf.is_intraday:
+        ts = local_dates_to_utc(ts, EXCHANGE_TZ)
+    columns = fast.lazy().select(
+        ts.alias("ts"), *(pl.col(key).alias(name) for key, name in _AGG_NAMES.items())
+    )
+    return bars_of(columns, symbol=symbol, timeframe=tf, provider=NAME), nxt
+
+
+# the wire's keys -> canonical columns; the fast path's types (JSON numbers only)
+_AGG_NAMES = {"o": "open", "h": "high", "l": "low", "c": "close", "v": "volume", "vw": "vwap",
+              "n": "trades"}  # fmt: skip
+_AGG_SCHEMA = {"t": pl.Int64, "o": pl.Float64, "h": pl.Float64, "l": pl.Float64,
+               "c": pl.Float64, "v": pl.Float64, "vw": pl.Float64, "n": pl.Int64}  # fmt: skip
+_AGG_REQUIRED = frozenset({"t", "o", "h", "l", "c", "v"})
+
+
+def _typed_rows(rows: list[dict[str, Any]]) -> pl.DataFrame | None:
+    """Return the rows as one typed frame when every value is a plain JSON number (`t` and
+    `n` integers; one pass in polars instead of a column at a time); None when a row needs
+    the checked path: a string, a boolean, a null or another key, a missing required key.
+    Polars would read a boolean as 0/1 or a float as an integer without a word: the types
+    are checked here first."""
+    kinds = {type(value) for row in rows for value in row.values()}
+    if not kinds <= _NUMBER or not all(
+        row.keys() >= _AGG_REQUIRED and type(row["t"]) is int and type(row.get("n", 0)) is int
+        for row in rows
+    ):  # (one pass over the values, one over the rows)
+        return None
+    try:
+        return pl.DataFrame(rows, schema=_AGG_SCHEMA, strict=True)
+    except (pl.exceptions.PolarsError, TypeError, ValueError, OverflowError):
+        return None  # an integer beyond 64 bits
+
+
+_NUMBER = frozenset({int, float})  # a null anywhere: the checked path
+
+
+def _checked_rows(rows: list[dict[str, Any]], symbol: str, tf: Timeframe) -> pl.DataFrame:
+    """Build the bars a column at a time, refusing what is not a number (the slow path)."""
     epoch = pl.Series("t", [r["t"] for r in rows], dtype=pl.Int64, strict=True)
     ts = pl.select(
         pl.from_epoch(pl.lit(epoch), time_unit="ms").dt.replace_time_zone("UTC")
@@ -101,7 +146,7 @@ def parse_aggs(
     columns["vwap"] = float_column("vwap", [r.get("vw") for r in rows])
     trades = float_column("trades", [r.get("n") for r in rows])
     columns["trades"] = trades.cast(pl.Int64, strict=True)
-    return finish_bars(columns, symbol=symbol, timeframe=tf, provider=NAME), nxt
+    return finish_bars(columns, symbol=symbol, timeframe=tf, provider=NAME)
 
 
 @guarded(NAME)
