@@ -263,8 +263,14 @@ class PolygonProvider(HttpProvider):
             parts.append(bars)
             url = self._follow(nxt, sym) if nxt else None
             params = None  # next_url carries its own query (cursor); only the key is re-added
-        bars = pl.concat(parts).unique("ts", keep="last").sort("ts")
-        bars = bars.filter(pl.col("ts").is_between(request.start, request.end, closed="left"))
+        pages = pl.concat(parts) if len(parts) > 1 else parts[0]  # one page: most requests
+        bars = (
+            pages.lazy()
+            .unique("ts", keep="last")
+            .sort("ts")
+            .filter(pl.col("ts").is_between(request.start, request.end, closed="left"))
+            .collect()
+        )  # one collect per request
         actions = empty_actions()
         if self.include_actions and not tf.is_intraday:
             actions, more = self.fetch_actions(sym, request.start_date, request.last_date)
