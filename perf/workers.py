@@ -50,6 +50,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import psycopg
 import redis
 
@@ -113,13 +114,31 @@ def _drop(schema: str, prefix: str) -> None:
     client.close()
 
 
-def _cpu_s(pid: int) -> float:
-    """Return a process's CPU seconds so far (user + system, from /proc; 0 once gone)."""
+def _cpu_s(pid: int, path: str = "") -> float:
+    """Return a process's (or thread's: `path` task/TID) CPU seconds so far (user +
+    system, from /proc; 0 once gone)."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = Path(f"/proc/{pid}/{path}stat").read_text().rsplit(")", 1)[1].split()
     except (FileNotFoundError, ProcessLookupError):
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _pool_cpu_s(pid: int) -> float:
+    """Return the CPU seconds of a process's polars pool threads (named polars-N)."""
+    total = 0.0
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return 0.0
+    for tid in threads:
+        try:
+            name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if name.startswith("polars-") and name[7:].isdigit():
+            total += _cpu_s(pid, f"task/{tid}/")
+    return total
 
 
 def _spin(seconds: float) -> None:
@@ -252,6 +271,7 @@ class Meter:
         # Redis serves every agent on the host: its CPU is printed, not charged to tasks
         return {
             "worker": sum(_cpu_s(p) for p in self.workers),
+            "worker_pool": sum(_pool_cpu_s(p) for p in self.workers),
             "provider": _cpu_s(self.simulator),
             "store": self._store(),
             "redis": _cpu_s(self._redis_pid),
@@ -365,6 +385,7 @@ def run(
         "round_trip_ms": round(rtt * 1000, 1),
         "round_trip_cpu_ms": round(rtt_cpu * 1000, 1),
         "worker_cpu_s": round(used["worker"], 3),
+        "worker_pool_cpu_s": round(used["worker_pool"], 3),
         "provider_cpu_s": round(used["provider"], 3),
         "store_cpu_s": round(used["store"], 3),
         "worker_cpu_s_per_task": round(used["worker"] / max(tasks, 1), 4),
@@ -418,6 +439,9 @@ def calibrate(small: dict[str, Any], large: dict[str, Any], quota: int) -> HostC
     calls = large["calls"] - small["calls"]
     costs = HostCosts(
         worker_s_per_task=max(large["worker_cpu_s"] - small["worker_cpu_s"], 0.0) / tasks,
+        worker_pool_s_per_task=max(large["worker_pool_cpu_s"] - small["worker_pool_cpu_s"], 0.0)
+        / tasks,
+        pool_threads=float(pl.thread_pool_size()),  # the workers' pool: same host, same env
         provider_s_per_call=max(large["provider_cpu_s"] - small["provider_cpu_s"], 0.0) / calls,
         store_s_per_task=max(large["store_cpu_s"] - small["store_cpu_s"], 0.0) / tasks,
         cpus=cpus_of_host(),

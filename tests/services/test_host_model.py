@@ -92,3 +92,21 @@ def test_fetch_concurrency_obeys_the_quota_too() -> None:
                    windows=[(10, 1.0)], fetch_concurrency=4)  # fmt: skip
     want = predicted_seconds(100, [Rate.parse("10/1s")], latency_s=0.05, concurrency=4)
     assert got == pytest.approx(want, rel=0.02)
+
+
+def test_the_polars_pool_part_runs_outside_the_gil() -> None:
+    # one worker, two slots, each task 1 s of CPU and no waiting, on 2 CPUs
+    kw = {"workers": 1, "concurrency": 2, "latency_s": 0.0}
+    on_gil = HostCosts(worker_s_per_task=1.0, cpus=2)
+    on_pool = HostCosts(worker_s_per_task=1.0, worker_pool_s_per_task=1.0, pool_threads=2,
+                        cpus=2)  # fmt: skip
+    assert simulate(2, 2, costs=on_gil, **kw) == pytest.approx(2.0)  # type: ignore[arg-type]
+    assert simulate(2, 2, costs=on_pool, **kw) == pytest.approx(1.0)  # type: ignore[arg-type]
+    # a pool of one thread is one CPU again; one slot's part uses one CPU, not the pool's two
+    one = HostCosts(worker_s_per_task=1.0, worker_pool_s_per_task=1.0, pool_threads=1, cpus=2)
+    assert simulate(2, 2, costs=one, **kw) == pytest.approx(2.0)  # type: ignore[arg-type]
+    assert simulate(1, 1, costs=on_pool, **kw) == pytest.approx(1.0)  # type: ignore[arg-type]
+    # half on the GIL, half on the pool: both GIL halves share one CPU until 1.0 s, then
+    # both pool halves run at once on the two CPUs until 1.5 s
+    half = HostCosts(worker_s_per_task=1.0, worker_pool_s_per_task=0.5, pool_threads=2, cpus=2)
+    assert simulate(2, 2, costs=half, **kw) == pytest.approx(1.5)  # type: ignore[arg-type]

@@ -12,12 +12,17 @@ on the same host (the simulator) and the database answer every call and every ta
   then the database's CPU for the task (claim, store, finish);
 - the CPUs are shared by the runnable processes (processor sharing): each of the `cpus`
   goes to one process at a time, and a process's threads share one CPU at most (the GIL:
-  a worker's slots, the provider's handlers); each database burst is its own backend;
-  other work on the machine slows every burst by `slowdown` (measured, 1 when quiet).
+  a worker's slots, the provider's handlers), except the part of a worker's CPU spent on
+  polars' thread pool (outside the GIL: the slot waits for it; the slots' parts run at
+  once, up to `pool_threads` CPUs); each database burst is its own backend; other work on
+  the machine slows every burst by `slowdown` (measured, 1 when quiet);
+- a task keeps up to `fetch_concurrency` calls in flight (`ingest.fetch_concurrency`):
+  one answer is parsed while the next call waits for its own.
 
-The costs are measured (perf/workers.py calibrates them: CPU seconds per task of the
-workers, of the provider per call, of PostgreSQL and Redis per task); with none given the
-model is the slots' and the quota's bound.
+The costs are measured (perf/workers.py calibrates them on two job sizes of one worker:
+CPU seconds per task of the workers, with their polars pool's part, of the provider per
+call, of PostgreSQL per task; a job's fixed seconds apart); with none given the model is
+the slots' and the quota's bound.
 """
 
 from __future__ import annotations
@@ -37,6 +42,10 @@ class HostCosts:
     """CPU seconds a backfill costs besides waiting, and the CPUs it gets."""
 
     worker_s_per_task: float = 0.0  # a worker's own CPU per task (fetch, parse, validate)
+    # the part of it on polars' thread pool (outside the GIL: the slot waits for it, but it
+    # may use `pool_threads` CPUs at once); the rest holds the GIL, one CPU per process
+    worker_pool_s_per_task: float = 0.0
+    pool_threads: float = 1.0
     provider_s_per_call: float = 0.0  # a provider on the same host: its CPU per answer
     store_s_per_task: float = 0.0  # the database's (and Redis's) CPU per task
     cpus: float = 1.0  # the CPUs the workers, the provider and the database share
@@ -54,6 +63,29 @@ class _Burst:
     left: float
     slot: int
     call: int = -1  # the call it answers or parses (-1: a task's store)
+    then: float = 0.0  # CPU seconds on the worker's polars pool once this (GIL) part ends
+
+
+def _on_pool(owner: object) -> bool:
+    return isinstance(owner, tuple) and owner[0] == "pool"
+
+
+def _shares(caps: list[float], cpus: float) -> list[float]:
+    """Return the CPUs each runnable owner gets: an equal share, none more than its cap
+    (what it cannot use goes to the others: water-filling)."""
+    out = [0.0] * len(caps)
+    left, free = cpus, sorted(range(len(caps)), key=lambda i: caps[i])
+    while free:
+        fair = left / len(free)
+        i = free[0]
+        if caps[i] > fair:
+            for j in free:
+                out[j] = fair
+            break
+        out[i] = caps[i]
+        left -= caps[i]
+        free.pop(0)
+    return out
 
 
 def simulate(
@@ -80,7 +112,9 @@ def simulate(
     slots = max(workers, 1) * max(concurrency, 1)
     fetch = max(fetch_concurrency, 1)
     worker_of = [s // max(concurrency, 1) for s in range(slots)]
-    worker_per_call = [costs.worker_s_per_task / max(n, 1) for n in per_task]
+    pool_s = min(costs.worker_pool_s_per_task, costs.worker_s_per_task)
+    gil_per_call = [(costs.worker_s_per_task - pool_s) / max(n, 1) for n in per_task]
+    pool_per_call = [pool_s / max(n, 1) for n in per_task]
     # per slot: its task, calls not yet asked for, calls asked for and not yet parsed
     task_of = [-1] * slots
     to_ask = [0] * slots
@@ -123,9 +157,11 @@ def simulate(
 
     def answered(slot: int, call: int) -> None:
         grants[call][1] = now  # the answer is back: the call settles in the windows
-        cost = worker_per_call[task_of[slot]]
-        if cost > 0:
-            bursts.append(_Burst(("worker", worker_of[slot]), cost, slot, call))
+        gil, pool = gil_per_call[task_of[slot]], pool_per_call[task_of[slot]]
+        if gil > 0:
+            bursts.append(_Burst(("worker", worker_of[slot]), gil, slot, call, then=pool))
+        elif pool > 0:
+            bursts.append(_Burst(("pool", worker_of[slot]), pool, slot, call))
         else:
             parsed(slot)
 
@@ -151,16 +187,22 @@ def simulate(
             grants[call] = [now, float("inf")]
             heapq.heappush(timers, (now + latency_s, next(seq), slot, call))
 
+    pool_cap = max(costs.pool_threads, 1.0)
     for slot in range(slots):
         start_next(slot)
     grant_waiting()
     while done < tasks:
-        # the rates now: each runnable process gets min(1, cpus / runnable), its bursts share it
+        # the rates now: the runnable owners share the CPUs (one at most each, a worker's
+        # pool up to its threads), an owner's bursts share its part
         owners: dict[object, list[_Burst]] = {}
         for b in bursts:
             owners.setdefault(b.owner, []).append(b)
-        share = min(1.0, costs.cpus / len(owners)) / costs.slowdown if owners else 0.0
-        rates = {id(b): share / len(group) for group in owners.values() for b in group}
+        groups = list(owners.values())
+        # (a small frame's operation runs on one pool thread: one CPU a burst at most)
+        caps = [min(pool_cap, len(g)) if _on_pool(g[0].owner) else 1.0 for g in groups]
+        shares = _shares(caps, costs.cpus)
+        rates = {id(b): share / costs.slowdown / len(group)
+                 for share, group in zip(shares, groups, strict=True) for b in group}  # fmt: skip
         nxt = float("inf")
         for b in bursts:
             nxt = min(nxt, now + b.left / rates[id(b)])
@@ -182,6 +224,8 @@ def simulate(
         for b in ended:
             if b.owner == "provider":
                 answered(b.slot, b.call)
+            elif b.then > 0:  # the GIL part is done; the pool's part follows
+                bursts.append(_Burst(("pool", worker_of[b.slot]), b.then, b.slot, b.call))
             elif b.call >= 0:
                 parsed(b.slot)
             else:
