@@ -12,7 +12,8 @@ workers, the simulator and the database (processor sharing; a process's threads 
 CPU at most; a task's calls in flight overlap its parsing). Its inputs are measured in the
 same run, none assumed:
 - the costs, on two calibration jobs of one worker (2 and 8 tasks): CPU seconds (/proc,
-  user + system) per task of the worker, per call of the simulator's process, per task of
+  user + system) per task of the worker (and of its polars pool threads, outside the GIL:
+  /proc/PID/task, threads named polars-N), per call of the simulator's process, per task of
   the PostgreSQL backends the workers use (tagged by application_name; the driver's own
   polling has another tag), each as the difference of the two jobs over their difference
   in tasks or calls, so a job's fixed CPU (set-up, first connections) cancels. Redis

@@ -47,7 +47,7 @@ class HostCosts:
     worker_pool_s_per_task: float = 0.0
     pool_threads: float = 1.0
     provider_s_per_call: float = 0.0  # a provider on the same host: its CPU per answer
-    store_s_per_task: float = 0.0  # the database's (and Redis's) CPU per task
+    store_s_per_task: float = 0.0  # the database's CPU per task (and Redis's, if the run's alone)
     cpus: float = 1.0  # the CPUs the workers, the provider and the database share
     # wall seconds a CPU second takes a lone process that waits between short bursts, as
     # tasks do (1 on a quiet host; more when other work shares the machine)
