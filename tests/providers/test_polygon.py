@@ -266,3 +266,11 @@ def test_the_one_pass_parser_equals_the_checked_one_on_any_rows(
         assert_frame_equal(fast[0], checked[0])
     else:
         assert fast == checked  # the same error
+
+
+@pytest.mark.parametrize("t", [-(2**53), 2**53, -9_000_000_000_000_000])
+@pytest.mark.parametrize("odd", [False, True])
+def test_a_bar_time_out_of_every_dates_range_is_a_malformed_response(t: int, odd: bool) -> None:
+    row = {"t": t, "o": "1" if odd else 1.0, "h": 1.0, "l": 1.0, "c": 1.0, "v": 1.0}
+    with pytest.raises(MalformedResponseError):  # not polars' panic (a BaseException)
+        parse_aggs(json.dumps({"status": "OK", "results": [row]}), "AAPL", "1d")

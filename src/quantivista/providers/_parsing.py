@@ -53,6 +53,7 @@ _PARSE_FAILURES = (
     RecursionError,
     UnicodeError,
     pl.exceptions.PolarsError,
+    pl.exceptions.PanicException,  # a BaseException: e.g. an epoch out of every date's range
 )
 
 

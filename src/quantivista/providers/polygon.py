@@ -123,9 +123,25 @@ def _typed_rows(rows: list[dict[str, Any]]) -> pl.DataFrame | None:
     ):  # (one pass over the values, one over the rows)
         return None
     try:
-        return pl.DataFrame(rows, schema=_AGG_SCHEMA, strict=True)
+        frame = pl.DataFrame(rows, schema=_AGG_SCHEMA, strict=True)
     except (pl.exceptions.PolarsError, TypeError, ValueError, OverflowError):
         return None  # an integer beyond 64 bits
+    _epochs(frame["t"])
+    return frame
+
+
+# the bar times a vendor may send (epoch ms): years 1900 to 2200
+_EPOCH_MS = (-2_208_988_800_000, 7_258_118_400_000)
+
+
+def _epochs(t: pl.Series) -> pl.Series:
+    """Return the epoch-ms column, refusing times no market had (polars would panic on some
+    of them while converting time zones)."""
+    if not t.is_between(*_EPOCH_MS).all():
+        raise MalformedResponseError(
+            "Polygon bar time out of range (years 1900 to 2200)", provider=NAME
+        )
+    return t
 
 
 _NUMBER = frozenset({int, float})  # a null anywhere: the checked path
@@ -133,7 +149,7 @@ _NUMBER = frozenset({int, float})  # a null anywhere: the checked path
 
 def _checked_rows(rows: list[dict[str, Any]], symbol: str, tf: Timeframe) -> pl.DataFrame:
     """Build the bars a column at a time, refusing what is not a number (the slow path)."""
-    epoch = pl.Series("t", [r["t"] for r in rows], dtype=pl.Int64, strict=True)
+    epoch = _epochs(pl.Series("t", [r["t"] for r in rows], dtype=pl.Int64, strict=True))
     ts = pl.select(
         pl.from_epoch(pl.lit(epoch), time_unit="ms").dt.replace_time_zone("UTC")
     ).to_series()
