@@ -9,17 +9,23 @@ CONCURRENCY tasks at once, one fetch at a time.
 The plan (`BackfillService.plan` with `host`: `services.host_model`) plays the backfill out
 on the host's CPUs: the quota, the slots, and the CPU that every task costs, shared by the
 workers, the simulator and the database (processor sharing; a process's threads share one
-CPU at most). Its inputs are measured in the same run, none assumed:
-- the costs, on a calibration job of one worker: CPU seconds (/proc, user + system) per
-  task of the worker, per call of the simulator's process, per task of PostgreSQL's backends
-  serving the run (tagged by application_name) and of Redis;
+CPU at most; a task's calls in flight overlap its parsing). Its inputs are measured in the
+same run, none assumed:
+- the costs, on two calibration jobs of one worker (2 and 8 tasks): CPU seconds (/proc,
+  user + system) per task of the worker (and of its polars pool threads, outside the GIL:
+  /proc/PID/task, threads named polars-N), per call of the simulator's process, per task of
+  the PostgreSQL backends the workers use (tagged by application_name; the driver's own
+  polling has another tag), each as the difference of the two jobs over their difference
+  in tasks or calls, so a job's fixed CPU (set-up, first connections) cancels. Redis
+  serves every agent on the host: its CPU is printed, not charged;
 - the latency: a call's round trip on the idle system, less the CPU it took (that CPU is
   modelled, under contention);
 - the CPUs: the host's (affinity); what other work on the machine leaves the run is the
-  calibration's `slowdown`: the factor by which the model, with the costs above, gives the
-  calibration job's measured time (1 on a quiet machine when the costs explain the time).
-  Two probes are printed beside it, not used: spinning processes (the scheduler favours
-  processes that sleep, so they read low) and a process of 5 ms bursts.
+  `slowdown` fitted to how much longer the large calibration job took than the small one,
+  and a job's fixed seconds (`job_s`: first claim, first task's set-up, roll-up) are the
+  small job's time less its tasks' modelled time (`calibrate`). Two probes are printed
+  beside it, not used: spinning processes (the scheduler favours processes that sleep, so
+  they read low) and a process of 5 ms bursts.
 For each worker count: a fresh store, the workers started (not timed), the probes, the plan,
 then a backfill of SYMBOLS daily histories queued and timed from submission to the job's
 end (its end_time). Prints one JSON line: per run the measured and predicted seconds, the
@@ -39,12 +45,13 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import asdict, replace
 from datetime import UTC, date, datetime, timedelta
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import psycopg
 import redis
 
@@ -63,13 +70,18 @@ FIRST, LAST = date(2023, 1, 3), date(2023, 12, 29)
 LATENCY_MS = 50
 MARGIN_S = 0.0  # calls are held until answered: no margin needed for the limit
 CONCURRENCY = 2
-CALIBRATION_SYMBOLS = 60
+CALIBRATION_SYMBOLS = (20, 80)  # two job sizes of one worker: 2 tasks and 8 tasks
+
+
+def _tagged(tag: str) -> str:
+    """Return the DSN whose backends carry `tag` as application_name (metered by it)."""
+    dsn = Settings().services.postgres_dsn.get_secret_value()
+    return f"{dsn}{'&' if '?' in dsn else '?'}application_name={tag}"
 
 
 def _env(sim_url: str, schema: str, prefix: str, quota: int, tmp: str) -> dict[str, str]:
     base = Settings()
-    dsn = base.services.postgres_dsn.get_secret_value()
-    tagged = f"{dsn}{'&' if '?' in dsn else '?'}application_name={schema}"  # its backends
+    tagged = _tagged(schema)  # the workers' backends
     return {
         "QV_DATA_DIR": str(Path(tmp) / "qv"),
         "QV_STORAGE__BACKEND": "postgres",
@@ -103,13 +115,31 @@ def _drop(schema: str, prefix: str) -> None:
     client.close()
 
 
-def _cpu_s(pid: int) -> float:
-    """Return a process's CPU seconds so far (user + system, from /proc; 0 once gone)."""
+def _cpu_s(pid: int, path: str = "") -> float:
+    """Return a process's (or thread's: `path` task/TID) CPU seconds so far (user +
+    system, from /proc; 0 once gone)."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = Path(f"/proc/{pid}/{path}stat").read_text().rsplit(")", 1)[1].split()
     except (FileNotFoundError, ProcessLookupError):
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _pool_cpu_s(pid: int) -> float:
+    """Return the CPU seconds of a process's polars pool threads (named polars-N)."""
+    total = 0.0
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return 0.0
+    for tid in threads:
+        try:
+            name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if name.startswith("polars-") and name[7:].isdigit():
+            total += _cpu_s(pid, f"task/{tid}/")
+    return total
 
 
 def _spin(seconds: float) -> None:
@@ -229,19 +259,23 @@ class Meter:
         self._backends: dict[int, float] = {}
 
     def _store(self) -> float:
-        """CPU of the backends tagged with the run's schema (gone ones keep their last)."""
+        """CPU of the workers' backends (tagged with the run's schema; gone ones keep their
+        last); the driver's polling has its own tag, it is not a task's cost."""
         rows = self._pg.execute(
             "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (self.schema,)
         ).fetchall()
         for (pid,) in rows:
             self._backends[pid] = max(self._backends.get(pid, 0.0), _cpu_s(pid))
-        return sum(self._backends.values()) + _cpu_s(self._redis_pid)
+        return sum(self._backends.values())
 
     def read(self) -> dict[str, float]:
+        # Redis serves every agent on the host: its CPU is printed, not charged to tasks
         return {
             "worker": sum(_cpu_s(p) for p in self.workers),
+            "worker_pool": sum(_pool_cpu_s(p) for p in self.workers),
             "provider": _cpu_s(self.simulator),
             "store": self._store(),
+            "redis": _cpu_s(self._redis_pid),
         }
 
     def close(self) -> None:
@@ -292,8 +326,9 @@ def run(
     with tempfile.TemporaryDirectory() as tmp:
         env = _env(sim.url, schema, prefix, quota, tmp)
         try:
+            driver = {**env, "QV_SERVICES__POSTGRES_DSN": _tagged(f"{schema}_driver")}
             with (
-                _settings_env(env),
+                _settings_env(driver),
                 Runtime.from_settings(Settings()) as rt,
                 WorkerProcesses(n_workers, env, concurrency=CONCURRENCY) as procs,
             ):
@@ -304,9 +339,7 @@ def run(
                 # the CPU part is modelled, the rest is waiting
                 latency = max(rtt - rtt_cpu, LATENCY_MS / 1000)
                 # the slowdown: the calibration's (fitted to its job), not the probe's
-                host = None if costs is None else HostCosts(
-                    costs.worker_s_per_task, costs.provider_s_per_call, costs.store_s_per_task,
-                    cpus=cpus, slowdown=costs.slowdown)  # fmt: skip
+                host = None if costs is None else replace(costs, cpus=cpus)
                 plan = rt.backfill.plan(
                     symbols, FIRST, LAST, "1d", ["polygon"], workers=n_workers,
                     latency_s=latency if host else rtt, host=host,
@@ -352,14 +385,23 @@ def run(
         "latency_s": latency,
         "round_trip_ms": round(rtt * 1000, 1),
         "round_trip_cpu_ms": round(rtt_cpu * 1000, 1),
+        "worker_cpu_s": round(used["worker"], 3),
+        "worker_pool_cpu_s": round(used["worker_pool"], 3),
+        "provider_cpu_s": round(used["provider"], 3),
+        "store_cpu_s": round(used["store"], 3),
         "worker_cpu_s_per_task": round(used["worker"] / max(tasks, 1), 4),
         "provider_cpu_s_per_call": round(used["provider"] / max(plan.calls, 1), 5),
         "store_cpu_s_per_task": round(used["store"] / max(tasks, 1), 4),
+        "redis_cpu_s_per_task": round(used["redis"] / max(tasks, 1), 4),
+        "job_s_used": round(costs.job_s, 3) if costs else None,
         "bound_quota_s": round(quota_s, 2),
         "predicted_s": round(plan.predicted_s, 2),
         "measured_over_predicted": round(elapsed / plan.predicted_s, 3),
         "first_task_started_s": round(first.total_seconds(), 3),
         "after_last_task_s": round(elapsed - last.total_seconds(), 3),
+        # the job's seconds outside its tasks, seen directly (the fit's job_s also has the
+        # first task's set-up)
+        "outside_tasks_s": round(first.total_seconds() + elapsed - last.total_seconds(), 3),
         "load": round(os.getloadavg()[0], 1),
     }
 
@@ -375,44 +417,65 @@ def _faults(quota: int) -> ProviderFaultSettings:
     )
 
 
-def fit_slowdown(calibration: dict[str, Any], costs: HostCosts) -> float:
-    """Return the slowdown with which the model gives the calibration job's measured time.
+def _model(run_: dict[str, Any], costs: HostCosts, quota: int) -> float:
+    """Return the model's seconds of a one-worker calibration run's tasks (no job costs)."""
+    return simulate(
+        run_["tasks"], run_["calls"], workers=1, concurrency=CONCURRENCY,
+        latency_s=run_["latency_s"], costs=costs, windows=[(quota, 1.0 + MARGIN_S)],
+    )  # fmt: skip
 
-    What the probes cannot tell (how much of the CPUs other work leaves a run like this
-    one, and any cost not counted) is read off the calibration job itself, at 1 worker;
-    the runs then predict 1, 2 and 4 workers on 200 symbols with it. At least 1.
+
+def calibrate(small: dict[str, Any], large: dict[str, Any], quota: int) -> HostCosts:
+    """Return the host's costs from two jobs of one worker, of 2 and of 8 tasks.
+
+    A job costs a fixed part (the first claim, the first task's set-up: connections,
+    imports, caches; the roll-up after the last task) and a part per task. The CPU per task
+    and per call are the two jobs' differences over their tasks' and calls' differences (the
+    fixed CPU cancels). The growth of the measured time from the small job to the large
+    one gives the slowdown (what other work on the machine leaves the run, and any
+    per-task cost not counted; at least 1); the small job's time less its tasks' modelled
+    time gives the fixed seconds (`job_s`, at least 0).
     """
-    pickup = float(Settings().workers.poll_s)
+    tasks = large["tasks"] - small["tasks"]
+    calls = large["calls"] - small["calls"]
+    costs = HostCosts(
+        worker_s_per_task=max(large["worker_cpu_s"] - small["worker_cpu_s"], 0.0) / tasks,
+        worker_pool_s_per_task=max(large["worker_pool_cpu_s"] - small["worker_pool_cpu_s"], 0.0)
+        / tasks,
+        pool_threads=float(pl.thread_pool_size()),  # the workers' pool: same host, same env
+        provider_s_per_call=max(large["provider_cpu_s"] - small["provider_cpu_s"], 0.0) / calls,
+        store_s_per_task=max(large["store_cpu_s"] - small["store_cpu_s"], 0.0) / tasks,
+        cpus=cpus_of_host(),
+    )
+    grew = float(large["measured_s"]) - float(small["measured_s"])
 
-    def model(slowdown: float) -> float:
-        return pickup + simulate(
-            calibration["tasks"], calibration["calls"], workers=1, concurrency=CONCURRENCY,
-            latency_s=calibration["latency_s"], costs=replace(costs, slowdown=slowdown),
-        )  # fmt: skip
+    def growth(slowdown: float) -> float:
+        slowed = replace(costs, slowdown=slowdown)
+        return _model(large, slowed, quota) - _model(small, slowed, quota)
 
-    measured = float(calibration["measured_s"])
     lo, hi = 1.0, 50.0
-    if model(lo) >= measured:
-        return 1.0
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if model(mid) < measured else (lo, mid)
-    return (lo + hi) / 2
+    if growth(lo) < grew:
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if growth(mid) < grew else (lo, mid)
+    costs = replace(costs, slowdown=lo)
+    pickup = float(Settings().workers.poll_s)  # the plan adds it besides job_s
+    fixed = float(small["measured_s"]) - pickup - _model(small, costs, quota)
+    return replace(costs, job_s=max(fixed, 0.0))
 
 
 def one_round(sim: Simulator, symbols: list[str], quota: int) -> dict[str, Any]:
     """Calibrate, then 1, 2 and 4 workers, then a tight quota; return the round's runs."""
     sim.configure(_faults(quota))
-    # the costs, measured: CPU per task and call of a small job of one worker
-    calibration = run(1, symbols[:CALIBRATION_SYMBOLS], sim, quota, "calibration")
-    costs = HostCosts(
-        worker_s_per_task=calibration["worker_cpu_s_per_task"],
-        provider_s_per_call=calibration["provider_cpu_s_per_call"],
-        store_s_per_task=calibration["store_cpu_s_per_task"],
-        cpus=cpus_of_host(),
-    )
-    costs = replace(costs, slowdown=fit_slowdown(calibration, costs))
-    calibration["slowdown_fitted"] = round(costs.slowdown, 3)
+    # the costs, measured: two jobs of one worker (fixed and per-task parts apart)
+    small, large = (run(1, symbols[:n], sim, quota, f"calibration {n}")
+                    for n in CALIBRATION_SYMBOLS)  # fmt: skip
+    costs = calibrate(small, large, quota)
+    calibration = {
+        "small": small,
+        "large": large,
+        "costs": {k: round(v, 5) for k, v in asdict(costs).items()},
+    }
     runs = [run(n, symbols, sim, quota, "scaling", costs) for n in (1, 2, 4)]
     # a tight quota: the time is the quota's, whatever the workers could do
     tight = max(quota // 6, 1)

@@ -6,22 +6,33 @@ import contextlib
 import json
 from datetime import UTC, date, datetime
 
+import polars as pl
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from polars.testing import assert_frame_equal
 
-from quantivista.errors import EntitlementError, ProviderError, RateLimitedError
+from quantivista.errors import (
+    EntitlementError,
+    MalformedResponseError,
+    ProviderError,
+    RateLimitedError,
+)
+from quantivista.model.timeframe import Timeframe
+from quantivista.providers._parsing import guarded
 from quantivista.providers.base import BarRequest
 from quantivista.providers.polygon import (
     PolygonProvider,
+    _checked_rows,
     parse_aggs,
     parse_dividends,
     parse_splits,
 )
 
-from .conftest import LocalServer, Route, cassette, fixture_bytes
+from .conftest import FIXTURES, LocalServer, Route, cassette, fixture_bytes
 
 P = "polygon"
+AGGS_FIXTURES = sorted(p.name for p in (FIXTURES / P).glob("aggs_*.json"))
 
 
 def test_daily_aggs_fixture() -> None:
@@ -201,3 +212,65 @@ def test_real_host_next_url_is_kept_on_the_overridden_base(local_server: LocalSe
     result = client.fetch_bars(BarRequest.of("AAPL", "2023-01-01", "2023-01-10"))
     assert result.bars.height == 6
     assert local_server.requests[1].query["cursor"] == ["xyz"]
+
+
+def _both_paths(rows: list[object], tf: str) -> tuple[object, object]:
+    """Return what parse_aggs and the checked (column at a time) path make of `rows`."""
+    body = json.dumps({"status": "OK", "results": rows})
+    outcomes: list[object] = []
+    for parse in (parse_aggs, guarded("polygon")(_checked_of)):
+        try:
+            outcomes.append(parse(body, "aapl ", tf))
+        except MalformedResponseError as exc:
+            outcomes.append(type(exc))
+    return outcomes[0], outcomes[1]
+
+
+def _checked_of(body: str, symbol: str, tf: str) -> tuple[pl.DataFrame, None]:
+    rows = json.loads(body)["results"]
+    return _checked_rows(rows, symbol, Timeframe.parse(tf)), None
+
+
+@pytest.mark.parametrize("name", AGGS_FIXTURES)
+@pytest.mark.parametrize("tf", ["1d", "1m"])
+def test_the_one_pass_parser_equals_the_checked_one_on_the_recorded_bodies(
+    name: str, tf: str
+) -> None:
+    rows = json.loads(fixture_bytes(P, name))["results"]
+    fast, checked = _both_paths(rows, tf)
+    assert isinstance(fast, tuple) and isinstance(checked, tuple)
+    assert fast[0].height == len(rows) > 0
+    assert_frame_equal(fast[0], checked[0])
+
+
+number = (
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53)
+    | st.floats(allow_nan=False, allow_infinity=False, width=32)
+    | st.integers(0, 999).map(str) | st.just(" 1.5") | st.just("x")
+)  # fmt: skip
+agg_row = st.fixed_dictionaries(
+    {"t": st.integers(0, 2**41) | number, **dict.fromkeys("ohlcv", number)},
+    optional={"vw": number, "n": number, "otc": st.booleans()},
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=st.lists(agg_row | st.fixed_dictionaries({"t": st.integers(0, 2**41)}),
+                     min_size=1, max_size=5),
+       tf=st.sampled_from(["1d", "1h"]))  # fmt: skip
+def test_the_one_pass_parser_equals_the_checked_one_on_any_rows(
+    rows: list[dict[str, object]], tf: str
+) -> None:
+    fast, checked = _both_paths(rows, tf)
+    if isinstance(fast, tuple) and isinstance(checked, tuple):
+        assert_frame_equal(fast[0], checked[0])
+    else:
+        assert fast == checked  # the same error
+
+
+@pytest.mark.parametrize("t", [-(2**53), 2**53, -9_000_000_000_000_000])
+@pytest.mark.parametrize("odd", [False, True])
+def test_a_bar_time_out_of_every_dates_range_is_a_malformed_response(t: int, odd: bool) -> None:
+    row = {"t": t, "o": "1" if odd else 1.0, "h": 1.0, "l": 1.0, "c": 1.0, "v": 1.0}
+    with pytest.raises(MalformedResponseError):  # not polars' panic (a BaseException)
+        parse_aggs(json.dumps({"status": "OK", "results": [row]}), "AAPL", "1d")

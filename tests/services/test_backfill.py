@@ -236,7 +236,7 @@ def test_with_the_hosts_costs_the_plan_plays_the_backfill_out(tmp_path: Path) ->
 
 
 def _plays_out(rt: Runtime) -> None:
-    # one fetch at a time per slot: what the model plays (more falls back to the bounds)
+    # one fetch at a time per slot
     symbols = [f"S{i:02d}" for i in range(30)]
     args = ("2024-01-02", "2024-01-31", "1d", ["paid"])
     bounds = rt.backfill.plan(symbols, *args, workers=2, latency_s=0.05, task_cost_s=0.1)
@@ -251,3 +251,22 @@ def _plays_out(rt: Runtime) -> None:
     assert played.predicted_s == pytest.approx(want)
     # the simulator's and the database's CPU, and the slots' GIL, cost time the bounds miss
     assert played.predicted_s > bounds.predicted_s
+
+
+def test_the_plan_plays_a_tasks_calls_in_flight_and_adds_the_jobs_fixed_seconds(
+    tmp_path: Path,
+) -> None:
+    quota: Any = {"limits": {"paid": ["100/second"]}, "margin_s": 0.0}
+    two: Any = {"fetch_concurrency": 2}
+    settings = Settings(data_dir=tmp_path / "qv", ingest=two, resilience=quota)
+    with Runtime.from_settings(settings, clock=TestClock(NOW), registry=_registry()) as rt:
+        symbols = [f"S{i:02d}" for i in range(30)]
+        args = ("2024-01-02", "2024-01-31", "1d", ["paid"])
+        host = HostCosts(worker_s_per_task=0.1, cpus=2, job_s=1.5)
+        played = rt.backfill.plan(symbols, *args, workers=1, latency_s=0.05, host=host)
+        (tasks,) = played.providers["tasks"].to_list()
+        kw: Any = {"workers": 1, "concurrency": rt.settings.workers.concurrency,
+                   "latency_s": 0.05, "costs": host, "windows": [(100, 1.0)]}  # fmt: skip
+        overlapped = simulate(tasks, played.calls, fetch_concurrency=2, **kw)
+        assert played.predicted_s == pytest.approx(rt.settings.workers.poll_s + 1.5 + overlapped)
+        assert overlapped < simulate(tasks, played.calls, **kw)  # parsing while calls wait

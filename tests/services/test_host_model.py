@@ -55,3 +55,58 @@ def test_a_slower_host_stretches_the_cpu_not_the_waiting() -> None:
     slowed = simulate(2, 20, workers=1, concurrency=2, latency_s=0.05, costs=slow)
     # 10 calls of 50 ms + 0.1 s (two slots on one GIL: 0.2 s) -> + 0.2 s when twice as slow
     assert slowed - quick == pytest.approx(0.2, abs=0.02)
+
+
+def test_a_known_schedule_takes_the_seconds_counted_by_hand() -> None:
+    # one slot, 2 tasks of 2 calls; a call: 0.1 s latency, then 0.02 s of the provider's
+    # CPU, then 0.03 s of the worker's; a task ends with 0.05 s of the database's:
+    # 2 x (2 x 0.15 + 0.05) = 0.7 s; nothing runs at once, so 1 CPU is plenty
+    costs = HostCosts(worker_s_per_task=0.06, provider_s_per_call=0.02,
+                      store_s_per_task=0.05, cpus=1)  # fmt: skip
+    kw = {"workers": 1, "concurrency": 1, "latency_s": 0.1}
+    assert simulate(2, 4, costs=costs, **kw) == pytest.approx(0.7)  # type: ignore[arg-type]
+    # twice as slow a host: each CPU part doubles, 2 x (2 x 0.2 + 0.1) = 1.0 s
+    slow = HostCosts(worker_s_per_task=0.06, provider_s_per_call=0.02,
+                     store_s_per_task=0.05, cpus=1, slowdown=2.0)  # fmt: skip
+    assert simulate(2, 4, costs=slow, **kw) == pytest.approx(1.0)  # type: ignore[arg-type]
+
+
+def test_calls_in_flight_overlap_the_parsing_of_earlier_answers() -> None:
+    # one slot, one task of 4 calls of 0.1 s, 0.05 s of parsing each (on one GIL)
+    costs = HostCosts(worker_s_per_task=0.2, cpus=2)
+    kw = {"workers": 1, "concurrency": 1, "latency_s": 0.1, "costs": costs}
+    # one at a time: 4 x (0.1 + 0.05)
+    assert simulate(1, 4, **kw) == pytest.approx(0.6)  # type: ignore[arg-type]
+    # two at a time: both answers at 0.1, parsed sharing the GIL until 0.2; the next two
+    # the same from 0.2 to 0.4
+    assert simulate(1, 4, fetch_concurrency=2, **kw) == pytest.approx(0.4)  # type: ignore[arg-type]
+    # parsing that outlasts the latency: a third call's answer waits for the GIL
+    heavy = HostCosts(worker_s_per_task=1.2, cpus=2)  # 0.3 s per call
+    got = simulate(1, 4, workers=1, concurrency=1, latency_s=0.1, costs=heavy,
+                   fetch_concurrency=4)  # fmt: skip
+    assert got == pytest.approx(0.1 + 4 * 0.3)  # all answers at 0.1, then 1.2 s of CPU
+
+
+def test_fetch_concurrency_obeys_the_quota_too() -> None:
+    got = simulate(5, 100, workers=1, concurrency=1, latency_s=0.05, costs=HostCosts(),
+                   windows=[(10, 1.0)], fetch_concurrency=4)  # fmt: skip
+    want = predicted_seconds(100, [Rate.parse("10/1s")], latency_s=0.05, concurrency=4)
+    assert got == pytest.approx(want, rel=0.02)
+
+
+def test_the_polars_pool_part_runs_outside_the_gil() -> None:
+    # one worker, two slots, each task 1 s of CPU and no waiting, on 2 CPUs
+    kw = {"workers": 1, "concurrency": 2, "latency_s": 0.0}
+    on_gil = HostCosts(worker_s_per_task=1.0, cpus=2)
+    on_pool = HostCosts(worker_s_per_task=1.0, worker_pool_s_per_task=1.0, pool_threads=2,
+                        cpus=2)  # fmt: skip
+    assert simulate(2, 2, costs=on_gil, **kw) == pytest.approx(2.0)  # type: ignore[arg-type]
+    assert simulate(2, 2, costs=on_pool, **kw) == pytest.approx(1.0)  # type: ignore[arg-type]
+    # a pool of one thread is one CPU again; one slot's part uses one CPU, not the pool's two
+    one = HostCosts(worker_s_per_task=1.0, worker_pool_s_per_task=1.0, pool_threads=1, cpus=2)
+    assert simulate(2, 2, costs=one, **kw) == pytest.approx(2.0)  # type: ignore[arg-type]
+    assert simulate(1, 1, costs=on_pool, **kw) == pytest.approx(1.0)  # type: ignore[arg-type]
+    # half on the GIL, half on the pool: both GIL halves share one CPU until 1.0 s, then
+    # both pool halves run at once on the two CPUs until 1.5 s
+    half = HostCosts(worker_s_per_task=1.0, worker_pool_s_per_task=0.5, pool_threads=2, cpus=2)
+    assert simulate(2, 2, costs=half, **kw) == pytest.approx(1.5)  # type: ignore[arg-type]

@@ -19,8 +19,8 @@ from typer.testing import CliRunner
 from quantivista.cli import app
 from quantivista.clock import TestClock
 from quantivista.config import IngestSettings, Settings
-from quantivista.errors import InvalidInputError, NotFoundError
-from quantivista.model.jobs import JobStatus, TaskStatus
+from quantivista.errors import ConfigurationError, InvalidInputError, NotFoundError
+from quantivista.model.jobs import IngestionJob, JobStatus, JobTask, TaskStatus
 from quantivista.platform import Platform
 from quantivista.providers.registry import ProviderRegistry
 from quantivista.providers.synthetic import SyntheticProvider
@@ -214,3 +214,61 @@ def test_kill_9_mid_job_then_the_lease_lapses_and_recovery_completes(tmp_path: P
         )
         assert recovered.end_time is not None and recovered.start_time is not None
         assert recovered.end_time > recovered.start_time
+
+
+def test_a_queued_task_without_a_handler_fails_at_once_with_the_reason(
+    platform: Platform,
+) -> None:
+    service = platform.runtime.ingestion
+    service.handlers["export_x"] = lambda job, task: task  # registered when submitted...
+    job = service.submit_kind("export_x", ["AAA"], {}, queued=True)
+    del service.handlers["export_x"]  # ...gone in the process that runs it
+    assert job.max_attempts > 1
+    assert service.run_next("w", job.queue or "") is not None
+    (task,) = service.tasks(job.job_id)
+    assert task.status is TaskStatus.FAILED and task.attempts == 1  # not retried
+    assert task.error_details[-1]["kind"] == "ConfigurationError"
+    assert "failed for good" in task.error_details[-1]["message"]
+    assert "no service runs jobs of kind 'export_x'" in task.error_details[-1]["message"]
+    assert service.run_next("w", job.queue or "") is None  # nothing left to claim
+
+
+def test_an_ingest_task_without_a_router_is_a_typed_error_not_an_assert(
+    platform: Platform,
+) -> None:
+    service = platform.runtime.ingestion
+    job = service.submit(_symbols(platform, 1), "2024-01-01", "2024-01-31")
+    (task,) = service.tasks(job.job_id)
+    with pytest.raises(ConfigurationError, match="no providers' router"):
+        service._dispatch(job, task, None, lambda _symbol: None)
+
+
+def test_a_local_failure_after_the_lease_was_lost_leaves_the_task_to_its_new_holder(
+    platform: Platform,
+) -> None:
+    clock = platform.clock
+    assert isinstance(clock, TestClock)
+    service = platform.runtime.ingestion
+    catalog = platform.runtime.backend.catalog
+    lease = service.settings.lease_s
+
+    def stalls_then_fails(job: IngestionJob, task: JobTask) -> JobTask:
+        clock.advance(lease + 1)  # this process stalled past its lease...
+        catalog.expire_leases(clock.now())
+        catalog.reset_tasks(job.job_id, [TaskStatus.FAILED])
+        running = catalog.job(job.job_id)
+        running.status = JobStatus.RUNNING  # ...the job was recovered...
+        catalog.save_job(running)
+        stolen.append(catalog.claim_task("other", lease, clock.now(), job.job_id))
+        raise RuntimeError("a bug after the stall")  # ...and another process runs the task
+
+    stolen: list[JobTask | None] = []
+
+    service.handlers["stall"] = stalls_then_fails
+    job = service.submit_kind("stall", ["AAA"], {})
+    service.run(job.job_id)  # the failure is not ours to record: no raise
+    assert stolen and stolen[0] is not None
+    (task,) = service.tasks(job.job_id)
+    assert task.status is TaskStatus.RUNNING and task.worker == "other"
+    kinds = [d["kind"] for d in service.job(job.job_id).error_details]
+    assert "RuntimeError" not in kinds

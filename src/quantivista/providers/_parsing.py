@@ -12,18 +12,22 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ParamSpec, TypeVar
 
+import orjson
 import polars as pl
 
 from quantivista.errors import MalformedResponseError, ProviderError, QuantiVistaError
 from quantivista.model.schema import (
     ACTION_POLARS_SCHEMA,
     BAR_POLARS_SCHEMA,
+    PL_UTC_TS,
     coerce_actions,
     coerce_bars,
 )
+from quantivista.model.symbols import canonical_symbols
 from quantivista.model.timeframe import Timeframe, TimeframeLike
 
 __all__ = [
+    "bars_of",
     "empty_actions",
     "finish_bars",
     "float_column",
@@ -49,6 +53,7 @@ _PARSE_FAILURES = (
     RecursionError,
     UnicodeError,
     pl.exceptions.PolarsError,
+    pl.exceptions.PanicException,  # a BaseException: e.g. an epoch out of every date's range
 )
 
 
@@ -90,7 +95,16 @@ def text_of(body: bytes | str) -> str:
 
 
 def load_json(body: bytes | str, provider: str, symbol: str | None) -> Any:
-    """Parse a JSON body or raise `MalformedResponseError` quoting its start."""
+    """Parse a JSON body or raise `MalformedResponseError` quoting its start.
+
+    orjson first (a few times faster); what it refuses and `json` takes (NaN, integers
+    beyond 64 bits, invalid UTF-8 replaced) goes to `json`, which decides.
+    """
+    if isinstance(body, bytes | bytearray | memoryview | str):
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass
     text = text_of(body)
     try:
         return json.loads(text)
@@ -148,6 +162,36 @@ def finish_bars(
     df = df.with_columns(pl.lit(symbol, pl.String).alias("symbol"))
     bars = coerce_bars(df, timeframe=Timeframe.parse(timeframe), provider=provider)
     return bars.sort("ts")
+
+
+def bars_of(
+    columns: pl.LazyFrame, *, symbol: str, timeframe: Timeframe, provider: str
+) -> pl.DataFrame:
+    """Return canonical bars from `ts` (UTC) and every value column, typed, in one collect.
+
+    What `finish_bars` gets to through `coerce_bars`, for columns a parser has already built
+    to the schema (numbers checked): the bookkeeping columns are constants, the symbol is
+    canonicalized once; rows sorted by time.
+    """
+    constants = {
+        "symbol": pl.lit(_canonical_symbol(symbol), pl.String),
+        "timeframe": pl.lit(str(timeframe), pl.String),
+        "provider": pl.lit(provider, pl.String),
+        "quality_flags": pl.lit(0, pl.UInt32),
+        "ingested_at": pl.lit(None, PL_UTC_TS),
+        "job_id": pl.lit(None, pl.String),
+    }
+    exprs = [
+        constants[name].alias(name) if name in constants else pl.col(name).cast(dtype)
+        for name, dtype in BAR_POLARS_SCHEMA.items()
+    ]
+    return columns.select(exprs).sort("ts").collect()
+
+
+@functools.lru_cache(maxsize=4096)
+def _canonical_symbol(symbol: str) -> str:
+    canonical, _ = canonical_symbols(pl.Series([symbol], dtype=pl.String))
+    return str(canonical[0])
 
 
 def empty_actions() -> pl.DataFrame:

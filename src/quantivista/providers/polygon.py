@@ -25,6 +25,7 @@ from quantivista.model.instruments import AssetClass
 from quantivista.model.timeframe import Timeframe, TimeframeLike
 from quantivista.providers._parsing import (
     actions_frame,
+    bars_of,
     empty_actions,
     finish_bars,
     float_column,
@@ -84,11 +85,71 @@ def parse_aggs(
     if results is None:  # Polygon omits `results` when there is no data
         return finish_bars({}, symbol=symbol, timeframe=tf, provider=NAME), nxt
     rows = require(results, list, "results", NAME, symbol)
-    for row in rows:
-        require(row, dict, "a result", NAME, symbol)
+    if not all(type(row) is dict for row in rows):
+        for row in rows:
+            require(row, dict, "a result", NAME, symbol)
     if not rows:
         return finish_bars({}, symbol=symbol, timeframe=tf, provider=NAME), nxt
-    epoch = pl.Series("t", [r["t"] for r in rows], dtype=pl.Int64, strict=True)
+    fast = _typed_rows(rows)
+    if fast is None:  # strings, booleans, missing keys...: the checked path decides
+        return _checked_rows(rows, symbol, tf), nxt
+    ts = pl.from_epoch(pl.col("t"), time_unit="ms").dt.replace_time_zone("UTC")
+    if not tf.is_intraday:
+        ts = local_dates_to_utc(ts, EXCHANGE_TZ)
+    columns = fast.lazy().select(
+        ts.alias("ts"), *(pl.col(key).alias(name) for key, name in _AGG_NAMES.items())
+    )
+    return bars_of(columns, symbol=symbol, timeframe=tf, provider=NAME), nxt
+
+
+# the wire's keys -> canonical columns; the fast path's types (JSON numbers only)
+_AGG_NAMES = {"o": "open", "h": "high", "l": "low", "c": "close", "v": "volume", "vw": "vwap",
+              "n": "trades"}  # fmt: skip
+_AGG_SCHEMA = {"t": pl.Int64, "o": pl.Float64, "h": pl.Float64, "l": pl.Float64,
+               "c": pl.Float64, "v": pl.Float64, "vw": pl.Float64, "n": pl.Int64}  # fmt: skip
+_AGG_REQUIRED = frozenset({"t", "o", "h", "l", "c", "v"})
+
+
+def _typed_rows(rows: list[dict[str, Any]]) -> pl.DataFrame | None:
+    """Return the rows as one typed frame when every value is a plain JSON number (`t` and
+    `n` integers; one pass in polars instead of a column at a time); None when a row needs
+    the checked path: a string, a boolean, a null or another key, a missing required key.
+    Polars would read a boolean as 0/1 or a float as an integer without a word: the types
+    are checked here first."""
+    kinds = {type(value) for row in rows for value in row.values()}
+    if not kinds <= _NUMBER or not all(
+        row.keys() >= _AGG_REQUIRED and type(row["t"]) is int and type(row.get("n", 0)) is int
+        for row in rows
+    ):  # (one pass over the values, one over the rows)
+        return None
+    try:
+        frame = pl.DataFrame(rows, schema=_AGG_SCHEMA, strict=True)
+    except (pl.exceptions.PolarsError, TypeError, ValueError, OverflowError):
+        return None  # an integer beyond 64 bits
+    _epochs(frame["t"])
+    return frame
+
+
+# the bar times a vendor may send (epoch ms): years 1900 to 2200
+_EPOCH_MS = (-2_208_988_800_000, 7_258_118_400_000)
+
+
+def _epochs(t: pl.Series) -> pl.Series:
+    """Return the epoch-ms column, refusing times no market had (polars would panic on some
+    of them while converting time zones)."""
+    if not t.is_between(*_EPOCH_MS).all():
+        raise MalformedResponseError(
+            "Polygon bar time out of range (years 1900 to 2200)", provider=NAME
+        )
+    return t
+
+
+_NUMBER = frozenset({int, float})  # a null anywhere: the checked path
+
+
+def _checked_rows(rows: list[dict[str, Any]], symbol: str, tf: Timeframe) -> pl.DataFrame:
+    """Build the bars a column at a time, refusing what is not a number (the slow path)."""
+    epoch = _epochs(pl.Series("t", [r["t"] for r in rows], dtype=pl.Int64, strict=True))
     ts = pl.select(
         pl.from_epoch(pl.lit(epoch), time_unit="ms").dt.replace_time_zone("UTC")
     ).to_series()
@@ -101,7 +162,7 @@ def parse_aggs(
     columns["vwap"] = float_column("vwap", [r.get("vw") for r in rows])
     trades = float_column("trades", [r.get("n") for r in rows])
     columns["trades"] = trades.cast(pl.Int64, strict=True)
-    return finish_bars(columns, symbol=symbol, timeframe=tf, provider=NAME), nxt
+    return finish_bars(columns, symbol=symbol, timeframe=tf, provider=NAME)
 
 
 @guarded(NAME)
@@ -218,8 +279,14 @@ class PolygonProvider(HttpProvider):
             parts.append(bars)
             url = self._follow(nxt, sym) if nxt else None
             params = None  # next_url carries its own query (cursor); only the key is re-added
-        bars = pl.concat(parts).unique("ts", keep="last").sort("ts")
-        bars = bars.filter(pl.col("ts").is_between(request.start, request.end, closed="left"))
+        pages = pl.concat(parts) if len(parts) > 1 else parts[0]  # one page: most requests
+        bars = (
+            pages.lazy()
+            .unique("ts", keep="last")
+            .sort("ts")
+            .filter(pl.col("ts").is_between(request.start, request.end, closed="left"))
+            .collect()
+        )  # one collect per request
         actions = empty_actions()
         if self.include_actions and not tf.is_intraday:
             actions, more = self.fetch_actions(sym, request.start_date, request.last_date)

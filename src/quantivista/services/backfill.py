@@ -19,8 +19,9 @@
    - the CPU: every task's cost spread over the CPUs the workers have.
    The quota's bound ends with the last task's own work (at a worker's share of the CPUs).
    With the host's costs measured (`host`: the workers', a provider's on the same host and
-   the database's CPU, the CPUs they share) the plan plays the backfill out instead
-   (`host_model.simulate`): the bounds where they meet, and CPU contention, included.
+   the database's CPU, the CPUs they share, a job's fixed seconds) the plan plays the
+   backfill out instead (`host_model.simulate`): the bounds where they meet, the calls a
+   task keeps in flight, and CPU contention, included.
 
 `submit` queues the plan as jobs for `qv worker`s (one per provider and range).
 """
@@ -299,12 +300,13 @@ class BackfillService:
 
         def bound(name: str) -> float:
             n, calls = per.get(name, (0, 0))
-            if host is not None and n and fetch == 1 and calls <= _SIMULATED_CALLS:
+            if host is not None and n and calls <= _SIMULATED_CALLS:
                 windows = [(r.limit, r.period_s + res.margin_s) for r in rates[name]]
-                return pickup + simulate(n, calls, workers=max(workers, 1),
-                                         concurrency=self.settings.workers.concurrency,
-                                         latency_s=latency_s, costs=host,
-                                         windows=windows)  # fmt: skip
+                return pickup + host.job_s + simulate(
+                    n, calls, workers=max(workers, 1),
+                    concurrency=self.settings.workers.concurrency, latency_s=latency_s,
+                    costs=host, windows=windows, fetch_concurrency=fetch,
+                )  # fmt: skip
             quota = finish(name, spent[name])
             if not n:
                 return quota

@@ -12,12 +12,17 @@ on the same host (the simulator) and the database answer every call and every ta
   then the database's CPU for the task (claim, store, finish);
 - the CPUs are shared by the runnable processes (processor sharing): each of the `cpus`
   goes to one process at a time, and a process's threads share one CPU at most (the GIL:
-  a worker's slots, the provider's handlers); each database burst is its own backend;
-  other work on the machine slows every burst by `slowdown` (measured, 1 when quiet).
+  a worker's slots, the provider's handlers), except the part of a worker's CPU spent on
+  polars' thread pool (outside the GIL: the slot waits for it; the slots' parts run at
+  once, up to `pool_threads` CPUs); each database burst is its own backend; other work on
+  the machine slows every burst by `slowdown` (measured, 1 when quiet);
+- a task keeps up to `fetch_concurrency` calls in flight (`ingest.fetch_concurrency`):
+  one answer is parsed while the next call waits for its own.
 
-The costs are measured (perf/workers.py calibrates them: CPU seconds per task of the
-workers, of the provider per call, of PostgreSQL and Redis per task); with none given the
-model is the slots' and the quota's bound.
+The costs are measured (perf/workers.py calibrates them on two job sizes of one worker:
+CPU seconds per task of the workers, with their polars pool's part, of the provider per
+call, of PostgreSQL per task; a job's fixed seconds apart); with none given the model is
+the slots' and the quota's bound.
 """
 
 from __future__ import annotations
@@ -37,12 +42,19 @@ class HostCosts:
     """CPU seconds a backfill costs besides waiting, and the CPUs it gets."""
 
     worker_s_per_task: float = 0.0  # a worker's own CPU per task (fetch, parse, validate)
+    # the part of it on polars' thread pool (outside the GIL: the slot waits for it, but it
+    # may use `pool_threads` CPUs at once); the rest holds the GIL, one CPU per process
+    worker_pool_s_per_task: float = 0.0
+    pool_threads: float = 1.0
     provider_s_per_call: float = 0.0  # a provider on the same host: its CPU per answer
-    store_s_per_task: float = 0.0  # the database's (and Redis's) CPU per task
+    store_s_per_task: float = 0.0  # the database's CPU per task (and Redis's, if the run's alone)
     cpus: float = 1.0  # the CPUs the workers, the provider and the database share
     # wall seconds a CPU second takes a lone process that waits between short bursts, as
     # tasks do (1 on a quiet host; more when other work shares the machine)
     slowdown: float = 1.0
+    # a job's own seconds besides its tasks' (the first claim, the first task's set-up, the
+    # roll-up after the last task); not part of `simulate`, the plan adds it once per job
+    job_s: float = 0.0
 
 
 @dataclass
@@ -50,6 +62,30 @@ class _Burst:
     owner: object  # the process it runs in: ("worker", i), "provider", or a unique backend
     left: float
     slot: int
+    call: int = -1  # the call it answers or parses (-1: a task's store)
+    then: float = 0.0  # CPU seconds on the worker's polars pool once this (GIL) part ends
+
+
+def _on_pool(owner: object) -> bool:
+    return isinstance(owner, tuple) and owner[0] == "pool"
+
+
+def _shares(caps: list[float], cpus: float) -> list[float]:
+    """Return the CPUs each runnable owner gets: an equal share, none more than its cap
+    (what it cannot use goes to the others: water-filling)."""
+    out = [0.0] * len(caps)
+    left, free = cpus, sorted(range(len(caps)), key=lambda i: caps[i])
+    while free:
+        fair = left / len(free)
+        i = free[0]
+        if caps[i] > fair:
+            for j in free:
+                out[j] = fair
+            break
+        out[i] = caps[i]
+        left -= caps[i]
+        free.pop(0)
+    return out
 
 
 def simulate(
@@ -61,57 +97,77 @@ def simulate(
     latency_s: float,
     costs: HostCosts,
     windows: Sequence[tuple[int, float]] = (),
+    fetch_concurrency: int = 1,
 ) -> float:
     """Return the seconds from the first claim until the last task ends.
 
     `calls` are spread over `tasks` evenly; `windows` are the quota's (limit, period + margin).
+    A task keeps up to `fetch_concurrency` of its calls in flight: while one call waits for
+    its answer another one's answer is parsed (the worker's CPU overlaps the latency).
     """
     if tasks <= 0:
         return 0.0
     per_task = [calls // tasks + (1 if i < calls % tasks else 0) for i in range(tasks)]
     queue = list(reversed(per_task))  # pop() takes the next task
     slots = max(workers, 1) * max(concurrency, 1)
+    fetch = max(fetch_concurrency, 1)
     worker_of = [s // max(concurrency, 1) for s in range(slots)]
-    worker_per_call = [costs.worker_s_per_task / max(n, 1) for n in per_task]
-    # per slot: calls left in its task, the task's index, its stage
-    left = [0] * slots
+    pool_s = min(costs.worker_pool_s_per_task, costs.worker_s_per_task)
+    gil_per_call = [(costs.worker_s_per_task - pool_s) / max(n, 1) for n in per_task]
+    pool_per_call = [pool_s / max(n, 1) for n in per_task]
+    # per slot: its task, calls not yet asked for, calls asked for and not yet parsed
     task_of = [-1] * slots
-    stage = ["idle"] * slots
-    timers: list[tuple[float, int, int]] = []  # (at, seq, slot): latencies ending
+    to_ask = [0] * slots
+    open_calls = [0] * slots
+    timers: list[tuple[float, int, int, int]] = []  # (at, seq, slot, call): latencies ending
     seq = itertools.count()
     bursts: list[_Burst] = []
     grants: dict[int, list[float]] = {}  # live calls: [granted, answered (inf in flight)]
     calls_made = itertools.count()
     longest = max((period for _, period in windows), default=0.0)
-    waiting: list[int] = []  # slots waiting for the quota, in arrival order
+    waiting: list[int] = []  # one entry per call waiting for the quota (its slot), in order
     backends = itertools.count()
     now = 0.0
     done = 0
 
     def start_next(slot: int) -> None:
         if not queue:
-            stage[slot] = "idle"
             return
         n = queue.pop()
         task_of[slot] = tasks - len(queue) - 1
-        left[slot] = n
-        next_call(slot)
+        to_ask[slot], open_calls[slot] = n, 0
+        ask(slot)
 
-    def next_call(slot: int) -> None:
-        if left[slot] <= 0:
-            stage[slot] = "store"
+    def ask(slot: int) -> None:
+        """Queue the task's next calls for the quota, up to `fetch` in flight; else store."""
+        while to_ask[slot] > 0 and open_calls[slot] < fetch:
+            to_ask[slot] -= 1
+            open_calls[slot] += 1
+            waiting.append(slot)
+        if to_ask[slot] == 0 and open_calls[slot] == 0:
             if costs.store_s_per_task > 0:
                 bursts.append(_Burst(("store", next(backends)), costs.store_s_per_task, slot))
             else:
                 finish(slot)
-            return
-        stage[slot] = "quota"
-        waiting.append(slot)
 
     def finish(slot: int) -> None:
         nonlocal done
         done += 1
         start_next(slot)
+
+    def answered(slot: int, call: int) -> None:
+        grants[call][1] = now  # the answer is back: the call settles in the windows
+        gil, pool = gil_per_call[task_of[slot]], pool_per_call[task_of[slot]]
+        if gil > 0:
+            bursts.append(_Burst(("worker", worker_of[slot]), gil, slot, call, then=pool))
+        elif pool > 0:
+            bursts.append(_Burst(("pool", worker_of[slot]), pool, slot, call))
+        else:
+            parsed(slot)
+
+    def parsed(slot: int) -> None:
+        open_calls[slot] -= 1
+        ask(slot)
 
     def quota_free_at(t: float) -> float:
         """Return when the next call may be granted (t if now; inf: wait for an answer)."""
@@ -127,22 +183,26 @@ def simulate(
             del grants[key]  # out of every window: forget it
         while waiting and (not windows or quota_free_at(now) <= now + _EPS):
             slot = waiting.pop(0)
-            call_of[slot] = next(calls_made)
-            grants[call_of[slot]] = [now, float("inf")]
-            stage[slot] = "latency"
-            heapq.heappush(timers, (now + latency_s, next(seq), slot))
+            call = next(calls_made)
+            grants[call] = [now, float("inf")]
+            heapq.heappush(timers, (now + latency_s, next(seq), slot, call))
 
-    call_of = [-1] * slots
+    pool_cap = max(costs.pool_threads, 1.0)
     for slot in range(slots):
         start_next(slot)
     grant_waiting()
     while done < tasks:
-        # the rates now: each runnable process gets min(1, cpus / runnable), its bursts share it
+        # the rates now: the runnable owners share the CPUs (one at most each, a worker's
+        # pool up to its threads), an owner's bursts share its part
         owners: dict[object, list[_Burst]] = {}
         for b in bursts:
             owners.setdefault(b.owner, []).append(b)
-        share = min(1.0, costs.cpus / len(owners)) / costs.slowdown if owners else 0.0
-        rates = {id(b): share / len(group) for group in owners.values() for b in group}
+        groups = list(owners.values())
+        # (a small frame's operation runs on one pool thread: one CPU a burst at most)
+        caps = [min(pool_cap, len(g)) if _on_pool(g[0].owner) else 1.0 for g in groups]
+        shares = _shares(caps, costs.cpus)
+        rates = {id(b): share / costs.slowdown / len(group)
+                 for share, group in zip(shares, groups, strict=True) for b in group}  # fmt: skip
         nxt = float("inf")
         for b in bursts:
             nxt = min(nxt, now + b.left / rates[id(b)])
@@ -162,34 +222,19 @@ def simulate(
         ended = [b for b in bursts if b.left <= _EPS * 10]
         bursts[:] = [b for b in bursts if b.left > _EPS * 10]
         for b in ended:
-            slot = b.slot
-            if stage[slot] == "provider":
-                grants[call_of[slot]][1] = now  # the answer is back: the call settles
-                stage[slot] = "parse"
-                if worker_per_call[task_of[slot]] > 0:
-                    bursts.append(_Burst(("worker", worker_of[slot]),
-                                         worker_per_call[task_of[slot]], slot))  # fmt: skip
-                    continue
-                left[slot] -= 1
-                next_call(slot)
-            elif stage[slot] == "parse":
-                left[slot] -= 1
-                next_call(slot)
-            elif stage[slot] == "store":
-                finish(slot)
-        while timers and timers[0][0] <= now + _EPS:
-            _, _, slot = heapq.heappop(timers)
-            stage[slot] = "provider"
-            if costs.provider_s_per_call > 0:
-                bursts.append(_Burst("provider", costs.provider_s_per_call, slot))
-                continue
-            grants[call_of[slot]][1] = now
-            stage[slot] = "parse"
-            if worker_per_call[task_of[slot]] > 0:
-                bursts.append(_Burst(("worker", worker_of[slot]),
-                                     worker_per_call[task_of[slot]], slot))  # fmt: skip
+            if b.owner == "provider":
+                answered(b.slot, b.call)
+            elif b.then > 0:  # the GIL part is done; the pool's part follows
+                bursts.append(_Burst(("pool", worker_of[b.slot]), b.then, b.slot, b.call))
+            elif b.call >= 0:
+                parsed(b.slot)
             else:
-                left[slot] -= 1
-                next_call(slot)
+                finish(b.slot)
+        while timers and timers[0][0] <= now + _EPS:
+            _, _, slot, call = heapq.heappop(timers)
+            if costs.provider_s_per_call > 0:
+                bursts.append(_Burst("provider", costs.provider_s_per_call, slot, call))
+            else:
+                answered(slot, call)
         grant_waiting()
     return now

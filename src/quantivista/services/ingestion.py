@@ -330,24 +330,22 @@ class IngestionService:
                  symbols=len(task.symbols), timeframe=str(job.timeframe)),
         ):  # fmt: skip
             try:
-                if job.kind == "ingest":
-                    assert router is not None
-                    finished = self._ingest_task(job, task, router, tick)
-                else:
-                    handler = self.handlers.get(job.kind)
-                    if handler is None:
-                        raise ConfigurationError(f"no service runs jobs of kind {job.kind!r}")
-                    finished = handler(job, task)
+                finished = self._dispatch(job, task, router, tick)
             except Exception as exc:  # recorded on the task and the job, then raised
+                permanent = isinstance(exc, ConfigurationError)  # another attempt fails alike
                 if job.queue is not None:  # a worker's task: retried, the job goes on
-                    return self._task_failed(task, worker, exc)
+                    return self._task_failed(task, worker, exc, permanent=permanent)
                 failed = task.model_copy(
                     update={
                         "status": TaskStatus.FAILED,
                         "error_details": [{"kind": type(exc).__name__, "message": str(exc)}],
                     }
                 )
-                self.catalog.finish_task(failed, worker, self.clock.now())
+                if not self.catalog.finish_task(failed, worker, self.clock.now()):
+                    # another process holds the task now and runs it again: the job is theirs
+                    log.warning("lost the lease of %s while it failed (%s): another worker"
+                                " runs it again", task.task_id, exc)  # fmt: skip
+                    return None
                 self._fail(job.job_id, exc)
                 raise
         if not self.catalog.finish_task(finished, worker, self.clock.now()):
@@ -356,6 +354,19 @@ class IngestionService:
         if self.events is not None:
             self.events("succeeded")
         return TaskStatus.SUCCEEDED
+
+    def _dispatch(
+        self, job: IngestionJob, task: JobTask, router: Router | None, tick: Callable[[str], None]
+    ) -> JobTask:
+        """Run a task by its job's kind: ingest here, other kinds by their handler."""
+        if job.kind == "ingest":
+            if router is None:  # a bug in the caller, not a bad input: no retry helps
+                raise ConfigurationError(f"ingest job {job.job_id} has no providers' router")
+            return self._ingest_task(job, task, router, tick)
+        handler = self.handlers.get(job.kind)
+        if handler is None:
+            raise ConfigurationError(f"no service runs jobs of kind {job.kind!r}")
+        return handler(job, task)
 
     def _ingest_task(
         self, job: IngestionJob, task: JobTask, router: Router, tick: Callable[[str], None]
@@ -388,12 +399,18 @@ class IngestionService:
             }
         )
 
-    def _task_failed(self, task: JobTask, worker: str, exc: BaseException) -> TaskStatus | None:
-        """Put a queued task back on its queue, or fail it once its attempts are spent."""
+    def _task_failed(
+        self, task: JobTask, worker: str, exc: BaseException, *, permanent: bool = False
+    ) -> TaskStatus | None:
+        """Put a queued task back on its queue, or fail it once its attempts are spent (at
+        once when `permanent`: a missing handler fails every attempt alike)."""
         job = self.catalog.job(task.job_id)
         detail = {"kind": type(exc).__name__, "message": str(exc), "attempt": task.attempts}
         spent = job.max_attempts > 0 and task.attempts >= job.max_attempts
-        if spent:
+        if permanent:
+            spent = True
+            detail["message"] = f"failed for good (no retry can help): {exc}"
+        elif spent:
             detail["message"] = f"gave up after {task.attempts} attempts: {exc}"
         update: dict[str, object] = {
             "status": TaskStatus.FAILED if spent else TaskStatus.PENDING,

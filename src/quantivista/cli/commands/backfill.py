@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -11,6 +12,7 @@ from rich.table import Table
 
 from quantivista.cli.app import app, console, fail, session
 from quantivista.services.backfill import BackfillPlan
+from quantivista.services.host_model import HostCosts
 
 __all__ = ["backfill", "plan_table"]
 
@@ -41,6 +43,13 @@ def plan_table(plan: BackfillPlan) -> Table:
         f" predicted {_duration(plan.predicted_s)}; unservable runs: {plan.unservable.height:,}"
     )
     return table
+
+
+def _host_cpus() -> float:
+    """Return the CPUs this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return float(len(os.sched_getaffinity(0)))
+    return float(os.cpu_count() or 1)
 
 
 def _duration(seconds: float) -> str:
@@ -74,11 +83,36 @@ def backfill(
         float, typer.Option(min=0, help="A call's round trip the time assumes.")
     ] = 0.0,
     queue: Annotated[str | None, typer.Option("--queue", "-q", help="Queue of the jobs.")] = None,
+    worker_cpu_ms: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            help="A worker's CPU per task (fetch, parse, store), ms: with any"
+            " host cost the time plays the backfill out on the host's CPUs.",
+        ),
+    ] = None,
+    provider_cpu_ms: Annotated[
+        float, typer.Option(min=0, help="A provider on the same host: its CPU per call, ms.")
+    ] = 0.0,
+    store_cpu_ms: Annotated[
+        float, typer.Option(min=0, help="The database's CPU per task, ms.")
+    ] = 0.0,
+    cpus: Annotated[
+        float | None, typer.Option(min=0.1, help="CPUs the run shares (default: this host's).")
+    ] = None,
+    job_s: Annotated[
+        float, typer.Option(min=0, help="A job's fixed seconds besides its tasks'.")
+    ] = 0.0,
+    slowdown: Annotated[
+        float, typer.Option(min=1, help="Wall seconds per CPU second (other work on the host).")
+    ] = 1.0,
 ) -> None:
     """Fill what the store lacks: the gap map against the exchange calendar, the fewest
     provider calls (look-back, pages, free tiers first), the time under the quotas.
 
-    Without --plan the requests are queued as jobs for `qv worker`s.
+    Without --plan the requests are queued as jobs for `qv worker`s. With --worker-cpu-ms
+    (perf/workers.py measures it and the other host costs) the time also counts the CPU the
+    workers, a provider on the same host and the database share.
     """
     names = list(symbols or [])
     if symbols_file is not None:
@@ -87,10 +121,23 @@ def backfill(
         fail("name symbols or give --symbols-file", code=2)
     if not start or not end:
         fail("--start and --end are required", code=2)
+    host = None
+    costs = (provider_cpu_ms, store_cpu_ms, job_s, slowdown)
+    given = worker_cpu_ms is not None or cpus is not None or costs != (0.0, 0.0, 0.0, 1.0)
+    if given:  # any host cost given: the backfill is played out on the host's CPUs
+        host = HostCosts(
+            worker_s_per_task=(worker_cpu_ms or 0.0) / 1000,
+            provider_s_per_call=provider_cpu_ms / 1000,
+            store_s_per_task=store_cpu_ms / 1000,
+            cpus=cpus if cpus is not None else _host_cpus(),
+            slowdown=slowdown,
+            job_s=job_s,
+        )
     with session(create=True) as rt:  # a plan against an empty store is a full one
         plan = rt.backfill.plan(
-            names, start, end, timeframe, provider, workers=workers, latency_s=latency_ms / 1000
-        )
+            names, start, end, timeframe, provider, workers=workers,
+            latency_s=latency_ms / 1000, host=host,
+        )  # fmt: skip
         console.print(plan_table(plan))
         if plan_only or plan.requests.is_empty():
             return

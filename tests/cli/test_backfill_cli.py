@@ -1,0 +1,47 @@
+"""`qv backfill --plan`: the plan's time, with and without the host's measured costs."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from quantivista.cli import app
+
+runner = CliRunner()
+ENV = {"QV_INGEST__FETCH_CONCURRENCY": "1", "QV_WORKERS__POLL_S": "0.01", "COLUMNS": "200"}
+
+
+def _predicted(root: Path, *options: str) -> float:
+    result = runner.invoke(
+        app,
+        ["--data-dir", str(root), "backfill", "AAA", "BBB", "--start", "2024-01-02",
+         "--end", "2024-03-28", "-p", "synthetic", "--plan", "--latency-ms", "50", *options],
+        env=ENV,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "queued" not in result.output  # --plan queues nothing
+    match = re.search(r"predicted ([0-9.]+) s", result.output)
+    assert match, result.output
+    return float(match.group(1))
+
+
+def test_the_host_costs_are_played_out_on_the_cpus(tmp_path: Path) -> None:
+    root = tmp_path / "qv"
+    # one task of 2 calls of 50 ms, nothing else
+    assert _predicted(root, "--cpus", "1") == 0.1
+    # + a worker's 1 s of CPU per task and a job's 2 fixed seconds
+    assert _predicted(root, "--worker-cpu-ms", "1000", "--job-s", "2", "--cpus", "1") == 3.1
+    # twice as slow a host: the CPU second takes two, the waiting does not stretch
+    slowed = ("--worker-cpu-ms", "1000", "--slowdown", "2", "--cpus", "1")
+    assert _predicted(root, *slowed) == 2.1
+
+
+def test_bad_host_costs_are_refused(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app,
+        ["--data-dir", str(tmp_path / "qv"), "backfill", "AAA", "--start", "2024-01-02",
+         "--end", "2024-01-31", "--plan", "--worker-cpu-ms", "-5"],
+    )  # fmt: skip
+    assert result.exit_code == 2
