@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pytest
 from polars.testing import assert_frame_equal
 
 from quantivista.config import StorageSettings
@@ -134,7 +135,7 @@ def test_a_delta_left_by_a_crash_after_its_fold_is_ignored_then_removed(tmp_path
         got = reader.read(SYMBOLS, D1)
         assert not got.select("symbol", "ts").is_duplicated().any()
         assert_frame_equal(got, want)
-    assert lake.stats()["rows"].sum() >= want.height  # stats count files as they are
+    assert lake.stats()["rows"].sum() == want.height  # the folded deltas count once
     assert lake.compact() == len(copies)
     assert not lake.delta_files()
     assert_frame_equal(lake.read(SYMBOLS, D1), want)
@@ -283,3 +284,67 @@ def test_a_writer_forgets_the_deltas_folded_away(tmp_path: Path) -> None:
     lake.upsert(_bars(SYMBOLS, 45, 1, DAY0 + timedelta(days=402), tf="1m"))
     assert len(lake._deltas) == len(lake.delta_files()) <= 5  # a stream holds no more
     assert lake.read(SYMBOLS, M1).height == len(SYMBOLS) * 46
+
+
+def _sql_rows(root: Path) -> int:
+    from quantivista.storage.lake.sql import sql_query
+
+    return int(sql_query(root, "SELECT count(*) FROM bars").item())
+
+
+def test_a_merge_that_dies_before_removing_its_sources_counts_each_row_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lake = ParquetLake(tmp_path, _settings(delta_files=100))
+    base = _bars(SYMBOLS, 0, 5, DAY0 + timedelta(days=400), tf="1m")
+    lake.upsert(base)
+    batches = [_bars(SYMBOLS, 5 + k, 1, DAY0 + timedelta(days=401, seconds=k), tf="1m")
+               for k in range(3)]  # fmt: skip
+    for batch in batches:
+        lake.upsert(batch)
+    sources = lake.delta_files("1m")
+    assert len(sources) == 3
+    real_unlink = Path.unlink
+
+    def crash(path: Path, missing_ok: bool = False) -> None:  # the process dies here
+        if path in sources:
+            raise KeyboardInterrupt
+        real_unlink(path, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", crash)
+    with pytest.raises(KeyboardInterrupt):
+        lake.merge_deltas(tmp_path / "silver" / "bars" / "timeframe=1m")
+    monkeypatch.setattr(Path, "unlink", real_unlink)
+    assert len(lake.delta_files("1m")) == 4  # the merged delta beside its sources
+    want = _key_sorted(pl.concat([base, *batches]))
+    fresh = ParquetLake(tmp_path, _settings())
+    for reader in (lake, fresh):
+        assert_frame_equal(reader.read(SYMBOLS, M1), want)
+        assert reader.stats()["rows"].sum() == want.height
+        (live,) = reader.live_deltas("1m")  # the merged one; its sources are left out
+        assert live[1].height == len(SYMBOLS) * 3
+    assert _sql_rows(tmp_path) == want.height
+    stats = fresh.stats().filter(pl.col("symbol") == "S03").row(0, named=True)
+    assert stats["rows"] == 8 and stats["files"] == 2  # its base and the merged delta
+    assert fresh.compact() == 4
+    assert _sql_rows(tmp_path) == want.height
+    assert_frame_equal(fresh.read(SYMBOLS, M1), want)
+
+
+def test_sql_and_stats_skip_the_deltas_a_fold_left_behind(tmp_path: Path) -> None:
+    lake = ParquetLake(tmp_path, _settings(delta_files=100))
+    t0, t1 = DAY0 + timedelta(days=400), DAY0 + timedelta(days=401)
+    base, added = _bars(SYMBOLS, 0, 10, t0), _bars(SYMBOLS, 10, 2, t1)
+    lake.upsert(base)
+    lake.upsert(added)
+    (delta,) = lake.delta_files()
+    assert _sql_rows(tmp_path) == base.height + added.height  # live deltas count
+    kept = tmp_path / "kept.parquet"
+    shutil.copy(delta, kept)
+    lake.compact()
+    shutil.copy(kept, delta)  # as if the fold died before removing its delta
+    want = base.height + added.height
+    assert _sql_rows(tmp_path) == want
+    for reader in (lake, ParquetLake(tmp_path, _settings())):
+        assert reader.stats()["rows"].sum() == want
+        assert reader.live_deltas() == []

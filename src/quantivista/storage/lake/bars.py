@@ -907,9 +907,31 @@ class ParquetLake:
         return len(names)
 
     def delta_files(self, timeframe: str | None = None) -> list[Path]:
-        """Return the delta files (of one timeframe, or all), sorted."""
+        """Return the delta files (of one timeframe, or all), sorted: every file on disk,
+        crash-left ones included (`live_deltas`: what reads see)."""
         pattern = f"timeframe={timeframe}" if timeframe else "timeframe=*"
         return sorted(self.bars_root.glob(f"{pattern}/{DELTA_DIR}/{DELTA_PREFIX}*.parquet"))
+
+    def live_deltas(self, timeframe: str | None = None) -> list[tuple[Path, pl.DataFrame]]:
+        """Return each delta file with the rows reads take from it, as readers list them:
+        the sources of a merged delta (a merge under way, or a crash before their removal)
+        and the parts a base accounts for (a fold's) are left out, so SQL and `stats`
+        count every row once."""
+        pattern = f"timeframe={timeframe}" if timeframe else "timeframe=*"
+        out = []
+        for folder in sorted(self.bars_root.glob(f"{pattern}/{DELTA_DIR}")):
+            tf_dir = folder.parent
+            through: dict[str, str] = {}
+            for name, parts in self._live_deltas(tf_dir.name[len("timeframe=") :]):
+                rows = []
+                for rel, part in parts.items():
+                    if rel not in through:
+                        through[rel] = self._through(tf_dir / rel / DATA_FILE) or ""
+                    if name > through[rel]:
+                        rows.append(part.frame)
+                if rows:
+                    out.append((folder / name, pl.concat(rows) if len(rows) > 1 else rows[0]))
+        return out
 
     @staticmethod
     def _sweep_temporaries(directory: Path) -> None:
@@ -1312,16 +1334,24 @@ class ParquetLake:
         index, without touching the archive. Rows caught in both tiers by an interrupted
         archival count twice until the archival is rerun.
         """
-        files = self.data_files() + self.delta_files()
+        files = self.data_files()
         parts = []
+        aggs = {"rows": pl.len(), "first_ts": pl.col("ts").min(), "last_ts": pl.col("ts").max()}
         per_file = read_parquet_files(
             files,
-            lambda lf: lf.group_by("_file", "symbol").agg(
-                rows=pl.len(), first_ts=pl.col("ts").min(), last_ts=pl.col("ts").max()
-            ),
+            lambda lf: lf.group_by("_file", "symbol").agg(**aggs),
             path_column="_file",
             what="partition files",
         )
+        # deltas as reads list them: a crash-left merge source or folded delta counts once
+        deltas = self.live_deltas()
+        if deltas:
+            found = [rows.with_columns(_file=pl.lit(str(path))) for path, rows in deltas]
+            mine = pl.concat(found).group_by("_file", "symbol").agg(**aggs)
+            per_file = (
+                mine if per_file is None else pl.concat([per_file, mine], how="diagonal_relaxed")
+            )
+            files += [path for path, _ in deltas]
         if per_file is not None:
             sizes = []
             for path in files:
