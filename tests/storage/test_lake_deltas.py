@@ -22,6 +22,7 @@ from quantivista.config import StorageSettings
 from quantivista.model.schema import coerce_bars
 from quantivista.model.timeframe import Timeframe
 from quantivista.storage.lake.bars import ParquetLake
+from quantivista.storage.lake.deltas import PartitionView
 
 D1 = Timeframe.parse("1d")
 M1 = Timeframe.parse("1m")
@@ -196,6 +197,7 @@ from datetime import UTC, datetime, timedelta
 sys.path.insert(0, sys.argv[2])
 from test_lake_deltas import DAY0, _bars, _settings, SYMBOLS
 from quantivista.storage.lake.bars import ParquetLake
+from quantivista.storage.lake.deltas import PartitionView
 lake = ParquetLake(sys.argv[1], _settings(delta_files=2))
 day = 5
 while True:
@@ -348,3 +350,24 @@ def test_sql_and_stats_skip_the_deltas_a_fold_left_behind(tmp_path: Path) -> Non
     for reader in (lake, ParquetLake(tmp_path, _settings())):
         assert reader.stats()["rows"].sum() == want
         assert reader.live_deltas() == []
+
+
+def test_a_read_joins_a_symbols_pending_deltas_once(tmp_path: Path) -> None:
+    lake = ParquetLake(tmp_path, _settings(delta_files=100))
+    base = _bars(SYMBOLS, 0, 5, DAY0 + timedelta(days=400), tf="1m")
+    lake.upsert(base)
+    batches = [_bars(SYMBOLS, 5 + k, 1, DAY0 + timedelta(days=401, seconds=k), tf="1m")
+               for k in range(10)]  # fmt: skip
+    for batch in batches:
+        lake.upsert(batch)
+    assert len(lake.delta_files()) == 10
+    view = lake._partition(lake.partition_dir("1m", "S03", "2024-01"))
+    assert isinstance(view, PartitionView)
+    pieces = view.pieces_of("S03")
+    assert [p.height for p in pieces] == [5, 10]  # the base's slice, then every delta's
+    assert view.pieces_of("S03")[1] is pieces[1]  # joined once per view
+    want = _key_sorted(pl.concat([base, *batches])).filter(pl.col("symbol") == "S03")
+    assert_frame_equal(lake.read(["S03"], M1), want)
+    lo, hi = DAY0 + timedelta(minutes=7), DAY0 + timedelta(minutes=11)
+    inside = want.filter((pl.col("ts") >= lo) & (pl.col("ts") < hi))
+    assert_frame_equal(lake.read(["S03"], M1, lo, hi), inside)
