@@ -889,9 +889,9 @@ class ParquetLake:
         except FileNotFoundError:
             return None
 
-    def fold_timeframe(self, timeframe_dir: Path) -> int:
-        """Fold every partition a timeframe's delta files touch, then remove those files;
-        return how many were removed."""
+    def fold_timeframe(self, timeframe_dir: Path, threads: int = 1) -> int:
+        """Fold every partition a timeframe's delta files touch (on `threads` threads),
+        then remove those files; return how many were removed."""
         folder = timeframe_dir / DELTA_DIR
         names = delta_names(folder)
         rels: set[str] = set()
@@ -900,8 +900,13 @@ class ParquetLake:
                 rels.update(self._delta(folder / name))
             except FileNotFoundError:  # another process's fold removed it
                 continue
-        for rel in sorted(rels):
-            self.fold(timeframe_dir / rel)
+        dirs = [timeframe_dir / rel for rel in sorted(rels)]
+        if threads > 1 and len(dirs) > 1:  # encoding and compression release the GIL
+            with ThreadPoolExecutor(min(threads, len(dirs)), thread_name_prefix="qv-fold") as pool:
+                list(pool.map(self.fold, dirs))
+        else:  # the background job: one partition at a time, beside the writers
+            for directory in dirs:
+                self.fold(directory)
         for name in names:  # every partition they touch accounts for them now
             (folder / name).unlink(missing_ok=True)
         return len(names)
@@ -1282,7 +1287,8 @@ class ParquetLake:
         one delta file; reads scan them all, so periodic compaction keeps reads fast.
         """
         folders = sorted({p.parent.parent for p in self.delta_files()})
-        removed = sum(self.fold_timeframe(folder) for folder in folders)
+        threads = self.settings.write_threads or os.cpu_count() or 1
+        removed = sum(self.fold_timeframe(folder, threads) for folder in folders)
         dirs = {p.parent for p in self.history_root.rglob("*.parquet") if p.name[0] != "."}
         for hist_dir in sorted(dirs):
             partition = self.bars_root / hist_dir.relative_to(self.history_root)
