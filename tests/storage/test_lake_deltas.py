@@ -21,6 +21,7 @@ from polars.testing import assert_frame_equal
 from quantivista.config import StorageSettings
 from quantivista.model.schema import coerce_bars
 from quantivista.model.timeframe import Timeframe
+from quantivista.storage.lake import bars as bars_module
 from quantivista.storage.lake.bars import ParquetLake
 from quantivista.storage.lake.deltas import PartitionView
 
@@ -196,6 +197,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 sys.path.insert(0, sys.argv[2])
 from test_lake_deltas import DAY0, _bars, _settings, SYMBOLS
+from quantivista.storage.lake import bars as bars_module
 from quantivista.storage.lake.bars import ParquetLake
 from quantivista.storage.lake.deltas import PartitionView
 lake = ParquetLake(sys.argv[1], _settings(delta_files=2))
@@ -371,3 +373,32 @@ def test_a_read_joins_a_symbols_pending_deltas_once(tmp_path: Path) -> None:
     lo, hi = DAY0 + timedelta(minutes=7), DAY0 + timedelta(minutes=11)
     inside = want.filter((pl.col("ts") >= lo) & (pl.col("ts") < hi))
     assert_frame_equal(lake.read(["S03"], M1, lo, hi), inside)
+
+
+def test_merges_take_the_small_deltas_until_merged_ones_pile_up(tmp_path: Path) -> None:
+    lake = ParquetLake(tmp_path, _settings(delta_files=100))
+    tf_dir = tmp_path / "silver" / "bars" / "timeframe=1m"
+    written = [_bars(SYMBOLS, 0, 5, DAY0 + timedelta(days=400), tf="1m")]
+    lake.upsert(written[0])
+    merged: list[Path] = []
+    for round_ in range(bars_module._MERGED_DELTAS + 1):
+        for k in range(3):
+            minute = 5 + 3 * round_ + k
+            batch = _bars(SYMBOLS, minute, 1, DAY0 + timedelta(days=401, seconds=minute), tf="1m")
+            lake.upsert(batch)
+            written.append(batch)
+        before = set(lake.delta_files())
+        assert lake.merge_deltas(tf_dir) == (2 if round_ < bars_module._MERGED_DELTAS else 6)
+        (new,) = set(lake.delta_files()) - before
+        if round_ < bars_module._MERGED_DELTAS:  # the three small ones; merged ones stay
+            assert set(merged) <= set(lake.delta_files())
+            assert pl.read_parquet(new).height == 3 * len(SYMBOLS)
+            merged.append(new)
+        else:  # four merged ones and three small ones: all of them, in order
+            assert lake.delta_files() == [new]
+            assert pl.read_parquet(new).height == 15 * len(SYMBOLS)
+        want = _key_sorted(pl.concat(written))
+        for reader in (lake, ParquetLake(tmp_path, _settings())):
+            assert_frame_equal(reader.read(SYMBOLS, M1), want)
+            assert_frame_equal(reader.read(["S05"], M1), want.filter(pl.col("symbol") == "S05"))
+            assert reader.stats()["rows"].sum() == want.height

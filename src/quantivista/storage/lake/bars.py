@@ -116,6 +116,7 @@ _BULK_READ = 16  # symbols above which a read cuts ranges and columns once, not 
 _VIEW_ATTEMPTS = 16  # reads of a partition that a fold or delete changed meanwhile
 _DELTA_ROWS = 200_000  # writes up to this many rows may append as one delta file
 _FOLD_ROWS = 100_000  # a timeframe's deltas are merged into one below this, folded above
+_MERGED_DELTAS = 4  # merged deltas a timeframe keeps before merging them together
 _Key = tuple[str, int, str | None]  # timeframe, bucket, month (intraday)
 # what `stats` gathers per (file, symbol) before summing per (timeframe, symbol)
 _PER_FILE = pl.Schema(
@@ -837,12 +838,19 @@ class ParquetLake:
         return self.merge_deltas(timeframe_dir)
 
     def merge_deltas(self, timeframe_dir: Path) -> int:
-        """Merge a timeframe's live deltas into one delta file; return the files removed.
+        """Merge a timeframe's newest live deltas into one delta file; return the files
+        removed.
+
+        The deltas written since the newest merged one are merged (if two or more), while
+        fewer than `_MERGED_DELTAS` merged ones are live; else all of them: a merge costs
+        the rows of the small deltas most times, not every row since the last fold (writers
+        wait for it). The sources are the newest live deltas, so the merged file (named
+        after every listed one) keeps the order of rows.
 
         Under the locks of every partition they touch: a delta of one of them written
-        meanwhile is listed again under the locks and merged too, so the merged file (named
-        after every listed one) follows every row of its partitions. Its footer names its
-        sources: a crash before they are removed leaves them listed but ignored.
+        meanwhile is listed again under the locks and merged too, so the merged file
+        follows every row of its partitions. Its footer names its sources: a crash before
+        they are removed leaves them listed but ignored.
         """
         folder = timeframe_dir / DELTA_DIR
         try:
@@ -855,10 +863,17 @@ class ParquetLake:
                 live = self._live(folder)
             except FileNotFoundError:
                 return 0
-            if len(live) < 2 or any(r not in rels for _, found in live for r in found):
-                return 0  # one delta, or deltas of partitions not locked: next time
+            if any(r not in rels for _, found in live for r in found):
+                return 0  # deltas of partitions not locked: next time
+            listed = {n for n, _ in live}
+            prefix = f"{folder}{os.sep}"
+            tiers = [i for i, (n, _) in enumerate(live) if prefix + n in self._replaces]
+            if tiers and len(tiers) < _MERGED_DELTAS and len(live) - tiers[-1] > 2:
+                live = live[tiers[-1] + 1 :]  # the small ones since the newest merged one
+            if len(live) < 2:
+                return 0
             frames, index = [], []
-            for rel in rels:
+            for rel in sorted({r for _, found in live for r in found}):
                 through = self._through(timeframe_dir / rel / DATA_FILE) or ""
                 pieces = [found[rel].frame for n, found in live if rel in found and n > through]
                 if pieces:
@@ -872,14 +887,16 @@ class ParquetLake:
             if whole is not None:
                 meta = {PARTS_KEY: json.dumps(index), REPLACES_KEY: json.dumps(merged)}
                 atomic_write_parquet(whole, folder / name, self.settings, meta)
-            for old in names:  # the merged ones and any sources of theirs still listed
+            # the merged ones and any sources of a live merged delta still listed
+            gone = [n for n in names if n in merged or n not in listed]
+            for old in gone:
                 (folder / old).unlink(missing_ok=True)
             with self._deltas_lock:
                 self._forget_deltas(folder, delta_names(folder))
                 if whole is not None:
                     self._deltas[str(folder / name)] = _delta_parts(whole, index)
                     self._replaces[str(folder / name)] = tuple(merged)
-        return len(names) - (whole is not None)
+        return len(gone) - (whole is not None)
 
     def _through(self, base: Path) -> str | None:
         """Return the newest delta a base file accounts for (None: none, or no base)."""

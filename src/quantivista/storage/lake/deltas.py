@@ -26,8 +26,10 @@ deltas, a background thread of the writing process tidies them: while they hold 
 merges them into one delta file (cost: their rows, not the partitions'), under the locks of
 every partition they touch, named after all of them, its footer naming its sources
 (`REPLACES_KEY`: a crash before they are removed leaves them listed but ignored); past that
-it folds them. So reads find few deltas however long a stream runs, and a stream does not
-rewrite the month files every few seconds. Every base write also writes the base's tail
+it folds them. A merge takes the small deltas written since the last merged one until a few
+merged ones pile up (`bars._MERGED_DELTAS`), so writers mostly wait for a small merge. So
+reads find few deltas however long a stream runs, and a stream does not rewrite the month
+files every few seconds. Every base write also writes the base's tail
 (see `tails`), from which appends are checked and the validation's warm-up read.
 """
 
