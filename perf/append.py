@@ -16,7 +16,8 @@
   straight into `ParquetLake.upsert` (the store's share, CPU time) and the validation's
   history read alone (`ParquetLake.recent`, from tails and deltas); a warm read of one
   symbol's session and of all 500 symbols' last hour before and after (background folds
-  running), and after `compact()`.
+  running), and after `compact()`; a read of one symbol's session (wall and CPU) and the
+  live deltas pending at the start, middle and end of the stream, and the most pending.
 Prints one JSON line. Usage: python perf/append.py [--symbols 500,2000] [--years 10]
 """
 
@@ -152,15 +153,29 @@ def stream(root: Path, batches: int) -> dict[str, Any]:
             )
 
         reads("before")
+
+        def read_session() -> pl.DataFrame:
+            return lake.read(["S0007"], m1, open_, open_ + timedelta(days=1))
+
         stages = ("validate", "store", "publish")
         seen = {s: _stage_totals(s) for s in stages}
         times, cpu, store, history = [], [], [], []
+        pending: list[int] = []  # live deltas after each batch (compaction keeping up?)
+        checks = {0: "start", batches // 2: "middle", batches - 1: "end"}
         for k in range(batches):
             batch = minute_bars(symbols, [open_ + minute * (390 + k)], k + 1)
             t0, c0 = time.perf_counter(), time.thread_time()
             p.write_bars(batch, source="perf", timeframe="1m")
             times.append(time.perf_counter() - t0)
             cpu.append(time.thread_time() - c0)  # this thread's CPU: the load does not add
+            pending.append(len(lake.live_deltas("1m")))
+            if k in checks:  # while the stream runs (background merges and folds)
+                label = checks[k]
+                out[f"read_symbol_{label}_ms"] = 1e3 * median_s(read_session, 7)
+                out[f"read_symbol_{label}_cpu_ms"] = 1e3 * _cpu_median(read_session, 7)
+                out[f"deltas_{label}"] = pending[-1]
+        out["deltas_max"] = max(pending)
+        out["deltas_mean"] = statistics.mean(pending)
         for name in stages:
             total, count = _stage_totals(name)
             out[f"stage_{name}_mean_ms"] = 1e3 * (total - seen[name][0]) / (count - seen[name][1])
@@ -197,6 +212,16 @@ def stream(root: Path, batches: int) -> dict[str, Any]:
         history_cpu_p50_ms=1e3 * statistics.median(history),
     )
     return out
+
+
+def _cpu_median(fn: Any, runs: int) -> float:
+    """Return the median CPU seconds of this thread over `runs` calls of `fn`."""
+    spent = []
+    for _ in range(runs):
+        c0 = time.thread_time()
+        fn()
+        spent.append(time.thread_time() - c0)
+    return statistics.median(spent)
 
 
 def _stage_totals(name: str) -> tuple[float, float]:

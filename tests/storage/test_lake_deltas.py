@@ -15,12 +15,15 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pytest
 from polars.testing import assert_frame_equal
 
 from quantivista.config import StorageSettings
 from quantivista.model.schema import coerce_bars
 from quantivista.model.timeframe import Timeframe
+from quantivista.storage.lake import bars as bars_module
 from quantivista.storage.lake.bars import ParquetLake
+from quantivista.storage.lake.deltas import PartitionView
 
 D1 = Timeframe.parse("1d")
 M1 = Timeframe.parse("1m")
@@ -134,7 +137,7 @@ def test_a_delta_left_by_a_crash_after_its_fold_is_ignored_then_removed(tmp_path
         got = reader.read(SYMBOLS, D1)
         assert not got.select("symbol", "ts").is_duplicated().any()
         assert_frame_equal(got, want)
-    assert lake.stats()["rows"].sum() >= want.height  # stats count files as they are
+    assert lake.stats()["rows"].sum() == want.height  # the folded deltas count once
     assert lake.compact() == len(copies)
     assert not lake.delta_files()
     assert_frame_equal(lake.read(SYMBOLS, D1), want)
@@ -194,7 +197,9 @@ import sys
 from datetime import UTC, datetime, timedelta
 sys.path.insert(0, sys.argv[2])
 from test_lake_deltas import DAY0, _bars, _settings, SYMBOLS
+from quantivista.storage.lake import bars as bars_module
 from quantivista.storage.lake.bars import ParquetLake
+from quantivista.storage.lake.deltas import PartitionView
 lake = ParquetLake(sys.argv[1], _settings(delta_files=2))
 day = 5
 while True:
@@ -307,3 +312,117 @@ def test_a_prepared_partition_takes_its_first_bars_as_a_delta(tmp_path: Path) ->
     lake.fold_timeframe(tmp_path / "silver" / "bars" / "timeframe=1m")
     assert not lake.delta_files("1m")
     assert_frame_equal(ParquetLake(tmp_path, _settings()).read(symbols, M1), want)
+
+
+def _sql_rows(root: Path) -> int:
+    from quantivista.storage.lake.sql import sql_query
+
+    return int(sql_query(root, "SELECT count(*) FROM bars").item())
+
+
+def test_a_merge_that_dies_before_removing_its_sources_counts_each_row_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lake = ParquetLake(tmp_path, _settings(delta_files=100))
+    base = _bars(SYMBOLS, 0, 5, DAY0 + timedelta(days=400), tf="1m")
+    lake.upsert(base)
+    batches = [_bars(SYMBOLS, 5 + k, 1, DAY0 + timedelta(days=401, seconds=k), tf="1m")
+               for k in range(3)]  # fmt: skip
+    for batch in batches:
+        lake.upsert(batch)
+    sources = lake.delta_files("1m")
+    assert len(sources) == 3
+    real_unlink = Path.unlink
+
+    def crash(path: Path, missing_ok: bool = False) -> None:  # the process dies here
+        if path in sources:
+            raise KeyboardInterrupt
+        real_unlink(path, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", crash)
+    with pytest.raises(KeyboardInterrupt):
+        lake.merge_deltas(tmp_path / "silver" / "bars" / "timeframe=1m")
+    monkeypatch.setattr(Path, "unlink", real_unlink)
+    assert len(lake.delta_files("1m")) == 4  # the merged delta beside its sources
+    want = _key_sorted(pl.concat([base, *batches]))
+    fresh = ParquetLake(tmp_path, _settings())
+    for reader in (lake, fresh):
+        assert_frame_equal(reader.read(SYMBOLS, M1), want)
+        assert reader.stats()["rows"].sum() == want.height
+        (live,) = reader.live_deltas("1m")  # the merged one; its sources are left out
+        assert live[1].height == len(SYMBOLS) * 3
+    assert _sql_rows(tmp_path) == want.height
+    stats = fresh.stats().filter(pl.col("symbol") == "S03").row(0, named=True)
+    assert stats["rows"] == 8 and stats["files"] == 2  # its base and the merged delta
+    assert fresh.compact() == 4
+    assert _sql_rows(tmp_path) == want.height
+    assert_frame_equal(fresh.read(SYMBOLS, M1), want)
+
+
+def test_sql_and_stats_skip_the_deltas_a_fold_left_behind(tmp_path: Path) -> None:
+    lake = ParquetLake(tmp_path, _settings(delta_files=100))
+    t0, t1 = DAY0 + timedelta(days=400), DAY0 + timedelta(days=401)
+    base, added = _bars(SYMBOLS, 0, 10, t0), _bars(SYMBOLS, 10, 2, t1)
+    lake.upsert(base)
+    lake.upsert(added)
+    (delta,) = lake.delta_files()
+    assert _sql_rows(tmp_path) == base.height + added.height  # live deltas count
+    kept = tmp_path / "kept.parquet"
+    shutil.copy(delta, kept)
+    lake.compact()
+    shutil.copy(kept, delta)  # as if the fold died before removing its delta
+    want = base.height + added.height
+    assert _sql_rows(tmp_path) == want
+    for reader in (lake, ParquetLake(tmp_path, _settings())):
+        assert reader.stats()["rows"].sum() == want
+        assert reader.live_deltas() == []
+
+
+def test_a_read_joins_a_symbols_pending_deltas_once(tmp_path: Path) -> None:
+    lake = ParquetLake(tmp_path, _settings(delta_files=100))
+    base = _bars(SYMBOLS, 0, 5, DAY0 + timedelta(days=400), tf="1m")
+    lake.upsert(base)
+    batches = [_bars(SYMBOLS, 5 + k, 1, DAY0 + timedelta(days=401, seconds=k), tf="1m")
+               for k in range(10)]  # fmt: skip
+    for batch in batches:
+        lake.upsert(batch)
+    assert len(lake.delta_files()) == 10
+    view = lake._partition(lake.partition_dir("1m", "S03", "2024-01"))
+    assert isinstance(view, PartitionView)
+    pieces = view.pieces_of("S03")
+    assert [p.height for p in pieces] == [5, 10]  # the base's slice, then every delta's
+    assert view.pieces_of("S03")[1] is pieces[1]  # joined once per view
+    want = _key_sorted(pl.concat([base, *batches])).filter(pl.col("symbol") == "S03")
+    assert_frame_equal(lake.read(["S03"], M1), want)
+    lo, hi = DAY0 + timedelta(minutes=7), DAY0 + timedelta(minutes=11)
+    inside = want.filter((pl.col("ts") >= lo) & (pl.col("ts") < hi))
+    assert_frame_equal(lake.read(["S03"], M1, lo, hi), inside)
+
+
+def test_merges_take_the_small_deltas_until_merged_ones_pile_up(tmp_path: Path) -> None:
+    lake = ParquetLake(tmp_path, _settings(delta_files=100))
+    tf_dir = tmp_path / "silver" / "bars" / "timeframe=1m"
+    written = [_bars(SYMBOLS, 0, 5, DAY0 + timedelta(days=400), tf="1m")]
+    lake.upsert(written[0])
+    merged: list[Path] = []
+    for round_ in range(bars_module._MERGED_DELTAS + 1):
+        for k in range(3):
+            minute = 5 + 3 * round_ + k
+            batch = _bars(SYMBOLS, minute, 1, DAY0 + timedelta(days=401, seconds=minute), tf="1m")
+            lake.upsert(batch)
+            written.append(batch)
+        before = set(lake.delta_files())
+        assert lake.merge_deltas(tf_dir) == (2 if round_ < bars_module._MERGED_DELTAS else 6)
+        (new,) = set(lake.delta_files()) - before
+        if round_ < bars_module._MERGED_DELTAS:  # the three small ones; merged ones stay
+            assert set(merged) <= set(lake.delta_files())
+            assert pl.read_parquet(new).height == 3 * len(SYMBOLS)
+            merged.append(new)
+        else:  # four merged ones and three small ones: all of them, in order
+            assert lake.delta_files() == [new]
+            assert pl.read_parquet(new).height == 15 * len(SYMBOLS)
+        want = _key_sorted(pl.concat(written))
+        for reader in (lake, ParquetLake(tmp_path, _settings())):
+            assert_frame_equal(reader.read(SYMBOLS, M1), want)
+            assert_frame_equal(reader.read(["S05"], M1), want.filter(pl.col("symbol") == "S05"))
+            assert reader.stats()["rows"].sum() == want.height

@@ -65,3 +65,21 @@ def test_runs_and_row_files_are_read_together(
     daily = store.daily(timeframe="1d")
     assert daily.height == 10  # AAA's re-scored days come from the later job
     assert daily.filter(pl.col("symbol") == "AAA")["job_id"].unique().to_list() == ["job-2"]
+
+
+@pytest.mark.parametrize("fsync", [True, False])
+def test_score_files_are_fsynced_as_the_lake_files_are(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fsync: bool
+) -> None:
+    from quantivista.config import StorageSettings
+
+    synced: list[Path] = []
+    monkeypatch.setattr(lake_scores, "fsync_path", synced.append)
+    store = ParquetScoreStore(tmp_path, StorageSettings(fsync=fsync))
+    batch = scores("job-1", ["AAA", "BBB"], 5)
+    store.add(batch, AT)  # a row file
+    monkeypatch.setattr(lake_scores, "_BIG", 10)
+    store.add(scores("job-2", ["AAA", "BBB"], 5), AT)  # a runs file
+    assert len(synced) == (4 if fsync else 0)  # each file and its folder
+    assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".tmp-")]
+    assert store.read(job_id="job-1").equals(stored_scores(batch))

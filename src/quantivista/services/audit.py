@@ -90,7 +90,7 @@ def open_opslog(settings: Settings, backend: Backend) -> OpsLog:
         return PgOpsLog(backend.bars.pool)
     from quantivista.storage.lake.opslog import SqliteOpsLog
 
-    return SqliteOpsLog(settings.data_dir / "ops.sqlite")
+    return SqliteOpsLog(settings.data_dir / "ops.sqlite", fsync=settings.storage.fsync)
 
 
 class AuditService:

@@ -116,6 +116,7 @@ _BULK_READ = 16  # symbols above which a read cuts ranges and columns once, not 
 _VIEW_ATTEMPTS = 16  # reads of a partition that a fold or delete changed meanwhile
 _DELTA_ROWS = 200_000  # writes up to this many rows may append as one delta file
 _FOLD_ROWS = 100_000  # a timeframe's deltas are merged into one below this, folded above
+_MERGED_DELTAS = 4  # merged deltas a timeframe keeps before merging them together
 _Key = tuple[str, int, str | None]  # timeframe, bucket, month (intraday)
 # what `stats` gathers per (file, symbol) before summing per (timeframe, symbol)
 _PER_FILE = pl.Schema(
@@ -863,12 +864,19 @@ class ParquetLake:
         return self.merge_deltas(timeframe_dir)
 
     def merge_deltas(self, timeframe_dir: Path) -> int:
-        """Merge a timeframe's live deltas into one delta file; return the files removed.
+        """Merge a timeframe's newest live deltas into one delta file; return the files
+        removed.
+
+        The deltas written since the newest merged one are merged (if two or more), while
+        fewer than `_MERGED_DELTAS` merged ones are live; else all of them: a merge costs
+        the rows of the small deltas most times, not every row since the last fold (writers
+        wait for it). The sources are the newest live deltas, so the merged file (named
+        after every listed one) keeps the order of rows.
 
         Under the locks of every partition they touch: a delta of one of them written
-        meanwhile is listed again under the locks and merged too, so the merged file (named
-        after every listed one) follows every row of its partitions. Its footer names its
-        sources: a crash before they are removed leaves them listed but ignored.
+        meanwhile is listed again under the locks and merged too, so the merged file
+        follows every row of its partitions. Its footer names its sources: a crash before
+        they are removed leaves them listed but ignored.
         """
         folder = timeframe_dir / DELTA_DIR
         try:
@@ -881,10 +889,17 @@ class ParquetLake:
                 live = self._live(folder)
             except FileNotFoundError:
                 return 0
-            if len(live) < 2 or any(r not in rels for _, found in live for r in found):
-                return 0  # one delta, or deltas of partitions not locked: next time
+            if any(r not in rels for _, found in live for r in found):
+                return 0  # deltas of partitions not locked: next time
+            listed = {n for n, _ in live}
+            prefix = f"{folder}{os.sep}"
+            tiers = [i for i, (n, _) in enumerate(live) if prefix + n in self._replaces]
+            if tiers and len(tiers) < _MERGED_DELTAS and len(live) - tiers[-1] > 2:
+                live = live[tiers[-1] + 1 :]  # the small ones since the newest merged one
+            if len(live) < 2:
+                return 0
             frames, index = [], []
-            for rel in rels:
+            for rel in sorted({r for _, found in live for r in found}):
                 through = self._through(timeframe_dir / rel / DATA_FILE) or ""
                 pieces = [found[rel].frame for n, found in live if rel in found and n > through]
                 if pieces:
@@ -898,14 +913,16 @@ class ParquetLake:
             if whole is not None:
                 meta = {PARTS_KEY: json.dumps(index), REPLACES_KEY: json.dumps(merged)}
                 atomic_write_parquet(whole, folder / name, self.settings, meta)
-            for old in names:  # the merged ones and any sources of theirs still listed
+            # the merged ones and any sources of a live merged delta still listed
+            gone = [n for n in names if n in merged or n not in listed]
+            for old in gone:
                 (folder / old).unlink(missing_ok=True)
             with self._deltas_lock:
                 self._forget_deltas(folder, delta_names(folder))
                 if whole is not None:
                     self._deltas[str(folder / name)] = _delta_parts(whole, index)
                     self._replaces[str(folder / name)] = tuple(merged)
-        return len(names) - (whole is not None)
+        return len(gone) - (whole is not None)
 
     def _through(self, base: Path) -> str | None:
         """Return the newest delta a base file accounts for (None: none, or no base)."""
@@ -915,9 +932,9 @@ class ParquetLake:
         except FileNotFoundError:
             return None
 
-    def fold_timeframe(self, timeframe_dir: Path) -> int:
-        """Fold every partition a timeframe's delta files touch, then remove those files;
-        return how many were removed."""
+    def fold_timeframe(self, timeframe_dir: Path, threads: int = 1) -> int:
+        """Fold every partition a timeframe's delta files touch (on `threads` threads),
+        then remove those files; return how many were removed."""
         folder = timeframe_dir / DELTA_DIR
         names = delta_names(folder)
         rels: set[str] = set()
@@ -926,16 +943,43 @@ class ParquetLake:
                 rels.update(self._delta(folder / name))
             except FileNotFoundError:  # another process's fold removed it
                 continue
-        for rel in sorted(rels):
-            self.fold(timeframe_dir / rel)
+        dirs = [timeframe_dir / rel for rel in sorted(rels)]
+        if threads > 1 and len(dirs) > 1:  # encoding and compression release the GIL
+            with ThreadPoolExecutor(min(threads, len(dirs)), thread_name_prefix="qv-fold") as pool:
+                list(pool.map(self.fold, dirs))
+        else:  # the background job: one partition at a time, beside the writers
+            for directory in dirs:
+                self.fold(directory)
         for name in names:  # every partition they touch accounts for them now
             (folder / name).unlink(missing_ok=True)
         return len(names)
 
     def delta_files(self, timeframe: str | None = None) -> list[Path]:
-        """Return the delta files (of one timeframe, or all), sorted."""
+        """Return the delta files (of one timeframe, or all), sorted: every file on disk,
+        crash-left ones included (`live_deltas`: what reads see)."""
         pattern = f"timeframe={timeframe}" if timeframe else "timeframe=*"
         return sorted(self.bars_root.glob(f"{pattern}/{DELTA_DIR}/{DELTA_PREFIX}*.parquet"))
+
+    def live_deltas(self, timeframe: str | None = None) -> list[tuple[Path, pl.DataFrame]]:
+        """Return each delta file with the rows reads take from it, as readers list them:
+        the sources of a merged delta (a merge under way, or a crash before their removal)
+        and the parts a base accounts for (a fold's) are left out, so SQL and `stats`
+        count every row once."""
+        pattern = f"timeframe={timeframe}" if timeframe else "timeframe=*"
+        out = []
+        for folder in sorted(self.bars_root.glob(f"{pattern}/{DELTA_DIR}")):
+            tf_dir = folder.parent
+            through: dict[str, str] = {}
+            for name, parts in self._live_deltas(tf_dir.name[len("timeframe=") :]):
+                rows = []
+                for rel, part in parts.items():
+                    if rel not in through:
+                        through[rel] = self._through(tf_dir / rel / DATA_FILE) or ""
+                    if name > through[rel]:
+                        rows.append(part.frame)
+                if rows:
+                    out.append((folder / name, pl.concat(rows) if len(rows) > 1 else rows[0]))
+        return out
 
     @staticmethod
     def _sweep_temporaries(directory: Path) -> None:
@@ -1286,7 +1330,8 @@ class ParquetLake:
         one delta file; reads scan them all, so periodic compaction keeps reads fast.
         """
         folders = sorted({p.parent.parent for p in self.delta_files()})
-        removed = sum(self.fold_timeframe(folder) for folder in folders)
+        threads = self.settings.write_threads or os.cpu_count() or 1
+        removed = sum(self.fold_timeframe(folder, threads) for folder in folders)
         dirs = {p.parent for p in self.history_root.rglob("*.parquet") if p.name[0] != "."}
         for hist_dir in sorted(dirs):
             partition = self.bars_root / hist_dir.relative_to(self.history_root)
@@ -1338,16 +1383,24 @@ class ParquetLake:
         index, without touching the archive. Rows caught in both tiers by an interrupted
         archival count twice until the archival is rerun.
         """
-        files = self.data_files() + self.delta_files()
+        files = self.data_files()
         parts = []
+        aggs = {"rows": pl.len(), "first_ts": pl.col("ts").min(), "last_ts": pl.col("ts").max()}
         per_file = read_parquet_files(
             files,
-            lambda lf: lf.group_by("_file", "symbol").agg(
-                rows=pl.len(), first_ts=pl.col("ts").min(), last_ts=pl.col("ts").max()
-            ),
+            lambda lf: lf.group_by("_file", "symbol").agg(**aggs),
             path_column="_file",
             what="partition files",
         )
+        # deltas as reads list them: a crash-left merge source or folded delta counts once
+        deltas = self.live_deltas()
+        if deltas:
+            found = [rows.with_columns(_file=pl.lit(str(path))) for path, rows in deltas]
+            mine = pl.concat(found).group_by("_file", "symbol").agg(**aggs)
+            per_file = (
+                mine if per_file is None else pl.concat([per_file, mine], how="diagonal_relaxed")
+            )
+            files += [path for path, _ in deltas]
         if per_file is not None:
             sizes = []
             for path in files:

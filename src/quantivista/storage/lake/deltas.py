@@ -26,8 +26,10 @@ deltas, a background thread of the writing process tidies them: while they hold 
 merges them into one delta file (cost: their rows, not the partitions'), under the locks of
 every partition they touch, named after all of them, its footer naming its sources
 (`REPLACES_KEY`: a crash before they are removed leaves them listed but ignored); past that
-it folds them. So reads find few deltas however long a stream runs, and a stream does not
-rewrite the month files every few seconds. Every base write also writes the base's tail
+it folds them. A merge takes the small deltas written since the last merged one until a few
+merged ones pile up (`bars._MERGED_DELTAS`), so writers mostly wait for a small merge. So
+reads find few deltas however long a stream runs, and a stream does not rewrite the month
+files every few seconds. Every base write also writes the base's tail
 (see `tails`), from which appends are checked and the validation's warm-up read.
 """
 
@@ -104,11 +106,12 @@ def delta_names(directory: Path) -> list[str]:
 class PartitionView:
     """A partition as readers see it: the base file and its live deltas."""
 
-    __slots__ = ("base", "deltas", "stale", "through")
+    __slots__ = ("_joined", "base", "deltas", "stale", "through")
 
     def __init__(self, base: Rows, deltas: Sequence[tuple[str, Rows]], through: str | None) -> None:
         self.base = base
         self.through = through
+        self._joined: dict[str, pl.DataFrame | None] = {}  # a symbol's delta rows, stacked
         self.deltas: list[Rows] = []
         self.stale: list[str] = []  # in the base already (folded): ignored
         for name, delta in deltas:
@@ -134,13 +137,20 @@ class PartitionView:
         return pl.concat(parts, how="vertical_relaxed").sort("symbol", "ts")
 
     def pieces_of(self, symbol: str) -> list[pl.DataFrame]:
-        """Return the symbol's rows as zero-copy slices in ts order (none: no rows here).
+        """Return the symbol's rows in ts order as its base slice and its delta slices
+        stacked into one frame (zero-copy chunks; none: no rows here).
 
         Deltas are written one at a time under the partition lock, each after every row
         before it, and their names sort in that order: the pieces join without a sort.
         """
         pieces = [self.base.rows_of(symbol)] if symbol in self.base.index else []
-        pieces.extend(d.rows_of(symbol) for d in self.deltas if symbol in d.index)
+        if symbol not in self._joined:  # a view lives until the next delta: reads reuse it
+            self._joined[symbol] = _stack(
+                [d.rows_of(symbol) for d in self.deltas if symbol in d.index]
+            )
+        joined = self._joined[symbol]
+        if joined is not None:
+            pieces.append(joined)
         return pieces
 
     def rows_of(self, symbol: str) -> pl.DataFrame:
@@ -159,6 +169,22 @@ class PartitionView:
     def estimated_size(self) -> int:
         """Return the decoded size of the deltas (the base is cached on its own)."""
         return sum(d.estimated_size() for d in self.deltas) + 1
+
+
+def _stack(frames: list[pl.DataFrame]) -> pl.DataFrame | None:
+    """Return the frames one after another as chunks of one frame (None: no frames).
+
+    A read slices and joins each piece of a symbol: one piece per delta costs more than
+    the rows (a stream's pending deltas each hold one bar of the symbol), and `pl.concat`
+    hands a few small frames to the thread pool."""
+    if not frames:
+        return None
+    out = frames[0]
+    if len(frames) > 1:
+        out = out.clone()
+        for frame in frames[1:]:
+            out.vstack(frame, in_place=True)
+    return out
 
 
 class Folder:

@@ -2,6 +2,13 @@
 
 Append-only by construction: triggers refuse every UPDATE and DELETE of either table, so
 even a SQL session opened by hand cannot rewrite history (only deleting the file can).
+
+Durability follows the lake's (`storage.fsync`): with it, every commit is fsynced
+(`synchronous=FULL`); without it (the default) commits go to the WAL without an fsync
+(`synchronous=NORMAL`, as the catalog): a killed process loses no record, a power loss or
+OS crash can lose the last moments' records, as it can the bar files written then without
+fsync. The pipeline's records (stored and quarantined bars) can be told again from what
+survived: each bar and quarantined row carries its job id, and the catalog its report.
 """
 
 from __future__ import annotations
@@ -57,8 +64,9 @@ def _us(at: datetime) -> int:
 class SqliteOpsLog:
     """Audit records and SLA samples of the embedded store."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, fsync: bool = True) -> None:
         self.path = path
+        self.fsync = fsync  # see the module docstring
         self._db: sqlite3.Connection | None = None
         self._lock = threading.RLock()
 
@@ -72,6 +80,8 @@ class SqliteOpsLog:
                     self.path, check_same_thread=False, timeout=30, isolation_level=None
                 )
                 db.execute("PRAGMA journal_mode=WAL")
+                # an fsync per record costs more than the record: only as the lake's files
+                db.execute(f"PRAGMA synchronous={'FULL' if self.fsync else 'NORMAL'}")
                 db.executescript(_DDL + "\n".join(_GUARDS))
                 self._db = db
             return self._db

@@ -57,14 +57,27 @@ def _view(con: duckdb.DuckDBPyConnection, name: str, files: list[Path], schema: 
 
 def _bars_view(con: duckdb.DuckDBPyConnection, root: Path, storage: StorageSettings | None) -> None:
     bars_root = root / "silver" / "bars"
-    # hot files listed before the cold index is read: see `ParquetLake.read`
-    hot = sorted([*bars_root.glob("**/data.parquet"), *bars_root.glob("**/delta-*.parquet")])
-    cold: list[str] = []
-    overlap: list[Path] = []
-    if storage is not None and storage.archive_url and (bars_root / "_layout.json").exists():
+    lake = None
+    if (bars_root / "_layout.json").exists():
         from quantivista.storage.lake.bars import ParquetLake
 
         lake = ParquetLake(root, storage)
+    # hot files listed before the cold index is read: see `ParquetLake.read`
+    hot = sorted(bars_root.glob("**/data.parquet"))
+    # deltas as the lake's readers list them (a merge's or a fold's crash-left files once),
+    # handed over as rows: a delta file can hold rows that no longer count
+    deltas = lake.live_deltas() if lake is not None else []
+    hot_rows = _scan(hot) if hot else None
+    if deltas:
+        con.register("_qv_deltas", pl.concat([rows for _, rows in deltas]).to_arrow())
+        hot_rows = (
+            f"(SELECT * FROM {hot_rows} UNION ALL BY NAME SELECT * FROM _qv_deltas)"
+            if hot_rows
+            else "_qv_deltas"
+        )
+    cold: list[str] = []
+    overlap: list[Path] = []
+    if lake is not None and storage is not None and storage.archive_url:
         assert lake.cold is not None and lake.cold_index is not None
         entries = lake.cold_index.entries()
         if entries and not lake.cold.is_local:
@@ -74,7 +87,8 @@ def _bars_view(con: duckdb.DuckDBPyConnection, root: Path, storage: StorageSetti
         hot_files = set(hot)
         overlap = [p for p in (root / e.rel for e in entries) if p in hot_files]
     if not cold:
-        _view(con, "bars", hot, BAR_POLARS_SCHEMA)
+        source = f"SELECT * FROM {hot_rows}" if hot_rows else _empty_view(BAR_POLARS_SCHEMA)
+        con.execute(f"CREATE VIEW bars AS {source}")
         return
     cold_rows = f"SELECT * FROM {_scan(cold)} AS c"
     if overlap:
@@ -82,7 +96,7 @@ def _bars_view(con: duckdb.DuckDBPyConnection, root: Path, storage: StorageSetti
             f" WHERE NOT EXISTS (SELECT 1 FROM {_scan(overlap)} AS h WHERE h.symbol = c.symbol"
             " AND h.timeframe = c.timeframe AND h.ts = c.ts)"
         )
-    source = f"SELECT * FROM {_scan(hot)} UNION ALL BY NAME {cold_rows}" if hot else cold_rows
+    source = f"SELECT * FROM {hot_rows} UNION ALL BY NAME {cold_rows}" if hot_rows else cold_rows
     con.execute(f"CREATE VIEW bars AS {source}")
 
 
