@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pytest
 from polars.testing import assert_frame_equal
 
 from quantivista.config import StorageSettings
@@ -52,7 +53,17 @@ def _key_sorted(df: pl.DataFrame) -> pl.DataFrame:
     return df.sort("symbol", "ts")
 
 
+FORMATS = {"format": "arrow"}  # `storage.daily_format` of `_settings`: each test runs with both
+
+
+@pytest.fixture(autouse=True, params=["arrow", "parquet"])
+def daily_format(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setitem(FORMATS, "format", request.param)
+    return str(request.param)
+
+
 def _settings(**kw: object) -> StorageSettings:
+    kw.setdefault("daily_format", FORMATS["format"])
     return StorageSettings(buckets=4, write_threads=1, **kw)  # type: ignore[arg-type]
 
 

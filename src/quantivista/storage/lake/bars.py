@@ -85,6 +85,8 @@ from quantivista.storage.lake.deltas import (
 )
 from quantivista.storage.lake.encoding import ArrowBatch, Run, _ranges
 from quantivista.storage.lake.files import (
+    IpcBase,
+    atomic_write_base_ipc,
     atomic_write_ipc,
     atomic_write_parquet,
     file_identity,
@@ -95,10 +97,16 @@ from quantivista.storage.lake.files import (
     read_parquet_handle,
     read_parquet_once,
 )
-from quantivista.storage.lake.layout import BAR_DATA_FILE, BAR_LAYOUT_FILE, LakeLayout
+from quantivista.storage.lake.layout import (
+    BAR_ARROW_FILE,
+    BAR_DATA_FILE,
+    BAR_LAYOUT_FILE,
+    LakeLayout,
+)
 from quantivista.storage.lake.tails import (
     TAIL_FILE,
     TAIL_KEY,
+    TAIL_ROWS,
     Tail,
     load_tail,
     new_token,
@@ -108,6 +116,7 @@ from quantivista.storage.lake.tails import (
 __all__ = ["ParquetLake", "bucket_of", "storage_report"]
 
 DATA_FILE = BAR_DATA_FILE
+ARROW_FILE = BAR_ARROW_FILE  # a base in Arrow IPC (`storage.daily_format`)
 LAYOUT_FILE = BAR_LAYOUT_FILE
 _LAYOUT_VERSION = 2
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -442,14 +451,17 @@ class ParquetLake:
         """Merge `part` into its partition (the caller holds its lock)."""
         # not joined into one chunk (a copy of every column): the cache takes chunked frames
         new = _stack(part.slices)
-        path = directory / DATA_FILE
+        path = self.base_path(directory)
         runs = [(symbol, hi - lo) for symbol, lo, hi in part.runs]
         self._sweep_temporaries(directory)
         if not path.exists():  # deltas never hold live rows of a partition without a base
+            path = self._new_base(directory)
             stats = UpsertStats(inserted=new.height)
             through = self._newest_delta(directory)
-            self._write_base(path, part.arrow.partition(part.runs), through, new)
-            self.cache.put(path, _Indexed(new, runs, through))
+            indexed = _Indexed(new, runs, through)
+            rows = new if path.name == ARROW_FILE else part.arrow.partition(part.runs)
+            self._write_base(path, rows, through, new, indexed)
+            self.cache.put(path, indexed)
         else:
             self._sweep_temporaries(self._history_of(directory))
             # under the lock the cached copy, if its file identity matches, is current
@@ -461,8 +473,9 @@ class ParquetLake:
             # history first: a crash between the two renames leaves a harmless copy
             self._write_history(directory, superseded)
             through = self._newest_delta(directory)
-            self._write_base(path, merged, through)
-            self.cache.put(path, _Indexed(merged, through=through))  # the next read is warm
+            indexed = _Indexed(merged, through=through)
+            self._write_base(path, merged, through, indexed=indexed)
+            self.cache.put(path, indexed)  # the next read is warm
         stats.partitions_written = 1
         return stats
 
@@ -472,18 +485,46 @@ class ParquetLake:
         rows: pl.DataFrame | pa.Table,
         through: str | None,
         frame: pl.DataFrame | None = None,  # `rows` as polars, when they are Arrow
+        indexed: _Indexed | None = None,  # `rows` indexed, when the caller has it
     ) -> None:
         """Write a partition's base file, recording the newest delta it accounts for, and
-        its tail first (see `tails`)."""
+        (Parquet) its tail first (see `tails`)."""
         rows_pl = frame if frame is not None else rows
         assert isinstance(rows_pl, pl.DataFrame)
         settings = self._settings_of(path)
+        if path.name == ARROW_FILE:  # its own symbol index: the tail is sliced from it
+            found = indexed if indexed is not None else _Indexed(rows_pl)
+            runs = [(s, n) for s, (_, n) in found.index.items()]
+            meta = {THROUGH_KEY: through} if through else {}
+            atomic_write_base_ipc(rows_pl, runs, path, settings, meta)
+            self.tails.put(path, _tail_of(found, through))
+            return
         token = new_token()
         tail = tail_rows(rows_pl)
         atomic_write_ipc(tail, path.parent / TAIL_FILE, settings, {TAIL_KEY: token})
         meta = {TAIL_KEY: token, THROUGH_KEY: through} if through else {TAIL_KEY: token}
         atomic_write_parquet(rows, path, settings, meta)
         self.tails.put(path, Tail(_Indexed(tail), through))
+
+    def base_path(self, directory: Path) -> Path:
+        """Return the path of a partition's base file: Arrow IPC if there is one, else
+        Parquet (which may not exist). A partition keeps the format it was created in."""
+        arrow = directory / ARROW_FILE
+        return arrow if arrow.exists() else directory / DATA_FILE
+
+    def _new_base(self, directory: Path) -> Path:
+        """Return the path of a new base file: Arrow IPC for daily and longer timeframes
+        (no month directory) with `storage.daily_format = "arrow"`, else Parquet."""
+        daily = not directory.name.startswith("month=")
+        arrow = daily and self.settings.daily_format == "arrow"
+        return directory / (ARROW_FILE if arrow else DATA_FILE)
+
+    def _base_meta(self, path: Path) -> dict[str, str]:
+        """Return a base file's metadata (Parquet footer, or Arrow IPC schema metadata)."""
+        if path.name != ARROW_FILE:
+            return footer_metadata(path)
+        with open(path, "rb") as handle:
+            return IpcBase(handle).meta
 
     def _settings_of(self, path: Path) -> StorageSettings:
         """Return the write settings of a base file: daily-and-longer ones (no month
@@ -505,7 +546,7 @@ class ParquetLake:
             path.unlink()
             (path.parent / TAIL_FILE).unlink(missing_ok=True)
             return
-        through = footer_metadata(path).get(THROUGH_KEY)
+        through = self._base_meta(path).get(THROUGH_KEY)
         self._write_base(path, rows, through)
 
     # -- appends (see `deltas`) --------------------------------------------------------------
@@ -548,7 +589,7 @@ class ParquetLake:
         and `live` deltas (see `tails`): the base is decoded only if its tail is not trusted.
         The caller holds the partition's lock."""
         try:
-            tail = self._tail(directory / DATA_FILE)
+            tail = self._tail(self.base_path(directory))
         except FileNotFoundError:
             return False
         if tail is None:
@@ -574,6 +615,10 @@ class ParquetLake:
         """Return a base file's trusted tail (None: none); `FileNotFoundError` if no base."""
 
         def load() -> Tail:
+            if base.name == ARROW_FILE:
+                with open(base, "rb") as handle:
+                    whole = self._read_indexed(handle)
+                return _tail_of(whole, whole.through)
             tail = load_tail(base, _Indexed)[1]
             if tail is None:
                 raise _Untrusted
@@ -621,7 +666,7 @@ class ParquetLake:
             for month in months:
                 directory = self._dir(tf, bucket, month)
                 try:
-                    tail = self._tail(directory / DATA_FILE)
+                    tail = self._tail(self.base_path(directory))
                 except FileNotFoundError:
                     continue  # no rows there (deltas hold rows only beside a base)
                 if tail is None or not tail.covers(lo):
@@ -783,7 +828,7 @@ class ParquetLake:
 
     def _partition(self, directory: Path) -> _Indexed | PartitionView | None:
         """Return a partition (base file and deltas) through the cache; None if it is gone."""
-        path = directory / DATA_FILE
+        path = self.base_path(directory)
         for _ in range(_VIEW_ATTEMPTS):
             try:
                 held = self._held(directory)
@@ -813,9 +858,10 @@ class ParquetLake:
         found = self._partition(directory)
         newest = held[-1][0]
         if isinstance(found, PartitionView) and (found.through or "") < newest:
-            frame = found.frame
-            self._write_base(directory / DATA_FILE, frame, newest)
-            self.cache.put(directory / DATA_FILE, _Indexed(frame, through=newest))
+            frame, path = found.frame, self.base_path(directory)
+            indexed = _Indexed(frame, through=newest)
+            self._write_base(path, frame, newest, indexed=indexed)
+            self.cache.put(path, indexed)
         return len(held)
 
     def fold(self, directory: Path) -> int:
@@ -859,7 +905,7 @@ class ParquetLake:
                 return 0  # one delta, or deltas of partitions not locked: next time
             frames, index = [], []
             for rel in rels:
-                through = self._through(timeframe_dir / rel / DATA_FILE) or ""
+                through = self._through(self.base_path(timeframe_dir / rel)) or ""
                 pieces = [found[rel].frame for n, found in live if rel in found and n > through]
                 if pieces:
                     rows = pl.concat(pieces).sort("symbol", "ts", maintain_order=True)
@@ -885,7 +931,7 @@ class ParquetLake:
         """Return the newest delta a base file accounts for (None: none, or no base)."""
         try:
             tail = self._tail(base)
-            return tail.through if tail is not None else footer_metadata(base).get(THROUGH_KEY)
+            return tail.through if tail is not None else self._base_meta(base).get(THROUGH_KEY)
         except FileNotFoundError:
             return None
 
@@ -999,9 +1045,16 @@ class ParquetLake:
     @staticmethod
     def read_file(path: Path, columns: Sequence[str] | None = None) -> pl.DataFrame:
         """Read a lake file through one handle (another process may be replacing it)."""
-        return read_parquet_once(path, columns, what="partition file")
+        if path.name != ARROW_FILE:
+            return read_parquet_once(path, columns, what="partition file")
+        with open(path, "rb") as handle:
+            frame = _frame(IpcBase(handle).table())
+        return frame.select(columns) if columns else frame
 
     def _read_indexed(self, handle: IO[bytes]) -> _Indexed:
+        if handle.name.endswith(ARROW_FILE):
+            base = IpcBase(handle)  # mapped, not decoded: the frame is the file's buffers
+            return _Indexed(_frame(base.table()), base.runs, base.meta.get(THROUGH_KEY))
         frame = read_parquet_handle(handle, what="partition file")
         handle.seek(0)
         return _Indexed(frame, through=footer_metadata(handle).get(THROUGH_KEY))
@@ -1014,7 +1067,11 @@ class ParquetLake:
         With `before`, only the partitions that can hold bars with ts < `before`.
         """
         pattern = f"timeframe={timeframe}" if timeframe else "timeframe=*"
-        files = sorted(self.bars_root.glob(f"{pattern}/bucket=*/**/{DATA_FILE}"))
+        files = sorted(
+            path
+            for name in (DATA_FILE, ARROW_FILE)
+            for path in self.bars_root.glob(f"{pattern}/bucket=*/**/{name}")
+        )
         if before is None:
             return files
         hi = f"month={before.year:04d}-{before.month:02d}"
@@ -1025,8 +1082,8 @@ class ParquetLake:
     ) -> list[Path]:
         base = self.partition_dir(timeframe, symbol)
         if Timeframe.parse(timeframe).partition_period == "all":
-            path = base / DATA_FILE
-            return [path] if path.exists() else []
+            path = self.base_path(base)
+            return [path] if path.name == ARROW_FILE or path.exists() else []
         if not base.is_dir():
             return []
         lo = f"{start.year:04d}-{start.month:02d}" if start else ""
@@ -1174,7 +1231,19 @@ class ParquetLake:
             return None  # removed since listed (archived or expired)
 
     def _read_symbols(self, handle: IO[bytes], wanted: list[str]) -> _Indexed:
-        """Decode the rows of `wanted` from a file sorted by symbol (their row groups)."""
+        """Decode the rows of `wanted` from a file sorted by symbol (their row groups; an
+        Arrow IPC file: slices of its mapping, found by its symbol index)."""
+        if handle.name.endswith(ARROW_FILE):
+            base, start = IpcBase(handle), 0
+            found, runs = [], []
+            for symbol, n in base.runs:
+                if symbol in wanted:
+                    found.append(_frame(base.rows(start, n)))
+                    runs.append((symbol, n))
+                start += n
+            if not found:
+                return _Indexed(_frame(base.rows(0, 0)), [])
+            return _Indexed(found[0] if len(found) == 1 else pl.concat(found), runs)
         sym = pl.col("symbol")
         cond = sym == wanted[0] if len(wanted) == 1 else sym.is_in(wanted)
         try:
@@ -1374,17 +1443,23 @@ def storage_report(lake: ParquetLake) -> pl.DataFrame:
     read through fsspec, so the row reflects what the archive holds, not the cold index).
     """
     tiers = {
-        "hot": list(lake.bars_root.rglob(DATA_FILE)) + lake.delta_files(),
+        "hot": lake.data_files() + lake.delta_files(),
         "history": [p for p in lake.history_root.rglob("*.parquet") if p.name[0] != "."],
     }
     rows = []
     for tier, files in tiers.items():
         n_rows = disk = raw = 0
         for path in files:
-            meta = pq.read_metadata(path)
-            n_rows += meta.num_rows
-            raw += _raw_bytes(meta)
-            disk += path.stat().st_size
+            size = path.stat().st_size
+            if path.name == ARROW_FILE:  # uncompressed: raw bytes are the file's
+                with open(path, "rb") as handle:
+                    n_rows += sum(n for _, n in IpcBase(handle).runs)
+                raw += size
+            else:
+                meta = pq.read_metadata(path)
+                n_rows += meta.num_rows
+                raw += _raw_bytes(meta)
+            disk += size
         rows.append((tier, len(files), n_rows, disk, raw, raw / disk if disk else None))
     if lake.cold is not None:
         listing = lake.cold.listing()
@@ -1401,6 +1476,25 @@ def storage_report(lake: ParquetLake) -> pl.DataFrame:
 def _raw_bytes(meta: pq.FileMetaData) -> int:
     """Return the uncompressed size of a Parquet file's data (from its footer)."""
     return sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+
+
+def _frame(data: pa.Table | pa.RecordBatch) -> pl.DataFrame:
+    """Return Arrow data as a polars frame (zero-copy for the types polars writes)."""
+    frame = pl.from_arrow(data)
+    assert isinstance(frame, pl.DataFrame)
+    return frame
+
+
+def _tail_of(base: _Indexed, through: str | None) -> Tail:
+    """Return the tail of a base file (the last `TAIL_ROWS` rows of each symbol), cut from
+    its rows (an Arrow IPC base has no tail file: its symbols' rows are slices already)."""
+    pieces, runs = [], []
+    for symbol, (start, n) in base.index.items():
+        k = min(n, TAIL_ROWS)
+        pieces.append(base.frame.slice(start + n - k, k))
+        runs.append((symbol, k))
+    frame = pl.concat(pieces) if pieces else base.frame.clear()
+    return Tail(_Indexed(frame, runs), through)
 
 
 def _delta_parts(frame: pl.DataFrame, index: list[list[Any]]) -> dict[str, _Indexed]:
