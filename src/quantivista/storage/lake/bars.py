@@ -14,6 +14,14 @@ its symbols, so a warm read of one symbol is a dictionary lookup and a slice. Fi
 into row groups of whole symbols (`storage.row_group_rows`, `files.symbol_groups`), so a
 process that has not decoded a file reads a few symbols from their row groups only.
 
+Daily-and-longer base files are uncompressed Arrow IPC files by default
+(`storage.daily_format`; `data.arrow` instead of `data.parquet`), their symbol index in the
+schema metadata: a process that has not read the file maps it and hands a symbol's slice to
+polars, with nothing decoded or copied (a fresh process reads one symbol in half the
+instructions of the Parquet row-group read). They need no tail file (see `tails`): the tail
+is sliced from the base. A partition keeps the format it was created in, so stores written
+before read as they are, and intraday files (most of the bytes) stay compressed Parquet.
+
 Every write replaces whole partition files atomically (write a hidden temporary file, then
 `os.replace`), under a lock striped over partitions, so readers never see half a file and
 concurrent writers of one partition never lose each other's rows. A write that changes
@@ -93,6 +101,7 @@ from quantivista.storage.lake.files import (
     flocked,
     footer_metadata,
     is_temporary,
+    read_ipc_handle,
     read_parquet_files,
     read_parquet_handle,
     read_parquet_once,
@@ -344,8 +353,28 @@ class ParquetLake:
 
     def _write_history(self, partition: Path, old: pl.DataFrame) -> None:
         if old.height:
-            path = self._history_of(partition) / f"{uuid4().hex}.parquet"
-            atomic_write_parquet(old.select(HISTORY_POLARS_SCHEMA.names()), path, self.settings)
+            self._write_history_file(self._history_file(partition), old)
+
+    def _history_file(self, partition: Path) -> Path:
+        """Return a new history file's path: Arrow IPC beside an Arrow IPC base (an as-of
+        read of a fresh process then maps it instead of setting up a Parquet scan)."""
+        arrow = self.base_path(partition).name == ARROW_FILE
+        return self._history_of(partition) / f"{uuid4().hex}{'.arrow' if arrow else '.parquet'}"
+
+    def _write_history_file(self, path: Path, rows: pl.DataFrame) -> None:
+        rows = rows.select(HISTORY_POLARS_SCHEMA.names())
+        if path.suffix == ".arrow":
+            atomic_write_ipc(rows, path, self.settings, {})
+        else:
+            atomic_write_parquet(rows, path, self.settings)
+
+    @staticmethod
+    def _history_files(directory: Path, recursive: bool = False) -> list[Path]:
+        """Return the history files (Parquet or Arrow IPC) of a directory, sorted."""
+        found = directory.rglob("*") if recursive else directory.glob("*")
+        return sorted(
+            p for p in found if p.suffix in (".parquet", ".arrow") and not is_temporary(p)
+        )
 
     @contextmanager
     def locked(self, directory: Path) -> Iterator[None]:
@@ -990,9 +1019,7 @@ class ParquetLake:
         """Drop bars with ts < `before` and their history (retention); return current rows."""
         tf = str(timeframe)
         removed = self._remove(tf, None, before, keep_history=False, at=before)
-        for hist_file in list(self.history_root.glob(f"timeframe={tf}/**/*.parquet")):
-            if hist_file.name.startswith(".tmp-"):
-                continue
+        for hist_file in self._history_files(self.history_root / f"timeframe={tf}", True):
             partition = self.bars_root / hist_file.parent.relative_to(self.history_root)
             with self.locked(partition):
                 if not hist_file.exists():
@@ -1002,7 +1029,7 @@ class ParquetLake:
                 if keep.is_empty():
                     hist_file.unlink()
                 elif keep.height < old.height:
-                    atomic_write_parquet(keep, hist_file, self.settings)
+                    self._write_history_file(hist_file, keep)
         return removed
 
     def _remove(
@@ -1045,10 +1072,10 @@ class ParquetLake:
     @staticmethod
     def read_file(path: Path, columns: Sequence[str] | None = None) -> pl.DataFrame:
         """Read a lake file through one handle (another process may be replacing it)."""
-        if path.name != ARROW_FILE:
+        if path.suffix != ".arrow":
             return read_parquet_once(path, columns, what="partition file")
         with open(path, "rb") as handle:
-            frame = _frame(IpcBase(handle).table())
+            frame = _frame(read_ipc_handle(handle, what="partition file"))
         return frame.select(columns) if columns else frame
 
     def _read_indexed(self, handle: IO[bytes]) -> _Indexed:
@@ -1302,12 +1329,7 @@ class ParquetLake:
         self, tf: str, symbols: Sequence[str], start: datetime | None, end: datetime | None
     ) -> pl.DataFrame:
         dirs = dict.fromkeys(self.history_dir(tf, s) for s in symbols)
-        files = [
-            path
-            for directory in dirs
-            for path in sorted(directory.rglob("*.parquet"))
-            if not is_temporary(path)  # a writer's unfinished file
-        ]
+        files = [path for directory in dirs for path in self._history_files(directory, True)]
         cond = pl.col("symbol").is_in(list(symbols))
         if start is not None:
             cond = cond & (pl.col("ts") >= start)
@@ -1330,18 +1352,18 @@ class ParquetLake:
         """
         folders = sorted({p.parent.parent for p in self.delta_files()})
         removed = sum(self.fold_timeframe(folder) for folder in folders)
-        dirs = {p.parent for p in self.history_root.rglob("*.parquet") if p.name[0] != "."}
+        dirs = {p.parent for p in self._history_files(self.history_root, True)}
         for hist_dir in sorted(dirs):
             partition = self.bars_root / hist_dir.relative_to(self.history_root)
             with self.locked(partition):
-                files = sorted(p for p in hist_dir.glob("*.parquet") if p.name[0] != ".")
+                files = self._history_files(hist_dir)
                 if len(files) < 2:
                     continue
                 merged = pl.concat([self.read_file(p) for p in files])
                 merged = merged.sort("symbol", "ts", "ingested_at")
                 # the merged file lands before the parts go: a crash leaves duplicates of
                 # identical versions, which as-of reads already tolerate
-                atomic_write_parquet(merged, hist_dir / f"{uuid4().hex}.parquet", self.settings)
+                self._write_history_file(self._history_file(partition), merged)
                 for path in files:
                     path.unlink()
                 removed += len(files) - 1
@@ -1444,16 +1466,16 @@ def storage_report(lake: ParquetLake) -> pl.DataFrame:
     """
     tiers = {
         "hot": lake.data_files() + lake.delta_files(),
-        "history": [p for p in lake.history_root.rglob("*.parquet") if p.name[0] != "."],
+        "history": lake._history_files(lake.history_root, True),
     }
     rows = []
     for tier, files in tiers.items():
         n_rows = disk = raw = 0
         for path in files:
             size = path.stat().st_size
-            if path.name == ARROW_FILE:  # uncompressed: raw bytes are the file's
+            if path.suffix == ".arrow":  # uncompressed: raw bytes are the file's
                 with open(path, "rb") as handle:
-                    n_rows += sum(n for _, n in IpcBase(handle).runs)
+                    n_rows += read_ipc_handle(handle).num_rows
                 raw += size
             else:
                 meta = pq.read_metadata(path)

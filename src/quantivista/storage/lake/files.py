@@ -53,6 +53,7 @@ __all__ = [
     "is_temporary",
     "open_base_ipc",
     "read_ipc",
+    "read_ipc_handle",
     "read_parquet_files",
     "read_parquet_handle",
     "read_parquet_once",
@@ -264,11 +265,7 @@ class IpcBase:
 
     def __init__(self, handle: IO[bytes]) -> None:
         try:
-            if _PINNED_NAMES.is_dir():
-                source: Any = pa.memory_map(f"{_PINNED_NAMES}/{handle.fileno()}")
-            else:
-                source = pa.py_buffer(handle.read())
-            self._reader = pa.ipc.open_file(source)
+            self._reader = _map_ipc(handle)
             raw = self._reader.schema.metadata or {}
             self.meta = {k.decode(): v.decode() for k, v in raw.items()}
             self.runs: list[tuple[str, int]] = [
@@ -291,6 +288,23 @@ class IpcBase:
         if i + 1 < len(self.batch_starts) and start + rows <= self.batch_starts[i + 1]:
             return self._reader.get_batch(i).slice(start - lo, rows)
         return self.table().slice(start, rows)
+
+
+def _map_ipc(handle: IO[bytes]) -> pa.ipc.RecordBatchFileReader:
+    """Open an Arrow IPC file through its handle, mapped (Linux) or read whole."""
+    if _PINNED_NAMES.is_dir():
+        source: Any = pa.memory_map(f"{_PINNED_NAMES}/{handle.fileno()}")
+    else:
+        source = pa.py_buffer(handle.read())
+    return pa.ipc.open_file(source)
+
+
+def read_ipc_handle(handle: IO[bytes], *, what: str = "file") -> pa.Table:
+    """Return an Arrow IPC file's rows (mapped, zero-copy) from an open handle."""
+    try:
+        return _map_ipc(handle).read_all()
+    except (OSError, pa.ArrowException) as exc:
+        raise StorageError(f"cannot read {what}", path=str(handle.name)) from exc
 
 
 def open_base_ipc(handle: IO[bytes]) -> IpcBase:
@@ -435,6 +449,7 @@ def read_parquet_files(
     skipped. `query` (filters, projections, aggregations per file) runs on the scan of up
     to `_OPEN_AT_ONCE` files at a time, and the results are concatenated; `path_column`
     names a column that holds each row's file path. All files must share one schema.
+    Arrow IPC base files (`.arrow`) among them are mapped one by one (`IpcBase`).
 
     Each file is opened (pinned) first; on Linux polars then scans them all in parallel
     by their `/proc/self/fd/N` names, which open the pinned file even after another writer
@@ -483,7 +498,7 @@ def _read_ipc_files(
     for path in paths:
         try:
             with open(path, "rb") as handle:
-                frame = pl.from_arrow(open_base_ipc(handle).table())
+                frame = pl.from_arrow(read_ipc_handle(handle))
         except FileNotFoundError:  # removed since listed
             continue
         assert isinstance(frame, pl.DataFrame)
