@@ -51,7 +51,6 @@ __all__ = [
     "fsync_path",
     "handle_identity",
     "is_temporary",
-    "open_base_ipc",
     "read_ipc",
     "read_ipc_handle",
     "read_parquet_files",
@@ -305,11 +304,6 @@ def read_ipc_handle(handle: IO[bytes], *, what: str = "file") -> pa.Table:
         return _map_ipc(handle).read_all()
     except (OSError, pa.ArrowException) as exc:
         raise StorageError(f"cannot read {what}", path=str(handle.name)) from exc
-
-
-def open_base_ipc(handle: IO[bytes]) -> IpcBase:
-    """Open an Arrow IPC base file (see `atomic_write_base_ipc`) from an open handle."""
-    return IpcBase(handle)
 
 
 def read_ipc(path: Path) -> tuple[dict[str, str], pa.Table]:
