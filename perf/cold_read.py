@@ -16,7 +16,10 @@ Then `qv serve`-style: a `--wide` (2,000) symbol x 10 year daily store, `--proce
 fresh processes at once per engine, each reading 100 random symbols; p50 / p95 per read.
 Each figure: median and range (ms) of wall time, and the median process CPU time (all
 threads), which the machine's load disturbs less. Prints one JSON line with `uptime`'s load.
+The lake's daily files are Arrow IPC (the default `storage.daily_format`); `--daily-format
+parquet` builds both daily stores with Parquet base files instead (the earlier format).
 Usage: python perf/cold_read.py [--runs 5] [--symbols 500] [--years 10] [--row-group-rows N]
+       [--daily-format arrow|parquet]
 """
 
 from __future__ import annotations
@@ -186,7 +189,9 @@ def _minute(symbols: int) -> Any:
     )
 
 
-def build(root: Path, symbols: int, years: int, group_rows: int | None) -> dict[str, Any]:
+def build(
+    root: Path, symbols: int, years: int, group_rows: int | None, daily_format: str = "arrow"
+) -> dict[str, Any]:
     """Write the daily and minute stores of both engines; return their sizes."""
     import arcticdb as adb
     import polars as pl
@@ -195,9 +200,9 @@ def build(root: Path, symbols: int, years: int, group_rows: int | None) -> dict[
     from quantivista.model.schema import coerce_bars
     from quantivista.storage.lake.bars import ParquetLake
 
-    settings = StorageSettings()
+    settings = StorageSettings(daily_format=daily_format)
     if group_rows is not None:
-        settings = StorageSettings(row_group_rows=group_rows)
+        settings = settings.model_copy(update={"row_group_rows": group_rows})
 
     out: dict[str, Any] = {"arcticdb_version": adb.__version__}
     for name, frame, tf in (
@@ -233,7 +238,7 @@ def build(root: Path, symbols: int, years: int, group_rows: int | None) -> dict[
     return out
 
 
-def build_wide(root: Path, symbols: int, years: int) -> None:
+def build_wide(root: Path, symbols: int, years: int, daily_format: str = "arrow") -> None:
     """Write the `qv serve`-style store: `symbols` x `years` of daily bars, both engines."""
     import arcticdb as adb
 
@@ -242,7 +247,9 @@ def build_wide(root: Path, symbols: int, years: int) -> None:
 
     frame = _daily(symbols, years)
     at = datetime(2029, 1, 1, tzinfo=UTC)
-    lake = ParquetLake(root / "wide" / "lake")
+    from quantivista.config import StorageSettings
+
+    lake = ParquetLake(root / "wide" / "lake", StorageSettings(daily_format=daily_format))
     lake.upsert(coerce_bars(frame, timeframe="1d", provider="perf", job_id="b", ingested_at=at))
     lake.close()
     lib = adb.Arctic(f"lmdb://{root / 'wide' / 'arctic'}").get_library(
@@ -304,6 +311,7 @@ def main() -> None:
     parser.add_argument("--row-group-rows", type=int, help="storage.row_group_rows to write")
     parser.add_argument("--wide", type=int, default=2000, help="symbols of the parallel store")
     parser.add_argument("--processes", type=int, default=4)
+    parser.add_argument("--daily-format", choices=["arrow", "parquet"], default="arrow")
     parser.add_argument("--child", choices=["lake", "arcticdb"])
     parser.add_argument("--root")
     parser.add_argument("--mode", default="daily")
@@ -315,7 +323,8 @@ def main() -> None:
     out: dict[str, Any] = {"bench": "cold_read", "runs": args.runs, "symbols": args.symbols}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        out.update(build(root, args.symbols, args.years, args.row_group_rows))
+        out["daily_format"] = args.daily_format
+        out.update(build(root, args.symbols, args.years, args.row_group_rows, args.daily_format))
         got: dict[str, dict[str, list[dict[str, float]]]] = {"lake": {}, "arcticdb": {}}
         rows: dict[str, set[int]] = {}
         for _ in range(args.runs):
@@ -325,7 +334,7 @@ def main() -> None:
                     rows.setdefault(f"{engine}_{mode}", set()).add(int(res.pop("rows")))
                     for key, value in res.items():
                         got[engine].setdefault(key, []).append(value)
-        build_wide(root, args.wide, args.years)
+        build_wide(root, args.wide, args.years, args.daily_format)
         for engine in ("lake", "arcticdb"):
             found = parallel_reads(root, engine, args.processes, args.wide)
             out[f"{engine}_parallel_random"] = found

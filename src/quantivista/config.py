@@ -83,6 +83,12 @@ class StorageSettings(_Section):
         " a small share of the bytes, read a symbol's years at a time): uncompressed PLAIN"
         " floats decode in ~0.6x the instructions of zstd; None: `compression`",
     )
+    daily_format: Literal["arrow", "parquet"] = Field(
+        default="arrow",
+        description="format of new hot files of daily and longer timeframes: uncompressed Arrow"
+        " IPC (a cold read maps the file and slices a symbol, nothing decoded) or Parquet;"
+        " a partition keeps the format it was created with (older stores still read)",
+    )
     fsync: bool = Field(
         default=False,
         description="fsync each file before its atomic rename: survives power loss, costs speed",

@@ -44,20 +44,33 @@ def pg_store(pg_store_session: PostgresStore) -> PostgresStore:
     return pg_store_session
 
 
-@pytest.fixture(params=["lake", "lake-one-bucket", "lake-row-groups", "postgres"])
+@pytest.fixture(
+    params=["lake", "lake-parquet", "lake-one-bucket", "lake-row-groups", "lake-arrow-uncached",
+            "postgres"]
+)  # fmt: skip
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> BarStore:
     """Return an empty store of each backend in turn.
 
+    "lake" keeps daily bars in Arrow IPC base files (the default), "lake-parquet" in Parquet.
     "lake-one-bucket" puts every symbol into one file per partition: merges, reads, deletes
-    and history must then keep symbols apart inside files; "lake-row-groups" also cuts
-    those files into one row group a symbol, and reads (no cache) decode only their groups.
+    and history must then keep symbols apart inside files; "lake-row-groups" (Parquet) also
+    cuts those files into one row group a symbol, and reads (no cache) decode only their
+    groups; "lake-arrow-uncached" reads slices of Arrow IPC files by their symbol index.
     """
     if request.param == "lake":
         return ParquetLake(tmp_path / "lake", StorageSettings(write_threads=2))
+    if request.param == "lake-parquet":
+        settings = StorageSettings(write_threads=2, daily_format="parquet")
+        return ParquetLake(tmp_path / "lake", settings)
+    if request.param == "lake-arrow-uncached":
+        settings = StorageSettings(write_threads=2, buckets=1, cache_mb=0)
+        return ParquetLake(tmp_path / "lake", settings)
     if request.param == "lake-one-bucket":
         return ParquetLake(tmp_path / "lake", StorageSettings(write_threads=2, buckets=1))
     if request.param == "lake-row-groups":  # one row group a symbol: reads pick groups
-        settings = StorageSettings(write_threads=2, buckets=1, row_group_rows=1, cache_mb=0)
+        settings = StorageSettings(
+            write_threads=2, buckets=1, row_group_rows=1, cache_mb=0, daily_format="parquet"
+        )
         return ParquetLake(tmp_path / "lake", settings)
     pg: PostgresStore = request.getfixturevalue("pg_store")
     return pg

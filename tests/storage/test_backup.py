@@ -51,7 +51,7 @@ def test_a_damaged_backup_is_refused(tmp_path: Path, make_bars: MakeBars) -> Non
     with Platform.open(tmp_path / "live") as p:
         p.write_bars(make_bars(["AAA"], 3).drop("ingested_at", "job_id"), source="v")
     backup(tmp_path / "live", tmp_path / "snap")
-    victim = next((tmp_path / "snap" / "silver").rglob("data.parquet"))
+    victim = next((tmp_path / "snap" / "silver").rglob("data.*"))
     victim.write_bytes(victim.read_bytes()[:-10] + b"0123456789")
     with pytest.raises(StorageError, match="checksums"):
         restore(tmp_path / "snap", tmp_path / "back")

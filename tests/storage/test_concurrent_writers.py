@@ -45,7 +45,7 @@ from quantivista.model.timeframe import Timeframe
 from quantivista.providers.simulator.market import SimulatedMarket
 from quantivista.storage.lake.bars import ParquetLake
 from quantivista.storage.lake.catalog import SqliteCatalog
-from quantivista.storage.lake.files import atomic_write_parquet
+from quantivista.storage.lake.files import atomic_write_base_ipc, atomic_write_parquet
 from quantivista.storage.lake.retention import archive_expired
 
 BUCKETS = 1  # the lake's: every writer contends for one file; each process asks for more
@@ -442,7 +442,10 @@ def test_threads_writing_through_one_platform_keep_every_row(
         assert p.instruments.instruments().height == 2 * len(days)
 
 
-def test_readers_see_whole_files_while_another_writer_replaces_them(tmp_path: Path) -> None:
+@pytest.mark.parametrize("daily_format", ["arrow", "parquet"])
+def test_readers_see_whole_files_while_another_writer_replaces_them(
+    tmp_path: Path, daily_format: str
+) -> None:
     """Uncached reads, as-of reads, stats and symbols open each file once: never two versions.
 
     Reading a path twice (footer, then pages) while another writer replaces the file fails
@@ -456,20 +459,25 @@ def test_readers_see_whole_files_while_another_writer_replaces_them(tmp_path: Pa
         job_id="j0",
         ingested_at=first,
     )
-    settings = StorageSettings(buckets=1, cache_mb=0, write_threads=1)
+    settings = StorageSettings(buckets=1, cache_mb=0, write_threads=1, daily_format=daily_format)
     lake = ParquetLake(tmp_path, settings)
     lake.upsert(bars)
     later = bars.with_columns(pl.col("volume") + 1, ingested_at=pl.lit(first + timedelta(days=1)))
     lake.upsert(later)  # the first version goes to history
-    data = lake.partition_dir("1d", symbols[0]) / "data.parquet"
+    data = lake.base_path(lake.partition_dir("1d", symbols[0]))
+    assert data.suffix == f".{daily_format}"
     versions = [later, later.with_columns(pl.col("close") * 1.5)]  # same rows, other bytes
+    runs = [(s, n) for s, n in later.group_by("symbol", maintain_order=True).len().rows()]
     stop = threading.Event()
 
     def replace() -> None:  # what another process's writes do to the file, as fast as it can
         k = 0
         while not stop.is_set():
             k += 1
-            atomic_write_parquet(versions[k % 2], data, settings)
+            if daily_format == "arrow":
+                atomic_write_base_ipc(versions[k % 2], runs, data, settings, {})
+            else:
+                atomic_write_parquet(versions[k % 2], data, settings)
 
     def read() -> None:
         reader = ParquetLake(tmp_path, settings)

@@ -63,7 +63,11 @@ def _kill_mid_write(root: Path, batch_path: Path) -> None:
     assert child.stdout.readline().strip() == "writing"
     # wait until the child is a few partitions into the correction, whatever the load
     deadline = time.monotonic() + 30
-    while len(list((root / "history").rglob("*.parquet"))) < 5 and time.monotonic() < deadline:
+
+    def history_files() -> int:  # Parquet, or Arrow IPC beside Arrow IPC bases
+        return sum(p.suffix in (".parquet", ".arrow") for p in (root / "history").rglob("*"))
+
+    while history_files() < 5 and time.monotonic() < deadline:
         time.sleep(0.005)
     os.kill(child.pid, signal.SIGKILL)
     child.wait(timeout=10)

@@ -53,7 +53,7 @@ def minute_bars(symbol: str, start: datetime, count: int, price: float = 10.0) -
 
 
 def data_files(lake: ParquetLake) -> list[Path]:
-    return sorted(lake.bars_root.rglob(DATA_FILE))
+    return lake.data_files()
 
 
 def temporaries(lake: ParquetLake) -> list[Path]:
@@ -87,7 +87,7 @@ def test_layout_one_file_per_daily_bucket(tmp_lake: ParquetLake, make_bars: Make
     tmp_lake.upsert(make_bars(["AAA", "EUR/USD"], 3))
     rel = sorted(str(p.relative_to(tmp_lake.bars_root)) for p in data_files(tmp_lake))
     buckets = sorted({bucket_of("AAA", 64), bucket_of("EUR/USD", 64)})
-    assert rel == [f"timeframe=1d/bucket={b:03d}/data.parquet" for b in buckets]
+    assert rel == [f"timeframe=1d/bucket={b:03d}/data.arrow" for b in buckets]
 
 
 def test_symbols_of_one_bucket_share_a_file_sorted_by_symbol_and_ts(
@@ -98,8 +98,8 @@ def test_symbols_of_one_bucket_share_a_file_sorted_by_symbol_and_ts(
     stats = lake.upsert(bars.reverse())
     assert stats == UpsertStats(inserted=20, partitions_written=1)
     (path,) = data_files(lake)
-    assert path.relative_to(lake.bars_root).as_posix() == "timeframe=1d/bucket=000/data.parquet"
-    assert_frame_equal(pl.read_parquet(path), bars.sort("symbol", "ts"))
+    assert path.relative_to(lake.bars_root).as_posix() == "timeframe=1d/bucket=000/data.arrow"
+    assert_frame_equal(lake.read_file(path), bars.sort("symbol", "ts"))
     # a correction to one symbol keeps the others' rows and knowledge time
     fix = (
         bars.filter(pl.col("symbol") == "IBM")
@@ -336,7 +336,7 @@ def test_reading_one_symbol_opens_only_its_file(
     reader = ParquetLake(tmp_lake.root, tmp_lake.settings)  # another process: a cold cache
     out = reader.read(["BBB"], D1)
     assert set(out["symbol"]) == {"BBB"}
-    assert opened == [tmp_lake.partition_dir("1d", "BBB") / DATA_FILE]
+    assert opened == [tmp_lake.base_path(tmp_lake.partition_dir("1d", "BBB"))]
 
 
 def test_reading_one_symbol_survives_other_symbols_broken_files(
@@ -344,8 +344,8 @@ def test_reading_one_symbol_survives_other_symbols_broken_files(
 ) -> None:
     bars = make_bars(["AAA", "BBB", "CCC"], 5)
     tmp_lake.upsert(bars)
-    (tmp_lake.partition_dir("1d", "AAA") / DATA_FILE).unlink()
-    (tmp_lake.partition_dir("1d", "CCC") / DATA_FILE).write_bytes(b"not parquet")
+    (tmp_lake.base_path(tmp_lake.partition_dir("1d", "AAA"))).unlink()
+    (tmp_lake.base_path(tmp_lake.partition_dir("1d", "CCC"))).write_bytes(b"not parquet")
     assert_frame_equal(tmp_lake.read(["BBB"], D1), bars.filter(pl.col("symbol") == "BBB"))
     with pytest.raises(StorageError, match="cannot read partition file"):
         tmp_lake.read(["CCC"], D1)
@@ -381,7 +381,7 @@ def test_failed_rename_keeps_the_previous_file_and_leaves_no_temporary(
 ) -> None:
     bars = make_bars(["AAA"], 5)
     tmp_lake.upsert(bars)
-    path = tmp_lake.partition_dir("1d", "AAA") / DATA_FILE
+    path = tmp_lake.base_path(tmp_lake.partition_dir("1d", "AAA"))
     before = path.read_bytes()
 
     def broken_replace(src: Any, dst: Any) -> None:
@@ -403,7 +403,7 @@ def test_crash_before_rename_is_invisible_to_readers_and_swept_by_the_next_write
 ) -> None:
     bars = make_bars(["AAA"], 5)
     tmp_lake.upsert(bars)
-    path = tmp_lake.partition_dir("1d", "AAA") / DATA_FILE
+    path = tmp_lake.base_path(tmp_lake.partition_dir("1d", "AAA"))
     before = path.read_bytes()
 
     class Crash(BaseException):
@@ -564,10 +564,11 @@ def test_upsert_stats_add_up() -> None:
     assert total.written == 33
 
 
-def test_lake_files_are_plain_parquet(tmp_lake: ParquetLake, make_bars: MakeBars) -> None:
+def test_lake_files_are_plain_parquet(tmp_path: Path, make_bars: MakeBars) -> None:
+    tmp_lake = ParquetLake(tmp_path, StorageSettings(daily_format="parquet"))
     bars = make_bars(["AAA"], 4)
     tmp_lake.upsert(bars)
-    path = tmp_lake.partition_dir("1d", "AAA") / DATA_FILE
+    path = tmp_lake.base_path(tmp_lake.partition_dir("1d", "AAA"))
     import pyarrow.parquet as pq
 
     table = pq.read_table(path)

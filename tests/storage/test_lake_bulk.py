@@ -8,13 +8,14 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pytest
 from polars.testing import assert_frame_equal
 
 from quantivista.config import StorageSettings
 from quantivista.model.schema import coerce_bars
 from quantivista.model.timeframe import Timeframe
 from quantivista.storage.lake.bars import ParquetLake
-from quantivista.storage.lake.bulk import stored_tables
+from quantivista.storage.lake.bulk import stored_schema, stored_tables
 
 D1 = Timeframe.parse("1d")
 DAY0 = datetime(2024, 1, 1, tzinfo=UTC)
@@ -41,7 +42,10 @@ def _read(lake: ParquetLake, symbols: list[str], start: datetime | None,
 
     tables = stored_tables(lake, symbols, D1, start, end, fallback=fallback)
     assert tables is not None
-    got = [pl.from_arrow(t) for t in tables]
+    read = list(tables)
+    for table in read:  # Parquet and Arrow IPC base files alike
+        assert table.schema.equals(stored_schema()) or fell_back
+    got = [pl.from_arrow(t) for t in read]
     frames = [g.with_columns(pl.col(pl.Categorical).cast(pl.String)) for g in got
               if isinstance(g, pl.DataFrame)]  # fmt: skip
     for frame in frames:  # each table: sorted by symbol and ts, as stored
@@ -49,8 +53,14 @@ def _read(lake: ParquetLake, symbols: list[str], start: datetime | None,
     return pl.concat(frames).sort("symbol", "ts"), fell_back
 
 
-def test_bulk_tables_are_the_lake_read_with_and_without_deltas(tmp_path: Path) -> None:
-    lake = ParquetLake(tmp_path, StorageSettings(buckets=4, write_threads=1, delta_files=100))
+@pytest.mark.parametrize("daily_format", ["arrow", "parquet"])
+def test_bulk_tables_are_the_lake_read_with_and_without_deltas(
+    tmp_path: Path, daily_format: str
+) -> None:
+    settings = StorageSettings(
+        buckets=4, write_threads=1, delta_files=100, daily_format=daily_format
+    )
+    lake = ParquetLake(tmp_path, settings)
     lake.upsert(_bars(SYMBOLS, 0, 60))
     wanted = SYMBOLS[3:31]
     for start, end in ((None, None), (DAY0 + timedelta(days=10), DAY0 + timedelta(days=50))):

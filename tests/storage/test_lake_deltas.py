@@ -55,7 +55,17 @@ def _key_sorted(df: pl.DataFrame) -> pl.DataFrame:
     return df.sort("symbol", "ts")
 
 
+FORMATS = {"format": "arrow"}  # `storage.daily_format` of `_settings`: each test runs with both
+
+
+@pytest.fixture(autouse=True, params=["arrow", "parquet"])
+def daily_format(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setitem(FORMATS, "format", request.param)
+    return str(request.param)
+
+
 def _settings(**kw: object) -> StorageSettings:
+    kw.setdefault("daily_format", FORMATS["format"])
     return StorageSettings(buckets=4, write_threads=1, **kw)  # type: ignore[arg-type]
 
 
@@ -74,7 +84,7 @@ def test_appends_are_deltas_and_reads_are_exact_before_and_after_a_fold(tmp_path
         assert stats.inserted == batch.height and stats.updated == 0
     deltas = lake.delta_files("1d")
     assert deltas  # nothing was rewritten: the appends sit beside the partition files
-    assert not list((tmp_path / "history").rglob("*.parquet"))  # and superseded nothing
+    assert not lake._history_files(tmp_path / "history", recursive=True)  # none superseded
     want = _key_sorted(pl.concat([base, *nightly, newcomer]))
     everyone = [*SYMBOLS, "NEW"]
     assert_frame_equal(lake.read(everyone, D1), want)  # bulk path

@@ -48,7 +48,9 @@ def _bars(symbols: list[str], days: int, at: datetime, tf: str = "1d", shift: fl
 
 
 def _lake(root: Path, **kw: object) -> ParquetLake:
-    settings = {"buckets": 2, "write_threads": 1, "row_group_rows": 20, **kw}
+    # row groups and codecs are Parquet's (Arrow IPC bases: see test_lake_arrow_bases.py)
+    settings = {"buckets": 2, "write_threads": 1, "row_group_rows": 20, "daily_format": "parquet"}
+    settings.update(kw)
     return ParquetLake(root, StorageSettings(**settings))  # type: ignore[arg-type]
 
 

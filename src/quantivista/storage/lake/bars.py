@@ -14,6 +14,14 @@ its symbols, so a warm read of one symbol is a dictionary lookup and a slice. Fi
 into row groups of whole symbols (`storage.row_group_rows`, `files.symbol_groups`), so a
 process that has not decoded a file reads a few symbols from their row groups only.
 
+Daily-and-longer base files are uncompressed Arrow IPC files by default
+(`storage.daily_format`; `data.arrow` instead of `data.parquet`), their symbol index in the
+schema metadata: a process that has not read the file maps it and hands a symbol's slice to
+polars, with nothing decoded or copied (a fresh process reads one symbol in half the
+instructions of the Parquet row-group read). They need no tail file (see `tails`): the tail
+is sliced from the base. A partition keeps the format it was created in, so stores written
+before read as they are, and intraday files (most of the bytes) stay compressed Parquet.
+
 Every write replaces whole partition files atomically (write a hidden temporary file, then
 `os.replace`), under a lock striped over partitions, so readers never see half a file and
 concurrent writers of one partition never lose each other's rows. A write that changes
@@ -85,20 +93,29 @@ from quantivista.storage.lake.deltas import (
 )
 from quantivista.storage.lake.encoding import ArrowBatch, Run, _ranges
 from quantivista.storage.lake.files import (
+    IpcBase,
+    atomic_write_base_ipc,
     atomic_write_ipc,
     atomic_write_parquet,
     file_identity,
     flocked,
     footer_metadata,
     is_temporary,
+    read_ipc_handle,
     read_parquet_files,
     read_parquet_handle,
     read_parquet_once,
 )
-from quantivista.storage.lake.layout import BAR_DATA_FILE, BAR_LAYOUT_FILE, LakeLayout
+from quantivista.storage.lake.layout import (
+    BAR_ARROW_FILE,
+    BAR_DATA_FILE,
+    BAR_LAYOUT_FILE,
+    LakeLayout,
+)
 from quantivista.storage.lake.tails import (
     TAIL_FILE,
     TAIL_KEY,
+    TAIL_ROWS,
     Tail,
     load_tail,
     new_token,
@@ -108,6 +125,7 @@ from quantivista.storage.lake.tails import (
 __all__ = ["ParquetLake", "bucket_of", "storage_report"]
 
 DATA_FILE = BAR_DATA_FILE
+ARROW_FILE = BAR_ARROW_FILE  # a base in Arrow IPC (`storage.daily_format`)
 LAYOUT_FILE = BAR_LAYOUT_FILE
 _LAYOUT_VERSION = 2
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -336,8 +354,28 @@ class ParquetLake:
 
     def _write_history(self, partition: Path, old: pl.DataFrame) -> None:
         if old.height:
-            path = self._history_of(partition) / f"{uuid4().hex}.parquet"
-            atomic_write_parquet(old.select(HISTORY_POLARS_SCHEMA.names()), path, self.settings)
+            self._write_history_file(self._history_file(partition), old)
+
+    def _history_file(self, partition: Path) -> Path:
+        """Return a new history file's path: Arrow IPC beside an Arrow IPC base (an as-of
+        read of a fresh process then maps it instead of setting up a Parquet scan)."""
+        arrow = self.base_path(partition).name == ARROW_FILE
+        return self._history_of(partition) / f"{uuid4().hex}{'.arrow' if arrow else '.parquet'}"
+
+    def _write_history_file(self, path: Path, rows: pl.DataFrame) -> None:
+        rows = rows.select(HISTORY_POLARS_SCHEMA.names())
+        if path.suffix == ".arrow":
+            atomic_write_ipc(rows, path, self.settings, {})
+        else:
+            atomic_write_parquet(rows, path, self.settings)
+
+    @staticmethod
+    def _history_files(directory: Path, recursive: bool = False) -> list[Path]:
+        """Return the history files (Parquet or Arrow IPC) of a directory, sorted."""
+        found = directory.rglob("*") if recursive else directory.glob("*")
+        return sorted(
+            p for p in found if p.suffix in (".parquet", ".arrow") and not is_temporary(p)
+        )
 
     @contextmanager
     def locked(self, directory: Path) -> Iterator[None]:
@@ -443,14 +481,17 @@ class ParquetLake:
         """Merge `part` into its partition (the caller holds its lock)."""
         # not joined into one chunk (a copy of every column): the cache takes chunked frames
         new = _stack(part.slices)
-        path = directory / DATA_FILE
+        path = self.base_path(directory)
         runs = [(symbol, hi - lo) for symbol, lo, hi in part.runs]
         self._sweep_temporaries(directory)
         if not path.exists():  # deltas never hold live rows of a partition without a base
+            path = self._new_base(directory)
             stats = UpsertStats(inserted=new.height)
             through = self._newest_delta(directory)
-            self._write_base(path, part.arrow.partition(part.runs), through, new)
-            self.cache.put(path, _Indexed(new, runs, through))
+            indexed = _Indexed(new, runs, through)
+            rows = new if path.name == ARROW_FILE else part.arrow.partition(part.runs)
+            self._write_base(path, rows, through, new, indexed)
+            self.cache.put(path, indexed)
         else:
             self._sweep_temporaries(self._history_of(directory))
             # under the lock the cached copy, if its file identity matches, is current
@@ -462,8 +503,9 @@ class ParquetLake:
             # history first: a crash between the two renames leaves a harmless copy
             self._write_history(directory, superseded)
             through = self._newest_delta(directory)
-            self._write_base(path, merged, through)
-            self.cache.put(path, _Indexed(merged, through=through))  # the next read is warm
+            indexed = _Indexed(merged, through=through)
+            self._write_base(path, merged, through, indexed=indexed)
+            self.cache.put(path, indexed)  # the next read is warm
         stats.partitions_written = 1
         return stats
 
@@ -473,12 +515,20 @@ class ParquetLake:
         rows: pl.DataFrame | pa.Table,
         through: str | None,
         frame: pl.DataFrame | None = None,  # `rows` as polars, when they are Arrow
+        indexed: _Indexed | None = None,  # `rows` indexed, when the caller has it
     ) -> None:
         """Write a partition's base file, recording the newest delta it accounts for, and
-        its tail first (see `tails`)."""
+        (Parquet) its tail first (see `tails`)."""
         rows_pl = frame if frame is not None else rows
         assert isinstance(rows_pl, pl.DataFrame)
         settings = self._settings_of(path)
+        if path.name == ARROW_FILE:  # its own symbol index: the tail is sliced from it
+            found = indexed if indexed is not None else _Indexed(rows_pl)
+            runs = [(s, n) for s, (_, n) in found.index.items()]
+            meta = {THROUGH_KEY: through} if through else {}
+            atomic_write_base_ipc(rows_pl, runs, path, settings, meta)
+            self.tails.put(path, _tail_of(found, through))
+            return
         token = new_token()
         tail = tail_rows(rows_pl)
         atomic_write_ipc(tail, path.parent / TAIL_FILE, settings, {TAIL_KEY: token})
@@ -499,18 +549,38 @@ class ParquetLake:
         written = 0
         for bucket in sorted({self.bucket(s) for s in symbols}):
             directory = self._dir(tf, bucket, month)
-            path = directory / DATA_FILE
-            if path.exists():
+            if self.base_path(directory).exists():
                 continue
             with self.locked(directory):
-                if path.exists():  # another writer was first
+                if self.base_path(directory).exists():  # another writer was first
                     continue
+                path = self._new_base(directory)
                 empty = pl.DataFrame(schema=BAR_POLARS_SCHEMA)
                 through = self._newest_delta(directory)
                 self._write_base(path, empty, through)
                 self.cache.put(path, _Indexed(empty, [], through))
                 written += 1
         return written
+
+    def base_path(self, directory: Path) -> Path:
+        """Return the path of a partition's base file: Arrow IPC if there is one, else
+        Parquet (which may not exist). A partition keeps the format it was created in."""
+        arrow = directory / ARROW_FILE
+        return arrow if arrow.exists() else directory / DATA_FILE
+
+    def _new_base(self, directory: Path) -> Path:
+        """Return the path of a new base file: Arrow IPC for daily and longer timeframes
+        (no month directory) with `storage.daily_format = "arrow"`, else Parquet."""
+        daily = not directory.name.startswith("month=")
+        arrow = daily and self.settings.daily_format == "arrow"
+        return directory / (ARROW_FILE if arrow else DATA_FILE)
+
+    def _base_meta(self, path: Path) -> dict[str, str]:
+        """Return a base file's metadata (Parquet footer, or Arrow IPC schema metadata)."""
+        if path.name != ARROW_FILE:
+            return footer_metadata(path)
+        with open(path, "rb") as handle:
+            return IpcBase(handle).meta
 
     def _settings_of(self, path: Path) -> StorageSettings:
         """Return the write settings of a base file: daily-and-longer ones (no month
@@ -532,7 +602,7 @@ class ParquetLake:
             path.unlink()
             (path.parent / TAIL_FILE).unlink(missing_ok=True)
             return
-        through = footer_metadata(path).get(THROUGH_KEY)
+        through = self._base_meta(path).get(THROUGH_KEY)
         self._write_base(path, rows, through)
 
     # -- appends (see `deltas`) --------------------------------------------------------------
@@ -575,7 +645,7 @@ class ParquetLake:
         and `live` deltas (see `tails`): the base is decoded only if its tail is not trusted.
         The caller holds the partition's lock."""
         try:
-            tail = self._tail(directory / DATA_FILE)
+            tail = self._tail(self.base_path(directory))
         except FileNotFoundError:
             return False
         if tail is None:
@@ -601,6 +671,10 @@ class ParquetLake:
         """Return a base file's trusted tail (None: none); `FileNotFoundError` if no base."""
 
         def load() -> Tail:
+            if base.name == ARROW_FILE:
+                with open(base, "rb") as handle:
+                    whole = self._read_indexed(handle)
+                return _tail_of(whole, whole.through)
             tail = load_tail(base, _Indexed)[1]
             if tail is None:
                 raise _Untrusted
@@ -648,7 +722,7 @@ class ParquetLake:
             for month in months:
                 directory = self._dir(tf, bucket, month)
                 try:
-                    tail = self._tail(directory / DATA_FILE)
+                    tail = self._tail(self.base_path(directory))
                 except FileNotFoundError:
                     continue  # no rows there (deltas hold rows only beside a base)
                 if tail is None or not tail.covers(lo):
@@ -810,7 +884,7 @@ class ParquetLake:
 
     def _partition(self, directory: Path) -> _Indexed | PartitionView | None:
         """Return a partition (base file and deltas) through the cache; None if it is gone."""
-        path = directory / DATA_FILE
+        path = self.base_path(directory)
         for _ in range(_VIEW_ATTEMPTS):
             try:
                 held = self._held(directory)
@@ -840,9 +914,10 @@ class ParquetLake:
         found = self._partition(directory)
         newest = held[-1][0]
         if isinstance(found, PartitionView) and (found.through or "") < newest:
-            frame = found.frame
-            self._write_base(directory / DATA_FILE, frame, newest)
-            self.cache.put(directory / DATA_FILE, _Indexed(frame, through=newest))
+            frame, path = found.frame, self.base_path(directory)
+            indexed = _Indexed(frame, through=newest)
+            self._write_base(path, frame, newest, indexed=indexed)
+            self.cache.put(path, indexed)
         return len(held)
 
     def fold(self, directory: Path) -> int:
@@ -900,7 +975,7 @@ class ParquetLake:
                 return 0
             frames, index = [], []
             for rel in sorted({r for _, found in live for r in found}):
-                through = self._through(timeframe_dir / rel / DATA_FILE) or ""
+                through = self._through(self.base_path(timeframe_dir / rel)) or ""
                 pieces = [found[rel].frame for n, found in live if rel in found and n > through]
                 if pieces:
                     rows = pl.concat(pieces).sort("symbol", "ts", maintain_order=True)
@@ -928,7 +1003,7 @@ class ParquetLake:
         """Return the newest delta a base file accounts for (None: none, or no base)."""
         try:
             tail = self._tail(base)
-            return tail.through if tail is not None else footer_metadata(base).get(THROUGH_KEY)
+            return tail.through if tail is not None else self._base_meta(base).get(THROUGH_KEY)
         except FileNotFoundError:
             return None
 
@@ -974,7 +1049,7 @@ class ParquetLake:
                 rows = []
                 for rel, part in parts.items():
                     if rel not in through:
-                        through[rel] = self._through(tf_dir / rel / DATA_FILE) or ""
+                        through[rel] = self._through(self.base_path(tf_dir / rel)) or ""
                     if name > through[rel]:
                         rows.append(part.frame)
                 if rows:
@@ -1014,9 +1089,7 @@ class ParquetLake:
         """Drop bars with ts < `before` and their history (retention); return current rows."""
         tf = str(timeframe)
         removed = self._remove(tf, None, before, keep_history=False, at=before)
-        for hist_file in list(self.history_root.glob(f"timeframe={tf}/**/*.parquet")):
-            if hist_file.name.startswith(".tmp-"):
-                continue
+        for hist_file in self._history_files(self.history_root / f"timeframe={tf}", True):
             partition = self.bars_root / hist_file.parent.relative_to(self.history_root)
             with self.locked(partition):
                 if not hist_file.exists():
@@ -1026,7 +1099,7 @@ class ParquetLake:
                 if keep.is_empty():
                     hist_file.unlink()
                 elif keep.height < old.height:
-                    atomic_write_parquet(keep, hist_file, self.settings)
+                    self._write_history_file(hist_file, keep)
         return removed
 
     def _remove(
@@ -1069,9 +1142,16 @@ class ParquetLake:
     @staticmethod
     def read_file(path: Path, columns: Sequence[str] | None = None) -> pl.DataFrame:
         """Read a lake file through one handle (another process may be replacing it)."""
-        return read_parquet_once(path, columns, what="partition file")
+        if path.suffix != ".arrow":
+            return read_parquet_once(path, columns, what="partition file")
+        with open(path, "rb") as handle:
+            frame = _frame(read_ipc_handle(handle, what="partition file"))
+        return frame.select(columns) if columns else frame
 
     def _read_indexed(self, handle: IO[bytes]) -> _Indexed:
+        if handle.name.endswith(ARROW_FILE):
+            base = IpcBase(handle)  # mapped, not decoded: the frame is the file's buffers
+            return _Indexed(_frame(base.table()), base.runs, base.meta.get(THROUGH_KEY))
         frame = read_parquet_handle(handle, what="partition file")
         handle.seek(0)
         return _Indexed(frame, through=footer_metadata(handle).get(THROUGH_KEY))
@@ -1084,7 +1164,11 @@ class ParquetLake:
         With `before`, only the partitions that can hold bars with ts < `before`.
         """
         pattern = f"timeframe={timeframe}" if timeframe else "timeframe=*"
-        files = sorted(self.bars_root.glob(f"{pattern}/bucket=*/**/{DATA_FILE}"))
+        files = sorted(
+            path
+            for name in (DATA_FILE, ARROW_FILE)
+            for path in self.bars_root.glob(f"{pattern}/bucket=*/**/{name}")
+        )
         if before is None:
             return files
         hi = f"month={before.year:04d}-{before.month:02d}"
@@ -1095,8 +1179,8 @@ class ParquetLake:
     ) -> list[Path]:
         base = self.partition_dir(timeframe, symbol)
         if Timeframe.parse(timeframe).partition_period == "all":
-            path = base / DATA_FILE
-            return [path] if path.exists() else []
+            path = self.base_path(base)
+            return [path] if path.name == ARROW_FILE or path.exists() else []
         if not base.is_dir():
             return []
         lo = f"{start.year:04d}-{start.month:02d}" if start else ""
@@ -1244,7 +1328,19 @@ class ParquetLake:
             return None  # removed since listed (archived or expired)
 
     def _read_symbols(self, handle: IO[bytes], wanted: list[str]) -> _Indexed:
-        """Decode the rows of `wanted` from a file sorted by symbol (their row groups)."""
+        """Decode the rows of `wanted` from a file sorted by symbol (their row groups; an
+        Arrow IPC file: slices of its mapping, found by its symbol index)."""
+        if handle.name.endswith(ARROW_FILE):
+            base, start = IpcBase(handle), 0
+            found, runs = [], []
+            for symbol, n in base.runs:
+                if symbol in wanted:
+                    found.append(_frame(base.rows(start, n)))
+                    runs.append((symbol, n))
+                start += n
+            if not found:
+                return _Indexed(_frame(base.rows(0, 0)), [])
+            return _Indexed(found[0] if len(found) == 1 else pl.concat(found), runs)
         sym = pl.col("symbol")
         cond = sym == wanted[0] if len(wanted) == 1 else sym.is_in(wanted)
         try:
@@ -1303,12 +1399,7 @@ class ParquetLake:
         self, tf: str, symbols: Sequence[str], start: datetime | None, end: datetime | None
     ) -> pl.DataFrame:
         dirs = dict.fromkeys(self.history_dir(tf, s) for s in symbols)
-        files = [
-            path
-            for directory in dirs
-            for path in sorted(directory.rglob("*.parquet"))
-            if not is_temporary(path)  # a writer's unfinished file
-        ]
+        files = [path for directory in dirs for path in self._history_files(directory, True)]
         cond = pl.col("symbol").is_in(list(symbols))
         if start is not None:
             cond = cond & (pl.col("ts") >= start)
@@ -1332,18 +1423,18 @@ class ParquetLake:
         folders = sorted({p.parent.parent for p in self.delta_files()})
         threads = self.settings.write_threads or os.cpu_count() or 1
         removed = sum(self.fold_timeframe(folder, threads) for folder in folders)
-        dirs = {p.parent for p in self.history_root.rglob("*.parquet") if p.name[0] != "."}
+        dirs = {p.parent for p in self._history_files(self.history_root, True)}
         for hist_dir in sorted(dirs):
             partition = self.bars_root / hist_dir.relative_to(self.history_root)
             with self.locked(partition):
-                files = sorted(p for p in hist_dir.glob("*.parquet") if p.name[0] != ".")
+                files = self._history_files(hist_dir)
                 if len(files) < 2:
                     continue
                 merged = pl.concat([self.read_file(p) for p in files])
                 merged = merged.sort("symbol", "ts", "ingested_at")
                 # the merged file lands before the parts go: a crash leaves duplicates of
                 # identical versions, which as-of reads already tolerate
-                atomic_write_parquet(merged, hist_dir / f"{uuid4().hex}.parquet", self.settings)
+                self._write_history_file(self._history_file(partition), merged)
                 for path in files:
                     path.unlink()
                 removed += len(files) - 1
@@ -1453,17 +1544,23 @@ def storage_report(lake: ParquetLake) -> pl.DataFrame:
     read through fsspec, so the row reflects what the archive holds, not the cold index).
     """
     tiers = {
-        "hot": list(lake.bars_root.rglob(DATA_FILE)) + lake.delta_files(),
-        "history": [p for p in lake.history_root.rglob("*.parquet") if p.name[0] != "."],
+        "hot": lake.data_files() + lake.delta_files(),
+        "history": lake._history_files(lake.history_root, True),
     }
     rows = []
     for tier, files in tiers.items():
         n_rows = disk = raw = 0
         for path in files:
-            meta = pq.read_metadata(path)
-            n_rows += meta.num_rows
-            raw += _raw_bytes(meta)
-            disk += path.stat().st_size
+            size = path.stat().st_size
+            if path.suffix == ".arrow":  # uncompressed: raw bytes are the file's
+                with open(path, "rb") as handle:
+                    n_rows += read_ipc_handle(handle).num_rows
+                raw += size
+            else:
+                meta = pq.read_metadata(path)
+                n_rows += meta.num_rows
+                raw += _raw_bytes(meta)
+            disk += size
         rows.append((tier, len(files), n_rows, disk, raw, raw / disk if disk else None))
     if lake.cold is not None:
         listing = lake.cold.listing()
@@ -1480,6 +1577,25 @@ def storage_report(lake: ParquetLake) -> pl.DataFrame:
 def _raw_bytes(meta: pq.FileMetaData) -> int:
     """Return the uncompressed size of a Parquet file's data (from its footer)."""
     return sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+
+
+def _frame(data: pa.Table | pa.RecordBatch) -> pl.DataFrame:
+    """Return Arrow data as a polars frame (zero-copy for the types polars writes)."""
+    frame = pl.from_arrow(data)
+    assert isinstance(frame, pl.DataFrame)
+    return frame
+
+
+def _tail_of(base: _Indexed, through: str | None) -> Tail:
+    """Return the tail of a base file (the last `TAIL_ROWS` rows of each symbol), cut from
+    its rows (an Arrow IPC base has no tail file: its symbols' rows are slices already)."""
+    pieces, runs = [], []
+    for symbol, (start, n) in base.index.items():
+        k = min(n, TAIL_ROWS)
+        pieces.append(base.frame.slice(start + n - k, k))
+        runs.append((symbol, k))
+    frame = pl.concat(pieces) if pieces else base.frame.clear()
+    return Tail(_Indexed(frame, runs), through)
 
 
 def _delta_parts(frame: pl.DataFrame, index: list[list[Any]]) -> dict[str, _Indexed]:

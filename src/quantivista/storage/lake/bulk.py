@@ -2,8 +2,10 @@
 
 What a bulk download needs from the lake: the bars of hundreds of symbols, soon, without a
 sort or a re-encoding. `stored_tables` reads each bucket's file with pyarrow (text columns
-stay the dictionaries Parquet stored them as), on a few threads ahead of the consumer,
-and yields them in bucket order: the first table can be sent while the next are read.
+stay the dictionaries Parquet stored them as; an Arrow IPC base file is mapped, its
+symbols' rows sliced by its symbol index, and only its text columns dictionary-encoded),
+on a few threads ahead of the consumer, and yields them in bucket order: the first table
+can be sent while the next are read.
 
 Order: each symbol's bars are contiguous and by ts (files are sorted by symbol and ts);
 symbols come bucket by bucket, sorted within a bucket, not across buckets.
@@ -33,7 +35,8 @@ from quantivista.errors import StorageError
 from quantivista.model.schema import BAR_POLARS_SCHEMA
 from quantivista.model.timeframe import Timeframe
 from quantivista.storage.lake.bars import ParquetLake
-from quantivista.storage.lake.layout import BAR_DATA_FILE
+from quantivista.storage.lake.files import IpcBase
+from quantivista.storage.lake.layout import BAR_ARROW_FILE
 
 __all__ = ["DICTIONARY_COLUMNS", "stored_schema", "stored_tables"]
 
@@ -90,10 +93,13 @@ def stored_tables(
     hi = pa.scalar(end, pa.timestamp("us", "UTC")) if end is not None else None
 
     def read(names: list[str]) -> pa.Table | None:
-        path = lake.partition_dir(tf, names[0]) / BAR_DATA_FILE
-        if lake._held(path.parent):  # appends not folded into the file yet
+        directory = lake.partition_dir(tf, names[0])
+        if lake._held(directory):  # appends not folded into the file yet
             return fallback(names)
+        path = lake.base_path(directory)
         try:
+            if path.name == BAR_ARROW_FILE:
+                return _rows(_read_ipc(path, names), names, lo, hi)
             return _read_file(path, names, lo, hi)
         except FileNotFoundError:
             return None  # no bars of this bucket (or removed since)
@@ -137,6 +143,47 @@ def _read_file(path: Path, names: list[str], lo: pa.Scalar | None,
             raise FileNotFoundError(str(path)) from exc
         raise StorageError("cannot read partition file", path=str(path)) from exc
     return _rows(table, names, lo, hi)
+
+
+def _read_ipc(path: Path, names: list[str]) -> pa.Table:
+    """Return the rows of `names` from an Arrow IPC base file (zero-copy slices of its
+    mapping), text columns dictionary-encoded as `stored_schema` says."""
+    with open(path, "rb") as handle:
+        base = IpcBase(handle)
+    wanted = set(names)
+    spans: list[tuple[int, int]] = []  # adjacent symbols' rows joined into one range
+    runs: list[tuple[str, int]] = []
+    start = 0
+    for symbol, n in base.runs:
+        if symbol in wanted:
+            if spans and spans[-1][1] == start:
+                spans[-1] = (spans[-1][0], start + n)
+            else:
+                spans.append((start, start + n))
+            runs.append((symbol, n))
+        start += n
+    whole = base.table()
+    if spans != [(0, start)]:
+        pieces = [whole.slice(a, b - a) for a, b in spans]
+        whole = pa.concat_tables(pieces) if pieces else whole.slice(0, 0)
+    columns: list[pa.Array | pa.ChunkedArray] = []
+    for name in whole.column_names:
+        column = whole.column(name)
+        if name == "symbol":
+            columns.append(_symbols(runs))
+        elif name in DICTIONARY_COLUMNS:
+            columns.append(pc.dictionary_encode(column.cast(pa.string())))
+        else:
+            columns.append(column)
+    return pa.Table.from_arrays(columns, names=whole.column_names)
+
+
+def _symbols(runs: list[tuple[str, int]]) -> pa.DictionaryArray:
+    """Return the symbol column of sorted rows as a dictionary built from their runs."""
+    lengths = np.fromiter((n for _, n in runs), dtype=np.int64, count=len(runs))
+    indices = np.repeat(np.arange(len(runs), dtype=np.int32), lengths)
+    names = pa.array([s for s, _ in runs], pa.string())
+    return pa.DictionaryArray.from_arrays(pa.array(indices), names)
 
 
 def _row_groups(meta: pq.FileMetaData, first: str, last: str) -> list[int]:

@@ -16,8 +16,10 @@ them from losing each other's work:
 
 from __future__ import annotations
 
+import bisect
 import fcntl
 import itertools
+import json
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -37,6 +39,9 @@ from quantivista.storage.lake.encoding import DICT_COLUMNS, to_arrow
 
 __all__ = [
     "Identity",
+    "BASE_RUNS_KEY",
+    "IpcBase",
+    "atomic_write_base_ipc",
     "atomic_write_ipc",
     "atomic_write_parquet",
     "ensure_dir",
@@ -47,6 +52,7 @@ __all__ = [
     "handle_identity",
     "is_temporary",
     "read_ipc",
+    "read_ipc_handle",
     "read_parquet_files",
     "read_parquet_handle",
     "read_parquet_once",
@@ -209,6 +215,97 @@ def atomic_write_ipc(
     return _atomic_write(path, settings, write, ".arrow")
 
 
+# An Arrow IPC base file's schema metadata: its symbols and their rows in file order, and
+# the rows of each record batch (a batch holds whole symbols): the symbol index of the file
+BASE_RUNS_KEY = "qv.runs"
+_BATCHES_KEY = "qv.batches"
+
+
+def atomic_write_base_ipc(
+    df: pl.DataFrame,
+    runs: Sequence[tuple[str, int]],
+    path: Path,
+    settings: StorageSettings,
+    metadata: dict[str, str],
+) -> int:
+    """Write a partition's base file (sorted by symbol, `runs`: (symbol, rows) in row
+    order) as an uncompressed Arrow IPC file, atomically like `atomic_write_parquet`.
+
+    Polars' own Arrow types: a reader maps the file and hands its buffers to polars without
+    decoding or copying. The symbol index goes into the schema metadata (`IpcBase`), and
+    the record batches are the frame's chunks as they are (no copy to join them: a reader
+    of a mapped file slices any range at the same cost).
+    """
+    table = df.to_arrow(compat_level=pl.CompatLevel.newest())
+    if sum(n for _, n in runs) != table.num_rows:
+        raise StorageError("symbol runs do not match the rows", path=str(path))
+    batches = table.to_batches()
+    sizes = [b.num_rows for b in batches]
+    meta = {**metadata, BASE_RUNS_KEY: json.dumps(list(runs)), _BATCHES_KEY: json.dumps(sizes)}
+    schema = table.schema.with_metadata(meta)
+
+    def write(tmp: Path) -> None:
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as out:
+            for batch in batches:
+                out.write_batch(batch)
+
+    return _atomic_write(path, settings, write, ".arrow")
+
+
+class IpcBase:
+    """An open Arrow IPC base file: its metadata, symbol index and record batches.
+
+    Mapped through the reader's open handle (`/proc/self/fd/N` on Linux), so it is the
+    version that handle opened even if a writer replaced the path since; the mapping lives
+    as long as any frame made from it (writers never modify a file in place).
+    """
+
+    __slots__ = ("_reader", "batch_starts", "meta", "runs")
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        try:
+            self._reader = _map_ipc(handle)
+            raw = self._reader.schema.metadata or {}
+            self.meta = {k.decode(): v.decode() for k, v in raw.items()}
+            self.runs: list[tuple[str, int]] = [
+                (s, n) for s, n in json.loads(self.meta.pop(BASE_RUNS_KEY))
+            ]
+            sizes = json.loads(self.meta.pop(_BATCHES_KEY))
+        except (OSError, KeyError, ValueError, pa.ArrowException) as exc:
+            raise StorageError("cannot read partition file", path=str(handle.name)) from exc
+        self.batch_starts = [0, *itertools.accumulate(sizes)]
+
+    def table(self) -> pa.Table:
+        """Return every row (zero-copy: one chunk a record batch)."""
+        return self._reader.read_all()
+
+    def rows(self, start: int, rows: int) -> pa.RecordBatch | pa.Table:
+        """Return rows [start, start + rows) (zero-copy; within one batch when they are one
+        symbol's)."""
+        i = max(bisect.bisect_right(self.batch_starts, start) - 1, 0)
+        lo = self.batch_starts[i]
+        if i + 1 < len(self.batch_starts) and start + rows <= self.batch_starts[i + 1]:
+            return self._reader.get_batch(i).slice(start - lo, rows)
+        return self.table().slice(start, rows)
+
+
+def _map_ipc(handle: IO[bytes]) -> pa.ipc.RecordBatchFileReader:
+    """Open an Arrow IPC file through its handle, mapped (Linux) or read whole."""
+    if _PINNED_NAMES.is_dir():
+        source: Any = pa.memory_map(f"{_PINNED_NAMES}/{handle.fileno()}")
+    else:
+        source = pa.py_buffer(handle.read())
+    return pa.ipc.open_file(source)
+
+
+def read_ipc_handle(handle: IO[bytes], *, what: str = "file") -> pa.Table:
+    """Return an Arrow IPC file's rows (mapped, zero-copy) from an open handle."""
+    try:
+        return _map_ipc(handle).read_all()
+    except (OSError, pa.ArrowException) as exc:
+        raise StorageError(f"cannot read {what}", path=str(handle.name)) from exc
+
+
 def read_ipc(path: Path) -> tuple[dict[str, str], pa.Table]:
     """Return an IPC file's schema metadata and its table (read whole into memory)."""
     with open(path, "rb") as handle:
@@ -346,12 +443,20 @@ def read_parquet_files(
     skipped. `query` (filters, projections, aggregations per file) runs on the scan of up
     to `_OPEN_AT_ONCE` files at a time, and the results are concatenated; `path_column`
     names a column that holds each row's file path. All files must share one schema.
+    Arrow IPC base files (`.arrow`) among them are mapped one by one (`IpcBase`).
 
     Each file is opened (pinned) first; on Linux polars then scans them all in parallel
     by their `/proc/self/fd/N` names, which open the pinned file even after another writer
     replaced the path. Elsewhere it scans the handles, which is correct but slower (a
     multi-file scan of Python handles runs one file at a time).
     """
+    ipc = [p for p in paths if p.suffix == ".arrow"]
+    if ipc:  # Arrow IPC base files (see `atomic_write_base_ipc`) among them
+        parts = [_read_ipc_files(ipc, query, path_column)]
+        rest = [p for p in paths if p.suffix != ".arrow"]
+        parts.append(read_parquet_files(rest, query, path_column=path_column, what=what))
+        found = [f for f in parts if f is not None]
+        return pl.concat(found) if len(found) > 1 else (found[0] if found else None)
     if path_column is None and len(paths) <= _HANDLE_SCANS:
         return _read_handles(paths, query, what)
     frames: list[pl.DataFrame] = []
@@ -372,6 +477,29 @@ def read_parquet_files(
                 frames.append(lf.collect())
             except (OSError, pl.exceptions.PolarsError) as exc:
                 raise StorageError(f"cannot read {what}", files=len(pinned)) from exc
+    if not frames:
+        return None
+    return pl.concat(frames) if len(frames) > 1 else frames[0]
+
+
+def _read_ipc_files(
+    paths: Sequence[Path],
+    query: Callable[[pl.LazyFrame], pl.LazyFrame] | None,
+    path_column: str | None,
+) -> pl.DataFrame | None:
+    """`read_parquet_files` of Arrow IPC base files: each mapped through one handle."""
+    frames = []
+    for path in paths:
+        try:
+            with open(path, "rb") as handle:
+                frame = pl.from_arrow(read_ipc_handle(handle))
+        except FileNotFoundError:  # removed since listed
+            continue
+        assert isinstance(frame, pl.DataFrame)
+        lf = frame.lazy()
+        if path_column is not None:
+            lf = lf.with_columns(pl.lit(str(path)).alias(path_column))
+        frames.append((lf if query is None else query(lf)).collect())
     if not frames:
         return None
     return pl.concat(frames) if len(frames) > 1 else frames[0]

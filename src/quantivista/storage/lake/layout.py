@@ -27,9 +27,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["BAR_DATA_FILE", "BAR_LAYOUT_FILE", "CATALOG_FILE", "LakeLayout"]
+__all__ = ["BAR_ARROW_FILE", "BAR_DATA_FILE", "BAR_LAYOUT_FILE", "CATALOG_FILE", "LakeLayout"]
 
 BAR_DATA_FILE = "data.parquet"
+BAR_ARROW_FILE = "data.arrow"  # a daily-and-longer base as Arrow IPC (`storage.daily_format`)
 BAR_LAYOUT_FILE = "_layout.json"
 CATALOG_FILE = "catalog.sqlite"
 

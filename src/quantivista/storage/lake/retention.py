@@ -13,6 +13,7 @@ from quantivista.model.timeframe import Timeframe
 from quantivista.storage.lake.bars import ParquetLake
 from quantivista.storage.lake.cold import ColdEntry
 from quantivista.storage.lake.files import file_identity, flocked
+from quantivista.storage.lake.layout import BAR_DATA_FILE
 
 __all__ = ["archive_expired"]
 
@@ -72,7 +73,8 @@ def _archive_bucket(lake: ParquetLake, paths: list[Path], before: datetime) -> i
             old = hot.filter(is_old)
             if old.is_empty():
                 continue
-            rel = path.relative_to(lake.root).as_posix()
+            # the cold tier keeps Parquet, named as a Parquet base of the partition would be
+            rel = path.with_name(BAR_DATA_FILE).relative_to(lake.root).as_posix()
             existing = lake.cold.read(rel)  # indexed, or left by an interrupted run, or none
             merged = old if existing is None else pl.concat([existing, old])
             merged = merged.unique(subset=["symbol", "ts"], keep="last").sort("symbol", "ts")

@@ -5,7 +5,8 @@ the reporting data lake's tables that hold rows (`portfolio_data_lake`, `executi
 With a cold tier configured (`storage.archive_url`), `bars` spans both tiers: the cold files
 come from the cold index (the archive is not listed); a local archive is read by path, any
 other fsspec filesystem is registered with DuckDB. A bar in both tiers (an interrupted
-archival) appears once, the hot copy winning, as in `ParquetLake.read`.
+archival) appears once, the hot copy winning, as in `ParquetLake.read`. Hot base files in
+Arrow IPC (`storage.daily_format`) are registered with DuckDB as one pyarrow dataset.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import duckdb
 import polars as pl
+import pyarrow.dataset as ds
 
 from quantivista.config import StorageSettings
 from quantivista.errors import InvalidInputError
@@ -50,6 +52,18 @@ def _scan(files: list[Path] | list[str]) -> str:
     return f"read_parquet([{listing}], union_by_name = true, hive_partitioning = false)"
 
 
+def _hot(con: duckdb.DuckDBPyConnection, files: list[Path], name: str) -> str:
+    """Return a query of hot files (Parquet, and Arrow IPC base files registered as the
+    dataset `name`)."""
+    arrow = [str(f) for f in files if f.suffix == ".arrow"]
+    parquet = [f for f in files if f.suffix != ".arrow"]
+    parts = [f"SELECT * FROM {_scan(parquet)}"] if parquet else []
+    if arrow:
+        con.register(name, ds.dataset(arrow, format="ipc"))
+        parts.append(f"SELECT * FROM {name}")
+    return " UNION ALL BY NAME ".join(parts)
+
+
 def _view(con: duckdb.DuckDBPyConnection, name: str, files: list[Path], schema: pl.Schema) -> None:
     source = f"SELECT * FROM {_scan(files)}" if files else _empty_view(schema)
     con.execute(f"CREATE VIEW {name} AS {source}")
@@ -63,11 +77,11 @@ def _bars_view(con: duckdb.DuckDBPyConnection, root: Path, storage: StorageSetti
 
         lake = ParquetLake(root, storage)
     # hot files listed before the cold index is read: see `ParquetLake.read`
-    hot = sorted(bars_root.glob("**/data.parquet"))
+    hot = sorted([*bars_root.glob("**/data.parquet"), *bars_root.glob("**/data.arrow")])
     # deltas as the lake's readers list them (a merge's or a fold's crash-left files once),
     # handed over as rows: a delta file can hold rows that no longer count
     deltas = lake.live_deltas() if lake is not None else []
-    hot_rows = _scan(hot) if hot else None
+    hot_rows = f"({_hot(con, hot, '_hot_bars')})" if hot else None
     if deltas:
         con.register("_qv_deltas", pl.concat([rows for _, rows in deltas]).to_arrow())
         hot_rows = (
@@ -83,9 +97,9 @@ def _bars_view(con: duckdb.DuckDBPyConnection, root: Path, storage: StorageSetti
         if entries and not lake.cold.is_local:
             con.register_filesystem(lake.cold.fs)
         cold = [lake.cold.location(e.rel) for e in entries]
-        # a bar can be in both tiers only in a hot file at the path of a cold one
-        hot_files = set(hot)
-        overlap = [p for p in (root / e.rel for e in entries) if p in hot_files]
+        # a bar can be in both tiers only in a hot base file of a cold one's partition
+        cold_dirs = {(root / e.rel).parent for e in entries}
+        overlap = [p for p in hot if p.parent in cold_dirs]
     if not cold:
         source = f"SELECT * FROM {hot_rows}" if hot_rows else _empty_view(BAR_POLARS_SCHEMA)
         con.execute(f"CREATE VIEW bars AS {source}")
@@ -93,8 +107,8 @@ def _bars_view(con: duckdb.DuckDBPyConnection, root: Path, storage: StorageSetti
     cold_rows = f"SELECT * FROM {_scan(cold)} AS c"
     if overlap:
         cold_rows += (
-            f" WHERE NOT EXISTS (SELECT 1 FROM {_scan(overlap)} AS h WHERE h.symbol = c.symbol"
-            " AND h.timeframe = c.timeframe AND h.ts = c.ts)"
+            f" WHERE NOT EXISTS (SELECT 1 FROM ({_hot(con, overlap, '_hot_overlap')}) AS h"
+            " WHERE h.symbol = c.symbol AND h.timeframe = c.timeframe AND h.ts = c.ts)"
         )
     source = f"SELECT * FROM {hot_rows} UNION ALL BY NAME {cold_rows}" if hot_rows else cold_rows
     con.execute(f"CREATE VIEW bars AS {source}")

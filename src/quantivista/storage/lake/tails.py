@@ -12,6 +12,8 @@ is a hundred times the tail and need not fit in the cache: "does this row come a
 symbol's last stored bar?" (the append check) and "what are the symbol's bars just before
 the batch?" (the validation's warm-up, `ParquetLake.recent`).
 
+An Arrow IPC base (`data.arrow`) has no tail file: its tail is sliced from the mapped base.
+
 A tail is trusted only when its token equals the token in its base's footer, read through
 one handle of the base: a crash between the tail's rename and the base's (or a base written
 by a version without tails) leaves a mismatch, and callers fall back to the base itself.
