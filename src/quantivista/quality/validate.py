@@ -22,9 +22,11 @@ from quantivista.model.schema import (
     SCORE_SCHEMA,
 )
 from quantivista.model.timeframe import Timeframe
-from quantivista.quality.intraday import with_bad_prints
+from quantivista.quality.history import Merged, merge_history
+from quantivista.quality.intraday import bad_print_marks, with_bad_prints
 from quantivista.quality.rules import DEFAULT_RULES, SERIES_COLUMNS, Rule
-from quantivista.quality.series import series_context
+from quantivista.quality.series import series_columns, series_context, series_flags
+from quantivista.quality.sessions import in_hours, session_closes, session_marks
 from quantivista.reference.calendars import TradingCalendar
 
 __all__ = ["SCORE_SCHEMA", "ValidationResult", "Validator", "batch_score", "day_scores", "profile"]
@@ -218,6 +220,11 @@ def _series_with_history(
 _PENDING = int(QualityFlag.SPIKE_PENDING)
 
 
+def _f64(df: pl.DataFrame, name: str) -> np.ndarray:
+    col = df[name]
+    return (col.fill_null(np.nan) if col.null_count() else col).to_numpy()
+
+
 def _recent(
     history: pl.DataFrame, checked: pl.DataFrame, rows: int, tail: int
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -257,6 +264,35 @@ def _recent(
         last = np.repeat(starts + sizes - tail, sizes)
         return bars[r[at >= np.repeat(cut, sizes)]], bars[r[at >= last]]
     return bars[r], bars[r]
+
+
+def _decided_rows(
+    history: pl.DataFrame, merged: Merged, flags: dict[str, np.ndarray], checked: pl.DataFrame
+) -> pl.DataFrame | None:
+    """`_decided` from the merged positions: only the pending bars that changed are
+    gathered from `history`."""
+    stored = history["quality_flags"]
+    before = (stored.fill_null(0) if stored.null_count() else stored).to_numpy()[merged.rows]
+    pending = (before & _PENDING) != 0
+    if not pending.any():
+        return None
+    at = merged.hist_at
+    after = (
+        (before & (0xFFFFFFFF ^ _PENDING))
+        | np.where(flags["_spike"][at], int(QualityFlag.SPIKE), 0)
+        | np.where(flags["_spike_pending"][at], _PENDING, 0)
+    ).astype(np.uint32)
+    changed = pending & (after != before)
+    if not changed.any():
+        return None
+    rows: pl.DataFrame = history[merged.rows[changed]].select(BAR_COLUMNS)
+    when = checked["ingested_at"].max() if "ingested_at" in checked.columns else None
+    job = checked["job_id"].drop_nulls().first() if "job_id" in checked.columns else None
+    return rows.with_columns(
+        quality_flags=pl.Series(after[changed], dtype=pl.UInt32),
+        ingested_at=pl.lit(when, dtype=BAR_POLARS_SCHEMA["ingested_at"]),
+        job_id=pl.lit(job, dtype=pl.String),
+    )
 
 
 def _decided(hist: pl.DataFrame, checked: pl.DataFrame) -> pl.DataFrame:
@@ -494,18 +530,17 @@ class Validator:
             valid = ~pl.any_horizontal(first_errors) if first_errors else pl.lit(True)
             checked = checked.with_columns(_valid=valid)
             gap = any("_gap_s" in r.needs for r in later)  # only a business rule reads it
-            recent = neighbours = None
-            if history is not None and history.height and checked.height:
-                rows, tail = self._history_rows(), self._neighbour_rows()
-                recent, neighbours = _recent(history, checked, rows, min(tail, rows))
-            if recent is not None and recent.height:
-                checked, decided = _series_with_history(
-                    checked, recent, actions, self.settings, gap=gap
+            prints = any("_bad_print" in r.needs for r in later)
+            rows, tail = self._history_rows(), self._neighbour_rows()
+            merged = merge_history(history, checked, rows, min(tail, rows))
+            if merged is not None:
+                checked, decided = self._along_series(
+                    checked, merged, history, actions, gap=gap, prints=prints
                 )
-            else:
-                checked = series_context(checked, actions, self.settings, gap=gap)
-            if any("_bad_print" in r.needs for r in later):
-                checked = self._bad_prints(checked, neighbours)
+            else:  # null keys or times: the frame path
+                checked, decided = self._along_series_frames(
+                    checked, history, actions, gap=gap, prints=prints
+                )
             checked = checked.with_columns([r.expr() for r in later])
             counts |= _counts(checked, later)
         rules = first + later
@@ -589,6 +624,130 @@ class Validator:
             decided if decided is not None else _no_bars(),
         )
 
+    def _along_series_frames(
+        self,
+        checked: pl.DataFrame,
+        history: pl.DataFrame | None,
+        actions: pl.DataFrame | None,
+        *,
+        gap: bool,
+        prints: bool,
+    ) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+        """The series and bad-print context of batches with null keys or times, on frames."""
+        recent = neighbours = decided = None
+        if history is not None and history.height and checked.height:
+            rows, tail = self._history_rows(), self._neighbour_rows()
+            recent, neighbours = _recent(history, checked, rows, min(tail, rows))
+        if recent is not None and recent.height:
+            checked, decided = _series_with_history(
+                checked, recent, actions, self.settings, gap=gap
+            )
+        else:
+            checked = series_context(checked, actions, self.settings, gap=gap)
+        if prints:
+            checked = self._bad_prints(checked, neighbours)
+        return checked, decided
+
+    def _along_series(
+        self,
+        checked: pl.DataFrame,
+        merged: Merged,
+        history: pl.DataFrame | None,
+        actions: pl.DataFrame | None,
+        *,
+        gap: bool,
+        prints: bool,
+    ) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+        """Add the series flags (and `_gap_s`, `_bad_print` when asked) to `checked` from
+        the merged stored + batch rows; return it with the stored bars the batch decides.
+
+        Numpy columns gathered by `merged`'s positions: no merged frame is built.
+        """
+        batch = series_columns(checked)
+        values = ("open", "high", "low", "close", "volume")
+        if merged.rows.size:
+            assert history is not None
+            hist = {k: _f64(history, k)[merged.rows] for k in values}
+            hist_ts = history["ts"].to_numpy().view(np.int64)[merged.rows]
+        else:
+            hist = {k: np.zeros(0) for k in values}
+            hist_ts = np.zeros(0, dtype=np.int64)
+        cols = {k: merged.take(hist[k], batch[k]) for k in values}
+        cols["valid"] = merged.take(np.ones(merged.rows.size, dtype=bool), batch["valid"])
+        cols["new"] = merged.new
+        ts = merged.take(hist_ts, checked["ts"].to_numpy().view(np.int64))
+        starts = np.flatnonzero(batch["new"])
+        series = merged.take(merged.series, np.cumsum(batch["new"]) - 1)
+
+        def keys() -> pl.DataFrame:
+            return pl.DataFrame(
+                {
+                    "symbol": checked["symbol"].gather(starts).gather(series),
+                    "ts": pl.Series(ts).cast(pl.Datetime("us")).dt.replace_time_zone("UTC"),
+                }
+            )
+
+        flags = series_flags(cols, keys, actions, self.settings)
+        at = merged.batch_at
+        added = [pl.Series(k, v[at]) for k, v in flags.items()]
+        if gap:  # seconds since the previous bar of the series (floor division)
+            step = np.zeros(merged.size, dtype=np.float64)
+            step[1:] = (ts[1:] - ts[:-1]) // 1_000_000
+            step[merged.new] = np.nan
+            added.append(pl.Series("_gap_s", step[at], nan_to_null=True).cast(pl.Int64))
+        if prints:
+            added.append(pl.Series("_bad_print", self._prints(checked, merged, cols, ts)))
+        decided = None
+        if merged.rows.size:
+            assert history is not None
+            decided = _decided_rows(history, merged, flags, checked)
+        return checked.with_columns(added), decided
+
+    def _prints(
+        self,
+        checked: pl.DataFrame,
+        merged: Merged,
+        cols: dict[str, np.ndarray],
+        ts: np.ndarray,
+    ) -> np.ndarray:
+        """`_bad_print` of the batch rows: the batch's minutes with their stored
+        neighbours (the last `bad_print_window` minutes before each series; context only)."""
+        cal, n = self.calendar, checked.height
+        if cal is None or "_in_hours" not in checked.columns:
+            return np.zeros(n, dtype=bool)
+        use_batch = checked.select(
+            ((pl.col("timeframe") == "1m") & pl.col("_in_hours") & pl.col("_valid"))
+            .fill_null(False)
+            .alias("u")
+        )["u"].to_numpy()
+        series_minutes = (checked["timeframe"] == "1m").to_numpy()[
+            np.flatnonzero(checked["_new"].to_numpy())
+        ]
+        sel = merged.neighbour & series_minutes[merged.series]
+        hist_at = merged.hist_at[sel]
+        use = np.zeros(merged.size, dtype=bool)
+        use[hist_at] = in_hours(cal, ts[hist_at])
+        use[merged.batch_at] = use_batch
+        keep = np.zeros(merged.size, dtype=bool)
+        keep[hist_at] = True
+        keep[merged.batch_at] = True
+        sub = np.flatnonzero(keep)
+        series = merged.take(merged.series, np.cumsum(checked["_new"].to_numpy()) - 1)[sub]
+        new = np.ones(sub.size, dtype=bool)
+        new[1:] = series[1:] != series[:-1]
+        marks = bad_print_marks(
+            ts[sub],
+            cols["high"][sub],
+            cols["low"][sub],
+            cols["close"][sub],
+            cols["volume"][sub],
+            new,
+            use[sub],
+            self.intraday,
+            session_closes(cal),
+        )
+        return marks[np.searchsorted(sub, merged.batch_at)]
+
     def _history_rows(self) -> int:
         """Stored bars before a series' first batch bar that can change a batch result.
 
@@ -664,6 +823,9 @@ class Validator:
             return df.with_columns(
                 _aligned=pl.col("ts").dt.truncate(tf.polars_every) == pl.col("ts")
             )
+        ts = df["ts"]
+        if ts.dtype == _UTC_US and not ts.null_count():  # numpy on the cached sessions
+            return df.with_columns(_intraday_marks(cal, ts.to_numpy().view(np.int64), tf))
         local_day = cal.local_dates(df["ts"]).alias("_day")
         joined = _with_sessions(df, local_day, cal.schedule)
         offset_s = (pl.col("ts") - pl.col("_open")).dt.total_seconds()
@@ -782,6 +944,29 @@ class Validator:
         )
         have = part.filter(pl.col("symbol").is_in(short["symbol"].implode())).select("symbol", "ts")
         return wanted.join(have, on=["symbol", "ts"], how="anti").sort("symbol", "ts")
+
+
+_UTC_US = pl.Datetime("us", "UTC")
+
+
+def _intraday_marks(cal: TradingCalendar, us: np.ndarray, tf: Timeframe) -> list[pl.Expr]:
+    """`_is_session`, `_in_hours` (null off-session) and `_aligned` of intraday bars.
+
+    The marks of the frame path below: on the session grid from the open, elsewhere on
+    the timeframe's grid (a UTC `dt.truncate` of a fixed duration is epoch-based).
+    """
+    step = tf.seconds
+    assert step is not None
+    hit, opens, closes = session_marks(cal, us)
+    after_open = hit & (us >= opens)
+    aligned = np.where(
+        after_open, (us - opens) // 1_000_000 % step == 0, us % (step * 1_000_000) == 0
+    )
+    return [
+        pl.lit(pl.Series("_is_session", hit)),
+        pl.when(pl.Series(hit)).then(pl.Series(after_open & (us < closes))).alias("_in_hours"),
+        pl.lit(pl.Series("_aligned", aligned)),
+    ]
 
 
 def _with_sessions(df: pl.DataFrame, day: pl.Series, schedule: pl.DataFrame) -> pl.DataFrame:
