@@ -41,6 +41,7 @@ class Merged:
     hist_at: np.ndarray
     batch_at: np.ndarray
     new: np.ndarray
+    keys_sorted: bool = True  # the batch's series are in (symbol, timeframe) order
 
     @property
     def size(self) -> int:
@@ -82,7 +83,11 @@ def merge_history(
     on = ["symbol", "timeframe"]
     if firsts["timeframe"].n_unique() == 1:  # one timeframe: the symbol's hash alone
         first = first & (pl.col("timeframe") == firsts["timeframe"][0])
+        keys_sorted = firsts["symbol"].is_sorted()
         firsts, on = firsts.drop("timeframe"), ["symbol"]
+    else:
+        keys = firsts.select("symbol", "timeframe")
+        keys_sorted = keys.equals(keys.sort("symbol", "timeframe"))
     # eager: a lazy query turns the filter into a join predicate, several times slower
     found = (
         history.select("symbol", "timeframe", "ts", pl.col("quality_flags").fill_null(0))
@@ -124,4 +129,4 @@ def merge_history(
     has_hist = np.zeros(starts.size, dtype=bool)
     has_hist[kg] = True
     merged_new[batch_at[new & ~has_hist[series_of]]] = True
-    return Merged(r, kg, neighbour, hist_at, batch_at, merged_new)
+    return Merged(r, kg, neighbour, hist_at, batch_at, merged_new, keys_sorted)
