@@ -56,7 +56,11 @@ class Merged:
 
 
 def merge_history(
-    history: pl.DataFrame | None, batch: pl.DataFrame, rows: int, tail: int
+    history: pl.DataFrame | None,
+    batch: pl.DataFrame,
+    rows: int,
+    tail: int,
+    one_timeframe: bool = False,
 ) -> Merged | None:
     """Place the stored bars the batch's results depend on among the batch's rows.
 
@@ -78,21 +82,26 @@ def merge_history(
     if history["ts"].dtype != _UTC_US:
         return None
     # the first (least) ts of each series: the batch is sorted
-    firsts = batch.select(*_KEYS).filter(pl.Series(new)).with_row_index("_g")
+    firsts = batch[list(_KEYS)][starts].with_row_index("_g")
     first = pl.col("ts") < pl.col("_first")
     on = ["symbol", "timeframe"]
-    if firsts["timeframe"].n_unique() == 1:  # one timeframe: the symbol's hash alone
+    if (
+        one_timeframe or firsts["timeframe"].n_unique() == 1
+    ):  # one timeframe: the symbol's hash alone
         first = first & (pl.col("timeframe") == firsts["timeframe"][0])
         keys_sorted = firsts["symbol"].is_sorted()
         firsts, on = firsts.drop("timeframe"), ["symbol"]
     else:
         keys = firsts.select("symbol", "timeframe")
         keys_sorted = keys.equals(keys.sort("symbol", "timeframe"))
-    # eager: a lazy query turns the filter into a join predicate, several times slower
+    # the filter after the collect: in the query it becomes a join predicate, several
+    # times slower
     found = (
-        history.select("symbol", "timeframe", "ts", pl.col("quality_flags").fill_null(0))
+        history.lazy()
+        .select("symbol", "timeframe", "ts", pl.col("quality_flags").fill_null(0))
         .with_row_index("_r")
-        .join(firsts.rename({"ts": "_first"}), on=on, how="inner", maintain_order="left")
+        .join(firsts.lazy().rename({"ts": "_first"}), on=on, how="inner", maintain_order="left")
+        .collect()
         .filter(first)
     )
     keep = found["_r"].to_numpy().astype(np.int64)

@@ -68,27 +68,57 @@ def _flag_expr(rules: list[Rule], hits: list[pl.Expr]) -> pl.Expr:
     return pl.reduce(lambda a, b: a | b, bits).cast(pl.UInt32)
 
 
+@dataclass(frozen=True, slots=True)
+class _Marks:
+    """What the arrival-order pass learned: one non-null timeframe in the batch, and
+    whether a row shares its key with the row before (None: not known, after a sort)."""
+
+    one_timeframe: bool
+    repeats: bool | None
+
+
 def _sorted(bars: pl.DataFrame) -> pl.DataFrame:
+    """`_arranged` without its marks."""
+    return _arranged(bars)[0]
+
+
+def _arranged(bars: pl.DataFrame) -> tuple[pl.DataFrame, _Marks]:
     """Return `bars` with each series in ts order, with `_out_of_order` and `_new` marks.
 
     A row is out of order when an earlier row of its series (in arrival order) has a later
     ts. Data that arrives with each (symbol, timeframe) series as one block in ts order
     (sorted, or in provider order) skips both the group pass and the sort: equal keys are
     then neighbours, which is all the duplicate and series checks need. The series marks
-    of the arrival order decide that (the test of `series_in_blocks(strict=False)`).
+    of the arrival order decide that (the test of `series_in_blocks(strict=False)`), in
+    one query with the other facts of the batch.
     """
     sym, tf, ts = pl.col("symbol"), pl.col("timeframe"), pl.col("ts")
-    same = sym == sym.shift(1)
-    if not bars.select(tf.is_not_null().all() & (tf == tf.first()).all()).item():
-        same = same & (tf == tf.shift(1))  # with one timeframe the symbol decides alone
-    new = bars.select((~same).fill_null(True)).to_series()
-    starts = bars.select("symbol", "timeframe").filter(new)
-    if _rising_within(bars["ts"], new) and not starts.is_duplicated().any():
-        return bars.with_columns(_out_of_order=pl.lit(False), _new=new.alias("_new"))
+    new = (~((sym == sym.shift(1)) & (tf == tf.shift(1)))).fill_null(True)
+    facts = (
+        bars.lazy()
+        .select(sym, tf, ts, new=new)
+        .select(
+            "new",
+            blocks=(pl.col("new") | (ts >= ts.shift(1))).all()
+            & ~pl.struct(sym, tf).filter(pl.col("new")).is_duplicated().any(),
+            one_tf=tf.is_not_null().all() & (tf == tf.first()).all(),
+            repeats=(~pl.col("new") & (ts == ts.shift(1))).any(),
+        )
+        .collect()
+    )
+    one_tf = bool(facts["one_tf"][0]) if facts.height else False
+    if not facts.height or facts["blocks"][0]:
+        marks = _Marks(one_tf, bool(facts["repeats"][0]) if facts.height else False)
+        return bars.hstack(
+            [
+                pl.Series("_out_of_order", np.zeros(bars.height, dtype=bool)),
+                facts["new"].alias("_new"),
+            ]
+        ), marks
     late = (ts < ts.cum_max().shift(1)).fill_null(False).over("symbol", "timeframe")
     df = bars.with_columns(_out_of_order=late).sort(list(BAR_KEY), maintain_order=True)
     same = (sym == sym.shift(1)) & (tf == tf.shift(1))
-    return df.with_columns(_new=(~same).fill_null(True))
+    return df.with_columns(_new=(~same).fill_null(True)), _Marks(one_tf, None)
 
 
 def _by_key(df: pl.DataFrame) -> pl.DataFrame:
@@ -97,14 +127,6 @@ def _by_key(df: pl.DataFrame) -> pl.DataFrame:
     return df.sort("symbol", "timeframe", "ts", maintain_order=True).with_columns(
         _new=(~((sym == sym.shift(1)) & (tf == tf.shift(1)))).fill_null(True)
     )
-
-
-def _rising_within(ts: pl.Series, new: pl.Series) -> bool:
-    """Say whether ts never falls from one row to the next inside a series (nulls pass)."""
-    if ts.null_count():
-        return bool((new | (ts >= ts.shift(1))).all())
-    us = ts.to_physical().to_numpy()
-    return bool(np.all(new.to_numpy()[1:] | (us[1:] >= us[:-1])))
 
 
 _DAY_US = 86_400_000_000
@@ -150,31 +172,35 @@ def _counts(checked: pl.DataFrame, rules: list[Rule]) -> dict[str, int]:
     """How many rows each rule flags (one select)."""
     if not rules:
         return {}
-    row = checked.select([pl.col(r.name).sum() for r in rules]).row(0)
-    return {r.name: int(n) for r, n in zip(rules, row, strict=True)}
+    return {r.name: int(checked[r.name].sum()) for r in rules}
 
 
-def _single_timeframe(df: pl.DataFrame) -> bool:
-    """Say whether every row has the first row's timeframe (cheaper than n_unique)."""
+def _single_timeframe(df: pl.DataFrame, known: bool = False) -> bool:
+    """Say whether every row has the first row's timeframe (cheaper than n_unique);
+    `known`: the caller knows it does."""
+    if known:
+        return True
     tf = pl.col("timeframe")
     return bool(df.select((tf == tf.first()).all()).item())
 
 
-def _known_shape(checked: pl.DataFrame) -> dict[str, Any]:
+def _known_shape(checked: pl.DataFrame, one_timeframe: bool = False) -> dict[str, Any]:
     """Symbol count and timeframe of a sorted one-timeframe batch, from its series marks."""
     if checked.is_empty() or "_new" not in checked.columns:
         return {}
-    if not _single_timeframe(checked):
+    if not _single_timeframe(checked, one_timeframe):
         return {}
     return {"symbols": int(checked["_new"].sum()), "timeframes": [str(checked["timeframe"][0])]}
 
 
-def _dedupe(df: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+def _dedupe(df: pl.DataFrame, repeats: bool | None = None) -> tuple[pl.DataFrame, int]:
     """Drop exact repeats of a row (counted) and mark keys with different bars as conflicts.
 
     Works on the sorted frame: equal keys are neighbours, so a shifted comparison finds
     them; the costlier value comparison runs only on the rows that share a key.
     """
+    if repeats is False:  # known: no key repeats
+        return df.hstack([pl.Series("_dup_conflict", np.zeros(df.height, dtype=bool))]), 0
     same_key = ~pl.col("_new") & (pl.col("ts") == pl.col("ts").shift(1)).fill_null(False)
     marks = df.select(same_key.alias("k"))["k"]
     if not marks.any():
@@ -522,11 +548,12 @@ class Validator:
         total = bars.height
         # one chunk per column: on a frame whose columns are chunked differently (a concat
         # of per-symbol frames) every later select would first copy the whole frame
-        ordered = _sorted(bars.rechunk())
-        shape = _known_shape(ordered)  # dedupe keeps every series' first row
+        ordered, marks = _arranged(bars.rechunk())
+        one_tf = marks.one_timeframe
+        shape = _known_shape(ordered, one_tf)  # dedupe keeps every series' first row
         profiled = _profile_soon(bars, shape)
-        deduped, exact_dupes = _dedupe(ordered)
-        ctx = self._with_context(deduped)
+        deduped, exact_dupes = _dedupe(ordered, marks.repeats)
+        ctx = self._with_context(deduped, one_tf)
         first = [r for r in self.rules if all(n in ctx.columns for n in r.needs)]
         checked = ctx.with_columns([r.expr() for r in first])
         counts = _counts(checked, first)
@@ -538,16 +565,19 @@ class Validator:
             # an error rule that never fired invalidates no row
             fired = [r for r in first if counts[r.name]]
             first_errors = [r.name for r in fired if r.severity is Severity.ERROR]
-            valid = ~pl.any_horizontal(first_errors) if first_errors else pl.lit(True)
-            checked = checked.with_columns(_valid=valid)
+            valid = np.ones(checked.height, dtype=bool)
+            for name in first_errors:  # rule columns are null-free booleans
+                valid &= ~checked[name].to_numpy()
+            checked = checked.hstack([pl.Series("_valid", valid)])
             gap = any("_gap_s" in r.needs for r in later)  # only a business rule reads it
             prints = any("_bad_print" in r.needs for r in later)
             rows, tail = self._history_rows(), self._neighbour_rows()
-            merged = None if _FRAME_PATH else merge_history(history, checked, rows, min(tail, rows))
+            tail = min(tail, rows)
+            merged = None if _FRAME_PATH else merge_history(history, checked, rows, tail, one_tf)
             if merged is not None and merged.rows.size and not merged.keys_sorted:
                 # with stored bars the results come in (symbol, timeframe, ts) order
                 checked = _by_key(checked)
-                merged = merge_history(history, checked, rows, min(tail, rows))
+                merged = merge_history(history, checked, rows, tail, one_tf)
             if merged is not None:
                 checked, decided = self._along_series(
                     checked, merged, history, actions, gap=gap, prints=prints
@@ -575,8 +605,9 @@ class Validator:
         n_rejected = sum(rule_counts[r.name] for r in hit_errors)  # an upper bound: 0 is exact
         if n_rejected:
             n_rejected = int(checked["_rejected"].sum())
-        soft_row = ~pl.col("_rejected") & ((pl.col("quality_flags") & _SCORED_BITS) != 0)
-        soft = int(checked.select(soft_row.sum()).item())
+        flags = checked["quality_flags"]
+        scored = (flags.fill_null(0) if flags.null_count() else flags).to_numpy() & _SCORED_BITS
+        soft = int(np.count_nonzero((scored != 0) & ~checked["_rejected"].to_numpy()))
         if exact_dupes:
             rule_counts["duplicate"] = exact_dupes
         if decided is not None and decided.height:
@@ -592,11 +623,11 @@ class Validator:
         clean = (
             checked.filter(~pl.col("_rejected")).select(BAR_COLUMNS)
             if n_rejected
-            else checked.select(BAR_COLUMNS)
+            else checked[list(BAR_COLUMNS)]
         )
         issues = self._row_issues(checked, hit, self.settings.max_issues_per_rule)
         # a rejected bar arrived (it is in quarantine): only bars that never came are missing
-        missing = self._missing_bars(checked)
+        missing = self._missing_bars(checked, one_tf)
         if missing.height:
             rule_counts["missing_bar"] = missing.height
             issues.extend(
@@ -716,7 +747,7 @@ class Validator:
         if merged.rows.size:
             assert history is not None
             decided = _decided_rows(history, merged, flags, checked)
-        return checked.with_columns(added), decided
+        return checked.hstack(added), decided
 
     def _prints(
         self,
@@ -808,10 +839,10 @@ class Validator:
         marks = with_bad_prints(both, settings, cal).filter(pl.col("_i") >= 0).sort("_i")
         return checked.with_columns(_bad_print=marks["_bad_print"])
 
-    def _with_context(self, df: pl.DataFrame) -> pl.DataFrame:
+    def _with_context(self, df: pl.DataFrame, one_timeframe: bool = False) -> pl.DataFrame:
         if df.is_empty():
             return df
-        if _single_timeframe(df):
+        if _single_timeframe(df, one_timeframe):
             return self._grid_context(df, Timeframe.parse(str(df["timeframe"][0])))
         parts = []
         for (tf_text,), part in df.group_by("timeframe", maintain_order=True):
@@ -856,6 +887,9 @@ class Validator:
     # -- outputs ---------------------------------------------------------------------------
     @staticmethod
     def _rejected_rows(checked: pl.DataFrame, errors: list[Rule]) -> pl.DataFrame:
+        if checked.is_empty():  # the schema alone, without a query
+            reasons = dict.fromkeys(("rule", "severity", "reason"), pl.String)
+            return pl.DataFrame(schema={**{c: checked.schema[c] for c in BAR_COLUMNS}, **reasons})
         bad = checked.filter(pl.col("_rejected"))
         if not errors:
             return bad.select(BAR_COLUMNS).with_columns(
@@ -882,12 +916,13 @@ class Validator:
     def _row_issues(checked: pl.DataFrame, rules: list[Rule], limit: int) -> list[ValidationIssue]:
         issues: list[ValidationIssue] = []
         for rule in rules:
-            hits = checked.filter(pl.col(rule.name)).select("symbol", "ts").head(limit)
+            at = np.flatnonzero(checked[rule.name].to_numpy())[:limit]
+            symbols, times = checked["symbol"].gather(at), checked["ts"].gather(at)
             issues.extend(
                 ValidationIssue(
                     symbol=s, ts=t, rule=rule.name, severity=rule.severity, message=rule.message
                 )
-                for s, t in hits.iter_rows()
+                for s, t in zip(symbols, times, strict=True)
             )
         return issues
 
@@ -895,7 +930,7 @@ class Validator:
         """Return (symbol, ts) of bars the calendar expects inside each series' span."""
         return self._missing_bars(bars.sort("symbol", "timeframe", "ts"))
 
-    def _missing_bars(self, clean: pl.DataFrame) -> pl.DataFrame:
+    def _missing_bars(self, clean: pl.DataFrame, one_timeframe: bool = False) -> pl.DataFrame:
         """Return (symbol, ts) of expected bars absent between each series' first and last bar.
 
         Only gaps inside the delivered span count: a series starting late (listing) or
@@ -905,10 +940,12 @@ class Validator:
         cal = self.calendar
         if cal is None or clean.is_empty():
             return empty
+        if "_new" in clean.columns and clean["_new"].all():
+            return empty  # every series is one bar: nothing can be missing inside its span
         out = [empty]
         groups = (
             [((clean["timeframe"][0],), clean)]
-            if _single_timeframe(clean)
+            if _single_timeframe(clean, one_timeframe)
             else clean.group_by("timeframe", maintain_order=True)
         )
         for (tf_text,), part in groups:
