@@ -433,7 +433,8 @@ def _day_scores(
             missing=zero,
             score=score,
         )
-    rows = checked.select(
+    # one query: the steps below are lazy
+    rows = checked.lazy().select(
         "symbol", "timeframe", date=pl.col("ts").dt.date(), rejected=rejected, flagged=flagged
     )
     if one_per_day:
@@ -451,7 +452,7 @@ def _day_scores(
             job_id=pl.lit(job_id),
             score=(good / pl.col("rows")).clip(0.0, 1.0),
         )
-        return out.select(SCORE_SCHEMA.names()).cast(SCORE_SCHEMA)
+        return out.select(SCORE_SCHEMA.names()).cast(SCORE_SCHEMA).collect()
     gaps = (
         missing.join(checked.select("symbol", "timeframe").unique(), on="symbol")
         .group_by("symbol", "timeframe", date=pl.col("ts").dt.date())
@@ -459,14 +460,14 @@ def _day_scores(
     )
     good = pl.col("rows") - pl.col("rejected") - _SOFT_WEIGHT * pl.col("flagged")
     out = (
-        per_day.join(gaps, on=["symbol", "timeframe", "date"], how="full", coalesce=True)
+        per_day.join(gaps.lazy(), on=["symbol", "timeframe", "date"], how="full", coalesce=True)
         .with_columns(pl.col("rows", "rejected", "flagged", "missing").fill_null(0))
         .with_columns(
             job_id=pl.lit(job_id),
             score=(good / (pl.col("rows") + pl.col("missing"))).clip(0.0, 1.0),
         )
     )
-    return out.select(SCORE_SCHEMA.names()).cast(SCORE_SCHEMA)
+    return out.select(SCORE_SCHEMA.names()).cast(SCORE_SCHEMA).collect()
 
 
 @dataclass(slots=True)
