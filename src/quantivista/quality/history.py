@@ -49,6 +49,8 @@ class Merged:
 
     def take(self, hist: np.ndarray, batch: np.ndarray) -> np.ndarray:
         """One merged column from the kept stored bars' values and the batch's values."""
+        if not self.rows.size:  # no stored bars: the batch's own column, not a copy
+            return batch
         out = np.empty(self.size, dtype=np.result_type(hist, batch))
         out[self.hist_at] = hist
         out[self.batch_at] = batch

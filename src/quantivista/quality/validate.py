@@ -735,13 +735,15 @@ class Validator:
             )
 
         flags = series_flags(cols, keys, actions, self.settings)
+        alone = not merged.rows.size  # merged rows are the batch's rows
         at = merged.batch_at
-        added = [pl.Series(k, v[at]) for k, v in flags.items()]
+        added = [pl.Series(k, v if alone else v[at]) for k, v in flags.items()]
         if gap:  # seconds since the previous bar of the series (floor division)
             step = np.zeros(merged.size, dtype=np.float64)
             step[1:] = (ts[1:] - ts[:-1]) // 1_000_000
             step[merged.new] = np.nan
-            added.append(pl.Series("_gap_s", step[at], nan_to_null=True).cast(pl.Int64))
+            gaps = step if alone else step[at]
+            added.append(pl.Series("_gap_s", gaps, nan_to_null=True).cast(pl.Int64))
         if prints:
             added.append(pl.Series("_bad_print", self._prints(checked, merged, cols, ts)))
         decided = None
@@ -778,6 +780,12 @@ class Validator:
         keep = np.zeros(merged.size, dtype=bool)
         keep[hist_at] = True
         keep[merged.batch_at] = True
+        if not merged.rows.size:  # the batch alone: no subset to gather
+            names = ("high", "low", "close", "volume")
+            h, lo, c, v = (cols[k] for k in names)
+            return bad_print_marks(
+                ts, h, lo, c, v, merged.new, use, self.intraday, session_closes(cal)
+            )
         sub = np.flatnonzero(keep)
         series = merged.take(merged.series, np.cumsum(checked["_new"].to_numpy()) - 1)[sub]
         new = np.ones(sub.size, dtype=bool)
