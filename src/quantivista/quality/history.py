@@ -103,7 +103,7 @@ def merge_history(
         .select("symbol", "timeframe", "ts", pl.col("quality_flags").fill_null(0))
         .with_row_index("_r")
         .join(firsts.lazy().rename({"ts": "_first"}), on=on, how="inner", maintain_order="left")
-        .collect()
+        .collect(engine="in-memory")  # the streaming engine: twice the instructions here
         .filter(first)
     )
     keep = found["_r"].to_numpy().astype(np.int64)
