@@ -26,7 +26,6 @@ def child() -> None:
     """Warm up, then each measured part between two dump markers."""
     sys.path.insert(0, str(Path(__file__).parent))
     import validate_small
-
     from quantivista.quality.validate import Validator
     from quantivista.reference.calendars import get_calendar
 
