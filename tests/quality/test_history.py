@@ -16,6 +16,8 @@ from quantivista.quality.validate import ValidationResult, Validator
 from quantivista.reference.calendars import get_calendar
 from quantivista.testing.minutes import session_minutes
 
+from .conftest import lean_actions, lean_daily
+
 _CAL = get_calendar("XNYS")
 _MINUTES = session_minutes(_CAL, "2024-03-07", "2024-03-11", 5, seed=11)
 _GAP_RULES = DEFAULT_RULES + parse_rules({"max_gap": [{"max": "90s"}]})
@@ -117,3 +119,23 @@ def test_micro_batch_of_one_minute_per_symbol() -> None:
     fast, frames = _both(Validator(_CAL), batch, history.sort("ts"))
     _same(fast, frames)
     assert fast.clean.height == batch.height
+
+
+@settings(max_examples=15, deadline=None)
+@given(cut=st.integers(30, 2_000), days=st.integers(1, 30))
+def test_daily_batches_with_history_and_actions_match_the_frame_path(cut: int, days: int) -> None:
+    """The nightly shape: a few new sessions of real split and dividend histories."""
+    bars = pl.concat([lean_daily(s) for s in ("aapl", "ibm")])
+    actions = pl.concat(
+        [lean_actions(s, bars.filter(pl.col("symbol") == s.upper())) for s in ("aapl", "ibm")]
+    )
+    ts = bars["ts"].unique().sort()
+    start, end = ts[min(cut, ts.len() - days - 1)], ts[min(cut + days, ts.len() - 1)]
+    history = bars.filter(pl.col("ts") < start)
+    batch = bars.filter(pl.col("ts").is_between(start, end, closed="left"))
+    v = Validator(_CAL)
+    fast = v.validate(batch, job_id="t", history=history, actions=actions)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(validate_module, "_FRAME_PATH", True)
+        frames = v.validate(batch, job_id="t", history=history, actions=actions)
+    _same(fast, frames)
