@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import bottleneck as bn  # type: ignore[import-untyped]
@@ -35,7 +36,13 @@ import polars as pl
 
 from quantivista.config import QualitySettings
 
-__all__ = ["SPLIT_RATIOS", "action_adjustments", "series_context"]
+__all__ = [
+    "SPLIT_RATIOS",
+    "action_adjustments",
+    "series_columns",
+    "series_context",
+    "series_flags",
+]
 
 # common split and reverse-split ratios (new shares per old share, > 1)
 SPLIT_RATIOS = (1.5, 2.0, 3.0, 4.0, 5.0, 7.0, 8.0, 10.0, 15.0, 20.0)
@@ -246,18 +253,69 @@ def series_context(
     adjustments = _adjustments(actions)
     if df.height < 2 * _PART_ROWS:
         return _attach(df, _series_arrays(df, adjustments, settings), gap=gap)
-    starts = np.flatnonzero(df["_new"].to_numpy())
-    at = np.searchsorted(starts, np.arange(_PART_ROWS, df.height, _PART_ROWS))
+    cols = series_columns(df)
+    ex_dates = _on_ex_dates(df, cols["new"], adjustments)
+    return _attach(df, _in_parts(cols, ex_dates, settings), gap=gap)
+
+
+def series_columns(df: pl.DataFrame) -> dict[str, np.ndarray]:
+    """The numpy inputs of the series checks: `new`, `valid` and the five values (NaN for
+    null)."""
+    out = {k: _f64(df, k) for k in ("open", "high", "low", "close", "volume")}
+    out["new"] = df["_new"].to_numpy()
+    out["valid"] = df["_valid"].to_numpy()
+    return out
+
+
+def series_flags(
+    cols: dict[str, np.ndarray],
+    keys: Callable[[], pl.DataFrame],
+    actions: pl.DataFrame | None,
+    settings: QualitySettings,
+) -> dict[str, np.ndarray]:
+    """The flags of `series_context` (as numpy arrays) from `series_columns`-like arrays.
+
+    `keys` returns (symbol, ts) of the rows, asked for only when known actions need them.
+    For callers that assemble the rows from several frames without building one.
+    """
+    adjustments = _adjustments(actions)
+    if not cols["new"].size:
+        return {k: np.zeros(0, dtype=bool) for k in _FLAGS}
+    ex_dates: tuple[np.ndarray | None, np.ndarray | None] = (None, None)
+    if adjustments is not None:
+        ex_dates = _on_ex_dates(keys(), cols["new"], adjustments)
+    if cols["new"].size < 2 * _PART_ROWS:
+        return _flags_of(cols, *ex_dates, settings)
+    return _in_parts(cols, ex_dates, settings)
+
+
+def _in_parts(
+    cols: dict[str, np.ndarray],
+    ex_dates: tuple[np.ndarray | None, np.ndarray | None],
+    settings: QualitySettings,
+) -> dict[str, np.ndarray]:
+    """`_flags_of` on parts of about `_PART_ROWS` rows cut at series starts, on threads."""
+    new = cols["new"]
+    n = new.size
+    starts = np.flatnonzero(new)
+    at = np.searchsorted(starts, np.arange(_PART_ROWS, n, _PART_ROWS))
     cuts = np.unique(starts[np.minimum(at, len(starts) - 1)])
-    bounds = [0, *[int(c) for c in cuts if 0 < c < df.height], df.height]
-    parts = [df.slice(a, b - a) for a, b in itertools.pairwise(bounds)]
-    workers = min(max(1, pl.thread_pool_size()), len(parts))
+    bounds = [0, *[int(c) for c in cuts if 0 < c < n], n]
+    ratio, cash = ex_dates
+
+    def part(a: int, b: int) -> dict[str, np.ndarray]:
+        sliced = {k: v[a:b] for k, v in cols.items()}
+        if ratio is None or cash is None:
+            return _flags_of(sliced, None, None, settings)
+        return _flags_of(sliced, ratio[a:b], cash[a:b], settings)
+
+    spans = list(itertools.pairwise(bounds))
+    workers = min(max(1, pl.thread_pool_size()), len(spans))
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        done = list(pool.map(lambda part: _series_arrays(part, adjustments, settings), parts))
+        done = list(pool.map(lambda ab: part(*ab), spans))
     # one chunk per new column, like the frame's own columns: misaligned chunks would
     # make every later select copy the whole frame
-    joined = {k: np.concatenate([d[k] for d in done]) for k in done[0]}
-    return _attach(df, joined, gap=gap)
+    return {k: np.concatenate([d[k] for d in done]) for k in done[0]}
 
 
 def _series_context(
@@ -313,13 +371,25 @@ def _series_arrays(
     df: pl.DataFrame, adjustments: pl.DataFrame | None, settings: QualitySettings
 ) -> dict[str, np.ndarray]:
     """Return the series context of `df` as numpy arrays (see `series_context`)."""
-    n = df.height
-    if n == 0:
+    if df.height == 0:
         return {k: np.zeros(0, dtype=bool) for k in _FLAGS}
-    new = df["_new"].to_numpy()
-    o, h, lo, c, v = (_f64(df, k) for k in ("open", "high", "low", "close", "volume"))
+    cols = series_columns(df)
+    # split ratio and cash per share on the ex-dates of known actions (else none)
+    return _flags_of(cols, *_on_ex_dates(df, cols["new"], adjustments), settings)
+
+
+def _flags_of(
+    cols: dict[str, np.ndarray],
+    ratio: np.ndarray | None,
+    cash: np.ndarray | None,
+    settings: QualitySettings,
+) -> dict[str, np.ndarray]:
+    """The series flags of `series_columns` arrays, given the rows' ex-date adjustments."""
+    new = cols["new"]
+    n = new.size
+    o, h, lo, c, v = (cols[k] for k in ("open", "high", "low", "close", "volume"))
     with np.errstate(invalid="ignore"):
-        ok = df["_valid"].to_numpy() & (c > 0)  # NaN compares False
+        ok = cols["valid"] & (c > 0)  # NaN compares False
     all_ok = bool(ok.all())
     if all_ok:
         logc = np.log(c)
@@ -327,8 +397,6 @@ def _series_arrays(
         logc = np.full(n, np.nan)
         logc[ok] = np.log(c[ok])
 
-    # split ratio and cash per share on the ex-dates of known actions (else none)
-    ratio, cash = _on_ex_dates(df, new, adjustments)
     r = np.empty(n)
     r[0] = np.nan
     if all_ok:  # the usual case: every row's previous valid row is the row before

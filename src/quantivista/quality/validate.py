@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import polars as pl
@@ -22,14 +22,19 @@ from quantivista.model.schema import (
     SCORE_SCHEMA,
 )
 from quantivista.model.timeframe import Timeframe
-from quantivista.quality.intraday import with_bad_prints
+from quantivista.quality.history import Merged, merge_history
+from quantivista.quality.intraday import bad_print_marks, with_bad_prints
 from quantivista.quality.rules import DEFAULT_RULES, SERIES_COLUMNS, Rule
-from quantivista.quality.series import series_context
+from quantivista.quality.series import series_columns, series_context, series_flags
+from quantivista.quality.sessions import in_hours, session_closes, session_marks
 from quantivista.reference.calendars import TradingCalendar
 
 __all__ = ["SCORE_SCHEMA", "ValidationResult", "Validator", "batch_score", "day_scores", "profile"]
 
 MAX_ISSUES_PER_RULE = 50
+# the frame path (joins, concats and sorts of Polars frames) also for canonical batches:
+# the reference the tests hold the numpy path of those batches to
+_FRAME_PATH = False
 # arrival order says nothing about the bar itself: it does not lower the score
 _SCORED_BITS = 0xFFFFFFFF & ~int(QualityFlag.OUT_OF_ORDER)
 _SOFT_WEIGHT = 0.5  # a flagged row counts half: stored, but worth a look
@@ -63,35 +68,70 @@ def _flag_expr(rules: list[Rule], hits: list[pl.Expr]) -> pl.Expr:
     return pl.reduce(lambda a, b: a | b, bits).cast(pl.UInt32)
 
 
+@dataclass(frozen=True, slots=True)
+class _Marks:
+    """What the arrival-order pass learned: one non-null timeframe in the batch, and
+    whether a row shares its key with the row before (None: not known, after a sort)."""
+
+    one_timeframe: bool
+    repeats: bool | None
+
+
 def _sorted(bars: pl.DataFrame) -> pl.DataFrame:
+    """`_arranged` without its marks."""
+    return _arranged(bars)[0]
+
+
+# queries of this module collect in memory, as eager frame methods do: the engine Polars
+# picks by itself (streaming) costs twice the instructions on a micro-batch's frames
+_ENGINE: Final = "in-memory"
+
+
+def _arranged(bars: pl.DataFrame) -> tuple[pl.DataFrame, _Marks]:
     """Return `bars` with each series in ts order, with `_out_of_order` and `_new` marks.
 
     A row is out of order when an earlier row of its series (in arrival order) has a later
     ts. Data that arrives with each (symbol, timeframe) series as one block in ts order
     (sorted, or in provider order) skips both the group pass and the sort: equal keys are
     then neighbours, which is all the duplicate and series checks need. The series marks
-    of the arrival order decide that (the test of `series_in_blocks(strict=False)`).
+    of the arrival order decide that (the test of `series_in_blocks(strict=False)`), in
+    one query with the other facts of the batch.
     """
     sym, tf, ts = pl.col("symbol"), pl.col("timeframe"), pl.col("ts")
-    same = sym == sym.shift(1)
-    if not bars.select(tf.is_not_null().all() & (tf == tf.first()).all()).item():
-        same = same & (tf == tf.shift(1))  # with one timeframe the symbol decides alone
-    new = bars.select((~same).fill_null(True)).to_series()
-    starts = bars.select("symbol", "timeframe").filter(new)
-    if _rising_within(bars["ts"], new) and not starts.is_duplicated().any():
-        return bars.with_columns(_out_of_order=pl.lit(False), _new=new.alias("_new"))
+    new = (~((sym == sym.shift(1)) & (tf == tf.shift(1)))).fill_null(True)
+    facts = (
+        bars.lazy()
+        .select(sym, tf, ts, new=new)
+        .select(
+            "new",
+            blocks=(pl.col("new") | (ts >= ts.shift(1))).all()
+            & ~pl.struct(sym, tf).filter(pl.col("new")).is_duplicated().any(),
+            one_tf=tf.is_not_null().all() & (tf == tf.first()).all(),
+            repeats=(~pl.col("new") & (ts == ts.shift(1))).any(),
+        )
+        .collect(engine=_ENGINE)
+    )
+    one_tf = bool(facts["one_tf"][0]) if facts.height else False
+    if not facts.height or facts["blocks"][0]:
+        marks = _Marks(one_tf, bool(facts["repeats"][0]) if facts.height else False)
+        return bars.hstack(
+            [
+                pl.Series("_out_of_order", np.zeros(bars.height, dtype=bool)),
+                facts["new"].alias("_new"),
+            ]
+        ), marks
     late = (ts < ts.cum_max().shift(1)).fill_null(False).over("symbol", "timeframe")
     df = bars.with_columns(_out_of_order=late).sort(list(BAR_KEY), maintain_order=True)
     same = (sym == sym.shift(1)) & (tf == tf.shift(1))
-    return df.with_columns(_new=(~same).fill_null(True))
+    return df.with_columns(_new=(~same).fill_null(True)), _Marks(one_tf, None)
 
 
-def _rising_within(ts: pl.Series, new: pl.Series) -> bool:
-    """Say whether ts never falls from one row to the next inside a series (nulls pass)."""
-    if ts.null_count():
-        return bool((new | (ts >= ts.shift(1))).all())
-    us = ts.to_physical().to_numpy()
-    return bool(np.all(new.to_numpy()[1:] | (us[1:] >= us[:-1])))
+def _by_key(df: pl.DataFrame) -> pl.DataFrame:
+    """A frame of `_sorted` with its series in (symbol, timeframe) order, new `_new` marks."""
+    sym, tf = pl.col("symbol"), pl.col("timeframe")
+    return df.sort("symbol", "timeframe", "ts", maintain_order=True).with_columns(
+        _new=(~((sym == sym.shift(1)) & (tf == tf.shift(1)))).fill_null(True)
+    )
 
 
 _DAY_US = 86_400_000_000
@@ -137,31 +177,35 @@ def _counts(checked: pl.DataFrame, rules: list[Rule]) -> dict[str, int]:
     """How many rows each rule flags (one select)."""
     if not rules:
         return {}
-    row = checked.select([pl.col(r.name).sum() for r in rules]).row(0)
-    return {r.name: int(n) for r, n in zip(rules, row, strict=True)}
+    return {r.name: int(checked[r.name].sum()) for r in rules}
 
 
-def _single_timeframe(df: pl.DataFrame) -> bool:
-    """Say whether every row has the first row's timeframe (cheaper than n_unique)."""
+def _single_timeframe(df: pl.DataFrame, known: bool = False) -> bool:
+    """Say whether every row has the first row's timeframe (cheaper than n_unique);
+    `known`: the caller knows it does."""
+    if known:
+        return True
     tf = pl.col("timeframe")
     return bool(df.select((tf == tf.first()).all()).item())
 
 
-def _known_shape(checked: pl.DataFrame) -> dict[str, Any]:
+def _known_shape(checked: pl.DataFrame, one_timeframe: bool = False) -> dict[str, Any]:
     """Symbol count and timeframe of a sorted one-timeframe batch, from its series marks."""
     if checked.is_empty() or "_new" not in checked.columns:
         return {}
-    if not _single_timeframe(checked):
+    if not _single_timeframe(checked, one_timeframe):
         return {}
     return {"symbols": int(checked["_new"].sum()), "timeframes": [str(checked["timeframe"][0])]}
 
 
-def _dedupe(df: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+def _dedupe(df: pl.DataFrame, repeats: bool | None = None) -> tuple[pl.DataFrame, int]:
     """Drop exact repeats of a row (counted) and mark keys with different bars as conflicts.
 
     Works on the sorted frame: equal keys are neighbours, so a shifted comparison finds
     them; the costlier value comparison runs only on the rows that share a key.
     """
+    if repeats is False:  # known: no key repeats
+        return df.hstack([pl.Series("_dup_conflict", np.zeros(df.height, dtype=bool))]), 0
     same_key = ~pl.col("_new") & (pl.col("ts") == pl.col("ts").shift(1)).fill_null(False)
     marks = df.select(same_key.alias("k"))["k"]
     if not marks.any():
@@ -218,6 +262,11 @@ def _series_with_history(
 _PENDING = int(QualityFlag.SPIKE_PENDING)
 
 
+def _f64(df: pl.DataFrame, name: str) -> np.ndarray:
+    col = df[name]
+    return (col.fill_null(np.nan) if col.null_count() else col).to_numpy()
+
+
 def _recent(
     history: pl.DataFrame, checked: pl.DataFrame, rows: int, tail: int
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -257,6 +306,35 @@ def _recent(
         last = np.repeat(starts + sizes - tail, sizes)
         return bars[r[at >= np.repeat(cut, sizes)]], bars[r[at >= last]]
     return bars[r], bars[r]
+
+
+def _decided_rows(
+    history: pl.DataFrame, merged: Merged, flags: dict[str, np.ndarray], checked: pl.DataFrame
+) -> pl.DataFrame | None:
+    """`_decided` from the merged positions: only the pending bars that changed are
+    gathered from `history`."""
+    stored = history["quality_flags"]
+    before = (stored.fill_null(0) if stored.null_count() else stored).to_numpy()[merged.rows]
+    pending = (before & _PENDING) != 0
+    if not pending.any():
+        return None
+    at = merged.hist_at
+    after = (
+        (before & (0xFFFFFFFF ^ _PENDING))
+        | np.where(flags["_spike"][at], int(QualityFlag.SPIKE), 0)
+        | np.where(flags["_spike_pending"][at], _PENDING, 0)
+    ).astype(np.uint32)
+    changed = pending & (after != before)
+    if not changed.any():
+        return None
+    rows: pl.DataFrame = history[merged.rows[changed]].select(BAR_COLUMNS)
+    when = checked["ingested_at"].max() if "ingested_at" in checked.columns else None
+    job = checked["job_id"].drop_nulls().first() if "job_id" in checked.columns else None
+    return rows.with_columns(
+        quality_flags=pl.Series(after[changed], dtype=pl.UInt32),
+        ingested_at=pl.lit(when, dtype=BAR_POLARS_SCHEMA["ingested_at"]),
+        job_id=pl.lit(job, dtype=pl.String),
+    )
 
 
 def _decided(hist: pl.DataFrame, checked: pl.DataFrame) -> pl.DataFrame:
@@ -360,7 +438,8 @@ def _day_scores(
             missing=zero,
             score=score,
         )
-    rows = checked.select(
+    # one query: the steps below are lazy
+    rows = checked.lazy().select(
         "symbol", "timeframe", date=pl.col("ts").dt.date(), rejected=rejected, flagged=flagged
     )
     if one_per_day:
@@ -378,7 +457,7 @@ def _day_scores(
             job_id=pl.lit(job_id),
             score=(good / pl.col("rows")).clip(0.0, 1.0),
         )
-        return out.select(SCORE_SCHEMA.names()).cast(SCORE_SCHEMA)
+        return out.select(SCORE_SCHEMA.names()).cast(SCORE_SCHEMA).collect(engine=_ENGINE)
     gaps = (
         missing.join(checked.select("symbol", "timeframe").unique(), on="symbol")
         .group_by("symbol", "timeframe", date=pl.col("ts").dt.date())
@@ -386,14 +465,14 @@ def _day_scores(
     )
     good = pl.col("rows") - pl.col("rejected") - _SOFT_WEIGHT * pl.col("flagged")
     out = (
-        per_day.join(gaps, on=["symbol", "timeframe", "date"], how="full", coalesce=True)
+        per_day.join(gaps.lazy(), on=["symbol", "timeframe", "date"], how="full", coalesce=True)
         .with_columns(pl.col("rows", "rejected", "flagged", "missing").fill_null(0))
         .with_columns(
             job_id=pl.lit(job_id),
             score=(good / (pl.col("rows") + pl.col("missing"))).clip(0.0, 1.0),
         )
     )
-    return out.select(SCORE_SCHEMA.names()).cast(SCORE_SCHEMA)
+    return out.select(SCORE_SCHEMA.names()).cast(SCORE_SCHEMA).collect(engine=_ENGINE)
 
 
 @dataclass(slots=True)
@@ -475,11 +554,12 @@ class Validator:
         total = bars.height
         # one chunk per column: on a frame whose columns are chunked differently (a concat
         # of per-symbol frames) every later select would first copy the whole frame
-        ordered = _sorted(bars.rechunk())
-        shape = _known_shape(ordered)  # dedupe keeps every series' first row
+        ordered, marks = _arranged(bars.rechunk())
+        one_tf = marks.one_timeframe
+        shape = _known_shape(ordered, one_tf)  # dedupe keeps every series' first row
         profiled = _profile_soon(bars, shape)
-        deduped, exact_dupes = _dedupe(ordered)
-        ctx = self._with_context(deduped)
+        deduped, exact_dupes = _dedupe(ordered, marks.repeats)
+        ctx = self._with_context(deduped, one_tf)
         first = [r for r in self.rules if all(n in ctx.columns for n in r.needs)]
         checked = ctx.with_columns([r.expr() for r in first])
         counts = _counts(checked, first)
@@ -491,21 +571,27 @@ class Validator:
             # an error rule that never fired invalidates no row
             fired = [r for r in first if counts[r.name]]
             first_errors = [r.name for r in fired if r.severity is Severity.ERROR]
-            valid = ~pl.any_horizontal(first_errors) if first_errors else pl.lit(True)
-            checked = checked.with_columns(_valid=valid)
+            valid = np.ones(checked.height, dtype=bool)
+            for name in first_errors:  # rule columns are null-free booleans
+                valid &= ~checked[name].to_numpy()
+            checked = checked.hstack([pl.Series("_valid", valid)])
             gap = any("_gap_s" in r.needs for r in later)  # only a business rule reads it
-            recent = neighbours = None
-            if history is not None and history.height and checked.height:
-                rows, tail = self._history_rows(), self._neighbour_rows()
-                recent, neighbours = _recent(history, checked, rows, min(tail, rows))
-            if recent is not None and recent.height:
-                checked, decided = _series_with_history(
-                    checked, recent, actions, self.settings, gap=gap
+            prints = any("_bad_print" in r.needs for r in later)
+            rows, tail = self._history_rows(), self._neighbour_rows()
+            tail = min(tail, rows)
+            merged = None if _FRAME_PATH else merge_history(history, checked, rows, tail, one_tf)
+            if merged is not None and merged.rows.size and not merged.keys_sorted:
+                # with stored bars the results come in (symbol, timeframe, ts) order
+                checked = _by_key(checked)
+                merged = merge_history(history, checked, rows, tail, one_tf)
+            if merged is not None:
+                checked, decided = self._along_series(
+                    checked, merged, history, actions, gap=gap, prints=prints
                 )
-            else:
-                checked = series_context(checked, actions, self.settings, gap=gap)
-            if any("_bad_print" in r.needs for r in later):
-                checked = self._bad_prints(checked, neighbours)
+            else:  # null keys or times: the frame path
+                checked, decided = self._along_series_frames(
+                    checked, history, actions, gap=gap, prints=prints
+                )
             checked = checked.with_columns([r.expr() for r in later])
             counts |= _counts(checked, later)
         rules = first + later
@@ -525,8 +611,9 @@ class Validator:
         n_rejected = sum(rule_counts[r.name] for r in hit_errors)  # an upper bound: 0 is exact
         if n_rejected:
             n_rejected = int(checked["_rejected"].sum())
-        soft_row = ~pl.col("_rejected") & ((pl.col("quality_flags") & _SCORED_BITS) != 0)
-        soft = int(checked.select(soft_row.sum()).item())
+        flags = checked["quality_flags"]
+        scored = (flags.fill_null(0) if flags.null_count() else flags).to_numpy() & _SCORED_BITS
+        soft = int(np.count_nonzero((scored != 0) & ~checked["_rejected"].to_numpy()))
         if exact_dupes:
             rule_counts["duplicate"] = exact_dupes
         if decided is not None and decided.height:
@@ -542,11 +629,11 @@ class Validator:
         clean = (
             checked.filter(~pl.col("_rejected")).select(BAR_COLUMNS)
             if n_rejected
-            else checked.select(BAR_COLUMNS)
+            else checked[list(BAR_COLUMNS)]
         )
         issues = self._row_issues(checked, hit, self.settings.max_issues_per_rule)
         # a rejected bar arrived (it is in quarantine): only bars that never came are missing
-        missing = self._missing_bars(checked)
+        missing = self._missing_bars(checked, one_tf)
         if missing.height:
             rule_counts["missing_bar"] = missing.height
             issues.extend(
@@ -588,6 +675,138 @@ class Validator:
             scores,
             decided if decided is not None else _no_bars(),
         )
+
+    def _along_series_frames(
+        self,
+        checked: pl.DataFrame,
+        history: pl.DataFrame | None,
+        actions: pl.DataFrame | None,
+        *,
+        gap: bool,
+        prints: bool,
+    ) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+        """The series and bad-print context of batches with null keys or times, on frames."""
+        recent = neighbours = decided = None
+        if history is not None and history.height and checked.height:
+            rows, tail = self._history_rows(), self._neighbour_rows()
+            recent, neighbours = _recent(history, checked, rows, min(tail, rows))
+        if recent is not None and recent.height:
+            checked, decided = _series_with_history(
+                checked, recent, actions, self.settings, gap=gap
+            )
+        else:
+            checked = series_context(checked, actions, self.settings, gap=gap)
+        if prints:
+            checked = self._bad_prints(checked, neighbours)
+        return checked, decided
+
+    def _along_series(
+        self,
+        checked: pl.DataFrame,
+        merged: Merged,
+        history: pl.DataFrame | None,
+        actions: pl.DataFrame | None,
+        *,
+        gap: bool,
+        prints: bool,
+    ) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+        """Add the series flags (and `_gap_s`, `_bad_print` when asked) to `checked` from
+        the merged stored + batch rows; return it with the stored bars the batch decides.
+
+        Numpy columns gathered by `merged`'s positions: no merged frame is built.
+        """
+        batch = series_columns(checked)
+        values = ("open", "high", "low", "close", "volume")
+        if merged.rows.size:
+            assert history is not None
+            hist = {k: _f64(history, k)[merged.rows] for k in values}
+            hist_ts = history["ts"].to_numpy().view(np.int64)[merged.rows]
+        else:
+            hist = {k: np.zeros(0) for k in values}
+            hist_ts = np.zeros(0, dtype=np.int64)
+        cols = {k: merged.take(hist[k], batch[k]) for k in values}
+        cols["valid"] = merged.take(np.ones(merged.rows.size, dtype=bool), batch["valid"])
+        cols["new"] = merged.new
+        ts = merged.take(hist_ts, checked["ts"].to_numpy().view(np.int64))
+        starts = np.flatnonzero(batch["new"])
+        series = merged.take(merged.series, np.cumsum(batch["new"]) - 1)
+
+        def keys() -> pl.DataFrame:
+            return pl.DataFrame(
+                {
+                    "symbol": checked["symbol"].gather(starts).gather(series),
+                    "ts": pl.Series(ts).cast(pl.Datetime("us")).dt.replace_time_zone("UTC"),
+                }
+            )
+
+        flags = series_flags(cols, keys, actions, self.settings)
+        alone = not merged.rows.size  # merged rows are the batch's rows
+        at = merged.batch_at
+        added = [pl.Series(k, v if alone else v[at]) for k, v in flags.items()]
+        if gap:  # seconds since the previous bar of the series (floor division)
+            step = np.zeros(merged.size, dtype=np.float64)
+            step[1:] = (ts[1:] - ts[:-1]) // 1_000_000
+            step[merged.new] = np.nan
+            gaps = step if alone else step[at]
+            added.append(pl.Series("_gap_s", gaps, nan_to_null=True).cast(pl.Int64))
+        if prints:
+            added.append(pl.Series("_bad_print", self._prints(checked, merged, cols, ts)))
+        decided = None
+        if merged.rows.size:
+            assert history is not None
+            decided = _decided_rows(history, merged, flags, checked)
+        return checked.hstack(added), decided
+
+    def _prints(
+        self,
+        checked: pl.DataFrame,
+        merged: Merged,
+        cols: dict[str, np.ndarray],
+        ts: np.ndarray,
+    ) -> np.ndarray:
+        """`_bad_print` of the batch rows: the batch's minutes with their stored
+        neighbours (the last `bad_print_window` minutes before each series; context only)."""
+        cal, n = self.calendar, checked.height
+        if cal is None or "_in_hours" not in checked.columns:
+            return np.zeros(n, dtype=bool)
+        use_batch = checked.select(
+            ((pl.col("timeframe") == "1m") & pl.col("_in_hours") & pl.col("_valid"))
+            .fill_null(False)
+            .alias("u")
+        )["u"].to_numpy()
+        series_minutes = (checked["timeframe"] == "1m").to_numpy()[
+            np.flatnonzero(checked["_new"].to_numpy())
+        ]
+        sel = merged.neighbour & series_minutes[merged.series]
+        hist_at = merged.hist_at[sel]
+        use = np.zeros(merged.size, dtype=bool)
+        use[hist_at] = in_hours(cal, ts[hist_at])
+        use[merged.batch_at] = use_batch
+        keep = np.zeros(merged.size, dtype=bool)
+        keep[hist_at] = True
+        keep[merged.batch_at] = True
+        if not merged.rows.size:  # the batch alone: no subset to gather
+            names = ("high", "low", "close", "volume")
+            h, lo, c, v = (cols[k] for k in names)
+            return bad_print_marks(
+                ts, h, lo, c, v, merged.new, use, self.intraday, session_closes(cal)
+            )
+        sub = np.flatnonzero(keep)
+        series = merged.take(merged.series, np.cumsum(checked["_new"].to_numpy()) - 1)[sub]
+        new = np.ones(sub.size, dtype=bool)
+        new[1:] = series[1:] != series[:-1]
+        marks = bad_print_marks(
+            ts[sub],
+            cols["high"][sub],
+            cols["low"][sub],
+            cols["close"][sub],
+            cols["volume"][sub],
+            new,
+            use[sub],
+            self.intraday,
+            session_closes(cal),
+        )
+        return marks[np.searchsorted(sub, merged.batch_at)]
 
     def _history_rows(self) -> int:
         """Stored bars before a series' first batch bar that can change a batch result.
@@ -634,10 +853,10 @@ class Validator:
         marks = with_bad_prints(both, settings, cal).filter(pl.col("_i") >= 0).sort("_i")
         return checked.with_columns(_bad_print=marks["_bad_print"])
 
-    def _with_context(self, df: pl.DataFrame) -> pl.DataFrame:
+    def _with_context(self, df: pl.DataFrame, one_timeframe: bool = False) -> pl.DataFrame:
         if df.is_empty():
             return df
-        if _single_timeframe(df):
+        if _single_timeframe(df, one_timeframe):
             return self._grid_context(df, Timeframe.parse(str(df["timeframe"][0])))
         parts = []
         for (tf_text,), part in df.group_by("timeframe", maintain_order=True):
@@ -664,6 +883,9 @@ class Validator:
             return df.with_columns(
                 _aligned=pl.col("ts").dt.truncate(tf.polars_every) == pl.col("ts")
             )
+        ts = df["ts"]
+        if ts.dtype == _UTC_US and not ts.null_count() and not _FRAME_PATH:  # cached sessions
+            return df.with_columns(_intraday_marks(cal, ts.to_numpy().view(np.int64), tf))
         local_day = cal.local_dates(df["ts"]).alias("_day")
         joined = _with_sessions(df, local_day, cal.schedule)
         offset_s = (pl.col("ts") - pl.col("_open")).dt.total_seconds()
@@ -679,6 +901,9 @@ class Validator:
     # -- outputs ---------------------------------------------------------------------------
     @staticmethod
     def _rejected_rows(checked: pl.DataFrame, errors: list[Rule]) -> pl.DataFrame:
+        if checked.is_empty():  # the schema alone, without a query
+            reasons = dict.fromkeys(("rule", "severity", "reason"), pl.String)
+            return pl.DataFrame(schema={**{c: checked.schema[c] for c in BAR_COLUMNS}, **reasons})
         bad = checked.filter(pl.col("_rejected"))
         if not errors:
             return bad.select(BAR_COLUMNS).with_columns(
@@ -705,12 +930,13 @@ class Validator:
     def _row_issues(checked: pl.DataFrame, rules: list[Rule], limit: int) -> list[ValidationIssue]:
         issues: list[ValidationIssue] = []
         for rule in rules:
-            hits = checked.filter(pl.col(rule.name)).select("symbol", "ts").head(limit)
+            at = np.flatnonzero(checked[rule.name].to_numpy())[:limit]
+            symbols, times = checked["symbol"].gather(at), checked["ts"].gather(at)
             issues.extend(
                 ValidationIssue(
                     symbol=s, ts=t, rule=rule.name, severity=rule.severity, message=rule.message
                 )
-                for s, t in hits.iter_rows()
+                for s, t in zip(symbols, times, strict=True)
             )
         return issues
 
@@ -718,7 +944,7 @@ class Validator:
         """Return (symbol, ts) of bars the calendar expects inside each series' span."""
         return self._missing_bars(bars.sort("symbol", "timeframe", "ts"))
 
-    def _missing_bars(self, clean: pl.DataFrame) -> pl.DataFrame:
+    def _missing_bars(self, clean: pl.DataFrame, one_timeframe: bool = False) -> pl.DataFrame:
         """Return (symbol, ts) of expected bars absent between each series' first and last bar.
 
         Only gaps inside the delivered span count: a series starting late (listing) or
@@ -728,10 +954,12 @@ class Validator:
         cal = self.calendar
         if cal is None or clean.is_empty():
             return empty
+        if "_new" in clean.columns and clean["_new"].all():
+            return empty  # every series is one bar: nothing can be missing inside its span
         out = [empty]
         groups = (
             [((clean["timeframe"][0],), clean)]
-            if _single_timeframe(clean)
+            if _single_timeframe(clean, one_timeframe)
             else clean.group_by("timeframe", maintain_order=True)
         )
         for (tf_text,), part in groups:
@@ -782,6 +1010,29 @@ class Validator:
         )
         have = part.filter(pl.col("symbol").is_in(short["symbol"].implode())).select("symbol", "ts")
         return wanted.join(have, on=["symbol", "ts"], how="anti").sort("symbol", "ts")
+
+
+_UTC_US = pl.Datetime("us", "UTC")
+
+
+def _intraday_marks(cal: TradingCalendar, us: np.ndarray, tf: Timeframe) -> list[pl.Expr]:
+    """`_is_session`, `_in_hours` (null off-session) and `_aligned` of intraday bars.
+
+    The marks of the frame path below: on the session grid from the open, elsewhere on
+    the timeframe's grid (a UTC `dt.truncate` of a fixed duration is epoch-based).
+    """
+    step = tf.seconds
+    assert step is not None
+    hit, opens, closes = session_marks(cal, us)
+    after_open = hit & (us >= opens)
+    aligned = np.where(
+        after_open, (us - opens) // 1_000_000 % step == 0, us % (step * 1_000_000) == 0
+    )
+    return [
+        pl.lit(pl.Series("_is_session", hit)),
+        pl.when(pl.Series(hit)).then(pl.Series(after_open & (us < closes))).alias("_in_hours"),
+        pl.lit(pl.Series("_aligned", aligned)),
+    ]
 
 
 def _with_sessions(df: pl.DataFrame, day: pl.Series, schedule: pl.DataFrame) -> pl.DataFrame:
