@@ -90,6 +90,7 @@ from quantivista.storage.lake.deltas import (
     Rows,
     delta_name,
     delta_names,
+    stack_frames,
 )
 from quantivista.storage.lake.encoding import ArrowBatch, Run, _ranges
 from quantivista.storage.lake.files import (
@@ -480,7 +481,8 @@ class ParquetLake:
     def _upsert_locked(self, part: _Partition, directory: Path) -> UpsertStats:
         """Merge `part` into its partition (the caller holds its lock)."""
         # not joined into one chunk (a copy of every column): the cache takes chunked frames
-        new = _stack(part.slices)
+        new = stack_frames(part.slices)
+        assert new is not None  # a partition of a write holds rows
         path = self.base_path(directory)
         runs = [(symbol, hi - lo) for symbol, lo, hi in part.runs]
         self._sweep_temporaries(directory)
@@ -1672,17 +1674,6 @@ def _prune_empty_dirs(start: Path, stop: Path) -> None:
         except OSError:  # not empty (or already gone): stop climbing
             return
         here = here.parent
-
-
-def _stack(frames: list[pl.DataFrame]) -> pl.DataFrame:
-    """Return the frames one after another, as chunks (`pl.concat` costs several times
-    more for a few small frames: it hands the columns to the thread pool)."""
-    out = frames[0]
-    if len(frames) > 1:
-        out = out.clone()
-        for frame in frames[1:]:
-            out.vstack(frame, in_place=True)
-    return out
 
 
 def _ts_slice(df: pl.DataFrame, start: datetime | None, end: datetime | None) -> pl.DataFrame:

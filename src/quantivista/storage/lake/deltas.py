@@ -58,6 +58,7 @@ __all__ = [
     "PartitionView",
     "delta_name",
     "delta_names",
+    "stack_frames",
 ]
 
 DELTA_DIR = "_deltas"
@@ -145,7 +146,7 @@ class PartitionView:
         """
         pieces = [self.base.rows_of(symbol)] if symbol in self.base.index else []
         if symbol not in self._joined:  # a view lives until the next delta: reads reuse it
-            self._joined[symbol] = _stack(
+            self._joined[symbol] = stack_frames(
                 [d.rows_of(symbol) for d in self.deltas if symbol in d.index]
             )
         joined = self._joined[symbol]
@@ -171,7 +172,7 @@ class PartitionView:
         return sum(d.estimated_size() for d in self.deltas) + 1
 
 
-def _stack(frames: list[pl.DataFrame]) -> pl.DataFrame | None:
+def stack_frames(frames: list[pl.DataFrame]) -> pl.DataFrame | None:
     """Return the frames one after another as chunks of one frame (None: no frames).
 
     A read slices and joins each piece of a symbol: one piece per delta costs more than
