@@ -49,3 +49,32 @@ def rounded(value: Any, digits: int) -> Any:
 def print_json_line(out: dict[str, Any], digits: int | None = None) -> None:
     """Print the result as one JSON line (floats rounded to `digits` when given)."""
     print(json.dumps(out if digits is None else rounded(out, digits)))
+
+
+def callgrind_totals(child: list[str]) -> list[int]:
+    """Run `python child...` under callgrind, dumping before each `os.getppid()` the child
+    calls as a marker; return the instruction total of each dump, in order."""
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "cg.out"
+        cmd = [
+            "valgrind",
+            "--tool=callgrind",
+            "--dump-before=getppid",
+            f"--callgrind-out-file={out}",
+            sys.executable,
+            *child,
+        ]
+        subprocess.run(cmd, check=True, capture_output=True)
+        dumps = sorted(Path(tmp).glob("cg.out.*"), key=lambda p: int(p.suffix[1:]))
+        totals = []
+        for dump in dumps:
+            for line in dump.read_text(errors="replace").splitlines():
+                if line.startswith("totals:"):
+                    totals.append(int(line.split()[1]))
+                    break
+    return totals

@@ -13,11 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from _common import callgrind_totals
 
 READS = (("first", "S0000"), ("next", "S0001"), ("warm", "S0000"), ("next2", "S0002"))
 
@@ -37,26 +38,7 @@ def child(root: Path) -> None:
 
 def measure(root: Path) -> dict[str, Any]:
     """Run the child under callgrind; return each read's instruction count."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "cg.out"
-        cmd = [
-            "valgrind",
-            "--tool=callgrind",
-            "--dump-before=getppid",
-            f"--callgrind-out-file={out}",
-            sys.executable,
-            __file__,
-            "--child",
-            str(root),
-        ]
-        subprocess.run(cmd, check=True, capture_output=True)
-        dumps = sorted(Path(tmp).glob("cg.out.*"), key=lambda p: int(p.suffix[1:]))
-        totals = []
-        for dump in dumps:
-            for line in dump.read_text(errors="replace").splitlines():
-                if line.startswith("totals:"):
-                    totals.append(int(line.split()[1]))
-                    break
+    totals = callgrind_totals([__file__, "--child", str(root)])
     inside = totals[1::2]  # dumps alternate: before a read, the read
     return {name: inside[i] for i, (name, _) in enumerate(READS)}
 

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from _common import callgrind_totals
 
 CALLS = int(os.environ.get("QV_PERF_IR_CALLS", "3"))
 
@@ -45,25 +45,7 @@ def child() -> None:
 
 def measure() -> dict[str, Any]:
     """Run the child under callgrind; return instructions per call of each part."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "cg.out"
-        cmd = [
-            "valgrind",
-            "--tool=callgrind",
-            "--dump-before=getppid",
-            f"--callgrind-out-file={out}",
-            sys.executable,
-            __file__,
-            "--child",
-        ]
-        subprocess.run(cmd, check=True, capture_output=True)
-        dumps = sorted(Path(tmp).glob("cg.out.*"), key=lambda p: int(p.suffix[1:]))
-        totals = []
-        for dump in dumps:
-            for line in dump.read_text(errors="replace").splitlines():
-                if line.startswith("totals:"):
-                    totals.append(int(line.split()[1]))
-                    break
+    totals = callgrind_totals([__file__, "--child"])
     # dumps: set-up, the validate calls, the peer calls (the rest is exit)
     return {
         "validate_per_call": totals[1] // CALLS,
