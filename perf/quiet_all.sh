@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Every open issue's benchmark in one go, for a quiet machine (nothing else running).
+# Usage: bash perf/quiet_all.sh [OUT_DIR]   (default: perf/out/quiet-<UTC timestamp>)
+# Each benchmark prints one JSON line into OUT_DIR/<name>.json (stderr beside it); the
+# 1-minute load average is printed before each so a disturbed run can be told apart.
+# Takes ~15 minutes on 2 cores.
+set -u
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+OUT=${1:-perf/out/quiet-$(date -u +%Y%m%dT%H%M%SZ)}
+mkdir -p "$OUT"
+run() {
+  local name=$1; shift
+  echo "$(date -u +%H:%M:%S) load $(cut -d' ' -f1 /proc/loadavg) -> $name: $*"
+  "$PY" "$@" >"$OUT/$name.json" 2>"$OUT/$name.err" || echo "  $name failed (see $OUT/$name.err)"
+}
+run cold_read_1 perf/cold_read.py --runs 5
+run cold_read_2 perf/cold_read.py --runs 5
+run storage_1 perf/storage.py
+run storage_2 perf/storage.py
+run storage_3 perf/storage.py
+run stream_1 perf/stream.py
+run stream_2 perf/stream.py nats
+run workers perf/workers.py 200 60 2
+run api perf/api.py --runs 3
+run append_stream perf/append.py --symbols 500,5000 --batches 300
+run append_years perf/append.py --symbols 2000,5000 --years 10,20 --no-stream
+run validate_small perf/validate_small.py
+echo "$(date -u +%H:%M:%S) done: $OUT"
