@@ -20,12 +20,18 @@ same run, none assumed:
   serves every agent on the host: its CPU is printed, not charged;
 - the latency: a call's round trip on the idle system, less the CPU it took (that CPU is
   modelled, under contention);
-- the CPUs: the host's (affinity); what other work on the machine leaves the run is the
-  `slowdown` fitted to how much longer the large calibration job took than the small one,
-  and a job's fixed seconds (`job_s`: first claim, first task's set-up, roll-up) are the
-  small job's time less its tasks' modelled time (`calibrate`). Two probes are printed
-  beside it, not used: spinning processes (the scheduler favours processes that sleep, so
-  they read low) and a process of 5 ms bursts.
+- the CPUs: the host's (affinity); the other work on the machine: its runnable threads
+  (/proc/stat procs_running, sampled for 1 s just before each job; `background`), which
+  take their shares of the cores in the model;
+- one worker's time per task (`task_s`): the two jobs' wall difference over their tasks'
+  difference, its pipelining included; the plan plays one worker out in exactly that time
+  (`host_model.fit`: the share of the worker's CPU on the tasks' path, under the
+  calibration's background) and a job's fixed seconds (`job_s`: first claim, first task's
+  set-up, roll-up) are the small job's time less its tasks' played-out time (`calibrate`).
+  With N workers the model adds only what changes: the contention of N workers, the
+  simulator, the database and the background on the cores, and the quota. Two probes are
+  printed beside it, not used: spinning processes (the scheduler favours processes that
+  sleep, so they read low) and a process of 5 ms bursts.
 For each worker count: a fresh store, the workers started (not timed), the probes, the plan,
 then a backfill of SYMBOLS daily histories queued and timed from submission to the job's
 end (its end_time). Prints one JSON line: per run the measured and predicted seconds, the
@@ -63,7 +69,7 @@ from quantivista.providers.simulator import run_simulator
 from quantivista.providers.simulator.wiring import SIMULATOR_API_KEY
 from quantivista.runtime import Runtime
 from quantivista.services.backfill import predicted_seconds
-from quantivista.services.host_model import HostCosts, simulate
+from quantivista.services.host_model import HostCosts, fit, simulate
 from quantivista.testing.workers import WorkerProcesses
 
 FIRST, LAST = date(2023, 1, 3), date(2023, 12, 29)
@@ -71,6 +77,9 @@ LATENCY_MS = 50
 MARGIN_S = 0.0  # calls are held until answered: no margin needed for the limit
 CONCURRENCY = 2
 CALIBRATION_SYMBOLS = (20, 80)  # two job sizes of one worker: 2 tasks and 8 tasks
+# `QV_PERF_TAG=name`: put a name in the PostgreSQL schema and the Redis prefix (machines
+# shared by several runs)
+TAG = "".join(c for c in os.environ.get("QV_PERF_TAG", "") if c.isalnum()).lower()
 
 
 def _tagged(tag: str) -> str:
@@ -192,6 +201,21 @@ def slowdown_now(seconds: float = 1.5) -> float:
     value = float(parent.recv())
     proc.join()
     return max(value, 1.0)
+
+
+def background_now(seconds: float = 1.0) -> float:
+    """Return the threads of other work runnable now: the mean of /proc/stat's
+    procs_running (every runnable thread on the host) less this reader, sampled every 10 ms
+    while the run's own processes are idle (workers polling, the simulator waiting)."""
+    counts = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        for line in Path("/proc/stat").read_text().splitlines():
+            if line.startswith("procs_running"):
+                counts.append(int(line.split()[1]) - 1)
+                break
+        time.sleep(0.01)
+    return max(statistics.fmean(counts), 0.0) if counts else 0.0
 
 
 def cpus_of_host() -> float:
@@ -321,8 +345,8 @@ def run(
     costs: HostCosts | None = None,
 ) -> dict[str, Any]:
     """Backfill `symbols` with `n_workers` processes; return calls, times, costs and the plan."""
-    schema = f"qv_perf_workers_scaleout_{uuid.uuid4().hex[:8]}"
-    prefix = f"qv-perf-workers-scaleout:{uuid.uuid4().hex[:8]}"
+    schema = f"qv_perf_workers_scaleout_{TAG}{uuid.uuid4().hex[:8]}"
+    prefix = f"qv-perf-workers-scaleout:{TAG}{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory() as tmp:
         env = _env(sim.url, schema, prefix, quota, tmp)
         try:
@@ -338,8 +362,10 @@ def run(
                 rtt, rtt_cpu = round_trip(rt, symbols[0], sim)
                 # the CPU part is modelled, the rest is waiting
                 latency = max(rtt - rtt_cpu, LATENCY_MS / 1000)
-                # the slowdown: the calibration's (fitted to its job), not the probe's
-                host = None if costs is None else replace(costs, cpus=cpus)
+                background = background_now()  # other work, just before the job
+                # on_path and the slowdown: fitted to the calibration's one-worker time
+                # under its background; the run's own background is the contention now
+                host = None if costs is None else replace(costs, cpus=cpus, background=background)
                 plan = rt.backfill.plan(
                     symbols, FIRST, LAST, "1d", ["polygon"], workers=n_workers,
                     latency_s=latency if host else rtt, host=host,
@@ -356,6 +382,7 @@ def run(
                 # the job's own end, not the poll's: polling often costs CPU the run needs
                 ended = done.end_time or datetime.now(UTC)
                 elapsed = (ended - at0).total_seconds()
+                background_after = background_now(0.5)  # how the other work moved
                 ran = rt.ingestion.tasks(job.job_id)
                 first = min(t.started_at or at0 for t in ran) - at0
                 last = max(t.finished_at or at0 for t in ran) - at0
@@ -381,7 +408,9 @@ def run(
         "cpus": cpus,
         "cpus_spinning": round(spun, 2),
         "slowdown_probed": round(slowdown, 2),
-        "slowdown_used": round(costs.slowdown, 2) if costs else None,
+        "background": round(background, 2),
+        "background_after": round(background_after, 2),
+        "model": {k: round(v, 3) for k, v in plan.model.get("polygon", {}).items()},
         "latency_s": latency,
         "round_trip_ms": round(rtt * 1000, 1),
         "round_trip_cpu_ms": round(rtt_cpu * 1000, 1),
@@ -393,7 +422,6 @@ def run(
         "provider_cpu_s_per_call": round(used["provider"] / max(plan.calls, 1), 5),
         "store_cpu_s_per_task": round(used["store"] / max(tasks, 1), 4),
         "redis_cpu_s_per_task": round(used["redis"] / max(tasks, 1), 4),
-        "job_s_used": round(costs.job_s, 3) if costs else None,
         "bound_quota_s": round(quota_s, 2),
         "predicted_s": round(plan.predicted_s, 2),
         "measured_over_predicted": round(elapsed / plan.predicted_s, 3),
@@ -417,14 +445,6 @@ def _faults(quota: int) -> ProviderFaultSettings:
     )
 
 
-def _model(run_: dict[str, Any], costs: HostCosts, quota: int) -> float:
-    """Return the model's seconds of a one-worker calibration run's tasks (no job costs)."""
-    return simulate(
-        run_["tasks"], run_["calls"], workers=1, concurrency=CONCURRENCY,
-        latency_s=run_["latency_s"], costs=costs, windows=[(quota, 1.0 + MARGIN_S)],
-    )  # fmt: skip
-
-
 def calibrate(small: dict[str, Any], large: dict[str, Any], quota: int) -> HostCosts:
     """Return the host's costs from two jobs of one worker, of 2 and of 8 tasks.
 
@@ -432,9 +452,11 @@ def calibrate(small: dict[str, Any], large: dict[str, Any], quota: int) -> HostC
     imports, caches; the roll-up after the last task) and a part per task. The CPU per task
     and per call are the two jobs' differences over their tasks' and calls' differences (the
     fixed CPU cancels). The growth of the measured time from the small job to the large
-    one gives the slowdown (what other work on the machine leaves the run, and any
-    per-task cost not counted; at least 1); the small job's time less its tasks' modelled
-    time gives the fixed seconds (`job_s`, at least 0).
+    one over their tasks is one worker's time per task (`task_s`, its pipelining included),
+    measured under the two jobs' mean background; `host_model.fit` plays one worker out in
+    it (the share of the worker's CPU on the tasks' path; past all of it, a slowdown); the
+    small job's time less its tasks' played-out time gives the fixed seconds (`job_s`, at
+    least 0).
     """
     tasks = large["tasks"] - small["tasks"]
     calls = large["calls"] - small["calls"]
@@ -446,21 +468,20 @@ def calibrate(small: dict[str, Any], large: dict[str, Any], quota: int) -> HostC
         provider_s_per_call=max(large["provider_cpu_s"] - small["provider_cpu_s"], 0.0) / calls,
         store_s_per_task=max(large["store_cpu_s"] - small["store_cpu_s"], 0.0) / tasks,
         cpus=cpus_of_host(),
+        task_s=max(float(large["measured_s"]) - float(small["measured_s"]), 0.0) / tasks,
+        task_background=(small["background"] + large["background"]) / 2,
     )
-    grew = float(large["measured_s"]) - float(small["measured_s"])
-
-    def growth(slowdown: float) -> float:
-        slowed = replace(costs, slowdown=slowdown)
-        return _model(large, slowed, quota) - _model(small, slowed, quota)
-
-    lo, hi = 1.0, 50.0
-    if growth(lo) < grew:
-        for _ in range(40):
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if growth(mid) < grew else (lo, mid)
-    costs = replace(costs, slowdown=lo)
+    latency = float(small["latency_s"])
+    fitted = fit(costs, calls_per_task=calls / tasks, concurrency=CONCURRENCY,
+                 latency_s=latency)  # fmt: skip
+    played = simulate(
+        small["tasks"], small["calls"], workers=1, concurrency=CONCURRENCY, latency_s=latency,
+        costs=replace(fitted, background=fitted.task_background),
+        windows=[(quota, 1.0 + MARGIN_S)],
+    )  # fmt: skip
     pickup = float(Settings().workers.poll_s)  # the plan adds it besides job_s
-    fixed = float(small["measured_s"]) - pickup - _model(small, costs, quota)
+    fixed = float(small["measured_s"]) - pickup - played
+    # the plan fits again (the same way, with its latency): the costs go as measured
     return replace(costs, job_s=max(fixed, 0.0))
 
 
@@ -471,10 +492,15 @@ def one_round(sim: Simulator, symbols: list[str], quota: int) -> dict[str, Any]:
     small, large = (run(1, symbols[:n], sim, quota, f"calibration {n}")
                     for n in CALIBRATION_SYMBOLS)  # fmt: skip
     costs = calibrate(small, large, quota)
+    fitted = fit(costs, calls_per_task=(large["calls"] - small["calls"])
+                 / (large["tasks"] - small["tasks"]), concurrency=CONCURRENCY,
+                 latency_s=float(small["latency_s"]))  # fmt: skip
     calibration = {
         "small": small,
         "large": large,
         "costs": {k: round(v, 5) for k, v in asdict(costs).items()},
+        "on_path": round(fitted.on_path, 4),
+        "slowdown": round(fitted.slowdown, 3),
     }
     runs = [run(n, symbols, sim, quota, "scaling", costs) for n in (1, 2, 4)]
     # a tight quota: the time is the quota's, whatever the workers could do
@@ -510,6 +536,11 @@ def main() -> None:
             rows.setdefault(key, []).append(x["measured_over_predicted"])
             if x["run"] == "scaling":
                 speedups.setdefault(str(x["workers"]), []).append(round(one / x["measured_s"], 2))
+    backgrounds: dict[str, list[float]] = {}
+    for r in rounds:
+        for x in [*r["runs"], r["quota_bound"]]:
+            key = f"{x['workers']} workers" if x["run"] == "scaling" else x["run"]
+            backgrounds.setdefault(key, []).append(x["background"])
     ratios = [v for vs in rows.values() for v in vs]
     report = {
         "bench": "workers",
@@ -519,6 +550,8 @@ def main() -> None:
         "concurrency": CONCURRENCY,
         "repeats": repeats,
         "ratio_range": {k: [min(v), max(v)] for k, v in rows.items()},
+        "ratios": rows,
+        "backgrounds": backgrounds,
         "speedup_range": {k: [min(v), max(v)] for k, v in speedups.items()},
         "within_20pct": all(0.8 <= r <= 1.2 for r in ratios),
         "violations": violations,
