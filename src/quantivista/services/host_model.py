@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -347,7 +348,8 @@ def terms(
     """Return the model's terms for a backfill (seconds unless named otherwise).
 
     `task_s`: one worker's time per task (measured, else played out from the costs);
-    `workers_s`: `tasks x task_s / workers`, the workers alone (no contention, no quota);
+    `workers_s`: the workers alone (no contention, no quota): rounds of `workers x
+    concurrency` tasks, each round `concurrency x task_s` (one worker's slots at once);
     `calls_s`: the calls alone (latency and quota, no CPU); `cpu_s`: every CPU second of the
     workers, the provider and the database over the cores (times `slowdown`);
     `provider_s`: the provider's (one process); `played_s`: all of it played out together
@@ -375,7 +377,10 @@ def terms(
     )
     return {
         "task_s": one,
-        "workers_s": tasks * one / max(workers, 1),
+        # rounds of every slot's task; a slot's task takes `concurrency` x task_s
+        "workers_s": math.ceil(tasks / (max(workers, 1) * max(concurrency, 1)))
+        * max(concurrency, 1)
+        * one,
         "calls_s": played(HostCosts(cpus=costs.cpus)),
         "cpu_s": cpu * costs.slowdown / max(costs.cpus, 1e-9),
         "provider_s": calls * costs.provider_s_per_call * costs.slowdown,
