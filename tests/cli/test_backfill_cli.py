@@ -65,7 +65,7 @@ def test_a_measured_time_per_task_is_fitted_and_the_models_terms_are_printed(
     out = " ".join(result.output.split())
     assert "predicted 0.4 s" in out  # 2 rounds of 0.2 s + the first poll (0.01 s)
     assert "one worker 0.100 s per task" in out
-    assert "worker CPU on the path 75%, slowdown 1.00, background 0.0 threads" in out
+    assert "worker CPU on the path 75%, slowdown 1.00)" in out
     assert "1 worker(s) alone 0.4 s" in out
 
 

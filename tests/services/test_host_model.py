@@ -132,26 +132,6 @@ def test_the_cpu_beside_a_tasks_path_overlaps_its_calls_but_not_the_cores() -> N
     assert simulate(1, 3, costs=one, **kw) == pytest.approx(0.6)  # type: ignore[arg-type]
 
 
-def test_other_works_threads_take_their_shares_of_the_cores() -> None:
-    # one worker, 1 s of CPU and no waiting, on 2 CPUs
-    kw = {"workers": 1, "concurrency": 1, "latency_s": 0.0}
-    alone = HostCosts(worker_s_per_task=1.0, cpus=2)
-    assert simulate(1, 1, costs=alone, **kw) == pytest.approx(1.0)  # type: ignore[arg-type]
-    # one other thread: each gets a CPU; three: each a half
-    for background, want in ((1.0, 1.0), (3.0, 2.0)):
-        loaded = HostCosts(worker_s_per_task=1.0, cpus=2, background=background)
-        assert simulate(1, 1, costs=loaded, **kw) == pytest.approx(want)  # type: ignore[arg-type]
-    # 1.5 threads: a whole one and one runnable half the time (at most 0.5 CPU): the
-    # worker gets 0.75 CPU
-    half = HostCosts(worker_s_per_task=1.0, cpus=2, background=1.5)
-    assert simulate(1, 1, costs=half, **kw) == pytest.approx(1 / 0.75)  # type: ignore[arg-type]
-    # waiting does not stretch: a quota's time stays the quota's
-    quota = {"workers": 2, "concurrency": 2, "latency_s": 0.05, "windows": [(10, 1.0)]}
-    idle = simulate(10, 100, costs=HostCosts(cpus=2), **quota)  # type: ignore[arg-type]
-    busy = simulate(10, 100, costs=HostCosts(cpus=2, background=6), **quota)  # type: ignore[arg-type]
-    assert busy == pytest.approx(idle)
-
-
 def test_fit_plays_one_worker_out_in_its_measured_time_per_task() -> None:
     # one slot, tasks of 2 calls of 0.1 s, 0.2 s of the worker's CPU per task on 2 CPUs:
     # with a share p >= 0.5 on the path a task takes 0.2 + 0.1 p + 0.1 p = 0.2 + 0.2 p
@@ -172,18 +152,6 @@ def test_fit_plays_one_worker_out_in_its_measured_time_per_task() -> None:
     assert fit(costs, **kw) is costs  # type: ignore[arg-type]
 
 
-def test_fit_plays_one_worker_under_the_background_it_was_measured_in() -> None:
-    # one slot, tasks of 1 call of 0 s and 1 s of CPU: a lone worker takes 1 s a task, with
-    # 3 other threads on 2 CPUs 2 s (half a CPU); measured 2 s under them: all on the path
-    costs = HostCosts(worker_s_per_task=1.0, cpus=2, task_s=2.0, task_background=3.0)
-    fitted = fit(costs, calls_per_task=1, concurrency=1, latency_s=0.0)
-    assert (fitted.on_path, fitted.slowdown) == (pytest.approx(1.0), pytest.approx(1.0))
-    # measured 2 s on a quiet host instead: the host is twice as slow as its costs
-    quiet = fit(replace(costs, task_background=0.0), calls_per_task=1, concurrency=1,
-                latency_s=0.0)  # fmt: skip
-    assert quiet.slowdown == pytest.approx(2.0)
-
-
 def test_terms_list_the_bounds_beside_the_played_out_time() -> None:
     # 20 tasks of 10 calls, 4 workers of 2 slots; one worker measured at 0.4 s a task
     costs = HostCosts(worker_s_per_task=0.1, provider_s_per_call=0.004, store_s_per_task=0.02,
@@ -200,7 +168,7 @@ def test_terms_list_the_bounds_beside_the_played_out_time() -> None:
     assert got["played_s"] == pytest.approx(
         simulate(20, 200, workers=4, concurrency=2, latency_s=0.05, costs=costs)
     )
-    assert (got["on_path"], got["slowdown"], got["background"]) == (1.0, 1.0, 0.0)
+    assert (got["on_path"], got["slowdown"]) == (1.0, 1.0)
     # without a measured time, one worker's is played out: 2 slots, 10 x 50 ms calls and
     # 0.1 s of CPU each (two slots on one GIL), no provider or store
     bare = HostCosts(worker_s_per_task=0.1, cpus=2)

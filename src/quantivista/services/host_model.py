@@ -15,8 +15,7 @@ on the same host (the simulator) and the database answer every call and every ta
   a worker's slots, the provider's handlers), except the part of a worker's CPU spent on
   polars' thread pool (outside the GIL: the slot waits for it; the slots' parts run at
   once, up to `pool_threads` CPUs); each database burst is its own backend; other work on
-  the machine is `background` runnable threads (measured) that take their shares of the
-  cores too, and `slowdown` stretches every burst (fitted, 1 when the costs explain it);
+  the machine slows every burst by `slowdown` (fitted, 1 when the costs explain it);
 - a task keeps up to `fetch_concurrency` calls in flight (`ingest.fetch_concurrency`):
   one answer is parsed while the next call waits for its own.
 
@@ -72,12 +71,6 @@ class HostCosts:
     # the wall seconds per task of one worker, measured (0: unknown, composed from the
     # costs); `fit` turns it into `on_path` (and `slowdown` if all on the path is too quick)
     task_s: float = 0.0
-    # other work's runnable threads on the host (measured: /proc/stat procs_running, less
-    # the reader) during the backfill: each takes its share of the cores beside the run's
-    # processes (0 on a quiet host) ...
-    background: float = 0.0
-    # ... and while `task_s` was measured (`fit` plays one worker out under it)
-    task_background: float = 0.0
     # the share of the worker's CPU the task waits for; the rest runs beside the task's
     # calls (another thread's turn on the cores: contends for them, not in the slot's way)
     on_path: float = 1.0
@@ -234,9 +227,7 @@ def simulate(
         groups = list(owners.values())
         # (a small frame's operation runs on one pool thread: one CPU a burst at most)
         caps = [min(pool_cap, len(g)) if _on_pool(g[0].owner) else 1.0 for g in groups]
-        whole, part = divmod(max(costs.background, 0.0), 1.0)
-        others = [1.0] * int(whole) + ([part] if part > 0 else [])
-        shares = _shares(caps + others, costs.cpus)[: len(caps)]
+        shares = _shares(caps, costs.cpus)
         rates = {id(b): share / costs.slowdown / len(group)
                  for share, group in zip(shares, groups, strict=True) for b in group}  # fmt: skip
         nxt = float("inf")
@@ -306,17 +297,15 @@ def fit(
     The share of the worker's CPU on the tasks' path (`on_path`, 0-1) is raised from 0
     until one worker's played-out time per task is `task_s`; if all of it on the path is
     still quicker, the host is slower than its costs say (`slowdown` > 1, fitted the same
-    way), both under the other work measured with it (`task_background`). Without `task_s`
-    the costs are returned as given. Measure `task_s` on tasks of `calls_per_task` calls
-    where the quota does not bind (one worker).
+    way). Without `task_s` the costs are returned as given. Measure `task_s` on tasks of
+    `calls_per_task` calls where the quota does not bind (one worker).
     """
     if costs.task_s <= 0:
         return costs
     calls = max(round(calls_per_task), 1)
 
     def played(on_path: float, slowdown: float) -> float:
-        trial = replace(costs, on_path=on_path, slowdown=slowdown,
-                        background=costs.task_background)  # fmt: skip
+        trial = replace(costs, on_path=on_path, slowdown=slowdown)
         return _one_worker_task_s(trial, calls, concurrency=concurrency, latency_s=latency_s,
                                   fetch=fetch_concurrency)  # fmt: skip
 
@@ -353,14 +342,13 @@ def terms(
     `calls_s`: the calls alone (latency and quota, no CPU); `cpu_s`: every CPU second of the
     workers, the provider and the database over the cores (times `slowdown`);
     `provider_s`: the provider's (one process); `played_s`: all of it played out together
-    (`simulate`, other work's `background` threads included; the plan adds `job_s` and the
-    first poll); `on_path`, `slowdown`, `background`: as used.
+    (`simulate`; the plan adds `job_s` and the first poll); `on_path`, `slowdown`: as used.
     Give `costs` as `fit` returns them.
     """
     if tasks <= 0:
         return {"task_s": 0.0, "workers_s": 0.0, "calls_s": 0.0, "cpu_s": 0.0,
                 "provider_s": 0.0, "played_s": 0.0, "on_path": costs.on_path,
-                "slowdown": costs.slowdown, "background": costs.background}  # fmt: skip
+                "slowdown": costs.slowdown}  # fmt: skip
     per_call = calls / tasks
     one = costs.task_s or _one_worker_task_s(
         costs, max(round(per_call), 1), concurrency=concurrency, latency_s=latency_s,
@@ -387,5 +375,4 @@ def terms(
         "played_s": played(costs),
         "on_path": costs.on_path,
         "slowdown": costs.slowdown,
-        "background": costs.background,
     }

@@ -53,8 +53,8 @@ def model_line(provider: str, terms: dict[str, float], workers: int) -> str:
         f" quota {_duration(terms['calls_s'])}; all CPU over the cores"
         f" {_duration(terms['cpu_s'])} (the provider's {_duration(terms['provider_s'])});"
         f" played out {_duration(terms['played_s'])} (worker CPU on the path"
-        f" {terms['on_path']:.0%}, slowdown {terms['slowdown']:.2f}, background"
-        f" {terms['background']:.1f} threads) + job {terms['job_s'] + terms['pickup_s']:.2f} s"
+        f" {terms['on_path']:.0%}, slowdown {terms['slowdown']:.2f})"
+        f" + job {terms['job_s'] + terms['pickup_s']:.2f} s"
     )
 
 
@@ -128,10 +128,6 @@ def backfill(
             " change (contention, quota).",
         ),
     ] = None,
-    background: Annotated[
-        float,
-        typer.Option(min=0, help="Other work's runnable threads on the host (procs_running)."),
-    ] = 0.0,
 ) -> None:
     """Fill what the store lacks: the gap map against the exchange calendar, the fewest
     provider calls (look-back, pages, free tiers first), the time under the quotas.
@@ -151,9 +147,9 @@ def backfill(
     if task_ms is not None and slowdown != 1.0:
         fail("--task-ms fits the slowdown itself: give one of --task-ms and --slowdown", code=2)
     host = None
-    costs = (provider_cpu_ms, store_cpu_ms, job_s, slowdown, background)
+    costs = (provider_cpu_ms, store_cpu_ms, job_s, slowdown)
     given = any(v is not None for v in (worker_cpu_ms, cpus, task_ms)) or costs != (
-        0.0, 0.0, 0.0, 1.0, 0.0)  # fmt: skip
+        0.0, 0.0, 0.0, 1.0)  # fmt: skip
     if given:  # any host cost given: the backfill is played out on the host's CPUs
         host = HostCosts(
             worker_s_per_task=(worker_cpu_ms or 0.0) / 1000,
@@ -163,8 +159,6 @@ def backfill(
             slowdown=slowdown,
             job_s=job_s,
             task_s=(task_ms or 0.0) / 1000,
-            background=background,
-            task_background=background,  # measured alike, as far as the plan knows
         )
     with session(create=True) as rt:  # a plan against an empty store is a full one
         plan = rt.backfill.plan(
