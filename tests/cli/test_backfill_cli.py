@@ -79,3 +79,11 @@ def test_a_measured_time_per_task_fits_its_own_slowdown(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.exit_code == 2
     assert "--task-ms" in result.output
+    alone = runner.invoke(
+        app,
+        ["--data-dir", str(tmp_path / "qv"), "backfill", "AAA", "--start", "2024-01-02",
+         "--end", "2024-01-31", "-p", "synthetic", "--plan", "--task-ms", "100"],
+        env=ENV,
+    )  # fmt: skip
+    assert alone.exit_code == 2
+    assert "--worker-cpu-ms" in alone.output

@@ -148,8 +148,10 @@ def test_fit_plays_one_worker_out_in_its_measured_time_per_task() -> None:
     assert (slowed.on_path, slowed.slowdown) == (1.0, pytest.approx(1.5))
     # quicker than the calls alone allow (0.3 s at p <= 0.5): nothing on the path
     assert fit(replace(costs, task_s=0.25), **kw).on_path == pytest.approx(0.0)  # type: ignore[arg-type]
-    # no measured time: the costs as given
+    # no measured time, or no CPU to fit it with: the costs as given
     assert fit(costs, **kw) is costs  # type: ignore[arg-type]
+    idle = HostCosts(cpus=2, task_s=0.5)
+    assert fit(idle, **kw) is idle  # type: ignore[arg-type]
 
 
 def test_terms_list_the_bounds_beside_the_played_out_time() -> None:

@@ -297,10 +297,12 @@ def fit(
     The share of the worker's CPU on the tasks' path (`on_path`, 0-1) is raised from 0
     until one worker's played-out time per task is `task_s`; if all of it on the path is
     still quicker, the host is slower than its costs say (`slowdown` > 1, fitted the same
-    way). Without `task_s` the costs are returned as given. Measure `task_s` on tasks of
+    way). Without `task_s`, or without any CPU cost to fit (nothing to put on the path or
+    to slow down), the costs are returned as given. Measure `task_s` on tasks of
     `calls_per_task` calls where the quota does not bind (one worker).
     """
-    if costs.task_s <= 0:
+    cpu = costs.worker_s_per_task + costs.provider_s_per_call + costs.store_s_per_task
+    if costs.task_s <= 0 or cpu <= 0:
         return costs
     calls = max(round(calls_per_task), 1)
 

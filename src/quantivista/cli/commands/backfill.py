@@ -146,6 +146,8 @@ def backfill(
         fail("--start and --end are required", code=2)
     if task_ms is not None and slowdown != 1.0:
         fail("--task-ms fits the slowdown itself: give one of --task-ms and --slowdown", code=2)
+    if task_ms is not None and not worker_cpu_ms:
+        fail("--task-ms is fitted to the worker's CPU: give --worker-cpu-ms too", code=2)
     host = None
     costs = (provider_cpu_ms, store_cpu_ms, job_s, slowdown)
     given = any(v is not None for v in (worker_cpu_ms, cpus, task_ms)) or costs != (
