@@ -39,6 +39,7 @@ then a backfill of SYMBOLS daily histories queued and timed from submission to t
 end (its end_time). Prints one JSON line: per run the measured and predicted seconds, the
 costs seen in that run and the ratio. Usage: `python perf/workers.py [SYMBOLS] [QUOTA_PER_S]
 [REPEATS]` (200, 60, 1); with REPEATS > 1 the report gives each row's range of ratios.
+`QV_PERF_TAG=name` puts `name` in the PostgreSQL schema and the Redis prefix.
 """
 
 from __future__ import annotations
