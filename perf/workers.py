@@ -20,17 +20,26 @@ same run, none assumed:
   serves every agent on the host: its CPU is printed, not charged;
 - the latency: a call's round trip on the idle system, less the CPU it took (that CPU is
   modelled, under contention);
-- the CPUs: the host's (affinity); what other work on the machine leaves the run is the
-  `slowdown` fitted to how much longer the large calibration job took than the small one,
-  and a job's fixed seconds (`job_s`: first claim, first task's set-up, roll-up) are the
-  small job's time less its tasks' modelled time (`calibrate`). Two probes are printed
-  beside it, not used: spinning processes (the scheduler favours processes that sleep, so
-  they read low) and a process of 5 ms bursts.
+- the CPUs: the host's (affinity);
+- one worker's time per task (`task_s`): a pair of jobs' wall difference over their tasks'
+  difference, its pipelining included, the median of CALIBRATION_PAIRS pairs (a burst of
+  other work on a shared machine hits a single job of a few seconds); the plan plays one
+  worker out in exactly that time (`host_model.fit`: the share of the worker's CPU on the
+  tasks' path; past all of it, a slowdown) and a job's fixed seconds (`job_s`: first
+  claim, first task's set-up, roll-up) are the small jobs' median time less their tasks'
+  played-out time (`calibrate`). With N workers the model adds only what changes: the
+  contention of N workers, the simulator and the database on the cores, and the quota.
+Printed beside it, not used: the other work's runnable threads (/proc/stat procs_running
+less the run's own runnable threads: 1 s before each job, during it every 50 ms, 0.5 s
+after; processor sharing with that many busy threads over-states by far what they take
+from a run that mostly waits, which the scheduler serves first when it wakes), spinning
+processes (read low for the same reason) and a process of 5 ms bursts.
 For each worker count: a fresh store, the workers started (not timed), the probes, the plan,
 then a backfill of SYMBOLS daily histories queued and timed from submission to the job's
 end (its end_time). Prints one JSON line: per run the measured and predicted seconds, the
 costs seen in that run and the ratio. Usage: `python perf/workers.py [SYMBOLS] [QUOTA_PER_S]
 [REPEATS]` (200, 60, 1); with REPEATS > 1 the report gives each row's range of ratios.
+`QV_PERF_TAG=name` puts `name` in the PostgreSQL schema and the Redis prefix.
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -63,7 +73,7 @@ from quantivista.providers.simulator import run_simulator
 from quantivista.providers.simulator.wiring import SIMULATOR_API_KEY
 from quantivista.runtime import Runtime
 from quantivista.services.backfill import predicted_seconds
-from quantivista.services.host_model import HostCosts, simulate
+from quantivista.services.host_model import HostCosts, fit, simulate
 from quantivista.testing.workers import WorkerProcesses
 
 FIRST, LAST = date(2023, 1, 3), date(2023, 12, 29)
@@ -71,6 +81,10 @@ LATENCY_MS = 50
 MARGIN_S = 0.0  # calls are held until answered: no margin needed for the limit
 CONCURRENCY = 2
 CALIBRATION_SYMBOLS = (20, 80)  # two job sizes of one worker: 2 tasks and 8 tasks
+CALIBRATION_PAIRS = 3  # the median pair's time per task: a burst of other work hits one
+# `QV_PERF_TAG=name`: put a name in the PostgreSQL schema and the Redis prefix (machines
+# shared by several runs)
+TAG = "".join(c for c in os.environ.get("QV_PERF_TAG", "") if c.isalnum()).lower()
 
 
 def _tagged(tag: str) -> str:
@@ -192,6 +206,81 @@ def slowdown_now(seconds: float = 1.5) -> float:
     value = float(parent.recv())
     proc.join()
     return max(value, 1.0)
+
+
+def background_now(seconds: float = 1.0) -> float:
+    """Return the threads of other work runnable now: the mean of /proc/stat's
+    procs_running (every runnable thread on the host) less this reader, sampled every 10 ms
+    while the run's own processes are idle (workers polling, the simulator waiting)."""
+    counts = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        for line in Path("/proc/stat").read_text().splitlines():
+            if line.startswith("procs_running"):
+                counts.append(int(line.split()[1]) - 1)
+                break
+        time.sleep(0.01)
+    return max(statistics.fmean(counts), 0.0) if counts else 0.0
+
+
+def _runnable(pids: list[int]) -> int:
+    """Return how many threads of `pids` are runnable now (state R in /proc)."""
+    count = 0
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except FileNotFoundError:
+            continue
+        for tid in tids:
+            try:
+                stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            count += stat.rsplit(")", 1)[1].split()[0] == "R"
+    return count
+
+
+class BackgroundMeter:
+    """Other work's runnable threads while a job runs: /proc/stat procs_running less the
+    run's own runnable threads (workers, simulator, the run's PostgreSQL backends, this
+    process), every 50 ms on a thread; the backends' pids are looked up once a second."""
+
+    def __init__(self, pids: list[int], schema: str) -> None:
+        self._pids = [*pids, os.getpid()]
+        self._schema = schema
+        self._stop = threading.Event()
+        self._counts: list[int] = []
+        self._thread = threading.Thread(target=self._sample, name="background", daemon=True)
+
+    def __enter__(self) -> BackgroundMeter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def mean(self) -> float:
+        return max(statistics.fmean(self._counts), 0.0) if self._counts else 0.0
+
+    def _sample(self) -> None:
+        dsn = Settings().services.postgres_dsn.get_secret_value()
+        with psycopg.connect(dsn, autocommit=True) as pg:
+            backends: list[int] = []
+            looked = 0.0
+            while not self._stop.wait(0.05):
+                if time.perf_counter() - looked > 1.0:
+                    rows = pg.execute(
+                        "SELECT pid FROM pg_stat_activity WHERE application_name = %s",
+                        (self._schema,),
+                    ).fetchall()
+                    backends, looked = [pid for (pid,) in rows], time.perf_counter()
+                ours = _runnable([*self._pids, *backends])
+                for line in Path("/proc/stat").read_text().splitlines():
+                    if line.startswith("procs_running"):
+                        self._counts.append(int(line.split()[1]) - ours)
+                        break
 
 
 def cpus_of_host() -> float:
@@ -321,8 +410,8 @@ def run(
     costs: HostCosts | None = None,
 ) -> dict[str, Any]:
     """Backfill `symbols` with `n_workers` processes; return calls, times, costs and the plan."""
-    schema = f"qv_perf_workers_scaleout_{uuid.uuid4().hex[:8]}"
-    prefix = f"qv-perf-workers-scaleout:{uuid.uuid4().hex[:8]}"
+    schema = f"qv_perf_workers_scaleout_{TAG}{uuid.uuid4().hex[:8]}"
+    prefix = f"qv-perf-workers-scaleout:{TAG}{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory() as tmp:
         env = _env(sim.url, schema, prefix, quota, tmp)
         try:
@@ -338,7 +427,8 @@ def run(
                 rtt, rtt_cpu = round_trip(rt, symbols[0], sim)
                 # the CPU part is modelled, the rest is waiting
                 latency = max(rtt - rtt_cpu, LATENCY_MS / 1000)
-                # the slowdown: the calibration's (fitted to its job), not the probe's
+                background = background_now()  # other work, just before the job (printed)
+                # on_path and the slowdown: fitted to the calibration's one-worker time
                 host = None if costs is None else replace(costs, cpus=cpus)
                 plan = rt.backfill.plan(
                     symbols, FIRST, LAST, "1d", ["polygon"], workers=n_workers,
@@ -348,14 +438,17 @@ def run(
                 meter = Meter([w.pid for w in procs.workers], sim.pid, schema)
                 before = meter.read()
                 t0, at0 = time.perf_counter(), datetime.now(UTC)
-                (job,) = rt.backfill.submit(plan)
-                done = rt.ingestion.wait(job.job_id, timeout_s=600, poll_s=0.2)
+                pids = [w.pid for w in procs.workers] + [sim.pid]
+                with BackgroundMeter(pids, schema) as during:
+                    (job,) = rt.backfill.submit(plan)
+                    done = rt.ingestion.wait(job.job_id, timeout_s=600, poll_s=0.2)
                 polled = time.perf_counter() - t0
                 after = meter.read()
                 meter.close()
                 # the job's own end, not the poll's: polling often costs CPU the run needs
                 ended = done.end_time or datetime.now(UTC)
                 elapsed = (ended - at0).total_seconds()
+                background_after = background_now(0.5)  # how the other work moved
                 ran = rt.ingestion.tasks(job.job_id)
                 first = min(t.started_at or at0 for t in ran) - at0
                 last = max(t.finished_at or at0 for t in ran) - at0
@@ -381,7 +474,10 @@ def run(
         "cpus": cpus,
         "cpus_spinning": round(spun, 2),
         "slowdown_probed": round(slowdown, 2),
-        "slowdown_used": round(costs.slowdown, 2) if costs else None,
+        "background": round(background, 2),
+        "background_during": round(during.mean, 2),
+        "background_after": round(background_after, 2),
+        "model": {k: round(v, 3) for k, v in plan.model.get("polygon", {}).items()},
         "latency_s": latency,
         "round_trip_ms": round(rtt * 1000, 1),
         "round_trip_cpu_ms": round(rtt_cpu * 1000, 1),
@@ -393,7 +489,6 @@ def run(
         "provider_cpu_s_per_call": round(used["provider"] / max(plan.calls, 1), 5),
         "store_cpu_s_per_task": round(used["store"] / max(tasks, 1), 4),
         "redis_cpu_s_per_task": round(used["redis"] / max(tasks, 1), 4),
-        "job_s_used": round(costs.job_s, 3) if costs else None,
         "bound_quota_s": round(quota_s, 2),
         "predicted_s": round(plan.predicted_s, 2),
         "measured_over_predicted": round(elapsed / plan.predicted_s, 3),
@@ -417,27 +512,24 @@ def _faults(quota: int) -> ProviderFaultSettings:
     )
 
 
-def _model(run_: dict[str, Any], costs: HostCosts, quota: int) -> float:
-    """Return the model's seconds of a one-worker calibration run's tasks (no job costs)."""
-    return simulate(
-        run_["tasks"], run_["calls"], workers=1, concurrency=CONCURRENCY,
-        latency_s=run_["latency_s"], costs=costs, windows=[(quota, 1.0 + MARGIN_S)],
-    )  # fmt: skip
-
-
-def calibrate(small: dict[str, Any], large: dict[str, Any], quota: int) -> HostCosts:
-    """Return the host's costs from two jobs of one worker, of 2 and of 8 tasks.
+def calibrate(pairs: list[tuple[dict[str, Any], dict[str, Any]]], quota: int) -> HostCosts:
+    """Return the host's costs from pairs of jobs of one worker, of 2 and of 8 tasks.
 
     A job costs a fixed part (the first claim, the first task's set-up: connections,
     imports, caches; the roll-up after the last task) and a part per task. The CPU per task
-    and per call are the two jobs' differences over their tasks' and calls' differences (the
-    fixed CPU cancels). The growth of the measured time from the small job to the large
-    one gives the slowdown (what other work on the machine leaves the run, and any
-    per-task cost not counted; at least 1); the small job's time less its tasks' modelled
-    time gives the fixed seconds (`job_s`, at least 0).
+    and per call are the jobs' differences over their tasks' and calls' differences (the
+    fixed CPU cancels), summed over the pairs. The growth of the measured time from a small
+    job to its large one over their tasks is one worker's time per task, its pipelining
+    included; `task_s` is the pairs' median (other work's bursts hit single jobs of a few
+    seconds). The plan plays one worker out in it (`host_model.fit`: the share of the
+    worker's CPU on the tasks' path; past all of it, a slowdown); the small jobs' median
+    time less their tasks' played-out time gives the fixed seconds (`job_s`, at least 0).
     """
-    tasks = large["tasks"] - small["tasks"]
-    calls = large["calls"] - small["calls"]
+    small = {k: sum(float(a[k]) for a, _ in pairs) for k in _SUMMED}
+    large = {k: sum(float(b[k]) for _, b in pairs) for k in _SUMMED}
+    tasks, calls = large["tasks"] - small["tasks"], large["calls"] - small["calls"]
+    growth = [(float(b["measured_s"]) - float(a["measured_s"])) / (b["tasks"] - a["tasks"])
+              for a, b in pairs]  # fmt: skip
     costs = HostCosts(
         worker_s_per_task=max(large["worker_cpu_s"] - small["worker_cpu_s"], 0.0) / tasks,
         worker_pool_s_per_task=max(large["worker_pool_cpu_s"] - small["worker_pool_cpu_s"], 0.0)
@@ -446,35 +538,47 @@ def calibrate(small: dict[str, Any], large: dict[str, Any], quota: int) -> HostC
         provider_s_per_call=max(large["provider_cpu_s"] - small["provider_cpu_s"], 0.0) / calls,
         store_s_per_task=max(large["store_cpu_s"] - small["store_cpu_s"], 0.0) / tasks,
         cpus=cpus_of_host(),
+        task_s=max(statistics.median(growth), 0.0),
     )
-    grew = float(large["measured_s"]) - float(small["measured_s"])
-
-    def growth(slowdown: float) -> float:
-        slowed = replace(costs, slowdown=slowdown)
-        return _model(large, slowed, quota) - _model(small, slowed, quota)
-
-    lo, hi = 1.0, 50.0
-    if growth(lo) < grew:
-        for _ in range(40):
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if growth(mid) < grew else (lo, mid)
-    costs = replace(costs, slowdown=lo)
+    first = pairs[0][0]
+    latency = statistics.median(float(a["latency_s"]) for a, _ in pairs)
+    fitted = fit(costs, calls_per_task=calls / tasks, concurrency=CONCURRENCY,
+                 latency_s=latency)  # fmt: skip
+    played = simulate(
+        first["tasks"], first["calls"], workers=1, concurrency=CONCURRENCY, latency_s=latency,
+        costs=fitted, windows=[(quota, 1.0 + MARGIN_S)],
+    )  # fmt: skip
     pickup = float(Settings().workers.poll_s)  # the plan adds it besides job_s
-    fixed = float(small["measured_s"]) - pickup - _model(small, costs, quota)
+    fixed = statistics.median(float(a["measured_s"]) for a, _ in pairs) - pickup - played
+    # the plan fits again (the same way, with its latency): the costs go as measured
     return replace(costs, job_s=max(fixed, 0.0))
+
+
+_SUMMED = ("tasks", "calls", "worker_cpu_s", "worker_pool_cpu_s", "provider_cpu_s", "store_cpu_s")
 
 
 def one_round(sim: Simulator, symbols: list[str], quota: int) -> dict[str, Any]:
     """Calibrate, then 1, 2 and 4 workers, then a tight quota; return the round's runs."""
     sim.configure(_faults(quota))
-    # the costs, measured: two jobs of one worker (fixed and per-task parts apart)
-    small, large = (run(1, symbols[:n], sim, quota, f"calibration {n}")
-                    for n in CALIBRATION_SYMBOLS)  # fmt: skip
-    costs = calibrate(small, large, quota)
+    # the costs, measured: pairs of jobs of one worker (fixed and per-task parts apart)
+    small, large = CALIBRATION_SYMBOLS
+    pairs = [
+        (run(1, symbols[:small], sim, quota, f"calibration {small}"),
+         run(1, symbols[:large], sim, quota, f"calibration {large}"))
+        for _ in range(CALIBRATION_PAIRS)
+    ]  # fmt: skip
+    costs = calibrate(pairs, quota)
+    fitted = fit(costs, calls_per_task=10, concurrency=CONCURRENCY,
+                 latency_s=statistics.median(float(a["latency_s"]) for a, _ in pairs))  # fmt: skip
     calibration = {
-        "small": small,
-        "large": large,
+        "pairs": pairs,
+        "task_s_per_pair": [
+            round((b["measured_s"] - a["measured_s"]) / (b["tasks"] - a["tasks"]), 4)
+            for a, b in pairs
+        ],
         "costs": {k: round(v, 5) for k, v in asdict(costs).items()},
+        "on_path": round(fitted.on_path, 4),
+        "slowdown": round(fitted.slowdown, 3),
     }
     runs = [run(n, symbols, sim, quota, "scaling", costs) for n in (1, 2, 4)]
     # a tight quota: the time is the quota's, whatever the workers could do
@@ -510,6 +614,13 @@ def main() -> None:
             rows.setdefault(key, []).append(x["measured_over_predicted"])
             if x["run"] == "scaling":
                 speedups.setdefault(str(x["workers"]), []).append(round(one / x["measured_s"], 2))
+    backgrounds: dict[str, list[list[float]]] = {}
+    for r in rounds:
+        for x in [*r["runs"], r["quota_bound"]]:
+            key = f"{x['workers']} workers" if x["run"] == "scaling" else x["run"]
+            backgrounds.setdefault(key, []).append(
+                [x["background"], x["background_during"], x["background_after"]]
+            )
     ratios = [v for vs in rows.values() for v in vs]
     report = {
         "bench": "workers",
@@ -519,6 +630,8 @@ def main() -> None:
         "concurrency": CONCURRENCY,
         "repeats": repeats,
         "ratio_range": {k: [min(v), max(v)] for k, v in rows.items()},
+        "ratios": rows,
+        "backgrounds": backgrounds,
         "speedup_range": {k: [min(v), max(v)] for k, v in speedups.items()},
         "within_20pct": all(0.8 <= r <= 1.2 for r in ratios),
         "violations": violations,

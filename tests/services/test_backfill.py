@@ -28,7 +28,7 @@ from quantivista.providers.yahoo import YahooProvider
 from quantivista.reference.calendars import TradingCalendar
 from quantivista.runtime import Runtime
 from quantivista.services.backfill import _merge, predicted_seconds, task_seconds
-from quantivista.services.host_model import HostCosts, simulate
+from quantivista.services.host_model import HostCosts, fit, simulate
 
 NOW = datetime(2024, 6, 3, 12, tzinfo=UTC)
 
@@ -270,3 +270,33 @@ def test_the_plan_plays_a_tasks_calls_in_flight_and_adds_the_jobs_fixed_seconds(
         overlapped = simulate(tasks, played.calls, fetch_concurrency=2, **kw)
         assert played.predicted_s == pytest.approx(rt.settings.workers.poll_s + 1.5 + overlapped)
         assert overlapped < simulate(tasks, played.calls, **kw)  # parsing while calls wait
+
+
+def test_a_measured_time_per_task_is_one_workers_and_the_plan_adds_what_more_workers_change(
+    tmp_path: Path,
+) -> None:
+    quota: Any = {"limits": {"paid": ["100/second"]}, "margin_s": 0.0}
+    one: Any = {"fetch_concurrency": 1, "symbols_per_batch": 10}
+    settings = Settings(data_dir=tmp_path / "qv", ingest=one, resilience=quota)
+    with Runtime.from_settings(settings, clock=TestClock(NOW), registry=_registry()) as rt:
+        symbols = [f"S{i:03d}" for i in range(200)]  # 20 tasks of 10 calls
+        args = ("2024-01-02", "2024-01-31", "1d", ["paid"])
+        host = HostCosts(worker_s_per_task=0.1, provider_s_per_call=0.004,
+                         store_s_per_task=0.02, cpus=2, task_s=0.43, job_s=0.1)  # fmt: skip
+        pickup = rt.settings.workers.poll_s
+        each = rt.settings.workers.concurrency
+        solo = rt.backfill.plan(symbols, *args, workers=1, latency_s=0.05, host=host)
+        (terms,) = solo.model.values()
+        # one worker: the measured 0.43 s a task, 20 of them, and the job's fixed seconds
+        assert solo.predicted_s == pytest.approx(pickup + 0.1 + 20 * 0.43, rel=1e-6)
+        assert terms["task_s"] == 0.43 and terms["workers_s"] == pytest.approx(8.6)
+        assert (terms["job_s"], terms["pickup_s"]) == (0.1, pickup)
+        # four workers: the played-out time is the fitted model's, and it is more than the
+        # workers alone or the quota alone would take (they meet, and the CPUs are shared)
+        four = rt.backfill.plan(symbols, *args, workers=4, latency_s=0.05, host=host)
+        fitted = fit(host, calls_per_task=10, concurrency=each, latency_s=0.05)
+        want = simulate(20, 200, workers=4, concurrency=each, latency_s=0.05, costs=fitted,
+                        windows=[(100, 1.0)])  # fmt: skip
+        assert four.predicted_s == pytest.approx(pickup + 0.1 + want)
+        (more,) = four.model.values()
+        assert more["played_s"] > max(more["workers_s"], more["calls_s"])

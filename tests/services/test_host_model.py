@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from quantivista.model.rates import Rate
 from quantivista.services.backfill import predicted_seconds
-from quantivista.services.host_model import HostCosts, simulate
+from quantivista.services.host_model import HostCosts, fit, simulate, terms
 
 
 def test_without_costs_or_quota_slots_run_their_tasks_call_after_call() -> None:
@@ -110,3 +112,67 @@ def test_the_polars_pool_part_runs_outside_the_gil() -> None:
     # both pool halves run at once on the two CPUs until 1.5 s
     half = HostCosts(worker_s_per_task=1.0, worker_pool_s_per_task=0.5, pool_threads=2, cpus=2)
     assert simulate(2, 2, costs=half, **kw) == pytest.approx(1.5)  # type: ignore[arg-type]
+
+
+def test_the_cpu_beside_a_tasks_path_overlaps_its_calls_but_not_the_cores() -> None:
+    # one slot, one task of 3 calls of 0.1 s; 0.1 s of the worker's CPU per call
+    kw = {"workers": 1, "concurrency": 1, "latency_s": 0.1}
+    two = {"worker_s_per_task": 0.3, "cpus": 2}
+    # all of it on the path: 3 x (0.1 + 0.1)
+    assert simulate(1, 3, costs=HostCosts(**two), **kw) == pytest.approx(0.6)  # type: ignore[arg-type]
+    # half: 0.05 on the path while 0.05 runs beside it on the other CPU: 3 x 0.15
+    half = HostCosts(**two, on_path=0.5)  # type: ignore[arg-type]
+    assert simulate(1, 3, costs=half, **kw) == pytest.approx(0.45)  # type: ignore[arg-type]
+    # none: the calls back to back, the task ends when the last answer's 0.1 s is done
+    none = HostCosts(**two, on_path=0.0)  # type: ignore[arg-type]
+    assert simulate(1, 3, costs=none, **kw) == pytest.approx(0.4)  # type: ignore[arg-type]
+    # on one CPU the part beside the path takes its turn: 0.1 s of CPU per call still
+    # takes 0.1 s after each answer, 0.6 s as if all were on the path
+    one = HostCosts(worker_s_per_task=0.3, cpus=1, on_path=0.5)
+    assert simulate(1, 3, costs=one, **kw) == pytest.approx(0.6)  # type: ignore[arg-type]
+
+
+def test_fit_plays_one_worker_out_in_its_measured_time_per_task() -> None:
+    # one slot, tasks of 2 calls of 0.1 s, 0.2 s of the worker's CPU per task on 2 CPUs:
+    # with a share p >= 0.5 on the path a task takes 0.2 + 0.1 p + 0.1 p = 0.2 + 0.2 p
+    costs = HostCosts(worker_s_per_task=0.2, cpus=2)
+    kw = {"calls_per_task": 2, "concurrency": 1, "latency_s": 0.1}
+    fitted = fit(replace(costs, task_s=0.36), **kw)  # type: ignore[arg-type]
+    assert fitted.on_path == pytest.approx(0.8)
+    assert fitted.slowdown == 1.0
+    # then 10 tasks take 10 x 0.36 s, as measured
+    one = {"workers": 1, "concurrency": 1, "latency_s": 0.1}
+    assert simulate(10, 20, costs=fitted, **one) == pytest.approx(3.6)  # type: ignore[arg-type]
+    # slower than all of it on the path (0.4 s): the host is slower, 0.2 + 0.2 s = 0.5
+    slowed = fit(replace(costs, task_s=0.5), **kw)  # type: ignore[arg-type]
+    assert (slowed.on_path, slowed.slowdown) == (1.0, pytest.approx(1.5))
+    # quicker than the calls alone allow (0.3 s at p <= 0.5): nothing on the path
+    assert fit(replace(costs, task_s=0.25), **kw).on_path == pytest.approx(0.0)  # type: ignore[arg-type]
+    # no measured time, or no CPU to fit it with: the costs as given
+    assert fit(costs, **kw) is costs  # type: ignore[arg-type]
+    idle = HostCosts(cpus=2, task_s=0.5)
+    assert fit(idle, **kw) is idle  # type: ignore[arg-type]
+
+
+def test_terms_list_the_bounds_beside_the_played_out_time() -> None:
+    # 20 tasks of 10 calls, 4 workers of 2 slots; one worker measured at 0.4 s a task
+    costs = HostCosts(worker_s_per_task=0.1, provider_s_per_call=0.004, store_s_per_task=0.02,
+                      cpus=2, task_s=0.4)  # fmt: skip
+    got = terms(20, 200, workers=4, concurrency=2, latency_s=0.05, costs=costs)
+    # 3 rounds of 8 tasks, each round a slot's task: 2 x 0.4 s
+    assert got["task_s"] == 0.4
+    assert got["workers_s"] == pytest.approx(2.4)
+    # the calls alone: 3 rounds of 10 calls of 50 ms
+    assert got["calls_s"] == pytest.approx(1.5)
+    # 20 x 0.12 s + 200 x 4 ms = 3.2 CPU seconds on 2 CPUs; the provider's 0.8 s
+    assert got["cpu_s"] == pytest.approx(1.6)
+    assert got["provider_s"] == pytest.approx(0.8)
+    assert got["played_s"] == pytest.approx(
+        simulate(20, 200, workers=4, concurrency=2, latency_s=0.05, costs=costs)
+    )
+    assert (got["on_path"], got["slowdown"]) == (1.0, 1.0)
+    # without a measured time, one worker's is played out: 2 slots, 10 x 50 ms calls and
+    # 0.1 s of CPU each (two slots on one GIL), no provider or store
+    bare = HostCosts(worker_s_per_task=0.1, cpus=2)
+    played = terms(20, 200, workers=1, concurrency=2, latency_s=0.05, costs=bare)
+    assert played["task_s"] == pytest.approx(played["played_s"] / 20)

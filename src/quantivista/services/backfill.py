@@ -19,9 +19,11 @@
    - the CPU: every task's cost spread over the CPUs the workers have.
    The quota's bound ends with the last task's own work (at a worker's share of the CPUs).
    With the host's costs measured (`host`: the workers', a provider's on the same host and
-   the database's CPU, the CPUs they share, a job's fixed seconds) the plan plays the
-   backfill out instead (`host_model.simulate`): the bounds where they meet, the calls a
-   task keeps in flight, and CPU contention, included.
+   the database's CPU, the CPUs they share, a job's fixed seconds, one worker's measured
+   time per task) the plan plays the backfill out instead (`host_model.simulate`, fitted
+   to the measured one-worker time by `host_model.fit`): the bounds where they meet, the
+   calls a task keeps in flight, and CPU contention, included; `BackfillPlan.model` keeps
+   the model's terms per provider.
 
 `submit` queues the plan as jobs for `qv worker`s (one per provider and range).
 """
@@ -30,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
@@ -44,7 +46,7 @@ from quantivista.model.timeframe import Timeframe, TimeframeLike
 from quantivista.providers.base import BarRequest, Provider
 from quantivista.providers.registry import ProviderRegistry
 from quantivista.reference.calendars import TradingCalendar
-from quantivista.services.host_model import HostCosts, simulate
+from quantivista.services.host_model import HostCosts, fit, terms
 from quantivista.services.ingestion import IngestionService
 from quantivista.services.queries import symbol_list
 from quantivista.storage.base import BarStore
@@ -128,6 +130,9 @@ class BackfillPlan:
     unservable: pl.DataFrame
     providers: pl.DataFrame  # provider, requests, symbols, calls, windows, tasks, predicted_s
     predicted_s: float
+    # per provider, with the host's costs: the host model's terms (`host_model.terms`) and
+    # the job's fixed seconds (`job_s`, `pickup_s`) it adds
+    model: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def calls(self) -> int:
@@ -298,15 +303,20 @@ class BackfillService:
         # idle workers look for tasks every `workers.poll_s`: the first task starts that late
         pickup = self.settings.workers.poll_s
 
+        model: dict[str, dict[str, float]] = {}
+
         def bound(name: str) -> float:
             n, calls = per.get(name, (0, 0))
             if host is not None and n and calls <= _SIMULATED_CALLS:
                 windows = [(r.limit, r.period_s + res.margin_s) for r in rates[name]]
-                return pickup + host.job_s + simulate(
-                    n, calls, workers=max(workers, 1),
-                    concurrency=self.settings.workers.concurrency, latency_s=latency_s,
-                    costs=host, windows=windows, fetch_concurrency=fetch,
-                )  # fmt: skip
+                each = self.settings.workers.concurrency
+                costs = fit(host, calls_per_task=calls / n, concurrency=each,
+                            latency_s=latency_s, fetch_concurrency=fetch)  # fmt: skip
+                model[name] = terms(n, calls, workers=max(workers, 1), concurrency=each,
+                                    latency_s=latency_s, costs=costs, windows=windows,
+                                    fetch_concurrency=fetch)  # fmt: skip
+                model[name].update(job_s=host.job_s, pickup_s=pickup)
+                return pickup + host.job_s + model[name]["played_s"]
             quota = finish(name, spent[name])
             if not n:
                 return quota
@@ -343,6 +353,7 @@ class BackfillService:
             unservable=pl.DataFrame(unservable, schema=_UNSERVABLE),
             providers=summary,
             predicted_s=float(summary["predicted_s"].max() or 0.0),  # type: ignore[arg-type]
+            model=model,
         )
 
     def submit(self, plan: BackfillPlan, *, queue: str | None = None) -> list[IngestionJob]:

@@ -14,7 +14,7 @@ from quantivista.cli.app import app, console, fail, session
 from quantivista.services.backfill import BackfillPlan
 from quantivista.services.host_model import HostCosts
 
-__all__ = ["backfill", "plan_table"]
+__all__ = ["backfill", "model_line", "plan_table"]
 
 
 def plan_table(plan: BackfillPlan) -> Table:
@@ -43,6 +43,19 @@ def plan_table(plan: BackfillPlan) -> Table:
         f" predicted {_duration(plan.predicted_s)}; unservable runs: {plan.unservable.height:,}"
     )
     return table
+
+
+def model_line(provider: str, terms: dict[str, float], workers: int) -> str:
+    """Return the host model's terms for one provider as one line (`host_model.terms`)."""
+    return (
+        f"host model, {escape(provider)}: one worker {terms['task_s']:.3f} s per task;"
+        f" {workers} worker(s) alone {_duration(terms['workers_s'])}; the calls under the"
+        f" quota {_duration(terms['calls_s'])}; all CPU over the cores"
+        f" {_duration(terms['cpu_s'])} (the provider's {_duration(terms['provider_s'])});"
+        f" played out {_duration(terms['played_s'])} (worker CPU on the path"
+        f" {terms['on_path']:.0%}, slowdown {terms['slowdown']:.2f})"
+        f" + job {terms['job_s'] + terms['pickup_s']:.2f} s"
+    )
 
 
 def _host_cpus() -> float:
@@ -106,13 +119,23 @@ def backfill(
     slowdown: Annotated[
         float, typer.Option(min=1, help="Wall seconds per CPU second (other work on the host).")
     ] = 1.0,
+    task_ms: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            help="One worker's measured wall time per task, ms (two jobs' difference over"
+            " their tasks'): the model plays one worker out in it, then adds what N workers"
+            " change (contention, quota).",
+        ),
+    ] = None,
 ) -> None:
     """Fill what the store lacks: the gap map against the exchange calendar, the fewest
     provider calls (look-back, pages, free tiers first), the time under the quotas.
 
     Without --plan the requests are queued as jobs for `qv worker`s. With --worker-cpu-ms
-    (perf/workers.py measures it and the other host costs) the time also counts the CPU the
-    workers, a provider on the same host and the database share.
+    or --task-ms (perf/workers.py measures them and the other host costs) the time also
+    counts the CPU the workers, a provider on the same host and the database share, and the
+    model's terms are printed.
     """
     names = list(symbols or [])
     if symbols_file is not None:
@@ -121,9 +144,14 @@ def backfill(
         fail("name symbols or give --symbols-file", code=2)
     if not start or not end:
         fail("--start and --end are required", code=2)
+    if task_ms is not None and slowdown != 1.0:
+        fail("--task-ms fits the slowdown itself: give one of --task-ms and --slowdown", code=2)
+    if task_ms is not None and not worker_cpu_ms:
+        fail("--task-ms is fitted to the worker's CPU: give --worker-cpu-ms too", code=2)
     host = None
     costs = (provider_cpu_ms, store_cpu_ms, job_s, slowdown)
-    given = worker_cpu_ms is not None or cpus is not None or costs != (0.0, 0.0, 0.0, 1.0)
+    given = any(v is not None for v in (worker_cpu_ms, cpus, task_ms)) or costs != (
+        0.0, 0.0, 0.0, 1.0)  # fmt: skip
     if given:  # any host cost given: the backfill is played out on the host's CPUs
         host = HostCosts(
             worker_s_per_task=(worker_cpu_ms or 0.0) / 1000,
@@ -132,6 +160,7 @@ def backfill(
             cpus=cpus if cpus is not None else _host_cpus(),
             slowdown=slowdown,
             job_s=job_s,
+            task_s=(task_ms or 0.0) / 1000,
         )
     with session(create=True) as rt:  # a plan against an empty store is a full one
         plan = rt.backfill.plan(
@@ -139,6 +168,8 @@ def backfill(
             latency_s=latency_ms / 1000, host=host,
         )  # fmt: skip
         console.print(plan_table(plan))
+        for name, terms in plan.model.items():
+            console.print(model_line(name, terms, workers))
         if plan_only or plan.requests.is_empty():
             return
         jobs = rt.backfill.submit(plan, queue=queue)
