@@ -9,6 +9,11 @@ Brownian bridge from the daily open to the daily close that touches the daily hi
 low exactly, with U-shaped volume that sums to the daily volume; coarser intraday and
 weekly/monthly bars are aggregated from these, so every timeframe agrees with every other.
 
+The market does not move with the calendar: each instrument draws from its own stream, one
+value per calendar day of a fixed grid (`HISTORY_START`..`HISTORY_END`), and `as_of` only
+cuts the sessions. A date's bars and actions are the same whichever day the market is built
+on; only sessions (and actions) after the old `as_of` are added.
+
 Tickers are six letters, which no US listing uses: they cannot be mistaken for real ones.
 """
 
@@ -75,7 +80,8 @@ class SimulatedMarket:
     """The market behind the `synthetic` provider and the provider simulator.
 
     Everything is derived from `seed` and `universe_size`; `as_of` is the first date whose
-    bars do not exist yet (the market has closed through the day before).
+    bars do not exist yet (the market has closed through the day before), and changes only
+    how much of the (fixed) history is visible.
     """
 
     def __init__(
@@ -304,7 +310,8 @@ class SimulatedMarket:
             div_yield[first_in_month] = div
         # forward splits: about one name in eighty splits in a given year
         hits = chance < _SPLIT_CHANCE_PER_YEAR
-        on = (years[hits] - 1970).astype("datetime64[Y]").astype("datetime64[D]") + day_of_year[hits]
+        first_day = (years[hits] - 1970).astype("datetime64[Y]").astype("datetime64[D]")
+        on = first_day + day_of_year[hits]
         at = np.searchsorted(self._session_np, on)
         split_ratio[at[at < n_days]] = ratio[hits][at < n_days]
         story = self._index_of(_FORWARD_SPLIT_ON)
