@@ -8,11 +8,19 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["load_avg_1m", "print_json_line", "rounded", "wall_and_cpu"]
+__all__ = [
+    "callgrind_totals",
+    "load_avg_1m",
+    "median_seconds",
+    "print_json_line",
+    "rounded",
+    "wall_and_cpu",
+]
 
 
 def load_avg_1m() -> float:
@@ -33,6 +41,26 @@ def wall_and_cpu(
         walls.append(time.perf_counter() - t0)
         cpus.append(time.process_time() - c0)
     return walls, cpus
+
+
+def median_seconds(
+    fn: Callable[[], Any],
+    runs: int,
+    *,
+    warmup: int = 1,
+    clock: Callable[[], float] = time.perf_counter,
+) -> float:
+    """Return the median seconds of `runs` calls of `fn` after `warmup` calls, by `clock`
+    (wall time; `time.thread_time` for this thread's CPU, which a loaded machine does not
+    inflate)."""
+    for _ in range(warmup):
+        fn()
+    spent = []
+    for _ in range(runs):
+        t0 = clock()
+        fn()
+        spent.append(clock() - t0)
+    return statistics.median(spent)
 
 
 def rounded(value: Any, digits: int) -> Any:

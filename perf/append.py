@@ -38,12 +38,12 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import load_avg_1m, print_json_line
+from _common import load_avg_1m, median_seconds, print_json_line
 from quantivista.config import StorageSettings
 from quantivista.model.schema import coerce_bars
 from quantivista.model.timeframe import Timeframe
 from quantivista.platform import Platform
-from storage import median_s, next_day, universe
+from storage import arcticdb_payloads, next_day, universe
 
 
 def nightly_lake(frame: pl.DataFrame, root: Path, cache_mb: int | None) -> dict[str, float]:
@@ -59,7 +59,7 @@ def nightly_lake(frame: pl.DataFrame, root: Path, cache_mb: int | None) -> dict[
         elapsed = time.perf_counter() - t0
         assert report.invalid_records == 0, report
         assert p.bars("S0000").height == per_symbol + 1
-        read = median_s(lambda: p.bars("S0001", timeframe="1d"), 7)
+        read = median_seconds(lambda: p.bars("S0001", timeframe="1d"), 7)
     return {"lake_s": elapsed, "lake_read_symbol_ms": read * 1e3}
 
 
@@ -68,16 +68,8 @@ def nightly_arcticdb(frame: pl.DataFrame, root: Path) -> dict[str, Any]:
     import arcticdb as adb
 
     lib = adb.Arctic(f"lmdb://{root}").get_library("bars", create_if_missing=True)
-    cols = ["open", "high", "low", "close", "volume"]
-
-    def payloads(df: pl.DataFrame) -> list[Any]:
-        return [
-            adb.WritePayload(str(sym), part.select("ts", *cols).to_pandas().set_index("ts"))
-            for (sym,), part in df.group_by("symbol", maintain_order=True)
-        ]
-
-    lib.write_batch(payloads(frame))
-    update = payloads(next_day(frame))
+    lib.write_batch(arcticdb_payloads(adb, frame))
+    update = arcticdb_payloads(adb, next_day(frame))
     t0 = time.perf_counter()
     lib.append_batch(update)
     elapsed = time.perf_counter() - t0
@@ -144,11 +136,11 @@ def stream(root: Path, batches: int) -> dict[str, Any]:
 
         def reads(label: str) -> None:
             day = (open_, open_ + timedelta(days=1))
-            out[f"read_symbol_{label}_ms"] = 1e3 * median_s(
+            out[f"read_symbol_{label}_ms"] = 1e3 * median_seconds(
                 lambda: lake.read(["S0007"], m1, *day), 7
             )
             hour = (open_ + minute * (390 + batches - 60), open_ + timedelta(days=2))
-            out[f"read_500_last_hour_{label}_ms"] = 1e3 * median_s(
+            out[f"read_500_last_hour_{label}_ms"] = 1e3 * median_seconds(
                 lambda: lake.read(symbols, m1, *hour), 3
             )
 
@@ -171,8 +163,10 @@ def stream(root: Path, batches: int) -> dict[str, Any]:
             pending.append(len(lake.live_deltas("1m")))
             if k in checks:  # while the stream runs (background merges and folds)
                 label = checks[k]
-                out[f"read_symbol_{label}_ms"] = 1e3 * median_s(read_session, 7)
-                out[f"read_symbol_{label}_cpu_ms"] = 1e3 * _cpu_median(read_session, 7)
+                out[f"read_symbol_{label}_ms"] = 1e3 * median_seconds(read_session, 7)
+                out[f"read_symbol_{label}_cpu_ms"] = 1e3 * median_seconds(
+                    read_session, 7, warmup=0, clock=time.thread_time
+                )
                 out[f"deltas_{label}"] = pending[-1]
         out["deltas_max"] = max(pending)
         out["deltas_mean"] = statistics.mean(pending)
@@ -212,16 +206,6 @@ def stream(root: Path, batches: int) -> dict[str, Any]:
         history_cpu_p50_ms=1e3 * statistics.median(history),
     )
     return out
-
-
-def _cpu_median(fn: Any, runs: int) -> float:
-    """Return the median CPU seconds of this thread over `runs` calls of `fn`."""
-    spent = []
-    for _ in range(runs):
-        c0 = time.thread_time()
-        fn()
-        spent.append(time.thread_time() - c0)
-    return statistics.median(spent)
 
 
 def _stage_totals(name: str) -> tuple[float, float]:

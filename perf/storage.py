@@ -15,11 +15,8 @@ Prints one JSON line. Usage: python perf/storage.py [--symbols 500] [--years 10]
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -28,6 +25,7 @@ from uuid import uuid4
 import numpy as np
 import polars as pl
 
+from _common import load_avg_1m, median_seconds, print_json_line
 from quantivista.config import Settings
 from quantivista.model.schema import coerce_bars
 from quantivista.model.timeframe import Timeframe
@@ -70,14 +68,13 @@ def next_day(frame: pl.DataFrame) -> pl.DataFrame:
     return last.with_columns(ts=pl.lit(ts).cast(pl.Datetime("us", "UTC")))
 
 
-def median_s(fn: Callable[[], Any], runs: int) -> float:
-    fn()  # warm
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def arcticdb_payloads(adb: Any, frame: pl.DataFrame) -> list[Any]:
+    """Return ArcticDB write payloads of `frame`: one pandas frame (indexed by ts) a symbol."""
+    cols = ["open", "high", "low", "close", "volume"]
+    return [
+        adb.WritePayload(str(sym), part.select("ts", *cols).to_pandas().set_index("ts"))
+        for (sym,), part in frame.group_by("symbol", maintain_order=True)
+    ]
 
 
 def bench_lake(frame: pl.DataFrame, root: Path) -> dict[str, float]:
@@ -86,7 +83,7 @@ def bench_lake(frame: pl.DataFrame, root: Path) -> dict[str, float]:
         report = p.write_bars(frame, source="perf", timeframe="1d")
         elapsed = time.perf_counter() - t0
         assert report.invalid_records == 0, report
-        read = median_s(lambda: p.bars("S0000", timeframe="1d"), 7)
+        read = median_seconds(lambda: p.bars("S0000", timeframe="1d"), 7)
         assert p.bars("S0000").height == frame.height // frame["symbol"].n_unique()
         t0 = time.perf_counter()
         report = p.write_bars(next_day(frame), source="perf", timeframe="1d")
@@ -107,19 +104,12 @@ def bench_arcticdb(frame: pl.DataFrame, root: Path) -> dict[str, Any]:
         return {"arcticdb": f"not installed: {exc}"}
     ac = adb.Arctic(f"lmdb://{root}")
     lib = ac.get_library("bars", create_if_missing=True)
-    cols = ["open", "high", "low", "close", "volume"]
-    payloads = []
-    for (sym,), part in frame.group_by("symbol", maintain_order=True):
-        pdf = part.select("ts", *cols).to_pandas().set_index("ts")
-        payloads.append(adb.WritePayload(str(sym), pdf))
+    payloads = arcticdb_payloads(adb, frame)
     t0 = time.perf_counter()
     lib.write_batch(payloads)
     elapsed = time.perf_counter() - t0
-    read = median_s(lambda: lib.read("S0000").data, 7)
-    update = [
-        adb.WritePayload(str(sym), part.select("ts", *cols).to_pandas().set_index("ts"))
-        for (sym,), part in next_day(frame).group_by("symbol", maintain_order=True)
-    ]
+    read = median_seconds(lambda: lib.read("S0000").data, 7)
+    update = arcticdb_payloads(adb, next_day(frame))
     t0 = time.perf_counter()
     lib.append_batch(update)
     update_s = time.perf_counter() - t0
@@ -153,7 +143,7 @@ def bench_postgres(frame: pl.DataFrame) -> dict[str, Any]:
             conn.execute("ANALYZE bars")
         lo, hi = datetime(2020, 1, 1, tzinfo=UTC), datetime(2021, 1, 1, tzinfo=UTC)
         d1 = Timeframe.parse("1d")
-        read = median_s(lambda: store.read(["S0000"], d1, lo, hi), 20)
+        read = median_seconds(lambda: store.read(["S0000"], d1, lo, hi), 20)
         assert store.read(["S0000"], d1, lo, hi).height == 253
     finally:
         store.close()
@@ -169,7 +159,8 @@ def main() -> None:
     parser.add_argument("--years", type=int, default=10)
     args = parser.parse_args()
     frame = universe(args.symbols, args.years)
-    out: dict[str, Any] = {"bench": "storage", "bars": frame.height, "symbols": args.symbols}
+    out: dict[str, Any] = {"bench": "storage", "load_avg_1m": load_avg_1m()}
+    out.update(bars=frame.height, symbols=args.symbols)
     with tempfile.TemporaryDirectory() as tmp:
         out.update(bench_lake(frame, Path(tmp) / "lake"))
         out.update(bench_arcticdb(frame, Path(tmp) / "arctic"))
@@ -179,7 +170,8 @@ def main() -> None:
             out["lake_write_bars_per_s"] / out["arcticdb_write_bars_per_s"]
         )
         out["read_ratio_vs_arcticdb"] = out["arcticdb_read_symbol_ms"] / out["lake_read_symbol_ms"]
-    print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in out.items()}))
+    out["load_avg_1m_end"] = load_avg_1m()
+    print_json_line(out, digits=3)
 
 
 if __name__ == "__main__":

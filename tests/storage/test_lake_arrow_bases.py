@@ -99,6 +99,26 @@ def test_a_parquet_store_still_reads_and_keeps_its_format(
     assert sql_query(tmp_path, "SELECT count(*) AS n FROM bars")["n"][0] == want.height
 
 
+def test_reads_sql_stats_and_the_report_list_one_base_per_partition(
+    tmp_path: Path, make_bars: MakeBars
+) -> None:
+    lake = _lake(tmp_path)
+    bars = make_bars(SYMBOLS, 10)
+    lake.upsert(bars)
+    (base,) = lake.data_files("1d")
+    assert base.name == ARROW_FILE
+    stale = bars.with_columns(close=pl.col("close") * 2)
+    stale.write_parquet(base.with_name(DATA_FILE))  # a stray Parquet file beside the base
+    assert lake.data_files() == [base]
+    fresh = _lake(tmp_path, cache_mb=0)
+    assert_frame_equal(fresh.read(SYMBOLS, D1), bars)
+    assert fresh.stats()["rows"].sum() == bars.height
+    report = lake_module.storage_report(fresh).filter(pl.col("tier") == "hot")
+    assert report["files"].to_list() == [1]
+    got = sql_query(tmp_path, "SELECT count(*) AS n, sum(close) AS c FROM bars")
+    assert (got["n"][0], got["c"][0]) == (bars.height, pytest.approx(bars["close"].sum()))
+
+
 def test_as_of_reads_and_deletes_work_on_arrow_bases(tmp_path: Path, make_bars: MakeBars) -> None:
     lake = _lake(tmp_path)
     bars = make_bars(SYMBOLS, 5)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from quantivista.storage.lake import bars as bars_module
 from quantivista.storage.lake.bars import ParquetLake
 from quantivista.storage.lake.deltas import PartitionView
 
+MinuteLake = Callable[..., tuple[ParquetLake, list[pl.DataFrame]]]
 D1 = Timeframe.parse("1d")
 M1 = Timeframe.parse("1m")
 DAY0 = datetime(2024, 1, 1, tzinfo=UTC)
@@ -70,6 +72,40 @@ def _settings(**kw: object) -> StorageSettings:
 
 
 SYMBOLS = [f"S{i:02d}" for i in range(20)]  # > 16: reads of all of them take the bulk path
+
+
+def _minute(k: int) -> pl.DataFrame:
+    """Minute 5 + k of every symbol, written k seconds into day 401: one append."""
+    return _bars(SYMBOLS, 5 + k, 1, DAY0 + timedelta(days=401, seconds=k), tf="1m")
+
+
+@pytest.fixture
+def minute_lake(tmp_path: Path) -> MinuteLake:
+    """Return a maker of a 1m lake in `tmp_path`: a base of minutes 0-4 of every symbol
+    (written on day 400), then `appends` appends of one minute each (`_minute`)."""
+
+    def make(appends: int, delta_files: int = 100) -> tuple[ParquetLake, list[pl.DataFrame]]:
+        lake = ParquetLake(tmp_path, _settings(delta_files=delta_files))
+        written = [_bars(SYMBOLS, 0, 5, DAY0 + timedelta(days=400), tf="1m")]
+        written += [_minute(k) for k in range(appends)]
+        for frame in written:
+            lake.upsert(frame)
+        return lake, written
+
+    return make
+
+
+def _fold_dying_before_the_removal(lake: ParquetLake, keep: Path) -> int:
+    """Fold the lake's deltas, then put them back as if the fold died before removing them
+    (copies kept in the new folder `keep`); return how many."""
+    keep.mkdir()
+    copies = {path: keep / f"{n}" for n, path in enumerate(lake.delta_files())}
+    for path, copy in copies.items():
+        shutil.copy(path, copy)
+    lake.compact()
+    for path, copy in copies.items():
+        shutil.copy(copy, path)
+    return len(copies)
 
 
 def test_appends_are_deltas_and_reads_are_exact_before_and_after_a_fold(tmp_path: Path) -> None:
@@ -133,36 +169,25 @@ def test_a_delta_left_by_a_crash_after_its_fold_is_ignored_then_removed(tmp_path
     base, added = _bars(SYMBOLS, 0, 10, t0), _bars(SYMBOLS, 10, 2, t1)
     lake.upsert(base)
     lake.upsert(added)
-    kept = tmp_path / "kept"
-    kept.mkdir()
-    copies = {}
-    for path in lake.delta_files():
-        copies[path] = kept / f"{len(copies)}"
-        shutil.copy(path, copies[path])
-    lake.compact()
-    for path, copy in copies.items():  # as if the fold died before removing its deltas
-        shutil.copy(copy, path)
+    kept = _fold_dying_before_the_removal(lake, tmp_path / "kept")
     want = _key_sorted(pl.concat([base, added]))
     for reader in (lake, ParquetLake(tmp_path, _settings())):
         got = reader.read(SYMBOLS, D1)
         assert not got.select("symbol", "ts").is_duplicated().any()
         assert_frame_equal(got, want)
     assert lake.stats()["rows"].sum() == want.height  # the folded deltas count once
-    assert lake.compact() == len(copies)
+    assert lake.compact() == kept
     assert not lake.delta_files()
     assert_frame_equal(lake.read(SYMBOLS, D1), want)
 
 
-def test_background_folds_keep_the_delta_count_bounded(tmp_path: Path) -> None:
-    lake = ParquetLake(tmp_path, _settings(delta_files=3))
-    lake.upsert(_bars(SYMBOLS, 0, 5, DAY0 + timedelta(days=400), tf="1m"))
-    batches = [_bars(SYMBOLS, 5 + k, 1, DAY0 + timedelta(days=401, seconds=k), tf="1m")
-               for k in range(30)]  # fmt: skip
-    for batch in batches:
-        lake.upsert(batch)
+def test_background_folds_keep_the_delta_count_bounded(
+    tmp_path: Path, minute_lake: MinuteLake
+) -> None:
+    lake, written = minute_lake(30, delta_files=3)
     lake.close()  # waits for the folds under way
     assert len(lake.delta_files()) <= 4 * 3  # 4 partitions, each folded at 3 deltas
-    want = _key_sorted(pl.concat([_bars(SYMBOLS, 0, 5, DAY0, tf="1m"), *batches]))
+    want = _key_sorted(pl.concat(written))
     got = ParquetLake(tmp_path, _settings()).read(SYMBOLS, M1)
     assert_frame_equal(got.select("symbol", "ts", "close"), want.select("symbol", "ts", "close"))
 
@@ -259,11 +284,11 @@ def test_kill_9_during_appends_and_folds_loses_no_committed_bar(tmp_path: Path) 
     assert after.height == len(SYMBOLS) * (done[-1] + 2)
 
 
-def test_an_append_is_one_delta_file_whatever_the_partitions_it_touches(tmp_path: Path) -> None:
-    lake = ParquetLake(tmp_path, _settings(delta_files=100))
-    lake.upsert(_bars(SYMBOLS, 0, 5, DAY0 + timedelta(days=400), tf="1m"))
-    batch = _bars(SYMBOLS, 5, 1, DAY0 + timedelta(days=401), tf="1m")
-    assert lake.upsert(batch).inserted == len(SYMBOLS)
+def test_an_append_is_one_delta_file_whatever_the_partitions_it_touches(
+    minute_lake: MinuteLake,
+) -> None:
+    lake, _ = minute_lake(0)
+    assert lake.upsert(_minute(0)).inserted == len(SYMBOLS)
     deltas = lake.delta_files("1m")
     assert len(deltas) == 1  # 4 buckets, one file
     assert pl.read_parquet(deltas[0]).height == len(SYMBOLS)
@@ -274,11 +299,7 @@ def test_a_delete_after_a_fold_does_not_bring_back_crash_left_deltas(tmp_path: P
     t0, t1 = DAY0 + timedelta(days=400), DAY0 + timedelta(days=401)
     lake.upsert(_bars(SYMBOLS, 0, 5, t0))
     lake.upsert(_bars(SYMBOLS, 5, 1, t1))
-    (delta,) = lake.delta_files()
-    kept = tmp_path / "kept.parquet"
-    shutil.copy(delta, kept)
-    lake.compact()
-    shutil.copy(kept, delta)  # as if the fold died before removing the delta
+    assert _fold_dying_before_the_removal(lake, tmp_path / "kept") == 1
     assert lake.delete(D1, SYMBOLS[:10]) == 60
     for reader in (lake, ParquetLake(tmp_path, _settings())):
         got = reader.read(SYMBOLS, D1)  # the folded delta stays folded
@@ -289,11 +310,8 @@ def test_a_delete_after_a_fold_does_not_bring_back_crash_left_deltas(tmp_path: P
     assert lake.read(SYMBOLS, D1).height == len(SYMBOLS)
 
 
-def test_a_writer_forgets_the_deltas_folded_away(tmp_path: Path) -> None:
-    lake = ParquetLake(tmp_path, _settings(delta_files=4))
-    lake.upsert(_bars(SYMBOLS, 0, 5, DAY0 + timedelta(days=400), tf="1m"))
-    for k in range(40):
-        lake.upsert(_bars(SYMBOLS, 5 + k, 1, DAY0 + timedelta(days=401, seconds=k), tf="1m"))
+def test_a_writer_forgets_the_deltas_folded_away(minute_lake: MinuteLake) -> None:
+    lake, _ = minute_lake(40, delta_files=4)
     lake.close()
     lake.upsert(_bars(SYMBOLS, 45, 1, DAY0 + timedelta(days=402), tf="1m"))
     assert len(lake._deltas) == len(lake.delta_files()) <= 5  # a stream holds no more
@@ -331,15 +349,9 @@ def _sql_rows(root: Path) -> int:
 
 
 def test_a_merge_that_dies_before_removing_its_sources_counts_each_row_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, minute_lake: MinuteLake
 ) -> None:
-    lake = ParquetLake(tmp_path, _settings(delta_files=100))
-    base = _bars(SYMBOLS, 0, 5, DAY0 + timedelta(days=400), tf="1m")
-    lake.upsert(base)
-    batches = [_bars(SYMBOLS, 5 + k, 1, DAY0 + timedelta(days=401, seconds=k), tf="1m")
-               for k in range(3)]  # fmt: skip
-    for batch in batches:
-        lake.upsert(batch)
+    lake, written = minute_lake(3)
     sources = lake.delta_files("1m")
     assert len(sources) == 3
     real_unlink = Path.unlink
@@ -354,7 +366,7 @@ def test_a_merge_that_dies_before_removing_its_sources_counts_each_row_once(
         lake.merge_deltas(tmp_path / "silver" / "bars" / "timeframe=1m")
     monkeypatch.setattr(Path, "unlink", real_unlink)
     assert len(lake.delta_files("1m")) == 4  # the merged delta beside its sources
-    want = _key_sorted(pl.concat([base, *batches]))
+    want = _key_sorted(pl.concat(written))
     fresh = ParquetLake(tmp_path, _settings())
     for reader in (lake, fresh):
         assert_frame_equal(reader.read(SYMBOLS, M1), want)
@@ -375,12 +387,8 @@ def test_sql_and_stats_skip_the_deltas_a_fold_left_behind(tmp_path: Path) -> Non
     base, added = _bars(SYMBOLS, 0, 10, t0), _bars(SYMBOLS, 10, 2, t1)
     lake.upsert(base)
     lake.upsert(added)
-    (delta,) = lake.delta_files()
     assert _sql_rows(tmp_path) == base.height + added.height  # live deltas count
-    kept = tmp_path / "kept.parquet"
-    shutil.copy(delta, kept)
-    lake.compact()
-    shutil.copy(kept, delta)  # as if the fold died before removing its delta
+    assert _fold_dying_before_the_removal(lake, tmp_path / "kept") == 1
     want = base.height + added.height
     assert _sql_rows(tmp_path) == want
     for reader in (lake, ParquetLake(tmp_path, _settings())):
@@ -388,37 +396,30 @@ def test_sql_and_stats_skip_the_deltas_a_fold_left_behind(tmp_path: Path) -> Non
         assert reader.live_deltas() == []
 
 
-def test_a_read_joins_a_symbols_pending_deltas_once(tmp_path: Path) -> None:
-    lake = ParquetLake(tmp_path, _settings(delta_files=100))
-    base = _bars(SYMBOLS, 0, 5, DAY0 + timedelta(days=400), tf="1m")
-    lake.upsert(base)
-    batches = [_bars(SYMBOLS, 5 + k, 1, DAY0 + timedelta(days=401, seconds=k), tf="1m")
-               for k in range(10)]  # fmt: skip
-    for batch in batches:
-        lake.upsert(batch)
+def test_a_read_joins_a_symbols_pending_deltas_once(minute_lake: MinuteLake) -> None:
+    lake, written = minute_lake(10)
     assert len(lake.delta_files()) == 10
     view = lake._partition(lake.partition_dir("1m", "S03", "2024-01"))
     assert isinstance(view, PartitionView)
     pieces = view.pieces_of("S03")
     assert [p.height for p in pieces] == [5, 10]  # the base's slice, then every delta's
     assert view.pieces_of("S03")[1] is pieces[1]  # joined once per view
-    want = _key_sorted(pl.concat([base, *batches])).filter(pl.col("symbol") == "S03")
+    want = _key_sorted(pl.concat(written)).filter(pl.col("symbol") == "S03")
     assert_frame_equal(lake.read(["S03"], M1), want)
     lo, hi = DAY0 + timedelta(minutes=7), DAY0 + timedelta(minutes=11)
     inside = want.filter((pl.col("ts") >= lo) & (pl.col("ts") < hi))
     assert_frame_equal(lake.read(["S03"], M1, lo, hi), inside)
 
 
-def test_merges_take_the_small_deltas_until_merged_ones_pile_up(tmp_path: Path) -> None:
-    lake = ParquetLake(tmp_path, _settings(delta_files=100))
+def test_merges_take_the_small_deltas_until_merged_ones_pile_up(
+    tmp_path: Path, minute_lake: MinuteLake
+) -> None:
+    lake, written = minute_lake(0)
     tf_dir = tmp_path / "silver" / "bars" / "timeframe=1m"
-    written = [_bars(SYMBOLS, 0, 5, DAY0 + timedelta(days=400), tf="1m")]
-    lake.upsert(written[0])
     merged: list[Path] = []
     for round_ in range(bars_module._MERGED_DELTAS + 1):
         for k in range(3):
-            minute = 5 + 3 * round_ + k
-            batch = _bars(SYMBOLS, minute, 1, DAY0 + timedelta(days=401, seconds=minute), tf="1m")
+            batch = _minute(3 * round_ + k)
             lake.upsert(batch)
             written.append(batch)
         before = set(lake.delta_files())

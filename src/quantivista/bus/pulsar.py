@@ -47,6 +47,7 @@ __all__ = ["PulsarBroker"]
 
 _LEDGER = 2**20  # entries per ledger are far fewer (Pulsar rolls ledgers at 50,000)
 _KEY = "qv-key"
+_SEND_TIMEOUT_S = 30.0  # the producers' send timeout: a send without a receipt by then fails
 
 
 def _available(reader: Any) -> bool:
@@ -179,7 +180,10 @@ class PulsarBroker(BrokerBase):
             producer = self._producers.get(name)
             if producer is None:
                 producer = self._producers[name] = self._client.create_producer(
-                    name, batching_enabled=False, block_if_queue_full=True
+                    name,
+                    batching_enabled=False,
+                    block_if_queue_full=True,
+                    send_timeout_millis=int(_SEND_TIMEOUT_S * 1000),
                 )
             return producer
 
@@ -229,7 +233,8 @@ class PulsarBroker(BrokerBase):
         n = self.partitions(topic)
         receipts: list[tuple[int, Any] | None] = [None] * len(items)
         errors: list[str] = []
-        used = set()
+        landed = threading.Condition()
+        left = [len(items)]
 
         def done(i: int, p: int) -> Any:
             def report(result: Any, mid: Any) -> None:  # on the client's thread: no calls back
@@ -237,6 +242,9 @@ class PulsarBroker(BrokerBase):
                     errors.append(str(result))
                 else:
                     receipts[i] = (p, mid)
+                with landed:
+                    left[0] -= 1
+                    landed.notify_all()
 
             return report
 
@@ -246,12 +254,17 @@ class PulsarBroker(BrokerBase):
             if key is not None:
                 props[_KEY] = key
             producer = self._producer(self.name(topic, p))
-            used.add(producer)
             producer.send_async(value, done(i, p), properties=props, partition_key=key)
-        for producer in used:
-            producer.flush()
+        # Wait for every callback, not for flush(): the client pops a send from its queue before
+        # it runs the callback (which needs the GIL), so flush() can return with receipts still
+        # to come (apache/pulsar#5666). Every send ends in its callback, Ok or an error such as
+        # Timeout once the producer's send timeout passes, so the wait is bounded by that.
+        with landed:
+            landed.wait_for(lambda: left[0] == 0, timeout=_SEND_TIMEOUT_S + self.timeout_s)
         if errors or None in receipts:
-            raise BusError(f"publish to {topic} failed: {errors[:1] or 'no receipt'}", topic=topic)
+            missing = sum(r is None for r in receipts) - len(errors)
+            reason = errors[:1] or f"{missing} receipt(s) missing"
+            raise BusError(f"publish to {topic} failed: {reason}", topic=topic)
         return [
             interleave(self.position(self.name(topic, p), mid), p, n)
             for p, mid in (r for r in receipts if r is not None)

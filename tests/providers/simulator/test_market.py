@@ -34,6 +34,28 @@ def test_same_seed_same_market_and_another_seed_another(market: SimulatedMarket)
     assert [i.symbol for i in other.instruments] != [i.symbol for i in market.instruments]
 
 
+def test_a_date_keeps_its_bars_and_actions_as_the_calendar_advances() -> None:
+    """The market as of two "today"s agrees on every date both have (a test that passed on
+    one day and failed on the next, with the same code, was this not holding)."""
+    early = SimulatedMarket(seed=7, universe_size=12, as_of="2024-03-01")
+    late = SimulatedMarket(seed=7, universe_size=12, as_of="2026-12-04")
+    common = early.sessions[-1]
+    assert late.sessions.head(len(early.sessions)).equals(early.sessions)
+    for sym in early.symbols(common):
+        for tf in ("1d", "1w"):
+            a = early.bars(sym, "2010-01-01", common, tf)
+            b = late.bars(sym, "2010-01-01", common, tf)
+            assert a.height > 0 and a.equals(b), (sym, tf)
+    assert early.minutes(sym, common, common).equals(late.minutes(sym, common, common))
+    before = late.actions().filter(pl.col("ex_date") <= common)
+    assert early.actions().equals(before)
+    splits = before.filter(pl.col("action_type") == "split")
+    assert splits.height >= 3  # the dated story (reverse and forward splits) and random ones
+    assert late.actions().filter(pl.col("ex_date") > common).height > 0  # later ones do come
+    rows = early.regimes().height
+    assert early.regimes().equals(late.regimes().head(rows))
+
+
 def test_tickers_are_fictional_six_letter_and_unique(market: SimulatedMarket) -> None:
     tickers = market.ticker_history()["symbol"].to_list()
     assert len(tickers) == len(set(tickers)) == market.universe_size + 1  # one rename

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import httpx
@@ -174,7 +174,15 @@ def test_yahoo_daily_is_split_adjusted_with_events(
     assert [v / f for v, f in zip(volumes, factor, strict=True)] == bars["volume"].to_list()
 
 
-def test_yahoo_dividends_are_events_and_adjclose_is_lower(sim: SimulatorHandle) -> None:
+def test_yahoo_dividends_are_events_and_adjclose_is_lower(
+    sim: SimulatorHandle, market: SimulatedMarket
+) -> None:
+    special = (
+        market.actions(PAYER).filter(pl.col("action_type") == "special_dividend").row(0, named=True)
+    )
+    assert special["ex_date"] == date(2022, 12, 1)
+    before = market.daily(PAYER, special["ex_date"] - timedelta(days=7), special["ex_date"])
+    last_close = before.filter(pl.col("ts").dt.date() < special["ex_date"])["close"][-1]
     body = get(
         sim.base_url("yahoo") + f"/v8/finance/chart/{PAYER}", interval="1d",
         period1=_epoch("2022-11-01"), period2=_epoch("2022-12-31"), events="div",
@@ -182,12 +190,12 @@ def test_yahoo_dividends_are_events_and_adjclose_is_lower(sim: SimulatorHandle) 
     res = body["chart"]["result"][0]
     assert "splits" not in res["events"]
     amounts = sorted(d["amount"] for d in res["events"]["dividends"].values())
-    assert amounts[-1] == pytest.approx(1.2881)  # the special dividend of 2022-12-01
+    assert amounts[-1] == pytest.approx(special["amount"])  # the special dividend of 2022-12-01
     adj = res["indicators"]["adjclose"][0]["adjclose"]
     close = res["indicators"]["quote"][0]["close"]
     ratio = [a / c for a, c in zip(adj, close, strict=True)]
     assert max(ratio) < 1.0  # later dividends still adjust these closes down
-    assert ratio[-1] / ratio[0] == pytest.approx(1 / (1 - 1.2881 / 25.31), rel=0.05)
+    assert ratio[-1] / ratio[0] == pytest.approx(1 / (1 - special["amount"] / last_close), rel=0.05)
 
 
 def test_yahoo_empty_window_and_unknown_symbol_match_fixtures(sim: SimulatorHandle) -> None:

@@ -9,6 +9,11 @@ Brownian bridge from the daily open to the daily close that touches the daily hi
 low exactly, with U-shaped volume that sums to the daily volume; coarser intraday and
 weekly/monthly bars are aggregated from these, so every timeframe agrees with every other.
 
+The market does not move with the calendar: each instrument draws from its own stream, one
+value per calendar day of a fixed grid (`HISTORY_START`..`HISTORY_END`), and `as_of` only
+cuts the sessions. A date's bars and actions are the same whichever day the market is built
+on; only sessions (and actions) after the old `as_of` are added.
+
 Tickers are six letters, which no US listing uses: they cannot be mistaken for real ones.
 """
 
@@ -28,18 +33,26 @@ from quantivista.model.timeframe import Timeframe, TimeframeLike
 from quantivista.reference.calendars import TradingCalendar, get_calendar
 from quantivista.timeutil import DateLike, to_date
 
-__all__ = ["HISTORY_START", "SimInstrument", "SimulatedMarket"]
+__all__ = ["HISTORY_END", "HISTORY_START", "SimInstrument", "SimulatedMarket"]
 
 HISTORY_START = date(2010, 1, 4)
+# the paths are drawn on every calendar day of [HISTORY_START, HISTORY_END] and cut at `as_of`,
+# so a date's bars and actions stay the same as the calendar advances
+HISTORY_END = date(2045, 12, 31)
+_GRID_DAYS = (HISTORY_END - HISTORY_START).days + 1
 _SECTORS = (
     "Technology", "Health Care", "Financials", "Energy", "Industrials",
     "Consumer Staples", "Consumer Discretionary", "Utilities", "Materials", "Real Estate",
 )  # fmt: skip
-# fixed dates keep the story stable across runs: both lie inside "the last five years"
+# fixed dates keep the story stable across runs and days (the paths are cut at `as_of`)
 _SYMBOL_CHANGE_ON = date(2023, 6, 1)
 _MERGER_ON = date(2024, 9, 3)
 _SPECIAL_DIVIDEND_ON = date(2022, 12, 1)
+_REVERSE_SPLIT_ON = date(2021, 3, 1)
+_FORWARD_SPLIT_ON = date(2021, 11, 9)
 _STUDENT_DF = 4.0
+_T_SCALE = float(np.sqrt((_STUDENT_DF - 2) / _STUDENT_DF))  # Student-t draws with variance 1
+_SPLIT_CHANCE_PER_YEAR = 0.012
 _PROVIDER = "synthetic"
 
 
@@ -67,7 +80,8 @@ class SimulatedMarket:
     """The market behind the `synthetic` provider and the provider simulator.
 
     Everything is derived from `seed` and `universe_size`; `as_of` is the first date whose
-    bars do not exist yet (the market has closed through the day before).
+    bars do not exist yet (the market has closed through the day before), and changes only
+    how much of the (fixed) history is visible.
     """
 
     def __init__(
@@ -84,9 +98,10 @@ class SimulatedMarket:
         self.universe_size = universe_size
         self.calendar: TradingCalendar = get_calendar(calendar)
         self.as_of = to_date(as_of) if as_of is not None else datetime.now(UTC).date()
-        last = min(self.as_of - timedelta(days=1), self.calendar.last_session)
+        last = min(self.as_of - timedelta(days=1), self.calendar.last_session, HISTORY_END)
         self.sessions: pl.Series = self.calendar.sessions(HISTORY_START, last)
         self._session_np = self.sessions.to_numpy().astype("datetime64[D]")
+        self._paths: dict[int, dict[str, np.ndarray]] = {}
         self.instruments: list[SimInstrument] = self._make_instruments()
         self._by_symbol: dict[str, SimInstrument] = {}
         for inst in self.instruments:
@@ -195,82 +210,121 @@ class SimulatedMarket:
         previous: date = self.sessions[max(idx, 0)]
         return previous
 
-    # -- daily paths (all instruments at once) --------------------------------------------
+    # -- daily paths (one instrument at a time, on a fixed calendar-day grid) ----------------
     @cached_property
-    def _paths(self) -> dict[str, np.ndarray]:
-        n_days, n_inst = len(self._session_np), self.universe_size
+    def _market(self) -> dict[str, np.ndarray]:
+        """Return the market factor on the grid (every calendar day from `HISTORY_START` to
+        `HISTORY_END`) and the regime of each session. Nothing here depends on `as_of` or on
+        the trading calendar, so a day's draw never moves when sessions are added."""
         rng = np.random.default_rng([self.seed, 2])
-        # market regimes: a two-state Markov chain (calm, stressed)
-        switch = rng.random(n_days)
-        regime = np.zeros(n_days, dtype=np.int8)
-        for t in range(1, n_days):  # a scalar chain: one pass over days, not over rows
+        weekday = (np.arange(_GRID_DAYS) + HISTORY_START.weekday()) % 7 < 5
+        # market regimes: a two-state Markov chain (calm, stressed) that moves on weekdays
+        switch = np.where(weekday, rng.random(_GRID_DAYS), 1.0)
+        regime = np.zeros(_GRID_DAYS, dtype=np.int8)
+        for t in range(1, _GRID_DAYS):  # a scalar chain: one pass over days, not over rows
             prev = regime[t - 1]
             regime[t] = (
                 (1 if switch[t] < 0.012 else 0) if prev == 0 else (0 if switch[t] < 0.06 else 1)
             )
         vol_mult = np.where(regime == 1, 2.3, 0.85)
-        scale = np.sqrt((_STUDENT_DF - 2) / _STUDENT_DF)
-        market = 0.0003 + 0.009 * vol_mult * rng.standard_t(_STUDENT_DF, n_days) * scale
-        beta = rng.uniform(0.6, 1.5, n_inst)
-        idio = rng.uniform(0.008, 0.022, n_inst)
-        drift = rng.normal(0.0002, 0.0003, n_inst)
-        shocks = rng.standard_t(_STUDENT_DF, (n_days, n_inst)) * scale
-        log_ret = drift + beta * market[:, None] + idio * vol_mult[:, None] * shocks
-        log_ret[0] = 0.0
-        start_price = np.exp(rng.uniform(np.log(8.0), np.log(400.0), n_inst))
+        shock = rng.standard_t(_STUDENT_DF, _GRID_DAYS) * _T_SCALE
+        market = np.where(weekday, 0.0003 + 0.009 * vol_mult * shock, 0.0)
+        return {"weekday": weekday, "vol_mult": vol_mult, "market": market, "regime": regime}
 
-        split_ratio = np.ones((n_days, n_inst))
-        div_yield = np.zeros((n_days, n_inst))
-        self._schedule_actions(rng, split_ratio, div_yield)
-        close = start_price * np.exp(np.cumsum(log_ret, axis=0))
-        close = close * np.cumprod((1.0 - div_yield) / split_ratio, axis=0)
+    def _path(self, i: int) -> dict[str, np.ndarray]:
+        """Return instrument `i`'s daily bars and actions over `self.sessions` (cached).
+
+        The instrument draws from its own stream, one value per grid day, and a session's
+        return is the sum of the weekday returns since the session before; so its bars on a
+        date depend only on that date and the days before it, never on `as_of`.
+        """
+        found = self._paths.get(i)
+        if found is not None:
+            return found
+        m = self._market
+        rng = np.random.default_rng([self.seed, 3, i])
+        beta, idio = rng.uniform(0.6, 1.5), rng.uniform(0.008, 0.022)
+        drift, start_price = rng.normal(0.0002, 0.0003), np.exp(rng.uniform(np.log(8), np.log(400)))
+        adv = np.exp(rng.uniform(np.log(2e5), np.log(2e7)))
+        shocks = rng.standard_t(_STUDENT_DF, _GRID_DAYS) * _T_SCALE
+        gap_z, high_z, low_z, volume_z = rng.normal(0.0, 1.0, (4, _GRID_DAYS))
+        split_ratio, div_yield = self._schedule_actions(rng, i)
+        row = self._grid_rows
+        daily = np.where(
+            m["weekday"], drift + beta * m["market"] + idio * m["vol_mult"] * shocks, 0.0
+        )
+        cum = np.cumsum(daily)[row]
+        log_ret = np.diff(cum, prepend=cum[:1])  # the first session has no return
+        vol_mult = m["vol_mult"][row]
+        close = start_price * np.exp(np.cumsum(log_ret))
+        close = close * np.cumprod((1.0 - div_yield) / split_ratio)
         close = np.round(np.maximum(close, 0.05), 2)
-        prev_close = np.vstack([close[:1], close[:-1]])
+        prev_close = np.concatenate([close[:1], close[:-1]])
         # the dividend paid is the part of the pre-ex-date value the close gave up
         pre_ex = prev_close * np.exp(log_ret) / split_ratio
         dividends = np.round(pre_ex * div_yield, 4)
-        gap = np.exp(rng.normal(0.0, 0.004, (n_days, n_inst)) * vol_mult[:, None])
-        open_ = np.where(np.arange(n_days)[:, None] == 0, close, prev_close / split_ratio * gap)
+        gap = np.exp(gap_z[row] * 0.004 * vol_mult)
+        first = np.arange(len(row)) == 0
+        open_ = np.where(first, close, prev_close / split_ratio * gap)
         open_ = np.round(np.maximum(open_ - dividends, 0.05), 2)
-        span = idio * vol_mult[:, None] * 0.8
-        high = np.maximum(open_, close) * np.exp(np.abs(rng.normal(0, 1, (n_days, n_inst))) * span)
-        low = np.minimum(open_, close) * np.exp(-np.abs(rng.normal(0, 1, (n_days, n_inst))) * span)
+        span = idio * vol_mult * 0.8
+        high = np.maximum(open_, close) * np.exp(np.abs(high_z[row]) * span)
+        low = np.minimum(open_, close) * np.exp(-np.abs(low_z[row]) * span)
         high = np.maximum(np.round(high, 2), np.maximum(open_, close))
         low = np.minimum(np.maximum(np.round(low, 2), 0.01), np.minimum(open_, close))
-        adv = np.exp(rng.uniform(np.log(2e5), np.log(2e7), n_inst))
         volume = np.round(
             adv
-            * np.exp(rng.normal(0, 0.35, (n_days, n_inst)) + 1.5 * np.abs(log_ret) / idio * 0.1)
-            * np.cumprod(split_ratio, axis=0)
+            * np.exp(volume_z[row] * 0.35 + 1.5 * np.abs(log_ret) / idio * 0.1)
+            * np.cumprod(split_ratio)
         )
-        return {
+        path = {
             "open": open_, "high": high, "low": low, "close": close, "volume": volume,
-            "split": split_ratio, "dividend": dividends, "regime": regime,
+            "split": split_ratio, "dividend": dividends,
         }  # fmt: skip
+        return self._paths.setdefault(i, path)
 
-    def _schedule_actions(
-        self, rng: np.random.Generator, split_ratio: np.ndarray, div_yield: np.ndarray
-    ) -> None:
-        n_days = split_ratio.shape[0]
-        months = self.sessions.dt.month().to_numpy()
-        days = self.sessions.dt.day().to_numpy()
+    @cached_property
+    def _grid_rows(self) -> np.ndarray:
+        """Return each session's row on the calendar-day grid."""
+        start = np.datetime64(HISTORY_START, "D")
+        return (self._session_np - start).astype(np.int64)
+
+    def _schedule_actions(self, rng: np.random.Generator, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Return instrument `i`'s split ratio and dividend yield per session.
+
+        Draws a fixed number of values (one split chance per year of the grid), whatever the
+        number of sessions, and places each event on the first session on or after its date.
+        """
+        n_days = len(self._session_np)
+        split_ratio, div_yield = np.ones(n_days), np.zeros(n_days)
+        pays, div = rng.random() < 0.5, rng.uniform(0.002, 0.009)
+        years = np.arange(HISTORY_START.year + 1, HISTORY_END.year + 1)
+        chance, day_of_year = rng.random(len(years)), rng.integers(0, 365, len(years))
+        ratio = rng.choice([2.0, 3.0, 4.0, 1.5], len(years))
         # quarterly dividends for about half the universe: first session on/after the 10th
-        quarter_start = np.isin(months, (2, 5, 8, 11)) & (days >= 10)
-        first_in_month = quarter_start & ~np.concatenate([[False], quarter_start[:-1]])
-        ex_days = np.flatnonzero(first_in_month)
-        payers = np.flatnonzero(rng.random(self.universe_size) < 0.5)
-        for i in payers:
-            div_yield[ex_days, i] = rng.uniform(0.002, 0.009)
-        # forward splits for a few names, a reverse split for one
-        for i in np.flatnonzero(rng.random(self.universe_size) < 0.15):
-            t = int(rng.integers(n_days // 10, n_days - 5))
-            split_ratio[t, i] = float(rng.choice([2.0, 3.0, 4.0, 1.5]))
-        if n_days > 20:
-            split_ratio[n_days * 2 // 3, self.universe_size - 1] = 0.1  # 1-for-10 reverse split
-        special = self._session_on_or_after(_SPECIAL_DIVIDEND_ON)
-        if special is not None:
-            t = int(np.searchsorted(self._session_np, np.datetime64(special, "D")))
-            div_yield[t, 0] = 0.05  # a 5% special dividend (instrument 0 is also the acquirer)
+        if pays:
+            months = self.sessions.dt.month().to_numpy()
+            days = self.sessions.dt.day().to_numpy()
+            quarter_start = np.isin(months, (2, 5, 8, 11)) & (days >= 10)
+            first_in_month = quarter_start & ~np.concatenate([[False], quarter_start[:-1]])
+            div_yield[first_in_month] = div
+        # forward splits: about one name in eighty splits in a given year
+        hits = chance < _SPLIT_CHANCE_PER_YEAR
+        first_day = (years[hits] - 1970).astype("datetime64[Y]").astype("datetime64[D]")
+        on = first_day + day_of_year[hits]
+        at = np.searchsorted(self._session_np, on)
+        split_ratio[at[at < n_days]] = ratio[hits][at < n_days]
+        story = self._index_of(_FORWARD_SPLIT_ON)
+        if i == 3 and i != self.universe_size - 1 and story < n_days:
+            split_ratio[story] = 2.0  # one 2-for-1 split every universe of five or more has
+        if i == self.universe_size - 1:  # a 1-for-10 reverse split
+            t = self._index_of(_REVERSE_SPLIT_ON)
+            if t < n_days:
+                split_ratio[t] = 0.1
+        special = self._index_of(_SPECIAL_DIVIDEND_ON)
+        if i == 0 and special < n_days:
+            div_yield[special] = 0.05  # a 5% special dividend (instrument 0 is also the acquirer)
+        return split_ratio, div_yield
 
     def _index_of(self, day: date) -> int:
         """Return the index of the first session on or after `day`."""
@@ -299,8 +353,8 @@ class SimulatedMarket:
         hi = min(hi, int(np.searchsorted(self._session_np, e, side="right")))
         if hi <= lo:
             return _empty_bars()
-        p, i = self._paths, inst.index
-        o, h, lw, c, v = (p[k][lo:hi, i] for k in ("open", "high", "low", "close", "volume"))
+        p = self._path(inst.index)
+        o, h, lw, c, v = (p[k][lo:hi] for k in ("open", "high", "low", "close", "volume"))
         return pl.DataFrame(
             {
                 "symbol": symbol.upper(),
@@ -430,31 +484,30 @@ class SimulatedMarket:
     def actions(self, symbol: str | None = None) -> pl.DataFrame:
         """Return the corporate actions of one instrument (by any of its tickers) or all."""
         insts = [self.instrument(symbol)] if symbol else self.instruments
-        p = self._paths
         special = self._session_on_or_after(_SPECIAL_DIVIDEND_ON)
         frames: list[pl.DataFrame] = []
         for inst in insts:
-            i = inst.index
+            i, p = inst.index, self._path(inst.index)
             rows: list[dict[str, object]] = []
             lo, hi = 0, len(self._session_np)
             if inst.delisted_on is not None:
                 hi = self._index_of(inst.delisted_on)
-            for t in np.flatnonzero(p["split"][lo:hi, i] != 1.0):
+            for t in np.flatnonzero(p["split"][lo:hi] != 1.0):
                 rows.append(
                     {
                         "action_type": "split",
                         "ex_date": self.sessions[int(t)],
-                        "ratio": float(p["split"][t, i]),
+                        "ratio": float(p["split"][t]),
                     }
                 )
-            for t in np.flatnonzero(p["dividend"][lo:hi, i] > 0):
+            for t in np.flatnonzero(p["dividend"][lo:hi] > 0):
                 d = self.sessions[int(t)]
                 kind = "special_dividend" if (i, d) == (0, special) else "dividend"
                 rows.append(
                     {
                         "action_type": kind,
                         "ex_date": d,
-                        "amount": float(p["dividend"][t, i]),
+                        "amount": float(p["dividend"][t]),
                         "currency": "USD",
                     }
                 )
@@ -472,7 +525,7 @@ class SimulatedMarket:
                         "action_type": "merger",
                         "ex_date": inst.delisted_on,
                         "new_symbol": inst.acquirer,
-                        "amount": float(p["close"][hi - 1, i]),
+                        "amount": float(p["close"][hi - 1]),
                         "currency": "USD",
                     }
                 )
@@ -500,7 +553,9 @@ class SimulatedMarket:
 
     def regimes(self) -> pl.DataFrame:
         """Return the market regime of each session (0 calm, 1 stressed)."""
-        return pl.DataFrame({"session": self.sessions, "regime": self._paths["regime"]})
+        return pl.DataFrame(
+            {"session": self.sessions, "regime": self._market["regime"][self._grid_rows]}
+        )
 
 
 def _stretch(path: np.ndarray, lo: float, hi: float, rng: np.random.Generator) -> np.ndarray:

@@ -161,7 +161,9 @@ class SimulatorServer:
         self.market = market or SimulatedMarket(
             settings.seed, settings.universe_size, as_of=settings.as_of
         )
-        self.market.regimes()  # build the price paths now, not inside concurrent requests
+        # the market factor now, not inside concurrent requests (an instrument's own path is
+        # built on its first request and cached: a race only builds the same arrays twice)
+        self.market.regimes()
         self._lock = threading.Lock()
         self._states = {
             name: _ProviderState(name, settings.faults_for(name), settings.seed) for name in FORMATS

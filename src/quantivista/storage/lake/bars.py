@@ -112,6 +112,8 @@ from quantivista.storage.lake.layout import (
     BAR_DATA_FILE,
     BAR_LAYOUT_FILE,
     LakeLayout,
+    bar_base,
+    bar_base_files,
 )
 from quantivista.storage.lake.tails import (
     TAIL_FILE,
@@ -567,8 +569,7 @@ class ParquetLake:
     def base_path(self, directory: Path) -> Path:
         """Return the path of a partition's base file: Arrow IPC if there is one, else
         Parquet (which may not exist). A partition keeps the format it was created in."""
-        arrow = directory / ARROW_FILE
-        return arrow if arrow.exists() else directory / DATA_FILE
+        return bar_base(directory)
 
     def _new_base(self, directory: Path) -> Path:
         """Return the path of a new base file: Arrow IPC for daily and longer timeframes
@@ -1165,12 +1166,7 @@ class ParquetLake:
 
         With `before`, only the partitions that can hold bars with ts < `before`.
         """
-        pattern = f"timeframe={timeframe}" if timeframe else "timeframe=*"
-        files = sorted(
-            path
-            for name in (DATA_FILE, ARROW_FILE)
-            for path in self.bars_root.glob(f"{pattern}/bucket=*/**/{name}")
-        )
+        files = bar_base_files(self.bars_root, timeframe)
         if before is None:
             return files
         hi = f"month={before.year:04d}-{before.month:02d}"

@@ -27,12 +27,40 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["BAR_ARROW_FILE", "BAR_DATA_FILE", "BAR_LAYOUT_FILE", "CATALOG_FILE", "LakeLayout"]
+__all__ = [
+    "BAR_ARROW_FILE",
+    "BAR_DATA_FILE",
+    "BAR_LAYOUT_FILE",
+    "CATALOG_FILE",
+    "LakeLayout",
+    "bar_base",
+    "bar_base_files",
+]
 
 BAR_DATA_FILE = "data.parquet"
 BAR_ARROW_FILE = "data.arrow"  # a daily-and-longer base as Arrow IPC (`storage.daily_format`)
 BAR_LAYOUT_FILE = "_layout.json"
 CATALOG_FILE = "catalog.sqlite"
+
+
+def bar_base(directory: Path) -> Path:
+    """Return the path of a bar partition's base file: Arrow IPC if there is one, else
+    Parquet (which may not exist). A partition keeps the format it was created in."""
+    arrow = directory / BAR_ARROW_FILE
+    return arrow if arrow.exists() else directory / BAR_DATA_FILE
+
+
+def bar_base_files(bars_root: Path, timeframe: str | None = None) -> list[Path]:
+    """Return the bars' base files (of one timeframe, or all), sorted: one per partition,
+    the one `bar_base` picks, so a stray Parquet file beside an Arrow base is not listed.
+    Reads, SQL, stats, the storage report, archival and retention all list them here."""
+    pattern = f"timeframe={timeframe}" if timeframe else "timeframe=*"
+    folders = {
+        path.parent
+        for name in (BAR_DATA_FILE, BAR_ARROW_FILE)
+        for path in bars_root.glob(f"{pattern}/bucket=*/**/{name}")
+    }
+    return sorted(bar_base(folder) for folder in folders)
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from quantivista.model.schema import (
     BAR_POLARS_SCHEMA,
     QUARANTINE_POLARS_SCHEMA,
 )
+from quantivista.storage.lake.layout import bar_base_files
 from quantivista.storage.lake.workflow_lake import WorkflowLake
 
 __all__ = ["lake_connection", "sql_query"]
@@ -76,8 +77,9 @@ def _bars_view(con: duckdb.DuckDBPyConnection, root: Path, storage: StorageSetti
         from quantivista.storage.lake.bars import ParquetLake
 
         lake = ParquetLake(root, storage)
-    # hot files listed before the cold index is read: see `ParquetLake.read`
-    hot = sorted([*bars_root.glob("**/data.parquet"), *bars_root.glob("**/data.arrow")])
+    # hot files listed before the cold index is read: see `ParquetLake.read`; listed as the
+    # lake lists them (one base a partition), not by globbing names
+    hot = bar_base_files(bars_root)
     # deltas as the lake's readers list them (a merge's or a fold's crash-left files once),
     # handed over as rows: a delta file can hold rows that no longer count
     deltas = lake.live_deltas() if lake is not None else []
