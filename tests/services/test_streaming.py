@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -18,6 +18,7 @@ from quantivista.bus.topics import INGESTION_EVENTS, NORMALIZED_BARS, raw_bars, 
 from quantivista.clock import TestClock
 from quantivista.config import Settings, SimulatorServerSettings, StorageSettings
 from quantivista.model.timeframe import Timeframe
+from quantivista.pipeline.stages import history_for
 from quantivista.processing.trade_bars import TRADE_SCHEMA, Released
 from quantivista.providers.simulator.server import run_simulator
 from quantivista.runtime import Runtime
@@ -193,13 +194,6 @@ def test_minutes_missed_in_a_silence_are_back_filled_from_rest(tmp_path: Path) -
             service.close()
 
 
-def _read_each_time(
-    read: Callable[[pl.DataFrame], pl.DataFrame | None], bars: pl.DataFrame
-) -> pl.DataFrame:
-    history = read(bars)
-    return pl.DataFrame() if history is None else history
-
-
 def test_the_kept_history_validates_like_a_store_read(tmp_path: Path) -> None:
     """Validation with the stream's own recent bars equals validation with a store read, for
     a series with a spike (its pending flag is decided by the next bar: a new version)."""
@@ -219,8 +213,9 @@ def test_the_kept_history_validates_like_a_store_read(tmp_path: Path) -> None:
         )
         with Runtime.from_settings(settings, clock=TestClock(T0)) as rt:
             service = rt.stream_service("finnhub")
-            if reads:  # every release reads its history from the store, as before
-                service.recent.history = partial(_read_each_time, service.recent.read)  # type: ignore[method-assign]
+            if reads:  # every release reads its history from the store
+                read = partial(history_for, store=rt.backend.bars, validator=service.validator)
+                service.recent.history = read  # type: ignore[method-assign]
             for frame in minutes:
                 service.process(frame)
             service.flush()

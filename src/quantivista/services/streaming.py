@@ -71,11 +71,10 @@ from quantivista.bus.topics import (
 from quantivista.clock import Clock
 from quantivista.config import ProbeSettings, StreamSettings
 from quantivista.errors import ConfigurationError
-from quantivista.model.schema import BAR_COLUMNS
 from quantivista.model.timeframe import Timeframe
 from quantivista.pipeline.messages import BatchId, StoredBatch
+from quantivista.pipeline.recent import RecentHistory
 from quantivista.pipeline.runner import InProcessRunner
-from quantivista.pipeline.stages import history_for
 from quantivista.processing.trade_bars import TRADE_SCHEMA, MinuteBars, Released
 from quantivista.providers.finnhub import FinnhubTradeStream
 from quantivista.providers.live import finnhub_trades, synthetic_trades
@@ -86,7 +85,6 @@ from quantivista.services.ingestion import IngestionService
 from quantivista.storage.base import BarStore
 
 __all__ = [
-    "RecentBars",
     "RestBackfill",
     "StreamMetrics",
     "StreamService",
@@ -129,71 +127,6 @@ class StreamMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
-
-
-class RecentBars:
-    """The bars the stream stored over the last `span`, as stored (clean rows and decided
-    spikes): the validation history of the next release, without reading the store back.
-
-    A symbol seen for the first time is read from the store once (`read`)."""
-
-    def __init__(
-        self, span: timedelta, read: Callable[[pl.DataFrame], pl.DataFrame | None]
-    ) -> None:
-        self.span = span
-        self.read = read
-        self.frame: pl.DataFrame | None = None
-        self.known: set[str] = set()
-
-    def history(self, bars: pl.DataFrame) -> pl.DataFrame:
-        """Return the kept bars (the validator takes those before each symbol's first)."""
-        names = bars["symbol"].unique().to_list()
-        new = [s for s in names if s not in self.known]  # one entry per symbol
-        if new:
-            stored = self.read(bars.filter(pl.col("symbol").is_in(new)))
-            self.known.update(new)
-            if stored is not None and stored.height:
-                self._keep([stored])
-        return self.frame if self.frame is not None else pl.DataFrame()
-
-    def preload(self, symbols: list[str], at: datetime) -> None:
-        """Read the history of symbols not seen yet, before their first bar at `at`."""
-        new = [s for s in symbols if s not in self.known]
-        if not new:
-            return
-        probe = pl.DataFrame(
-            {"symbol": new, "ts": [at] * len(new), "timeframe": ["1m"] * len(new)},
-            schema={"symbol": pl.String, "ts": pl.Datetime("us", "UTC"), "timeframe": pl.String},
-        )
-        stored = self.read(probe)
-        self.known.update(new)
-        if stored is not None and stored.height:
-            self._keep([stored])
-
-    def add(self, stored: StoredBatch) -> None:
-        """Keep what a write stored."""
-        rows = [stored.clean]
-        if stored.decided is not None and stored.decided.height:
-            rows.append(stored.decided)
-        self._keep(rows)
-
-    def _keep(self, rows: list[pl.DataFrame]) -> None:
-        parts = [r.select(BAR_COLUMNS) for r in rows if r.height]
-        if not parts:
-            return
-        first = min(p["ts"].min() for p in parts)  # type: ignore[type-var]
-        kept = self.frame
-        if kept is not None:
-            parts.insert(0, kept)
-        frame = pl.concat(parts, how="vertical_relaxed")
-        # new minutes after every kept one (the usual release) replace nothing
-        if len(parts) > 2 or kept is None or not first > kept["ts"].max():  # type: ignore[operator]
-            frame = frame.unique(["symbol", "timeframe", "ts"], keep="last", maintain_order=True)
-        newest, oldest = frame["ts"].max(), frame["ts"].min()
-        assert isinstance(newest, datetime) and isinstance(oldest, datetime)
-        if oldest < newest - self.span:
-            frame = frame.filter(pl.col("ts") >= newest - self.span)
-        self.frame = frame
 
 
 Backfill = Callable[[list[str], datetime, datetime], pl.DataFrame]
@@ -298,10 +231,10 @@ class StreamService:
         self._trades_out: deque[Future[list[int]]] = deque()
         self._events_out: deque[Future[list[int]]] = deque()
         self.fresh: list[tuple[list[str], datetime]] = []  # symbols first seen, and when
-        window = 3 * validator.settings.spike_window  # the span `history_for` reads
-        self.recent = RecentBars(
-            timedelta(minutes=window),
-            lambda bars: history_for(bars, runner.sinks.bars, validator),
+        # the validation history: the bars this stream stored (a store read per release
+        # only for a batch older than what is kept), amendments within the retention too
+        self.recent = RecentHistory(
+            runner.sinks.bars, validator, "1m", reach=timedelta(seconds=settings.retention_s)
         )
         self.bars = MinuteBars(
             lateness=timedelta(seconds=settings.lateness_s),
@@ -357,10 +290,8 @@ class StreamService:
         Called for a symbol's first trade, and by `qv stream` for its symbols before the
         feed starts (a first minute may close a moment after the start)."""
         self._symbols.update(symbols)
-        self.recent.preload(symbols, at)
-        prepare = getattr(self.runner.sinks.bars, "prepare", None)
-        if prepare is not None:
-            prepare(symbols, Timeframe.parse("1m"), at)
+        self.recent.seed(symbols, at)
+        self.runner.sinks.bars.prepare(symbols, Timeframe.parse("1m"), at)
 
     def _timed(
         self, stage: str, began: float, end: float | None = None, cpu: float | None = None
@@ -495,7 +426,6 @@ class StreamService:
         for i, (frame, correction) in enumerate(kinds):
             bars = frame.with_columns(timeframe=pl.lit("1m"))
             stored = self._store(bars, correction, out if i == len(kinds) - 1 else None)
-            self.recent.add(stored)
             clean = stored.clean
             kind = "correction" if correction else "bar"
             self.metrics.bars.labels(kind).inc(clean.height)
@@ -541,7 +471,7 @@ class StreamService:
             batch_id=BatchId(self.job_id, batch_no=self._batch_no),
             timeframe="1m",
             validator=self.validator,
-            history=self.recent.history(bars),
+            recent=self.recent,
             on_validated=validated,
             on_bars=stored,
         )
