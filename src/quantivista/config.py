@@ -544,11 +544,6 @@ class StreamSettings(_Section):
         default=3600.0, gt=0, description="how late a trade may still amend its bar"
     )
     queue_size: int = Field(default=1_000, ge=1, description="feed frames waiting, at most")
-    bars_first: bool = Field(
-        default=False,
-        description="fold no trades while a release's bars are stored and published (off:"
-        " folding overlaps them; on a loaded machine overlapping was faster, see README)",
-    )
     publish_trades: bool = True
     synthetic_rate: float = Field(
         default=1000.0, gt=0, description="trades/s of --source synthetic"

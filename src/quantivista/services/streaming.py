@@ -17,15 +17,13 @@ stored; normalized bars go out as soon as they are validated, while the store wr
 a micro-batch of bars is done when they are stored and both publishes are acked. (A failed
 write stops the stream; the normalized bars it sent are bars that passed validation, and
 `ingestion.events` says what landed.) Folding runs on the loop; the store stage on a thread
-of its own, in order, a few releases behind at most. With `stream.bars_first` (off by
-default) bars go first: while a release's bars are validated, stored and published, the
-loop folds no trades (they wait in the queue: the folds hold the GIL the release needs);
-it resumes when they are out. Off, folding overlaps the release, which on a loaded machine
-was faster (the process keeps two threads runnable; the OS shares CPU per thread). Either
-way the store thread does the bookkeeping after the bars are out (scores, quarantine,
-report, the audit record, announcements), all of it before the next release is stored: a
-crash after the bars are out and before the bookkeeping loses no bars, only the records of
-a write that happened.
+of its own, in order, a few releases behind at most; folding goes on while a release is
+stored (holding the folds back until its bars were out, which session 7 tried, was slower
+in every run: one runnable thread gets half the CPU share on a busy machine). The store
+thread does the bookkeeping after the bars are out (scores, quarantine, report, the audit
+record, announcements), all of it before the next release is stored: a crash after the
+bars are out and before the bookkeeping loses no bars, only the records of a write that
+happened.
 
 A micro-batch closes `batch_ms` after its first trade arrived, at `batch_rows` trades, or
 at once when a trade passes the time that closes the oldest open minute (bars to release:
@@ -37,8 +35,8 @@ Bars and corrections travel one message per partition and release (`qv-symbols` 
 symbols; a symbol stays in its partition, in order). Backpressure: the source waits when the
 queue is full (a WebSocket stops being read, the vendor's buffer fills). Lag is measured and
 exported: queue depth, event-time lag of the newest trade, trade arrival -> stored and
-published latency per micro-batch, and the time of each stage (fold, publish raw, store,
-publish normalized) so the latency budget shows where it goes.
+published latency per micro-batch, and the time of each stage (`STAGES`) so the latency
+budget shows where it goes.
 """
 
 from __future__ import annotations
@@ -92,10 +90,12 @@ __all__ = [
     "open_feed",
 ]
 
-STAGES = ("fold", "publish_raw", "validate", "store", "publish")
+STAGES = ("fold", "queue", "publish_raw", "validate", "store", "publish")
 """The stages of a micro-batch whose time is measured: fold trades into bars (and start
-publishing the trades), publish raw bars (start to ack), validate, store (validated to
-stored), publish normalized bars (start to ack, overlapping the store)."""
+publishing the trades), queue (a release handed to the store thread until it starts
+there: the thread hop and the work ahead of it), publish raw bars (start to ack),
+validate, store (validated to stored), publish normalized bars (start to ack,
+overlapping the store)."""
 
 _IN_FLIGHT = 64  # publishes of one kind not acked yet, at most (then the caller waits)
 
@@ -122,7 +122,7 @@ class StreamMetrics:
         )
         self.stage = Histogram(
             "qv_stream_stage_seconds",
-            "time of one stage of a micro-batch (fold, publish_raw, store, publish)",
+            "time of one stage of a micro-batch (see STAGES)",
             ["stage"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
@@ -391,17 +391,19 @@ class StreamService:
         self,
         released: Released,
         arrived: float | None = None,
-        out: Callable[[], None] | None = None,
         fold_cpu: float | None = None,
+        queued: float | None = None,
     ) -> None:
         """Store and publish released bars; record the latency from `arrived` to the last
         of: stored, raw and normalized bars acked (or to now, when nothing was stored).
-        `out()` is called as soon as every bar of the release is stored and published,
-        before the store's bookkeeping (scores, quarantine, report, announcements).
-        `fold_cpu`: the CPU time of the release's fold (default: the newest fold's)."""
+        `fold_cpu`: the CPU time of the release's fold (default: the newest fold's);
+        `queued`: when the release was handed to this thread (`perf_counter`: the wait
+        for the store thread is the `queue` stage)."""
+        if queued is not None and not released.empty:
+            self._timed("queue", queued)
         self._published_at = self._published_cpu = None
         cpu = time.thread_time()
-        self._emit(released, out)
+        self._emit(released)
         if arrived is not None:
             took = (self._published_at or time.monotonic()) - arrived
             self.metrics.latency.observe(took)
@@ -418,14 +420,14 @@ class StreamService:
         self.drain()
         return released
 
-    def _emit(self, released: Released, out: Callable[[], None] | None = None) -> None:
+    def _emit(self, released: Released) -> None:
         self.stats.too_late += released.too_late
         self.metrics.too_late.inc(released.too_late)
         kinds = [(f, c) for f, c in ((released.bars, False), (released.corrections, True))
                  if not f.is_empty()]  # fmt: skip
-        for i, (frame, correction) in enumerate(kinds):
+        for frame, correction in kinds:
             bars = frame.with_columns(timeframe=pl.lit("1m"))
-            stored = self._store(bars, correction, out if i == len(kinds) - 1 else None)
+            stored = self._store(bars, correction)
             clean = stored.clean
             kind = "correction" if correction else "bar"
             self.metrics.bars.labels(kind).inc(clean.height)
@@ -436,11 +438,9 @@ class StreamService:
             else:
                 self.stats.bars += clean.height
 
-    def _store(
-        self, bars: pl.DataFrame, correction: bool, out: Callable[[], None] | None = None
-    ) -> StoredBatch:
+    def _store(self, bars: pl.DataFrame, correction: bool) -> StoredBatch:
         """Publish raw bars, validate, publish the clean ones while storing them; when
-        stored, wait for both publishes (the micro-batch's bars are out: `out()`)."""
+        stored, wait for both publishes (the micro-batch's bars are out)."""
         began, cpu = time.perf_counter(), time.thread_time()
         sent = [_Sent("publish_raw", began, self._submit(self.topic, bars, correction, "raw"))]
         validated_at, validated_cpu = began, cpu
@@ -461,8 +461,6 @@ class StreamService:
                 if one.stage == "publish":
                     self.stats.published += len(offsets)
             self._published_at, self._published_cpu = time.monotonic(), time.thread_time()
-            if out is not None:
-                out()
 
         self._batch_no += 1
         return self.runner.write(
@@ -581,24 +579,11 @@ class StreamService:
                 if released.empty:
                     if arrived is not None:
                         self.emit(released, arrived)  # records the latency only
-                elif not self.settings.bars_first:
-                    behind.append(
-                        loop.run_in_executor(store, self.emit, released, arrived, None, fold_cpu)
-                    )
                 else:
-                    # bars first: no trade is folded (they wait in the queue) until the
-                    # release's bars are stored and published, so the loop's folding and
-                    # trade publishes do not compete with them for the GIL (see above)
-                    out: asyncio.Future[None] = loop.create_future()
-
-                    def signal(out: asyncio.Future[None] = out) -> None:
-                        loop.call_soon_threadsafe(_settle, out)
-
-                    job: asyncio.Future[object] = loop.run_in_executor(
-                        store, self.emit, released, arrived, signal, fold_cpu
+                    handed = time.perf_counter()
+                    behind.append(
+                        loop.run_in_executor(store, self.emit, released, arrived, fold_cpu, handed)
                     )
-                    behind.append(job)
-                    await asyncio.wait((out, job), return_when=asyncio.FIRST_COMPLETED)
                 while behind and (behind[0].done() or len(behind) > 4):
                     await behind.popleft()
         finally:
@@ -659,11 +644,6 @@ class StreamService:
 
 def _newest(values: deque[float]) -> float:
     return values[-1] if values else 0.0
-
-
-def _settle(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 def _in_flight(pending: deque[Future[list[int]]], future: Future[list[int]]) -> None:
