@@ -17,8 +17,10 @@ from quantivista.bus.frames import from_ipc
 from quantivista.bus.topics import INGESTION_EVENTS, NORMALIZED_BARS, raw_bars, trades
 from quantivista.clock import TestClock
 from quantivista.config import Settings, SimulatorServerSettings, StorageSettings
+from quantivista.model.schema import coerce_actions
 from quantivista.model.timeframe import Timeframe
-from quantivista.pipeline.stages import history_for
+from quantivista.pipeline.messages import BatchId
+from quantivista.pipeline.stages import coerce, history_for
 from quantivista.processing.trade_bars import TRADE_SCHEMA, Released
 from quantivista.providers.simulator.server import run_simulator
 from quantivista.runtime import Runtime
@@ -402,3 +404,49 @@ def test_each_releases_audit_record_is_written_before_the_next_release_is_stored
         # release's audit record before it stores the next release (and at the flush)
         assert order == ["store", "bars.ingest"] * 3
         assert rt.audit.query(action="bars.ingest").height == 3
+
+
+def test_a_release_made_canonical_by_the_stream_equals_what_coerce_makes(
+    runtime: Runtime,
+) -> None:
+    service = runtime.stream_service("finnhub")
+    service.process(trade_frame([("AAPL", 1, 100.0, 10), ("MSFT", 2, 400.0, 5),
+                                 ("AAPL", 40, 101.5, 10)]))  # fmt: skip
+    bars = service.bars.flush().bars.with_columns(timeframe=pl.lit("1m"))
+    batch_id = BatchId("stream-x", batch_no=7)
+    made = service._as_batch(bars, batch_id)
+    assert made is not None
+    reference = coerce(bars, batch_id, "finnhub", made.at, "1m")
+    assert reference.held is None and made.held is None
+    assert made.bars.schema == reference.bars.schema
+    assert made.bars.equals(reference.bars)
+    service.close()
+
+
+def test_a_symbol_off_the_symbol_rule_goes_through_coerce_to_quarantine(
+    runtime: Runtime,
+) -> None:
+    service = runtime.stream_service("finnhub")
+    service.process(trade_frame([("AAPL", 1, 100.0, 10), ("B@D", 2, 5.0, 5)]))
+    service.process(trade_frame([("AAPL", 62, 101.0, 1)]))  # minute 0 is released
+    assert stored(runtime, ["AAPL"]).select("symbol", "close").rows() == [("AAPL", 100.0)]
+    held = runtime.backend.quarantine.list()
+    assert held.filter(pl.col("symbol") == "B@D")["rule"].to_list() == ["invalid_symbol"]
+    assert service.stats.quarantined == 1
+    service.close()
+
+
+def test_known_actions_are_read_again_when_the_action_store_changes(runtime: Runtime) -> None:
+    service = runtime.stream_service("finnhub")
+    service.process(trade_frame([("AAPL", 1, 100.0, 10)]))
+    assert service._known_actions().is_empty()
+    split = coerce_actions(
+        pl.DataFrame({"symbol": ["AAPL"], "action_type": ["split"], "ex_date": [T0.date()],
+                      "ratio": [4.0]}), provider="test",
+    )  # fmt: skip
+    runtime.backend.actions.upsert(split)
+    assert service._known_actions()["ratio"].to_list() == [4.0]
+    service.process(trade_frame([("MSFT", 2, 400.0, 5)]))  # a new symbol: read again
+    service._known_actions()
+    assert service._actions is not None and service._actions[0][1] == 2
+    service.close()

@@ -63,6 +63,7 @@ class InProcessRunner:
         on_bars: Callable[[pl.DataFrame], None] | None = None,
         on_validated: Callable[[pl.DataFrame], None] | None = None,
         recent: RecentHistory | None = None,
+        actions: pl.DataFrame | None = None,
     ) -> StoredBatch:
         """Validate and store a frame of raw bars in the canonical schema.
 
@@ -73,7 +74,8 @@ class InProcessRunner:
         are stored (see `stages.store`); `on_validated(clean)` as soon as they are validated,
         before the store (a live stream starts publishing them there). `recent` keeps the
         bars this writer stores: the history comes from it (not a store read) and what is
-        stored goes into it (`pipeline.recent`).
+        stored goes into it (`pipeline.recent`). `actions`: the known corporate actions of
+        the batch's symbols when the caller has them (default: read from the store).
         """
         with span("pipeline.write", source=source, job_id=batch_id.job_id):
             batch = coerce(frame, batch_id, source, self.clock.now(), timeframe)
@@ -85,6 +87,7 @@ class InProcessRunner:
                 on_bars=on_bars,
                 on_validated=on_validated,
                 recent=recent,
+                actions=actions,
             )
 
     def ingest(self, raw: RawBatch) -> StoredBatch | None:

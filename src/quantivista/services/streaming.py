@@ -69,8 +69,10 @@ from quantivista.bus.topics import (
 from quantivista.clock import Clock
 from quantivista.config import ProbeSettings, StreamSettings
 from quantivista.errors import ConfigurationError
+from quantivista.model.schema import PL_UTC_TS
+from quantivista.model.symbols import symbol_problem
 from quantivista.model.timeframe import Timeframe
-from quantivista.pipeline.messages import BatchId, StoredBatch
+from quantivista.pipeline.messages import Batch, BatchId, StoredBatch
 from quantivista.pipeline.recent import RecentHistory
 from quantivista.pipeline.runner import InProcessRunner
 from quantivista.processing.trade_bars import TRADE_SCHEMA, MinuteBars, Released
@@ -204,6 +206,8 @@ class StreamService:
         self.gaps: list[tuple[datetime, datetime]] = []  # feed silences to back-fill
         self._newest: datetime | None = None
         self._symbols: set[str] = set()
+        self._odd_symbols: set[str | None] = set()  # seen, off the symbol rule as sent
+        self._actions: tuple[tuple[object, int], pl.DataFrame] | None = None
         self.broker = broker
         self.settings = settings
         self.validator = validator
@@ -289,6 +293,7 @@ class StreamService:
 
         Called for a symbol's first trade, and by `qv stream` for its symbols before the
         feed starts (a first minute may close a moment after the start)."""
+        self._odd_symbols.update(s for s in symbols if not _canonical(s))
         self._symbols.update(symbols)
         self.recent.seed(symbols, at)
         self.runner.sinks.bars.prepare(symbols, Timeframe.parse("1m"), at)
@@ -342,6 +347,7 @@ class StreamService:
         and the symbols seen for the first time."""
         names = batch["symbol"].unique().to_list()
         new = [n for n in names if n not in self._symbols]
+        self._odd_symbols.update(n for n in new if not _canonical(n))
         newest = batch["ts"].max()
         assert isinstance(newest, datetime)
         if new:
@@ -463,16 +469,53 @@ class StreamService:
             self._published_at, self._published_cpu = time.monotonic(), time.thread_time()
 
         self._batch_no += 1
-        return self.runner.write(
-            bars,
-            source=self.provider,
-            batch_id=BatchId(self.job_id, batch_no=self._batch_no),
-            timeframe="1m",
-            validator=self.validator,
-            recent=self.recent,
-            on_validated=validated,
-            on_bars=stored,
+        batch_id = BatchId(self.job_id, batch_no=self._batch_no)
+        batch = self._as_batch(bars, batch_id)
+        if batch is None:  # a symbol off the symbol rule: `coerce` holds its rows
+            return self.runner.write(bars, source=self.provider, batch_id=batch_id,
+                                     timeframe="1m", validator=self.validator,
+                                     actions=self._known_actions(), recent=self.recent,
+                                     on_validated=validated, on_bars=stored)  # fmt: skip
+        return self.runner.process(batch, validator=self.validator, actions=self._known_actions(),
+                                   recent=self.recent, on_validated=validated,
+                                   on_bars=stored)  # fmt: skip
+
+    def _as_batch(self, bars: pl.DataFrame, batch_id: BatchId) -> Batch | None:
+        """Return released bars as a canonical batch, or None when a symbol the feed sent
+        breaks the symbol rule (checked once a symbol, at its first trade).
+
+        The stream built the bars itself from typed trades: what `coerce` checks and casts
+        holds already, and its per-release cost (a dozen frame operations, each symbol's
+        rule) is saved; a test holds the two to the same frame."""
+        if self._odd_symbols:
+            return None
+        now = self.runner.clock.now()
+        frame = bars.select(
+            "symbol",
+            pl.lit("1m").alias("timeframe"),
+            "ts",
+            "open",
+            "high",
+            "low",
+            "close",
+            "volume",
+            pl.col("vwap").cast(pl.Float64),
+            pl.col("trades").cast(pl.Int64),
+            pl.col("provider").fill_null(pl.lit(self.provider)),
+            pl.lit(0, pl.UInt32).alias("quality_flags"),
+            pl.lit(now, PL_UTC_TS).alias("ingested_at"),
+            pl.lit(batch_id.job_id, pl.String).alias("job_id"),
         )
+        return Batch(batch_id, frame, self.provider, now)
+
+    def _known_actions(self) -> pl.DataFrame:
+        """Return the corporate actions of the symbols seen, read again only when the
+        action store changed (its `version`, any process) or a symbol came."""
+        store = self.runner.actions
+        key = (store.version(), len(self._symbols))
+        if self._actions is None or key != self._actions[0]:
+            self._actions = (key, store.for_symbols(sorted(self._symbols)))
+        return self._actions[1]
 
     def _submit(
         self, topic: str, bars: pl.DataFrame, correction: bool, stage: str
@@ -651,6 +694,11 @@ def _in_flight(pending: deque[Future[list[int]]], future: Future[list[int]]) -> 
     pending.append(future)
     while pending and (pending[0].done() or len(pending) > _IN_FLIGHT):
         pending.popleft().result(timeout=60)
+
+
+def _canonical(symbol: str | None) -> bool:
+    """Say whether a symbol as sent is canonical (`coerce` would neither change nor hold it)."""
+    return symbol is not None and symbol == symbol.strip().upper() and not symbol_problem(symbol)
 
 
 def _reaches(frame: pl.DataFrame, at: datetime) -> bool:
