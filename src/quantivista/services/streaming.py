@@ -295,8 +295,10 @@ class StreamService:
         feed starts (a first minute may close a moment after the start)."""
         self._odd_symbols.update(s for s in symbols if not _canonical(s))
         self._symbols.update(symbols)
-        self.recent.seed(symbols, at)
+        # storage first: the history read then finds (and keeps) the new partitions' tails,
+        # which the first release's append consults
         self.runner.sinks.bars.prepare(symbols, Timeframe.parse("1m"), at)
+        self.recent.seed(symbols, at)
 
     def _timed(
         self, stage: str, began: float, end: float | None = None, cpu: float | None = None
