@@ -140,3 +140,21 @@ def test_the_runner_takes_history_from_it_not_the_store(
         write(runtime, recent, minutes(k, 1), k)
     assert reads == []  # no store read on the way
     assert recent.frame is not None and recent.frame["ts"].max() == T0 + timedelta(minutes=9)
+
+
+def test_a_write_of_several_timeframes_keeps_this_ones_rows(runtime: Runtime) -> None:
+    recent = RecentHistory(runtime.backend.bars, validator(runtime))
+    write(runtime, recent, minutes(0, 5), 0)
+    hourly = minutes(0, 1).with_columns(timeframe=pl.lit("1h"))
+    both = pl.concat([minutes(5, 1).with_columns(timeframe=pl.lit("1m")), hourly])
+    runtime.runner.write(both, source="s", batch_id=BatchId("j", batch_no=9),
+                         validator=validator(runtime), recent=recent)  # fmt: skip
+    assert recent.frame is not None
+    assert recent.frame["timeframe"].unique().to_list() == ["1m"]
+    assert recent.frame["ts"].max() == T0 + timedelta(minutes=5)  # the 1m row of the mix
+    nxt = minutes(6, 1)
+    assert (
+        kept_before(recent, nxt)
+        .drop("ingested_at")
+        .equals(as_stored(runtime, nxt).sort("symbol", "ts").drop("ingested_at"))
+    )

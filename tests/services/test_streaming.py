@@ -190,6 +190,12 @@ def test_minutes_missed_in_a_silence_are_back_filled_from_rest(tmp_path: Path) -
             assert stored["ts"].to_list() == expected
             rest = [e for e in published_bars(runtime) if e.source == "finnhub-rest"]
             assert sum(e.rows for e in rest) == 8
+            # the back-filled bars were stored by the ingestion job: the stream's kept
+            # history is read again, with them, for its next release
+            assert symbol not in service.recent.covered
+            after = stored.head(1).with_columns(ts=pl.lit(opened + timedelta(minutes=11)))
+            history = service.recent.history(after)
+            assert history is not None and set(expected) <= set(history["ts"].to_list())
             # outside the session nothing is missing
             closed = runtime.calendar().session_table(day, day)["close"][0]
             assert service.missing_minutes(closed, closed + timedelta(hours=3)).is_empty()

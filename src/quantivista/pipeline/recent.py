@@ -100,8 +100,15 @@ class RecentHistory:
         rows = [stored.clean]
         if stored.decided is not None and stored.decided.height:
             rows.append(stored.decided)
-        rows = [r for r in rows if r.height and one_timeframe(r) == str(self.timeframe)]
-        self._keep(rows)
+        mine = str(self.timeframe)
+        kept = []
+        for part in rows:  # the clean rows and the decided ones: two at most
+            tf = one_timeframe(part)
+            if tf == mine:
+                kept.append(part)
+            elif tf is None and part.height:  # several timeframes: this one's rows
+                kept.append(part.filter(pl.col("timeframe") == mine))
+        self._keep(kept)
 
     def forget(self, symbols: Sequence[str] | None = None) -> None:
         """Drop what is kept (of some series, or all): they are read from the store again."""

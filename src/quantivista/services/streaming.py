@@ -384,6 +384,9 @@ class StreamService:
             first, last = minutes.min(), minutes.max()
             assert isinstance(first, datetime) and isinstance(last, datetime)
             bars = self.backfill(sorted(self._symbols), first, last + timedelta(minutes=1))
+            # stored by the ingestion job, not by this stream: the kept history is read
+            # again (once) with them
+            self.recent.forget(sorted(self._symbols))
             bars = bars.filter(pl.col("ts").is_in(minutes.implode()))
             if bars.is_empty():
                 continue
