@@ -152,6 +152,12 @@ class IngestSettings(_Section):
     heartbeat_s: float = Field(
         default=10.0, gt=0, description="how often a running task renews its lease"
     )
+    keep_recent_history: bool = Field(
+        default=False,
+        description="write_bars with a timeframe keeps the bars it stored as the next"
+        " batch's validation history instead of reading it back (micro-batches); only for"
+        " a process no other process writes those series beside",
+    )
 
     @model_validator(mode="after")
     def _heartbeat_within_lease(self) -> IngestSettings:
