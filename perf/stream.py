@@ -39,7 +39,7 @@ Targets: p99 < 50 ms at 20,000 trades/s over NATS; in-process >= 200,000 events/
 >= 0.5x the bare loop. `python perf/stream.py kafka` runs the Kafka part alone, `nats` the
 NATS part alone (`nats lake`: without PostgreSQL);
 `QV_PERF_TAG=name` puts `name` in the NATS stream names; `QV_PERF_SECONDS` sets the NATS
-run's length (20 s).
+run's length (20 s); `QV_PERF_SWITCH_US` the interpreter's thread switch interval.
 """
 
 from __future__ import annotations
@@ -82,6 +82,10 @@ KAFKA_BATCHES = 400  # messages per round, 500 bars each
 # nearly the maximum)
 SECONDS = float(os.environ.get("QV_PERF_SECONDS", "20"))
 NATS = "nats://127.0.0.1:4222"
+# `QV_PERF_SWITCH_US=100`: the interpreter's thread switch interval for the run (default 5000):
+# the store thread waits for the GIL after each Polars call the loop's thread (feed, folds)
+# holds it through; a quiet-machine A/B of whether that wait is in the latency
+SWITCH_US = float(os.environ.get("QV_PERF_SWITCH_US", "0"))
 
 
 def _settings(data: Path, bus: str, batch_ms: int, backend: str = "lake") -> Settings:
@@ -416,6 +420,8 @@ def kafka_throughput() -> dict[str, object]:
 
 
 def main() -> None:
+    if SWITCH_US:
+        sys.setswitchinterval(SWITCH_US / 1e6)
     if KAFKA_ONLY:
         print(json.dumps(kafka_throughput()))
         return
@@ -424,6 +430,7 @@ def main() -> None:
         result: dict[str, object] = {
             "rate": RATE,
             "load_before": round(os.getloadavg()[0], 2),
+            "switch_interval_us": round(sys.getswitchinterval() * 1e6),
         }
         if not NATS_ONLY:
             result["inproc_trades_per_s"] = round(inproc_pipeline(root))
