@@ -13,13 +13,18 @@ Prints one JSON line:
   first release, whose write creates the store's files of every symbol, a one-off). Event
   time runs 60x faster than the clock so that minutes close every second (~20 releases).
   `nats_stage_p50_ms` / `nats_stage_p99_ms`: the budget per stage (fold = trades folded into
-  bars and their publish started; publish_raw = start to ack; validate; store = the write;
+  bars and their publish started; queue = handed to the store thread until it starts there;
+  publish_raw = start to ack; validate; store = the write;
   publish = normalized bars, start to ack, overlapping the write), so the store's share
   shows on its own; `nats_stage_cpu_p50_ms`: the thread CPU time of fold, validate and
   store (what a loaded machine's wall times hide); `nats_bar_cpu_*`: per release, the CPU
   time along its path (its micro-batch's fold on the loop, then the store thread until its
   bars are stored and published): what its latency would be with a core of its own and
   instant broker round trips, the number a loaded machine stretches least;
+- `nats_gc_collections` / `nats_gc_max_ms` / `nats_gc_max_cpu_ms`: the garbage collections
+  during the NATS run per generation, and the longest, wall and CPU (a collection holds
+  the GIL: a release it lands in waits; a full one walks the whole heap, ~140,000 objects
+  after the set-up, ~60 ms of CPU);
 - `nats_peer_p99_ms`: the physical limit in the same run: a bare JetStream publish of 4
   messages of the same size, waiting for the acks (what one release's publish cannot beat);
 - `load`: the 1-minute load average before and after (the machine is shared).
@@ -32,14 +37,15 @@ Prints one JSON line:
   ours; the broker is another process), which a loaded machine disturbs less than wall time.
 Targets: p99 < 50 ms at 20,000 trades/s over NATS; in-process >= 200,000 events/s; Kafka
 >= 0.5x the bare loop. `python perf/stream.py kafka` runs the Kafka part alone, `nats` the
-NATS part alone (`nats lake`: without PostgreSQL; `nats first`: with `stream.bars_first`);
+NATS part alone (`nats lake`: without PostgreSQL);
 `QV_PERF_TAG=name` puts `name` in the NATS stream names; `QV_PERF_SECONDS` sets the NATS
-run's length (20 s).
+run's length (20 s); `QV_PERF_SWITCH_US` the interpreter's thread switch interval.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import socket
@@ -68,9 +74,6 @@ RATE = next((int(a) for a in sys.argv[1:] if a.isdigit()), 20_000)  # `perf/stre
 KAFKA_ONLY = "kafka" in sys.argv[1:]
 NATS_ONLY = "nats" in sys.argv[1:]  # `perf/stream.py nats`: the NATS part alone (lake, postgres)
 LAKE_ONLY = "lake" in sys.argv[1:]  # `perf/stream.py nats lake`: and the lake backend only
-# `perf/stream.py nats first`: bars first (stream.bars_first on: no fold while a release's
-# bars are stored and published), for an A/B against the default in one session
-BARS_FIRST = "first" in sys.argv[1:]
 # `QV_PERF_TAG=name`: put a name in the NATS stream names (machines shared by several runs)
 TAG = "".join(c for c in os.environ.get("QV_PERF_TAG", "") if c.isalnum())
 KAFKA_ROUNDS = 6
@@ -79,6 +82,10 @@ KAFKA_BATCHES = 400  # messages per round, 500 bars each
 # nearly the maximum)
 SECONDS = float(os.environ.get("QV_PERF_SECONDS", "20"))
 NATS = "nats://127.0.0.1:4222"
+# `QV_PERF_SWITCH_US=100`: the interpreter's thread switch interval for the run (default 5000):
+# the store thread waits for the GIL after each Polars call the loop's thread (feed, folds)
+# holds it through; a quiet-machine A/B of whether that wait is in the latency
+SWITCH_US = float(os.environ.get("QV_PERF_SWITCH_US", "0"))
 
 
 def _settings(data: Path, bus: str, batch_ms: int, backend: str = "lake") -> Settings:
@@ -93,7 +100,6 @@ def _settings(data: Path, bus: str, batch_ms: int, backend: str = "lake") -> Set
             "batch_ms": batch_ms,
             "lateness_s": 1.0,
             "idle_s": 3600.0,
-            "bars_first": BARS_FIRST,
         },
     )
 
@@ -184,9 +190,12 @@ def nats_latency(root: Path, backend: str) -> dict[str, float]:
             asyncio.get_running_loop().call_later(SECONDS, stop.set)
             await service.run(feed, stop)
 
+        pauses = _GcPauses()
+        gc.callbacks.append(pauses)
         began = time.perf_counter()
         asyncio.run(main())
         took = time.perf_counter() - began
+        gc.callbacks.remove(pauses)
         batch = np.array(service.latencies) * 1000
         bars = np.array(service.bar_latencies) * 1000
         tag = "nats" if backend == "lake" else f"nats_{backend}"
@@ -210,6 +219,9 @@ def nats_latency(root: Path, backend: str) -> dict[str, float]:
             "nats_stage_p50_ms": _percentiles(service.stage_times, 50),
             "nats_stage_p99_ms": _percentiles(service.stage_times, 99),
             "nats_stage_cpu_p50_ms": _percentiles(service.stage_cpu, 50),
+            "nats_gc_collections": pauses.by_generation,
+            "nats_gc_max_ms": round(pauses.longest * 1000, 2),
+            "nats_gc_max_cpu_ms": round(pauses.longest_cpu * 1000, 2),
             "nats_peer_p99_ms": _bare_publish_p99(rt.broker, prefix),
         }
         service.close()
@@ -219,6 +231,25 @@ def nats_latency(root: Path, backend: str) -> dict[str, float]:
         if backend == "postgres":
             _drop_schema(settings)
     return {k.replace("nats", tag, 1): v for k, v in out.items()}  # type: ignore[misc]
+
+
+class _GcPauses:
+    """A `gc.callbacks` entry: collections per generation, the longest (seconds, wall and
+    thread CPU)."""
+
+    def __init__(self) -> None:
+        self.count, self.longest, self.longest_cpu = 0, 0.0, 0.0
+        self.by_generation = [0, 0, 0]
+        self._began, self._cpu = 0.0, 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._began, self._cpu = time.perf_counter(), time.thread_time()
+        else:
+            self.count += 1
+            self.longest = max(self.longest, time.perf_counter() - self._began)
+            self.longest_cpu = max(self.longest_cpu, time.thread_time() - self._cpu)
+            self.by_generation[info["generation"]] += 1
 
 
 def _pct(values: Iterable[float], q: float) -> float | None:
@@ -389,6 +420,8 @@ def kafka_throughput() -> dict[str, object]:
 
 
 def main() -> None:
+    if SWITCH_US:
+        sys.setswitchinterval(SWITCH_US / 1e6)
     if KAFKA_ONLY:
         print(json.dumps(kafka_throughput()))
         return
@@ -396,8 +429,8 @@ def main() -> None:
         root = Path(tmp)
         result: dict[str, object] = {
             "rate": RATE,
-            "bars_first": BARS_FIRST,
             "load_before": round(os.getloadavg()[0], 2),
+            "switch_interval_us": round(sys.getswitchinterval() * 1e6),
         }
         if not NATS_ONLY:
             result["inproc_trades_per_s"] = round(inproc_pipeline(root))

@@ -152,6 +152,12 @@ class IngestSettings(_Section):
     heartbeat_s: float = Field(
         default=10.0, gt=0, description="how often a running task renews its lease"
     )
+    keep_recent_history: bool = Field(
+        default=False,
+        description="write_bars with a timeframe keeps the bars it stored as the next"
+        " batch's validation history instead of reading it back (micro-batches); only for"
+        " a process no other process writes those series beside",
+    )
 
     @model_validator(mode="after")
     def _heartbeat_within_lease(self) -> IngestSettings:
@@ -544,11 +550,6 @@ class StreamSettings(_Section):
         default=3600.0, gt=0, description="how late a trade may still amend its bar"
     )
     queue_size: int = Field(default=1_000, ge=1, description="feed frames waiting, at most")
-    bars_first: bool = Field(
-        default=False,
-        description="fold no trades while a release's bars are stored and published (off:"
-        " folding overlaps them; on a loaded machine overlapping was faster, see README)",
-    )
     publish_trades: bool = True
     synthetic_rate: float = Field(
         default=1000.0, gt=0, description="trades/s of --source synthetic"

@@ -103,8 +103,9 @@ class Runtime(Closing):
         )
         backend = self.backend
         self.writes = WriteService(
-            self.runner, backend.actions, backend.quarantine, self.bus, self.clock, backend.catalog
-        )
+            self.runner, backend.actions, backend.quarantine, self.bus, self.clock, backend.catalog,
+            keep_recent=settings.ingest.keep_recent_history,
+        )  # fmt: skip
         self.providers = ProviderService(self.acquisition, self.backend.catalog)
         self.ingestion = IngestionService(
             self.runner, self.acquisition, backend.catalog, self.clock, settings.ingest,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -17,7 +17,10 @@ from quantivista.bus.frames import from_ipc
 from quantivista.bus.topics import INGESTION_EVENTS, NORMALIZED_BARS, raw_bars, trades
 from quantivista.clock import TestClock
 from quantivista.config import Settings, SimulatorServerSettings, StorageSettings
+from quantivista.model.schema import coerce_actions
 from quantivista.model.timeframe import Timeframe
+from quantivista.pipeline.messages import BatchId
+from quantivista.pipeline.stages import coerce, history_for
 from quantivista.processing.trade_bars import TRADE_SCHEMA, Released
 from quantivista.providers.simulator.server import run_simulator
 from quantivista.runtime import Runtime
@@ -187,17 +190,16 @@ def test_minutes_missed_in_a_silence_are_back_filled_from_rest(tmp_path: Path) -
             assert stored["ts"].to_list() == expected
             rest = [e for e in published_bars(runtime) if e.source == "finnhub-rest"]
             assert sum(e.rows for e in rest) == 8
+            # the back-filled bars were stored by the ingestion job: the stream's kept
+            # history is read again, with them, for its next release
+            assert symbol not in service.recent.covered
+            after = stored.head(1).with_columns(ts=pl.lit(opened + timedelta(minutes=11)))
+            history = service.recent.history(after)
+            assert history is not None and set(expected) <= set(history["ts"].to_list())
             # outside the session nothing is missing
             closed = runtime.calendar().session_table(day, day)["close"][0]
             assert service.missing_minutes(closed, closed + timedelta(hours=3)).is_empty()
             service.close()
-
-
-def _read_each_time(
-    read: Callable[[pl.DataFrame], pl.DataFrame | None], bars: pl.DataFrame
-) -> pl.DataFrame:
-    history = read(bars)
-    return pl.DataFrame() if history is None else history
 
 
 def test_the_kept_history_validates_like_a_store_read(tmp_path: Path) -> None:
@@ -219,8 +221,9 @@ def test_the_kept_history_validates_like_a_store_read(tmp_path: Path) -> None:
         )
         with Runtime.from_settings(settings, clock=TestClock(T0)) as rt:
             service = rt.stream_service("finnhub")
-            if reads:  # every release reads its history from the store, as before
-                service.recent.history = partial(_read_each_time, service.recent.read)  # type: ignore[method-assign]
+            if reads:  # every release reads its history from the store
+                read = partial(history_for, store=rt.backend.bars, validator=service.validator)
+                service.recent.history = read  # type: ignore[method-assign]
             for frame in minutes:
                 service.process(frame)
             service.flush()
@@ -297,9 +300,8 @@ def test_a_new_symbols_first_bars_append_to_a_base_made_when_its_first_trade_cam
     service.close()
 
 
-@pytest.mark.parametrize("bars_first", [True, False])
-def test_no_trade_is_folded_while_a_releases_bars_are_stored_and_published(
-    tmp_path: Path, bars_first: bool
+def test_folding_goes_on_while_a_releases_bars_are_stored_and_published(
+    tmp_path: Path,
 ) -> None:
     frames = [
         trade_frame([("AAA", 5, 10.0, 1)]),
@@ -324,7 +326,6 @@ def test_no_trade_is_folded_while_a_releases_bars_are_stored_and_published(
             "idle_s": 3600.0,
             "batch_ms": 20,
             "batch_rows": 1,
-            "bars_first": bars_first,
         },
     )
     with Runtime.from_settings(settings, clock=TestClock(T0)) as rt:
@@ -347,12 +348,10 @@ def test_no_trade_is_folded_while_a_releases_bars_are_stored_and_published(
 
         asyncio.run(service.run(feed(), asyncio.Event()))
         service.close()
-    assert folds[:2] == [0, 0] and len(folds) == 4
-    if not bars_first:  # folding overlapped the slow store
-        assert folds[2:] == [0, 0]
-        return
-    # the frames after the release were folded once its bars were out, not meanwhile
-    assert all(n > 0 for n in folds[2:])
+    # the frames after the release were folded while its slow store stage ran
+    assert folds == [0, 0, 0, 0]
+    # the release waited for the store thread no longer than the hop (the thread was idle)
+    assert len(service.stage_times["queue"]) == 1 and service.stage_times["queue"][0] < 0.25
     # the release's path CPU (fold + store thread until out) is in its latency, without
     # the store's 0.3 s of waiting
     pairs = list(zip(service.bar_cpu, service.bar_latencies, strict=True))
@@ -411,3 +410,49 @@ def test_each_releases_audit_record_is_written_before_the_next_release_is_stored
         # release's audit record before it stores the next release (and at the flush)
         assert order == ["store", "bars.ingest"] * 3
         assert rt.audit.query(action="bars.ingest").height == 3
+
+
+def test_a_release_made_canonical_by_the_stream_equals_what_coerce_makes(
+    runtime: Runtime,
+) -> None:
+    service = runtime.stream_service("finnhub")
+    service.process(trade_frame([("AAPL", 1, 100.0, 10), ("MSFT", 2, 400.0, 5),
+                                 ("AAPL", 40, 101.5, 10)]))  # fmt: skip
+    bars = service.bars.flush().bars.with_columns(timeframe=pl.lit("1m"))
+    batch_id = BatchId("stream-x", batch_no=7)
+    made = service._as_batch(bars, batch_id)
+    assert made is not None
+    reference = coerce(bars, batch_id, "finnhub", made.at, "1m")
+    assert reference.held is None and made.held is None
+    assert made.bars.schema == reference.bars.schema
+    assert made.bars.equals(reference.bars)
+    service.close()
+
+
+def test_a_symbol_off_the_symbol_rule_goes_through_coerce_to_quarantine(
+    runtime: Runtime,
+) -> None:
+    service = runtime.stream_service("finnhub")
+    service.process(trade_frame([("AAPL", 1, 100.0, 10), ("B@D", 2, 5.0, 5)]))
+    service.process(trade_frame([("AAPL", 62, 101.0, 1)]))  # minute 0 is released
+    assert stored(runtime, ["AAPL"]).select("symbol", "close").rows() == [("AAPL", 100.0)]
+    held = runtime.backend.quarantine.list()
+    assert held.filter(pl.col("symbol") == "B@D")["rule"].to_list() == ["invalid_symbol"]
+    assert service.stats.quarantined == 1
+    service.close()
+
+
+def test_known_actions_are_read_again_when_the_action_store_changes(runtime: Runtime) -> None:
+    service = runtime.stream_service("finnhub")
+    service.process(trade_frame([("AAPL", 1, 100.0, 10)]))
+    assert service._known_actions().is_empty()
+    split = coerce_actions(
+        pl.DataFrame({"symbol": ["AAPL"], "action_type": ["split"], "ex_date": [T0.date()],
+                      "ratio": [4.0]}), provider="test",
+    )  # fmt: skip
+    runtime.backend.actions.upsert(split)
+    assert service._known_actions()["ratio"].to_list() == [4.0]
+    service.process(trade_frame([("MSFT", 2, 400.0, 5)]))  # a new symbol: read again
+    service._known_actions()
+    assert service._actions is not None and service._actions[0][1] == 2
+    service.close()

@@ -10,7 +10,7 @@ from polars.testing import assert_frame_equal
 
 from conftest import INGESTED_AT, MakeBars
 from quantivista.errors import StorageError
-from quantivista.model.schema import BAR_COLUMNS
+from quantivista.model.schema import BAR_COLUMNS, coerce_bars
 from quantivista.model.timeframe import Timeframe
 from quantivista.storage.base import STATS_SCHEMA, BarStore, RetentionPolicy, apply_retention
 
@@ -184,3 +184,24 @@ def test_as_of_reads_are_exact_across_corrections_inserts_and_deletes(
     assert full["ts"].is_sorted()
     ranged = store.read(["AAA"], D1, jan3, _day("2024-01-05"), as_of=t1)
     assert ranged["ts"].to_list() == [jan3, _day("2024-01-04")]
+
+
+def test_prepare_stores_nothing_and_the_first_bars_land_as_usual(store: BarStore) -> None:
+    """A live stream prepares a symbol's storage at its first trade: no bars appear, the
+    first release is stored and read back like any write, and preparing again makes
+    nothing new."""
+    m1 = Timeframe.parse("1m")
+    at = _day("2026-12-01T14:30:00")
+    made = store.prepare(["AAA", "BBB"], m1, at)
+    assert made >= 0
+    assert store.read(["AAA", "BBB"], m1).is_empty() and store.symbols(m1) == []
+    assert store.prepare(["AAA", "BBB"], m1, at) == 0  # ready already
+    bars = pl.DataFrame(
+        {"symbol": ["AAA", "BBB"], "timeframe": "1m", "ts": [at, at], "open": [1.0, 2.0],
+         "high": [1.0, 2.0], "low": [1.0, 2.0], "close": [1.0, 2.0], "volume": [5.0, 6.0],
+         "provider": "p", "quality_flags": 0, "ingested_at": INGESTED_AT, "job_id": "j"},
+    ).with_columns(pl.col("quality_flags").cast(pl.UInt32))  # fmt: skip
+    stats = store.upsert(coerce_bars(bars))
+    assert (stats.inserted, stats.updated) == (2, 0)
+    out = store.read(["AAA", "BBB"], m1)
+    assert out.select("symbol", "ts", "close").rows() == [("AAA", at, 1.0), ("BBB", at, 2.0)]

@@ -15,6 +15,7 @@ from quantivista.model.timeframe import Timeframe, TimeframeLike
 from quantivista.ops.metrics import SymbolGroups, observe_stored, stage
 from quantivista.ops.tracing import span
 from quantivista.pipeline.messages import Batch, BatchId, RawBatch, StoredBatch
+from quantivista.pipeline.recent import RecentHistory
 from quantivista.pipeline.stages import (
     Sinks,
     announce,
@@ -61,6 +62,8 @@ class InProcessRunner:
         history: pl.DataFrame | None = None,
         on_bars: Callable[[pl.DataFrame], None] | None = None,
         on_validated: Callable[[pl.DataFrame], None] | None = None,
+        recent: RecentHistory | None = None,
+        actions: pl.DataFrame | None = None,
     ) -> StoredBatch:
         """Validate and store a frame of raw bars in the canonical schema.
 
@@ -69,7 +72,10 @@ class InProcessRunner:
         is the stored bars before the batch when the caller keeps them (a live stream),
         instead of reading them from the store; `on_bars(clean)` runs as soon as the bars
         are stored (see `stages.store`); `on_validated(clean)` as soon as they are validated,
-        before the store (a live stream starts publishing them there).
+        before the store (a live stream starts publishing them there). `recent` keeps the
+        bars this writer stores: the history comes from it (not a store read) and what is
+        stored goes into it (`pipeline.recent`). `actions`: the known corporate actions of
+        the batch's symbols when the caller has them (default: read from the store).
         """
         with span("pipeline.write", source=source, job_id=batch_id.job_id):
             batch = coerce(frame, batch_id, source, self.clock.now(), timeframe)
@@ -80,6 +86,8 @@ class InProcessRunner:
                 history=history,
                 on_bars=on_bars,
                 on_validated=on_validated,
+                recent=recent,
+                actions=actions,
             )
 
     def ingest(self, raw: RawBatch) -> StoredBatch | None:
@@ -122,14 +130,17 @@ class InProcessRunner:
         history: pl.DataFrame | None = None,
         on_bars: Callable[[pl.DataFrame], None] | None = None,
         on_validated: Callable[[pl.DataFrame], None] | None = None,
+        recent: RecentHistory | None = None,
     ) -> StoredBatch:
         """Validate, store and announce a canonical batch (`history`, `on_bars`,
-        `on_validated`: see `write`)."""
+        `on_validated`, `recent`: see `write`)."""
         check = validator or self.validator()
         if actions is None and batch.bars.height:
             actions = self.actions.for_symbols(batch.bars["symbol"].unique().to_list())
         with stage("validate"):
-            if history is None:
+            if history is None and recent is not None and batch.bars.height:
+                history = recent.history(batch.bars)
+            elif history is None:
                 history = history_for(batch.bars, self.sinks.bars, check)
             validated = validate(batch, check, actions=actions, history=history)
         if on_validated is not None:
@@ -138,6 +149,8 @@ class InProcessRunner:
             stored = store(
                 validated, self.sinks, batch.at, dedupe_quarantine=not release, on_bars=on_bars
             )
+            if recent is not None:
+                recent.add(stored)
         with stage("publish"):
             announce(stored, self.bus, self.clock)
         observe_stored(

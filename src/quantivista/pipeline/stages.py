@@ -56,6 +56,7 @@ __all__ = [
     "coerce",
     "data_epoch",
     "history_for",
+    "history_lookback",
     "mark_changed",
     "normalize",
     "store",
@@ -324,13 +325,17 @@ def history_for(bars: pl.DataFrame, store: BarStore, validator: Validator) -> pl
     tf = Timeframe.parse(str(bars["timeframe"][0]))
     first = bars["ts"].min()
     assert isinstance(first, datetime)
-    # enough calendar time for the rolling window (trading days are ~5/7 of days)
-    span = tf.seconds * 3 * validator.settings.spike_window if tf.seconds else None
-    lookback = timedelta(seconds=span) if span else timedelta(days=45)
     # a store that answers it without decoding history (the lake's tails) does so
     read = getattr(store, "recent", store.read)
-    history = read(distinct(bars["symbol"]), tf, first - lookback, first)
+    history = read(distinct(bars["symbol"]), tf, first - history_lookback(tf, validator), first)
     return history if history.height else None
+
+
+def history_lookback(timeframe: Timeframe, validator: Validator) -> timedelta:
+    """Return how far before a batch `history_for` reads stored bars: enough calendar time
+    for the validator's rolling window (trading days are ~5/7 of days)."""
+    span = timeframe.seconds * 3 * validator.settings.spike_window if timeframe.seconds else None
+    return timedelta(seconds=span) if span else timedelta(days=45)
 
 
 def validate(

@@ -17,15 +17,13 @@ stored; normalized bars go out as soon as they are validated, while the store wr
 a micro-batch of bars is done when they are stored and both publishes are acked. (A failed
 write stops the stream; the normalized bars it sent are bars that passed validation, and
 `ingestion.events` says what landed.) Folding runs on the loop; the store stage on a thread
-of its own, in order, a few releases behind at most. With `stream.bars_first` (off by
-default) bars go first: while a release's bars are validated, stored and published, the
-loop folds no trades (they wait in the queue: the folds hold the GIL the release needs);
-it resumes when they are out. Off, folding overlaps the release, which on a loaded machine
-was faster (the process keeps two threads runnable; the OS shares CPU per thread). Either
-way the store thread does the bookkeeping after the bars are out (scores, quarantine,
-report, the audit record, announcements), all of it before the next release is stored: a
-crash after the bars are out and before the bookkeeping loses no bars, only the records of
-a write that happened.
+of its own, in order, a few releases behind at most; folding goes on while a release is
+stored (holding the folds back until its bars were out, which session 7 tried, was slower
+in every run: one runnable thread gets half the CPU share on a busy machine). The store
+thread does the bookkeeping after the bars are out (scores, quarantine, report, the audit
+record, announcements), all of it before the next release is stored: a crash after the
+bars are out and before the bookkeeping loses no bars, only the records of a write that
+happened.
 
 A micro-batch closes `batch_ms` after its first trade arrived, at `batch_rows` trades, or
 at once when a trade passes the time that closes the oldest open minute (bars to release:
@@ -37,8 +35,8 @@ Bars and corrections travel one message per partition and release (`qv-symbols` 
 symbols; a symbol stays in its partition, in order). Backpressure: the source waits when the
 queue is full (a WebSocket stops being read, the vendor's buffer fills). Lag is measured and
 exported: queue depth, event-time lag of the newest trade, trade arrival -> stored and
-published latency per micro-batch, and the time of each stage (fold, publish raw, store,
-publish normalized) so the latency budget shows where it goes.
+published latency per micro-batch, and the time of each stage (`STAGES`) so the latency
+budget shows where it goes.
 """
 
 from __future__ import annotations
@@ -71,11 +69,12 @@ from quantivista.bus.topics import (
 from quantivista.clock import Clock
 from quantivista.config import ProbeSettings, StreamSettings
 from quantivista.errors import ConfigurationError
-from quantivista.model.schema import BAR_COLUMNS
+from quantivista.model.schema import PL_UTC_TS
+from quantivista.model.symbols import symbol_problem
 from quantivista.model.timeframe import Timeframe
-from quantivista.pipeline.messages import BatchId, StoredBatch
+from quantivista.pipeline.messages import Batch, BatchId, StoredBatch
+from quantivista.pipeline.recent import RecentHistory
 from quantivista.pipeline.runner import InProcessRunner
-from quantivista.pipeline.stages import history_for
 from quantivista.processing.trade_bars import TRADE_SCHEMA, MinuteBars, Released
 from quantivista.providers.finnhub import FinnhubTradeStream
 from quantivista.providers.live import finnhub_trades, synthetic_trades
@@ -86,7 +85,6 @@ from quantivista.services.ingestion import IngestionService
 from quantivista.storage.base import BarStore
 
 __all__ = [
-    "RecentBars",
     "RestBackfill",
     "StreamMetrics",
     "StreamService",
@@ -94,10 +92,12 @@ __all__ = [
     "open_feed",
 ]
 
-STAGES = ("fold", "publish_raw", "validate", "store", "publish")
+STAGES = ("fold", "queue", "publish_raw", "validate", "store", "publish")
 """The stages of a micro-batch whose time is measured: fold trades into bars (and start
-publishing the trades), publish raw bars (start to ack), validate, store (validated to
-stored), publish normalized bars (start to ack, overlapping the store)."""
+publishing the trades), queue (a release handed to the store thread until it starts
+there: the thread hop and the work ahead of it), publish raw bars (start to ack),
+validate, store (validated to stored), publish normalized bars (start to ack,
+overlapping the store)."""
 
 _IN_FLIGHT = 64  # publishes of one kind not acked yet, at most (then the caller waits)
 
@@ -124,76 +124,11 @@ class StreamMetrics:
         )
         self.stage = Histogram(
             "qv_stream_stage_seconds",
-            "time of one stage of a micro-batch (fold, publish_raw, store, publish)",
+            "time of one stage of a micro-batch (see STAGES)",
             ["stage"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
-
-
-class RecentBars:
-    """The bars the stream stored over the last `span`, as stored (clean rows and decided
-    spikes): the validation history of the next release, without reading the store back.
-
-    A symbol seen for the first time is read from the store once (`read`)."""
-
-    def __init__(
-        self, span: timedelta, read: Callable[[pl.DataFrame], pl.DataFrame | None]
-    ) -> None:
-        self.span = span
-        self.read = read
-        self.frame: pl.DataFrame | None = None
-        self.known: set[str] = set()
-
-    def history(self, bars: pl.DataFrame) -> pl.DataFrame:
-        """Return the kept bars (the validator takes those before each symbol's first)."""
-        names = bars["symbol"].unique().to_list()
-        new = [s for s in names if s not in self.known]  # one entry per symbol
-        if new:
-            stored = self.read(bars.filter(pl.col("symbol").is_in(new)))
-            self.known.update(new)
-            if stored is not None and stored.height:
-                self._keep([stored])
-        return self.frame if self.frame is not None else pl.DataFrame()
-
-    def preload(self, symbols: list[str], at: datetime) -> None:
-        """Read the history of symbols not seen yet, before their first bar at `at`."""
-        new = [s for s in symbols if s not in self.known]
-        if not new:
-            return
-        probe = pl.DataFrame(
-            {"symbol": new, "ts": [at] * len(new), "timeframe": ["1m"] * len(new)},
-            schema={"symbol": pl.String, "ts": pl.Datetime("us", "UTC"), "timeframe": pl.String},
-        )
-        stored = self.read(probe)
-        self.known.update(new)
-        if stored is not None and stored.height:
-            self._keep([stored])
-
-    def add(self, stored: StoredBatch) -> None:
-        """Keep what a write stored."""
-        rows = [stored.clean]
-        if stored.decided is not None and stored.decided.height:
-            rows.append(stored.decided)
-        self._keep(rows)
-
-    def _keep(self, rows: list[pl.DataFrame]) -> None:
-        parts = [r.select(BAR_COLUMNS) for r in rows if r.height]
-        if not parts:
-            return
-        first = min(p["ts"].min() for p in parts)  # type: ignore[type-var]
-        kept = self.frame
-        if kept is not None:
-            parts.insert(0, kept)
-        frame = pl.concat(parts, how="vertical_relaxed")
-        # new minutes after every kept one (the usual release) replace nothing
-        if len(parts) > 2 or kept is None or not first > kept["ts"].max():  # type: ignore[operator]
-            frame = frame.unique(["symbol", "timeframe", "ts"], keep="last", maintain_order=True)
-        newest, oldest = frame["ts"].max(), frame["ts"].min()
-        assert isinstance(newest, datetime) and isinstance(oldest, datetime)
-        if oldest < newest - self.span:
-            frame = frame.filter(pl.col("ts") >= newest - self.span)
-        self.frame = frame
 
 
 Backfill = Callable[[list[str], datetime, datetime], pl.DataFrame]
@@ -271,6 +206,8 @@ class StreamService:
         self.gaps: list[tuple[datetime, datetime]] = []  # feed silences to back-fill
         self._newest: datetime | None = None
         self._symbols: set[str] = set()
+        self._odd_symbols: set[str | None] = set()  # seen, off the symbol rule as sent
+        self._actions: tuple[tuple[object, int], pl.DataFrame] | None = None
         self.broker = broker
         self.settings = settings
         self.validator = validator
@@ -298,10 +235,10 @@ class StreamService:
         self._trades_out: deque[Future[list[int]]] = deque()
         self._events_out: deque[Future[list[int]]] = deque()
         self.fresh: list[tuple[list[str], datetime]] = []  # symbols first seen, and when
-        window = 3 * validator.settings.spike_window  # the span `history_for` reads
-        self.recent = RecentBars(
-            timedelta(minutes=window),
-            lambda bars: history_for(bars, runner.sinks.bars, validator),
+        # the validation history: the bars this stream stored (a store read per release
+        # only for a batch older than what is kept), amendments within the retention too
+        self.recent = RecentHistory(
+            runner.sinks.bars, validator, "1m", reach=timedelta(seconds=settings.retention_s)
         )
         self.bars = MinuteBars(
             lateness=timedelta(seconds=settings.lateness_s),
@@ -356,11 +293,12 @@ class StreamService:
 
         Called for a symbol's first trade, and by `qv stream` for its symbols before the
         feed starts (a first minute may close a moment after the start)."""
+        self._odd_symbols.update(s for s in symbols if not _canonical(s))
         self._symbols.update(symbols)
-        self.recent.preload(symbols, at)
-        prepare = getattr(self.runner.sinks.bars, "prepare", None)
-        if prepare is not None:
-            prepare(symbols, Timeframe.parse("1m"), at)
+        # storage first: the history read then finds (and keeps) the new partitions' tails,
+        # which the first release's append consults
+        self.runner.sinks.bars.prepare(symbols, Timeframe.parse("1m"), at)
+        self.recent.seed(symbols, at)
 
     def _timed(
         self, stage: str, began: float, end: float | None = None, cpu: float | None = None
@@ -411,6 +349,7 @@ class StreamService:
         and the symbols seen for the first time."""
         names = batch["symbol"].unique().to_list()
         new = [n for n in names if n not in self._symbols]
+        self._odd_symbols.update(n for n in new if not _canonical(n))
         newest = batch["ts"].max()
         assert isinstance(newest, datetime)
         if new:
@@ -445,6 +384,9 @@ class StreamService:
             first, last = minutes.min(), minutes.max()
             assert isinstance(first, datetime) and isinstance(last, datetime)
             bars = self.backfill(sorted(self._symbols), first, last + timedelta(minutes=1))
+            # stored by the ingestion job, not by this stream: the kept history is read
+            # again (once) with them
+            self.recent.forget(sorted(self._symbols))
             bars = bars.filter(pl.col("ts").is_in(minutes.implode()))
             if bars.is_empty():
                 continue
@@ -460,17 +402,19 @@ class StreamService:
         self,
         released: Released,
         arrived: float | None = None,
-        out: Callable[[], None] | None = None,
         fold_cpu: float | None = None,
+        queued: float | None = None,
     ) -> None:
         """Store and publish released bars; record the latency from `arrived` to the last
         of: stored, raw and normalized bars acked (or to now, when nothing was stored).
-        `out()` is called as soon as every bar of the release is stored and published,
-        before the store's bookkeeping (scores, quarantine, report, announcements).
-        `fold_cpu`: the CPU time of the release's fold (default: the newest fold's)."""
+        `fold_cpu`: the CPU time of the release's fold (default: the newest fold's);
+        `queued`: when the release was handed to this thread (`perf_counter`: the wait
+        for the store thread is the `queue` stage)."""
+        if queued is not None and not released.empty:
+            self._timed("queue", queued)
         self._published_at = self._published_cpu = None
         cpu = time.thread_time()
-        self._emit(released, out)
+        self._emit(released)
         if arrived is not None:
             took = (self._published_at or time.monotonic()) - arrived
             self.metrics.latency.observe(took)
@@ -487,15 +431,14 @@ class StreamService:
         self.drain()
         return released
 
-    def _emit(self, released: Released, out: Callable[[], None] | None = None) -> None:
+    def _emit(self, released: Released) -> None:
         self.stats.too_late += released.too_late
         self.metrics.too_late.inc(released.too_late)
         kinds = [(f, c) for f, c in ((released.bars, False), (released.corrections, True))
                  if not f.is_empty()]  # fmt: skip
-        for i, (frame, correction) in enumerate(kinds):
+        for frame, correction in kinds:
             bars = frame.with_columns(timeframe=pl.lit("1m"))
-            stored = self._store(bars, correction, out if i == len(kinds) - 1 else None)
-            self.recent.add(stored)
+            stored = self._store(bars, correction)
             clean = stored.clean
             kind = "correction" if correction else "bar"
             self.metrics.bars.labels(kind).inc(clean.height)
@@ -506,11 +449,9 @@ class StreamService:
             else:
                 self.stats.bars += clean.height
 
-    def _store(
-        self, bars: pl.DataFrame, correction: bool, out: Callable[[], None] | None = None
-    ) -> StoredBatch:
+    def _store(self, bars: pl.DataFrame, correction: bool) -> StoredBatch:
         """Publish raw bars, validate, publish the clean ones while storing them; when
-        stored, wait for both publishes (the micro-batch's bars are out: `out()`)."""
+        stored, wait for both publishes (the micro-batch's bars are out)."""
         began, cpu = time.perf_counter(), time.thread_time()
         sent = [_Sent("publish_raw", began, self._submit(self.topic, bars, correction, "raw"))]
         validated_at, validated_cpu = began, cpu
@@ -531,20 +472,55 @@ class StreamService:
                 if one.stage == "publish":
                     self.stats.published += len(offsets)
             self._published_at, self._published_cpu = time.monotonic(), time.thread_time()
-            if out is not None:
-                out()
 
         self._batch_no += 1
-        return self.runner.write(
-            bars,
-            source=self.provider,
-            batch_id=BatchId(self.job_id, batch_no=self._batch_no),
-            timeframe="1m",
-            validator=self.validator,
-            history=self.recent.history(bars),
-            on_validated=validated,
-            on_bars=stored,
+        batch_id = BatchId(self.job_id, batch_no=self._batch_no)
+        batch = self._as_batch(bars, batch_id)
+        if batch is None:  # a symbol off the symbol rule: `coerce` holds its rows
+            return self.runner.write(bars, source=self.provider, batch_id=batch_id,
+                                     timeframe="1m", validator=self.validator,
+                                     actions=self._known_actions(), recent=self.recent,
+                                     on_validated=validated, on_bars=stored)  # fmt: skip
+        return self.runner.process(batch, validator=self.validator, actions=self._known_actions(),
+                                   recent=self.recent, on_validated=validated,
+                                   on_bars=stored)  # fmt: skip
+
+    def _as_batch(self, bars: pl.DataFrame, batch_id: BatchId) -> Batch | None:
+        """Return released bars as a canonical batch, or None when a symbol the feed sent
+        breaks the symbol rule (checked once a symbol, at its first trade).
+
+        The stream built the bars itself from typed trades: what `coerce` checks and casts
+        holds already, and its per-release cost (a dozen frame operations, each symbol's
+        rule) is saved; a test holds the two to the same frame."""
+        if self._odd_symbols:
+            return None
+        now = self.runner.clock.now()
+        frame = bars.select(
+            "symbol",
+            pl.lit("1m").alias("timeframe"),
+            "ts",
+            "open",
+            "high",
+            "low",
+            "close",
+            "volume",
+            pl.col("vwap").cast(pl.Float64),
+            pl.col("trades").cast(pl.Int64),
+            pl.col("provider").fill_null(pl.lit(self.provider)),
+            pl.lit(0, pl.UInt32).alias("quality_flags"),
+            pl.lit(now, PL_UTC_TS).alias("ingested_at"),
+            pl.lit(batch_id.job_id, pl.String).alias("job_id"),
         )
+        return Batch(batch_id, frame, self.provider, now)
+
+    def _known_actions(self) -> pl.DataFrame:
+        """Return the corporate actions of the symbols seen, read again only when the
+        action store changed (its `version`, any process) or a symbol came."""
+        store = self.runner.actions
+        key = (store.version(), len(self._symbols))
+        if self._actions is None or key != self._actions[0]:
+            self._actions = (key, store.for_symbols(sorted(self._symbols)))
+        return self._actions[1]
 
     def _submit(
         self, topic: str, bars: pl.DataFrame, correction: bool, stage: str
@@ -651,24 +627,11 @@ class StreamService:
                 if released.empty:
                     if arrived is not None:
                         self.emit(released, arrived)  # records the latency only
-                elif not self.settings.bars_first:
-                    behind.append(
-                        loop.run_in_executor(store, self.emit, released, arrived, None, fold_cpu)
-                    )
                 else:
-                    # bars first: no trade is folded (they wait in the queue) until the
-                    # release's bars are stored and published, so the loop's folding and
-                    # trade publishes do not compete with them for the GIL (see above)
-                    out: asyncio.Future[None] = loop.create_future()
-
-                    def signal(out: asyncio.Future[None] = out) -> None:
-                        loop.call_soon_threadsafe(_settle, out)
-
-                    job: asyncio.Future[object] = loop.run_in_executor(
-                        store, self.emit, released, arrived, signal, fold_cpu
+                    handed = time.perf_counter()
+                    behind.append(
+                        loop.run_in_executor(store, self.emit, released, arrived, fold_cpu, handed)
                     )
-                    behind.append(job)
-                    await asyncio.wait((out, job), return_when=asyncio.FIRST_COMPLETED)
                 while behind and (behind[0].done() or len(behind) > 4):
                     await behind.popleft()
         finally:
@@ -731,16 +694,16 @@ def _newest(values: deque[float]) -> float:
     return values[-1] if values else 0.0
 
 
-def _settle(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
 def _in_flight(pending: deque[Future[list[int]]], future: Future[list[int]]) -> None:
     """Keep a publish until acked; raise a failed one; wait when too many are in flight."""
     pending.append(future)
     while pending and (pending[0].done() or len(pending) > _IN_FLIGHT):
         pending.popleft().result(timeout=60)
+
+
+def _canonical(symbol: str | None) -> bool:
+    """Say whether a symbol as sent is canonical (`coerce` would neither change nor hold it)."""
+    return symbol is not None and symbol == symbol.strip().upper() and not symbol_problem(symbol)
 
 
 def _reaches(frame: pl.DataFrame, at: datetime) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from uuid import uuid4
@@ -10,12 +11,14 @@ import polars as pl
 
 from quantivista.actions.reconcile import ReconcileReport, plan_action_ingest
 from quantivista.bus.base import EventBus
+from quantivista.bus.events import BarsIngested, Event
 from quantivista.clock import Clock
 from quantivista.errors import InvalidInputError, NotFoundError
 from quantivista.model.jobs import DataQualityReport
 from quantivista.model.schema import BAR_COLUMNS, FrameLike, coerce_actions, coerce_bars
-from quantivista.model.timeframe import TimeframeLike
+from quantivista.model.timeframe import Timeframe, TimeframeLike
 from quantivista.pipeline.messages import BatchId
+from quantivista.pipeline.recent import RecentHistory
 from quantivista.pipeline.runner import InProcessRunner
 from quantivista.pipeline.stages import announce_actions, mark_changed, store_actions
 from quantivista.services.queries import symbol_list
@@ -40,6 +43,8 @@ class WriteService:
         bus: EventBus,
         clock: Clock,
         catalog: JobCatalog,
+        *,
+        keep_recent: bool = False,
     ) -> None:
         self.catalog = catalog
         self.runner = runner
@@ -47,15 +52,51 @@ class WriteService:
         self.quarantine = quarantine
         self.bus = bus
         self.clock = clock
+        # `ingest.keep_recent_history`: the bars `write_bars` stored, per timeframe, as the
+        # next batch's validation history (`pipeline.recent`); bars another writer of this
+        # process stores (jobs, releases) make it read those series again
+        self.keep_recent = keep_recent
+        self._recent: dict[str, RecentHistory] = {}
+        self._lock = threading.Lock()
+        self._writing: str | None = None  # the job id of the write in progress
+        if keep_recent:
+            bus.subscribe(BarsIngested.topic, self._stored_elsewhere, name="write-recent")
 
     def write_bars(
         self, frame: FrameLike, source: str = "user", timeframe: TimeframeLike | None = None
     ) -> DataQualityReport:
         """Validate and store bars in the canonical schema; return the quality report."""
         batch_id = BatchId(new_job_id(self.clock.now()))
-        return self.runner.write(
-            frame, source=source, batch_id=batch_id, timeframe=timeframe
-        ).report
+        if not self.keep_recent or timeframe is None:
+            return self.runner.write(
+                frame, source=source, batch_id=batch_id, timeframe=timeframe
+            ).report
+        tf = str(Timeframe.parse(timeframe))
+        with self._lock:
+            recent = self._recent.get(tf)
+            if recent is None:
+                recent = RecentHistory(self.runner.sinks.bars, self.runner.validator(), tf)
+                self._recent[tf] = recent
+            self._writing = batch_id.job_id
+            try:
+                stored = self.runner.write(
+                    frame, source=source, batch_id=batch_id, timeframe=timeframe, recent=recent
+                )
+            except BaseException:
+                recent.forget()  # what landed is not known: read it all again
+                raise
+            finally:
+                self._writing = None
+        return stored.report
+
+    def _stored_elsewhere(self, event: Event) -> None:
+        """Forget the kept history of series another writer of this process stored."""
+        if not isinstance(event, BarsIngested) or event.job_id == self._writing:
+            return
+        with self._lock:  # (a write of another thread: after it)
+            recent = self._recent.get(event.timeframe)
+            if recent is not None:
+                recent.forget(event.symbols)
 
     def write_actions(self, frame: FrameLike, provider: str | None = None) -> int:
         """Store corporate actions (canonical action schema); return how many were new."""

@@ -131,6 +131,13 @@ class BarStore(Protocol):
         """Return the symbols stored (for one timeframe, or any), sorted."""
         ...
 
+    def prepare(self, symbols: Sequence[str], timeframe: Timeframe, at: datetime) -> int:
+        """Make ready for the first bars of `symbols` around `at` (a live stream calls it
+        when a symbol's first trade arrives, before its first bar closes), so that their
+        first write costs what every later small write does; store no bars. Return how
+        many pieces of storage were made (0 where a backend needs nothing)."""
+        ...
+
     def stats(self) -> pl.DataFrame:
         """Return one row per (timeframe, symbol) in `STATS_SCHEMA`."""
         ...

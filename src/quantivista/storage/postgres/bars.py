@@ -352,6 +352,10 @@ class PostgresStore:
         df = _parse_csv(data, {c: BAR_POLARS_SCHEMA[c] for c in cols})
         return df
 
+    def prepare(self, symbols: Sequence[str], timeframe: Timeframe, at: datetime) -> int:
+        """Do nothing: a table takes a symbol's first rows like any other (see `BarStore`)."""
+        return 0
+
     def symbols(self, timeframe: Timeframe | None = None) -> list[str]:
         """Return the stored symbols, sorted."""
         with self.pool.connection() as conn:

@@ -1,0 +1,142 @@
+"""The recent stored bars of series one writer keeps appending to: validation history
+without a store read per batch.
+
+A live stream (and a micro-batch writer) stores a small batch of new bars every second or
+so; each batch's validation needs the stored bars just before it (`stages.history_for`).
+Those are bars the writer stored itself, so `RecentHistory` keeps them: seeded from the
+store once per series (at its first batch, or earlier with `seed`), extended by every
+store (`add`: what the write stored, amended bars replacing the versions they amend), and
+bounded to the span `history_for` would read, plus how far back a batch may reach behind
+the newest kept bar (`reach`: a stream's amendments of earlier minutes).
+
+It answers for a batch only where it knows it holds everything the store would return:
+from the bars a series was seeded with on, minus what the bound dropped. A batch that
+reaches back before that (a late or back-filled batch older than the window) is answered
+by a store read, as without the cache. It assumes no other writer stores these series
+(bars written elsewhere are not seen): a writer that also stores them another way calls
+`forget`, and a restarted process starts empty, so it reseeds from the store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+import polars as pl
+
+from quantivista.model.schema import BAR_COLUMNS
+from quantivista.model.timeframe import Timeframe
+from quantivista.pipeline.messages import StoredBatch
+from quantivista.pipeline.stages import history_for, history_lookback, one_timeframe
+from quantivista.quality.validate import Validator
+from quantivista.storage.base import BarStore
+
+__all__ = ["RecentHistory"]
+
+
+class RecentHistory:
+    """The bars of one timeframe a writer stored over the last `lookback + reach`, as stored
+    (clean rows and decided spikes): the validation history of its next batches.
+
+    `lookback` is the span `history_for` reads before a batch (from the validator's
+    settings); a batch starting up to `reach` before the newest kept bar is answered too."""
+
+    def __init__(
+        self,
+        store: BarStore,
+        validator: Validator,
+        timeframe: str = "1m",
+        reach: timedelta = timedelta(0),
+    ) -> None:
+        self.store = store
+        self.validator = validator
+        self.timeframe = Timeframe.parse(timeframe)
+        self.lookback = history_lookback(self.timeframe, validator)
+        self.span = self.lookback + reach  # kept behind the newest bar
+        self.frame: pl.DataFrame | None = None
+        # per series: the oldest ts from which the kept bars are all the store holds
+        self.covered: dict[str, datetime] = {}
+        self._floor: datetime | None = None  # what the bound dropped lies before this
+        self.reads = 0  # store reads (seeds and fallbacks), for tests and metrics
+
+    def history(self, bars: pl.DataFrame) -> pl.DataFrame | None:
+        """Return the stored bars before `bars` the validation needs (the kept bars; the
+        validator takes those before each series' first), or a store read when the batch
+        reaches back before what is kept or is not of this timeframe."""
+        tf = one_timeframe(bars)
+        if tf is None or Timeframe.parse(tf) != self.timeframe:
+            return history_for(bars, self.store, self.validator)
+        first = bars["ts"].min()
+        assert isinstance(first, datetime)
+        names = bars["symbol"].unique().to_list()  # one entry per series
+        new = [s for s in names if s not in self.covered]
+        if new:
+            self.seed(new, first)
+        need = first - self.lookback
+        floor = self._floor
+        if (floor is not None and need < floor) or any(self.covered[s] > need for s in names):
+            self.reads += 1  # older than the window: what the store holds
+            return history_for(bars, self.store, self.validator)
+        return self.frame
+
+    def seed(self, symbols: Sequence[str], at: datetime) -> None:
+        """Read the stored bars of series not kept yet around `at` (their first batch's
+        time): the lookback before it and a lookback after (bars a restarted writer
+        stored before it stopped)."""
+        new = sorted({s for s in symbols if s not in self.covered})
+        if not new:
+            return
+        self.reads += 1
+        start = at - self.lookback
+        read = getattr(self.store, "recent", self.store.read)  # the lake's answers from tails
+        stored = read(new, self.timeframe, start, at + self.lookback)
+        for symbol in new:
+            self.covered[symbol] = start
+        if stored.height:
+            self._keep([stored])
+
+    def add(self, stored: StoredBatch) -> None:
+        """Keep what a write stored (of this timeframe): new bars, amended ones."""
+        rows = [stored.clean]
+        if stored.decided is not None and stored.decided.height:
+            rows.append(stored.decided)
+        mine = str(self.timeframe)
+        kept = []
+        for part in rows:  # the clean rows and the decided ones: two at most
+            tf = one_timeframe(part)
+            if tf == mine:
+                kept.append(part)
+            elif tf is None and part.height:  # several timeframes: this one's rows
+                kept.append(part.filter(pl.col("timeframe") == mine))
+        self._keep(kept)
+
+    def forget(self, symbols: Sequence[str] | None = None) -> None:
+        """Drop what is kept (of some series, or all): they are read from the store again."""
+        if symbols is None:
+            self.frame, self.covered, self._floor = None, {}, None
+            return
+        for symbol in symbols:
+            self.covered.pop(symbol, None)
+        if self.frame is not None:
+            self.frame = self.frame.filter(~pl.col("symbol").is_in(list(symbols)))
+
+    def _keep(self, rows: list[pl.DataFrame]) -> None:
+        parts = [r.select(BAR_COLUMNS) for r in rows if r.height]
+        if not parts:
+            return
+        first = min(p["ts"].min() for p in parts)  # type: ignore[type-var]
+        kept = self.frame
+        if kept is not None and kept.height:
+            parts.insert(0, kept)
+        frame = pl.concat(parts, how="vertical_relaxed")
+        # new minutes after every kept one (the usual release) replace nothing; otherwise
+        # the newest version of a bar wins (a correction amends what was kept)
+        if len(parts) > 2 or kept is None or not kept.height or not first > kept["ts"].max():  # type: ignore[operator]
+            frame = frame.unique(["symbol", "timeframe", "ts"], keep="last", maintain_order=True)
+        newest, oldest = frame["ts"].max(), frame["ts"].min()
+        assert isinstance(newest, datetime) and isinstance(oldest, datetime)
+        bound = newest - self.span
+        if oldest < bound:
+            frame = frame.filter(pl.col("ts") >= bound)
+            self._floor = bound if self._floor is None else max(self._floor, bound)
+        self.frame = frame
