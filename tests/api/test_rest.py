@@ -343,6 +343,31 @@ def test_a_bulk_arrow_read_in_symbol_groups_is_the_whole_read(
     assert first.content == again.content  # the repeat is the cached stream, byte for byte
 
 
+def test_a_plain_bulk_arrow_read_over_the_known_length_streams_as_it_is_read(
+    api: LiveApi, reader: Credentials, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from quantivista.api.routes import market
+
+    base = {"symbols": ",".join(SYMBOLS), "start": "2023-03-01", "end": "2024-09-30"}
+    with api.client(headers=bearer(api, reader)) as http:
+        other_key = {**base, "symbols": ",".join(reversed(SYMBOLS)), "format": "arrow"}
+        known = http.get("/api/v1/bars", params=other_key)  # the same bars, another cache key
+        monkeypatch.setattr(market, "_KNOWN_LENGTH_BYTES", 0)  # past it after one table
+        first = http.get("/api/v1/bars", params={**base, "format": "arrow"})
+        again = http.get("/api/v1/bars", params={**base, "format": "arrow"})
+    assert known.headers["content-length"] == str(len(known.content))  # measured, then sent
+    assert first.headers["transfer-encoding"] == "chunked"
+    assert "x-total-count" not in first.headers
+    table = pl.from_arrow(pa.ipc.open_stream(first.content).read_all())
+    assert isinstance(table, pl.DataFrame)
+    expected = pl.from_arrow(pa.ipc.open_stream(known.content).read_all())
+    assert isinstance(expected, pl.DataFrame)
+    assert table.equals(expected)  # the same stream, chunked
+    assert table["symbol"].n_unique() == 3
+    assert again.content == first.content  # the cached stream, byte for byte
+    assert again.headers["x-total-count"] == str(table.height)
+
+
 def test_intraday_bars_are_the_regular_session_unless_extended_is_asked(
     tmp_path: Path,
 ) -> None:

@@ -9,6 +9,7 @@ import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
 from datetime import date, datetime, timedelta
+from itertools import chain
 from typing import Annotated, Any, Literal
 
 import polars as pl
@@ -245,10 +246,13 @@ async def _stream_arrow(
     ahead on worker threads: symbols come bucket by bucket (each symbol's bars together, by
     ts), not sorted across buckets. Any other read goes in groups of symbols, sorted: the
     next group is read and encoded on a worker thread while the previous one is sent.
-    A body up to `_KNOWN_LENGTH_BYTES` is read whole first and sent with Content-Length and
-    X-Total-Count; a larger one streams as it is read, chunked, without X-Total-Count (a
-    repeat, from the cache, has both). The entity tag names the query and the store's data epoch
-    (what decides the content), so a 304 needs no body and a large body needs no hashing.
+    A body up to `_KNOWN_LENGTH_BYTES` is sent with Content-Length and X-Total-Count: a
+    plain read's tables are read and measured (their encoded size, without encoding them)
+    before the first byte, then encoded one by one as they are sent (`_EncodedResponse`);
+    any other read is read and encoded whole first. A larger body streams as it is read,
+    chunked, without X-Total-Count (a repeat, from the cache, has both). The entity tag
+    names the query and the store's data epoch (what decides the content), so a 304 needs
+    no body and a large body needs no hashing.
     """
     etag = etag_of(f"{state.cache.epoch()}|{key}".encode())
     headers = {"ETag": etag, "Cache-Control": "private, max-age=3600" if public else
@@ -260,19 +264,33 @@ async def _stream_arrow(
     stored = None if limit else _stored_tables(state, query)
     parts: Iterator[Callable[[], tuple[list[Chunk], int]]]
     finish: Callable[[], bytes]
+    done: list[Chunk] = []
+    total = 0
     if stored is not None:
         stream = TableStream(stored_schema())
-        parts, finish = _stored_parts(stored, stream), stream.finish
+        held, measured, whole = await run_in_threadpool(
+            _measure, stored, stream, _KNOWN_LENGTH_BYTES
+        )
+        if whole:  # sent with its length (no chunk framing) and its row count
+
+            def keep(parts: tuple[Chunk, ...], rows: int) -> None:
+                if public:  # settled history: the next ask is served whole from the cache
+                    state.cache.put(key, CachedResponse(b"", media, etag, rows, parts))
+
+            return _EncodedResponse(held, stream, measured, media, headers, keep)
+        parts = chain((_feeding(stream, table) for table, _ in held),
+                      _stored_parts(stored, stream))  # fmt: skip
+        finish = stream.finish
     else:
         encoder = ArrowStreamEncoder()
         parts = _group_parts(state, query, encoder, limit)
         finish = functools.partial(encoder.finish, empty)
-    done, total, whole = await run_in_threadpool(_gather, parts, _KNOWN_LENGTH_BYTES)
-    if whole:  # sent with its length (no chunk framing) and its row count
-        cached = CachedResponse(b"", media, etag, total, (*done, finish()))
-        if public:  # settled history: the next ask is served whole from the cache
-            state.cache.put(key, cached)
-        return _respond(request, cached, public=public)
+        done, total, whole = await run_in_threadpool(_gather, parts, _KNOWN_LENGTH_BYTES)
+        if whole:  # sent with its length (no chunk framing) and its row count
+            cached = CachedResponse(b"", media, etag, total, (*done, finish()))
+            if public:  # settled history: the next ask is served whole from the cache
+                state.cache.put(key, cached)
+            return _respond(request, cached, public=public)
     following = next(parts, None)
 
     async def chunks() -> AsyncIterator[Chunk]:
@@ -314,6 +332,83 @@ def _gather(
         if size > budget:
             return chunks, rows, False
     return chunks, rows, True
+
+
+def _measure(
+    tables: Iterator[pa.Table], stream: TableStream, budget: int
+) -> tuple[list[tuple[pa.Table, int]], int, bool]:
+    """Read tables and measure their encoded sizes until none is left (True: the whole
+    body, of the length returned) or they pass `budget` bytes."""
+    held: list[tuple[pa.Table, int]] = []
+    size = 0
+    for table in tables:
+        held.append((table, stream.measure(table)))
+        size += held[-1][1]
+        if size > budget:
+            return held, size, False
+    return held, size, True
+
+
+def _feeding(stream: TableStream, table: pa.Table) -> Callable[[], tuple[list[Chunk], int]]:
+    """Return a step that encodes a table already read (for `_stream_arrow`'s chunks)."""
+    return lambda: (stream.feed(table), table.num_rows)
+
+
+class _EncodedResponse(Response):
+    """A bulk body of known length encoded as it is sent, table by table.
+
+    The tables are read and measured before the first byte (Content-Length and
+    X-Total-Count); each is encoded on a worker thread while the previous one's pieces are
+    sent, so the first bytes leave before the last table is encoded. `keep(parts, rows)`
+    gets the whole body's pieces once all are sent (the response cache). A table whose
+    encoding differs from its measure stops the body short (the client sees a truncated
+    answer rather than a wrong one).
+    """
+
+    def __init__(
+        self,
+        tables: list[tuple[pa.Table, int]],
+        stream: TableStream,
+        measured: int,
+        media_type: str,
+        headers: dict[str, str],
+        keep: Callable[[tuple[Chunk, ...], int], None],
+    ) -> None:
+        self.rows = sum(table.num_rows for table, _ in tables)
+        length = stream.length(measured)
+        headers = {**headers, "X-Total-Count": str(self.rows), "Content-Length": str(length)}
+        super().__init__(None, media_type=media_type, headers=headers)
+        self.tables, self.stream, self.keep = tables, stream, keep
+
+    def _encode(self, index: int) -> list[Chunk]:
+        table, measured = self.tables[index]
+        parts = self.stream.feed(table)
+        head = self.stream.schema_size if index == 0 else 0  # the first carries the schema
+        if sum(len(p) for p in parts) != measured + head:  # pragma: no cover - a writer bug
+            raise RuntimeError("an Arrow table encoded to another size than measured")
+        return parts
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": self.status_code,
+                    "headers": self.raw_headers})  # fmt: skip
+        kept: list[Chunk] = []
+        ahead = asyncio.ensure_future(run_in_threadpool(self._encode, 0)) if self.tables else None
+        for index in range(len(self.tables)):
+            assert ahead is not None
+            parts = await ahead
+            following = index + 1 < len(self.tables)
+            ahead = (asyncio.ensure_future(run_in_threadpool(self._encode, index + 1))
+                     if following else None)  # fmt: skip
+            try:
+                for part in parts:
+                    await send({"type": "http.response.body", "body": part, "more_body": True})
+            finally:
+                if ahead is not None and not ahead.done():  # the client left: let it end
+                    await asyncio.wait([ahead])
+            kept += parts
+        end = self.stream.finish()
+        await send({"type": "http.response.body", "body": end})
+        self.keep((*kept, end), self.rows)
 
 
 def _stored_tables(state: ApiState, query: BarQuery) -> Iterator[pa.Table] | None:
