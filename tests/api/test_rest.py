@@ -7,6 +7,7 @@ import ssl
 import subprocess
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -366,6 +367,31 @@ def test_a_plain_bulk_arrow_read_over_the_known_length_streams_as_it_is_read(
     assert table["symbol"].n_unique() == 3
     assert again.content == first.content  # the cached stream, byte for byte
     assert again.headers["x-total-count"] == str(table.height)
+
+
+def test_a_new_keys_proof_runs_off_the_event_loop(
+    api: LiveApi, store: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from quantivista.services import auth
+
+    creds = make_client(store, "acme", "read:bars")
+    real = auth._matches
+
+    def slow(secret: str, stored: str) -> bool:  # a slow hash, as scrypt is on a busy host
+        time.sleep(1.0)
+        return real(secret, stored)
+
+    monkeypatch.setattr(auth, "_matches", slow)
+    params = {"symbols": SYMBOLS[0], "start": "2023-01-01", "end": "2023-01-31"}
+    with ThreadPoolExecutor(1) as pool, api.client() as http:
+        keyed = pool.submit(http.get, "/api/v1/bars", params=params,
+                            headers={"X-API-Key": creds.api_key})  # fmt: skip
+        time.sleep(0.2)  # the proof is under way
+        started = time.perf_counter()
+        assert http.get("/healthz").status_code == 200
+        probe = time.perf_counter() - started
+        assert keyed.result().status_code == 200
+    assert probe < 0.6  # answered while the key was being proven
 
 
 def test_intraday_bars_are_the_regular_session_unless_extended_is_asked(

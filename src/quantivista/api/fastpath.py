@@ -84,6 +84,8 @@ class FastPath:
                 api_key = value.decode("latin-1")
             elif name == b"if-none-match":
                 if_none_match = value.decode("latin-1")
+        if not authorization and api_key and state.auth.needs_proof(api_key.strip()):
+            return False  # the route proves a new key on a worker thread, not on the loop
         try:
             principal = authenticate(state, authorization, api_key)
             if not principal.can(Scope.READ_BARS):

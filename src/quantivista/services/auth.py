@@ -237,6 +237,17 @@ class AuthService:
         )
         return self._remember(key, principal, None)
 
+    def needs_proof(self, key: str) -> bool:
+        """Say whether `from_api_key(key)` would hash the key's secret (scrypt: tens of ms,
+        a worker thread's job rather than an event loop's): a key not proven in this
+        process yet, or proven against a secret hash the client no longer has."""
+        if self._recalled(key) is not None:
+            return False
+        with self._lock:
+            proven = self._keys.get(hashlib.sha256(key.encode()).digest())
+            seen = self._seen.get(proven[0]) if proven is not None else None
+        return proven is None or seen is None or seen[1].secret_hash != proven[1]
+
     def tenant(self, name: str) -> Tenant:
         """Return a tenant's entitlements (unrestricted when it has no record).
 
