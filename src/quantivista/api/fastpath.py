@@ -84,10 +84,15 @@ class FastPath:
                 api_key = value.decode("latin-1")
             elif name == b"if-none-match":
                 if_none_match = value.decode("latin-1")
-        if not authorization and api_key and state.auth.needs_proof(api_key.strip()):
-            return False  # the route proves a new key on a worker thread, not on the loop
         try:
-            principal = authenticate(state, authorization, api_key)
+            if authorization or not api_key:
+                principal = authenticate(state, authorization, api_key)
+            else:  # a key proven lately; another goes the route's way (which proves a new
+                # key on a worker thread, not on the event loop)
+                recalled = state.auth.recalled(api_key.strip())
+                if recalled is None:
+                    return False
+                principal = recalled
             if not principal.can(Scope.READ_BARS):
                 return False
             self._check_entitled(state, principal.tenant, query)

@@ -187,7 +187,7 @@ class AuthService:
 
     def from_token(self, token: str) -> Principal:
         """Return the principal of a bearer token; `AuthenticationError` when it is not valid."""
-        known = self._recalled(token)
+        known = self.recalled(token)
         if known is not None:
             return known
         try:
@@ -213,7 +213,7 @@ class AuthService:
 
     def from_api_key(self, key: str) -> Principal:
         """Return the principal of an API key (`qv_<client_id>_<secret>`)."""
-        known = self._recalled(key)
+        known = self.recalled(key)
         if known is not None:
             return known
         prefix, _, rest = key.partition("_")
@@ -260,7 +260,7 @@ class AuthService:
         """Say whether `from_api_key(key)` would hash the key's secret (scrypt: tens of ms,
         a worker thread's job rather than an event loop's): a key not proven in this
         process yet, or proven against a secret hash the client no longer has."""
-        if self._recalled(key) is not None:
+        if self.recalled(key) is not None:
             return False
         with self._lock:
             proven = self._keys.get(hashlib.sha256(key.encode()).digest())
@@ -303,8 +303,9 @@ class AuthService:
                 )
 
     # -- internals -------------------------------------------------------------------------
-    def _recalled(self, credential: str) -> Principal | None:
-        """Return the principal `credential` was proven to be, while that still holds."""
+    def recalled(self, credential: str) -> Principal | None:
+        """Return the principal `credential` (an API key, a token) was proven to be lately,
+        while that still holds (a dict lookup); None: check it the full way."""
         known = self._proven.get(credential)
         if known is None or time.monotonic() - known[0] > _CACHE_S:
             return None
