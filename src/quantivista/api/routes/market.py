@@ -216,6 +216,7 @@ def _encode_bars(
 # no chunk framing (uvicorn copies each chunk to frame it) and its row count in a header;
 # a larger one streams as it is read (a bounded amount of memory per request)
 _KNOWN_LENGTH_BYTES = 256 << 20
+_ENCODED_GROUP_BYTES = 16 << 20  # a known-length bulk body is encoded this much at a time
 _PIECES = 8  # a bulk read in up to this many symbol groups, the next read while one is sent
 _PIECE_SYMBOLS = 16  # no group smaller than this: each read has a fixed cost
 
@@ -355,14 +356,16 @@ def _feeding(stream: TableStream, table: pa.Table) -> Callable[[], tuple[list[Ch
 
 
 class _EncodedResponse(Response):
-    """A bulk body of known length encoded as it is sent, table by table.
+    """A bulk body of known length encoded as it is sent, a group of tables at a time.
 
     The tables are read and measured before the first byte (Content-Length and
-    X-Total-Count); each is encoded on a worker thread while the previous one's pieces are
-    sent, so the first bytes leave before the last table is encoded. `keep(parts, rows)`
-    gets the whole body's pieces once all are sent (the response cache). A table whose
-    encoding differs from its measure stops the body short (the client sees a truncated
-    answer rather than a wrong one).
+    X-Total-Count); each group is encoded on a worker thread while the previous one's
+    pieces are sent: the first table alone (the first bytes leave soon), then groups of
+    `_ENCODED_GROUP_BYTES` (each hand-over to a thread costs, and the two threads share
+    the interpreter: a few large steps, not one per table). `keep(parts, rows)` gets the
+    whole body's pieces once all are sent (the response cache). A table whose encoding
+    differs from its measure stops the body short (the client sees a truncated answer
+    rather than a wrong one).
     """
 
     def __init__(
@@ -378,27 +381,37 @@ class _EncodedResponse(Response):
         length = stream.length(measured)
         headers = {**headers, "X-Total-Count": str(self.rows), "Content-Length": str(length)}
         super().__init__(None, media_type=media_type, headers=headers)
-        self.tables, self.stream, self.keep = tables, stream, keep
+        self.stream, self.keep = stream, keep
+        self.groups: list[list[tuple[pa.Table, int]]] = []
+        size = _ENCODED_GROUP_BYTES  # the first table starts a group of its own
+        for table in tables:
+            if size >= _ENCODED_GROUP_BYTES or len(self.groups) == 1:
+                self.groups.append([])
+                size = 0
+            self.groups[-1].append(table)
+            size += table[1]
 
-    def _encode(self, index: int) -> list[Chunk]:
-        table, measured = self.tables[index]
-        parts = self.stream.feed(table)
-        head = self.stream.schema_size if index == 0 else 0  # the first carries the schema
-        if sum(len(p) for p in parts) != measured + head:  # pragma: no cover - a writer bug
-            raise RuntimeError("an Arrow table encoded to another size than measured")
-        return parts
+    def _encode(self, group: list[tuple[pa.Table, int]]) -> list[Chunk]:
+        out: list[Chunk] = []
+        for table, measured in group:
+            head = 0 if out or self.groups[0] is not group else self.stream.schema_size
+            parts = self.stream.feed(table)
+            if sum(len(p) for p in parts) != measured + head:  # pragma: no cover - a bug
+                raise RuntimeError("an Arrow table encoded to another size than measured")
+            out += parts
+        return out
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": self.status_code,
                     "headers": self.raw_headers})  # fmt: skip
         kept: list[Chunk] = []
-        ahead = asyncio.ensure_future(run_in_threadpool(self._encode, 0)) if self.tables else None
-        for index in range(len(self.tables)):
-            assert ahead is not None
+        steps = iter(self.groups)
+        group = next(steps, None)
+        ahead = asyncio.ensure_future(run_in_threadpool(self._encode, group)) if group else None
+        while ahead is not None:
             parts = await ahead
-            following = index + 1 < len(self.tables)
-            ahead = (asyncio.ensure_future(run_in_threadpool(self._encode, index + 1))
-                     if following else None)  # fmt: skip
+            group = next(steps, None)
+            ahead = asyncio.ensure_future(run_in_threadpool(self._encode, group)) if group else None
             try:
                 for part in parts:
                     await send({"type": "http.response.body", "body": part, "more_body": True})
