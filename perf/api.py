@@ -8,6 +8,7 @@
 - bulk: 500 symbols x 10 years (1.26 M bars) as one Arrow IPC stream over loopback from a
   fresh server (its own process, started for this): bars/s to the last byte of the first
   request (read from the store) and of the repeats (settled history, from the cache), the
+  seconds to the response's head (the first byte: what is read before it is sent), the
   server's CPU per request, and the client's CPU apart (http.client reading into one
   buffer; pyarrow's decode after the last byte, from that buffer);
 - ws: 100 WebSocket clients x 50 symbols each, bars published at 5,000/s into the server's
@@ -180,13 +181,17 @@ def bench_json(
 
 
 def _get_body(port: int, target: str, key: str) -> tuple[bytearray, dict[str, str]]:
-    """GET `target` with http.client, reading the body straight into one buffer."""
+    """GET `target` with http.client, reading the body straight into one buffer (the
+    seconds to the response's head are in the headers as `x-perf-head-s`)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     try:
+        started = time.perf_counter()
         conn.request("GET", target, headers={"X-API-Key": key})
         reply = conn.getresponse()
+        head_s = time.perf_counter() - started
         assert reply.status == 200, reply.read()[:300]
         headers = {k.lower(): v for k, v in reply.getheaders()}
+        headers["x-perf-head-s"] = f"{head_s:.4f}"
         if "content-length" in headers:
             body = bytearray(int(headers["content-length"]))
             view, got = memoryview(body), 0
@@ -230,6 +235,7 @@ def bench_bulk(env: dict[str, str], key: str, symbols: list[str], runs: int) -> 
             decode_cpu = time.process_time() - decode_started
             out["requests"].append({
                 "seconds_to_last_byte": round(last_byte, 3),
+                "seconds_to_head": float(headers["x-perf-head-s"]),
                 "bars_per_s": table.num_rows / last_byte,
                 "server_cpu_s": round(server_cpu, 3), "client_read_cpu_s": round(client_cpu_s, 3),
                 "client_decode_cpu_s": round(decode_cpu, 3),

@@ -7,6 +7,7 @@ import ssl
 import subprocess
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -252,14 +253,19 @@ def test_entitlements_limit_symbols_and_timeframes(api: LiveApi, store: Settings
 def test_api_keys_work_and_revocation_stops_key_and_tokens(api: LiveApi, store: Settings) -> None:
     creds = make_client(store, "acme", "read:bars")
     headers = bearer(api, creds)
+    key = {"X-API-Key": creds.api_key}
+    settled = {"symbols": SYMBOLS[2], "start": "2023-04-01", "end": "2023-04-30"}
     with api.client() as http:
-        assert http.get("/api/v1/status", headers={"X-API-Key": creds.api_key}).status_code == 200
+        assert http.get("/api/v1/status", headers=key).status_code == 200
         assert http.get("/api/v1/status", headers=headers).status_code == 200
+        for _ in range(2):  # the second from the cache, ahead of the routes (the fast path)
+            assert http.get("/api/v1/bars", params=settled, headers=key).status_code == 200
         with Platform.from_settings(store) as p:
             p.runtime.auth.revoke(creds.client_id)
         time.sleep(5.1)  # a revocation reaches every API process within five seconds
-        assert http.get("/api/v1/status", headers={"X-API-Key": creds.api_key}).status_code == 401
+        assert http.get("/api/v1/status", headers=key).status_code == 401
         assert http.get("/api/v1/status", headers=headers).status_code == 401
+        assert http.get("/api/v1/bars", params=settled, headers=key).status_code == 401
 
 
 def test_rate_limits_answer_429_with_retry_after(store: Settings) -> None:
@@ -341,6 +347,56 @@ def test_a_bulk_arrow_read_in_symbol_groups_is_the_whole_read(
     assert first.headers["transfer-encoding"] == "chunked"
     assert again.headers["x-total-count"] == str(expected.height)  # the cache knows it
     assert first.content == again.content  # the repeat is the cached stream, byte for byte
+
+
+def test_a_plain_bulk_arrow_read_over_the_known_length_streams_as_it_is_read(
+    api: LiveApi, reader: Credentials, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from quantivista.api.routes import market
+
+    base = {"symbols": ",".join(SYMBOLS), "start": "2023-03-01", "end": "2024-09-30"}
+    with api.client(headers=bearer(api, reader)) as http:
+        other_key = {**base, "symbols": ",".join(reversed(SYMBOLS)), "format": "arrow"}
+        known = http.get("/api/v1/bars", params=other_key)  # the same bars, another cache key
+        monkeypatch.setattr(market, "_KNOWN_LENGTH_BYTES", 0)  # past it after one table
+        first = http.get("/api/v1/bars", params={**base, "format": "arrow"})
+        again = http.get("/api/v1/bars", params={**base, "format": "arrow"})
+    assert known.headers["content-length"] == str(len(known.content))  # measured, then sent
+    assert first.headers["transfer-encoding"] == "chunked"
+    assert "x-total-count" not in first.headers
+    table = pl.from_arrow(pa.ipc.open_stream(first.content).read_all())
+    assert isinstance(table, pl.DataFrame)
+    expected = pl.from_arrow(pa.ipc.open_stream(known.content).read_all())
+    assert isinstance(expected, pl.DataFrame)
+    assert table.equals(expected)  # the same stream, chunked
+    assert table["symbol"].n_unique() == 3
+    assert again.content == first.content  # the cached stream, byte for byte
+    assert again.headers["x-total-count"] == str(table.height)
+
+
+def test_a_new_keys_proof_runs_off_the_event_loop(
+    api: LiveApi, store: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from quantivista.services import auth
+
+    creds = make_client(store, "acme", "read:bars")
+    real = auth._matches
+
+    def slow(secret: str, stored: str) -> bool:  # a slow hash, as scrypt is on a busy host
+        time.sleep(1.0)
+        return real(secret, stored)
+
+    monkeypatch.setattr(auth, "_matches", slow)
+    params = {"symbols": SYMBOLS[0], "start": "2023-01-01", "end": "2023-01-31"}
+    with ThreadPoolExecutor(1) as pool, api.client() as http:
+        keyed = pool.submit(http.get, "/api/v1/bars", params=params,
+                            headers={"X-API-Key": creds.api_key})  # fmt: skip
+        time.sleep(0.2)  # the proof is under way
+        started = time.perf_counter()
+        assert http.get("/healthz").status_code == 200
+        probe = time.perf_counter() - started
+        assert keyed.result().status_code == 200
+    assert probe < 0.6  # answered while the key was being proven
 
 
 def test_intraday_bars_are_the_regular_session_unless_extended_is_asked(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -104,3 +106,45 @@ def test_a_remembered_key_lasts_no_longer_than_its_client_record(
     monkeypatch.setattr(auth, "_CACHE_S", 0.0)  # the record is due now
     with pytest.raises(AuthenticationError, match="revoked"):
         runtime.auth.from_api_key(issued.api_key)
+
+
+def test_a_key_needs_proof_until_proven_and_again_after_its_secret_changes(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    issued = runtime.auth.create_client("acme", ["read:bars"])
+    assert runtime.auth.needs_proof(issued.api_key)
+    runtime.auth.from_api_key(issued.api_key)
+    assert not runtime.auth.needs_proof(issued.api_key)
+    assert runtime.auth.needs_proof(issued.api_key + "0")  # another key: never proven
+    record = runtime.backend.clients.client(issued.client_id)
+    runtime.backend.clients.save_client(
+        record.model_copy(update={"secret_hash": auth._hash("a new secret")})
+    )
+    monkeypatch.setattr(auth, "_CACHE_S", 0.0)  # the record is re-read now, not in 5 s
+    with pytest.raises(AuthenticationError):
+        runtime.auth.from_api_key(issued.api_key)
+    assert runtime.auth.needs_proof(issued.api_key)  # proven against a hash now gone
+
+
+def test_requests_that_bring_a_new_key_together_hash_it_once(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    issued = runtime.auth.create_client("acme", ["read:bars"])
+    calls: list[str] = []
+    real = auth._hash
+
+    def counting(secret: str, salt: bytes | None = None) -> str:
+        calls.append(secret)
+        return real(secret, salt)
+
+    monkeypatch.setattr(auth, "_hash", counting)
+    start = threading.Barrier(8)
+
+    def first_request() -> str:
+        start.wait()
+        return runtime.auth.from_api_key(issued.api_key).client_id
+
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda _: first_request(), range(8)))
+    assert got == [issued.client_id] * 8
+    assert len(calls) == 1  # the others waited for the first proof

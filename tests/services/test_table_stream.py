@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 from datetime import UTC, datetime
+from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 
@@ -50,3 +53,42 @@ def test_large_columns_are_sent_from_the_tables_memory() -> None:
     body = b"".join([*pieces, *stream.feed(table.slice(5, 10)), stream.finish()])
     read = pa.ipc.open_stream(body).read_all()
     assert read.equals(pa.concat_tables([table, table.slice(5, 10)]))
+
+
+def test_measure_gives_the_bytes_feed_returns_without_encoding() -> None:
+    tables = [
+        arrow_table(_bars(["A", "B"], "p1")).cast(stored_schema()),
+        arrow_table(_bars(["C"], "a-provider-name-longer-than-12")),  # cast by the stream
+        arrow_table(_bars([f"S{i:03d}" for i in range(3000)], "p1")).cast(stored_schema()),
+    ]
+    stream = TableStream(stored_schema())
+    measured = [stream.measure(t) for t in tables]
+    fed = [sum(len(p) for p in stream.feed(t)) for t in tables]
+    assert fed[0] == measured[0] + stream.schema_size  # the first carries the schema
+    assert fed[1:] == measured[1:]
+    whole = TableStream(stored_schema())
+    stream_body = b"".join([*(p for t in tables for p in whole.feed(t)), whole.finish()])
+    assert len(stream_body) == stream.length(sum(measured))
+    assert pa.ipc.open_stream(stream_body).read_all().num_rows == sum(t.num_rows for t in tables)
+
+
+def test_neighbouring_buffers_of_a_mapped_file_go_as_one_piece(tmp_path: Path) -> None:
+    rows = 20_000
+    numbers = {name: np.arange(rows, dtype=np.float64) + i for i, name in enumerate("abcdef")}
+    path = tmp_path / "t.arrow"
+    with pa.ipc.new_file(str(path), pa.table(numbers).schema) as writer:
+        writer.write_table(pa.table(numbers))
+    with pa.memory_map(str(path)) as source:
+        table = pa.ipc.open_file(source).read_all()
+    stream = TableStream(table.schema)
+    pieces = stream.feed(table)
+    views = [p for p in pieces if isinstance(p, memoryview)]
+    assert len(views) == 1 and len(views[0]) == 6 * rows * 8  # six columns, one range
+    first = table.column("a").chunk(0).buffers()[1]
+    assert pa.py_buffer(views[0]).address == first.address  # the file's memory, not a copy
+    expected = table.to_pylist()[:3]
+    del table, first, source
+    gc.collect()  # the pieces keep the mapping alive
+    read = pa.ipc.open_stream(b"".join([*pieces, stream.finish()])).read_all()
+    assert read.num_rows == rows and read.to_pylist()[:3] == expected
+    assert read.column("f").to_numpy()[-1] == rows - 1 + 5

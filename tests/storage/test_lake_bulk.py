@@ -82,3 +82,58 @@ def test_bulk_tables_are_none_for_intraday_partitions(tmp_path: Path) -> None:
     none = stored_tables(lake, SYMBOLS, Timeframe.parse("1m"), None, None,
                          fallback=lambda names: pa.table({}))  # fmt: skip
     assert none is None
+
+
+def _text(chunks: list[list[str | None]]) -> pa.ChunkedArray:
+    return pa.chunked_array([pa.array(c, pa.string_view()) for c in chunks])
+
+
+def test_text_columns_in_runs_encode_to_the_dictionary_of_their_values() -> None:
+    from quantivista.storage.lake.bulk import _dictionary
+
+    long_a, long_b = "a-provider-name-longer-than-12", "another-long-job-id-0123456789"
+    chunks: list[list[str | None]] = [
+        ["1d"] * 40 + [long_a] * 30 + [long_b] * 20,
+        [long_a] * 50 + ["1d"] * 30,  # the same texts again, in this chunk's own buffers
+    ]
+    column = _text(chunks)
+    sliced = column.slice(25, 120)  # a slice starts inside a chunk (an offset)
+    for text in (column, sliced):
+        encoded = _dictionary(text)
+        assert isinstance(encoded, pa.DictionaryArray)  # from runs, not hashed row by row
+        assert encoded.to_pylist() == text.to_pylist()
+        values = encoded.dictionary.to_pylist()
+        assert sorted(values) == sorted(set(text.to_pylist()))  # each value once
+        assert encoded.dictionary.type == pa.string()
+
+
+def test_text_columns_in_many_runs_or_with_nulls_are_hashed_row_by_row() -> None:
+    from quantivista.storage.lake.bulk import _dictionary
+
+    alternating = _text([["x", "y-but-a-much-longer-text"] * 40])
+    with_nulls = _text([["1d"] * 40 + [None] * 40])
+    for text in (alternating, with_nulls):
+        encoded = _dictionary(text)
+        assert encoded.to_pylist() == text.to_pylist()
+        assert pa.types.is_dictionary(encoded.type)
+        assert encoded.type.value_type == pa.string()
+
+
+def test_bulk_tables_of_files_with_several_providers_and_jobs(tmp_path: Path) -> None:
+    settings = StorageSettings(buckets=2, write_threads=1, delta_files=0)  # appends rewrite
+    lake = ParquetLake(tmp_path, settings)
+    lake.upsert(_bars(SYMBOLS[:20], 0, 30))
+    later = _bars(SYMBOLS[20:], 0, 30).with_columns(
+        provider=pl.lit("a-provider-name-longer-than-12"), job_id=pl.lit("j-another-long-job-id")
+    )
+    lake.upsert(later)  # the same buckets: each file holds both providers and jobs
+    tables = stored_tables(lake, SYMBOLS, D1, None, None, fallback=lambda names: pa.table({}))
+    assert tables is not None
+    read = list(tables)
+    for table in read:
+        assert table.schema.equals(stored_schema())
+        for name in ("provider", "job_id"):
+            dictionary = table.column(name).chunk(0).dictionary.to_pylist()
+            assert len(dictionary) == len(set(dictionary)) == 2
+    got, _ = _read(lake, SYMBOLS, None, None)
+    assert_frame_equal(got, lake.read(SYMBOLS, D1))

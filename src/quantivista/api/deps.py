@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
+import anyio.to_thread
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
@@ -12,7 +13,7 @@ from quantivista.api.state import ApiState
 from quantivista.errors import AuthenticationError, PermissionDeniedError
 from quantivista.model.auth import Principal, Scope, Tenant
 
-__all__ = ["Caller", "api_state", "caller", "require"]
+__all__ = ["Caller", "api_state", "authenticate", "authenticated", "caller", "require"]
 
 
 async def api_state(request: Request) -> ApiState:
@@ -50,6 +51,17 @@ def authenticate(state: ApiState, authorization: str | None, api_key: str | None
     raise AuthenticationError("credentials required: a bearer token or an X-API-Key header")
 
 
+async def authenticated(
+    state: ApiState, authorization: str | None, api_key: str | None
+) -> Principal:
+    """`authenticate`, off the event loop when it would hash a secret: an API key not
+    proven in this process yet (scrypt, tens of ms) is checked on a worker thread, so a
+    client's first request does not stall every other request of the process."""
+    if not authorization and api_key and state.auth.needs_proof(api_key.strip()):
+        return await anyio.to_thread.run_sync(authenticate, state, authorization, api_key)
+    return authenticate(state, authorization, api_key)
+
+
 _BEARER = HTTPBearer(auto_error=False, description="an access token from /api/v1/auth/token")
 _KEY = APIKeyHeader(name="X-API-Key", auto_error=False, description="qv_<client_id>_<secret>")
 
@@ -65,10 +77,10 @@ async def caller(
     The limit's usage goes into `X-RateLimit-*` headers (added by the app's middleware).
     Runs on the event loop: every step is in memory (a proven key, a cached client and
     tenant, an in-process limiter or a token of this process's Redis lease; a round trip
-    only per block of tokens, see `api.lease`).
+    only per block of tokens, see `api.lease`); a key's first proof runs on a thread.
     """
     del token, api_key  # declared for the OpenAPI security schemes; read from the headers
-    principal = authenticate(
+    principal = await authenticated(
         state, request.headers.get("authorization"), request.headers.get("x-api-key")
     )
     usage = state.admit(principal.client_id)

@@ -85,7 +85,14 @@ class FastPath:
             elif name == b"if-none-match":
                 if_none_match = value.decode("latin-1")
         try:
-            principal = authenticate(state, authorization, api_key)
+            if authorization or not api_key:
+                principal = authenticate(state, authorization, api_key)
+            else:  # a key proven lately; another goes the route's way (which proves a new
+                # key on a worker thread, not on the event loop)
+                recalled = state.auth.recalled(api_key.strip())
+                if recalled is None:
+                    return False
+                principal = recalled
             if not principal.can(Scope.READ_BARS):
                 return False
             self._check_entitled(state, principal.tenant, query)

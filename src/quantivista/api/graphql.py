@@ -19,7 +19,7 @@ from strawberry.fastapi import BaseContext, GraphQLRouter
 from strawberry.scalars import JSON
 from strawberry.types import Info
 
-from quantivista.api.deps import Caller, authenticate
+from quantivista.api.deps import Caller, authenticated
 from quantivista.api.state import ApiState
 from quantivista.bus.events import BarsStreamed, Event
 from quantivista.errors import PermissionDeniedError
@@ -201,7 +201,7 @@ async def _context(connection: HTTPConnection) -> Context:
     """Authenticate an HTTP request or a WebSocket handshake like the REST routes do."""
     state: ApiState = connection.app.state.qv
     headers = connection.headers
-    principal = authenticate(state, headers.get("authorization"), headers.get("x-api-key"))
+    principal = await authenticated(state, headers.get("authorization"), headers.get("x-api-key"))
     if connection.scope["type"] == "http":
         state.admit(principal.client_id)
     return Context(state, Caller(principal, state.auth.tenant(principal.tenant)))

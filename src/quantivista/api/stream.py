@@ -37,6 +37,7 @@ from typing import Any
 import polars as pl
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
+from quantivista.api.deps import authenticated
 from quantivista.api.state import ApiState
 from quantivista.bus.events import (
     BarBatch,
@@ -284,7 +285,7 @@ async def _authenticate(ws: WebSocket, state: ApiState) -> Principal:
     if data.get("token"):
         principal = state.auth.from_token(str(data["token"]))
     elif data.get("api_key"):
-        principal = state.auth.from_api_key(str(data["api_key"]))
+        principal = await authenticated(state, None, str(data["api_key"]))
     else:
         raise QuantiVistaError("auth needs a token or an api_key")
     if not principal.can(Scope.READ_BARS):

@@ -97,6 +97,7 @@ class AuthService:
         # API keys proven once, by a fast digest -> (client_id, the hash they matched):
         # scrypt costs tens of ms, too much per request
         self._keys: dict[bytes, tuple[str, str]] = {}
+        self._proving: dict[bytes, threading.Lock] = {}  # keys being proven -> their lock
         self._tenants: dict[str, tuple[float, Tenant]] = {}
         # credentials (an API key, a token) already turned into a principal -> (when the client
         # record they were checked against was read, the principal, the token's exp): good
@@ -186,7 +187,7 @@ class AuthService:
 
     def from_token(self, token: str) -> Principal:
         """Return the principal of a bearer token; `AuthenticationError` when it is not valid."""
-        known = self._recalled(token)
+        known = self.recalled(token)
         if known is not None:
             return known
         try:
@@ -212,7 +213,7 @@ class AuthService:
 
     def from_api_key(self, key: str) -> Principal:
         """Return the principal of an API key (`qv_<client_id>_<secret>`)."""
-        known = self._recalled(key)
+        known = self.recalled(key)
         if known is not None:
             return known
         prefix, _, rest = key.partition("_")
@@ -220,22 +221,51 @@ class AuthService:
         if prefix != "qv" or not client_id or not secret:
             raise AuthenticationError("not a QuantiVista API key")
         digest = hashlib.sha256(key.encode()).digest()
-        with self._lock:
-            proven = self._keys.get(digest)
-        # a key proven once is not hashed again (scrypt is meant to be slow: tens of ms on
-        # the event loop) while the client's stored hash is the one it was proven against;
-        # the record is re-read every _CACHE_S, so revocation and rotation still count
-        client = self._active(proven[0]) if proven is not None else None
-        if client is None or proven is None or client.secret_hash != proven[1]:
-            client = self._verified(client_id, secret)
+        client = self._proven_key(digest)
+        if client is None:
             with self._lock:
-                if len(self._keys) > 10_000:
-                    self._keys.clear()
-                self._keys[digest] = (client.client_id, client.secret_hash)
+                proving = self._proving.setdefault(digest, threading.Lock())
+            # one proof of a key at a time: requests that bring a new key together (a
+            # client's first burst, many WebSockets) wait for the first one's hash
+            with proving:
+                client = self._proven_key(digest)
+                if client is None:
+                    client = self._verified(client_id, secret)
+                    with self._lock:
+                        if len(self._keys) > 10_000:
+                            self._keys.clear()
+                        self._keys[digest] = (client.client_id, client.secret_hash)
+            with self._lock:
+                self._proving.pop(digest, None)
         principal = Principal(
             client_id=client.client_id, tenant=client.tenant, scopes=frozenset(client.scopes)
         )
         return self._remember(key, principal, None)
+
+    def _proven_key(self, digest: bytes) -> ApiClient | None:
+        """Return the client of a key proven before (by its digest), while the client's
+        stored hash is the one it was proven against; None: the key must prove itself.
+
+        A key proven once is not hashed again (scrypt is meant to be slow: tens of ms);
+        the record is re-read every _CACHE_S, so revocation and rotation still count.
+        """
+        with self._lock:
+            proven = self._keys.get(digest)
+        if proven is None:
+            return None
+        client = self._active(proven[0])
+        return client if client.secret_hash == proven[1] else None
+
+    def needs_proof(self, key: str) -> bool:
+        """Say whether `from_api_key(key)` would hash the key's secret (scrypt: tens of ms,
+        a worker thread's job rather than an event loop's): a key not proven in this
+        process yet, or proven against a secret hash the client no longer has."""
+        if self.recalled(key) is not None:
+            return False
+        with self._lock:
+            proven = self._keys.get(hashlib.sha256(key.encode()).digest())
+            seen = self._seen.get(proven[0]) if proven is not None else None
+        return proven is None or seen is None or seen[1].secret_hash != proven[1]
 
     def tenant(self, name: str) -> Tenant:
         """Return a tenant's entitlements (unrestricted when it has no record).
@@ -273,8 +303,9 @@ class AuthService:
                 )
 
     # -- internals -------------------------------------------------------------------------
-    def _recalled(self, credential: str) -> Principal | None:
-        """Return the principal `credential` was proven to be, while that still holds."""
+    def recalled(self, credential: str) -> Principal | None:
+        """Return the principal `credential` (an API key, a token) was proven to be lately,
+        while that still holds (a dict lookup); None: check it the full way."""
         known = self._proven.get(credential)
         if known is None or time.monotonic() - known[0] > _CACHE_S:
             return None

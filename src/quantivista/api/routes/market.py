@@ -9,6 +9,7 @@ import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
 from datetime import date, datetime, timedelta
+from itertools import chain
 from typing import Annotated, Any, Literal
 
 import polars as pl
@@ -215,6 +216,7 @@ def _encode_bars(
 # no chunk framing (uvicorn copies each chunk to frame it) and its row count in a header;
 # a larger one streams as it is read (a bounded amount of memory per request)
 _KNOWN_LENGTH_BYTES = 256 << 20
+_ENCODED_GROUP_BYTES = 16 << 20  # a known-length bulk body is encoded this much at a time
 _PIECES = 8  # a bulk read in up to this many symbol groups, the next read while one is sent
 _PIECE_SYMBOLS = 16  # no group smaller than this: each read has a fixed cost
 
@@ -245,10 +247,13 @@ async def _stream_arrow(
     ahead on worker threads: symbols come bucket by bucket (each symbol's bars together, by
     ts), not sorted across buckets. Any other read goes in groups of symbols, sorted: the
     next group is read and encoded on a worker thread while the previous one is sent.
-    A body up to `_KNOWN_LENGTH_BYTES` is read whole first and sent with Content-Length and
-    X-Total-Count; a larger one streams as it is read, chunked, without X-Total-Count (a
-    repeat, from the cache, has both). The entity tag names the query and the store's data epoch
-    (what decides the content), so a 304 needs no body and a large body needs no hashing.
+    A body up to `_KNOWN_LENGTH_BYTES` is sent with Content-Length and X-Total-Count: a
+    plain read's tables are read and measured (their encoded size, without encoding them)
+    before the first byte, then encoded one by one as they are sent (`_EncodedResponse`);
+    any other read is read and encoded whole first. A larger body streams as it is read,
+    chunked, without X-Total-Count (a repeat, from the cache, has both). The entity tag
+    names the query and the store's data epoch (what decides the content), so a 304 needs
+    no body and a large body needs no hashing.
     """
     etag = etag_of(f"{state.cache.epoch()}|{key}".encode())
     headers = {"ETag": etag, "Cache-Control": "private, max-age=3600" if public else
@@ -260,19 +265,33 @@ async def _stream_arrow(
     stored = None if limit else _stored_tables(state, query)
     parts: Iterator[Callable[[], tuple[list[Chunk], int]]]
     finish: Callable[[], bytes]
+    done: list[Chunk] = []
+    total = 0
     if stored is not None:
         stream = TableStream(stored_schema())
-        parts, finish = _stored_parts(stored, stream), stream.finish
+        held, measured, whole = await run_in_threadpool(
+            _measure, stored, stream, _KNOWN_LENGTH_BYTES
+        )
+        if whole:  # sent with its length (no chunk framing) and its row count
+
+            def keep(parts: tuple[Chunk, ...], rows: int) -> None:
+                if public:  # settled history: the next ask is served whole from the cache
+                    state.cache.put(key, CachedResponse(b"", media, etag, rows, parts))
+
+            return _EncodedResponse(held, stream, measured, media, headers, keep)
+        parts = chain((_feeding(stream, table) for table, _ in held),
+                      _stored_parts(stored, stream))  # fmt: skip
+        finish = stream.finish
     else:
         encoder = ArrowStreamEncoder()
         parts = _group_parts(state, query, encoder, limit)
         finish = functools.partial(encoder.finish, empty)
-    done, total, whole = await run_in_threadpool(_gather, parts, _KNOWN_LENGTH_BYTES)
-    if whole:  # sent with its length (no chunk framing) and its row count
-        cached = CachedResponse(b"", media, etag, total, (*done, finish()))
-        if public:  # settled history: the next ask is served whole from the cache
-            state.cache.put(key, cached)
-        return _respond(request, cached, public=public)
+        done, total, whole = await run_in_threadpool(_gather, parts, _KNOWN_LENGTH_BYTES)
+        if whole:  # sent with its length (no chunk framing) and its row count
+            cached = CachedResponse(b"", media, etag, total, (*done, finish()))
+            if public:  # settled history: the next ask is served whole from the cache
+                state.cache.put(key, cached)
+            return _respond(request, cached, public=public)
     following = next(parts, None)
 
     async def chunks() -> AsyncIterator[Chunk]:
@@ -314,6 +333,95 @@ def _gather(
         if size > budget:
             return chunks, rows, False
     return chunks, rows, True
+
+
+def _measure(
+    tables: Iterator[pa.Table], stream: TableStream, budget: int
+) -> tuple[list[tuple[pa.Table, int]], int, bool]:
+    """Read tables and measure their encoded sizes until none is left (True: the whole
+    body, of the length returned) or they pass `budget` bytes."""
+    held: list[tuple[pa.Table, int]] = []
+    size = 0
+    for table in tables:
+        held.append((table, stream.measure(table)))
+        size += held[-1][1]
+        if size > budget:
+            return held, size, False
+    return held, size, True
+
+
+def _feeding(stream: TableStream, table: pa.Table) -> Callable[[], tuple[list[Chunk], int]]:
+    """Return a step that encodes a table already read (for `_stream_arrow`'s chunks)."""
+    return lambda: (stream.feed(table), table.num_rows)
+
+
+class _EncodedResponse(Response):
+    """A bulk body of known length encoded as it is sent, a group of tables at a time.
+
+    The tables are read and measured before the first byte (Content-Length and
+    X-Total-Count); each group is encoded on a worker thread while the previous one's
+    pieces are sent: the first table alone (the first bytes leave soon), then groups of
+    `_ENCODED_GROUP_BYTES` (each hand-over to a thread costs, and the two threads share
+    the interpreter: a few large steps, not one per table). `keep(parts, rows)` gets the
+    whole body's pieces once all are sent (the response cache). A table whose encoding
+    differs from its measure stops the body short (the client sees a truncated answer
+    rather than a wrong one).
+    """
+
+    def __init__(
+        self,
+        tables: list[tuple[pa.Table, int]],
+        stream: TableStream,
+        measured: int,
+        media_type: str,
+        headers: dict[str, str],
+        keep: Callable[[tuple[Chunk, ...], int], None],
+    ) -> None:
+        self.rows = sum(table.num_rows for table, _ in tables)
+        length = stream.length(measured)
+        headers = {**headers, "X-Total-Count": str(self.rows), "Content-Length": str(length)}
+        super().__init__(None, media_type=media_type, headers=headers)
+        self.stream, self.keep = stream, keep
+        self.groups: list[list[tuple[pa.Table, int]]] = []
+        size = _ENCODED_GROUP_BYTES  # the first table starts a group of its own
+        for table in tables:
+            if size >= _ENCODED_GROUP_BYTES or len(self.groups) == 1:
+                self.groups.append([])
+                size = 0
+            self.groups[-1].append(table)
+            size += table[1]
+
+    def _encode(self, group: list[tuple[pa.Table, int]]) -> list[Chunk]:
+        out: list[Chunk] = []
+        for table, measured in group:
+            head = 0 if out or self.groups[0] is not group else self.stream.schema_size
+            parts = self.stream.feed(table)
+            if sum(len(p) for p in parts) != measured + head:  # pragma: no cover - a bug
+                raise RuntimeError("an Arrow table encoded to another size than measured")
+            out += parts
+        return out
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": self.status_code,
+                    "headers": self.raw_headers})  # fmt: skip
+        kept: list[Chunk] = []
+        steps = iter(self.groups)
+        group = next(steps, None)
+        ahead = asyncio.ensure_future(run_in_threadpool(self._encode, group)) if group else None
+        while ahead is not None:
+            parts = await ahead
+            group = next(steps, None)
+            ahead = asyncio.ensure_future(run_in_threadpool(self._encode, group)) if group else None
+            try:
+                for part in parts:
+                    await send({"type": "http.response.body", "body": part, "more_body": True})
+            finally:
+                if ahead is not None and not ahead.done():  # the client left: let it end
+                    await asyncio.wait([ahead])
+            kept += parts
+        end = self.stream.finish()
+        await send({"type": "http.response.body", "body": end})
+        self.keep((*kept, end), self.rows)
 
 
 def _stored_tables(state: ApiState, query: BarQuery) -> Iterator[pa.Table] | None:

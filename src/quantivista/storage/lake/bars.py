@@ -868,6 +868,11 @@ class ParquetLake:
             del self._deltas[old]
             self._replaces.pop(old, None)
 
+    def has_deltas(self, directory: Path) -> bool:
+        """Say whether appends to the partition at `directory` wait in delta files (not
+        folded into its base file yet): its base file alone is not its rows then."""
+        return bool(self._held(directory))
+
     def _held(self, directory: Path) -> list[tuple[str, _Indexed]]:
         """Return the parts of `directory`'s partition in the delta files, oldest first."""
         folder, rel = self._where(directory)
