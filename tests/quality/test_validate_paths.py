@@ -11,6 +11,7 @@ import math
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+import numpy as np
 import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -163,9 +164,22 @@ _NEAR = st.tuples(_TS, st.lists(st.integers(-3 * 1440, 3 * 1440), min_size=1, ma
 )
 
 
+_EDGES = pl.concat([CAL.schedule["open"], CAL.schedule["close"]]).dt.replace_time_zone(None)
+# instants at and around session opens and closes (the edges of regular hours)
+_AT_EDGES = st.lists(
+    st.tuples(
+        st.sampled_from(_EDGES.to_list()),
+        st.sampled_from([0, 0, 0, -1, 1, -3, 3]),  # minutes: mostly on the edge itself
+        st.sampled_from([0, 0, 1, 30]),  # seconds
+    ),
+    min_size=1,
+    max_size=40,
+).map(lambda edges: [e + timedelta(minutes=m, seconds=s) for e, m, s in edges])
+
+
 @settings(max_examples=300, deadline=None)
 @given(
-    st.one_of(st.lists(_TS, min_size=1, max_size=40), _NEAR),
+    st.one_of(st.lists(_TS, min_size=1, max_size=40), _NEAR, _AT_EDGES),
     st.sampled_from(["1m", "5m", "30m", "1h", "1d", "1w"]),
     st.booleans(),
 )
@@ -182,6 +196,22 @@ def test_calendar_marks_equal_the_expressions(
     got = Validator(cal)._grid_context(df, tf)
     want = FrameValidator(cal)._grid_context(df, tf)
     assert got.select(sorted(got.columns)).equals(want.select(sorted(want.columns)))
+
+
+@pytest.mark.parametrize("timeframe", ["1m", "30m", "1h"])
+def test_calendar_marks_at_every_session_edge_equal_the_schedule_join(timeframe: str) -> None:
+    """Every open and close of 2022-2024 (early closes and clock changes among them), on
+    the edge and a microsecond or a minute either side."""
+    edges = _EDGES.filter(_EDGES.is_between(datetime(2022, 1, 1), datetime(2025, 1, 1)))
+    us = edges.dt.epoch("us").to_numpy()
+    shifted = np.concatenate([us + d for d in (0, -1, 1, -60_000_000, 60_000_000)])
+    ts = pl.Series("ts", shifted).cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
+    df = pl.DataFrame({"ts": ts})
+    tf = Timeframe.parse(timeframe)
+    got = Validator(CAL)._grid_context(df, tf)
+    want = FrameValidator(CAL)._grid_context(df, tf)
+    assert got.select(sorted(got.columns)).equals(want.select(sorted(want.columns)))
+    assert got["_in_hours"].sum() > 0 and (~got["_in_hours"]).sum() > 0
 
 
 def test_null_keys_are_refused() -> None:
