@@ -348,6 +348,8 @@ def _day_scores(
     if set(timeframes) <= {"1d", "1w", "1mo"}:
         rows = np.ones(n, dtype=np.uint32)
         rej, flg = rejected.astype(np.uint32), flagged.astype(np.uint32)
+        # a day of one row: (1 - rejected - 0.5 flagged) / 1, in [0, 1] already
+        score = 1.0 - rejected - _SOFT_WEIGHT * flagged
     else:
         first = new.copy()
         first[1:] |= day[1:] != day[:-1]
@@ -356,6 +358,8 @@ def _day_scores(
         rej = np.add.reduceat(rejected, starts, dtype=np.uint32)
         flg = np.add.reduceat(flagged, starts, dtype=np.uint32)
         sym, tf, day = marked(sym, first), marked(tf, first), day[starts]
+        good = (rows - rej).astype(np.float64) - _SOFT_WEIGHT * flg
+        score = np.clip(good / rows, 0.0, 1.0)
     per_day = pl.DataFrame(
         [
             sym.alias("symbol"),
@@ -368,14 +372,15 @@ def _day_scores(
     )
     if missing.height:
         return _with_missing(per_day, checked, missing, job_id)
-    good = (rows - rej).astype(np.float64) - _SOFT_WEIGHT * flg
-    out = per_day.hstack(
-        [
-            pl.Series("job_id", [job_id], pl.String).new_from_index(0, rows.size),
-            pl.Series("missing", np.zeros(rows.size, dtype=np.uint32)),
-            pl.Series("score", np.clip(good / rows, 0.0, 1.0)),
-        ]
-    )[SCORE_SCHEMA.names()]
+    out = per_day.select(  # the constant columns as literals: not one string per row
+        *per_day.columns[:3],
+        job_id=pl.lit(job_id, pl.String),
+        rows="rows",
+        rejected="rejected",
+        flagged="flagged",
+        missing=pl.lit(0, pl.UInt32),
+        score=pl.lit(pl.Series(score)),
+    )
     return out if out.schema == SCORE_SCHEMA else out.cast(SCORE_SCHEMA)
 
 
@@ -529,15 +534,13 @@ class Validator:
         deduped, exact_dupes = _dedupe(ordered, marks.repeats)
         ctx = self._with_context(deduped, one_tf)
         plan = self._plan(ctx.columns)
-        checked = ctx.with_columns(plan.first_exprs) if plan.first else ctx
-        # rule columns are null-free booleans
-        hits = {r.name: checked[r.name].to_numpy() for r in plan.first}
+        checked, hits = _with_rules(ctx, plan.first, plan.first_exprs)
         decided: pl.DataFrame | None = None
         if plan.later:
             # an error rule that never fired invalidates no row
             valid = np.ones(checked.height, dtype=bool)
             for r in plan.first:
-                if r.severity is Severity.ERROR:
+                if r.severity is Severity.ERROR and r.name in hits:
                     valid &= ~hits[r.name]
             checked = checked.hstack([pl.Series("_valid", valid)])
             gap = any("_gap_s" in r.needs for r in plan.later)  # only a business rule reads it
@@ -545,15 +548,11 @@ class Validator:
             checked, decided = self._with_series(
                 checked, history, actions, gap=gap, prints=prints, one_tf=one_tf
             )
-            checked = checked.with_columns(plan.later_exprs)
-            hits |= {r.name: checked[r.name].to_numpy() for r in plan.later}
+            checked, later_hits = _with_rules(checked, plan.later, plan.later_exprs)
+            hits |= later_hits
         n = checked.height
         rules = plan.first + plan.later
-        rule_counts: dict[str, int] = {}
-        for r in rules:
-            count = int(np.count_nonzero(hits[r.name]))
-            if count:
-                rule_counts[r.name] = count
+        rule_counts = {r.name: int(np.count_nonzero(hits[r.name])) for r in rules if r.name in hits}
         # a rule that never fired adds no flag bit and rejects nothing
         hit = [r for r in rules if r.name in rule_counts]
         bits = np.zeros(n, dtype=np.uint32)
@@ -576,7 +575,8 @@ class Validator:
             if decided.height - confirmed:
                 rule_counts["spike_cleared"] = decided.height - confirmed
 
-        out = pl.DataFrame([flags if c == "quality_flags" else checked[c] for c in BAR_COLUMNS])
+        out = checked[list(BAR_COLUMNS)]  # a frame of our own: its flags column is replaced
+        out.replace_column(_FLAGS_AT, flags)
         if n_rejected:
             errors = [r for r in rules if r.severity is Severity.ERROR]
             mask = pl.Series(rejected_rows)
@@ -934,10 +934,43 @@ def _true(marks: pl.Series) -> np.ndarray:
     return out
 
 
+_NO_REASONS: Final = pl.DataFrame(schema=dict.fromkeys(("rule", "severity", "reason"), pl.String))
+_FLAGS_AT: Final = BAR_COLUMNS.index("quality_flags")
+
+
 def _no_rejects(clean: pl.DataFrame) -> pl.DataFrame:
     """The empty rejected frame: the columns of `clean` plus rule, severity and reason."""
-    reasons = [pl.Series(name, [], pl.String) for name in ("rule", "severity", "reason")]
-    return clean.clear().hstack(reasons)
+    return clean.clear().hstack(_NO_REASONS.get_columns())
+
+
+def _with_rules(
+    df: pl.DataFrame, rules: tuple[Rule, ...], exprs: tuple[pl.Expr, ...]
+) -> tuple[pl.DataFrame, dict[str, np.ndarray]]:
+    """`df` with the rules' columns (one select), and the hits of each rule that fired as
+    numpy (rule columns are null-free booleans; a rule that never fired is left out)."""
+    if not rules:
+        return df, {}
+    found = df.select(exprs)
+    hits = {}
+    for rule, column in zip(rules, found.get_columns(), strict=True):
+        if column.any():
+            hits[rule.name] = column.to_numpy()
+    return df.hstack(found.get_columns()), hits
+
+
+_NUMERIC = ("open", "high", "low", "close", "volume")
+# the statistics of `profile`, built once (an expression costs Python calls to build)
+_PROFILE_EXPRS: Final = (
+    *[pl.col(c).min().alias(f"{c}:min") for c in _NUMERIC],
+    *[pl.col(c).max().alias(f"{c}:max") for c in _NUMERIC],
+    *[pl.col(c).mean().alias(f"{c}:mean") for c in _NUMERIC],
+    *[pl.col(c).std().alias(f"{c}:std") for c in _NUMERIC],
+    *[pl.col(c).is_nan().sum().alias(f"{c}:nan") for c in (*_NUMERIC, "vwap")],
+    *[pl.col(c).null_count().alias(f"{c}:nulls") for c in (*_NUMERIC, "vwap", "trades")],
+    pl.col("ts").min().alias("first_ts"),
+    pl.col("ts").max().alias("last_ts"),
+)
+_SYMBOL_COUNT: Final = pl.col("symbol").n_unique().alias("symbols")
 
 
 def profile(
@@ -949,18 +982,8 @@ def profile(
     """
     if df.is_empty():
         return {"rows": 0}
-    numeric = ["open", "high", "low", "close", "volume"]
-    stats = df.select(
-        *[pl.col(c).min().alias(f"{c}:min") for c in numeric],
-        *[pl.col(c).max().alias(f"{c}:max") for c in numeric],
-        *[pl.col(c).mean().alias(f"{c}:mean") for c in numeric],
-        *[pl.col(c).std().alias(f"{c}:std") for c in numeric],
-        *[pl.col(c).is_nan().sum().alias(f"{c}:nan") for c in (*numeric, "vwap")],
-        *[pl.col(c).null_count().alias(f"{c}:nulls") for c in (*numeric, "vwap", "trades")],
-        symbols=pl.col("symbol").n_unique() if symbols is None else pl.lit(symbols),
-        first_ts=pl.col("ts").min(),
-        last_ts=pl.col("ts").max(),
-    ).row(0, named=True)
+    exprs = _PROFILE_EXPRS if symbols is not None else (*_PROFILE_EXPRS, _SYMBOL_COUNT)
+    stats = df.select(exprs).row(0, named=True)
     columns: dict[str, dict[str, Any]] = {}
     for key, value in stats.items():
         if ":" in key:
@@ -968,7 +991,7 @@ def profile(
             columns.setdefault(col, {})[stat] = _plain(value)
     return {
         "rows": df.height,
-        "symbols": stats["symbols"],
+        "symbols": stats["symbols"] if symbols is None else symbols,
         "timeframes": sorted(timeframes or df["timeframe"].unique().to_list()),
         "first_ts": _plain(stats["first_ts"]),
         "last_ts": _plain(stats["last_ts"]),
