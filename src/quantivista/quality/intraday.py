@@ -50,10 +50,13 @@ def bad_print_marks(
     use: np.ndarray,
     settings: IntradaySettings,
     closes_us: np.ndarray | None = None,
+    judge: np.ndarray | None = None,
 ) -> np.ndarray:
     """Return the bad-print mark of every row (see the module doc); rows not in `use` are
     neither judged nor neighbours. With the sessions' sorted closes (`closes_us`), the
-    last minute of a run that is not its session's last minute is not judged."""
+    last minute of a run that is not its session's last minute is not judged. With
+    `judge`, only the rows it marks are judged (the others are neighbours only: stored
+    minutes before a batch, judged when they came)."""
     out = np.zeros(ts_us.size, dtype=bool)
     every = bool(use.all())  # the usual regular-hours batch: no gathers
     rows = np.arange(use.size) if every else np.flatnonzero(use)
@@ -88,6 +91,8 @@ def bad_print_marks(
     edge_rows[edges] = True
     inner = inner[~edge_rows[inner]]
     cand = np.unique(np.concatenate([inner, edges[edge_hit]]))
+    if judge is not None:
+        cand = cand[judge[rows[cand]]]
     if not cand.size:
         return out
     if closes_us is not None:  # the next minute is still to come: no revert to see yet

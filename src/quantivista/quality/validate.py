@@ -742,6 +742,9 @@ class Validator:
         series = merged.take(merged.series, np.cumsum(checked["_new"].to_numpy()) - 1)[sub]
         new = np.ones(sub.size, dtype=bool)
         new[1:] = series[1:] != series[:-1]
+        batch_rows = np.searchsorted(sub, merged.batch_at)
+        judge = np.zeros(sub.size, dtype=bool)
+        judge[batch_rows] = True  # the stored minutes are neighbours only
         marks = bad_print_marks(
             ts[sub],
             cols["high"][sub],
@@ -752,8 +755,9 @@ class Validator:
             use[sub],
             self.intraday,
             session_closes(cal),
+            judge,
         )
-        return marks[np.searchsorted(sub, merged.batch_at)]
+        return marks[batch_rows]
 
     def _history_rows(self) -> int:
         """Stored bars before a series' first batch bar that can change a batch result.
