@@ -33,7 +33,8 @@ class Merged:
     `rows`: the history row of each kept stored bar, in (series, ts, arrival) order;
     `series`: its batch series; `neighbour`: among its series' last `tail` kept bars (all
     the bad-print check reads); `hist_at` / `batch_at`: the merged position of each kept
-    stored bar / batch row; `new`: the merged rows that start a series.
+    stored bar / batch row; `new`: the merged rows that start a series; `source`: the
+    row of each merged row in the history's rows followed by the batch's.
     """
 
     rows: np.ndarray
@@ -43,18 +44,23 @@ class Merged:
     batch_at: np.ndarray
     new: np.ndarray
     keys_sorted: bool = True  # the batch's series are in (symbol, timeframe) order
+    source: np.ndarray | None = None
 
     @property
     def size(self) -> int:
         return self.new.size
 
-    def take(self, hist: np.ndarray, batch: np.ndarray) -> np.ndarray:
-        """One merged column from the kept stored bars' values and the batch's values."""
-        if not self.rows.size:  # no stored bars: the batch's own column, not a copy
+    def take(self, stored: np.ndarray, batch: np.ndarray) -> np.ndarray:
+        """One merged column from a whole history column and the batch's column (one
+        gather; without stored bars the batch's own column, not a copy)."""
+        if self.source is None:
             return batch
-        out = np.empty(self.size, dtype=np.result_type(hist, batch))
-        out[self.hist_at] = hist
-        out[self.batch_at] = batch
+        out: np.ndarray = np.concatenate([stored, batch])[self.source]
+        return out
+
+    def series_of_rows(self) -> np.ndarray:
+        """The batch series of each merged row (every series starts once, in order)."""
+        out: np.ndarray = np.cumsum(self.new) - 1
         return out
 
 
@@ -128,7 +134,10 @@ def merge_history(
     hist_first[1:] = g[1:] != g[:-1]
     merged_new[hist_at[hist_first]] = True
     merged_new[batch_at[new & (counts[series_of] == 0)]] = True
-    return Merged(r, g, neighbour, hist_at, batch_at, merged_new, keys_sorted)
+    source = np.empty(r.size + n, dtype=np.intp)
+    source[hist_at] = r
+    source[batch_at] = np.arange(m, m + n)
+    return Merged(r, g, neighbour, hist_at, batch_at, merged_new, keys_sorted, source)
 
 
 def micros(ts: pl.Series) -> np.ndarray:
@@ -185,11 +194,12 @@ def _by_series(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The stored bars before their series' first batch bar, in (series, ts, arrival)
     order."""
-    ts = us[r]
-    before = ts < first[g]
-    r, g, ts = r[before], g[before], ts[before]
+    # history in ts order that ends before every series' first bar (the stream's): all kept
+    if not (in_order and (not r.size or us[r[-1]] < first.min())):
+        before = us[r] < first[g]
+        r, g = r[before], g[before]
     if in_order:  # arrival in ts order: group only
         order = np.argsort(g.astype(np.uint16) if first.size < 65536 else g, kind="stable")
     else:
-        order = np.lexsort((r, ts, g))
+        order = np.lexsort((r, us[r], g))
     return r[order], g[order]

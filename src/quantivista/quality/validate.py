@@ -668,19 +668,20 @@ class Validator:
         by `merged`'s positions, no merged frame is built."""
         batch = series_columns(checked)
         values = ("open", "high", "low", "close", "volume")
-        if merged.rows.size:
-            assert history is not None
-            hist = {k: _f64(history, k)[merged.rows] for k in values}
-            hist_ts = micros(history["ts"])[merged.rows]
+        alone = not merged.rows.size  # merged rows are the batch's rows
+        if alone:
+            cols = {k: batch[k] for k in values}
+            cols["valid"] = batch["valid"]
+            ts = micros(checked["ts"])
         else:
-            hist = {k: np.zeros(0) for k in values}
-            hist_ts = np.zeros(0, dtype=np.int64)
-        cols = {k: merged.take(hist[k], batch[k]) for k in values}
-        cols["valid"] = merged.take(np.ones(merged.rows.size, dtype=bool), batch["valid"])
+            assert history is not None
+            cols = {k: merged.take(_f64(history, k), batch[k]) for k in values}
+            cols["valid"] = np.ones(merged.size, dtype=bool)  # stored bars are valid
+            cols["valid"][merged.batch_at] = batch["valid"]
+            ts = merged.take(micros(history["ts"]), micros(checked["ts"]))
         cols["new"] = merged.new
-        ts = merged.take(hist_ts, micros(checked["ts"]))
         starts = np.flatnonzero(batch["new"])
-        series = merged.take(merged.series, np.cumsum(batch["new"]) - 1)
+        series = merged.series_of_rows()
 
         def keys() -> pl.DataFrame:
             return pl.DataFrame(
@@ -691,7 +692,6 @@ class Validator:
             )
 
         flags = series_flags(cols, keys, actions, self.settings)
-        alone = not merged.rows.size  # merged rows are the batch's rows
         at = merged.batch_at
         added = [pl.Series(k, v if alone else v[at]) for k, v in flags.items()]
         if gap:  # seconds since the previous bar of the series (floor division)
@@ -739,7 +739,7 @@ class Validator:
                 ts, h, lo, c, v, merged.new, use, self.intraday, session_closes(cal)
             )
         sub = np.flatnonzero(keep)
-        series = merged.take(merged.series, np.cumsum(checked["_new"].to_numpy()) - 1)[sub]
+        series = merged.series_of_rows()[sub]
         new = np.ones(sub.size, dtype=bool)
         new[1:] = series[1:] != series[:-1]
         batch_rows = np.searchsorted(sub, merged.batch_at)
