@@ -360,26 +360,21 @@ def _day_scores(
         sym, tf, day = marked(sym, first), marked(tf, first), day[starts]
         good = (rows - rej).astype(np.float64) - _SOFT_WEIGHT * flg
         score = np.clip(good / rows, 0.0, 1.0)
-    per_day = pl.DataFrame(
+    date = pl.Series("date", day.astype(np.int32)).cast(pl.Date)
+    counts = [pl.Series("rows", rows), pl.Series("rejected", rej), pl.Series("flagged", flg)]
+    if missing.height:
+        per_day = pl.DataFrame([sym.alias("symbol"), tf.alias("timeframe"), date, *counts])
+        return _with_missing(per_day, checked, missing, job_id)
+    out = pl.DataFrame(
         [
             sym.alias("symbol"),
             tf.alias("timeframe"),
-            pl.Series("date", day.astype(np.int32)).cast(pl.Date),
-            pl.Series("rows", rows),
-            pl.Series("rejected", rej),
-            pl.Series("flagged", flg),
+            date,
+            pl.Series("job_id", [job_id], pl.String).new_from_index(0, rows.size),
+            *counts,
+            pl.Series("missing", np.zeros(rows.size, dtype=np.uint32)),
+            pl.Series("score", score),
         ]
-    )
-    if missing.height:
-        return _with_missing(per_day, checked, missing, job_id)
-    out = per_day.select(  # the constant columns as literals: not one string per row
-        *per_day.columns[:3],
-        job_id=pl.lit(job_id, pl.String),
-        rows="rows",
-        rejected="rejected",
-        flagged="flagged",
-        missing=pl.lit(0, pl.UInt32),
-        score=pl.lit(pl.Series(score)),
     )
     return out if out.schema == SCORE_SCHEMA else out.cast(SCORE_SCHEMA)
 
