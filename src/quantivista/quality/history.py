@@ -34,7 +34,8 @@ class Merged:
     `series`: its batch series; `neighbour`: among its series' last `tail` kept bars (all
     the bad-print check reads); `hist_at` / `batch_at`: the merged position of each kept
     stored bar / batch row; `new`: the merged rows that start a series; `source`: the
-    row of each merged row in the history's rows followed by the batch's.
+    row of each merged row in the history's rows followed by the batch's; `decides`: a
+    kept stored bar's spike is pending.
     """
 
     rows: np.ndarray
@@ -45,6 +46,7 @@ class Merged:
     new: np.ndarray
     keys_sorted: bool = True  # the batch's series are in (symbol, timeframe) order
     source: np.ndarray | None = None
+    decides: bool = False  # a kept stored bar has a pending spike (the batch decides it)
 
     @property
     def size(self) -> int:
@@ -121,23 +123,23 @@ def merge_history(
         if not begin or (cut >= 0).all():
             break
         begin = 0  # a series' cut lies before the rows looked up: look up all
-    kept = at >= cut[g]
-    neighbour = (at >= (sizes - tail)[g])[kept]
+    kept = at >= np.repeat(cut, sizes)  # (r and g are in series order: repeats, not gathers)
+    neighbour = (at >= np.repeat(sizes - tail, sizes))[kept]
+    decides = bool((at[pending] >= cut[g[pending]]).any())  # a kept bar's spike is pending
     r, g = r[kept], g[kept]
+    counts = sizes - np.maximum(cut, 0)  # kept stored bars per series
     # both parts are in series order: a merge by counting, stored bars first in a series
     series_of = np.cumsum(new) - 1
-    counts = np.bincount(g, minlength=starts.size)
-    hist_at = np.arange(r.size) + starts[g]
+    hist_at = np.arange(r.size) + np.repeat(starts, counts)
     batch_at = np.arange(n) + np.cumsum(counts)[series_of]
     merged_new = np.zeros(r.size + n, dtype=bool)
-    hist_first = np.ones(r.size, dtype=bool)
-    hist_first[1:] = g[1:] != g[:-1]
-    merged_new[hist_at[hist_first]] = True
-    merged_new[batch_at[new & (counts[series_of] == 0)]] = True
+    with_stored = counts > 0
+    merged_new[hist_at[(np.cumsum(counts) - counts)[with_stored]]] = True
+    merged_new[batch_at[new & ~with_stored[series_of]]] = True
     source = np.empty(r.size + n, dtype=np.intp)
     source[hist_at] = r
     source[batch_at] = np.arange(m, m + n)
-    return Merged(r, g, neighbour, hist_at, batch_at, merged_new, keys_sorted, source)
+    return Merged(r, g, neighbour, hist_at, batch_at, merged_new, keys_sorted, source, decides)
 
 
 def micros(ts: pl.Series) -> np.ndarray:
@@ -164,12 +166,13 @@ def _stored(
     count = symbols.len()
     if one_timeframe:  # the series' symbols are distinct: a symbol's position is its series
         same = (part["timeframe"] == timeframes[0]).to_numpy()
-        series = np.where(same, _codes(part["symbol"], symbols), count)
-    else:
-        names, kinds = symbols.unique(maintain_order=True), timeframes.unique(maintain_order=True)
-        table = np.full((names.len() + 1, kinds.len() + 1), count, dtype=np.intp)
-        table[_codes(symbols, names), _codes(timeframes, kinds)] = np.arange(count)
-        series = table[_codes(part["symbol"], names), _codes(part["timeframe"], kinds)]
+        series = _codes(part["symbol"], symbols)
+        found = same & (series < count)
+        return np.flatnonzero(found) + begin, series[found].astype(np.intp)
+    names, kinds = symbols.unique(maintain_order=True), timeframes.unique(maintain_order=True)
+    table = np.full((names.len() + 1, kinds.len() + 1), count, dtype=np.intp)
+    table[_codes(symbols, names), _codes(timeframes, kinds)] = np.arange(count)
+    series = table[_codes(part["symbol"], names), _codes(part["timeframe"], kinds)]
     r = np.flatnonzero(series < count)
     return r + begin, series[r].astype(np.intp)
 

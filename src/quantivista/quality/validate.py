@@ -698,7 +698,7 @@ class Validator:
         if prints:
             added.append(pl.Series("_bad_print", self._prints(checked, merged, cols, ts)))
         decided = None
-        if merged.rows.size:
+        if merged.decides:
             assert history is not None
             decided = _decided_rows(history, merged, flags, checked)
         return checked.hstack(added), decided
@@ -719,7 +719,7 @@ class Validator:
         hours = checked["_in_hours"]
         use_batch = minutes & _true(hours) & checked["_valid"].to_numpy()
         series_minutes = minutes[np.flatnonzero(checked["_new"].to_numpy())]
-        sel = merged.neighbour & series_minutes[merged.series]
+        sel = merged.neighbour & series_minutes[merged.series]  # (kept bars' series)
         hist_at = merged.hist_at[sel]
         use = np.zeros(merged.size, dtype=bool)
         use[hist_at] = in_hours(cal, ts[hist_at])
