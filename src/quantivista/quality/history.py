@@ -34,7 +34,8 @@ class Merged:
     `series`: its batch series; `neighbour`: among its series' last `tail` kept bars (all
     the bad-print check reads); `hist_at` / `batch_at`: the merged position of each kept
     stored bar / batch row; `new`: the merged rows that start a series; `source`: the
-    row of each merged row in the history's rows followed by the batch's; `decides`: a
+    row of each merged row in the history's rows (from the first kept one) followed by
+    the batch's; `decides`: a
     kept stored bar's spike is pending.
     """
 
@@ -57,7 +58,9 @@ class Merged:
         gather; without stored bars the batch's own column, not a copy)."""
         if self.source is None:
             return batch
-        out: np.ndarray = np.concatenate([stored, batch])[self.source]
+        # the history from its first kept row on: the rows before it are never read
+        first = int(self.rows.min())
+        out: np.ndarray = np.concatenate([stored[first:], batch])[self.source]
         return out
 
     def series_of_rows(self) -> np.ndarray:
@@ -136,9 +139,12 @@ def merge_history(
     with_stored = counts > 0
     merged_new[hist_at[(np.cumsum(counts) - counts)[with_stored]]] = True
     merged_new[batch_at[new & ~with_stored[series_of]]] = True
-    source = np.empty(r.size + n, dtype=np.intp)
-    source[hist_at] = r
-    source[batch_at] = np.arange(m, m + n)
+    source = None
+    if r.size:  # rows of the history from its first kept row on, then of the batch
+        source = np.empty(r.size + n, dtype=np.intp)
+        first_kept = int(r.min())
+        source[hist_at] = r - first_kept
+        source[batch_at] = np.arange(m - first_kept, m - first_kept + n)
     return Merged(r, g, neighbour, hist_at, batch_at, merged_new, keys_sorted, source, decides)
 
 
