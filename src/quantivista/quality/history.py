@@ -115,7 +115,9 @@ def merge_history(
         r, g = _by_series(r, g, us, first, in_order)
         sizes = np.bincount(g, minlength=starts.size)
         at = np.arange(r.size) - np.repeat(np.cumsum(sizes) - sizes, sizes)  # in its series
-        pending = np.flatnonzero((bits[r] & _PENDING) != 0)
+        pending = np.zeros(0, dtype=np.intp)
+        if ((bits[begin:] & _PENDING) != 0).any():  # rare: most stored bars are decided
+            pending = np.flatnonzero((bits[r] & _PENDING) != 0)
         oldest = sizes.copy()  # a series' oldest pending bar (its size: none)
         if pending.size:  # the first of each series' pending bars (they are in order)
             pg = g[pending]
@@ -174,7 +176,7 @@ def _stored(
         same = (part["timeframe"] == timeframes[0]).to_numpy()
         series = _codes(part["symbol"], symbols)
         found = same & (series < count)
-        return np.flatnonzero(found) + begin, series[found].astype(np.intp)
+        return np.flatnonzero(found) + begin, series[found]
     names, kinds = symbols.unique(maintain_order=True), timeframes.unique(maintain_order=True)
     table = np.full((names.len() + 1, kinds.len() + 1), count, dtype=np.intp)
     table[_codes(symbols, names), _codes(timeframes, kinds)] = np.arange(count)
@@ -208,7 +210,8 @@ def _by_series(
         before = us[r] < first[g]
         r, g = r[before], g[before]
     if in_order:  # arrival in ts order: group only
-        order = np.argsort(g.astype(np.uint16) if first.size < 65536 else g, kind="stable")
+        small = g.astype(np.uint16, copy=False) if first.size < 65536 else g  # a radix sort
+        order = np.argsort(small, kind="stable")
     else:
         order = np.lexsort((r, us[r], g))
     return r[order], g[order]
