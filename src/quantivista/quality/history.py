@@ -48,6 +48,7 @@ class Merged:
     keys_sorted: bool = True  # the batch's series are in (symbol, timeframe) order
     source: np.ndarray | None = None
     decides: bool = False  # a kept stored bar has a pending spike (the batch decides it)
+    offset: int = 0  # the first kept stored bar's history row
 
     @property
     def size(self) -> int:
@@ -59,8 +60,7 @@ class Merged:
         if self.source is None:
             return batch
         # the history from its first kept row on: the rows before it are never read
-        first = int(self.rows.min())
-        out: np.ndarray = np.concatenate([stored[first:], batch])[self.source]
+        out: np.ndarray = np.concatenate([stored[self.offset :], batch])[self.source]
         return out
 
     def series_of_rows(self) -> np.ndarray:
@@ -107,8 +107,9 @@ def merge_history(
     bits = (flags.fill_null(0) if flags.null_count() else flags).to_numpy()
     m = us.size
     in_order = m < 2 or bool((us[1:] >= us[:-1]).all())
+    pending_at = np.flatnonzero(bits & _PENDING)  # few: most stored bars are decided
     begin = max(0, m - int(rows * starts.size * _SLACK)) if in_order else 0
-    if begin and ((bits[:begin] & _PENDING) != 0).any():
+    if begin and pending_at.size and pending_at[0] < begin:
         begin = 0  # an old pending spike may be one of the batch's series'
     while True:
         r, g = _stored(history, begin, symbols, timeframes, one_timeframe)
@@ -116,7 +117,7 @@ def merge_history(
         sizes = np.bincount(g, minlength=starts.size)
         at = np.arange(r.size) - np.repeat(np.cumsum(sizes) - sizes, sizes)  # in its series
         pending = np.zeros(0, dtype=np.intp)
-        if ((bits[begin:] & _PENDING) != 0).any():  # rare: most stored bars are decided
+        if pending_at.size:  # rare: most stored bars are decided
             pending = np.flatnonzero((bits[r] & _PENDING) != 0)
         oldest = sizes.copy()  # a series' oldest pending bar (its size: none)
         if pending.size:  # the first of each series' pending bars (they are in order)
@@ -141,13 +142,14 @@ def merge_history(
     with_stored = counts > 0
     merged_new[hist_at[(np.cumsum(counts) - counts)[with_stored]]] = True
     merged_new[batch_at[new & ~with_stored[series_of]]] = True
-    source = None
+    source, offset = None, int(r.min()) if r.size else 0
     if r.size:  # rows of the history from its first kept row on, then of the batch
         source = np.empty(r.size + n, dtype=np.intp)
-        first_kept = int(r.min())
-        source[hist_at] = r - first_kept
-        source[batch_at] = np.arange(m - first_kept, m - first_kept + n)
-    return Merged(r, g, neighbour, hist_at, batch_at, merged_new, keys_sorted, source, decides)
+        source[hist_at] = r - offset
+        source[batch_at] = np.arange(m - offset, m - offset + n)
+    return Merged(
+        r, g, neighbour, hist_at, batch_at, merged_new, keys_sorted, source, decides, offset
+    )
 
 
 def micros(ts: pl.Series) -> np.ndarray:
@@ -173,9 +175,11 @@ def _stored(
     part = history.slice(begin) if begin else history
     count = symbols.len()
     if one_timeframe:  # the series' symbols are distinct: a symbol's position is its series
-        same = (part["timeframe"] == timeframes[0]).to_numpy()
+        other = part["timeframe"] != timeframes[0]
         series = _codes(part["symbol"], symbols)
-        found = same & (series < count)
+        found = series < count
+        if other.any():  # stored bars of other timeframes too
+            found &= ~other.to_numpy()
         return np.flatnonzero(found) + begin, series[found]
     names, kinds = symbols.unique(maintain_order=True), timeframes.unique(maintain_order=True)
     table = np.full((names.len() + 1, kinds.len() + 1), count, dtype=np.intp)
