@@ -106,7 +106,7 @@ def merge_history(
     flags = history["quality_flags"]
     bits = (flags.fill_null(0) if flags.null_count() else flags).to_numpy()
     m = us.size
-    in_order = m < 2 or bool((us[1:] >= us[:-1]).all())
+    in_order = history["ts"].is_sorted()  # a sorted frame knows it without a scan
     pending_at = np.flatnonzero(bits & _PENDING)  # few: most stored bars are decided
     begin = max(0, m - int(rows * starts.size * _SLACK)) if in_order else 0
     if begin and pending_at.size and pending_at[0] < begin:
