@@ -10,7 +10,11 @@ import numpy as np
 import polars as pl
 import pytest
 
+from quantivista.model.flags import QualityFlag
 from quantivista.model.schema import coerce_actions, coerce_bars
+from quantivista.quality.validate import ValidationResult
+from quantivista.reference.calendars import get_calendar
+from quantivista.testing.minutes import session_minutes
 
 # copies of ../shared/fixtures/corporate_actions kept in the repository: a clone tests on its own
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "corporate_actions"
@@ -111,3 +115,94 @@ def ibm() -> tuple[pl.DataFrame, pl.DataFrame]:
 def aapl() -> tuple[pl.DataFrame, pl.DataFrame]:
     bars = lean_daily("aapl")
     return bars, lean_actions("aapl", bars)
+
+
+# -- a batch of damaged minutes with stored history (test_history, test_validate_history) --
+@pytest.fixture(scope="session")
+def minutes() -> pl.DataFrame:
+    """Six symbols' regular-session minutes over a weekend (2024-03-07 .. 03-11)."""
+    return session_minutes(get_calendar("XNYS"), "2024-03-07", "2024-03-11", 6, seed=11)
+
+
+def damaged(
+    bars: pl.DataFrame, seed: int, *, moved: bool = True, pending: float = 0.05
+) -> pl.DataFrame:
+    """`bars` with jumps, flat runs, broken rows, old pending spikes (a `pending` share),
+    repeats and arrival disorder at random, and (of several) one symbol trading one minute
+    in five;
+    `moved`: also times off the grid and outside the session."""
+    rng = np.random.default_rng(seed)
+    if bars["symbol"].n_unique() > 1:
+        quiet = bars["symbol"] == bars["symbol"].min()
+        bars = bars.filter(~(quiet & pl.Series(rng.random(bars.height) < 0.8)))
+    n = bars.height
+    close = bars["close"].to_numpy().copy()
+    jump = rng.random(n) < 0.04
+    close[jump] *= rng.choice([0.7, 0.8, 1.25, 1.3, 2.0], size=int(jump.sum()))
+    flat = np.flatnonzero(rng.random(n) < 0.02)
+    for i in flat:  # a run of identical closes (and opens: identical bars)
+        close[i : i + 7] = close[i]
+    out = bars.with_columns(close=pl.Series(close)).with_columns(
+        open=pl.when(pl.Series(np.isin(np.arange(n), flat + 1)))
+        .then(pl.col("close"))
+        .otherwise(pl.col("open"))
+    )
+    if moved:  # pre/post market, a weekend, off the minute grid
+        us = bars["ts"].to_numpy().view(np.int64).copy()
+        shift = rng.random(n) < 0.03
+        us[shift] += rng.choice([-5, 3, 48 * 60, 7], size=int(shift.sum())) * 60_000_000
+        us[rng.random(n) < 0.02] += 30_000_000
+        out = out.with_columns(ts=pl.Series(us).cast(pl.Datetime("us")).dt.replace_time_zone("UTC"))
+    out = out.with_columns(
+        high=pl.max_horizontal("open", "high", "close"),
+        low=pl.min_horizontal("open", "low", "close"),
+    )
+    broken = pl.Series(rng.random(n) < 0.02)
+    old_spikes = pl.Series(rng.random(n) < pending)
+    out = out.with_columns(
+        low=pl.when(broken).then(pl.col("high") * 1.1).otherwise("low"),
+        quality_flags=pl.when(old_spikes)
+        .then(pl.col("quality_flags") | int(QualityFlag.SPIKE_PENDING))
+        .otherwise(pl.col("quality_flags")),
+    )
+    again = out.sample(n=max(1, n // 40), seed=seed)
+    return pl.concat([out, again]).sample(fraction=1.0, shuffle=True, seed=seed)
+
+
+def split_at(
+    minutes: pl.DataFrame,
+    seed: int,
+    history: int,
+    batch: int,
+    symbols: int,
+    *,
+    moved: bool = True,
+    pending: float = 0.05,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """A random window of `history` + `batch` minutes of the first `symbols` symbols,
+    damaged, cut into (stored history, new batch); the batch comes without flags."""
+    names = minutes["symbol"].unique().sort().head(symbols)
+    part = minutes.filter(pl.col("symbol").is_in(names.implode()))
+    ts = part["ts"].unique().sort()
+    start = int(np.random.default_rng(seed).integers(0, ts.len() - history - batch))
+    cut = ts[start + history]
+    window = part.filter(pl.col("ts").is_between(ts[start], ts[start + history + batch - 1]))
+    bars = damaged(window, seed, moved=moved, pending=pending)
+    stored = bars.filter(pl.col("ts") < cut)
+    new = bars.filter(pl.col("ts") >= cut).with_columns(quality_flags=pl.lit(0, pl.UInt32))
+    return stored, new
+
+
+def same_result(a: ValidationResult, b: ValidationResult) -> None:
+    """Both validations give the same rows, flags, decisions, scores, report and issues
+    (rows and issues in any order)."""
+    key = ["symbol", "timeframe", "ts", "quality_flags", "close"]
+    assert a.clean.sort(key).equals(b.clean.sort(key))
+    assert a.rejected.sort(key).equals(b.rejected.sort(key))
+    assert a.decided.sort(key).equals(b.decided.sort(key))
+    assert a.scores.sort("symbol", "date").equals(b.scores.sort("symbol", "date"))
+    assert a.exact_duplicates == b.exact_duplicates
+    ra, rb = a.report.model_dump(), b.report.model_dump()
+    ia, ib = ra.pop("validation_errors"), rb.pop("validation_errors")
+    assert ra == rb
+    assert sorted(map(repr, ia)) == sorted(map(repr, ib))

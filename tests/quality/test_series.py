@@ -11,14 +11,17 @@ from hypothesis import strategies as st
 from quantivista.config import QualitySettings
 from quantivista.quality import series
 from quantivista.quality.series import (
+    _adjustments,
+    _flags_of,
     _median_before,
+    _on_ex_dates,
     _rolling_mean,
     _rolling_scale,
     _scale_where,
-    _series_context,
     _series_start,
     _wick_before,
-    series_context,
+    series_columns,
+    series_flags,
 )
 
 from .conftest import inject_spikes, lean_daily
@@ -34,13 +37,25 @@ def _copies(count: int) -> pl.DataFrame:
     )
 
 
+def _in_parts(df: pl.DataFrame, actions: pl.DataFrame | None) -> pl.DataFrame:
+    """The series flags as the validator takes them (cut into parts when large)."""
+    flags = series_flags(series_columns(df), lambda: df, actions, QualitySettings())
+    return pl.DataFrame(flags)
+
+
+def _one_part(df: pl.DataFrame, actions: pl.DataFrame | None) -> pl.DataFrame:
+    """The series flags of the whole frame in one part."""
+    cols = series_columns(df)
+    ratio, cash = _on_ex_dates(df, cols["new"], _adjustments(actions))
+    return pl.DataFrame(_flags_of(cols, ratio, cash, QualitySettings()))
+
+
 def test_parallel_split_matches_serial(monkeypatch: pytest.MonkeyPatch) -> None:
     df = _copies(40)
     monkeypatch.setattr(series, "_PART_ROWS", 50_000)
     assert df.height > 4 * series._PART_ROWS
-    settings = QualitySettings()
-    par = series_context(df, None, settings)
-    ser = _series_context(df, None, settings)
+    par = _in_parts(df, None)
+    ser = _one_part(df, None)
     assert par.equals(ser)
     assert par["_spike"].sum() >= 40 * 30  # the injected spikes, found in every copy
 
@@ -59,9 +74,8 @@ def test_small_parts_with_actions_and_invalid_rows_match_one_part(
     )
     adjusted = pl.concat([actions.with_columns(symbol=pl.lit(f"S{i:02d}")) for i in range(6)])
     monkeypatch.setattr(series, "_PART_ROWS", 1000)  # many parts, cut at series starts
-    settings = QualitySettings()
-    parts = series_context(df, adjusted, settings)
-    whole = _series_context(df, adjusted, settings)
+    parts = _in_parts(df, adjusted)
+    whole = _one_part(df, adjusted)
     assert parts.equals(whole)
     assert parts["_wick"].sum() > 0
 
@@ -132,22 +146,9 @@ def test_both_wick_paths_flag_the_same_bars(monkeypatch: pytest.MonkeyPatch) -> 
     df = df.with_columns(
         low=pl.when(wide).then(pl.min_horizontal("open", "close") * 0.85).otherwise("low")
     )
-    settings = QualitySettings()
     monkeypatch.setattr(series, "_WIDE_SHARE", 0.0)  # every row's usual wick
-    everywhere = _series_context(df, None, settings)
+    everywhere = _one_part(df, None)
     monkeypatch.setattr(series, "_WIDE_SHARE", 1.0)  # only the wide rows'
-    where_needed = _series_context(df, None, settings)
+    where_needed = _one_part(df, None)
     assert everywhere.equals(where_needed)
     assert everywhere["_wick"].sum() > 100
-
-
-def test_gap_seconds_only_when_asked() -> None:
-    df = _copies(2)
-    settings = QualitySettings()
-    with_gap = series_context(df, None, settings)
-    without = series_context(df, None, settings, gap=False)
-    assert "_gap_s" not in without.columns
-    assert with_gap.drop("_gap_s").equals(without)
-    # a series' first bar has no gap; the others count seconds since the previous bar
-    assert with_gap.filter(pl.col("_new"))["_gap_s"].null_count() == 2
-    assert with_gap.filter(~pl.col("_new"))["_gap_s"].min() == 86_400

@@ -11,23 +11,25 @@ import math
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+import numpy as np
 import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from quantivista.errors import SchemaError
+from quantivista.model.flags import QualityFlag
 from quantivista.model.schema import BAR_POLARS_SCHEMA
 from quantivista.model.timeframe import Timeframe
-from quantivista.quality import validate
 from quantivista.quality.validate import (
     ValidationResult,
     Validator,
-    _daily_marks,
-    _day_scores,
     _sorted,
     day_scores,
 )
 from quantivista.reference.calendars import get_calendar
+
+from .reference import FrameValidator, frame_day_scores
 
 CAL = get_calendar("XNYS")
 KEY = ["symbol", "timeframe", "ts"]
@@ -157,67 +159,129 @@ _TS = st.one_of(
 )
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.lists(_TS, min_size=1, max_size=40))
-def test_daily_marks_equal_the_expressions(stamps: list[datetime]) -> None:
-    ts = pl.Series("ts", stamps, dtype=pl.Datetime("us")).dt.replace_time_zone("UTC")
-    sessions = CAL.schedule["session"]
-    marks = _daily_marks(ts, sessions)
-    assert marks is not None
-    want = pl.DataFrame({"ts": ts}).select(
-        aligned=pl.col("ts").dt.truncate("1d") == pl.col("ts"),
-        session=pl.col("ts").dt.date().is_in(sessions.implode()),
+_NEAR = st.tuples(_TS, st.lists(st.integers(-3 * 1440, 3 * 1440), min_size=1, max_size=40)).map(
+    lambda t: [t[0] + timedelta(minutes=m) for m in t[1]]
+)
+
+
+_EDGES = pl.concat([CAL.schedule["open"], CAL.schedule["close"]]).dt.replace_time_zone(None)
+# instants at and around session opens and closes (the edges of regular hours)
+_AT_EDGES = st.lists(
+    st.tuples(
+        st.sampled_from(_EDGES.to_list()),
+        st.sampled_from([0, 0, 0, -1, 1, -3, 3]),  # minutes: mostly on the edge itself
+        st.sampled_from([0, 0, 1, 30]),  # seconds
+    ),
+    min_size=1,
+    max_size=40,
+).map(lambda edges: [e + timedelta(minutes=m, seconds=s) for e, m, s in edges])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(st.lists(_TS, min_size=1, max_size=40), _NEAR, _AT_EDGES),
+    st.sampled_from(["1m", "5m", "30m", "1h", "1d", "1w"]),
+    st.booleans(),
+)
+def test_calendar_marks_equal_the_expressions(
+    stamps: list[datetime], timeframe: str, with_calendar: bool
+) -> None:
+    """Grid, session and regular-hours marks from numpy equal the frame path's expressions
+    and schedule join (wide spans take the calendar's conversion, near ones cached offsets)."""
+    df = pl.DataFrame(
+        {"ts": pl.Series(stamps, dtype=pl.Datetime("us")).dt.replace_time_zone("UTC")}
     )
-    assert marks[0].to_list() == want["aligned"].to_list()
-    assert marks[1].to_list() == want["session"].to_list()
+    cal = CAL if with_calendar else None
+    tf = Timeframe.parse(timeframe)
+    got = Validator(cal)._grid_context(df, tf)
+    want = FrameValidator(cal)._grid_context(df, tf)
+    assert got.select(sorted(got.columns)).equals(want.select(sorted(want.columns)))
 
 
-def test_daily_marks_leave_other_timestamps_to_the_expressions() -> None:
-    sessions = CAL.schedule["session"]
-    with_null = pl.Series("ts", [datetime(2024, 1, 2), None], dtype=pl.Datetime("us", "UTC"))
-    assert _daily_marks(with_null, sessions) is None
-    nanos = pl.Series("ts", [datetime(2024, 1, 2)], dtype=pl.Datetime("ns", "UTC"))
-    assert _daily_marks(nanos, sessions) is None
+@pytest.mark.parametrize("timeframe", ["1m", "30m", "1h"])
+def test_calendar_marks_at_every_session_edge_equal_the_schedule_join(timeframe: str) -> None:
+    """Every open and close of 2022-2024 (early closes and clock changes among them), on
+    the edge and a microsecond or a minute either side."""
+    edges = _EDGES.filter(_EDGES.is_between(datetime(2022, 1, 1), datetime(2025, 1, 1)))
+    us = edges.dt.epoch("us").to_numpy()
+    shifted = np.concatenate([us + d for d in (0, -1, 1, -60_000_000, 60_000_000)])
+    ts = pl.Series("ts", shifted).cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
+    df = pl.DataFrame({"ts": ts})
+    tf = Timeframe.parse(timeframe)
+    got = Validator(CAL)._grid_context(df, tf)
+    want = FrameValidator(CAL)._grid_context(df, tf)
+    assert got.select(sorted(got.columns)).equals(want.select(sorted(want.columns)))
+    assert got["_in_hours"].sum() > 0 and (~got["_in_hours"]).sum() > 0
 
 
-def _checked(rejected: list[bool], flags: list[int], timeframe: str = "1d") -> pl.DataFrame:
-    n = len(rejected)
-    start = datetime(2024, 1, 2, tzinfo=UTC)
-    step = Timeframe.parse(timeframe).seconds or 86_400
-    return pl.DataFrame(
+def test_null_keys_are_refused() -> None:
+    frame = _frame(_base_rows()[:4])
+    for column in ("symbol", "timeframe", "ts"):
+        broken = frame.with_columns(pl.when(pl.int_range(pl.len()) == 2).then(pl.col(column)))
+        with pytest.raises(SchemaError, match="must not be null"):
+            Validator(CAL).validate(broken, job_id="j")
+        with pytest.raises(SchemaError, match="history"):
+            Validator(CAL).validate(frame, job_id="j", history=broken)
+
+
+def test_times_in_another_unit_or_zone_are_taken_in_utc_microseconds() -> None:
+    frame = _frame(_base_rows())
+    want = Validator(CAL).validate(frame, job_id="j")
+    nanos = frame.with_columns(pl.col("ts").dt.cast_time_unit("ns"))
+    local = frame.with_columns(pl.col("ts").dt.convert_time_zone("Asia/Tokyo"))
+    for other in (nanos, local):
+        _same_result(Validator(CAL).validate(other, job_id="j"), want)
+    naive = frame.with_columns(pl.col("ts").dt.replace_time_zone(None))
+    with pytest.raises(SchemaError, match="naive"):
+        Validator(CAL).validate(naive, job_id="j")
+
+
+_FLAG_BITS = [0, 0, 0, 1, 8, 256, 1 << 20, int(QualityFlag.OUT_OF_ORDER)]
+
+
+@st.composite
+def checked_frames(draw: st.DrawFn) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """A checked batch in any order (repeated keys too) and the bars it misses."""
+    timeframes = draw(st.sampled_from([["1m"], ["1h"], ["1d"], ["1d", "1w"], ["1m", "1d"]]))
+    base = datetime(2024, 1, 2, 14, 30, tzinfo=UTC)
+    rows = draw(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["A", "B", "C"]),
+                st.sampled_from(timeframes),
+                st.integers(0, 6 * 1440),
+                st.booleans(),
+                st.sampled_from(_FLAG_BITS),
+            ),
+            min_size=1,
+            max_size=60,
+        )
+    )
+    checked = pl.DataFrame(
         {
-            "symbol": ["A"] * (n // 2) + ["B"] * (n - n // 2),
-            "timeframe": [timeframe] * n,
-            "ts": [start + timedelta(seconds=step * i) for i in range(n)],
-            "quality_flags": pl.Series(flags, dtype=pl.UInt32),
-            "_rejected": rejected,
+            "symbol": [r[0] for r in rows],
+            "timeframe": [r[1] for r in rows],
+            "ts": [base + timedelta(minutes=r[2]) for r in rows],
+            "quality_flags": pl.Series([r[4] for r in rows], dtype=pl.UInt32),
+            "_rejected": [r[3] for r in rows],
         }
     )
-
-
-@pytest.mark.parametrize("timeframe", ["1d", "1h"])
-@pytest.mark.parametrize(
-    ("rejected", "flags"),
-    [
-        ([False] * 6, [0] * 6),
-        ([False] * 6, [0, 0, 8, 0, 0, 0]),
-        ([False, True, False, False, False, False], [0, 1, 0, 0, 0, 0]),
-        ([False, True, False, False, True, False], [0, 1, 8, 0, 2, 256]),
-    ],
-)
-def test_day_scores_told_what_fired_equal_day_scores(
-    timeframe: str, rejected: list[bool], flags: list[int]
-) -> None:
-    checked = _checked(rejected, flags, timeframe)
-    scored = pl.col("quality_flags") & validate._SCORED_BITS != 0
-    soft = checked.select((~pl.col("_rejected") & scored).any()).item()
-    none = pl.DataFrame(schema={"symbol": pl.String, "ts": pl.Datetime("us", "UTC")})
-    told = _day_scores(
-        checked, none, "j", [timeframe], any_rejected=any(rejected), any_flagged=soft
+    gaps = draw(st.lists(st.tuples(st.sampled_from(["A", "B", "D"]), st.integers(0, 6 * 1440))))
+    missing = pl.DataFrame(
+        {"symbol": [g[0] for g in gaps], "ts": [base + timedelta(minutes=g[1]) for g in gaps]},
+        schema={"symbol": pl.String, "ts": pl.Datetime("us", "UTC")},
     )
-    want = day_scores(checked, none, "j")
-    assert told.schema == want.schema
-    assert told.sort(told.columns).equals(want.sort(want.columns))
+    return checked, missing
+
+
+@settings(max_examples=300, deadline=None)
+@given(checked_frames())
+def test_day_scores_from_runs_equal_the_group_by(case: tuple[pl.DataFrame, pl.DataFrame]) -> None:
+    checked, missing = case
+    got = day_scores(checked, missing, "j")
+    want = frame_day_scores(checked, missing, "j")
+    assert got.schema == want.schema
+    assert got.sort(got.columns).equals(want.sort(want.columns))
 
 
 def test_a_batch_with_a_flag_but_no_rule_hit_keeps_its_flags_and_scores_them() -> None:

@@ -37,6 +37,7 @@ __all__ = [
     "empty_bars",
     "series_in_blocks",
     "to_polars",
+    "utc_expr",
 ]
 
 UTC_TS = pa.timestamp("us", tz="UTC")
@@ -209,7 +210,9 @@ def empty_bars() -> pl.DataFrame:
     return pl.DataFrame(schema=BAR_POLARS_SCHEMA)
 
 
-def _as_utc(col: pl.Series, name: str) -> pl.Expr:
+def utc_expr(col: pl.Series, name: str) -> pl.Expr:
+    """Return the expression turning `col` (dates or timezone-aware datetimes) into UTC
+    microseconds under its `name`; raise `SchemaError` for naive datetimes or other types."""
     dtype = col.dtype
     if dtype == pl.Date:
         return pl.col(name).cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
@@ -293,7 +296,7 @@ def coerce_bars_checked(
     for name in ("symbol", "provider", "job_id", "timeframe"):
         if name in df.columns and df.schema[name] not in (pl.String, pl.Categorical, pl.Null):
             raise SchemaError(f"column {name!r} must hold strings", dtype=str(df.schema[name]))
-    exprs.append(_as_utc(df["ts"], "ts"))
+    exprs.append(utc_expr(df["ts"], "ts"))
     symbols, problems = canonical_symbols(df["symbol"])
     df = df.with_columns(symbols.alias("symbol"))
     exprs.append(pl.col("symbol"))
@@ -319,7 +322,7 @@ def coerce_bars_checked(
     else:
         exprs.append(pl.lit(0, pl.UInt32).alias("quality_flags"))
     if "ingested_at" in df.columns:
-        ing = _as_utc(df["ingested_at"], "ingested_at")
+        ing = utc_expr(df["ingested_at"], "ingested_at")
         exprs.append(ing.fill_null(ingested_at) if ingested_at is not None else ing)
     else:
         exprs.append(pl.lit(ingested_at, PL_UTC_TS).alias("ingested_at"))

@@ -18,10 +18,11 @@ import polars as pl
 
 from quantivista.model.flags import QualityFlag
 
-__all__ = ["Merged", "merge_history"]
+__all__ = ["Merged", "marked", "merge_history", "micros"]
 
 _PENDING = int(QualityFlag.SPIKE_PENDING)
-_UTC_US = pl.Datetime("us", "UTC")
+# stored bars looked up first, per series kept: room for series that skip a few minutes
+_SLACK = 1.25
 _KEYS = ("symbol", "timeframe", "ts")
 
 
@@ -32,7 +33,10 @@ class Merged:
     `rows`: the history row of each kept stored bar, in (series, ts, arrival) order;
     `series`: its batch series; `neighbour`: among its series' last `tail` kept bars (all
     the bad-print check reads); `hist_at` / `batch_at`: the merged position of each kept
-    stored bar / batch row; `new`: the merged rows that start a series.
+    stored bar / batch row; `new`: the merged rows that start a series; `source`: the
+    row of each merged row in the history's rows (from the first kept one) followed by
+    the batch's; `decides`: a
+    kept stored bar's spike is pending.
     """
 
     rows: np.ndarray
@@ -42,18 +46,26 @@ class Merged:
     batch_at: np.ndarray
     new: np.ndarray
     keys_sorted: bool = True  # the batch's series are in (symbol, timeframe) order
+    source: np.ndarray | None = None
+    decides: bool = False  # a kept stored bar has a pending spike (the batch decides it)
+    offset: int = 0  # the first kept stored bar's history row
 
     @property
     def size(self) -> int:
         return self.new.size
 
-    def take(self, hist: np.ndarray, batch: np.ndarray) -> np.ndarray:
-        """One merged column from the kept stored bars' values and the batch's values."""
-        if not self.rows.size:  # no stored bars: the batch's own column, not a copy
+    def take(self, stored: np.ndarray, batch: np.ndarray) -> np.ndarray:
+        """One merged column from a whole history column and the batch's column (one
+        gather; without stored bars the batch's own column, not a copy)."""
+        if self.source is None:
             return batch
-        out = np.empty(self.size, dtype=np.result_type(hist, batch))
-        out[self.hist_at] = hist
-        out[self.batch_at] = batch
+        # the history from its first kept row on: the rows before it are never read
+        out: np.ndarray = np.concatenate([stored[self.offset :], batch])[self.source]
+        return out
+
+    def series_of_rows(self) -> np.ndarray:
+        """The batch series of each merged row (every series starts once, in order)."""
+        out: np.ndarray = np.cumsum(self.new) - 1
         return out
 
 
@@ -63,81 +75,147 @@ def merge_history(
     rows: int,
     tail: int,
     one_timeframe: bool = False,
-) -> Merged | None:
+) -> Merged:
     """Place the stored bars the batch's results depend on among the batch's rows.
 
     `batch` is sorted by (symbol, timeframe, ts) with `_new` series marks. Kept per
     series: the last `rows` stored bars before its first batch bar, and `rows` before its
     oldest pending spike (the batch decides it); `neighbour` marks the last `tail`
-    (<= `rows`). Returns None when a key or ts is null or ts is not UTC microseconds
-    (the caller's frame path handles those).
+    (<= `rows`). Keys must be canonical (non-null; ts in UTC microseconds), as the
+    validator makes them.
+
+    History in ts order (the stream keeps it so) is looked up from its end: the last
+    rows x series x `_SLACK` stored bars hold every series' kept bars unless a series trades
+    less often or an old spike is still pending; then, and for history in any other
+    order, every stored bar is looked up.
     """
-    if batch["ts"].dtype != _UTC_US or any(batch[c].null_count() for c in _KEYS):
-        return None
     new = batch["_new"].to_numpy()
     n = new.size
-    series_of = np.cumsum(new) - 1
     starts = np.flatnonzero(new)
-    empty = np.zeros(0, dtype=np.int64)
     if history is None or history.is_empty() or not n:
+        empty = np.zeros(0, dtype=np.intp)
         return Merged(empty, empty, empty.astype(bool), empty, np.arange(n), new.copy())
-    if history["ts"].dtype != _UTC_US:
-        return None
-    # the first (least) ts of each series: the batch is sorted
-    firsts = batch[list(_KEYS)][starts].with_row_index("_g")
-    first = pl.col("ts") < pl.col("_first")
-    on = ["symbol", "timeframe"]
-    if (
-        one_timeframe or firsts["timeframe"].n_unique() == 1
-    ):  # one timeframe: the symbol's hash alone
-        first = first & (pl.col("timeframe") == firsts["timeframe"][0])
-        keys_sorted = firsts["symbol"].is_sorted()
-        firsts, on = firsts.drop("timeframe"), ["symbol"]
+    symbols, timeframes = marked(batch["symbol"], new), marked(batch["timeframe"], new)
+    if one_timeframe:
+        keys_sorted = symbols.is_sorted()
     else:
-        keys = firsts.select("symbol", "timeframe")
-        keys_sorted = keys.equals(keys.sort("symbol", "timeframe"))
-    # the filter after the collect: in the query it becomes a join predicate, several
-    # times slower
-    found = (
-        history.lazy()
-        .select("symbol", "timeframe", "ts", pl.col("quality_flags").fill_null(0))
-        .with_row_index("_r")
-        .join(firsts.lazy().rename({"ts": "_first"}), on=on, how="inner", maintain_order="left")
-        .collect(engine="in-memory")  # the streaming engine: twice the instructions here
-        .filter(first)
-    )
-    keep = found["_r"].to_numpy().astype(np.int64)
-    kg = found["_g"].to_numpy().astype(np.int64)
-    kts = found["ts"].to_numpy().view(np.int64)
-    flags = found["quality_flags"].to_numpy()
-    if kts.size < 2 or bool(np.all(kts[1:] >= kts[:-1])):  # arrival in ts order: group only
-        order = np.argsort(kg.astype(np.uint16) if starts.size < 65536 else kg, kind="stable")
-    else:
-        order = np.lexsort((keep, kts, kg))
-    r, kg, flags = keep[order], kg[order], flags[order]
-    m = r.size
-    neighbour = np.ones(m, dtype=bool)
-    if m:
-        hnew = np.ones(m, dtype=bool)
-        hnew[1:] = kg[1:] != kg[:-1]
-        hstarts = np.flatnonzero(hnew)
-        sizes = np.diff(np.append(hstarts, m))
-        at = np.arange(m)
-        pending = (flags & _PENDING) != 0
-        oldest = np.minimum.reduceat(np.where(pending, at, m), hstarts)
-        # rows after the cut: the last `rows` of the series and `rows` before a pending spike
-        cut = np.minimum(hstarts + sizes - rows, oldest - rows)
-        kept = at >= np.repeat(cut, sizes)
-        neighbour = (at >= np.repeat(hstarts + sizes - tail, sizes))[kept]
-        r, kg = r[kept], kg[kept]
+        keys = pl.DataFrame([symbols, timeframes]).with_row_index("_g")
+        keys_sorted = keys.sort("symbol", "timeframe", maintain_order=True)["_g"].is_sorted()
+    first = micros(batch["ts"])[starts]  # each series' least ts: the batch is sorted
+    us = micros(history["ts"])
+    flags = history["quality_flags"]
+    bits = (flags.fill_null(0) if flags.null_count() else flags).to_numpy()
+    m = us.size
+    in_order = history["ts"].is_sorted()  # a sorted frame knows it without a scan
+    pending_at = np.flatnonzero(bits & _PENDING)  # few: most stored bars are decided
+    begin = max(0, m - int(rows * starts.size * _SLACK)) if in_order else 0
+    if begin and pending_at.size and pending_at[0] < begin:
+        begin = 0  # an old pending spike may be one of the batch's series'
+    while True:
+        r, g = _stored(history, begin, symbols, timeframes, one_timeframe)
+        r, g = _by_series(r, g, us, first, in_order)
+        sizes = np.bincount(g, minlength=starts.size)
+        at = np.arange(r.size) - np.repeat(np.cumsum(sizes) - sizes, sizes)  # in its series
+        pending = np.zeros(0, dtype=np.intp)
+        if pending_at.size:  # rare: most stored bars are decided
+            pending = np.flatnonzero((bits[r] & _PENDING) != 0)
+        oldest = sizes.copy()  # a series' oldest pending bar (its size: none)
+        if pending.size:  # the first of each series' pending bars (they are in order)
+            pg = g[pending]
+            firsts = pending[np.append(True, pg[1:] != pg[:-1])]
+            oldest[g[firsts]] = at[firsts]
+        # rows from the cut: the last `rows` of the series and `rows` before a pending spike
+        cut = np.minimum(sizes, oldest) - rows
+        if not begin or (cut >= 0).all():
+            break
+        begin = 0  # a series' cut lies before the rows looked up: look up all
+    kept = at >= np.repeat(cut, sizes)  # (r and g are in series order: repeats, not gathers)
+    neighbour = (at >= np.repeat(sizes - tail, sizes))[kept]
+    decides = bool((at[pending] >= cut[g[pending]]).any())  # a kept bar's spike is pending
+    r, g = r[kept], g[kept]
+    counts = sizes - np.maximum(cut, 0)  # kept stored bars per series
     # both parts are in series order: a merge by counting, stored bars first in a series
-    hist_at = np.arange(r.size) + np.searchsorted(series_of, kg, side="left")
-    batch_at = np.arange(n) + np.searchsorted(kg, series_of, side="right")
+    series_of = np.cumsum(new) - 1
+    hist_at = np.arange(r.size) + np.repeat(starts, counts)
+    batch_at = np.arange(n) + np.cumsum(counts)[series_of]
     merged_new = np.zeros(r.size + n, dtype=bool)
-    hist_first = np.ones(r.size, dtype=bool)
-    hist_first[1:] = kg[1:] != kg[:-1]
-    merged_new[hist_at[hist_first]] = True
-    has_hist = np.zeros(starts.size, dtype=bool)
-    has_hist[kg] = True
-    merged_new[batch_at[new & ~has_hist[series_of]]] = True
-    return Merged(r, kg, neighbour, hist_at, batch_at, merged_new, keys_sorted)
+    with_stored = counts > 0
+    merged_new[hist_at[(np.cumsum(counts) - counts)[with_stored]]] = True
+    merged_new[batch_at[new & ~with_stored[series_of]]] = True
+    source, offset = None, int(r.min()) if r.size else 0
+    if r.size:  # rows of the history from its first kept row on, then of the batch
+        source = np.empty(r.size + n, dtype=np.intp)
+        source[hist_at] = r - offset
+        source[batch_at] = np.arange(m - offset, m - offset + n)
+    return Merged(
+        r, g, neighbour, hist_at, batch_at, merged_new, keys_sorted, source, decides, offset
+    )
+
+
+def micros(ts: pl.Series) -> np.ndarray:
+    """The int64 microseconds of a canonical (null-free, UTC us) ts column."""
+    out: np.ndarray = ts.to_numpy().view(np.int64)
+    return out
+
+
+def _stored(
+    history: pl.DataFrame,
+    begin: int,
+    symbols: pl.Series,
+    timeframes: pl.Series,
+    one_timeframe: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The history rows from `begin` on that belong to one of the batch's series (series
+    `i` is (`symbols[i]`, `timeframes[i]`)), in history order, with their series.
+
+    Keys become positions among the batch's distinct symbols (a cast to an enum of them:
+    a hash lookup per row, no join); with several timeframes a (symbol, timeframe) table
+    of positions gives the series.
+    """
+    part = history.slice(begin) if begin else history
+    count = symbols.len()
+    if one_timeframe:  # the series' symbols are distinct: a symbol's position is its series
+        other = part["timeframe"] != timeframes[0]
+        series = _codes(part["symbol"], symbols)
+        found = series < count
+        if other.any():  # stored bars of other timeframes too
+            found &= ~other.to_numpy()
+        return np.flatnonzero(found) + begin, series[found]
+    names, kinds = symbols.unique(maintain_order=True), timeframes.unique(maintain_order=True)
+    table = np.full((names.len() + 1, kinds.len() + 1), count, dtype=np.intp)
+    table[_codes(symbols, names), _codes(timeframes, kinds)] = np.arange(count)
+    series = table[_codes(part["symbol"], names), _codes(part["timeframe"], kinds)]
+    r = np.flatnonzero(series < count)
+    return r + begin, series[r].astype(np.intp)
+
+
+def marked(column: pl.Series, marks: np.ndarray) -> pl.Series:
+    """The values of `column` on the rows `marks` is true; the column itself when it is
+    true on every row (taking strings is not free)."""
+    return column if marks.all() else column.filter(pl.Series(marks))
+
+
+def _codes(values: pl.Series, categories: pl.Series) -> np.ndarray:
+    """Each value's position among the distinct `categories` (their count where absent)."""
+    codes = values.cast(pl.Enum(categories), strict=False).to_physical()
+    if codes.null_count():
+        codes = codes.fill_null(categories.len())
+    out: np.ndarray = codes.to_numpy()
+    return out
+
+
+def _by_series(
+    r: np.ndarray, g: np.ndarray, us: np.ndarray, first: np.ndarray, in_order: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """The stored bars before their series' first batch bar, in (series, ts, arrival)
+    order."""
+    # history in ts order that ends before every series' first bar (the stream's): all kept
+    if not (in_order and (not r.size or us[r[-1]] < first.min())):
+        before = us[r] < first[g]
+        r, g = r[before], g[before]
+    if in_order:  # arrival in ts order: group only
+        small = g.astype(np.uint16, copy=False) if first.size < 65536 else g  # a radix sort
+        order = np.argsort(small, kind="stable")
+    else:
+        order = np.lexsort((r, us[r], g))
+    return r[order], g[order]

@@ -29,57 +29,15 @@ comparisons finds the few candidates (a price outside both neighbouring closes b
 from __future__ import annotations
 
 import numpy as np
-import polars as pl
 
 from quantivista.config import IntradaySettings
-from quantivista.reference.calendars import TradingCalendar
 
-__all__ = ["bad_print_marks", "with_bad_prints"]
+__all__ = ["bad_print_marks"]
 
 _MAD_TO_SIGMA = 1.4826
 _SURGE = 3.0  # volume over the neighbours' median that makes a wide print a real trade
 _GAP_US = 3_600_000_000  # minutes further apart than this are not neighbours
 _MINUTE_US = 60_000_000
-
-
-def with_bad_prints(
-    df: pl.DataFrame, settings: IntradaySettings, calendar: TradingCalendar | None = None
-) -> pl.DataFrame:
-    """Add `_bad_print` to a frame sorted by (symbol, timeframe, ts) holding `_new`, `_valid`
-    and (for intraday rows with a calendar) `_in_hours`; false where it does not apply.
-
-    With the `calendar`, a run of minutes that ends before its session's last minute (a
-    batch that stops mid-session) leaves that last minute unjudged: whether it reverts is
-    not known yet.
-    """
-    if df.is_empty() or "_in_hours" not in df.columns:
-        return df.with_columns(_bad_print=pl.lit(False))
-    use = df.select(
-        ((pl.col("timeframe") == "1m") & pl.col("_in_hours") & pl.col("_valid"))
-        .fill_null(False)
-        .alias("u")
-    )["u"].to_numpy()
-    if not use.any():
-        return df.with_columns(_bad_print=pl.lit(False))
-    marks = bad_print_marks(
-        df["ts"].dt.epoch("us").to_numpy(),
-        _f64(df, "high"),
-        _f64(df, "low"),
-        _f64(df, "close"),
-        _f64(df, "volume"),
-        df["_new"].to_numpy(),
-        use,
-        settings,
-        calendar.schedule["close"].dt.epoch("us").to_numpy() if calendar is not None else None,
-    )
-    return df.with_columns(_bad_print=pl.Series(marks))
-
-
-def _f64(df: pl.DataFrame, name: str) -> np.ndarray:
-    col = df[name]
-    if col.null_count():
-        col = col.fill_null(np.nan)
-    return col.to_numpy()
 
 
 def bad_print_marks(
@@ -92,10 +50,13 @@ def bad_print_marks(
     use: np.ndarray,
     settings: IntradaySettings,
     closes_us: np.ndarray | None = None,
+    judge: np.ndarray | None = None,
 ) -> np.ndarray:
     """Return the bad-print mark of every row (see the module doc); rows not in `use` are
     neither judged nor neighbours. With the sessions' sorted closes (`closes_us`), the
-    last minute of a run that is not its session's last minute is not judged."""
+    last minute of a run that is not its session's last minute is not judged. With
+    `judge`, only the rows it marks are judged (the others are neighbours only: stored
+    minutes before a batch, judged when they came)."""
     out = np.zeros(ts_us.size, dtype=bool)
     every = bool(use.all())  # the usual regular-hours batch: no gathers
     rows = np.arange(use.size) if every else np.flatnonzero(use)
@@ -130,6 +91,8 @@ def bad_print_marks(
     edge_rows[edges] = True
     inner = inner[~edge_rows[inner]]
     cand = np.unique(np.concatenate([inner, edges[edge_hit]]))
+    if judge is not None:
+        cand = cand[judge[rows[cand]]]
     if not cand.size:
         return out
     if closes_us is not None:  # the next minute is still to come: no revert to see yet

@@ -40,7 +40,6 @@ __all__ = [
     "SPLIT_RATIOS",
     "action_adjustments",
     "series_columns",
-    "series_context",
     "series_flags",
 ]
 
@@ -232,32 +231,6 @@ _WIDE_SHARE = 1 / 16
 _FLAGS = ("_spike", "_spike_pending", "_wick", "_stale", "_split_mismatch", "_split_jump")
 
 
-def series_context(
-    df: pl.DataFrame,
-    actions: pl.DataFrame | None,
-    settings: QualitySettings,
-    *,
-    gap: bool = True,
-) -> pl.DataFrame:
-    """Add `_spike`, `_spike_pending`, `_wick`, `_stale`, `_split_mismatch`, `_split_jump`
-    and `_gap_s` to `df`.
-
-    `gap=False` leaves `_gap_s` out (only a business rule on gaps reads it).
-
-    `df` must be sorted by (symbol, timeframe, ts) and hold `_new` and `_valid`. Series
-    never interact, so large frames are cut at series boundaries into parts of about
-    `_PART_ROWS` rows that run on Polars' thread count (numpy and bottleneck release the
-    GIL): small parts keep each step's temporaries in cache and reuse their memory,
-    where whole-frame temporaries would be fresh pages every time.
-    """
-    adjustments = _adjustments(actions)
-    if df.height < 2 * _PART_ROWS:
-        return _attach(df, _series_arrays(df, adjustments, settings), gap=gap)
-    cols = series_columns(df)
-    ex_dates = _on_ex_dates(df, cols["new"], adjustments)
-    return _attach(df, _in_parts(cols, ex_dates, settings), gap=gap)
-
-
 def series_columns(df: pl.DataFrame) -> dict[str, np.ndarray]:
     """The numpy inputs of the series checks: `new`, `valid` and the five values (NaN for
     null)."""
@@ -318,27 +291,8 @@ def _in_parts(
     return {k: np.concatenate([d[k] for d in done]) for k in done[0]}
 
 
-def _series_context(
-    df: pl.DataFrame, actions: pl.DataFrame | None, settings: QualitySettings
-) -> pl.DataFrame:
-    """`series_context` in one part (the reference of the cut-up run)."""
-    return _attach(df, _series_arrays(df, _adjustments(actions), settings))
-
-
 def _adjustments(actions: pl.DataFrame | None) -> pl.DataFrame | None:
     return action_adjustments(actions) if actions is not None and actions.height else None
-
-
-def _attach(df: pl.DataFrame, arrays: dict[str, np.ndarray], *, gap: bool = True) -> pl.DataFrame:
-    if df.height == 0:
-        empty = [pl.lit(None, pl.Int64).alias("_gap_s")] if gap else []
-        return df.with_columns([pl.lit(False).alias(c) for c in _FLAGS] + empty)
-    flags = [pl.Series(k, arrays[k]) for k in _FLAGS]
-    if not gap:
-        return df.with_columns(flags)
-    # seconds since the previous bar of the series (floor division, as numpy's)
-    seconds = pl.col("ts").dt.epoch("us").diff() // 1_000_000
-    return df.with_columns(*flags, _gap_s=pl.when(pl.col("_new")).then(None).otherwise(seconds))
 
 
 def _stale_rows(cols: tuple[np.ndarray, ...], new: np.ndarray, run_length: int) -> np.ndarray:
@@ -365,17 +319,6 @@ def _stale_rows(cols: tuple[np.ndarray, ...], new: np.ndarray, run_length: int) 
     lengths = np.bincount(run)
     stale[:] = same & (lengths[run] >= run_length)
     return stale
-
-
-def _series_arrays(
-    df: pl.DataFrame, adjustments: pl.DataFrame | None, settings: QualitySettings
-) -> dict[str, np.ndarray]:
-    """Return the series context of `df` as numpy arrays (see `series_context`)."""
-    if df.height == 0:
-        return {k: np.zeros(0, dtype=bool) for k in _FLAGS}
-    cols = series_columns(df)
-    # split ratio and cash per share on the ex-dates of known actions (else none)
-    return _flags_of(cols, *_on_ex_dates(df, cols["new"], adjustments), settings)
 
 
 def _flags_of(

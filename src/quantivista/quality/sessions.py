@@ -84,7 +84,10 @@ def session_marks(
     if not known.size:
         zero = np.zeros(us.size, dtype=np.int64)
         return np.zeros(us.size, dtype=bool), zero, zero
-    at = np.minimum(np.searchsorted(known, days), known.size - 1)
+    if days.size and days[0] == days.min() == days.max():  # one local date: one search
+        at = np.full(days.size, min(int(np.searchsorted(known, days[0])), known.size - 1))
+    else:
+        at = np.minimum(np.searchsorted(known, days), known.size - 1)
     return known[at] == days, opens[at], closes[at]
 
 

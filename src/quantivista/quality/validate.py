@@ -1,4 +1,15 @@
-"""Run the rules over a batch: split it into stored rows and quarantined rows, and report."""
+"""Run the rules over a batch: split it into stored rows and quarantined rows, and report.
+
+The rules are Polars expressions, evaluated in two queries (the row and calendar rules,
+then the series rules). Everything around them (series marks, calendar context, the
+stored history, flag bits, outputs and day scores) works on numpy views of the columns:
+for a streaming micro-batch of a few hundred bars a Polars query costs more in fixed
+overhead than numpy does in work (issues 14 and 20).
+
+Keys must be canonical: a null symbol, timeframe or ts raises `SchemaError`, as
+`coerce_bars` does, and times in another unit or zone are converted to UTC microseconds
+before any check (batch and history alike).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +23,7 @@ import numpy as np
 import polars as pl
 
 from quantivista.config import IntradaySettings, QualitySettings
+from quantivista.errors import SchemaError
 from quantivista.model.flags import QualityFlag
 from quantivista.model.jobs import DataQualityReport, Severity, ValidationIssue
 from quantivista.model.schema import (
@@ -19,25 +31,31 @@ from quantivista.model.schema import (
     BAR_KEY,
     BAR_POLARS_SCHEMA,
     BAR_VALUE_COLUMNS,
+    PL_UTC_TS,
     SCORE_SCHEMA,
+    utc_expr,
 )
 from quantivista.model.timeframe import Timeframe
-from quantivista.quality.history import Merged, merge_history
-from quantivista.quality.intraday import bad_print_marks, with_bad_prints
+from quantivista.quality.history import Merged, marked, merge_history, micros
+from quantivista.quality.intraday import bad_print_marks
 from quantivista.quality.rules import DEFAULT_RULES, SERIES_COLUMNS, Rule
-from quantivista.quality.series import series_columns, series_context, series_flags
+from quantivista.quality.series import series_columns, series_flags
 from quantivista.quality.sessions import in_hours, session_closes, session_marks
 from quantivista.reference.calendars import TradingCalendar
 
 __all__ = ["SCORE_SCHEMA", "ValidationResult", "Validator", "batch_score", "day_scores", "profile"]
 
 MAX_ISSUES_PER_RULE = 50
-# the frame path (joins, concats and sorts of Polars frames) also for canonical batches:
-# the reference the tests hold the numpy path of those batches to
-_FRAME_PATH = False
 # arrival order says nothing about the bar itself: it does not lower the score
 _SCORED_BITS = 0xFFFFFFFF & ~int(QualityFlag.OUT_OF_ORDER)
 _SOFT_WEIGHT = 0.5  # a flagged row counts half: stored, but worth a look
+_KEYS: Final = ("symbol", "timeframe", "ts")
+_DAY_US: Final = 86_400_000_000
+_EMPTY_BARS: Final = pl.DataFrame(schema=BAR_POLARS_SCHEMA)
+_EMPTY_SCORES: Final = pl.DataFrame(schema=SCORE_SCHEMA)
+# queries of this module collect in memory, as eager frame methods do: the engine Polars
+# picks by itself (streaming) costs twice the instructions on a micro-batch's frames
+_ENGINE: Final = "in-memory"
 
 
 def batch_score(total: int, rejected: int, flagged: int, missing: int) -> float:
@@ -52,26 +70,25 @@ def batch_score(total: int, rejected: int, flagged: int, missing: int) -> float:
     return min(1.0, max(0.0, good / denominator))
 
 
-def _flag_expr(rules: list[Rule], hits: list[pl.Expr]) -> pl.Expr:
-    """OR the flag bits of the rules whose boolean is true (null counts as false)."""
-    if not rules:
-        return pl.lit(0, pl.UInt32)
-    zero = pl.lit(0, pl.UInt32)
-    bits = [
-        pl.when(h).then(pl.lit(int(r.flag), pl.UInt32)).otherwise(zero)
-        for r, h in zip(rules, hits, strict=True)
-    ]
-    # rules with distinct bits add up to their OR; shared bits need the OR
-    distinct = len({int(r.flag) for r in rules}) == len(rules)
-    if distinct:
-        return pl.sum_horizontal(bits).cast(pl.UInt32)
-    return pl.reduce(lambda a, b: a | b, bits).cast(pl.UInt32)
+def _canonical(frame: pl.DataFrame, what: str) -> pl.DataFrame:
+    """Return `frame` with `ts` in UTC microseconds; raise `SchemaError` on a null key or
+    naive timestamps (`coerce_bars` refuses both: a key-less bar cannot be stored)."""
+    nulls = {c: frame[c].null_count() for c in _KEYS}
+    if any(nulls.values()):
+        raise SchemaError(f"{what}: symbol, timeframe and ts must not be null", **nulls)
+    if frame["ts"].dtype == PL_UTC_TS:
+        return frame
+    return frame.with_columns(utc_expr(frame["ts"], "ts"))
+
+
+def _no_bars() -> pl.DataFrame:
+    return _EMPTY_BARS.clear()
 
 
 @dataclass(frozen=True, slots=True)
 class _Marks:
-    """What the arrival-order pass learned: one non-null timeframe in the batch, and
-    whether a row shares its key with the row before (None: not known, after a sort)."""
+    """What the arrival-order pass learned: one timeframe in the batch, and whether a row
+    shares its key with the row before (None: not known, after a sort)."""
 
     one_timeframe: bool
     repeats: bool | None
@@ -82,48 +99,43 @@ def _sorted(bars: pl.DataFrame) -> pl.DataFrame:
     return _arranged(bars)[0]
 
 
-# queries of this module collect in memory, as eager frame methods do: the engine Polars
-# picks by itself (streaming) costs twice the instructions on a micro-batch's frames
-_ENGINE: Final = "in-memory"
-
-
 def _arranged(bars: pl.DataFrame) -> tuple[pl.DataFrame, _Marks]:
     """Return `bars` with each series in ts order, with `_out_of_order` and `_new` marks.
 
     A row is out of order when an earlier row of its series (in arrival order) has a later
     ts. Data that arrives with each (symbol, timeframe) series as one block in ts order
     (sorted, or in provider order) skips both the group pass and the sort: equal keys are
-    then neighbours, which is all the duplicate and series checks need. The series marks
-    of the arrival order decide that (the test of `series_in_blocks(strict=False)`), in
-    one query with the other facts of the batch.
+    then neighbours, which is all the duplicate and series checks need. The test is the
+    one of `series_in_blocks(strict=False)`, on neighbour comparisons of the key columns.
     """
-    sym, tf, ts = pl.col("symbol"), pl.col("timeframe"), pl.col("ts")
-    new = (~((sym == sym.shift(1)) & (tf == tf.shift(1)))).fill_null(True)
-    facts = (
-        bars.lazy()
-        .select(sym, tf, ts, new=new)
-        .select(
-            "new",
-            blocks=(pl.col("new") | (ts >= ts.shift(1))).all()
-            & ~pl.struct(sym, tf).filter(pl.col("new")).is_duplicated().any(),
-            one_tf=tf.is_not_null().all() & (tf == tf.first()).all(),
-            repeats=(~pl.col("new") & (ts == ts.shift(1))).any(),
-        )
-        .collect(engine=_ENGINE)
-    )
-    one_tf = bool(facts["one_tf"][0]) if facts.height else False
-    if not facts.height or facts["blocks"][0]:
-        marks = _Marks(one_tf, bool(facts["repeats"][0]) if facts.height else False)
-        return bars.hstack(
-            [
-                pl.Series("_out_of_order", np.zeros(bars.height, dtype=bool)),
-                facts["new"].alias("_new"),
-            ]
-        ), marks
-    late = (ts < ts.cum_max().shift(1)).fill_null(False).over("symbol", "timeframe")
+    n = bars.height
+    if not n:
+        empty = [pl.Series("_out_of_order", [], pl.Boolean), pl.Series("_new", [], pl.Boolean)]
+        return bars.hstack(empty), _Marks(False, False)
+    sym, tf = bars["symbol"], bars["timeframe"]
+    us = micros(bars["ts"])
+    new, same_tf = _series_starts(sym, tf)
+    one_tf = bool(same_tf.all())
+    if bool((new[1:] | (us[1:] >= us[:-1])).all()) and _distinct_starts(sym, tf, new, one_tf):
+        repeats = bool((~new[1:] & (us[1:] == us[:-1])).any())
+        marks = [pl.Series("_out_of_order", np.zeros(n, dtype=bool)), pl.Series("_new", new)]
+        return bars.hstack(marks), _Marks(one_tf, repeats)
+    sym_c, tf_c, ts_c = pl.col("symbol"), pl.col("timeframe"), pl.col("ts")
+    late = (ts_c < ts_c.cum_max().shift(1)).fill_null(False).over("symbol", "timeframe")
     df = bars.with_columns(_out_of_order=late).sort(list(BAR_KEY), maintain_order=True)
-    same = (sym == sym.shift(1)) & (tf == tf.shift(1))
+    same = (sym_c == sym_c.shift(1)) & (tf_c == tf_c.shift(1))
     return df.with_columns(_new=(~same).fill_null(True)), _Marks(one_tf, None)
+
+
+def _distinct_starts(sym: pl.Series, tf: pl.Series, new: np.ndarray, one_tf: bool) -> bool:
+    """Whether no (symbol, timeframe) starts two runs of rows (each series one block)."""
+    count = int(np.count_nonzero(new))
+    if count < 2:
+        return True
+    keys = marked(sym, new)
+    if one_tf:  # neighbouring starts differ: sorted starts are distinct
+        return keys.is_sorted() or keys.n_unique() == count
+    return not pl.DataFrame([keys, marked(tf, new)]).is_duplicated().any()
 
 
 def _by_key(df: pl.DataFrame) -> pl.DataFrame:
@@ -134,25 +146,19 @@ def _by_key(df: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-_DAY_US = 86_400_000_000
-
-
-def _daily_marks(ts: pl.Series, sessions: pl.Series) -> tuple[pl.Series, pl.Series] | None:
-    """Return `_aligned` (00:00 UTC) and `_is_session` of daily bars, or None to use exprs.
+def _daily_marks(us: np.ndarray, sessions: pl.Series) -> tuple[pl.Series, pl.Series]:
+    """Return `_aligned` (00:00 UTC) and `_is_session` of daily bars.
 
     Day numbers index a table of the sessions: a gather instead of hashing every row's
-    date. Only for the canonical null-free UTC microsecond timestamps.
+    date.
     """
-    if ts.dtype != pl.Datetime("us", "UTC") or ts.null_count() or ts.is_empty():
-        return None
-    us = ts.to_physical().to_numpy()
     day = us // _DAY_US
     first, last = int(day.min()), int(day.max())
     known = sessions.cast(pl.Int32).to_numpy().astype(np.int64)
     known = known[(known >= first) & (known <= last)]
     table = np.zeros(last - first + 1, dtype=bool)
     table[known - first] = True
-    return pl.Series(day * _DAY_US == us), pl.Series(table[day - first])
+    return pl.Series("_aligned", day * _DAY_US == us), pl.Series("_is_session", table[day - first])
 
 
 _PROFILE_THREAD_ROWS = 100_000
@@ -173,20 +179,13 @@ def _profile_soon(bars: pl.DataFrame, shape: dict[str, Any]) -> Callable[[], dic
     return future.result
 
 
-def _counts(checked: pl.DataFrame, rules: list[Rule]) -> dict[str, int]:
-    """How many rows each rule flags (one select)."""
-    if not rules:
-        return {}
-    return {r.name: int(checked[r.name].sum()) for r in rules}
-
-
 def _single_timeframe(df: pl.DataFrame, known: bool = False) -> bool:
     """Say whether every row has the first row's timeframe (cheaper than n_unique);
     `known`: the caller knows it does."""
     if known:
         return True
-    tf = pl.col("timeframe")
-    return bool(df.select((tf == tf.first()).all()).item())
+    tf = df["timeframe"]
+    return bool((tf == tf[0]).all())
 
 
 def _known_shape(checked: pl.DataFrame, one_timeframe: bool = False) -> dict[str, Any]:
@@ -206,11 +205,12 @@ def _dedupe(df: pl.DataFrame, repeats: bool | None = None) -> tuple[pl.DataFrame
     """
     if repeats is False:  # known: no key repeats
         return df.hstack([pl.Series("_dup_conflict", np.zeros(df.height, dtype=bool))]), 0
-    same_key = ~pl.col("_new") & (pl.col("ts") == pl.col("ts").shift(1)).fill_null(False)
-    marks = df.select(same_key.alias("k"))["k"]
+    us = micros(df["ts"])
+    marks = np.zeros(df.height, dtype=bool)
+    marks[1:] = ~df["_new"].to_numpy()[1:] & (us[1:] == us[:-1])
     if not marks.any():
-        return df.with_columns(_dup_conflict=pl.lit(False)), 0
-    involved = marks | marks.shift(-1, fill_value=False)
+        return df.hstack([pl.Series("_dup_conflict", np.zeros(df.height, dtype=bool))]), 0
+    involved = pl.Series(marks | np.append(marks[1:], False))
     df = df.with_row_index("_i")
     sub = df.filter(involved)
     first = sub.select(pl.struct([*BAR_KEY, *BAR_VALUE_COLUMNS]).is_first_distinct()).to_series()
@@ -224,41 +224,6 @@ def _dedupe(df: pl.DataFrame, repeats: bool | None = None) -> tuple[pl.DataFrame
     return out, drop.len()
 
 
-def _series_with_history(
-    checked: pl.DataFrame,
-    history: pl.DataFrame,
-    actions: pl.DataFrame | None,
-    settings: QualitySettings,
-    *,
-    gap: bool,
-) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Run the series context over stored history + batch, and keep the batch rows.
-
-    Also returns the stored bars whose pending spike the batch decides (canonical columns,
-    new `quality_flags`): the next bar confirms it as a spike or clears it.
-    """
-    first = checked.group_by("symbol", "timeframe").agg(_first=pl.col("ts").min())
-    hist = (
-        history.join(first, on=["symbol", "timeframe"])
-        .filter(pl.col("ts") < pl.col("_first"))
-        .select(BAR_COLUMNS)
-        .with_columns(_valid=pl.lit(True), _hist=pl.lit(True))
-    )
-    if hist.is_empty():
-        return series_context(checked, actions, settings, gap=gap), _no_bars()
-    batch = checked.with_columns(_hist=pl.lit(False), _batch_new=pl.col("_new"))
-    both = pl.concat([hist, batch], how="diagonal_relaxed").sort(
-        "symbol", "timeframe", "ts", maintain_order=True
-    )
-    sym, tf = pl.col("symbol"), pl.col("timeframe")
-    both = both.with_columns(_new=(~((sym == sym.shift(1)) & (tf == tf.shift(1)))).fill_null(True))
-    both = series_context(both, actions, settings, gap=gap)
-    out = both.filter(~pl.col("_hist"))
-    # the batch keeps its own series starts (the spans of the missing-bar check)
-    out = out.with_columns(_new=pl.col("_batch_new")).drop("_hist", "_batch_new")
-    return out, _decided(both.filter(pl.col("_hist")), checked)
-
-
 _PENDING = int(QualityFlag.SPIKE_PENDING)
 
 
@@ -267,54 +232,23 @@ def _f64(df: pl.DataFrame, name: str) -> np.ndarray:
     return (col.fill_null(np.nan) if col.null_count() else col).to_numpy()
 
 
-def _recent(
-    history: pl.DataFrame, checked: pl.DataFrame, rows: int, tail: int
-) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """The history the batch's results depend on: per series, the last `rows` stored bars
-    before its first batch bar, and `rows` before its oldest pending spike (the batch
-    decides it). Within a series the rows are in (ts, arrival) order, the order the
-    series checks sort them into; series are not in symbol order. Also returns the
-    last `tail` (<= `rows`) bars of each series: all the bad-print check reads.
-
-    The stream passes its last hour of every symbol (3 x the rolling window), in arrival
-    order: the rest would only be sorted and scanned to be thrown away. The cut is found
-    on three integer columns (a numpy sort), then only the kept rows are gathered.
-    """
-    first = checked.group_by("symbol", "timeframe").agg(_first=pl.col("ts").min())
-    keys = (
-        history.select("symbol", "timeframe", "ts", pl.col("quality_flags").fill_null(0))
-        .with_row_index("_r")
-        .join(first.with_row_index("_g"), on=["symbol", "timeframe"])
-        .filter(pl.col("ts") < pl.col("_first"))
-    )
-    n = keys.height
-    r = keys["_r"].to_numpy()
-    order = np.lexsort((r, keys["ts"].to_physical().to_numpy(), keys["_g"].to_numpy()))
-    r = r[order]
-    bars = history.select(BAR_COLUMNS)
-    if n > tail:
-        g = keys["_g"].to_numpy()[order]
-        new = np.ones(n, dtype=bool)
-        new[1:] = g[1:] != g[:-1]
-        starts = np.flatnonzero(new)
-        sizes = np.diff(np.append(starts, n))
-        at = np.arange(n)
-        pending = (keys["quality_flags"].to_numpy()[order] & _PENDING) != 0
-        oldest = np.minimum.reduceat(np.where(pending, at, n), starts)
-        # rows after the cut: the last `rows` of the series and `rows` before a pending spike
-        cut = np.minimum(starts + sizes - rows, oldest - rows)
-        last = np.repeat(starts + sizes - tail, sizes)
-        return bars[r[at >= np.repeat(cut, sizes)]], bars[r[at >= last]]
-    return bars[r], bars[r]
+def _u32(flags: pl.Series) -> np.ndarray:
+    """Flag bits as numpy (null: no bit)."""
+    out: np.ndarray = (flags.fill_null(0) if flags.null_count() else flags).to_numpy()
+    return out
 
 
 def _decided_rows(
     history: pl.DataFrame, merged: Merged, flags: dict[str, np.ndarray], checked: pl.DataFrame
 ) -> pl.DataFrame | None:
-    """`_decided` from the merged positions: only the pending bars that changed are
-    gathered from `history`."""
-    stored = history["quality_flags"]
-    before = (stored.fill_null(0) if stored.null_count() else stored).to_numpy()[merged.rows]
+    """Stored bars with a pending spike whose flags the batch's bars now decide.
+
+    Confirmed: the pending bit becomes SPIKE; cleared: it is dropped; still without a next
+    valid bar: unchanged. A decided bar is a new version of the stored bar (its flags
+    changed), known from the batch's knowledge time. Only the pending bars that changed
+    are gathered from `history`.
+    """
+    before = _u32(history["quality_flags"])[merged.rows]
     pending = (before & _PENDING) != 0
     if not pending.any():
         return None
@@ -337,35 +271,6 @@ def _decided_rows(
     )
 
 
-def _decided(hist: pl.DataFrame, checked: pl.DataFrame) -> pl.DataFrame:
-    """Stored bars with a pending spike whose flags the batch's bars now decide.
-
-    Confirmed: the pending bit becomes SPIKE; cleared: it is dropped; still without a next
-    valid bar: unchanged. A decided bar is a new version of the stored bar (its flags
-    changed), known from the batch's knowledge time.
-    """
-    pending = hist.filter((pl.col("quality_flags") & _PENDING) != 0)
-    if pending.is_empty():
-        return _no_bars()
-    flags = (
-        (pl.col("quality_flags") & (0xFFFFFFFF ^ _PENDING))
-        | pl.when(pl.col("_spike")).then(int(QualityFlag.SPIKE)).otherwise(0)
-        | pl.when(pl.col("_spike_pending")).then(_PENDING).otherwise(0)
-    ).cast(pl.UInt32)
-    at = checked["ingested_at"].max() if "ingested_at" in checked.columns else None
-    job = checked["job_id"].drop_nulls().first() if "job_id" in checked.columns else None
-    return (
-        pending.with_columns(_flags=flags)
-        .filter(pl.col("_flags") != pl.col("quality_flags"))
-        .with_columns(
-            quality_flags=pl.col("_flags"),
-            ingested_at=pl.lit(at, dtype=BAR_POLARS_SCHEMA["ingested_at"]),
-            job_id=pl.lit(job, dtype=pl.String),
-        )
-        .select(BAR_COLUMNS)
-    )
-
-
 def _spans(part: pl.DataFrame) -> pl.DataFrame:
     """Return (symbol, first, last, n) per series; sorted frames use their `_new` marks."""
     if "_new" not in part.columns:
@@ -377,7 +282,7 @@ def _spans(part: pl.DataFrame) -> pl.DataFrame:
     ends = np.append(starts[1:], part.height) - 1
     # rows sharing a key with the row before are one bar, not two (after dedupe: conflicts)
     ts = part["ts"]
-    ts_us = ts.to_physical().to_numpy() if not ts.null_count() else ts.dt.epoch("us").to_numpy()
+    ts_us = micros(ts)
     again = np.flatnonzero(ts_us[1:] == ts_us[:-1]) + 1
     again = again[~new[again]]
     repeats = np.bincount(np.searchsorted(starts, again, side="right") - 1, minlength=starts.size)
@@ -391,73 +296,94 @@ def _spans(part: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def _series_starts(sym: pl.Series, tf: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    """The rows whose (symbol, timeframe) differs from the row before (the first row
+    included), and whether each row after the first has the timeframe of the row before."""
+    n = sym.len()
+    new = np.ones(n, dtype=bool)
+    if n < 2:
+        return new, np.ones(0, dtype=bool)
+    same_tf = (tf.slice(1) == tf.slice(0, n - 1)).to_numpy()
+    new[1:] = ~((sym.slice(1) == sym.slice(0, n - 1)).to_numpy() & same_tf)
+    return new, same_tf
+
+
 def day_scores(checked: pl.DataFrame, missing: pl.DataFrame, job_id: str) -> pl.DataFrame:
-    """Return a quality score per (symbol, timeframe, session date) of a checked batch."""
-    return _day_scores(checked, missing, job_id)
+    """Return a quality score per (symbol, timeframe, session date) of a checked batch.
+
+    `checked` holds the key columns, `quality_flags` and `_rejected`, in any order;
+    `missing` the (symbol, ts) of expected bars that never came.
+    """
+    if checked.is_empty():
+        return _EMPTY_SCORES.clear()
+    ordered = checked.sort("symbol", "timeframe", "ts", maintain_order=True)
+    new, _ = _series_starts(ordered["symbol"], ordered["timeframe"])
+    rejected = ordered["_rejected"].to_numpy()
+    return _day_scores(ordered, new, rejected, _u32(ordered["quality_flags"]), missing, job_id)
 
 
 def _day_scores(
     checked: pl.DataFrame,
+    new: np.ndarray,
+    rejected: np.ndarray,
+    flags: np.ndarray,
     missing: pl.DataFrame,
     job_id: str,
     timeframes: list[str] | None = None,
-    *,
-    any_rejected: bool = True,
-    any_flagged: bool = True,
 ) -> pl.DataFrame:
-    """Return `day_scores`, told the timeframes and whether any row is rejected or flagged.
+    """`day_scores` of a frame whose series are blocks in ts order (`new` marks their first
+    rows), given each row's rejection and flag bits; told the timeframes when known.
 
-    When no row is, those counts are constants rather than columns to compute.
+    A day's rows are then one run of a series: counts are sums over runs. Daily and longer
+    bars count each row as its own day, as they come.
     """
-    if checked.is_empty():
-        return pl.DataFrame(schema=SCORE_SCHEMA)
-    rejected = pl.col("_rejected").cast(pl.UInt32)
-    flagged = (~pl.col("_rejected") & ((pl.col("quality_flags") & _SCORED_BITS) != 0)).cast(
-        pl.UInt32
-    )
+    n = checked.height
+    if not n:
+        return _EMPTY_SCORES.clear()
     if timeframes is None:
         timeframes = checked["timeframe"].unique().to_list()
-    one_per_day = set(timeframes) <= {"1d", "1w", "1mo"}
-    if one_per_day and missing.is_empty():  # the common daily case: one select, no grouping
-        zero = pl.lit(0, pl.UInt32)
-        if not any_rejected:
-            flagged = ((pl.col("quality_flags") & _SCORED_BITS) != 0).cast(pl.UInt32)
-        score = pl.lit(1.0)
-        if any_rejected:
-            score = score - rejected.cast(pl.Float64)
-        if any_flagged:
-            score = score - _SOFT_WEIGHT * flagged.cast(pl.Float64)
-        return checked.select(
-            "symbol",
-            "timeframe",
-            date=pl.col("ts").dt.date(),
-            job_id=pl.lit(job_id),
-            rows=pl.lit(1, pl.UInt32),
-            rejected=rejected if any_rejected else zero,
-            flagged=flagged if any_flagged else zero,
-            missing=zero,
-            score=score,
-        )
-    # one query: the steps below are lazy
-    rows = checked.lazy().select(
-        "symbol", "timeframe", date=pl.col("ts").dt.date(), rejected=rejected, flagged=flagged
-    )
-    if one_per_day:
-        per_day = rows.with_columns(rows=pl.lit(1, pl.UInt32))
+    day = micros(checked["ts"]) // _DAY_US
+    flagged = ~rejected & ((flags & _SCORED_BITS) != 0)
+    sym, tf = checked["symbol"], checked["timeframe"]
+    if set(timeframes) <= {"1d", "1w", "1mo"}:
+        rows = np.ones(n, dtype=np.uint32)
+        rej, flg = rejected.astype(np.uint32), flagged.astype(np.uint32)
+        # a day of one row: (1 - rejected - 0.5 flagged) / 1, in [0, 1] already
+        score = 1.0 - rejected - _SOFT_WEIGHT * flagged
     else:
-        per_day = rows.group_by("symbol", "timeframe", "date").agg(
-            rows=pl.len().cast(pl.UInt32),
-            rejected=pl.col("rejected").sum(),
-            flagged=pl.col("flagged").sum(),
-        )
-    good = pl.col("rows") - pl.col("rejected") - _SOFT_WEIGHT * pl.col("flagged")
-    if missing.is_empty():
-        out = per_day.with_columns(
-            missing=pl.lit(0, pl.UInt32),
-            job_id=pl.lit(job_id),
-            score=(good / pl.col("rows")).clip(0.0, 1.0),
-        )
-        return out.select(SCORE_SCHEMA.names()).cast(SCORE_SCHEMA).collect(engine=_ENGINE)
+        first = new.copy()
+        first[1:] |= day[1:] != day[:-1]
+        starts = np.flatnonzero(first)
+        rows = np.diff(np.append(starts, n)).astype(np.uint32)
+        rej = np.add.reduceat(rejected, starts, dtype=np.uint32)
+        flg = np.add.reduceat(flagged, starts, dtype=np.uint32)
+        sym, tf, day = marked(sym, first), marked(tf, first), day[starts]
+        good = (rows - rej).astype(np.float64) - _SOFT_WEIGHT * flg
+        score = np.clip(good / rows, 0.0, 1.0)
+    date = pl.Series("date", day.astype(np.int32)).cast(pl.Date)
+    counts = [pl.Series("rows", rows), pl.Series("rejected", rej), pl.Series("flagged", flg)]
+    if missing.height:
+        per_day = pl.DataFrame([sym.alias("symbol"), tf.alias("timeframe"), date, *counts])
+        return _with_missing(per_day, checked, missing, job_id)
+    out = pl.DataFrame(
+        [
+            sym.alias("symbol"),
+            tf.alias("timeframe"),
+            date,
+            pl.Series("job_id", [job_id], pl.String).new_from_index(0, rows.size),
+            *counts,
+            pl.Series("missing", np.zeros(rows.size, dtype=np.uint32)),
+            pl.Series("score", score),
+        ]
+    )
+    return out if out.schema == SCORE_SCHEMA else out.cast(SCORE_SCHEMA)
+
+
+def _with_missing(
+    per_day: pl.DataFrame, checked: pl.DataFrame, missing: pl.DataFrame, job_id: str
+) -> pl.DataFrame:
+    """Day scores with the missing bars of each series' days (a bar that never came counts
+    0, in the day it was due)."""
     gaps = (
         missing.join(checked.select("symbol", "timeframe").unique(), on="symbol")
         .group_by("symbol", "timeframe", date=pl.col("ts").dt.date())
@@ -465,7 +391,8 @@ def _day_scores(
     )
     good = pl.col("rows") - pl.col("rejected") - _SOFT_WEIGHT * pl.col("flagged")
     out = (
-        per_day.join(gaps.lazy(), on=["symbol", "timeframe", "date"], how="full", coalesce=True)
+        per_day.lazy()
+        .join(gaps.lazy(), on=["symbol", "timeframe", "date"], how="full", coalesce=True)
         .with_columns(pl.col("rows", "rejected", "flagged", "missing").fill_null(0))
         .with_columns(
             job_id=pl.lit(job_id),
@@ -484,14 +411,21 @@ class ValidationResult:
     report: DataQualityReport
     exact_duplicates: int = 0
     issues: list[ValidationIssue] = field(default_factory=list)
-    scores: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=SCORE_SCHEMA))
+    scores: pl.DataFrame = field(default_factory=lambda: _EMPTY_SCORES.clear())
     # stored bars (before the batch) whose pending spike the batch confirmed or cleared:
     # new versions to store with the clean rows
     decided: pl.DataFrame = field(default_factory=lambda: _no_bars())
 
 
-def _no_bars() -> pl.DataFrame:
-    return pl.DataFrame(schema=BAR_POLARS_SCHEMA)
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """Which rules run in which phase, for a given set of context columns, with their
+    expressions (built once per validator: an expression costs Python calls to build)."""
+
+    first: tuple[Rule, ...]
+    later: tuple[Rule, ...]
+    first_exprs: tuple[pl.Expr, ...]
+    later_exprs: tuple[pl.Expr, ...]
 
 
 class Validator:
@@ -515,10 +449,11 @@ class Validator:
         self.rules = rules
         self.settings = settings or QualitySettings()
         self.intraday = intraday or IntradaySettings()
+        self._plans: dict[tuple[int, frozenset[str]], _Plan] = {}
 
     def with_rules(self, rules: tuple[Rule, ...]) -> Validator:
         """Return a validator with the same calendar and settings but other rules."""
-        return Validator(self.calendar, rules, self.settings, self.intraday)
+        return type(self)(self.calendar, rules, self.settings, self.intraday)
 
     def demoted(self, names: Sequence[str]) -> Validator:
         """Return a validator where the named rules only flag rows (severity WARNING)."""
@@ -532,8 +467,37 @@ class Validator:
     def flags(self, bars: pl.DataFrame) -> pl.Series:
         """Return the `quality_flags` bits of the rules that need no context (one select)."""
         rules = [r for r in self.rules if not r.needs]
-        hits = [r.violation() for r in rules]
-        return bars.select(_flag_expr(rules, hits).alias("quality_flags")).to_series()
+        if not rules:
+            return bars.select(pl.lit(0, pl.UInt32).alias("quality_flags")).to_series()
+        zero = pl.lit(0, pl.UInt32)
+        bits = [
+            pl.when(r.violation()).then(pl.lit(int(r.flag), pl.UInt32)).otherwise(zero)
+            for r in rules
+        ]
+        # rules with distinct bits add up to their OR; shared bits need the OR
+        if len({int(r.flag) for r in rules}) == len(rules):
+            combined = pl.sum_horizontal(bits).cast(pl.UInt32)
+        else:
+            combined = pl.reduce(lambda a, b: a | b, bits).cast(pl.UInt32)
+        return bars.select(combined.alias("quality_flags")).to_series()
+
+    def _plan(self, columns: Sequence[str]) -> _Plan:
+        """The rules of each phase given the context columns (cached per column set)."""
+        have = frozenset(columns)
+        key = (id(self.rules), have)
+        plan = self._plans.get(key)
+        if plan is None:
+            first = tuple(r for r in self.rules if all(n in have for n in r.needs))
+            later = tuple(
+                r
+                for r in self.rules
+                if not all(n in have for n in r.needs) and all(n in SERIES_COLUMNS for n in r.needs)
+            )
+            plan = _Plan(
+                first, later, tuple(r.expr() for r in first), tuple(r.expr() for r in later)
+            )
+            self._plans[key] = plan
+        return plan
 
     def validate(
         self,
@@ -549,8 +513,12 @@ class Validator:
         dividend from a spike; without it every unexplained split-sized jump is flagged.
         `history` (already stored bars before the batch) gives the rolling statistics
         their warm-up, so a small incremental batch is checked like a long one; history
-        rows are context only: they are neither checked nor returned.
+        rows are context only: they are neither checked nor returned. A null key raises
+        `SchemaError`; times in another unit or zone are taken in UTC microseconds.
         """
+        bars = _canonical(bars, "bars")
+        if history is not None and history.height:
+            history = _canonical(history, "history")
         total = bars.height
         # one chunk per column: on a frame whose columns are chunked differently (a concat
         # of per-symbol frames) every later select would first copy the whole frame
@@ -560,60 +528,39 @@ class Validator:
         profiled = _profile_soon(bars, shape)
         deduped, exact_dupes = _dedupe(ordered, marks.repeats)
         ctx = self._with_context(deduped, one_tf)
-        first = [r for r in self.rules if all(n in ctx.columns for n in r.needs)]
-        checked = ctx.with_columns([r.expr() for r in first])
-        counts = _counts(checked, first)
-        later = [
-            r for r in self.rules if r not in first and all(n in SERIES_COLUMNS for n in r.needs)
-        ]
+        plan = self._plan(ctx.columns)
+        checked, hits = _with_rules(ctx, plan.first, plan.first_exprs)
         decided: pl.DataFrame | None = None
-        if later:
+        if plan.later:
             # an error rule that never fired invalidates no row
-            fired = [r for r in first if counts[r.name]]
-            first_errors = [r.name for r in fired if r.severity is Severity.ERROR]
             valid = np.ones(checked.height, dtype=bool)
-            for name in first_errors:  # rule columns are null-free booleans
-                valid &= ~checked[name].to_numpy()
+            for r in plan.first:
+                if r.severity is Severity.ERROR and r.name in hits:
+                    valid &= ~hits[r.name]
             checked = checked.hstack([pl.Series("_valid", valid)])
-            gap = any("_gap_s" in r.needs for r in later)  # only a business rule reads it
-            prints = any("_bad_print" in r.needs for r in later)
-            rows, tail = self._history_rows(), self._neighbour_rows()
-            tail = min(tail, rows)
-            merged = None if _FRAME_PATH else merge_history(history, checked, rows, tail, one_tf)
-            if merged is not None and merged.rows.size and not merged.keys_sorted:
-                # with stored bars the results come in (symbol, timeframe, ts) order
-                checked = _by_key(checked)
-                merged = merge_history(history, checked, rows, tail, one_tf)
-            if merged is not None:
-                checked, decided = self._along_series(
-                    checked, merged, history, actions, gap=gap, prints=prints
-                )
-            else:  # null keys or times: the frame path
-                checked, decided = self._along_series_frames(
-                    checked, history, actions, gap=gap, prints=prints
-                )
-            checked = checked.with_columns([r.expr() for r in later])
-            counts |= _counts(checked, later)
-        rules = first + later
-        rule_counts = {r.name: counts[r.name] for r in rules if counts[r.name]}
-        # a rule that never fired adds no flag bit and rejects nothing: the usual clean
-        # batch skips both passes
+            gap = any("_gap_s" in r.needs for r in plan.later)  # only a business rule reads it
+            prints = any("_bad_print" in r.needs for r in plan.later)
+            checked, decided = self._with_series(
+                checked, history, actions, gap=gap, prints=prints, one_tf=one_tf
+            )
+            checked, later_hits = _with_rules(checked, plan.later, plan.later_exprs)
+            hits |= later_hits
+        n = checked.height
+        rules = plan.first + plan.later
+        rule_counts = {r.name: int(np.count_nonzero(hits[r.name])) for r in rules if r.name in hits}
+        # a rule that never fired adds no flag bit and rejects nothing
         hit = [r for r in rules if r.name in rule_counts]
-        hit_errors = [r for r in hit if r.severity is Severity.ERROR]
-        checked = checked.with_columns(
-            quality_flags=pl.col("quality_flags") | _flag_expr(hit, [pl.col(r.name) for r in hit])
-            if hit
-            else pl.col("quality_flags"),
-            _rejected=pl.any_horizontal([pl.col(r.name) for r in hit_errors])
-            if hit_errors
-            else pl.lit(False),
-        )
-        n_rejected = sum(rule_counts[r.name] for r in hit_errors)  # an upper bound: 0 is exact
-        if n_rejected:
-            n_rejected = int(checked["_rejected"].sum())
-        flags = checked["quality_flags"]
-        scored = (flags.fill_null(0) if flags.null_count() else flags).to_numpy() & _SCORED_BITS
-        soft = int(np.count_nonzero((scored != 0) & ~checked["_rejected"].to_numpy()))
+        bits = np.zeros(n, dtype=np.uint32)
+        rejected_rows = np.zeros(n, dtype=bool)
+        for r in hit:
+            bits[hits[r.name]] |= np.uint32(int(r.flag))
+            if r.severity is Severity.ERROR:
+                rejected_rows |= hits[r.name]
+        stored = checked["quality_flags"]
+        flags = stored | pl.Series(bits) if hit else stored
+        n_rejected = int(np.count_nonzero(rejected_rows))
+        flag_bits = _u32(flags)
+        soft = int(np.count_nonzero(((flag_bits & _SCORED_BITS) != 0) & ~rejected_rows))
         if exact_dupes:
             rule_counts["duplicate"] = exact_dupes
         if decided is not None and decided.height:
@@ -623,15 +570,17 @@ class Validator:
             if decided.height - confirmed:
                 rule_counts["spike_cleared"] = decided.height - confirmed
 
-        errors = [r for r in rules if r.severity is Severity.ERROR]
-        rejected = self._rejected_rows(checked if n_rejected else checked.clear(), errors)
-        # the usual all-good batch needs no filtered copy
-        clean = (
-            checked.filter(~pl.col("_rejected")).select(BAR_COLUMNS)
-            if n_rejected
-            else checked[list(BAR_COLUMNS)]
-        )
-        issues = self._row_issues(checked, hit, self.settings.max_issues_per_rule)
+        out = checked[list(BAR_COLUMNS)]  # a frame of our own: its flags column is replaced
+        out.replace_column(_FLAGS_AT, flags)
+        if n_rejected:
+            errors = [r for r in rules if r.severity is Severity.ERROR]
+            mask = pl.Series(rejected_rows)
+            rejected = self._rejected_rows(out.filter(mask), checked.filter(mask), errors)
+            clean = out.filter(~mask)
+        else:
+            rejected = _no_rejects(out)
+            clean = out
+        issues = self._row_issues(checked, hit, hits, self.settings.max_issues_per_rule)
         # a rejected bar arrived (it is in quarantine): only bars that never came are missing
         missing = self._missing_bars(checked, one_tf)
         if missing.height:
@@ -660,11 +609,12 @@ class Validator:
         )
         scores = _day_scores(
             checked,
+            checked["_new"].to_numpy(),
+            rejected_rows,
+            flag_bits,
             missing,
             job_id,
             shape.get("timeframes"),
-            any_rejected=n_rejected > 0,
-            any_flagged=soft > 0,
         )
         return ValidationResult(
             clean,
@@ -676,7 +626,8 @@ class Validator:
             decided if decided is not None else _no_bars(),
         )
 
-    def _along_series_frames(
+    # -- along each series -------------------------------------------------------------
+    def _with_series(
         self,
         checked: pl.DataFrame,
         history: pl.DataFrame | None,
@@ -684,21 +635,19 @@ class Validator:
         *,
         gap: bool,
         prints: bool,
+        one_tf: bool,
     ) -> tuple[pl.DataFrame, pl.DataFrame | None]:
-        """The series and bad-print context of batches with null keys or times, on frames."""
-        recent = neighbours = decided = None
-        if history is not None and history.height and checked.height:
-            rows, tail = self._history_rows(), self._neighbour_rows()
-            recent, neighbours = _recent(history, checked, rows, min(tail, rows))
-        if recent is not None and recent.height:
-            checked, decided = _series_with_history(
-                checked, recent, actions, self.settings, gap=gap
-            )
-        else:
-            checked = series_context(checked, actions, self.settings, gap=gap)
-        if prints:
-            checked = self._bad_prints(checked, neighbours)
-        return checked, decided
+        """Add the series flags (and `_gap_s`, `_bad_print` when asked) to `checked`, with
+        the stored bars before each series as context; return it with the stored bars
+        whose pending spike the batch decides (None: none)."""
+        rows, tail = self._history_rows(), self._neighbour_rows()
+        tail = min(tail, rows)
+        merged = merge_history(history, checked, rows, tail, one_tf)
+        if merged.rows.size and not merged.keys_sorted:
+            # with stored bars the results come in (symbol, timeframe, ts) order
+            checked = _by_key(checked)
+            merged = merge_history(history, checked, rows, tail, one_tf)
+        return self._along_series(checked, merged, history, actions, gap=gap, prints=prints)
 
     def _along_series(
         self,
@@ -710,26 +659,24 @@ class Validator:
         gap: bool,
         prints: bool,
     ) -> tuple[pl.DataFrame, pl.DataFrame | None]:
-        """Add the series flags (and `_gap_s`, `_bad_print` when asked) to `checked` from
-        the merged stored + batch rows; return it with the stored bars the batch decides.
-
-        Numpy columns gathered by `merged`'s positions: no merged frame is built.
-        """
+        """The series columns from the merged stored + batch rows: numpy columns gathered
+        by `merged`'s positions, no merged frame is built."""
         batch = series_columns(checked)
         values = ("open", "high", "low", "close", "volume")
-        if merged.rows.size:
-            assert history is not None
-            hist = {k: _f64(history, k)[merged.rows] for k in values}
-            hist_ts = history["ts"].to_numpy().view(np.int64)[merged.rows]
+        alone = not merged.rows.size  # merged rows are the batch's rows
+        if alone:
+            cols = {k: batch[k] for k in values}
+            cols["valid"] = batch["valid"]
+            ts = micros(checked["ts"])
         else:
-            hist = {k: np.zeros(0) for k in values}
-            hist_ts = np.zeros(0, dtype=np.int64)
-        cols = {k: merged.take(hist[k], batch[k]) for k in values}
-        cols["valid"] = merged.take(np.ones(merged.rows.size, dtype=bool), batch["valid"])
+            assert history is not None
+            cols = {k: merged.take(_f64(history, k), batch[k]) for k in values}
+            cols["valid"] = np.ones(merged.size, dtype=bool)  # stored bars are valid
+            cols["valid"][merged.batch_at] = batch["valid"]
+            ts = merged.take(micros(history["ts"]), micros(checked["ts"]))
         cols["new"] = merged.new
-        ts = merged.take(hist_ts, checked["ts"].to_numpy().view(np.int64))
         starts = np.flatnonzero(batch["new"])
-        series = merged.take(merged.series, np.cumsum(batch["new"]) - 1)
+        series = merged.series_of_rows()
 
         def keys() -> pl.DataFrame:
             return pl.DataFrame(
@@ -740,7 +687,6 @@ class Validator:
             )
 
         flags = series_flags(cols, keys, actions, self.settings)
-        alone = not merged.rows.size  # merged rows are the batch's rows
         at = merged.batch_at
         added = [pl.Series(k, v if alone else v[at]) for k, v in flags.items()]
         if gap:  # seconds since the previous bar of the series (floor division)
@@ -752,7 +698,7 @@ class Validator:
         if prints:
             added.append(pl.Series("_bad_print", self._prints(checked, merged, cols, ts)))
         decided = None
-        if merged.rows.size:
+        if merged.decides:
             assert history is not None
             decided = _decided_rows(history, merged, flags, checked)
         return checked.hstack(added), decided
@@ -769,15 +715,11 @@ class Validator:
         cal, n = self.calendar, checked.height
         if cal is None or "_in_hours" not in checked.columns:
             return np.zeros(n, dtype=bool)
-        use_batch = checked.select(
-            ((pl.col("timeframe") == "1m") & pl.col("_in_hours") & pl.col("_valid"))
-            .fill_null(False)
-            .alias("u")
-        )["u"].to_numpy()
-        series_minutes = (checked["timeframe"] == "1m").to_numpy()[
-            np.flatnonzero(checked["_new"].to_numpy())
-        ]
-        sel = merged.neighbour & series_minutes[merged.series]
+        minutes = (checked["timeframe"] == "1m").to_numpy()
+        hours = checked["_in_hours"]
+        use_batch = minutes & _true(hours) & checked["_valid"].to_numpy()
+        series_minutes = minutes[np.flatnonzero(checked["_new"].to_numpy())]
+        sel = merged.neighbour & series_minutes[merged.series]  # (kept bars' series)
         hist_at = merged.hist_at[sel]
         use = np.zeros(merged.size, dtype=bool)
         use[hist_at] = in_hours(cal, ts[hist_at])
@@ -792,9 +734,12 @@ class Validator:
                 ts, h, lo, c, v, merged.new, use, self.intraday, session_closes(cal)
             )
         sub = np.flatnonzero(keep)
-        series = merged.take(merged.series, np.cumsum(checked["_new"].to_numpy()) - 1)[sub]
+        series = merged.series_of_rows()[sub]
         new = np.ones(sub.size, dtype=bool)
         new[1:] = series[1:] != series[:-1]
+        batch_rows = np.searchsorted(sub, merged.batch_at)
+        judge = np.zeros(sub.size, dtype=bool)
+        judge[batch_rows] = True  # the stored minutes are neighbours only
         marks = bad_print_marks(
             ts[sub],
             cols["high"][sub],
@@ -805,8 +750,9 @@ class Validator:
             use[sub],
             self.intraday,
             session_closes(cal),
+            judge,
         )
-        return marks[np.searchsorted(sub, merged.batch_at)]
+        return marks[batch_rows]
 
     def _history_rows(self) -> int:
         """Stored bars before a series' first batch bar that can change a batch result.
@@ -823,36 +769,6 @@ class Validator:
         return self.intraday.bad_print_window
 
     # -- context columns -------------------------------------------------------------------
-    def _bad_prints(self, checked: pl.DataFrame, history: pl.DataFrame | None) -> pl.DataFrame:
-        """Add `_bad_print`; the stored minutes just before the batch are its first
-        minutes' neighbours (context only: they are not judged again)."""
-        settings, cal = self.intraday, self.calendar
-        minutes = pl.col("timeframe") == "1m"
-        if history is None or cal is None or not history.filter(minutes).height:
-            return with_bad_prints(checked, settings, cal)
-        first = checked.group_by("symbol", "timeframe").agg(_first=pl.col("ts").min())
-        hist = (
-            history.filter(minutes)
-            .join(first, on=["symbol", "timeframe"])
-            .filter(pl.col("ts") < pl.col("_first"))
-            .sort("symbol", "ts")
-            .group_by("symbol", maintain_order=True)
-            .tail(settings.bad_print_window)
-            .select(BAR_COLUMNS)
-        )
-        if hist.is_empty():
-            return with_bad_prints(checked, settings, cal)
-        hist = self._with_context(hist).with_columns(_valid=pl.lit(True), _i=pl.lit(-1, pl.Int32))
-        sym, tf = pl.col("symbol"), pl.col("timeframe")
-        batch = checked.with_row_index("_i").with_columns(pl.col("_i").cast(pl.Int32))
-        both = (
-            pl.concat([hist, batch], how="diagonal_relaxed")
-            .sort("symbol", "timeframe", "ts", maintain_order=True)
-            .with_columns(_new=(~((sym == sym.shift(1)) & (tf == tf.shift(1)))).fill_null(True))
-        )
-        marks = with_bad_prints(both, settings, cal).filter(pl.col("_i") >= 0).sort("_i")
-        return checked.with_columns(_bad_print=marks["_bad_print"])
-
     def _with_context(self, df: pl.DataFrame, one_timeframe: bool = False) -> pl.DataFrame:
         if df.is_empty():
             return df
@@ -864,55 +780,48 @@ class Validator:
         return pl.concat(parts, how="diagonal_relaxed") if len(parts) > 1 else parts[0]
 
     def _grid_context(self, df: pl.DataFrame, tf: Timeframe) -> pl.DataFrame:
-        cal = self.calendar
+        """Add `_aligned`, and with a calendar `_is_session` (daily and intraday) and
+        `_in_hours` (intraday; null off-session) of one timeframe's rows."""
+        cal, us = self.calendar, micros(df["ts"])
         if not tf.is_intraday:
-            aligned = pl.col("ts").dt.truncate("1d") == pl.col("ts")
             if cal is None or str(tf) != "1d":
-                return df.with_columns(_aligned=aligned)
-            sessions = cal.schedule["session"]
-            marks = _daily_marks(df["ts"], sessions)
-            if marks is not None:
-                return df.with_columns(_aligned=marks[0], _is_session=marks[1])
-            return df.with_columns(
-                _aligned=aligned,
-                _is_session=pl.col("ts").dt.date().is_in(sessions.implode()),
-            )
+                return df.hstack([pl.Series("_aligned", us % _DAY_US == 0)])
+            return df.hstack(list(_daily_marks(us, cal.schedule["session"])))
         step = tf.seconds
         assert step is not None
-        if cal is None:
-            return df.with_columns(
-                _aligned=pl.col("ts").dt.truncate(tf.polars_every) == pl.col("ts")
-            )
-        ts = df["ts"]
-        if ts.dtype == _UTC_US and not ts.null_count() and not _FRAME_PATH:  # cached sessions
-            return df.with_columns(_intraday_marks(cal, ts.to_numpy().view(np.int64), tf))
-        local_day = cal.local_dates(df["ts"]).alias("_day")
-        joined = _with_sessions(df, local_day, cal.schedule)
-        offset_s = (pl.col("ts") - pl.col("_open")).dt.total_seconds()
-        return joined.with_columns(
-            _is_session=pl.col("_open").is_not_null(),
-            _in_hours=(pl.col("ts") >= pl.col("_open")) & (pl.col("ts") < pl.col("_close")),
-            # outside regular hours there is no session grid to check against
-            _aligned=pl.when(pl.col("ts") >= pl.col("_open"))
-            .then(offset_s % step == 0)
-            .otherwise(pl.col("ts").dt.truncate(tf.polars_every) == pl.col("ts")),
-        ).drop("_day", "_open", "_close")
+        if cal is None:  # the timeframe's grid from the epoch (a UTC `dt.truncate`)
+            return df.hstack([pl.Series("_aligned", us % (step * 1_000_000) == 0)])
+        return df.hstack(self._intraday_marks(cal, us, step))
+
+    @staticmethod
+    def _intraday_marks(cal: TradingCalendar, us: np.ndarray, step: int) -> list[pl.Series]:
+        """`_is_session`, `_in_hours` (null off-session) and `_aligned` of intraday bars:
+        on the session grid from the open, elsewhere on the timeframe's grid (a UTC
+        `dt.truncate` of a fixed duration is epoch-based)."""
+        hit, opens, closes = session_marks(cal, us)
+        after_open = hit & (us >= opens)
+        aligned = np.where(
+            after_open, (us - opens) // 1_000_000 % step == 0, us % (step * 1_000_000) == 0
+        )
+        hours = pl.Series("_in_hours", after_open & (us < closes))
+        if not hit.all():
+            hours = hours.scatter(np.flatnonzero(~hit), None)
+        return [pl.Series("_is_session", hit), hours, pl.Series("_aligned", aligned)]
 
     # -- outputs ---------------------------------------------------------------------------
     @staticmethod
-    def _rejected_rows(checked: pl.DataFrame, errors: list[Rule]) -> pl.DataFrame:
-        if checked.is_empty():  # the schema alone, without a query
-            reasons = dict.fromkeys(("rule", "severity", "reason"), pl.String)
-            return pl.DataFrame(schema={**{c: checked.schema[c] for c in BAR_COLUMNS}, **reasons})
-        bad = checked.filter(pl.col("_rejected"))
+    def _rejected_rows(
+        bad: pl.DataFrame, checked: pl.DataFrame, errors: list[Rule]
+    ) -> pl.DataFrame:
+        """The rejected rows (`bad`, canonical columns) with the error rules they broke
+        (the rule columns of `checked`, the same rows)."""
         if not errors:
-            return bad.select(BAR_COLUMNS).with_columns(
+            return bad.with_columns(
                 rule=pl.lit(None, pl.String),
                 severity=pl.lit(None, pl.String),
                 reason=pl.lit(None, pl.String),
             )
-        return bad.select(
-            *BAR_COLUMNS,
+        reasons = checked.select(
             rule=pl.concat_str(
                 [pl.when(pl.col(r.name)).then(pl.lit(r.name)) for r in errors],
                 separator=",",
@@ -925,18 +834,24 @@ class Validator:
                 ignore_nulls=True,
             ),
         )
+        return bad.hstack(reasons.get_columns())
 
     @staticmethod
-    def _row_issues(checked: pl.DataFrame, rules: list[Rule], limit: int) -> list[ValidationIssue]:
+    def _row_issues(
+        checked: pl.DataFrame, rules: list[Rule], hits: dict[str, np.ndarray], limit: int
+    ) -> list[ValidationIssue]:
         issues: list[ValidationIssue] = []
         for rule in rules:
-            at = np.flatnonzero(checked[rule.name].to_numpy())[:limit]
-            symbols, times = checked["symbol"].gather(at), checked["ts"].gather(at)
-            issues.extend(
+            symbols, times = checked["symbol"], checked["ts"]
+            issues.extend(  # a few rows: scalar lookups, not a gather of the columns
                 ValidationIssue(
-                    symbol=s, ts=t, rule=rule.name, severity=rule.severity, message=rule.message
+                    symbol=symbols[i],
+                    ts=times[i],
+                    rule=rule.name,
+                    severity=rule.severity,
+                    message=rule.message,
                 )
-                for s, t in zip(symbols, times, strict=True)
+                for i in np.flatnonzero(hits[rule.name])[:limit].tolist()
             )
         return issues
 
@@ -1012,56 +927,49 @@ class Validator:
         return wanted.join(have, on=["symbol", "ts"], how="anti").sort("symbol", "ts")
 
 
-_UTC_US = pl.Datetime("us", "UTC")
+def _true(marks: pl.Series) -> np.ndarray:
+    """A boolean column as numpy (null: false)."""
+    out: np.ndarray = (marks.fill_null(False) if marks.null_count() else marks).to_numpy()
+    return out
 
 
-def _intraday_marks(cal: TradingCalendar, us: np.ndarray, tf: Timeframe) -> list[pl.Expr]:
-    """`_is_session`, `_in_hours` (null off-session) and `_aligned` of intraday bars.
-
-    The marks of the frame path below: on the session grid from the open, elsewhere on
-    the timeframe's grid (a UTC `dt.truncate` of a fixed duration is epoch-based).
-    """
-    step = tf.seconds
-    assert step is not None
-    hit, opens, closes = session_marks(cal, us)
-    after_open = hit & (us >= opens)
-    aligned = np.where(
-        after_open, (us - opens) // 1_000_000 % step == 0, us % (step * 1_000_000) == 0
-    )
-    return [
-        pl.lit(pl.Series("_is_session", hit)),
-        pl.when(pl.Series(hit)).then(pl.Series(after_open & (us < closes))).alias("_in_hours"),
-        pl.lit(pl.Series("_aligned", aligned)),
-    ]
+_NO_REASONS: Final = pl.DataFrame(schema=dict.fromkeys(("rule", "severity", "reason"), pl.String))
+_FLAGS_AT: Final = BAR_COLUMNS.index("quality_flags")
 
 
-def _with_sessions(df: pl.DataFrame, day: pl.Series, schedule: pl.DataFrame) -> pl.DataFrame:
-    """Add `_day`, `_open` and `_close` (null off-session) of each row's local date.
+def _no_rejects(clean: pl.DataFrame) -> pl.DataFrame:
+    """The empty rejected frame: the columns of `clean` plus rule, severity and reason."""
+    return clean.clear().hstack(_NO_REASONS.get_columns())
 
-    A binary search of the sorted session dates: a join would hash the whole schedule
-    (decades of sessions) on every call, the main cost for a small streaming batch.
-    """
-    sessions = schedule["session"]
-    if day.null_count() or not sessions.is_sorted() or sessions.is_empty():
-        return df.with_columns(day).join(
-            schedule.select(
-                pl.col("session").alias("_day"),
-                pl.col("open").alias("_open"),
-                pl.col("close").alias("_close"),
-            ),
-            on="_day",
-            how="left",
-            maintain_order="left",
-        )
-    known = sessions.cast(pl.Int32).to_numpy()
-    days = day.cast(pl.Int32).to_numpy()
-    at = np.minimum(np.searchsorted(known, days), known.size - 1)
-    hit = pl.Series(known[at] == days)
-    return df.with_columns(
-        day,
-        _open=pl.when(hit).then(schedule["open"].gather(at)),
-        _close=pl.when(hit).then(schedule["close"].gather(at)),
-    )
+
+def _with_rules(
+    df: pl.DataFrame, rules: tuple[Rule, ...], exprs: tuple[pl.Expr, ...]
+) -> tuple[pl.DataFrame, dict[str, np.ndarray]]:
+    """`df` with the rules' columns (one select), and the hits of each rule that fired as
+    numpy (rule columns are null-free booleans; a rule that never fired is left out)."""
+    if not rules:
+        return df, {}
+    found = df.select(exprs)
+    hits = {}
+    for rule, column in zip(rules, found.get_columns(), strict=True):
+        if column.any():
+            hits[rule.name] = column.to_numpy()
+    return df.hstack(found.get_columns()), hits
+
+
+_NUMERIC = ("open", "high", "low", "close", "volume")
+# the statistics of `profile`, built once (an expression costs Python calls to build)
+_PROFILE_EXPRS: Final = (
+    *[pl.col(c).min().alias(f"{c}:min") for c in _NUMERIC],
+    *[pl.col(c).max().alias(f"{c}:max") for c in _NUMERIC],
+    *[pl.col(c).mean().alias(f"{c}:mean") for c in _NUMERIC],
+    *[pl.col(c).std().alias(f"{c}:std") for c in _NUMERIC],
+    *[pl.col(c).is_nan().sum().alias(f"{c}:nan") for c in (*_NUMERIC, "vwap")],
+    *[pl.col(c).null_count().alias(f"{c}:nulls") for c in (*_NUMERIC, "vwap", "trades")],
+    pl.col("ts").min().alias("first_ts"),
+    pl.col("ts").max().alias("last_ts"),
+)
+_SYMBOL_COUNT: Final = pl.col("symbol").n_unique().alias("symbols")
 
 
 def profile(
@@ -1073,18 +981,8 @@ def profile(
     """
     if df.is_empty():
         return {"rows": 0}
-    numeric = ["open", "high", "low", "close", "volume"]
-    stats = df.select(
-        *[pl.col(c).min().alias(f"{c}:min") for c in numeric],
-        *[pl.col(c).max().alias(f"{c}:max") for c in numeric],
-        *[pl.col(c).mean().alias(f"{c}:mean") for c in numeric],
-        *[pl.col(c).std().alias(f"{c}:std") for c in numeric],
-        *[pl.col(c).is_nan().sum().alias(f"{c}:nan") for c in (*numeric, "vwap")],
-        *[pl.col(c).null_count().alias(f"{c}:nulls") for c in (*numeric, "vwap", "trades")],
-        symbols=pl.col("symbol").n_unique() if symbols is None else pl.lit(symbols),
-        first_ts=pl.col("ts").min(),
-        last_ts=pl.col("ts").max(),
-    ).row(0, named=True)
+    exprs = _PROFILE_EXPRS if symbols is not None else (*_PROFILE_EXPRS, _SYMBOL_COUNT)
+    stats = df.select(exprs).row(0, named=True)
     columns: dict[str, dict[str, Any]] = {}
     for key, value in stats.items():
         if ":" in key:
@@ -1092,7 +990,7 @@ def profile(
             columns.setdefault(col, {})[stat] = _plain(value)
     return {
         "rows": df.height,
-        "symbols": stats["symbols"],
+        "symbols": stats["symbols"] if symbols is None else symbols,
         "timeframes": sorted(timeframes or df["timeframe"].unique().to_list()),
         "first_ts": _plain(stats["first_ts"]),
         "last_ts": _plain(stats["last_ts"]),
