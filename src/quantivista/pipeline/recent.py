@@ -94,6 +94,10 @@ class RecentHistory:
             self.covered[symbol] = start
         if stored.height:
             self._keep([stored])
+            # the store answers by symbol; the validator's history lookup is fastest in ts
+            # order (releases append in it), so a seed puts the kept bars back in that order
+            assert self.frame is not None
+            self.frame = self.frame.sort("ts", maintain_order=True)
 
     def add(self, stored: StoredBatch) -> None:
         """Keep what a write stored (of this timeframe): new bars, amended ones."""
