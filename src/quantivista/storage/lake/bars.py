@@ -1192,15 +1192,19 @@ class ParquetLake:
         if Timeframe.parse(timeframe).partition_period == "all":
             path = self.base_path(base)
             return [path] if path.name == ARROW_FILE or path.exists() else []
-        if not base.is_dir():
-            return []
         lo = f"{start.year:04d}-{start.month:02d}" if start else ""
         hi = f"{end.year:04d}-{end.month:02d}" if end else "9999-99"
+        try:  # a listing, not a glob: a glob compiles a pattern (a fresh process's first read)
+            names = os.listdir(base)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
         files = []
-        for month_dir in sorted(base.glob("month=*")):
-            month = month_dir.name[len("month=") :]
-            if lo <= month <= hi and (month_dir / DATA_FILE).exists():
-                files.append(month_dir / DATA_FILE)
+        for name in sorted(names):
+            month = name[len("month=") :]
+            if name.startswith("month=") and lo <= month <= hi:
+                path = base / name / DATA_FILE
+                if path.exists():
+                    files.append(path)
         return files
 
     def read(
