@@ -5,12 +5,18 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import polars as pl
+import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
-from quantivista.model.schema import BAR_POLARS_SCHEMA
-from quantivista.storage.base import HISTORY_POLARS_SCHEMA, pick_as_of
+from quantivista.model.schema import BAR_POLARS_SCHEMA, PL_UTC_TS
+from quantivista.storage.base import (
+    HISTORY_POLARS_SCHEMA,
+    arrow_micros,
+    pick_as_of,
+    pick_as_of_arrow,
+)
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -80,3 +86,61 @@ def test_pick_as_of_replaces_a_corrected_bar_with_its_old_version() -> None:
     got = pick_as_of(current, history, T0 + timedelta(hours=3))
     assert got["ingested_at"].to_list() == [T0 + timedelta(hours=1)] * 3
     assert got["ts"].to_list() == [T0, T0 + DAY, T0 + 2 * DAY]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rows=versions,
+    hour=st.integers(0, 8),
+    parts=st.integers(1, 3),
+    window=st.tuples(st.integers(0, 30), st.integers(0, 31)),
+)
+def test_pick_as_of_arrow_matches_pick_as_of_for_one_symbol(
+    rows: list[tuple[str, int, int, int | None]],
+    hour: int,
+    parts: int,
+    window: tuple[int, int],
+) -> None:
+    rows = [("A", *r[1:]) for r in rows]
+    current_rows: dict[int, tuple[str, int, int, int | None]] = {}
+    for r in rows:
+        if r[3] is None:
+            current_rows[r[1]] = r
+    # a window of the current rows, as a read of [start, end) slices them
+    lo, hi = min(window), max(window)
+    current = _frame(
+        [r for r in sorted(current_rows.values()) if lo <= r[1] < hi], BAR_POLARS_SCHEMA
+    )
+    history = _frame([r for r in rows if r[3] is not None], HISTORY_POLARS_SCHEMA)
+    as_of = T0 + timedelta(hours=hour, minutes=30)
+    # history as the lake holds it: several files, each in its own order
+    chunks = [history[i::parts] for i in range(parts)]
+    newest = pl.CompatLevel.newest()
+    got = pick_as_of_arrow(
+        current.to_arrow(compat_level=newest),
+        [c.to_arrow(compat_level=newest) for c in chunks],
+        as_of,
+    )
+    assert got is not None  # few versions: never in 64 runs
+    frame = pl.from_arrow(got)
+    assert isinstance(frame, pl.DataFrame)
+    assert_frame_equal(frame, pick_as_of(current, history, as_of))
+
+
+def test_pick_as_of_arrow_declines_timestamps_with_nulls() -> None:
+    current = _frame([("A", 0, 1, None), ("A", 1, 1, None)], BAR_POLARS_SCHEMA)
+    history = _frame([("A", 1, 0, 1)], HISTORY_POLARS_SCHEMA)
+    history = history.with_columns(superseded_at=pl.lit(None, PL_UTC_TS))
+    got = pick_as_of_arrow(current.to_arrow(), [history.to_arrow()], T0 + timedelta(hours=2))
+    assert got is None
+
+
+def test_arrow_micros_reads_sliced_and_chunked_timestamps() -> None:
+    stamps = pl.Series([T0 + k * DAY for k in range(6)], dtype=PL_UTC_TS)
+    arrow = stamps.to_arrow()
+    want = stamps.dt.epoch("us").to_numpy()
+    assert arrow_micros(arrow).tolist() == want.tolist()
+    assert arrow_micros(arrow.slice(2, 3)).tolist() == want[2:5].tolist()
+    chunked = pa.chunked_array([arrow.slice(0, 2), arrow.slice(4, 2)])
+    assert arrow_micros(chunked).tolist() == [*want[:2], *want[4:]]
+    assert arrow_micros(arrow.slice(0, 0)).size == 0

@@ -15,6 +15,7 @@ from typing import Protocol
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from quantivista.model.schema import BAR_POLARS_SCHEMA, PL_UTC_TS, series_in_blocks
 from quantivista.model.timeframe import Timeframe, TimeframeLike
@@ -27,8 +28,10 @@ __all__ = [
     "RetentionPolicy",
     "UpsertStats",
     "apply_retention",
+    "arrow_micros",
     "latest_per_key",
     "pick_as_of",
+    "pick_as_of_arrow",
 ]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -214,7 +217,31 @@ def _us(stamps: pl.Series) -> np.ndarray:
     dtype = stamps.dtype
     if isinstance(dtype, pl.Datetime) and dtype.time_unit != "us":
         stamps = stamps.dt.cast_time_unit("us")
+    # through Arrow: a fresh process's first polars `to_physical`/`to_numpy` costs ms
+    arrow = stamps.to_arrow()
+    if arrow.null_count == 0:
+        return arrow_micros(arrow)
     return stamps.to_physical().to_numpy()
+
+
+def arrow_micros(stamps: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Return Arrow timestamps (microseconds, no nulls) as epoch microseconds (numpy int64,
+    zero-copy for one chunk).
+
+    Read from the values buffer: pyarrow's own `to_numpy` of a timestamp array imports
+    pandas, half a second in a fresh process.
+    """
+    if isinstance(stamps, pa.ChunkedArray):
+        # chunk by chunk: `combine_chunks` allocates from Arrow's memory pool, whose first
+        # use in a process cost ~10 ms of CPU in one run of three
+        parts = [arrow_micros(chunk) for chunk in stamps.chunks]
+        if len(parts) == 1:
+            return parts[0]
+        return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+    values = stamps.buffers()[1]
+    if values is None:  # no rows
+        return np.empty(0, dtype=np.int64)
+    return np.frombuffer(values, np.int64, len(stamps), stamps.offset * 8)
 
 
 def _take(frame: pl.DataFrame, rows: np.ndarray) -> pl.DataFrame:
@@ -260,12 +287,26 @@ def _merge_versions(
     `cing` is the current rows' `ingested_at` in microseconds, `cur_ok` which of them are
     valid at the instant. The old versions are few (the keys corrected since then).
     """
-    ots, oing = _us(old["ts"]), _us(old["ingested_at"])
+    cts = _us(cur["ts"]) if cur.height else np.empty(0, dtype=np.int64)
+    rows = _version_rows(cts, cing, cur_ok, _us(old["ts"]), _us(old["ingested_at"]))
+    return _take(cur.vstack(old), rows)
+
+
+def _version_rows(
+    cts: np.ndarray, cing: np.ndarray, cur_ok: np.ndarray, ots: np.ndarray, oing: np.ndarray
+) -> np.ndarray:
+    """Return the rows, in ts order, of one symbol's current rows followed by its old
+    versions valid at an instant (numbered after the current ones) that are its version
+    at the instant.
+
+    `cts`, `cing`: the current rows' ts and `ingested_at` (microseconds, sorted by ts, one
+    a ts), `cur_ok` which of them are valid at the instant; `ots`, `oing`: the old ones'
+    (at least one, any order).
+    """
     order = np.lexsort((oing, ots))  # by ts, the newest version of a ts last
-    newest = order[np.append(ots[order][1:] != ots[order][:-1], True)]
-    if cur.is_empty():
-        return _take(old, newest)
-    cts = _us(cur["ts"])
+    newest: np.ndarray = order[np.append(ots[order][1:] != ots[order][:-1], True)]
+    if cts.size == 0:
+        return newest
     at = np.searchsorted(cts, ots[newest])
     near = np.minimum(at, cts.size - 1)
     # a key in both (a crash's copy): the newer version wins, the current one on a tie
@@ -274,10 +315,69 @@ def _merge_versions(
     keep_cur = cur_ok.copy()
     keep_cur[near[old_wins]] = False
     keep_old = newest[~hit | old_wins]
-    both = cur.vstack(old)
-    rows = np.concatenate([np.flatnonzero(keep_cur), cur.height + keep_old])
+    rows = np.concatenate([np.flatnonzero(keep_cur), cts.size + keep_old])
     stamps = np.concatenate([cts, ots])[rows]
-    return _take(both, rows[np.argsort(stamps, kind="stable")])
+    out: np.ndarray = rows[np.argsort(stamps, kind="stable")]
+    return out
+
+
+def pick_as_of_arrow(
+    current: pa.Table, history: Sequence[pa.Table], as_of: datetime
+) -> pa.Table | None:
+    """Return `pick_as_of` of one symbol's rows in Arrow: `current` sorted by ts (one row a
+    ts), `history` its superseded versions (tables with `current`'s columns and
+    `superseded_at`, rows in any order). The result has `current`'s columns.
+
+    For a fresh process's as-of read of one symbol: numpy on the timestamps' buffers and a
+    few zero-copy slices, no polars operation (the first use of each costs ms). Returns
+    None where it would not be cheap or cannot be exact here (a timestamp column with
+    nulls, a history table of other column types, or the versions in many runs): then
+    use `pick_as_of`.
+    """
+    stamps = [current["ts"], current["ingested_at"]]
+    stamps += [t[c] for t in history for c in ("ts", "ingested_at", "superseded_at")]
+    if any(s.null_count for s in stamps):
+        return None
+    at = _micros(as_of)
+    cing = arrow_micros(current["ingested_at"])
+    cur_ok = cing <= at
+    names = current.column_names
+    valid = []
+    for table in history:
+        ok = (arrow_micros(table["ingested_at"]) <= at) & (
+            arrow_micros(table["superseded_at"]) > at
+        )
+        if ok.any():
+            taken = _take_arrow(table.select(names), np.flatnonzero(ok))
+            if taken is None:
+                return None
+            valid.append(taken)
+    if not valid:  # nothing valid then was superseded since
+        return current if cur_ok.all() else _take_arrow(current, np.flatnonzero(cur_ok))
+    try:
+        both = pa.concat_tables([current, *valid])
+    except pa.ArrowInvalid:  # another type of a column (a file of another writer)
+        return None
+    old = both.slice(current.num_rows)
+    cts = arrow_micros(current["ts"])
+    rows = _version_rows(
+        cts, cing, cur_ok, arrow_micros(old["ts"]), arrow_micros(old["ingested_at"])
+    )
+    return _take_arrow(both, rows)
+
+
+def _take_arrow(table: pa.Table, rows: np.ndarray) -> pa.Table | None:
+    """Return `table`'s `rows` as zero-copy slices (None: in `_SLICE_RUNS` runs or more;
+    pyarrow cannot gather string views)."""
+    if rows.size == 0:
+        return table.slice(0, 0)
+    cuts = np.flatnonzero(np.diff(rows) != 1) + 1
+    if cuts.size >= _SLICE_RUNS:
+        return None
+    starts = rows[np.concatenate(([0], cuts))].tolist()
+    ends = rows[np.concatenate((cuts - 1, [rows.size - 1]))].tolist()
+    pieces = [table.slice(lo, hi - lo + 1) for lo, hi in zip(starts, ends, strict=True)]
+    return pieces[0] if len(pieces) == 1 else pa.concat_tables(pieces)
 
 
 def latest_per_key(df: pl.DataFrame) -> pl.DataFrame:

@@ -262,9 +262,11 @@ class IpcBase:
 
     __slots__ = ("_reader", "batch_starts", "meta", "runs")
 
-    def __init__(self, handle: IO[bytes]) -> None:
+    def __init__(
+        self, handle: IO[bytes], reader: pa.ipc.RecordBatchFileReader | None = None
+    ) -> None:
         try:
-            self._reader = _map_ipc(handle)
+            self._reader = reader if reader is not None else _map_ipc(handle)
             raw = self._reader.schema.metadata or {}
             self.meta = {k.decode(): v.decode() for k, v in raw.items()}
             self.runs: list[tuple[str, int]] = [
@@ -274,6 +276,19 @@ class IpcBase:
         except (OSError, KeyError, ValueError, pa.ArrowException) as exc:
             raise StorageError("cannot read partition file", path=str(handle.name)) from exc
         self.batch_starts = [0, *itertools.accumulate(sizes)]
+
+    @classmethod
+    def indexed(cls, handle: IO[bytes]) -> IpcBase | None:
+        """Return an Arrow IPC file that carries a symbol index (a base file, a history
+        file written since they carry one), or None if it has none (history files of
+        earlier versions: read them whole)."""
+        try:
+            reader = _map_ipc(handle)
+        except (OSError, pa.ArrowException) as exc:
+            raise StorageError("cannot read partition file", path=str(handle.name)) from exc
+        if BASE_RUNS_KEY.encode() not in (reader.schema.metadata or {}):
+            return None
+        return cls(handle, reader)
 
     def table(self) -> pa.Table:
         """Return every row (zero-copy: one chunk a record batch)."""
