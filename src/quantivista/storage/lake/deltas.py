@@ -53,11 +53,14 @@ __all__ = [
     "DELTA_PREFIX",
     "PARTS_KEY",
     "REPLACES_KEY",
+    "ROWS_KEY",
     "THROUGH_KEY",
     "Folder",
     "PartitionView",
     "delta_name",
     "delta_names",
+    "merged_name",
+    "stack",
     "stack_frames",
 ]
 
@@ -66,6 +69,9 @@ DELTA_PREFIX = "delta-"
 PARTS_KEY = "qv.parts"  # a delta's footer: [[partition, [[symbol, rows], ...]], ...]
 THROUGH_KEY = "qv.through"  # a base's footer: the newest delta it accounts for
 REPLACES_KEY = "qv.replaces"  # a merged delta's footer: the deltas it holds the rows of
+# an Arrow IPC delta's metadata: [[partition, rows], ...] (its symbol runs: from its rows)
+ROWS_KEY = "qv.rows"
+_SUFFIXES = (".arrow", ".parquet")  # deltas are Arrow IPC; stores written before: Parquet
 _log = logging.getLogger(__name__)
 
 
@@ -81,6 +87,8 @@ class Rows(Protocol):
 
     def last_us(self, symbol: str) -> int | None: ...
 
+    def lasts(self) -> dict[str, int]: ...
+
     def first_us(self) -> tuple[str, int] | None: ...
 
     def estimated_size(self) -> int: ...
@@ -92,7 +100,15 @@ def delta_name(after: str | None = None) -> str:
     now = time.time_ns()
     if after is not None:
         now = max(now, int(after[len(DELTA_PREFIX) :].split("-", 1)[0]) + 1)
-    return f"{DELTA_PREFIX}{now:020d}-{uuid4().hex[:12]}.parquet"
+    return f"{DELTA_PREFIX}{now:020d}-{uuid4().hex[:12]}.arrow"
+
+
+def merged_name(newest: str) -> str:
+    """Return the name of a merged delta whose newest source is `newest`: right after it
+    and before any later delta (those have a later time; "~" sorts after the suffix's
+    dot), so a merge that was listed without the locks keeps every partition's order."""
+    stem = newest.rsplit(".", 1)[0]
+    return f"{stem}~{uuid4().hex[:8]}.arrow"
 
 
 def delta_names(directory: Path) -> list[str]:
@@ -101,7 +117,7 @@ def delta_names(directory: Path) -> list[str]:
         names = os.listdir(directory)
     except FileNotFoundError:
         return []
-    return sorted(n for n in names if n.startswith(DELTA_PREFIX) and n.endswith(".parquet"))
+    return sorted(n for n in names if n.startswith(DELTA_PREFIX) and n.endswith(_SUFFIXES))
 
 
 class PartitionView:
@@ -178,13 +194,17 @@ def stack_frames(frames: list[pl.DataFrame]) -> pl.DataFrame | None:
     A read slices and joins each piece of a symbol: one piece per delta costs more than
     the rows (a stream's pending deltas each hold one bar of the symbol), and `pl.concat`
     hands a few small frames to the thread pool."""
-    if not frames:
-        return None
-    out = frames[0]
-    if len(frames) > 1:
-        out = out.clone()
-        for frame in frames[1:]:
-            out.vstack(frame, in_place=True)
+    return stack(frames[0], frames[1:]) if frames else None
+
+
+def stack(first: pl.DataFrame, rest: Sequence[pl.DataFrame]) -> pl.DataFrame:
+    """Return `first` and `rest` one after another as chunks of one frame (`stack_frames`
+    of frames known to be there)."""
+    if not rest:
+        return first
+    out = first.clone()
+    for frame in rest:
+        out.vstack(frame, in_place=True)
     return out
 
 
