@@ -119,7 +119,7 @@ class ParquetScoreStore:
 
     def _fold(self, files: list[Path], tier: int) -> None:
         """Write `files` as one compacted file of `tier`, then remove them (under the lock)."""
-        rows = pl.concat([pl.read_parquet(p, hive_partitioning=False) for p in files])
+        rows = pl.scan_parquet(files, hive_partitioning=False).collect()  # one parallel scan
         rows = rows.sort("symbol", "timeframe", "date", "job_id", "scored_at")
         folder = self.dir / _COMPACTED
         path = folder / f"part-{tier:02d}-{time.time_ns():020d}-{uuid4().hex[:12]}.parquet"
