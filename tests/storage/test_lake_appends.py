@@ -244,3 +244,70 @@ def test_a_month_boundary_batch_appends_to_both_months(tmp_path: Path) -> None:
     want = pl.concat([base, batch]).sort("symbol", "ts")
     assert_frame_equal(ParquetLake(tmp_path, _settings()).read(SYMBOLS, M1), want)
     assert month_text(649) == "2024-02"
+
+
+def _during_fold(monkeypatch: pytest.MonkeyPatch, action: object) -> list[bool]:
+    """Run `action()` once a fold has written its base file ahead, before it takes the lock."""
+    real = bars_module.atomic_write_parquet
+    ran: list[bool] = []
+
+    def hooked(df: object, path: Path, *args: object, **kw: object) -> int:
+        size = real(df, path, *args, **kw)  # type: ignore[arg-type]
+        if path.name.startswith(".tmp-fold-") and not ran:
+            ran.append(True)
+            action()  # type: ignore[operator]
+        return size
+
+    monkeypatch.setattr(bars_module, "atomic_write_parquet", hooked)
+    return ran
+
+
+def _streamed(lake: ParquetLake, batches: int) -> list[pl.DataFrame]:
+    written = [_bars(["AAA", "BBB"], 0, 5, DAY0 + timedelta(days=400), tf="1m")]
+    lake.upsert(written[0])
+    for k in range(batches):
+        at = DAY0 + timedelta(days=401, seconds=k)
+        written.append(_bars(["AAA", "BBB"], 5 + k, 1, at, tf="1m"))
+        lake.upsert(written[-1])
+    return written
+
+
+def test_a_fold_built_ahead_leaves_appends_made_meanwhile_as_deltas(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lake = ParquetLake(tmp_path, StorageSettings(buckets=1, write_threads=1, delta_files=100))
+    written = _streamed(lake, 3)
+    folded = lake.delta_files("1m")
+    late = _bars(["AAA", "BBB"], 8, 1, DAY0 + timedelta(days=402), tf="1m")
+    ran = _during_fold(monkeypatch, lambda: lake.upsert(late))
+    directory = lake.partition_dir("1m", "AAA", "2024-01")
+    assert lake.fold(directory) == 3
+    assert ran
+    base = lake.base_path(directory)
+    assert lake._through(base) == folded[-1].name  # built ahead: the late append is not in it
+    assert not [p for p in directory.iterdir() if p.name.startswith(".")]
+    want = pl.concat([*written, late]).sort("symbol", "ts")
+    for reader in (lake, ParquetLake(tmp_path, _settings())):
+        assert_frame_equal(reader.read(["AAA", "BBB"], M1), want)
+        assert reader.live_deltas("1m")[-1][1].height == 2  # the late append only
+    assert ParquetLake.read_file(base).height == want.height - 2
+
+
+def test_a_fold_built_ahead_of_a_correction_is_dropped_and_folded_under_the_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = StorageSettings(buckets=1, write_threads=1, delta_files=100)
+    lake = ParquetLake(tmp_path, settings)
+    written = _streamed(lake, 3)
+    fix = _bars(["AAA"], 2, 1, DAY0 + timedelta(days=403), tf="1m", price=500.0)
+    other = ParquetLake(tmp_path, settings)  # another process corrects a bar meanwhile
+    ran = _during_fold(monkeypatch, lambda: other.upsert(fix))
+    directory = lake.partition_dir("1m", "AAA", "2024-01")
+    lake.fold(directory)
+    assert ran
+    got = ParquetLake(tmp_path, _settings()).read(["AAA", "BBB"], M1)
+    assert got.height == pl.concat(written).height
+    fixed = got.filter((pl.col("symbol") == "AAA") & (pl.col("ts") == DAY0 + timedelta(minutes=2)))
+    assert fixed["close"].to_list() == [500.0]  # the correction survived the fold
+    assert not [p for p in directory.iterdir() if p.name.startswith(".")]
+    assert_frame_equal(lake.read(["AAA", "BBB"], M1), got)

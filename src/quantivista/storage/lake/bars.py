@@ -274,6 +274,16 @@ class _Partition(NamedTuple):
         return [self.frame.slice(lo, hi - lo) for _, lo, hi in self.runs]
 
 
+class _Fold(NamedTuple):
+    """A partition's fold built without its lock (see `ParquetLake.fold`)."""
+
+    identity: tuple[int, int, int]  # the base file it was built from
+    held: tuple[str, ...]  # the partition's deltas it folds, oldest first
+    files: list[tuple[Path, Path]]  # (hidden, final) to rename in order
+    indexed: _Indexed
+    tail: Tail
+
+
 class ParquetLake:
     """Silver bars in a directory of Parquet partitions (the default `BarStore`)."""
 
@@ -525,25 +535,40 @@ class ParquetLake:
         through: str | None,
         frame: pl.DataFrame | None = None,  # `rows` as polars, when they are Arrow
         indexed: _Indexed | None = None,  # `rows` indexed, when the caller has it
-    ) -> None:
+        *,
+        pending: str | None = None,
+    ) -> tuple[list[tuple[Path, Path]], Tail]:
         """Write a partition's base file, recording the newest delta it accounts for, and
-        (Parquet) its tail first (see `tails`)."""
+        (Parquet) its tail first (see `tails`).
+
+        With `pending` (a hidden name prefix), write them under hidden names beside and
+        return (hidden, final) pairs to rename in that order, and the tail to remember
+        then (a fold built outside the lock)."""
         rows_pl = frame if frame is not None else rows
         assert isinstance(rows_pl, pl.DataFrame)
         settings = self._settings_of(path)
+
+        def at(final: Path) -> Path:
+            return final if pending is None else final.parent / f"{pending}{final.name}"
+
         if path.name == ARROW_FILE:  # its own symbol index: the tail is sliced from it
             found = indexed if indexed is not None else _Indexed(rows_pl)
             runs = [(s, n) for s, (_, n) in found.index.items()]
             meta = {THROUGH_KEY: through} if through else {}
-            atomic_write_base_ipc(rows_pl, runs, path, settings, meta)
-            self.tails.put(path, _tail_of(found, through))
-            return
-        token = new_token()
-        tail = tail_rows(rows_pl)
-        atomic_write_ipc(tail, path.parent / TAIL_FILE, settings, {TAIL_KEY: token})
-        meta = {TAIL_KEY: token, THROUGH_KEY: through} if through else {TAIL_KEY: token}
-        atomic_write_parquet(rows, path, settings, meta)
-        self.tails.put(path, Tail(_Indexed(tail), through))
+            atomic_write_base_ipc(rows_pl, runs, at(path), settings, meta)
+            tail, files = _tail_of(found, through), [(at(path), path)]
+        else:
+            token = new_token()
+            tail_frame = tail_rows(rows_pl)
+            tail_path = path.parent / TAIL_FILE
+            atomic_write_ipc(tail_frame, at(tail_path), settings, {TAIL_KEY: token})
+            meta = {TAIL_KEY: token, THROUGH_KEY: through} if through else {TAIL_KEY: token}
+            atomic_write_parquet(rows, at(path), settings, meta)
+            tail = Tail(_Indexed(tail_frame), through)
+            files = [(at(tail_path), tail_path), (at(path), path)]
+        if pending is None:
+            self.tails.put(path, tail)
+        return files, tail
 
     def prepare(self, symbols: Sequence[str], timeframe: Timeframe, at: datetime) -> int:
         """Give the partitions of `symbols` (of `at`'s month, intraday) that have no base
@@ -964,9 +989,66 @@ class ParquetLake:
         return len(held)
 
     def fold(self, directory: Path) -> int:
-        """Fold a partition's deltas into its base file under its lock."""
+        """Fold a partition's deltas into its base file.
+
+        The new base is built and written (under hidden names) without the lock, and
+        renamed into place under it if the partition did not change meanwhile: the same
+        base file, and the same deltas up to the newest folded one (appends written since
+        stay deltas after it). Else it is dropped and the fold runs under the lock. Writers
+        of the partition wait for the renames only."""
+        ahead = self._fold_ahead(directory)
         with self.locked(directory):
+            if ahead is not None and self._swap_fold(directory, ahead):
+                return len(ahead.held)
             return self.fold_locked(directory)
+
+    def _fold_ahead(self, directory: Path) -> _Fold | None:
+        """Build and write a fold of the partition without its lock (None: nothing to do,
+        or the partition changed while it was read)."""
+        path = self.base_path(directory)
+        try:
+            held = self._held(directory)
+            if not held:
+                return None
+            identity = file_identity(path)
+            view = self._load_view(path, held)  # exactly the deltas listed
+            if file_identity(path) != identity or view.base is not self.cache.peek(path):
+                return None  # the base changed while it was read
+        except (FileNotFoundError, StorageError):
+            return None
+        newest = held[-1][0]
+        if (view.through or "") >= newest:
+            return None  # folded already
+        frame = view.frame
+        indexed = _Indexed(frame, through=newest)
+        pending = f".tmp-fold-{uuid4().hex[:12]}-"  # swept by any writer under the lock
+        files, tail = self._write_base(path, frame, newest, indexed=indexed, pending=pending)
+        return _Fold(identity, tuple(n for n, _ in held), files, indexed, tail)
+
+    def _swap_fold(self, directory: Path, ahead: _Fold) -> bool:
+        """Put a fold built ahead in place if it still holds; the caller holds the lock."""
+        path = self.base_path(directory)
+        try:
+            unchanged = file_identity(path) == ahead.identity
+            held = tuple(n for n, _ in self._held(directory))
+        except FileNotFoundError:
+            unchanged = False
+        newest = ahead.held[-1]
+        try:
+            if not unchanged or tuple(n for n in held if n <= newest) != ahead.held:
+                return False
+            for hidden, final in ahead.files:  # the tail first: its base names its token
+                os.replace(hidden, final)
+        except FileNotFoundError:  # swept by a writer meanwhile
+            return False
+        finally:
+            for hidden, _ in ahead.files:
+                hidden.unlink(missing_ok=True)
+        if self.settings.fsync:
+            fsync_path(directory)
+        self.cache.put(path, ahead.indexed)
+        self.tails.put(path, ahead.tail)
+        return True
 
     def tidy(self, timeframe_dir: Path) -> int:
         """Keep a timeframe's deltas few (the background job): merge them into one while
