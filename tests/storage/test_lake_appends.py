@@ -77,7 +77,7 @@ def test_a_split_orders_the_batch_by_partition_symbol_and_ts() -> None:
     assert [(b, month_text(m)) for b, m in split.keys if m is not None] == keys.rows()
     assert int(split.counts.sum()) == got.height and len(split.symbols) == 80
     for i, (b, m) in enumerate(split.keys):
-        first, rows = split.part_rows(i)
+        first, rows = split.part_rows()[i]
         part = got.slice(first, rows)
         assert m is not None
         assert (part["ts"].dt.strftime("%Y-%m") == month_text(m)).all()

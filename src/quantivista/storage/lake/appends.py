@@ -88,10 +88,17 @@ class Split:
             bounds=bounds,
         )
 
-    def part_rows(self, i: int) -> tuple[int, int]:
-        """Return partition i's first row in `frame` and its rows."""
-        lo, hi = int(self.bounds[i]), int(self.bounds[i + 1])
-        return int(self.offsets[lo]), int(self.counts[lo:hi].sum())
+    def part_rows(self) -> list[tuple[int, int]]:
+        """Return each partition's first row in `frame` and its rows."""
+        heads = self.bounds[:-1]
+        rows = np.add.reduceat(self.counts, heads).tolist()
+        return list(zip(self.offsets[heads].tolist(), rows, strict=True))
+
+    def spans(self) -> list[tuple[int, int]]:
+        """Return each partition's first and last ts (epoch microseconds)."""
+        heads = self.bounds[:-1]
+        lo = np.minimum.reduceat(self.firsts, heads).tolist()
+        return list(zip(lo, np.maximum.reduceat(self.lasts, heads).tolist(), strict=True))
 
     def runs(self, i: int) -> list[tuple[str, int]]:
         """Return partition i's (symbol, rows) in row order."""

@@ -845,7 +845,8 @@ class ParquetLake:
         folder = self.bars_root / f"timeframe={tf}" / DELTA_DIR
         names = delta_names(folder)
         name = delta_name(names[-1] if names else None)
-        spans = [split.part_rows(i) for i in picks]
+        every = split.part_rows()
+        spans = [every[i] for i in picks]
         if len(picks) == len(dirs):
             frame = split.frame
         else:  # some partitions took a merge instead: the others' rows, in file order
@@ -856,14 +857,20 @@ class ParquetLake:
         atomic_write_ipc(frame, folder / name, self.settings, {ROWS_KEY: json.dumps(index)})
         decoded: dict[str, _Indexed] = {}
         start = 0
+        bounds, firsts, all_lasts = (
+            split.bounds.tolist(),
+            split.firsts.tolist(),
+            split.lasts.tolist(),
+        )
+        ts_spans = split.spans()
         for i, rel, (_, n) in zip(picks, rels, spans, strict=True):
-            lo, hi = int(split.bounds[i]), int(split.bounds[i + 1])
-            symbols, lasts = split.symbols[lo:hi], split.lasts[lo:hi].tolist()
+            lo, hi = bounds[i], bounds[i + 1]
+            symbols, lasts = split.symbols[lo:hi], all_lasts[lo:hi]
             part = _Indexed(frame.slice(start, n), split.runs(i))
             part.source = (frame, start)  # known to the writer: no scan when checked or read
-            part._first = (symbols[0], int(split.firsts[lo]))
+            part._first = (symbols[0], firsts[lo])
             part._last = dict(zip(symbols, lasts, strict=True))
-            part._span = (int(split.firsts[lo:hi].min()), int(split.lasts[lo:hi].max()))
+            part._span = ts_spans[i]
             decoded[rel] = part
             marks = self._marks.get(dirs[i])
             if marks is not None:
