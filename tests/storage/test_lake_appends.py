@@ -165,7 +165,7 @@ def _during_merge(monkeypatch: pytest.MonkeyPatch, action: object) -> list[bool]
 
     def hooked(df: pl.DataFrame, path: Path, *args: object, **kw: object) -> int:
         size = real(df, path, *args, **kw)  # type: ignore[arg-type]
-        if path.name.startswith(".merge-") and not ran:
+        if path.name.startswith(".tmp-merge-") and not ran:
             ran.append(True)
             action()  # type: ignore[operator]
         return size

@@ -1112,7 +1112,7 @@ class ParquetLake:
         merged = [n for n, _ in live]
         name = merged_name(merged[-1])
         whole = pl.concat(frames) if frames else None
-        pending = folder / f".merge-{uuid4().hex}.arrow"  # hidden: listings skip it
+        pending = folder / f".tmp-merge-{uuid4().hex}.arrow"  # hidden: listings skip it
         if whole is not None:
             meta = {ROWS_KEY: json.dumps(rows_index), REPLACES_KEY: json.dumps(merged)}
             atomic_write_ipc(whole, pending, self.settings, meta)
