@@ -311,3 +311,21 @@ def test_a_fold_built_ahead_of_a_correction_is_dropped_and_folded_under_the_lock
     assert fixed["close"].to_list() == [500.0]  # the correction survived the fold
     assert not [p for p in directory.iterdir() if p.name.startswith(".")]
     assert_frame_equal(lake.read(["AAA", "BBB"], M1), got)
+
+
+def test_a_writer_applies_every_delta_other_writers_appended_since_its_last_write(
+    tmp_path: Path,
+) -> None:
+    settings = _settings(delta_files=100)
+    mine, first, second = (ParquetLake(tmp_path, settings) for _ in range(3))
+    at = [DAY0 + timedelta(days=400, seconds=k) for k in range(5)]
+    mine.upsert(_bars(["AAA"], 0, 5, at[0]))
+    mine.upsert(_bars(["AAA"], 5, 1, at[1]))  # its watermarks: up to its own delta
+    first.upsert(_bars(["BBB"], 0, 5, at[2]))  # two deltas of others, the older one first
+    second.upsert(_bars(["CCC"], 0, 5, at[3]))
+    assert all(mine.bucket(s) == mine.bucket("AAA") for s in ["BBB", "CCC"])  # one partition
+    stats = mine.upsert(_bars(["BBB"], 3, 4, at[4]))  # overlaps the older one: not an append
+    assert stats.updated == 2 and stats.inserted == 2  # merged, not appended again
+    got = ParquetLake(tmp_path, settings).read(["AAA", "BBB", "CCC"], D1)
+    assert not got.select("symbol", "ts").is_duplicated().any()
+    assert got.height == 6 + 7 + 5

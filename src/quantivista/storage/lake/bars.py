@@ -715,8 +715,9 @@ class ParquetLake:
                 marks = Marks(identity, seen, _lasts_of(existing))
             self._marks[directory] = marks
             return marks.lasts
+        seen = marks.seen  # `apply` moves it: the deltas newer than it when we came
         for name, found in reversed(live):  # appended by another process since
-            if name <= marks.seen:
+            if name <= seen:
                 break
             if rel in found:
                 marks.apply(name, found[rel].lasts())
