@@ -6,12 +6,14 @@ needs neither the merge nor a rewrite of partition files: the whole batch lands 
 file of its timeframe, whatever the partitions it touches,
 
     timeframe=1m/bucket=007/month=2024-03/data.parquet         a partition (base) file
-    timeframe=1m/_deltas/delta-<time ns>-<uuid>.parquet        one appended batch
+    timeframe=1m/_deltas/delta-<time ns>-<uuid>.arrow          one appended batch
 
-its rows sorted by partition, symbol and ts, its footer saying which rows belong to which
-partition (`PARTS_KEY`). It is written atomically under the locks of every partition it
-touches, so writers of one partition still take turns. A partition is its base file plus
-its parts of the live deltas; reads join them per symbol (a delta's rows of a symbol follow
+an uncompressed Arrow IPC file (Parquet in stores written before: still read), its rows
+sorted by partition, symbol and ts, its metadata saying how many rows belong to which
+partition (`ROWS_KEY`; a Parquet delta's footer: `PARTS_KEY`). It is written atomically
+under the locks of every partition it touches, so writers of one partition still take
+turns. A partition is its base file plus its parts of the live deltas; reads join them per
+symbol (a delta's rows of a symbol follow
 every earlier row of it, so the pieces concatenate in ts order without a sort or a dedupe).
 Appends make no history: no version is superseded, so as-of reads stay exact.
 
@@ -27,7 +29,10 @@ merges them into one delta file (cost: their rows, not the partitions'), under t
 every partition they touch, named after all of them, its footer naming its sources
 (`REPLACES_KEY`: a crash before they are removed leaves them listed but ignored); past that
 it folds them. A merge takes the small deltas written since the last merged one until a few
-merged ones pile up (`bars._MERGED_DELTAS`), so writers mostly wait for a small merge. So
+merged ones pile up (`bars._MERGED_DELTAS`). Merges and folds are built and written without
+the locks and renamed into place under them if nothing they were built from changed (a
+merged delta is named right after its newest source, `merged_name`), so writers wait for
+a rename, not for a merge. So
 reads find few deltas however long a stream runs, and a stream does not rewrite the month
 files every few seconds. Every base write also writes the base's tail
 (see `tails`), from which appends are checked and the validation's warm-up read.
