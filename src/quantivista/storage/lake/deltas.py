@@ -13,8 +13,8 @@ sorted by partition, symbol and ts, its metadata saying how many rows belong to 
 partition (`ROWS_KEY`; a Parquet delta's footer: `PARTS_KEY`). It is written atomically
 under the locks of every partition it touches, so writers of one partition still take
 turns. A partition is its base file plus its parts of the live deltas; reads join them per
-symbol (a delta's rows of a symbol follow
-every earlier row of it, so the pieces concatenate in ts order without a sort or a dedupe).
+symbol (a delta's rows of a symbol follow every earlier row of it, so the pieces concatenate
+in ts order without a sort or a dedupe).
 Appends make no history: no version is superseded, so as-of reads stay exact.
 
 Every write of a base file records, in its footer (`THROUGH_KEY`), the newest delta listed
