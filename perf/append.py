@@ -13,8 +13,9 @@
   closes), each through `Platform.write_bars`: latency p50/p95/max and the writing thread's
   CPU time (what a loaded machine does not inflate) and the mean wall time of each pipeline
   stage (`qv_stage_seconds`: validate includes the history read), then up to 200 more
-  straight into `ParquetLake.upsert` (the store's share, CPU time) and the validation's
-  history read alone (`ParquetLake.recent`, from tails and deltas); a warm read of one
+  straight into `ParquetLake.upsert` (the store's share, CPU and wall time: the wall
+  includes waits for background merges and folds, which swap under the locks) and the
+  validation's history read alone (`ParquetLake.recent`, from tails and deltas); a warm read of one
   symbol's session and of all 500 symbols' last hour before and after (background folds
   running), and after `compact()`; a read of one symbol's session (wall and CPU) and the
   live deltas pending at the start, middle and end of the stream, and the most pending.
@@ -151,7 +152,7 @@ def stream(root: Path, batches: int) -> dict[str, Any]:
 
         stages = ("validate", "store", "publish")
         seen = {s: _stage_totals(s) for s in stages}
-        times, cpu, store, history = [], [], [], []
+        times, cpu, store, store_wall, history = [], [], [], [], []
         pending: list[int] = []  # live deltas after each batch (compaction keeping up?)
         checks = {0: "start", batches // 2: "middle", batches - 1: "end"}
         for k in range(batches):
@@ -182,9 +183,10 @@ def stream(root: Path, batches: int) -> dict[str, Any]:
             c0 = time.thread_time()
             lake.recent(symbols, m1, first - timedelta(hours=1), first)
             history.append(time.thread_time() - c0)
-            c0 = time.thread_time()
+            t0, c0 = time.perf_counter(), time.thread_time()
             lake.upsert(rows)
             store.append(time.thread_time() - c0)
+            store_wall.append(time.perf_counter() - t0)  # waits for background merges' swaps
         out["deltas_after"] = len(lake.delta_files())
         reads("after")
         assert lake.read(["S0007"], m1).height == 390 + batches + len(store)
@@ -203,6 +205,9 @@ def stream(root: Path, batches: int) -> dict[str, Any]:
         cpu_p95_ms=1e3 * sorted(cpu)[int(0.95 * (len(cpu) - 1))],
         store_cpu_p50_ms=1e3 * statistics.median(store),
         store_cpu_p95_ms=1e3 * sorted(store)[int(0.95 * (len(store) - 1))],
+        store_wall_p50_ms=1e3 * statistics.median(store_wall),
+        store_wall_p95_ms=1e3 * sorted(store_wall)[int(0.95 * (len(store_wall) - 1))],
+        store_wall_max_ms=1e3 * max(store_wall),
         history_cpu_p50_ms=1e3 * statistics.median(history),
     )
     return out

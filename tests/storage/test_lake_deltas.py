@@ -291,7 +291,7 @@ def test_an_append_is_one_delta_file_whatever_the_partitions_it_touches(
     assert lake.upsert(_minute(0)).inserted == len(SYMBOLS)
     deltas = lake.delta_files("1m")
     assert len(deltas) == 1  # 4 buckets, one file
-    assert pl.read_parquet(deltas[0]).height == len(SYMBOLS)
+    assert ParquetLake.read_file(deltas[0]).height == len(SYMBOLS)
 
 
 def test_a_delete_after_a_fold_does_not_bring_back_crash_left_deltas(tmp_path: Path) -> None:
@@ -427,11 +427,11 @@ def test_merges_take_the_small_deltas_until_merged_ones_pile_up(
         (new,) = set(lake.delta_files()) - before
         if round_ < bars_module._MERGED_DELTAS:  # the three small ones; merged ones stay
             assert set(merged) <= set(lake.delta_files())
-            assert pl.read_parquet(new).height == 3 * len(SYMBOLS)
+            assert ParquetLake.read_file(new).height == 3 * len(SYMBOLS)
             merged.append(new)
         else:  # four merged ones and three small ones: all of them, in order
             assert lake.delta_files() == [new]
-            assert pl.read_parquet(new).height == 15 * len(SYMBOLS)
+            assert ParquetLake.read_file(new).height == 15 * len(SYMBOLS)
         want = _key_sorted(pl.concat(written))
         for reader in (lake, ParquetLake(tmp_path, _settings())):
             assert_frame_equal(reader.read(SYMBOLS, M1), want)

@@ -10,9 +10,10 @@ import polars as pl
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from polars.testing import assert_frame_equal
 
 from quantivista.storage.lake import scores as lake_scores
-from quantivista.storage.lake.scores import ParquetScoreStore
+from quantivista.storage.lake.scores import ParquetScoreStore, latest_scores
 from samples import AT, scores, stored_scores
 
 
@@ -83,3 +84,90 @@ def test_score_files_are_fsynced_as_the_lake_files_are(
     assert len(synced) == (4 if fsync else 0)  # each file and its folder
     assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".tmp-")]
     assert store.read(job_id="job-1").equals(stored_scores(batch))
+
+
+def _all_sorted(df: pl.DataFrame) -> pl.DataFrame:
+    return df.sort(df.columns)
+
+
+def _batches(n: int) -> list[pl.DataFrame]:
+    """`n` micro-batches, each its own job (a stream's), some symbols flagged."""
+    return [scores(f"job-{k:03d}", ["AAA", "BBB", "CCC"], 2, {k % 6}) for k in range(n)]
+
+
+def test_compaction_folds_small_files_and_reads_stay_exact(tmp_path: Path) -> None:
+    store = ParquetScoreStore(tmp_path)
+    batches = _batches(20)
+    for k, batch in enumerate(batches):
+        store.add(batch, AT + timedelta(seconds=k))
+    big = scores("job-big", ["AAA"], 12)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(lake_scores, "_BIG", 10)
+        store.add(big, AT + timedelta(minutes=5))  # a runs file: kept as it is
+    before = store.read()
+    assert store.compact() == 20
+    files = sorted(p.relative_to(tmp_path / "quality" / "scores").as_posix()
+                   for p in (tmp_path / "quality" / "scores").rglob("*.parquet"))  # fmt: skip
+    assert len(files) == 2 and files[0].startswith("_compacted/part-01-")
+    assert files[1].startswith("job_id=job-big/") and files[1].endswith(".runs.parquet")
+    assert len(list((tmp_path / "quality" / "scores").iterdir())) == 2  # job folders gone
+    after = store.read()
+    assert after.height == before.height == 20 * 6 + 12
+    assert_frame_equal(_all_sorted(after), _all_sorted(before))
+    one = store.read(job_id="job-007")
+    assert_frame_equal(one, stored_scores(batches[7], AT + timedelta(seconds=7)))
+    assert store.read(job_id="job-big").height == 12
+    assert_frame_equal(store.read(["BBB"]), before.filter(pl.col("symbol") == "BBB"))
+    assert_frame_equal(store.daily(), latest_scores(before))
+    assert store.compact() == 0  # nothing small left
+
+
+def test_compacted_files_fold_into_the_next_tier(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(lake_scores, "_FANOUT", 3)
+    store = ParquetScoreStore(tmp_path)
+    batches = _batches(10)
+    for k, batch in enumerate(batches):
+        store.add(batch, AT + timedelta(seconds=k))
+        store.compact()  # one tier-1 file per batch; three of them make a tier-2 file
+    names = sorted(p.name[:7] for p in (tmp_path / "quality" / "scores").rglob("*.parquet"))
+    assert names == ["part-01", "part-03"]  # 9 batches: 3 x 3 tier-1, 3 tier-2, 1 tier-3
+    want = pl.concat([stored_scores(b, AT + timedelta(seconds=k)) for k, b in enumerate(batches)])
+    assert_frame_equal(_all_sorted(store.read()), _all_sorted(want))
+
+
+def test_a_compaction_that_dies_before_removing_its_files_counts_each_row_once(
+    tmp_path: Path,
+) -> None:
+    store = ParquetScoreStore(tmp_path)
+    root = tmp_path / "quality" / "scores"
+    for k, batch in enumerate(_batches(5)):
+        store.add(batch, AT + timedelta(seconds=k))
+    want = store.read()
+    kept = {p: p.read_bytes() for p in root.rglob("*.parquet")}
+    store.compact()
+    for path, data in kept.items():  # as if the compaction died before removing them
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    for reader in (store, ParquetScoreStore(tmp_path)):
+        assert_frame_equal(_all_sorted(reader.read()), _all_sorted(want))
+        assert reader.read(job_id="job-002").height == 6
+    assert store.compact() == 5  # the leftovers are removed, not compacted again
+    assert len(list(root.rglob("*.parquet"))) == 1
+    assert_frame_equal(_all_sorted(store.read()), _all_sorted(want))
+
+
+def test_a_stream_of_small_batches_is_compacted_in_the_background(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(lake_scores, "_COMPACT_FILES", 4)
+    store = ParquetScoreStore(tmp_path)
+    batches = _batches(30)
+    for k, batch in enumerate(batches):
+        store.add(batch, AT + timedelta(seconds=k))
+    store.close()  # waits for the compaction under way
+    files = list((tmp_path / "quality" / "scores").rglob("*.parquet"))
+    assert len(files) < 30 // 2
+    want = pl.concat([stored_scores(b, AT + timedelta(seconds=k)) for k, b in enumerate(batches)])
+    assert_frame_equal(_all_sorted(ParquetScoreStore(tmp_path).read()), _all_sorted(want))

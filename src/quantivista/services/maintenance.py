@@ -20,6 +20,7 @@ from quantivista.storage.base import RetentionPolicy, apply_retention
 from quantivista.storage.contracts import Backend
 from quantivista.storage.lake.backup import PostgresBars, backup, restore
 from quantivista.storage.lake.bars import ParquetLake
+from quantivista.storage.lake.scores import ParquetScoreStore
 
 __all__ = ["MaintenanceService", "RetentionOutcome", "restore_store", "store_exists"]
 
@@ -87,11 +88,14 @@ class MaintenanceService:
         return RetentionOutcome(apply_retention(bars, policy, now), None)
 
     def compact(self) -> int:
-        """Merge small history files of the lake; return the files removed."""
+        """Fold the lake's delta files, merge its small history files and compact its
+        quality-score files; return the files removed."""
         bars = self.backend.bars
         if not isinstance(bars, ParquetLake):
             raise InvalidInputError("compaction applies to the lake; PostgreSQL vacuums itself")
-        return bars.compact()
+        scores = self.backend.scores
+        removed = scores.compact() if isinstance(scores, ParquetScoreStore) else 0
+        return bars.compact() + removed
 
 
 def restore_store(settings: Settings, src: Path) -> dict[str, Any]:

@@ -77,21 +77,23 @@ from quantivista.storage.base import (
     latest_per_key,
     pick_as_of,
 )
+from quantivista.storage.lake.appends import Marks, Split, month_text
 from quantivista.storage.lake.asof import history_slices, read_as_of
 from quantivista.storage.lake.cache import FileCache
 from quantivista.storage.lake.cold import ColdEntry, ColdIndex, ColdTier
 from quantivista.storage.lake.deltas import (
     DELTA_DIR,
-    DELTA_PREFIX,
     PARTS_KEY,
     REPLACES_KEY,
+    ROWS_KEY,
     THROUGH_KEY,
     Folder,
     PartitionView,
     Rows,
     delta_name,
     delta_names,
-    stack_frames,
+    merged_name,
+    stack,
 )
 from quantivista.storage.lake.encoding import ArrowBatch, Run, _ranges
 from quantivista.storage.lake.files import (
@@ -102,6 +104,7 @@ from quantivista.storage.lake.files import (
     file_identity,
     flocked,
     footer_metadata,
+    fsync_path,
     is_temporary,
     read_ipc_handle,
     read_parquet_files,
@@ -116,6 +119,7 @@ from quantivista.storage.lake.layout import (
     bar_base,
     bar_base_files,
 )
+from quantivista.storage.lake.locks import StripeLocks
 from quantivista.storage.lake.tails import (
     TAIL_FILE,
     TAIL_KEY,
@@ -235,11 +239,15 @@ class _Indexed:
 
     def last_us(self, symbol: str) -> int | None:
         """Return the symbol's last ts in epoch microseconds (None if it has no rows here)."""
+        return self.lasts().get(symbol)
+
+    def lasts(self) -> dict[str, int]:
+        """Return each symbol's last ts in epoch microseconds (the appends' watermarks)."""
         if self._last is None:
             ends = [start + rows - 1 for start, rows in self.index.values()]
             last = self.frame["ts"].gather(ends).to_physical().to_list()
             self._last = dict(zip(self.index, last, strict=True))
-        return self._last.get(symbol)
+        return self._last
 
     def first_us(self) -> tuple[str, int] | None:
         """Return the first row's symbol and ts (epoch microseconds); None if empty."""
@@ -267,6 +275,16 @@ class _Partition(NamedTuple):
     def slices(self) -> list[pl.DataFrame]:
         """Return the partition's rows, one zero-copy slice per run."""
         return [self.frame.slice(lo, hi - lo) for _, lo, hi in self.runs]
+
+
+class _Fold(NamedTuple):
+    """A partition's fold built without its lock (see `ParquetLake.fold`)."""
+
+    identity: tuple[int, int, int]  # the base file it was built from
+    held: tuple[str, ...]  # the partition's deltas it folds, oldest first
+    files: list[tuple[Path, Path]]  # (hidden, final) to rename in order
+    indexed: _Indexed
+    tail: Tail
 
 
 class ParquetLake:
@@ -303,6 +321,10 @@ class ParquetLake:
         self._replaces: dict[str, tuple[str, ...]] = {}  # a merged delta's sources, by path
         self._dirs: dict[_Key, Path] = {}
         self._stripes: dict[Path, int] = {}
+        self._locks = StripeLocks(self._lock_dir, _LOCK_STRIPES)  # kept open (see `locks`)
+        self._marks: dict[Path, Marks] = {}  # appends: partitions' last bars (see `appends`)
+        self._bases: dict[Path, Path] = {}  # appends: partitions' base files, by directory
+        self._buckets: dict[str, int] = {}  # symbols' buckets (a stream asks every second)
 
     def _layout(self) -> int:
         """Return the lake's bucket count, fixing it from the settings on first use."""
@@ -393,7 +415,7 @@ class ParquetLake:
     def locked(self, directory: Path) -> Iterator[None]:
         """Hold the lock of the partition in `directory` (a path under `bars_root`)."""
         # by the path inside the lake: every spelling of the root must pick the same stripe
-        with flocked(self._lock_dir / f"{self._stripe(directory):02d}.lock"):
+        with self._locks.held([self._stripe(directory)]):
             yield
 
     def _stripe(self, directory: Path) -> int:
@@ -422,9 +444,9 @@ class ParquetLake:
         if bars.is_empty():
             return total
         bars = bars.select(BAR_COLUMNS)
-        parts = self._partitions(bars)
         if self.settings.delta_files > 0 and bars.height <= _DELTA_ROWS:
-            return self._upsert_small(parts)
+            return self._upsert_small(bars)
+        parts = self._partitions(bars)
         threads = min(self.settings.write_threads or os.cpu_count() or 1, len(parts))
         if threads <= 1:
             results = [self._upsert_partition(part) for part in parts]
@@ -445,12 +467,7 @@ class ParquetLake:
         batch is converted to Arrow once; each partition's table is cut from it.
         """
         out: list[_Partition] = []
-        tf_col = pl.col("timeframe")
-        if bars.select((tf_col == tf_col.first()).all()).item():
-            by_tf = [(str(bars["timeframe"][0]), bars)]
-        else:
-            by_tf = [(str(t), part) for (t,), part in bars.group_by(tf_col, maintain_order=True)]
-        for tf_text, tf_part in by_tf:
+        for tf_text, tf_part in _by_timeframe(bars):
             tf = Timeframe.parse(tf_text)
             monthly = tf.partition_period == "month"
             keyed = latest_per_key(tf_part)
@@ -492,8 +509,8 @@ class ParquetLake:
     def _upsert_locked(self, part: _Partition, directory: Path) -> UpsertStats:
         """Merge `part` into its partition (the caller holds its lock)."""
         # not joined into one chunk (a copy of every column): the cache takes chunked frames
-        new = stack_frames(part.slices)
-        assert new is not None  # a partition of a write holds rows
+        slices = part.slices  # a partition of a write holds rows
+        new = stack(slices[0], slices[1:])
         path = self.base_path(directory)
         runs = [(symbol, hi - lo) for symbol, lo, hi in part.runs]
         self._sweep_temporaries(directory)
@@ -529,25 +546,40 @@ class ParquetLake:
         through: str | None,
         frame: pl.DataFrame | None = None,  # `rows` as polars, when they are Arrow
         indexed: _Indexed | None = None,  # `rows` indexed, when the caller has it
-    ) -> None:
+        *,
+        pending: str | None = None,
+    ) -> tuple[list[tuple[Path, Path]], Tail]:
         """Write a partition's base file, recording the newest delta it accounts for, and
-        (Parquet) its tail first (see `tails`)."""
+        (Parquet) its tail first (see `tails`).
+
+        With `pending` (a hidden name prefix), write them under hidden names beside and
+        return (hidden, final) pairs to rename in that order, and the tail to remember
+        then (a fold built outside the lock)."""
         rows_pl = frame if frame is not None else rows
         assert isinstance(rows_pl, pl.DataFrame)
         settings = self._settings_of(path)
+
+        def at(final: Path) -> Path:
+            return final if pending is None else final.parent / f"{pending}{final.name}"
+
         if path.name == ARROW_FILE:  # its own symbol index: the tail is sliced from it
             found = indexed if indexed is not None else _Indexed(rows_pl)
             runs = [(s, n) for s, (_, n) in found.index.items()]
             meta = {THROUGH_KEY: through} if through else {}
-            atomic_write_base_ipc(rows_pl, runs, path, settings, meta)
-            self.tails.put(path, _tail_of(found, through))
-            return
-        token = new_token()
-        tail = tail_rows(rows_pl)
-        atomic_write_ipc(tail, path.parent / TAIL_FILE, settings, {TAIL_KEY: token})
-        meta = {TAIL_KEY: token, THROUGH_KEY: through} if through else {TAIL_KEY: token}
-        atomic_write_parquet(rows, path, settings, meta)
-        self.tails.put(path, Tail(_Indexed(tail), through))
+            atomic_write_base_ipc(rows_pl, runs, at(path), settings, meta)
+            tail, files = _tail_of(found, through), [(at(path), path)]
+        else:
+            token = new_token()
+            tail_frame = tail_rows(rows_pl)
+            tail_path = path.parent / TAIL_FILE
+            atomic_write_ipc(tail_frame, at(tail_path), settings, {TAIL_KEY: token})
+            meta = {TAIL_KEY: token, THROUGH_KEY: through} if through else {TAIL_KEY: token}
+            atomic_write_parquet(rows, at(path), settings, meta)
+            tail = Tail(_Indexed(tail_frame), through)
+            files = [(at(tail_path), tail_path), (at(path), path)]
+        if pending is None:
+            self.tails.put(path, tail)
+        return files, tail
 
     def prepare(self, symbols: Sequence[str], timeframe: Timeframe, at: datetime) -> int:
         """Give the partitions of `symbols` (of `at`'s month, intraday) that have no base
@@ -618,66 +650,88 @@ class ParquetLake:
         self._write_base(path, rows, through)
 
     # -- appends (see `deltas`) --------------------------------------------------------------
-    def _upsert_small(self, parts: list[_Partition]) -> UpsertStats:
+    def _upsert_small(self, bars: pl.DataFrame) -> UpsertStats:
         """Write a small batch: its appends as one delta file per timeframe, the rest merged.
 
         Holds the locks of every partition of a timeframe at once (in stripe order, as
-        `frozen` does, so writers never deadlock).
+        `frozen` does, so writers never deadlock). The batch is split once (`Split`), and
+        whether a partition's rows append is read from the watermarks this process keeps
+        (`_known`), not from the partition's files.
         """
         total = UpsertStats()
-        by_tf: dict[str, list[_Partition]] = {}
-        for part in parts:
-            by_tf.setdefault(part.key[0], []).append(part)
-        for tf, group in by_tf.items():
-            dirs = [self._dir(*part.key) for part in group]
+        for tf, frame in _by_timeframe(bars):
+            monthly = Timeframe.parse(tf).partition_period == "month"
+            split = Split.of(latest_per_key(frame), monthly, self._bucket_of)
+            dirs = [
+                self._dir(tf, bucket, month_text(month) if month is not None else None)
+                for bucket, month in split.keys
+            ]
             with self._locked_all(dirs):
                 live = self._live_deltas(tf)
-                appended = []
-                for part, directory in zip(group, dirs, strict=True):
-                    if self._appends_to(directory, part, live):
-                        appended.append((part, directory))
-                    else:
-                        total += self._upsert_locked(part, directory)
-                if appended:
-                    total += self._write_delta(tf, appended)
+                appends = split.appends([self._known(d, live) for d in dirs])
+                arrow: ArrowBatch | None = None
+                for i in np.flatnonzero(~appends).tolist():  # corrections, new partitions
+                    arrow = arrow or ArrowBatch(split.frame)
+                    total += self._upsert_locked(_part_of(split, i, tf, arrow), dirs[i])
+                if appends.any():
+                    picks = np.flatnonzero(appends).tolist()
+                    total += self._write_delta(tf, split, picks, dirs)
         return total
+
+    def _bucket_of(self, symbol: str) -> int:
+        found = self._buckets.get(symbol)
+        if found is None:
+            found = self._buckets[symbol] = bucket_of(symbol, self.buckets)
+        return found
 
     @contextmanager
     def _locked_all(self, directories: Sequence[Path]) -> Iterator[None]:
-        stripes = sorted({self._stripe(d) for d in directories})
-        with ExitStack() as stack:
-            for stripe in stripes:
-                stack.enter_context(flocked(self._lock_dir / f"{stripe:02d}.lock"))
+        with self._locks.held([self._stripe(d) for d in directories]):
             yield
 
-    def _appends_to(
-        self, directory: Path, part: _Partition, live: list[tuple[str, dict[str, _Indexed]]]
-    ) -> bool:
-        """Say whether `part` appends to its partition (False: no base yet), from its tail
-        and `live` deltas (see `tails`): the base is decoded only if its tail is not trusted.
-        The caller holds the partition's lock."""
+    def _known(
+        self, directory: Path, live: list[tuple[str, dict[str, _Indexed]]]
+    ) -> dict[str, int] | None:
+        """Return the last ts (epoch microseconds) of each symbol of a partition (None: no
+        base file: its first rows make one), from the marks this process keeps while the
+        base file is the same, plus the `live` deltas since (see `appends`). The caller
+        holds the partition's lock."""
+        base = self._bases.get(directory) or self.base_path(directory)
         try:
-            tail = self._tail(self.base_path(directory))
-        except FileNotFoundError:
-            return False
-        if tail is None:
-            existing = self._partition(directory)
-            return existing is not None and self._appends(existing, part)
+            identity = file_identity(base)
+        except FileNotFoundError:  # gone (deleted), or made again in the other format
+            base = self.base_path(directory)
+            try:
+                identity = file_identity(base)
+            except FileNotFoundError:
+                self._bases.pop(directory, None)
+                return None
+        self._bases[directory] = base
         rel = self._rel(directory)
-        through = tail.through or ""
-        # newest first: a symbol's rows in a delta follow its rows in older ones and the base
-        newer = [found[rel] for name, found in reversed(live) if name > through and rel in found]
-        for (symbol, _, _), first in zip(part.runs, part.firsts, strict=True):
-            last = None
-            for delta in newer:
-                if symbol in delta.index:
-                    last = delta.last_us(symbol)
-                    break
-            else:
-                last = tail.rows.last_us(symbol)
-            if last is not None and first <= last:
-                return False
-        return True
+        marks = self._marks.get(directory)
+        if marks is None or marks.identity != identity:
+            tail = self._tail(base)
+            if tail is not None:
+                marks = Marks(identity, tail.through or "", dict(tail.rows.lasts()))
+                for name, found in live:
+                    if name > marks.seen and rel in found:
+                        marks.apply(name, found[rel].lasts())
+            else:  # no trusted tail (a store written before tails): the partition itself
+                existing = self._partition(directory)
+                if existing is None:
+                    return None
+                held = [n for n, found in live if rel in found]
+                seen = max(held[-1] if held else "", existing.through or "")
+                marks = Marks(identity, seen, _lasts_of(existing))
+            self._marks[directory] = marks
+            return marks.lasts
+        seen = marks.seen  # `apply` moves it: the deltas newer than it when we came
+        for name, found in reversed(live):  # appended by another process since
+            if name <= seen:
+                break
+            if rel in found:
+                marks.apply(name, found[rel].lasts())
+        return marks.lasts
 
     def _tail(self, base: Path) -> Tail | None:
         """Return a base file's trusted tail (None: none); `FileNotFoundError` if no base."""
@@ -794,41 +848,51 @@ class ParquetLake:
             self._stitch[tf] = found
         return found[1]
 
-    def _appends(self, existing: _Indexed | PartitionView, part: _Partition) -> bool:
-        """Say whether every run of `part` starts after its symbol's last stored bar."""
-        for (symbol, _, _), first in zip(part.runs, part.firsts, strict=True):
-            last = existing.last_us(symbol)
-            if last is not None and first <= last:
-                return False
-        return True
-
-    def _write_delta(self, tf: str, appended: list[tuple[_Partition, Path]]) -> UpsertStats:
-        """Write the appended partitions' rows as one delta file of the timeframe."""
+    def _write_delta(
+        self, tf: str, split: Split, picks: list[int], dirs: list[Path]
+    ) -> UpsertStats:
+        """Write the rows of partitions `picks` of `split` as one Arrow IPC delta file of
+        the timeframe (see `deltas`); the caller holds their locks."""
         folder = self.bars_root / f"timeframe={tf}" / DELTA_DIR
         names = delta_names(folder)
         name = delta_name(names[-1] if names else None)
-        runs = [run for part, _ in appended for run in part.runs]
-        index = [
-            [self._rel(directory), [[s, hi - lo] for s, lo, hi in part.runs]]
-            for part, directory in appended
-        ]
-        table = appended[0][0].arrow.partition(runs)
-        atomic_write_parquet(table, folder / name, self.settings, {PARTS_KEY: json.dumps(index)})
-        # one gather, one chunk: reads filter and gather whole delta files
-        bounds = np.array([(lo, hi) for _, lo, hi in runs], dtype=np.int64)
-        whole = appended[0][0].frame[_ranges(bounds[:, 0], bounds[:, 1])]
-        decoded = _delta_parts(whole, index)
-        for part, directory in appended:  # known to the writer: no scan when checked
-            rows = decoded[self._rel(directory)]
-            rows._first = (part.runs[0][0], part.firsts[0])
-            rows._last = {s: last for (s, _, _), last in zip(part.runs, part.lasts, strict=True)}
-            rows._span = (min(part.firsts), max(part.lasts))
+        every = split.part_rows()
+        spans = [every[i] for i in picks]
+        if len(picks) == len(dirs):
+            frame = split.frame
+        else:  # some partitions took a merge instead: the others' rows, in file order
+            firsts = np.array([a for a, _ in spans], dtype=np.int64)
+            frame = split.frame[_ranges(firsts, firsts + np.array([n for _, n in spans]))]
+        rels = [self._rel(dirs[i]) for i in picks]
+        index = [[rel, n] for rel, (_, n) in zip(rels, spans, strict=True)]
+        atomic_write_ipc(frame, folder / name, self.settings, {ROWS_KEY: json.dumps(index)})
+        decoded: dict[str, _Indexed] = {}
+        start = 0
+        bounds, firsts, all_lasts = (
+            split.bounds.tolist(),
+            split.firsts.tolist(),
+            split.lasts.tolist(),
+        )
+        ts_spans = split.spans()
+        for i, rel, (_, n) in zip(picks, rels, spans, strict=True):
+            lo, hi = bounds[i], bounds[i + 1]
+            symbols, lasts = split.symbols[lo:hi], all_lasts[lo:hi]
+            part = _Indexed(frame.slice(start, n), split.runs(i))
+            part.source = (frame, start)  # known to the writer: no scan when checked or read
+            part._first = (symbols[0], firsts[lo])
+            part._last = dict(zip(symbols, lasts, strict=True))
+            part._span = ts_spans[i]
+            decoded[rel] = part
+            marks = self._marks.get(dirs[i])
+            if marks is not None:
+                marks.advance(name, symbols, lasts)
+            start += n
         with self._deltas_lock:
             self._forget_deltas(folder, names)
             self._deltas[str(folder / name)] = decoded
         if len(names) + 1 >= self.settings.delta_files:
             self._folder.submit(folder.parent)
-        return UpsertStats(inserted=whole.height, partitions_written=len(appended))
+        return UpsertStats(inserted=frame.height, partitions_written=len(picks))
 
     def _where(self, directory: Path) -> tuple[Path, str]:
         """Return a partition's delta folder and its name in there (its folder inside its
@@ -858,10 +922,20 @@ class ParquetLake:
             return found
         path = Path(path)
         with open(path, "rb") as handle:
-            frame = read_parquet_handle(handle, what="delta file")
-            handle.seek(0)
-            meta = footer_metadata(handle)
-        decoded = _delta_parts(frame, json.loads(meta[PARTS_KEY]))
+            if path.suffix == ".arrow":
+                table = read_ipc_handle(handle, what="delta file")
+                raw = table.schema.metadata or {}
+                meta = {k.decode(): v.decode() for k, v in raw.items()}
+                frame = _frame(table)
+            else:  # a delta of a store written before deltas were Arrow IPC
+                frame = read_parquet_handle(handle, what="delta file")
+                handle.seek(0)
+                meta = footer_metadata(handle)
+        if ROWS_KEY in meta:
+            index = _runs_index(frame, json.loads(meta[ROWS_KEY]))
+        else:
+            index = json.loads(meta[PARTS_KEY])
+        decoded = _delta_parts(frame, index)
         with self._deltas_lock:
             self._forget_deltas(path.parent, delta_names(path.parent))
             self._deltas[key] = decoded
@@ -938,9 +1012,66 @@ class ParquetLake:
         return len(held)
 
     def fold(self, directory: Path) -> int:
-        """Fold a partition's deltas into its base file under its lock."""
+        """Fold a partition's deltas into its base file.
+
+        The new base is built and written (under hidden names) without the lock, and
+        renamed into place under it if the partition did not change meanwhile: the same
+        base file, and the same deltas up to the newest folded one (appends written since
+        stay deltas after it). Else it is dropped and the fold runs under the lock. Writers
+        of the partition wait for the renames only."""
+        ahead = self._fold_ahead(directory)
         with self.locked(directory):
+            if ahead is not None and self._swap_fold(directory, ahead):
+                return len(ahead.held)
             return self.fold_locked(directory)
+
+    def _fold_ahead(self, directory: Path) -> _Fold | None:
+        """Build and write a fold of the partition without its lock (None: nothing to do,
+        or the partition changed while it was read)."""
+        path = self.base_path(directory)
+        try:
+            held = self._held(directory)
+            if not held:
+                return None
+            identity = file_identity(path)
+            view = self._load_view(path, held)  # exactly the deltas listed
+            if file_identity(path) != identity or view.base is not self.cache.peek(path):
+                return None  # the base changed while it was read
+        except (FileNotFoundError, StorageError):
+            return None
+        newest = held[-1][0]
+        if (view.through or "") >= newest:
+            return None  # folded already
+        frame = view.frame
+        indexed = _Indexed(frame, through=newest)
+        pending = f".tmp-fold-{uuid4().hex[:12]}-"  # swept by any writer under the lock
+        files, tail = self._write_base(path, frame, newest, indexed=indexed, pending=pending)
+        return _Fold(identity, tuple(n for n, _ in held), files, indexed, tail)
+
+    def _swap_fold(self, directory: Path, ahead: _Fold) -> bool:
+        """Put a fold built ahead in place if it still holds; the caller holds the lock."""
+        path = self.base_path(directory)
+        try:
+            unchanged = file_identity(path) == ahead.identity
+            held = tuple(n for n, _ in self._held(directory))
+        except FileNotFoundError:
+            unchanged = False
+        newest = ahead.held[-1]
+        try:
+            if not unchanged or tuple(n for n in held if n <= newest) != ahead.held:
+                return False
+            for hidden, final in ahead.files:  # the tail first: its base names its token
+                os.replace(hidden, final)
+        except FileNotFoundError:  # swept by a writer meanwhile
+            return False
+        finally:
+            for hidden, _ in ahead.files:
+                hidden.unlink(missing_ok=True)
+        if self.settings.fsync:
+            fsync_path(directory)
+        self.cache.put(path, ahead.indexed)
+        self.tails.put(path, ahead.tail)
+        return True
 
     def tidy(self, timeframe_dir: Path) -> int:
         """Keep a timeframe's deltas few (the background job): merge them into one while
@@ -961,60 +1092,85 @@ class ParquetLake:
 
         The deltas written since the newest merged one are merged (if two or more), while
         fewer than `_MERGED_DELTAS` merged ones are live; else all of them: a merge costs
-        the rows of the small deltas most times, not every row since the last fold (writers
-        wait for it). The sources are the newest live deltas, so the merged file (named
-        after every listed one) keeps the order of rows.
+        the rows of the small deltas most times, not every row since the last fold.
 
-        Under the locks of every partition they touch: a delta of one of them written
-        meanwhile is listed again under the locks and merged too, so the merged file
-        follows every row of its partitions. Its footer names its sources: a crash before
-        they are removed leaves them listed but ignored.
+        The merged file is built and written (hidden) without any lock, then put in place
+        under the locks of every partition it touches, if nothing it was built from changed
+        meanwhile: its sources are still the live deltas of their span of names (no fold
+        removed one, no delta of that span appeared late) and every partition's base still
+        accounts for the same deltas; else it is dropped and the next merge tries again.
+        Its name sorts right after its newest source (`merged_name`), so it keeps every
+        partition's order: appends written meanwhile sort after it. Writers wait for the
+        swap only. Its footer names its sources: a crash before they are removed leaves
+        them listed but ignored.
         """
         folder = timeframe_dir / DELTA_DIR
         try:
-            rels = sorted({r for _, found in self._live(folder) for r in found})
+            live = self._live(folder)
         except FileNotFoundError:
             return 0
-        with self._locked_all([timeframe_dir / r for r in rels]):
-            names = delta_names(folder)
-            try:
-                live = self._live(folder)
-            except FileNotFoundError:
-                return 0
-            if any(r not in rels for _, found in live for r in found):
-                return 0  # deltas of partitions not locked: next time
-            listed = {n for n, _ in live}
-            prefix = f"{folder}{os.sep}"
-            tiers = [i for i, (n, _) in enumerate(live) if prefix + n in self._replaces]
-            if tiers and len(tiers) < _MERGED_DELTAS and len(live) - tiers[-1] > 2:
-                live = live[tiers[-1] + 1 :]  # the small ones since the newest merged one
-            if len(live) < 2:
-                return 0
-            frames, index = [], []
-            for rel in sorted({r for _, found in live for r in found}):
-                through = self._through(self.base_path(timeframe_dir / rel)) or ""
-                pieces = [found[rel].frame for n, found in live if rel in found and n > through]
-                if pieces:
-                    rows = pl.concat(pieces).sort("symbol", "ts", maintain_order=True)
-                    runs = _Indexed(rows).index
-                    frames.append(rows)
-                    index.append([rel, [[s, n] for s, (_, n) in runs.items()]])
-            merged = [n for n, _ in live]
-            name = delta_name(names[-1])
-            whole = pl.concat(frames) if frames else None
-            if whole is not None:
-                meta = {PARTS_KEY: json.dumps(index), REPLACES_KEY: json.dumps(merged)}
-                atomic_write_parquet(whole, folder / name, self.settings, meta)
-            # the merged ones and any sources of a live merged delta still listed
-            gone = [n for n in names if n in merged or n not in listed]
-            for old in gone:
-                (folder / old).unlink(missing_ok=True)
-            with self._deltas_lock:
-                self._forget_deltas(folder, delta_names(folder))
+        prefix = f"{folder}{os.sep}"
+        tiers = [i for i, (n, _) in enumerate(live) if prefix + n in self._replaces]
+        if tiers and len(tiers) < _MERGED_DELTAS and len(live) - tiers[-1] > 2:
+            live = live[tiers[-1] + 1 :]  # the small ones since the newest merged one
+        if len(live) < 2:
+            return 0
+        rels = sorted({r for _, found in live for r in found})
+        throughs = {r: self._through(self.base_path(timeframe_dir / r)) or "" for r in rels}
+        frames, rows_index, runs_index = [], [], []
+        for rel in rels:
+            pieces = [found[rel].frame for n, found in live if rel in found and n > throughs[rel]]
+            if pieces:
+                rows = pl.concat(pieces).sort("symbol", "ts", maintain_order=True)
+                frames.append(rows)
+                rows_index.append([rel, rows.height])
+                runs_index.append([rel, [[s, n] for s, (_, n) in _Indexed(rows).index.items()]])
+        merged = [n for n, _ in live]
+        name = merged_name(merged[-1])
+        whole = pl.concat(frames) if frames else None
+        pending = folder / f".tmp-merge-{uuid4().hex}.arrow"  # hidden: listings skip it
+        if whole is not None:
+            meta = {ROWS_KEY: json.dumps(rows_index), REPLACES_KEY: json.dumps(merged)}
+            atomic_write_ipc(whole, pending, self.settings, meta)
+        try:
+            with self._locked_all([timeframe_dir / r for r in rels]):
+                if not self._unchanged(folder, merged, throughs, timeframe_dir):
+                    return 0
+                names = delta_names(folder)
+                listed = {n for n, _ in self._live(folder)}
                 if whole is not None:
-                    self._deltas[str(folder / name)] = _delta_parts(whole, index)
-                    self._replaces[str(folder / name)] = tuple(merged)
+                    os.replace(pending, folder / name)
+                    if self.settings.fsync:
+                        fsync_path(folder)
+                # the merged ones and any sources of a live merged delta still listed
+                gone = [n for n in names if n in merged or n not in listed]
+                for old in gone:
+                    (folder / old).unlink(missing_ok=True)
+                with self._deltas_lock:
+                    self._forget_deltas(folder, delta_names(folder))
+                    if whole is not None:
+                        self._deltas[str(folder / name)] = _delta_parts(whole, runs_index)
+                        self._replaces[str(folder / name)] = tuple(merged)
+        finally:
+            pending.unlink(missing_ok=True)
         return len(gone) - (whole is not None)
+
+    def _unchanged(
+        self, folder: Path, merged: list[str], throughs: dict[str, str], timeframe_dir: Path
+    ) -> bool:
+        """Say whether a merge built from `merged` (and bases accounting for `throughs`)
+        still holds: under the locks of its partitions."""
+        try:
+            live = self._live(folder)
+        except FileNotFoundError:
+            return False
+        lo, hi = merged[0], merged[-1]
+        if [n for n, _ in live if lo <= n <= hi] != merged:
+            return False  # a source folded away, or a delta of the span appeared late
+        return all(
+            (self._through(self.base_path(timeframe_dir / rel)) or "") == through
+            for rel, through in throughs.items()
+        )
 
     def _through(self, base: Path) -> str | None:
         """Return the newest delta a base file accounts for (None: none, or no base)."""
@@ -1050,7 +1206,8 @@ class ParquetLake:
         """Return the delta files (of one timeframe, or all), sorted: every file on disk,
         crash-left ones included (`live_deltas`: what reads see)."""
         pattern = f"timeframe={timeframe}" if timeframe else "timeframe=*"
-        return sorted(self.bars_root.glob(f"{pattern}/{DELTA_DIR}/{DELTA_PREFIX}*.parquet"))
+        folders = sorted(self.bars_root.glob(f"{pattern}/{DELTA_DIR}"))
+        return [folder / name for folder in folders for name in delta_names(folder)]
 
     def live_deltas(self, timeframe: str | None = None) -> list[tuple[Path, pl.DataFrame]]:
         """Return each delta file with the rows reads take from it, as readers list them:
@@ -1665,6 +1822,23 @@ def _tail_of(base: _Indexed, through: str | None) -> Tail:
     return Tail(_Indexed(frame, runs), through)
 
 
+def _runs_index(frame: pl.DataFrame, rows: list[list[Any]]) -> list[list[Any]]:
+    """Return an Arrow IPC delta's index (`PARTS_KEY`'s shape: [[partition, [[symbol, rows],
+    ...]], ...]) from its partitions' rows (`ROWS_KEY`) and its symbol column."""
+    bounds = np.cumsum([0, *(n for _, n in rows)])
+    sym = pl.col("symbol")
+    new = frame.select((sym != sym.shift()).fill_null(True)).to_series().to_numpy().copy()
+    new[bounds[:-1][bounds[:-1] < frame.height]] = True  # a partition starts a run
+    starts = np.flatnonzero(new)
+    counts = np.diff(np.append(starts, frame.height)).tolist()
+    names = frame["symbol"].gather(starts).to_list()
+    owner = np.searchsorted(bounds, starts, side="right") - 1
+    out: list[list[Any]] = [[rel, []] for rel, _ in rows]
+    for part, name, n in zip(owner.tolist(), names, counts, strict=True):
+        out[part][1].append([name, n])
+    return out
+
+
 def _delta_parts(frame: pl.DataFrame, index: list[list[Any]]) -> dict[str, _Indexed]:
     """Return a delta file's rows per partition: slices of `frame`, which they remember
     (with their offset) so that a read of many partitions gathers from the file once."""
@@ -1676,6 +1850,43 @@ def _delta_parts(frame: pl.DataFrame, index: list[list[Any]]) -> dict[str, _Inde
         parts[rel] = part
         start += rows
     return parts
+
+
+def _by_timeframe(bars: pl.DataFrame) -> list[tuple[str, pl.DataFrame]]:
+    """Return a batch's rows per timeframe (one group, without a group-by, when it has one)."""
+    tf_col = pl.col("timeframe")
+    if bars.select((tf_col == tf_col.first()).all()).item():
+        return [(str(bars["timeframe"][0]), bars)]
+    return [(str(t), part) for (t,), part in bars.group_by(tf_col, maintain_order=True)]
+
+
+def _part_of(split: Split, i: int, tf: str, arrow: ArrowBatch) -> _Partition:
+    """Return partition `i` of a split as the merge path takes it."""
+    lo, hi = int(split.bounds[i]), int(split.bounds[i + 1])
+    starts = split.offsets[lo:hi].tolist()
+    runs = [
+        (symbol, start, start + n)
+        for symbol, start, n in zip(
+            split.symbols[lo:hi], starts, split.counts[lo:hi].tolist(), strict=True
+        )
+    ]
+    bucket, month = split.keys[i]
+    key = (tf, bucket, month_text(month) if month is not None else None)
+    firsts, lasts = split.firsts[lo:hi].tolist(), split.lasts[lo:hi].tolist()
+    return _Partition(key, split.frame, runs, arrow, firsts, lasts)
+
+
+def _lasts_of(partition: _Indexed | PartitionView) -> dict[str, int]:
+    """Return the last ts of each symbol of a decoded partition (base and deltas)."""
+    if isinstance(partition, _Indexed):
+        return dict(partition.lasts())
+    out: dict[str, int] = {}
+    for rows in [partition.base, *partition.deltas]:
+        for symbol in rows.index:
+            last = rows.last_us(symbol)
+            if last is not None and last > out.get(symbol, last - 1):
+                out[symbol] = last
+    return out
 
 
 def _join_tiers(cold: list[pl.DataFrame], hot: list[pl.DataFrame]) -> list[pl.DataFrame]:

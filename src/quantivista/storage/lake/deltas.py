@@ -6,13 +6,15 @@ needs neither the merge nor a rewrite of partition files: the whole batch lands 
 file of its timeframe, whatever the partitions it touches,
 
     timeframe=1m/bucket=007/month=2024-03/data.parquet         a partition (base) file
-    timeframe=1m/_deltas/delta-<time ns>-<uuid>.parquet        one appended batch
+    timeframe=1m/_deltas/delta-<time ns>-<uuid>.arrow          one appended batch
 
-its rows sorted by partition, symbol and ts, its footer saying which rows belong to which
-partition (`PARTS_KEY`). It is written atomically under the locks of every partition it
-touches, so writers of one partition still take turns. A partition is its base file plus
-its parts of the live deltas; reads join them per symbol (a delta's rows of a symbol follow
-every earlier row of it, so the pieces concatenate in ts order without a sort or a dedupe).
+an uncompressed Arrow IPC file (Parquet in stores written before: still read), its rows
+sorted by partition, symbol and ts, its metadata saying how many rows belong to which
+partition (`ROWS_KEY`; a Parquet delta's footer: `PARTS_KEY`). It is written atomically
+under the locks of every partition it touches, so writers of one partition still take
+turns. A partition is its base file plus its parts of the live deltas; reads join them per
+symbol (a delta's rows of a symbol follow every earlier row of it, so the pieces concatenate
+in ts order without a sort or a dedupe).
 Appends make no history: no version is superseded, so as-of reads stay exact.
 
 Every write of a base file records, in its footer (`THROUGH_KEY`), the newest delta listed
@@ -27,7 +29,10 @@ merges them into one delta file (cost: their rows, not the partitions'), under t
 every partition they touch, named after all of them, its footer naming its sources
 (`REPLACES_KEY`: a crash before they are removed leaves them listed but ignored); past that
 it folds them. A merge takes the small deltas written since the last merged one until a few
-merged ones pile up (`bars._MERGED_DELTAS`), so writers mostly wait for a small merge. So
+merged ones pile up (`bars._MERGED_DELTAS`). Merges and folds are built and written without
+the locks and renamed into place under them if nothing they were built from changed (a
+merged delta is named right after its newest source, `merged_name`), so writers wait for
+a rename, not for a merge. So
 reads find few deltas however long a stream runs, and a stream does not rewrite the month
 files every few seconds. Every base write also writes the base's tail
 (see `tails`), from which appends are checked and the validation's warm-up read.
@@ -53,11 +58,14 @@ __all__ = [
     "DELTA_PREFIX",
     "PARTS_KEY",
     "REPLACES_KEY",
+    "ROWS_KEY",
     "THROUGH_KEY",
     "Folder",
     "PartitionView",
     "delta_name",
     "delta_names",
+    "merged_name",
+    "stack",
     "stack_frames",
 ]
 
@@ -66,6 +74,9 @@ DELTA_PREFIX = "delta-"
 PARTS_KEY = "qv.parts"  # a delta's footer: [[partition, [[symbol, rows], ...]], ...]
 THROUGH_KEY = "qv.through"  # a base's footer: the newest delta it accounts for
 REPLACES_KEY = "qv.replaces"  # a merged delta's footer: the deltas it holds the rows of
+# an Arrow IPC delta's metadata: [[partition, rows], ...] (its symbol runs: from its rows)
+ROWS_KEY = "qv.rows"
+_SUFFIXES = (".arrow", ".parquet")  # deltas are Arrow IPC; stores written before: Parquet
 _log = logging.getLogger(__name__)
 
 
@@ -81,6 +92,8 @@ class Rows(Protocol):
 
     def last_us(self, symbol: str) -> int | None: ...
 
+    def lasts(self) -> dict[str, int]: ...
+
     def first_us(self) -> tuple[str, int] | None: ...
 
     def estimated_size(self) -> int: ...
@@ -92,7 +105,15 @@ def delta_name(after: str | None = None) -> str:
     now = time.time_ns()
     if after is not None:
         now = max(now, int(after[len(DELTA_PREFIX) :].split("-", 1)[0]) + 1)
-    return f"{DELTA_PREFIX}{now:020d}-{uuid4().hex[:12]}.parquet"
+    return f"{DELTA_PREFIX}{now:020d}-{uuid4().hex[:12]}.arrow"
+
+
+def merged_name(newest: str) -> str:
+    """Return the name of a merged delta whose newest source is `newest`: right after it
+    and before any later delta (those have a later time; "~" sorts after the suffix's
+    dot), so a merge that was listed without the locks keeps every partition's order."""
+    stem = newest.rsplit(".", 1)[0]
+    return f"{stem}~{uuid4().hex[:8]}.arrow"
 
 
 def delta_names(directory: Path) -> list[str]:
@@ -101,7 +122,7 @@ def delta_names(directory: Path) -> list[str]:
         names = os.listdir(directory)
     except FileNotFoundError:
         return []
-    return sorted(n for n in names if n.startswith(DELTA_PREFIX) and n.endswith(".parquet"))
+    return sorted(n for n in names if n.startswith(DELTA_PREFIX) and n.endswith(_SUFFIXES))
 
 
 class PartitionView:
@@ -178,13 +199,17 @@ def stack_frames(frames: list[pl.DataFrame]) -> pl.DataFrame | None:
     A read slices and joins each piece of a symbol: one piece per delta costs more than
     the rows (a stream's pending deltas each hold one bar of the symbol), and `pl.concat`
     hands a few small frames to the thread pool."""
-    if not frames:
-        return None
-    out = frames[0]
-    if len(frames) > 1:
-        out = out.clone()
-        for frame in frames[1:]:
-            out.vstack(frame, in_place=True)
+    return stack(frames[0], frames[1:]) if frames else None
+
+
+def stack(first: pl.DataFrame, rest: Sequence[pl.DataFrame]) -> pl.DataFrame:
+    """Return `first` and `rest` one after another as chunks of one frame (`stack_frames`
+    of frames known to be there)."""
+    if not rest:
+        return first
+    out = first.clone()
+    for frame in rest:
+        out.vstack(frame, in_place=True)
     return out
 
 

@@ -1,8 +1,25 @@
-"""Quality scores per (symbol, timeframe, session date, job): the trend kept with the data."""
+"""Quality scores per (symbol, timeframe, session date, job): the trend kept with the data.
+
+Every validated batch writes one file into its job's folder; a stream validates a
+micro-batch a second, each its own job: unbounded folders, every one listed and opened by
+every read. So small files are compacted, like the bars' deltas: once a process has added
+`_COMPACT_FILES` of them, a background thread folds every small file into one file of
+`_compacted/` (tier 1), and `_FANOUT` files of a tier into one of the next: a row is
+rewritten once per tier (a few times however long the stream runs), and a read opens at
+most `_FANOUT` files per tier. `compact()` does the same on demand (`qv compact`).
+
+A compacted file's footer names the files it holds (`REPLACES_KEY`); it is renamed into
+place before they are removed, and reads leave out any file a compacted file names: a
+crash in between counts every row once, and the next compaction removes the leftovers.
+Compactions take turns under a lock file; adds need none (each writes a new file).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import time
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -11,11 +28,19 @@ from uuid import uuid4
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from quantivista.config import StorageSettings
 from quantivista.errors import StorageError
 from quantivista.model.schema import STORED_SCORE_SCHEMA
-from quantivista.storage.lake.files import ensure_dir, fsync_path, is_temporary
+from quantivista.storage.lake.deltas import Folder
+from quantivista.storage.lake.files import (
+    atomic_write_parquet,
+    ensure_dir,
+    flocked,
+    fsync_path,
+    is_temporary,
+)
 from quantivista.storage.lake.layout import LakeLayout
 
 __all__ = ["ParquetScoreStore", "latest_scores", "score_runs"]
@@ -26,6 +51,11 @@ __all__ = ["ParquetScoreStore", "latest_scores", "score_runs"]
 _BIG = 100_000
 _RUNS = ".runs.parquet"
 _RUN_KEY = ("symbol", "timeframe", "job_id", "rows", "rejected", "flagged", "missing", "score")
+_COMPACTED = "_compacted"  # compacted files: `part-<tier>-<time ns>-<uuid>.parquet`
+_COMPACT_FILES = 64  # small files a process adds before it compacts them (in the background)
+_FANOUT = 8  # files of one tier that are compacted into one of the next
+REPLACES_KEY = "qv.replaces"  # a compacted file's footer: the files it holds (relative)
+_CREATE_ATTEMPTS = 16  # a write's retries when a compaction removes its emptied job folder
 
 
 class ParquetScoreStore:
@@ -36,8 +66,12 @@ class ParquetScoreStore:
     """
 
     def __init__(self, root: Path, settings: StorageSettings | None = None) -> None:
-        self.dir = LakeLayout(Path(root)).scores
+        layout = LakeLayout(Path(root))
+        self.dir = layout.scores
+        self._lock_file = layout.locks / "scores.lock"
         self.settings = settings or StorageSettings()
+        self._added = 0  # small files added since this process last compacted
+        self._compactor = Folder(lambda _: self.compact())
 
     def add(self, scores: pl.DataFrame, at: datetime) -> int:
         """Store the scores of one batch, validated at `at`; return how many rows were written."""
@@ -51,7 +85,82 @@ class ParquetScoreStore:
             _write(score_runs(frame), folder / f"{uuid4().hex}{_RUNS}", self.settings.fsync)
         else:
             _write(frame, folder / f"{uuid4().hex}.parquet", self.settings.fsync)
+            self._added += 1
+            if self._added >= _COMPACT_FILES:
+                self._added = 0
+                self._compactor.submit(self.dir)
         return frame.height
+
+    def compact(self) -> int:
+        """Fold the small score files into compacted ones (see the module); return the
+        files removed."""
+        ensure_dir(self.dir)
+        ensure_dir(self._lock_file.parent)
+        with flocked(self._lock_file):
+            removed = self._sweep()
+            small = [p for p in self._small_files("*") if not p.name.endswith(_RUNS)]
+            if small:
+                self._fold(small, 1)
+                removed += len(small)
+            top = max((int(p.name.split("-")[1]) for p in self._compacted()), default=0)
+            tier = 1
+            while tier <= top:
+                files = self._compacted(tier)
+                if len(files) >= _FANOUT:
+                    self._fold(files, tier + 1)
+                    removed += len(files) - 1
+                    top = max(top, tier + 1)
+                tier += 1
+        return removed
+
+    def close(self) -> None:
+        """Let a background compaction finish."""
+        self._compactor.wait()
+
+    def _fold(self, files: list[Path], tier: int) -> None:
+        """Write `files` as one compacted file of `tier`, then remove them (under the lock)."""
+        rows = pl.scan_parquet(files, hive_partitioning=False).collect()  # one parallel scan
+        rows = rows.sort("symbol", "timeframe", "date", "job_id", "scored_at")
+        folder = self.dir / _COMPACTED
+        path = folder / f"part-{tier:02d}-{time.time_ns():020d}-{uuid4().hex[:12]}.parquet"
+        names = [p.relative_to(self.dir).as_posix() for p in files]
+        atomic_write_parquet(rows, path, self.settings, {REPLACES_KEY: json.dumps(names)})
+        for p in files:
+            p.unlink(missing_ok=True)
+            if p.parent != folder:
+                with contextlib.suppress(OSError):  # not empty (another file of the job)
+                    p.parent.rmdir()  # an emptied job folder (an add makes it again)
+
+    def _sweep(self) -> int:
+        """Remove the files a compacted file holds that a crash left behind."""
+        gone = 0
+        for name in self._replaced():
+            path = self.dir / name
+            if path.exists():
+                path.unlink()
+                gone += 1
+        return gone
+
+    def _compacted(self, tier: int | None = None) -> list[Path]:
+        pattern = f"part-{tier:02d}-*.parquet" if tier is not None else "part-*.parquet"
+        return sorted(p for p in (self.dir / _COMPACTED).glob(pattern) if not is_temporary(p))
+
+    def _small_files(self, job: str) -> list[Path]:
+        found = self.dir.glob(f"job_id={job}/*.parquet")
+        return sorted(p for p in found if not is_temporary(p))
+
+    def _replaced(self) -> set[str]:
+        """Return the files (relative) that compacted files hold: never read again."""
+        out: set[str] = set()
+        for path in self._compacted():
+            try:
+                meta = pq.read_metadata(path).metadata or {}
+            except FileNotFoundError:  # compacted again meanwhile
+                continue
+            found = meta.get(REPLACES_KEY.encode())
+            if found is not None:
+                out.update(json.loads(found))
+        return out
 
     def read(
         self,
@@ -60,8 +169,13 @@ class ParquetScoreStore:
         timeframe: str | None = None,
     ) -> pl.DataFrame:
         """Return stored scores, optionally of some symbols, one job or one timeframe."""
-        pattern = f"job_id={job_id}/*.parquet" if job_id else "job_id=*/*.parquet"
-        files = sorted(p for p in self.dir.glob(pattern) if not is_temporary(p))
+        compacted = self._compacted()
+        files = self._small_files(job_id or "*")
+        if compacted:  # crash-left files a compacted one holds are read there
+            replaced = self._replaced()
+            files = [p for p in files if p.relative_to(self.dir).as_posix() not in replaced]
+            compacted = [p for p in compacted if f"{_COMPACTED}/{p.name}" not in replaced]
+        files += compacted
         if not files:
             return pl.DataFrame(schema=STORED_SCORE_SCHEMA)
         rows = [p for p in files if not p.name.endswith(_RUNS)]
@@ -71,6 +185,8 @@ class ParquetScoreStore:
             lf_runs = pl.scan_parquet(runs, hive_partitioning=False).explode("date")
             parts.append(lf_runs.select(STORED_SCORE_SCHEMA.names()))
         lf = pl.concat(parts)
+        if job_id and compacted:
+            lf = lf.filter(pl.col("job_id") == job_id)
         if symbols:
             lf = lf.filter(pl.col("symbol").is_in(list(symbols)))
         if timeframe:
@@ -118,10 +234,16 @@ def _write(frame: pl.DataFrame, path: Path, fsync: bool) -> None:
     """Write a score file with polars, committing it by atomic rename (fsynced as the
     lake's files are). Polars' writer: a streaming micro-batch's 500 rows cost a third
     of the lake's dictionary-encoding writer's set-up."""
-    ensure_dir(path.parent)
     tmp = path.parent / f".tmp-{uuid4().hex}.parquet"
     try:
-        frame.write_parquet(tmp, compression="zstd", compression_level=1, statistics=False)
+        for attempt in range(_CREATE_ATTEMPTS):
+            ensure_dir(path.parent)
+            try:
+                frame.write_parquet(tmp, compression="zstd", compression_level=1, statistics=False)
+                break
+            except FileNotFoundError:  # a compaction removed the emptied job folder meanwhile
+                if attempt == _CREATE_ATTEMPTS - 1:
+                    raise
         if fsync:
             fsync_path(tmp)
         os.replace(tmp, path)

@@ -1,0 +1,331 @@
+"""The append path: the batch split, the writers' watermarks against other writers, Arrow
+IPC delta files (Parquet ones of older stores still read), and merges built outside the
+partition locks."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from quantivista.config import StorageSettings
+from quantivista.model.schema import coerce_bars
+from quantivista.model.timeframe import Timeframe
+from quantivista.storage.base import latest_per_key
+from quantivista.storage.lake import bars as bars_module
+from quantivista.storage.lake.appends import Split, month_text
+from quantivista.storage.lake.bars import ParquetLake, bucket_of
+from quantivista.storage.lake.deltas import DELTA_DIR, PARTS_KEY
+from quantivista.storage.lake.files import atomic_write_parquet
+
+D1 = Timeframe.parse("1d")
+M1 = Timeframe.parse("1m")
+DAY0 = datetime(2024, 1, 1, tzinfo=UTC)
+SYMBOLS = [f"S{i:02d}" for i in range(20)]
+
+
+def _bars(symbols: list[str], first: int, n: int, at: datetime, tf: str = "1d",
+          price: float = 100.0) -> pl.DataFrame:  # fmt: skip
+    step = timedelta(days=1) if tf == "1d" else timedelta(minutes=1)
+    ts = [DAY0 + step * (first + k) for k in range(n)]
+    close = np.full(len(symbols) * n, price) + np.tile(np.arange(n, dtype=float), len(symbols))
+    frame = pl.DataFrame(
+        {
+            "symbol": np.repeat(symbols, n),
+            "ts": ts * len(symbols),
+            "open": close,
+            "high": close + 1,
+            "low": close - 1,
+            "close": close,
+            "volume": np.full(len(close), 10.0),
+        }
+    )
+    return coerce_bars(frame, timeframe=tf, provider="t", job_id=f"j{at:%H%M%S%f}",
+                       ingested_at=at)  # fmt: skip
+
+
+def _settings(**kw: object) -> StorageSettings:
+    return StorageSettings(buckets=4, write_threads=1, **kw)  # type: ignore[arg-type]
+
+
+def _tf_dir(root: Path, tf: str = "1m") -> Path:
+    return root / "silver" / "bars" / f"timeframe={tf}"
+
+
+def test_a_split_orders_the_batch_by_partition_symbol_and_ts() -> None:
+    rng = np.random.default_rng(7)
+    names = [f"X{i:03d}" for i in rng.permutation(40)]
+    # each symbol one block of rising minutes across a month end (two partitions each)
+    start = datetime(2024, 1, 31, 23, 58, tzinfo=UTC)
+    frame = _bars(names, 0, 4, DAY0, tf="1m").with_columns(
+        ts=pl.col("ts") - pl.lit(DAY0) + pl.lit(start)
+    )
+    split = Split.of(latest_per_key(frame), True, lambda s: bucket_of(s, 8))
+    got = split.frame
+    month = pl.col("ts").dt.strftime("%Y-%m")
+    bucket = pl.col("symbol").map_elements(lambda s: bucket_of(s, 8), return_dtype=pl.Int64)
+    want = frame.sort(bucket, month, "symbol", "ts")
+    assert_frame_equal(got, want)
+    # partitions: their keys in order, each run one symbol's rows of one partition
+    keys = got.select(bucket.alias("b"), month.alias("m")).unique(maintain_order=True)
+    assert [(b, month_text(m)) for b, m in split.keys if m is not None] == keys.rows()
+    assert int(split.counts.sum()) == got.height and len(split.symbols) == 80
+    for i, (b, m) in enumerate(split.keys):
+        first, rows = split.part_rows()[i]
+        part = got.slice(first, rows)
+        assert m is not None
+        assert (part["ts"].dt.strftime("%Y-%m") == month_text(m)).all()
+        assert [bucket_of(s, 8) for s in part["symbol"].unique()] == [b] * part["symbol"].n_unique()
+        assert split.runs(i) == [(s, 2) for s in sorted(part["symbol"].unique())]
+    # a run ending at 23:59 of January and one starting at 00:00 of February
+    jan, feb = int(split.lasts.min()), int(split.firsts.max())
+    assert datetime.fromtimestamp(jan / 1e6, UTC) == datetime(2024, 1, 31, 23, 59, tzinfo=UTC)
+    assert datetime.fromtimestamp(feb / 1e6, UTC) == datetime(2024, 2, 1, tzinfo=UTC)
+
+
+def test_a_writer_checks_its_appends_against_another_writers_deltas(tmp_path: Path) -> None:
+    first = ParquetLake(tmp_path, _settings(delta_files=100))
+    second = ParquetLake(tmp_path, _settings(delta_files=100))  # another process's writer
+    at = [DAY0 + timedelta(days=400, seconds=k) for k in range(4)]
+    first.upsert(_bars(SYMBOLS, 0, 5, at[0]))
+    first.upsert(_bars(SYMBOLS, 5, 1, at[1]))  # its watermarks now say day 5
+    second.upsert(_bars(SYMBOLS, 6, 1, at[2]))  # day 6, unknown to `first`'s watermarks
+    deltas = len(first.delta_files())
+    again = _bars(SYMBOLS[:3], 6, 1, at[3], price=200.0)  # day 6 again: corrections
+    stats = first.upsert(again)
+    assert stats.updated == 3 and stats.inserted == 0
+    assert len(first.delta_files()) == deltas  # merged into the bases, not appended
+    got = ParquetLake(tmp_path, _settings()).read(SYMBOLS, D1)
+    assert not got.select("symbol", "ts").is_duplicated().any()
+    assert got.height == len(SYMBOLS) * 7
+    last = got.filter(pl.col("ts") == DAY0 + timedelta(days=6))
+    assert last.filter(pl.col("symbol").is_in(SYMBOLS[:3]))["close"].to_list() == [200.0] * 3
+
+
+def test_a_writer_notices_another_writer_deleting_its_last_bars(tmp_path: Path) -> None:
+    first = ParquetLake(tmp_path, _settings(delta_files=100))
+    second = ParquetLake(tmp_path, _settings(delta_files=100))
+    t0, t1 = DAY0 + timedelta(days=400), DAY0 + timedelta(days=401)
+    first.upsert(_bars(SYMBOLS, 0, 6, t0))
+    first.upsert(_bars(SYMBOLS, 6, 1, t0))
+    assert second.delete(D1, before=DAY0 + timedelta(days=10), at=t1) == len(SYMBOLS) * 7
+    # every bar gone: day 3 appends again (a base rewritten elsewhere: watermarks rebuilt)
+    before = len(first.delta_files())
+    assert first.upsert(_bars(SYMBOLS, 3, 1, t1)).inserted == len(SYMBOLS)
+    assert len(first.delta_files()) == before + 1
+    got = ParquetLake(tmp_path, _settings()).read(SYMBOLS, D1)
+    assert got["ts"].unique().to_list() == [DAY0 + timedelta(days=3)]
+    assert got.height == len(SYMBOLS)
+
+
+def test_appends_are_arrow_ipc_files_and_parquet_deltas_of_older_stores_still_read(
+    tmp_path: Path,
+) -> None:
+    lake = ParquetLake(tmp_path, _settings(delta_files=100))
+    base = _bars(SYMBOLS, 0, 5, DAY0 + timedelta(days=400), tf="1m")
+    lake.upsert(base)
+    # a Parquet delta as an earlier version wrote it: rows sorted by partition, per-symbol runs
+    old = _bars(SYMBOLS, 5, 2, DAY0 + timedelta(days=401), tf="1m")
+    bucket = pl.col("symbol").map_elements(lake.bucket, return_dtype=pl.Int64)
+    old = old.sort(bucket, "symbol", "ts")
+    index = [
+        [f"bucket={b:03d}/month=2024-01", [[s, 2] for s in sorted(g["symbol"].unique())]]
+        for (b,), g in old.group_by(bucket, maintain_order=True)
+    ]
+    folder = _tf_dir(tmp_path) / DELTA_DIR
+    name = f"delta-{time.time_ns():020d}-000000000000.parquet"
+    atomic_write_parquet(old, folder / name, lake.settings, {PARTS_KEY: json.dumps(index)})
+    new = _bars(SYMBOLS, 7, 1, DAY0 + timedelta(days=402), tf="1m")
+    lake.upsert(new)  # after the Parquet delta: its rows count in the append check
+    files = lake.delta_files("1m")
+    assert [p.suffix for p in files] == [".parquet", ".arrow"]
+    assert ParquetLake.read_file(files[1]).height == len(SYMBOLS)
+    want = pl.concat([base, old, new]).sort("symbol", "ts")
+    for reader in (lake, ParquetLake(tmp_path, _settings())):
+        assert_frame_equal(reader.read(SYMBOLS, M1), want)
+        assert_frame_equal(reader.read(["S04"], M1), want.filter(pl.col("symbol") == "S04"))
+        assert reader.stats()["rows"].sum() == want.height
+        assert sorted(reader.symbols(M1)) == SYMBOLS
+    assert lake.upsert(old.head(1)).unchanged == 1  # a stored bar again: no append
+    lake.compact()
+    assert not lake.delta_files()
+    assert_frame_equal(ParquetLake(tmp_path, _settings()).read(SYMBOLS, M1), want)
+
+
+def _during_merge(monkeypatch: pytest.MonkeyPatch, action: object) -> list[bool]:
+    """Run `action()` once a merge has written its file, before it takes the locks."""
+    real = bars_module.atomic_write_ipc
+    ran: list[bool] = []
+
+    def hooked(df: pl.DataFrame, path: Path, *args: object, **kw: object) -> int:
+        size = real(df, path, *args, **kw)  # type: ignore[arg-type]
+        if path.name.startswith(".tmp-merge-") and not ran:
+            ran.append(True)
+            action()  # type: ignore[operator]
+        return size
+
+    monkeypatch.setattr(bars_module, "atomic_write_ipc", hooked)
+    return ran
+
+
+def test_appends_while_a_merge_is_built_keep_every_partitions_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lake = ParquetLake(tmp_path, _settings(delta_files=100))
+    written = [_bars(SYMBOLS, 0, 5, DAY0 + timedelta(days=400), tf="1m")]
+    lake.upsert(written[0])
+    for k in range(3):
+        written.append(_bars(SYMBOLS, 5 + k, 1, DAY0 + timedelta(days=401, seconds=k), tf="1m"))
+        lake.upsert(written[-1])
+    sources = lake.delta_files("1m")
+    late = _bars(SYMBOLS, 8, 1, DAY0 + timedelta(days=402), tf="1m")
+
+    def append() -> None:  # no partition lock is held while the merge is built
+        lake.upsert(late)
+        written.append(late)
+
+    ran = _during_merge(monkeypatch, append)
+    assert lake.merge_deltas(_tf_dir(tmp_path)) == 2
+    assert ran
+    files = lake.delta_files("1m")
+    assert len(files) == 2 and not set(files) & set(sources)
+    merged, newest = files  # the merged file sorts before the append written meanwhile
+    assert merged.name.startswith(sources[-1].stem)  # right after its newest source
+    assert ParquetLake.read_file(newest)["ts"].unique().to_list() == [DAY0 + timedelta(minutes=8)]
+    assert ParquetLake.read_file(merged).height == 3 * len(SYMBOLS)
+    assert not list((_tf_dir(tmp_path) / DELTA_DIR).glob(".*"))  # no leftovers
+    want = pl.concat(written).sort("symbol", "ts")
+    for reader in (lake, ParquetLake(tmp_path, _settings())):
+        assert_frame_equal(reader.read(SYMBOLS, M1), want)
+        assert_frame_equal(reader.read(["S11"], M1), want.filter(pl.col("symbol") == "S11"))
+
+
+def test_a_merge_whose_sources_were_folded_meanwhile_is_dropped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lake = ParquetLake(tmp_path, _settings(delta_files=100))
+    written = [_bars(SYMBOLS, 0, 5, DAY0 + timedelta(days=400), tf="1m")]
+    lake.upsert(written[0])
+    for k in range(3):
+        written.append(_bars(SYMBOLS, 5 + k, 1, DAY0 + timedelta(days=401, seconds=k), tf="1m"))
+        lake.upsert(written[-1])
+    other = ParquetLake(tmp_path, _settings())  # another process compacts meanwhile
+    ran = _during_merge(monkeypatch, other.compact)
+    assert lake.merge_deltas(_tf_dir(tmp_path)) == 0
+    assert ran
+    assert not lake.delta_files()  # folded; the merged file was not put in place
+    assert not list((_tf_dir(tmp_path) / DELTA_DIR).glob(".*"))
+    want = pl.concat(written).sort("symbol", "ts")
+    for reader in (lake, ParquetLake(tmp_path, _settings())):
+        got = reader.read(SYMBOLS, M1)
+        assert_frame_equal(got, want)
+    nxt = _bars(SYMBOLS, 8, 1, DAY0 + timedelta(days=402), tf="1m")
+    assert lake.upsert(nxt).inserted == len(SYMBOLS)
+    assert lake.read(SYMBOLS, M1).height == want.height + len(SYMBOLS)
+
+
+def test_a_month_boundary_batch_appends_to_both_months(tmp_path: Path) -> None:
+    lake = ParquetLake(tmp_path, _settings(delta_files=100))
+    end = datetime(2024, 1, 31, 23, 50, tzinfo=UTC)
+    shift = pl.lit(end) - pl.lit(DAY0)
+    base = _bars(SYMBOLS, 0, 5, DAY0, tf="1m").with_columns(ts=pl.col("ts") + shift)
+    lake.upsert(base)
+    lake.prepare(SYMBOLS, M1, datetime(2024, 2, 1, tzinfo=UTC))  # February's empty bases
+    batch = _bars(SYMBOLS, 5, 10, DAY0, tf="1m").with_columns(ts=pl.col("ts") + shift)
+    stats = lake.upsert(batch)
+    assert stats.inserted == batch.height
+    assert len(lake.delta_files("1m")) == 1  # both months' partitions in one delta file
+    want = pl.concat([base, batch]).sort("symbol", "ts")
+    assert_frame_equal(ParquetLake(tmp_path, _settings()).read(SYMBOLS, M1), want)
+    assert month_text(649) == "2024-02"
+
+
+def _during_fold(monkeypatch: pytest.MonkeyPatch, action: object) -> list[bool]:
+    """Run `action()` once a fold has written its base file ahead, before it takes the lock."""
+    real = bars_module.atomic_write_parquet
+    ran: list[bool] = []
+
+    def hooked(df: object, path: Path, *args: object, **kw: object) -> int:
+        size = real(df, path, *args, **kw)  # type: ignore[arg-type]
+        if path.name.startswith(".tmp-fold-") and not ran:
+            ran.append(True)
+            action()  # type: ignore[operator]
+        return size
+
+    monkeypatch.setattr(bars_module, "atomic_write_parquet", hooked)
+    return ran
+
+
+def _streamed(lake: ParquetLake, batches: int) -> list[pl.DataFrame]:
+    written = [_bars(["AAA", "BBB"], 0, 5, DAY0 + timedelta(days=400), tf="1m")]
+    lake.upsert(written[0])
+    for k in range(batches):
+        at = DAY0 + timedelta(days=401, seconds=k)
+        written.append(_bars(["AAA", "BBB"], 5 + k, 1, at, tf="1m"))
+        lake.upsert(written[-1])
+    return written
+
+
+def test_a_fold_built_ahead_leaves_appends_made_meanwhile_as_deltas(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lake = ParquetLake(tmp_path, StorageSettings(buckets=1, write_threads=1, delta_files=100))
+    written = _streamed(lake, 3)
+    folded = lake.delta_files("1m")
+    late = _bars(["AAA", "BBB"], 8, 1, DAY0 + timedelta(days=402), tf="1m")
+    ran = _during_fold(monkeypatch, lambda: lake.upsert(late))
+    directory = lake.partition_dir("1m", "AAA", "2024-01")
+    assert lake.fold(directory) == 3
+    assert ran
+    base = lake.base_path(directory)
+    assert lake._through(base) == folded[-1].name  # built ahead: the late append is not in it
+    assert not [p for p in directory.iterdir() if p.name.startswith(".")]
+    want = pl.concat([*written, late]).sort("symbol", "ts")
+    for reader in (lake, ParquetLake(tmp_path, _settings())):
+        assert_frame_equal(reader.read(["AAA", "BBB"], M1), want)
+        assert reader.live_deltas("1m")[-1][1].height == 2  # the late append only
+    assert ParquetLake.read_file(base).height == want.height - 2
+
+
+def test_a_fold_built_ahead_of_a_correction_is_dropped_and_folded_under_the_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = StorageSettings(buckets=1, write_threads=1, delta_files=100)
+    lake = ParquetLake(tmp_path, settings)
+    written = _streamed(lake, 3)
+    fix = _bars(["AAA"], 2, 1, DAY0 + timedelta(days=403), tf="1m", price=500.0)
+    other = ParquetLake(tmp_path, settings)  # another process corrects a bar meanwhile
+    ran = _during_fold(monkeypatch, lambda: other.upsert(fix))
+    directory = lake.partition_dir("1m", "AAA", "2024-01")
+    lake.fold(directory)
+    assert ran
+    got = ParquetLake(tmp_path, _settings()).read(["AAA", "BBB"], M1)
+    assert got.height == pl.concat(written).height
+    fixed = got.filter((pl.col("symbol") == "AAA") & (pl.col("ts") == DAY0 + timedelta(minutes=2)))
+    assert fixed["close"].to_list() == [500.0]  # the correction survived the fold
+    assert not [p for p in directory.iterdir() if p.name.startswith(".")]
+    assert_frame_equal(lake.read(["AAA", "BBB"], M1), got)
+
+
+def test_a_writer_applies_every_delta_other_writers_appended_since_its_last_write(
+    tmp_path: Path,
+) -> None:
+    settings = _settings(delta_files=100)
+    mine, first, second = (ParquetLake(tmp_path, settings) for _ in range(3))
+    at = [DAY0 + timedelta(days=400, seconds=k) for k in range(5)]
+    mine.upsert(_bars(["AAA"], 0, 5, at[0]))
+    mine.upsert(_bars(["AAA"], 5, 1, at[1]))  # its watermarks: up to its own delta
+    first.upsert(_bars(["BBB"], 0, 5, at[2]))  # two deltas of others, the older one first
+    second.upsert(_bars(["CCC"], 0, 5, at[3]))
+    assert all(mine.bucket(s) == mine.bucket("AAA") for s in ["BBB", "CCC"])  # one partition
+    stats = mine.upsert(_bars(["BBB"], 3, 4, at[4]))  # overlaps the older one: not an append
+    assert stats.updated == 2 and stats.inserted == 2  # merged, not appended again
+    got = ParquetLake(tmp_path, settings).read(["AAA", "BBB", "CCC"], D1)
+    assert not got.select("symbol", "ts").is_duplicated().any()
+    assert got.height == 6 + 7 + 5
