@@ -40,7 +40,7 @@ import polars as pl
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import load_avg_1m, median_seconds, print_json_line
-from quantivista.config import StorageSettings
+from quantivista.config import IngestSettings, StorageSettings
 from quantivista.model.schema import coerce_bars
 from quantivista.model.timeframe import Timeframe
 from quantivista.platform import Platform
@@ -123,14 +123,16 @@ def minute_bars(symbols: list[str], ts: list[datetime], seed: int) -> pl.DataFra
     )
 
 
-def stream(root: Path, batches: int) -> dict[str, Any]:
-    """Return micro-batch latencies and read times of the streaming run."""
+def stream(root: Path, batches: int, recent: bool = False) -> dict[str, Any]:
+    """Return micro-batch latencies and read times of the streaming run (`recent`: the
+    writer keeps what it stored as the next batch's validation history, as a dedicated
+    streaming writer does: `ingest.keep_recent_history`)."""
     symbols = [f"S{i:04d}" for i in range(500)]
     open_ = datetime(2024, 3, 4, 14, 30, tzinfo=UTC)
     minute = timedelta(minutes=1)
     m1 = Timeframe.parse("1m")
-    out: dict[str, Any] = {}
-    with Platform.open(root) as p:
+    out: dict[str, Any] = {"keep_recent_history": recent}
+    with Platform.open(root, ingest=IngestSettings(keep_recent_history=recent)) as p:
         session = [open_ + minute * k for k in range(390)]
         p.write_bars(minute_bars(symbols, session, 0), source="perf", timeframe="1m")
         lake = p.runtime.backend.bars
@@ -233,6 +235,7 @@ def main() -> None:
     # holds 500 symbols x 10 years of daily bars, not 2,000
     parser.add_argument("--cache-mb", type=int, default=None)
     parser.add_argument("--no-stream", action="store_true")
+    parser.add_argument("--recent", action="store_true", help="ingest.keep_recent_history on")
     args = parser.parse_args()
     out: dict[str, Any] = {"bench": "append", "load_avg_1m": load_avg_1m()}
     out["cache_mb"] = args.cache_mb or StorageSettings().cache_mb
@@ -255,7 +258,7 @@ def main() -> None:
     out["nightly"] = nightly
     if not args.no_stream:
         with tempfile.TemporaryDirectory() as tmp:
-            out["stream"] = stream(Path(tmp) / "lake", args.batches)
+            out["stream"] = stream(Path(tmp) / "lake", args.batches, args.recent)
     out["load_avg_1m_end"] = load_avg_1m()
     print_json_line(out, digits=4)
 

@@ -21,9 +21,11 @@ run storage_2 perf/storage.py
 run storage_3 perf/storage.py
 run stream_1 perf/stream.py
 run stream_2 perf/stream.py nats
+QV_PERF_SWITCH_US=100 run stream_switch100 perf/stream.py nats lake
 run workers perf/workers.py 200 60 2
 run api perf/api.py --runs 3
 run append_stream perf/append.py --symbols 500,5000 --batches 300
+run append_stream_recent perf/append.py --symbols "" --batches 300 --recent
 run append_years perf/append.py --symbols 2000,5000 --years 10,20 --no-stream
 run validate_small perf/validate_small.py
 echo "$(date -u +%H:%M:%S) done: $OUT"
