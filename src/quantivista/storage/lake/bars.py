@@ -954,7 +954,12 @@ class ParquetLake:
     def has_deltas(self, directory: Path) -> bool:
         """Say whether appends to the partition at `directory` wait in delta files (not
         folded into its base file yet): its base file alone is not its rows then."""
-        return bool(self._held(directory))
+        for _ in range(_VIEW_ATTEMPTS):
+            try:
+                return bool(self._held(directory))
+            except FileNotFoundError:  # a merge or fold removed a listed delta: list again
+                continue
+        raise StorageError("a partition's deltas kept changing while read", path=str(directory))
 
     def _held(self, directory: Path) -> list[tuple[str, _Indexed]]:
         """Return the parts of `directory`'s partition in the delta files, oldest first."""
@@ -1524,7 +1529,7 @@ class ParquetLake:
         reading one symbol decodes a fraction of its bucket file.
         """
         try:
-            if (whole and self.cache.max_bytes > 0) or self._held(path.parent):
+            if (whole and self.cache.max_bytes > 0) or self.has_deltas(path.parent):
                 return self._partition(path.parent)
             cached = self.cache.peek(path)
             if cached is not None:
