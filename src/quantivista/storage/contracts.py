@@ -141,6 +141,10 @@ class ScoreStore(Protocol):
         """Return one score per (symbol, timeframe, date): the latest job's."""
         ...
 
+    def close(self) -> None:
+        """Let background work (the lake's score compaction) finish."""
+        ...
+
 
 class RawStore(Protocol):
     """Bronze: provider payloads exactly as received, stored once by content."""
@@ -437,4 +441,5 @@ class Backend:
         """Release connections, threads and file handles."""
         self.workflows.close()
         self.catalog.close()
+        self.scores.close()
         self.bars.close()

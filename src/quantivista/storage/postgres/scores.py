@@ -134,3 +134,6 @@ class PgScoreStore:
     ) -> pl.DataFrame:
         """Return one score per (symbol, timeframe, date): the latest job's."""
         return latest_scores(self.read(symbols, None, timeframe))
+
+    def close(self) -> None:
+        """Nothing runs in the background here (the pool is the backend's)."""
