@@ -188,7 +188,10 @@ def split_at(
     cut = ts[start + history]
     window = part.filter(pl.col("ts").is_between(ts[start], ts[start + history + batch - 1]))
     bars = damaged(window, seed, moved=moved, pending=pending)
-    stored = bars.filter(pl.col("ts") < cut)
+    # a store answers one version of each bar (the newest): repeats are the batch's alone
+    stored = bars.filter(pl.col("ts") < cut).unique(
+        ["symbol", "timeframe", "ts"], keep="last", maintain_order=True
+    )
     new = bars.filter(pl.col("ts") >= cut).with_columns(quality_flags=pl.lit(0, pl.UInt32))
     return stored, new
 

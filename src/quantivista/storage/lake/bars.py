@@ -1116,7 +1116,10 @@ class ParquetLake:
             return 0
         prefix = f"{folder}{os.sep}"
         tiers = [i for i, (n, _) in enumerate(live) if prefix + n in self._replaces]
-        if tiers and len(tiers) < _MERGED_DELTAS and len(live) - tiers[-1] > 2:
+        # merged ones kept apart stay below the count that starts a merge (`delta_files`),
+        # so the deltas a merge leaves never call for another one at once
+        cap = min(_MERGED_DELTAS, self.settings.delta_files - 1)
+        if tiers and len(tiers) < cap and len(live) - tiers[-1] > 2:
             live = live[tiers[-1] + 1 :]  # the small ones since the newest merged one
         if len(live) < 2:
             return 0
