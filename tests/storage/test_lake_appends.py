@@ -174,15 +174,22 @@ def _during_merge(monkeypatch: pytest.MonkeyPatch, action: object) -> list[bool]
     return ran
 
 
+def _base_and_appends(lake: ParquetLake, appends: int) -> list[pl.DataFrame]:
+    """Write a 1m base of minutes 0-4 of every symbol, then `appends` one-minute appends
+    (deltas); return what was written, in order."""
+    written = [_bars(SYMBOLS, 0, 5, DAY0 + timedelta(days=400), tf="1m")]
+    lake.upsert(written[0])
+    for k in range(appends):
+        written.append(_bars(SYMBOLS, 5 + k, 1, DAY0 + timedelta(days=401, seconds=k), tf="1m"))
+        lake.upsert(written[-1])
+    return written
+
+
 def test_appends_while_a_merge_is_built_keep_every_partitions_order(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     lake = ParquetLake(tmp_path, _settings(delta_files=100))
-    written = [_bars(SYMBOLS, 0, 5, DAY0 + timedelta(days=400), tf="1m")]
-    lake.upsert(written[0])
-    for k in range(3):
-        written.append(_bars(SYMBOLS, 5 + k, 1, DAY0 + timedelta(days=401, seconds=k), tf="1m"))
-        lake.upsert(written[-1])
+    written = _base_and_appends(lake, 3)
     sources = lake.delta_files("1m")
     late = _bars(SYMBOLS, 8, 1, DAY0 + timedelta(days=402), tf="1m")
 
@@ -210,11 +217,7 @@ def test_a_merge_whose_sources_were_folded_meanwhile_is_dropped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     lake = ParquetLake(tmp_path, _settings(delta_files=100))
-    written = [_bars(SYMBOLS, 0, 5, DAY0 + timedelta(days=400), tf="1m")]
-    lake.upsert(written[0])
-    for k in range(3):
-        written.append(_bars(SYMBOLS, 5 + k, 1, DAY0 + timedelta(days=401, seconds=k), tf="1m"))
-        lake.upsert(written[-1])
+    written = _base_and_appends(lake, 3)
     other = ParquetLake(tmp_path, _settings())  # another process compacts meanwhile
     ran = _during_merge(monkeypatch, other.compact)
     assert lake.merge_deltas(_tf_dir(tmp_path)) == 0
