@@ -21,6 +21,7 @@ from quantivista.storage.contracts import Backend
 from quantivista.storage.lake.backup import PostgresBars, backup, restore
 from quantivista.storage.lake.bars import ParquetLake
 from quantivista.storage.lake.scores import ParquetScoreStore
+from quantivista.storage.lake.sweep import sweep_cold, sweep_lake
 
 __all__ = ["MaintenanceService", "RetentionOutcome", "restore_store", "store_exists"]
 
@@ -89,10 +90,14 @@ class MaintenanceService:
 
     def compact(self) -> int:
         """Fold the lake's delta files, merge its small history files and compact its
-        quality-score files; return the files removed."""
+        quality-score files; return the files removed. Temporaries that killed writers
+        left (hot and cold) go too, uncounted (see `storage.lake.sweep`)."""
         bars = self.backend.bars
         if not isinstance(bars, ParquetLake):
             raise InvalidInputError("compaction applies to the lake; PostgreSQL vacuums itself")
+        sweep_lake(bars.root)
+        if bars.cold is not None:
+            sweep_cold(bars.cold)
         scores = self.backend.scores
         removed = scores.compact() if isinstance(scores, ParquetScoreStore) else 0
         return bars.compact() + removed

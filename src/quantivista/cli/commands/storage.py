@@ -97,7 +97,10 @@ def retention() -> None:
 
 @app.command()
 def compact() -> None:
-    """Merge the lake's small history files (keeps as-of reads fast after many corrections)."""
+    """Merge the lake's small history files (keeps as-of reads fast after many corrections).
+
+    Also removes the temporaries that killed writers left (an hour old or more).
+    """
     with session() as rt:
         removed = rt.maintenance.compact()
     console.print(f"compacted: {removed:,} history files merged away")

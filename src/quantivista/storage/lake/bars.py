@@ -1147,7 +1147,10 @@ class ParquetLake:
                 names = delta_names(folder)
                 listed = {n for n, _ in self._live(folder)}
                 if whole is not None:
-                    os.replace(pending, folder / name)
+                    try:
+                        os.replace(pending, folder / name)
+                    except FileNotFoundError:  # swept as stale (`sweep`): merge again later
+                        return 0
                     if self.settings.fsync:
                         fsync_path(folder)
                 # the merged ones and any sources of a live merged delta still listed
