@@ -275,10 +275,13 @@ def _streamed(lake: ParquetLake, batches: int) -> list[pl.DataFrame]:
     return written
 
 
+# with the cache off (or a partition too big for it) folds are built ahead too
+@pytest.mark.parametrize("cache_mb", [64, 0])
 def test_a_fold_built_ahead_leaves_appends_made_meanwhile_as_deltas(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cache_mb: int
 ) -> None:
-    lake = ParquetLake(tmp_path, StorageSettings(buckets=1, write_threads=1, delta_files=100))
+    settings = StorageSettings(buckets=1, write_threads=1, delta_files=100, cache_mb=cache_mb)
+    lake = ParquetLake(tmp_path, settings)
     written = _streamed(lake, 3)
     folded = lake.delta_files("1m")
     late = _bars(["AAA", "BBB"], 8, 1, DAY0 + timedelta(days=402), tf="1m")
@@ -296,10 +299,11 @@ def test_a_fold_built_ahead_leaves_appends_made_meanwhile_as_deltas(
     assert ParquetLake.read_file(base).height == want.height - 2
 
 
+@pytest.mark.parametrize("cache_mb", [64, 0])
 def test_a_fold_built_ahead_of_a_correction_is_dropped_and_folded_under_the_lock(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cache_mb: int
 ) -> None:
-    settings = StorageSettings(buckets=1, write_threads=1, delta_files=100)
+    settings = StorageSettings(buckets=1, write_threads=1, delta_files=100, cache_mb=cache_mb)
     lake = ParquetLake(tmp_path, settings)
     written = _streamed(lake, 3)
     fix = _bars(["AAA"], 2, 1, DAY0 + timedelta(days=403), tf="1m", price=500.0)

@@ -1040,7 +1040,9 @@ class ParquetLake:
                 return None
             identity = file_identity(path)
             view = self._load_view(path, held)  # exactly the deltas listed
-            if file_identity(path) != identity or view.base is not self.cache.peek(path):
+            # the same identity before and after: the base read was that file (with the
+            # cache off or the partition too big for it too: not the cache's entry)
+            if file_identity(path) != identity:
                 return None  # the base changed while it was read
         except (FileNotFoundError, StorageError):
             return None
