@@ -1,10 +1,12 @@
-"""Sample rows several test modules share: quality scores, jobs and reports, instrument CSVs."""
+"""Sample rows several test modules share: quality scores, jobs and reports, instrument CSVs,
+minute bars."""
 
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from quantivista.model.jobs import DataQualityReport, IngestionJob, Severity, ValidationIssue
@@ -77,3 +79,19 @@ WMGT,WMI,1998-07-17,2009-08-04
 WMGT,WM,2009-08-05,
 AAPL,AAPL,1980-12-12,
 """
+
+
+def minute_bars(symbols: list[str], ts: datetime) -> pl.DataFrame:
+    """One bar of each of `symbols` at minute `ts` (a streaming micro-batch)."""
+    close = np.linspace(50, 60, len(symbols))
+    return pl.DataFrame(
+        {
+            "symbol": symbols,
+            "ts": [ts] * len(symbols),
+            "open": close,
+            "high": close + 1,
+            "low": close - 1,
+            "close": close,
+            "volume": np.full(len(symbols), 100.0),
+        }
+    ).with_columns(pl.col("ts").cast(pl.Datetime("us", "UTC")))

@@ -21,10 +21,9 @@ def runtime(tmp_path: Path) -> Iterator[Runtime]:
         yield opened
 
 
-def test_a_key_is_hashed_with_scrypt_once(
-    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    issued = runtime.auth.create_client("acme", ["read:bars"])
+@pytest.fixture
+def hashed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The secrets hashed with scrypt from now on, in order."""
     calls: list[str] = []
     real = auth._hash
 
@@ -33,9 +32,23 @@ def test_a_key_is_hashed_with_scrypt_once(
         return real(secret, salt)
 
     monkeypatch.setattr(auth, "_hash", counting)
+    return calls
+
+
+def _change_secret_in_store(runtime: Runtime, client_id: str) -> None:
+    """Change a client's stored secret hash, as another process rotating it does."""
+    record = runtime.backend.clients.client(client_id)
+    runtime.backend.clients.save_client(
+        record.model_copy(update={"secret_hash": auth._hash("a new secret")})
+    )
+
+
+def test_a_key_is_hashed_with_scrypt_once(runtime: Runtime, hashed: list[str]) -> None:
+    issued = runtime.auth.create_client("acme", ["read:bars"])
+    hashed.clear()  # the hash made on creation
     for _ in range(50):
         assert runtime.auth.from_api_key(issued.api_key).client_id == issued.client_id
-    assert len(calls) == 1
+    assert len(hashed) == 1
     with pytest.raises(AuthenticationError, match="wrong client credentials"):
         runtime.auth.from_api_key(issued.api_key[:-1] + ("x" if issued.api_key[-1] != "x" else "y"))
 
@@ -46,10 +59,7 @@ def test_a_changed_stored_hash_makes_a_proven_key_prove_itself_again(
     issued = runtime.auth.create_client("acme", ["read:bars"])
     runtime.auth.from_api_key(issued.api_key)
     # another process rotates the secret: the record's hash changes under the cache
-    record = runtime.backend.clients.client(issued.client_id)
-    runtime.backend.clients.save_client(
-        record.model_copy(update={"secret_hash": auth._hash("a new secret")})
-    )
+    _change_secret_in_store(runtime, issued.client_id)
     monkeypatch.setattr(auth, "_CACHE_S", 0.0)  # the record is re-read now, not in 5 s
     with pytest.raises(AuthenticationError, match="wrong client credentials"):
         runtime.auth.from_api_key(issued.api_key)
@@ -116,10 +126,7 @@ def test_a_key_needs_proof_until_proven_and_again_after_its_secret_changes(
     runtime.auth.from_api_key(issued.api_key)
     assert not runtime.auth.needs_proof(issued.api_key)
     assert runtime.auth.needs_proof(issued.api_key + "0")  # another key: never proven
-    record = runtime.backend.clients.client(issued.client_id)
-    runtime.backend.clients.save_client(
-        record.model_copy(update={"secret_hash": auth._hash("a new secret")})
-    )
+    _change_secret_in_store(runtime, issued.client_id)
     monkeypatch.setattr(auth, "_CACHE_S", 0.0)  # the record is re-read now, not in 5 s
     with pytest.raises(AuthenticationError):
         runtime.auth.from_api_key(issued.api_key)
@@ -127,17 +134,10 @@ def test_a_key_needs_proof_until_proven_and_again_after_its_secret_changes(
 
 
 def test_requests_that_bring_a_new_key_together_hash_it_once(
-    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+    runtime: Runtime, hashed: list[str]
 ) -> None:
     issued = runtime.auth.create_client("acme", ["read:bars"])
-    calls: list[str] = []
-    real = auth._hash
-
-    def counting(secret: str, salt: bytes | None = None) -> str:
-        calls.append(secret)
-        return real(secret, salt)
-
-    monkeypatch.setattr(auth, "_hash", counting)
+    hashed.clear()  # the hash made on creation
     start = threading.Barrier(8)
 
     def first_request() -> str:
@@ -147,4 +147,4 @@ def test_requests_that_bring_a_new_key_together_hash_it_once(
     with ThreadPoolExecutor(8) as pool:
         got = list(pool.map(lambda _: first_request(), range(8)))
     assert got == [issued.client_id] * 8
-    assert len(calls) == 1  # the others waited for the first proof
+    assert len(hashed) == 1  # the others waited for the first proof

@@ -5,29 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import numpy as np
-import polars as pl
-
 from quantivista.model.timeframe import Timeframe
 from quantivista.platform import Platform
 from quantivista.storage.lake.bars import ParquetLake
+from samples import minute_bars
 
 M1 = Timeframe.parse("1m")
-
-
-def _minute(symbols: list[str], ts: datetime) -> pl.DataFrame:
-    close = np.linspace(50, 60, len(symbols))
-    return pl.DataFrame(
-        {
-            "symbol": symbols,
-            "ts": [ts] * len(symbols),
-            "open": close,
-            "high": close + 1,
-            "low": close - 1,
-            "close": close,
-            "volume": np.full(len(symbols), 100.0),
-        }
-    ).with_columns(pl.col("ts").cast(pl.Datetime("us", "UTC")))
 
 
 def test_compaction_folds_deltas_and_score_files(tmp_path: Path) -> None:
@@ -35,7 +18,9 @@ def test_compaction_folds_deltas_and_score_files(tmp_path: Path) -> None:
     t0 = datetime(2024, 3, 4, 14, 30, tzinfo=UTC)
     with Platform.open(tmp_path / "qv") as p:
         for k in range(6):  # micro-batches: one job, one score file and one delta each
-            p.write_bars(_minute(symbols, t0 + timedelta(minutes=k)), source="t", timeframe="1m")
+            p.write_bars(
+                minute_bars(symbols, t0 + timedelta(minutes=k)), source="t", timeframe="1m"
+            )
         scores_dir = tmp_path / "qv" / "quality" / "scores"
         assert len(list(scores_dir.glob("job_id=*/*.parquet"))) == 6
         lake = p.runtime.backend.bars

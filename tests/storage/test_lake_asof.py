@@ -31,6 +31,18 @@ def _lake(root: Path, **kw: Any) -> ParquetLake:
     return ParquetLake(root, StorageSettings(**{"buckets": 1, "write_threads": 1, **kw}))
 
 
+def _stored(root: Path, bars: pl.DataFrame) -> ParquetLake:
+    """A lake holding `bars` without delta files: every correction writes history."""
+    lake = _lake(root, delta_files=0)
+    lake.upsert(bars)
+    return lake
+
+
+def _fixed(bars: pl.DataFrame, add: float, hours: int) -> pl.DataFrame:
+    """`bars` corrected: close + `add`, known `hours` after T0."""
+    return bars.with_columns(close=pl.col("close") + add, ingested_at=pl.lit(T0 + hours * HOUR))
+
+
 def _general(lake: ParquetLake, symbol: str, **kw: Any) -> pl.DataFrame:
     """The read without the Arrow path (what it must equal)."""
     keep = lake._as_of_one
@@ -110,12 +122,9 @@ def test_an_arrow_as_of_read_picks_the_versions_of_the_general_read(
 
 
 def test_history_files_are_sorted_with_a_symbol_index(tmp_path: Path, make_bars: MakeBars) -> None:
-    lake = _lake(tmp_path, delta_files=0)
     bars = make_bars(SYMBOLS, 5, ingested_at=T0)
-    lake.upsert(bars)
-    # a correction of every symbol, written in reverse order
-    fix = bars.reverse().with_columns(close=pl.col("close") + 1, ingested_at=pl.lit(T0 + HOUR))
-    lake.upsert(fix)
+    lake = _stored(tmp_path, bars)
+    lake.upsert(_fixed(bars.reverse(), 1, 1))  # every symbol, written in reverse order
     (path,) = lake._history_files(lake.history_root, True)
     with open(path, "rb") as handle:
         found = IpcBase.indexed(handle)
@@ -131,11 +140,9 @@ def test_history_files_are_sorted_with_a_symbol_index(tmp_path: Path, make_bars:
 def test_unindexed_history_files_of_earlier_versions_still_read(
     tmp_path: Path, make_bars: MakeBars, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    lake = _lake(tmp_path, delta_files=0)
     bars = make_bars(SYMBOLS, 5, ingested_at=T0)
-    lake.upsert(bars)
-    fix = bars.with_columns(close=pl.col("close") + 1, ingested_at=pl.lit(T0 + 2 * HOUR))
-    lake.upsert(fix)
+    lake = _stored(tmp_path, bars)
+    lake.upsert(_fixed(bars, 1, 2))
     # as session 7 wrote them: unsorted, no symbol index
     (path,) = lake._history_files(lake.history_root, True)
     old = ParquetLake.read_file(path).reverse()
@@ -151,12 +158,10 @@ def test_unindexed_history_files_of_earlier_versions_still_read(
 def test_compaction_keeps_history_indexed_and_as_of_reads_exact(
     tmp_path: Path, make_bars: MakeBars, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    lake = _lake(tmp_path, delta_files=0)
     bars = make_bars(SYMBOLS, 5, ingested_at=T0)
-    lake.upsert(bars)
+    lake = _stored(tmp_path, bars)
     for k in (1, 2, 3):
-        fix = bars.with_columns(close=pl.col("close") + k, ingested_at=pl.lit(T0 + k * HOUR))
-        lake.upsert(fix.filter(pl.col("symbol") != SYMBOLS[k - 1]))
+        lake.upsert(_fixed(bars, k, k).filter(pl.col("symbol") != SYMBOLS[k - 1]))
     assert len(lake._history_files(lake.history_root, True)) == 3
     assert lake.compact() == 2
     seen = _spy(monkeypatch)
@@ -194,10 +199,9 @@ def test_parquet_bases_and_deltas_take_the_general_read(
 
 
 def test_history_schema_is_the_history_read(tmp_path: Path, make_bars: MakeBars) -> None:
-    lake = _lake(tmp_path, delta_files=0)
     bars = make_bars(SYMBOLS, 3, ingested_at=T0)
-    lake.upsert(bars)
-    lake.upsert(bars.with_columns(close=pl.col("close") + 1, ingested_at=pl.lit(T0 + HOUR)))
+    lake = _stored(tmp_path, bars)
+    lake.upsert(_fixed(bars, 1, 1))
     found = _lake(tmp_path, cache_mb=0)._history("1d", ["AAA", "CCC"], None, None)
     assert found.schema == HISTORY_POLARS_SCHEMA
     assert found["symbol"].to_list() == ["AAA"] * 3 + ["CCC"] * 3

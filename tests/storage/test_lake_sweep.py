@@ -8,10 +8,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
@@ -25,6 +25,7 @@ from quantivista.storage.lake.bars import ParquetLake
 from quantivista.storage.lake.cold import ColdTier
 from quantivista.storage.lake.deltas import DELTA_DIR
 from quantivista.storage.lake.sweep import STALE_AFTER_S, sweep_cold, sweep_lake
+from samples import minute_bars
 
 M1 = Timeframe.parse("1m")
 SYMBOLS = [f"S{i:02d}" for i in range(12)]
@@ -48,29 +49,29 @@ lake.merge_deltas(lake.bars_root / "timeframe=1m")
 """
 
 
-def _minute(ts: datetime) -> pl.DataFrame:
-    close = np.linspace(50, 60, len(SYMBOLS))
-    return pl.DataFrame(
-        {
-            "symbol": SYMBOLS,
-            "ts": [ts] * len(SYMBOLS),
-            "open": close,
-            "high": close + 1,
-            "low": close - 1,
-            "close": close,
-            "volume": np.full(len(SYMBOLS), 100.0),
-        }
-    ).with_columns(pl.col("ts").cast(pl.Datetime("us", "UTC")))
-
-
 def _store(root: Path, minutes: int = 4) -> pl.DataFrame:
     """Write a base and `minutes - 1` deltas of 1m bars; return the bars stored."""
     with Platform.open(root) as p:
         for k in range(minutes):
-            p.write_bars(_minute(T0 + timedelta(minutes=k)), source="t", timeframe="1m")
+            p.write_bars(
+                minute_bars(SYMBOLS, T0 + timedelta(minutes=k)), source="t", timeframe="1m"
+            )
         lake = p.runtime.backend.bars
         assert isinstance(lake, ParquetLake) and len(lake.delta_files("1m")) == minutes - 1
         return lake.read(SYMBOLS, M1)
+
+
+def _after_merge_writes(monkeypatch: pytest.MonkeyPatch, action: Callable[[Path], None]) -> None:
+    """Run `action(its file)` once a merge has written its hidden file, before its locks."""
+    real = bars_module.atomic_write_ipc
+
+    def hooked(df: pl.DataFrame, path: Path, *args: object, **kw: object) -> int:
+        size = real(df, path, *args, **kw)  # type: ignore[arg-type]
+        if path.name.startswith(".tmp-merge-"):
+            action(path)
+        return size
+
+    monkeypatch.setattr(bars_module, "atomic_write_ipc", hooked)
 
 
 def _age(path: Path, seconds: float) -> None:
@@ -107,20 +108,16 @@ def test_compact_during_a_merge_keeps_the_merges_file(
 ) -> None:
     root = tmp_path / "qv"
     stored = _store(root)
-    real = bars_module.atomic_write_ipc
     seen: list[bool] = []
     with Platform.open(root) as p:
         lake = p.runtime.backend.bars
         assert isinstance(lake, ParquetLake)
 
-        def hooked(df: pl.DataFrame, path: Path, *args: object, **kw: object) -> int:
-            size = real(df, path, *args, **kw)  # type: ignore[arg-type]
-            if path.name.startswith(".tmp-merge-"):  # written, its locks not yet taken
-                p.runtime.maintenance.compact()
-                seen.append(path.exists())
-            return size
+        def compact(path: Path) -> None:
+            p.runtime.maintenance.compact()
+            seen.append(path.exists())
 
-        monkeypatch.setattr(bars_module, "atomic_write_ipc", hooked)
+        _after_merge_writes(monkeypatch, compact)
         assert lake.merge_deltas(lake.bars_root / "timeframe=1m") == 0  # folded meanwhile
         assert seen == [True]
         assert not list(root.rglob(".tmp-*"))  # the merge removed its own file
@@ -135,14 +132,10 @@ def test_a_merge_whose_file_was_swept_as_stale_is_dropped(
     real = bars_module.atomic_write_ipc
     swept: list[Path] = []
     lake = ParquetLake(root)
-
-    def hooked(df: pl.DataFrame, path: Path, *args: object, **kw: object) -> int:
-        size = real(df, path, *args, **kw)  # type: ignore[arg-type]
-        if path.name.startswith(".tmp-merge-"):  # a merge stalled past the bound
-            swept.extend(sweep_lake(root, now=time.time() + STALE))
-        return size
-
-    monkeypatch.setattr(bars_module, "atomic_write_ipc", hooked)
+    # a merge stalled past the bound
+    _after_merge_writes(
+        monkeypatch, lambda _: swept.extend(sweep_lake(root, now=time.time() + STALE))
+    )
     sources = lake.delta_files("1m")
     assert lake.merge_deltas(lake.bars_root / "timeframe=1m") == 0
     assert [p.name[: len(".tmp-merge-")] for p in swept] == [".tmp-merge-"]
@@ -171,7 +164,7 @@ def test_sweep_lake_takes_only_stale_temporary_files(tmp_path: Path) -> None:
 
 def test_sweep_cold_takes_stale_temporaries_of_the_archive() -> None:
     tier = ColdTier(f"memory://sweep-{time.time_ns()}")
-    tier.write("silver/bars/timeframe=1d/bucket=001/data.parquet", _minute(T0))
+    tier.write("silver/bars/timeframe=1d/bucket=001/data.parquet", minute_bars(SYMBOLS, T0))
     left = f"{tier.base}/silver/bars/timeframe=1d/bucket=001/.tmp-0123456789abcdef.parquet"
     with tier.fs.open(left, "wb") as handle:
         handle.write(b"PAR1 half-uploaded")

@@ -95,11 +95,27 @@ def _batches(n: int) -> list[pl.DataFrame]:
     return [scores(f"job-{k:03d}", ["AAA", "BBB", "CCC"], 2, {k % 6}) for k in range(n)]
 
 
-def test_compaction_folds_small_files_and_reads_stay_exact(tmp_path: Path) -> None:
-    store = ParquetScoreStore(tmp_path)
-    batches = _batches(20)
+def _streamed(
+    root: Path, n: int, *, compact_each: bool = False
+) -> tuple[ParquetScoreStore, list[pl.DataFrame]]:
+    """A store under `root` given `_batches(n)` a second apart, as a stream validates them
+    (compacted after each when `compact_each`); return it and the batches."""
+    store = ParquetScoreStore(root)
+    batches = _batches(n)
     for k, batch in enumerate(batches):
         store.add(batch, AT + timedelta(seconds=k))
+        if compact_each:
+            store.compact()
+    return store, batches
+
+
+def _as_stored(batches: list[pl.DataFrame]) -> pl.DataFrame:
+    """The rows of `batches` as the store reads them back after `_streamed`."""
+    return pl.concat([stored_scores(b, AT + timedelta(seconds=k)) for k, b in enumerate(batches)])
+
+
+def test_compaction_folds_small_files_and_reads_stay_exact(tmp_path: Path) -> None:
+    store, batches = _streamed(tmp_path, 20)
     big = scores("job-big", ["AAA"], 12)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(lake_scores, "_BIG", 10)
@@ -126,24 +142,19 @@ def test_compacted_files_fold_into_the_next_tier(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(lake_scores, "_FANOUT", 3)
-    store = ParquetScoreStore(tmp_path)
-    batches = _batches(10)
-    for k, batch in enumerate(batches):
-        store.add(batch, AT + timedelta(seconds=k))
-        store.compact()  # one tier-1 file per batch; three of them make a tier-2 file
+    # one tier-1 file per batch; three of them make a tier-2 file
+    store, batches = _streamed(tmp_path, 10, compact_each=True)
     names = sorted(p.name[:7] for p in (tmp_path / "quality" / "scores").rglob("*.parquet"))
     assert names == ["part-01", "part-03"]  # 9 batches: 3 x 3 tier-1, 3 tier-2, 1 tier-3
-    want = pl.concat([stored_scores(b, AT + timedelta(seconds=k)) for k, b in enumerate(batches)])
+    want = _as_stored(batches)
     assert_frame_equal(_all_sorted(store.read()), _all_sorted(want))
 
 
 def test_a_compaction_that_dies_before_removing_its_files_counts_each_row_once(
     tmp_path: Path,
 ) -> None:
-    store = ParquetScoreStore(tmp_path)
+    store, _ = _streamed(tmp_path, 5)
     root = tmp_path / "quality" / "scores"
-    for k, batch in enumerate(_batches(5)):
-        store.add(batch, AT + timedelta(seconds=k))
     want = store.read()
     kept = {p: p.read_bytes() for p in root.rglob("*.parquet")}
     store.compact()
@@ -162,12 +173,9 @@ def test_a_stream_of_small_batches_is_compacted_in_the_background(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(lake_scores, "_COMPACT_FILES", 4)
-    store = ParquetScoreStore(tmp_path)
-    batches = _batches(30)
-    for k, batch in enumerate(batches):
-        store.add(batch, AT + timedelta(seconds=k))
+    store, batches = _streamed(tmp_path, 30)
     store.close()  # waits for the compaction under way
     files = list((tmp_path / "quality" / "scores").rglob("*.parquet"))
     assert len(files) < 30 // 2
-    want = pl.concat([stored_scores(b, AT + timedelta(seconds=k)) for k, b in enumerate(batches)])
+    want = _as_stored(batches)
     assert_frame_equal(_all_sorted(ParquetScoreStore(tmp_path).read()), _all_sorted(want))
