@@ -73,7 +73,7 @@ from quantivista.providers.simulator import run_simulator
 from quantivista.providers.simulator.wiring import SIMULATOR_API_KEY
 from quantivista.runtime import Runtime
 from quantivista.services.backfill import predicted_seconds
-from quantivista.services.host_model import HostCosts, fit, simulate
+from quantivista.services.host_model import HostCosts, Scenario, fit, simulate
 from quantivista.testing.workers import WorkerProcesses
 
 FIRST, LAST = date(2023, 1, 3), date(2023, 12, 29)
@@ -544,10 +544,10 @@ def calibrate(pairs: list[tuple[dict[str, Any], dict[str, Any]]], quota: int) ->
     latency = statistics.median(float(a["latency_s"]) for a, _ in pairs)
     fitted = fit(costs, calls_per_task=calls / tasks, concurrency=CONCURRENCY,
                  latency_s=latency)  # fmt: skip
-    played = simulate(
+    played = simulate(Scenario(
         first["tasks"], first["calls"], workers=1, concurrency=CONCURRENCY, latency_s=latency,
-        costs=fitted, windows=[(quota, 1.0 + MARGIN_S)],
-    )  # fmt: skip
+        costs=fitted, windows=((quota, 1.0 + MARGIN_S),),
+    ))  # fmt: skip
     pickup = float(Settings().workers.poll_s)  # the plan adds it besides job_s
     fixed = statistics.median(float(a["measured_s"]) for a, _ in pairs) - pickup - played
     # the plan fits again (the same way, with its latency): the costs go as measured

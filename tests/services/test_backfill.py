@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
@@ -28,7 +29,7 @@ from quantivista.providers.yahoo import YahooProvider
 from quantivista.reference.calendars import TradingCalendar
 from quantivista.runtime import Runtime
 from quantivista.services.backfill import _merge, predicted_seconds, task_seconds
-from quantivista.services.host_model import HostCosts, fit, simulate
+from quantivista.services.host_model import HostCosts, Scenario, fit, simulate
 
 NOW = datetime(2024, 6, 3, 12, tzinfo=UTC)
 
@@ -244,10 +245,10 @@ def _plays_out(rt: Runtime) -> None:
                      cpus=2)  # fmt: skip
     played = rt.backfill.plan(symbols, *args, workers=2, latency_s=0.05, host=host)
     (tasks,) = played.providers["tasks"].to_list()
-    want = rt.settings.workers.poll_s + simulate(
+    want = rt.settings.workers.poll_s + simulate(Scenario(
         tasks, played.calls, workers=2, concurrency=rt.settings.workers.concurrency,
-        latency_s=0.05, costs=host, windows=[(100, 1.0)],
-    )  # fmt: skip
+        latency_s=0.05, costs=host, windows=((100, 1.0),),
+    ))  # fmt: skip
     assert played.predicted_s == pytest.approx(want)
     # the simulator's and the database's CPU, and the slots' GIL, cost time the bounds miss
     assert played.predicted_s > bounds.predicted_s
@@ -265,11 +266,11 @@ def test_the_plan_plays_a_tasks_calls_in_flight_and_adds_the_jobs_fixed_seconds(
         host = HostCosts(worker_s_per_task=0.1, cpus=2, job_s=1.5)
         played = rt.backfill.plan(symbols, *args, workers=1, latency_s=0.05, host=host)
         (tasks,) = played.providers["tasks"].to_list()
-        kw: Any = {"workers": 1, "concurrency": rt.settings.workers.concurrency,
-                   "latency_s": 0.05, "costs": host, "windows": [(100, 1.0)]}  # fmt: skip
-        overlapped = simulate(tasks, played.calls, fetch_concurrency=2, **kw)
+        one = Scenario(tasks, played.calls, workers=1, concurrency=rt.settings.workers.concurrency,
+                       latency_s=0.05, costs=host, windows=((100, 1.0),))  # fmt: skip
+        overlapped = simulate(replace(one, fetch_concurrency=2))
         assert played.predicted_s == pytest.approx(rt.settings.workers.poll_s + 1.5 + overlapped)
-        assert overlapped < simulate(tasks, played.calls, **kw)  # parsing while calls wait
+        assert overlapped < simulate(one)  # parsing while calls wait
 
 
 def test_a_measured_time_per_task_is_one_workers_and_the_plan_adds_what_more_workers_change(
@@ -295,8 +296,8 @@ def test_a_measured_time_per_task_is_one_workers_and_the_plan_adds_what_more_wor
         # workers alone or the quota alone would take (they meet, and the CPUs are shared)
         four = rt.backfill.plan(symbols, *args, workers=4, latency_s=0.05, host=host)
         fitted = fit(host, calls_per_task=10, concurrency=each, latency_s=0.05)
-        want = simulate(20, 200, workers=4, concurrency=each, latency_s=0.05, costs=fitted,
-                        windows=[(100, 1.0)])  # fmt: skip
+        want = simulate(Scenario(20, 200, workers=4, concurrency=each, latency_s=0.05,
+                                 costs=fitted, windows=((100, 1.0),)))  # fmt: skip
         assert four.predicted_s == pytest.approx(pickup + 0.1 + want)
         (more,) = four.model.values()
         assert more["played_s"] > max(more["workers_s"], more["calls_s"])

@@ -46,7 +46,7 @@ from quantivista.model.timeframe import Timeframe, TimeframeLike
 from quantivista.providers.base import BarRequest, Provider
 from quantivista.providers.registry import ProviderRegistry
 from quantivista.reference.calendars import TradingCalendar
-from quantivista.services.host_model import HostCosts, fit, terms
+from quantivista.services.host_model import HostCosts, Scenario, fit, terms
 from quantivista.services.ingestion import IngestionService
 from quantivista.services.queries import symbol_list
 from quantivista.storage.base import BarStore
@@ -308,13 +308,13 @@ class BackfillService:
         def bound(name: str) -> float:
             n, calls = per.get(name, (0, 0))
             if host is not None and n and calls <= _SIMULATED_CALLS:
-                windows = [(r.limit, r.period_s + res.margin_s) for r in rates[name]]
+                windows = tuple((r.limit, r.period_s + res.margin_s) for r in rates[name])
                 each = self.settings.workers.concurrency
                 costs = fit(host, calls_per_task=calls / n, concurrency=each,
                             latency_s=latency_s, fetch_concurrency=fetch)  # fmt: skip
-                model[name] = terms(n, calls, workers=max(workers, 1), concurrency=each,
-                                    latency_s=latency_s, costs=costs, windows=windows,
-                                    fetch_concurrency=fetch)  # fmt: skip
+                model[name] = terms(Scenario(n, calls, workers=max(workers, 1), concurrency=each,
+                                             latency_s=latency_s, costs=costs, windows=windows,
+                                             fetch_concurrency=fetch))  # fmt: skip
                 model[name].update(job_s=host.job_s, pickup_s=pickup)
                 return pickup + host.job_s + model[name]["played_s"]
             quota = finish(name, spent[name])

@@ -3,7 +3,7 @@
 The planner's closed bounds (quota, slots, CPU: `backfill.task_seconds`) are each right alone
 but optimistic where two meet, and they leave out CPU that is not the workers': a provider
 on the same host (the simulator) and the database answer every call and every task too.
-`simulate` plays a backfill out event by event instead:
+`simulate` plays a backfill (a `Scenario`) out event by event instead:
 
 - `workers` processes of `concurrency` slots; a slot runs its tasks one after another, each
   task its calls one after another: wait for the quota (the limiter's sliding logs, a call
@@ -42,10 +42,9 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import KW_ONLY, dataclass, field, replace
 
-__all__ = ["HostCosts", "fit", "simulate", "terms"]
+__all__ = ["HostCosts", "Scenario", "fit", "simulate", "terms"]
 
 _EPS = 1e-12
 
@@ -74,6 +73,21 @@ class HostCosts:
     # the share of the worker's CPU the task waits for; the rest runs beside the task's
     # calls (another thread's turn on the cores: contends for them, not in the slot's way)
     on_path: float = 1.0
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A backfill on a host: what `simulate` plays out and `terms` bounds."""
+
+    tasks: int
+    calls: int  # spread over the tasks evenly
+    _: KW_ONLY
+    workers: int
+    concurrency: int  # a worker's slots
+    latency_s: float  # a call's wait for its answer
+    costs: HostCosts = field(default_factory=HostCosts)  # none: the slots' and quota's bound
+    windows: tuple[tuple[int, float], ...] = ()  # the quota's (limit, period + margin)
+    fetch_concurrency: int = 1  # a task's calls in flight
 
 
 @dataclass
@@ -108,23 +122,15 @@ def _shares(caps: list[float], cpus: float) -> list[float]:
     return out
 
 
-def simulate(
-    tasks: int,
-    calls: int,
-    *,
-    workers: int,
-    concurrency: int,
-    latency_s: float,
-    costs: HostCosts,
-    windows: Sequence[tuple[int, float]] = (),
-    fetch_concurrency: int = 1,
-) -> float:
+def simulate(scenario: Scenario) -> float:
     """Return the seconds from the first claim until the last task ends.
 
-    `calls` are spread over `tasks` evenly; `windows` are the quota's (limit, period + margin).
     A task keeps up to `fetch_concurrency` of its calls in flight: while one call waits for
     its answer another one's answer is parsed (the worker's CPU overlaps the latency).
     """
+    tasks, calls, costs, windows = scenario.tasks, scenario.calls, scenario.costs, scenario.windows
+    workers, concurrency = scenario.workers, scenario.concurrency
+    latency_s, fetch_concurrency = scenario.latency_s, scenario.fetch_concurrency
     if tasks <= 0:
         return 0.0
     per_task = [calls // tasks + (1 if i < calls % tasks else 0) for i in range(tasks)]
@@ -270,16 +276,15 @@ def simulate(
     return now
 
 
-def _one_worker_task_s(
-    costs: HostCosts, calls_per_task: int, *, concurrency: int, latency_s: float, fetch: int
-) -> float:
-    """Return one worker's played-out seconds per task: the growth from a job of one task
-    per slot to one of four per slot, over its tasks (as the calibration measures it)."""
-    small, large = max(concurrency, 1), 4 * max(concurrency, 1)
+def _one_worker_task_s(scenario: Scenario, calls_per_task: int) -> float:
+    """Return one worker's played-out seconds per task of `calls_per_task` calls without a
+    quota: the growth from a job of one task per slot to one of four per slot, over its
+    tasks (as the calibration measures it)."""
+    small, large = max(scenario.concurrency, 1), 4 * max(scenario.concurrency, 1)
 
     def job(tasks: int) -> float:
-        return simulate(tasks, tasks * calls_per_task, workers=1, concurrency=concurrency,
-                        latency_s=latency_s, costs=costs, fetch_concurrency=fetch)  # fmt: skip
+        one = replace(scenario, tasks=tasks, calls=tasks * calls_per_task, workers=1, windows=())
+        return simulate(one)
 
     return (job(large) - job(small)) / (large - small)
 
@@ -305,11 +310,12 @@ def fit(
     if costs.task_s <= 0 or cpu <= 0:
         return costs
     calls = max(round(calls_per_task), 1)
+    one = Scenario(0, 0, workers=1, concurrency=concurrency, latency_s=latency_s,
+                   fetch_concurrency=fetch_concurrency)  # fmt: skip
 
     def played(on_path: float, slowdown: float) -> float:
         trial = replace(costs, on_path=on_path, slowdown=slowdown)
-        return _one_worker_task_s(trial, calls, concurrency=concurrency, latency_s=latency_s,
-                                  fetch=fetch_concurrency)  # fmt: skip
+        return _one_worker_task_s(replace(one, costs=trial), calls)
 
     want = costs.task_s
     if played(1.0, 1.0) >= want:  # the share on the path decides
@@ -325,17 +331,7 @@ def fit(
     return replace(costs, on_path=1.0, slowdown=lo)
 
 
-def terms(
-    tasks: int,
-    calls: int,
-    *,
-    workers: int,
-    concurrency: int,
-    latency_s: float,
-    costs: HostCosts,
-    windows: Sequence[tuple[int, float]] = (),
-    fetch_concurrency: int = 1,
-) -> dict[str, float]:
+def terms(scenario: Scenario) -> dict[str, float]:
     """Return the model's terms for a backfill (seconds unless named otherwise).
 
     `task_s`: one worker's time per task (measured, else played out from the costs);
@@ -345,36 +341,26 @@ def terms(
     workers, the provider and the database over the cores (times `slowdown`);
     `provider_s`: the provider's (one process); `played_s`: all of it played out together
     (`simulate`; the plan adds `job_s` and the first poll); `on_path`, `slowdown`: as used.
-    Give `costs` as `fit` returns them.
+    Give the costs as `fit` returns them.
     """
+    tasks, calls, costs = scenario.tasks, scenario.calls, scenario.costs
     if tasks <= 0:
         return {"task_s": 0.0, "workers_s": 0.0, "calls_s": 0.0, "cpu_s": 0.0,
                 "provider_s": 0.0, "played_s": 0.0, "on_path": costs.on_path,
                 "slowdown": costs.slowdown}  # fmt: skip
-    per_call = calls / tasks
-    one = costs.task_s or _one_worker_task_s(
-        costs, max(round(per_call), 1), concurrency=concurrency, latency_s=latency_s,
-        fetch=fetch_concurrency,
-    )  # fmt: skip
-
-    def played(with_costs: HostCosts) -> float:
-        return simulate(tasks, calls, workers=workers, concurrency=concurrency,
-                        latency_s=latency_s, costs=with_costs, windows=windows,
-                        fetch_concurrency=fetch_concurrency)  # fmt: skip
-
+    one = costs.task_s or _one_worker_task_s(scenario, max(round(calls / tasks), 1))
     cpu = tasks * (costs.worker_s_per_task + costs.store_s_per_task) + calls * (
         costs.provider_s_per_call
     )
+    slots = max(scenario.workers, 1) * max(scenario.concurrency, 1)
     return {
         "task_s": one,
         # rounds of every slot's task; a slot's task takes `concurrency` x task_s
-        "workers_s": math.ceil(tasks / (max(workers, 1) * max(concurrency, 1)))
-        * max(concurrency, 1)
-        * one,
-        "calls_s": played(HostCosts(cpus=costs.cpus)),
+        "workers_s": math.ceil(tasks / slots) * max(scenario.concurrency, 1) * one,
+        "calls_s": simulate(replace(scenario, costs=HostCosts(cpus=costs.cpus))),
         "cpu_s": cpu * costs.slowdown / max(costs.cpus, 1e-9),
         "provider_s": calls * costs.provider_s_per_call * costs.slowdown,
-        "played_s": played(costs),
+        "played_s": simulate(scenario),
         "on_path": costs.on_path,
         "slowdown": costs.slowdown,
     }
