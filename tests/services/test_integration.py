@@ -165,6 +165,21 @@ def test_a_failing_store_redelivers_then_dead_letters(runtime: Runtime) -> None:
     assert stored(runtime).height == 2
 
 
+def test_bars_without_a_full_key_go_to_dead_letters_alone(runtime: Runtime) -> None:
+    publish(runtime, minute_bars("AAA", 0, 2))
+    keyless = minute_bars("EUX", 0, 3).with_columns(  # validation refuses a null ts
+        ts=pl.when(pl.int_range(pl.len()) == 1).then(None).otherwise(pl.col("ts"))
+    )
+    publish(runtime, keyless)
+    publish(runtime, minute_bars("EUX", 5, 2, price=20.0))
+    assert drain(runtime) == 3  # one batch (integrate.batch = 3), its good messages stored
+    assert stored(runtime)["symbol"].to_list() == ["AAA", "AAA", "EUX", "EUX"]
+    (dead,) = runtime.broker.read("dlq." + TOPIC)
+    assert dead.headers["qv-dlq-offset"] == "2"  # the second published
+    assert "bars without a full key" in dead.headers["qv-dlq-error"]
+    assert "'ts': 1" in dead.headers["qv-dlq-error"]
+
+
 def test_the_lag_is_read_from_the_broker_at_most_every_few_seconds_and_once_caught_up(
     runtime: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:

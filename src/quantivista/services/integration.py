@@ -32,6 +32,7 @@ from quantivista.bus.topics import ENRICHED_BARS, Route
 from quantivista.clock import Clock
 from quantivista.config import IntegrateSettings, ProbeSettings
 from quantivista.errors import BusError, QuantiVistaError
+from quantivista.model.schema import BAR_KEY
 from quantivista.ops.metrics import CONSUMER_LAG
 from quantivista.pipeline.messages import BatchId
 from quantivista.pipeline.runner import InProcessRunner
@@ -170,6 +171,7 @@ class IntegrationService:
                 if not isinstance(event, BarBatch):
                     raise BusError("not a bar batch", type=type(event).__name__)
                 frame = from_ipc(event.bars)
+                _check_keys(frame)
             except BusError as exc:  # permanent: no retry makes these bytes readable
                 send_to_dead_letters(self.broker, message, sub.group, str(exc))
                 self.stats.dead_lettered += 1
@@ -290,3 +292,13 @@ class IntegrationService:
 
         return run_daemon("integrate", probes, main, registries=[self.registry],
                           checks={"broker": broker_ready}, on_ready=on_ready)  # fmt: skip
+
+
+def _check_keys(frame: pl.DataFrame) -> None:
+    """Raise `BusError` for bars without a full key (symbol, timeframe, ts): validation
+    refuses them (`SchemaError`) and no retry mends them, so their message goes to the
+    dead letters alone instead of failing its whole batch until `max_deliver`."""
+    missing = [c for c in BAR_KEY if c not in frame.columns]
+    nulls = {c: n for c in BAR_KEY if c in frame.columns and (n := frame[c].null_count())}
+    if missing or nulls:
+        raise BusError("bars without a full key", missing=missing or None, nulls=nulls or None)
