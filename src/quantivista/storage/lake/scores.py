@@ -52,9 +52,9 @@ _BIG = 100_000
 _RUNS = ".runs.parquet"
 _RUN_KEY = ("symbol", "timeframe", "job_id", "rows", "rejected", "flagged", "missing", "score")
 _COMPACTED = "_compacted"  # compacted files: `part-<tier>-<time ns>-<uuid>.parquet`
-# Constants, not settings (like the bars' `_FOLD_ROWS` and `_MERGED_DELTAS`): they offer no
-# trade-off to pick per deployment. A read opens at most 64 small files plus 8 per tier, a
-# row is rewritten once per tier, and either way a score file is a few KB; tests patch them.
+# Constants, not settings (like the bars' `_FOLD_ROWS` and `_MERGED_DELTAS`): they trade
+# nothing a deployment would pick differently. A read opens at most 64 small files per
+# writing process plus 8 per tier, and a row is rewritten once per tier; tests patch them.
 _COMPACT_FILES = 64  # small files a process adds before it compacts them (in the background)
 _FANOUT = 8  # files of one tier that are compacted into one of the next
 REPLACES_KEY = "qv.replaces"  # a compacted file's footer: the files it holds (relative)

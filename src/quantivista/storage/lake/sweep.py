@@ -31,7 +31,7 @@ __all__ = ["PREFIX", "STALE_AFTER_S", "sweep_cold", "sweep_lake"]
 
 PREFIX = ".tmp-"  # every temporary the lake writes, and nothing else, starts with it
 # a margin far above any live write (a large fold on a slow disk, a cold upload), yet a
-# crash's leftovers go at the next daily compaction
+# crash's leftovers go at the next compaction (the scheduler's: weekly)
 STALE_AFTER_S = 3600.0
 _log = logging.getLogger(__name__)
 
