@@ -14,6 +14,7 @@ from quantivista.errors import (
     CalendarError,
     CircuitOpenError,
     ConfigurationError,
+    DecodeError,
     EntitlementError,
     InvalidIdentifierError,
     InvalidInputError,
@@ -28,6 +29,7 @@ from quantivista.errors import (
     RuleValidationError,
     SchemaError,
     StorageError,
+    StorageRejectedError,
     SymbolNotFoundError,
     TooManyRequestsError,
     TransientProviderError,
@@ -51,7 +53,9 @@ PARENTS: dict[type[QuantiVistaError], type[Exception]] = {
     MalformedResponseError: ProviderError,
     CircuitOpenError: ProviderError,
     StorageError: QuantiVistaError,
+    StorageRejectedError: StorageError,
     BusError: QuantiVistaError,
+    DecodeError: BusError,
     CalendarError: QuantiVistaError,
     AccessError: QuantiVistaError,
     AuthenticationError: AccessError,
@@ -65,6 +69,8 @@ RETRYABLE = {
     CircuitOpenError,
     MalformedResponseError,
     TooManyRequestsError,
+    StorageError,  # the store or the broker away: a consumer redelivers
+    BusError,
 }
 
 

@@ -20,11 +20,15 @@
     │   ├── AuthenticationError     missing, wrong, expired or revoked credentials (401)
     │   ├── PermissionDeniedError   a scope or an entitlement the caller lacks (403)
     │   └── TooManyRequestsError    the caller's rate limit is spent (429, `retry_after_s`)
-    ├── StorageError                the store could not read or write
-    ├── BusError                    publishing or consuming an event failed
+    ├── StorageError                retryable: the store could not read or write (down, locked)
+    │   └── StorageRejectedError    permanent: the store refuses the data itself (range, constraint)
+    ├── BusError                    retryable: publishing or consuming an event failed
+    │   └── DecodeError             permanent: bytes no codec reads, or not the event expected
     └── CalendarError               a date outside a calendar's range, unknown MIC
 
-Transient versus permanent is one question: `is_retryable()`.
+Transient versus permanent is one question: `is_retryable()`. A consumer retries (redelivers)
+what is retryable and sets aside at once (dead letters, quarantine) what is not: the store and
+the broker being away passes, a message or a value they refuse stays refused.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ __all__ = [
     "CalendarError",
     "CircuitOpenError",
     "ConfigurationError",
+    "DecodeError",
     "EntitlementError",
     "InvalidIdentifierError",
     "InvalidInputError",
@@ -52,6 +57,7 @@ __all__ = [
     "RuleValidationError",
     "SchemaError",
     "StorageError",
+    "StorageRejectedError",
     "SymbolNotFoundError",
     "TooManyRequestsError",
     "TransientProviderError",
@@ -224,11 +230,28 @@ class CircuitOpenError(ProviderError):
 
 
 class StorageError(QuantiVistaError):
-    """The store could not complete a read or a write."""
+    """The store could not complete a read or a write (unreachable, locked, schema away)."""
+
+    retryable = True
+
+
+class StorageRejectedError(StorageError):
+    """The store refuses the data itself (a value out of range, a broken constraint): writing
+    the same rows again fails the same way."""
+
+    retryable = False
 
 
 class BusError(QuantiVistaError):
-    """An event could not be published or consumed."""
+    """An event could not be published or consumed (the broker away, a timeout)."""
+
+    retryable = True
+
+
+class DecodeError(BusError):
+    """A message's bytes are no event a codec reads, or not the event its topic carries."""
+
+    retryable = False
 
 
 class CalendarError(QuantiVistaError):

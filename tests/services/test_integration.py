@@ -176,7 +176,8 @@ def test_bars_without_a_full_key_go_to_dead_letters_alone(runtime: Runtime) -> N
     assert stored(runtime)["symbol"].to_list() == ["AAA", "AAA", "EUX", "EUX"]
     (dead,) = runtime.broker.read("dlq." + TOPIC)
     assert dead.headers["qv-dlq-offset"] == "2"  # the second published
-    assert "bars without a full key" in dead.headers["qv-dlq-error"]
+    assert dead.headers["qv-dlq-reason"] == "schema"
+    assert dead.headers["qv-dlq-error"].startswith("SchemaError: symbol, timeframe and ts must")
     assert "'ts': 1" in dead.headers["qv-dlq-error"]
 
 

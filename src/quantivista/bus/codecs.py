@@ -32,7 +32,7 @@ from quantivista.bus.schemas import (
     to_avro_record,
     to_proto,
 )
-from quantivista.errors import BusError
+from quantivista.errors import BusError, DecodeError
 
 __all__ = ["CODECS", "CodecName", "Codecs"]
 
@@ -92,22 +92,22 @@ class Codecs:
         raise BusError("unknown codec", codec=codec)
 
     def decode(self, value: bytes, headers: dict[str, str] | None = None) -> Event:
-        """Return the event in a message value; `BusError` for anything unreadable."""
+        """Return the event in a message value; `DecodeError` for anything unreadable."""
         if not value:
-            raise BusError("empty message")
+            raise DecodeError("empty message")
         if value[:1] == b"{":
             try:
                 return Envelope.model_validate(orjson.loads(value)).open()
             except (orjson.JSONDecodeError, ValueError) as exc:
-                raise BusError(f"not a JSON event envelope: {exc}") from None
+                raise DecodeError(f"not a JSON event envelope: {exc}") from None
         if value[0] != _MAGIC or len(value) < 5:
-            raise BusError("unknown message format (no JSON envelope, no magic byte)")
+            raise DecodeError("unknown message format (no JSON envelope, no magic byte)")
         (schema_id,) = struct.unpack(">I", value[1:5])
         entry = self.registry.by_id(schema_id)
         type_name = entry.subject.rsplit("-", 1)[0]
         cls = EVENT_TYPES.get(type_name)
         if cls is None:
-            raise BusError("unknown event type", type=type_name)
+            raise DecodeError("unknown event type", type=type_name)
         if entry.format == "AVRO":
             reader = self._schema(self.schema_id(cls, "avro"))
             try:
@@ -115,7 +115,7 @@ class Codecs:
                     io.BytesIO(value[5:]), self._schema(schema_id), reader
                 )
             except Exception as exc:  # truncated or corrupt body
-                raise BusError(f"not a {type_name} Avro record: {exc}") from None
+                raise DecodeError(f"not a {type_name} Avro record: {exc}") from None
             assert isinstance(record, dict)
             return from_avro_record(cls, record)
         index_end = 6  # one message-index byte: [0], the first message of the file

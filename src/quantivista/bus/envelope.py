@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from quantivista.bus.events import EVENT_TYPES, Event
-from quantivista.errors import BusError
+from quantivista.errors import DecodeError
 from quantivista.ops.tracing import inject
 
 __all__ = ["Envelope"]
@@ -58,12 +58,12 @@ class Envelope(BaseModel):
         )
 
     def open(self) -> Event:
-        """Return the event inside; `BusError` for an unknown type or a newer schema."""
+        """Return the event inside; `DecodeError` for an unknown type or a newer schema."""
         cls = EVENT_TYPES.get(self.type)
         if cls is None:
-            raise BusError("unknown event type", type=self.type, topic=self.topic)
+            raise DecodeError("unknown event type", type=self.type, topic=self.topic)
         if self.version > cls.schema_version:
-            raise BusError(
+            raise DecodeError(
                 "event schema is newer than this consumer knows",
                 type=self.type,
                 version=self.version,
@@ -72,7 +72,7 @@ class Envelope(BaseModel):
         try:
             return cls.model_validate(self.payload)
         except ValidationError as exc:
-            raise BusError("event payload does not fit its schema", type=self.type) from exc
+            raise DecodeError("event payload does not fit its schema", type=self.type) from exc
 
     def to_json(self) -> bytes:
         """Return the envelope as compact JSON bytes."""
@@ -80,8 +80,8 @@ class Envelope(BaseModel):
 
     @classmethod
     def from_json(cls, data: bytes | str) -> Envelope:
-        """Parse an envelope; `BusError` when the bytes are not one."""
+        """Parse an envelope; `DecodeError` when the bytes are not one."""
         try:
             return cls.model_validate_json(data)
         except ValidationError as exc:
-            raise BusError("not an event envelope") from exc
+            raise DecodeError("not an event envelope") from exc

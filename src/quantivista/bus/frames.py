@@ -6,7 +6,7 @@ import io
 
 import polars as pl
 
-from quantivista.errors import BusError
+from quantivista.errors import DecodeError
 
 __all__ = ["from_ipc", "to_ipc"]
 
@@ -19,8 +19,8 @@ def to_ipc(frame: pl.DataFrame) -> bytes:
 
 
 def from_ipc(data: bytes) -> pl.DataFrame:
-    """Return the frame of an Arrow IPC stream; `BusError` when the bytes are not one."""
+    """Return the frame of an Arrow IPC stream; `DecodeError` when the bytes are not one."""
     try:
         return pl.read_ipc_stream(io.BytesIO(data))
     except Exception as exc:  # polars raises several kinds for corrupt input
-        raise BusError(f"not an Arrow IPC stream: {exc}") from None
+        raise DecodeError(f"not an Arrow IPC stream: {exc}") from None

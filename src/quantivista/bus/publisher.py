@@ -14,7 +14,7 @@ from quantivista.bus.events import Event
 from quantivista.bus.topics import Route, partitions_of
 from quantivista.errors import BusError
 
-__all__ = ["Publisher"]
+__all__ = ["Publisher", "by_symbol"]
 
 
 class Publisher:
@@ -64,13 +64,29 @@ class Publisher:
         if frame.is_empty():
             return []
         self.ensure(topic)
-        items: list[tuple[str | None, bytes, Mapping[str, str] | None]] = []
-        for (symbol,), part in frame.group_by("symbol", maintain_order=True):
-            name = str(symbol)
-            value, headers = self.codecs.encode(make(name, part), self.codec, key=name)
-            route = (routes or {}).get(name) or Route(symbol=name)
-            headers.update(route.headers())
-            items.append((name, value, headers))
+        items = [self.symbol_item(name, part, make, routes) for name, part in by_symbol(frame)]
+        return self.items(topic, items)
+
+    def symbol_item(
+        self,
+        symbol: str,
+        part: pl.DataFrame,
+        make: Callable[[str, pl.DataFrame], Event],
+        routes: Mapping[str, Route] | None = None,
+    ) -> tuple[str | None, bytes, Mapping[str, str] | None]:
+        """Encode one symbol's event of `per_symbol` (encoding fails here, before a send)."""
+        value, headers = self.codecs.encode(make(symbol, part), self.codec, key=symbol)
+        route = (routes or {}).get(symbol) or Route(symbol=symbol)
+        headers.update(route.headers())
+        return symbol, value, headers
+
+    def items(
+        self, topic: str, items: Sequence[tuple[str | None, bytes, Mapping[str, str] | None]]
+    ) -> list[int]:
+        """Publish encoded items in order; return their offsets."""
+        if not items:
+            return []
+        self.ensure(topic)
         offsets = self.broker.publish_many(topic, items)
         self.published += len(offsets)
         return offsets
@@ -114,6 +130,11 @@ class Publisher:
             headers["qv-symbols"] = ",".join(symbols)
             items.append((symbols[0], value, headers))
         return items
+
+
+def by_symbol(frame: pl.DataFrame) -> list[tuple[str, pl.DataFrame]]:
+    """Return (symbol, rows) per symbol of `frame`, in order of first appearance."""
+    return [(str(s), part) for (s,), part in frame.group_by("symbol", maintain_order=True)]
 
 
 class _Splitter:

@@ -25,7 +25,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from quantivista.errors import BusError
+from quantivista.errors import BusError, DecodeError
 
 __all__ = [
     "RegisteredSchema",
@@ -165,14 +165,14 @@ class SchemaRegistry:
                     return kept
 
     def by_id(self, schema_id: int) -> RegisteredSchema:
-        """Return the schema with `schema_id`; `BusError` when unknown."""
+        """Return the schema with `schema_id`; `DecodeError` when unknown."""
         found = self._by_id.get(schema_id)
         if found is None and self._state is not None:  # another process may have added it
             with self._lock:
                 self._refresh(self._state)
             found = self._by_id.get(schema_id)
         if found is None:
-            raise BusError("unknown schema id", schema_id=schema_id)
+            raise DecodeError("unknown schema id", schema_id=schema_id)
         return found
 
     def versions(self, subject: str) -> list[RegisteredSchema]:

@@ -27,7 +27,7 @@ from google.protobuf.message import Message as ProtoMessage
 from pydantic import AwareDatetime, BaseModel
 
 from quantivista.bus.events import Event
-from quantivista.errors import BusError
+from quantivista.errors import BusError, DecodeError
 
 __all__ = [
     "FieldSpec",
@@ -263,12 +263,12 @@ def to_proto(event: Event) -> bytes:
 
 
 def from_proto(cls: type[Event], data: bytes) -> Event:
-    """Return the event of Protobuf bytes; `BusError` when they do not parse."""
+    """Return the event of Protobuf bytes; `DecodeError` when they do not parse."""
     message = proto_class(cls)()
     try:
         message.ParseFromString(data)
     except Exception as exc:  # DecodeError and friends
-        raise BusError(f"not a {cls.__name__} Protobuf message: {exc}") from None
+        raise DecodeError(f"not a {cls.__name__} Protobuf message: {exc}") from None
     values: dict[str, Any] = {}
     for spec in fields_of(cls):
         if spec.kind in ("strings", "json_list", "map_long"):

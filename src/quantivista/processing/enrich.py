@@ -94,7 +94,9 @@ def fx_rates(
             continue
         try:
             series = rate_of(ccy, reporting_currency)
-        except QuantiVistaError:  # no series: those bars get a null rate
+        except QuantiVistaError as exc:  # no series: those bars get a null rate
+            if exc.is_retryable():  # the store away is no missing series
+                raise
             continue
         frames.append(series.select(pl.lit(ccy).alias("currency"), "ts", "rate"))
     return pl.concat(frames) if frames else None

@@ -38,6 +38,9 @@ def describe(message: Message, codecs: Codecs) -> dict[str, Any]:
         "bytes": len(message.value),
         "headers": dict(message.headers),
     }
+    if "qv-dlq-error" in message.headers:  # a dead letter: why, up front
+        out["reason"] = message.headers.get("qv-dlq-reason", "max_deliver")
+        out["error"] = message.headers["qv-dlq-error"]
     try:
         event = codecs.decode(message.value, dict(message.headers))
         out["type"] = type(event).__name__

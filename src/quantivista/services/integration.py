@@ -15,8 +15,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from functools import partial
 
 import polars as pl
@@ -27,12 +28,18 @@ from quantivista.bus.codecs import CodecName, Codecs
 from quantivista.bus.deadletters import send_to_dead_letters
 from quantivista.bus.events import BarBatch, Event
 from quantivista.bus.frames import from_ipc, to_ipc
-from quantivista.bus.publisher import Publisher
+from quantivista.bus.publisher import Publisher, by_symbol
 from quantivista.bus.topics import ENRICHED_BARS, Route
 from quantivista.clock import Clock
 from quantivista.config import IntegrateSettings, ProbeSettings
-from quantivista.errors import BusError, QuantiVistaError
-from quantivista.model.schema import BAR_KEY
+from quantivista.errors import (
+    DecodeError,
+    InvalidInputError,
+    NotFoundError,
+    QuantiVistaError,
+    StorageError,
+)
+from quantivista.model.schema import coerce_bars_checked
 from quantivista.ops.metrics import CONSUMER_LAG
 from quantivista.pipeline.messages import BatchId
 from quantivista.pipeline.runner import InProcessRunner
@@ -50,6 +57,7 @@ log = logging.getLogger(__name__)
 # Reading a topic's end is a broker round trip per partition (seconds on Tansu over S3): the
 # lag gauges are refreshed at most this often, not after every batch.
 LAG_EVERY_S = 5.0
+_STEP = "qv_step"  # the attribute naming the step an error came from
 
 
 @dataclass
@@ -134,16 +142,19 @@ class IntegrationService:
         if not messages:
             self._report_lag(sub, idle=True)
             return 0
+        settled: set[int] = set()  # offsets dead-lettered (and acked) already
         try:
-            self.apply(messages, sub)
-        except QuantiVistaError as exc:  # the store or the broker failed: redeliver them
+            self.apply(messages, sub, settled)
+        except QuantiVistaError as exc:  # the store or the broker failed: redeliver the rest
             log.warning("integration batch failed, redelivering: %s", exc)
-            self.stats.retried += len(messages)
             for message in messages:
-                sub.nack(message, f"{type(exc).__name__}: {exc}", delay_s=1.0)
+                if message.offset not in settled:
+                    self.stats.retried += 1
+                    sub.nack(message, f"{type(exc).__name__}: {exc}", delay_s=1.0)
             return len(messages)
         for message in messages:  # offsets committed after the store and the publish
-            sub.ack(message)
+            if message.offset not in settled:
+                sub.ack(message)
         self._applied[sub.topic] = messages[-1].offset
         self._lag_stale = True
         self._report_lag(sub, idle=False)
@@ -162,77 +173,178 @@ class IntegrationService:
         self._lag.set(lag)
         CONSUMER_LAG.labels(self.settings.group, sub.topic).set(lag)  # what QvConsumerLag reads
 
-    def apply(self, messages: list[Message], sub: Subscription) -> None:
-        """Store and publish the bars of `messages` (idempotent)."""
-        frames = []
+    def apply(
+        self, messages: list[Message], sub: Subscription, settled: set[int] | None = None
+    ) -> None:
+        """Store and publish the bars of `messages` (idempotent).
+
+        A message that fails for good (`is_retryable()` false, at any step) goes to the dead
+        letters alone, at once, and is acked (its offset joins `settled`); the others carry
+        on. A retryable failure propagates: the caller redelivers what is not settled."""
+        settled = set() if settled is None else settled
+        inputs = []
         for message in messages:
             try:
-                event = self.codecs.decode(message.value, dict(message.headers))
-                if not isinstance(event, BarBatch):
-                    raise BusError("not a bar batch", type=type(event).__name__)
-                frame = from_ipc(event.bars)
-                _check_keys(frame)
-            except BusError as exc:  # permanent: no retry makes these bytes readable
-                send_to_dead_letters(self.broker, message, sub.group, str(exc))
-                self.stats.dead_lettered += 1
-                self._dead.inc()
-                continue
-            frames.append(frame.with_columns(_offset=pl.lit(message.offset, pl.Int64)))
+                inputs.append(self._decode(message))
+            except QuantiVistaError as exc:
+                self._set_aside(message, sub, exc, settled)
         self.stats.messages += len(messages)
         self._messages.inc(len(messages))
-        if not frames:
+        if not inputs:
             return
+        first, last = messages[0].offset, messages[-1].offset
+        origin = f"{messages[0].topic}:{first}-{last}"
+        batch_id = BatchId(f"integrate-{sub.group}", task_id=origin)
+        try:
+            results = [self._integrate(inputs, batch_id, origin)]
+        except QuantiVistaError as exc:
+            if exc.is_retryable():
+                raise
+            if len(inputs) == 1:
+                self._set_aside(inputs[0].message, sub, exc, settled)
+                return
+            # one of them is bad for good: apply each on its own to find it (upserts are
+            # idempotent, and nothing is published before every message has been through)
+            log.info("a message of %s fails for good (%s): applying them one by one", origin, exc)
+            results = []
+            for one in inputs:
+                try:
+                    results.append(self._integrate([one], batch_id, origin))
+                except QuantiVistaError as exc_one:
+                    self._set_aside(one.message, sub, exc_one, settled)
+        self._publish(results, origin, sub, settled)
+        self.stats.batches += 1
+
+    def _decode(self, message: Message) -> _Input:
+        """Return a message's bars in the canonical schema; raise why not (for good)."""
+        with _step("decode"):
+            event = self.codecs.decode(message.value, dict(message.headers))
+            if not isinstance(event, BarBatch):
+                raise DecodeError("not a bar batch", type=type(event).__name__)
+            frame = from_ipc(event.bars)
+        with _step("schema"):  # wrong types, an unknown timeframe, a bar without its key
+            bars, _ = coerce_bars_checked(frame, timeframe=frame_timeframe(frame, event))
+        return _Input(message, bars.with_columns(_offset=pl.lit(message.offset, pl.Int64)))
+
+    def _integrate(self, inputs: list[_Input], batch_id: BatchId, origin: str) -> _Result:
+        """Validate, store, adjust and enrich the bars of `inputs` (nothing is published)."""
         # the latest version of each bar wins (a correction replaces the bar it amends)
         bars = (
-            pl.concat(frames, how="diagonal_relaxed")
+            pl.concat([i.frame for i in inputs], how="vertical_relaxed")
             .sort("_offset")
             .unique(["symbol", "timeframe", "ts"], keep="last", maintain_order=True)
         )
-        first, last = messages[0].offset, messages[-1].offset
-        origin = f"{messages[0].topic}:{first}-{last}"
-        self.stats.bars_in += bars.height
+        result = _Result(inputs, bars_in=bars.height)
         for (tf,), part in bars.group_by("timeframe", maintain_order=True):
-            stored = self.runner.write(
-                part.drop("_offset"),
-                source=str(part["provider"][0] or "integrate"),
-                batch_id=BatchId(f"integrate-{sub.group}", task_id=origin),
-                timeframe=str(tf),
-                validator=self.validator,
-            )
-            self.stats.written += stored.stats.written
-            self.stats.unchanged += stored.stats.unchanged
-            self.stats.quarantined += stored.quarantined
-            enriched = self.enrich(stored.clean, origin)
-            make = partial(self._event, timeframe=str(tf), origin=origin)
+            try:
+                stored = self.runner.write(
+                    part.drop("_offset"),
+                    source=str(part["provider"][0] or "integrate"),
+                    batch_id=batch_id,
+                    timeframe=str(tf),
+                    validator=self.validator,
+                )
+            except QuantiVistaError as exc:
+                _tag(exc, "store" if isinstance(exc, StorageError) else "validate")
+                raise
+            result.written += stored.stats.written
+            result.unchanged += stored.stats.unchanged
+            result.quarantined += stored.quarantined
+            result.enriched[str(tf)] = self.enrich(stored.clean, origin)
+        return result
+
+    def _publish(
+        self, results: list[_Result], origin: str, sub: Subscription, settled: set[int]
+    ) -> None:
+        """Encode every enriched symbol's event (a message whose event cannot be encoded goes
+        to the dead letters), then publish them all in one go."""
+        items = []
+        count = 0
+        for result in results:
+            self.stats.bars_in += result.bars_in
+            self.stats.written += result.written
+            self.stats.unchanged += result.unchanged
+            self.stats.quarantined += result.quarantined
+        for tf, enriched in _merged(results).items():
+            make = partial(self._event, timeframe=tf, origin=origin)
             routes = self._routes(enriched)
-            self.publisher.per_symbol(ENRICHED_BARS, enriched, make, routes)
-            self.stats.enriched += enriched.height
-            self._enriched.inc(enriched.height)
-        self.stats.batches += 1
+            for symbol, part in by_symbol(enriched):
+                try:
+                    with _step("publish"):
+                        items.append(self.publisher.symbol_item(symbol, part, make, routes))
+                except QuantiVistaError as exc:
+                    if exc.is_retryable():
+                        raise
+                    for result in results:
+                        for one in result.inputs:
+                            if one.has(symbol, tf) and one.message.offset not in settled:
+                                self._set_aside(one.message, sub, exc, settled)
+                    continue
+                count += part.height
+        self.publisher.items(ENRICHED_BARS, items)
+        self.stats.enriched += count
+        self._enriched.inc(count)
+
+    def _set_aside(
+        self, message: Message, sub: Subscription, exc: QuantiVistaError, settled: set[int]
+    ) -> None:
+        """Dead-letter `message` for a permanent failure (and ack it); re-raise a retryable
+        one (the batch is redelivered)."""
+        if exc.is_retryable():
+            raise exc
+        reason = str(getattr(exc, _STEP, "integrate"))
+        error = f"{type(exc).__name__}: {exc}"
+        log.warning("dead-lettering %s:%d (%s): %s", message.topic, message.offset, reason, error)
+        send_to_dead_letters(self.broker, message, sub.group, error, reason=reason)
+        sub.ack(message)
+        settled.add(message.offset)
+        self.stats.dead_lettered += 1
+        self._dead.inc()
 
     def enrich(self, clean: pl.DataFrame, origin: str) -> pl.DataFrame:
-        """Adjust and enrich stored bars (reference data as of each bar's date)."""
+        """Adjust and enrich stored bars (reference data as of each bar's date); raise a
+        permanent error for bars it cannot adjust or convert (a broken corporate action, an
+        instrument without a currency, no FX rate at the bar's time)."""
         if clean.is_empty():
             return clean
         symbols = clean["symbol"].unique().sort().to_list()
         actions = self.actions.for_symbols(symbols)
         day = clean["ts"].max()
-        requests = pl.DataFrame({"symbol": symbols}).with_columns(date=pl.lit(day).dt.date())
-        ids = self.instruments.resolve(requests)
-        reference = ids.join(self.instruments.instruments(), on="instrument_id", how="left")
-        if reference.is_empty() or "name" not in reference.columns:
-            reference = pl.DataFrame({"symbol": symbols})
-        known = reference.get_column("currency") if "currency" in reference.columns else None
-        currencies = [] if known is None else known.drop_nulls().unique().to_list()
+        with _step("reference"):
+            requests = pl.DataFrame({"symbol": symbols}).with_columns(date=pl.lit(day).dt.date())
+            ids = self.instruments.resolve(requests)
+            reference = ids.join(self.instruments.instruments(), on="instrument_id", how="left")
+            if reference.is_empty() or "name" not in reference.columns:
+                reference = pl.DataFrame({"symbol": symbols})
+            for column in ("instrument_id", "name", "asset_class", "exchange", "currency",
+                           "sector", "industry"):  # fmt: skip
+                if column not in reference.columns:
+                    reference = reference.with_columns(pl.lit(None, pl.String).alias(column))
+            known = pl.col("instrument_id").is_not_null()
+            _refuse(
+                reference.filter(known & pl.col("currency").is_null()),
+                NotFoundError("the instrument master gives no currency"),
+            )
+        currencies = reference["currency"].drop_nulls().unique().to_list()
         report = self.settings.reporting_currency
         rates = None
-        if any(c != report for c in currencies):
-            rates = fx_rates(currencies, report, FxRates.from_store(self.bar_store).rate)
-        for column in ("instrument_id", "name", "asset_class", "exchange", "currency", "sector",
-                       "industry"):  # fmt: skip
-            if column not in reference.columns:
-                reference = reference.with_columns(pl.lit(None, pl.String).alias(column))
-        return enrich(clean, actions, reference, rates, reporting_currency=report, source=origin)
+        with _step("fx"):
+            if any(c != report for c in currencies):
+                rates = fx_rates(currencies, report, FxRates.from_store(self.bar_store).rate)
+        with _step("adjust"):
+            out = enrich(clean, actions, reference, rates, reporting_currency=report, source=origin)
+            factor = pl.col("adj_factor")
+            unusable = factor.is_null() | factor.is_nan() | factor.is_infinite() | (factor <= 0)
+            _refuse(
+                out.filter((pl.col("close") > 0) & unusable),
+                InvalidInputError("the corporate actions give no usable adjustment factor"),
+            )
+        with _step("fx"):
+            _refuse(
+                out.filter(pl.col("fx_rate").is_null()),
+                NotFoundError(f"no FX rate to {report} at the bar's time"),
+            )
+        return out
 
     @staticmethod
     def _routes(frame: pl.DataFrame) -> dict[str, Route]:
@@ -294,11 +406,71 @@ class IntegrationService:
                           checks={"broker": broker_ready}, on_ready=on_ready)  # fmt: skip
 
 
-def _check_keys(frame: pl.DataFrame) -> None:
-    """Raise `BusError` for bars without a full key (symbol, timeframe, ts): validation
-    refuses them (`SchemaError`) and no retry mends them, so their message goes to the
-    dead letters alone instead of failing its whole batch until `max_deliver`."""
-    missing = [c for c in BAR_KEY if c not in frame.columns]
-    nulls = {c: n for c in BAR_KEY if c in frame.columns and (n := frame[c].null_count())}
-    if missing or nulls:
-        raise BusError("bars without a full key", missing=missing or None, nulls=nulls or None)
+@dataclass
+class _Input:
+    """A decoded message: its bars in the canonical schema, tagged with its offset."""
+
+    message: Message
+    frame: pl.DataFrame
+
+    def has(self, symbol: str, timeframe: str) -> bool:
+        """Say whether this message holds bars of `symbol` at `timeframe`."""
+        hit = self.frame.filter((pl.col("symbol") == symbol) & (pl.col("timeframe") == timeframe))
+        return hit.height > 0
+
+
+@dataclass
+class _Result:
+    """What integrating some messages stored and the enriched bars it built per timeframe."""
+
+    inputs: list[_Input]
+    bars_in: int = 0
+    written: int = 0
+    unchanged: int = 0
+    quarantined: int = 0
+    enriched: dict[str, pl.DataFrame] = field(default_factory=dict)
+
+
+def _merged(results: list[_Result]) -> dict[str, pl.DataFrame]:
+    """Return the enriched bars of `results` per timeframe, one row per bar (the message
+    applied last wins, as in the store)."""
+    parts: dict[str, list[pl.DataFrame]] = {}
+    for result in results:
+        for tf, frame in result.enriched.items():
+            parts.setdefault(tf, []).append(frame)
+    return {
+        tf: frames[0]
+        if len(frames) == 1
+        else pl.concat(frames, how="diagonal_relaxed").unique(
+            ["symbol", "ts"], keep="last", maintain_order=True
+        )
+        for tf, frames in parts.items()
+    }
+
+
+def _tag(exc: QuantiVistaError, step: str) -> None:
+    """Name the step that failed on the error (the dead letter's reason); the innermost wins."""
+    if not hasattr(exc, _STEP):
+        setattr(exc, _STEP, step)
+
+
+@contextmanager
+def _step(name: str) -> Iterator[None]:
+    """Tag a `QuantiVistaError` raised inside with the step `name`."""
+    try:
+        yield
+    except QuantiVistaError as exc:
+        _tag(exc, name)
+        raise
+
+
+def _refuse(bad: pl.DataFrame, error: QuantiVistaError) -> None:
+    """Raise `error`, naming the symbols of `bad`, when it has rows."""
+    if bad.height:
+        error.context["symbols"] = sorted(set(bad["symbol"].to_list()))
+        raise error
+
+
+def frame_timeframe(frame: pl.DataFrame, event: BarBatch) -> str | None:
+    """Return the event's timeframe for bars that do not carry their own."""
+    return None if "timeframe" in frame.columns else event.timeframe

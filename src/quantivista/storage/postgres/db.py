@@ -18,7 +18,7 @@ import psycopg
 from psycopg import Connection, sql
 from psycopg_pool import ConnectionPool
 
-from quantivista.errors import StorageError
+from quantivista.errors import StorageError, StorageRejectedError
 from quantivista.storage.postgres.copy import frame_copy_chunks
 
 __all__ = [
@@ -38,12 +38,15 @@ __all__ = [
 def transaction(pool: ConnectionPool[Any], what: str) -> Iterator[Connection[Any]]:
     """Run the block in one transaction on a pooled connection.
 
-    A database error becomes `StorageError("<what> failed")` with the server's message;
-    the transaction is rolled back either way.
+    A database error becomes `StorageError("<what> failed")` with the server's message
+    (`StorageRejectedError` when the server refuses the data itself: writing it again
+    fails again); the transaction is rolled back either way.
     """
     try:
         with pool.connection() as conn, conn.transaction():
             yield conn
+    except (psycopg.DataError, psycopg.IntegrityError) as exc:
+        raise StorageRejectedError(f"{what} failed", error=str(exc).strip()) from exc
     except psycopg.Error as exc:
         raise StorageError(f"{what} failed", error=str(exc).strip()) from exc
 
