@@ -34,7 +34,6 @@ from quantivista.clock import Clock
 from quantivista.config import IntegrateSettings, ProbeSettings
 from quantivista.errors import (
     DecodeError,
-    InvalidInputError,
     NotFoundError,
     QuantiVistaError,
     StorageError,
@@ -303,8 +302,8 @@ class IntegrationService:
 
     def enrich(self, clean: pl.DataFrame, origin: str) -> pl.DataFrame:
         """Adjust and enrich stored bars (reference data as of each bar's date); raise a
-        permanent error for bars it cannot adjust or convert (a broken corporate action, an
-        instrument without a currency, no FX rate at the bar's time)."""
+        permanent error for bars it cannot convert (an instrument without a currency in the
+        master, no FX rate at the bar's time)."""
         if clean.is_empty():
             return clean
         symbols = clean["symbol"].unique().sort().to_list()
@@ -323,7 +322,7 @@ class IntegrationService:
             known = pl.col("instrument_id").is_not_null()
             _refuse(
                 reference.filter(known & pl.col("currency").is_null()),
-                NotFoundError("the instrument master gives no currency"),
+                NotFoundError("the instrument master has no currency for the instrument"),
             )
         currencies = reference["currency"].drop_nulls().unique().to_list()
         report = self.settings.reporting_currency
@@ -331,14 +330,8 @@ class IntegrationService:
         with _step("fx"):
             if any(c != report for c in currencies):
                 rates = fx_rates(currencies, report, FxRates.from_store(self.bar_store).rate)
-        with _step("adjust"):
+        with _step("adjust"):  # adjust_bars skips unusable actions (a ratio <= 0, say)
             out = enrich(clean, actions, reference, rates, reporting_currency=report, source=origin)
-            factor = pl.col("adj_factor")
-            unusable = factor.is_null() | factor.is_nan() | factor.is_infinite() | (factor <= 0)
-            _refuse(
-                out.filter((pl.col("close") > 0) & unusable),
-                InvalidInputError("the corporate actions give no usable adjustment factor"),
-            )
         with _step("fx"):
             _refuse(
                 out.filter(pl.col("fx_rate").is_null()),
