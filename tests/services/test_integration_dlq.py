@@ -13,6 +13,7 @@ from pathlib import Path
 from uuid import uuid4
 
 import polars as pl
+import psycopg
 import pytest
 
 from quantivista.bus.base import Message
@@ -246,3 +247,68 @@ def test_a_dead_letter_replayed_after_the_fix_is_applied(runtime: Runtime) -> No
     jpn = enriched(runtime).filter(pl.col("symbol") == "JPN")
     assert jpn["close_rc"].to_list() == pytest.approx([9.75, 9.75])
     assert stored(runtime, "JPN").height == 2  # stored once (the first try stored it too)
+
+
+# -- PostgreSQL: the store away (the schema renamed), the store refusing a value -------------
+@pytest.fixture
+def pg_runtime(tmp_path: Path, postgres_dsn: str, nats_url: str) -> Iterator[Runtime]:
+    schema = f"qv_integdlq_{uuid4().hex[:8]}"
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        storage={"backend": "postgres", "postgres_schema": schema, "write_threads": 1},
+        bus={"url": f"{nats_url}?prefix=integdlq{uuid4().hex[:8]}", "codec": "avro"},
+        integrate={"batch": 3, "reporting_currency": "USD", "max_deliver": 3},
+    )  # type: ignore[arg-type]
+    try:
+        with Runtime.from_settings(settings, clock=TestClock(T0)) as rt:
+            rt.schema = schema  # type: ignore[attr-defined]
+            yield rt
+            for topic in rt.broker.topics():
+                rt.broker.delete_topic(topic)
+    finally:
+        with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+            for name in (schema, f"{schema}_away"):
+                conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+
+
+@pytest.mark.postgres
+@pytest.mark.nats
+def test_postgres_away_redelivers_the_batch_and_applies_it_once(
+    pg_runtime: Runtime, postgres_dsn: str
+) -> None:
+    runtime = pg_runtime
+    schema = runtime.schema  # type: ignore[attr-defined]
+    publish(runtime, minute_bars("AAA"))
+    publish(runtime, minute_bars("EUX", price=20.0))
+    service = runtime.integration_service()
+    sub = service.subscribe(TOPIC, "g")
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute(f'ALTER SCHEMA "{schema}" RENAME TO "{schema}_away"')
+        try:
+            assert service.step(sub, timeout_s=2.0) == 2  # the store is away: nacked
+        finally:
+            conn.execute(f'ALTER SCHEMA "{schema}_away" RENAME TO "{schema}"')
+    assert service.stats.retried == 2 and letters(runtime) == []
+    sub.close()
+    assert drain(service) == 2  # redelivered and applied now
+    good = stored(runtime, "AAA", "EUX")
+    assert good.height == 4
+    assert enriched(runtime).select("symbol", "ts").equals(good.select("symbol", "ts"))
+
+
+@pytest.mark.postgres
+@pytest.mark.nats
+def test_postgres_refusing_a_value_dead_letters_that_message_alone(pg_runtime: Runtime) -> None:
+    runtime = pg_runtime
+    publish(runtime, minute_bars("AAA"))
+    publish(runtime, minute_bars("BBB").with_columns(provider=pl.lit("fin\x00hub")))
+    publish(runtime, minute_bars("EUX", price=20.0))
+    service = runtime.integration_service()
+    assert drain(service) == 3
+    (letter,) = letters(runtime)
+    assert letter.headers["qv-dlq-offset"] == "2"
+    assert letter.headers["qv-dlq-reason"] == "store"
+    assert letter.headers["qv-dlq-error"].startswith("StorageRejectedError: ")
+    good = stored(runtime, "AAA", "BBB", "EUX")
+    assert good["symbol"].to_list() == ["AAA", "AAA", "EUX", "EUX"]
+    assert enriched(runtime).select("symbol", "ts").equals(good.select("symbol", "ts"))

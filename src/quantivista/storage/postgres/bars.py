@@ -29,6 +29,7 @@ from quantivista.model.schema import BAR_COLUMNS, BAR_POLARS_SCHEMA, BAR_VALUE_C
 from quantivista.model.timeframe import Timeframe
 from quantivista.storage.base import REPORT_SCHEMA, STATS_SCHEMA, UpsertStats, latest_per_key
 from quantivista.storage.postgres.copy import binary_copy_chunks
+from quantivista.storage.postgres.db import storage_errors
 
 __all__ = [
     "PostgresStore",
@@ -163,7 +164,14 @@ class PostgresStore:
         self._years.update(missing)
 
     def upsert(self, bars: pl.DataFrame) -> UpsertStats:
-        """Insert new bars and replace changed ones in one statement; keep replaced versions."""
+        """Insert new bars and replace changed ones in one statement; keep replaced versions.
+
+        `StorageError` when the server fails (retryable), `StorageRejectedError` when it
+        refuses a value (a NUL byte in a string, say)."""
+        with storage_errors("bar upsert"):
+            return self._upsert(bars)
+
+    def _upsert(self, bars: pl.DataFrame) -> UpsertStats:
         if bars.is_empty():
             return UpsertStats()
         bars = _sorted_by_key(bars.select(BAR_COLUMNS))

@@ -28,6 +28,7 @@ __all__ = [
     "lock_version",
     "read_frame",
     "read_version",
+    "storage_errors",
     "transaction",
     "where_all",
     "wire_columns",
@@ -42,9 +43,17 @@ def transaction(pool: ConnectionPool[Any], what: str) -> Iterator[Connection[Any
     (`StorageRejectedError` when the server refuses the data itself: writing it again
     fails again); the transaction is rolled back either way.
     """
+    with storage_errors(what), pool.connection() as conn, conn.transaction():
+        yield conn
+
+
+@contextmanager
+def storage_errors(what: str) -> Iterator[None]:
+    """Raise a database error of the block as `StorageError("<what> failed")` (retryable: the
+    server away, a lock, a missing table), or `StorageRejectedError` when the server refuses
+    the data itself (a value it cannot hold, a broken constraint)."""
     try:
-        with pool.connection() as conn, conn.transaction():
-            yield conn
+        yield
     except (psycopg.DataError, psycopg.IntegrityError) as exc:
         raise StorageRejectedError(f"{what} failed", error=str(exc).strip()) from exc
     except psycopg.Error as exc:
