@@ -23,7 +23,8 @@
     ├── StorageError                retryable: the store could not read or write (down, locked)
     │   └── StorageRejectedError    permanent: the store refuses the data itself (range, constraint)
     ├── BusError                    retryable: publishing or consuming an event failed
-    │   └── DecodeError             permanent: bytes no codec reads, or not the event expected
+    │   ├── DecodeError             permanent: bytes no codec reads, or not the event expected
+    │   └── MessageTooLargeError    permanent: larger than the broker takes
     └── CalendarError               a date outside a calendar's range, unknown MIC
 
 Transient versus permanent is one question: `is_retryable()`. A consumer retries (redelivers)
@@ -48,6 +49,7 @@ __all__ = [
     "InvalidInputError",
     "InvalidTimeframeError",
     "MalformedResponseError",
+    "MessageTooLargeError",
     "NotFoundError",
     "PermissionDeniedError",
     "ProviderError",
@@ -250,6 +252,12 @@ class BusError(QuantiVistaError):
 
 class DecodeError(BusError):
     """A message's bytes are no event a codec reads, or not the event its topic carries."""
+
+    retryable = False
+
+
+class MessageTooLargeError(BusError):
+    """A message is larger than the broker takes (NATS `max_payload`)."""
 
     retryable = False
 

@@ -312,3 +312,26 @@ def test_postgres_refusing_a_value_dead_letters_that_message_alone(pg_runtime: R
     good = stored(runtime, "AAA", "BBB", "EUX")
     assert good["symbol"].to_list() == ["AAA", "AAA", "EUX", "EUX"]
     assert enriched(runtime).select("symbol", "ts").equals(good.select("symbol", "ts"))
+
+
+@pytest.mark.parametrize(  # the in-memory broker takes any size
+    "runtime", [pytest.param("nats", marks=pytest.mark.nats)], indirect=True
+)
+def test_an_enriched_event_larger_than_nats_takes_dead_letters_its_message_alone(
+    runtime: Runtime,
+) -> None:
+    limit = runtime.broker.max_message_bytes()
+    assert limit is not None
+    big = minute_bars("EUX", count=6000, price=20.0)  # enriched, the columns more than double
+    publish(runtime, minute_bars("AAA"))
+    publish(runtime, big)
+    publish(runtime, minute_bars("ZZZ"))  # not in the master: the reporting currency
+    assert len(to_ipc(big)) < limit - 2048 < 2 * len(to_ipc(big))  # it went in, raw
+    service = runtime.integration_service()
+    assert drain(service) == 3
+    (letter,) = letters(runtime)
+    assert letter.headers["qv-dlq-offset"] == "2"
+    assert letter.headers["qv-dlq-reason"] == "publish"
+    assert letter.headers["qv-dlq-error"].startswith("MessageTooLargeError: ")
+    assert enriched(runtime)["symbol"].to_list() == ["AAA", "AAA", "ZZZ", "ZZZ"]  # once
+    assert stored(runtime, "EUX").height == 60  # stored before the publish (the first hour)

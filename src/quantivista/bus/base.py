@@ -244,6 +244,11 @@ class Broker(Protocol):
         """Return the offset of the topic's last message (0 when empty)."""
         ...
 
+    def max_message_bytes(self) -> int | None:
+        """Return the largest message (value and headers) the broker takes; None: no limit
+        known."""
+        ...
+
     def close(self) -> None:
         """Release connections."""
         ...
@@ -253,6 +258,9 @@ class BrokerBase:
     """What every backend does the same way: `publish` is a one-item `publish_many`."""
 
     dense_offsets = True  # offsets 1, 2, 3... over the whole topic (False: `interleave`)
+
+    def max_message_bytes(self) -> int | None:
+        return None
 
     def publish_many(
         self, topic: str, items: Sequence[tuple[str | None, bytes, Mapping[str, str] | None]]

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 import nats
 from nats.aio.msg import Msg
+from nats.errors import MaxPayloadError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
@@ -39,7 +40,7 @@ from quantivista.bus.base import (
     partition_of,
 )
 from quantivista.bus.plumbing import LoopThread, url_prefix
-from quantivista.errors import BusError
+from quantivista.errors import BusError, MessageTooLargeError
 
 __all__ = ["NatsBroker"]
 
@@ -143,6 +144,10 @@ class NatsBroker(BrokerBase):
 
         return self._run(names())
 
+    def max_message_bytes(self) -> int | None:
+        """Return the server's `max_payload` (1 MB by default)."""
+        return int(self._nc.max_payload)
+
     def last_offset(self, topic: str) -> int:
         async def last() -> int:
             try:
@@ -190,9 +195,16 @@ class NatsBroker(BrokerBase):
                 if key is not None:
                     h[_KEY] = key
                 subject = self._subject(topic, partition_of(key, n))
-                futures.append(
-                    await self._js.publish_async(subject, value, stream=stream, headers=h or None)
-                )
+                try:
+                    sent = await self._js.publish_async(
+                        subject, value, stream=stream, headers=h or None
+                    )
+                except MaxPayloadError:
+                    raise MessageTooLargeError(
+                        "message larger than the server's max_payload",
+                        topic=topic, key=key, bytes=len(value), limit=self.max_message_bytes(),
+                    ) from None  # fmt: skip
+                futures.append(sent)
         try:
             acks = await asyncio.gather(*futures)
         except Exception as exc:

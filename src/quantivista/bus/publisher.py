@@ -12,9 +12,11 @@ from quantivista.bus.base import Broker, partition_of
 from quantivista.bus.codecs import CodecName, Codecs
 from quantivista.bus.events import Event
 from quantivista.bus.topics import Route, partitions_of
-from quantivista.errors import BusError
+from quantivista.errors import BusError, MessageTooLargeError
 
 __all__ = ["Publisher", "by_symbol"]
+
+_ENVELOPE_BYTES = 1024  # what a broker adds around a message (its own headers, the key)
 
 
 class Publisher:
@@ -74,10 +76,17 @@ class Publisher:
         make: Callable[[str, pl.DataFrame], Event],
         routes: Mapping[str, Route] | None = None,
     ) -> tuple[str | None, bytes, Mapping[str, str] | None]:
-        """Encode one symbol's event of `per_symbol` (encoding fails here, before a send)."""
+        """Encode one symbol's event of `per_symbol`: what the broker cannot take fails here,
+        before anything is sent (`MessageTooLargeError`)."""
         value, headers = self.codecs.encode(make(symbol, part), self.codec, key=symbol)
         route = (routes or {}).get(symbol) or Route(symbol=symbol)
         headers.update(route.headers())
+        limit = self.broker.max_message_bytes()
+        size = len(value) + sum(len(k) + len(v) + 4 for k, v in headers.items())
+        if limit is not None and size > limit - _ENVELOPE_BYTES:
+            raise MessageTooLargeError(
+                "event larger than the broker takes", symbol=symbol, bytes=size, limit=limit
+            )
         return symbol, value, headers
 
     def items(
