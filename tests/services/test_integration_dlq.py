@@ -7,6 +7,7 @@ Each test runs on the in-memory broker and on the NATS server (a stream prefix o
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -15,11 +16,13 @@ from uuid import uuid4
 import polars as pl
 import psycopg
 import pytest
+from typer.testing import CliRunner
 
 from quantivista.bus.base import Message
 from quantivista.bus.events import BarBatch
 from quantivista.bus.frames import from_ipc, to_ipc
 from quantivista.bus.topics import ENRICHED_BARS, raw_bars
+from quantivista.cli import app
 from quantivista.clock import TestClock
 from quantivista.config import Settings, StorageSettings
 from quantivista.errors import StorageError
@@ -230,7 +233,7 @@ def test_a_store_away_once_redelivers_the_batch_and_applies_it_once(runtime: Run
     assert out.select("symbol", "ts").equals(good.select("symbol", "ts"))  # once each
 
 
-def test_a_dead_letter_replayed_after_the_fix_is_applied(runtime: Runtime) -> None:
+def test_a_dead_letter_replayed_after_the_fix_is_applied(runtime: Runtime, tmp_path: Path) -> None:
     publish(runtime, minute_bars("AAA"))
     no_fx_rate(runtime)
     service = runtime.integration_service()
@@ -240,8 +243,18 @@ def test_a_dead_letter_replayed_after_the_fix_is_applied(runtime: Runtime) -> No
     assert enriched(runtime)["symbol"].to_list() == ["AAA", "AAA"]
 
     rate("JPYUSD", 0.0065)(runtime)  # the fix: the missing rate
-    result = runtime.distribution.replay_dead_letters(TOPIC)  # `qv dlq replay`
-    assert result.published == 1
+    if runtime.broker.url.startswith("nats"):  # `qv dlq show`, `qv dlq replay`, a process apart
+        cli = ["--data-dir", str(tmp_path / "data")]  # the consumer's own settings
+        shown = CliRunner().invoke(app, [*cli, "dlq", "show", TOPIC, "--bus", runtime.broker.url])
+        assert shown.exit_code == 0, shown.output
+        (row,) = [json.loads(line) for line in shown.output.splitlines() if line[:1] == "{"]
+        assert (row["reason"], row["offset"]) == ("fx", 1)
+        assert row["error"].startswith("NotFoundError: no FX rate to USD")
+        back = CliRunner().invoke(app, [*cli, "dlq", "replay", TOPIC, "--bus", runtime.broker.url])
+        assert back.exit_code == 0, back.output
+        assert json.loads(back.output.splitlines()[-1])["published"] == 1
+    else:
+        assert runtime.distribution.replay_dead_letters(TOPIC).published == 1
     drain(service)
     assert len(letters(runtime)) == 1  # no new letter
     jpn = enriched(runtime).filter(pl.col("symbol") == "JPN")
