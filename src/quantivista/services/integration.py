@@ -36,6 +36,7 @@ from quantivista.errors import (
     DecodeError,
     NotFoundError,
     QuantiVistaError,
+    SchemaError,
     StorageError,
 )
 from quantivista.model.schema import coerce_bars_checked
@@ -215,23 +216,23 @@ class IntegrationService:
         self.stats.batches += 1
 
     def _decode(self, message: Message) -> _Input:
-        """Return a message's bars in the canonical schema; raise why not (for good)."""
+        """Return a message's bars (with its offset and timeframe); raise why not (for good)."""
         with _step("decode"):
             event = self.codecs.decode(message.value, dict(message.headers))
             if not isinstance(event, BarBatch):
                 raise DecodeError("not a bar batch", type=type(event).__name__)
             frame = from_ipc(event.bars)
-        with _step("schema"):  # wrong types, an unknown timeframe, a bar without its key
-            bars, _ = coerce_bars_checked(frame, timeframe=frame_timeframe(frame, event))
-        return _Input(message, bars.with_columns(_offset=pl.lit(message.offset, pl.Int64)))
+        if "timeframe" not in frame.columns:
+            frame = frame.with_columns(timeframe=pl.lit(event.timeframe, pl.String))
+        return _Input(message, frame.with_columns(_offset=pl.lit(message.offset, pl.Int64)))
 
     def _integrate(self, inputs: list[_Input], batch_id: BatchId, origin: str) -> _Result:
         """Validate, store, adjust and enrich the bars of `inputs` (nothing is published)."""
+        with _step("schema"):  # wrong types, an unknown timeframe, a bar without its key
+            bars = _canonical([i.frame for i in inputs])
         # the latest version of each bar wins (a correction replaces the bar it amends)
-        bars = (
-            pl.concat([i.frame for i in inputs], how="vertical_relaxed")
-            .sort("_offset")
-            .unique(["symbol", "timeframe", "ts"], keep="last", maintain_order=True)
+        bars = bars.sort("_offset").unique(
+            ["symbol", "timeframe", "ts"], keep="last", maintain_order=True
         )
         result = _Result(inputs, bars_in=bars.height)
         for (tf,), part in bars.group_by("timeframe", maintain_order=True):
@@ -464,6 +465,12 @@ def _refuse(bad: pl.DataFrame, error: QuantiVistaError) -> None:
         raise error
 
 
-def frame_timeframe(frame: pl.DataFrame, event: BarBatch) -> str | None:
-    """Return the event's timeframe for bars that do not carry their own."""
-    return None if "timeframe" in frame.columns else event.timeframe
+def _canonical(frames: list[pl.DataFrame]) -> pl.DataFrame:
+    """Return the messages' bars in the canonical schema, `_offset` kept (one conversion per
+    batch: when it fails, the batch is tried message by message to find the bad one)."""
+    try:
+        raw = pl.concat(frames, how="diagonal_relaxed") if len(frames) > 1 else frames[0]
+    except pl.exceptions.PolarsError as exc:
+        raise SchemaError(f"bars of different shapes: {exc}") from None
+    bars, _ = coerce_bars_checked(raw.drop("_offset"))  # symbol problems: quarantined later
+    return bars.with_columns(raw["_offset"])
