@@ -190,6 +190,18 @@ def test_a_permanent_failure_dead_letters_its_message_alone_at_once(
     assert out["close_rc"].to_list() == [10.0, 10.0, 22.0, 22.0]
 
 
+def test_two_bad_messages_of_different_kinds_each_go_alone(runtime: Runtime) -> None:
+    wrong_type(runtime)
+    publish(runtime, minute_bars("AAA"))
+    no_fx_rate(runtime)
+    service = runtime.integration_service()
+    assert drain(service) == 3
+    reasons = {m.headers["qv-dlq-offset"]: m.headers["qv-dlq-reason"] for m in letters(runtime)}
+    assert reasons == {"1": "schema", "3": "fx"}
+    assert enriched(runtime)["symbol"].to_list() == ["AAA", "AAA"]
+    assert service.stats.retried == 0
+
+
 def test_bad_rows_inside_a_good_message_are_quarantined_not_dead_lettered(
     runtime: Runtime,
 ) -> None:

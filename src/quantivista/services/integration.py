@@ -195,25 +195,36 @@ class IntegrationService:
         first, last = messages[0].offset, messages[-1].offset
         origin = f"{messages[0].topic}:{first}-{last}"
         batch_id = BatchId(f"integrate-{sub.group}", task_id=origin)
+        results = self._isolate(inputs, sub, settled, batch_id, origin)
+        self._publish(results, origin, sub, settled)
+        self.stats.batches += 1
+
+    def _isolate(
+        self,
+        inputs: list[_Input],
+        sub: Subscription,
+        settled: set[int],
+        batch_id: BatchId,
+        origin: str,
+    ) -> list[_Result]:
+        """Integrate `inputs`; when that fails for good, each half again (in offset order: a
+        later correction is still applied last) until the bad messages stand alone and go to
+        the dead letters. Upserts are idempotent and nothing is published before every
+        message has been through, so the good ones are stored and published once."""
         try:
-            results = [self._integrate(inputs, batch_id, origin)]
+            return [self._integrate(inputs, batch_id, origin)]
         except QuantiVistaError as exc:
             if exc.is_retryable():
                 raise
             if len(inputs) == 1:
                 self._set_aside(inputs[0].message, sub, exc, settled)
-                return
-            # one of them is bad for good: apply each on its own to find it (upserts are
-            # idempotent, and nothing is published before every message has been through)
-            log.info("a message of %s fails for good (%s): applying them one by one", origin, exc)
-            results = []
-            for one in inputs:
-                try:
-                    results.append(self._integrate([one], batch_id, origin))
-                except QuantiVistaError as exc_one:
-                    self._set_aside(one.message, sub, exc_one, settled)
-        self._publish(results, origin, sub, settled)
-        self.stats.batches += 1
+                return []
+            log.info("a message of %s fails for good (%s): halving %d", origin, exc, len(inputs))
+        half = len(inputs) // 2
+        return [
+            *self._isolate(inputs[:half], sub, settled, batch_id, origin),
+            *self._isolate(inputs[half:], sub, settled, batch_id, origin),
+        ]
 
     def _decode(self, message: Message) -> _Input:
         """Return a message's bars (with its offset and timeframe); raise why not (for good)."""
