@@ -2,12 +2,17 @@
 enrich -> `bars.enriched`.
 
 Each member of a consumer group takes its share of the topic's partitions (by symbol), so a
-symbol's bars are applied in order. Per fetched batch: decode (unreadable messages go to the
-dead-letter topic at once), keep the latest version of each bar (a correction replaces its
-bar), validate and upsert into the store (idempotent: a redelivered batch changes nothing),
-enrich, publish, and only then ack: a consumer killed anywhere before the ack has its batch
-redelivered to the group, and applying it again is a no-op. Effectively exactly once in the
-store; at least once on `bars.enriched` (each enriched batch names its input offsets).
+symbol's bars are applied in order. Per fetched batch: decode, convert to the canonical
+schema, keep the latest version of each bar (a correction replaces its bar), validate and
+upsert into the store (idempotent: a redelivered batch changes nothing), enrich, publish, and
+only then ack: a consumer killed anywhere before the ack has its batch redelivered to the
+group, and applying it again is a no-op. Effectively exactly once in the store; at least once
+on `bars.enriched` (each enriched batch names its input offsets).
+
+Failures are told apart by `is_retryable()`: a message failing for good at any step goes to
+the dead-letter topic alone, at once, its step in `qv-dlq-reason` (the batch is halved until
+the bad messages stand alone; the others are applied once); a retryable failure (the store or
+the broker away) nacks the batch's messages not yet dead-lettered.
 """
 
 from __future__ import annotations
