@@ -44,12 +44,16 @@ async def synthetic_trades(
     sent = 0
     started = time.monotonic()
     origin_us = int(time.time() * 1e6)
+    ticks = 0
     while limit is None or sent < limit:
+        # one frame a tick: what came due since the last (yielding whenever a trade is due
+        # made a frame of a few trades per loop turn, its fixed cost holding the loop)
+        ticks = max(ticks + 1, int((time.monotonic() - started) / tick_s))  # behind: now
+        await asyncio.sleep(max(0.0, started + ticks * tick_s - time.monotonic()))
         due = int(rate * (time.monotonic() - started)) - sent
         if limit is not None:
             due = min(due, limit - sent)
         if due <= 0:
-            await asyncio.sleep(tick_s)
             continue
         which = rng.integers(0, len(names), due)
         prices *= np.exp(rng.normal(0, 2e-4, len(names)))
@@ -70,7 +74,6 @@ async def synthetic_trades(
             }
         )
         sent += due
-        await asyncio.sleep(0)
 
 
 async def finnhub_trades(
