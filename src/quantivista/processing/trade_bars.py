@@ -16,6 +16,7 @@ amends its bar and the bar goes out again as a correction; an older trade is cou
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -285,10 +286,16 @@ def _bars(state: pl.DataFrame, timeframe: str) -> pl.DataFrame:
     return _to_bars(state, timeframe)
 
 
-def _to_bars(state: pl.DataFrame, timeframe: str = "1m") -> pl.DataFrame:
-    """Return state rows as canonical bars (`bar_exprs`: clean, no lineage yet)."""
+@functools.cache
+def _bar_select(timeframe: str) -> list[pl.Expr]:
+    """The select of canonical bars from state rows (`bar_exprs`: clean, no lineage yet);
+    built once (a release would otherwise build its ~40 expression nodes again)."""
     vwap = pl.when(pl.col("volume") > 0).then(pl.col("pv") / pl.col("volume"))
-    return state.sort(_KEY).select(bar_exprs(timeframe, vwap=vwap))
+    return bar_exprs(timeframe, vwap=vwap)
+
+
+def _to_bars(state: pl.DataFrame, timeframe: str = "1m") -> pl.DataFrame:
+    return state.sort(_KEY).select(_bar_select(timeframe))
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
