@@ -44,13 +44,14 @@ async def synthetic_trades(
     sent = 0
     started = time.monotonic()
     origin_us = int(time.time() * 1e6)
-    ticks = 0
+    last = started
     while limit is None or sent < limit:
-        # one frame a tick: what came due since the last (yielding whenever a trade is due
-        # made a frame of a few trades per loop turn, its fixed cost holding the loop)
-        ticks = max(ticks + 1, int((time.monotonic() - started) / tick_s))  # behind: now
-        await asyncio.sleep(max(0.0, started + ticks * tick_s - time.monotonic()))
-        due = int(rate * (time.monotonic() - started)) - sent
+        # a frame a tick at most: what came due since the last (yielding whenever a trade
+        # was due made a frame of a few trades per loop turn, its fixed cost holding the
+        # loop); the rate holds over the whole run, however late a tick comes
+        await asyncio.sleep(max(0.0, last + tick_s - time.monotonic()))
+        last = time.monotonic()
+        due = int(rate * (last - started)) - sent
         if limit is not None:
             due = min(due, limit - sent)
         if due <= 0:
