@@ -10,6 +10,7 @@ import polars as pl
 from hypothesis import given
 from hypothesis import strategies as st
 
+from quantivista.model.schema import BAR_POLARS_SCHEMA
 from quantivista.processing.trade_bars import TRADE_SCHEMA, MinuteBars
 
 T0 = datetime(2026, 12, 1, 14, 30, tzinfo=UTC)
@@ -58,6 +59,11 @@ def test_bars_close_when_the_watermark_passes_their_end() -> None:
     )  # fmt: skip
     assert out.bars["vwap"][0] == (10 + 12 + 22) / 4
     assert out.corrections.is_empty()
+    # canonical bars, clean and without lineage until a writer takes them
+    assert out.bars.schema == BAR_POLARS_SCHEMA
+    assert out.bars.select("timeframe", "quality_flags", "ingested_at", "job_id").row(0) == (
+        "1m", 0, None, None,
+    )  # fmt: skip
 
 
 def test_a_late_trade_amends_its_bar_and_is_released_as_a_correction() -> None:

@@ -418,7 +418,7 @@ def test_a_release_made_canonical_by_the_stream_equals_what_coerce_makes(
     service = runtime.stream_service("finnhub")
     service.process(trade_frame([("AAPL", 1, 100.0, 10), ("MSFT", 2, 400.0, 5),
                                  ("AAPL", 40, 101.5, 10)]))  # fmt: skip
-    bars = service.bars.flush().bars.with_columns(timeframe=pl.lit("1m"))
+    bars = service.bars.flush().bars
     batch_id = BatchId("stream-x", batch_no=7)
     made = service._as_batch(bars, batch_id)
     assert made is not None

@@ -205,3 +205,28 @@ def test_prepare_stores_nothing_and_the_first_bars_land_as_usual(store: BarStore
     assert (stats.inserted, stats.updated) == (2, 0)
     out = store.read(["AAA", "BBB"], m1)
     assert out.select("symbol", "ts", "close").rows() == [("AAA", at, 1.0), ("BBB", at, 2.0)]
+
+
+def test_recent_answers_what_read_answers(store: BarStore) -> None:
+    """`recent` (a writer's validation history) returns the rows a read of the span returns,
+    whichever way a backend answers it: base rows, appended ones, a span cutting both."""
+    m1 = Timeframe.parse("1m")
+    at = _day("2026-12-01T14:30:00")
+    store.prepare(["AAA", "BBB"], m1, at)
+    for minute in range(3):  # three small writes: appends after the first
+        ts = at + timedelta(minutes=minute)
+        bars = pl.DataFrame(
+            {"symbol": ["AAA", "BBB"], "timeframe": "1m", "ts": [ts, ts],
+             "open": [1.0 + minute, 2.0], "high": [1.0 + minute, 2.0], "low": [1.0, 2.0],
+             "close": [1.0, 2.0], "volume": [5.0, 6.0], "provider": "p", "quality_flags": 0,
+             "ingested_at": INGESTED_AT, "job_id": "j"},
+        ).with_columns(pl.col("quality_flags").cast(pl.UInt32))  # fmt: skip
+        store.upsert(coerce_bars(bars))
+    for symbols, lo, hi in [
+        (["AAA", "BBB"], at - timedelta(hours=1), at + timedelta(hours=1)),
+        (["BBB"], at + timedelta(minutes=1), at + timedelta(minutes=3)),
+        (["AAA", "CCC"], at, at + timedelta(minutes=2)),
+    ]:
+        want = store.read(symbols, m1, lo, hi)
+        assert want.height  # the case reads rows
+        assert_frame_equal(store.recent(symbols, m1, lo, hi), want)

@@ -31,6 +31,7 @@ __all__ = [
     "RELEASE_POLARS_SCHEMA",
     "SCORE_SCHEMA",
     "STORED_SCORE_SCHEMA",
+    "bar_exprs",
     "coerce_actions",
     "coerce_bars",
     "coerce_bars_checked",
@@ -203,6 +204,32 @@ def to_polars(frame: FrameLike) -> pl.DataFrame:
         "expected a polars or pandas DataFrame, a pyarrow Table or a dict of columns",
         got=type(frame).__name__,
     )
+
+
+_BAR_DEFAULTS: dict[str, pl.Expr] = {
+    "quality_flags": pl.lit(0, pl.UInt32),  # clean until validated
+    "ingested_at": pl.lit(None, PL_UTC_TS),
+    "job_id": pl.lit(None, pl.String),
+}
+
+
+def bar_exprs(timeframe: str, **values: pl.Expr) -> list[pl.Expr]:
+    """Return the select that makes canonical bars (`BAR_POLARS_SCHEMA`: every column, in
+    order and type) of a frame of typed bar values: a column is `values[name]` if given,
+    else the frame's column of that name (symbol, ts, open, high, low, close, volume, vwap,
+    trades, provider), else its default (`timeframe`; `quality_flags` 0; `ingested_at`,
+    `job_id` null). The one definition of bars built without `coerce` (the stream's, from
+    its own typed trades): what `coerce` checks holds by construction there."""
+    exprs = []
+    for name, dtype in BAR_POLARS_SCHEMA.items():
+        expr = values.get(name)
+        if expr is None:
+            if name == "timeframe":
+                expr = pl.lit(timeframe, pl.String)
+            else:
+                expr = _BAR_DEFAULTS.get(name, pl.col(name))
+        exprs.append(expr.cast(dtype).alias(name))
+    return exprs
 
 
 def empty_bars() -> pl.DataFrame:

@@ -88,8 +88,7 @@ class RecentHistory:
             return
         self.reads += 1
         start = at - self.lookback
-        read = getattr(self.store, "recent", self.store.read)  # the lake's answers from tails
-        stored = read(new, self.timeframe, start, at + self.lookback)
+        stored = self.store.recent(new, self.timeframe, start, at + self.lookback)
         for symbol in new:
             self.covered[symbol] = start
         if stored.height:

@@ -2,7 +2,7 @@
 
     bars = MinuteBars(lateness=timedelta(seconds=2))
     out = bars.add(trades)       # a micro-batch of trades (symbol, ts, price, size, provider)
-    out.bars                     # minutes the watermark closed: final bars
+    out.bars                     # minutes the watermark closed: final bars (canonical 1m)
     out.corrections              # closed minutes a late trade changed: the amended bars
 
 Each micro-batch is aggregated with `group_by_dynamic` into partial bars, which merge with the
@@ -16,10 +16,13 @@ amends its bar and the bar goes out again as a correction; an older trade is cou
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import polars as pl
+
+from quantivista.model.schema import bar_exprs
 
 __all__ = ["TRADE_SCHEMA", "MinuteBars", "Released"]
 
@@ -94,6 +97,8 @@ class MinuteBars:
         # start at or before edges[0] are closed.
         self._edges: tuple[int, int] | None = None
         self._every_us = int(every.total_seconds() * 1_000_000)
+        minutes = every // timedelta(minutes=1)
+        self.timeframe = f"{minutes}m" if minutes < 60 else f"{minutes // 60}h"  # the bars'
 
     @property
     def open_bars(self) -> int:
@@ -188,7 +193,7 @@ class MinuteBars:
         self, corrections: pl.DataFrame, too_late: int, earliest: datetime | None
     ) -> Released:
         if self.watermark is None:
-            return Released(_NO_BARS, _bars(corrections), too_late)
+            return Released(_NO_BARS, _bars(corrections, self.timeframe), too_late)
         # a bar is over when its end is at or before the watermark; kept `retention` longer
         over = self.watermark - self.every
         gone = self.watermark - self.retention - self.every
@@ -198,7 +203,7 @@ class MinuteBars:
         edges = (_floor_us(over, self._every_us), _floor_us(gone, -self._every_us))
         late = earliest is not None and _floor_us(earliest, self._every_us) <= edges[0]
         if edges == self._edges and not late:
-            return Released(_NO_BARS, _bars(corrections), too_late)
+            return Released(_NO_BARS, _bars(corrections, self.timeframe), too_late)
         self._edges = edges
         last_start = pl.lit(over, pl.Datetime("us", "UTC"))
         horizon = pl.lit(gone, pl.Datetime("us", "UTC"))
@@ -209,7 +214,7 @@ class MinuteBars:
         oldest = self._closed["ts"].min()
         if isinstance(oldest, datetime) and oldest < gone:
             self._closed = self._closed.filter(pl.col("ts") >= horizon)
-        return Released(_bars(ready), _bars(corrections), too_late)
+        return Released(_bars(ready, self.timeframe), _bars(corrections, self.timeframe), too_late)
 
 
 def _aggregate(trades: pl.DataFrame, every_us: int) -> pl.DataFrame:
@@ -274,26 +279,23 @@ def _floor_us(ts: datetime, every_us: int) -> int:
     return us // every_us * every_us
 
 
-def _bars(state: pl.DataFrame) -> pl.DataFrame:
+def _bars(state: pl.DataFrame, timeframe: str) -> pl.DataFrame:
     """Return partial-bar state rows as bars (vwap from price*volume), by symbol and time."""
     if state.is_empty():
         return _NO_BARS
-    return _to_bars(state)
+    return _to_bars(state, timeframe)
 
 
-def _to_bars(state: pl.DataFrame) -> pl.DataFrame:
-    return state.sort(_KEY).select(
-        "symbol",
-        "ts",
-        "open",
-        "high",
-        "low",
-        "close",
-        "volume",
-        vwap=pl.when(pl.col("volume") > 0).then(pl.col("pv") / pl.col("volume")),
-        trades="trades",
-        provider="provider",
-    )
+@functools.cache
+def _bar_select(timeframe: str) -> list[pl.Expr]:
+    """The select of canonical bars from state rows (`bar_exprs`: clean, no lineage yet);
+    built once (a release would otherwise build its ~40 expression nodes again)."""
+    vwap = pl.when(pl.col("volume") > 0).then(pl.col("pv") / pl.col("volume"))
+    return bar_exprs(timeframe, vwap=vwap)
+
+
+def _to_bars(state: pl.DataFrame, timeframe: str = "1m") -> pl.DataFrame:
+    return state.sort(_KEY).select(_bar_select(timeframe))
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

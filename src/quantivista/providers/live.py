@@ -44,12 +44,17 @@ async def synthetic_trades(
     sent = 0
     started = time.monotonic()
     origin_us = int(time.time() * 1e6)
+    last = started
     while limit is None or sent < limit:
-        due = int(rate * (time.monotonic() - started)) - sent
+        # a frame a tick at most: what came due since the last (yielding whenever a trade
+        # was due made a frame of a few trades per loop turn, its fixed cost holding the
+        # loop); the rate holds over the whole run, however late a tick comes
+        await asyncio.sleep(max(0.0, last + tick_s - time.monotonic()))
+        last = time.monotonic()
+        due = int(rate * (last - started)) - sent
         if limit is not None:
             due = min(due, limit - sent)
         if due <= 0:
-            await asyncio.sleep(tick_s)
             continue
         which = rng.integers(0, len(names), due)
         prices *= np.exp(rng.normal(0, 2e-4, len(names)))
@@ -70,7 +75,6 @@ async def synthetic_trades(
             }
         )
         sent += due
-        await asyncio.sleep(0)
 
 
 async def finnhub_trades(

@@ -436,8 +436,7 @@ class StreamService:
         self.metrics.too_late.inc(released.too_late)
         kinds = [(f, c) for f, c in ((released.bars, False), (released.corrections, True))
                  if not f.is_empty()]  # fmt: skip
-        for frame, correction in kinds:
-            bars = frame.with_columns(timeframe=pl.lit("1m"))
+        for bars, correction in kinds:  # canonical 1m bars (`MinuteBars`)
             stored = self._store(bars, correction)
             clean = stored.clean
             kind = "correction" if correction else "bar"
@@ -489,25 +488,15 @@ class StreamService:
         """Return released bars as a canonical batch, or None when a symbol the feed sent
         breaks the symbol rule (checked once a symbol, at its first trade).
 
-        The stream built the bars itself from typed trades: what `coerce` checks and casts
-        holds already, and its per-release cost (a dozen frame operations, each symbol's
-        rule) is saved; a test holds the two to the same frame."""
+        `MinuteBars` releases canonical bars (`bar_exprs`) built from typed trades: what
+        `coerce` checks and casts holds already, and its per-release cost (a dozen frame
+        operations, each symbol's rule) is saved; only the lineage is filled in here. A
+        test holds the two to the same frame."""
         if self._odd_symbols:
             return None
         now = self.runner.clock.now()
-        frame = bars.select(
-            "symbol",
-            pl.lit("1m").alias("timeframe"),
-            "ts",
-            "open",
-            "high",
-            "low",
-            "close",
-            "volume",
-            pl.col("vwap").cast(pl.Float64),
-            pl.col("trades").cast(pl.Int64),
+        frame = bars.with_columns(
             pl.col("provider").fill_null(pl.lit(self.provider)),
-            pl.lit(0, pl.UInt32).alias("quality_flags"),
             pl.lit(now, PL_UTC_TS).alias("ingested_at"),
             pl.lit(batch_id.job_id, pl.String).alias("job_id"),
         )

@@ -112,6 +112,14 @@ class BarStore(Protocol):
         """
         ...
 
+    def recent(
+        self, symbols: Sequence[str], timeframe: Timeframe, start: datetime, end: datetime
+    ) -> pl.DataFrame:
+        """Return what `read(symbols, timeframe, start, end)` returns, answered the fastest
+        way a store has for its newest bars (a writer's validation history, see
+        `pipeline.recent`); a store with no faster way answers with its `read`."""
+        ...
+
     def delete(
         self,
         timeframe: Timeframe,

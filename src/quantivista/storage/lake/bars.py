@@ -243,6 +243,8 @@ class _Indexed:
 
     def lasts(self) -> dict[str, int]:
         """Return each symbol's last ts in epoch microseconds (the appends' watermarks)."""
+        if self._last is None and not self.index:  # an empty base (`prepare`): no call
+            self._last = {}
         if self._last is None:
             ends = [start + rows - 1 for start, rows in self.index.values()]
             last = self.frame["ts"].gather(ends).to_physical().to_list()
