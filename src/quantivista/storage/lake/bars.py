@@ -1125,17 +1125,11 @@ class ParquetLake:
             return 0
         rels = sorted({r for _, found in live for r in found})
         throughs = {r: self._through(self.base_path(timeframe_dir / r)) or "" for r in rels}
-        frames, rows_index, runs_index = [], [], []
-        for rel in rels:
-            pieces = [found[rel].frame for n, found in live if rel in found and n > throughs[rel]]
-            if pieces:
-                rows = pl.concat(pieces).sort("symbol", "ts", maintain_order=True)
-                frames.append(rows)
-                rows_index.append([rel, rows.height])
-                runs_index.append([rel, [[s, n] for s, (_, n) in _Indexed(rows).index.items()]])
+        whole, rows_index = _merged_rows(live, rels, throughs)
+        # decoded here, not under the locks the writers wait for
+        decoded = _delta_parts(whole, _runs_index(whole, rows_index)) if whole is not None else {}
         merged = [n for n, _ in live]
         name = merged_name(merged[-1])
-        whole = pl.concat(frames) if frames else None
         pending = folder / f".tmp-merge-{uuid4().hex}.arrow"  # hidden: listings skip it
         if whole is not None:
             meta = {ROWS_KEY: json.dumps(rows_index), REPLACES_KEY: json.dumps(merged)}
@@ -1157,7 +1151,7 @@ class ParquetLake:
                 with self._deltas_lock:
                     self._forget_deltas(folder, delta_names(folder))
                     if whole is not None:
-                        self._deltas[str(folder / name)] = _delta_parts(whole, runs_index)
+                        self._deltas[str(folder / name)] = decoded
                         self._replaces[str(folder / name)] = tuple(merged)
         finally:
             pending.unlink(missing_ok=True)
@@ -1845,6 +1839,41 @@ def _runs_index(frame: pl.DataFrame, rows: list[list[Any]]) -> list[list[Any]]:
     for part, name, n in zip(owner.tolist(), names, counts, strict=True):
         out[part][1].append([name, n])
     return out
+
+
+def _merged_rows(
+    live: list[tuple[str, dict[str, _Indexed]]], rels: list[str], throughs: dict[str, str]
+) -> tuple[pl.DataFrame | None, list[list[Any]]]:
+    """Return the rows of live deltas that no base accounts for (a part named after its
+    base's `throughs`), sorted by partition (in `rels` order), symbol and ts, and each
+    partition's rows (`ROWS_KEY`'s shape). One sort of the delta files' frames in polars
+    (without the GIL), not a concat and sort per partition: a background merge beside a
+    stream holds the GIL for its Python steps, and the writer waits for it."""
+    rank = {rel: i for i, rel in enumerate(rels)}
+    frames, owners = [], []
+    for name, found in live:
+        source = next(iter(found.values())).source
+        assert source is not None  # every decoded delta part knows its file's frame
+        owner = np.full(source[0].height, -1, dtype=np.int32)  # -1: in a base already
+        for rel, part in found.items():
+            if name > throughs[rel]:
+                assert part.source is not None
+                owner[part.source[1] : part.source[1] + part.frame.height] = rank[rel]
+        frames.append(source[0])
+        owners.append(owner)
+    owner = np.concatenate(owners) if owners else np.empty(0, dtype=np.int32)
+    if not (owner >= 0).any():
+        return None, []
+    part = pl.col("_part")
+    whole = (
+        pl.concat(frames)
+        .with_columns(pl.Series("_part", owner))
+        .filter(part >= 0)
+        .sort("_part", "symbol", "ts", maintain_order=True)
+    )
+    counts = np.bincount(owner[owner >= 0], minlength=len(rels)).tolist()
+    rows = [[rel, n] for rel, n in zip(rels, counts, strict=True) if n]
+    return whole.drop("_part"), rows
 
 
 def _delta_parts(frame: pl.DataFrame, index: list[list[Any]]) -> dict[str, _Indexed]:
