@@ -332,3 +332,26 @@ def test_a_writer_applies_every_delta_other_writers_appended_since_its_last_writ
     got = ParquetLake(tmp_path, settings).read(["AAA", "BBB", "CCC"], D1)
     assert not got.select("symbol", "ts").is_duplicated().any()
     assert got.height == 6 + 7 + 5
+
+
+def test_a_fold_keeps_the_writers_marks_and_later_writes_still_tell_appends_apart(
+    tmp_path: Path,
+) -> None:
+    lake = ParquetLake(tmp_path, StorageSettings(buckets=1, write_threads=1, delta_files=100))
+    written = _streamed(lake, 3)
+    directory = lake.partition_dir("1m", "AAA", "2024-01")
+    marks = lake._marks[directory]
+    assert lake.fold(directory) == 3
+    assert lake._marks[directory] is marks  # not rebuilt by the next write
+    assert marks.identity == bars_module.file_identity(lake.base_path(directory))
+    after = _bars(["AAA", "BBB"], 8, 1, DAY0 + timedelta(days=402), tf="1m")
+    lake.upsert(after)
+    assert lake._marks[directory] is marks
+    assert len(lake.live_deltas("1m")) == 1  # an append: a delta (the folded ones are in the base)
+    # the last bar sent again with another price: a correction, not a second copy
+    fix = _bars(["AAA"], 8, 1, DAY0 + timedelta(days=403), tf="1m", price=500.0)
+    lake.upsert(fix)
+    want = pl.concat([*written, after]).sort("symbol", "ts")
+    want = want.update(fix, on=["symbol", "timeframe", "ts"])
+    for reader in (lake, ParquetLake(tmp_path, _settings())):
+        assert_frame_equal(reader.read(["AAA", "BBB"], M1), want, check_row_order=False)

@@ -1076,6 +1076,12 @@ class ParquetLake:
             fsync_path(directory)
         self.cache.put(path, ahead.indexed)
         self.tails.put(path, ahead.tail)
+        marks = self._marks.get(directory)
+        if marks is not None and marks.identity == ahead.identity:
+            # a fold moves rows, no last bar (see `appends`): the marks hold for the new base,
+            # so the next append does not rebuild them (a stream's batch after a fold of
+            # every partition rebuilt 64)
+            marks.identity = file_identity(path)
         return True
 
     def tidy(self, timeframe_dir: Path) -> int:
