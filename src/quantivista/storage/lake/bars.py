@@ -775,7 +775,7 @@ class ParquetLake:
         lo = _epoch_us(start)
         by_bucket: dict[int, list[str]] = {}
         for symbol in sorted(set(symbols)):
-            by_bucket.setdefault(self.bucket(symbol), []).append(symbol)
+            by_bucket.setdefault(self._bucket_of(symbol), []).append(symbol)
         live = self._live_deltas(tf)
         months: Sequence[str | None] = [None]
         if timeframe.partition_period == "month":
@@ -803,20 +803,24 @@ class ParquetLake:
         in_window = (pl.col("ts") >= start) & (pl.col("ts") < end)
         keep = pl.col("symbol").is_in(sorted(ok)) & in_window
 
-        def pick(frame: pl.DataFrame, indexed: Iterable[Rows]) -> pl.DataFrame:
-            # `is_in` costs more than the rows: left out when every symbol is wanted
-            every = all(ok.issuperset(i.index) for i in indexed)
-            return frame.filter(in_window if every else keep)
+        # the frames to filter by `in_window` alone (every symbol of theirs wanted: `is_in`
+        # costs more than the rows) and by `keep`; each group filtered once, as one frame of
+        # chunks (a filter per delta file cost more than its rows)
+        wide: list[pl.DataFrame] = []
+        narrow: list[pl.DataFrame] = []
 
-        frames = []
+        def pick(frame: pl.DataFrame, indexed: Iterable[Rows]) -> None:
+            every = all(ok.issuperset(i.index) for i in indexed)
+            (wide if every else narrow).append(frame)
+
         if tails:
-            frames.append(pick(self._stitched(tf, tails), [t.rows for t in tails]))
+            pick(self._stitched(tf, tails), [t.rows for t in tails])
         for name, parts in live:
             source = next(iter(parts.values())).source
             assert source is not None
             stale = [p for r, p in parts.items() if (throughs.get(r) or "") >= name]
-            if not stale:  # the common case: one filter over the whole file
-                frames.append(pick(source[0], parts.values()))
+            if not stale:  # the common case: the whole file
+                pick(source[0], parts.values())
                 continue
             # parts of partitions folded already (a fold under way): left out
             rows = [
@@ -825,7 +829,12 @@ class ParquetLake:
                 if (throughs.get(r) or "") < name and p.source is not None
             ]
             if rows:
-                frames.append(source[0][np.concatenate(rows)].filter(keep))
+                narrow.append(source[0][np.concatenate(rows)])
+        frames = [
+            pl.concat(group, rechunk=False).filter(predicate)
+            for group, predicate in ((wide, in_window), (narrow, keep))
+            if group
+        ]
         if rest:
             frames.append(self.read(rest, timeframe, start, end))
         frames = [f for f in frames if f.height]
@@ -1471,7 +1480,7 @@ class ParquetLake:
         deltas, one sort (slicing and joining per symbol costs more than the rows)."""
         by_bucket: dict[int, list[str]] = {}
         for symbol in wanted:
-            by_bucket.setdefault(self.bucket(symbol), []).append(symbol)
+            by_bucket.setdefault(self._bucket_of(symbol), []).append(symbol)
         lo = _epoch_us(start) if start is not None else None
         hi = _epoch_us(end) if end is not None else None
         frames = []
