@@ -1879,11 +1879,10 @@ def _merged_rows(
     owner = np.concatenate(owners) if owners else np.empty(0, dtype=np.int32)
     if not (owner >= 0).any():
         return None, []
-    part = pl.col("_part")
     whole = (
         pl.concat(frames)
         .with_columns(pl.Series("_part", owner))
-        .filter(part >= 0)
+        .filter(pl.col("_part") >= 0)
         .sort("_part", "symbol", "ts", maintain_order=True)
     )
     counts = np.bincount(owner[owner >= 0], minlength=len(rels)).tolist()
