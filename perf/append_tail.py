@@ -8,8 +8,10 @@ duration) and the background jobs' spans (merges and folds of deltas, score comp
 Prints one JSON line: the batches' p50/p95/max and CPU, each step's mean and its mean over
 the slowest 5% of batches, and the `--show` slowest batches with their steps, the
 collections inside them and the background work overlapping them. A diagnosis tool, not a
-benchmark: the timers add a little to every step. Usage:
-python perf/append_tail.py [--batches 300] [--recent] [--show 8]
+benchmark: the timers add a little to every step. The set-up's heap is frozen as a service's
+is (`--no-freeze`: not); `--switch-us` sets the interpreter's switch interval and
+`--fold-rows` the lake's fold threshold, for A/B runs. Usage:
+python perf/append_tail.py [--batches 300] [--recent] [--show 8] [--no-freeze]
 """
 
 from __future__ import annotations
@@ -142,7 +144,10 @@ def main() -> None:
     parser.add_argument("--show", type=int, default=8)
     parser.add_argument("--no-freeze", action="store_true", help="no gc.freeze() after set-up")
     parser.add_argument("--switch-us", type=int, default=0, help="sys.setswitchinterval")
+    parser.add_argument("--fold-rows", type=int, default=0, help="the lake's _FOLD_ROWS")
     args = parser.parse_args()
+    if args.fold_rows:
+        bars_module._FOLD_ROWS = args.fold_rows
     if args.switch_us:
         sys.setswitchinterval(args.switch_us / 1e6)
     rec = Recorder()
@@ -200,6 +205,9 @@ def main() -> None:
     bg: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for name, t0, t1, cpu in rec.background:
         bg[name].append(((t1 - t0) * 1e3, cpu * 1e3))
+    out["background_cpu_total_ms"] = {
+        k: round(sum(c for _, c in v), 1) for k, v in bg.items() if k in _JOBS
+    }
     out["background_n_wall_cpu_max_ms"] = {
         k: [len(v), round(statistics.mean(w for w, _ in v), 1),
             round(statistics.mean(c for _, c in v), 1), round(max(w for w, _ in v), 1)]
