@@ -19,12 +19,15 @@
   symbol's session and of all 500 symbols' last hour before and after (background folds
   running), and after `compact()`; a read of one symbol's session (wall and CPU) and the
   live deltas pending at the start, middle and end of the stream, and the most pending.
+  The set-up's heap is frozen before the stream (`gc.freeze`, as `run_daemon` and the API
+  do once started: a full collection then walks only what came after; `--no-freeze`).
 Prints one JSON line. Usage: python perf/append.py [--symbols 500,2000] [--years 10]
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import sys
 import tempfile
@@ -123,10 +126,11 @@ def minute_bars(symbols: list[str], ts: list[datetime], seed: int) -> pl.DataFra
     )
 
 
-def stream(root: Path, batches: int, recent: bool = False) -> dict[str, Any]:
+def stream(root: Path, batches: int, recent: bool = False, freeze: bool = True) -> dict[str, Any]:
     """Return micro-batch latencies and read times of the streaming run (`recent`: the
     writer keeps what it stored as the next batch's validation history, as a dedicated
-    streaming writer does: `ingest.keep_recent_history`)."""
+    streaming writer does: `ingest.keep_recent_history`; `freeze`: the set-up's heap frozen,
+    as a service's start-up heap is)."""
     symbols = [f"S{i:04d}" for i in range(500)]
     open_ = datetime(2024, 3, 4, 14, 30, tzinfo=UTC)
     minute = timedelta(minutes=1)
@@ -148,6 +152,9 @@ def stream(root: Path, batches: int, recent: bool = False) -> dict[str, Any]:
             )
 
         reads("before")
+        if freeze:  # as a service does once started (`run_daemon`, the API's start-up)
+            gc.freeze()
+        out["gc_frozen"] = freeze
 
         def read_session() -> pl.DataFrame:
             return lake.read(["S0007"], m1, open_, open_ + timedelta(days=1))
@@ -236,6 +243,7 @@ def main() -> None:
     parser.add_argument("--cache-mb", type=int, default=None)
     parser.add_argument("--no-stream", action="store_true")
     parser.add_argument("--recent", action="store_true", help="ingest.keep_recent_history on")
+    parser.add_argument("--no-freeze", action="store_true", help="no gc.freeze() after set-up")
     args = parser.parse_args()
     out: dict[str, Any] = {"bench": "append", "load_avg_1m": load_avg_1m()}
     out["cache_mb"] = args.cache_mb or StorageSettings().cache_mb
@@ -258,7 +266,9 @@ def main() -> None:
     out["nightly"] = nightly
     if not args.no_stream:
         with tempfile.TemporaryDirectory() as tmp:
-            out["stream"] = stream(Path(tmp) / "lake", args.batches, args.recent)
+            out["stream"] = stream(
+                Path(tmp) / "lake", args.batches, args.recent, not args.no_freeze
+            )
     out["load_avg_1m_end"] = load_avg_1m()
     print_json_line(out, digits=4)
 

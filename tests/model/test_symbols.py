@@ -49,7 +49,10 @@ def test_canonical_symbols_always_match_the_pattern(text: str) -> None:
     assert canonical_symbol(symbol) == symbol  # idempotent
 
 
-@given(st.lists(st.sampled_from(["aapl", " MSFT", "X\nY", "", "BRK.B", "a" * 40]), max_size=30))
+_SPELLINGS = ["aapl", " MSFT", "X\nY", "", "BRK.B", "a" * 40, "AAPL\n", "A" * 33, "^GSPC", "ß"]
+
+
+@given(st.lists(st.sampled_from(_SPELLINGS) | st.text(max_size=34), max_size=30))
 def test_a_frame_agrees_with_the_single_symbol_rule(values: list[str]) -> None:
     out, problems = canonical_symbols(pl.Series("symbol", values, pl.String))
     for i, value in enumerate(values):

@@ -215,3 +215,12 @@ def test_on_bars_sees_the_bars_stored_before_the_bookkeeping(platform: Platform)
     # the clean bars were readable when the hook ran; the quarantine was written after it
     assert seen == [(half, half, 0)]
     assert stored.quarantined == half and runtime.backend.quarantine.list().height == half
+
+
+@given(st.lists(st.sampled_from(["1m", "5m", "1d", None]), max_size=12))
+def test_one_timeframe_names_the_timeframe_only_when_every_row_has_it(
+    values: list[str | None],
+) -> None:
+    bars = pl.DataFrame({"timeframe": values}, schema={"timeframe": pl.String})
+    one = values[0] if values and None not in values and len(set(values)) == 1 else None
+    assert stages.one_timeframe(bars) == one

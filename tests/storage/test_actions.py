@@ -41,3 +41,18 @@ def test_upserting_the_same_actions_again_leaves_the_file_alone(store: ParquetAc
 def test_empty_upsert_writes_no_file(store: ParquetActionStore) -> None:
     assert store.upsert(pl.DataFrame(schema=ACTION_POLARS_SCHEMA)).is_empty()
     assert not store.path.exists()
+
+
+def test_actions_asked_again_see_every_write_made_meanwhile(
+    store: ParquetActionStore, tmp_path: Path
+) -> None:
+    assert store.for_symbols(["AAA", "BBB"]).is_empty()
+    other = ParquetActionStore(tmp_path)  # another process writes the file
+    other.upsert(coerce_actions(pl.DataFrame([SPLIT])))
+    assert store.for_symbols(["AAA", "BBB"])["ratio"].to_list() == [4.0]
+    assert store.for_symbols(["BBB"]).is_empty()  # other symbols: their own answer
+    dividend = {**SPLIT, "symbol": "BBB", "action_type": "dividend", "ratio": None,
+                "amount": 0.5, "currency": "USD"}  # fmt: skip
+    other.upsert(coerce_actions(pl.DataFrame([dividend])))
+    assert store.for_symbols(["AAA", "BBB"])["symbol"].to_list() == ["AAA", "BBB"]
+    assert store.for_symbols(["BBB"])["amount"].to_list() == [0.5]

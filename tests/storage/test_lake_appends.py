@@ -336,3 +336,59 @@ def test_a_writer_applies_every_delta_other_writers_appended_since_its_last_writ
     got = ParquetLake(tmp_path, settings).read(["AAA", "BBB", "CCC"], D1)
     assert not got.select("symbol", "ts").is_duplicated().any()
     assert got.height == 6 + 7 + 5
+
+
+def test_a_fold_keeps_the_writers_marks_and_later_writes_still_tell_appends_apart(
+    tmp_path: Path,
+) -> None:
+    lake = ParquetLake(tmp_path, StorageSettings(buckets=1, write_threads=1, delta_files=100))
+    written = _streamed(lake, 3)
+    directory = lake.partition_dir("1m", "AAA", "2024-01")
+    marks = lake._marks[directory]
+    assert lake.fold(directory) == 3
+    assert lake._marks[directory] is marks  # not rebuilt by the next write
+    assert marks.identity == bars_module.file_identity(lake.base_path(directory))
+    after = _bars(["AAA", "BBB"], 8, 1, DAY0 + timedelta(days=402), tf="1m")
+    lake.upsert(after)
+    assert lake._marks[directory] is marks
+    assert len(lake.live_deltas("1m")) == 1  # an append: a delta (the folded ones are in the base)
+    # the last bar sent again with another price: a correction, not a second copy
+    fix = _bars(["AAA"], 8, 1, DAY0 + timedelta(days=403), tf="1m", price=500.0)
+    lake.upsert(fix)
+    want = pl.concat([*written, after]).sort("symbol", "ts")
+    want = want.update(fix, on=["symbol", "timeframe", "ts"])
+    for reader in (lake, ParquetLake(tmp_path, _settings())):
+        assert_frame_equal(reader.read(["AAA", "BBB"], M1), want, check_row_order=False)
+
+
+def test_a_merge_of_a_writers_own_appends_is_not_read_for_last_bars_again(
+    tmp_path: Path,
+) -> None:
+    lake = ParquetLake(tmp_path, StorageSettings(buckets=1, write_threads=1, delta_files=100))
+    written = _streamed(lake, 4)
+    assert lake.merge_deltas(_tf_dir(tmp_path)) == 3  # 4 files, now 1
+    (merged,) = lake.delta_files("1m")
+    written.append(_bars(["AAA", "BBB"], 9, 1, DAY0 + timedelta(days=402), tf="1m"))
+    assert lake.upsert(written[-1]).inserted == 2
+    # its rows are all before the writer's marks: their last bars were never needed
+    assert all(part._last is None for part in lake._deltas[str(merged)].values())
+    want = pl.concat(written).sort("symbol", "ts")
+    assert_frame_equal(ParquetLake(tmp_path, _settings()).read(["AAA", "BBB"], M1), want)
+
+
+def test_a_merge_holding_another_writers_newer_append_moves_the_writers_marks(
+    tmp_path: Path,
+) -> None:
+    settings = _settings(delta_files=100)
+    mine, other = ParquetLake(tmp_path, settings), ParquetLake(tmp_path, settings)
+    at = [DAY0 + timedelta(days=400, seconds=k) for k in range(4)]
+    mine.upsert(_bars(["AAA", "BBB"], 0, 5, at[0]))
+    mine.upsert(_bars(["AAA"], 5, 1, at[1]))  # its marks: up to its own delta
+    other.upsert(_bars(["BBB"], 5, 3, at[2]))  # newer, in the same partition
+    assert mine.bucket("AAA") == mine.bucket("BBB")
+    assert mine.merge_deltas(_tf_dir(tmp_path, "1d")) == 1  # one file now holds BBB's bars
+    stats = mine.upsert(_bars(["BBB"], 6, 3, at[3]))  # overlaps them: not an append
+    assert stats.updated == 2 and stats.inserted == 1
+    got = ParquetLake(tmp_path, settings).read(["AAA", "BBB"], D1)
+    assert not got.select("symbol", "ts").is_duplicated().any()
+    assert got.height == 6 + 9

@@ -530,10 +530,14 @@ def announce_actions(fresh: pl.DataFrame, source: str, bus: EventBus, clock: Clo
 # -- helpers -------------------------------------------------------------------------------
 def one_timeframe(bars: pl.DataFrame) -> str | None:
     """Return the timeframe of a non-empty batch with one (non-null) timeframe, else None."""
-    tf = pl.col("timeframe")
-    if bars.is_empty() or not bars.select(tf.is_not_null().all() & (tf == tf.first()).all()).item():
+    if bars.is_empty():
         return None
-    return str(bars["timeframe"][0])
+    # on the column, not a query: a micro-batch asks three times, a query costs ~0.25 ms
+    column = bars["timeframe"]
+    first = column.min()
+    if column.null_count() or first is None or first != column.max():
+        return None
+    return str(first)
 
 
 def distinct(column: pl.Series) -> list[str]:

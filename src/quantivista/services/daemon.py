@@ -2,14 +2,16 @@
 
     result = run_daemon("stream", settings.probes, main, registries=[...], checks={...})
 
-`main(stop)` runs in an event loop until it returns; a signal sets `stop` and marks the probes
-as draining (`/readyz` and `/healthz` answer 503), so `main` finishes its batch, flushes and
-returns. A second signal is not special-cased: `main` decides how fast it stops.
+The start-up heap is frozen (`gc.freeze`) before `main` runs. `main(stop)` runs in an event
+loop until it returns; a signal sets `stop` and marks the probes as draining (`/readyz` and
+`/healthz` answer 503), so `main` finishes its batch, flushes and returns. A second signal
+is not special-cased: `main` decides how fast it stops.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TypeVar
@@ -57,4 +59,8 @@ def run_daemon(
     with server:
         if on_ready is not None:
             on_ready(server.url)
+        # the start-up heap (libraries, settings, the runtime) lives as long as the process:
+        # kept out of the collector, a full collection walks only what came after (a stream's
+        # micro-batch waited ~45 ms for one walking the whole heap, a few times a minute)
+        gc.freeze()
         return asyncio.run(run())

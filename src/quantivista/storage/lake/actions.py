@@ -55,6 +55,9 @@ class ParquetActionStore:
         self.layout = LakeLayout(Path(root))
         self.path = self.layout.actions
         self.settings = settings or StorageSettings()
+        # the last `for_symbols` answer, by the file's identity and the symbols asked for:
+        # a stream asks for the same symbols every second, and the file rarely changes
+        self._last: tuple[Hashable, tuple[str, ...], pl.DataFrame] | None = None
 
     def all(self) -> pl.DataFrame:
         """Return every stored action."""
@@ -75,11 +78,18 @@ class ParquetActionStore:
 
     def for_symbols(self, symbols: Sequence[str] | None) -> pl.DataFrame:
         """Return actions of some symbols (all when None), by ex-date."""
+        wanted = tuple(symbols) if symbols else ()
+        version = self.version()  # taken first: a file replaced meanwhile is newer than it
+        last = self._last
+        if last is not None and last[0] == version and last[1] == wanted:
+            return last[2]
         df = self.all()
-        if symbols:
-            wanted = list(symbols)
-            df = df.filter(pl.col("symbol").is_in(wanted) | pl.col("new_symbol").is_in(wanted))
-        return df.sort("ex_date", "symbol", maintain_order=True)
+        if wanted:
+            names = list(wanted)
+            df = df.filter(pl.col("symbol").is_in(names) | pl.col("new_symbol").is_in(names))
+        df = df.sort("ex_date", "symbol", maintain_order=True)
+        self._last = (version, wanted, df)
+        return df
 
     def version(self) -> Hashable:
         """Return the action file's identity (changes with every replacement)."""

@@ -93,6 +93,7 @@ from quantivista.storage.lake.deltas import (
     delta_name,
     delta_names,
     merged_name,
+    newest_source,
     stack,
 )
 from quantivista.storage.lake.encoding import ArrowBatch, Run, _ranges
@@ -715,8 +716,9 @@ class ParquetLake:
             tail = self._tail(base)
             if tail is not None:
                 marks = Marks(identity, tail.through or "", dict(tail.rows.lasts()))
+                known = newest_source(marks.seen)
                 for name, found in live:
-                    if name > marks.seen and rel in found:
+                    if newest_source(name) > known and rel in found:
                         marks.apply(name, found[rel].lasts())
             else:  # no trusted tail (a store written before tails): the partition itself
                 existing = self._partition(directory)
@@ -727,9 +729,12 @@ class ParquetLake:
                 marks = Marks(identity, seen, _lasts_of(existing))
             self._marks[directory] = marks
             return marks.lasts
-        seen = marks.seen  # `apply` moves it: the deltas newer than it when we came
+        # `apply` moves `seen`: the deltas newer than it when we came. A merge of deltas up
+        # to it (named after its newest source) holds nothing newer: its last bars are not
+        # computed (the write after each merge did it for every partition, ~6 ms)
+        seen = newest_source(marks.seen)
         for name, found in reversed(live):  # appended by another process since
-            if name <= seen:
+            if newest_source(name) <= seen:
                 break
             if rel in found:
                 marks.apply(name, found[rel].lasts())
@@ -777,7 +782,7 @@ class ParquetLake:
         lo = _epoch_us(start)
         by_bucket: dict[int, list[str]] = {}
         for symbol in sorted(set(symbols)):
-            by_bucket.setdefault(self.bucket(symbol), []).append(symbol)
+            by_bucket.setdefault(self._bucket_of(symbol), []).append(symbol)
         live = self._live_deltas(tf)
         months: Sequence[str | None] = [None]
         if timeframe.partition_period == "month":
@@ -805,20 +810,24 @@ class ParquetLake:
         in_window = (pl.col("ts") >= start) & (pl.col("ts") < end)
         keep = pl.col("symbol").is_in(sorted(ok)) & in_window
 
-        def pick(frame: pl.DataFrame, indexed: Iterable[Rows]) -> pl.DataFrame:
-            # `is_in` costs more than the rows: left out when every symbol is wanted
-            every = all(ok.issuperset(i.index) for i in indexed)
-            return frame.filter(in_window if every else keep)
+        # the frames to filter by `in_window` alone (every symbol of theirs wanted: `is_in`
+        # costs more than the rows) and by `keep`; each group filtered once, as one frame of
+        # chunks (a filter per delta file cost more than its rows)
+        wide: list[pl.DataFrame] = []
+        narrow: list[pl.DataFrame] = []
 
-        frames = []
+        def pick(frame: pl.DataFrame, indexed: Iterable[Rows]) -> None:
+            every = all(ok.issuperset(i.index) for i in indexed)
+            (wide if every else narrow).append(frame)
+
         if tails:
-            frames.append(pick(self._stitched(tf, tails), [t.rows for t in tails]))
+            pick(self._stitched(tf, tails), [t.rows for t in tails])
         for name, parts in live:
             source = next(iter(parts.values())).source
             assert source is not None
             stale = [p for r, p in parts.items() if (throughs.get(r) or "") >= name]
-            if not stale:  # the common case: one filter over the whole file
-                frames.append(pick(source[0], parts.values()))
+            if not stale:  # the common case: the whole file
+                pick(source[0], parts.values())
                 continue
             # parts of partitions folded already (a fold under way): left out
             rows = [
@@ -827,7 +836,12 @@ class ParquetLake:
                 if (throughs.get(r) or "") < name and p.source is not None
             ]
             if rows:
-                frames.append(source[0][np.concatenate(rows)].filter(keep))
+                narrow.append(source[0][np.concatenate(rows)])
+        frames = [
+            pl.concat(group, rechunk=False).filter(predicate)
+            for group, predicate in ((wide, in_window), (narrow, keep))
+            if group
+        ]
         if rest:
             frames.append(self.read(rest, timeframe, start, end))
         frames = [f for f in frames if f.height]
@@ -1080,6 +1094,12 @@ class ParquetLake:
             fsync_path(directory)
         self.cache.put(path, ahead.indexed)
         self.tails.put(path, ahead.tail)
+        marks = self._marks.get(directory)
+        if marks is not None and marks.identity == ahead.identity:
+            # a fold moves rows, no last bar (see `appends`): the marks hold for the new base,
+            # so the next append does not rebuild them (a stream's batch after a fold of
+            # every partition rebuilt 64)
+            marks.identity = file_identity(path)
         return True
 
     def tidy(self, timeframe_dir: Path) -> int:
@@ -1129,17 +1149,11 @@ class ParquetLake:
             return 0
         rels = sorted({r for _, found in live for r in found})
         throughs = {r: self._through(self.base_path(timeframe_dir / r)) or "" for r in rels}
-        frames, rows_index, runs_index = [], [], []
-        for rel in rels:
-            pieces = [found[rel].frame for n, found in live if rel in found and n > throughs[rel]]
-            if pieces:
-                rows = pl.concat(pieces).sort("symbol", "ts", maintain_order=True)
-                frames.append(rows)
-                rows_index.append([rel, rows.height])
-                runs_index.append([rel, [[s, n] for s, (_, n) in _Indexed(rows).index.items()]])
+        whole, rows_index = _merged_rows(live, rels, throughs)
+        # decoded here, not under the locks the writers wait for
+        decoded = _delta_parts(whole, _runs_index(whole, rows_index)) if whole is not None else {}
         merged = [n for n, _ in live]
         name = merged_name(merged[-1])
-        whole = pl.concat(frames) if frames else None
         pending = folder / f".tmp-merge-{uuid4().hex}.arrow"  # hidden: listings skip it
         if whole is not None:
             meta = {ROWS_KEY: json.dumps(rows_index), REPLACES_KEY: json.dumps(merged)}
@@ -1164,7 +1178,7 @@ class ParquetLake:
                 with self._deltas_lock:
                     self._forget_deltas(folder, delta_names(folder))
                     if whole is not None:
-                        self._deltas[str(folder / name)] = _delta_parts(whole, runs_index)
+                        self._deltas[str(folder / name)] = decoded
                         self._replaces[str(folder / name)] = tuple(merged)
         finally:
             pending.unlink(missing_ok=True)
@@ -1478,7 +1492,7 @@ class ParquetLake:
         deltas, one sort (slicing and joining per symbol costs more than the rows)."""
         by_bucket: dict[int, list[str]] = {}
         for symbol in wanted:
-            by_bucket.setdefault(self.bucket(symbol), []).append(symbol)
+            by_bucket.setdefault(self._bucket_of(symbol), []).append(symbol)
         lo = _epoch_us(start) if start is not None else None
         hi = _epoch_us(end) if end is not None else None
         frames = []
@@ -1852,6 +1866,40 @@ def _runs_index(frame: pl.DataFrame, rows: list[list[Any]]) -> list[list[Any]]:
     for part, name, n in zip(owner.tolist(), names, counts, strict=True):
         out[part][1].append([name, n])
     return out
+
+
+def _merged_rows(
+    live: list[tuple[str, dict[str, _Indexed]]], rels: list[str], throughs: dict[str, str]
+) -> tuple[pl.DataFrame | None, list[list[Any]]]:
+    """Return the rows of live deltas that no base accounts for (a part named after its
+    base's `throughs`), sorted by partition (in `rels` order), symbol and ts, and each
+    partition's rows (`ROWS_KEY`'s shape). One sort of the delta files' frames in polars
+    (without the GIL), not a concat and sort per partition: a background merge beside a
+    stream holds the GIL for its Python steps, and the writer waits for it."""
+    rank = {rel: i for i, rel in enumerate(rels)}
+    frames, owners = [], []
+    for name, found in live:
+        source = next(iter(found.values())).source
+        assert source is not None  # every decoded delta part knows its file's frame
+        owner = np.full(source[0].height, -1, dtype=np.int32)  # -1: in a base already
+        for rel, part in found.items():
+            if name > throughs[rel]:
+                assert part.source is not None
+                owner[part.source[1] : part.source[1] + part.frame.height] = rank[rel]
+        frames.append(source[0])
+        owners.append(owner)
+    owner = np.concatenate(owners) if owners else np.empty(0, dtype=np.int32)
+    if not (owner >= 0).any():
+        return None, []
+    whole = (
+        pl.concat(frames)
+        .with_columns(pl.Series("_part", owner))
+        .filter(pl.col("_part") >= 0)
+        .sort("_part", "symbol", "ts", maintain_order=True)
+    )
+    counts = np.bincount(owner[owner >= 0], minlength=len(rels)).tolist()
+    rows = [[rel, n] for rel, n in zip(rels, counts, strict=True) if n]
+    return whole.drop("_part"), rows
 
 
 def _delta_parts(frame: pl.DataFrame, index: list[list[Any]]) -> dict[str, _Indexed]:

@@ -65,6 +65,7 @@ __all__ = [
     "delta_name",
     "delta_names",
     "merged_name",
+    "newest_source",
     "stack",
     "stack_frames",
 ]
@@ -114,6 +115,12 @@ def merged_name(newest: str) -> str:
     dot), so a merge that was listed without the locks keeps every partition's order."""
     stem = newest.rsplit(".", 1)[0]
     return f"{stem}~{uuid4().hex[:8]}.arrow"
+
+
+def newest_source(name: str) -> str:
+    """Return the stem of the newest delta whose rows delta `name` may hold: its own, or a
+    merged delta's newest source's (`merged_name`). Stems sort as the names do."""
+    return name.rsplit(".", 1)[0].split("~", 1)[0]
 
 
 def delta_names(directory: Path) -> list[str]:
