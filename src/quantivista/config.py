@@ -89,6 +89,12 @@ class StorageSettings(_Section):
         " IPC (a cold read maps the file and slices a symbol, nothing decoded) or Parquet;"
         " a partition keeps the format it was created with (older stores still read)",
     )
+    intraday_format: Literal["arrow", "parquet"] = Field(
+        default="arrow",
+        description="format of new hot month files of intraday timeframes, as `daily_format`:"
+        " Arrow IPC reads a symbol-month cold in about half the time of Parquet and takes"
+        " more disk; the cold tier keeps Parquet",
+    )
     fsync: bool = Field(
         default=False,
         description="fsync each file before its atomic rename: survives power loss, costs speed",

@@ -57,7 +57,8 @@ def _key_sorted(df: pl.DataFrame) -> pl.DataFrame:
     return df.sort("symbol", "ts")
 
 
-FORMATS = {"format": "arrow"}  # `storage.daily_format` of `_settings`: each test runs with both
+# `storage.daily_format` and `storage.intraday_format` of `_settings`: each test runs with both
+FORMATS = {"format": "arrow"}
 
 
 @pytest.fixture(autouse=True, params=["arrow", "parquet"])
@@ -68,6 +69,7 @@ def daily_format(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 
 def _settings(**kw: object) -> StorageSettings:
     kw.setdefault("daily_format", FORMATS["format"])
+    kw.setdefault("intraday_format", FORMATS["format"])
     return StorageSettings(buckets=4, write_threads=1, **kw)  # type: ignore[arg-type]
 
 

@@ -613,10 +613,12 @@ class ParquetLake:
         return bar_base(directory)
 
     def _new_base(self, directory: Path) -> Path:
-        """Return the path of a new base file: Arrow IPC for daily and longer timeframes
-        (no month directory) with `storage.daily_format = "arrow"`, else Parquet."""
-        daily = not directory.name.startswith("month=")
-        arrow = daily and self.settings.daily_format == "arrow"
+        """Return the path of a new base file: Arrow IPC if the partition's format
+        (`storage.daily_format`, or `storage.intraday_format` for a month directory) says
+        so, else Parquet."""
+        monthly = directory.name.startswith("month=")
+        s = self.settings
+        arrow = (s.intraday_format if monthly else s.daily_format) == "arrow"
         return directory / (ARROW_FILE if arrow else DATA_FILE)
 
     def _base_meta(self, path: Path) -> dict[str, str]:
@@ -1368,8 +1370,8 @@ class ParquetLake:
         for name in sorted(names):
             month = name[len("month=") :]
             if name.startswith("month=") and lo <= month <= hi:
-                path = base / name / DATA_FILE
-                if path.exists():
+                path = self.base_path(base / name)
+                if path.name == ARROW_FILE or path.exists():
                     files.append(path)
         return files
 
