@@ -329,7 +329,8 @@ def test_a_prepared_partition_takes_its_first_bars_as_a_delta(tmp_path: Path) ->
     assert written == len(buckets) and lake.prepare(symbols, M1, DAY0) == 0  # once
     assert lake.read(symbols, M1).is_empty()  # an empty base holds no bars
     first = _bars(symbols, 0, 5, at, tf="1m")
-    bases = sorted(tmp_path.rglob("data.parquet"))
+    bases = lake.data_files("1m")  # in the format of `_settings`
+    assert len(bases) == len(buckets)
     stamps = [p.stat().st_mtime_ns for p in bases]
     assert lake.upsert(first).inserted == first.height
     # the first bars went into a delta: the (empty) bases were not rewritten
