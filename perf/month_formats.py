@@ -8,7 +8,9 @@ parquet (zstd, today's files), arrow (uncompressed), arrow-lz4, arrow-zstd; and 
 ArcticDB (LMDB, one frame per symbol). Then `--runs` rounds of fresh processes (the
 variants and ArcticDB alternating), each opening its store and reading `S0000`'s month
 (cold), then again (warm, the lake's partition cache); and one as-of read per variant
-(before a correction of 30 minutes of `S0000`'s bucket, history beside the base).
+(before a correction of 30 minutes of `S0000`'s bucket, history beside the base), and one
+`recent()` per variant (the validation's warm-up read in a fresh writer: every symbol's
+last hour, from the bases' tails; lake only).
 With `--ir`, the same reads under callgrind (instructions, load-independent).
 Prints one JSON line: bytes on disk, write seconds, medians (wall, process CPU), load.
 Usage: python perf/month_formats.py [--symbols 500] [--runs 5] [--ir]
@@ -166,6 +168,20 @@ def child(root: Path, engine: str, mode: str, markers: bool = False) -> dict[str
     from quantivista.storage.lake.bars import ParquetLake
 
     m1 = Timeframe.parse("1m")
+    if mode == "recent":
+        lake = ParquetLake(root / engine)
+        names = [f"S{i:04d}" for i in range(int(os.environ["QV_PERF_SYMBOLS"]))]
+        end = datetime(2024, 2, 1, 1, tzinfo=UTC)
+        mark()
+        t = _clock()
+        got = lake.recent(names, m1, end - timedelta(hours=1), end)
+        out = {"cold": _since(t), "rows": got.height}
+        mark()
+        t = _clock()
+        assert lake.recent(names, m1, end - timedelta(hours=1), end).height
+        out["warm"] = _since(t)
+        mark()
+        return out
     mark()
     t = _clock()
     lake = ParquetLake(root / engine)
@@ -208,18 +224,19 @@ def main() -> None:
         return
     engines = [*VARIANTS, "arcticdb"]
     out: dict[str, Any] = {"bench": "month_formats", "symbols": args.symbols, "runs": args.runs}
+    os.environ["QV_PERF_SYMBOLS"] = str(args.symbols)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         out.update(build(root, args.symbols))
         got: dict[str, list[dict[str, Any]]] = {}
         for _ in range(args.runs):
             for engine in engines:
-                for mode in ("read", "as_of"):
+                for mode in ("read", "as_of", "recent")[: 2 if engine == "arcticdb" else 3]:
                     got.setdefault(f"{engine}_{mode}", []).append(_run(root, engine, mode))
         for key, samples in got.items():
             out[f"{key}_rows"] = sorted({s["rows"] for s in samples})
             out[f"{key}_cold"] = _median([s["cold"] for s in samples])
-            if key.endswith("_read"):
+            if not key.endswith("_as_of"):
                 out[f"{key}_warm"] = _median([s["warm"] for s in samples])
         if args.ir:
             for engine in engines:

@@ -1,4 +1,5 @@
-"""The embedded lake: silver bars as partitioned, sorted, zstd-compressed Parquet files.
+"""The embedded lake: silver bars as partitioned files sorted by symbol and ts (Arrow IPC,
+or Parquet in stores written before and in the cold tier).
 
 Symbols hash into a fixed number of buckets (`storage.buckets`, written to
 `<root>/silver/bars/_layout.json` when the lake is created). A partition holds the bars of
@@ -136,7 +137,7 @@ from quantivista.storage.lake.tails import (
 __all__ = ["ParquetLake", "bucket_of", "storage_report"]
 
 DATA_FILE = BAR_DATA_FILE
-ARROW_FILE = BAR_ARROW_FILE  # a base in Arrow IPC (`storage.daily_format`)
+ARROW_FILE = BAR_ARROW_FILE  # a base in Arrow IPC (`storage.daily_format`, `intraday_format`)
 LAYOUT_FILE = BAR_LAYOUT_FILE
 _LAYOUT_VERSION = 2
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
