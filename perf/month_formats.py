@@ -11,7 +11,7 @@ variants and ArcticDB alternating), each opening its store and reading `S0000`'s
 (before a correction of 30 minutes of `S0000`'s bucket, history beside the base), and one
 `recent()` per variant (the validation's warm-up read in a fresh writer: every symbol's
 last hour, from the bases' tails; lake only).
-With `--ir`, the same reads under callgrind (instructions, load-independent).
+With `--ir`, the lake's reads under callgrind too (instructions, load-independent).
 Prints one JSON line: bytes on disk, write seconds, medians (wall, process CPU), load.
 Usage: python perf/month_formats.py [--symbols 500] [--runs 5] [--ir]
 """
@@ -238,8 +238,8 @@ def main() -> None:
             out[f"{key}_cold"] = _median([s["cold"] for s in samples])
             if not key.endswith("_as_of"):
                 out[f"{key}_warm"] = _median([s["warm"] for s in samples])
-        if args.ir:
-            for engine in engines:
+        if args.ir:  # the lake's variants (ArcticDB's process does not run under valgrind)
+            for engine in VARIANTS:
                 for mode in ("read", "as_of"):
                     child_args = [__file__, "--child", engine, "--root", str(root)]
                     totals = callgrind_totals([*child_args, "--mode", mode, "--markers"])
