@@ -18,8 +18,11 @@ Each figure: median and range (ms) of wall time, and the median process CPU time
 threads), which the machine's load disturbs less. Prints one JSON line with `uptime`'s load.
 The lake's daily files are Arrow IPC (the default `storage.daily_format`); `--daily-format
 parquet` builds both daily stores with Parquet base files instead (the earlier format).
+`--intraday-format` and `--intraday-compression` pick the minute store's month files
+(`storage.intraday_format`, `storage.intraday_arrow_compression`; default: the settings').
 Usage: python perf/cold_read.py [--runs 5] [--symbols 500] [--years 10] [--row-group-rows N]
-       [--daily-format arrow|parquet]
+       [--daily-format arrow|parquet] [--intraday-format arrow|parquet]
+       [--intraday-compression none|lz4|zstd]
 """
 
 from __future__ import annotations
@@ -190,7 +193,12 @@ def _minute(symbols: int) -> Any:
 
 
 def build(
-    root: Path, symbols: int, years: int, group_rows: int | None, daily_format: str = "arrow"
+    root: Path,
+    symbols: int,
+    years: int,
+    group_rows: int | None,
+    daily_format: str = "arrow",
+    intraday: dict[str, str] | None = None,  # StorageSettings' intraday_* fields to set
 ) -> dict[str, Any]:
     """Write the daily and minute stores of both engines; return their sizes."""
     import arcticdb as adb
@@ -200,7 +208,7 @@ def build(
     from quantivista.model.schema import coerce_bars
     from quantivista.storage.lake.bars import ParquetLake
 
-    settings = StorageSettings(daily_format=daily_format)
+    settings = StorageSettings(daily_format=daily_format, **(intraday or {}))  # type: ignore[arg-type]
     if group_rows is not None:
         settings = settings.model_copy(update={"row_group_rows": group_rows})
 
@@ -312,6 +320,8 @@ def main() -> None:
     parser.add_argument("--wide", type=int, default=2000, help="symbols of the parallel store")
     parser.add_argument("--processes", type=int, default=4)
     parser.add_argument("--daily-format", choices=["arrow", "parquet"], default="arrow")
+    parser.add_argument("--intraday-format", choices=["arrow", "parquet"])
+    parser.add_argument("--intraday-compression", choices=["none", "lz4", "zstd"])
     parser.add_argument("--child", choices=["lake", "arcticdb"])
     parser.add_argument("--root")
     parser.add_argument("--mode", default="daily")
@@ -324,7 +334,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         out["daily_format"] = args.daily_format
-        out.update(build(root, args.symbols, args.years, args.row_group_rows, args.daily_format))
+        intraday = {
+            key: value
+            for key, value in (
+                ("intraday_format", args.intraday_format),
+                ("intraday_arrow_compression", args.intraday_compression),
+            )
+            if value is not None
+        }
+        out.update(intraday)
+        out.update(
+            build(root, args.symbols, args.years, args.row_group_rows, args.daily_format, intraday)
+        )
         got: dict[str, dict[str, list[dict[str, float]]]] = {"lake": {}, "arcticdb": {}}
         rows: dict[str, set[int]] = {}
         for _ in range(args.runs):

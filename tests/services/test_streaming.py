@@ -286,7 +286,7 @@ def test_a_new_symbols_first_bars_append_to_a_base_made_when_its_first_trade_cam
     lake = runtime.backend.bars
     service.process(trade_frame([("AAA", 5, 10.0, 1), ("BBB", 6, 20.0, 1)]))
     # the first trades gave the symbols' partitions their (empty) base files already
-    bases = sorted((runtime.settings.data_dir / "silver").rglob("data.parquet"))
+    bases = lake.data_files("1m")
     assert bases and all(lake.read_file(p).is_empty() for p in bases)
     assert not lake.delta_files("1m")
     service.process(trade_frame([("AAA", 62, 11.0, 1)]))  # minute 0 is released
@@ -363,7 +363,7 @@ def test_symbols_welcomed_at_the_start_are_not_welcomed_again_at_their_first_tra
 ) -> None:
     service = runtime.stream_service("finnhub")
     service.welcome(["AAA"], T0)  # what `qv stream` does for its symbols
-    assert sorted((runtime.settings.data_dir / "silver").rglob("data.parquet"))
+    assert runtime.backend.bars.data_files("1m")
     service.aggregate(trade_frame([("AAA", 5, 10.0, 1), ("BBB", 6, 20.0, 1)]))
     assert [symbols for symbols, _ in service.fresh] == [["BBB"]]
     service.close()

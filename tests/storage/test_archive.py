@@ -55,7 +55,7 @@ def test_archived_bars_move_to_the_cold_tier_and_stay_readable(tmp_path: Path) -
     cut = now - timedelta(days=3)
     assert moved == {"1m": bars.filter(pl.col("ts") < cut).height}
     assert list((tmp_path / "cold").rglob("month=2024-01/data.parquet"))
-    assert not (lake.partition_dir("1m", "AAA", "2024-01") / "data.parquet").exists()
+    assert not lake.base_path(lake.partition_dir("1m", "AAA", "2024-01")).exists()
     hot_rows = storage_report(lake).row(0, named=True)["rows"]
     assert hot_rows == bars.height - moved["1m"]
     assert_frame_equal(lake.read(["AAA", "BBB"], M1), everything)  # transparent across tiers

@@ -20,7 +20,7 @@ from quantivista.model.schema import BAR_POLARS_SCHEMA, coerce_bars
 from quantivista.model.timeframe import Timeframe
 from quantivista.storage.base import UpsertStats
 from quantivista.storage.lake import bars as lake_module
-from quantivista.storage.lake.bars import DATA_FILE, ParquetLake, bucket_of
+from quantivista.storage.lake.bars import ParquetLake, bucket_of
 from quantivista.storage.lake.files import atomic_write_parquet
 
 MakeBars = Callable[..., pl.DataFrame]
@@ -126,7 +126,10 @@ def test_a_lake_in_the_old_per_symbol_layout_is_refused(tmp_path: Path) -> None:
         ParquetLake(tmp_path / "lake")
 
 
-def test_intraday_bars_are_partitioned_by_month(tmp_lake: ParquetLake) -> None:
+@pytest.mark.parametrize("fmt", ["arrow", "parquet"])
+def test_intraday_bars_are_partitioned_by_month(tmp_path: Path, fmt: str) -> None:
+    settings = StorageSettings(write_threads=1, intraday_format=fmt)  # type: ignore[arg-type]
+    tmp_lake = ParquetLake(tmp_path, settings)
     jan = minute_bars("AAA", utc(2024, 1, 31, 20, 55), 5)
     feb = minute_bars("AAA", utc(2024, 2, 1, 14, 30), 5)
     stats = tmp_lake.upsert(pl.concat([feb, jan]))
@@ -135,10 +138,13 @@ def test_intraday_bars_are_partitioned_by_month(tmp_lake: ParquetLake) -> None:
     rel = [str(p.relative_to(tmp_lake.bars_root)) for p in data_files(tmp_lake)]
     bucket = f"bucket={bucket_of('AAA', 64):03d}"
     assert rel == [
-        f"timeframe=1m/{bucket}/month=2024-01/data.parquet",
-        f"timeframe=1m/{bucket}/month=2024-02/data.parquet",
+        f"timeframe=1m/{bucket}/month=2024-01/data.{fmt}",
+        f"timeframe=1m/{bucket}/month=2024-02/data.{fmt}",
     ]
     assert_frame_equal(tmp_lake.read(["AAA"], M1), pl.concat([jan, feb]))
+    fresh = ParquetLake(tmp_path, settings)  # a fresh process: the files, not the cache
+    assert_frame_equal(fresh.read(["AAA"], M1), pl.concat([jan, feb]))
+    assert_frame_equal(fresh.read(["AAA"], M1, start=utc(2024, 2, 1)), feb)
 
 
 def test_read_bounds_are_start_inclusive_end_exclusive(
@@ -497,9 +503,9 @@ def test_stats_per_timeframe_and_symbol(tmp_lake: ParquetLake, make_bars: MakeBa
     assert rows[("1m", "AAA")]["files"] == 2
     assert rows[("1m", "AAA")]["first_ts"] == utc(2024, 1, 31, 20, 50)
     assert rows[("1m", "AAA")]["last_ts"] == utc(2024, 2, 1, 14, 33)
-    assert rows[("1m", "AAA")]["bytes"] == sum(
-        p.stat().st_size for p in tmp_lake.partition_dir("1m", "AAA").rglob(DATA_FILE)
-    )
+    minute_files = tmp_lake.data_files("1m")  # one base file a month, in its format
+    assert len(minute_files) == 2
+    assert rows[("1m", "AAA")]["bytes"] == sum(p.stat().st_size for p in minute_files)
 
 
 def test_stats_of_an_empty_lake(tmp_lake: ParquetLake) -> None:

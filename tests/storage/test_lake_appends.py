@@ -249,19 +249,22 @@ def test_a_month_boundary_batch_appends_to_both_months(tmp_path: Path) -> None:
     assert month_text(649) == "2024-02"
 
 
-def _during_fold(monkeypatch: pytest.MonkeyPatch, action: object) -> list[bool]:
-    """Run `action()` once a fold has written its base file ahead, before it takes the lock."""
-    real = bars_module.atomic_write_parquet
+def _during_fold(monkeypatch: pytest.MonkeyPatch, action: object, fmt: str) -> list[bool]:
+    """Run `action()` once a fold has written its base file ahead (with the writer of the
+    base's format), before it takes the lock."""
+    writer = "atomic_write_base_ipc" if fmt == "arrow" else "atomic_write_parquet"
+    real = getattr(bars_module, writer)
     ran: list[bool] = []
 
-    def hooked(df: object, path: Path, *args: object, **kw: object) -> int:
-        size = real(df, path, *args, **kw)  # type: ignore[arg-type]
+    def hooked(*args: object, **kw: object) -> int:
+        size = int(real(*args, **kw))
+        path = next(a for a in args if isinstance(a, Path))
         if path.name.startswith(".tmp-fold-") and not ran:
             ran.append(True)
             action()  # type: ignore[operator]
         return size
 
-    monkeypatch.setattr(bars_module, "atomic_write_parquet", hooked)
+    monkeypatch.setattr(bars_module, writer, hooked)
     return ran
 
 
@@ -275,21 +278,32 @@ def _streamed(lake: ParquetLake, batches: int) -> list[pl.DataFrame]:
     return written
 
 
+def _fold_settings(fmt: str, cache_mb: int) -> StorageSettings:
+    return StorageSettings(
+        buckets=1,
+        write_threads=1,
+        delta_files=100,
+        cache_mb=cache_mb,
+        intraday_format=fmt,  # type: ignore[arg-type]
+    )
+
+
 # with the cache off (or a partition too big for it) folds are built ahead too
 @pytest.mark.parametrize("cache_mb", [64, 0])
+@pytest.mark.parametrize("fmt", ["arrow", "parquet"])
 def test_a_fold_built_ahead_leaves_appends_made_meanwhile_as_deltas(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cache_mb: int
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str, cache_mb: int
 ) -> None:
-    settings = StorageSettings(buckets=1, write_threads=1, delta_files=100, cache_mb=cache_mb)
-    lake = ParquetLake(tmp_path, settings)
+    lake = ParquetLake(tmp_path, _fold_settings(fmt, cache_mb))
     written = _streamed(lake, 3)
     folded = lake.delta_files("1m")
     late = _bars(["AAA", "BBB"], 8, 1, DAY0 + timedelta(days=402), tf="1m")
-    ran = _during_fold(monkeypatch, lambda: lake.upsert(late))
+    ran = _during_fold(monkeypatch, lambda: lake.upsert(late), fmt)
     directory = lake.partition_dir("1m", "AAA", "2024-01")
     assert lake.fold(directory) == 3
     assert ran
     base = lake.base_path(directory)
+    assert base.name == f"data.{fmt}"
     assert lake._through(base) == folded[-1].name  # built ahead: the late append is not in it
     assert not [p for p in directory.iterdir() if p.name.startswith(".")]
     want = pl.concat([*written, late]).sort("symbol", "ts")
@@ -300,15 +314,16 @@ def test_a_fold_built_ahead_leaves_appends_made_meanwhile_as_deltas(
 
 
 @pytest.mark.parametrize("cache_mb", [64, 0])
+@pytest.mark.parametrize("fmt", ["arrow", "parquet"])
 def test_a_fold_built_ahead_of_a_correction_is_dropped_and_folded_under_the_lock(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cache_mb: int
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str, cache_mb: int
 ) -> None:
-    settings = StorageSettings(buckets=1, write_threads=1, delta_files=100, cache_mb=cache_mb)
+    settings = _fold_settings(fmt, cache_mb)
     lake = ParquetLake(tmp_path, settings)
     written = _streamed(lake, 3)
     fix = _bars(["AAA"], 2, 1, DAY0 + timedelta(days=403), tf="1m", price=500.0)
     other = ParquetLake(tmp_path, settings)  # another process corrects a bar meanwhile
-    ran = _during_fold(monkeypatch, lambda: other.upsert(fix))
+    ran = _during_fold(monkeypatch, lambda: other.upsert(fix), fmt)
     directory = lake.partition_dir("1m", "AAA", "2024-01")
     lake.fold(directory)
     assert ran

@@ -57,7 +57,8 @@ def _key_sorted(df: pl.DataFrame) -> pl.DataFrame:
     return df.sort("symbol", "ts")
 
 
-FORMATS = {"format": "arrow"}  # `storage.daily_format` of `_settings`: each test runs with both
+# `storage.daily_format` and `storage.intraday_format` of `_settings`: each test runs with both
+FORMATS = {"format": "arrow"}
 
 
 @pytest.fixture(autouse=True, params=["arrow", "parquet"])
@@ -68,6 +69,7 @@ def daily_format(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 
 def _settings(**kw: object) -> StorageSettings:
     kw.setdefault("daily_format", FORMATS["format"])
+    kw.setdefault("intraday_format", FORMATS["format"])
     return StorageSettings(buckets=4, write_threads=1, **kw)  # type: ignore[arg-type]
 
 
@@ -327,7 +329,8 @@ def test_a_prepared_partition_takes_its_first_bars_as_a_delta(tmp_path: Path) ->
     assert written == len(buckets) and lake.prepare(symbols, M1, DAY0) == 0  # once
     assert lake.read(symbols, M1).is_empty()  # an empty base holds no bars
     first = _bars(symbols, 0, 5, at, tf="1m")
-    bases = sorted(tmp_path.rglob("data.parquet"))
+    bases = lake.data_files("1m")  # in the format of `_settings`
+    assert len(bases) == len(buckets)
     stamps = [p.stat().st_mtime_ns for p in bases]
     assert lake.upsert(first).inserted == first.height
     # the first bars went into a delta: the (empty) bases were not rewritten

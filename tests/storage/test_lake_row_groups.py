@@ -49,7 +49,8 @@ def _bars(symbols: list[str], days: int, at: datetime, tf: str = "1d", shift: fl
 
 def _lake(root: Path, **kw: object) -> ParquetLake:
     # row groups and codecs are Parquet's (Arrow IPC bases: see test_lake_arrow_bases.py)
-    settings = {"buckets": 2, "write_threads": 1, "row_group_rows": 20, "daily_format": "parquet"}
+    settings = {"buckets": 2, "write_threads": 1, "row_group_rows": 20}
+    settings |= {"daily_format": "parquet", "intraday_format": "parquet"}
     settings.update(kw)
     return ParquetLake(root, StorageSettings(**settings))  # type: ignore[arg-type]
 

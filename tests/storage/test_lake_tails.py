@@ -163,7 +163,8 @@ def test_background_tidying_merges_small_deltas_and_folds_big_ones(tmp_path: Pat
         lake.upsert(batch)
     lake.close()
     assert len(lake.delta_files()) <= 3  # merged as they came (20 x 20 rows: no fold)
-    bases = list((tmp_path / "silver" / "bars").rglob("data.parquet"))
+    bases = lake.data_files("1m")
+    assert bases and {p.suffix for p in bases} == {f".{FORMATS['format']}"}
     assert max(ParquetLake.read_file(p).height for p in bases) <= 5 * len(SYMBOLS)
     want = pl.concat([_bars(SYMBOLS, 0, 5, AT, tf="1m"), *batches]).sort("symbol", "ts")
     assert_frame_equal(ParquetLake(tmp_path, _settings()).read(SYMBOLS, M1), want)

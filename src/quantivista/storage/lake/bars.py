@@ -1,11 +1,12 @@
-"""The embedded lake: silver bars as partitioned, sorted, zstd-compressed Parquet files.
+"""The embedded lake: silver bars as partitioned files sorted by symbol and ts (Arrow IPC,
+or Parquet in stores written before and in the cold tier).
 
 Symbols hash into a fixed number of buckets (`storage.buckets`, written to
 `<root>/silver/bars/_layout.json` when the lake is created). A partition holds the bars of
 every symbol of one bucket, sorted by symbol and ts:
 
-    timeframe=1d/bucket=007/data.parquet                  daily and longer: one file a bucket
-    timeframe=1m/bucket=007/month=2024-01/data.parquet    intraday: one file a bucket-month
+    timeframe=1d/bucket=007/data.arrow                  daily and longer: one file a bucket
+    timeframe=1m/bucket=007/month=2024-01/data.arrow    intraday: one file a bucket-month
 
 Buckets keep the file count independent of the universe: a backfill of 500 symbols writes
 64 files, not 500, and per-file costs (file creation, rename, Parquet footer, one encoder
@@ -19,8 +20,11 @@ Daily-and-longer base files are uncompressed Arrow IPC files by default
 schema metadata: a process that has not read the file maps it and hands a symbol's slice to
 polars, with nothing decoded or copied (a fresh process reads one symbol in half the
 instructions of the Parquet row-group read). They need no tail file (see `tails`): the tail
-is sliced from the base. A partition keeps the format it was created in, so stores written
-before read as they are, and intraday files (most of the bytes) stay compressed Parquet.
+is sliced from the base. Intraday month files are Arrow IPC too (`storage.intraday_format`),
+their buffers lz4-compressed in batches of whole symbols (`storage.intraday_arrow_compression`:
+they hold most of the bytes; a cold read decompresses its symbol's batch only), and turn
+into Parquet when archived to the cold tier. A partition keeps the format it was created
+in, so stores written before (Parquet, `data.parquet`) read as they are.
 
 Every write replaces whole partition files atomically (write a hidden temporary file, then
 `os.replace`), under a lock striped over partitions, so readers never see half a file and
@@ -49,7 +53,7 @@ import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import IO, Any, NamedTuple
@@ -134,10 +138,11 @@ from quantivista.storage.lake.tails import (
 __all__ = ["ParquetLake", "bucket_of", "storage_report"]
 
 DATA_FILE = BAR_DATA_FILE
-ARROW_FILE = BAR_ARROW_FILE  # a base in Arrow IPC (`storage.daily_format`)
+ARROW_FILE = BAR_ARROW_FILE  # a base in Arrow IPC (`storage.daily_format`, `intraday_format`)
 LAYOUT_FILE = BAR_LAYOUT_FILE
 _LAYOUT_VERSION = 2
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 _LOCK_STRIPES = 64
 _BULK_READ = 16  # symbols above which a read cuts ranges and columns once, not per symbol
 _VIEW_ATTEMPTS = 16  # reads of a partition that a fold or delete changed meanwhile
@@ -569,7 +574,7 @@ class ParquetLake:
             found = indexed if indexed is not None else _Indexed(rows_pl)
             runs = [(s, n) for s, (_, n) in found.index.items()]
             meta = {THROUGH_KEY: through} if through else {}
-            atomic_write_base_ipc(rows_pl, runs, at(path), settings, meta)
+            atomic_write_base_ipc(rows_pl, runs, at(path), settings, meta, _codec(path, settings))
             tail, files = _tail_of(found, through), [(at(path), path)]
         else:
             token = new_token()
@@ -616,10 +621,12 @@ class ParquetLake:
         return bar_base(directory)
 
     def _new_base(self, directory: Path) -> Path:
-        """Return the path of a new base file: Arrow IPC for daily and longer timeframes
-        (no month directory) with `storage.daily_format = "arrow"`, else Parquet."""
-        daily = not directory.name.startswith("month=")
-        arrow = daily and self.settings.daily_format == "arrow"
+        """Return the path of a new base file: Arrow IPC if the partition's format
+        (`storage.daily_format`, or `storage.intraday_format` for a month directory) says
+        so, else Parquet."""
+        monthly = directory.name.startswith("month=")
+        s = self.settings
+        arrow = (s.intraday_format if monthly else s.daily_format) == "arrow"
         return directory / (ARROW_FILE if arrow else DATA_FILE)
 
     def _base_meta(self, path: Path) -> dict[str, str]:
@@ -1380,7 +1387,9 @@ class ParquetLake:
             path = self.base_path(base)
             return [path] if path.name == ARROW_FILE or path.exists() else []
         lo = f"{start.year:04d}-{start.month:02d}" if start else ""
-        hi = f"{end.year:04d}-{end.month:02d}" if end else "9999-99"
+        # `end` is exclusive: a read up to a month's first instant opens no file of it
+        last = end - _MICROSECOND if end else None
+        hi = f"{last.year:04d}-{last.month:02d}" if last else "9999-99"
         try:  # a listing, not a glob: a glob compiles a pattern (a fresh process's first read)
             names = os.listdir(base)
         except (FileNotFoundError, NotADirectoryError):
@@ -1389,8 +1398,8 @@ class ParquetLake:
         for name in sorted(names):
             month = name[len("month=") :]
             if name.startswith("month=") and lo <= month <= hi:
-                path = base / name / DATA_FILE
-                if path.exists():
+                path = self.base_path(base / name)
+                if path.name == ARROW_FILE or path.exists():
                     files.append(path)
         return files
 
@@ -1805,10 +1814,11 @@ def storage_report(lake: ParquetLake) -> pl.DataFrame:
         n_rows = disk = raw = 0
         for path in files:
             size = path.stat().st_size
-            if path.suffix == ".arrow":  # uncompressed: raw bytes are the file's
+            if path.suffix == ".arrow":  # raw: the buffers' bytes (month files may compress)
                 with open(path, "rb") as handle:
-                    n_rows += read_ipc_handle(handle).num_rows
-                raw += size
+                    table = read_ipc_handle(handle)
+                n_rows += table.num_rows
+                raw += table.nbytes
             else:
                 meta = pq.read_metadata(path)
                 n_rows += meta.num_rows
@@ -1830,6 +1840,13 @@ def storage_report(lake: ParquetLake) -> pl.DataFrame:
 def _raw_bytes(meta: pq.FileMetaData) -> int:
     """Return the uncompressed size of a Parquet file's data (from its footer)."""
     return sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+
+
+def _codec(path: Path, settings: StorageSettings) -> str | None:
+    """Return the buffer codec of an Arrow IPC base file: month files take
+    `storage.intraday_arrow_compression`; daily ones stay uncompressed."""
+    codec = settings.intraday_arrow_compression
+    return codec if codec != "none" and path.parent.name.startswith("month=") else None
 
 
 def _frame(data: pa.Table | pa.RecordBatch) -> pl.DataFrame:

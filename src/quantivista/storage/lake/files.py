@@ -227,29 +227,59 @@ def atomic_write_base_ipc(
     path: Path,
     settings: StorageSettings,
     metadata: dict[str, str],
+    codec: str | None = None,
 ) -> int:
     """Write a partition's base file (sorted by symbol, `runs`: (symbol, rows) in row
-    order) as an uncompressed Arrow IPC file, atomically like `atomic_write_parquet`.
+    order) as an Arrow IPC file, atomically like `atomic_write_parquet`.
 
     Polars' own Arrow types: a reader maps the file and hands its buffers to polars without
     decoding or copying. The symbol index goes into the schema metadata (`IpcBase`), and
     the record batches are the frame's chunks as they are (no copy to join them: a reader
-    of a mapped file slices any range at the same cost).
+    of a mapped file slices any range at the same cost). With a `codec` ("lz4", "zstd")
+    the buffers are compressed and the batches are groups of whole symbols of at least
+    `storage.row_group_rows` rows: a reader decompresses the batch of its symbol only.
     """
     table = df.to_arrow(compat_level=pl.CompatLevel.newest())
     if sum(n for _, n in runs) != table.num_rows:
         raise StorageError("symbol runs do not match the rows", path=str(path))
-    batches = table.to_batches()
+    if codec is None:
+        batches = table.to_batches()
+    else:
+        cuts = _run_groups([n for _, n in runs], settings.row_group_rows)
+        batches = [
+            batch
+            for lo, hi in itertools.pairwise(cuts)
+            for batch in table.slice(lo, hi - lo).combine_chunks().to_batches()
+        ]
     sizes = [b.num_rows for b in batches]
     meta = {**metadata, BASE_RUNS_KEY: json.dumps(list(runs)), _BATCHES_KEY: json.dumps(sizes)}
     schema = table.schema.with_metadata(meta)
+    options = pa.ipc.IpcWriteOptions(compression=codec)
 
     def write(tmp: Path) -> None:
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as out:
+        with (
+            pa.OSFile(str(tmp), "wb") as sink,
+            pa.ipc.new_file(sink, schema, options=options) as out,
+        ):
             for batch in batches:
                 out.write_batch(batch)
 
     return _atomic_write(path, settings, write, ".arrow")
+
+
+def _run_groups(lengths: Sequence[int], min_rows: int) -> list[int]:
+    """Return the bounds [0, ..., rows] of groups of whole runs of at least `min_rows` rows
+    (a short last group joins the one before)."""
+    cuts, at = [0], 0
+    for n in lengths:
+        at += n
+        if at - cuts[-1] >= max(min_rows, 1):
+            cuts.append(at)
+    if at > cuts[-1]:
+        if len(cuts) > 1:
+            cuts.pop()
+        cuts.append(at)
+    return cuts
 
 
 class IpcBase:

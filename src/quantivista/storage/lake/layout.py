@@ -1,7 +1,7 @@
 """The one place the embedded data directory's tree is spelled out.
 
 <root>/
-  silver/bars/_layout.json, timeframe=X/bucket=B[/month=M]/data.parquet   bars
+  silver/bars/_layout.json, timeframe=X/bucket=B[/month=M]/data.arrow     bars (or .parquet)
   history/bars/timeframe=X/bucket=B[/month=M]/<uuid>.parquet               superseded bars
   silver/actions/data.parquet                                              corporate actions
   quarantine/bars/job_id=<id>/<uuid>.parquet, quarantine/released/         quarantine
@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 BAR_DATA_FILE = "data.parquet"
-BAR_ARROW_FILE = "data.arrow"  # a daily-and-longer base as Arrow IPC (`storage.daily_format`)
+BAR_ARROW_FILE = "data.arrow"  # a base as Arrow IPC (`storage.daily_format`, `intraday_format`)
 BAR_LAYOUT_FILE = "_layout.json"
 CATALOG_FILE = "catalog.sqlite"
 
