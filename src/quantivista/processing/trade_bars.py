@@ -222,24 +222,28 @@ def _aggregate(trades: pl.DataFrame, every_us: int) -> pl.DataFrame:
     arrival; a live feed arrives in time order, so the sort is mostly skipped)."""
     if not trades["ts"].is_sorted():
         trades = trades.sort("ts", maintain_order=True)
+    start, aggs = _aggregate_exprs(every_us)
+    # keys then aggregations: the columns of `_STATE`, in its order (no select after)
+    return trades.group_by("symbol", start).agg(aggs)
+
+
+@functools.cache
+def _aggregate_exprs(every_us: int) -> tuple[pl.Expr, list[pl.Expr]]:
+    """The key and aggregations of `_aggregate`, built once (a micro-batch would otherwise
+    build them again, holding the GIL the store thread waits for)."""
     start = (pl.col("ts").dt.epoch("us") // every_us * every_us).cast(pl.Datetime("us", "UTC"))
-    return (
-        trades.group_by("symbol", start.alias("_start"))
-        .agg(
-            open=pl.col("price").first(),
-            high=pl.col("price").max(),
-            low=pl.col("price").min(),
-            close=pl.col("price").last(),
-            volume=pl.col("size").sum(),
-            pv=(pl.col("price") * pl.col("size")).sum(),
-            trades=pl.len().cast(pl.Int64),
-            first_ts=pl.col("ts").first(),
-            last_ts=pl.col("ts").last(),
-            provider=pl.col("provider").last(),
-        )
-        .rename({"_start": "ts"})
-        .select(_STATE.names())
-    )
+    return start.alias("ts"), [
+        pl.col("price").first().alias("open"),
+        pl.col("price").max().alias("high"),
+        pl.col("price").min().alias("low"),
+        pl.col("price").last().alias("close"),
+        pl.col("size").sum().alias("volume"),
+        (pl.col("price") * pl.col("size")).sum().alias("pv"),
+        pl.len().cast(pl.Int64).alias("trades"),
+        pl.col("ts").first().alias("first_ts"),
+        pl.col("ts").last().alias("last_ts"),
+        pl.col("provider").last().alias("provider"),
+    ]
 
 
 def _merge(state: pl.DataFrame, part: pl.DataFrame) -> pl.DataFrame:
@@ -249,23 +253,8 @@ def _merge(state: pl.DataFrame, part: pl.DataFrame) -> pl.DataFrame:
         return part
     if part.is_empty():
         return state
-    return (
-        pl.concat([state, part])
-        .group_by(_KEY)
-        .agg(
-            open=pl.col("open").sort_by("first_ts", maintain_order=True).first(),
-            high=pl.col("high").max(),
-            low=pl.col("low").min(),
-            close=pl.col("close").sort_by("last_ts", maintain_order=True).last(),
-            volume=pl.col("volume").sum(),
-            pv=pl.col("pv").sum(),
-            trades=pl.col("trades").sum(),
-            first_ts=pl.col("first_ts").min(),
-            last_ts=pl.col("last_ts").max(),
-            provider=pl.col("provider").last(),
-        )
-        .select(_STATE.names())
-    )
+    # keys then aggregations: the columns of `_STATE`, in its order (no select after)
+    return pl.concat([state, part]).group_by(_KEY).agg(_MERGE)
 
 
 def _from_us(us: int) -> datetime:
@@ -299,5 +288,17 @@ def _to_bars(state: pl.DataFrame, timeframe: str = "1m") -> pl.DataFrame:
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MERGE = [  # `_merge`'s aggregations, built once
+    pl.col("open").sort_by("first_ts", maintain_order=True).first(),
+    pl.col("high").max(),
+    pl.col("low").min(),
+    pl.col("close").sort_by("last_ts", maintain_order=True).last(),
+    pl.col("volume").sum(),
+    pl.col("pv").sum(),
+    pl.col("trades").sum(),
+    pl.col("first_ts").min(),
+    pl.col("last_ts").max(),
+    pl.col("provider").last(),
+]
 _NO_STATE = pl.DataFrame(schema=_STATE)
 _NO_BARS = _to_bars(_NO_STATE)
