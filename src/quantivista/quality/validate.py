@@ -844,9 +844,9 @@ class Validator:
             return []
         picked = [np.flatnonzero(hits[rule.name])[:limit] for rule in rules]
         # every rule's few rows in one gather (a scalar lookup per row costs more)
-        at = pl.Series(np.concatenate(picked))
-        symbols = checked["symbol"].gather(at).to_list()
-        times = checked["ts"].gather(at).to_list()
+        at = np.concatenate(picked)  # a numpy index takes natively (a gather is a query)
+        symbols = checked["symbol"][at].to_list()
+        times = checked["ts"][at].to_list()
         rule_of = [rule for rule, rows in zip(rules, picked, strict=True) for _ in range(rows.size)]
         return [
             ValidationIssue(
