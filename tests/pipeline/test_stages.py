@@ -89,6 +89,12 @@ def test_distinct_of_runs_is_the_sorted_unique(values: list[str | None]) -> None
     assert distinct(column) == column.unique().sort().to_list()
 
 
+@given(st.lists(st.sampled_from(["A", "AB", "B", "b", "É", ""]), min_size=1, max_size=30))
+def test_distinct_of_a_sorted_column_is_its_run_heads(values: list[str]) -> None:
+    column = pl.Series("symbol", sorted(values), dtype=pl.String)  # the sorted fast path
+    assert distinct(column) == sorted(set(values))
+
+
 def test_one_symbol_rule_at_coercion_bad_rows_to_quarantine(platform: Platform) -> None:
     bars = pl.concat(
         [

@@ -32,6 +32,8 @@ SYMBOL_PATTERN = re.compile(rf"[A-Z0-9^][{_INNER}]{{0,{MAX_SYMBOL_LENGTH - 1}}}"
 # the same rule as a polars (Rust) pattern, anchored: ASCII only, so a value it matches is
 # unchanged by strip() and upper() and has no problem
 _CANONICAL = rf"\A{SYMBOL_PATTERN.pattern}\z"
+# up to this many rows a regex over every row costs less than finding the distinct values
+_ONE_PASS_ROWS = 4096
 
 
 def symbol_problem(text: str | None) -> str | None:
@@ -64,7 +66,9 @@ def canonical_symbols(symbols: pl.Series) -> tuple[pl.Series, pl.Series | None]:
 
     Work is done once per distinct value; a column already canonical is returned as is.
     """
-    out = symbols.cast(pl.String)
+    out = symbols if symbols.dtype == pl.String else symbols.cast(pl.String)
+    if out.len() <= _ONE_PASS_ROWS and not out.has_nulls() and out.str.contains(_CANONICAL).all():
+        return out, None  # a small canonical batch (a stream's): one regex pass, no hashing
     mapping: dict[str, str] = {}
     problems: dict[str, str] = {}
     # every distinct value starts a run: hashing the run starts (one per series in the usual

@@ -20,14 +20,16 @@ by a store read, as without the cache. It assumes no other writer stores these s
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import polars as pl
 
 from quantivista.model.schema import BAR_COLUMNS
 from quantivista.model.timeframe import Timeframe
 from quantivista.pipeline.messages import StoredBatch
 from quantivista.pipeline.stages import history_for, history_lookback, one_timeframe
+from quantivista.quality.history import micros
 from quantivista.quality.validate import Validator
 from quantivista.storage.base import BarStore
 
@@ -140,6 +142,21 @@ class RecentHistory:
         assert isinstance(newest, datetime) and isinstance(oldest, datetime)
         bound = newest - self.span
         if oldest < bound:
-            frame = frame.filter(pl.col("ts") >= bound)
+            frame = _since(frame, bound)
             self._floor = bound if self._floor is None else max(self._floor, bound)
         self.frame = frame
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def _since(frame: pl.DataFrame, bound: datetime) -> pl.DataFrame:
+    """The rows of `frame` (canonical) at or after `bound`, in order: a slice when they are
+    its last rows (the kept bars in ts order, the usual case), else a filter. On numpy:
+    the comparison with a datetime literal cost more than the rows (a stream's every add)."""
+    keep = micros(frame["ts"]) >= (bound - _EPOCH) // _MICROSECOND
+    first = int(np.argmax(keep))
+    if keep[first:].all():
+        return frame.slice(first) if keep[first] else frame.clear()
+    return frame.filter(pl.Series(keep))

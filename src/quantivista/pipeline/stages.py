@@ -18,6 +18,7 @@ from typing import Protocol
 from uuid import uuid4
 from zoneinfo import ZoneInfo
 
+import numpy as np
 import polars as pl
 
 from quantivista.acquisition.router import Router
@@ -547,6 +548,12 @@ def distinct(column: pl.Series) -> list[str]:
     """
     if column.is_empty():
         return []
+    n = column.len()
+    if column.dtype == pl.String and not column.has_nulls() and column.is_sorted():
+        # sorted (a stream's batch): the run heads are the distinct values, in order
+        heads = np.ones(n, dtype=bool)
+        heads[1:] = (column.slice(1) != column.slice(0, n - 1)).to_numpy()
+        return (column if heads.all() else column.filter(pl.Series(heads))).to_list()
     heads = column.ne_missing(column.shift(1)).to_numpy()
     heads[0] = True
     return column.filter(pl.Series(heads)).unique().sort().to_list()
