@@ -66,7 +66,9 @@ def test_a_split_orders_the_batch_by_partition_symbol_and_ts() -> None:
     frame = _bars(names, 0, 4, DAY0, tf="1m").with_columns(
         ts=pl.col("ts") - pl.lit(DAY0) + pl.lit(start)
     )
-    split = Split.of(latest_per_key(frame), True, lambda s: bucket_of(s, 8))
+    split = Split.of(
+        latest_per_key(frame), True, lambda names: np.array([bucket_of(s, 8) for s in names])
+    )
     got = split.frame
     month = pl.col("ts").dt.strftime("%Y-%m")
     bucket = pl.col("symbol").map_elements(lambda s: bucket_of(s, 8), return_dtype=pl.Int64)

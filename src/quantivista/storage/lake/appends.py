@@ -50,8 +50,11 @@ class Split:
     bounds: np.ndarray  # partition i holds runs bounds[i]:bounds[i + 1]
 
     @classmethod
-    def of(cls, keyed: pl.DataFrame, monthly: bool, bucket: Callable[[str], int]) -> Split:
-        """Split `keyed` (each symbol one block of rising ts: `latest_per_key`)."""
+    def of(
+        cls, keyed: pl.DataFrame, monthly: bool, buckets: Callable[[list[str]], np.ndarray]
+    ) -> Split:
+        """Split `keyed` (each symbol one block of rising ts: `latest_per_key`);
+        `buckets(symbols)` returns their buckets."""
         n = keyed.height
         ts = keyed["ts"].to_physical().to_numpy()
         sym = pl.col("symbol")
@@ -63,9 +66,8 @@ class Split:
         starts = np.flatnonzero(new)
         ends = np.append(starts[1:], n)
         symbols: list[str] = keyed["symbol"].gather(starts).to_list()
-        buckets = np.fromiter((bucket(s) for s in symbols), np.int64, len(symbols))
         run_months = months[starts] if monthly else np.zeros(len(starts), np.int64)
-        key = buckets * 1_000_000 + run_months
+        key = buckets(symbols) * 1_000_000 + run_months
         order = np.lexsort((np.array(symbols), key))
         starts, ends, key = starts[order], ends[order], key[order]
         if np.array_equal(order, np.arange(len(order))):

@@ -150,6 +150,9 @@ _DELTA_ROWS = 200_000  # writes up to this many rows may append as one delta fil
 _FOLD_ROWS = 100_000  # a timeframe's deltas are merged into one below this, folded above
 _MERGED_DELTAS = 4  # merged deltas a timeframe keeps before merging them together
 _Key = tuple[str, int, str | None]  # timeframe, bucket, month (intraday)
+_PartKey = tuple[int, int | None]  # a split's partition: bucket, months since 1970
+_Plan = tuple[list[Path], list[int], list[str]]  # directories, lock stripes, `_rel`s
+_PLANS = 64  # batches' partition sets remembered (`_plan`); a stream has one or two
 # what `stats` gathers per (file, symbol) before summing per (timeframe, symbol)
 _PER_FILE = pl.Schema(
     {
@@ -333,6 +336,9 @@ class ParquetLake:
         self._marks: dict[Path, Marks] = {}  # appends: partitions' last bars (see `appends`)
         self._bases: dict[Path, Path] = {}  # appends: partitions' base files, by directory
         self._buckets: dict[str, int] = {}  # symbols' buckets (a stream asks every second)
+        # appends: a batch's partitions' directories, stripes and names, by their keys (a
+        # stream's batches hit the same partitions every second)
+        self._plans: dict[tuple[str, tuple[_PartKey, ...]], _Plan] = {}
 
     def _layout(self) -> int:
         """Return the lake's bucket count, fixing it from the settings on first use."""
@@ -671,22 +677,37 @@ class ParquetLake:
         total = UpsertStats()
         for tf, frame in _by_timeframe(bars):
             monthly = Timeframe.parse(tf).partition_period == "month"
-            split = Split.of(latest_per_key(frame), monthly, self._bucket_of)
-            dirs = [
-                self._dir(tf, bucket, month_text(month) if month is not None else None)
-                for bucket, month in split.keys
-            ]
-            with self._locked_all(dirs):
-                live = self._live_deltas(tf)
-                appends = split.appends([self._known(d, live) for d in dirs])
+            split = Split.of(latest_per_key(frame), monthly, self._buckets_of)
+            dirs, stripes, rels = self._plan(tf, split.keys)
+            with self._locks.held(stripes):
+                # each live delta's newest source once, not once per partition
+                live = [(newest_source(n), n, f) for n, f in self._live_deltas(tf)]
+                appends = split.appends(
+                    [self._known(d, rel, live) for d, rel in zip(dirs, rels, strict=True)]
+                )
                 arrow: ArrowBatch | None = None
                 for i in np.flatnonzero(~appends).tolist():  # corrections, new partitions
                     arrow = arrow or ArrowBatch(split.frame)
                     total += self._upsert_locked(_part_of(split, i, tf, arrow), dirs[i])
                 if appends.any():
                     picks = np.flatnonzero(appends).tolist()
-                    total += self._write_delta(tf, split, picks, dirs)
+                    total += self._write_delta(tf, split, picks, dirs, rels)
         return total
+
+    def _plan(self, tf: str, keys: list[_PartKey]) -> _Plan:
+        """Return the directories, lock stripes and names (`_rel`) of partitions `keys`."""
+        key = (tf, tuple(keys))
+        found = self._plans.get(key)
+        if found is None:
+            dirs = [
+                self._dir(tf, bucket, month_text(month) if month is not None else None)
+                for bucket, month in keys
+            ]
+            found = (dirs, [self._stripe(d) for d in dirs], [self._rel(d) for d in dirs])
+            if len(self._plans) >= _PLANS:
+                self._plans.clear()
+            self._plans[key] = found
+        return found
 
     def _bucket_of(self, symbol: str) -> int:
         found = self._buckets.get(symbol)
@@ -694,18 +715,27 @@ class ParquetLake:
             found = self._buckets[symbol] = bucket_of(symbol, self.buckets)
         return found
 
+    def _buckets_of(self, symbols: list[str]) -> np.ndarray:
+        """Return the buckets of `symbols` (no Python call per symbol once each is known)."""
+        known = self._buckets
+        if not known.keys() >= set(symbols):
+            for symbol in symbols:
+                self._bucket_of(symbol)
+        return np.fromiter(map(known.__getitem__, symbols), np.int64, len(symbols))
+
     @contextmanager
     def _locked_all(self, directories: Sequence[Path]) -> Iterator[None]:
         with self._locks.held([self._stripe(d) for d in directories]):
             yield
 
     def _known(
-        self, directory: Path, live: list[tuple[str, dict[str, _Indexed]]]
+        self, directory: Path, rel: str, live: list[tuple[str, str, dict[str, _Indexed]]]
     ) -> dict[str, int] | None:
         """Return the last ts (epoch microseconds) of each symbol of a partition (None: no
         base file: its first rows make one), from the marks this process keeps while the
-        base file is the same, plus the `live` deltas since (see `appends`). The caller
-        holds the partition's lock."""
+        base file is the same, plus the `live` deltas since (see `appends`): (newest
+        source, name, partitions). `rel` is the partition's `_rel`. The caller holds the
+        partition's lock."""
         base = self._bases.get(directory) or self.base_path(directory)
         try:
             identity = file_identity(base)
@@ -717,21 +747,20 @@ class ParquetLake:
                 self._bases.pop(directory, None)
                 return None
         self._bases[directory] = base
-        rel = self._rel(directory)
         marks = self._marks.get(directory)
         if marks is None or marks.identity != identity:
             tail = self._tail(base)
             if tail is not None:
                 marks = Marks(identity, tail.through or "", dict(tail.rows.lasts()))
                 known = newest_source(marks.seen)
-                for name, found in live:
-                    if newest_source(name) > known and rel in found:
+                for newest, name, found in live:
+                    if newest > known and rel in found:
                         marks.apply(name, found[rel].lasts())
             else:  # no trusted tail (a store written before tails): the partition itself
                 existing = self._partition(directory)
                 if existing is None:
                     return None
-                held = [n for n, found in live if rel in found]
+                held = [n for _, n, found in live if rel in found]
                 seen = max(held[-1] if held else "", existing.through or "")
                 marks = Marks(identity, seen, _lasts_of(existing))
             self._marks[directory] = marks
@@ -740,8 +769,8 @@ class ParquetLake:
         # to it (named after its newest source) holds nothing newer: its last bars are not
         # computed (the write after each merge did it for every partition, ~6 ms)
         seen = newest_source(marks.seen)
-        for name, found in reversed(live):  # appended by another process since
-            if newest_source(name) <= seen:
+        for newest, name, found in reversed(live):  # appended by another process since
+            if newest <= seen:
                 break
             if rel in found:
                 marks.apply(name, found[rel].lasts())
@@ -872,10 +901,11 @@ class ParquetLake:
         return found[1]
 
     def _write_delta(
-        self, tf: str, split: Split, picks: list[int], dirs: list[Path]
+        self, tf: str, split: Split, picks: list[int], dirs: list[Path], names_: list[str]
     ) -> UpsertStats:
         """Write the rows of partitions `picks` of `split` as one Arrow IPC delta file of
-        the timeframe (see `deltas`); the caller holds their locks."""
+        the timeframe (see `deltas`); `names_` are the partitions' `_rel`s. The caller
+        holds their locks."""
         folder = self.bars_root / f"timeframe={tf}" / DELTA_DIR
         names = delta_names(folder)
         name = delta_name(names[-1] if names else None)
@@ -886,21 +916,22 @@ class ParquetLake:
         else:  # some partitions took a merge instead: the others' rows, in file order
             firsts = np.array([a for a, _ in spans], dtype=np.int64)
             frame = split.frame[_ranges(firsts, firsts + np.array([n for _, n in spans]))]
-        rels = [self._rel(dirs[i]) for i in picks]
+        rels = [names_[i] for i in picks]
         index = [[rel, n] for rel, (_, n) in zip(rels, spans, strict=True)]
         atomic_write_ipc(frame, folder / name, self.settings, {ROWS_KEY: json.dumps(index)})
         decoded: dict[str, _Indexed] = {}
         start = 0
-        bounds, firsts, all_lasts = (
+        bounds, firsts, all_lasts, counts = (
             split.bounds.tolist(),
             split.firsts.tolist(),
             split.lasts.tolist(),
+            split.counts.tolist(),
         )
         ts_spans = split.spans()
         for i, rel, (_, n) in zip(picks, rels, spans, strict=True):
             lo, hi = bounds[i], bounds[i + 1]
             symbols, lasts = split.symbols[lo:hi], all_lasts[lo:hi]
-            part = _Indexed(frame.slice(start, n), split.runs(i))
+            part = _Indexed(frame.slice(start, n), list(zip(symbols, counts[lo:hi], strict=True)))
             part.source = (frame, start)  # known to the writer: no scan when checked or read
             part._first = (symbols[0], firsts[lo])
             part._last = dict(zip(symbols, lasts, strict=True))
