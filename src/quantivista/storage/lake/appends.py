@@ -57,7 +57,11 @@ class Split:
         """Split `keyed` (each symbol one block of rising ts: `latest_per_key`);
         `buckets(symbols)` returns their buckets."""
         n = keyed.height
-        ts = keyed["ts"].to_physical().to_numpy()
+        stamps = keyed["ts"]  # a datetime64 array's int64 view: a 30th of `to_physical`
+        if stamps.null_count():
+            ts = stamps.to_physical().to_numpy()
+        else:
+            ts = stamps.to_numpy().view(np.int64)
         new = np.ones(n, dtype=bool)  # a run starts at each change of symbol
         if n > 1:  # Series ops: a lazy select costs ~50 us
             sym = keyed["symbol"]
@@ -70,7 +74,7 @@ class Split:
             new[1:] |= months[1:] != months[:-1]
         starts = np.flatnonzero(new)
         ends = np.append(starts[1:], n)
-        symbols: list[str] = keyed["symbol"].gather(starts).to_list()
+        symbols: list[str] = keyed["symbol"][starts].to_list()  # half `gather`'s cost
         run_months = months[starts] if monthly else np.zeros(len(starts), np.int64)
         key = buckets(symbols) * 1_000_000 + run_months
         order = np.lexsort((np.array(symbols), key))

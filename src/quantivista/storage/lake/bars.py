@@ -50,7 +50,7 @@ import json
 import os
 import threading
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime, timedelta
@@ -178,6 +178,52 @@ def bucket_of(symbol: str, buckets: int) -> int:
 
 def _bucket_dir(bucket: int) -> str:
     return f"bucket={bucket:03d}"
+
+
+class _Appended(Mapping[str, "_Indexed"]):
+    """A delta file this process wrote, by partition (`_rel`): each part is built when first
+    asked for (most of an append's 64 are next read by the merge that ends the file).
+    Two threads may build one part at once: equal parts, either kept."""
+
+    __slots__ = ("_at", "_built", "_frame", "_split")
+
+    def __init__(
+        self, frame: pl.DataFrame, split: Split, at: dict[str, tuple[int, int, int]]
+    ) -> None:
+        self._frame, self._split = frame, split
+        self._at = at  # partition -> (its number in `split`, first row in `frame`, rows)
+        self._built: dict[str, _Indexed] = {}
+
+    def __getitem__(self, rel: str) -> _Indexed:
+        found = self._built.get(rel)
+        if found is None:
+            i, start, n = self._at[rel]
+            found = self._built[rel] = _appended_part(self._frame, self._split, i, start, n)
+        return found
+
+    def __contains__(self, rel: object) -> bool:
+        return rel in self._at
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._at)
+
+    def __len__(self) -> int:
+        return len(self._at)
+
+
+def _appended_part(frame: pl.DataFrame, split: Split, i: int, start: int, n: int) -> _Indexed:
+    """Return partition `i` of `split`, rows `start:start + n` of the delta's `frame`, with
+    what the writer knows of it (no scan when it is checked or read)."""
+    lo, hi = int(split.bounds[i]), int(split.bounds[i + 1])
+    symbols, offsets = split.symbols[lo:hi], split.offsets[lo:hi]
+    part = _Indexed(frame.slice(start, n), ())
+    rows = zip((offsets - offsets[0]).tolist(), split.counts[lo:hi].tolist(), strict=True)
+    part.index = dict(zip(symbols, rows, strict=True))
+    part.source = (frame, start)
+    part._first = (symbols[0], int(split.firsts[lo]))
+    part._last = dict(zip(symbols, split.lasts[lo:hi].tolist(), strict=True))
+    part._span = (int(split.firsts[lo:hi].min()), int(split.lasts[lo:hi].max()))
+    return part
 
 
 class _Indexed:
@@ -326,7 +372,7 @@ class ParquetLake:
         self.buckets = self._layout()
         self._folder = Folder(self.tidy)
         # decoded delta files by path: never rewritten (only removed), so no identity check
-        self._deltas: dict[str, dict[str, _Indexed]] = {}
+        self._deltas: dict[str, Mapping[str, _Indexed]] = {}
         self._deltas_lock = threading.Lock()
         self._places: dict[Path, tuple[Path, str]] = {}
         self._replaces: dict[str, tuple[str, ...]] = {}  # a merged delta's sources, by path
@@ -728,7 +774,7 @@ class ParquetLake:
             yield
 
     def _known_all(
-        self, dirs: list[Path], rels: list[str], live: list[tuple[str, str, dict[str, _Indexed]]]
+        self, dirs: list[Path], rels: list[str], live: list[tuple[str, str, Mapping[str, _Indexed]]]
     ) -> list[dict[str, int] | None]:
         """Return `_known` of each partition: its marks as they are when its base file is
         the one they were built on and no live delta is newer than they (a stream's
@@ -749,7 +795,7 @@ class ParquetLake:
         return out
 
     def _known(
-        self, directory: Path, rel: str, live: list[tuple[str, str, dict[str, _Indexed]]]
+        self, directory: Path, rel: str, live: list[tuple[str, str, Mapping[str, _Indexed]]]
     ) -> dict[str, int] | None:
         """Return the last ts (epoch microseconds) of each symbol of a partition (None: no
         base file: its first rows make one), from the marks this process keeps while the
@@ -814,7 +860,7 @@ class ParquetLake:
         except _Untrusted:
             return None
 
-    def _live_deltas(self, tf: str) -> list[tuple[str, dict[str, _Indexed]]]:
+    def _live_deltas(self, tf: str) -> list[tuple[str, Mapping[str, _Indexed]]]:
         """Return a timeframe's delta files (decoded, by partition), oldest first; one that a
         fold removed since the listing is in every base it touches already."""
         folder = self.bars_root / f"timeframe={tf}" / DELTA_DIR
@@ -939,34 +985,17 @@ class ParquetLake:
         rels = [names_[i] for i in picks]
         index = [[rel, n] for rel, (_, n) in zip(rels, spans, strict=True)]
         atomic_write_ipc(frame, folder / name, self.settings, {ROWS_KEY: json.dumps(index)})
-        decoded: dict[str, _Indexed] = {}
+        parts: dict[str, tuple[int, int, int]] = {}
         start = 0
-        bounds, firsts, all_lasts, counts = (
-            split.bounds.tolist(),
-            split.firsts.tolist(),
-            split.lasts.tolist(),
-            split.counts.tolist(),
-        )
-        ts_spans = split.spans()
-        # each run's first row inside its partition: the partitions' indexes without a loop
-        heads = np.repeat(split.offsets[split.bounds[:-1]], np.diff(split.bounds))
-        local = (split.offsets - heads).tolist()
+        bounds, all_lasts = split.bounds.tolist(), split.lasts.tolist()
         for i, rel, (_, n) in zip(picks, rels, spans, strict=True):
-            lo, hi = bounds[i], bounds[i + 1]
-            symbols, lasts = split.symbols[lo:hi], all_lasts[lo:hi]
-            part = _Indexed(frame.slice(start, n), ())
-            part.index = dict(
-                zip(symbols, zip(local[lo:hi], counts[lo:hi], strict=True), strict=True)
-            )
-            part.source = (frame, start)  # known to the writer: no scan when checked or read
-            part._first = (symbols[0], firsts[lo])
-            part._last = dict(zip(symbols, lasts, strict=True))
-            part._span = ts_spans[i]
-            decoded[rel] = part
+            parts[rel] = (i, start, n)
             marks = self._marks.get(dirs[i])
             if marks is not None:
-                marks.advance(name, symbols, lasts)
+                lo, hi = bounds[i], bounds[i + 1]
+                marks.advance(name, split.symbols[lo:hi], all_lasts[lo:hi])
             start += n
+        decoded = _Appended(frame, split, parts)
         with self._deltas_lock:
             self._forget_deltas(folder, names)
             self._deltas[str(folder / name)] = decoded
@@ -994,7 +1023,7 @@ class ParquetLake:
         names = delta_names(self._delta_folder(directory))
         return names[-1] if names else None
 
-    def _delta(self, path: Path | str) -> dict[str, _Indexed]:
+    def _delta(self, path: Path | str) -> Mapping[str, _Indexed]:
         """Return a delta file's rows per partition (decoded once; it is never rewritten)."""
         key = str(path)
         found = self._deltas.get(key)  # a dict read is atomic; writers hold the lock
@@ -1046,7 +1075,7 @@ class ParquetLake:
         folder, rel = self._where(directory)
         return [(name, found[rel]) for name, found in self._live(folder) if rel in found]
 
-    def _live(self, folder: Path) -> list[tuple[str, dict[str, _Indexed]]]:
+    def _live(self, folder: Path) -> list[tuple[str, Mapping[str, _Indexed]]]:
         """Return a delta folder's live deltas (decoded), oldest first: the sources of a
         merged delta still listed (a merge under way, or a crash) are left out. Raises
         `FileNotFoundError` when a listed delta is removed meanwhile."""
@@ -1943,7 +1972,7 @@ def _runs_index(frame: pl.DataFrame, rows: list[list[Any]]) -> list[list[Any]]:
 
 
 def _merged_rows(
-    live: list[tuple[str, dict[str, _Indexed]]], rels: list[str], throughs: dict[str, str]
+    live: list[tuple[str, Mapping[str, _Indexed]]], rels: list[str], throughs: dict[str, str]
 ) -> tuple[pl.DataFrame | None, list[list[Any]]]:
     """Return the rows of live deltas that no base accounts for (a part named after its
     base's `throughs`), sorted by partition (in `rels` order), symbol and ts, and each
