@@ -66,7 +66,9 @@ def test_a_split_orders_the_batch_by_partition_symbol_and_ts() -> None:
     frame = _bars(names, 0, 4, DAY0, tf="1m").with_columns(
         ts=pl.col("ts") - pl.lit(DAY0) + pl.lit(start)
     )
-    split = Split.of(latest_per_key(frame), True, lambda s: bucket_of(s, 8))
+    split = Split.of(
+        latest_per_key(frame), True, lambda names: np.array([bucket_of(s, 8) for s in names])
+    )
     got = split.frame
     month = pl.col("ts").dt.strftime("%Y-%m")
     bucket = pl.col("symbol").map_elements(lambda s: bucket_of(s, 8), return_dtype=pl.Int64)
@@ -407,3 +409,31 @@ def test_a_merge_holding_another_writers_newer_append_moves_the_writers_marks(
     got = ParquetLake(tmp_path, settings).read(["AAA", "BBB"], D1)
     assert not got.select("symbol", "ts").is_duplicated().any()
     assert got.height == 6 + 9
+
+
+def test_a_writers_own_delta_parts_match_the_file_decoded(tmp_path: Path) -> None:
+    # the writer builds its delta's partitions from the split, lazily; a reader decodes the
+    # file: both must hold the same rows, index and watermarks, across a month end
+    writer = ParquetLake(tmp_path, _settings(delta_files=100))
+    end = datetime(2024, 1, 31, 23, 57, tzinfo=UTC)
+    shift = pl.col("ts") - pl.lit(DAY0) + pl.lit(end)
+    writer.upsert(_bars(SYMBOLS, 0, 2, DAY0, tf="1m").with_columns(ts=shift))
+    batch = _bars(SYMBOLS[::3], 2, 5, DAY0 + timedelta(1), tf="1m").with_columns(ts=shift)
+    writer.upsert(batch)
+    folder = _tf_dir(tmp_path, "1m") / DELTA_DIR
+    (name,) = [p.name for p in folder.iterdir() if not p.name.startswith(".")]
+    path = str(folder / name)
+    mine = writer._deltas[path]
+    decoded = ParquetLake(tmp_path, _settings(delta_files=100))._delta(path)
+    assert sorted(mine) == sorted(decoded) and len(mine) == len(decoded) > 1
+    for rel, theirs in decoded.items():
+        part = mine[rel]
+        assert part is mine[rel]  # built once
+        assert_frame_equal(part.frame, theirs.frame)
+        assert part.index == theirs.index
+        assert part.lasts() == theirs.lasts()
+        assert part.first_us() == theirs.first_us()
+        assert part.span_us() == theirs.span_us()
+    assert "nope" not in mine
+    with pytest.raises(KeyError):
+        mine["nope"]

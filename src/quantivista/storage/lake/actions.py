@@ -56,8 +56,9 @@ class ParquetActionStore:
         self.path = self.layout.actions
         self.settings = settings or StorageSettings()
         # the last `for_symbols` answer, by the file's identity and the symbols asked for:
-        # a stream asks for the same symbols every second, and the file rarely changes
-        self._last: tuple[Hashable, tuple[str, ...], pl.DataFrame] | None = None
+        # a stream asks for the same symbols every second (in any order: a batch's
+        # `unique()`), and the file rarely changes
+        self._last: tuple[Hashable, frozenset[str], pl.DataFrame] | None = None
 
     def all(self) -> pl.DataFrame:
         """Return every stored action."""
@@ -78,14 +79,14 @@ class ParquetActionStore:
 
     def for_symbols(self, symbols: Sequence[str] | None) -> pl.DataFrame:
         """Return actions of some symbols (all when None), by ex-date."""
-        wanted = tuple(symbols) if symbols else ()
+        wanted = frozenset(symbols) if symbols else frozenset()
         version = self.version()  # taken first: a file replaced meanwhile is newer than it
         last = self._last
         if last is not None and last[0] == version and last[1] == wanted:
             return last[2]
         df = self.all()
         if wanted:
-            names = list(wanted)
+            names = sorted(wanted)
             df = df.filter(pl.col("symbol").is_in(names) | pl.col("new_symbol").is_in(names))
         df = df.sort("ex_date", "symbol", maintain_order=True)
         self._last = (version, wanted, df)

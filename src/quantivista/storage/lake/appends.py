@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import chain, repeat
 
 import numpy as np
 import polars as pl
@@ -50,22 +51,32 @@ class Split:
     bounds: np.ndarray  # partition i holds runs bounds[i]:bounds[i + 1]
 
     @classmethod
-    def of(cls, keyed: pl.DataFrame, monthly: bool, bucket: Callable[[str], int]) -> Split:
-        """Split `keyed` (each symbol one block of rising ts: `latest_per_key`)."""
+    def of(
+        cls, keyed: pl.DataFrame, monthly: bool, buckets: Callable[[list[str]], np.ndarray]
+    ) -> Split:
+        """Split `keyed` (each symbol one block of rising ts: `latest_per_key`);
+        `buckets(symbols)` returns their buckets."""
         n = keyed.height
-        ts = keyed["ts"].to_physical().to_numpy()
-        sym = pl.col("symbol")
-        new = keyed.select((sym != sym.shift()).fill_null(True)).to_series().to_numpy()
+        stamps = keyed["ts"]  # a datetime64 array's int64 view: a 30th of `to_physical`
+        if stamps.null_count():
+            ts = stamps.to_physical().to_numpy()
+        else:
+            ts = stamps.to_numpy().view(np.int64)
+        new = np.ones(n, dtype=bool)  # a run starts at each change of symbol
+        if n > 1:  # Series ops: a lazy select costs ~50 us
+            sym = keyed["symbol"]
+            changed = sym.slice(1) != sym.slice(0, n - 1)
+            if changed.null_count():  # a null symbol starts a run (as `!=` then True did)
+                changed = changed.fill_null(True)
+            new[1:] = changed.to_numpy()
         if monthly:
             months = ts.astype("datetime64[us]").astype("datetime64[M]").astype(np.int64)
-            new = new.copy()
             new[1:] |= months[1:] != months[:-1]
         starts = np.flatnonzero(new)
         ends = np.append(starts[1:], n)
-        symbols: list[str] = keyed["symbol"].gather(starts).to_list()
-        buckets = np.fromiter((bucket(s) for s in symbols), np.int64, len(symbols))
+        symbols: list[str] = keyed["symbol"][starts].to_list()  # half `gather`'s cost
         run_months = months[starts] if monthly else np.zeros(len(starts), np.int64)
-        key = buckets * 1_000_000 + run_months
+        key = buckets(symbols) * 1_000_000 + run_months
         order = np.lexsort((np.array(symbols), key))
         starts, ends, key = starts[order], ends[order], key[order]
         if np.array_equal(order, np.arange(len(order))):
@@ -108,15 +119,14 @@ class Split:
     def appends(self, known: Sequence[dict[str, int] | None]) -> np.ndarray:
         """Say per partition whether each of its runs starts after its symbol's last
         stored bar (`known[i]`: partition i's last ts per symbol; None: no base file)."""
-        lasts = np.full(len(self.symbols), NO_BAR, dtype=np.int64)
-        has_base = np.ones(len(known), dtype=bool)
-        for i, marks in enumerate(known):
-            if marks is None:
-                has_base[i] = False
-                continue
-            lo, hi = int(self.bounds[i]), int(self.bounds[i + 1])
-            get = marks.get
-            lasts[lo:hi] = [get(s, NO_BAR) for s in self.symbols[lo:hi]]
+        has_base = np.array([marks is not None for marks in known], dtype=bool)
+        bounds, symbols, none = self.bounds.tolist(), self.symbols, repeat(NO_BAR)
+        # every run's lookup in one C loop (`map`), not a Python call per symbol
+        found = chain.from_iterable(
+            map((marks or {}).get, symbols[lo:hi], none)
+            for marks, lo, hi in zip(known, bounds, bounds[1:], strict=False)
+        )
+        lasts = np.fromiter(found, np.int64, len(symbols))
         after = self.firsts > lasts
         ok: np.ndarray = np.logical_and.reduceat(after, self.bounds[:-1]) & has_base
         return ok

@@ -50,7 +50,7 @@ import json
 import os
 import threading
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime, timedelta
@@ -150,6 +150,9 @@ _DELTA_ROWS = 200_000  # writes up to this many rows may append as one delta fil
 _FOLD_ROWS = 100_000  # a timeframe's deltas are merged into one below this, folded above
 _MERGED_DELTAS = 4  # merged deltas a timeframe keeps before merging them together
 _Key = tuple[str, int, str | None]  # timeframe, bucket, month (intraday)
+_PartKey = tuple[int, int | None]  # a split's partition: bucket, months since 1970
+_Plan = tuple[list[Path], list[int], list[str]]  # directories, lock stripes, `_rel`s
+_PLANS = 64  # batches' partition sets remembered (`_plan`); a stream has one or two
 # what `stats` gathers per (file, symbol) before summing per (timeframe, symbol)
 _PER_FILE = pl.Schema(
     {
@@ -175,6 +178,52 @@ def bucket_of(symbol: str, buckets: int) -> int:
 
 def _bucket_dir(bucket: int) -> str:
     return f"bucket={bucket:03d}"
+
+
+class _Appended(Mapping[str, "_Indexed"]):
+    """A delta file this process wrote, by partition (`_rel`): each part is built when first
+    asked for (most of an append's 64 are next read by the merge that ends the file).
+    Two threads may build one part at once: equal parts, either kept."""
+
+    __slots__ = ("_at", "_built", "_frame", "_split")
+
+    def __init__(
+        self, frame: pl.DataFrame, split: Split, at: dict[str, tuple[int, int, int]]
+    ) -> None:
+        self._frame, self._split = frame, split
+        self._at = at  # partition -> (its number in `split`, first row in `frame`, rows)
+        self._built: dict[str, _Indexed] = {}
+
+    def __getitem__(self, rel: str) -> _Indexed:
+        found = self._built.get(rel)
+        if found is None:
+            i, start, n = self._at[rel]
+            found = self._built[rel] = _appended_part(self._frame, self._split, i, start, n)
+        return found
+
+    def __contains__(self, rel: object) -> bool:
+        return rel in self._at
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._at)
+
+    def __len__(self) -> int:
+        return len(self._at)
+
+
+def _appended_part(frame: pl.DataFrame, split: Split, i: int, start: int, n: int) -> _Indexed:
+    """Return partition `i` of `split`, rows `start:start + n` of the delta's `frame`, with
+    what the writer knows of it (no scan when it is checked or read)."""
+    lo, hi = int(split.bounds[i]), int(split.bounds[i + 1])
+    symbols, offsets = split.symbols[lo:hi], split.offsets[lo:hi]
+    part = _Indexed(frame.slice(start, n), ())
+    rows = zip((offsets - offsets[0]).tolist(), split.counts[lo:hi].tolist(), strict=True)
+    part.index = dict(zip(symbols, rows, strict=True))
+    part.source = (frame, start)
+    part._first = (symbols[0], int(split.firsts[lo]))
+    part._last = dict(zip(symbols, split.lasts[lo:hi].tolist(), strict=True))
+    part._span = (int(split.firsts[lo:hi].min()), int(split.lasts[lo:hi].max()))
+    return part
 
 
 class _Indexed:
@@ -323,7 +372,7 @@ class ParquetLake:
         self.buckets = self._layout()
         self._folder = Folder(self.tidy)
         # decoded delta files by path: never rewritten (only removed), so no identity check
-        self._deltas: dict[str, dict[str, _Indexed]] = {}
+        self._deltas: dict[str, Mapping[str, _Indexed]] = {}
         self._deltas_lock = threading.Lock()
         self._places: dict[Path, tuple[Path, str]] = {}
         self._replaces: dict[str, tuple[str, ...]] = {}  # a merged delta's sources, by path
@@ -333,6 +382,9 @@ class ParquetLake:
         self._marks: dict[Path, Marks] = {}  # appends: partitions' last bars (see `appends`)
         self._bases: dict[Path, Path] = {}  # appends: partitions' base files, by directory
         self._buckets: dict[str, int] = {}  # symbols' buckets (a stream asks every second)
+        # appends: a batch's partitions' directories, stripes and names, by their keys (a
+        # stream's batches hit the same partitions every second)
+        self._plans: dict[tuple[str, tuple[_PartKey, ...]], _Plan] = {}
 
     def _layout(self) -> int:
         """Return the lake's bucket count, fixing it from the settings on first use."""
@@ -451,7 +503,8 @@ class ParquetLake:
         total = UpsertStats()
         if bars.is_empty():
             return total
-        bars = bars.select(BAR_COLUMNS)
+        if tuple(bars.columns) != BAR_COLUMNS:  # a lazy select costs ~50 us, even a no-op one
+            bars = bars.select(BAR_COLUMNS)
         if self.settings.delta_files > 0 and bars.height <= _DELTA_ROWS:
             return self._upsert_small(bars)
         parts = self._partitions(bars)
@@ -671,22 +724,35 @@ class ParquetLake:
         total = UpsertStats()
         for tf, frame in _by_timeframe(bars):
             monthly = Timeframe.parse(tf).partition_period == "month"
-            split = Split.of(latest_per_key(frame), monthly, self._bucket_of)
-            dirs = [
-                self._dir(tf, bucket, month_text(month) if month is not None else None)
-                for bucket, month in split.keys
-            ]
-            with self._locked_all(dirs):
-                live = self._live_deltas(tf)
-                appends = split.appends([self._known(d, live) for d in dirs])
+            split = Split.of(latest_per_key(frame), monthly, self._buckets_of)
+            dirs, stripes, rels = self._plan(tf, split.keys)
+            with self._locks.held(stripes):
+                # each live delta's newest source once, not once per partition
+                live = [(newest_source(n), n, f) for n, f in self._live_deltas(tf)]
+                appends = split.appends(self._known_all(dirs, rels, live))
                 arrow: ArrowBatch | None = None
                 for i in np.flatnonzero(~appends).tolist():  # corrections, new partitions
                     arrow = arrow or ArrowBatch(split.frame)
                     total += self._upsert_locked(_part_of(split, i, tf, arrow), dirs[i])
                 if appends.any():
                     picks = np.flatnonzero(appends).tolist()
-                    total += self._write_delta(tf, split, picks, dirs)
+                    total += self._write_delta(tf, split, picks, dirs, rels)
         return total
+
+    def _plan(self, tf: str, keys: list[_PartKey]) -> _Plan:
+        """Return the directories, lock stripes and names (`_rel`) of partitions `keys`."""
+        key = (tf, tuple(keys))
+        found = self._plans.get(key)
+        if found is None:
+            dirs = [
+                self._dir(tf, bucket, month_text(month) if month is not None else None)
+                for bucket, month in keys
+            ]
+            found = (dirs, [self._stripe(d) for d in dirs], [self._rel(d) for d in dirs])
+            if len(self._plans) >= _PLANS:
+                self._plans.clear()
+            self._plans[key] = found
+        return found
 
     def _bucket_of(self, symbol: str) -> int:
         found = self._buckets.get(symbol)
@@ -694,18 +760,48 @@ class ParquetLake:
             found = self._buckets[symbol] = bucket_of(symbol, self.buckets)
         return found
 
+    def _buckets_of(self, symbols: list[str]) -> np.ndarray:
+        """Return the buckets of `symbols` (no Python call per symbol once each is known)."""
+        known = self._buckets
+        if not known.keys() >= set(symbols):
+            for symbol in symbols:
+                self._bucket_of(symbol)
+        return np.fromiter(map(known.__getitem__, symbols), np.int64, len(symbols))
+
     @contextmanager
     def _locked_all(self, directories: Sequence[Path]) -> Iterator[None]:
         with self._locks.held([self._stripe(d) for d in directories]):
             yield
 
+    def _known_all(
+        self, dirs: list[Path], rels: list[str], live: list[tuple[str, str, Mapping[str, _Indexed]]]
+    ) -> list[dict[str, int] | None]:
+        """Return `_known` of each partition: its marks as they are when its base file is
+        the one they were built on and no live delta is newer than they (a stream's
+        partitions between merges: one stat each), else `_known`'s answer."""
+        out: list[dict[str, int] | None] = []
+        newest = live[-1][0] if live else ""
+        bases, all_marks = self._bases, self._marks
+        for directory, rel in zip(dirs, rels, strict=True):
+            marks, base = all_marks.get(directory), bases.get(directory)
+            if marks is not None and base is not None and newest <= newest_source(marks.seen):
+                try:
+                    if file_identity(base) == marks.identity:
+                        out.append(marks.lasts)
+                        continue
+                except FileNotFoundError:
+                    pass
+            out.append(self._known(directory, rel, live))
+        return out
+
     def _known(
-        self, directory: Path, live: list[tuple[str, dict[str, _Indexed]]]
+        self, directory: Path, rel: str, live: list[tuple[str, str, Mapping[str, _Indexed]]]
     ) -> dict[str, int] | None:
         """Return the last ts (epoch microseconds) of each symbol of a partition (None: no
         base file: its first rows make one), from the marks this process keeps while the
-        base file is the same, plus the `live` deltas since (see `appends`). The caller
-        holds the partition's lock."""
+        base file is the same, plus the `live` deltas since (see `appends`): (newest
+        source, name, partitions). `rel` is the partition's `_rel`. The caller holds the
+        partition's lock."""
         base = self._bases.get(directory) or self.base_path(directory)
         try:
             identity = file_identity(base)
@@ -717,21 +813,20 @@ class ParquetLake:
                 self._bases.pop(directory, None)
                 return None
         self._bases[directory] = base
-        rel = self._rel(directory)
         marks = self._marks.get(directory)
         if marks is None or marks.identity != identity:
             tail = self._tail(base)
             if tail is not None:
                 marks = Marks(identity, tail.through or "", dict(tail.rows.lasts()))
                 known = newest_source(marks.seen)
-                for name, found in live:
-                    if newest_source(name) > known and rel in found:
+                for newest, name, found in live:
+                    if newest > known and rel in found:
                         marks.apply(name, found[rel].lasts())
             else:  # no trusted tail (a store written before tails): the partition itself
                 existing = self._partition(directory)
                 if existing is None:
                     return None
-                held = [n for n, found in live if rel in found]
+                held = [n for _, n, found in live if rel in found]
                 seen = max(held[-1] if held else "", existing.through or "")
                 marks = Marks(identity, seen, _lasts_of(existing))
             self._marks[directory] = marks
@@ -740,8 +835,8 @@ class ParquetLake:
         # to it (named after its newest source) holds nothing newer: its last bars are not
         # computed (the write after each merge did it for every partition, ~6 ms)
         seen = newest_source(marks.seen)
-        for name, found in reversed(live):  # appended by another process since
-            if newest_source(name) <= seen:
+        for newest, name, found in reversed(live):  # appended by another process since
+            if newest <= seen:
                 break
             if rel in found:
                 marks.apply(name, found[rel].lasts())
@@ -765,7 +860,7 @@ class ParquetLake:
         except _Untrusted:
             return None
 
-    def _live_deltas(self, tf: str) -> list[tuple[str, dict[str, _Indexed]]]:
+    def _live_deltas(self, tf: str) -> list[tuple[str, Mapping[str, _Indexed]]]:
         """Return a timeframe's delta files (decoded, by partition), oldest first; one that a
         fold removed since the listing is in every base it touches already."""
         folder = self.bars_root / f"timeframe={tf}" / DELTA_DIR
@@ -872,10 +967,11 @@ class ParquetLake:
         return found[1]
 
     def _write_delta(
-        self, tf: str, split: Split, picks: list[int], dirs: list[Path]
+        self, tf: str, split: Split, picks: list[int], dirs: list[Path], names_: list[str]
     ) -> UpsertStats:
         """Write the rows of partitions `picks` of `split` as one Arrow IPC delta file of
-        the timeframe (see `deltas`); the caller holds their locks."""
+        the timeframe (see `deltas`); `names_` are the partitions' `_rel`s. The caller
+        holds their locks."""
         folder = self.bars_root / f"timeframe={tf}" / DELTA_DIR
         names = delta_names(folder)
         name = delta_name(names[-1] if names else None)
@@ -886,30 +982,20 @@ class ParquetLake:
         else:  # some partitions took a merge instead: the others' rows, in file order
             firsts = np.array([a for a, _ in spans], dtype=np.int64)
             frame = split.frame[_ranges(firsts, firsts + np.array([n for _, n in spans]))]
-        rels = [self._rel(dirs[i]) for i in picks]
+        rels = [names_[i] for i in picks]
         index = [[rel, n] for rel, (_, n) in zip(rels, spans, strict=True)]
         atomic_write_ipc(frame, folder / name, self.settings, {ROWS_KEY: json.dumps(index)})
-        decoded: dict[str, _Indexed] = {}
+        parts: dict[str, tuple[int, int, int]] = {}
         start = 0
-        bounds, firsts, all_lasts = (
-            split.bounds.tolist(),
-            split.firsts.tolist(),
-            split.lasts.tolist(),
-        )
-        ts_spans = split.spans()
+        bounds, all_lasts = split.bounds.tolist(), split.lasts.tolist()
         for i, rel, (_, n) in zip(picks, rels, spans, strict=True):
-            lo, hi = bounds[i], bounds[i + 1]
-            symbols, lasts = split.symbols[lo:hi], all_lasts[lo:hi]
-            part = _Indexed(frame.slice(start, n), split.runs(i))
-            part.source = (frame, start)  # known to the writer: no scan when checked or read
-            part._first = (symbols[0], firsts[lo])
-            part._last = dict(zip(symbols, lasts, strict=True))
-            part._span = ts_spans[i]
-            decoded[rel] = part
+            parts[rel] = (i, start, n)
             marks = self._marks.get(dirs[i])
             if marks is not None:
-                marks.advance(name, symbols, lasts)
+                lo, hi = bounds[i], bounds[i + 1]
+                marks.advance(name, split.symbols[lo:hi], all_lasts[lo:hi])
             start += n
+        decoded = _Appended(frame, split, parts)
         with self._deltas_lock:
             self._forget_deltas(folder, names)
             self._deltas[str(folder / name)] = decoded
@@ -937,7 +1023,7 @@ class ParquetLake:
         names = delta_names(self._delta_folder(directory))
         return names[-1] if names else None
 
-    def _delta(self, path: Path | str) -> dict[str, _Indexed]:
+    def _delta(self, path: Path | str) -> Mapping[str, _Indexed]:
         """Return a delta file's rows per partition (decoded once; it is never rewritten)."""
         key = str(path)
         found = self._deltas.get(key)  # a dict read is atomic; writers hold the lock
@@ -989,7 +1075,7 @@ class ParquetLake:
         folder, rel = self._where(directory)
         return [(name, found[rel]) for name, found in self._live(folder) if rel in found]
 
-    def _live(self, folder: Path) -> list[tuple[str, dict[str, _Indexed]]]:
+    def _live(self, folder: Path) -> list[tuple[str, Mapping[str, _Indexed]]]:
         """Return a delta folder's live deltas (decoded), oldest first: the sources of a
         merged delta still listed (a merge under way, or a crash) are left out. Raises
         `FileNotFoundError` when a listed delta is removed meanwhile."""
@@ -1886,7 +1972,7 @@ def _runs_index(frame: pl.DataFrame, rows: list[list[Any]]) -> list[list[Any]]:
 
 
 def _merged_rows(
-    live: list[tuple[str, dict[str, _Indexed]]], rels: list[str], throughs: dict[str, str]
+    live: list[tuple[str, Mapping[str, _Indexed]]], rels: list[str], throughs: dict[str, str]
 ) -> tuple[pl.DataFrame | None, list[list[Any]]]:
     """Return the rows of live deltas that no base accounts for (a part named after its
     base's `throughs`), sorted by partition (in `rels` order), symbol and ts, and each
@@ -1934,6 +2020,10 @@ def _delta_parts(frame: pl.DataFrame, index: list[list[Any]]) -> dict[str, _Inde
 
 def _by_timeframe(bars: pl.DataFrame) -> list[tuple[str, pl.DataFrame]]:
     """Return a batch's rows per timeframe (one group, without a group-by, when it has one)."""
+    tf = bars["timeframe"]
+    first = tf[0]
+    if first is not None and not tf.null_count() and (tf == first).all():  # Series: no plan
+        return [(str(first), bars)]
     tf_col = pl.col("timeframe")
     if bars.select((tf_col == tf_col.first()).all()).item():
         return [(str(bars["timeframe"][0]), bars)]

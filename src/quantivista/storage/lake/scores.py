@@ -21,7 +21,7 @@ import json
 import os
 import time
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import uuid4
 
@@ -58,6 +58,7 @@ _COMPACTED = "_compacted"  # compacted files: `part-<tier>-<time ns>-<uuid>.parq
 _COMPACT_FILES = 64  # small files a process adds before it compacts them (in the background)
 _FANOUT = 8  # files of one tier that are compacted into one of the next
 REPLACES_KEY = "qv.replaces"  # a compacted file's footer: the files it holds (relative)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _CREATE_ATTEMPTS = 16  # a write's retries when a compaction removes its emptied job folder
 
 
@@ -81,8 +82,9 @@ class ParquetScoreStore:
         if scores.is_empty():
             return 0
         job = str(scores["job_id"][0])
-        frame = scores.with_columns(scored_at=pl.lit(at)).select(STORED_SCORE_SCHEMA.names())
-        frame = frame.cast(STORED_SCORE_SCHEMA)
+        frame = scores.with_columns(scored_at=_instant(at)).select(STORED_SCORE_SCHEMA.names())
+        if frame.schema != STORED_SCORE_SCHEMA:  # a validated batch's scores match already
+            frame = frame.cast(STORED_SCORE_SCHEMA)
         folder = self.dir / f"job_id={job}"
         if frame.height >= _BIG:
             _write(score_runs(frame), folder / f"{uuid4().hex}{_RUNS}", self.settings.fsync)
@@ -231,6 +233,14 @@ def score_runs(frame: pl.DataFrame) -> pl.DataFrame:
     dates = pa.ListArray.from_arrays(offsets, frame["date"].to_arrow())
     head = frame.drop("date")[starts]
     return head.with_columns(pl.Series("date", dates, dtype=pl.List(pl.Date)))
+
+
+def _instant(at: datetime) -> pl.Expr:
+    """Return `pl.lit(at)` cast to the stored type: from its epoch microseconds, a tenth of
+    the cost of a datetime literal (a naive `at` is UTC, as the cast takes it)."""
+    aware = at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+    micros = (aware - _EPOCH) // timedelta(microseconds=1)
+    return pl.lit(micros, pl.Int64).cast(STORED_SCORE_SCHEMA["scored_at"])
 
 
 def _write(frame: pl.DataFrame, path: Path, fsync: bool) -> None:
