@@ -141,4 +141,11 @@ def test_symbol_codes_reused_from_the_last_history_are_the_cast_codes(
     values = pl.Series("symbol", now)
     us = np.arange(len(now)) + min(dropped, len(names))  # the shared rows keep their ts
     got = history_module._symbol_codes(values, cats, us)
-    np.testing.assert_array_equal(got, history_module._codes(values, cats))
+    np.testing.assert_array_equal(got, _cast_codes(values, cats))
+    # the categories themselves (a stream's appended batch) are coded without a cast
+    np.testing.assert_array_equal(history_module._codes(cats, cats), _cast_codes(cats, cats))
+
+
+def _cast_codes(values: pl.Series, categories: pl.Series) -> np.ndarray:
+    codes = values.cast(pl.Enum(categories), strict=False).to_physical()
+    return codes.fill_null(categories.len()).to_numpy()

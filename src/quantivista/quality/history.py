@@ -202,6 +202,9 @@ def marked(column: pl.Series, marks: np.ndarray) -> pl.Series:
 
 def _codes(values: pl.Series, categories: pl.Series) -> np.ndarray:
     """Each value's position among the distinct `categories` (their count where absent)."""
+    if values.len() == categories.len() and values.equals(categories):
+        # the categories themselves (a stream's last batch, appended to its history)
+        return np.arange(values.len(), dtype=np.uint32)
     codes = values.cast(pl.Enum(categories), strict=False).to_physical()
     if codes.null_count():
         codes = codes.fill_null(categories.len())
