@@ -90,6 +90,8 @@ def test_the_kept_history_equals_a_store_read_and_takes_corrections(runtime: Run
     )
     amended = kept.filter((pl.col("symbol") == "AAA") & (pl.col("ts") == fixed["ts"][0]))
     assert amended["close"].to_list() == [fixed["close"][0]]
+    # still in ts order (the validator looks it up from its end only then)
+    assert recent.frame is not None and recent.frame["ts"].is_sorted()
 
 
 def test_a_batch_older_than_the_window_is_read_from_the_store(runtime: Runtime) -> None:

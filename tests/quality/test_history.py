@@ -113,3 +113,39 @@ def test_history_looked_up_from_its_end_keeps_what_the_whole_lookup_keeps(
         want = merge_history(stored, checked, rows, tail, one_tf)
     for name in ("rows", "series", "neighbour", "hist_at", "batch_at", "new"):
         np.testing.assert_array_equal(getattr(got, name), getattr(want, name))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    names=st.lists(st.sampled_from("ABCDE"), min_size=1, max_size=40),
+    dropped=st.integers(0, 45),
+    added=st.lists(st.sampled_from("ABCDEF"), max_size=10),
+    changed=st.integers(-1, 40),
+    categories=st.lists(st.sampled_from("ABCDEF"), min_size=1, max_size=6, unique=True),
+)
+def test_symbol_codes_reused_from_the_last_history_are_the_cast_codes(
+    names: list[str], dropped: int, added: list[str], changed: int, categories: list[str]
+) -> None:
+    """A history that is the last one less its first rows plus new ones (a stream's) reuses
+    the last codes; one that differs in a shared row (`changed`) is cast anew: both give
+    the codes of a cast."""
+    cats = pl.Series("symbol", categories)
+    last = pl.Series("symbol", names)
+    history_module._LAST.entry = None
+    history_module._symbol_codes(last, cats, np.arange(last.len()))
+    now = [*names[dropped:], *added]
+    if 0 <= changed < len(now):
+        now[changed] = "F" if now[changed] != "F" else "A"
+    if not now:
+        return
+    values = pl.Series("symbol", now)
+    us = np.arange(len(now)) + min(dropped, len(names))  # the shared rows keep their ts
+    got = history_module._symbol_codes(values, cats, us)
+    np.testing.assert_array_equal(got, _cast_codes(values, cats))
+    # the categories themselves (a stream's appended batch) are coded without a cast
+    np.testing.assert_array_equal(history_module._codes(cats, cats), _cast_codes(cats, cats))
+
+
+def _cast_codes(values: pl.Series, categories: pl.Series) -> np.ndarray:
+    codes = values.cast(pl.Enum(categories), strict=False).to_physical()
+    return codes.fill_null(categories.len()).to_numpy()

@@ -138,6 +138,10 @@ class RecentHistory:
         # the newest version of a bar wins (a correction amends what was kept)
         if len(parts) > 2 or kept is None or not kept.height or not first > kept["ts"].max():  # type: ignore[operator]
             frame = frame.unique(["symbol", "timeframe", "ts"], keep="last", maintain_order=True)
+            # an amended bar now sits at the end: back in ts order (the validator's history
+            # lookup is fastest in it, as after a seed)
+            if not frame["ts"].is_sorted():
+                frame = frame.sort("ts", maintain_order=True)
         newest, oldest = frame["ts"].max(), frame["ts"].min()
         assert isinstance(newest, datetime) and isinstance(oldest, datetime)
         bound = newest - self.span

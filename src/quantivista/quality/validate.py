@@ -376,7 +376,9 @@ def _day_scores(
             pl.Series("score", score),
         ]
     )
-    return out if out.schema == SCORE_SCHEMA else out.cast(SCORE_SCHEMA)
+    # the counts and the score have their dtypes by construction: only the keys may differ
+    plain = sym.dtype == pl.String and tf.dtype == pl.String
+    return out if plain else out.cast(SCORE_SCHEMA)
 
 
 def _with_missing(
@@ -970,6 +972,11 @@ _PROFILE_EXPRS: Final = (
     pl.col("ts").max().alias("last_ts"),
 )
 _SYMBOL_COUNT: Final = pl.col("symbol").n_unique().alias("symbols")
+# (column, statistic) of each of `_PROFILE_EXPRS` in order, split once ("" for the span)
+_PROFILE_KEYS: Final = tuple(
+    tuple(e.meta.output_name().split(":")) if ":" in e.meta.output_name() else ("", "")
+    for e in _PROFILE_EXPRS
+)
 
 
 def profile(
@@ -982,18 +989,18 @@ def profile(
     if df.is_empty():
         return {"rows": 0}
     exprs = _PROFILE_EXPRS if symbols is not None else (*_PROFILE_EXPRS, _SYMBOL_COUNT)
-    stats = df.select(exprs).row(0, named=True)
+    values = df.select(exprs).row(0)
     columns: dict[str, dict[str, Any]] = {}
-    for key, value in stats.items():
-        if ":" in key:
-            col, stat = key.split(":")
+    for (col, stat), value in zip(_PROFILE_KEYS, values, strict=False):  # the statistics
+        if col:
             columns.setdefault(col, {})[stat] = _plain(value)
+    first_ts, last_ts = values[len(_PROFILE_KEYS) - 2 : len(_PROFILE_KEYS)]
     return {
         "rows": df.height,
-        "symbols": stats["symbols"] if symbols is None else symbols,
+        "symbols": values[-1] if symbols is None else symbols,
         "timeframes": sorted(timeframes or df["timeframe"].unique().to_list()),
-        "first_ts": _plain(stats["first_ts"]),
-        "last_ts": _plain(stats["last_ts"]),
+        "first_ts": _plain(first_ts),
+        "last_ts": _plain(last_ts),
         "columns": columns,
     }
 
