@@ -25,12 +25,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from _common import callgrind_totals
+from cold_read import _clock, _since  # one wall + CPU stopwatch for the read benchmarks
 
 SYMBOL = "S0000"
 VARIANTS = {  # name: (intraday_format, intraday_arrow_compression)
@@ -40,15 +40,6 @@ VARIANTS = {  # name: (intraday_format, intraday_arrow_compression)
     "arrow_zstd": ("arrow", "zstd"),
 }
 AS_OF = datetime(2030, 1, 1, tzinfo=UTC)  # the correction is stamped later than this
-
-
-def _clock() -> tuple[float, float]:
-    return time.perf_counter(), time.process_time()
-
-
-def _since(start: tuple[float, float]) -> dict[str, float]:
-    wall, cpu = _clock()
-    return {"ms": (wall - start[0]) * 1e3, "cpu_ms": (cpu - start[1]) * 1e3}
 
 
 def universe(symbols: int) -> Any:
