@@ -19,6 +19,7 @@ from quantivista.model.schema import coerce_bars
 from quantivista.model.timeframe import Timeframe
 from quantivista.storage.base import latest_per_key
 from quantivista.storage.lake import bars as bars_module
+from quantivista.storage.lake import files as files_module
 from quantivista.storage.lake.appends import Split, month_text
 from quantivista.storage.lake.bars import ParquetLake, bucket_of
 from quantivista.storage.lake.deltas import DELTA_DIR, PARTS_KEY
@@ -335,6 +336,38 @@ def test_a_fold_built_ahead_of_a_correction_is_dropped_and_folded_under_the_lock
     assert fixed["close"].to_list() == [500.0]  # the correction survived the fold
     assert not [p for p in directory.iterdir() if p.name.startswith(".")]
     assert_frame_equal(lake.read(["AAA", "BBB"], M1), got)
+
+
+@pytest.mark.parametrize("fmt", ["arrow", "parquet"])
+def test_a_fold_whose_temporary_a_correction_sweeps_gives_up_without_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str
+) -> None:
+    # the correction's writer sweeps the partition's temporaries under the lock while the
+    # fold, without it, is still writing its own: the fold is stale, not failed
+    settings = _fold_settings(fmt, 64)
+    lake = ParquetLake(tmp_path, settings)
+    written = _streamed(lake, 3)
+    fix = _bars(["AAA"], 2, 1, DAY0 + timedelta(days=403), tf="1m", price=500.0)
+    other = ParquetLake(tmp_path, settings)
+    real = files_module.os.replace
+    ran: list[bool] = []
+
+    def sweep_first(src: object, dst: object) -> None:
+        if str(dst).rsplit("/", 1)[-1].startswith(".tmp-fold-") and not ran:
+            ran.append(True)
+            other.upsert(fix)  # sweeps `src` before this rename
+        real(src, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(files_module.os, "replace", sweep_first)
+    directory = lake.partition_dir("1m", "AAA", "2024-01")
+    assert lake.fold(directory) == 3  # folded under the lock instead
+    assert ran
+    monkeypatch.undo()
+    assert not [p for p in directory.iterdir() if p.name.startswith(".")]
+    want = pl.concat(written).sort("symbol", "ts")
+    want = want.update(fix, on=["symbol", "timeframe", "ts"])
+    for reader in (lake, ParquetLake(tmp_path, _settings())):
+        assert_frame_equal(reader.read(["AAA", "BBB"], M1), want, check_row_order=False)
 
 
 def test_a_writer_applies_every_delta_other_writers_appended_since_its_last_write(

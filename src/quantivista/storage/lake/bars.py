@@ -1161,7 +1161,14 @@ class ParquetLake:
         frame = view.frame
         indexed = _Indexed(frame, through=newest)
         pending = f".tmp-fold-{uuid4().hex[:12]}-"  # swept by any writer under the lock
-        files, tail = self._write_base(path, frame, newest, indexed=indexed, pending=pending)
+        try:
+            files, tail = self._write_base(path, frame, newest, indexed=indexed, pending=pending)
+        except StorageError as exc:
+            # a writer under the lock swept the temporary while this wrote: it is changing
+            # the partition, so this fold is stale anyway (the locked fold runs instead)
+            if isinstance(exc.__cause__, FileNotFoundError):
+                return None
+            raise
         return _Fold(identity, tuple(n for n, _ in held), files, indexed, tail)
 
     def _swap_fold(self, directory: Path, ahead: _Fold) -> bool:
