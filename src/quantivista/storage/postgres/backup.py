@@ -155,13 +155,14 @@ def _copy_out(conn: Connection[Any], query: Any, path: Path) -> int:
 def check_target(dsn: str, schema: str, meta: dict[str, Any]) -> None:
     """Refuse a target `schema` that holds any row, or sits at another migration."""
     from quantivista.storage.postgres.bars import known_revision
+    from quantivista.storage.postgres.db import storage_errors
 
     revision = meta.get("revision")
     if not revision or not known_revision(str(revision)):
         raise StorageError(
             "the backup's PostgreSQL migration is unknown to this version", revision=revision
         )
-    with _connect(dsn) as conn, conn.transaction():
+    with storage_errors("checking the restore target"), _connect(dsn) as conn, conn.transaction():
         _use_schema(conn, schema)
         found = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone()
         if found is not None:

@@ -29,7 +29,7 @@ from quantivista.model.schema import BAR_COLUMNS, BAR_POLARS_SCHEMA, BAR_VALUE_C
 from quantivista.model.timeframe import Timeframe
 from quantivista.storage.base import REPORT_SCHEMA, STATS_SCHEMA, UpsertStats, latest_per_key
 from quantivista.storage.postgres.copy import binary_copy_chunks
-from quantivista.storage.postgres.db import storage_errors
+from quantivista.storage.postgres.db import maps_storage_errors, storage_errors
 
 __all__ = [
     "PostgresStore",
@@ -123,6 +123,7 @@ def _parse_csv(data: bytes, schema: dict[str, pl.DataType]) -> pl.DataFrame:
     )
 
 
+@maps_storage_errors
 class PostgresStore:
     """Bars in PostgreSQL, one schema per store; a `BarStore`."""
 
@@ -140,11 +141,15 @@ class PostgresStore:
             open=True,
             name=f"qv-{schema}",
         )
-        self.pool.wait()
-        with self.pool.connection() as conn:
-            row = conn.execute("SELECT value FROM qv_meta WHERE key = 'bars_layout'").fetchone()
-            self.layout = str(row[0]) if row else "partitioned"
-            self._years = partition_years(conn)
+        try:
+            self.pool.wait()
+            with self.pool.connection() as conn:
+                row = conn.execute("SELECT value FROM qv_meta WHERE key = 'bars_layout'").fetchone()
+                self.layout = str(row[0]) if row else "partitioned"
+                self._years = partition_years(conn)
+        except BaseException:
+            self.pool.close()  # no pool threads left behind by a store that did not open
+            raise
         log.info("opened PostgreSQL store %s (layout %s)", schema, self.layout)
 
     def close(self) -> None:
