@@ -169,3 +169,16 @@ def test_pg_store_unreachable_server_is_retryable_storage_error(postgres_dsn: st
     with pytest.raises(StorageError) as opened:
         PostgresStore(wrong, "qv_review_never")
     assert opened.value.retryable is True
+
+
+def test_pg_usage_mistake_and_append_only_refusal_are_permanent(stores: Stores) -> None:
+    from quantivista.errors import StorageUsageError
+    from quantivista.model.timeframe import Timeframe
+
+    with pytest.raises(StorageUsageError) as unknown:
+        stores.bars.read(["A"], Timeframe.parse("1d"), columns=["no_such_column"])
+    assert not unknown.value.is_retryable()
+    stores.opslog.add_audit(T0, "me", None, "act", "target", "ok", {})
+    with pytest.raises(StorageRejectedError, match="append-only") as refused:
+        stores.opslog.execute("DELETE FROM audit_log")  # the trigger's RAISE EXCEPTION
+    assert not refused.value.is_retryable()

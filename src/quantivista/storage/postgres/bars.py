@@ -24,7 +24,7 @@ from psycopg import Connection, sql
 from psycopg import errors as pg_errors
 from psycopg_pool import ConnectionPool
 
-from quantivista.errors import StorageError
+from quantivista.errors import StorageError, StorageUsageError
 from quantivista.model.schema import BAR_COLUMNS, BAR_POLARS_SCHEMA, BAR_VALUE_COLUMNS
 from quantivista.model.timeframe import Timeframe
 from quantivista.storage.base import REPORT_SCHEMA, STATS_SCHEMA, UpsertStats, latest_per_key
@@ -340,7 +340,7 @@ class PostgresStore:
         cols = list(columns) if columns else list(BAR_COLUMNS)
         unknown = [c for c in cols if c not in BAR_POLARS_SCHEMA]
         if unknown:
-            raise StorageError("unknown columns requested", columns=unknown)
+            raise StorageUsageError("unknown columns requested", columns=unknown)
         names = list(dict.fromkeys(symbols))
         where, params = _where(timeframe, names, start, end)
         if as_of is None:

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import polars as pl
 import psycopg
 from psycopg import Connection, sql
+from psycopg.errors import RaiseException
 from psycopg_pool import ConnectionPool
 
 from quantivista.errors import StorageError, StorageRejectedError
@@ -54,10 +55,11 @@ def transaction(pool: ConnectionPool[Any], what: str) -> Iterator[Connection[Any
 def storage_errors(what: str) -> Iterator[None]:
     """Raise a database error of the block as `StorageError("<what> failed")` (retryable: the
     server away, a lock, a missing table), or `StorageRejectedError` when the server refuses
-    the data itself (a value it cannot hold, a broken constraint)."""
+    the data itself (a value it cannot hold, a broken constraint, a trigger's RAISE EXCEPTION
+    such as the append-only guards')."""
     try:
         yield
-    except (psycopg.DataError, psycopg.IntegrityError) as exc:
+    except (psycopg.DataError, psycopg.IntegrityError, RaiseException) as exc:
         raise StorageRejectedError(f"{what} failed", error=str(exc).strip()) from exc
     except psycopg.Error as exc:
         raise StorageError(f"{what} failed", error=str(exc).strip()) from exc
