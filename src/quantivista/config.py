@@ -147,6 +147,12 @@ class StorageSettings(_Section):
         default=(),
         description='timeframes kept rolled up from 1m bars on every write, e.g. ["5m", "1d"]',
     )
+    sweep_after_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="compaction removes lake and cold temporaries (.tmp-*) not modified for this"
+        " long: far above any live write, so only killed writers' leftovers go",
+    )
 
 
 class IngestSettings(_Section):

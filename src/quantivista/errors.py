@@ -21,15 +21,21 @@
     │   ├── PermissionDeniedError   a scope or an entitlement the caller lacks (403)
     │   └── TooManyRequestsError    the caller's rate limit is spent (429, `retry_after_s`)
     ├── StorageError                retryable: the store could not read or write (down, locked)
-    │   └── StorageRejectedError    permanent: the store refuses the data itself (range, constraint)
+    │   ├── StorageRejectedError    permanent: the store refuses the data itself (range, constraint)
+    │   └── StorageUsageError       permanent: a request no store can serve (unknown column, no
+    │                               cold tier configured, a restore target that is not empty)
     ├── BusError                    retryable: publishing or consuming an event failed
     │   ├── DecodeError             permanent: bytes no codec reads, or not the event expected
-    │   └── MessageTooLargeError    permanent: larger than the broker takes
+    │   ├── MessageTooLargeError    permanent: larger than the broker takes
+    │   └── BusUsageError           permanent: a request no broker can serve (unknown topic or
+    │                               codec, a member out of range, an event type with no schema)
     └── CalendarError               a date outside a calendar's range, unknown MIC
 
 Transient versus permanent is one question: `is_retryable()`. A consumer retries (redelivers)
 what is retryable and sets aside at once (dead letters, quarantine) what is not: the store and
-the broker being away passes, a message or a value they refuse stays refused.
+the broker being away passes, a message or a value they refuse stays refused, and so does
+a caller's mistake: raise the `...UsageError` subclasses, never a bare `StorageError` or
+`BusError`, for those.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ __all__ = [
     "AccessError",
     "AuthenticationError",
     "BusError",
+    "BusUsageError",
     "CalendarError",
     "CircuitOpenError",
     "ConfigurationError",
@@ -60,6 +67,7 @@ __all__ = [
     "SchemaError",
     "StorageError",
     "StorageRejectedError",
+    "StorageUsageError",
     "SymbolNotFoundError",
     "TooManyRequestsError",
     "TransientProviderError",
@@ -244,6 +252,13 @@ class StorageRejectedError(StorageError):
     retryable = False
 
 
+class StorageUsageError(StorageError):
+    """The request itself is wrong for the store (an unknown column, a missing setting, a
+    backup target that is not empty): asking again fails the same way."""
+
+    retryable = False
+
+
 class BusError(QuantiVistaError):
     """An event could not be published or consumed (the broker away, a timeout)."""
 
@@ -258,6 +273,13 @@ class DecodeError(BusError):
 
 class MessageTooLargeError(BusError):
     """A message is larger than the broker takes (NATS `max_payload`)."""
+
+    retryable = False
+
+
+class BusUsageError(BusError):
+    """The request itself is wrong for the bus (an unknown topic or codec, a member index out
+    of range, an event field no schema can carry): asking again fails the same way."""
 
     retryable = False
 

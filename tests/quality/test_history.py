@@ -131,7 +131,7 @@ def test_symbol_codes_reused_from_the_last_history_are_the_cast_codes(
     the codes of a cast."""
     cats = pl.Series("symbol", categories)
     last = pl.Series("symbol", names)
-    history_module._LAST.entry = None
+    history_module._RECENT.entries = []
     history_module._symbol_codes(last, cats, np.arange(last.len()))
     now = [*names[dropped:], *added]
     if 0 <= changed < len(now):
@@ -144,6 +144,41 @@ def test_symbol_codes_reused_from_the_last_history_are_the_cast_codes(
     np.testing.assert_array_equal(got, _cast_codes(values, cats))
     # the categories themselves (a stream's appended batch) are coded without a cast
     np.testing.assert_array_equal(history_module._codes(cats, cats), _cast_codes(cats, cats))
+
+
+def test_symbol_codes_of_two_alternating_streams_are_each_reused() -> None:
+    """Two streams of different symbol sets, their batches interleaved, each reuse their own
+    last history's codes (one cache entry, replaced by the other stream's, never did)."""
+    recent = history_module._RECENT
+    recent.entries, recent.hits = [], 0
+    streams = {
+        "a": (pl.Series("symbol", ["A", "B"]), ["A", "B"] * 20),
+        "b": (pl.Series("symbol", ["X", "Y", "Z"]), ["X", "Y", "Z"] * 20),
+    }
+    start = {"a": 0, "b": 0}
+    for batch in range(4):
+        for name, (cats, names) in streams.items():
+            lo = start[name] = batch * cats.len()  # drop one batch's oldest, append a batch
+            values = pl.Series("symbol", names[lo:] + cats.to_list() * batch)
+            us = np.arange(values.len()) + lo
+            got = history_module._symbol_codes(values, cats, us)
+            np.testing.assert_array_equal(got, _cast_codes(values, cats))
+    assert recent.hits == 6  # every lookup after each stream's first
+    assert len(recent.entries) == 2
+
+
+def test_symbol_code_cache_is_bounded_least_recently_used_out() -> None:
+    recent = history_module._RECENT
+    recent.entries = []
+    sets = [pl.Series("symbol", [f"S{i}", f"T{i}"]) for i in range(recent.size + 2)]
+    for cats in sets:
+        history_module._symbol_codes(cats, cats, np.arange(2))
+    history_module._symbol_codes(sets[2], sets[2], np.arange(2))  # used again: kept longest
+    history_module._symbol_codes(sets[0], sets[0], np.arange(2))  # gone: cast, re-entered
+    kept = [e.categories.to_list() for e in recent.entries]
+    assert len(kept) == recent.size
+    assert kept[-2:] == [sets[2].to_list(), sets[0].to_list()]
+    assert sets[1].to_list() not in kept and sets[3].to_list() not in kept
 
 
 def _cast_codes(values: pl.Series, categories: pl.Series) -> np.ndarray:

@@ -2,17 +2,47 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 from uuid import uuid4
 
+import numpy as np
+import polars as pl
 import psycopg
 import pytest
 
 from quantivista.config import StorageSettings
+from quantivista.model.schema import coerce_bars
 from quantivista.storage.base import BarStore
 from quantivista.storage.lake.bars import ParquetLake
 from quantivista.storage.postgres.bars import PostgresStore
+
+
+def lake_settings(**kw: Any) -> StorageSettings:
+    """Return the settings of a small test lake: one writer thread unless `kw` says more."""
+    kw.setdefault("write_threads", 1)
+    return StorageSettings(**kw)
+
+
+def ohlcv_bars(
+    symbols: Sequence[str], ts: Sequence[datetime], close: np.ndarray, tf: str, **coerce: Any
+) -> pl.DataFrame:
+    """Return canonical bars of each symbol at each of `ts` (symbol by symbol), `close` a
+    row: open = close, high and low 1 away, volume 10 (`coerce` goes to `coerce_bars`)."""
+    frame = pl.DataFrame(
+        {
+            "symbol": np.repeat(list(symbols), len(ts)),
+            "ts": list(ts) * len(symbols),
+            "open": close,
+            "high": close + 1,
+            "low": close - 1,
+            "close": close,
+            "volume": np.full(len(close), 10.0),
+        }
+    )
+    return coerce_bars(frame, timeframe=tf, provider="t", **coerce)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""The Parquet lake: upserts, idempotency, knowledge time, pruning, atomicity, concurrency."""
+"""The lake (`ParquetLake`: Arrow IPC and Parquet files): upserts, idempotency, knowledge time,
+pruning, atomicity, concurrency."""
 
 from __future__ import annotations
 

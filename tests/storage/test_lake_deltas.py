@@ -20,11 +20,12 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from quantivista.config import StorageSettings
-from quantivista.model.schema import coerce_bars
 from quantivista.model.timeframe import Timeframe
 from quantivista.storage.lake import bars as bars_module
 from quantivista.storage.lake.bars import ParquetLake
 from quantivista.storage.lake.deltas import PartitionView
+
+from .conftest import lake_settings, ohlcv_bars
 
 MinuteLake = Callable[..., tuple[ParquetLake, list[pl.DataFrame]]]
 D1 = Timeframe.parse("1d")
@@ -36,21 +37,9 @@ def _bars(symbols: list[str], first: int, days: int, at: datetime, price: float 
           tf: str = "1d") -> pl.DataFrame:  # fmt: skip
     step = timedelta(days=1) if tf == "1d" else timedelta(minutes=1)
     ts = [DAY0 + step * (first + d) for d in range(days)]
-    n = len(symbols) * days
-    close = np.full(n, price) + np.tile(np.arange(days, dtype=float), len(symbols))
-    frame = pl.DataFrame(
-        {
-            "symbol": np.repeat(symbols, days),
-            "ts": ts * len(symbols),
-            "open": close,
-            "high": close + 1,
-            "low": close - 1,
-            "close": close,
-            "volume": np.full(n, 10.0),
-        }
-    )
-    return coerce_bars(frame, timeframe=tf, provider="t", job_id=f"j{at:%H%M%S%f}",
-                       ingested_at=at)  # fmt: skip
+    close = np.full(len(symbols) * days, price) + np.tile(np.arange(days, dtype=float),
+                                                          len(symbols))  # fmt: skip
+    return ohlcv_bars(symbols, ts, close, tf, job_id=f"j{at:%H%M%S%f}", ingested_at=at)
 
 
 def _key_sorted(df: pl.DataFrame) -> pl.DataFrame:
@@ -70,7 +59,7 @@ def daily_format(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 def _settings(**kw: object) -> StorageSettings:
     kw.setdefault("daily_format", FORMATS["format"])
     kw.setdefault("intraday_format", FORMATS["format"])
-    return StorageSettings(buckets=4, write_threads=1, **kw)  # type: ignore[arg-type]
+    return lake_settings(buckets=4, **kw)
 
 
 SYMBOLS = [f"S{i:02d}" for i in range(20)]  # > 16: reads of all of them take the bulk path
@@ -195,7 +184,7 @@ def test_background_folds_keep_the_delta_count_bounded(
 
 
 def test_concurrent_appenders_into_shared_partitions_lose_nothing(tmp_path: Path) -> None:
-    settings = StorageSettings(buckets=1, write_threads=1, delta_files=4)
+    settings = lake_settings(buckets=1, delta_files=4)
     ParquetLake(tmp_path, settings).upsert(_bars(["A00", "B00"], 0, 5, DAY0))
     groups = [[f"A{i:02d}" for i in range(6)], [f"B{i:02d}" for i in range(6)]]
     written: list[pl.DataFrame] = []
@@ -233,7 +222,7 @@ _CHILD = """
 import sys
 from datetime import UTC, datetime, timedelta
 sys.path.insert(0, sys.argv[2])
-from test_lake_deltas import DAY0, _bars, _settings, SYMBOLS
+from tests.storage.test_lake_deltas import DAY0, _bars, _settings, SYMBOLS
 from quantivista.storage.lake import bars as bars_module
 from quantivista.storage.lake.bars import ParquetLake
 from quantivista.storage.lake.deltas import PartitionView
@@ -250,7 +239,7 @@ def test_kill_9_during_appends_and_folds_loses_no_committed_bar(tmp_path: Path) 
     root = tmp_path / "lake"
     first = _bars(SYMBOLS, 0, 5, DAY0)
     ParquetLake(root, _settings()).upsert(first)
-    here = str(Path(__file__).parent)
+    here = str(Path(__file__).parents[2])  # the checkout: tests.storage imports from it
     child = subprocess.Popen(
         [sys.executable, "-c", _CHILD, str(root), here], stdout=subprocess.PIPE, text=True
     )

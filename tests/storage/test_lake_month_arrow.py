@@ -13,14 +13,14 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from quantivista.config import StorageSettings
-from quantivista.model.schema import coerce_bars
 from quantivista.model.timeframe import Timeframe
 from quantivista.storage.lake import bars as lake_module
 from quantivista.storage.lake.bars import ARROW_FILE, DATA_FILE, ParquetLake, storage_report
 from quantivista.storage.lake.files import IpcBase
 from quantivista.storage.lake.retention import archive_expired
 from quantivista.storage.lake.sql import sql_query
+
+from .conftest import lake_settings, ohlcv_bars
 
 M1 = Timeframe.parse("1m")
 SYMBOLS = ["AAA", "BBB", "CCC", "DDD", "EEE"]
@@ -32,23 +32,12 @@ CODECS = ["none", "lz4", "zstd"]
 def _bars(price: float = 100.0, at: datetime = AT, minutes: int = 120) -> pl.DataFrame:
     ts = [START + timedelta(minutes=k) for k in range(minutes)]
     close = np.round(price + np.arange(len(SYMBOLS) * minutes) * 0.01, 2)
-    frame = pl.DataFrame(
-        {
-            "symbol": np.repeat(SYMBOLS, minutes),
-            "ts": ts * len(SYMBOLS),
-            "open": close,
-            "high": close + 1,
-            "low": close - 1,
-            "close": close,
-            "volume": np.full(len(close), 10.0),
-        }
-    )
-    return coerce_bars(frame, timeframe="1m", provider="t", job_id="j", ingested_at=at)
+    return ohlcv_bars(SYMBOLS, ts, close, "1m", job_id="j", ingested_at=at)
 
 
 def _lake(root: Path, codec: str, **kw: Any) -> ParquetLake:
-    settings = {"buckets": 1, "write_threads": 1, "row_group_rows": 100, **kw}
-    return ParquetLake(root, StorageSettings(intraday_arrow_compression=codec, **settings))  # type: ignore[arg-type]
+    settings = {"buckets": 1, "row_group_rows": 100, "intraday_arrow_compression": codec, **kw}
+    return ParquetLake(root, lake_settings(**settings))
 
 
 @pytest.mark.parametrize("codec", CODECS)

@@ -15,11 +15,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
-from quantivista.config import StorageSettings
-from quantivista.model.schema import coerce_bars
 from quantivista.model.timeframe import Timeframe
 from quantivista.storage.lake.bars import DATA_FILE, ParquetLake, _Indexed
 from quantivista.storage.lake.files import symbol_groups
+
+from .conftest import lake_settings, ohlcv_bars
 
 D1 = Timeframe.parse("1d")
 M1 = Timeframe.parse("1m")
@@ -31,28 +31,15 @@ def _bars(symbols: list[str], days: int, at: datetime, tf: str = "1d", shift: fl
           first: int = 0) -> pl.DataFrame:  # fmt: skip
     step = timedelta(days=1) if tf == "1d" else timedelta(minutes=1)
     ts = [DAY0 + step * (first + d) for d in range(days)]
-    n = len(symbols) * days
-    close = 100.0 + shift + np.arange(n, dtype=float)
-    frame = pl.DataFrame(
-        {
-            "symbol": np.repeat(symbols, days),
-            "ts": ts * len(symbols),
-            "open": close,
-            "high": close + 1,
-            "low": close - 1,
-            "close": close,
-            "volume": np.full(n, 10.0),
-        }
-    )
-    return coerce_bars(frame, timeframe=tf, provider="t", job_id="j", ingested_at=at)
+    close = 100.0 + shift + np.arange(len(symbols) * days, dtype=float)
+    return ohlcv_bars(symbols, ts, close, tf, job_id="j", ingested_at=at)
 
 
 def _lake(root: Path, **kw: object) -> ParquetLake:
     # row groups and codecs are Parquet's (Arrow IPC bases: see test_lake_arrow_bases.py)
-    settings = {"buckets": 2, "write_threads": 1, "row_group_rows": 20}
+    settings = {"buckets": 2, "row_group_rows": 20}
     settings |= {"daily_format": "parquet", "intraday_format": "parquet"}
-    settings.update(kw)
-    return ParquetLake(root, StorageSettings(**settings))  # type: ignore[arg-type]
+    return ParquetLake(root, lake_settings(**settings | kw))
 
 
 @given(

@@ -18,19 +18,21 @@ from polars.testing import assert_frame_equal
 from typer.testing import CliRunner
 
 from quantivista.cli import app
+from quantivista.config import Settings, StorageSettings
 from quantivista.model.timeframe import Timeframe
 from quantivista.platform import Platform
 from quantivista.storage.lake import bars as bars_module
 from quantivista.storage.lake.bars import ParquetLake
 from quantivista.storage.lake.cold import ColdTier
 from quantivista.storage.lake.deltas import DELTA_DIR
-from quantivista.storage.lake.sweep import STALE_AFTER_S, sweep_cold, sweep_lake
+from quantivista.storage.lake.sweep import sweep_cold, sweep_lake
 from samples import minute_bars
 
 M1 = Timeframe.parse("1m")
 SYMBOLS = [f"S{i:02d}" for i in range(12)]
 T0 = datetime(2024, 3, 4, 14, 30, tzinfo=UTC)
-STALE = STALE_AFTER_S + 60
+AFTER_S = StorageSettings().sweep_after_s  # an hour
+STALE = AFTER_S + 60
 
 # a merge killed (kill -9) between writing its hidden file and renaming it into place
 _KILLED_MERGE = """
@@ -134,7 +136,8 @@ def test_a_merge_whose_file_was_swept_as_stale_is_dropped(
     lake = ParquetLake(root)
     # a merge stalled past the bound
     _after_merge_writes(
-        monkeypatch, lambda _: swept.extend(sweep_lake(root, now=time.time() + STALE))
+        monkeypatch,
+        lambda _: swept.extend(sweep_lake(root, after_s=AFTER_S, now=time.time() + STALE)),
     )
     sources = lake.delta_files("1m")
     assert lake.merge_deltas(lake.bars_root / "timeframe=1m") == 0
@@ -155,11 +158,11 @@ def test_sweep_lake_takes_only_stale_temporary_files(tmp_path: Path) -> None:
     for path in [*keep[:2], *go, tmp_path / ".tmp-dir"]:
         _age(path, STALE)
 
-    assert sweep_lake(tmp_path) == sorted(go)
+    assert sweep_lake(tmp_path, after_s=AFTER_S) == sorted(go)
 
     assert all(p.exists() for p in keep) and (tmp_path / ".tmp-dir").is_dir()
     assert not any(p.exists() for p in go)
-    assert sweep_lake(tmp_path) == []
+    assert sweep_lake(tmp_path, after_s=AFTER_S) == []
 
 
 def test_sweep_cold_takes_stale_temporaries_of_the_archive() -> None:
@@ -169,8 +172,48 @@ def test_sweep_cold_takes_stale_temporaries_of_the_archive() -> None:
     with tier.fs.open(left, "wb") as handle:
         handle.write(b"PAR1 half-uploaded")
 
-    assert sweep_cold(tier) == []  # young: an upload may be under way
-    assert sweep_cold(tier, now=time.time() + STALE) == [left]
+    assert sweep_cold(tier, after_s=AFTER_S) == []  # young: an upload may be under way
+    assert sweep_cold(tier, after_s=AFTER_S, now=time.time() + STALE) == [left]
 
     assert not tier.fs.exists(left)
     assert list(tier.listing()) == ["silver/bars/timeframe=1d/bucket=001/data.parquet"]
+
+
+def test_the_sweep_bound_is_a_setting_of_qv_compact_and_the_scheduled_compaction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pydantic import ValidationError
+
+    from quantivista.runtime import Runtime
+    from quantivista.services.scheduler import JOBS, JobContext
+
+    root = tmp_path / "qv"
+    _store(root)
+    deltas = root / "silver" / "bars" / "timeframe=1m" / DELTA_DIR
+
+    def leftover(name: str) -> Path:  # two minutes old: young for the default hour
+        path = deltas / f".tmp-merge-{name}.arrow"
+        path.write_bytes(b"half")
+        _age(path, 120)
+        return path
+
+    first = leftover("0000000000000001")
+    done = CliRunner().invoke(app, ["--data-dir", str(root), "compact"])
+    assert done.exit_code == 0, done.output
+    assert first.exists()  # the default bound (an hour) keeps it
+
+    monkeypatch.setenv("QV_STORAGE__SWEEP_AFTER_S", "60")
+    done = CliRunner().invoke(app, ["--data-dir", str(root), "compact"])
+    assert done.exit_code == 0, done.output
+    assert not first.exists()
+
+    second = leftover("0000000000000002")
+    settings = Settings(data_dir=root, storage=StorageSettings(sweep_after_s=60))
+    with Runtime.from_settings(settings) as rt:
+        context = JobContext(rt, "compaction", datetime.now(UTC), {})
+        JOBS.get("compaction")(context)
+    assert not second.exists()
+
+    for bad in (0, -1):
+        with pytest.raises(ValidationError, match="sweep_after_s"):
+            StorageSettings(sweep_after_s=bad)

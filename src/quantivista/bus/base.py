@@ -27,7 +27,7 @@ from datetime import datetime
 from typing import Generic, Protocol, TypeVar
 
 from quantivista.bus.events import Event
-from quantivista.errors import BusError
+from quantivista.errors import BusUsageError
 
 __all__ = [
     "DLQ_PREFIX",
@@ -91,7 +91,7 @@ def deinterleave(offset: int, partition: int, partitions: int) -> int:
 def check_member(member: int, members: int) -> None:
     """Refuse a member index outside [0, members)."""
     if not 0 <= member < members:
-        raise BusError("member must be in [0, members)", member=member, members=members)
+        raise BusUsageError("member must be in [0, members)", member=member, members=members)
 
 
 def dead_letter_headers(message: Message, group: str, error: str) -> dict[str, str]:

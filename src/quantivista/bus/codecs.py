@@ -32,7 +32,7 @@ from quantivista.bus.schemas import (
     to_avro_record,
     to_proto,
 )
-from quantivista.errors import BusError, DecodeError
+from quantivista.errors import BusUsageError, DecodeError
 
 __all__ = ["CODECS", "CodecName", "Codecs"]
 
@@ -72,6 +72,8 @@ class Codecs:
         self, event: Event, codec: CodecName = "json", *, key: str | None = None
     ) -> tuple[bytes, dict[str, str]]:
         """Return the message value and headers of `event` in `codec`."""
+        if codec not in _CONTENT:  # before any use of the name (was a KeyError)
+            raise BusUsageError("unknown codec", codec=codec)
         cls = type(event)
         headers = {
             "qv-type": cls.__name__,
@@ -87,9 +89,7 @@ class Codecs:
             fastavro.schemaless_writer(sink, self._schema(self._ids[(cls, codec)]),
                                        to_avro_record(event))  # fmt: skip
             return sink.getvalue(), headers
-        if codec == "protobuf":
-            return head + b"\x00" + to_proto(event), headers
-        raise BusError("unknown codec", codec=codec)
+        return head + b"\x00" + to_proto(event), headers
 
     def decode(self, value: bytes, headers: dict[str, str] | None = None) -> Event:
         """Return the event in a message value; `DecodeError` for anything unreadable."""

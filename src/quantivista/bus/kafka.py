@@ -53,7 +53,7 @@ from quantivista.bus.base import (
     partition_of,
 )
 from quantivista.bus.plumbing import url_prefix
-from quantivista.errors import BusError
+from quantivista.errors import BusError, BusUsageError
 
 __all__ = ["KafkaBroker"]
 
@@ -148,7 +148,7 @@ class KafkaBroker(BrokerBase):
         found = meta.topics.get(self.name(topic))
         if found is None or found.error is not None or not found.partitions:
             if not create:
-                raise BusError("no such topic", topic=topic)
+                raise BusUsageError("no such topic", topic=topic)
             self.create_topic(topic)
             return self.partitions(topic, create=False)
         self._partitions[topic] = len(found.partitions)

@@ -24,7 +24,7 @@ from quantivista.bus.base import (
     dead_letter_topic,
     partition_of,
 )
-from quantivista.errors import BusError
+from quantivista.errors import BusUsageError
 
 __all__ = ["MemoryBroker"]
 
@@ -69,7 +69,7 @@ class MemoryBroker(BrokerBase):
     def _topic(self, topic: str) -> _Topic:
         found = self._topics.get(topic)
         if found is None:
-            raise BusError("no such topic", topic=topic)
+            raise BusUsageError("no such topic", topic=topic)
         return found
 
     def last_offset(self, topic: str) -> int:

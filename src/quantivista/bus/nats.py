@@ -40,7 +40,7 @@ from quantivista.bus.base import (
     partition_of,
 )
 from quantivista.bus.plumbing import LoopThread, url_prefix
-from quantivista.errors import BusError, MessageTooLargeError
+from quantivista.errors import BusError, BusUsageError, MessageTooLargeError
 
 __all__ = ["NatsBroker"]
 
@@ -153,7 +153,7 @@ class NatsBroker(BrokerBase):
             try:
                 info = await self._js.stream_info(self._stream(topic))
             except NotFoundError:
-                raise BusError("no such topic", topic=topic) from None
+                raise BusUsageError("no such topic", topic=topic) from None
             return int(info.state.last_seq)
 
         return self._run(last())

@@ -41,7 +41,7 @@ from quantivista.bus.base import (
     partition_of,
 )
 from quantivista.bus.plumbing import url_prefix
-from quantivista.errors import BusError
+from quantivista.errors import BusError, BusUsageError
 
 __all__ = ["PulsarBroker"]
 
@@ -201,7 +201,7 @@ class PulsarBroker(BrokerBase):
         found = self._records()["topics"].get(topic)
         if found is None:
             if not create:
-                raise BusError("no such topic", topic=topic)
+                raise BusUsageError("no such topic", topic=topic)
             self.create_topic(topic)
             return 1
         return int(found)

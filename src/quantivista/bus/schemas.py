@@ -27,7 +27,7 @@ from google.protobuf.message import Message as ProtoMessage
 from pydantic import AwareDatetime, BaseModel
 
 from quantivista.bus.events import Event
-from quantivista.errors import BusError, DecodeError
+from quantivista.errors import BusUsageError, DecodeError
 
 __all__ = [
     "FieldSpec",
@@ -58,7 +58,7 @@ def _kind(annotation: Any) -> tuple[str, bool]:
     if origin in (Union, types.UnionType):
         inner = [a for a in get_args(annotation) if a is not type(None)]
         if len(inner) != 1:
-            raise BusError("unsupported union field", annotation=str(annotation))
+            raise BusUsageError("unsupported union field", annotation=str(annotation))
         return _kind(inner[0])[0], True
     simple = {str: "string", int: "long", float: "double", bool: "boolean", bytes: "bytes"}
     if annotation in simple:
@@ -74,7 +74,7 @@ def _kind(annotation: Any) -> tuple[str, bool]:
         return "map_long", False
     if origin is list and get_origin(args[0]) is dict:
         return "json_list", False
-    raise BusError("unsupported event field type", annotation=str(annotation))
+    raise BusUsageError("unsupported event field type", annotation=str(annotation))
 
 
 @cache

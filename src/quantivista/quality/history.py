@@ -11,6 +11,7 @@ columns by those positions.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -214,7 +215,7 @@ def _codes(values: pl.Series, categories: pl.Series) -> np.ndarray:
 
 @dataclass(frozen=True, slots=True)
 class _Coded:
-    """The symbol codes of the last history looked up, with what they were made from."""
+    """The symbol codes of a history looked up, with what they were made from."""
 
     categories: pl.Series
     values: pl.Series
@@ -222,37 +223,67 @@ class _Coded:
     codes: np.ndarray
 
 
-class _LastCodes:
-    entry: _Coded | None = None
+class _RecentCodes:
+    """The symbol codes of the last few histories looked up, one per symbol set (LRU).
+
+    Streams whose batches interleave (two feeds, two timeframes) each keep their entry: a
+    single entry was replaced by the other stream's at every batch and never reused.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.entries: list[_Coded] = []  # least recently used first
+        self.hits = 0  # lookups that reused an entry's codes (tests read it)
+        self._lock = threading.Lock()
+
+    def find(self, categories: pl.Series) -> _Coded | None:
+        """Return the entry made with these categories (now the most recent), if any."""
+        with self._lock:
+            for i, entry in enumerate(self.entries):
+                if entry.categories.len() == categories.len() and entry.categories.equals(
+                    categories
+                ):
+                    self.entries.append(self.entries.pop(i))
+                    return entry
+        return None
+
+    def put(self, entry: _Coded, replaces: _Coded | None) -> None:
+        """Remember `entry` (in place of `replaces`, the entry of the same categories),
+        dropping the least recently used beyond `size`."""
+        with self._lock:
+            kept = [e for e in self.entries if e is not replaces]  # by identity: Series
+            self.entries = [*kept, entry]
+            del self.entries[: -self.size]
 
 
-_LAST = _LastCodes()
+_RECENT = _RecentCodes(8)
 
 
 def _symbol_codes(
     values: pl.Series, categories: pl.Series, sorted_us: np.ndarray | None
 ) -> np.ndarray:
-    """`_codes` of a history's symbols, reusing the last call's for the rows they share.
+    """`_codes` of a history's symbols, reusing an earlier call's for the rows they share.
 
     A stream's history is the last batch's history, less its oldest bars, with the last
     batch appended, in ts order: its rows up to the last history's newest ts are that
     history's last rows. The strings prove it (a comparison costs ~1/7 of the hash lookup
     of a cast); any other history is cast whole. Exact: a code depends on the string and
-    the categories only. One entry, replaced at once: threads see a whole one.
+    the categories only. The last history of each of a few symbol sets is kept (`_RECENT`).
     """
     if sorted_us is None or not sorted_us.size:
         return _codes(values, categories)
-    last = _LAST.entry
+    last = _RECENT.find(categories)
     codes: np.ndarray | None = None
-    if last is not None and last.categories.equals(categories):
+    if last is not None:
         shared = int(np.searchsorted(sorted_us, last.newest, side="right"))
         size = last.values.len()
         if 0 < shared <= size and values.slice(0, shared).equals(last.values.slice(size - shared)):
             rest = _codes(values.slice(shared), categories)
             codes = np.concatenate([last.codes[size - shared :], rest])
+            _RECENT.hits += 1
     if codes is None:
         codes = _codes(values, categories)
-    _LAST.entry = _Coded(categories, values, int(sorted_us[-1]), codes)
+    _RECENT.put(_Coded(categories, values, int(sorted_us[-1]), codes), last)
     return codes
 
 

@@ -11,7 +11,7 @@ from quantivista.bus.base import DLQ_PREFIX, Broker, Message, StartAt
 from quantivista.bus.codecs import Codecs
 from quantivista.bus.deadletters import DLQ_HEADERS
 from quantivista.bus.events import BarBatch, TradesBatch
-from quantivista.errors import BusError, InvalidInputError
+from quantivista.errors import BusError, BusUsageError, InvalidInputError
 
 __all__ = ["DistributionService", "describe"]
 
@@ -74,7 +74,7 @@ class DistributionService:
         if from_offset is not None and from_time is not None:
             raise InvalidInputError("give --from-offset or --from-time, not both")
         if topic not in self.broker.topics():
-            raise BusError("no such topic", topic=topic)
+            raise BusUsageError("no such topic", topic=topic)
         start = StartAt(offset=from_offset, time=from_time)
         return self.broker.read(
             topic, start, until_offset=to_offset, until_time=to_time, limit=limit

@@ -12,7 +12,11 @@ on `bars.enriched` (each enriched batch names its input offsets).
 Failures are told apart by `is_retryable()`: a message failing for good at any step goes to
 the dead-letter topic alone, at once, its step in `qv-dlq-reason` (the batch is halved until
 the bad messages stand alone; the others are applied once); a retryable failure (the store or
-the broker away) nacks the batch's messages not yet dead-lettered.
+the broker away) nacks the batch's messages not yet dead-lettered. An unexpected exception (a
+bug, not a platform error) is logged with its traceback and counted
+(`qv_integrate_unexpected_errors_total`); its batch is halved like a permanent failure until the
+message that raises stands alone, and that message is nacked: redelivered, and dead-lettered by
+the subscription after `max_deliver` attempts. `/readyz` fails while the last batch failed.
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ log = logging.getLogger(__name__)
 # Reading a topic's end is a broker round trip per partition (seconds on Tansu over S3): the
 # lag gauges are refreshed at most this often, not after every batch.
 LAG_EVERY_S = 5.0
+REDELIVER_S = 1.0  # a failed batch's messages come back after this long
 _STEP = "qv_step"  # the attribute naming the step an error came from
 
 
@@ -78,6 +83,7 @@ class IntegrationStats:
     enriched: int = 0
     dead_lettered: int = 0
     retried: int = 0
+    unexpected: int = 0  # exceptions that are no platform error (bugs), each logged
 
 
 class IntegrationService:
@@ -118,6 +124,12 @@ class IntegrationService:
         self._dead = Counter(
             "qv_integrate_dead_letters", "messages dead-lettered", registry=self.registry
         )
+        self._unexpected = Counter(
+            "qv_integrate_unexpected_errors", "exceptions that are no platform error (a bug)",
+            ["error"], registry=self.registry,
+        )  # fmt: skip
+        self._failing: str | None = None  # why the last batch failed; None once one succeeds
+        self._failed_at = 0.0  # monotonic time of that failure
         self._lag = Gauge("qv_integrate_lag_messages", "topic end - last applied offset",
                           registry=self.registry)  # fmt: skip
         self._applied: dict[str, int] = {}  # topic -> the last offset applied
@@ -145,18 +157,25 @@ class IntegrationService:
         """Fetch and apply one batch; return how many messages it held."""
         messages = sub.fetch(self.settings.batch, timeout_s)
         if not messages:
+            if self._failing and time.monotonic() - self._failed_at > 2 * REDELIVER_S:
+                self._failing = None  # nothing came back: the failed batch was dead-lettered
             self._report_lag(sub, idle=True)
             return 0
-        settled: set[int] = set()  # offsets dead-lettered (and acked) already
+        settled: set[int] = set()  # offsets dead-lettered (and acked) or nacked already
         try:
             self.apply(messages, sub, settled)
-        except QuantiVistaError as exc:  # the store or the broker failed: redeliver the rest
-            log.warning("integration batch failed, redelivering: %s", exc)
+        except Exception as exc:  # the store or the broker failed, or a bug: redeliver the rest
+            if isinstance(exc, QuantiVistaError):
+                log.warning("integration batch failed, redelivering: %s", exc)
+            else:
+                self._count_unexpected(exc, "integration batch failed unexpectedly, redelivering")
+            self._failed(f"the last batch failed: {type(exc).__name__}: {exc}")
             for message in messages:
                 if message.offset not in settled:
                     self.stats.retried += 1
-                    sub.nack(message, f"{type(exc).__name__}: {exc}", delay_s=1.0)
+                    sub.nack(message, f"{type(exc).__name__}: {exc}", delay_s=REDELIVER_S)
             return len(messages)
+        self._failing = None
         for message in messages:  # offsets committed after the store and the publish
             if message.offset not in settled:
                 sub.ack(message)
@@ -164,6 +183,19 @@ class IntegrationService:
         self._lag_stale = True
         self._report_lag(sub, idle=False)
         return len(messages)
+
+    def _count_unexpected(self, exc: BaseException, what: str) -> None:
+        """Log an exception that is no platform error with its traceback, and count it."""
+        log.error("%s: %s: %s", what, type(exc).__name__, exc, exc_info=exc)
+        self.stats.unexpected += 1
+        self._unexpected.labels(type(exc).__name__).inc()
+
+    def _failed(self, why: str) -> None:
+        self._failing, self._failed_at = why, time.monotonic()
+
+    def ready(self) -> bool | str:
+        """Say whether the last batch went through (the `/readyz` check `batches`)."""
+        return self._failing or True
 
     def _report_lag(self, sub: Subscription, *, idle: bool) -> None:
         """Set the lag gauges from the topic's end: while busy at most every LAG_EVERY_S;
@@ -225,6 +257,15 @@ class IntegrationService:
                 self._set_aside(inputs[0].message, sub, exc, settled)
                 return []
             log.info("a message of %s fails for good (%s): halving %d", origin, exc, len(inputs))
+        except Exception as exc:  # a bug: find the message that raises, redeliver it alone
+            if len(inputs) == 1:
+                message = inputs[0].message
+                self._count_unexpected(exc, f"{message.topic}:{message.offset} failed unexpectedly")
+                sub.nack(message, f"{type(exc).__name__}: {exc}", delay_s=REDELIVER_S)
+                self.stats.retried += 1
+                settled.add(message.offset)
+                return []
+            log.info("%s failed unexpectedly (%r): halving %d", origin, exc, len(inputs))
         half = len(inputs) // 2
         return [
             *self._isolate(inputs[:half], sub, settled, batch_id, origin),
@@ -397,8 +438,12 @@ class IntegrationService:
                 while not stop.is_set():
                     try:
                         got = await asyncio.to_thread(self.step, sub, 0.5)
-                    except QuantiVistaError as exc:  # broker away: wait and try again
-                        log.warning("fetch failed: %s", exc)
+                    except Exception as exc:  # broker away (or a bug): wait and try again
+                        if isinstance(exc, QuantiVistaError):
+                            log.warning("fetch failed: %s", exc)
+                        else:
+                            self._count_unexpected(exc, "integration step failed unexpectedly")
+                        self._failed(f"the last step failed: {type(exc).__name__}: {exc}")
                         await asyncio.sleep(0.5)
                         continue
                     if got:
@@ -412,8 +457,9 @@ class IntegrationService:
         def broker_ready() -> bool | str:
             return bool(getattr(self.broker, "connected", True)) or "broker disconnected"
 
+        checks = {"broker": broker_ready, "batches": self.ready}
         return run_daemon("integrate", probes, main, registries=[self.registry],
-                          checks={"broker": broker_ready}, on_ready=on_ready)  # fmt: skip
+                          checks=checks, on_ready=on_ready)  # fmt: skip
 
 
 @dataclass

@@ -95,9 +95,10 @@ class MaintenanceService:
         bars = self.backend.bars
         if not isinstance(bars, ParquetLake):
             raise InvalidInputError("compaction applies to the lake; PostgreSQL vacuums itself")
-        sweep_lake(bars.root)
+        after_s = self.settings.storage.sweep_after_s
+        sweep_lake(bars.root, after_s=after_s)
         if bars.cold is not None:
-            sweep_cold(bars.cold)
+            sweep_cold(bars.cold, after_s=after_s)
         scores = self.backend.scores
         removed = scores.compact() if isinstance(scores, ParquetScoreStore) else 0
         return bars.compact() + removed

@@ -1,1 +1,2 @@
-"""The embedded backend: Parquet files for bars and side data, SQLite for the job catalog."""
+"""The embedded backend: bars in Arrow IPC files (a Parquet cold tier; Parquet partitions of
+older stores still read), side data in Parquet files, SQLite for the job catalog."""

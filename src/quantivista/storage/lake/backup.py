@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from quantivista.errors import StorageError
+from quantivista.errors import StorageRejectedError, StorageUsageError
 from quantivista.storage.lake.bars import ParquetLake
 
 if TYPE_CHECKING:
@@ -80,9 +80,9 @@ def backup(root: Path, dest: Path, postgres: PostgresBars | None = None) -> dict
     root, dest = Path(root), Path(dest)
     existed = dest.exists()
     if existed and not dest.is_dir():
-        raise StorageError("backup destination is a file, not a directory", dest=str(dest))
+        raise StorageUsageError("backup destination is a file, not a directory", dest=str(dest))
     if existed and any(dest.iterdir()):
-        raise StorageError("backup destination is not empty", dest=str(dest))
+        raise StorageUsageError("backup destination is not empty", dest=str(dest))
     dest.mkdir(parents=True, exist_ok=True)
     try:
         return _snapshot(root, dest, postgres)
@@ -149,7 +149,7 @@ def verify(src: Path) -> dict[str, Any]:
     try:
         manifest: dict[str, Any] = json.loads((src / MANIFEST).read_text())
     except (OSError, ValueError) as exc:
-        raise StorageError("backup has no readable manifest", src=str(src)) from exc
+        raise StorageUsageError("backup has no readable manifest", src=str(src)) from exc
     bad = []
     for rel, meta in manifest["files"].items():
         path = src / rel
@@ -160,7 +160,9 @@ def verify(src: Path) -> dict[str, Any]:
         ):
             bad.append(rel)
     if bad:
-        raise StorageError("backup files fail their checksums", files=bad[:10], count=len(bad))
+        raise StorageRejectedError(
+            "backup files fail their checksums", files=bad[:10], count=len(bad)
+        )
     return manifest
 
 
@@ -172,17 +174,21 @@ def restore(src: Path, root: Path, postgres: PostgresBars | None = None) -> dict
     """
     src, root = Path(src), Path(root)
     if not src.is_dir():
-        raise StorageError("no backup directory there", src=str(src))
+        raise StorageUsageError("no backup directory there", src=str(src))
     if root.exists() and not root.is_dir():
-        raise StorageError("restore target is a file, not a directory", root=str(root))
+        raise StorageUsageError("restore target is a file, not a directory", root=str(root))
     if root.exists() and any(root.iterdir()):
-        raise StorageError("restore target is not empty", root=str(root))
+        raise StorageUsageError("restore target is not empty", root=str(root))
     manifest = verify(src)
     pg_meta = manifest.get("postgres")
     if pg_meta is None and postgres is not None:
-        raise StorageError("the backup holds no PostgreSQL bars; restore it with the lake backend")
+        raise StorageUsageError(
+            "the backup holds no PostgreSQL bars; restore it with the lake backend"
+        )
     if pg_meta is not None and postgres is None:
-        raise StorageError("the backup holds PostgreSQL bars; restore it with backend postgres")
+        raise StorageUsageError(
+            "the backup holds PostgreSQL bars; restore it with backend postgres"
+        )
     if pg_meta is not None and postgres is not None:
         from quantivista.storage.postgres.backup import check_target, load
 
@@ -190,7 +196,9 @@ def restore(src: Path, root: Path, postgres: PostgresBars | None = None) -> dict
             t["file"] for t in pg_meta["tables"].values() if t["file"] not in manifest["files"]
         ]
         if missing:
-            raise StorageError("backup manifest does not list its PostgreSQL files", files=missing)
+            raise StorageRejectedError(
+                "backup manifest does not list its PostgreSQL files", files=missing
+            )
         check_target(postgres.dsn, postgres.schema, pg_meta)
         load(postgres.dsn, postgres.schema, src, pg_meta)
     pg_files = {t["file"] for t in pg_meta["tables"].values()} if pg_meta else set()

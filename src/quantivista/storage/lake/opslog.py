@@ -22,7 +22,7 @@ from typing import Any
 
 import polars as pl
 
-from quantivista.errors import StorageError
+from quantivista.errors import StorageError, StorageRejectedError
 
 __all__ = ["AUDIT_SCHEMA", "SLA_SCHEMA", "SqliteOpsLog"]
 
@@ -156,8 +156,12 @@ class SqliteOpsLog:
         try:
             with self._lock:
                 self._conn.execute(sql)
+        except sqlite3.IntegrityError as exc:  # the append-only triggers' RAISE(ABORT)
+            raise StorageRejectedError(
+                "the operations log refused the statement", error=str(exc)
+            ) from exc
         except sqlite3.DatabaseError as exc:
-            raise StorageError("the operations log refused the statement", error=str(exc)) from exc
+            raise StorageError("the operations log statement failed", error=str(exc)) from exc
 
     def close(self) -> None:
         with self._lock:

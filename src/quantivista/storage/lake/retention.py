@@ -8,7 +8,7 @@ from pathlib import Path
 
 import polars as pl
 
-from quantivista.errors import StorageError
+from quantivista.errors import StorageUsageError
 from quantivista.model.timeframe import Timeframe
 from quantivista.storage.lake.bars import ParquetLake
 from quantivista.storage.lake.cold import ColdEntry
@@ -36,7 +36,7 @@ def archive_expired(
     taken before any partition lock and never inside one.
     """
     if lake.cold is None or lake.cold_index is None:
-        raise StorageError("no cold tier configured (storage.archive_url)")
+        raise StorageUsageError("no cold tier configured (storage.archive_url)")
     with flocked(lake.layout.lock_file("archive")):
         return _archive_all(lake, hot_days, now)
 

@@ -11,8 +11,8 @@ index and cold folders are not.
 Merges and folds write their temporaries without any lock, so no lock the sweeper could
 take tells a live one from a killed one; their age does. A live writer owns its temporary
 for one file write plus a wait for partition locks (seconds); one not modified for
-`STALE_AFTER_S` is a leftover. The clock is the file system's (mtimes are wall-clock
-times), not the platform's injectable one.
+`after_s` (`storage.sweep_after_s`, an hour by default) is a leftover. The clock is the
+file system's (mtimes are wall-clock times), not the platform's injectable one.
 """
 
 from __future__ import annotations
@@ -27,23 +27,20 @@ from typing import Any
 
 from quantivista.storage.lake.cold import ColdTier
 
-__all__ = ["PREFIX", "STALE_AFTER_S", "sweep_cold", "sweep_lake"]
+__all__ = ["PREFIX", "sweep_cold", "sweep_lake"]
 
 PREFIX = ".tmp-"  # every temporary the lake writes, and nothing else, starts with it
-# a margin far above any live write (a large fold on a slow disk, a cold upload), yet a
-# crash's leftovers go at the next compaction (the scheduler's: weekly)
-STALE_AFTER_S = 3600.0
 _log = logging.getLogger(__name__)
 
 
-def sweep_lake(root: Path, *, now: float | None = None) -> list[Path]:
-    """Remove the temporaries under `root` not modified for `STALE_AFTER_S`; return them."""
+def sweep_lake(root: Path, *, after_s: float, now: float | None = None) -> list[Path]:
+    """Remove the temporaries under `root` not modified for `after_s`; return them."""
     now = time.time() if now is None else now
     removed = []
     for path in sorted(root.rglob(f"{PREFIX}*")):
         try:
             info = path.lstat()
-            if not stat.S_ISREG(info.st_mode) or now - info.st_mtime < STALE_AFTER_S:
+            if not stat.S_ISREG(info.st_mode) or now - info.st_mtime < after_s:
                 continue
             path.unlink()
         except FileNotFoundError:  # its writer renamed or removed it meanwhile
@@ -54,8 +51,8 @@ def sweep_lake(root: Path, *, now: float | None = None) -> list[Path]:
     return removed
 
 
-def sweep_cold(tier: ColdTier, *, now: float | None = None) -> list[str]:
-    """Remove the cold tier's temporaries older than `STALE_AFTER_S`; return their paths.
+def sweep_cold(tier: ColdTier, *, after_s: float, now: float | None = None) -> list[str]:
+    """Remove the cold tier's temporaries older than `after_s`; return their paths.
 
     A listing that gives no modification time (some object stores) removes nothing.
     """
@@ -69,7 +66,7 @@ def sweep_cold(tier: ColdTier, *, now: float | None = None) -> list[str]:
         if not str(name).rsplit("/", 1)[-1].startswith(PREFIX):
             continue
         modified = _modified(info)
-        if modified is None or now - modified < STALE_AFTER_S:
+        if modified is None or now - modified < after_s:
             continue
         try:
             tier.fs.rm_file(name)

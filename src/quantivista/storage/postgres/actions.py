@@ -15,6 +15,7 @@ from quantivista.storage.postgres.db import (
     bump_version,
     copy_frame,
     lock_version,
+    maps_storage_errors,
     read_frame,
     read_version,
     transaction,
@@ -26,6 +27,7 @@ __all__ = ["PgActionStore"]
 _SELECT = sql.SQL("SELECT {} FROM actions").format(wire_columns(ACTION_POLARS_SCHEMA))
 
 
+@maps_storage_errors
 class PgActionStore:
     """The `ActionStore` of the PostgreSQL backend.
 

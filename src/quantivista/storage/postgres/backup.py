@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from quantivista.errors import StorageError
+from quantivista.errors import StorageError, StorageRejectedError, StorageUsageError
 
 if TYPE_CHECKING:
     from psycopg import Connection
@@ -103,7 +103,9 @@ def dump(dsn: str, schema: str, dest: Path) -> dict[str, Any]:
             _use_schema(conn, schema)
             found = conn.execute("SELECT to_regclass('alembic_version')").fetchone()
             if found is None or found[0] is None:
-                raise StorageError("no migrated PostgreSQL bar store to back up", schema=schema)
+                raise StorageUsageError(
+                    "no migrated PostgreSQL bar store to back up", schema=schema
+                )
             revision = conn.execute("SELECT version_num FROM alembic_version").fetchone()
             layout = conn.execute("SELECT value FROM qv_meta WHERE key = 'bars_layout'").fetchone()
             meta: dict[str, Any] = {
@@ -155,13 +157,14 @@ def _copy_out(conn: Connection[Any], query: Any, path: Path) -> int:
 def check_target(dsn: str, schema: str, meta: dict[str, Any]) -> None:
     """Refuse a target `schema` that holds any row, or sits at another migration."""
     from quantivista.storage.postgres.bars import known_revision
+    from quantivista.storage.postgres.db import storage_errors
 
     revision = meta.get("revision")
     if not revision or not known_revision(str(revision)):
-        raise StorageError(
+        raise StorageUsageError(
             "the backup's PostgreSQL migration is unknown to this version", revision=revision
         )
-    with _connect(dsn) as conn, conn.transaction():
+    with storage_errors("checking the restore target"), _connect(dsn) as conn, conn.transaction():
         _use_schema(conn, schema)
         found = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone()
         if found is not None:
@@ -170,7 +173,7 @@ def check_target(dsn: str, schema: str, meta: dict[str, Any]) -> None:
         if found is not None and found[0] is not None:
             current = conn.execute("SELECT version_num FROM alembic_version").fetchone()
             if current is not None and str(current[0]) != revision:
-                raise StorageError(
+                raise StorageUsageError(
                     "restore target schema is at another migration than the backup",
                     schema=schema,
                     target=str(current[0]),
@@ -216,7 +219,7 @@ def load(dsn: str, schema: str, src: Path, meta: dict[str, Any]) -> dict[str, in
                 )
                 loaded[table] = _copy_in(conn, query, Path(src) / info["file"])
                 if loaded[table] != info["rows"]:
-                    raise StorageError(
+                    raise StorageRejectedError(
                         "restored rows differ from the backup's count",
                         table=table,
                         rows=loaded[table],
@@ -246,7 +249,9 @@ def _refuse_rows(conn: Connection[Any], schema: str, tables: list[str]) -> None:
             sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(sql.Identifier(table))
         ).fetchone()
         if row is not None and row[0]:
-            raise StorageError("restore target schema is not empty", schema=schema, table=table)
+            raise StorageUsageError(
+                "restore target schema is not empty", schema=schema, table=table
+            )
 
 
 def _continue_identities(conn: Connection[Any], tables: list[str]) -> None:

@@ -24,12 +24,12 @@ from psycopg import Connection, sql
 from psycopg import errors as pg_errors
 from psycopg_pool import ConnectionPool
 
-from quantivista.errors import StorageError
+from quantivista.errors import StorageError, StorageUsageError
 from quantivista.model.schema import BAR_COLUMNS, BAR_POLARS_SCHEMA, BAR_VALUE_COLUMNS
 from quantivista.model.timeframe import Timeframe
 from quantivista.storage.base import REPORT_SCHEMA, STATS_SCHEMA, UpsertStats, latest_per_key
 from quantivista.storage.postgres.copy import binary_copy_chunks
-from quantivista.storage.postgres.db import storage_errors
+from quantivista.storage.postgres.db import maps_storage_errors, storage_errors
 
 __all__ = [
     "PostgresStore",
@@ -123,6 +123,7 @@ def _parse_csv(data: bytes, schema: dict[str, pl.DataType]) -> pl.DataFrame:
     )
 
 
+@maps_storage_errors
 class PostgresStore:
     """Bars in PostgreSQL, one schema per store; a `BarStore`."""
 
@@ -140,11 +141,15 @@ class PostgresStore:
             open=True,
             name=f"qv-{schema}",
         )
-        self.pool.wait()
-        with self.pool.connection() as conn:
-            row = conn.execute("SELECT value FROM qv_meta WHERE key = 'bars_layout'").fetchone()
-            self.layout = str(row[0]) if row else "partitioned"
-            self._years = partition_years(conn)
+        try:
+            self.pool.wait()
+            with self.pool.connection() as conn:
+                row = conn.execute("SELECT value FROM qv_meta WHERE key = 'bars_layout'").fetchone()
+                self.layout = str(row[0]) if row else "partitioned"
+                self._years = partition_years(conn)
+        except BaseException:
+            self.pool.close()  # no pool threads left behind by a store that did not open
+            raise
         log.info("opened PostgreSQL store %s (layout %s)", schema, self.layout)
 
     def close(self) -> None:
@@ -335,7 +340,7 @@ class PostgresStore:
         cols = list(columns) if columns else list(BAR_COLUMNS)
         unknown = [c for c in cols if c not in BAR_POLARS_SCHEMA]
         if unknown:
-            raise StorageError("unknown columns requested", columns=unknown)
+            raise StorageUsageError("unknown columns requested", columns=unknown)
         names = list(dict.fromkeys(symbols))
         where, params = _where(timeframe, names, start, end)
         if as_of is None:

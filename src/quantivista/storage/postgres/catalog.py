@@ -21,13 +21,14 @@ from quantivista.model.auth import ApiClient, Tenant
 from quantivista.model.jobs import DataQualityReport, IngestionJob, JobStatus, JobTask, TaskStatus
 from quantivista.storage.contracts import DeadLetter
 from quantivista.storage.lake.catalog import lapse
-from quantivista.storage.postgres.db import transaction
+from quantivista.storage.postgres.db import maps_storage_errors, transaction
 
 __all__ = ["PgCatalog"]
 
 _WHAT = "catalog operation"
 
 
+@maps_storage_errors
 class PgCatalog:
     """The `JobCatalog` (and `ClientStore`) of the PostgreSQL backend.
 

@@ -8,14 +8,17 @@ works in the schema named by the pool's search_path.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import io
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import polars as pl
 import psycopg
 from psycopg import Connection, sql
+from psycopg.errors import RaiseException
 from psycopg_pool import ConnectionPool
 
 from quantivista.errors import StorageError, StorageRejectedError
@@ -26,6 +29,7 @@ __all__ = [
     "copy_frame",
     "listing_filters",
     "lock_version",
+    "maps_storage_errors",
     "read_frame",
     "read_version",
     "storage_errors",
@@ -51,13 +55,47 @@ def transaction(pool: ConnectionPool[Any], what: str) -> Iterator[Connection[Any
 def storage_errors(what: str) -> Iterator[None]:
     """Raise a database error of the block as `StorageError("<what> failed")` (retryable: the
     server away, a lock, a missing table), or `StorageRejectedError` when the server refuses
-    the data itself (a value it cannot hold, a broken constraint)."""
+    the data itself (a value it cannot hold, a broken constraint, a trigger's RAISE EXCEPTION
+    such as the append-only guards')."""
     try:
         yield
-    except (psycopg.DataError, psycopg.IntegrityError) as exc:
+    except (psycopg.DataError, psycopg.IntegrityError, RaiseException) as exc:
         raise StorageRejectedError(f"{what} failed", error=str(exc).strip()) from exc
     except psycopg.Error as exc:
         raise StorageError(f"{what} failed", error=str(exc).strip()) from exc
+
+
+_Class = TypeVar("_Class", bound=type)
+
+
+def maps_storage_errors(cls: _Class) -> _Class:
+    """Route every public method of a store (its own and inherited, and `__init__`) through
+    `storage_errors`, so no psycopg error leaves the store untyped.
+
+    Methods that use `transaction` already raise their own, more specific `StorageError`;
+    this catches what runs outside one (the pool's connection, a bare `pool.connection()`).
+    Generator methods are refused: the mapping would end before their body runs.
+    """
+    for name in dir(cls):
+        if name.startswith("_") and name != "__init__":
+            continue
+        method = inspect.getattr_static(cls, name)
+        if not inspect.isfunction(method) or getattr(method, "__maps_storage_errors__", False):
+            continue
+        if inspect.isgeneratorfunction(method):
+            raise TypeError(f"{cls.__name__}.{name}: a generator cannot map storage errors")
+        setattr(cls, name, _mapped(method, f"{cls.__name__}.{name}"))
+    return cls
+
+
+def _mapped(method: Callable[..., Any], what: str) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        with storage_errors(what):
+            return method(*args, **kwargs)
+
+    call.__maps_storage_errors__ = True  # type: ignore[attr-defined]
+    return call
 
 
 def copy_frame(conn: Connection[Any], table: str, df: pl.DataFrame) -> int:

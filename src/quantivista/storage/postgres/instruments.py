@@ -14,6 +14,7 @@ from quantivista.storage.postgres.db import (
     bump_version,
     copy_frame,
     lock_version,
+    maps_storage_errors,
     read_frame,
     read_version,
     transaction,
@@ -23,6 +24,7 @@ from quantivista.storage.postgres.db import (
 __all__ = ["PgInstrumentStore"]
 
 
+@maps_storage_errors
 class PgInstrumentStore:
     """The `InstrumentStore` of the PostgreSQL backend.
 

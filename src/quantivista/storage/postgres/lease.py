@@ -12,6 +12,8 @@ from typing import Any
 
 import psycopg
 
+from quantivista.storage.postgres.db import maps_storage_errors
+
 __all__ = ["AdvisoryLease"]
 
 
@@ -21,6 +23,7 @@ def lock_key(name: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
+@maps_storage_errors
 class AdvisoryLease:
     """One named lease in a database: `pg_try_advisory_lock` on a dedicated connection."""
 

@@ -16,8 +16,8 @@ import polars as pl
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from quantivista.errors import StorageError
 from quantivista.storage.lake.opslog import AUDIT_SCHEMA, SLA_SCHEMA
+from quantivista.storage.postgres.db import maps_storage_errors, storage_errors
 
 __all__ = ["PgOpsLog", "create_tables"]
 
@@ -54,6 +54,7 @@ def create_tables(conn: psycopg.Connection[Any]) -> None:
     conn.execute(_DDL)
 
 
+@maps_storage_errors
 class PgOpsLog:
     """Audit records and SLA samples in PostgreSQL (the backend's pool and schema)."""
 
@@ -118,11 +119,8 @@ class PgOpsLog:
         return pl.DataFrame(rows, schema=SLA_SCHEMA, orient="row")
 
     def execute(self, sql: str) -> None:
-        try:
-            with self.pool.connection() as conn:
-                conn.execute(sql)
-        except psycopg.Error as exc:
-            raise StorageError("the operations log refused the statement", error=str(exc)) from exc
+        with storage_errors("the operations log statement"), self.pool.connection() as conn:
+            conn.execute(sql)
 
     def close(self) -> None:
         """The pool belongs to the backend."""

@@ -20,6 +20,7 @@ from quantivista.storage.postgres.db import (
     copy_frame,
     listing_filters,
     lock_version,
+    maps_storage_errors,
     read_frame,
     transaction,
     where_all,
@@ -32,6 +33,7 @@ ROW_ID = QUARANTINE_ROW_ID
 _ROW_ID_LIST = sql.SQL(", ").join(sql.Identifier(c) for c in ROW_ID)
 
 
+@maps_storage_errors
 class PgQuarantineStore:
     """The `QuarantineStore` of the PostgreSQL backend.
 

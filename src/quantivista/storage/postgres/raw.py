@@ -14,7 +14,13 @@ from psycopg_pool import ConnectionPool
 from quantivista.errors import NotFoundError
 from quantivista.model.payloads import RawPayload
 from quantivista.model.schema import RAW_MANIFEST_SCHEMA
-from quantivista.storage.postgres.db import copy_frame, read_frame, transaction, wire_columns
+from quantivista.storage.postgres.db import (
+    copy_frame,
+    maps_storage_errors,
+    read_frame,
+    transaction,
+    wire_columns,
+)
 
 __all__ = ["PgRawStore"]
 
@@ -23,6 +29,7 @@ _BODIES = pl.Schema(
 )
 
 
+@maps_storage_errors
 class PgRawStore:
     """The `RawStore` of the PostgreSQL backend.
 

@@ -27,7 +27,13 @@ from psycopg_pool import ConnectionPool
 
 from quantivista.model.schema import STORED_SCORE_SCHEMA
 from quantivista.storage.lake.scores import latest_scores, score_runs
-from quantivista.storage.postgres.db import copy_frame, listing_filters, transaction, where_all
+from quantivista.storage.postgres.db import (
+    copy_frame,
+    listing_filters,
+    maps_storage_errors,
+    transaction,
+    where_all,
+)
 
 __all__ = ["PgScoreStore"]
 
@@ -85,6 +91,7 @@ def _days(wire: pl.DataFrame) -> pl.DataFrame:
     return days.select(STORED_SCORE_SCHEMA.names()).cast(STORED_SCORE_SCHEMA)
 
 
+@maps_storage_errors
 class PgScoreStore:
     """The `ScoreStore` of the PostgreSQL backend (series with runs, see the module docstring)."""
 

@@ -11,15 +11,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import psycopg
 from psycopg_pool import ConnectionPool
 
-from quantivista.errors import StorageError
+from quantivista.storage.postgres.db import maps_storage_errors, storage_errors
 from quantivista.storage.workflows import Cursor, SqlWorkflowCatalog
 
 __all__ = ["PgWorkflowCatalog"]
 
 
+@maps_storage_errors
 class PgWorkflowCatalog(SqlWorkflowCatalog):
     """The `WorkflowCatalog` on the backend's pool (which its owner closes)."""
 
@@ -30,14 +30,14 @@ class PgWorkflowCatalog(SqlWorkflowCatalog):
 
     @contextmanager
     def _tx(self, tenant: str | None) -> Iterator[Cursor]:
-        try:
-            with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-                if tenant is None:
-                    cur.execute("SELECT set_config('qv.all_tenants', 'on', true)")
-                else:
-                    cur.execute("SELECT set_config('qv.tenant', %s, true)", (tenant,))
-                yield cur
-        except psycopg.Error as exc:
-            raise StorageError(
-                "ingestion catalog operation failed", error=str(exc).strip()
-            ) from exc
+        with (
+            storage_errors("ingestion catalog operation"),
+            self.pool.connection() as conn,
+            conn.transaction(),
+            conn.cursor() as cur,
+        ):
+            if tenant is None:
+                cur.execute("SELECT set_config('qv.all_tenants', 'on', true)")
+            else:
+                cur.execute("SELECT set_config('qv.tenant', %s, true)", (tenant,))
+            yield cur
