@@ -20,6 +20,8 @@ from quantivista.errors import (
     ProviderError,
     QuantiVistaError,
     StorageError,
+    StorageRejectedError,
+    StorageUsageError,
     TooManyRequestsError,
 )
 
@@ -63,6 +65,9 @@ _STATUS: tuple[tuple[type[QuantiVistaError], int], ...] = (
     (InvalidInputError, 422),
     (CalendarError, 422),
     (ProviderError, 502),
+    # the request or its data is wrong for the store: asking again fails the same way
+    (StorageUsageError, 422),
+    (StorageRejectedError, 422),
     (StorageError, 503),
     (ConfigurationError, 500),
 )
