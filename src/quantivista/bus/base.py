@@ -25,8 +25,10 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Generic, Protocol, TypeVar
+from urllib.parse import SplitResult, urlsplit
 
 from quantivista.bus.events import Event
+from quantivista.bus.plumbing import url_prefix
 from quantivista.errors import BusUsageError
 
 __all__ = [
@@ -34,6 +36,7 @@ __all__ = [
     "Broker",
     "EventBus",
     "Handler",
+    "Member",
     "Message",
     "StartAt",
     "Subscription",
@@ -44,6 +47,7 @@ __all__ = [
     "dead_letter_topic",
     "deinterleave",
     "interleave",
+    "last_interleaved",
     "partition_of",
     "topic_matches",
 ]
@@ -86,6 +90,13 @@ def deinterleave(offset: int, partition: int, partitions: int) -> int:
     """Return the first position of `partition` whose topic offset is at least `offset`."""
     n = max(partitions, 1)
     return max(-((partition + 1 - offset) // n), 0)  # ceil((offset - 1 - partition) / n)
+
+
+def last_interleaved(ends: Sequence[int]) -> int:
+    """Return the topic offset of the last message, given each partition's end (its next
+    position, 0 when empty) when partitions number their messages on their own (0: empty)."""
+    n = len(ends)
+    return max((interleave(e - 1, p, n) for p, e in enumerate(ends) if e > 0), default=0)
 
 
 def check_member(member: int, members: int) -> None:
@@ -148,6 +159,20 @@ class StartAt:
     @classmethod
     def earliest(cls) -> StartAt:
         return cls()
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """A consumer group member's place (`index` of `count`) and its subscription settings."""
+
+    index: int = 0
+    count: int = 1
+    ack_wait_s: float = 30.0
+    max_deliver: int = 5
+
+    def partitions(self, partitions: int) -> list[int]:
+        """Return the member's partitions of a topic: p % count == index."""
+        return [p for p in range(partitions) if p % self.count == self.index]
 
 
 class Subscription(Protocol):
@@ -255,9 +280,19 @@ class Broker(Protocol):
 
 
 class BrokerBase:
-    """What every backend does the same way: `publish` is a one-item `publish_many`."""
+    """What every backend does the same way: `publish` is a one-item `publish_many`;
+    `subscribe` checks the member and defaults the start, then `_subscribe`."""
 
     dense_offsets = True  # offsets 1, 2, 3... over the whole topic (False: `interleave`)
+    url: str
+
+    def _configure(self, url: str, prefix: str | None, timeout_s: float) -> SplitResult:
+        """Keep a network backend's `url`, topic `prefix` (the URL's `?prefix=` unless given)
+        and `timeout_s`; return the URL's parts."""
+        self.url = url
+        self.prefix = prefix or url_prefix(url)
+        self.timeout_s = timeout_s
+        return urlsplit(url)
 
     def max_message_bytes(self) -> int | None:
         return None
@@ -288,6 +323,25 @@ class BrokerBase:
     ) -> int:
         return self.publish_many(topic, [(key, value, headers)])[0]
 
+    def subscribe(
+        self,
+        topic: str,
+        group: str,
+        *,
+        start: StartAt | None = None,
+        member: int = 0,
+        members: int = 1,
+        ack_wait_s: float = 30.0,
+        max_deliver: int = 5,
+    ) -> Subscription:
+        check_member(member, members)
+        joined = Member(member, members, ack_wait_s, max_deliver)
+        return self._subscribe(topic, group, start or StartAt(), joined)
+
+    def _subscribe(self, topic: str, group: str, start: StartAt, member: Member) -> Subscription:
+        """Join `group` as `member` (checked), a new group at `start`, as `subscribe` says."""
+        raise NotImplementedError
+
 
 B = TypeVar("B", bound=BrokerBase)
 
@@ -300,6 +354,11 @@ class SubscriptionBase(Generic[B]):
     group: str
     max_deliver: int
     _broker: B
+
+    def __init__(self, broker: B, topic: str, group: str, max_deliver: int) -> None:
+        self.topic, self.group = topic, group
+        self.max_deliver = max_deliver
+        self._broker = broker
 
     def ack(self, message: Message) -> None:
         raise NotImplementedError

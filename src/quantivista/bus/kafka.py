@@ -28,7 +28,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 from confluent_kafka import (
     Consumer,
@@ -43,16 +42,16 @@ from confluent_kafka.cimpl import NewTopic
 
 from quantivista.bus.base import (
     BrokerBase,
+    Member,
     Message,
     StartAt,
     SubscriptionBase,
-    check_member,
     dead_letter_topic,
     deinterleave,
     interleave,
+    last_interleaved,
     partition_of,
 )
-from quantivista.bus.plumbing import url_prefix
 from quantivista.errors import BusError, BusUsageError
 
 __all__ = ["KafkaBroker"]
@@ -82,10 +81,7 @@ class KafkaBroker(BrokerBase):
         timeout_s: float = 10.0,
         config: Mapping[str, Any] | None = None,
     ) -> None:
-        parts = urlsplit(url)
-        self.prefix = prefix or url_prefix(url)
-        self.url = url
-        self.timeout_s = timeout_s
+        parts = self._configure(url, prefix, timeout_s)
         servers = parts.netloc.rsplit("@", 1)[-1] or "127.0.0.1:9092"
         self._common: dict[str, Any] = {
             "bootstrap.servers": servers,
@@ -187,9 +183,7 @@ class KafkaBroker(BrokerBase):
             probe.close()
 
     def last_offset(self, topic: str) -> int:
-        ends = self.ends(topic)
-        n = len(ends)
-        return max((interleave(e - 1, p, n) for p, e in enumerate(ends) if e > 0), default=0)
+        return last_interleaved(self.ends(topic))
 
     def delete_topic(self, topic: str) -> None:
         """Delete `topic` and its dead-letter topic."""
@@ -269,33 +263,24 @@ class KafkaBroker(BrokerBase):
         return offsets
 
     # -- consume -----------------------------------------------------------------------------
-    def subscribe(
-        self,
-        topic: str,
-        group: str,
-        *,
-        start: StartAt | None = None,
-        member: int = 0,
-        members: int = 1,
-        ack_wait_s: float = 30.0,
-        max_deliver: int = 5,
+    def _subscribe(
+        self, topic: str, group: str, start: StartAt, member: Member
     ) -> _KafkaSubscription:
-        check_member(member, members)
         n = self.partitions(topic)
-        mine = [p for p in range(n) if p % members == member]
+        mine = member.partitions(n)
         consumer = self.consumer(group)
         name = self.name(topic)
         committed = consumer.committed([TopicPartition(name, p) for p in mine], self.timeout_s)
         at = {int(tp.partition): int(tp.offset) for tp in committed if tp.offset >= 0}
         fresh = [p for p in mine if p not in at]
         if fresh:  # a new group: start where asked, and commit it so the group exists
-            begin = self.positions(topic, start or StartAt(), fresh)
+            begin = self.positions(topic, start, fresh)
             consumer.commit(
                 offsets=[TopicPartition(name, p, o) for p, o in begin.items()], asynchronous=False
             )
             at.update(begin)
         consumer.assign([TopicPartition(name, p, at[p]) for p in mine])
-        return _KafkaSubscription(self, topic, group, consumer, at, n, ack_wait_s, max_deliver)
+        return _KafkaSubscription(self, topic, group, consumer, at, n, member)
 
     def read(
         self,
@@ -409,15 +394,12 @@ class _KafkaSubscription(SubscriptionBase[KafkaBroker]):
         consumer: Consumer,
         positions: dict[int, int],
         partitions: int,
-        ack_wait_s: float,
-        max_deliver: int,
+        member: Member,
     ) -> None:
-        self.topic, self.group = topic, group
-        self.max_deliver = max_deliver
-        self._broker = broker
+        super().__init__(broker, topic, group, member.max_deliver)
         self._consumer = consumer
         self._n = partitions
-        self._ack_wait_s = ack_wait_s
+        self._ack_wait_s = member.ack_wait_s
         self._next = dict(positions)  # partition -> next Kafka offset to fetch
         self._committed = dict(positions)
         self._pending: dict[int, tuple[Message, float]] = {}  # offset -> (message, due)

@@ -17,10 +17,10 @@ from uuid import uuid4
 
 from quantivista.bus.base import (
     BrokerBase,
+    Member,
     Message,
     StartAt,
     SubscriptionBase,
-    check_member,
     dead_letter_topic,
     partition_of,
 )
@@ -99,31 +99,22 @@ class MemoryBroker(BrokerBase):
         return offsets
 
     # -- consume -----------------------------------------------------------------------------
-    def subscribe(
-        self,
-        topic: str,
-        group: str,
-        *,
-        start: StartAt | None = None,
-        member: int = 0,
-        members: int = 1,
-        ack_wait_s: float = 30.0,
-        max_deliver: int = 5,
+    def _subscribe(
+        self, topic: str, group: str, start: StartAt, member: Member
     ) -> _MemorySubscription:
-        check_member(member, members)
         with self._cond:
             if topic not in self._topics:
                 self.create_topic(topic)
             t = self._topics[topic]
             state = self._groups.get((topic, group))
             if state is None:
-                first = self._first_index(t, start or StartAt())
+                first = self._first_index(t, start)
                 cursors = {
                     p: bisect.bisect_left(t.by_partition[p], first) for p in range(t.partitions)
                 }
                 state = self._groups[(topic, group)] = _Group(cursors)
-            mine = [p for p in range(t.partitions) if p % members == member]
-        return _MemorySubscription(self, topic, group, state, mine, ack_wait_s, max_deliver)
+            mine = member.partitions(t.partitions)
+        return _MemorySubscription(self, topic, group, state, mine, member)
 
     @staticmethod
     def _first_index(t: _Topic, start: StartAt) -> int:
@@ -170,15 +161,12 @@ class _MemorySubscription(SubscriptionBase[MemoryBroker]):
         group: str,
         state: _Group,
         partitions: list[int],
-        ack_wait_s: float,
-        max_deliver: int,
+        member: Member,
     ) -> None:
-        self.topic, self.group = topic, group
-        self._broker = broker
+        super().__init__(broker, topic, group, member.max_deliver)
         self._state = state
         self._partitions = partitions
-        self._ack_wait_s = ack_wait_s
-        self.max_deliver = max_deliver
+        self._ack_wait_s = member.ack_wait_s
         self._id = uuid4().hex
         self._closed = False
 

@@ -21,7 +21,6 @@ from concurrent.futures import Future
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import nats
 from nats.aio.msg import Msg
@@ -32,14 +31,14 @@ from nats.js.errors import BadRequestError, NotFoundError
 
 from quantivista.bus.base import (
     BrokerBase,
+    Member,
     Message,
     StartAt,
     SubscriptionBase,
-    check_member,
     dead_letter_topic,
     partition_of,
 )
-from quantivista.bus.plumbing import LoopThread, url_prefix
+from quantivista.bus.plumbing import LoopThread
 from quantivista.errors import BusError, BusUsageError, MessageTooLargeError
 
 __all__ = ["NatsBroker"]
@@ -60,10 +59,7 @@ class NatsBroker(BrokerBase):
         timeout_s: float = 10.0,
         options: Mapping[str, Any] | None = None,
     ) -> None:
-        parts = urlsplit(url)
-        self.prefix = prefix or url_prefix(url)
-        self.url = url
-        self.timeout_s = timeout_s
+        parts = self._configure(url, prefix, timeout_s)
         self._partitions: dict[str, int] = {}
         self._loop = LoopThread("qv-nats", timeout_s)
         # publishes go out in the order they were started (a key's messages keep their order
@@ -212,24 +208,14 @@ class NatsBroker(BrokerBase):
         return [int(a.seq) for a in acks]
 
     # -- consume -----------------------------------------------------------------------------
-    def subscribe(
-        self,
-        topic: str,
-        group: str,
-        *,
-        start: StartAt | None = None,
-        member: int = 0,
-        members: int = 1,
-        ack_wait_s: float = 30.0,
-        max_deliver: int = 5,
+    def _subscribe(
+        self, topic: str, group: str, start: StartAt, member: Member
     ) -> _NatsSubscription:
-        check_member(member, members)
-
         async def join() -> list[Any]:
             n = await self._partitions_of(topic)
-            config = _consumer_config(start or StartAt(), ack_wait_s)
+            config = _consumer_config(start, member.ack_wait_s)
             stream = self._stream(topic)
-            if members == 1:  # one consumer over every partition: one pull per fetch
+            if member.count == 1:  # one consumer over every partition: one pull per fetch
                 durable = _BAD.sub("_", group)
                 return [
                     await self._js.pull_subscribe(
@@ -239,15 +225,14 @@ class NatsBroker(BrokerBase):
             return [
                 await self._js.pull_subscribe(
                     self._subject(topic, p),
-                    durable=_BAD.sub("_", f"{group}_{members}_p{p}"),
+                    durable=_BAD.sub("_", f"{group}_{member.count}_p{p}"),
                     stream=stream,
                     config=config,
                 )
-                for p in range(n)
-                if p % members == member
+                for p in member.partitions(n)
             ]
 
-        return _NatsSubscription(self, topic, group, self._run(join()), max_deliver)
+        return _NatsSubscription(self, topic, group, self._run(join()), member.max_deliver)
 
     def read(
         self,
@@ -377,9 +362,7 @@ class _NatsSubscription(SubscriptionBase[NatsBroker]):
     def __init__(
         self, broker: NatsBroker, topic: str, group: str, subs: list[Any], max_deliver: int
     ) -> None:
-        self.topic, self.group = topic, group
-        self.max_deliver = max_deliver
-        self._broker = broker
+        super().__init__(broker, topic, group, max_deliver)
         self._subs = subs
         self._inflight: dict[int, Msg] = {}
         self._counts: dict[int, int] = {}  # offset -> deliveries seen here, until acked

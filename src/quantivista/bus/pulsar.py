@@ -25,22 +25,21 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import pulsar
 
 from quantivista.bus.base import (
     BrokerBase,
+    Member,
     Message,
     StartAt,
     SubscriptionBase,
-    check_member,
     dead_letter_topic,
     deinterleave,
     interleave,
+    last_interleaved,
     partition_of,
 )
-from quantivista.bus.plumbing import url_prefix
 from quantivista.errors import BusError, BusUsageError
 
 __all__ = ["PulsarBroker"]
@@ -71,10 +70,7 @@ class PulsarBroker(BrokerBase):
         timeout_s: float = 10.0,
         options: Mapping[str, Any] | None = None,
     ) -> None:
-        parts = urlsplit(url)
-        self.prefix = prefix or url_prefix(url)
-        self.url = url
-        self.timeout_s = timeout_s
+        parts = self._configure(url, prefix, timeout_s)
         scheme = "pulsar+ssl" if parts.scheme == "pulsar+ssl" else "pulsar"
         server = f"{scheme}://{parts.hostname or '127.0.0.1'}:{parts.port or 6650}"
         extra = dict(options or {})
@@ -222,9 +218,7 @@ class PulsarBroker(BrokerBase):
         return out
 
     def last_offset(self, topic: str) -> int:
-        ends = self.ends(topic)
-        n = len(ends)
-        return max((interleave(e - 1, p, n) for p, e in enumerate(ends) if e > 0), default=0)
+        return last_interleaved(self.ends(topic))
 
     # -- publish -----------------------------------------------------------------------------
     def publish_many(
@@ -287,21 +281,12 @@ class PulsarBroker(BrokerBase):
         self._record(record)
         return self._records()["groups"][f"{topic}\0{group}"]  # type: ignore[no-any-return]
 
-    def subscribe(
-        self,
-        topic: str,
-        group: str,
-        *,
-        start: StartAt | None = None,
-        member: int = 0,
-        members: int = 1,
-        ack_wait_s: float = 30.0,
-        max_deliver: int = 5,
+    def _subscribe(
+        self, topic: str, group: str, start: StartAt, member: Member
     ) -> _PulsarSubscription:
-        check_member(member, members)
         n = self.partitions(topic)
-        begin = self._start(topic, group, start or StartAt())
-        mine = [p for p in range(n) if p % members == member]
+        begin = self._start(topic, group, start)
+        mine = member.partitions(n)
         consumer = self._client.subscribe(
             [self.name(topic, p) for p in mine],
             f"{self.prefix}.{group}",
@@ -309,7 +294,7 @@ class PulsarBroker(BrokerBase):
             initial_position=pulsar.InitialPosition.Earliest,
             receiver_queue_size=1000,
         )
-        return _PulsarSubscription(self, topic, group, consumer, n, begin, ack_wait_s, max_deliver)
+        return _PulsarSubscription(self, topic, group, consumer, n, begin, member)
 
     def _partition_messages(
         self, topic: str, p: int, n: int, begin: int, end: int, since_ms: int | None
@@ -379,17 +364,14 @@ class _PulsarSubscription(SubscriptionBase[PulsarBroker]):
         consumer: Any,
         partitions: int,
         begin: dict[str, Any],
-        ack_wait_s: float,
-        max_deliver: int,
+        member: Member,
     ) -> None:
-        self.topic, self.group = topic, group
-        self.max_deliver = max_deliver
-        self._broker = broker
+        super().__init__(broker, topic, group, member.max_deliver)
         self._consumer = consumer
         self._n = partitions
         self._positions: list[int] | None = begin.get("positions")
         self._since_ms: int | None = begin.get("time_ms")
-        self._ack_wait_s = ack_wait_s
+        self._ack_wait_s = member.ack_wait_s
         self._pending: dict[int, tuple[Message, Any, float]] = {}  # offset -> (msg, raw, due)
 
     def _partition_of(self, msg: Any) -> int:
