@@ -4,7 +4,7 @@ Several processes may share one catalog file: every write is one transaction beg
 `BEGIN IMMEDIATE` (SQLite's write lock, taken up front), so two workers never lease the
 same task and a read-then-write never fails on a snapshot another writer made stale (a
 deferred transaction that upgrades to writing gets `SQLITE_BUSY` at once, without waiting).
-Waiting for the lock is bounded by the busy timeout (`_BUSY_TIMEOUT_S`). WAL mode lets
+Waiting for the lock is bounded by the busy timeout (`sqlitedb.BUSY_TIMEOUT_S`). WAL mode lets
 readers go on while a writer commits. One connection per catalog object, shared by its
 threads under a lock.
 
@@ -20,8 +20,8 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,13 +30,12 @@ from quantivista.errors import NotFoundError, StorageError
 from quantivista.model.auth import ApiClient, Tenant
 from quantivista.model.jobs import DataQualityReport, IngestionJob, JobStatus, JobTask, TaskStatus
 from quantivista.storage.contracts import DeadLetter
-from quantivista.storage.lake.files import flocked
+from quantivista.storage.lake.sqlitedb import open_immutable, open_writable, transaction
 
 __all__ = ["DeadLetter", "SqliteCatalog", "lapse", "lease_expired_detail"]
 
 # how long a writer waits for another process's write transaction before failing: commits
 # take milliseconds, so this only ends a wait on a process that hangs holding the lock
-_BUSY_TIMEOUT_S = 30.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -158,46 +157,21 @@ class SqliteCatalog:
         self._lock = threading.Lock()
         try:
             if self.read_only:
-                uri = f"file:{self.path}?immutable=1"
-                self._conn = sqlite3.connect(
-                    uri, uri=True, check_same_thread=False, isolation_level=None
-                )
+                self._conn = open_immutable(self.path)
                 return
-            locks = self.path.parent / ".locks"
-            locks.mkdir(parents=True, exist_ok=True)
-            self._conn = sqlite3.connect(
-                self.path, check_same_thread=False, timeout=_BUSY_TIMEOUT_S, isolation_level=None
-            )
-            # turning a new file to WAL fails at once ("database is locked") when two
-            # connections try together: one opener at a time
-            with flocked(locks / f"{self.path.stem}.lock"):
-                self._conn.execute("PRAGMA journal_mode=WAL")
-                self._conn.execute("PRAGMA synchronous=NORMAL")
-                self._conn.executescript(_SCHEMA)
+            self._conn = open_writable(self.path, _SCHEMA)
         except sqlite3.Error as exc:
             raise StorageError(
                 "cannot open the catalog", path=str(self.path), error=str(exc)
             ) from exc
 
-    @contextmanager
-    def _tx(self, immediate: bool = False) -> Iterator[sqlite3.Connection]:
+    def _tx(self, immediate: bool = False) -> AbstractContextManager[sqlite3.Connection]:
         """Run the block in one transaction (IMMEDIATE: take the write lock up front).
 
         Every transaction that writes must be IMMEDIATE (see the module docstring).
         """
-        with self._lock:
-            try:
-                self._conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
-                try:
-                    yield self._conn
-                except BaseException:
-                    self._conn.execute("ROLLBACK")
-                    raise
-                self._conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise StorageError(
-                    "catalog operation failed", path=str(self.path), error=str(exc)
-                ) from exc
+        begin = "BEGIN IMMEDIATE" if immediate else "BEGIN"
+        return transaction(self._conn, self._lock, begin, "catalog operation failed", self.path)
 
     def close(self) -> None:
         """Close the database connection."""

@@ -15,12 +15,10 @@ from pathlib import Path
 from uuid import uuid4
 
 from quantivista.errors import StorageError
-from quantivista.storage.lake.files import flocked
+from quantivista.storage.lake.sqlitedb import open_immutable, open_writable, transaction
 from quantivista.storage.workflows import SQLITE_SCHEMA, Cursor, SqlWorkflowCatalog
 
 __all__ = ["SqliteWorkflowCatalog"]
-
-_BUSY_TIMEOUT_S = 30.0
 
 
 class SqliteWorkflowCatalog(SqlWorkflowCatalog):
@@ -37,16 +35,7 @@ class SqliteWorkflowCatalog(SqlWorkflowCatalog):
             if self.read_only:
                 self._conn = self._read_only()
                 return
-            parent.mkdir(parents=True, exist_ok=True)
-            locks = self.path.parent / ".locks"
-            locks.mkdir(exist_ok=True)
-            self._conn = sqlite3.connect(
-                self.path, check_same_thread=False, timeout=_BUSY_TIMEOUT_S, isolation_level=None
-            )
-            with flocked(locks / f"{self.path.stem}.lock"):  # see storage.lake.catalog
-                self._conn.execute("PRAGMA journal_mode=WAL")
-                self._conn.execute("PRAGMA synchronous=NORMAL")
-                self._conn.executescript(SQLITE_SCHEMA)
+            self._conn = open_writable(self.path, SQLITE_SCHEMA)
         except sqlite3.Error as exc:
             raise StorageError(
                 "cannot open the ingestion catalog", path=str(self.path), error=str(exc)
@@ -54,8 +43,7 @@ class SqliteWorkflowCatalog(SqlWorkflowCatalog):
 
     def _read_only(self) -> sqlite3.Connection:
         if self.path.exists():
-            uri = f"file:{self.path}?immutable=1"
-            return sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
+            return open_immutable(self.path)
         conn = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
         conn.executescript(SQLITE_SCHEMA)  # nothing was ever ingested here: empty tables
         conn.execute("PRAGMA query_only = ON")
@@ -67,19 +55,10 @@ class SqliteWorkflowCatalog(SqlWorkflowCatalog):
     @contextmanager
     def _tx(self, tenant: str | None) -> Iterator[Cursor]:
         del tenant  # every query filters by tenant itself; SQLite has no row policies
-        with self._lock:
-            try:
-                self._conn.execute("BEGIN" if self.read_only else "BEGIN IMMEDIATE")
-                try:
-                    yield self._conn.cursor()
-                except BaseException:
-                    self._conn.execute("ROLLBACK")
-                    raise
-                self._conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise StorageError(
-                    "ingestion catalog operation failed", path=str(self.path), error=str(exc)
-                ) from exc
+        begin = "BEGIN" if self.read_only else "BEGIN IMMEDIATE"
+        what = "ingestion catalog operation failed"
+        with transaction(self._conn, self._lock, begin, what, self.path) as conn:
+            yield conn.cursor()
 
     def close(self) -> None:
         """Close the database connection."""
