@@ -23,6 +23,7 @@ Rules every backend keeps (the contract suites in `tests/storage/` check them):
 
 from __future__ import annotations
 
+import re
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,6 +31,7 @@ from typing import Any, Literal, Protocol
 
 import polars as pl
 
+from quantivista.errors import NotFoundError
 from quantivista.model.auth import ApiClient, Tenant
 from quantivista.model.jobs import DataQualityReport, IngestionJob, JobStatus, JobTask, TaskStatus
 from quantivista.model.payloads import RawPayload
@@ -42,6 +44,8 @@ __all__ = [
     "ActionStore",
     "Backend",
     "BarStore",
+    "check_digest",
+    "manifest_row",
     "ClientStore",
     "DeadLetter",
     "InstrumentStore",
@@ -160,6 +164,29 @@ class RawStore(Protocol):
     def body(self, sha256: str, provider: str) -> bytes:
         """Return a stored body; `NotFoundError` for an unknown or malformed digest."""
         ...
+
+
+def manifest_row(job_id: str, payload: RawPayload, digest: str) -> dict[str, Any]:
+    """Return a saved payload's manifest row (`RAW_MANIFEST_SCHEMA`), the same in every
+    `RawStore`: its `path` is where the lake keeps the body (`<provider>/<sha[:2]>/<sha>`)."""
+    return {
+        "job_id": job_id,
+        "provider": payload.provider,
+        "url": payload.url,
+        "status_code": payload.status_code,
+        "content_type": payload.content_type,
+        "received_at": payload.received_at,
+        "sha256": digest,
+        "bytes": len(payload.body),
+        "path": f"{payload.provider}/{digest[:2]}/{digest}",
+    }
+
+
+def check_digest(sha256: str, provider: str) -> None:
+    """Refuse (`NotFoundError`) what is not a SHA-256 hex digest: no body has that name, and
+    a `RawStore` keeps to its own paths."""
+    if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+        raise NotFoundError("not a payload digest", provider=provider, sha256=sha256)
 
 
 class InstrumentStore(Protocol):

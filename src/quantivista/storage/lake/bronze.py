@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from uuid import uuid4
@@ -15,6 +14,7 @@ from quantivista.config import StorageSettings
 from quantivista.errors import NotFoundError
 from quantivista.model.payloads import RawPayload
 from quantivista.model.schema import RAW_MANIFEST_SCHEMA
+from quantivista.storage.contracts import check_digest, manifest_row
 from quantivista.storage.lake.files import atomic_write_parquet, ensure_dir, is_temporary
 from quantivista.storage.lake.layout import LakeLayout
 
@@ -48,19 +48,7 @@ class FileRawStore:
                     pass
                 finally:
                     tmp.unlink(missing_ok=True)
-            rows.append(
-                {
-                    "job_id": job_id,
-                    "provider": p.provider,
-                    "url": p.url,
-                    "status_code": p.status_code,
-                    "content_type": p.content_type,
-                    "received_at": p.received_at,
-                    "sha256": digest,
-                    "bytes": len(p.body),
-                    "path": str(rel),
-                }
-            )
+            rows.append(manifest_row(job_id, p, digest))
         manifest = pl.DataFrame(rows, schema=RAW_MANIFEST_SCHEMA)
         target = self.root / "_manifest" / f"job_id={job_id}" / f"{uuid4().hex}.parquet"
         atomic_write_parquet(manifest, target, self.settings)
@@ -76,8 +64,7 @@ class FileRawStore:
 
     def body(self, sha256: str, provider: str) -> bytes:
         """Return a stored payload body."""
-        if not re.fullmatch(r"[0-9a-f]{64}", sha256):  # also keeps paths inside the store
-            raise NotFoundError("not a payload digest", provider=provider, sha256=sha256)
+        check_digest(sha256, provider)  # also keeps paths inside the store
         try:
             return (self.root / provider / sha256[:2] / sha256).read_bytes()
         except FileNotFoundError:

@@ -14,11 +14,11 @@ from quantivista.config import StorageSettings
 from quantivista.model.schema import (
     QUARANTINE_POLARS_SCHEMA,
     QUARANTINE_ROW_ID,
-    QUARANTINE_SAME,
     RELEASE_POLARS_SCHEMA,
 )
 from quantivista.storage.lake.files import atomic_write_parquet, flocked, is_temporary
 from quantivista.storage.lake.layout import LakeLayout
+from quantivista.storage.quarantine import not_held, stored_frame, with_releases
 
 __all__ = ["ParquetQuarantineStore"]
 
@@ -52,24 +52,11 @@ class ParquetQuarantineStore:
             return self._add(rejected, job_id=job_id, at=at, dedupe=dedupe)
 
     def _add(self, rejected: pl.DataFrame, *, job_id: str, at: datetime, dedupe: bool) -> int:
-        held = self.list(rejected["symbol"].unique().to_list()) if dedupe else None
-        if held is not None and held.height:
-            rejected = rejected.join(
-                held.select(QUARANTINE_SAME).unique(),
-                on=list(QUARANTINE_SAME),
-                how="anti",
-                nulls_equal=True,
-            )
+        if dedupe:
+            rejected = not_held(rejected, self.list(rejected["symbol"].unique().to_list()))
             if rejected.is_empty():
                 return 0
-        frame = (
-            rejected.with_columns(
-                job_id=pl.col("job_id").fill_null(job_id),
-                quarantined_at=pl.lit(at, QUARANTINE_POLARS_SCHEMA["quarantined_at"]),
-            )
-            .select(QUARANTINE_POLARS_SCHEMA.names())
-            .cast(QUARANTINE_POLARS_SCHEMA)
-        )
+        frame = stored_frame(rejected, job_id, at)
         path = self.dir / f"job_id={job_id}" / f"{uuid4().hex}.parquet"
         atomic_write_parquet(frame, path, self.settings)
         return frame.height
@@ -97,11 +84,7 @@ class ParquetQuarantineStore:
             if rule:
                 lf = lf.filter(pl.col("rule").str.split(",").list.contains(rule))
             df = lf.sort("quarantined_at", "symbol", "ts").collect()
-        released = self.releases()
-        if include_released:
-            extra = released.select(*ROW_ID, "released_at", "release_job_id")
-            return df.join(extra, on=list(ROW_ID), how="left", nulls_equal=True)
-        return df.join(released, on=list(ROW_ID), how="anti", nulls_equal=True)
+        return with_releases(df, self.releases(), include_released=include_released)
 
     def releases(self) -> pl.DataFrame:
         """Return every release record (which row, when, through which job), first per row."""

@@ -13,7 +13,6 @@ from psycopg_pool import ConnectionPool
 from quantivista.model.schema import (
     QUARANTINE_POLARS_SCHEMA,
     QUARANTINE_ROW_ID,
-    QUARANTINE_SAME,
     RELEASE_POLARS_SCHEMA,
 )
 from quantivista.storage.postgres.db import (
@@ -26,6 +25,7 @@ from quantivista.storage.postgres.db import (
     where_all,
     wire_columns,
 )
+from quantivista.storage.quarantine import not_held, stored_frame, with_releases
 
 __all__ = ["PgQuarantineStore"]
 
@@ -59,30 +59,12 @@ class PgQuarantineStore:
         with transaction(self.pool, "writing quarantined rows") as conn:
             if dedupe:
                 lock_version(conn, "quarantine")
-                held = _held(conn, rejected["symbol"].unique().to_list())
-                if held.height:
-                    rejected = rejected.join(
-                        held.select(QUARANTINE_SAME).unique(),
-                        on=list(QUARANTINE_SAME),
-                        how="anti",
-                        nulls_equal=True,
-                    )
-                    if rejected.is_empty():
-                        return 0
-            frame = self._frame(rejected, job_id, at)
+                rejected = not_held(rejected, _held(conn, rejected["symbol"].unique().to_list()))
+                if rejected.is_empty():
+                    return 0
+            frame = stored_frame(rejected, job_id, at)
             copy_frame(conn, "quarantine_rows", frame.with_columns(batch_job_id=pl.lit(job_id)))
         return frame.height
-
-    @staticmethod
-    def _frame(rejected: pl.DataFrame, job_id: str, at: datetime) -> pl.DataFrame:
-        return (
-            rejected.with_columns(
-                job_id=pl.col("job_id").fill_null(job_id),
-                quarantined_at=pl.lit(at, QUARANTINE_POLARS_SCHEMA["quarantined_at"]),
-            )
-            .select(QUARANTINE_POLARS_SCHEMA.names())
-            .cast(QUARANTINE_POLARS_SCHEMA)
-        )
 
     def list(
         self,
@@ -103,10 +85,7 @@ class PgQuarantineStore:
         with transaction(self.pool, "reading quarantined rows") as conn:
             df = _rows(conn, where, params)
             released = _releases(conn)
-        if include_released:
-            extra = released.select(*ROW_ID, "released_at", "release_job_id")
-            return df.join(extra, on=list(ROW_ID), how="left", nulls_equal=True)
-        return df.join(released, on=list(ROW_ID), how="anti", nulls_equal=True)
+        return with_releases(df, released, include_released=include_released)
 
     def releases(self) -> pl.DataFrame:
         """Return every release record (the first one per row), in the order they were made."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,6 +13,7 @@ from psycopg_pool import ConnectionPool
 from quantivista.errors import NotFoundError
 from quantivista.model.payloads import RawPayload
 from quantivista.model.schema import RAW_MANIFEST_SCHEMA
+from quantivista.storage.contracts import check_digest, manifest_row
 from quantivista.storage.postgres.db import (
     copy_frame,
     maps_storage_errors,
@@ -51,19 +51,7 @@ class PgRawStore:
         for p in payloads:  # hashing is per payload; there are hundreds, not millions
             digest = hashlib.sha256(p.body).hexdigest()
             bodies.setdefault((p.provider, digest), p.body)
-            rows.append(
-                {
-                    "job_id": job_id,
-                    "provider": p.provider,
-                    "url": p.url,
-                    "status_code": p.status_code,
-                    "content_type": p.content_type,
-                    "received_at": p.received_at,
-                    "sha256": digest,
-                    "bytes": len(p.body),
-                    "path": f"{p.provider}/{digest[:2]}/{digest}",
-                }
-            )
+            rows.append(manifest_row(job_id, p, digest))
         manifest = pl.DataFrame(rows, schema=RAW_MANIFEST_SCHEMA)
         stage = pl.DataFrame(
             {
@@ -96,8 +84,7 @@ class PgRawStore:
 
     def body(self, sha256: str, provider: str) -> bytes:
         """Return a stored body; `NotFoundError` for an unknown or malformed digest."""
-        if not re.fullmatch(r"[0-9a-f]{64}", sha256):
-            raise NotFoundError("not a payload digest", provider=provider, sha256=sha256)
+        check_digest(sha256, provider)
         with transaction(self.pool, "reading a raw payload") as conn:
             row = conn.execute(
                 "SELECT body FROM raw_payloads WHERE provider = %s AND sha256 = %s",
