@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from quantivista.bus.base import deinterleave, interleave
+from quantivista.bus.base import Member, deinterleave, interleave, last_interleaved
 
 partitions = st.integers(min_value=1, max_value=64)
 
@@ -39,3 +39,17 @@ def test_deinterleave_is_the_first_position_at_or_after_an_offset(
 def test_one_partition_is_dense() -> None:
     assert [interleave(i, 0, 1) for i in range(5)] == [1, 2, 3, 4, 5]
     assert [interleave(i, p, 3) for i in range(2) for p in range(3)] == [1, 2, 3, 4, 5, 6]
+
+
+@given(st.lists(st.integers(0, 1000), min_size=1, max_size=16))
+def test_last_interleaved_is_the_largest_offset_of_a_last_message(ends: list[int]) -> None:
+    n = len(ends)
+    offsets = [interleave(pos, p, n) for p, end in enumerate(ends) for pos in range(end)]
+    assert last_interleaved(ends) == max(offsets, default=0)
+
+
+@given(st.integers(1, 8), st.integers(1, 64))
+def test_members_of_a_group_split_the_partitions_between_them(count: int, n: int) -> None:
+    shares = [Member(i, count).partitions(n) for i in range(count)]
+    assert sorted(p for share in shares for p in share) == list(range(n))
+    assert all(p % count == i for i, share in enumerate(shares) for p in share)
