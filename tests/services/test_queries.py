@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
 
 from quantivista.platform import Platform
 from quantivista.providers.synthetic import SyntheticProvider
+from quantivista.services.queries import status_by_timeframe
 
 
 def test_an_adjusted_view_follows_a_write_made_by_another_process(tmp_path: Path) -> None:
@@ -31,3 +33,22 @@ def test_an_adjusted_view_follows_a_write_made_by_another_process(tmp_path: Path
     assert both.height == first.height
     ratio = (both["close"] / both["close_later"] - split["ratio"]).abs().max()
     assert ratio is not None and float(ratio) < 1e-9  # type: ignore[arg-type]
+
+
+def test_status_by_timeframe_sums_rows_and_bytes_and_spans_the_symbols() -> None:
+    day = datetime(2024, 1, 2, tzinfo=UTC)
+    stats = pl.DataFrame(
+        {
+            "timeframe": ["1m", "1d", "1d"],
+            "symbol": ["AAA", "AAA", "BBB"],
+            "rows": [390, 10, 20],
+            "first_ts": [day, day, day - timedelta(days=5)],
+            "last_ts": [day, day + timedelta(days=9), day],
+            "bytes": [1000, 100, 200],
+        }
+    )
+    out = status_by_timeframe(stats)
+    assert out["timeframe"].to_list() == ["1d", "1m"]
+    first = out.row(0, named=True)
+    assert (first["symbols"], first["rows"], first["bytes"]) == (2, 30, 300)
+    assert (first["first"], first["last"]) == (day - timedelta(days=5), day + timedelta(days=9))

@@ -24,6 +24,7 @@ from rich.table import Table
 from quantivista.cli.app import console
 from quantivista.model.flags import QualityFlag
 from quantivista.model.jobs import DataQualityReport, IngestionJob
+from quantivista.services.queries import status_by_timeframe
 
 __all__ = [
     "Format",
@@ -148,17 +149,7 @@ def store_table(stats: pl.DataFrame, report: pl.DataFrame | None = None) -> Tabl
     table = Table(title="store", header_style="bold")
     for col in ("timeframe", "symbols", "rows", "first", "last", "MB"):
         table.add_column(col, justify="right")
-    summary = (
-        stats.group_by("timeframe")
-        .agg(
-            symbols=pl.len(),
-            rows=pl.col("rows").sum(),
-            first=pl.col("first_ts").min(),
-            last=pl.col("last_ts").max(),
-            bytes=pl.col("bytes").sum(),
-        )
-        .sort("timeframe")
-    )
+    summary = status_by_timeframe(stats)
     for r in summary.iter_rows(named=True):
         table.add_row(
             r["timeframe"],

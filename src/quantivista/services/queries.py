@@ -24,9 +24,25 @@ from quantivista.storage.base import BarStore
 from quantivista.storage.contracts import ActionStore
 from quantivista.timeutil import DateLike, to_date, to_utc
 
-__all__ = ["BarQuery", "QueryService", "symbol_list"]
+__all__ = ["BarQuery", "QueryService", "status_by_timeframe", "symbol_list"]
 
 _OUTSIDE = int(QualityFlag.OUTSIDE_SESSION)
+
+
+def status_by_timeframe(stats: pl.DataFrame) -> pl.DataFrame:
+    """Return what the store holds per timeframe (symbols, rows, first, last, bytes), from
+    `QueryService.status` (per timeframe and symbol), sorted by timeframe."""
+    return (
+        stats.group_by("timeframe")
+        .agg(
+            symbols=pl.len(),
+            rows=pl.col("rows").sum(),
+            first=pl.col("first_ts").min(),
+            last=pl.col("last_ts").max(),
+            bytes=pl.col("bytes").sum(),
+        )
+        .sort("timeframe")
+    )
 
 
 def symbol_list(symbols: str | Sequence[str]) -> list[str]:

@@ -23,7 +23,7 @@ from quantivista.model.auth import Tenant
 from quantivista.model.jobs import IngestionJob, JobStatus
 from quantivista.model.timeframe import Timeframe
 from quantivista.runtime import Runtime
-from quantivista.services.queries import BarQuery
+from quantivista.services.queries import BarQuery, status_by_timeframe
 
 __all__ = [
     "Chart",
@@ -199,17 +199,7 @@ class StatusView:
 def gather(runtime: Runtime, who: Caller, request: ChartRequest) -> StatusView:
     """Collect every section of the page for `who`."""
     stats = _entitled(runtime.queries.status(), who.tenant)
-    store = (
-        stats.group_by("timeframe")
-        .agg(
-            symbols=pl.len(),
-            rows=pl.col("rows").sum(),
-            first=pl.col("first_ts").min(),
-            last=pl.col("last_ts").max(),
-            bytes=pl.col("bytes").sum(),
-        )
-        .sort("timeframe")
-    )
+    store = status_by_timeframe(stats)
     jobs = [j for j in runtime.ingestion.jobs(100_000) if _visible(who, j)]
     own = [j.job_id for j in jobs]
     scores = _entitled(runtime.quality.scores(None, timeframe="1d"), who.tenant)
