@@ -13,7 +13,7 @@ from quantivista.api.state import ApiState
 from quantivista.errors import AuthenticationError, PermissionDeniedError
 from quantivista.model.auth import Principal, Scope, Tenant
 
-__all__ = ["Caller", "api_state", "authenticate", "authenticated", "caller", "require"]
+__all__ = ["Caller", "admit", "api_state", "authenticate", "authenticated", "caller", "require"]
 
 
 async def api_state(request: Request) -> ApiState:
@@ -83,6 +83,14 @@ async def caller(
     principal = await authenticated(
         state, request.headers.get("authorization"), request.headers.get("x-api-key")
     )
+    admit(state, request, principal)
+    request.state.tenant = principal.tenant  # for the audit trail
+    return Caller(principal, state.auth.tenant(principal.tenant))
+
+
+def admit(state: ApiState, request: Request, principal: Principal) -> None:
+    """Count the request against `principal`'s rate limit (`TooManyRequestsError` when it is
+    spent; the usage goes into `X-RateLimit-*` headers) and mark it as the client's."""
     usage = state.admit(principal.client_id)
     if usage is not None:
         request.state.rate_limit = {
@@ -91,8 +99,6 @@ async def caller(
             "X-RateLimit-Reset": f"{usage.resets_in_s:.0f}",
         }
     request.state.client_id = principal.client_id
-    request.state.tenant = principal.tenant  # for the audit trail
-    return Caller(principal, state.auth.tenant(principal.tenant))
 
 
 def require(scope: Scope) -> Callable[..., Awaitable[Caller]]:

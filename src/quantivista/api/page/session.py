@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from fastapi import Request, Response
 
-from quantivista.api.deps import Caller, authenticate
+from quantivista.api.deps import Caller, admit, authenticate
 from quantivista.api.state import ApiState
 from quantivista.errors import AuthenticationError
 
@@ -27,14 +27,7 @@ def signed_in(state: ApiState, request: Request) -> Caller:
     if not token:
         raise AuthenticationError("sign in first")
     principal = authenticate(state, f"Bearer {token}", None)
-    usage = state.admit(principal.client_id)
-    if usage is not None:
-        request.state.rate_limit = {
-            "X-RateLimit-Limit": str(usage.rate.limit),
-            "X-RateLimit-Remaining": str(usage.left),
-            "X-RateLimit-Reset": f"{usage.resets_in_s:.0f}",
-        }
-    request.state.client_id = principal.client_id
+    admit(state, request, principal)
     return Caller(principal, state.auth.tenant(principal.tenant))
 
 
