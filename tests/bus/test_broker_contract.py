@@ -163,6 +163,7 @@ def test_replay_from_an_offset_or_a_time_and_to_an_end(broker: Broker) -> None:
         str(i).encode() for i in range(5)
     ]
     assert [m.offset for m in broker.read("t", StartAt(offset=2), limit=2)] == [2, 3]
+    assert list(broker.read("t", StartAt(offset=2), limit=0)) == []  # every backend alike
     assert all(
         m.timestamp is not None and abs(m.timestamp - middle) < timedelta(minutes=1)
         for m in broker.read("t")

@@ -247,7 +247,7 @@ class NatsBroker(BrokerBase):
         if until_offset is not None:
             last = min(last, until_offset)
         begin = start or StartAt()
-        if begin.latest or last == 0:
+        if begin.latest or last == 0 or (limit is not None and limit <= 0):
             return
         config = _consumer_config(begin, 30.0)
         config.ack_policy = AckPolicy.NONE
