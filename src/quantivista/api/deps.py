@@ -84,13 +84,13 @@ async def caller(
         state, request.headers.get("authorization"), request.headers.get("x-api-key")
     )
     admit(state, request, principal)
-    request.state.tenant = principal.tenant  # for the audit trail
     return Caller(principal, state.auth.tenant(principal.tenant))
 
 
 def admit(state: ApiState, request: Request, principal: Principal) -> None:
     """Count the request against `principal`'s rate limit (`TooManyRequestsError` when it is
-    spent; the usage goes into `X-RateLimit-*` headers) and mark it as the client's."""
+    spent; the usage goes into `X-RateLimit-*` headers) and mark it as the client's and its
+    tenant's (for the audit trail: the API's and the page's requests alike)."""
     usage = state.admit(principal.client_id)
     if usage is not None:
         request.state.rate_limit = {
@@ -99,6 +99,7 @@ def admit(state: ApiState, request: Request, principal: Principal) -> None:
             "X-RateLimit-Reset": f"{usage.resets_in_s:.0f}",
         }
     request.state.client_id = principal.client_id
+    request.state.tenant = principal.tenant
 
 
 def require(scope: Scope) -> Callable[..., Awaitable[Caller]]:
