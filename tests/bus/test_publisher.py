@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import numpy as np
 import polars as pl
+import pytest
 
 from quantivista.bus.base import partition_of
 from quantivista.bus.codecs import Codecs
 from quantivista.bus.events import Event, TradesBatch
 from quantivista.bus.frames import from_ipc, to_ipc
 from quantivista.bus.memory_broker import MemoryBroker
-from quantivista.bus.publisher import Publisher
+from quantivista.bus.publisher import Publisher, _Splitter
+from quantivista.errors import BusError, MessageTooLargeError
 
 
 def make(symbols: list[str], part: pl.DataFrame) -> Event:
@@ -47,3 +50,61 @@ def test_each_symbol_goes_to_its_partition_in_order_and_new_symbols_are_learned(
         for name, n in part.iter_rows():
             want.setdefault(name, []).append(n)
     assert got == want
+
+
+def _reference_split(frame: pl.DataFrame, partitions: int) -> list[tuple[list[str], list[int]]]:
+    """What the splitter must return: per partition with rows (ascending), its symbols in
+    name order and its rows in frame order (the `n` column)."""
+    part_of = [partition_of(s, partitions) for s in frame["symbol"].to_list()]
+    out = []
+    for p in sorted(set(part_of)):
+        rows = [i for i, q in enumerate(part_of) if q == p]
+        names = sorted({frame["symbol"][i] for i in rows})
+        out.append((names, [frame["n"][i] for i in rows]))
+    return out
+
+
+def test_the_splitter_matches_a_plain_reference_across_calls_chunks_and_new_symbols() -> None:
+    rng = np.random.default_rng(11)
+    # learned in another order than their names' (codes are not in name order)
+    names = np.array([f"S{i:03d}" for i in rng.permutation(60)])
+    split = _Splitter(4)
+    for call in range(40):
+        known = 20 + call  # a new symbol (or more) now and then
+        n = int(rng.integers(1, 400))
+        picked = names[rng.integers(0, known if call % 7 else 3, n)]
+        frame = pl.DataFrame({"symbol": picked, "n": np.arange(n)})
+        if call % 3 == 0:  # several chunks, as a concat of feed frames is
+            frame = pl.concat([frame.head(n // 2), frame.tail(n - n // 2)], rechunk=False)
+        got = [(symbols, rows["n"].to_list()) for symbols, rows in split(frame)]
+        assert got == _reference_split(frame, 4), call
+
+
+def test_the_splitter_refuses_rows_without_a_symbol() -> None:
+    frame = pl.DataFrame({"symbol": ["A", None], "n": [0, 1]})
+    with pytest.raises(BusError, match="without a symbol"):
+        _Splitter(4)(frame)
+
+
+class _CountingBroker(MemoryBroker):
+    asked = 0
+
+    def max_message_bytes(self) -> int | None:
+        self.asked += 1
+        return 1_000_000
+
+
+def test_per_symbol_asks_the_broker_its_message_limit_once_a_call() -> None:
+    broker = _CountingBroker()
+    publisher = Publisher(broker, Codecs(), "json")
+    symbols = [f"S{i}" for i in range(30)]
+    assert len(publisher.per_symbol("trades.x", frame(symbols), lambda s, p: make([s], p))) == 30
+    assert broker.asked == 1
+
+
+def test_symbol_item_still_refuses_an_event_over_the_limit_it_is_given() -> None:
+    publisher = Publisher(MemoryBroker(), Codecs(), "json")
+    with pytest.raises(MessageTooLargeError):
+        publisher.symbol_item("A", frame(["A"]), lambda s, p: make([s], p), limit=1500)
+    _, value, _ = publisher.symbol_item("A", frame(["A"]), lambda s, p: make([s], p), limit=None)
+    assert value

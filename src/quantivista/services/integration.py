@@ -322,13 +322,16 @@ class IntegrationService:
             self.stats.written += result.written
             self.stats.unchanged += result.unchanged
             self.stats.quarantined += result.quarantined
+        limit = self.publisher.broker.max_message_bytes()  # once, not once a symbol
         for tf, enriched in _merged(results).items():
             make = partial(self._event, timeframe=tf, origin=origin)
             routes = self._routes(enriched)
             for symbol, part in by_symbol(enriched):
                 try:
                     with _step("publish"):
-                        items.append(self.publisher.symbol_item(symbol, part, make, routes))
+                        items.append(
+                            self.publisher.symbol_item(symbol, part, make, routes, limit=limit)
+                        )
                 except QuantiVistaError as exc:
                     if exc.is_retryable():
                         raise
