@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pandas as pd
 import polars as pl
@@ -22,11 +23,13 @@ from quantivista.model.schema import (
     BAR_POLARS_SCHEMA,
     BAR_SCHEMA,
     BAR_VALUE_COLUMNS,
+    PL_UTC_TS,
     QUARANTINE_POLARS_SCHEMA,
     coerce_actions,
     coerce_bars,
     empty_bars,
     to_polars,
+    utc_lit,
 )
 
 TS = datetime(2024, 1, 2, tzinfo=UTC)
@@ -431,3 +434,23 @@ def test_series_in_blocks_accepts_provider_order_and_refuses_repeats() -> None:
     assert not series_in_blocks(repeated)
     backwards = pl.DataFrame({"symbol": ["AAA"] * 3, "ts": t[::-1]})
     assert not series_in_blocks(backwards)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        datetime(2026, 3, 8, 7, 30, 5, 123456, tzinfo=UTC),
+        datetime(2026, 3, 8, 7, 30, 5, 123456, tzinfo=ZoneInfo("UTC")),  # what polars returns
+        datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=ZoneInfo("UTC")),  # before the epoch
+        datetime(2026, 1, 1),  # naive: polars' reading
+        None,
+    ],
+)
+def test_utc_lit_is_the_datetime_literal_it_replaces(value: datetime | None) -> None:
+    assert pl.select(utc_lit(value)).item() == pl.select(pl.lit(value, PL_UTC_TS)).item()
+    assert pl.select(utc_lit(value)).dtypes == [PL_UTC_TS]
+
+
+def test_utc_lit_of_another_zone_is_refused_as_polars_refuses_it() -> None:
+    with pytest.raises(TypeError):
+        utc_lit(datetime(2026, 1, 1, tzinfo=ZoneInfo("America/New_York")))

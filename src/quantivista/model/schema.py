@@ -390,9 +390,13 @@ def _text(value: str | None, name: str) -> pl.Expr:
 
 def utc_lit(value: datetime | None) -> pl.Expr:
     """`pl.lit(value, PL_UTC_TS)`: a UTC datetime as its epoch microseconds, cast (a
-    datetime literal costs ~30 times an integer one to build)."""
-    if value is None or value.tzinfo is not UTC:  # other zones: polars' own checks
+    datetime literal costs ~30 times an integer one to build). UTC is `datetime.UTC` or
+    `ZoneInfo("UTC")` (what polars returns); other zones and naive values: polars' own
+    checks and reading."""
+    zone = value.tzinfo if value is not None else None
+    if zone is not UTC and getattr(zone, "key", None) != "UTC":
         return pl.lit(value, PL_UTC_TS)
+    assert value is not None
     return pl.lit((value - _EPOCH) // _MICROSECOND, pl.Int64).cast(PL_UTC_TS)
 
 

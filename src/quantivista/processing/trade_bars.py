@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 
 import polars as pl
 
-from quantivista.model.schema import bar_exprs
+from quantivista.model.schema import bar_exprs, utc_lit
 
 __all__ = ["TRADE_SCHEMA", "MinuteBars", "Released"]
 
@@ -165,7 +165,7 @@ class MinuteBars:
             return _NO_STATE
         # trades in closed minutes: an existing bar is amended (a correction); a bar that
         # did not exist yet is open (and released at once, its minute being over)
-        edge = pl.lit(_from_us(closed_edge), pl.Datetime("us", "UTC"))
+        edge = utc_lit(_from_us(closed_edge))
         late = part.filter(pl.col("ts") <= edge)
         part = part.filter(pl.col("ts") > edge)
         known = late.join(self._closed.select(_KEY), on=_KEY, how="semi")
@@ -205,8 +205,7 @@ class MinuteBars:
         if edges == self._edges and not late:
             return Released(_NO_BARS, _bars(corrections, self.timeframe), too_late)
         self._edges = edges
-        last_start = pl.lit(over, pl.Datetime("us", "UTC"))
-        horizon = pl.lit(gone, pl.Datetime("us", "UTC"))
+        last_start, horizon = utc_lit(over), utc_lit(gone)  # (a datetime literal: ~0.1 ms)
         ready = self._open.filter(pl.col("ts") <= last_start)
         if ready.height:
             self._open = self._open.filter(pl.col("ts") > last_start)

@@ -34,6 +34,7 @@ from quantivista.model.schema import (
     PL_UTC_TS,
     SCORE_SCHEMA,
     utc_expr,
+    utc_lit,
 )
 from quantivista.model.timeframe import Timeframe
 from quantivista.quality.history import Merged, marked, merge_history, micros
@@ -266,7 +267,7 @@ def _decided_rows(
     job = checked["job_id"].drop_nulls().first() if "job_id" in checked.columns else None
     return rows.with_columns(
         quality_flags=pl.Series(after[changed], dtype=pl.UInt32),
-        ingested_at=pl.lit(when, dtype=BAR_POLARS_SCHEMA["ingested_at"]),
+        ingested_at=utc_lit(when) if isinstance(when, datetime) else pl.lit(None, PL_UTC_TS),
         job_id=pl.lit(job, dtype=pl.String),
     )
 

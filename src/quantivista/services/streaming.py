@@ -69,7 +69,7 @@ from quantivista.bus.topics import (
 from quantivista.clock import Clock
 from quantivista.config import ProbeSettings, StreamSettings
 from quantivista.errors import ConfigurationError
-from quantivista.model.schema import PL_UTC_TS
+from quantivista.model.schema import utc_lit
 from quantivista.model.symbols import symbol_problem
 from quantivista.model.timeframe import Timeframe
 from quantivista.pipeline.messages import Batch, BatchId, StoredBatch
@@ -497,7 +497,7 @@ class StreamService:
         now = self.runner.clock.now()
         frame = bars.with_columns(
             pl.col("provider").fill_null(pl.lit(self.provider)),
-            pl.lit(now, PL_UTC_TS).alias("ingested_at"),
+            utc_lit(now).alias("ingested_at"),
             pl.lit(batch_id.job_id, pl.String).alias("job_id"),
         )
         return Batch(batch_id, frame, self.provider, now)
