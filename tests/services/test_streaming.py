@@ -426,6 +426,7 @@ def test_a_release_made_canonical_by_the_stream_equals_what_coerce_makes(
     assert reference.held is None and made.held is None
     assert made.bars.schema == reference.bars.schema
     assert made.bars.equals(reference.bars)
+    assert bars["job_id"].null_count() == bars.height  # the released frame is left as it was
     service.close()
 
 
