@@ -181,6 +181,20 @@ def test_symbol_code_cache_is_bounded_least_recently_used_out() -> None:
     assert sets[1].to_list() not in kept and sets[3].to_list() not in kept
 
 
+@pytest.mark.parametrize("count", [1, 255, 256, 70_000])
+def test_codes_of_absent_values_are_the_category_count_at_any_code_width(count: int) -> None:
+    """Absent values get `count`, also when it does not fit the codes' own width (an Enum
+    of up to 256 categories has 8-bit codes); values in several chunks too."""
+    cats = pl.Series("symbol", [f"S{i}" for i in range(count)])
+    values = pl.concat(
+        [pl.Series("symbol", ["S0", "X", f"S{count - 1}"]), pl.Series("symbol", ["Y", "S0"])],
+        rechunk=False,
+    )
+    got = history_module._codes(values, cats)
+    np.testing.assert_array_equal(got, [0, count, count - 1, count, 0])
+    np.testing.assert_array_equal(got, _cast_codes(values, cats))
+
+
 def _cast_codes(values: pl.Series, categories: pl.Series) -> np.ndarray:
-    codes = values.cast(pl.Enum(categories), strict=False).to_physical()
+    codes = values.cast(pl.Enum(categories), strict=False).to_physical().cast(pl.Int64)
     return codes.fill_null(categories.len()).to_numpy()
