@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+import threading
 from datetime import UTC, datetime
 
 import numpy as np
@@ -108,3 +110,34 @@ def test_symbol_item_still_refuses_an_event_over_the_limit_it_is_given() -> None
         publisher.symbol_item("A", frame(["A"]), lambda s, p: make([s], p), limit=1500)
     _, value, _ = publisher.symbol_item("A", frame(["A"]), lambda s, p: make([s], p), limit=None)
     assert value
+
+
+def test_two_threads_splitting_while_symbols_are_learned_get_the_reference_split() -> None:
+    """The loop (trades) and the store thread (bars) share a splitter: what one learns
+    never gives the other a split of another symbol set."""
+    split = _Splitter(4)
+    errors: list[BaseException] = []
+
+    def work(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        try:
+            for call in range(150):
+                names = np.array([f"T{seed}_{i}" for i in range(call // 3 + 2)] + ["A", "B"])
+                frame = pl.DataFrame({"symbol": rng.choice(names, 30), "n": np.arange(30)})
+                got = [(symbols, rows["n"].to_list()) for symbols, rows in split(frame)]
+                assert got == _reference_split(frame, 4)
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # interleave as often as the interpreter allows
+    try:
+        threads = [threading.Thread(target=work, args=(seed,)) for seed in (1, 2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(switch)
+    assert not errors, errors
+    assert {"A", "B"} <= set(split.known.symbols) and len(split.known.symbols) == 2 + 2 * 51

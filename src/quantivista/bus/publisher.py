@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
+from dataclasses import dataclass
 from types import EllipsisType
 
 import numpy as np
@@ -155,58 +156,73 @@ def by_symbol(frame: pl.DataFrame) -> list[tuple[str, pl.DataFrame]]:
     return [(str(s), part) for (s,), part in frame.group_by("symbol", maintain_order=True)]
 
 
+@dataclass(frozen=True, slots=True)
+class _Known:
+    """The symbols a splitter has seen: their Enum (codes in order seen), each code's
+    partition, and each partition's codes in symbol-name order."""
+
+    symbols: tuple[str, ...]
+    enum: pl.Enum
+    table: np.ndarray
+    members: tuple[np.ndarray, ...]
+
+
 class _Splitter:
     """Split a frame's rows by the partition of their symbol, keeping their order: symbol
     codes of an Enum of the symbols seen (read from the Arrow dictionary's indices, a
     third of the cost of `to_physical`), a partition table, one stable sort and slices;
     each partition's symbols in name order are kept per partition, so a call loops over
-    partitions, not symbols (a micro-batch of trades is split in ~0.06 ms)."""
+    partitions, not symbols (a micro-batch of trades is split in ~0.06 ms).
+
+    The loop (trades) and the store thread (bars) split at the same time: what is known
+    is one immutable `_Known`, replaced whole (a call reads one; a symbol learned by two
+    calls at once is learned twice, the same)."""
 
     def __init__(self, partitions: int) -> None:
         self.partitions = partitions
-        self.symbols: list[str] = []
-        self.enum = pl.Enum([])
-        self.table = np.zeros(0, dtype=np.int8 if partitions <= 127 else np.int64)
-        # per partition: the codes of its symbols, in name order
-        self.members: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * partitions
+        empty = np.zeros(0, dtype=np.int64)
+        self.known = _Known((), pl.Enum([]), np.zeros(0, np.int8), (empty,) * partitions)
 
-    def _learn(self, names: list[str]) -> None:
-        self.symbols += sorted(set(names) - set(self.symbols))
-        self.enum = pl.Enum(self.symbols)
-        self.table = np.array(
-            [partition_of(s, self.partitions) for s in self.symbols], self.table.dtype
-        )
-        by_name = np.array(sorted(range(len(self.symbols)), key=self.symbols.__getitem__))
-        self.members = [by_name[self.table[by_name] == p] for p in range(self.partitions)]
-
-    def _codes(self, names: pl.Series) -> np.ndarray:
-        codes: np.ndarray = names.cast(self.enum).to_arrow().indices.to_numpy()
-        return codes
+    def _learn(self, known: _Known, names: list[str]) -> _Known:
+        symbols = known.symbols + tuple(sorted(set(names) - set(known.symbols)))
+        table = np.array([partition_of(s, self.partitions) for s in symbols], np.int64)
+        table = table.astype(np.int8) if self.partitions <= 127 else table  # a radix sort
+        by_name = np.array(sorted(range(len(symbols)), key=symbols.__getitem__), np.int64)
+        members = tuple(by_name[table[by_name] == p] for p in range(self.partitions))
+        self.known = _Known(symbols, pl.Enum(list(symbols)), table, members)
+        return self.known
 
     def __call__(self, frame: pl.DataFrame) -> list[tuple[list[str], pl.DataFrame]]:
         """Return (sorted symbols, rows) per partition that has rows."""
         names = frame["symbol"]
         if names.null_count():  # no partition for a null symbol: keyed like a None key
             raise BusError("a frame published per partition has rows without a symbol")
+        known = self.known
         try:
-            codes = self._codes(names)
+            codes = _codes(names, known.enum)
         except pl.exceptions.InvalidOperationError:  # symbols not seen before
-            self._learn(names.unique().to_list())
-            codes = self._codes(names)
-        present = np.bincount(codes, minlength=len(self.symbols)) > 0
-        parts = self.table[codes]
+            known = self._learn(known, names.unique().to_list())
+            codes = _codes(names, known.enum)
+        present = np.bincount(codes, minlength=len(known.symbols)) > 0
+        parts = known.table[codes]
         counts = np.bincount(parts, minlength=self.partitions)
         used = np.flatnonzero(counts)
         if used.size == 1:  # one partition: the frame as it is
-            return [(self._present(int(used[0]), present), frame)]
+            return [(_present(known, int(used[0]), present), frame)]
         ordered = frame[np.argsort(parts, kind="stable")]
         starts = np.cumsum(counts) - counts
         return [
-            (self._present(p, present), ordered.slice(int(starts[p]), int(counts[p])))
+            (_present(known, p, present), ordered.slice(int(starts[p]), int(counts[p])))
             for p in used.tolist()
         ]
 
-    def _present(self, partition: int, present: np.ndarray) -> list[str]:
-        """The symbols of `partition` with rows (`present`, by code), in name order."""
-        members = self.members[partition]
-        return [self.symbols[c] for c in members[present[members]].tolist()]
+
+def _codes(names: pl.Series, enum: pl.Enum) -> np.ndarray:
+    codes: np.ndarray = names.cast(enum).to_arrow().indices.to_numpy()
+    return codes
+
+
+def _present(known: _Known, partition: int, present: np.ndarray) -> list[str]:
+    """The symbols of `partition` with rows (`present`, by code), in name order."""
+    members = known.members[partition]
+    return [known.symbols[c] for c in members[present[members]].tolist()]
