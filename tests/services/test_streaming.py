@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import polars as pl
 import pytest
@@ -17,14 +18,14 @@ from quantivista.bus.frames import from_ipc
 from quantivista.bus.topics import INGESTION_EVENTS, NORMALIZED_BARS, raw_bars, trades
 from quantivista.clock import TestClock
 from quantivista.config import Settings, SimulatorServerSettings, StorageSettings
-from quantivista.model.schema import coerce_actions
+from quantivista.model.schema import PL_UTC_TS, coerce_actions
 from quantivista.model.timeframe import Timeframe
 from quantivista.pipeline.messages import BatchId
 from quantivista.pipeline.stages import coerce, history_for
 from quantivista.processing.trade_bars import TRADE_SCHEMA, Released
 from quantivista.providers.simulator.server import run_simulator
 from quantivista.runtime import Runtime
-from quantivista.services.streaming import open_feed
+from quantivista.services.streaming import _utc_series, open_feed
 
 T0 = datetime(2026, 12, 1, 14, 30, tzinfo=UTC)
 
@@ -457,3 +458,17 @@ def test_known_actions_are_read_again_when_the_action_store_changes(runtime: Run
     service._known_actions()
     assert service._actions is not None and service._actions[0][1] == 2
     service.close()
+
+
+@pytest.mark.parametrize(
+    "at",
+    [
+        datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC),
+        datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=ZoneInfo("UTC")),  # polars' zone
+        datetime(2026, 1, 2, 3, 4, 5),  # naive: polars' reading
+    ],
+)
+def test_a_release_lineage_time_is_the_datetime_literal_it_replaces(at: datetime) -> None:
+    got = _utc_series(at)
+    assert got.dtype == PL_UTC_TS
+    assert got.to_list() == pl.select(pl.lit(at, PL_UTC_TS)).to_series().to_list()
