@@ -80,6 +80,9 @@ def test_the_splitter_matches_a_plain_reference_across_calls_chunks_and_new_symb
             frame = pl.concat([frame.head(n // 2), frame.tail(n - n // 2)], rechunk=False)
         got = [(symbols, rows["n"].to_list()) for symbols, rows in split(frame)]
         assert got == _reference_split(frame, 4), call
+    one = pl.DataFrame({"symbol": [str(names[0])] * 5, "n": np.arange(5)})  # one partition
+    [(symbols, rows)] = split(one)
+    assert symbols == [str(names[0])] and rows.equals(one)
 
 
 def test_the_splitter_refuses_rows_without_a_symbol() -> None:
