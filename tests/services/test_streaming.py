@@ -370,6 +370,22 @@ def test_symbols_welcomed_at_the_start_are_not_welcomed_again_at_their_first_tra
     service.close()
 
 
+def test_the_first_welcome_warms_the_validator_and_stores_publishes_nothing(
+    runtime: Runtime,
+) -> None:
+    service = runtime.stream_service("finnhub")
+    assert not service.validator._plans
+    service.welcome(["AAA", "bbb "], T0)  # an odd symbol is left out of the warm-up
+    assert service.validator._plans  # the rule plans the first release would have built
+    kept = service.recent.frame
+    service.welcome(["CCC"], T0 + timedelta(minutes=1))  # once: later symbols pay nothing
+    assert stored(runtime, ["AAA", "BBB", "CCC"]).is_empty()
+    assert not published_bars(runtime) and not published_bars(runtime, raw_bars("1m"))
+    assert service.recent.frame is kept or service.recent.frame.equals(kept)
+    assert service.stats.bars == 0 and runtime.backend.quarantine.count() == 0
+    service.close()
+
+
 def test_each_releases_audit_record_is_written_before_the_next_release_is_stored(
     tmp_path: Path,
 ) -> None:

@@ -69,7 +69,7 @@ from quantivista.bus.topics import (
 from quantivista.clock import Clock
 from quantivista.config import ProbeSettings, StreamSettings
 from quantivista.errors import ConfigurationError
-from quantivista.model.schema import PL_UTC_TS, utc_lit
+from quantivista.model.schema import PL_UTC_TS, coerce_bars, utc_lit
 from quantivista.model.symbols import symbol_problem
 from quantivista.model.timeframe import Timeframe
 from quantivista.pipeline.messages import Batch, BatchId, StoredBatch
@@ -247,6 +247,7 @@ class StreamService:
         )
         self.job_id = f"stream-{provider}-{clock.now():%Y%m%dT%H%M%S}"
         self._batch_no = 0
+        self._warmed = False  # the validator's first call made (`_warm_up`)
         self._subs = [
             bus.subscribe(BarsIngested.topic, self._forward, name="stream-forward"),
             bus.subscribe(BarsQuarantined.topic, self._forward, name="stream-forward"),
@@ -299,6 +300,36 @@ class StreamService:
         # which the first release's append consults
         self.runner.sinks.bars.prepare(symbols, Timeframe.parse("1m"), at)
         self.recent.seed(symbols, at)
+        fit = [s for s in symbols if _canonical(s)]
+        if fit and not self._warmed:
+            self._warm_up(fit, at)
+
+    def _warm_up(self, symbols: list[str], at: datetime) -> None:
+        """Validate a throwaway bar per symbol at `at` against the kept history, once: the
+        validator's first call builds its rule plans and Polars' first queries (~2-5 ms the
+        first release would pay on the latency path). Nothing is stored, published or kept."""
+        self._warmed = True
+        minute = at.astimezone(UTC).replace(second=0, microsecond=0)
+        n = len(symbols)
+        sample = coerce_bars(
+            pl.DataFrame(
+                {
+                    "symbol": symbols,
+                    "timeframe": ["1m"] * n,
+                    "ts": pl.Series([minute] * n, dtype=PL_UTC_TS),
+                    **{c: [1.0] * n for c in ("open", "high", "low", "close", "volume")},
+                }
+            ),
+            provider=self.provider,
+            job_id=self.job_id,
+            ingested_at=minute,
+        )
+        self.validator.validate(
+            sample,
+            job_id=self.job_id,
+            actions=self._known_actions(),
+            history=self.recent.history(sample),
+        )
 
     def _timed(
         self, stage: str, began: float, end: float | None = None, cpu: float | None = None
