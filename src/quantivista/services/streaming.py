@@ -328,7 +328,7 @@ class StreamService:
             sample,
             job_id=self.job_id,
             actions=self._known_actions(),
-            history=self.recent.history(sample),
+            history=self.recent.frame,  # what `recent.history` answers for bars at `at`
         )
 
     def _timed(
