@@ -226,6 +226,22 @@ def main() -> None:
         "n": len(apart[False]),
         "mean": round(statistics.mean(apart[False] or [0]), 2),
     }
+    # each job's batches (overlapping it, not the other): count, mean and max wait, max wall
+    for job in _JOBS:
+        mine = [(s, e) for name, s, e, _ in rec.background if name == job]
+        other = [(s, e) for name, s, e, _ in rec.background if name in _JOBS and name != job]
+        waits, walls_ = [], []
+        for b in batches:
+            t0, t1 = b["t0"], b["t0"] + b["ms"] / 1e3
+            if any(s < t1 and e > t0 for s, e in mine) and not any(
+                s < t1 and e > t0 for s, e in other
+            ):
+                waits.append(b["ms"] - b["cpu_ms"])
+                walls_.append(b["ms"])
+        out[f"wait_ms_beside_{job.split('.')[-1]}_only"] = (
+            [len(waits), round(statistics.mean(waits), 2), round(max(waits), 1),
+             round(max(walls_), 1)] if waits else [0]
+        )  # fmt: skip
     shown = []
     for b in slow[: args.show]:
         t0, t1 = b["t0"], b["t0"] + b["ms"] / 1e3

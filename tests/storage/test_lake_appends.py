@@ -470,3 +470,26 @@ def test_a_writers_own_delta_parts_match_the_file_decoded(tmp_path: Path) -> Non
     assert "nope" not in mine
     with pytest.raises(KeyError):
         mine["nope"]
+
+
+def test_latest_per_key_keeps_the_last_of_each_key_in_arrival_order() -> None:
+    # a micro-batch with corrections of earlier bars and repeats (the last one wins), and
+    # null keys, which repeat like any other key: as `unique(keep="last")` after a sort did
+    day = [DAY0 + timedelta(days=k) for k in range(3)]
+    frame = pl.DataFrame(
+        {
+            "symbol": ["B", "A", "B", "A", None, "B", None, "A"],
+            "ts": [day[2], day[1], day[0], day[1], day[0], day[2], day[0], None],
+            "close": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0],
+        }
+    )
+    got = latest_per_key(frame)
+    want = (
+        frame.with_row_index("_pos")
+        .sort("symbol", "ts", "_pos")
+        .unique(subset=["symbol", "ts"], keep="last", maintain_order=True)
+        .drop("_pos")
+    )
+    assert_frame_equal(got, want)
+    assert got["close"].to_list() == [7.0, 8.0, 4.0, 3.0, 6.0]
+    assert latest_per_key(frame.head(2)).height == 2  # in blocks already: as it is

@@ -136,6 +136,12 @@ def test_compaction_folds_small_files_and_reads_stay_exact(tmp_path: Path) -> No
     assert_frame_equal(store.read(["BBB"]), before.filter(pl.col("symbol") == "BBB"))
     assert_frame_equal(store.daily(), latest_scores(before))
     assert store.compact() == 0  # nothing small left
+    # the compacted file holds its rows sorted by key, in the stored types
+    compacted = pl.read_parquet(tmp_path / "quality" / "scores" / files[0])
+    assert compacted.schema == before.schema
+    assert_frame_equal(compacted, compacted.sort("symbol", "timeframe", "date", "job_id",
+                                                 "scored_at"))  # fmt: skip
+    assert compacted.height == 20 * 6
 
 
 def test_compacted_files_fold_into_the_next_tier(
