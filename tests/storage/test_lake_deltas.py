@@ -403,6 +403,29 @@ def test_a_read_joins_a_symbols_pending_deltas_once(minute_lake: MinuteLake) -> 
     assert_frame_equal(lake.read(["S03"], M1, lo, hi), inside)
 
 
+def test_a_partitions_rows_join_base_and_deltas_in_key_order_without_a_sort(
+    minute_lake: MinuteLake,
+) -> None:
+    # what a fold and a correction's merge take as the partition: every symbol's base rows
+    # and then its delta rows, symbols in order, a symbol that is new in the deltas included
+    lake, written = minute_lake(3)
+    late = [s for s in ("A00", "S031", "S10A") if lake.bucket(s) == lake.bucket("S03")]
+    assert len(late) == 3  # new symbols of S03's partition: first, among, between
+    news = _bars(late, 8, 2, DAY0 + timedelta(days=401, seconds=9), tf="1m")
+    lake.upsert(news)
+    lake.upsert(_minute(3))
+    directory = lake.partition_dir("1m", "S03", "2024-01")
+    view = lake._partition(directory)
+    assert isinstance(view, PartitionView) and len(view.deltas) == 5
+    mine = [s for s in [*SYMBOLS, *late] if lake.bucket(s) == lake.bucket("S03")]
+    every = pl.concat([*written, news, _minute(3)])
+    want = _key_sorted(every.filter(pl.col("symbol").is_in(mine)))
+    assert_frame_equal(view.frame, want)
+    assert view.frame.n_chunks() == 1
+    assert lake.fold(directory) == 5  # the fold writes that frame: reads stay exact
+    assert_frame_equal(lake.read(mine, M1), want)
+
+
 def test_merges_take_the_small_deltas_until_merged_ones_pile_up(
     tmp_path: Path, minute_lake: MinuteLake
 ) -> None:

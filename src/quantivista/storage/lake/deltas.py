@@ -53,6 +53,8 @@ from uuid import uuid4
 import numpy as np
 import polars as pl
 
+from quantivista.storage.lake.encoding import _ranges
+
 __all__ = [
     "DELTA_DIR",
     "DELTA_PREFIX",
@@ -159,11 +161,26 @@ class PartitionView:
 
     @property
     def frame(self) -> pl.DataFrame:
-        """Return every row of the partition, sorted by symbol and ts."""
-        parts = [p.frame for p in [self.base, *self.deltas]]
-        if len(parts) == 1:
-            return parts[0]
-        return pl.concat(parts, how="vertical_relaxed").sort("symbol", "ts")
+        """Return every row of the partition, sorted by symbol and ts: each symbol's base
+        rows and then its delta rows in order (see `pieces_of`), gathered in one go.
+
+        No sort: a sort of a partition held polars' thread pool for ~3 ms (a background
+        fold's, once per partition), and the writing thread's polars calls waited in its
+        queue; the order is known from the files' symbol indexes."""
+        if not self.deltas:
+            return self.base.frame
+        rows = [self.base, *self.deltas]
+        offsets = np.cumsum([0, *(r.frame.height for r in rows[:-1])]).tolist()
+        starts, counts = [], []
+        for symbol in sorted(set(self.base.index).union(*(d.index for d in self.deltas))):
+            for r, offset in zip(rows, offsets, strict=True):
+                span = r.index.get(symbol)
+                if span is not None:
+                    starts.append(offset + span[0])
+                    counts.append(span[1])
+        whole = pl.concat([r.frame for r in rows], how="vertical_relaxed", rechunk=True)
+        first = np.array(starts, dtype=np.int64)
+        return whole[_ranges(first, first + np.array(counts, dtype=np.int64))]
 
     def pieces_of(self, symbol: str) -> list[pl.DataFrame]:
         """Return the symbol's rows in ts order as its base slice and its delta slices
