@@ -493,3 +493,41 @@ def test_latest_per_key_keeps_the_last_of_each_key_in_arrival_order() -> None:
     assert_frame_equal(got, want)
     assert got["close"].to_list() == [7.0, 8.0, 4.0, 3.0, 6.0]
     assert latest_per_key(frame.head(2)).height == 2  # in blocks already: as it is
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_a_few_rows_merge_by_binary_search_as_the_full_merge_does(seed: int) -> None:
+    # `_merge_few` (a correction of a few rows: places by binary search, one gather) gives
+    # `_merge`'s rows, counts and superseded versions: updates, unchanged rows (their
+    # knowledge time kept), new bars before, among and after a symbol's, new symbols
+    rng = np.random.default_rng(seed)
+    symbols = ["B", "D", "F", "H"]
+    old = _bars(symbols, 0, 30, DAY0, tf="1m").filter(
+        pl.Series(rng.random(4 * 30) < 0.8)  # gaps to insert into
+    )
+    picks = sorted(rng.choice(old.height, size=int(rng.integers(0, 6)), replace=False))
+    fixes = old[picks].with_columns(
+        close=pl.when(pl.Series(rng.random(len(picks)) < 0.6)).then(pl.col("close") + 1)
+        .otherwise(pl.col("close")),
+        ingested_at=pl.lit(DAY0 + timedelta(days=9)).cast(old.schema["ingested_at"]),
+        job_id=pl.lit("fix"),
+    )  # fmt: skip
+    extra = _bars([str(s) for s in rng.choice(["A", "B", "E", "H", "Z"], 2)],
+                  int(rng.integers(-2, 33)), 2, DAY0 + timedelta(days=9), tf="1m")  # fmt: skip
+    new = latest_per_key(pl.concat([fixes, extra.select(fixes.columns)]))
+    new = new.sort("symbol", "ts")
+
+    def runs_of(frame: pl.DataFrame) -> list[tuple[str, int]]:
+        return [(s, n) for s, n in frame.group_by("symbol", maintain_order=True).len().rows()]
+
+    runs = runs_of(new)
+    few, stats_few, gone_few, runs_few = bars_module._merge_few(old, None, new, runs)
+    full, stats, gone = bars_module._merge(old, new)
+    assert stats_few == stats
+    if full is None:
+        assert few is None
+        return
+    assert few is not None
+    assert_frame_equal(few, full)
+    assert runs_few == runs_of(full)
+    assert_frame_equal(gone_few.sort("symbol", "ts"), gone.sort("symbol", "ts"))

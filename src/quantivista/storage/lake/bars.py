@@ -50,6 +50,7 @@ import json
 import os
 import threading
 import zlib
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
@@ -149,6 +150,7 @@ _VIEW_ATTEMPTS = 16  # reads of a partition that a fold or delete changed meanwh
 _DELTA_ROWS = 200_000  # writes up to this many rows may append as one delta file
 _FOLD_ROWS = 100_000  # a timeframe's deltas are merged into one below this, folded above
 _MERGED_DELTAS = 4  # merged deltas a timeframe keeps before merging them together
+_FEW = 16  # a write of at most 1/_FEW of a partition's rows merges by binary search (`_merge_few`)
 _Key = tuple[str, int, str | None]  # timeframe, bucket, month (intraday)
 _PartKey = tuple[int, int | None]  # a split's partition: bucket, months since 1970
 _Plan = tuple[list[Path], list[int], list[str]]  # directories, lock stripes, `_rel`s
@@ -588,13 +590,18 @@ class ParquetLake:
             # under the lock the cached copy, if its file identity matches, is current
             existing = self._partition(directory)
             old = existing.frame if existing is not None else new.clear()
-            merged, stats, superseded = _merge(old, new)
+            merged_runs: list[tuple[str, int]] | None = None
+            if existing is not None and new.height * _FEW <= old.height:  # a correction
+                index = existing.index if isinstance(existing, _Indexed) else None
+                merged, stats, superseded, merged_runs = _merge_few(old, index, new, runs)
+            else:
+                merged, stats, superseded = _merge(old, new)
             if merged is None:
                 return stats
             # history first: a crash between the two renames leaves a harmless copy
             self._write_history(directory, superseded)
             through = self._newest_delta(directory)
-            indexed = _Indexed(merged, through=through)
+            indexed = _Indexed(merged, merged_runs, through=through)
             self._write_base(path, merged, through, indexed=indexed)
             self.cache.put(path, indexed)  # the next read is warm
         stats.partitions_written = 1
@@ -2116,6 +2123,88 @@ def _merge(
     ).select(BAR_COLUMNS)
     kept = existing.join(new.select(key), on=key, how="anti")
     return pl.concat([kept, incoming]).sort(key), stats, superseded
+
+
+def _merge_few(
+    existing: pl.DataFrame,
+    index: dict[str, tuple[int, int]] | None,
+    new: pl.DataFrame,
+    runs: Sequence[tuple[str, int]],
+) -> tuple[pl.DataFrame | None, UpsertStats, pl.DataFrame, list[tuple[str, int]]]:
+    """`_merge` of a few rows into a partition (a correction of an earlier bar), on the
+    partition's order instead of joins and a sort of all of its rows: each new row's place
+    is found by a binary search in its symbol's rows (`index`: the symbol runs of
+    `existing`, None: scanned), and the merged rows are one gather. `new` is sorted by
+    symbol and ts without repeated keys, `runs` its (symbol, rows) in order. Also returns
+    the merged rows' symbol runs."""
+    if index is None:
+        index = _Indexed(existing).index
+    names = list(index)  # in row order: sorted
+    old_ts = existing["ts"].to_physical().to_numpy()
+    new_ts = new["ts"].to_physical().to_numpy()
+    at = np.empty(new.height, dtype=np.int64)  # each new row's place among the old rows
+    found = np.zeros(new.height, dtype=bool)  # ... holding the same key
+    added: dict[str, int] = {}
+    start = 0
+    for symbol, n in runs:  # a loop over the batch's symbols, not its rows
+        ts = new_ts[start : start + n]
+        span = index.get(symbol)
+        fresh = n
+        if span is None:  # a new symbol: before the first one after it
+            i = bisect_left(names, symbol)
+            at[start : start + n] = index[names[i]][0] if i < len(names) else existing.height
+        else:
+            first, rows = span
+            places = np.searchsorted(old_ts[first : first + rows], ts)
+            inside = places < rows
+            hits = np.zeros(n, dtype=bool)
+            hits[inside] = old_ts[first + places[inside]] == ts[inside]
+            at[start : start + n] = first + places
+            found[start : start + n] = hits
+            fresh -= int(hits.sum())
+        if fresh:
+            added[symbol] = added.get(symbol, 0) + fresh
+        start += n
+    matched = np.flatnonzero(found)
+    olds = existing[at[matched]]
+    values = list(BAR_VALUE_COLUMNS)
+    same = np.zeros(new.height, dtype=bool)
+    if len(matched):
+        equal = pl.all_horizontal([pl.col(c).eq_missing(pl.col(f"{c}_old")) for c in values])
+        pairs = (
+            new[matched]
+            .select(values)
+            .hstack(olds.select([pl.col(c).alias(f"{c}_old") for c in values]))
+        )
+        same[matched] = pairs.select(equal).to_series().to_numpy()
+    inserted = int(new.height - len(matched))
+    unchanged = int(same.sum())
+    stats = UpsertStats(
+        inserted=inserted, unchanged=unchanged, updated=new.height - inserted - unchanged
+    )
+    if stats.written == 0:
+        return None, stats, existing.clear(), []
+    replaced = found & ~same
+    gone = at[replaced]
+    now = datetime.now(UTC)
+    superseded = existing[gone].with_columns(
+        superseded_at=new["ingested_at"].filter(pl.Series(replaced)).fill_null(now)
+    )
+    # an unchanged row stays as it is (its knowledge time too): the old row is kept
+    incoming = np.flatnonzero(~same)
+    keep = np.ones(existing.height, dtype=bool)
+    keep[gone] = False
+    kept = np.flatnonzero(keep)
+    # a new row goes before the old row at its place (which it replaces, or follows)
+    keys = np.concatenate([kept * 2 + 1, at[incoming] * 2])
+    order = np.argsort(keys, kind="stable")
+    picked = np.concatenate([kept, existing.height + incoming])[order]
+    both = pl.concat([existing, new.select(existing.columns)], how="vertical_relaxed")
+    merged = both[picked]
+    counts = {name: n for name, (_, n) in index.items()}
+    for symbol, n in added.items():
+        counts[symbol] = counts.get(symbol, 0) + n
+    return merged, stats, superseded, sorted(counts.items())
 
 
 def _prune_empty_dirs(start: Path, stop: Path) -> None:
