@@ -521,7 +521,8 @@ def test_a_few_rows_merge_by_binary_search_as_the_full_merge_does(seed: int) -> 
         return [(s, n) for s, n in frame.group_by("symbol", maintain_order=True).len().rows()]
 
     runs = runs_of(new)
-    few, stats_few, gone_few, runs_few = bars_module._merge_few(old, None, new, runs)
+    index = bars_module._Indexed(old).index
+    few, stats_few, gone_few, runs_few = bars_module._merge_few(old, index, new, runs)
     full, stats, gone = bars_module._merge(old, new)
     assert stats_few == stats
     if full is None:

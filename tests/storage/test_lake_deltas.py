@@ -420,8 +420,10 @@ def test_a_partitions_rows_join_base_and_deltas_in_key_order_without_a_sort(
     mine = [s for s in [*SYMBOLS, *late] if lake.bucket(s) == lake.bucket("S03")]
     every = pl.concat([*written, news, _minute(3)])
     want = _key_sorted(every.filter(pl.col("symbol").is_in(mine)))
-    assert_frame_equal(view.frame, want)
-    assert view.frame.n_chunks() == 1
+    frame, index = view.joined()
+    assert_frame_equal(frame, want)
+    assert frame.n_chunks() == 1
+    assert index == bars_module._Indexed(want).index  # where each symbol's rows are
     assert lake.fold(directory) == 5  # the fold writes that frame: reads stay exact
     assert_frame_equal(lake.read(mine, M1), want)
 

@@ -259,6 +259,10 @@ class _Indexed:
         bounds = [*starts.to_list(), frame.height]
         self.index = {n: (bounds[i], bounds[i + 1] - bounds[i]) for i, n in enumerate(names)}
 
+    def joined(self) -> tuple[pl.DataFrame, dict[str, tuple[int, int]]]:
+        """Return the rows and the symbol index (as `PartitionView.joined`)."""
+        return self.frame, self.index
+
     def rows_of(self, symbol: str) -> pl.DataFrame:
         """Return the symbol's rows (a zero-copy slice; empty when it has none here)."""
         span = self.index.get(symbol)
@@ -589,10 +593,9 @@ class ParquetLake:
             self._sweep_temporaries(self._history_of(directory))
             # under the lock the cached copy, if its file identity matches, is current
             existing = self._partition(directory)
-            old = existing.frame if existing is not None else new.clear()
+            old, index = existing.joined() if existing is not None else (new.clear(), {})
             merged_runs: list[tuple[str, int]] | None = None
             if existing is not None and new.height * _FEW <= old.height:  # a correction
-                index = existing.index if isinstance(existing, _Indexed) else None
                 merged, stats, superseded, merged_runs = _merge_few(old, index, new, runs)
             else:
                 merged, stats, superseded = _merge(old, new)
@@ -2127,18 +2130,16 @@ def _merge(
 
 def _merge_few(
     existing: pl.DataFrame,
-    index: dict[str, tuple[int, int]] | None,
+    index: dict[str, tuple[int, int]],
     new: pl.DataFrame,
     runs: Sequence[tuple[str, int]],
 ) -> tuple[pl.DataFrame | None, UpsertStats, pl.DataFrame, list[tuple[str, int]]]:
     """`_merge` of a few rows into a partition (a correction of an earlier bar), on the
     partition's order instead of joins and a sort of all of its rows: each new row's place
-    is found by a binary search in its symbol's rows (`index`: the symbol runs of
-    `existing`, None: scanned), and the merged rows are one gather. `new` is sorted by
+    is found by a binary search in its symbol's rows (`index`: where each symbol's rows
+    of `existing` start, and how many), and the merged rows are one gather. `new` is sorted by
     symbol and ts without repeated keys, `runs` its (symbol, rows) in order. Also returns
     the merged rows' symbol runs."""
-    if index is None:
-        index = _Indexed(existing).index
     names = list(index)  # in row order: sorted
     old_ts = existing["ts"].to_physical().to_numpy()
     new_ts = new["ts"].to_physical().to_numpy()
@@ -2167,16 +2168,13 @@ def _merge_few(
         start += n
     matched = np.flatnonzero(found)
     olds = existing[at[matched]]
-    values = list(BAR_VALUE_COLUMNS)
     same = np.zeros(new.height, dtype=bool)
-    if len(matched):
-        equal = pl.all_horizontal([pl.col(c).eq_missing(pl.col(f"{c}_old")) for c in values])
-        pairs = (
-            new[matched]
-            .select(values)
-            .hstack(olds.select([pl.col(c).alias(f"{c}_old") for c in values]))
-        )
-        same[matched] = pairs.select(equal).to_series().to_numpy()
+    if len(matched):  # Series comparisons: a few rows cost less than a query's set-up
+        mine = new[matched]
+        equal = np.ones(len(matched), dtype=bool)
+        for c in BAR_VALUE_COLUMNS:
+            equal &= mine[c].eq_missing(olds[c]).to_numpy()
+        same[matched] = equal
     inserted = int(new.height - len(matched))
     unchanged = int(same.sum())
     stats = UpsertStats(
@@ -2186,10 +2184,10 @@ def _merge_few(
         return None, stats, existing.clear(), []
     replaced = found & ~same
     gone = at[replaced]
-    now = datetime.now(UTC)
-    superseded = existing[gone].with_columns(
-        superseded_at=new["ingested_at"].filter(pl.Series(replaced)).fill_null(now)
-    )
+    stamps = new["ingested_at"].gather(np.flatnonzero(replaced))
+    if stamps.null_count():
+        stamps = stamps.fill_null(datetime.now(UTC))
+    superseded = existing[gone].hstack([stamps.alias("superseded_at")])
     # an unchanged row stays as it is (its knowledge time too): the old row is kept
     incoming = np.flatnonzero(~same)
     keep = np.ones(existing.height, dtype=bool)
@@ -2199,7 +2197,11 @@ def _merge_few(
     keys = np.concatenate([kept * 2 + 1, at[incoming] * 2])
     order = np.argsort(keys, kind="stable")
     picked = np.concatenate([kept, existing.height + incoming])[order]
-    both = pl.concat([existing, new.select(existing.columns)], how="vertical_relaxed")
+    rest = new.select(existing.columns)
+    if rest.schema == existing.schema:
+        both = pl.concat([existing, rest])
+    else:  # a store written before in other types
+        both = pl.concat([existing, rest], how="vertical_relaxed")
     merged = both[picked]
     counts = {name: n for name, (_, n) in index.items()}
     for symbol, n in added.items():

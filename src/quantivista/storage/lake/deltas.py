@@ -161,26 +161,37 @@ class PartitionView:
 
     @property
     def frame(self) -> pl.DataFrame:
+        """Return every row of the partition, sorted by symbol and ts (`joined`)."""
+        return self.joined()[0]
+
+    def joined(self) -> tuple[pl.DataFrame, dict[str, tuple[int, int]]]:
         """Return every row of the partition, sorted by symbol and ts: each symbol's base
-        rows and then its delta rows in order (see `pieces_of`), gathered in one go.
+        rows and then its delta rows in order (see `pieces_of`), gathered in one go; and
+        where each symbol's rows start and how many there are.
 
         No sort: a sort of a partition held polars' thread pool for ~3 ms (a background
         fold's, once per partition), and the writing thread's polars calls waited in its
         queue; the order is known from the files' symbol indexes."""
         if not self.deltas:
-            return self.base.frame
+            return self.base.frame, self.base.index
         rows = [self.base, *self.deltas]
         offsets = np.cumsum([0, *(r.frame.height for r in rows[:-1])]).tolist()
         starts, counts = [], []
+        index: dict[str, tuple[int, int]] = {}
+        total = 0
         for symbol in sorted(set(self.base.index).union(*(d.index for d in self.deltas))):
+            first = total
             for r, offset in zip(rows, offsets, strict=True):
                 span = r.index.get(symbol)
                 if span is not None:
                     starts.append(offset + span[0])
                     counts.append(span[1])
+                    total += span[1]
+            index[symbol] = (first, total - first)
         whole = pl.concat([r.frame for r in rows], how="vertical_relaxed", rechunk=True)
-        first = np.array(starts, dtype=np.int64)
-        return whole[_ranges(first, first + np.array(counts, dtype=np.int64))]
+        first_rows = np.array(starts, dtype=np.int64)
+        picked = _ranges(first_rows, first_rows + np.array(counts, dtype=np.int64))
+        return whole[picked], index
 
     def pieces_of(self, symbol: str) -> list[pl.DataFrame]:
         """Return the symbol's rows in ts order as its base slice and its delta slices
