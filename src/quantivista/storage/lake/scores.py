@@ -61,6 +61,7 @@ REPLACES_KEY = "qv.replaces"  # a compacted file's footer: the files it holds (r
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ARROW_SCHEMA = pl.DataFrame(schema=STORED_SCORE_SCHEMA).to_arrow().schema
 _SORT_KEY = ("symbol", "timeframe", "date", "job_id", "scored_at")  # a compacted file's order
+_READ_GROUP = 8  # small files a compaction reads per polars scan (see `_sorted_rows`)
 _CREATE_ATTEMPTS = 16  # a write's retries when a compaction removes its emptied job folder
 
 
@@ -126,7 +127,7 @@ class ParquetScoreStore:
 
     def _fold(self, files: list[Path], tier: int) -> None:
         """Write `files` as one compacted file of `tier`, then remove them (under the lock)."""
-        rows = _sorted_rows(files)
+        rows = _sorted_rows(files, tier)
         folder = self.dir / _COMPACTED
         path = folder / f"part-{tier:02d}-{time.time_ns():020d}-{uuid4().hex[:12]}.parquet"
         names = [p.relative_to(self.dir).as_posix() for p in files]
@@ -236,16 +237,22 @@ def score_runs(frame: pl.DataFrame) -> pl.DataFrame:
     return head.with_columns(pl.Series("date", dates, dtype=pl.List(pl.Date)))
 
 
-def _sorted_rows(files: list[Path]) -> pa.Table:
-    """Return the rows of score files as one Arrow table sorted by key (a compaction's).
+def _sorted_rows(files: list[Path], tier: int) -> pa.Table:
+    """Return the rows of score files (of `tier` - 1) as one Arrow table sorted by key.
 
-    Read, joined and sorted by pyarrow on its own threads, never on polars' pool: the
-    writing thread's every step is a polars call, and one queued behind a background job
-    on that pool waits for the whole job (a compaction's parallel scan and sort of 64
-    files made micro-batches wait 50-250 ms). pyarrow lets the GIL go while it works."""
-    # one file at a time on this thread: a fifth of `read_table`'s CPU on small files
-    tables = [pq.ParquetFile(p).read(use_threads=False).cast(_ARROW_SCHEMA) for p in files]
-    table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+    A background compaction must not hold polars' thread pool for long: the writing
+    thread's every step is a polars call, and one queued behind a job on that pool waits
+    for the whole job (one parallel scan and sort of a compaction's files made
+    micro-batches wait 50-250 ms). So polars reads a few small files per scan (its reader
+    costs a quarter of pyarrow's per small file), one compacted file per scan, and pyarrow
+    sorts (on this thread, without the GIL)."""
+    group = _READ_GROUP if tier == 1 else 1
+    scans = [
+        pl.scan_parquet(files[i : i + group], hive_partitioning=False).collect()
+        for i in range(0, len(files), group)
+    ]
+    rows = scans[0] if len(scans) == 1 else pl.concat(scans, rechunk=False)
+    table = rows.to_arrow().cast(_ARROW_SCHEMA)
     keys = [(c, "ascending", "at_start") for c in _SORT_KEY]  # nulls first, as polars'
     return table.sort_by(keys)
 
