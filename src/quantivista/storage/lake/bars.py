@@ -1129,8 +1129,9 @@ class ParquetLake:
         found = self._partition(directory)
         newest = held[-1][0]
         if isinstance(found, PartitionView) and (found.through or "") < newest:
-            frame, path = found.frame, self.base_path(directory)
-            indexed = _Indexed(frame, through=newest)
+            frame, index = found.joined()
+            path = self.base_path(directory)
+            indexed = _Indexed(frame, [(s, n) for s, (_, n) in index.items()], newest)
             self._write_base(path, frame, newest, indexed=indexed)
             self.cache.put(path, indexed)
         return len(held)
@@ -1168,8 +1169,8 @@ class ParquetLake:
         newest = held[-1][0]
         if (view.through or "") >= newest:
             return None  # folded already
-        frame = view.frame
-        indexed = _Indexed(frame, through=newest)
+        frame, index = view.joined()  # its symbol index too: not scanned again
+        indexed = _Indexed(frame, [(s, n) for s, (_, n) in index.items()], newest)
         pending = f".tmp-fold-{uuid4().hex[:12]}-"  # swept by any writer under the lock
         try:
             files, tail = self._write_base(path, frame, newest, indexed=indexed, pending=pending)
