@@ -38,7 +38,7 @@ test: lint typecheck unit ## lint, type-check and run the whole test suite
 perf: $(STAMP) ## run every benchmark in perf/ (each prints one JSON line)
 	@for script in perf/[!_]*.py; do echo "# $$script"; $(BIN)/python $$script || exit 1; done
 
-perf-quiet: $(STAMP) ## every open issue's benchmark, for a quiet machine (perf/quiet_all.sh, ~15 min)
+perf-quiet: $(STAMP) ## every open issue's benchmark, for a quiet machine (perf/quiet_all.sh, ~10 min)
 	PY=$(BIN)/python bash perf/quiet_all.sh
 
 clean: ## remove the virtualenv, caches and demo data
