@@ -19,6 +19,7 @@ from quantivista.model.schema import coerce_bars
 from quantivista.model.timeframe import Timeframe
 from quantivista.storage.base import latest_per_key
 from quantivista.storage.lake import bars as bars_module
+from quantivista.storage.lake import bars_core
 from quantivista.storage.lake import files as files_module
 from quantivista.storage.lake.appends import Split, month_text
 from quantivista.storage.lake.bars import ParquetLake, bucket_of
@@ -256,7 +257,7 @@ def _during_fold(monkeypatch: pytest.MonkeyPatch, action: object, fmt: str) -> l
     """Run `action()` once a fold has written its base file ahead (with the writer of the
     base's format), before it takes the lock."""
     writer = "atomic_write_base_ipc" if fmt == "arrow" else "atomic_write_parquet"
-    real = getattr(bars_module, writer)
+    real = getattr(bars_core, writer)  # `_write_base` is in bars_core
     ran: list[bool] = []
 
     def hooked(*args: object, **kw: object) -> int:
@@ -267,7 +268,7 @@ def _during_fold(monkeypatch: pytest.MonkeyPatch, action: object, fmt: str) -> l
             action()  # type: ignore[operator]
         return size
 
-    monkeypatch.setattr(bars_module, writer, hooked)
+    monkeypatch.setattr(bars_core, writer, hooked)
     return ran
 
 
