@@ -34,9 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import quantivista.pipeline.runner as runner_module
 import quantivista.pipeline.stages as stages_module
-import quantivista.storage.lake.bars as bars_module
 import quantivista.storage.lake.bars_core as bars_core
 import quantivista.storage.lake.bars_deltas as bars_deltas
+import quantivista.storage.lake.bars_writes as bars_writes
 from _common import load_avg_1m, print_json_line
 from append import minute_bars
 from quantivista.config import IngestSettings
@@ -94,7 +94,7 @@ def patch(rec: Recorder) -> None:
     stages_module.mark_changed = rec.timed(stages_module.mark_changed, "mark_changed")
     for module in (bars_core, bars_deltas):  # the lake's modules that call it (bars is split)
         module.atomic_write_ipc = rec.timed(module.atomic_write_ipc, "write_delta_file")
-    bars_module.latest_per_key = rec.timed(bars_module.latest_per_key, "latest_per_key")
+    bars_writes.latest_per_key = rec.timed(bars_writes.latest_per_key, "latest_per_key")
     for cls, names in (
         (ParquetLake, ("upsert", "_live_deltas", "_known", "_write_delta", "_upsert_locked",
                        "recent", "tidy", "fold", "merge_deltas", "fold_timeframe")),
