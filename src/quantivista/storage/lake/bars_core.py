@@ -18,9 +18,7 @@ import polars as pl
 import pyarrow as pa
 
 from quantivista.config import StorageSettings
-from quantivista.storage.base import (
-    HISTORY_POLARS_SCHEMA,
-)
+from quantivista.storage.base import HISTORY_POLARS_SCHEMA
 from quantivista.storage.lake.appends import Marks
 from quantivista.storage.lake.bars_indexed import (
     _codec,

@@ -16,13 +16,9 @@ import numpy as np
 import polars as pl
 
 from quantivista.errors import StorageError
-from quantivista.storage.base import (
-    UpsertStats,
-)
+from quantivista.storage.base import UpsertStats
 from quantivista.storage.lake.appends import Split
-from quantivista.storage.lake.bars_core import (
-    BarFiles,
-)
+from quantivista.storage.lake.bars_core import BarFiles
 from quantivista.storage.lake.bars_indexed import (
     _Appended,
     _delta_parts,

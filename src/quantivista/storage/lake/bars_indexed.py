@@ -15,9 +15,7 @@ import pyarrow as pa
 
 from quantivista.config import StorageSettings
 from quantivista.storage.lake.appends import Split, month_text
-from quantivista.storage.lake.deltas import (
-    PartitionView,
-)
+from quantivista.storage.lake.deltas import PartitionView
 from quantivista.storage.lake.encoding import ArrowBatch, Run
 from quantivista.storage.lake.tails import (
     TAIL_ROWS,

@@ -14,9 +14,7 @@ from quantivista.model.schema import (
     BAR_COLUMNS,
     BAR_VALUE_COLUMNS,
 )
-from quantivista.storage.base import (
-    UpsertStats,
-)
+from quantivista.storage.base import UpsertStats
 
 
 def _merge(

@@ -25,12 +25,8 @@ from quantivista.storage.base import (
     pick_as_of,
 )
 from quantivista.storage.lake.asof import history_slices, read_as_of
-from quantivista.storage.lake.bars_core import (
-    ARROW_FILE,
-)
-from quantivista.storage.lake.bars_deltas import (
-    BarDeltas,
-)
+from quantivista.storage.lake.bars_core import ARROW_FILE
+from quantivista.storage.lake.bars_deltas import BarDeltas
 from quantivista.storage.lake.bars_indexed import (
     _epoch_us,
     _frame,
@@ -48,12 +44,8 @@ from quantivista.storage.lake.files import (
     IpcBase,
     read_parquet_files,
 )
-from quantivista.storage.lake.layout import (
-    bar_base_files,
-)
-from quantivista.storage.lake.tails import (
-    Tail,
-)
+from quantivista.storage.lake.layout import bar_base_files
+from quantivista.storage.lake.tails import Tail
 
 _MICROSECOND = timedelta(microseconds=1)
 _BULK_READ = 16  # symbols above which a read cuts ranges and columns once, not per symbol

@@ -29,9 +29,7 @@ from quantivista.storage.lake.bars_core import (
     _PartKey,
     _Plan,
 )
-from quantivista.storage.lake.bars_deltas import (
-    BarDeltas,
-)
+from quantivista.storage.lake.bars_deltas import BarDeltas
 from quantivista.storage.lake.bars_indexed import (
     _by_timeframe,
     _Indexed,
@@ -45,9 +43,7 @@ from quantivista.storage.lake.deltas import (
     stack,
 )
 from quantivista.storage.lake.encoding import ArrowBatch, Run
-from quantivista.storage.lake.files import (
-    file_identity,
-)
+from quantivista.storage.lake.files import file_identity
 
 _DELTA_ROWS = 200_000  # writes up to this many rows may append as one delta file
 _FEW = 16  # a write of at most 1/_FEW of a partition's rows merges by binary search (`_merge_few`)
