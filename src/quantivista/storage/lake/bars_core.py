@@ -1,6 +1,7 @@
 """The lake's partition files and paths (`BarFiles`, the base of `bars.ParquetLake`):
 buckets and partition directories, the striped partition locks, base files (format,
-metadata, writing them with their tails), history files, and the delta folders' names."""
+metadata, reading them, writing them with their tails), history files, and the names of
+partitions in their delta folders."""
 
 from __future__ import annotations
 
