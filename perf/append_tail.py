@@ -34,7 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import quantivista.pipeline.runner as runner_module
 import quantivista.pipeline.stages as stages_module
-import quantivista.storage.lake.bars as bars_module
+import quantivista.storage.lake.bars_core as bars_core
+import quantivista.storage.lake.bars_deltas as bars_deltas
+import quantivista.storage.lake.bars_writes as bars_writes
 from _common import load_avg_1m, print_json_line
 from append import minute_bars
 from quantivista.config import IngestSettings
@@ -90,8 +92,9 @@ def patch(rec: Recorder) -> None:
     for name in ("coerce", "validate", "store", "announce", "observe_stored", "history_for"):
         setattr(runner_module, name, rec.timed(getattr(runner_module, name), name))
     stages_module.mark_changed = rec.timed(stages_module.mark_changed, "mark_changed")
-    bars_module.atomic_write_ipc = rec.timed(bars_module.atomic_write_ipc, "write_delta_file")
-    bars_module.latest_per_key = rec.timed(bars_module.latest_per_key, "latest_per_key")
+    for module in (bars_core, bars_deltas):  # the lake's modules that call it (bars is split)
+        module.atomic_write_ipc = rec.timed(module.atomic_write_ipc, "write_delta_file")
+    bars_writes.latest_per_key = rec.timed(bars_writes.latest_per_key, "latest_per_key")
     for cls, names in (
         (ParquetLake, ("upsert", "_live_deltas", "_known", "_write_delta", "_upsert_locked",
                        "recent", "tidy", "fold", "merge_deltas", "fold_timeframe")),
@@ -147,7 +150,7 @@ def main() -> None:
     parser.add_argument("--fold-rows", type=int, default=0, help="the lake's _FOLD_ROWS")
     args = parser.parse_args()
     if args.fold_rows:
-        bars_module._FOLD_ROWS = args.fold_rows
+        bars_deltas._FOLD_ROWS = args.fold_rows
     if args.switch_us:
         sys.setswitchinterval(args.switch_us / 1e6)
     rec = Recorder()

@@ -19,6 +19,7 @@ from quantivista.model.schema import coerce_bars
 from quantivista.model.timeframe import Timeframe
 from quantivista.storage.base import latest_per_key
 from quantivista.storage.lake import bars as bars_module
+from quantivista.storage.lake import bars_core, bars_deltas
 from quantivista.storage.lake import files as files_module
 from quantivista.storage.lake.appends import Split, month_text
 from quantivista.storage.lake.bars import ParquetLake, bucket_of
@@ -163,7 +164,7 @@ def test_appends_are_arrow_ipc_files_and_parquet_deltas_of_older_stores_still_re
 
 def _during_merge(monkeypatch: pytest.MonkeyPatch, action: object) -> list[bool]:
     """Run `action()` once a merge has written its file, before it takes the locks."""
-    real = bars_module.atomic_write_ipc
+    real = bars_deltas.atomic_write_ipc  # `merge_deltas` is in bars_deltas
     ran: list[bool] = []
 
     def hooked(df: pl.DataFrame, path: Path, *args: object, **kw: object) -> int:
@@ -173,7 +174,7 @@ def _during_merge(monkeypatch: pytest.MonkeyPatch, action: object) -> list[bool]
             action()  # type: ignore[operator]
         return size
 
-    monkeypatch.setattr(bars_module, "atomic_write_ipc", hooked)
+    monkeypatch.setattr(bars_deltas, "atomic_write_ipc", hooked)
     return ran
 
 
@@ -256,7 +257,7 @@ def _during_fold(monkeypatch: pytest.MonkeyPatch, action: object, fmt: str) -> l
     """Run `action()` once a fold has written its base file ahead (with the writer of the
     base's format), before it takes the lock."""
     writer = "atomic_write_base_ipc" if fmt == "arrow" else "atomic_write_parquet"
-    real = getattr(bars_module, writer)
+    real = getattr(bars_core, writer)  # `_write_base` is in bars_core
     ran: list[bool] = []
 
     def hooked(*args: object, **kw: object) -> int:
@@ -267,7 +268,7 @@ def _during_fold(monkeypatch: pytest.MonkeyPatch, action: object, fmt: str) -> l
             action()  # type: ignore[operator]
         return size
 
-    monkeypatch.setattr(bars_module, writer, hooked)
+    monkeypatch.setattr(bars_core, writer, hooked)
     return ran
 
 
@@ -397,7 +398,7 @@ def test_a_fold_keeps_the_writers_marks_and_later_writes_still_tell_appends_apar
     marks = lake._marks[directory]
     assert lake.fold(directory) == 3
     assert lake._marks[directory] is marks  # not rebuilt by the next write
-    assert marks.identity == bars_module.file_identity(lake.base_path(directory))
+    assert marks.identity == files_module.file_identity(lake.base_path(directory))
     after = _bars(["AAA", "BBB"], 8, 1, DAY0 + timedelta(days=402), tf="1m")
     lake.upsert(after)
     assert lake._marks[directory] is marks

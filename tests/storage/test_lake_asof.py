@@ -63,7 +63,7 @@ def _spy(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
         seen.append(found is not None)
         return found
 
-    monkeypatch.setattr("quantivista.storage.lake.bars.read_as_of", spy)
+    monkeypatch.setattr("quantivista.storage.lake.bars_reads.read_as_of", spy)  # its caller
     return seen
 
 

@@ -14,7 +14,7 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from quantivista.model.timeframe import Timeframe
-from quantivista.storage.lake import bars as lake_module
+from quantivista.storage.lake import bars_reads
 from quantivista.storage.lake.bars import ARROW_FILE, DATA_FILE, ParquetLake, storage_report
 from quantivista.storage.lake.files import IpcBase
 from quantivista.storage.lake.retention import archive_expired
@@ -105,14 +105,14 @@ def test_as_of_reads_of_a_month_file_are_exact_in_a_fresh_process(
     history = list((tmp_path / "history").rglob("*.arrow"))  # beside each month, indexed
     assert sorted(p.parent.name for p in history) == ["month=2024-01", "month=2024-02"]
     fast: list[bool] = []  # the read of one month file takes the path of `asof`
-    real = lake_module.read_as_of
+    real = bars_reads.read_as_of  # `_as_of_one` (its caller) is in bars_reads
 
     def spy(*args: Any) -> Any:
         found = real(*args)
         fast.append(found is not None)
         return found
 
-    monkeypatch.setattr(lake_module, "read_as_of", spy)
+    monkeypatch.setattr(bars_reads, "read_as_of", spy)
     fresh = _lake(tmp_path, codec)
     jan = (datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 2, 1, tzinfo=UTC))
     for symbol in ("AAA", "BBB"):

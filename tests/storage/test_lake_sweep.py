@@ -21,7 +21,7 @@ from quantivista.cli import app
 from quantivista.config import Settings, StorageSettings
 from quantivista.model.timeframe import Timeframe
 from quantivista.platform import Platform
-from quantivista.storage.lake import bars as bars_module
+from quantivista.storage.lake import bars_deltas
 from quantivista.storage.lake.bars import ParquetLake
 from quantivista.storage.lake.cold import ColdTier
 from quantivista.storage.lake.deltas import DELTA_DIR
@@ -37,15 +37,15 @@ STALE = AFTER_S + 60
 # a merge killed (kill -9) between writing its hidden file and renaming it into place
 _KILLED_MERGE = """
 import os, signal, sys
-from quantivista.storage.lake import bars as bars_module
+from quantivista.storage.lake import bars_deltas
 from quantivista.storage.lake.bars import ParquetLake
-real = bars_module.atomic_write_ipc
+real = bars_deltas.atomic_write_ipc
 def killed(df, path, *args, **kw):
     size = real(df, path, *args, **kw)
     if path.name.startswith(".tmp-merge-"):
         os.kill(os.getpid(), signal.SIGKILL)
     return size
-bars_module.atomic_write_ipc = killed
+bars_deltas.atomic_write_ipc = killed
 lake = ParquetLake(sys.argv[1])
 lake.merge_deltas(lake.bars_root / "timeframe=1m")
 """
@@ -65,7 +65,7 @@ def _store(root: Path, minutes: int = 4) -> pl.DataFrame:
 
 def _after_merge_writes(monkeypatch: pytest.MonkeyPatch, action: Callable[[Path], None]) -> None:
     """Run `action(its file)` once a merge has written its hidden file, before its locks."""
-    real = bars_module.atomic_write_ipc
+    real = bars_deltas.atomic_write_ipc
 
     def hooked(df: pl.DataFrame, path: Path, *args: object, **kw: object) -> int:
         size = real(df, path, *args, **kw)  # type: ignore[arg-type]
@@ -73,7 +73,7 @@ def _after_merge_writes(monkeypatch: pytest.MonkeyPatch, action: Callable[[Path]
             action(path)
         return size
 
-    monkeypatch.setattr(bars_module, "atomic_write_ipc", hooked)
+    monkeypatch.setattr(bars_deltas, "atomic_write_ipc", hooked)
 
 
 def _age(path: Path, seconds: float) -> None:
@@ -131,7 +131,7 @@ def test_a_merge_whose_file_was_swept_as_stale_is_dropped(
 ) -> None:
     root = tmp_path / "qv"
     stored = _store(root)
-    real = bars_module.atomic_write_ipc
+    real = bars_deltas.atomic_write_ipc
     swept: list[Path] = []
     lake = ParquetLake(root)
     # a merge stalled past the bound
@@ -144,7 +144,7 @@ def test_a_merge_whose_file_was_swept_as_stale_is_dropped(
     assert [p.name[: len(".tmp-merge-")] for p in swept] == [".tmp-merge-"]
     assert lake.delta_files("1m") == sources  # nothing replaced; the next merge tries again
     assert_frame_equal(lake.read(SYMBOLS, M1), stored)
-    monkeypatch.setattr(bars_module, "atomic_write_ipc", real)
+    monkeypatch.setattr(bars_deltas, "atomic_write_ipc", real)
     assert lake.merge_deltas(lake.bars_root / "timeframe=1m") == len(sources) - 1
 
 
