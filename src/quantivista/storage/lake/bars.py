@@ -97,7 +97,9 @@ _LAYOUT_VERSION = 2
 
 
 class ParquetLake(BarWrites, BarUpkeep):
-    """Silver bars in a directory of Parquet partitions (the default `BarStore`)."""
+    """Silver bars in a directory of partition files: Arrow IPC bases (intraday months with
+    lz4 buffers, `storage.intraday_format`), small appends as delta files, archived months
+    as Parquet in the cold tier (the default `BarStore`)."""
 
     def __init__(
         self, root: Path, settings: StorageSettings | None = None, cold: ColdTier | None = None
