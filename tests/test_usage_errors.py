@@ -8,12 +8,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import pytest
 
 from quantivista.bus.base import check_member
 from quantivista.bus.codecs import Codecs
 from quantivista.bus.events import BarsIngested, Event
 from quantivista.bus.memory_broker import MemoryBroker
+from quantivista.bus.publisher import _Splitter
 from quantivista.bus.schemas import fields_of
 from quantivista.config import StorageSettings
 from quantivista.errors import (
@@ -24,6 +26,7 @@ from quantivista.errors import (
     StorageRejectedError,
     StorageUsageError,
 )
+from quantivista.model.timeframe import Timeframe
 from quantivista.services.distribution import DistributionService
 from quantivista.storage.lake.backup import backup, restore
 from quantivista.storage.lake.bars import ParquetLake
@@ -45,6 +48,11 @@ def _event() -> BarsIngested:
     )  # fmt: skip
 
 
+def _old_layout(root: Path) -> Path:
+    (root / "silver" / "bars" / "timeframe=1d" / "symbol=A").mkdir(parents=True)
+    return root
+
+
 def _full(path: Path) -> Path:
     path.mkdir()
     (path / "something").write_text("x")
@@ -57,6 +65,7 @@ BUS_MISTAKES: dict[str, Callable[[Path], Any]] = {
     "unknown-codec": lambda _: Codecs().encode(_event(), "xml"),  # type: ignore[arg-type]
     "member-out-of-range": lambda _: check_member(3, 2),
     "unsupported-field": lambda _: fields_of(_Odd),
+    "rows-without-a-symbol": lambda _: _Splitter(4)(pl.DataFrame({"symbol": ["A", None]})),
 }
 STORE_MISTAKES: dict[str, Callable[[Path], Any]] = {
     "no-cold-tier": lambda tmp: archive_expired(
@@ -64,6 +73,10 @@ STORE_MISTAKES: dict[str, Callable[[Path], Any]] = {
     ),
     "backup-into-full-dir": lambda tmp: backup(tmp / "lake", _full(tmp / "dest")),
     "restore-from-nothing": lambda tmp: restore(tmp / "missing", tmp / "target"),
+    "unknown-column": lambda tmp: ParquetLake(tmp / "lake", StorageSettings()).read(
+        ["A"], Timeframe.parse("1d"), T0, T0, columns=["symbol", "no_such_column"]
+    ),
+    "old-per-symbol-layout": lambda tmp: ParquetLake(_old_layout(tmp / "lake"), StorageSettings()),
 }
 
 

@@ -14,7 +14,7 @@ from quantivista.bus.base import Broker, partition_of
 from quantivista.bus.codecs import CodecName, Codecs
 from quantivista.bus.events import Event
 from quantivista.bus.topics import Route, partitions_of
-from quantivista.errors import BusError, MessageTooLargeError
+from quantivista.errors import BusUsageError, MessageTooLargeError
 
 __all__ = ["Publisher", "by_symbol"]
 
@@ -196,7 +196,7 @@ class _Splitter:
         """Return (sorted symbols, rows) per partition that has rows."""
         names = frame["symbol"]
         if names.null_count():  # no partition for a null symbol: keyed like a None key
-            raise BusError("a frame published per partition has rows without a symbol")
+            raise BusUsageError("a frame published per partition has rows without a symbol")
         known = self.known
         try:
             codes = _codes(names, known.enum)

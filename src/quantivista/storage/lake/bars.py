@@ -64,7 +64,7 @@ from uuid import uuid4
 import polars as pl
 
 from quantivista.config import StorageSettings
-from quantivista.errors import StorageError
+from quantivista.errors import StorageError, StorageUsageError
 from quantivista.storage.lake.appends import Marks
 from quantivista.storage.lake.bars_core import (
     _LOCK_STRIPES,
@@ -145,7 +145,7 @@ class ParquetLake(BarWrites, BarUpkeep):
         path = self.bars_root / LAYOUT_FILE
         if not path.exists():
             if any(self.bars_root.glob("timeframe=*/symbol=*")):
-                raise StorageError(
+                raise StorageUsageError(
                     "this lake has the per-symbol layout of an earlier version: back it up"
                     " with that version, or re-ingest into a new data directory",
                     root=str(self.root),

@@ -14,7 +14,7 @@ from typing import IO
 import numpy as np
 import polars as pl
 
-from quantivista.errors import StorageError
+from quantivista.errors import StorageError, StorageUsageError
 from quantivista.model.schema import (
     BAR_COLUMNS,
     BAR_POLARS_SCHEMA,
@@ -202,7 +202,7 @@ class BarReads(BarDeltas):
         cols = list(columns) if columns else list(BAR_COLUMNS)
         unknown = [c for c in cols if c not in BAR_POLARS_SCHEMA]
         if unknown:
-            raise StorageError("unknown columns requested", columns=unknown)
+            raise StorageUsageError("unknown columns requested", columns=unknown)
         whole = as_of is not None or cols == list(BAR_COLUMNS)
         if as_of is not None and len(set(symbols)) == 1:
             one = self._as_of_one(str(timeframe), symbols[0], start, end, as_of)
