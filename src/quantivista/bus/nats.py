@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import replace
@@ -45,6 +46,7 @@ __all__ = ["NatsBroker"]
 
 T = TypeVar("T")
 _KEY = "qv-key"
+_SETTLED_KEPT = 10_000  # settled deliveries remembered per subscription (a late duplicate)
 _BAD = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -366,6 +368,9 @@ class _NatsSubscription(SubscriptionBase[NatsBroker]):
         self._subs = subs
         self._inflight: dict[int, Msg] = {}
         self._counts: dict[int, int] = {}  # offset -> deliveries seen here, until acked
+        # the reply subjects (one per delivery) of the deliveries acked or nacked lately: a
+        # pull that outlived its fetch can hand one over again after it was settled
+        self._settled: OrderedDict[str, None] = OrderedDict()
 
     def fetch(self, max_messages: int = 100, timeout_s: float = 1.0) -> list[Message]:
         if not self._subs:
@@ -374,7 +379,7 @@ class _NatsSubscription(SubscriptionBase[NatsBroker]):
         out = []
         for msg in msgs:
             held = self._inflight.get(int(msg.metadata.sequence.stream))
-            if held is not None and held.reply == msg.reply:
+            if (held is not None and held.reply == msg.reply) or msg.reply in self._settled:
                 continue  # the same delivery seen twice (a pull that outlived its fetch)
             message = _message(self.topic, msg)
             # the server may count a redelivery after an expired pull as a first delivery
@@ -414,12 +419,19 @@ class _NatsSubscription(SubscriptionBase[NatsBroker]):
         msg = self._inflight.pop(message.offset, None)
         self._counts.pop(message.offset, None)
         if msg is not None:
+            self._settle(msg)
             self._broker._run(msg.ack())
 
     def _requeue(self, message: Message, delay_s: float) -> None:
         msg = self._inflight.pop(message.offset, None)
         if msg is not None:
+            self._settle(msg)
             self._broker._run(msg.nak(delay=delay_s or None))
+
+    def _settle(self, msg: Msg) -> None:
+        self._settled[msg.reply] = None
+        if len(self._settled) > _SETTLED_KEPT:
+            self._settled.popitem(last=False)
 
     def close(self) -> None:
         async def leave() -> None:
