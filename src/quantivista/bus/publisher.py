@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -175,22 +176,30 @@ class _Splitter:
     partitions, not symbols (a micro-batch of trades is split in ~0.06 ms).
 
     The loop (trades) and the store thread (bars) split at the same time: what is known
-    is one immutable `_Known`, replaced whole (a call reads one; a symbol learned by two
-    calls at once is learned twice, the same)."""
+    is one immutable `_Known`, replaced whole under a lock by the call that learns new
+    symbols (a call reads one without the lock)."""
 
     def __init__(self, partitions: int) -> None:
         self.partitions = partitions
         empty = np.zeros(0, dtype=np.int64)
+        self._lock = threading.Lock()
         self.known = _Known((), pl.Enum([]), np.zeros(0, np.int8), (empty,) * partitions)
 
-    def _learn(self, known: _Known, names: list[str]) -> _Known:
-        symbols = known.symbols + tuple(sorted(set(names) - set(known.symbols)))
-        table = np.array([partition_of(s, self.partitions) for s in symbols], np.int64)
-        table = table.astype(np.int8) if self.partitions <= 127 else table  # a radix sort
-        by_name = np.array(sorted(range(len(symbols)), key=symbols.__getitem__), np.int64)
-        members = tuple(by_name[table[by_name] == p] for p in range(self.partitions))
-        self.known = _Known(symbols, pl.Enum(list(symbols)), table, members)
-        return self.known
+    def _learn(self, names: list[str]) -> _Known:
+        # under a lock: two threads learning at once each add to the latest (else the later
+        # replace drops what the other learned, to be learned again); reads take no lock
+        with self._lock:
+            known = self.known
+            new = set(names) - set(known.symbols)
+            if not new:
+                return known
+            symbols = known.symbols + tuple(sorted(new))
+            table = np.array([partition_of(s, self.partitions) for s in symbols], np.int64)
+            table = table.astype(np.int8) if self.partitions <= 127 else table  # radix sort
+            by_name = np.array(sorted(range(len(symbols)), key=symbols.__getitem__), np.int64)
+            members = tuple(by_name[table[by_name] == p] for p in range(self.partitions))
+            self.known = _Known(symbols, pl.Enum(list(symbols)), table, members)
+            return self.known
 
     def __call__(self, frame: pl.DataFrame) -> list[tuple[list[str], pl.DataFrame]]:
         """Return (sorted symbols, rows) per partition that has rows."""
@@ -201,7 +210,7 @@ class _Splitter:
         try:
             codes = _codes(names, known.enum)
         except pl.exceptions.InvalidOperationError:  # symbols not seen before
-            known = self._learn(known, names.unique().to_list())
+            known = self._learn(names.unique().to_list())
             codes = _codes(names, known.enum)
         present = np.bincount(codes, minlength=len(known.symbols)) > 0
         parts = known.table[codes]
