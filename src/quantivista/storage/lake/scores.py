@@ -21,7 +21,7 @@ import json
 import os
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from uuid import uuid4
 
@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from quantivista.config import StorageSettings
 from quantivista.errors import StorageError
-from quantivista.model.schema import STORED_SCORE_SCHEMA
+from quantivista.model.schema import STORED_SCORE_SCHEMA, utc_lit
 from quantivista.storage.lake.deltas import Folder
 from quantivista.storage.lake.files import (
     atomic_write_parquet,
@@ -58,7 +58,6 @@ _COMPACTED = "_compacted"  # compacted files: `part-<tier>-<time ns>-<uuid>.parq
 _COMPACT_FILES = 64  # small files a process adds before it compacts them (in the background)
 _FANOUT = 8  # files of one tier that are compacted into one of the next
 REPLACES_KEY = "qv.replaces"  # a compacted file's footer: the files it holds (relative)
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ARROW_SCHEMA = pl.DataFrame(schema=STORED_SCORE_SCHEMA).to_arrow().schema
 _SORT_KEY = ("symbol", "timeframe", "date", "job_id", "scored_at")  # a compacted file's order
 _READ_GROUP = 8  # small files a compaction reads per polars scan (see `_sorted_rows`)
@@ -85,7 +84,7 @@ class ParquetScoreStore:
         if scores.is_empty():
             return 0
         job = str(scores["job_id"][0])
-        frame = scores.with_columns(scored_at=_instant(at)).select(STORED_SCORE_SCHEMA.names())
+        frame = scores.with_columns(scored_at=utc_lit(at)).select(STORED_SCORE_SCHEMA.names())
         if frame.schema != STORED_SCORE_SCHEMA:  # a validated batch's scores match already
             frame = frame.cast(STORED_SCORE_SCHEMA)
         folder = self.dir / f"job_id={job}"
@@ -255,14 +254,6 @@ def _sorted_rows(files: list[Path], tier: int) -> pa.Table:
     table = rows.to_arrow().cast(_ARROW_SCHEMA)
     keys = [(c, "ascending", "at_start") for c in _SORT_KEY]  # nulls first, as polars'
     return table.sort_by(keys)
-
-
-def _instant(at: datetime) -> pl.Expr:
-    """Return `pl.lit(at)` cast to the stored type: from its epoch microseconds, a tenth of
-    the cost of a datetime literal (a naive `at` is UTC, as the cast takes it)."""
-    aware = at if at.tzinfo is not None else at.replace(tzinfo=UTC)
-    micros = (aware - _EPOCH) // timedelta(microseconds=1)
-    return pl.lit(micros, pl.Int64).cast(STORED_SCORE_SCHEMA["scored_at"])
 
 
 def _write(frame: pl.DataFrame, path: Path, fsync: bool) -> None:
