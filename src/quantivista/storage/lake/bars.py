@@ -57,7 +57,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Mapping
 from pathlib import Path
 from uuid import uuid4
 
@@ -77,8 +76,8 @@ from quantivista.storage.lake.bars_core import LAYOUT_FILE as LAYOUT_FILE
 from quantivista.storage.lake.bars_core import bucket_of as bucket_of
 from quantivista.storage.lake.bars_deltas import _FOLD_ROWS as _FOLD_ROWS
 from quantivista.storage.lake.bars_deltas import _MERGED_DELTAS as _MERGED_DELTAS
+from quantivista.storage.lake.bars_indexed import _DeltaFile, _Key
 from quantivista.storage.lake.bars_indexed import _Indexed as _Indexed
-from quantivista.storage.lake.bars_indexed import _Key
 from quantivista.storage.lake.bars_merge import _merge as _merge
 from quantivista.storage.lake.bars_merge import _merge_few as _merge_few
 from quantivista.storage.lake.bars_upkeep import BarUpkeep
@@ -126,7 +125,7 @@ class ParquetLake(BarWrites, BarUpkeep):
         self.buckets = self._layout()
         self._folder = Folder(self.tidy)
         # decoded delta files by path: never rewritten (only removed), so no identity check
-        self._deltas: dict[str, Mapping[str, _Indexed]] = {}
+        self._deltas: dict[str, _DeltaFile] = {}
         self._deltas_lock = threading.Lock()
         self._places: dict[Path, tuple[Path, str]] = {}
         self._replaces: dict[str, tuple[str, ...]] = {}  # a merged delta's sources, by path

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import threading
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import IO
@@ -23,6 +23,7 @@ from quantivista.storage.base import HISTORY_POLARS_SCHEMA
 from quantivista.storage.lake.appends import Marks
 from quantivista.storage.lake.bars_indexed import (
     _codec,
+    _DeltaFile,
     _frame,
     _Indexed,
     _Key,
@@ -103,7 +104,7 @@ class BarFiles:
     cold_index: ColdIndex | None
     buckets: int
     _folder: Folder
-    _deltas: dict[str, Mapping[str, _Indexed]]
+    _deltas: dict[str, _DeltaFile]
     _deltas_lock: threading.Lock
     _places: dict[Path, tuple[Path, str]]
     _replaces: dict[str, tuple[str, ...]]

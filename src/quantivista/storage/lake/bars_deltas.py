@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -22,6 +21,7 @@ from quantivista.storage.lake.bars_core import BarFiles
 from quantivista.storage.lake.bars_indexed import (
     _Appended,
     _delta_parts,
+    _DeltaFile,
     _Fold,
     _frame,
     _Indexed,
@@ -57,7 +57,7 @@ _MERGED_DELTAS = 4  # merged deltas a timeframe keeps before merging them togeth
 class BarDeltas(BarFiles):
     """Appends as delta files beside the partitions' base files, and their upkeep."""
 
-    def _live_deltas(self, tf: str) -> list[tuple[str, Mapping[str, _Indexed]]]:
+    def _live_deltas(self, tf: str) -> list[tuple[str, _DeltaFile]]:
         """Return a timeframe's delta files (decoded, by partition), oldest first; one that a
         fold removed since the listing is in every base it touches already."""
         folder = self.bars_root / f"timeframe={tf}" / DELTA_DIR
@@ -105,7 +105,7 @@ class BarDeltas(BarFiles):
             self._folder.submit(folder.parent)
         return UpsertStats(inserted=frame.height, partitions_written=len(picks))
 
-    def _delta(self, path: Path | str) -> Mapping[str, _Indexed]:
+    def _delta(self, path: Path | str) -> _DeltaFile:
         """Return a delta file's rows per partition (decoded once; it is never rewritten)."""
         key = str(path)
         found = self._deltas.get(key)  # a dict read is atomic; writers hold the lock
@@ -157,7 +157,7 @@ class BarDeltas(BarFiles):
         folder, rel = self._where(directory)
         return [(name, found[rel]) for name, found in self._live(folder) if rel in found]
 
-    def _live(self, folder: Path) -> list[tuple[str, Mapping[str, _Indexed]]]:
+    def _live(self, folder: Path) -> list[tuple[str, _DeltaFile]]:
         """Return a delta folder's live deltas (decoded), oldest first: the sources of a
         merged delta still listed (a merge under way, or a crash) are left out. Raises
         `FileNotFoundError` when a listed delta is removed meanwhile."""
@@ -293,7 +293,7 @@ class BarDeltas(BarFiles):
             live = self._live(timeframe_dir / DELTA_DIR)
         except FileNotFoundError:
             return 0  # a fold under way
-        rows = sum(part.frame.height for _, found in live for part in found.values())
+        rows = sum(found.frame.height for _, found in live)
         if rows >= _FOLD_ROWS:
             return self.fold_timeframe(timeframe_dir)
         return self.merge_deltas(timeframe_dir)
@@ -334,7 +334,7 @@ class BarDeltas(BarFiles):
         throughs = {r: self._through(self.base_path(timeframe_dir / r)) or "" for r in rels}
         whole, rows_index = _merged_rows(live, rels, throughs)
         # decoded here, not under the locks the writers wait for
-        decoded = _delta_parts(whole, _runs_index(whole, rows_index)) if whole is not None else {}
+        decoded = _delta_parts(whole, _runs_index(whole, rows_index)) if whole is not None else None
         merged = [n for n, _ in live]
         name = merged_name(merged[-1])
         pending = folder / f".tmp-merge-{uuid4().hex}.arrow"  # hidden: listings skip it
@@ -360,7 +360,7 @@ class BarDeltas(BarFiles):
                     (folder / old).unlink(missing_ok=True)
                 with self._deltas_lock:
                     self._forget_deltas(folder, delta_names(folder))
-                    if whole is not None:
+                    if decoded is not None:
                         self._deltas[str(folder / name)] = decoded
                         self._replaces[str(folder / name)] = tuple(merged)
         finally:

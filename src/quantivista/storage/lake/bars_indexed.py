@@ -30,25 +30,77 @@ class _Untrusted(Exception):
     """A base file's tail is missing or belongs to another write of the base."""
 
 
-class _Appended(Mapping[str, "_Indexed"]):
+class _DeltaFile(Mapping[str, "_Indexed"]):
+    """A decoded delta file: its rows (`frame`) and each partition's share of them
+    (`_Indexed` slices that remember the file, see `_Indexed.source`). What the background
+    merges and folds and the history reads ask of a whole file (`spans`, `symbols`) needs
+    no part built: building all of them held the GIL ~25 us a part (a merge beside a stream
+    built 64 per delta file, and the writer waited)."""
+
+    __slots__ = ("frame",)
+
+    frame: pl.DataFrame
+
+    def spans(self) -> list[tuple[str, int, int]]:
+        """Return each partition's rows in the file: (partition, first row, rows)."""
+        raise NotImplementedError
+
+    def symbols(self) -> set[str]:
+        """Return every symbol the file holds rows of."""
+        raise NotImplementedError
+
+
+class _Parts(_DeltaFile):
+    """A delta file read from disk (or merged): every part built at once."""
+
+    __slots__ = ("_parts", "_symbols")
+
+    def __init__(self, frame: pl.DataFrame, parts: dict[str, _Indexed]) -> None:
+        self.frame, self._parts = frame, parts
+        self._symbols: set[str] | None = None
+
+    def __getitem__(self, rel: str) -> _Indexed:
+        return self._parts[rel]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._parts)
+
+    def __len__(self) -> int:
+        return len(self._parts)
+
+    def spans(self) -> list[tuple[str, int, int]]:
+        out = []
+        for rel, part in self._parts.items():
+            assert part.source is not None  # every part of a delta file knows its offset
+            out.append((rel, part.source[1], part.frame.height))
+        return out
+
+    def symbols(self) -> set[str]:
+        if self._symbols is None:
+            self._symbols = set().union(*(p.index for p in self._parts.values()))
+        return self._symbols
+
+
+class _Appended(_DeltaFile):
     """A delta file this process wrote, by partition (`_rel`): each part is built when first
-    asked for (most of an append's 64 are next read by the merge that ends the file).
+    asked for (a read of the partition; merges and folds of the whole file take `spans`).
     Two threads may build one part at once: equal parts, either kept."""
 
-    __slots__ = ("_at", "_built", "_frame", "_split")
+    __slots__ = ("_at", "_built", "_split", "_symbols")
 
     def __init__(
         self, frame: pl.DataFrame, split: Split, at: dict[str, tuple[int, int, int]]
     ) -> None:
-        self._frame, self._split = frame, split
+        self.frame, self._split = frame, split
         self._at = at  # partition -> (its number in `split`, first row in `frame`, rows)
         self._built: dict[str, _Indexed] = {}
+        self._symbols: set[str] | None = None
 
     def __getitem__(self, rel: str) -> _Indexed:
         found = self._built.get(rel)
         if found is None:
             i, start, n = self._at[rel]
-            found = self._built[rel] = _appended_part(self._frame, self._split, i, start, n)
+            found = self._built[rel] = _appended_part(self.frame, self._split, i, start, n)
         return found
 
     def __contains__(self, rel: object) -> bool:
@@ -59,6 +111,17 @@ class _Appended(Mapping[str, "_Indexed"]):
 
     def __len__(self) -> int:
         return len(self._at)
+
+    def spans(self) -> list[tuple[str, int, int]]:
+        return [(rel, start, n) for rel, (_, start, n) in self._at.items()]
+
+    def symbols(self) -> set[str]:
+        if self._symbols is None:
+            split, out = self._split, set()
+            for i, _, _ in self._at.values():
+                out.update(split.symbols[int(split.bounds[i]) : int(split.bounds[i + 1])])
+            self._symbols = out
+        return self._symbols
 
 
 def _appended_part(frame: pl.DataFrame, split: Split, i: int, start: int, n: int) -> _Indexed:
@@ -242,7 +305,7 @@ def _runs_index(frame: pl.DataFrame, rows: list[list[Any]]) -> list[list[Any]]:
 
 
 def _merged_rows(
-    live: list[tuple[str, Mapping[str, _Indexed]]], rels: list[str], throughs: dict[str, str]
+    live: list[tuple[str, _DeltaFile]], rels: list[str], throughs: dict[str, str]
 ) -> tuple[pl.DataFrame | None, list[list[Any]]]:
     """Return the rows of live deltas that no base accounts for (a part named after its
     base's `throughs`), sorted by partition (in `rels` order), symbol and ts, and each
@@ -252,14 +315,11 @@ def _merged_rows(
     rank = {rel: i for i, rel in enumerate(rels)}
     frames, owners = [], []
     for name, found in live:
-        source = next(iter(found.values())).source
-        assert source is not None  # every decoded delta part knows its file's frame
-        owner = np.full(source[0].height, -1, dtype=np.int32)  # -1: in a base already
-        for rel, part in found.items():
+        owner = np.full(found.frame.height, -1, dtype=np.int32)  # -1: in a base already
+        for rel, start, n in found.spans():
             if name > throughs[rel]:
-                assert part.source is not None
-                owner[part.source[1] : part.source[1] + part.frame.height] = rank[rel]
-        frames.append(source[0])
+                owner[start : start + n] = rank[rel]
+        frames.append(found.frame)
         owners.append(owner)
     owner = np.concatenate(owners) if owners else np.empty(0, dtype=np.int32)
     if not (owner >= 0).any():
@@ -275,7 +335,7 @@ def _merged_rows(
     return whole.drop("_part"), rows
 
 
-def _delta_parts(frame: pl.DataFrame, index: list[list[Any]]) -> dict[str, _Indexed]:
+def _delta_parts(frame: pl.DataFrame, index: list[list[Any]]) -> _Parts:
     """Return a delta file's rows per partition: slices of `frame`, which they remember
     (with their offset) so that a read of many partitions gathers from the file once."""
     parts, start = {}, 0
@@ -285,7 +345,7 @@ def _delta_parts(frame: pl.DataFrame, index: list[list[Any]]) -> dict[str, _Inde
         part.source = (frame, start)
         parts[rel] = part
         start += rows
-    return parts
+    return _Parts(frame, parts)
 
 
 def _by_timeframe(bars: pl.DataFrame) -> list[tuple[str, pl.DataFrame]]:

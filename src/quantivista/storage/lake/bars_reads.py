@@ -5,7 +5,7 @@ frames, and `recent` (from the tails and the live deltas)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -38,7 +38,6 @@ from quantivista.storage.lake.bars_indexed import (
 from quantivista.storage.lake.cold import ColdEntry
 from quantivista.storage.lake.deltas import (
     PartitionView,
-    Rows,
 )
 from quantivista.storage.lake.files import (
     IpcBase,
@@ -101,27 +100,24 @@ class BarReads(BarDeltas):
         wide: list[pl.DataFrame] = []
         narrow: list[pl.DataFrame] = []
 
-        def pick(frame: pl.DataFrame, indexed: Iterable[Rows]) -> None:
-            every = all(ok.issuperset(i.index) for i in indexed)
+        def pick(frame: pl.DataFrame, every: bool) -> None:
             (wide if every else narrow).append(frame)
 
         if tails:
-            pick(self._stitched(tf, tails), [t.rows for t in tails])
+            pick(self._stitched(tf, tails), all(ok.issuperset(t.rows.index) for t in tails))
         for name, parts in live:
-            source = next(iter(parts.values())).source
-            assert source is not None
-            stale = [p for r, p in parts.items() if (throughs.get(r) or "") >= name]
-            if not stale:  # the common case: the whole file
-                pick(source[0], parts.values())
+            spans = parts.spans()
+            if all((throughs.get(r) or "") < name for r, _, _ in spans):
+                pick(parts.frame, ok.issuperset(parts.symbols()))  # the common case: it all
                 continue
             # parts of partitions folded already (a fold under way): left out
             rows = [
-                np.arange(p.source[1], p.source[1] + p.frame.height)
-                for r, p in parts.items()
-                if (throughs.get(r) or "") < name and p.source is not None
+                np.arange(start, start + n)
+                for r, start, n in spans
+                if (throughs.get(r) or "") < name
             ]
             if rows:
-                narrow.append(source[0][np.concatenate(rows)])
+                narrow.append(parts.frame[np.concatenate(rows)])
         frames = [
             pl.concat(group, rechunk=False).filter(predicate)
             for group, predicate in ((wide, in_window), (narrow, keep))

@@ -6,7 +6,7 @@ partitions an empty base."""
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -32,6 +32,7 @@ from quantivista.storage.lake.bars_core import (
 from quantivista.storage.lake.bars_deltas import BarDeltas
 from quantivista.storage.lake.bars_indexed import (
     _by_timeframe,
+    _DeltaFile,
     _Indexed,
     _lasts_of,
     _part_of,
@@ -227,7 +228,7 @@ class BarWrites(BarDeltas):
         return found
 
     def _known_all(
-        self, dirs: list[Path], rels: list[str], live: list[tuple[str, str, Mapping[str, _Indexed]]]
+        self, dirs: list[Path], rels: list[str], live: list[tuple[str, str, _DeltaFile]]
     ) -> list[dict[str, int] | None]:
         """Return `_known` of each partition: its marks as they are when its base file is
         the one they were built on and no live delta is newer than they (a stream's
@@ -248,7 +249,7 @@ class BarWrites(BarDeltas):
         return out
 
     def _known(
-        self, directory: Path, rel: str, live: list[tuple[str, str, Mapping[str, _Indexed]]]
+        self, directory: Path, rel: str, live: list[tuple[str, str, _DeltaFile]]
     ) -> dict[str, int] | None:
         """Return the last ts (epoch microseconds) of each symbol of a partition (None: no
         base file: its first rows make one), from the marks this process keeps while the
