@@ -5,6 +5,7 @@ partitions in their delta folders."""
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import zlib
@@ -34,12 +35,14 @@ from quantivista.storage.lake.cache import FileCache
 from quantivista.storage.lake.cold import ColdIndex, ColdTier
 from quantivista.storage.lake.deltas import (
     DELTA_DIR,
+    FOLD_OF_KEY,
     THROUGH_KEY,
     Folder,
     PartitionView,
     delta_names,
 )
 from quantivista.storage.lake.files import (
+    Identity,
     IpcBase,
     atomic_write_base_ipc,
     atomic_write_ipc,
@@ -68,6 +71,7 @@ from quantivista.storage.lake.tails import (
     new_token,
     tail_rows,
 )
+from quantivista.storage.lake.tidy_process import ChildProcess
 
 DATA_FILE = BAR_DATA_FILE
 ARROW_FILE = BAR_ARROW_FILE  # a base in Arrow IPC (`storage.daily_format`, `intraday_format`)
@@ -104,6 +108,7 @@ class BarFiles:
     cold_index: ColdIndex | None
     buckets: int
     _folder: Folder
+    _tidier: ChildProcess | None  # `storage.tidy_process`: runs `bars.tidy_in_child`
     _deltas: dict[str, _DeltaFile]
     _deltas_lock: threading.Lock
     _places: dict[Path, tuple[Path, str]]
@@ -208,6 +213,7 @@ class BarFiles:
         indexed: _Indexed | None = None,  # `rows` indexed, when the caller has it
         *,
         pending: str | None = None,
+        fold_of: Identity | None = None,  # a fold's: the base it was folded from
     ) -> tuple[list[tuple[Path, Path]], Tail]:
         """Write a partition's base file, recording the newest delta it accounts for, and
         (Parquet) its tail first (see `tails`).
@@ -222,10 +228,11 @@ class BarFiles:
         def at(final: Path) -> Path:
             return final if pending is None else final.parent / f"{pending}{final.name}"
 
+        folded = {FOLD_OF_KEY: json.dumps(fold_of)} if fold_of is not None else {}
         if path.name == ARROW_FILE:  # its own symbol index: the tail is sliced from it
             found = indexed if indexed is not None else _Indexed(rows_pl)
             runs = [(s, n) for s, (_, n) in found.index.items()]
-            meta = {THROUGH_KEY: through} if through else {}
+            meta = {THROUGH_KEY: through, **folded} if through else folded
             atomic_write_base_ipc(rows_pl, runs, at(path), settings, meta, _codec(path, settings))
             tail, files = _tail_of(found, through), [(at(path), path)]
         else:
@@ -234,6 +241,7 @@ class BarFiles:
             tail_path = path.parent / TAIL_FILE
             atomic_write_ipc(tail_frame, at(tail_path), settings, {TAIL_KEY: token})
             meta = {TAIL_KEY: token, THROUGH_KEY: through} if through else {TAIL_KEY: token}
+            meta.update(folded)
             atomic_write_parquet(rows, at(path), settings, meta)
             tail = Tail(_Indexed(tail_frame), through)
             files = [(at(tail_path), tail_path), (at(path), path)]

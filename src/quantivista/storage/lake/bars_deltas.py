@@ -41,6 +41,7 @@ from quantivista.storage.lake.deltas import (
 )
 from quantivista.storage.lake.encoding import _ranges
 from quantivista.storage.lake.files import (
+    Identity,
     atomic_write_ipc,
     file_identity,
     footer_metadata,
@@ -169,6 +170,21 @@ class BarDeltas(BarFiles):
         gone = {r for name, _ in loaded for r in self._replaces.get(prefix + name, ())}
         return [(name, found) for name, found in loaded if name not in gone] if gone else loaded
 
+    def _live_names(self, folder: Path, upto: str) -> list[str]:
+        """Return the names `_live` lists, decoding only the deltas up to `upto` and merged
+        ones: a plain delta after `upto` replaces none (it is listed, not decoded). For the
+        checks under the locks: a delta another process wrote meanwhile is decoded (~1 ms)
+        by the next reader, not while the writers wait. Raises `FileNotFoundError` when a
+        listed delta is removed meanwhile."""
+        prefix = f"{folder}{os.sep}"
+        names = delta_names(folder)
+        gone: set[str] = set()
+        for name in names:
+            if name <= upto or "~" in name:  # "~": a merged delta (`merged_name`)
+                self._delta(prefix + name)
+                gone.update(self._replaces.get(prefix + name, ()))
+        return [n for n in names if n not in gone] if gone else names
+
     def _partition(self, directory: Path) -> _Indexed | PartitionView | None:
         """Return a partition (base file and deltas) through the cache; None if it is gone."""
         path = self.base_path(directory)
@@ -198,13 +214,17 @@ class BarDeltas(BarFiles):
         held = self._held(directory)
         if not held:
             return 0
+        path = self.base_path(directory)
+        try:
+            identity: Identity | None = file_identity(path)
+        except FileNotFoundError:  # deleted meanwhile: nothing to fold into
+            identity = None
         found = self._partition(directory)
         newest = held[-1][0]
         if isinstance(found, PartitionView) and (found.through or "") < newest:
             frame, index = found.joined()
-            path = self.base_path(directory)
             indexed = _Indexed(frame, [(s, n) for s, (_, n) in index.items()], newest)
-            self._write_base(path, frame, newest, indexed=indexed)
+            self._write_base(path, frame, newest, indexed=indexed, fold_of=identity)
             self.cache.put(path, indexed)
         return len(held)
 
@@ -245,7 +265,9 @@ class BarDeltas(BarFiles):
         indexed = _Indexed(frame, [(s, n) for s, (_, n) in index.items()], newest)
         pending = f".tmp-fold-{uuid4().hex[:12]}-"  # swept by any writer under the lock
         try:
-            files, tail = self._write_base(path, frame, newest, indexed=indexed, pending=pending)
+            files, tail = self._write_base(
+                path, frame, newest, indexed=indexed, pending=pending, fold_of=identity
+            )
         except StorageError as exc:
             # a writer under the lock swept the temporary while this wrote: it is changing
             # the partition, so this fold is stale anyway (the locked fold runs instead)
@@ -257,14 +279,20 @@ class BarDeltas(BarFiles):
     def _swap_fold(self, directory: Path, ahead: _Fold) -> bool:
         """Put a fold built ahead in place if it still holds; the caller holds the lock."""
         path = self.base_path(directory)
-        try:
-            unchanged = file_identity(path) == ahead.identity
-            held = tuple(n for n, _ in self._held(directory))
-        except FileNotFoundError:
-            unchanged = False
         newest = ahead.held[-1]
         try:
-            if not unchanged or tuple(n for n in held if n <= newest) != ahead.held:
+            unchanged = file_identity(path) == ahead.identity
+            folder, rel = self._where(directory)
+            prefix = f"{folder}{os.sep}"
+            held = tuple(  # the deltas up to the newest folded one that hold the partition
+                n
+                for n in self._live_names(folder, newest)
+                if n <= newest and rel in self._delta(prefix + n)
+            )
+        except FileNotFoundError:
+            unchanged = False
+        try:
+            if not unchanged or held != ahead.held:
                 return False
             for hidden, final in ahead.files:  # the tail first: its base names its token
                 os.replace(hidden, final)
@@ -346,7 +374,7 @@ class BarDeltas(BarFiles):
                 if not self._unchanged(folder, merged, throughs, timeframe_dir):
                     return 0
                 names = delta_names(folder)
-                listed = {n for n, _ in self._live(folder)}
+                listed = set(self._live_names(folder, merged[-1]))
                 if whole is not None:
                     try:
                         os.replace(pending, folder / name)
@@ -372,12 +400,12 @@ class BarDeltas(BarFiles):
     ) -> bool:
         """Say whether a merge built from `merged` (and bases accounting for `throughs`)
         still holds: under the locks of its partitions."""
+        lo, hi = merged[0], merged[-1]
         try:
-            live = self._live(folder)
+            live = self._live_names(folder, hi)
         except FileNotFoundError:
             return False
-        lo, hi = merged[0], merged[-1]
-        if [n for n, _ in live if lo <= n <= hi] != merged:
+        if [n for n in live if lo <= n <= hi] != merged:
             return False  # a source folded away, or a delta of the span appeared late
         return all(
             (self._through(self.base_path(timeframe_dir / rel)) or "") == through

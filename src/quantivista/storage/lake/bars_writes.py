@@ -5,6 +5,7 @@ partitions an empty base."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from quantivista.errors import StorageError
 from quantivista.model.schema import (
     BAR_COLUMNS,
     BAR_POLARS_SCHEMA,
@@ -40,6 +42,8 @@ from quantivista.storage.lake.bars_indexed import (
 )
 from quantivista.storage.lake.bars_merge import _merge, _merge_few
 from quantivista.storage.lake.deltas import (
+    FOLD_OF_KEY,
+    THROUGH_KEY,
     newest_source,
     stack,
 )
@@ -212,6 +216,22 @@ class BarWrites(BarDeltas):
                     total += self._write_delta(tf, split, picks, dirs, rels)
         return total
 
+    def _folded(self, base: Path, marks: Marks) -> bool:
+        """Say whether `base` is a fold of the base `marks` were built on, of deltas they
+        account for (by another process: `storage.tidy_process`, `qv compact`): a fold
+        moves rows and changes no last bar, so they hold for it. Reads its footer only."""
+        try:
+            meta = self._base_meta(base)
+        except (OSError, StorageError):
+            return False
+        of, through = meta.get(FOLD_OF_KEY), meta.get(THROUGH_KEY)
+        return (
+            of is not None
+            and through is not None
+            and json.loads(of) == list(marks.identity)
+            and newest_source(through) <= newest_source(marks.seen)
+        )
+
     def _plan(self, tf: str, keys: list[_PartKey]) -> _Plan:
         """Return the directories, lock stripes and names (`_rel`) of partitions `keys`."""
         key = (tf, tuple(keys))
@@ -268,6 +288,8 @@ class BarWrites(BarDeltas):
                 return None
         self._bases[directory] = base
         marks = self._marks.get(directory)
+        if marks is not None and marks.identity != identity and self._folded(base, marks):
+            marks.identity = identity  # folded by another process: the same last bars
         if marks is None or marks.identity != identity:
             tail = self._tail(base)
             if tail is not None:

@@ -76,6 +76,9 @@ DELTA_DIR = "_deltas"
 DELTA_PREFIX = "delta-"
 PARTS_KEY = "qv.parts"  # a delta's footer: [[partition, [[symbol, rows], ...]], ...]
 THROUGH_KEY = "qv.through"  # a base's footer: the newest delta it accounts for
+# a folded base's footer: the identity of the base it was folded from (rows moved, no last
+# bar changed: a writer's marks of that base hold for it, see `bars_writes._known`)
+FOLD_OF_KEY = "qv.fold_of"
 REPLACES_KEY = "qv.replaces"  # a merged delta's footer: the deltas it holds the rows of
 # an Arrow IPC delta's metadata: [[partition, rows], ...] (its symbol runs: from its rows)
 ROWS_KEY = "qv.rows"
