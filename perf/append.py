@@ -126,9 +126,7 @@ def minute_bars(symbols: list[str], ts: list[datetime], seed: int) -> pl.DataFra
     )
 
 
-def stream(
-    root: Path, batches: int, recent: bool = False, freeze: bool = True, tidy_process: bool = False
-) -> dict[str, Any]:
+def stream(root: Path, batches: int, recent: bool = False, freeze: bool = True) -> dict[str, Any]:
     """Return micro-batch latencies and read times of the streaming run (`recent`: the
     writer keeps what it stored as the next batch's validation history, as a dedicated
     streaming writer does: `ingest.keep_recent_history`; `freeze`: the set-up's heap frozen,
@@ -138,10 +136,7 @@ def stream(
     minute = timedelta(minutes=1)
     m1 = Timeframe.parse("1m")
     out: dict[str, Any] = {"keep_recent_history": recent}
-    out["tidy_process"] = tidy_process
-    ingest = IngestSettings(keep_recent_history=recent)
-    storage = StorageSettings(tidy_process=tidy_process)
-    with Platform.open(root, ingest=ingest, storage=storage) as p:
+    with Platform.open(root, ingest=IngestSettings(keep_recent_history=recent)) as p:
         session = [open_ + minute * k for k in range(390)]
         p.write_bars(minute_bars(symbols, session, 0), source="perf", timeframe="1m")
         lake = p.runtime.backend.bars
@@ -248,9 +243,6 @@ def main() -> None:
     parser.add_argument("--cache-mb", type=int, default=None)
     parser.add_argument("--no-stream", action="store_true")
     parser.add_argument("--recent", action="store_true", help="ingest.keep_recent_history on")
-    parser.add_argument(
-        "--tidy-process", action="store_true", help="storage.tidy_process on (merges, folds)"
-    )
     parser.add_argument("--no-freeze", action="store_true", help="no gc.freeze() after set-up")
     args = parser.parse_args()
     out: dict[str, Any] = {"bench": "append", "load_avg_1m": load_avg_1m()}
@@ -275,8 +267,7 @@ def main() -> None:
     if not args.no_stream:
         with tempfile.TemporaryDirectory() as tmp:
             out["stream"] = stream(
-                Path(tmp) / "lake", args.batches, args.recent, not args.no_freeze,
-                args.tidy_process,
+                Path(tmp) / "lake", args.batches, args.recent, not args.no_freeze
             )
     out["load_avg_1m_end"] = load_avg_1m()
     print_json_line(out, digits=4)

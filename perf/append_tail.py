@@ -39,7 +39,7 @@ import quantivista.storage.lake.bars_deltas as bars_deltas
 import quantivista.storage.lake.bars_writes as bars_writes
 from _common import load_avg_1m, print_json_line
 from append import minute_bars
-from quantivista.config import IngestSettings, StorageSettings
+from quantivista.config import IngestSettings
 from quantivista.pipeline.recent import RecentHistory
 from quantivista.platform import Platform
 from quantivista.storage.lake.bars import ParquetLake
@@ -148,7 +148,6 @@ def main() -> None:
     parser.add_argument("--no-freeze", action="store_true", help="no gc.freeze() after set-up")
     parser.add_argument("--switch-us", type=int, default=0, help="sys.setswitchinterval")
     parser.add_argument("--fold-rows", type=int, default=0, help="the lake's _FOLD_ROWS")
-    parser.add_argument("--tidy-process", action="store_true", help="storage.tidy_process on")
     args = parser.parse_args()
     if args.fold_rows:
         bars_deltas._FOLD_ROWS = args.fold_rows
@@ -163,8 +162,7 @@ def main() -> None:
     batches: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         recent = IngestSettings(keep_recent_history=args.recent)
-        storage = StorageSettings(tidy_process=args.tidy_process)
-        with Platform.open(Path(tmp) / "lake", ingest=recent, storage=storage) as p:
+        with Platform.open(Path(tmp) / "lake", ingest=recent) as p:
             session = [open_ + minute * k for k in range(390)]
             p.write_bars(minute_bars(symbols, session, 0), source="perf", timeframe="1m")
             patch_platform(rec, p)

@@ -137,12 +137,6 @@ class StorageSettings(_Section):
         " one timeframe start a background merge of them (a fold into the partitions once"
         " they hold 100,000 rows; 0: appends rewrite the partition)",
     )
-    tidy_process: bool = Field(
-        default=False,
-        description="merge and fold delta files in a child process at a lower priority (a"
-        " streaming writer: its micro-batches do not wait for the folds' Python and polars"
-        " work); else on a background thread",
-    )
     archive_url: str | None = Field(
         default=None, description="cold tier for archived bars: any fsspec URL (file://, s3://)"
     )

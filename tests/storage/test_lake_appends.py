@@ -19,7 +19,7 @@ from quantivista.model.schema import coerce_bars
 from quantivista.model.timeframe import Timeframe
 from quantivista.storage.base import latest_per_key
 from quantivista.storage.lake import bars as bars_module
-from quantivista.storage.lake import bars_core, bars_deltas
+from quantivista.storage.lake import bars_core, bars_deltas, bars_indexed
 from quantivista.storage.lake import files as files_module
 from quantivista.storage.lake.appends import Split, month_text
 from quantivista.storage.lake.bars import ParquetLake, bucket_of
@@ -533,3 +533,82 @@ def test_a_few_rows_merge_by_binary_search_as_the_full_merge_does(seed: int) -> 
     assert_frame_equal(few, full)
     assert runs_few == runs_of(full)
     assert_frame_equal(gone_few.sort("symbol", "ts"), gone.sort("symbol", "ts"))
+
+
+@pytest.mark.parametrize("fmt", ["arrow", "parquet"])
+def test_another_processs_fold_keeps_the_writers_marks_without_reading_the_base(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str
+) -> None:
+    settings = _fold_settings(fmt, 64)
+    lake, other = ParquetLake(tmp_path, settings), ParquetLake(tmp_path, settings)
+    written = _streamed(lake, 3)
+    directory = lake.partition_dir("1m", "AAA", "2024-01")
+    marks = lake._marks[directory]
+    assert other.fold(directory) == 3  # `qv compact` in another process, say
+    assert marks.identity != files_module.file_identity(lake.base_path(directory))
+
+    def no_tail(base: Path) -> None:
+        raise AssertionError("the writer read the folded base for its last bars")
+
+    monkeypatch.setattr(lake, "_tail", no_tail)
+    written.append(_bars(["AAA", "BBB"], 8, 1, DAY0 + timedelta(days=402), tf="1m"))
+    assert lake.upsert(written[-1]).inserted == 2
+    monkeypatch.undo()  # reads take tails
+    assert lake._marks[directory] is marks
+    assert marks.identity == files_module.file_identity(lake.base_path(directory))
+    assert len(lake.live_deltas("1m")) == 1  # an append
+    fix = _bars(["AAA"], 8, 1, DAY0 + timedelta(days=403), tf="1m", price=500.0)
+    assert lake.upsert(fix).updated == 1  # the last bar again: still told apart
+    want = pl.concat(written).sort("symbol", "ts").update(fix, on=["symbol", "timeframe", "ts"])
+    assert_frame_equal(ParquetLake(tmp_path, settings).read(["AAA", "BBB"], M1), want)
+
+
+def test_a_fold_of_deltas_the_writer_has_not_seen_rebuilds_its_marks(tmp_path: Path) -> None:
+    settings = _fold_settings("arrow", 64)
+    lake, other = ParquetLake(tmp_path, settings), ParquetLake(tmp_path, settings)
+    written = _streamed(lake, 2)  # marks: AAA and BBB up to minute 6
+    directory = lake.partition_dir("1m", "AAA", "2024-01")
+    marks = lake._marks[directory]
+    # the other writer appends minutes 7-8 and folds them away: the fold's base names the
+    # writer's base, but holds bars its marks never saw
+    written.append(_bars(["AAA", "BBB"], 7, 2, DAY0 + timedelta(days=402), tf="1m"))
+    other.upsert(written[-1])
+    assert other.fold(directory) == 3
+    again = _bars(["AAA"], 8, 1, DAY0 + timedelta(days=403), tf="1m", price=500.0)
+    assert lake.upsert(again).updated == 1  # minute 8 is stored: a correction, not an append
+    assert lake._marks[directory] is not marks
+    got = ParquetLake(tmp_path, settings).read(["AAA", "BBB"], M1)
+    assert not got.select("symbol", "ts").is_duplicated().any()
+    want = pl.concat(written).sort("symbol", "ts").update(again, on=["symbol", "timeframe", "ts"])
+    assert_frame_equal(got, want)
+
+
+def test_a_delta_files_spans_and_symbols_match_its_parts_written_or_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = _settings(delta_files=100)
+    lake = ParquetLake(tmp_path, settings)
+    lake.upsert(_bars(SYMBOLS, 0, 5, DAY0 + timedelta(days=400), tf="1m"))
+    lake.upsert(_bars(SYMBOLS[:13], 5, 2, DAY0 + timedelta(days=401), tf="1m"))
+    (path,) = lake.delta_files("1m")
+    written = lake._deltas[str(path)]
+    assert isinstance(written, bars_indexed._Appended)
+    spans, symbols = written.spans(), written.symbols()
+    read = ParquetLake(tmp_path, settings)._delta(path)  # decoded from the file
+    assert read.spans() == spans and read.symbols() == symbols == set(SYMBOLS[:13])
+    assert written.frame.height == sum(n for _, _, n in spans) == 26
+    # what spans say is what the parts hold
+    for rel, start, n in spans:
+        part = read[rel]
+        assert part.source is not None and part.source[1] == start and part.frame.height == n
+    # merges and history reads of a whole file take spans and symbols, not parts
+    lake.upsert(_bars(SYMBOLS, 7, 1, DAY0 + timedelta(days=402), tf="1m"))
+
+    def no_parts(*args: object) -> None:
+        raise AssertionError("a part was built")
+
+    monkeypatch.setattr(bars_indexed, "_appended_part", no_parts)
+    at = DAY0 + timedelta(minutes=6)
+    got = lake.recent(SYMBOLS, M1, at, at + timedelta(minutes=2))
+    assert got.height == 13 + len(SYMBOLS)
+    assert lake.merge_deltas(_tf_dir(tmp_path)) == 1

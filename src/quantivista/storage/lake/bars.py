@@ -57,7 +57,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-from contextlib import suppress
 from pathlib import Path
 from uuid import uuid4
 
@@ -86,11 +85,10 @@ from quantivista.storage.lake.bars_upkeep import storage_report as storage_repor
 from quantivista.storage.lake.bars_writes import BarWrites
 from quantivista.storage.lake.cache import FileCache
 from quantivista.storage.lake.cold import ColdIndex, ColdTier
-from quantivista.storage.lake.deltas import DELTA_DIR, Folder, PartitionView
+from quantivista.storage.lake.deltas import Folder, PartitionView
 from quantivista.storage.lake.layout import LakeLayout
 from quantivista.storage.lake.locks import StripeLocks
 from quantivista.storage.lake.tails import Tail
-from quantivista.storage.lake.tidy_process import ChildProcess
 
 __all__ = ["ParquetLake", "bucket_of", "storage_report"]
 
@@ -125,11 +123,7 @@ class ParquetLake(BarWrites, BarUpkeep):
                 directory.mkdir(parents=True, exist_ok=True)
         self.cold_index = ColdIndex(self.root, self.cold, self._lock_dir) if self.cold else None
         self.buckets = self._layout()
-        self._tidier: ChildProcess | None = None
-        if self.settings.tidy_process:  # the child's own lake tidies on its thread
-            child = self.settings.model_copy(update={"tidy_process": False})
-            self._tidier = ChildProcess(_open_in_child, str(self.root), child.model_dump_json())
-        self._folder = Folder(self.tidy if self._tidier is None else self._tidy_elsewhere)
+        self._folder = Folder(self.tidy)
         # decoded delta files by path: never rewritten (only removed), so no identity check
         self._deltas: dict[str, _DeltaFile] = {}
         self._deltas_lock = threading.Lock()
@@ -144,15 +138,6 @@ class ParquetLake(BarWrites, BarUpkeep):
         # appends: a batch's partitions' directories, stripes and names, by their keys (a
         # stream's batches hit the same partitions every second)
         self._plans: dict[tuple[str, tuple[_PartKey, ...]], _Plan] = {}
-
-    def _tidy_elsewhere(self, timeframe_dir: Path) -> int:
-        """`tidy` in the child process (`storage.tidy_process`); then decode the delta file a
-        merge left, here on the background thread, not in the writer's next append."""
-        assert self._tidier is not None
-        removed: int = self._tidier.run(tidy_in_child, str(timeframe_dir))
-        with suppress(FileNotFoundError):  # changed again meanwhile: the next reader decodes
-            self._live(timeframe_dir / DELTA_DIR)
-        return removed
 
     def _layout(self) -> int:
         """Return the lake's bucket count, fixing it from the settings on first use."""
@@ -180,17 +165,3 @@ class ParquetLake(BarWrites, BarUpkeep):
             return int(layout["buckets"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise StorageError("cannot read the lake layout", path=str(path)) from exc
-
-
-_child_lake: ParquetLake | None = None  # a `storage.tidy_process` child's lake
-
-
-def _open_in_child(root: str, settings: str) -> None:
-    global _child_lake
-    _child_lake = ParquetLake(Path(root), StorageSettings.model_validate_json(settings))
-
-
-def tidy_in_child(timeframe_dir: str) -> int:
-    """Run `tidy` in a `storage.tidy_process` child (see `tidy_process`)."""
-    assert _child_lake is not None
-    return _child_lake.tidy(Path(timeframe_dir))

@@ -71,7 +71,6 @@ from quantivista.storage.lake.tails import (
     new_token,
     tail_rows,
 )
-from quantivista.storage.lake.tidy_process import ChildProcess
 
 DATA_FILE = BAR_DATA_FILE
 ARROW_FILE = BAR_ARROW_FILE  # a base in Arrow IPC (`storage.daily_format`, `intraday_format`)
@@ -108,7 +107,6 @@ class BarFiles:
     cold_index: ColdIndex | None
     buckets: int
     _folder: Folder
-    _tidier: ChildProcess | None  # `storage.tidy_process`: runs `bars.tidy_in_child`
     _deltas: dict[str, _DeltaFile]
     _deltas_lock: threading.Lock
     _places: dict[Path, tuple[Path, str]]

@@ -160,8 +160,6 @@ class BarUpkeep(BarReads):
     def close(self) -> None:
         """Let background folds finish (files are opened per call)."""
         self._folder.wait()
-        if self._tidier is not None:
-            self._tidier.close()
 
     def symbols(self, timeframe: Timeframe | None = None) -> list[str]:
         """Return the stored symbols (hot or archived), sorted."""

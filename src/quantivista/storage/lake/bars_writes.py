@@ -218,7 +218,7 @@ class BarWrites(BarDeltas):
 
     def _folded(self, base: Path, marks: Marks) -> bool:
         """Say whether `base` is a fold of the base `marks` were built on, of deltas they
-        account for (by another process: `storage.tidy_process`, `qv compact`): a fold
+        account for (by another process: `qv compact`, a background fold of another writer): a fold
         moves rows and changes no last bar, so they hold for it. Reads its footer only."""
         try:
             meta = self._base_meta(base)
