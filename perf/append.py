@@ -21,6 +21,7 @@
   live deltas pending at the start, middle and end of the stream, and the most pending.
   The set-up's heap is frozen before the stream (`gc.freeze`, as `run_daemon` and the API
   do once started: a full collection then walks only what came after; `--no-freeze`).
+  Back to back by default (the stress run); `--interval-ms` paces the micro-batches.
 Prints one JSON line. Usage: python perf/append.py [--symbols 500,2000] [--years 10]
 """
 
@@ -126,7 +127,9 @@ def minute_bars(symbols: list[str], ts: list[datetime], seed: int) -> pl.DataFra
     )
 
 
-def stream(root: Path, batches: int, recent: bool = False, freeze: bool = True) -> dict[str, Any]:
+def stream(
+    root: Path, batches: int, recent: bool = False, freeze: bool = True, interval_ms: float = 0
+) -> dict[str, Any]:
     """Return micro-batch latencies and read times of the streaming run (`recent`: the
     writer keeps what it stored as the next batch's validation history, as a dedicated
     streaming writer does: `ingest.keep_recent_history`; `freeze`: the set-up's heap frozen,
@@ -135,7 +138,7 @@ def stream(root: Path, batches: int, recent: bool = False, freeze: bool = True) 
     open_ = datetime(2024, 3, 4, 14, 30, tzinfo=UTC)
     minute = timedelta(minutes=1)
     m1 = Timeframe.parse("1m")
-    out: dict[str, Any] = {"keep_recent_history": recent}
+    out: dict[str, Any] = {"keep_recent_history": recent, "interval_ms": interval_ms}
     with Platform.open(root, ingest=IngestSettings(keep_recent_history=recent)) as p:
         session = [open_ + minute * k for k in range(390)]
         p.write_bars(minute_bars(symbols, session, 0), source="perf", timeframe="1m")
@@ -164,8 +167,11 @@ def stream(root: Path, batches: int, recent: bool = False, freeze: bool = True) 
         times, cpu, store, store_wall, history = [], [], [], [], []
         pending: list[int] = []  # live deltas after each batch (compaction keeping up?)
         checks = {0: "start", batches // 2: "middle", batches - 1: "end"}
+        start = time.perf_counter()
         for k in range(batches):
             batch = minute_bars(symbols, [open_ + minute * (390 + k)], k + 1)
+            if interval_ms:  # batch k arrives at start + k intervals (now, if behind)
+                time.sleep(max(0.0, start + k * interval_ms / 1e3 - time.perf_counter()))
             t0, c0 = time.perf_counter(), time.thread_time()
             p.write_bars(batch, source="perf", timeframe="1m")
             times.append(time.perf_counter() - t0)
@@ -244,6 +250,13 @@ def main() -> None:
     parser.add_argument("--no-stream", action="store_true")
     parser.add_argument("--recent", action="store_true", help="ingest.keep_recent_history on")
     parser.add_argument("--no-freeze", action="store_true", help="no gc.freeze() after set-up")
+    parser.add_argument(
+        "--interval-ms",
+        type=float,
+        default=0,
+        help="micro-batches arrive this far apart (0: back to back, the stress run; a live"
+        " stream's 1-second batches arrive 1,000 ms apart)",
+    )
     args = parser.parse_args()
     out: dict[str, Any] = {"bench": "append", "load_avg_1m": load_avg_1m()}
     out["cache_mb"] = args.cache_mb or StorageSettings().cache_mb
@@ -267,7 +280,11 @@ def main() -> None:
     if not args.no_stream:
         with tempfile.TemporaryDirectory() as tmp:
             out["stream"] = stream(
-                Path(tmp) / "lake", args.batches, args.recent, not args.no_freeze
+                Path(tmp) / "lake",
+                args.batches,
+                args.recent,
+                not args.no_freeze,
+                args.interval_ms,
             )
     out["load_avg_1m_end"] = load_avg_1m()
     print_json_line(out, digits=4)

@@ -5,6 +5,7 @@ partition locks."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -612,3 +613,22 @@ def test_a_delta_files_spans_and_symbols_match_its_parts_written_or_read(
     got = lake.recent(SYMBOLS, M1, at, at + timedelta(minutes=2))
     assert got.height == 13 + len(SYMBOLS)
     assert lake.merge_deltas(_tf_dir(tmp_path)) == 1
+
+
+def test_a_background_merge_waits_while_a_write_runs_and_goes_on_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from quantivista.ops import foreground
+
+    monkeypatch.setattr(foreground, "YIELD_S", 30.0)  # no bound within the test
+    lake = ParquetLake(tmp_path, StorageSettings(buckets=1, write_threads=1, delta_files=100))
+    written = _streamed(lake, 4)
+    result: list[int] = []
+    with foreground.FOREGROUND.running():  # a micro-batch under way
+        merger = threading.Thread(target=lambda: result.append(lake.tidy(_tf_dir(tmp_path))))
+        merger.start()
+        merger.join(0.3)
+        assert merger.is_alive() and len(lake.delta_files("1m")) == 4  # waiting, untouched
+    merger.join(10.0)
+    assert result == [3]  # 4 files merged into 1 once the write ended
+    assert_frame_equal(lake.read(["AAA", "BBB"], M1), pl.concat(written).sort("symbol", "ts"))

@@ -12,6 +12,7 @@ from quantivista.bus.base import EventBus
 from quantivista.clock import Clock
 from quantivista.model.schema import FrameLike
 from quantivista.model.timeframe import Timeframe, TimeframeLike
+from quantivista.ops.foreground import FOREGROUND
 from quantivista.ops.metrics import SymbolGroups, observe_stored, stage
 from quantivista.ops.tracing import span
 from quantivista.pipeline.messages import Batch, BatchId, RawBatch, StoredBatch
@@ -77,7 +78,7 @@ class InProcessRunner:
         stored goes into it (`pipeline.recent`). `actions`: the known corporate actions of
         the batch's symbols when the caller has them (default: read from the store).
         """
-        with span("pipeline.write", source=source, job_id=batch_id.job_id):
+        with span("pipeline.write", source=source, job_id=batch_id.job_id), FOREGROUND.running():
             batch = coerce(frame, batch_id, source, self.clock.now(), timeframe)
             return self.process(
                 batch,
@@ -133,7 +134,23 @@ class InProcessRunner:
         recent: RecentHistory | None = None,
     ) -> StoredBatch:
         """Validate, store and announce a canonical batch (`history`, `on_bars`,
-        `on_validated`, `recent`: see `write`)."""
+        `on_validated`, `recent`: see `write`); background upkeep waits meanwhile
+        (`ops.foreground`)."""
+        with FOREGROUND.running():
+            return self._process(batch, validator, actions, release, history, on_bars,
+                                 on_validated, recent)  # fmt: skip
+
+    def _process(
+        self,
+        batch: Batch,
+        validator: Validator | None,
+        actions: pl.DataFrame | None,
+        release: bool,
+        history: pl.DataFrame | None,
+        on_bars: Callable[[pl.DataFrame], None] | None,
+        on_validated: Callable[[pl.DataFrame], None] | None,
+        recent: RecentHistory | None,
+    ) -> StoredBatch:
         check = validator or self.validator()
         if actions is None and batch.bars.height:
             actions = self.actions.for_symbols(batch.bars["symbol"].unique().to_list())

@@ -15,6 +15,7 @@ import numpy as np
 import polars as pl
 
 from quantivista.errors import StorageError
+from quantivista.ops.foreground import FOREGROUND
 from quantivista.storage.base import UpsertStats
 from quantivista.storage.lake.appends import Split
 from quantivista.storage.lake.bars_core import BarFiles
@@ -264,6 +265,7 @@ class BarDeltas(BarFiles):
         frame, index = view.joined()  # its symbol index too: not scanned again
         indexed = _Indexed(frame, [(s, n) for s, (_, n) in index.items()], newest)
         pending = f".tmp-fold-{uuid4().hex[:12]}-"  # swept by any writer under the lock
+        FOREGROUND.wait_idle()
         try:
             files, tail = self._write_base(
                 path, frame, newest, indexed=indexed, pending=pending, fold_of=identity
@@ -360,6 +362,7 @@ class BarDeltas(BarFiles):
             return 0
         rels = sorted({r for _, found in live for r in found})
         throughs = {r: self._through(self.base_path(timeframe_dir / r)) or "" for r in rels}
+        FOREGROUND.wait_idle()
         whole, rows_index = _merged_rows(live, rels, throughs)
         # decoded here, not under the locks the writers wait for
         decoded = _delta_parts(whole, _runs_index(whole, rows_index)) if whole is not None else None
@@ -368,7 +371,9 @@ class BarDeltas(BarFiles):
         pending = folder / f".tmp-merge-{uuid4().hex}.arrow"  # hidden: listings skip it
         if whole is not None:
             meta = {ROWS_KEY: json.dumps(rows_index), REPLACES_KEY: json.dumps(merged)}
+            FOREGROUND.wait_idle()
             atomic_write_ipc(whole, pending, self.settings, meta)
+        FOREGROUND.wait_idle()  # the swap takes every partition's lock
         try:
             with self._locked_all([timeframe_dir / r for r in rels]):
                 if not self._unchanged(folder, merged, throughs, timeframe_dir):
@@ -435,8 +440,9 @@ class BarDeltas(BarFiles):
         if threads > 1 and len(dirs) > 1:  # encoding and compression release the GIL
             with ThreadPoolExecutor(min(threads, len(dirs)), thread_name_prefix="qv-fold") as pool:
                 list(pool.map(self.fold, dirs))
-        else:  # the background job: one partition at a time, beside the writers
+        else:  # the background job: one partition at a time, between the writers' batches
             for directory in dirs:
+                FOREGROUND.wait_idle()
                 self.fold(directory)
         for name in names:  # every partition they touch accounts for them now
             (folder / name).unlink(missing_ok=True)

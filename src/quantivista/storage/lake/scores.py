@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 from quantivista.config import StorageSettings
 from quantivista.errors import StorageError
 from quantivista.model.schema import STORED_SCORE_SCHEMA, utc_lit
+from quantivista.ops.foreground import FOREGROUND
 from quantivista.storage.lake.deltas import Folder
 from quantivista.storage.lake.files import (
     atomic_write_parquet,
@@ -126,8 +127,10 @@ class ParquetScoreStore:
 
     def _fold(self, files: list[Path], tier: int) -> None:
         """Write `files` as one compacted file of `tier`, then remove them (under the lock)."""
+        FOREGROUND.wait_idle()
         rows = _sorted_rows(files, tier)
         folder = self.dir / _COMPACTED
+        FOREGROUND.wait_idle()
         path = folder / f"part-{tier:02d}-{time.time_ns():020d}-{uuid4().hex[:12]}.parquet"
         names = [p.relative_to(self.dir).as_posix() for p in files]
         atomic_write_parquet(rows, path, self.settings, {REPLACES_KEY: json.dumps(names)})
