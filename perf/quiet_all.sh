@@ -3,7 +3,7 @@
 # Usage: bash perf/quiet_all.sh [OUT_DIR]   (default: perf/out/quiet-<UTC timestamp>)
 # Each benchmark prints one JSON line into OUT_DIR/<name>.json (stderr beside it); the
 # 1-minute load average is printed before each so a disturbed run can be told apart.
-# Takes ~10 minutes on 2 cores (QV_QUIET_ALL=all: the resolved issues' benchmarks too).
+# Takes ~14 minutes on 2 cores (QV_QUIET_ALL=all: the resolved issues' benchmarks too).
 set -u
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -23,6 +23,9 @@ run append_stream perf/append.py --symbols 500,5000 --batches 300
 run append_stream_recent_1 perf/append.py --symbols "" --batches 1000 --recent
 run append_stream_recent_2 perf/append.py --symbols "" --batches 1000 --recent
 run append_stream_recent_3 perf/append.py --symbols "" --batches 1000 --recent
+# paced: a micro-batch every 100 ms (a live stream's arrive 1,000 ms apart), ~100 s each
+run append_stream_paced_1 perf/append.py --symbols "" --batches 1000 --recent --interval-ms 100
+run append_stream_paced_2 perf/append.py --symbols "" --batches 1000 --recent --interval-ms 100
 run append_years perf/append.py --symbols 2000,5000 --years 10,20 --no-stream
 if [ "${QV_QUIET_ALL:-}" = "all" ]; then  # the resolved issues' benchmarks too (~12 min more)
   run cold_read_1 perf/cold_read.py --runs 5
