@@ -148,6 +148,7 @@ def main() -> None:
     parser.add_argument("--no-freeze", action="store_true", help="no gc.freeze() after set-up")
     parser.add_argument("--switch-us", type=int, default=0, help="sys.setswitchinterval")
     parser.add_argument("--fold-rows", type=int, default=0, help="the lake's _FOLD_ROWS")
+    parser.add_argument("--interval-ms", type=float, default=0, help="pace the micro-batches")
     args = parser.parse_args()
     if args.fold_rows:
         bars_deltas._FOLD_ROWS = args.fold_rows
@@ -168,8 +169,11 @@ def main() -> None:
             patch_platform(rec, p)
             if not args.no_freeze:
                 gc.freeze()  # as a service does after start-up (`run_daemon`, the API)
+            start = time.perf_counter()
             for k in range(args.batches):
                 batch = minute_bars(symbols, [open_ + minute * (390 + k)], k + 1)
+                if args.interval_ms:  # paced as perf/append.py --interval-ms
+                    time.sleep(max(0.0, start + k * args.interval_ms / 1e3 - time.perf_counter()))
                 rec.batch.clear()
                 gcs = len(rec.collections)
                 t0, c0 = time.perf_counter(), time.thread_time()

@@ -137,7 +137,13 @@ class RecentHistory:
         # new minutes after every kept one (the usual release) replace nothing; otherwise
         # the newest version of a bar wins (a correction amends what was kept)
         if len(parts) > 2 or kept is None or not kept.height or not first > kept["ts"].max():  # type: ignore[operator]
-            frame = frame.unique(["symbol", "timeframe", "ts"], keep="last", maintain_order=True)
+            amended = _amended(kept, frame) if kept is not None and kept.height else None
+            if amended is not None:  # every amended bar is kept: replaced in place
+                frame = amended
+            else:
+                frame = frame.unique(
+                    ["symbol", "timeframe", "ts"], keep="last", maintain_order=True
+                )
             # an amended bar now sits at the end: back in ts order (the validator's history
             # lookup is fastest in it, as after a seed)
             if not frame["ts"].is_sorted():
@@ -153,6 +159,41 @@ class RecentHistory:
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
+
+
+def _amended(kept: pl.DataFrame, whole: pl.DataFrame) -> pl.DataFrame | None:
+    """Return `whole` (the kept rows, then the new ones) with each new row at or before the
+    newest kept bar put in place of the kept version of its bar, and the rest after them:
+    one gather, where `unique` and a sort of every kept row held polars' thread pool for
+    ~8 ms (a stream's re-flag of its previous bar, ~1 release in 100). None when a new row
+    before the newest kept bar has no kept version (a late bar: the caller dedupes), or
+    the kept rows are not in ts order."""
+    n = kept.height
+    ts = micros(whole["ts"])
+    kept_ts, new_ts = ts[:n], ts[n:]
+    newest = kept_ts[-1]
+    if not (kept_ts[:-1] <= kept_ts[1:]).all():
+        return None
+    late = np.flatnonzero(new_ts <= newest)
+    fresh = whole.slice(n).select("symbol", "ts")
+    if fresh.height > len(late) and fresh.is_duplicated().any():  # one bar twice: dedupe
+        return None
+    if not len(late):
+        return whole
+    symbols = whole["symbol"]
+    order = np.arange(whole.height)
+    for j in late.tolist():  # a few rows: a correction's
+        lo, hi = (
+            np.searchsorted(kept_ts, new_ts[j], "left"),
+            np.searchsorted(kept_ts, new_ts[j], "right"),
+        )
+        names = symbols.slice(int(lo), int(hi - lo)).to_list()
+        symbol = symbols[n + j]
+        if symbol not in names:
+            return None
+        order[lo + names.index(symbol)] = n + j  # a later version of the bar wins
+        order[n + j] = -1
+    return whole[order[order >= 0]]
 
 
 def _since(frame: pl.DataFrame, bound: datetime) -> pl.DataFrame:
