@@ -632,3 +632,25 @@ def test_a_background_merge_waits_while_a_write_runs_and_goes_on_after(
     merger.join(10.0)
     assert result == [3]  # 4 files merged into 1 once the write ended
     assert_frame_equal(lake.read(["AAA", "BBB"], M1), pl.concat(written).sort("symbol", "ts"))
+
+
+def test_the_storage_report_counts_a_merged_deltas_crash_left_sources_once(
+    tmp_path: Path,
+) -> None:
+    import shutil
+
+    lake = ParquetLake(tmp_path, StorageSettings(buckets=1, write_threads=1, delta_files=100))
+    written = _streamed(lake, 3)
+    sources = lake.delta_files("1m")
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    for path in sources:
+        shutil.copy(path, kept / path.name)
+    assert lake.merge_deltas(_tf_dir(tmp_path)) == 2
+    for path in sources:  # a crash between the merged file's rename and the sources' removal
+        shutil.copy(kept / path.name, path)
+    reader = ParquetLake(tmp_path, _settings())
+    assert len(reader.delta_files("1m")) == 4
+    hot = reader.storage_report().row(0, named=True)
+    assert hot["tier"] == "hot" and hot["files"] == 5  # the base and every delta on disk
+    assert hot["rows"] == pl.concat(written).height == reader.read(["AAA", "BBB"], M1).height

@@ -260,10 +260,15 @@ def storage_report(lake: BarUpkeep) -> pl.DataFrame:  # a `ParquetLake`
     configured, "cold" (archived bars: the archive is listed and each file's Parquet footer
     read through fsspec, so the row reflects what the archive holds, not the cold index).
     """
+    deltas = lake.delta_files()
     tiers = {
-        "hot": lake.data_files() + lake.delta_files(),
+        "hot": lake.data_files() + deltas,
         "history": lake._history_files(lake.history_root, True),
     }
+    # a delta's rows count as reads see them: not the parts a base holds already (a fold
+    # under way) nor a merged delta's sources a crash left (files and bytes: all on disk)
+    live = {str(path): frame.height for path, frame in lake.live_deltas()}
+    counted = {str(path): live.get(str(path), 0) for path in deltas}
     rows = []
     for tier, files in tiers.items():
         n_rows = disk = raw = 0
@@ -272,11 +277,11 @@ def storage_report(lake: BarUpkeep) -> pl.DataFrame:  # a `ParquetLake`
             if path.suffix == ".arrow":  # raw: the buffers' bytes (month files may compress)
                 with open(path, "rb") as handle:
                     table = read_ipc_handle(handle)
-                n_rows += table.num_rows
+                n_rows += counted.get(str(path), table.num_rows)
                 raw += table.nbytes
             else:
                 meta = pq.read_metadata(path)
-                n_rows += meta.num_rows
+                n_rows += counted.get(str(path), meta.num_rows)
                 raw += _raw_bytes(meta)
             disk += size
         rows.append((tier, len(files), n_rows, disk, raw, raw / disk if disk else None))
