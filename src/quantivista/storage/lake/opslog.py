@@ -23,6 +23,7 @@ from typing import Any
 import polars as pl
 
 from quantivista.errors import StorageError, StorageRejectedError
+from quantivista.storage.lake.sqlitedb import checkpoints
 
 __all__ = ["AUDIT_SCHEMA", "SLA_SCHEMA", "SqliteOpsLog"]
 
@@ -82,6 +83,7 @@ class SqliteOpsLog:
                 db.execute("PRAGMA journal_mode=WAL")
                 # an fsync per record costs more than the record: only as the lake's files
                 db.execute(f"PRAGMA synchronous={'FULL' if self.fsync else 'NORMAL'}")
+                db.execute("PRAGMA wal_autocheckpoint=0")  # on a background thread instead
                 db.executescript(_DDL + "\n".join(_GUARDS))
                 self._db = db
             return self._db
@@ -97,6 +99,7 @@ class SqliteOpsLog:
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (_us(at), actor, tenant, action, target, outcome, json.dumps(details, default=str)),
             )
+        checkpoints(self.path).committed()
 
     def audit(
         self, since: datetime | None = None, until: datetime | None = None, *,
@@ -136,6 +139,7 @@ class SqliteOpsLog:
                 "INSERT INTO sla_samples (at_us, probe, ok, latency_s, detail) VALUES (?,?,?,?,?)",
                 (_us(at), probe, int(ok), latency_s, detail),
             )
+        checkpoints(self.path).committed()
 
     def sla(self, since: datetime, until: datetime) -> pl.DataFrame:
         """Return SLA samples in [since, until), oldest first."""

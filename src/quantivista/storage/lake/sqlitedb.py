@@ -7,13 +7,15 @@ is opened, and one transaction.
         db.execute(...)
 
 Connections are in autocommit mode (`isolation_level=None`): `transaction` opens and ends
-each transaction itself. A write transaction must be `BEGIN IMMEDIATE` (SQLite's write lock,
+each transaction itself. WAL checkpoints run on a background thread (`checkpoints`), not in
+the committing one. A write transaction must be `BEGIN IMMEDIATE` (SQLite's write lock,
 taken up front), so two processes never both read and then write; waiting for the lock is
 bounded by the busy timeout (`BUSY_TIMEOUT_S`).
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -23,9 +25,73 @@ from pathlib import Path
 from quantivista.errors import StorageError
 from quantivista.storage.lake.files import flocked
 
-__all__ = ["BUSY_TIMEOUT_S", "open_immutable", "open_writable", "transaction"]
+__all__ = [
+    "BUSY_TIMEOUT_S",
+    "Checkpoints",
+    "checkpoints",
+    "open_immutable",
+    "open_writable",
+    "transaction",
+]
 
 BUSY_TIMEOUT_S = 30.0
+_CHECKPOINT_COMMITS = 200  # write transactions between background checkpoints
+_log = logging.getLogger(__name__)
+
+
+class Checkpoints:
+    """Checkpoints one WAL database on a background thread with its own connection, every
+    `_CHECKPOINT_COMMITS` commits of this process (PASSIVE: writers and readers go on).
+
+    SQLite's own checkpoint runs in the commit that fills the WAL to 1,000 pages, on the
+    committing thread: a stream's quality report or audit record then took 3-7 ms instead
+    of 0.3 (7 in 1,000 micro-batches), fsync included. Writers' connections turn theirs off
+    (`PRAGMA wal_autocheckpoint=0`); the last connection to close checkpoints anyway."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._commits = 0
+        self._due = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def committed(self) -> None:
+        """Count a commit; wake the checkpointer every `_CHECKPOINT_COMMITS`."""
+        with self._lock:
+            self._commits += 1
+            if self._commits < _CHECKPOINT_COMMITS:
+                return
+            self._commits = 0
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="qv-sqlite-checkpoint", daemon=True
+                )
+                self._thread.start()
+        self._due.set()
+
+    def _run(self) -> None:
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        while True:
+            self._due.wait()
+            self._due.clear()
+            try:
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error:  # busy or gone: the next one tries again
+                _log.debug("checkpoint of %s failed", self.path, exc_info=True)
+
+
+_checkpoints: dict[str, Checkpoints] = {}
+_checkpoints_lock = threading.Lock()
+
+
+def checkpoints(path: Path) -> Checkpoints:
+    """Return the process's background checkpointer of the database at `path`."""
+    key = str(path)
+    with _checkpoints_lock:
+        found = _checkpoints.get(key)
+        if found is None:
+            found = _checkpoints[key] = Checkpoints(path)
+        return found
 
 
 def open_writable(path: Path, schema: str) -> sqlite3.Connection:
@@ -40,6 +106,7 @@ def open_writable(path: Path, schema: str) -> sqlite3.Connection:
     with flocked(locks / f"{path.stem}.lock"):
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA wal_autocheckpoint=0")  # `Checkpoints` does it off this thread
         conn.executescript(schema)
     return conn
 
@@ -67,3 +134,5 @@ def transaction(
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             raise StorageError(what, path=str(path), error=str(exc)) from exc
+    if begin != "BEGIN":  # a write
+        checkpoints(path).committed()
