@@ -4,6 +4,7 @@ of `bars.ParquetLake` that build and cut them."""
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,13 +42,13 @@ class _DeltaFile(Mapping[str, "_Indexed"]):
 
     frame: pl.DataFrame
 
+    @abstractmethod
     def spans(self) -> list[tuple[str, int, int]]:
         """Return each partition's rows in the file: (partition, first row, rows)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def symbols(self) -> set[str]:
         """Return every symbol the file holds rows of."""
-        raise NotImplementedError
 
 
 class _Parts(_DeltaFile):

@@ -15,7 +15,6 @@ bounded by the busy timeout (`BUSY_TIMEOUT_S`).
 
 from __future__ import annotations
 
-import logging
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from quantivista.errors import StorageError
+from quantivista.storage.lake.deltas import Folder
 from quantivista.storage.lake.files import flocked
 
 __all__ = [
@@ -36,12 +36,12 @@ __all__ = [
 
 BUSY_TIMEOUT_S = 30.0
 _CHECKPOINT_COMMITS = 200  # write transactions between background checkpoints
-_log = logging.getLogger(__name__)
 
 
 class Checkpoints:
-    """Checkpoints one WAL database on a background thread with its own connection, every
-    `_CHECKPOINT_COMMITS` commits of this process (PASSIVE: writers and readers go on).
+    """Checkpoints one WAL database on a background thread (`deltas.Folder`) with its own
+    connection, every `_CHECKPOINT_COMMITS` commits of this process (PASSIVE: writers and
+    readers go on).
 
     SQLite's own checkpoint runs in the commit that fills the WAL to 1,000 pages, on the
     committing thread: a stream's quality report or audit record then took 3-7 ms instead
@@ -51,33 +51,23 @@ class Checkpoints:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._commits = 0
-        self._due = threading.Event()
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
+        self._conn: sqlite3.Connection | None = None  # the worker's
+        self._worker = Folder(self._checkpoint)
 
     def committed(self) -> None:
-        """Count a commit; wake the checkpointer every `_CHECKPOINT_COMMITS`."""
+        """Count a commit; ask for a checkpoint every `_CHECKPOINT_COMMITS`."""
         with self._lock:
             self._commits += 1
             if self._commits < _CHECKPOINT_COMMITS:
                 return
             self._commits = 0
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="qv-sqlite-checkpoint", daemon=True
-                )
-                self._thread.start()
-        self._due.set()
+        self._worker.submit(self.path)
 
-    def _run(self) -> None:
-        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-        while True:
-            self._due.wait()
-            self._due.clear()
-            try:
-                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            except sqlite3.Error:  # busy or gone: the next one tries again
-                _log.debug("checkpoint of %s failed", self.path, exc_info=True)
+    def _checkpoint(self, path: Path) -> None:
+        if self._conn is None:
+            self._conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")  # busy: it says so, no error
 
 
 _checkpoints: dict[str, Checkpoints] = {}
