@@ -1,9 +1,14 @@
 """A NATS pull that outlived its fetch can hand a delivery over again after it was settled:
-the subscription tells it from a redelivery by its reply subject (one per delivery)."""
+the subscription tells it from a redelivery by its reply subject (one per delivery). The
+server can also deliver an acked message anew (a new reply subject): it is acked again and
+skipped, never applied twice."""
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -58,3 +63,75 @@ def test_a_nacked_delivery_handed_over_again_is_skipped_but_its_redelivery_comes
     assert [(m.offset, m.deliveries) for m in again] == [(first.offset, 2)]
     sub.ack(again[0])
     sub.close()
+
+
+def _delivered_anew(raw: Any) -> Any:
+    """`raw` as the server sends it again: one more delivery, a new consumer sequence."""
+    # $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>
+    head, delivered, stream_seq, consumer_seq, stamp, pending = raw.reply.rsplit(".", 5)
+    reply = ".".join(
+        [head, str(int(delivered) + 1), stream_seq, str(int(consumer_seq) + 7), stamp, pending]
+    )
+    return replace(raw, reply=reply, _metadata=None, _ackd=False)
+
+
+def test_an_acked_message_delivered_anew_is_acked_again_and_skipped(broker: Any) -> None:
+    broker.create_topic("t")
+    broker.publish("t", b"x", key="A")
+    broker.publish("t", b"y", key="B")
+    sub = broker.subscribe("t", "g")
+    first, second = sub.fetch(10, 2.0)
+    raw = sub._inflight[first.offset]
+    sub.ack(first)
+    sub.nack(second, "later", delay_s=0.2)
+    real = sub._fetch
+    _hand_over_again(sub, [_delivered_anew(raw)])
+    assert sub.fetch(10, 0.5) == [] and sub.duplicates == 1  # not applied twice
+    sub._fetch = real
+    again = sub.fetch(10, 3.0)  # a nacked message still comes back
+    assert [(m.offset, m.deliveries) for m in again] == [(second.offset, 2)]
+    sub.ack(again[0])
+    sub.close()
+
+
+def test_a_message_delivered_anew_while_held_is_applied_once_and_settled_on_the_newest(
+    broker: Any,
+) -> None:
+    broker.create_topic("t")
+    broker.publish("t", b"x", key="A")
+    sub = broker.subscribe("t", "g")
+    (first,) = sub.fetch(10, 2.0)
+    anew = _delivered_anew(sub._inflight[first.offset])
+    real = sub._fetch
+    _hand_over_again(sub, [anew])
+    assert sub.fetch(10, 0.5) == [] and sub.duplicates == 1  # still held: not handed out again
+    assert sub._inflight[first.offset].reply == anew.reply  # the ack goes to the newest
+    sub._fetch = real
+    sub.ack(first)
+    sub.close()
+
+
+def test_close_gives_back_what_a_pull_that_outlived_its_fetch_left_in_the_client(
+    broker: Any,
+) -> None:
+    broker.create_topic("t")
+    sub = broker.subscribe("t", "g")
+    pull = sub._subs[0]
+
+    async def outlived() -> None:  # a pull request nobody fetches from any more
+        request = json.dumps({"batch": 1, "expires": 5_000_000_000}).encode()
+        await pull._nc.publish(pull._nms, request, pull._deliver)
+
+    broker._run(outlived())
+    broker.publish("t", b"x", key="A")  # delivered into the client's queue, never fetched
+    for _ in range(50):
+        if pull.pending_msgs:
+            break
+        time.sleep(0.02)
+    assert pull.pending_msgs == 1
+    sub.close()
+    again = broker.subscribe("t", "g")  # at once, not after the 30 s ack wait
+    (message,) = again.fetch(10, 3.0)
+    assert (message.value, message.deliveries) == (b"x", 2)
+    again.ack(message)
+    again.close()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
@@ -46,6 +47,7 @@ __all__ = ["NatsBroker"]
 
 T = TypeVar("T")
 _KEY = "qv-key"
+log = logging.getLogger(__name__)
 _SETTLED_KEPT = 10_000  # settled deliveries remembered per subscription (a late duplicate)
 _BAD = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -342,6 +344,22 @@ def _consumer_config(start: StartAt, ack_wait_s: float) -> ConsumerConfig:
     return config
 
 
+def _left_over(sub: Any) -> list[Msg]:
+    """Take the deliveries waiting in a pull subscription's client-side queue (runs on the
+    client's loop: the queue is an asyncio one). nats-py keeps no public way to them."""
+    queue = getattr(getattr(sub, "_sub", None), "_pending_queue", None)
+    out = []
+    while queue is not None and not queue.empty():
+        msg = queue.get_nowait()
+        if isinstance(msg, Msg) and msg.reply.startswith("$JS.ACK."):  # not a status
+            out.append(msg)
+    return out
+
+
+async def _ack_all(msgs: list[Msg]) -> None:
+    await asyncio.gather(*(m.ack() for m in msgs))
+
+
 def _message(topic: str, msg: Msg) -> Message:
     meta = msg.metadata
     headers = {k: v for k, v in (msg.headers or {}).items() if not k.startswith("Nats-")}
@@ -371,16 +389,28 @@ class _NatsSubscription(SubscriptionBase[NatsBroker]):
         # the reply subjects (one per delivery) of the deliveries acked or nacked lately: a
         # pull that outlived its fetch can hand one over again after it was settled
         self._settled: OrderedDict[str, None] = OrderedDict()
+        # the offsets acked lately: the server can deliver an acked message anew (a new
+        # reply subject) after a pull expired while it was being sent (nats-server 2.9)
+        self._acked: OrderedDict[int, None] = OrderedDict()
+        self.duplicates = 0  # such deliveries acked again and skipped
 
     def fetch(self, max_messages: int = 100, timeout_s: float = 1.0) -> list[Message]:
         if not self._subs:
             return []
         msgs = self._broker._run(self._fetch(max_messages, timeout_s), timeout_s + 30)
-        out = []
+        out, done = [], []
         for msg in msgs:
-            held = self._inflight.get(int(msg.metadata.sequence.stream))
+            offset = int(msg.metadata.sequence.stream)
+            held = self._inflight.get(offset)
             if (held is not None and held.reply == msg.reply) or msg.reply in self._settled:
                 continue  # the same delivery seen twice (a pull that outlived its fetch)
+            if offset in self._acked:
+                done.append(msg)  # applied and acked here already: not applied twice
+                continue
+            if held is not None:  # delivered anew while held here: one message per offset,
+                self._inflight[offset] = msg  # settled on the server's newest delivery
+                self.duplicates += 1
+                continue
             message = _message(self.topic, msg)
             # the server may count a redelivery after an expired pull as a first delivery
             count = max(message.deliveries, self._counts.get(message.offset, 0) + 1)
@@ -389,6 +419,12 @@ class _NatsSubscription(SubscriptionBase[NatsBroker]):
                 message = replace(message, deliveries=count)
             self._inflight[message.offset] = msg
             out.append(message)
+        if done:  # acked again, so the server stops redelivering them
+            self.duplicates += len(done)
+            log.warning("%s: %d acked message(s) delivered again, skipped", self.topic, len(done))
+            self._broker._run(_ack_all(done))
+            for msg in done:
+                self._settle(msg)
         out.sort(key=lambda m: m.offset)
         return out
 
@@ -420,6 +456,9 @@ class _NatsSubscription(SubscriptionBase[NatsBroker]):
         self._counts.pop(message.offset, None)
         if msg is not None:
             self._settle(msg)
+            self._acked[message.offset] = None
+            if len(self._acked) > _SETTLED_KEPT:
+                self._acked.popitem(last=False)
             self._broker._run(msg.ack())
 
     def _requeue(self, message: Message, delay_s: float) -> None:
@@ -435,9 +474,13 @@ class _NatsSubscription(SubscriptionBase[NatsBroker]):
 
     def close(self) -> None:
         async def leave() -> None:
-            for msg in self._inflight.values():  # others get them now, not after ack_wait
+            # others get them now, not after ack_wait: the held ones, and those a pull that
+            # outlived its fetch left in the client's queue (an acked one is acked again)
+            left = [m for sub in self._subs for m in _left_over(sub)]
+            for msg in [*self._inflight.values(), *left]:
                 with contextlib.suppress(Exception):
-                    await msg.nak()
+                    acked = int(msg.metadata.sequence.stream) in self._acked
+                    await (msg.ack() if acked else msg.nak())
             for sub in self._subs:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
