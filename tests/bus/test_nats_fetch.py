@@ -94,23 +94,6 @@ def test_an_acked_message_delivered_anew_is_acked_again_and_skipped(broker: Any)
     sub.close()
 
 
-def test_a_message_delivered_anew_while_held_is_applied_once_and_settled_on_the_newest(
-    broker: Any,
-) -> None:
-    broker.create_topic("t")
-    broker.publish("t", b"x", key="A")
-    sub = broker.subscribe("t", "g")
-    (first,) = sub.fetch(10, 2.0)
-    anew = _delivered_anew(sub._inflight[first.offset])
-    real = sub._fetch
-    _hand_over_again(sub, [anew])
-    assert sub.fetch(10, 0.5) == [] and sub.duplicates == 1  # still held: not handed out again
-    assert sub._inflight[first.offset].reply == anew.reply  # the ack goes to the newest
-    sub._fetch = real
-    sub.ack(first)
-    sub.close()
-
-
 def test_close_gives_back_what_a_pull_that_outlived_its_fetch_left_in_the_client(
     broker: Any,
 ) -> None:

@@ -407,10 +407,6 @@ class _NatsSubscription(SubscriptionBase[NatsBroker]):
             if offset in self._acked:
                 done.append(msg)  # applied and acked here already: not applied twice
                 continue
-            if held is not None:  # delivered anew while held here: one message per offset,
-                self._inflight[offset] = msg  # settled on the server's newest delivery
-                self.duplicates += 1
-                continue
             message = _message(self.topic, msg)
             # the server may count a redelivery after an expired pull as a first delivery
             count = max(message.deliveries, self._counts.get(message.offset, 0) + 1)
