@@ -94,10 +94,12 @@ def patch(rec: Recorder) -> None:
     stages_module.mark_changed = rec.timed(stages_module.mark_changed, "mark_changed")
     for module in (bars_core, bars_deltas):  # the lake's modules that call it (bars is split)
         module.atomic_write_ipc = rec.timed(module.atomic_write_ipc, "write_delta_file")
-    bars_writes.latest_per_key = rec.timed(bars_writes.latest_per_key, "latest_per_key")
+    for name in ("latest_per_key", "_merge_few", "_merge", "ArrowBatch"):  # bars_writes names
+        setattr(bars_writes, name, rec.timed(getattr(bars_writes, name), name))
     for cls, names in (
         (ParquetLake, ("upsert", "_live_deltas", "_known", "_write_delta", "_upsert_locked",
-                       "recent", "tidy", "fold", "merge_deltas", "fold_timeframe")),
+                       "recent", "tidy", "fold", "merge_deltas", "fold_timeframe", "_partition",
+                       "_write_history", "_write_base")),
         (ParquetScoreStore, ("add", "compact")),
         (RecentHistory, ("history", "add")),
     ):  # fmt: skip

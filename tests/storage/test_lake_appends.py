@@ -534,6 +534,13 @@ def test_a_few_rows_merge_by_binary_search_as_the_full_merge_does(seed: int) -> 
     assert_frame_equal(few, full)
     assert runs_few == runs_of(full)
     assert_frame_equal(gone_few.sort("symbol", "ts"), gone.sort("symbol", "ts"))
+    # the same rows stacked in another order (a base and its deltas) with the order that
+    # sorts them: the same merge, still one gather
+    shuffled = rng.permutation(old.height)
+    got = bars_module._merge_few(old[shuffled], index, new, runs, np.argsort(shuffled))
+    assert got[0] is not None and got[1] == stats and got[3] == runs_few
+    assert_frame_equal(got[0], full)
+    assert_frame_equal(got[2].sort("symbol", "ts"), gone.sort("symbol", "ts"))
 
 
 @pytest.mark.parametrize("fmt", ["arrow", "parquet"])

@@ -62,15 +62,26 @@ def _merge_few(
     index: dict[str, tuple[int, int]],
     new: pl.DataFrame,
     runs: Sequence[tuple[str, int]],
+    order: np.ndarray | None = None,
 ) -> tuple[pl.DataFrame | None, UpsertStats, pl.DataFrame, list[tuple[str, int]]]:
     """`_merge` of a few rows into a partition (a correction of an earlier bar), on the
     partition's order instead of joins and a sort of all of its rows: each new row's place
     is found by a binary search in its symbol's rows (`index`: where each symbol's rows
     of `existing` start, and how many), and the merged rows are one gather. `new` is sorted by
     symbol and ts without repeated keys, `runs` its (symbol, rows) in order. Also returns
-    the merged rows' symbol runs."""
+    the merged rows' symbol runs.
+
+    With `order`, `existing` is a partition's base and delta rows as stacked and `order`
+    the row numbers that sort them (`PartitionView.stacked`): positions are in that order,
+    and the merged rows are still one gather of the stacked ones."""
     names = list(index)  # in row order: sorted
     old_ts = existing["ts"].to_physical().to_numpy()
+    if order is not None:
+        old_ts = old_ts[order]
+
+    def stacked(positions: np.ndarray) -> np.ndarray:  # sorted positions -> stacked rows
+        return order[positions] if order is not None else positions
+
     new_ts = new["ts"].to_physical().to_numpy()
     at = np.empty(new.height, dtype=np.int64)  # each new row's place among the old rows
     found = np.zeros(new.height, dtype=bool)  # ... holding the same key
@@ -96,7 +107,7 @@ def _merge_few(
             added[symbol] = added.get(symbol, 0) + fresh
         start += n
     matched = np.flatnonzero(found)
-    olds = existing[at[matched]]
+    olds = existing[stacked(at[matched])]
     same = np.zeros(new.height, dtype=bool)
     if len(matched):  # Series comparisons: a few rows cost less than a query's set-up
         mine = new[matched]
@@ -116,7 +127,7 @@ def _merge_few(
     stamps = new["ingested_at"].gather(np.flatnonzero(replaced))
     if stamps.null_count():
         stamps = stamps.fill_null(datetime.now(UTC))
-    superseded = existing[gone].hstack([stamps.alias("superseded_at")])
+    superseded = existing[stacked(gone)].hstack([stamps.alias("superseded_at")])
     # an unchanged row stays as it is (its knowledge time too): the old row is kept
     incoming = np.flatnonzero(~same)
     keep = np.ones(existing.height, dtype=bool)
@@ -124,8 +135,8 @@ def _merge_few(
     kept = np.flatnonzero(keep)
     # a new row goes before the old row at its place (which it replaces, or follows)
     keys = np.concatenate([kept * 2 + 1, at[incoming] * 2])
-    order = np.argsort(keys, kind="stable")
-    picked = np.concatenate([kept, existing.height + incoming])[order]
+    placed = np.argsort(keys, kind="stable")
+    picked = np.concatenate([stacked(kept), existing.height + incoming])[placed]
     rest = new.select(existing.columns)
     if rest.schema == existing.schema:
         both = pl.concat([existing, rest])

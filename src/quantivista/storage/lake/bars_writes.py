@@ -44,6 +44,7 @@ from quantivista.storage.lake.bars_merge import _merge, _merge_few
 from quantivista.storage.lake.deltas import (
     FOLD_OF_KEY,
     THROUGH_KEY,
+    PartitionView,
     newest_source,
     stack,
 )
@@ -147,11 +148,15 @@ class BarWrites(BarDeltas):
             self._sweep_temporaries(self._history_of(directory))
             # under the lock the cached copy, if its file identity matches, is current
             existing = self._partition(directory)
-            old, index = existing.joined() if existing is not None else (new.clear(), {})
             merged_runs: list[tuple[str, int]] | None = None
-            if existing is not None and new.height * _FEW <= old.height:  # a correction
-                merged, stats, superseded, merged_runs = _merge_few(old, index, new, runs)
+            if existing is not None and new.height * _FEW <= _height(existing):  # a correction
+                # one gather of the stacked base and delta rows, not a join and then a gather
+                stacked, order, index = _stacked(existing)
+                merged, stats, superseded, merged_runs = _merge_few(
+                    stacked, index, new, runs, order
+                )
             else:
+                old = existing.joined()[0] if existing is not None else new.clear()
                 merged, stats, superseded = _merge(old, new)
             if merged is None:
                 return stats
@@ -317,3 +322,21 @@ class BarWrites(BarDeltas):
             if rel in found:
                 marks.apply(name, found[rel].lasts())
         return marks.lasts
+
+
+def _height(found: _Indexed | PartitionView) -> int:
+    """Return how many rows a partition (base and live deltas) holds, without joining."""
+    if isinstance(found, PartitionView):
+        return found.base.frame.height + sum(d.frame.height for d in found.deltas)
+    return found.frame.height
+
+
+def _stacked(
+    found: _Indexed | PartitionView,
+) -> tuple[pl.DataFrame, np.ndarray | None, dict[str, tuple[int, int]]]:
+    """Return a partition's rows as stacked, the order that sorts them (None: they are),
+    and its symbol index (see `PartitionView.stacked`)."""
+    if isinstance(found, PartitionView) and found.deltas:
+        return found.stacked()
+    frame, index = found.joined()
+    return frame, None, index

@@ -177,6 +177,15 @@ class PartitionView:
         queue; the order is known from the files' symbol indexes."""
         if not self.deltas:
             return self.base.frame, self.base.index
+        whole, picked, index = self.stacked(rechunk=True)
+        return whole[picked], index
+
+    def stacked(
+        self, *, rechunk: bool = False
+    ) -> tuple[pl.DataFrame, np.ndarray, dict[str, tuple[int, int]]]:
+        """Return the base's and the deltas' rows stacked as they are, the row numbers that
+        put them in `joined`'s order, and `joined`'s symbol index: a caller that gathers
+        anyway (a correction's merge) composes its gather with this one."""
         rows = [self.base, *self.deltas]
         offsets = np.cumsum([0, *(r.frame.height for r in rows[:-1])]).tolist()
         starts, counts = [], []
@@ -191,10 +200,10 @@ class PartitionView:
                     counts.append(span[1])
                     total += span[1]
             index[symbol] = (first, total - first)
-        whole = pl.concat([r.frame for r in rows], how="vertical_relaxed", rechunk=True)
+        whole = pl.concat([r.frame for r in rows], how="vertical_relaxed", rechunk=rechunk)
         first_rows = np.array(starts, dtype=np.int64)
         picked = _ranges(first_rows, first_rows + np.array(counts, dtype=np.int64))
-        return whole[picked], index
+        return whole, picked, index
 
     def pieces_of(self, symbol: str) -> list[pl.DataFrame]:
         """Return the symbol's rows in ts order as its base slice and its delta slices
