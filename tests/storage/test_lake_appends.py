@@ -9,10 +9,13 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
 from quantivista.config import StorageSettings
@@ -24,6 +27,7 @@ from quantivista.storage.lake import bars_core, bars_deltas, bars_indexed
 from quantivista.storage.lake import files as files_module
 from quantivista.storage.lake.appends import Split, month_text
 from quantivista.storage.lake.bars import ParquetLake, bucket_of
+from quantivista.storage.lake.bars_merge import _same_values
 from quantivista.storage.lake.deltas import DELTA_DIR, PARTS_KEY
 from quantivista.storage.lake.files import atomic_write_parquet
 
@@ -541,6 +545,22 @@ def test_a_few_rows_merge_by_binary_search_as_the_full_merge_does(seed: int) -> 
     assert got[0] is not None and got[1] == stats and got[3] == runs_few
     assert_frame_equal(got[0], full)
     assert_frame_equal(got[2].sort("symbol", "ts"), gone.sort("symbol", "ts"))
+
+
+_VALUES = st.one_of(st.none(), st.sampled_from([0.0, -0.0, 1.5, float("nan"), float("inf")]))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(_VALUES, _VALUES), min_size=1, max_size=4))
+def test_a_corrections_values_compare_as_eq_missing_does(pairs: list[tuple[Any, Any]]) -> None:
+    # nulls equal, NaNs equal, 0.0 equals -0.0: what the columns' `eq_missing` says
+    rows = _bars(["A"], 0, len(pairs), DAY0, tf="1m")
+    mine = rows.with_columns(close=pl.Series([a for a, _ in pairs], dtype=pl.Float64))
+    olds = rows.with_columns(close=pl.Series([b for _, b in pairs], dtype=pl.Float64))
+    want = mine["close"].eq_missing(olds["close"]).to_numpy()
+    assert _same_values(mine, olds).tolist() == want.tolist()
+    changed = mine.with_columns(trades=pl.col("trades").fill_null(0) + 1)  # another column
+    assert not _same_values(changed, olds).any()
 
 
 @pytest.mark.parametrize("fmt", ["arrow", "parquet"])

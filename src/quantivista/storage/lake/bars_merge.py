@@ -109,12 +109,8 @@ def _merge_few(
     matched = np.flatnonzero(found)
     olds = existing[stacked(at[matched])]
     same = np.zeros(new.height, dtype=bool)
-    if len(matched):  # Series comparisons: a few rows cost less than a query's set-up
-        mine = new[matched]
-        equal = np.ones(len(matched), dtype=bool)
-        for c in BAR_VALUE_COLUMNS:
-            equal &= mine[c].eq_missing(olds[c]).to_numpy()
-        same[matched] = equal
+    if len(matched):
+        same[matched] = _same_values(new[matched], olds)
     inserted = int(new.height - len(matched))
     unchanged = int(same.sum())
     stats = UpsertStats(
@@ -138,12 +134,25 @@ def _merge_few(
     placed = np.argsort(keys, kind="stable")
     picked = np.concatenate([stacked(kept), existing.height + incoming])[placed]
     rest = new.select(existing.columns)
+    # one chunk: polars gathers from many chunks (a base and its deltas) ~4x slower
     if rest.schema == existing.schema:
-        both = pl.concat([existing, rest])
+        both = pl.concat([existing, rest], rechunk=True)
     else:  # a store written before in other types
-        both = pl.concat([existing, rest], how="vertical_relaxed")
+        both = pl.concat([existing, rest], how="vertical_relaxed", rechunk=True)
     merged = both[picked]
     counts = {name: n for name, (_, n) in index.items()}
     for symbol, n in added.items():
         counts[symbol] = counts.get(symbol, 0) + n
     return merged, stats, superseded, sorted(counts.items())
+
+
+def _same_values(mine: pl.DataFrame, olds: pl.DataFrame) -> np.ndarray:
+    """Say which rows of `mine` hold the values of the same row of `olds` (as `eq_missing`:
+    nulls equal, NaNs equal). Python over a correction's few rows: each `eq_missing` of a
+    Series is a query of its own (~0.2 ms), nine of them per correction."""
+    names = list(BAR_VALUE_COLUMNS)
+    pairs = zip(mine.select(names).rows(), olds.select(names).rows(), strict=True)
+    return np.array(
+        [all(a == b or (a != a and b != b) for a, b in zip(x, y, strict=True)) for x, y in pairs],
+        dtype=bool,
+    )
