@@ -356,6 +356,13 @@ def _left_over(sub: Any) -> list[Msg]:
     return out
 
 
+def _remember(seen: OrderedDict[Any, None], key: Any) -> None:
+    """Add `key` to a bounded memory of recent keys (the oldest forgotten first)."""
+    seen[key] = None
+    if len(seen) > _SETTLED_KEPT:
+        seen.popitem(last=False)
+
+
 async def _ack_all(msgs: list[Msg]) -> None:
     await asyncio.gather(*(m.ack() for m in msgs))
 
@@ -452,9 +459,7 @@ class _NatsSubscription(SubscriptionBase[NatsBroker]):
         self._counts.pop(message.offset, None)
         if msg is not None:
             self._settle(msg)
-            self._acked[message.offset] = None
-            if len(self._acked) > _SETTLED_KEPT:
-                self._acked.popitem(last=False)
+            _remember(self._acked, message.offset)
             self._broker._run(msg.ack())
 
     def _requeue(self, message: Message, delay_s: float) -> None:
@@ -464,9 +469,7 @@ class _NatsSubscription(SubscriptionBase[NatsBroker]):
             self._broker._run(msg.nak(delay=delay_s or None))
 
     def _settle(self, msg: Msg) -> None:
-        self._settled[msg.reply] = None
-        if len(self._settled) > _SETTLED_KEPT:
-            self._settled.popitem(last=False)
+        _remember(self._settled, msg.reply)
 
     def close(self) -> None:
         async def leave() -> None:

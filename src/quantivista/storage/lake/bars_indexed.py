@@ -175,6 +175,14 @@ class _Indexed:
         """Return the rows and the symbol index (as `PartitionView.joined`)."""
         return self.frame, self.index
 
+    @property
+    def height(self) -> int:
+        return self.frame.height
+
+    def stacked(self) -> tuple[pl.DataFrame, None, dict[str, tuple[int, int]]]:
+        """Return the rows, no order (they are sorted), and the index (as `PartitionView`)."""
+        return self.frame, None, self.index
+
     def rows_of(self, symbol: str) -> pl.DataFrame:
         """Return the symbol's rows (a zero-copy slice; empty when it has none here)."""
         span = self.index.get(symbol)

@@ -44,7 +44,6 @@ from quantivista.storage.lake.bars_merge import _merge, _merge_few
 from quantivista.storage.lake.deltas import (
     FOLD_OF_KEY,
     THROUGH_KEY,
-    PartitionView,
     newest_source,
     stack,
 )
@@ -149,9 +148,9 @@ class BarWrites(BarDeltas):
             # under the lock the cached copy, if its file identity matches, is current
             existing = self._partition(directory)
             merged_runs: list[tuple[str, int]] | None = None
-            if existing is not None and new.height * _FEW <= _height(existing):  # a correction
+            if existing is not None and new.height * _FEW <= existing.height:  # a correction
                 # one gather of the stacked base and delta rows, not a join and then a gather
-                stacked, order, index = _stacked(existing)
+                stacked, order, index = existing.stacked()
                 merged, stats, superseded, merged_runs = _merge_few(
                     stacked, index, new, runs, order
                 )
@@ -322,21 +321,3 @@ class BarWrites(BarDeltas):
             if rel in found:
                 marks.apply(name, found[rel].lasts())
         return marks.lasts
-
-
-def _height(found: _Indexed | PartitionView) -> int:
-    """Return how many rows a partition (base and live deltas) holds, without joining."""
-    if isinstance(found, PartitionView):
-        return found.base.frame.height + sum(d.frame.height for d in found.deltas)
-    return found.frame.height
-
-
-def _stacked(
-    found: _Indexed | PartitionView,
-) -> tuple[pl.DataFrame, np.ndarray | None, dict[str, tuple[int, int]]]:
-    """Return a partition's rows as stacked, the order that sorts them (None: they are),
-    and its symbol index (see `PartitionView.stacked`)."""
-    if isinstance(found, PartitionView) and found.deltas:
-        return found.stacked()
-    frame, index = found.joined()
-    return frame, None, index

@@ -178,14 +178,21 @@ class PartitionView:
         if not self.deltas:
             return self.base.frame, self.base.index
         whole, picked, index = self.stacked(rechunk=True)
-        return whole[picked], index
+        return (whole[picked] if picked is not None else whole), index
+
+    @property
+    def height(self) -> int:
+        """Return how many rows the base and the live deltas hold (nothing joined)."""
+        return self.base.frame.height + sum(d.frame.height for d in self.deltas)
 
     def stacked(
         self, *, rechunk: bool = False
-    ) -> tuple[pl.DataFrame, np.ndarray, dict[str, tuple[int, int]]]:
+    ) -> tuple[pl.DataFrame, np.ndarray | None, dict[str, tuple[int, int]]]:
         """Return the base's and the deltas' rows stacked as they are, the row numbers that
-        put them in `joined`'s order, and `joined`'s symbol index: a caller that gathers
-        anyway (a correction's merge) composes its gather with this one."""
+        put them in `joined`'s order (None: they are in it), and `joined`'s symbol index: a
+        caller that gathers anyway (a correction's merge) composes its gather with this one."""
+        if not self.deltas:
+            return self.base.frame, None, self.base.index
         rows = [self.base, *self.deltas]
         offsets = np.cumsum([0, *(r.frame.height for r in rows[:-1])]).tolist()
         starts, counts = [], []
