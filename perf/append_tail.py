@@ -96,16 +96,21 @@ def patch(rec: Recorder) -> None:
         module.atomic_write_ipc = rec.timed(module.atomic_write_ipc, "write_delta_file")
     for name in ("latest_per_key", "_merge_few", "_merge", "ArrowBatch"):  # bars_writes names
         setattr(bars_writes, name, rec.timed(getattr(bars_writes, name), name))
+    for name in ("_merged_rows", "_delta_parts", "_runs_index"):  # a merge's steps
+        setattr(bars_deltas, name, rec.timed(getattr(bars_deltas, name), name))
     for cls, names in (
         (ParquetLake, ("upsert", "_live_deltas", "_known", "_write_delta", "_upsert_locked",
                        "recent", "tidy", "fold", "merge_deltas", "fold_timeframe", "_partition",
-                       "_write_history", "_write_base")),
+                       "_write_history", "_write_base", "_unchanged", "_fold_ahead",
+                       "_swap_fold", "fold_locked", "_live", "_through")),
         (ParquetScoreStore, ("add", "compact")),
         (RecentHistory, ("history", "add")),
     ):  # fmt: skip
         for name in names:
             label = f"{cls.__name__}.{name}"
             setattr(cls, name, rec.timed(getattr(cls, name), label))
+    fg = bars_deltas.FOREGROUND
+    fg.wait_idle = rec.timed(fg.wait_idle, "wait_idle")  # type: ignore[method-assign]
     held = StripeLocks.held
 
     @contextmanager
@@ -254,7 +259,11 @@ def main() -> None:
     shown = []
     for b in slow[: args.show]:
         t0, t1 = b["t0"], b["t0"] + b["ms"] / 1e3
-        overlap = sorted({name for name, s, e, _ in rec.background if s < t1 and e > t0})
+        overlap: dict[str, float] = defaultdict(float)  # each background step's ms inside
+        for name, s, e, _ in rec.background:
+            if s < t1 and e > t0:
+                overlap[name] += (min(e, t1) - max(s, t0)) * 1e3
+        overlap = {k: round(v, 1) for k, v in sorted(overlap.items(), key=lambda kv: -kv[1])}
         top = sorted(b["steps"].items(), key=lambda kv: -kv[1][0])[:9]
         shown.append({"k": b["k"], "ms": round(b["ms"], 1), "cpu_ms": round(b["cpu_ms"], 1),
                       "gc": [(g, round(s * 1e3, 1)) for g, _, _, s in b["gc"]],
