@@ -15,6 +15,7 @@ import pytest
 from tests.bus.conftest import nats_broker
 
 from quantivista.bus.base import Subscription
+from quantivista.ops.metrics import REGISTRY
 
 pytestmark = pytest.mark.nats
 
@@ -86,7 +87,11 @@ def test_an_acked_message_delivered_anew_is_acked_again_and_skipped(broker: Any)
     sub.nack(second, "later", delay_s=0.2)
     real = sub._fetch
     _hand_over_again(sub, [_delivered_anew(raw)])
+    labels = {"consumer": "g", "topic": "t"}
+    counted = REGISTRY.get_sample_value("qv_bus_duplicate_deliveries_total", labels) or 0.0
     assert sub.fetch(10, 0.5) == [] and sub.duplicates == 1  # not applied twice
+    # what operators see at /metrics
+    assert REGISTRY.get_sample_value("qv_bus_duplicate_deliveries_total", labels) == counted + 1
     sub._fetch = real
     again = sub.fetch(10, 3.0)  # a nacked message still comes back
     assert [(m.offset, m.deliveries) for m in again] == [(second.offset, 2)]

@@ -43,7 +43,7 @@ def test_promtool_accepts_the_config_and_the_rules() -> None:
     assert config.returncode == 0, config.stdout + config.stderr
     rules = _promtool("check", "rules", "alerts.yml")
     assert rules.returncode == 0, rules.stdout + rules.stderr
-    assert "SUCCESS: 12 rules found" in rules.stdout
+    assert "SUCCESS: 13 rules found" in rules.stdout
 
 
 def test_the_alert_rules_unit_tests_pass() -> None:
@@ -168,7 +168,7 @@ def test_prometheus_scrapes_qv_serve_and_answers_a_query(tmp_path: Path, qv_serv
         ).json()["data"]["result"]
         assert requests and float(requests[0]["value"][1]) >= 1
         rules = httpx.get(f"{base}/api/v1/rules").json()["data"]["groups"]
-        assert sum(len(g["rules"]) for g in rules) == 12  # the shipped rules load
+        assert sum(len(g["rules"]) for g in rules) == 13  # the shipped rules load
         for expr in dashboard_expressions() + alert_expressions():  # Prometheus runs each one
             answer = httpx.get(f"{base}/api/v1/query", params={"query": expr}).json()
             assert answer["status"] == "success", (expr, answer)

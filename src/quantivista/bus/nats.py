@@ -42,6 +42,7 @@ from quantivista.bus.base import (
 )
 from quantivista.bus.plumbing import LoopThread
 from quantivista.errors import BusError, BusUsageError, MessageTooLargeError
+from quantivista.ops.metrics import BUS_DUPLICATES
 
 __all__ = ["NatsBroker"]
 
@@ -424,6 +425,7 @@ class _NatsSubscription(SubscriptionBase[NatsBroker]):
             out.append(message)
         if done:  # acked again, so the server stops redelivering them
             self.duplicates += len(done)
+            BUS_DUPLICATES.labels(self.group, self.topic).inc(len(done))
             log.warning("%s: %d acked message(s) delivered again, skipped", self.topic, len(done))
             self._broker._run(_ack_all(done))
             for msg in done:

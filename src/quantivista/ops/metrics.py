@@ -16,6 +16,7 @@ services (stream, integrate, worker, scheduler) record into the same names.
 | qv_freshness_last_bar_timestamp_seconds | gauge | group, timeframe | newest bar per group |
 | qv_freshness_last_ingest_timestamp_seconds | gauge | group | when a group last had bars stored |
 | qv_consumer_lag_messages | gauge | consumer, topic | messages a bus consumer is behind |
+| qv_bus_duplicate_deliveries_total | counter | consumer, topic | acked messages delivered again |
 | qv_queue_depth | gauge | queue | items waiting in a queue |
 | qv_jobs_total | counter | kind, state | jobs finished by kind and final state |
 | qv_jobs_running | gauge | kind | jobs running in this process |
@@ -53,6 +54,7 @@ from quantivista.ops.tracing import span
 __all__ = [
     "ALERTS_FIRING",
     "ALERT_NOTIFICATIONS",
+    "BUS_DUPLICATES",
     "CONSUMER_LAG",
     "INGEST_BATCHES",
     "INGEST_ROWS",
@@ -110,6 +112,12 @@ CONSUMER_LAG = Gauge(
     "qv_consumer_lag_messages", "Messages a bus consumer is behind", ["consumer", "topic"],
     registry=r,
 )  # fmt: skip
+# a broker that hands out a message acked already (nats-server 2.9 around expiring pulls):
+# the subscription acks it again and skips it; a steady rate says the broker misbehaves
+BUS_DUPLICATE_HELP = "Acked messages the broker delivered again (acked again, not applied)"
+BUS_DUPLICATES = Counter(
+    "qv_bus_duplicate_deliveries", BUS_DUPLICATE_HELP, ["consumer", "topic"], registry=r
+)
 QUEUE_DEPTH = Gauge("qv_queue_depth", "Items waiting in a queue", ["queue"], registry=r)
 JOBS = Counter("qv_jobs", "Jobs finished by kind and final state", ["kind", "state"], registry=r)
 JOBS_RUNNING = Gauge("qv_jobs_running", "Jobs running in this process", ["kind"], registry=r)
