@@ -119,17 +119,33 @@ class Split:
     def appends(self, known: Sequence[dict[str, int] | None]) -> np.ndarray:
         """Say per partition whether each of its runs starts after its symbol's last
         stored bar (`known[i]`: partition i's last ts per symbol; None: no base file)."""
-        has_base = np.array([marks is not None for marks in known], dtype=bool)
+        after = self.firsts > self.stored_lasts(known)
+        ok: np.ndarray = np.logical_and.reduceat(after, self.bounds[:-1]) & _has_base(known)
+        return ok
+
+    def stored_lasts(self, known: Sequence[dict[str, int] | None]) -> np.ndarray:
+        """Return each run's symbol's last stored ts in its partition (`NO_BAR`: none)."""
         bounds, symbols, none = self.bounds.tolist(), self.symbols, repeat(NO_BAR)
         # every run's lookup in one C loop (`map`), not a Python call per symbol
         found = chain.from_iterable(
             map((marks or {}).get, symbols[lo:hi], none)
             for marks, lo, hi in zip(known, bounds, bounds[1:], strict=False)
         )
-        lasts = np.fromiter(found, np.int64, len(symbols))
-        after = self.firsts > lasts
-        ok: np.ndarray = np.logical_and.reduceat(after, self.bounds[:-1]) & has_base
-        return ok
+        return np.fromiter(found, np.int64, len(symbols))
+
+    def replacing(self, known: Sequence[dict[str, int] | None]) -> tuple[np.ndarray, np.ndarray]:
+        """Say per partition whether its runs start at or after their symbols' last stored
+        bars with at least one at it (a correction of the latest bar, and appends), and per
+        run whether it starts at it."""
+        lasts = self.stored_lasts(known)
+        heads = self.bounds[:-1]
+        at = self.firsts == lasts
+        ok = np.logical_and.reduceat(self.firsts >= lasts, heads) & _has_base(known)
+        return ok & np.logical_or.reduceat(at, heads), at
+
+
+def _has_base(known: Sequence[dict[str, int] | None]) -> np.ndarray:
+    return np.array([marks is not None for marks in known], dtype=bool)
 
 
 @dataclass(slots=True)

@@ -31,7 +31,6 @@ from quantivista.storage.lake.bars_core import (
     _PartKey,
     _Plan,
 )
-from quantivista.storage.lake.bars_deltas import BarDeltas
 from quantivista.storage.lake.bars_indexed import (
     _by_timeframe,
     _DeltaFile,
@@ -41,6 +40,7 @@ from quantivista.storage.lake.bars_indexed import (
     _Partition,
 )
 from quantivista.storage.lake.bars_merge import _merge, _merge_few
+from quantivista.storage.lake.bars_replace import BarReplace
 from quantivista.storage.lake.deltas import (
     FOLD_OF_KEY,
     THROUGH_KEY,
@@ -55,7 +55,7 @@ _FEW = 16  # a write of at most 1/_FEW of a partition's rows merges by binary se
 _PLANS = 64  # batches' partition sets remembered (`_plan`); a stream has one or two
 
 
-class BarWrites(BarDeltas):
+class BarWrites(BarReplace):
     """Writes: merges into base files, or appends as delta files."""
 
     def upsert(self, bars: pl.DataFrame) -> UpsertStats:
@@ -210,7 +210,20 @@ class BarWrites(BarDeltas):
             with self._locks.held(stripes):
                 # each live delta's newest source once, not once per partition
                 live = [(newest_source(n), n, f) for n, f in self._live_deltas(tf)]
-                appends = split.appends(self._known_all(dirs, rels, live))
+                known = self._known_all(dirs, rels, live)
+                appends = split.appends(known)
+                if not appends.all():  # corrections of latest bars: in their deltas?
+                    taken = self._replace_latest(tf, split, known, dirs, live, set(stripes))
+                    if taken is not None:
+                        stats, rest = taken
+                        total += stats
+                        if not rest.any():
+                            continue  # the batch was those corrections
+                        left = split.frame.filter(pl.Series(rest))
+                        split = Split.of(left, monthly, self._buckets_of)
+                        dirs, _, rels = self._plan(tf, split.keys)  # a subset of the locked
+                        live = [(newest_source(n), n, f) for n, f in self._live_deltas(tf)]
+                        appends = split.appends(self._known_all(dirs, rels, live))
                 arrow: ArrowBatch | None = None
                 for i in np.flatnonzero(~appends).tolist():  # corrections, new partitions
                     arrow = arrow or ArrowBatch(split.frame)
