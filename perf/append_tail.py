@@ -36,6 +36,7 @@ import quantivista.pipeline.runner as runner_module
 import quantivista.pipeline.stages as stages_module
 import quantivista.storage.lake.bars_core as bars_core
 import quantivista.storage.lake.bars_deltas as bars_deltas
+import quantivista.storage.lake.bars_replace as bars_replace
 import quantivista.storage.lake.bars_writes as bars_writes
 from _common import load_avg_1m, print_json_line
 from append import minute_bars
@@ -92,7 +93,7 @@ def patch(rec: Recorder) -> None:
     for name in ("coerce", "validate", "store", "announce", "observe_stored", "history_for"):
         setattr(runner_module, name, rec.timed(getattr(runner_module, name), name))
     stages_module.mark_changed = rec.timed(stages_module.mark_changed, "mark_changed")
-    for module in (bars_core, bars_deltas):  # the lake's modules that call it (bars is split)
+    for module in (bars_core, bars_deltas, bars_replace):  # the lake's modules that call it
         module.atomic_write_ipc = rec.timed(module.atomic_write_ipc, "write_delta_file")
     for name in ("latest_per_key", "_merge_few", "_merge", "ArrowBatch"):  # bars_writes names
         setattr(bars_writes, name, rec.timed(getattr(bars_writes, name), name))
@@ -102,7 +103,8 @@ def patch(rec: Recorder) -> None:
         (ParquetLake, ("upsert", "_live_deltas", "_known", "_write_delta", "_upsert_locked",
                        "recent", "tidy", "fold", "merge_deltas", "fold_timeframe", "_partition",
                        "_write_history", "_write_base", "_unchanged", "_fold_ahead",
-                       "_swap_fold", "fold_locked", "_live", "_through")),
+                       "_swap_fold", "fold_locked", "_live", "_through", "_replace_latest",
+                       "_holders", "_rewrite")),
         (ParquetScoreStore, ("add", "compact")),
         (RecentHistory, ("history", "add")),
     ):  # fmt: skip
