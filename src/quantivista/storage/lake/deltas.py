@@ -22,7 +22,9 @@ while it held the partition's lock: deltas up to that one are in the base (folde
 older than the partition) and are ignored for it. A fold writes base + live parts as the
 new base; a timeframe's deltas are removed once every partition they touch is folded. A
 crash anywhere in between leaves deltas that the bases already account for. Every write that
-is not a pure append (a correction, a delete, retention, archival) works on the folded base.
+is not a pure append (a correction, a delete, retention, archival) works on the folded base,
+but for a correction of a symbol's latest bar that waits in a small delta: that delta is
+rewritten as a merge of deltas is (`bars_replace`).
 Folds run on `compact()` (`qv compact`). Once a timeframe holds `storage.delta_files`
 deltas, a background thread of the writing process tidies them: while they hold few rows it
 merges them into one delta file (cost: their rows, not the partitions'), under the locks of
