@@ -18,12 +18,12 @@ import sqlite3
 import threading
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import polars as pl
 
 from quantivista.errors import StorageError, StorageRejectedError
-from quantivista.storage.lake.sqlitedb import checkpoints
+from quantivista.storage.lake.sqlitedb import open_writable, transaction
 
 __all__ = ["AUDIT_SCHEMA", "SLA_SCHEMA", "SqliteOpsLog"]
 
@@ -76,30 +76,32 @@ class SqliteOpsLog:
         """Open on first use: a read-only command on a read-only store never creates it."""
         with self._lock:
             if self._db is None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                db = sqlite3.connect(
-                    self.path, check_same_thread=False, timeout=30, isolation_level=None
-                )
-                db.execute("PRAGMA journal_mode=WAL")
                 # an fsync per record costs more than the record: only as the lake's files
-                db.execute(f"PRAGMA synchronous={'FULL' if self.fsync else 'NORMAL'}")
-                db.execute("PRAGMA wal_autocheckpoint=0")  # on a background thread instead
-                db.executescript(_DDL + "\n".join(_GUARDS))
-                self._db = db
+                sync: Literal["NORMAL", "FULL"] = "FULL" if self.fsync else "NORMAL"
+                try:
+                    self._db = open_writable(self.path, _DDL + "\n".join(_GUARDS), sync)
+                except sqlite3.Error as exc:
+                    raise StorageError(
+                        "cannot open the operations log", path=str(self.path), error=str(exc)
+                    ) from exc
             return self._db
+
+    def _insert(self, sql: str, row: tuple[object, ...]) -> None:
+        """Append one row in its own write transaction (a background checkpoint follows)."""
+        conn = self._conn
+        with transaction(conn, self._lock, "BEGIN IMMEDIATE", "cannot append", self.path):
+            conn.execute(sql, row)
 
     def add_audit(
         self, at: datetime, actor: str, tenant: str | None, action: str, target: str,
         outcome: str, details: dict[str, Any],
     ) -> None:  # fmt: skip
         """Append one audit record."""
-        with self._lock:
-            self._conn.execute(
-                "INSERT INTO audit_log (at_us, actor, tenant, action, target, outcome, details)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (_us(at), actor, tenant, action, target, outcome, json.dumps(details, default=str)),
-            )
-        checkpoints(self.path).committed()
+        self._insert(
+            "INSERT INTO audit_log (at_us, actor, tenant, action, target, outcome, details)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (_us(at), actor, tenant, action, target, outcome, json.dumps(details, default=str)),
+        )
 
     def audit(
         self, since: datetime | None = None, until: datetime | None = None, *,
@@ -134,12 +136,10 @@ class SqliteOpsLog:
         self, at: datetime, probe: str, ok: bool, latency_s: float | None, detail: str = ""
     ) -> None:
         """Append one SLA sample (a probe of a service)."""
-        with self._lock:
-            self._conn.execute(
-                "INSERT INTO sla_samples (at_us, probe, ok, latency_s, detail) VALUES (?,?,?,?,?)",
-                (_us(at), probe, int(ok), latency_s, detail),
-            )
-        checkpoints(self.path).committed()
+        self._insert(
+            "INSERT INTO sla_samples (at_us, probe, ok, latency_s, detail) VALUES (?,?,?,?,?)",
+            (_us(at), probe, int(ok), latency_s, detail),
+        )
 
     def sla(self, since: datetime, until: datetime) -> pl.DataFrame:
         """Return SLA samples in [since, until), oldest first."""

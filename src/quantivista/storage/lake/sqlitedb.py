@@ -18,8 +18,9 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import Any, Literal
 
 from quantivista.errors import StorageError
 from quantivista.storage.lake.deltas import Folder
@@ -84,8 +85,11 @@ def checkpoints(path: Path) -> Checkpoints:
         return found
 
 
-def open_writable(path: Path, schema: str) -> sqlite3.Connection:
-    """Open (or create) `path` in WAL mode and apply `schema` (raises sqlite3.Error)."""
+def open_writable(
+    path: Path, schema: str, synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
+) -> sqlite3.Connection:
+    """Open (or create) `path` in WAL mode and apply `schema` (raises sqlite3.Error);
+    `synchronous` FULL fsyncs every commit (the operations log with `storage.fsync`)."""
     locks = path.parent / ".locks"
     locks.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(
@@ -95,7 +99,7 @@ def open_writable(path: Path, schema: str) -> sqlite3.Connection:
     # try together: one opener at a time
     with flocked(locks / f"{path.stem}.lock"):
         conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute(f"PRAGMA synchronous={synchronous}")
         conn.execute("PRAGMA wal_autocheckpoint=0")  # `Checkpoints` does it off this thread
         conn.executescript(schema)
     return conn
@@ -109,7 +113,11 @@ def open_immutable(path: Path) -> sqlite3.Connection:
 
 @contextmanager
 def transaction(
-    conn: sqlite3.Connection, lock: threading.Lock, begin: str, what: str, path: Path
+    conn: sqlite3.Connection,
+    lock: AbstractContextManager[Any],
+    begin: str,
+    what: str,
+    path: Path,
 ) -> Iterator[sqlite3.Connection]:
     """Run the block in one transaction opened with `begin` (`BEGIN` or `BEGIN IMMEDIATE`),
     one thread at a time; a SQLite error is a StorageError saying `what`."""
