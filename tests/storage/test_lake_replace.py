@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
+from quantivista.config import StorageSettings
 from quantivista.model.timeframe import Timeframe
 from quantivista.storage.lake.bars import ParquetLake
 from quantivista.storage.lake.files import file_identity
@@ -29,7 +30,7 @@ SYMBOLS = [f"S{i:02d}" for i in range(20)]  # > 16: reads of all of them take th
 KEY = ["symbol", "ts"]
 
 
-def _settings(fmt: str = "arrow", **kw: object) -> object:
+def _settings(fmt: str = "arrow", **kw: object) -> StorageSettings:
     kw.setdefault("delta_files", 100)
     return lake_settings(buckets=4, daily_format=fmt, intraday_format=fmt, **kw)
 
@@ -70,8 +71,9 @@ def _stream(tmp_path: Path, fmt: str) -> tuple[ParquetLake, pl.DataFrame, list[d
     lake = ParquetLake(tmp_path, _settings(fmt))
     at = [DAY0 + timedelta(hours=1, seconds=s) for s in range(10)]
     model = pl.DataFrame()
-    for k, batch in enumerate([_bars(SYMBOLS, [0, 1, 2, 3, 4], at[0]),
-                               _bars(SYMBOLS, [5], at[1]), _bars(SYMBOLS, [6], at[2])]):  # fmt: skip
+    batches = [_bars(SYMBOLS, [0, 1, 2, 3, 4], at[0]), _bars(SYMBOLS, [5], at[1]),
+               _bars(SYMBOLS, [6], at[2])]  # fmt: skip
+    for k, batch in enumerate(batches):
         lake.upsert(batch)
         model = batch if k == 0 else _upserted(model, batch)
     return lake, model, at
@@ -159,7 +161,9 @@ _STEP = st.one_of(
 )
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(steps=st.lists(_STEP, min_size=1, max_size=12))
 def test_appends_and_corrections_of_latest_bars_read_as_a_model(
     tmp_path_factory: pytest.TempPathFactory, steps: list[tuple[str, frozenset[str]]]
