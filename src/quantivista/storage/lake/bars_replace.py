@@ -151,13 +151,18 @@ class BarReplace(BarDeltas):
         for directory in sorted(set(owners)):  # history first (as the merge path)
             mine = [k for k, d in enumerate(owners) if d == directory]
             self._write_history(directory, superseded[mine])
-        order = np.arange(found.frame.height)
-        order[np.array(positions)[changed]] = found.frame.height + np.arange(len(changed))
-        both = [found.frame, new[changed]]
+        # the delta's rows around the new versions, as slices joined once (a gather of a
+        # merged delta's 50,000 rows cost 1.3-1.7 ms, slices 0.6)
+        where = np.array(positions)[changed]
+        pieces, at = [], 0
+        for k in np.argsort(where).tolist():  # in row order
+            pieces += [found.frame.slice(at, int(where[k]) - at), new[int(changed[k])]]
+            at = int(where[k]) + 1
+        pieces.append(found.frame.slice(at))
         if new.schema == found.frame.schema:
-            frame = pl.concat(both, rechunk=True)[order]
+            frame = pl.concat(pieces, rechunk=True)
         else:  # a store written before in other types
-            frame = pl.concat(both, how="vertical_relaxed", rechunk=True)[order]
+            frame = pl.concat(pieces, how="vertical_relaxed", rechunk=True)
         folder = self.bars_root / f"timeframe={tf}" / DELTA_DIR
         replaces = [name, *self._replaces.get(str(folder / name), ())]
         runs = [
