@@ -114,10 +114,10 @@ CONSUMER_LAG = Gauge(
 )  # fmt: skip
 # a broker that hands out a message acked already (nats-server 2.9 around expiring pulls):
 # the subscription acks it again and skips it; a steady rate says the broker misbehaves
-BUS_DUPLICATE_HELP = "Acked messages the broker delivered again (acked again, not applied)"
 BUS_DUPLICATES = Counter(
-    "qv_bus_duplicate_deliveries", BUS_DUPLICATE_HELP, ["consumer", "topic"], registry=r
-)
+    "qv_bus_duplicate_deliveries", "Acked messages the broker delivered again (not applied)",
+    ["consumer", "topic"], registry=r,
+)  # fmt: skip
 QUEUE_DEPTH = Gauge("qv_queue_depth", "Items waiting in a queue", ["queue"], registry=r)
 JOBS = Counter("qv_jobs", "Jobs finished by kind and final state", ["kind", "state"], registry=r)
 JOBS_RUNNING = Gauge("qv_jobs_running", "Jobs running in this process", ["kind"], registry=r)

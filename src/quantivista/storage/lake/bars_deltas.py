@@ -136,6 +136,17 @@ class BarDeltas(BarFiles):
                 self._replaces[key] = tuple(json.loads(meta[REPLACES_KEY]))
         return decoded
 
+    def _took_place(
+        self, folder: Path, path: Path | None, decoded: _DeltaFile | None, sources: list[str]
+    ) -> None:
+        """Remember a merged delta written at `path` (None: none) as `decoded`, in place of
+        `sources`, and forget the deltas gone from `folder`."""
+        with self._deltas_lock:
+            self._forget_deltas(folder, delta_names(folder))
+            if path is not None and decoded is not None:
+                self._deltas[str(path)] = decoded
+                self._replaces[str(path)] = tuple(sources)
+
     def _forget_deltas(self, folder: Path, live: list[str]) -> None:
         """Drop the decoded delta files of `folder` that are gone (folded); under the lock."""
         keep = {f"{folder}{os.sep}{name}" for name in live}
@@ -391,11 +402,9 @@ class BarDeltas(BarFiles):
                 gone = [n for n in names if n in merged or n not in listed]
                 for old in gone:
                     (folder / old).unlink(missing_ok=True)
-                with self._deltas_lock:
-                    self._forget_deltas(folder, delta_names(folder))
-                    if decoded is not None:
-                        self._deltas[str(folder / name)] = decoded
-                        self._replaces[str(folder / name)] = tuple(merged)
+                self._took_place(
+                    folder, None if decoded is None else folder / name, decoded, merged
+                )
         finally:
             pending.unlink(missing_ok=True)
         return len(gone) - (whole is not None)

@@ -120,10 +120,7 @@ def _merge_few(
         return None, stats, existing.clear(), []
     replaced = found & ~same
     gone = at[replaced]
-    stamps = new["ingested_at"].gather(np.flatnonzero(replaced))
-    if stamps.null_count():
-        stamps = stamps.fill_null(datetime.now(UTC))
-    superseded = existing[stacked(gone)].hstack([stamps.alias("superseded_at")])
+    superseded = _superseded(existing[stacked(gone)], new[np.flatnonzero(replaced)])
     # an unchanged row stays as it is (its knowledge time too): the old row is kept
     incoming = np.flatnonzero(~same)
     keep = np.ones(existing.height, dtype=bool)
@@ -133,13 +130,8 @@ def _merge_few(
     keys = np.concatenate([kept * 2 + 1, at[incoming] * 2])
     placed = np.argsort(keys, kind="stable")
     picked = np.concatenate([stacked(kept), existing.height + incoming])[placed]
-    rest = new.select(existing.columns)
     # one chunk: polars gathers from many chunks (a base and its deltas) ~4x slower
-    if rest.schema == existing.schema:
-        both = pl.concat([existing, rest], rechunk=True)
-    else:  # a store written before in other types
-        both = pl.concat([existing, rest], how="vertical_relaxed", rechunk=True)
-    merged = both[picked]
+    merged = _joined_rows([existing, new.select(existing.columns)])[picked]
     counts = {name: n for name, (_, n) in index.items()}
     for symbol, n in added.items():
         counts[symbol] = counts.get(symbol, 0) + n
@@ -156,3 +148,20 @@ def _same_values(mine: pl.DataFrame, olds: pl.DataFrame) -> np.ndarray:
         [all(a == b or (a != a and b != b) for a, b in zip(x, y, strict=True)) for x, y in pairs],
         dtype=bool,
     )
+
+
+def _superseded(old: pl.DataFrame, new: pl.DataFrame) -> pl.DataFrame:
+    """Return the replaced versions `old` stamped with `superseded_at`: the knowledge time
+    of the versions `new` that replace them (row by row; now where it is missing)."""
+    stamps = new["ingested_at"]
+    if stamps.null_count():
+        stamps = stamps.fill_null(datetime.now(UTC))
+    return old.hstack([stamps.alias("superseded_at")])
+
+
+def _joined_rows(frames: list[pl.DataFrame]) -> pl.DataFrame:
+    """Return `frames` one after another as one chunk (types relaxed only where a store
+    written before holds other ones)."""
+    if all(f.schema == frames[0].schema for f in frames[1:]):
+        return pl.concat(frames, rechunk=True)
+    return pl.concat(frames, how="vertical_relaxed", rechunk=True)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -31,12 +30,11 @@ from quantivista.storage.base import UpsertStats
 from quantivista.storage.lake.appends import Split
 from quantivista.storage.lake.bars_deltas import BarDeltas
 from quantivista.storage.lake.bars_indexed import _delta_parts, _DeltaFile
-from quantivista.storage.lake.bars_merge import _same_values
+from quantivista.storage.lake.bars_merge import _joined_rows, _same_values, _superseded
 from quantivista.storage.lake.deltas import (
     DELTA_DIR,
     REPLACES_KEY,
     ROWS_KEY,
-    delta_names,
     merged_name,
 )
 from quantivista.storage.lake.files import atomic_write_ipc
@@ -143,10 +141,7 @@ class BarReplace(BarDeltas):
         stats = UpsertStats(unchanged=int(same.sum()), updated=len(changed))
         if not len(changed):
             return stats
-        stamps = new["ingested_at"].gather(changed)
-        if stamps.null_count():
-            stamps = stamps.fill_null(datetime.now(UTC))
-        superseded = old[changed].hstack([stamps.alias("superseded_at")])
+        superseded = _superseded(old[changed], new[changed])
         owners = [replaced[k][0] for k in changed.tolist()]
         for directory in sorted(set(owners)):  # history first (as the merge path)
             mine = [k for k, d in enumerate(owners) if d == directory]
@@ -159,10 +154,7 @@ class BarReplace(BarDeltas):
             pieces += [found.frame.slice(at, int(where[k]) - at), new[int(changed[k])]]
             at = int(where[k]) + 1
         pieces.append(found.frame.slice(at))
-        if new.schema == found.frame.schema:
-            frame = pl.concat(pieces, rechunk=True)
-        else:  # a store written before in other types
-            frame = pl.concat(pieces, how="vertical_relaxed", rechunk=True)
+        frame = _joined_rows(pieces)
         folder = self.bars_root / f"timeframe={tf}" / DELTA_DIR
         replaces = [name, *self._replaces.get(str(folder / name), ())]
         runs = [
@@ -173,9 +165,6 @@ class BarReplace(BarDeltas):
         copy = folder / merged_name(name)
         atomic_write_ipc(frame, copy, self.settings, meta)
         (folder / name).unlink(missing_ok=True)
-        with self._deltas_lock:
-            self._forget_deltas(folder, delta_names(folder))
-            self._deltas[str(copy)] = _delta_parts(frame, runs)
-            self._replaces[str(copy)] = tuple(replaces)
+        self._took_place(folder, copy, _delta_parts(frame, runs), replaces)
         stats.partitions_written = len(set(owners))
         return stats
